@@ -1,0 +1,217 @@
+// The per-packet loop: parse each queued packet in place, ask the handler, rewrite, verdict.
+// Everything here runs once per handshake packet, so it reuses one ParsedPacket, one Decision
+// and one output buffer, and counts outcomes in preallocated arrays.
+import type { Decision, Direction, HandshakeHandler, PacketInfo } from './handler.ts';
+import { Decision as DecisionImpl, stageOf } from './handler.ts';
+import { DatapathError } from './errors.ts';
+import type { ConnectionMarks } from './marks.ts';
+import {
+  HOOK_FORWARD,
+  HOOK_POST_ROUTING,
+  HOOK_LOCAL_OUT,
+  Meta,
+  META_FLAG_CHECKSUM_PARTIAL,
+  META_FLAG_CHECKSUM_UNVERIFIED,
+  META_FLAG_TRUNCATED,
+  NF_DROP,
+  NF_REPEAT,
+  type NativeQueue,
+  type QueueBuffers,
+} from './nfqueue.ts';
+import { tcpChecksum, readUint16 } from './checksum.ts';
+import { ParsedPacket, PARSE_FAILURES, parsePacket, type ParseStatus } from './packet.ts';
+import { attachToken, detachToken } from './rewrite.ts';
+
+/** Outcomes the engine itself produces (the handler adds its own reasons). */
+export const ENGINE_REASONS = [
+  ...PARSE_FAILURES,
+  'truncated-capture',
+  'bad-checksum',
+  'handler-error',
+  'option-space',
+  'mtu',
+  'ip-length',
+] as const;
+
+export type MalformedPolicy = 'drop' | 'accept';
+
+export interface EngineOptions {
+  marks: ConnectionMarks;
+  mtu: number;
+  /** What to do with a queued packet the agent cannot parse. Default (documented): drop. */
+  onMalformed: MalformedPolicy;
+}
+
+/** Counts verdicts by direction, action and reason; labels come from closed sets. */
+export class VerdictCounters {
+  private readonly counts = new Map<string, number[]>();
+
+  add(direction: Direction, accepted: boolean, reason: string): void {
+    let row = this.counts.get(reason);
+    if (row === undefined) {
+      row = [0, 0, 0, 0];
+      this.counts.set(reason, row);
+    }
+    row[(direction === 'ingress' ? 0 : 2) + (accepted ? 0 : 1)]! += 1;
+  }
+
+  snapshot(): { direction: Direction; action: 'accept' | 'drop'; reason: string; count: number }[] {
+    const rows: { direction: Direction; action: 'accept' | 'drop'; reason: string; count: number }[] = [];
+    for (const [reason, row] of this.counts) {
+      row.forEach((count, index) => {
+        if (count === 0) return;
+        rows.push({
+          direction: index < 2 ? 'ingress' : 'egress',
+          action: index % 2 === 0 ? 'accept' : 'drop',
+          reason,
+          count,
+        });
+      });
+    }
+    return rows;
+  }
+
+  get(direction: Direction, action: 'accept' | 'drop', reason: string): number {
+    const row = this.counts.get(reason);
+    return row?.[(direction === 'ingress' ? 0 : 2) + (action === 'accept' ? 0 : 1)] ?? 0;
+  }
+}
+
+export class DatapathEngine {
+  readonly verdicts = new VerdictCounters();
+  private readonly packet = new ParsedPacket();
+  private readonly decision: Decision = new DecisionImpl();
+  private readonly info: PacketInfo = { direction: 'ingress', stage: 'syn', packet: this.packet, token: null };
+  private readonly output = new Uint8Array(65536);
+  private queue: NativeQueue | null = null;
+
+  constructor(
+    private readonly buffers: QueueBuffers,
+    private readonly handler: HandshakeHandler,
+    private readonly options: EngineOptions,
+  ) {}
+
+  attach(queue: NativeQueue): void {
+    this.queue = queue;
+  }
+
+  /** Called by the addon with the number of packets now described in the meta array. */
+  readonly onBatch = (count: number): void => {
+    const meta = this.buffers.meta;
+    const stride = this.buffers.metaStride;
+    for (let i = 0; i < count; i++) {
+      const base = i * stride;
+      this.handlePacket(
+        meta[base + Meta.PacketId]!,
+        meta[base + Meta.Queue]!,
+        meta[base + Meta.Hook]!,
+        meta[base + Meta.Mark]!,
+        meta[base + Meta.Offset]!,
+        meta[base + Meta.Length]!,
+        meta[base + Meta.Flags]!,
+      );
+    }
+  };
+
+  private handlePacket(
+    id: number,
+    queueNumber: number,
+    hook: number,
+    mark: number,
+    offset: number,
+    length: number,
+    flags: number,
+  ): void {
+    const queue = this.queue;
+    if (queue === null) return;
+    const direction: Direction =
+      hook === HOOK_POST_ROUTING || hook === HOOK_LOCAL_OUT || hook === HOOK_FORWARD ? 'egress' : 'ingress';
+    const packet = this.packet;
+    if ((flags & META_FLAG_TRUNCATED) !== 0) {
+      // Only part of the packet reached us; a rewrite would lose the rest.
+      this.malformed(queue, id, queueNumber, mark, direction, 'truncated-capture');
+      return;
+    }
+    if (!parsePacket(this.buffers.input, offset, length, packet)) {
+      this.malformed(queue, id, queueNumber, mark, direction, packet.status);
+      return;
+    }
+    if (
+      direction === 'ingress' &&
+      packet.hasMarker &&
+      (flags & META_FLAG_CHECKSUM_UNVERIFIED) !== 0 &&
+      (flags & META_FLAG_CHECKSUM_PARTIAL) === 0 &&
+      !checksumValid(packet)
+    ) {
+      // Detach recomputes the checksum, which would otherwise launder a corrupted packet.
+      this.drop(queue, id, queueNumber, mark, direction, 'bad-checksum');
+      return;
+    }
+    const decision = this.decision;
+    const info = this.info;
+    decision.reset();
+    info.direction = direction;
+    info.stage = stageOf(packet);
+    info.token = packet.tokenOffset >= 0 ? packet.buf.subarray(packet.tokenOffset, packet.tokenOffset + packet.tokenLength) : null;
+    try {
+      this.handler.decide(info, decision);
+    } catch {
+      decision.drop('handler-error');
+    }
+    info.token = null;
+    if (!decision.accept) {
+      this.drop(queue, id, queueNumber, mark, direction, decision.reason);
+      return;
+    }
+    let rewrittenLength = -1;
+    try {
+      if (direction === 'ingress' && packet.hasMarker) {
+        // A marker never reaches the kernel's TCP: the token bytes would become stream data.
+        rewrittenLength = detachToken(packet, this.output);
+      } else if (direction === 'egress' && decision.token !== null) {
+        rewrittenLength = attachToken(packet, decision.token, decision.tokenLength, this.output, this.options.mtu);
+      }
+    } catch (error) {
+      const reason = error instanceof DatapathError ? error.code : 'handler-error';
+      this.drop(queue, id, queueNumber, mark, direction, reason);
+      return;
+    }
+    const marks = this.options.marks;
+    let newMark = (mark & ~marks.all) | marks.pass;
+    if (decision.track) newMark |= marks.track;
+    if (decision.release) newMark |= marks.release;
+    newMark >>>= 0;
+    if (rewrittenLength >= 0) queue.verdict(id, queueNumber, NF_REPEAT, newMark, this.output, rewrittenLength);
+    else queue.verdict(id, queueNumber, NF_REPEAT, newMark);
+    this.verdicts.add(direction, true, decision.reason === '' ? 'ok' : decision.reason);
+  }
+
+  private malformed(
+    queue: NativeQueue,
+    id: number,
+    queueNumber: number,
+    mark: number,
+    direction: Direction,
+    reason: ParseStatus | 'truncated-capture',
+  ): void {
+    if (this.options.onMalformed === 'accept') {
+      // Accepted untouched: a malformed packet is never rewritten.
+      const marks = this.options.marks;
+      queue.verdict(id, queueNumber, NF_REPEAT, ((mark & ~marks.all) | marks.pass) >>> 0);
+      this.verdicts.add(direction, true, reason);
+      return;
+    }
+    this.drop(queue, id, queueNumber, mark, direction, reason);
+  }
+
+  private drop(queue: NativeQueue, id: number, queueNumber: number, mark: number, direction: Direction, reason: string): void {
+    queue.verdict(id, queueNumber, NF_DROP, mark);
+    this.verdicts.add(direction, false, reason);
+  }
+}
+
+function checksumValid(packet: ParsedPacket): boolean {
+  const tcpLength = packet.start + packet.length - packet.tcpOffset;
+  const expected = tcpChecksum(packet.buf, packet.ipVersion, packet.sourceOffset, packet.tcpOffset, tcpLength);
+  return expected === readUint16(packet.buf, packet.tcpOffset + 16);
+}

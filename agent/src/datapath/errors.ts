@@ -1,0 +1,33 @@
+// Typed errors of the datapath. Callers branch on `code`; context says which packet or rule.
+
+export type DatapathErrorCode =
+  | 'option-space' // no room for the marker in the 40-byte TCP option space
+  | 'mtu' // the packet with the token would exceed the configured MTU
+  | 'ip-length' // the packet would exceed the 16-bit IP length field
+  | 'no-marker' // detach on a packet without a marker
+  | 'buffer-too-small'
+  | 'not-parsed';
+
+export class DatapathError extends Error {
+  override readonly name = 'DatapathError';
+  constructor(
+    readonly code: DatapathErrorCode,
+    message: string,
+    readonly context: Readonly<Record<string, number | string>> = {},
+  ) {
+    super(message);
+  }
+}
+
+export type RulesErrorCode = 'no-iptables' | 'command-failed' | 'unsupported';
+
+export class RulesError extends Error {
+  override readonly name = 'RulesError';
+  constructor(
+    readonly code: RulesErrorCode,
+    message: string,
+    readonly context: Readonly<Record<string, string | number>> = {},
+  ) {
+    super(message);
+  }
+}

@@ -1,0 +1,53 @@
+// The seam between the datapath and whatever decides about a handshake packet (a pass-through
+// test handler, the identity handshake). The datapath owns parsing, rewriting and verdicts;
+// a handler only fills in a Decision, which is reused across packets.
+import type { ParsedPacket } from './packet.ts';
+
+export type Direction = 'ingress' | 'egress';
+export type Stage = 'syn' | 'syn-ack' | 'ack';
+
+export function stageOf(packet: ParsedPacket): Stage {
+  if (packet.isSyn) return 'syn';
+  if (packet.isSynAck) return 'syn-ack';
+  return 'ack';
+}
+
+export class Decision {
+  accept = true;
+  /** Closed-set reason, used verbatim as a metric label. */
+  reason = '';
+  /** Token body to attach on egress (null: send the packet as it is). */
+  token: Uint8Array | null = null;
+  tokenLength = 0;
+  /** Mark the connection as one whose handshake the agent follows. */
+  track = false;
+  /** Release the connection: no further packet of it reaches user space. */
+  release = false;
+
+  reset(): void {
+    this.accept = true;
+    this.reason = '';
+    this.token = null;
+    this.tokenLength = 0;
+    this.track = false;
+    this.release = false;
+  }
+
+  drop(reason: string): void {
+    this.accept = false;
+    this.reason = reason;
+  }
+}
+
+export interface PacketInfo {
+  direction: Direction;
+  stage: Stage;
+  packet: ParsedPacket;
+  /** The token body carried by an ingress packet, as a view into the queue buffer; null if none. */
+  token: Uint8Array | null;
+}
+
+export interface HandshakeHandler {
+  /** Decides synchronously; must not throw for any packet (the datapath drops and counts if it does). */
+  decide(info: PacketInfo, decision: Decision): void;
+}

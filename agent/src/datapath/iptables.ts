@@ -1,0 +1,133 @@
+// The iptables edge: detect a backend that can load the NFQUEUE target, install the ruleset
+// from rules.ts, and remove it (also leftovers of a crashed agent, from every backend).
+import { execFile } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
+import { RulesError } from './errors.ts';
+import { buildRemoval, buildRuleset, type IpFamily, type RuleOptions } from './rules.ts';
+
+const run = promisify(execFile);
+
+export type Backend = 'nft' | 'legacy';
+
+interface Tool {
+  family: IpFamily;
+  backend: Backend;
+  binary: string;
+}
+
+const TOOLS: readonly Tool[] = [
+  { family: 4, backend: 'nft', binary: 'iptables-nft' },
+  { family: 4, backend: 'legacy', binary: 'iptables-legacy' },
+  { family: 6, backend: 'nft', binary: 'ip6tables-nft' },
+  { family: 6, backend: 'legacy', binary: 'ip6tables-legacy' },
+];
+
+async function exec(binary: string, args: string[], input?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = execFile(binary, args, { encoding: 'utf8', timeout: 15_000 }, (error, stdout, stderr) => {
+      if (error) {
+        const code = (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'no-iptables' : 'command-failed';
+        reject(
+          new RulesError(code, `${binary} ${args.join(' ')} failed: ${stderr.trim() || error.message}`, {
+            binary,
+          }),
+        );
+        return;
+      }
+      resolve(stdout);
+    });
+    // A tool that exits without reading stdin (iptables-save) must not crash us with EPIPE.
+    child.stdin?.on('error', () => undefined);
+    child.stdin?.end(input ?? '');
+  });
+}
+
+async function available(tool: Tool): Promise<boolean> {
+  try {
+    await run(tool.binary, ['--version'], { timeout: 5_000 });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The save/restore binaries of a tool: iptables-nft -> iptables-nft-save, ... */
+function saveBinary(tool: Tool): string {
+  return tool.binary.replace(/^(ip6?tables)-(nft|legacy)$/, '$1-$2-save');
+}
+function restoreBinary(tool: Tool): string {
+  return tool.binary.replace(/^(ip6?tables)-(nft|legacy)$/, '$1-$2-restore');
+}
+
+/** Whether the legacy backend has a mangle table here; asking iptables-legacy would create one. */
+async function legacyMangleExists(family: IpFamily): Promise<boolean> {
+  try {
+    const names = await readFile(family === 4 ? '/proc/net/ip_tables_names' : '/proc/net/ip6_tables_names', 'utf8');
+    return names.split('\n').includes('mangle');
+  } catch {
+    return false;
+  }
+}
+
+async function removeWith(tool: Tool): Promise<boolean> {
+  if (tool.backend === 'legacy' && !(await legacyMangleExists(tool.family))) return false;
+  const saved = await exec(saveBinary(tool), ['-t', 'mangle']);
+  const removal = buildRemoval(saved);
+  if (removal === null) return false;
+  await exec(restoreBinary(tool), ['--noflush'], removal);
+  return true;
+}
+
+export interface InstalledRules {
+  backend: Backend;
+  families: IpFamily[];
+}
+
+/**
+ * Installs the ruleset for IPv4 and (where ip6tables works) IPv6. Idempotent: leftovers of an
+ * earlier run are removed first. Tries the nft backend, then legacy, keeping the first one that
+ * loads the NFQUEUE target in this network namespace.
+ */
+export async function installRules(options: RuleOptions, preferred?: Backend): Promise<InstalledRules> {
+  await removeAllRules();
+  const order: Backend[] = preferred === 'legacy' ? ['legacy', 'nft'] : ['nft', 'legacy'];
+  const failures: string[] = [];
+  for (const backend of order) {
+    const v4 = TOOLS.find((t) => t.family === 4 && t.backend === backend)!;
+    if (!(await available(v4))) {
+      failures.push(`${v4.binary}: not installed`);
+      continue;
+    }
+    try {
+      await exec(restoreBinary(v4), ['--noflush'], buildRuleset(4, options));
+    } catch (error) {
+      failures.push((error as Error).message);
+      await removeWith(v4).catch(() => false);
+      continue;
+    }
+    const families: IpFamily[] = [4];
+    const v6 = TOOLS.find((t) => t.family === 6 && t.backend === backend)!;
+    if (await available(v6)) {
+      try {
+        await exec(restoreBinary(v6), ['--noflush'], buildRuleset(6, options));
+        families.push(6);
+      } catch (error) {
+        await removeAllRules();
+        throw new RulesError('command-failed', `IPv6 rules failed on the ${backend} backend: ${(error as Error).message}`);
+      }
+    }
+    return { backend, families };
+  }
+  throw new RulesError('unsupported', `no iptables backend could install the NFQUEUE rules: ${failures.join('; ')}`);
+}
+
+/** Removes synpass rules and chains from every backend and family; returns how many tables changed. */
+export async function removeAllRules(): Promise<number> {
+  let removed = 0;
+  for (const tool of TOOLS) {
+    if (!(await available(tool))) continue;
+    if (await removeWith(tool)) removed += 1;
+  }
+  return removed;
+}

@@ -1,0 +1,128 @@
+// Typed face of the native NFQUEUE addon (native/src/nfqueue.cc). JS owns every buffer the
+// addon touches: packets are received straight into `input`, described by `meta`, and counted
+// in `counters`, so reading a batch or a counter costs no call into native code.
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+export const NF_DROP = 0;
+export const NF_ACCEPT = 1;
+export const NF_REPEAT = 4;
+export type NfVerdict = typeof NF_DROP | typeof NF_ACCEPT | typeof NF_REPEAT;
+
+/** Netfilter hook numbers as the kernel reports them in NFQA_PACKET_HDR. */
+export const HOOK_PRE_ROUTING = 0;
+export const HOOK_LOCAL_IN = 1;
+export const HOOK_FORWARD = 2;
+export const HOOK_LOCAL_OUT = 3;
+export const HOOK_POST_ROUTING = 4;
+
+/** Field positions of one packet's entry in the meta array. */
+export const Meta = {
+  PacketId: 0,
+  Queue: 1,
+  Hook: 2,
+  Mark: 3,
+  Offset: 4,
+  Length: 5,
+  OriginalLength: 6,
+  Flags: 7,
+} as const;
+
+export const META_FLAG_CHECKSUM_PARTIAL = 1 << 0;
+export const META_FLAG_CHECKSUM_UNVERIFIED = 1 << 1;
+export const META_FLAG_GSO = 1 << 2;
+export const META_FLAG_TRUNCATED = 1 << 3;
+
+/** Counter slots in the order the addon writes them. */
+export const QUEUE_COUNTERS = [
+  'received',
+  'batches',
+  'accepted',
+  'dropped',
+  'repeated',
+  'rewritten',
+  'overruns',
+  'recvErrors',
+  'verdictErrors',
+  'sendErrors',
+  'truncated',
+  'malformed',
+] as const;
+export type QueueCounterName = (typeof QUEUE_COUNTERS)[number];
+
+export interface NativeQueueOptions {
+  queues: number[];
+  maxLength: number;
+  failOpen: boolean;
+  socketBufferBytes: number;
+  input: Uint8Array;
+  meta: Uint32Array;
+  counters: Float64Array;
+  onBatch: (count: number) => void;
+}
+
+export interface NativeQueue {
+  start(): void;
+  verdict(packetId: number, queue: number, verdict: NfVerdict, mark: number, payload?: Uint8Array, length?: number): void;
+  flush(): void;
+  close(): void;
+}
+
+interface NativeBinding {
+  NfQueue: new (options: NativeQueueOptions) => NativeQueue;
+  SLOT_SIZE: number;
+  META_STRIDE: number;
+  COUNTER_COUNT: number;
+}
+
+// From agent/src/datapath (run through tsx) or dist/agent/src/datapath (compiled).
+const addonCandidates = ['../../../native/build/Release/synpass_nfq.node', '../../../../native/build/Release/synpass_nfq.node'].map(
+  (relative) => fileURLToPath(new URL(relative, import.meta.url)),
+);
+let binding: NativeBinding | undefined;
+
+export function loadBinding(): NativeBinding {
+  if (binding === undefined) {
+    const addonPath = addonCandidates.find((candidate) => existsSync(candidate)) ?? addonCandidates[0]!;
+    try {
+      binding = createRequire(import.meta.url)(addonPath) as NativeBinding;
+    } catch (cause) {
+      throw new Error(`synpass native addon not built at ${addonPath}: run scripts/setup (or npm run build:native)`, {
+        cause,
+      });
+    }
+    if (binding.COUNTER_COUNT !== QUEUE_COUNTERS.length) {
+      throw new Error('synpass native addon does not match this agent version: rebuild it');
+    }
+  }
+  return binding;
+}
+
+export interface QueueBuffers {
+  input: Uint8Array;
+  meta: Uint32Array;
+  counters: Float64Array;
+  slotSize: number;
+  metaStride: number;
+}
+
+/** Allocates the JS-owned buffers for a queue receiving up to `slots` packets per batch. */
+export function allocateQueueBuffers(slots: number): QueueBuffers {
+  const native = loadBinding();
+  return {
+    input: new Uint8Array(native.SLOT_SIZE * slots),
+    meta: new Uint32Array(native.META_STRIDE * slots),
+    counters: new Float64Array(native.COUNTER_COUNT),
+    slotSize: native.SLOT_SIZE,
+    metaStride: native.META_STRIDE,
+  };
+}
+
+export function readQueueCounters(counters: Float64Array): Record<QueueCounterName, number> {
+  const result = {} as Record<QueueCounterName, number>;
+  QUEUE_COUNTERS.forEach((name, index) => {
+    result[name] = counters[index] ?? 0;
+  });
+  return result;
+}

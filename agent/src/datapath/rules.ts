@@ -1,0 +1,113 @@
+// Pure generation of the agent's mangle-table rules as iptables-restore input, and of the
+// commands that remove them. No I/O here: iptables.ts runs what this produces.
+import { MARKER_KIND } from './marker.ts';
+import type { ConnectionMarks } from './marks.ts';
+
+export type IpFamily = 4 | 6;
+
+export const CHAIN_PREFIX = 'SYNPASS-';
+export const CHAINS = {
+  ingress: 'SYNPASS-IN',
+  ingressQueue: 'SYNPASS-IN-Q',
+  egress: 'SYNPASS-OUT',
+  egressQueue: 'SYNPASS-OUT-Q',
+  mark: 'SYNPASS-MARK',
+} as const;
+const COMMENT = 'synpass';
+
+export interface RuleOptions {
+  /** First queue number and how many queues to balance across (flows stay on one queue). */
+  queueNumber: number;
+  queueCount: number;
+  /** If no agent listens, accept (--queue-bypass) instead of dropping. */
+  failOpen: boolean;
+  marks: ConnectionMarks;
+  /** CIDRs that receive tokens: outgoing SYNs are queued only toward these. */
+  targetNetworks: readonly string[];
+  /** CIDRs the agent never touches in either direction. */
+  excludedNetworks: readonly string[];
+}
+
+function hex(value: number): string {
+  return `0x${(value >>> 0).toString(16)}`;
+}
+
+function queueTarget(options: RuleOptions): string {
+  const queue =
+    options.queueCount > 1
+      ? `--queue-balance ${options.queueNumber}:${options.queueNumber + options.queueCount - 1}`
+      : `--queue-num ${options.queueNumber}`;
+  return `-j NFQUEUE ${queue}${options.failOpen ? ' --queue-bypass' : ''}`;
+}
+
+export function isFamily(cidr: string, family: IpFamily): boolean {
+  return family === 6 ? cidr.includes(':') : !cidr.includes(':');
+}
+
+/**
+ * The ruleset for one address family, as iptables-restore --noflush input.
+ * Queued: every packet carrying a marker (so a late duplicate never reaches the kernel with
+ * token bytes), incoming SYNs, and the SYN-ACK and first ACK of connections the agent tracks.
+ * Outgoing SYNs are queued only toward target networks. Released connections are never queued.
+ */
+export function buildRuleset(family: IpFamily, options: RuleOptions): string {
+  const { marks } = options;
+  const queue = queueTarget(options);
+  const pass = `${hex(marks.pass)}/${hex(marks.pass)}`;
+  const track = `${hex(marks.track)}/${hex(marks.track)}`;
+  const release = `${hex(marks.release)}/${hex(marks.release)}`;
+  const excluded = options.excludedNetworks.filter((cidr) => isFamily(cidr, family));
+  const targets = options.targetNetworks.filter((cidr) => isFamily(cidr, family));
+  const tag = `-m comment --comment ${COMMENT}`;
+  const lines: string[] = [
+    '*mangle',
+    ...Object.values(CHAINS).map((chain) => `:${chain} - [0:0]`),
+    `-I PREROUTING 1 -p tcp ${tag} -j ${CHAINS.ingress}`,
+    `-I POSTROUTING 1 -p tcp ${tag} -j ${CHAINS.egress}`,
+    // A packet comes back after its verdict (NF_REPEAT) carrying `pass`: record, do not queue.
+    `-A ${CHAINS.ingress} -m mark ! --mark ${pass} -j ${CHAINS.ingressQueue}`,
+    `-A ${CHAINS.ingress} -m mark --mark ${pass} -j ${CHAINS.mark}`,
+    `-A ${CHAINS.egress} -m mark ! --mark ${pass} -j ${CHAINS.egressQueue}`,
+    `-A ${CHAINS.egress} -m mark --mark ${pass} -j ${CHAINS.mark}`,
+    `-A ${CHAINS.mark} -m mark --mark ${track} -j CONNMARK --or-mark ${hex(marks.track)}`,
+    `-A ${CHAINS.mark} -m mark --mark ${release} -j CONNMARK --or-mark ${hex(marks.release)}`,
+    `-A ${CHAINS.mark} -j MARK --and-mark ${hex(~marks.all)}`,
+    `-A ${CHAINS.ingressQueue} -i lo -j RETURN`,
+    ...excluded.map((cidr) => `-A ${CHAINS.ingressQueue} -s ${cidr} -j RETURN`),
+    `-A ${CHAINS.ingressQueue} -p tcp -m tcp --tcp-option ${MARKER_KIND} ${queue}`,
+    `-A ${CHAINS.ingressQueue} -m connmark --mark ${release} -j RETURN`,
+    `-A ${CHAINS.ingressQueue} -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${queue}`,
+    `-A ${CHAINS.ingressQueue} -p tcp -m connmark --mark ${track} -m tcp --tcp-flags ACK ACK ${queue}`,
+    `-A ${CHAINS.egressQueue} -o lo -j RETURN`,
+    ...excluded.map((cidr) => `-A ${CHAINS.egressQueue} -d ${cidr} -j RETURN`),
+    `-A ${CHAINS.egressQueue} -m connmark --mark ${release} -j RETURN`,
+    `-A ${CHAINS.egressQueue} -p tcp -m connmark --mark ${track} -m tcp --tcp-flags ACK ACK ${queue}`,
+    ...targets.map(
+      (cidr) => `-A ${CHAINS.egressQueue} -d ${cidr} -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${queue}`,
+    ),
+    'COMMIT',
+    '',
+  ];
+  return lines.join('\n');
+}
+
+/**
+ * From `iptables-save -t mangle` output, the iptables-restore --noflush input that removes every
+ * synpass jump and chain; null when nothing of synpass is installed.
+ */
+export function buildRemoval(saved: string): string | null {
+  const jumps: string[] = [];
+  const chains: string[] = [];
+  for (const line of saved.split('\n')) {
+    const chainDeclaration = /^:(\S+) /.exec(line);
+    if (chainDeclaration?.[1]?.startsWith(CHAIN_PREFIX)) chains.push(chainDeclaration[1]);
+    const rule = /^-A (\S+) (.*)$/.exec(line);
+    if (rule && !rule[1]!.startsWith(CHAIN_PREFIX) && / -j SYNPASS-\S+/.test(` ${rule[2]!}`)) {
+      jumps.push(`-D ${rule[1]!} ${rule[2]!}`);
+    }
+  }
+  if (jumps.length === 0 && chains.length === 0) return null;
+  return ['*mangle', ...jumps, ...chains.map((c) => `-F ${c}`), ...chains.map((c) => `-X ${c}`), 'COMMIT', ''].join(
+    '\n',
+  );
+}

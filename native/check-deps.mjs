@@ -1,0 +1,33 @@
+// Runs from binding.gyp before compiling: names the Debian package that is missing instead of
+// letting the compiler fail on an include deep inside the addon.
+import { existsSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+
+const required = [
+  { header: 'libmnl/libmnl.h', pkgConfig: 'libmnl', debian: 'libmnl-dev' },
+  { header: 'linux/netfilter/nfnetlink_queue.h', pkgConfig: null, debian: 'linux-libc-dev' },
+];
+
+const includeDirs = ['/usr/include', '/usr/local/include'];
+const missing = required.filter(
+  (dep) => !includeDirs.some((dir) => existsSync(`${dir}/${dep.header}`)),
+);
+if (missing.length > 0) {
+  const names = missing.map((dep) => dep.debian).join(' ');
+  process.stderr.write(
+    `synpass native build: missing system package(s): ${names}\n` +
+      `  install them with: apt-get install -y ${names}   (or run scripts/setup)\n`,
+  );
+  process.exit(1);
+}
+
+const mode = process.argv[2];
+if (mode === '--libs') {
+  let libs = '-lmnl';
+  try {
+    libs = execFileSync('pkg-config', ['--libs', 'libmnl'], { encoding: 'utf8' }).trim() || libs;
+  } catch {
+    // pkg-config is optional: libmnl installs into the default library path on Debian.
+  }
+  process.stdout.write(libs);
+}
