@@ -1,11 +1,11 @@
 #!/usr/bin/env node
 // synpass command line: the agent itself and the tools around it.
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { request } from 'node:http';
 import { removeAllRules } from '../datapath/iptables.ts';
 import { PassThroughHandler } from '../handshake/pass-through.ts';
 import { Agent, DEFAULT_AGENT_OPTIONS, type AgentOptions } from '../runtime/agent.ts';
 import { createLogger } from '../telemetry/log.ts';
+import { fetchStatus } from '../telemetry/status-client.ts';
 import { parseCidr } from './cidr.ts';
 
 function integer(min: number, max: number) {
@@ -96,22 +96,12 @@ program
   .description("print the running agent's status as JSON")
   .option('--socket <path>', 'agent status socket', DEFAULT_AGENT_OPTIONS.statusSocket)
   .action(async (flags: { socket: string }) => {
-    const body = await new Promise<string>((resolve, reject) => {
-      const req = request({ socketPath: flags.socket, path: '/status', method: 'GET' }, (response) => {
-        let data = '';
-        response.setEncoding('utf8');
-        response.on('data', (chunk: string) => (data += chunk));
-        response.on('end', () => {
-          resolve(data);
-        });
-      });
-      req.on('error', reject);
-      req.end();
-    }).catch((error: unknown) => {
+    try {
+      process.stdout.write(`${JSON.stringify(await fetchStatus(flags.socket), null, 2)}\n`);
+    } catch (error) {
       process.stderr.write(`synpass status: no agent at ${flags.socket}: ${(error as Error).message}\n`);
       process.exit(1);
-    });
-    process.stdout.write(`${JSON.stringify(JSON.parse(body), null, 2)}\n`);
+    }
   });
 
 await program.parseAsync(process.argv);

@@ -173,7 +173,7 @@ describe('attachToken / detachToken', () => {
     const out = new Uint8Array(2048);
     const length = attachToken(parsed(IPV4_SYN), token, token.length, out, 1500);
     const attached = out.slice(0, length);
-    attached[60 + 3] ^= 0x01; // ExID low byte
+    attached[60 + 3] = attached[60 + 3]! ^ 0x01; // ExID low byte
     const packet = parsed(attached);
     assert.equal(packet.hasMarker, false);
   });

@@ -1,0 +1,225 @@
+// Test-side handle on scripts/lab: namespaces, processes inside them, agents and captures.
+// Every lab is torn down by its test's after() hook and, as a last resort, on process exit.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { fetchStatus } from '../../agent/src/telemetry/status-client.ts';
+
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const LAB = `${ROOT}scripts/lab`;
+const CLI = `${ROOT}agent/src/cli/main.ts`;
+const PEER = `${ROOT}test/support/peer.ts`;
+const CAPTURE = `${ROOT}test/support/capture-probe.ts`;
+
+export type Host = 'web' | 'api' | 'outsider';
+
+const liveLabs = new Set<string>();
+process.on('exit', () => {
+  for (const prefix of liveLabs) execFileSync(LAB, ['down', prefix], { stdio: 'ignore' });
+});
+
+export function isRoot(): boolean {
+  return process.getuid?.() === 0;
+}
+
+/** A process running inside a lab namespace whose stdout is JSON lines. */
+export class NetnsProcess {
+  readonly lines: Record<string, unknown>[] = [];
+  readonly stderr: string[] = [];
+  readonly exited: Promise<number | null>;
+  private readonly child: ChildProcess;
+  private waiters: (() => void)[] = [];
+
+  constructor(namespace: string, command: string[], options: { stdin?: boolean } = {}) {
+    this.child = spawn('ip', ['netns', 'exec', namespace, ...command], {
+      cwd: ROOT,
+      stdio: [options.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+    });
+    let partial = '';
+    this.child.stdout!.setEncoding('utf8');
+    this.child.stdout!.on('data', (chunk: string) => {
+      partial += chunk;
+      const complete = partial.split('\n');
+      partial = complete.pop() ?? '';
+      for (const line of complete) {
+        if (line.trim() === '') continue;
+        try {
+          this.lines.push(JSON.parse(line) as Record<string, unknown>);
+        } catch {
+          this.lines.push({ text: line });
+        }
+      }
+      this.notify();
+    });
+    this.child.stderr!.setEncoding('utf8');
+    this.child.stderr!.on('data', (chunk: string) => this.stderr.push(chunk));
+    this.exited = new Promise((resolve) => {
+      this.child.on('exit', (code) => {
+        this.notify();
+        resolve(code);
+      });
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
+  private notify(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  /** Resolves with the first line matching `predicate`; rejects after `timeoutMs` or on exit. */
+  async waitFor(predicate: (line: Record<string, unknown>) => boolean, timeoutMs = 15_000): Promise<Record<string, unknown>> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.lines.find(predicate);
+      if (found) return found;
+      if (this.child.exitCode !== null || this.child.signalCode !== null) {
+        throw new Error(`process exited (${this.child.exitCode ?? this.child.signalCode}) before the expected line: ${this.stderr.join('')}`);
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out waiting; lines: ${JSON.stringify(this.lines.slice(-5))} ${this.stderr.join('')}`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.min(left, 250));
+        this.waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+  }
+
+  write(text: string): void {
+    this.child.stdin?.write(text);
+  }
+
+  closeStdin(): void {
+    this.child.stdin?.end();
+  }
+
+  async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 10_000): Promise<number | null> {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs);
+    const code = await this.exited;
+    clearTimeout(timer);
+    return code;
+  }
+}
+
+export interface AgentHandle {
+  process: NetnsProcess;
+  socket: string;
+  status(): Promise<AgentStatus>;
+}
+
+export interface AgentStatus {
+  queue: Record<string, number>;
+  verdicts: { direction: string; action: string; reason: string; count: number }[];
+  rules: { backend: string; families: number[] } | null;
+}
+
+export class Lab {
+  private readonly processes: NetnsProcess[] = [];
+
+  private constructor(
+    readonly prefix: string,
+    readonly net: number,
+  ) {}
+
+  /** Creates the lab; `prefix` is 1-8 of [a-z0-9], `net` 1..250 and unique among running labs. */
+  static up(prefix: string, net: number): Lab {
+    liveLabs.add(prefix);
+    execFileSync(LAB, ['up', prefix, String(net)], { stdio: 'pipe' });
+    return new Lab(prefix, net);
+  }
+
+  namespace(host: Host | 'sw'): string {
+    return `${this.prefix}-${host}`;
+  }
+
+  address(host: Host, family: 4 | 6 = 4): string {
+    const index = { web: 1, api: 2, outsider: 3 }[host];
+    return family === 4 ? `10.213.${this.net}.${index}` : `fd53:5350:0:${this.net}::${index}`;
+  }
+
+  get networks(): string[] {
+    return [`10.213.${this.net}.0/24`, `fd53:5350:0:${this.net}::/64`];
+  }
+
+  spawn(host: Host | 'sw', command: string[], options: { stdin?: boolean } = {}): NetnsProcess {
+    const child = new NetnsProcess(this.namespace(host), command, options);
+    this.processes.push(child);
+    return child;
+  }
+
+  /** Runs the peer script in `host` (see test/support/peer.ts). */
+  peer(host: Host, args: string[], options: { stdin?: boolean } = {}): NetnsProcess {
+    return this.spawn(host, [process.execPath, '--import', 'tsx', PEER, ...args], options);
+  }
+
+  /** Runs a one-shot peer and returns its first JSON line. */
+  async peerOnce(host: Host, args: string[], timeoutMs = 15_000): Promise<Record<string, unknown>> {
+    const child = this.peer(host, args);
+    const line = await child.waitFor(() => true, timeoutMs);
+    await child.exited;
+    return line;
+  }
+
+  synpass(host: Host, args: string[]): string {
+    return execFileSync('ip', ['netns', 'exec', this.namespace(host), process.execPath, '--import', 'tsx', CLI, ...args], {
+      cwd: ROOT,
+      encoding: 'utf8',
+    });
+  }
+
+  exec(host: Host | 'sw', command: string[]): string {
+    return execFileSync('ip', ['netns', 'exec', this.namespace(host), ...command], { encoding: 'utf8' });
+  }
+
+  async startAgent(host: Host, extraArgs: string[] = []): Promise<AgentHandle> {
+    const socket = `/tmp/synpass-test-${this.prefix}-${host}.sock`;
+    const targets = this.networks.flatMap((cidr) => ['--target', cidr]);
+    const child = this.spawn(host, [process.execPath, '--import', 'tsx', CLI, 'agent', 'run', '--status-socket', socket, ...targets, ...extraArgs]);
+    await child.waitFor((line) => line.msg === 'agent running' || line.level === 'fatal');
+    const fatal = child.lines.find((line) => line.level === 'fatal');
+    if (fatal) throw new Error(`agent in ${host} failed: ${JSON.stringify(fatal)}`);
+    return { process: child, socket, status: () => readStatus(socket) };
+  }
+
+  /** Starts a libpcap capture on the switch bridge; resolves once it is capturing. */
+  async capture(filter: string, count = 1000, ms = 15_000): Promise<NetnsProcess> {
+    const child = this.spawn('sw', [process.execPath, '--import', 'tsx', CAPTURE, 'br0', filter, String(count), String(ms)], {
+      stdin: true,
+    });
+    await child.waitFor((line) => line.ready === true);
+    return child;
+  }
+
+  iptablesSave(host: Host): string {
+    return ['iptables-nft-save', 'iptables-legacy-save', 'ip6tables-nft-save', 'ip6tables-legacy-save']
+      .map((tool) => {
+        try {
+          return this.exec(host, [tool]);
+        } catch {
+          return '';
+        }
+      })
+      .join('\n');
+  }
+
+  async down(): Promise<void> {
+    await Promise.all(this.processes.map((child) => child.stop('SIGKILL', 2_000)));
+    execFileSync(LAB, ['down', this.prefix], { stdio: 'pipe' });
+    liveLabs.delete(this.prefix);
+  }
+}
+
+export async function readStatus(socketPath: string): Promise<AgentStatus> {
+  return (await fetchStatus(socketPath)) as AgentStatus;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
