@@ -51,6 +51,7 @@ agent
   )
   .option('--target <cidr>', 'network that receives tokens (repeatable)', collectCidr, [])
   .option('--exclude <cidr>', 'network the agent never touches (repeatable)', collectCidr, [])
+  .addOption(new Option('--iptables <backend>', 'preferred iptables backend (falls back to the other)').choices(['nft', 'legacy']).default('nft'))
   .option('--status-socket <path>', 'unix socket for `synpass status`', DEFAULT_AGENT_OPTIONS.statusSocket)
   .action(async (flags: Record<string, unknown>) => {
     const log = createLogger();
@@ -66,6 +67,7 @@ agent
       targetNetworks: flags.target as string[],
       excludedNetworks: flags.exclude as string[],
       statusSocket: flags.statusSocket as string,
+      iptablesBackend: flags.iptables as AgentOptions['iptablesBackend'],
     };
     const runtime = new Agent(options, new PassThroughHandler(), log, flags.mode as string);
     const shutdown = (signal: string): void => {

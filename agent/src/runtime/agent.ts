@@ -3,7 +3,7 @@
 import type { Server } from 'node:http';
 import { DatapathEngine, type MalformedPolicy } from '../datapath/engine.ts';
 import type { HandshakeHandler } from '../datapath/handler.ts';
-import { installRules, removeAllRules, type InstalledRules } from '../datapath/iptables.ts';
+import { installRules, removeAllRules, type Backend, type InstalledRules } from '../datapath/iptables.ts';
 import { connectionMarks } from '../datapath/marks.ts';
 import { allocateQueueBuffers, loadBinding, readQueueCounters, type NativeQueue } from '../datapath/nfqueue.ts';
 import type { Logger } from '../telemetry/log.ts';
@@ -21,6 +21,7 @@ export interface AgentOptions {
   excludedNetworks: string[];
   statusSocket: string;
   batchSlots: number;
+  iptablesBackend: Backend;
 }
 
 export const DEFAULT_AGENT_OPTIONS: AgentOptions = {
@@ -35,6 +36,7 @@ export const DEFAULT_AGENT_OPTIONS: AgentOptions = {
   excludedNetworks: [],
   statusSocket: '/run/synpass/agent.sock',
   batchSlots: 32,
+  iptablesBackend: 'nft',
 };
 
 export class Agent {
@@ -85,7 +87,7 @@ export class Agent {
         marks: connectionMarks(this.options.markBase),
         targetNetworks: this.options.targetNetworks,
         excludedNetworks: this.options.excludedNetworks,
-      });
+      }, this.options.iptablesBackend);
     } catch (error) {
       queue.close();
       this.queue = null;

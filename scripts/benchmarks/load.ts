@@ -1,0 +1,121 @@
+// Load generator and server for scripts/bench; runs inside lab namespaces, prints one JSON line.
+//   server <connectPort> <sinkPort>                accept-and-close server plus a byte sink
+//   rate <host> <port> <concurrency> <ms> <max>     new connections per second
+//   sequential <host> <port> <count>                connect latency, one at a time
+//   bulk <host> <port> <bytes>                      one stream's throughput
+import { connect, createServer, type Socket } from 'node:net';
+
+const [mode, ...args] = process.argv.slice(2);
+
+function emit(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value)}\n`);
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
+}
+
+function openAndClose(host: string, port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const started = process.hrtime.bigint();
+    let connectedAfter = 0;
+    const socket: Socket = connect({ host, port });
+    socket.setNoDelay(true);
+    socket.once('connect', () => {
+      connectedAfter = Number(process.hrtime.bigint() - started) / 1000;
+      socket.end();
+    });
+    socket.once('error', reject);
+    socket.once('close', () => {
+      resolve(connectedAfter);
+    });
+    socket.resume();
+  });
+}
+
+async function rate(host: string, port: number, concurrency: number, ms: number, max: number): Promise<void> {
+  let completed = 0;
+  let failed = 0;
+  const started = Date.now();
+  const deadline = started + ms;
+  const worker = async (): Promise<void> => {
+    while (Date.now() < deadline && completed + failed < max) {
+      try {
+        await openAndClose(host, port);
+        completed += 1;
+      } catch {
+        failed += 1;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  const seconds = (Date.now() - started) / 1000;
+  emit({ completed, failed, seconds, perSecond: completed / seconds });
+}
+
+async function sequential(host: string, port: number, count: number): Promise<void> {
+  const samples: number[] = [];
+  const deadline = Date.now() + 30_000;
+  for (let i = 0; i < count && Date.now() < deadline; i++) samples.push(await openAndClose(host, port));
+  samples.sort((a, b) => a - b);
+  emit({ count: samples.length, p50: percentile(samples, 50), p99: percentile(samples, 99) });
+}
+
+async function bulk(host: string, port: number, bytes: number): Promise<void> {
+  const chunk = Buffer.alloc(256 * 1024, 0x5a);
+  const started = process.hrtime.bigint();
+  await new Promise<void>((resolve, reject) => {
+    const socket = connect({ host, port }, () => {
+      let sent = 0;
+      const pump = (): void => {
+        while (sent < bytes) {
+          sent += chunk.length;
+          if (!socket.write(chunk)) {
+            socket.once('drain', pump);
+            return;
+          }
+        }
+        socket.end();
+      };
+      pump();
+    });
+    socket.on('error', reject);
+    socket.on('close', () => {
+      resolve();
+    });
+    socket.resume();
+  });
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  emit({ bytes, seconds, megabytesPerSecond: bytes / 1e6 / seconds });
+}
+
+switch (mode) {
+  case 'server': {
+    const [connectPort, sinkPort] = args.map(Number);
+    createServer((socket) => {
+      socket.on('error', () => undefined);
+      socket.end();
+      socket.resume();
+    }).listen(connectPort, '0.0.0.0', 1024);
+    createServer((socket) => {
+      socket.on('error', () => undefined);
+      socket.resume();
+      socket.on('end', () => socket.end());
+    }).listen(sinkPort, '0.0.0.0', () => {
+      emit({ listening: true });
+    });
+    break;
+  }
+  case 'rate':
+    await rate(args[0]!, Number(args[1]), Number(args[2]), Number(args[3]), Number(args[4]));
+    break;
+  case 'sequential':
+    await sequential(args[0]!, Number(args[1]), Number(args[2]));
+    break;
+  case 'bulk':
+    await bulk(args[0]!, Number(args[1]), Number(args[2]));
+    break;
+  default:
+    process.stderr.write(`unknown mode ${mode ?? ''}\n`);
+    process.exit(2);
+}
