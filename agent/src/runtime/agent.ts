@@ -2,12 +2,12 @@
 // for a listener that is not there yet), serve status, and undo both on SIGINT/SIGTERM.
 import type { Server } from 'node:http';
 import { DatapathEngine, type MalformedPolicy } from '../datapath/engine.ts';
-import type { HandshakeHandler } from '../datapath/handler.ts';
 import { installRules, removeAllRules, type Backend, type InstalledRules } from '../datapath/iptables.ts';
 import { connectionMarks } from '../datapath/marks.ts';
 import { allocateQueueBuffers, loadBinding, readQueueCounters, type NativeQueue } from '../datapath/nfqueue.ts';
 import type { Logger } from '../telemetry/log.ts';
 import { startStatusServer, stopStatusServer } from '../telemetry/status-server.ts';
+import type { BuiltHandler } from './handlers.ts';
 
 export interface AgentOptions {
   queueNumber: number;
@@ -50,12 +50,12 @@ export class Agent {
 
   constructor(
     private readonly options: AgentOptions,
-    handler: HandshakeHandler,
+    private readonly built: BuiltHandler,
     private readonly log: Logger,
     private readonly mode: string,
   ) {
     this.buffers = allocateQueueBuffers(options.batchSlots);
-    this.engine = new DatapathEngine(this.buffers, handler, {
+    this.engine = new DatapathEngine(this.buffers, built.handler, {
       marks: connectionMarks(options.markBase),
       mtu: options.mtu,
       onMalformed: options.onMalformed,
@@ -108,6 +108,7 @@ export class Agent {
       rules: this.rules,
       queue: readQueueCounters(this.buffers.counters),
       verdicts: this.engine.verdicts.snapshot(),
+      identity: this.built.status(),
     };
   }
 
@@ -122,6 +123,7 @@ export class Agent {
       }
       this.queue?.close();
       this.queue = null;
+      this.built.stop();
       if (this.statusServer) await stopStatusServer(this.statusServer, this.options.statusSocket);
       this.log.info({ counters: readQueueCounters(this.buffers.counters) }, 'agent stopped');
     })();

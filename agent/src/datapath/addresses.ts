@@ -1,0 +1,18 @@
+// Text forms of a parsed packet's addresses, for flow keys and logs (not on the per-packet path
+// of released connections: only handshake packets reach here).
+import type { ParsedPacket } from './packet.ts';
+
+function format(buf: Uint8Array, offset: number, length: number): string {
+  if (length === 4) return `${buf[offset]!}.${buf[offset + 1]!}.${buf[offset + 2]!}.${buf[offset + 3]!}`;
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(((buf[offset + i]! << 8) | buf[offset + i + 1]!).toString(16));
+  return groups.join(':');
+}
+
+export function sourceAddress(packet: ParsedPacket): string {
+  return format(packet.buf, packet.sourceOffset, packet.addressLength);
+}
+
+export function destinationAddress(packet: ParsedPacket): string {
+  return format(packet.buf, packet.sourceOffset + packet.addressLength, packet.addressLength);
+}

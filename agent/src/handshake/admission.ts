@@ -1,0 +1,66 @@
+// Who may open a connection to this host, until the policy engine takes over: protected ports
+// admit only verified identities that an `allow` entry names; listed networks may reach listed
+// ports without an identity. Unprotected ports admit everyone.
+import { BlockList, isIPv4 } from 'node:net';
+import type { VerifiedIdentity } from '../token/identity-token.ts';
+
+export interface AllowIdentity {
+  /** spiffe:// URI; a trailing * matches any suffix. */
+  subject?: string;
+  attributes?: Record<string, string>;
+  ports?: number[];
+}
+
+export interface AllowWithoutIdentity {
+  cidr: string;
+  ports?: number[];
+}
+
+export interface AdmissionConfig {
+  /** Ports that require an accepted identity; "all" protects every port. */
+  protectedPorts: number[] | 'all';
+  allow: AllowIdentity[];
+  allowWithoutIdentity: AllowWithoutIdentity[];
+}
+
+function subjectMatches(pattern: string | undefined, subject: string): boolean {
+  if (pattern === undefined) return true;
+  return pattern.endsWith('*') ? subject.startsWith(pattern.slice(0, -1)) : subject === pattern;
+}
+
+function portMatches(ports: number[] | undefined, port: number): boolean {
+  return ports === undefined || ports.includes(port);
+}
+
+export class Admission {
+  private readonly anonymous: { list: BlockList; ports: number[] | undefined }[];
+
+  constructor(private readonly config: AdmissionConfig) {
+    this.anonymous = config.allowWithoutIdentity.map((entry) => {
+      const list = new BlockList();
+      const [address, prefix] = entry.cidr.split('/');
+      list.addSubnet(address!, Number(prefix), isIPv4(address!) ? 'ipv4' : 'ipv6');
+      return { list, ports: entry.ports };
+    });
+  }
+
+  isProtected(port: number): boolean {
+    return this.config.protectedPorts === 'all' || this.config.protectedPorts.includes(port);
+  }
+
+  admitsIdentity(identity: VerifiedIdentity, port: number): boolean {
+    if (!this.isProtected(port)) return true;
+    return this.config.allow.some(
+      (rule) =>
+        portMatches(rule.ports, port) &&
+        subjectMatches(rule.subject, identity.subject) &&
+        Object.entries(rule.attributes ?? {}).every(([name, value]) => identity.attributes[name] === value),
+    );
+  }
+
+  admitsWithoutIdentity(source: string, port: number): boolean {
+    if (!this.isProtected(port)) return true;
+    const family = isIPv4(source) ? 'ipv4' : 'ipv6';
+    return this.anonymous.some((entry) => portMatches(entry.ports, port) && entry.list.check(source, family));
+  }
+}

@@ -1,0 +1,371 @@
+// The identity handshake (docs/protocol.md). The client's SYN carries its credential, token,
+// nonce and time; the server's SYN-ACK its own plus a proof binding both nonces and ISNs; the
+// client's first ACK its proof. Both sides verify the other's proof. When the client already
+// knows the server's agent, its SYN carries a proof too and the handshake ends at the SYN-ACK.
+import { randomBytes } from 'node:crypto';
+import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
+import type { Decision, Direction, HandshakeHandler, PacketInfo, Stage } from '../datapath/handler.ts';
+import { TCP_RST } from '../datapath/packet.ts';
+import type { LocalIdentity } from '../identity/local-identity.ts';
+import type { VerifiedIdentity } from '../token/identity-token.ts';
+import type { Admission } from './admission.ts';
+import { ExpiringTable, flowKey, type Flow, type SeenNonce } from './handshake-state.ts';
+import type { PeerVerifier } from './peer-verifier.ts';
+import { computeProof, keyId, proofMatches } from './proofs.ts';
+import { HandshakeReject, type HandshakeReason } from './reasons.ts';
+import {
+  decodeMessage,
+  encodeMessage,
+  FLAG_FAST,
+  FLAG_SYN_PROOF,
+  MessageType,
+  NONCE_BYTES,
+  WireError,
+  type HandshakeMessage,
+} from './wire.ts';
+
+export interface HandshakeEvent {
+  direction: Direction;
+  stage: Stage;
+  accepted: boolean;
+  reason: HandshakeReason;
+  source: string;
+  sourcePort: number;
+  destination: string;
+  destinationPort: number;
+  peer: VerifiedIdentity | null;
+}
+
+export interface IdentityHandlerOptions {
+  replayWindowSeconds: number;
+  /** How long a handshake may take before its state is forgotten. */
+  handshakeTimeoutMs: number;
+  maxFlows: number;
+  maxNonces: number;
+  now?: () => number;
+  onEvent?: (event: HandshakeEvent) => void;
+}
+
+interface KnownServer {
+  keyId: Buffer;
+  pairKey: Buffer;
+}
+
+/** Completed server-side flows are kept this long to tell duplicates from replays. */
+const COMPLETED_LINGER_MS = 10_000;
+
+export class IdentityHandler implements HandshakeHandler {
+  private readonly flows: ExpiringTable<Flow & { completed?: boolean }>;
+  private readonly nonces: ExpiringTable<SeenNonce>;
+  private readonly knownServers = new Map<string, KnownServer>();
+  private readonly now: () => number;
+
+  constructor(
+    private readonly local: LocalIdentity,
+    private readonly verifier: PeerVerifier,
+    private readonly admission: Admission,
+    private readonly options: IdentityHandlerOptions,
+  ) {
+    this.now = options.now ?? Date.now;
+    this.flows = new ExpiringTable(options.maxFlows, this.now);
+    this.nonces = new ExpiringTable(options.maxNonces, this.now);
+  }
+
+  decide(info: PacketInfo, decision: Decision): void {
+    const packet = info.packet;
+    if ((packet.flags & TCP_RST) !== 0) {
+      // A reset ends the attempt; it never carries or needs a token.
+      decision.reason = 'ok';
+      decision.release = true;
+      return;
+    }
+    let peer: VerifiedIdentity | null = null;
+    try {
+      if (info.direction === 'egress') {
+        if (info.stage === 'syn') this.clientSyn(info, decision);
+        else if (info.stage === 'syn-ack') this.serverSynAck(info, decision);
+        else this.clientAck(info, decision);
+      } else if (info.stage === 'syn') peer = this.serverSyn(info, decision);
+      else if (info.stage === 'syn-ack') peer = this.clientSynAck(info, decision);
+      else this.serverAck(info, decision);
+    } catch (error) {
+      if (!(error instanceof HandshakeReject)) throw error;
+      decision.drop(error.reason);
+    }
+    if (info.stage !== 'ack' || !decision.accept) this.emit(info, decision, peer);
+  }
+
+  private emit(info: PacketInfo, decision: Decision, peer: VerifiedIdentity | null): void {
+    const listener = this.options.onEvent;
+    if (!listener) return;
+    const packet = info.packet;
+    listener({
+      direction: info.direction,
+      stage: info.stage,
+      accepted: decision.accept,
+      reason: decision.reason as HandshakeReason,
+      source: sourceAddress(packet),
+      sourcePort: packet.sourcePort,
+      destination: destinationAddress(packet),
+      destinationPort: packet.destinationPort,
+      peer,
+    });
+  }
+
+  private decode(info: PacketInfo): HandshakeMessage {
+    try {
+      return decodeMessage(info.token!);
+    } catch (error) {
+      if (error instanceof WireError) throw new HandshakeReject('malformed-handshake', error.message);
+      throw error;
+    }
+  }
+
+  // --- client side ---------------------------------------------------------------------------
+
+  private clientSyn(info: PacketInfo, decision: Decision): void {
+    const packet = info.packet;
+    const server = destinationAddress(packet);
+    const key = flowKey(sourceAddress(packet), packet.sourcePort, server, packet.destinationPort);
+    const existing = this.flows.get(key);
+    if (existing?.synBody && existing.clientIsn === packet.sequence) {
+      // A retransmitted SYN carries the same message, so the server can recognise it.
+      this.attach(decision, existing.synBody);
+      decision.track = true;
+      decision.reason = 'ok';
+      return;
+    }
+    if (this.local.token === '') throw new HandshakeReject('no-own-token');
+    const nonce = randomBytes(NONCE_BYTES);
+    const time = Math.floor(this.now() / 1000);
+    const known = this.knownServers.get(server);
+    const body = encodeMessage({
+      type: MessageType.Syn,
+      flags: known ? FLAG_SYN_PROOF : 0,
+      credential: this.local.credentialCompact,
+      token: this.local.token,
+      nonce,
+      time,
+      peerKeyId: known?.keyId ?? null,
+      proof: known ? computeProof(known.pairKey, 'syn', [nonce, time, packet.sequence]) : null,
+    });
+    const stored = this.flows.set(key, {
+      role: 'client',
+      clientNonce: nonce,
+      serverNonce: null,
+      clientIsn: packet.sequence,
+      serverIsn: 0,
+      pairKey: known?.pairKey ?? null,
+      peer: null,
+      fast: known !== undefined,
+      synBody: body,
+      expiresAt: this.now() + this.options.handshakeTimeoutMs,
+    });
+    if (!stored) throw new HandshakeReject('flow-table-full');
+    this.attach(decision, body);
+    decision.track = true;
+    decision.reason = 'ok';
+  }
+
+  private clientSynAck(info: PacketInfo, decision: Decision): VerifiedIdentity | null {
+    const packet = info.packet;
+    const server = sourceAddress(packet);
+    const key = flowKey(destinationAddress(packet), packet.destinationPort, server, packet.sourcePort);
+    const flow = this.flows.get(key);
+    if (info.token === null) {
+      // The server runs no agent: nothing to verify, and nothing to prove in our ACK.
+      this.flows.delete(key);
+      decision.reason = 'peer-without-agent';
+      decision.release = true;
+      return null;
+    }
+    const message = this.decode(info);
+    if (message.type !== MessageType.SynAck) throw new HandshakeReject('malformed-handshake');
+    if (flow?.role !== 'client' || packet.acknowledgment !== ((flow.clientIsn + 1) >>> 0)) {
+      throw new HandshakeReject('unknown-flow');
+    }
+    const peer = this.verify(message.credential, message.token);
+    const pairKey = this.verifier.pairKey(peer.credential);
+    const expected = computeProof(pairKey, 'syn-ack', [message.flags, flow.clientNonce, message.nonce, flow.clientIsn, packet.sequence]);
+    if (!proofMatches(expected, message.proof)) throw new HandshakeReject('bad-proof');
+    const fast = (message.flags & FLAG_FAST) !== 0;
+    if (fast && !flow.fast) throw new HandshakeReject('bad-proof', 'server claimed a fast handshake the client did not offer');
+    this.rememberServer(server, peer.credential.kexRaw, pairKey);
+    flow.serverNonce = Buffer.from(message.nonce);
+    flow.serverIsn = packet.sequence;
+    flow.pairKey = pairKey;
+    flow.peer = peer.identity;
+    if (fast) {
+      this.flows.delete(key);
+      decision.release = true;
+      decision.reason = 'ok-fast';
+    } else {
+      decision.reason = 'ok';
+    }
+    return peer.identity;
+  }
+
+  private clientAck(info: PacketInfo, decision: Decision): void {
+    const packet = info.packet;
+    const key = flowKey(sourceAddress(packet), packet.sourcePort, destinationAddress(packet), packet.destinationPort);
+    const flow = this.flows.get(key);
+    decision.reason = 'ok';
+    decision.release = true;
+    if (flow?.role !== 'client' || flow.serverNonce === null || flow.pairKey === null) return;
+    // Kept until it expires: a segment racing the release verdict carries the same proof.
+    this.attach(decision, encodeMessage({ type: MessageType.Ack, proof: this.ackProof(flow) }));
+  }
+
+  // --- server side ---------------------------------------------------------------------------
+
+  private serverSyn(info: PacketInfo, decision: Decision): VerifiedIdentity | null {
+    const packet = info.packet;
+    const client = sourceAddress(packet);
+    const port = packet.destinationPort;
+    if (info.token === null) {
+      if (!this.admission.admitsWithoutIdentity(client, port)) throw new HandshakeReject('no-identity');
+      decision.reason = this.admission.isProtected(port) ? 'allowed-without-identity' : 'unprotected-port';
+      decision.release = true;
+      return null;
+    }
+    const message = this.decode(info);
+    if (message.type !== MessageType.Syn) throw new HandshakeReject('malformed-handshake');
+    const nowMs = this.now();
+    if (Math.abs(nowMs / 1000 - message.time) > this.options.replayWindowSeconds) throw new HandshakeReject('stale-timestamp');
+    const key = flowKey(client, packet.sourcePort, destinationAddress(packet), port);
+    const nonceKey = Buffer.from(message.nonce).toString('base64');
+    const seen = this.nonces.get(nonceKey);
+    if (seen !== undefined) {
+      const pending = this.flows.get(key);
+      if (seen.flow === key && seen.clientIsn === packet.sequence && pending?.role === 'server' && !pending.completed) {
+        decision.track = true;
+        decision.reason = 'ok';
+        return pending.peer;
+      }
+      throw new HandshakeReject('replayed-syn');
+    }
+    const peer = this.verify(message.credential, message.token);
+    if (!this.admission.admitsIdentity(peer.identity, port)) throw new HandshakeReject('not-allowed');
+    const pairKey = this.verifier.pairKey(peer.credential);
+    let fast = false;
+    if (message.proof !== null && message.peerKeyId !== null && keyId(this.local.kexRaw).equals(message.peerKeyId)) {
+      // Proved to our current key: a mismatch can only be tampering.
+      const expected = computeProof(pairKey, 'syn', [message.nonce, message.time, packet.sequence]);
+      if (!proofMatches(expected, message.proof)) throw new HandshakeReject('bad-proof');
+      fast = true;
+    }
+    const window = this.options.replayWindowSeconds * 2000;
+    if (!this.nonces.set(nonceKey, { flow: key, clientIsn: packet.sequence, expiresAt: nowMs + window })) {
+      throw new HandshakeReject('replay-cache-full');
+    }
+    const stored = this.flows.set(key, {
+      role: 'server',
+      clientNonce: Buffer.from(message.nonce),
+      serverNonce: null,
+      clientIsn: packet.sequence,
+      serverIsn: 0,
+      pairKey,
+      peer: peer.identity,
+      fast,
+      synBody: null,
+      expiresAt: nowMs + this.options.handshakeTimeoutMs,
+    });
+    if (!stored) throw new HandshakeReject('flow-table-full');
+    decision.track = true;
+    decision.reason = fast ? 'ok-fast' : 'ok';
+    return peer.identity;
+  }
+
+  private serverSynAck(info: PacketInfo, decision: Decision): void {
+    const packet = info.packet;
+    const key = flowKey(destinationAddress(packet), packet.destinationPort, sourceAddress(packet), packet.sourcePort);
+    const flow = this.flows.get(key);
+    if (flow?.role !== 'server' || flow.pairKey === null) {
+      decision.reason = 'peer-without-agent';
+      decision.release = true;
+      return;
+    }
+    // Retransmitted SYN-ACKs reuse the nonce, so the proof stays the one the client checks.
+    flow.serverNonce ??= randomBytes(NONCE_BYTES);
+    flow.serverIsn = packet.sequence;
+    const flags = flow.fast ? FLAG_FAST : 0;
+    const proof = computeProof(flow.pairKey, 'syn-ack', [flags, flow.clientNonce, flow.serverNonce, flow.clientIsn, flow.serverIsn]);
+    this.attach(
+      decision,
+      encodeMessage({
+        type: MessageType.SynAck,
+        flags,
+        credential: this.local.credentialCompact,
+        token: this.local.token,
+        nonce: flow.serverNonce,
+        proof,
+      }),
+    );
+    decision.reason = flow.fast ? 'ok-fast' : 'ok';
+    if (flow.fast) {
+      flow.completed = true;
+      decision.release = true;
+    }
+  }
+
+  private serverAck(info: PacketInfo, decision: Decision): void {
+    const packet = info.packet;
+    const key = flowKey(sourceAddress(packet), packet.sourcePort, destinationAddress(packet), packet.destinationPort);
+    const flow = this.flows.get(key);
+    if (info.token === null) {
+      if (flow?.role === 'server' && !flow.completed) throw new HandshakeReject('no-identity', 'first ACK without a proof');
+      decision.reason = 'ok';
+      decision.release = true;
+      return;
+    }
+    const message = this.decode(info);
+    if (message.type !== MessageType.Ack) throw new HandshakeReject('malformed-handshake');
+    if (flow?.role !== 'server' || flow.serverNonce === null) throw new HandshakeReject('replayed-ack');
+    const valid = proofMatches(this.ackProof(flow), message.proof);
+    if (flow.completed) {
+      // Only a data segment that raced the client's release may repeat the proof; a bare
+      // repeated ACK is a duplicate or a replay and is never delivered.
+      if (!valid || packet.applicationPayloadLength === 0) throw new HandshakeReject('replayed-ack');
+      decision.reason = 'ok';
+      decision.release = true;
+      return;
+    }
+    if (!valid) throw new HandshakeReject('bad-proof');
+    flow.completed = true;
+    flow.expiresAt = this.now() + COMPLETED_LINGER_MS;
+    decision.reason = 'ok';
+    decision.release = true;
+  }
+
+  // --- shared --------------------------------------------------------------------------------
+
+  private ackProof(flow: Flow): Buffer {
+    return computeProof(flow.pairKey!, 'ack', [flow.clientNonce, flow.serverNonce!, flow.clientIsn, flow.serverIsn]);
+  }
+
+  private verify(credential: string, token: string): ReturnType<PeerVerifier['verify']> {
+    return this.verifier.verify(credential, token);
+  }
+
+  private attach(decision: Decision, body: Uint8Array): void {
+    decision.token = body;
+    decision.tokenLength = body.length;
+  }
+
+  private rememberServer(address: string, kexRaw: Buffer, pairKey: Buffer): void {
+    if (this.knownServers.size >= 4096 && !this.knownServers.has(address)) {
+      const oldest = this.knownServers.keys().next().value;
+      if (oldest !== undefined) this.knownServers.delete(oldest);
+    }
+    this.knownServers.set(address, { keyId: keyId(kexRaw), pairKey });
+  }
+
+  /** A server's key changed (rotation): forget it so the next SYN takes the full handshake. */
+  forgetServer(address: string): void {
+    this.knownServers.delete(address);
+  }
+
+  stats(): Record<string, number> {
+    return { flows: this.flows.size, nonces: this.nonces.size, knownServers: this.knownServers.size };
+  }
+}

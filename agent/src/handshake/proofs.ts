@@ -1,0 +1,41 @@
+// Pair keys and proofs. Two agents derive one symmetric key from a static X25519 agreement
+// between their credential keys (HKDF-SHA256, RFC 5869), cached per pair, so after first
+// contact a connection costs only HMACs. Proofs are HMAC-SHA256 truncated to 128 bits.
+import { createHmac, diffieHellman, hkdfSync, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { KEY_ID_BYTES, PROOF_BYTES } from './wire.ts';
+
+const PAIR_INFO = Buffer.from('synpass pair key v1');
+
+export function derivePairKey(ownKex: KeyObject, ownKexRaw: Buffer, peerKex: KeyObject, peerKexRaw: Buffer): Buffer {
+  const shared = diffieHellman({ privateKey: ownKex, publicKey: peerKex });
+  // Salt orders the two public keys so both ends derive the same key.
+  const salt = Buffer.compare(ownKexRaw, peerKexRaw) <= 0 ? Buffer.concat([ownKexRaw, peerKexRaw]) : Buffer.concat([peerKexRaw, ownKexRaw]);
+  return Buffer.from(hkdfSync('sha256', shared, salt, PAIR_INFO, 32));
+}
+
+/** Short identifier of an agent's key-agreement key, so a SYN can name the key it proved to. */
+export function keyId(kexRaw: Buffer): Buffer {
+  return kexRaw.subarray(0, KEY_ID_BYTES);
+}
+
+function u32(value: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(value >>> 0);
+  return b;
+}
+
+export type ProofLabel = 'syn' | 'syn-ack' | 'ack';
+
+/**
+ * HMAC over the label and every value the proof binds: the nonces of both ends, the initial
+ * sequence numbers, and (SYN-ACK) the server's flags, so none can be swapped or replayed.
+ */
+export function computeProof(pairKey: Buffer, label: ProofLabel, parts: readonly (Uint8Array | number)[]): Buffer {
+  const hmac = createHmac('sha256', pairKey).update(label);
+  for (const part of parts) hmac.update(typeof part === 'number' ? u32(part) : part);
+  return hmac.digest().subarray(0, PROOF_BYTES);
+}
+
+export function proofMatches(expected: Buffer, received: Uint8Array): boolean {
+  return received.length === expected.length && timingSafeEqual(expected, received);
+}

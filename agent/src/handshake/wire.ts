@@ -1,0 +1,184 @@
+// Handshake messages carried in the token area (the body after the datapath's length prefix).
+// Pure encode/decode over caller buffers; a body that does not decode is a typed failure.
+//
+//   every body   version u8 (=1) | type u8
+//   SYN (1)      flags u8 | cred JWS | token JWS | nonce[16] | time u32 (unix s)
+//                [flags & SYN_PROOF: peerKeyId[8] | proof[16]]
+//   SYN-ACK (2)  flags u8 | cred JWS | token JWS | nonce[16] | proof[16]
+//   ACK (3)      proof[16]
+// A JWS travels as its three segments base64url-decoded (u16 header | u16 payload | u8
+// signature), a quarter smaller than the compact form, which is rebuilt on receipt.
+
+export const WIRE_VERSION = 1;
+export const NONCE_BYTES = 16;
+export const PROOF_BYTES = 16;
+export const KEY_ID_BYTES = 8;
+
+export const MessageType = { Syn: 1, SynAck: 2, Ack: 3 } as const;
+export type MessageTypeValue = (typeof MessageType)[keyof typeof MessageType];
+
+/** SYN: the client proves its key to an agent it already knows (fast path, no ACK trip). */
+export const FLAG_SYN_PROOF = 0x01;
+/** SYN-ACK: the server took the fast path; the handshake ends at the SYN-ACK on both sides. */
+export const FLAG_FAST = 0x01;
+
+export interface SynMessage {
+  type: typeof MessageType.Syn;
+  flags: number;
+  credential: string;
+  token: string;
+  nonce: Uint8Array;
+  time: number;
+  peerKeyId: Uint8Array | null;
+  proof: Uint8Array | null;
+}
+
+export interface SynAckMessage {
+  type: typeof MessageType.SynAck;
+  flags: number;
+  credential: string;
+  token: string;
+  nonce: Uint8Array;
+  proof: Uint8Array;
+}
+
+export interface AckMessage {
+  type: typeof MessageType.Ack;
+  proof: Uint8Array;
+}
+
+export type HandshakeMessage = SynMessage | SynAckMessage | AckMessage;
+
+export class WireError extends Error {
+  override readonly name = 'WireError';
+  constructor(message: string) {
+    super(message);
+  }
+}
+
+class Reader {
+  offset = 0;
+  constructor(private readonly buf: Uint8Array) {}
+  u8(): number {
+    if (this.offset + 1 > this.buf.length) throw new WireError('truncated');
+    return this.buf[this.offset++]!;
+  }
+  u16(): number {
+    return (this.u8() << 8) | this.u8();
+  }
+  u32(): number {
+    return ((this.u16() << 16) | this.u16()) >>> 0;
+  }
+  bytes(length: number): Uint8Array {
+    if (this.offset + length > this.buf.length) throw new WireError('truncated');
+    const view = this.buf.subarray(this.offset, this.offset + length);
+    this.offset += length;
+    return view;
+  }
+  private segment(length: number): string {
+    const view = this.bytes(length);
+    return Buffer.from(view.buffer, view.byteOffset, view.length).toString('base64url');
+  }
+  jws(): string {
+    const header = this.segment(this.u16());
+    const payload = this.segment(this.u16());
+    return `${header}.${payload}.${this.segment(this.u8())}`;
+  }
+  end(): void {
+    if (this.offset !== this.buf.length) throw new WireError('trailing bytes');
+  }
+}
+
+export function decodeMessage(body: Uint8Array): HandshakeMessage {
+  const r = new Reader(body);
+  const version = r.u8();
+  if (version !== WIRE_VERSION) throw new WireError(`unknown version ${version}`);
+  const type = r.u8();
+  let message: HandshakeMessage;
+  if (type === MessageType.Syn) {
+    const flags = r.u8();
+    const credential = r.jws();
+    const token = r.jws();
+    const nonce = r.bytes(NONCE_BYTES);
+    const time = r.u32();
+    const hasProof = (flags & FLAG_SYN_PROOF) !== 0;
+    const peerKeyId = hasProof ? r.bytes(KEY_ID_BYTES) : null;
+    const proof = hasProof ? r.bytes(PROOF_BYTES) : null;
+    message = { type, flags, credential, token, nonce, time, peerKeyId, proof };
+  } else if (type === MessageType.SynAck) {
+    const flags = r.u8();
+    const credential = r.jws();
+    const token = r.jws();
+    message = { type, flags, credential, token, nonce: r.bytes(NONCE_BYTES), proof: r.bytes(PROOF_BYTES) };
+  } else if (type === MessageType.Ack) {
+    message = { type, proof: r.bytes(PROOF_BYTES) };
+  } else {
+    throw new WireError(`unknown message type ${type}`);
+  }
+  r.end();
+  return message;
+}
+
+class Writer {
+  readonly buf: Buffer;
+  offset = 0;
+  constructor(size: number) {
+    this.buf = Buffer.alloc(size);
+  }
+  u8(value: number): void {
+    this.buf[this.offset++] = value;
+  }
+  u16(value: number): void {
+    this.buf.writeUInt16BE(value, this.offset);
+    this.offset += 2;
+  }
+  u32(value: number): void {
+    this.buf.writeUInt32BE(value >>> 0, this.offset);
+    this.offset += 4;
+  }
+  bytes(value: Uint8Array): void {
+    this.buf.set(value, this.offset);
+    this.offset += value.length;
+  }
+  jws(compact: string): void {
+    const parts = compact.split('.');
+    if (parts.length !== 3) throw new TypeError('not a compact JWS');
+    const [header, payload, signature] = parts.map((part) => Buffer.from(part, 'base64url')) as [Buffer, Buffer, Buffer];
+    if (header.length > 0xffff || payload.length > 0xffff || signature.length > 0xff) throw new RangeError('JWS too large');
+    this.u16(header.length);
+    this.bytes(header);
+    this.u16(payload.length);
+    this.bytes(payload);
+    this.u8(signature.length);
+    this.bytes(signature);
+  }
+}
+
+export function encodeMessage(message: HandshakeMessage): Buffer {
+  const size =
+    message.type === MessageType.Ack ? 2 + PROOF_BYTES : 3 + 4 + message.credential.length + message.token.length + 64;
+  const w = new Writer(size);
+  w.u8(WIRE_VERSION);
+  w.u8(message.type);
+  if (message.type === MessageType.Syn) {
+    w.u8(message.flags);
+    w.jws(message.credential);
+    w.jws(message.token);
+    w.bytes(message.nonce);
+    w.u32(message.time);
+    if ((message.flags & FLAG_SYN_PROOF) !== 0) {
+      if (!message.peerKeyId || !message.proof) throw new TypeError('SYN proof flag without key id and proof');
+      w.bytes(message.peerKeyId);
+      w.bytes(message.proof);
+    }
+  } else if (message.type === MessageType.SynAck) {
+    w.u8(message.flags);
+    w.jws(message.credential);
+    w.jws(message.token);
+    w.bytes(message.nonce);
+    w.bytes(message.proof);
+  } else {
+    w.bytes(message.proof);
+  }
+  return w.buf.subarray(0, w.offset);
+}

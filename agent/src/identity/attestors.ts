@@ -1,0 +1,108 @@
+// Attestors: each yields attributes and vouches for them under its own name (provenance).
+// An attribute name is "<namespace>.<key>"; the agent's credential lists the namespaces it may
+// assert, so a peer rejects attributes an agent was never allowed to vouch for. A Kubernetes pod
+// attestor slots in by implementing the same interface.
+import { readFile } from 'node:fs/promises';
+import { hostname, platform, release } from 'node:os';
+import type { Attribute } from '../token/identity-token.ts';
+
+export interface Attestor {
+  readonly name: string;
+  attest(): Promise<Map<string, Attribute>>;
+}
+
+function attributes(attestor: string, values: Record<string, string | undefined>): Map<string, Attribute> {
+  const result = new Map<string, Attribute>();
+  for (const [name, value] of Object.entries(values)) if (value !== undefined && value !== '') result.set(name, { value, attestor });
+  return result;
+}
+
+export class StaticAttestor implements Attestor {
+  readonly name = 'static';
+  constructor(private readonly labels: Record<string, string>) {}
+  attest(): Promise<Map<string, Attribute>> {
+    return Promise.resolve(attributes(this.name, this.labels));
+  }
+}
+
+export class HostAttestor implements Attestor {
+  readonly name = 'host';
+  constructor(private readonly machineIdPath = '/etc/machine-id') {}
+  async attest(): Promise<Map<string, Attribute>> {
+    const machineId = await readFile(this.machineIdPath, 'utf8').then((text) => text.trim(), () => undefined);
+    return attributes(this.name, {
+      'host.name': hostname(),
+      'host.os': platform(),
+      'host.kernel': release(),
+      'host.machine-id': machineId,
+    });
+  }
+}
+
+/** Named environment variables, as env.<name in lower case with - for _>. */
+export class EnvironmentAttestor implements Attestor {
+  readonly name = 'env';
+  constructor(
+    private readonly names: string[],
+    private readonly environment: NodeJS.ProcessEnv = process.env,
+  ) {}
+  attest(): Promise<Map<string, Attribute>> {
+    const values: Record<string, string | undefined> = {};
+    for (const name of this.names) values[`env.${name.toLowerCase().replaceAll('_', '-')}`] = this.environment[name];
+    return Promise.resolve(attributes(this.name, values));
+  }
+}
+
+async function readJsonObject(path: string): Promise<Record<string, unknown>> {
+  const value: unknown = JSON.parse(await readFile(path, 'utf8'));
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error(`${path}: expected a JSON object`);
+  return value as Record<string, unknown>;
+}
+
+function text(value: unknown): string | undefined {
+  return typeof value === 'string' || typeof value === 'number' ? String(value) : undefined;
+}
+
+/** A cloud instance-identity document (AWS field names; GCP/Azure documents map the same way). */
+export class CloudDocumentAttestor implements Attestor {
+  readonly name = 'cloud';
+  constructor(private readonly path: string) {}
+  async attest(): Promise<Map<string, Attribute>> {
+    const doc = await readJsonObject(this.path);
+    return attributes(this.name, {
+      'cloud.provider': text(doc.provider) ?? 'aws',
+      'cloud.account': text(doc.accountId),
+      'cloud.region': text(doc.region),
+      'cloud.zone': text(doc.availabilityZone),
+      'cloud.instance-id': text(doc.instanceId),
+      'cloud.image': text(doc.imageId),
+      'cloud.instance-type': text(doc.instanceType),
+    });
+  }
+}
+
+/** A posture report (e.g. a vulnerability scanner's summary) so policy can require good posture. */
+export class PostureAttestor implements Attestor {
+  readonly name = 'posture';
+  constructor(private readonly path: string) {}
+  async attest(): Promise<Map<string, Attribute>> {
+    const doc = await readJsonObject(this.path);
+    const cves = (doc.openCves ?? {}) as Record<string, unknown>;
+    return attributes(this.name, {
+      'posture.patch-level': text(doc.patchLevel),
+      'posture.scanner': text(doc.scanner),
+      'posture.scanned-at': text(doc.scannedAt),
+      'posture.cves-critical': text(cves.critical),
+      'posture.cves-high': text(cves.high),
+    });
+  }
+}
+
+/** Runs every attestor; a later attestor never overrides an attribute an earlier one vouched for. */
+export async function collectAttributes(attestors: readonly Attestor[]): Promise<Map<string, Attribute>> {
+  const merged = new Map<string, Attribute>();
+  for (const attestor of attestors) {
+    for (const [name, attribute] of await attestor.attest()) if (!merged.has(name)) merged.set(name, attribute);
+  }
+  return merged;
+}

@@ -1,0 +1,107 @@
+// Agent credentials: a JWT signed by the trust domain's CA that binds an agent's public signing
+// key and key-agreement key, the attribute namespaces the agent may assert, and an expiry.
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import { SignJWT, calculateJwkThumbprint, exportJWK, type JWK } from 'jose';
+import { TokenError } from '../token/errors.ts';
+import { checkTimes, decodeJws, verifyJwsSignature } from '../token/jws.ts';
+import type { TrustBundle } from './trust-bundle.ts';
+
+export const CREDENTIAL_TYPE = 'synpass-agent+jwt';
+const NAMESPACE_PATTERN = /^[a-z][a-z0-9-]{0,31}$/;
+
+export interface VerifiedCredential {
+  compact: string;
+  trustDomain: string;
+  /** spiffe://<domain>/agent/<id> */
+  subject: string;
+  signKey: KeyObject;
+  signKid: string;
+  kexKey: KeyObject;
+  /** Raw X25519 public key: identifies the agent for pair-key caching. */
+  kexRaw: Buffer;
+  namespaces: ReadonlySet<string>;
+  expiresAt: number;
+}
+
+export interface IssueCredentialInput {
+  caKey: KeyObject;
+  caKid: string;
+  trustDomain: string;
+  agentId: string;
+  signPublicKey: KeyObject;
+  kexPublicKey: KeyObject;
+  namespaces: string[];
+  ttlSeconds: number;
+  nowSeconds?: number;
+}
+
+export async function issueCredential(input: IssueCredentialInput): Promise<string> {
+  for (const ns of input.namespaces) {
+    if (!NAMESPACE_PATTERN.test(ns)) throw new RangeError(`attribute namespace "${ns}" must match ${NAMESPACE_PATTERN}`);
+  }
+  const sig = await exportJWK(input.signPublicKey);
+  const kex = await exportJWK(input.kexPublicKey);
+  const now = input.nowSeconds ?? Math.floor(Date.now() / 1000);
+  return new SignJWT({
+    cnf: { sig: { ...sig, kid: await calculateJwkThumbprint(sig) }, kex },
+    ns: input.namespaces,
+  })
+    .setProtectedHeader({ alg: 'ES256', kid: input.caKid, typ: CREDENTIAL_TYPE })
+    .setIssuer(input.trustDomain)
+    .setSubject(`spiffe://${input.trustDomain}/agent/${input.agentId}`)
+    .setIssuedAt(now)
+    .setExpirationTime(now + input.ttlSeconds)
+    .sign(input.caKey);
+}
+
+function publicKey(jwk: unknown, kty: string, crv: string): KeyObject {
+  const key = jwk as JWK | undefined;
+  if (key?.kty !== kty || key.crv !== crv || typeof key.x !== 'string') {
+    throw new TokenError('bad-claims', `credential key must be ${kty}/${crv}`);
+  }
+  try {
+    return createPublicKey({ key: key as import('node:crypto').JsonWebKey, format: 'jwk' });
+  } catch {
+    throw new TokenError('bad-claims', 'credential key is not a valid JWK');
+  }
+}
+
+/** Verifies a credential against the trust bundles (sync, node:crypto). */
+export function verifyCredential(
+  compact: string,
+  bundles: ReadonlyMap<string, TrustBundle>,
+  nowSeconds: number,
+  leewaySeconds = 30,
+): VerifiedCredential {
+  const jws = decodeJws(compact);
+  if (jws.header.typ !== CREDENTIAL_TYPE) throw new TokenError('bad-claims', 'not an agent credential');
+  const { iss, sub, cnf, ns, exp } = jws.payload;
+  if (typeof iss !== 'string') throw new TokenError('bad-claims', 'iss is required');
+  const bundle = bundles.get(iss);
+  if (!bundle) throw new TokenError('untrusted-domain', `trust domain ${iss} is not trusted`, { domain: iss });
+  const caKey = bundle.keys.get(jws.header.kid);
+  if (!caKey) throw new TokenError('unknown-kid', `no key ${jws.header.kid} in the bundle of ${iss}`, { domain: iss });
+  verifyJwsSignature(jws, caKey);
+  checkTimes(jws.payload, nowSeconds, leewaySeconds);
+  if (typeof sub !== 'string' || !sub.startsWith(`spiffe://${iss}/agent/`)) {
+    throw new TokenError('bad-claims', 'sub must be spiffe://<domain>/agent/<id>');
+  }
+  if (!Array.isArray(ns) || !ns.every((n) => typeof n === 'string' && NAMESPACE_PATTERN.test(n))) {
+    throw new TokenError('bad-claims', 'ns must be a list of attribute namespaces');
+  }
+  const keys = (cnf ?? {}) as { sig?: JWK; kex?: JWK };
+  const signKey = publicKey(keys.sig, 'EC', 'P-256');
+  const kexKey = publicKey(keys.kex, 'OKP', 'X25519');
+  if (typeof keys.sig?.kid !== 'string') throw new TokenError('bad-claims', 'cnf.sig.kid is required');
+  return {
+    compact,
+    trustDomain: iss,
+    subject: sub,
+    signKey,
+    signKid: keys.sig.kid,
+    kexKey,
+    kexRaw: Buffer.from(keys.kex!.x!, 'base64url'),
+    namespaces: new Set(ns as string[]),
+    expiresAt: exp as number,
+  };
+}

@@ -1,0 +1,78 @@
+// Trust bundles: one JWKS file per trust domain, holding the CA keys that sign agent
+// credentials there. An agent trusts exactly the domains whose bundles it is given, so two
+// clusters federate by exchanging bundle files. Keys without kid, without use "sig", or of an
+// algorithm outside the allow-list are ignored (SPIFFE JWT-SVID validation rules).
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { calculateJwkThumbprint, type JWK } from 'jose';
+import { ALLOWED_ALGORITHMS } from '../token/jws.ts';
+
+export const BUNDLE_SUFFIX = '.jwks.json';
+
+export interface TrustBundle {
+  trustDomain: string;
+  keys: Map<string, KeyObject>;
+}
+
+export class TrustBundleError extends Error {
+  override readonly name = 'TrustBundleError';
+  constructor(
+    message: string,
+    readonly path: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface BundleDocument {
+  trust_domain: string;
+  keys: JWK[];
+}
+
+export async function bundleDocument(trustDomain: string, publicJwks: JWK[]): Promise<BundleDocument> {
+  const keys = await Promise.all(
+    publicJwks.map(async (jwk) => ({ ...jwk, kid: await calculateJwkThumbprint(jwk), use: 'sig', alg: 'ES256' })),
+  );
+  return { trust_domain: trustDomain, keys };
+}
+
+export function parseBundle(text: string, path: string): TrustBundle {
+  let document: unknown;
+  try {
+    document = JSON.parse(text);
+  } catch {
+    throw new TrustBundleError('not JSON', path);
+  }
+  const { trust_domain: trustDomain, keys } = (document ?? {}) as Partial<BundleDocument>;
+  if (typeof trustDomain !== 'string' || !/^[a-z0-9._-]+$/.test(trustDomain)) {
+    throw new TrustBundleError('trust_domain must be a lower-case domain name', path);
+  }
+  if (!Array.isArray(keys)) throw new TrustBundleError('keys must be an array', path);
+  const usable = new Map<string, KeyObject>();
+  for (const jwk of keys) {
+    if (typeof jwk.kid !== 'string' || jwk.use !== 'sig') continue;
+    if (typeof jwk.alg !== 'string' || !(ALLOWED_ALGORITHMS as readonly string[]).includes(jwk.alg)) continue;
+    try {
+      usable.set(jwk.kid, createPublicKey({ key: jwk as import('node:crypto').JsonWebKey, format: 'jwk' }));
+    } catch {
+      throw new TrustBundleError(`key ${jwk.kid} is not a valid public JWK`, path);
+    }
+  }
+  if (usable.size === 0) throw new TrustBundleError('no usable signing key (kid, use "sig", ES256/EdDSA)', path);
+  return { trustDomain, keys: usable };
+}
+
+/** Loads every `*.jwks.json` in `directory`, keyed by trust domain. */
+export function loadTrustBundles(directory: string): Map<string, TrustBundle> {
+  const bundles = new Map<string, TrustBundle>();
+  for (const name of readdirSync(directory).sort()) {
+    if (!name.endsWith(BUNDLE_SUFFIX)) continue;
+    const path = join(directory, name);
+    const bundle = parseBundle(readFileSync(path, 'utf8'), path);
+    const existing = bundles.get(bundle.trustDomain);
+    if (existing) for (const [kid, key] of bundle.keys) existing.keys.set(kid, key);
+    else bundles.set(bundle.trustDomain, bundle);
+  }
+  return bundles;
+}

@@ -1,0 +1,100 @@
+// Builds the handshake handler a configuration asks for.
+import type { HandshakeHandler } from '../datapath/handler.ts';
+import { Admission } from '../handshake/admission.ts';
+import { IdentityHandler, type HandshakeEvent } from '../handshake/identity-handler.ts';
+import { PassThroughHandler } from '../handshake/pass-through.ts';
+import { PeerVerifier } from '../handshake/peer-verifier.ts';
+import {
+  CloudDocumentAttestor,
+  EnvironmentAttestor,
+  HostAttestor,
+  PostureAttestor,
+  StaticAttestor,
+  type Attestor,
+} from '../identity/attestors.ts';
+import { LocalIdentity } from '../identity/local-identity.ts';
+import type { Logger } from '../telemetry/log.ts';
+import type { AgentConfig, AttestorConfig } from './config.ts';
+
+export function buildAttestors(config: AttestorConfig): Attestor[] {
+  const attestors: Attestor[] = [new StaticAttestor(config.static)];
+  if (config.host) attestors.push(new HostAttestor());
+  if (config.env.length > 0) attestors.push(new EnvironmentAttestor(config.env));
+  if (config.cloudDocument) attestors.push(new CloudDocumentAttestor(config.cloudDocument));
+  if (config.postureFile) attestors.push(new PostureAttestor(config.postureFile));
+  return attestors;
+}
+
+function logEvent(log: Logger, event: HandshakeEvent): void {
+  const line = {
+    event: 'handshake',
+    direction: event.direction,
+    stage: event.stage,
+    verdict: event.accepted ? 'accept' : 'drop',
+    reason: event.reason,
+    source: `${event.source}:${event.sourcePort}`,
+    destination: `${event.destination}:${event.destinationPort}`,
+    peer: event.peer ? { subject: event.peer.subject, attributes: event.peer.attributes, agent: event.peer.agent } : null,
+  };
+  if (event.accepted) log.info(line, 'handshake verdict');
+  else log.warn(line, 'handshake verdict');
+}
+
+export interface BuiltHandler {
+  handler: HandshakeHandler;
+  stop(): void;
+  status(): Record<string, unknown>;
+}
+
+export async function buildHandler(config: AgentConfig, log: Logger): Promise<BuiltHandler> {
+  if (config.mode === 'pass-through' || config.identity === null) {
+    return { handler: new PassThroughHandler(), stop: () => undefined, status: () => ({}) };
+  }
+  const local = await LocalIdentity.load({
+    files: config.identity,
+    subject: config.identity.subject,
+    attestors: buildAttestors(config.attestors),
+    tokenTtlSeconds: config.identity.tokenTtlMinutes * 60,
+  });
+  log.info(
+    {
+      subject: config.identity.subject,
+      agent: local.credential.subject,
+      credentialExpiresAt: new Date(local.credential.expiresAt * 1000).toISOString(),
+      attributes: Object.fromEntries([...local.attributes].map(([name, a]) => [name, `${a.value} (${a.attestor})`])),
+      trustedDomains: [...local.bundles.keys()],
+    },
+    'identity loaded',
+  );
+  const verifier = new PeerVerifier(local.bundles, { kex: local.kex, kexRaw: local.kexRaw }, () => Math.floor(Date.now() / 1000));
+  const handler = new IdentityHandler(local, verifier, new Admission(config.admission), {
+    replayWindowSeconds: config.replayWindowSeconds,
+    handshakeTimeoutMs: 30_000,
+    maxFlows: 65_536,
+    maxNonces: 262_144,
+    onEvent: (event) => {
+      logEvent(log, event);
+    },
+  });
+  local.startRenewal(
+    (error) => {
+      log.error({ err: error }, 'token renewal failed; the current token stays until it expires');
+    },
+    () => {
+      log.info({ expiresAt: new Date(local.tokenExpiresAt * 1000).toISOString() }, 'token renewed');
+    },
+  );
+  return {
+    handler,
+    stop: () => {
+      local.stopRenewal();
+    },
+    status: () => ({
+      subject: config.identity?.subject,
+      credentialExpiresAt: local.credential.expiresAt,
+      tokenExpiresAt: local.tokenExpiresAt,
+      caches: verifier.cacheStats(),
+      handshake: handler.stats(),
+    }),
+  };
+}

@@ -1,0 +1,24 @@
+// Why a token or credential was refused. Each code is a drop reason and a metric label.
+
+export type TokenErrorCode =
+  | 'malformed-token'
+  | 'bad-alg' // alg outside the allow-list: none, HMAC, anything unknown
+  | 'missing-kid'
+  | 'unknown-kid'
+  | 'bad-signature'
+  | 'expired'
+  | 'not-yet-valid'
+  | 'untrusted-domain'
+  | 'bad-claims'
+  | 'namespace-not-allowed';
+
+export class TokenError extends Error {
+  override readonly name = 'TokenError';
+  constructor(
+    readonly code: TokenErrorCode,
+    message: string,
+    readonly context: Readonly<Record<string, string | number>> = {},
+  ) {
+    super(message);
+  }
+}

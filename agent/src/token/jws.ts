@@ -1,0 +1,81 @@
+// Compact JWS (RFC 7515) verification on node:crypto with keys loaded once: the agent's hot
+// path cannot afford jose's async API (several times slower, see ANCHORS). Signing happens only
+// at issuance and renewal, so it uses jose. Only asymmetric algorithms are accepted: `none` and
+// HMAC-with-a-public-key confusion are refused before any key is touched.
+import { verify as cryptoVerify, type KeyObject } from 'node:crypto';
+import { TokenError } from './errors.ts';
+
+export type JwsAlgorithm = 'ES256' | 'EdDSA';
+export const ALLOWED_ALGORITHMS: readonly JwsAlgorithm[] = ['ES256', 'EdDSA'];
+
+export interface JwsHeader {
+  alg: JwsAlgorithm;
+  kid: string;
+  typ?: string;
+}
+
+export interface DecodedJws {
+  header: JwsHeader;
+  payload: Record<string, unknown>;
+  signingInput: Buffer;
+  signature: Buffer;
+}
+
+function algorithmOf(key: KeyObject): JwsAlgorithm {
+  if (key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1') return 'ES256';
+  if (key.asymmetricKeyType === 'ed25519') return 'EdDSA';
+  throw new TypeError(`unsupported signing key type ${key.asymmetricKeyType ?? 'unknown'}`);
+}
+
+function parseJson(part: string, what: string): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
+  } catch {
+    throw new TokenError('malformed-token', `${what} is not base64url JSON`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new TokenError('malformed-token', `${what} is not a JSON object`);
+  }
+  return value as Record<string, unknown>;
+}
+
+/** Splits and decodes a compact JWS and checks the header; the signature is not verified yet. */
+export function decodeJws(compact: string): DecodedJws {
+  const parts = compact.split('.');
+  if (parts.length !== 3 || parts.some((part) => !/^[A-Za-z0-9_-]*$/.test(part))) {
+    throw new TokenError('malformed-token', 'not a compact JWS');
+  }
+  const [h, p, s] = parts as [string, string, string];
+  const header = parseJson(h, 'header');
+  if (typeof header.alg !== 'string' || !(ALLOWED_ALGORITHMS as readonly string[]).includes(header.alg)) {
+    throw new TokenError('bad-alg', `algorithm ${String(header.alg)} is not allowed`, { alg: String(header.alg) });
+  }
+  if (typeof header.kid !== 'string' || header.kid === '') throw new TokenError('missing-kid', 'kid is required');
+  if (header.crit !== undefined) throw new TokenError('malformed-token', 'crit header parameters are not supported');
+  const payload = parseJson(p, 'payload');
+  return {
+    header: header as unknown as JwsHeader,
+    payload,
+    signingInput: Buffer.from(`${h}.${p}`),
+    signature: Buffer.from(s, 'base64url'),
+  };
+}
+
+/** Verifies the signature with `key`, whose type must match the header's alg. */
+export function verifyJwsSignature(jws: DecodedJws, key: KeyObject): void {
+  if (algorithmOf(key) !== jws.header.alg) {
+    throw new TokenError('bad-alg', `alg ${jws.header.alg} does not match the key`, { alg: jws.header.alg });
+  }
+  const ok = cryptoVerify(jws.header.alg === 'ES256' ? 'sha256' : null, jws.signingInput, { key, dsaEncoding: 'ieee-p1363' }, jws.signature);
+  if (!ok) throw new TokenError('bad-signature', 'signature does not verify', { kid: jws.header.kid });
+}
+
+/** Checks exp/nbf/iat against `nowSeconds` with `leewaySeconds` of clock skew. */
+export function checkTimes(payload: Record<string, unknown>, nowSeconds: number, leewaySeconds: number): void {
+  const { exp, nbf, iat } = payload;
+  if (typeof exp !== 'number') throw new TokenError('bad-claims', 'exp is required');
+  if (exp + leewaySeconds <= nowSeconds) throw new TokenError('expired', 'token expired', { exp });
+  if (typeof nbf === 'number' && nbf - leewaySeconds > nowSeconds) throw new TokenError('not-yet-valid', 'token not yet valid', { nbf });
+  if (typeof iat === 'number' && iat - leewaySeconds > nowSeconds) throw new TokenError('not-yet-valid', 'token issued in the future', { iat });
+}

@@ -1,0 +1,72 @@
+// Keys, credentials and agent configurations for a lab: trust domain demo.synpass with agents
+// "web" and "api", and a rogue domain whose agent "mallory" runs on the outsider.
+import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { initDomain, issueAgent } from '../../agent/src/identity/issuance.ts';
+import type { Lab } from './lab.ts';
+
+export const DOMAIN = 'demo.synpass';
+export const ROGUE_DOMAIN = 'rogue.example';
+export const PROTECTED_PORTS = [7000, 8080];
+
+export interface IdentityLabFiles {
+  directory: string;
+  configs: { web: string; api: string; outsider: string };
+  agents: { web: string; api: string; outsider: string };
+  domainDirectory: string;
+}
+
+export async function prepareIdentities(lab: Lab, directory: string): Promise<IdentityLabFiles> {
+  const domainDirectory = join(directory, 'domain');
+  const rogueDirectory = join(directory, 'rogue');
+  await initDomain(DOMAIN, domainDirectory);
+  await initDomain(ROGUE_DOMAIN, rogueDirectory);
+  const bundles = join(directory, 'bundles');
+  mkdirSync(bundles, { recursive: true });
+  copyFileSync(join(domainDirectory, `${DOMAIN}.jwks.json`), join(bundles, `${DOMAIN}.jwks.json`));
+  const rogueBundles = join(directory, 'rogue-bundles');
+  mkdirSync(rogueBundles, { recursive: true });
+  copyFileSync(join(rogueDirectory, `${ROGUE_DOMAIN}.jwks.json`), join(rogueBundles, `${ROGUE_DOMAIN}.jwks.json`));
+
+  const agents = { web: join(directory, 'web'), api: join(directory, 'api'), outsider: join(directory, 'mallory') };
+  const namespaces = ['app', 'host'];
+  await issueAgent({ domainDirectory, trustDomain: DOMAIN, agentId: 'web', namespaces, ttlSeconds: 86_400, outputDirectory: agents.web });
+  await issueAgent({ domainDirectory, trustDomain: DOMAIN, agentId: 'api', namespaces, ttlSeconds: 86_400, outputDirectory: agents.api });
+  await issueAgent({
+    domainDirectory: rogueDirectory,
+    trustDomain: ROGUE_DOMAIN,
+    agentId: 'mallory',
+    namespaces,
+    ttlSeconds: 86_400,
+    outputDirectory: agents.outsider,
+  });
+
+  const config = (agentDirectory: string, domain: string, name: string, tier: string, bundleDirectory: string, admission: object) => ({
+    mode: 'identity',
+    identity: {
+      subject: `spiffe://${domain}/${name}`,
+      credential: join(agentDirectory, 'credential.jwt'),
+      signingKey: join(agentDirectory, 'sign.key.pem'),
+      keyAgreementKey: join(agentDirectory, 'kex.key.pem'),
+      trustBundles: bundleDirectory,
+      tokenTtlMinutes: 10,
+    },
+    attestors: { static: { 'app.name': name, 'app.tier': tier }, host: true },
+    admission,
+    targets: lab.networks,
+  });
+  const configs = { web: join(directory, 'web.yaml'), api: join(directory, 'api.yaml'), outsider: join(directory, 'mallory.yaml') };
+  writeFileSync(configs.web, stringify(config(agents.web, DOMAIN, 'web', 'frontend', bundles, { protectedPorts: PROTECTED_PORTS })));
+  writeFileSync(
+    configs.api,
+    stringify(
+      config(agents.api, DOMAIN, 'api', 'backend', bundles, {
+        protectedPorts: PROTECTED_PORTS,
+        allow: [{ subject: `spiffe://${DOMAIN}/web`, attributes: { 'app.tier': 'frontend' }, ports: PROTECTED_PORTS }],
+      }),
+    ),
+  );
+  writeFileSync(configs.outsider, stringify(config(agents.outsider, ROGUE_DOMAIN, 'mallory', 'frontend', rogueBundles, { protectedPorts: [] })));
+  return { directory, configs, agents, domainDirectory };
+}
