@@ -39,6 +39,8 @@ function synPacket(source: string, target: string, port: number, sourcePort: num
 }
 
 async function sendAll(target: string, packets: Buffer[]): Promise<number> {
+  // raw-socket's handle does not hold the event loop open while a send waits for writability.
+  const keepAlive = setInterval(() => undefined, 1_000);
   const socket = raw.createSocket({ protocol: raw.Protocol.TCP });
   socket.setOption(raw.SocketLevel.IPPROTO_IP, raw.SocketOption.IP_HDRINCL, 1);
   let sent = 0;
@@ -52,6 +54,7 @@ async function sendAll(target: string, packets: Buffer[]): Promise<number> {
     sent += 1;
   }
   socket.close();
+  clearInterval(keepAlive);
   return sent;
 }
 

@@ -1,0 +1,150 @@
+// The namespace demo: web and api run agents of trust domain demo.synpass, the outsider runs
+// none (then a rogue agent of an untrusted domain), and an attacker replays a captured SYN.
+// Prints one row per scenario; exits 0 only if every row is as expected.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ParsedPacket, parsePacket } from '../agent/src/datapath/packet.ts';
+import { prepareIdentities } from '../test/support/identity-lab.ts';
+import { Lab, ROOT, sleep, type AgentHandle } from '../test/support/lab.ts';
+
+const RAW_PROBE = join(ROOT, 'test/support/raw-probe.ts');
+
+interface Row {
+  connection: string;
+  expected: string;
+  result: string;
+  reason: string;
+  identity: string;
+}
+
+function lastVerdictFrom(agent: AgentHandle, sourceAddress: string, after: number): Record<string, unknown> | undefined {
+  return agent.process.lines
+    .slice(after)
+    .find((l) => l.event === 'handshake' && l.direction === 'ingress' && l.stage === 'syn' && String(l.source).startsWith(`${sourceAddress}:`));
+}
+
+const directory = mkdtempSync(join(tmpdir(), 'synpass-demo-'));
+const lab = Lab.up('demo', 7);
+const rows: Row[] = [];
+try {
+  const files = await prepareIdentities(lab, directory);
+  process.stderr.write('demo: lab up, keys issued; starting agents\n');
+  const api = await lab.startAgent('api', ['--config', files.configs.api]);
+  const web = await lab.startAgent('web', ['--config', files.configs.web]);
+  await lab.peer('api', ['server', '8080', 'http']).waitFor((l) => l.listening === 8080);
+  const apiAddress = lab.address('api');
+
+  // 1. web -> api over HTTP, captured on the bridge for the replay below.
+  const capture = await lab.capture('tcp port 8080 and tcp[tcpflags] & tcp-syn != 0', 2, 10_000);
+  const http = await lab.peerOnce('web', ['http', apiAddress, '8080']);
+  await capture.waitFor((l) => typeof l.hex === 'string');
+  await capture.stop();
+  const synHex = capture.lines.find((l) => typeof l.hex === 'string' && decodes(l.hex as string)?.isSyn)?.hex as string | undefined;
+  const webSeen = api.process.lines.find((l) => l.event === 'handshake' && l.stage === 'syn' && l.direction === 'ingress');
+  const apiSeen = web.process.lines.find((l) => l.event === 'handshake' && l.stage === 'syn-ack');
+  rows.push({
+    connection: 'web -> api:8080 (HTTP)',
+    expected: 'connected',
+    result: http.status === 200 ? 'connected' : 'failed',
+    reason: String(webSeen?.reason ?? '-'),
+    identity: `${subjectOf(webSeen)} <-> ${subjectOf(apiSeen)}`,
+  });
+
+  // 2. A second connection: the agents know each other, the handshake ends at the SYN-ACK.
+  const again = await lab.peerOnce('web', ['http', apiAddress, '8080']);
+  const fast = web.process.lines.filter((l) => l.event === 'handshake' && l.stage === 'syn-ack').at(-1);
+  rows.push({
+    connection: 'web -> api:8080 again (known peer)',
+    expected: 'connected',
+    result: again.status === 200 ? 'connected' : 'failed',
+    reason: String(fast?.reason ?? '-'),
+    identity: subjectOf(fast),
+  });
+
+  // 3. The outsider (no agent) tries a normal connection.
+  const mark = api.process.lines.length;
+  const outsider = await lab.peerOnce('outsider', ['echo', apiAddress, '8080', 'hi'], 4_000).catch(() => ({ error: 'timeout' }));
+  const outsiderVerdict = lastVerdictFrom(api, lab.address('outsider'), mark);
+  rows.push({
+    connection: 'outsider -> api:8080 (no agent)',
+    expected: 'cloaked',
+    result: 'echoed' in outsider ? 'connected' : 'cloaked',
+    reason: String(outsiderVerdict?.reason ?? '-'),
+    identity: '-',
+  });
+
+  // 4. A raw SYN scan of api's protected ports: a capture must see nothing come back.
+  const silence = await lab.capture(`src host ${apiAddress} and tcp`, 100, 3_000);
+  const scanMark = api.process.lines.length;
+  await runProbe(lab, ['syn-scan', lab.address('outsider'), apiAddress, '8080', '7000']);
+  await sleep(1_500);
+  await silence.stop();
+  const replies = silence.lines.filter((l) => typeof l.hex === 'string').length;
+  rows.push({
+    connection: 'outsider raw SYN scan of api:8080,7000',
+    expected: 'cloaked',
+    result: replies === 0 ? 'cloaked' : `${replies} replies`,
+    reason: String(lastVerdictFrom(api, lab.address('outsider'), scanMark)?.reason ?? '-'),
+    identity: '-',
+  });
+
+  // 5. The attacker replays web's captured SYN (token and all) from the outsider.
+  const replayMark = api.process.lines.length;
+  if (synHex) await runProbe(lab, ['send', apiAddress, synHex]);
+  await sleep(500);
+  const replay = lastVerdictFrom(api, lab.address('web'), replayMark);
+  rows.push({
+    connection: 'attacker replays web\'s SYN',
+    expected: 'rejected',
+    result: replay?.verdict === 'drop' ? 'rejected' : 'accepted',
+    reason: String(replay?.reason ?? '-'),
+    identity: '-',
+  });
+
+  // 6. A rogue agent whose trust domain api does not trust.
+  const rogue = await lab.startAgent('outsider', ['--config', files.configs.outsider]);
+  const rogueMark = api.process.lines.length;
+  const rogueTry = await lab.peerOnce('outsider', ['echo', apiAddress, '8080', 'hi'], 4_000).catch(() => ({ error: 'timeout' }));
+  const rogueVerdict = lastVerdictFrom(api, lab.address('outsider'), rogueMark);
+  rows.push({
+    connection: 'rogue.example agent -> api:8080',
+    expected: 'cloaked',
+    result: 'echoed' in rogueTry ? 'connected' : 'cloaked',
+    reason: String(rogueVerdict?.reason ?? '-'),
+    identity: '-',
+  });
+  await rogue.process.stop();
+} finally {
+  await lab.down();
+  rmSync(directory, { recursive: true, force: true });
+}
+
+function decodes(hex: string): ParsedPacket | null {
+  const bytes = Uint8Array.from(Buffer.from(hex, 'hex'));
+  const packet = new ParsedPacket();
+  return parsePacket(bytes, 0, bytes.length, packet) ? packet : null;
+}
+
+function subjectOf(line: Record<string, unknown> | undefined): string {
+  const peer = line?.peer as { subject?: string } | null | undefined;
+  return peer?.subject ?? '-';
+}
+
+async function runProbe(lab: Lab, args: string[]): Promise<void> {
+  const probe = lab.spawn('outsider', [process.execPath, '--import', 'tsx', RAW_PROBE, ...args]);
+  await probe.waitFor((l) => typeof l.sent === 'number', 10_000);
+  await probe.exited;
+}
+
+const widths = [40, 10, 26, 60];
+const header = ['connection', 'result', 'reason', 'verified peer identity'];
+const line = (cells: string[]) => cells.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join(' ').trimEnd();
+const ok = rows.every((row) => row.result === row.expected);
+process.stdout.write(`${line(header)}\n${line(widths.map((w) => '-'.repeat(w)))}\n`);
+for (const row of rows) {
+  const mark = row.result === row.expected ? '' : `   <-- expected ${row.expected}`;
+  process.stdout.write(`${line([row.connection, row.result, row.reason, row.identity])}${mark}\n`);
+}
+process.stdout.write(`\n${ok ? 'demo: every scenario as expected' : 'demo: some scenarios were NOT as expected'}\n`);
+process.exit(ok ? 0 : 1);
