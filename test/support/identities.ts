@@ -1,0 +1,77 @@
+// In-memory trust domains, agents and tokens for unit tests (no files beyond a temp dir).
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { initDomain, issueAgent } from '../../agent/src/identity/issuance.ts';
+import { readPrivateKey } from '../../agent/src/identity/key-files.ts';
+import { loadTrustBundles, type TrustBundle } from '../../agent/src/identity/trust-bundle.ts';
+import { verifyCredential, type VerifiedCredential } from '../../agent/src/identity/credential.ts';
+import { readFileSync } from 'node:fs';
+import type { KeyObject } from 'node:crypto';
+import { issueIdentityToken, type Attribute } from '../../agent/src/token/identity-token.ts';
+
+export interface TestAgent {
+  credentialCompact: string;
+  credential: VerifiedCredential;
+  signKey: KeyObject;
+  kex: KeyObject;
+  directory: string;
+}
+
+export interface TestDomain {
+  name: string;
+  directory: string;
+  bundles: Map<string, TrustBundle>;
+}
+
+export async function createDomain(name: string): Promise<TestDomain> {
+  const directory = mkdtempSync(join(tmpdir(), `synpass-${name}-`));
+  await initDomain(name, directory);
+  return { name, directory, bundles: loadTrustBundles(directory) };
+}
+
+export async function createAgent(
+  domain: TestDomain,
+  id: string,
+  options: { namespaces?: string[]; ttlSeconds?: number; nowSeconds?: number } = {},
+): Promise<TestAgent> {
+  const directory = join(domain.directory, `agent-${id}`);
+  await issueAgent({
+    domainDirectory: domain.directory,
+    trustDomain: domain.name,
+    agentId: id,
+    namespaces: options.namespaces ?? ['app', 'host'],
+    ttlSeconds: options.ttlSeconds ?? 3600,
+    outputDirectory: directory,
+    ...(options.nowSeconds === undefined ? {} : { nowSeconds: options.nowSeconds }),
+  });
+  const credentialCompact = readFileSync(join(directory, 'credential.jwt'), 'utf8').trim();
+  const issuedAt = options.nowSeconds ?? Math.floor(Date.now() / 1000);
+  return {
+    credentialCompact,
+    credential: verifyCredential(credentialCompact, domain.bundles, issuedAt),
+    signKey: readPrivateKey(join(directory, 'sign.key.pem')),
+    kex: readPrivateKey(join(directory, 'kex.key.pem')),
+    directory,
+  };
+}
+
+export function attributes(values: Record<string, string>, attestor = 'static'): Map<string, Attribute> {
+  return new Map(Object.entries(values).map(([name, value]) => [name, { value, attestor }]));
+}
+
+export async function tokenFor(
+  agent: TestAgent,
+  subject: string,
+  values: Record<string, string> = { 'app.name': 'web' },
+  options: { nowSeconds?: number; ttlSeconds?: number } = {},
+): Promise<string> {
+  return issueIdentityToken({
+    signKey: agent.signKey,
+    credential: agent.credential,
+    subject,
+    attributes: attributes(values),
+    ttlSeconds: options.ttlSeconds ?? 600,
+    nowSeconds: options.nowSeconds ?? Math.floor(Date.now() / 1000),
+  });
+}

@@ -1,0 +1,241 @@
+import { before, beforeEach, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { ParsedPacket, parsePacket } from '../../../agent/src/datapath/packet.ts';
+import { attachToken, detachToken } from '../../../agent/src/datapath/rewrite.ts';
+import { Admission, type AdmissionConfig } from '../../../agent/src/handshake/admission.ts';
+import { IdentityHandler } from '../../../agent/src/handshake/identity-handler.ts';
+import { PeerVerifier } from '../../../agent/src/handshake/peer-verifier.ts';
+import { decodeMessage, encodeMessage, MessageType } from '../../../agent/src/handshake/wire.ts';
+import { StaticAttestor } from '../../../agent/src/identity/attestors.ts';
+import { LocalIdentity } from '../../../agent/src/identity/local-identity.ts';
+import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../support/fixtures.ts';
+import { createAgent, createDomain, type TestDomain } from '../../support/identities.ts';
+import { VirtualQueue, type Verdict } from '../../support/virtual-wire.ts';
+
+// Fixture addresses: client 10.213.5.1:25750, server 10.213.5.2:7000.
+const SYN = withValidChecksums(IPV4_SYN);
+const SYN_ACK = withValidChecksums(IPV4_SYN_ACK);
+const ACK = withValidChecksums(IPV4_ACK);
+
+const admission: AdmissionConfig = {
+  protectedPorts: [7000],
+  allow: [{ subject: 'spiffe://hs.synpass/web', attributes: { 'app.tier': 'frontend' } }],
+  allowWithoutIdentity: [{ cidr: '10.99.0.0/16', ports: [7000] }],
+};
+
+async function agent(domain: TestDomain, id: string, tier: string, clock: () => number) {
+  const created = await createAgent(domain, id);
+  const local = await LocalIdentity.load({
+    files: {
+      credential: `${created.directory}/credential.jwt`,
+      signingKey: `${created.directory}/sign.key.pem`,
+      keyAgreementKey: `${created.directory}/kex.key.pem`,
+      trustBundles: domain.directory,
+    },
+    subject: `spiffe://hs.synpass/${id}`,
+    attestors: [new StaticAttestor({ 'app.tier': tier })],
+    tokenTtlSeconds: 600,
+  });
+  const verifier = new PeerVerifier(local.bundles, { kex: local.kex, kexRaw: local.kexRaw }, () => Math.floor(clock() / 1000));
+  const events: { reason: string; accepted: boolean; peer: string | undefined }[] = [];
+  const handler = new IdentityHandler(local, verifier, new Admission(admission), {
+    replayWindowSeconds: 30,
+    handshakeTimeoutMs: 30_000,
+    maxFlows: 1000,
+    maxNonces: 1000,
+    now: clock,
+    onEvent: (event) => events.push({ reason: event.reason, accepted: event.accepted, peer: event.peer?.subject }),
+  });
+  return { queue: new VirtualQueue(handler), events, verifier };
+}
+
+function parsed(bytes: Uint8Array): ParsedPacket {
+  const packet = new ParsedPacket();
+  assert.ok(parsePacket(bytes, 0, bytes.length, packet), packet.status);
+  return packet;
+}
+
+/** Replaces the handshake body of a token-bearing packet (keeps everything else). */
+function withBody(bytes: Uint8Array, edit: (body: Buffer) => Uint8Array): Uint8Array {
+  const packet = parsed(bytes);
+  const body = Buffer.from(packet.buf.subarray(packet.tokenOffset, packet.tokenOffset + packet.tokenLength));
+  const plain = new Uint8Array(2048);
+  const plainLength = detachToken(packet, plain);
+  const newBody = edit(body);
+  const out = new Uint8Array(2048);
+  const length = attachToken(parsed(plain.slice(0, plainLength)), newBody, newBody.length, out, 1500);
+  return out.slice(0, length);
+}
+
+function reasonOf(v: Verdict, queue: VirtualQueue, reason: string): void {
+  assert.equal(v.dropped, true, `expected a drop (${reason})`);
+  assert.equal(queue.engine.verdicts.get('ingress', 'drop', reason) + queue.engine.verdicts.get('egress', 'drop', reason) > 0, true, reason);
+}
+
+describe('identity handshake over a virtual wire', () => {
+  let domain: TestDomain;
+  let time = Date.now();
+  const clock = () => time;
+  let client: Awaited<ReturnType<typeof agent>>;
+  let server: Awaited<ReturnType<typeof agent>>;
+  let outsiderAgent: Awaited<ReturnType<typeof agent>>;
+
+  before(async () => {
+    domain = await createDomain('hs.synpass');
+  });
+
+  beforeEach(async () => {
+    time = Date.now();
+    client = await agent(domain, 'web', 'frontend', clock);
+    server = await agent(domain, 'api', 'backend', clock);
+    outsiderAgent = await agent(domain, 'batch', 'batch', clock);
+  });
+
+  /** Runs SYN -> SYN-ACK -> ACK and returns every verdict. */
+  function handshake(c = client, s = server) {
+    const synOut = c.queue.deliver(SYN, 'egress');
+    const synIn = s.queue.deliver(synOut.bytes, 'ingress');
+    const synAckOut = s.queue.deliver(SYN_ACK, 'egress');
+    const synAckIn = c.queue.deliver(synAckOut.bytes, 'ingress');
+    return { synOut, synIn, synAckOut, synAckIn };
+  }
+
+  it('first contact: both ends verify each other, the ACK carries the client proof, the kernel sees plain packets', () => {
+    const { synOut, synIn, synAckOut, synAckIn } = handshake();
+    assert.equal(parsed(synOut.bytes).hasMarker, true);
+    assert.deepEqual(synIn.bytes, SYN, 'server kernel gets the original SYN back');
+    assert.equal(synIn.tracked, true);
+    assert.deepEqual(synAckIn.bytes, SYN_ACK);
+    assert.equal(synAckIn.released, false);
+    const ackOut = client.queue.deliver(ACK, 'egress');
+    assert.equal(ackOut.released, true);
+    assert.equal(decodeMessage(parsed(ackOut.bytes).buf.subarray(parsed(ackOut.bytes).tokenOffset)).type, MessageType.Ack);
+    const ackIn = server.queue.deliver(ackOut.bytes, 'ingress');
+    assert.equal(ackIn.dropped, false);
+    assert.equal(ackIn.released, true);
+    assert.deepEqual(ackIn.bytes, ACK);
+    assert.equal(server.events[0]?.peer, 'spiffe://hs.synpass/web');
+    assert.equal(client.events.find((e) => e.peer)?.peer, 'spiffe://hs.synpass/api');
+    assert.equal(synAckOut.released, false);
+  });
+
+  it('known peer: the SYN carries a proof and both ends release at the SYN-ACK (no ACK trip), with no new verification', () => {
+    handshake();
+    server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress');
+    const verifications = server.verifier.cacheStats().tokens!.misses;
+    // A new connection: another ISN on the same ports would be a new flow; use a new source port.
+    const syn2 = Uint8Array.from(SYN);
+    syn2[21] = 0x97;
+    const synAck2 = Uint8Array.from(SYN_ACK);
+    synAck2[23] = 0x97;
+    const synIn = server.queue.deliver(client.queue.deliver(withValidChecksums(syn2), 'egress').bytes, 'ingress');
+    assert.equal(synIn.dropped, false);
+    const synAckOut = server.queue.deliver(withValidChecksums(synAck2), 'egress');
+    assert.equal(synAckOut.released, true, 'server releases at SYN-ACK');
+    const synAckIn = client.queue.deliver(synAckOut.bytes, 'ingress');
+    assert.equal(synAckIn.released, true, 'client releases at SYN-ACK');
+    assert.equal(server.verifier.cacheStats().tokens!.misses, verifications, 'token came from cache');
+    assert.equal(server.events.at(-2)?.reason, 'ok-fast');
+  });
+
+  it('a retransmitted SYN is accepted; the same SYN replayed after the handshake is refused', () => {
+    const synOut = client.queue.deliver(SYN, 'egress');
+    assert.equal(server.queue.deliver(synOut.bytes, 'ingress').dropped, false);
+    const retransmit = client.queue.deliver(SYN, 'egress');
+    assert.deepEqual(retransmit.bytes, synOut.bytes, 'the client repeats the same message');
+    assert.equal(server.queue.deliver(retransmit.bytes, 'ingress').dropped, false);
+    const synAckIn = client.queue.deliver(server.queue.deliver(SYN_ACK, 'egress').bytes, 'ingress');
+    assert.equal(synAckIn.dropped, false);
+    server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress');
+    reasonOf(server.queue.deliver(synOut.bytes, 'ingress'), server.queue, 'replayed-syn');
+  });
+
+  it('refuses a SYN outside the timestamp window', () => {
+    const synOut = client.queue.deliver(SYN, 'egress');
+    time += 31_000;
+    reasonOf(server.queue.deliver(synOut.bytes, 'ingress'), server.queue, 'stale-timestamp');
+  });
+
+  it('the client refuses a SYN-ACK whose proof or nonce was tampered with', () => {
+    const { synAckOut } = handshake();
+    // The body ends nonce[16] | proof[16]: -1 hits the proof, -20 the server nonce.
+    for (const offset of [-1, -20]) {
+      const tampered = withBody(synAckOut.bytes, (body) => {
+        const copy = Buffer.from(body);
+        copy[copy.length + offset] ^= 0x01;
+        return copy;
+      });
+      reasonOf(client.queue.deliver(tampered, 'ingress'), client.queue, 'bad-proof');
+    }
+  });
+
+  it('the server refuses an ACK with a tampered proof, then a replayed ACK', () => {
+    handshake();
+    const ackOut = client.queue.deliver(ACK, 'egress');
+    const tampered = withBody(ackOut.bytes, (body) => {
+      const copy = Buffer.from(body);
+      copy[copy.length - 1] ^= 0x80;
+      return copy;
+    });
+    reasonOf(server.queue.deliver(tampered, 'ingress'), server.queue, 'bad-proof');
+    assert.equal(server.queue.deliver(ackOut.bytes, 'ingress').dropped, false);
+    reasonOf(server.queue.deliver(ackOut.bytes, 'ingress'), server.queue, 'replayed-ack');
+  });
+
+  it('refuses an ACK proof with no handshake behind it', () => {
+    const ack = encodeMessage({ type: MessageType.Ack, proof: new Uint8Array(16) });
+    const out = new Uint8Array(2048);
+    const length = attachToken(parsed(ACK), ack, ack.length, out, 1500);
+    reasonOf(server.queue.deliver(out.slice(0, length), 'ingress'), server.queue, 'replayed-ack');
+  });
+
+  it('a known-peer SYN with a tampered nonce is refused by its proof', () => {
+    handshake();
+    server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress');
+    const syn2 = Uint8Array.from(SYN);
+    syn2[21] = 0x98;
+    const fastSyn = client.queue.deliver(withValidChecksums(syn2), 'egress');
+    const tampered = withBody(fastSyn.bytes, (body) => {
+      const message = decodeMessage(body);
+      assert.equal(message.type, MessageType.Syn);
+      if (message.type !== MessageType.Syn) return body;
+      const nonce = Buffer.from(message.nonce);
+      nonce[0] ^= 0x01;
+      return encodeMessage({ ...message, nonce });
+    });
+    reasonOf(server.queue.deliver(tampered, 'ingress'), server.queue, 'bad-proof');
+  });
+
+  it('cloaks a SYN without identity on a protected port, admits listed networks and unprotected ports', () => {
+    reasonOf(server.queue.deliver(SYN, 'ingress'), server.queue, 'no-identity');
+    const fromListed = Uint8Array.from(SYN);
+    fromListed.set([10, 99, 1, 1], 12);
+    const listed = server.queue.deliver(withValidChecksums(fromListed), 'ingress');
+    assert.equal(listed.dropped, false);
+    assert.equal(listed.released, true);
+    const otherPort = Uint8Array.from(SYN);
+    otherPort[23] = 0x59; // 7001
+    const unprotected = server.queue.deliver(withValidChecksums(otherPort), 'ingress');
+    assert.equal(unprotected.released, true);
+    assert.equal(server.events.at(-1)?.reason, 'unprotected-port');
+  });
+
+  it('refuses a verified identity that admission does not name', () => {
+    const synOut = outsiderAgent.queue.deliver(SYN, 'egress');
+    reasonOf(server.queue.deliver(synOut.bytes, 'ingress'), server.queue, 'not-allowed');
+  });
+
+  it('refuses a truncated handshake body and a valid token glued to another credential', () => {
+    const synOut = client.queue.deliver(SYN, 'egress');
+    const truncated = withBody(synOut.bytes, (body) => body.subarray(0, body.length - 30));
+    reasonOf(server.queue.deliver(truncated, 'ingress'), server.queue, 'malformed-handshake');
+    const glued = withBody(synOut.bytes, (body) => {
+      const message = decodeMessage(body);
+      if (message.type !== MessageType.Syn) return body;
+      const foreign = parsed(outsiderAgent.queue.deliver(SYN, 'egress').bytes);
+      const other = decodeMessage(foreign.buf.subarray(foreign.tokenOffset, foreign.tokenOffset + foreign.tokenLength));
+      return encodeMessage({ ...message, credential: other.type === MessageType.Syn ? other.credential : '' });
+    });
+    reasonOf(server.queue.deliver(glued, 'ingress'), server.queue, 'token-credential-mismatch');
+  });
+});

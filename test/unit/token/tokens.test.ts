@@ -1,0 +1,120 @@
+import { before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createLocalJWKSet, jwtVerify, SignJWT, UnsecuredJWT, importJWK } from 'jose';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createPublicKey } from 'node:crypto';
+import { verifyCredential } from '../../../agent/src/identity/credential.ts';
+import { TokenError } from '../../../agent/src/token/errors.ts';
+import { verifyIdentityToken } from '../../../agent/src/token/identity-token.ts';
+import { createAgent, createDomain, tokenFor, type TestAgent, type TestDomain } from '../../support/identities.ts';
+
+const now = () => Math.floor(Date.now() / 1000);
+
+function rejects(fn: () => unknown, code: string): void {
+  assert.throws(fn, (error: unknown) => error instanceof TokenError && error.code === code);
+}
+
+describe('credentials and identity tokens', () => {
+  let domain: TestDomain;
+  let rogue: TestDomain;
+  let web: TestAgent;
+  let api: TestAgent;
+
+  before(async () => {
+    domain = await createDomain('unit.synpass');
+    rogue = await createDomain('rogue.example');
+    web = await createAgent(domain, 'web');
+    api = await createAgent(domain, 'api');
+  });
+
+  it('jose verifies our credential with the trust bundle, and our token with the credential key (interop)', async () => {
+    const bundle = JSON.parse(readFileSync(join(domain.directory, 'unit.synpass.jwks.json'), 'utf8')) as { keys: [] };
+    const credential = await jwtVerify(web.credentialCompact, createLocalJWKSet(bundle), { issuer: 'unit.synpass' });
+    assert.equal(credential.payload.sub, 'spiffe://unit.synpass/agent/web');
+    const token = await tokenFor(web, 'spiffe://unit.synpass/web', { 'app.tier': 'frontend' });
+    const sigJwk = (credential.payload.cnf as { sig: Record<string, string> }).sig;
+    const verified = await jwtVerify(token, await importJWK(sigJwk, 'ES256'), {
+      issuer: 'unit.synpass',
+      typ: 'synpass-id+jwt',
+      requiredClaims: ['jti', 'exp', 'iat', 'sub'],
+    });
+    assert.deepEqual(verified.payload.attrs, { 'app.tier': 'frontend' });
+    assert.deepEqual(verified.payload.prov, { static: ['app.tier'] });
+  });
+
+  it('accepts a valid token and reports attributes, provenance and the trust domain', async () => {
+    const token = await tokenFor(web, 'spiffe://unit.synpass/web', { 'app.tier': 'frontend', 'host.name': 'vm' });
+    const identity = verifyIdentityToken(token, web.credential, now());
+    assert.equal(identity.subject, 'spiffe://unit.synpass/web');
+    assert.equal(identity.attributes['app.tier'], 'frontend');
+    assert.equal(identity.attributes['synpass.trust-domain'], 'unit.synpass');
+    assert.equal(identity.provenance['host.name'], 'static');
+    assert.equal(identity.agent, 'spiffe://unit.synpass/agent/web');
+  });
+
+  it('refuses alg none', () => {
+    const unsigned = new UnsecuredJWT({ sub: 'spiffe://unit.synpass/web' }).setIssuer('unit.synpass').setExpirationTime('5m').encode();
+    rejects(() => verifyIdentityToken(unsigned, web.credential, now()), 'bad-alg');
+    rejects(() => verifyCredential(unsigned, domain.bundles, now()), 'bad-alg');
+  });
+
+  it('refuses HS256 signed with the public key as the secret (key confusion)', async () => {
+    const publicPem = createPublicKey(web.signKey).export({ format: 'pem', type: 'spki' });
+    const forged = await new SignJWT({ attrs: {}, prov: {} })
+      .setProtectedHeader({ alg: 'HS256', kid: web.credential.signKid, typ: 'synpass-id+jwt' })
+      .setIssuer('unit.synpass')
+      .setSubject('spiffe://unit.synpass/web')
+      .setJti('x')
+      .setIssuedAt()
+      .setExpirationTime('5m')
+      .sign(Buffer.from(publicPem));
+    rejects(() => verifyIdentityToken(forged, web.credential, now()), 'bad-alg');
+  });
+
+  it('refuses a forged signature', async () => {
+    const token = await tokenFor(web, 'spiffe://unit.synpass/web');
+    const [h, p, s] = token.split('.') as [string, string, string];
+    const flipped = `${h}.${p}.${s.slice(0, 10)}${s[10] === 'A' ? 'B' : 'A'}${s.slice(11)}`;
+    rejects(() => verifyIdentityToken(flipped, web.credential, now()), 'bad-signature');
+    const otherPayload = Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(p, 'base64url').toString()), sub: 'spiffe://unit.synpass/admin' })).toString('base64url');
+    rejects(() => verifyIdentityToken(`${h}.${otherPayload}.${s}`, web.credential, now()), 'bad-signature');
+  });
+
+  it('refuses an expired token and a token from the future', async () => {
+    const expired = await tokenFor(web, 'spiffe://unit.synpass/web', {}, { nowSeconds: now() - 3600, ttlSeconds: 60 });
+    rejects(() => verifyIdentityToken(expired, web.credential, now()), 'expired');
+    const future = await tokenFor(web, 'spiffe://unit.synpass/web', {}, { nowSeconds: now() + 3600 });
+    rejects(() => verifyIdentityToken(future, web.credential, now()), 'not-yet-valid');
+  });
+
+  it('refuses attributes outside the namespaces the credential allows', async () => {
+    const token = await tokenFor(web, 'spiffe://unit.synpass/web', { 'k8s.namespace': 'prod' });
+    rejects(() => verifyIdentityToken(token, web.credential, now()), 'namespace-not-allowed');
+  });
+
+  it('refuses a valid token glued to another agent credential', async () => {
+    const token = await tokenFor(web, 'spiffe://unit.synpass/web');
+    rejects(() => verifyIdentityToken(token, api.credential, now()), 'unknown-kid');
+  });
+
+  it('refuses a subject outside the credential domain', async () => {
+    const token = await tokenFor(web, 'spiffe://other.domain/web');
+    rejects(() => verifyIdentityToken(token, web.credential, now()), 'bad-claims');
+  });
+
+  it('refuses credentials from an untrusted domain, expired ones, and malformed ones', async () => {
+    const mallory = await createAgent(rogue, 'mallory');
+    rejects(() => verifyCredential(mallory.credentialCompact, domain.bundles, now()), 'untrusted-domain');
+    const old = await createAgent(domain, 'old', { nowSeconds: now() - 7200, ttlSeconds: 3600 });
+    rejects(() => verifyCredential(old.credentialCompact, domain.bundles, now()), 'expired');
+    rejects(() => verifyCredential('not.a.jwt', domain.bundles, now()), 'malformed-token');
+    rejects(() => verifyCredential('a.b', domain.bundles, now()), 'malformed-token');
+    rejects(() => verifyCredential(web.credentialCompact.slice(0, 100), domain.bundles, now()), 'malformed-token');
+  });
+
+  it('refuses an identity token presented as a credential', async () => {
+    const token = await tokenFor(web, 'spiffe://unit.synpass/web');
+    rejects(() => verifyCredential(token, domain.bundles, now()), 'bad-claims');
+  });
+});
