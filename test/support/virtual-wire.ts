@@ -23,7 +23,7 @@ export class VirtualQueue {
   private readonly input = new Uint8Array(70_000);
   private readonly meta = new Uint32Array(STRIDE * 4);
   private last: Verdict | null = null;
-  private current = new Uint8Array(0);
+  private current: Uint8Array = new Uint8Array(0);
 
   constructor(handler: HandshakeHandler) {
     this.engine = new DatapathEngine(

@@ -1,7 +1,7 @@
 import { before, beforeEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ParsedPacket, parsePacket } from '../../../agent/src/datapath/packet.ts';
-import { attachToken, detachToken } from '../../../agent/src/datapath/rewrite.ts';
+import { attachToken } from '../../../agent/src/datapath/rewrite.ts';
 import { Admission, type AdmissionConfig } from '../../../agent/src/handshake/admission.ts';
 import { IdentityHandler } from '../../../agent/src/handshake/identity-handler.ts';
 import { PeerVerifier } from '../../../agent/src/handshake/peer-verifier.ts';
@@ -11,6 +11,7 @@ import { LocalIdentity } from '../../../agent/src/identity/local-identity.ts';
 import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../support/fixtures.ts';
 import { createAgent, createDomain, type TestDomain } from '../../support/identities.ts';
 import { VirtualQueue, type Verdict } from '../../support/virtual-wire.ts';
+import { withBody } from '../../support/rebody.ts';
 
 // Fixture addresses: client 10.213.5.1:25750, server 10.213.5.2:7000.
 const SYN = withValidChecksums(IPV4_SYN);
@@ -53,18 +54,6 @@ function parsed(bytes: Uint8Array): ParsedPacket {
   const packet = new ParsedPacket();
   assert.ok(parsePacket(bytes, 0, bytes.length, packet), packet.status);
   return packet;
-}
-
-/** Replaces the handshake body of a token-bearing packet (keeps everything else). */
-function withBody(bytes: Uint8Array, edit: (body: Buffer) => Uint8Array): Uint8Array {
-  const packet = parsed(bytes);
-  const body = Buffer.from(packet.buf.subarray(packet.tokenOffset, packet.tokenOffset + packet.tokenLength));
-  const plain = new Uint8Array(2048);
-  const plainLength = detachToken(packet, plain);
-  const newBody = edit(body);
-  const out = new Uint8Array(2048);
-  const length = attachToken(parsed(plain.slice(0, plainLength)), newBody, newBody.length, out, 1500);
-  return out.slice(0, length);
 }
 
 function reasonOf(v: Verdict, queue: VirtualQueue, reason: string): void {
@@ -162,7 +151,7 @@ describe('identity handshake over a virtual wire', () => {
     for (const offset of [-1, -20]) {
       const tampered = withBody(synAckOut.bytes, (body) => {
         const copy = Buffer.from(body);
-        copy[copy.length + offset] ^= 0x01;
+        copy[copy.length + offset] = copy[copy.length + offset]! ^ 0x01;
         return copy;
       });
       reasonOf(client.queue.deliver(tampered, 'ingress'), client.queue, 'bad-proof');
@@ -174,7 +163,7 @@ describe('identity handshake over a virtual wire', () => {
     const ackOut = client.queue.deliver(ACK, 'egress');
     const tampered = withBody(ackOut.bytes, (body) => {
       const copy = Buffer.from(body);
-      copy[copy.length - 1] ^= 0x80;
+      copy[copy.length - 1] = copy[copy.length - 1]! ^ 0x80;
       return copy;
     });
     reasonOf(server.queue.deliver(tampered, 'ingress'), server.queue, 'bad-proof');
@@ -200,7 +189,7 @@ describe('identity handshake over a virtual wire', () => {
       assert.equal(message.type, MessageType.Syn);
       if (message.type !== MessageType.Syn) return body;
       const nonce = Buffer.from(message.nonce);
-      nonce[0] ^= 0x01;
+      nonce[0] = nonce[0]! ^ 0x01;
       return encodeMessage({ ...message, nonce });
     });
     reasonOf(server.queue.deliver(tampered, 'ingress'), server.queue, 'bad-proof');

@@ -1,0 +1,252 @@
+// Identity agents in the lab; an attacker on the outsider host sends forged and replayed
+// handshake packets with a raw socket. Each is dropped under its own reason, and api stays silent.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes, createPublicKey } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SignJWT, UnsecuredJWT } from 'jose';
+import { ipv4HeaderChecksum, tcpChecksum, writeUint16 } from '../../agent/src/datapath/checksum.ts';
+import { ParsedPacket, parsePacket } from '../../agent/src/datapath/packet.ts';
+import { attachToken } from '../../agent/src/datapath/rewrite.ts';
+import { decodeMessage, encodeMessage, MessageType } from '../../agent/src/handshake/wire.ts';
+import { verifyCredential } from '../../agent/src/identity/credential.ts';
+import { issueAgent } from '../../agent/src/identity/issuance.ts';
+import { readPrivateKey } from '../../agent/src/identity/key-files.ts';
+import { LocalIdentity } from '../../agent/src/identity/local-identity.ts';
+import { loadTrustBundles } from '../../agent/src/identity/trust-bundle.ts';
+import { issueIdentityToken } from '../../agent/src/token/identity-token.ts';
+import { IPV4_SYN } from '../support/fixtures.ts';
+import { attributes } from '../support/identities.ts';
+import { withBody } from '../support/rebody.ts';
+import { DOMAIN, prepareIdentities, type IdentityLabFiles } from '../support/identity-lab.ts';
+import { isRoot, Lab, ROOT, sleep, type AgentHandle } from '../support/lab.ts';
+
+const PORT = 8080;
+const now = () => Math.floor(Date.now() / 1000);
+
+function parsed(hex: string): ParsedPacket {
+  const bytes = Uint8Array.from(Buffer.from(hex, 'hex'));
+  const packet = new ParsedPacket();
+  parsePacket(bytes, 0, bytes.length, packet);
+  return packet;
+}
+
+function bodyOf(packet: ParsedPacket): Buffer {
+  return Buffer.from(packet.buf.subarray(packet.tokenOffset, packet.tokenOffset + packet.tokenLength));
+}
+
+describe('identity handshake end to end: attacks with real packets', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
+  let lab: Lab;
+  let files: IdentityLabFiles;
+  let directory: string;
+  let api: AgentHandle;
+  let web: AgentHandle;
+  let webIdentity: LocalIdentity;
+  let apiIdentity: LocalIdentity;
+  let rogueIdentity: LocalIdentity;
+
+  before(async () => {
+    directory = mkdtempSync(join(tmpdir(), 'synpass-e2e-'));
+    lab = Lab.up(`id${process.pid % 100000}`, 12);
+    files = await prepareIdentities(lab, directory);
+    api = await lab.startAgent('api', ['--config', files.configs.api]);
+    web = await lab.startAgent('web', ['--config', files.configs.web]);
+    await lab.peer('api', ['server', String(PORT), 'http']).waitFor((l) => l.listening === PORT);
+    const load = (agentDirectory: string, subject: string, bundles: string) =>
+      LocalIdentity.load({
+        files: {
+          credential: join(agentDirectory, 'credential.jwt'),
+          signingKey: join(agentDirectory, 'sign.key.pem'),
+          keyAgreementKey: join(agentDirectory, 'kex.key.pem'),
+          trustBundles: bundles,
+        },
+        subject,
+        attestors: [],
+        tokenTtlSeconds: 600,
+      });
+    webIdentity = await load(files.agents.web, `spiffe://${DOMAIN}/web`, join(directory, 'bundles'));
+    apiIdentity = await load(files.agents.api, `spiffe://${DOMAIN}/api`, join(directory, 'bundles'));
+    rogueIdentity = await load(files.agents.outsider, 'spiffe://rogue.example/mallory', join(directory, 'rogue-bundles'));
+  });
+
+  after(async () => {
+    await lab.down();
+    rmSync(directory, { recursive: true, force: true });
+  });
+
+  async function dropCount(reason: string): Promise<number> {
+    const status = await api.status();
+    return status.verdicts.find((v) => v.direction === 'ingress' && v.action === 'drop' && v.reason === reason)?.count ?? 0;
+  }
+
+  async function send(hexes: string[]): Promise<void> {
+    const probe = lab.spawn('outsider', [process.execPath, '--import', 'tsx', join(ROOT, 'test/support/raw-probe.ts'), 'send', lab.address('api'), ...hexes]);
+    await probe.waitFor((l) => typeof l.sent === 'number', 10_000);
+    await probe.exited;
+  }
+
+  /** A SYN from the outsider to api:8080 carrying `body` as its handshake message. */
+  function forgedSyn(body: Uint8Array, declaredLength = body.length): string {
+    const plain = Uint8Array.from(IPV4_SYN);
+    plain.set(lab.address('outsider').split('.').map(Number), 12);
+    plain.set(lab.address('api').split('.').map(Number), 16);
+    plain.set(randomBytes(2), 20);
+    plain.set(randomBytes(4), 24);
+    writeUint16(plain, 10, ipv4HeaderChecksum(plain, 0, 20));
+    const packet = new ParsedPacket();
+    parsePacket(plain, 0, plain.length, packet);
+    const out = new Uint8Array(1600);
+    const length = attachToken(packet, body, body.length, out, 1500);
+    if (declaredLength !== body.length) {
+      // The token area claims more bytes than the packet carries.
+      writeUint16(out, 20 + 44, declaredLength);
+      writeUint16(out, 20 + 16, tcpChecksum(out, 4, 12, 20, length - 20));
+    }
+    return Buffer.from(out.subarray(0, length)).toString('hex');
+  }
+
+  function synBody(credential: string, token: string): Uint8Array {
+    return encodeMessage({ type: MessageType.Syn, flags: 0, credential, token, nonce: randomBytes(16), time: now(), peerKeyId: null, proof: null });
+  }
+
+  async function expectDropped(reason: string, hexes: string[]): Promise<void> {
+    const before = await dropCount(reason);
+    await send(hexes);
+    await sleep(300);
+    assert.equal(await dropCount(reason), before + hexes.length, `${reason} counted once per packet`);
+  }
+
+  it('web -> api works for an unmodified HTTP client and server; both agents log the verified peer', async () => {
+    const response = await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)]);
+    assert.equal(response.status, 200);
+    const apiSaw = await api.process.waitFor((l) => l.event === 'handshake' && l.stage === 'syn' && l.verdict === 'accept');
+    const webSaw = await web.process.waitFor((l) => l.event === 'handshake' && l.stage === 'syn-ack' && l.verdict === 'accept');
+    assert.equal((apiSaw.peer as { subject: string }).subject, `spiffe://${DOMAIN}/web`);
+    assert.equal((webSaw.peer as { subject: string }).subject, `spiffe://${DOMAIN}/api`);
+    assert.equal((apiSaw.peer as { attributes: Record<string, string> }).attributes['app.tier'], 'frontend');
+  });
+
+  it('forged tokens and credentials are each dropped under their own reason, and api never answers', async () => {
+    const silence = await lab.capture(`src host ${lab.address('api')} and dst host ${lab.address('outsider')} and (tcp or icmp)`, 100, 60_000);
+    const webToken = webIdentity.token;
+    const webCredential = webIdentity.credentialCompact;
+    const [h, p, s] = webToken.split('.') as [string, string, string];
+    const flippedSignature = `${h}.${p}.${s[0] === 'A' ? 'B' : 'A'}${s.slice(1)}`;
+    await expectDropped('bad-signature', [forgedSyn(synBody(webCredential, flippedSignature))]);
+    await expectDropped('untrusted-domain', [forgedSyn(synBody(rogueIdentity.credentialCompact, rogueIdentity.token))]);
+
+    const expiredToken = await issueIdentityToken({
+      signKey: webIdentity.signKey,
+      credential: webIdentity.credential,
+      subject: `spiffe://${DOMAIN}/web`,
+      attributes: attributes({ 'app.tier': 'frontend' }),
+      ttlSeconds: 60,
+      nowSeconds: now() - 3600,
+    });
+    await expectDropped('expired-token', [forgedSyn(synBody(webCredential, expiredToken))]);
+
+    const oldDirectory = join(directory, 'old');
+    await issueAgent({
+      domainDirectory: files.domainDirectory,
+      trustDomain: DOMAIN,
+      agentId: 'old',
+      namespaces: ['app'],
+      ttlSeconds: 600,
+      outputDirectory: oldDirectory,
+      nowSeconds: now() - 7200,
+    });
+    const oldCredential = readFileSync(join(oldDirectory, 'credential.jwt'), 'utf8').trim();
+    const oldToken = await issueIdentityToken({
+      signKey: readPrivateKey(join(oldDirectory, 'sign.key.pem')),
+      credential: verifyCredential(oldCredential, loadTrustBundles(join(directory, 'bundles')), now() - 7000),
+      subject: `spiffe://${DOMAIN}/web`,
+      attributes: attributes({ 'app.tier': 'frontend' }),
+      ttlSeconds: 600,
+      nowSeconds: now(),
+    });
+    await expectDropped('expired-credential', [forgedSyn(synBody(oldCredential, oldToken))]);
+
+    const none = new UnsecuredJWT({ attrs: { 'app.tier': 'frontend' }, prov: {} })
+      .setIssuer(DOMAIN)
+      .setSubject(`spiffe://${DOMAIN}/web`)
+      .setJti('j')
+      .setIssuedAt()
+      .setExpirationTime('5m')
+      .encode();
+    const hmac = await new SignJWT({ attrs: { 'app.tier': 'frontend' }, prov: {} })
+      .setProtectedHeader({ alg: 'HS256', kid: webIdentity.credential.signKid, typ: 'synpass-id+jwt' })
+      .setIssuer(DOMAIN)
+      .setSubject(`spiffe://${DOMAIN}/web`)
+      .setJti('j')
+      .setIssuedAt()
+      .setExpirationTime('5m')
+      .sign(Buffer.from(createPublicKey(webIdentity.signKey).export({ format: 'pem', type: 'spki' })));
+    await expectDropped('bad-alg', [forgedSyn(synBody(webCredential, `${none}x`)), forgedSyn(synBody(webCredential, hmac))]);
+
+    const outsideNamespace = await issueIdentityToken({
+      signKey: webIdentity.signKey,
+      credential: webIdentity.credential,
+      subject: `spiffe://${DOMAIN}/web`,
+      attributes: attributes({ 'app.tier': 'frontend', 'k8s.namespace': 'prod' }),
+      ttlSeconds: 600,
+      nowSeconds: now(),
+    });
+    await expectDropped('namespace-not-allowed', [forgedSyn(synBody(webCredential, outsideNamespace))]);
+    await expectDropped('token-credential-mismatch', [forgedSyn(synBody(apiIdentity.credentialCompact, webToken))]);
+
+    const body = synBody(webCredential, webToken);
+    await expectDropped('malformed-handshake', [forgedSyn(body.subarray(0, body.length - 40))]);
+    const engineDrops = async () =>
+      (await api.status()).verdicts.find((v) => v.reason === 'bad-token-area' && v.action === 'drop')?.count ?? 0;
+    const beforeArea = await engineDrops();
+    await send([forgedSyn(body, body.length + 200)]);
+    await sleep(300);
+    assert.equal(await engineDrops(), beforeArea + 1, 'token area longer than the packet: bad-token-area');
+
+    await sleep(1_000);
+    await silence.stop();
+    assert.equal(silence.lines.filter((l) => typeof l.hex === 'string').length, 0, 'api sent nothing to the attacker');
+  });
+
+  it('replayed SYN, replayed ACK and a tampered known-peer SYN are dropped', async () => {
+    // A fresh web agent knows no peer yet: its first connection takes the full handshake (with
+    // an ACK proof), the second the known-peer path (with a SYN proof).
+    await web.process.stop();
+    web = await lab.startAgent('web', ['--config', files.configs.web]);
+    const capture = await lab.capture(`tcp dst port ${PORT} and src host ${lab.address('web')}`, 200, 20_000);
+    assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)])).status, 200);
+    assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)])).status, 200);
+    await sleep(300);
+    await capture.stop();
+    const packets = capture.lines.filter((l) => typeof l.hex === 'string').map((l) => l.hex as string);
+    const marked = packets.map((hex) => ({ hex, packet: parsed(hex) })).filter(({ packet }) => packet.hasMarker);
+    const syns = marked.filter(({ packet }) => packet.isSyn);
+    const acks = marked.filter(({ packet }) => !packet.isSyn && decodeMessage(bodyOf(packet)).type === MessageType.Ack);
+    assert.ok(syns.length >= 2 && acks.length >= 1, `captured ${syns.length} SYNs, ${acks.length} ACKs`);
+
+    await expectDropped('replayed-syn', [syns[0]!.hex]);
+    await expectDropped('replayed-ack', [acks[0]!.hex]);
+
+    // The later SYN carries a proof to api's key (known peer); a changed nonce breaks it.
+    const fast = syns.find(({ packet }) => {
+      const message = decodeMessage(bodyOf(packet));
+      return message.type === MessageType.Syn && message.proof !== null;
+    });
+    assert.ok(fast, 'a known-peer SYN was captured');
+    const message = decodeMessage(bodyOf(fast.packet));
+    assert.equal(message.type, MessageType.Syn);
+    if (message.type !== MessageType.Syn) return;
+    const tampered = withBody(Uint8Array.from(Buffer.from(fast.hex, 'hex')), () => {
+      const nonce = Buffer.from(message.nonce);
+      nonce[3] = nonce[3]! ^ 0xff;
+      return encodeMessage({ ...message, nonce });
+    });
+    await expectDropped('bad-proof', [Buffer.from(tampered).toString('hex')]);
+  });
+
+  it('a connection still works after the attacks', async () => {
+    assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)])).status, 200);
+  });
+});
