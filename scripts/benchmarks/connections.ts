@@ -48,6 +48,9 @@ function row(name: string, base: number, withAgents: number, unit: string, digit
   return `${name.padEnd(34)} ${base.toFixed(digits).padStart(10)} ${withAgents.toFixed(digits).padStart(10)} ${unit.padEnd(6)}`;
 }
 
+// Accepted-connection log lines cost the agent as much as a trip; benchmarks measure the
+// datapath, so agents log warnings (drops) only.
+process.env.SYNPASS_LOG_LEVEL ??= 'warn';
 const lab = Lab.up('bn', 90);
 let agents: AgentHandle[] = [];
 try {

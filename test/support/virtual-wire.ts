@@ -1,7 +1,7 @@
 // Runs the real DatapathEngine without the kernel: a packet goes in as the addon would hand it
 // over, and the verdict comes back as the addon would send it. No root, no namespaces.
 import { DatapathEngine } from '../../agent/src/datapath/engine.ts';
-import type { HandshakeHandler } from '../../agent/src/datapath/handler.ts';
+import type { HandshakeHandler, VerdictEvent } from '../../agent/src/datapath/handler.ts';
 import { connectionMarks } from '../../agent/src/datapath/marks.ts';
 import { HOOK_POST_ROUTING, HOOK_PRE_ROUTING, Meta, NF_DROP, type NativeQueue, type NfVerdict } from '../../agent/src/datapath/nfqueue.ts';
 
@@ -25,11 +25,11 @@ export class VirtualQueue {
   private last: Verdict | null = null;
   private current: Uint8Array = new Uint8Array(0);
 
-  constructor(handler: HandshakeHandler) {
+  constructor(handler: HandshakeHandler, onVerdict?: (event: VerdictEvent) => void) {
     this.engine = new DatapathEngine(
       { input: this.input, meta: this.meta, counters: new Float64Array(12), slotSize: 66_560, metaStride: STRIDE },
       handler,
-      { marks: MARKS, mtu: 1500, onMalformed: 'drop' },
+      { marks: MARKS, mtu: 1500, onMalformed: 'drop', ...(onVerdict ? { onVerdict } : {}) },
     );
     const queue: NativeQueue = {
       start: () => undefined,

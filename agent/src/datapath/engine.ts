@@ -1,7 +1,7 @@
 // The per-packet loop: parse each queued packet in place, ask the handler, rewrite, verdict.
 // Everything here runs once per handshake packet, so it reuses one ParsedPacket, one Decision
 // and one output buffer, and counts outcomes in preallocated arrays.
-import type { Decision, Direction, HandshakeHandler, PacketInfo } from './handler.ts';
+import type { Decision, Direction, HandshakeHandler, PacketInfo, VerdictEvent } from './handler.ts';
 import { Decision as DecisionImpl, stageOf } from './handler.ts';
 import { DatapathError } from './errors.ts';
 import type { ConnectionMarks } from './marks.ts';
@@ -40,6 +40,8 @@ export interface EngineOptions {
   mtu: number;
   /** What to do with a queued packet the agent cannot parse. Default (documented): drop. */
   onMalformed: MalformedPolicy;
+  /** Hears the final outcome of every packet the handler judged (flow log). */
+  onVerdict?: (event: VerdictEvent) => void;
 }
 
 /** Counts verdicts by direction, action and reason; labels come from closed sets. */
@@ -83,6 +85,7 @@ export class DatapathEngine {
   private readonly decision: Decision = new DecisionImpl();
   private readonly info: PacketInfo = { direction: 'ingress', stage: 'syn', packet: this.packet, token: null };
   private readonly output = new Uint8Array(65536);
+  private readonly event: VerdictEvent = { direction: 'ingress', stage: 'syn', accepted: true, reason: '', packet: this.packet, peer: null };
   private queue: NativeQueue | null = null;
 
   constructor(
@@ -161,6 +164,7 @@ export class DatapathEngine {
     info.token = null;
     if (!decision.accept) {
       this.drop(queue, id, queueNumber, mark, direction, decision.reason);
+      this.report(false, decision.reason);
       return;
     }
     let rewrittenLength = -1;
@@ -174,6 +178,7 @@ export class DatapathEngine {
     } catch (error) {
       const reason = error instanceof DatapathError ? error.code : 'handler-error';
       this.drop(queue, id, queueNumber, mark, direction, reason);
+      this.report(false, reason);
       return;
     }
     const marks = this.options.marks;
@@ -184,6 +189,23 @@ export class DatapathEngine {
     if (rewrittenLength >= 0) queue.verdict(id, queueNumber, NF_REPEAT, newMark, this.output, rewrittenLength);
     else queue.verdict(id, queueNumber, NF_REPEAT, newMark);
     this.verdicts.add(direction, true, decision.reason === '' ? 'ok' : decision.reason);
+    this.report(true, decision.reason);
+  }
+
+  private report(accepted: boolean, reason: string): void {
+    const listener = this.options.onVerdict;
+    if (listener === undefined) return;
+    const event = this.event;
+    event.direction = this.info.direction;
+    event.stage = this.info.stage;
+    event.accepted = accepted;
+    event.reason = reason;
+    event.peer = this.decision.peer;
+    try {
+      listener(event);
+    } catch {
+      // A failing log sink must never change a verdict already sent.
+    }
   }
 
   private malformed(

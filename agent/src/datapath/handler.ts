@@ -23,6 +23,8 @@ export class Decision {
   track = false;
   /** Release the connection: no further packet of it reaches user space. */
   release = false;
+  /** The verified peer identity, if the handler learned one (for the flow log). */
+  peer: unknown = null;
 
   reset(): void {
     this.accept = true;
@@ -31,6 +33,7 @@ export class Decision {
     this.tokenLength = 0;
     this.track = false;
     this.release = false;
+    this.peer = null;
   }
 
   drop(reason: string): void {
@@ -50,4 +53,14 @@ export interface PacketInfo {
 export interface HandshakeHandler {
   /** Decides synchronously; must not throw for any packet (the datapath drops and counts if it does). */
   decide(info: PacketInfo, decision: Decision): void;
+}
+
+/** The final outcome of one judged packet, after any rewrite. */
+export interface VerdictEvent {
+  direction: Direction;
+  stage: Stage;
+  accepted: boolean;
+  reason: string;
+  packet: ParsedPacket;
+  peer: unknown;
 }

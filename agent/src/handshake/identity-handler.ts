@@ -4,7 +4,7 @@
 // knows the server's agent, its SYN carries a proof too and the handshake ends at the SYN-ACK.
 import { randomBytes } from 'node:crypto';
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
-import type { Decision, Direction, HandshakeHandler, PacketInfo, Stage } from '../datapath/handler.ts';
+import type { Decision, HandshakeHandler, PacketInfo } from '../datapath/handler.ts';
 import { TCP_RST } from '../datapath/packet.ts';
 import type { LocalIdentity } from '../identity/local-identity.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
@@ -12,7 +12,7 @@ import type { Admission } from './admission.ts';
 import { ExpiringTable, flowKey, type Flow, type SeenNonce } from './handshake-state.ts';
 import type { PeerVerifier } from './peer-verifier.ts';
 import { computeProof, keyId, proofMatches } from './proofs.ts';
-import { HandshakeReject, type HandshakeReason } from './reasons.ts';
+import { HandshakeReject } from './reasons.ts';
 import {
   decodeMessage,
   encodeMessage,
@@ -24,18 +24,6 @@ import {
   type HandshakeMessage,
 } from './wire.ts';
 
-export interface HandshakeEvent {
-  direction: Direction;
-  stage: Stage;
-  accepted: boolean;
-  reason: HandshakeReason;
-  source: string;
-  sourcePort: number;
-  destination: string;
-  destinationPort: number;
-  peer: VerifiedIdentity | null;
-}
-
 export interface IdentityHandlerOptions {
   replayWindowSeconds: number;
   /** How long a handshake may take before its state is forgotten. */
@@ -43,7 +31,6 @@ export interface IdentityHandlerOptions {
   maxFlows: number;
   maxNonces: number;
   now?: () => number;
-  onEvent?: (event: HandshakeEvent) => void;
 }
 
 interface KnownServer {
@@ -92,24 +79,7 @@ export class IdentityHandler implements HandshakeHandler {
       if (!(error instanceof HandshakeReject)) throw error;
       decision.drop(error.reason);
     }
-    if (info.stage !== 'ack' || !decision.accept) this.emit(info, decision, peer);
-  }
-
-  private emit(info: PacketInfo, decision: Decision, peer: VerifiedIdentity | null): void {
-    const listener = this.options.onEvent;
-    if (!listener) return;
-    const packet = info.packet;
-    listener({
-      direction: info.direction,
-      stage: info.stage,
-      accepted: decision.accept,
-      reason: decision.reason as HandshakeReason,
-      source: sourceAddress(packet),
-      sourcePort: packet.sourcePort,
-      destination: destinationAddress(packet),
-      destinationPort: packet.destinationPort,
-      peer,
-    });
+    decision.peer = peer;
   }
 
   private decode(info: PacketInfo): HandshakeMessage {

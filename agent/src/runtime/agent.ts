@@ -7,7 +7,7 @@ import { connectionMarks } from '../datapath/marks.ts';
 import { allocateQueueBuffers, loadBinding, readQueueCounters, type NativeQueue } from '../datapath/nfqueue.ts';
 import type { Logger } from '../telemetry/log.ts';
 import { startStatusServer, stopStatusServer } from '../telemetry/status-server.ts';
-import type { BuiltHandler } from './handlers.ts';
+import { logVerdict, type BuiltHandler } from './handlers.ts';
 
 export interface AgentOptions {
   queueNumber: number;
@@ -59,6 +59,9 @@ export class Agent {
       marks: connectionMarks(options.markBase),
       mtu: options.mtu,
       onMalformed: options.onMalformed,
+      onVerdict: (event) => {
+        logVerdict(log, event);
+      },
     });
   }
 

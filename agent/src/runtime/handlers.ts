@@ -1,7 +1,10 @@
 // Builds the handshake handler a configuration asks for.
 import type { HandshakeHandler } from '../datapath/handler.ts';
 import { Admission } from '../handshake/admission.ts';
-import { IdentityHandler, type HandshakeEvent } from '../handshake/identity-handler.ts';
+import { IdentityHandler } from '../handshake/identity-handler.ts';
+import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
+import type { VerdictEvent } from '../datapath/handler.ts';
+import type { VerifiedIdentity } from '../token/identity-token.ts';
 import { PassThroughHandler } from '../handshake/pass-through.ts';
 import { PeerVerifier } from '../handshake/peer-verifier.ts';
 import {
@@ -25,16 +28,20 @@ export function buildAttestors(config: AttestorConfig): Attestor[] {
   return attestors;
 }
 
-function logEvent(log: Logger, event: HandshakeEvent): void {
+/** One JSON line per verdict: every drop, and every accepted SYN and SYN-ACK (the flow log). */
+export function logVerdict(log: Logger, event: VerdictEvent): void {
+  if (event.accepted && (event.stage === 'ack' || !log.isLevelEnabled('info'))) return;
+  const packet = event.packet;
+  const peer = event.peer as VerifiedIdentity | null;
   const line = {
     event: 'handshake',
     direction: event.direction,
     stage: event.stage,
     verdict: event.accepted ? 'accept' : 'drop',
-    reason: event.reason,
-    source: `${event.source}:${event.sourcePort}`,
-    destination: `${event.destination}:${event.destinationPort}`,
-    peer: event.peer ? { subject: event.peer.subject, attributes: event.peer.attributes, agent: event.peer.agent } : null,
+    reason: event.reason === '' ? 'ok' : event.reason,
+    source: `${sourceAddress(packet)}:${packet.sourcePort}`,
+    destination: `${destinationAddress(packet)}:${packet.destinationPort}`,
+    peer: peer ? { subject: peer.subject, attributes: peer.attributes, agent: peer.agent } : null,
   };
   if (event.accepted) log.info(line, 'handshake verdict');
   else log.warn(line, 'handshake verdict');
@@ -72,9 +79,6 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
     handshakeTimeoutMs: 30_000,
     maxFlows: 65_536,
     maxNonces: 262_144,
-    onEvent: (event) => {
-      logEvent(log, event);
-    },
   });
   local.startRenewal(
     (error) => {

@@ -8,6 +8,7 @@ import { PeerVerifier } from '../../../agent/src/handshake/peer-verifier.ts';
 import { decodeMessage, encodeMessage, MessageType } from '../../../agent/src/handshake/wire.ts';
 import { StaticAttestor } from '../../../agent/src/identity/attestors.ts';
 import { LocalIdentity } from '../../../agent/src/identity/local-identity.ts';
+import type { VerifiedIdentity } from '../../../agent/src/token/identity-token.ts';
 import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../support/fixtures.ts';
 import { createAgent, createDomain, type TestDomain } from '../../support/identities.ts';
 import { VirtualQueue, type Verdict } from '../../support/virtual-wire.ts';
@@ -45,9 +46,11 @@ async function agent(domain: TestDomain, id: string, tier: string, clock: () => 
     maxFlows: 1000,
     maxNonces: 1000,
     now: clock,
-    onEvent: (event) => events.push({ reason: event.reason, accepted: event.accepted, peer: event.peer?.subject }),
   });
-  return { queue: new VirtualQueue(handler), events, verifier };
+  const queue = new VirtualQueue(handler, (event) => {
+    if (event.stage !== 'ack') events.push({ reason: event.reason, accepted: event.accepted, peer: (event.peer as VerifiedIdentity | null)?.subject });
+  });
+  return { queue, events, verifier };
 }
 
 function parsed(bytes: Uint8Array): ParsedPacket {
