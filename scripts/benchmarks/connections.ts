@@ -1,6 +1,11 @@
 // scripts/bench: connection rate, sequential connect latency and bulk throughput between two
-// lab namespaces, first without agents (the baseline), then with agents in both; printed as
-// ratios against the baseline measured in this same run.
+// lab namespaces: without agents (the baseline), with pass-through agents, and with identity
+// agents (known pair, and first contact with peer caches flushed before every connect). Every
+// number is printed against the baseline measured in this same run.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { prepareIdentities } from '../../test/support/identity-lab.ts';
 import { Lab, type AgentHandle } from '../../test/support/lab.ts';
 
 const LOAD = new URL('./load.ts', import.meta.url).pathname;
@@ -11,17 +16,21 @@ const config = {
   rateMs: Number(process.env.BENCH_RATE_MS ?? 4000),
   rateMax: 60_000,
   sequentialCount: Number(process.env.BENCH_SEQUENTIAL ?? 2000),
+  firstContactCount: Number(process.env.BENCH_FIRST_CONTACT ?? 300),
   bulkBytes: Number(process.env.BENCH_BULK_BYTES ?? 200e6),
-  agentArgs: (process.env.BENCH_AGENT_ARGS ?? '').split(' ').filter(Boolean),
 };
 
 interface Results {
-  rate: number;
+  rate?: number;
   p50: number;
   p99: number;
-  throughput: number;
-  queued?: number;
+  throughput?: number;
+  tripsPerConnection?: number;
 }
+
+// Accepted-connection log lines cost the agent as much as a trip; benchmarks measure the
+// datapath, so agents log warnings (drops) only.
+process.env.SYNPASS_LOG_LEVEL ??= 'warn';
 
 async function load(lab: Lab, args: string[]): Promise<Record<string, number>> {
   const child = lab.spawn('web', [process.execPath, '--import', 'tsx', LOAD, ...args]);
@@ -30,49 +39,95 @@ async function load(lab: Lab, args: string[]): Promise<Record<string, number>> {
   return line as Record<string, number>;
 }
 
-async function measure(lab: Lab): Promise<Results> {
+async function queued(agents: AgentHandle[]): Promise<number> {
+  const counts = await Promise.all(agents.map(async (agent) => (await agent.status()).queue.received ?? 0));
+  return counts.reduce((sum, value) => sum + value, 0);
+}
+
+async function sequential(lab: Lab, agents: AgentHandle[], count: number, flushSockets: string[] = []): Promise<Results> {
+  const before = await queued(agents);
+  const result = await load(lab, ['sequential', lab.address('api'), String(CONNECT_PORT), String(count), ...flushSockets]);
+  const trips = agents.length > 0 ? ((await queued(agents)) - before) / result.count! : 0;
+  return { p50: result.p50!, p99: result.p99!, tripsPerConnection: trips };
+}
+
+async function measure(lab: Lab, agents: AgentHandle[]): Promise<Results> {
   const host = lab.address('api');
   const rate = await load(lab, ['rate', host, String(CONNECT_PORT), String(config.rateConcurrency), String(config.rateMs), String(config.rateMax)]);
-  const sequential = await load(lab, ['sequential', host, String(CONNECT_PORT), String(config.sequentialCount)]);
+  if ((rate.failed ?? 0) > 0) process.stderr.write(`warning: ${rate.failed} connections failed\n`);
+  const latency = await sequential(lab, agents, config.sequentialCount);
   // Bulk throughput swings run to run on a shared 2-core machine: take the median of three.
   const bulkRuns: number[] = [];
   for (let i = 0; i < 3; i++) {
     bulkRuns.push((await load(lab, ['bulk', host, String(SINK_PORT), String(config.bulkBytes)])).megabytesPerSecond!);
   }
   bulkRuns.sort((a, b) => a - b);
-  if ((rate.failed ?? 0) > 0) process.stderr.write(`warning: ${rate.failed} connections failed\n`);
-  return { rate: rate.perSecond!, p50: sequential.p50!, p99: sequential.p99!, throughput: bulkRuns[1]! };
+  return { ...latency, rate: rate.perSecond!, throughput: bulkRuns[1]! };
 }
 
-function row(name: string, base: number, withAgents: number, unit: string, digits = 0): string {
-  return `${name.padEnd(34)} ${base.toFixed(digits).padStart(10)} ${withAgents.toFixed(digits).padStart(10)} ${unit.padEnd(6)}`;
+function fmt(value: number | undefined, digits = 0): string {
+  return value === undefined ? '-' : value.toFixed(digits);
 }
 
-// Accepted-connection log lines cost the agent as much as a trip; benchmarks measure the
-// datapath, so agents log warnings (drops) only.
-process.env.SYNPASS_LOG_LEVEL ??= 'warn';
+function report(name: string, base: Results, run: Results): string[] {
+  const cells = [
+    name.padEnd(28),
+    `${fmt(run.rate)}/s`.padStart(9),
+    (run.rate === undefined ? '-' : `${fmt(run.rate / base.rate!, 2)}x`).padStart(6),
+    `${fmt(run.p50)}us`.padStart(8),
+    `+${fmt(run.p50 - base.p50)}`.padStart(6),
+    `${fmt(run.p99)}us`.padStart(8),
+    `+${fmt(run.p99 - base.p99)}`.padStart(7),
+    (run.throughput === undefined ? '-' : `${fmt(run.throughput / base.throughput!, 3)}x`).padStart(7),
+    fmt(run.tripsPerConnection, 1).padStart(6),
+  ];
+  return [cells.join(' ')];
+}
+
+const directory = mkdtempSync(join(tmpdir(), 'synpass-bench-'));
 const lab = Lab.up('bn', 90);
-let agents: AgentHandle[] = [];
 try {
-  await lab.spawn('api', [process.execPath, '--import', 'tsx', LOAD, 'server', String(CONNECT_PORT), String(SINK_PORT)]).waitFor((l) => l.listening === true);
-  process.stderr.write('bench: baseline (no agents)\n');
-  const baseline = await measure(lab);
-  process.stderr.write(`bench: with agents ${config.agentArgs.join(' ')}\n`);
-  agents = [await lab.startAgent('api', config.agentArgs), await lab.startAgent('web', config.agentArgs)];
-  const before = await Promise.all(agents.map(async (a) => (await a.status()).queue.received ?? 0));
-  const withAgents = await measure(lab);
-  const after = await Promise.all(agents.map(async (a) => (await a.status()).queue.received ?? 0));
-  const queued = after.reduce((sum, value, i) => sum + value - before[i]!, 0);
+  const files = await prepareIdentities(lab, directory);
+  await lab
+    .spawn('api', [process.execPath, '--import', 'tsx', LOAD, 'server', String(CONNECT_PORT), String(SINK_PORT)])
+    .waitFor((l) => l.listening === true);
 
+  process.stderr.write('bench: baseline (no agents)\n');
+  const baseline = await measure(lab, []);
+
+  process.stderr.write('bench: pass-through agents\n');
+  let agents = [await lab.startAgent('api'), await lab.startAgent('web')];
+  const passThrough = await measure(lab, agents);
+  for (const agent of agents) await agent.process.stop();
+
+  process.stderr.write('bench: identity agents\n');
+  agents = [await lab.startAgent('api', ['--config', files.configs.api]), await lab.startAgent('web', ['--config', files.configs.web])];
+  const identityKnown = await measure(lab, agents);
+  process.stderr.write('bench: identity agents, first contact (caches flushed before each connect)\n');
+  const firstContact = await sequential(lab, agents, config.firstContactCount, agents.map((agent) => agent.socket));
+
+  const header = [
+    'mode'.padEnd(28),
+    'conn/s'.padStart(9),
+    'ratio'.padStart(6),
+    'seq p50'.padStart(8),
+    'added'.padStart(6),
+    'seq p99'.padStart(8),
+    'added'.padStart(7),
+    'bulk'.padStart(7),
+    'trips'.padStart(6),
+  ].join(' ');
   const lines = [
-    `${''.padEnd(34)} ${'baseline'.padStart(10)} ${'agents'.padStart(10)}`,
-    `${row(`new connections/s (${config.rateConcurrency} concurrent)`, baseline.rate, withAgents.rate, '/s')} ratio ${(withAgents.rate / baseline.rate).toFixed(2)}x`,
-    `${row('sequential connect p50', baseline.p50, withAgents.p50, 'us')} added ${(withAgents.p50 - baseline.p50).toFixed(0)} us`,
-    `${row('sequential connect p99', baseline.p99, withAgents.p99, 'us')} added ${(withAgents.p99 - baseline.p99).toFixed(0)} us`,
-    `${row(`bulk ${config.bulkBytes / 1e6} MB`, baseline.throughput, withAgents.throughput, 'MB/s')} ratio ${(withAgents.throughput / baseline.throughput).toFixed(3)}x`,
-    `user-space trips (queued packets, both agents) in the agent phase: ${queued}`,
+    `rate: ${config.rateConcurrency} concurrent for ${config.rateMs} ms; sequential: ${config.sequentialCount} connects; bulk: ${config.bulkBytes / 1e6} MB x3 (median)`,
+    header,
+    ...report('no agents (baseline)', baseline, baseline),
+    ...report('pass-through', baseline, passThrough),
+    ...report('identity, known pair', baseline, identityKnown),
+    ...report('identity, first contact', baseline, firstContact),
+    'trips: queued packets per connection, both agents together; added: microseconds over the baseline',
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
 } finally {
   await lab.down();
+  rmSync(directory, { recursive: true, force: true });
 }

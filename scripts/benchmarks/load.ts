@@ -1,8 +1,11 @@
 // Load generator and server for scripts/bench; runs inside lab namespaces, prints one JSON line.
 //   server <connectPort> <sinkPort>                accept-and-close server plus a byte sink
 //   rate <host> <port> <concurrency> <ms> <max>     new connections per second
-//   sequential <host> <port> <count>                connect latency, one at a time
+//   sequential <host> <port> <count> [socket...]    connect latency, one at a time; with agent
+//                                                   status sockets, their peer caches are flushed
+//                                                   before every connect (first-contact cost)
 //   bulk <host> <port> <bytes>                      one stream's throughput
+import { request } from 'node:http';
 import { connect, createServer, type Socket } from 'node:net';
 
 const [mode, ...args] = process.argv.slice(2);
@@ -53,10 +56,24 @@ async function rate(host: string, port: number, concurrency: number, ms: number,
   emit({ completed, failed, seconds, perSecond: completed / seconds });
 }
 
-async function sequential(host: string, port: number, count: number): Promise<void> {
+function flush(socketPath: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, path: '/caches/flush', method: 'POST' }, (response) => {
+      response.resume();
+      response.on('end', resolve);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+async function sequential(host: string, port: number, count: number, flushSockets: string[]): Promise<void> {
   const samples: number[] = [];
   const deadline = Date.now() + 30_000;
-  for (let i = 0; i < count && Date.now() < deadline; i++) samples.push(await openAndClose(host, port));
+  for (let i = 0; i < count && Date.now() < deadline; i++) {
+    for (const socket of flushSockets) await flush(socket);
+    samples.push(await openAndClose(host, port));
+  }
   samples.sort((a, b) => a - b);
   emit({ count: samples.length, p50: percentile(samples, 50), p99: percentile(samples, 99) });
 }
@@ -110,7 +127,7 @@ switch (mode) {
     await rate(args[0]!, Number(args[1]), Number(args[2]), Number(args[3]), Number(args[4]));
     break;
   case 'sequential':
-    await sequential(args[0]!, Number(args[1]), Number(args[2]));
+    await sequential(args[0]!, Number(args[1]), Number(args[2]), args.slice(3));
     break;
   case 'bulk':
     await bulk(args[0]!, Number(args[1]), Number(args[2]));

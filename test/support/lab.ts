@@ -182,9 +182,17 @@ export class Lab {
     const socket = `/tmp/synpass-test-${this.prefix}-${host}.sock`;
     const targets = this.networks.flatMap((cidr) => ['--target', cidr]);
     const child = this.spawn(host, [process.execPath, '--import', 'tsx', CLI, 'agent', 'run', '--status-socket', socket, ...targets, ...extraArgs]);
-    await child.waitFor((line) => line.msg === 'agent running' || line.level === 'fatal');
-    const fatal = child.lines.find((line) => line.level === 'fatal');
-    if (fatal) throw new Error(`agent in ${host} failed: ${JSON.stringify(fatal)}`);
+    // Ready when the status socket answers (log lines may be filtered by level).
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      const fatal = child.lines.find((line) => line.level === 'fatal');
+      if (fatal) throw new Error(`agent in ${host} failed: ${JSON.stringify(fatal)}`);
+      if (await readStatus(socket).then(() => true, () => false)) break;
+      if (Date.now() > deadline) throw new Error(`agent in ${host} did not become ready: ${child.stderr.join('')}`);
+      await child.waitFor(() => false, 100).catch((error: unknown) => {
+        if (!String(error).includes('timed out')) throw error;
+      });
+    }
     return { process: child, socket, status: () => readStatus(socket) };
   }
 

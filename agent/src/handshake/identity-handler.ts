@@ -330,9 +330,9 @@ export class IdentityHandler implements HandshakeHandler {
     this.knownServers.set(address, { keyId: keyId(kexRaw), pairKey });
   }
 
-  /** A server's key changed (rotation): forget it so the next SYN takes the full handshake. */
-  forgetServer(address: string): void {
-    this.knownServers.delete(address);
+  /** Forget which agents serve which addresses: the next SYN to each takes the full handshake. */
+  forgetServers(): void {
+    this.knownServers.clear();
   }
 
   stats(): Record<string, number> {

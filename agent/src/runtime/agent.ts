@@ -100,7 +100,12 @@ export class Agent {
       { backend: this.rules.backend, families: this.rules.families, targets: this.options.targetNetworks },
       'rules installed',
     );
-    this.statusServer = await startStatusServer(this.options.statusSocket, () => this.status());
+    this.statusServer = await startStatusServer(this.options.statusSocket, () => this.status(), {
+      flushCaches: () => {
+        this.built.flushCaches();
+        this.log.info('peer caches flushed');
+      },
+    });
     this.log.info({ mode: this.mode, statusSocket: this.options.statusSocket }, 'agent running');
   }
 

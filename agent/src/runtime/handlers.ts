@@ -50,12 +50,13 @@ export function logVerdict(log: Logger, event: VerdictEvent): void {
 export interface BuiltHandler {
   handler: HandshakeHandler;
   stop(): void;
+  flushCaches(): void;
   status(): Record<string, unknown>;
 }
 
 export async function buildHandler(config: AgentConfig, log: Logger): Promise<BuiltHandler> {
   if (config.mode === 'pass-through' || config.identity === null) {
-    return { handler: new PassThroughHandler(), stop: () => undefined, status: () => ({}) };
+    return { handler: new PassThroughHandler(), stop: () => undefined, flushCaches: () => undefined, status: () => ({}) };
   }
   const local = await LocalIdentity.load({
     files: config.identity,
@@ -92,6 +93,10 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
     handler,
     stop: () => {
       local.stopRenewal();
+    },
+    flushCaches: () => {
+      verifier.reconfigure(local.bundles, { kex: local.kex, kexRaw: local.kexRaw });
+      handler.forgetServers();
     },
     status: () => ({
       subject: config.identity?.subject,

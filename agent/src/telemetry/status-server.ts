@@ -6,13 +6,24 @@ import { dirname } from 'node:path';
 
 export type StatusProvider = () => unknown;
 
-export async function startStatusServer(socketPath: string, status: StatusProvider): Promise<Server> {
+export interface StatusActions {
+  /** Forget verified peers, credentials and pair keys (after a revocation, or to measure first contact). */
+  flushCaches(): void;
+}
+
+export async function startStatusServer(socketPath: string, status: StatusProvider, actions: StatusActions): Promise<Server> {
   await mkdir(dirname(socketPath), { recursive: true });
   await rm(socketPath, { force: true });
   const server = createServer((request, response) => {
     if (request.method === 'GET' && request.url === '/status') {
       response.writeHead(200, { 'content-type': 'application/json' });
       response.end(JSON.stringify(status()));
+      return;
+    }
+    if (request.method === 'POST' && request.url === '/caches/flush') {
+      actions.flushCaches();
+      response.writeHead(200, { 'content-type': 'application/json' });
+      response.end(JSON.stringify({ flushed: true }));
       return;
     }
     response.writeHead(404, { 'content-type': 'application/json' });
