@@ -40,14 +40,14 @@ try {
   const http = await lab.peerOnce('web', ['http', apiAddress, '8080']);
   await capture.waitFor((l) => typeof l.hex === 'string');
   await capture.stop();
-  const synHex = capture.lines.find((l) => typeof l.hex === 'string' && decodes(l.hex as string)?.isSyn)?.hex as string | undefined;
+  const synHex = capture.lines.find((l) => typeof l.hex === 'string' && decodes(l.hex)?.isSyn)?.hex as string | undefined;
   const webSeen = api.process.lines.find((l) => l.event === 'handshake' && l.stage === 'syn' && l.direction === 'ingress');
   const apiSeen = web.process.lines.find((l) => l.event === 'handshake' && l.stage === 'syn-ack');
   rows.push({
     connection: 'web -> api:8080 (HTTP)',
     expected: 'connected',
     result: http.status === 200 ? 'connected' : 'failed',
-    reason: String(webSeen?.reason ?? '-'),
+    reason: reasonOf(webSeen),
     identity: `${subjectOf(webSeen)} <-> ${subjectOf(apiSeen)}`,
   });
 
@@ -58,7 +58,7 @@ try {
     connection: 'web -> api:8080 again (known peer)',
     expected: 'connected',
     result: again.status === 200 ? 'connected' : 'failed',
-    reason: String(fast?.reason ?? '-'),
+    reason: reasonOf(fast),
     identity: subjectOf(fast),
   });
 
@@ -70,7 +70,7 @@ try {
     connection: 'outsider -> api:8080 (no agent)',
     expected: 'cloaked',
     result: 'echoed' in outsider ? 'connected' : 'cloaked',
-    reason: String(outsiderVerdict?.reason ?? '-'),
+    reason: reasonOf(outsiderVerdict),
     identity: '-',
   });
 
@@ -85,7 +85,7 @@ try {
     connection: 'outsider raw SYN scan of api:8080,7000',
     expected: 'cloaked',
     result: replies === 0 ? 'cloaked' : `${replies} replies`,
-    reason: String(lastVerdictFrom(api, lab.address('outsider'), scanMark)?.reason ?? '-'),
+    reason: reasonOf(lastVerdictFrom(api, lab.address('outsider'), scanMark)),
     identity: '-',
   });
 
@@ -98,7 +98,7 @@ try {
     connection: 'attacker replays web\'s SYN',
     expected: 'rejected',
     result: replay?.verdict === 'drop' ? 'rejected' : 'accepted',
-    reason: String(replay?.reason ?? '-'),
+    reason: reasonOf(replay),
     identity: '-',
   });
 
@@ -111,7 +111,7 @@ try {
     connection: 'rogue.example agent -> api:8080',
     expected: 'cloaked',
     result: 'echoed' in rogueTry ? 'connected' : 'cloaked',
-    reason: String(rogueVerdict?.reason ?? '-'),
+    reason: reasonOf(rogueVerdict),
     identity: '-',
   });
   await rogue.process.stop();
@@ -124,6 +124,10 @@ function decodes(hex: string): ParsedPacket | null {
   const bytes = Uint8Array.from(Buffer.from(hex, 'hex'));
   const packet = new ParsedPacket();
   return parsePacket(bytes, 0, bytes.length, packet) ? packet : null;
+}
+
+function reasonOf(line: Record<string, unknown> | undefined): string {
+  return typeof line?.reason === 'string' ? line.reason : '-';
 }
 
 function subjectOf(line: Record<string, unknown> | undefined): string {

@@ -10,7 +10,7 @@ import { SignJWT, UnsecuredJWT } from 'jose';
 import { ipv4HeaderChecksum, tcpChecksum, writeUint16 } from '../../agent/src/datapath/checksum.ts';
 import { ParsedPacket, parsePacket } from '../../agent/src/datapath/packet.ts';
 import { attachToken } from '../../agent/src/datapath/rewrite.ts';
-import { decodeMessage, encodeMessage, MessageType } from '../../agent/src/handshake/wire.ts';
+import { decodeMessage, encodeMessage, MessageType, packJws } from '../../agent/src/handshake/wire.ts';
 import { verifyCredential } from '../../agent/src/identity/credential.ts';
 import { issueAgent } from '../../agent/src/identity/issuance.ts';
 import { readPrivateKey } from '../../agent/src/identity/key-files.ts';
@@ -108,7 +108,16 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
   }
 
   function synBody(credential: string, token: string): Uint8Array {
-    return encodeMessage({ type: MessageType.Syn, flags: 0, credential, token, nonce: randomBytes(16), time: now(), peerKeyId: null, proof: null });
+    return encodeMessage({
+      type: MessageType.Syn,
+      flags: 0,
+      credential: packJws(credential),
+      token: packJws(token),
+      nonce: randomBytes(16),
+      time: now(),
+      peerKeyId: null,
+      proof: null,
+    });
   }
 
   async function expectDropped(reason: string, hexes: string[]): Promise<void> {

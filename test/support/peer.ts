@@ -31,7 +31,7 @@ switch (mode) {
       createHttpServer((req, res) => {
         res.writeHead(200, { 'content-type': 'text/plain' });
         res.end(`hello from api ${req.url ?? ''}`);
-      }).listen(port, '::', () => emit({ listening: port }));
+      }).listen(port, '::', () => { emit({ listening: port }); });
       break;
     }
     createServer((socket) => {
@@ -51,7 +51,7 @@ switch (mode) {
         emit({ received, sha256: hash.digest('hex') });
         socket.end();
       });
-    }).listen(port, '::', () => emit({ listening: port }));
+    }).listen(port, '::', () => { emit({ listening: port }); });
     break;
   }
   case 'send': {
@@ -98,7 +98,7 @@ switch (mode) {
   }
   case 'hold': {
     clearTimeout(deadline);
-    const socket = connect({ host: a!, port: Number(b) }, () => emit({ connected: true }));
+    const socket = connect({ host: a!, port: Number(b) }, () => { emit({ connected: true }); });
     socket.on('error', fail);
     socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => {

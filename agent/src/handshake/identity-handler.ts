@@ -2,7 +2,6 @@
 // nonce and time; the server's SYN-ACK its own plus a proof binding both nonces and ISNs; the
 // client's first ACK its proof. Both sides verify the other's proof. When the client already
 // knows the server's agent, its SYN carries a proof too and the handshake ends at the SYN-ACK.
-import { randomBytes } from 'node:crypto';
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
 import type { Decision, HandshakeHandler, PacketInfo } from '../datapath/handler.ts';
 import { TCP_RST } from '../datapath/packet.ts';
@@ -11,7 +10,7 @@ import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { Admission } from './admission.ts';
 import { ExpiringTable, flowKey, type Flow, type SeenNonce } from './handshake-state.ts';
 import type { PeerVerifier } from './peer-verifier.ts';
-import { computeProof, keyId, proofMatches } from './proofs.ts';
+import { computeProof, keyId, NoncePool, proofMatches } from './proofs.ts';
 import { HandshakeReject } from './reasons.ts';
 import {
   decodeMessage,
@@ -19,7 +18,6 @@ import {
   FLAG_FAST,
   FLAG_SYN_PROOF,
   MessageType,
-  NONCE_BYTES,
   WireError,
   type HandshakeMessage,
 } from './wire.ts';
@@ -46,6 +44,7 @@ export class IdentityHandler implements HandshakeHandler {
   private readonly nonces: ExpiringTable<SeenNonce>;
   private readonly knownServers = new Map<string, KnownServer>();
   private readonly now: () => number;
+  private readonly noncePool = new NoncePool();
 
   constructor(
     private readonly local: LocalIdentity,
@@ -106,14 +105,14 @@ export class IdentityHandler implements HandshakeHandler {
       return;
     }
     if (this.local.token === '') throw new HandshakeReject('no-own-token');
-    const nonce = randomBytes(NONCE_BYTES);
+    const nonce = this.noncePool.next();
     const time = Math.floor(this.now() / 1000);
     const known = this.knownServers.get(server);
     const body = encodeMessage({
       type: MessageType.Syn,
       flags: known ? FLAG_SYN_PROOF : 0,
-      credential: this.local.credentialCompact,
-      token: this.local.token,
+      credential: this.local.packedCredential,
+      token: this.local.packedToken,
       nonce,
       time,
       peerKeyId: known?.keyId ?? null,
@@ -154,7 +153,7 @@ export class IdentityHandler implements HandshakeHandler {
     if (flow?.role !== 'client' || packet.acknowledgment !== ((flow.clientIsn + 1) >>> 0)) {
       throw new HandshakeReject('unknown-flow');
     }
-    const peer = this.verify(message.credential, message.token);
+    const peer = this.verifier.verify(message.credential, message.token);
     const pairKey = this.verifier.pairKey(peer.credential);
     const expected = computeProof(pairKey, 'syn-ack', [message.flags, flow.clientNonce, message.nonce, flow.clientIsn, packet.sequence]);
     if (!proofMatches(expected, message.proof)) throw new HandshakeReject('bad-proof');
@@ -214,7 +213,7 @@ export class IdentityHandler implements HandshakeHandler {
       }
       throw new HandshakeReject('replayed-syn');
     }
-    const peer = this.verify(message.credential, message.token);
+    const peer = this.verifier.verify(message.credential, message.token);
     if (!this.admission.admitsIdentity(peer.identity, port)) throw new HandshakeReject('not-allowed');
     const pairKey = this.verifier.pairKey(peer.credential);
     let fast = false;
@@ -256,7 +255,7 @@ export class IdentityHandler implements HandshakeHandler {
       return;
     }
     // Retransmitted SYN-ACKs reuse the nonce, so the proof stays the one the client checks.
-    flow.serverNonce ??= randomBytes(NONCE_BYTES);
+    flow.serverNonce ??= this.noncePool.next();
     flow.serverIsn = packet.sequence;
     const flags = flow.fast ? FLAG_FAST : 0;
     const proof = computeProof(flow.pairKey, 'syn-ack', [flags, flow.clientNonce, flow.serverNonce, flow.clientIsn, flow.serverIsn]);
@@ -265,8 +264,8 @@ export class IdentityHandler implements HandshakeHandler {
       encodeMessage({
         type: MessageType.SynAck,
         flags,
-        credential: this.local.credentialCompact,
-        token: this.local.token,
+        credential: this.local.packedCredential,
+        token: this.local.packedToken,
         nonce: flow.serverNonce,
         proof,
       }),
@@ -311,10 +310,6 @@ export class IdentityHandler implements HandshakeHandler {
 
   private ackProof(flow: Flow): Buffer {
     return computeProof(flow.pairKey!, 'ack', [flow.clientNonce, flow.serverNonce!, flow.clientIsn, flow.serverIsn]);
-  }
-
-  private verify(credential: string, token: string): ReturnType<PeerVerifier['verify']> {
-    return this.verifier.verify(credential, token);
   }
 
   private attach(decision: Decision, body: Uint8Array): void {

@@ -8,6 +8,21 @@ import { TokenError } from '../token/errors.ts';
 import { verifyIdentityToken, type VerifiedIdentity } from '../token/identity-token.ts';
 import { derivePairKey } from './proofs.ts';
 import { credentialReason, HandshakeReject, tokenReason } from './reasons.ts';
+import { unpackJws, type PackedJws } from './wire.ts';
+
+/** A cached result with the exact bytes it was computed from. */
+interface Verified<V> {
+  bytes: Buffer;
+  value: V;
+}
+
+function signatureKey(packed: PackedJws): string {
+  return Buffer.from(packed.signature.buffer, packed.signature.byteOffset, packed.signature.length).toString('latin1');
+}
+
+function sameBytes(stored: Buffer, packed: PackedJws): boolean {
+  return stored.equals(packed.bytes);
+}
 
 class BoundedCache<V> {
   private readonly entries = new Map<string, V>();
@@ -49,8 +64,8 @@ export interface VerifiedPeer {
 }
 
 export class PeerVerifier {
-  readonly credentials = new BoundedCache<VerifiedCredential>(4096);
-  readonly tokens = new BoundedCache<VerifiedIdentity>(16384);
+  readonly credentials = new BoundedCache<Verified<VerifiedCredential>>(4096);
+  readonly tokens = new BoundedCache<Verified<VerifiedIdentity>>(16384);
   readonly pairKeys = new BoundedCache<Buffer>(4096);
 
   constructor(
@@ -68,39 +83,47 @@ export class PeerVerifier {
     this.pairKeys.clear();
   }
 
-  verify(credentialCompact: string, tokenCompact: string): VerifiedPeer {
+  /**
+   * Caches are keyed by the JWS signature and hold the bytes it signed: a hit costs one memcmp,
+   * and the same signature glued to other bytes is verified afresh (and fails).
+   */
+  verify(credentialJws: PackedJws, tokenJws: PackedJws): VerifiedPeer {
     const now = this.nowSeconds();
-    const credential = this.credential(credentialCompact, now);
-    let identity = this.tokens.get(tokenCompact);
-    if (identity !== undefined && identity.expiresAt <= now) {
-      this.tokens.delete(tokenCompact);
-      throw new HandshakeReject('expired-token');
-    }
-    if (identity === undefined) {
+    const credential = this.credential(credentialJws, now);
+    const key = signatureKey(tokenJws);
+    const cached = this.tokens.get(key);
+    let identity: VerifiedIdentity;
+    if (cached !== undefined && sameBytes(cached.bytes, tokenJws)) {
+      if (cached.value.expiresAt <= now) {
+        this.tokens.delete(key);
+        throw new HandshakeReject('expired-token');
+      }
+      // A cached token presented with a different agent's credential.
+      if (cached.value.agent !== credential.subject) throw new HandshakeReject('token-credential-mismatch');
+      identity = cached.value;
+    } else {
       try {
-        identity = verifyIdentityToken(tokenCompact, credential, now);
+        identity = verifyIdentityToken(unpackJws(tokenJws), credential, now);
       } catch (error) {
         if (error instanceof TokenError) throw new HandshakeReject(tokenReason(error.code), error.message);
         throw error;
       }
-      this.tokens.set(tokenCompact, identity);
-    } else if (identity.agent !== credential.subject) {
-      // A cached token presented with a different agent's credential.
-      throw new HandshakeReject('token-credential-mismatch');
+      this.tokens.set(key, { bytes: Buffer.from(tokenJws.bytes), value: identity });
     }
     return { credential, identity };
   }
 
-  private credential(compact: string, now: number): VerifiedCredential {
-    const cached = this.credentials.get(compact);
-    if (cached !== undefined) {
-      if (cached.expiresAt > now) return cached;
-      this.credentials.delete(compact);
+  private credential(packed: PackedJws, now: number): VerifiedCredential {
+    const key = signatureKey(packed);
+    const cached = this.credentials.get(key);
+    if (cached !== undefined && sameBytes(cached.bytes, packed)) {
+      if (cached.value.expiresAt > now) return cached.value;
+      this.credentials.delete(key);
       throw new HandshakeReject('expired-credential');
     }
     try {
-      const credential = verifyCredential(compact, this.bundles, now);
-      this.credentials.set(compact, credential);
+      const credential = verifyCredential(unpackJws(packed), this.bundles, now);
+      this.credentials.set(key, { bytes: Buffer.from(packed.bytes), value: credential });
       return credential;
     } catch (error) {
       if (error instanceof TokenError) throw new HandshakeReject(credentialReason(error.code), error.message);

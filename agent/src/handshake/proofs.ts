@@ -1,8 +1,8 @@
 // Pair keys and proofs. Two agents derive one symmetric key from a static X25519 agreement
 // between their credential keys (HKDF-SHA256, RFC 5869), cached per pair, so after first
 // contact a connection costs only HMACs. Proofs are HMAC-SHA256 truncated to 128 bits.
-import { createHmac, diffieHellman, hkdfSync, timingSafeEqual, type KeyObject } from 'node:crypto';
-import { KEY_ID_BYTES, PROOF_BYTES } from './wire.ts';
+import { createHmac, diffieHellman, hkdfSync, randomFillSync, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { KEY_ID_BYTES, NONCE_BYTES, PROOF_BYTES } from './wire.ts';
 
 const PAIR_INFO = Buffer.from('synpass pair key v1');
 
@@ -38,4 +38,23 @@ export function computeProof(pairKey: Buffer, label: ProofLabel, parts: readonly
 
 export function proofMatches(expected: Buffer, received: Uint8Array): boolean {
   return received.length === expected.length && timingSafeEqual(expected, received);
+}
+
+/**
+ * Fresh nonces from a pool refilled 256 at a time: one CSPRNG call per 256 handshakes instead
+ * of one per SYN. Each nonce is copied out, so a refill never changes one already handed out.
+ */
+export class NoncePool {
+  private readonly pool = Buffer.alloc(NONCE_BYTES * 256);
+  private offset = this.pool.length;
+
+  next(): Buffer {
+    if (this.offset === this.pool.length) {
+      randomFillSync(this.pool);
+      this.offset = 0;
+    }
+    const nonce = Buffer.from(this.pool.subarray(this.offset, this.offset + NONCE_BYTES));
+    this.offset += NONCE_BYTES;
+    return nonce;
+  }
 }

@@ -22,11 +22,45 @@ export const FLAG_SYN_PROOF = 0x01;
 /** SYN-ACK: the server took the fast path; the handshake ends at the SYN-ACK on both sides. */
 export const FLAG_FAST = 0x01;
 
+/**
+ * A JWS as it travels: the encoded field (length prefixes and raw segments) and a view of its
+ * signature, which identifies it in caches without rebuilding the compact form.
+ */
+export interface PackedJws {
+  bytes: Uint8Array;
+  signature: Uint8Array;
+}
+
+export function packJws(compact: string): PackedJws {
+  const parts = compact.split('.');
+  if (parts.length !== 3) throw new TypeError('not a compact JWS');
+  const [header, payload, signature] = parts.map((part) => Buffer.from(part, 'base64url')) as [Buffer, Buffer, Buffer];
+  if (header.length > 0xffff || payload.length > 0xffff || signature.length > 0xff) throw new RangeError('JWS too large');
+  const bytes = Buffer.alloc(5 + header.length + payload.length + signature.length);
+  let offset = bytes.writeUInt16BE(header.length, 0);
+  offset += header.copy(bytes, offset);
+  offset = bytes.writeUInt16BE(payload.length, offset);
+  offset += payload.copy(bytes, offset);
+  offset = bytes.writeUInt8(signature.length, offset);
+  signature.copy(bytes, offset);
+  return { bytes, signature: bytes.subarray(offset) };
+}
+
+/** The compact form, for verification (only on a cache miss). */
+export function unpackJws(packed: PackedJws): string {
+  const b = Buffer.from(packed.bytes.buffer, packed.bytes.byteOffset, packed.bytes.length);
+  const headerLength = b.readUInt16BE(0);
+  const payloadLength = b.readUInt16BE(2 + headerLength);
+  const payloadStart = 4 + headerLength;
+  const signatureStart = payloadStart + payloadLength + 1;
+  return `${b.toString('base64url', 2, 2 + headerLength)}.${b.toString('base64url', payloadStart, payloadStart + payloadLength)}.${b.toString('base64url', signatureStart)}`;
+}
+
 export interface SynMessage {
   type: typeof MessageType.Syn;
   flags: number;
-  credential: string;
-  token: string;
+  credential: PackedJws;
+  token: PackedJws;
   nonce: Uint8Array;
   time: number;
   peerKeyId: Uint8Array | null;
@@ -36,8 +70,8 @@ export interface SynMessage {
 export interface SynAckMessage {
   type: typeof MessageType.SynAck;
   flags: number;
-  credential: string;
-  token: string;
+  credential: PackedJws;
+  token: PackedJws;
   nonce: Uint8Array;
   proof: Uint8Array;
 }
@@ -51,9 +85,6 @@ export type HandshakeMessage = SynMessage | SynAckMessage | AckMessage;
 
 export class WireError extends Error {
   override readonly name = 'WireError';
-  constructor(message: string) {
-    super(message);
-  }
 }
 
 class Reader {
@@ -75,14 +106,12 @@ class Reader {
     this.offset += length;
     return view;
   }
-  private segment(length: number): string {
-    const view = this.bytes(length);
-    return Buffer.from(view.buffer, view.byteOffset, view.length).toString('base64url');
-  }
-  jws(): string {
-    const header = this.segment(this.u16());
-    const payload = this.segment(this.u16());
-    return `${header}.${payload}.${this.segment(this.u8())}`;
+  jws(): PackedJws {
+    const start = this.offset;
+    this.bytes(this.u16());
+    this.bytes(this.u16());
+    const signature = this.bytes(this.u8());
+    return { bytes: this.buf.subarray(start, this.offset), signature };
   }
   end(): void {
     if (this.offset !== this.buf.length) throw new WireError('trailing bytes');
@@ -128,10 +157,6 @@ class Writer {
   u8(value: number): void {
     this.buf[this.offset++] = value;
   }
-  u16(value: number): void {
-    this.buf.writeUInt16BE(value, this.offset);
-    this.offset += 2;
-  }
   u32(value: number): void {
     this.buf.writeUInt32BE(value >>> 0, this.offset);
     this.offset += 4;
@@ -140,23 +165,14 @@ class Writer {
     this.buf.set(value, this.offset);
     this.offset += value.length;
   }
-  jws(compact: string): void {
-    const parts = compact.split('.');
-    if (parts.length !== 3) throw new TypeError('not a compact JWS');
-    const [header, payload, signature] = parts.map((part) => Buffer.from(part, 'base64url')) as [Buffer, Buffer, Buffer];
-    if (header.length > 0xffff || payload.length > 0xffff || signature.length > 0xff) throw new RangeError('JWS too large');
-    this.u16(header.length);
-    this.bytes(header);
-    this.u16(payload.length);
-    this.bytes(payload);
-    this.u8(signature.length);
-    this.bytes(signature);
+  jws(packed: PackedJws): void {
+    this.bytes(packed.bytes);
   }
 }
 
 export function encodeMessage(message: HandshakeMessage): Buffer {
   const size =
-    message.type === MessageType.Ack ? 2 + PROOF_BYTES : 3 + 4 + message.credential.length + message.token.length + 64;
+    message.type === MessageType.Ack ? 2 + PROOF_BYTES : 3 + message.credential.bytes.length + message.token.bytes.length + 64;
   const w = new Writer(size);
   w.u8(WIRE_VERSION);
   w.u8(message.type);

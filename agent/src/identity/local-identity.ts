@@ -2,6 +2,7 @@
 // bundles it accepts, and the workload token it presents, renewed before it expires.
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { packJws, type PackedJws } from '../handshake/wire.ts';
 import { issueIdentityToken, type Attribute } from '../token/identity-token.ts';
 import { collectAttributes, type Attestor } from './attestors.ts';
 import { verifyCredential, type VerifiedCredential } from './credential.ts';
@@ -24,6 +25,9 @@ export interface LocalIdentityOptions {
 
 export class LocalIdentity {
   token = '';
+  /** Credential and token as they go on the wire, encoded once rather than per SYN. */
+  packedCredential: PackedJws;
+  packedToken: PackedJws = { bytes: new Uint8Array(0), signature: new Uint8Array(0) };
   tokenExpiresAt = 0;
   attributes = new Map<string, Attribute>();
   private renewal: NodeJS.Timeout | null = null;
@@ -36,7 +40,9 @@ export class LocalIdentity {
     readonly kex: KeyObject,
     readonly kexRaw: Buffer,
     readonly bundles: Map<string, TrustBundle>,
-  ) {}
+  ) {
+    this.packedCredential = packJws(credentialCompact);
+  }
 
   static async load(options: LocalIdentityOptions, nowSeconds = Math.floor(Date.now() / 1000)): Promise<LocalIdentity> {
     const bundles = loadTrustBundles(options.files.trustBundles);
@@ -68,6 +74,7 @@ export class LocalIdentity {
       ttlSeconds: ttl,
       nowSeconds,
     });
+    this.packedToken = packJws(this.token);
     this.tokenExpiresAt = nowSeconds + ttl;
   }
 

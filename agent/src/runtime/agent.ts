@@ -116,6 +116,10 @@ export class Agent {
       rules: this.rules,
       queue: readQueueCounters(this.buffers.counters),
       verdicts: this.engine.verdicts.snapshot(),
+      judging: {
+        packets: this.engine.judged,
+        microsecondsPerPacket: this.engine.judged === 0 ? 0 : this.engine.busyMicroseconds / this.engine.judged,
+      },
       identity: this.built.status(),
     };
   }

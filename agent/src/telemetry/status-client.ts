@@ -11,7 +11,7 @@ export async function fetchStatus(socketPath: string): Promise<unknown> {
         try {
           resolve(JSON.parse(body));
         } catch (error) {
-          reject(error as Error);
+          reject(error instanceof Error ? error : new Error(String(error)));
         }
       });
     });

@@ -226,7 +226,7 @@ describe('identity handshake over a virtual wire', () => {
       if (message.type !== MessageType.Syn) return body;
       const foreign = parsed(outsiderAgent.queue.deliver(SYN, 'egress').bytes);
       const other = decodeMessage(foreign.buf.subarray(foreign.tokenOffset, foreign.tokenOffset + foreign.tokenLength));
-      return encodeMessage({ ...message, credential: other.type === MessageType.Syn ? other.credential : '' });
+      return encodeMessage({ ...message, credential: other.type === MessageType.Syn ? other.credential : message.credential });
     });
     reasonOf(server.queue.deliver(glued, 'ingress'), server.queue, 'token-credential-mismatch');
   });
