@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ParsedPacket, parsePacket } from '../agent/src/datapath/packet.ts';
-import { prepareIdentities } from '../test/support/identity-lab.ts';
+import { BATCH_UID, prepareIdentities } from '../test/support/identity-lab.ts';
 import { Lab, ROOT, sleep, type AgentHandle } from '../test/support/lab.ts';
 
 const RAW_PROBE = join(ROOT, 'test/support/raw-probe.ts');
@@ -62,7 +62,21 @@ try {
     identity: subjectOf(fast),
   });
 
-  // 3. The outsider (no agent) tries a normal connection.
+  // 3. On web itself, a process of another workload (user nobody = "batch"): api does not admit it.
+  const batchMark = api.process.lines.length;
+  const batch = await lab.peerOnce('web', ['echo', apiAddress, '8080', 'hi'], 4_000, BATCH_UID).catch(() => ({ error: 'timeout' }));
+  const batchVerdict = api.process.lines
+    .slice(batchMark)
+    .find((l) => l.event === 'handshake' && l.direction === 'ingress' && l.stage === 'syn');
+  rows.push({
+    connection: 'web, user nobody (workload batch) -> api',
+    expected: 'cloaked',
+    result: 'echoed' in batch ? 'connected' : 'cloaked',
+    reason: reasonOf(batchVerdict),
+    identity: subjectOf(batchVerdict),
+  });
+
+  // 4. The outsider (no agent) tries a normal connection.
   const mark = api.process.lines.length;
   const outsider = await lab.peerOnce('outsider', ['echo', apiAddress, '8080', 'hi'], 4_000).catch(() => ({ error: 'timeout' }));
   const outsiderVerdict = lastVerdictFrom(api, lab.address('outsider'), mark);
@@ -74,7 +88,7 @@ try {
     identity: '-',
   });
 
-  // 4. A raw SYN scan of api's protected ports: a capture must see nothing come back.
+  // 5. A raw SYN scan of api's protected ports: a capture must see nothing come back.
   const silence = await lab.capture(`src host ${apiAddress} and tcp`, 100, 3_000);
   const scanMark = api.process.lines.length;
   await runProbe(lab, ['syn-scan', lab.address('outsider'), apiAddress, '8080', '7000']);
@@ -89,7 +103,7 @@ try {
     identity: '-',
   });
 
-  // 5. The attacker replays web's captured SYN (token and all) from the outsider.
+  // 6. The attacker replays web's captured SYN (token and all) from the outsider.
   const replayMark = api.process.lines.length;
   if (synHex) await runProbe(lab, ['send', apiAddress, synHex]);
   await sleep(500);
@@ -102,7 +116,7 @@ try {
     identity: '-',
   });
 
-  // 6. A rogue agent whose trust domain api does not trust.
+  // 7. A rogue agent whose trust domain api does not trust.
   const rogue = await lab.startAgent('outsider', ['--config', files.configs.outsider]);
   const rogueMark = api.process.lines.length;
   const rogueTry = await lab.peerOnce('outsider', ['echo', apiAddress, '8080', 'hi'], 4_000).catch(() => ({ error: 'timeout' }));

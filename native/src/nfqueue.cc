@@ -32,7 +32,9 @@ enum MetaField : uint32_t {
   kMetaLength = 5,
   kMetaOriginalLength = 6,
   kMetaFlags = 7,
-  kMetaStride = 8,
+  kMetaUid = 8,  // owner of the sending socket (locally generated packets), else kNoOwner
+  kMetaGid = 9,
+  kMetaStride = 10,
 };
 
 // Flag bits in kMetaFlags (low 16 bits); the link-layer protocol sits in the high 16 bits.
@@ -60,7 +62,8 @@ enum Counter : uint32_t {
   kCounterCount,
 };
 
-constexpr size_t kSlotSize = 65536 + 1024;  // one full 64 KiB packet plus netlink headers
+constexpr size_t kSlotSize = 65536 + 1024;
+constexpr uint32_t kNoOwner = 0xffffffffu;  // one full 64 KiB packet plus netlink headers
 constexpr size_t kBatchLimit = 128 * 1024;
 
 struct QueueConfig {
@@ -303,8 +306,10 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
     mnl_attr_put_u32(nlh, NFQA_CFG_QUEUE_MAXLEN, htonl(max_len_));
     // GSO: the kernel hands over locally generated packets with their checksum still partial
     // instead of finishing it for us; the agent computes a full checksum whenever it rewrites.
-    uint32_t flags = NFQA_CFG_F_GSO | (fail_open_ ? NFQA_CFG_F_FAIL_OPEN : 0);
-    uint32_t mask = NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN;
+    // UID_GID: the kernel reports the owner of the socket that sent a locally generated packet,
+    // which is how the agent tells which local workload opens a connection.
+    uint32_t flags = NFQA_CFG_F_GSO | NFQA_CFG_F_UID_GID | (fail_open_ ? NFQA_CFG_F_FAIL_OPEN : 0);
+    uint32_t mask = NFQA_CFG_F_GSO | NFQA_CFG_F_UID_GID | NFQA_CFG_F_FAIL_OPEN;
     mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(flags));
     mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(mask));
     return SendAndAck(nlh);
@@ -454,6 +459,8 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
       if (info & NFQA_SKB_GSO) flags |= kFlagGso;
     }
     m[kMetaFlags] = flags;
+    m[kMetaUid] = tb[NFQA_UID] ? ntohl(mnl_attr_get_u32(tb[NFQA_UID])) : kNoOwner;
+    m[kMetaGid] = tb[NFQA_GID] ? ntohl(mnl_attr_get_u32(tb[NFQA_GID])) : kNoOwner;
     batch_count_++;
     return MNL_CB_OK;
   }

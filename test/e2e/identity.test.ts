@@ -20,7 +20,7 @@ import { issueIdentityToken } from '../../agent/src/token/identity-token.ts';
 import { IPV4_SYN } from '../support/fixtures.ts';
 import { attributes } from '../support/identities.ts';
 import { withBody } from '../support/rebody.ts';
-import { DOMAIN, prepareIdentities, type IdentityLabFiles } from '../support/identity-lab.ts';
+import { BATCH_UID, DOMAIN, prepareIdentities, type IdentityLabFiles } from '../support/identity-lab.ts';
 import { isRoot, Lab, ROOT, sleep, type AgentHandle } from '../support/lab.ts';
 
 const PORT = 8080;
@@ -139,12 +139,12 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
 
   it('forged tokens and credentials are each dropped under their own reason, and api never answers', async () => {
     const silence = await lab.capture(`src host ${lab.address('api')} and dst host ${lab.address('outsider')} and (tcp or icmp)`, 100, 60_000);
-    const webToken = webIdentity.token;
+    const webToken = webIdentity.defaultToken!.token;
     const webCredential = webIdentity.credentialCompact;
     const [h, p, s] = webToken.split('.') as [string, string, string];
     const flippedSignature = `${h}.${p}.${s[0] === 'A' ? 'B' : 'A'}${s.slice(1)}`;
     await expectDropped('bad-signature', [forgedSyn(synBody(webCredential, flippedSignature))]);
-    await expectDropped('untrusted-domain', [forgedSyn(synBody(rogueIdentity.credentialCompact, rogueIdentity.token))]);
+    await expectDropped('untrusted-domain', [forgedSyn(synBody(rogueIdentity.credentialCompact, rogueIdentity.defaultToken!.token))]);
 
     const expiredToken = await issueIdentityToken({
       signKey: webIdentity.signKey,
@@ -253,6 +253,22 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
       return encodeMessage({ ...message, nonce });
     });
     await expectDropped('bad-proof', [Buffer.from(tampered).toString('hex')]);
+  });
+
+  it('the socket owner picks the workload: a process of user nobody on web is "batch" and api refuses it', async () => {
+    const mark = api.process.lines.length;
+    const attempt = await lab.peerOnce('web', ['echo', lab.address('api'), String(PORT), 'hi'], 4_000, BATCH_UID).catch(() => null);
+    assert.equal(attempt, null, 'no connection for the batch workload');
+    const verdict = api.process.lines
+      .slice(mark)
+      .find((l) => l.event === 'handshake' && l.direction === 'ingress' && l.stage === 'syn');
+    assert.equal(verdict?.reason, 'not-allowed');
+    const peer = verdict?.peer as { subject: string; attributes: Record<string, string> };
+    assert.equal(peer.subject, `spiffe://${DOMAIN}/batch`);
+    assert.equal(peer.attributes['process.uid'], String(BATCH_UID));
+    assert.equal(peer.attributes['process.user'], 'nobody');
+    assert.equal(peer.attributes['app.tier'], 'batch');
+    assert.equal(peer.attributes['app.name'], 'batch');
   });
 
   it('a connection still works after the attacks', async () => {

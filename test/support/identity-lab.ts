@@ -9,6 +9,8 @@ import type { Lab } from './lab.ts';
 export const DOMAIN = 'demo.synpass';
 export const ROGUE_DOMAIN = 'rogue.example';
 export const PROTECTED_PORTS = [7000, 8080];
+/** On web, sockets of this user (nobody) belong to the "batch" workload, which api does not admit. */
+export const BATCH_UID = 65534;
 
 export interface IdentityLabFiles {
   directory: string;
@@ -30,7 +32,7 @@ export async function prepareIdentities(lab: Lab, directory: string): Promise<Id
   copyFileSync(join(rogueDirectory, `${ROGUE_DOMAIN}.jwks.json`), join(rogueBundles, `${ROGUE_DOMAIN}.jwks.json`));
 
   const agents = { web: join(directory, 'web'), api: join(directory, 'api'), outsider: join(directory, 'mallory') };
-  const namespaces = ['app', 'host'];
+  const namespaces = ['app', 'host', 'process'];
   await issueAgent({ domainDirectory, trustDomain: DOMAIN, agentId: 'web', namespaces, ttlSeconds: 86_400, outputDirectory: agents.web });
   await issueAgent({ domainDirectory, trustDomain: DOMAIN, agentId: 'api', namespaces, ttlSeconds: 86_400, outputDirectory: agents.api });
   await issueAgent({
@@ -57,7 +59,15 @@ export async function prepareIdentities(lab: Lab, directory: string): Promise<Id
     targets: lab.networks,
   });
   const configs = { web: join(directory, 'web.yaml'), api: join(directory, 'api.yaml'), outsider: join(directory, 'mallory.yaml') };
-  writeFileSync(configs.web, stringify(config(agents.web, DOMAIN, 'web', 'frontend', bundles, { protectedPorts: PROTECTED_PORTS })));
+  writeFileSync(
+    configs.web,
+    stringify({
+      ...config(agents.web, DOMAIN, 'web', 'frontend', bundles, { protectedPorts: PROTECTED_PORTS }),
+      workloads: [
+        { name: 'batch', subject: `spiffe://${DOMAIN}/batch`, uids: [BATCH_UID], attributes: { 'app.name': 'batch', 'app.tier': 'batch' } },
+      ],
+    }),
+  );
   writeFileSync(
     configs.api,
     stringify(

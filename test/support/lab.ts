@@ -154,14 +154,15 @@ export class Lab {
     return child;
   }
 
-  /** Runs the peer script in `host` (see test/support/peer.ts). */
-  peer(host: Host, args: string[], options: { stdin?: boolean } = {}): NetnsProcess {
-    return this.spawn(host, [process.execPath, '--import', 'tsx', PEER, ...args], options);
+  /** Runs the peer script in `host` (see test/support/peer.ts), as `uid` when given. */
+  peer(host: Host, args: string[], options: { stdin?: boolean; uid?: number } = {}): NetnsProcess {
+    const asUser = options.uid === undefined ? [] : ['setpriv', `--reuid=${options.uid}`, `--regid=${options.uid}`, '--clear-groups'];
+    return this.spawn(host, [...asUser, process.execPath, '--import', 'tsx', PEER, ...args], options);
   }
 
   /** Runs a one-shot peer and returns its first JSON line. */
-  async peerOnce(host: Host, args: string[], timeoutMs = 15_000): Promise<Record<string, unknown>> {
-    const child = this.peer(host, args);
+  async peerOnce(host: Host, args: string[], timeoutMs = 15_000, uid?: number): Promise<Record<string, unknown>> {
+    const child = this.peer(host, args, uid === undefined ? {} : { uid });
     const line = await child.waitFor(() => true, timeoutMs);
     await child.exited;
     return line;

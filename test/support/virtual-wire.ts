@@ -3,10 +3,10 @@
 import { DatapathEngine } from '../../agent/src/datapath/engine.ts';
 import type { HandshakeHandler, VerdictEvent } from '../../agent/src/datapath/handler.ts';
 import { connectionMarks } from '../../agent/src/datapath/marks.ts';
-import { HOOK_POST_ROUTING, HOOK_PRE_ROUTING, Meta, NF_DROP, type NativeQueue, type NfVerdict } from '../../agent/src/datapath/nfqueue.ts';
+import { HOOK_POST_ROUTING, HOOK_PRE_ROUTING, Meta, NF_DROP, NO_OWNER, type NativeQueue, type NfVerdict } from '../../agent/src/datapath/nfqueue.ts';
 
 export const MARKS = connectionMarks(0x100000);
-const STRIDE = 8;
+const STRIDE = 10;
 
 export interface Verdict {
   verdict: NfVerdict;
@@ -50,7 +50,7 @@ export class VirtualQueue {
   }
 
   /** Hands one packet to the engine; `direction` picks the hook the kernel would report. */
-  deliver(bytes: Uint8Array, direction: 'ingress' | 'egress', flags = 0): Verdict {
+  deliver(bytes: Uint8Array, direction: 'ingress' | 'egress', flags = 0, uid = -1): Verdict {
     this.input.set(bytes, 0);
     this.current = bytes;
     this.meta.fill(0);
@@ -60,6 +60,8 @@ export class VirtualQueue {
     this.meta[Meta.Length] = bytes.length;
     this.meta[Meta.OriginalLength] = bytes.length;
     this.meta[Meta.Flags] = flags;
+    this.meta[Meta.Uid] = uid < 0 ? NO_OWNER : uid;
+    this.meta[Meta.Gid] = uid < 0 ? NO_OWNER : uid;
     this.last = null;
     this.engine.onBatch(1);
     if (this.last === null) throw new Error('engine gave no verdict');

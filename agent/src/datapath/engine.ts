@@ -16,6 +16,7 @@ import {
   META_FLAG_TRUNCATED,
   NF_DROP,
   NF_REPEAT,
+  NO_OWNER,
   type NativeQueue,
   type QueueBuffers,
 } from './nfqueue.ts';
@@ -84,7 +85,7 @@ export class DatapathEngine {
   readonly verdicts = new VerdictCounters();
   private readonly packet = new ParsedPacket();
   private readonly decision: Decision = new DecisionImpl();
-  private readonly info: PacketInfo = { direction: 'ingress', stage: 'syn', packet: this.packet, token: null };
+  private readonly info: PacketInfo = { direction: 'ingress', stage: 'syn', packet: this.packet, token: null, uid: -1, gid: -1 };
   private readonly output = new Uint8Array(65536);
   private readonly event: VerdictEvent = { direction: 'ingress', stage: 'syn', accepted: true, reason: '', packet: this.packet, peer: null };
   private queue: NativeQueue | null = null;
@@ -118,6 +119,8 @@ export class DatapathEngine {
         meta[base + Meta.Offset]!,
         meta[base + Meta.Length]!,
         meta[base + Meta.Flags]!,
+        meta[base + Meta.Uid]!,
+        meta[base + Meta.Gid]!,
       );
     }
     this.judged += count;
@@ -132,6 +135,8 @@ export class DatapathEngine {
     offset: number,
     length: number,
     flags: number,
+    uid: number,
+    gid: number,
   ): void {
     const queue = this.queue;
     if (queue === null) return;
@@ -163,6 +168,8 @@ export class DatapathEngine {
     decision.reset();
     info.direction = direction;
     info.stage = stageOf(packet);
+    info.uid = uid === NO_OWNER ? -1 : uid;
+    info.gid = gid === NO_OWNER ? -1 : gid;
     info.token = packet.tokenOffset >= 0 ? packet.buf.subarray(packet.tokenOffset, packet.tokenOffset + packet.tokenLength) : null;
     try {
       this.handler.decide(info, decision);

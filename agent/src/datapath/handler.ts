@@ -48,6 +48,9 @@ export interface PacketInfo {
   packet: ParsedPacket;
   /** The token body carried by an ingress packet, as a view into the queue buffer; null if none. */
   token: Uint8Array | null;
+  /** Owner of the local socket that sent the packet, or -1 (ingress, forwarded, SYN-ACK). */
+  uid: number;
+  gid: number;
 }
 
 export interface HandshakeHandler {

@@ -27,7 +27,12 @@ export const Meta = {
   Length: 5,
   OriginalLength: 6,
   Flags: 7,
+  Uid: 8,
+  Gid: 9,
 } as const;
+
+/** Meta value of Uid/Gid when the packet has no local socket owner (forwarded, SYN-ACK). */
+export const NO_OWNER = 0xffffffff;
 
 export const META_FLAG_CHECKSUM_PARTIAL = 1 << 0;
 export const META_FLAG_CHECKSUM_UNVERIFIED = 1 << 1;

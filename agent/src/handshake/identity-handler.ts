@@ -77,6 +77,7 @@ export class IdentityHandler implements HandshakeHandler {
     } catch (error) {
       if (!(error instanceof HandshakeReject)) throw error;
       decision.drop(error.reason);
+      peer = error.peer;
     }
     decision.peer = peer;
   }
@@ -104,7 +105,7 @@ export class IdentityHandler implements HandshakeHandler {
       decision.reason = 'ok';
       return;
     }
-    if (this.local.token === '') throw new HandshakeReject('no-own-token');
+    const own = this.local.tokenForOwner(info.uid);
     const nonce = this.noncePool.next();
     const time = Math.floor(this.now() / 1000);
     const known = this.knownServers.get(server);
@@ -112,7 +113,7 @@ export class IdentityHandler implements HandshakeHandler {
       type: MessageType.Syn,
       flags: known ? FLAG_SYN_PROOF : 0,
       credential: this.local.packedCredential,
-      token: this.local.packedToken,
+      token: own.packed,
       nonce,
       time,
       peerKeyId: known?.keyId ?? null,
@@ -214,7 +215,9 @@ export class IdentityHandler implements HandshakeHandler {
       throw new HandshakeReject('replayed-syn');
     }
     const peer = this.verifier.verify(message.credential, message.token);
-    if (!this.admission.admitsIdentity(peer.identity, port)) throw new HandshakeReject('not-allowed');
+    if (!this.admission.admitsIdentity(peer.identity, port)) {
+      throw new HandshakeReject('not-allowed', 'identity not admitted to this port', peer.identity);
+    }
     const pairKey = this.verifier.pairKey(peer.credential);
     let fast = false;
     if (message.proof !== null && message.peerKeyId !== null && keyId(this.local.kexRaw).equals(message.peerKeyId)) {
@@ -265,7 +268,7 @@ export class IdentityHandler implements HandshakeHandler {
         type: MessageType.SynAck,
         flags,
         credential: this.local.packedCredential,
-        token: this.local.packedToken,
+        token: this.local.tokenForPort(packet.sourcePort).packed,
         nonce: flow.serverNonce,
         proof,
       }),

@@ -1,5 +1,6 @@
 // The closed set of handshake verdict reasons; each is a metric label and a flow-log field.
 import type { TokenErrorCode } from '../token/errors.ts';
+import type { VerifiedIdentity } from '../token/identity-token.ts';
 
 export const HANDSHAKE_REASONS = [
   'ok',
@@ -29,7 +30,6 @@ export const HANDSHAKE_REASONS = [
   'unknown-flow',
   'flow-table-full',
   'replay-cache-full',
-  'no-own-token',
 ] as const;
 export type HandshakeReason = (typeof HANDSHAKE_REASONS)[number];
 
@@ -38,6 +38,8 @@ export class HandshakeReject extends Error {
   constructor(
     readonly reason: HandshakeReason,
     message: string = reason,
+    /** The peer's verified identity, when the refusal came after verification (for the log). */
+    readonly peer: VerifiedIdentity | null = null,
   ) {
     super(message);
   }

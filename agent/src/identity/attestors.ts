@@ -106,3 +106,26 @@ export async function collectAttributes(attestors: readonly Attestor[]): Promise
   }
   return merged;
 }
+
+/**
+ * The local process behind a connection, as the kernel names it: NFQUEUE reports the owner
+ * (uid/gid) of the socket that sent a locally generated packet. The agent maps owners to
+ * workloads; this attestor vouches for the owner and its account name.
+ */
+export class ProcessAttestor implements Attestor {
+  readonly name = 'process';
+  constructor(
+    private readonly uids: readonly number[],
+    private readonly passwdPath = '/etc/passwd',
+  ) {}
+  async attest(): Promise<Map<string, Attribute>> {
+    if (this.uids.length === 0) return new Map();
+    const passwd = await readFile(this.passwdPath, 'utf8').catch(() => '');
+    const accounts = new Map(passwd.split('\n').map((line) => line.split(':')).map((fields) => [fields[2], fields[0]]));
+    const users = this.uids.map((uid) => accounts.get(String(uid))).filter((user) => user !== undefined);
+    return attributes(this.name, {
+      'process.uid': this.uids.join(','),
+      'process.user': users.length === this.uids.length ? users.join(',') : undefined,
+    });
+  }
+}

@@ -3,7 +3,7 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { packJws, type PackedJws } from '../handshake/wire.ts';
-import { issueIdentityToken, type Attribute } from '../token/identity-token.ts';
+import { issueIdentityToken, namespaceOf, type Attribute } from '../token/identity-token.ts';
 import { collectAttributes, type Attestor } from './attestors.ts';
 import { verifyCredential, type VerifiedCredential } from './credential.ts';
 import { readPrivateKey } from './key-files.ts';
@@ -16,20 +16,44 @@ export interface IdentityFiles {
   trustBundles: string;
 }
 
+export interface WorkloadIdentity {
+  name: string;
+  subject: string;
+  /** Client side: connections whose socket belongs to one of these users. */
+  uids: readonly number[];
+  /** Server side: connections to these local ports. */
+  ports: readonly number[];
+  attestors: readonly Attestor[];
+}
+
 export interface LocalIdentityOptions {
   files: IdentityFiles;
+  /** The host's default workload: connections no other workload claims. */
   subject: string;
   attestors: readonly Attestor[];
+  workloads?: readonly WorkloadIdentity[];
   tokenTtlSeconds: number;
+  /** Hears attributes left out because the credential does not allow their namespace. */
+  onAttributeDropped?: (workload: string, attribute: string) => void;
+}
+
+/** One workload's current token, in compact and wire form. */
+export interface WorkloadToken {
+  name: string;
+  subject: string;
+  token: string;
+  packed: PackedJws;
+  attributes: Map<string, Attribute>;
 }
 
 export class LocalIdentity {
-  token = '';
-  /** Credential and token as they go on the wire, encoded once rather than per SYN. */
+  /** The credential as it goes on the wire, encoded once rather than per SYN. */
   packedCredential: PackedJws;
-  packedToken: PackedJws = { bytes: new Uint8Array(0), signature: new Uint8Array(0) };
   tokenExpiresAt = 0;
-  attributes = new Map<string, Attribute>();
+  /** The host's default workload token. */
+  defaultToken: WorkloadToken | null = null;
+  private byUid = new Map<number, WorkloadToken>();
+  private byPort = new Map<number, WorkloadToken>();
   private renewal: NodeJS.Timeout | null = null;
 
   private constructor(
@@ -54,28 +78,72 @@ export class LocalIdentity {
     const kexJwk = createPublicKey(kex).export({ format: 'jwk' });
     const kexRaw = Buffer.from(kexJwk.x ?? '', 'base64url');
     if (!kexRaw.equals(credential.kexRaw)) throw new Error('key-agreement key does not match the credential');
-    if (!options.subject.startsWith(`spiffe://${credential.trustDomain}/`)) {
-      throw new Error(`workload subject must be spiffe://${credential.trustDomain}/...`);
-    }
     const identity = new LocalIdentity(options, credentialCompact, credential, signKey, kex, kexRaw, bundles);
     await identity.renew(nowSeconds);
     return identity;
   }
 
   async renew(nowSeconds = Math.floor(Date.now() / 1000)): Promise<void> {
-    this.attributes = await collectAttributes(this.options.attestors);
     const ttl = Math.min(this.options.tokenTtlSeconds, this.credential.expiresAt - nowSeconds);
     if (ttl <= 0) throw new Error('agent credential has expired');
-    this.token = await issueIdentityToken({
+    const base = await collectAttributes(this.options.attestors);
+    const defaultToken = await this.issue('default', this.options.subject, base, ttl, nowSeconds);
+    // Workloads share the host-level attributes but not the host's own static labels.
+    const shared = new Map([...base].filter(([, attribute]) => attribute.attestor !== 'static'));
+    const byUid = new Map<number, WorkloadToken>();
+    const byPort = new Map<number, WorkloadToken>();
+    for (const workload of this.options.workloads ?? []) {
+      const own = await collectAttributes(workload.attestors);
+      const token = await this.issue(workload.name, workload.subject, new Map([...own, ...shared]), ttl, nowSeconds);
+      for (const uid of workload.uids) byUid.set(uid, token);
+      for (const port of workload.ports) byPort.set(port, token);
+    }
+    // Swapped together, so a SYN never sees half a renewal.
+    this.defaultToken = defaultToken;
+    this.byUid = byUid;
+    this.byPort = byPort;
+    this.tokenExpiresAt = nowSeconds + ttl;
+  }
+
+  private async issue(
+    name: string,
+    subject: string,
+    attributes: Map<string, Attribute>,
+    ttlSeconds: number,
+    nowSeconds: number,
+  ): Promise<WorkloadToken> {
+    if (!subject.startsWith(`spiffe://${this.credential.trustDomain}/`)) {
+      throw new Error(`workload ${name}: subject must be spiffe://${this.credential.trustDomain}/...`);
+    }
+    // Never assert what the credential does not allow: peers would drop every connection.
+    const allowed = new Map<string, Attribute>();
+    for (const [attribute, value] of attributes) {
+      if (this.credential.namespaces.has(namespaceOf(attribute))) allowed.set(attribute, value);
+      else this.options.onAttributeDropped?.(name, attribute);
+    }
+    const token = await issueIdentityToken({
       signKey: this.signKey,
       credential: this.credential,
-      subject: this.options.subject,
-      attributes: this.attributes,
-      ttlSeconds: ttl,
+      subject,
+      attributes: allowed,
+      ttlSeconds,
       nowSeconds,
     });
-    this.packedToken = packJws(this.token);
-    this.tokenExpiresAt = nowSeconds + ttl;
+    return { name, subject, token, packed: packJws(token), attributes: allowed };
+  }
+
+  /** The token for a connection opened by a socket of `uid` (-1: unknown owner). */
+  tokenForOwner(uid: number): WorkloadToken {
+    return (uid >= 0 ? this.byUid.get(uid) : undefined) ?? this.defaultToken!;
+  }
+
+  /** The token for a connection accepted on local `port`. */
+  tokenForPort(port: number): WorkloadToken {
+    return this.byPort.get(port) ?? this.defaultToken!;
+  }
+
+  workloadTokens(): WorkloadToken[] {
+    return [this.defaultToken!, ...new Set([...this.byUid.values(), ...this.byPort.values()])];
   }
 
   /** Renews at two thirds of the token's life; `onError` hears failures (the old token stays). */

@@ -23,9 +23,19 @@ export interface AttestorConfig {
   postureFile: string | null;
 }
 
+/** A local workload with its own identity, told apart by socket owner (client) or port (server). */
+export interface WorkloadConfig {
+  name: string;
+  subject: string;
+  uids: number[];
+  ports: number[];
+  attributes: Record<string, string>;
+}
+
 export interface AgentConfig {
   mode: 'identity' | 'pass-through';
   identity: IdentityConfig | null;
+  workloads: WorkloadConfig[];
   attestors: AttestorConfig;
   admission: AdmissionConfig;
   replayWindowSeconds: number;
@@ -130,7 +140,7 @@ export function loadAgentConfig(file: string): AgentConfig {
   }
   const r = new Reader(file, dirname(resolve(file)));
   const root = r.object(document, '(root)');
-  r.unknownKeys(root, ['mode', 'identity', 'attestors', 'admission', 'replayWindowSeconds', 'targets', 'excluded'], '');
+  r.unknownKeys(root, ['mode', 'identity', 'workloads', 'attestors', 'admission', 'replayWindowSeconds', 'targets', 'excluded'], '');
   const mode: unknown = root.mode ?? 'identity';
   if (mode !== 'identity' && mode !== 'pass-through') r.fail('mode', '"identity" or "pass-through"');
   const checkedMode = mode as AgentConfig['mode'];
@@ -148,6 +158,24 @@ export function loadAgentConfig(file: string): AgentConfig {
       tokenTtlMinutes: r.integer(id.tokenTtlMinutes, 'identity.tokenTtlMinutes', 10, 1, 1440),
     };
   }
+
+  const names = new Set<string>();
+  const workloads = r.list(root.workloads, 'workloads').map((entry, i) => {
+    const field = `workloads[${i}]`;
+    const w = r.object(entry, field);
+    r.unknownKeys(w, ['name', 'subject', 'uids', 'ports', 'attributes'], field);
+    const name = r.string(w.name, `${field}.name`);
+    if (names.has(name)) r.fail(`${field}.name`, `a name not used by another workload ("${name}" is)`);
+    names.add(name);
+    const uids = r.list(w.uids, `${field}.uids`).map((uid, j) => r.integer(uid, `${field}.uids[${j}]`, 0, 0, 0xfffffffe));
+    return {
+      name,
+      subject: r.string(w.subject, `${field}.subject`),
+      uids,
+      ports: r.ports(w.ports, `${field}.ports`) ?? [],
+      attributes: r.stringMap(w.attributes, `${field}.attributes`),
+    };
+  });
 
   const at = r.object(root.attestors, 'attestors');
   r.unknownKeys(at, ['static', 'host', 'env', 'cloudDocument', 'postureFile'], 'attestors');
@@ -190,6 +218,7 @@ export function loadAgentConfig(file: string): AgentConfig {
   return {
     mode: checkedMode,
     identity,
+    workloads,
     attestors,
     admission: { protectedPorts, allow, allowWithoutIdentity },
     replayWindowSeconds: r.integer(root.replayWindowSeconds, 'replayWindowSeconds', 30, 1, 600),
@@ -203,6 +232,7 @@ export function passThroughConfig(): AgentConfig {
   return {
     mode: 'pass-through',
     identity: null,
+    workloads: [],
     attestors: { static: {}, host: false, env: [], cloudDocument: null, postureFile: null },
     admission: { protectedPorts: [], allow: [], allowWithoutIdentity: [] },
     replayWindowSeconds: 30,

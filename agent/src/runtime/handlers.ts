@@ -12,6 +12,7 @@ import {
   EnvironmentAttestor,
   HostAttestor,
   PostureAttestor,
+  ProcessAttestor,
   StaticAttestor,
   type Attestor,
 } from '../identity/attestors.ts';
@@ -62,15 +63,28 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
     files: config.identity,
     subject: config.identity.subject,
     attestors: buildAttestors(config.attestors),
+    workloads: config.workloads.map((workload) => ({
+      name: workload.name,
+      subject: workload.subject,
+      uids: workload.uids,
+      ports: workload.ports,
+      attestors: [new StaticAttestor(workload.attributes), new ProcessAttestor(workload.uids)],
+    })),
     tokenTtlSeconds: config.identity.tokenTtlMinutes * 60,
+    onAttributeDropped: (workload, attribute) => {
+      log.warn({ workload, attribute }, 'attribute left out: its namespace is not in the agent credential');
+    },
   });
   log.info(
     {
-      subject: config.identity.subject,
       agent: local.credential.subject,
       credentialExpiresAt: new Date(local.credential.expiresAt * 1000).toISOString(),
-      attributes: Object.fromEntries([...local.attributes].map(([name, a]) => [name, `${a.value} (${a.attestor})`])),
       trustedDomains: [...local.bundles.keys()],
+      workloads: local.workloadTokens().map((token) => ({
+        name: token.name,
+        subject: token.subject,
+        attributes: Object.fromEntries([...token.attributes].map(([name, a]) => [name, `${a.value} (${a.attestor})`])),
+      })),
     },
     'identity loaded',
   );

@@ -6,8 +6,8 @@ import { Admission, type AdmissionConfig } from '../../../agent/src/handshake/ad
 import { IdentityHandler } from '../../../agent/src/handshake/identity-handler.ts';
 import { PeerVerifier } from '../../../agent/src/handshake/peer-verifier.ts';
 import { decodeMessage, encodeMessage, MessageType } from '../../../agent/src/handshake/wire.ts';
-import { StaticAttestor } from '../../../agent/src/identity/attestors.ts';
-import { LocalIdentity } from '../../../agent/src/identity/local-identity.ts';
+import { ProcessAttestor, StaticAttestor } from '../../../agent/src/identity/attestors.ts';
+import { LocalIdentity, type WorkloadIdentity } from '../../../agent/src/identity/local-identity.ts';
 import type { VerifiedIdentity } from '../../../agent/src/token/identity-token.ts';
 import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../support/fixtures.ts';
 import { createAgent, createDomain, type TestDomain } from '../../support/identities.ts';
@@ -21,12 +21,12 @@ const ACK = withValidChecksums(IPV4_ACK);
 
 const admission: AdmissionConfig = {
   protectedPorts: [7000],
-  allow: [{ subject: 'spiffe://hs.synpass/web', attributes: { 'app.tier': 'frontend' } }],
+  allow: [{ subject: 'spiffe://hs.synpass/web*', attributes: { 'app.tier': 'frontend' } }],
   allowWithoutIdentity: [{ cidr: '10.99.0.0/16', ports: [7000] }],
 };
 
-async function agent(domain: TestDomain, id: string, tier: string, clock: () => number) {
-  const created = await createAgent(domain, id);
+async function agent(domain: TestDomain, id: string, tier: string, clock: () => number, workloads: WorkloadIdentity[] = []) {
+  const created = await createAgent(domain, id, { namespaces: ['app', 'process'] });
   const local = await LocalIdentity.load({
     files: {
       credential: `${created.directory}/credential.jwt`,
@@ -36,6 +36,7 @@ async function agent(domain: TestDomain, id: string, tier: string, clock: () => 
     },
     subject: `spiffe://hs.synpass/${id}`,
     attestors: [new StaticAttestor({ 'app.tier': tier })],
+    workloads,
     tokenTtlSeconds: 600,
   });
   const verifier = new PeerVerifier(local.bundles, { kex: local.kex, kexRaw: local.kexRaw }, () => Math.floor(clock() / 1000));
@@ -229,5 +230,35 @@ describe('identity handshake over a virtual wire', () => {
       return encodeMessage({ ...message, credential: other.type === MessageType.Syn ? other.credential : message.credential });
     });
     reasonOf(server.queue.deliver(glued, 'ingress'), server.queue, 'token-credential-mismatch');
+  });
+
+  it('picks the workload identity by socket owner on the client and by local port on the server', async () => {
+    const batch: WorkloadIdentity = {
+      name: 'batch',
+      subject: 'spiffe://hs.synpass/batch',
+      uids: [1234],
+      ports: [],
+      attestors: [new StaticAttestor({ 'app.tier': 'batch' }), new ProcessAttestor([1234])],
+    };
+    const db: WorkloadIdentity = { name: 'db', subject: 'spiffe://hs.synpass/db', uids: [], ports: [7000], attestors: [] };
+    const multi = await agent(domain, 'web-multi', 'frontend', clock, [batch]);
+    const dbServer = await agent(domain, 'dbhost', 'backend', clock, [db]);
+    // uid 1234 -> batch, which admission does not name: refused, and the log knows who it was.
+    const refused = server.queue.deliver(multi.queue.deliver(SYN, 'egress', 0, 1234).bytes, 'ingress');
+    assert.equal(refused.dropped, true);
+    assert.equal(server.events.at(-1)?.reason, 'not-allowed');
+    assert.equal(server.events.at(-1)?.peer, 'spiffe://hs.synpass/batch');
+    // Any other owner -> the host default workload (frontend), admitted; the server answers as db.
+    // (Same ISN on another port: a new connection, not a retransmit of the first.)
+    const otherPort = Uint8Array.from(SYN);
+    otherPort[21] = 0x99;
+    const synIn = dbServer.queue.deliver(multi.queue.deliver(withValidChecksums(otherPort), 'egress', 0, 0).bytes, 'ingress');
+    assert.equal(synIn.dropped, false);
+    assert.equal(dbServer.events.at(-1)?.peer, 'spiffe://hs.synpass/web-multi');
+    const synAck = Uint8Array.from(SYN_ACK);
+    synAck[23] = 0x99;
+    const synAckIn = multi.queue.deliver(dbServer.queue.deliver(withValidChecksums(synAck), 'egress').bytes, 'ingress');
+    assert.equal(synAckIn.dropped, false);
+    assert.equal(multi.events.at(-1)?.peer, 'spiffe://hs.synpass/db');
   });
 });
