@@ -271,6 +271,35 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
     assert.equal(peer.attributes['app.name'], 'batch');
   });
 
+  it('rotation: SIGHUP loads a new credential and keys; an open connection stays up, new ones use the new keys', async () => {
+    await lab.peer('api', ['server', '7000', 'echo']).waitFor((l) => l.listening === 7000);
+    const held = lab.peer('web', ['hold', lab.address('api'), '7000'], { stdin: true });
+    await held.waitFor((l) => l.connected === true);
+    held.write('before rotation\n');
+    await held.waitFor((l) => l.echoed === 'before rotation');
+
+    await issueAgent({
+      domainDirectory: files.domainDirectory,
+      trustDomain: DOMAIN,
+      agentId: 'web',
+      namespaces: ['app', 'host', 'process'],
+      ttlSeconds: 86_400,
+      outputDirectory: files.agents.web,
+    });
+    const credentialMisses = async () =>
+      ((await api.status()) as unknown as { identity: { caches: { credentials: { misses: number } } } }).identity.caches.credentials.misses;
+    const before = await credentialMisses();
+    const mark = web.process.lines.length;
+    web.process.signal('SIGHUP');
+    await web.process.waitFor((l) => l.msg === 'identity reloaded' && web.process.lines.indexOf(l) >= mark);
+
+    held.write('after rotation\n');
+    await held.waitFor((l) => l.echoed === 'after rotation');
+    assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)])).status, 200);
+    assert.ok((await credentialMisses()) > before, 'api verified the new credential');
+    await held.stop();
+  });
+
   it('a connection still works after the attacks', async () => {
     assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)])).status, 200);
   });

@@ -95,6 +95,10 @@ export class NetnsProcess {
     this.child.stdin?.write(text);
   }
 
+  signal(signal: NodeJS.Signals): void {
+    this.child.kill(signal);
+  }
+
   closeStdin(): void {
     this.child.stdin?.end();
   }

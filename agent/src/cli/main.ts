@@ -94,6 +94,10 @@ agent
     };
     process.once('SIGINT', shutdown);
     process.once('SIGTERM', shutdown);
+    process.on('SIGHUP', () => {
+      log.info({ signal: 'SIGHUP' }, 'reloading identity');
+      void runtime.reload();
+    });
     try {
       await runtime.start();
     } catch (error) {

@@ -47,7 +47,7 @@ export class IdentityHandler implements HandshakeHandler {
   private readonly noncePool = new NoncePool();
 
   constructor(
-    private readonly local: LocalIdentity,
+    private local: LocalIdentity,
     private readonly verifier: PeerVerifier,
     private readonly admission: Admission,
     private readonly options: IdentityHandlerOptions,
@@ -326,6 +326,15 @@ export class IdentityHandler implements HandshakeHandler {
       if (oldest !== undefined) this.knownServers.delete(oldest);
     }
     this.knownServers.set(address, { keyId: keyId(kexRaw), pairKey });
+  }
+
+  /**
+   * Rotation: new credential, keys and tokens for every new handshake. Handshakes in flight
+   * finish with the pair keys they started with; released connections never notice.
+   */
+  useIdentity(local: LocalIdentity): void {
+    this.local = local;
+    this.knownServers.clear();
   }
 
   /** Forget which agents serve which addresses: the next SYN to each takes the full handshake. */

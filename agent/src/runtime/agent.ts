@@ -124,6 +124,15 @@ export class Agent {
     };
   }
 
+  async reload(): Promise<void> {
+    try {
+      await this.built.reload();
+      this.log.info('identity reloaded');
+    } catch (error) {
+      this.log.error({ err: error }, 'reload failed; the previous identity stays in force');
+    }
+  }
+
   /** Rules first, then the queue: a packet never meets a rule whose queue has no listener. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {

@@ -52,42 +52,55 @@ export interface BuiltHandler {
   handler: HandshakeHandler;
   stop(): void;
   flushCaches(): void;
+  /** Re-reads credential, keys and trust bundles and re-issues tokens (SIGHUP). */
+  reload(): Promise<void>;
   status(): Record<string, unknown>;
 }
 
 export async function buildHandler(config: AgentConfig, log: Logger): Promise<BuiltHandler> {
   if (config.mode === 'pass-through' || config.identity === null) {
-    return { handler: new PassThroughHandler(), stop: () => undefined, flushCaches: () => undefined, status: () => ({}) };
+    return {
+      handler: new PassThroughHandler(),
+      stop: () => undefined,
+      flushCaches: () => undefined,
+      reload: () => Promise.resolve(),
+      status: () => ({}),
+    };
   }
-  const local = await LocalIdentity.load({
-    files: config.identity,
-    subject: config.identity.subject,
-    attestors: buildAttestors(config.attestors),
-    workloads: config.workloads.map((workload) => ({
-      name: workload.name,
-      subject: workload.subject,
-      uids: workload.uids,
-      ports: workload.ports,
-      attestors: [new StaticAttestor(workload.attributes), new ProcessAttestor(workload.uids)],
-    })),
-    tokenTtlSeconds: config.identity.tokenTtlMinutes * 60,
-    onAttributeDropped: (workload, attribute) => {
-      log.warn({ workload, attribute }, 'attribute left out: its namespace is not in the agent credential');
-    },
-  });
-  log.info(
-    {
-      agent: local.credential.subject,
-      credentialExpiresAt: new Date(local.credential.expiresAt * 1000).toISOString(),
-      trustedDomains: [...local.bundles.keys()],
-      workloads: local.workloadTokens().map((token) => ({
-        name: token.name,
-        subject: token.subject,
-        attributes: Object.fromEntries([...token.attributes].map(([name, a]) => [name, `${a.value} (${a.attestor})`])),
+  const identityConfig = config.identity;
+  const loadLocal = async (): Promise<LocalIdentity> => {
+    const loaded = await LocalIdentity.load({
+      files: identityConfig,
+      subject: identityConfig.subject,
+      attestors: buildAttestors(config.attestors),
+      workloads: config.workloads.map((workload) => ({
+        name: workload.name,
+        subject: workload.subject,
+        uids: workload.uids,
+        ports: workload.ports,
+        attestors: [new StaticAttestor(workload.attributes), new ProcessAttestor(workload.uids)],
       })),
-    },
-    'identity loaded',
-  );
+      tokenTtlSeconds: identityConfig.tokenTtlMinutes * 60,
+      onAttributeDropped: (workload, attribute) => {
+        log.warn({ workload, attribute }, 'attribute left out: its namespace is not in the agent credential');
+      },
+    });
+    log.info(
+      {
+        agent: loaded.credential.subject,
+        credentialExpiresAt: new Date(loaded.credential.expiresAt * 1000).toISOString(),
+        trustedDomains: [...loaded.bundles.keys()],
+        workloads: loaded.workloadTokens().map((token) => ({
+          name: token.name,
+          subject: token.subject,
+          attributes: Object.fromEntries([...token.attributes].map(([name, a]) => [name, `${a.value} (${a.attestor})`])),
+        })),
+      },
+      'identity loaded',
+    );
+    return loaded;
+  };
+  let local = await loadLocal();
   const verifier = new PeerVerifier(local.bundles, { kex: local.kex, kexRaw: local.kexRaw }, () => Math.floor(Date.now() / 1000));
   const handler = new IdentityHandler(local, verifier, new Admission(config.admission), {
     replayWindowSeconds: config.replayWindowSeconds,
@@ -95,14 +108,17 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
     maxFlows: 65_536,
     maxNonces: 262_144,
   });
-  local.startRenewal(
-    (error) => {
-      log.error({ err: error }, 'token renewal failed; the current token stays until it expires');
-    },
-    () => {
-      log.info({ expiresAt: new Date(local.tokenExpiresAt * 1000).toISOString() }, 'token renewed');
-    },
-  );
+  const startRenewal = (identity: LocalIdentity): void => {
+    identity.startRenewal(
+      (error) => {
+        log.error({ err: error }, 'token renewal failed; the current token stays until it expires');
+      },
+      () => {
+        log.info({ expiresAt: new Date(identity.tokenExpiresAt * 1000).toISOString() }, 'token renewed');
+      },
+    );
+  };
+  startRenewal(local);
   return {
     handler,
     stop: () => {
@@ -111,6 +127,15 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
     flushCaches: () => {
       verifier.reconfigure(local.bundles, { kex: local.kex, kexRaw: local.kexRaw });
       handler.forgetServers();
+    },
+    reload: async () => {
+      // A broken new identity throws here and the running one stays in force.
+      const next = await loadLocal();
+      local.stopRenewal();
+      local = next;
+      verifier.reconfigure(local.bundles, { kex: local.kex, kexRaw: local.kexRaw });
+      handler.useIdentity(local);
+      startRenewal(local);
     },
     status: () => ({
       subject: config.identity?.subject,
