@@ -32,10 +32,18 @@ function portMatches(ports: number[] | undefined, port: number): boolean {
   return ports === undefined || ports.includes(port);
 }
 
+interface CompiledAllow {
+  subject: string | undefined;
+  attributes: [string, string][];
+  ports: number[] | undefined;
+}
+
 export class Admission {
   private readonly anonymous: { list: BlockList; ports: number[] | undefined }[];
+  private readonly allow: CompiledAllow[];
 
   constructor(private readonly config: AdmissionConfig) {
+    this.allow = config.allow.map((rule) => ({ subject: rule.subject, attributes: Object.entries(rule.attributes ?? {}), ports: rule.ports }));
     this.anonymous = config.allowWithoutIdentity.map((entry) => {
       const list = new BlockList();
       const [address, prefix] = entry.cidr.split('/');
@@ -50,12 +58,11 @@ export class Admission {
 
   admitsIdentity(identity: VerifiedIdentity, port: number): boolean {
     if (!this.isProtected(port)) return true;
-    return this.config.allow.some(
-      (rule) =>
-        portMatches(rule.ports, port) &&
-        subjectMatches(rule.subject, identity.subject) &&
-        Object.entries(rule.attributes ?? {}).every(([name, value]) => identity.attributes[name] === value),
-    );
+    for (const rule of this.allow) {
+      if (!portMatches(rule.ports, port) || !subjectMatches(rule.subject, identity.subject)) continue;
+      if (rule.attributes.every(([name, value]) => identity.attributes[name] === value)) return true;
+    }
+    return false;
   }
 
   admitsWithoutIdentity(source: string, port: number): boolean {

@@ -203,7 +203,7 @@ export class IdentityHandler implements HandshakeHandler {
     const nowMs = this.now();
     if (Math.abs(nowMs / 1000 - message.time) > this.options.replayWindowSeconds) throw new HandshakeReject('stale-timestamp');
     const key = flowKey(client, packet.sourcePort, destinationAddress(packet), port);
-    const nonceKey = Buffer.from(message.nonce).toString('base64');
+    const nonceKey = Buffer.from(message.nonce.buffer, message.nonce.byteOffset, message.nonce.length).toString('latin1');
     const seen = this.nonces.get(nonceKey);
     if (seen !== undefined) {
       const pending = this.flows.get(key);
@@ -220,7 +220,7 @@ export class IdentityHandler implements HandshakeHandler {
     }
     const pairKey = this.verifier.pairKey(peer.credential);
     let fast = false;
-    if (message.proof !== null && message.peerKeyId !== null && keyId(this.local.kexRaw).equals(message.peerKeyId)) {
+    if (message.proof !== null && message.peerKeyId !== null && this.local.keyId.equals(message.peerKeyId)) {
       // Proved to our current key: a mismatch can only be tampering.
       const expected = computeProof(pairKey, 'syn', [message.nonce, message.time, packet.sequence]);
       if (!proofMatches(expected, message.proof)) throw new HandshakeReject('bad-proof');

@@ -66,7 +66,9 @@ export interface VerifiedPeer {
 export class PeerVerifier {
   readonly credentials = new BoundedCache<Verified<VerifiedCredential>>(4096);
   readonly tokens = new BoundedCache<Verified<VerifiedIdentity>>(16384);
-  readonly pairKeys = new BoundedCache<Buffer>(4096);
+  /** Pair keys hang off the cached credential object: a lookup is an identity hash, no string. */
+  private pairKeys = new WeakMap<VerifiedCredential, Buffer>();
+  private pairKeysDerived = 0;
 
   constructor(
     private bundles: ReadonlyMap<string, TrustBundle>,
@@ -80,7 +82,7 @@ export class PeerVerifier {
     this.own = own;
     this.credentials.clear();
     this.tokens.clear();
-    this.pairKeys.clear();
+    this.pairKeys = new WeakMap();
   }
 
   /**
@@ -132,17 +134,17 @@ export class PeerVerifier {
   }
 
   pairKey(credential: VerifiedCredential): Buffer {
-    const id = credential.kexRaw.toString('base64');
-    let key = this.pairKeys.get(id);
+    let key = this.pairKeys.get(credential);
     if (key === undefined) {
       key = derivePairKey(this.own.kex, this.own.kexRaw, credential.kexKey, credential.kexRaw);
-      this.pairKeys.set(id, key);
+      this.pairKeys.set(credential, key);
+      this.pairKeysDerived += 1;
     }
     return key;
   }
 
   cacheStats(): Record<string, { hits: number; misses: number; size: number }> {
     const stat = (c: BoundedCache<unknown>) => ({ hits: c.hits, misses: c.misses, size: c.size });
-    return { credentials: stat(this.credentials), tokens: stat(this.tokens), pairKeys: stat(this.pairKeys) };
+    return { credentials: stat(this.credentials), tokens: stat(this.tokens), pairKeysDerived: { hits: 0, misses: this.pairKeysDerived, size: 0 } };
   }
 }

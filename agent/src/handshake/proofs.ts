@@ -18,22 +18,26 @@ export function keyId(kexRaw: Buffer): Buffer {
   return kexRaw.subarray(0, KEY_ID_BYTES);
 }
 
-function u32(value: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(value >>> 0);
-  return b;
-}
-
 export type ProofLabel = 'syn' | 'syn-ack' | 'ack';
+
+// One message buffer, so an HMAC is a single update: every call into node:crypto costs more than
+// the hashing of these few dozen bytes.
+const scratch = Buffer.alloc(256);
 
 /**
  * HMAC over the label and every value the proof binds: the nonces of both ends, the initial
  * sequence numbers, and (SYN-ACK) the server's flags, so none can be swapped or replayed.
  */
 export function computeProof(pairKey: Buffer, label: ProofLabel, parts: readonly (Uint8Array | number)[]): Buffer {
-  const hmac = createHmac('sha256', pairKey).update(label);
-  for (const part of parts) hmac.update(typeof part === 'number' ? u32(part) : part);
-  return hmac.digest().subarray(0, PROOF_BYTES);
+  let offset = scratch.write(label, 0, 'latin1');
+  for (const part of parts) {
+    if (typeof part === 'number') offset = scratch.writeUInt32BE(part >>> 0, offset);
+    else {
+      scratch.set(part, offset);
+      offset += part.length;
+    }
+  }
+  return createHmac('sha256', pairKey).update(scratch.subarray(0, offset)).digest().subarray(0, PROOF_BYTES);
 }
 
 export function proofMatches(expected: Buffer, received: Uint8Array): boolean {

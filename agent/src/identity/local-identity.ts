@@ -2,6 +2,7 @@
 // bundles it accepts, and the workload token it presents, renewed before it expires.
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { keyId } from '../handshake/proofs.ts';
 import { packJws, type PackedJws } from '../handshake/wire.ts';
 import { issueIdentityToken, namespaceOf, type Attribute } from '../token/identity-token.ts';
 import { collectAttributes, type Attestor } from './attestors.ts';
@@ -49,6 +50,8 @@ export interface WorkloadToken {
 export class LocalIdentity {
   /** The credential as it goes on the wire, encoded once rather than per SYN. */
   packedCredential: PackedJws;
+  /** Short id of our key-agreement key, as a known-peer SYN names it. */
+  readonly keyId: Buffer;
   tokenExpiresAt = 0;
   /** The host's default workload token. */
   defaultToken: WorkloadToken | null = null;
@@ -66,6 +69,7 @@ export class LocalIdentity {
     readonly bundles: Map<string, TrustBundle>,
   ) {
     this.packedCredential = packJws(credentialCompact);
+    this.keyId = keyId(kexRaw);
   }
 
   static async load(options: LocalIdentityOptions, nowSeconds = Math.floor(Date.now() / 1000)): Promise<LocalIdentity> {
