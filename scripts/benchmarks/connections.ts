@@ -9,8 +9,9 @@ import { prepareIdentities } from '../../test/support/identity-lab.ts';
 import { Lab, type AgentHandle } from '../../test/support/lab.ts';
 
 const LOAD = new URL('./load.ts', import.meta.url).pathname;
-const CONNECT_PORT = 9000;
-const SINK_PORT = 9001;
+// Ports the example policy (policy/examples/three-tier) opens from web to api.
+const CONNECT_PORT = 8080;
+const SINK_PORT = 7000;
 const config = {
   rateConcurrency: 32,
   rateMs: Number(process.env.BENCH_RATE_MS ?? 4000),

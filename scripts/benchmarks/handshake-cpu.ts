@@ -2,6 +2,7 @@
 // handler on a virtual wire (test/support/virtual-wire.ts). Prints microseconds per step.
 import { performance } from 'node:perf_hooks';
 import { Admission } from '../../agent/src/handshake/admission.ts';
+import { AdmissionAuthorizer } from '../../agent/src/handshake/authorizer.ts';
 import { IdentityHandler } from '../../agent/src/handshake/identity-handler.ts';
 import { PeerVerifier } from '../../agent/src/handshake/peer-verifier.ts';
 import { PassThroughHandler } from '../../agent/src/handshake/pass-through.ts';
@@ -30,7 +31,7 @@ async function side(id: string) {
     tokenTtlSeconds: 600,
   });
   const verifier = new PeerVerifier(local.bundles, { kex: local.kex, kexRaw: local.kexRaw }, () => Math.floor(Date.now() / 1000));
-  const handler = new IdentityHandler(local, verifier, new Admission({ protectedPorts: 'all', allow: [{}], allowWithoutIdentity: [] }), {
+  const handler = new IdentityHandler(local, verifier, new AdmissionAuthorizer(new Admission({ protectedPorts: 'all', allow: [{}], allowWithoutIdentity: [] })), {
     replayWindowSeconds: 30,
     handshakeTimeoutMs: 30_000,
     maxFlows: 1 << 20,

@@ -4,11 +4,10 @@ import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { initDomain, issueAgent } from '../../agent/src/identity/issuance.ts';
-import type { Lab } from './lab.ts';
+import { ROOT, type Lab } from './lab.ts';
 
 export const DOMAIN = 'demo.synpass';
 export const ROGUE_DOMAIN = 'rogue.example';
-export const PROTECTED_PORTS = [7000, 8080];
 /** On web, sockets of this user (nobody) belong to the "batch" workload, which api does not admit. */
 export const BATCH_UID = 65534;
 
@@ -19,7 +18,8 @@ export interface IdentityLabFiles {
   domainDirectory: string;
 }
 
-export async function prepareIdentities(lab: Lab, directory: string): Promise<IdentityLabFiles> {
+/** web and api enforce the example three-tier policy (policy/examples/three-tier) unless told otherwise. */
+export async function prepareIdentities(lab: Lab, directory: string, policyDirectory = join(ROOT, 'policy/examples/three-tier')): Promise<IdentityLabFiles> {
   const domainDirectory = join(directory, 'domain');
   const rogueDirectory = join(directory, 'rogue');
   await initDomain(DOMAIN, domainDirectory);
@@ -44,8 +44,9 @@ export async function prepareIdentities(lab: Lab, directory: string): Promise<Id
     outputDirectory: agents.outsider,
   });
 
-  const config = (agentDirectory: string, domain: string, name: string, tier: string, bundleDirectory: string, admission: object) => ({
+  const config = (agentDirectory: string, domain: string, name: string, tier: string, bundleDirectory: string, admission: object, policy?: string) => ({
     mode: 'identity',
+    ...(policy === undefined ? {} : { policy: { directory: policy, watch: true } }),
     identity: {
       subject: `spiffe://${domain}/${name}`,
       credential: join(agentDirectory, 'credential.jwt'),
@@ -62,7 +63,7 @@ export async function prepareIdentities(lab: Lab, directory: string): Promise<Id
   writeFileSync(
     configs.web,
     stringify({
-      ...config(agents.web, DOMAIN, 'web', 'frontend', bundles, { protectedPorts: PROTECTED_PORTS }),
+      ...config(agents.web, DOMAIN, 'web', 'frontend', bundles, {}, policyDirectory),
       workloads: [
         { name: 'batch', subject: `spiffe://${DOMAIN}/batch`, uids: [BATCH_UID], attributes: { 'app.name': 'batch', 'app.tier': 'batch' } },
       ],
@@ -71,10 +72,7 @@ export async function prepareIdentities(lab: Lab, directory: string): Promise<Id
   writeFileSync(
     configs.api,
     stringify(
-      config(agents.api, DOMAIN, 'api', 'backend', bundles, {
-        protectedPorts: PROTECTED_PORTS,
-        allow: [{ subject: `spiffe://${DOMAIN}/web`, attributes: { 'app.tier': 'frontend' }, ports: PROTECTED_PORTS }],
-      }),
+      config(agents.api, DOMAIN, 'api', 'backend', bundles, {}, policyDirectory),
     ),
   );
   writeFileSync(configs.outsider, stringify(config(agents.outsider, ROGUE_DOMAIN, 'mallory', 'frontend', rogueBundles, { protectedPorts: [] })));

@@ -9,6 +9,7 @@ import { createLogger } from '../telemetry/log.ts';
 import { fetchStatus } from '../telemetry/status-client.ts';
 import { parseCidr } from './cidr.ts';
 import { initDomain, issueAgent } from '../identity/issuance.ts';
+import { registerPolicyCommands } from './policy.ts';
 
 function integer(min: number, max: number) {
   return (value: string): number => {
@@ -148,6 +149,8 @@ keys
     });
     process.stdout.write(`agent spiffe://${flags.domain}/agent/${flags.agent}: credential ${result.credential}\n`);
   });
+
+registerPolicyCommands(program);
 
 program
   .command('status')

@@ -87,7 +87,17 @@ export class DatapathEngine {
   private readonly decision: Decision = new DecisionImpl();
   private readonly info: PacketInfo = { direction: 'ingress', stage: 'syn', packet: this.packet, token: null, uid: -1, gid: -1 };
   private readonly output = new Uint8Array(65536);
-  private readonly event: VerdictEvent = { direction: 'ingress', stage: 'syn', accepted: true, reason: '', packet: this.packet, peer: null };
+  private readonly event: VerdictEvent = {
+    direction: 'ingress',
+    stage: 'syn',
+    accepted: true,
+    reason: '',
+    packet: this.packet,
+    peer: null,
+    rule: null,
+    revision: null,
+    wouldDrop: null,
+  };
   private queue: NativeQueue | null = null;
 
   constructor(
@@ -216,6 +226,9 @@ export class DatapathEngine {
     event.accepted = accepted;
     event.reason = reason;
     event.peer = this.decision.peer;
+    event.rule = this.decision.rule;
+    event.revision = this.decision.revision;
+    event.wouldDrop = this.decision.wouldDrop;
     try {
       listener(event);
     } catch {

@@ -25,6 +25,10 @@ export class Decision {
   release = false;
   /** The verified peer identity, if the handler learned one (for the flow log). */
   peer: unknown = null;
+  /** The policy rule that decided, its policy revision, and an observe-mode would-be drop. */
+  rule: string | null = null;
+  revision: string | null = null;
+  wouldDrop: string | null = null;
 
   reset(): void {
     this.accept = true;
@@ -34,6 +38,9 @@ export class Decision {
     this.track = false;
     this.release = false;
     this.peer = null;
+    this.rule = null;
+    this.revision = null;
+    this.wouldDrop = null;
   }
 
   drop(reason: string): void {
@@ -66,4 +73,7 @@ export interface VerdictEvent {
   reason: string;
   packet: ParsedPacket;
   peer: unknown;
+  rule: string | null;
+  revision: string | null;
+  wouldDrop: string | null;
 }

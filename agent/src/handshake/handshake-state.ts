@@ -13,6 +13,8 @@ export interface Flow {
   fast: boolean;
   /** Encoded SYN body, reused for a retransmitted SYN so the server recognises it. */
   synBody: Buffer | null;
+  /** Client side: the local workload's attributes, for the egress decision at the SYN-ACK. */
+  local: Readonly<Record<string, string>> | null;
   expiresAt: number;
 }
 

@@ -7,7 +7,7 @@ import type { Decision, HandshakeHandler, PacketInfo } from '../datapath/handler
 import { TCP_RST } from '../datapath/packet.ts';
 import type { LocalIdentity } from '../identity/local-identity.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
-import type { Admission } from './admission.ts';
+import type { Authorization, Authorizer } from './authorizer.ts';
 import { ExpiringTable, flowKey, type Flow, type SeenNonce } from './handshake-state.ts';
 import type { PeerVerifier } from './peer-verifier.ts';
 import { computeProof, keyId, NoncePool, proofMatches } from './proofs.ts';
@@ -49,7 +49,7 @@ export class IdentityHandler implements HandshakeHandler {
   constructor(
     private local: LocalIdentity,
     private readonly verifier: PeerVerifier,
-    private readonly admission: Admission,
+    private authorizer: Authorizer,
     private readonly options: IdentityHandlerOptions,
   ) {
     this.now = options.now ?? Date.now;
@@ -129,6 +129,7 @@ export class IdentityHandler implements HandshakeHandler {
       peer: null,
       fast: known !== undefined,
       synBody: body,
+      local: own.localAttributes,
       expiresAt: this.now() + this.options.handshakeTimeoutMs,
     });
     if (!stored) throw new HandshakeReject('flow-table-full');
@@ -145,7 +146,10 @@ export class IdentityHandler implements HandshakeHandler {
     if (info.token === null) {
       // The server runs no agent: nothing to verify, and nothing to prove in our ACK.
       this.flows.delete(key);
-      decision.reason = 'peer-without-agent';
+      const auth = this.authorizer.egress({ local: flow?.local ?? this.local.tokenForOwner(-1).localAttributes, peer: null, peerAddress: server, port: packet.sourcePort });
+      this.apply(decision, auth);
+      if (!auth.allowed) throw new HandshakeReject('no-identity', 'egress to a peer without identity is not allowed');
+      decision.reason = auth.wouldDrop !== null ? 'observe-would-drop' : 'peer-without-agent';
       decision.release = true;
       return null;
     }
@@ -160,6 +164,10 @@ export class IdentityHandler implements HandshakeHandler {
     if (!proofMatches(expected, message.proof)) throw new HandshakeReject('bad-proof');
     const fast = (message.flags & FLAG_FAST) !== 0;
     if (fast && !flow.fast) throw new HandshakeReject('bad-proof', 'server claimed a fast handshake the client did not offer');
+    // Mutual authorization: the sender decides egress once it knows who answered.
+    const auth = this.authorizer.egress({ local: flow.local ?? this.local.tokenForOwner(-1).localAttributes, peer: peer.identity, peerAddress: server, port: packet.sourcePort });
+    this.apply(decision, auth);
+    if (!auth.allowed) throw new HandshakeReject('not-allowed', 'egress to this identity is not allowed', peer.identity);
     this.rememberServer(server, peer.credential.kexRaw, pairKey);
     flow.serverNonce = Buffer.from(message.nonce);
     flow.serverIsn = packet.sequence;
@@ -172,6 +180,7 @@ export class IdentityHandler implements HandshakeHandler {
     } else {
       decision.reason = 'ok';
     }
+    if (auth.wouldDrop !== null) decision.reason = 'observe-would-drop';
     return peer.identity;
   }
 
@@ -192,9 +201,12 @@ export class IdentityHandler implements HandshakeHandler {
     const packet = info.packet;
     const client = sourceAddress(packet);
     const port = packet.destinationPort;
+    const local = this.local.tokenForPort(port).localAttributes;
     if (info.token === null) {
-      if (!this.admission.admitsWithoutIdentity(client, port)) throw new HandshakeReject('no-identity');
-      decision.reason = this.admission.isProtected(port) ? 'allowed-without-identity' : 'unprotected-port';
+      const auth = this.authorizer.ingress({ local, peer: null, peerAddress: client, port });
+      this.apply(decision, auth);
+      if (!auth.allowed) throw new HandshakeReject('no-identity');
+      decision.reason = auth.wouldDrop !== null ? 'observe-would-drop' : auth.unrestricted ? 'unprotected-port' : 'allowed-without-identity';
       decision.release = true;
       return null;
     }
@@ -215,9 +227,9 @@ export class IdentityHandler implements HandshakeHandler {
       throw new HandshakeReject('replayed-syn');
     }
     const peer = this.verifier.verify(message.credential, message.token);
-    if (!this.admission.admitsIdentity(peer.identity, port)) {
-      throw new HandshakeReject('not-allowed', 'identity not admitted to this port', peer.identity);
-    }
+    const auth = this.authorizer.ingress({ local, peer: peer.identity, peerAddress: client, port });
+    this.apply(decision, auth);
+    if (!auth.allowed) throw new HandshakeReject('not-allowed', 'identity not admitted to this port', peer.identity);
     const pairKey = this.verifier.pairKey(peer.credential);
     let fast = false;
     if (message.proof !== null && message.peerKeyId !== null && this.local.keyId.equals(message.peerKeyId)) {
@@ -240,11 +252,12 @@ export class IdentityHandler implements HandshakeHandler {
       peer: peer.identity,
       fast,
       synBody: null,
+      local: null,
       expiresAt: nowMs + this.options.handshakeTimeoutMs,
     });
     if (!stored) throw new HandshakeReject('flow-table-full');
     decision.track = true;
-    decision.reason = fast ? 'ok-fast' : 'ok';
+    decision.reason = auth.wouldDrop !== null ? 'observe-would-drop' : fast ? 'ok-fast' : 'ok';
     return peer.identity;
   }
 
@@ -315,6 +328,12 @@ export class IdentityHandler implements HandshakeHandler {
     return computeProof(flow.pairKey!, 'ack', [flow.clientNonce, flow.serverNonce!, flow.clientIsn, flow.serverIsn]);
   }
 
+  private apply(decision: Decision, auth: Authorization): void {
+    decision.rule = auth.rule;
+    decision.revision = auth.revision;
+    decision.wouldDrop = auth.wouldDrop;
+  }
+
   private attach(decision: Decision, body: Uint8Array): void {
     decision.token = body;
     decision.tokenLength = body.length;
@@ -326,6 +345,11 @@ export class IdentityHandler implements HandshakeHandler {
       if (oldest !== undefined) this.knownServers.delete(oldest);
     }
     this.knownServers.set(address, { keyId: keyId(kexRaw), pairKey });
+  }
+
+  /** The authorizer used from the next handshake on (policy reload swaps the set inside it). */
+  useAuthorizer(authorizer: Authorizer): void {
+    this.authorizer = authorizer;
   }
 
   /**

@@ -10,6 +10,7 @@ export const HANDSHAKE_REASONS = [
   'peer-without-agent',
   'no-identity',
   'not-allowed',
+  'observe-would-drop',
   'malformed-handshake',
   'malformed-token',
   'bad-alg',

@@ -45,6 +45,8 @@ export interface WorkloadToken {
   token: string;
   packed: PackedJws;
   attributes: Map<string, Attribute>;
+  /** What policy sees of this workload when it is the local side: attributes plus synpass.*. */
+  localAttributes: Readonly<Record<string, string>>;
 }
 
 export class LocalIdentity {
@@ -133,7 +135,13 @@ export class LocalIdentity {
       ttlSeconds,
       nowSeconds,
     });
-    return { name, subject, token, packed: packJws(token), attributes: allowed };
+    const localAttributes = {
+      ...Object.fromEntries([...allowed].map(([attribute, value]) => [attribute, value.value])),
+      'synpass.subject': subject,
+      'synpass.trust-domain': this.credential.trustDomain,
+      'synpass.agent': this.credential.subject,
+    };
+    return { name, subject, token, packed: packJws(token), attributes: allowed, localAttributes };
   }
 
   /** The token for a connection opened by a socket of `uid` (-1: unknown owner). */

@@ -32,8 +32,16 @@ export interface WorkloadConfig {
   attributes: Record<string, string>;
 }
 
+export interface PolicyConfig {
+  directory: string;
+  /** Reload when files change (SIGHUP always reloads). */
+  watch: boolean;
+}
+
 export interface AgentConfig {
   mode: 'identity' | 'pass-through';
+  /** Policy files; when absent, `admission` decides. */
+  policy: PolicyConfig | null;
   identity: IdentityConfig | null;
   workloads: WorkloadConfig[];
   attestors: AttestorConfig;
@@ -140,7 +148,14 @@ export function loadAgentConfig(file: string): AgentConfig {
   }
   const r = new Reader(file, dirname(resolve(file)));
   const root = r.object(document, '(root)');
-  r.unknownKeys(root, ['mode', 'identity', 'workloads', 'attestors', 'admission', 'replayWindowSeconds', 'targets', 'excluded'], '');
+  r.unknownKeys(root, ['mode', 'identity', 'workloads', 'policy', 'attestors', 'admission', 'replayWindowSeconds', 'targets', 'excluded'], '');
+  let policy: PolicyConfig | null = null;
+  if (root.policy !== undefined) {
+    const p = r.object(root.policy, 'policy');
+    r.unknownKeys(p, ['directory', 'watch'], 'policy');
+    if (p.watch !== undefined && typeof p.watch !== 'boolean') r.fail('policy.watch', 'true or false');
+    policy = { directory: r.path(p.directory, 'policy.directory'), watch: (p.watch as boolean | undefined) ?? true };
+  }
   const mode: unknown = root.mode ?? 'identity';
   if (mode !== 'identity' && mode !== 'pass-through') r.fail('mode', '"identity" or "pass-through"');
   const checkedMode = mode as AgentConfig['mode'];
@@ -217,6 +232,7 @@ export function loadAgentConfig(file: string): AgentConfig {
 
   return {
     mode: checkedMode,
+    policy,
     identity,
     workloads,
     attestors,
@@ -231,6 +247,7 @@ export function loadAgentConfig(file: string): AgentConfig {
 export function passThroughConfig(): AgentConfig {
   return {
     mode: 'pass-through',
+    policy: null,
     identity: null,
     workloads: [],
     attestors: { static: {}, host: false, env: [], cloudDocument: null, postureFile: null },

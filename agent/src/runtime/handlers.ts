@@ -1,6 +1,8 @@
 // Builds the handshake handler a configuration asks for.
 import type { HandshakeHandler } from '../datapath/handler.ts';
 import { Admission } from '../handshake/admission.ts';
+import { AdmissionAuthorizer, PolicyAuthorizer } from '../handshake/authorizer.ts';
+import { PolicyStore } from './policy-store.ts';
 import { IdentityHandler } from '../handshake/identity-handler.ts';
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
 import type { VerdictEvent } from '../datapath/handler.ts';
@@ -43,6 +45,9 @@ export function logVerdict(log: Logger, event: VerdictEvent): void {
     source: `${sourceAddress(packet)}:${packet.sourcePort}`,
     destination: `${destinationAddress(packet)}:${packet.destinationPort}`,
     peer: peer ? { subject: peer.subject, attributes: peer.attributes, agent: peer.agent } : null,
+    rule: event.rule,
+    policyRevision: event.revision,
+    wouldDrop: event.wouldDrop,
   };
   if (event.accepted) log.info(line, 'handshake verdict');
   else log.warn(line, 'handshake verdict');
@@ -102,7 +107,10 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
   };
   let local = await loadLocal();
   const verifier = new PeerVerifier(local.bundles, { kex: local.kex, kexRaw: local.kexRaw }, () => Math.floor(Date.now() / 1000));
-  const handler = new IdentityHandler(local, verifier, new Admission(config.admission), {
+  const policy = config.policy === null ? null : PolicyStore.open(config.policy.directory, log);
+  if (config.policy?.watch) policy?.watch();
+  const authorizer = policy === null ? new AdmissionAuthorizer(new Admission(config.admission)) : new PolicyAuthorizer(() => policy.current);
+  const handler = new IdentityHandler(local, verifier, authorizer, {
     replayWindowSeconds: config.replayWindowSeconds,
     handshakeTimeoutMs: 30_000,
     maxFlows: 65_536,
@@ -123,12 +131,14 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
     handler,
     stop: () => {
       local.stopRenewal();
+      policy?.close();
     },
     flushCaches: () => {
       verifier.reconfigure(local.bundles, { kex: local.kex, kexRaw: local.kexRaw });
       handler.forgetServers();
     },
     reload: async () => {
+      policy?.reload();
       // A broken new identity throws here and the running one stays in force.
       const next = await loadLocal();
       local.stopRenewal();
@@ -143,6 +153,10 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
       tokenExpiresAt: local.tokenExpiresAt,
       caches: verifier.cacheStats(),
       handshake: handler.stats(),
+      policy:
+        policy === null
+          ? null
+          : { directory: policy.directory, revision: policy.current.revision, reloadsOk: policy.reloadsOk, reloadsFailed: policy.reloadsFailed },
     }),
   };
 }

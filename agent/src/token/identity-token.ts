@@ -107,7 +107,8 @@ export function verifyIdentityToken(
   return {
     trustDomain: credential.trustDomain,
     subject: sub,
-    attributes: { ...attributes, 'synpass.trust-domain': credential.trustDomain },
+    // The synpass.* namespace is never taken from the token's claims: only from what was verified.
+    attributes: { ...attributes, 'synpass.trust-domain': credential.trustDomain, 'synpass.subject': sub, 'synpass.agent': credential.subject },
     provenance,
     agent: credential.subject,
     expiresAt: Math.min(exp as number, credential.expiresAt),

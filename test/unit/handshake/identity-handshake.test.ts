@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { ParsedPacket, parsePacket } from '../../../agent/src/datapath/packet.ts';
 import { attachToken } from '../../../agent/src/datapath/rewrite.ts';
 import { Admission, type AdmissionConfig } from '../../../agent/src/handshake/admission.ts';
+import { AdmissionAuthorizer } from '../../../agent/src/handshake/authorizer.ts';
 import { IdentityHandler } from '../../../agent/src/handshake/identity-handler.ts';
 import { PeerVerifier } from '../../../agent/src/handshake/peer-verifier.ts';
 import { decodeMessage, encodeMessage, MessageType } from '../../../agent/src/handshake/wire.ts';
@@ -41,7 +42,7 @@ async function agent(domain: TestDomain, id: string, tier: string, clock: () => 
   });
   const verifier = new PeerVerifier(local.bundles, { kex: local.kex, kexRaw: local.kexRaw }, () => Math.floor(clock() / 1000));
   const events: { reason: string; accepted: boolean; peer: string | undefined }[] = [];
-  const handler = new IdentityHandler(local, verifier, new Admission(admission), {
+  const handler = new IdentityHandler(local, verifier, new AdmissionAuthorizer(new Admission(admission)), {
     replayWindowSeconds: 30,
     handshakeTimeoutMs: 30_000,
     maxFlows: 1000,
