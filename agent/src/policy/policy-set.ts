@@ -167,6 +167,8 @@ export class PolicySet {
   private readonly index = new Map<string, CompiledPolicy[]>();
   private readonly unindexed: CompiledPolicy[] = [];
   private readonly cache = new Map<string, { ingress: Applicable | null; egress: Applicable | null }>();
+  /** The agent asks with the same attribute object per local workload: no key to build. */
+  private readonly byObject = new WeakMap<Attributes, { ingress: Applicable | null; egress: Applicable | null }>();
 
   constructor(
     files: readonly LoadedFile[],
@@ -221,6 +223,8 @@ export class PolicySet {
 
   /** The ordered rules that govern `local` in `direction` (null: no policy governs it). */
   applicable(direction: Direction, local: Attributes): Applicable | null {
+    const known = this.byObject.get(local);
+    if (known !== undefined) return known[direction];
     const key = JSON.stringify(Object.entries(local).sort(([a], [b]) => a.localeCompare(b)));
     let entry = this.cache.get(key);
     if (entry === undefined) {
@@ -234,6 +238,7 @@ export class PolicySet {
       if (this.cache.size >= 1024) this.cache.delete(this.cache.keys().next().value!);
       this.cache.set(key, entry);
     }
+    this.byObject.set(local, entry);
     return entry[direction];
   }
 
