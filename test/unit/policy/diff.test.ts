@@ -15,7 +15,7 @@ it('policy diff between two commits prints exactly the pairs whose verdict chang
   git('config', 'user.email', 'ci@synpass.test');
   git('config', 'user.name', 'ci');
   mkdirSync(join(repo, 'policies'));
-  const write = (text: string) => writeFileSync(join(repo, 'policies', 'api.yaml'), text);
+  const write = (text: string) => { writeFileSync(join(repo, 'policies', 'api.yaml'), text); };
   write(
     'policies:\n  - name: api\n    selector: { app.name: api }\n    ingress:\n      - { name: web, action: allow, from: { app.name: web }, ports: [8080] }\n      - { name: batch, action: allow, from: { app.name: batch }, ports: [8080] }\n',
   );
