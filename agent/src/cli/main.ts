@@ -2,6 +2,7 @@
 // synpass command line: the agent itself and the tools around it.
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { removeAllRules } from '../datapath/iptables.ts';
+import { connectionMarks } from '../datapath/marks.ts';
 import { Agent, DEFAULT_AGENT_OPTIONS, type AgentOptions } from '../runtime/agent.ts';
 import { loadAgentConfig, passThroughConfig, type AgentConfig } from '../runtime/config.ts';
 import { buildHandler, type BuiltHandler } from '../runtime/handlers.ts';
@@ -19,6 +20,16 @@ function integer(min: number, max: number) {
     }
     return parsed;
   };
+}
+
+function markBit(value: string): number {
+  const bit = Number(value);
+  try {
+    connectionMarks(bit);
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
+  return bit;
 }
 
 function collectCidr(value: string, previous: string[]): string[] {
@@ -39,14 +50,14 @@ const agent = program.command('agent').description('run the host agent, or clean
 
 agent
   .command('run', { isDefault: true })
-  .description('bind the NFQUEUE queues, install the rules and judge handshakes until SIGINT/SIGTERM')
-  .option('--config <file>', 'agent configuration (YAML): identity, attestors, admission, networks')
+  .description('bind the NFQUEUE queues, install the rules and judge handshakes until SIGINT/SIGTERM (SIGHUP reloads identity and policy)')
+  .option('--config <file>', 'agent configuration (YAML): identity, workloads, attestors, policy, admission, networks')
   .addOption(new Option('--mode <mode>', 'pass-through attaches a fixed test token (datapath checks only)').choices(['pass-through', 'identity']))
   .option('--queue <n>', 'first NFQUEUE number', integer(0, 65535), DEFAULT_AGENT_OPTIONS.queueNumber)
   .option('--queue-count <n>', 'queues to balance flows across', integer(1, 64), DEFAULT_AGENT_OPTIONS.queueCount)
   .option('--queue-max-length <n>', 'kernel queue length', integer(1, 1_000_000), DEFAULT_AGENT_OPTIONS.queueMaxLength)
   .option('--fail-open', 'accept packets when the queue is full or the agent is gone (default: drop)', false)
-  .option('--mark-base <bit>', 'lowest of the 3 mark bits the agent owns', (v) => Number(v), DEFAULT_AGENT_OPTIONS.markBase)
+  .option('--mark-base <bit>', 'lowest of the 3 mark bits the agent owns (e.g. 0x100000)', markBit, DEFAULT_AGENT_OPTIONS.markBase)
   .option('--mtu <bytes>', 'largest packet the agent may produce', integer(576, 65535), DEFAULT_AGENT_OPTIONS.mtu)
   .addOption(
     new Option('--on-malformed <action>', 'verdict for a queued packet that cannot be parsed')
