@@ -4,7 +4,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { removeAllRules } from '../datapath/iptables.ts';
 import { connectionMarks } from '../datapath/marks.ts';
 import { Agent, DEFAULT_AGENT_OPTIONS, type AgentOptions } from '../runtime/agent.ts';
-import { loadAgentConfig, passThroughConfig, type AgentConfig } from '../runtime/config.ts';
+import { DEFAULT_DATAPATH, loadAgentConfig, type AgentConfig } from '../runtime/config.ts';
 import { buildHandler, type BuiltHandler } from '../runtime/handlers.ts';
 import { createLogger } from '../telemetry/log.ts';
 import { fetchStatus } from '../telemetry/status-client.ts';
@@ -48,58 +48,68 @@ program
 
 const agent = program.command('agent').description('run the host agent, or clean up after one');
 
+// Flags override the environment (SYNPASS_...), which overrides the configuration file.
 agent
   .command('run', { isDefault: true })
   .description('bind the NFQUEUE queues, install the rules and judge handshakes until SIGINT/SIGTERM (SIGHUP reloads identity and policy)')
-  .option('--config <file>', 'agent configuration (YAML): identity, workloads, attestors, policy, admission, networks')
+  .option('--config <file>', 'agent configuration (YAML): identity, workloads, attestors, policy, admission, networks, datapath, telemetry')
+  .option('--check-config', 'validate the configuration (file and SYNPASS_* environment), load identity and policy, then exit')
   .addOption(new Option('--mode <mode>', 'pass-through attaches a fixed test token (datapath checks only)').choices(['pass-through', 'identity']))
-  .option('--queue <n>', 'first NFQUEUE number', integer(0, 65535), DEFAULT_AGENT_OPTIONS.queueNumber)
-  .option('--queue-count <n>', 'queues to balance flows across', integer(1, 64), DEFAULT_AGENT_OPTIONS.queueCount)
-  .option('--queue-max-length <n>', 'kernel queue length', integer(1, 1_000_000), DEFAULT_AGENT_OPTIONS.queueMaxLength)
-  .option('--fail-open', 'accept packets when the queue is full or the agent is gone (default: drop)', false)
-  .option('--mark-base <bit>', 'lowest of the 3 mark bits the agent owns (e.g. 0x100000)', markBit, DEFAULT_AGENT_OPTIONS.markBase)
-  .option('--mtu <bytes>', 'largest packet the agent may produce', integer(576, 65535), DEFAULT_AGENT_OPTIONS.mtu)
-  .addOption(
-    new Option('--on-malformed <action>', 'verdict for a queued packet that cannot be parsed')
-      .choices(['drop', 'accept'])
-      .default('drop'),
-  )
-  .option('--target <cidr>', 'network that receives tokens (repeatable)', collectCidr, [])
-  .option('--exclude <cidr>', 'network the agent never touches (repeatable)', collectCidr, [])
-  .addOption(new Option('--iptables <backend>', 'preferred iptables backend (falls back to the other)').choices(['nft', 'legacy']).default('nft'))
-  .option('--status-socket <path>', 'unix socket for `synpass status`', DEFAULT_AGENT_OPTIONS.statusSocket)
+  .option('--queue <n>', `first NFQUEUE number (default ${DEFAULT_DATAPATH.queue})`, integer(0, 65535))
+  .option('--queue-count <n>', 'queues to balance flows across (default 1)', integer(1, 64))
+  .option('--queue-max-length <n>', `kernel queue length (default ${DEFAULT_DATAPATH.queueMaxLength})`, integer(1, 1_000_000))
+  .option('--fail-open', 'accept packets when the queue is full or the agent is gone (default: drop)')
+  .option('--mark-base <bit>', 'lowest of the 3 mark bits the agent owns (default 0x100000)', markBit)
+  .option('--mtu <bytes>', `largest packet the agent may produce (default ${DEFAULT_DATAPATH.mtu})`, integer(576, 65535))
+  .addOption(new Option('--on-malformed <action>', 'verdict for a queued packet that cannot be parsed (default drop)').choices(['drop', 'accept']))
+  .option('--target <cidr>', 'network that receives tokens (repeatable, added to the configuration)', collectCidr, [])
+  .option('--exclude <cidr>', 'network the agent never touches (repeatable, added to the configuration)', collectCidr, [])
+  .addOption(new Option('--iptables <backend>', 'preferred iptables backend, falls back to the other (default nft)').choices(['nft', 'legacy']))
+  .option('--status-socket <path>', `unix socket for \`synpass status\` (default ${DEFAULT_DATAPATH.statusSocket})`)
+  .option('--metrics-address <host:port>', 'serve /metrics, /healthz and /readyz here')
   .action(async (flags: Record<string, unknown>) => {
     const log = createLogger();
     let config: AgentConfig;
     try {
-      config = flags.config === undefined ? passThroughConfig() : loadAgentConfig(flags.config as string);
+      config = loadAgentConfig((flags.config as string | undefined) ?? null);
     } catch (error) {
       log.fatal({ err: error }, 'invalid configuration');
+      process.stderr.write(`synpass: ${(error as Error).message}\n`);
       process.exit(1);
     }
     if (flags.mode !== undefined) config.mode = flags.mode as AgentConfig['mode'];
+    const d = config.datapath;
+    const flag = <T>(name: string, fallback: T): T => (flags[name] === undefined ? fallback : (flags[name] as T));
     const options: AgentOptions = {
       ...DEFAULT_AGENT_OPTIONS,
-      queueNumber: flags.queue as number,
-      queueCount: flags.queueCount as number,
-      queueMaxLength: flags.queueMaxLength as number,
-      failOpen: flags.failOpen as boolean,
-      markBase: flags.markBase as number,
-      mtu: flags.mtu as number,
-      onMalformed: flags.onMalformed as AgentOptions['onMalformed'],
+      queueNumber: flag('queue', d.queue),
+      queueCount: flag('queueCount', d.queueCount),
+      queueMaxLength: flag('queueMaxLength', d.queueMaxLength),
+      failOpen: flag('failOpen', d.failOpen),
+      markBase: flag('markBase', d.markBase),
+      mtu: flag('mtu', d.mtu),
+      onMalformed: flag('onMalformed', d.onMalformed),
       targetNetworks: [...config.targetNetworks, ...(flags.target as string[])],
       excludedNetworks: [...config.excludedNetworks, ...(flags.exclude as string[])],
-      statusSocket: flags.statusSocket as string,
-      iptablesBackend: flags.iptables as AgentOptions['iptablesBackend'],
+      statusSocket: flag('statusSocket', d.statusSocket),
+      iptablesBackend: flag('iptables', d.iptables),
+      metricsAddress: flag('metricsAddress', config.telemetry.metricsAddress),
+      credentialMarginSeconds: config.telemetry.credentialMarginSeconds,
     };
     let built: BuiltHandler;
     try {
       built = await buildHandler(config, log);
     } catch (error) {
-      log.fatal({ err: error }, 'identity could not be loaded');
+      log.fatal({ err: error }, 'identity or policy could not be loaded');
+      process.stderr.write(`synpass: ${(error as Error).message}\n`);
       process.exit(1);
     }
-    const runtime = new Agent(options, built, log, config.mode);
+    if (flags.checkConfig === true) {
+      built.stop();
+      process.stdout.write(`configuration ok: mode ${config.mode}, ${config.policy ? `policy ${built.status()?.policy?.revision ?? ''}` : 'no policy directory'}\n`);
+      process.exit(0);
+    }
+    const runtime = new Agent(options, built, log, config.mode, config.telemetry.flowLog);
     const shutdown = (signal: string): void => {
       log.info({ signal }, 'stopping');
       void runtime.stop().then(() => process.exit(0));
@@ -107,7 +117,7 @@ agent
     process.once('SIGINT', shutdown);
     process.once('SIGTERM', shutdown);
     process.on('SIGHUP', () => {
-      log.info({ signal: 'SIGHUP' }, 'reloading identity');
+      log.info({ signal: 'SIGHUP' }, 'reloading identity and policy');
       void runtime.reload();
     });
     try {

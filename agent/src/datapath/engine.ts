@@ -97,7 +97,9 @@ export class DatapathEngine {
     rule: null,
     revision: null,
     wouldDrop: null,
+    latencyMicroseconds: 0,
   };
+  private batchStarted = 0;
   private queue: NativeQueue | null = null;
 
   constructor(
@@ -117,6 +119,7 @@ export class DatapathEngine {
   /** Called by the addon with the number of packets now described in the meta array. */
   readonly onBatch = (count: number): void => {
     const started = performance.now();
+    this.batchStarted = started;
     const meta = this.buffers.meta;
     const stride = this.buffers.metaStride;
     for (let i = 0; i < count; i++) {
@@ -229,6 +232,7 @@ export class DatapathEngine {
     event.rule = this.decision.rule;
     event.revision = this.decision.revision;
     event.wouldDrop = this.decision.wouldDrop;
+    event.latencyMicroseconds = (performance.now() - this.batchStarted) * 1000;
     try {
       listener(event);
     } catch {

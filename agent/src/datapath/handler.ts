@@ -76,4 +76,6 @@ export interface VerdictEvent {
   rule: string | null;
   revision: string | null;
   wouldDrop: string | null;
+  /** From the packet's batch reaching the agent to its verdict. */
+  latencyMicroseconds: number;
 }

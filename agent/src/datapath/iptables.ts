@@ -4,7 +4,7 @@ import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { RulesError } from './errors.ts';
-import { buildRemoval, buildRuleset, type IpFamily, type RuleOptions } from './rules.ts';
+import { buildRemoval, buildRuleset, CHAINS, type IpFamily, type RuleOptions } from './rules.ts';
 
 const run = promisify(execFile);
 
@@ -130,4 +130,11 @@ export async function removeAllRules(): Promise<number> {
     if (await removeWith(tool)) removed += 1;
   }
   return removed;
+}
+
+/** Whether our chains and their jumps are in place for `backend` (IPv4 table). */
+export async function rulesInstalled(backend: Backend): Promise<boolean> {
+  const tool = TOOLS.find((t) => t.family === 4 && t.backend === backend)!;
+  const saved = await exec(saveBinary(tool), ['-t', 'mangle']);
+  return saved.includes(`-j ${CHAINS.ingress}`) && saved.includes(`-j ${CHAINS.egress}`) && saved.includes('-j NFQUEUE');
 }

@@ -2,12 +2,18 @@
 // for a listener that is not there yet), serve status, and undo both on SIGINT/SIGTERM.
 import type { Server } from 'node:http';
 import { DatapathEngine, type MalformedPolicy } from '../datapath/engine.ts';
-import { installRules, removeAllRules, type Backend, type InstalledRules } from '../datapath/iptables.ts';
+import { installRules, removeAllRules, rulesInstalled, type Backend, type InstalledRules } from '../datapath/iptables.ts';
+import { readKernelQueues } from '../datapath/kernel-queue.ts';
+import type { RuleOptions } from '../datapath/rules.ts';
+import { startHttpEndpoint, type Readiness } from '../telemetry/http-endpoint.ts';
+import { AgentMetrics } from '../telemetry/metrics.ts';
 import { connectionMarks } from '../datapath/marks.ts';
 import { allocateQueueBuffers, loadBinding, readQueueCounters, type NativeQueue } from '../datapath/nfqueue.ts';
 import type { Logger } from '../telemetry/log.ts';
 import { startStatusServer, stopStatusServer } from '../telemetry/status-server.ts';
-import { logVerdict, type BuiltHandler } from './handlers.ts';
+import { FlowLog } from '../telemetry/flow-log.ts';
+import { DEFAULT_TELEMETRY, type FlowLogConfig } from './config.ts';
+import type { BuiltHandler } from './handlers.ts';
 
 export interface AgentOptions {
   queueNumber: number;
@@ -22,6 +28,12 @@ export interface AgentOptions {
   statusSocket: string;
   batchSlots: number;
   iptablesBackend: Backend;
+  /** host:port for /metrics, /healthz and /readyz; null: no network endpoint. */
+  metricsAddress: string | null;
+  /** Not ready when the credential expires within this many seconds. */
+  credentialMarginSeconds: number;
+  /** How often the rules are checked (and reinstalled when someone removed them). */
+  ruleCheckIntervalMs: number;
 }
 
 export const DEFAULT_AGENT_OPTIONS: AgentOptions = {
@@ -37,6 +49,9 @@ export const DEFAULT_AGENT_OPTIONS: AgentOptions = {
   statusSocket: '/run/synpass/agent.sock',
   batchSlots: 32,
   iptablesBackend: 'nft',
+  metricsAddress: null,
+  credentialMarginSeconds: 300,
+  ruleCheckIntervalMs: 5_000,
 };
 
 export class Agent {
@@ -47,20 +62,43 @@ export class Agent {
   private readonly buffers;
   private readonly startedAt = new Date();
   private stopping: Promise<void> | null = null;
+  private httpEndpoint: Server | null = null;
+  private ruleCheck: NodeJS.Timeout | null = null;
+  private rulesPresent = false;
+  private readonly metrics: AgentMetrics;
+  private readonly flowLog: FlowLog;
 
   constructor(
     private readonly options: AgentOptions,
     private readonly built: BuiltHandler,
     private readonly log: Logger,
     private readonly mode: string,
+    flowLogConfig: FlowLogConfig = DEFAULT_TELEMETRY.flowLog,
   ) {
+    this.flowLog = new FlowLog(flowLogConfig, log);
+    const flowLog = this.flowLog;
     this.buffers = allocateQueueBuffers(options.batchSlots);
+    this.metrics = new AgentMetrics({
+      queue: () => readQueueCounters(this.buffers.counters),
+      kernelQueue: () => {
+        const own = readKernelQueues().filter((q) => q.queue >= options.queueNumber && q.queue < options.queueNumber + options.queueCount);
+        if (own.length === 0) return null;
+        return own.reduce((sum, q) => ({ dropped: sum.dropped + q.dropped, userDropped: sum.userDropped + q.userDropped, waiting: sum.waiting + q.waiting }), { dropped: 0, userDropped: 0, waiting: 0 });
+      },
+      verdicts: () => this.engine.verdicts.snapshot(),
+      caches: () => built.status()?.caches ?? {},
+      credentialExpiresAt: () => built.status()?.credentialExpiresAt ?? null,
+      policy: () => built.status()?.policy ?? null,
+    });
+    const { latency, ruleVerdicts } = this.metrics;
     this.engine = new DatapathEngine(this.buffers, built.handler, {
       marks: connectionMarks(options.markBase),
       mtu: options.mtu,
       onMalformed: options.onMalformed,
       onVerdict: (event) => {
-        logVerdict(log, event);
+        latency.observe(event.latencyMicroseconds / 1e6);
+        if (event.rule !== null) ruleVerdicts.inc({ rule: event.rule, action: event.accepted ? 'accept' : 'drop' });
+        flowLog.write(event);
       },
     });
   }
@@ -83,23 +121,25 @@ export class Agent {
     this.engine.attach(queue);
     this.log.info({ queues, failOpen: this.options.failOpen }, 'queues bound');
     try {
-      this.rules = await installRules({
-        queueNumber: this.options.queueNumber,
-        queueCount: this.options.queueCount,
-        failOpen: this.options.failOpen,
-        marks: connectionMarks(this.options.markBase),
-        targetNetworks: this.options.targetNetworks,
-        excludedNetworks: this.options.excludedNetworks,
-      }, this.options.iptablesBackend);
+      this.rules = await installRules(this.ruleOptions(), this.options.iptablesBackend);
     } catch (error) {
       queue.close();
       this.queue = null;
       throw error;
     }
+    this.rulesPresent = true;
     this.log.info(
       { backend: this.rules.backend, families: this.rules.families, targets: this.options.targetNetworks },
       'rules installed',
     );
+    this.ruleCheck = setInterval(() => {
+      void this.checkRules();
+    }, this.options.ruleCheckIntervalMs);
+    this.ruleCheck.unref();
+    if (this.options.metricsAddress !== null) {
+      this.httpEndpoint = await startHttpEndpoint(this.options.metricsAddress, this.metrics.registry, () => this.readiness());
+      this.log.info({ address: this.options.metricsAddress }, 'metrics and probes listening');
+    }
     this.statusServer = await startStatusServer(this.options.statusSocket, () => this.status(), {
       flushCaches: () => {
         this.built.flushCaches();
@@ -107,6 +147,50 @@ export class Agent {
       },
     });
     this.log.info({ mode: this.mode, statusSocket: this.options.statusSocket }, 'agent running');
+  }
+
+  private ruleOptions(): RuleOptions {
+    return {
+      queueNumber: this.options.queueNumber,
+      queueCount: this.options.queueCount,
+      failOpen: this.options.failOpen,
+      marks: connectionMarks(this.options.markBase),
+      targetNetworks: this.options.targetNetworks,
+      excludedNetworks: this.options.excludedNetworks,
+    };
+  }
+
+  /** Someone flushed our chains (a firewall reload, an operator): say so, then put them back. */
+  private async checkRules(): Promise<void> {
+    if (this.rules === null || this.stopping !== null) return;
+    const present = await rulesInstalled(this.rules.backend).catch(() => false);
+    this.rulesPresent = present;
+    if (present) return;
+    this.log.error({ backend: this.rules.backend }, 'synpass rules are missing; reinstalling');
+    try {
+      this.rules = await installRules(this.ruleOptions(), this.rules.backend);
+      this.rulesPresent = true;
+      this.log.info('rules reinstalled');
+    } catch (error) {
+      this.log.error({ err: error }, 'rules could not be reinstalled');
+    }
+  }
+
+  readiness(): Readiness {
+    const identity = this.built.status();
+    const now = Date.now() / 1000;
+    const bound = readKernelQueues().filter((q) => q.queue >= this.options.queueNumber && q.queue < this.options.queueNumber + this.options.queueCount);
+    const checks: Readiness['checks'] = {
+      rules: { ok: this.rules !== null && this.rulesPresent, detail: this.rulesPresent ? `installed (${this.rules?.backend ?? '-'})` : 'missing' },
+      queues: { ok: this.queue !== null && bound.length === this.options.queueCount, detail: `${bound.length} of ${this.options.queueCount} bound` },
+    };
+    if (identity !== null) {
+      const left = identity.credentialExpiresAt - now;
+      checks.credential = { ok: left > this.options.credentialMarginSeconds, detail: left > 0 ? `expires in ${Math.round(left)} s` : `expired ${Math.round(-left)} s ago` };
+      checks.token = { ok: identity.tokenExpiresAt > now, detail: `expires in ${Math.round(identity.tokenExpiresAt - now)} s` };
+      if (identity.policy !== null) checks.policy = { ok: true, detail: `revision ${identity.policy.revision}` };
+    }
+    return { ready: Object.values(checks).every((check) => check.ok), checks };
   }
 
   status(): Record<string, unknown> {
@@ -121,6 +205,7 @@ export class Agent {
         microsecondsPerPacket: this.engine.judged === 0 ? 0 : this.engine.busyMicroseconds / this.engine.judged,
       },
       identity: this.built.status(),
+      readiness: this.readiness(),
     };
   }
 
@@ -136,6 +221,7 @@ export class Agent {
   /** Rules first, then the queue: a packet never meets a rule whose queue has no listener. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
+      if (this.ruleCheck) clearInterval(this.ruleCheck);
       try {
         await removeAllRules();
         this.log.info('rules removed');
@@ -145,7 +231,10 @@ export class Agent {
       this.queue?.close();
       this.queue = null;
       this.built.stop();
+      await this.flowLog.close();
       if (this.statusServer) await stopStatusServer(this.statusServer, this.options.statusSocket);
+      const endpoint = this.httpEndpoint;
+      if (endpoint) await new Promise<void>((resolve) => endpoint.close(() => { resolve(); }));
       this.log.info({ counters: readQueueCounters(this.buffers.counters) }, 'agent stopped');
     })();
     return this.stopping;

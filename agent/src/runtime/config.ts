@@ -38,8 +38,56 @@ export interface PolicyConfig {
   watch: boolean;
 }
 
+export interface DatapathConfig {
+  queue: number;
+  queueCount: number;
+  queueMaxLength: number;
+  failOpen: boolean;
+  markBase: number;
+  mtu: number;
+  onMalformed: 'drop' | 'accept';
+  iptables: 'nft' | 'legacy';
+  statusSocket: string;
+}
+
+export interface FlowLogConfig {
+  /** stdout: the agent's log stream; file: JSON lines with size-based rotation. */
+  sink: 'stdout' | 'file';
+  file: string | null;
+  maxBytes: number;
+  maxFiles: number;
+  /** Fraction of accepted connections logged (drops are always logged). */
+  sampleAccepted: number;
+}
+
+export interface TelemetryConfig {
+  metricsAddress: string | null;
+  credentialMarginSeconds: number;
+  flowLog: FlowLogConfig;
+}
+
+export const DEFAULT_DATAPATH: DatapathConfig = {
+  queue: 3170,
+  queueCount: 1,
+  queueMaxLength: 4096,
+  failOpen: false,
+  markBase: 0x00100000,
+  mtu: 1500,
+  onMalformed: 'drop',
+  iptables: 'nft',
+  statusSocket: '/run/synpass/agent.sock',
+};
+
+export const DEFAULT_TELEMETRY: TelemetryConfig = {
+  metricsAddress: null,
+  credentialMarginSeconds: 300,
+  flowLog: { sink: 'stdout', file: null, maxBytes: 50 * 1024 * 1024, maxFiles: 5, sampleAccepted: 1 },
+};
+
 export interface AgentConfig {
   mode: 'identity' | 'pass-through';
+  datapath: DatapathConfig;
+  telemetry: TelemetryConfig;
   /** Policy files; when absent, `admission` decides. */
   policy: PolicyConfig | null;
   identity: IdentityConfig | null;
@@ -139,26 +187,153 @@ class Reader {
   }
 }
 
-export function loadAgentConfig(file: string): AgentConfig {
-  let document: unknown;
-  try {
-    document = parse(readFileSync(file, 'utf8'));
-  } catch (error) {
-    throw new ConfigError('(file)', `readable YAML (${(error as Error).message.split('\n')[0] ?? ''})`, file);
+/**
+ * Every scalar and list field can be set from the environment: the path in SCREAMING_SNAKE
+ * case after SYNPASS_ (identity.tokenTtlMinutes -> SYNPASS_IDENTITY_TOKEN_TTL_MINUTES); lists
+ * are comma-separated. The environment wins over the file.
+ */
+const OVERRIDABLE: readonly [string, 'string' | 'integer' | 'number' | 'boolean' | 'list'][] = [
+  ['mode', 'string'],
+  ['identity.subject', 'string'],
+  ['identity.credential', 'string'],
+  ['identity.signingKey', 'string'],
+  ['identity.keyAgreementKey', 'string'],
+  ['identity.trustBundles', 'string'],
+  ['identity.tokenTtlMinutes', 'integer'],
+  ['policy.directory', 'string'],
+  ['policy.watch', 'boolean'],
+  ['attestors.host', 'boolean'],
+  ['attestors.env', 'list'],
+  ['attestors.cloudDocument', 'string'],
+  ['attestors.postureFile', 'string'],
+  ['replayWindowSeconds', 'integer'],
+  ['targets', 'list'],
+  ['excluded', 'list'],
+  ['datapath.queue', 'integer'],
+  ['datapath.queueCount', 'integer'],
+  ['datapath.queueMaxLength', 'integer'],
+  ['datapath.failOpen', 'boolean'],
+  ['datapath.markBase', 'integer'],
+  ['datapath.mtu', 'integer'],
+  ['datapath.onMalformed', 'string'],
+  ['datapath.iptables', 'string'],
+  ['datapath.statusSocket', 'string'],
+  ['telemetry.metricsAddress', 'string'],
+  ['telemetry.credentialMarginSeconds', 'integer'],
+  ['telemetry.flowLog.sink', 'string'],
+  ['telemetry.flowLog.file', 'string'],
+  ['telemetry.flowLog.maxBytes', 'integer'],
+  ['telemetry.flowLog.maxFiles', 'integer'],
+  ['telemetry.flowLog.sampleAccepted', 'number'],
+];
+
+export function environmentName(path: string): string {
+  return `SYNPASS_${path.replace(/\./g, '_').replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()}`;
+}
+
+function applyEnvironment(root: Json, environment: NodeJS.ProcessEnv, file: string): void {
+  for (const [path, type] of OVERRIDABLE) {
+    const name = environmentName(path);
+    const text = environment[name];
+    if (text === undefined) continue;
+    let value: unknown = text;
+    if (type === 'integer' || type === 'number') {
+      value = text.trim() === '' ? Number.NaN : Number(text);
+      if (!Number.isFinite(value) || (type === 'integer' && !Number.isInteger(value))) {
+        throw new ConfigError(`${name} (${path})`, type === 'integer' ? 'an integer' : 'a number', 'environment');
+      }
+    } else if (type === 'boolean') {
+      if (text !== 'true' && text !== 'false') throw new ConfigError(`${name} (${path})`, 'true or false', 'environment');
+      value = text === 'true';
+    } else if (type === 'list') {
+      value = text.split(',').map((item) => item.trim()).filter(Boolean);
+    }
+    const keys = path.split('.');
+    let node = root;
+    for (const key of keys.slice(0, -1)) {
+      const next = node[key];
+      if (next !== undefined && (typeof next !== 'object' || next === null || Array.isArray(next))) {
+        throw new ConfigError(key, 'a mapping (to apply the environment override)', file);
+      }
+      node = (next as Json | undefined) ?? (node[key] = {});
+    }
+    node[keys.at(-1)!] = value;
   }
-  const r = new Reader(file, dirname(resolve(file)));
+}
+
+export function loadAgentConfig(file: string | null, environment: NodeJS.ProcessEnv = process.env): AgentConfig {
+  let document: unknown;
+  if (file !== null) {
+    try {
+      document = parse(readFileSync(file, 'utf8')) ?? {};
+    } catch (error) {
+      throw new ConfigError('(file)', `readable YAML (${(error as Error).message.split('\n')[0] ?? ''})`, file);
+    }
+  } else {
+    document = { mode: 'pass-through' };
+  }
+  const source = file ?? '(no file)';
+  const r: Reader = new Reader(source, file === null ? process.cwd() : dirname(resolve(file)));
   const root = r.object(document, '(root)');
-  r.unknownKeys(root, ['mode', 'identity', 'workloads', 'policy', 'attestors', 'admission', 'replayWindowSeconds', 'targets', 'excluded'], '');
+  applyEnvironment(root, environment, source);
+  r.unknownKeys(root, ['mode', 'identity', 'workloads', 'policy', 'attestors', 'admission', 'replayWindowSeconds', 'targets', 'excluded', 'datapath', 'telemetry'], '');
+  const d = r.object(root.datapath, 'datapath');
+  r.unknownKeys(d, Object.keys(DEFAULT_DATAPATH), 'datapath');
+  const bool = (value: unknown, field: string, fallback: boolean): boolean => {
+    if (value === undefined) return fallback;
+    if (typeof value !== 'boolean') r.fail(field, 'true or false');
+    return value;
+  };
+  const choice = <T extends string>(value: unknown, field: string, choices: readonly T[], fallback: T): T => {
+    if (value === undefined) return fallback;
+    if (typeof value !== 'string' || !(choices as readonly string[]).includes(value)) r.fail(field, `one of ${choices.join(', ')}`);
+    return value as T;
+  };
+  const markBase = r.integer(d.markBase, 'datapath.markBase', DEFAULT_DATAPATH.markBase, 1, 0x20000000);
+  if ((markBase & (markBase - 1)) !== 0) r.fail('datapath.markBase', 'a single bit, e.g. 1048576 (0x100000)');
+  const datapath: DatapathConfig = {
+    queue: r.integer(d.queue, 'datapath.queue', DEFAULT_DATAPATH.queue, 0, 65535),
+    queueCount: r.integer(d.queueCount, 'datapath.queueCount', DEFAULT_DATAPATH.queueCount, 1, 64),
+    queueMaxLength: r.integer(d.queueMaxLength, 'datapath.queueMaxLength', DEFAULT_DATAPATH.queueMaxLength, 1, 1_000_000),
+    failOpen: bool(d.failOpen, 'datapath.failOpen', DEFAULT_DATAPATH.failOpen),
+    markBase,
+    mtu: r.integer(d.mtu, 'datapath.mtu', DEFAULT_DATAPATH.mtu, 576, 65535),
+    onMalformed: choice(d.onMalformed, 'datapath.onMalformed', ['drop', 'accept'] as const, DEFAULT_DATAPATH.onMalformed),
+    iptables: choice(d.iptables, 'datapath.iptables', ['nft', 'legacy'] as const, DEFAULT_DATAPATH.iptables),
+    statusSocket: d.statusSocket === undefined ? DEFAULT_DATAPATH.statusSocket : r.path(d.statusSocket, 'datapath.statusSocket'),
+  };
+  const t = r.object(root.telemetry, 'telemetry');
+  r.unknownKeys(t, ['metricsAddress', 'credentialMarginSeconds', 'flowLog'], 'telemetry');
+  const f = r.object(t.flowLog, 'telemetry.flowLog');
+  r.unknownKeys(f, ['sink', 'file', 'maxBytes', 'maxFiles', 'sampleAccepted'], 'telemetry.flowLog');
+  const metricsAddress = t.metricsAddress === undefined ? null : r.string(t.metricsAddress, 'telemetry.metricsAddress');
+  if (metricsAddress !== null && !/^(\[[0-9a-fA-F:]+\]|[^:]+):\d{1,5}$/.test(metricsAddress)) r.fail('telemetry.metricsAddress', 'host:port, e.g. 0.0.0.0:9464');
+  const sink = choice(f.sink, 'telemetry.flowLog.sink', ['stdout', 'file'] as const, 'stdout');
+  const flowFile = f.file === undefined ? null : r.path(f.file, 'telemetry.flowLog.file');
+  if (sink === 'file' && flowFile === null) r.fail('telemetry.flowLog.file', 'a path (sink is "file")');
+  const sample = f.sampleAccepted === undefined ? 1 : f.sampleAccepted;
+  if (typeof sample !== 'number' || sample < 0 || sample > 1) r.fail('telemetry.flowLog.sampleAccepted', 'a number from 0 to 1');
+  const telemetry: TelemetryConfig = {
+    metricsAddress,
+    credentialMarginSeconds: r.integer(t.credentialMarginSeconds, 'telemetry.credentialMarginSeconds', DEFAULT_TELEMETRY.credentialMarginSeconds, 0, 31_536_000),
+    flowLog: {
+      sink,
+      file: flowFile,
+      maxBytes: r.integer(f.maxBytes, 'telemetry.flowLog.maxBytes', DEFAULT_TELEMETRY.flowLog.maxBytes, 4096, 2 ** 40),
+      maxFiles: r.integer(f.maxFiles, 'telemetry.flowLog.maxFiles', DEFAULT_TELEMETRY.flowLog.maxFiles, 1, 1000),
+      sampleAccepted: sample,
+    },
+  };
   let policy: PolicyConfig | null = null;
   if (root.policy !== undefined) {
     const p = r.object(root.policy, 'policy');
     r.unknownKeys(p, ['directory', 'watch'], 'policy');
     if (p.watch !== undefined && typeof p.watch !== 'boolean') r.fail('policy.watch', 'true or false');
-    policy = { directory: r.path(p.directory, 'policy.directory'), watch: (p.watch as boolean | undefined) ?? true };
+    policy = { directory: r.path(p.directory, 'policy.directory'), watch: (p.watch) ?? true };
   }
   const mode: unknown = root.mode ?? 'identity';
   if (mode !== 'identity' && mode !== 'pass-through') r.fail('mode', '"identity" or "pass-through"');
-  const checkedMode = mode as AgentConfig['mode'];
+  const checkedMode = mode;
 
   let identity: IdentityConfig | null = null;
   if (mode === 'identity') {
@@ -200,8 +375,8 @@ export function loadAgentConfig(file: string): AgentConfig {
   }
   const attestors: AttestorConfig = {
     static: r.stringMap(at.static, 'attestors.static'),
-    host: (at.host as boolean | undefined) ?? false,
-    env: (at.env as string[] | undefined) ?? [],
+    host: (at.host) ?? false,
+    env: (at.env) ?? [],
     cloudDocument: r.optionalPath(at.cloudDocument, 'attestors.cloudDocument'),
     postureFile: r.optionalPath(at.postureFile, 'attestors.postureFile'),
   };
@@ -232,6 +407,8 @@ export function loadAgentConfig(file: string): AgentConfig {
 
   return {
     mode: checkedMode,
+    datapath,
+    telemetry,
     policy,
     identity,
     workloads,
@@ -240,20 +417,5 @@ export function loadAgentConfig(file: string): AgentConfig {
     replayWindowSeconds: r.integer(root.replayWindowSeconds, 'replayWindowSeconds', 30, 1, 600),
     targetNetworks: r.cidrs(root.targets, 'targets'),
     excludedNetworks: r.cidrs(root.excluded, 'excluded'),
-  };
-}
-
-/** The configuration when no file is given: pass-through, nothing protected. */
-export function passThroughConfig(): AgentConfig {
-  return {
-    mode: 'pass-through',
-    policy: null,
-    identity: null,
-    workloads: [],
-    attestors: { static: {}, host: false, env: [], cloudDocument: null, postureFile: null },
-    admission: { protectedPorts: [], allow: [], allowWithoutIdentity: [] },
-    replayWindowSeconds: 30,
-    targetNetworks: [],
-    excludedNetworks: [],
   };
 }

@@ -4,9 +4,6 @@ import { Admission } from '../handshake/admission.ts';
 import { AdmissionAuthorizer, PolicyAuthorizer } from '../handshake/authorizer.ts';
 import { PolicyStore } from './policy-store.ts';
 import { IdentityHandler } from '../handshake/identity-handler.ts';
-import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
-import type { VerdictEvent } from '../datapath/handler.ts';
-import type { VerifiedIdentity } from '../token/identity-token.ts';
 import { PassThroughHandler } from '../handshake/pass-through.ts';
 import { PeerVerifier } from '../handshake/peer-verifier.ts';
 import {
@@ -31,26 +28,13 @@ export function buildAttestors(config: AttestorConfig): Attestor[] {
   return attestors;
 }
 
-/** One JSON line per verdict: every drop, and every accepted SYN and SYN-ACK (the flow log). */
-export function logVerdict(log: Logger, event: VerdictEvent): void {
-  if (event.accepted && (event.stage === 'ack' || !log.isLevelEnabled('info'))) return;
-  const packet = event.packet;
-  const peer = event.peer as VerifiedIdentity | null;
-  const line = {
-    event: 'handshake',
-    direction: event.direction,
-    stage: event.stage,
-    verdict: event.accepted ? 'accept' : 'drop',
-    reason: event.reason === '' ? 'ok' : event.reason,
-    source: `${sourceAddress(packet)}:${packet.sourcePort}`,
-    destination: `${destinationAddress(packet)}:${packet.destinationPort}`,
-    peer: peer ? { subject: peer.subject, attributes: peer.attributes, agent: peer.agent } : null,
-    rule: event.rule,
-    policyRevision: event.revision,
-    wouldDrop: event.wouldDrop,
-  };
-  if (event.accepted) log.info(line, 'handshake verdict');
-  else log.warn(line, 'handshake verdict');
+export interface IdentityStatus {
+  subject: string;
+  credentialExpiresAt: number;
+  tokenExpiresAt: number;
+  caches: Record<string, { hits: number; misses: number; size: number }>;
+  handshake: Record<string, number>;
+  policy: { directory: string; revision: string; reloadsOk: number; reloadsFailed: number } | null;
 }
 
 export interface BuiltHandler {
@@ -59,7 +43,8 @@ export interface BuiltHandler {
   flushCaches(): void;
   /** Re-reads credential, keys and trust bundles and re-issues tokens (SIGHUP). */
   reload(): Promise<void>;
-  status(): Record<string, unknown>;
+  /** Null in pass-through mode. */
+  status(): IdentityStatus | null;
 }
 
 export async function buildHandler(config: AgentConfig, log: Logger): Promise<BuiltHandler> {
@@ -69,7 +54,7 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
       stop: () => undefined,
       flushCaches: () => undefined,
       reload: () => Promise.resolve(),
-      status: () => ({}),
+      status: () => null,
     };
   }
   const identityConfig = config.identity;
@@ -148,7 +133,7 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
       startRenewal(local);
     },
     status: () => ({
-      subject: config.identity?.subject,
+      subject: identityConfig.subject,
       credentialExpiresAt: local.credential.expiresAt,
       tokenExpiresAt: local.tokenExpiresAt,
       caches: verifier.cacheStats(),

@@ -1,0 +1,117 @@
+// Prometheus metrics. Counters the datapath already keeps (queue counters in the addon's shared
+// array, verdicts by reason, cache statistics) are read at scrape time, so the per-packet path
+// pays only for the latency histogram and the per-rule counter. Label values come from closed
+// sets (reasons, directions, actions) or from the policy's rule ids: never addresses or identities.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export interface MetricsSource {
+  queue(): Record<string, number>;
+  kernelQueue(): { dropped: number; userDropped: number; waiting: number } | null;
+  verdicts(): { direction: string; action: string; reason: string; count: number }[];
+  caches(): Record<string, { hits: number; misses: number }>;
+  credentialExpiresAt(): number | null;
+  policy(): { revision: string; reloadsOk: number; reloadsFailed: number } | null;
+}
+
+export class AgentMetrics {
+  readonly registry = new Registry();
+  readonly latency: Histogram;
+  readonly ruleVerdicts: Counter<'rule' | 'action'>;
+
+  constructor(source: MetricsSource) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: 'synpass_process_' });
+    this.latency = new Histogram({
+      name: 'synpass_verdict_latency_seconds',
+      help: 'Time from a packet batch reaching the agent to the verdict on each of its packets',
+      buckets: [5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2.5e-2],
+      registers,
+    });
+    this.ruleVerdicts = new Counter({
+      name: 'synpass_rule_verdicts_total',
+      help: 'Handshake verdicts decided by a policy rule (default-deny included)',
+      labelNames: ['rule', 'action'],
+      registers,
+    });
+    new Counter({
+      name: 'synpass_verdicts_total',
+      help: 'Verdicts on queued packets by direction, action and reason (read from the agent counters at scrape time)',
+      labelNames: ['direction', 'action', 'reason'],
+      registers,
+      collect() {
+        this.reset();
+        for (const row of source.verdicts()) this.inc({ direction: row.direction, action: row.action, reason: row.reason }, row.count);
+      },
+    });
+    new Counter({
+      name: 'synpass_queue_packets_total',
+      help: 'NFQUEUE counters of the agent socket: received, accepted, dropped, rewritten, overruns (ENOBUFS), errors',
+      labelNames: ['counter'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [counter, value] of Object.entries(source.queue())) this.inc({ counter }, value);
+      },
+    });
+    new Gauge({
+      name: 'synpass_kernel_queue_packets',
+      help: 'The kernel side of the queue (/proc/net/netfilter/nfnetlink_queue): dropped when full, dropped for user space, waiting; fail-open accepts show up as dropped=0 with failOpen set',
+      labelNames: ['counter'],
+      registers,
+      collect() {
+        this.reset();
+        const kernel = source.kernelQueue();
+        if (kernel === null) return;
+        this.set({ counter: 'queue_dropped' }, kernel.dropped);
+        this.set({ counter: 'user_dropped' }, kernel.userDropped);
+        this.set({ counter: 'waiting' }, kernel.waiting);
+      },
+    });
+    new Counter({
+      name: 'synpass_cache_lookups_total',
+      help: 'Verified credential and token cache lookups by result',
+      labelNames: ['cache', 'result'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [cache, stats] of Object.entries(source.caches())) {
+          this.inc({ cache, result: 'hit' }, stats.hits);
+          this.inc({ cache, result: 'miss' }, stats.misses);
+        }
+      },
+    });
+    new Gauge({
+      name: 'synpass_credential_expiry_seconds',
+      help: 'Seconds until the agent credential expires (negative once expired)',
+      registers,
+      collect() {
+        const expiresAt = source.credentialExpiresAt();
+        if (expiresAt !== null) this.set(expiresAt - Date.now() / 1000);
+      },
+    });
+    new Counter({
+      name: 'synpass_policy_reloads_total',
+      help: 'Policy reloads by result',
+      labelNames: ['result'],
+      registers,
+      collect() {
+        const policy = source.policy();
+        this.reset();
+        if (policy === null) return;
+        this.inc({ result: 'ok' }, policy.reloadsOk);
+        this.inc({ result: 'failed' }, policy.reloadsFailed);
+      },
+    });
+    new Gauge({
+      name: 'synpass_policy_revision_info',
+      help: 'The policy revision in force (value 1)',
+      labelNames: ['revision'],
+      registers,
+      collect() {
+        this.reset();
+        const policy = source.policy();
+        if (policy !== null) this.set({ revision: policy.revision }, 1);
+      },
+    });
+  }
+}
