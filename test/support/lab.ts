@@ -29,9 +29,10 @@ export class NetnsProcess {
   private readonly child: ChildProcess;
   private waiters: (() => void)[] = [];
 
-  constructor(namespace: string, command: string[], options: { stdin?: boolean } = {}) {
+  constructor(namespace: string, command: string[], options: { stdin?: boolean; env?: Record<string, string> } = {}) {
     this.child = spawn('ip', ['netns', 'exec', namespace, ...command], {
       cwd: ROOT,
+      env: { ...process.env, ...options.env },
       stdio: [options.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
     });
     let partial = '';
@@ -152,7 +153,7 @@ export class Lab {
     return [`10.213.${this.net}.0/24`, `fd53:5350:0:${this.net}::/64`];
   }
 
-  spawn(host: Host | 'sw', command: string[], options: { stdin?: boolean } = {}): NetnsProcess {
+  spawn(host: Host | 'sw', command: string[], options: { stdin?: boolean; env?: Record<string, string> } = {}): NetnsProcess {
     const child = new NetnsProcess(this.namespace(host), command, options);
     this.processes.push(child);
     return child;
@@ -183,10 +184,10 @@ export class Lab {
     return execFileSync('ip', ['netns', 'exec', this.namespace(host), ...command], { encoding: 'utf8' });
   }
 
-  async startAgent(host: Host, extraArgs: string[] = []): Promise<AgentHandle> {
+  async startAgent(host: Host, extraArgs: string[] = [], env: Record<string, string> = {}): Promise<AgentHandle> {
     const socket = `/tmp/synpass-test-${this.prefix}-${host}.sock`;
     const targets = this.networks.flatMap((cidr) => ['--target', cidr]);
-    const child = this.spawn(host, [process.execPath, '--import', 'tsx', CLI, 'agent', 'run', '--status-socket', socket, ...targets, ...extraArgs]);
+    const child = this.spawn(host, [process.execPath, '--import', 'tsx', CLI, 'agent', 'run', '--status-socket', socket, ...targets, ...extraArgs], { env });
     // Ready when the status socket answers (log lines may be filtered by level).
     const deadline = Date.now() + 15_000;
     for (;;) {

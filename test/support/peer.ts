@@ -6,6 +6,7 @@
 //   echo <host> <port> <text>        one echo round trip, prints {"echoed":text}
 //   http <host> <port>               GET /, prints {"status":200,"body":...}
 //   hold <host> <port>               keeps one echo connection; each stdin line is echoed back
+//   fetch <url>                      GET, prints {"status":N,"body":...}
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer as createHttpServer, get } from 'node:http';
 import { connect, createServer } from 'node:net';
@@ -87,6 +88,17 @@ switch (mode) {
   }
   case 'http': {
     get({ host: a!, port: Number(b), path: '/synpass' }, (res) => {
+      let body = '';
+      res.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      res.on('end', () => {
+        emit({ status: res.statusCode, body });
+        process.exit(0);
+      });
+    }).on('error', fail);
+    break;
+  }
+  case 'fetch': {
+    get(a!, (res) => {
       let body = '';
       res.on('data', (chunk: Buffer) => (body += chunk.toString()));
       res.on('end', () => {

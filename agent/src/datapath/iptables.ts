@@ -4,7 +4,7 @@ import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { RulesError } from './errors.ts';
-import { buildRemoval, buildRuleset, CHAINS, type IpFamily, type RuleOptions } from './rules.ts';
+import { buildRemoval, buildRuleset, CHAIN_PREFIX, type IpFamily, type RuleOptions } from './rules.ts';
 
 const run = promisify(execFile);
 
@@ -132,9 +132,15 @@ export async function removeAllRules(): Promise<number> {
   return removed;
 }
 
-/** Whether our chains and their jumps are in place for `backend` (IPv4 table). */
-export async function rulesInstalled(backend: Backend): Promise<boolean> {
+/** Whether every rule of our IPv4 ruleset is in place for `backend` (counted, not just present). */
+export async function rulesInstalled(backend: Backend, options: RuleOptions): Promise<boolean> {
   const tool = TOOLS.find((t) => t.family === 4 && t.backend === backend)!;
   const saved = await exec(saveBinary(tool), ['-t', 'mangle']);
-  return saved.includes(`-j ${CHAINS.ingress}`) && saved.includes(`-j ${CHAINS.egress}`) && saved.includes('-j NFQUEUE');
+  const expected = buildRuleset(4, options)
+    .split('\n')
+    .filter((line) => line.startsWith('-A ') || line.startsWith('-I ')).length;
+  const present = saved
+    .split('\n')
+    .filter((line) => line.startsWith('-A ') && (line.startsWith(`-A ${CHAIN_PREFIX}`) || line.includes(`-j ${CHAIN_PREFIX}`))).length;
+  return present === expected;
 }

@@ -163,7 +163,7 @@ export class Agent {
   /** Someone flushed our chains (a firewall reload, an operator): say so, then put them back. */
   private async checkRules(): Promise<void> {
     if (this.rules === null || this.stopping !== null) return;
-    const present = await rulesInstalled(this.rules.backend).catch(() => false);
+    const present = await rulesInstalled(this.rules.backend, this.ruleOptions()).catch(() => false);
     this.rulesPresent = present;
     if (present) return;
     this.log.error({ backend: this.rules.backend }, 'synpass rules are missing; reinstalling');

@@ -20,7 +20,7 @@ export class AgentMetrics {
 
   constructor(source: MetricsSource) {
     const registers = [this.registry];
-    collectDefaultMetrics({ register: this.registry, prefix: 'synpass_process_' });
+    collectDefaultMetrics({ register: this.registry, prefix: 'synpass_' });
     this.latency = new Histogram({
       name: 'synpass_verdict_latency_seconds',
       help: 'Time from a packet batch reaching the agent to the verdict on each of its packets',

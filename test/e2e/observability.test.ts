@@ -1,0 +1,98 @@
+// Metrics, probes and self-healing in the lab: the counters move for each verdict and reason,
+// /readyz follows the credential, and rules an operator flushes are reported and reinstalled.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { issueAgent } from '../../agent/src/identity/issuance.ts';
+import { BATCH_UID, DOMAIN, prepareIdentities, type IdentityLabFiles } from '../support/identity-lab.ts';
+import { isRoot, Lab, sleep, type AgentHandle } from '../support/lab.ts';
+
+const METRICS = 'http://127.0.0.1:9464';
+
+describe('observability end to end', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
+  let lab: Lab;
+  let directory: string;
+  let files: IdentityLabFiles;
+  let api: AgentHandle;
+
+  before(async () => {
+    directory = mkdtempSync(join(tmpdir(), 'synpass-obs-'));
+    lab = Lab.up(`ob${process.pid % 100000}`, 14);
+    files = await prepareIdentities(lab, directory);
+    // Not ready when the credential has less than a minute left.
+    api = await lab.startAgent('api', ['--config', files.configs.api, '--metrics-address', '127.0.0.1:9464'], {
+      SYNPASS_TELEMETRY_CREDENTIAL_MARGIN_SECONDS: '60',
+    });
+    await lab.startAgent('web', ['--config', files.configs.web]);
+    await lab.peer('api', ['server', '8080', 'http']).waitFor((l) => l.listening === 8080);
+  });
+
+  after(async () => {
+    await lab.down();
+    rmSync(directory, { recursive: true, force: true });
+  });
+
+  async function fetch(path: string): Promise<{ status: number; body: string }> {
+    const result = await lab.peerOnce('api', ['fetch', `${METRICS}${path}`]);
+    return { status: result.status as number, body: result.body as string };
+  }
+
+  function sample(text: string, name: string, labels: string): number {
+    const line = text.split('\n').find((l) => l.startsWith(`${name}{${labels}}`) || (labels === '' && l.startsWith(`${name} `)));
+    return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+
+  it('counters move for each verdict, reason and rule', async () => {
+    const before = (await fetch('/metrics')).body;
+    assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), '8080'])).status, 200);
+    await lab.peerOnce('outsider', ['echo', lab.address('api'), '8080', 'x'], 2_500).catch(() => null);
+    await lab.peerOnce('web', ['echo', lab.address('api'), '8080', 'x'], 2_500, BATCH_UID).catch(() => null);
+    const after = (await fetch('/metrics')).body;
+    const delta = (name: string, labels: string) => sample(after, name, labels) - sample(before, name, labels);
+    assert.ok(delta('synpass_verdicts_total', 'direction="ingress",action="accept",reason="ok"') >= 1);
+    assert.ok(delta('synpass_verdicts_total', 'direction="ingress",action="drop",reason="no-identity"') >= 1);
+    assert.ok(delta('synpass_verdicts_total', 'direction="ingress",action="drop",reason="not-allowed"') >= 1);
+    assert.ok(delta('synpass_rule_verdicts_total', 'rule="api/from-web",action="accept"') >= 1);
+    assert.ok(delta('synpass_rule_verdicts_total', 'rule="default-deny",action="drop"') >= 2);
+    assert.ok(delta('synpass_queue_packets_total', 'counter="received"') >= 4);
+    assert.ok(delta('synpass_verdict_latency_seconds_count', '') >= 4);
+    assert.ok(sample(after, 'synpass_cache_lookups_total', 'cache="tokens",result="miss"') >= 1);
+    assert.ok(sample(after, 'synpass_credential_expiry_seconds', '') > 80_000);
+    assert.match(after, /synpass_policy_revision_info\{revision="[^"]+"\} 1/);
+    assert.equal((await fetch('/healthz')).status, 200);
+  });
+
+  it('/readyz turns unready when the credential is about to expire, and ready again after rotation', async () => {
+    assert.equal((await fetch('/readyz')).status, 200);
+    const reissue = (ttlSeconds: number) =>
+      issueAgent({ domainDirectory: files.domainDirectory, trustDomain: DOMAIN, agentId: 'api', namespaces: ['app', 'host', 'process'], ttlSeconds, outputDirectory: files.agents.api });
+    const reloaded = async () => {
+      const mark = api.process.lines.length;
+      api.process.signal('SIGHUP');
+      await api.process.waitFor((l) => l.msg === 'identity reloaded' && api.process.lines.indexOf(l) >= mark);
+    };
+    await reissue(40);
+    await reloaded();
+    const unready = await fetch('/readyz');
+    assert.equal(unready.status, 503);
+    const body = JSON.parse(unready.body) as { checks: Record<string, { ok: boolean; detail: string }> };
+    assert.equal(body.checks.credential?.ok, false);
+    assert.equal(body.checks.rules?.ok, true);
+    await reissue(86_400);
+    await reloaded();
+    assert.equal((await fetch('/readyz')).status, 200);
+  });
+
+  it('rules flushed by someone else are reported and reinstalled; cloaking comes back', async () => {
+    const mark = api.process.lines.length;
+    lab.exec('api', ['iptables-nft', '-t', 'mangle', '-F', 'SYNPASS-IN-Q']);
+    await api.process.waitFor((l) => l.msg === 'synpass rules are missing; reinstalling' && api.process.lines.indexOf(l) >= mark, 15_000);
+    await api.process.waitFor((l) => l.msg === 'rules reinstalled' && api.process.lines.indexOf(l) >= mark, 15_000);
+    await sleep(200);
+    assert.equal((await fetch('/readyz')).status, 200);
+    assert.equal(await lab.peerOnce('outsider', ['echo', lab.address('api'), '8080', 'x'], 2_500).catch(() => null), null);
+    assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), '8080'])).status, 200);
+  });
+});
