@@ -515,7 +515,32 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
   std::vector<struct iovec> iovs_;
 };
 
-Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return NfQueue::Init(env, exports); }
+// Credentials of the process at the other end of a unix socket (SO_PEERCRED): the whois API
+// answers only the owner of a connection, and Node has no API for this.
+Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) {
+    Napi::TypeError::New(env, "peerCredentials(fd): fd required").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  struct ucred cred = {};
+  socklen_t len = sizeof cred;
+  if (getsockopt(info[0].As<Napi::Number>().Int32Value(), SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+    Napi::Error e = Napi::Error::New(env, std::string("getsockopt(SO_PEERCRED): ") + strerror(errno));
+    e.ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("pid", Napi::Number::New(env, cred.pid));
+  result.Set("uid", Napi::Number::New(env, cred.uid));
+  result.Set("gid", Napi::Number::New(env, cred.gid));
+  return result;
+}
+
+Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
+  exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials));
+  return NfQueue::Init(env, exports);
+}
 
 }  // namespace
 

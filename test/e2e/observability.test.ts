@@ -7,7 +7,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { issueAgent } from '../../agent/src/identity/issuance.ts';
 import { BATCH_UID, DOMAIN, prepareIdentities, type IdentityLabFiles } from '../support/identity-lab.ts';
-import { isRoot, Lab, sleep, type AgentHandle } from '../support/lab.ts';
+import { execFileSync } from 'node:child_process';
+import { isRoot, Lab, ROOT, sleep, type AgentHandle } from '../support/lab.ts';
+
+const CLI = join(ROOT, 'agent/src/cli/main.ts');
 
 const METRICS = 'http://127.0.0.1:9464';
 
@@ -83,6 +86,40 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     await reissue(86_400);
     await reloaded();
     assert.equal((await fetch('/readyz')).status, 200);
+  });
+
+  it('whois answers the owner of a connection, refuses others, and knows nothing of unknown tuples', async () => {
+    await lab.peer('api', ['server', '7000', 'echo']).waitFor((l) => l.listening === 7000);
+    const held = lab.peer('web', ['hold', lab.address('api'), '7000'], { stdin: true });
+    const connected = await held.waitFor((l) => l.connected === true);
+    const webEnd = `${lab.address('web')}:${String(connected.localPort)}`;
+    const apiEnd = `${lab.address('api')}:7000`;
+    const whois = (host: 'api' | 'web', a: string, b: string, uid?: number) => {
+      const asUser = uid === undefined ? [] : ['setpriv', `--reuid=${uid}`, `--regid=${uid}`, '--clear-groups'];
+      try {
+        const out = execFileSync('ip', ['netns', 'exec', lab.namespace(host), ...asUser, process.execPath, '--import', 'tsx', CLI, 'whois', a, b, '--socket', lab.whoisSocket(host)], { cwd: ROOT, encoding: 'utf8' });
+        return { code: 0, answer: JSON.parse(out) as Record<string, unknown> };
+      } catch (error) {
+        const e = error as { status: number; stdout: string };
+        return { code: e.status, answer: JSON.parse(e.stdout) as Record<string, unknown> };
+      }
+    };
+    // On api (server side), either order of the two ends.
+    const server = whois('api', webEnd, apiEnd);
+    assert.equal(server.code, 0, JSON.stringify(server.answer));
+    assert.equal((server.answer.identity as { subject: string }).subject, `spiffe://${DOMAIN}/web`);
+    assert.equal(whois('api', apiEnd, webEnd).code, 0);
+    // On web (client side) the peer is api.
+    assert.equal((whois('web', webEnd, apiEnd).answer.identity as { subject: string }).subject, `spiffe://${DOMAIN}/api`);
+    // The connection belongs to root: user nobody may not ask about it.
+    const stranger = whois('api', webEnd, apiEnd, 65534);
+    assert.deepEqual([stranger.code, stranger.answer.error], [3, 'forbidden']);
+    const unknown = whois('api', `${lab.address('web')}:1`, apiEnd);
+    assert.deepEqual([unknown.code, unknown.answer.error], [2, 'not-found']);
+    // Once the connection ends, its entry goes with it.
+    await held.stop();
+    await sleep(300);
+    assert.equal(whois('api', webEnd, apiEnd).answer.error, 'not-found');
   });
 
   it('rules flushed by someone else are reported and reinstalled; cloaking comes back', async () => {

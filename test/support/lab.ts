@@ -184,10 +184,20 @@ export class Lab {
     return execFileSync('ip', ['netns', 'exec', this.namespace(host), ...command], { encoding: 'utf8' });
   }
 
+  /** Agents of one lab share the filesystem: each gets its own peer-identity socket. */
+  whoisSocket(host: Host): string {
+    return `/tmp/synpass-test-${this.prefix}-${host}-whois.sock`;
+  }
+
   async startAgent(host: Host, extraArgs: string[] = [], env: Record<string, string> = {}): Promise<AgentHandle> {
     const socket = `/tmp/synpass-test-${this.prefix}-${host}.sock`;
+    const whois = this.whoisSocket(host);
     const targets = this.networks.flatMap((cidr) => ['--target', cidr]);
-    const child = this.spawn(host, [process.execPath, '--import', 'tsx', CLI, 'agent', 'run', '--status-socket', socket, ...targets, ...extraArgs], { env });
+    const child = this.spawn(
+      host,
+      [process.execPath, '--import', 'tsx', CLI, 'agent', 'run', '--status-socket', socket, '--whois-socket', whois, ...targets, ...extraArgs],
+      { env },
+    );
     // Ready when the status socket answers (log lines may be filtered by level).
     const deadline = Date.now() + 15_000;
     for (;;) {

@@ -110,7 +110,7 @@ switch (mode) {
   }
   case 'hold': {
     clearTimeout(deadline);
-    const socket = connect({ host: a!, port: Number(b) }, () => { emit({ connected: true }); });
+    const socket = connect({ host: a!, port: Number(b) }, () => { emit({ connected: true, localPort: socket.localPort }); });
     socket.on('error', fail);
     socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => {

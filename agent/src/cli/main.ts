@@ -4,10 +4,11 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { removeAllRules } from '../datapath/iptables.ts';
 import { connectionMarks } from '../datapath/marks.ts';
 import { Agent, DEFAULT_AGENT_OPTIONS, type AgentOptions } from '../runtime/agent.ts';
-import { DEFAULT_DATAPATH, loadAgentConfig, type AgentConfig } from '../runtime/config.ts';
+import { DEFAULT_DATAPATH, DEFAULT_TELEMETRY, loadAgentConfig, type AgentConfig } from '../runtime/config.ts';
 import { buildHandler, type BuiltHandler } from '../runtime/handlers.ts';
 import { createLogger } from '../telemetry/log.ts';
 import { fetchStatus } from '../telemetry/status-client.ts';
+import { askWhois } from '../whois/client.ts';
 import { parseCidr } from './cidr.ts';
 import { initDomain, issueAgent } from '../identity/issuance.ts';
 import { registerPolicyCommands } from './policy.ts';
@@ -67,6 +68,7 @@ agent
   .addOption(new Option('--iptables <backend>', 'preferred iptables backend, falls back to the other (default nft)').choices(['nft', 'legacy']))
   .option('--status-socket <path>', `unix socket for \`synpass status\` (default ${DEFAULT_DATAPATH.statusSocket})`)
   .option('--metrics-address <host:port>', 'serve /metrics, /healthz and /readyz here')
+  .option('--whois-socket <path>', `unix socket of the peer-identity API (default ${DEFAULT_TELEMETRY.whoisSocket ?? 'off'})`)
   .action(async (flags: Record<string, unknown>) => {
     const log = createLogger();
     let config: AgentConfig;
@@ -94,6 +96,7 @@ agent
       statusSocket: flag('statusSocket', d.statusSocket),
       iptablesBackend: flag('iptables', d.iptables),
       metricsAddress: flag('metricsAddress', config.telemetry.metricsAddress),
+      whoisSocket: flag('whoisSocket', config.telemetry.whoisSocket),
       credentialMarginSeconds: config.telemetry.credentialMarginSeconds,
     };
     let built: BuiltHandler;
@@ -172,6 +175,23 @@ keys
   });
 
 registerPolicyCommands(program);
+
+program
+  .command('whois')
+  .description('the verified identity of the peer of one of your connections (both ends, either order)')
+  .argument('<one-end>', 'ADDRESS:PORT of one end')
+  .argument('<other-end>', 'ADDRESS:PORT of the other end')
+  .option('--socket <path>', 'agent peer-identity socket', DEFAULT_TELEMETRY.whoisSocket ?? '/run/synpass/whois.sock')
+  .action(async (a: string, b: string, flags: { socket: string }) => {
+    try {
+      const answer = await askWhois(flags.socket, a, b);
+      process.stdout.write(`${JSON.stringify(answer, null, 2)}\n`);
+      if (!('found' in answer)) process.exit(answer.error === 'forbidden' ? 3 : 2);
+    } catch (error) {
+      process.stderr.write(`synpass whois: no agent at ${flags.socket}: ${(error as Error).message}\n`);
+      process.exit(1);
+    }
+  });
 
 program
   .command('status')

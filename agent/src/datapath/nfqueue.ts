@@ -74,8 +74,15 @@ export interface NativeQueue {
   close(): void;
 }
 
+export interface PeerCredentials {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
 interface NativeBinding {
   NfQueue: new (options: NativeQueueOptions) => NativeQueue;
+  peerCredentials(fd: number): PeerCredentials;
   SLOT_SIZE: number;
   META_STRIDE: number;
   COUNTER_COUNT: number;

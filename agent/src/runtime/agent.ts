@@ -1,6 +1,13 @@
 // The agent process: bind the queues, then install the rules (so no queued packet ever waits
 // for a listener that is not there yet), serve status, and undo both on SIGINT/SIGTERM.
+import { rm } from 'node:fs/promises';
 import type { Server } from 'node:http';
+import type { Server as NetServer } from 'node:net';
+import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
+import type { VerifiedIdentity } from '../token/identity-token.ts';
+import { liveTcpSockets } from '../whois/proc-net-tcp.ts';
+import { connectionKey, PeerRegistry } from '../whois/registry.ts';
+import { startWhoisServer } from '../whois/server.ts';
 import { DatapathEngine, type MalformedPolicy } from '../datapath/engine.ts';
 import { installRules, removeAllRules, rulesInstalled, type Backend, type InstalledRules } from '../datapath/iptables.ts';
 import { readKernelQueues } from '../datapath/kernel-queue.ts';
@@ -30,6 +37,8 @@ export interface AgentOptions {
   iptablesBackend: Backend;
   /** host:port for /metrics, /healthz and /readyz; null: no network endpoint. */
   metricsAddress: string | null;
+  /** Unix socket of the peer-identity API; null: off. */
+  whoisSocket: string | null;
   /** Not ready when the credential expires within this many seconds. */
   credentialMarginSeconds: number;
   /** How often the rules are checked (and reinstalled when someone removed them). */
@@ -50,6 +59,7 @@ export const DEFAULT_AGENT_OPTIONS: AgentOptions = {
   batchSlots: 32,
   iptablesBackend: 'nft',
   metricsAddress: null,
+  whoisSocket: null,
   credentialMarginSeconds: 300,
   ruleCheckIntervalMs: 5_000,
 };
@@ -67,6 +77,9 @@ export class Agent {
   private rulesPresent = false;
   private readonly metrics: AgentMetrics;
   private readonly flowLog: FlowLog;
+  private readonly peers = new PeerRegistry();
+  private whoisServer: NetServer | null = null;
+  private peerSweep: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly options: AgentOptions,
@@ -77,6 +90,7 @@ export class Agent {
   ) {
     this.flowLog = new FlowLog(flowLogConfig, log);
     const flowLog = this.flowLog;
+    const peers = this.peers;
     this.buffers = allocateQueueBuffers(options.batchSlots);
     this.metrics = new AgentMetrics({
       queue: () => readQueueCounters(this.buffers.counters),
@@ -99,6 +113,15 @@ export class Agent {
         latency.observe(event.latencyMicroseconds / 1e6);
         if (event.rule !== null) ruleVerdicts.inc({ rule: event.rule, action: event.accepted ? 'accept' : 'drop' });
         flowLog.write(event);
+        // Remember who is on the other end of accepted connections, for `synpass whois`.
+        if (event.accepted && event.peer !== null && event.direction === 'ingress' && event.stage !== 'ack') {
+          const packet = event.packet;
+          peers.record(
+            `${destinationAddress(packet)}:${packet.destinationPort}`,
+            `${sourceAddress(packet)}:${packet.sourcePort}`,
+            event.peer as VerifiedIdentity,
+          );
+        }
       },
     });
   }
@@ -136,6 +159,23 @@ export class Agent {
       void this.checkRules();
     }, this.options.ruleCheckIntervalMs);
     this.ruleCheck.unref();
+    if (this.options.whoisSocket !== null) {
+      const binding = loadBinding();
+      this.whoisServer = await startWhoisServer(
+        this.options.whoisSocket,
+        {
+          registry: this.peers,
+          // Node exposes no peer credentials; the accepted socket's descriptor goes to the addon.
+          credentialsOf: (socket) => binding.peerCredentials((socket as unknown as { _handle: { fd: number } })._handle.fd),
+        },
+        this.log,
+      );
+      this.peerSweep = setInterval(() => {
+        this.peers.retain(new Set(liveTcpSockets().map((s) => connectionKey(s.local, s.remote))));
+      }, 30_000);
+      this.peerSweep.unref();
+      this.log.info({ socket: this.options.whoisSocket }, 'peer-identity API listening');
+    }
     if (this.options.metricsAddress !== null) {
       this.httpEndpoint = await startHttpEndpoint(this.options.metricsAddress, this.metrics.registry, () => this.readiness());
       this.log.info({ address: this.options.metricsAddress }, 'metrics and probes listening');
@@ -200,6 +240,7 @@ export class Agent {
       rules: this.rules,
       queue: readQueueCounters(this.buffers.counters),
       verdicts: this.engine.verdicts.snapshot(),
+      peersKnown: this.peers.size,
       judging: {
         packets: this.engine.judged,
         microsecondsPerPacket: this.engine.judged === 0 ? 0 : this.engine.busyMicroseconds / this.engine.judged,
@@ -222,6 +263,7 @@ export class Agent {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       if (this.ruleCheck) clearInterval(this.ruleCheck);
+      if (this.peerSweep) clearInterval(this.peerSweep);
       try {
         await removeAllRules();
         this.log.info('rules removed');
@@ -233,6 +275,11 @@ export class Agent {
       this.built.stop();
       await this.flowLog.close();
       if (this.statusServer) await stopStatusServer(this.statusServer, this.options.statusSocket);
+      const whois = this.whoisServer;
+      if (whois && this.options.whoisSocket) {
+        await new Promise<void>((resolve) => whois.close(() => { resolve(); }));
+        await rm(this.options.whoisSocket, { force: true });
+      }
       const endpoint = this.httpEndpoint;
       if (endpoint) await new Promise<void>((resolve) => endpoint.close(() => { resolve(); }));
       this.log.info({ counters: readQueueCounters(this.buffers.counters) }, 'agent stopped');

@@ -62,6 +62,8 @@ export interface FlowLogConfig {
 
 export interface TelemetryConfig {
   metricsAddress: string | null;
+  /** Unix socket of the peer-identity API (`synpass whois`); null turns it off. */
+  whoisSocket: string | null;
   credentialMarginSeconds: number;
   flowLog: FlowLogConfig;
 }
@@ -80,6 +82,7 @@ export const DEFAULT_DATAPATH: DatapathConfig = {
 
 export const DEFAULT_TELEMETRY: TelemetryConfig = {
   metricsAddress: null,
+  whoisSocket: '/run/synpass/whois.sock',
   credentialMarginSeconds: 300,
   flowLog: { sink: 'stdout', file: null, maxBytes: 50 * 1024 * 1024, maxFiles: 5, sampleAccepted: 1 },
 };
@@ -219,6 +222,7 @@ const OVERRIDABLE: readonly [string, 'string' | 'integer' | 'number' | 'boolean'
   ['datapath.iptables', 'string'],
   ['datapath.statusSocket', 'string'],
   ['telemetry.metricsAddress', 'string'],
+  ['telemetry.whoisSocket', 'string'],
   ['telemetry.credentialMarginSeconds', 'integer'],
   ['telemetry.flowLog.sink', 'string'],
   ['telemetry.flowLog.file', 'string'],
@@ -303,7 +307,7 @@ export function loadAgentConfig(file: string | null, environment: NodeJS.Process
     statusSocket: d.statusSocket === undefined ? DEFAULT_DATAPATH.statusSocket : r.path(d.statusSocket, 'datapath.statusSocket'),
   };
   const t = r.object(root.telemetry, 'telemetry');
-  r.unknownKeys(t, ['metricsAddress', 'credentialMarginSeconds', 'flowLog'], 'telemetry');
+  r.unknownKeys(t, ['metricsAddress', 'whoisSocket', 'credentialMarginSeconds', 'flowLog'], 'telemetry');
   const f = r.object(t.flowLog, 'telemetry.flowLog');
   r.unknownKeys(f, ['sink', 'file', 'maxBytes', 'maxFiles', 'sampleAccepted'], 'telemetry.flowLog');
   const metricsAddress = t.metricsAddress === undefined ? null : r.string(t.metricsAddress, 'telemetry.metricsAddress');
@@ -315,6 +319,7 @@ export function loadAgentConfig(file: string | null, environment: NodeJS.Process
   if (typeof sample !== 'number' || sample < 0 || sample > 1) r.fail('telemetry.flowLog.sampleAccepted', 'a number from 0 to 1');
   const telemetry: TelemetryConfig = {
     metricsAddress,
+    whoisSocket: t.whoisSocket === undefined ? DEFAULT_TELEMETRY.whoisSocket : t.whoisSocket === 'off' ? null : r.path(t.whoisSocket, 'telemetry.whoisSocket'),
     credentialMarginSeconds: r.integer(t.credentialMarginSeconds, 'telemetry.credentialMarginSeconds', DEFAULT_TELEMETRY.credentialMarginSeconds, 0, 31_536_000),
     flowLog: {
       sink,
