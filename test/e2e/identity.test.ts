@@ -135,6 +135,12 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
     assert.equal((apiSaw.peer as { subject: string }).subject, `spiffe://${DOMAIN}/web`);
     assert.equal((webSaw.peer as { subject: string }).subject, `spiffe://${DOMAIN}/api`);
     assert.equal((apiSaw.peer as { attributes: Record<string, string> }).attributes['app.tier'], 'frontend');
+    // The flow log carries both identities and the deciding rule.
+    assert.equal((apiSaw.local as { subject: string }).subject, `spiffe://${DOMAIN}/api`);
+    assert.equal((webSaw.local as { subject: string }).subject, `spiffe://${DOMAIN}/web`);
+    assert.equal(apiSaw.rule, 'api/from-web');
+    assert.equal(webSaw.rule, 'web/to-api');
+    assert.match(String(apiSaw.policyRevision), /^(git|sha256):/);
   });
 
   it('forged tokens and credentials are each dropped under their own reason, and api never answers', async () => {

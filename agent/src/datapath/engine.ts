@@ -97,6 +97,7 @@ export class DatapathEngine {
     rule: null,
     revision: null,
     wouldDrop: null,
+    local: null,
     latencyMicroseconds: 0,
   };
   private batchStarted = 0;
@@ -232,6 +233,7 @@ export class DatapathEngine {
     event.rule = this.decision.rule;
     event.revision = this.decision.revision;
     event.wouldDrop = this.decision.wouldDrop;
+    event.local = this.decision.local;
     event.latencyMicroseconds = (performance.now() - this.batchStarted) * 1000;
     try {
       listener(event);

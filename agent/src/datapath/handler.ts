@@ -29,6 +29,8 @@ export class Decision {
   rule: string | null = null;
   revision: string | null = null;
   wouldDrop: string | null = null;
+  /** Attributes of the local workload the decision was about (for the flow log). */
+  local: Readonly<Record<string, string>> | null = null;
 
   reset(): void {
     this.accept = true;
@@ -41,6 +43,7 @@ export class Decision {
     this.rule = null;
     this.revision = null;
     this.wouldDrop = null;
+    this.local = null;
   }
 
   drop(reason: string): void {
@@ -76,6 +79,7 @@ export interface VerdictEvent {
   rule: string | null;
   revision: string | null;
   wouldDrop: string | null;
+  local: Readonly<Record<string, string>> | null;
   /** From the packet's batch reaching the agent to its verdict. */
   latencyMicroseconds: number;
 }

@@ -7,7 +7,7 @@ import type { Decision, HandshakeHandler, PacketInfo } from '../datapath/handler
 import { TCP_RST } from '../datapath/packet.ts';
 import type { LocalIdentity } from '../identity/local-identity.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
-import type { Authorization, Authorizer } from './authorizer.ts';
+import type { Authorization, AuthorizationQuery, Authorizer } from './authorizer.ts';
 import { ExpiringTable, flowKey, type Flow, type SeenNonce } from './handshake-state.ts';
 import type { PeerVerifier } from './peer-verifier.ts';
 import { computeProof, keyId, NoncePool, proofMatches } from './proofs.ts';
@@ -146,8 +146,7 @@ export class IdentityHandler implements HandshakeHandler {
     if (info.token === null) {
       // The server runs no agent: nothing to verify, and nothing to prove in our ACK.
       this.flows.delete(key);
-      const auth = this.authorizer.egress({ local: flow?.local ?? this.local.tokenForOwner(-1).localAttributes, peer: null, peerAddress: server, port: packet.sourcePort });
-      this.apply(decision, auth);
+      const auth = this.authorize(decision, 'egress', { local: flow?.local ?? this.local.tokenForOwner(-1).localAttributes, peer: null, peerAddress: server, port: packet.sourcePort });
       if (!auth.allowed) throw new HandshakeReject('no-identity', 'egress to a peer without identity is not allowed');
       decision.reason = auth.wouldDrop !== null ? 'observe-would-drop' : 'peer-without-agent';
       decision.release = true;
@@ -165,8 +164,7 @@ export class IdentityHandler implements HandshakeHandler {
     const fast = (message.flags & FLAG_FAST) !== 0;
     if (fast && !flow.fast) throw new HandshakeReject('bad-proof', 'server claimed a fast handshake the client did not offer');
     // Mutual authorization: the sender decides egress once it knows who answered.
-    const auth = this.authorizer.egress({ local: flow.local ?? this.local.tokenForOwner(-1).localAttributes, peer: peer.identity, peerAddress: server, port: packet.sourcePort });
-    this.apply(decision, auth);
+    const auth = this.authorize(decision, 'egress', { local: flow.local ?? this.local.tokenForOwner(-1).localAttributes, peer: peer.identity, peerAddress: server, port: packet.sourcePort });
     if (!auth.allowed) throw new HandshakeReject('not-allowed', 'egress to this identity is not allowed', peer.identity);
     this.rememberServer(server, peer.credential.kexRaw, pairKey);
     flow.serverNonce = Buffer.from(message.nonce);
@@ -203,8 +201,7 @@ export class IdentityHandler implements HandshakeHandler {
     const port = packet.destinationPort;
     const local = this.local.tokenForPort(port).localAttributes;
     if (info.token === null) {
-      const auth = this.authorizer.ingress({ local, peer: null, peerAddress: client, port });
-      this.apply(decision, auth);
+      const auth = this.authorize(decision, 'ingress', { local, peer: null, peerAddress: client, port });
       if (!auth.allowed) throw new HandshakeReject('no-identity');
       decision.reason = auth.wouldDrop !== null ? 'observe-would-drop' : auth.unrestricted ? 'unprotected-port' : 'allowed-without-identity';
       decision.release = true;
@@ -227,8 +224,7 @@ export class IdentityHandler implements HandshakeHandler {
       throw new HandshakeReject('replayed-syn');
     }
     const peer = this.verifier.verify(message.credential, message.token);
-    const auth = this.authorizer.ingress({ local, peer: peer.identity, peerAddress: client, port });
-    this.apply(decision, auth);
+    const auth = this.authorize(decision, 'ingress', { local, peer: peer.identity, peerAddress: client, port });
     if (!auth.allowed) throw new HandshakeReject('not-allowed', 'identity not admitted to this port', peer.identity);
     const pairKey = this.verifier.pairKey(peer.credential);
     let fast = false;
@@ -328,10 +324,14 @@ export class IdentityHandler implements HandshakeHandler {
     return computeProof(flow.pairKey!, 'ack', [flow.clientNonce, flow.serverNonce!, flow.clientIsn, flow.serverIsn]);
   }
 
-  private apply(decision: Decision, auth: Authorization): void {
+  /** Asks the authorizer and records what the flow log needs: rule, revision, local identity. */
+  private authorize(decision: Decision, direction: 'ingress' | 'egress', query: AuthorizationQuery): Authorization {
+    const auth = direction === 'ingress' ? this.authorizer.ingress(query) : this.authorizer.egress(query);
     decision.rule = auth.rule;
     decision.revision = auth.revision;
     decision.wouldDrop = auth.wouldDrop;
+    decision.local = query.local;
+    return auth;
   }
 
   private attach(decision: Decision, body: Uint8Array): void {

@@ -18,6 +18,8 @@ export interface FlowRecord {
   reason: string;
   source: string;
   destination: string;
+  /** The local workload's identity, as policy saw it. */
+  local: { subject: string | null; attributes: Readonly<Record<string, string>> } | null;
   peer: { subject: string; attributes: Readonly<Record<string, string>>; agent: string } | null;
   rule: string | null;
   policyRevision: string | null;
@@ -36,6 +38,7 @@ export function flowRecord(event: VerdictEvent): FlowRecord {
     reason: event.reason === '' ? 'ok' : event.reason,
     source: `${sourceAddress(packet)}:${packet.sourcePort}`,
     destination: `${destinationAddress(packet)}:${packet.destinationPort}`,
+    local: event.local ? { subject: event.local['synpass.subject'] ?? null, attributes: event.local } : null,
     peer: peer ? { subject: peer.subject, attributes: peer.attributes, agent: peer.agent } : null,
     rule: event.rule,
     policyRevision: event.revision,

@@ -15,7 +15,7 @@ import { IPV4_SYN } from '../../support/fixtures.ts';
 function event(accepted: boolean, reason = 'ok'): VerdictEvent {
   const packet = new ParsedPacket();
   parsePacket(IPV4_SYN, 0, IPV4_SYN.length, packet);
-  return { direction: 'ingress', stage: 'syn', accepted, reason, packet, peer: null, rule: 'api/from-web', revision: 'git:abc', wouldDrop: null, latencyMicroseconds: 42.4 };
+  return { direction: 'ingress', stage: 'syn', accepted, reason, packet, peer: null, rule: 'api/from-web', revision: 'git:abc', wouldDrop: null, local: { 'synpass.subject': 'spiffe://d/api' }, latencyMicroseconds: 42.4 };
 }
 
 describe('configuration from the environment', () => {
@@ -84,6 +84,7 @@ describe('flow log', () => {
     assert.equal(first.rule, 'api/from-web');
     assert.equal(first.policyRevision, 'git:abc');
     assert.equal(first.latencyMicroseconds, 42);
+    assert.equal((first.local as { subject: string }).subject, 'spiffe://d/api');
   });
 });
 
