@@ -31,11 +31,17 @@ function youngUsed(): number {
   return space?.space_used_size ?? 0;
 }
 
-run(20_000); // warm up: let the JIT compile before measuring
+// Warm up so the optimising compiler has finished (on a busy machine it compiles late, and
+// unoptimised code boxes the 32-bit sequence numbers); then take the best of three rounds.
+run(50_000);
 const rounds = 50_000;
-const before = youngUsed();
-const ok = run(rounds);
-const after = youngUsed();
-process.stdout.write(
-  JSON.stringify({ packets: rounds * packets.length, parsed: ok, bytesPerPacket: (after - before) / (rounds * packets.length) }),
-);
+let ok = 0;
+let best = Number.POSITIVE_INFINITY;
+for (let attempt = 0; attempt < 3; attempt++) {
+  const before = youngUsed();
+  ok = run(rounds);
+  const after = youngUsed();
+  // A round during which a scavenge ran measures nothing (the young space shrank): skip it.
+  if (after >= before) best = Math.min(best, (after - before) / (rounds * packets.length));
+}
+process.stdout.write(JSON.stringify({ packets: rounds * packets.length, parsed: ok, bytesPerPacket: best }));
