@@ -86,19 +86,10 @@ switch (mode) {
     });
     break;
   }
-  case 'http': {
-    get({ host: a!, port: Number(b), path: '/synpass' }, (res) => {
-      let body = '';
-      res.on('data', (chunk: Buffer) => (body += chunk.toString()));
-      res.on('end', () => {
-        emit({ status: res.statusCode, body });
-        process.exit(0);
-      });
-    }).on('error', fail);
-    break;
-  }
+  case 'http':
   case 'fetch': {
-    get(a!, (res) => {
+    const url = mode === 'http' ? `http://${a!.includes(':') ? `[${a!}]` : a!}:${b!}/synpass` : a!;
+    get(url, (res) => {
       let body = '';
       res.on('data', (chunk: Buffer) => (body += chunk.toString()));
       res.on('end', () => {

@@ -1,4 +1,5 @@
 // Typed errors of the datapath. Callers branch on `code`; context says which packet or rule.
+import { SynpassError } from '../errors.ts';
 
 export type DatapathErrorCode =
   | 'option-space' // no room for the marker in the 40-byte TCP option space
@@ -8,26 +9,12 @@ export type DatapathErrorCode =
   | 'buffer-too-small'
   | 'not-parsed';
 
-export class DatapathError extends Error {
+export class DatapathError extends SynpassError<DatapathErrorCode> {
   override readonly name = 'DatapathError';
-  constructor(
-    readonly code: DatapathErrorCode,
-    message: string,
-    readonly context: Readonly<Record<string, number | string>> = {},
-  ) {
-    super(message);
-  }
 }
 
 export type RulesErrorCode = 'no-iptables' | 'command-failed' | 'unsupported';
 
-export class RulesError extends Error {
+export class RulesError extends SynpassError<RulesErrorCode> {
   override readonly name = 'RulesError';
-  constructor(
-    readonly code: RulesErrorCode,
-    message: string,
-    readonly context: Readonly<Record<string, string | number>> = {},
-  ) {
-    super(message);
-  }
 }

@@ -19,7 +19,7 @@ import { allocateQueueBuffers, loadBinding, readQueueCounters, type NativeQueue 
 import type { Logger } from '../telemetry/log.ts';
 import { startStatusServer, stopStatusServer } from '../telemetry/status-server.ts';
 import { FlowLog } from '../telemetry/flow-log.ts';
-import { DEFAULT_TELEMETRY, type FlowLogConfig } from './config.ts';
+import { DEFAULT_DATAPATH, DEFAULT_TELEMETRY, type FlowLogConfig } from './config.ts';
 import type { BuiltHandler } from './handlers.ts';
 
 export interface AgentOptions {
@@ -46,21 +46,21 @@ export interface AgentOptions {
 }
 
 export const DEFAULT_AGENT_OPTIONS: AgentOptions = {
-  queueNumber: 3170,
-  queueCount: 1,
-  queueMaxLength: 4096,
-  failOpen: false,
-  markBase: 0x00100000,
-  mtu: 1500,
-  onMalformed: 'drop',
+  queueNumber: DEFAULT_DATAPATH.queue,
+  queueCount: DEFAULT_DATAPATH.queueCount,
+  queueMaxLength: DEFAULT_DATAPATH.queueMaxLength,
+  failOpen: DEFAULT_DATAPATH.failOpen,
+  markBase: DEFAULT_DATAPATH.markBase,
+  mtu: DEFAULT_DATAPATH.mtu,
+  onMalformed: DEFAULT_DATAPATH.onMalformed,
   targetNetworks: [],
   excludedNetworks: [],
-  statusSocket: '/run/synpass/agent.sock',
+  statusSocket: DEFAULT_DATAPATH.statusSocket,
   batchSlots: 32,
-  iptablesBackend: 'nft',
-  metricsAddress: null,
+  iptablesBackend: DEFAULT_DATAPATH.iptables,
+  metricsAddress: DEFAULT_TELEMETRY.metricsAddress,
   whoisSocket: null,
-  credentialMarginSeconds: 300,
+  credentialMarginSeconds: DEFAULT_TELEMETRY.credentialMarginSeconds,
   ruleCheckIntervalMs: 5_000,
 };
 

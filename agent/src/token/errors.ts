@@ -1,4 +1,5 @@
 // Why a token or credential was refused. Each code is a drop reason and a metric label.
+import { SynpassError } from '../errors.ts';
 
 export type TokenErrorCode =
   | 'malformed-token'
@@ -12,13 +13,6 @@ export type TokenErrorCode =
   | 'bad-claims'
   | 'namespace-not-allowed';
 
-export class TokenError extends Error {
+export class TokenError extends SynpassError<TokenErrorCode> {
   override readonly name = 'TokenError';
-  constructor(
-    readonly code: TokenErrorCode,
-    message: string,
-    readonly context: Readonly<Record<string, string | number>> = {},
-  ) {
-    super(message);
-  }
 }
