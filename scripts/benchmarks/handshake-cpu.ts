@@ -1,15 +1,9 @@
 // CPU per handshake packet in the agent, without the kernel: the real engine and identity
 // handler on a virtual wire (test/support/virtual-wire.ts). Prints microseconds per step.
 import { performance } from 'node:perf_hooks';
-import { Admission } from '../../agent/src/handshake/admission.ts';
-import { AdmissionAuthorizer } from '../../agent/src/handshake/authorizer.ts';
-import { IdentityHandler } from '../../agent/src/handshake/identity-handler.ts';
-import { PeerVerifier } from '../../agent/src/handshake/peer-verifier.ts';
 import { PassThroughHandler } from '../../agent/src/handshake/pass-through.ts';
-import { StaticAttestor } from '../../agent/src/identity/attestors.ts';
-import { LocalIdentity } from '../../agent/src/identity/local-identity.ts';
 import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../test/support/fixtures.ts';
-import { createAgent, createDomain } from '../../test/support/identities.ts';
+import { createDomain, identityHandler } from '../../test/support/identities.ts';
 import { VirtualQueue } from '../../test/support/virtual-wire.ts';
 
 const SYN = withValidChecksums(IPV4_SYN);
@@ -18,26 +12,12 @@ const ACK = withValidChecksums(IPV4_ACK);
 const domain = await createDomain('bench.synpass');
 
 async function side(id: string) {
-  const agent = await createAgent(domain, id);
-  const local = await LocalIdentity.load({
-    files: {
-      credential: `${agent.directory}/credential.jwt`,
-      signingKey: `${agent.directory}/sign.key.pem`,
-      keyAgreementKey: `${agent.directory}/kex.key.pem`,
-      trustBundles: domain.directory,
-    },
-    subject: `spiffe://bench.synpass/${id}`,
-    attestors: [new StaticAttestor({ 'app.name': id, 'app.tier': 'x', 'host.name': 'bench-host' })],
-    tokenTtlSeconds: 600,
+  const built = await identityHandler(domain, id, {
+    attributes: { 'app.name': id, 'app.tier': 'x', 'host.name': 'bench-host' },
+    admission: { protectedPorts: 'all', allow: [{}], allowWithoutIdentity: [] },
+    capacity: 1 << 20,
   });
-  const verifier = new PeerVerifier(local.bundles, { kex: local.kex, kexRaw: local.kexRaw }, () => Math.floor(Date.now() / 1000));
-  const handler = new IdentityHandler(local, verifier, new AdmissionAuthorizer(new Admission({ protectedPorts: 'all', allow: [{}], allowWithoutIdentity: [] })), {
-    replayWindowSeconds: 30,
-    handshakeTimeoutMs: 30_000,
-    maxFlows: 1 << 20,
-    maxNonces: 1 << 20,
-  });
-  return { queue: new VirtualQueue(handler), handler, verifier, local };
+  return { ...built, queue: new VirtualQueue(built.handler) };
 }
 
 const client = await side('web');

@@ -9,6 +9,12 @@ import { verifyCredential, type VerifiedCredential } from '../../agent/src/ident
 import { readFileSync } from 'node:fs';
 import type { KeyObject } from 'node:crypto';
 import { issueIdentityToken, type Attribute } from '../../agent/src/token/identity-token.ts';
+import { Admission, type AdmissionConfig } from '../../agent/src/handshake/admission.ts';
+import { AdmissionAuthorizer } from '../../agent/src/handshake/authorizer.ts';
+import { IdentityHandler } from '../../agent/src/handshake/identity-handler.ts';
+import { PeerVerifier } from '../../agent/src/handshake/peer-verifier.ts';
+import { StaticAttestor } from '../../agent/src/identity/attestors.ts';
+import { LocalIdentity, type WorkloadIdentity } from '../../agent/src/identity/local-identity.ts';
 
 export interface TestAgent {
   credentialCompact: string;
@@ -74,4 +80,41 @@ export async function tokenFor(
     ttlSeconds: options.ttlSeconds ?? 600,
     nowSeconds: options.nowSeconds ?? Math.floor(Date.now() / 1000),
   });
+}
+
+export interface HandlerOptions {
+  attributes: Record<string, string>;
+  admission: AdmissionConfig;
+  workloads?: WorkloadIdentity[];
+  clock?: () => number;
+  namespaces?: string[];
+  /** Flow and nonce table sizes. */
+  capacity?: number;
+}
+
+/** A real IdentityHandler for agent `id` of `domain`, as the agent builds it (no kernel). */
+export async function identityHandler(domain: TestDomain, id: string, options: HandlerOptions) {
+  const clock = options.clock ?? Date.now;
+  const created = await createAgent(domain, id, options.namespaces === undefined ? {} : { namespaces: options.namespaces });
+  const local = await LocalIdentity.load({
+    files: {
+      credential: join(created.directory, 'credential.jwt'),
+      signingKey: join(created.directory, 'sign.key.pem'),
+      keyAgreementKey: join(created.directory, 'kex.key.pem'),
+      trustBundles: domain.directory,
+    },
+    subject: `spiffe://${domain.name}/${id}`,
+    attestors: [new StaticAttestor(options.attributes)],
+    workloads: options.workloads ?? [],
+    tokenTtlSeconds: 600,
+  });
+  const verifier = new PeerVerifier(local.bundles, { kex: local.kex, kexRaw: local.kexRaw }, () => Math.floor(clock() / 1000));
+  const handler = new IdentityHandler(local, verifier, new AdmissionAuthorizer(new Admission(options.admission)), {
+    replayWindowSeconds: 30,
+    handshakeTimeoutMs: 30_000,
+    maxFlows: options.capacity ?? 1000,
+    maxNonces: options.capacity ?? 1000,
+    now: clock,
+  });
+  return { handler, verifier, local };
 }

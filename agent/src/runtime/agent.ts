@@ -1,6 +1,5 @@
 // The agent process: bind the queues, then install the rules (so no queued packet ever waits
 // for a listener that is not there yet), serve status, and undo both on SIGINT/SIGTERM.
-import { rm } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import type { Server as NetServer } from 'node:net';
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
@@ -17,7 +16,8 @@ import { AgentMetrics } from '../telemetry/metrics.ts';
 import { connectionMarks } from '../datapath/marks.ts';
 import { allocateQueueBuffers, loadBinding, readQueueCounters, type NativeQueue } from '../datapath/nfqueue.ts';
 import type { Logger } from '../telemetry/log.ts';
-import { startStatusServer, stopStatusServer } from '../telemetry/status-server.ts';
+import { startStatusServer } from '../telemetry/status-server.ts';
+import { closeUnixSocket } from '../telemetry/unix-socket.ts';
 import { FlowLog } from '../telemetry/flow-log.ts';
 import { DEFAULT_DATAPATH, DEFAULT_TELEMETRY, type FlowLogConfig } from './config.ts';
 import type { BuiltHandler } from './handlers.ts';
@@ -274,12 +274,8 @@ export class Agent {
       this.queue = null;
       this.built.stop();
       await this.flowLog.close();
-      if (this.statusServer) await stopStatusServer(this.statusServer, this.options.statusSocket);
-      const whois = this.whoisServer;
-      if (whois && this.options.whoisSocket) {
-        await new Promise<void>((resolve) => whois.close(() => { resolve(); }));
-        await rm(this.options.whoisSocket, { force: true });
-      }
+      if (this.statusServer) await closeUnixSocket(this.statusServer, this.options.statusSocket);
+      if (this.whoisServer && this.options.whoisSocket) await closeUnixSocket(this.whoisServer, this.options.whoisSocket);
       const endpoint = this.httpEndpoint;
       if (endpoint) await new Promise<void>((resolve) => endpoint.close(() => { resolve(); }));
       this.log.info({ counters: readQueueCounters(this.buffers.counters) }, 'agent stopped');

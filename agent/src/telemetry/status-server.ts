@@ -1,8 +1,7 @@
 // A small local HTTP endpoint on a unix socket: GET /status returns what the agent is doing.
 // Filesystem permissions on the socket decide who may read it.
 import { createServer, type Server } from 'node:http';
-import { chmod, mkdir, rm } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { listenOnUnixSocket } from './unix-socket.ts';
 
 export type StatusProvider = () => unknown;
 
@@ -12,8 +11,6 @@ export interface StatusActions {
 }
 
 export async function startStatusServer(socketPath: string, status: StatusProvider, actions: StatusActions): Promise<Server> {
-  await mkdir(dirname(socketPath), { recursive: true });
-  await rm(socketPath, { force: true });
   const server = createServer((request, response) => {
     if (request.method === 'GET' && request.url === '/status') {
       response.writeHead(200, { 'content-type': 'application/json' });
@@ -29,17 +26,6 @@ export async function startStatusServer(socketPath: string, status: StatusProvid
     response.writeHead(404, { 'content-type': 'application/json' });
     response.end(JSON.stringify({ error: 'not-found' }));
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(socketPath, () => {
-      resolve();
-    });
-  });
-  await chmod(socketPath, 0o660);
+  await listenOnUnixSocket(server, socketPath, 0o660);
   return server;
-}
-
-export async function stopStatusServer(server: Server, socketPath: string): Promise<void> {
-  await new Promise<void>((resolve) => server.close(() => { resolve(); }));
-  await rm(socketPath, { force: true });
 }

@@ -2,12 +2,11 @@
 //   {"a":"10.0.0.2:8080","b":"10.0.0.1:40000"}  (the connection's two ends, either order)
 // answered with {"found":true,"local":...,"remote":...,"identity":{...}} or {"error":...}.
 // Only the owner of the connection (socket credentials against /proc/net/tcp) or root may ask.
-import { chmod, mkdir, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
-import { dirname } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { PeerCredentials } from '../datapath/nfqueue.ts';
 import type { Logger } from '../telemetry/log.ts';
+import { listenOnUnixSocket } from '../telemetry/unix-socket.ts';
 import { liveTcpSockets, type TcpSocket } from './proc-net-tcp.ts';
 import { connectionKey, type PeerRegistry } from './registry.ts';
 
@@ -62,8 +61,6 @@ export function answerWhois(request: unknown, caller: PeerCredentials, registry:
 
 export async function startWhoisServer(path: string, dependencies: WhoisDependencies, log: Logger): Promise<Server> {
   const sockets = dependencies.sockets ?? liveTcpSockets;
-  await mkdir(dirname(path), { recursive: true });
-  await rm(path, { force: true });
   const server = createServer((connection) => {
     let caller: PeerCredentials;
     try {
@@ -89,13 +86,7 @@ export async function startWhoisServer(path: string, dependencies: WhoisDependen
       connection.write(`${JSON.stringify(answerWhois(request, caller, dependencies.registry, live))}\n`);
     });
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(path, () => {
-      resolve();
-    });
-  });
   // Any local user may ask; the answer depends on who asks.
-  await chmod(path, 0o666);
+  await listenOnUnixSocket(server, path, 0o666);
   return server;
 }

@@ -2,16 +2,13 @@ import { before, beforeEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ParsedPacket, parsePacket } from '../../../agent/src/datapath/packet.ts';
 import { attachToken } from '../../../agent/src/datapath/rewrite.ts';
-import { Admission, type AdmissionConfig } from '../../../agent/src/handshake/admission.ts';
-import { AdmissionAuthorizer } from '../../../agent/src/handshake/authorizer.ts';
-import { IdentityHandler } from '../../../agent/src/handshake/identity-handler.ts';
-import { PeerVerifier } from '../../../agent/src/handshake/peer-verifier.ts';
 import { decodeMessage, encodeMessage, MessageType } from '../../../agent/src/handshake/wire.ts';
+import type { AdmissionConfig } from '../../../agent/src/handshake/admission.ts';
 import { ProcessAttestor, StaticAttestor } from '../../../agent/src/identity/attestors.ts';
-import { LocalIdentity, type WorkloadIdentity } from '../../../agent/src/identity/local-identity.ts';
+import type { WorkloadIdentity } from '../../../agent/src/identity/local-identity.ts';
 import type { VerifiedIdentity } from '../../../agent/src/token/identity-token.ts';
 import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../support/fixtures.ts';
-import { createAgent, createDomain, type TestDomain } from '../../support/identities.ts';
+import { createDomain, identityHandler, type TestDomain } from '../../support/identities.ts';
 import { VirtualQueue, type Verdict } from '../../support/virtual-wire.ts';
 import { withBody } from '../../support/rebody.ts';
 
@@ -27,28 +24,14 @@ const admission: AdmissionConfig = {
 };
 
 async function agent(domain: TestDomain, id: string, tier: string, clock: () => number, workloads: WorkloadIdentity[] = []) {
-  const created = await createAgent(domain, id, { namespaces: ['app', 'process'] });
-  const local = await LocalIdentity.load({
-    files: {
-      credential: `${created.directory}/credential.jwt`,
-      signingKey: `${created.directory}/sign.key.pem`,
-      keyAgreementKey: `${created.directory}/kex.key.pem`,
-      trustBundles: domain.directory,
-    },
-    subject: `spiffe://hs.synpass/${id}`,
-    attestors: [new StaticAttestor({ 'app.tier': tier })],
+  const { handler, verifier } = await identityHandler(domain, id, {
+    attributes: { 'app.tier': tier },
+    admission,
     workloads,
-    tokenTtlSeconds: 600,
+    clock,
+    namespaces: ['app', 'process'],
   });
-  const verifier = new PeerVerifier(local.bundles, { kex: local.kex, kexRaw: local.kexRaw }, () => Math.floor(clock() / 1000));
   const events: { reason: string; accepted: boolean; peer: string | undefined }[] = [];
-  const handler = new IdentityHandler(local, verifier, new AdmissionAuthorizer(new Admission(admission)), {
-    replayWindowSeconds: 30,
-    handshakeTimeoutMs: 30_000,
-    maxFlows: 1000,
-    maxNonces: 1000,
-    now: clock,
-  });
   const queue = new VirtualQueue(handler, (event) => {
     if (event.stage !== 'ack') events.push({ reason: event.reason, accepted: event.accepted, peer: (event.peer as VerifiedIdentity | null)?.subject });
   });
