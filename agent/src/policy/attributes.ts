@@ -8,7 +8,11 @@ const FIXED: Readonly<Record<string, readonly string[]>> = {
   cloud: ['provider', 'account', 'region', 'zone', 'instance-id', 'image', 'instance-type'],
   posture: ['patch-level', 'scanner', 'scanned-at', 'cves-critical', 'cves-high'],
   process: ['uid', 'user'],
+  k8s: ['namespace', 'pod', 'service-account', 'node', 'owner-kind', 'owner-name', 'image-digests'],
 };
+
+/** Keys under these prefixes come from the workload itself (Kubernetes pod labels). */
+const OPEN_PREFIXES = ['k8s.label.'];
 
 /** Namespaces whose keys come from configuration (static labels, named variables). */
 const OPEN = ['app', 'env'];
@@ -21,7 +25,7 @@ export function unknownAttribute(name: string): string | null {
   const dot = name.indexOf('.');
   const namespace = dot < 0 ? name : name.slice(0, dot);
   const key = name.slice(dot + 1);
-  if (OPEN.includes(namespace)) return null;
+  if (OPEN.includes(namespace) || OPEN_PREFIXES.some((prefix) => name.startsWith(prefix))) return null;
   const keys = FIXED[namespace];
   if (keys === undefined) {
     return `no attestor vouches for namespace "${namespace}" (known: ${[...Object.keys(FIXED), ...OPEN].sort().join(', ')})`;

@@ -29,10 +29,11 @@ describe('policy validation names file:line:column', () => {
   });
 
   it('an attribute no attestor can vouch for', () => {
-    const found = problems({ 'a.yaml': 'policies:\n  - name: api\n    selector: { host.nmae: x, k8s.namespace: y }\n' });
-    assert.equal(found.length, 2);
+    const found = problems({ 'a.yaml': 'policies:\n  - name: api\n    selector: { host.nmae: x, kube.namespace: y, k8s.label.app: z, k8s.nmspace: w }\n' });
+    assert.equal(found.length, 3, found.join('\n'));
     assert.match(found[0]!, /^a\.yaml:3:17: no attestor vouches for "host\.nmae"/);
-    assert.match(found[1]!, /^a\.yaml:3:31: no attestor vouches for namespace "k8s"/);
+    assert.match(found[1]!, /^a\.yaml:3:31: no attestor vouches for namespace "kube"/);
+    assert.match(found[2]!, /no attestor vouches for "k8s\.nmspace"/);
   });
 
   it('duplicate policy names across files, duplicate rule names, contradictory and duplicate rules', () => {
