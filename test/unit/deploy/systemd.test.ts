@@ -1,0 +1,27 @@
+import { it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+const unit = fileURLToPath(new URL('../../../deploy/systemd/synpass.service', import.meta.url));
+
+it('systemd-analyze verify accepts the unit without a warning', () => {
+  const result = spawnSync('systemd-analyze', ['verify', unit], { encoding: 'utf8' });
+  assert.equal(result.error, undefined, 'systemd-analyze is installed (scripts/setup installs systemd)');
+  assert.equal(result.status, 0, result.stderr);
+  assert.equal(result.stderr.trim(), '');
+});
+
+it('the unit is sandboxed to NET_ADMIN and NET_RAW, reloads with SIGHUP and cleans up after itself', () => {
+  const text = readFileSync(unit, 'utf8');
+  const setting = (name: string) => text.split('\n').find((line) => line.startsWith(`${name}=`))?.slice(name.length + 1);
+  assert.equal(setting('CapabilityBoundingSet'), 'CAP_NET_ADMIN CAP_NET_RAW');
+  assert.equal(setting('NoNewPrivileges'), 'yes');
+  assert.equal(setting('ProtectSystem'), 'strict');
+  assert.equal(setting('ProtectHome'), 'yes');
+  assert.equal(setting('PrivateTmp'), 'yes');
+  assert.equal(setting('ExecReload'), '/bin/kill -HUP $MAINPID');
+  assert.match(setting('ExecStopPost') ?? '', /agent cleanup$/);
+  assert.match(setting('ExecStartPre') ?? '', /--check-config$/);
+});
