@@ -178,6 +178,9 @@ function readFile(directory: string, path: string, problems: Problem[]): { file:
 export function policyFiles(directory: string): string[] {
   const found: string[] = [];
   for (const entry of readdirSync(directory, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
+    // Hidden entries are not policy: a Kubernetes ConfigMap volume keeps every file twice, under
+    // its visible name and in a hidden "..<timestamp>" directory.
+    if (entry.name.startsWith('.')) continue;
     const path = join(directory, entry.name);
     if (entry.isDirectory()) found.push(...policyFiles(path));
     else if (/\.ya?ml$/.test(entry.name)) found.push(path);

@@ -6,7 +6,9 @@ import { formatProblem, MAX_FILE_BYTES } from '../../../agent/src/policy/load.ts
 import { PolicySet } from '../../../agent/src/policy/policy-set.ts';
 import { loadPolicyDirectory } from '../../../agent/src/policy/load.ts';
 import { runPolicyTests } from '../../../agent/src/policy/run-tests.ts';
-import { load } from '../../support/policy-dir.ts';
+import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { load, policyDirectory } from '../../support/policy-dir.ts';
 
 function problems(files: Record<string, string>): string[] {
   return load(files).problems.map(formatProblem);
@@ -66,6 +68,17 @@ describe('policy validation names file:line:column', () => {
   it('a huge file is refused, not parsed', () => {
     const found = problems({ 'a.yaml': `# ${'x'.repeat(MAX_FILE_BYTES)}\n` });
     assert.deepEqual(found, [`a.yaml:1:1: larger than ${MAX_FILE_BYTES} bytes`]);
+  });
+
+  it('reads a Kubernetes ConfigMap volume once: hidden ..data directories are skipped', () => {
+    const directory = policyDirectory({});
+    mkdirSync(join(directory, '..2026_11_23'));
+    writeFileSync(join(directory, '..2026_11_23', 'api.yaml'), 'policies:\n  - name: api\n    selector: {}\n');
+    symlinkSync('..2026_11_23', join(directory, '..data'));
+    symlinkSync(join('..data', 'api.yaml'), join(directory, 'api.yaml'));
+    const result = loadPolicyDirectory(directory);
+    assert.deepEqual(result.problems, []);
+    assert.deepEqual(result.files.map((f) => f.file), ['api.yaml']);
   });
 
   it('a broken file keeps the whole set from compiling (never a partial policy)', () => {

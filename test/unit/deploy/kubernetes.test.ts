@@ -1,0 +1,90 @@
+// The Kubernetes manifests: `kubectl kustomize` builds the example overlay, and every object
+// validates against the Kubernetes OpenAPI schemas (kubernetes-models).
+import { before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { parseAllDocuments } from 'yaml';
+
+const root = fileURLToPath(new URL('../../../', import.meta.url));
+
+interface K8sObject {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string };
+  spec?: Record<string, unknown>;
+  data?: Record<string, string>;
+}
+
+async function validate(object: K8sObject): Promise<void> {
+  const [group, version] = object.apiVersion.includes('/') ? object.apiVersion.split('/') : ['', object.apiVersion];
+  const module =
+    group === 'monitoring.coreos.com'
+      ? `@kubernetes-models/prometheus-operator/${group}/${version!}/${object.kind}`
+      : `kubernetes-models/${group === '' ? '' : `${group!}/`}${version!}/${object.kind}`;
+  const Model = ((await import(module)) as Record<string, new (value: unknown) => { validate(): void }>)[object.kind]!;
+  new Model(object).validate();
+}
+
+describe('deploy/kubernetes', () => {
+  let objects: K8sObject[] = [];
+
+  before(() => {
+    const built = execFileSync('kubectl', ['kustomize', '--load-restrictor', 'LoadRestrictionsNone', `${root}deploy/kubernetes/overlays/example`], {
+      encoding: 'utf8',
+    });
+    objects = parseAllDocuments(built).map((doc) => doc.toJS() as K8sObject);
+  });
+
+  it('kustomize builds the example overlay', () => {
+    assert.deepEqual(objects.map((o) => o.kind).sort(), [
+      'ClusterRole',
+      'ClusterRoleBinding',
+      'ConfigMap',
+      'ConfigMap',
+      'ConfigMap',
+      'DaemonSet',
+      'Namespace',
+      'Service',
+      'ServiceAccount',
+      'ServiceMonitor',
+    ]);
+  });
+
+  it('every object validates against its schema', async () => {
+    for (const object of objects) await validate(object);
+  });
+
+  it('the schema check is real: a wrong field type is refused', async () => {
+    const daemonSet = structuredClone(objects.find((o) => o.kind === 'DaemonSet')!);
+    (daemonSet.spec as { template: { spec: { hostNetwork: unknown } } }).template.spec.hostNetwork = 'yes';
+    await assert.rejects(() => validate(daemonSet));
+  });
+
+  it('the DaemonSet: host network, only NET_ADMIN and NET_RAW, not privileged, probes, limits', () => {
+    const daemonSet = objects.find((o) => o.kind === 'DaemonSet')!;
+    const pod = (daemonSet.spec as { template: { spec: Record<string, unknown> } }).template.spec;
+    assert.equal(pod.hostNetwork, true);
+    const container = (pod.containers as Record<string, unknown>[])[0]!;
+    const security = container.securityContext as { privileged: boolean; capabilities: { add: string[]; drop: string[] } };
+    assert.equal(security.privileged, false);
+    assert.deepEqual(security.capabilities.add, ['NET_ADMIN', 'NET_RAW']);
+    assert.deepEqual(security.capabilities.drop, ['ALL']);
+    assert.equal((container.readinessProbe as { httpGet: { path: string } }).httpGet.path, '/readyz');
+    assert.equal((container.livenessProbe as { httpGet: { path: string } }).httpGet.path, '/healthz');
+    assert.ok((container.resources as { limits: object }).limits);
+    assert.equal(container.image, 'registry.example.com/synpass/agent:0.1.0');
+  });
+
+  it('RBAC: get, list and watch pods, nothing else', () => {
+    const role = objects.find((o) => o.kind === 'ClusterRole') as unknown as { rules: { resources: string[]; verbs: string[] }[] };
+    assert.deepEqual(role.rules, [{ apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch'] }]);
+  });
+
+  it('the policy ConfigMap is generated from the policy files in git', () => {
+    const policy = objects.find((o) => o.kind === 'ConfigMap' && o.metadata.name.startsWith('synpass-policy-'))!;
+    assert.deepEqual(Object.keys(policy.data ?? {}).sort(), ['api.yaml', 'db.yaml', 'web.yaml']);
+    const daemonSet = JSON.stringify(objects.find((o) => o.kind === 'DaemonSet'));
+    assert.ok(daemonSet.includes(policy.metadata.name), 'the DaemonSet mounts the hashed ConfigMap name');
+  });
+});
