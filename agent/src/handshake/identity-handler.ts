@@ -29,6 +29,13 @@ export interface IdentityHandlerOptions {
   maxFlows: number;
   maxNonces: number;
   now?: () => number;
+  /** Workloads on this host known by address (Kubernetes pods behind the node's routing). */
+  localPods?: LocalPods;
+}
+
+/** Identities of the pods this node routes for, as the pod attestor vouches for them. */
+export interface LocalPods {
+  identityOf(address: string): VerifiedIdentity | undefined;
 }
 
 interface KnownServer {
@@ -199,7 +206,30 @@ export class IdentityHandler implements HandshakeHandler {
     const packet = info.packet;
     const client = sourceAddress(packet);
     const port = packet.destinationPort;
-    const local = this.local.tokenForPort(port).localAttributes;
+    const pods = this.options.localPods;
+    const destinationPod = pods?.identityOf(destinationAddress(packet));
+    if (info.token === null && destinationPod !== undefined) {
+      // Pod to pod through this node: both ends are known here, so no token travels; the
+      // decision is the same mutual one (the server pod's ingress, the client pod's egress).
+      const sourcePod = pods?.identityOf(client) ?? null;
+      const ingress = this.authorize(decision, 'ingress', { local: destinationPod.attributes, peer: sourcePod, peerAddress: client, port });
+      if (!ingress.allowed) throw new HandshakeReject(sourcePod === null ? 'no-identity' : 'not-allowed', 'pod ingress not allowed', sourcePod);
+      if (sourcePod !== null) {
+        const egress = this.authorize(decision, 'egress', { local: sourcePod.attributes, peer: destinationPod, peerAddress: destinationAddress(packet), port });
+        if (!egress.allowed) throw new HandshakeReject('not-allowed', 'pod egress not allowed', sourcePod);
+        // Logged from the server pod's side, with the ingress rule unless egress had the say.
+        decision.local = destinationPod.attributes;
+        if (ingress.rule !== null) {
+          decision.rule = ingress.rule;
+          decision.revision = ingress.revision;
+        }
+        decision.wouldDrop ??= ingress.wouldDrop;
+      }
+      decision.reason = decision.wouldDrop !== null ? 'observe-would-drop' : 'ok-local';
+      decision.release = true;
+      return sourcePod;
+    }
+    const local = destinationPod?.attributes ?? this.local.tokenForPort(port).localAttributes;
     if (info.token === null) {
       const auth = this.authorize(decision, 'ingress', { local, peer: null, peerAddress: client, port });
       if (!auth.allowed) throw new HandshakeReject('no-identity');

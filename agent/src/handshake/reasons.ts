@@ -5,6 +5,7 @@ import type { VerifiedIdentity } from '../token/identity-token.ts';
 export const HANDSHAKE_REASONS = [
   'ok',
   'ok-fast',
+  'ok-local',
   'unprotected-port',
   'allowed-without-identity',
   'peer-without-agent',

@@ -87,8 +87,16 @@ export const DEFAULT_TELEMETRY: TelemetryConfig = {
   flowLog: { sink: 'stdout', file: null, maxBytes: 50 * 1024 * 1024, maxFiles: 5, sampleAccepted: 1 },
 };
 
+export interface KubernetesConfig {
+  nodeName: string;
+  /** Null: in-cluster (KUBERNETES_SERVICE_HOST and the service-account mount). */
+  apiServer: string | null;
+}
+
 export interface AgentConfig {
   mode: 'identity' | 'pass-through';
+  /** Pods of this node as workloads (pod attestor); null when not on Kubernetes. */
+  kubernetes: KubernetesConfig | null;
   datapath: DatapathConfig;
   telemetry: TelemetryConfig;
   /** Policy files; when absent, `admission` decides. */
@@ -221,6 +229,8 @@ const OVERRIDABLE: readonly [string, 'string' | 'integer' | 'number' | 'boolean'
   ['datapath.onMalformed', 'string'],
   ['datapath.iptables', 'string'],
   ['datapath.statusSocket', 'string'],
+  ['kubernetes.nodeName', 'string'],
+  ['kubernetes.apiServer', 'string'],
   ['telemetry.metricsAddress', 'string'],
   ['telemetry.whoisSocket', 'string'],
   ['telemetry.credentialMarginSeconds', 'integer'],
@@ -280,7 +290,15 @@ export function loadAgentConfig(file: string | null, environment: NodeJS.Process
   const r: Reader = new Reader(source, file === null ? process.cwd() : dirname(resolve(file)));
   const root = r.object(document, '(root)');
   applyEnvironment(root, environment, source);
-  r.unknownKeys(root, ['mode', 'identity', 'workloads', 'policy', 'attestors', 'admission', 'replayWindowSeconds', 'targets', 'excluded', 'datapath', 'telemetry'], '');
+  r.unknownKeys(root, ['mode', 'identity', 'workloads', 'policy', 'attestors', 'admission', 'replayWindowSeconds', 'targets', 'excluded', 'datapath', 'telemetry', 'kubernetes'], '');
+  let kubernetes: KubernetesConfig | null = null;
+  if (root.kubernetes !== undefined) {
+    const k = r.object(root.kubernetes, 'kubernetes');
+    r.unknownKeys(k, ['nodeName', 'apiServer'], 'kubernetes');
+    const apiServer = k.apiServer === undefined ? null : r.string(k.apiServer, 'kubernetes.apiServer');
+    if (apiServer !== null && !/^https?:\/\//.test(apiServer)) r.fail('kubernetes.apiServer', 'an http(s):// URL');
+    kubernetes = { nodeName: r.string(k.nodeName, 'kubernetes.nodeName'), apiServer };
+  }
   const d = r.object(root.datapath, 'datapath');
   r.unknownKeys(d, Object.keys(DEFAULT_DATAPATH), 'datapath');
   const bool = (value: unknown, field: string, fallback: boolean): boolean => {
@@ -412,6 +430,7 @@ export function loadAgentConfig(file: string | null, environment: NodeJS.Process
 
   return {
     mode: checkedMode,
+    kubernetes,
     datapath,
     telemetry,
     policy,

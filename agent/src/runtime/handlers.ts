@@ -16,6 +16,8 @@ import {
   type Attestor,
 } from '../identity/attestors.ts';
 import { LocalIdentity } from '../identity/local-identity.ts';
+import { WatchedPods } from '../identity/kubernetes/local-pods.ts';
+import { inClusterAccess, PodWatcher } from '../identity/kubernetes/pod-watcher.ts';
 import type { Logger } from '../telemetry/log.ts';
 import type { AgentConfig, AttestorConfig } from './config.ts';
 
@@ -95,11 +97,28 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
   const policy = config.policy === null ? null : PolicyStore.open(config.policy.directory, log);
   if (config.policy?.watch) policy?.watch();
   const authorizer = policy === null ? new AdmissionAuthorizer(new Admission(config.admission)) : new PolicyAuthorizer(() => policy.current);
+  let pods: PodWatcher | null = null;
+  if (config.kubernetes !== null) {
+    const access = config.kubernetes.apiServer === null ? inClusterAccess() : { server: config.kubernetes.apiServer, token: null, ca: null };
+    pods = new PodWatcher({
+      access,
+      nodeName: config.kubernetes.nodeName,
+      onError: (error) => {
+        log.warn({ err: error }, 'kubernetes pod watch failed; retrying');
+      },
+    });
+    await Promise.race([
+      pods.start(),
+      new Promise((_, reject) => setTimeout(() => { reject(new Error('no pod list from the Kubernetes API within 15 s')); }, 15_000).unref()),
+    ]);
+    log.info({ node: config.kubernetes.nodeName, pods: pods.podCount }, 'kubernetes pods listed');
+  }
   const handler = new IdentityHandler(local, verifier, authorizer, {
     replayWindowSeconds: config.replayWindowSeconds,
     handshakeTimeoutMs: 30_000,
     maxFlows: 65_536,
     maxNonces: 262_144,
+    ...(pods === null ? {} : { localPods: new WatchedPods(pods, local.credential.trustDomain, local.credential.subject) }),
   });
   const startRenewal = (identity: LocalIdentity): void => {
     identity.startRenewal(
@@ -117,6 +136,7 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
     stop: () => {
       local.stopRenewal();
       policy?.close();
+      pods?.stop();
     },
     flushCaches: () => {
       verifier.reconfigure(local.bundles, { kex: local.kex, kexRaw: local.kexRaw });

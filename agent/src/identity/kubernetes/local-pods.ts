@@ -1,0 +1,42 @@
+// The pods of this node as identities the policy engine can judge: SPIFFE Kubernetes subject
+// (spiffe://<domain>/ns/<namespace>/sa/<service account>) plus the pod attributes, vouched for
+// by the pod attestor and this node's agent.
+import type { LocalPods } from '../../handshake/identity-handler.ts';
+import type { Attribute, VerifiedIdentity } from '../../token/identity-token.ts';
+import type { PodWatcher } from './pod-watcher.ts';
+
+export class WatchedPods implements LocalPods {
+  private readonly identities = new WeakMap<ReadonlyMap<string, Attribute>, VerifiedIdentity>();
+
+  constructor(
+    private readonly watcher: PodWatcher,
+    private readonly trustDomain: string,
+    private readonly agent: string,
+  ) {}
+
+  identityOf(address: string): VerifiedIdentity | undefined {
+    const attributes = this.watcher.attributesOf(address);
+    if (attributes === undefined) return undefined;
+    let identity = this.identities.get(attributes);
+    if (identity === undefined) {
+      const namespace = attributes.get('k8s.namespace')?.value ?? 'default';
+      const account = attributes.get('k8s.service-account')?.value ?? 'default';
+      const subject = `spiffe://${this.trustDomain}/ns/${namespace}/sa/${account}`;
+      identity = {
+        trustDomain: this.trustDomain,
+        subject,
+        attributes: {
+          ...Object.fromEntries([...attributes].map(([name, attribute]) => [name, attribute.value])),
+          'synpass.subject': subject,
+          'synpass.trust-domain': this.trustDomain,
+          'synpass.agent': this.agent,
+        },
+        provenance: Object.fromEntries([...attributes].map(([name, attribute]) => [name, attribute.attestor])),
+        agent: this.agent,
+        expiresAt: Number.POSITIVE_INFINITY,
+      };
+      this.identities.set(attributes, identity);
+    }
+    return identity;
+  }
+}
