@@ -74,6 +74,9 @@ describe('deploy/kubernetes', () => {
     assert.equal((container.livenessProbe as { httpGet: { path: string } }).httpGet.path, '/healthz');
     assert.ok((container.resources as { limits: object }).limits);
     assert.equal(container.image, 'registry.example.com/synpass/agent:0.1.0');
+    // The node name reaches the agent as the SYNPASS_* override that turns the pod attestor on.
+    const env = container.env as { name: string; valueFrom?: { fieldRef: { fieldPath: string } } }[];
+    assert.equal(env.find((e) => e.name === 'SYNPASS_KUBERNETES_NODE_NAME')?.valueFrom?.fieldRef.fieldPath, 'spec.nodeName');
   });
 
   it('RBAC: get, list and watch pods, nothing else', () => {
