@@ -112,7 +112,8 @@ export class IdentityHandler implements HandshakeHandler {
       decision.reason = 'ok';
       return;
     }
-    const own = this.local.tokenForOwner(info.uid);
+    // A pod this node routes for speaks as itself; otherwise the owner of the local socket does.
+    const own = this.local.tokenForAddress(sourceAddress(packet)) ?? this.local.tokenForOwner(info.uid);
     const nonce = this.noncePool.next();
     const time = Math.floor(this.now() / 1000);
     const known = this.knownServers.get(server);
@@ -307,7 +308,7 @@ export class IdentityHandler implements HandshakeHandler {
         type: MessageType.SynAck,
         flags,
         credential: this.local.packedCredential,
-        token: this.local.tokenForPort(packet.sourcePort).packed,
+        token: (this.local.tokenForAddress(sourceAddress(packet)) ?? this.local.tokenForPort(packet.sourcePort)).packed,
         nonce: flow.serverNonce,
         proof,
       }),

@@ -27,6 +27,14 @@ export interface WorkloadIdentity {
   attestors: readonly Attestor[];
 }
 
+/** A workload known by its address (a pod this node routes for), from a dynamic source. */
+export interface AddressWorkload {
+  address: string;
+  name: string;
+  subject: string;
+  attributes: ReadonlyMap<string, Attribute>;
+}
+
 export interface LocalIdentityOptions {
   files: IdentityFiles;
   /** The host's default workload: connections no other workload claims. */
@@ -59,6 +67,11 @@ export class LocalIdentity {
   defaultToken: WorkloadToken | null = null;
   private byUid = new Map<number, WorkloadToken>();
   private byPort = new Map<number, WorkloadToken>();
+  private byAddress = new Map<string, WorkloadToken>();
+  private addressSource: (() => AddressWorkload[]) | null = null;
+  /** Tokens already signed for an unchanged attribute set: a pod event does not re-sign them all. */
+  private addressTokens = new WeakMap<ReadonlyMap<string, Attribute>, WorkloadToken>();
+  private addressRefresh: Promise<void> = Promise.resolve();
   private renewal: NodeJS.Timeout | null = null;
 
   private constructor(
@@ -109,6 +122,41 @@ export class LocalIdentity {
     this.byUid = byUid;
     this.byPort = byPort;
     this.tokenExpiresAt = nowSeconds + ttl;
+    // A renewal re-signs every address workload too.
+    this.addressTokens = new WeakMap();
+    if (this.addressSource !== null) await this.refreshAddresses(nowSeconds);
+  }
+
+  /** Gives address workloads (pods) their own tokens, now and whenever refreshAddresses runs. */
+  async setAddressSource(source: () => AddressWorkload[]): Promise<void> {
+    this.addressSource = source;
+    await this.refreshAddresses();
+  }
+
+  /** Re-reads the address workloads and signs tokens for new or changed ones (serialised). */
+  refreshAddresses(nowSeconds?: number): Promise<void> {
+    this.addressRefresh = this.addressRefresh.then(async () => {
+      const source = this.addressSource;
+      if (source === null) return;
+      const now = nowSeconds ?? Math.floor(Date.now() / 1000);
+      const ttl = Math.max(1, this.tokenExpiresAt - now);
+      const next = new Map<string, WorkloadToken>();
+      for (const workload of source()) {
+        let token = this.addressTokens.get(workload.attributes);
+        if (token === undefined || token.subject !== workload.subject) {
+          token = await this.issue(workload.name, workload.subject, new Map(workload.attributes), ttl, now);
+          this.addressTokens.set(workload.attributes, token);
+        }
+        next.set(workload.address, token);
+      }
+      this.byAddress = next;
+    });
+    return this.addressRefresh;
+  }
+
+  /** The token of the workload at `address` (a local pod), if there is one. */
+  tokenForAddress(address: string): WorkloadToken | undefined {
+    return this.byAddress.get(address);
   }
 
   private async issue(

@@ -16,7 +16,7 @@ import {
   type Attestor,
 } from '../identity/attestors.ts';
 import { LocalIdentity } from '../identity/local-identity.ts';
-import { WatchedPods } from '../identity/kubernetes/local-pods.ts';
+import { podWorkloads, WatchedPods } from '../identity/kubernetes/local-pods.ts';
 import { inClusterAccess, PodWatcher } from '../identity/kubernetes/pod-watcher.ts';
 import type { Logger } from '../telemetry/log.ts';
 import type { AgentConfig, AttestorConfig } from './config.ts';
@@ -106,11 +106,18 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
       onError: (error) => {
         log.warn({ err: error }, 'kubernetes pod watch failed; retrying');
       },
+      onChange: () => {
+        local.refreshAddresses().catch((error: unknown) => {
+          log.error({ err: error }, 'pod tokens could not be issued');
+        });
+      },
     });
     await Promise.race([
       pods.start(),
       new Promise((_, reject) => setTimeout(() => { reject(new Error('no pod list from the Kubernetes API within 15 s')); }, 15_000).unref()),
     ]);
+    const watcher = pods;
+    await local.setAddressSource(() => podWorkloads(watcher, local.credential.trustDomain));
     log.info({ node: config.kubernetes.nodeName, pods: pods.podCount }, 'kubernetes pods listed');
   }
   const handler = new IdentityHandler(local, verifier, authorizer, {
@@ -146,6 +153,8 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
       policy?.reload();
       // A broken new identity throws here and the running one stays in force.
       const next = await loadLocal();
+      const watcher = pods;
+      if (watcher !== null) await next.setAddressSource(() => podWorkloads(watcher, next.credential.trustDomain));
       local.stopRenewal();
       local = next;
       verifier.reconfigure(local.bundles, { kex: local.kex, kexRaw: local.kexRaw });

@@ -245,4 +245,37 @@ describe('identity handshake over a virtual wire', () => {
     assert.equal(synAckIn.dropped, false);
     assert.equal(multi.events.at(-1)?.peer, 'spiffe://hs.synpass/db');
   });
+
+  it('a pod this node routes for speaks as itself in both directions (address workloads)', async () => {
+    const podAttributes = (name: string) =>
+      new Map([
+        ['k8s.namespace', { value: 'shop', attestor: 'k8s' }],
+        ['k8s.service-account', { value: name, attestor: 'k8s' }],
+        ['k8s.label.app', { value: name, attestor: 'k8s' }],
+      ]);
+    const clientNode = await identityHandler(domain, 'web-node', { attributes: { 'app.tier': 'frontend' }, admission, clock, namespaces: ['app', 'k8s'] });
+    const serverNode = await identityHandler(domain, 'db-node', {
+      attributes: {},
+      admission: { protectedPorts: [7000], allow: [{ subject: 'spiffe://hs.synpass/ns/shop/sa/web*' }], allowWithoutIdentity: [] },
+      clock,
+      namespaces: ['app', 'k8s'],
+    });
+    const webPod = podAttributes('web');
+    const dbPod = podAttributes('db');
+    await clientNode.local.setAddressSource(() => [{ address: '10.213.5.1', name: 'shop/web-1', subject: 'spiffe://hs.synpass/ns/shop/sa/web', attributes: webPod }]);
+    await serverNode.local.setAddressSource(() => [{ address: '10.213.5.2', name: 'shop/db-1', subject: 'spiffe://hs.synpass/ns/shop/sa/db', attributes: dbPod }]);
+    const seen: (string | undefined)[] = [];
+    const clientQueue = new VirtualQueue(clientNode.handler, (event) => seen.push((event.peer as VerifiedIdentity | null)?.subject));
+    const serverQueue = new VirtualQueue(serverNode.handler, (event) => seen.push((event.peer as VerifiedIdentity | null)?.subject));
+    const synIn = serverQueue.deliver(clientQueue.deliver(SYN, 'egress').bytes, 'ingress');
+    assert.equal(synIn.dropped, false);
+    assert.equal(seen.at(-1), 'spiffe://hs.synpass/ns/shop/sa/web', 'the server sees the client pod');
+    const synAckIn = clientQueue.deliver(serverQueue.deliver(SYN_ACK, 'egress').bytes, 'ingress');
+    assert.equal(synAckIn.dropped, false);
+    assert.equal(seen.at(-1), 'spiffe://hs.synpass/ns/shop/sa/db', 'the client sees the server pod');
+    // A pod whose attributes did not change keeps its signed token across refreshes.
+    const before = clientNode.local.tokenForAddress('10.213.5.1')?.token;
+    await clientNode.local.refreshAddresses();
+    assert.equal(clientNode.local.tokenForAddress('10.213.5.1')?.token, before);
+  });
 });

@@ -3,7 +3,25 @@
 // by the pod attestor and this node's agent.
 import type { LocalPods } from '../../handshake/identity-handler.ts';
 import type { Attribute, VerifiedIdentity } from '../../token/identity-token.ts';
+import type { AddressWorkload } from '../local-identity.ts';
 import type { PodWatcher } from './pod-watcher.ts';
+
+/** The SPIFFE Kubernetes convention: spiffe://<domain>/ns/<namespace>/sa/<service account>. */
+export function podSubject(trustDomain: string, attributes: ReadonlyMap<string, Attribute>): string {
+  const namespace = attributes.get('k8s.namespace')?.value ?? 'default';
+  const account = attributes.get('k8s.service-account')?.value ?? 'default';
+  return `spiffe://${trustDomain}/ns/${namespace}/sa/${account}`;
+}
+
+/** The pods as address workloads of the local identity: each gets a token of its own. */
+export function podWorkloads(watcher: PodWatcher, trustDomain: string): AddressWorkload[] {
+  return watcher.entries().map(([address, attributes]) => ({
+    address,
+    name: `${attributes.get('k8s.namespace')?.value ?? ''}/${attributes.get('k8s.pod')?.value ?? address}`,
+    subject: podSubject(trustDomain, attributes),
+    attributes,
+  }));
+}
 
 export class WatchedPods implements LocalPods {
   private readonly identities = new WeakMap<ReadonlyMap<string, Attribute>, VerifiedIdentity>();
@@ -19,9 +37,7 @@ export class WatchedPods implements LocalPods {
     if (attributes === undefined) return undefined;
     let identity = this.identities.get(attributes);
     if (identity === undefined) {
-      const namespace = attributes.get('k8s.namespace')?.value ?? 'default';
-      const account = attributes.get('k8s.service-account')?.value ?? 'default';
-      const subject = `spiffe://${this.trustDomain}/ns/${namespace}/sa/${account}`;
+      const subject = podSubject(this.trustDomain, attributes);
       identity = {
         trustDomain: this.trustDomain,
         subject,

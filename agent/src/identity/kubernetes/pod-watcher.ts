@@ -84,6 +84,8 @@ export interface PodWatcherOptions {
   backoffMs?: number;
   maxBackoffMs?: number;
   watchTimeoutSeconds?: number;
+  /** Called after the set of pods changed (a list or a watch event). */
+  onChange?: () => void;
 }
 
 export class PodWatcher {
@@ -106,6 +108,11 @@ export class PodWatcher {
 
   attributesOf(ip: string): ReadonlyMap<string, Attribute> | undefined {
     return this.byIp.get(ip);
+  }
+
+  /** Every pod IP with its attributes. */
+  entries(): [string, ReadonlyMap<string, Attribute>][] {
+    return [...this.byIp];
   }
 
   get podCount(): number {
@@ -173,6 +180,7 @@ export class PodWatcher {
     for (const pod of list.items ?? []) this.apply('ADDED', pod);
     this.resourceVersion = list.metadata?.resourceVersion ?? '';
     this.lists += 1;
+    this.options.onChange?.();
     this.markReady();
   }
 
@@ -188,7 +196,10 @@ export class PodWatcher {
         if (event.object.code === 410) return 'relist';
         throw new Error(`watch error ${String(event.object.code)}`);
       }
-      if (event.type !== 'BOOKMARK') this.apply(event.type, event.object);
+      if (event.type !== 'BOOKMARK') {
+        this.apply(event.type, event.object);
+        this.options.onChange?.();
+      }
       // Bookmarks carry only a resourceVersion: resuming from it avoids a re-list.
       this.resourceVersion = event.object.metadata?.resourceVersion ?? this.resourceVersion;
     }
