@@ -1,6 +1,7 @@
 // A Kubernetes-style node in the lab: a "node" namespace routes for three "pod" namespaces over
 // veth pairs (no bridge, as Calico does), one agent runs in the node namespace and learns the
 // pods from a stand-in API server. Pod A may reach pod B's service; pod C is cloaked from it.
+// A remote host with its own agent sees pod A's own identity on a connection through the node.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -20,6 +21,9 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
   const node = `${prefix}-node`;
   const pods = { a: `${prefix}-pa`, b: `${prefix}-pb`, c: `${prefix}-pc` };
   const address = { a: '10.215.1.1', b: '10.215.1.2', c: '10.215.1.3' };
+  const remote = `${prefix}-rm`;
+  const remoteAddress = '10.216.1.2';
+  let remoteAgent: NetnsProcess;
   const processes: NetnsProcess[] = [];
   let directory = '';
   let socket: string;
@@ -50,9 +54,20 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
       ip('-n', node, 'route', 'add', `${address[name]}/32`, 'dev', `cali${name}`);
     }
 
+    // A remote host on another network, routed through the node.
+    ip('netns', 'add', remote);
+    ip('-n', remote, 'link', 'set', 'lo', 'up');
+    ip('-n', remote, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'uplink', 'netns', node);
+    ip('-n', remote, 'addr', 'add', `${remoteAddress}/24`, 'dev', 'eth0');
+    ip('-n', remote, 'link', 'set', 'eth0', 'up');
+    ip('-n', remote, 'route', 'add', 'default', 'via', '10.216.1.1');
+    ip('-n', node, 'addr', 'add', '10.216.1.1/24', 'dev', 'uplink');
+    ip('-n', node, 'link', 'set', 'uplink', 'up');
+
     directory = mkdtempSync(join(tmpdir(), 'synpass-k8s-'));
     await initDomain('cluster.synpass', join(directory, 'domain'));
     await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: 'cluster.synpass', agentId: 'node-1', namespaces: ['k8s', 'host'], ttlSeconds: 3600, outputDirectory: join(directory, 'agent') });
+    await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: 'cluster.synpass', agentId: 'remote', namespaces: ['app'], ttlSeconds: 3600, outputDirectory: join(directory, 'remote') });
     const pod = (name: string, ip: string, app: string) => ({
       metadata: { name, namespace: 'shop', resourceVersion: '1', labels: { app } },
       spec: { nodeName: 'node-1', serviceAccountName: app },
@@ -80,10 +95,30 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
           trustBundles: join(directory, 'domain'),
         },
         kubernetes: { nodeName: 'node-1', apiServer: `http://127.0.0.1:${port}` },
+        targets: ['10.216.1.0/24'],
         policy: { directory: join(directory, 'policy'), watch: false },
         telemetry: { whoisSocket: join(directory, 'whois.sock') },
       }),
     );
+    writeFileSync(
+      join(directory, 'remote.yaml'),
+      stringify({
+        mode: 'identity',
+        identity: {
+          subject: 'spiffe://cluster.synpass/remote',
+          credential: join(directory, 'remote/credential.jwt'),
+          signingKey: join(directory, 'remote/sign.key.pem'),
+          keyAgreementKey: join(directory, 'remote/kex.key.pem'),
+          trustBundles: join(directory, 'domain'),
+        },
+        admission: { protectedPorts: [9090], allow: [{ subject: 'spiffe://cluster.synpass/ns/shop/sa/a' }] },
+        targets: ['10.215.1.0/24'],
+        telemetry: { whoisSocket: join(directory, 'remote-whois.sock') },
+      }),
+    );
+    remoteAgent = spawn(remote, [CLI, 'agent', 'run', '--config', join(directory, 'remote.yaml'), '--status-socket', join(directory, 'remote.sock')]);
+    await remoteAgent.waitFor((l) => l.msg === 'agent running', 20_000);
+    await spawn(remote, [PEER, 'server', '9090', 'http']).waitFor((l) => l.listening === 9090);
     socket = join(directory, 'status.sock');
     agent = spawn(node, [CLI, 'agent', 'run', '--config', join(directory, 'agent.yaml'), '--status-socket', socket]);
     await agent.waitFor((l) => l.msg === 'agent running', 20_000);
@@ -92,7 +127,7 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
 
   after(async () => {
     await Promise.all(processes.map((child) => child.stop('SIGKILL', 2_000)));
-    for (const ns of [node, ...Object.values(pods)]) {
+    for (const ns of [node, remote, ...Object.values(pods)]) {
       try {
         execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
       } catch {
@@ -102,8 +137,8 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
     if (directory) rmSync(directory, { recursive: true, force: true });
   });
 
-  async function request(from: 'a' | 'c'): Promise<Record<string, unknown> | null> {
-    const child = spawn(pods[from], [PEER, 'http', address.b, '8080']);
+  async function request(from: 'a' | 'c', host = address.b, port = '8080'): Promise<Record<string, unknown> | null> {
+    const child = spawn(pods[from], [PEER, 'http', host, port]);
     try {
       return await child.waitFor(() => true, 4_000);
     } catch {
@@ -132,5 +167,18 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
     assert.equal((verdict.peer as { attributes: Record<string, string> }).attributes['k8s.label.app'], 'c');
     const status = await readStatus(socket);
     assert.ok((status.verdicts.find((v) => v.reason === 'not-allowed' && v.action === 'drop')?.count ?? 0) >= 1);
+  });
+
+  it('pod A reaches a remote host as itself: its token leaves through the node; pod C is cloaked there', async () => {
+    const response = await request('a', remoteAddress, '9090');
+    const recent = (child: NetnsProcess) => JSON.stringify(child.lines.filter((l) => l.event === 'handshake').slice(-4));
+    assert.equal(response?.status, 200, `node: ${recent(agent)}\nremote: ${recent(remoteAgent)}`);
+    const seen = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn' && l.verdict === 'accept');
+    assert.equal((seen.peer as { subject: string }).subject, 'spiffe://cluster.synpass/ns/shop/sa/a');
+    assert.equal((seen.peer as { attributes: Record<string, string> }).attributes['k8s.label.app'], 'a');
+    assert.equal(await request('c', remoteAddress, '9090'), null);
+    const refused = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.verdict === 'drop');
+    assert.equal(refused.reason, 'not-allowed');
+    assert.equal((refused.peer as { subject: string }).subject, 'spiffe://cluster.synpass/ns/shop/sa/c');
   });
 });

@@ -16,3 +16,13 @@ export function sourceAddress(packet: ParsedPacket): string {
 export function destinationAddress(packet: ParsedPacket): string {
   return format(packet.buf, packet.sourceOffset + packet.addressLength, packet.addressLength);
 }
+
+/** An address as text in the form sourceAddress/destinationAddress produce (IPv6: 8 groups). */
+export function canonicalAddress(text: string): string {
+  if (!text.includes(':')) return text;
+  const [head, tail] = text.split('::') as [string, string | undefined];
+  const headGroups = head === '' ? [] : head.split(':');
+  const tailGroups = tail === undefined || tail === '' ? [] : tail.split(':');
+  const zeros = tail === undefined ? [] : Array.from({ length: 8 - headGroups.length - tailGroups.length }, () => '0');
+  return [...headGroups, ...zeros, ...tailGroups].map((group) => Number.parseInt(group, 16).toString(16)).join(':');
+}

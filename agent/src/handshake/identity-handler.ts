@@ -36,6 +36,8 @@ export interface IdentityHandlerOptions {
 /** Identities of the pods this node routes for, as the pod attestor vouches for them. */
 export interface LocalPods {
   identityOf(address: string): VerifiedIdentity | undefined;
+  /** Whether `address` belongs to the node itself (its own sockets, not a pod's). */
+  isNodeAddress(address: string): boolean;
 }
 
 interface KnownServer {
@@ -230,6 +232,12 @@ export class IdentityHandler implements HandshakeHandler {
       decision.release = true;
       return sourcePod;
     }
+    if (info.token === null && pods !== undefined && destinationPod === undefined && !pods.isNodeAddress(destinationAddress(packet)) && pods.identityOf(client) !== undefined) {
+      // A local pod's SYN on its way out through the node: POSTROUTING queues it again and it
+      // leaves with the pod's token; nothing to decide or release here.
+      decision.reason = 'ok';
+      return null;
+    }
     const local = destinationPod?.attributes ?? this.local.tokenForPort(port).localAttributes;
     if (info.token === null) {
       const auth = this.authorize(decision, 'ingress', { local, peer: null, peerAddress: client, port });
@@ -292,6 +300,11 @@ export class IdentityHandler implements HandshakeHandler {
     const packet = info.packet;
     const key = flowKey(destinationAddress(packet), packet.destinationPort, sourceAddress(packet), packet.sourcePort);
     const flow = this.flows.get(key);
+    if (flow?.role === 'client') {
+      // A remote server's SYN-ACK forwarded to a local pod: judged (and stripped) on the way in.
+      decision.reason = 'ok';
+      return;
+    }
     if (flow?.role !== 'server' || flow.pairKey === null) {
       decision.reason = 'peer-without-agent';
       decision.release = true;
@@ -327,7 +340,8 @@ export class IdentityHandler implements HandshakeHandler {
     if (info.token === null) {
       if (flow?.role === 'server' && !flow.completed) throw new HandshakeReject('no-identity', 'first ACK without a proof');
       decision.reason = 'ok';
-      decision.release = true;
+      // A local pod's first ACK on its way out: POSTROUTING adds the proof and releases.
+      if (flow?.role !== 'client') decision.release = true;
       return;
     }
     const message = this.decode(info);

@@ -4,6 +4,7 @@
 // Only the owner of the connection (socket credentials against /proc/net/tcp) or root may ask.
 import { createServer, type Server, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
+import { canonicalAddress } from '../datapath/addresses.ts';
 import type { PeerCredentials } from '../datapath/nfqueue.ts';
 import type { Logger } from '../telemetry/log.ts';
 import { listenOnUnixSocket } from '../telemetry/unix-socket.ts';
@@ -20,29 +21,11 @@ export type WhoisAnswer =
   | { found: true; local: string; remote: string; identity: unknown }
   | { error: 'bad-request' | 'not-found' | 'forbidden'; detail: string };
 
-/** Normalises "addr:port" / "[v6]:port" to the form /proc/net/tcp gives. */
+/** "addr:port" or "[v6]:port" in the form /proc/net/tcp and the packet parser give. */
 function normalise(endpoint: string): string | null {
   const match = /^\[?([0-9a-fA-F:.]+)\]?:(\d{1,5})$/.exec(endpoint.trim());
   if (!match) return null;
-  const address = match[1]!;
-  const host = address.includes(':')
-    ? address
-        .split(':')
-        .map((group) => (group === '' ? group : Number.parseInt(group, 16).toString(16)))
-        .join(':')
-    : address;
-  return `${host}:${Number(match[2])}`;
-}
-
-function expandIpv6(endpoint: string): string {
-  const colon = endpoint.lastIndexOf(':');
-  const host = endpoint.slice(0, colon);
-  if (!host.includes('::')) return endpoint;
-  const [head, tail] = host.split('::') as [string, string];
-  const headGroups = head === '' ? [] : head.split(':');
-  const tailGroups = tail === '' ? [] : tail.split(':');
-  const zeros = Array.from({ length: 8 - headGroups.length - tailGroups.length }, () => '0');
-  return `${[...headGroups, ...zeros, ...tailGroups].join(':')}${endpoint.slice(colon)}`;
+  return `${canonicalAddress(match[1]!)}:${Number(match[2])}`;
 }
 
 export function answerWhois(request: unknown, caller: PeerCredentials, registry: PeerRegistry, sockets: TcpSocket[]): WhoisAnswer {
@@ -50,8 +33,7 @@ export function answerWhois(request: unknown, caller: PeerCredentials, registry:
   const a = typeof body?.a === 'string' ? normalise(body.a) : null;
   const b = typeof body?.b === 'string' ? normalise(body.b) : null;
   if (a === null || b === null) return { error: 'bad-request', detail: 'expected {"a":"ADDR:PORT","b":"ADDR:PORT"}' };
-  const [ea, eb] = [expandIpv6(a), expandIpv6(b)];
-  const socket = sockets.find((s) => (s.local === ea && s.remote === eb) || (s.local === eb && s.remote === ea));
+  const socket = sockets.find((s) => (s.local === a && s.remote === b) || (s.local === b && s.remote === a));
   if (socket === undefined) return { error: 'not-found', detail: 'no such connection on this host' };
   if (caller.uid !== 0 && caller.uid !== socket.uid) return { error: 'forbidden', detail: 'only the owner of the connection (or root) may ask' };
   const identity = registry.get(socket.local, socket.remote);

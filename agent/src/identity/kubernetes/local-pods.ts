@@ -1,6 +1,8 @@
 // The pods of this node as identities the policy engine can judge: SPIFFE Kubernetes subject
 // (spiffe://<domain>/ns/<namespace>/sa/<service account>) plus the pod attributes, vouched for
 // by the pod attestor and this node's agent.
+import { networkInterfaces } from 'node:os';
+import { canonicalAddress } from '../../datapath/addresses.ts';
 import type { LocalPods } from '../../handshake/identity-handler.ts';
 import type { Attribute, VerifiedIdentity } from '../../token/identity-token.ts';
 import type { AddressWorkload } from '../local-identity.ts';
@@ -25,12 +27,29 @@ export function podWorkloads(watcher: PodWatcher, trustDomain: string): AddressW
 
 export class WatchedPods implements LocalPods {
   private readonly identities = new WeakMap<ReadonlyMap<string, Attribute>, VerifiedIdentity>();
+  private nodeAddresses = new Set<string>();
+  private nodeAddressesRead = 0;
 
   constructor(
     private readonly watcher: PodWatcher,
     private readonly trustDomain: string,
     private readonly agent: string,
   ) {}
+
+  /** The node's own addresses, re-read at most every 10 s (interfaces rarely change). */
+  isNodeAddress(address: string): boolean {
+    const now = Date.now();
+    if (now - this.nodeAddressesRead > 10_000) {
+      this.nodeAddresses = new Set(
+        Object.values(networkInterfaces())
+          .flat()
+          .filter((entry) => entry !== undefined)
+          .map((entry) => canonicalAddress(entry.address)),
+      );
+      this.nodeAddressesRead = now;
+    }
+    return this.nodeAddresses.has(address);
+  }
 
   identityOf(address: string): VerifiedIdentity | undefined {
     const attributes = this.watcher.attributesOf(address);
