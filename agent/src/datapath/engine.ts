@@ -21,19 +21,8 @@ import {
   type QueueBuffers,
 } from './nfqueue.ts';
 import { tcpChecksum, readUint16 } from './checksum.ts';
-import { ParsedPacket, PARSE_FAILURES, parsePacket, type ParseStatus } from './packet.ts';
+import { ParsedPacket, parsePacket, type ParseStatus } from './packet.ts';
 import { attachToken, detachToken } from './rewrite.ts';
-
-/** Outcomes the engine itself produces (the handler adds its own reasons). */
-export const ENGINE_REASONS = [
-  ...PARSE_FAILURES,
-  'truncated-capture',
-  'bad-checksum',
-  'handler-error',
-  'option-space',
-  'mtu',
-  'ip-length',
-] as const;
 
 export type MalformedPolicy = 'drop' | 'accept';
 

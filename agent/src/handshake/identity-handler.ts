@@ -105,7 +105,8 @@ export class IdentityHandler implements HandshakeHandler {
   private clientSyn(info: PacketInfo, decision: Decision): void {
     const packet = info.packet;
     const server = destinationAddress(packet);
-    const key = flowKey(sourceAddress(packet), packet.sourcePort, server, packet.destinationPort);
+    const client = sourceAddress(packet);
+    const key = flowKey(client, packet.sourcePort, server, packet.destinationPort);
     const existing = this.flows.get(key);
     if (existing?.synBody && existing.clientIsn === packet.sequence) {
       // A retransmitted SYN carries the same message, so the server can recognise it.
@@ -115,7 +116,7 @@ export class IdentityHandler implements HandshakeHandler {
       return;
     }
     // A pod this node routes for speaks as itself; otherwise the owner of the local socket does.
-    const own = this.local.tokenForAddress(sourceAddress(packet)) ?? this.local.tokenForOwner(info.uid);
+    const own = this.local.tokenForAddress(client) ?? this.local.tokenForOwner(info.uid);
     const nonce = this.noncePool.next();
     const time = Math.floor(this.now() / 1000);
     const known = this.knownServers.get(server);
@@ -210,7 +211,8 @@ export class IdentityHandler implements HandshakeHandler {
     const client = sourceAddress(packet);
     const port = packet.destinationPort;
     const pods = this.options.localPods;
-    const destinationPod = pods?.identityOf(destinationAddress(packet));
+    const serverAddress = destinationAddress(packet);
+    const destinationPod = pods?.identityOf(serverAddress);
     if (info.token === null && destinationPod !== undefined) {
       // Pod to pod through this node: both ends are known here, so no token travels; the
       // decision is the same mutual one (the server pod's ingress, the client pod's egress).
@@ -218,7 +220,7 @@ export class IdentityHandler implements HandshakeHandler {
       const ingress = this.authorize(decision, 'ingress', { local: destinationPod.attributes, peer: sourcePod, peerAddress: client, port });
       if (!ingress.allowed) throw new HandshakeReject(sourcePod === null ? 'no-identity' : 'not-allowed', 'pod ingress not allowed', sourcePod);
       if (sourcePod !== null) {
-        const egress = this.authorize(decision, 'egress', { local: sourcePod.attributes, peer: destinationPod, peerAddress: destinationAddress(packet), port });
+        const egress = this.authorize(decision, 'egress', { local: sourcePod.attributes, peer: destinationPod, peerAddress: serverAddress, port });
         if (!egress.allowed) throw new HandshakeReject('not-allowed', 'pod egress not allowed', sourcePod);
         // Logged from the server pod's side, with the ingress rule unless egress had the say.
         decision.local = destinationPod.attributes;
@@ -232,7 +234,7 @@ export class IdentityHandler implements HandshakeHandler {
       decision.release = true;
       return sourcePod;
     }
-    if (info.token === null && pods !== undefined && destinationPod === undefined && !pods.isNodeAddress(destinationAddress(packet)) && pods.identityOf(client) !== undefined) {
+    if (info.token === null && pods !== undefined && destinationPod === undefined && !pods.isNodeAddress(serverAddress) && pods.identityOf(client) !== undefined) {
       // A local pod's SYN on its way out through the node: POSTROUTING queues it again and it
       // leaves with the pod's token; nothing to decide or release here.
       decision.reason = 'ok';
@@ -250,7 +252,7 @@ export class IdentityHandler implements HandshakeHandler {
     if (message.type !== MessageType.Syn) throw new HandshakeReject('malformed-handshake');
     const nowMs = this.now();
     if (Math.abs(nowMs / 1000 - message.time) > this.options.replayWindowSeconds) throw new HandshakeReject('stale-timestamp');
-    const key = flowKey(client, packet.sourcePort, destinationAddress(packet), port);
+    const key = flowKey(client, packet.sourcePort, serverAddress, port);
     const nonceKey = Buffer.from(message.nonce.buffer, message.nonce.byteOffset, message.nonce.length).toString('latin1');
     const seen = this.nonces.get(nonceKey);
     if (seen !== undefined) {
@@ -298,7 +300,8 @@ export class IdentityHandler implements HandshakeHandler {
 
   private serverSynAck(info: PacketInfo, decision: Decision): void {
     const packet = info.packet;
-    const key = flowKey(destinationAddress(packet), packet.destinationPort, sourceAddress(packet), packet.sourcePort);
+    const server = sourceAddress(packet);
+    const key = flowKey(destinationAddress(packet), packet.destinationPort, server, packet.sourcePort);
     const flow = this.flows.get(key);
     if (flow?.role === 'client') {
       // A remote server's SYN-ACK forwarded to a local pod: judged (and stripped) on the way in.
@@ -321,7 +324,7 @@ export class IdentityHandler implements HandshakeHandler {
         type: MessageType.SynAck,
         flags,
         credential: this.local.packedCredential,
-        token: (this.local.tokenForAddress(sourceAddress(packet)) ?? this.local.tokenForPort(packet.sourcePort)).packed,
+        token: (this.local.tokenForAddress(server) ?? this.local.tokenForPort(packet.sourcePort)).packed,
         nonce: flow.serverNonce,
         proof,
       }),

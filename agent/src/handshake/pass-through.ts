@@ -7,8 +7,6 @@ const TEST_TOKEN_TEXT = 'synpass pass-through test token v1 ';
 /** 120 bytes, the size of a small signed claim set. */
 export const PASS_THROUGH_TOKEN: Uint8Array = new TextEncoder().encode(TEST_TOKEN_TEXT.repeat(4).slice(0, 120));
 
-export const PASS_THROUGH_REASONS = ['ok', 'no-token', 'bad-token'] as const;
-
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;

@@ -18,7 +18,6 @@ const OPEN_PREFIXES = ['k8s.label.'];
 const OPEN = ['app', 'env'];
 
 export const SUBJECT = 'synpass.subject';
-export const TRUST_DOMAIN = 'synpass.trust-domain';
 
 /** Null when some attestor can vouch for `name`, else why not. */
 export function unknownAttribute(name: string): string | null {
