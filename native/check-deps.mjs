@@ -2,13 +2,17 @@
 // letting the compiler fail on an include deep inside the addon.
 import { existsSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
 
 const required = [
   { header: 'libmnl/libmnl.h', pkgConfig: 'libmnl', debian: 'libmnl-dev' },
   { header: 'linux/netfilter/nfnetlink_queue.h', pkgConfig: null, debian: 'linux-libc-dev' },
+  // The proof HMAC uses the OpenSSL Node runs on: Node's own headers ship it; a Node linked
+  // against the system OpenSSL needs the system headers instead.
+  { header: 'openssl/evp.h', pkgConfig: null, debian: 'libssl-dev' },
 ];
 
-const includeDirs = ['/usr/include', '/usr/local/include'];
+const includeDirs = ['/usr/include', '/usr/local/include', join(dirname(dirname(process.execPath)), 'include', 'node')];
 const missing = required.filter(
   (dep) => !includeDirs.some((dir) => existsSync(`${dir}/${dep.header}`)),
 );

@@ -6,6 +6,8 @@
 #include <napi.h>
 #include <uv.h>
 
+#include "hmac.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -539,6 +541,7 @@ Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
 
 Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials));
+  RegisterHmac(env, exports);
   return NfQueue::Init(env, exports);
 }
 

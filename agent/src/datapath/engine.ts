@@ -70,26 +70,22 @@ export class VerdictCounters {
   }
 }
 
+interface PendingReport {
+  offset: number;
+  length: number;
+  event: VerdictEvent;
+}
+
 export class DatapathEngine {
   readonly verdicts = new VerdictCounters();
   private readonly packet = new ParsedPacket();
   private readonly decision: Decision = new DecisionImpl();
   private readonly info: PacketInfo = { direction: 'ingress', stage: 'syn', packet: this.packet, token: null, uid: -1, gid: -1 };
   private readonly output = new Uint8Array(65536);
-  private readonly event: VerdictEvent = {
-    direction: 'ingress',
-    stage: 'syn',
-    accepted: true,
-    reason: '',
-    packet: this.packet,
-    peer: null,
-    rule: null,
-    revision: null,
-    wouldDrop: null,
-    local: null,
-    latencyMicroseconds: 0,
-  };
-  private batchStarted = 0;
+  private readonly reportedPacket = new ParsedPacket();
+  /** Packets judged in this batch whose verdict events wait until the verdicts are sent. */
+  private readonly pending: PendingReport[] = [];
+  private pendingCount = 0;
   private queue: NativeQueue | null = null;
 
   constructor(
@@ -109,7 +105,6 @@ export class DatapathEngine {
   /** Called by the addon with the number of packets now described in the meta array. */
   readonly onBatch = (count: number): void => {
     const started = performance.now();
-    this.batchStarted = started;
     const meta = this.buffers.meta;
     const stride = this.buffers.metaStride;
     for (let i = 0; i < count; i++) {
@@ -128,6 +123,9 @@ export class DatapathEngine {
     }
     this.judged += count;
     this.busyMicroseconds += (performance.now() - started) * 1000;
+    // Verdicts leave before any bookkeeping: metrics, flow log and whois are off the packets' path.
+    this.queue?.flush();
+    this.reportPending((performance.now() - started) * 1000);
   };
 
   private handlePacket(
@@ -182,7 +180,7 @@ export class DatapathEngine {
     info.token = null;
     if (!decision.accept) {
       this.drop(queue, id, queueNumber, mark, direction, decision.reason);
-      this.report(false, decision.reason);
+      this.deferReport(false, decision.reason, offset, length);
       return;
     }
     let rewrittenLength = -1;
@@ -196,7 +194,7 @@ export class DatapathEngine {
     } catch (error) {
       const reason = error instanceof DatapathError ? error.code : 'handler-error';
       this.drop(queue, id, queueNumber, mark, direction, reason);
-      this.report(false, reason);
+      this.deferReport(false, reason, offset, length);
       return;
     }
     const marks = this.options.marks;
@@ -207,27 +205,51 @@ export class DatapathEngine {
     if (rewrittenLength >= 0) queue.verdict(id, queueNumber, NF_REPEAT, newMark, this.output, rewrittenLength);
     else queue.verdict(id, queueNumber, NF_REPEAT, newMark);
     this.verdicts.add(direction, true, decision.reason === '' ? 'ok' : decision.reason);
-    this.report(true, decision.reason);
+    this.deferReport(true, decision.reason, offset, length);
   }
 
-  private report(accepted: boolean, reason: string): void {
-    const listener = this.options.onVerdict;
-    if (listener === undefined) return;
-    const event = this.event;
+  /** Copies what the verdict event needs; the packet itself is parsed again from the batch buffer. */
+  private deferReport(accepted: boolean, reason: string, offset: number, length: number): void {
+    if (this.options.onVerdict === undefined) return;
+    let slot = this.pending[this.pendingCount];
+    if (slot === undefined) {
+      slot = { offset: 0, length: 0, event: blankEvent(this.reportedPacket) };
+      this.pending.push(slot);
+    }
+    this.pendingCount += 1;
+    slot.offset = offset;
+    slot.length = length;
+    const event = slot.event;
+    const decision = this.decision;
     event.direction = this.info.direction;
     event.stage = this.info.stage;
     event.accepted = accepted;
     event.reason = reason;
-    event.peer = this.decision.peer;
-    event.rule = this.decision.rule;
-    event.revision = this.decision.revision;
-    event.wouldDrop = this.decision.wouldDrop;
-    event.local = this.decision.local;
-    event.latencyMicroseconds = (performance.now() - this.batchStarted) * 1000;
-    try {
-      listener(event);
-    } catch {
-      // A failing log sink must never change a verdict already sent.
+    event.peer = decision.peer;
+    event.rule = decision.rule;
+    event.revision = decision.revision;
+    event.wouldDrop = decision.wouldDrop;
+    event.local = decision.local;
+  }
+
+  private reportPending(latencyMicroseconds: number): void {
+    const listener = this.options.onVerdict;
+    const count = this.pendingCount;
+    this.pendingCount = 0;
+    if (listener === undefined) return;
+    for (let i = 0; i < count; i++) {
+      const slot = this.pending[i]!;
+      const event = slot.event;
+      // The batch buffer still holds the packet: the addon receives again only after we return.
+      parsePacket(this.buffers.input, slot.offset, slot.length, this.reportedPacket);
+      event.latencyMicroseconds = latencyMicroseconds;
+      try {
+        listener(event);
+      } catch {
+        // A failing log sink must never change a verdict already sent.
+      }
+      event.peer = null;
+      event.local = null;
     }
   }
 
@@ -253,6 +275,22 @@ export class DatapathEngine {
     queue.verdict(id, queueNumber, NF_DROP, mark);
     this.verdicts.add(direction, false, reason);
   }
+}
+
+function blankEvent(packet: ParsedPacket): VerdictEvent {
+  return {
+    direction: 'ingress',
+    stage: 'syn',
+    accepted: true,
+    reason: '',
+    packet,
+    peer: null,
+    rule: null,
+    revision: null,
+    wouldDrop: null,
+    local: null,
+    latencyMicroseconds: 0,
+  };
 }
 
 function checksumValid(packet: ParsedPacket): boolean {

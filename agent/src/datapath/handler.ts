@@ -80,6 +80,6 @@ export interface VerdictEvent {
   revision: string | null;
   wouldDrop: string | null;
   local: Readonly<Record<string, string>> | null;
-  /** From the packet's batch reaching the agent to its verdict. */
+  /** From the packet's batch reaching the agent to its verdict being sent to the kernel. */
   latencyMicroseconds: number;
 }

@@ -83,6 +83,8 @@ export interface PeerCredentials {
 interface NativeBinding {
   NfQueue: new (options: NativeQueueOptions) => NativeQueue;
   peerCredentials(fd: number): PeerCredentials;
+  /** Writes HMAC-SHA256(key, message[0, messageLength)) into the first 32 bytes of `out`. */
+  hmacSha256: (key: Uint8Array, message: Uint8Array, messageLength: number, out: Uint8Array) => void;
   SLOT_SIZE: number;
   META_STRIDE: number;
   COUNTER_COUNT: number;
