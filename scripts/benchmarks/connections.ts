@@ -1,32 +1,42 @@
 // scripts/bench: connection rate, sequential connect latency and bulk throughput between two
 // lab namespaces: without agents (the baseline), with pass-through agents, and with identity
 // agents (known pair, and first contact with peer caches flushed before every connect). Every
-// number is printed against the baseline measured in this same run.
+// number is printed against the baseline measured in this same run. Bulk throughput (iperf3)
+// drifts by more than the effect being measured, so it alternates rounds with and without agents
+// and reports the median of the per-round ratios.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { prepareIdentities } from '../../test/support/identity-lab.ts';
-import { Lab, type AgentHandle } from '../../test/support/lab.ts';
+import { Lab, sleep, type AgentHandle } from '../../test/support/lab.ts';
 
 const LOAD = new URL('./load.ts', import.meta.url).pathname;
 // Ports the example policy (policy/examples/three-tier) opens from web to api.
 const CONNECT_PORT = 8080;
-const SINK_PORT = 7000;
+const BULK_PORT = 7000;
 const config = {
   rateConcurrency: 32,
   rateMs: Number(process.env.BENCH_RATE_MS ?? 4000),
   rateMax: 60_000,
   sequentialCount: Number(process.env.BENCH_SEQUENTIAL ?? 2000),
   firstContactCount: Number(process.env.BENCH_FIRST_CONTACT ?? 300),
-  bulkBytes: Number(process.env.BENCH_BULK_BYTES ?? 200e6),
+  bulkSeconds: Number(process.env.BENCH_BULK_SECONDS ?? 3),
+  bulkRounds: Number(process.env.BENCH_BULK_ROUNDS ?? 6),
 };
 
 interface Results {
   rate?: number;
   p50: number;
   p99: number;
-  throughput?: number;
   tripsPerConnection?: number;
+}
+
+interface BulkResults {
+  /** Median over rounds of (with agents / without agents), each pair measured back to back. */
+  ratio: number;
+  lowest: number;
+  highest: number;
+  baselineGbps: number;
 }
 
 // Accepted-connection log lines cost the agent as much as a trip; benchmarks measure the
@@ -53,24 +63,53 @@ async function sequential(lab: Lab, agents: AgentHandle[], count: number, flushS
 }
 
 async function measure(lab: Lab, agents: AgentHandle[]): Promise<Results> {
-  const host = lab.address('api');
-  const rate = await load(lab, ['rate', host, String(CONNECT_PORT), String(config.rateConcurrency), String(config.rateMs), String(config.rateMax)]);
+  const rate = await load(lab, ['rate', lab.address('api'), String(CONNECT_PORT), String(config.rateConcurrency), String(config.rateMs), String(config.rateMax)]);
   if ((rate.failed ?? 0) > 0) process.stderr.write(`warning: ${rate.failed} connections failed\n`);
   const latency = await sequential(lab, agents, config.sequentialCount);
-  // Bulk throughput swings run to run on a shared 2-core machine: take the median of three.
-  const bulkRuns: number[] = [];
-  for (let i = 0; i < 3; i++) {
-    bulkRuns.push((await load(lab, ['bulk', host, String(SINK_PORT), String(config.bulkBytes)])).megabytesPerSecond!);
+  return { ...latency, rate: rate.perSecond! };
+}
+
+/** One iperf3 stream from web to api, in Gbit/s as the receiver counted it. */
+async function iperf(lab: Lab): Promise<number> {
+  for (let attempt = 1; ; attempt++) {
+    const output = lab.exec('web', ['iperf3', '--client', lab.address('api'), '--port', String(BULK_PORT), '--time', String(config.bulkSeconds), '--json']);
+    const report = JSON.parse(output) as { error?: string; end?: { sum_received?: { bits_per_second?: number } } };
+    const bits = report.end?.sum_received?.bits_per_second;
+    if (bits !== undefined) return bits / 1e9;
+    // The server takes one test at a time and may still be closing the previous one.
+    if (attempt === 5) throw new Error(`iperf3 gave no result: ${report.error ?? output.slice(0, 400)}`);
+    await sleep(300);
   }
-  bulkRuns.sort((a, b) => a - b);
-  return { ...latency, rate: rate.perSecond!, throughput: bulkRuns[1]! };
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
+
+/** Rounds alternate which side goes first, so a drift during a round does not favour one side. */
+async function bulk(lab: Lab, startAgents: () => Promise<AgentHandle[]>): Promise<BulkResults> {
+  const ratios: number[] = [];
+  const baselines: number[] = [];
+  for (let round = 0; round < config.bulkRounds; round++) {
+    let without = 0;
+    if (round % 2 === 0) without = await iperf(lab);
+    const agents = await startAgents();
+    const withAgents = await iperf(lab);
+    for (const agent of agents) await agent.process.stop();
+    if (round % 2 === 1) without = await iperf(lab);
+    baselines.push(without);
+    ratios.push(withAgents / without);
+  }
+  return { ratio: median(ratios), lowest: Math.min(...ratios), highest: Math.max(...ratios), baselineGbps: median(baselines) };
 }
 
 function fmt(value: number | undefined, digits = 0): string {
   return value === undefined ? '-' : value.toFixed(digits);
 }
 
-function report(name: string, base: Results, run: Results): string[] {
+function report(name: string, base: Results, run: Results, bulkRun?: BulkResults): string[] {
   const cells = [
     name.padEnd(28),
     `${fmt(run.rate)}/s`.padStart(9),
@@ -79,7 +118,7 @@ function report(name: string, base: Results, run: Results): string[] {
     `+${fmt(run.p50 - base.p50)}`.padStart(6),
     `${fmt(run.p99)}us`.padStart(8),
     `+${fmt(run.p99 - base.p99)}`.padStart(7),
-    (run.throughput === undefined ? '-' : `${fmt(run.throughput / base.throughput!, 3)}x`).padStart(7),
+    (bulkRun === undefined ? '-' : `${fmt(bulkRun.ratio, 3)}x`).padStart(7),
     fmt(run.tripsPerConnection, 1).padStart(6),
   ];
   return [cells.join(' ')];
@@ -90,27 +129,38 @@ const lab = Lab.up('bn', 90);
 try {
   const files = await prepareIdentities(lab, directory);
   await lab
-    .spawn('api', [process.execPath, '--import', 'tsx', LOAD, 'server', String(CONNECT_PORT), String(SINK_PORT)])
+    .spawn('api', [process.execPath, '--import', 'tsx', LOAD, 'server', String(CONNECT_PORT)])
     .waitFor((l) => l.listening === true);
+  await lab.spawn('api', ['iperf3', '--server', '--port', String(BULK_PORT), '--forceflush']).waitFor((l) => String(l.text).includes('listening'));
+  const passThroughAgents = async (): Promise<AgentHandle[]> => [await lab.startAgent('api'), await lab.startAgent('web')];
+  const identityAgents = async (): Promise<AgentHandle[]> => [
+    await lab.startAgent('api', ['--config', files.configs.api]),
+    await lab.startAgent('web', ['--config', files.configs.web]),
+  ];
 
   // Warm the server, the kernel's socket caches and the CPU up before the baseline, or the first
   // phase pays for it and every ratio after it looks better than it is.
   process.stderr.write('bench: warm-up (discarded)\n');
   await load(lab, ['rate', lab.address('api'), String(CONNECT_PORT), '32', '1500', String(config.rateMax)]);
-  await load(lab, ['bulk', lab.address('api'), String(SINK_PORT), String(config.bulkBytes)]);
+  await iperf(lab);
   process.stderr.write('bench: baseline (no agents)\n');
   const baseline = await measure(lab, []);
 
   process.stderr.write('bench: pass-through agents\n');
-  let agents = [await lab.startAgent('api'), await lab.startAgent('web')];
+  let agents = await passThroughAgents();
   const passThrough = await measure(lab, agents);
   for (const agent of agents) await agent.process.stop();
 
   process.stderr.write('bench: identity agents\n');
-  agents = [await lab.startAgent('api', ['--config', files.configs.api]), await lab.startAgent('web', ['--config', files.configs.web])];
+  agents = await identityAgents();
   const identityKnown = await measure(lab, agents);
   process.stderr.write('bench: identity agents, first contact (caches flushed before each connect)\n');
   const firstContact = await sequential(lab, agents, config.firstContactCount, agents.map((agent) => agent.socket));
+  for (const agent of agents) await agent.process.stop();
+
+  process.stderr.write(`bench: bulk, ${config.bulkRounds} rounds each with and without agents\n`);
+  const passThroughBulk = await bulk(lab, passThroughAgents);
+  const identityBulk = await bulk(lab, identityAgents);
 
   const header = [
     'mode'.padEnd(28),
@@ -123,14 +173,17 @@ try {
     'bulk'.padStart(7),
     'trips'.padStart(6),
   ].join(' ');
+  const range = (b: BulkResults): string => `${fmt(b.lowest, 3)}-${fmt(b.highest, 3)}x`;
   const lines = [
-    `rate: ${config.rateConcurrency} concurrent for ${config.rateMs} ms; sequential: ${config.sequentialCount} connects; bulk: ${config.bulkBytes / 1e6} MB x3 (median)`,
+    `rate: ${config.rateConcurrency} concurrent for ${config.rateMs} ms; sequential: ${config.sequentialCount} connects (first contact ${config.firstContactCount})`,
     header,
     ...report('no agents (baseline)', baseline, baseline),
-    ...report('pass-through', baseline, passThrough),
-    ...report('identity, known pair', baseline, identityKnown),
+    ...report('pass-through', baseline, passThrough, passThroughBulk),
+    ...report('identity, known pair', baseline, identityKnown, identityBulk),
     ...report('identity, first contact', baseline, firstContact),
     'trips: queued packets per connection, both agents together; added: microseconds over the baseline',
+    `bulk: iperf3 ${config.bulkSeconds} s, ${config.bulkRounds} rounds alternating without/with agents, median ratio; ` +
+      `baseline ${fmt(passThroughBulk.baselineGbps, 1)} Gbit/s; per-round ratios pass-through ${range(passThroughBulk)}, identity ${range(identityBulk)}`,
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
 } finally {

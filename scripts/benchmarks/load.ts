@@ -1,10 +1,9 @@
 // Load generator and server for scripts/bench; runs inside lab namespaces, prints one JSON line.
-//   server <connectPort> <sinkPort>                accept-and-close server plus a byte sink
+//   server <connectPort>                           accept-and-close server
 //   rate <host> <port> <concurrency> <ms> <max>     new connections per second
 //   sequential <host> <port> <count> [socket...]    connect latency, one at a time; with agent
 //                                                   status sockets, their peer caches are flushed
 //                                                   before every connect (first-contact cost)
-//   bulk <host> <port> <bytes>                      one stream's throughput
 import { request } from 'node:http';
 import { connect, createServer, type Socket } from 'node:net';
 
@@ -78,47 +77,13 @@ async function sequential(host: string, port: number, count: number, flushSocket
   emit({ count: samples.length, p50: percentile(samples, 50), p99: percentile(samples, 99) });
 }
 
-async function bulk(host: string, port: number, bytes: number): Promise<void> {
-  const chunk = Buffer.alloc(256 * 1024, 0x5a);
-  const started = process.hrtime.bigint();
-  await new Promise<void>((resolve, reject) => {
-    const socket = connect({ host, port }, () => {
-      let sent = 0;
-      const pump = (): void => {
-        while (sent < bytes) {
-          sent += chunk.length;
-          if (!socket.write(chunk)) {
-            socket.once('drain', pump);
-            return;
-          }
-        }
-        socket.end();
-      };
-      pump();
-    });
-    socket.on('error', reject);
-    socket.on('close', () => {
-      resolve();
-    });
-    socket.resume();
-  });
-  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-  emit({ bytes, seconds, megabytesPerSecond: bytes / 1e6 / seconds });
-}
-
 switch (mode) {
   case 'server': {
-    const [connectPort, sinkPort] = args.map(Number);
     createServer((socket) => {
       socket.on('error', () => undefined);
       socket.end();
       socket.resume();
-    }).listen(connectPort, '0.0.0.0', 1024);
-    createServer((socket) => {
-      socket.on('error', () => undefined);
-      socket.resume();
-      socket.on('end', () => socket.end());
-    }).listen(sinkPort, '0.0.0.0', () => {
+    }).listen(Number(args[0]), '0.0.0.0', 1024, () => {
       emit({ listening: true });
     });
     break;
@@ -128,9 +93,6 @@ switch (mode) {
     break;
   case 'sequential':
     await sequential(args[0]!, Number(args[1]), Number(args[2]), args.slice(3));
-    break;
-  case 'bulk':
-    await bulk(args[0]!, Number(args[1]), Number(args[2]));
     break;
   default:
     process.stderr.write(`unknown mode ${mode ?? ''}\n`);
