@@ -22,7 +22,8 @@ struct MacContext {
   // name again on each call, which costs more than the MAC itself.
   bool Ready() {
     if (ctx != nullptr) return true;
-    mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+    // Fetched once; a failed context creation retries with the same MAC instead of leaking it.
+    if (mac == nullptr) mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
     if (mac == nullptr) return false;
     ctx = EVP_MAC_CTX_new(mac);
     params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0);

@@ -80,7 +80,7 @@ export interface PeerCredentials {
   gid: number;
 }
 
-interface NativeBinding {
+export interface NativeBinding {
   NfQueue: new (options: NativeQueueOptions) => NativeQueue;
   peerCredentials(fd: number): PeerCredentials;
   /** Writes HMAC-SHA256(key, message[0, messageLength)) into the first 32 bytes of `out`. */

@@ -2,7 +2,7 @@
 // between their credential keys (HKDF-SHA256, RFC 5869), cached per pair, so after first
 // contact a connection costs only HMACs. Proofs are HMAC-SHA256 truncated to 128 bits.
 import { diffieHellman, hkdfSync, randomFillSync, timingSafeEqual, type KeyObject } from 'node:crypto';
-import { loadBinding } from '../datapath/nfqueue.ts';
+import { loadBinding, type NativeBinding } from '../datapath/nfqueue.ts';
 import { KEY_ID_BYTES, NONCE_BYTES, PROOF_BYTES } from './wire.ts';
 
 const PAIR_INFO = Buffer.from('synpass pair key v1');
@@ -26,7 +26,7 @@ export type ProofLabel = 'syn' | 'syn-ack' | 'ack';
 // (a context, a key object and an algorithm lookup per call) cost 5-20 us a proof in the agent.
 const scratch = Buffer.alloc(256);
 const digest = Buffer.alloc(32);
-let hmacSha256: ((key: Uint8Array, message: Uint8Array, messageLength: number, out: Uint8Array) => void) | undefined;
+let hmacSha256: NativeBinding['hmacSha256'] | undefined;
 
 /**
  * HMAC over the label and every value the proof binds: the nonces of both ends, the initial
