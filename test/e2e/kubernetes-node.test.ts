@@ -10,9 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { initDomain, issueAgent } from '../../agent/src/identity/issuance.ts';
-import { isRoot, NetnsProcess, readStatus, ROOT } from '../support/lab.ts';
+import { isRoot, NetnsProcess, readStatus, ROOT, synpassCommand } from '../support/lab.ts';
 
-const CLI = join(ROOT, 'agent/src/cli/main.ts');
 const PEER = join(ROOT, 'test/support/peer.ts');
 const API = join(ROOT, 'test/support/fake-kube-api.ts');
 
@@ -31,6 +30,11 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
   const ip = (...args: string[]) => execFileSync('ip', args, { stdio: 'pipe' });
   const spawn = (ns: string, args: string[]) => {
     const child = new NetnsProcess(ns, [process.execPath, '--import', 'tsx', ...args]);
+    processes.push(child);
+    return child;
+  };
+  const spawnAgent = (ns: string, args: string[]) => {
+    const child = new NetnsProcess(ns, [...synpassCommand(), 'agent', 'run', ...args]);
     processes.push(child);
     return child;
   };
@@ -116,11 +120,11 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
         telemetry: { whoisSocket: join(directory, 'remote-whois.sock') },
       }),
     );
-    remoteAgent = spawn(remote, [CLI, 'agent', 'run', '--config', join(directory, 'remote.yaml'), '--status-socket', join(directory, 'remote.sock')]);
+    remoteAgent = spawnAgent(remote, ['--config', join(directory, 'remote.yaml'), '--status-socket', join(directory, 'remote.sock')]);
     await remoteAgent.waitFor((l) => l.msg === 'agent running', 20_000);
     await spawn(remote, [PEER, 'server', '9090', 'http']).waitFor((l) => l.listening === 9090);
     socket = join(directory, 'status.sock');
-    agent = spawn(node, [CLI, 'agent', 'run', '--config', join(directory, 'agent.yaml'), '--status-socket', socket]);
+    agent = spawnAgent(node, ['--config', join(directory, 'agent.yaml'), '--status-socket', socket]);
     await agent.waitFor((l) => l.msg === 'agent running', 20_000);
     await spawn(pods.b, [PEER, 'server', '8080', 'http']).waitFor((l) => l.listening === 8080);
   });

@@ -8,9 +8,8 @@ import { join } from 'node:path';
 import { issueAgent } from '../../agent/src/identity/issuance.ts';
 import { BATCH_UID, DOMAIN, prepareIdentities, type IdentityLabFiles } from '../support/identity-lab.ts';
 import { execFileSync } from 'node:child_process';
-import { isRoot, Lab, ROOT, sleep, type AgentHandle } from '../support/lab.ts';
+import { isRoot, Lab, ROOT, sleep, synpassCommand, type AgentHandle } from '../support/lab.ts';
 
-const CLI = join(ROOT, 'agent/src/cli/main.ts');
 
 const METRICS = 'http://127.0.0.1:9464';
 
@@ -97,7 +96,7 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     const whois = (host: 'api' | 'web', a: string, b: string, uid?: number) => {
       const asUser = uid === undefined ? [] : ['setpriv', `--reuid=${uid}`, `--regid=${uid}`, '--clear-groups'];
       try {
-        const out = execFileSync('ip', ['netns', 'exec', lab.namespace(host), ...asUser, process.execPath, '--import', 'tsx', CLI, 'whois', a, b, '--socket', lab.whoisSocket(host)], { cwd: ROOT, encoding: 'utf8' });
+        const out = execFileSync('ip', ['netns', 'exec', lab.namespace(host), ...asUser, ...synpassCommand(), 'whois', a, b, '--socket', lab.whoisSocket(host)], { cwd: ROOT, encoding: 'utf8' });
         return { code: 0, answer: JSON.parse(out) as Record<string, unknown> };
       } catch (error) {
         const e = error as { status: number; stdout: string };

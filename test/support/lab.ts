@@ -1,12 +1,14 @@
 // Test-side handle on scripts/lab: namespaces, processes inside them, agents and captures.
 // Every lab is torn down by its test's after() hook and, as a last resort, on process exit.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { readdirSync, statSync } from 'node:fs';
+import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fetchStatus } from '../../agent/src/telemetry/status-client.ts';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const LAB = `${ROOT}scripts/lab`;
-const CLI = `${ROOT}agent/src/cli/main.ts`;
+const BUILT_CLI = `${ROOT}dist/agent/src/cli/main.js`;
 const PEER = `${ROOT}test/support/peer.ts`;
 const CAPTURE = `${ROOT}test/support/capture-probe.ts`;
 
@@ -16,6 +18,32 @@ const liveLabs = new Set<string>();
 process.on('exit', () => {
   for (const prefix of liveLabs) execFileSync(LAB, ['down', prefix], { stdio: 'ignore' });
 });
+
+/**
+ * The synpass command as it ships (tsc output in dist/), so tests and benchmarks exercise and
+ * time what users run rather than the tsx loader's transform of the sources. Throws, naming the
+ * command that fixes it, when a source file is newer than its build.
+ */
+export function synpassCommand(): string[] {
+  const sources = `${ROOT}agent/src`;
+  const stale = (directory: string): string | null => {
+    for (const entry of readdirSync(directory, { withFileTypes: true })) {
+      const path = join(directory, entry.name);
+      if (entry.isDirectory()) {
+        const found = stale(path);
+        if (found !== null) return found;
+      } else if (entry.name.endsWith('.ts')) {
+        const built = `${ROOT}dist/${relative(ROOT, path).replace(/\.ts$/, '.js')}`;
+        const builtTime = statSync(built, { throwIfNoEntry: false })?.mtimeMs ?? -1;
+        if (builtTime < statSync(path).mtimeMs) return relative(ROOT, path);
+      }
+    }
+    return null;
+  };
+  const outdated = stale(sources);
+  if (outdated !== null) throw new Error(`dist/ is older than ${outdated}: run \`npm run build:ts\` first`);
+  return [process.execPath, BUILT_CLI];
+}
 
 export function isRoot(): boolean {
   return process.getuid?.() === 0;
@@ -174,7 +202,7 @@ export class Lab {
   }
 
   synpass(host: Host, args: string[]): string {
-    return execFileSync('ip', ['netns', 'exec', this.namespace(host), process.execPath, '--import', 'tsx', CLI, ...args], {
+    return execFileSync('ip', ['netns', 'exec', this.namespace(host), ...synpassCommand(), ...args], {
       cwd: ROOT,
       encoding: 'utf8',
     });
@@ -195,7 +223,7 @@ export class Lab {
     const targets = this.networks.flatMap((cidr) => ['--target', cidr]);
     const child = this.spawn(
       host,
-      [process.execPath, '--import', 'tsx', CLI, 'agent', 'run', '--status-socket', socket, '--whois-socket', whois, ...targets, ...extraArgs],
+      [...synpassCommand(), 'agent', 'run', '--status-socket', socket, '--whois-socket', whois, ...targets, ...extraArgs],
       { env },
     );
     // Ready when the status socket answers (log lines may be filtered by level).

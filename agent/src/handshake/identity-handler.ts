@@ -4,7 +4,7 @@
 // knows the server's agent, its SYN carries a proof too and the handshake ends at the SYN-ACK.
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
 import type { Decision, HandshakeHandler, PacketInfo } from '../datapath/handler.ts';
-import { TCP_RST } from '../datapath/packet.ts';
+import { TCP_FIN, TCP_RST } from '../datapath/packet.ts';
 import type { LocalIdentity } from '../identity/local-identity.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { Authorization, AuthorizationQuery, Authorizer } from './authorizer.ts';
@@ -352,9 +352,10 @@ export class IdentityHandler implements HandshakeHandler {
     if (flow?.role !== 'server' || flow.serverNonce === null) throw new HandshakeReject('replayed-ack');
     const valid = proofMatches(this.ackProof(flow), message.proof);
     if (flow.completed) {
-      // Only a data segment that raced the client's release may repeat the proof; a bare
-      // repeated ACK is a duplicate or a replay and is never delivered.
-      if (!valid || packet.applicationPayloadLength === 0) throw new HandshakeReject('replayed-ack');
+      // Only a segment that raced the client's release (data, or a FIN from a client that closes
+      // at once) may repeat the proof; a bare repeated ACK is a duplicate or a replay and is
+      // never delivered.
+      if (!valid || (packet.applicationPayloadLength === 0 && (packet.flags & TCP_FIN) === 0)) throw new HandshakeReject('replayed-ack');
       decision.reason = 'ok';
       decision.release = true;
       return;

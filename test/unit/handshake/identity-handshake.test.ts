@@ -159,6 +159,21 @@ describe('identity handshake over a virtual wire', () => {
     reasonOf(server.queue.deliver(ackOut.bytes, 'ingress'), server.queue, 'replayed-ack');
   });
 
+  it('delivers a FIN that raced the release with the proof, but never a repeated bare ACK', () => {
+    handshake();
+    server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress');
+    // A client that closes at once: its FIN leaves before the ACK's release verdict lands.
+    const finAck = Uint8Array.from(ACK);
+    finAck[33] = 0x11;
+    const finOut = client.queue.deliver(withValidChecksums(finAck), 'egress');
+    assert.ok(finOut.bytes.length > ACK.length, 'the raced FIN carries the proof');
+    const finIn = server.queue.deliver(finOut.bytes, 'ingress');
+    assert.equal(finIn.dropped, false);
+    assert.equal(finIn.released, true);
+    assert.deepEqual(finIn.bytes, withValidChecksums(finAck), 'the proof is stripped before TCP sees it');
+    reasonOf(server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress'), server.queue, 'replayed-ack');
+  });
+
   it('refuses an ACK proof with no handshake behind it', () => {
     const ack = encodeMessage({ type: MessageType.Ack, proof: new Uint8Array(16) });
     const out = new Uint8Array(2048);
