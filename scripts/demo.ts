@@ -1,12 +1,16 @@
 // The namespace demo: web and api run agents of trust domain demo.synpass, the outsider runs
-// none (then a rogue agent of an untrusted domain), and an attacker replays a captured SYN.
+// none (then a rogue agent of an untrusted domain), and an attacker replays a captured SYN and
+// builds a new one from its credential and token.
 // Prints one row per scenario; exits 0 only if every row is as expected.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { ParsedPacket, parsePacket } from '../agent/src/datapath/packet.ts';
+import { decodeMessage, encodeMessage, MessageType } from '../agent/src/handshake/wire.ts';
 import { BATCH_UID, prepareIdentities } from '../test/support/identity-lab.ts';
 import { Lab, ROOT, sleep, type AgentHandle } from '../test/support/lab.ts';
+import { withBody } from '../test/support/rebody.ts';
 
 const RAW_PROBE = join(ROOT, 'test/support/raw-probe.ts');
 
@@ -116,7 +120,28 @@ try {
     identity: '-',
   });
 
-  // 7. A rogue agent whose trust domain api does not trust.
+  // 7. The attacker lifts credential and token from that SYN into a new one with a fresh nonce
+  // and time: the agent signature over them no longer verifies.
+  const liftMark = api.process.lines.length;
+  if (synHex) {
+    const lifted = withBody(Buffer.from(synHex, 'hex'), (body) => {
+      const message = decodeMessage(body);
+      if (message.type !== MessageType.Syn) return body;
+      return encodeMessage({ ...message, nonce: randomBytes(16), time: Math.floor(Date.now() / 1000) });
+    });
+    await runProbe(lab, ['send', apiAddress, Buffer.from(lifted).toString('hex')]);
+  }
+  await sleep(500);
+  const liftVerdict = lastVerdictFrom(api, lab.address('web'), liftMark);
+  rows.push({
+    connection: 'attacker reuses web\'s token, new nonce',
+    expected: 'rejected',
+    result: liftVerdict?.verdict === 'drop' ? 'rejected' : 'accepted',
+    reason: reasonOf(liftVerdict),
+    identity: '-',
+  });
+
+  // 8. A rogue agent whose trust domain api does not trust.
   const rogue = await lab.startAgent('outsider', ['--config', files.configs.outsider]);
   const rogueMark = api.process.lines.length;
   const rogueTry = await lab.peerOnce('outsider', ['echo', apiAddress, '8080', 'hi'], 4_000).catch(() => ({ error: 'timeout' }));

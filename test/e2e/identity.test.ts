@@ -117,6 +117,7 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
       time: now(),
       peerKeyId: null,
       proof: null,
+      signature: null,
     });
   }
 
@@ -259,6 +260,21 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
       return encodeMessage({ ...message, nonce });
     });
     await expectDropped('bad-proof', [Buffer.from(tampered).toString('hex')]);
+
+    // Credential and token lifted from the first-contact SYN into a new SYN from the outsider's
+    // own address, with a fresh nonce and time: the agent signature no longer matches, and a SYN
+    // without one proves nothing. api stays silent either way.
+    const silence = await lab.capture(`src host ${lab.address('api')} and dst host ${lab.address('outsider')} and (tcp or icmp)`, 100, 30_000);
+    const first = decodeMessage(bodyOf(syns[0]!.packet));
+    assert.equal(first.type, MessageType.Syn);
+    if (first.type !== MessageType.Syn) return;
+    assert.ok(first.signature !== null && first.proof === null, 'the first-contact SYN is signed');
+    const lifted = { ...first, nonce: randomBytes(16), time: now() };
+    await expectDropped('bad-proof', [forgedSyn(encodeMessage(lifted))]);
+    await expectDropped('unproven-syn', [forgedSyn(encodeMessage({ ...lifted, flags: 0, signature: null }))]);
+    await sleep(1_000);
+    await silence.stop();
+    assert.equal(silence.lines.filter((l) => typeof l.hex === 'string').length, 0, 'api sent nothing to the attacker');
   });
 
   it('the socket owner picks the workload: a process of user nobody on web is "batch" and api refuses it', async () => {

@@ -12,11 +12,13 @@ import { ExpiringTable, flowKey, type Flow, type SeenNonce } from './handshake-s
 import type { PeerVerifier } from './peer-verifier.ts';
 import { computeProof, keyId, NoncePool, proofMatches } from './proofs.ts';
 import { HandshakeReject } from './reasons.ts';
+import { signSyn, synSignatureValid } from './syn-signature.ts';
 import {
   decodeMessage,
   encodeMessage,
   FLAG_FAST,
   FLAG_SYN_PROOF,
+  FLAG_SYN_SIGNATURE,
   MessageType,
   WireError,
   type HandshakeMessage,
@@ -109,7 +111,10 @@ export class IdentityHandler implements HandshakeHandler {
     const key = flowKey(client, packet.sourcePort, server, packet.destinationPort);
     const existing = this.flows.get(key);
     if (existing?.synBody && existing.clientIsn === packet.sequence) {
-      // A retransmitted SYN carries the same message, so the server can recognise it.
+      // A retransmitted SYN carries the same message, so the server can recognise it. An
+      // unanswered fast SYN may have met a server whose key changed and which therefore cannot
+      // check its proof: the retransmit adds the signature a first-contact SYN carries.
+      if (existing.fast) existing.synBody = this.withSignature(existing.synBody);
       this.attach(decision, existing.synBody);
       decision.track = true;
       decision.reason = 'ok';
@@ -120,15 +125,18 @@ export class IdentityHandler implements HandshakeHandler {
     const nonce = this.noncePool.next();
     const time = Math.floor(this.now() / 1000);
     const known = this.knownServers.get(server);
+    // A known server checks the SYN proof under the pair key; any other gets the agent's
+    // signature (an ECDSA signing per first-contact connection, none once the pair is known).
     const body = encodeMessage({
       type: MessageType.Syn,
-      flags: known ? FLAG_SYN_PROOF : 0,
+      flags: known ? FLAG_SYN_PROOF : FLAG_SYN_SIGNATURE,
       credential: this.local.packedCredential,
       token: own.packed,
       nonce,
       time,
       peerKeyId: known?.keyId ?? null,
       proof: known ? computeProof(known.pairKey, 'syn', [nonce, time, packet.sequence]) : null,
+      signature: known ? null : signSyn(this.local.signKey, nonce, time, own.packed.signature),
     });
     const stored = this.flows.set(key, {
       role: 'client',
@@ -272,8 +280,16 @@ export class IdentityHandler implements HandshakeHandler {
     if (message.proof !== null && message.peerKeyId !== null && this.local.keyId.equals(message.peerKeyId)) {
       // Proved to our current key: a mismatch can only be tampering.
       const expected = computeProof(pairKey, 'syn', [message.nonce, message.time, packet.sequence]);
-      if (!proofMatches(expected, message.proof)) throw new HandshakeReject('bad-proof');
+      if (!proofMatches(expected, message.proof)) throw new HandshakeReject('bad-proof', 'SYN proof does not match', peer.identity);
       fast = true;
+    } else if (message.signature !== null) {
+      // Checked last: only an identity policy admits costs this verification.
+      if (!synSignatureValid(peer.credential.signKey, message.nonce, message.time, message.token.signature, message.signature)) {
+        throw new HandshakeReject('bad-proof', 'SYN signature does not verify', peer.identity);
+      }
+    } else {
+      // Bearer credential and token alone prove nothing fresh: they may come from a capture.
+      throw new HandshakeReject('unproven-syn', 'SYN carries neither a proof to our key nor a signature', peer.identity);
     }
     const window = this.options.replayWindowSeconds * 2000;
     if (!this.nonces.set(nonceKey, { flow: key, clientIsn: packet.sequence, expiresAt: nowMs + window })) {
@@ -381,6 +397,17 @@ export class IdentityHandler implements HandshakeHandler {
     decision.wouldDrop = auth.wouldDrop;
     decision.local = query.local;
     return auth;
+  }
+
+  /** The SYN message re-encoded with the agent's signature added (a retransmit, see clientSyn). */
+  private withSignature(body: Buffer): Buffer {
+    const message = decodeMessage(body);
+    if (message.type !== MessageType.Syn || message.signature !== null) return body;
+    return encodeMessage({
+      ...message,
+      flags: message.flags | FLAG_SYN_SIGNATURE,
+      signature: signSyn(this.local.signKey, message.nonce, message.time, message.token.signature),
+    });
   }
 
   private attach(decision: Decision, body: Uint8Array): void {

@@ -29,6 +29,7 @@ export const HANDSHAKE_REASONS = [
   'replayed-syn',
   'replayed-ack',
   'bad-proof',
+  'unproven-syn',
   'unknown-flow',
   'flow-table-full',
   'replay-cache-full',

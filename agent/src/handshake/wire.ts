@@ -4,6 +4,7 @@
 //   every body   version u8 (=1) | type u8
 //   SYN (1)      flags u8 | cred JWS | token JWS | nonce[16] | time u32 (unix s)
 //                [flags & SYN_PROOF: peerKeyId[8] | proof[16]]
+//                [flags & SYN_SIGNATURE: signature[64]]
 //   SYN-ACK (2)  flags u8 | cred JWS | token JWS | nonce[16] | proof[16]
 //   ACK (3)      proof[16]
 // A JWS travels as its three segments base64url-decoded (u16 header | u16 payload | u8
@@ -13,12 +14,16 @@ export const WIRE_VERSION = 1;
 export const NONCE_BYTES = 16;
 export const PROOF_BYTES = 16;
 export const KEY_ID_BYTES = 8;
+/** ES256 (IEEE P1363 r || s) and Ed25519 signatures are both 64 bytes. */
+export const SYN_SIGNATURE_BYTES = 64;
 
 export const MessageType = { Syn: 1, SynAck: 2, Ack: 3 } as const;
 export type MessageTypeValue = (typeof MessageType)[keyof typeof MessageType];
 
 /** SYN: the client proves its key to an agent it already knows (fast path, no ACK trip). */
 export const FLAG_SYN_PROOF = 0x01;
+/** SYN: the client's agent signed nonce and time (first contact, see syn-signature.ts). */
+export const FLAG_SYN_SIGNATURE = 0x02;
 /** SYN-ACK: the server took the fast path; the handshake ends at the SYN-ACK on both sides. */
 export const FLAG_FAST = 0x01;
 
@@ -65,6 +70,7 @@ export interface SynMessage {
   time: number;
   peerKeyId: Uint8Array | null;
   proof: Uint8Array | null;
+  signature: Uint8Array | null;
 }
 
 export interface SynAckMessage {
@@ -133,7 +139,8 @@ export function decodeMessage(body: Uint8Array): HandshakeMessage {
     const hasProof = (flags & FLAG_SYN_PROOF) !== 0;
     const peerKeyId = hasProof ? r.bytes(KEY_ID_BYTES) : null;
     const proof = hasProof ? r.bytes(PROOF_BYTES) : null;
-    message = { type, flags, credential, token, nonce, time, peerKeyId, proof };
+    const signature = (flags & FLAG_SYN_SIGNATURE) !== 0 ? r.bytes(SYN_SIGNATURE_BYTES) : null;
+    message = { type, flags, credential, token, nonce, time, peerKeyId, proof, signature };
   } else if (type === MessageType.SynAck) {
     const flags = r.u8();
     const credential = r.jws();
@@ -172,7 +179,7 @@ class Writer {
 
 export function encodeMessage(message: HandshakeMessage): Buffer {
   const size =
-    message.type === MessageType.Ack ? 2 + PROOF_BYTES : 3 + message.credential.bytes.length + message.token.bytes.length + 64;
+    message.type === MessageType.Ack ? 2 + PROOF_BYTES : 3 + message.credential.bytes.length + message.token.bytes.length + 128;
   const w = new Writer(size);
   w.u8(WIRE_VERSION);
   w.u8(message.type);
@@ -186,6 +193,10 @@ export function encodeMessage(message: HandshakeMessage): Buffer {
       if (!message.peerKeyId || !message.proof) throw new TypeError('SYN proof flag without key id and proof');
       w.bytes(message.peerKeyId);
       w.bytes(message.proof);
+    }
+    if ((message.flags & FLAG_SYN_SIGNATURE) !== 0) {
+      if (message.signature?.length !== SYN_SIGNATURE_BYTES) throw new TypeError('SYN signature flag without a 64-byte signature');
+      w.bytes(message.signature);
     }
   } else if (message.type === MessageType.SynAck) {
     w.u8(message.flags);

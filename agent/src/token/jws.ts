@@ -21,7 +21,8 @@ export interface DecodedJws {
   signature: Buffer;
 }
 
-function algorithmOf(key: KeyObject): JwsAlgorithm {
+/** The JWS algorithm a signing key implies (agent and CA keys are P-256 or Ed25519). */
+export function algorithmOf(key: KeyObject): JwsAlgorithm {
   if (key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1') return 'ES256';
   if (key.asymmetricKeyType === 'ed25519') return 'EdDSA';
   throw new TypeError(`unsupported signing key type ${key.asymmetricKeyType ?? 'unknown'}`);

@@ -1,5 +1,6 @@
 import { before, beforeEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { ParsedPacket, parsePacket } from '../../../agent/src/datapath/packet.ts';
 import { attachToken } from '../../../agent/src/datapath/rewrite.ts';
 import { decodeMessage, encodeMessage, MessageType } from '../../../agent/src/handshake/wire.ts';
@@ -113,6 +114,64 @@ describe('identity handshake over a virtual wire', () => {
     assert.equal(synAckIn.released, true, 'client releases at SYN-ACK');
     assert.equal(server.verifier.cacheStats().tokens!.misses, verifications, 'token came from cache');
     assert.equal(server.events.at(-2)?.reason, 'ok-fast');
+  });
+
+  /** The same packets on another client port: a new connection between the same hosts. */
+  function onPort(bytes: Uint8Array, portOffset: number): Uint8Array {
+    const copy = Uint8Array.from(bytes);
+    copy[portOffset] = 0x97;
+    return withValidChecksums(copy);
+  }
+
+  function synMessage(bytes: Uint8Array) {
+    const packet = parsed(bytes);
+    const message = decodeMessage(packet.buf.subarray(packet.tokenOffset, packet.tokenOffset + packet.tokenLength));
+    assert.equal(message.type, MessageType.Syn);
+    if (message.type !== MessageType.Syn) throw new Error('not a SYN');
+    return message;
+  }
+
+  it('a first-contact SYN is signed by the client agent; a known-peer SYN carries a pair-key proof instead', () => {
+    const { synOut } = handshake();
+    const first = synMessage(synOut.bytes);
+    assert.ok(first.signature !== null && first.proof === null);
+    server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress');
+    const second = synMessage(client.queue.deliver(onPort(SYN, 21), 'egress').bytes);
+    assert.ok(second.signature === null && second.proof !== null);
+  });
+
+  it('cloaks a SYN rebuilt from a captured credential and token: a fresh nonce breaks the signature, none proves nothing', () => {
+    const synOut = client.queue.deliver(SYN, 'egress');
+    const rebuilt = (change: (message: ReturnType<typeof synMessage>) => ReturnType<typeof synMessage>) =>
+      withBody(synOut.bytes, (body) => {
+        const message = decodeMessage(body);
+        if (message.type !== MessageType.Syn) throw new Error('not a SYN');
+        return encodeMessage(change(message));
+      });
+    reasonOf(server.queue.deliver(rebuilt((m) => ({ ...m, nonce: randomBytes(16) })), 'ingress'), server.queue, 'bad-proof');
+    reasonOf(server.queue.deliver(rebuilt((m) => ({ ...m, time: m.time + 1 })), 'ingress'), server.queue, 'bad-proof');
+    reasonOf(server.queue.deliver(rebuilt((m) => ({ ...m, flags: 0, signature: null })), 'ingress'), server.queue, 'unproven-syn');
+    assert.equal(server.events.filter((e) => !e.accepted).length, 3);
+    assert.equal(server.queue.deliver(synOut.bytes, 'ingress').dropped, false, 'the genuine SYN still passes');
+  });
+
+  it('a server whose keys changed drops a fast SYN; its retransmit is signed and the full handshake completes', async () => {
+    handshake();
+    server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress');
+    const restarted = await agent(domain, 'api', 'backend', clock);
+    const syn2 = onPort(SYN, 21);
+    const fastSyn = client.queue.deliver(syn2, 'egress');
+    assert.ok(synMessage(fastSyn.bytes).proof !== null);
+    reasonOf(restarted.queue.deliver(fastSyn.bytes, 'ingress'), restarted.queue, 'unproven-syn');
+    const retransmit = client.queue.deliver(syn2, 'egress');
+    assert.ok(synMessage(retransmit.bytes).signature !== null, 'the retransmit is signed');
+    assert.equal(restarted.queue.deliver(retransmit.bytes, 'ingress').dropped, false);
+    const synAckIn = client.queue.deliver(restarted.queue.deliver(onPort(SYN_ACK, 23), 'egress').bytes, 'ingress');
+    assert.equal(synAckIn.dropped, false);
+    assert.equal(synAckIn.released, false, 'not the fast path: the new key needs the ACK proof');
+    const ackIn = restarted.queue.deliver(client.queue.deliver(onPort(ACK, 21), 'egress').bytes, 'ingress');
+    assert.equal(ackIn.dropped, false);
+    assert.equal(ackIn.released, true);
   });
 
   it('a retransmitted SYN is accepted; the same SYN replayed after the handshake is refused', () => {

@@ -1,0 +1,27 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { signSyn, synSignatureValid } from '../../../agent/src/handshake/syn-signature.ts';
+
+describe('SYN signature', () => {
+  for (const [name, pair] of [
+    ['ES256 (P-256)', generateKeyPairSync('ec', { namedCurve: 'P-256' })],
+    ['EdDSA (Ed25519)', generateKeyPairSync('ed25519')],
+  ] as const) {
+    it(`${name}: verifies over nonce, time and token signature, and over nothing else`, () => {
+      const nonce = randomBytes(16);
+      const tokenSignature = randomBytes(64);
+      const signature = signSyn(pair.privateKey, nonce, 1_800_000_000, tokenSignature);
+      assert.equal(signature.length, 64);
+      assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_000, tokenSignature, signature), true);
+      const otherNonce = Buffer.from(nonce);
+      otherNonce[15]! ^= 1;
+      assert.equal(synSignatureValid(pair.publicKey, otherNonce, 1_800_000_000, tokenSignature, signature), false, 'nonce');
+      assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_001, tokenSignature, signature), false, 'time');
+      assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_000, randomBytes(64), signature), false, 'token');
+      assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_000, tokenSignature, signature.subarray(0, 63)), false, 'length');
+      const otherKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey;
+      assert.equal(synSignatureValid(otherKey, nonce, 1_800_000_000, tokenSignature, signature), false, 'key');
+    });
+  }
+});
