@@ -44,23 +44,30 @@ export class AdmissionAuthorizer implements Authorizer {
 
 /** Decides with the current PolicySet; `current` is swapped whole on reload. */
 export class PolicyAuthorizer implements Authorizer {
+  private readonly memo = new DecisionMemo();
+
   constructor(readonly current: () => PolicySet) {}
 
   private decide(direction: 'ingress' | 'egress', query: AuthorizationQuery): Authorization {
-    const verdict = this.current().evaluate({
+    const set = this.current();
+    const remembered = this.memo.recall(set, direction, query);
+    if (remembered !== undefined) return remembered;
+    const verdict = set.evaluate({
       direction,
       local: query.local,
       peer: query.peer?.attributes ?? null,
       peerAddress: query.peerAddress,
       port: query.port,
     });
-    return {
+    const authorization: Authorization = {
       allowed: verdict.allowed,
       rule: verdict.rule,
       revision: verdict.revision,
       wouldDrop: verdict.wouldDrop,
       unrestricted: verdict.decidedBy === 'no-policy',
     };
+    this.memo.remember(set, direction, query, authorization);
+    return authorization;
   }
 
   ingress(query: AuthorizationQuery): Authorization {
@@ -69,5 +76,51 @@ export class PolicyAuthorizer implements Authorizer {
 
   egress(query: AuthorizationQuery): Authorization {
     return this.decide('egress', query);
+  }
+}
+
+const NO_PEER = {};
+const MEMO_LIMIT = 65_536;
+
+/**
+ * A policy decision is a pure function of the policy set, the direction, the local workload's
+ * attributes, the peer's identity, the port and the peer's address. Local attributes and peer
+ * identities are the same objects from one connection to the next (they come from the token
+ * caches), so a repeated decision costs a few lookups instead of a rule walk. Forgotten whole
+ * when the set changes or the memo fills.
+ */
+class DecisionMemo {
+  private policySet: PolicySet | null = null;
+  private byLocal = new WeakMap<Attributes, WeakMap<object, Map<string, Authorization>>>();
+  private size = 0;
+
+  private static key(direction: 'ingress' | 'egress', query: AuthorizationQuery): string {
+    return `${direction === 'ingress' ? 'i' : 'e'}${query.port}|${query.peerAddress}`;
+  }
+
+  recall(set: PolicySet, direction: 'ingress' | 'egress', query: AuthorizationQuery): Authorization | undefined {
+    if (set !== this.policySet) return undefined;
+    return this.byLocal.get(query.local)?.get(query.peer ?? NO_PEER)?.get(DecisionMemo.key(direction, query));
+  }
+
+  remember(set: PolicySet, direction: 'ingress' | 'egress', query: AuthorizationQuery, authorization: Authorization): void {
+    if (set !== this.policySet || this.size >= MEMO_LIMIT) {
+      this.policySet = set;
+      this.byLocal = new WeakMap();
+      this.size = 0;
+    }
+    let byPeer = this.byLocal.get(query.local);
+    if (byPeer === undefined) {
+      byPeer = new WeakMap();
+      this.byLocal.set(query.local, byPeer);
+    }
+    const peer = query.peer ?? NO_PEER;
+    let decisions = byPeer.get(peer);
+    if (decisions === undefined) {
+      decisions = new Map();
+      byPeer.set(peer, decisions);
+    }
+    decisions.set(DecisionMemo.key(direction, query), authorization);
+    this.size += 1;
   }
 }

@@ -10,7 +10,7 @@ import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { Authorization, AuthorizationQuery, Authorizer } from './authorizer.ts';
 import { ExpiringTable, flowKey, type Flow, type SeenNonce } from './handshake-state.ts';
 import type { PeerVerifier } from './peer-verifier.ts';
-import { computeProof, keyId, NoncePool, proofMatches } from './proofs.ts';
+import { computeProof, keyId, NoncePool, proofValid } from './proofs.ts';
 import { HandshakeReject } from './reasons.ts';
 import { signSyn, synSignatureValid } from './syn-signature.ts';
 import {
@@ -178,8 +178,9 @@ export class IdentityHandler implements HandshakeHandler {
     }
     const peer = this.verifier.verify(message.credential, message.token);
     const pairKey = this.verifier.pairKey(peer.credential);
-    const expected = computeProof(pairKey, 'syn-ack', [message.flags, flow.clientNonce, message.nonce, flow.clientIsn, packet.sequence]);
-    if (!proofMatches(expected, message.proof)) throw new HandshakeReject('bad-proof');
+    if (!proofValid(pairKey, 'syn-ack', [message.flags, flow.clientNonce, message.nonce, flow.clientIsn, packet.sequence], message.proof)) {
+      throw new HandshakeReject('bad-proof');
+    }
     const fast = (message.flags & FLAG_FAST) !== 0;
     if (fast && !flow.fast) throw new HandshakeReject('bad-proof', 'server claimed a fast handshake the client did not offer');
     // Mutual authorization: the sender decides egress once it knows who answered.
@@ -209,7 +210,7 @@ export class IdentityHandler implements HandshakeHandler {
     decision.release = true;
     if (flow?.role !== 'client' || flow.serverNonce === null || flow.pairKey === null) return;
     // Kept until it expires: a segment racing the release verdict carries the same proof.
-    this.attach(decision, encodeMessage({ type: MessageType.Ack, proof: this.ackProof(flow) }));
+    this.attach(decision, encodeMessage({ type: MessageType.Ack, proof: computeProof(flow.pairKey, 'ack', this.ackParts(flow)) }));
   }
 
   // --- server side ---------------------------------------------------------------------------
@@ -279,8 +280,9 @@ export class IdentityHandler implements HandshakeHandler {
     let fast = false;
     if (message.proof !== null && message.peerKeyId !== null && this.local.keyId.equals(message.peerKeyId)) {
       // Proved to our current key: a mismatch can only be tampering.
-      const expected = computeProof(pairKey, 'syn', [message.nonce, message.time, packet.sequence]);
-      if (!proofMatches(expected, message.proof)) throw new HandshakeReject('bad-proof', 'SYN proof does not match', peer.identity);
+      if (!proofValid(pairKey, 'syn', [message.nonce, message.time, packet.sequence], message.proof)) {
+        throw new HandshakeReject('bad-proof', 'SYN proof does not match', peer.identity);
+      }
       fast = true;
     } else if (message.signature !== null) {
       // Checked last: only an identity policy admits costs this verification.
@@ -366,7 +368,7 @@ export class IdentityHandler implements HandshakeHandler {
     const message = this.decode(info);
     if (message.type !== MessageType.Ack) throw new HandshakeReject('malformed-handshake');
     if (flow?.role !== 'server' || flow.serverNonce === null) throw new HandshakeReject('replayed-ack');
-    const valid = proofMatches(this.ackProof(flow), message.proof);
+    const valid = proofValid(flow.pairKey!, 'ack', this.ackParts(flow), message.proof);
     if (flow.completed) {
       // Only a segment that raced the client's release (data, or a FIN from a client that closes
       // at once) may repeat the proof; a bare repeated ACK is a duplicate or a replay and is
@@ -385,8 +387,8 @@ export class IdentityHandler implements HandshakeHandler {
 
   // --- shared --------------------------------------------------------------------------------
 
-  private ackProof(flow: Flow): Buffer {
-    return computeProof(flow.pairKey!, 'ack', [flow.clientNonce, flow.serverNonce!, flow.clientIsn, flow.serverIsn]);
+  private ackParts(flow: Flow): (Uint8Array | number)[] {
+    return [flow.clientNonce, flow.serverNonce!, flow.clientIsn, flow.serverIsn];
   }
 
   /** Asks the authorizer and records what the flow log needs: rule, revision, local identity. */

@@ -26,14 +26,15 @@ export type ProofLabel = 'syn' | 'syn-ack' | 'ack';
 // (a context, a key object and an algorithm lookup per call) cost 5-20 us a proof in the agent.
 const scratch = Buffer.alloc(256);
 const digest = Buffer.alloc(32);
+const truncated = digest.subarray(0, PROOF_BYTES);
+const LABELS: Record<ProofLabel, Uint8Array> = { syn: Buffer.from('syn'), 'syn-ack': Buffer.from('syn-ack'), ack: Buffer.from('ack') };
 let hmacSha256: NativeBinding['hmacSha256'] | undefined;
 
-/**
- * HMAC over the label and every value the proof binds: the nonces of both ends, the initial
- * sequence numbers, and (SYN-ACK) the server's flags, so none can be swapped or replayed.
- */
-export function computeProof(pairKey: Buffer, label: ProofLabel, parts: readonly (Uint8Array | number)[]): Buffer {
-  let offset = scratch.write(label, 0, 'latin1');
+/** Leaves the HMAC of the label and parts in `digest`. */
+function mac(pairKey: Buffer, label: ProofLabel, parts: readonly (Uint8Array | number)[]): void {
+  const labelBytes = LABELS[label];
+  scratch.set(labelBytes, 0);
+  let offset = labelBytes.length;
   for (const part of parts) {
     if (typeof part === 'number') offset = scratch.writeUInt32BE(part >>> 0, offset);
     else {
@@ -43,13 +44,24 @@ export function computeProof(pairKey: Buffer, label: ProofLabel, parts: readonly
   }
   hmacSha256 ??= loadBinding().hmacSha256;
   hmacSha256(pairKey, scratch, offset, digest);
+}
+
+/**
+ * HMAC over the label and every value the proof binds: the nonces of both ends, the initial
+ * sequence numbers, and (SYN-ACK) the server's flags, so none can be swapped or replayed.
+ */
+export function computeProof(pairKey: Buffer, label: ProofLabel, parts: readonly (Uint8Array | number)[]): Buffer {
+  mac(pairKey, label, parts);
   const proof = Buffer.allocUnsafe(PROOF_BYTES);
-  digest.copy(proof, 0, 0, PROOF_BYTES);
+  proof.set(truncated);
   return proof;
 }
 
-export function proofMatches(expected: Buffer, received: Uint8Array): boolean {
-  return received.length === expected.length && timingSafeEqual(expected, received);
+/** Whether `received` is the proof over these values, compared in constant time and without allocating. */
+export function proofValid(pairKey: Buffer, label: ProofLabel, parts: readonly (Uint8Array | number)[], received: Uint8Array): boolean {
+  if (received.length !== PROOF_BYTES) return false;
+  mac(pairKey, label, parts);
+  return timingSafeEqual(truncated, received);
 }
 
 /**

@@ -159,7 +159,8 @@ class Writer {
   readonly buf: Buffer;
   offset = 0;
   constructor(size: number) {
-    this.buf = Buffer.alloc(size);
+    // Only the written prefix is ever returned, so nothing stale can leak.
+    this.buf = Buffer.allocUnsafe(size);
   }
   u8(value: number): void {
     this.buf[this.offset++] = value;

@@ -2,7 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac, randomBytes } from 'node:crypto';
 import { loadBinding } from '../../../agent/src/datapath/nfqueue.ts';
-import { computeProof } from '../../../agent/src/handshake/proofs.ts';
+import { computeProof, proofValid } from '../../../agent/src/handshake/proofs.ts';
 import { PROOF_BYTES } from '../../../agent/src/handshake/wire.ts';
 
 describe('proof HMAC (addon)', () => {
@@ -52,5 +52,16 @@ describe('proof HMAC (addon)', () => {
     assert.deepEqual(first, expected);
     computeProof(key, 'ack', [nonce]);
     assert.deepEqual(first, expected, 'a later proof must not overwrite an earlier one');
+  });
+
+  it('proofValid accepts exactly the proof over the same values', () => {
+    const key = randomBytes(32);
+    const nonce = randomBytes(16);
+    const proof = computeProof(key, 'syn-ack', [1, nonce, 5, 6]);
+    assert.equal(proofValid(key, 'syn-ack', [1, nonce, 5, 6], proof), true);
+    assert.equal(proofValid(key, 'syn-ack', [0, nonce, 5, 6], proof), false, 'another value');
+    assert.equal(proofValid(key, 'ack', [1, nonce, 5, 6], proof), false, 'another label');
+    assert.equal(proofValid(randomBytes(32), 'syn-ack', [1, nonce, 5, 6], proof), false, 'another key');
+    assert.equal(proofValid(key, 'syn-ack', [1, nonce, 5, 6], proof.subarray(0, 15)), false, 'short');
   });
 });

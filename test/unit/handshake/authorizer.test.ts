@@ -1,0 +1,57 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { PolicyAuthorizer } from '../../../agent/src/handshake/authorizer.ts';
+import type { PolicySet } from '../../../agent/src/policy/policy-set.ts';
+import type { VerifiedIdentity } from '../../../agent/src/token/identity-token.ts';
+import { compile } from '../../support/policy-dir.ts';
+
+const api = { 'synpass.subject': 'spiffe://d/api', 'app.name': 'api' };
+
+function identity(name: string): VerifiedIdentity {
+  const attributes = { 'synpass.subject': `spiffe://d/${name}`, 'app.name': name };
+  return { trustDomain: 'd', subject: attributes['synpass.subject'], attributes, provenance: {}, agent: 'spiffe://d/agent/x', expiresAt: 2e9 };
+}
+
+function apiAllows(from: string): PolicySet {
+  return compile({
+    'p.yaml': `policies:\n  - name: api\n    selector: { app.name: api }\n    ingress:\n      - name: r\n        action: allow\n        ports: [8080]\n        from: { app.name: ${from} }\n`,
+  });
+}
+
+/** Counts how often the set really evaluates, so a remembered decision can be told apart. */
+function counted(set: PolicySet): { set: PolicySet; evaluations: () => number } {
+  let evaluations = 0;
+  const evaluate = set.evaluate.bind(set);
+  set.evaluate = (query) => {
+    evaluations += 1;
+    return evaluate(query);
+  };
+  return { set, evaluations: () => evaluations };
+}
+
+describe('policy authorizer', () => {
+  it('remembers a decision per local workload, peer, port and address, and forgets it when the set changes', () => {
+    const first = counted(apiAllows('web'));
+    let current = first.set;
+    const authorizer = new PolicyAuthorizer(() => current);
+    const web = identity('web');
+    const query = { local: api, peer: web, peerAddress: '10.0.0.1', port: 8080 };
+
+    const decided = authorizer.ingress(query);
+    assert.equal(decided.allowed, true);
+    assert.equal(decided.rule, 'api/r');
+    assert.deepEqual(authorizer.ingress({ ...query }), decided);
+    assert.equal(first.evaluations(), 1, 'the same workload, peer, port and address: remembered');
+
+    assert.equal(authorizer.ingress({ ...query, port: 9090 }).allowed, false, 'another port is decided on its own');
+    assert.equal(authorizer.ingress({ ...query, peer: identity('web') }).allowed, true, 'another identity object is decided on its own');
+    assert.equal(authorizer.ingress({ ...query, peer: null }).allowed, false, 'no identity');
+    assert.equal(authorizer.egress(query).rule, null, 'egress is decided on its own (no egress rules)');
+    assert.equal(first.evaluations(), 5);
+
+    const second = counted(apiAllows('batch'));
+    current = second.set;
+    assert.equal(authorizer.ingress(query).allowed, false, 'a reloaded set decides afresh');
+    assert.equal(second.evaluations(), 1);
+  });
+});
