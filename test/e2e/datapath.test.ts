@@ -3,7 +3,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ParsedPacket, parsePacket } from '../../agent/src/datapath/packet.ts';
 import { PASS_THROUGH_TOKEN } from '../../agent/src/handshake/pass-through.ts';
-import { isRoot, Lab, type AgentHandle } from '../support/lab.ts';
+import { isRoot, Lab, sleep, type AgentHandle } from '../support/lab.ts';
 
 const ECHO = 7000;
 const SINK = 7001;
@@ -137,5 +137,33 @@ describe('datapath end to end (pass-through)', { skip: !isRoot() && 'needs root 
     assert.match(output, /removed synpass rules from 2 table\(s\)/);
     assert.doesNotMatch(lab.iptablesSave('web'), /SYNPASS/i);
     assert.match(lab.synpass('web', ['agent', 'cleanup']), /from 0 table/);
+  });
+
+  it('fail-open: every SYN the kernel lets in without a verdict is counted and logged', async () => {
+    await api!.process.stop();
+    api = await lab.startAgent('api', ['--fail-open', '--queue-max-length', '1']);
+    const unjudged = async () => ((await api!.status()) as unknown as { unjudgedSyns: number }).unjudgedSyns;
+    // web runs no agent now: its SYN is queued on api, judged and let through.
+    assert.equal((await lab.peerOnce('web', ['echo', lab.address('api'), String(ECHO), 'judged'])).echoed, 'judged');
+
+    // A stopped agent cannot judge: the first SYN fills the one-slot queue, every later one
+    // (its retransmit included) is accepted by the kernel unjudged.
+    api.process.signal('SIGSTOP');
+    const echoed: unknown[] = [];
+    try {
+      for (let i = 0; i < 3; i++) {
+        const reply = await lab.peerOnce('web', ['echo', lab.address('api'), String(ECHO), `unjudged ${i}`], 8_000).catch(() => null);
+        echoed.push(reply?.echoed);
+      }
+    } finally {
+      api.process.signal('SIGCONT');
+    }
+    assert.deepEqual(echoed, ['unjudged 0', 'unjudged 1', 'unjudged 2'], 'the kernel failed open');
+    await api.process.waitFor((l) => typeof l.msg === 'string' && l.msg.startsWith('SYNs reached the host without a verdict'), 15_000);
+    assert.equal(await unjudged(), 3, 'the retransmitted first SYN and the two later ones');
+
+    assert.equal((await lab.peerOnce('web', ['echo', lab.address('api'), String(ECHO), 'judged again'])).echoed, 'judged again');
+    await sleep(6_000);
+    assert.equal(await unjudged(), 3, 'a judged SYN is not counted');
   });
 });

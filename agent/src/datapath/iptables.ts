@@ -4,7 +4,7 @@ import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { RulesError } from './errors.ts';
-import { buildRemoval, buildRuleset, CHAIN_PREFIX, type IpFamily, type RuleOptions } from './rules.ts';
+import { buildRemoval, buildRuleset, CHAIN_PREFIX, unjudgedSynCount, type IpFamily, type RuleOptions } from './rules.ts';
 
 const run = promisify(execFile);
 
@@ -130,6 +130,16 @@ export async function removeAllRules(): Promise<number> {
     if (await removeWith(tool)) removed += 1;
   }
   return removed;
+}
+
+/** SYNs that reached INPUT or FORWARD without a verdict since the rules went in, over every family. */
+export async function readUnjudgedSyns(installed: InstalledRules): Promise<number> {
+  let total = 0;
+  for (const family of installed.families) {
+    const tool = TOOLS.find((t) => t.family === family && t.backend === installed.backend)!;
+    total += unjudgedSynCount(await exec(saveBinary(tool), ['-c', '-t', 'mangle']));
+  }
+  return total;
 }
 
 /** Whether every rule of our IPv4 ruleset is in place for `backend` (counted, not just present). */

@@ -1,6 +1,7 @@
 // Packet and connection mark bits the agent owns. A verdict sets `pass` (judged: do not queue
 // again) plus `track`/`release`; the SYNPASS-MARK chain copies track/release into the connmark
-// and clears all three from the packet, so other users of the mark see their bits untouched.
+// and clears them from the packet, leaving only `judged`, so other users of the mark see their
+// own bits untouched.
 
 export interface ConnectionMarks {
   /** Packet bit: the agent has judged this packet. */
@@ -9,16 +10,23 @@ export interface ConnectionMarks {
   track: number;
   /** Connmark bit: handshake done, no further packet of the connection is queued. */
   release: number;
+  /** Packet bit left on every packet after its verdict: a SYN that reaches INPUT or FORWARD
+   * without it was never judged (the queue failed open, or no agent listened). */
+  judged: number;
   all: number;
 }
 
-/** Three consecutive bits from `lowestBit` (default 0x00100000, clear of kube-proxy's 0x4000/0x8000). */
+/** The highest bit the four mark bits may start at. */
+export const MAX_MARK_BASE = 0x10000000;
+
+/** Four consecutive bits from `lowestBit` (default 0x00100000, clear of kube-proxy's 0x4000/0x8000). */
 export function connectionMarks(lowestBit = 0x00100000): ConnectionMarks {
-  if (!Number.isInteger(lowestBit) || lowestBit <= 0 || (lowestBit & (lowestBit - 1)) !== 0 || lowestBit > 0x20000000) {
-    throw new RangeError(`mark base must be a single bit between 0x1 and 0x20000000, got ${lowestBit}`);
+  if (!Number.isInteger(lowestBit) || lowestBit <= 0 || (lowestBit & (lowestBit - 1)) !== 0 || lowestBit > MAX_MARK_BASE) {
+    throw new RangeError(`mark base must be a single bit between 0x1 and 0x10000000, got ${lowestBit}`);
   }
   const pass = lowestBit;
   const track = lowestBit * 2;
   const release = lowestBit * 4;
-  return { pass, track, release, all: pass | track | release };
+  const judged = lowestBit * 8;
+  return { pass, track, release, judged, all: (pass | track | release | judged) >>> 0 };
 }

@@ -12,8 +12,11 @@ export const CHAINS = {
   egress: 'SYNPASS-OUT',
   egressQueue: 'SYNPASS-OUT-Q',
   mark: 'SYNPASS-MARK',
+  audit: 'SYNPASS-AUDIT',
 } as const;
 const COMMENT = 'synpass';
+/** Comment of the rule whose kernel counter is the number of SYNs that were never judged. */
+export const UNJUDGED_COMMENT = 'synpass-unjudged';
 
 export interface RuleOptions {
   /** First queue number and how many queues to balance across (flows stay on one queue). */
@@ -49,6 +52,9 @@ export function isFamily(cidr: string, family: IpFamily): boolean {
  * Queued: every packet carrying a marker (so a late duplicate never reaches the kernel with
  * token bytes), incoming SYNs, and the SYN-ACK and first ACK of connections the agent tracks.
  * Outgoing SYNs are queued only toward target networks. Released connections are never queued.
+ * SYNPASS-AUDIT, from INPUT and FORWARD, counts the incoming SYNs that arrive without the
+ * `judged` bit: with --fail-open the kernel accepts them unjudged when the queue is full or no
+ * agent listens, and it reports that nowhere else.
  */
 export function buildRuleset(family: IpFamily, options: RuleOptions): string {
   const { marks } = options;
@@ -56,6 +62,7 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
   const pass = `${hex(marks.pass)}/${hex(marks.pass)}`;
   const track = `${hex(marks.track)}/${hex(marks.track)}`;
   const release = `${hex(marks.release)}/${hex(marks.release)}`;
+  const judged = `${hex(marks.judged)}/${hex(marks.judged)}`;
   const excluded = options.excludedNetworks.filter((cidr) => isFamily(cidr, family));
   const targets = options.targetNetworks.filter((cidr) => isFamily(cidr, family));
   const tag = `-m comment --comment ${COMMENT}`;
@@ -64,6 +71,8 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     ...Object.values(CHAINS).map((chain) => `:${chain} - [0:0]`),
     `-I PREROUTING 1 -p tcp ${tag} -j ${CHAINS.ingress}`,
     `-I POSTROUTING 1 -p tcp ${tag} -j ${CHAINS.egress}`,
+    `-I INPUT 1 -p tcp ${tag} -j ${CHAINS.audit}`,
+    `-I FORWARD 1 -p tcp ${tag} -j ${CHAINS.audit}`,
     // A packet comes back after its verdict (NF_REPEAT) carrying `pass`: record, do not queue.
     `-A ${CHAINS.ingress} -m mark ! --mark ${pass} -j ${CHAINS.ingressQueue}`,
     `-A ${CHAINS.ingress} -m mark --mark ${pass} -j ${CHAINS.mark}`,
@@ -72,6 +81,7 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     `-A ${CHAINS.mark} -m mark --mark ${track} -j CONNMARK --or-mark ${hex(marks.track)}`,
     `-A ${CHAINS.mark} -m mark --mark ${release} -j CONNMARK --or-mark ${hex(marks.release)}`,
     `-A ${CHAINS.mark} -j MARK --and-mark ${hex(~marks.all)}`,
+    `-A ${CHAINS.mark} -j MARK --or-mark ${hex(marks.judged)}`,
     `-A ${CHAINS.ingressQueue} -i lo -j RETURN`,
     ...excluded.map((cidr) => `-A ${CHAINS.ingressQueue} -s ${cidr} -j RETURN`),
     `-A ${CHAINS.ingressQueue} -p tcp -m tcp --tcp-option ${MARKER_KIND} ${queue}`,
@@ -85,10 +95,24 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     ...targets.map(
       (cidr) => `-A ${CHAINS.egressQueue} -d ${cidr} -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${queue}`,
     ),
+    // The same exemptions as SYNPASS-IN-Q: only a SYN that should have been queued counts.
+    `-A ${CHAINS.audit} -i lo -j RETURN`,
+    ...excluded.map((cidr) => `-A ${CHAINS.audit} -s ${cidr} -j RETURN`),
+    `-A ${CHAINS.audit} -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m mark ! --mark ${judged} -m comment --comment ${UNJUDGED_COMMENT}`,
     'COMMIT',
     '',
   ];
   return lines.join('\n');
+}
+
+/** From `iptables-save -c -t mangle` output, the packet counter of the unjudged-SYN rule (0 if absent). */
+export function unjudgedSynCount(saved: string): number {
+  for (const line of saved.split('\n')) {
+    if (!line.includes(`-A ${CHAINS.audit} `) || !line.includes(`--comment ${UNJUDGED_COMMENT}`)) continue;
+    const counters = /^\[(\d+):\d+\]/.exec(line);
+    return counters ? Number(counters[1]) : 0;
+  }
+  return 0;
 }
 
 /**

@@ -8,7 +8,7 @@ import { liveTcpSockets } from '../whois/proc-net-tcp.ts';
 import { connectionKey, PeerRegistry } from '../whois/registry.ts';
 import { startWhoisServer } from '../whois/server.ts';
 import { DatapathEngine, type MalformedPolicy } from '../datapath/engine.ts';
-import { installRules, removeAllRules, rulesInstalled, type Backend, type InstalledRules } from '../datapath/iptables.ts';
+import { installRules, readUnjudgedSyns, removeAllRules, rulesInstalled, type Backend, type InstalledRules } from '../datapath/iptables.ts';
 import { readKernelQueues } from '../datapath/kernel-queue.ts';
 import type { RuleOptions } from '../datapath/rules.ts';
 import { startHttpEndpoint, type Readiness } from '../telemetry/http-endpoint.ts';
@@ -75,6 +75,9 @@ export class Agent {
   private httpEndpoint: Server | null = null;
   private ruleCheck: NodeJS.Timeout | null = null;
   private rulesPresent = false;
+  /** SYNs the kernel let in without a verdict (fail-open), and the audit counter last read. */
+  private unjudgedSyns = 0;
+  private unjudgedCounterSeen = 0;
   private readonly metrics: AgentMetrics;
   private readonly flowLog: FlowLog;
   private readonly peers = new PeerRegistry();
@@ -103,6 +106,7 @@ export class Agent {
       caches: () => built.status()?.caches ?? {},
       credentialExpiresAt: () => built.status()?.credentialExpiresAt ?? null,
       policy: () => built.status()?.policy ?? null,
+      unjudgedSyns: () => this.unjudgedSyns,
     });
     const { latency, ruleVerdicts } = this.metrics;
     this.engine = new DatapathEngine(this.buffers, built.handler, {
@@ -200,20 +204,37 @@ export class Agent {
     };
   }
 
-  /** Someone flushed our chains (a firewall reload, an operator): say so, then put them back. */
+  /**
+   * Someone flushed our chains (a firewall reload, an operator): say so, then put them back.
+   * Also reads how many SYNs the kernel let in unjudged since the last check.
+   */
   private async checkRules(): Promise<void> {
     if (this.rules === null || this.stopping !== null) return;
     const present = await rulesInstalled(this.rules.backend, this.ruleOptions()).catch(() => false);
     this.rulesPresent = present;
-    if (present) return;
+    if (present) {
+      const counted = await readUnjudgedSyns(this.rules).catch(() => null);
+      if (counted !== null) this.countUnjudged(counted);
+      return;
+    }
     this.log.error({ backend: this.rules.backend }, 'synpass rules are missing; reinstalling');
     try {
       this.rules = await installRules(this.ruleOptions(), this.rules.backend);
       this.rulesPresent = true;
+      this.unjudgedCounterSeen = 0;
       this.log.info('rules reinstalled');
     } catch (error) {
       this.log.error({ err: error }, 'rules could not be reinstalled');
     }
+  }
+
+  /** `kernelCount` is the audit rule's counter, which restarts at 0 when the rules are reinstalled. */
+  private countUnjudged(kernelCount: number): void {
+    const added = kernelCount >= this.unjudgedCounterSeen ? kernelCount - this.unjudgedCounterSeen : kernelCount;
+    this.unjudgedCounterSeen = kernelCount;
+    if (added === 0) return;
+    this.unjudgedSyns += added;
+    this.log.warn({ syns: added, total: this.unjudgedSyns, failOpen: this.options.failOpen }, 'SYNs reached the host without a verdict (queue full or no agent listening)');
   }
 
   readiness(): Readiness {
@@ -238,6 +259,7 @@ export class Agent {
       mode: this.mode,
       startedAt: this.startedAt.toISOString(),
       rules: this.rules,
+      unjudgedSyns: this.unjudgedSyns,
       queue: readQueueCounters(this.buffers.counters),
       verdicts: this.engine.verdicts.snapshot(),
       peersKnown: this.peers.size,

@@ -5,6 +5,7 @@ import { dirname, resolve } from 'node:path';
 import { parse } from 'yaml';
 import type { AdmissionConfig } from '../handshake/admission.ts';
 import { parseCidr } from '../cli/cidr.ts';
+import { MAX_MARK_BASE } from '../datapath/marks.ts';
 
 export interface IdentityConfig {
   subject: string;
@@ -311,7 +312,7 @@ export function loadAgentConfig(file: string | null, environment: NodeJS.Process
     if (typeof value !== 'string' || !(choices as readonly string[]).includes(value)) r.fail(field, `one of ${choices.join(', ')}`);
     return value as T;
   };
-  const markBase = r.integer(d.markBase, 'datapath.markBase', DEFAULT_DATAPATH.markBase, 1, 0x20000000);
+  const markBase = r.integer(d.markBase, 'datapath.markBase', DEFAULT_DATAPATH.markBase, 1, MAX_MARK_BASE);
   if ((markBase & (markBase - 1)) !== 0) r.fail('datapath.markBase', 'a single bit, e.g. 1048576 (0x100000)');
   const datapath: DatapathConfig = {
     queue: r.integer(d.queue, 'datapath.queue', DEFAULT_DATAPATH.queue, 0, 65535),

@@ -11,6 +11,8 @@ export interface MetricsSource {
   caches(): Record<string, { hits: number; misses: number }>;
   credentialExpiresAt(): number | null;
   policy(): { revision: string; reloadsOk: number; reloadsFailed: number } | null;
+  /** Incoming SYNs that reached the host without a verdict (the kernel's fail-open). */
+  unjudgedSyns(): number;
 }
 
 export class AgentMetrics {
@@ -65,6 +67,15 @@ export class AgentMetrics {
         this.set({ counter: 'queue_dropped' }, kernel.dropped);
         this.set({ counter: 'user_dropped' }, kernel.userDropped);
         this.set({ counter: 'waiting' }, kernel.waiting);
+      },
+    });
+    new Counter({
+      name: 'synpass_unjudged_syns_total',
+      help: 'Incoming SYNs that reached INPUT or FORWARD without a verdict: accepted by the kernel because the queue was full (fail-open) or no agent listened (read from the SYNPASS-AUDIT rule counter every rule check)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(source.unjudgedSyns());
       },
     });
     new Counter({

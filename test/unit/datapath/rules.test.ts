@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connectionMarks } from '../../../agent/src/datapath/marks.ts';
-import { buildRemoval, buildRuleset, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
+import { buildRemoval, buildRuleset, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
 
 const options: RuleOptions = {
   queueNumber: 3170,
@@ -43,10 +43,22 @@ describe('buildRuleset', () => {
     assert.ok(lines.includes('-A SYNPASS-OUT-Q -o lo -j RETURN'));
   });
 
-  it('records verdict marks into the connmark and clears them from the packet', () => {
+  it('records verdict marks into the connmark, clears them from the packet and leaves it marked judged', () => {
     assert.ok(lines.includes('-A SYNPASS-MARK -m mark --mark 0x200000/0x200000 -j CONNMARK --or-mark 0x200000'));
     assert.ok(lines.includes('-A SYNPASS-MARK -m mark --mark 0x400000/0x400000 -j CONNMARK --or-mark 0x400000'));
-    assert.ok(lines.includes('-A SYNPASS-MARK -j MARK --and-mark 0xff8fffff'));
+    const cleared = lines.indexOf('-A SYNPASS-MARK -j MARK --and-mark 0xff0fffff');
+    assert.ok(cleared > 0 && lines[cleared + 1] === '-A SYNPASS-MARK -j MARK --or-mark 0x800000');
+  });
+
+  it('counts incoming SYNs that reach INPUT or FORWARD unjudged, with the queue rules exemptions', () => {
+    assert.ok(lines.includes('-I INPUT 1 -p tcp -m comment --comment synpass -j SYNPASS-AUDIT'));
+    assert.ok(lines.includes('-I FORWARD 1 -p tcp -m comment --comment synpass -j SYNPASS-AUDIT'));
+    const audit = lines.filter((l) => l.startsWith('-A SYNPASS-AUDIT'));
+    assert.deepEqual(audit, [
+      '-A SYNPASS-AUDIT -i lo -j RETURN',
+      '-A SYNPASS-AUDIT -s 10.9.0.0/16 -j RETURN',
+      '-A SYNPASS-AUDIT -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m mark ! --mark 0x800000/0x800000 -m comment --comment synpass-unjudged',
+    ]);
   });
 
   it('balances across queues and adds --queue-bypass when failing open', () => {
@@ -83,15 +95,29 @@ describe('buildRemoval', () => {
     );
   });
 
+  it('reads the unjudged-SYN counter from iptables-save -c output', () => {
+    const saved = [
+      '*mangle',
+      '[12:720] -A INPUT -p tcp -m comment --comment synpass -j SYNPASS-AUDIT',
+      '[3:180] -A SYNPASS-AUDIT -i lo -j RETURN',
+      '[7:420] -A SYNPASS-AUDIT -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m mark ! --mark 0x800000/0x800000 -m comment --comment synpass-unjudged',
+      'COMMIT',
+    ].join('\n');
+    assert.equal(unjudgedSynCount(saved), 7);
+    assert.equal(unjudgedSynCount('*mangle\nCOMMIT\n'), 0);
+  });
+
   it('returns null when nothing of synpass is installed', () => {
     assert.equal(buildRemoval('*mangle\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n'), null);
   });
 });
 
 describe('connectionMarks', () => {
-  it('takes three consecutive bits and rejects a non-bit base', () => {
-    assert.deepEqual(connectionMarks(0x10), { pass: 0x10, track: 0x20, release: 0x40, all: 0x70 });
+  it('takes four consecutive bits and rejects a non-bit base or one without room for four', () => {
+    assert.deepEqual(connectionMarks(0x10), { pass: 0x10, track: 0x20, release: 0x40, judged: 0x80, all: 0xf0 });
+    assert.equal(connectionMarks(0x10000000).all, 0xf0000000);
     assert.throws(() => connectionMarks(0x30), RangeError);
     assert.throws(() => connectionMarks(0), RangeError);
+    assert.throws(() => connectionMarks(0x20000000), RangeError);
   });
 });

@@ -97,6 +97,7 @@ describe('metrics', () => {
       caches: () => ({ tokens: { hits: 10, misses: 2 } }),
       credentialExpiresAt: () => Date.now() / 1000 + 100,
       policy: () => ({ revision: 'git:abc', reloadsOk: 2, reloadsFailed: 1 }),
+      unjudgedSyns: () => 5,
     });
     metrics.ruleVerdicts.inc({ rule: 'api/from-web', action: 'accept' });
     metrics.latency.observe(0.00003);
@@ -110,6 +111,7 @@ describe('metrics', () => {
       'synpass_policy_revision_info{revision="git:abc"} 1',
       'synpass_rule_verdicts_total{rule="api/from-web",action="accept"} 1',
       'synpass_verdict_latency_seconds_count 1',
+      'synpass_unjudged_syns_total 5',
     ]) {
       assert.ok(text.includes(line), `missing: ${line}`);
     }
