@@ -29,6 +29,8 @@ interface Results {
   p50: number;
   p99: number;
   tripsPerConnection?: number;
+  /** Agent JavaScript per queued packet during the sequential run (status `judging`). */
+  judgingMicroseconds?: number;
 }
 
 interface BulkResults {
@@ -50,16 +52,30 @@ async function load(lab: Lab, args: string[]): Promise<Record<string, number>> {
   return line as Record<string, number>;
 }
 
-async function queued(agents: AgentHandle[]): Promise<number> {
-  const counts = await Promise.all(agents.map(async (agent) => (await agent.status()).queue.received ?? 0));
-  return counts.reduce((sum, value) => sum + value, 0);
+/** Queued packets, packets judged and microseconds spent judging them, over all agents. */
+async function work(agents: AgentHandle[]): Promise<{ queued: number; judged: number; microseconds: number }> {
+  const statuses = await Promise.all(agents.map((agent) => agent.status()));
+  return statuses.reduce(
+    (sum, s) => ({
+      queued: sum.queued + (s.queue.received ?? 0),
+      judged: sum.judged + s.judging.packets,
+      microseconds: sum.microseconds + s.judging.packets * s.judging.microsecondsPerPacket,
+    }),
+    { queued: 0, judged: 0, microseconds: 0 },
+  );
 }
 
 async function sequential(lab: Lab, agents: AgentHandle[], count: number, flushSockets: string[] = []): Promise<Results> {
-  const before = await queued(agents);
+  const before = await work(agents);
   const result = await load(lab, ['sequential', lab.address('api'), String(CONNECT_PORT), String(count), ...flushSockets]);
-  const trips = agents.length > 0 ? ((await queued(agents)) - before) / result.count! : 0;
-  return { p50: result.p50!, p99: result.p99!, tripsPerConnection: trips };
+  if (agents.length === 0) return { p50: result.p50!, p99: result.p99! };
+  const after = await work(agents);
+  return {
+    p50: result.p50!,
+    p99: result.p99!,
+    tripsPerConnection: (after.queued - before.queued) / result.count!,
+    judgingMicroseconds: (after.microseconds - before.microseconds) / Math.max(1, after.judged - before.judged),
+  };
 }
 
 async function measure(lab: Lab, agents: AgentHandle[]): Promise<Results> {
@@ -120,6 +136,7 @@ function report(name: string, base: Results, run: Results, bulkRun?: BulkResults
     `+${fmt(run.p99 - base.p99)}`.padStart(7),
     (bulkRun === undefined ? '-' : `${fmt(bulkRun.ratio, 3)}x`).padStart(7),
     fmt(run.tripsPerConnection, 1).padStart(6),
+    fmt(run.judgingMicroseconds, 1).padStart(7),
   ];
   return [cells.join(' ')];
 }
@@ -172,6 +189,7 @@ try {
     'added'.padStart(7),
     'bulk'.padStart(7),
     'trips'.padStart(6),
+    'js/pkt'.padStart(7),
   ].join(' ');
   const range = (b: BulkResults): string => `${fmt(b.lowest, 3)}-${fmt(b.highest, 3)}x`;
   const lines = [
@@ -182,6 +200,7 @@ try {
     ...report('identity, known pair', baseline, identityKnown, identityBulk),
     ...report('identity, first contact', baseline, firstContact),
     'trips: queued packets per connection, both agents together; added: microseconds over the baseline',
+    'js/pkt: agent JavaScript per queued packet in the sequential run, microseconds (the rest of a trip is the kernel and waking the agent)',
     `bulk: iperf3 ${config.bulkSeconds} s, ${config.bulkRounds} rounds alternating without/with agents, median ratio; ` +
       `baseline ${fmt(passThroughBulk.baselineGbps, 1)} Gbit/s; per-round ratios pass-through ${range(passThroughBulk)}, identity ${range(identityBulk)}`,
   ];

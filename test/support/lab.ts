@@ -151,6 +151,9 @@ export interface AgentStatus {
   queue: Record<string, number>;
   verdicts: { direction: string; action: string; reason: string; count: number }[];
   rules: { backend: string; families: number[] } | null;
+  unjudgedSyns: number;
+  /** Agent JavaScript time per judged packet: the agent's own share of a user-space trip. */
+  judging: { packets: number; microsecondsPerPacket: number };
 }
 
 export class Lab {

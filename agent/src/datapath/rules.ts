@@ -71,8 +71,9 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     ...Object.values(CHAINS).map((chain) => `:${chain} - [0:0]`),
     `-I PREROUTING 1 -p tcp ${tag} -j ${CHAINS.ingress}`,
     `-I POSTROUTING 1 -p tcp ${tag} -j ${CHAINS.egress}`,
-    `-I INPUT 1 -p tcp ${tag} -j ${CHAINS.audit}`,
-    `-I FORWARD 1 -p tcp ${tag} -j ${CHAINS.audit}`,
+    // Only SYNs jump: every other packet of the host pays one flags match here.
+    `-I INPUT 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${tag} -j ${CHAINS.audit}`,
+    `-I FORWARD 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${tag} -j ${CHAINS.audit}`,
     // A packet comes back after its verdict (NF_REPEAT) carrying `pass`: record, do not queue.
     `-A ${CHAINS.ingress} -m mark ! --mark ${pass} -j ${CHAINS.ingressQueue}`,
     `-A ${CHAINS.ingress} -m mark --mark ${pass} -j ${CHAINS.mark}`,
@@ -98,7 +99,7 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     // The same exemptions as SYNPASS-IN-Q: only a SYN that should have been queued counts.
     `-A ${CHAINS.audit} -i lo -j RETURN`,
     ...excluded.map((cidr) => `-A ${CHAINS.audit} -s ${cidr} -j RETURN`),
-    `-A ${CHAINS.audit} -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m mark ! --mark ${judged} -m comment --comment ${UNJUDGED_COMMENT}`,
+    `-A ${CHAINS.audit} -m mark ! --mark ${judged} -m comment --comment ${UNJUDGED_COMMENT}`,
     'COMMIT',
     '',
   ];

@@ -51,13 +51,13 @@ describe('buildRuleset', () => {
   });
 
   it('counts incoming SYNs that reach INPUT or FORWARD unjudged, with the queue rules exemptions', () => {
-    assert.ok(lines.includes('-I INPUT 1 -p tcp -m comment --comment synpass -j SYNPASS-AUDIT'));
-    assert.ok(lines.includes('-I FORWARD 1 -p tcp -m comment --comment synpass -j SYNPASS-AUDIT'));
+    assert.ok(lines.includes('-I INPUT 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m comment --comment synpass -j SYNPASS-AUDIT'));
+    assert.ok(lines.includes('-I FORWARD 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m comment --comment synpass -j SYNPASS-AUDIT'));
     const audit = lines.filter((l) => l.startsWith('-A SYNPASS-AUDIT'));
     assert.deepEqual(audit, [
       '-A SYNPASS-AUDIT -i lo -j RETURN',
       '-A SYNPASS-AUDIT -s 10.9.0.0/16 -j RETURN',
-      '-A SYNPASS-AUDIT -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m mark ! --mark 0x800000/0x800000 -m comment --comment synpass-unjudged',
+      '-A SYNPASS-AUDIT -m mark ! --mark 0x800000/0x800000 -m comment --comment synpass-unjudged',
     ]);
   });
 
@@ -100,7 +100,7 @@ describe('buildRemoval', () => {
       '*mangle',
       '[12:720] -A INPUT -p tcp -m comment --comment synpass -j SYNPASS-AUDIT',
       '[3:180] -A SYNPASS-AUDIT -i lo -j RETURN',
-      '[7:420] -A SYNPASS-AUDIT -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m mark ! --mark 0x800000/0x800000 -m comment --comment synpass-unjudged',
+      '[7:420] -A SYNPASS-AUDIT -m mark ! --mark 0x800000/0x800000 -m comment --comment synpass-unjudged',
       'COMMIT',
     ].join('\n');
     assert.equal(unjudgedSynCount(saved), 7);
