@@ -131,4 +131,31 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     assert.equal(await lab.peerOnce('outsider', ['echo', lab.address('api'), '8080', 'x'], 2_500).catch(() => null), null);
     assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), '8080'])).status, 200);
   });
+
+  it('an agent whose queue another process holds waits unready, then binds it and turns ready', async () => {
+    const holder = lab.spawn('outsider', [process.execPath, '--import', 'tsx', join(ROOT, 'test/support/queue-holder.ts'), '3170'], { stdin: true });
+    await holder.waitFor((l) => l.bound === 3170);
+    const probe = async () => {
+      const result = await lab.peerOnce('outsider', ['fetch', 'http://127.0.0.1:9465/readyz']);
+      return { status: result.status as number, body: JSON.parse(result.body as string) as { checks: Record<string, { ok: boolean; detail: string }> } };
+    };
+    const waiting = await lab.startAgent('outsider', ['--metrics-address', '127.0.0.1:9465'], {}, false);
+    try {
+      await waiting.process.waitFor((l) => l.msg === 'a queue is held by another process; waiting for it');
+      assert.equal((await waiting.status()).state, 'waiting-for-queue');
+      const unready = await probe();
+      assert.equal(unready.status, 503);
+      assert.deepEqual(unready.body.checks.queues, { ok: false, detail: 'held by another process; waiting' });
+      assert.equal(unready.body.checks.rules?.ok, false);
+      assert.doesNotMatch(lab.iptablesSave('outsider'), /SYNPASS/, 'no rules while the queue is not ours');
+
+      await holder.stop();
+      await waiting.process.waitFor((l) => l.msg === 'agent running', 10_000);
+      const ready = await probe();
+      assert.equal(ready.status, 200);
+      assert.deepEqual(ready.body.checks.queues, { ok: true, detail: '1 of 1 bound' });
+    } finally {
+      await waiting.process.stop();
+    }
+  });
 });

@@ -148,6 +148,7 @@ export interface AgentHandle {
 }
 
 export interface AgentStatus {
+  state: 'starting' | 'waiting-for-queue' | 'running' | 'stopping';
   queue: Record<string, number>;
   verdicts: { direction: string; action: string; reason: string; count: number }[];
   rules: { backend: string; families: number[] } | null;
@@ -220,7 +221,8 @@ export class Lab {
     return `/tmp/synpass-test-${this.prefix}-${host}-whois.sock`;
   }
 
-  async startAgent(host: Host, extraArgs: string[] = [], env: Record<string, string> = {}): Promise<AgentHandle> {
+  /** Starts an agent; resolves once it is running (or, with `untilRunning` false, once its status socket answers). */
+  async startAgent(host: Host, extraArgs: string[] = [], env: Record<string, string> = {}, untilRunning = true): Promise<AgentHandle> {
     const socket = `/tmp/synpass-test-${this.prefix}-${host}.sock`;
     const whois = this.whoisSocket(host);
     const targets = this.networks.flatMap((cidr) => ['--target', cidr]);
@@ -229,12 +231,13 @@ export class Lab {
       [...synpassCommand(), 'agent', 'run', '--status-socket', socket, '--whois-socket', whois, ...targets, ...extraArgs],
       { env },
     );
-    // Ready when the status socket answers (log lines may be filtered by level).
+    // Asked over the status socket, not read from logs: log lines may be filtered by level.
     const deadline = Date.now() + 15_000;
     for (;;) {
       const fatal = child.lines.find((line) => line.level === 'fatal');
       if (fatal) throw new Error(`agent in ${host} failed: ${JSON.stringify(fatal)}`);
-      if (await readStatus(socket).then(() => true, () => false)) break;
+      const status = await readStatus(socket).catch(() => null);
+      if (status !== null && (!untilRunning || status.state === 'running')) break;
       if (Date.now() > deadline) throw new Error(`agent in ${host} did not become ready: ${child.stderr.join('')}`);
       await child.waitFor(() => false, 100).catch((error: unknown) => {
         if (!String(error).includes('timed out')) throw error;

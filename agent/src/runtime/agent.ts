@@ -1,5 +1,6 @@
 // The agent process: bind the queues, then install the rules (so no queued packet ever waits
 // for a listener that is not there yet), serve status, and undo both on SIGINT/SIGTERM.
+import { constants } from 'node:os';
 import type { Server } from 'node:http';
 import type { Server as NetServer } from 'node:net';
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
@@ -21,6 +22,9 @@ import { closeUnixSocket } from '../telemetry/unix-socket.ts';
 import { FlowLog } from '../telemetry/flow-log.ts';
 import { DEFAULT_DATAPATH, DEFAULT_TELEMETRY, type FlowLogConfig } from './config.ts';
 import type { BuiltHandler } from './handlers.ts';
+
+const { EBUSY, EPERM } = constants.errno;
+const QUEUE_RETRY_MS = 1_000;
 
 export interface AgentOptions {
   queueNumber: number;
@@ -75,6 +79,9 @@ export class Agent {
   private httpEndpoint: Server | null = null;
   private ruleCheck: NodeJS.Timeout | null = null;
   private rulesPresent = false;
+  /** Binding waits because another process holds one of our queues. */
+  private queueBusy = false;
+  private state: 'starting' | 'waiting-for-queue' | 'running' | 'stopping' = 'starting';
   /** SYNs the kernel let in without a verdict (fail-open), and the audit counter last read. */
   private unjudgedSyns = 0;
   private unjudgedCounterSeen = 0;
@@ -130,23 +137,23 @@ export class Agent {
     });
   }
 
+  /**
+   * Probes and the status socket come up first, so a waiting agent can be seen waiting; then the
+   * queues (waiting while another process holds one), then the rules.
+   */
   async start(): Promise<void> {
-    const { NfQueue } = loadBinding();
-    const queues = Array.from({ length: this.options.queueCount }, (_, i) => this.options.queueNumber + i);
-    const queue = new NfQueue({
-      queues,
-      maxLength: this.options.queueMaxLength,
-      failOpen: this.options.failOpen,
-      socketBufferBytes: 8 * 1024 * 1024,
-      input: this.buffers.input,
-      meta: this.buffers.meta,
-      counters: this.buffers.counters,
-      onBatch: this.engine.onBatch,
+    if (this.options.metricsAddress !== null) {
+      this.httpEndpoint = await startHttpEndpoint(this.options.metricsAddress, this.metrics.registry, () => this.readiness());
+      this.log.info({ address: this.options.metricsAddress }, 'metrics and probes listening');
+    }
+    this.statusServer = await startStatusServer(this.options.statusSocket, () => this.status(), {
+      flushCaches: () => {
+        this.built.flushCaches();
+        this.log.info('peer caches flushed');
+      },
     });
-    queue.start();
-    this.queue = queue;
-    this.engine.attach(queue);
-    this.log.info({ queues, failOpen: this.options.failOpen }, 'queues bound');
+    const queue = await this.bindQueues();
+    if (queue === null) return;
     try {
       this.rules = await installRules(this.ruleOptions(), this.options.iptablesBackend);
     } catch (error) {
@@ -180,17 +187,50 @@ export class Agent {
       this.peerSweep.unref();
       this.log.info({ socket: this.options.whoisSocket }, 'peer-identity API listening');
     }
-    if (this.options.metricsAddress !== null) {
-      this.httpEndpoint = await startHttpEndpoint(this.options.metricsAddress, this.metrics.registry, () => this.readiness());
-      this.log.info({ address: this.options.metricsAddress }, 'metrics and probes listening');
-    }
-    this.statusServer = await startStatusServer(this.options.statusSocket, () => this.status(), {
-      flushCaches: () => {
-        this.built.flushCaches();
-        this.log.info('peer caches flushed');
-      },
-    });
+    this.state = 'running';
     this.log.info({ mode: this.mode, statusSocket: this.options.statusSocket }, 'agent running');
+  }
+
+  /**
+   * Binds every queue. A queue another process holds (an agent still shutting down, say) makes
+   * the kernel refuse the bind (EPERM, like a missing capability, so the kernel's queue list
+   * tells the two apart): the agent stays up and unready and tries again every second, rather
+   * than exiting into a restart loop. Returns null when stopped while waiting.
+   */
+  private async bindQueues(): Promise<NativeQueue | null> {
+    const { NfQueue } = loadBinding();
+    const queues = Array.from({ length: this.options.queueCount }, (_, i) => this.options.queueNumber + i);
+    const queue = new NfQueue({
+      queues,
+      maxLength: this.options.queueMaxLength,
+      failOpen: this.options.failOpen,
+      socketBufferBytes: 8 * 1024 * 1024,
+      input: this.buffers.input,
+      meta: this.buffers.meta,
+      counters: this.buffers.counters,
+      onBatch: this.engine.onBatch,
+    });
+    for (let attempt = 1; ; attempt++) {
+      try {
+        queue.start();
+        break;
+      } catch (error) {
+        const refused = (error as { errno?: number }).errno;
+        const held = (refused === EPERM || refused === EBUSY) && readKernelQueues().some((q) => queues.includes(q.queue));
+        if (!held) throw error;
+        this.queueBusy = true;
+        this.state = 'waiting-for-queue';
+        if (attempt === 1) this.log.warn({ queues, err: error }, 'a queue is held by another process; waiting for it');
+        await new Promise((resolve) => setTimeout(resolve, QUEUE_RETRY_MS));
+        if (this.stopping !== null) return null;
+      }
+    }
+    this.queueBusy = false;
+    this.state = 'starting';
+    this.queue = queue;
+    this.engine.attach(queue);
+    this.log.info({ queues, failOpen: this.options.failOpen }, 'queues bound');
+    return queue;
   }
 
   private ruleOptions(): RuleOptions {
@@ -243,7 +283,10 @@ export class Agent {
     const bound = readKernelQueues().filter((q) => q.queue >= this.options.queueNumber && q.queue < this.options.queueNumber + this.options.queueCount);
     const checks: Readiness['checks'] = {
       rules: { ok: this.rules !== null && this.rulesPresent, detail: this.rulesPresent ? `installed (${this.rules?.backend ?? '-'})` : 'missing' },
-      queues: { ok: this.queue !== null && bound.length === this.options.queueCount, detail: `${bound.length} of ${this.options.queueCount} bound` },
+      queues: {
+        ok: this.queue !== null && bound.length === this.options.queueCount,
+        detail: this.queueBusy ? 'held by another process; waiting' : `${bound.length} of ${this.options.queueCount} bound`,
+      },
     };
     if (identity !== null) {
       const left = identity.credentialExpiresAt - now;
@@ -257,6 +300,7 @@ export class Agent {
   status(): Record<string, unknown> {
     return {
       mode: this.mode,
+      state: this.state,
       startedAt: this.startedAt.toISOString(),
       rules: this.rules,
       unjudgedSyns: this.unjudgedSyns,
@@ -284,13 +328,17 @@ export class Agent {
   /** Rules first, then the queue: a packet never meets a rule whose queue has no listener. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
+      this.state = 'stopping';
       if (this.ruleCheck) clearInterval(this.ruleCheck);
       if (this.peerSweep) clearInterval(this.peerSweep);
-      try {
-        await removeAllRules();
-        this.log.info('rules removed');
-      } catch (error) {
-        this.log.error({ err: error }, 'rule removal failed; run `synpass agent cleanup`');
+      // Stopped while waiting for a queue: the rules in place belong to whoever holds it.
+      if (this.rules !== null) {
+        try {
+          await removeAllRules();
+          this.log.info('rules removed');
+        } catch (error) {
+          this.log.error({ err: error }, 'rule removal failed; run `synpass agent cleanup`');
+        }
       }
       this.queue?.close();
       this.queue = null;
