@@ -9,6 +9,10 @@ export const MARKS = connectionMarks(0x100000);
 const STRIDE = 10;
 
 export interface Verdict {
+  /** The packet id the engine was given (verdicts of held packets arrive later, by id). */
+  id: number;
+  /** No verdict yet: the handler holds the packet (see verdictOf). */
+  held: boolean;
   verdict: NfVerdict;
   mark: number;
   /** The packet as it leaves the agent (rewritten, or as it came). */
@@ -22,8 +26,9 @@ export class VirtualQueue {
   readonly engine: DatapathEngine;
   private readonly input = new Uint8Array(70_000);
   private readonly meta = new Uint32Array(STRIDE * 4);
-  private last: Verdict | null = null;
-  private current: Uint8Array = new Uint8Array(0);
+  private readonly verdicts = new Map<number, Verdict>();
+  private readonly delivered = new Map<number, Uint8Array>();
+  private nextId = 1;
 
   constructor(handler: HandshakeHandler, onVerdict?: (event: VerdictEvent) => void) {
     this.engine = new DatapathEngine(
@@ -35,15 +40,17 @@ export class VirtualQueue {
       start: () => undefined,
       flush: () => undefined,
       close: () => undefined,
-      verdict: (_id, _queue, verdict, mark, payload, length) => {
-        this.last = {
+      verdict: (id, _queue, verdict, mark, payload, length) => {
+        this.verdicts.set(id, {
+          id,
+          held: false,
           verdict,
           mark,
-          bytes: payload ? payload.slice(0, length) : this.current.slice(),
+          bytes: payload ? payload.slice(0, length) : (this.delivered.get(id) ?? new Uint8Array(0)).slice(),
           dropped: verdict === NF_DROP,
           tracked: (mark & MARKS.track) !== 0,
           released: (mark & MARKS.release) !== 0,
-        };
+        });
       },
     };
     this.engine.attach(queue);
@@ -51,10 +58,11 @@ export class VirtualQueue {
 
   /** Hands one packet to the engine; `direction` picks the hook the kernel would report. */
   deliver(bytes: Uint8Array, direction: 'ingress' | 'egress', flags = 0, uid = -1): Verdict {
+    const id = this.nextId++;
     this.input.set(bytes, 0);
-    this.current = bytes;
+    this.delivered.set(id, bytes);
     this.meta.fill(0);
-    this.meta[Meta.PacketId] = 1;
+    this.meta[Meta.PacketId] = id;
     this.meta[Meta.Hook] = direction === 'egress' ? HOOK_POST_ROUTING : HOOK_PRE_ROUTING;
     this.meta[Meta.Offset] = 0;
     this.meta[Meta.Length] = bytes.length;
@@ -62,9 +70,12 @@ export class VirtualQueue {
     this.meta[Meta.Flags] = flags;
     this.meta[Meta.Uid] = uid < 0 ? NO_OWNER : uid;
     this.meta[Meta.Gid] = uid < 0 ? NO_OWNER : uid;
-    this.last = null;
     this.engine.onBatch(1);
-    if (this.last === null) throw new Error('engine gave no verdict');
-    return this.last;
+    return this.verdictOf(id);
+  }
+
+  /** The verdict on packet `id` so far: `held` until the handler settles a held packet. */
+  verdictOf(id: number): Verdict {
+    return this.verdicts.get(id) ?? { id, held: true, verdict: NF_DROP, mark: 0, bytes: new Uint8Array(0), dropped: false, tracked: false, released: false };
   }
 }

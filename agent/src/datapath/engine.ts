@@ -1,7 +1,7 @@
 // The per-packet loop: parse each queued packet in place, ask the handler, rewrite, verdict.
 // Everything here runs once per handshake packet, so it reuses one ParsedPacket, one Decision
 // and one output buffer, and counts outcomes in preallocated arrays.
-import type { Decision, Direction, HandshakeHandler, PacketInfo, VerdictEvent } from './handler.ts';
+import type { Decision, Direction, HandshakeHandler, HeldPacket, PacketInfo, Stage, VerdictEvent } from './handler.ts';
 import { Decision as DecisionImpl, stageOf } from './handler.ts';
 import { performance } from 'node:perf_hooks';
 import { DatapathError } from './errors.ts';
@@ -178,6 +178,10 @@ export class DatapathEngine {
       decision.drop('handler-error');
     }
     info.token = null;
+    if (decision.holdReceiver !== null && decision.accept) {
+      decision.holdReceiver(this.held(id, queueNumber, mark, direction, info.stage, offset, length));
+      return;
+    }
     if (!decision.accept) {
       this.drop(queue, id, queueNumber, mark, direction, decision.reason);
       this.deferReport(false, decision.reason, offset, length);
@@ -206,6 +210,52 @@ export class DatapathEngine {
     else queue.verdict(id, queueNumber, NF_REPEAT, newMark);
     this.verdicts.add(direction, true, decision.reason === '' ? 'ok' : decision.reason);
     this.deferReport(true, decision.reason, offset, length);
+  }
+
+  /** Packets held for a later verdict and not yet settled. */
+  heldNow = 0;
+
+  /**
+   * A packet kept in the kernel queue. Its bytes are copied (the batch buffer is reused), so its
+   * verdict event can be reported when it is settled; it is accepted as it came, never rewritten.
+   */
+  private held(id: number, queueNumber: number, mark: number, direction: Direction, stage: Stage, offset: number, length: number): HeldPacket {
+    const bytes = this.buffers.input.slice(offset, offset + length);
+    let settled = false;
+    this.heldNow += 1;
+    const settle = (accepted: boolean, reason: string): void => {
+      if (settled) return;
+      settled = true;
+      this.heldNow -= 1;
+      const queue = this.queue;
+      if (queue === null) return;
+      const marks = this.options.marks;
+      if (accepted) queue.verdict(id, queueNumber, NF_REPEAT, ((mark & ~marks.all) | marks.pass | marks.release) >>> 0);
+      else queue.verdict(id, queueNumber, NF_DROP, mark);
+      this.verdicts.add(direction, accepted, reason);
+      const listener = this.options.onVerdict;
+      if (listener === undefined) return;
+      const packet = new ParsedPacket();
+      parsePacket(bytes, 0, bytes.length, packet);
+      const event = blankEvent(packet);
+      event.direction = direction;
+      event.stage = stage;
+      event.accepted = accepted;
+      event.reason = reason;
+      try {
+        listener(event);
+      } catch {
+        // As for every other packet: a failing log sink never changes a verdict.
+      }
+    };
+    return {
+      accept: (reason) => {
+        settle(true, reason);
+      },
+      drop: (reason) => {
+        settle(false, reason);
+      },
+    };
   }
 
   /** Copies what the verdict event needs; the packet itself is parsed again from the batch buffer. */

@@ -12,6 +12,16 @@ export function stageOf(packet: ParsedPacket): Stage {
   return 'ack';
 }
 
+/**
+ * A packet whose verdict waits in the kernel queue: it overtook the packet that decides its
+ * connection. Exactly one of accept or drop takes effect; later calls do nothing.
+ */
+export interface HeldPacket {
+  /** Lets it through and releases its connection. */
+  accept(reason: string): void;
+  drop(reason: string): void;
+}
+
 export class Decision {
   accept = true;
   /** Closed-set reason, used verbatim as a metric label. */
@@ -31,6 +41,8 @@ export class Decision {
   wouldDrop: string | null = null;
   /** Attributes of the local workload the decision was about (for the flow log). */
   local: Readonly<Record<string, string>> | null = null;
+  /** Set by hold(): no verdict now; the receiver gets the packet to decide later. */
+  holdReceiver: ((held: HeldPacket) => void) | null = null;
 
   reset(): void {
     this.accept = true;
@@ -44,11 +56,16 @@ export class Decision {
     this.revision = null;
     this.wouldDrop = null;
     this.local = null;
+    this.holdReceiver = null;
   }
 
   drop(reason: string): void {
     this.accept = false;
     this.reason = reason;
+  }
+
+  hold(receiver: (held: HeldPacket) => void): void {
+    this.holdReceiver = receiver;
   }
 }
 

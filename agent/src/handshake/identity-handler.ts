@@ -3,7 +3,7 @@
 // client's first ACK its proof. Both sides verify the other's proof. When the client already
 // knows the server's agent, its SYN carries a proof too and the handshake ends at the SYN-ACK.
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
-import type { Decision, HandshakeHandler, PacketInfo } from '../datapath/handler.ts';
+import type { Decision, HandshakeHandler, HeldPacket, PacketInfo } from '../datapath/handler.ts';
 import { TCP_FIN, TCP_RST } from '../datapath/packet.ts';
 import type { LocalIdentity } from '../identity/local-identity.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
@@ -49,9 +49,16 @@ interface KnownServer {
 
 /** Completed server-side flows are kept this long to tell duplicates from replays. */
 const COMPLETED_LINGER_MS = 10_000;
+/** How long a segment that overtook the client's proof may wait for it, and how many may. */
+const HOLD_MS = 100;
+const MAX_HELD_PER_FLOW = 4;
+const MAX_HELD = 1024;
+
+type ServerFlow = Flow & { completed?: boolean; held?: HeldPacket[] };
 
 export class IdentityHandler implements HandshakeHandler {
-  private readonly flows: ExpiringTable<Flow & { completed?: boolean }>;
+  private readonly flows: ExpiringTable<ServerFlow>;
+  private heldCount = 0;
   private readonly nonces: ExpiringTable<SeenNonce>;
   private readonly knownServers = new Map<string, KnownServer>();
   private readonly now: () => number;
@@ -359,7 +366,13 @@ export class IdentityHandler implements HandshakeHandler {
     const key = flowKey(sourceAddress(packet), packet.sourcePort, destinationAddress(packet), packet.destinationPort);
     const flow = this.flows.get(key);
     if (info.token === null) {
-      if (flow?.role === 'server' && !flow.completed) throw new HandshakeReject('no-identity', 'first ACK without a proof');
+      if (flow?.role === 'server' && !flow.completed) {
+        // A segment that overtook the ACK carrying the client's proof (the two can leave the
+        // client on different CPUs): it waits for that ACK instead of being dropped into a
+        // retransmission timeout. Until then it is not trusted: without the proof it is dropped.
+        if (this.hold(flow, decision)) return;
+        throw new HandshakeReject('no-identity', 'first ACK without a proof');
+      }
       decision.reason = 'ok';
       // A local pod's first ACK on its way out: POSTROUTING adds the proof and releases.
       if (flow?.role !== 'client') decision.release = true;
@@ -378,11 +391,57 @@ export class IdentityHandler implements HandshakeHandler {
       decision.release = true;
       return;
     }
-    if (!valid) throw new HandshakeReject('bad-proof');
+    if (!valid) {
+      this.settleHeld(flow, false, 'bad-proof');
+      throw new HandshakeReject('bad-proof');
+    }
     flow.completed = true;
     flow.expiresAt = this.now() + COMPLETED_LINGER_MS;
+    this.settleHeld(flow, true, 'ok');
     decision.reason = 'ok';
     decision.release = true;
+  }
+
+  /** Holds a proof-less segment of a pending flow; false when the bounds say drop it instead. */
+  private hold(flow: ServerFlow, decision: Decision): boolean {
+    if ((flow.held?.length ?? 0) >= MAX_HELD_PER_FLOW || this.heldCount >= MAX_HELD) return false;
+    decision.reason = 'held';
+    decision.hold((held) => {
+      this.heldCount += 1;
+      let settled = false;
+      const once: HeldPacket = {
+        accept: (reason) => {
+          if (settled) return;
+          settled = true;
+          this.heldCount -= 1;
+          clearTimeout(timer);
+          held.accept(reason);
+        },
+        drop: (reason) => {
+          if (settled) return;
+          settled = true;
+          this.heldCount -= 1;
+          clearTimeout(timer);
+          held.drop(reason);
+        },
+      };
+      const timer = setTimeout(() => {
+        once.drop('no-identity');
+      }, HOLD_MS);
+      timer.unref();
+      (flow.held ??= []).push(once);
+    });
+    return true;
+  }
+
+  private settleHeld(flow: ServerFlow, accepted: boolean, reason: string): void {
+    const held = flow.held;
+    if (held === undefined) return;
+    delete flow.held;
+    for (const packet of held) {
+      if (accepted) packet.accept(reason);
+      else packet.drop(reason);
+    }
   }
 
   // --- shared --------------------------------------------------------------------------------

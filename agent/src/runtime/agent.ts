@@ -304,6 +304,8 @@ export class Agent {
       startedAt: this.startedAt.toISOString(),
       rules: this.rules,
       unjudgedSyns: this.unjudgedSyns,
+      /** Segments waiting in the kernel queue for their handshake's proof. */
+      heldPackets: this.engine.heldNow,
       queue: readQueueCounters(this.buffers.counters),
       verdicts: this.engine.verdicts.snapshot(),
       peersKnown: this.peers.size,

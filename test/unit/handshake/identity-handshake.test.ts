@@ -233,6 +233,54 @@ describe('identity handshake over a virtual wire', () => {
     reasonOf(server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress'), server.queue, 'replayed-ack');
   });
 
+  it('a segment that overtook the proof ACK waits in the queue for it, then follows it through', () => {
+    handshake();
+    const finAck = Uint8Array.from(ACK);
+    finAck[33] = 0x11;
+    const fin = withValidChecksums(finAck);
+    // Sent after the client released the connection: no proof, and it arrives first.
+    const early = server.queue.deliver(fin, 'ingress');
+    assert.equal(early.held, true, 'no verdict yet');
+    const ackIn = server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress');
+    assert.equal(ackIn.released, true);
+    const settled = server.queue.verdictOf(early.id);
+    assert.equal(settled.held, false);
+    assert.equal(settled.dropped, false);
+    assert.equal(settled.released, true);
+    assert.deepEqual(settled.bytes, fin, 'accepted as it came');
+  });
+
+  it('a held segment is dropped when no proof comes in time (no-identity) or the proof is bad (bad-proof)', async () => {
+    handshake();
+    const lonely = server.queue.deliver(ACK, 'ingress');
+    assert.equal(lonely.held, true);
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    assert.equal(server.queue.verdictOf(lonely.id).dropped, true);
+    assert.equal(server.queue.engine.verdicts.get('ingress', 'drop', 'no-identity'), 1);
+
+    const { synAckOut } = handshake(client, outsiderAgent);
+    assert.equal(synAckOut.dropped, false);
+    const waiting = outsiderAgent.queue.deliver(ACK, 'ingress');
+    assert.equal(waiting.held, true);
+    const tampered = withBody(client.queue.deliver(ACK, 'egress').bytes, (body) => {
+      const copy = Buffer.from(body);
+      copy[copy.length - 1] = copy[copy.length - 1]! ^ 0x80;
+      return copy;
+    });
+    reasonOf(outsiderAgent.queue.deliver(tampered, 'ingress'), outsiderAgent.queue, 'bad-proof');
+    assert.equal(outsiderAgent.queue.verdictOf(waiting.id).dropped, true, 'the held segment goes with it');
+    assert.equal(outsiderAgent.queue.engine.verdicts.get('ingress', 'drop', 'bad-proof'), 2);
+  });
+
+  it('holds at most four segments per pending handshake; more are dropped at once', () => {
+    handshake();
+    const held = [1, 2, 3, 4].map(() => server.queue.deliver(ACK, 'ingress'));
+    assert.ok(held.every((v) => v.held));
+    reasonOf(server.queue.deliver(ACK, 'ingress'), server.queue, 'no-identity');
+    server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress');
+    assert.ok(held.every((v) => !server.queue.verdictOf(v.id).held && !server.queue.verdictOf(v.id).dropped));
+  });
+
   it('refuses an ACK proof with no handshake behind it', () => {
     const ack = encodeMessage({ type: MessageType.Ack, proof: new Uint8Array(16) });
     const out = new Uint8Array(2048);

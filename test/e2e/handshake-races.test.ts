@@ -1,0 +1,50 @@
+// Segments that race the handshake's last verdicts, with real packets: a client that closes at
+// once sends its FIN right behind the ACK that carries its proof. The FIN may be queued behind
+// that ACK on the client (and carry the same proof), or leave unqueued on another CPU and reach
+// the server before the ACK. Neither may cost the connection a dropped segment.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { prepareIdentities } from '../support/identity-lab.ts';
+import { isRoot, Lab, ROOT, type AgentHandle } from '../support/lab.ts';
+
+const LOAD = join(ROOT, 'scripts/benchmarks/load.ts');
+const PORT = 8080;
+const CONNECTIONS = 600;
+
+describe('handshake races end to end', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
+  let lab: Lab;
+  let directory: string;
+  let web: AgentHandle;
+  let api: AgentHandle;
+
+  before(async () => {
+    directory = mkdtempSync(join(tmpdir(), 'synpass-races-'));
+    lab = Lab.up(`hr${process.pid % 100000}`, 15);
+    const files = await prepareIdentities(lab, directory);
+    // At warn level the agents are as quick as in production, which is when the races show.
+    const quiet = { SYNPASS_LOG_LEVEL: 'warn' };
+    api = await lab.startAgent('api', ['--config', files.configs.api], quiet);
+    web = await lab.startAgent('web', ['--config', files.configs.web], quiet);
+    await lab.peer('api', ['server', String(PORT), 'http']).waitFor((l) => l.listening === PORT);
+  });
+
+  after(async () => {
+    await lab.down();
+    rmSync(directory, { recursive: true, force: true });
+  });
+
+  it('first-contact connections whose client closes at once lose no segment', async () => {
+    // Both agents forget each other before every connect, so each one is a full first contact
+    // with a proof ACK; the client ends the connection as soon as it is up.
+    const run = lab.spawn('web', [process.execPath, '--import', 'tsx', LOAD, 'sequential', lab.address('api'), String(PORT), String(CONNECTIONS), web.socket, api.socket]);
+    const result = await run.waitFor(() => true, 90_000);
+    assert.equal(result.count, CONNECTIONS);
+    const drops = (await api.status()).verdicts.filter((v) => v.action === 'drop');
+    assert.deepEqual(drops, [], 'api dropped no segment');
+    const accepted = (await api.status()).verdicts.find((v) => v.direction === 'ingress' && v.action === 'accept' && v.reason === 'ok')?.count ?? 0;
+    assert.ok(accepted >= 2 * CONNECTIONS, `every SYN and proof ACK accepted (${accepted})`);
+  });
+});
