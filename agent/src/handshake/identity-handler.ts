@@ -409,27 +409,26 @@ export class IdentityHandler implements HandshakeHandler {
     decision.hold((held) => {
       this.heldCount += 1;
       let settled = false;
-      const once: HeldPacket = {
-        accept: (reason) => {
-          if (settled) return;
-          settled = true;
-          this.heldCount -= 1;
-          clearTimeout(timer);
-          held.accept(reason);
-        },
-        drop: (reason) => {
-          if (settled) return;
-          settled = true;
-          this.heldCount -= 1;
-          clearTimeout(timer);
-          held.drop(reason);
-        },
+      const settle = (accepted: boolean, reason: string): void => {
+        if (settled) return;
+        settled = true;
+        this.heldCount -= 1;
+        clearTimeout(timer);
+        if (accepted) held.accept(reason);
+        else held.drop(reason);
       };
       const timer = setTimeout(() => {
-        once.drop('no-identity');
+        settle(false, 'no-identity');
       }, HOLD_MS);
       timer.unref();
-      (flow.held ??= []).push(once);
+      (flow.held ??= []).push({
+        accept: (reason) => {
+          settle(true, reason);
+        },
+        drop: (reason) => {
+          settle(false, reason);
+        },
+      });
     });
     return true;
   }
