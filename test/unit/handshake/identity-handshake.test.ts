@@ -17,6 +17,8 @@ import { withBody } from '../../support/rebody.ts';
 const SYN = withValidChecksums(IPV4_SYN);
 const SYN_ACK = withValidChecksums(IPV4_SYN_ACK);
 const ACK = withValidChecksums(IPV4_ACK);
+/** The first ACK with FIN set: a client that closes as soon as it is connected. */
+const FIN_ACK = withValidChecksums(Uint8Array.from(IPV4_ACK).fill(0x11, 33, 34));
 
 const admission: AdmissionConfig = {
   protectedPorts: [7000],
@@ -69,6 +71,12 @@ describe('identity handshake over a virtual wire', () => {
     outsiderAgent = await agent(domain, 'batch', 'batch', clock);
   });
 
+  /** A whole first-contact handshake, ACK proof included: afterwards the pair is known. */
+  function completeFirstContact(): void {
+    handshake();
+    server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress');
+  }
+
   /** Runs SYN -> SYN-ACK -> ACK and returns every verdict. */
   function handshake(c = client, s = server) {
     const synOut = c.queue.deliver(SYN, 'egress');
@@ -98,8 +106,7 @@ describe('identity handshake over a virtual wire', () => {
   });
 
   it('known peer: the SYN carries a proof and both ends release at the SYN-ACK (no ACK trip), with no new verification', () => {
-    handshake();
-    server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress');
+    completeFirstContact();
     const verifications = server.verifier.cacheStats().tokens!.misses;
     // A new connection: another ISN on the same ports would be a new flow; use a new source port.
     const syn2 = Uint8Array.from(SYN);
@@ -156,8 +163,7 @@ describe('identity handshake over a virtual wire', () => {
   });
 
   it('a server whose keys changed drops a fast SYN; its retransmit is signed and the full handshake completes', async () => {
-    handshake();
-    server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress');
+    completeFirstContact();
     const restarted = await agent(domain, 'api', 'backend', clock);
     const syn2 = onPort(SYN, 21);
     const fastSyn = client.queue.deliver(syn2, 'egress');
@@ -219,27 +225,21 @@ describe('identity handshake over a virtual wire', () => {
   });
 
   it('delivers a FIN that raced the release with the proof, but never a repeated bare ACK', () => {
-    handshake();
-    server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress');
+    completeFirstContact();
     // A client that closes at once: its FIN leaves before the ACK's release verdict lands.
-    const finAck = Uint8Array.from(ACK);
-    finAck[33] = 0x11;
-    const finOut = client.queue.deliver(withValidChecksums(finAck), 'egress');
+    const finOut = client.queue.deliver(FIN_ACK, 'egress');
     assert.ok(finOut.bytes.length > ACK.length, 'the raced FIN carries the proof');
     const finIn = server.queue.deliver(finOut.bytes, 'ingress');
     assert.equal(finIn.dropped, false);
     assert.equal(finIn.released, true);
-    assert.deepEqual(finIn.bytes, withValidChecksums(finAck), 'the proof is stripped before TCP sees it');
+    assert.deepEqual(finIn.bytes, FIN_ACK, 'the proof is stripped before TCP sees it');
     reasonOf(server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress'), server.queue, 'replayed-ack');
   });
 
   it('a segment that overtook the proof ACK waits in the queue for it, then follows it through', () => {
     handshake();
-    const finAck = Uint8Array.from(ACK);
-    finAck[33] = 0x11;
-    const fin = withValidChecksums(finAck);
     // Sent after the client released the connection: no proof, and it arrives first.
-    const early = server.queue.deliver(fin, 'ingress');
+    const early = server.queue.deliver(FIN_ACK, 'ingress');
     assert.equal(early.held, true, 'no verdict yet');
     const ackIn = server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress');
     assert.equal(ackIn.released, true);
@@ -247,7 +247,7 @@ describe('identity handshake over a virtual wire', () => {
     assert.equal(settled.held, false);
     assert.equal(settled.dropped, false);
     assert.equal(settled.released, true);
-    assert.deepEqual(settled.bytes, fin, 'accepted as it came');
+    assert.deepEqual(settled.bytes, FIN_ACK, 'accepted as it came');
   });
 
   it('a held segment is dropped when no proof comes in time (no-identity) or the proof is bad (bad-proof)', async () => {
@@ -289,8 +289,7 @@ describe('identity handshake over a virtual wire', () => {
   });
 
   it('a known-peer SYN with a tampered nonce is refused by its proof', () => {
-    handshake();
-    server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress');
+    completeFirstContact();
     const syn2 = Uint8Array.from(SYN);
     syn2[21] = 0x98;
     const fastSyn = client.queue.deliver(withValidChecksums(syn2), 'egress');
