@@ -1,5 +1,5 @@
-// The agent process: bind the queues, then install the rules (so no queued packet ever waits
-// for a listener that is not there yet), serve status, and undo both on SIGINT/SIGTERM.
+// The agent process: serve status and probes, bind the queues, then install the rules (so no
+// queued packet ever waits for a listener that is not there yet), and undo both on SIGINT/SIGTERM.
 import { constants } from 'node:os';
 import type { Server } from 'node:http';
 import type { Server as NetServer } from 'node:net';
