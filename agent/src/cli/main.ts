@@ -59,7 +59,7 @@ agent
   .option('--queue <n>', `first NFQUEUE number (default ${DEFAULT_DATAPATH.queue})`, integer(0, 65535))
   .option('--queue-count <n>', 'queues to balance flows across (default 1)', integer(1, 64))
   .option('--queue-max-length <n>', `kernel queue length (default ${DEFAULT_DATAPATH.queueMaxLength})`, integer(1, 1_000_000))
-  .option('--fail-open', 'accept packets when the queue is full or the agent is gone (default: drop)')
+  .option('--fail-open', 'accept packets when the queue is full or the agent is gone (default: drop); incoming SYNs let in unjudged are counted')
   .option('--mark-base <bit>', 'lowest of the 4 mark bits the agent owns (default 0x100000)', markBit)
   .option('--mtu <bytes>', `largest packet the agent may produce (default ${DEFAULT_DATAPATH.mtu})`, integer(576, 65535))
   .addOption(new Option('--on-malformed <action>', 'verdict for a queued packet that cannot be parsed (default drop)').choices(['drop', 'accept']))
