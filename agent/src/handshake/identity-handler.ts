@@ -5,12 +5,14 @@
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
 import type { Decision, HandshakeHandler, HeldPacket, PacketInfo } from '../datapath/handler.ts';
 import { TCP_FIN, TCP_RST } from '../datapath/packet.ts';
+import type { KeyObject } from 'node:crypto';
+import type { VerifiedCredential } from '../identity/credential.ts';
 import type { LocalIdentity } from '../identity/local-identity.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { Authorization, AuthorizationQuery, Authorizer } from './authorizer.ts';
 import { ExpiringTable, flowKey, type Flow, type SeenNonce } from './handshake-state.ts';
-import type { PeerVerifier } from './peer-verifier.ts';
-import { computeProof, keyId, NoncePool, proofValid } from './proofs.ts';
+import type { PeerVerifier, VerifiedPeer } from './peer-verifier.ts';
+import { computeProof, derivePairKey, keyId, NoncePool, proofValid } from './proofs.ts';
 import { HandshakeReject } from './reasons.ts';
 import { signSyn, synSignatureValid } from './syn-signature.ts';
 import {
@@ -47,6 +49,15 @@ interface KnownServer {
   pairKey: Buffer;
 }
 
+/** This agent's key-agreement key before the last rotation, honoured for SYN proofs until its credential expires. */
+interface PreviousKey {
+  keyId: Buffer;
+  kex: KeyObject;
+  kexRaw: Buffer;
+  untilMs: number;
+  pairKeys: WeakMap<VerifiedCredential, Buffer>;
+}
+
 /** Completed server-side flows are kept this long to tell duplicates from replays. */
 const COMPLETED_LINGER_MS = 10_000;
 /** How long a segment that overtook the client's proof may wait for it, and how many may. */
@@ -61,6 +72,7 @@ export class IdentityHandler implements HandshakeHandler {
   private heldCount = 0;
   private readonly nonces: ExpiringTable<SeenNonce>;
   private readonly knownServers = new Map<string, KnownServer>();
+  private previousKey: PreviousKey | null = null;
   private readonly now: () => number;
   private readonly noncePool = new NoncePool();
 
@@ -291,6 +303,9 @@ export class IdentityHandler implements HandshakeHandler {
         throw new HandshakeReject('bad-proof', 'SYN proof does not match', peer.identity);
       }
       fast = true;
+    } else if (message.proof !== null && message.peerKeyId !== null && this.provedToPreviousKey(message.peerKeyId, message.proof, message.nonce, message.time, packet.sequence, peer)) {
+      // Fresh, but the client knows our old key: the handshake goes on under the new one, with
+      // an ACK proof, and the client learns the new key from our SYN-ACK.
     } else if (message.signature !== null) {
       // Checked last: only an identity policy admits costs this verification.
       if (!synSignatureValid(peer.credential.signKey, message.nonce, message.time, message.token.signature, message.signature)) {
@@ -443,6 +458,31 @@ export class IdentityHandler implements HandshakeHandler {
     }
   }
 
+  /**
+   * Whether a SYN proof names the key this agent had before its last rotation and is valid under
+   * the pair key derived from it (a mismatch there is tampering, as under the current key).
+   */
+  private provedToPreviousKey(
+    peerKeyId: Uint8Array,
+    proof: Uint8Array,
+    nonce: Uint8Array,
+    time: number,
+    clientIsn: number,
+    peer: VerifiedPeer,
+  ): boolean {
+    const previous = this.previousKey;
+    if (previous === null || this.now() > previous.untilMs || !previous.keyId.equals(peerKeyId)) return false;
+    let pairKey = previous.pairKeys.get(peer.credential);
+    if (pairKey === undefined) {
+      pairKey = derivePairKey(previous.kex, previous.kexRaw, peer.credential.kexKey, peer.credential.kexRaw);
+      previous.pairKeys.set(peer.credential, pairKey);
+    }
+    if (!proofValid(pairKey, 'syn', [nonce, time, clientIsn], proof)) {
+      throw new HandshakeReject('bad-proof', 'SYN proof to our previous key does not match', peer.identity);
+    }
+    return true;
+  }
+
   // --- shared --------------------------------------------------------------------------------
 
   private ackParts(flow: Flow): (Uint8Array | number)[] {
@@ -493,6 +533,11 @@ export class IdentityHandler implements HandshakeHandler {
    * finish with the pair keys they started with; released connections never notice.
    */
   useIdentity(local: LocalIdentity): void {
+    if (!local.keyId.equals(this.local.keyId)) {
+      // Clients that know the old key still prove their SYNs to it; honour that while it lives.
+      const old = this.local;
+      this.previousKey = { keyId: old.keyId, kex: old.kex, kexRaw: old.kexRaw, untilMs: old.credential.expiresAt * 1000, pairKeys: new WeakMap() };
+    }
     this.local = local;
     this.knownServers.clear();
   }

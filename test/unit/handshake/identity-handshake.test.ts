@@ -27,7 +27,7 @@ const admission: AdmissionConfig = {
 };
 
 async function agent(domain: TestDomain, id: string, tier: string, clock: () => number, workloads: WorkloadIdentity[] = []) {
-  const { handler, verifier } = await identityHandler(domain, id, {
+  const { handler, verifier, local } = await identityHandler(domain, id, {
     attributes: { 'app.tier': tier },
     admission,
     workloads,
@@ -38,7 +38,7 @@ async function agent(domain: TestDomain, id: string, tier: string, clock: () => 
   const queue = new VirtualQueue(handler, (event) => {
     if (event.stage !== 'ack') events.push({ reason: event.reason, accepted: event.accepted, peer: (event.peer as VerifiedIdentity | null)?.subject });
   });
-  return { queue, events, verifier };
+  return { queue, events, verifier, handler, local };
 }
 
 function parsed(bytes: Uint8Array): ParsedPacket {
@@ -162,7 +162,37 @@ describe('identity handshake over a virtual wire', () => {
     assert.equal(server.queue.deliver(synOut.bytes, 'ingress').dropped, false, 'the genuine SYN still passes');
   });
 
-  it('a server whose keys changed drops a fast SYN; its retransmit is signed and the full handshake completes', async () => {
+  it('a server that rotated its keys (SIGHUP) still takes a SYN proved to its old key, and answers under the new one', async () => {
+    completeFirstContact();
+    const rotated = (await agent(domain, 'api', 'backend', clock)).local;
+    server.verifier.reconfigure(rotated.bundles, { kex: rotated.kex, kexRaw: rotated.kexRaw });
+    server.handler.useIdentity(rotated);
+    const syn2 = onPort(SYN, 21);
+    const fastSyn = client.queue.deliver(syn2, 'egress');
+    assert.ok(synMessage(fastSyn.bytes).proof !== null && synMessage(fastSyn.bytes).signature === null, 'proved to the old key, unsigned');
+    const tampered = withBody(fastSyn.bytes, (body) => {
+      const message = decodeMessage(body);
+      if (message.type !== MessageType.Syn) throw new Error('not a SYN');
+      return encodeMessage({ ...message, nonce: randomBytes(16) });
+    });
+    reasonOf(server.queue.deliver(tampered, 'ingress'), server.queue, 'bad-proof');
+    const synIn = server.queue.deliver(fastSyn.bytes, 'ingress');
+    assert.equal(synIn.dropped, false, 'no retransmission needed');
+    assert.equal(server.events.at(-1)?.reason, 'ok', 'not the fast path');
+    const synAckIn = client.queue.deliver(server.queue.deliver(onPort(SYN_ACK, 23), 'egress').bytes, 'ingress');
+    assert.equal(synAckIn.dropped, false);
+    assert.equal(synAckIn.released, false);
+    const ackIn = server.queue.deliver(client.queue.deliver(onPort(ACK, 21), 'egress').bytes, 'ingress');
+    assert.equal(ackIn.released, true);
+    // The client learned the new key: its next SYN takes the fast path again.
+    const syn3 = Uint8Array.from(SYN);
+    syn3[21] = 0x98;
+    const next = server.queue.deliver(client.queue.deliver(withValidChecksums(syn3), 'egress').bytes, 'ingress');
+    assert.equal(next.dropped, false);
+    assert.equal(server.events.at(-1)?.reason, 'ok-fast');
+  });
+
+  it('a server restarted with new keys drops a fast SYN; its retransmit is signed and the full handshake completes', async () => {
     completeFirstContact();
     const restarted = await agent(domain, 'api', 'backend', clock);
     const syn2 = onPort(SYN, 21);
