@@ -322,6 +322,29 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
     await held.stop();
   });
 
+  it('server rotation: api takes new keys on SIGHUP; web, which knows the old one, connects at once and learns the new one', async () => {
+    assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)])).status, 200);
+    await issueAgent({
+      domainDirectory: files.domainDirectory,
+      trustDomain: DOMAIN,
+      agentId: 'api',
+      namespaces: ['app', 'host', 'process'],
+      ttlSeconds: 86_400,
+      outputDirectory: files.agents.api,
+    });
+    const mark = api.process.lines.length;
+    api.process.signal('SIGHUP');
+    await api.process.waitFor((l) => l.msg === 'identity reloaded' && api.process.lines.indexOf(l) >= mark);
+    const synVerdicts = () =>
+      api.process.lines.slice(mark).filter((l) => l.event === 'handshake' && l.direction === 'ingress' && l.stage === 'syn' && String(l.source).startsWith(`${lab.address('web')}:`));
+
+    assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)])).status, 200);
+    // One SYN, accepted: no drop (unproven-syn) and so no retransmission a second later.
+    assert.deepEqual(synVerdicts().map((l) => l.reason), ['ok'], 'proved to the old key: accepted, not on the fast path');
+    assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)])).status, 200);
+    assert.deepEqual(synVerdicts().map((l) => l.reason), ['ok', 'ok-fast'], 'the new key learned');
+  });
+
   it('a connection still works after the attacks', async () => {
     assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)])).status, 200);
   });
