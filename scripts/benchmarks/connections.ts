@@ -1,9 +1,10 @@
 // scripts/bench: connection rate, sequential connect latency and bulk throughput between two
 // lab namespaces: without agents (the baseline), with pass-through agents, and with identity
 // agents (known pair, and first contact with peer caches flushed before every connect). Every
-// number is printed against the baseline measured in this same run. Bulk throughput (iperf3)
-// drifts by more than the effect being measured, so it alternates rounds with and without agents
-// and reports the median of the per-round ratios.
+// number is printed against the baseline measured in this same run. The VM drifts by more than
+// the effects measured, so connections are measured in rounds (baseline, pass-through, identity,
+// the order reversed every other round) and each figure is the median of its per-round values
+// against that round's baseline; bulk throughput (iperf3) alternates rounds the same way.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,7 +17,8 @@ const CONNECT_PORT = 8080;
 const BULK_PORT = 7000;
 const config = {
   rateConcurrency: 32,
-  rateMs: Number(process.env.BENCH_RATE_MS ?? 4000),
+  rounds: Number(process.env.BENCH_ROUNDS ?? 3),
+  rateMs: Number(process.env.BENCH_RATE_MS ?? 3000),
   rateMax: 60_000,
   sequentialCount: Number(process.env.BENCH_SEQUENTIAL ?? 2000),
   firstContactCount: Number(process.env.BENCH_FIRST_CONTACT ?? 300),
@@ -79,6 +81,8 @@ async function sequential(lab: Lab, agents: AgentHandle[], count: number, flushS
 }
 
 async function measure(lab: Lab, agents: AgentHandle[]): Promise<Results> {
+  // Discarded: a freshly started agent's code is not compiled yet, and every mode gets the same.
+  await load(lab, ['rate', lab.address('api'), String(CONNECT_PORT), String(config.rateConcurrency), '700', String(config.rateMax)]);
   const rate = await load(lab, ['rate', lab.address('api'), String(CONNECT_PORT), String(config.rateConcurrency), String(config.rateMs), String(config.rateMax)]);
   if ((rate.failed ?? 0) > 0) process.stderr.write(`warning: ${rate.failed} connections failed\n`);
   const latency = await sequential(lab, agents, config.sequentialCount);
@@ -125,20 +129,58 @@ function fmt(value: number | undefined, digits = 0): string {
   return value === undefined ? '-' : value.toFixed(digits);
 }
 
-function report(name: string, base: Results, run: Results, bulkRun?: BulkResults): string[] {
-  const cells = [
+/** One mode over all rounds, each value taken against its own round's baseline. */
+interface Summary {
+  rate: number;
+  rateRatio: number;
+  rateRatioLow: number;
+  rateRatioHigh: number;
+  p50: number;
+  addedP50: number;
+  addedP50Low: number;
+  addedP50High: number;
+  p99: number;
+  addedP99: number;
+  trips?: number;
+  judging?: number;
+}
+
+function summarize(runs: Results[], baselines: Results[]): Summary {
+  const ratios = runs.map((run, i) => (run.rate ?? Number.NaN) / (baselines[i]!.rate ?? Number.NaN));
+  const added50 = runs.map((run, i) => run.p50 - baselines[i]!.p50);
+  const optional = (values: (number | undefined)[]): number | undefined => (values.some((v) => v === undefined) ? undefined : median(values as number[]));
+  return {
+    rate: median(runs.map((run) => run.rate ?? Number.NaN)),
+    rateRatio: median(ratios),
+    rateRatioLow: Math.min(...ratios),
+    rateRatioHigh: Math.max(...ratios),
+    p50: median(runs.map((run) => run.p50)),
+    addedP50: median(added50),
+    addedP50Low: Math.min(...added50),
+    addedP50High: Math.max(...added50),
+    p99: median(runs.map((run) => run.p99)),
+    addedP99: median(runs.map((run, i) => run.p99 - baselines[i]!.p99)),
+    ...(optional(runs.map((run) => run.tripsPerConnection)) === undefined ? {} : { trips: optional(runs.map((run) => run.tripsPerConnection))! }),
+    ...(optional(runs.map((run) => run.judgingMicroseconds)) === undefined ? {} : { judging: optional(runs.map((run) => run.judgingMicroseconds))! }),
+  };
+}
+
+function report(name: string, run: Summary, bulkRun?: BulkResults): string {
+  const rated = Number.isFinite(run.rate);
+  return [
     name.padEnd(28),
-    `${fmt(run.rate)}/s`.padStart(9),
-    (run.rate === undefined ? '-' : `${fmt(run.rate / base.rate!, 2)}x`).padStart(6),
+    (rated ? `${fmt(run.rate)}/s` : '-').padStart(9),
+    (rated ? `${fmt(run.rateRatio, 2)}x` : '-').padStart(6),
+    (rated ? `${fmt(run.rateRatioLow, 2)}-${fmt(run.rateRatioHigh, 2)}` : '-').padStart(10),
     `${fmt(run.p50)}us`.padStart(8),
-    `+${fmt(run.p50 - base.p50)}`.padStart(6),
+    `+${fmt(run.addedP50)}`.padStart(6),
+    `${fmt(run.addedP50Low)}..${fmt(run.addedP50High)}`.padStart(12),
     `${fmt(run.p99)}us`.padStart(8),
-    `+${fmt(run.p99 - base.p99)}`.padStart(7),
+    `+${fmt(run.addedP99)}`.padStart(7),
     (bulkRun === undefined ? '-' : `${fmt(bulkRun.ratio, 3)}x`).padStart(7),
-    fmt(run.tripsPerConnection, 1).padStart(6),
-    fmt(run.judgingMicroseconds, 1).padStart(7),
-  ];
-  return [cells.join(' ')];
+    fmt(run.trips, 1).padStart(6),
+    fmt(run.judging, 1).padStart(7),
+  ].join(' ');
 }
 
 const directory = mkdtempSync(join(tmpdir(), 'synpass-bench-'));
@@ -160,20 +202,22 @@ try {
   process.stderr.write('bench: warm-up (discarded)\n');
   await load(lab, ['rate', lab.address('api'), String(CONNECT_PORT), '32', '1500', String(config.rateMax)]);
   await iperf(lab);
-  process.stderr.write('bench: baseline (no agents)\n');
-  const baseline = await measure(lab, []);
-
-  process.stderr.write('bench: pass-through agents\n');
-  let agents = await passThroughAgents();
-  const passThrough = await measure(lab, agents);
-  for (const agent of agents) await agent.process.stop();
-
-  process.stderr.write('bench: identity agents\n');
-  agents = await identityAgents();
-  const identityKnown = await measure(lab, agents);
-  process.stderr.write('bench: identity agents, first contact (caches flushed before each connect)\n');
-  const firstContact = await sequential(lab, agents, config.firstContactCount, agents.map((agent) => agent.socket));
-  for (const agent of agents) await agent.process.stop();
+  const modes = ['baseline', 'pass-through', 'identity'] as const;
+  const results = { baseline: [] as Results[], 'pass-through': [] as Results[], identity: [] as Results[], firstContact: [] as Results[] };
+  for (let round = 0; round < config.rounds; round++) {
+    for (const mode of round % 2 === 0 ? modes : [...modes].reverse()) {
+      process.stderr.write(`bench: round ${round + 1} of ${config.rounds}, ${mode}\n`);
+      if (mode === 'baseline') {
+        results.baseline.push(await measure(lab, []));
+        continue;
+      }
+      const agents = mode === 'identity' ? await identityAgents() : await passThroughAgents();
+      results[mode].push(await measure(lab, agents));
+      // First contact: both agents forget their peers before every connect.
+      if (mode === 'identity') results.firstContact.push(await sequential(lab, agents, config.firstContactCount, agents.map((agent) => agent.socket)));
+      for (const agent of agents) await agent.process.stop();
+    }
+  }
 
   process.stderr.write(`bench: bulk, ${config.bulkRounds} rounds each with and without agents\n`);
   const passThroughBulk = await bulk(lab, passThroughAgents);
@@ -183,8 +227,10 @@ try {
     'mode'.padEnd(28),
     'conn/s'.padStart(9),
     'ratio'.padStart(6),
+    'range'.padStart(10),
     'seq p50'.padStart(8),
     'added'.padStart(6),
+    'range'.padStart(12),
     'seq p99'.padStart(8),
     'added'.padStart(7),
     'bulk'.padStart(7),
@@ -192,13 +238,15 @@ try {
     'js/pkt'.padStart(7),
   ].join(' ');
   const range = (b: BulkResults): string => `${fmt(b.lowest, 3)}-${fmt(b.highest, 3)}x`;
+  const baselines = results.baseline;
   const lines = [
-    `rate: ${config.rateConcurrency} concurrent for ${config.rateMs} ms; sequential: ${config.sequentialCount} connects (first contact ${config.firstContactCount})`,
+    `${config.rounds} rounds; rate: ${config.rateConcurrency} concurrent for ${config.rateMs} ms; sequential: ${config.sequentialCount} connects (first contact ${config.firstContactCount})`,
     header,
-    ...report('no agents (baseline)', baseline, baseline),
-    ...report('pass-through', baseline, passThrough, passThroughBulk),
-    ...report('identity, known pair', baseline, identityKnown, identityBulk),
-    ...report('identity, first contact', baseline, firstContact),
+    report('no agents (baseline)', summarize(baselines, baselines)),
+    report('pass-through', summarize(results['pass-through'], baselines), passThroughBulk),
+    report('identity, known pair', summarize(results.identity, baselines), identityBulk),
+    report('identity, first contact', summarize(results.firstContact, baselines)),
+    'each figure: median over rounds, against the same round\'s baseline; range: lowest-highest over rounds',
     'trips: queued packets per connection, both agents together; added: microseconds over the baseline',
     'js/pkt: agent JavaScript per queued packet in the sequential run, microseconds (the rest of a trip is the kernel and waking the agent)',
     `bulk: iperf3 ${config.bulkSeconds} s, ${config.bulkRounds} rounds alternating without/with agents, median ratio; ` +
