@@ -26,7 +26,10 @@ export class Decision {
   accept = true;
   /** Closed-set reason, used verbatim as a metric label. */
   reason = '';
-  /** Token body to attach on egress (null: send the packet as it is). */
+  /**
+   * Token body to attach on egress (null: send the packet as it is). The engine copies it into
+   * the packet before the next packet is decided, so a handler may hand over a reused buffer.
+   */
   token: Uint8Array | null = null;
   tokenLength = 0;
   /** Mark the connection as one whose handshake the agent follows. */

@@ -18,6 +18,7 @@ import { signSyn, synSignatureValid } from './syn-signature.ts';
 import {
   decodeMessage,
   encodeMessage,
+  encodeTransient,
   FLAG_FAST,
   FLAG_SYN_PROOF,
   FLAG_SYN_SIGNATURE,
@@ -229,7 +230,7 @@ export class IdentityHandler implements HandshakeHandler {
     decision.release = true;
     if (flow?.role !== 'client' || flow.serverNonce === null || flow.pairKey === null) return;
     // Kept until it expires: a segment racing the release verdict carries the same proof.
-    this.attach(decision, encodeMessage({ type: MessageType.Ack, proof: computeProof(flow.pairKey, 'ack', this.ackParts(flow)) }));
+    this.attach(decision, encodeTransient({ type: MessageType.Ack, proof: computeProof(flow.pairKey, 'ack', this.ackParts(flow)) }));
   }
 
   // --- server side ---------------------------------------------------------------------------
@@ -360,7 +361,7 @@ export class IdentityHandler implements HandshakeHandler {
     const proof = computeProof(flow.pairKey, 'syn-ack', [flags, flow.clientNonce, flow.serverNonce, flow.clientIsn, flow.serverIsn]);
     this.attach(
       decision,
-      encodeMessage({
+      encodeTransient({
         type: MessageType.SynAck,
         flags,
         credential: this.local.packedCredential,

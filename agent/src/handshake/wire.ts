@@ -156,12 +156,8 @@ export function decodeMessage(body: Uint8Array): HandshakeMessage {
 }
 
 class Writer {
-  readonly buf: Buffer;
   offset = 0;
-  constructor(size: number) {
-    // Only the written prefix is ever returned, so nothing stale can leak.
-    this.buf = Buffer.allocUnsafe(size);
-  }
+  constructor(readonly buf: Buffer) {}
   u8(value: number): void {
     this.buf[this.offset++] = value;
   }
@@ -178,10 +174,29 @@ class Writer {
   }
 }
 
+/** The most bytes `message` encodes to. */
+function encodedBound(message: HandshakeMessage): number {
+  return message.type === MessageType.Ack ? 2 + PROOF_BYTES : 3 + message.credential.bytes.length + message.token.bytes.length + 128;
+}
+
+/** The message in a buffer of its own (kept, e.g. a SYN body reused for a retransmitted SYN). */
 export function encodeMessage(message: HandshakeMessage): Buffer {
-  const size =
-    message.type === MessageType.Ack ? 2 + PROOF_BYTES : 3 + message.credential.bytes.length + message.token.bytes.length + 128;
-  const w = new Writer(size);
+  // Only the written prefix is ever returned, so nothing stale can leak.
+  return encodeMessageInto(message, Buffer.allocUnsafe(encodedBound(message)));
+}
+
+const transient = Buffer.alloc(4096);
+
+/**
+ * The message encoded into one buffer shared by every call: valid until the next call. For
+ * bodies attached at once and never kept (SYN-ACK, ACK), it saves allocating a kilobyte per packet.
+ */
+export function encodeTransient(message: HandshakeMessage): Buffer {
+  return encodedBound(message) <= transient.length ? encodeMessageInto(message, transient) : encodeMessage(message);
+}
+
+function encodeMessageInto(message: HandshakeMessage, target: Buffer): Buffer {
+  const w = new Writer(target);
   w.u8(WIRE_VERSION);
   w.u8(message.type);
   if (message.type === MessageType.Syn) {
