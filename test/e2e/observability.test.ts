@@ -10,7 +10,6 @@ import { BATCH_UID, DOMAIN, prepareIdentities, type IdentityLabFiles } from '../
 import { execFileSync } from 'node:child_process';
 import { isRoot, Lab, ROOT, sleep, synpassCommand, type AgentHandle } from '../support/lab.ts';
 
-
 const METRICS = 'http://127.0.0.1:9464';
 
 describe('observability end to end', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
