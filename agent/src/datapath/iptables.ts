@@ -4,7 +4,7 @@ import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { RulesError } from './errors.ts';
-import { buildRemoval, buildRuleset, CHAIN_PREFIX, unjudgedSynCount, type IpFamily, type RuleOptions } from './rules.ts';
+import { buildRemoval, buildRuleset, rulesPresent, unjudgedSynCount, type IpFamily, type RuleOptions } from './rules.ts';
 
 const run = promisify(execFile);
 
@@ -132,25 +132,21 @@ export async function removeAllRules(): Promise<number> {
   return removed;
 }
 
-/** SYNs that reached INPUT or FORWARD without a verdict since the rules went in, over every family. */
-export async function readUnjudgedSyns(installed: InstalledRules): Promise<number> {
-  let total = 0;
-  for (const family of installed.families) {
-    const tool = TOOLS.find((t) => t.family === family && t.backend === installed.backend)!;
-    total += unjudgedSynCount(await exec(saveBinary(tool), ['-c', '-t', 'mangle']));
-  }
-  return total;
+export interface RuleInspection {
+  /** Every rule of our IPv4 ruleset is in place (counted, not just present). */
+  present: boolean;
+  /** SYNs that reached INPUT or FORWARD without a verdict since the rules went in, over every family. */
+  unjudgedSyns: number;
 }
 
-/** Whether every rule of our IPv4 ruleset is in place for `backend` (counted, not just present). */
-export async function rulesInstalled(backend: Backend, options: RuleOptions): Promise<boolean> {
-  const tool = TOOLS.find((t) => t.family === 4 && t.backend === backend)!;
-  const saved = await exec(saveBinary(tool), ['-t', 'mangle']);
-  const expected = buildRuleset(4, options)
-    .split('\n')
-    .filter((line) => line.startsWith('-A ') || line.startsWith('-I ')).length;
-  const present = saved
-    .split('\n')
-    .filter((line) => line.startsWith('-A ') && (line.startsWith(`-A ${CHAIN_PREFIX}`) || line.includes(`-j ${CHAIN_PREFIX}`))).length;
-  return present === expected;
+/** One `iptables-save -c` per family answers both questions of the periodic rule check. */
+export async function inspectRules(installed: InstalledRules, options: RuleOptions): Promise<RuleInspection> {
+  const inspection: RuleInspection = { present: false, unjudgedSyns: 0 };
+  for (const family of installed.families) {
+    const tool = TOOLS.find((t) => t.family === family && t.backend === installed.backend)!;
+    const saved = await exec(saveBinary(tool), ['-c', '-t', 'mangle']);
+    if (family === 4) inspection.present = rulesPresent(saved, options);
+    inspection.unjudgedSyns += unjudgedSynCount(saved);
+  }
+  return inspection;
 }

@@ -106,6 +106,18 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
   return lines.join('\n');
 }
 
+/** From IPv4 `iptables-save [-c] -t mangle` output: whether every rule buildRuleset makes is there. */
+export function rulesPresent(saved: string, options: RuleOptions): boolean {
+  const expected = buildRuleset(4, options)
+    .split('\n')
+    .filter((line) => line.startsWith('-A ') || line.startsWith('-I ')).length;
+  const present = saved
+    .split('\n')
+    .map((line) => line.replace(/^\[\d+:\d+\] /, ''))
+    .filter((line) => line.startsWith('-A ') && (line.startsWith(`-A ${CHAIN_PREFIX}`) || line.includes(`-j ${CHAIN_PREFIX}`))).length;
+  return present === expected;
+}
+
 /** From `iptables-save -c -t mangle` output, the packet counter of the unjudged-SYN rule (0 if absent). */
 export function unjudgedSynCount(saved: string): number {
   for (const line of saved.split('\n')) {

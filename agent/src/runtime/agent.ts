@@ -9,7 +9,7 @@ import { liveTcpSockets } from '../whois/proc-net-tcp.ts';
 import { connectionKey, PeerRegistry } from '../whois/registry.ts';
 import { startWhoisServer } from '../whois/server.ts';
 import { DatapathEngine, type MalformedPolicy } from '../datapath/engine.ts';
-import { installRules, readUnjudgedSyns, removeAllRules, rulesInstalled, type Backend, type InstalledRules } from '../datapath/iptables.ts';
+import { inspectRules, installRules, removeAllRules, type Backend, type InstalledRules } from '../datapath/iptables.ts';
 import { readKernelQueues } from '../datapath/kernel-queue.ts';
 import type { RuleOptions } from '../datapath/rules.ts';
 import { startHttpEndpoint, type Readiness } from '../telemetry/http-endpoint.ts';
@@ -250,11 +250,10 @@ export class Agent {
    */
   private async checkRules(): Promise<void> {
     if (this.rules === null || this.stopping !== null) return;
-    const present = await rulesInstalled(this.rules.backend, this.ruleOptions()).catch(() => false);
-    this.rulesPresent = present;
-    if (present) {
-      const counted = await readUnjudgedSyns(this.rules).catch(() => null);
-      if (counted !== null) this.countUnjudged(counted);
+    const inspection = await inspectRules(this.rules, this.ruleOptions()).catch(() => null);
+    this.rulesPresent = inspection?.present ?? false;
+    if (inspection?.present === true) {
+      this.countUnjudged(inspection.unjudgedSyns);
       return;
     }
     this.log.error({ backend: this.rules.backend }, 'synpass rules are missing; reinstalling');

@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connectionMarks } from '../../../agent/src/datapath/marks.ts';
-import { buildRemoval, buildRuleset, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
+import { buildRemoval, buildRuleset, rulesPresent, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
 
 const options: RuleOptions = {
   queueNumber: 3170,
@@ -105,6 +105,17 @@ describe('buildRemoval', () => {
     ].join('\n');
     assert.equal(unjudgedSynCount(saved), 7);
     assert.equal(unjudgedSynCount('*mangle\nCOMMIT\n'), 0);
+  });
+
+  it('tells a complete ruleset from a partly flushed one, with or without counters', () => {
+    const installed = buildRuleset(4, options)
+      .split('\n')
+      .filter((line) => line.startsWith('-A ') || line.startsWith('-I '))
+      .map((line) => line.replace(/^-I (\S+) 1 /, '-A $1 '));
+    assert.equal(rulesPresent(['*mangle', ...installed, 'COMMIT'].join('\n'), options), true);
+    assert.equal(rulesPresent(['*mangle', ...installed.map((line) => `[3:180] ${line}`), 'COMMIT'].join('\n'), options), true);
+    const flushed = installed.filter((line) => !line.startsWith('-A SYNPASS-IN-Q '));
+    assert.equal(rulesPresent(['*mangle', ...flushed, 'COMMIT'].join('\n'), options), false);
   });
 
   it('returns null when nothing of synpass is installed', () => {
