@@ -20,7 +20,7 @@ import { issueIdentityToken } from '../../agent/src/token/identity-token.ts';
 import { IPV4_SYN } from '../support/fixtures.ts';
 import { attributes } from '../support/identities.ts';
 import { withBody } from '../support/rebody.ts';
-import { BATCH_UID, DOMAIN, prepareIdentities, type IdentityLabFiles } from '../support/identity-lab.ts';
+import { BATCH_UID, DOMAIN, prepareIdentities, rotateAgent, type IdentityLabFiles } from '../support/identity-lab.ts';
 import { isRoot, Lab, ROOT, sleep, type AgentHandle } from '../support/lab.ts';
 
 const PORT = 8080;
@@ -300,20 +300,10 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
     held.write('before rotation\n');
     await held.waitFor((l) => l.echoed === 'before rotation');
 
-    await issueAgent({
-      domainDirectory: files.domainDirectory,
-      trustDomain: DOMAIN,
-      agentId: 'web',
-      namespaces: ['app', 'host', 'process'],
-      ttlSeconds: 86_400,
-      outputDirectory: files.agents.web,
-    });
     const credentialMisses = async () =>
       ((await api.status()) as unknown as { identity: { caches: { credentials: { misses: number } } } }).identity.caches.credentials.misses;
     const before = await credentialMisses();
-    const mark = web.process.lines.length;
-    web.process.signal('SIGHUP');
-    await web.process.waitFor((l) => l.msg === 'identity reloaded' && web.process.lines.indexOf(l) >= mark);
+    await rotateAgent(files, 'web', web);
 
     held.write('after rotation\n');
     await held.waitFor((l) => l.echoed === 'after rotation');
@@ -324,17 +314,8 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
 
   it('server rotation: api takes new keys on SIGHUP; web, which knows the old one, connects at once and learns the new one', async () => {
     assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)])).status, 200);
-    await issueAgent({
-      domainDirectory: files.domainDirectory,
-      trustDomain: DOMAIN,
-      agentId: 'api',
-      namespaces: ['app', 'host', 'process'],
-      ttlSeconds: 86_400,
-      outputDirectory: files.agents.api,
-    });
     const mark = api.process.lines.length;
-    api.process.signal('SIGHUP');
-    await api.process.waitFor((l) => l.msg === 'identity reloaded' && api.process.lines.indexOf(l) >= mark);
+    await rotateAgent(files, 'api', api);
     const synVerdicts = () =>
       api.process.lines.slice(mark).filter((l) => l.event === 'handshake' && l.direction === 'ingress' && l.stage === 'syn' && String(l.source).startsWith(`${lab.address('web')}:`));
 

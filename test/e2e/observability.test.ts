@@ -5,8 +5,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { issueAgent } from '../../agent/src/identity/issuance.ts';
-import { BATCH_UID, DOMAIN, prepareIdentities, type IdentityLabFiles } from '../support/identity-lab.ts';
+import { BATCH_UID, DOMAIN, prepareIdentities, rotateAgent, type IdentityLabFiles } from '../support/identity-lab.ts';
 import { execFileSync } from 'node:child_process';
 import { isRoot, Lab, ROOT, sleep, synpassCommand, type AgentHandle } from '../support/lab.ts';
 
@@ -67,22 +66,13 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
 
   it('/readyz turns unready when the credential is about to expire, and ready again after rotation', async () => {
     assert.equal((await fetch('/readyz')).status, 200);
-    const reissue = (ttlSeconds: number) =>
-      issueAgent({ domainDirectory: files.domainDirectory, trustDomain: DOMAIN, agentId: 'api', namespaces: ['app', 'host', 'process'], ttlSeconds, outputDirectory: files.agents.api });
-    const reloaded = async () => {
-      const mark = api.process.lines.length;
-      api.process.signal('SIGHUP');
-      await api.process.waitFor((l) => l.msg === 'identity reloaded' && api.process.lines.indexOf(l) >= mark);
-    };
-    await reissue(40);
-    await reloaded();
+    await rotateAgent(files, 'api', api, 40);
     const unready = await fetch('/readyz');
     assert.equal(unready.status, 503);
     const body = JSON.parse(unready.body) as { checks: Record<string, { ok: boolean; detail: string }> };
     assert.equal(body.checks.credential?.ok, false);
     assert.equal(body.checks.rules?.ok, true);
-    await reissue(86_400);
-    await reloaded();
+    await rotateAgent(files, 'api', api);
     assert.equal((await fetch('/readyz')).status, 200);
   });
 

@@ -4,12 +4,14 @@ import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { initDomain, issueAgent } from '../../agent/src/identity/issuance.ts';
-import { ROOT, type Lab } from './lab.ts';
+import { ROOT, type AgentHandle, type Lab } from './lab.ts';
 
 export const DOMAIN = 'demo.synpass';
 export const ROGUE_DOMAIN = 'rogue.example';
 /** On web, sockets of this user (nobody) belong to the "batch" workload, which api does not admit. */
 export const BATCH_UID = 65534;
+/** Attribute namespaces every agent of the lab's domain may assert. */
+const NAMESPACES = ['app', 'host', 'process'];
 
 export interface IdentityLabFiles {
   directory: string;
@@ -32,14 +34,13 @@ export async function prepareIdentities(lab: Lab, directory: string, policyDirec
   copyFileSync(join(rogueDirectory, `${ROGUE_DOMAIN}.jwks.json`), join(rogueBundles, `${ROGUE_DOMAIN}.jwks.json`));
 
   const agents = { web: join(directory, 'web'), api: join(directory, 'api'), outsider: join(directory, 'mallory') };
-  const namespaces = ['app', 'host', 'process'];
-  await issueAgent({ domainDirectory, trustDomain: DOMAIN, agentId: 'web', namespaces, ttlSeconds: 86_400, outputDirectory: agents.web });
-  await issueAgent({ domainDirectory, trustDomain: DOMAIN, agentId: 'api', namespaces, ttlSeconds: 86_400, outputDirectory: agents.api });
+  await issueAgent({ domainDirectory, trustDomain: DOMAIN, agentId: 'web', namespaces: NAMESPACES, ttlSeconds: 86_400, outputDirectory: agents.web });
+  await issueAgent({ domainDirectory, trustDomain: DOMAIN, agentId: 'api', namespaces: NAMESPACES, ttlSeconds: 86_400, outputDirectory: agents.api });
   await issueAgent({
     domainDirectory: rogueDirectory,
     trustDomain: ROGUE_DOMAIN,
     agentId: 'mallory',
-    namespaces,
+    namespaces: NAMESPACES,
     ttlSeconds: 86_400,
     outputDirectory: agents.outsider,
   });
@@ -77,4 +78,15 @@ export async function prepareIdentities(lab: Lab, directory: string, policyDirec
   );
   writeFileSync(configs.outsider, stringify(config(agents.outsider, ROGUE_DOMAIN, 'mallory', 'frontend', rogueBundles, { protectedPorts: [] })));
   return { directory, configs, agents, domainDirectory };
+}
+
+/**
+ * Issues `agentId` a new credential and new keys in its directory, then has its running agent
+ * load them (SIGHUP) and waits until it says so.
+ */
+export async function rotateAgent(files: IdentityLabFiles, agentId: 'web' | 'api', agent: AgentHandle, ttlSeconds = 86_400): Promise<void> {
+  await issueAgent({ domainDirectory: files.domainDirectory, trustDomain: DOMAIN, agentId, namespaces: NAMESPACES, ttlSeconds, outputDirectory: files.agents[agentId] });
+  const mark = agent.process.lines.length;
+  agent.process.signal('SIGHUP');
+  await agent.process.waitFor((l) => l.msg === 'identity reloaded' && agent.process.lines.indexOf(l) >= mark);
 }

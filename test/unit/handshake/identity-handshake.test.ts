@@ -124,9 +124,9 @@ describe('identity handshake over a virtual wire', () => {
   });
 
   /** The same packets on another client port: a new connection between the same hosts. */
-  function onPort(bytes: Uint8Array, portOffset: number): Uint8Array {
+  function onPort(bytes: Uint8Array, portOffset: number, lowByte = 0x97): Uint8Array {
     const copy = Uint8Array.from(bytes);
-    copy[portOffset] = 0x97;
+    copy[portOffset] = lowByte;
     return withValidChecksums(copy);
   }
 
@@ -185,9 +185,7 @@ describe('identity handshake over a virtual wire', () => {
     const ackIn = server.queue.deliver(client.queue.deliver(onPort(ACK, 21), 'egress').bytes, 'ingress');
     assert.equal(ackIn.released, true);
     // The client learned the new key: its next SYN takes the fast path again.
-    const syn3 = Uint8Array.from(SYN);
-    syn3[21] = 0x98;
-    const next = server.queue.deliver(client.queue.deliver(withValidChecksums(syn3), 'egress').bytes, 'ingress');
+    const next = server.queue.deliver(client.queue.deliver(onPort(SYN, 21, 0x98), 'egress').bytes, 'ingress');
     assert.equal(next.dropped, false);
     assert.equal(server.events.at(-1)?.reason, 'ok-fast');
   });
