@@ -1,5 +1,6 @@
 // Per-connection handshake state and the SYN replay cache, both bounded and expiring.
 import type { VerifiedIdentity } from '../token/identity-token.ts';
+import type { SynMessage } from './wire.ts';
 
 export interface Flow {
   role: 'client' | 'server';
@@ -11,8 +12,8 @@ export interface Flow {
   peer: VerifiedIdentity | null;
   /** The SYN carried a valid proof: the handshake ends at the SYN-ACK. */
   fast: boolean;
-  /** Encoded SYN body, reused for a retransmitted SYN so the server recognises it. */
-  synBody: Buffer | null;
+  /** Client side: the SYN message, sent again unchanged (same nonce) with a retransmitted SYN. */
+  syn: SynMessage | null;
   /** Client side: the local workload's attributes, for the egress decision at the SYN-ACK. */
   local: Readonly<Record<string, string>> | null;
   expiresAt: number;

@@ -17,7 +17,6 @@ import { HandshakeReject } from './reasons.ts';
 import { signSyn, synSignatureValid } from './syn-signature.ts';
 import {
   decodeMessage,
-  encodeMessage,
   encodeTransient,
   FLAG_FAST,
   FLAG_SYN_PROOF,
@@ -25,6 +24,7 @@ import {
   MessageType,
   WireError,
   type HandshakeMessage,
+  type SynMessage,
 } from './wire.ts';
 
 export interface IdentityHandlerOptions {
@@ -130,12 +130,12 @@ export class IdentityHandler implements HandshakeHandler {
     const client = sourceAddress(packet);
     const key = flowKey(client, packet.sourcePort, server, packet.destinationPort);
     const existing = this.flows.get(key);
-    if (existing?.synBody && existing.clientIsn === packet.sequence) {
+    if (existing?.syn && existing.clientIsn === packet.sequence) {
       // A retransmitted SYN carries the same message, so the server can recognise it. An
       // unanswered fast SYN may have met a server whose key changed and which therefore cannot
       // check its proof: the retransmit adds the signature a first-contact SYN carries.
-      if (existing.fast) existing.synBody = this.withSignature(existing.synBody);
-      this.attach(decision, existing.synBody);
+      if (existing.fast) this.addSignature(existing.syn);
+      this.attach(decision, encodeTransient(existing.syn));
       decision.track = true;
       decision.reason = 'ok';
       return;
@@ -147,7 +147,7 @@ export class IdentityHandler implements HandshakeHandler {
     const known = this.knownServers.get(server);
     // A known server checks the SYN proof under the pair key; any other gets the agent's
     // signature (an ECDSA signing per first-contact connection, none once the pair is known).
-    const body = encodeMessage({
+    const syn: SynMessage = {
       type: MessageType.Syn,
       flags: known ? FLAG_SYN_PROOF : FLAG_SYN_SIGNATURE,
       credential: this.local.packedCredential,
@@ -157,7 +157,7 @@ export class IdentityHandler implements HandshakeHandler {
       peerKeyId: known?.keyId ?? null,
       proof: known ? computeProof(known.pairKey, 'syn', [nonce, time, packet.sequence]) : null,
       signature: known ? null : signSyn(this.local.signKey, nonce, time, own.packed.signature),
-    });
+    };
     const stored = this.flows.set(key, {
       role: 'client',
       clientNonce: nonce,
@@ -167,12 +167,12 @@ export class IdentityHandler implements HandshakeHandler {
       pairKey: known?.pairKey ?? null,
       peer: null,
       fast: known !== undefined,
-      synBody: body,
+      syn,
       local: own.localAttributes,
       expiresAt: this.now() + this.options.handshakeTimeoutMs,
     });
     if (!stored) throw new HandshakeReject('flow-table-full');
-    this.attach(decision, body);
+    this.attach(decision, encodeTransient(syn));
     decision.track = true;
     decision.reason = 'ok';
   }
@@ -329,7 +329,7 @@ export class IdentityHandler implements HandshakeHandler {
       pairKey,
       peer: peer.identity,
       fast,
-      synBody: null,
+      syn: null,
       local: null,
       expiresAt: nowMs + this.options.handshakeTimeoutMs,
     });
@@ -500,15 +500,11 @@ export class IdentityHandler implements HandshakeHandler {
     return auth;
   }
 
-  /** The SYN message re-encoded with the agent's signature added (a retransmit, see clientSyn). */
-  private withSignature(body: Buffer): Buffer {
-    const message = decodeMessage(body);
-    if (message.type !== MessageType.Syn || message.signature !== null) return body;
-    return encodeMessage({
-      ...message,
-      flags: message.flags | FLAG_SYN_SIGNATURE,
-      signature: signSyn(this.local.signKey, message.nonce, message.time, message.token.signature),
-    });
+  /** Adds the agent's signature to a kept SYN message (a retransmit, see clientSyn); once. */
+  private addSignature(syn: SynMessage): void {
+    if (syn.signature !== null) return;
+    syn.flags |= FLAG_SYN_SIGNATURE;
+    syn.signature = signSyn(this.local.signKey, syn.nonce, syn.time, syn.token.signature);
   }
 
   private attach(decision: Decision, body: Uint8Array): void {
