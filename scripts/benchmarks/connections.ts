@@ -4,9 +4,12 @@
 // number is printed against the baseline measured in this same run. The VM drifts by more than
 // the effects measured, so connections are measured in rounds (baseline, pass-through, identity,
 // the order reversed every other round) and each figure is the median of its per-round values
-// against that round's baseline; bulk throughput (iperf3) alternates rounds the same way.
+// against that round's baseline; bulk throughput (iperf3) alternates rounds the same way. A
+// conntrack-only run per round shows how much of the cost is connection tracking, which the
+// connmark release needs, and the CPU time per connection shows the cost without the noise that
+// other tenants of the VM put into rates.
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { prepareIdentities } from '../../test/support/identity-lab.ts';
 import { Lab, sleep, type AgentHandle } from '../../test/support/lab.ts';
@@ -28,6 +31,9 @@ const config = {
 
 interface Results {
   rate?: number;
+  /** CPU time of the whole machine per connection in the rate run, and of the agents alone. */
+  machineCpu?: number;
+  agentCpu?: number;
   p50: number;
   p99: number;
   tripsPerConnection?: number;
@@ -83,10 +89,16 @@ async function sequential(lab: Lab, agents: AgentHandle[], count: number, flushS
 async function measure(lab: Lab, agents: AgentHandle[]): Promise<Results> {
   // Discarded: a freshly started agent's code is not compiled yet, and every mode gets the same.
   await load(lab, ['rate', lab.address('api'), String(CONNECT_PORT), String(config.rateConcurrency), '700', String(config.rateMax)]);
-  const rate = await load(lab, ['rate', lab.address('api'), String(CONNECT_PORT), String(config.rateConcurrency), String(config.rateMs), String(config.rateMax)]);
+  const pids = agents.map((agent) => String(agent.process.pid));
+  const rate = await load(lab, ['rate', lab.address('api'), String(CONNECT_PORT), String(config.rateConcurrency), String(config.rateMs), String(config.rateMax), ...pids]);
   if ((rate.failed ?? 0) > 0) process.stderr.write(`warning: ${rate.failed} connections failed\n`);
   const latency = await sequential(lab, agents, config.sequentialCount);
-  return { ...latency, rate: rate.perSecond! };
+  return {
+    ...latency,
+    rate: rate.perSecond!,
+    machineCpu: rate.machineMicroseconds! / rate.completed!,
+    agentCpu: rate.processMicroseconds! / rate.completed!,
+  };
 }
 
 /** One iperf3 stream from web to api, in Gbit/s as the receiver counted it. */
@@ -143,6 +155,11 @@ interface Summary {
   addedP99: number;
   trips?: number;
   judging?: number;
+  machineCpu?: number;
+  addedMachineCpu?: number;
+  /** Baseline machine CPU per connection over this mode's: the rate ratio of a CPU-bound host. */
+  cpuRatio?: number;
+  agentCpu?: number;
 }
 
 function summarize(runs: Results[], baselines: Results[]): Summary {
@@ -162,16 +179,37 @@ function summarize(runs: Results[], baselines: Results[]): Summary {
     addedP99: median(runs.map((run, i) => run.p99 - baselines[i]!.p99)),
     ...(optional(runs.map((run) => run.tripsPerConnection)) === undefined ? {} : { trips: optional(runs.map((run) => run.tripsPerConnection))! }),
     ...(optional(runs.map((run) => run.judgingMicroseconds)) === undefined ? {} : { judging: optional(runs.map((run) => run.judgingMicroseconds))! }),
+    ...(runs.every((run) => run.machineCpu !== undefined)
+      ? {
+          machineCpu: median(runs.map((run) => run.machineCpu!)),
+          addedMachineCpu: median(runs.map((run, i) => run.machineCpu! - baselines[i]!.machineCpu!)),
+          cpuRatio: median(runs.map((run, i) => baselines[i]!.machineCpu! / run.machineCpu!)),
+          agentCpu: median(runs.map((run) => run.agentCpu!)),
+        }
+      : {}),
   };
 }
 
-function report(name: string, run: Summary, bulkRun?: BulkResults): string {
+function cpuReport(name: string, run: Summary, againstConntrack?: Summary): string {
+  return [
+    name.padEnd(28),
+    `${fmt(run.machineCpu)}us`.padStart(10),
+    `+${fmt(run.addedMachineCpu)}`.padStart(7),
+    `${fmt(run.cpuRatio, 2)}x`.padStart(10),
+    (againstConntrack === undefined ? '-' : `${fmt(againstConntrack.cpuRatio, 2)}x`).padStart(6),
+    `${fmt(run.agentCpu)}us`.padStart(10),
+  ].join(' ');
+}
+
+/** `againstConntrack`: the same runs taken against the conntrack-only runs of their rounds. */
+function report(name: string, run: Summary, bulkRun?: BulkResults, againstConntrack?: Summary): string {
   const rated = Number.isFinite(run.rate);
   return [
     name.padEnd(28),
     (rated ? `${fmt(run.rate)}/s` : '-').padStart(9),
     (rated ? `${fmt(run.rateRatio, 2)}x` : '-').padStart(6),
     (rated ? `${fmt(run.rateRatioLow, 2)}-${fmt(run.rateRatioHigh, 2)}` : '-').padStart(10),
+    (againstConntrack === undefined ? '-' : `${fmt(againstConntrack.rateRatio, 2)}x`).padStart(6),
     `${fmt(run.p50)}us`.padStart(8),
     `+${fmt(run.addedP50)}`.padStart(6),
     `${fmt(run.addedP50Low)}..${fmt(run.addedP50High)}`.padStart(12),
@@ -181,6 +219,17 @@ function report(name: string, run: Summary, bulkRun?: BulkResults): string {
     fmt(run.trips, 1).padStart(6),
     fmt(run.judging, 1).padStart(7),
   ].join(' ');
+}
+
+/**
+ * Connection tracking on in both hosts and nothing else (a rule that only counts): the agents'
+ * connmark release needs it, so this is the share of their cost that is conntrack's, not theirs.
+ * Nodes that run kube-proxy or Docker pay it already.
+ */
+function trackConnections(lab: Lab, on: boolean): void {
+  for (const host of ['api', 'web'] as const) {
+    lab.exec(host, ['iptables', '-t', 'mangle', on ? '-A' : '-D', 'PREROUTING', '-m', 'conntrack', '--ctstate', 'NEW', '-m', 'comment', '--comment', 'synpass-bench-conntrack']);
+  }
 }
 
 const directory = mkdtempSync(join(tmpdir(), 'synpass-bench-'));
@@ -202,13 +251,25 @@ try {
   process.stderr.write('bench: warm-up (discarded)\n');
   await load(lab, ['rate', lab.address('api'), String(CONNECT_PORT), '32', '1500', String(config.rateMax)]);
   await iperf(lab);
-  const modes = ['baseline', 'pass-through', 'identity'] as const;
-  const results = { baseline: [] as Results[], 'pass-through': [] as Results[], identity: [] as Results[], firstContact: [] as Results[] };
+  const modes = ['baseline', 'conntrack', 'pass-through', 'identity'] as const;
+  const results = {
+    baseline: [] as Results[],
+    conntrack: [] as Results[],
+    'pass-through': [] as Results[],
+    identity: [] as Results[],
+    firstContact: [] as Results[],
+  };
   for (let round = 0; round < config.rounds; round++) {
     for (const mode of round % 2 === 0 ? modes : [...modes].reverse()) {
       process.stderr.write(`bench: round ${round + 1} of ${config.rounds}, ${mode}\n`);
       if (mode === 'baseline') {
         results.baseline.push(await measure(lab, []));
+        continue;
+      }
+      if (mode === 'conntrack') {
+        trackConnections(lab, true);
+        results.conntrack.push(await measure(lab, []));
+        trackConnections(lab, false);
         continue;
       }
       const agents = mode === 'identity' ? await identityAgents() : await passThroughAgents();
@@ -220,14 +281,15 @@ try {
   }
 
   process.stderr.write(`bench: bulk, ${config.bulkRounds} rounds each with and without agents\n`);
-  const passThroughBulk = await bulk(lab, passThroughAgents);
-  const identityBulk = await bulk(lab, identityAgents);
+  const passThroughBulk = config.bulkRounds > 0 ? await bulk(lab, passThroughAgents) : undefined;
+  const identityBulk = config.bulkRounds > 0 ? await bulk(lab, identityAgents) : undefined;
 
   const header = [
     'mode'.padEnd(28),
     'conn/s'.padStart(9),
     'ratio'.padStart(6),
     'range'.padStart(10),
+    'vs ct'.padStart(6),
     'seq p50'.padStart(8),
     'added'.padStart(6),
     'range'.padStart(12),
@@ -237,20 +299,40 @@ try {
     'trips'.padStart(6),
     'js/pkt'.padStart(7),
   ].join(' ');
-  const range = (b: BulkResults): string => `${fmt(b.lowest, 3)}-${fmt(b.highest, 3)}x`;
-  const baselines = results.baseline;
+  const range = (b: BulkResults | undefined): string => (b === undefined ? '-' : `${fmt(b.lowest, 3)}-${fmt(b.highest, 3)}x`);
+  const summaries = {
+    baseline: summarize(results.baseline, results.baseline),
+    passThrough: summarize(results['pass-through'], results.baseline),
+    identity: summarize(results.identity, results.baseline),
+    conntrack: summarize(results.conntrack, results.baseline),
+  };
+  const againstConntrack = {
+    passThrough: summarize(results['pass-through'], results.conntrack),
+    identity: summarize(results.identity, results.conntrack),
+  };
   const lines = [
     `${config.rounds} rounds; rate: ${config.rateConcurrency} concurrent for ${config.rateMs} ms; sequential: ${config.sequentialCount} connects (first contact ${config.firstContactCount})`,
     header,
-    report('no agents (baseline)', summarize(baselines, baselines)),
-    report('pass-through', summarize(results['pass-through'], baselines), passThroughBulk),
-    report('identity, known pair', summarize(results.identity, baselines), identityBulk),
-    report('identity, first contact', summarize(results.firstContact, baselines)),
+    report('no agents (baseline)', summaries.baseline),
+    report('conntrack only, no agents', summaries.conntrack),
+    report('pass-through', summaries.passThrough, passThroughBulk, againstConntrack.passThrough),
+    report('identity, known pair', summaries.identity, identityBulk, againstConntrack.identity),
+    report('identity, first contact', summarize(results.firstContact, results.baseline)),
     'each figure: median over rounds, against the same round\'s baseline; range: lowest-highest over rounds',
+    'vs ct: rate against the conntrack-only run of the same round (connection tracking on, no agents: the connmark release needs it)',
     'trips: queued packets per connection, both agents together; added: microseconds over the baseline',
     'js/pkt: agent JavaScript per queued packet in the sequential run, microseconds (the rest of a trip is the kernel and waking the agent)',
     `bulk: iperf3 ${config.bulkSeconds} s, ${config.bulkRounds} rounds alternating without/with agents, median ratio; ` +
-      `baseline ${fmt(passThroughBulk.baselineGbps, 1)} Gbit/s; per-round ratios pass-through ${range(passThroughBulk)}, identity ${range(identityBulk)}`,
+      `baseline ${fmt(passThroughBulk?.baselineGbps, 1)} Gbit/s; per-round ratios pass-through ${range(passThroughBulk)}, identity ${range(identityBulk)}`,
+    '',
+    `CPU per connection in the rate run (machine: all ${cpus().length} cores busy, idle and steal excluded; agents: their processes alone)`,
+    ['mode'.padEnd(28), 'machine'.padStart(10), 'added'.padStart(7), 'cpu ratio'.padStart(10), 'vs ct'.padStart(6), 'agents'.padStart(10)].join(' '),
+    cpuReport('no agents (baseline)', summaries.baseline),
+    cpuReport('conntrack only, no agents', summaries.conntrack),
+    cpuReport('pass-through', summaries.passThrough, againstConntrack.passThrough),
+    cpuReport('identity, known pair', summaries.identity, againstConntrack.identity),
+    'cpu ratio: baseline machine CPU per connection over the mode\'s, the rate ratio a host bound by CPU reaches; it moves far less',
+    'with other tenants of the VM than the measured rate does',
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
 } finally {

@@ -1,9 +1,13 @@
 // Load generator and server for scripts/bench; runs inside lab namespaces, prints one JSON line.
 //   server <connectPort>                           accept-and-close server
-//   rate <host> <port> <concurrency> <ms> <max>     new connections per second
+//   rate <host> <port> <concurrency> <ms> <max> [pid...]
+//                                                   new connections per second, and the CPU time
+//                                                   of the whole machine and of the given
+//                                                   processes (the agents) during the run
 //   sequential <host> <port> <count> [socket...]    connect latency, one at a time; with agent
 //                                                   status sockets, their peer caches are flushed
 //                                                   before every connect (first-contact cost)
+import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { connect, createServer, type Socket } from 'node:net';
 
@@ -35,9 +39,29 @@ function openAndClose(host: string, port: number): Promise<number> {
   });
 }
 
-async function rate(host: string, port: number, concurrency: number, ms: number, max: number): Promise<void> {
+// /proc reports CPU time in USER_HZ ticks, which Linux fixes at 100 a second for user space.
+const TICK_MICROSECONDS = 10_000;
+
+/** CPU time the machine spent busy (user, nice, system, irq, softirq; not idle, iowait or steal). */
+function machineBusyTicks(): number {
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0] = fields;
+  return user + nice + system + irq + softirq;
+}
+
+/** User and system CPU time of one process, all its threads. */
+function processTicks(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name, which is in parentheses and may contain spaces.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[11]) + Number(fields[12]);
+}
+
+async function rate(host: string, port: number, concurrency: number, ms: number, max: number, pids: number[]): Promise<void> {
   let completed = 0;
   let failed = 0;
+  const machineBefore = machineBusyTicks();
+  const processesBefore = pids.reduce((sum, pid) => sum + processTicks(pid), 0);
   const started = Date.now();
   const deadline = started + ms;
   const worker = async (): Promise<void> => {
@@ -52,7 +76,9 @@ async function rate(host: string, port: number, concurrency: number, ms: number,
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
   const seconds = (Date.now() - started) / 1000;
-  emit({ completed, failed, seconds, perSecond: completed / seconds });
+  const machineMicroseconds = (machineBusyTicks() - machineBefore) * TICK_MICROSECONDS;
+  const processMicroseconds = (pids.reduce((sum, pid) => sum + processTicks(pid), 0) - processesBefore) * TICK_MICROSECONDS;
+  emit({ completed, failed, seconds, perSecond: completed / seconds, machineMicroseconds, processMicroseconds });
 }
 
 function flush(socketPath: string): Promise<void> {
@@ -89,7 +115,7 @@ switch (mode) {
     break;
   }
   case 'rate':
-    await rate(args[0]!, Number(args[1]), Number(args[2]), Number(args[3]), Number(args[4]));
+    await rate(args[0]!, Number(args[1]), Number(args[2]), Number(args[3]), Number(args[4]), args.slice(5).map(Number));
     break;
   case 'sequential':
     await sequential(args[0]!, Number(args[1]), Number(args[2]), args.slice(3));
