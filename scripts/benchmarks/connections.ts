@@ -6,8 +6,8 @@
 // the order reversed every other round) and each figure is the median of its per-round values
 // against that round's baseline; bulk throughput (iperf3) alternates rounds the same way. A
 // conntrack-only run per round shows how much of the cost is connection tracking, which the
-// connmark release needs, and the CPU time per connection shows the cost without the noise that
-// other tenants of the VM put into rates.
+// connmark release needs, and the CPU time per connection shows what the rate run cost in CPU,
+// which is what bounds the rate on a busy host.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -331,8 +331,8 @@ try {
     cpuReport('conntrack only, no agents', summaries.conntrack),
     cpuReport('pass-through', summaries.passThrough, againstConntrack.passThrough),
     cpuReport('identity, known pair', summaries.identity, againstConntrack.identity),
-    'cpu ratio: baseline machine CPU per connection over the mode\'s, the rate ratio a host bound by CPU reaches; it moves far less',
-    'with other tenants of the VM than the measured rate does',
+    'cpu ratio: baseline machine CPU per connection over the mode\'s, the rate ratio a host bound by CPU reaches; added: extra CPU per',
+    'connection, which agents and conntrack cost wherever the rate is bound (it shifts with the VM\'s speed like the rate does)',
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
 } finally {
