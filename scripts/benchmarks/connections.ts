@@ -7,7 +7,9 @@
 // against that round's baseline; bulk throughput (iperf3) alternates rounds the same way. A
 // conntrack-only run per round shows how much of the cost is connection tracking, which the
 // connmark release needs, and the CPU time per connection shows what the rate run cost in CPU,
-// which is what bounds the rate on a busy host.
+// which is what bounds the rate on a busy host. Finally each agent mode is measured interleaved
+// with a bypass (second addresses the agents exclude), alternating every few connects and every
+// few hundred milliseconds, which cancels the drift that the rounds only average out.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,6 +27,10 @@ const config = {
   rateMax: 60_000,
   sequentialCount: Number(process.env.BENCH_SEQUENTIAL ?? 2000),
   firstContactCount: Number(process.env.BENCH_FIRST_CONTACT ?? 300),
+  pairedSlices: Number(process.env.BENCH_PAIRED_SLICES ?? 10),
+  pairedSliceMs: 300,
+  pairedCount: Number(process.env.BENCH_PAIRED ?? 1000),
+  pairedFirstContactCount: Number(process.env.BENCH_PAIRED_FIRST_CONTACT ?? 150),
   bulkSeconds: Number(process.env.BENCH_BULK_SECONDS ?? 3),
   bulkRounds: Number(process.env.BENCH_BULK_ROUNDS ?? 6),
 };
@@ -84,6 +90,29 @@ async function sequential(lab: Lab, agents: AgentHandle[], count: number, flushS
     tripsPerConnection: (after.queued - before.queued) / result.count!,
     judgingMicroseconds: (after.microseconds - before.microseconds) / Math.max(1, after.judged - before.judged),
   };
+}
+
+/** The agents' path against the bypass (addresses they exclude), measured interleaved. */
+interface Paired {
+  rateRatio?: number;
+  addedP50: number;
+  addedP99: number;
+}
+
+/** Second addresses of web and api that the agents exclude: the same hosts, rules and conntrack, no queueing. */
+function bypassAddress(lab: Lab, host: 'web' | 'api'): string {
+  return `10.213.${lab.net}.${host === 'web' ? 101 : 102}`;
+}
+
+async function paired(lab: Lab, flushSockets: string[], withRate: boolean): Promise<Paired> {
+  const paths = [lab.address('api'), bypassAddress(lab, 'api'), bypassAddress(lab, 'web'), String(CONNECT_PORT)];
+  const count = flushSockets.length > 0 ? config.pairedFirstContactCount : config.pairedCount;
+  const latency = await load(lab, ['paired-sequential', ...paths, String(count), ...flushSockets]);
+  const result: Paired = { addedP50: latency.p50! - latency.bypassP50!, addedP99: latency.p99! - latency.bypassP99! };
+  if (!withRate) return result;
+  const rate = await load(lab, ['paired-rate', ...paths, String(config.rateConcurrency), String(config.pairedSliceMs), String(config.pairedSlices)]);
+  if ((rate.failed ?? 0) > 0) process.stderr.write(`warning: ${rate.failed} connections failed\n`);
+  return { ...result, rateRatio: rate.perSecond! / rate.bypassPerSecond! };
 }
 
 async function measure(lab: Lab, agents: AgentHandle[]): Promise<Results> {
@@ -190,6 +219,19 @@ function summarize(runs: Results[], baselines: Results[]): Summary {
   };
 }
 
+function pairedReport(name: string, runs: Paired[]): string {
+  const ratios = runs.flatMap((run) => (run.rateRatio === undefined ? [] : [run.rateRatio]));
+  const added = runs.map((run) => run.addedP50);
+  return [
+    name.padEnd(28),
+    (ratios.length === 0 ? '-' : `${fmt(median(ratios), 2)}x`).padStart(6),
+    (ratios.length === 0 ? '-' : `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`).padStart(10),
+    `+${fmt(median(added))}`.padStart(6),
+    `${fmt(Math.min(...added))}..${fmt(Math.max(...added))}`.padStart(12),
+    `+${fmt(median(runs.map((run) => run.addedP99)))}`.padStart(7),
+  ].join(' ');
+}
+
 function cpuReport(name: string, run: Summary, againstConntrack?: Summary): string {
   return [
     name.padEnd(28),
@@ -240,10 +282,12 @@ try {
     .spawn('api', [process.execPath, '--import', 'tsx', LOAD, 'server', String(CONNECT_PORT)])
     .waitFor((l) => l.listening === true);
   await lab.spawn('api', ['iperf3', '--server', '--port', String(BULK_PORT), '--forceflush']).waitFor((l) => String(l.text).includes('listening'));
-  const passThroughAgents = async (): Promise<AgentHandle[]> => [await lab.startAgent('api'), await lab.startAgent('web')];
+  for (const host of ['web', 'api'] as const) lab.exec(host, ['ip', 'addr', 'add', `${bypassAddress(lab, host)}/24`, 'dev', 'eth0']);
+  const bypass = ['web', 'api'].flatMap((host) => ['--exclude', `${bypassAddress(lab, host as 'web' | 'api')}/32`]);
+  const passThroughAgents = async (): Promise<AgentHandle[]> => [await lab.startAgent('api', bypass), await lab.startAgent('web', bypass)];
   const identityAgents = async (): Promise<AgentHandle[]> => [
-    await lab.startAgent('api', ['--config', files.configs.api]),
-    await lab.startAgent('web', ['--config', files.configs.web]),
+    await lab.startAgent('api', ['--config', files.configs.api, ...bypass]),
+    await lab.startAgent('web', ['--config', files.configs.web, ...bypass]),
   ];
 
   // Warm the server, the kernel's socket caches and the CPU up before the baseline, or the first
@@ -259,6 +303,7 @@ try {
     identity: [] as Results[],
     firstContact: [] as Results[],
   };
+  const pairs = { 'pass-through': [] as Paired[], identity: [] as Paired[], firstContact: [] as Paired[] };
   for (let round = 0; round < config.rounds; round++) {
     for (const mode of round % 2 === 0 ? modes : [...modes].reverse()) {
       process.stderr.write(`bench: round ${round + 1} of ${config.rounds}, ${mode}\n`);
@@ -276,6 +321,8 @@ try {
       results[mode].push(await measure(lab, agents));
       // First contact: both agents forget their peers before every connect.
       if (mode === 'identity') results.firstContact.push(await sequential(lab, agents, config.firstContactCount, agents.map((agent) => agent.socket)));
+      pairs[mode].push(await paired(lab, [], true));
+      if (mode === 'identity') pairs.firstContact.push(await paired(lab, agents.map((agent) => agent.socket), false));
       for (const agent of agents) await agent.process.stop();
     }
   }
@@ -333,6 +380,13 @@ try {
     cpuReport('identity, known pair', summaries.identity, againstConntrack.identity),
     'cpu ratio: baseline machine CPU per connection over the mode\'s, the rate ratio a host bound by CPU reaches; added: extra CPU per',
     'connection, which agents and conntrack cost wherever the rate is bound (it shifts with the VM\'s speed like the rate does)',
+    '',
+    `Interleaved with a bypass on the same hosts (addresses the agents exclude: their rules and conntrack, no queue), alternating every`,
+    `10 connects (${config.pairedCount} each way; first contact ${config.pairedFirstContactCount}) and every ${config.pairedSliceMs} ms of the rate (${config.pairedSlices} slices): the VM's drift cancels`,
+    ['mode'.padEnd(28), 'ratio'.padStart(6), 'range'.padStart(10), 'added'.padStart(6), 'range'.padStart(12), 'p99'.padStart(7)].join(' '),
+    pairedReport('pass-through', pairs['pass-through']),
+    pairedReport('identity, known pair', pairs.identity),
+    pairedReport('identity, first contact', pairs.firstContact),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
 } finally {

@@ -7,6 +7,15 @@
 //   sequential <host> <port> <count> [socket...]    connect latency, one at a time; with agent
 //                                                   status sockets, their peer caches are flushed
 //                                                   before every connect (first-contact cost)
+//   paired-rate <host> <bypassHost> <bypassLocal> <port> <concurrency> <sliceMs> <slices>
+//                                                   the rate through the agents and through a
+//                                                   bypass (addresses the agents exclude),
+//                                                   alternating every slice
+//   paired-sequential <host> <bypassHost> <bypassLocal> <port> <count> [socket...]
+//                                                   connect latency through the agents and
+//                                                   through the bypass, alternating every 10
+//                                                   connects (with sockets: flushed before each
+//                                                   connect through the agents)
 import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { connect, createServer, type Socket } from 'node:net';
@@ -21,11 +30,18 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
 }
 
-function openAndClose(host: string, port: number): Promise<number> {
+/** Where a connection goes and, for the bypass, the local address it leaves from. */
+interface Path {
+  host: string;
+  port: number;
+  localAddress?: string;
+}
+
+function openAndClose({ host, port, localAddress }: Path): Promise<number> {
   return new Promise((resolve, reject) => {
     const started = process.hrtime.bigint();
     let connectedAfter = 0;
-    const socket: Socket = connect({ host, port });
+    const socket: Socket = connect(localAddress === undefined ? { host, port } : { host, port, localAddress });
     socket.setNoDelay(true);
     socket.once('connect', () => {
       connectedAfter = Number(process.hrtime.bigint() - started) / 1000;
@@ -57,17 +73,16 @@ function processTicks(pid: number): number {
   return Number(fields[11]) + Number(fields[12]);
 }
 
-async function rate(host: string, port: number, concurrency: number, ms: number, max: number, pids: number[]): Promise<void> {
+/** `concurrency` connections at a time to `path` for `ms` (at most `max`). */
+async function burst(path: Path, concurrency: number, ms: number, max: number): Promise<{ completed: number; failed: number; seconds: number }> {
   let completed = 0;
   let failed = 0;
-  const machineBefore = machineBusyTicks();
-  const processesBefore = pids.reduce((sum, pid) => sum + processTicks(pid), 0);
   const started = Date.now();
   const deadline = started + ms;
   const worker = async (): Promise<void> => {
     while (Date.now() < deadline && completed + failed < max) {
       try {
-        await openAndClose(host, port);
+        await openAndClose(path);
         completed += 1;
       } catch {
         failed += 1;
@@ -75,7 +90,13 @@ async function rate(host: string, port: number, concurrency: number, ms: number,
     }
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
-  const seconds = (Date.now() - started) / 1000;
+  return { completed, failed, seconds: (Date.now() - started) / 1000 };
+}
+
+async function rate(path: Path, concurrency: number, ms: number, max: number, pids: number[]): Promise<void> {
+  const machineBefore = machineBusyTicks();
+  const processesBefore = pids.reduce((sum, pid) => sum + processTicks(pid), 0);
+  const { completed, failed, seconds } = await burst(path, concurrency, ms, max);
   const machineMicroseconds = (machineBusyTicks() - machineBefore) * TICK_MICROSECONDS;
   const processMicroseconds = (pids.reduce((sum, pid) => sum + processTicks(pid), 0) - processesBefore) * TICK_MICROSECONDS;
   emit({ completed, failed, seconds, perSecond: completed / seconds, machineMicroseconds, processMicroseconds });
@@ -92,15 +113,63 @@ function flush(socketPath: string): Promise<void> {
   });
 }
 
-async function sequential(host: string, port: number, count: number, flushSockets: string[]): Promise<void> {
+async function sequential(path: Path, count: number, flushSockets: string[]): Promise<void> {
   const samples: number[] = [];
   const deadline = Date.now() + 30_000;
   for (let i = 0; i < count && Date.now() < deadline; i++) {
     for (const socket of flushSockets) await flush(socket);
-    samples.push(await openAndClose(host, port));
+    samples.push(await openAndClose(path));
   }
   samples.sort((a, b) => a - b);
   emit({ count: samples.length, p50: percentile(samples, 50), p99: percentile(samples, 99) });
+}
+
+// The paired modes cancel the VM's drift, which is larger than the agents' cost: both paths are
+// measured in the same seconds, in alternating order.
+async function pairedRate(agents: Path, bypass: Path, concurrency: number, sliceMs: number, slices: number): Promise<void> {
+  const totals = { agents: { completed: 0, seconds: 0 }, bypass: { completed: 0, seconds: 0 } };
+  let failed = 0;
+  for (let slice = 0; slice < slices; slice++) {
+    const through = slice % 2 === 0 ? 'agents' : 'bypass';
+    const result = await burst(through === 'agents' ? agents : bypass, concurrency, sliceMs, Number.POSITIVE_INFINITY);
+    totals[through].completed += result.completed;
+    totals[through].seconds += result.seconds;
+    failed += result.failed;
+  }
+  emit({
+    failed,
+    perSecond: totals.agents.completed / totals.agents.seconds,
+    bypassPerSecond: totals.bypass.completed / totals.bypass.seconds,
+  });
+}
+
+// Connects alternate between the paths in blocks: short enough that drift cancels, long enough
+// that the agents' code stays as warm as in back-to-back connects (alternating every connect put
+// a bypass connect between any two of theirs and measured them colder).
+const PAIRED_BLOCK = 10;
+
+async function pairedSequential(agents: Path, bypass: Path, count: number, flushSockets: string[]): Promise<void> {
+  const through: number[] = [];
+  const around: number[] = [];
+  const deadline = Date.now() + 60_000;
+  for (let block = 0; through.length < count && Date.now() < deadline; block++) {
+    // Alternating order: neither path always runs first.
+    for (const path of block % 2 === 0 ? [agents, bypass] : [bypass, agents]) {
+      for (let i = 0; i < PAIRED_BLOCK; i++) {
+        if (path === agents) for (const socket of flushSockets) await flush(socket);
+        (path === agents ? through : around).push(await openAndClose(path));
+      }
+    }
+  }
+  through.sort((a, b) => a - b);
+  around.sort((a, b) => a - b);
+  emit({
+    count: through.length,
+    p50: percentile(through, 50),
+    p99: percentile(through, 99),
+    bypassP50: percentile(around, 50),
+    bypassP99: percentile(around, 99),
+  });
 }
 
 switch (mode) {
@@ -115,11 +184,21 @@ switch (mode) {
     break;
   }
   case 'rate':
-    await rate(args[0]!, Number(args[1]), Number(args[2]), Number(args[3]), Number(args[4]), args.slice(5).map(Number));
+    await rate({ host: args[0]!, port: Number(args[1]) }, Number(args[2]), Number(args[3]), Number(args[4]), args.slice(5).map(Number));
     break;
   case 'sequential':
-    await sequential(args[0]!, Number(args[1]), Number(args[2]), args.slice(3));
+    await sequential({ host: args[0]!, port: Number(args[1]) }, Number(args[2]), args.slice(3));
     break;
+  case 'paired-rate': {
+    const port = Number(args[3]);
+    await pairedRate({ host: args[0]!, port }, { host: args[1]!, port, localAddress: args[2]! }, Number(args[4]), Number(args[5]), Number(args[6]));
+    break;
+  }
+  case 'paired-sequential': {
+    const port = Number(args[3]);
+    await pairedSequential({ host: args[0]!, port }, { host: args[1]!, port, localAddress: args[2]! }, Number(args[4]), args.slice(5));
+    break;
+  }
   default:
     process.stderr.write(`unknown mode ${mode ?? ''}\n`);
     process.exit(2);
