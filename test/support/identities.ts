@@ -2,7 +2,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { initDomain, issueAgent } from '../../agent/src/identity/issuance.ts';
+import { initDomain, issueAgent, type SigningKeyType } from '../../agent/src/identity/issuance.ts';
 import { readPrivateKey } from '../../agent/src/identity/key-files.ts';
 import { loadTrustBundles, type TrustBundle } from '../../agent/src/identity/trust-bundle.ts';
 import { verifyCredential, type VerifiedCredential } from '../../agent/src/identity/credential.ts';
@@ -39,7 +39,7 @@ export async function createDomain(name: string): Promise<TestDomain> {
 export async function createAgent(
   domain: TestDomain,
   id: string,
-  options: { namespaces?: string[]; ttlSeconds?: number; nowSeconds?: number } = {},
+  options: { namespaces?: string[]; ttlSeconds?: number; nowSeconds?: number; signingKey?: SigningKeyType } = {},
 ): Promise<TestAgent> {
   const directory = join(domain.directory, `agent-${id}`);
   await issueAgent({
@@ -50,6 +50,7 @@ export async function createAgent(
     ttlSeconds: options.ttlSeconds ?? 3600,
     outputDirectory: directory,
     ...(options.nowSeconds === undefined ? {} : { nowSeconds: options.nowSeconds }),
+    ...(options.signingKey === undefined ? {} : { signingKey: options.signingKey }),
   });
   const credentialCompact = readFileSync(join(directory, 'credential.jwt'), 'utf8').trim();
   const issuedAt = options.nowSeconds ?? Math.floor(Date.now() / 1000);
@@ -90,12 +91,16 @@ export interface HandlerOptions {
   namespaces?: string[];
   /** Flow and nonce table sizes. */
   capacity?: number;
+  signingKey?: SigningKeyType;
 }
 
 /** A real IdentityHandler for agent `id` of `domain`, as the agent builds it (no kernel). */
 export async function identityHandler(domain: TestDomain, id: string, options: HandlerOptions) {
   const clock = options.clock ?? Date.now;
-  const created = await createAgent(domain, id, options.namespaces === undefined ? {} : { namespaces: options.namespaces });
+  const created = await createAgent(domain, id, {
+    ...(options.namespaces === undefined ? {} : { namespaces: options.namespaces }),
+    ...(options.signingKey === undefined ? {} : { signingKey: options.signingKey }),
+  });
   const local = await LocalIdentity.load({
     files: {
       credential: join(created.directory, 'credential.jwt'),

@@ -10,7 +10,7 @@ import { createLogger } from '../telemetry/log.ts';
 import { fetchStatus } from '../telemetry/status-client.ts';
 import { askWhois } from '../whois/client.ts';
 import { parseCidr } from './cidr.ts';
-import { initDomain, issueAgent } from '../identity/issuance.ts';
+import { initDomain, issueAgent, SIGNING_KEY_TYPES, type SigningKeyType } from '../identity/issuance.ts';
 import { registerPolicyCommands } from './policy.ts';
 
 function integer(min: number, max: number) {
@@ -162,8 +162,10 @@ keys
   .option('--ttl-hours <n>', 'credential lifetime in hours', integer(1, 24 * 366), 24)
   .option('--ttl-seconds <n>', 'credential lifetime in seconds (overrides --ttl-hours)', integer(1, 31_622_400))
   .requiredOption('--out <dir>', 'directory for sign.key.pem, kex.key.pem and credential.jwt')
-  .action(async (flags: { domain: string; domainDir: string; agent: string; namespaces: string; ttlHours: number; ttlSeconds?: number; out: string }) => {
+  .addOption(new Option('--signing-key <type>', 'signing key type; peers accept both, ed25519 makes first contact cheaper').choices(SIGNING_KEY_TYPES).default('ed25519'))
+  .action(async (flags: { domain: string; domainDir: string; agent: string; namespaces: string; ttlHours: number; ttlSeconds?: number; out: string; signingKey: SigningKeyType }) => {
     const result = await issueAgent({
+      signingKey: flags.signingKey,
       domainDirectory: flags.domainDir,
       trustDomain: flags.domain,
       agentId: flags.agent,

@@ -90,7 +90,7 @@ export function verifyCredential(
     throw new TokenError('bad-claims', 'ns must be a list of attribute namespaces');
   }
   const keys = (cnf ?? {}) as { sig?: JWK; kex?: JWK };
-  const signKey = publicKey(keys.sig, 'EC', 'P-256');
+  const signKey = keys.sig?.kty === 'OKP' ? publicKey(keys.sig, 'OKP', 'Ed25519') : publicKey(keys.sig, 'EC', 'P-256');
   const kexKey = publicKey(keys.kex, 'OKP', 'X25519');
   if (typeof keys.sig?.kid !== 'string') throw new TokenError('bad-claims', 'cnf.sig.kid is required');
   return {

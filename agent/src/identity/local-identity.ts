@@ -97,6 +97,8 @@ export class LocalIdentity {
     const kexJwk = createPublicKey(kex).export({ format: 'jwk' });
     const kexRaw = Buffer.from(kexJwk.x ?? '', 'base64url');
     if (!kexRaw.equals(credential.kexRaw)) throw new Error('key-agreement key does not match the credential');
+    // Tokens signed with another key would be refused by every peer: refuse to start instead.
+    if (!createPublicKey(signKey).equals(credential.signKey)) throw new Error('signing key does not match the credential');
     const identity = new LocalIdentity(options, credentialCompact, credential, signKey, kex, kexRaw, bundles);
     await identity.renew(nowSeconds);
     return identity;

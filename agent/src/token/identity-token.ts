@@ -4,7 +4,7 @@ import { randomUUID, type KeyObject } from 'node:crypto';
 import { SignJWT } from 'jose';
 import type { VerifiedCredential } from '../identity/credential.ts';
 import { TokenError } from './errors.ts';
-import { checkTimes, decodeJws, verifyJwsSignature } from './jws.ts';
+import { algorithmOf, checkTimes, decodeJws, verifyJwsSignature } from './jws.ts';
 
 export const IDENTITY_TOKEN_TYPE = 'synpass-id+jwt';
 
@@ -47,7 +47,7 @@ export async function issueIdentityToken(input: IssueTokenInput): Promise<string
     (prov[attribute.attestor] ??= []).push(name);
   }
   return new SignJWT({ attrs, prov })
-    .setProtectedHeader({ alg: 'ES256', kid: input.credential.signKid, typ: IDENTITY_TOKEN_TYPE })
+    .setProtectedHeader({ alg: algorithmOf(input.signKey), kid: input.credential.signKid, typ: IDENTITY_TOKEN_TYPE })
     .setIssuer(input.credential.trustDomain)
     .setSubject(input.subject)
     .setIssuedAt(input.nowSeconds)

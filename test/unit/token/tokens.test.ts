@@ -1,10 +1,12 @@
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createLocalJWKSet, jwtVerify, SignJWT, UnsecuredJWT, importJWK } from 'jose';
+import { calculateJwkThumbprint, createLocalJWKSet, exportJWK, jwtVerify, SignJWT, UnsecuredJWT, importJWK } from 'jose';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createPublicKey } from 'node:crypto';
-import { verifyCredential } from '../../../agent/src/identity/credential.ts';
+import { createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { issueCredential, verifyCredential } from '../../../agent/src/identity/credential.ts';
+import { CA_KEY_FILE } from '../../../agent/src/identity/issuance.ts';
+import { readPrivateKey } from '../../../agent/src/identity/key-files.ts';
 import { TokenError } from '../../../agent/src/token/errors.ts';
 import { verifyIdentityToken } from '../../../agent/src/token/identity-token.ts';
 import { createAgent, createDomain, tokenFor, type TestAgent, type TestDomain } from '../../support/identities.ts';
@@ -28,20 +30,30 @@ describe('credentials and identity tokens', () => {
     api = await createAgent(domain, 'api');
   });
 
-  it('jose verifies our credential with the trust bundle, and our token with the credential key (interop)', async () => {
-    const bundle = JSON.parse(readFileSync(join(domain.directory, 'unit.synpass.jwks.json'), 'utf8')) as { keys: [] };
-    const credential = await jwtVerify(web.credentialCompact, createLocalJWKSet(bundle), { issuer: 'unit.synpass' });
-    assert.equal(credential.payload.sub, 'spiffe://unit.synpass/agent/web');
-    const token = await tokenFor(web, 'spiffe://unit.synpass/web', { 'app.tier': 'frontend' });
-    const sigJwk = (credential.payload.cnf as { sig: Record<string, string> }).sig;
-    const verified = await jwtVerify(token, await importJWK(sigJwk, 'ES256'), {
-      issuer: 'unit.synpass',
-      typ: 'synpass-id+jwt',
-      requiredClaims: ['jti', 'exp', 'iat', 'sub'],
+  for (const [signingKey, alg, kty] of [
+    ['ed25519', 'EdDSA', 'OKP'],
+    ['p256', 'ES256', 'EC'],
+  ] as const) {
+    it(`jose verifies our credential with the trust bundle, and our token with the credential key (interop, ${signingKey} agent key)`, async () => {
+      const agent = await createAgent(domain, `interop-${signingKey}`, { signingKey });
+      const bundle = JSON.parse(readFileSync(join(domain.directory, 'unit.synpass.jwks.json'), 'utf8')) as { keys: [] };
+      const credential = await jwtVerify(agent.credentialCompact, createLocalJWKSet(bundle), { issuer: 'unit.synpass' });
+      assert.equal(credential.payload.sub, `spiffe://unit.synpass/agent/interop-${signingKey}`);
+      const sigJwk = (credential.payload.cnf as { sig: Record<string, string> }).sig;
+      assert.equal(sigJwk.kty, kty);
+      const token = await tokenFor(agent, 'spiffe://unit.synpass/web', { 'app.tier': 'frontend' });
+      const verified = await jwtVerify(token, await importJWK(sigJwk, alg), {
+        issuer: 'unit.synpass',
+        typ: 'synpass-id+jwt',
+        algorithms: [alg],
+        requiredClaims: ['jti', 'exp', 'iat', 'sub'],
+      });
+      assert.deepEqual(verified.payload.attrs, { 'app.tier': 'frontend' });
+      assert.deepEqual(verified.payload.prov, { static: ['app.tier'] });
+      // And our own verifier agrees.
+      assert.equal(verifyIdentityToken(token, agent.credential, now()).subject, 'spiffe://unit.synpass/web');
     });
-    assert.deepEqual(verified.payload.attrs, { 'app.tier': 'frontend' });
-    assert.deepEqual(verified.payload.prov, { static: ['app.tier'] });
-  });
+  }
 
   it('accepts a valid token and reports attributes, provenance and the trust domain', async () => {
     const token = await tokenFor(web, 'spiffe://unit.synpass/web', { 'app.tier': 'frontend', 'host.name': 'vm' });
@@ -111,6 +123,27 @@ describe('credentials and identity tokens', () => {
     rejects(() => verifyCredential('not.a.jwt', domain.bundles, now()), 'malformed-token');
     rejects(() => verifyCredential('a.b', domain.bundles, now()), 'malformed-token');
     rejects(() => verifyCredential(web.credentialCompact.slice(0, 100), domain.bundles, now()), 'malformed-token');
+  });
+
+  it('refuses a credential whose signing key is not Ed25519 or P-256, and a token whose alg is not its key type', async () => {
+    const caKey = readPrivateKey(join(domain.directory, CA_KEY_FILE));
+    const kex = generateKeyPairSync('x25519').publicKey;
+    const x25519AsSigningKey = await issueCredential({
+      caKey,
+      caKid: await calculateJwkThumbprint(await exportJWK(createPublicKey(caKey))),
+      trustDomain: 'unit.synpass',
+      agentId: 'odd',
+      signPublicKey: generateKeyPairSync('x25519').publicKey,
+      kexPublicKey: kex,
+      namespaces: ['app'],
+      ttlSeconds: 600,
+    });
+    rejects(() => verifyCredential(x25519AsSigningKey, domain.bundles, now()), 'bad-claims');
+    // web's key is Ed25519: a header claiming ES256 is refused before any verification.
+    const token = await tokenFor(web, 'spiffe://unit.synpass/web');
+    const [h, p, s] = token.split('.') as [string, string, string];
+    const header = Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(h, 'base64url').toString()), alg: 'ES256' })).toString('base64url');
+    rejects(() => verifyIdentityToken(`${header}.${p}.${s}`, web.credential, now()), 'bad-alg');
   });
 
   it('refuses an identity token presented as a credential', async () => {
