@@ -26,8 +26,8 @@ export async function initDomain(trustDomain: string, directory: string): Promis
 /**
  * The agent's signing key: it signs workload tokens and first-contact SYNs, and peers import it
  * from the credential on first contact. Ed25519 imports in about a tenth of P-256's time (which
- * checks the point with a scalar multiplication), so a first contact costs the two agents 0.2 ms or more less CPU;
- * P-256 stays available where policy requires it. Peers accept both.
+ * checks the point with a scalar multiplication): a first contact costs the two agents 0.2 ms
+ * or more less CPU. P-256 stays available where policy requires it. Peers accept both.
  */
 export type SigningKeyType = 'ed25519' | 'p256';
 export const SIGNING_KEY_TYPES: readonly SigningKeyType[] = ['ed25519', 'p256'];
