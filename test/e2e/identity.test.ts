@@ -293,7 +293,7 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
     assert.equal(peer.attributes['app.name'], 'batch');
   });
 
-  it('rotation: SIGHUP loads a new credential and keys; an open connection stays up, new ones use the new keys', async () => {
+  it('rotation: SIGHUP loads a new credential and keys (here a P-256 key, against api\'s Ed25519); an open connection stays up, new ones use the new keys', async () => {
     await lab.peer('api', ['server', '7000', 'echo']).waitFor((l) => l.listening === 7000);
     const held = lab.peer('web', ['hold', lab.address('api'), '7000'], { stdin: true });
     await held.waitFor((l) => l.connected === true);
@@ -302,8 +302,11 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
 
     const credentialMisses = async () =>
       ((await api.status()) as unknown as { identity: { caches: { credentials: { misses: number } } } }).identity.caches.credentials.misses;
+    const signingAlgorithm = async (agent: AgentHandle) => ((await agent.status()) as unknown as { identity: { signingAlgorithm: string } }).identity.signingAlgorithm;
+    assert.equal(await signingAlgorithm(web), 'EdDSA');
     const before = await credentialMisses();
-    await rotateAgent(files, 'web', web);
+    await rotateAgent(files, 'web', web, 86_400, 'p256');
+    assert.equal(await signingAlgorithm(web), 'ES256');
 
     held.write('after rotation\n');
     await held.waitFor((l) => l.echoed === 'after rotation');

@@ -3,7 +3,7 @@
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { initDomain, issueAgent } from '../../agent/src/identity/issuance.ts';
+import { initDomain, issueAgent, type SigningKeyType } from '../../agent/src/identity/issuance.ts';
 import { ROOT, type AgentHandle, type Lab } from './lab.ts';
 
 export const DOMAIN = 'demo.synpass';
@@ -84,8 +84,14 @@ export async function prepareIdentities(lab: Lab, directory: string, policyDirec
  * Issues `agentId` a new credential and new keys in its directory, then has its running agent
  * load them (SIGHUP) and waits until it says so.
  */
-export async function rotateAgent(files: IdentityLabFiles, agentId: 'web' | 'api', agent: AgentHandle, ttlSeconds = 86_400): Promise<void> {
-  await issueAgent({ domainDirectory: files.domainDirectory, trustDomain: DOMAIN, agentId, namespaces: NAMESPACES, ttlSeconds, outputDirectory: files.agents[agentId] });
+export async function rotateAgent(
+  files: IdentityLabFiles,
+  agentId: 'web' | 'api',
+  agent: AgentHandle,
+  ttlSeconds = 86_400,
+  signingKey: SigningKeyType = 'ed25519',
+): Promise<void> {
+  await issueAgent({ domainDirectory: files.domainDirectory, trustDomain: DOMAIN, agentId, namespaces: NAMESPACES, ttlSeconds, outputDirectory: files.agents[agentId], signingKey });
   const mark = agent.process.lines.length;
   agent.process.signal('SIGHUP');
   await agent.process.waitFor((l) => l.msg === 'identity reloaded' && agent.process.lines.indexOf(l) >= mark);

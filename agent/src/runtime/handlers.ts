@@ -19,6 +19,7 @@ import { LocalIdentity } from '../identity/local-identity.ts';
 import { podWorkloads, WatchedPods } from '../identity/kubernetes/local-pods.ts';
 import { inClusterAccess, PodWatcher } from '../identity/kubernetes/pod-watcher.ts';
 import type { Logger } from '../telemetry/log.ts';
+import { algorithmOf, type JwsAlgorithm } from '../token/jws.ts';
 import type { AgentConfig, AttestorConfig } from './config.ts';
 
 export function buildAttestors(config: AttestorConfig): Attestor[] {
@@ -32,6 +33,8 @@ export function buildAttestors(config: AttestorConfig): Attestor[] {
 
 export interface IdentityStatus {
   subject: string;
+  /** EdDSA or ES256: the agent's signing key, for rolling out a key type across a fleet. */
+  signingAlgorithm: JwsAlgorithm;
   credentialExpiresAt: number;
   tokenExpiresAt: number;
   caches: Record<string, { hits: number; misses: number; size: number }>;
@@ -80,6 +83,7 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
     log.info(
       {
         agent: loaded.credential.subject,
+        signingAlgorithm: algorithmOf(loaded.signKey),
         credentialExpiresAt: new Date(loaded.credential.expiresAt * 1000).toISOString(),
         trustedDomains: [...loaded.bundles.keys()],
         workloads: loaded.workloadTokens().map((token) => ({
@@ -163,6 +167,7 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
     },
     status: () => ({
       subject: identityConfig.subject,
+      signingAlgorithm: algorithmOf(local.signKey),
       credentialExpiresAt: local.credential.expiresAt,
       tokenExpiresAt: local.tokenExpiresAt,
       caches: verifier.cacheStats(),
