@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // synpass command line: the agent itself and the tools around it.
+import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { removeAllRules } from '../datapath/iptables.ts';
 import { connectionMarks } from '../datapath/marks.ts';
@@ -10,7 +11,9 @@ import { createLogger } from '../telemetry/log.ts';
 import { fetchStatus } from '../telemetry/status-client.ts';
 import { askWhois } from '../whois/client.ts';
 import { parseCidr } from './cidr.ts';
+import { inspectCredential } from '../identity/credential.ts';
 import { initDomain, issueAgent, SIGNING_KEY_TYPES, type SigningKeyType } from '../identity/issuance.ts';
+import { loadTrustBundles } from '../identity/trust-bundle.ts';
 import { registerPolicyCommands } from './policy.ts';
 
 function integer(min: number, max: number) {
@@ -174,6 +177,23 @@ keys
       outputDirectory: flags.out,
     });
     process.stdout.write(`agent spiffe://${flags.domain}/agent/${flags.agent}: credential ${result.credential}\n`);
+  });
+
+keys
+  .command('inspect')
+  .description('print an agent credential: subject, signing key type, namespaces, expiry, and whether trust bundles verify it')
+  .argument('<credential>', 'credential.jwt')
+  .option('--bundles <dir>', 'directory of trust bundles to verify against, as a peer would')
+  .action((path: string, flags: { bundles?: string }) => {
+    try {
+      const bundles = flags.bundles === undefined ? null : loadTrustBundles(flags.bundles);
+      const report = inspectCredential(readFileSync(path, 'utf8').trim(), bundles, Math.floor(Date.now() / 1000));
+      process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+      if (bundles !== null && !report.verified) process.exit(2);
+    } catch (error) {
+      process.stderr.write(`synpass keys inspect: ${(error as Error).message}\n`);
+      process.exit(1);
+    }
   });
 
 registerPolicyCommands(program);

@@ -105,3 +105,53 @@ export function verifyCredential(
     expiresAt: exp as number,
   };
 }
+
+/** What `synpass keys inspect` prints: the claims as issued, and whether the bundles verify it. */
+export interface CredentialReport {
+  subject: unknown;
+  trustDomain: unknown;
+  signingAlgorithm: string;
+  signingKeyId: unknown;
+  namespaces: unknown;
+  issuedAt: string | null;
+  expiresAt: string | null;
+  verified: boolean;
+  /** Why it does not verify (a TokenError code and message), when bundles were given. */
+  problem: string | null;
+}
+
+function isoTime(seconds: unknown): string | null {
+  return typeof seconds === 'number' ? new Date(seconds * 1000).toISOString() : null;
+}
+
+/**
+ * Decodes a credential for a person to read and, given bundles, verifies it as a peer would.
+ * Decoding shows the claims even of a credential that does not verify, so the report says why.
+ */
+export function inspectCredential(compact: string, bundles: ReadonlyMap<string, TrustBundle> | null, nowSeconds: number): CredentialReport {
+  const jws = decodeJws(compact);
+  const { iss, sub, cnf, ns, iat, exp } = jws.payload;
+  const sig = (cnf as { sig?: JWK } | undefined)?.sig;
+  let verified = false;
+  let problem: string | null = bundles === null ? 'no trust bundles given' : null;
+  if (bundles !== null) {
+    try {
+      verifyCredential(compact, bundles, nowSeconds, 0);
+      verified = true;
+    } catch (error) {
+      if (!(error instanceof TokenError)) throw error;
+      problem = `${error.code}: ${error.message}`;
+    }
+  }
+  return {
+    subject: sub,
+    trustDomain: iss,
+    signingAlgorithm: sig?.kty === 'OKP' ? `EdDSA (${String(sig.crv)})` : sig?.kty === 'EC' ? `ES256 (${String(sig.crv)})` : 'unknown',
+    signingKeyId: sig?.kid,
+    namespaces: ns,
+    issuedAt: isoTime(iat),
+    expiresAt: isoTime(exp),
+    verified,
+    problem,
+  };
+}

@@ -4,7 +4,7 @@ import { calculateJwkThumbprint, createLocalJWKSet, exportJWK, jwtVerify, SignJW
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createPublicKey, generateKeyPairSync } from 'node:crypto';
-import { issueCredential, verifyCredential } from '../../../agent/src/identity/credential.ts';
+import { inspectCredential, issueCredential, verifyCredential } from '../../../agent/src/identity/credential.ts';
 import { CA_KEY_FILE } from '../../../agent/src/identity/issuance.ts';
 import { readPrivateKey } from '../../../agent/src/identity/key-files.ts';
 import { TokenError } from '../../../agent/src/token/errors.ts';
@@ -144,6 +144,26 @@ describe('credentials and identity tokens', () => {
     const [h, p, s] = token.split('.') as [string, string, string];
     const header = Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(h, 'base64url').toString()), alg: 'ES256' })).toString('base64url');
     rejects(() => verifyIdentityToken(`${header}.${p}.${s}`, web.credential, now()), 'bad-alg');
+  });
+
+  it('inspect shows a credential\'s claims and says whether, and why not, the bundles verify it', async () => {
+    const report = inspectCredential(web.credentialCompact, domain.bundles, now());
+    assert.equal(report.subject, 'spiffe://unit.synpass/agent/web');
+    assert.equal(report.signingAlgorithm, 'EdDSA (Ed25519)');
+    assert.deepEqual(report.namespaces, ['app', 'host']);
+    assert.equal(report.verified, true);
+    assert.equal(report.problem, null);
+    const p256 = await createAgent(domain, 'inspect-p256', { signingKey: 'p256' });
+    assert.equal(inspectCredential(p256.credentialCompact, null, now()).signingAlgorithm, 'ES256 (P-256)');
+    assert.equal(inspectCredential(p256.credentialCompact, null, now()).problem, 'no trust bundles given');
+    const issued = now() - 7200;
+    const old = await createAgent(domain, 'inspect-old', { nowSeconds: issued, ttlSeconds: 3600 });
+    const expired = inspectCredential(old.credentialCompact, domain.bundles, now());
+    assert.equal(expired.verified, false);
+    assert.match(expired.problem ?? '', /^expired: /);
+    assert.equal(expired.expiresAt, new Date((issued + 3600) * 1000).toISOString());
+    assert.match(inspectCredential(web.credentialCompact, rogue.bundles, now()).problem ?? '', /^untrusted-domain: /);
+    assert.throws(() => inspectCredential('not.a.jwt', domain.bundles, now()), (error: unknown) => error instanceof TokenError);
   });
 
   it('refuses an identity token presented as a credential', async () => {
