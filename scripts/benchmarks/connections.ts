@@ -283,7 +283,7 @@ try {
     .waitFor((l) => l.listening === true);
   await lab.spawn('api', ['iperf3', '--server', '--port', String(BULK_PORT), '--forceflush']).waitFor((l) => String(l.text).includes('listening'));
   for (const host of ['web', 'api'] as const) lab.exec(host, ['ip', 'addr', 'add', `${bypassAddress(lab, host)}/24`, 'dev', 'eth0']);
-  const bypass = ['web', 'api'].flatMap((host) => ['--exclude', `${bypassAddress(lab, host as 'web' | 'api')}/32`]);
+  const bypass = (['web', 'api'] as const).flatMap((host) => ['--exclude', `${bypassAddress(lab, host)}/32`]);
   const passThroughAgents = async (): Promise<AgentHandle[]> => [await lab.startAgent('api', bypass), await lab.startAgent('web', bypass)];
   const identityAgents = async (): Promise<AgentHandle[]> => [
     await lab.startAgent('api', ['--config', files.configs.api, ...bypass]),
