@@ -5,14 +5,12 @@
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
 import type { Decision, HandshakeHandler, HeldPacket, PacketInfo } from '../datapath/handler.ts';
 import { TCP_FIN, TCP_RST } from '../datapath/packet.ts';
-import type { KeyObject } from 'node:crypto';
-import type { VerifiedCredential } from '../identity/credential.ts';
 import type { LocalIdentity } from '../identity/local-identity.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { Authorization, AuthorizationQuery, Authorizer } from './authorizer.ts';
 import { ExpiringTable, flowKey, type Flow, type SeenNonce } from './handshake-state.ts';
-import type { PeerVerifier, VerifiedPeer } from './peer-verifier.ts';
-import { computeProof, derivePairKey, keyId, NoncePool, proofValid } from './proofs.ts';
+import { PairKeys, type PeerVerifier, type VerifiedPeer } from './peer-verifier.ts';
+import { computeProof, keyId, NoncePool, proofValid } from './proofs.ts';
 import { HandshakeReject } from './reasons.ts';
 import { signSyn, synSignatureValid } from './syn-signature.ts';
 import {
@@ -53,10 +51,8 @@ interface KnownServer {
 /** This agent's key-agreement key before the last rotation, honoured for SYN proofs until its credential expires. */
 interface PreviousKey {
   keyId: Buffer;
-  kex: KeyObject;
-  kexRaw: Buffer;
   untilMs: number;
-  pairKeys: WeakMap<VerifiedCredential, Buffer>;
+  pairKeys: PairKeys;
 }
 
 /** Completed server-side flows are kept this long to tell duplicates from replays. */
@@ -473,12 +469,7 @@ export class IdentityHandler implements HandshakeHandler {
   ): boolean {
     const previous = this.previousKey;
     if (previous === null || this.now() > previous.untilMs || !previous.keyId.equals(peerKeyId)) return false;
-    let pairKey = previous.pairKeys.get(peer.credential);
-    if (pairKey === undefined) {
-      pairKey = derivePairKey(previous.kex, previous.kexRaw, peer.credential.kexKey, peer.credential.kexRaw);
-      previous.pairKeys.set(peer.credential, pairKey);
-    }
-    if (!proofValid(pairKey, 'syn', [nonce, time, clientIsn], proof)) {
+    if (!proofValid(previous.pairKeys.get(peer.credential), 'syn', [nonce, time, clientIsn], proof)) {
       throw new HandshakeReject('bad-proof', 'SYN proof to our previous key does not match', peer.identity);
     }
     return true;
@@ -533,7 +524,7 @@ export class IdentityHandler implements HandshakeHandler {
     if (!local.keyId.equals(this.local.keyId)) {
       // Clients that know the old key still prove their SYNs to it; honour that while it lives.
       const old = this.local;
-      this.previousKey = { keyId: old.keyId, kex: old.kex, kexRaw: old.kexRaw, untilMs: old.credential.expiresAt * 1000, pairKeys: new WeakMap() };
+      this.previousKey = { keyId: old.keyId, untilMs: old.credential.expiresAt * 1000, pairKeys: new PairKeys({ kex: old.kex, kexRaw: old.kexRaw }) };
     }
     this.local = local;
     this.knownServers.clear();

@@ -65,6 +65,25 @@ export interface OwnKeys {
   kexRaw: Buffer;
 }
 
+/** Pair keys between one own key and peers' credential keys, each derived once per credential. */
+export class PairKeys {
+  /** Keyed by the cached credential object: a lookup is an identity hash, no string. */
+  private readonly keys = new WeakMap<VerifiedCredential, Buffer>();
+  derived = 0;
+
+  constructor(private readonly own: OwnKeys) {}
+
+  get(credential: VerifiedCredential): Buffer {
+    let key = this.keys.get(credential);
+    if (key === undefined) {
+      key = derivePairKey(this.own.kex, this.own.kexRaw, credential.kexKey, credential.kexRaw);
+      this.keys.set(credential, key);
+      this.derived += 1;
+    }
+    return key;
+  }
+}
+
 export interface VerifiedPeer {
   credential: VerifiedCredential;
   identity: VerifiedIdentity;
@@ -73,23 +92,25 @@ export interface VerifiedPeer {
 export class PeerVerifier {
   readonly credentials = new BoundedCache<Verified<VerifiedCredential>>(4096);
   readonly tokens = new BoundedCache<Verified<VerifiedIdentity>>(16384);
-  /** Pair keys hang off the cached credential object: a lookup is an identity hash, no string. */
-  private pairKeys = new WeakMap<VerifiedCredential, Buffer>();
-  private pairKeysDerived = 0;
+  private pairKeys: PairKeys;
+  /** Pair keys derived with own keys replaced since (the count survives reconfiguration). */
+  private pairKeysDerivedBefore = 0;
 
   constructor(
     private bundles: ReadonlyMap<string, TrustBundle>,
-    private own: OwnKeys,
+    own: OwnKeys,
     private readonly nowSeconds: () => number,
-  ) {}
+  ) {
+    this.pairKeys = new PairKeys(own);
+  }
 
   /** New bundles or own keys (rotation): cached results no longer prove anything. */
   reconfigure(bundles: ReadonlyMap<string, TrustBundle>, own: OwnKeys): void {
     this.bundles = bundles;
-    this.own = own;
     this.credentials.clear();
     this.tokens.clear();
-    this.pairKeys = new WeakMap();
+    this.pairKeysDerivedBefore += this.pairKeys.derived;
+    this.pairKeys = new PairKeys(own);
   }
 
   /**
@@ -141,17 +162,11 @@ export class PeerVerifier {
   }
 
   pairKey(credential: VerifiedCredential): Buffer {
-    let key = this.pairKeys.get(credential);
-    if (key === undefined) {
-      key = derivePairKey(this.own.kex, this.own.kexRaw, credential.kexKey, credential.kexRaw);
-      this.pairKeys.set(credential, key);
-      this.pairKeysDerived += 1;
-    }
-    return key;
+    return this.pairKeys.get(credential);
   }
 
   cacheStats(): Record<string, { hits: number; misses: number; size: number }> {
     const stat = (c: BoundedCache<unknown>) => ({ hits: c.hits, misses: c.misses, size: c.size });
-    return { credentials: stat(this.credentials), tokens: stat(this.tokens), pairKeysDerived: { hits: 0, misses: this.pairKeysDerived, size: 0 } };
+    return { credentials: stat(this.credentials), tokens: stat(this.tokens), pairKeysDerived: { hits: 0, misses: this.pairKeysDerivedBefore + this.pairKeys.derived, size: 0 } };
   }
 }
