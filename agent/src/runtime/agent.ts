@@ -79,8 +79,6 @@ export class Agent {
   private httpEndpoint: Server | null = null;
   private ruleCheck: NodeJS.Timeout | null = null;
   private rulesPresent = false;
-  /** Binding waits because another process holds one of our queues. */
-  private queueBusy = false;
   private state: 'starting' | 'waiting-for-queue' | 'running' | 'stopping' = 'starting';
   /** SYNs the kernel let in without a verdict (fail-open), and the audit counter last read. */
   private unjudgedSyns = 0;
@@ -218,14 +216,12 @@ export class Agent {
         const refused = (error as { errno?: number }).errno;
         const held = (refused === EPERM || refused === EBUSY) && readKernelQueues().some((q) => queues.includes(q.queue));
         if (!held) throw error;
-        this.queueBusy = true;
         this.state = 'waiting-for-queue';
         if (attempt === 1) this.log.warn({ queues, err: error }, 'a queue is held by another process; waiting for it');
         await new Promise((resolve) => setTimeout(resolve, QUEUE_RETRY_MS));
         if (this.stopping !== null) return null;
       }
     }
-    this.queueBusy = false;
     this.state = 'starting';
     this.queue = queue;
     this.engine.attach(queue);
@@ -284,7 +280,7 @@ export class Agent {
       rules: { ok: this.rules !== null && this.rulesPresent, detail: this.rulesPresent ? `installed (${this.rules?.backend ?? '-'})` : 'missing' },
       queues: {
         ok: this.queue !== null && bound.length === this.options.queueCount,
-        detail: this.queueBusy ? 'held by another process; waiting' : `${bound.length} of ${this.options.queueCount} bound`,
+        detail: this.state === 'waiting-for-queue' ? 'held by another process; waiting' : `${bound.length} of ${this.options.queueCount} bound`,
       },
     };
     if (identity !== null) {
