@@ -179,7 +179,7 @@ function encodedBound(message: HandshakeMessage): number {
   return message.type === MessageType.Ack ? 2 + PROOF_BYTES : 3 + message.credential.bytes.length + message.token.bytes.length + 128;
 }
 
-/** The message in a buffer of its own (kept, e.g. a SYN body reused for a retransmitted SYN). */
+/** The message in a buffer of its own, for a caller that keeps it. */
 export function encodeMessage(message: HandshakeMessage): Buffer {
   // Only the written prefix is ever returned, so nothing stale can leak.
   return encodeMessageInto(message, Buffer.allocUnsafe(encodedBound(message)));
@@ -189,7 +189,8 @@ const transient = Buffer.alloc(4096);
 
 /**
  * The message encoded into one buffer shared by every call: valid until the next call. For
- * bodies attached at once and never kept (SYN-ACK, ACK), it saves allocating a kilobyte per packet.
+ * bodies attached at once and never kept (every handshake message the agent sends), it saves
+ * allocating a kilobyte per packet.
  */
 export function encodeTransient(message: HandshakeMessage): Buffer {
   return encodedBound(message) <= transient.length ? encodeMessageInto(message, transient) : encodeMessage(message);
