@@ -99,13 +99,10 @@ interface Paired {
   addedP99: number;
 }
 
-/** Second addresses of web and api that the agents exclude: the same hosts, rules and conntrack, no queueing. */
-function bypassAddress(lab: Lab, host: 'web' | 'api'): string {
-  return `10.213.${lab.net}.${host === 'web' ? 101 : 102}`;
-}
-
 async function paired(lab: Lab, flushSockets: string[], withRate: boolean): Promise<Paired> {
-  const paths = [lab.address('api'), bypassAddress(lab, 'api'), bypassAddress(lab, 'web'), String(CONNECT_PORT)];
+  // The bypass: second addresses of api and web that the agents exclude (the same hosts, rules
+  // and conntrack, no queueing).
+  const paths = [lab.address('api'), lab.secondAddress('api'), lab.secondAddress('web'), String(CONNECT_PORT)];
   const count = flushSockets.length > 0 ? config.pairedFirstContactCount : config.pairedCount;
   const latency = await load(lab, ['paired-sequential', ...paths, String(count), ...flushSockets]);
   const result: Paired = { addedP50: latency.p50! - latency.bypassP50!, addedP99: latency.p99! - latency.bypassP99! };
@@ -282,8 +279,8 @@ try {
     .spawn('api', [process.execPath, '--import', 'tsx', LOAD, 'server', String(CONNECT_PORT)])
     .waitFor((l) => l.listening === true);
   await lab.spawn('api', ['iperf3', '--server', '--port', String(BULK_PORT), '--forceflush']).waitFor((l) => String(l.text).includes('listening'));
-  for (const host of ['web', 'api'] as const) lab.exec(host, ['ip', 'addr', 'add', `${bypassAddress(lab, host)}/24`, 'dev', 'eth0']);
-  const bypass = (['web', 'api'] as const).flatMap((host) => ['--exclude', `${bypassAddress(lab, host)}/32`]);
+  for (const host of ['web', 'api'] as const) lab.exec(host, ['ip', 'addr', 'add', `${lab.secondAddress(host)}/24`, 'dev', 'eth0']);
+  const bypass = (['web', 'api'] as const).flatMap((host) => ['--exclude', `${lab.secondAddress(host)}/32`]);
   const passThroughAgents = async (): Promise<AgentHandle[]> => [await lab.startAgent('api', bypass), await lab.startAgent('web', bypass)];
   const identityAgents = async (): Promise<AgentHandle[]> => [
     await lab.startAgent('api', ['--config', files.configs.api, ...bypass]),

@@ -157,6 +157,8 @@ export interface AgentStatus {
   judging: { packets: number; microsecondsPerPacket: number };
 }
 
+const HOST_INDEX: Record<Host, number> = { web: 1, api: 2, outsider: 3 };
+
 export class Lab {
   private readonly processes: NetnsProcess[] = [];
 
@@ -177,8 +179,13 @@ export class Lab {
   }
 
   address(host: Host, family: 4 | 6 = 4): string {
-    const index = { web: 1, api: 2, outsider: 3 }[host];
+    const index = HOST_INDEX[host];
     return family === 4 ? `10.213.${this.net}.${index}` : `fd53:5350:0:${this.net}::${index}`;
+  }
+
+  /** A second IPv4 address for `host` on the same link; the lab does not configure it, the caller adds it. */
+  secondAddress(host: Host): string {
+    return `10.213.${this.net}.${100 + HOST_INDEX[host]}`;
   }
 
   get networks(): string[] {
