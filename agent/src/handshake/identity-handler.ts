@@ -20,6 +20,7 @@ import {
   FLAG_SYN_PROOF,
   FLAG_SYN_SIGNATURE,
   MessageType,
+  UnsupportedVersionError,
   WireError,
   type HandshakeMessage,
   type SynMessage,
@@ -113,6 +114,7 @@ export class IdentityHandler implements HandshakeHandler {
     try {
       return decodeMessage(info.token!);
     } catch (error) {
+      if (error instanceof UnsupportedVersionError) throw new HandshakeReject('unsupported-version', error.message);
       if (error instanceof WireError) throw new HandshakeReject('malformed-handshake', error.message);
       throw error;
     }
@@ -151,7 +153,7 @@ export class IdentityHandler implements HandshakeHandler {
       nonce,
       time,
       peerKeyId: known?.keyId ?? null,
-      proof: known ? computeProof(known.pairKey, 'syn', [nonce, time, packet.sequence]) : null,
+      proof: known ? computeProof(known.pairKey, 'syn', [nonce, time, packet.sequence, own.packed.signature]) : null,
       signature: known ? null : signSyn(this.local.signKey, nonce, time, own.packed.signature),
     };
     const stored = this.flows.set(key, {
@@ -194,7 +196,7 @@ export class IdentityHandler implements HandshakeHandler {
     }
     const peer = this.verifier.verify(message.credential, message.token);
     const pairKey = this.verifier.pairKey(peer.credential);
-    if (!proofValid(pairKey, 'syn-ack', [message.flags, flow.clientNonce, message.nonce, flow.clientIsn, packet.sequence], message.proof)) {
+    if (!proofValid(pairKey, 'syn-ack', [message.flags, flow.clientNonce, message.nonce, flow.clientIsn, packet.sequence, message.token.signature], message.proof)) {
       throw new HandshakeReject('bad-proof');
     }
     const fast = (message.flags & FLAG_FAST) !== 0;
@@ -296,11 +298,11 @@ export class IdentityHandler implements HandshakeHandler {
     let fast = false;
     if (message.proof !== null && message.peerKeyId !== null && this.local.keyId.equals(message.peerKeyId)) {
       // Proved to our current key: a mismatch can only be tampering.
-      if (!proofValid(pairKey, 'syn', [message.nonce, message.time, packet.sequence], message.proof)) {
+      if (!proofValid(pairKey, 'syn', [message.nonce, message.time, packet.sequence, message.token.signature], message.proof)) {
         throw new HandshakeReject('bad-proof', 'SYN proof does not match', peer.identity);
       }
       fast = true;
-    } else if (message.proof !== null && message.peerKeyId !== null && this.provedToPreviousKey(message.peerKeyId, message.proof, message.nonce, message.time, packet.sequence, peer)) {
+    } else if (this.provedToPreviousKey(message, packet.sequence, peer)) {
       // Fresh, but the client knows our old key: the handshake goes on under the new one, with
       // an ACK proof, and the client learns the new key from our SYN-ACK.
     } else if (message.signature !== null) {
@@ -354,17 +356,11 @@ export class IdentityHandler implements HandshakeHandler {
     flow.serverNonce ??= this.noncePool.next();
     flow.serverIsn = packet.sequence;
     const flags = flow.fast ? FLAG_FAST : 0;
-    const proof = computeProof(flow.pairKey, 'syn-ack', [flags, flow.clientNonce, flow.serverNonce, flow.clientIsn, flow.serverIsn]);
+    const token = (this.local.tokenForAddress(server) ?? this.local.tokenForPort(packet.sourcePort)).packed;
+    const proof = computeProof(flow.pairKey, 'syn-ack', [flags, flow.clientNonce, flow.serverNonce, flow.clientIsn, flow.serverIsn, token.signature]);
     this.attach(
       decision,
-      encodeTransient({
-        type: MessageType.SynAck,
-        flags,
-        credential: this.local.packedCredential,
-        token: (this.local.tokenForAddress(server) ?? this.local.tokenForPort(packet.sourcePort)).packed,
-        nonce: flow.serverNonce,
-        proof,
-      }),
+      encodeTransient({ type: MessageType.SynAck, flags, credential: this.local.packedCredential, token, nonce: flow.serverNonce, proof }),
     );
     decision.reason = flow.fast ? 'ok-fast' : 'ok';
     if (flow.fast) {
@@ -459,17 +455,11 @@ export class IdentityHandler implements HandshakeHandler {
    * Whether a SYN proof names the key this agent had before its last rotation and is valid under
    * the pair key derived from it (a mismatch there is tampering, as under the current key).
    */
-  private provedToPreviousKey(
-    peerKeyId: Uint8Array,
-    proof: Uint8Array,
-    nonce: Uint8Array,
-    time: number,
-    clientIsn: number,
-    peer: VerifiedPeer,
-  ): boolean {
+  private provedToPreviousKey(syn: SynMessage, clientIsn: number, peer: VerifiedPeer): boolean {
     const previous = this.previousKey;
-    if (previous === null || this.now() > previous.untilMs || !previous.keyId.equals(peerKeyId)) return false;
-    if (!proofValid(previous.pairKeys.get(peer.credential), 'syn', [nonce, time, clientIsn], proof)) {
+    if (syn.proof === null || syn.peerKeyId === null) return false;
+    if (previous === null || this.now() > previous.untilMs || !previous.keyId.equals(syn.peerKeyId)) return false;
+    if (!proofValid(previous.pairKeys.get(peer.credential), 'syn', [syn.nonce, syn.time, clientIsn, syn.token.signature], syn.proof)) {
       throw new HandshakeReject('bad-proof', 'SYN proof to our previous key does not match', peer.identity);
     }
     return true;

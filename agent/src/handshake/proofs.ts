@@ -48,7 +48,8 @@ function mac(pairKey: Buffer, label: ProofLabel, parts: readonly (Uint8Array | n
 
 /**
  * HMAC over the label and every value the proof binds: the nonces of both ends, the initial
- * sequence numbers, and (SYN-ACK) the server's flags, so none can be swapped or replayed.
+ * sequence numbers, (SYN-ACK) the server's flags and (SYN, SYN-ACK) the signature of the token
+ * the message carries, so none can be swapped or replayed.
  */
 export function computeProof(pairKey: Buffer, label: ProofLabel, parts: readonly (Uint8Array | number)[]): Buffer {
   mac(pairKey, label, parts);

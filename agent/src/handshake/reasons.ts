@@ -13,6 +13,7 @@ export const HANDSHAKE_REASONS = [
   'not-allowed',
   'observe-would-drop',
   'malformed-handshake',
+  'unsupported-version',
   'malformed-token',
   'bad-alg',
   'missing-kid',

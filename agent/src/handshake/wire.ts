@@ -1,7 +1,7 @@
 // Handshake messages carried in the token area (the body after the datapath's length prefix).
 // Pure encode/decode over caller buffers; a body that does not decode is a typed failure.
 //
-//   every body   version u8 (=1) | type u8
+//   every body   version u8 (=2) | type u8
 //   SYN (1)      flags u8 | cred JWS | token JWS | nonce[16] | time u32 (unix s)
 //                [flags & SYN_PROOF: peerKeyId[8] | proof[16]]
 //                [flags & SYN_SIGNATURE: signature[64]]
@@ -10,7 +10,8 @@
 // A JWS travels as its three segments base64url-decoded (u16 header | u16 payload | u8
 // signature), a quarter smaller than the compact form, which is rebuilt on receipt.
 
-export const WIRE_VERSION = 1;
+/** 2: SYN and SYN-ACK proofs bind the token they travel with (version 1 proofs did not). */
+export const WIRE_VERSION = 2;
 export const NONCE_BYTES = 16;
 export const PROOF_BYTES = 16;
 export const KEY_ID_BYTES = 8;
@@ -93,6 +94,13 @@ export class WireError extends Error {
   override readonly name = 'WireError';
 }
 
+/** A body from an agent that speaks another protocol version: told apart for a rollout's sake. */
+export class UnsupportedVersionError extends WireError {
+  constructor(readonly version: number) {
+    super(`protocol version ${version}; this agent speaks ${WIRE_VERSION}`);
+  }
+}
+
 class Reader {
   offset = 0;
   constructor(private readonly buf: Uint8Array) {}
@@ -127,7 +135,7 @@ class Reader {
 export function decodeMessage(body: Uint8Array): HandshakeMessage {
   const r = new Reader(body);
   const version = r.u8();
-  if (version !== WIRE_VERSION) throw new WireError(`unknown version ${version}`);
+  if (version !== WIRE_VERSION) throw new UnsupportedVersionError(version);
   const type = r.u8();
   let message: HandshakeMessage;
   if (type === MessageType.Syn) {

@@ -11,7 +11,7 @@ import type { VerifiedIdentity } from '../../../agent/src/token/identity-token.t
 import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../support/fixtures.ts';
 import { createDomain, identityHandler, type TestDomain } from '../../support/identities.ts';
 import { VirtualQueue, type Verdict } from '../../support/virtual-wire.ts';
-import { withBody } from '../../support/rebody.ts';
+import { bodyOf, withBody } from '../../support/rebody.ts';
 
 // Fixture addresses: client 10.213.5.1:25750, server 10.213.5.2:7000.
 const SYN = withValidChecksums(IPV4_SYN);
@@ -330,6 +330,66 @@ describe('identity handshake over a virtual wire', () => {
       return encodeMessage({ ...message, nonce });
     });
     reasonOf(server.queue.deliver(tampered, 'ingress'), server.queue, 'bad-proof');
+  });
+
+  /** The message of `bytes` with its token replaced by the one `donor` carries. */
+  function withTokenOf(bytes: Uint8Array, donor: Uint8Array): Uint8Array {
+    const donated = decodeMessage(bodyOf(donor));
+    if (donated.type === MessageType.Ack) throw new Error('an ACK carries no token');
+    return withBody(bytes, (body) => {
+      const message = decodeMessage(body);
+      if (message.type === MessageType.Ack) throw new Error('an ACK carries no token');
+      return encodeMessage({ ...message, token: donated.token });
+    });
+  }
+
+  it('a known-peer SYN whose token an on-path party swapped for another workload of the same agent is refused by its proof', async () => {
+    const batch: WorkloadIdentity = {
+      name: 'batch',
+      subject: 'spiffe://hs.synpass/batch',
+      uids: [1234],
+      ports: [],
+      attestors: [new StaticAttestor({ 'app.tier': 'batch' })],
+    };
+    const multi = await agent(domain, 'web-multi', 'frontend', clock, [batch]);
+    // First contact as the admitted host workload; its SYN is the donor of an admitted token.
+    const admittedSyn = multi.queue.deliver(SYN, 'egress', 0, 0);
+    server.queue.deliver(admittedSyn.bytes, 'ingress');
+    multi.queue.deliver(server.queue.deliver(SYN_ACK, 'egress').bytes, 'ingress');
+    server.queue.deliver(multi.queue.deliver(ACK, 'egress', 0, 0).bytes, 'ingress');
+    // batch (uid 1234) is refused as itself on the fast path...
+    const batchSyn = multi.queue.deliver(onPort(SYN, 21, 0x97), 'egress', 0, 1234);
+    assert.equal(synMessage(batchSyn.bytes).proof !== null, true, 'the pair is known: the SYN carries a proof');
+    reasonOf(server.queue.deliver(batchSyn.bytes, 'ingress'), server.queue, 'not-allowed');
+    // ...and its next fresh, correctly proved SYN wearing the admitted workload's token is refused too.
+    const swapped = withTokenOf(multi.queue.deliver(onPort(SYN, 21, 0x98), 'egress', 0, 1234).bytes, admittedSyn.bytes);
+    reasonOf(server.queue.deliver(swapped, 'ingress'), server.queue, 'bad-proof');
+    assert.equal(server.events.at(-1)?.peer, 'spiffe://hs.synpass/web-multi', 'the log names the identity the token claimed');
+  });
+
+  it('the client refuses a SYN-ACK whose token was swapped for another workload of the same server agent', async () => {
+    const db: WorkloadIdentity = { name: 'db', subject: 'spiffe://hs.synpass/db', uids: [], ports: [7000], attestors: [] };
+    const dbServer = await agent(domain, 'dbhost', 'backend', clock, [db]);
+    // The donor: dbhost answering on another port, as its host workload.
+    const otherSyn = client.queue.deliver(onPort(SYN, 23, 0x59), 'egress');
+    dbServer.queue.deliver(otherSyn.bytes, 'ingress');
+    const hostSynAck = dbServer.queue.deliver(onPort(SYN_ACK, 21, 0x59), 'egress');
+    // First contact to port 7000 (db), then the same with the SYN-ACK's token swapped.
+    const synIn = dbServer.queue.deliver(client.queue.deliver(SYN, 'egress').bytes, 'ingress');
+    assert.equal(synIn.dropped, false);
+    const dbSynAck = dbServer.queue.deliver(SYN_ACK, 'egress');
+    reasonOf(client.queue.deliver(withTokenOf(dbSynAck.bytes, hostSynAck.bytes), 'ingress'), client.queue, 'bad-proof');
+    // The untouched SYN-ACK still passes: only the swap was refused.
+    assert.equal(client.queue.deliver(dbSynAck.bytes, 'ingress').dropped, false);
+    assert.equal(client.events.at(-1)?.peer, 'spiffe://hs.synpass/db');
+  });
+
+  it('drops a body of another protocol version under its own reason (a mixed-version rollout shows as such)', () => {
+    const synOut = client.queue.deliver(SYN, 'egress');
+    assert.equal(bodyOf(synOut.bytes)[0], 2);
+    const versionOne = withBody(synOut.bytes, (body) => Buffer.from(body).fill(1, 0, 1));
+    reasonOf(server.queue.deliver(versionOne, 'ingress'), server.queue, 'unsupported-version');
+    assert.equal(server.queue.deliver(synOut.bytes, 'ingress').dropped, false, 'the same SYN at version 2 passes');
   });
 
   it('cloaks a SYN without identity on a protected port, admits listed networks and unprotected ports', () => {
