@@ -41,6 +41,17 @@ async function agent(domain: TestDomain, id: string, tier: string, clock: () => 
   return { queue, events, verifier, handler, local };
 }
 
+/** The workload of uid 1234 on a client agent, a tier admission does not name. */
+function batchWorkload(...attestors: WorkloadIdentity['attestors']): WorkloadIdentity {
+  return {
+    name: 'batch',
+    subject: 'spiffe://hs.synpass/batch',
+    uids: [1234],
+    ports: [],
+    attestors: [new StaticAttestor({ 'app.tier': 'batch' }), ...attestors],
+  };
+}
+
 function parsed(bytes: Uint8Array): ParsedPacket {
   const packet = new ParsedPacket();
   assert.ok(parsePacket(bytes, 0, bytes.length, packet), packet.status);
@@ -344,13 +355,7 @@ describe('identity handshake over a virtual wire', () => {
   }
 
   it('a known-peer SYN whose token an on-path party swapped for another workload of the same agent is refused by its proof', async () => {
-    const batch: WorkloadIdentity = {
-      name: 'batch',
-      subject: 'spiffe://hs.synpass/batch',
-      uids: [1234],
-      ports: [],
-      attestors: [new StaticAttestor({ 'app.tier': 'batch' })],
-    };
+    const batch = batchWorkload();
     const multi = await agent(domain, 'web-multi', 'frontend', clock, [batch]);
     // First contact as the admitted host workload; its SYN is the donor of an admitted token.
     const admittedSyn = multi.queue.deliver(SYN, 'egress', 0, 0);
@@ -426,13 +431,7 @@ describe('identity handshake over a virtual wire', () => {
   });
 
   it('picks the workload identity by socket owner on the client and by local port on the server', async () => {
-    const batch: WorkloadIdentity = {
-      name: 'batch',
-      subject: 'spiffe://hs.synpass/batch',
-      uids: [1234],
-      ports: [],
-      attestors: [new StaticAttestor({ 'app.tier': 'batch' }), new ProcessAttestor([1234])],
-    };
+    const batch = batchWorkload(new ProcessAttestor([1234]));
     const db: WorkloadIdentity = { name: 'db', subject: 'spiffe://hs.synpass/db', uids: [], ports: [7000], attestors: [] };
     const multi = await agent(domain, 'web-multi', 'frontend', clock, [batch]);
     const dbServer = await agent(domain, 'dbhost', 'backend', clock, [db]);
