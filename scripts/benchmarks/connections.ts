@@ -15,8 +15,8 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { prepareIdentities } from '../../test/support/identity-lab.ts';
 import { Lab, sleep, type AgentHandle } from '../../test/support/lab.ts';
+import { median, runLoad as load, startLoadServer } from './lab-load.ts';
 
-const LOAD = new URL('./load.ts', import.meta.url).pathname;
 // Ports the example policy (policy/examples/three-tier) opens from web to api.
 const CONNECT_PORT = 8080;
 const BULK_PORT = 7000;
@@ -58,13 +58,6 @@ interface BulkResults {
 // Accepted-connection log lines cost the agent as much as a trip; benchmarks measure the
 // datapath, so agents log warnings (drops) only.
 process.env.SYNPASS_LOG_LEVEL ??= 'warn';
-
-async function load(lab: Lab, args: string[]): Promise<Record<string, number>> {
-  const child = lab.spawn('web', [process.execPath, '--import', 'tsx', LOAD, ...args]);
-  const line = await child.waitFor(() => true, 120_000);
-  await child.exited;
-  return line as Record<string, number>;
-}
 
 /** Queued packets, packets judged and microseconds spent judging them, over all agents. */
 async function work(agents: AgentHandle[]): Promise<{ queued: number; judged: number; microseconds: number }> {
@@ -138,12 +131,6 @@ async function iperf(lab: Lab): Promise<number> {
     if (attempt === 5) throw new Error(`iperf3 gave no result: ${report.error ?? output.slice(0, 400)}`);
     await sleep(300);
   }
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
 }
 
 /** Rounds alternate which side goes first, so a drift during a round does not favour one side. */
@@ -275,9 +262,7 @@ const directory = mkdtempSync(join(tmpdir(), 'synpass-bench-'));
 const lab = Lab.up('bn', 90);
 try {
   const files = await prepareIdentities(lab, directory);
-  await lab
-    .spawn('api', [process.execPath, '--import', 'tsx', LOAD, 'server', String(CONNECT_PORT)])
-    .waitFor((l) => l.listening === true);
+  await startLoadServer(lab, CONNECT_PORT);
   await lab.spawn('api', ['iperf3', '--server', '--port', String(BULK_PORT), '--forceflush']).waitFor((l) => String(l.text).includes('listening'));
   for (const host of ['web', 'api'] as const) lab.exec(host, ['ip', 'addr', 'add', `${lab.secondAddress(host)}/24`, 'dev', 'eth0']);
   const bypass = (['web', 'api'] as const).flatMap((host) => ['--exclude', `${lab.secondAddress(host)}/32`]);

@@ -228,16 +228,23 @@ export class Lab {
     return `/tmp/synpass-test-${this.prefix}-${host}-whois.sock`;
   }
 
-  /** Starts an agent; resolves once it is running (or, with `untilRunning` false, once its status socket answers). */
-  async startAgent(host: Host, extraArgs: string[] = [], env: Record<string, string> = {}, untilRunning = true): Promise<AgentHandle> {
+  /**
+   * Starts an agent; resolves once it is running (or, with `untilRunning` false, once its status
+   * socket answers). `command` runs another build of synpass (scripts/benchmarks/compare-builds.ts).
+   */
+  async startAgent(
+    host: Host,
+    extraArgs: string[] = [],
+    env: Record<string, string> = {},
+    untilRunning = true,
+    command: string[] = synpassCommand(),
+  ): Promise<AgentHandle> {
     const socket = `/tmp/synpass-test-${this.prefix}-${host}.sock`;
     const whois = this.whoisSocket(host);
     const targets = this.networks.flatMap((cidr) => ['--target', cidr]);
-    const child = this.spawn(
-      host,
-      [...synpassCommand(), 'agent', 'run', '--status-socket', socket, '--whois-socket', whois, ...targets, ...extraArgs],
-      { env },
-    );
+    const child = this.spawn(host, [...command, 'agent', 'run', '--status-socket', socket, '--whois-socket', whois, ...targets, ...extraArgs], {
+      env,
+    });
     // Asked over the status socket, not read from logs: log lines may be filtered by level.
     const deadline = Date.now() + 15_000;
     for (;;) {

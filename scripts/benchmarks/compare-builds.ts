@@ -1,0 +1,111 @@
+// scripts/bench-compare: the agents of two builds of synpass, measured on one lab in quick
+// alternation (A B, B A, A B, ...), each alternation a few hundred sequential connects and a short
+// rate run. An effect of 10-20 us per connection is smaller than the VM's drift between two runs
+// of scripts/bench; alternating every few seconds cancels the drift, so before/after numbers of a
+// hot-path change come from here. Each build is a tree with its own dist/ and native addon.
+//   node --import tsx scripts/benchmarks/compare-builds.ts <treeA> <treeB>
+//   COMPARE_ALTERNATIONS=6 COMPARE_CONNECTS=400 COMPARE_RATE_MS=1000 COMPARE_MODES=pass-through,identity
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { prepareIdentities } from '../../test/support/identity-lab.ts';
+import { Lab, type AgentHandle } from '../../test/support/lab.ts';
+import { median, runLoad, startLoadServer } from './lab-load.ts';
+
+const PORT = 8080;
+const MODES = ['pass-through', 'identity', 'first-contact'] as const;
+type Mode = (typeof MODES)[number];
+
+const config = {
+  alternations: Number(process.env.COMPARE_ALTERNATIONS ?? 6),
+  connects: Number(process.env.COMPARE_CONNECTS ?? 400),
+  firstContactConnects: Number(process.env.COMPARE_FIRST_CONTACT ?? 100),
+  rateMs: Number(process.env.COMPARE_RATE_MS ?? 1000),
+  modes: (process.env.COMPARE_MODES ?? 'pass-through,identity').split(',') as Mode[],
+};
+
+const trees = process.argv.slice(2, 4).map((tree) => resolve(tree));
+if (trees.length !== 2) {
+  process.stderr.write('usage: compare-builds.ts <treeA> <treeB>\n');
+  process.exit(2);
+}
+for (const tree of trees) {
+  for (const built of ['dist/agent/src/cli/main.js', 'native/build/Release/synpass_nfq.node']) {
+    if (!existsSync(join(tree, built))) throw new Error(`${tree} has no ${built}: build it first (npm run build)`);
+  }
+}
+for (const mode of config.modes) if (!MODES.includes(mode)) throw new Error(`unknown mode ${mode} (${MODES.join(', ')})`);
+
+interface Sample {
+  p50: number;
+  p99: number;
+  rate: number;
+}
+
+// Accepted-connection log lines cost the agent as much as a trip; measure the datapath only.
+process.env.SYNPASS_LOG_LEVEL ??= 'warn';
+
+const directory = mkdtempSync(join(tmpdir(), 'synpass-compare-'));
+const lab = Lab.up('cb', 91);
+try {
+  const files = await prepareIdentities(lab, directory);
+  await startLoadServer(lab, PORT);
+  const agentArgs = (mode: Mode, host: 'api' | 'web'): string[] => (mode === 'pass-through' ? [] : ['--config', files.configs[host]]);
+  const startAgents = async (tree: string, mode: Mode): Promise<AgentHandle[]> => {
+    const command = [process.execPath, join(tree, 'dist/agent/src/cli/main.js')];
+    return [await lab.startAgent('api', agentArgs(mode, 'api'), {}, true, command), await lab.startAgent('web', agentArgs(mode, 'web'), {}, true, command)];
+  };
+  const target = [lab.address('api'), String(PORT)];
+  const samples = new Map<string, Sample[]>();
+  for (const mode of config.modes) {
+    for (let round = 0; round < config.alternations; round++) {
+      for (const tree of round % 2 === 0 ? trees : [...trees].reverse()) {
+        process.stderr.write(`compare: ${mode}, alternation ${round + 1} of ${config.alternations}, ${tree}\n`);
+        const agents = await startAgents(tree, mode);
+        // A fresh agent's code is not compiled yet: the first connects are discarded.
+        await runLoad(lab, ['sequential', ...target, '200']);
+        const flush = mode === 'first-contact' ? agents.map((agent) => agent.socket) : [];
+        const latency = await runLoad(lab, ['sequential', ...target, String(mode === 'first-contact' ? config.firstContactConnects : config.connects), ...flush]);
+        const rate = mode === 'first-contact' ? { perSecond: Number.NaN } : await runLoad(lab, ['rate', ...target, '32', String(config.rateMs), '60000']);
+        for (const agent of agents) await agent.process.stop();
+        const key = `${mode} ${tree}`;
+        samples.set(key, [...(samples.get(key) ?? []), { p50: latency.p50!, p99: latency.p99!, rate: rate.perSecond! }]);
+      }
+    }
+  }
+
+  const fmt = (value: number, digits = 0): string => (Number.isFinite(value) ? value.toFixed(digits) : '-');
+  const lines = [
+    `A: ${trees[0]}`,
+    `B: ${trees[1]}`,
+    `${config.alternations} alternations per mode; each: ${config.connects} sequential connects (first contact ${config.firstContactConnects}) and a ${config.rateMs} ms rate run at 32 concurrent`,
+    ['mode'.padEnd(14), 'A p50'.padStart(7), 'B p50'.padStart(7), 'B-A'.padStart(6), 'range'.padStart(12), 'A p99'.padStart(7), 'B p99'.padStart(7), 'A conn/s'.padStart(9), 'B conn/s'.padStart(9), 'B/A'.padStart(6), 'range'.padStart(10)].join(' '),
+  ];
+  for (const mode of config.modes) {
+    const a = samples.get(`${mode} ${trees[0]}`)!;
+    const b = samples.get(`${mode} ${trees[1]}`)!;
+    // Alternation i of A is paired with alternation i of B: they ran back to back.
+    const differences = a.map((sample, i) => b[i]!.p50 - sample.p50);
+    const ratios = a.map((sample, i) => b[i]!.rate / sample.rate);
+    lines.push(
+      [
+        mode.padEnd(14),
+        `${fmt(median(a.map((s) => s.p50)))}us`.padStart(7),
+        `${fmt(median(b.map((s) => s.p50)))}us`.padStart(7),
+        fmt(median(differences)).padStart(6),
+        `${fmt(Math.min(...differences))}..${fmt(Math.max(...differences))}`.padStart(12),
+        `${fmt(median(a.map((s) => s.p99)))}us`.padStart(7),
+        `${fmt(median(b.map((s) => s.p99)))}us`.padStart(7),
+        fmt(median(a.map((s) => s.rate))).padStart(9),
+        fmt(median(b.map((s) => s.rate))).padStart(9),
+        `${fmt(median(ratios), 2)}x`.padStart(6),
+        `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`.padStart(10),
+      ].join(' '),
+    );
+  }
+  lines.push('B-A: median over alternations of B p50 minus the A p50 measured next to it; B/A: the same for the rate');
+  process.stdout.write(`${lines.join('\n')}\n`);
+} finally {
+  await lab.down();
+  rmSync(directory, { recursive: true, force: true });
+}

@@ -1,0 +1,23 @@
+// What the benchmark drivers share: running load.ts inside the lab's web host, and medians.
+import type { Lab } from '../../test/support/lab.ts';
+
+const LOAD = new URL('./load.ts', import.meta.url).pathname;
+
+/** Runs one load.ts mode in web and returns the JSON line it prints. */
+export async function runLoad(lab: Lab, args: string[]): Promise<Record<string, number>> {
+  const child = lab.spawn('web', [process.execPath, '--import', 'tsx', LOAD, ...args]);
+  const line = await child.waitFor(() => true, 120_000);
+  await child.exited;
+  return line as Record<string, number>;
+}
+
+/** Starts load.ts's accept-and-close server in api; resolves once it listens. */
+export async function startLoadServer(lab: Lab, port: number): Promise<void> {
+  await lab.spawn('api', [process.execPath, '--import', 'tsx', LOAD, 'server', String(port)]).waitFor((l) => l.listening === true);
+}
+
+export function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
