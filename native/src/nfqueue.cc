@@ -2,7 +2,10 @@
 // Apache-2.0. One netlink socket serves one or more queues. Packets are received with recvmmsg
 // straight into buffers that JavaScript owns, so a batch reaches JS as offsets into memory it
 // already holds: no per-packet allocation, no copy. Verdicts are appended to a libmnl batch and
-// sent with one sendto per JS batch.
+// sent with one sendto per JS batch. The socket is read until it is empty before JS hears
+// `onDrained`: a verdict's reinjection often queues the handshake's next packet to this same
+// socket (a SYN accepted here makes the kernel send its SYN-ACK), and that packet should not
+// wait behind bookkeeping.
 #include <napi.h>
 #include <uv.h>
 
@@ -126,11 +129,12 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
     Napi::Value meta = opts.Get("meta");
     Napi::Value counters = opts.Get("counters");
     Napi::Value on_batch = opts.Get("onBatch");
+    Napi::Value on_drained = opts.Get("onDrained");
     if (!input.IsTypedArray() || input.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
         !meta.IsTypedArray() || meta.As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
         !counters.IsTypedArray() || counters.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
-        !on_batch.IsFunction()) {
-      Napi::TypeError::New(env, "options: input Uint8Array, meta Uint32Array, counters Float64Array and onBatch function required")
+        !on_batch.IsFunction() || !(on_drained.IsUndefined() || on_drained.IsFunction())) {
+      Napi::TypeError::New(env, "options: input Uint8Array, meta Uint32Array, counters Float64Array and onBatch function required; onDrained a function if given")
           .ThrowAsJavaScriptException();
       return;
     }
@@ -151,6 +155,7 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
     meta_ref_ = Napi::Persistent(meta.As<Napi::Object>());
     counters_ref_ = Napi::Persistent(counters.As<Napi::Object>());
     on_batch_ = Napi::Persistent(on_batch.As<Napi::Function>());
+    if (on_drained.IsFunction()) on_drained_ = Napi::Persistent(on_drained.As<Napi::Function>());
     batch_buf_.resize(kBatchLimit * 2);
     msgs_.resize(slots_);
     iovs_.resize(slots_);
@@ -361,7 +366,9 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
       return;
     }
     int fd = mnl_socket_get_fd(nl_);
-    // Bounded so one busy queue cannot starve the rest of the event loop.
+    bool delivered = false;
+    // Bounded so one busy queue cannot starve the rest of the event loop; what is left wakes the
+    // poll handle again (level-triggered).
     for (int round = 0; round < 8 && nl_ != nullptr; round++) {
       for (size_t i = 0; i < slots_; i++) {
         iovs_[i].iov_base = input_ + i * kSlotSize;
@@ -372,14 +379,14 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
       }
       int n = recvmmsg(fd, msgs_.data(), slots_, MSG_DONTWAIT, nullptr);
       if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
         if (errno == ENOBUFS) {
           counters_[kOverruns]++;
           continue;
         }
         if (errno == EINTR) continue;
         counters_[kRecvErrors]++;
-        return;
+        break;
       }
       batch_count_ = 0;
       for (int i = 0; i < n; i++) {
@@ -389,8 +396,16 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
         }
         RunCallbacks(input_ + i * kSlotSize, msgs_[i].msg_len);
       }
-      if (batch_count_ > 0) DeliverBatch();
-      if (static_cast<size_t>(n) < slots_) return;
+      if (batch_count_ > 0) {
+        DeliverBatch();
+        delivered = true;
+      }
+      // No early return on a short batch: the verdicts just sent may have queued more packets.
+    }
+    if (delivered && !on_drained_.IsEmpty() && nl_ != nullptr) {
+      Napi::Env env = Env();
+      Napi::HandleScope scope(env);
+      on_drained_.MakeCallback(Value(), {});
     }
   }
 
@@ -511,6 +526,7 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
   Napi::ObjectReference meta_ref_;
   Napi::ObjectReference counters_ref_;
   Napi::FunctionReference on_batch_;
+  Napi::FunctionReference on_drained_;
   std::vector<char> batch_buf_;
   struct mnl_nlmsg_batch* batch_ = nullptr;
   std::vector<struct mmsghdr> msgs_;

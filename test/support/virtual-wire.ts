@@ -71,6 +71,8 @@ export class VirtualQueue {
     this.meta[Meta.Uid] = uid < 0 ? NO_OWNER : uid;
     this.meta[Meta.Gid] = uid < 0 ? NO_OWNER : uid;
     this.engine.onBatch(1);
+    // As the addon does when the socket is empty again.
+    this.engine.onDrained();
     return this.verdictOf(id);
   }
 

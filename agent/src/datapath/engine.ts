@@ -1,6 +1,8 @@
 // The per-packet loop: parse each queued packet in place, ask the handler, rewrite, verdict.
 // Everything here runs once per handshake packet, so it reuses one ParsedPacket, one Decision
-// and one output buffer, and counts outcomes in preallocated arrays.
+// and one output buffer, and counts outcomes in preallocated arrays. Bookkeeping (metrics, flow
+// log, whois) waits until the queue is drained (`onDrained`): the next packet of a handshake is
+// often already waiting, queued by the reinjection of the verdict just sent.
 import type { Decision, Direction, HandshakeHandler, HeldPacket, PacketInfo, Stage, VerdictEvent } from './handler.ts';
 import { Decision as DecisionImpl, stageOf } from './handler.ts';
 import { performance } from 'node:perf_hooks';
@@ -70,11 +72,20 @@ export class VerdictCounters {
   }
 }
 
+/**
+ * A verdict event waiting for the queue to drain. The addon receives the next batch into the
+ * same buffer, so the packet's bytes are copied here; the copy is reused by later reports.
+ */
 interface PendingReport {
-  offset: number;
+  bytes: Uint8Array;
   length: number;
   event: VerdictEvent;
 }
+
+/** Reports held back at most before bookkeeping runs anyway: bounds memory under a long burst. */
+const MAX_PENDING_REPORTS = 1024;
+/** Room a report's copy starts with: handshake packets with a token fit. */
+const REPORT_COPY_BYTES = 2048;
 
 export class DatapathEngine {
   readonly verdicts = new VerdictCounters();
@@ -86,6 +97,8 @@ export class DatapathEngine {
   /** Packets judged in this batch whose verdict events wait until the verdicts are sent. */
   private readonly pending: PendingReport[] = [];
   private pendingCount = 0;
+  /** First pending report of the batch being judged (earlier ones belong to earlier batches). */
+  private batchReportsFrom = 0;
   private queue: NativeQueue | null = null;
 
   constructor(
@@ -125,7 +138,31 @@ export class DatapathEngine {
     this.busyMicroseconds += (performance.now() - started) * 1000;
     // Verdicts leave before any bookkeeping: metrics, flow log and whois are off the packets' path.
     this.queue?.flush();
-    this.reportPending((performance.now() - started) * 1000);
+    const latencyMicroseconds = (performance.now() - started) * 1000;
+    for (let i = this.batchReportsFrom; i < this.pendingCount; i++) this.pending[i]!.event.latencyMicroseconds = latencyMicroseconds;
+    this.batchReportsFrom = this.pendingCount;
+    if (this.pendingCount >= MAX_PENDING_REPORTS) this.onDrained();
+  };
+
+  /** Called by the addon once the queue has no packet waiting: the batches' verdict events. */
+  readonly onDrained = (): void => {
+    const listener = this.options.onVerdict;
+    const count = this.pendingCount;
+    this.pendingCount = 0;
+    this.batchReportsFrom = 0;
+    if (listener === undefined) return;
+    for (let i = 0; i < count; i++) {
+      const slot = this.pending[i]!;
+      const event = slot.event;
+      parsePacket(slot.bytes, 0, slot.length, this.reportedPacket);
+      try {
+        listener(event);
+      } catch {
+        // A failing log sink must never change a verdict already sent.
+      }
+      event.peer = null;
+      event.local = null;
+    }
   };
 
   private handlePacket(
@@ -258,16 +295,17 @@ export class DatapathEngine {
     };
   }
 
-  /** Copies what the verdict event needs; the packet itself is parsed again from the batch buffer. */
+  /** Copies what the verdict event needs, the packet's bytes included; it is parsed again on report. */
   private deferReport(accepted: boolean, reason: string, offset: number, length: number): void {
     if (this.options.onVerdict === undefined) return;
     let slot = this.pending[this.pendingCount];
     if (slot === undefined) {
-      slot = { offset: 0, length: 0, event: blankEvent(this.reportedPacket) };
+      slot = { bytes: new Uint8Array(REPORT_COPY_BYTES), length: 0, event: blankEvent(this.reportedPacket) };
       this.pending.push(slot);
     }
     this.pendingCount += 1;
-    slot.offset = offset;
+    if (slot.bytes.length < length) slot.bytes = new Uint8Array(length);
+    slot.bytes.set(this.buffers.input.subarray(offset, offset + length));
     slot.length = length;
     const event = slot.event;
     const decision = this.decision;
@@ -280,27 +318,6 @@ export class DatapathEngine {
     event.revision = decision.revision;
     event.wouldDrop = decision.wouldDrop;
     event.local = decision.local;
-  }
-
-  private reportPending(latencyMicroseconds: number): void {
-    const listener = this.options.onVerdict;
-    const count = this.pendingCount;
-    this.pendingCount = 0;
-    if (listener === undefined) return;
-    for (let i = 0; i < count; i++) {
-      const slot = this.pending[i]!;
-      const event = slot.event;
-      // The batch buffer still holds the packet: the addon receives again only after we return.
-      parsePacket(this.buffers.input, slot.offset, slot.length, this.reportedPacket);
-      event.latencyMicroseconds = latencyMicroseconds;
-      try {
-        listener(event);
-      } catch {
-        // A failing log sink must never change a verdict already sent.
-      }
-      event.peer = null;
-      event.local = null;
-    }
   }
 
   private malformed(

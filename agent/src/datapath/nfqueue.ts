@@ -65,6 +65,8 @@ export interface NativeQueueOptions {
   meta: Uint32Array;
   counters: Float64Array;
   onBatch: (count: number) => void;
+  /** Called once the socket has no packet left, after one or more batches. */
+  onDrained?: () => void;
 }
 
 export interface NativeQueue {

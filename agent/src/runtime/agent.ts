@@ -207,6 +207,7 @@ export class Agent {
       meta: this.buffers.meta,
       counters: this.buffers.counters,
       onBatch: this.engine.onBatch,
+      onDrained: this.engine.onDrained,
     });
     for (let attempt = 1; ; attempt++) {
       try {

@@ -10,11 +10,19 @@ import { MARKS } from '../../support/virtual-wire.ts';
 const STRIDE = 10;
 const SLOT = 2048;
 
-it('sends a whole batch of verdicts before any verdict event is reported', () => {
+interface Recorded {
+  direction: string;
+  reason: string;
+  sourcePort: number;
+  accepted: boolean;
+}
+
+/** An engine on buffers of two slots, recording the addon calls and the verdict events. */
+function recordingEngine(): { engine: DatapathEngine; input: Uint8Array; meta: Uint32Array; calls: string[]; events: Recorded[] } {
   const input = new Uint8Array(SLOT * 2);
   const meta = new Uint32Array(STRIDE * 2);
   const calls: string[] = [];
-  const events: { direction: string; reason: string; sourcePort: number; accepted: boolean }[] = [];
+  const events: Recorded[] = [];
   const engine = new DatapathEngine(
     { input, meta, counters: new Float64Array(12), slotSize: SLOT, metaStride: STRIDE },
     new PassThroughHandler(),
@@ -35,12 +43,13 @@ it('sends a whole batch of verdicts before any verdict event is reported', () =>
     verdict: () => calls.push('verdict'),
   };
   engine.attach(queue);
-  // Slot 0: our SYN leaving (egress); slot 1: a SYN-ACK arriving without a token (ingress).
-  const packets = [
-    { bytes: withValidChecksums(IPV4_SYN), hook: HOOK_POST_ROUTING },
-    { bytes: withValidChecksums(IPV4_SYN_ACK), hook: HOOK_PRE_ROUTING },
-  ];
+  return { engine, input, meta, calls, events };
+}
+
+/** Puts packets into the slots as the addon would describe a batch. */
+function describeBatch(input: Uint8Array, meta: Uint32Array, packets: { bytes: Uint8Array; hook: number }[]): void {
   packets.forEach(({ bytes, hook }, index) => {
+    input.fill(0, index * SLOT, (index + 1) * SLOT);
     input.set(bytes, index * SLOT);
     const base = index * STRIDE;
     meta[base + Meta.PacketId] = index + 1;
@@ -51,12 +60,36 @@ it('sends a whole batch of verdicts before any verdict event is reported', () =>
     meta[base + Meta.Uid] = NO_OWNER;
     meta[base + Meta.Gid] = NO_OWNER;
   });
+}
+
+// Slot 0: our SYN leaving (egress); slot 1: a SYN-ACK arriving without a token (ingress).
+const SYN_OUT = { bytes: withValidChecksums(IPV4_SYN), hook: HOOK_POST_ROUTING };
+const SYN_ACK_IN = { bytes: withValidChecksums(IPV4_SYN_ACK), hook: HOOK_PRE_ROUTING };
+const SYN_OUT_EVENT = { direction: 'egress', reason: 'ok', sourcePort: 0x6496, accepted: true };
+const SYN_ACK_IN_EVENT = { direction: 'ingress', reason: 'no-token', sourcePort: 0x1b58, accepted: true };
+
+it('sends a whole batch of verdicts, and reports verdict events only once the queue is drained', () => {
+  const { engine, input, meta, calls, events } = recordingEngine();
+  describeBatch(input, meta, [SYN_OUT, SYN_ACK_IN]);
 
   engine.onBatch(2);
+  assert.deepEqual(calls, ['verdict', 'verdict', 'flush']);
+  engine.onDrained();
 
   assert.deepEqual(calls, ['verdict', 'verdict', 'flush', 'report', 'report']);
-  assert.deepEqual(events, [
-    { direction: 'egress', reason: 'ok', sourcePort: 0x6496, accepted: true },
-    { direction: 'ingress', reason: 'no-token', sourcePort: 0x1b58, accepted: true },
-  ]);
+  assert.deepEqual(events, [SYN_OUT_EVENT, SYN_ACK_IN_EVENT]);
+});
+
+it('reports each packet of earlier batches as it was, though the next batch reused its buffer', () => {
+  const { engine, input, meta, calls, events } = recordingEngine();
+  describeBatch(input, meta, [SYN_OUT]);
+  engine.onBatch(1);
+  // The addon receives the next packet into the same slot before the queue is drained.
+  describeBatch(input, meta, [SYN_ACK_IN]);
+  engine.onBatch(1);
+  engine.onDrained();
+  engine.onDrained();
+
+  assert.deepEqual(calls, ['verdict', 'flush', 'verdict', 'flush', 'report', 'report']);
+  assert.deepEqual(events, [SYN_OUT_EVENT, SYN_ACK_IN_EVENT]);
 });
