@@ -94,7 +94,7 @@ export class DatapathEngine {
   private readonly info: PacketInfo = { direction: 'ingress', stage: 'syn', packet: this.packet, token: null, uid: -1, gid: -1 };
   private readonly output = new Uint8Array(65536);
   private readonly reportedPacket = new ParsedPacket();
-  /** Packets judged in this batch whose verdict events wait until the verdicts are sent. */
+  /** Packets judged whose verdict events wait until the queue is drained. */
   private readonly pending: PendingReport[] = [];
   private pendingCount = 0;
   /** First pending report of the batch being judged (earlier ones belong to earlier batches). */

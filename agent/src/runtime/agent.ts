@@ -340,6 +340,8 @@ export class Agent {
       }
       this.queue?.close();
       this.queue = null;
+      // Verdict events the addon had not yet reported (it reports once its socket is empty).
+      this.engine.onDrained();
       this.built.stop();
       await this.flowLog.close();
       if (this.statusServer) await closeUnixSocket(this.statusServer, this.options.statusSocket);
