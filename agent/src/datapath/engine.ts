@@ -97,8 +97,6 @@ export class DatapathEngine {
   /** Packets judged whose verdict events wait until the queue is drained. */
   private readonly pending: PendingReport[] = [];
   private pendingCount = 0;
-  /** First pending report of the batch being judged (earlier ones belong to earlier batches). */
-  private batchReportsFrom = 0;
   private queue: NativeQueue | null = null;
 
   constructor(
@@ -118,6 +116,8 @@ export class DatapathEngine {
   /** Called by the addon with the number of packets now described in the meta array. */
   readonly onBatch = (count: number): void => {
     const started = performance.now();
+    // Reports before this one belong to earlier batches not yet drained.
+    const firstReport = this.pendingCount;
     const meta = this.buffers.meta;
     const stride = this.buffers.metaStride;
     for (let i = 0; i < count; i++) {
@@ -139,8 +139,7 @@ export class DatapathEngine {
     // Verdicts leave before any bookkeeping: metrics, flow log and whois are off the packets' path.
     this.queue?.flush();
     const latencyMicroseconds = (performance.now() - started) * 1000;
-    for (let i = this.batchReportsFrom; i < this.pendingCount; i++) this.pending[i]!.event.latencyMicroseconds = latencyMicroseconds;
-    this.batchReportsFrom = this.pendingCount;
+    for (let i = firstReport; i < this.pendingCount; i++) this.pending[i]!.event.latencyMicroseconds = latencyMicroseconds;
     if (this.pendingCount >= MAX_PENDING_REPORTS) this.onDrained();
   };
 
@@ -149,7 +148,6 @@ export class DatapathEngine {
     const listener = this.options.onVerdict;
     const count = this.pendingCount;
     this.pendingCount = 0;
-    this.batchReportsFrom = 0;
     if (listener === undefined) return;
     for (let i = 0; i < count; i++) {
       const slot = this.pending[i]!;
