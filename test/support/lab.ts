@@ -269,11 +269,12 @@ export class Lab {
     return child;
   }
 
-  iptablesSave(host: Host): string {
+  /** Every backend's and family's rules in `host`; `options` go to each iptables-save (e.g. `-c`). */
+  iptablesSave(host: Host, options: string[] = []): string {
     return ['iptables-nft-save', 'iptables-legacy-save', 'ip6tables-nft-save', 'ip6tables-legacy-save']
       .map((tool) => {
         try {
-          return this.exec(host, [tool]);
+          return this.exec(host, [tool, ...options]);
         } catch {
           return '';
         }
