@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { prepareIdentities } from '../../test/support/identity-lab.ts';
 import { Lab, sleep, type AgentHandle } from '../../test/support/lab.ts';
 import { median, runLoad as load, startLoadServer } from './lab-load.ts';
+import { perfAvailable, sampleNetfilter, type NetfilterShare } from './netfilter-share.ts';
 
 // Ports the example policy (policy/examples/three-tier) opens from web to api.
 const CONNECT_PORT = 8080;
@@ -34,6 +35,7 @@ const config = {
   bulkSeconds: Number(process.env.BENCH_BULK_SECONDS ?? 3),
   bulkRounds: Number(process.env.BENCH_BULK_ROUNDS ?? 6),
 };
+const profiling = perfAvailable();
 
 interface Results {
   rate?: number;
@@ -53,6 +55,9 @@ interface BulkResults {
   lowest: number;
   highest: number;
   baselineGbps: number;
+  /** Medians over rounds of the share of busy CPU in netfilter during the transfer, when perf runs. */
+  netfilterWithout: NetfilterShare | undefined;
+  netfilterWith: NetfilterShare | undefined;
 }
 
 // Accepted-connection log lines cost the agent as much as a trip; benchmarks measure the
@@ -137,17 +142,34 @@ async function iperf(lab: Lab): Promise<number> {
 async function bulk(lab: Lab, startAgents: () => Promise<AgentHandle[]>): Promise<BulkResults> {
   const ratios: number[] = [];
   const baselines: number[] = [];
+  const shares: { without: NetfilterShare[]; with: NetfilterShare[] } = { without: [], with: [] };
+  // perf samples the middle of each transfer: none of its start, all of the agents' steady state.
+  const sampled = async (into: NetfilterShare[]): Promise<number> => {
+    if (!profiling) return iperf(lab);
+    const { result, share } = await sampleNetfilter(Math.max(1, config.bulkSeconds - 1), () => iperf(lab));
+    if (share !== null) into.push(share);
+    return result;
+  };
   for (let round = 0; round < config.bulkRounds; round++) {
     let without = 0;
-    if (round % 2 === 0) without = await iperf(lab);
+    if (round % 2 === 0) without = await sampled(shares.without);
     const agents = await startAgents();
-    const withAgents = await iperf(lab);
+    const withAgents = await sampled(shares.with);
     for (const agent of agents) await agent.process.stop();
-    if (round % 2 === 1) without = await iperf(lab);
+    if (round % 2 === 1) without = await sampled(shares.without);
     baselines.push(without);
     ratios.push(withAgents / without);
   }
-  return { ratio: median(ratios), lowest: Math.min(...ratios), highest: Math.max(...ratios), baselineGbps: median(baselines) };
+  const medianShare = (list: NetfilterShare[]): NetfilterShare | undefined =>
+    list.length === 0 ? undefined : { rules: median(list.map((s) => s.rules)), conntrack: median(list.map((s) => s.conntrack)) };
+  return {
+    ratio: median(ratios),
+    lowest: Math.min(...ratios),
+    highest: Math.max(...ratios),
+    baselineGbps: median(baselines),
+    netfilterWithout: medianShare(shares.without),
+    netfilterWith: medianShare(shares.with),
+  };
 }
 
 function fmt(value: number | undefined, digits = 0): string {
@@ -328,6 +350,7 @@ try {
     'trips'.padStart(6),
     'js/pkt'.padStart(7),
   ].join(' ');
+  const share = (s: NetfilterShare | undefined): string => (s === undefined ? '-' : `rules ${fmt(s.rules, 2)}%, conntrack ${fmt(s.conntrack, 2)}%`);
   const range = (b: BulkResults | undefined): string => (b === undefined ? '-' : `${fmt(b.lowest, 3)}-${fmt(b.highest, 3)}x`);
   const summaries = {
     baseline: summarize(results.baseline, results.baseline),
@@ -353,6 +376,10 @@ try {
     'js/pkt: agent JavaScript per queued packet in the sequential run, microseconds (the rest of a trip is the kernel and waking the agent)',
     `bulk: iperf3 ${config.bulkSeconds} s, ${config.bulkRounds} rounds alternating without/with agents, median ratio; ` +
       `baseline ${fmt(passThroughBulk?.baselineGbps, 1)} Gbit/s; per-round ratios pass-through ${range(passThroughBulk)}, identity ${range(identityBulk)}`,
+    profiling
+      ? `bulk CPU in netfilter (perf, share of busy CPU, median of rounds; rules = hooks and rule evaluation): ` +
+        `no agents ${share(passThroughBulk?.netfilterWithout)}; pass-through ${share(passThroughBulk?.netfilterWith)}; identity ${share(identityBulk?.netfilterWith)}`
+      : 'bulk CPU in netfilter: not measured (perf is not available)',
     '',
     `CPU per connection in the rate run (machine: all ${cpus().length} cores busy, idle and steal excluded; agents: their processes alone)`,
     ['mode'.padEnd(28), 'machine'.padStart(10), 'added'.padStart(7), 'cpu ratio'.padStart(10), 'vs ct'.padStart(6), 'agents'.padStart(10)].join(' '),
