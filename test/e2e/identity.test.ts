@@ -87,14 +87,21 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
     await probe.exited;
   }
 
-  /** A SYN from the outsider to api:8080 carrying `body` as its handshake message. */
-  function forgedSyn(body: Uint8Array, declaredLength = body.length): string {
+  /** A SYN from the outsider to api's port 7000 (the fixture's), from a random port and sequence number, with no token. */
+  function outsiderSyn(): Uint8Array {
     const plain = Uint8Array.from(IPV4_SYN);
     plain.set(lab.address('outsider').split('.').map(Number), 12);
     plain.set(lab.address('api').split('.').map(Number), 16);
     plain.set(randomBytes(2), 20);
     plain.set(randomBytes(4), 24);
     writeUint16(plain, 10, ipv4HeaderChecksum(plain, 0, 20));
+    writeUint16(plain, 20 + 16, tcpChecksum(plain, 4, 12, 20, plain.length - 20));
+    return plain;
+  }
+
+  /** outsiderSyn carrying `body` as its handshake message. */
+  function forgedSyn(body: Uint8Array, declaredLength = body.length): string {
+    const plain = outsiderSyn();
     const packet = new ParsedPacket();
     parsePacket(plain, 0, plain.length, packet);
     const out = new Uint8Array(1600);
@@ -224,6 +231,23 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
     await sleep(1_000);
     await silence.stop();
     assert.equal(silence.lines.filter((l) => typeof l.hex === 'string').length, 0, 'api sent nothing to the attacker');
+  });
+
+  it('a SYN that conntrack does not track is judged like any other: api stays silent to it', async () => {
+    // NOTRACK (raw table) leaves the SYN without a conntrack entry, so no connmark test can match it.
+    const syn = outsiderSyn();
+    const notrack = ['PREROUTING', '-p', 'tcp', '--dport', String((syn[22]! << 8) | syn[23]!), '-j', 'CT', '--notrack'];
+    lab.exec('api', ['iptables', '-t', 'raw', '-I', ...notrack]);
+    try {
+      const silence = await lab.capture(`src host ${lab.address('api')} and dst host ${lab.address('outsider')} and (tcp or icmp)`, 100, 30_000);
+      await expectDropped('no-identity', [Buffer.from(syn).toString('hex')]);
+      assert.match(lab.exec('api', ['iptables-save', '-c', '-t', 'raw']), /\[1:\d+\] -A PREROUTING .*--notrack/, 'the SYN went untracked');
+      await sleep(1_000);
+      await silence.stop();
+      assert.equal(silence.lines.filter((l) => typeof l.hex === 'string').length, 0, 'api sent nothing to the untracked SYN');
+    } finally {
+      lab.exec('api', ['iptables', '-t', 'raw', '-D', ...notrack]);
+    }
   });
 
   it('replayed SYN, replayed ACK and a tampered known-peer SYN are dropped', async () => {

@@ -269,12 +269,11 @@ export class Lab {
     return child;
   }
 
-  /** Every backend's and family's rules in `host`; `options` go to each iptables-save (e.g. `-c`). */
-  iptablesSave(host: Host, options: string[] = []): string {
+  iptablesSave(host: Host): string {
     return ['iptables-nft-save', 'iptables-legacy-save', 'ip6tables-nft-save', 'ip6tables-legacy-save']
       .map((tool) => {
         try {
-          return this.exec(host, [tool, ...options]);
+          return this.exec(host, [tool]);
         } catch {
           return '';
         }

@@ -69,16 +69,8 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
   const lines: string[] = [
     '*mangle',
     ...Object.values(CHAINS).map((chain) => `:${chain} - [0:0]`),
-    // A released connection's packets are most of a host's traffic: they meet these few
-    // matches at the hook and never enter a synpass chain. Within each hook a packet matches at
-    // most one of them: the chain a jump reaches can add `release` only after the rules above it.
-    // Packet-mark tests come first in each rule: iptables-nft runs them natively but connmark and
-    // TCP-option tests through the xtables compatibility layer, and a rule stops at its first miss.
-    `-I PREROUTING 1 -p tcp -m mark ! --mark ${pass} -m tcp --tcp-option ${MARKER_KIND} -m connmark --mark ${release} ${tag} -j ${CHAINS.ingressQueue}`,
-    `-I PREROUTING 2 -p tcp -m mark --mark ${pass} -m connmark --mark ${release} ${tag} -j ${CHAINS.mark}`,
-    `-I PREROUTING 3 -p tcp -m connmark ! --mark ${release} ${tag} -j ${CHAINS.ingress}`,
-    `-I POSTROUTING 1 -p tcp -m mark --mark ${pass} -m connmark --mark ${release} ${tag} -j ${CHAINS.mark}`,
-    `-I POSTROUTING 2 -p tcp -m connmark ! --mark ${release} ${tag} -j ${CHAINS.egress}`,
+    `-I PREROUTING 1 -p tcp ${tag} -j ${CHAINS.ingress}`,
+    `-I POSTROUTING 1 -p tcp ${tag} -j ${CHAINS.egress}`,
     // Only SYNs jump: every other packet of the host pays one flags match here.
     `-I INPUT 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${tag} -j ${CHAINS.audit}`,
     `-I FORWARD 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${tag} -j ${CHAINS.audit}`,
