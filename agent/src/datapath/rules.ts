@@ -69,14 +69,21 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
   const lines: string[] = [
     '*mangle',
     ...Object.values(CHAINS).map((chain) => `:${chain} - [0:0]`),
-    `-I PREROUTING 1 -p tcp ${tag} -j ${CHAINS.ingress}`,
-    `-I POSTROUTING 1 -p tcp ${tag} -j ${CHAINS.egress}`,
+    // Every TCP packet of the host takes these two jumps, so they carry no comment: iptables-nft
+    // tests a comment through the xtables compatibility layer, per packet.
+    `-I PREROUTING 1 -p tcp -j ${CHAINS.ingress}`,
+    `-I POSTROUTING 1 -p tcp -j ${CHAINS.egress}`,
     // Only SYNs jump: every other packet of the host pays one flags match here.
     `-I INPUT 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${tag} -j ${CHAINS.audit}`,
     `-I FORWARD 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${tag} -j ${CHAINS.audit}`,
+    // A released connection's packet (most of a host's traffic) returns at once, unless it
+    // carries a marker or comes back from a verdict. The test is positive on purpose: a connmark
+    // test fails for a packet conntrack does not track, and such a packet must go on to be judged.
+    `-A ${CHAINS.ingress} -p tcp -m mark ! --mark ${pass} -m connmark --mark ${release} -m tcp ! --tcp-option ${MARKER_KIND} -j RETURN`,
     // A packet comes back after its verdict (NF_REPEAT) carrying `pass`: record, do not queue.
     `-A ${CHAINS.ingress} -m mark ! --mark ${pass} -j ${CHAINS.ingressQueue}`,
     `-A ${CHAINS.ingress} -m mark --mark ${pass} -j ${CHAINS.mark}`,
+    `-A ${CHAINS.egress} -m mark ! --mark ${pass} -m connmark --mark ${release} -j RETURN`,
     `-A ${CHAINS.egress} -m mark ! --mark ${pass} -j ${CHAINS.egressQueue}`,
     `-A ${CHAINS.egress} -m mark --mark ${pass} -j ${CHAINS.mark}`,
     `-A ${CHAINS.mark} -m mark --mark ${track} -j CONNMARK --or-mark ${hex(marks.track)}`,

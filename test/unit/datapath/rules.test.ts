@@ -18,9 +18,23 @@ describe('buildRuleset', () => {
 
   it('hooks its chains first in PREROUTING and POSTROUTING of mangle', () => {
     assert.equal(lines[0], '*mangle');
-    assert.ok(lines.includes('-I PREROUTING 1 -p tcp -m comment --comment synpass -j SYNPASS-IN'));
-    assert.ok(lines.includes('-I POSTROUTING 1 -p tcp -m comment --comment synpass -j SYNPASS-OUT'));
+    assert.ok(lines.includes('-I PREROUTING 1 -p tcp -j SYNPASS-IN'));
+    assert.ok(lines.includes('-I POSTROUTING 1 -p tcp -j SYNPASS-OUT'));
     assert.equal(lines.at(-2), 'COMMIT');
+  });
+
+  it('returns a released connection\'s packets first thing, unless they carry a marker or come back from a verdict', () => {
+    const chain = (name: string) => lines.filter((l) => l.startsWith(`-A ${name} `));
+    assert.deepEqual(chain('SYNPASS-IN'), [
+      '-A SYNPASS-IN -p tcp -m mark ! --mark 0x100000/0x100000 -m connmark --mark 0x400000/0x400000 -m tcp ! --tcp-option 253 -j RETURN',
+      '-A SYNPASS-IN -m mark ! --mark 0x100000/0x100000 -j SYNPASS-IN-Q',
+      '-A SYNPASS-IN -m mark --mark 0x100000/0x100000 -j SYNPASS-MARK',
+    ]);
+    assert.deepEqual(chain('SYNPASS-OUT'), [
+      '-A SYNPASS-OUT -m mark ! --mark 0x100000/0x100000 -m connmark --mark 0x400000/0x400000 -j RETURN',
+      '-A SYNPASS-OUT -m mark ! --mark 0x100000/0x100000 -j SYNPASS-OUT-Q',
+      '-A SYNPASS-OUT -m mark --mark 0x100000/0x100000 -j SYNPASS-MARK',
+    ]);
   });
 
   it('queues marker-bearing packets before the released-connection shortcut', () => {
