@@ -143,7 +143,7 @@ async function bulk(lab: Lab, startAgents: () => Promise<AgentHandle[]>): Promis
   const ratios: number[] = [];
   const baselines: number[] = [];
   const shares: { without: NetfilterShare[]; with: NetfilterShare[] } = { without: [], with: [] };
-  // perf samples the middle of each transfer: none of its start, all of the agents' steady state.
+  // perf samples all CPUs for the first bulkSeconds - 1 seconds of each transfer, never past its end.
   const sampled = async (into: NetfilterShare[]): Promise<number> => {
     if (!profiling) return iperf(lab);
     const { result, share } = await sampleNetfilter(Math.max(1, config.bulkSeconds - 1), () => iperf(lab));

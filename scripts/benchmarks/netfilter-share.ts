@@ -1,7 +1,7 @@
 // Where a bulk transfer's CPU goes in netfilter, from a system-wide perf sample taken while it
 // runs. iperf3's throughput swings by about 10% between runs on this VM, more than the agents'
 // per-packet rules can cost; the share of busy CPU spent in rules and in connection tracking
-// holds within a few tenths of a percent, so it tells the agents' cost on data packets apart.
+// varies by about one point between rounds, small next to the agents' 3-5 points.
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
