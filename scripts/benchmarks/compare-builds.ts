@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { prepareIdentities } from '../../test/support/identity-lab.ts';
 import { Lab, type AgentHandle } from '../../test/support/lab.ts';
-import { median, runLoad, startLoadServer } from './lab-load.ts';
+import { agentsLogWarningsOnly, median, runLoad, startLoadServer } from './lab-load.ts';
 
 const PORT = 8080;
 const MODES = ['pass-through', 'identity', 'first-contact'] as const;
@@ -42,8 +42,7 @@ interface Sample {
   rate: number;
 }
 
-// Accepted-connection log lines cost the agent as much as a trip; measure the datapath only.
-process.env.SYNPASS_LOG_LEVEL ??= 'warn';
+agentsLogWarningsOnly();
 
 const directory = mkdtempSync(join(tmpdir(), 'synpass-compare-'));
 const lab = Lab.up('cb', 91);

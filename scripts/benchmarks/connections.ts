@@ -15,7 +15,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { prepareIdentities } from '../../test/support/identity-lab.ts';
 import { Lab, sleep, type AgentHandle } from '../../test/support/lab.ts';
-import { median, runLoad as load, startLoadServer } from './lab-load.ts';
+import { agentsLogWarningsOnly, median, runLoad as load, startLoadServer } from './lab-load.ts';
 import { perfAvailable, sampleNetfilter, type NetfilterShare } from './netfilter-share.ts';
 
 // Ports the example policy (policy/examples/three-tier) opens from web to api.
@@ -60,9 +60,7 @@ interface BulkResults {
   netfilterWith: NetfilterShare | undefined;
 }
 
-// Accepted-connection log lines cost the agent as much as a trip; benchmarks measure the
-// datapath, so agents log warnings (drops) only.
-process.env.SYNPASS_LOG_LEVEL ??= 'warn';
+agentsLogWarningsOnly();
 
 /** Queued packets, packets judged and microseconds spent judging them, over all agents. */
 async function work(agents: AgentHandle[]): Promise<{ queued: number; judged: number; microseconds: number }> {

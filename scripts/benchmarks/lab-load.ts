@@ -1,7 +1,17 @@
-// What the benchmark drivers share: running load.ts inside the lab's web host, and medians.
+// What the benchmark drivers share: running load.ts inside the lab's web host, the agents' log
+// level, and medians.
 import type { Lab } from '../../test/support/lab.ts';
 
 const LOAD = new URL('./load.ts', import.meta.url).pathname;
+
+/**
+ * Agents started from here on log warnings (drops) only, unless SYNPASS_LOG_LEVEL says otherwise:
+ * an accepted-connection line costs the agent about as much as a trip, and benchmarks measure
+ * the datapath.
+ */
+export function agentsLogWarningsOnly(): void {
+  process.env.SYNPASS_LOG_LEVEL ??= 'warn';
+}
 
 /** Runs one load.ts mode in web and returns the JSON line it prints. */
 export async function runLoad(lab: Lab, args: string[]): Promise<Record<string, number>> {
