@@ -136,8 +136,11 @@ async function iperf(lab: Lab): Promise<number> {
   }
 }
 
+/** Turns a mode on (agents, or conntrack alone) and returns what turns it off again. */
+type ModeSwitch = () => Promise<() => Promise<void>>;
+
 /** Rounds alternate which side goes first, so a drift during a round does not favour one side. */
-async function bulk(lab: Lab, startAgents: () => Promise<AgentHandle[]>): Promise<BulkResults> {
+async function bulk(lab: Lab, switchOn: ModeSwitch): Promise<BulkResults> {
   const ratios: number[] = [];
   const baselines: number[] = [];
   const shares: { without: NetfilterShare[]; with: NetfilterShare[] } = { without: [], with: [] };
@@ -151,9 +154,9 @@ async function bulk(lab: Lab, startAgents: () => Promise<AgentHandle[]>): Promis
   for (let round = 0; round < config.bulkRounds; round++) {
     let without = 0;
     if (round % 2 === 0) without = await sampled(shares.without);
-    const agents = await startAgents();
+    const switchOff = await switchOn();
     const withAgents = await sampled(shares.with);
-    for (const agent of agents) await agent.process.stop();
+    await switchOff();
     if (round % 2 === 1) without = await sampled(shares.without);
     baselines.push(without);
     ratios.push(withAgents / without);
@@ -268,13 +271,14 @@ function report(name: string, run: Summary, bulkRun?: BulkResults, againstConntr
 }
 
 /**
- * Connection tracking on in both hosts and nothing else (a rule that only counts): the agents'
- * connmark release needs it, so this is the share of their cost that is conntrack's, not theirs.
- * Nodes that run kube-proxy or Docker pay it already.
+ * Connection tracking on in both hosts and nothing else: the agents' connmark release needs it,
+ * so this is the share of their cost that is conntrack's, not theirs. Nodes that run kube-proxy
+ * or Docker pay it already. Loading a conntrack match turns tracking on for the namespace; the
+ * rule matches UDP only, so a TCP packet meets one native protocol test and no match.
  */
 function trackConnections(lab: Lab, on: boolean): void {
   for (const host of ['api', 'web'] as const) {
-    lab.exec(host, ['iptables', '-t', 'mangle', on ? '-A' : '-D', 'PREROUTING', '-m', 'conntrack', '--ctstate', 'NEW', '-m', 'comment', '--comment', 'synpass-bench-conntrack']);
+    lab.exec(host, ['iptables', '-t', 'mangle', on ? '-A' : '-D', 'PREROUTING', '-p', 'udp', '-m', 'conntrack', '--ctstate', 'NEW', '-m', 'comment', '--comment', 'synpass-bench-conntrack']);
   }
 }
 
@@ -329,9 +333,26 @@ try {
     }
   }
 
-  process.stderr.write(`bench: bulk, ${config.bulkRounds} rounds each with and without agents\n`);
-  const passThroughBulk = config.bulkRounds > 0 ? await bulk(lab, passThroughAgents) : undefined;
-  const identityBulk = config.bulkRounds > 0 ? await bulk(lab, identityAgents) : undefined;
+  process.stderr.write(`bench: bulk, ${config.bulkRounds} rounds each with and without conntrack, pass-through and identity agents\n`);
+  const agentsOn =
+    (start: () => Promise<AgentHandle[]>): ModeSwitch =>
+    async () => {
+      const agents = await start();
+      return async () => {
+        for (const agent of agents) await agent.process.stop();
+      };
+    };
+  const conntrackOn: ModeSwitch = () => {
+    trackConnections(lab, true);
+    return Promise.resolve(() => {
+      trackConnections(lab, false);
+      return Promise.resolve();
+    });
+  };
+  const bulkOf = async (mode: ModeSwitch): Promise<BulkResults | undefined> => (config.bulkRounds > 0 ? bulk(lab, mode) : undefined);
+  const conntrackBulk = await bulkOf(conntrackOn);
+  const passThroughBulk = await bulkOf(agentsOn(passThroughAgents));
+  const identityBulk = await bulkOf(agentsOn(identityAgents));
 
   const header = [
     'mode'.padEnd(28),
@@ -348,6 +369,12 @@ try {
     'trips'.padStart(6),
     'js/pkt'.padStart(7),
   ].join(' ');
+  // A transfer that keeps the CPUs busy loses the throughput its extra netfilter work takes.
+  const cpuBound = (b: BulkResults | undefined): string => {
+    if (b?.netfilterWith === undefined || b.netfilterWithout === undefined) return '-';
+    const added = b.netfilterWith.rules + b.netfilterWith.conntrack - b.netfilterWithout.rules - b.netfilterWithout.conntrack;
+    return `${fmt(1 - added / 100, 3)}x`;
+  };
   const share = (s: NetfilterShare | undefined): string => (s === undefined ? '-' : `rules ${fmt(s.rules, 2)}%, conntrack ${fmt(s.conntrack, 2)}%`);
   const range = (b: BulkResults | undefined): string => (b === undefined ? '-' : `${fmt(b.lowest, 3)}-${fmt(b.highest, 3)}x`);
   const summaries = {
@@ -364,7 +391,7 @@ try {
     `${config.rounds} rounds; rate: ${config.rateConcurrency} concurrent for ${config.rateMs} ms; sequential: ${config.sequentialCount} connects (first contact ${config.firstContactCount})`,
     header,
     report('no agents (baseline)', summaries.baseline),
-    report('conntrack only, no agents', summaries.conntrack),
+    report('conntrack only, no agents', summaries.conntrack, conntrackBulk),
     report('pass-through', summaries.passThrough, passThroughBulk, againstConntrack.passThrough),
     report('identity, known pair', summaries.identity, identityBulk, againstConntrack.identity),
     report('identity, first contact', summarize(results.firstContact, results.baseline)),
@@ -372,11 +399,12 @@ try {
     'vs ct: rate against the conntrack-only run of the same round (connection tracking on, no agents: the connmark release needs it)',
     'trips: queued packets per connection, both agents together; added: microseconds over the baseline',
     'js/pkt: agent JavaScript per queued packet in the sequential run, microseconds (the rest of a trip is the kernel and waking the agent)',
-    `bulk: iperf3 ${config.bulkSeconds} s, ${config.bulkRounds} rounds alternating without/with agents, median ratio; ` +
-      `baseline ${fmt(passThroughBulk?.baselineGbps, 1)} Gbit/s; per-round ratios pass-through ${range(passThroughBulk)}, identity ${range(identityBulk)}`,
+    `bulk: iperf3 ${config.bulkSeconds} s, ${config.bulkRounds} rounds alternating without/with each mode, median ratio; ` +
+      `baseline ${fmt(passThroughBulk?.baselineGbps, 1)} Gbit/s; per-round ratios conntrack only ${range(conntrackBulk)}, pass-through ${range(passThroughBulk)}, identity ${range(identityBulk)}`,
     profiling
       ? `bulk CPU in netfilter (perf, share of busy CPU, median of rounds; rules = hooks and rule evaluation): ` +
-        `no agents ${share(passThroughBulk?.netfilterWithout)}; pass-through ${share(passThroughBulk?.netfilterWith)}; identity ${share(identityBulk?.netfilterWith)}`
+        `no agents ${share(passThroughBulk?.netfilterWithout)}; conntrack only ${share(conntrackBulk?.netfilterWith)}; pass-through ${share(passThroughBulk?.netfilterWith)}; identity ${share(identityBulk?.netfilterWith)}\n` +
+        `bulk ratio of a CPU-bound transfer, from those shares (1 - the share they add): conntrack only ${cpuBound(conntrackBulk)}, pass-through ${cpuBound(passThroughBulk)}, identity ${cpuBound(identityBulk)}`
       : 'bulk CPU in netfilter: not measured (perf is not available)',
     '',
     `CPU per connection in the rate run (machine: all ${cpus().length} cores busy, idle and steal excluded; agents: their processes alone)`,
