@@ -279,6 +279,15 @@ function report(name: string, run: Summary, bulkRun?: BulkResults, againstConntr
 function trackConnections(lab: Lab, on: boolean): void {
   for (const host of ['api', 'web'] as const) {
     lab.exec(host, ['iptables', '-t', 'mangle', on ? '-A' : '-D', 'PREROUTING', '-p', 'udp', '-m', 'conntrack', '--ctstate', 'NEW', '-m', 'comment', '--comment', 'synpass-bench-conntrack']);
+    // The emptied base chain would stay a hook that every later baseline packet passes (the
+    // agents remove theirs the same way when they stop). iptables-legacy cannot delete it.
+    if (!on) {
+      try {
+        lab.exec(host, ['iptables', '-t', 'mangle', '-X', 'PREROUTING']);
+      } catch {
+        // legacy backend: its table's hooks stay whatever we do
+      }
+    }
   }
 }
 

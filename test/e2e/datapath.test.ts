@@ -56,6 +56,7 @@ describe('datapath end to end (pass-through)', { skip: !isRoot() && 'needs root 
     held.write('after\n');
     await held.waitFor((l) => l.echoed === 'after');
     assert.doesNotMatch(lab.iptablesSave('web'), /SYNPASS/, 'SIGTERM removed every rule');
+    assert.doesNotMatch(lab.exec('web', ['nft', 'list', 'ruleset']), /hook/, 'and the built-in chains that held only its jumps');
     await held.stop();
 
     api = await lab.startAgent('api');
@@ -136,6 +137,8 @@ describe('datapath end to end (pass-through)', { skip: !isRoot() && 'needs root 
     const output = lab.synpass('web', ['agent', 'cleanup']);
     assert.match(output, /removed synpass rules from 2 table\(s\)/);
     assert.doesNotMatch(lab.iptablesSave('web'), /SYNPASS/i);
+    // The built-in chains it used held nothing else: none is left as a hook every packet passes.
+    assert.doesNotMatch(lab.exec('web', ['nft', 'list', 'ruleset']), /hook/);
     assert.match(lab.synpass('web', ['agent', 'cleanup']), /from 0 table/);
   });
 

@@ -250,6 +250,37 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
     }
   });
 
+  it('a SYN into an established connection is judged, not answered: the sender gets no challenge ACK', async () => {
+    const server = lab.peer('api', ['server', '7000', 'echo']);
+    await server.waitFor((l) => l.listening === 7000);
+    const held = lab.peer('web', ['hold', lab.address('api'), '7000'], { stdin: true });
+    try {
+      const localPort = Number((await held.waitFor((l) => l.connected === true)).localPort);
+      held.write('open\n');
+      await held.waitFor((l) => l.echoed === 'open');
+      // web's address and the open connection's ports, sent by the outsider: conntrack files the
+      // SYN under that connection, whose connmark says released. TCP would answer it with a
+      // challenge ACK (RFC 5961), telling a blind sender the connection exists.
+      const syn = Uint8Array.from(IPV4_SYN);
+      syn.set(lab.address('web').split('.').map(Number), 12);
+      syn.set(lab.address('api').split('.').map(Number), 16);
+      writeUint16(syn, 20, localPort);
+      syn.set(randomBytes(4), 24);
+      writeUint16(syn, 10, ipv4HeaderChecksum(syn, 0, 20));
+      writeUint16(syn, 20 + 16, tcpChecksum(syn, 4, 12, 20, syn.length - 20));
+      const silence = await lab.capture(`src host ${lab.address('api')} and dst host ${lab.address('web')} and tcp src port 7000 and tcp dst port ${localPort}`, 100, 30_000);
+      await expectDropped('no-identity', [Buffer.from(syn).toString('hex')]);
+      await sleep(1_000);
+      await silence.stop();
+      assert.equal(silence.lines.filter((l) => typeof l.hex === 'string').length, 0, 'api sent nothing on the connection');
+      held.write('still open\n');
+      await held.waitFor((l) => l.echoed === 'still open');
+    } finally {
+      await held.stop();
+      await server.stop();
+    }
+  });
+
   it('replayed SYN, replayed ACK and a tampered known-peer SYN are dropped', async () => {
     // A fresh web agent knows no peer yet: its first connection takes the full handshake (with
     // an ACK proof), the second the known-peer path (with a SYN proof).

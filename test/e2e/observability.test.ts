@@ -121,6 +121,22 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), '8080'])).status, 200);
   });
 
+  it('a rule put ahead of the agent\'s jump is reported in the log, /metrics and /readyz, and cleared when it goes', async () => {
+    const ahead = ['PREROUTING', '1', '-p', 'tcp', '--dport', '8080', '-j', 'ACCEPT'];
+    const mark = api.process.lines.length;
+    lab.exec('api', ['iptables-nft', '-t', 'mangle', '-I', ...ahead]);
+    try {
+      await api.process.waitFor((l) => l.rules === 1 && String(l.msg).startsWith('rules ahead of the synpass jumps') && api.process.lines.indexOf(l) >= mark, 15_000);
+      assert.equal(sample((await fetch('/metrics')).body, 'synpass_rules_ahead', ''), 1);
+      const readiness = JSON.parse((await fetch('/readyz')).body) as { checks: { rules: { detail: string } } };
+      assert.match(readiness.checks.rules.detail, /1 other rule\(s\) ahead of its jumps/);
+    } finally {
+      lab.exec('api', ['iptables-nft', '-t', 'mangle', '-D', ...ahead.filter((arg) => arg !== '1')]);
+    }
+    await api.process.waitFor((l) => l.msg === 'the synpass jumps are first in mangle PREROUTING/POSTROUTING again' && api.process.lines.indexOf(l) >= mark, 15_000);
+    assert.equal(sample((await fetch('/metrics')).body, 'synpass_rules_ahead', ''), 0);
+  });
+
   it('an agent whose queue another process holds waits unready, then binds it and turns ready', async () => {
     const holder = lab.spawn('outsider', [process.execPath, '--import', 'tsx', join(ROOT, 'test/support/queue-holder.ts'), '3170'], { stdin: true });
     await holder.waitFor((l) => l.bound === 3170);

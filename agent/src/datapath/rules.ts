@@ -51,10 +51,13 @@ export function isFamily(cidr: string, family: IpFamily): boolean {
  * The ruleset for one address family, as iptables-restore --noflush input.
  * Queued: every packet carrying a marker (so a late duplicate never reaches the kernel with
  * token bytes), incoming SYNs, and the SYN-ACK and first ACK of connections the agent tracks.
- * Outgoing SYNs are queued only toward target networks. Released connections are never queued.
- * SYNPASS-AUDIT, from INPUT and FORWARD, counts the incoming SYNs that arrive without the
- * `judged` bit: with --fail-open the kernel accepts them unjudged when the queue is full or no
- * agent listens, and it reports that nowhere else.
+ * Outgoing SYNs are queued only toward target networks. Released connections are never queued,
+ * except an incoming SYN, which is judged even when conntrack files it under a released
+ * connection: no SYN reaches the host unjudged unless the kernel fails open.
+ * With --fail-open, SYNPASS-AUDIT, from INPUT and FORWARD, counts the incoming SYNs that arrive
+ * without the `judged` bit: the kernel accepts them unjudged when the queue is full or no agent
+ * listens, and it reports that nowhere else. Failing closed, those hooks would cost every packet
+ * of the host a test that can never count, so they are not installed.
  */
 export function buildRuleset(family: IpFamily, options: RuleOptions): string {
   const { marks } = options;
@@ -66,20 +69,27 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
   const excluded = options.excludedNetworks.filter((cidr) => isFamily(cidr, family));
   const targets = options.targetNetworks.filter((cidr) => isFamily(cidr, family));
   const tag = `-m comment --comment ${COMMENT}`;
+  const audited = options.failOpen;
+  const chains = Object.values(CHAINS).filter((chain) => audited || chain !== CHAINS.audit);
   const lines: string[] = [
     '*mangle',
-    ...Object.values(CHAINS).map((chain) => `:${chain} - [0:0]`),
+    ...chains.map((chain) => `:${chain} - [0:0]`),
     // Every TCP packet of the host takes these two jumps, so they carry no comment: iptables-nft
     // tests a comment through the xtables compatibility layer, per packet.
     `-I PREROUTING 1 -p tcp -j ${CHAINS.ingress}`,
     `-I POSTROUTING 1 -p tcp -j ${CHAINS.egress}`,
     // Only SYNs jump: every other packet of the host pays one flags match here.
-    `-I INPUT 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${tag} -j ${CHAINS.audit}`,
-    `-I FORWARD 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${tag} -j ${CHAINS.audit}`,
-    // A released connection's packet (most of a host's traffic) returns at once, unless it
-    // carries a marker or comes back from a verdict. The test is positive on purpose: a connmark
-    // test fails for a packet conntrack does not track, and such a packet must go on to be judged.
-    `-A ${CHAINS.ingress} -p tcp -m mark ! --mark ${pass} -m connmark --mark ${release} -m tcp ! --tcp-option ${MARKER_KIND} -j RETURN`,
+    ...(audited
+      ? [
+          `-I INPUT 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${tag} -j ${CHAINS.audit}`,
+          `-I FORWARD 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${tag} -j ${CHAINS.audit}`,
+        ]
+      : []),
+    // A released connection's packet (most of a host's traffic) returns at once, unless it is a
+    // SYN, carries a marker or comes back from a verdict. The connmark test is positive on
+    // purpose: it fails for a packet conntrack does not track, which must go on to be judged. The
+    // flags test is a match of its own so that iptables-nft compiles it natively.
+    `-A ${CHAINS.ingress} -p tcp -m mark ! --mark ${pass} -m connmark --mark ${release} -m tcp ! --tcp-flags SYN,ACK,FIN,RST SYN -m tcp ! --tcp-option ${MARKER_KIND} -j RETURN`,
     // A packet comes back after its verdict (NF_REPEAT) carrying `pass`: record, do not queue.
     `-A ${CHAINS.ingress} -m mark ! --mark ${pass} -j ${CHAINS.ingressQueue}`,
     `-A ${CHAINS.ingress} -m mark --mark ${pass} -j ${CHAINS.mark}`,
@@ -93,8 +103,8 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     `-A ${CHAINS.ingressQueue} -i lo -j RETURN`,
     ...excluded.map((cidr) => `-A ${CHAINS.ingressQueue} -s ${cidr} -j RETURN`),
     `-A ${CHAINS.ingressQueue} -p tcp -m tcp --tcp-option ${MARKER_KIND} ${queue}`,
-    `-A ${CHAINS.ingressQueue} -m connmark --mark ${release} -j RETURN`,
     `-A ${CHAINS.ingressQueue} -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${queue}`,
+    `-A ${CHAINS.ingressQueue} -m connmark --mark ${release} -j RETURN`,
     `-A ${CHAINS.ingressQueue} -p tcp -m connmark --mark ${track} -m tcp --tcp-flags ACK ACK ${queue}`,
     `-A ${CHAINS.egressQueue} -o lo -j RETURN`,
     ...excluded.map((cidr) => `-A ${CHAINS.egressQueue} -d ${cidr} -j RETURN`),
@@ -104,9 +114,13 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
       (cidr) => `-A ${CHAINS.egressQueue} -d ${cidr} -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${queue}`,
     ),
     // The same exemptions as SYNPASS-IN-Q: only a SYN that should have been queued counts.
-    `-A ${CHAINS.audit} -i lo -j RETURN`,
-    ...excluded.map((cidr) => `-A ${CHAINS.audit} -s ${cidr} -j RETURN`),
-    `-A ${CHAINS.audit} -m mark ! --mark ${judged} -m comment --comment ${UNJUDGED_COMMENT}`,
+    ...(audited
+      ? [
+          `-A ${CHAINS.audit} -i lo -j RETURN`,
+          ...excluded.map((cidr) => `-A ${CHAINS.audit} -s ${cidr} -j RETURN`),
+          `-A ${CHAINS.audit} -m mark ! --mark ${judged} -m comment --comment ${UNJUDGED_COMMENT}`,
+        ]
+      : []),
     'COMMIT',
     '',
   ];
@@ -125,6 +139,27 @@ export function rulesPresent(saved: string, options: RuleOptions): boolean {
   return present === expected;
 }
 
+/**
+ * From `iptables-save [-c] -t mangle` output: how many other rules come before the agent's jumps
+ * in PREROUTING and POSTROUTING. A packet such a rule accepts or drops never reaches the agent,
+ * so a SYN it accepts arrives unjudged.
+ */
+export function rulesAheadOfHooks(saved: string): number {
+  const hooks: Record<string, string> = { PREROUTING: CHAINS.ingress, POSTROUTING: CHAINS.egress };
+  const ahead: Record<string, number> = { PREROUTING: 0, POSTROUTING: 0 };
+  const reached = new Set<string>();
+  for (const line of saved.split('\n')) {
+    const rule = /^(?:\[\d+:\d+\] )?-A (PREROUTING|POSTROUTING) (.*)$/.exec(line);
+    if (rule === null) continue;
+    const chain = rule[1]!;
+    if (reached.has(chain)) continue;
+    if (` ${rule[2]!} `.includes(` -j ${hooks[chain]!} `)) reached.add(chain);
+    else ahead[chain]! += 1;
+  }
+  // Without our jump there is nothing to be ahead of; rulesPresent reports that case.
+  return (reached.has('PREROUTING') ? ahead.PREROUTING! : 0) + (reached.has('POSTROUTING') ? ahead.POSTROUTING! : 0);
+}
+
 /** From `iptables-save -c -t mangle` output, the packet counter of the unjudged-SYN rule (0 if absent). */
 export function unjudgedSynCount(saved: string): number {
   for (const line of saved.split('\n')) {
@@ -133,6 +168,26 @@ export function unjudgedSynCount(saved: string): number {
     return counters ? Number(counters[1]) : 0;
   }
   return 0;
+}
+
+/**
+ * From `iptables-save -t mangle` output taken before the removal: the built-in chains (policy
+ * ACCEPT) that hold nothing but synpass jumps, so they are empty once those go. On the nft
+ * backend an empty built-in chain is still a hook every packet passes through; nothing is lost
+ * by deleting it, and iptables creates it again when a rule needs it.
+ */
+export function emptiedBuiltinChains(saved: string): string[] {
+  const builtins = new Map<string, { ours: number; others: number }>();
+  for (const line of saved.split('\n')) {
+    const declaration = /^:(\S+) ACCEPT /.exec(line);
+    if (declaration !== null) builtins.set(declaration[1]!, { ours: 0, others: 0 });
+    const rule = /^(?:\[\d+:\d+\] )?-A (\S+) (.*)$/.exec(line);
+    const chain = rule === null ? undefined : builtins.get(rule[1]!);
+    if (chain === undefined) continue;
+    if (/ -j SYNPASS-\S+/.test(` ${rule![2]!}`)) chain.ours += 1;
+    else chain.others += 1;
+  }
+  return [...builtins].filter(([, rules]) => rules.ours > 0 && rules.others === 0).map(([name]) => name);
 }
 
 /**

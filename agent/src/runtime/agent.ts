@@ -83,6 +83,8 @@ export class Agent {
   /** SYNs the kernel let in without a verdict (fail-open), and the audit counter last read. */
   private unjudgedSyns = 0;
   private unjudgedCounterSeen = 0;
+  /** Other rules ahead of the hook jumps at the last rule check: they can keep SYNs from us. */
+  private rulesAhead = 0;
   private readonly metrics: AgentMetrics;
   private readonly flowLog: FlowLog;
   private readonly peers = new PeerRegistry();
@@ -112,6 +114,7 @@ export class Agent {
       credentialExpiresAt: () => built.status()?.credentialExpiresAt ?? null,
       policy: () => built.status()?.policy ?? null,
       unjudgedSyns: () => this.unjudgedSyns,
+      rulesAhead: () => this.rulesAhead,
     });
     const { latency, ruleVerdicts } = this.metrics;
     this.engine = new DatapathEngine(this.buffers, built.handler, {
@@ -251,6 +254,7 @@ export class Agent {
     this.rulesPresent = inspection?.present ?? false;
     if (inspection?.present === true) {
       this.countUnjudged(inspection.unjudgedSyns);
+      this.noteRulesAhead(inspection.rulesAhead);
       return;
     }
     this.log.error({ backend: this.rules.backend }, 'synpass rules are missing; reinstalling');
@@ -262,6 +266,19 @@ export class Agent {
     } catch (error) {
       this.log.error({ err: error }, 'rules could not be reinstalled');
     }
+  }
+
+  /**
+   * Reported, not fought: moving our jumps back to the top every check would race whichever tool
+   * put its rule there (a CNI that prepends its own chains does) and reopen the rules each time.
+   */
+  private noteRulesAhead(count: number): void {
+    if (count > this.rulesAhead) {
+      this.log.warn({ rules: count }, 'rules ahead of the synpass jumps in mangle PREROUTING/POSTROUTING: a packet they accept or drop is never judged');
+    } else if (count === 0 && this.rulesAhead > 0) {
+      this.log.info('the synpass jumps are first in mangle PREROUTING/POSTROUTING again');
+    }
+    this.rulesAhead = count;
   }
 
   /** `kernelCount` is the audit rule's counter, which restarts at 0 when the rules are reinstalled. */
@@ -278,7 +295,12 @@ export class Agent {
     const now = Date.now() / 1000;
     const bound = readKernelQueues().filter((q) => q.queue >= this.options.queueNumber && q.queue < this.options.queueNumber + this.options.queueCount);
     const checks: Readiness['checks'] = {
-      rules: { ok: this.rules !== null && this.rulesPresent, detail: this.rulesPresent ? `installed (${this.rules?.backend ?? '-'})` : 'missing' },
+      rules: {
+        ok: this.rules !== null && this.rulesPresent,
+        detail: !this.rulesPresent
+          ? 'missing'
+          : `installed (${this.rules?.backend ?? '-'})${this.rulesAhead > 0 ? `; ${this.rulesAhead} other rule(s) ahead of its jumps` : ''}`,
+      },
       queues: {
         ok: this.queue !== null && bound.length === this.options.queueCount,
         detail: this.state === 'waiting-for-queue' ? 'held by another process; waiting' : `${bound.length} of ${this.options.queueCount} bound`,
@@ -300,6 +322,7 @@ export class Agent {
       startedAt: this.startedAt.toISOString(),
       rules: this.rules,
       unjudgedSyns: this.unjudgedSyns,
+      rulesAhead: this.rulesAhead,
       /** Segments waiting in the kernel queue for their handshake's proof. */
       heldPackets: this.engine.heldNow,
       queue: readQueueCounters(this.buffers.counters),

@@ -13,6 +13,8 @@ export interface MetricsSource {
   policy(): { revision: string; reloadsOk: number; reloadsFailed: number } | null;
   /** Incoming SYNs that reached the host without a verdict (the kernel's fail-open). */
   unjudgedSyns(): number;
+  /** Other rules ahead of the agent's hook jumps at the last rule check. */
+  rulesAhead(): number;
 }
 
 export class AgentMetrics {
@@ -69,9 +71,17 @@ export class AgentMetrics {
         this.set({ counter: 'waiting' }, kernel.waiting);
       },
     });
+    new Gauge({
+      name: 'synpass_rules_ahead',
+      help: 'Other rules ahead of the synpass jumps in mangle PREROUTING and POSTROUTING (every rule check): a packet they accept or drop is never judged',
+      registers,
+      collect() {
+        this.set(source.rulesAhead());
+      },
+    });
     new Counter({
       name: 'synpass_unjudged_syns_total',
-      help: 'Incoming SYNs that reached INPUT or FORWARD without a verdict: accepted by the kernel because the queue was full (fail-open) or no agent listened (read from the SYNPASS-AUDIT rule counter every rule check)',
+      help: 'Incoming SYNs that reached INPUT or FORWARD without a verdict: accepted by the kernel because the queue was full or no agent listened, which only --fail-open allows (read from the SYNPASS-AUDIT rule counter every rule check; failing closed there is no such rule and this stays 0)',
       registers,
       collect() {
         this.reset();

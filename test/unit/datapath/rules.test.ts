@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connectionMarks } from '../../../agent/src/datapath/marks.ts';
-import { buildRemoval, buildRuleset, rulesPresent, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
+import { buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
 
 const options: RuleOptions = {
   queueNumber: 3170,
@@ -23,10 +23,10 @@ describe('buildRuleset', () => {
     assert.equal(lines.at(-2), 'COMMIT');
   });
 
-  it('returns a released connection\'s packets first thing, unless they carry a marker or come back from a verdict', () => {
+  it('returns a released connection\'s packets first thing, unless they are SYNs, carry a marker or come back from a verdict', () => {
     const chain = (name: string) => lines.filter((l) => l.startsWith(`-A ${name} `));
     assert.deepEqual(chain('SYNPASS-IN'), [
-      '-A SYNPASS-IN -p tcp -m mark ! --mark 0x100000/0x100000 -m connmark --mark 0x400000/0x400000 -m tcp ! --tcp-option 253 -j RETURN',
+      '-A SYNPASS-IN -p tcp -m mark ! --mark 0x100000/0x100000 -m connmark --mark 0x400000/0x400000 -m tcp ! --tcp-flags SYN,ACK,FIN,RST SYN -m tcp ! --tcp-option 253 -j RETURN',
       '-A SYNPASS-IN -m mark ! --mark 0x100000/0x100000 -j SYNPASS-IN-Q',
       '-A SYNPASS-IN -m mark --mark 0x100000/0x100000 -j SYNPASS-MARK',
     ]);
@@ -37,10 +37,12 @@ describe('buildRuleset', () => {
     ]);
   });
 
-  it('queues marker-bearing packets before the released-connection shortcut', () => {
-    const marker = lines.findIndex((l) => l.includes('--tcp-option 253'));
-    const released = lines.findIndex((l) => l.startsWith('-A SYNPASS-IN-Q -m connmark --mark 0x400000/0x400000 -j RETURN'));
-    assert.ok(marker > 0 && released > marker);
+  it('queues marker-bearing packets and incoming SYNs before the released-connection shortcut', () => {
+    const queue = lines.filter((l) => l.startsWith('-A SYNPASS-IN-Q '));
+    const marker = queue.indexOf('-A SYNPASS-IN-Q -p tcp -m tcp --tcp-option 253 -j NFQUEUE --queue-num 3170');
+    const syn = queue.indexOf('-A SYNPASS-IN-Q -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -j NFQUEUE --queue-num 3170');
+    const released = queue.indexOf('-A SYNPASS-IN-Q -m connmark --mark 0x400000/0x400000 -j RETURN');
+    assert.ok(marker >= 0 && syn > marker && released > syn, queue.join('\n'));
   });
 
   it('queues outgoing SYNs only toward target networks of its family', () => {
@@ -64,15 +66,24 @@ describe('buildRuleset', () => {
     assert.ok(cleared > 0 && lines[cleared + 1] === '-A SYNPASS-MARK -j MARK --or-mark 0x800000');
   });
 
-  it('counts incoming SYNs that reach INPUT or FORWARD unjudged, with the queue rules exemptions', () => {
-    assert.ok(lines.includes('-I INPUT 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m comment --comment synpass -j SYNPASS-AUDIT'));
-    assert.ok(lines.includes('-I FORWARD 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m comment --comment synpass -j SYNPASS-AUDIT'));
-    const audit = lines.filter((l) => l.startsWith('-A SYNPASS-AUDIT'));
+  it('failing open, counts incoming SYNs that reach INPUT or FORWARD unjudged, with the queue rules exemptions', () => {
+    const open = buildRuleset(4, { ...options, failOpen: true }).split('\n');
+    assert.ok(open.includes(':SYNPASS-AUDIT - [0:0]'));
+    assert.ok(open.includes('-I INPUT 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m comment --comment synpass -j SYNPASS-AUDIT'));
+    assert.ok(open.includes('-I FORWARD 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m comment --comment synpass -j SYNPASS-AUDIT'));
+    const audit = open.filter((l) => l.startsWith('-A SYNPASS-AUDIT'));
     assert.deepEqual(audit, [
       '-A SYNPASS-AUDIT -i lo -j RETURN',
       '-A SYNPASS-AUDIT -s 10.9.0.0/16 -j RETURN',
       '-A SYNPASS-AUDIT -m mark ! --mark 0x800000/0x800000 -m comment --comment synpass-unjudged',
     ]);
+  });
+
+  it('failing closed, adds no INPUT or FORWARD hook: no SYN can pass unjudged, and every packet would pay it', () => {
+    assert.deepEqual(
+      lines.filter((l) => /INPUT|FORWARD|AUDIT/.test(l)),
+      [],
+    );
   });
 
   it('balances across queues and adds --queue-bypass when failing open', () => {
@@ -130,6 +141,37 @@ describe('buildRemoval', () => {
     assert.equal(rulesPresent(['*mangle', ...installed.map((line) => `[3:180] ${line}`), 'COMMIT'].join('\n'), options), true);
     const flushed = installed.filter((line) => !line.startsWith('-A SYNPASS-IN-Q '));
     assert.equal(rulesPresent(['*mangle', ...flushed, 'COMMIT'].join('\n'), options), false);
+  });
+
+  it('counts the other rules ahead of the hook jumps, in each hook chain up to its jump', () => {
+    const saved = (prerouting: string[], postrouting: string[]) => ['*mangle', ...prerouting, ...postrouting, '-A SYNPASS-IN -j RETURN', 'COMMIT'].join('\n');
+    const inJump = '-A PREROUTING -p tcp -j SYNPASS-IN';
+    const outJump = '-A POSTROUTING -p tcp -j SYNPASS-OUT';
+    assert.equal(rulesAheadOfHooks(saved([inJump, '-A PREROUTING -j OTHER'], [outJump])), 0);
+    assert.equal(rulesAheadOfHooks(saved(['-A PREROUTING -p tcp -j ACCEPT', '[5:300] -A PREROUTING -j MARK --set-mark 1', `[9:540] ${inJump}`], ['-A POSTROUTING -j CILIUM_POST_mangle', outJump])), 3);
+    // A chain without our jump is the missing-rules case, not this one.
+    assert.equal(rulesAheadOfHooks(saved(['-A PREROUTING -j ACCEPT'], [outJump])), 0);
+  });
+
+  it('names the built-in chains that only synpass jumps keep, and no chain that holds anything else', () => {
+    const saved = [
+      '*mangle',
+      ':PREROUTING ACCEPT [0:0]',
+      ':INPUT ACCEPT [0:0]',
+      ':FORWARD DROP [0:0]',
+      ':OUTPUT ACCEPT [0:0]',
+      ':POSTROUTING ACCEPT [0:0]',
+      ':SYNPASS-IN - [0:0]',
+      '[4:240] -A PREROUTING -p tcp -j SYNPASS-IN',
+      '-A INPUT -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m comment --comment synpass -j SYNPASS-AUDIT',
+      '-A FORWARD -p tcp -j SYNPASS-AUDIT',
+      '-A POSTROUTING -p tcp -j SYNPASS-OUT',
+      '-A POSTROUTING -j CONNMARK --save-mark',
+      '-A SYNPASS-IN -j RETURN',
+      'COMMIT',
+    ].join('\n');
+    // FORWARD has a DROP policy, OUTPUT was never ours, POSTROUTING keeps another rule.
+    assert.deepEqual(emptiedBuiltinChains(saved), ['PREROUTING', 'INPUT']);
   });
 
   it('returns null when nothing of synpass is installed', () => {

@@ -98,6 +98,7 @@ describe('metrics', () => {
       credentialExpiresAt: () => Date.now() / 1000 + 100,
       policy: () => ({ revision: 'git:abc', reloadsOk: 2, reloadsFailed: 1 }),
       unjudgedSyns: () => 5,
+      rulesAhead: () => 2,
     });
     metrics.ruleVerdicts.inc({ rule: 'api/from-web', action: 'accept' });
     metrics.latency.observe(0.00003);
@@ -112,6 +113,7 @@ describe('metrics', () => {
       'synpass_rule_verdicts_total{rule="api/from-web",action="accept"} 1',
       'synpass_verdict_latency_seconds_count 1',
       'synpass_unjudged_syns_total 5',
+      'synpass_rules_ahead 2',
     ]) {
       assert.ok(text.includes(line), `missing: ${line}`);
     }
