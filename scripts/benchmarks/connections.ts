@@ -177,6 +177,11 @@ function fmt(value: number | undefined, digits = 0): string {
   return value === undefined ? '-' : value.toFixed(digits);
 }
 
+/** An added amount, with its sign either way. */
+function signed(value: number | undefined): string {
+  return value !== undefined && value >= 0 ? `+${fmt(value)}` : fmt(value);
+}
+
 /** One mode over all rounds, each value taken against its own round's baseline. */
 interface Summary {
   rate: number;
@@ -233,9 +238,9 @@ function pairedReport(name: string, runs: Paired[]): string {
     name.padEnd(28),
     (ratios.length === 0 ? '-' : `${fmt(median(ratios), 2)}x`).padStart(6),
     (ratios.length === 0 ? '-' : `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`).padStart(10),
-    `+${fmt(median(added))}`.padStart(6),
+    signed(median(added)).padStart(6),
     `${fmt(Math.min(...added))}..${fmt(Math.max(...added))}`.padStart(12),
-    `+${fmt(median(runs.map((run) => run.addedP99)))}`.padStart(7),
+    signed(median(runs.map((run) => run.addedP99))).padStart(7),
   ].join(' ');
 }
 
@@ -243,7 +248,7 @@ function cpuReport(name: string, run: Summary, againstConntrack?: Summary): stri
   return [
     name.padEnd(28),
     `${fmt(run.machineCpu)}us`.padStart(10),
-    `+${fmt(run.addedMachineCpu)}`.padStart(7),
+    signed(run.addedMachineCpu).padStart(7),
     `${fmt(run.cpuRatio, 2)}x`.padStart(10),
     (againstConntrack === undefined ? '-' : `${fmt(againstConntrack.cpuRatio, 2)}x`).padStart(6),
     `${fmt(run.agentCpu)}us`.padStart(10),
@@ -260,10 +265,10 @@ function report(name: string, run: Summary, bulkRun?: BulkResults, againstConntr
     (rated ? `${fmt(run.rateRatioLow, 2)}-${fmt(run.rateRatioHigh, 2)}` : '-').padStart(10),
     (againstConntrack === undefined ? '-' : `${fmt(againstConntrack.rateRatio, 2)}x`).padStart(6),
     `${fmt(run.p50)}us`.padStart(8),
-    `+${fmt(run.addedP50)}`.padStart(6),
+    signed(run.addedP50).padStart(6),
     `${fmt(run.addedP50Low)}..${fmt(run.addedP50High)}`.padStart(12),
     `${fmt(run.p99)}us`.padStart(8),
-    `+${fmt(run.addedP99)}`.padStart(7),
+    signed(run.addedP99).padStart(7),
     (bulkRun === undefined ? '-' : `${fmt(bulkRun.ratio, 3)}x`).padStart(7),
     fmt(run.trips, 1).padStart(6),
     fmt(run.judging, 1).padStart(7),
