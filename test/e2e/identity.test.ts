@@ -87,12 +87,15 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
     await probe.exited;
   }
 
-  /** A SYN from the outsider to api's port 7000 (the fixture's), from a random port and sequence number, with no token. */
-  function outsiderSyn(): Uint8Array {
+  /**
+   * A SYN to api's port 7000 (the fixture's) with no token and a random sequence number, from the
+   * outsider's address and a random port unless told otherwise (the outsider sends it either way).
+   */
+  function outsiderSyn(from: 'outsider' | 'web' = 'outsider', sourcePort = randomBytes(2).readUInt16BE()): Uint8Array {
     const plain = Uint8Array.from(IPV4_SYN);
-    plain.set(lab.address('outsider').split('.').map(Number), 12);
+    plain.set(lab.address(from).split('.').map(Number), 12);
     plain.set(lab.address('api').split('.').map(Number), 16);
-    plain.set(randomBytes(2), 20);
+    writeUint16(plain, 20, sourcePort);
     plain.set(randomBytes(4), 24);
     writeUint16(plain, 10, ipv4HeaderChecksum(plain, 0, 20));
     writeUint16(plain, 20 + 16, tcpChecksum(plain, 4, 12, 20, plain.length - 20));
@@ -261,13 +264,7 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
       // web's address and the open connection's ports, sent by the outsider: conntrack files the
       // SYN under that connection, whose connmark says released. TCP would answer it with a
       // challenge ACK (RFC 5961), telling a blind sender the connection exists.
-      const syn = Uint8Array.from(IPV4_SYN);
-      syn.set(lab.address('web').split('.').map(Number), 12);
-      syn.set(lab.address('api').split('.').map(Number), 16);
-      writeUint16(syn, 20, localPort);
-      syn.set(randomBytes(4), 24);
-      writeUint16(syn, 10, ipv4HeaderChecksum(syn, 0, 20));
-      writeUint16(syn, 20 + 16, tcpChecksum(syn, 4, 12, 20, syn.length - 20));
+      const syn = outsiderSyn('web', localPort);
       const silence = await lab.capture(`src host ${lab.address('api')} and dst host ${lab.address('web')} and tcp src port 7000 and tcp dst port ${localPort}`, 100, 30_000);
       await expectDropped('no-identity', [Buffer.from(syn).toString('hex')]);
       await sleep(1_000);

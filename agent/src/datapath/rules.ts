@@ -127,37 +127,50 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
   return lines.join('\n');
 }
 
+interface SavedRule {
+  chain: string;
+  /** Everything after `-A <chain> `. */
+  spec: string;
+}
+
+/** The `-A` lines of `iptables-save [-c]` output, in order, counters dropped. */
+function savedRules(saved: string): SavedRule[] {
+  const rules: SavedRule[] = [];
+  for (const line of saved.split('\n')) {
+    const rule = /^(?:\[\d+:\d+\] )?-A (\S+) (.*)$/.exec(line);
+    if (rule !== null) rules.push({ chain: rule[1]!, spec: rule[2]! });
+  }
+  return rules;
+}
+
+function jumpsToSynpass(rule: SavedRule): boolean {
+  return / -j SYNPASS-\S+/.test(` ${rule.spec}`);
+}
+
 /** From IPv4 `iptables-save [-c] -t mangle` output: whether every rule buildRuleset makes is there. */
 export function rulesPresent(saved: string, options: RuleOptions): boolean {
   const expected = buildRuleset(4, options)
     .split('\n')
     .filter((line) => line.startsWith('-A ') || line.startsWith('-I ')).length;
-  const present = saved
-    .split('\n')
-    .map((line) => line.replace(/^\[\d+:\d+\] /, ''))
-    .filter((line) => line.startsWith('-A ') && (line.startsWith(`-A ${CHAIN_PREFIX}`) || line.includes(`-j ${CHAIN_PREFIX}`))).length;
+  const present = savedRules(saved).filter((rule) => rule.chain.startsWith(CHAIN_PREFIX) || jumpsToSynpass(rule)).length;
   return present === expected;
 }
 
 /**
  * From `iptables-save [-c] -t mangle` output: how many other rules come before the agent's jumps
  * in PREROUTING and POSTROUTING. A packet such a rule accepts or drops never reaches the agent,
- * so a SYN it accepts arrives unjudged.
+ * so a SYN it accepts arrives unjudged. A chain without our jump counts nothing: rulesPresent
+ * reports that case.
  */
 export function rulesAheadOfHooks(saved: string): number {
-  const hooks: Record<string, string> = { PREROUTING: CHAINS.ingress, POSTROUTING: CHAINS.egress };
-  const ahead: Record<string, number> = { PREROUTING: 0, POSTROUTING: 0 };
-  const reached = new Set<string>();
-  for (const line of saved.split('\n')) {
-    const rule = /^(?:\[\d+:\d+\] )?-A (PREROUTING|POSTROUTING) (.*)$/.exec(line);
-    if (rule === null) continue;
-    const chain = rule[1]!;
-    if (reached.has(chain)) continue;
-    if (` ${rule[2]!} `.includes(` -j ${hooks[chain]!} `)) reached.add(chain);
-    else ahead[chain]! += 1;
+  const rules = savedRules(saved);
+  const jumps = { PREROUTING: CHAINS.ingress, POSTROUTING: CHAINS.egress };
+  let ahead = 0;
+  for (const [chain, target] of Object.entries(jumps)) {
+    const position = rules.filter((rule) => rule.chain === chain).findIndex((rule) => ` ${rule.spec} `.includes(` -j ${target} `));
+    if (position > 0) ahead += position;
   }
-  // Without our jump there is nothing to be ahead of; rulesPresent reports that case.
-  return (reached.has('PREROUTING') ? ahead.PREROUTING! : 0) + (reached.has('POSTROUTING') ? ahead.POSTROUTING! : 0);
+  return ahead;
 }
 
 /** From `iptables-save -c -t mangle` output, the packet counter of the unjudged-SYN rule (0 if absent). */
@@ -177,17 +190,12 @@ export function unjudgedSynCount(saved: string): number {
  * by deleting it, and iptables creates it again when a rule needs it.
  */
 export function emptiedBuiltinChains(saved: string): string[] {
-  const builtins = new Map<string, { ours: number; others: number }>();
-  for (const line of saved.split('\n')) {
-    const declaration = /^:(\S+) ACCEPT /.exec(line);
-    if (declaration !== null) builtins.set(declaration[1]!, { ours: 0, others: 0 });
-    const rule = /^(?:\[\d+:\d+\] )?-A (\S+) (.*)$/.exec(line);
-    const chain = rule === null ? undefined : builtins.get(rule[1]!);
-    if (chain === undefined) continue;
-    if (/ -j SYNPASS-\S+/.test(` ${rule![2]!}`)) chain.ours += 1;
-    else chain.others += 1;
-  }
-  return [...builtins].filter(([, rules]) => rules.ours > 0 && rules.others === 0).map(([name]) => name);
+  const accepting = saved.split('\n').flatMap((line) => /^:(\S+) ACCEPT /.exec(line)?.[1] ?? []);
+  const rules = savedRules(saved);
+  return accepting.filter((chain) => {
+    const held = rules.filter((rule) => rule.chain === chain);
+    return held.length > 0 && held.every(jumpsToSynpass);
+  });
 }
 
 /**
@@ -200,10 +208,9 @@ export function buildRemoval(saved: string): string | null {
   for (const line of saved.split('\n')) {
     const chainDeclaration = /^:(\S+) /.exec(line);
     if (chainDeclaration?.[1]?.startsWith(CHAIN_PREFIX)) chains.push(chainDeclaration[1]);
-    const rule = /^-A (\S+) (.*)$/.exec(line);
-    if (rule && !rule[1]!.startsWith(CHAIN_PREFIX) && / -j SYNPASS-\S+/.test(` ${rule[2]!}`)) {
-      jumps.push(`-D ${rule[1]!} ${rule[2]!}`);
-    }
+  }
+  for (const rule of savedRules(saved)) {
+    if (!rule.chain.startsWith(CHAIN_PREFIX) && jumpsToSynpass(rule)) jumps.push(`-D ${rule.chain} ${rule.spec}`);
   }
   if (jumps.length === 0 && chains.length === 0) return null;
   return ['*mangle', ...jumps, ...chains.map((c) => `-F ${c}`), ...chains.map((c) => `-X ${c}`), 'COMMIT', ''].join(
