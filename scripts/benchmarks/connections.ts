@@ -50,7 +50,7 @@ interface Results {
 }
 
 interface BulkResults {
-  /** Median over rounds of (with agents / without agents), each pair measured back to back. */
+  /** Median over rounds of (with the mode / without it), each pair measured back to back. */
   ratio: number;
   lowest: number;
   highest: number;
@@ -155,11 +155,11 @@ async function bulk(lab: Lab, switchOn: ModeSwitch): Promise<BulkResults> {
     let without = 0;
     if (round % 2 === 0) without = await sampled(shares.without);
     const switchOff = await switchOn();
-    const withAgents = await sampled(shares.with);
+    const withMode = await sampled(shares.with);
     await switchOff();
     if (round % 2 === 1) without = await sampled(shares.without);
     baselines.push(without);
-    ratios.push(withAgents / without);
+    ratios.push(withMode / without);
   }
   const medianShare = (list: NetfilterShare[]): NetfilterShare | undefined =>
     list.length === 0 ? undefined : { rules: median(list.map((s) => s.rules)), conntrack: median(list.map((s) => s.conntrack)) };
