@@ -9,12 +9,15 @@
 // connmark release needs, and the CPU time per connection shows what the rate run cost in CPU,
 // which is what bounds the rate on a busy host. Finally each agent mode is measured interleaved
 // with a bypass (second addresses the agents exclude), alternating every few connects and every
-// few hundred milliseconds, which cancels the drift that the rounds only average out.
+// few hundred milliseconds, which cancels the drift that the rounds only average out. A C loop
+// serving the agent's own rules and queue (nfq-reference.c, built by scripts/bench) runs as a mode
+// of its own: the floor of a user-space trip on this machine, measured the same way.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { DEFAULT_DATAPATH } from '../../agent/src/runtime/config.ts';
 import { prepareIdentities } from '../../test/support/identity-lab.ts';
-import { Lab, sleep, type AgentHandle } from '../../test/support/lab.ts';
+import { Lab, sleep, type AgentHandle, type NetnsProcess } from '../../test/support/lab.ts';
 import { agentsLogWarningsOnly, median, runLoad as load, startLoadServer } from './lab-load.ts';
 import { perfAvailable, sampleNetfilter, type NetfilterShare } from './netfilter-share.ts';
 
@@ -36,6 +39,9 @@ const config = {
   bulkRounds: Number(process.env.BENCH_BULK_ROUNDS ?? 6),
 };
 const profiling = perfAvailable();
+/** The C reference loop's binary; without it (no compiler) the bench runs without that mode. */
+const referenceLoop = process.env.BENCH_REFERENCE_LOOP ?? '';
+const REFERENCE_RULES = new URL('./reference-rules.ts', import.meta.url).pathname;
 
 interface Results {
   rate?: number;
@@ -108,10 +114,11 @@ async function paired(lab: Lab, flushSockets: string[], withRate: boolean): Prom
   return { ...result, rateRatio: rate.perSecond! / rate.bypassPerSecond! };
 }
 
-async function measure(lab: Lab, agents: AgentHandle[]): Promise<Results> {
+/** `queuePids`: the processes serving the queues, when they are not agents (the C loop). */
+async function measure(lab: Lab, agents: AgentHandle[], queuePids: number[] = []): Promise<Results> {
   // Discarded: a freshly started agent's code is not compiled yet, and every mode gets the same.
   await load(lab, ['rate', lab.address('api'), String(CONNECT_PORT), String(config.rateConcurrency), '700', String(config.rateMax)]);
-  const pids = agents.map((agent) => String(agent.process.pid));
+  const pids = [...agents.map((agent) => agent.process.pid), ...queuePids].map(String);
   const rate = await load(lab, ['rate', lab.address('api'), String(CONNECT_PORT), String(config.rateConcurrency), String(config.rateMs), String(config.rateMax), ...pids]);
   if ((rate.failed ?? 0) > 0) process.stderr.write(`warning: ${rate.failed} connections failed\n`);
   const latency = await sequential(lab, agents, config.sequentialCount);
@@ -119,7 +126,32 @@ async function measure(lab: Lab, agents: AgentHandle[]): Promise<Results> {
     ...latency,
     rate: rate.perSecond!,
     machineCpu: rate.machineMicroseconds! / rate.completed!,
-    agentCpu: rate.processMicroseconds! / rate.completed!,
+    ...(pids.length === 0 ? {} : { agentCpu: rate.processMicroseconds! / rate.completed! }),
+  };
+}
+
+/**
+ * The C reference loop in both hosts, serving the agent's rules (installed by the agent's own
+ * code, defaults and all) in the agents' place. Returns the loops' pids and what stops them.
+ */
+async function referenceLoops(lab: Lab, exclusions: string[]): Promise<{ pids: number[]; stop: () => Promise<void> }> {
+  const hosts = ['api', 'web'] as const;
+  const rules = (host: (typeof hosts)[number], args: string[]): void => {
+    lab.exec(host, [process.execPath, '--import', 'tsx', REFERENCE_RULES, ...args]);
+  };
+  const loops: NetnsProcess[] = [];
+  for (const host of hosts) {
+    const loop = lab.spawn(host, [referenceLoop, String(DEFAULT_DATAPATH.queue), String(DEFAULT_DATAPATH.markBase)]);
+    await loop.waitFor((line) => line.bound !== undefined);
+    rules(host, ['install', ...lab.networks, ...exclusions]);
+    loops.push(loop);
+  }
+  return {
+    pids: loops.map((loop) => loop.pid),
+    stop: async () => {
+      for (const host of hosts) rules(host, ['remove']);
+      for (const loop of loops) await loop.stop();
+    },
   };
 }
 
@@ -251,7 +283,7 @@ function cpuReport(name: string, run: Summary, againstConntrack?: Summary): stri
     signed(run.addedMachineCpu).padStart(7),
     `${fmt(run.cpuRatio, 2)}x`.padStart(10),
     (againstConntrack === undefined ? '-' : `${fmt(againstConntrack.cpuRatio, 2)}x`).padStart(6),
-    `${fmt(run.agentCpu)}us`.padStart(10),
+    (run.agentCpu === undefined ? '-' : `${fmt(run.agentCpu)}us`).padStart(10),
   ].join(' ');
 }
 
@@ -315,15 +347,16 @@ try {
   process.stderr.write('bench: warm-up (discarded)\n');
   await load(lab, ['rate', lab.address('api'), String(CONNECT_PORT), '32', '1500', String(config.rateMax)]);
   await iperf(lab);
-  const modes = ['baseline', 'conntrack', 'pass-through', 'identity'] as const;
+  const modes = (['baseline', 'conntrack', 'reference', 'pass-through', 'identity'] as const).filter((mode) => mode !== 'reference' || referenceLoop !== '');
   const results = {
     baseline: [] as Results[],
     conntrack: [] as Results[],
+    reference: [] as Results[],
     'pass-through': [] as Results[],
     identity: [] as Results[],
     firstContact: [] as Results[],
   };
-  const pairs = { 'pass-through': [] as Paired[], identity: [] as Paired[], firstContact: [] as Paired[] };
+  const pairs = { reference: [] as Paired[], 'pass-through': [] as Paired[], identity: [] as Paired[], firstContact: [] as Paired[] };
   for (let round = 0; round < config.rounds; round++) {
     for (const mode of round % 2 === 0 ? modes : [...modes].reverse()) {
       process.stderr.write(`bench: round ${round + 1} of ${config.rounds}, ${mode}\n`);
@@ -335,6 +368,13 @@ try {
         trackConnections(lab, true);
         results.conntrack.push(await measure(lab, []));
         trackConnections(lab, false);
+        continue;
+      }
+      if (mode === 'reference') {
+        const loops = await referenceLoops(lab, bypass);
+        results.reference.push(await measure(lab, [], loops.pids));
+        pairs.reference.push(await paired(lab, [], true));
+        await loops.stop();
         continue;
       }
       const agents = mode === 'identity' ? await identityAgents() : await passThroughAgents();
@@ -396,8 +436,10 @@ try {
     passThrough: summarize(results['pass-through'], results.baseline),
     identity: summarize(results.identity, results.baseline),
     conntrack: summarize(results.conntrack, results.baseline),
+    reference: summarize(results.reference, results.baseline),
   };
   const againstConntrack = {
+    reference: summarize(results.reference, results.conntrack),
     passThrough: summarize(results['pass-through'], results.conntrack),
     identity: summarize(results.identity, results.conntrack),
   };
@@ -406,6 +448,7 @@ try {
     header,
     report('no agents (baseline)', summaries.baseline),
     report('conntrack only, no agents', summaries.conntrack, conntrackBulk),
+    ...(referenceLoop === '' ? [] : [report('C reference loop, no token', summaries.reference, undefined, againstConntrack.reference)]),
     report('pass-through', summaries.passThrough, passThroughBulk, againstConntrack.passThrough),
     report('identity, known pair', summaries.identity, identityBulk, againstConntrack.identity),
     report('identity, first contact', summarize(results.firstContact, results.baseline)),
@@ -413,6 +456,9 @@ try {
     'vs ct: rate against the conntrack-only run of the same round (connection tracking on, no agents: the connmark release needs it)',
     'trips: queued packets per connection, both agents together; added: microseconds over the baseline',
     'js/pkt: agent JavaScript per queued packet in the sequential run, microseconds (the rest of a trip is the kernel and waking the agent)',
+    referenceLoop === ''
+      ? 'C reference loop: not run (scripts/bench could not compile scripts/benchmarks/nfq-reference.c)'
+      : 'C reference loop: the agent\'s rules and queue served by a minimal C loop (one packet per recv, the agent\'s marks, no token, no rewrite): the floor of a trip here',
     `bulk: iperf3 ${config.bulkSeconds} s, ${config.bulkRounds} rounds alternating without/with each mode, median ratio; ` +
       `baseline ${fmt(passThroughBulk?.baselineGbps, 1)} Gbit/s; per-round ratios conntrack only ${range(conntrackBulk)}, pass-through ${range(passThroughBulk)}, identity ${range(identityBulk)}`,
     profiling
@@ -421,10 +467,11 @@ try {
         `bulk ratio of a CPU-bound transfer, from those shares (1 - the share they add): conntrack only ${cpuBound(conntrackBulk)}, pass-through ${cpuBound(passThroughBulk)}, identity ${cpuBound(identityBulk)}`
       : 'bulk CPU in netfilter: not measured (perf is not available)',
     '',
-    `CPU per connection in the rate run (machine: all ${cpus().length} cores busy, idle and steal excluded; agents: their processes alone)`,
+    `CPU per connection in the rate run (machine: all ${cpus().length} cores busy, idle and steal excluded; agents: their processes alone, or the C loops')`,
     ['mode'.padEnd(28), 'machine'.padStart(10), 'added'.padStart(7), 'cpu ratio'.padStart(10), 'vs ct'.padStart(6), 'agents'.padStart(10)].join(' '),
     cpuReport('no agents (baseline)', summaries.baseline),
     cpuReport('conntrack only, no agents', summaries.conntrack),
+    ...(referenceLoop === '' ? [] : [cpuReport('C reference loop, no token', summaries.reference, againstConntrack.reference)]),
     cpuReport('pass-through', summaries.passThrough, againstConntrack.passThrough),
     cpuReport('identity, known pair', summaries.identity, againstConntrack.identity),
     'cpu ratio: baseline machine CPU per connection over the mode\'s, the rate ratio a host bound by CPU reaches; added: extra CPU per',
@@ -433,6 +480,7 @@ try {
     `Interleaved with a bypass on the same hosts (addresses the agents exclude: their rules and conntrack, no queue), alternating every`,
     `10 connects (${config.pairedCount} each way; first contact ${config.pairedFirstContactCount}) and every ${config.pairedSliceMs} ms of the rate (${config.pairedSlices} slices): the VM's drift cancels`,
     ['mode'.padEnd(28), 'ratio'.padStart(6), 'range'.padStart(10), 'added'.padStart(6), 'range'.padStart(12), 'p99'.padStart(7)].join(' '),
+    ...(referenceLoop === '' ? [] : [pairedReport('C reference loop, no token', pairs.reference)]),
     pairedReport('pass-through', pairs['pass-through']),
     pairedReport('identity, known pair', pairs.identity),
     pairedReport('identity, first contact', pairs.firstContact),
