@@ -408,7 +408,8 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
     // whose connect completes), and the kernel often places a task woken this way on the
     // waker's CPU, where it waits until the waker sleeps. Everything the agent would do before
     // sleeping (bookkeeping in onDrained, the event loop's turn) was measured on the connect
-    // path: 20 us spent there added 60 us to a 3-trip connect. Yielding hands the CPU over now.
+    // path: 20 us spent there added 60 us to a connect with three agent wakeups. Yielding hands
+    // the CPU over now.
     if (delivered) sched_yield();
     if (delivered && !on_drained_.IsEmpty() && nl_ != nullptr) {
       Napi::Env env = Env();
