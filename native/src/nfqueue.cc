@@ -5,8 +5,7 @@
 // sent with one sendto per JS batch. The socket is read until it is empty before JS hears
 // `onDrained`: a verdict's reinjection often queues the handshake's next packet to this same
 // socket (a SYN accepted here makes the kernel send its SYN-ACK), and that packet should not
-// wait behind bookkeeping. Once the socket is empty the agent yields its CPU before that
-// bookkeeping (see Drain).
+// wait behind bookkeeping.
 #include <napi.h>
 #include <uv.h>
 
@@ -15,7 +14,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <sched.h>
 #include <libmnl/libmnl.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nfnetlink.h>
@@ -404,13 +402,10 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
       }
       // No early return on a short batch: the verdicts just sent may have queued more packets.
     }
-    // The verdicts just sent woke the handshake's next hop (the peer's agent, or the application
-    // whose connect completes), and the kernel often places a task woken this way on the
-    // waker's CPU, where it waits until the waker sleeps. Everything the agent would do before
-    // sleeping (bookkeeping in onDrained, the event loop's turn) was measured on the connect
-    // path: 20 us spent there added 60 us to a connect with three agent wakeups. Yielding hands
-    // the CPU over now.
-    if (delivered) sched_yield();
+    // No sched_yield here, though the task the verdicts just woke often waits on this CPU until
+    // the agent sleeps: on an idle host yielding saved 25-40 us a connect, but beside a CPU-bound
+    // process it handed that process a whole time slice and the agent, runnable rather than
+    // woken, waited it out: +3 ms on the p50 (docs/protocol.md, "Costs").
     if (delivered && !on_drained_.IsEmpty() && nl_ != nullptr) {
       Napi::Env env = Env();
       Napi::HandleScope scope(env);

@@ -5,6 +5,9 @@
 // hot-path change come from here. Each build is a tree with its own dist/ and native addon.
 //   node --import tsx scripts/benchmarks/compare-builds.ts <treeA> <treeB>
 //   COMPARE_ALTERNATIONS=6 COMPARE_CONNECTS=400 COMPARE_RATE_MS=1000 COMPARE_MODES=pass-through,identity
+//   COMPARE_BUSY=2: that many CPU-bound processes run beside the agents throughout, as on a busy
+//   node; a change that helps an idle host can cost milliseconds there (a yielding agent did).
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -22,7 +25,10 @@ const config = {
   firstContactConnects: Number(process.env.COMPARE_FIRST_CONTACT ?? 100),
   rateMs: Number(process.env.COMPARE_RATE_MS ?? 1000),
   modes: (process.env.COMPARE_MODES ?? 'pass-through,identity').split(',') as Mode[],
+  busyProcesses: Number(process.env.COMPARE_BUSY ?? 0),
 };
+/** A busy neighbour gives up on its own after this long, should nothing stop it. */
+const BUSY_LIMIT_MS = 3_600_000;
 
 const trees = process.argv.slice(2, 4).map((tree) => resolve(tree));
 if (trees.length !== 2) {
@@ -46,6 +52,9 @@ agentsLogWarningsOnly();
 
 const directory = mkdtempSync(join(tmpdir(), 'synpass-compare-'));
 const lab = Lab.up('cb', 91);
+const neighbours: ChildProcess[] = Array.from({ length: config.busyProcesses }, () =>
+  spawn(process.execPath, ['-e', `const end = Date.now() + ${BUSY_LIMIT_MS}; while (Date.now() < end);`], { stdio: 'ignore' }),
+);
 try {
   const files = await prepareIdentities(lab, directory);
   await startLoadServer(lab, PORT);
@@ -77,7 +86,8 @@ try {
   const lines = [
     `A: ${trees[0]}`,
     `B: ${trees[1]}`,
-    `${config.alternations} alternations per mode; each: ${config.connects} sequential connects (first contact ${config.firstContactConnects}) and a ${config.rateMs} ms rate run at 32 concurrent`,
+    `${config.alternations} alternations per mode; each: ${config.connects} sequential connects (first contact ${config.firstContactConnects}) and a ${config.rateMs} ms rate run at 32 concurrent` +
+      (config.busyProcesses > 0 ? `; ${config.busyProcesses} CPU-bound processes running beside them` : ''),
     ['mode'.padEnd(14), 'A p50'.padStart(7), 'B p50'.padStart(7), 'B-A'.padStart(6), 'range'.padStart(12), 'A p99'.padStart(7), 'B p99'.padStart(7), 'A conn/s'.padStart(9), 'B conn/s'.padStart(9), 'B/A'.padStart(6), 'range'.padStart(10)].join(' '),
   ];
   for (const mode of config.modes) {
@@ -105,6 +115,7 @@ try {
   lines.push('B-A: median over alternations of B p50 minus the A p50 measured next to it; B/A: the same for the rate');
   process.stdout.write(`${lines.join('\n')}\n`);
 } finally {
+  for (const neighbour of neighbours) neighbour.kill('SIGKILL');
   await lab.down();
   rmSync(directory, { recursive: true, force: true });
 }
