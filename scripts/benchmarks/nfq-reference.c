@@ -16,7 +16,7 @@
 
 static struct mnl_socket *nl;
 static uint16_t queue_number;
-static uint32_t mark_pass, mark_track, mark_release;
+static uint32_t mark_pass, mark_track, mark_release, mark_all;
 static volatile sig_atomic_t stopping;
 static unsigned long received;
 
@@ -42,7 +42,8 @@ static int on_packet(const struct nlmsghdr *nlh, void *data) {
   struct nlattr *tb[NFQA_MAX + 1] = {0};
   if (mnl_attr_parse(nlh, sizeof(struct nfgenmsg), keep_attribute, tb) < 0 || tb[NFQA_PACKET_HDR] == NULL) return MNL_CB_OK;
   const struct nfqnl_msg_packet_hdr *ph = mnl_attr_get_payload(tb[NFQA_PACKET_HDR]);
-  uint32_t mark = (tb[NFQA_MARK] ? ntohl(mnl_attr_get_u32(tb[NFQA_MARK])) : 0) | mark_pass;
+  // As the agent does: its four bits cleared, then `pass` and what the handshake step sets.
+  uint32_t mark = ((tb[NFQA_MARK] ? ntohl(mnl_attr_get_u32(tb[NFQA_MARK])) : 0) & ~mark_all) | mark_pass;
   if (tb[NFQA_PAYLOAD] != NULL) {
     const uint8_t *ip = mnl_attr_get_payload(tb[NFQA_PAYLOAD]);
     uint16_t length = mnl_attr_get_payload_len(tb[NFQA_PAYLOAD]);
@@ -102,6 +103,7 @@ int main(int argc, char **argv) {
   mark_pass = (uint32_t)strtoul(argv[2], NULL, 0);
   mark_track = mark_pass << 1;
   mark_release = mark_pass << 2;
+  mark_all = mark_pass * 15;  // pass, track, release, judged (agent/src/datapath/marks.ts)
   // No SA_RESTART: the signal interrupts the blocking recv, which then sees `stopping`.
   struct sigaction action = {0};
   action.sa_handler = stop;
