@@ -1,6 +1,11 @@
 // Pass-through agents in two namespaces, real packets on a veth bridge.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { DEFAULT_DATAPATH } from '../../agent/src/runtime/config.ts';
 import { ParsedPacket, parsePacket } from '../../agent/src/datapath/packet.ts';
 import { PASS_THROUGH_TOKEN } from '../../agent/src/handshake/pass-through.ts';
 import { isRoot, Lab, sleep, type AgentHandle } from '../support/lab.ts';
@@ -9,6 +14,8 @@ const ECHO = 7000;
 const SINK = 7001;
 const GREET = 7002;
 const HTTP = 8080;
+const REFERENCE_SOURCE = new URL('../../scripts/benchmarks/nfq-reference.c', import.meta.url).pathname;
+const REFERENCE_RULES = new URL('../../scripts/benchmarks/reference-rules.ts', import.meta.url).pathname;
 
 function decode(hex: string): ParsedPacket {
   const bytes = Uint8Array.from(Buffer.from(hex, 'hex'));
@@ -168,5 +175,46 @@ describe('datapath end to end (pass-through)', { skip: !isRoot() && 'needs root 
     assert.equal((await lab.peerOnce('web', ['echo', lab.address('api'), String(ECHO), 'judged again'])).echoed, 'judged again');
     await sleep(6_000);
     assert.equal(await unjudged(), 3, 'a judged SYN is not counted');
+  });
+});
+
+// scripts/bench measures the floor of a trip with this loop; if it stopped queueing the whole
+// handshake, the bench would report a floor that is too low.
+describe('the bench\'s C reference loop', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
+  const hosts = ['api', 'web'] as const;
+  let lab: Lab;
+  let binary: string;
+
+  before(async () => {
+    lab = Lab.up(`rf${process.pid % 100000}`, 12);
+    binary = join(mkdtempSync(join(tmpdir(), 'synpass-reference-')), 'nfq-reference');
+    execFileSync('cc', ['-O2', '-Wall', '-Werror', '-o', binary, REFERENCE_SOURCE, '-lmnl']);
+    await lab.peer('api', ['server', String(ECHO), 'echo']).waitFor((l) => l.listening === ECHO);
+  });
+
+  after(async () => {
+    await lab.down();
+    rmSync(dirname(binary), { recursive: true, force: true });
+  });
+
+  it('serves the agent\'s rules: SYN, SYN-ACK and first ACK on each side, then nothing', async () => {
+    const loops = [];
+    for (const host of hosts) {
+      const loop = lab.spawn(host, [binary, String(DEFAULT_DATAPATH.queue), String(DEFAULT_DATAPATH.markBase)]);
+      await loop.waitFor((line) => line.bound === DEFAULT_DATAPATH.queue);
+      lab.exec(host, [process.execPath, '--import', 'tsx', REFERENCE_RULES, 'install', ...lab.networks]);
+      loops.push(loop);
+    }
+    assert.match(lab.iptablesSave('web'), /NFQUEUE --queue-num 3170/);
+    const connections = 5;
+    for (let i = 0; i < connections; i++) {
+      assert.equal((await lab.peerOnce('web', ['echo', lab.address('api'), String(ECHO), `through the loop ${i}`])).echoed, `through the loop ${i}`);
+    }
+    for (const host of hosts) lab.exec(host, [process.execPath, '--import', 'tsx', REFERENCE_RULES, 'remove']);
+    for (const loop of loops) {
+      await loop.stop();
+      assert.equal(loop.lines.find((line) => line.received !== undefined)?.received, 3 * connections);
+    }
+    for (const host of hosts) assert.doesNotMatch(lab.iptablesSave(host), /SYNPASS/);
   });
 });
