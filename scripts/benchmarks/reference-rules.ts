@@ -19,7 +19,7 @@ if (command === 'remove') {
   }
   const installed = await installRules({
     queueNumber: DEFAULT_DATAPATH.queue,
-    queueCount: 1,
+    queueCount: DEFAULT_DATAPATH.queueCount,
     failOpen: false,
     marks: connectionMarks(DEFAULT_DATAPATH.markBase),
     targetNetworks,
