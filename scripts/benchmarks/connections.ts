@@ -257,9 +257,10 @@ function summarize(runs: Results[], baselines: Results[]): Summary {
           machineCpu: median(runs.map((run) => run.machineCpu!)),
           addedMachineCpu: median(runs.map((run, i) => run.machineCpu! - baselines[i]!.machineCpu!)),
           cpuRatio: median(runs.map((run, i) => baselines[i]!.machineCpu! / run.machineCpu!)),
-          agentCpu: median(runs.map((run) => run.agentCpu!)),
         }
       : {}),
+    // Modes without a queue consumer have no process of their own to account.
+    ...(optional(runs.map((run) => run.agentCpu)) === undefined ? {} : { agentCpu: optional(runs.map((run) => run.agentCpu))! }),
   };
 }
 
