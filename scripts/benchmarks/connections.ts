@@ -10,14 +10,14 @@
 // which is what bounds the rate on a busy host. Finally each agent mode is measured interleaved
 // with a bypass (second addresses the agents exclude), alternating every few connects and every
 // few hundred milliseconds, which cancels the drift that the rounds only average out. A C loop
-// serving the agent's own rules and queue (nfq-reference.c, built by scripts/bench) runs as a mode
-// of its own: the floor of a user-space trip on this machine, measured the same way.
+// serving the agent's own rules and queue (nfq-reference.c, compiled here) runs as a mode of its
+// own: the floor of a user-space trip on this machine, measured the same way.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { DEFAULT_DATAPATH } from '../../agent/src/runtime/config.ts';
+import { dirname, join } from 'node:path';
 import { prepareIdentities } from '../../test/support/identity-lab.ts';
-import { Lab, sleep, type AgentHandle, type NetnsProcess } from '../../test/support/lab.ts';
+import { Lab, sleep, type AgentHandle } from '../../test/support/lab.ts';
+import { compileReferenceLoop, startReferenceLoops } from '../../test/support/reference-loop.ts';
 import { agentsLogWarningsOnly, median, runLoad as load, startLoadServer } from './lab-load.ts';
 import { perfAvailable, sampleNetfilter, type NetfilterShare } from './netfilter-share.ts';
 
@@ -40,8 +40,14 @@ const config = {
 };
 const profiling = perfAvailable();
 /** The C reference loop's binary; without it (no compiler) the bench runs without that mode. */
-const referenceLoop = process.env.BENCH_REFERENCE_LOOP ?? '';
-const REFERENCE_RULES = new URL('./reference-rules.ts', import.meta.url).pathname;
+const referenceLoop = ((): string => {
+  try {
+    return compileReferenceLoop();
+  } catch (error) {
+    process.stderr.write(`bench: could not compile scripts/benchmarks/nfq-reference.c, running without the C reference loop: ${String(error)}\n`);
+    return '';
+  }
+})();
 
 interface Results {
   rate?: number;
@@ -127,31 +133,6 @@ async function measure(lab: Lab, agents: AgentHandle[], queuePids: number[] = []
     rate: rate.perSecond!,
     machineCpu: rate.machineMicroseconds! / rate.completed!,
     ...(pids.length === 0 ? {} : { agentCpu: rate.processMicroseconds! / rate.completed! }),
-  };
-}
-
-/**
- * The C reference loop in both hosts, serving the agent's rules (installed by the agent's own
- * code, defaults and all) in the agents' place. Returns the loops' pids and what stops them.
- */
-async function referenceLoops(lab: Lab, exclusions: string[]): Promise<{ pids: number[]; stop: () => Promise<void> }> {
-  const hosts = ['api', 'web'] as const;
-  const rules = (host: (typeof hosts)[number], args: string[]): void => {
-    lab.exec(host, [process.execPath, '--import', 'tsx', REFERENCE_RULES, ...args]);
-  };
-  const loops: NetnsProcess[] = [];
-  for (const host of hosts) {
-    const loop = lab.spawn(host, [referenceLoop, String(DEFAULT_DATAPATH.queue), String(DEFAULT_DATAPATH.markBase)]);
-    await loop.waitFor((line) => line.bound !== undefined);
-    rules(host, ['install', ...lab.networks, ...exclusions]);
-    loops.push(loop);
-  }
-  return {
-    pids: loops.map((loop) => loop.pid),
-    stop: async () => {
-      for (const host of hosts) rules(host, ['remove']);
-      for (const loop of loops) await loop.stop();
-    },
   };
 }
 
@@ -372,8 +353,8 @@ try {
         continue;
       }
       if (mode === 'reference') {
-        const loops = await referenceLoops(lab, bypass);
-        results.reference.push(await measure(lab, [], loops.pids));
+        const loops = await startReferenceLoops(lab, referenceLoop, bypass);
+        results.reference.push(await measure(lab, [], loops.loops.map((loop) => loop.pid)));
         pairs.reference.push(await paired(lab, [], true));
         await loops.stop();
         continue;
@@ -490,4 +471,5 @@ try {
 } finally {
   await lab.down();
   rmSync(directory, { recursive: true, force: true });
+  if (referenceLoop !== '') rmSync(dirname(referenceLoop), { recursive: true, force: true });
 }

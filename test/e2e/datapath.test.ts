@@ -1,21 +1,17 @@
 // Pass-through agents in two namespaces, real packets on a veth bridge.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { DEFAULT_DATAPATH } from '../../agent/src/runtime/config.ts';
+import { rmSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { ParsedPacket, parsePacket } from '../../agent/src/datapath/packet.ts';
 import { PASS_THROUGH_TOKEN } from '../../agent/src/handshake/pass-through.ts';
 import { isRoot, Lab, sleep, type AgentHandle } from '../support/lab.ts';
+import { compileReferenceLoop, startReferenceLoops } from '../support/reference-loop.ts';
 
 const ECHO = 7000;
 const SINK = 7001;
 const GREET = 7002;
 const HTTP = 8080;
-const REFERENCE_SOURCE = new URL('../../scripts/benchmarks/nfq-reference.c', import.meta.url).pathname;
-const REFERENCE_RULES = new URL('../../scripts/benchmarks/reference-rules.ts', import.meta.url).pathname;
 
 function decode(hex: string): ParsedPacket {
   const bytes = Uint8Array.from(Buffer.from(hex, 'hex'));
@@ -181,14 +177,12 @@ describe('datapath end to end (pass-through)', { skip: !isRoot() && 'needs root 
 // scripts/bench measures the floor of a trip with this loop; if it stopped queueing the whole
 // handshake, the bench would report a floor that is too low.
 describe('the bench\'s C reference loop', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
-  const hosts = ['api', 'web'] as const;
   let lab: Lab;
   let binary: string;
 
   before(async () => {
     lab = Lab.up(`rf${process.pid % 100000}`, 12);
-    binary = join(mkdtempSync(join(tmpdir(), 'synpass-reference-')), 'nfq-reference');
-    execFileSync('cc', ['-O2', '-Wall', '-Werror', '-o', binary, REFERENCE_SOURCE, '-lmnl']);
+    binary = compileReferenceLoop();
     await lab.peer('api', ['server', String(ECHO), 'echo']).waitFor((l) => l.listening === ECHO);
   });
 
@@ -198,23 +192,14 @@ describe('the bench\'s C reference loop', { skip: !isRoot() && 'needs root for n
   });
 
   it('serves the agent\'s rules: SYN, SYN-ACK and first ACK on each side, then nothing', async () => {
-    const loops = [];
-    for (const host of hosts) {
-      const loop = lab.spawn(host, [binary, String(DEFAULT_DATAPATH.queue), String(DEFAULT_DATAPATH.markBase)]);
-      await loop.waitFor((line) => line.bound === DEFAULT_DATAPATH.queue);
-      lab.exec(host, [process.execPath, '--import', 'tsx', REFERENCE_RULES, 'install', ...lab.networks]);
-      loops.push(loop);
-    }
+    const reference = await startReferenceLoops(lab, binary);
     assert.match(lab.iptablesSave('web'), /NFQUEUE --queue-num 3170/);
     const connections = 5;
     for (let i = 0; i < connections; i++) {
       assert.equal((await lab.peerOnce('web', ['echo', lab.address('api'), String(ECHO), `through the loop ${i}`])).echoed, `through the loop ${i}`);
     }
-    for (const host of hosts) lab.exec(host, [process.execPath, '--import', 'tsx', REFERENCE_RULES, 'remove']);
-    for (const loop of loops) {
-      await loop.stop();
-      assert.equal(loop.lines.find((line) => line.received !== undefined)?.received, 3 * connections);
-    }
-    for (const host of hosts) assert.doesNotMatch(lab.iptablesSave(host), /SYNPASS/);
+    await reference.stop();
+    for (const loop of reference.loops) assert.equal(loop.lines.find((line) => line.received !== undefined)?.received, 3 * connections);
+    for (const host of ['api', 'web'] as const) assert.doesNotMatch(lab.iptablesSave(host), /SYNPASS/);
   });
 });
