@@ -2,7 +2,7 @@
 // queue. One packet per recv, verdict NF_REPEAT with the marks pass-through sets (a pure SYN
 // starts tracking, an ACK releases), no token and no rewrite. What the agent adds beyond this
 // loop is its own cost; what this loop adds over no agents is the kernel's and the machine's.
-//   nfq-reference <queue> <mark base>     (stops on SIGTERM/SIGINT, printing its packet count)
+//   nfq-reference <queue> <mark base>     (stops on SIGTERM/SIGINT, printing its packet counts)
 #include <arpa/inet.h>
 #include <errno.h>
 #include <libmnl/libmnl.h>
@@ -18,7 +18,9 @@ static struct mnl_socket *nl;
 static uint16_t queue_number;
 static uint32_t mark_pass, mark_track, mark_release, mark_all;
 static volatile sig_atomic_t stopping;
-static unsigned long received;
+// What it received, by kind: a handshake's SYN, SYN-ACK and payload-less ACK, and anything else
+// (a data segment that raced its handshake's ACK through the queue before the release).
+static unsigned long received, syns, syn_acks, acks, others;
 
 static struct nlmsghdr *put_header(char *buf, uint16_t type) {
   struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
@@ -52,7 +54,16 @@ static int on_packet(const struct nlmsghdr *nlh, void *data) {
       uint8_t flags = ip[header + 13] & 0x12;  // SYN and ACK
       if (flags == 0x02) mark |= mark_track;
       if (flags == 0x10) mark |= mark_release;
+      unsigned payload = length - header - (ip[header + 12] >> 4) * 4;
+      if (flags == 0x02) syns++;
+      else if (flags == 0x12) syn_acks++;
+      else if (flags == 0x10 && payload == 0) acks++;
+      else others++;
+    } else {
+      others++;
     }
+  } else {
+    others++;
   }
   received++;
   char buf[MNL_SOCKET_BUFFER_SIZE];
@@ -131,7 +142,7 @@ int main(int argc, char **argv) {
     }
     mnl_cb_run(buf, n, 0, port, on_packet, NULL);
   }
-  printf("{\"received\":%lu}\n", received);
+  printf("{\"received\":%lu,\"syn\":%lu,\"synAck\":%lu,\"ack\":%lu,\"other\":%lu}\n", received, syns, syn_acks, acks, others);
   mnl_socket_close(nl);
   return 0;
 }

@@ -56,14 +56,17 @@ describe('datapath end to end (pass-through)', { skip: !isRoot() && 'needs root 
 
     await web.process.stop();
     await api.process.stop();
-    held.write('after\n');
-    await held.waitFor((l) => l.echoed === 'after');
-    assert.doesNotMatch(lab.iptablesSave('web'), /SYNPASS/, 'SIGTERM removed every rule');
-    assert.doesNotMatch(lab.exec('web', ['nft', 'list', 'ruleset']), /hook/, 'and the built-in chains that held only its jumps');
-    await held.stop();
-
-    api = await lab.startAgent('api');
-    web = await lab.startAgent('web');
+    try {
+      held.write('after\n');
+      await held.waitFor((l) => l.echoed === 'after');
+      assert.doesNotMatch(lab.iptablesSave('web'), /SYNPASS/, 'SIGTERM removed every rule');
+      assert.doesNotMatch(lab.exec('web', ['nft', 'list', 'ruleset']), /hook/, 'and the built-in chains that held only its jumps');
+      await held.stop();
+    } finally {
+      // The later tests need agents whatever failed here.
+      api = await lab.startAgent('api');
+      web = await lab.startAgent('web');
+    }
   });
 
   it('TCP echo and HTTP work over IPv4 and IPv6', async () => {
@@ -199,7 +202,12 @@ describe('the bench\'s C reference loop', { skip: !isRoot() && 'needs root for n
       assert.equal((await lab.peerOnce('web', ['echo', lab.address('api'), String(ECHO), `through the loop ${i}`])).echoed, `through the loop ${i}`);
     }
     await reference.stop();
-    for (const loop of reference.loops) assert.equal(loop.lines.find((line) => line.received !== undefined)?.received, 3 * connections);
+    // A data segment may race its handshake's ACK into the queue before the release lands; that
+    // is the rules' timing, not a trip the handshake needs, so the handshake's kinds are counted.
+    for (const loop of reference.loops) {
+      const counts = loop.lines.find((line) => line.received !== undefined);
+      assert.deepEqual({ syn: counts?.syn, synAck: counts?.synAck, ack: counts?.ack }, { syn: connections, synAck: connections, ack: connections });
+    }
     for (const host of ['api', 'web'] as const) assert.doesNotMatch(lab.iptablesSave(host), /SYNPASS/);
   });
 });

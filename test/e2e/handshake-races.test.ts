@@ -4,11 +4,11 @@
 // the server before the ACK. Neither may cost the connection a dropped segment.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { prepareIdentities } from '../support/identity-lab.ts';
 import { isRoot, Lab, ROOT, type AgentHandle } from '../support/lab.ts';
+import { scratchDirectory } from '../support/scratch.ts';
 
 const LOAD = join(ROOT, 'scripts/benchmarks/load.ts');
 const PORT = 8080;
@@ -21,7 +21,7 @@ describe('handshake races end to end', { skip: !isRoot() && 'needs root for netw
   let api: AgentHandle;
 
   before(async () => {
-    directory = mkdtempSync(join(tmpdir(), 'synpass-races-'));
+    directory = scratchDirectory('races');
     lab = Lab.up(`hr${process.pid % 100000}`, 15);
     const files = await prepareIdentities(lab, directory);
     // At warn level the agents are as quick as in production, which is when the races show.

@@ -3,8 +3,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes, createPublicKey } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { SignJWT, UnsecuredJWT } from 'jose';
 import { ipv4HeaderChecksum, tcpChecksum, writeUint16 } from '../../agent/src/datapath/checksum.ts';
@@ -22,6 +21,7 @@ import { attributes } from '../support/identities.ts';
 import { withBody } from '../support/rebody.ts';
 import { BATCH_UID, DOMAIN, prepareIdentities, rotateAgent, type IdentityLabFiles } from '../support/identity-lab.ts';
 import { isRoot, Lab, ROOT, sleep, type AgentHandle } from '../support/lab.ts';
+import { scratchDirectory } from '../support/scratch.ts';
 
 const PORT = 8080;
 const now = () => Math.floor(Date.now() / 1000);
@@ -48,7 +48,7 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
   let rogueIdentity: LocalIdentity;
 
   before(async () => {
-    directory = mkdtempSync(join(tmpdir(), 'synpass-e2e-'));
+    directory = scratchDirectory('e2e');
     lab = Lab.up(`id${process.pid % 100000}`, 12);
     files = await prepareIdentities(lab, directory);
     api = await lab.startAgent('api', ['--config', files.configs.api]);

@@ -5,12 +5,12 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { initDomain, issueAgent } from '../../agent/src/identity/issuance.ts';
 import { isRoot, NetnsProcess, readStatus, ROOT, synpassCommand } from '../support/lab.ts';
+import { scratchDirectory } from '../support/scratch.ts';
 
 const PEER = join(ROOT, 'test/support/peer.ts');
 const API = join(ROOT, 'test/support/fake-kube-api.ts');
@@ -68,7 +68,7 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
     ip('-n', node, 'addr', 'add', '10.216.1.1/24', 'dev', 'uplink');
     ip('-n', node, 'link', 'set', 'uplink', 'up');
 
-    directory = mkdtempSync(join(tmpdir(), 'synpass-k8s-'));
+    directory = scratchDirectory('k8s');
     await initDomain('cluster.synpass', join(directory, 'domain'));
     await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: 'cluster.synpass', agentId: 'node-1', namespaces: ['k8s', 'host'], ttlSeconds: 3600, outputDirectory: join(directory, 'agent') });
     await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: 'cluster.synpass', agentId: 'remote', namespaces: ['app'], ttlSeconds: 3600, outputDirectory: join(directory, 'remote') });

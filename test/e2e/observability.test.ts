@@ -2,12 +2,13 @@
 // /readyz follows the credential, and rules an operator flushes are reported and reinstalled.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { BATCH_UID, DOMAIN, prepareIdentities, rotateAgent, type IdentityLabFiles } from '../support/identity-lab.ts';
 import { execFileSync } from 'node:child_process';
 import { isRoot, Lab, ROOT, sleep, synpassCommand, type AgentHandle } from '../support/lab.ts';
+import { scratchDirectory } from '../support/scratch.ts';
+import { runSynpass } from '../support/cli.ts';
 
 const METRICS = 'http://127.0.0.1:9464';
 
@@ -18,7 +19,7 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
   let api: AgentHandle;
 
   before(async () => {
-    directory = mkdtempSync(join(tmpdir(), 'synpass-obs-'));
+    directory = scratchDirectory('obs');
     lab = Lab.up(`ob${process.pid % 100000}`, 14);
     files = await prepareIdentities(lab, directory);
     // Not ready when the credential has less than a minute left.
@@ -62,6 +63,14 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     assert.ok(sample(after, 'synpass_credential_expiry_seconds', '') > 80_000);
     assert.match(after, /synpass_policy_revision_info\{revision="[^"]+"\} 1/);
     assert.equal((await fetch('/healthz')).status, 200);
+  });
+
+  it('synpass status writes every point in time in one format, ISO 8601', () => {
+    const result = runSynpass(['status', '--socket', api.socket]);
+    assert.equal(result.code, 0, result.stderr);
+    const status = JSON.parse(result.stdout) as { startedAt: unknown; identity: { credentialExpiresAt: unknown; tokenExpiresAt: unknown } };
+    const times = [status.startedAt, status.identity.credentialExpiresAt, status.identity.tokenExpiresAt];
+    for (const time of times) assert.match(String(time), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
   });
 
   it('/readyz turns unready when the credential is about to expire, and ready again after rotation', async () => {

@@ -3,11 +3,11 @@
 // through and logs the would-be drop with its rule id.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { prepareIdentities, type IdentityLabFiles } from '../support/identity-lab.ts';
 import { isRoot, Lab, ROOT, type AgentHandle } from '../support/lab.ts';
+import { scratchDirectory } from '../support/scratch.ts';
 
 describe('policy hot reload end to end', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
   let lab: Lab;
@@ -18,7 +18,7 @@ describe('policy hot reload end to end', { skip: !isRoot() && 'needs root for ne
   let apiPolicyText: string;
 
   before(async () => {
-    directory = mkdtempSync(join(tmpdir(), 'synpass-policy-e2e-'));
+    directory = scratchDirectory('policy-e2e');
     policies = join(directory, 'policies');
     cpSync(join(ROOT, 'policy/examples/three-tier'), policies, { recursive: true });
     apiPolicyText = readFileSync(join(policies, 'api.yaml'), 'utf8');

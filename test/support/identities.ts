@@ -1,6 +1,4 @@
 // In-memory trust domains, agents and tokens for unit tests (no files beyond a temp dir).
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initDomain, issueAgent, type SigningKeyType } from '../../agent/src/identity/issuance.ts';
 import { readPrivateKey } from '../../agent/src/identity/key-files.ts';
@@ -15,6 +13,7 @@ import { IdentityHandler } from '../../agent/src/handshake/identity-handler.ts';
 import { PeerVerifier } from '../../agent/src/handshake/peer-verifier.ts';
 import { StaticAttestor } from '../../agent/src/identity/attestors.ts';
 import { LocalIdentity, type WorkloadIdentity } from '../../agent/src/identity/local-identity.ts';
+import { scratchDirectory } from './scratch.ts';
 
 export interface TestAgent {
   credentialCompact: string;
@@ -31,7 +30,7 @@ export interface TestDomain {
 }
 
 export async function createDomain(name: string): Promise<TestDomain> {
-  const directory = mkdtempSync(join(tmpdir(), `synpass-${name}-`));
+  const directory = scratchDirectory(name);
   await initDomain(name, directory);
   return { name, directory, bundles: loadTrustBundles(directory) };
 }
@@ -49,6 +48,8 @@ export async function createAgent(
     namespaces: options.namespaces ?? ['app', 'host'],
     ttlSeconds: options.ttlSeconds ?? 3600,
     outputDirectory: directory,
+    // Each call makes a new agent under this id: fresh keys replace the last ones.
+    overwrite: true,
     ...(options.nowSeconds === undefined ? {} : { nowSeconds: options.nowSeconds }),
     ...(options.signingKey === undefined ? {} : { signingKey: options.signingKey }),
   });

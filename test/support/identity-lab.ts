@@ -91,7 +91,7 @@ export async function rotateAgent(
   ttlSeconds = 86_400,
   signingKey: SigningKeyType = 'ed25519',
 ): Promise<void> {
-  await issueAgent({ domainDirectory: files.domainDirectory, trustDomain: DOMAIN, agentId, namespaces: NAMESPACES, ttlSeconds, outputDirectory: files.agents[agentId], signingKey });
+  await issueAgent({ domainDirectory: files.domainDirectory, trustDomain: DOMAIN, agentId, namespaces: NAMESPACES, ttlSeconds, outputDirectory: files.agents[agentId], signingKey, overwrite: true });
   const mark = agent.process.lines.length;
   agent.process.signal('SIGHUP');
   await agent.process.waitFor((l) => l.msg === 'identity reloaded' && agent.process.lines.indexOf(l) >= mark);

@@ -1,7 +1,8 @@
 // Test-side handle on scripts/lab: namespaces, processes inside them, agents and captures.
 // Every lab is torn down by its test's after() hook and, as a last resort, on process exit.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
+import { readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fetchStatus } from '../../agent/src/telemetry/status-client.ts';
@@ -223,9 +224,13 @@ export class Lab {
     return execFileSync('ip', ['netns', 'exec', this.namespace(host), ...command], { encoding: 'utf8' });
   }
 
-  /** Agents of one lab share the filesystem: each gets its own peer-identity socket. */
+  /** Agents of one lab share the filesystem: each gets its own sockets, removed with the lab. */
+  private socketPath(host: Host, kind: 'status' | 'whois'): string {
+    return `${tmpdir()}/synpass-test-${this.prefix}-${host}${kind === 'whois' ? '-whois' : ''}.sock`;
+  }
+
   whoisSocket(host: Host): string {
-    return `/tmp/synpass-test-${this.prefix}-${host}-whois.sock`;
+    return this.socketPath(host, 'whois');
   }
 
   /**
@@ -239,7 +244,7 @@ export class Lab {
     untilRunning = true,
     command: string[] = synpassCommand(),
   ): Promise<AgentHandle> {
-    const socket = `/tmp/synpass-test-${this.prefix}-${host}.sock`;
+    const socket = this.socketPath(host, 'status');
     const whois = this.whoisSocket(host);
     const targets = this.networks.flatMap((cidr) => ['--target', cidr]);
     const child = this.spawn(host, [...command, 'agent', 'run', '--status-socket', socket, '--whois-socket', whois, ...targets, ...extraArgs], {
@@ -285,6 +290,10 @@ export class Lab {
     await Promise.all(this.processes.map((child) => child.stop('SIGKILL', 2_000)));
     execFileSync(LAB, ['down', this.prefix], { stdio: 'pipe' });
     liveLabs.delete(this.prefix);
+    // A killed agent leaves its socket files.
+    for (const host of ['web', 'api', 'outsider'] as const) {
+      for (const kind of ['status', 'whois'] as const) rmSync(this.socketPath(host, kind), { force: true });
+    }
   }
 }
 

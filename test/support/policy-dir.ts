@@ -1,12 +1,12 @@
 // Writes policy files into a fresh temporary directory and compiles them.
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadPolicyDirectory, type LoadResult } from '../../agent/src/policy/load.ts';
 import { PolicySet } from '../../agent/src/policy/policy-set.ts';
+import { scratchDirectory } from './scratch.ts';
 
 export function policyDirectory(files: Record<string, string>): string {
-  const directory = mkdtempSync(join(tmpdir(), 'synpass-policy-'));
+  const directory = scratchDirectory('policy');
   for (const [name, text] of Object.entries(files)) writeFileSync(join(directory, name), text);
   return directory;
 }

@@ -2,11 +2,10 @@
 // own rules and queue, which scripts/bench measures as the floor of a user-space trip. Shared by
 // the bench and the e2e test that keeps it honest.
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_DATAPATH } from '../../agent/src/runtime/config.ts';
 import type { Lab, NetnsProcess } from './lab.ts';
+import { scratchDirectory } from './scratch.ts';
 
 const SOURCE = new URL('../../scripts/benchmarks/nfq-reference.c', import.meta.url).pathname;
 const RULES = new URL('../../scripts/benchmarks/reference-rules.ts', import.meta.url).pathname;
@@ -14,7 +13,7 @@ const HOSTS = ['api', 'web'] as const;
 
 /** Compiles the loop into a new temporary directory and returns the binary's path; throws if `cc` fails. */
 export function compileReferenceLoop(): string {
-  const binary = join(mkdtempSync(join(tmpdir(), 'synpass-reference-')), 'nfq-reference');
+  const binary = join(scratchDirectory('reference'), 'nfq-reference');
   execFileSync('cc', ['-O2', '-Wall', '-Werror', '-o', binary, SOURCE, '-lmnl'], { stdio: 'pipe' });
   return binary;
 }

@@ -1,6 +1,5 @@
 #!/usr/bin/env node
 // synpass command line: the agent itself and the tools around it.
-import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { removeAllRules } from '../datapath/iptables.ts';
 import { connectionMarks } from '../datapath/marks.ts';
@@ -11,10 +10,13 @@ import { createLogger } from '../telemetry/log.ts';
 import { fetchStatus } from '../telemetry/status-client.ts';
 import { askWhois } from '../whois/client.ts';
 import { parseCidr } from './cidr.ts';
-import { inspectCredential } from '../identity/credential.ts';
+import { inspectCredential, readCredentialFile } from '../identity/credential.ts';
 import { initDomain, issueAgent, SIGNING_KEY_TYPES, type SigningKeyType } from '../identity/issuance.ts';
 import { loadTrustBundles } from '../identity/trust-bundle.ts';
+import { credentialNamespaces } from '../runtime/handlers.ts';
+import { EXIT_NO, EXIT_USAGE, failWith, guarded } from './exit.ts';
 import { registerPolicyCommands } from './policy.ts';
+import { packageVersion } from './version.ts';
 
 function integer(min: number, max: number) {
   return (value: string): number => {
@@ -44,11 +46,19 @@ function collectCidr(value: string, previous: string[]): string[] {
   }
 }
 
+/** A SYNPASS_* variable that configures the agent (SYNPASS_LOG_LEVEL only sets the log level). */
+function hasEnvironmentConfiguration(): boolean {
+  return Object.keys(process.env).some((name) => name.startsWith('SYNPASS_') && name !== 'SYNPASS_LOG_LEVEL');
+}
+
 const program = new Command();
 program
   .name('synpass')
   .description('Signed workload identity carried inside the TCP handshake')
-  .showHelpAfterError();
+  .version(packageVersion(), '-V, --version', 'print the version')
+  .showHelpAfterError()
+  // Commander's own usage errors end like ours: exit 2; --help and --version exit 0.
+  .exitOverride((error) => process.exit(error.exitCode === 0 ? 0 : EXIT_USAGE));
 
 const agent = program.command('agent').description('run the host agent, or clean up after one');
 
@@ -73,14 +83,21 @@ agent
   .option('--metrics-address <host:port>', 'serve /metrics, /healthz and /readyz here')
   .option('--whois-socket <path>', `unix socket of the peer-identity API (default ${DEFAULT_TELEMETRY.whoisSocket ?? 'off'})`)
   .action(async (flags: Record<string, unknown>) => {
-    const log = createLogger();
+    // A check prints its verdict, not the agent's start-up log; problems still show.
+    const log = flags.checkConfig === true ? createLogger('warn') : createLogger();
+    const configFile = (flags.config as string | undefined) ?? null;
+    if (flags.checkConfig === true && configFile === null && !hasEnvironmentConfiguration()) {
+      failWith('agent run', new RangeError('no configuration to check: give --config FILE (or SYNPASS_* variables)'));
+    }
     let config: AgentConfig;
     try {
-      config = loadAgentConfig((flags.config as string | undefined) ?? null);
+      config = loadAgentConfig(configFile);
     } catch (error) {
-      log.fatal({ err: error }, 'invalid configuration');
-      process.stderr.write(`synpass: ${(error as Error).message}\n`);
-      process.exit(1);
+      failWith('agent run', error);
+    }
+    for (const warning of config.warnings) {
+      if (flags.checkConfig === true) process.stderr.write(`synpass agent run: warning: ${warning}\n`);
+      else log.warn(warning);
     }
     if (flags.mode !== undefined) config.mode = flags.mode as AgentConfig['mode'];
     const d = config.datapath;
@@ -106,9 +123,7 @@ agent
     try {
       built = await buildHandler(config, log);
     } catch (error) {
-      log.fatal({ err: error }, 'identity or policy could not be loaded');
-      process.stderr.write(`synpass: ${(error as Error).message}\n`);
-      process.exit(1);
+      failWith('agent run', error);
     }
     if (flags.checkConfig === true) {
       built.stop();
@@ -138,63 +153,74 @@ agent
 agent
   .command('cleanup')
   .description('remove synpass rules and chains left by an agent that did not stop cleanly')
-  .action(async () => {
+  .action(guarded('agent cleanup', async () => {
     const removed = await removeAllRules();
     process.stdout.write(`removed synpass rules from ${removed} table(s)\n`);
-  });
+  }));
 
 const keys = program.command('keys').description('trust domains and agent credentials (offline, on a secure machine)');
 
 keys
   .command('init-domain')
-  .description('create a trust domain: a CA key and its trust bundle (JWKS)')
+  .description('create a trust domain: a CA key and its trust bundle (JWKS); refuses to replace an existing one')
   .requiredOption('--domain <name>', 'trust domain, e.g. prod.example.com')
   .requiredOption('--out <dir>', 'directory for ca.key.pem and <domain>.jwks.json')
-  .action(async (flags: { domain: string; out: string }) => {
-    const result = await initDomain(flags.domain, flags.out);
+  .option('--force', 'replace an existing CA key and bundle (every credential it issued stops verifying)')
+  .action(guarded('keys init-domain', async (flags: { domain: string; out: string; force?: boolean }) => {
+    const result = await initDomain(flags.domain, flags.out, flags.force === true);
     process.stdout.write(`trust domain ${flags.domain}: bundle ${result.bundle}, CA key ${result.caKey} (keep it offline)\n`);
-  });
+  }));
 
 keys
   .command('issue-agent')
-  .description("issue an agent credential binding the agent's new signing and key-agreement keys")
+  .description("issue an agent credential binding the agent's new signing and key-agreement keys; refuses to replace existing ones")
   .requiredOption('--domain <name>', 'trust domain')
   .requiredOption('--domain-dir <dir>', 'directory made by init-domain')
   .requiredOption('--agent <id>', 'agent id, becomes spiffe://<domain>/agent/<id>')
-  .requiredOption('--namespaces <list>', 'attribute namespaces the agent may assert, comma-separated')
+  .option('--for-config <file>', "the agent's configuration: the credential lists every attribute namespace its attestors assert")
+  .option('--namespaces <list>', 'attribute namespaces the agent may assert, comma-separated (instead of --for-config)')
   .option('--ttl-hours <n>', 'credential lifetime in hours', integer(1, 24 * 366), 24)
   .option('--ttl-seconds <n>', 'credential lifetime in seconds (overrides --ttl-hours)', integer(1, 31_622_400))
   .requiredOption('--out <dir>', 'directory for sign.key.pem, kex.key.pem and credential.jwt')
+  .option('--force', 'replace keys and credential already in --out')
   .addOption(new Option('--signing-key <type>', 'signing key type; peers accept both, ed25519 makes first contact cheaper').choices(SIGNING_KEY_TYPES).default('ed25519'))
-  .action(async (flags: { domain: string; domainDir: string; agent: string; namespaces: string; ttlHours: number; ttlSeconds?: number; out: string; signingKey: SigningKeyType }) => {
-    const result = await issueAgent({
-      signingKey: flags.signingKey,
-      domainDirectory: flags.domainDir,
-      trustDomain: flags.domain,
-      agentId: flags.agent,
-      namespaces: flags.namespaces.split(',').map((n) => n.trim()).filter(Boolean),
-      ttlSeconds: flags.ttlSeconds ?? flags.ttlHours * 3600,
-      outputDirectory: flags.out,
-    });
-    process.stdout.write(`agent spiffe://${flags.domain}/agent/${flags.agent}: credential ${result.credential}\n`);
-  });
+  .action(
+    guarded(
+      'keys issue-agent',
+      async (flags: { domain: string; domainDir: string; agent: string; forConfig?: string; namespaces?: string; ttlHours: number; ttlSeconds?: number; out: string; force?: boolean; signingKey: SigningKeyType }) => {
+        if ((flags.forConfig === undefined) === (flags.namespaces === undefined)) {
+          throw new InvalidArgumentError('give either --for-config <agent config> or --namespaces <list>');
+        }
+        const namespaces =
+          flags.forConfig === undefined
+            ? flags.namespaces!.split(',').map((n) => n.trim()).filter(Boolean)
+            : credentialNamespaces(loadAgentConfig(flags.forConfig));
+        const result = await issueAgent({
+          signingKey: flags.signingKey,
+          domainDirectory: flags.domainDir,
+          trustDomain: flags.domain,
+          agentId: flags.agent,
+          namespaces,
+          ttlSeconds: flags.ttlSeconds ?? flags.ttlHours * 3600,
+          outputDirectory: flags.out,
+          overwrite: flags.force === true,
+        });
+        process.stdout.write(`agent spiffe://${flags.domain}/agent/${flags.agent}: credential ${result.credential} (namespaces: ${namespaces.join(', ') || 'none'})\n`);
+      },
+    ),
+  );
 
 keys
   .command('inspect')
-  .description('print an agent credential: subject, signing key type, namespaces, expiry, and whether trust bundles verify it')
+  .description('print an agent credential: subject, signing key type, namespaces, expiry, and whether trust bundles verify it (exit 1 if they do not)')
   .argument('<credential>', 'credential.jwt')
   .option('--bundles <dir>', 'directory of trust bundles to verify against, as a peer would')
-  .action((path: string, flags: { bundles?: string }) => {
-    try {
-      const bundles = flags.bundles === undefined ? null : loadTrustBundles(flags.bundles);
-      const report = inspectCredential(readFileSync(path, 'utf8').trim(), bundles, Math.floor(Date.now() / 1000));
-      process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
-      if (bundles !== null && !report.verified) process.exit(2);
-    } catch (error) {
-      process.stderr.write(`synpass keys inspect: ${(error as Error).message}\n`);
-      process.exit(1);
-    }
-  });
+  .action(guarded('keys inspect', (path: string, flags: { bundles?: string }) => {
+    const bundles = flags.bundles === undefined ? null : loadTrustBundles(flags.bundles);
+    const report = inspectCredential(readCredentialFile(path), bundles, Math.floor(Date.now() / 1000));
+    process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+    if (bundles !== null && !report.verified) process.exit(EXIT_NO);
+  }));
 
 registerPolicyCommands(program);
 

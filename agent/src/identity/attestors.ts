@@ -4,10 +4,12 @@
 // attestor slots in by implementing the same interface.
 import { readFile } from 'node:fs/promises';
 import { hostname, platform, release } from 'node:os';
-import type { Attribute } from '../token/identity-token.ts';
+import { namespaceOf, type Attribute } from '../token/identity-token.ts';
 
 export interface Attestor {
   readonly name: string;
+  /** The attribute namespaces it may yield: the agent credential must list each one. */
+  readonly namespaces: readonly string[];
   attest(): Promise<Map<string, Attribute>>;
 }
 
@@ -19,7 +21,10 @@ function attributes(attestor: string, values: Record<string, string | undefined>
 
 export class StaticAttestor implements Attestor {
   readonly name = 'static';
-  constructor(private readonly labels: Record<string, string>) {}
+  readonly namespaces: readonly string[];
+  constructor(private readonly labels: Record<string, string>) {
+    this.namespaces = [...new Set(Object.keys(labels).map(namespaceOf))];
+  }
   attest(): Promise<Map<string, Attribute>> {
     return Promise.resolve(attributes(this.name, this.labels));
   }
@@ -27,6 +32,7 @@ export class StaticAttestor implements Attestor {
 
 export class HostAttestor implements Attestor {
   readonly name = 'host';
+  readonly namespaces = ['host'];
   constructor(private readonly machineIdPath = '/etc/machine-id') {}
   async attest(): Promise<Map<string, Attribute>> {
     const machineId = await readFile(this.machineIdPath, 'utf8').then((text) => text.trim(), () => undefined);
@@ -42,6 +48,7 @@ export class HostAttestor implements Attestor {
 /** Named environment variables, as env.<name in lower case with - for _>. */
 export class EnvironmentAttestor implements Attestor {
   readonly name = 'env';
+  readonly namespaces = ['env'];
   constructor(
     private readonly names: string[],
     private readonly environment: NodeJS.ProcessEnv = process.env,
@@ -66,6 +73,7 @@ function text(value: unknown): string | undefined {
 /** A cloud instance-identity document (AWS field names; GCP/Azure documents map the same way). */
 export class CloudDocumentAttestor implements Attestor {
   readonly name = 'cloud';
+  readonly namespaces = ['cloud'];
   constructor(private readonly path: string) {}
   async attest(): Promise<Map<string, Attribute>> {
     const doc = await readJsonObject(this.path);
@@ -84,6 +92,7 @@ export class CloudDocumentAttestor implements Attestor {
 /** A posture report (e.g. a vulnerability scanner's summary) so policy can require good posture. */
 export class PostureAttestor implements Attestor {
   readonly name = 'posture';
+  readonly namespaces = ['posture'];
   constructor(private readonly path: string) {}
   async attest(): Promise<Map<string, Attribute>> {
     const doc = await readJsonObject(this.path);
@@ -114,10 +123,13 @@ export async function collectAttributes(attestors: readonly Attestor[]): Promise
  */
 export class ProcessAttestor implements Attestor {
   readonly name = 'process';
+  readonly namespaces: readonly string[];
   constructor(
     private readonly uids: readonly number[],
     private readonly passwdPath = '/etc/passwd',
-  ) {}
+  ) {
+    this.namespaces = uids.length === 0 ? [] : ['process'];
+  }
   async attest(): Promise<Map<string, Attribute>> {
     if (this.uids.length === 0) return new Map();
     const passwd = await readFile(this.passwdPath, 'utf8').catch(() => '');

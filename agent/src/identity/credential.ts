@@ -1,13 +1,28 @@
 // Agent credentials: a JWT signed by the trust domain's CA that binds an agent's public signing
 // key and key-agreement key, the attribute namespaces the agent may assert, and an expiry.
 import { createPublicKey, type KeyObject } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { SignJWT, calculateJwkThumbprint, exportJWK, type JWK } from 'jose';
+import { describeFileError, SynpassError } from '../errors.ts';
 import { TokenError } from '../token/errors.ts';
 import { checkTimes, decodeJws, verifyJwsSignature } from '../token/jws.ts';
 import type { TrustBundle } from './trust-bundle.ts';
 
 export const CREDENTIAL_TYPE = 'synpass-agent+jwt';
 const NAMESPACE_PATTERN = /^[a-z][a-z0-9-]{0,31}$/;
+
+export class CredentialFileError extends SynpassError<'unreadable'> {
+  override readonly name = 'CredentialFileError';
+}
+
+/** A credential file's compact JWT; a missing or unreadable file is a CredentialFileError naming it. */
+export function readCredentialFile(path: string): string {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch (error) {
+    throw new CredentialFileError('unreadable', `${path}: credential ${describeFileError(error)}`, { path }, { cause: error });
+  }
+}
 
 export interface VerifiedCredential {
   compact: string;

@@ -1,24 +1,31 @@
 // Offline key ceremony: create a trust domain (CA key + bundle) and issue agent credentials.
 import { createPublicKey, generateKeyPairSync } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { calculateJwkThumbprint, exportJWK } from 'jose';
+import { SynpassError } from '../errors.ts';
 import { issueCredential } from './credential.ts';
-import { readPrivateKey, writePrivateKey, writePublicFile } from './key-files.ts';
-import { BUNDLE_SUFFIX, bundleDocument, type BundleDocument } from './trust-bundle.ts';
+import { readPrivateKey, refuseToOverwrite, writePrivateKey, writePublicFile } from './key-files.ts';
+import { BUNDLE_SUFFIX, bundleDocument, parseBundle, readBundleFile, TrustBundleError } from './trust-bundle.ts';
+
+export class IssuanceError extends SynpassError<'no-domain' | 'wrong-domain'> {
+  override readonly name = 'IssuanceError';
+}
 
 export const CA_KEY_FILE = 'ca.key.pem';
 export const SIGNING_KEY_FILE = 'sign.key.pem';
 export const KEY_AGREEMENT_KEY_FILE = 'kex.key.pem';
 export const CREDENTIAL_FILE = 'credential.jwt';
 
-export async function initDomain(trustDomain: string, directory: string): Promise<{ bundle: string; caKey: string }> {
+/** `overwrite`: replace an existing CA key and bundle, which invalidates every credential it issued. */
+export async function initDomain(trustDomain: string, directory: string, overwrite = false): Promise<{ bundle: string; caKey: string }> {
   if (!/^[a-z0-9.-]+$/.test(trustDomain)) throw new RangeError('trust domain must be a lower-case domain name');
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const caKey = join(directory, CA_KEY_FILE);
+  const bundle = join(directory, `${trustDomain}${BUNDLE_SUFFIX}`);
+  refuseToOverwrite([caKey, bundle], overwrite);
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   writePrivateKey(caKey, privateKey);
   const document = await bundleDocument(trustDomain, [await exportJWK(createPublicKey(privateKey))]);
-  const bundle = join(directory, `${trustDomain}${BUNDLE_SUFFIX}`);
   writePublicFile(bundle, `${JSON.stringify(document, null, 2)}\n`);
   return { bundle, caKey };
 }
@@ -41,16 +48,31 @@ export interface IssueAgentInput {
   outputDirectory: string;
   /** Default ed25519. */
   signingKey?: SigningKeyType;
+  /** Replace keys and credential already in `outputDirectory`. */
+  overwrite?: boolean;
   nowSeconds?: number;
+}
+
+function readDomainBundle(domainDirectory: string, trustDomain: string): void {
+  const path = join(domainDirectory, `${trustDomain}${BUNDLE_SUFFIX}`);
+  let text: string;
+  try {
+    text = readBundleFile(path);
+  } catch (error) {
+    if (!(error instanceof TrustBundleError)) throw error;
+    throw new IssuanceError('no-domain', `${error.message} (--domain-dir must be the directory \`synpass keys init-domain --domain ${trustDomain}\` wrote)`, { path }, { cause: error });
+  }
+  const bundle = parseBundle(text, path);
+  if (bundle.trustDomain !== trustDomain) throw new IssuanceError('wrong-domain', `${path}: belongs to trust domain ${bundle.trustDomain}, not ${trustDomain}`, { path });
 }
 
 export async function issueAgent(input: IssueAgentInput): Promise<{ credential: string }> {
   if (!/^[A-Za-z0-9._-]+$/.test(input.agentId)) throw new RangeError('agent id may hold letters, digits, ".", "_" and "-"');
+  readDomainBundle(input.domainDirectory, input.trustDomain);
   const caKey = readPrivateKey(join(input.domainDirectory, CA_KEY_FILE));
   const caKid = await calculateJwkThumbprint(await exportJWK(createPublicKey(caKey)));
-  const bundlePath = join(input.domainDirectory, `${input.trustDomain}${BUNDLE_SUFFIX}`);
-  const bundle = JSON.parse(readFileSync(bundlePath, 'utf8')) as BundleDocument;
-  if (bundle.trust_domain !== input.trustDomain) throw new RangeError(`${bundlePath} belongs to ${bundle.trust_domain}`);
+  const outputs = [SIGNING_KEY_FILE, KEY_AGREEMENT_KEY_FILE, CREDENTIAL_FILE].map((name) => join(input.outputDirectory, name));
+  refuseToOverwrite(outputs, input.overwrite ?? false);
   const sign = input.signingKey === 'p256' ? generateKeyPairSync('ec', { namedCurve: 'P-256' }) : generateKeyPairSync('ed25519');
   const kex = generateKeyPairSync('x25519');
   const credential = await issueCredential({

@@ -1,17 +1,21 @@
 // Private keys live in PEM files readable by their owner only; a key file that group or others
-// can read is refused rather than used, and key material never reaches a log line.
+// can read is refused rather than used, and key material never reaches a log line. Keys are
+// never silently replaced: a re-run of the key ceremony would invalidate every credential.
 import { createPrivateKey, type KeyObject } from 'node:crypto';
-import { readFileSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { describeFileError, SynpassError } from '../errors.ts';
 
-export class KeyFileError extends Error {
+export type KeyFileErrorCode = 'insecure-permissions' | 'unreadable' | 'bad-key' | 'exists';
+
+export class KeyFileError extends SynpassError<KeyFileErrorCode> {
   override readonly name = 'KeyFileError';
   constructor(
-    readonly code: 'insecure-permissions' | 'unreadable' | 'bad-key',
-    message: string,
+    code: KeyFileErrorCode,
+    problem: string,
     readonly path: string,
   ) {
-    super(message);
+    super(code, `${path}: ${problem}`, { path });
   }
 }
 
@@ -20,15 +24,24 @@ export function readPrivateKey(path: string): KeyObject {
   try {
     mode = statSync(path).mode;
   } catch (error) {
-    throw new KeyFileError('unreadable', `cannot read key file: ${(error as Error).message}`, path);
+    throw new KeyFileError('unreadable', `key file ${describeFileError(error)}`, path);
   }
   if ((mode & 0o077) !== 0) {
-    throw new KeyFileError('insecure-permissions', `key file mode ${(mode & 0o777).toString(8)} lets others read it; chmod 600`, path);
+    throw new KeyFileError('insecure-permissions', `key file mode ${(mode & 0o777).toString(8)} lets others read it; chmod 600 it`, path);
   }
   try {
     return createPrivateKey(readFileSync(path));
   } catch {
     throw new KeyFileError('bad-key', 'key file does not hold a PEM private key', path);
+  }
+}
+
+/** Throws unless `overwrite`, when any of `paths` exists; checked before anything is written. */
+export function refuseToOverwrite(paths: readonly string[], overwrite: boolean): void {
+  if (overwrite) return;
+  const existing = paths.find((path) => existsSync(path));
+  if (existing !== undefined) {
+    throw new KeyFileError('exists', 'already exists; replacing it would invalidate what it signed or was issued for (--force replaces it)', existing);
   }
 }
 

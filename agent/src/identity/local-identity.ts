@@ -1,12 +1,12 @@
 // This agent's own identity: its credential and keys (read once, never logged), the trust
 // bundles it accepts, and the workload token it presents, renewed before it expires.
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { SynpassError } from '../errors.ts';
 import { keyId } from '../handshake/proofs.ts';
 import { packJws, type PackedJws } from '../handshake/wire.ts';
 import { issueIdentityToken, namespaceOf, type Attribute } from '../token/identity-token.ts';
 import { collectAttributes, type Attestor } from './attestors.ts';
-import { verifyCredential, type VerifiedCredential } from './credential.ts';
+import { readCredentialFile, verifyCredential, type VerifiedCredential } from './credential.ts';
 import { readPrivateKey } from './key-files.ts';
 import { loadTrustBundles, type TrustBundle } from './trust-bundle.ts';
 
@@ -57,6 +57,27 @@ export interface WorkloadToken {
   localAttributes: Readonly<Record<string, string>>;
 }
 
+export type IdentityErrorCode = 'identity-file' | 'key-mismatch' | 'credential-expired';
+
+/** A problem with the agent's own identity, naming the configuration field (identity.*) it came from. */
+export class IdentityError extends SynpassError<IdentityErrorCode> {
+  override readonly name = 'IdentityError';
+}
+
+/** Runs one read of an identity file; what it throws names the field and keeps its code. */
+function fromField<T>(field: keyof IdentityFiles, read: () => T): T {
+  try {
+    return read();
+  } catch (error) {
+    if (!(error instanceof SynpassError)) throw error;
+    throw new IdentityError('identity-file', `identity.${field}: ${(error as Error).message}`, { field: `identity.${field}`, reason: String(error.code) }, { cause: error });
+  }
+}
+
+function mismatch(field: 'signingKey' | 'keyAgreementKey', files: IdentityFiles): IdentityError {
+  return new IdentityError('key-mismatch', `identity.${field}: ${files[field]} does not match the public key in ${files.credential}`, { field: `identity.${field}` });
+}
+
 export class LocalIdentity {
   /** The credential as it goes on the wire, encoded once rather than per SYN. */
   packedCredential: PackedJws;
@@ -88,17 +109,18 @@ export class LocalIdentity {
   }
 
   static async load(options: LocalIdentityOptions, nowSeconds = Math.floor(Date.now() / 1000)): Promise<LocalIdentity> {
-    const bundles = loadTrustBundles(options.files.trustBundles);
-    const credentialCompact = readFileSync(options.files.credential, 'utf8').trim();
+    const { files } = options;
+    const bundles = fromField('trustBundles', () => loadTrustBundles(files.trustBundles));
+    const credentialCompact = fromField('credential', () => readCredentialFile(files.credential));
     // Our own credential must verify under the bundles we trust, or peers would drop us.
-    const credential = verifyCredential(credentialCompact, bundles, nowSeconds, 0);
-    const signKey = readPrivateKey(options.files.signingKey);
-    const kex = readPrivateKey(options.files.keyAgreementKey);
+    const credential = fromField('credential', () => verifyCredential(credentialCompact, bundles, nowSeconds, 0));
+    const signKey = fromField('signingKey', () => readPrivateKey(files.signingKey));
+    const kex = fromField('keyAgreementKey', () => readPrivateKey(files.keyAgreementKey));
     const kexJwk = createPublicKey(kex).export({ format: 'jwk' });
     const kexRaw = Buffer.from(kexJwk.x ?? '', 'base64url');
-    if (!kexRaw.equals(credential.kexRaw)) throw new Error('key-agreement key does not match the credential');
+    if (!kexRaw.equals(credential.kexRaw)) throw mismatch('keyAgreementKey', files);
     // Tokens signed with another key would be refused by every peer: refuse to start instead.
-    if (!createPublicKey(signKey).equals(credential.signKey)) throw new Error('signing key does not match the credential');
+    if (!createPublicKey(signKey).equals(credential.signKey)) throw mismatch('signingKey', files);
     const identity = new LocalIdentity(options, credentialCompact, credential, signKey, kex, kexRaw, bundles);
     await identity.renew(nowSeconds);
     return identity;
@@ -106,7 +128,7 @@ export class LocalIdentity {
 
   async renew(nowSeconds = Math.floor(Date.now() / 1000)): Promise<void> {
     const ttl = Math.min(this.options.tokenTtlSeconds, this.credential.expiresAt - nowSeconds);
-    if (ttl <= 0) throw new Error('agent credential has expired');
+    if (ttl <= 0) throw new IdentityError('credential-expired', `identity.credential: ${this.options.files.credential} has expired; issue a new one`);
     const base = await collectAttributes(this.options.attestors);
     const defaultToken = await this.issue('default', this.options.subject, base, ttl, nowSeconds);
     // Workloads share the host-level attributes but not the host's own static labels.

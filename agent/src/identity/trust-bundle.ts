@@ -6,6 +6,7 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { calculateJwkThumbprint, type JWK } from 'jose';
+import { describeFileError, SynpassError } from '../errors.ts';
 import { ALLOWED_ALGORITHMS } from '../token/jws.ts';
 
 export const BUNDLE_SUFFIX = '.jwks.json';
@@ -15,13 +16,16 @@ export interface TrustBundle {
   keys: Map<string, KeyObject>;
 }
 
-export class TrustBundleError extends Error {
+export type TrustBundleErrorCode = 'unreadable' | 'malformed' | 'no-usable-key';
+
+export class TrustBundleError extends SynpassError<TrustBundleErrorCode> {
   override readonly name = 'TrustBundleError';
   constructor(
-    message: string,
+    problem: string,
     readonly path: string,
+    code: TrustBundleErrorCode = 'malformed',
   ) {
-    super(message);
+    super(code, `${path}: ${problem}`, { path });
   }
 }
 
@@ -59,20 +63,35 @@ export function parseBundle(text: string, path: string): TrustBundle {
       throw new TrustBundleError(`key ${jwk.kid} is not a valid public JWK`, path);
     }
   }
-  if (usable.size === 0) throw new TrustBundleError('no usable signing key (kid, use "sig", ES256/EdDSA)', path);
+  if (usable.size === 0) throw new TrustBundleError('no usable signing key (kid, use "sig", ES256/EdDSA)', path, 'no-usable-key');
   return { trustDomain, keys: usable };
 }
 
 /** Loads every `*.jwks.json` in `directory`, keyed by trust domain. */
 export function loadTrustBundles(directory: string): Map<string, TrustBundle> {
   const bundles = new Map<string, TrustBundle>();
-  for (const name of readdirSync(directory).sort()) {
+  let names: string[];
+  try {
+    names = readdirSync(directory).sort();
+  } catch (error) {
+    throw new TrustBundleError(`trust-bundle directory ${describeFileError(error)}`, directory, 'unreadable');
+  }
+  for (const name of names) {
     if (!name.endsWith(BUNDLE_SUFFIX)) continue;
     const path = join(directory, name);
-    const bundle = parseBundle(readFileSync(path, 'utf8'), path);
+    const bundle = parseBundle(readBundleFile(path), path);
     const existing = bundles.get(bundle.trustDomain);
     if (existing) for (const [kid, key] of bundle.keys) existing.keys.set(kid, key);
     else bundles.set(bundle.trustDomain, bundle);
   }
   return bundles;
+}
+
+/** A bundle file's text; a missing or unreadable file is a TrustBundleError naming it. */
+export function readBundleFile(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new TrustBundleError(`trust bundle ${describeFileError(error)}`, path, 'unreadable');
+  }
 }

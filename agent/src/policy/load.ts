@@ -8,10 +8,22 @@ import { Ajv, type ErrorObject } from 'ajv';
 import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document } from 'yaml';
 import { isIP } from 'node:net';
 import schema from '../../../policy/policy.schema.json' with { type: 'json' };
+import { describeFileError, SynpassError } from '../errors.ts';
 import { unknownAttribute } from './attributes.ts';
 import type { PolicyDocument, RuleDocument, Selector } from './model.ts';
 
 export const MAX_FILE_BYTES = 1024 * 1024;
+
+/** The directory itself cannot be read; problems inside its files are `Problem`s instead. */
+export class PolicyDirectoryError extends SynpassError<'unreadable'> {
+  override readonly name = 'PolicyDirectoryError';
+  constructor(
+    readonly directory: string,
+    cause: unknown,
+  ) {
+    super('unreadable', `${directory}: policy directory ${describeFileError(cause)}`, { directory }, { cause });
+  }
+}
 
 export interface Problem {
   file: string;
@@ -189,6 +201,11 @@ export function policyFiles(directory: string): string[] {
 }
 
 export function loadPolicyDirectory(directory: string): LoadResult {
+  try {
+    if (!statSync(directory).isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+  } catch (error) {
+    throw new PolicyDirectoryError(directory, error);
+  }
   const problems: Problem[] = [];
   const files: LoadedFile[] = [];
   const hash = createHash('sha256');

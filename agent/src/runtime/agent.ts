@@ -21,7 +21,7 @@ import { startStatusServer } from '../telemetry/status-server.ts';
 import { closeUnixSocket } from '../telemetry/unix-socket.ts';
 import { FlowLog } from '../telemetry/flow-log.ts';
 import { DEFAULT_DATAPATH, DEFAULT_TELEMETRY, type FlowLogConfig } from './config.ts';
-import type { BuiltHandler } from './handlers.ts';
+import type { BuiltHandler, IdentityStatus } from './handlers.ts';
 
 const { EBUSY, EPERM } = constants.errno;
 const QUEUE_RETRY_MS = 1_000;
@@ -332,7 +332,7 @@ export class Agent {
         packets: this.engine.judged,
         microsecondsPerPacket: this.engine.judged === 0 ? 0 : this.engine.busyMicroseconds / this.engine.judged,
       },
-      identity: this.built.status(),
+      identity: isoIdentityTimes(this.built.status()),
       readiness: this.readiness(),
     };
   }
@@ -375,4 +375,11 @@ export class Agent {
     })();
     return this.stopping;
   }
+}
+
+/** Status shows every point in time as ISO 8601, as `startedAt`; the handler keeps epoch seconds. */
+function isoIdentityTimes(identity: IdentityStatus | null): Record<string, unknown> | null {
+  if (identity === null) return null;
+  const iso = (seconds: number): string => new Date(seconds * 1000).toISOString();
+  return { ...identity, credentialExpiresAt: iso(identity.credentialExpiresAt), tokenExpiresAt: iso(identity.tokenExpiresAt) };
 }

@@ -6,6 +6,7 @@ import { parse } from 'yaml';
 import type { AdmissionConfig } from '../handshake/admission.ts';
 import { parseCidr } from '../cli/cidr.ts';
 import { MAX_MARK_BASE } from '../datapath/marks.ts';
+import { SynpassError } from '../errors.ts';
 
 export interface IdentityConfig {
   subject: string;
@@ -109,16 +110,18 @@ export interface AgentConfig {
   replayWindowSeconds: number;
   targetNetworks: string[];
   excludedNetworks: string[];
+  /** Settings that are valid but have no effect, each naming the file and field. */
+  warnings: string[];
 }
 
-export class ConfigError extends Error {
+export class ConfigError extends SynpassError<'invalid-field'> {
   override readonly name = 'ConfigError';
   constructor(
     readonly field: string,
     readonly expected: string,
     readonly file: string,
   ) {
-    super(`${file}: ${field}: expected ${expected}`);
+    super('invalid-field', `${file}: ${field}: expected ${expected}`, { field, file });
   }
 }
 
@@ -429,7 +432,13 @@ export function loadAgentConfig(file: string | null, environment: NodeJS.Process
     return { cidr: r.cidrs([rule.cidr], `${field}.cidr`)[0]!, ...(ports === undefined ? {} : { ports }) };
   });
 
+  const warnings: string[] = [];
+  if (policy !== null && root.admission !== undefined) {
+    warnings.push(`${source}: admission: ignored, since policy is set (the policy directory decides every connection)`);
+  }
+
   return {
+    warnings,
     mode: checkedMode,
     kubernetes,
     datapath,

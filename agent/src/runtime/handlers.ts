@@ -17,10 +17,10 @@ import {
 } from '../identity/attestors.ts';
 import { LocalIdentity } from '../identity/local-identity.ts';
 import { podWorkloads, WatchedPods } from '../identity/kubernetes/local-pods.ts';
-import { inClusterAccess, PodWatcher } from '../identity/kubernetes/pod-watcher.ts';
+import { inClusterAccess, PodWatcher, POD_ATTRIBUTE_NAMESPACE } from '../identity/kubernetes/pod-watcher.ts';
 import type { Logger } from '../telemetry/log.ts';
 import { algorithmOf, type JwsAlgorithm } from '../token/jws.ts';
-import type { AgentConfig, AttestorConfig } from './config.ts';
+import type { AgentConfig, AttestorConfig, WorkloadConfig } from './config.ts';
 
 export function buildAttestors(config: AttestorConfig): Attestor[] {
   const attestors: Attestor[] = [new StaticAttestor(config.static)];
@@ -29,6 +29,21 @@ export function buildAttestors(config: AttestorConfig): Attestor[] {
   if (config.cloudDocument) attestors.push(new CloudDocumentAttestor(config.cloudDocument));
   if (config.postureFile) attestors.push(new PostureAttestor(config.postureFile));
   return attestors;
+}
+
+function buildWorkloadAttestors(workload: WorkloadConfig): Attestor[] {
+  return [new StaticAttestor(workload.attributes), new ProcessAttestor(workload.uids)];
+}
+
+/**
+ * Every attribute namespace the configuration's attestors may assert, sorted: what the agent's
+ * credential must list (`synpass keys issue-agent --for-config`), or peers refuse the attributes.
+ */
+export function credentialNamespaces(config: AgentConfig): string[] {
+  const attestors = [...buildAttestors(config.attestors), ...config.workloads.flatMap(buildWorkloadAttestors)];
+  const namespaces = new Set(attestors.flatMap((attestor) => attestor.namespaces));
+  if (config.kubernetes !== null) namespaces.add(POD_ATTRIBUTE_NAMESPACE);
+  return [...namespaces].sort();
 }
 
 export interface IdentityStatus {
@@ -73,7 +88,7 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
         subject: workload.subject,
         uids: workload.uids,
         ports: workload.ports,
-        attestors: [new StaticAttestor(workload.attributes), new ProcessAttestor(workload.uids)],
+        attestors: buildWorkloadAttestors(workload),
       })),
       tokenTtlSeconds: identityConfig.tokenTtlMinutes * 60,
       onAttributeDropped: (workload, attribute) => {

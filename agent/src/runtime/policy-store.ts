@@ -2,10 +2,15 @@
 // is refused with a log line naming file:line:column, and the last good set keeps enforcing.
 // Connections already released never reach the agent, so a swap cannot disturb them.
 import { watch, type FSWatcher } from 'node:fs';
-import { formatProblem, loadPolicyDirectory } from '../policy/load.ts';
+import { SynpassError } from '../errors.ts';
+import { formatProblem, loadPolicyDirectory, PolicyDirectoryError } from '../policy/load.ts';
 import { PolicySet } from '../policy/policy-set.ts';
 import { policyRevision } from '../policy/revision.ts';
 import type { Logger } from '../telemetry/log.ts';
+
+export class PolicyStoreError extends SynpassError<'refused'> {
+  override readonly name = 'PolicyStoreError';
+}
 
 export class PolicyStore {
   reloadsOk = 0;
@@ -24,25 +29,28 @@ export class PolicyStore {
 
   /** Loads the initial set; throws if it has problems (an agent must not start without policy). */
   static open(directory: string, log: Logger): PolicyStore {
-    const set = PolicyStore.compile(directory, log);
-    if (set === null) throw new Error(`policy directory ${directory} has problems; see the log`);
+    const compiled = PolicyStore.compile(directory);
+    if ('problems' in compiled) {
+      const [first, ...rest] = compiled.problems;
+      const more = rest.length === 0 ? '' : ` (and ${rest.length} more; \`synpass policy validate ${directory}\` lists them)`;
+      throw new PolicyStoreError('refused', `policy.directory: ${first ?? directory}${more}`, { directory });
+    }
+    const set = compiled.set;
     log.info({ revision: set.revision, policies: set.policies.length, rules: set.ruleCount }, 'policy loaded');
     return new PolicyStore(directory, log, set);
   }
 
-  private static compile(directory: string, log: Logger): PolicySet | null {
+  /** The compiled set, or every problem as one line (an unreadable directory is one problem). */
+  private static compile(directory: string): { set: PolicySet } | { problems: string[] } {
     let loaded;
     try {
       loaded = loadPolicyDirectory(directory);
     } catch (error) {
-      log.error({ err: error, directory }, 'policy directory unreadable');
-      return null;
+      if (!(error instanceof PolicyDirectoryError)) throw error;
+      return { problems: [error.message] };
     }
-    if (loaded.problems.length > 0) {
-      log.error({ problems: loaded.problems.map(formatProblem), directory }, 'policy set refused');
-      return null;
-    }
-    return new PolicySet(loaded.files, policyRevision(directory, loaded.contentHash));
+    if (loaded.problems.length > 0) return { problems: loaded.problems.map(formatProblem) };
+    return { set: new PolicySet(loaded.files, policyRevision(directory, loaded.contentHash)) };
   }
 
   get current(): PolicySet {
@@ -51,12 +59,14 @@ export class PolicyStore {
 
   /** Validates and swaps; returns whether the new set is now enforcing. */
   reload(): boolean {
-    const next = PolicyStore.compile(this.directory, this.log);
-    if (next === null) {
+    const compiled = PolicyStore.compile(this.directory);
+    if ('problems' in compiled) {
+      this.log.error({ problems: compiled.problems, directory: this.directory }, 'policy set refused');
       this.reloadsFailed += 1;
       this.log.warn({ revision: this.set.revision }, 'keeping the last good policy set');
       return false;
     }
+    const next = compiled.set;
     const previous = this.set.revision;
     this.set = next;
     this.reloadsOk += 1;

@@ -2,7 +2,7 @@
 // validates against the Kubernetes OpenAPI schemas (kubernetes-models).
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments } from 'yaml';
 
@@ -30,6 +30,9 @@ describe('deploy/kubernetes', () => {
   let objects: K8sObject[] = [];
 
   before(() => {
+    if (spawnSync('kubectl', ['version', '--client'], { stdio: 'ignore' }).error !== undefined) {
+      throw new Error('kubectl is not installed: it is a prerequisite of the manifest tests (README), and Debian has no current package of it');
+    }
     const built = execFileSync('kubectl', ['kustomize', '--load-restrictor', 'LoadRestrictionsNone', `${root}deploy/kubernetes/overlays/example`], {
       encoding: 'utf8',
     });

@@ -39,6 +39,6 @@ describe('local identity', () => {
     const other = await createAgent(domain, 'other');
     const mixed = join(web.directory, 'other-sign.key.pem');
     copyFileSync(join(other.directory, 'sign.key.pem'), mixed);
-    await assert.rejects(load(domain, web, mixed), /signing key does not match the credential/);
+    await assert.rejects(load(domain, web, mixed), /identity\.signingKey: \S+other-sign\.key\.pem does not match the public key in \S+credential\.jwt/);
   });
 });

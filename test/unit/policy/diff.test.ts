@@ -1,15 +1,15 @@
 import { it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { scratchDirectory } from '../../support/scratch.ts';
 
 const cli = fileURLToPath(new URL('../../../agent/src/cli/main.ts', import.meta.url));
 
 it('policy diff between two commits prints exactly the pairs whose verdict changed', () => {
-  const repo = mkdtempSync(join(tmpdir(), 'synpass-diff-repo-'));
+  const repo = scratchDirectory('diff-repo');
   const git = (...args: string[]) => execFileSync('git', ['-C', repo, ...args], { encoding: 'utf8' }).trim();
   git('init', '-q');
   git('config', 'user.email', 'ci@synpass.test');

@@ -1,11 +1,11 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, loadAgentConfig } from '../../../agent/src/runtime/config.ts';
+import { scratchDirectory } from '../../support/scratch.ts';
 
-const directory = mkdtempSync(join(tmpdir(), 'synpass-config-'));
+const directory = scratchDirectory('config');
 let counter = 0;
 
 function load(yaml: string) {

@@ -1,7 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseKernelQueues } from '../../../agent/src/datapath/kernel-queue.ts';
 import { ParsedPacket, parsePacket } from '../../../agent/src/datapath/packet.ts';
@@ -11,6 +10,7 @@ import { FlowLog } from '../../../agent/src/telemetry/flow-log.ts';
 import { createLogger } from '../../../agent/src/telemetry/log.ts';
 import { AgentMetrics } from '../../../agent/src/telemetry/metrics.ts';
 import { IPV4_SYN } from '../../support/fixtures.ts';
+import { scratchDirectory } from '../../support/scratch.ts';
 
 function event(accepted: boolean, reason = 'ok'): VerdictEvent {
   const packet = new ParsedPacket();
@@ -64,7 +64,7 @@ describe('kernel queue statistics', () => {
 
 describe('flow log', () => {
   it('writes every drop, samples accepts, and rotates the file by size', async () => {
-    const directory = mkdtempSync(join(tmpdir(), 'synpass-flow-'));
+    const directory = scratchDirectory('flow');
     const file = join(directory, 'flows.jsonl');
     let coin = 0;
     const log = new FlowLog({ sink: 'file', file, maxBytes: 8192, maxFiles: 20, sampleAccepted: 0.5 }, createLogger('silent'), () => (coin++ % 2 === 0 ? 0.1 : 0.9));

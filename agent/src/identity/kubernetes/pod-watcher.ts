@@ -47,12 +47,14 @@ interface WatchEvent {
 }
 
 const LABEL_KEY = /^[a-z0-9][a-z0-9._-]*$/;
+/** The one attribute namespace (and attestor name) of pod attributes. */
+export const POD_ATTRIBUTE_NAMESPACE = 'k8s';
 
 /** The attributes a pod is known by; label keys that do not fit an attribute name are left out. */
 export function podAttributes(pod: PodObject): Map<string, Attribute> {
   const attributes = new Map<string, Attribute>();
   const set = (name: string, value: string | undefined) => {
-    if (value !== undefined && value !== '') attributes.set(name, { value, attestor: 'k8s' });
+    if (value !== undefined && value !== '') attributes.set(name, { value, attestor: POD_ATTRIBUTE_NAMESPACE });
   };
   set('k8s.namespace', pod.metadata?.namespace);
   set('k8s.pod', pod.metadata?.name);
