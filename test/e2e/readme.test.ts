@@ -55,7 +55,9 @@ describe('README', () => {
     const blocks = markedBlocks(README);
     assert.ok(blocks.length >= 4, `found ${blocks.length} readme-test blocks`);
     const work = scratchDirectory('readme-using-it');
-    const run = spawnSync('bash', ['-euo', 'pipefail', '-c', blocks.join('\n')], { cwd: work, env, encoding: 'utf8', timeout: 120_000 });
+    // stdin from /dev/null: on a socket (node's default pipe) Debian's bash takes itself for an
+    // ssh session and reads /etc/bash.bashrc.
+    const run = spawnSync('bash', ['-euo', 'pipefail', '-c', blocks.join('\n')], { cwd: work, env, encoding: 'utf8', timeout: 120_000, stdio: ['ignore', 'pipe', 'pipe'] });
     assert.equal(run.status, 0, `a README block failed:\n${run.stdout}\n${run.stderr}`);
     assert.match(run.stdout, /^agent spiffe:\/\/prod\.example\.com\/agent\/web-1: .*\(namespaces: app, env, host, process\)$/m);
     assert.match(run.stdout, /"verified": true/);
