@@ -25,10 +25,15 @@ interface Row {
 }
 
 /** api's first SYN verdict after `after` from `source`: an address, or an address:port. */
+/** A SYN verdict from `source` (address or address:port), or a per-second summary of its drops. */
 function lastVerdictFrom(agent: AgentHandle, source: string, after: number): Record<string, unknown> | undefined {
   return agent.process.lines
     .slice(after)
-    .find((l) => l.event === 'handshake' && l.direction === 'ingress' && l.stage === 'syn' && (String(l.source) === source || String(l.source).startsWith(`${source}:`)));
+    .find(
+      (l) =>
+        (l.event === 'handshake' && l.direction === 'ingress' && l.stage === 'syn' && (String(l.source) === source || String(l.source).startsWith(`${source}:`))) ||
+        (l.event === 'drops' && String(l.source) === source),
+    );
 }
 
 const directory = mkdtempSync(join(tmpdir(), 'synpass-demo-'));

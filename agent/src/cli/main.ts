@@ -6,7 +6,7 @@ import { connectionMarks } from '../datapath/marks.ts';
 import { Agent, DEFAULT_AGENT_OPTIONS, type AgentOptions } from '../runtime/agent.ts';
 import { DEFAULT_DATAPATH, DEFAULT_TELEMETRY, loadAgentConfig, type AgentConfig } from '../runtime/config.ts';
 import { buildHandler, type BuiltHandler } from '../runtime/handlers.ts';
-import { createLogger } from '../telemetry/log.ts';
+import { createAgentLog } from '../telemetry/log.ts';
 import { fetchStatus } from '../telemetry/status-client.ts';
 import { askWhois } from '../whois/client.ts';
 import { parseCidr } from './cidr.ts';
@@ -84,7 +84,7 @@ agent
   .option('--whois-socket <path>', `unix socket of the peer-identity API (default ${DEFAULT_TELEMETRY.whoisSocket ?? 'off'})`)
   .action(async (flags: Record<string, unknown>) => {
     // A check prints its verdict, not the agent's start-up log; problems still show.
-    const log = flags.checkConfig === true ? createLogger('warn') : createLogger();
+    const { log, stream: logStream } = flags.checkConfig === true ? createAgentLog('warn') : createAgentLog();
     const configFile = (flags.config as string | undefined) ?? null;
     if (flags.checkConfig === true && configFile === null && !hasEnvironmentConfiguration()) {
       failWith('agent run', new RangeError('no configuration to check: give --config FILE (or SYNPASS_* variables)'));
@@ -130,7 +130,7 @@ agent
       process.stdout.write(`configuration ok: mode ${config.mode}, ${config.policy ? `policy ${built.status()?.policy?.revision ?? ''}` : 'no policy directory'}\n`);
       process.exit(0);
     }
-    const runtime = new Agent(options, built, log, config.mode, config.telemetry.flowLog);
+    const runtime = new Agent(options, built, log, config.mode, config.telemetry.flowLog, logStream);
     const shutdown = (signal: string): void => {
       log.info({ signal }, 'stopping');
       void runtime.stop().then(() => process.exit(0));

@@ -20,6 +20,7 @@ import type { Logger } from '../telemetry/log.ts';
 import { startStatusServer } from '../telemetry/status-server.ts';
 import { closeUnixSocket } from '../telemetry/unix-socket.ts';
 import { FlowLog } from '../telemetry/flow-log.ts';
+import type { BoundedLogStream } from '../telemetry/log.ts';
 import { DEFAULT_DATAPATH, DEFAULT_TELEMETRY, type FlowLogConfig } from './config.ts';
 import type { BuiltHandler, IdentityStatus } from './handlers.ts';
 
@@ -97,8 +98,10 @@ export class Agent {
     private readonly log: Logger,
     private readonly mode: string,
     flowLogConfig: FlowLogConfig = DEFAULT_TELEMETRY.flowLog,
+    /** The stream behind `log`, whose backlog the flow log yields to. */
+    logStream: BoundedLogStream | null = null,
   ) {
-    this.flowLog = new FlowLog(flowLogConfig, log);
+    this.flowLog = new FlowLog(flowLogConfig, log, () => logStream?.pendingBytes ?? 0);
     const flowLog = this.flowLog;
     const peers = this.peers;
     this.buffers = allocateQueueBuffers(options.batchSlots);
@@ -115,6 +118,7 @@ export class Agent {
       policy: () => built.status()?.policy ?? null,
       unjudgedSyns: () => this.unjudgedSyns,
       rulesAhead: () => this.rulesAhead,
+      logging: () => ({ flowLog: flowLog.counters, logPendingBytes: logStream?.pendingBytes ?? 0, logDroppedLines: logStream?.droppedLines ?? 0 }),
     });
     const { latency, ruleVerdicts } = this.metrics;
     this.engine = new DatapathEngine(this.buffers, built.handler, {

@@ -1,7 +1,13 @@
 // The flow log: one JSON line per handshake verdict, with both identities, addresses, the
-// deciding rule and policy revision, and the verdict latency. Every drop is written; accepted
-// connections can be sampled. Sinks: the agent's log stream (stdout) or a file rotated by size
-// (rotating-file-stream).
+// deciding rule and policy revision, and the verdict latency. Sinks: the agent's log stream
+// (stdout) or a file rotated by size (rotating-file-stream). Accepted connections can be sampled.
+//
+// Bounded under a flood: the first drop of a (source address, reason) pair in each second is
+// written in full, and the rest of that second's become one line, "N more drops from X for
+// reason R"; the pairs tracked at once are capped, and past the cap drops of a reason share one
+// line for all sources. A record is written only while less than FLOW_LOG_MAX_PENDING_BYTES wait
+// for the sink; past that it is dropped and counted, so errors and policy events, which share
+// stdout, keep the rest of the log stream's room.
 import { basename, dirname } from 'node:path';
 import { createStream, type RotatingFileStream } from 'rotating-file-stream';
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
@@ -9,6 +15,14 @@ import type { VerdictEvent } from '../datapath/handler.ts';
 import type { FlowLogConfig } from '../runtime/config.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { Logger } from './log.ts';
+
+/** What may wait for the sink before flow records are dropped (a quarter of the log stream's bound). */
+export const FLOW_LOG_MAX_PENDING_BYTES = 2 * 1024 * 1024;
+/** (source, reason) pairs aggregated at once; past this, a reason's drops from any source share one entry. */
+export const FLOW_LOG_MAX_AGGREGATES = 1024;
+export const FLOW_LOG_WINDOW_MS = 1000;
+/** The source of the shared entry once FLOW_LOG_MAX_AGGREGATES pairs are tracked. */
+export const ANY_SOURCE = '*';
 
 export interface FlowRecord {
   event: 'handshake';
@@ -27,6 +41,19 @@ export interface FlowRecord {
   latencyMicroseconds: number;
 }
 
+/** Drops folded into one line: `count` more from `source` for `reason` since `since`. */
+export interface DropSummary {
+  event: 'drops';
+  source: string;
+  reason: string;
+  count: number;
+  since: string;
+  until: string;
+}
+
+/** Why a record never became a line: the sink was behind ('backlog'). */
+export type FlowLogDropReason = 'backlog';
+
 export function flowRecord(event: VerdictEvent): FlowRecord {
   const packet = event.packet;
   const peer = event.peer as VerifiedIdentity | null;
@@ -35,7 +62,7 @@ export function flowRecord(event: VerdictEvent): FlowRecord {
     direction: event.direction,
     stage: event.stage,
     verdict: event.accepted ? 'accept' : 'drop',
-    reason: event.reason === '' ? 'ok' : event.reason,
+    reason: reasonOf(event),
     source: `${sourceAddress(packet)}:${packet.sourcePort}`,
     destination: `${destinationAddress(packet)}:${packet.destinationPort}`,
     local: event.local ? { subject: event.local['synpass.subject'] ?? null, attributes: event.local } : null,
@@ -47,43 +74,162 @@ export function flowRecord(event: VerdictEvent): FlowRecord {
   };
 }
 
-export class FlowLog {
-  private readonly file: RotatingFileStream | null;
+function reasonOf(event: VerdictEvent): string {
+  return event.reason === '' ? 'ok' : event.reason;
+}
 
+/** Where lines go, and how many bytes wait there. */
+interface FlowSink {
+  pendingBytes(): number;
+  handshake(record: FlowRecord): void;
+  drops(summary: DropSummary): void;
+  close(): Promise<void>;
+}
+
+function logSink(log: Logger, pendingBytes: () => number): FlowSink {
+  return {
+    pendingBytes,
+    handshake: (record) => {
+      if (record.verdict === 'accept') log.info(record, 'handshake verdict');
+      else log.warn(record, 'handshake verdict');
+    },
+    drops: (summary) => {
+      log.warn(summary, `${summary.count} more drops from ${summary.source} for reason ${summary.reason}`);
+    },
+    close: () => Promise.resolve(),
+  };
+}
+
+function fileSink(config: FlowLogConfig & { file: string }, log: Logger): FlowSink {
+  const file: RotatingFileStream = createStream(
+    (_time, index) => (index === undefined || index === 0 ? basename(config.file) : `${basename(config.file)}.${index}`),
+    { path: dirname(config.file), size: `${Math.max(1, Math.floor(config.maxBytes / 1024))}K`, maxFiles: config.maxFiles },
+  );
+  file.on('error', (error) => {
+    log.error({ err: error }, 'flow log file failed');
+  });
+  const line = (record: object): void => {
+    file.write(`${JSON.stringify({ time: new Date().toISOString(), ...record })}\n`);
+  };
+  return {
+    pendingBytes: () => file.writableLength,
+    handshake: line,
+    drops: line,
+    close: () => new Promise((resolve) => file.end(() => { resolve(); })),
+  };
+}
+
+interface Aggregate {
+  source: string;
+  reason: string;
+  count: number;
+  since: number;
+}
+
+export interface FlowLogCounters {
+  /** Records that never became a line, by why. */
+  dropped: Record<FlowLogDropReason, number>;
+  /** Drops folded into a summary line instead of a line each. */
+  aggregated: number;
+  /** (source, reason) pairs being aggregated now. */
+  aggregates: number;
+}
+
+export class FlowLog {
+  readonly counters: FlowLogCounters = { dropped: { backlog: 0 }, aggregated: 0, aggregates: 0 };
+  private readonly sink: FlowSink;
+  /** This window's drops past the first of each (source, reason); keyed `source reason`. */
+  private readonly windows = new Map<string, Aggregate>();
+  /** Pairs whose first drop was written this window; cleared with it. */
+  private readonly seen = new Set<string>();
+  private timer: NodeJS.Timeout | null = null;
+  /** Whether accepted connections get lines at all (the stdout sink logs them at info). */
+  private readonly accepts: boolean;
+
+  /** `logPendingBytes`: what waits in the log stream, for the stdout sink. */
   constructor(
     private readonly config: FlowLogConfig,
-    private readonly log: Logger,
+    log: Logger,
+    logPendingBytes: () => number = () => 0,
     private readonly random: () => number = Math.random,
+    private readonly now: () => number = Date.now,
   ) {
-    this.file =
-      config.sink === 'file' && config.file !== null
-        ? createStream(
-            (_time, index) => (index === undefined || index === 0 ? basename(config.file!) : `${basename(config.file!)}.${index}`),
-            { path: dirname(config.file), size: `${Math.max(1, Math.floor(config.maxBytes / 1024))}K`, maxFiles: config.maxFiles },
-          )
-        : null;
-    this.file?.on('error', (error) => {
-      log.error({ err: error }, 'flow log file failed');
-    });
+    this.sink = config.sink === 'file' && config.file !== null ? fileSink({ ...config, file: config.file }, log) : logSink(log, logPendingBytes);
+    this.accepts = config.sink === 'file' || log.isLevelEnabled('info');
   }
 
   /** Called for every judged packet; writes connection verdicts (not accepted ACKs). */
   write(event: VerdictEvent): void {
-    if (event.accepted && event.stage === 'ack') return;
-    if (event.accepted && (this.config.sampleAccepted < 1 && this.random() >= this.config.sampleAccepted)) return;
-    if (this.file === null) {
-      if (event.accepted && !this.log.isLevelEnabled('info')) return;
-      const record = flowRecord(event);
-      if (event.accepted) this.log.info(record, 'handshake verdict');
-      else this.log.warn(record, 'handshake verdict');
+    if (event.accepted) {
+      if (event.stage === 'ack' || !this.accepts) return;
+      if (this.config.sampleAccepted < 1 && this.random() >= this.config.sampleAccepted) return;
+    } else if (this.aggregate(event)) {
       return;
     }
-    this.file.write(`${JSON.stringify({ time: new Date().toISOString(), ...flowRecord(event) })}\n`);
+    if (this.sink.pendingBytes() >= FLOW_LOG_MAX_PENDING_BYTES) {
+      this.counters.dropped.backlog += 1;
+      return;
+    }
+    this.sink.handshake(flowRecord(event));
   }
 
+  /** Whether the drop was folded into its pair's window rather than written. */
+  private aggregate(event: VerdictEvent): boolean {
+    const source = sourceAddress(event.packet);
+    const reason = reasonOf(event);
+    const key = `${source} ${reason}`;
+    if (!this.seen.has(key)) {
+      if (this.seen.size < FLOW_LOG_MAX_AGGREGATES) {
+        this.seen.add(key);
+        this.startWindow();
+        return false;
+      }
+      return this.count(`${ANY_SOURCE} ${reason}`, ANY_SOURCE, reason);
+    }
+    return this.count(key, source, reason);
+  }
+
+  private count(key: string, source: string, reason: string): true {
+    const entry = this.windows.get(key);
+    if (entry === undefined) this.windows.set(key, { source, reason, count: 1, since: this.now() });
+    else entry.count += 1;
+    this.counters.aggregated += 1;
+    this.counters.aggregates = this.windows.size;
+    this.startWindow();
+    return true;
+  }
+
+  private startWindow(): void {
+    if (this.timer !== null) return;
+    this.timer = setInterval(() => { this.closeWindow(); }, FLOW_LOG_WINDOW_MS);
+    this.timer.unref();
+  }
+
+  /** One line per aggregated pair; a quiet window stops the timer. */
+  private closeWindow(): void {
+    const until = new Date(this.now()).toISOString();
+    for (const entry of this.windows.values()) {
+      if (this.sink.pendingBytes() >= FLOW_LOG_MAX_PENDING_BYTES) {
+        this.counters.dropped.backlog += entry.count;
+        continue;
+      }
+      this.sink.drops({ event: 'drops', source: entry.source, reason: entry.reason, count: entry.count, since: new Date(entry.since).toISOString(), until });
+    }
+    const quiet = this.windows.size === 0 && this.seen.size === 0;
+    this.windows.clear();
+    this.seen.clear();
+    this.counters.aggregates = 0;
+    if (quiet && this.timer !== null) {
+      clearInterval(this.timer);
+      this.timer = null;
+    }
+  }
+
+  /** Writes the open window's summaries, then closes the file (SIGTERM). */
   close(): Promise<void> {
-    const file = this.file;
-    if (file === null) return Promise.resolve();
-    return new Promise((resolve) => file.end(() => { resolve(); }));
+    this.closeWindow();
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
+    return this.sink.close();
   }
 }

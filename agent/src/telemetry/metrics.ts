@@ -3,6 +3,7 @@
 // pays only for the latency histogram and the per-rule counter. Label values come from closed
 // sets (reasons, directions, actions) or from the policy's rule ids: never addresses or identities.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { FlowLogCounters } from './flow-log.ts';
 
 export interface MetricsSource {
   queue(): Record<string, number>;
@@ -15,6 +16,15 @@ export interface MetricsSource {
   unjudgedSyns(): number;
   /** Other rules ahead of the agent's hook jumps at the last rule check. */
   rulesAhead(): number;
+  /** The bounded log stream and the flow log (telemetry/log.ts, telemetry/flow-log.ts). */
+  logging(): LoggingCounters;
+}
+
+export interface LoggingCounters {
+  flowLog: FlowLogCounters;
+  /** Bytes waiting for stdout, and lines dropped because too many did. */
+  logPendingBytes: number;
+  logDroppedLines: number;
 }
 
 export class AgentMetrics {
@@ -121,6 +131,42 @@ export class AgentMetrics {
         if (policy === null) return;
         this.inc({ result: 'ok' }, policy.reloadsOk);
         this.inc({ result: 'failed' }, policy.reloadsFailed);
+      },
+    });
+    new Counter({
+      name: 'synpass_flow_log_dropped_total',
+      help: 'Flow-log records that never became a line, by reason: backlog = the sink was behind (more than 2 MiB waiting)',
+      labelNames: ['reason'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [reason, count] of Object.entries(source.logging().flowLog.dropped)) this.inc({ reason }, count);
+      },
+    });
+    new Counter({
+      name: 'synpass_flow_log_aggregated_total',
+      help: 'Drops folded into a per-second "N more drops from X for reason R" line instead of a line each',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(source.logging().flowLog.aggregated);
+      },
+    });
+    new Counter({
+      name: 'synpass_log_dropped_lines_total',
+      help: 'Log lines of any kind dropped because 8 MiB already waited for stdout',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(source.logging().logDroppedLines);
+      },
+    });
+    new Gauge({
+      name: 'synpass_log_pending_bytes',
+      help: 'Log bytes waiting for stdout (bounded at 8 MiB)',
+      registers,
+      collect() {
+        this.set(source.logging().logPendingBytes);
       },
     });
     new Gauge({

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -6,15 +7,18 @@ import { parseKernelQueues } from '../../../agent/src/datapath/kernel-queue.ts';
 import { ParsedPacket, parsePacket } from '../../../agent/src/datapath/packet.ts';
 import type { VerdictEvent } from '../../../agent/src/datapath/handler.ts';
 import { ConfigError, environmentName, loadAgentConfig } from '../../../agent/src/runtime/config.ts';
-import { FlowLog } from '../../../agent/src/telemetry/flow-log.ts';
-import { createLogger } from '../../../agent/src/telemetry/log.ts';
+import { ANY_SOURCE, FLOW_LOG_MAX_AGGREGATES, FLOW_LOG_MAX_PENDING_BYTES, FlowLog } from '../../../agent/src/telemetry/flow-log.ts';
+import { BoundedLogStream, createAgentLog, createLogger, type AsyncDestination } from '../../../agent/src/telemetry/log.ts';
 import { AgentMetrics } from '../../../agent/src/telemetry/metrics.ts';
 import { IPV4_SYN } from '../../support/fixtures.ts';
 import { scratchDirectory } from '../../support/scratch.ts';
 
-function event(accepted: boolean, reason = 'ok'): VerdictEvent {
+/** A verdict on IPV4_SYN (from 10.213.5.1), or on the same SYN from `source` (an IPv4 address). */
+function event(accepted: boolean, reason = 'ok', source?: string): VerdictEvent {
+  const bytes = Uint8Array.from(IPV4_SYN);
+  if (source !== undefined) bytes.set(source.split('.').map(Number), 12);
   const packet = new ParsedPacket();
-  parsePacket(IPV4_SYN, 0, IPV4_SYN.length, packet);
+  parsePacket(bytes, 0, bytes.length, packet);
   return { direction: 'ingress', stage: 'syn', accepted, reason, packet, peer: null, rule: 'api/from-web', revision: 'git:abc', wouldDrop: null, local: { 'synpass.subject': 'spiffe://d/api' }, latencyMicroseconds: 42.4 };
 }
 
@@ -63,12 +67,13 @@ describe('kernel queue statistics', () => {
 });
 
 describe('flow log', () => {
-  it('writes every drop, samples accepts, and rotates the file by size', async () => {
+  it('writes every drop of distinct sources, samples accepts, and rotates the file by size', async () => {
     const directory = scratchDirectory('flow');
     const file = join(directory, 'flows.jsonl');
     let coin = 0;
-    const log = new FlowLog({ sink: 'file', file, maxBytes: 8192, maxFiles: 20, sampleAccepted: 0.5 }, createLogger('silent'), () => (coin++ % 2 === 0 ? 0.1 : 0.9));
-    for (let i = 0; i < 40; i++) log.write(event(false, 'no-identity'));
+    const log = new FlowLog({ sink: 'file', file, maxBytes: 8192, maxFiles: 20, sampleAccepted: 0.5 }, createLogger('silent'), () => 0, () => (coin++ % 2 === 0 ? 0.1 : 0.9));
+    log.write(event(false, 'no-identity'));
+    for (let i = 1; i < 40; i++) log.write(event(false, 'no-identity', `10.213.6.${i}`));
     for (let i = 0; i < 40; i++) log.write(event(true));
     await log.close();
     // rotating-file-stream keeps its own history in flows.jsonl.txt.
@@ -88,6 +93,89 @@ describe('flow log', () => {
   });
 });
 
+/** A log destination that keeps what it is given until `complete` reports it written. */
+class SlowDestination extends EventEmitter implements AsyncDestination {
+  readonly lines: string[] = [];
+  write(data: string): boolean {
+    this.lines.push(data);
+    return true;
+  }
+  complete(): void {
+    for (const line of this.lines.splice(0)) this.emit('write', Buffer.byteLength(line));
+  }
+  flushSync(): void {
+    this.complete();
+  }
+}
+
+/** Parsed JSON lines of a SlowDestination, with pino's `msg`. */
+function records(destination: SlowDestination): Record<string, unknown>[] {
+  return destination.lines.map((line) => JSON.parse(line) as Record<string, unknown>);
+}
+
+describe('bounded logging under a flood', () => {
+  it('the log stream drops and counts lines past its bound, and takes lines again once they are written', () => {
+    const destination = new SlowDestination();
+    const stream = new BoundedLogStream(destination, 1000);
+    const line = `${'x'.repeat(99)}\n`;
+    for (let i = 0; i < 15; i++) stream.write(line);
+    assert.equal(stream.pendingBytes, 1000);
+    assert.equal(stream.droppedLines, 5);
+    destination.complete();
+    assert.equal(stream.pendingBytes, 0);
+    assert.equal(stream.write(line), true);
+    assert.equal(stream.droppedLines, 5);
+  });
+
+  it('a flood from one source is one full line and one "N more drops" line per second', async () => {
+    const destination = new SlowDestination();
+    const { log } = createAgentLog('info', destination);
+    let clock = Date.parse('2026-12-03T12:00:00.000Z');
+    const flows = new FlowLog({ sink: 'stdout', file: null, maxBytes: 1 << 20, maxFiles: 1, sampleAccepted: 1 }, log, () => 0, Math.random, () => clock);
+    for (let i = 0; i < 100_000; i++) flows.write(event(false, 'no-identity'));
+    flows.write(event(false, 'replayed-syn'));
+    clock += 1000;
+    await flows.close();
+    const lines = records(destination);
+    assert.deepEqual(
+      lines.map((line) => [line.event, line.reason, line.count ?? null]),
+      [
+        ['handshake', 'no-identity', null],
+        ['handshake', 'replayed-syn', null],
+        ['drops', 'no-identity', 99_999],
+      ],
+    );
+    assert.equal(lines[2]!.msg, '99999 more drops from 10.213.5.1 for reason no-identity');
+    assert.equal(lines[2]!.until, '2026-12-03T12:00:01.000Z');
+    assert.equal(flows.counters.aggregated, 99_999);
+  });
+
+  it('spoofed sources past the cap share one line per reason', async () => {
+    const destination = new SlowDestination();
+    const flows = new FlowLog({ sink: 'stdout', file: null, maxBytes: 1 << 20, maxFiles: 1, sampleAccepted: 1 }, createAgentLog('info', destination).log);
+    const sources = FLOW_LOG_MAX_AGGREGATES + 3000;
+    for (let i = 0; i < sources; i++) flows.write(event(false, 'no-identity', `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`));
+    await flows.close();
+    const lines = records(destination);
+    assert.equal(lines.filter((line) => line.event === 'handshake').length, FLOW_LOG_MAX_AGGREGATES);
+    assert.deepEqual(lines.filter((line) => line.event === 'drops').map((line) => [line.source, line.count]), [[ANY_SOURCE, 3000]]);
+  });
+
+  it('yields to a sink that is behind: flow records are dropped and counted, an error still gets through', () => {
+    const destination = new SlowDestination();
+    const { log, stream } = createAgentLog('info', destination);
+    const flows = new FlowLog({ sink: 'stdout', file: null, maxBytes: 1 << 20, maxFiles: 1, sampleAccepted: 1 }, log, () => stream.pendingBytes);
+    let written = 0;
+    for (let i = 0; stream.pendingBytes < FLOW_LOG_MAX_PENDING_BYTES; i++, written++) flows.write(event(true, 'ok', `10.1.${(i >> 8) & 255}.${i & 255}`));
+    for (let i = 0; i < 500; i++) flows.write(event(true));
+    assert.equal(flows.counters.dropped.backlog, 500);
+    assert.equal(destination.lines.length, written);
+    log.error({ directory: '/etc/synpass/policy' }, 'policy set refused');
+    assert.equal(records(destination).at(-1)!.msg, 'policy set refused');
+    assert.ok(stream.pendingBytes <= stream.maxPendingBytes);
+  });
+});
+
 describe('metrics', () => {
   it('exports verdicts, queue counters, caches, credential expiry and policy revision', async () => {
     const metrics = new AgentMetrics({
@@ -99,6 +187,7 @@ describe('metrics', () => {
       policy: () => ({ revision: 'git:abc', reloadsOk: 2, reloadsFailed: 1 }),
       unjudgedSyns: () => 5,
       rulesAhead: () => 2,
+      logging: () => ({ flowLog: { dropped: { backlog: 7 }, aggregated: 1234, aggregates: 3 }, logPendingBytes: 4096, logDroppedLines: 11 }),
     });
     metrics.ruleVerdicts.inc({ rule: 'api/from-web', action: 'accept' });
     metrics.latency.observe(0.00003);
@@ -114,6 +203,10 @@ describe('metrics', () => {
       'synpass_verdict_latency_seconds_count 1',
       'synpass_unjudged_syns_total 5',
       'synpass_rules_ahead 2',
+      'synpass_flow_log_dropped_total{reason="backlog"} 7',
+      'synpass_flow_log_aggregated_total 1234',
+      'synpass_log_dropped_lines_total 11',
+      'synpass_log_pending_bytes 4096',
     ]) {
       assert.ok(text.includes(line), `missing: ${line}`);
     }
