@@ -206,7 +206,11 @@ describe('the bench\'s C reference loop', { skip: !isRoot() && 'needs root for n
     // is the rules' timing, not a trip the handshake needs, so the handshake's kinds are counted.
     for (const loop of reference.loops) {
       const counts = loop.lines.find((line) => line.received !== undefined);
-      assert.deepEqual({ syn: counts?.syn, synAck: counts?.synAck, ack: counts?.ack }, { syn: connections, synAck: connections, ack: connections });
+      assert.deepEqual(
+        { syn: counts?.syn, synAck: counts?.synAck, ack: counts?.ack },
+        { syn: connections, synAck: connections, ack: connections },
+        `the loop said: ${JSON.stringify(loop.lines)} ${loop.stderr.join('')}`,
+      );
     }
     for (const host of ['api', 'web'] as const) assert.doesNotMatch(lab.iptablesSave(host), /SYNPASS/);
   });

@@ -82,8 +82,9 @@ export class NetnsProcess {
     });
     this.child.stderr!.setEncoding('utf8');
     this.child.stderr!.on('data', (chunk: string) => this.stderr.push(chunk));
+    // 'close', not 'exit': a process's last lines may still be in the pipe when it exits.
     this.exited = new Promise((resolve) => {
-      this.child.on('exit', (code) => {
+      this.child.on('close', (code) => {
         this.notify();
         resolve(code);
       });
