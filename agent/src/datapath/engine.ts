@@ -24,6 +24,7 @@ import {
 } from './nfqueue.ts';
 import { tcpChecksum, readUint16 } from './checksum.ts';
 import { ParsedPacket, parsePacket, type ParseStatus } from './packet.ts';
+import { parseFailureReason, type Reason } from './reasons.ts';
 import { attachToken, detachToken } from './rewrite.ts';
 
 export type MalformedPolicy = 'drop' | 'accept';
@@ -37,11 +38,18 @@ export interface EngineOptions {
   onVerdict?: (event: VerdictEvent) => void;
 }
 
+export interface VerdictCount {
+  direction: Direction;
+  action: 'accept' | 'drop';
+  reason: Reason;
+  count: number;
+}
+
 /** Counts verdicts by direction, action and reason; labels come from closed sets. */
 export class VerdictCounters {
-  private readonly counts = new Map<string, number[]>();
+  private readonly counts = new Map<Reason, number[]>();
 
-  add(direction: Direction, accepted: boolean, reason: string): void {
+  add(direction: Direction, accepted: boolean, reason: Reason): void {
     let row = this.counts.get(reason);
     if (row === undefined) {
       row = [0, 0, 0, 0];
@@ -50,8 +58,8 @@ export class VerdictCounters {
     row[(direction === 'ingress' ? 0 : 2) + (accepted ? 0 : 1)]! += 1;
   }
 
-  snapshot(): { direction: Direction; action: 'accept' | 'drop'; reason: string; count: number }[] {
-    const rows: { direction: Direction; action: 'accept' | 'drop'; reason: string; count: number }[] = [];
+  snapshot(): VerdictCount[] {
+    const rows: VerdictCount[] = [];
     for (const [reason, row] of this.counts) {
       row.forEach((count, index) => {
         if (count === 0) return;
@@ -66,7 +74,7 @@ export class VerdictCounters {
     return rows;
   }
 
-  get(direction: Direction, action: 'accept' | 'drop', reason: string): number {
+  get(direction: Direction, action: 'accept' | 'drop', reason: Reason): number {
     const row = this.counts.get(reason);
     return row?.[(direction === 'ingress' ? 0 : 2) + (action === 'accept' ? 0 : 1)] ?? 0;
   }
@@ -185,7 +193,7 @@ export class DatapathEngine {
       return;
     }
     if (!parsePacket(this.buffers.input, offset, length, packet)) {
-      this.malformed(queue, id, queueNumber, mark, direction, packet.status);
+      this.malformed(queue, id, queueNumber, mark, direction, parseFailureReason(packet.status as Exclude<ParseStatus, 'ok'>));
       return;
     }
     if (
@@ -243,7 +251,7 @@ export class DatapathEngine {
     newMark >>>= 0;
     if (rewrittenLength >= 0) queue.verdict(id, queueNumber, NF_REPEAT, newMark, this.output, rewrittenLength);
     else queue.verdict(id, queueNumber, NF_REPEAT, newMark);
-    this.verdicts.add(direction, true, decision.reason === '' ? 'ok' : decision.reason);
+    this.verdicts.add(direction, true, decision.reason);
     this.deferReport(true, decision.reason, offset, length);
   }
 
@@ -258,7 +266,7 @@ export class DatapathEngine {
     const bytes = this.buffers.input.slice(offset, offset + length);
     let settled = false;
     this.heldNow += 1;
-    const settle = (accepted: boolean, reason: string): void => {
+    const settle = (accepted: boolean, reason: Reason): void => {
       if (settled) return;
       settled = true;
       this.heldNow -= 1;
@@ -294,7 +302,7 @@ export class DatapathEngine {
   }
 
   /** Copies what the verdict event needs, the packet's bytes included; it is parsed again on report. */
-  private deferReport(accepted: boolean, reason: string, offset: number, length: number): void {
+  private deferReport(accepted: boolean, reason: Reason, offset: number, length: number): void {
     if (this.options.onVerdict === undefined) return;
     let slot = this.pending[this.pendingCount];
     if (slot === undefined) {
@@ -324,7 +332,7 @@ export class DatapathEngine {
     queueNumber: number,
     mark: number,
     direction: Direction,
-    reason: ParseStatus | 'truncated-capture',
+    reason: Reason,
   ): void {
     if (this.options.onMalformed === 'accept') {
       // Accepted untouched: a malformed packet is never rewritten.
@@ -336,7 +344,7 @@ export class DatapathEngine {
     this.drop(queue, id, queueNumber, mark, direction, reason);
   }
 
-  private drop(queue: NativeQueue, id: number, queueNumber: number, mark: number, direction: Direction, reason: string): void {
+  private drop(queue: NativeQueue, id: number, queueNumber: number, mark: number, direction: Direction, reason: Reason): void {
     queue.verdict(id, queueNumber, NF_DROP, mark);
     this.verdicts.add(direction, false, reason);
   }
@@ -347,7 +355,7 @@ function blankEvent(packet: ParsedPacket): VerdictEvent {
     direction: 'ingress',
     stage: 'syn',
     accepted: true,
-    reason: '',
+    reason: 'ok',
     packet,
     peer: null,
     rule: null,

@@ -1,7 +1,9 @@
 // The seam between the datapath and whatever decides about a handshake packet (a pass-through
 // test handler, the identity handshake). The datapath owns parsing, rewriting and verdicts;
 // a handler only fills in a Decision, which is reused across packets.
+import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { ParsedPacket } from './packet.ts';
+import type { Reason } from './reasons.ts';
 
 export type Direction = 'ingress' | 'egress';
 export type Stage = 'syn' | 'syn-ack' | 'ack';
@@ -18,14 +20,14 @@ export function stageOf(packet: ParsedPacket): Stage {
  */
 export interface HeldPacket {
   /** Lets it through and releases its connection. */
-  accept(reason: string): void;
-  drop(reason: string): void;
+  accept(reason: Reason): void;
+  drop(reason: Reason): void;
 }
 
 export class Decision {
   accept = true;
   /** Closed-set reason, used verbatim as a metric label. */
-  reason = '';
+  reason: Reason = 'ok';
   /**
    * Token body to attach on egress (null: send the packet as it is). The engine copies it into
    * the packet before the next packet is decided, so a handler may hand over a reused buffer.
@@ -36,8 +38,8 @@ export class Decision {
   track = false;
   /** Release the connection: no further packet of it reaches user space. */
   release = false;
-  /** The verified peer identity, if the handler learned one (for the flow log). */
-  peer: unknown = null;
+  /** The verified peer identity, if the handler learned one (for the flow log and whois). */
+  peer: VerifiedIdentity | null = null;
   /** The policy rule that decided, its policy revision, and an observe-mode would-be drop. */
   rule: string | null = null;
   revision: string | null = null;
@@ -49,7 +51,7 @@ export class Decision {
 
   reset(): void {
     this.accept = true;
-    this.reason = '';
+    this.reason = 'ok';
     this.token = null;
     this.tokenLength = 0;
     this.track = false;
@@ -62,7 +64,7 @@ export class Decision {
     this.holdReceiver = null;
   }
 
-  drop(reason: string): void {
+  drop(reason: Reason): void {
     this.accept = false;
     this.reason = reason;
   }
@@ -93,9 +95,9 @@ export interface VerdictEvent {
   direction: Direction;
   stage: Stage;
   accepted: boolean;
-  reason: string;
+  reason: Reason;
   packet: ParsedPacket;
-  peer: unknown;
+  peer: VerifiedIdentity | null;
   rule: string | null;
   revision: string | null;
   wouldDrop: string | null;

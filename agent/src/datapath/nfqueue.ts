@@ -4,6 +4,7 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { AddonError } from './errors.ts';
 
 export const NF_DROP = 0;
 export const NF_ACCEPT = 1;
@@ -104,12 +105,10 @@ export function loadBinding(): NativeBinding {
     try {
       binding = createRequire(import.meta.url)(addonPath) as NativeBinding;
     } catch (cause) {
-      throw new Error(`synpass native addon not built at ${addonPath}: run scripts/setup (or npm run build:native)`, {
-        cause,
-      });
+      throw new AddonError('not-built', `synpass native addon not built at ${addonPath}: run scripts/setup (or npm run build:native)`, { path: addonPath }, { cause });
     }
     if (binding.COUNTER_COUNT !== QUEUE_COUNTERS.length) {
-      throw new Error('synpass native addon does not match this agent version: rebuild it');
+      throw new AddonError('version-mismatch', 'synpass native addon does not match this agent version: rebuild it (npm run build:native)');
     }
   }
   return binding;

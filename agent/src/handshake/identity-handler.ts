@@ -5,6 +5,7 @@
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
 import type { Decision, HandshakeHandler, HeldPacket, PacketInfo } from '../datapath/handler.ts';
 import { TCP_FIN, TCP_RST } from '../datapath/packet.ts';
+import type { Reason } from '../datapath/reasons.ts';
 import type { LocalIdentity } from '../identity/local-identity.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { Authorization, AuthorizationQuery, Authorizer } from './authorizer.ts';
@@ -413,11 +414,10 @@ export class IdentityHandler implements HandshakeHandler {
   /** Holds a proof-less segment of a pending flow; false when the bounds say drop it instead. */
   private hold(flow: ServerFlow, decision: Decision): boolean {
     if ((flow.held?.length ?? 0) >= MAX_HELD_PER_FLOW || this.heldCount >= MAX_HELD) return false;
-    decision.reason = 'held';
     decision.hold((held) => {
       this.heldCount += 1;
       let settled = false;
-      const settle = (accepted: boolean, reason: string): void => {
+      const settle = (accepted: boolean, reason: Reason): void => {
         if (settled) return;
         settled = true;
         this.heldCount -= 1;
@@ -441,7 +441,7 @@ export class IdentityHandler implements HandshakeHandler {
     return true;
   }
 
-  private settleHeld(flow: ServerFlow, accepted: boolean, reason: string): void {
+  private settleHeld(flow: ServerFlow, accepted: boolean, reason: Reason): void {
     const held = flow.held;
     if (held === undefined) return;
     delete flow.held;

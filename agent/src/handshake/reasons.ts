@@ -1,55 +1,24 @@
-// The closed set of handshake verdict reasons; each is a metric label and a flow-log field.
+// A refused handshake step, and how token and credential errors map to verdict reasons (the
+// closed set is datapath/reasons.ts).
+import type { Reason } from '../datapath/reasons.ts';
+import { SynpassError } from '../errors.ts';
 import type { TokenErrorCode } from '../token/errors.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 
-export const HANDSHAKE_REASONS = [
-  'ok',
-  'ok-fast',
-  'ok-local',
-  'unprotected-port',
-  'allowed-without-identity',
-  'peer-without-agent',
-  'no-identity',
-  'not-allowed',
-  'observe-would-drop',
-  'malformed-handshake',
-  'unsupported-version',
-  'malformed-token',
-  'bad-alg',
-  'missing-kid',
-  'bad-signature',
-  'bad-claims',
-  'unknown-key',
-  'untrusted-domain',
-  'expired-token',
-  'expired-credential',
-  'not-yet-valid',
-  'namespace-not-allowed',
-  'token-credential-mismatch',
-  'stale-timestamp',
-  'replayed-syn',
-  'replayed-ack',
-  'bad-proof',
-  'unproven-syn',
-  'unknown-flow',
-  'flow-table-full',
-  'replay-cache-full',
-] as const;
-export type HandshakeReason = (typeof HANDSHAKE_REASONS)[number];
-
-export class HandshakeReject extends Error {
+/** A handshake step refused: `code` is the verdict reason. */
+export class HandshakeReject extends SynpassError<Reason> {
   override readonly name = 'HandshakeReject';
   constructor(
-    readonly reason: HandshakeReason,
+    readonly reason: Reason,
     message: string = reason,
     /** The peer's verified identity, when the refusal came after verification (for the log). */
     readonly peer: VerifiedIdentity | null = null,
   ) {
-    super(message);
+    super(reason, message);
   }
 }
 
-export function credentialReason(code: TokenErrorCode): HandshakeReason {
+export function credentialReason(code: TokenErrorCode): Reason {
   switch (code) {
     case 'expired':
       return 'expired-credential';
@@ -60,7 +29,7 @@ export function credentialReason(code: TokenErrorCode): HandshakeReason {
   }
 }
 
-export function tokenReason(code: TokenErrorCode): HandshakeReason {
+export function tokenReason(code: TokenErrorCode): Reason {
   switch (code) {
     case 'expired':
       return 'expired-token';

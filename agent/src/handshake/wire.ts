@@ -9,6 +9,7 @@
 //   ACK (3)      proof[16]
 // A JWS travels as its three segments base64url-decoded (u16 header | u16 payload | u8
 // signature), a quarter smaller than the compact form, which is rebuilt on receipt.
+import { SynpassError } from '../errors.ts';
 
 /** 2: SYN and SYN-ACK proofs bind the token they travel with (version 1 proofs did not). */
 export const WIRE_VERSION = 2;
@@ -90,14 +91,18 @@ export interface AckMessage {
 
 export type HandshakeMessage = SynMessage | SynAckMessage | AckMessage;
 
-export class WireError extends Error {
-  override readonly name = 'WireError';
+export class WireError extends SynpassError<'malformed-handshake' | 'unsupported-version'> {
+  override readonly name: string = 'WireError';
+  constructor(message: string, code: 'malformed-handshake' | 'unsupported-version' = 'malformed-handshake') {
+    super(code, message);
+  }
 }
 
 /** A body from an agent that speaks another protocol version: told apart for a rollout's sake. */
 export class UnsupportedVersionError extends WireError {
+  override readonly name = 'UnsupportedVersionError';
   constructor(readonly version: number) {
-    super(`protocol version ${version}; this agent speaks ${WIRE_VERSION}`);
+    super(`protocol version ${version}; this agent speaks ${WIRE_VERSION}`, 'unsupported-version');
   }
 }
 

@@ -5,6 +5,11 @@
 import { readFile } from 'node:fs/promises';
 import { hostname, platform, release } from 'node:os';
 import { namespaceOf, type Attribute } from '../token/identity-token.ts';
+import { SynpassError } from '../errors.ts';
+
+export class AttestorError extends SynpassError<'bad-document'> {
+  override readonly name = 'AttestorError';
+}
 
 export interface Attestor {
   readonly name: string;
@@ -62,7 +67,7 @@ export class EnvironmentAttestor implements Attestor {
 
 async function readJsonObject(path: string): Promise<Record<string, unknown>> {
   const value: unknown = JSON.parse(await readFile(path, 'utf8'));
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error(`${path}: expected a JSON object`);
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new AttestorError('bad-document', `${path}: expected a JSON object`, { path });
   return value as Record<string, unknown>;
 }
 

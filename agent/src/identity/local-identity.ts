@@ -57,7 +57,7 @@ export interface WorkloadToken {
   localAttributes: Readonly<Record<string, string>>;
 }
 
-export type IdentityErrorCode = 'identity-file' | 'key-mismatch' | 'credential-expired';
+export type IdentityErrorCode = 'identity-file' | 'key-mismatch' | 'credential-expired' | 'bad-workload';
 
 /** A problem with the agent's own identity, naming the configuration field (identity.*) it came from. */
 export class IdentityError extends SynpassError<IdentityErrorCode> {
@@ -191,7 +191,7 @@ export class LocalIdentity {
     nowSeconds: number,
   ): Promise<WorkloadToken> {
     if (!subject.startsWith(`spiffe://${this.credential.trustDomain}/`)) {
-      throw new Error(`workload ${name}: subject must be spiffe://${this.credential.trustDomain}/...`);
+      throw new IdentityError('bad-workload', `workload ${name}: subject must be spiffe://${this.credential.trustDomain}/...`, { workload: name });
     }
     // Never assert what the credential does not allow: peers would drop every connection.
     const allowed = new Map<string, Attribute>();

@@ -4,7 +4,6 @@ import { constants } from 'node:os';
 import type { Server } from 'node:http';
 import type { Server as NetServer } from 'node:net';
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
-import type { VerifiedIdentity } from '../token/identity-token.ts';
 import { liveTcpSockets } from '../whois/proc-net-tcp.ts';
 import { connectionKey, PeerRegistry } from '../whois/registry.ts';
 import { startWhoisServer } from '../whois/server.ts';
@@ -135,7 +134,7 @@ export class Agent {
           peers.record(
             `${destinationAddress(packet)}:${packet.destinationPort}`,
             `${sourceAddress(packet)}:${packet.sourcePort}`,
-            event.peer as VerifiedIdentity,
+            event.peer,
           );
         }
       },

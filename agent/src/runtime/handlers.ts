@@ -17,7 +17,7 @@ import {
 } from '../identity/attestors.ts';
 import { LocalIdentity } from '../identity/local-identity.ts';
 import { podWorkloads, WatchedPods } from '../identity/kubernetes/local-pods.ts';
-import { inClusterAccess, PodWatcher, POD_ATTRIBUTE_NAMESPACE } from '../identity/kubernetes/pod-watcher.ts';
+import { inClusterAccess, KubernetesError, PodWatcher, POD_ATTRIBUTE_NAMESPACE } from '../identity/kubernetes/pod-watcher.ts';
 import type { Logger } from '../telemetry/log.ts';
 import { algorithmOf, type JwsAlgorithm } from '../token/jws.ts';
 import type { AgentConfig, AttestorConfig, WorkloadConfig } from './config.ts';
@@ -133,7 +133,7 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
     });
     await Promise.race([
       pods.start(),
-      new Promise((_, reject) => setTimeout(() => { reject(new Error('no pod list from the Kubernetes API within 15 s')); }, 15_000).unref()),
+      new Promise((_, reject) => setTimeout(() => { reject(new KubernetesError('no-pod-list', 'no pod list from the Kubernetes API within 15 s')); }, 15_000).unref()),
     ]);
     const watcher = pods;
     await local.setAddressSource(() => podWorkloads(watcher, local.credential.trustDomain));

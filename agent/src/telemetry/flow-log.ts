@@ -13,7 +13,6 @@ import { createStream, type RotatingFileStream } from 'rotating-file-stream';
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
 import type { VerdictEvent } from '../datapath/handler.ts';
 import type { FlowLogConfig } from '../runtime/config.ts';
-import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { Logger } from './log.ts';
 
 /** What may wait for the sink before flow records are dropped (a quarter of the log stream's bound). */
@@ -56,13 +55,13 @@ export type FlowLogDropReason = 'backlog';
 
 export function flowRecord(event: VerdictEvent): FlowRecord {
   const packet = event.packet;
-  const peer = event.peer as VerifiedIdentity | null;
+  const peer = event.peer;
   return {
     event: 'handshake',
     direction: event.direction,
     stage: event.stage,
     verdict: event.accepted ? 'accept' : 'drop',
-    reason: reasonOf(event),
+    reason: event.reason,
     source: `${sourceAddress(packet)}:${packet.sourcePort}`,
     destination: `${destinationAddress(packet)}:${packet.destinationPort}`,
     local: event.local ? { subject: event.local['synpass.subject'] ?? null, attributes: event.local } : null,
@@ -72,10 +71,6 @@ export function flowRecord(event: VerdictEvent): FlowRecord {
     wouldDrop: event.wouldDrop,
     latencyMicroseconds: Math.round(event.latencyMicroseconds),
   };
-}
-
-function reasonOf(event: VerdictEvent): string {
-  return event.reason === '' ? 'ok' : event.reason;
 }
 
 /** Where lines go, and how many bytes wait there. */
@@ -176,7 +171,7 @@ export class FlowLog {
   /** Whether the drop was folded into its pair's window rather than written. */
   private aggregate(event: VerdictEvent): boolean {
     const source = sourceAddress(event.packet);
-    const reason = reasonOf(event);
+    const reason = event.reason;
     const key = `${source} ${reason}`;
     if (!this.seen.has(key)) {
       if (this.seen.size < FLOW_LOG_MAX_AGGREGATES) {

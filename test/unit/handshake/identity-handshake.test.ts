@@ -7,11 +7,11 @@ import { decodeMessage, encodeMessage, MessageType } from '../../../agent/src/ha
 import type { AdmissionConfig } from '../../../agent/src/handshake/admission.ts';
 import { ProcessAttestor, StaticAttestor } from '../../../agent/src/identity/attestors.ts';
 import type { WorkloadIdentity } from '../../../agent/src/identity/local-identity.ts';
-import type { VerifiedIdentity } from '../../../agent/src/token/identity-token.ts';
 import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../support/fixtures.ts';
 import { createDomain, identityHandler, type TestDomain } from '../../support/identities.ts';
 import { VirtualQueue, type Verdict } from '../../support/virtual-wire.ts';
 import { bodyOf, withBody } from '../../support/rebody.ts';
+import type { Reason } from '../../../agent/src/datapath/reasons.ts';
 
 // Fixture addresses: client 10.213.5.1:25750, server 10.213.5.2:7000.
 const SYN = withValidChecksums(IPV4_SYN);
@@ -36,7 +36,7 @@ async function agent(domain: TestDomain, id: string, tier: string, clock: () => 
   });
   const events: { reason: string; accepted: boolean; peer: string | undefined }[] = [];
   const queue = new VirtualQueue(handler, (event) => {
-    if (event.stage !== 'ack') events.push({ reason: event.reason, accepted: event.accepted, peer: (event.peer as VerifiedIdentity | null)?.subject });
+    if (event.stage !== 'ack') events.push({ reason: event.reason, accepted: event.accepted, peer: event.peer?.subject });
   });
   return { queue, events, verifier, handler, local };
 }
@@ -58,7 +58,7 @@ function parsed(bytes: Uint8Array): ParsedPacket {
   return packet;
 }
 
-function reasonOf(v: Verdict, queue: VirtualQueue, reason: string): void {
+function reasonOf(v: Verdict, queue: VirtualQueue, reason: Reason): void {
   assert.equal(v.dropped, true, `expected a drop (${reason})`);
   assert.equal(queue.engine.verdicts.get('ingress', 'drop', reason) + queue.engine.verdicts.get('egress', 'drop', reason) > 0, true, reason);
 }
@@ -473,8 +473,8 @@ describe('identity handshake over a virtual wire', () => {
     await clientNode.local.setAddressSource(() => [{ address: '10.213.5.1', name: 'shop/web-1', subject: 'spiffe://hs.synpass/ns/shop/sa/web', attributes: webPod }]);
     await serverNode.local.setAddressSource(() => [{ address: '10.213.5.2', name: 'shop/db-1', subject: 'spiffe://hs.synpass/ns/shop/sa/db', attributes: dbPod }]);
     const seen: (string | undefined)[] = [];
-    const clientQueue = new VirtualQueue(clientNode.handler, (event) => seen.push((event.peer as VerifiedIdentity | null)?.subject));
-    const serverQueue = new VirtualQueue(serverNode.handler, (event) => seen.push((event.peer as VerifiedIdentity | null)?.subject));
+    const clientQueue = new VirtualQueue(clientNode.handler, (event) => seen.push(event.peer?.subject));
+    const serverQueue = new VirtualQueue(serverNode.handler, (event) => seen.push(event.peer?.subject));
     const synIn = serverQueue.deliver(clientQueue.deliver(SYN, 'egress').bytes, 'ingress');
     assert.equal(synIn.dropped, false);
     assert.equal(seen.at(-1), 'spiffe://hs.synpass/ns/shop/sa/web', 'the server sees the client pod');

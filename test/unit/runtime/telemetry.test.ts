@@ -12,9 +12,10 @@ import { BoundedLogStream, createAgentLog, createLogger, type AsyncDestination }
 import { AgentMetrics } from '../../../agent/src/telemetry/metrics.ts';
 import { IPV4_SYN } from '../../support/fixtures.ts';
 import { scratchDirectory } from '../../support/scratch.ts';
+import type { Reason } from '../../../agent/src/datapath/reasons.ts';
 
 /** A verdict on IPV4_SYN (from 10.213.5.1), or on the same SYN from `source` (an IPv4 address). */
-function event(accepted: boolean, reason = 'ok', source?: string): VerdictEvent {
+function event(accepted: boolean, reason: Reason = 'ok', source?: string): VerdictEvent {
   const bytes = Uint8Array.from(IPV4_SYN);
   if (source !== undefined) bytes.set(source.split('.').map(Number), 12);
   const packet = new ParsedPacket();

@@ -6,6 +6,7 @@ import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { createInterface } from 'node:readline';
 import type { Attribute } from '../../token/identity-token.ts';
+import { SynpassError } from '../../errors.ts';
 
 export interface KubernetesAccess {
   /** https://host:port of the API server (http:// for tests). */
@@ -21,7 +22,7 @@ export function inClusterAccess(
 ): KubernetesAccess {
   const host = environment.KUBERNETES_SERVICE_HOST;
   const port = environment.KUBERNETES_SERVICE_PORT ?? '443';
-  if (host === undefined) throw new Error('KUBERNETES_SERVICE_HOST is not set: not running in a cluster');
+  if (host === undefined) throw new KubernetesError('not-in-cluster', 'KUBERNETES_SERVICE_HOST is not set: not running in a cluster (set kubernetes.apiServer)');
   return {
     server: `https://${host.includes(':') ? `[${host}]` : host}:${port}`,
     token: readFileSync(`${mount}/token`, 'utf8').trim(),
@@ -47,6 +48,10 @@ interface WatchEvent {
 }
 
 const LABEL_KEY = /^[a-z0-9][a-z0-9._-]*$/;
+
+export class KubernetesError extends SynpassError<'not-in-cluster' | 'http-status' | 'watch-error' | 'no-pod-list'> {
+  override readonly name = 'KubernetesError';
+}
 /** The one attribute namespace (and attestor name) of pod attributes. */
 export const POD_ATTRIBUTE_NAMESPACE = 'k8s';
 
@@ -157,9 +162,7 @@ export class PodWatcher {
         (response) => {
           if (response.statusCode !== 200) {
             response.resume();
-            const error = new Error(`GET ${url.pathname}: HTTP ${response.statusCode ?? '?'}`) as Error & { status?: number | undefined };
-            error.status = response.statusCode;
-            reject(error);
+            reject(new KubernetesError('http-status', `GET ${url.pathname}: HTTP ${response.statusCode ?? '?'}`, { status: response.statusCode ?? 0 }));
             return;
           }
           resolve(response);
@@ -196,7 +199,7 @@ export class PodWatcher {
       const event = JSON.parse(line) as WatchEvent;
       if (event.type === 'ERROR') {
         if (event.object.code === 410) return 'relist';
-        throw new Error(`watch error ${String(event.object.code)}`);
+        throw new KubernetesError('watch-error', `watch error ${String(event.object.code)}`, { status: event.object.code ?? 0 });
       }
       if (event.type !== 'BOOKMARK') {
         this.apply(event.type, event.object);
