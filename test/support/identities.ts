@@ -11,7 +11,7 @@ import { Admission, type AdmissionConfig } from '../../agent/src/handshake/admis
 import { AdmissionAuthorizer } from '../../agent/src/handshake/authorizer.ts';
 import { IdentityHandler } from '../../agent/src/handshake/identity-handler.ts';
 import { PeerVerifier } from '../../agent/src/handshake/peer-verifier.ts';
-import { StaticAttestor } from '../../agent/src/identity/attestors.ts';
+import { StaticAttestor } from '../../agent/src/identity/attestors/static.ts';
 import { LocalIdentity, type WorkloadIdentity } from '../../agent/src/identity/local-identity.ts';
 import { scratchDirectory } from './scratch.ts';
 

@@ -2,19 +2,15 @@
 // synpass command line: the agent itself and the tools around it.
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { removeAllRules } from '../datapath/iptables.ts';
-import { connectionMarks } from '../datapath/marks.ts';
-import { Agent, DEFAULT_AGENT_OPTIONS, type AgentOptions } from '../runtime/agent.ts';
-import { DEFAULT_DATAPATH, DEFAULT_TELEMETRY, loadAgentConfig, type AgentConfig } from '../runtime/config.ts';
-import { buildHandler, type BuiltHandler } from '../runtime/handlers.ts';
-import { createAgentLog } from '../telemetry/log.ts';
+import { DEFAULT_DATAPATH, DEFAULT_TELEMETRY, loadAgentConfig } from '../runtime/config.ts';
 import { fetchStatus } from '../telemetry/status-client.ts';
 import { askWhois } from '../whois/client.ts';
-import { parseCidr } from './cidr.ts';
 import { inspectCredential, readCredentialFile } from '../identity/credential.ts';
 import { initDomain, issueAgent, SIGNING_KEY_TYPES, type SigningKeyType } from '../identity/issuance.ts';
 import { loadTrustBundles } from '../identity/trust-bundle.ts';
 import { credentialNamespaces } from '../runtime/handlers.ts';
-import { EXIT_NO, EXIT_USAGE, failWith, guarded } from './exit.ts';
+import { registerAgentRun } from './agent-run.ts';
+import { EXIT_NO, EXIT_USAGE, guarded } from './exit.ts';
 import { registerPolicyCommands } from './policy.ts';
 import { packageVersion } from './version.ts';
 
@@ -28,29 +24,6 @@ function integer(min: number, max: number) {
   };
 }
 
-function markBit(value: string): number {
-  const bit = Number(value);
-  try {
-    connectionMarks(bit);
-  } catch (error) {
-    throw new InvalidArgumentError((error as Error).message);
-  }
-  return bit;
-}
-
-function collectCidr(value: string, previous: string[]): string[] {
-  try {
-    return [...previous, parseCidr(value)];
-  } catch (error) {
-    throw new InvalidArgumentError((error as Error).message);
-  }
-}
-
-/** A SYNPASS_* variable that configures the agent (SYNPASS_LOG_LEVEL only sets the log level). */
-function hasEnvironmentConfiguration(): boolean {
-  return Object.keys(process.env).some((name) => name.startsWith('SYNPASS_') && name !== 'SYNPASS_LOG_LEVEL');
-}
-
 const program = new Command();
 program
   .name('synpass')
@@ -62,93 +35,7 @@ program
 
 const agent = program.command('agent').description('run the host agent, or clean up after one');
 
-// Flags override the environment (SYNPASS_...), which overrides the configuration file.
-agent
-  .command('run', { isDefault: true })
-  .description('bind the NFQUEUE queues, install the rules and judge handshakes until SIGINT/SIGTERM (SIGHUP reloads identity and policy)')
-  .option('--config <file>', 'agent configuration (YAML): identity, workloads, attestors, policy, admission, networks, datapath, telemetry')
-  .option('--check-config', 'validate the configuration (file and SYNPASS_* environment), load identity and policy, then exit')
-  .addOption(new Option('--mode <mode>', 'pass-through attaches a fixed test token (datapath checks only)').choices(['pass-through', 'identity']))
-  .option('--queue <n>', `first NFQUEUE number (default ${DEFAULT_DATAPATH.queue})`, integer(0, 65535))
-  .option('--queue-count <n>', 'queues to balance flows across (default 1)', integer(1, 64))
-  .option('--queue-max-length <n>', `kernel queue length (default ${DEFAULT_DATAPATH.queueMaxLength})`, integer(1, 1_000_000))
-  .option('--fail-open', 'accept packets when the queue is full or the agent is gone (default: drop); incoming SYNs let in unjudged are counted')
-  .option('--mark-base <bit>', 'lowest of the 4 mark bits the agent owns (default 0x100000)', markBit)
-  .option('--mtu <bytes>', `largest packet the agent may produce (default ${DEFAULT_DATAPATH.mtu})`, integer(576, 65535))
-  .addOption(new Option('--on-malformed <action>', 'verdict for a queued packet that cannot be parsed (default drop)').choices(['drop', 'accept']))
-  .option('--target <cidr>', 'network that receives tokens (repeatable, added to the configuration)', collectCidr, [])
-  .option('--exclude <cidr>', 'network the agent never touches (repeatable, added to the configuration)', collectCidr, [])
-  .addOption(new Option('--iptables <backend>', 'preferred iptables backend, falls back to the other (default nft)').choices(['nft', 'legacy']))
-  .option('--status-socket <path>', `unix socket for \`synpass status\` (default ${DEFAULT_DATAPATH.statusSocket})`)
-  .option('--metrics-address <host:port>', 'serve /metrics, /healthz and /readyz here')
-  .option('--whois-socket <path>', `unix socket of the peer-identity API (default ${DEFAULT_TELEMETRY.whoisSocket ?? 'off'})`)
-  .action(async (flags: Record<string, unknown>) => {
-    // A check prints its verdict, not the agent's start-up log; problems still show.
-    const { log, stream: logStream } = flags.checkConfig === true ? createAgentLog('warn') : createAgentLog();
-    const configFile = (flags.config as string | undefined) ?? null;
-    if (flags.checkConfig === true && configFile === null && !hasEnvironmentConfiguration()) {
-      failWith('agent run', new RangeError('no configuration to check: give --config FILE (or SYNPASS_* variables)'));
-    }
-    let config: AgentConfig;
-    try {
-      config = loadAgentConfig(configFile);
-    } catch (error) {
-      failWith('agent run', error);
-    }
-    for (const warning of config.warnings) {
-      if (flags.checkConfig === true) process.stderr.write(`synpass agent run: warning: ${warning}\n`);
-      else log.warn(warning);
-    }
-    if (flags.mode !== undefined) config.mode = flags.mode as AgentConfig['mode'];
-    const d = config.datapath;
-    const flag = <T>(name: string, fallback: T): T => (flags[name] === undefined ? fallback : (flags[name] as T));
-    const options: AgentOptions = {
-      ...DEFAULT_AGENT_OPTIONS,
-      queueNumber: flag('queue', d.queue),
-      queueCount: flag('queueCount', d.queueCount),
-      queueMaxLength: flag('queueMaxLength', d.queueMaxLength),
-      failOpen: flag('failOpen', d.failOpen),
-      markBase: flag('markBase', d.markBase),
-      mtu: flag('mtu', d.mtu),
-      onMalformed: flag('onMalformed', d.onMalformed),
-      targetNetworks: [...config.targetNetworks, ...(flags.target as string[])],
-      excludedNetworks: [...config.excludedNetworks, ...(flags.exclude as string[])],
-      statusSocket: flag('statusSocket', d.statusSocket),
-      iptablesBackend: flag('iptables', d.iptables),
-      metricsAddress: flag('metricsAddress', config.telemetry.metricsAddress),
-      whoisSocket: flag('whoisSocket', config.telemetry.whoisSocket),
-      credentialMarginSeconds: config.telemetry.credentialMarginSeconds,
-    };
-    let built: BuiltHandler;
-    try {
-      built = await buildHandler(config, log);
-    } catch (error) {
-      failWith('agent run', error);
-    }
-    if (flags.checkConfig === true) {
-      built.stop();
-      process.stdout.write(`configuration ok: mode ${config.mode}, ${config.policy ? `policy ${built.status()?.policy?.revision ?? ''}` : 'no policy directory'}\n`);
-      process.exit(0);
-    }
-    const runtime = new Agent(options, built, log, config.mode, config.telemetry.flowLog, logStream);
-    const shutdown = (signal: string): void => {
-      log.info({ signal }, 'stopping');
-      void runtime.stop().then(() => process.exit(0));
-    };
-    process.once('SIGINT', shutdown);
-    process.once('SIGTERM', shutdown);
-    process.on('SIGHUP', () => {
-      log.info({ signal: 'SIGHUP' }, 'reloading identity and policy');
-      void runtime.reload();
-    });
-    try {
-      await runtime.start();
-    } catch (error) {
-      log.fatal({ err: error }, 'agent failed to start');
-      await runtime.stop();
-      process.exit(1);
-    }
-  });
+registerAgentRun(agent);
 
 agent
   .command('cleanup')
@@ -244,7 +131,7 @@ program
 program
   .command('status')
   .description("print the running agent's status as JSON")
-  .option('--socket <path>', 'agent status socket', DEFAULT_AGENT_OPTIONS.statusSocket)
+  .option('--socket <path>', 'agent status socket', DEFAULT_DATAPATH.statusSocket)
   .action(async (flags: { socket: string }) => {
     try {
       process.stdout.write(`${JSON.stringify(await fetchStatus(flags.socket), null, 2)}\n`);

@@ -6,14 +6,14 @@ import type { VerifiedIdentity } from '../token/identity-token.ts';
 
 export interface AllowIdentity {
   /** spiffe:// URI; a trailing * matches any suffix. */
-  subject?: string;
+  subject?: string | undefined;
   attributes?: Record<string, string>;
-  ports?: number[];
+  ports?: number[] | undefined;
 }
 
 export interface AllowWithoutIdentity {
   cidr: string;
-  ports?: number[];
+  ports?: number[] | undefined;
 }
 
 export interface AdmissionConfig {

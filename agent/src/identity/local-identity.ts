@@ -5,7 +5,7 @@ import { SynpassError } from '../errors.ts';
 import { keyId } from '../handshake/proofs.ts';
 import { packJws, type PackedJws } from '../handshake/wire.ts';
 import { issueIdentityToken, namespaceOf, type Attribute } from '../token/identity-token.ts';
-import { collectAttributes, type Attestor } from './attestors.ts';
+import { collectAttributes, type Attestor } from './attestors/attestor.ts';
 import { readCredentialFile, verifyCredential, type VerifiedCredential } from './credential.ts';
 import { readPrivateKey } from './key-files.ts';
 import { loadTrustBundles, type TrustBundle } from './trust-bundle.ts';

@@ -7,8 +7,8 @@ import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
 import { liveTcpSockets } from '../whois/proc-net-tcp.ts';
 import { connectionKey, PeerRegistry } from '../whois/registry.ts';
 import { startWhoisServer } from '../whois/server.ts';
-import { DatapathEngine, type MalformedPolicy } from '../datapath/engine.ts';
-import { inspectRules, installRules, removeAllRules, type Backend, type InstalledRules } from '../datapath/iptables.ts';
+import { DatapathEngine } from '../datapath/engine.ts';
+import { inspectRules, installRules, removeAllRules, type InstalledRules } from '../datapath/iptables.ts';
 import { readKernelQueues } from '../datapath/kernel-queue.ts';
 import type { RuleOptions } from '../datapath/rules.ts';
 import { startHttpEndpoint, type Readiness } from '../telemetry/http-endpoint.ts';
@@ -20,53 +20,14 @@ import { startStatusServer } from '../telemetry/status-server.ts';
 import { closeUnixSocket } from '../telemetry/unix-socket.ts';
 import { FlowLog } from '../telemetry/flow-log.ts';
 import type { BoundedLogStream } from '../telemetry/log.ts';
-import { DEFAULT_DATAPATH, DEFAULT_TELEMETRY, type FlowLogConfig } from './config.ts';
+import type { AgentConfig } from './config.ts';
 import type { BuiltHandler, IdentityStatus } from './handlers.ts';
 
 const { EBUSY, EPERM } = constants.errno;
 const QUEUE_RETRY_MS = 1_000;
 
-export interface AgentOptions {
-  queueNumber: number;
-  queueCount: number;
-  queueMaxLength: number;
-  failOpen: boolean;
-  markBase: number;
-  mtu: number;
-  onMalformed: MalformedPolicy;
-  targetNetworks: string[];
-  excludedNetworks: string[];
-  statusSocket: string;
-  batchSlots: number;
-  iptablesBackend: Backend;
-  /** host:port for /metrics, /healthz and /readyz; null: no network endpoint. */
-  metricsAddress: string | null;
-  /** Unix socket of the peer-identity API; null: off. */
-  whoisSocket: string | null;
-  /** Not ready when the credential expires within this many seconds. */
-  credentialMarginSeconds: number;
-  /** How often the rules are checked (and reinstalled when someone removed them). */
-  ruleCheckIntervalMs: number;
-}
-
-export const DEFAULT_AGENT_OPTIONS: AgentOptions = {
-  queueNumber: DEFAULT_DATAPATH.queue,
-  queueCount: DEFAULT_DATAPATH.queueCount,
-  queueMaxLength: DEFAULT_DATAPATH.queueMaxLength,
-  failOpen: DEFAULT_DATAPATH.failOpen,
-  markBase: DEFAULT_DATAPATH.markBase,
-  mtu: DEFAULT_DATAPATH.mtu,
-  onMalformed: DEFAULT_DATAPATH.onMalformed,
-  targetNetworks: [],
-  excludedNetworks: [],
-  statusSocket: DEFAULT_DATAPATH.statusSocket,
-  batchSlots: 32,
-  iptablesBackend: DEFAULT_DATAPATH.iptables,
-  metricsAddress: DEFAULT_TELEMETRY.metricsAddress,
-  whoisSocket: null,
-  credentialMarginSeconds: DEFAULT_TELEMETRY.credentialMarginSeconds,
-  ruleCheckIntervalMs: 5_000,
-};
+/** What the agent process runs by: the parsed configuration (runtime/config.ts). */
+export type AgentRuntimeConfig = Pick<AgentConfig, 'mode' | 'datapath' | 'telemetry' | 'targets' | 'excluded'>;
 
 export class Agent {
   private queue: NativeQueue | null = null;
@@ -92,22 +53,21 @@ export class Agent {
   private peerSweep: NodeJS.Timeout | null = null;
 
   constructor(
-    private readonly options: AgentOptions,
+    private readonly config: AgentRuntimeConfig,
     private readonly built: BuiltHandler,
     private readonly log: Logger,
-    private readonly mode: string,
-    flowLogConfig: FlowLogConfig = DEFAULT_TELEMETRY.flowLog,
     /** The stream behind `log`, whose backlog the flow log yields to. */
     logStream: BoundedLogStream | null = null,
   ) {
-    this.flowLog = new FlowLog(flowLogConfig, log, () => logStream?.pendingBytes ?? 0);
+    const options = config.datapath;
+    this.flowLog = new FlowLog(config.telemetry.flowLog, log, () => logStream?.pendingBytes ?? 0);
     const flowLog = this.flowLog;
     const peers = this.peers;
     this.buffers = allocateQueueBuffers(options.batchSlots);
     this.metrics = new AgentMetrics({
       queue: () => readQueueCounters(this.buffers.counters),
       kernelQueue: () => {
-        const own = readKernelQueues().filter((q) => q.queue >= options.queueNumber && q.queue < options.queueNumber + options.queueCount);
+        const own = readKernelQueues().filter((q) => q.queue >= options.queue && q.queue < options.queue + options.queueCount);
         if (own.length === 0) return null;
         return own.reduce((sum, q) => ({ dropped: sum.dropped + q.dropped, userDropped: sum.userDropped + q.userDropped, waiting: sum.waiting + q.waiting }), { dropped: 0, userDropped: 0, waiting: 0 });
       },
@@ -146,11 +106,11 @@ export class Agent {
    * queues (waiting while another process holds one), then the rules.
    */
   async start(): Promise<void> {
-    if (this.options.metricsAddress !== null) {
-      this.httpEndpoint = await startHttpEndpoint(this.options.metricsAddress, this.metrics.registry, () => this.readiness());
-      this.log.info({ address: this.options.metricsAddress }, 'metrics and probes listening');
+    if (this.config.telemetry.metricsAddress !== null) {
+      this.httpEndpoint = await startHttpEndpoint(this.config.telemetry.metricsAddress, this.metrics.registry, () => this.readiness());
+      this.log.info({ address: this.config.telemetry.metricsAddress }, 'metrics and probes listening');
     }
-    this.statusServer = await startStatusServer(this.options.statusSocket, () => this.status(), {
+    this.statusServer = await startStatusServer(this.config.datapath.statusSocket, () => this.status(), {
       flushCaches: () => {
         this.built.flushCaches();
         this.log.info('peer caches flushed');
@@ -159,7 +119,7 @@ export class Agent {
     const queue = await this.bindQueues();
     if (queue === null) return;
     try {
-      this.rules = await installRules(this.ruleOptions(), this.options.iptablesBackend);
+      this.rules = await installRules(this.ruleOptions(), this.config.datapath.iptables);
     } catch (error) {
       queue.close();
       this.queue = null;
@@ -167,17 +127,17 @@ export class Agent {
     }
     this.rulesPresent = true;
     this.log.info(
-      { backend: this.rules.backend, families: this.rules.families, targets: this.options.targetNetworks },
+      { backend: this.rules.backend, families: this.rules.families, targets: this.config.targets },
       'rules installed',
     );
     this.ruleCheck = setInterval(() => {
       void this.checkRules();
-    }, this.options.ruleCheckIntervalMs);
+    }, this.config.datapath.ruleCheckSeconds * 1000);
     this.ruleCheck.unref();
-    if (this.options.whoisSocket !== null) {
+    if (this.config.telemetry.whoisSocket !== null) {
       const binding = loadBinding();
       this.whoisServer = await startWhoisServer(
-        this.options.whoisSocket,
+        this.config.telemetry.whoisSocket,
         {
           registry: this.peers,
           // Node exposes no peer credentials; the accepted socket's descriptor goes to the addon.
@@ -189,10 +149,10 @@ export class Agent {
         this.peers.retain(new Set(liveTcpSockets().map((s) => connectionKey(s.local, s.remote))));
       }, 30_000);
       this.peerSweep.unref();
-      this.log.info({ socket: this.options.whoisSocket }, 'peer-identity API listening');
+      this.log.info({ socket: this.config.telemetry.whoisSocket }, 'peer-identity API listening');
     }
     this.state = 'running';
-    this.log.info({ mode: this.mode, statusSocket: this.options.statusSocket }, 'agent running');
+    this.log.info({ mode: this.config.mode, statusSocket: this.config.datapath.statusSocket }, 'agent running');
   }
 
   /**
@@ -203,12 +163,12 @@ export class Agent {
    */
   private async bindQueues(): Promise<NativeQueue | null> {
     const { NfQueue } = loadBinding();
-    const queues = Array.from({ length: this.options.queueCount }, (_, i) => this.options.queueNumber + i);
+    const queues = Array.from({ length: this.config.datapath.queueCount }, (_, i) => this.config.datapath.queue + i);
     const queue = new NfQueue({
       queues,
-      maxLength: this.options.queueMaxLength,
-      failOpen: this.options.failOpen,
-      socketBufferBytes: 8 * 1024 * 1024,
+      maxLength: this.config.datapath.queueMaxLength,
+      failOpen: this.config.datapath.failOpen,
+      socketBufferBytes: this.config.datapath.socketBufferBytes,
       input: this.buffers.input,
       meta: this.buffers.meta,
       counters: this.buffers.counters,
@@ -232,18 +192,18 @@ export class Agent {
     this.state = 'starting';
     this.queue = queue;
     this.engine.attach(queue);
-    this.log.info({ queues, failOpen: this.options.failOpen }, 'queues bound');
+    this.log.info({ queues, failOpen: this.config.datapath.failOpen }, 'queues bound');
     return queue;
   }
 
   private ruleOptions(): RuleOptions {
     return {
-      queueNumber: this.options.queueNumber,
-      queueCount: this.options.queueCount,
-      failOpen: this.options.failOpen,
-      marks: connectionMarks(this.options.markBase),
-      targetNetworks: this.options.targetNetworks,
-      excludedNetworks: this.options.excludedNetworks,
+      queueNumber: this.config.datapath.queue,
+      queueCount: this.config.datapath.queueCount,
+      failOpen: this.config.datapath.failOpen,
+      marks: connectionMarks(this.config.datapath.markBase),
+      targetNetworks: this.config.targets,
+      excludedNetworks: this.config.excluded,
     };
   }
 
@@ -290,13 +250,13 @@ export class Agent {
     this.unjudgedCounterSeen = kernelCount;
     if (added === 0) return;
     this.unjudgedSyns += added;
-    this.log.warn({ syns: added, total: this.unjudgedSyns, failOpen: this.options.failOpen }, 'SYNs reached the host without a verdict (queue full or no agent listening)');
+    this.log.warn({ syns: added, total: this.unjudgedSyns, failOpen: this.config.datapath.failOpen }, 'SYNs reached the host without a verdict (queue full or no agent listening)');
   }
 
   readiness(): Readiness {
     const identity = this.built.status();
     const now = Date.now() / 1000;
-    const bound = readKernelQueues().filter((q) => q.queue >= this.options.queueNumber && q.queue < this.options.queueNumber + this.options.queueCount);
+    const bound = readKernelQueues().filter((q) => q.queue >= this.config.datapath.queue && q.queue < this.config.datapath.queue + this.config.datapath.queueCount);
     const checks: Readiness['checks'] = {
       rules: {
         ok: this.rules !== null && this.rulesPresent,
@@ -305,13 +265,13 @@ export class Agent {
           : `installed (${this.rules?.backend ?? '-'})${this.rulesAhead > 0 ? `; ${this.rulesAhead} other rule(s) ahead of its jumps` : ''}`,
       },
       queues: {
-        ok: this.queue !== null && bound.length === this.options.queueCount,
-        detail: this.state === 'waiting-for-queue' ? 'held by another process; waiting' : `${bound.length} of ${this.options.queueCount} bound`,
+        ok: this.queue !== null && bound.length === this.config.datapath.queueCount,
+        detail: this.state === 'waiting-for-queue' ? 'held by another process; waiting' : `${bound.length} of ${this.config.datapath.queueCount} bound`,
       },
     };
     if (identity !== null) {
       const left = identity.credentialExpiresAt - now;
-      checks.credential = { ok: left > this.options.credentialMarginSeconds, detail: left > 0 ? `expires in ${Math.round(left)} s` : `expired ${Math.round(-left)} s ago` };
+      checks.credential = { ok: left > this.config.telemetry.credentialMarginSeconds, detail: left > 0 ? `expires in ${Math.round(left)} s` : `expired ${Math.round(-left)} s ago` };
       checks.token = { ok: identity.tokenExpiresAt > now, detail: `expires in ${Math.round(identity.tokenExpiresAt - now)} s` };
       if (identity.policy !== null) checks.policy = { ok: true, detail: `revision ${identity.policy.revision}` };
     }
@@ -320,7 +280,7 @@ export class Agent {
 
   status(): Record<string, unknown> {
     return {
-      mode: this.mode,
+      mode: this.config.mode,
       state: this.state,
       startedAt: this.startedAt.toISOString(),
       rules: this.rules,
@@ -370,8 +330,8 @@ export class Agent {
       this.engine.onDrained();
       this.built.stop();
       await this.flowLog.close();
-      if (this.statusServer) await closeUnixSocket(this.statusServer, this.options.statusSocket);
-      if (this.whoisServer && this.options.whoisSocket) await closeUnixSocket(this.whoisServer, this.options.whoisSocket);
+      if (this.statusServer) await closeUnixSocket(this.statusServer, this.config.datapath.statusSocket);
+      if (this.whoisServer && this.config.telemetry.whoisSocket) await closeUnixSocket(this.whoisServer, this.config.telemetry.whoisSocket);
       const endpoint = this.httpEndpoint;
       if (endpoint) await new Promise<void>((resolve) => endpoint.close(() => { resolve(); }));
       this.log.info({ counters: readQueueCounters(this.buffers.counters) }, 'agent stopped');

@@ -6,15 +6,10 @@ import { PolicyStore } from './policy-store.ts';
 import { IdentityHandler } from '../handshake/identity-handler.ts';
 import { PassThroughHandler } from '../handshake/pass-through.ts';
 import { PeerVerifier } from '../handshake/peer-verifier.ts';
-import {
-  CloudDocumentAttestor,
-  EnvironmentAttestor,
-  HostAttestor,
-  PostureAttestor,
-  ProcessAttestor,
-  StaticAttestor,
-  type Attestor,
-} from '../identity/attestors.ts';
+import type { Attestor } from '../identity/attestors/attestor.ts';
+import { ProcessAttestor } from '../identity/attestors/process.ts';
+import { ATTESTOR_KINDS } from '../identity/attestors/registry.ts';
+import { StaticAttestor } from '../identity/attestors/static.ts';
 import { LocalIdentity } from '../identity/local-identity.ts';
 import { podWorkloads, WatchedPods } from '../identity/kubernetes/local-pods.ts';
 import { inClusterAccess, KubernetesError, PodWatcher, POD_ATTRIBUTE_NAMESPACE } from '../identity/kubernetes/pod-watcher.ts';
@@ -22,13 +17,9 @@ import type { Logger } from '../telemetry/log.ts';
 import { algorithmOf, type JwsAlgorithm } from '../token/jws.ts';
 import type { AgentConfig, AttestorConfig, WorkloadConfig } from './config.ts';
 
+/** The attestors `attestors:` turns on, in registry order. */
 export function buildAttestors(config: AttestorConfig): Attestor[] {
-  const attestors: Attestor[] = [new StaticAttestor(config.static)];
-  if (config.host) attestors.push(new HostAttestor());
-  if (config.env.length > 0) attestors.push(new EnvironmentAttestor(config.env));
-  if (config.cloudDocument) attestors.push(new CloudDocumentAttestor(config.cloudDocument));
-  if (config.postureFile) attestors.push(new PostureAttestor(config.postureFile));
-  return attestors;
+  return ATTESTOR_KINDS.map((kind) => kind.create(config[kind.key])).filter((attestor) => attestor !== null);
 }
 
 function buildWorkloadAttestors(workload: WorkloadConfig): Attestor[] {
@@ -141,9 +132,9 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
   }
   const handler = new IdentityHandler(local, verifier, authorizer, {
     replayWindowSeconds: config.replayWindowSeconds,
-    handshakeTimeoutMs: 30_000,
-    maxFlows: 65_536,
-    maxNonces: 262_144,
+    handshakeTimeoutMs: config.handshake.timeoutSeconds * 1000,
+    maxFlows: config.handshake.maxFlows,
+    maxNonces: config.handshake.maxNonces,
     ...(pods === null ? {} : { localPods: new WatchedPods(pods, local.credential.trustDomain, local.credential.subject) }),
   });
   const startRenewal = (identity: LocalIdentity): void => {

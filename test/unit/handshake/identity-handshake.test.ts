@@ -5,7 +5,8 @@ import { ParsedPacket, parsePacket } from '../../../agent/src/datapath/packet.ts
 import { attachToken } from '../../../agent/src/datapath/rewrite.ts';
 import { decodeMessage, encodeMessage, MessageType } from '../../../agent/src/handshake/wire.ts';
 import type { AdmissionConfig } from '../../../agent/src/handshake/admission.ts';
-import { ProcessAttestor, StaticAttestor } from '../../../agent/src/identity/attestors.ts';
+import { ProcessAttestor } from '../../../agent/src/identity/attestors/process.ts';
+import { StaticAttestor } from '../../../agent/src/identity/attestors/static.ts';
 import type { WorkloadIdentity } from '../../../agent/src/identity/local-identity.ts';
 import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../support/fixtures.ts';
 import { createDomain, identityHandler, type TestDomain } from '../../support/identities.ts';

@@ -37,7 +37,7 @@ describe('configuration from the environment', () => {
     assert.equal(config.mode, 'pass-through');
     assert.equal(config.datapath.queue, 77);
     assert.equal(config.datapath.failOpen, true);
-    assert.deepEqual(config.targetNetworks, ['10.0.0.0/8', 'fd00::/8']);
+    assert.deepEqual(config.targets, ['10.0.0.0/8', 'fd00::/8']);
     assert.equal(config.telemetry.metricsAddress, '127.0.0.1:9464');
     assert.equal(config.telemetry.flowLog.sampleAccepted, 0.25);
   });

@@ -1,0 +1,114 @@
+// The agent configuration, one entry per field: type and bounds, default, documentation line.
+// The environment name of a field is SYNPASS_ + its path in upper snake case. Everything else
+// (parser, overrides, unknown-key checks, `--check-config`, docs/operations.md's table) is read
+// off this schema; a field is spelled here and nowhere else.
+import { z } from 'zod';
+import { fieldTypes } from '../config-fields.ts';
+import { MAX_MARK_BASE } from '../datapath/marks.ts';
+import { ATTESTOR_KINDS } from '../identity/attestors/registry.ts';
+
+const isSingleBit = (value: number): boolean => (value & (value - 1)) === 0;
+
+export function agentConfigSchema(base: string) {
+  const t = fieldTypes(base);
+  const workload = t.mapping({
+    name: t.text(),
+    subject: t.text(),
+    uids: z.array(t.integerValue(0, 0xfffffffe), { error: 'a list' }).default([]),
+    ports: t.ports().default([]),
+    attributes: t.stringMapValue().default({}),
+  });
+  const workloads = z
+    .preprocess((value) => value ?? undefined, z.array(workload, { error: 'a list' }).default([]))
+    .superRefine((list, context) => {
+      const seen = new Set<string>();
+      list.forEach((entry, i) => {
+        if (seen.has(entry.name)) context.addIssue({ code: 'custom', path: [i, 'name'], message: `a name not used by another workload ("${entry.name}" is)` });
+        seen.add(entry.name);
+      });
+    });
+  const listOf = <T extends z.ZodType>(item: T) => z.preprocess((value) => value ?? undefined, z.array(item, { error: 'a list' }).default([]));
+
+  return t
+    .mapping({
+      mode: t.choice(['identity', 'pass-through'], 'identity', 'identity: tokens and policy; pass-through: a fixed test token (datapath checks only)', '"identity" or "pass-through"'),
+      identity: t.optionalSection({
+        subject: t.string('the SPIFFE ID of the workload this host presents'),
+        credential: t.path('the agent credential (JWT), from `synpass keys issue-agent`'),
+        signingKey: t.path('the signing key (PEM, mode 600)'),
+        keyAgreementKey: t.path('the key-agreement key (PEM, mode 600)'),
+        trustBundles: t.path('directory of trust bundles, one `<domain>.jwks.json` per trusted domain'),
+        tokenTtlMinutes: t.integer(1, 1440, 10, 'lifetime of the workload tokens the agent signs (renewed before expiry)'),
+      }),
+      workloads: t.structured(workloads, 'other local workloads with their own identity: `{ name, subject, uids, ports, attributes }`'),
+      attestors: t.section(Object.fromEntries(ATTESTOR_KINDS.map((kind) => [kind.key, kind.field(t)]))),
+      policy: t.optionalSection({
+        directory: t.path('policy files (docs/policy.md); without a policy section, admission decides'),
+        watch: t.boolean(true, 'reload when the files change (SIGHUP always reloads)'),
+      }),
+      admission: t.section({
+        protectedPorts: t.structured(z.union([z.literal('all'), t.ports()]).default([]), 'ports that admit only identities `allow` names, or "all" (used only without policy)'),
+        allow: t.structured(listOf(t.mapping({ subject: t.text().optional(), attributes: t.stringMapValue().default({}), ports: t.ports().optional() })), 'identities admitted: `{ subject (trailing * = prefix), attributes, ports }`'),
+        allowWithoutIdentity: t.structured(listOf(t.mapping({ cidr: t.cidr(), ports: t.ports().optional() })), 'networks admitted without identity: `{ cidr, ports }`'),
+      }),
+      replayWindowSeconds: t.integer(1, 600, 30, 'how far a SYN time may be from now, and how long its nonce is remembered'),
+      targets: t.cidrs('networks that receive tokens (only these)'),
+      excluded: t.cidrs('networks the agent never touches'),
+      handshake: t.section({
+        timeoutSeconds: t.integer(1, 600, 30, 'how long a handshake in progress is kept'),
+        maxFlows: t.integer(1, 16_777_216, 65_536, 'handshakes in progress tracked at once (past it: `flow-table-full`)'),
+        maxNonces: t.integer(1, 16_777_216, 262_144, 'SYN nonces remembered for the replay window (past it: `replay-cache-full`)'),
+      }),
+      datapath: t.section({
+        queue: t.integer(0, 65535, 3170, 'first NFQUEUE number'),
+        queueCount: t.integer(1, 64, 1, 'queues to balance flows across'),
+        queueMaxLength: t.integer(1, 1_000_000, 4096, 'kernel queue length'),
+        failOpen: t.boolean(false, 'accept packets when the queue is full or no agent listens (default: drop, fail closed)'),
+        markBase: t.integer(1, MAX_MARK_BASE, 0x00100000, 'lowest of the 4 packet-mark bits the agent owns', {
+          defaultText: '0x100000',
+          check: { test: isSingleBit, error: 'a single bit, e.g. 1048576 (0x100000)' },
+        }),
+        mtu: t.integer(576, 65535, 1500, 'largest packet the agent may produce'),
+        onMalformed: t.choice(['drop', 'accept'], 'drop', 'verdict for a queued packet that cannot be parsed'),
+        iptables: t.choice(['nft', 'legacy'], 'nft', 'preferred iptables backend; falls back to the other'),
+        statusSocket: t.pathWithDefault('/run/synpass/agent.sock', 'unix socket for `synpass status`'),
+        batchSlots: t.integer(1, 1024, 32, 'packets received per `recvmmsg`'),
+        socketBufferBytes: t.integer(65_536, 1 << 30, 8 * 1024 * 1024, 'netlink receive buffer of each queue socket', { defaultText: '8 MiB' }),
+        ruleCheckSeconds: t.integer(1, 3600, 5, 'how often the rules are checked, and reinstalled when someone removed them'),
+      }),
+      telemetry: t.section({
+        metricsAddress: t.optionalString('host:port for /metrics, /healthz and /readyz', { pattern: /^(\[[0-9a-fA-F:]+\]|[^:]+):\d{1,5}$/, error: 'host:port, e.g. 0.0.0.0:9464' }),
+        whoisSocket: t.pathOrOff('/run/synpass/whois.sock', 'unix socket of the peer-identity API (`off` turns it off)'),
+        credentialMarginSeconds: t.integer(0, 31_536_000, 300, '/readyz fails when the credential expires within this many seconds'),
+        flowLog: t.section({
+          sink: t.choice(['stdout', 'file'], 'stdout', 'stdout: the agent log stream; file: JSON lines rotated by size'),
+          file: t.optionalPath('the flow-log file (sink `file`)'),
+          maxBytes: t.integer(4096, 2 ** 40, 50 * 1024 * 1024, 'rotate the file at this size', { defaultText: '50 MiB' }),
+          maxFiles: t.integer(1, 1000, 5, 'rotated files kept'),
+          sampleAccepted: t.number(0, 1, 1, 'fraction of accepted connections logged (drops are always logged or counted)'),
+        }),
+      }),
+      kubernetes: t.optionalSection({
+        nodeName: t.string('this node: its pods become workloads (pod attestor)'),
+        apiServer: t.optionalString('API server URL; in-cluster access when omitted', { pattern: /^https?:\/\//, error: 'an http(s):// URL' }),
+      }),
+    })
+    .superRefine((config, context) => {
+      const flowLog = config.telemetry.flowLog;
+      if (flowLog.sink === 'file' && flowLog.file === null) {
+        context.addIssue({ code: 'custom', path: ['telemetry', 'flowLog', 'file'], message: 'a path (sink is "file")' });
+      }
+    })
+    .transform((config) => ({ ...config, identity: config.mode === 'identity' ? config.identity : null, warnings: [] as string[] }));
+}
+
+export type AgentConfig = z.output<ReturnType<typeof agentConfigSchema>>;
+export type IdentityConfig = NonNullable<AgentConfig['identity']>;
+export type WorkloadConfig = AgentConfig['workloads'][number];
+export type AttestorConfig = AgentConfig['attestors'];
+export type PolicyConfig = NonNullable<AgentConfig['policy']>;
+export type HandshakeConfig = AgentConfig['handshake'];
+export type DatapathConfig = AgentConfig['datapath'];
+export type TelemetryConfig = AgentConfig['telemetry'];
+export type FlowLogConfig = TelemetryConfig['flowLog'];
+export type KubernetesConfig = NonNullable<AgentConfig['kubernetes']>;
