@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ParsedPacket, parsePacket } from '../agent/src/datapath/packet.ts';
-import { decodeMessage, encodeMessage, MessageType } from '../agent/src/handshake/wire.ts';
+import { decodeMessage, encodeMessage, MessageType } from '../agent/src/protocol/wire.ts';
 import { BATCH_UID, prepareIdentities } from '../test/support/identity-lab.ts';
 import { Lab, ROOT, sleep, type AgentHandle } from '../test/support/lab.ts';
 import { withBody } from '../test/support/rebody.ts';

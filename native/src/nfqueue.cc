@@ -50,7 +50,8 @@ enum MetaFlag : uint32_t {
   kFlagTruncated = 1u << 3,          // captured length < packet length
 };
 
-// Counter slots in the JS Float64Array; mirrored in agent/src/datapath/nfqueue.ts.
+// Counter slots in the JS Float64Array. Exported by name (LAYOUT.counters), so the JS side
+// (agent/src/native/addon.ts) checks its copy against this one when it loads the addon.
 enum Counter : uint32_t {
   kReceived = 0,
   kBatches,
@@ -89,7 +90,32 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
     exports.Set("SLOT_SIZE", Napi::Number::New(env, kSlotSize));
     exports.Set("META_STRIDE", Napi::Number::New(env, kMetaStride));
     exports.Set("COUNTER_COUNT", Napi::Number::New(env, kCounterCount));
+    exports.Set("LAYOUT", Layout(env));
     return exports;
+  }
+
+  // The shared-memory layout by name: meta field positions, flag bits and counter slots.
+  static Napi::Object Layout(Napi::Env env) {
+    Napi::Object layout = Napi::Object::New(env);
+    static const char* const kMetaNames[kMetaStride] = {"packetId", "queue", "hook", "mark", "offset",
+                                                        "length", "originalLength", "flags", "uid", "gid"};
+    Napi::Array meta = Napi::Array::New(env, kMetaStride);
+    for (uint32_t i = 0; i < kMetaStride; i++) meta.Set(i, Napi::String::New(env, kMetaNames[i]));
+    layout.Set("meta", meta);
+    Napi::Object flags = Napi::Object::New(env);
+    flags.Set("checksumPartial", Napi::Number::New(env, kFlagChecksumPartial));
+    flags.Set("checksumUnverified", Napi::Number::New(env, kFlagChecksumUnverified));
+    flags.Set("gso", Napi::Number::New(env, kFlagGso));
+    flags.Set("truncated", Napi::Number::New(env, kFlagTruncated));
+    layout.Set("flags", flags);
+    static const char* const kCounterNames[kCounterCount] = {"received", "batches", "accepted", "dropped",
+                                                             "repeated", "rewritten", "overruns", "recvErrors",
+                                                             "verdictErrors", "sendErrors", "truncated", "malformed"};
+    Napi::Array counters = Napi::Array::New(env, kCounterCount);
+    for (uint32_t i = 0; i < kCounterCount; i++) counters.Set(i, Napi::String::New(env, kCounterNames[i]));
+    layout.Set("counters", counters);
+    layout.Set("noOwner", Napi::Number::New(env, kNoOwner));
+    return layout;
   }
 
   explicit NfQueue(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NfQueue>(info) {
@@ -203,17 +229,30 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
   // batch at once, so the caller may reuse its buffer right after the call.
   Napi::Value Verdict(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (nl_ == nullptr) {
-      Napi::Error::New(env, "verdict: queue is not started").ThrowAsJavaScriptException();
+    // A wrong argument is a bug on the JS side: refused by name, never cast into a verdict.
+    if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsNumber()) {
+      Napi::TypeError::New(env, "verdict(id, queue, verdict, mark[, payload, length]): numbers expected").ThrowAsJavaScriptException();
       return env.Undefined();
     }
     uint32_t id = info[0].As<Napi::Number>().Uint32Value();
     uint32_t queue = info[1].As<Napi::Number>().Uint32Value();
     uint32_t verdict = info[2].As<Napi::Number>().Uint32Value();
     int64_t mark = info[3].As<Napi::Number>().Int64Value();
+    if (verdict != NF_DROP && verdict != NF_ACCEPT && verdict != NF_REPEAT) {
+      Napi::RangeError::New(env, "verdict: not NF_DROP, NF_ACCEPT or NF_REPEAT").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    if (queue > 65535 || mark < 0 || mark > 0xffffffffLL) {
+      Napi::RangeError::New(env, "verdict: queue or mark out of range").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
     const uint8_t* payload = nullptr;
     size_t payload_len = 0;
-    if (info.Length() >= 6 && info[4].IsTypedArray()) {
+    if (info.Length() >= 5 && !info[4].IsUndefined()) {
+      if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array || info.Length() < 6 || !info[5].IsNumber()) {
+        Napi::TypeError::New(env, "verdict: payload must be a Uint8Array with a length").ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
       Napi::Uint8Array p = info[4].As<Napi::Uint8Array>();
       payload_len = info[5].As<Napi::Number>().Uint32Value();
       if (payload_len > p.ByteLength() || payload_len > 65535) {
@@ -221,6 +260,10 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
         return env.Undefined();
       }
       payload = p.Data();
+    }
+    if (nl_ == nullptr) {
+      Napi::Error::New(env, "verdict: queue is not started").ThrowAsJavaScriptException();
+      return env.Undefined();
     }
     AppendVerdict(id, static_cast<uint16_t>(queue), verdict, mark, payload, payload_len);
     if (!in_batch_) SendBatch();

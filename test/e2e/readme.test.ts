@@ -44,7 +44,7 @@ describe('README', () => {
     assert.equal(execFileSync('synpass', ['--version'], { env, encoding: 'utf8' }).trim(), version);
     assert.equal(execFileSync('sh', ['-c', 'command -v synpass'], { env, encoding: 'utf8' }).trim(), join(prefix, 'bin', 'synpass'));
     // The addon was compiled on install and loads from the installed package.
-    const loader = join(installed, 'dist', 'agent', 'src', 'datapath', 'nfqueue.js');
+    const loader = join(installed, 'dist', 'agent', 'src', 'native', 'addon.js');
     const counters = execFileSync(process.execPath, ['--input-type=module', '-e', `const m = await import(${JSON.stringify(loader)}); console.log(m.loadBinding().COUNTER_COUNT);`], {
       encoding: 'utf8',
     });

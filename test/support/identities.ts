@@ -2,8 +2,8 @@
 import { join } from 'node:path';
 import { initDomain, issueAgent, type SigningKeyType } from '../../agent/src/identity/issuance.ts';
 import { readPrivateKey } from '../../agent/src/identity/key-files.ts';
-import { loadTrustBundles, type TrustBundle } from '../../agent/src/identity/trust-bundle.ts';
-import { verifyCredential, type VerifiedCredential } from '../../agent/src/identity/credential.ts';
+import { loadTrustBundles, type TrustBundle } from '../../agent/src/token/trust-bundle.ts';
+import { verifyCredential, type VerifiedCredential } from '../../agent/src/token/credential.ts';
 import { readFileSync } from 'node:fs';
 import type { KeyObject } from 'node:crypto';
 import { issueIdentityToken, type Attribute } from '../../agent/src/token/identity-token.ts';

@@ -1,6 +1,6 @@
 // Holds an NFQUEUE queue, as an agent still shutting down would: binds it, prints
 // {"bound":N}, and lets it go when stdin closes (or after 60 s: every test process is bounded).
-import { allocateQueueBuffers, loadBinding } from '../../agent/src/datapath/nfqueue.ts';
+import { allocateQueueBuffers, loadBinding } from '../../agent/src/native/addon.ts';
 
 const queueNumber = Number(process.argv[2]);
 const buffers = allocateQueueBuffers(4);

@@ -3,10 +3,9 @@
 import { DatapathEngine } from '../../agent/src/datapath/engine.ts';
 import type { HandshakeHandler, VerdictEvent } from '../../agent/src/datapath/handler.ts';
 import { connectionMarks } from '../../agent/src/datapath/marks.ts';
-import { HOOK_POST_ROUTING, HOOK_PRE_ROUTING, Meta, NF_DROP, NO_OWNER, type NativeQueue, type NfVerdict } from '../../agent/src/datapath/nfqueue.ts';
+import { HOOK_POST_ROUTING, HOOK_PRE_ROUTING, Meta, NF_DROP, NO_OWNER, queueBuffers, type NativeQueue, type NfVerdict } from '../../agent/src/native/addon.ts';
 
 export const MARKS = connectionMarks(0x100000);
-const STRIDE = 10;
 
 export interface Verdict {
   /** The packet id the engine was given (verdicts of held packets arrive later, by id). */
@@ -24,15 +23,14 @@ export interface Verdict {
 
 export class VirtualQueue {
   readonly engine: DatapathEngine;
-  private readonly input = new Uint8Array(70_000);
-  private readonly meta = new Uint32Array(STRIDE * 4);
+  private readonly buffers = queueBuffers(4, 70_000);
   private readonly verdicts = new Map<number, Verdict>();
   private readonly delivered = new Map<number, Uint8Array>();
   private nextId = 1;
 
   constructor(handler: HandshakeHandler, onVerdict?: (event: VerdictEvent) => void) {
     this.engine = new DatapathEngine(
-      { input: this.input, meta: this.meta, counters: new Float64Array(12), slotSize: 66_560, metaStride: STRIDE },
+      this.buffers,
       handler,
       { marks: MARKS, mtu: 1500, onMalformed: 'drop', ...(onVerdict ? { onVerdict } : {}) },
     );
@@ -59,17 +57,17 @@ export class VirtualQueue {
   /** Hands one packet to the engine; `direction` picks the hook the kernel would report. */
   deliver(bytes: Uint8Array, direction: 'ingress' | 'egress', flags = 0, uid = -1): Verdict {
     const id = this.nextId++;
-    this.input.set(bytes, 0);
+    this.buffers.input.set(bytes, 0);
     this.delivered.set(id, bytes);
-    this.meta.fill(0);
-    this.meta[Meta.PacketId] = id;
-    this.meta[Meta.Hook] = direction === 'egress' ? HOOK_POST_ROUTING : HOOK_PRE_ROUTING;
-    this.meta[Meta.Offset] = 0;
-    this.meta[Meta.Length] = bytes.length;
-    this.meta[Meta.OriginalLength] = bytes.length;
-    this.meta[Meta.Flags] = flags;
-    this.meta[Meta.Uid] = uid < 0 ? NO_OWNER : uid;
-    this.meta[Meta.Gid] = uid < 0 ? NO_OWNER : uid;
+    this.buffers.meta.fill(0);
+    this.buffers.meta[Meta.PacketId] = id;
+    this.buffers.meta[Meta.Hook] = direction === 'egress' ? HOOK_POST_ROUTING : HOOK_PRE_ROUTING;
+    this.buffers.meta[Meta.Offset] = 0;
+    this.buffers.meta[Meta.Length] = bytes.length;
+    this.buffers.meta[Meta.OriginalLength] = bytes.length;
+    this.buffers.meta[Meta.Flags] = flags;
+    this.buffers.meta[Meta.Uid] = uid < 0 ? NO_OWNER : uid;
+    this.buffers.meta[Meta.Gid] = uid < 0 ? NO_OWNER : uid;
     this.engine.onBatch(1);
     // As the addon does when the socket is empty again.
     this.engine.onDrained();

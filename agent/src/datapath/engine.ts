@@ -21,7 +21,7 @@ import {
   NO_OWNER,
   type NativeQueue,
   type QueueBuffers,
-} from './nfqueue.ts';
+} from '../native/addon.ts';
 import { tcpChecksum, readUint16 } from './checksum.ts';
 import { ParsedPacket, parsePacket, type ParseStatus } from './packet.ts';
 import { parseFailureReason, type Reason } from './reasons.ts';

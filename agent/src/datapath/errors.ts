@@ -13,10 +13,6 @@ export class DatapathError extends SynpassError<DatapathErrorCode> {
   override readonly name = 'DatapathError';
 }
 
-export class AddonError extends SynpassError<'not-built' | 'version-mismatch'> {
-  override readonly name = 'AddonError';
-}
-
 export type RulesErrorCode = 'no-iptables' | 'command-failed' | 'unsupported';
 
 export class RulesError extends SynpassError<RulesErrorCode> {

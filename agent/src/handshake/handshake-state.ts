@@ -1,6 +1,6 @@
 // Per-connection handshake state and the SYN replay cache, both bounded and expiring.
 import type { VerifiedIdentity } from '../token/identity-token.ts';
-import type { SynMessage } from './wire.ts';
+import type { SynMessage } from '../protocol/wire.ts';
 
 export interface Flow {
   role: 'client' | 'server';

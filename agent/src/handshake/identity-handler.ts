@@ -6,14 +6,14 @@ import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
 import type { Decision, HandshakeHandler, HeldPacket, PacketInfo } from '../datapath/handler.ts';
 import { TCP_FIN, TCP_RST } from '../datapath/packet.ts';
 import type { Reason } from '../datapath/reasons.ts';
-import type { LocalIdentity } from '../identity/local-identity.ts';
+import type { LocalIdentity, LocalPods } from '../identity/local-identity.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { Authorization, AuthorizationQuery, Authorizer } from './authorizer.ts';
 import { ExpiringTable, flowKey, type Flow, type SeenNonce } from './handshake-state.ts';
 import { PairKeys, type PeerVerifier, type VerifiedPeer } from './peer-verifier.ts';
-import { computeProof, keyId, NoncePool, proofValid } from './proofs.ts';
+import { ackProof, ackProofValid, keyId, NoncePool, synAckProof, synAckProofValid, synProof, synProofValid, type AckTranscript, type SynTranscript } from '../protocol/proofs.ts';
 import { HandshakeReject } from './reasons.ts';
-import { signSyn, synSignatureValid } from './syn-signature.ts';
+import { signSyn, synSignatureValid } from '../protocol/syn-signature.ts';
 import {
   decodeMessage,
   encodeTransient,
@@ -25,7 +25,7 @@ import {
   WireError,
   type HandshakeMessage,
   type SynMessage,
-} from './wire.ts';
+} from '../protocol/wire.ts';
 
 export interface IdentityHandlerOptions {
   replayWindowSeconds: number;
@@ -36,13 +36,6 @@ export interface IdentityHandlerOptions {
   now?: () => number;
   /** Workloads on this host known by address (Kubernetes pods behind the node's routing). */
   localPods?: LocalPods;
-}
-
-/** Identities of the pods this node routes for, as the pod attestor vouches for them. */
-export interface LocalPods {
-  identityOf(address: string): VerifiedIdentity | undefined;
-  /** Whether `address` belongs to the node itself (its own sockets, not a pod's). */
-  isNodeAddress(address: string): boolean;
 }
 
 interface KnownServer {
@@ -154,7 +147,7 @@ export class IdentityHandler implements HandshakeHandler {
       nonce,
       time,
       peerKeyId: known?.keyId ?? null,
-      proof: known ? computeProof(known.pairKey, 'syn', [nonce, time, packet.sequence, own.packed.signature]) : null,
+      proof: known ? synProof(known.pairKey, { nonce, time, clientIsn: packet.sequence, tokenSignature: own.packed.signature }) : null,
       signature: known ? null : signSyn(this.local.signKey, nonce, time, own.packed.signature),
     };
     const stored = this.flows.set(key, {
@@ -197,7 +190,8 @@ export class IdentityHandler implements HandshakeHandler {
     }
     const peer = this.verifier.verify(message.credential, message.token);
     const pairKey = this.verifier.pairKey(peer.credential);
-    if (!proofValid(pairKey, 'syn-ack', [message.flags, flow.clientNonce, message.nonce, flow.clientIsn, packet.sequence, message.token.signature], message.proof)) {
+    const synAck = { flags: message.flags, clientNonce: flow.clientNonce, serverNonce: message.nonce, clientIsn: flow.clientIsn, serverIsn: packet.sequence, tokenSignature: message.token.signature };
+    if (!synAckProofValid(pairKey, synAck, message.proof)) {
       throw new HandshakeReject('bad-proof');
     }
     const fast = (message.flags & FLAG_FAST) !== 0;
@@ -229,7 +223,7 @@ export class IdentityHandler implements HandshakeHandler {
     decision.release = true;
     if (flow?.role !== 'client' || flow.serverNonce === null || flow.pairKey === null) return;
     // Kept until it expires: a segment racing the release verdict carries the same proof.
-    this.attach(decision, encodeTransient({ type: MessageType.Ack, proof: computeProof(flow.pairKey, 'ack', this.ackParts(flow)) }));
+    this.attach(decision, encodeTransient({ type: MessageType.Ack, proof: ackProof(flow.pairKey, ackTranscript(flow)) }));
   }
 
   // --- server side ---------------------------------------------------------------------------
@@ -299,7 +293,7 @@ export class IdentityHandler implements HandshakeHandler {
     let fast = false;
     if (message.proof !== null && message.peerKeyId !== null && this.local.keyId.equals(message.peerKeyId)) {
       // Proved to our current key: a mismatch can only be tampering.
-      if (!proofValid(pairKey, 'syn', [message.nonce, message.time, packet.sequence, message.token.signature], message.proof)) {
+      if (!synProofValid(pairKey, synTranscript(message, packet.sequence), message.proof)) {
         throw new HandshakeReject('bad-proof', 'SYN proof does not match', peer.identity);
       }
       fast = true;
@@ -358,7 +352,7 @@ export class IdentityHandler implements HandshakeHandler {
     flow.serverIsn = packet.sequence;
     const flags = flow.fast ? FLAG_FAST : 0;
     const token = (this.local.tokenForAddress(server) ?? this.local.tokenForPort(packet.sourcePort)).packed;
-    const proof = computeProof(flow.pairKey, 'syn-ack', [flags, flow.clientNonce, flow.serverNonce, flow.clientIsn, flow.serverIsn, token.signature]);
+    const proof = synAckProof(flow.pairKey, { flags, clientNonce: flow.clientNonce, serverNonce: flow.serverNonce, clientIsn: flow.clientIsn, serverIsn: flow.serverIsn, tokenSignature: token.signature });
     this.attach(
       decision,
       encodeTransient({ type: MessageType.SynAck, flags, credential: this.local.packedCredential, token, nonce: flow.serverNonce, proof }),
@@ -390,7 +384,7 @@ export class IdentityHandler implements HandshakeHandler {
     const message = this.decode(info);
     if (message.type !== MessageType.Ack) throw new HandshakeReject('malformed-handshake');
     if (flow?.role !== 'server' || flow.serverNonce === null) throw new HandshakeReject('replayed-ack');
-    const valid = proofValid(flow.pairKey!, 'ack', this.ackParts(flow), message.proof);
+    const valid = ackProofValid(flow.pairKey!, ackTranscript(flow), message.proof);
     if (flow.completed) {
       // Only a segment that raced the client's release (data, or a FIN from a client that closes
       // at once) may repeat the proof; a bare repeated ACK is a duplicate or a replay and is
@@ -459,7 +453,7 @@ export class IdentityHandler implements HandshakeHandler {
     const previous = this.previousKey;
     if (syn.proof === null || syn.peerKeyId === null) return false;
     if (previous === null || this.now() > previous.untilMs || !previous.keyId.equals(syn.peerKeyId)) return false;
-    if (!proofValid(previous.pairKeys.get(peer.credential), 'syn', [syn.nonce, syn.time, clientIsn, syn.token.signature], syn.proof)) {
+    if (!synProofValid(previous.pairKeys.get(peer.credential), synTranscript(syn, clientIsn), syn.proof)) {
       throw new HandshakeReject('bad-proof', 'SYN proof to our previous key does not match', peer.identity);
     }
     return true;
@@ -467,9 +461,6 @@ export class IdentityHandler implements HandshakeHandler {
 
   // --- shared --------------------------------------------------------------------------------
 
-  private ackParts(flow: Flow): (Uint8Array | number)[] {
-    return [flow.clientNonce, flow.serverNonce!, flow.clientIsn, flow.serverIsn];
-  }
 
   /** Asks the authorizer and records what the flow log needs: rule, revision, local identity. */
   private authorize(decision: Decision, direction: 'ingress' | 'egress', query: AuthorizationQuery): Authorization {
@@ -528,4 +519,12 @@ export class IdentityHandler implements HandshakeHandler {
   stats(): Record<string, number> {
     return { flows: this.flows.size, nonces: this.nonces.size, knownServers: this.knownServers.size };
   }
+}
+
+function synTranscript(syn: SynMessage, clientIsn: number): SynTranscript {
+  return { nonce: syn.nonce, time: syn.time, clientIsn, tokenSignature: syn.token.signature };
+}
+
+function ackTranscript(flow: Flow): AckTranscript {
+  return { clientNonce: flow.clientNonce, serverNonce: flow.serverNonce!, clientIsn: flow.clientIsn, serverIsn: flow.serverIsn };
 }

@@ -2,13 +2,13 @@
 // distinct value: results are cached until they expire, so a known peer costs no asymmetric
 // operation. Caches are bounded; the oldest entry goes first.
 import type { KeyObject } from 'node:crypto';
-import { verifyCredential, type VerifiedCredential } from '../identity/credential.ts';
-import type { TrustBundle } from '../identity/trust-bundle.ts';
+import { verifyCredential, type VerifiedCredential } from '../token/credential.ts';
+import type { TrustBundle } from '../token/trust-bundle.ts';
 import { TokenError } from '../token/errors.ts';
 import { verifyIdentityToken, type VerifiedIdentity } from '../token/identity-token.ts';
-import { derivePairKey } from './proofs.ts';
+import { derivePairKey } from '../protocol/proofs.ts';
 import { credentialReason, HandshakeReject, tokenReason } from './reasons.ts';
-import { unpackJws, type PackedJws } from './wire.ts';
+import { unpackJws, type PackedJws } from '../protocol/wire.ts';
 
 /** A cached result with the exact bytes it was computed from. */
 interface Verified<V> {

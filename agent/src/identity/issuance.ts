@@ -4,9 +4,9 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { calculateJwkThumbprint, exportJWK } from 'jose';
 import { SynpassError } from '../errors.ts';
-import { issueCredential } from './credential.ts';
+import { issueCredential } from '../token/credential.ts';
 import { readPrivateKey, refuseToOverwrite, writePrivateKey, writePublicFile } from './key-files.ts';
-import { BUNDLE_SUFFIX, bundleDocument, parseBundle, readBundleFile, TrustBundleError } from './trust-bundle.ts';
+import { BUNDLE_SUFFIX, bundleDocument, parseBundle, readBundleFile, TrustBundleError } from '../token/trust-bundle.ts';
 
 export class IssuanceError extends SynpassError<'no-domain' | 'wrong-domain'> {
   override readonly name = 'IssuanceError';

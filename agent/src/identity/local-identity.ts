@@ -2,13 +2,13 @@
 // bundles it accepts, and the workload token it presents, renewed before it expires.
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { SynpassError } from '../errors.ts';
-import { keyId } from '../handshake/proofs.ts';
-import { packJws, type PackedJws } from '../handshake/wire.ts';
-import { issueIdentityToken, namespaceOf, type Attribute } from '../token/identity-token.ts';
+import { keyId } from '../protocol/proofs.ts';
+import { packJws, type PackedJws } from '../protocol/wire.ts';
+import { issueIdentityToken, namespaceOf, type Attribute, type VerifiedIdentity } from '../token/identity-token.ts';
 import { collectAttributes, type Attestor } from './attestors/attestor.ts';
-import { readCredentialFile, verifyCredential, type VerifiedCredential } from './credential.ts';
+import { readCredentialFile, verifyCredential, type VerifiedCredential } from '../token/credential.ts';
 import { readPrivateKey } from './key-files.ts';
-import { loadTrustBundles, type TrustBundle } from './trust-bundle.ts';
+import { loadTrustBundles, type TrustBundle } from '../token/trust-bundle.ts';
 
 export interface IdentityFiles {
   credential: string;
@@ -25,6 +25,13 @@ export interface WorkloadIdentity {
   /** Server side: connections to these local ports. */
   ports: readonly number[];
   attestors: readonly Attestor[];
+}
+
+/** Identities of the pods this node routes for, as the pod attestor vouches for them. */
+export interface LocalPods {
+  identityOf(address: string): VerifiedIdentity | undefined;
+  /** Whether `address` belongs to the node itself (its own sockets, not a pod's). */
+  isNodeAddress(address: string): boolean;
 }
 
 /** A workload known by its address (a pod this node routes for), from a dynamic source. */

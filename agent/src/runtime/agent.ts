@@ -14,7 +14,7 @@ import type { RuleOptions } from '../datapath/rules.ts';
 import { startHttpEndpoint, type Readiness } from '../telemetry/http-endpoint.ts';
 import { AgentMetrics } from '../telemetry/metrics.ts';
 import { connectionMarks } from '../datapath/marks.ts';
-import { allocateQueueBuffers, loadBinding, readQueueCounters, type NativeQueue } from '../datapath/nfqueue.ts';
+import { allocateQueueBuffers, loadBinding, readQueueCounters, type NativeQueue } from '../native/addon.ts';
 import type { Logger } from '../telemetry/log.ts';
 import { startStatusServer } from '../telemetry/status-server.ts';
 import { closeUnixSocket } from '../telemetry/unix-socket.ts';

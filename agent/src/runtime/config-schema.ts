@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { fieldTypes } from '../config-fields.ts';
 import { MAX_MARK_BASE } from '../datapath/marks.ts';
 import { ATTESTOR_KINDS } from '../identity/attestors/registry.ts';
+import { flowLogSection } from '../telemetry/flow-log.ts';
 
 const isSingleBit = (value: number): boolean => (value & (value - 1)) === 0;
 
@@ -80,13 +81,7 @@ export function agentConfigSchema(base: string) {
         metricsAddress: t.optionalString('host:port for /metrics, /healthz and /readyz', { pattern: /^(\[[0-9a-fA-F:]+\]|[^:]+):\d{1,5}$/, error: 'host:port, e.g. 0.0.0.0:9464' }),
         whoisSocket: t.pathOrOff('/run/synpass/whois.sock', 'unix socket of the peer-identity API (`off` turns it off)'),
         credentialMarginSeconds: t.integer(0, 31_536_000, 300, '/readyz fails when the credential expires within this many seconds'),
-        flowLog: t.section({
-          sink: t.choice(['stdout', 'file'], 'stdout', 'stdout: the agent log stream; file: JSON lines rotated by size'),
-          file: t.optionalPath('the flow-log file (sink `file`)'),
-          maxBytes: t.integer(4096, 2 ** 40, 50 * 1024 * 1024, 'rotate the file at this size', { defaultText: '50 MiB' }),
-          maxFiles: t.integer(1, 1000, 5, 'rotated files kept'),
-          sampleAccepted: t.number(0, 1, 1, 'fraction of accepted connections logged (drops are always logged or counted)'),
-        }),
+        flowLog: flowLogSection(t),
       }),
       kubernetes: t.optionalSection({
         nodeName: t.string('this node: its pods become workloads (pod attestor)'),
@@ -110,5 +105,5 @@ export type PolicyConfig = NonNullable<AgentConfig['policy']>;
 export type HandshakeConfig = AgentConfig['handshake'];
 export type DatapathConfig = AgentConfig['datapath'];
 export type TelemetryConfig = AgentConfig['telemetry'];
-export type FlowLogConfig = TelemetryConfig['flowLog'];
+export type { FlowLogConfig } from '../telemetry/flow-log.ts';
 export type KubernetesConfig = NonNullable<AgentConfig['kubernetes']>;

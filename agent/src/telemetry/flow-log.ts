@@ -12,8 +12,22 @@ import { basename, dirname } from 'node:path';
 import { createStream, type RotatingFileStream } from 'rotating-file-stream';
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
 import type { VerdictEvent } from '../datapath/handler.ts';
-import type { FlowLogConfig } from '../runtime/config.ts';
+import type { z } from 'zod';
+import type { FieldTypes } from '../config-fields.ts';
 import type { Logger } from './log.ts';
+
+/** The `telemetry.flowLog` section of the agent configuration. */
+export function flowLogSection(t: FieldTypes) {
+  return t.section({
+    sink: t.choice(['stdout', 'file'], 'stdout', 'stdout: the agent log stream; file: JSON lines rotated by size'),
+    file: t.optionalPath('the flow-log file (sink `file`)'),
+    maxBytes: t.integer(4096, 2 ** 40, 50 * 1024 * 1024, 'rotate the file at this size', { defaultText: '50 MiB' }),
+    maxFiles: t.integer(1, 1000, 5, 'rotated files kept'),
+    sampleAccepted: t.number(0, 1, 1, 'fraction of accepted connections logged (drops are always logged or counted)'),
+  });
+}
+
+export type FlowLogConfig = z.output<ReturnType<typeof flowLogSection>>;
 
 /** What may wait for the sink before flow records are dropped (a quarter of the log stream's bound). */
 export const FLOW_LOG_MAX_PENDING_BYTES = 2 * 1024 * 1024;

@@ -2,7 +2,7 @@
 // peers verify against the agent's credential (node:crypto, once per token thanks to caching).
 import { randomUUID, type KeyObject } from 'node:crypto';
 import { SignJWT } from 'jose';
-import type { VerifiedCredential } from '../identity/credential.ts';
+import type { VerifiedCredential } from './credential.ts';
 import { TokenError } from './errors.ts';
 import { algorithmOf, checkTimes, decodeJws, verifyJwsSignature } from './jws.ts';
 

@@ -5,7 +5,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import { canonicalAddress } from '../datapath/addresses.ts';
-import type { PeerCredentials } from '../datapath/nfqueue.ts';
+import type { PeerCredentials } from '../native/addon.ts';
 import type { Logger } from '../telemetry/log.ts';
 import { listenOnUnixSocket } from '../telemetry/unix-socket.ts';
 import { liveTcpSockets, type TcpSocket } from './proc-net-tcp.ts';

@@ -2,12 +2,11 @@ import { it } from 'node:test';
 import assert from 'node:assert/strict';
 import { DatapathEngine } from '../../../agent/src/datapath/engine.ts';
 import type { VerdictEvent } from '../../../agent/src/datapath/handler.ts';
-import { HOOK_POST_ROUTING, HOOK_PRE_ROUTING, Meta, NO_OWNER, type NativeQueue } from '../../../agent/src/datapath/nfqueue.ts';
+import { HOOK_POST_ROUTING, HOOK_PRE_ROUTING, Meta, META_STRIDE, NO_OWNER, queueBuffers, type NativeQueue } from '../../../agent/src/native/addon.ts';
 import { PassThroughHandler } from '../../../agent/src/handshake/pass-through.ts';
 import { IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../support/fixtures.ts';
 import { MARKS } from '../../support/virtual-wire.ts';
 
-const STRIDE = 10;
 const SLOT = 2048;
 
 interface Recorded {
@@ -19,12 +18,12 @@ interface Recorded {
 
 /** An engine on buffers of two slots, recording the addon calls and the verdict events. */
 function recordingEngine(): { engine: DatapathEngine; input: Uint8Array; meta: Uint32Array; calls: string[]; events: Recorded[] } {
-  const input = new Uint8Array(SLOT * 2);
-  const meta = new Uint32Array(STRIDE * 2);
+  const buffers = queueBuffers(2, SLOT);
+  const { input, meta } = buffers;
   const calls: string[] = [];
   const events: Recorded[] = [];
   const engine = new DatapathEngine(
-    { input, meta, counters: new Float64Array(12), slotSize: SLOT, metaStride: STRIDE },
+    buffers,
     new PassThroughHandler(),
     {
       marks: MARKS,
@@ -51,7 +50,7 @@ function describeBatch(input: Uint8Array, meta: Uint32Array, packets: { bytes: U
   packets.forEach(({ bytes, hook }, index) => {
     input.fill(0, index * SLOT, (index + 1) * SLOT);
     input.set(bytes, index * SLOT);
-    const base = index * STRIDE;
+    const base = index * META_STRIDE;
     meta[base + Meta.PacketId] = index + 1;
     meta[base + Meta.Hook] = hook;
     meta[base + Meta.Offset] = index * SLOT;

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { ParsedPacket, parsePacket } from '../../../agent/src/datapath/packet.ts';
 import { attachToken } from '../../../agent/src/datapath/rewrite.ts';
-import { decodeMessage, encodeMessage, MessageType } from '../../../agent/src/handshake/wire.ts';
+import { decodeMessage, encodeMessage, MessageType } from '../../../agent/src/protocol/wire.ts';
 import type { AdmissionConfig } from '../../../agent/src/handshake/admission.ts';
 import { ProcessAttestor } from '../../../agent/src/identity/attestors/process.ts';
 import { StaticAttestor } from '../../../agent/src/identity/attestors/static.ts';

@@ -1,9 +1,9 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac, randomBytes } from 'node:crypto';
-import { loadBinding } from '../../../agent/src/datapath/nfqueue.ts';
-import { computeProof, proofValid } from '../../../agent/src/handshake/proofs.ts';
-import { PROOF_BYTES } from '../../../agent/src/handshake/wire.ts';
+import { loadBinding } from '../../../agent/src/native/addon.ts';
+import { computeProof, proofValid } from '../../../agent/src/protocol/proofs.ts';
+import { PROOF_BYTES } from '../../../agent/src/protocol/wire.ts';
 
 describe('proof HMAC (addon)', () => {
   const { hmacSha256 } = loadBinding();

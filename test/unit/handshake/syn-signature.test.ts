@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
-import { signSyn, synSignatureValid } from '../../../agent/src/handshake/syn-signature.ts';
+import { signSyn, synSignatureValid } from '../../../agent/src/protocol/syn-signature.ts';
 
 describe('SYN signature', () => {
   for (const [name, pair] of [

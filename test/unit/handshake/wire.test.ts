@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { decodeMessage, encodeMessage, encodeTransient, FLAG_SYN_SIGNATURE, MessageType, packJws, WireError } from '../../../agent/src/handshake/wire.ts';
+import { decodeMessage, encodeMessage, encodeTransient, FLAG_SYN_SIGNATURE, MessageType, packJws, WireError } from '../../../agent/src/protocol/wire.ts';
 
 const jws = (size: number) => packJws(`${randomBytes(20).toString('base64url')}.${randomBytes(size).toString('base64url')}.${randomBytes(64).toString('base64url')}`);
 

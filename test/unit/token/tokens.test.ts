@@ -4,7 +4,7 @@ import { calculateJwkThumbprint, createLocalJWKSet, exportJWK, jwtVerify, SignJW
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createPublicKey, generateKeyPairSync } from 'node:crypto';
-import { inspectCredential, issueCredential, verifyCredential } from '../../../agent/src/identity/credential.ts';
+import { inspectCredential, issueCredential, verifyCredential } from '../../../agent/src/token/credential.ts';
 import { CA_KEY_FILE } from '../../../agent/src/identity/issuance.ts';
 import { readPrivateKey } from '../../../agent/src/identity/key-files.ts';
 import { TokenError } from '../../../agent/src/token/errors.ts';

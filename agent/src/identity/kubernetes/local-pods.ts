@@ -3,9 +3,8 @@
 // by the pod attestor and this node's agent.
 import { networkInterfaces } from 'node:os';
 import { canonicalAddress } from '../../datapath/addresses.ts';
-import type { LocalPods } from '../../handshake/identity-handler.ts';
+import type { AddressWorkload, LocalPods } from '../local-identity.ts';
 import type { Attribute, VerifiedIdentity } from '../../token/identity-token.ts';
-import type { AddressWorkload } from '../local-identity.ts';
 import type { PodWatcher } from './pod-watcher.ts';
 
 /** The SPIFFE Kubernetes convention: spiffe://<domain>/ns/<namespace>/sa/<service account>. */

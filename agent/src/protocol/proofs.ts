@@ -2,7 +2,7 @@
 // between their credential keys (HKDF-SHA256, RFC 5869), cached per pair, so after first
 // contact a connection costs only HMACs. Proofs are HMAC-SHA256 truncated to 128 bits.
 import { diffieHellman, hkdfSync, randomFillSync, timingSafeEqual, type KeyObject } from 'node:crypto';
-import { loadBinding, type NativeBinding } from '../datapath/nfqueue.ts';
+import { loadBinding, type NativeBinding } from '../native/addon.ts';
 import { KEY_ID_BYTES, NONCE_BYTES, PROOF_BYTES } from './wire.ts';
 
 const PAIR_INFO = Buffer.from('synpass pair key v1');
@@ -64,6 +64,47 @@ export function proofValid(pairKey: Buffer, label: ProofLabel, parts: readonly (
   mac(pairKey, label, parts);
   return timingSafeEqual(truncated, received);
 }
+
+// What each proof binds, spelled once for the end that makes it and the end that checks it.
+// Both ISNs come from the packets themselves; the token signature ties a proof to the token
+// that travels with it.
+
+/** SYN (known peer): the client's nonce and time, its ISN, and its token's signature. */
+export interface SynTranscript {
+  nonce: Uint8Array;
+  time: number;
+  clientIsn: number;
+  tokenSignature: Uint8Array;
+}
+
+/** SYN-ACK: the server's flags, both nonces, both ISNs, and the server token's signature. */
+export interface SynAckTranscript {
+  flags: number;
+  clientNonce: Uint8Array;
+  serverNonce: Uint8Array;
+  clientIsn: number;
+  serverIsn: number;
+  tokenSignature: Uint8Array;
+}
+
+/** ACK (first contact): both nonces and both ISNs. */
+export interface AckTranscript {
+  clientNonce: Uint8Array;
+  serverNonce: Uint8Array;
+  clientIsn: number;
+  serverIsn: number;
+}
+
+const synParts = (t: SynTranscript) => [t.nonce, t.time, t.clientIsn, t.tokenSignature];
+const synAckParts = (t: SynAckTranscript) => [t.flags, t.clientNonce, t.serverNonce, t.clientIsn, t.serverIsn, t.tokenSignature];
+const ackParts = (t: AckTranscript) => [t.clientNonce, t.serverNonce, t.clientIsn, t.serverIsn];
+
+export const synProof = (pairKey: Buffer, t: SynTranscript): Buffer => computeProof(pairKey, 'syn', synParts(t));
+export const synProofValid = (pairKey: Buffer, t: SynTranscript, received: Uint8Array): boolean => proofValid(pairKey, 'syn', synParts(t), received);
+export const synAckProof = (pairKey: Buffer, t: SynAckTranscript): Buffer => computeProof(pairKey, 'syn-ack', synAckParts(t));
+export const synAckProofValid = (pairKey: Buffer, t: SynAckTranscript, received: Uint8Array): boolean => proofValid(pairKey, 'syn-ack', synAckParts(t), received);
+export const ackProof = (pairKey: Buffer, t: AckTranscript): Buffer => computeProof(pairKey, 'ack', ackParts(t));
+export const ackProofValid = (pairKey: Buffer, t: AckTranscript, received: Uint8Array): boolean => proofValid(pairKey, 'ack', ackParts(t), received);
 
 /**
  * Fresh nonces from a pool refilled 256 at a time: one CSPRNG call per 256 handshakes instead

@@ -4,7 +4,11 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { AddonError } from './errors.ts';
+import { SynpassError } from '../errors.ts';
+
+export class AddonError extends SynpassError<'not-built' | 'version-mismatch'> {
+  override readonly name = 'AddonError';
+}
 
 export const NF_DROP = 0;
 export const NF_ACCEPT = 1;
@@ -91,6 +95,34 @@ export interface NativeBinding {
   SLOT_SIZE: number;
   META_STRIDE: number;
   COUNTER_COUNT: number;
+  LAYOUT: AddonLayout;
+}
+
+/** The shared-memory layout as the addon describes it (native/src/nfqueue.cc, Layout()). */
+export interface AddonLayout {
+  /** Meta field names in slot order. */
+  meta: string[];
+  flags: Record<string, number>;
+  /** Counter names in slot order. */
+  counters: string[];
+  noOwner: number;
+}
+
+/** The slot size and meta stride of this build, for buffers built without the addon (tests). */
+export const META_STRIDE = Object.keys(Meta).length;
+
+/**
+ * The constants above, which the per-packet path reads without a property lookup on the addon,
+ * against the layout the addon reports; null when they agree, else the first difference.
+ */
+export function layoutMismatch(layout: AddonLayout, stride: number): string | null {
+  const meta = Object.entries(Meta).sort(([, a], [, b]) => a - b).map(([name]) => name[0]!.toLowerCase() + name.slice(1));
+  if (stride !== META_STRIDE || meta.join() !== layout.meta.join()) return `meta fields ${layout.meta.join()} (this agent: ${meta.join()})`;
+  const flags = { checksumPartial: META_FLAG_CHECKSUM_PARTIAL, checksumUnverified: META_FLAG_CHECKSUM_UNVERIFIED, gso: META_FLAG_GSO, truncated: META_FLAG_TRUNCATED };
+  for (const [name, bit] of Object.entries(flags)) if (layout.flags[name] !== bit) return `flag ${name} = ${layout.flags[name] ?? 'missing'} (this agent: ${bit})`;
+  if (QUEUE_COUNTERS.join() !== layout.counters.join()) return `counters ${layout.counters.join()} (this agent: ${QUEUE_COUNTERS.join()})`;
+  if (layout.noOwner !== NO_OWNER) return `no-owner value ${layout.noOwner}`;
+  return null;
 }
 
 // From agent/src/datapath (run through tsx) or dist/agent/src/datapath (compiled).
@@ -102,14 +134,17 @@ let binding: NativeBinding | undefined;
 export function loadBinding(): NativeBinding {
   if (binding === undefined) {
     const addonPath = addonCandidates.find((candidate) => existsSync(candidate)) ?? addonCandidates[0]!;
+    let loaded: NativeBinding;
     try {
-      binding = createRequire(import.meta.url)(addonPath) as NativeBinding;
+      loaded = createRequire(import.meta.url)(addonPath) as NativeBinding;
     } catch (cause) {
       throw new AddonError('not-built', `synpass native addon not built at ${addonPath}: run scripts/setup (or npm run build:native)`, { path: addonPath }, { cause });
     }
-    if (binding.COUNTER_COUNT !== QUEUE_COUNTERS.length) {
-      throw new AddonError('version-mismatch', 'synpass native addon does not match this agent version: rebuild it (npm run build:native)');
+    const mismatch = (loaded.LAYOUT as AddonLayout | undefined) === undefined ? 'it reports no layout' : layoutMismatch(loaded.LAYOUT, loaded.META_STRIDE);
+    if (mismatch !== null) {
+      throw new AddonError('version-mismatch', `synpass native addon does not match this agent version (${mismatch}): rebuild it (npm run build:native)`);
     }
+    binding = loaded;
   }
   return binding;
 }
@@ -118,20 +153,22 @@ export interface QueueBuffers {
   input: Uint8Array;
   meta: Uint32Array;
   counters: Float64Array;
-  slotSize: number;
   metaStride: number;
+}
+
+/** Buffers for `slots` packets of up to `slotSize` bytes each, in the layout the addon checked. */
+export function queueBuffers(slots: number, slotSize: number): QueueBuffers {
+  return {
+    input: new Uint8Array(slotSize * slots),
+    meta: new Uint32Array(META_STRIDE * slots),
+    counters: new Float64Array(QUEUE_COUNTERS.length),
+    metaStride: META_STRIDE,
+  };
 }
 
 /** Allocates the JS-owned buffers for a queue receiving up to `slots` packets per batch. */
 export function allocateQueueBuffers(slots: number): QueueBuffers {
-  const native = loadBinding();
-  return {
-    input: new Uint8Array(native.SLOT_SIZE * slots),
-    meta: new Uint32Array(native.META_STRIDE * slots),
-    counters: new Float64Array(native.COUNTER_COUNT),
-    slotSize: native.SLOT_SIZE,
-    metaStride: native.META_STRIDE,
-  };
+  return queueBuffers(slots, loadBinding().SLOT_SIZE);
 }
 
 export function readQueueCounters(counters: Float64Array): Record<QueueCounterName, number> {

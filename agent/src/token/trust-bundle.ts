@@ -7,7 +7,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { calculateJwkThumbprint, type JWK } from 'jose';
 import { describeFileError, SynpassError } from '../errors.ts';
-import { ALLOWED_ALGORITHMS } from '../token/jws.ts';
+import { ALLOWED_ALGORITHMS } from './jws.ts';
 
 export const BUNDLE_SUFFIX = '.jwks.json';
 

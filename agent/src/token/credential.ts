@@ -4,8 +4,8 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { SignJWT, calculateJwkThumbprint, exportJWK, type JWK } from 'jose';
 import { describeFileError, SynpassError } from '../errors.ts';
-import { TokenError } from '../token/errors.ts';
-import { checkTimes, decodeJws, verifyJwsSignature } from '../token/jws.ts';
+import { TokenError } from './errors.ts';
+import { checkTimes, decodeJws, verifyJwsSignature } from './jws.ts';
 import type { TrustBundle } from './trust-bundle.ts';
 
 export const CREDENTIAL_TYPE = 'synpass-agent+jwt';
