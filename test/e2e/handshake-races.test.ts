@@ -4,36 +4,29 @@
 // the server before the ACK. Neither may cost the connection a dropped segment.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { prepareIdentities } from '../support/identity-lab.ts';
-import { isRoot, Lab, ROOT, type AgentHandle } from '../support/lab.ts';
-import { scratchDirectory } from '../support/scratch.ts';
+import { startIdentityLab, type IdentityLab } from '../support/identity-lab.ts';
+import { isRoot, ROOT, type AgentHandle, type Lab } from '../support/lab.ts';
 
 const LOAD = join(ROOT, 'scripts/benchmarks/load.ts');
 const PORT = 8080;
 const CONNECTIONS = 600;
 
 describe('handshake races end to end', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
+  let fixture: IdentityLab;
   let lab: Lab;
-  let directory: string;
   let web: AgentHandle;
   let api: AgentHandle;
 
   before(async () => {
-    directory = scratchDirectory('races');
-    lab = Lab.up(`hr${process.pid % 100000}`, 15);
-    const files = await prepareIdentities(lab, directory);
     // At warn level the agents are as quick as in production, which is when the races show.
-    const quiet = { SYNPASS_LOG_LEVEL: 'warn' };
-    api = await lab.startAgent('api', ['--config', files.configs.api], quiet);
-    web = await lab.startAgent('web', ['--config', files.configs.web], quiet);
-    await lab.peer('api', ['server', String(PORT), 'http']).waitFor((l) => l.listening === PORT);
+    const quiet = { env: { SYNPASS_LOG_LEVEL: 'warn' } };
+    fixture = await startIdentityLab({ prefix: 'hr', net: 15, api: quiet, web: quiet, server: { port: PORT, kind: 'http' } });
+    ({ lab, api, web } = fixture);
   });
 
   after(async () => {
-    await lab.down();
-    rmSync(directory, { recursive: true, force: true });
+    await fixture.down();
   });
 
   it('first-contact connections whose client closes at once lose no segment', async () => {

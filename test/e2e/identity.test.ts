@@ -3,7 +3,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes, createPublicKey } from 'node:crypto';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SignJWT, UnsecuredJWT } from 'jose';
 import { ipv4HeaderChecksum, tcpChecksum, writeUint16 } from '../../agent/src/datapath/checksum.ts';
@@ -19,9 +19,8 @@ import { issueIdentityToken } from '../../agent/src/token/identity-token.ts';
 import { IPV4_SYN } from '../support/fixtures.ts';
 import { attributes } from '../support/identities.ts';
 import { withBody } from '../support/rebody.ts';
-import { BATCH_UID, DOMAIN, prepareIdentities, rotateAgent, type IdentityLabFiles } from '../support/identity-lab.ts';
-import { isRoot, Lab, ROOT, sleep, type AgentHandle } from '../support/lab.ts';
-import { scratchDirectory } from '../support/scratch.ts';
+import { BATCH_UID, DOMAIN, rotateAgent, startIdentityLab, type IdentityLab, type IdentityLabFiles } from '../support/identity-lab.ts';
+import { isRoot, ROOT, sleep, type AgentHandle, type Lab } from '../support/lab.ts';
 
 const PORT = 8080;
 const now = () => Math.floor(Date.now() / 1000);
@@ -38,6 +37,7 @@ function bodyOf(packet: ParsedPacket): Buffer {
 }
 
 describe('identity handshake end to end: attacks with real packets', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
+  let fixture: IdentityLab;
   let lab: Lab;
   let files: IdentityLabFiles;
   let directory: string;
@@ -48,12 +48,8 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
   let rogueIdentity: LocalIdentity;
 
   before(async () => {
-    directory = scratchDirectory('e2e');
-    lab = Lab.up(`id${process.pid % 100000}`, 12);
-    files = await prepareIdentities(lab, directory);
-    api = await lab.startAgent('api', ['--config', files.configs.api]);
-    web = await lab.startAgent('web', ['--config', files.configs.web]);
-    await lab.peer('api', ['server', String(PORT), 'http']).waitFor((l) => l.listening === PORT);
+    fixture = await startIdentityLab({ prefix: 'id', net: 12, server: { port: PORT, kind: 'http' } });
+    ({ lab, files, directory, api, web } = fixture);
     const load = (agentDirectory: string, subject: string, bundles: string) =>
       LocalIdentity.load({
         files: {
@@ -72,8 +68,7 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
   });
 
   after(async () => {
-    await lab.down();
-    rmSync(directory, { recursive: true, force: true });
+    await fixture.down();
   });
 
   async function dropCount(reason: string): Promise<number> {

@@ -2,37 +2,33 @@
 // /readyz follows the credential, and rules an operator flushes are reported and reinstalled.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { BATCH_UID, DOMAIN, prepareIdentities, rotateAgent, type IdentityLabFiles } from '../support/identity-lab.ts';
+import { BATCH_UID, DOMAIN, rotateAgent, startIdentityLab, type IdentityLab, type IdentityLabFiles } from '../support/identity-lab.ts';
 import { execFileSync } from 'node:child_process';
-import { isRoot, Lab, ROOT, sleep, synpassCommand, type AgentHandle } from '../support/lab.ts';
-import { scratchDirectory } from '../support/scratch.ts';
+import { isRoot, ROOT, sleep, synpassCommand, type AgentHandle, type Lab } from '../support/lab.ts';
 import { runSynpass } from '../support/cli.ts';
 
 const METRICS = 'http://127.0.0.1:9464';
 
 describe('observability end to end', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
+  let fixture: IdentityLab;
   let lab: Lab;
-  let directory: string;
   let files: IdentityLabFiles;
   let api: AgentHandle;
 
   before(async () => {
-    directory = scratchDirectory('obs');
-    lab = Lab.up(`ob${process.pid % 100000}`, 14);
-    files = await prepareIdentities(lab, directory);
-    // Not ready when the credential has less than a minute left.
-    api = await lab.startAgent('api', ['--config', files.configs.api, '--metrics-address', '127.0.0.1:9464'], {
-      SYNPASS_TELEMETRY_CREDENTIAL_MARGIN_SECONDS: '60',
+    fixture = await startIdentityLab({
+      prefix: 'ob',
+      net: 14,
+      // Not ready when the credential has less than a minute left.
+      api: { args: ['--metrics-address', '127.0.0.1:9464'], env: { SYNPASS_TELEMETRY_CREDENTIAL_MARGIN_SECONDS: '60' } },
+      server: { port: 8080, kind: 'http' },
     });
-    await lab.startAgent('web', ['--config', files.configs.web]);
-    await lab.peer('api', ['server', '8080', 'http']).waitFor((l) => l.listening === 8080);
+    ({ lab, files, api } = fixture);
   });
 
   after(async () => {
-    await lab.down();
-    rmSync(directory, { recursive: true, force: true });
+    await fixture.down();
   });
 
   async function fetch(path: string): Promise<{ status: number; body: string }> {

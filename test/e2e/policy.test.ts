@@ -3,35 +3,30 @@
 // through and logs the would-be drop with its rule id.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { prepareIdentities, type IdentityLabFiles } from '../support/identity-lab.ts';
-import { isRoot, Lab, ROOT, type AgentHandle } from '../support/lab.ts';
+import { startIdentityLab, type IdentityLab } from '../support/identity-lab.ts';
+import { isRoot, ROOT, type AgentHandle, type Lab } from '../support/lab.ts';
 import { scratchDirectory } from '../support/scratch.ts';
 
 describe('policy hot reload end to end', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
+  let fixture: IdentityLab;
   let lab: Lab;
-  let directory: string;
   let policies: string;
-  let files: IdentityLabFiles;
   let api: AgentHandle;
   let apiPolicyText: string;
 
   before(async () => {
-    directory = scratchDirectory('policy-e2e');
-    policies = join(directory, 'policies');
+    // A copy of the example the test edits, as an operator edits the files in place.
+    policies = join(scratchDirectory('policy-e2e'), 'policies');
     cpSync(join(ROOT, 'policy/examples/three-tier'), policies, { recursive: true });
     apiPolicyText = readFileSync(join(policies, 'api.yaml'), 'utf8');
-    lab = Lab.up(`po${process.pid % 100000}`, 13);
-    files = await prepareIdentities(lab, directory, policies);
-    api = await lab.startAgent('api', ['--config', files.configs.api]);
-    await lab.startAgent('web', ['--config', files.configs.web]);
-    await lab.peer('api', ['server', '7000', 'echo']).waitFor((l) => l.listening === 7000);
+    fixture = await startIdentityLab({ prefix: 'po', net: 13, policyDirectory: policies, server: { port: 7000, kind: 'echo' } });
+    ({ lab, api } = fixture);
   });
 
   after(async () => {
-    await lab.down();
-    rmSync(directory, { recursive: true, force: true });
+    await fixture.down();
   });
 
   async function echo(): Promise<boolean> {

@@ -1,10 +1,11 @@
 // Keys, credentials and agent configurations for a lab: trust domain demo.synpass with agents
 // "web" and "api", and a rogue domain whose agent "mallory" runs on the outsider.
-import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { initDomain, issueAgent, type SigningKeyType } from '../../agent/src/identity/issuance.ts';
-import { ROOT, type AgentHandle, type Lab } from './lab.ts';
+import { Lab, ROOT, type AgentHandle } from './lab.ts';
+import { scratchDirectory } from './scratch.ts';
 
 export const DOMAIN = 'demo.synpass';
 export const ROGUE_DOMAIN = 'rogue.example';
@@ -95,4 +96,51 @@ export async function rotateAgent(
   const mark = agent.process.lines.length;
   agent.process.signal('SIGHUP');
   await agent.process.waitFor((l) => l.msg === 'identity reloaded' && agent.process.lines.indexOf(l) >= mark);
+}
+
+export interface IdentityLabOptions {
+  /** Lab prefix (1-8 of [a-z0-9]; the process id is appended) and its subnet number. */
+  prefix: string;
+  net: number;
+  /** A policy directory other than the three-tier example. */
+  policyDirectory?: string;
+  /** Extra `agent run` arguments and environment, per agent. */
+  api?: { args?: string[]; env?: Record<string, string> };
+  web?: { args?: string[]; env?: Record<string, string> };
+  /** A server on api: `server <port> <kind>` of test/support/peer.ts. */
+  server: { port: number; kind: 'http' | 'echo' };
+}
+
+export interface IdentityLab {
+  lab: Lab;
+  directory: string;
+  files: IdentityLabFiles;
+  api: AgentHandle;
+  web: AgentHandle;
+  /** Stops every process, removes the namespaces and the directory. */
+  down(): Promise<void>;
+}
+
+/**
+ * The lab most end-to-end tests start from: namespaces, a trust domain with web and api agents
+ * running (api first, so web's first SYN finds it), and a server on api.
+ */
+export async function startIdentityLab(options: IdentityLabOptions): Promise<IdentityLab> {
+  const directory = scratchDirectory(options.prefix);
+  const lab = Lab.up(`${options.prefix}${process.pid % 100000}`, options.net);
+  const files = await prepareIdentities(lab, directory, options.policyDirectory);
+  const api = await lab.startAgent('api', ['--config', files.configs.api, ...(options.api?.args ?? [])], options.api?.env);
+  const web = await lab.startAgent('web', ['--config', files.configs.web, ...(options.web?.args ?? [])], options.web?.env);
+  await lab.peer('api', ['server', String(options.server.port), options.server.kind]).waitFor((l) => l.listening === options.server.port);
+  return {
+    lab,
+    directory,
+    files,
+    api,
+    web,
+    down: async () => {
+      await lab.down();
+      rmSync(directory, { recursive: true, force: true });
+    },
+  };
 }

@@ -1,16 +1,11 @@
 // The agent process: serve status and probes, bind the queues, then install the rules (so no
 // queued packet ever waits for a listener that is not there yet), and undo both on SIGINT/SIGTERM.
-import { constants } from 'node:os';
 import type { Server } from 'node:http';
-import type { Server as NetServer } from 'node:net';
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
-import { liveTcpSockets } from '../whois/proc-net-tcp.ts';
-import { connectionKey, PeerRegistry } from '../whois/registry.ts';
-import { startWhoisServer } from '../whois/server.ts';
+import { PeerRegistry } from '../whois/registry.ts';
+import { startWhoisService, type WhoisService } from '../whois/service.ts';
 import { DatapathEngine } from '../datapath/engine.ts';
-import { inspectRules, installRules, removeAllRules, type InstalledRules } from '../datapath/iptables.ts';
 import { readKernelQueues } from '../datapath/kernel-queue.ts';
-import type { RuleOptions } from '../datapath/rules.ts';
 import { startHttpEndpoint, type Readiness } from '../telemetry/http-endpoint.ts';
 import { AgentMetrics } from '../telemetry/metrics.ts';
 import { connectionMarks } from '../datapath/marks.ts';
@@ -22,35 +17,26 @@ import { FlowLog } from '../telemetry/flow-log.ts';
 import type { BoundedLogStream } from '../telemetry/log.ts';
 import type { AgentConfig } from './config.ts';
 import type { BuiltHandler, IdentityStatus } from './handlers.ts';
-
-const { EBUSY, EPERM } = constants.errno;
-const QUEUE_RETRY_MS = 1_000;
+import { bindWhenFree, queuesBound } from './queue-binder.ts';
+import { RulesWatchdog } from './rules-watchdog.ts';
 
 /** What the agent process runs by: the parsed configuration (runtime/config.ts). */
 export type AgentRuntimeConfig = Pick<AgentConfig, 'mode' | 'datapath' | 'telemetry' | 'targets' | 'excluded'>;
 
 export class Agent {
   private queue: NativeQueue | null = null;
-  private rules: InstalledRules | null = null;
+  private readonly rules: RulesWatchdog;
   private statusServer: Server | null = null;
   private readonly engine: DatapathEngine;
   private readonly buffers;
   private readonly startedAt = new Date();
   private stopping: Promise<void> | null = null;
   private httpEndpoint: Server | null = null;
-  private ruleCheck: NodeJS.Timeout | null = null;
-  private rulesPresent = false;
   private state: 'starting' | 'waiting-for-queue' | 'running' | 'stopping' = 'starting';
-  /** SYNs the kernel let in without a verdict (fail-open), and the audit counter last read. */
-  private unjudgedSyns = 0;
-  private unjudgedCounterSeen = 0;
-  /** Other rules ahead of the hook jumps at the last rule check: they can keep SYNs from us. */
-  private rulesAhead = 0;
   private readonly metrics: AgentMetrics;
   private readonly flowLog: FlowLog;
   private readonly peers = new PeerRegistry();
-  private whoisServer: NetServer | null = null;
-  private peerSweep: NodeJS.Timeout | null = null;
+  private whois: WhoisService | null = null;
 
   constructor(
     private readonly config: AgentRuntimeConfig,
@@ -60,6 +46,18 @@ export class Agent {
     logStream: BoundedLogStream | null = null,
   ) {
     const options = config.datapath;
+    this.rules = new RulesWatchdog(
+      {
+        queueNumber: options.queue,
+        queueCount: options.queueCount,
+        failOpen: options.failOpen,
+        marks: connectionMarks(options.markBase),
+        targetNetworks: config.targets,
+        excludedNetworks: config.excluded,
+      },
+      options.iptables,
+      log,
+    );
     this.flowLog = new FlowLog(config.telemetry.flowLog, log, () => logStream?.pendingBytes ?? 0);
     const flowLog = this.flowLog;
     const peers = this.peers;
@@ -75,8 +73,8 @@ export class Agent {
       caches: () => built.status()?.caches ?? {},
       credentialExpiresAt: () => built.status()?.credentialExpiresAt ?? null,
       policy: () => built.status()?.policy ?? null,
-      unjudgedSyns: () => this.unjudgedSyns,
-      rulesAhead: () => this.rulesAhead,
+      unjudgedSyns: () => this.rules.unjudgedSyns,
+      rulesAhead: () => this.rules.rulesAhead,
       logging: () => ({ flowLog: flowLog.counters, logPendingBytes: logStream?.pendingBytes ?? 0, logDroppedLines: logStream?.droppedLines ?? 0 }),
     });
     const { latency, ruleVerdicts } = this.metrics;
@@ -119,48 +117,19 @@ export class Agent {
     const queue = await this.bindQueues();
     if (queue === null) return;
     try {
-      this.rules = await installRules(this.ruleOptions(), this.config.datapath.iptables);
+      await this.rules.install();
     } catch (error) {
       queue.close();
       this.queue = null;
       throw error;
     }
-    this.rulesPresent = true;
-    this.log.info(
-      { backend: this.rules.backend, families: this.rules.families, targets: this.config.targets },
-      'rules installed',
-    );
-    this.ruleCheck = setInterval(() => {
-      void this.checkRules();
-    }, this.config.datapath.ruleCheckSeconds * 1000);
-    this.ruleCheck.unref();
-    if (this.config.telemetry.whoisSocket !== null) {
-      const binding = loadBinding();
-      this.whoisServer = await startWhoisServer(
-        this.config.telemetry.whoisSocket,
-        {
-          registry: this.peers,
-          // Node exposes no peer credentials; the accepted socket's descriptor goes to the addon.
-          credentialsOf: (socket) => binding.peerCredentials((socket as unknown as { _handle: { fd: number } })._handle.fd),
-        },
-        this.log,
-      );
-      this.peerSweep = setInterval(() => {
-        this.peers.retain(new Set(liveTcpSockets().map((s) => connectionKey(s.local, s.remote))));
-      }, 30_000);
-      this.peerSweep.unref();
-      this.log.info({ socket: this.config.telemetry.whoisSocket }, 'peer-identity API listening');
-    }
+    this.rules.watch(this.config.datapath.ruleCheckSeconds * 1000);
+    if (this.config.telemetry.whoisSocket !== null) this.whois = await startWhoisService(this.config.telemetry.whoisSocket, this.peers, this.log);
     this.state = 'running';
     this.log.info({ mode: this.config.mode, statusSocket: this.config.datapath.statusSocket }, 'agent running');
   }
 
-  /**
-   * Binds every queue. A queue another process holds (an agent still shutting down, say) makes
-   * the kernel refuse the bind (EPERM, like a missing capability, so the kernel's queue list
-   * tells the two apart): the agent stays up and unready and tries again every second, rather
-   * than exiting into a restart loop. Returns null when stopped while waiting.
-   */
+  /** Binds every queue, waiting while another process holds one; null when stopped while waiting. */
   private async bindQueues(): Promise<NativeQueue | null> {
     const { NfQueue } = loadBinding();
     const queues = Array.from({ length: this.config.datapath.queueCount }, (_, i) => this.config.datapath.queue + i);
@@ -175,82 +144,21 @@ export class Agent {
       onBatch: this.engine.onBatch,
       onDrained: this.engine.onDrained,
     });
-    for (let attempt = 1; ; attempt++) {
-      try {
-        queue.start();
-        break;
-      } catch (error) {
-        const refused = (error as { errno?: number }).errno;
-        const held = (refused === EPERM || refused === EBUSY) && readKernelQueues().some((q) => queues.includes(q.queue));
-        if (!held) throw error;
+    const bound = await bindWhenFree({
+      start: () => { queue.start(); },
+      heldElsewhere: () => queuesBound(queues),
+      onWaiting: (error) => {
         this.state = 'waiting-for-queue';
-        if (attempt === 1) this.log.warn({ queues, err: error }, 'a queue is held by another process; waiting for it');
-        await new Promise((resolve) => setTimeout(resolve, QUEUE_RETRY_MS));
-        if (this.stopping !== null) return null;
-      }
-    }
+        this.log.warn({ queues, err: error }, 'a queue is held by another process; waiting for it');
+      },
+      cancelled: () => this.stopping !== null,
+    });
+    if (!bound) return null;
     this.state = 'starting';
     this.queue = queue;
     this.engine.attach(queue);
     this.log.info({ queues, failOpen: this.config.datapath.failOpen }, 'queues bound');
     return queue;
-  }
-
-  private ruleOptions(): RuleOptions {
-    return {
-      queueNumber: this.config.datapath.queue,
-      queueCount: this.config.datapath.queueCount,
-      failOpen: this.config.datapath.failOpen,
-      marks: connectionMarks(this.config.datapath.markBase),
-      targetNetworks: this.config.targets,
-      excludedNetworks: this.config.excluded,
-    };
-  }
-
-  /**
-   * Someone flushed our chains (a firewall reload, an operator): say so, then put them back.
-   * Also reads how many SYNs the kernel let in unjudged since the last check.
-   */
-  private async checkRules(): Promise<void> {
-    if (this.rules === null || this.stopping !== null) return;
-    const inspection = await inspectRules(this.rules, this.ruleOptions()).catch(() => null);
-    this.rulesPresent = inspection?.present ?? false;
-    if (inspection?.present === true) {
-      this.countUnjudged(inspection.unjudgedSyns);
-      this.noteRulesAhead(inspection.rulesAhead);
-      return;
-    }
-    this.log.error({ backend: this.rules.backend }, 'synpass rules are missing; reinstalling');
-    try {
-      this.rules = await installRules(this.ruleOptions(), this.rules.backend);
-      this.rulesPresent = true;
-      this.unjudgedCounterSeen = 0;
-      this.log.info('rules reinstalled');
-    } catch (error) {
-      this.log.error({ err: error }, 'rules could not be reinstalled');
-    }
-  }
-
-  /**
-   * Reported, not fought: moving our jumps back to the top every check would race whichever tool
-   * put its rule there (a CNI that prepends its own chains does) and reopen the rules each time.
-   */
-  private noteRulesAhead(count: number): void {
-    if (count > this.rulesAhead) {
-      this.log.warn({ rules: count }, 'rules ahead of the synpass jumps in mangle PREROUTING/POSTROUTING: a packet they accept or drop is never judged');
-    } else if (count === 0 && this.rulesAhead > 0) {
-      this.log.info('the synpass jumps are first in mangle PREROUTING/POSTROUTING again');
-    }
-    this.rulesAhead = count;
-  }
-
-  /** `kernelCount` is the audit rule's counter, which restarts at 0 when the rules are reinstalled. */
-  private countUnjudged(kernelCount: number): void {
-    const added = kernelCount >= this.unjudgedCounterSeen ? kernelCount - this.unjudgedCounterSeen : kernelCount;
-    this.unjudgedCounterSeen = kernelCount;
-    if (added === 0) return;
-    this.unjudgedSyns += added;
-    this.log.warn({ syns: added, total: this.unjudgedSyns, failOpen: this.config.datapath.failOpen }, 'SYNs reached the host without a verdict (queue full or no agent listening)');
   }
 
   readiness(): Readiness {
@@ -259,10 +167,10 @@ export class Agent {
     const bound = readKernelQueues().filter((q) => q.queue >= this.config.datapath.queue && q.queue < this.config.datapath.queue + this.config.datapath.queueCount);
     const checks: Readiness['checks'] = {
       rules: {
-        ok: this.rules !== null && this.rulesPresent,
-        detail: !this.rulesPresent
+        ok: this.rules.installed !== null && this.rules.present,
+        detail: !this.rules.present
           ? 'missing'
-          : `installed (${this.rules?.backend ?? '-'})${this.rulesAhead > 0 ? `; ${this.rulesAhead} other rule(s) ahead of its jumps` : ''}`,
+          : `installed (${this.rules.installed?.backend ?? '-'})${this.rules.rulesAhead > 0 ? `; ${this.rules.rulesAhead} other rule(s) ahead of its jumps` : ''}`,
       },
       queues: {
         ok: this.queue !== null && bound.length === this.config.datapath.queueCount,
@@ -283,9 +191,9 @@ export class Agent {
       mode: this.config.mode,
       state: this.state,
       startedAt: this.startedAt.toISOString(),
-      rules: this.rules,
-      unjudgedSyns: this.unjudgedSyns,
-      rulesAhead: this.rulesAhead,
+      rules: this.rules.installed,
+      unjudgedSyns: this.rules.unjudgedSyns,
+      rulesAhead: this.rules.rulesAhead,
       /** Segments waiting in the kernel queue for their handshake's proof. */
       heldPackets: this.engine.heldNow,
       queue: readQueueCounters(this.buffers.counters),
@@ -313,17 +221,7 @@ export class Agent {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.state = 'stopping';
-      if (this.ruleCheck) clearInterval(this.ruleCheck);
-      if (this.peerSweep) clearInterval(this.peerSweep);
-      // Stopped while waiting for a queue: the rules in place belong to whoever holds it.
-      if (this.rules !== null) {
-        try {
-          await removeAllRules();
-          this.log.info('rules removed');
-        } catch (error) {
-          this.log.error({ err: error }, 'rule removal failed; run `synpass agent cleanup`');
-        }
-      }
+      await this.rules.remove();
       this.queue?.close();
       this.queue = null;
       // Verdict events the addon had not yet reported (it reports once its socket is empty).
@@ -331,7 +229,7 @@ export class Agent {
       this.built.stop();
       await this.flowLog.close();
       if (this.statusServer) await closeUnixSocket(this.statusServer, this.config.datapath.statusSocket);
-      if (this.whoisServer && this.config.telemetry.whoisSocket) await closeUnixSocket(this.whoisServer, this.config.telemetry.whoisSocket);
+      await this.whois?.close();
       const endpoint = this.httpEndpoint;
       if (endpoint) await new Promise<void>((resolve) => endpoint.close(() => { resolve(); }));
       this.log.info({ counters: readQueueCounters(this.buffers.counters) }, 'agent stopped');
