@@ -27,7 +27,8 @@
 
 namespace {
 
-// Layout of one packet's metadata in the JS Uint32Array; mirrored in agent/src/datapath/nfqueue.ts.
+// Layout of one packet's metadata in the JS Uint32Array; exported by name (LAYOUT.meta) and checked
+// against agent/src/native/addon.ts when the addon loads.
 enum MetaField : uint32_t {
   kMetaPacketId = 0,
   kMetaQueue = 1,

@@ -7,7 +7,7 @@ import type { TrustBundle } from '../token/trust-bundle.ts';
 import { TokenError } from '../token/errors.ts';
 import { verifyIdentityToken, type VerifiedIdentity } from '../token/identity-token.ts';
 import { derivePairKey } from '../protocol/proofs.ts';
-import { credentialReason, HandshakeReject, tokenReason } from './reasons.ts';
+import { credentialReason, refuse, Refusal, tokenReason } from './reasons.ts';
 import { unpackJws, type PackedJws } from '../protocol/wire.ts';
 
 /** A cached result with the exact bytes it was computed from. */
@@ -117,25 +117,27 @@ export class PeerVerifier {
    * Caches are keyed by the JWS signature and hold the bytes it signed: a hit costs one memcmp,
    * and the same signature glued to other bytes is verified afresh (and fails).
    */
-  verify(credentialJws: PackedJws, tokenJws: PackedJws): VerifiedPeer {
+  verify(credentialJws: PackedJws, tokenJws: PackedJws): VerifiedPeer | Refusal {
     const now = this.nowSeconds();
     const credential = this.credential(credentialJws, now);
+    if (credential instanceof Refusal) return credential;
     const key = signatureKey(tokenJws);
     const cached = this.tokens.get(key);
     let identity: VerifiedIdentity;
     if (cached !== undefined && sameBytes(cached.bytes, tokenJws)) {
       if (cached.value.expiresAt <= now) {
         this.tokens.delete(key);
-        throw new HandshakeReject('expired-token');
+        return refuse('expired-token');
       }
       // A cached token presented with a different agent's credential.
-      if (cached.value.agent !== credential.subject) throw new HandshakeReject('token-credential-mismatch');
+      if (cached.value.agent !== credential.subject) return refuse('token-credential-mismatch');
       identity = cached.value;
     } else {
       try {
         identity = verifyIdentityToken(unpackJws(tokenJws), credential, now);
       } catch (error) {
-        if (error instanceof TokenError) throw new HandshakeReject(tokenReason(error.code), error.message);
+        // The token layer reports a bad token as a typed error; here it becomes a verdict.
+        if (error instanceof TokenError) return refuse(tokenReason(error.code), error.message);
         throw error;
       }
       this.tokens.set(key, { bytes: Buffer.from(tokenJws.bytes), value: identity });
@@ -143,20 +145,20 @@ export class PeerVerifier {
     return { credential, identity };
   }
 
-  private credential(packed: PackedJws, now: number): VerifiedCredential {
+  private credential(packed: PackedJws, now: number): VerifiedCredential | Refusal {
     const key = signatureKey(packed);
     const cached = this.credentials.get(key);
     if (cached !== undefined && sameBytes(cached.bytes, packed)) {
       if (cached.value.expiresAt > now) return cached.value;
       this.credentials.delete(key);
-      throw new HandshakeReject('expired-credential');
+      return refuse('expired-credential');
     }
     try {
       const credential = verifyCredential(unpackJws(packed), this.bundles, now);
       this.credentials.set(key, { bytes: Buffer.from(packed.bytes), value: credential });
       return credential;
     } catch (error) {
-      if (error instanceof TokenError) throw new HandshakeReject(credentialReason(error.code), error.message);
+      if (error instanceof TokenError) return refuse(credentialReason(error.code), error.message);
       throw error;
     }
   }

@@ -1,21 +1,21 @@
-// A refused handshake step, and how token and credential errors map to verdict reasons (the
-// closed set is datapath/reasons.ts).
+// A refused handshake step, returned (never thrown) up to the dispatcher, and how token and
+// credential errors map to verdict reasons (the closed set is datapath/reasons.ts).
 import type { Reason } from '../datapath/reasons.ts';
-import { SynpassError } from '../errors.ts';
 import type { TokenErrorCode } from '../token/errors.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 
-/** A handshake step refused: `code` is the verdict reason. */
-export class HandshakeReject extends SynpassError<Reason> {
-  override readonly name = 'HandshakeReject';
+export class Refusal {
   constructor(
     readonly reason: Reason,
-    message: string = reason,
-    /** The peer's verified identity, when the refusal came after verification (for the log). */
+    /** Why, in words, for a debugger or a log. */
+    readonly detail: string = reason,
+    /** The peer's verified identity, when the refusal came after verification (for the flow log). */
     readonly peer: VerifiedIdentity | null = null,
-  ) {
-    super(reason, message);
-  }
+  ) {}
+}
+
+export function refuse(reason: Reason, detail?: string, peer: VerifiedIdentity | null = null): Refusal {
+  return new Refusal(reason, detail, peer);
 }
 
 export function credentialReason(code: TokenErrorCode): Reason {

@@ -3,7 +3,7 @@
 // contact a connection costs only HMACs. Proofs are HMAC-SHA256 truncated to 128 bits.
 import { diffieHellman, hkdfSync, randomFillSync, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { loadBinding, type NativeBinding } from '../native/addon.ts';
-import { KEY_ID_BYTES, NONCE_BYTES, PROOF_BYTES } from './wire.ts';
+import { KEY_ID_BYTES, NONCE_BYTES, PROOF_BYTES, type SynMessage } from './wire.ts';
 
 const PAIR_INFO = Buffer.from('synpass pair key v1');
 
@@ -93,6 +93,11 @@ export interface AckTranscript {
   serverNonce: Uint8Array;
   clientIsn: number;
   serverIsn: number;
+}
+
+/** The transcript a received SYN message and the client's ISN give. */
+export function synTranscriptOf(syn: SynMessage, clientIsn: number): SynTranscript {
+  return { nonce: syn.nonce, time: syn.time, clientIsn, tokenSignature: syn.token.signature };
 }
 
 const synParts = (t: SynTranscript) => [t.nonce, t.time, t.clientIsn, t.tokenSignature];

@@ -1,0 +1,122 @@
+// The client end of the identity handshake: the SYN leaving with this workload's credential,
+// token and proof (or signature), the server's SYN-ACK verified on its way in, and the first ACK
+// leaving with the client's proof. Each step fills the Decision, or returns why it refuses.
+import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
+import type { Decision, PacketInfo } from '../datapath/handler.ts';
+import { ackProof, synAckProofValid, synProof } from '../protocol/proofs.ts';
+import { signSyn } from '../protocol/syn-signature.ts';
+import { encodeTransient, FLAG_FAST, FLAG_SYN_PROOF, FLAG_SYN_SIGNATURE, MessageType, type SynMessage } from '../protocol/wire.ts';
+import type { VerifiedIdentity } from '../token/identity-token.ts';
+import { ackTranscript, type HandshakeContext } from './context.ts';
+import { flowKey } from './handshake-state.ts';
+import { Refusal, refuse } from './reasons.ts';
+
+export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Decision): Refusal | null {
+  const packet = info.packet;
+  const server = destinationAddress(packet);
+  const client = sourceAddress(packet);
+  const key = flowKey(client, packet.sourcePort, server, packet.destinationPort);
+  const existing = ctx.flows.get(key);
+  if (existing?.syn && existing.clientIsn === packet.sequence) {
+    // A retransmitted SYN carries the same message, so the server can recognise it. An
+    // unanswered fast SYN may have met a server whose key changed and which therefore cannot
+    // check its proof: the retransmit adds the signature a first-contact SYN carries.
+    if (existing.fast) ctx.addSignature(existing.syn);
+    ctx.attach(decision, encodeTransient(existing.syn));
+    decision.track = true;
+    decision.reason = 'ok';
+    return null;
+  }
+  // A pod this node routes for speaks as itself; otherwise the owner of the local socket does.
+  const own = ctx.local.tokenForAddress(client) ?? ctx.local.tokenForOwner(info.uid);
+  const nonce = ctx.noncePool.next();
+  const time = Math.floor(ctx.now() / 1000);
+  const known = ctx.knownServers.get(server);
+  // A known server checks the SYN proof under the pair key; any other gets the agent's
+  // signature (an ECDSA signing per first-contact connection, none once the pair is known).
+  const syn: SynMessage = {
+    type: MessageType.Syn,
+    flags: known ? FLAG_SYN_PROOF : FLAG_SYN_SIGNATURE,
+    credential: ctx.local.packedCredential,
+    token: own.packed,
+    nonce,
+    time,
+    peerKeyId: known?.keyId ?? null,
+    proof: known ? synProof(known.pairKey, { nonce, time, clientIsn: packet.sequence, tokenSignature: own.packed.signature }) : null,
+    signature: known ? null : signSyn(ctx.local.signKey, nonce, time, own.packed.signature),
+  };
+  const stored = ctx.flows.set(key, {
+    role: 'client',
+    clientNonce: nonce,
+    serverNonce: null,
+    clientIsn: packet.sequence,
+    serverIsn: 0,
+    pairKey: known?.pairKey ?? null,
+    peer: null,
+    fast: known !== undefined,
+    syn,
+    local: own.localAttributes,
+    expiresAt: ctx.now() + ctx.options.handshakeTimeoutMs,
+  });
+  if (!stored) return refuse('flow-table-full');
+  ctx.attach(decision, encodeTransient(syn));
+  decision.track = true;
+  decision.reason = 'ok';
+  return null;
+}
+
+export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: Decision): VerifiedIdentity | null | Refusal {
+  const packet = info.packet;
+  const server = sourceAddress(packet);
+  const key = flowKey(destinationAddress(packet), packet.destinationPort, server, packet.sourcePort);
+  const flow = ctx.flows.get(key);
+  if (info.token === null) {
+    // The server runs no agent: nothing to verify, and nothing to prove in our ACK.
+    ctx.flows.delete(key);
+    const auth = ctx.authorize(decision, 'egress', { local: flow?.local ?? ctx.local.tokenForOwner(-1).localAttributes, peer: null, peerAddress: server, port: packet.sourcePort });
+    if (!auth.allowed) return refuse('no-identity', 'egress to a peer without identity is not allowed');
+    decision.reason = auth.wouldDrop !== null ? 'observe-would-drop' : 'peer-without-agent';
+    decision.release = true;
+    return null;
+  }
+  const message = ctx.decode(info.token);
+  if (message instanceof Refusal) return message;
+  if (message.type !== MessageType.SynAck) return refuse('malformed-handshake');
+  if (flow?.role !== 'client' || packet.acknowledgment !== ((flow.clientIsn + 1) >>> 0)) return refuse('unknown-flow');
+  const peer = ctx.verifier.verify(message.credential, message.token);
+  if (peer instanceof Refusal) return peer;
+  const pairKey = ctx.verifier.pairKey(peer.credential);
+  const transcript = { flags: message.flags, clientNonce: flow.clientNonce, serverNonce: message.nonce, clientIsn: flow.clientIsn, serverIsn: packet.sequence, tokenSignature: message.token.signature };
+  if (!synAckProofValid(pairKey, transcript, message.proof)) return refuse('bad-proof');
+  const fast = (message.flags & FLAG_FAST) !== 0;
+  if (fast && !flow.fast) return refuse('bad-proof', 'server claimed a fast handshake the client did not offer');
+  // Mutual authorization: the sender decides egress once it knows who answered.
+  const auth = ctx.authorize(decision, 'egress', { local: flow.local ?? ctx.local.tokenForOwner(-1).localAttributes, peer: peer.identity, peerAddress: server, port: packet.sourcePort });
+  if (!auth.allowed) return refuse('not-allowed', 'egress to this identity is not allowed', peer.identity);
+  ctx.rememberServer(server, peer.credential.kexRaw, pairKey);
+  flow.serverNonce = Buffer.from(message.nonce);
+  flow.serverIsn = packet.sequence;
+  flow.pairKey = pairKey;
+  flow.peer = peer.identity;
+  if (fast) {
+    ctx.flows.delete(key);
+    decision.release = true;
+    decision.reason = 'ok-fast';
+  } else {
+    decision.reason = 'ok';
+  }
+  if (auth.wouldDrop !== null) decision.reason = 'observe-would-drop';
+  return peer.identity;
+}
+
+export function clientAck(ctx: HandshakeContext, info: PacketInfo, decision: Decision): null {
+  const packet = info.packet;
+  const key = flowKey(sourceAddress(packet), packet.sourcePort, destinationAddress(packet), packet.destinationPort);
+  const flow = ctx.flows.get(key);
+  decision.reason = 'ok';
+  decision.release = true;
+  if (flow?.role !== 'client' || flow.serverNonce === null || flow.pairKey === null) return null;
+  // Kept until it expires: a segment racing the release verdict carries the same proof.
+  ctx.attach(decision, encodeTransient({ type: MessageType.Ack, proof: ackProof(flow.pairKey, ackTranscript(flow)) }));
+  return null;
+}

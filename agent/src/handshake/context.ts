@@ -1,0 +1,110 @@
+// What both ends of the identity handshake share on this agent: its identity, the verifier and
+// authorizer, the bounded tables of handshakes in progress and SYN nonces seen, the servers it
+// knows (their pair keys), and the small steps every stage takes.
+import type { Decision } from '../datapath/handler.ts';
+import type { LocalIdentity, LocalPods } from '../identity/local-identity.ts';
+import { keyId, NoncePool, type AckTranscript } from '../protocol/proofs.ts';
+import { signSyn } from '../protocol/syn-signature.ts';
+import { decodeMessage, FLAG_SYN_SIGNATURE, UnsupportedVersionError, WireError, type HandshakeMessage, type SynMessage } from '../protocol/wire.ts';
+import type { Authorization, AuthorizationQuery, Authorizer } from './authorizer.ts';
+import { ExpiringTable, type Flow, type SeenNonce } from './handshake-state.ts';
+import type { HeldPacket } from '../datapath/handler.ts';
+import type { PairKeys, PeerVerifier } from './peer-verifier.ts';
+import { refuse, type Refusal } from './reasons.ts';
+
+export interface IdentityHandlerOptions {
+  replayWindowSeconds: number;
+  /** How long a handshake may take before its state is forgotten. */
+  handshakeTimeoutMs: number;
+  maxFlows: number;
+  maxNonces: number;
+  now?: () => number;
+  /** Workloads on this host known by address (Kubernetes pods behind the node's routing). */
+  localPods?: LocalPods;
+}
+
+export interface KnownServer {
+  keyId: Buffer;
+  pairKey: Buffer;
+}
+
+/** This agent's key-agreement key before the last rotation, honoured for SYN proofs until its credential expires. */
+export interface PreviousKey {
+  keyId: Buffer;
+  untilMs: number;
+  pairKeys: PairKeys;
+}
+
+/** A flow as the server keeps it: done once the client's proof arrived, and what waits for it. */
+export type ServerFlow = Flow & { completed?: boolean; held?: HeldPacket[] };
+
+/** Servers remembered (address -> key id and pair key); the oldest goes past this many. */
+const MAX_KNOWN_SERVERS = 4096;
+
+export class HandshakeContext {
+  readonly flows: ExpiringTable<ServerFlow>;
+  readonly nonces: ExpiringTable<SeenNonce>;
+  readonly knownServers = new Map<string, KnownServer>();
+  readonly noncePool = new NoncePool();
+  readonly now: () => number;
+  previousKey: PreviousKey | null = null;
+  /** Segments held for a proof, over every flow. */
+  heldCount = 0;
+
+  constructor(
+    public local: LocalIdentity,
+    readonly verifier: PeerVerifier,
+    public authorizer: Authorizer,
+    readonly options: IdentityHandlerOptions,
+  ) {
+    this.now = options.now ?? Date.now;
+    this.flows = new ExpiringTable(options.maxFlows, this.now);
+    this.nonces = new ExpiringTable(options.maxNonces, this.now);
+  }
+
+  /** The handshake message in an ingress token area, or why it is refused. */
+  decode(token: Uint8Array): HandshakeMessage | Refusal {
+    try {
+      return decodeMessage(token);
+    } catch (error) {
+      // The codec reports a malformed body as a typed error; here it becomes a verdict.
+      if (error instanceof UnsupportedVersionError) return refuse('unsupported-version', error.message);
+      if (error instanceof WireError) return refuse('malformed-handshake', error.message);
+      throw error;
+    }
+  }
+
+  /** Asks the authorizer and records what the flow log needs: rule, revision, local identity. */
+  authorize(decision: Decision, direction: 'ingress' | 'egress', query: AuthorizationQuery): Authorization {
+    const auth = direction === 'ingress' ? this.authorizer.ingress(query) : this.authorizer.egress(query);
+    decision.rule = auth.rule;
+    decision.revision = auth.revision;
+    decision.wouldDrop = auth.wouldDrop;
+    decision.local = query.local;
+    return auth;
+  }
+
+  attach(decision: Decision, body: Uint8Array): void {
+    decision.token = body;
+    decision.tokenLength = body.length;
+  }
+
+  /** Adds the agent's signature to a kept SYN message (a retransmit, see clientSyn); once. */
+  addSignature(syn: SynMessage): void {
+    if (syn.signature !== null) return;
+    syn.flags |= FLAG_SYN_SIGNATURE;
+    syn.signature = signSyn(this.local.signKey, syn.nonce, syn.time, syn.token.signature);
+  }
+
+  rememberServer(address: string, kexRaw: Buffer, pairKey: Buffer): void {
+    if (this.knownServers.size >= MAX_KNOWN_SERVERS && !this.knownServers.has(address)) {
+      const oldest = this.knownServers.keys().next().value;
+      if (oldest !== undefined) this.knownServers.delete(oldest);
+    }
+    this.knownServers.set(address, { keyId: keyId(kexRaw), pairKey });
+  }
+}
+
+export function ackTranscript(flow: Flow): AckTranscript {
+  return { clientNonce: flow.clientNonce, serverNonce: flow.serverNonce!, clientIsn: flow.clientIsn, serverIsn: flow.serverIsn };
+}

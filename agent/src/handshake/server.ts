@@ -1,0 +1,211 @@
+// The server end of the identity handshake: the client's SYN verified on its way in (replay,
+// freshness, identity, policy, proof or signature), the SYN-ACK leaving with this workload's
+// credential, token and proof, and the client's first ACK checked for its proof. Each step fills
+// the Decision, or returns why it refuses.
+import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
+import type { Decision, PacketInfo } from '../datapath/handler.ts';
+import { TCP_FIN } from '../datapath/packet.ts';
+import { ackProofValid, synAckProof, synProofValid, synTranscriptOf } from '../protocol/proofs.ts';
+import { synSignatureValid } from '../protocol/syn-signature.ts';
+import { encodeTransient, FLAG_FAST, MessageType, type SynMessage } from '../protocol/wire.ts';
+import type { VerifiedIdentity } from '../token/identity-token.ts';
+import { ackTranscript, type HandshakeContext } from './context.ts';
+import { flowKey } from './handshake-state.ts';
+import { holdForProof, settleHeld } from './held.ts';
+import type { VerifiedPeer } from './peer-verifier.ts';
+import { Refusal, refuse } from './reasons.ts';
+
+/** Completed server-side flows are kept this long to tell duplicates from replays. */
+const COMPLETED_LINGER_MS = 10_000;
+
+export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Decision): VerifiedIdentity | null | Refusal {
+  const packet = info.packet;
+  const client = sourceAddress(packet);
+  const port = packet.destinationPort;
+  const pods = ctx.options.localPods;
+  const serverAddress = destinationAddress(packet);
+  const destinationPod = pods?.identityOf(serverAddress);
+  if (info.token === null && destinationPod !== undefined) {
+    // Pod to pod through this node: both ends are known here, so no token travels; the
+    // decision is the same mutual one (the server pod's ingress, the client pod's egress).
+    const sourcePod = pods?.identityOf(client) ?? null;
+    const ingress = ctx.authorize(decision, 'ingress', { local: destinationPod.attributes, peer: sourcePod, peerAddress: client, port });
+    if (!ingress.allowed) return refuse(sourcePod === null ? 'no-identity' : 'not-allowed', 'pod ingress not allowed', sourcePod);
+    if (sourcePod !== null) {
+      const egress = ctx.authorize(decision, 'egress', { local: sourcePod.attributes, peer: destinationPod, peerAddress: serverAddress, port });
+      if (!egress.allowed) return refuse('not-allowed', 'pod egress not allowed', sourcePod);
+      // Logged from the server pod's side, with the ingress rule unless egress had the say.
+      decision.local = destinationPod.attributes;
+      if (ingress.rule !== null) {
+        decision.rule = ingress.rule;
+        decision.revision = ingress.revision;
+      }
+      decision.wouldDrop ??= ingress.wouldDrop;
+    }
+    decision.reason = decision.wouldDrop !== null ? 'observe-would-drop' : 'ok-local';
+    decision.release = true;
+    return sourcePod;
+  }
+  if (info.token === null && pods !== undefined && destinationPod === undefined && !pods.isNodeAddress(serverAddress) && pods.identityOf(client) !== undefined) {
+    // A local pod's SYN on its way out through the node: POSTROUTING queues it again and it
+    // leaves with the pod's token; nothing to decide or release here.
+    decision.reason = 'ok';
+    return null;
+  }
+  const local = destinationPod?.attributes ?? ctx.local.tokenForPort(port).localAttributes;
+  if (info.token === null) {
+    const auth = ctx.authorize(decision, 'ingress', { local, peer: null, peerAddress: client, port });
+    if (!auth.allowed) return refuse('no-identity');
+    decision.reason = auth.wouldDrop !== null ? 'observe-would-drop' : auth.unrestricted ? 'unprotected-port' : 'allowed-without-identity';
+    decision.release = true;
+    return null;
+  }
+  const message = ctx.decode(info.token);
+  if (message instanceof Refusal) return message;
+  if (message.type !== MessageType.Syn) return refuse('malformed-handshake');
+  const nowMs = ctx.now();
+  if (Math.abs(nowMs / 1000 - message.time) > ctx.options.replayWindowSeconds) return refuse('stale-timestamp');
+  const key = flowKey(client, packet.sourcePort, serverAddress, port);
+  const nonceKey = Buffer.from(message.nonce.buffer, message.nonce.byteOffset, message.nonce.length).toString('latin1');
+  const seen = ctx.nonces.get(nonceKey);
+  if (seen !== undefined) {
+    const pending = ctx.flows.get(key);
+    if (seen.flow === key && seen.clientIsn === packet.sequence && pending?.role === 'server' && !pending.completed) {
+      decision.track = true;
+      decision.reason = 'ok';
+      return pending.peer;
+    }
+    return refuse('replayed-syn');
+  }
+  const peer = ctx.verifier.verify(message.credential, message.token);
+  if (peer instanceof Refusal) return peer;
+  const auth = ctx.authorize(decision, 'ingress', { local, peer: peer.identity, peerAddress: client, port });
+  if (!auth.allowed) return refuse('not-allowed', 'identity not admitted to this port', peer.identity);
+  const pairKey = ctx.verifier.pairKey(peer.credential);
+  let fast = false;
+  if (message.proof !== null && message.peerKeyId !== null && ctx.local.keyId.equals(message.peerKeyId)) {
+    // Proved to our current key: a mismatch can only be tampering.
+    if (!synProofValid(pairKey, synTranscriptOf(message, packet.sequence), message.proof)) return refuse('bad-proof', 'SYN proof does not match', peer.identity);
+    fast = true;
+  } else {
+    const previous = provedToPreviousKey(ctx, message, packet.sequence, peer);
+    if (previous instanceof Refusal) return previous;
+    if (!previous) {
+      if (message.signature === null) {
+        // Bearer credential and token alone prove nothing fresh: they may come from a capture.
+        return refuse('unproven-syn', 'SYN carries neither a proof to our key nor a signature', peer.identity);
+      }
+      // Checked last: only an identity policy admits costs this verification.
+      if (!synSignatureValid(peer.credential.signKey, message.nonce, message.time, message.token.signature, message.signature)) {
+        return refuse('bad-proof', 'SYN signature does not verify', peer.identity);
+      }
+    }
+    // Proved to our previous key: fresh, but the client knows our old key; the handshake goes on
+    // under the new one, with an ACK proof, and the client learns the new key from our SYN-ACK.
+  }
+  const window = ctx.options.replayWindowSeconds * 2000;
+  if (!ctx.nonces.set(nonceKey, { flow: key, clientIsn: packet.sequence, expiresAt: nowMs + window })) return refuse('replay-cache-full');
+  const stored = ctx.flows.set(key, {
+    role: 'server',
+    clientNonce: Buffer.from(message.nonce),
+    serverNonce: null,
+    clientIsn: packet.sequence,
+    serverIsn: 0,
+    pairKey,
+    peer: peer.identity,
+    fast,
+    syn: null,
+    local: null,
+    expiresAt: nowMs + ctx.options.handshakeTimeoutMs,
+  });
+  if (!stored) return refuse('flow-table-full');
+  decision.track = true;
+  decision.reason = auth.wouldDrop !== null ? 'observe-would-drop' : fast ? 'ok-fast' : 'ok';
+  return peer.identity;
+}
+
+export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: Decision): null {
+  const packet = info.packet;
+  const server = sourceAddress(packet);
+  const key = flowKey(destinationAddress(packet), packet.destinationPort, server, packet.sourcePort);
+  const flow = ctx.flows.get(key);
+  if (flow?.role === 'client') {
+    // A remote server's SYN-ACK forwarded to a local pod: judged (and stripped) on the way in.
+    decision.reason = 'ok';
+    return null;
+  }
+  if (flow?.role !== 'server' || flow.pairKey === null) {
+    decision.reason = 'peer-without-agent';
+    decision.release = true;
+    return null;
+  }
+  // Retransmitted SYN-ACKs reuse the nonce, so the proof stays the one the client checks.
+  flow.serverNonce ??= ctx.noncePool.next();
+  flow.serverIsn = packet.sequence;
+  const flags = flow.fast ? FLAG_FAST : 0;
+  const token = (ctx.local.tokenForAddress(server) ?? ctx.local.tokenForPort(packet.sourcePort)).packed;
+  const proof = synAckProof(flow.pairKey, { flags, clientNonce: flow.clientNonce, serverNonce: flow.serverNonce, clientIsn: flow.clientIsn, serverIsn: flow.serverIsn, tokenSignature: token.signature });
+  ctx.attach(decision, encodeTransient({ type: MessageType.SynAck, flags, credential: ctx.local.packedCredential, token, nonce: flow.serverNonce, proof }));
+  decision.reason = flow.fast ? 'ok-fast' : 'ok';
+  if (flow.fast) {
+    flow.completed = true;
+    decision.release = true;
+  }
+  return null;
+}
+
+export function serverAck(ctx: HandshakeContext, info: PacketInfo, decision: Decision): Refusal | null {
+  const packet = info.packet;
+  const key = flowKey(sourceAddress(packet), packet.sourcePort, destinationAddress(packet), packet.destinationPort);
+  const flow = ctx.flows.get(key);
+  if (info.token === null) {
+    if (flow?.role === 'server' && !flow.completed) {
+      // Until the ACK with the client's proof arrives, a segment is not trusted: it waits for
+      // that ACK when the bounds allow, and is dropped otherwise.
+      if (holdForProof(ctx, flow, decision)) return null;
+      return refuse('no-identity', 'first ACK without a proof');
+    }
+    decision.reason = 'ok';
+    // A local pod's first ACK on its way out: POSTROUTING adds the proof and releases.
+    if (flow?.role !== 'client') decision.release = true;
+    return null;
+  }
+  const message = ctx.decode(info.token);
+  if (message instanceof Refusal) return message;
+  if (message.type !== MessageType.Ack) return refuse('malformed-handshake');
+  if (flow?.role !== 'server' || flow.serverNonce === null) return refuse('replayed-ack');
+  const valid = ackProofValid(flow.pairKey!, ackTranscript(flow), message.proof);
+  if (flow.completed) {
+    // Only a segment that raced the client's release (data, or a FIN from a client that closes
+    // at once) may repeat the proof; a bare repeated ACK is a duplicate or a replay and is
+    // never delivered.
+    if (!valid || (packet.applicationPayloadLength === 0 && (packet.flags & TCP_FIN) === 0)) return refuse('replayed-ack');
+    decision.reason = 'ok';
+    decision.release = true;
+    return null;
+  }
+  if (!valid) {
+    settleHeld(flow, false, 'bad-proof');
+    return refuse('bad-proof');
+  }
+  flow.completed = true;
+  flow.expiresAt = ctx.now() + COMPLETED_LINGER_MS;
+  settleHeld(flow, true, 'ok');
+  decision.reason = 'ok';
+  decision.release = true;
+  return null;
+}
+
+/**
+ * Whether a SYN proof names the key this agent had before its last rotation and is valid under
+ * the pair key derived from it (a mismatch there is tampering, as under the current key).
+ */
+function provedToPreviousKey(ctx: HandshakeContext, syn: SynMessage, clientIsn: number, peer: VerifiedPeer): boolean | Refusal {
+  const previous = ctx.previousKey;
+  if (syn.proof === null || syn.peerKeyId === null) return false;
+  if (previous === null || ctx.now() > previous.untilMs || !previous.keyId.equals(syn.peerKeyId)) return false;
+  if (!synProofValid(previous.pairKeys.get(peer.credential), synTranscriptOf(syn, clientIsn), syn.proof)) {
+    return refuse('bad-proof', 'SYN proof to our previous key does not match', peer.identity);
+  }
+  return true;
+}
