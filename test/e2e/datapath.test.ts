@@ -3,22 +3,16 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { ParsedPacket, parsePacket } from '../../agent/src/datapath/packet.ts';
+import { ParsedPacket } from '../../agent/src/datapath/packet.ts';
 import { PASS_THROUGH_TOKEN } from '../../agent/src/handshake/pass-through.ts';
 import { isRoot, Lab, sleep, type AgentHandle } from '../support/lab.ts';
 import { compileReferenceLoop, startReferenceLoops } from '../support/reference-loop.ts';
+import { parseHex } from '../support/fixtures.ts';
 
 const ECHO = 7000;
 const SINK = 7001;
 const GREET = 7002;
 const HTTP = 8080;
-
-function decode(hex: string): ParsedPacket {
-  const bytes = Uint8Array.from(Buffer.from(hex, 'hex'));
-  const packet = new ParsedPacket();
-  parsePacket(bytes, 0, bytes.length, packet);
-  return packet;
-}
 
 function tokenOf(packet: ParsedPacket): Uint8Array {
   return packet.buf.subarray(packet.tokenOffset, packet.tokenOffset + packet.tokenLength);
@@ -92,7 +86,7 @@ describe('datapath end to end (pass-through)', { skip: !isRoot() && 'needs root 
     captureOwn.closeStdin();
     await captureOwn.exited;
 
-    const packets = captureOwn.lines.filter((l) => typeof l.hex === 'string').map((l) => decode(l.hex as string));
+    const packets = captureOwn.lines.filter((l) => typeof l.hex === 'string').map((l) => parseHex(l.hex as string));
     assert.ok(packets.length > 10, `captured ${packets.length} packets`);
     assert.ok(packets.every((p) => p.status === 'ok'));
     const syn = packets.filter((p) => p.isSyn);

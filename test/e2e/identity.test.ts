@@ -16,7 +16,7 @@ import { readPrivateKey } from '../../agent/src/identity/key-files.ts';
 import { LocalIdentity } from '../../agent/src/identity/local-identity.ts';
 import { loadTrustBundles } from '../../agent/src/token/trust-bundle.ts';
 import { issueIdentityToken } from '../../agent/src/token/identity-token.ts';
-import { IPV4_SYN } from '../support/fixtures.ts';
+import { IPV4_SYN, parseHex } from '../support/fixtures.ts';
 import { attributes } from '../support/identities.ts';
 import { withBody } from '../support/rebody.ts';
 import { BATCH_UID, DOMAIN, rotateAgent, startIdentityLab, type IdentityLab, type IdentityLabFiles } from '../support/identity-lab.ts';
@@ -24,13 +24,6 @@ import { isRoot, ROOT, sleep, type AgentHandle, type Lab } from '../support/lab.
 
 const PORT = 8080;
 const now = () => Math.floor(Date.now() / 1000);
-
-function parsed(hex: string): ParsedPacket {
-  const bytes = Uint8Array.from(Buffer.from(hex, 'hex'));
-  const packet = new ParsedPacket();
-  parsePacket(bytes, 0, bytes.length, packet);
-  return packet;
-}
 
 function bodyOf(packet: ParsedPacket): Buffer {
   return Buffer.from(packet.buf.subarray(packet.tokenOffset, packet.tokenOffset + packet.tokenLength));
@@ -284,7 +277,7 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
     await sleep(300);
     await capture.stop();
     const packets = capture.lines.filter((l) => typeof l.hex === 'string').map((l) => l.hex as string);
-    const marked = packets.map((hex) => ({ hex, packet: parsed(hex) })).filter(({ packet }) => packet.hasMarker);
+    const marked = packets.map((hex) => ({ hex, packet: parseHex(hex) })).filter(({ packet }) => packet.hasMarker);
     const syns = marked.filter(({ packet }) => packet.isSyn);
     const acks = marked.filter(({ packet }) => !packet.isSyn && decodeMessage(bodyOf(packet)).type === MessageType.Ack);
     assert.ok(syns.length >= 2 && acks.length >= 1, `captured ${syns.length} SYNs, ${acks.length} ACKs`);

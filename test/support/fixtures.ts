@@ -8,6 +8,14 @@ export function hex(text: string): Uint8Array {
   return Uint8Array.from(Buffer.from(text.replace(/\s+/g, ''), 'hex'));
 }
 
+/** A captured packet (hex, as the capture probe prints it) parsed; its status says if it did not parse. */
+export function parseHex(text: string): ParsedPacket {
+  const bytes = hex(text);
+  const packet = new ParsedPacket();
+  parsePacket(bytes, 0, bytes.length, packet);
+  return packet;
+}
+
 /** Recomputes the IPv4 header checksum and the full TCP checksum of a well-formed packet. */
 export function withValidChecksums(packet: Uint8Array): Uint8Array {
   const out = Uint8Array.from(packet);

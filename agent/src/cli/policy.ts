@@ -10,7 +10,7 @@ import { formatProblem, loadPolicyDirectory } from '../policy/load.ts';
 import type { Attributes } from '../policy/model.ts';
 import { PolicySet } from '../policy/policy-set.ts';
 import { explainConnection, type DirectionExplanation } from '../policy/explain.ts';
-import { describeVerdict, runPolicyTests } from '../policy/run-tests.ts';
+import { connectionQuery, describeVerdict, runPolicyTests } from '../policy/run-tests.ts';
 import { reachabilityDiff } from '../policy/diff.ts';
 import { policyRevision } from '../policy/revision.ts';
 
@@ -120,13 +120,7 @@ export function registerPolicyCommands(program: Command): void {
     .description('the verdict for one connection, the deciding rules, and the rules that matched or nearly matched; exit 0 ALLOW, 1 DENY, 2 bad input')
     .action(guarded('policy explain', (directory: string, flags: { from: Attributes; to: Attributes; port: number; fromAddress?: string; toAddress?: string }) => {
       const { set } = compileOrExit(directory);
-      const explanation = explainConnection(set, {
-        from: flags.from,
-        fromAddress: flags.fromAddress ?? null,
-        to: flags.to,
-        toAddress: flags.toAddress ?? null,
-        port: flags.port,
-      });
+      const explanation = explainConnection(set, connectionQuery(flags));
       out(`${explanation.verdict.allowed ? 'ALLOW' : 'DENY'} (policy revision ${set.revision})`);
       out(`  ingress at "to": ${describeVerdict(explanation.verdict.ingress)}`);
       out(`  egress at "from": ${describeVerdict(explanation.verdict.egress)}`);

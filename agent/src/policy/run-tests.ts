@@ -18,6 +18,25 @@ export interface ConnectionQuery {
   port: number;
 }
 
+/** A connection as a `tests:` entry or `policy explain`'s flags describe it: addresses optional. */
+export interface ConnectionDescription {
+  from: Attributes;
+  fromAddress?: string | undefined;
+  to: Attributes;
+  toAddress?: string | undefined;
+  port: number;
+}
+
+export function connectionQuery(description: ConnectionDescription): ConnectionQuery {
+  return {
+    from: description.from,
+    fromAddress: description.fromAddress ?? null,
+    to: description.to,
+    toAddress: description.toAddress ?? null,
+    port: description.port,
+  };
+}
+
 export function evaluateConnection(set: PolicySet, query: ConnectionQuery): ConnectionVerdict {
   const ingress = set.evaluate({ direction: 'ingress', local: query.to, peer: peerOf(query.from), peerAddress: query.fromAddress, port: query.port });
   const egress = set.evaluate({ direction: 'egress', local: query.from, peer: peerOf(query.to), peerAddress: query.toAddress, port: query.port });
@@ -36,13 +55,7 @@ export function runPolicyTests(set: PolicySet, files: readonly LoadedFile[]): Te
   const results: TestResult[] = [];
   for (const file of files) {
     file.document.tests?.forEach((test, t) => {
-      const verdict = evaluateConnection(set, {
-        from: test.from,
-        fromAddress: test.fromAddress ?? null,
-        to: test.to,
-        toAddress: test.toAddress ?? null,
-        port: test.port,
-      });
+      const verdict = evaluateConnection(set, connectionQuery(test));
       results.push({
         file: file.file,
         line: file.positionOf(['tests', t]).line,
