@@ -142,6 +142,27 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     assert.equal(sample((await fetch('/metrics')).body, 'synpass_rules_ahead', ''), 0);
   });
 
+  it('a token-less SYN flood costs counted lines, not a line per drop, and loses no drop from the record', async () => {
+    const outsider = lab.address('outsider');
+    const mark = api.process.lines.length;
+    const droppedBefore = (await api.status()).verdicts.filter((v) => v.reason === 'no-identity' && v.action === 'drop').reduce((sum, v) => sum + v.count, 0);
+    const flood = lab.spawn('outsider', [process.execPath, '--import', 'tsx', join(ROOT, 'test/support/raw-probe.ts'), 'syn-flood', outsider, lab.address('api'), '8080', '5000']);
+    const done = await flood.waitFor((l) => typeof l.sent === 'number', 60_000);
+    assert.equal(done.sent, 5000);
+    // The last window's summary is written within a second of its last drop.
+    await sleep(2_500);
+    const dropped = (await api.status()).verdicts.filter((v) => v.reason === 'no-identity' && v.action === 'drop').reduce((sum, v) => sum + v.count, 0) - droppedBefore;
+    const lines = api.process.lines.slice(mark).filter((l) => String(l.source).startsWith(outsider) && l.reason === 'no-identity');
+    const full = lines.filter((l) => l.event === 'handshake').length;
+    const summarized = lines.filter((l) => l.event === 'drops').reduce((sum, l) => sum + Number(l.count), 0);
+    assert.ok(dropped > 1000, `the agent judged the flood (${dropped} drops; the rest overflowed the kernel queue)`);
+    assert.equal(full + summarized, dropped, 'every drop is a line or counted in one');
+    assert.ok(lines.length <= 40, `${lines.length} lines for ${dropped} drops`);
+    const metrics = (await fetch('/metrics')).body;
+    assert.ok(sample(metrics, 'synpass_flow_log_aggregated_total', '') >= summarized);
+    assert.equal(sample(metrics, 'synpass_log_dropped_lines_total', ''), 0);
+  });
+
   it('an agent whose queue another process holds waits unready, then binds it and turns ready', async () => {
     const holder = lab.spawn('outsider', [process.execPath, '--import', 'tsx', join(ROOT, 'test/support/queue-holder.ts'), '3170'], { stdin: true });
     await holder.waitFor((l) => l.bound === 3170);

@@ -2,6 +2,7 @@
 // namespace it runs in. Prints one JSON line when done.
 //   send <target> <hex>...            sends complete IPv4 packets as they are (IP_HDRINCL)
 //   syn-scan <source> <target> <port>...  sends one plain SYN to each port
+//   syn-flood <source> <target> <port> <count>  sends <count> plain SYNs (count at most 100,000)
 import { createRequire } from 'node:module';
 import { ipv4HeaderChecksum, tcpChecksum, writeUint16 } from '../../agent/src/datapath/checksum.ts';
 
@@ -68,7 +69,14 @@ if (mode === 'send') {
   const packets = ports.map((port, i) => synPacket(source!, target!, Number(port), 40000 + i));
   const sent = await sendAll(target!, packets);
   process.stdout.write(`${JSON.stringify({ sent })}\n`);
+} else if (mode === 'syn-flood') {
+  const [source, target, port, countText] = args;
+  const count = Math.min(Number(countText), 100_000);
+  const packets = Array.from({ length: count }, (_, i) => synPacket(source!, target!, Number(port), 1024 + (i % 64000)));
+  const started = performance.now();
+  const sent = await sendAll(target!, packets);
+  process.stdout.write(`${JSON.stringify({ sent, perSecond: Math.round(sent / ((performance.now() - started) / 1000)) })}\n`);
 } else {
-  process.stderr.write('usage: raw-probe send <target> <hex>... | syn-scan <source> <target> <port>...\n');
+  process.stderr.write('usage: raw-probe send <target> <hex>... | syn-scan <source> <target> <port>... | syn-flood <source> <target> <port> <count>\n');
   process.exit(2);
 }
