@@ -8,11 +8,11 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ParsedPacket, parsePacket } from '../agent/src/datapath/packet.ts';
 import { decodeMessage, encodeMessage, MessageType } from '../agent/src/protocol/wire.ts';
-import { BATCH_UID, prepareIdentities } from '../test/support/identity-lab.ts';
-import { Lab, ROOT, sleep, type AgentHandle } from '../test/support/lab.ts';
-import { withBody } from '../test/support/rebody.ts';
+import { BATCH_UID, prepareIdentities } from './lib/identity-lab.ts';
+import { Lab, ROOT, sleep, type AgentHandle } from './lib/lab.ts';
+import { withBody } from './lib/rebody.ts';
 
-const RAW_PROBE = join(ROOT, 'test/support/raw-probe.ts');
+const RAW_PROBE = join(ROOT, 'scripts/lib/raw-probe.ts');
 
 interface Row {
   connection: string;

@@ -11,8 +11,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { prepareIdentities } from '../../test/support/identity-lab.ts';
-import { Lab, type AgentHandle } from '../../test/support/lab.ts';
+import { prepareIdentities } from '../lib/identity-lab.ts';
+import { Lab, type AgentHandle } from '../lib/lab.ts';
 import { agentsLogWarningsOnly, median, runLoad, startLoadServer } from './lab-load.ts';
 
 const PORT = 8080;

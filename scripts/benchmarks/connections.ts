@@ -15,9 +15,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { prepareIdentities } from '../../test/support/identity-lab.ts';
-import { Lab, sleep, type AgentHandle } from '../../test/support/lab.ts';
-import { compileReferenceLoop, startReferenceLoops } from '../../test/support/reference-loop.ts';
+import { prepareIdentities } from '../lib/identity-lab.ts';
+import { Lab, sleep, type AgentHandle } from '../lib/lab.ts';
+import { compileReferenceLoop, startReferenceLoops } from '../lib/reference-loop.ts';
 import { agentsLogWarningsOnly, median, runLoad as load, startLoadServer } from './lab-load.ts';
 import { perfAvailable, sampleNetfilter, type NetfilterShare } from './netfilter-share.ts';
 

@@ -1,6 +1,6 @@
 // What the benchmark drivers share: running load.ts inside the lab's web host, the agents' log
 // level, and medians.
-import type { Lab } from '../../test/support/lab.ts';
+import type { Lab } from '../lib/lab.ts';
 
 const LOAD = new URL('./load.ts', import.meta.url).pathname;
 

@@ -3,7 +3,7 @@
 // and ordering), next to a full scan of every rule as the baseline measured in the same run.
 import { performance } from 'node:perf_hooks';
 import { PolicySet, ruleMatchesPeer, type PolicyQuery } from '../../agent/src/policy/policy-set.ts';
-import { compile } from '../../test/support/policy-dir.ts';
+import { compile } from '../lib/policy-dir.ts';
 
 const POLICIES = 1000;
 const RULES_PER_POLICY = 10;

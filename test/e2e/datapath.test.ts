@@ -5,9 +5,9 @@ import { rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { ParsedPacket } from '../../agent/src/datapath/packet.ts';
 import { PASS_THROUGH_TOKEN } from '../../agent/src/handshake/pass-through.ts';
-import { isRoot, Lab, sleep, type AgentHandle } from '../support/lab.ts';
-import { compileReferenceLoop, startReferenceLoops } from '../support/reference-loop.ts';
-import { parseHex } from '../support/fixtures.ts';
+import { isRoot, Lab, sleep, type AgentHandle } from '../../scripts/lib/lab.ts';
+import { compileReferenceLoop, startReferenceLoops } from '../../scripts/lib/reference-loop.ts';
+import { parseHex } from '../../scripts/lib/fixtures.ts';
 
 const ECHO = 7000;
 const SINK = 7001;

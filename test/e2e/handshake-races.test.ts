@@ -5,8 +5,8 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { startIdentityLab, type IdentityLab } from '../support/identity-lab.ts';
-import { isRoot, ROOT, type AgentHandle, type Lab } from '../support/lab.ts';
+import { startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
+import { isRoot, ROOT, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
 
 const LOAD = join(ROOT, 'scripts/benchmarks/load.ts');
 const PORT = 8080;

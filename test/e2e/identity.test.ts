@@ -16,11 +16,11 @@ import { readPrivateKey } from '../../agent/src/identity/key-files.ts';
 import { LocalIdentity } from '../../agent/src/identity/local-identity.ts';
 import { loadTrustBundles } from '../../agent/src/token/trust-bundle.ts';
 import { issueIdentityToken } from '../../agent/src/token/identity-token.ts';
-import { IPV4_SYN, parseHex } from '../support/fixtures.ts';
-import { attributes } from '../support/identities.ts';
-import { withBody } from '../support/rebody.ts';
-import { BATCH_UID, DOMAIN, rotateAgent, startIdentityLab, type IdentityLab, type IdentityLabFiles } from '../support/identity-lab.ts';
-import { isRoot, ROOT, sleep, type AgentHandle, type Lab } from '../support/lab.ts';
+import { IPV4_SYN, parseHex } from '../../scripts/lib/fixtures.ts';
+import { attributes } from '../../scripts/lib/identities.ts';
+import { withBody } from '../../scripts/lib/rebody.ts';
+import { BATCH_UID, DOMAIN, rotateAgent, startIdentityLab, type IdentityLab, type IdentityLabFiles } from '../../scripts/lib/identity-lab.ts';
+import { isRoot, ROOT, sleep, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
 
 const PORT = 8080;
 const now = () => Math.floor(Date.now() / 1000);
@@ -70,7 +70,7 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
   }
 
   async function send(hexes: string[]): Promise<void> {
-    const probe = lab.spawn('outsider', [process.execPath, '--import', 'tsx', join(ROOT, 'test/support/raw-probe.ts'), 'send', lab.address('api'), ...hexes]);
+    const probe = lab.spawn('outsider', [process.execPath, '--import', 'tsx', join(ROOT, 'scripts/lib/raw-probe.ts'), 'send', lab.address('api'), ...hexes]);
     await probe.waitFor((l) => typeof l.sent === 'number', 10_000);
     await probe.exited;
   }

@@ -9,10 +9,10 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { initDomain, issueAgent } from '../../agent/src/identity/issuance.ts';
-import { isRoot, NetnsProcess, readStatus, ROOT, synpassCommand } from '../support/lab.ts';
-import { scratchDirectory } from '../support/scratch.ts';
+import { isRoot, NetnsProcess, readStatus, ROOT, synpassCommand } from '../../scripts/lib/lab.ts';
+import { scratchDirectory } from '../../scripts/lib/scratch.ts';
 
-const PEER = join(ROOT, 'test/support/peer.ts');
+const PEER = join(ROOT, 'scripts/lib/peer.ts');
 const API = join(ROOT, 'test/support/fake-kube-api.ts');
 
 describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for network namespaces' }, () => {

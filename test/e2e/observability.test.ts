@@ -3,9 +3,9 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { BATCH_UID, DOMAIN, rotateAgent, startIdentityLab, type IdentityLab, type IdentityLabFiles } from '../support/identity-lab.ts';
+import { BATCH_UID, DOMAIN, rotateAgent, startIdentityLab, type IdentityLab, type IdentityLabFiles } from '../../scripts/lib/identity-lab.ts';
 import { execFileSync } from 'node:child_process';
-import { isRoot, ROOT, sleep, synpassCommand, type AgentHandle, type Lab } from '../support/lab.ts';
+import { isRoot, ROOT, sleep, synpassCommand, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
 import { runSynpass } from '../support/cli.ts';
 
 const METRICS = 'http://127.0.0.1:9464';
@@ -146,7 +146,7 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     const outsider = lab.address('outsider');
     const mark = api.process.lines.length;
     const droppedBefore = (await api.status()).verdicts.filter((v) => v.reason === 'no-identity' && v.action === 'drop').reduce((sum, v) => sum + v.count, 0);
-    const flood = lab.spawn('outsider', [process.execPath, '--import', 'tsx', join(ROOT, 'test/support/raw-probe.ts'), 'syn-flood', outsider, lab.address('api'), '8080', '5000']);
+    const flood = lab.spawn('outsider', [process.execPath, '--import', 'tsx', join(ROOT, 'scripts/lib/raw-probe.ts'), 'syn-flood', outsider, lab.address('api'), '8080', '5000']);
     const done = await flood.waitFor((l) => typeof l.sent === 'number', 60_000);
     assert.equal(done.sent, 5000);
     // The last window's summary is written within a second of its last drop.

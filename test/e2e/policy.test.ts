@@ -5,9 +5,9 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startIdentityLab, type IdentityLab } from '../support/identity-lab.ts';
-import { isRoot, ROOT, type AgentHandle, type Lab } from '../support/lab.ts';
-import { scratchDirectory } from '../support/scratch.ts';
+import { startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
+import { isRoot, ROOT, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
+import { scratchDirectory } from '../../scripts/lib/scratch.ts';
 
 describe('policy hot reload end to end', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
   let fixture: IdentityLab;

@@ -6,8 +6,8 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT } from '../support/lab.ts';
-import { scratchDirectory } from '../support/scratch.ts';
+import { ROOT } from '../../scripts/lib/lab.ts';
+import { scratchDirectory } from '../../scripts/lib/scratch.ts';
 
 const README = readFileSync(join(ROOT, 'README.md'), 'utf8');
 const { version } = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };

@@ -1,6 +1,6 @@
 // Runs the synpass command as it ships (dist/) and returns what a person would see.
 import { spawnSync } from 'node:child_process';
-import { synpassCommand } from './lab.ts';
+import { synpassCommand } from '../../scripts/lib/lab.ts';
 
 export interface CliResult {
   code: number | null;

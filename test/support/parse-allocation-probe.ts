@@ -3,7 +3,7 @@
 // Prints the bytes of heap the parser allocated per packet (JSON).
 import { getHeapSpaceStatistics } from 'node:v8';
 import { ParsedPacket, parsePacket } from '../../agent/src/datapath/packet.ts';
-import { IPV4_DATA, IPV4_SYN, IPV6_HOP_BY_HOP_SYN, IPV6_SYN } from './fixtures.ts';
+import { IPV4_DATA, IPV4_SYN, IPV6_HOP_BY_HOP_SYN, IPV6_SYN } from '../../scripts/lib/fixtures.ts';
 
 const packets = [IPV4_SYN, IPV6_SYN, IPV4_DATA, IPV6_HOP_BY_HOP_SYN];
 const ring = new Uint8Array(4096);

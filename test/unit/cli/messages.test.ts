@@ -5,8 +5,8 @@ import assert from 'node:assert/strict';
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runSynpass, type CliResult } from '../../support/cli.ts';
-import { ROOT } from '../../support/lab.ts';
-import { scratchDirectory } from '../../support/scratch.ts';
+import { ROOT } from '../../../scripts/lib/lab.ts';
+import { scratchDirectory } from '../../../scripts/lib/scratch.ts';
 
 const DOMAIN = 'prod.example.com';
 const EXAMPLES = join(ROOT, 'policy/examples/three-tier');

@@ -1,7 +1,7 @@
 import { it } from 'node:test';
 import assert from 'node:assert/strict';
 import { finishChecksum, ipv4HeaderChecksum, sumWords } from '../../../agent/src/datapath/checksum.ts';
-import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK } from '../../support/fixtures.ts';
+import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK } from '../../../scripts/lib/fixtures.ts';
 
 it('IPv4 header checksums match what Linux put on the wire', () => {
   assert.equal(ipv4HeaderChecksum(IPV4_SYN, 0, 20), 0x7065);

@@ -4,8 +4,8 @@ import { DatapathEngine } from '../../../agent/src/datapath/engine.ts';
 import type { VerdictEvent } from '../../../agent/src/datapath/handler.ts';
 import { HOOK_POST_ROUTING, HOOK_PRE_ROUTING, Meta, META_STRIDE, NO_OWNER, queueBuffers, type NativeQueue } from '../../../agent/src/native/addon.ts';
 import { PassThroughHandler } from '../../../agent/src/handshake/pass-through.ts';
-import { IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../support/fixtures.ts';
-import { MARKS } from '../../support/virtual-wire.ts';
+import { IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../../scripts/lib/fixtures.ts';
+import { MARKS } from '../../../scripts/lib/virtual-wire.ts';
 
 const SLOT = 2048;
 

@@ -14,7 +14,7 @@ import {
   IPV6_HOP_BY_HOP_SYN,
   IPV6_SYN,
   IPV6_SYN_ACK,
-} from '../../support/fixtures.ts';
+} from '../../../scripts/lib/fixtures.ts';
 
 interface Expected {
   ipVersion: 4 | 6;

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { REASONS } from '../../../agent/src/datapath/reasons.ts';
-import { ROOT } from '../../support/lab.ts';
+import { ROOT } from '../../../scripts/lib/lab.ts';
 
 describe('verdict reasons', () => {
   it('docs/operations.md has one row per reason, with its verdict and text, in the same order', () => {

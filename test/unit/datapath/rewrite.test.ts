@@ -16,7 +16,7 @@ import {
   IPV6_SYN,
   IPV6_SYN_ACK,
   withValidChecksums,
-} from '../../support/fixtures.ts';
+} from '../../../scripts/lib/fixtures.ts';
 
 /** Independent check (RFC 1071): the one's-complement sum over a valid segment is 0xffff. */
 function tcpChecksumHolds(packet: Uint8Array): boolean {

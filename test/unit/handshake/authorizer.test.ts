@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { PolicyAuthorizer } from '../../../agent/src/handshake/authorizer.ts';
 import type { PolicySet } from '../../../agent/src/policy/policy-set.ts';
 import type { VerifiedIdentity } from '../../../agent/src/token/identity-token.ts';
-import { compile } from '../../support/policy-dir.ts';
+import { compile } from '../../../scripts/lib/policy-dir.ts';
 
 const api = { 'synpass.subject': 'spiffe://d/api', 'app.name': 'api' };
 

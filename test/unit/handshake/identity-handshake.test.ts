@@ -8,10 +8,10 @@ import type { AdmissionConfig } from '../../../agent/src/handshake/admission.ts'
 import { ProcessAttestor } from '../../../agent/src/identity/attestors/process.ts';
 import { StaticAttestor } from '../../../agent/src/identity/attestors/static.ts';
 import type { WorkloadIdentity } from '../../../agent/src/identity/local-identity.ts';
-import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../support/fixtures.ts';
-import { createDomain, identityHandler, type TestDomain } from '../../support/identities.ts';
-import { VirtualQueue, type Verdict } from '../../support/virtual-wire.ts';
-import { bodyOf, withBody } from '../../support/rebody.ts';
+import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../../scripts/lib/fixtures.ts';
+import { createDomain, identityHandler, type TestDomain } from '../../../scripts/lib/identities.ts';
+import { VirtualQueue, type Verdict } from '../../../scripts/lib/virtual-wire.ts';
+import { bodyOf, withBody } from '../../../scripts/lib/rebody.ts';
 import type { Reason } from '../../../agent/src/datapath/reasons.ts';
 
 // Fixture addresses: client 10.213.5.1:25750, server 10.213.5.2:7000.

@@ -11,7 +11,7 @@ import { fieldTypes } from '../../../agent/src/config-fields.ts';
 import { ATTESTOR_KINDS } from '../../../agent/src/identity/attestors/registry.ts';
 import { loadAgentConfig } from '../../../agent/src/runtime/config.ts';
 import { buildAttestors, credentialNamespaces } from '../../../agent/src/runtime/handlers.ts';
-import { scratchDirectory } from '../../support/scratch.ts';
+import { scratchDirectory } from '../../../scripts/lib/scratch.ts';
 
 describe('attestor registry', () => {
   it('the configuration turns on the attestors it names, in registry order, each with its namespaces', () => {

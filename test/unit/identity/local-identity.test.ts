@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { LocalIdentity } from '../../../agent/src/identity/local-identity.ts';
-import { createAgent, createDomain, type TestAgent, type TestDomain } from '../../support/identities.ts';
+import { createAgent, createDomain, type TestAgent, type TestDomain } from '../../../scripts/lib/identities.ts';
 
 function load(domain: TestDomain, agent: TestAgent, signingKey = join(agent.directory, 'sign.key.pem')): Promise<LocalIdentity> {
   return LocalIdentity.load({

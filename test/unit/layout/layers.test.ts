@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
-import { ROOT } from '../../support/lab.ts';
+import { ROOT } from '../../../scripts/lib/lab.ts';
 
 const SOURCE = join(ROOT, 'agent/src');
 
@@ -61,10 +61,21 @@ describe('layers of agent/src', () => {
     assert.deepEqual(found, []);
   });
 
+  it('scripts import nothing from test/: the lab library they share with the tests is scripts/lib', () => {
+    const scripts = join(ROOT, 'scripts');
+    const found = sourceFiles(scripts).flatMap((file) =>
+      [...readFileSync(file, 'utf8').matchAll(/(?:from|import)\s*\(?\s*'(\.{1,2}\/[^']+)'/g)]
+        .map((match) => resolve(dirname(file), match[1]!))
+        .filter((target) => target.startsWith(join(ROOT, 'test')))
+        .map((target) => `${relative(ROOT, file)} -> ${relative(ROOT, target)}`),
+    );
+    assert.deepEqual(found, []);
+  });
+
   it('the check reports an import that reaches up or out', () => {
     const file = join(SOURCE, 'datapath', 'example.ts');
     assert.deepEqual(badImports(file, "import { x } from '../datapath/engine.ts';\nimport { y } from '../token/jws.ts';\n", rank), []);
     assert.equal(badImports(file, "import type { AgentConfig } from '../runtime/config.ts';\n", rank).length, 1);
-    assert.equal(badImports(file, "const m = await import('../../../test/support/lab.ts');\n", rank).length, 1);
+    assert.equal(badImports(file, "const m = await import('../../../scripts/lib/lab.ts');\n", rank).length, 1);
   });
 });

@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { scratchDirectory } from '../../support/scratch.ts';
+import { scratchDirectory } from '../../../scripts/lib/scratch.ts';
 
 const cli = fileURLToPath(new URL('../../../agent/src/cli/main.ts', import.meta.url));
 

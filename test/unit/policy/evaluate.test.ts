@@ -2,7 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Attributes } from '../../../agent/src/policy/model.ts';
 import type { PolicySet } from '../../../agent/src/policy/policy-set.ts';
-import { compile } from '../../support/policy-dir.ts';
+import { compile } from '../../../scripts/lib/policy-dir.ts';
 
 const api = { 'app.name': 'api', 'synpass.subject': 'spiffe://d/api' };
 const web = { 'app.name': 'web', 'app.tier': 'frontend', 'synpass.subject': 'spiffe://d/web-1', 'synpass.trust-domain': 'd' };

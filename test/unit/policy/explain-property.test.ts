@@ -4,7 +4,7 @@ import { it } from 'node:test';
 import assert from 'node:assert/strict';
 import { explainConnection, type DirectionExplanation } from '../../../agent/src/policy/explain.ts';
 import type { PolicyVerdict } from '../../../agent/src/policy/policy-set.ts';
-import { compile } from '../../support/policy-dir.ts';
+import { compile } from '../../../scripts/lib/policy-dir.ts';
 
 /** Deterministic so a failure can be replayed (mulberry32). */
 function random(seed: number): () => number {

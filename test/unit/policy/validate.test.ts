@@ -8,7 +8,7 @@ import { loadPolicyDirectory } from '../../../agent/src/policy/load.ts';
 import { runPolicyTests } from '../../../agent/src/policy/run-tests.ts';
 import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { load, policyDirectory } from '../../support/policy-dir.ts';
+import { load, policyDirectory } from '../../../scripts/lib/policy-dir.ts';
 
 function problems(files: Record<string, string>): string[] {
   return load(files).problems.map(formatProblem);

@@ -12,8 +12,8 @@ import { verifyCredential } from '../../../agent/src/token/credential.ts';
 import { TokenError } from '../../../agent/src/token/errors.ts';
 import { verifyIdentityToken } from '../../../agent/src/token/identity-token.ts';
 import { decodeJws } from '../../../agent/src/token/jws.ts';
-import { IPV4_ACK, IPV4_SYN, IPV4_SYN_FULL_OPTIONS, IPV6_HOP_BY_HOP_SYN, IPV6_SYN } from '../../support/fixtures.ts';
-import { createAgent, createDomain, type TestAgent, type TestDomain } from '../../support/identities.ts';
+import { IPV4_ACK, IPV4_SYN, IPV4_SYN_FULL_OPTIONS, IPV6_HOP_BY_HOP_SYN, IPV6_SYN } from '../../../scripts/lib/fixtures.ts';
+import { createAgent, createDomain, type TestAgent, type TestDomain } from '../../../scripts/lib/identities.ts';
 
 const seed = Number(process.env.FUZZ_SEED ?? 20261203);
 const numRuns = Number(process.env.FUZZ_RUNS ?? 2000);

@@ -4,8 +4,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { OverrideKind } from '../../../agent/src/config-fields.ts';
 import { ConfigError, configFields, configTable, loadAgentConfig } from '../../../agent/src/runtime/config.ts';
-import { ROOT } from '../../support/lab.ts';
-import { scratchDirectory } from '../../support/scratch.ts';
+import { ROOT } from '../../../scripts/lib/lab.ts';
+import { scratchDirectory } from '../../../scripts/lib/scratch.ts';
 
 const directory = scratchDirectory('config');
 let counter = 0;

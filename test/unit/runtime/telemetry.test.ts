@@ -10,8 +10,8 @@ import { ConfigError, environmentName, loadAgentConfig } from '../../../agent/sr
 import { ANY_SOURCE, FLOW_LOG_MAX_AGGREGATES, FLOW_LOG_MAX_PENDING_BYTES, FlowLog } from '../../../agent/src/telemetry/flow-log.ts';
 import { BoundedLogStream, createAgentLog, createLogger, type AsyncDestination } from '../../../agent/src/telemetry/log.ts';
 import { AgentMetrics } from '../../../agent/src/telemetry/metrics.ts';
-import { IPV4_SYN } from '../../support/fixtures.ts';
-import { scratchDirectory } from '../../support/scratch.ts';
+import { IPV4_SYN } from '../../../scripts/lib/fixtures.ts';
+import { scratchDirectory } from '../../../scripts/lib/scratch.ts';
 import type { Reason } from '../../../agent/src/datapath/reasons.ts';
 
 /** A verdict on IPV4_SYN (from 10.213.5.1), or on the same SYN from `source` (an IPv4 address). */

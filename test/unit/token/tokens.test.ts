@@ -9,7 +9,7 @@ import { CA_KEY_FILE } from '../../../agent/src/identity/issuance.ts';
 import { readPrivateKey } from '../../../agent/src/identity/key-files.ts';
 import { TokenError } from '../../../agent/src/token/errors.ts';
 import { verifyIdentityToken } from '../../../agent/src/token/identity-token.ts';
-import { createAgent, createDomain, tokenFor, type TestAgent, type TestDomain } from '../../support/identities.ts';
+import { createAgent, createDomain, tokenFor, type TestAgent, type TestDomain } from '../../../scripts/lib/identities.ts';
 
 const now = () => Math.floor(Date.now() / 1000);
 

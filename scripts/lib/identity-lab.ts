@@ -107,7 +107,7 @@ export interface IdentityLabOptions {
   /** Extra `agent run` arguments and environment, per agent. */
   api?: { args?: string[]; env?: Record<string, string> };
   web?: { args?: string[]; env?: Record<string, string> };
-  /** A server on api: `server <port> <kind>` of test/support/peer.ts. */
+  /** A server on api: `server <port> <kind>` of scripts/lib/peer.ts. */
   server: { port: number; kind: 'http' | 'echo' };
 }
 

@@ -10,8 +10,8 @@ import { fetchStatus } from '../../agent/src/telemetry/status-client.ts';
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const LAB = `${ROOT}scripts/lab`;
 const BUILT_CLI = `${ROOT}dist/agent/src/cli/main.js`;
-const PEER = `${ROOT}test/support/peer.ts`;
-const CAPTURE = `${ROOT}test/support/capture-probe.ts`;
+const PEER = `${ROOT}scripts/lib/peer.ts`;
+const CAPTURE = `${ROOT}scripts/lib/capture-probe.ts`;
 
 export type Host = 'web' | 'api' | 'outsider';
 
@@ -200,7 +200,7 @@ export class Lab {
     return child;
   }
 
-  /** Runs the peer script in `host` (see test/support/peer.ts), as `uid` when given. */
+  /** Runs the peer script in `host` (see scripts/lib/peer.ts), as `uid` when given. */
   peer(host: Host, args: string[], options: { stdin?: boolean; uid?: number } = {}): NetnsProcess {
     const asUser = options.uid === undefined ? [] : ['setpriv', `--reuid=${options.uid}`, `--regid=${options.uid}`, '--clear-groups'];
     return this.spawn(host, [...asUser, process.execPath, '--import', 'tsx', PEER, ...args], options);

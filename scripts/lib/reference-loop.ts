@@ -7,8 +7,8 @@ import { DEFAULT_DATAPATH } from '../../agent/src/runtime/config.ts';
 import type { Lab, NetnsProcess } from './lab.ts';
 import { scratchDirectory } from './scratch.ts';
 
-const SOURCE = new URL('../../scripts/benchmarks/nfq-reference.c', import.meta.url).pathname;
-const RULES = new URL('../../scripts/benchmarks/reference-rules.ts', import.meta.url).pathname;
+const SOURCE = new URL('../benchmarks/nfq-reference.c', import.meta.url).pathname;
+const RULES = new URL('../benchmarks/reference-rules.ts', import.meta.url).pathname;
 const HOSTS = ['api', 'web'] as const;
 
 /** Compiles the loop into a new temporary directory and returns the binary's path; throws if `cc` fails. */
