@@ -7,8 +7,12 @@ import { BATCH_UID, DOMAIN, rotateAgent, startIdentityLab, type IdentityLab, typ
 import { execFileSync } from 'node:child_process';
 import { isRoot, ROOT, sleep, synpassCommand, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
 import { runSynpass } from '../support/cli.ts';
+import { readFileSync } from 'node:fs';
 
 const METRICS = 'http://127.0.0.1:9464';
+/** The agent's memory budget at defaults (docs/operations.md, Memory). */
+const HEAP_BUDGET_MIB = 96;
+const RSS_BUDGET_MIB = 200;
 
 describe('observability end to end', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
   let fixture: IdentityLab;
@@ -20,8 +24,12 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     fixture = await startIdentityLab({
       prefix: 'ob',
       net: 14,
-      // Not ready when the credential has less than a minute left.
-      api: { args: ['--metrics-address', '127.0.0.1:9464'], env: { SYNPASS_TELEMETRY_CREDENTIAL_MARGIN_SECONDS: '60' } },
+      // Not ready when the credential has less than a minute left; the heap held to the memory
+      // budget (docs/operations.md, Memory), which the flood test below must stay inside.
+      api: {
+        args: ['--metrics-address', '127.0.0.1:9464'],
+        env: { SYNPASS_TELEMETRY_CREDENTIAL_MARGIN_SECONDS: '60', NODE_OPTIONS: `--max-old-space-size=${HEAP_BUDGET_MIB}` },
+      },
       server: { port: 8080, kind: 'http' },
     });
     ({ lab, files, api } = fixture);
@@ -161,6 +169,13 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     const metrics = (await fetch('/metrics')).body;
     assert.ok(sample(metrics, 'synpass_flow_log_aggregated_total', '') >= summarized);
     assert.equal(sample(metrics, 'synpass_log_dropped_lines_total', ''), 0);
+    // The agent lived through it inside its budget, every table within its capacity.
+    const rssMiB = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${api.process.pid}/status`, 'utf8'))?.[1]) / 1024;
+    assert.ok(rssMiB < RSS_BUDGET_MIB, `RSS ${rssMiB.toFixed(1)} MiB`);
+    const tables = ((await api.status()) as unknown as { tables: Record<string, { entries: number; capacity: number }> }).tables;
+    assert.deepEqual(Object.keys(tables).sort(), ['credentials', 'flow-log-aggregates', 'flows', 'held-segments', 'known-servers', 'nonces', 'tokens', 'whois-peers']);
+    for (const [table, size] of Object.entries(tables)) assert.ok(size.entries <= size.capacity, `${table}: ${size.entries} of ${size.capacity}`);
+    assert.equal(sample(metrics, 'synpass_table_capacity', 'table="flows"'), 65_536);
   });
 
   it('an agent whose queue another process holds waits unready, then binds it and turns ready', async () => {

@@ -85,6 +85,12 @@ export interface PacketInfo {
   gid: number;
 }
 
+/** How full one of the agent's bounded tables is (synpass_table_entries / _capacity). */
+export interface TableSize {
+  entries: number;
+  capacity: number;
+}
+
 export interface HandshakeHandler {
   /** Decides synchronously; must not throw for any packet (the datapath drops and counts if it does). */
   decide(info: PacketInfo, decision: Decision): void;

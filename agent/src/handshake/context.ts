@@ -39,7 +39,7 @@ export interface PreviousKey {
 export type ServerFlow = Flow & { completed?: boolean; held?: HeldPacket[] };
 
 /** Servers remembered (address -> key id and pair key); the oldest goes past this many. */
-const MAX_KNOWN_SERVERS = 4096;
+export const MAX_KNOWN_SERVERS = 4096;
 
 export class HandshakeContext {
   readonly flows: ExpiringTable<ServerFlow>;

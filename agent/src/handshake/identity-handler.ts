@@ -5,13 +5,14 @@
 //
 // This dispatcher sends each packet to its step (client.ts, server.ts); a step fills in the
 // Decision, or returns the Refusal that becomes the drop and its reason.
-import type { Decision, HandshakeHandler, PacketInfo } from '../datapath/handler.ts';
+import type { Decision, HandshakeHandler, PacketInfo, TableSize } from '../datapath/handler.ts';
 import { TCP_RST } from '../datapath/packet.ts';
 import type { LocalIdentity } from '../identity/local-identity.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { Authorizer } from './authorizer.ts';
 import { clientAck, clientSyn, clientSynAck } from './client.ts';
-import { HandshakeContext, type IdentityHandlerOptions } from './context.ts';
+import { HandshakeContext, MAX_KNOWN_SERVERS, type IdentityHandlerOptions } from './context.ts';
+import { MAX_HELD } from './held.ts';
 import { PairKeys, type PeerVerifier } from './peer-verifier.ts';
 import { Refusal } from './reasons.ts';
 import { serverAck, serverSyn, serverSynAck } from './server.ts';
@@ -82,5 +83,16 @@ export class IdentityHandler implements HandshakeHandler {
 
   stats(): Record<string, number> {
     return { flows: this.ctx.flows.size, nonces: this.ctx.nonces.size, knownServers: this.ctx.knownServers.size };
+  }
+
+  /** Entries and capacity of every table the handshake holds. */
+  tables(): Record<string, TableSize> {
+    const ctx = this.ctx;
+    return {
+      flows: { entries: ctx.flows.size, capacity: ctx.flows.limit },
+      nonces: { entries: ctx.nonces.size, capacity: ctx.nonces.limit },
+      'known-servers': { entries: ctx.knownServers.size, capacity: MAX_KNOWN_SERVERS },
+      'held-segments': { entries: ctx.heldCount, capacity: MAX_HELD },
+    };
   }
 }

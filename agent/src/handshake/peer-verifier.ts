@@ -9,6 +9,7 @@ import { verifyIdentityToken, type VerifiedIdentity } from '../token/identity-to
 import { derivePairKey } from '../protocol/proofs.ts';
 import { credentialReason, refuse, Refusal, tokenReason } from './reasons.ts';
 import { unpackJws, type PackedJws } from '../protocol/wire.ts';
+import type { TableSize } from '../datapath/handler.ts';
 
 /** A cached result with the exact bytes it was computed from. */
 interface Verified<V> {
@@ -35,7 +36,7 @@ class BoundedCache<V> {
   private readonly entries = new Map<number, V>();
   hits = 0;
   misses = 0;
-  constructor(private readonly limit: number) {}
+  constructor(readonly limit: number) {}
   get(key: number): V | undefined {
     const value = this.entries.get(key);
     if (value === undefined) this.misses += 1;
@@ -165,6 +166,14 @@ export class PeerVerifier {
 
   pairKey(credential: VerifiedCredential): Buffer {
     return this.pairKeys.get(credential);
+  }
+
+  /** Entries and capacity of the verified-credential and verified-token caches. */
+  tables(): Record<string, TableSize> {
+    return {
+      credentials: { entries: this.credentials.size, capacity: this.credentials.limit },
+      tokens: { entries: this.tokens.size, capacity: this.tokens.limit },
+    };
   }
 
   cacheStats(): Record<string, { hits: number; misses: number; size: number }> {

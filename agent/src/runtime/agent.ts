@@ -13,7 +13,8 @@ import { allocateQueueBuffers, loadBinding, readQueueCounters, type NativeQueue 
 import type { Logger } from '../telemetry/log.ts';
 import { startStatusServer } from '../telemetry/status-server.ts';
 import { closeUnixSocket } from '../telemetry/unix-socket.ts';
-import { FlowLog } from '../telemetry/flow-log.ts';
+import { FLOW_LOG_MAX_AGGREGATES, FlowLog } from '../telemetry/flow-log.ts';
+import type { TableSize } from '../datapath/handler.ts';
 import type { BoundedLogStream } from '../telemetry/log.ts';
 import type { AgentConfig } from './config.ts';
 import type { BuiltHandler, IdentityStatus } from './handlers.ts';
@@ -76,6 +77,7 @@ export class Agent {
       unjudgedSyns: () => this.rules.unjudgedSyns,
       rulesAhead: () => this.rules.rulesAhead,
       logging: () => ({ flowLog: flowLog.counters, logPendingBytes: logStream?.pendingBytes ?? 0, logDroppedLines: logStream?.droppedLines ?? 0 }),
+      tables: () => this.tables(),
     });
     const { latency, ruleVerdicts } = this.metrics;
     this.engine = new DatapathEngine(this.buffers, built.handler, {
@@ -161,6 +163,15 @@ export class Agent {
     return queue;
   }
 
+  /** Every bounded table: the handshake's and the verifier's, whois peers, flow-log aggregates. */
+  private tables(): Record<string, TableSize> {
+    return {
+      ...this.built.tables(),
+      'whois-peers': { entries: this.peers.size, capacity: this.peers.limit },
+      'flow-log-aggregates': { entries: this.flowLog.counters.aggregates, capacity: FLOW_LOG_MAX_AGGREGATES },
+    };
+  }
+
   readiness(): Readiness {
     const identity = this.built.status();
     const now = Date.now() / 1000;
@@ -199,6 +210,7 @@ export class Agent {
       queue: readQueueCounters(this.buffers.counters),
       verdicts: this.engine.verdicts.snapshot(),
       peersKnown: this.peers.size,
+      tables: this.tables(),
       judging: {
         packets: this.engine.judged,
         microsecondsPerPacket: this.engine.judged === 0 ? 0 : this.engine.busyMicroseconds / this.engine.judged,

@@ -1,5 +1,5 @@
 // Builds the handshake handler a configuration asks for.
-import type { HandshakeHandler } from '../datapath/handler.ts';
+import type { HandshakeHandler, TableSize } from '../datapath/handler.ts';
 import { Admission } from '../handshake/admission.ts';
 import { AdmissionAuthorizer, PolicyAuthorizer } from '../handshake/authorizer.ts';
 import { PolicyStore } from './policy-store.ts';
@@ -56,6 +56,8 @@ export interface BuiltHandler {
   reload(): Promise<void>;
   /** Null in pass-through mode. */
   status(): IdentityStatus | null;
+  /** The handshake's and the verifier's bounded tables (none in pass-through mode). */
+  tables(): Record<string, TableSize>;
 }
 
 export async function buildHandler(config: AgentConfig, log: Logger): Promise<BuiltHandler> {
@@ -66,6 +68,7 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
       flushCaches: () => undefined,
       reload: () => Promise.resolve(),
       status: () => null,
+      tables: () => ({}),
     };
   }
   const identityConfig = config.identity;
@@ -171,6 +174,7 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
       handler.useIdentity(local);
       startRenewal(local);
     },
+    tables: () => ({ ...handler.tables(), ...verifier.tables() }),
     status: () => ({
       subject: identityConfig.subject,
       signingAlgorithm: algorithmOf(local.signKey),

@@ -18,6 +18,8 @@ export interface MetricsSource {
   rulesAhead(): number;
   /** The bounded log stream and the flow log (telemetry/log.ts, telemetry/flow-log.ts). */
   logging(): LoggingCounters;
+  /** Every bounded table the agent holds, by name. */
+  tables(): Record<string, { entries: number; capacity: number }>;
 }
 
 export interface LoggingCounters {
@@ -167,6 +169,26 @@ export class AgentMetrics {
       registers,
       collect() {
         this.set(source.logging().logPendingBytes);
+      },
+    });
+    new Gauge({
+      name: 'synpass_table_entries',
+      help: 'Entries in each bounded table the agent holds (flows, nonces, known-servers, held-segments, credentials, tokens, whois-peers, flow-log-aggregates)',
+      labelNames: ['table'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [table, size] of Object.entries(source.tables())) this.set({ table }, size.entries);
+      },
+    });
+    new Gauge({
+      name: 'synpass_table_capacity',
+      help: 'The most entries each bounded table holds; past it the oldest goes, or a new entry is refused under a counted reason',
+      labelNames: ['table'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [table, size] of Object.entries(source.tables())) this.set({ table }, size.capacity);
       },
     });
     new Gauge({

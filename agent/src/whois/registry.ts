@@ -9,7 +9,7 @@ export function connectionKey(local: string, remote: string): string {
 export class PeerRegistry {
   private readonly entries = new Map<string, VerifiedIdentity>();
 
-  constructor(private readonly limit = 65_536) {}
+  constructor(readonly limit = 65_536) {}
 
   record(local: string, remote: string, identity: VerifiedIdentity): void {
     const key = connectionKey(local, remote);

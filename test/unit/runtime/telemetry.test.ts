@@ -189,6 +189,7 @@ describe('metrics', () => {
       unjudgedSyns: () => 5,
       rulesAhead: () => 2,
       logging: () => ({ flowLog: { dropped: { backlog: 7 }, aggregated: 1234, aggregates: 3 }, logPendingBytes: 4096, logDroppedLines: 11 }),
+      tables: () => ({ flows: { entries: 12, capacity: 65_536 } }),
     });
     metrics.ruleVerdicts.inc({ rule: 'api/from-web', action: 'accept' });
     metrics.latency.observe(0.00003);
@@ -208,6 +209,8 @@ describe('metrics', () => {
       'synpass_flow_log_aggregated_total 1234',
       'synpass_log_dropped_lines_total 11',
       'synpass_log_pending_bytes 4096',
+      'synpass_table_entries{table="flows"} 12',
+      'synpass_table_capacity{table="flows"} 65536',
     ]) {
       assert.ok(text.includes(line), `missing: ${line}`);
     }
