@@ -41,7 +41,11 @@ function strictMapping<Shape extends z.ZodRawShape>(shape: Shape) {
 }
 
 const integerText = (min: number, max: number) => `an integer from ${min} to ${max}`;
-const NON_EMPTY = 'a non-empty string';
+
+function nonEmptyString() {
+  const error = 'a non-empty string';
+  return z.string({ error }).min(1, { error });
+}
 
 function integerSchema(min: number, max: number) {
   const error = integerText(min, max);
@@ -70,7 +74,7 @@ function stringMapSchema() {
 
 /** The field builders, with paths resolved against `base` (the configuration file's directory). */
 export function fieldTypes(base: string) {
-  const pathSchema = () => z.string({ error: NON_EMPTY }).min(1, { error: NON_EMPTY }).transform((value) => resolve(base, value));
+  const pathSchema = () => nonEmptyString().transform((value) => resolve(base, value));
   return {
     integer: (min: number, max: number, fallback: number, docs: string, options: { defaultText?: string; check?: { test: (value: number) => boolean; error: string } } = {}) => {
       const checked = options.check === undefined ? integerSchema(min, max) : integerSchema(min, max).refine(options.check.test, { error: options.check.error });
@@ -85,10 +89,10 @@ export function fieldTypes(base: string) {
     choice: <const Choices extends readonly [string, ...string[]]>(choices: Choices, fallback: Choices[number], docs: string, error = `one of ${choices.join(', ')}`) =>
       documented(z.enum(choices, { error }).default(fallback), { docs, override: 'string', defaultText: fallback }),
     /** A required string (no default). */
-    string: (docs: string) => documented(z.string({ error: NON_EMPTY }).min(1, { error: NON_EMPTY }), { docs, override: 'string', defaultText: 'required' }),
+    string: (docs: string) => documented(nonEmptyString(), { docs, override: 'string', defaultText: 'required' }),
     /** An optional string, null when absent. */
     optionalString: (docs: string, check?: { pattern: RegExp; error: string }) => {
-      const text = z.string({ error: NON_EMPTY }).min(1, { error: NON_EMPTY });
+      const text = nonEmptyString();
       const checked = check === undefined ? text : text.regex(check.pattern, { error: check.error });
       return documented(checked.nullable().default(null), { docs, override: 'string', defaultText: 'off' });
     },
@@ -115,7 +119,7 @@ export function fieldTypes(base: string) {
     structured: <T extends z.ZodType>(schema: T, docs: string, defaultText = 'none') => documented(schema, { docs, override: null, defaultText }),
     ports: () => portsSchema(),
     /** A non-empty string inside a structured field. */
-    text: () => z.string({ error: NON_EMPTY }).min(1, { error: NON_EMPTY }),
+    text: nonEmptyString,
     integerValue: (min: number, max: number) => integerSchema(min, max),
     cidr: () => cidrSchema(),
     mapping: strictMapping,

@@ -5,7 +5,7 @@ import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
 import { PeerRegistry } from '../whois/registry.ts';
 import { startWhoisService, type WhoisService } from '../whois/service.ts';
 import { DatapathEngine } from '../datapath/engine.ts';
-import { readKernelQueues } from '../datapath/kernel-queue.ts';
+import { readKernelQueues, type KernelQueueStats } from '../datapath/kernel-queue.ts';
 import { startHttpEndpoint, type Readiness } from '../telemetry/http-endpoint.ts';
 import { AgentMetrics } from '../telemetry/metrics.ts';
 import { connectionMarks } from '../datapath/marks.ts';
@@ -66,7 +66,7 @@ export class Agent {
     this.metrics = new AgentMetrics({
       queue: () => readQueueCounters(this.buffers.counters),
       kernelQueue: () => {
-        const own = readKernelQueues().filter((q) => q.queue >= options.queue && q.queue < options.queue + options.queueCount);
+        const own = this.ownKernelQueues();
         if (own.length === 0) return null;
         return own.reduce((sum, q) => ({ dropped: sum.dropped + q.dropped, userDropped: sum.userDropped + q.userDropped, waiting: sum.waiting + q.waiting }), { dropped: 0, userDropped: 0, waiting: 0 });
       },
@@ -163,6 +163,12 @@ export class Agent {
     return queue;
   }
 
+  /** The kernel's view of this agent's queues (bound, waiting, dropped). */
+  private ownKernelQueues(): KernelQueueStats[] {
+    const { queue, queueCount } = this.config.datapath;
+    return readKernelQueues().filter((q) => q.queue >= queue && q.queue < queue + queueCount);
+  }
+
   /** Every bounded table: the handshake's and the verifier's, whois peers, flow-log aggregates. */
   private tables(): Record<string, TableSize> {
     return {
@@ -175,7 +181,7 @@ export class Agent {
   readiness(): Readiness {
     const identity = this.built.status();
     const now = Date.now() / 1000;
-    const bound = readKernelQueues().filter((q) => q.queue >= this.config.datapath.queue && q.queue < this.config.datapath.queue + this.config.datapath.queueCount);
+    const bound = this.ownKernelQueues();
     const checks: Readiness['checks'] = {
       rules: {
         ok: this.rules.installed !== null && this.rules.present,
