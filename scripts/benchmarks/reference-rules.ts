@@ -21,6 +21,7 @@ if (command === 'remove') {
     queueNumber: DEFAULT_DATAPATH.queue,
     queueCount: DEFAULT_DATAPATH.queueCount,
     failOpen: false,
+    synsPerSource: DEFAULT_DATAPATH.synsPerSource,
     marks: connectionMarks(DEFAULT_DATAPATH.markBase),
     targetNetworks,
     excludedNetworks,

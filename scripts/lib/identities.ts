@@ -92,6 +92,8 @@ export interface HandlerOptions {
   namespaces?: string[];
   /** Flow and nonce table sizes. */
   capacity?: number;
+  /** First-contact signature checks per second per source; unlimited unless given. */
+  signatureChecksPerSource?: number;
   signingKey?: SigningKeyType;
 }
 
@@ -120,6 +122,7 @@ export async function identityHandler(domain: TestDomain, id: string, options: H
     handshakeTimeoutMs: 30_000,
     maxFlows: options.capacity ?? 1000,
     maxNonces: options.capacity ?? 1000,
+    signatureChecksPerSource: options.signatureChecksPerSource ?? 0,
     now: clock,
   });
   return { handler, verifier, local };

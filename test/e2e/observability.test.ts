@@ -13,6 +13,9 @@ const METRICS = 'http://127.0.0.1:9464';
 /** The agent's memory budget at defaults (docs/operations.md, Memory). */
 const HEAP_BUDGET_MIB = 96;
 const RSS_BUDGET_MIB = 200;
+/** api's per-source SYN rate, low enough that the flood below goes over it. */
+const SYNS_PER_SOURCE = 2000;
+const FLOOD_SYNS = 5000;
 
 describe('observability end to end', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
   let fixture: IdentityLab;
@@ -28,7 +31,12 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
       // budget (docs/operations.md, Memory), which the flood test below must stay inside.
       api: {
         args: ['--metrics-address', '127.0.0.1:9464'],
-        env: { SYNPASS_TELEMETRY_CREDENTIAL_MARGIN_SECONDS: '60', NODE_OPTIONS: `--max-old-space-size=${HEAP_BUDGET_MIB}` },
+        env: {
+          SYNPASS_TELEMETRY_CREDENTIAL_MARGIN_SECONDS: '60',
+          NODE_OPTIONS: `--max-old-space-size=${HEAP_BUDGET_MIB}`,
+          SYNPASS_DATAPATH_SYNS_PER_SOURCE: String(SYNS_PER_SOURCE),
+          SYNPASS_DATAPATH_RULE_CHECK_SECONDS: '1',
+        },
       },
       server: { port: 8080, kind: 'http' },
     });
@@ -150,30 +158,43 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     assert.equal(sample((await fetch('/metrics')).body, 'synpass_rules_ahead', ''), 0);
   });
 
-  it('a token-less SYN flood costs counted lines, not a line per drop, and loses no drop from the record', async () => {
+  it('a token-less SYN flood: the kernel holds the source to its rate, and every SYN is a line or counted, in few lines', async () => {
     const outsider = lab.address('outsider');
     const mark = api.process.lines.length;
-    const droppedBefore = (await api.status()).verdicts.filter((v) => v.reason === 'no-identity' && v.action === 'drop').reduce((sum, v) => sum + v.count, 0);
-    const flood = lab.spawn('outsider', [process.execPath, '--import', 'tsx', join(ROOT, 'scripts/lib/raw-probe.ts'), 'syn-flood', outsider, lab.address('api'), '8080', '5000']);
+    const dropsOf = async (reason: string) => (await api.status()).verdicts.filter((v) => v.reason === reason && v.action === 'drop').reduce((sum, v) => sum + v.count, 0);
+    const droppedBefore = await dropsOf('no-identity');
+    const limitedBefore = await dropsOf('source-rate-limited');
+    const queueDroppedBefore = sample((await fetch('/metrics')).body, 'synpass_kernel_queue_packets', 'counter="queue_dropped"');
+    const flood = lab.spawn('outsider', [process.execPath, '--import', 'tsx', join(ROOT, 'scripts/lib/raw-probe.ts'), 'syn-flood', outsider, lab.address('api'), '8080', String(FLOOD_SYNS)]);
     const done = await flood.waitFor((l) => typeof l.sent === 'number', 60_000);
-    assert.equal(done.sent, 5000);
-    // The last window's summary is written within a second of its last drop.
+    assert.equal(done.sent, FLOOD_SYNS);
+    // The last window's summary is written within a second of its last drop; the kernel counter
+    // is read at every rule check (each second here).
     await sleep(2_500);
-    const dropped = (await api.status()).verdicts.filter((v) => v.reason === 'no-identity' && v.action === 'drop').reduce((sum, v) => sum + v.count, 0) - droppedBefore;
+    const dropped = (await dropsOf('no-identity')) - droppedBefore;
+    const limited = (await dropsOf('source-rate-limited')) - limitedBefore;
+    const metrics = (await fetch('/metrics')).body;
+    assert.equal(sample(metrics, 'synpass_kernel_queue_packets', 'counter="queue_dropped"') - queueDroppedBefore, 0, 'the queue never overflowed');
+    assert.equal(dropped + limited, FLOOD_SYNS, `every SYN judged (${dropped}) or dropped above the source rate in the kernel (${limited})`);
+    assert.ok(limited > 0 && dropped >= SYNS_PER_SOURCE, `the bucket let its burst through (${dropped}) and held the rest (${limited})`);
     const lines = api.process.lines.slice(mark).filter((l) => String(l.source).startsWith(outsider) && l.reason === 'no-identity');
     const full = lines.filter((l) => l.event === 'handshake').length;
     const summarized = lines.filter((l) => l.event === 'drops').reduce((sum, l) => sum + Number(l.count), 0);
-    assert.ok(dropped > 1000, `the agent judged the flood (${dropped} drops; the rest overflowed the kernel queue)`);
-    assert.equal(full + summarized, dropped, 'every drop is a line or counted in one');
+    assert.equal(full + summarized, dropped, 'every judged drop is a line or counted in one');
     assert.ok(lines.length <= 40, `${lines.length} lines for ${dropped} drops`);
-    const metrics = (await fetch('/metrics')).body;
+    const kernelLines = api.process.lines.slice(mark).filter((l) => l.reason === 'source-rate-limited' && l.event === 'drops');
+    assert.equal(kernelLines.reduce((sum, l) => sum + Number(l.count), 0), limited, 'the kernel drops are summarized at each rule check');
+    assert.ok(kernelLines.length <= 5);
     assert.ok(sample(metrics, 'synpass_flow_log_aggregated_total', '') >= summarized);
     assert.equal(sample(metrics, 'synpass_log_dropped_lines_total', ''), 0);
+    assert.equal(sample(metrics, 'synpass_verdicts_total', 'direction="ingress",action="drop",reason="source-rate-limited"'), await dropsOf('source-rate-limited'));
+    // A connection from another source is not held by the flooding source's bucket.
+    assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), '8080'])).status, 200);
     // The agent lived through it inside its budget, every table within its capacity.
     const rssMiB = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${api.process.pid}/status`, 'utf8'))?.[1]) / 1024;
     assert.ok(rssMiB < RSS_BUDGET_MIB, `RSS ${rssMiB.toFixed(1)} MiB`);
     const tables = ((await api.status()) as unknown as { tables: Record<string, { entries: number; capacity: number }> }).tables;
-    assert.deepEqual(Object.keys(tables).sort(), ['credentials', 'flow-log-aggregates', 'flows', 'held-segments', 'known-servers', 'nonces', 'tokens', 'whois-peers']);
+    assert.deepEqual(Object.keys(tables).sort(), ['credentials', 'decision-memo', 'flow-log-aggregates', 'flows', 'held-segments', 'known-servers', 'nonces', 'pair-keys', 'signature-budgets', 'tokens', 'whois-peers']);
     for (const [table, size] of Object.entries(tables)) assert.ok(size.entries <= size.capacity, `${table}: ${size.entries} of ${size.capacity}`);
     assert.equal(sample(metrics, 'synpass_table_capacity', 'table="flows"'), 65_536);
   });

@@ -66,6 +66,9 @@ export const REASONS = {
   'unknown-flow': { verdict: 'drop', text: 'a SYN-ACK for a connection this agent did not open' },
   'flow-table-full': { verdict: 'drop', text: 'the table of handshakes in progress is full' },
   'replay-cache-full': { verdict: 'drop', text: 'the replay cache is full of nonces still inside the window' },
+  'signature-rate-limited': { verdict: 'drop', text: 'a first-contact SYN whose source spent its signature checks of this second (`handshake.signatureChecksPerSource`)' },
+  // Dropped by the kernel before the queue, counted from the rule at each rule check.
+  'source-rate-limited': { verdict: 'drop', text: 'an incoming SYN above its source\'s rate (`datapath.synsPerSource`), dropped by the kernel before the queue' },
 } as const satisfies Record<string, ReasonDoc>;
 
 export type Reason = keyof typeof REASONS;

@@ -17,6 +17,11 @@ export const CHAINS = {
 const COMMENT = 'synpass';
 /** Comment of the rule whose kernel counter is the number of SYNs that were never judged. */
 export const UNJUDGED_COMMENT = 'synpass-unjudged';
+/** Comment of the rule whose kernel counter is the number of SYNs dropped above their source's rate. */
+export const SOURCE_LIMITED_COMMENT = 'synpass-source-limited';
+/** Sources the kernel tracks a SYN rate for; an idle one is forgotten after SOURCE_IDLE_MS. */
+export const SOURCE_TABLE_MAX = 262_144;
+const SOURCE_IDLE_MS = 2_000;
 
 export interface RuleOptions {
   /** First queue number and how many queues to balance across (flows stay on one queue). */
@@ -24,6 +29,8 @@ export interface RuleOptions {
   queueCount: number;
   /** If no agent listens, accept (--queue-bypass) instead of dropping. */
   failOpen: boolean;
+  /** Incoming SYNs a second per source (IPv4 address, IPv6 /64) let into the queue; 0: no limit. */
+  synsPerSource: number;
   marks: ConnectionMarks;
   /** CIDRs that receive tokens: outgoing SYNs are queued only toward these. */
   targetNetworks: readonly string[];
@@ -33,6 +40,20 @@ export interface RuleOptions {
 
 function hex(value: number): string {
   return `0x${(value >>> 0).toString(16)}`;
+}
+
+/**
+ * A token bucket per source in the kernel (hashlimit), so one source cannot fill the queue that
+ * every other source's handshakes need. The bucket holds one second's worth.
+ */
+function sourceLimit(family: IpFamily, options: RuleOptions): string[] {
+  const rate = options.synsPerSource;
+  if (rate === 0) return [];
+  const limit = [
+    `--hashlimit-above ${rate}/sec --hashlimit-burst ${rate} --hashlimit-mode srcip --hashlimit-srcmask ${family === 4 ? 32 : 64}`,
+    `--hashlimit-name synpass-syn --hashlimit-htable-max ${SOURCE_TABLE_MAX} --hashlimit-htable-expire ${SOURCE_IDLE_MS}`,
+  ].join(' ');
+  return [`-A ${CHAINS.ingressQueue} -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m hashlimit ${limit} -m comment --comment ${SOURCE_LIMITED_COMMENT} -j DROP`];
 }
 
 function queueTarget(options: RuleOptions): string {
@@ -50,7 +71,7 @@ export function isFamily(cidr: string, family: IpFamily): boolean {
 /**
  * The ruleset for one address family, as iptables-restore --noflush input.
  * Queued: every packet carrying a marker (so a late duplicate never reaches the kernel with
- * token bytes), incoming SYNs, and the SYN-ACK and first ACK of connections the agent tracks.
+ * token bytes), incoming SYNs within their source's rate (above it they are dropped here), and the SYN-ACK and first ACK of connections the agent tracks.
  * Outgoing SYNs are queued only toward target networks. Released connections are never queued,
  * except an incoming SYN, which is judged even when conntrack files it under a released
  * connection: no SYN reaches the host unjudged unless the kernel fails open.
@@ -102,6 +123,7 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     `-A ${CHAINS.mark} -j MARK --or-mark ${hex(marks.judged)}`,
     `-A ${CHAINS.ingressQueue} -i lo -j RETURN`,
     ...excluded.map((cidr) => `-A ${CHAINS.ingressQueue} -s ${cidr} -j RETURN`),
+    ...sourceLimit(family, options),
     `-A ${CHAINS.ingressQueue} -p tcp -m tcp --tcp-option ${MARKER_KIND} ${queue}`,
     `-A ${CHAINS.ingressQueue} -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${queue}`,
     `-A ${CHAINS.ingressQueue} -m connmark --mark ${release} -j RETURN`,
@@ -173,14 +195,24 @@ export function rulesAheadOfHooks(saved: string): number {
   return ahead;
 }
 
-/** From `iptables-save -c -t mangle` output, the packet counter of the unjudged-SYN rule (0 if absent). */
-export function unjudgedSynCount(saved: string): number {
+/** From `iptables-save -c -t mangle` output, the packet counter of the rule of `chain` with `comment` (0 if absent). */
+function ruleCounter(saved: string, chain: string, comment: string): number {
   for (const line of saved.split('\n')) {
-    if (!line.includes(`-A ${CHAINS.audit} `) || !line.includes(`--comment ${UNJUDGED_COMMENT}`)) continue;
+    if (!line.includes(`-A ${chain} `) || !line.includes(`--comment ${comment}`)) continue;
     const counters = /^\[(\d+):\d+\]/.exec(line);
     return counters ? Number(counters[1]) : 0;
   }
   return 0;
+}
+
+/** SYNs that reached INPUT or FORWARD without a verdict (the audit rule's counter). */
+export function unjudgedSynCount(saved: string): number {
+  return ruleCounter(saved, CHAINS.audit, UNJUDGED_COMMENT);
+}
+
+/** SYNs the kernel dropped above their source's rate (the source-limit rule's counter). */
+export function sourceLimitedSynCount(saved: string): number {
+  return ruleCounter(saved, CHAINS.ingressQueue, SOURCE_LIMITED_COMMENT);
 }
 
 /**

@@ -5,6 +5,7 @@ import type { Attributes } from '../policy/model.ts';
 import type { PolicySet } from '../policy/policy-set.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { Admission } from './admission.ts';
+import type { TableSize } from '../datapath/handler.ts';
 
 export interface AuthorizationQuery {
   /** Attributes of the local workload the connection belongs to. */
@@ -27,9 +28,13 @@ export interface Authorization {
 export interface Authorizer {
   ingress(query: AuthorizationQuery): Authorization;
   egress(query: AuthorizationQuery): Authorization;
+  /** Remembered decisions and how many may be (none for the admission list). */
+  readonly memoSize: TableSize;
 }
 
 export class AdmissionAuthorizer implements Authorizer {
+  readonly memoSize: TableSize = { entries: 0, capacity: 0 };
+
   constructor(private readonly admission: Admission) {}
 
   ingress(query: AuthorizationQuery): Authorization {
@@ -47,6 +52,10 @@ export class PolicyAuthorizer implements Authorizer {
   private readonly memo = new DecisionMemo();
 
   constructor(readonly current: () => PolicySet) {}
+
+  get memoSize(): TableSize {
+    return { entries: this.memo.size, capacity: MEMO_LIMIT };
+  }
 
   private decide(direction: 'ingress' | 'egress', query: AuthorizationQuery): Authorization {
     const set = this.current();
@@ -92,7 +101,7 @@ const MEMO_LIMIT = 65_536;
 class DecisionMemo {
   private policySet: PolicySet | null = null;
   private byLocal = new WeakMap<Attributes, WeakMap<object, Map<string, Authorization>>>();
-  private size = 0;
+  size = 0;
 
   private static key(direction: 'ingress' | 'egress', query: AuthorizationQuery): string {
     return `${direction === 'ingress' ? 'i' : 'e'}${query.port}|${query.peerAddress}`;

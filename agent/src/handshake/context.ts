@@ -1,6 +1,7 @@
 // What both ends of the identity handshake share on this agent: its identity, the verifier and
 // authorizer, the bounded tables of handshakes in progress and SYN nonces seen, the servers it
-// knows (their pair keys), and the small steps every stage takes.
+// knows (their pair keys), each source's budget of signature checks, and the small steps every
+// stage takes.
 import type { Decision } from '../datapath/handler.ts';
 import type { LocalIdentity, LocalPods } from '../identity/local-identity.ts';
 import { keyId, NoncePool, type AckTranscript } from '../protocol/proofs.ts';
@@ -11,6 +12,7 @@ import { ExpiringTable, type Flow, type SeenNonce } from './handshake-state.ts';
 import type { HeldPacket } from '../datapath/handler.ts';
 import type { PairKeys, PeerVerifier } from './peer-verifier.ts';
 import { refuse, type Refusal } from './reasons.ts';
+import { SourceBudget } from './source-budget.ts';
 
 export interface IdentityHandlerOptions {
   replayWindowSeconds: number;
@@ -18,6 +20,8 @@ export interface IdentityHandlerOptions {
   handshakeTimeoutMs: number;
   maxFlows: number;
   maxNonces: number;
+  /** First-contact signature checks per second per source (0: unlimited). */
+  signatureChecksPerSource: number;
   now?: () => number;
   /** Workloads on this host known by address (Kubernetes pods behind the node's routing). */
   localPods?: LocalPods;
@@ -46,6 +50,7 @@ export class HandshakeContext {
   readonly nonces: ExpiringTable<SeenNonce>;
   readonly knownServers = new Map<string, KnownServer>();
   readonly noncePool = new NoncePool();
+  readonly signatureBudget: SourceBudget;
   readonly now: () => number;
   previousKey: PreviousKey | null = null;
   /** Segments held for a proof, over every flow. */
@@ -60,6 +65,7 @@ export class HandshakeContext {
     this.now = options.now ?? Date.now;
     this.flows = new ExpiringTable(options.maxFlows, this.now);
     this.nonces = new ExpiringTable(options.maxNonces, this.now);
+    this.signatureBudget = new SourceBudget(options.signatureChecksPerSource);
   }
 
   /** The handshake message in an ingress token area, or why it is refused. */

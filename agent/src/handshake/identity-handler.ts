@@ -93,6 +93,8 @@ export class IdentityHandler implements HandshakeHandler {
       nonces: { entries: ctx.nonces.size, capacity: ctx.nonces.limit },
       'known-servers': { entries: ctx.knownServers.size, capacity: MAX_KNOWN_SERVERS },
       'held-segments': { entries: ctx.heldCount, capacity: MAX_HELD },
+      'decision-memo': ctx.authorizer.memoSize,
+      'signature-budgets': { entries: ctx.signatureBudget.size, capacity: ctx.signatureBudget.capacity },
     };
   }
 }

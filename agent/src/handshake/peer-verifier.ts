@@ -61,29 +61,47 @@ class BoundedCache<V> {
   }
 }
 
+const CREDENTIAL_CACHE_SIZE = 4096;
+const TOKEN_CACHE_SIZE = 16_384;
+
 export interface OwnKeys {
   kex: KeyObject;
   kexRaw: Buffer;
 }
 
-/** Pair keys between one own key and peers' credential keys, each derived once per credential. */
+/**
+ * Pair keys between one own key and peers' credential keys, each derived once per credential.
+ * As many as the credential cache holds: a key whose credential was evicted is derived again.
+ */
 export class PairKeys {
   /** Keyed by the cached credential object: a lookup is an identity hash, no string. */
-  private readonly keys = new WeakMap<VerifiedCredential, Buffer>();
+  private readonly keys = new Map<VerifiedCredential, Buffer>();
   derived = 0;
 
-  constructor(private readonly own: OwnKeys) {}
+  constructor(
+    private readonly own: OwnKeys,
+    readonly limit = CREDENTIAL_CACHE_SIZE,
+  ) {}
 
   get(credential: VerifiedCredential): Buffer {
     let key = this.keys.get(credential);
     if (key === undefined) {
       key = derivePairKey(this.own.kex, this.own.kexRaw, credential.kexKey, credential.kexRaw);
+      if (this.keys.size >= this.limit) {
+        const oldest = this.keys.keys().next().value;
+        if (oldest !== undefined) this.keys.delete(oldest);
+      }
       this.keys.set(credential, key);
       this.derived += 1;
     }
     return key;
   }
+
+  get size(): number {
+    return this.keys.size;
+  }
 }
+
 
 export interface VerifiedPeer {
   credential: VerifiedCredential;
@@ -91,8 +109,8 @@ export interface VerifiedPeer {
 }
 
 export class PeerVerifier {
-  readonly credentials = new BoundedCache<Verified<VerifiedCredential>>(4096);
-  readonly tokens = new BoundedCache<Verified<VerifiedIdentity>>(16384);
+  readonly credentials = new BoundedCache<Verified<VerifiedCredential>>(CREDENTIAL_CACHE_SIZE);
+  readonly tokens = new BoundedCache<Verified<VerifiedIdentity>>(TOKEN_CACHE_SIZE);
   private pairKeys: PairKeys;
   /** Pair keys derived with own keys replaced since (the count survives reconfiguration). */
   private pairKeysDerivedBefore = 0;
@@ -168,11 +186,12 @@ export class PeerVerifier {
     return this.pairKeys.get(credential);
   }
 
-  /** Entries and capacity of the verified-credential and verified-token caches. */
+  /** Entries and capacity of the verified-credential and verified-token caches and the pair keys. */
   tables(): Record<string, TableSize> {
     return {
       credentials: { entries: this.credentials.size, capacity: this.credentials.limit },
       tokens: { entries: this.tokens.size, capacity: this.tokens.limit },
+      'pair-keys': { entries: this.pairKeys.size, capacity: this.pairKeys.limit },
     };
   }
 

@@ -95,7 +95,9 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
         // Bearer credential and token alone prove nothing fresh: they may come from a capture.
         return refuse('unproven-syn', 'SYN carries neither a proof to our key nor a signature', peer.identity);
       }
-      // Checked last: only an identity policy admits costs this verification.
+      // Checked last: only an identity policy admits costs this verification, and no more of
+      // them per source than its budget.
+      if (!ctx.signatureBudget.take(client, nowMs)) return refuse('signature-rate-limited', 'source spent its signature checks', peer.identity);
       if (!synSignatureValid(peer.credential.signKey, message.nonce, message.time, message.token.signature, message.signature)) {
         return refuse('bad-proof', 'SYN signature does not verify', peer.identity);
       }

@@ -4,7 +4,7 @@ import type { Server } from 'node:http';
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
 import { PeerRegistry } from '../whois/registry.ts';
 import { startWhoisService, type WhoisService } from '../whois/service.ts';
-import { DatapathEngine } from '../datapath/engine.ts';
+import { DatapathEngine, type VerdictCount } from '../datapath/engine.ts';
 import { readKernelQueues, type KernelQueueStats } from '../datapath/kernel-queue.ts';
 import { startHttpEndpoint, type Readiness } from '../telemetry/http-endpoint.ts';
 import { AgentMetrics } from '../telemetry/metrics.ts';
@@ -52,6 +52,7 @@ export class Agent {
         queueNumber: options.queue,
         queueCount: options.queueCount,
         failOpen: options.failOpen,
+        synsPerSource: options.synsPerSource,
         marks: connectionMarks(options.markBase),
         targetNetworks: config.targets,
         excludedNetworks: config.excluded,
@@ -70,7 +71,7 @@ export class Agent {
         if (own.length === 0) return null;
         return own.reduce((sum, q) => ({ dropped: sum.dropped + q.dropped, userDropped: sum.userDropped + q.userDropped, waiting: sum.waiting + q.waiting }), { dropped: 0, userDropped: 0, waiting: 0 });
       },
-      verdicts: () => this.engine.verdicts.snapshot(),
+      verdicts: () => this.verdicts(),
       caches: () => built.status()?.caches ?? {},
       credentialExpiresAt: () => built.status()?.credentialExpiresAt ?? null,
       policy: () => built.status()?.policy ?? null,
@@ -169,6 +170,13 @@ export class Agent {
     return readKernelQueues().filter((q) => q.queue >= queue && q.queue < queue + queueCount);
   }
 
+  /** Verdicts of the queue and the SYNs the kernel dropped above their source's rate. */
+  private verdicts(): VerdictCount[] {
+    const rows = this.engine.verdicts.snapshot();
+    const limited = this.rules.sourceLimitedSyns;
+    return limited === 0 ? rows : [...rows, { direction: 'ingress', action: 'drop', reason: 'source-rate-limited', count: limited }];
+  }
+
   /** Every bounded table: the handshake's and the verifier's, whois peers, flow-log aggregates. */
   private tables(): Record<string, TableSize> {
     return {
@@ -214,7 +222,7 @@ export class Agent {
       /** Segments waiting in the kernel queue for their handshake's proof. */
       heldPackets: this.engine.heldNow,
       queue: readQueueCounters(this.buffers.counters),
-      verdicts: this.engine.verdicts.snapshot(),
+      verdicts: this.verdicts(),
       peersKnown: this.peers.size,
       tables: this.tables(),
       judging: {

@@ -138,6 +138,7 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
     handshakeTimeoutMs: config.handshake.timeoutSeconds * 1000,
     maxFlows: config.handshake.maxFlows,
     maxNonces: config.handshake.maxNonces,
+    signatureChecksPerSource: config.handshake.signatureChecksPerSource,
     ...(pods === null ? {} : { localPods: new WatchedPods(pods, local.credential.trustDomain, local.credential.subject) }),
   });
   const startRenewal = (identity: LocalIdentity): void => {

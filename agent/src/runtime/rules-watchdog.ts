@@ -14,15 +14,32 @@ export interface RuleOperations {
 
 const IPTABLES: RuleOperations = { install: installRules, inspect: inspectRules, removeAll: removeAllRules };
 
+/** A rule's kernel packet counter summed over the agent's lifetime: it restarts at 0 with a reinstall. */
+class LifetimeCounter {
+  total = 0;
+  private seen = 0;
+
+  /** Takes the counter's current kernel value; returns what it added since the last reading. */
+  read(kernelCount: number): number {
+    const added = kernelCount >= this.seen ? kernelCount - this.seen : kernelCount;
+    this.seen = kernelCount;
+    this.total += added;
+    return added;
+  }
+
+  reinstalled(): void {
+    this.seen = 0;
+  }
+}
+
 export class RulesWatchdog {
   installed: InstalledRules | null = null;
   /** Every rule of the IPv4 ruleset was in place at the last check. */
   present = false;
-  /** SYNs the kernel let in without a verdict (fail-open), over the agent's lifetime. */
-  unjudgedSyns = 0;
   /** Other rules ahead of the hook jumps at the last check: they can keep SYNs from us. */
   rulesAhead = 0;
-  private unjudgedCounterSeen = 0;
+  private readonly unjudged = new LifetimeCounter();
+  private readonly sourceLimited = new LifetimeCounter();
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
 
@@ -55,6 +72,7 @@ export class RulesWatchdog {
     this.present = inspection?.present ?? false;
     if (inspection?.present === true) {
       this.countUnjudged(inspection.unjudgedSyns);
+      this.countSourceLimited(inspection.sourceLimitedSyns);
       this.noteRulesAhead(inspection.rulesAhead);
       return;
     }
@@ -62,7 +80,8 @@ export class RulesWatchdog {
     try {
       this.installed = await this.operations.install(this.options, installed.backend);
       this.present = true;
-      this.unjudgedCounterSeen = 0;
+      this.unjudged.reinstalled();
+      this.sourceLimited.reinstalled();
       this.log.info('rules reinstalled');
     } catch (error) {
       this.log.error({ err: error }, 'rules could not be reinstalled');
@@ -96,12 +115,29 @@ export class RulesWatchdog {
     this.rulesAhead = count;
   }
 
-  /** `kernelCount` is the audit rule's counter, which restarts at 0 when the rules are reinstalled. */
+  /** SYNs the kernel let in without a verdict (fail-open), over the agent's lifetime. */
+  get unjudgedSyns(): number {
+    return this.unjudged.total;
+  }
+
+  /** SYNs the kernel dropped above their source's rate, over the agent's lifetime. */
+  get sourceLimitedSyns(): number {
+    return this.sourceLimited.total;
+  }
+
   private countUnjudged(kernelCount: number): void {
-    const added = kernelCount >= this.unjudgedCounterSeen ? kernelCount - this.unjudgedCounterSeen : kernelCount;
-    this.unjudgedCounterSeen = kernelCount;
+    const added = this.unjudged.read(kernelCount);
     if (added === 0) return;
-    this.unjudgedSyns += added;
-    this.log.warn({ syns: added, total: this.unjudgedSyns, failOpen: this.options.failOpen }, 'SYNs reached the host without a verdict (queue full or no agent listening)');
+    this.log.warn({ syns: added, total: this.unjudged.total, failOpen: this.options.failOpen }, 'SYNs reached the host without a verdict (queue full or no agent listening)');
+  }
+
+  /** One line per rule check at most, however many SYNs a flood sent. */
+  private countSourceLimited(kernelCount: number): void {
+    const added = this.sourceLimited.read(kernelCount);
+    if (added === 0) return;
+    this.log.warn(
+      { event: 'drops', reason: 'source-rate-limited', count: added, total: this.sourceLimited.total, synsPerSource: this.options.synsPerSource },
+      'SYNs dropped in the kernel above their source\'s rate',
+    );
   }
 }

@@ -6,8 +6,12 @@ export function connectionKey(local: string, remote: string): string {
   return `${local}|${remote}`;
 }
 
+/** New entries after which a sweep is due at once, rather than at the next periodic one. */
+export const SWEEP_AFTER_RECORDS = 1_024;
+
 export class PeerRegistry {
   private readonly entries = new Map<string, VerifiedIdentity>();
+  private recordedSinceSweep = 0;
 
   constructor(readonly limit = 65_536) {}
 
@@ -19,15 +23,25 @@ export class PeerRegistry {
       if (oldest !== undefined) this.entries.delete(oldest);
     }
     this.entries.set(key, identity);
+    this.recordedSinceSweep += 1;
   }
 
   get(local: string, remote: string): VerifiedIdentity | undefined {
     return this.entries.get(connectionKey(local, remote));
   }
 
+  /**
+   * Under a high connection rate a fixed sweep period would let the table grow by rate x period,
+   * so a sweep is also due once SWEEP_AFTER_RECORDS connections were recorded since the last.
+   */
+  get sweepDue(): boolean {
+    return this.recordedSinceSweep >= SWEEP_AFTER_RECORDS;
+  }
+
   /** Drops every entry whose connection is not in `live` (keys of connections that exist). */
   retain(live: ReadonlySet<string>): void {
     for (const key of this.entries.keys()) if (!live.has(key)) this.entries.delete(key);
+    this.recordedSinceSweep = 0;
   }
 
   get size(): number {

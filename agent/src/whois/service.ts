@@ -8,7 +8,9 @@ import { liveTcpSockets } from './proc-net-tcp.ts';
 import { connectionKey, type PeerRegistry } from './registry.ts';
 import { startWhoisServer } from './server.ts';
 
+/** The longest a gone connection's identity stays; sooner when many connections come and go. */
 export const WHOIS_SWEEP_MS = 30_000;
+const SWEEP_CHECK_MS = 1_000;
 
 export interface WhoisService {
   close(): Promise<void>;
@@ -25,9 +27,12 @@ export async function startWhoisService(socket: string, registry: PeerRegistry, 
     },
     log,
   );
+  let lastSweep = Date.now();
   const sweep = setInterval(() => {
+    if (!registry.sweepDue && Date.now() - lastSweep < WHOIS_SWEEP_MS) return;
     registry.retain(new Set(liveTcpSockets().map((s) => connectionKey(s.local, s.remote))));
-  }, WHOIS_SWEEP_MS);
+    lastSweep = Date.now();
+  }, SWEEP_CHECK_MS);
   sweep.unref();
   log.info({ socket }, 'peer-identity API listening');
   return {

@@ -27,13 +27,14 @@ const admission: AdmissionConfig = {
   allowWithoutIdentity: [{ cidr: '10.99.0.0/16', ports: [7000] }],
 };
 
-async function agent(domain: TestDomain, id: string, tier: string, clock: () => number, workloads: WorkloadIdentity[] = []) {
+async function agent(domain: TestDomain, id: string, tier: string, clock: () => number, workloads: WorkloadIdentity[] = [], signatureChecksPerSource?: number) {
   const { handler, verifier, local } = await identityHandler(domain, id, {
     attributes: { 'app.tier': tier },
     admission,
     workloads,
     clock,
     namespaces: ['app', 'process'],
+    ...(signatureChecksPerSource === undefined ? {} : { signatureChecksPerSource }),
   });
   const events: { reason: string; accepted: boolean; peer: string | undefined }[] = [];
   const queue = new VirtualQueue(handler, (event) => {
@@ -172,6 +173,25 @@ describe('identity handshake over a virtual wire', () => {
     reasonOf(server.queue.deliver(rebuilt((m) => ({ ...m, flags: 0, signature: null })), 'ingress'), server.queue, 'unproven-syn');
     assert.equal(server.events.filter((e) => !e.accepted).length, 3);
     assert.equal(server.queue.deliver(synOut.bytes, 'ingress').dropped, false, 'the genuine SYN still passes');
+  });
+
+  it("holds a source to its budget of signature checks: past it a first-contact SYN is dropped unverified until the next second", async () => {
+    const limited = await agent(domain, 'api', 'backend', clock, [], 3);
+    const synOut = client.queue.deliver(SYN, 'egress');
+    const forged = () =>
+      withBody(synOut.bytes, (body) => {
+        const message = decodeMessage(body);
+        if (message.type !== MessageType.Syn) throw new Error('not a SYN');
+        return encodeMessage({ ...message, nonce: randomBytes(16) });
+      });
+    for (let i = 0; i < 3; i++) reasonOf(limited.queue.deliver(forged(), 'ingress'), limited.queue, 'bad-proof');
+    reasonOf(limited.queue.deliver(forged(), 'ingress'), limited.queue, 'signature-rate-limited');
+    assert.equal(limited.queue.engine.verdicts.get('ingress', 'drop', 'bad-proof'), 3);
+    // The genuine SYN of that source waits for the budget too, and passes once it refills.
+    assert.equal(limited.queue.deliver(synOut.bytes, 'ingress').dropped, true);
+    time += 1_000;
+    assert.equal(limited.queue.deliver(synOut.bytes, 'ingress').dropped, false);
+    assert.equal(limited.queue.engine.verdicts.get('ingress', 'drop', 'signature-rate-limited'), 2);
   });
 
   it('a server that rotated its keys (SIGHUP) still takes a SYN proved to its old key, and answers under the new one', async () => {

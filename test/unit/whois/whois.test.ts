@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseProcNetTcp } from '../../../agent/src/whois/proc-net-tcp.ts';
-import { PeerRegistry } from '../../../agent/src/whois/registry.ts';
+import { PeerRegistry, SWEEP_AFTER_RECORDS } from '../../../agent/src/whois/registry.ts';
 import { answerWhois } from '../../../agent/src/whois/server.ts';
 import type { VerifiedIdentity } from '../../../agent/src/token/identity-token.ts';
 
@@ -34,5 +34,20 @@ describe('whois', () => {
     assert.equal((answerWhois({ a: 'nonsense' }, { pid: 1, uid: 0, gid: 0 }, registry, sockets) as { error: string }).error, 'bad-request');
     registry.retain(new Set());
     assert.equal((ask(0) as { error: string }).error, 'not-found');
+  });
+
+  it('asks for a sweep once enough connections were recorded, and is capped at its limit', () => {
+    const registry = new PeerRegistry(2_000);
+    for (let i = 0; i < SWEEP_AFTER_RECORDS - 1; i++) registry.record('10.0.0.2:80', `10.0.0.1:${String(10_000 + i)}`, identity);
+    assert.equal(registry.sweepDue, false);
+    registry.record('10.0.0.2:80', '10.0.0.1:9999', identity);
+    assert.equal(registry.sweepDue, true);
+    registry.retain(new Set(['10.0.0.2:80|10.0.0.1:9999']));
+    assert.equal(registry.sweepDue, false);
+    assert.equal(registry.size, 1);
+    for (let i = 0; i < 5_000; i++) registry.record('10.0.0.2:80', `10.0.0.1:${String(i)}`, identity);
+    assert.equal(registry.size, 2_000);
+    assert.equal(registry.get('10.0.0.2:80', '10.0.0.1:4999'), identity);
+    assert.equal(registry.get('10.0.0.2:80', '10.0.0.1:0'), undefined);
   });
 });
