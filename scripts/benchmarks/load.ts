@@ -1,7 +1,8 @@
 // Load generator and server for scripts/bench; runs inside lab namespaces, prints one JSON line.
 //   server <connectPort>                           accept-and-close server
 //   rate <host> <port> <concurrency> <ms> <max> [pid...]
-//                                                   new connections per second, and the CPU time
+//                                                   new connections per second, connect p50/p99
+//                                                   (µs; a connect fails after 5 s), and the CPU time
 //                                                   of the whole machine and of the given
 //                                                   processes (the agents) during the run
 //   sequential <host> <port> <count> [socket...]    connect latency, one at a time; with agent
@@ -37,13 +38,18 @@ interface Path {
   localAddress?: string;
 }
 
+/** A connect that has not completed by then failed (a dropped SYN is retried after 1 s and 3 s). */
+const CONNECT_TIMEOUT_MS = 5_000;
+
 function openAndClose({ host, port, localAddress }: Path): Promise<number> {
   return new Promise((resolve, reject) => {
     const started = process.hrtime.bigint();
     let connectedAfter = 0;
     const socket: Socket = connect(localAddress === undefined ? { host, port } : { host, port, localAddress });
     socket.setNoDelay(true);
+    const timer = setTimeout(() => socket.destroy(new Error('connect timed out')), CONNECT_TIMEOUT_MS);
     socket.once('connect', () => {
+      clearTimeout(timer);
       connectedAfter = Number(process.hrtime.bigint() - started) / 1000;
       socket.end();
     });
@@ -73,16 +79,17 @@ function processTicks(pid: number): number {
   return Number(fields[11]) + Number(fields[12]);
 }
 
-/** `concurrency` connections at a time to `path` for `ms` (at most `max`). */
-async function burst(path: Path, concurrency: number, ms: number, max: number): Promise<{ completed: number; failed: number; seconds: number }> {
+/** `concurrency` connections at a time to `path` for `ms` (at most `max`), with each connect's latency (µs). */
+async function burst(path: Path, concurrency: number, ms: number, max: number): Promise<{ completed: number; failed: number; seconds: number; latencies: number[] }> {
   let completed = 0;
   let failed = 0;
+  const latencies: number[] = [];
   const started = Date.now();
   const deadline = started + ms;
   const worker = async (): Promise<void> => {
     while (Date.now() < deadline && completed + failed < max) {
       try {
-        await openAndClose(path);
+        latencies.push(await openAndClose(path));
         completed += 1;
       } catch {
         failed += 1;
@@ -90,16 +97,17 @@ async function burst(path: Path, concurrency: number, ms: number, max: number): 
     }
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
-  return { completed, failed, seconds: (Date.now() - started) / 1000 };
+  return { completed, failed, seconds: (Date.now() - started) / 1000, latencies };
 }
 
 async function rate(path: Path, concurrency: number, ms: number, max: number, pids: number[]): Promise<void> {
   const machineBefore = machineBusyTicks();
   const processesBefore = pids.reduce((sum, pid) => sum + processTicks(pid), 0);
-  const { completed, failed, seconds } = await burst(path, concurrency, ms, max);
+  const { completed, failed, seconds, latencies } = await burst(path, concurrency, ms, max);
   const machineMicroseconds = (machineBusyTicks() - machineBefore) * TICK_MICROSECONDS;
   const processMicroseconds = (pids.reduce((sum, pid) => sum + processTicks(pid), 0) - processesBefore) * TICK_MICROSECONDS;
-  emit({ completed, failed, seconds, perSecond: completed / seconds, machineMicroseconds, processMicroseconds });
+  latencies.sort((a, b) => a - b);
+  emit({ completed, failed, seconds, perSecond: completed / seconds, p50: percentile(latencies, 50), p99: percentile(latencies, 99), machineMicroseconds, processMicroseconds });
 }
 
 function flush(socketPath: string): Promise<void> {

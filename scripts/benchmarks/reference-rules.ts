@@ -21,7 +21,7 @@ if (command === 'remove') {
     queueNumber: DEFAULT_DATAPATH.queue,
     queueCount: DEFAULT_DATAPATH.queueCount,
     failOpen: false,
-    synsPerSource: DEFAULT_DATAPATH.synsPerSource,
+    queueRatePerSource: DEFAULT_DATAPATH.queueRatePerSource,
     marks: connectionMarks(DEFAULT_DATAPATH.markBase),
     targetNetworks,
     excludedNetworks,

@@ -107,8 +107,8 @@ export interface IdentityLabOptions {
   /** Extra `agent run` arguments and environment, per agent. */
   api?: { args?: string[]; env?: Record<string, string> };
   web?: { args?: string[]; env?: Record<string, string> };
-  /** A server on api: `server <port> <kind>` of scripts/lib/peer.ts. */
-  server: { port: number; kind: 'http' | 'echo' };
+  /** A server on api: `server <port> <kind> [seconds]` of scripts/lib/peer.ts (120 s unless told). */
+  server: { port: number; kind: 'http' | 'echo'; seconds?: number };
 }
 
 export interface IdentityLab {
@@ -131,7 +131,7 @@ export async function startIdentityLab(options: IdentityLabOptions): Promise<Ide
   const files = await prepareIdentities(lab, directory, options.policyDirectory);
   const api = await lab.startAgent('api', ['--config', files.configs.api, ...(options.api?.args ?? [])], options.api?.env);
   const web = await lab.startAgent('web', ['--config', files.configs.web, ...(options.web?.args ?? [])], options.web?.env);
-  await lab.peer('api', ['server', String(options.server.port), options.server.kind]).waitFor((l) => l.listening === options.server.port);
+  await lab.peer('api', ['server', String(options.server.port), options.server.kind, String(options.server.seconds ?? 120)]).waitFor((l) => l.listening === options.server.port);
   return {
     lab,
     directory,

@@ -152,9 +152,12 @@ export interface AgentHandle {
 export interface AgentStatus {
   state: 'starting' | 'waiting-for-queue' | 'running' | 'stopping';
   queue: Record<string, number>;
+  /** The kernel side of the agent's queues (null before they are bound). */
+  kernelQueue: { dropped: number; userDropped: number; waiting: number } | null;
   verdicts: { direction: string; action: string; reason: string; count: number }[];
   rules: { backend: string; families: number[] } | null;
   unjudgedSyns: number;
+  tables: Record<string, { entries: number; capacity: number }>;
   /** Agent JavaScript time per judged packet: the agent's own share of a user-space trip. */
   judging: { packets: number; microsecondsPerPacket: number };
 }

@@ -1,5 +1,6 @@
 // Traffic endpoints run inside lab namespaces; each prints JSON lines on stdout.
-//   server <port> echo|sink|greet|http   sink prints {"received":N,"sha256":H} per connection;
+//   server <port> echo|sink|greet|http [seconds]
+//                                    serves for 120 s or the given seconds; sink prints {"received":N,"sha256":H} per connection;
 //                                    greet is a sink that first sends "ready\n" (server speaks first)
 //   send <host> <port> <bytes> [greeted] sends N random bytes to a sink (after its greeting when
 //                                    "greeted"), prints {"sent":N,"sha256":H}
@@ -23,7 +24,7 @@ function fail(error: Error): never {
 
 const [mode, a, b, c] = process.argv.slice(2);
 // Bounded like every test process; a server outlives the clients of a whole test file.
-const deadline = setTimeout(() => fail(new Error('peer timed out')), mode === 'server' ? 120_000 : 20_000);
+const deadline = setTimeout(() => fail(new Error('peer timed out')), mode === 'server' ? Number(c ?? 120) * 1000 : 20_000);
 deadline.unref();
 
 switch (mode) {

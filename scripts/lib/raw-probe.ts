@@ -2,9 +2,9 @@
 // namespace it runs in. Prints one JSON line when done.
 //   send <target> <hex>...            sends complete IPv4 packets as they are (IP_HDRINCL)
 //   syn-scan <source> <target> <port>...  sends one plain SYN to each port
-//   syn-flood <source> <target> <port> <count>  sends <count> plain SYNs (count at most 100,000)
+// Floods go through scripts/lib/injector.ts, at the link layer.
 import { createRequire } from 'node:module';
-import { ipv4HeaderChecksum, tcpChecksum, writeUint16 } from '../../agent/src/datapath/checksum.ts';
+import { plainSyn } from './packets.ts';
 
 interface RawSocket {
   setOption(level: number, option: number, value: number): void;
@@ -18,26 +18,6 @@ interface RawModule {
   SocketOption: { IP_HDRINCL: number };
 }
 const raw = createRequire(import.meta.url)('raw-socket') as RawModule;
-
-function synPacket(source: string, target: string, port: number, sourcePort: number): Buffer {
-  const packet = Buffer.alloc(40);
-  packet[0] = 0x45;
-  packet.writeUInt16BE(40, 2);
-  packet.writeUInt16BE(0x4000, 6);
-  packet[8] = 64;
-  packet[9] = 6;
-  Buffer.from(source.split('.').map(Number)).copy(packet, 12);
-  Buffer.from(target.split('.').map(Number)).copy(packet, 16);
-  packet.writeUInt16BE(sourcePort, 20);
-  packet.writeUInt16BE(port, 22);
-  packet.writeUInt32BE((Math.random() * 0xffffffff) >>> 0, 24);
-  packet[32] = 0x50;
-  packet[33] = 0x02;
-  packet.writeUInt16BE(64240, 34);
-  writeUint16(packet, 10, ipv4HeaderChecksum(packet, 0, 20));
-  writeUint16(packet, 36, tcpChecksum(packet, 4, 12, 20, 20));
-  return packet;
-}
 
 async function sendAll(target: string, packets: Buffer[]): Promise<number> {
   // raw-socket's handle does not hold the event loop open while a send waits for writability.
@@ -66,17 +46,10 @@ if (mode === 'send') {
   process.stdout.write(`${JSON.stringify({ sent })}\n`);
 } else if (mode === 'syn-scan') {
   const [source, target, ...ports] = args;
-  const packets = ports.map((port, i) => synPacket(source!, target!, Number(port), 40000 + i));
+  const packets = ports.map((port, i) => Buffer.from(plainSyn(source!, target!, Number(port), 40000 + i, (Math.random() * 0xffffffff) >>> 0)));
   const sent = await sendAll(target!, packets);
   process.stdout.write(`${JSON.stringify({ sent })}\n`);
-} else if (mode === 'syn-flood') {
-  const [source, target, port, countText] = args;
-  const count = Math.min(Number(countText), 100_000);
-  const packets = Array.from({ length: count }, (_, i) => synPacket(source!, target!, Number(port), 1024 + (i % 64000)));
-  const started = performance.now();
-  const sent = await sendAll(target!, packets);
-  process.stdout.write(`${JSON.stringify({ sent, perSecond: Math.round(sent / ((performance.now() - started) / 1000)) })}\n`);
 } else {
-  process.stderr.write('usage: raw-probe send <target> <hex>... | syn-scan <source> <target> <port>... | syn-flood <source> <target> <port> <count>\n');
+  process.stderr.write('usage: raw-probe send <target> <hex>... | syn-scan <source> <target> <port>...\n');
   process.exit(2);
 }

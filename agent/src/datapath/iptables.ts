@@ -4,7 +4,7 @@ import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { RulesError } from './errors.ts';
-import { buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, sourceLimitedSynCount, unjudgedSynCount, type IpFamily, type RuleOptions } from './rules.ts';
+import { buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, sourceLimitedCount, unjudgedSynCount, type IpFamily, type RuleOptions } from './rules.ts';
 
 const run = promisify(execFile);
 
@@ -142,21 +142,21 @@ export interface RuleInspection {
   present: boolean;
   /** SYNs that reached INPUT or FORWARD without a verdict since the rules went in, over every family. */
   unjudgedSyns: number;
-  /** SYNs dropped above their source's rate since the rules went in, over every family. */
-  sourceLimitedSyns: number;
+  /** Packets dropped above their source's rate since the rules went in, over every family. */
+  sourceLimitedPackets: number;
   /** Other rules ahead of the agent's hook jumps, over every family (see rulesAheadOfHooks). */
   rulesAhead: number;
 }
 
 /** One `iptables-save -c` per family answers every question of the periodic rule check. */
 export async function inspectRules(installed: InstalledRules, options: RuleOptions): Promise<RuleInspection> {
-  const inspection: RuleInspection = { present: false, unjudgedSyns: 0, sourceLimitedSyns: 0, rulesAhead: 0 };
+  const inspection: RuleInspection = { present: false, unjudgedSyns: 0, sourceLimitedPackets: 0, rulesAhead: 0 };
   for (const family of installed.families) {
     const tool = TOOLS.find((t) => t.family === family && t.backend === installed.backend)!;
     const saved = await exec(saveBinary(tool), ['-c', '-t', 'mangle']);
     if (family === 4) inspection.present = rulesPresent(saved, options);
     inspection.unjudgedSyns += unjudgedSynCount(saved);
-    inspection.sourceLimitedSyns += sourceLimitedSynCount(saved);
+    inspection.sourceLimitedPackets += sourceLimitedCount(saved);
     inspection.rulesAhead += rulesAheadOfHooks(saved);
   }
   return inspection;

@@ -68,7 +68,7 @@ export const REASONS = {
   'replay-cache-full': { verdict: 'drop', text: 'the replay cache is full of nonces still inside the window' },
   'signature-rate-limited': { verdict: 'drop', text: 'a first-contact SYN whose source spent its signature checks of this second (`handshake.signatureChecksPerSource`)' },
   // Dropped by the kernel before the queue, counted from the rule at each rule check.
-  'source-rate-limited': { verdict: 'drop', text: 'an incoming SYN above its source\'s rate (`datapath.synsPerSource`), dropped by the kernel before the queue' },
+  'source-rate-limited': { verdict: 'drop', text: 'an incoming packet on its way to the queue above its source\'s rate (`datapath.queueRatePerSource`), dropped by the kernel' },
 } as const satisfies Record<string, ReasonDoc>;
 
 export type Reason = keyof typeof REASONS;

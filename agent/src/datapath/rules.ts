@@ -9,6 +9,7 @@ export const CHAIN_PREFIX = 'SYNPASS-';
 export const CHAINS = {
   ingress: 'SYNPASS-IN',
   ingressQueue: 'SYNPASS-IN-Q',
+  ingressLimit: 'SYNPASS-IN-LIMIT',
   egress: 'SYNPASS-OUT',
   egressQueue: 'SYNPASS-OUT-Q',
   mark: 'SYNPASS-MARK',
@@ -17,9 +18,9 @@ export const CHAINS = {
 const COMMENT = 'synpass';
 /** Comment of the rule whose kernel counter is the number of SYNs that were never judged. */
 export const UNJUDGED_COMMENT = 'synpass-unjudged';
-/** Comment of the rule whose kernel counter is the number of SYNs dropped above their source's rate. */
+/** Comment of the rule whose kernel counter is the number of packets dropped above their source's rate. */
 export const SOURCE_LIMITED_COMMENT = 'synpass-source-limited';
-/** Sources the kernel tracks a SYN rate for; an idle one is forgotten after SOURCE_IDLE_MS. */
+/** Sources the kernel tracks a rate for; an idle one is forgotten after SOURCE_IDLE_MS. */
 export const SOURCE_TABLE_MAX = 262_144;
 const SOURCE_IDLE_MS = 2_000;
 
@@ -29,8 +30,8 @@ export interface RuleOptions {
   queueCount: number;
   /** If no agent listens, accept (--queue-bypass) instead of dropping. */
   failOpen: boolean;
-  /** Incoming SYNs a second per source (IPv4 address, IPv6 /64) let into the queue; 0: no limit. */
-  synsPerSource: number;
+  /** Incoming packets a second per source (IPv4 address, IPv6 /64) let into the queue; 0: no limit. */
+  queueRatePerSource: number;
   marks: ConnectionMarks;
   /** CIDRs that receive tokens: outgoing SYNs are queued only toward these. */
   targetNetworks: readonly string[];
@@ -43,17 +44,21 @@ function hex(value: number): string {
 }
 
 /**
- * A token bucket per source in the kernel (hashlimit), so one source cannot fill the queue that
- * every other source's handshakes need. The bucket holds one second's worth.
+ * A token bucket per source in the kernel (hashlimit) in front of the queue, so that one source
+ * cannot fill the queue every other source's handshakes need. The bucket holds one second's
+ * worth. Only packets on their way into the queue take it: a released connection's traffic never
+ * gets here.
  */
-function sourceLimit(family: IpFamily, options: RuleOptions): string[] {
-  const rate = options.synsPerSource;
-  if (rate === 0) return [];
+function sourceLimit(family: IpFamily, options: RuleOptions, queue: string): string[] {
+  const rate = options.queueRatePerSource;
   const limit = [
     `--hashlimit-above ${rate}/sec --hashlimit-burst ${rate} --hashlimit-mode srcip --hashlimit-srcmask ${family === 4 ? 32 : 64}`,
-    `--hashlimit-name synpass-syn --hashlimit-htable-max ${SOURCE_TABLE_MAX} --hashlimit-htable-expire ${SOURCE_IDLE_MS}`,
+    `--hashlimit-name synpass-in --hashlimit-htable-max ${SOURCE_TABLE_MAX} --hashlimit-htable-expire ${SOURCE_IDLE_MS}`,
   ].join(' ');
-  return [`-A ${CHAINS.ingressQueue} -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m hashlimit ${limit} -m comment --comment ${SOURCE_LIMITED_COMMENT} -j DROP`];
+  return [
+    `-A ${CHAINS.ingressLimit} -m hashlimit ${limit} -m comment --comment ${SOURCE_LIMITED_COMMENT} -j DROP`,
+    `-A ${CHAINS.ingressLimit} ${queue}`,
+  ];
 }
 
 function queueTarget(options: RuleOptions): string {
@@ -71,7 +76,7 @@ export function isFamily(cidr: string, family: IpFamily): boolean {
 /**
  * The ruleset for one address family, as iptables-restore --noflush input.
  * Queued: every packet carrying a marker (so a late duplicate never reaches the kernel with
- * token bytes), incoming SYNs within their source's rate (above it they are dropped here), and the SYN-ACK and first ACK of connections the agent tracks.
+ * token bytes) and incoming SYNs, within their source's rate (above it they are dropped here), and the SYN-ACK and first ACK of connections the agent tracks.
  * Outgoing SYNs are queued only toward target networks. Released connections are never queued,
  * except an incoming SYN, which is judged even when conntrack files it under a released
  * connection: no SYN reaches the host unjudged unless the kernel fails open.
@@ -91,7 +96,9 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
   const targets = options.targetNetworks.filter((cidr) => isFamily(cidr, family));
   const tag = `-m comment --comment ${COMMENT}`;
   const audited = options.failOpen;
-  const chains = Object.values(CHAINS).filter((chain) => audited || chain !== CHAINS.audit);
+  const limited = options.queueRatePerSource > 0;
+  const ingressQueue = limited ? `-j ${CHAINS.ingressLimit}` : queue;
+  const chains = Object.values(CHAINS).filter((chain) => (audited || chain !== CHAINS.audit) && (limited || chain !== CHAINS.ingressLimit));
   const lines: string[] = [
     '*mangle',
     ...chains.map((chain) => `:${chain} - [0:0]`),
@@ -123,11 +130,11 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     `-A ${CHAINS.mark} -j MARK --or-mark ${hex(marks.judged)}`,
     `-A ${CHAINS.ingressQueue} -i lo -j RETURN`,
     ...excluded.map((cidr) => `-A ${CHAINS.ingressQueue} -s ${cidr} -j RETURN`),
-    ...sourceLimit(family, options),
-    `-A ${CHAINS.ingressQueue} -p tcp -m tcp --tcp-option ${MARKER_KIND} ${queue}`,
-    `-A ${CHAINS.ingressQueue} -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${queue}`,
+    `-A ${CHAINS.ingressQueue} -p tcp -m tcp --tcp-option ${MARKER_KIND} ${ingressQueue}`,
+    `-A ${CHAINS.ingressQueue} -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${ingressQueue}`,
     `-A ${CHAINS.ingressQueue} -m connmark --mark ${release} -j RETURN`,
-    `-A ${CHAINS.ingressQueue} -p tcp -m connmark --mark ${track} -m tcp --tcp-flags ACK ACK ${queue}`,
+    `-A ${CHAINS.ingressQueue} -p tcp -m connmark --mark ${track} -m tcp --tcp-flags ACK ACK ${ingressQueue}`,
+    ...(limited ? sourceLimit(family, options, queue) : []),
     `-A ${CHAINS.egressQueue} -o lo -j RETURN`,
     ...excluded.map((cidr) => `-A ${CHAINS.egressQueue} -d ${cidr} -j RETURN`),
     `-A ${CHAINS.egressQueue} -m connmark --mark ${release} -j RETURN`,
@@ -210,9 +217,9 @@ export function unjudgedSynCount(saved: string): number {
   return ruleCounter(saved, CHAINS.audit, UNJUDGED_COMMENT);
 }
 
-/** SYNs the kernel dropped above their source's rate (the source-limit rule's counter). */
-export function sourceLimitedSynCount(saved: string): number {
-  return ruleCounter(saved, CHAINS.ingressQueue, SOURCE_LIMITED_COMMENT);
+/** Packets the kernel dropped above their source's rate (the source-limit rule's counter). */
+export function sourceLimitedCount(saved: string): number {
+  return ruleCounter(saved, CHAINS.ingressLimit, SOURCE_LIMITED_COMMENT);
 }
 
 /**

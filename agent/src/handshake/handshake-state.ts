@@ -24,6 +24,15 @@ export function flowKey(clientAddress: string, clientPort: number, serverAddress
   return `${clientAddress}|${clientPort}|${serverAddress}|${serverPort}`;
 }
 
+/** Entries of the oldest end looked at on every insert: enough to keep up, never a walk of all. */
+const EXPIRED_PER_INSERT = 4;
+
+/**
+ * A bounded map whose entries expire. Expired entries go as new ones come: every insert first
+ * drops up to EXPIRED_PER_INSERT expired entries from the oldest end (a Map iterates in insertion
+ * order, and a key set again moves to the newest end), so the table holds about rate x lifetime
+ * entries rather than filling to its limit before anything is swept.
+ */
 export class ExpiringTable<V extends { expiresAt: number }> {
   private readonly entries = new Map<string, V>();
 
@@ -43,12 +52,23 @@ export class ExpiringTable<V extends { expiresAt: number }> {
 
   /** Returns false when the table is full of live entries (the caller fails closed). */
   set(key: string, value: V): boolean {
-    if (!this.entries.has(key) && this.entries.size >= this.limit) {
+    this.expireOldest();
+    const present = this.entries.delete(key);
+    if (!present && this.entries.size >= this.limit) {
       this.sweep();
       if (this.entries.size >= this.limit) return false;
     }
     this.entries.set(key, value);
     return true;
+  }
+
+  private expireOldest(): void {
+    const now = this.nowMs();
+    let looked = 0;
+    for (const [key, value] of this.entries) {
+      if (value.expiresAt > now || ++looked > EXPIRED_PER_INSERT) return;
+      this.entries.delete(key);
+    }
   }
 
   delete(key: string): void {
@@ -65,8 +85,11 @@ export class ExpiringTable<V extends { expiresAt: number }> {
   }
 }
 
+/**
+ * A SYN nonce seen, kept until its SYN time leaves the replay window. Nothing else: a retransmit
+ * is told from a replay by the pending flow of its own connection, which holds nonce and ISN, so
+ * a full replay cache costs a key and an expiry per entry (docs/operations.md, Memory).
+ */
 export interface SeenNonce {
-  flow: string;
-  clientIsn: number;
   expiresAt: number;
 }

@@ -62,7 +62,7 @@ class BoundedCache<V> {
 }
 
 const CREDENTIAL_CACHE_SIZE = 4096;
-const TOKEN_CACHE_SIZE = 16_384;
+const TOKEN_CACHE_SIZE = 8192;
 
 export interface OwnKeys {
   kex: KeyObject;

@@ -67,10 +67,11 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   if (Math.abs(nowMs / 1000 - message.time) > ctx.options.replayWindowSeconds) return refuse('stale-timestamp');
   const key = flowKey(client, packet.sourcePort, serverAddress, port);
   const nonceKey = Buffer.from(message.nonce.buffer, message.nonce.byteOffset, message.nonce.length).toString('latin1');
-  const seen = ctx.nonces.get(nonceKey);
-  if (seen !== undefined) {
+  if (ctx.nonces.get(nonceKey) !== undefined) {
+    // The same SYN again (a retransmit): its connection's pending flow was made by this nonce
+    // and ISN. Anything else carrying a seen nonce is a replay.
     const pending = ctx.flows.get(key);
-    if (seen.flow === key && seen.clientIsn === packet.sequence && pending?.role === 'server' && !pending.completed) {
+    if (pending?.role === 'server' && !pending.completed && pending.clientIsn === packet.sequence && Buffer.compare(pending.clientNonce, message.nonce) === 0) {
       decision.track = true;
       decision.reason = 'ok';
       return pending.peer;
@@ -105,8 +106,8 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     // Proved to our previous key: fresh, but the client knows our old key; the handshake goes on
     // under the new one, with an ACK proof, and the client learns the new key from our SYN-ACK.
   }
-  const window = ctx.options.replayWindowSeconds * 2000;
-  if (!ctx.nonces.set(nonceKey, { flow: key, clientIsn: packet.sequence, expiresAt: nowMs + window })) return refuse('replay-cache-full');
+  // A replay after its SYN time left the window is refused as stale; until then the nonce is kept.
+  if (!ctx.nonces.set(nonceKey, { expiresAt: (message.time + ctx.options.replayWindowSeconds + 1) * 1000 })) return refuse('replay-cache-full');
   const stored = ctx.flows.set(key, {
     role: 'server',
     clientNonce: Buffer.from(message.nonce),

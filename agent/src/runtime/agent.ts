@@ -52,7 +52,7 @@ export class Agent {
         queueNumber: options.queue,
         queueCount: options.queueCount,
         failOpen: options.failOpen,
-        synsPerSource: options.synsPerSource,
+        queueRatePerSource: options.queueRatePerSource,
         marks: connectionMarks(options.markBase),
         targetNetworks: config.targets,
         excludedNetworks: config.excluded,
@@ -66,11 +66,7 @@ export class Agent {
     this.buffers = allocateQueueBuffers(options.batchSlots);
     this.metrics = new AgentMetrics({
       queue: () => readQueueCounters(this.buffers.counters),
-      kernelQueue: () => {
-        const own = this.ownKernelQueues();
-        if (own.length === 0) return null;
-        return own.reduce((sum, q) => ({ dropped: sum.dropped + q.dropped, userDropped: sum.userDropped + q.userDropped, waiting: sum.waiting + q.waiting }), { dropped: 0, userDropped: 0, waiting: 0 });
-      },
+      kernelQueue: () => this.kernelQueueTotals(),
       verdicts: () => this.verdicts(),
       caches: () => built.status()?.caches ?? {},
       credentialExpiresAt: () => built.status()?.credentialExpiresAt ?? null,
@@ -170,10 +166,17 @@ export class Agent {
     return readKernelQueues().filter((q) => q.queue >= queue && q.queue < queue + queueCount);
   }
 
+  /** The kernel side of the agent's queues, summed: dropped when full, dropped for user space, waiting. */
+  private kernelQueueTotals(): { dropped: number; userDropped: number; waiting: number } | null {
+    const own = this.ownKernelQueues();
+    if (own.length === 0) return null;
+    return own.reduce((sum, q) => ({ dropped: sum.dropped + q.dropped, userDropped: sum.userDropped + q.userDropped, waiting: sum.waiting + q.waiting }), { dropped: 0, userDropped: 0, waiting: 0 });
+  }
+
   /** Verdicts of the queue and the SYNs the kernel dropped above their source's rate. */
   private verdicts(): VerdictCount[] {
     const rows = this.engine.verdicts.snapshot();
-    const limited = this.rules.sourceLimitedSyns;
+    const limited = this.rules.sourceLimitedPackets;
     return limited === 0 ? rows : [...rows, { direction: 'ingress', action: 'drop', reason: 'source-rate-limited', count: limited }];
   }
 
@@ -222,6 +225,7 @@ export class Agent {
       /** Segments waiting in the kernel queue for their handshake's proof. */
       heldPackets: this.engine.heldNow,
       queue: readQueueCounters(this.buffers.counters),
+      kernelQueue: this.kernelQueueTotals(),
       verdicts: this.verdicts(),
       peersKnown: this.peers.size,
       tables: this.tables(),

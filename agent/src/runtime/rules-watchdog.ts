@@ -72,7 +72,7 @@ export class RulesWatchdog {
     this.present = inspection?.present ?? false;
     if (inspection?.present === true) {
       this.countUnjudged(inspection.unjudgedSyns);
-      this.countSourceLimited(inspection.sourceLimitedSyns);
+      this.countSourceLimited(inspection.sourceLimitedPackets);
       this.noteRulesAhead(inspection.rulesAhead);
       return;
     }
@@ -120,8 +120,8 @@ export class RulesWatchdog {
     return this.unjudged.total;
   }
 
-  /** SYNs the kernel dropped above their source's rate, over the agent's lifetime. */
-  get sourceLimitedSyns(): number {
+  /** Packets the kernel dropped above their source's rate, over the agent's lifetime. */
+  get sourceLimitedPackets(): number {
     return this.sourceLimited.total;
   }
 
@@ -136,8 +136,8 @@ export class RulesWatchdog {
     const added = this.sourceLimited.read(kernelCount);
     if (added === 0) return;
     this.log.warn(
-      { event: 'drops', reason: 'source-rate-limited', count: added, total: this.sourceLimited.total, synsPerSource: this.options.synsPerSource },
-      'SYNs dropped in the kernel above their source\'s rate',
+      { event: 'drops', reason: 'source-rate-limited', count: added, total: this.sourceLimited.total, queueRatePerSource: this.options.queueRatePerSource },
+      'packets dropped in the kernel above their source\'s rate',
     );
   }
 }

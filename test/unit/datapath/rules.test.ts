@@ -1,13 +1,13 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connectionMarks } from '../../../agent/src/datapath/marks.ts';
-import { buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, sourceLimitedSynCount, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
+import { buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, sourceLimitedCount, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
 
 const options: RuleOptions = {
   queueNumber: 3170,
   queueCount: 1,
   failOpen: false,
-  synsPerSource: 0,
+  queueRatePerSource: 0,
   marks: connectionMarks(0x100000),
   targetNetworks: ['10.0.0.0/8', 'fd00::/8'],
   excludedNetworks: ['10.9.0.0/16'],
@@ -133,21 +133,26 @@ describe('buildRemoval', () => {
     assert.equal(unjudgedSynCount('*mangle\nCOMMIT\n'), 0);
   });
 
-  it('drops SYNs above their source rate before they are queued: per IPv4 address, per IPv6 /64', () => {
-    const limited = { ...options, synsPerSource: 5000 };
+  it('holds each source to its rate on the way into the queue: per IPv4 address, per IPv6 /64', () => {
+    const limited = { ...options, queueRatePerSource: 5000 };
     for (const [family, mask] of [[4, 32], [6, 64]] as const) {
       const rules = buildRuleset(family, limited).split('\n');
-      const limit = rules.findIndex((l) => l.includes('-m hashlimit'));
-      assert.ok(limit > 0);
-      assert.match(rules[limit]!, new RegExp(`^-A SYNPASS-IN-Q .*--tcp-flags SYN,ACK,FIN,RST SYN -m hashlimit --hashlimit-above 5000/sec --hashlimit-burst 5000 --hashlimit-mode srcip --hashlimit-srcmask ${mask} .*--comment synpass-source-limited -j DROP$`));
-      const firstQueued = rules.findIndex((l) => l.startsWith('-A SYNPASS-IN-Q') && l.includes('NFQUEUE'));
-      assert.ok(limit < firstQueued, 'limited before any SYN is queued');
-      assert.ok(rules.findIndex((l) => l.startsWith('-A SYNPASS-IN-Q -s 10.9.0.0/16') || l.startsWith('-A SYNPASS-IN-Q -i lo')) < limit, 'excluded networks are never limited');
+      assert.ok(rules.includes(':SYNPASS-IN-LIMIT - [0:0]'));
+      const chain = rules.filter((l) => l.startsWith('-A SYNPASS-IN-LIMIT '));
+      assert.match(chain[0]!, new RegExp(`^-A SYNPASS-IN-LIMIT -m hashlimit --hashlimit-above 5000/sec --hashlimit-burst 5000 --hashlimit-mode srcip --hashlimit-srcmask ${mask} .*--comment synpass-source-limited -j DROP$`));
+      assert.equal(chain[1], '-A SYNPASS-IN-LIMIT -j NFQUEUE --queue-num 3170');
+      assert.equal(chain.length, 2);
+      // Every ingress packet bound for the queue goes through the limit; nothing else does.
+      const ingress = rules.filter((l) => l.startsWith('-A SYNPASS-IN-Q '));
+      assert.equal(ingress.filter((l) => l.includes('NFQUEUE')).length, 0);
+      assert.equal(ingress.filter((l) => l.endsWith('-j SYNPASS-IN-LIMIT')).length, 3);
+      assert.ok(rules.filter((l) => l.startsWith('-A SYNPASS-OUT-Q ')).some((l) => l.includes('NFQUEUE')), 'egress is not limited');
     }
-    assert.doesNotMatch(buildRuleset(4, options), /hashlimit/, '0 turns it off');
-    const saved = ['*mangle', '[40:2400] -A SYNPASS-IN-Q -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m hashlimit --hashlimit-above 5000/sec -m comment --comment synpass-source-limited -j DROP', 'COMMIT'].join('\n');
-    assert.equal(sourceLimitedSynCount(saved), 40);
-    assert.equal(sourceLimitedSynCount('*mangle\nCOMMIT\n'), 0);
+    const unlimited = buildRuleset(4, options);
+    assert.doesNotMatch(unlimited, /hashlimit|SYNPASS-IN-LIMIT/, '0 turns it off');
+    const saved = ['*mangle', '[40:2400] -A SYNPASS-IN-LIMIT -m hashlimit --hashlimit-above 5000/sec -m comment --comment synpass-source-limited -j DROP', 'COMMIT'].join('\n');
+    assert.equal(sourceLimitedCount(saved), 40);
+    assert.equal(sourceLimitedCount('*mangle\nCOMMIT\n'), 0);
   });
 
   it('tells a complete ruleset from a partly flushed one, with or without counters', () => {

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { SHIPPED_NODE_OPTIONS } from '../../../scripts/lib/attack-lab.ts';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const text = readFileSync(`${root}Dockerfile`, 'utf8');
@@ -34,4 +35,8 @@ it('every COPY source exists: the build context in the repository, build outputs
   // The entry point the image runs is what `npm run build` produced.
   assert.ok(existsSync(`${root}dist/agent/src/cli/main.js`));
   assert.match(text, /ENTRYPOINT \["node", "\/opt\/synpass\/dist\/agent\/src\/cli\/main\.js"\]/);
+});
+
+it('the image holds the agent heap to its memory budget', () => {
+  assert.ok(text.includes(`ENV NODE_OPTIONS="${SHIPPED_NODE_OPTIONS}"`));
 });

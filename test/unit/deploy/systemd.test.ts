@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { SHIPPED_NODE_OPTIONS } from '../../../scripts/lib/attack-lab.ts';
 
 const unit = fileURLToPath(new URL('../../../deploy/systemd/synpass.service', import.meta.url));
 
@@ -24,4 +25,5 @@ it('the unit is sandboxed to NET_ADMIN and NET_RAW, reloads with SIGHUP and clea
   assert.equal(setting('ExecReload'), '/bin/kill -HUP $MAINPID');
   assert.match(setting('ExecStopPost') ?? '', /agent cleanup$/);
   assert.match(setting('ExecStartPre') ?? '', /--check-config$/);
+  assert.ok(text.includes(`Environment="NODE_OPTIONS=${SHIPPED_NODE_OPTIONS}"`), 'the heap held to the memory budget the soak measured');
 });

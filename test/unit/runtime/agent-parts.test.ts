@@ -24,7 +24,7 @@ function capturingLog() {
   return { log, messages: () => lines.map((line) => line.msg) };
 }
 
-const OPTIONS: RuleOptions = { queueNumber: 3170, queueCount: 1, failOpen: true, synsPerSource: 0, marks: connectionMarks(0x100000), targetNetworks: [], excludedNetworks: [] };
+const OPTIONS: RuleOptions = { queueNumber: 3170, queueCount: 1, failOpen: true, queueRatePerSource: 0, marks: connectionMarks(0x100000), targetNetworks: [], excludedNetworks: [] };
 
 /** iptables as a script: each inspection returns the next scripted answer (null: the call fails). */
 function scriptedIptables(inspections: (RuleInspection | null)[]) {
@@ -51,16 +51,16 @@ describe('rules watchdog', () => {
   it('counts unjudged SYNs across checks and a reinstall that restarts the kernel counter', async () => {
     const { log, messages } = capturingLog();
     const { operations, calls } = scriptedIptables([
-      { present: true, unjudgedSyns: 3, sourceLimitedSyns: 10, rulesAhead: 0 },
-      { present: true, unjudgedSyns: 5, sourceLimitedSyns: 25, rulesAhead: 0 },
-      { present: false, unjudgedSyns: 0, sourceLimitedSyns: 0, rulesAhead: 0 },
-      { present: true, unjudgedSyns: 1, sourceLimitedSyns: 4, rulesAhead: 0 },
+      { present: true, unjudgedSyns: 3, sourceLimitedPackets: 10, rulesAhead: 0 },
+      { present: true, unjudgedSyns: 5, sourceLimitedPackets: 25, rulesAhead: 0 },
+      { present: false, unjudgedSyns: 0, sourceLimitedPackets: 0, rulesAhead: 0 },
+      { present: true, unjudgedSyns: 1, sourceLimitedPackets: 4, rulesAhead: 0 },
     ]);
     const watchdog = new RulesWatchdog(OPTIONS, 'nft', log, operations);
     await watchdog.install();
     for (let i = 0; i < 4; i++) await watchdog.check();
     assert.equal(watchdog.unjudgedSyns, 3 + 2 + 1, 'the counter restarted at 0 with the reinstall');
-    assert.equal(watchdog.sourceLimitedSyns, 10 + 15 + 4);
+    assert.equal(watchdog.sourceLimitedPackets, 10 + 15 + 4);
     assert.deepEqual(calls, ['install nft', 'inspect', 'inspect', 'inspect', 'install nft', 'inspect']);
     assert.ok(messages().includes('synpass rules are missing; reinstalling'));
     assert.ok(messages().includes('rules reinstalled'));
@@ -70,9 +70,9 @@ describe('rules watchdog', () => {
   it('reports rules ahead of its jumps once, and when they are gone', async () => {
     const { log, messages } = capturingLog();
     const { operations } = scriptedIptables([
-      { present: true, unjudgedSyns: 0, sourceLimitedSyns: 0, rulesAhead: 1 },
-      { present: true, unjudgedSyns: 0, sourceLimitedSyns: 0, rulesAhead: 1 },
-      { present: true, unjudgedSyns: 0, sourceLimitedSyns: 0, rulesAhead: 0 },
+      { present: true, unjudgedSyns: 0, sourceLimitedPackets: 0, rulesAhead: 1 },
+      { present: true, unjudgedSyns: 0, sourceLimitedPackets: 0, rulesAhead: 1 },
+      { present: true, unjudgedSyns: 0, sourceLimitedPackets: 0, rulesAhead: 0 },
     ]);
     const watchdog = new RulesWatchdog(OPTIONS, 'legacy', log, operations);
     await watchdog.install();

@@ -1,0 +1,155 @@
+// scripts/fuzz-live: structure-aware mutations of real handshake packets (SYN, SYN-ACK and ACK
+// of first contacts over IPv4 and IPv6 and of a known pair, captured on the lab's switch) sent
+// by the outsider to api's live agent. It passes with no crash, no hang (status answers all
+// along), no wrongful accept (a capture in the outsider sees no SYN-ACK from api) and flat memory.
+// Root; bounded in count and time. Library for test/e2e/attack.test.ts, CLI when run.
+//   FUZZ_PACKETS=1000000 FUZZ_RATE=20000 FUZZ_SEED=20261203 scripts/fuzz-live
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { captureHandshake, inject, readdressed, rssSampler, SERVICE_PORT, startAttackLab, writePackets } from '../lib/attack-lab.ts';
+import { ROOT, sleep, type AgentStatus } from '../lib/lab.ts';
+import { ParsedPacket, parsePacket, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../agent/src/datapath/packet.ts';
+
+export interface FuzzConfig {
+  packets: number;
+  perSecond: number;
+  seed: number;
+  prefix?: string;
+  net?: number;
+}
+
+export interface FuzzResult {
+  sent: number;
+  perSecond: number;
+  /** Verdicts the agent gave during the run, by reason. */
+  verdicts: Record<string, number>;
+  judged: number;
+  /** Packets the kernel dropped because the queue was full (fail closed). */
+  queueDropped: number;
+  agentAlive: boolean;
+  /** Status requests that took longer than 2 s or failed while the fuzz ran. */
+  statusStalls: number;
+  statusChecks: number;
+  /** SYN-ACKs from api to the fuzzer: any one is a wrongful accept. */
+  wrongfulAccepts: number;
+  /** Other TCP from api to the fuzzer by flags (RSTs answer stray segments; the kernel sends them). */
+  otherTcpFromApi: Record<string, number>;
+  /** ICMP from api to the fuzzer (the kernel's answers to malformed IP, before any agent). */
+  icmpFromApi: number;
+  rssMiB: { start: number; peak: number; end: number; samples: number[] };
+  legitimateAfter: boolean;
+}
+
+const CAPTURE = join(ROOT, 'scripts/lib/capture-probe.ts');
+
+function byReason(status: AgentStatus): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const v of status.verdicts) out.set(`${v.action}:${v.reason}`, (out.get(`${v.action}:${v.reason}`) ?? 0) + v.count);
+  return out;
+}
+
+/** The TCP flags of each captured packet, as names joined by '-' ("SYN-ACK", "RST", "RST-ACK"). */
+function tcpFlags(lines: Record<string, unknown>[]): string[] {
+  const packet = new ParsedPacket();
+  return lines.flatMap((l) => {
+    if (typeof l.hex !== 'string') return [];
+    const bytes = Buffer.from(l.hex, 'hex');
+    if (!parsePacket(bytes, 0, bytes.length, packet)) return ['unparsed'];
+    const names = (['SYN', 'RST', 'FIN', 'ACK'] as const).filter((_, i) => (packet.flags & [TCP_SYN, TCP_RST, TCP_FIN, TCP_ACK][i]!) !== 0);
+    return [names.join('-')];
+  });
+}
+
+async function statusWithin(read: () => Promise<AgentStatus>, ms: number): Promise<AgentStatus | null> {
+  return Promise.race([read().catch(() => null), sleep(ms).then(() => null)]);
+}
+
+export async function fuzzLive(config: FuzzConfig, progress: (text: string) => void = () => undefined): Promise<FuzzResult> {
+  const directory = mkdtempSync(join(tmpdir(), 'synpass-fuzz-'));
+  // Every packet reaches the agent: no per-source limit in front of the queue.
+  const fixture = await startAttackLab({
+    prefix: config.prefix ?? 'fz',
+    net: config.net ?? 97,
+    apiEnv: { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: '0' },
+    serviceSeconds: config.packets / config.perSecond + 180,
+  });
+  const { lab, api } = fixture;
+  try {
+    const outsider = { 4: lab.address('outsider'), 6: lab.address('outsider', 6) };
+    const apiAddress = { 4: lab.address('api'), 6: lab.address('api', 6) };
+    const bases: Uint8Array[] = [];
+    for (const [family, firstContact] of [[4, true], [6, true], [4, false]] as const) {
+      const captured = await captureHandshake(fixture, family, firstContact);
+      bases.push(...[captured.syn, captured.synAck, captured.ack].map((p) => readdressed(p, outsider[family], apiAddress[family])));
+    }
+    progress(`captured ${bases.length} handshake packets; fuzzing`);
+    const filter = (protocols: string) => `(${protocols}) and (src host ${apiAddress[4]} or src host ${apiAddress[6]})`;
+    const seconds = Math.ceil(config.packets / config.perSecond) + 30;
+    const tcpWatch = lab.spawn('outsider', [process.execPath, '--import', 'tsx', CAPTURE, 'eth0', filter('tcp'), '100000', String(seconds * 1000)], { stdin: true });
+    const icmpWatch = lab.spawn('outsider', [process.execPath, '--import', 'tsx', CAPTURE, 'eth0', filter('icmp or icmp6'), '1000', String(seconds * 1000)], { stdin: true });
+    await tcpWatch.waitFor((l) => l.ready === true);
+    await icmpWatch.waitFor((l) => l.ready === true);
+
+    const before = await api.status();
+    const memory = rssSampler(api.process.pid, 1_000);
+    const sender = inject(lab, 'fuzz', writePackets(join(directory, 'bases.hex'), bases), [String(config.packets), String(config.perSecond), String(config.seed)]);
+    let statusChecks = 0;
+    let statusStalls = 0;
+    let done: Record<string, unknown> | null = null;
+    void sender.waitFor((l) => typeof l.sent === 'number', seconds * 1000).then((line) => {
+      done = line;
+    });
+    while (done === null && sender.lines.every((l) => typeof l.sent !== 'number')) {
+      await sleep(2_000);
+      statusChecks += 1;
+      if ((await statusWithin(() => api.status(), 2_000)) === null) statusStalls += 1;
+      if (statusChecks * 2 > seconds) break;
+    }
+    const sent = await sender.waitFor((l) => typeof l.sent === 'number', 5_000);
+    await sleep(1_500);
+    const rss = memory.stop();
+    const after = await statusWithin(() => api.status(), 5_000);
+    await tcpWatch.stop();
+    await icmpWatch.stop();
+    const agentAlive = api.process.lines.length >= 0 && after !== null;
+    const verdicts: Record<string, number> = {};
+    if (after !== null) {
+      const b = byReason(before);
+      for (const [key, count] of byReason(after)) if (count - (b.get(key) ?? 0) > 0) verdicts[key] = count - (b.get(key) ?? 0);
+    }
+    const legitimate = await lab.peerOnce('web', ['http', lab.address('api'), String(SERVICE_PORT)]).catch(() => ({ status: 0 }));
+    return {
+      sent: Number(sent.sent),
+      perSecond: Number(sent.perSecond),
+      verdicts,
+      judged: Object.values(verdicts).reduce((sum, n) => sum + n, 0),
+      queueDropped: (after?.kernelQueue?.dropped ?? 0) - (before.kernelQueue?.dropped ?? 0),
+      agentAlive,
+      statusStalls,
+      statusChecks,
+      wrongfulAccepts: tcpFlags(tcpWatch.lines).filter((f) => f === 'SYN-ACK').length,
+      otherTcpFromApi: Object.fromEntries([...new Set(tcpFlags(tcpWatch.lines))].filter((f) => f !== 'SYN-ACK').map((f) => [f, tcpFlags(tcpWatch.lines).filter((g) => g === f).length])),
+      icmpFromApi: icmpWatch.lines.filter((l) => typeof l.hex === 'string').length,
+      rssMiB: { start: rss.samples[0] ?? Number.NaN, peak: rss.peak, end: rss.samples.at(-1) ?? Number.NaN, samples: rss.samples },
+      legitimateAfter: legitimate.status === 200,
+    };
+  } finally {
+    await fixture.down();
+    rmSync(directory, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const env = process.env;
+  const result = await fuzzLive(
+    { packets: Number(env.FUZZ_PACKETS ?? 1_000_000), perSecond: Number(env.FUZZ_RATE ?? 20_000), seed: Number(env.FUZZ_SEED ?? 20261203) },
+    (text) => process.stderr.write(`fuzz-live: ${text}\n`),
+  );
+  const { samples, ...rss } = result.rssMiB;
+  process.stdout.write(`${JSON.stringify({ ...result, rssMiB: { ...rss, everySecond: samples.map((s) => Math.round(s)) } }, null, 2)}\n`);
+  const passed = result.agentAlive && result.statusStalls === 0 && result.wrongfulAccepts === 0 && result.legitimateAfter;
+  process.stdout.write(`fuzz-live: ${passed ? 'passed' : 'FAILED'}\n`);
+  process.exitCode = passed ? 0 : 1;
+}

@@ -1,0 +1,60 @@
+// Short runs of the attack-side scripts, so that a regression fails CI: scripts/fuzz-live with
+// 20,000 packets, scripts/bench-flood for 5 s per kind, scripts/soak for 30 s. The full runs are
+// on demand (their results are in docs/operations.md). Assertions are on behaviour, not speed.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { floodBench } from '../../scripts/benchmarks/flood.ts';
+import { fuzzLive } from '../../scripts/benchmarks/fuzz-live.ts';
+import { soak } from '../../scripts/benchmarks/soak.ts';
+import { isRoot } from '../../scripts/lib/lab.ts';
+
+/** The memory target at defaults (docs/operations.md, Memory). */
+const RSS_TARGET_MIB = 200;
+
+describe('attack side, short runs', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
+  it('fuzz: 20,000 mutated handshake packets through a live agent: no crash, no hang, no SYN-ACK to the fuzzer', async () => {
+    const result = await fuzzLive({ packets: 20_000, perSecond: 20_000, seed: Number(process.env.FUZZ_SEED ?? 20261203), prefix: 'afz', net: 16 });
+    assert.equal(result.sent, 20_000);
+    assert.ok(result.agentAlive, 'the agent answers after the run');
+    assert.equal(result.statusStalls, 0, 'the agent answered status all along');
+    assert.equal(result.wrongfulAccepts, 0, 'no SYN-ACK reached the fuzzer');
+    assert.ok(result.judged > 5_000, `the agent judged the mutations (${result.judged})`);
+    for (const reason of ['malformed-handshake', 'bad-token-area', 'bad-tcp-options', 'unsupported-version']) {
+      assert.ok((result.verdicts[`drop:${reason}`] ?? 0) > 0, `mutations reached ${reason}: ${JSON.stringify(result.verdicts)}`);
+    }
+    assert.ok(result.rssMiB.peak < RSS_TARGET_MIB, `peak RSS ${result.rssMiB.peak.toFixed(1)} MiB`);
+    assert.ok(result.legitimateAfter, 'web still reaches api');
+  });
+
+  it('flood: flat out, token-less SYNs are held to their source rate in the kernel, forged first contacts to their signature budget; no legitimate connection fails', async () => {
+    const rows = await floodBench({ seconds: 5, rates: ['max'], kinds: ['token-less', 'forced-verify'], concurrency: 4, prefix: 'afl', net: 17 });
+    assert.deepEqual(rows.map((r) => r.kind), ['none', 'token-less', 'forced-verify', 'none']);
+    for (const row of rows) {
+      assert.equal(row.legitimate.failed, 0, `${row.kind}: ${row.legitimate.failed} legitimate connections failed`);
+      assert.ok(row.legitimate.completed > 100, `${row.kind}: ${row.legitimate.completed} legitimate connections`);
+      assert.ok(row.peakRssMiB < RSS_TARGET_MIB, `${row.kind}: peak RSS ${row.peakRssMiB.toFixed(1)} MiB`);
+      assert.equal(row.logLinesDropped, 0);
+    }
+    const [, tokenLess, forged] = rows as [unknown, (typeof rows)[number], (typeof rows)[number]];
+    assert.ok(tokenLess.sentPerSecond > 20_000, `the flood ran flat out (${tokenLess.sentPerSecond}/s)`);
+    assert.ok(tokenLess.sourceLimited > tokenLess.judged, `the kernel dropped most of it (${tokenLess.sourceLimited}) before the queue (${tokenLess.judged} judged)`);
+    assert.equal(tokenLess.queueDropped, 0, 'the queue never overflowed');
+    // Default budget: 1,000 signature checks a second per source.
+    const checked = forged.drops['bad-proof'] ?? 0;
+    assert.ok(checked > 0 && checked <= 1_000 * 7, `signature checks held to the budget (${checked} in about 5 s)`);
+    assert.ok((forged.drops['signature-rate-limited'] ?? 0) > checked, JSON.stringify(forged.drops));
+  });
+
+  it('soak: 30 s of load, policy edits, key rotations and a flood: no legitimate connection fails, memory within the target', async () => {
+    const result = await soak({ seconds: 30, reloadSeconds: 5, rotateSeconds: 10, sampleSeconds: 3, floodRate: 2_000, prefix: 'ask', net: 18 });
+    assert.ok(result.agentAlive);
+    assert.equal(result.connections.failed, 0, JSON.stringify(result.connections));
+    assert.ok(result.connections.completed > 1_000);
+    assert.ok(result.connections.firstContacts >= 5);
+    assert.ok(result.heldConnectionEchoes, 'the connection open from the start still echoes');
+    assert.ok(result.policyReloads >= 4, `${result.policyReloads} policy reloads`);
+    assert.ok(result.rotations >= 2);
+    assert.ok(result.floodSent > 40_000);
+    assert.ok(result.peakRssMiB < RSS_TARGET_MIB, `peak RSS ${result.peakRssMiB.toFixed(1)} MiB`);
+  });
+});
