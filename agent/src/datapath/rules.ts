@@ -76,7 +76,8 @@ export function isFamily(cidr: string, family: IpFamily): boolean {
 /**
  * The ruleset for one address family, as iptables-restore --noflush input.
  * Queued: every packet carrying a marker (so a late duplicate never reaches the kernel with
- * token bytes) and incoming SYNs, within their source's rate (above it they are dropped here), and the SYN-ACK and first ACK of connections the agent tracks.
+ * token bytes), incoming SYNs, and the SYN-ACK and first ACK of connections the agent tracks;
+ * incoming ones only within their source's rate (SYNPASS-IN-LIMIT drops the rest).
  * Outgoing SYNs are queued only toward target networks. Released connections are never queued,
  * except an incoming SYN, which is judged even when conntrack files it under a released
  * connection: no SYN reaches the host unjudged unless the kernel fails open.
