@@ -1,7 +1,8 @@
 // scripts/bench-flood: legitimate known-pair connections from web to api while the outsider
 // floods api, per flood kind and rate, against the same load with no flood in the same run.
 // Root; every phase is bounded in time. Library for test/e2e/attack.test.ts, CLI when run.
-//   BENCH_FLOOD_SECONDS=8 BENCH_FLOOD_RATES=10000,max BENCH_FLOOD_KINDS=token-less,forced-verify,verbatim-replay,malformed
+//   BENCH_FLOOD_SECONDS=8 BENCH_FLOOD_RATES=10000,max BENCH_FLOOD_FIRST_CONTACTS=30
+//   BENCH_FLOOD_KINDS=token-less,forced-verify,verbatim-replay,malformed,spoofed-token-less
 //   BENCH_FLOOD_QUEUE_RATE_PER_SOURCE=<n> (api's datapath.queueRatePerSource; its default otherwise)
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -17,7 +18,9 @@ import { plainSyn } from '../lib/packets.ts';
 import { withBody } from '../lib/rebody.ts';
 import { runLoad } from './lab-load.ts';
 
-export const FLOOD_KINDS = ['token-less', 'forced-verify', 'verbatim-replay', 'malformed'] as const;
+export const FLOOD_KINDS = ['token-less', 'forced-verify', 'verbatim-replay', 'malformed', 'spoofed-token-less'] as const;
+/** Sources of the spoofed flood: lab addresses no host uses. */
+const SPOOFED_SOURCES = [...Array.from({ length: 90 }, (_, i) => 10 + i), ...Array.from({ length: 100 }, (_, i) => 110 + i)];
 export type FloodKind = (typeof FLOOD_KINDS)[number];
 export type FloodRate = number | 'max';
 
@@ -27,6 +30,8 @@ export interface FloodConfig {
   kinds: FloodKind[];
   /** Connections web keeps open at once. */
   concurrency: number;
+  /** First contacts (caches flushed before each) web makes after the known-pair load, still in the flood. */
+  firstContacts: number;
   /** api's datapath.queueRatePerSource; undefined: its default. */
   queueRatePerSource?: number;
   prefix?: string;
@@ -38,7 +43,11 @@ export interface FloodRow {
   rate: FloodRate;
   /** What the sender reached. */
   sentPerSecond: number;
+  /** From the first counter reading to the last. */
+  phaseSeconds: number;
   legitimate: { perSecond: number; completed: number; failed: number; p50: number; p99: number };
+  /** Sequential first contacts from web, flood still on. */
+  firstContact: { completed: number; failed: number; p50: number; p99: number };
   /** api's CPU, share of one core. */
   agentCpu: number;
   peakRssMiB: number;
@@ -75,6 +84,11 @@ async function floodPackets(fixture: IdentityLab, kind: FloodKind): Promise<Uint
   if (kind === 'token-less') {
     return Array.from({ length: 4096 }, (_, i) => plainSyn(outsider, api, SERVICE_PORT, 1024 + i, randomBytes(4).readUInt32BE(0)));
   }
+  if (kind === 'spoofed-token-less') {
+    // Many sources, each under its per-source rate: what a per-source budget cannot hold.
+    const subnet = outsider.slice(0, outsider.lastIndexOf('.') + 1);
+    return Array.from({ length: 4096 }, (_, i) => plainSyn(`${subnet}${String(SPOOFED_SOURCES[i % SPOOFED_SOURCES.length])}`, api, SERVICE_PORT, 1024 + i, randomBytes(4).readUInt32BE(0)));
+  }
   // A fresh first contact, so its time is inside the replay window for the whole phase.
   const captured = await captureHandshake(fixture, 4, true);
   if (kind === 'verbatim-replay') return [readdressed(captured.syn, outsider, api)];
@@ -100,14 +114,18 @@ async function floodPackets(fixture: IdentityLab, kind: FloodKind): Promise<Uint
   return [...mutatedPackets(bases, 20261203, 4096)];
 }
 
+/** The flood goes on this much longer than the known-pair load, for the first contacts. */
+const FIRST_CONTACT_SECONDS = 4;
+
 async function phase(fixture: IdentityLab, directory: string, config: FloodConfig, kind: FloodKind | 'none', rate: FloodRate): Promise<FloodRow> {
   const { lab, api } = fixture;
   const pid = api.process.pid;
   const sender =
     kind === 'none'
       ? null
-      : inject(lab, 'replay', writePackets(join(directory, `${kind}.hex`), await floodPackets(fixture, kind)), [String(rate), String(config.seconds)]);
+      : inject(lab, 'replay', writePackets(join(directory, `${kind}.hex`), await floodPackets(fixture, kind)), [String(rate), String(config.seconds + FIRST_CONTACT_SECONDS)]);
   await sender?.waitFor((l) => l.sending === true, 30_000);
+  const readBefore = performance.now();
   const statusBefore = await api.status();
   const metricsBefore = await apiMetrics(lab);
   const cpuBefore = cpuSeconds(pid);
@@ -116,20 +134,27 @@ async function phase(fixture: IdentityLab, directory: string, config: FloodConfi
   // The flood reaches its rate first; the load ends before it does.
   await sleep(500);
   const load = await runLoad(lab, ['rate', lab.address('api'), String(SERVICE_PORT), String(config.concurrency), String((config.seconds - 1.5) * 1000), '10000000']);
-  const sent = sender === null ? { perSecond: 0 } : await sender.waitFor((l) => typeof l.sent === 'number', (config.seconds + 30) * 1000);
+  const first =
+    config.firstContacts === 0
+      ? { count: 0, failed: 0, p50: Number.NaN, p99: Number.NaN }
+      : await runLoad(lab, ['sequential', lab.address('api'), String(SERVICE_PORT), String(config.firstContacts), fixture.web.socket, api.socket]);
+  const sent = sender === null ? { perSecond: 0 } : await sender.waitFor((l) => typeof l.sent === 'number', (config.seconds + FIRST_CONTACT_SECONDS + 30) * 1000);
   const wall = (performance.now() - started) / 1000;
   const agentCpu = (cpuSeconds(pid) - cpuBefore) / wall;
   // Kernel rule counters are read at each rule check (every second here).
   await sleep(1_200);
   const { peak } = memory.stop();
   const statusAfter = await api.status();
+  const phaseSeconds = (performance.now() - readBefore) / 1000;
   const metricsAfter = await apiMetrics(lab);
   const delta = (name: string, labels = '') => metric(metricsAfter, name, labels) - metric(metricsBefore, name, labels);
   return {
     kind,
     rate,
     sentPerSecond: Number(sent.perSecond),
+    phaseSeconds,
     legitimate: { perSecond: load.perSecond!, completed: load.completed!, failed: load.failed!, p50: load.p50!, p99: load.p99! },
+    firstContact: { completed: first.count!, failed: first.failed!, p50: first.p50!, p99: first.p99! },
     agentCpu,
     peakRssMiB: peak,
     queueDropped: (statusAfter.kernelQueue?.dropped ?? 0) - (statusBefore.kernelQueue?.dropped ?? 0),
@@ -147,7 +172,7 @@ export async function floodBench(config: FloodConfig, progress: (text: string) =
   const fixture = await startAttackLab({
     prefix: config.prefix ?? 'fl',
     net: config.net ?? 96,
-    serviceSeconds: (config.kinds.length * config.rates.length + 2) * (config.seconds + 20) + 60,
+    serviceSeconds: (config.kinds.length * config.rates.length + 2) * (config.seconds + FIRST_CONTACT_SECONDS + 40) + 60,
     apiEnv: { SYNPASS_DATAPATH_RULE_CHECK_SECONDS: '1', ...(config.queueRatePerSource === undefined ? {} : { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(config.queueRatePerSource) }) },
   });
   try {
@@ -177,14 +202,16 @@ function format(rows: FloodRow[]): string {
     perSecond: baselines.reduce((s, r) => s + r.legitimate.perSecond, 0) / baselines.length,
     p50: baselines.reduce((s, r) => s + r.legitimate.p50, 0) / baselines.length,
     p99: baselines.reduce((s, r) => s + r.legitimate.p99, 0) / baselines.length,
+    firstP50: baselines.reduce((s, r) => s + r.firstContact.p50, 0) / baselines.length,
   };
-  const header = '| flood | sent/s | legit ok | legit conn/s | x no flood | p50 µs | x | p99 µs | x | agent CPU | peak RSS MiB | judged | source-limited | queue drops | log lines dropped |';
+  const header =
+    '| flood | sent/s | legit ok | legit conn/s | x no flood | p50 µs | x | p99 µs | x | first contacts ok | first-contact p50 µs | x | agent CPU | peak RSS MiB | judged | source-limited | queue drops | log lines dropped |';
   const lines = rows.map((r) => {
     const l = r.legitimate;
     const ok = l.completed + l.failed === 0 ? 0 : l.completed / (l.completed + l.failed);
-    return `| ${r.kind === 'none' ? 'none' : `${r.kind} @ ${String(r.rate)}`} | ${r.sentPerSecond} | ${(ok * 100).toFixed(2)}% | ${l.perSecond.toFixed(0)} | ${(l.perSecond / base.perSecond).toFixed(2)} | ${l.p50.toFixed(0)} | ${(l.p50 / base.p50).toFixed(2)} | ${l.p99.toFixed(0)} | ${(l.p99 / base.p99).toFixed(2)} | ${(r.agentCpu * 100).toFixed(0)}% | ${r.peakRssMiB.toFixed(1)} | ${r.judged} | ${r.sourceLimited} | ${r.queueDropped} | ${r.logLinesDropped + r.flowLogDropped} |`;
+    return `| ${r.kind === 'none' ? 'none' : `${r.kind} @ ${String(r.rate)}`} | ${r.sentPerSecond} | ${(ok * 100).toFixed(2)}% | ${l.perSecond.toFixed(0)} | ${(l.perSecond / base.perSecond).toFixed(2)} | ${l.p50.toFixed(0)} | ${(l.p50 / base.p50).toFixed(2)} | ${l.p99.toFixed(0)} | ${(l.p99 / base.p99).toFixed(2)} | ${r.firstContact.completed}/${r.firstContact.completed + r.firstContact.failed} | ${r.firstContact.p50.toFixed(0)} | ${(r.firstContact.p50 / base.firstP50).toFixed(2)} | ${(r.agentCpu * 100).toFixed(0)}% | ${r.peakRssMiB.toFixed(1)} | ${r.judged} | ${r.sourceLimited} | ${r.queueDropped} | ${r.logLinesDropped + r.flowLogDropped} |`;
   });
-  return [header, `|${'---|'.repeat(16)}`, ...lines].join('\n');
+  return [header, `|${'---|'.repeat(19)}`, ...lines].join('\n');
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
@@ -195,6 +222,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
       rates: (env.BENCH_FLOOD_RATES ?? '10000,max').split(',').map((r) => (r === 'max' ? 'max' : Number(r))),
       kinds: (env.BENCH_FLOOD_KINDS?.split(',') ?? [...FLOOD_KINDS]) as FloodKind[],
       concurrency: Number(env.BENCH_FLOOD_CONCURRENCY ?? 8),
+      firstContacts: Number(env.BENCH_FLOOD_FIRST_CONTACTS ?? 30),
       ...(env.BENCH_FLOOD_QUEUE_RATE_PER_SOURCE === undefined ? {} : { queueRatePerSource: Number(env.BENCH_FLOOD_QUEUE_RATE_PER_SOURCE) }),
     },
     (text) => process.stderr.write(`bench-flood: ${text}\n`),

@@ -5,7 +5,8 @@
 //                                                   (µs; a connect fails after 5 s), and the CPU time
 //                                                   of the whole machine and of the given
 //                                                   processes (the agents) during the run
-//   sequential <host> <port> <count> [socket...]    connect latency, one at a time; with agent
+//   sequential <host> <port> <count> [socket...]    connect latency, one at a time (failed: timed
+//                                                   out or refused); with agent
 //                                                   status sockets, their peer caches are flushed
 //                                                   before every connect (first-contact cost)
 //   paired-rate <host> <bypassHost> <bypassLocal> <port> <concurrency> <sliceMs> <slices>
@@ -123,13 +124,18 @@ function flush(socketPath: string): Promise<void> {
 
 async function sequential(path: Path, count: number, flushSockets: string[]): Promise<void> {
   const samples: number[] = [];
+  let failed = 0;
   const deadline = Date.now() + 30_000;
   for (let i = 0; i < count && Date.now() < deadline; i++) {
     for (const socket of flushSockets) await flush(socket);
-    samples.push(await openAndClose(path));
+    try {
+      samples.push(await openAndClose(path));
+    } catch {
+      failed += 1;
+    }
   }
   samples.sort((a, b) => a - b);
-  emit({ count: samples.length, p50: percentile(samples, 50), p99: percentile(samples, 99) });
+  emit({ count: samples.length, failed, p50: percentile(samples, 50), p99: percentile(samples, 99) });
 }
 
 // The paired modes cancel the VM's drift, which is larger than the agents' cost: both paths are
