@@ -29,7 +29,7 @@ COPY policy ./policy
 # capabilities down to NET_ADMIN and NET_RAW.
 USER 0
 # The agent's memory budget (docs/operations.md, Memory): a held heap keeps RSS under 200 MiB.
-ENV NODE_OPTIONS="--max-old-space-size=96 --max-semi-space-size=8"
+ENV NODE_OPTIONS="--max-old-space-size=128 --max-semi-space-size=8"
 EXPOSE 9464
 ENTRYPOINT ["node", "/opt/synpass/dist/agent/src/cli/main.js"]
 CMD ["agent", "run", "--config", "/etc/synpass/config/agent.yaml"]

@@ -11,7 +11,7 @@ import { ROOT, type Lab, type NetnsProcess } from './lab.ts';
 import { addressBytes, fixChecksums } from './packets.ts';
 
 /** The heap limits the agent ships with (Dockerfile, systemd unit): its memory budget. */
-export const SHIPPED_NODE_OPTIONS = '--max-old-space-size=96 --max-semi-space-size=8';
+export const SHIPPED_NODE_OPTIONS = '--max-old-space-size=128 --max-semi-space-size=8';
 export const SERVICE_PORT = 8080;
 const METRICS_PORT = 9464;
 const INJECTOR = join(ROOT, 'scripts/lib/injector.ts');
