@@ -10,9 +10,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { decodeMessage, encodeMessage, MessageType, NONCE_BYTES, SYN_SIGNATURE_BYTES } from '../../agent/src/protocol/wire.ts';
-import { apiMetrics, captureHandshake, cpuSeconds, inject, metric, readdressed, rssSampler, SERVICE_PORT, startAttackLab, writePackets } from '../lib/attack-lab.ts';
+import { apiMetrics, captureHandshake, inject, metric, readdressed, rssSampler, SERVICE_PORT, startAttackLab, verdictsBetween, writePackets } from '../lib/attack-lab.ts';
+import { processTicks, TICKS_PER_SECOND } from '../lib/proc.ts';
 import type { IdentityLab } from '../lib/identity-lab.ts';
-import { sleep, type AgentStatus } from '../lib/lab.ts';
+import { sleep } from '../lib/lab.ts';
 import { mutatedPackets } from '../lib/packet-mutator.ts';
 import { plainSyn } from '../lib/packets.ts';
 import { withBody } from '../lib/rebody.ts';
@@ -60,20 +61,6 @@ export interface FloodRow {
   drops: Record<string, number>;
   logLinesDropped: number;
   flowLogDropped: number;
-}
-
-function verdictTotal(status: AgentStatus, reason?: string): number {
-  return status.verdicts.filter((v) => reason === undefined || v.reason === reason).reduce((sum, v) => sum + v.count, 0);
-}
-
-function dropsDelta(before: AgentStatus, after: AgentStatus): Record<string, number> {
-  const drops: Record<string, number> = {};
-  for (const v of after.verdicts) {
-    if (v.action !== 'drop') continue;
-    const earlier = before.verdicts.find((b) => b.action === 'drop' && b.reason === v.reason && b.direction === v.direction)?.count ?? 0;
-    if (v.count > earlier) drops[v.reason] = (drops[v.reason] ?? 0) + v.count - earlier;
-  }
-  return drops;
 }
 
 /** The packets of one flood kind, sent from the outsider to api's service. */
@@ -128,7 +115,7 @@ async function phase(fixture: IdentityLab, directory: string, config: FloodConfi
   const readBefore = performance.now();
   const statusBefore = await api.status();
   const metricsBefore = await apiMetrics(lab);
-  const cpuBefore = cpuSeconds(pid);
+  const ticksBefore = processTicks(pid);
   const started = performance.now();
   const memory = rssSampler(pid, 250);
   // The flood reaches its rate first; the load ends before it does.
@@ -140,7 +127,7 @@ async function phase(fixture: IdentityLab, directory: string, config: FloodConfi
       : await runLoad(lab, ['sequential', lab.address('api'), String(SERVICE_PORT), String(config.firstContacts), fixture.web.socket, api.socket]);
   const sent = sender === null ? { perSecond: 0 } : await sender.waitFor((l) => typeof l.sent === 'number', (config.seconds + FIRST_CONTACT_SECONDS + 30) * 1000);
   const wall = (performance.now() - started) / 1000;
-  const agentCpu = (cpuSeconds(pid) - cpuBefore) / wall;
+  const agentCpu = (processTicks(pid) - ticksBefore) / TICKS_PER_SECOND / wall;
   // Kernel rule counters are read at each rule check (every second here).
   await sleep(1_200);
   const { peak } = memory.stop();
@@ -148,6 +135,8 @@ async function phase(fixture: IdentityLab, directory: string, config: FloodConfi
   const phaseSeconds = (performance.now() - readBefore) / 1000;
   const metricsAfter = await apiMetrics(lab);
   const delta = (name: string, labels = '') => metric(metricsAfter, name, labels) - metric(metricsBefore, name, labels);
+  const verdicts = verdictsBetween(statusBefore, statusAfter);
+  const sourceLimited = verdicts['drop:source-rate-limited'] ?? 0;
   return {
     kind,
     rate,
@@ -158,9 +147,9 @@ async function phase(fixture: IdentityLab, directory: string, config: FloodConfi
     agentCpu,
     peakRssMiB: peak,
     queueDropped: (statusAfter.kernelQueue?.dropped ?? 0) - (statusBefore.kernelQueue?.dropped ?? 0),
-    sourceLimited: verdictTotal(statusAfter, 'source-rate-limited') - verdictTotal(statusBefore, 'source-rate-limited'),
-    judged: verdictTotal(statusAfter) - verdictTotal(statusBefore) - (verdictTotal(statusAfter, 'source-rate-limited') - verdictTotal(statusBefore, 'source-rate-limited')),
-    drops: dropsDelta(statusBefore, statusAfter),
+    sourceLimited,
+    judged: Object.values(verdicts).reduce((sum, n) => sum + n, 0) - sourceLimited,
+    drops: Object.fromEntries(Object.entries(verdicts).flatMap(([key, n]) => (key.startsWith('drop:') ? [[key.slice('drop:'.length), n]] : []))),
     logLinesDropped: delta('synpass_log_dropped_lines_total'),
     flowLogDropped: delta('synpass_flow_log_dropped_total', 'reason="backlog"'),
   };

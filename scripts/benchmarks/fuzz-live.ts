@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { captureHandshake, inject, readdressed, rssSampler, SERVICE_PORT, startAttackLab, writePackets } from '../lib/attack-lab.ts';
+import { captureHandshake, inject, readdressed, rssSampler, SERVICE_PORT, startAttackLab, verdictsBetween, writePackets } from '../lib/attack-lab.ts';
 import { ROOT, sleep, type AgentStatus } from '../lib/lab.ts';
 import { ParsedPacket, parsePacket, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../agent/src/datapath/packet.ts';
 
@@ -43,12 +43,6 @@ export interface FuzzResult {
 }
 
 const CAPTURE = join(ROOT, 'scripts/lib/capture-probe.ts');
-
-function byReason(status: AgentStatus): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const v of status.verdicts) out.set(`${v.action}:${v.reason}`, (out.get(`${v.action}:${v.reason}`) ?? 0) + v.count);
-  return out;
-}
 
 /** The TCP flags of each captured packet, as names joined by '-' ("SYN-ACK", "RST", "RST-ACK"). */
 function tcpFlags(lines: Record<string, unknown>[]): string[] {
@@ -111,11 +105,7 @@ export async function fuzzLive(config: FuzzConfig, progress: (text: string) => v
     await tcpWatch.stop();
     await icmpWatch.stop();
     const agentAlive = after !== null;
-    const verdicts: Record<string, number> = {};
-    if (after !== null) {
-      const b = byReason(before);
-      for (const [key, count] of byReason(after)) if (count - (b.get(key) ?? 0) > 0) verdicts[key] = count - (b.get(key) ?? 0);
-    }
+    const verdicts = after === null ? {} : verdictsBetween(before, after);
     const legitimate = await lab.peerOnce('web', ['http', lab.address('api'), String(SERVICE_PORT)]).catch(() => ({ status: 0 }));
     return {
       sent: Number(sent.sent),

@@ -19,8 +19,9 @@
 //                                                   connects (with sockets: flushed before each
 //                                                   connect through the agents)
 import { readFileSync } from 'node:fs';
-import { request } from 'node:http';
 import { connect, createServer, type Socket } from 'node:net';
+import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
+import { processTicks, TICKS_PER_SECOND } from '../lib/proc.ts';
 
 const [mode, ...args] = process.argv.slice(2);
 
@@ -62,8 +63,7 @@ function openAndClose({ host, port, localAddress }: Path): Promise<number> {
   });
 }
 
-// /proc reports CPU time in USER_HZ ticks, which Linux fixes at 100 a second for user space.
-const TICK_MICROSECONDS = 10_000;
+const TICK_MICROSECONDS = 1_000_000 / TICKS_PER_SECOND;
 
 /** CPU time the machine spent busy (user, nice, system, irq, softirq; not idle, iowait or steal). */
 function machineBusyTicks(): number {
@@ -72,13 +72,6 @@ function machineBusyTicks(): number {
   return user + nice + system + irq + softirq;
 }
 
-/** User and system CPU time of one process, all its threads. */
-function processTicks(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  // Fields after the command name, which is in parentheses and may contain spaces.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return Number(fields[11]) + Number(fields[12]);
-}
 
 /** `concurrency` connections at a time to `path` for `ms` (at most `max`), with each connect's latency (µs). */
 async function burst(path: Path, concurrency: number, ms: number, max: number): Promise<{ completed: number; failed: number; seconds: number; latencies: number[] }> {
@@ -111,23 +104,12 @@ async function rate(path: Path, concurrency: number, ms: number, max: number, pi
   emit({ completed, failed, seconds, perSecond: completed / seconds, p50: percentile(latencies, 50), p99: percentile(latencies, 99), machineMicroseconds, processMicroseconds });
 }
 
-function flush(socketPath: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath, path: '/caches/flush', method: 'POST' }, (response) => {
-      response.resume();
-      response.on('end', resolve);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
-
 async function sequential(path: Path, count: number, flushSockets: string[]): Promise<void> {
   const samples: number[] = [];
   let failed = 0;
   const deadline = Date.now() + 30_000;
   for (let i = 0; i < count && Date.now() < deadline; i++) {
-    for (const socket of flushSockets) await flush(socket);
+    for (const socket of flushSockets) await flushCaches(socket);
     try {
       samples.push(await openAndClose(path));
     } catch {
@@ -170,7 +152,7 @@ async function pairedSequential(agents: Path, bypass: Path, count: number, flush
     // Alternating order: neither path always runs first.
     for (const path of block % 2 === 0 ? [agents, bypass] : [bypass, agents]) {
       for (let i = 0; i < PAIRED_BLOCK; i++) {
-        if (path === agents) for (const socket of flushSockets) await flush(socket);
+        if (path === agents) for (const socket of flushSockets) await flushCaches(socket);
         (path === agents ? through : around).push(await openAndClose(path));
       }
     }

@@ -2,13 +2,14 @@
 // their short runs in test/e2e/attack.test.ts): a lab whose api agent serves metrics, real
 // handshake packets captured on the lab's switch, packets moved to the attacker's address, a
 // link-layer sender in the outsider, and the agent's memory and counters read from outside.
-import { readFileSync, writeFileSync } from 'node:fs';
-import { request } from 'node:http';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ParsedPacket, parsePacket } from '../../agent/src/datapath/packet.ts';
 import { startIdentityLab, type IdentityLab } from './identity-lab.ts';
-import { ROOT, type Lab, type NetnsProcess } from './lab.ts';
+import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
+import { ROOT, type AgentStatus, type Lab, type NetnsProcess } from './lab.ts';
 import { addressBytes, fixChecksums } from './packets.ts';
+import { rssMiB } from './proc.ts';
 
 /** The heap limits the agent ships with (Dockerfile, systemd unit): its memory budget. */
 export const SHIPPED_NODE_OPTIONS = '--max-old-space-size=128 --max-semi-space-size=8';
@@ -50,18 +51,6 @@ export async function startAttackLab(options: AttackLabOptions): Promise<Identit
   });
   await fixture.lab.peer('api', ['server', String(ECHO_PORT), 'echo', String(options.serviceSeconds)]).waitFor((l) => l.listening === ECHO_PORT);
   return fixture;
-}
-
-/** Forgets every verified peer and pair key, so the next connection is a first contact. */
-export function flushCaches(statusSocket: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath: statusSocket, path: '/caches/flush', method: 'POST' }, (response) => {
-      response.resume();
-      response.on('end', resolve);
-    });
-    req.on('error', reject);
-    req.end();
-  });
 }
 
 /**
@@ -109,16 +98,12 @@ export function inject(lab: Lab, mode: 'replay' | 'fuzz', file: string, args: st
   return lab.spawn('outsider', [process.execPath, '--import', 'tsx', INJECTOR, mode, 'eth0', apiMac, file, ...args]);
 }
 
-/** Resident memory of a process, MiB. */
-export function rssMiB(pid: number): number {
-  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? Number.NaN) / 1024;
-}
-
-/** User plus system CPU seconds of a process (USER_HZ is 100 on Linux). */
-export function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
+/** Verdicts given between two status readings, by "action:reason", both directions summed. */
+export function verdictsBetween(before: AgentStatus, after: AgentStatus): Record<string, number> {
+  const counts = new Map<string, number>();
+  for (const v of after.verdicts) counts.set(`${v.action}:${v.reason}`, (counts.get(`${v.action}:${v.reason}`) ?? 0) + v.count);
+  for (const v of before.verdicts) counts.set(`${v.action}:${v.reason}`, (counts.get(`${v.action}:${v.reason}`) ?? 0) - v.count);
+  return Object.fromEntries([...counts].filter(([, count]) => count > 0));
 }
 
 /** api's Prometheus text, fetched from inside its namespace. */

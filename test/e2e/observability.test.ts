@@ -7,8 +7,8 @@ import { BATCH_UID, DOMAIN, rotateAgent, startIdentityLab, type IdentityLab, typ
 import { execFileSync } from 'node:child_process';
 import { isRoot, ROOT, sleep, synpassCommand, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
 import { runSynpass } from '../support/cli.ts';
-import { readFileSync } from 'node:fs';
-import { inject, writePackets } from '../../scripts/lib/attack-lab.ts';
+import { inject, metric, writePackets } from '../../scripts/lib/attack-lab.ts';
+import { rssMiB } from '../../scripts/lib/proc.ts';
 import { plainSyn } from '../../scripts/lib/packets.ts';
 
 const METRICS = 'http://127.0.0.1:9464';
@@ -54,18 +54,13 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     return { status: result.status as number, body: result.body as string };
   }
 
-  function sample(text: string, name: string, labels: string): number {
-    const line = text.split('\n').find((l) => l.startsWith(`${name}{${labels}}`) || (labels === '' && l.startsWith(`${name} `)));
-    return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-
   it('counters move for each verdict, reason and rule', async () => {
     const before = (await fetch('/metrics')).body;
     assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), '8080'])).status, 200);
     await lab.peerOnce('outsider', ['echo', lab.address('api'), '8080', 'x'], 2_500).catch(() => null);
     await lab.peerOnce('web', ['echo', lab.address('api'), '8080', 'x'], 2_500, BATCH_UID).catch(() => null);
     const after = (await fetch('/metrics')).body;
-    const delta = (name: string, labels: string) => sample(after, name, labels) - sample(before, name, labels);
+    const delta = (name: string, labels: string) => metric(after, name, labels) - metric(before, name, labels);
     assert.ok(delta('synpass_verdicts_total', 'direction="ingress",action="accept",reason="ok"') >= 1);
     assert.ok(delta('synpass_verdicts_total', 'direction="ingress",action="drop",reason="no-identity"') >= 1);
     assert.ok(delta('synpass_verdicts_total', 'direction="ingress",action="drop",reason="not-allowed"') >= 1);
@@ -73,8 +68,8 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     assert.ok(delta('synpass_rule_verdicts_total', 'rule="default-deny",action="drop"') >= 2);
     assert.ok(delta('synpass_queue_packets_total', 'counter="received"') >= 4);
     assert.ok(delta('synpass_verdict_latency_seconds_count', '') >= 4);
-    assert.ok(sample(after, 'synpass_cache_lookups_total', 'cache="tokens",result="miss"') >= 1);
-    assert.ok(sample(after, 'synpass_credential_expiry_seconds', '') > 80_000);
+    assert.ok(metric(after, 'synpass_cache_lookups_total', 'cache="tokens",result="miss"') >= 1);
+    assert.ok(metric(after, 'synpass_credential_expiry_seconds', '') > 80_000);
     assert.match(after, /synpass_policy_revision_info\{revision="[^"]+"\} 1/);
     assert.equal((await fetch('/healthz')).status, 200);
   });
@@ -150,14 +145,14 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     lab.exec('api', ['iptables-nft', '-t', 'mangle', '-I', ...ahead]);
     try {
       await api.process.waitFor((l) => l.rules === 1 && String(l.msg).startsWith('rules ahead of the synpass jumps') && api.process.lines.indexOf(l) >= mark, 15_000);
-      assert.equal(sample((await fetch('/metrics')).body, 'synpass_rules_ahead', ''), 1);
+      assert.equal(metric((await fetch('/metrics')).body, 'synpass_rules_ahead', ''), 1);
       const readiness = JSON.parse((await fetch('/readyz')).body) as { checks: { rules: { detail: string } } };
       assert.match(readiness.checks.rules.detail, /1 other rule\(s\) ahead of its jumps/);
     } finally {
       lab.exec('api', ['iptables-nft', '-t', 'mangle', '-D', ...ahead.filter((arg) => arg !== '1')]);
     }
     await api.process.waitFor((l) => l.msg === 'the synpass jumps are first in mangle PREROUTING/POSTROUTING again' && api.process.lines.indexOf(l) >= mark, 15_000);
-    assert.equal(sample((await fetch('/metrics')).body, 'synpass_rules_ahead', ''), 0);
+    assert.equal(metric((await fetch('/metrics')).body, 'synpass_rules_ahead', ''), 0);
   });
 
   it('a token-less SYN flood: the kernel holds the source to its rate, and every SYN is a line or counted, in few lines', async () => {
@@ -167,7 +162,7 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     const dropsOf = async (reason: string) => (await api.status()).verdicts.filter((v) => v.reason === reason && v.action === 'drop').reduce((sum, v) => sum + v.count, 0);
     const droppedBefore = await dropsOf('no-identity');
     const limitedBefore = await dropsOf('source-rate-limited');
-    const queueDroppedBefore = sample((await fetch('/metrics')).body, 'synpass_kernel_queue_packets', 'counter="queue_dropped"');
+    const queueDroppedBefore = metric((await fetch('/metrics')).body, 'synpass_kernel_queue_packets', 'counter="queue_dropped"');
     const syns = Array.from({ length: 4096 }, (_, i) => plainSyn(flooder, lab.address('api'), 8080, 1024 + i, i * 7919));
     const flood = inject(lab, 'replay', writePackets(join(fixture.directory, 'flood.hex'), syns), ['max', '30', String(FLOOD_SYNS)]);
     const done = await flood.waitFor((l) => typeof l.sent === 'number', 60_000);
@@ -178,7 +173,7 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     const dropped = (await dropsOf('no-identity')) - droppedBefore;
     const limited = (await dropsOf('source-rate-limited')) - limitedBefore;
     const metrics = (await fetch('/metrics')).body;
-    assert.equal(sample(metrics, 'synpass_kernel_queue_packets', 'counter="queue_dropped"') - queueDroppedBefore, 0, 'the queue never overflowed');
+    assert.equal(metric(metrics, 'synpass_kernel_queue_packets', 'counter="queue_dropped"') - queueDroppedBefore, 0, 'the queue never overflowed');
     const logged = (lines: Record<string, unknown>[]) => lines.filter((l) => l.event === 'handshake').length + lines.filter((l) => l.event === 'drops').reduce((sum, l) => sum + Number(l.count), 0);
     const noIdentity = api.process.lines.slice(mark).filter((l) => l.reason === 'no-identity');
     const lines = noIdentity.filter((l) => String(l.source).startsWith(`${flooder}:`) || l.source === flooder);
@@ -189,18 +184,18 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     const kernelLines = api.process.lines.slice(mark).filter((l) => l.reason === 'source-rate-limited' && l.event === 'drops');
     assert.equal(kernelLines.reduce((sum, l) => sum + Number(l.count), 0), limited, 'the kernel drops are summarized at each rule check');
     assert.ok(kernelLines.length <= 5);
-    assert.ok(sample(metrics, 'synpass_flow_log_aggregated_total', '') >= logged(lines) - lines.filter((l) => l.event === 'handshake').length);
-    assert.equal(sample(metrics, 'synpass_log_dropped_lines_total', ''), 0);
-    assert.equal(sample(metrics, 'synpass_verdicts_total', 'direction="ingress",action="drop",reason="source-rate-limited"'), await dropsOf('source-rate-limited'));
+    assert.ok(metric(metrics, 'synpass_flow_log_aggregated_total', '') >= logged(lines) - lines.filter((l) => l.event === 'handshake').length);
+    assert.equal(metric(metrics, 'synpass_log_dropped_lines_total', ''), 0);
+    assert.equal(metric(metrics, 'synpass_verdicts_total', 'direction="ingress",action="drop",reason="source-rate-limited"'), await dropsOf('source-rate-limited'));
     // A connection from another source is not held by the flooding source's bucket.
     assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), '8080'])).status, 200);
     // The agent lived through it inside its budget, every table within its capacity.
-    const rssMiB = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${api.process.pid}/status`, 'utf8'))?.[1]) / 1024;
-    assert.ok(rssMiB < RSS_BUDGET_MIB, `RSS ${rssMiB.toFixed(1)} MiB`);
+    const rss = rssMiB(api.process.pid);
+    assert.ok(rss < RSS_BUDGET_MIB, `RSS ${rss.toFixed(1)} MiB`);
     const tables = ((await api.status()) as unknown as { tables: Record<string, { entries: number; capacity: number }> }).tables;
     assert.deepEqual(Object.keys(tables).sort(), ['credentials', 'decision-memo', 'flow-log-aggregates', 'flows', 'held-segments', 'known-servers', 'nonces', 'pair-keys', 'signature-budgets', 'tokens', 'whois-peers']);
     for (const [table, size] of Object.entries(tables)) assert.ok(size.entries <= size.capacity, `${table}: ${size.entries} of ${size.capacity}`);
-    assert.equal(sample(metrics, 'synpass_table_capacity', 'table="flows"'), 65_536);
+    assert.equal(metric(metrics, 'synpass_table_capacity', 'table="flows"'), 65_536);
   });
 
   it('an agent whose queue another process holds waits unready, then binds it and turns ready', async () => {
