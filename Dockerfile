@@ -1,11 +1,12 @@
 # syntax=docker/dockerfile:1
-# synpass agent image: the addon is built against libmnl in a full image; the runtime image
+# synpass agent image: the addon is built against libmnl and libbpf, and the kernel programs
+# compiled with clang, in a full image; the runtime image
 # carries only node, the built agent, its production dependencies and the runtime libraries.
 
 FROM node:20-bookworm AS build
 WORKDIR /src
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libmnl-dev libpcap-dev python3 make g++ pkg-config \
+ && apt-get install -y --no-install-recommends libmnl-dev libbpf-dev clang libpcap-dev python3 make g++ pkg-config \
  && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json ./
 COPY native ./native
@@ -17,13 +18,13 @@ RUN npm run build && npm prune --omit=dev
 
 FROM node:20-bookworm-slim AS runtime
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libmnl0 iptables \
+ && apt-get install -y --no-install-recommends libmnl0 libbpf1 iptables \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/synpass
 COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
-COPY --from=build /src/native/build/Release/synpass_nfq.node ./native/build/Release/synpass_nfq.node
+COPY --from=build /src/native/build/Release/synpass_nfq.node /src/native/build/Release/fast_path.bpf.o ./native/build/Release/
 COPY policy ./policy
 # iptables needs uid 0 for its tables and lock; the DaemonSet and the systemd unit cut the
 # capabilities down to NET_ADMIN and NET_RAW.

@@ -2,12 +2,24 @@
   "targets": [
     {
       "target_name": "synpass_nfq",
-      "sources": ["src/nfqueue.cc", "src/hmac.cc"],
+      "sources": ["src/nfqueue.cc", "src/hmac.cc", "src/bpf_loader.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
-      "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
+      "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except", "fast_path_bpf"],
       "libraries": ["<!@(node check-deps.mjs --libs)"],
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
       "defines": ["NAPI_VERSION=8"]
+    },
+    {
+      "target_name": "fast_path_bpf",
+      "type": "none",
+      "actions": [
+        {
+          "action_name": "compile_fast_path",
+          "inputs": ["bpf/fast_path.bpf.c", "bpf/fast_path.h"],
+          "outputs": ["<(PRODUCT_DIR)/fast_path.bpf.o"],
+          "action": ["node", "bpf/build.mjs", "bpf/fast_path.bpf.c", "<(PRODUCT_DIR)/fast_path.bpf.o"]
+        }
+      ]
     }
   ]
 }

@@ -10,12 +10,16 @@ const required = [
   // The proof HMAC uses the OpenSSL Node runs on: Node's own headers ship it; a Node linked
   // against the system OpenSSL needs the system headers instead.
   { header: 'openssl/evp.h', pkgConfig: null, debian: 'libssl-dev' },
+  // The kernel fast path: libbpf loads the programs, clang compiles them.
+  { header: 'bpf/libbpf.h', pkgConfig: 'libbpf', debian: 'libbpf-dev' },
 ];
 
 const includeDirs = ['/usr/include', '/usr/local/include', join(dirname(dirname(process.execPath)), 'include', 'node')];
 const missing = required.filter(
   (dep) => !includeDirs.some((dir) => existsSync(`${dir}/${dep.header}`)),
 );
+const clangFound = ['/usr/bin/clang', '/usr/local/bin/clang'].some((path) => existsSync(path));
+if (!clangFound) missing.push({ debian: 'clang' });
 if (missing.length > 0) {
   const names = missing.map((dep) => dep.debian).join(' ');
   process.stderr.write(
@@ -27,11 +31,13 @@ if (missing.length > 0) {
 
 const mode = process.argv[2];
 if (mode === '--libs') {
-  let libs = '-lmnl';
-  try {
-    libs = execFileSync('pkg-config', ['--libs', 'libmnl'], { encoding: 'utf8' }).trim() || libs;
-  } catch {
-    // pkg-config is optional: libmnl installs into the default library path on Debian.
-  }
-  process.stdout.write(libs);
+  const libs = ['libmnl', 'libbpf'].map((name) => {
+    try {
+      return execFileSync('pkg-config', ['--libs', name], { encoding: 'utf8' }).trim() || `-l${name.slice(3)}`;
+    } catch {
+      // pkg-config is optional: both install into the default library path on Debian.
+      return `-l${name.slice(3)}`;
+    }
+  });
+  process.stdout.write(libs.join(' '));
 }

@@ -100,8 +100,8 @@ export function fieldTypes(base: string) {
     path: (docs: string) => documented(pathSchema(), { docs, override: 'string', defaultText: 'required' }),
     /** A path with an (absolute) default. */
     pathWithDefault: (fallback: string, docs: string) => documented(pathSchema().default(fallback), { docs, override: 'string', defaultText: fallback }),
-    /** A path that is null (off) unless given. */
-    optionalPath: (docs: string) => documented(pathSchema().nullable().default(null), { docs, override: 'string', defaultText: 'off' }),
+    /** A path that is null unless given: off, or what `defaultText` says happens without it. */
+    optionalPath: (docs: string, defaultText = 'off') => documented(pathSchema().nullable().default(null), { docs, override: 'string', defaultText }),
     /** A path with an (absolute) default that the word `off` turns off (null). */
     pathOrOff: (fallback: string, docs: string) =>
       documented(

@@ -9,6 +9,7 @@
 #include <napi.h>
 #include <uv.h>
 
+#include "bpf_loader.h"
 #include "hmac.h"
 
 #include <arpa/inet.h>
@@ -606,6 +607,7 @@ Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
 Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials));
   RegisterHmac(env, exports);
+  RegisterFastPath(env, exports);
   return NfQueue::Init(env, exports);
 }
 

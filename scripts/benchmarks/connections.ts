@@ -11,7 +11,9 @@
 // with a bypass (second addresses the agents exclude), alternating every few connects and every
 // few hundred milliseconds, which cancels the drift that the rounds only average out. A C loop
 // serving the agent's own rules and queue (nfq-reference.c, compiled here) runs as a mode of its
-// own: the floor of a user-space trip on this machine, measured the same way.
+// own: the floor of a user-space trip on this machine, measured the same way. The identity agents
+// run twice: on the queue alone, and with the kernel fast path (known pairs judged in eBPF, no
+// queue trip); the lab runs every process in its host's cgroup so the latter can attach there.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -311,7 +313,7 @@ function trackConnections(lab: Lab, on: boolean): void {
 }
 
 const directory = mkdtempSync(join(tmpdir(), 'synpass-bench-'));
-const lab = Lab.up('bn', 90);
+const lab = Lab.up('bn', 90, { kernel: true });
 try {
   const files = await prepareIdentities(lab, directory);
   await startLoadServer(lab, CONNECT_PORT);
@@ -319,26 +321,30 @@ try {
   for (const host of ['web', 'api'] as const) lab.exec(host, ['ip', 'addr', 'add', `${lab.secondAddress(host)}/24`, 'dev', 'eth0']);
   const bypass = (['web', 'api'] as const).flatMap((host) => ['--exclude', `${lab.secondAddress(host)}/32`]);
   const passThroughAgents = async (): Promise<AgentHandle[]> => [await lab.startAgent('api', bypass), await lab.startAgent('web', bypass)];
-  const identityAgents = async (): Promise<AgentHandle[]> => [
-    await lab.startAgent('api', ['--config', files.configs.api, ...bypass]),
-    await lab.startAgent('web', ['--config', files.configs.web, ...bypass]),
-  ];
+  const identityAgents = async (kernel = false): Promise<AgentHandle[]> => {
+    const path = ['--kernel-fast-path', kernel ? 'on' : 'off'];
+    return [
+      await lab.startAgent('api', ['--config', files.configs.api, ...bypass, ...path]),
+      await lab.startAgent('web', ['--config', files.configs.web, ...bypass, ...path]),
+    ];
+  };
 
   // Warm the server, the kernel's socket caches and the CPU up before the baseline, or the first
   // phase pays for it and every ratio after it looks better than it is.
   process.stderr.write('bench: warm-up (discarded)\n');
   await load(lab, ['rate', lab.address('api'), String(CONNECT_PORT), '32', '1500', String(config.rateMax)]);
   await iperf(lab);
-  const modes = (['baseline', 'conntrack', 'reference', 'pass-through', 'identity'] as const).filter((mode) => mode !== 'reference' || referenceLoop !== '');
+  const modes = (['baseline', 'conntrack', 'reference', 'pass-through', 'identity', 'kernel'] as const).filter((mode) => mode !== 'reference' || referenceLoop !== '');
   const results = {
     baseline: [] as Results[],
     conntrack: [] as Results[],
     reference: [] as Results[],
     'pass-through': [] as Results[],
     identity: [] as Results[],
+    kernel: [] as Results[],
     firstContact: [] as Results[],
   };
-  const pairs = { reference: [] as Paired[], 'pass-through': [] as Paired[], identity: [] as Paired[], firstContact: [] as Paired[] };
+  const pairs = { reference: [] as Paired[], 'pass-through': [] as Paired[], identity: [] as Paired[], kernel: [] as Paired[], firstContact: [] as Paired[] };
   for (let round = 0; round < config.rounds; round++) {
     for (const mode of round % 2 === 0 ? modes : [...modes].reverse()) {
       process.stderr.write(`bench: round ${round + 1} of ${config.rounds}, ${mode}\n`);
@@ -359,7 +365,7 @@ try {
         await loops.stop();
         continue;
       }
-      const agents = mode === 'identity' ? await identityAgents() : await passThroughAgents();
+      const agents = mode === 'pass-through' ? await passThroughAgents() : await identityAgents(mode === 'kernel');
       results[mode].push(await measure(lab, agents));
       // First contact: both agents forget their peers before every connect.
       if (mode === 'identity') results.firstContact.push(await sequential(lab, agents, config.firstContactCount, agents.map((agent) => agent.socket)));
@@ -388,7 +394,8 @@ try {
   const bulkOf = async (mode: ModeSwitch): Promise<BulkResults | undefined> => (config.bulkRounds > 0 ? bulk(lab, mode) : undefined);
   const conntrackBulk = await bulkOf(conntrackOn);
   const passThroughBulk = await bulkOf(agentsOn(passThroughAgents));
-  const identityBulk = await bulkOf(agentsOn(identityAgents));
+  const identityBulk = await bulkOf(agentsOn(() => identityAgents()));
+  const kernelBulk = await bulkOf(agentsOn(() => identityAgents(true)));
 
   const header = [
     'mode'.padEnd(28),
@@ -417,6 +424,7 @@ try {
     baseline: summarize(results.baseline, results.baseline),
     passThrough: summarize(results['pass-through'], results.baseline),
     identity: summarize(results.identity, results.baseline),
+    kernel: summarize(results.kernel, results.baseline),
     conntrack: summarize(results.conntrack, results.baseline),
     reference: summarize(results.reference, results.baseline),
   };
@@ -424,6 +432,7 @@ try {
     reference: summarize(results.reference, results.conntrack),
     passThrough: summarize(results['pass-through'], results.conntrack),
     identity: summarize(results.identity, results.conntrack),
+    kernel: summarize(results.kernel, results.conntrack),
   };
   const lines = [
     `${config.rounds} rounds; rate: ${config.rateConcurrency} concurrent for ${config.rateMs} ms; sequential: ${config.sequentialCount} connects (first contact ${config.firstContactCount})`,
@@ -433,6 +442,7 @@ try {
     ...(referenceLoop === '' ? [] : [report('C reference loop, no token', summaries.reference, undefined, againstConntrack.reference)]),
     report('pass-through', summaries.passThrough, passThroughBulk, againstConntrack.passThrough),
     report('identity, known pair', summaries.identity, identityBulk, againstConntrack.identity),
+    report('kernel fast path, known pair', summaries.kernel, kernelBulk, againstConntrack.kernel),
     report('identity, first contact', summarize(results.firstContact, results.baseline)),
     'each figure: median over rounds, against the same round\'s baseline; range: lowest-highest over rounds',
     'vs ct: rate against the conntrack-only run of the same round (connection tracking on, no agents: the connmark release needs it)',
@@ -442,11 +452,11 @@ try {
       ? 'C reference loop: not run (scripts/bench could not compile scripts/benchmarks/nfq-reference.c)'
       : 'C reference loop: the agent\'s rules and queue served by a minimal C loop (one packet per recv, the agent\'s marks, no token, no rewrite): the floor of a trip here',
     `bulk: iperf3 ${config.bulkSeconds} s, ${config.bulkRounds} rounds alternating without/with each mode, median ratio; ` +
-      `baseline ${fmt(passThroughBulk?.baselineGbps, 1)} Gbit/s; per-round ratios conntrack only ${range(conntrackBulk)}, pass-through ${range(passThroughBulk)}, identity ${range(identityBulk)}`,
+      `baseline ${fmt(passThroughBulk?.baselineGbps, 1)} Gbit/s; per-round ratios conntrack only ${range(conntrackBulk)}, pass-through ${range(passThroughBulk)}, identity ${range(identityBulk)}, kernel fast path ${range(kernelBulk)}`,
     profiling
       ? `bulk CPU in netfilter (perf, share of busy CPU, median of rounds; rules = hooks and rule evaluation): ` +
-        `no agents ${share(passThroughBulk?.netfilterWithout)}; conntrack only ${share(conntrackBulk?.netfilterWith)}; pass-through ${share(passThroughBulk?.netfilterWith)}; identity ${share(identityBulk?.netfilterWith)}\n` +
-        `bulk ratio of a CPU-bound transfer, from those shares (1 - the share they add): conntrack only ${cpuBound(conntrackBulk)}, pass-through ${cpuBound(passThroughBulk)}, identity ${cpuBound(identityBulk)}`
+        `no agents ${share(passThroughBulk?.netfilterWithout)}; conntrack only ${share(conntrackBulk?.netfilterWith)}; pass-through ${share(passThroughBulk?.netfilterWith)}; identity ${share(identityBulk?.netfilterWith)}; kernel fast path ${share(kernelBulk?.netfilterWith)}\n` +
+        `bulk ratio of a CPU-bound transfer, from those shares (1 - the share they add): conntrack only ${cpuBound(conntrackBulk)}, pass-through ${cpuBound(passThroughBulk)}, identity ${cpuBound(identityBulk)}, kernel fast path ${cpuBound(kernelBulk)}`
       : 'bulk CPU in netfilter: not measured (perf is not available)',
     '',
     `CPU per connection in the rate run (machine: all ${cpus().length} cores busy, idle and steal excluded; agents: their processes alone, or the C loops')`,
@@ -456,6 +466,7 @@ try {
     ...(referenceLoop === '' ? [] : [cpuReport('C reference loop, no token', summaries.reference, againstConntrack.reference)]),
     cpuReport('pass-through', summaries.passThrough, againstConntrack.passThrough),
     cpuReport('identity, known pair', summaries.identity, againstConntrack.identity),
+    cpuReport('kernel fast path, known pair', summaries.kernel, againstConntrack.kernel),
     'cpu ratio: baseline machine CPU per connection over the mode\'s, the rate ratio a host bound by CPU reaches; added: extra CPU per',
     'connection, which agents and conntrack cost wherever the rate is bound (it shifts with the VM\'s speed like the rate does)',
     '',
@@ -465,6 +476,7 @@ try {
     ...(referenceLoop === '' ? [] : [pairedReport('C reference loop, no token', pairs.reference)]),
     pairedReport('pass-through', pairs['pass-through']),
     pairedReport('identity, known pair', pairs.identity),
+    pairedReport('kernel fast path, known pair', pairs.kernel),
     pairedReport('identity, first contact', pairs.firstContact),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { ParsedPacket, parsePacket } from '../../agent/src/datapath/packet.ts';
 import { startIdentityLab, type IdentityLab } from './identity-lab.ts';
 import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
-import { ROOT, type AgentStatus, type Lab, type NetnsProcess } from './lab.ts';
+import { ROOT, type AgentStatus, type Host, type Lab, type NetnsProcess } from './lab.ts';
 import { addressBytes, fixChecksums } from './packets.ts';
 import { rssMiB } from './proc.ts';
 
@@ -90,12 +90,12 @@ export function writePackets(file: string, packets: readonly Uint8Array[]): stri
 }
 
 /**
- * Starts the link-layer sender in the outsider, aimed at api's interface:
- * replay <file> <perSecond|max> <seconds> [count], or fuzz <file> <count> <perSecond|max> <seed>.
+ * Starts the link-layer sender in the outsider, aimed at api's interface (or from and to other
+ * hosts): replay <file> <perSecond|max> <seconds> [count], or fuzz <file> <count> <perSecond|max> <seed>.
  */
-export function inject(lab: Lab, mode: 'replay' | 'fuzz', file: string, args: string[]): NetnsProcess {
-  const apiMac = lab.exec('api', ['cat', '/sys/class/net/eth0/address']).trim();
-  return lab.spawn('outsider', [process.execPath, '--import', 'tsx', INJECTOR, mode, 'eth0', apiMac, file, ...args]);
+export function inject(lab: Lab, mode: 'replay' | 'fuzz', file: string, args: string[], hosts: { from: Host; to: Host } = { from: 'outsider', to: 'api' }): NetnsProcess {
+  const targetMac = lab.exec(hosts.to, ['cat', '/sys/class/net/eth0/address']).trim();
+  return lab.spawn(hosts.from, [process.execPath, '--import', 'tsx', INJECTOR, mode, 'eth0', targetMac, file, ...args]);
 }
 
 /** Verdicts given between two status readings, by "action:reason", both directions summed. */

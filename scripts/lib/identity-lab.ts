@@ -109,6 +109,8 @@ export interface IdentityLabOptions {
   web?: { args?: string[]; env?: Record<string, string> };
   /** A server on api: `server <port> <kind> [seconds]` of scripts/lib/peer.ts (120 s unless told). */
   server: { port: number; kind: 'http' | 'echo'; seconds?: number };
+  /** Agents run the kernel fast path (scripts/lib/lab.ts LabOptions.kernel). */
+  kernel?: boolean;
 }
 
 export interface IdentityLab {
@@ -127,7 +129,7 @@ export interface IdentityLab {
  */
 export async function startIdentityLab(options: IdentityLabOptions): Promise<IdentityLab> {
   const directory = scratchDirectory(options.prefix);
-  const lab = Lab.up(`${options.prefix}${process.pid % 100000}`, options.net);
+  const lab = Lab.up(`${options.prefix}${process.pid % 100000}`, options.net, { kernel: options.kernel === true });
   const files = await prepareIdentities(lab, directory, options.policyDirectory);
   const api = await lab.startAgent('api', ['--config', files.configs.api, ...(options.api?.args ?? [])], options.api?.env);
   const web = await lab.startAgent('web', ['--config', files.configs.web, ...(options.web?.args ?? [])], options.web?.env);

@@ -1,7 +1,7 @@
 // Test-side handle on scripts/lab: namespaces, processes inside them, agents and captures.
 // Every lab is torn down by its test's after() hook and, as a last resort, on process exit.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync, rmSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -58,8 +58,13 @@ export class NetnsProcess {
   private readonly child: ChildProcess;
   private waiters: (() => void)[] = [];
 
-  constructor(namespace: string, command: string[], options: { stdin?: boolean; env?: Record<string, string> } = {}) {
-    this.child = spawn('ip', ['netns', 'exec', namespace, ...command], {
+  /** With `cgroup`, the process runs in that cgroup v2 directory, entered with nsenter (ip netns exec would hide bpffs). */
+  constructor(namespace: string, command: string[], options: { stdin?: boolean; env?: Record<string, string>; cgroup?: string } = {}) {
+    const launcher =
+      options.cgroup === undefined
+        ? ['ip', 'netns', 'exec', namespace, ...command]
+        : ['sh', '-c', 'echo $$ > "$1/cgroup.procs" && ns=$2 && shift 2 && exec nsenter "--net=/var/run/netns/$ns" -- "$@"', 'sh', options.cgroup, namespace, ...command];
+    this.child = spawn(launcher[0]!, launcher.slice(1), {
       cwd: ROOT,
       env: { ...process.env, ...options.env },
       stdio: [options.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
@@ -164,19 +169,55 @@ export interface AgentStatus {
 
 const HOST_INDEX: Record<Host, number> = { web: 1, api: 2, outsider: 3 };
 
+/** The cgroup v2 mount of this machine (scripts/lab puts each host's cgroup under it). */
+function cgroup2Mount(): string {
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const [fields, tail] = line.split(' - ');
+    if (tail?.startsWith('cgroup2 ')) return fields!.split(' ')[4]!;
+  }
+  throw new Error('no cgroup v2 mount: the kernel fast path lab needs one');
+}
+
+export interface LabOptions {
+  /**
+   * Run the kernel fast path: every process of a host runs in that host's cgroup (nsenter, so
+   * bpffs stays visible) and each agent attaches there, pinning under its own directory.
+   */
+  kernel?: boolean;
+}
+
 export class Lab {
   private readonly processes: NetnsProcess[] = [];
 
   private constructor(
     readonly prefix: string,
     readonly net: number,
+    readonly options: LabOptions,
   ) {}
 
   /** Creates the lab; `prefix` is 1-8 of [a-z0-9], `net` 1..250 and unique among running labs. */
-  static up(prefix: string, net: number): Lab {
+  static up(prefix: string, net: number, options: LabOptions = {}): Lab {
     liveLabs.add(prefix);
     execFileSync(LAB, ['up', prefix, String(net)], { stdio: 'pipe' });
-    return new Lab(prefix, net);
+    return new Lab(prefix, net, options);
+  }
+
+  /** The host's cgroup v2 directory (made by scripts/lab). */
+  cgroup(host: Host): string {
+    return `${cgroup2Mount()}/synpass-lab-${this.prefix}/${host}`;
+  }
+
+  /** Where the host's agent pins its fast path (removed by scripts/lab down if it is left). */
+  pinDir(host: Host): string {
+    return `/sys/fs/bpf/synpass-lab-${this.prefix}-${host}`;
+  }
+
+  /**
+   * The agent flags that let `host`'s agent run the kernel fast path in its own cgroup (`auto`:
+   * a pass-through agent runs without it; a later `--kernel-fast-path` flag wins).
+   */
+  kernelFlags(host: Host): string[] {
+    return ['--kernel-fast-path', 'auto', '--fast-path-pin-dir', this.pinDir(host), '--fast-path-cgroup', this.cgroup(host)];
   }
 
   namespace(host: Host | 'sw'): string {
@@ -198,7 +239,8 @@ export class Lab {
   }
 
   spawn(host: Host | 'sw', command: string[], options: { stdin?: boolean; env?: Record<string, string> } = {}): NetnsProcess {
-    const child = new NetnsProcess(this.namespace(host), command, options);
+    const cgroup = this.options.kernel === true && host !== 'sw' ? { cgroup: this.cgroup(host) } : {};
+    const child = new NetnsProcess(this.namespace(host), command, { ...options, ...cgroup });
     this.processes.push(child);
     return child;
   }
@@ -251,7 +293,8 @@ export class Lab {
     const socket = this.socketPath(host, 'status');
     const whois = this.whoisSocket(host);
     const targets = this.networks.flatMap((cidr) => ['--target', cidr]);
-    const child = this.spawn(host, [...command, 'agent', 'run', '--status-socket', socket, '--whois-socket', whois, ...targets, ...extraArgs], {
+    const kernel = this.options.kernel === true ? this.kernelFlags(host) : [];
+    const child = this.spawn(host, [...command, 'agent', 'run', '--status-socket', socket, '--whois-socket', whois, ...targets, ...kernel, ...extraArgs], {
       env,
     });
     // Asked over the status socket, not read from logs: log lines may be filtered by level.

@@ -20,23 +20,74 @@ export function addressBytes(address: string): Uint8Array {
   return out;
 }
 
-/** A 40-byte IPv4 SYN without options or token, as a port scanner sends it. */
-export function plainSyn(source: string, target: string, port: number, sourcePort: number, sequence: number): Uint8Array {
-  const packet = Buffer.alloc(40);
+export interface SegmentFields {
+  source: string;
+  target: string;
+  sourcePort: number;
+  port: number;
+  sequence: number;
+  acknowledgment?: number;
+  /** TCP flags byte (default SYN). */
+  flags?: number;
+  /** TCP options, padded by the caller to a multiple of 4 bytes. */
+  options?: Uint8Array;
+}
+
+/** An IPv4 TCP segment without payload, checksums right. */
+export function ipv4Segment(fields: SegmentFields): Uint8Array {
+  const options = fields.options ?? new Uint8Array(0);
+  if (options.length % 4 !== 0 || options.length > 40) throw new RangeError('TCP options: a multiple of 4 bytes, at most 40');
+  const length = 40 + options.length;
+  const packet = Buffer.alloc(length);
   packet[0] = 0x45;
-  packet.writeUInt16BE(40, 2);
+  packet.writeUInt16BE(length, 2);
   packet.writeUInt16BE(0x4000, 6);
   packet[8] = 64;
   packet[9] = 6;
-  packet.set(addressBytes(source), 12);
-  packet.set(addressBytes(target), 16);
-  packet.writeUInt16BE(sourcePort, 20);
-  packet.writeUInt16BE(port, 22);
-  packet.writeUInt32BE(sequence >>> 0, 24);
-  packet[32] = 0x50;
-  packet[33] = 0x02;
+  packet.set(addressBytes(fields.source), 12);
+  packet.set(addressBytes(fields.target), 16);
+  packet.writeUInt16BE(fields.sourcePort, 20);
+  packet.writeUInt16BE(fields.port, 22);
+  packet.writeUInt32BE(fields.sequence >>> 0, 24);
+  packet.writeUInt32BE((fields.acknowledgment ?? 0) >>> 0, 28);
+  packet[32] = (5 + options.length / 4) << 4;
+  packet[33] = fields.flags ?? 0x02;
   packet.writeUInt16BE(64240, 34);
+  packet.set(options, 40);
   return fixChecksums(packet, 4, 20);
+}
+
+/** A 40-byte IPv4 SYN without options or token, as a port scanner sends it. */
+export function plainSyn(source: string, target: string, port: number, sourcePort: number, sequence: number): Uint8Array {
+  return ipv4Segment({ source, target, port, sourcePort, sequence });
+}
+
+/**
+ * Where the TCP option of `kind` and `length` starts in a well-formed packet (for kind 253/254,
+ * also matching the 2-byte ExID), or -1.
+ */
+export function tcpOptionOffset(bytes: Uint8Array, kind: number, length: number, exid?: number): number {
+  const packet = parsed(bytes);
+  const end = packet.tcpOffset + packet.tcpHeaderLength;
+  for (let at = packet.tcpOffset + 20; at < end; ) {
+    const current = bytes[at]!;
+    if (current === 0) return -1;
+    if (current === 1) {
+      at += 1;
+      continue;
+    }
+    const size = bytes[at + 1]!;
+    if (size < 2) return -1;
+    if (current === kind && size === length && (exid === undefined || ((bytes[at + 2]! << 8) | bytes[at + 3]!) === exid)) return at;
+    at += size;
+  }
+  return -1;
+}
+
+/** The IP version and TCP header offset of a well-formed packet, for fixChecksums after an edit. */
+export function layout(bytes: Uint8Array): { ipVersion: 4 | 6; tcpOffset: number } {
+  const packet = parsed(bytes);
+  return { ipVersion: packet.ipVersion, tcpOffset: packet.tcpOffset };
 }
 
 /**

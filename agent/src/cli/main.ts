@@ -9,6 +9,7 @@ import { inspectCredential, readCredentialFile } from '../token/credential.ts';
 import { initDomain, issueAgent, SIGNING_KEY_TYPES, type SigningKeyType } from '../identity/issuance.ts';
 import { loadTrustBundles } from '../token/trust-bundle.ts';
 import { credentialNamespaces } from '../runtime/handlers.ts';
+import { KernelFastPath } from '../kernel/fast-path.ts';
 import { registerAgentRun } from './agent-run.ts';
 import { EXIT_NO, EXIT_USAGE, guarded } from './exit.ts';
 import { registerPolicyCommands } from './policy.ts';
@@ -39,10 +40,13 @@ registerAgentRun(agent);
 
 agent
   .command('cleanup')
-  .description('remove synpass rules and chains left by an agent that did not stop cleanly')
-  .action(guarded('agent cleanup', async () => {
+  .description('remove synpass rules and chains, and the kernel fast path (tc filters, cgroup link, pinned maps), left by an agent that did not stop cleanly')
+  .option('--fast-path-pin-dir <path>', 'bpffs directory of the fast path (datapath.fastPathPinDir)', DEFAULT_DATAPATH.fastPathPinDir)
+  .action(guarded('agent cleanup', async (flags: { fastPathPinDir: string }) => {
     const removed = await removeAllRules();
     process.stdout.write(`removed synpass rules from ${removed} table(s)\n`);
+    const fast = KernelFastPath.detach(flags.fastPathPinDir);
+    process.stdout.write(`kernel fast path: ${fast.tcDetached} tc filter(s) removed, cgroup link ${fast.linkDetached ? 'detached' : 'not found'}, pins under ${flags.fastPathPinDir} removed\n`);
   }));
 
 const keys = program.command('keys').description('trust domains and agent credentials (offline, on a secure machine)');

@@ -15,6 +15,7 @@ export const REASONS = {
   // Accepted.
   ok: { verdict: 'accept', text: 'the peer proved its identity (first contact) and policy allows it, or a packet of a handshake already judged' },
   'ok-fast': { verdict: 'accept', text: 'a known peer proved itself with the pair key, and policy allows it' },
+  'ok-kernel': { verdict: 'accept', text: 'the kernel fast path: a fast SYN sent, or a fast SYN or its SYN-ACK proven and admitted, with no queue trip' },
   'ok-local': { verdict: 'accept', text: 'two pods of this node, judged on the node with both identities and no token' },
   'unprotected-port': { verdict: 'accept', text: 'the port is not protected (admission without policy)' },
   'allowed-without-identity': { verdict: 'accept', text: 'a peer without identity, allowed by a network rule' },
@@ -42,8 +43,8 @@ export const REASONS = {
   'handler-error': { verdict: 'drop', text: 'the handler failed on this packet (a bug; it is dropped, never let through)' },
   // Dropped by the handshake.
   'bad-token': { verdict: 'drop', text: 'pass-through mode: a token other than the test token' },
-  'no-identity': { verdict: 'drop', text: 'a peer without identity, and no rule allows it' },
-  'not-allowed': { verdict: 'drop', text: 'the peer proved its identity, and policy does not allow it' },
+  'no-identity': { verdict: 'drop', text: 'a peer without identity, and no rule allows it (the kernel fast path drops such SYNs itself where no rule could)' },
+  'not-allowed': { verdict: 'drop', text: 'the peer proved its identity, and policy does not allow it (in the kernel: since a policy edit)' },
   'malformed-handshake': { verdict: 'drop', text: 'a token area that is not a well-formed handshake message' },
   'unsupported-version': { verdict: 'drop', text: 'a handshake message of a version this agent does not speak' },
   'malformed-token': { verdict: 'drop', text: 'a credential or token that is not a well-formed JWS' },
@@ -58,15 +59,17 @@ export const REASONS = {
   'not-yet-valid': { verdict: 'drop', text: 'a credential or token from the future' },
   'namespace-not-allowed': { verdict: 'drop', text: 'an attribute outside the namespaces the credential allows' },
   'token-credential-mismatch': { verdict: 'drop', text: 'a token not signed by the key its credential binds' },
-  'stale-timestamp': { verdict: 'drop', text: 'a SYN whose time is outside the replay window' },
-  'replayed-syn': { verdict: 'drop', text: 'a SYN nonce seen before within the replay window' },
+  'stale-timestamp': { verdict: 'drop', text: 'a SYN (or fast SYN, in the kernel) whose time is outside the replay window' },
+  'replayed-syn': { verdict: 'drop', text: 'a SYN nonce seen before within the replay window, or a fast SYN (peer, id, ISN, time) the kernel saw before' },
   'replayed-ack': { verdict: 'drop', text: 'a first ACK for no pending handshake, or one seen before' },
-  'bad-proof': { verdict: 'drop', text: 'a proof (pair-key MAC or signature) that does not verify' },
+  'bad-proof': { verdict: 'drop', text: 'a proof (pair-key MAC, signature, or the kernel fast path\'s SYN or SYN-ACK MAC, missing or wrong) that does not verify' },
   'unproven-syn': { verdict: 'drop', text: 'a SYN with neither a proof to our key nor a signature' },
   'unknown-flow': { verdict: 'drop', text: 'a SYN-ACK for a connection this agent did not open' },
   'flow-table-full': { verdict: 'drop', text: 'the table of handshakes in progress is full' },
   'replay-cache-full': { verdict: 'drop', text: 'the replay cache is full of nonces still inside the window' },
   'signature-rate-limited': { verdict: 'drop', text: 'a first-contact SYN whose source spent its signature checks of this second (`handshake.signatureChecksPerSource`)' },
+  // Dropped by the kernel fast path (read from its counters).
+  'unknown-fast-peer': { verdict: 'drop', text: 'a fast SYN naming a workload this server\'s kernel holds no key for (the client falls back to first contact on its retransmit)' },
   // Dropped by the kernel before the queue, counted from the rule at each rule check.
   'source-rate-limited': { verdict: 'drop', text: 'an incoming packet on its way to the queue above its source\'s rate (`datapath.queueRatePerSource`), dropped by the kernel' },
 } as const satisfies Record<string, ReasonDoc>;

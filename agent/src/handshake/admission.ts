@@ -65,6 +65,11 @@ export class Admission {
     return false;
   }
 
+  /** Whether no peer without identity, from any address, is admitted to `port`. */
+  closedToAnonymous(port: number): boolean {
+    return this.isProtected(port) && !this.anonymous.some((entry) => portMatches(entry.ports, port));
+  }
+
   admitsWithoutIdentity(source: string, port: number): boolean {
     if (!this.isProtected(port)) return true;
     const family = isIPv4(source) ? 'ipv4' : 'ipv6';

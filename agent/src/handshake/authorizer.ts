@@ -30,6 +30,8 @@ export interface Authorizer {
   egress(query: AuthorizationQuery): Authorization;
   /** Remembered decisions and how many may be (none for the admission list). */
   readonly memoSize: TableSize;
+  /** Whether every peer without identity, from any address, is refused at `port` of `local` (the kernel may drop such SYNs itself). */
+  closedToAnonymous(local: Attributes, port: number): boolean;
 }
 
 export class AdmissionAuthorizer implements Authorizer {
@@ -45,6 +47,10 @@ export class AdmissionAuthorizer implements Authorizer {
   egress(): Authorization {
     return { allowed: true, rule: null, revision: null, wouldDrop: null, unrestricted: true };
   }
+
+  closedToAnonymous(_local: Attributes, port: number): boolean {
+    return this.admission.closedToAnonymous(port);
+  }
 }
 
 /** Decides with the current PolicySet; `current` is swapped whole on reload. */
@@ -55,6 +61,10 @@ export class PolicyAuthorizer implements Authorizer {
 
   get memoSize(): TableSize {
     return { entries: this.memo.size, capacity: MEMO_LIMIT };
+  }
+
+  closedToAnonymous(local: Attributes, port: number): boolean {
+    return this.current().closedToAnonymous(local, port);
   }
 
   private decide(direction: 'ingress' | 'egress', query: AuthorizationQuery): Authorization {

@@ -5,7 +5,8 @@ import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
 import type { Decision, PacketInfo } from '../datapath/handler.ts';
 import { ackProof, synAckProofValid, synProof } from '../protocol/proofs.ts';
 import { signSyn } from '../protocol/syn-signature.ts';
-import { encodeTransient, FLAG_FAST, FLAG_SYN_PROOF, FLAG_SYN_SIGNATURE, MessageType, type SynMessage } from '../protocol/wire.ts';
+import { deriveFastKey } from '../protocol/fast-keys.ts';
+import { encodeTransient, FLAG_FAST, FLAG_KERNEL, FLAG_SYN_PROOF, FLAG_SYN_SIGNATURE, MessageType, type SynMessage } from '../protocol/wire.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import { ackTranscript, type HandshakeContext } from './context.ts';
 import { flowKey } from './handshake-state.ts';
@@ -28,7 +29,8 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     return null;
   }
   // A pod this node routes for speaks as itself; otherwise the owner of the local socket does.
-  const own = ctx.local.tokenForAddress(client) ?? ctx.local.tokenForOwner(info.uid);
+  const pod = ctx.local.tokenForAddress(client);
+  const own = pod ?? ctx.local.tokenForOwner(info.uid);
   const nonce = ctx.noncePool.next();
   const time = Math.floor(ctx.now() / 1000);
   const known = ctx.knownServers.get(server);
@@ -56,6 +58,7 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     fast: known !== undefined,
     syn,
     local: own.localAttributes,
+    owner: pod === undefined && info.uid >= 0 ? info.uid : null,
     expiresAt: ctx.now() + ctx.options.handshakeTimeoutMs,
   });
   if (!stored) return refuse('flow-table-full');
@@ -94,6 +97,18 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   const auth = ctx.authorize(decision, 'egress', { local: flow.local ?? ctx.local.tokenForOwner(-1).localAttributes, peer: peer.identity, peerAddress: server, port: packet.sourcePort });
   if (!auth.allowed) return refuse('not-allowed', 'egress to this identity is not allowed', peer.identity);
   ctx.rememberServer(server, peer.credential.kexRaw, pairKey);
+  if ((message.flags & FLAG_KERNEL) !== 0 && ctx.kernelPath !== null && flow.owner != null && flow.syn !== null && auth.wouldDrop === null) {
+    // The server's kernel holds this workload now: our kernel sends its next SYNs to this port.
+    ctx.kernelPath.useServer({
+      serverAddress: server,
+      port: packet.sourcePort,
+      uid: flow.owner,
+      fast: deriveFastKey(pairKey, flow.syn.token.signature),
+      peer: peer.identity,
+      local: flow.local ?? {},
+      expiresAt: Math.min(peer.identity.expiresAt, peer.credential.expiresAt, ctx.local.tokenExpiresAt),
+    });
+  }
   flow.serverNonce = Buffer.from(message.nonce);
   flow.serverIsn = packet.sequence;
   flow.pairKey = pairKey;

@@ -10,6 +10,7 @@ import { decodeMessage, FLAG_SYN_SIGNATURE, UnsupportedVersionError, WireError, 
 import type { Authorization, AuthorizationQuery, Authorizer } from './authorizer.ts';
 import { ExpiringTable, type Flow, type SeenNonce } from './handshake-state.ts';
 import type { HeldPacket } from '../datapath/handler.ts';
+import type { KernelPath } from './kernel-path.ts';
 import type { PairKeys, PeerVerifier } from './peer-verifier.ts';
 import { refuse, type Refusal } from './reasons.ts';
 import { SourceBudget } from './source-budget.ts';
@@ -53,6 +54,8 @@ export class HandshakeContext {
   readonly signatureBudget: SourceBudget;
   readonly now: () => number;
   previousKey: PreviousKey | null = null;
+  /** The kernel fast path, when it runs: told of every client workload proven at first contact. */
+  kernelPath: KernelPath | null = null;
   /** Segments held for a proof, over every flow. */
   heldCount = 0;
 

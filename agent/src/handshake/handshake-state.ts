@@ -16,6 +16,10 @@ export interface Flow {
   syn: SynMessage | null;
   /** Client side: the local workload's attributes, for the egress decision at the SYN-ACK. */
   local: Readonly<Record<string, string>> | null;
+  /** Client side: the local user whose token the SYN carries, or null for a pod known by address. */
+  owner?: number | null;
+  /** Server side: the kernel took this client workload; the SYN-ACK says so (FLAG_KERNEL). */
+  kernel?: boolean;
   expiresAt: number;
 }
 

@@ -13,6 +13,7 @@ import type { Authorizer } from './authorizer.ts';
 import { clientAck, clientSyn, clientSynAck } from './client.ts';
 import { HandshakeContext, MAX_KNOWN_SERVERS, type IdentityHandlerOptions } from './context.ts';
 import { MAX_HELD } from './held.ts';
+import type { KernelPath } from './kernel-path.ts';
 import { PairKeys, type PeerVerifier } from './peer-verifier.ts';
 import { Refusal } from './reasons.ts';
 import { serverAck, serverSyn, serverSynAck } from './server.ts';
@@ -59,6 +60,31 @@ export class IdentityHandler implements HandshakeHandler {
   /** The authorizer used from the next handshake on (policy reload swaps the set inside it). */
   useAuthorizer(authorizer: Authorizer): void {
     this.ctx.authorizer = authorizer;
+    this.policyChanged();
+  }
+
+  /** The policy set behind the authorizer changed: entries the kernel judges are judged again. */
+  policyChanged(): void {
+    this.ctx.kernelPath?.reauthorize(this.ctx.authorizer);
+    this.cloakInKernel();
+  }
+
+  /** From now on, tell `path` of every client workload proven at first contact (null: stop). */
+  useKernelPath(path: KernelPath | null): void {
+    this.ctx.kernelPath = path;
+    this.cloakInKernel();
+  }
+
+  /**
+   * The ports where policy refuses every peer without identity, for the kernel to drop such SYNs
+   * before the queue. Not on a node with pods: their ports share the node's, and the kernel
+   * cannot tell a pod's destination from the node's.
+   */
+  private cloakInKernel(): void {
+    const { kernelPath, authorizer, options } = this.ctx;
+    if (kernelPath === null) return;
+    const local = this.ctx.local;
+    kernelPath.cloak(options.localPods !== undefined ? () => false : (port) => authorizer.closedToAnonymous(local.tokenForPort(port).localAttributes, port));
   }
 
   /**
@@ -74,11 +100,14 @@ export class IdentityHandler implements HandshakeHandler {
     }
     ctx.local = local;
     ctx.knownServers.clear();
+    ctx.kernelPath?.forgetAll();
+    this.cloakInKernel();
   }
 
   /** Forget which agents serve which addresses: the next SYN to each takes the full handshake. */
   forgetServers(): void {
     this.ctx.knownServers.clear();
+    this.ctx.kernelPath?.forgetAll();
   }
 
   stats(): Record<string, number> {

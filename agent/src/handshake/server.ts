@@ -7,7 +7,8 @@ import type { Decision, PacketInfo } from '../datapath/handler.ts';
 import { TCP_FIN } from '../datapath/packet.ts';
 import { ackProofValid, synAckProof, synProofValid, synTranscriptOf } from '../protocol/proofs.ts';
 import { synSignatureValid } from '../protocol/syn-signature.ts';
-import { encodeTransient, FLAG_FAST, MessageType, type SynMessage } from '../protocol/wire.ts';
+import { deriveFastKey } from '../protocol/fast-keys.ts';
+import { encodeTransient, FLAG_FAST, FLAG_KERNEL, MessageType, type SynMessage } from '../protocol/wire.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import { ackTranscript, type HandshakeContext } from './context.ts';
 import { flowKey } from './handshake-state.ts';
@@ -122,6 +123,19 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     expiresAt: nowMs + ctx.options.handshakeTimeoutMs,
   });
   if (!stored) return refuse('flow-table-full');
+  // Pods share the node's ports, and observed rules cannot be enforced by a kernel that only
+  // accepts or drops: both stay on the queue.
+  if (ctx.kernelPath !== null && destinationPod === undefined && auth.wouldDrop === null) {
+    const flow = ctx.flows.get(key)!;
+    flow.kernel = ctx.kernelPath.admitClient({
+      peerAddress: client,
+      port,
+      fast: deriveFastKey(pairKey, message.token.signature),
+      peer: peer.identity,
+      local,
+      expiresAt: Math.min(peer.identity.expiresAt, peer.credential.expiresAt),
+    });
+  }
   decision.track = true;
   decision.reason = auth.wouldDrop !== null ? 'observe-would-drop' : fast ? 'ok-fast' : 'ok';
   return peer.identity;
@@ -145,7 +159,7 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   // Retransmitted SYN-ACKs reuse the nonce, so the proof stays the one the client checks.
   flow.serverNonce ??= ctx.noncePool.next();
   flow.serverIsn = packet.sequence;
-  const flags = flow.fast ? FLAG_FAST : 0;
+  const flags = (flow.fast ? FLAG_FAST : 0) | (flow.kernel === true ? FLAG_KERNEL : 0);
   const token = (ctx.local.tokenForAddress(server) ?? ctx.local.tokenForPort(packet.sourcePort)).packed;
   const proof = synAckProof(flow.pairKey, { flags, clientNonce: flow.clientNonce, serverNonce: flow.serverNonce, clientIsn: flow.clientIsn, serverIsn: flow.serverIsn, tokenSignature: token.signature });
   ctx.attach(decision, encodeTransient({ type: MessageType.SynAck, flags, credential: ctx.local.packedCredential, token, nonce: flow.serverNonce, proof }));

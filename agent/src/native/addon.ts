@@ -87,8 +87,35 @@ export interface PeerCredentials {
   gid: number;
 }
 
+/** What fastPathAttach did: pinned map file descriptors by name, and the interfaces it took. */
+export interface FastPathAttachment {
+  maps: Record<string, number>;
+  attached: string[];
+  skipped: { name: string; reason: string }[];
+}
+
+/** An addon call that failed in the kernel carries its errno. */
+export interface ErrnoError extends Error {
+  errno?: number;
+}
+
 export interface NativeBinding {
   NfQueue: new (options: NativeQueueOptions) => NativeQueue;
+  /** Loads the kernel programs, pins maps and the sock_ops link under `pinDir`, attaches tc ingress. */
+  fastPathAttach(objectPath: string, pinDir: string, cgroupPath: string, interfaces: readonly string[]): FastPathAttachment;
+  /** Takes our tc filter off every interface of this namespace, detaches the link, removes the pins. */
+  fastPathDetach(pinDir: string): { tcDetached: number; linkDetached: boolean };
+  mapUpdate(fd: number, key: Uint8Array, value: Uint8Array, flags: number): void;
+  mapDelete(fd: number, key: Uint8Array): boolean;
+  mapLookup(fd: number, key: Uint8Array, valueOut: Uint8Array): boolean;
+  mapCount(fd: number, keySize: number): number;
+  /** Entries 0..n-1 of an array map from `values`, `valueSize` bytes each, in one batch. */
+  arrayWrite(fd: number, values: Uint8Array, valueSize: number): void;
+  /** Each slot of a per-CPU u64 array, summed over CPUs. */
+  counterTotals(fd: number, count: number): number[];
+  /** CLOCK_REALTIME minus CLOCK_BOOTTIME in nanoseconds. */
+  realtimeOffsetNs(): bigint;
+  closeFd(fd: number): void;
   peerCredentials(fd: number): PeerCredentials;
   /** Writes HMAC-SHA256(key, message[0, messageLength)) into the first 32 bytes of `out`. */
   hmacSha256: (key: Uint8Array, message: Uint8Array, messageLength: number, out: Uint8Array) => void;
@@ -125,10 +152,17 @@ export function layoutMismatch(layout: AddonLayout, stride: number): string | nu
   return null;
 }
 
-// From agent/src/datapath (run through tsx) or dist/agent/src/datapath (compiled).
-const addonCandidates = ['../../../native/build/Release/synpass_nfq.node', '../../../../native/build/Release/synpass_nfq.node'].map(
-  (relative) => fileURLToPath(new URL(relative, import.meta.url)),
-);
+// From agent/src/native (run through tsx) or dist/agent/src/native (compiled).
+function builtFile(name: string): string[] {
+  return [`../../../native/build/Release/${name}`, `../../../../native/build/Release/${name}`].map((relative) => fileURLToPath(new URL(relative, import.meta.url)));
+}
+const addonCandidates = builtFile('synpass_nfq.node');
+
+/** The compiled kernel programs (native/bpf/fast_path.bpf.c), built beside the addon. */
+export function fastPathObjectPath(): string {
+  const candidates = builtFile('fast_path.bpf.o');
+  return candidates.find((candidate) => existsSync(candidate)) ?? candidates[0]!;
+}
 let binding: NativeBinding | undefined;
 
 export function loadBinding(): NativeBinding {

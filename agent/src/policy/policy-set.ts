@@ -242,6 +242,17 @@ export class PolicySet {
     return entry[direction];
   }
 
+  /**
+   * Whether ingress to `port` of `local` refuses every peer without identity, whatever its
+   * address: a policy governs it, its default deny is enforced, and no rule with networks (which
+   * alone can match such a peer, allow or observed deny) covers the port.
+   */
+  closedToAnonymous(local: Attributes, port: number): boolean {
+    const applicable = this.applicable('ingress', local);
+    if (applicable === null || applicable.observedDefault) return false;
+    return !applicable.rules.some((rule) => rule.networks !== null && (rule.ports === null || rule.ports.has(port)));
+  }
+
   evaluate(query: PolicyQuery): PolicyVerdict {
     const applicable = this.applicable(query.direction, query.local);
     const verdict = (allowed: boolean, decidedBy: PolicyVerdict['decidedBy'], rule: CompiledRule | null, wouldDrop: string | null): PolicyVerdict => ({

@@ -19,7 +19,7 @@ export function keyId(kexRaw: Buffer): Buffer {
   return kexRaw.subarray(0, KEY_ID_BYTES);
 }
 
-export type ProofLabel = 'syn' | 'syn-ack' | 'ack';
+export type ProofLabel = 'syn' | 'syn-ack' | 'ack' | 'fast-key' | 'fast-id';
 
 // One message buffer and one digest buffer, reused: the MAC of these few dozen bytes costs less
 // than creating anything per proof. The HMAC runs in the addon because node:crypto's createHmac
@@ -27,7 +27,13 @@ export type ProofLabel = 'syn' | 'syn-ack' | 'ack';
 const scratch = Buffer.alloc(256);
 const digest = Buffer.alloc(32);
 const truncated = digest.subarray(0, PROOF_BYTES);
-const LABELS: Record<ProofLabel, Uint8Array> = { syn: Buffer.from('syn'), 'syn-ack': Buffer.from('syn-ack'), ack: Buffer.from('ack') };
+const LABELS: Record<ProofLabel, Uint8Array> = {
+  syn: Buffer.from('syn'),
+  'syn-ack': Buffer.from('syn-ack'),
+  ack: Buffer.from('ack'),
+  'fast-key': Buffer.from('fast-key'),
+  'fast-id': Buffer.from('fast-id'),
+};
 let hmacSha256: NativeBinding['hmacSha256'] | undefined;
 
 /** Leaves the HMAC of the label and parts in `digest`. */

@@ -28,6 +28,9 @@ export const FLAG_SYN_PROOF = 0x01;
 export const FLAG_SYN_SIGNATURE = 0x02;
 /** SYN-ACK: the server took the fast path; the handshake ends at the SYN-ACK on both sides. */
 export const FLAG_FAST = 0x01;
+/** SYN-ACK: the server's kernel now holds this client workload: its next SYNs to this port may
+ * carry the kernel fast option instead of a token (see fast-keys.ts). */
+export const FLAG_KERNEL = 0x02;
 
 /**
  * A JWS as it travels: the encoded field (length prefixes and raw segments) and a view of its

@@ -19,10 +19,17 @@ import type { BoundedLogStream } from '../telemetry/log.ts';
 import type { AgentConfig } from './config.ts';
 import type { BuiltHandler, IdentityStatus } from './handlers.ts';
 import { bindWhenFree, queuesBound } from './queue-binder.ts';
+import { chooseKernelFastPath, type FastPathChoice } from './kernel-fast-path.ts';
 import { RulesWatchdog } from './rules-watchdog.ts';
 
 /** What the agent process runs by: the parsed configuration (runtime/config.ts). */
-export type AgentRuntimeConfig = Pick<AgentConfig, 'mode' | 'datapath' | 'telemetry' | 'targets' | 'excluded'>;
+export type AgentRuntimeConfig = Pick<AgentConfig, 'mode' | 'datapath' | 'telemetry' | 'targets' | 'excluded' | 'replayWindowSeconds'>;
+
+/** "address:port" as whois and the registry write it (IPv6 without brackets). */
+function splitEndpoint(endpoint: string): [string, number] {
+  const colon = endpoint.lastIndexOf(':');
+  return [endpoint.slice(0, colon), Number(endpoint.slice(colon + 1))];
+}
 
 export class Agent {
   private queue: NativeQueue | null = null;
@@ -38,6 +45,8 @@ export class Agent {
   private readonly flowLog: FlowLog;
   private readonly peers = new PeerRegistry();
   private whois: WhoisService | null = null;
+  private fastPath: FastPathChoice = { path: null, reason: 'not started', cgroup: null };
+  private fastPathTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly config: AgentRuntimeConfig,
@@ -75,6 +84,7 @@ export class Agent {
       rulesAhead: () => this.rules.rulesAhead,
       logging: () => ({ flowLog: flowLog.counters, logPendingBytes: logStream?.pendingBytes ?? 0, logDroppedLines: logStream?.droppedLines ?? 0 }),
       tables: () => this.tables(),
+      kernelFastPath: () => ({ running: this.fastPath.path !== null, counters: this.fastPath.path?.counters() ?? {} }),
     });
     const { latency, ruleVerdicts } = this.metrics;
     this.engine = new DatapathEngine(this.buffers, built.handler, {
@@ -123,9 +133,58 @@ export class Agent {
       throw error;
     }
     this.rules.watch(this.config.datapath.ruleCheckSeconds * 1000);
+    this.startKernelFastPath();
     if (this.config.telemetry.whoisSocket !== null) this.whois = await startWhoisService(this.config.telemetry.whoisSocket, this.peers, this.log);
     this.state = 'running';
     this.log.info({ mode: this.config.mode, statusSocket: this.config.datapath.statusSocket }, 'agent running');
+  }
+
+  /** After the rules: the marks the kernel programs set mean something only once the rules are in. */
+  private startKernelFastPath(): void {
+    const choice = chooseKernelFastPath(this.config, connectionMarks(this.config.datapath.markBase));
+    this.fastPath = choice;
+    const path = choice.path;
+    if (path === null) {
+      const level = this.config.datapath.kernelFastPath === 'off' ? 'info' : 'warn';
+      this.log[level]({ kernelFastPath: this.config.datapath.kernelFastPath, reason: choice.reason }, 'kernel fast path not running: every handshake takes the queue');
+      return;
+    }
+    this.built.useKernelPath?.(path);
+    this.peers.fallback = (local, remote) => path.peerOf(...splitEndpoint(local), ...splitEndpoint(remote))?.identity;
+    this.fastPathTimer = setInterval(() => { path.tick(); }, 1000);
+    this.fastPathTimer.unref();
+    const { attached, skipped } = path.attachment;
+    this.log.info({ kernelFastPath: this.config.datapath.kernelFastPath, cgroup: choice.cgroup, interfaces: attached, skipped, pinDir: this.config.datapath.fastPathPinDir }, 'kernel fast path running');
+  }
+
+  /** Detached before the rules go: fast SYNs then meet the queue, which drops what it cannot prove. */
+  private stopKernelFastPath(): void {
+    const path = this.fastPath.path;
+    if (path === null) return;
+    if (this.fastPathTimer) clearInterval(this.fastPathTimer);
+    this.built.useKernelPath?.(null);
+    this.peers.fallback = null;
+    this.fastPath = { path: null, reason: 'stopped', cgroup: this.fastPath.cgroup };
+    const detached = path.close();
+    this.log.info(detached, 'kernel fast path detached');
+  }
+
+  /** The kernel fast path for status: whether it runs and why, where, its counters and tables. */
+  private kernelFastPathStatus(): Record<string, unknown> {
+    const { path, reason, cgroup } = this.fastPath;
+    if (path === null) return { running: false, mode: this.config.datapath.kernelFastPath, reason };
+    return {
+      running: true,
+      mode: this.config.datapath.kernelFastPath,
+      reason,
+      cgroup,
+      pinDir: this.config.datapath.fastPathPinDir,
+      interfaces: path.attachment.attached,
+      skipped: path.attachment.skipped,
+      counters: path.counters(),
+      refusedEntries: path.refused,
+      cloakedPorts: path.cloakedPorts,
+    };
   }
 
   /** Binds every queue, waiting while another process holds one; null when stopped while waiting. */
@@ -173,9 +232,9 @@ export class Agent {
     return own.reduce((sum, q) => ({ dropped: sum.dropped + q.dropped, userDropped: sum.userDropped + q.userDropped, waiting: sum.waiting + q.waiting }), { dropped: 0, userDropped: 0, waiting: 0 });
   }
 
-  /** Verdicts of the queue and the SYNs the kernel dropped above their source's rate. */
+  /** Verdicts of the queue, of the kernel fast path, and the SYNs the kernel dropped above their source's rate. */
   private verdicts(): VerdictCount[] {
-    const rows = this.engine.verdicts.snapshot();
+    const rows = [...this.engine.verdicts.snapshot(), ...(this.fastPath.path?.verdicts() ?? [])];
     const limited = this.rules.sourceLimitedPackets;
     return limited === 0 ? rows : [...rows, { direction: 'ingress', action: 'drop', reason: 'source-rate-limited', count: limited }];
   }
@@ -184,6 +243,7 @@ export class Agent {
   private tables(): Record<string, TableSize> {
     return {
       ...this.built.tables(),
+      ...this.fastPath.path?.tables(),
       'whois-peers': { entries: this.peers.size, capacity: this.peers.limit },
       'flow-log-aggregates': { entries: this.flowLog.counters.aggregates, capacity: FLOW_LOG_MAX_AGGREGATES },
     };
@@ -227,6 +287,7 @@ export class Agent {
       queue: readQueueCounters(this.buffers.counters),
       kernelQueue: this.kernelQueueTotals(),
       verdicts: this.verdicts(),
+      kernelFastPath: this.kernelFastPathStatus(),
       peersKnown: this.peers.size,
       tables: this.tables(),
       judging: {
@@ -251,6 +312,7 @@ export class Agent {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.state = 'stopping';
+      this.stopKernelFastPath();
       await this.rules.remove();
       this.queue?.close();
       this.queue = null;

@@ -78,6 +78,10 @@ export function agentConfigSchema(base: string) {
         batchSlots: t.integer(1, 1024, 32, 'packets received per `recvmmsg`'),
         socketBufferBytes: t.integer(65_536, 1 << 30, 8 * 1024 * 1024, 'netlink receive buffer of each queue socket', { defaultText: '8 MiB' }),
         ruleCheckSeconds: t.integer(1, 3600, 5, 'how often the rules are checked, and reinstalled when someone removed them'),
+        kernelFastPath: t.choice(['auto', 'on', 'off'], 'auto', 'known pairs proven and judged in the kernel (eBPF): `auto` when the kernel, bpffs and cgroup v2 allow it, `on` or refuse to start, `off` queue only'),
+        fastPathPinDir: t.pathWithDefault('/sys/fs/bpf/synpass', 'bpffs directory of the fast path\'s pinned maps and cgroup link (one per agent)'),
+        fastPathCgroup: t.optionalPath('cgroup v2 directory whose sockets get the fast path', 'the cgroup2 mount (the whole host)'),
+        fastPathInterfaces: t.strings('interfaces whose ingress the fast path judges (none given: every interface with an address but loopback)', 'a list of interface names'),
       }),
       telemetry: t.section({
         metricsAddress: t.optionalString('host:port for /metrics, /healthz and /readyz', { pattern: /^(\[[0-9a-fA-F:]+\]|[^:]+):\d{1,5}$/, error: 'host:port, e.g. 0.0.0.0:9464' }),

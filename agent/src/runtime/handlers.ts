@@ -1,5 +1,6 @@
 // Builds the handshake handler a configuration asks for.
 import type { HandshakeHandler, TableSize } from '../datapath/handler.ts';
+import type { KernelPath } from '../handshake/kernel-path.ts';
 import { Admission } from '../handshake/admission.ts';
 import { AdmissionAuthorizer, PolicyAuthorizer } from '../handshake/authorizer.ts';
 import { PolicyStore } from './policy-store.ts';
@@ -58,6 +59,8 @@ export interface BuiltHandler {
   status(): IdentityStatus | null;
   /** The handshake's and the verifier's bounded tables (none in pass-through mode). */
   tables(): Record<string, TableSize>;
+  /** Hands the kernel fast path to the handshake (pass-through mode has nothing to prove: null). */
+  useKernelPath: ((path: KernelPath | null) => void) | null;
 }
 
 export async function buildHandler(config: AgentConfig, log: Logger): Promise<BuiltHandler> {
@@ -69,6 +72,7 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
       reload: () => Promise.resolve(),
       status: () => null,
       tables: () => ({}),
+      useKernelPath: null,
     };
   }
   const identityConfig = config.identity;
@@ -152,8 +156,10 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
     );
   };
   startRenewal(local);
+  if (policy !== null) policy.onSwap = () => { handler.policyChanged(); };
   return {
     handler,
+    useKernelPath: (path) => { handler.useKernelPath(path); },
     stop: () => {
       local.stopRenewal();
       policy?.close();

@@ -18,6 +18,8 @@ export class PolicyStore {
   private set: PolicySet;
   private watcher: FSWatcher | null = null;
   private pending: NodeJS.Timeout | null = null;
+  /** Hears every swap, after the new set enforces (the kernel fast path judges its entries again). */
+  onSwap: (() => void) | null = null;
 
   private constructor(
     readonly directory: string,
@@ -71,6 +73,7 @@ export class PolicyStore {
     this.set = next;
     this.reloadsOk += 1;
     this.log.info({ previous, revision: next.revision, policies: next.policies.length, rules: next.ruleCount }, 'policy reloaded');
+    this.onSwap?.();
     return true;
   }
 

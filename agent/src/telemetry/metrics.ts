@@ -20,6 +20,8 @@ export interface MetricsSource {
   logging(): LoggingCounters;
   /** Every bounded table the agent holds, by name. */
   tables(): Record<string, { entries: number; capacity: number }>;
+  /** The kernel fast path: whether it runs, and its kernel counters (none when it does not run). */
+  kernelFastPath(): { running: boolean; counters: Record<string, number> };
 }
 
 export interface LoggingCounters {
@@ -98,6 +100,24 @@ export class AgentMetrics {
       collect() {
         this.reset();
         this.inc(source.unjudgedSyns());
+      },
+    });
+    new Gauge({
+      name: 'synpass_kernel_fast_path_running',
+      help: 'Whether the kernel fast path runs (1) or every handshake takes the queue (0); status says why',
+      registers,
+      collect() {
+        this.set(source.kernelFastPath().running ? 1 : 0);
+      },
+    });
+    new Counter({
+      name: 'synpass_kernel_fast_path_total',
+      help: 'Kernel fast-path events: SYNs sent, accepted, dropped by cause, SYN-ACKs signed and verified, fallbacks to the queue',
+      labelNames: ['counter'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [counter, value] of Object.entries(source.kernelFastPath().counters)) this.inc({ counter }, value);
       },
     });
     new Counter({

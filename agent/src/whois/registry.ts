@@ -12,6 +12,8 @@ export const SWEEP_AFTER_RECORDS = 1_024;
 export class PeerRegistry {
   private readonly entries = new Map<string, VerifiedIdentity>();
   private recordedSinceSweep = 0;
+  /** Asked for connections the queue never saw (the kernel fast path accepted them). */
+  fallback: ((local: string, remote: string) => VerifiedIdentity | undefined) | null = null;
 
   constructor(readonly limit = 65_536) {}
 
@@ -27,7 +29,7 @@ export class PeerRegistry {
   }
 
   get(local: string, remote: string): VerifiedIdentity | undefined {
-    return this.entries.get(connectionKey(local, remote));
+    return this.entries.get(connectionKey(local, remote)) ?? this.fallback?.(local, remote);
   }
 
   /**

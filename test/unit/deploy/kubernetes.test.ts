@@ -64,14 +64,14 @@ describe('deploy/kubernetes', () => {
     await assert.rejects(() => validate(daemonSet));
   });
 
-  it('the DaemonSet: host network, only NET_ADMIN and NET_RAW, not privileged, probes, limits', () => {
+  it('the DaemonSet: host network, only BPF, NET_ADMIN and NET_RAW, bpffs and the cgroup tree mounted, not privileged, probes, limits', () => {
     const daemonSet = objects.find((o) => o.kind === 'DaemonSet')!;
     const pod = (daemonSet.spec as { template: { spec: Record<string, unknown> } }).template.spec;
     assert.equal(pod.hostNetwork, true);
     const container = (pod.containers as Record<string, unknown>[])[0]!;
     const security = container.securityContext as { privileged: boolean; capabilities: { add: string[]; drop: string[] } };
     assert.equal(security.privileged, false);
-    assert.deepEqual(security.capabilities.add, ['NET_ADMIN', 'NET_RAW']);
+    assert.deepEqual(security.capabilities.add, ['BPF', 'NET_ADMIN', 'NET_RAW']);
     assert.deepEqual(security.capabilities.drop, ['ALL']);
     assert.equal((container.readinessProbe as { httpGet: { path: string } }).httpGet.path, '/readyz');
     assert.equal((container.livenessProbe as { httpGet: { path: string } }).httpGet.path, '/healthz');
@@ -80,6 +80,13 @@ describe('deploy/kubernetes', () => {
     // The node name reaches the agent as the SYNPASS_* override that turns the pod attestor on.
     const env = container.env as { name: string; valueFrom?: { fieldRef: { fieldPath: string } } }[];
     assert.equal(env.find((e) => e.name === 'SYNPASS_KUBERNETES_NODE_NAME')?.valueFrom?.fieldRef.fieldPath, 'spec.nodeName');
+    // The fast path pins in the node's bpffs and attaches at the node's cgroup root, both host paths.
+    const mounts = container.volumeMounts as { name: string; mountPath: string; readOnly?: boolean }[];
+    const volumes = pod.volumes as { name: string; hostPath?: { path: string } }[];
+    const hostPathAt = (mountPath: string) => volumes.find((v) => v.name === mounts.find((m) => m.mountPath === mountPath)?.name)?.hostPath?.path;
+    assert.equal(hostPathAt('/sys/fs/bpf'), '/sys/fs/bpf');
+    assert.equal(hostPathAt('/host/cgroup'), '/sys/fs/cgroup');
+    assert.equal((env as { name: string; value?: string }[]).find((e) => e.name === 'SYNPASS_DATAPATH_FAST_PATH_CGROUP')?.value, '/host/cgroup');
   });
 
   it('RBAC: get, list and watch pods, nothing else', () => {

@@ -14,10 +14,12 @@ it('systemd-analyze verify accepts the unit without a warning', () => {
   assert.equal(result.stderr.trim(), '');
 });
 
-it('the unit is sandboxed to NET_ADMIN and NET_RAW, reloads with SIGHUP and cleans up after itself', () => {
+it('the unit is sandboxed to BPF, NET_ADMIN and NET_RAW (bpffs writable, bpf(2) allowed), reloads with SIGHUP and cleans up after itself', () => {
   const text = readFileSync(unit, 'utf8');
   const setting = (name: string) => text.split('\n').find((line) => line.startsWith(`${name}=`))?.slice(name.length + 1);
-  assert.equal(setting('CapabilityBoundingSet'), 'CAP_NET_ADMIN CAP_NET_RAW');
+  assert.equal(setting('CapabilityBoundingSet'), 'CAP_BPF CAP_NET_ADMIN CAP_NET_RAW');
+  assert.equal(setting('ReadWritePaths'), '/sys/fs/bpf');
+  assert.equal(setting('SystemCallFilter'), '@system-service bpf');
   assert.equal(setting('NoNewPrivileges'), 'yes');
   assert.equal(setting('ProtectSystem'), 'strict');
   assert.equal(setting('ProtectHome'), 'yes');

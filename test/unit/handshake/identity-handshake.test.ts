@@ -3,8 +3,10 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { ParsedPacket, parsePacket } from '../../../agent/src/datapath/packet.ts';
 import { attachToken } from '../../../agent/src/datapath/rewrite.ts';
-import { decodeMessage, encodeMessage, MessageType } from '../../../agent/src/protocol/wire.ts';
-import type { AdmissionConfig } from '../../../agent/src/handshake/admission.ts';
+import { decodeMessage, encodeMessage, FLAG_KERNEL, MessageType } from '../../../agent/src/protocol/wire.ts';
+import type { AdmittedClient, FastServer, KernelPath } from '../../../agent/src/handshake/kernel-path.ts';
+import { Admission, type AdmissionConfig } from '../../../agent/src/handshake/admission.ts';
+import { AdmissionAuthorizer } from '../../../agent/src/handshake/authorizer.ts';
 import { ProcessAttestor } from '../../../agent/src/identity/attestors/process.ts';
 import { StaticAttestor } from '../../../agent/src/identity/attestors/static.ts';
 import type { WorkloadIdentity } from '../../../agent/src/identity/local-identity.ts';
@@ -430,6 +432,82 @@ describe('identity handshake over a virtual wire', () => {
     const unprotected = server.queue.deliver(withValidChecksums(otherPort), 'ingress');
     assert.equal(unprotected.released, true);
     assert.equal(server.events.at(-1)?.reason, 'unprotected-port');
+  });
+
+  /** A kernel path that records what the handshake tells it, and admits what its flag says. */
+  function recordingKernelPath(admits = true) {
+    const told = { admitted: [] as AdmittedClient[], servers: [] as FastServer[], reauthorized: 0, forgotten: 0, closed: [] as number[] };
+    const path: KernelPath = {
+      admitClient: (entry) => {
+        told.admitted.push(entry);
+        return admits;
+      },
+      useServer: (entry) => told.servers.push(entry),
+      reauthorize: () => {
+        told.reauthorized += 1;
+      },
+      forgetAll: () => {
+        told.forgotten += 1;
+      },
+      cloak: (closed) => {
+        told.closed = [7000, 7001, 8080].filter((port) => closed(port));
+      },
+    };
+    return { path, told };
+  }
+
+  it('a first contact hands the proven client workload to both kernels under the same fast key', () => {
+    const serverKernel = recordingKernelPath();
+    const clientKernel = recordingKernelPath();
+    server.handler.useKernelPath(serverKernel.path);
+    client.handler.useKernelPath(clientKernel.path);
+    const synOut = client.queue.deliver(SYN, 'egress', 0, 4321);
+    server.queue.deliver(synOut.bytes, 'ingress');
+    const synAckOut = server.queue.deliver(SYN_ACK, 'egress');
+    assert.equal(decodeMessage(bodyOf(synAckOut.bytes)).type, MessageType.SynAck);
+    assert.equal((decodeMessage(bodyOf(synAckOut.bytes)) as { flags: number }).flags & FLAG_KERNEL, FLAG_KERNEL);
+    client.queue.deliver(synAckOut.bytes, 'ingress');
+    const [admitted] = serverKernel.told.admitted;
+    const [learned] = clientKernel.told.servers;
+    assert.ok(admitted && learned);
+    assert.deepEqual([admitted.peerAddress, admitted.port, admitted.peer.subject], ['10.213.5.1', 7000, 'spiffe://hs.synpass/web']);
+    assert.deepEqual([learned.serverAddress, learned.port, learned.uid, learned.peer.subject], ['10.213.5.2', 7000, 4321, 'spiffe://hs.synpass/api']);
+    assert.equal(admitted.fast.fastId, learned.fast.fastId);
+    assert.deepEqual(admitted.fast.key, learned.fast.key);
+    assert.ok(admitted.expiresAt > time / 1000 && learned.expiresAt > time / 1000);
+    // Key changes empty the kernel: every pair starts again with first contact.
+    client.handler.forgetServers();
+    assert.equal(clientKernel.told.forgotten, 1);
+  });
+
+  it('a server kernel that refuses the entry leaves the SYN-ACK without the kernel flag, and the client kernel untold', () => {
+    const serverKernel = recordingKernelPath(false);
+    const clientKernel = recordingKernelPath();
+    server.handler.useKernelPath(serverKernel.path);
+    client.handler.useKernelPath(clientKernel.path);
+    const { synAckOut } = handshake();
+    assert.equal((decodeMessage(bodyOf(synAckOut.bytes)) as { flags: number }).flags & FLAG_KERNEL, 0);
+    assert.equal(serverKernel.told.admitted.length, 1);
+    assert.equal(clientKernel.told.servers.length, 0);
+  });
+
+  it('an identity admission refuses is never handed to the kernel', () => {
+    const serverKernel = recordingKernelPath();
+    server.handler.useKernelPath(serverKernel.path);
+    const synOut = outsiderAgent.queue.deliver(SYN, 'egress');
+    reasonOf(server.queue.deliver(synOut.bytes, 'ingress'), server.queue, 'not-allowed');
+    assert.equal(serverKernel.told.admitted.length, 0);
+    server.handler.policyChanged();
+    assert.equal(serverKernel.told.reauthorized, 1);
+  });
+
+  it('tells the kernel which ports refuse every peer without identity', () => {
+    const serverKernel = recordingKernelPath();
+    server.handler.useKernelPath(serverKernel.path);
+    // Admission protects 7000 but lets 10.99.0.0/16 reach it without identity: not closed.
+    assert.deepEqual(serverKernel.told.closed, []);
+    server.handler.useAuthorizer(new AdmissionAuthorizer(new Admission({ protectedPorts: [7000, 8080], allow: [], allowWithoutIdentity: [{ cidr: '10.99.0.0/16', ports: [7000] }] })));
+    assert.deepEqual(serverKernel.told.closed, [8080]);
   });
 
   it('refuses a verified identity that admission does not name', () => {

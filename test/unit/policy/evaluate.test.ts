@@ -104,6 +104,18 @@ describe('precedence and defaults', () => {
     assert.equal(ingress(set, web, 22, api, '10.1.2.3').allowed, false);
   });
 
+  it('a port is closed to peers without identity only where no network rule reaches it and the default deny is enforced', () => {
+    const set = compile({ 'p.yaml': 'policies:\n  - name: p\n    selector: { app.name: api }\n    ingress: [{ action: allow, fromNetworks: [10.1.0.0/16], ports: [22] }, { action: allow, from: { app.tier: frontend }, ports: [80] }]\n' });
+    assert.equal(set.closedToAnonymous(api, 22), false, 'a network rule reaches 22');
+    assert.equal(set.closedToAnonymous(api, 80), true, 'only identities reach 80');
+    assert.equal(set.closedToAnonymous(api, 9999), true, 'default deny');
+    assert.equal(set.closedToAnonymous(web, 80), false, 'no policy governs web: everything is admitted');
+    const everywhere = compile({ 'p.yaml': 'policies:\n  - name: p\n    selector: { app.name: api }\n    ingress: [{ action: deny, fromNetworks: [10.1.0.0/16] }]\n' });
+    assert.equal(everywhere.closedToAnonymous(api, 80), false, 'a network rule on every port leaves them to the queue');
+    const observed = compile({ 'p.yaml': 'policies:\n  - name: p\n    mode: observe\n    selector: { app.name: api }\n    ingress: []\n' });
+    assert.equal(observed.closedToAnonymous(api, 80), false, 'an observed default deny lets them through');
+  });
+
   it('observe mode: a deny rule lets the connection through and names itself; so does an observed default deny', () => {
     const rule = compile({ 'p.yaml': 'policies:\n  - name: p\n    selector: { app.name: api }\n    ingress: [{ name: no-fe, action: deny, mode: observe, from: { app.tier: frontend } }]\n' });
     const verdict = ingress(rule, web);

@@ -1,0 +1,41 @@
+// The kernel fast path as the handshake sees it. A first contact that proves a client workload
+// to a server lets the server's kernel judge that workload's next SYNs to the port, and the
+// client's kernel send them with the fast option instead of a token; the handshake only tells
+// the kernel path who proved what (agent/src/kernel implements it).
+import type { FastKey } from '../protocol/fast-keys.ts';
+import type { VerifiedIdentity } from '../token/identity-token.ts';
+import type { Authorizer } from './authorizer.ts';
+
+interface KernelEntry {
+  fast: FastKey;
+  /** The peer workload, and this end's attributes, as policy judged them. */
+  peer: VerifiedIdentity;
+  local: Readonly<Record<string, string>>;
+  /** Unix seconds: the earliest expiry of the tokens and credentials the key rests on. */
+  expiresAt: number;
+}
+
+/** Server side: a client workload at `peerAddress` proven and admitted to local `port`. */
+export interface AdmittedClient extends KernelEntry {
+  peerAddress: string;
+  port: number;
+}
+
+/** Client side: the server at (`serverAddress`, `port`) holds our workload `uid` in its kernel. */
+export interface FastServer extends KernelEntry {
+  serverAddress: string;
+  port: number;
+  uid: number;
+}
+
+export interface KernelPath {
+  /** Whether the kernel took the entry (a full table refuses it; the next connection is queued). */
+  admitClient(entry: AdmittedClient): boolean;
+  useServer(entry: FastServer): void;
+  /** Policy changed: each entry is judged again; a client no longer admitted is dropped in the kernel from its next SYN. */
+  reauthorize(authorizer: Authorizer): void;
+  /** Which local ports admit no peer without identity from anywhere: the kernel drops such SYNs itself. */
+  cloak(closed: (port: number) => boolean): void;
+  /** Keys changed or the caches were flushed: the kernel holds nothing, every pair starts with first contact. */
+  forgetAll(): void;
+}

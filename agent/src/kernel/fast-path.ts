@@ -1,0 +1,255 @@
+// The kernel fast path, owned: the programs attached and pinned (addon, libbpf), the maps filled
+// from what the handshake proved, judged again on every policy change, emptied on key changes,
+// swept as entries expire, and detached at stop. The kernel does the per-packet work; this
+// class runs only at first contact, on reloads and once a second.
+import { fastPathObjectPath, loadBinding, type ErrnoError, type FastPathAttachment, type NativeBinding } from '../native/addon.ts';
+import { SynpassError } from '../errors.ts';
+import type { TableSize } from '../datapath/handler.ts';
+import type { VerdictCount } from '../datapath/engine.ts';
+import type { Authorizer } from '../handshake/authorizer.ts';
+import type { AdmittedClient, FastServer, KernelPath } from '../handshake/kernel-path.ts';
+import type { VerifiedIdentity } from '../token/identity-token.ts';
+import {
+  clientKey,
+  clientValue,
+  configValue,
+  excludedKey,
+  FAST_COUNTERS,
+  KEY_SIZE,
+  kernelVerdicts,
+  MAP_CAPACITY,
+  MAX_EXCLUDED_NETWORKS,
+  peerFastId,
+  PORT_COUNT,
+  peerKey,
+  serverKey,
+  serverValue,
+  type FastCounter,
+} from './layouts.ts';
+
+export class KernelPathError extends SynpassError<'attach' | 'map'> {
+  override readonly name = 'KernelPathError';
+}
+
+export interface KernelFastPathOptions {
+  pinDir: string;
+  cgroup: string;
+  interfaces: readonly string[];
+  /** Source networks synpass never touches (`excluded`): the kernel cloak lets their SYNs by. */
+  excluded: readonly string[];
+  windowSeconds: number;
+  /** Set on an accepted fast SYN and on the client's handshake ACK (the rules' `pass` and `release` bits): never queued, connection released. */
+  acceptMark: number;
+  /** Set on a fast SYN (`pass`): the egress rules do not queue it. */
+  clientMark: number;
+  now?: () => number;
+}
+
+interface ServerRecord {
+  entry: AdmittedClient;
+  allowed: boolean;
+}
+
+const BPF_ANY = 0;
+
+/** The peer a fast-path connection came from, for whois. */
+export interface FastPeer {
+  identity: VerifiedIdentity;
+  fastId: number;
+}
+
+export class KernelFastPath implements KernelPath {
+  private readonly servers = new Map<string, ServerRecord>();
+  private readonly clients = new Map<string, FastServer>();
+  private readonly now: () => number;
+  /** Entries the kernel refused (a full map) or that failed to write, counted for status. */
+  refused = 0;
+  /** Ports whose SYNs without any proof the kernel drops, as last written. */
+  private closed = new Uint8Array(PORT_COUNT);
+  private closedCount = 0;
+
+  private constructor(
+    private readonly native: NativeBinding,
+    private readonly options: KernelFastPathOptions,
+    readonly attachment: FastPathAttachment,
+  ) {
+    this.now = options.now ?? Date.now;
+    if (options.excluded.length > MAX_EXCLUDED_NETWORKS) throw new KernelPathError('map', `more than ${MAX_EXCLUDED_NETWORKS} excluded networks`);
+    for (const cidr of options.excluded) native.mapUpdate(this.map('fast_excluded'), excludedKey(cidr), Buffer.of(1), BPF_ANY);
+    this.refreshClock();
+  }
+
+  /** Loads and attaches the programs; throws KernelPathError with the kernel's reason. */
+  static attach(options: KernelFastPathOptions): KernelFastPath {
+    const native = loadBinding();
+    let attachment: FastPathAttachment;
+    try {
+      attachment = native.fastPathAttach(fastPathObjectPath(), options.pinDir, options.cgroup, options.interfaces);
+    } catch (cause) {
+      throw new KernelPathError('attach', (cause as Error).message, { pinDir: options.pinDir, cgroup: options.cgroup }, { cause });
+    }
+    return new KernelFastPath(native, options, attachment);
+  }
+
+  /** Takes everything the fast path attached and pinned away (also what a crashed run left). */
+  static detach(pinDir: string): { tcDetached: number; linkDetached: boolean } {
+    return loadBinding().fastPathDetach(pinDir);
+  }
+
+  private map(name: keyof typeof MAP_CAPACITY | 'fast_config' | 'fast_counters' | 'fast_cloak' | 'fast_excluded'): number {
+    return this.attachment.maps[name]!;
+  }
+
+  private write(map: keyof typeof MAP_CAPACITY, key: Buffer, value: Buffer): boolean {
+    try {
+      this.native.mapUpdate(this.map(map), key, value, BPF_ANY);
+      return true;
+    } catch (error) {
+      // A full map (E2BIG) refuses the entry: that pair stays on the queue path.
+      if ((error as ErrnoError).errno === undefined) throw error;
+      this.refused++;
+      return false;
+    }
+  }
+
+  /** Keeps the kernel's wall clock (boot clock plus this offset) in step with this host's. */
+  refreshClock(): void {
+    const value = configValue({
+      realtimeOffsetNs: this.native.realtimeOffsetNs(),
+      windowSeconds: this.options.windowSeconds,
+      acceptMark: this.options.acceptMark,
+      clientMark: this.options.clientMark,
+    });
+    this.native.mapUpdate(this.map('fast_config'), Buffer.alloc(4), value, BPF_ANY);
+  }
+
+  admitClient(entry: AdmittedClient): boolean {
+    const key = serverKey(entry.peerAddress, entry.fast.fastId, entry.port);
+    const id = key.toString('latin1');
+    if (!this.servers.has(id) && this.servers.size >= MAP_CAPACITY.fast_servers) {
+      this.refused++;
+      return false;
+    }
+    if (!this.write('fast_servers', key, serverValue(entry.fast.key, true))) return false;
+    this.servers.set(id, { entry, allowed: true });
+    return true;
+  }
+
+  useServer(entry: FastServer): void {
+    const key = clientKey(entry.serverAddress, entry.port, entry.uid);
+    const id = key.toString('latin1');
+    if (!this.clients.has(id) && this.clients.size >= MAP_CAPACITY.fast_clients) {
+      this.refused++;
+      return;
+    }
+    if (this.write('fast_clients', key, clientValue(entry.fast.fastId, entry.fast.key))) this.clients.set(id, entry);
+  }
+
+  reauthorize(authorizer: Authorizer): void {
+    for (const [id, record] of this.servers) {
+      const { entry } = record;
+      const auth = authorizer.ingress({ local: entry.local, peer: entry.peer, peerAddress: entry.peerAddress, port: entry.port });
+      const allowed = auth.allowed && auth.wouldDrop === null;
+      if (allowed === record.allowed) continue;
+      // Kept with allowed = 0 rather than deleted, so the kernel counts the drop as not-allowed.
+      if (this.write('fast_servers', Buffer.from(id, 'latin1'), serverValue(entry.fast.key, allowed))) record.allowed = allowed;
+    }
+    for (const [id, entry] of this.clients) {
+      const auth = authorizer.egress({ local: entry.local, peer: entry.peer, peerAddress: entry.serverAddress, port: entry.port });
+      // No longer allowed out: the next SYN takes the queue, where the agent decides.
+      if (!auth.allowed || auth.wouldDrop !== null) this.dropClient(id);
+    }
+  }
+
+  cloak(closed: (port: number) => boolean): void {
+    const next = new Uint8Array(PORT_COUNT);
+    let count = 0;
+    for (let port = 1; port < PORT_COUNT; port++) {
+      if (!closed(port)) continue;
+      next[port] = 1;
+      count++;
+    }
+    if (Buffer.compare(next, this.closed) === 0) return;
+    this.native.arrayWrite(this.map('fast_cloak'), next, 1);
+    this.closed = next;
+    this.closedCount = count;
+  }
+
+  /** Ports whose SYNs without any proof the kernel drops. */
+  get cloakedPorts(): number {
+    return this.closedCount;
+  }
+
+  forgetAll(): void {
+    for (const id of this.servers.keys()) this.native.mapDelete(this.map('fast_servers'), Buffer.from(id, 'latin1'));
+    for (const id of this.clients.keys()) this.native.mapDelete(this.map('fast_clients'), Buffer.from(id, 'latin1'));
+    this.servers.clear();
+    this.clients.clear();
+  }
+
+  private dropClient(id: string): void {
+    this.native.mapDelete(this.map('fast_clients'), Buffer.from(id, 'latin1'));
+    this.clients.delete(id);
+  }
+
+  /** Once a second: the clock offset, and entries whose tokens or credentials expired. */
+  tick(): void {
+    this.refreshClock();
+    const nowSeconds = this.now() / 1000;
+    for (const [id, record] of this.servers) {
+      if (record.entry.expiresAt > nowSeconds) continue;
+      this.native.mapDelete(this.map('fast_servers'), Buffer.from(id, 'latin1'));
+      this.servers.delete(id);
+    }
+    for (const [id, entry] of this.clients) if (entry.expiresAt <= nowSeconds) this.dropClient(id);
+  }
+
+  counters(): Record<FastCounter, number> {
+    const totals = this.native.counterTotals(this.map('fast_counters'), FAST_COUNTERS.length);
+    return Object.fromEntries(FAST_COUNTERS.map((name, index) => [name, totals[index] ?? 0])) as Record<FastCounter, number>;
+  }
+
+  verdicts(): VerdictCount[] {
+    return kernelVerdicts(this.counters());
+  }
+
+  /**
+   * The peer of a connection the kernel judged: on the server, the workload its fast SYN proved
+   * (while the kernel's peer table and this agent still hold it); on the client, the server the
+   * fast entry was learned from.
+   */
+  peerOf(localAddress: string, localPort: number, remoteAddress: string, remotePort: number): FastPeer | null {
+    const value = Buffer.alloc(8);
+    if (this.native.mapLookup(this.map('fast_peers'), peerKey(localAddress, localPort, remoteAddress, remotePort), value)) {
+      const fastId = peerFastId(value);
+      const record = this.servers.get(serverKey(remoteAddress, fastId, localPort).toString('latin1'));
+      if (record !== undefined) return { identity: record.entry.peer, fastId };
+    }
+    for (const entry of this.clients.values()) {
+      if (entry.serverAddress === remoteAddress && entry.port === remotePort) return { identity: entry.peer, fastId: entry.fast.fastId };
+    }
+    return null;
+  }
+
+  /**
+   * Fill of the maps this agent writes, and of the SYNs in flight (a small table: entries go at
+   * establishment). The replay and peer maps are kernel LRU tables, full by design under load;
+   * walking them would cost a system call per entry on every scrape.
+   */
+  tables(): Record<string, TableSize> {
+    return {
+      'kernel-servers': { entries: this.servers.size, capacity: MAP_CAPACITY.fast_servers },
+      'kernel-clients': { entries: this.clients.size, capacity: MAP_CAPACITY.fast_clients },
+      'kernel-connecting': { entries: this.native.mapCount(this.map('fast_conns'), KEY_SIZE.fast_conns), capacity: MAP_CAPACITY.fast_conns },
+    };
+  }
+
+  /** Detaches and unpins; the maps' file descriptors go with them. */
+  close(): { tcDetached: number; linkDetached: boolean } {
+    const result = KernelFastPath.detach(this.options.pinDir);
+    for (const fd of Object.values(this.attachment.maps)) this.native.closeFd(fd);
+    this.servers.clear();
+    this.clients.clear();
+    return result;
+  }
+}

@@ -1,0 +1,172 @@
+// The byte layouts of the fast path's map keys and values, as native/bpf/fast_path.h defines
+// them: addresses in 16 bytes (IPv4 as ::ffff:a.b.c.d), ports, ids and marks in the host's byte
+// order, keys as they are. Pure: encoding only.
+import { endianness } from 'node:os';
+import { canonicalAddress } from '../datapath/addresses.ts';
+import type { VerdictCount } from '../datapath/engine.ts';
+import { FAST_KEY_BYTES } from '../protocol/fast-keys.ts';
+
+const LITTLE = endianness() === 'LE';
+
+/** The maps and how many entries each holds (fast_path.bpf.c). */
+export const MAP_CAPACITY = {
+  fast_clients: 65_536,
+  fast_conns: 16_384,
+  fast_servers: 65_536,
+  fast_replay: 131_072,
+  fast_peers: 65_536,
+} as const;
+
+export const KEY_SIZE = { fast_clients: 24, fast_conns: 36, fast_servers: 24, fast_replay: 32, fast_peers: 36 } as const;
+
+/** Ports, the size of the cloak table (one byte each: 1 = closed to peers without identity). */
+export const PORT_COUNT = 65_536;
+/** Source networks excluded from synpass that the kernel's cloak leaves alone. */
+export const MAX_EXCLUDED_NETWORKS = 1024;
+
+/** enum fast_counter, in order. */
+export const FAST_COUNTERS = [
+  'synAccepted',
+  'synUnknownPeer',
+  'synNotAllowed',
+  'synStale',
+  'synBadProof',
+  'synReplayed',
+  'synAckVerified',
+  'synAckBadProof',
+  'synSent',
+  'synFallback',
+  'synAckSigned',
+  'synNoIdentity',
+] as const;
+export type FastCounter = (typeof FAST_COUNTERS)[number];
+
+/** How kernel counters read as verdicts (synpass_verdicts_total); the others are not verdicts. */
+const VERDICT_OF: Partial<Record<FastCounter, Omit<VerdictCount, 'count'>>> = {
+  synAccepted: { direction: 'ingress', action: 'accept', reason: 'ok-kernel' },
+  synUnknownPeer: { direction: 'ingress', action: 'drop', reason: 'unknown-fast-peer' },
+  synNotAllowed: { direction: 'ingress', action: 'drop', reason: 'not-allowed' },
+  synStale: { direction: 'ingress', action: 'drop', reason: 'stale-timestamp' },
+  synBadProof: { direction: 'ingress', action: 'drop', reason: 'bad-proof' },
+  synReplayed: { direction: 'ingress', action: 'drop', reason: 'replayed-syn' },
+  synAckVerified: { direction: 'ingress', action: 'accept', reason: 'ok-kernel' },
+  synAckBadProof: { direction: 'ingress', action: 'drop', reason: 'bad-proof' },
+  synSent: { direction: 'egress', action: 'accept', reason: 'ok-kernel' },
+  synNoIdentity: { direction: 'ingress', action: 'drop', reason: 'no-identity' },
+};
+
+export function kernelVerdicts(counters: Readonly<Record<FastCounter, number>>): VerdictCount[] {
+  const rows = new Map<string, VerdictCount>();
+  for (const name of FAST_COUNTERS) {
+    const verdict = VERDICT_OF[name];
+    const count = counters[name];
+    if (verdict === undefined || count === 0) continue;
+    const label = `${verdict.direction}|${verdict.action}|${verdict.reason}`;
+    const row = rows.get(label);
+    if (row) row.count += count;
+    else rows.set(label, { ...verdict, count });
+  }
+  return [...rows.values()];
+}
+
+/** An address as the maps hold it. */
+export function addressKey(text: string): Buffer {
+  const out = Buffer.alloc(16);
+  if (!text.includes(':')) {
+    out[10] = 0xff;
+    out[11] = 0xff;
+    text.split('.').forEach((part, index) => (out[12 + index] = Number(part)));
+    return out;
+  }
+  canonicalAddress(text)
+    .split(':')
+    .forEach((group, index) => out.writeUInt16BE(Number.parseInt(group, 16), index * 2));
+  return out;
+}
+
+function u16(buf: Buffer, offset: number, value: number): void {
+  if (LITTLE) buf.writeUInt16LE(value, offset);
+  else buf.writeUInt16BE(value, offset);
+}
+
+function u32(buf: Buffer, offset: number, value: number): void {
+  if (LITTLE) buf.writeUInt32LE(value >>> 0, offset);
+  else buf.writeUInt32BE(value >>> 0, offset);
+}
+
+/** struct excluded_key: an LPM prefix over the 16-byte address (IPv4 prefixes sit under ::ffff:0:0/96). */
+export function excludedKey(cidr: string): Buffer {
+  const [address, prefix] = cidr.split('/') as [string, string];
+  const key = Buffer.alloc(20);
+  u32(key, 0, (address.includes(':') ? 0 : 96) + Number(prefix));
+  addressKey(address).copy(key, 4);
+  return key;
+}
+
+/** struct client_key: destination address and port, local uid. */
+export function clientKey(serverAddress: string, port: number, uid: number): Buffer {
+  const key = Buffer.alloc(KEY_SIZE.fast_clients);
+  addressKey(serverAddress).copy(key, 0);
+  u16(key, 16, port);
+  u32(key, 20, uid);
+  return key;
+}
+
+/** struct client_value: fast id and key. */
+export function clientValue(fastId: number, fastKey: Buffer): Buffer {
+  const value = Buffer.alloc(8 + FAST_KEY_BYTES);
+  u32(value, 0, fastId);
+  fastKey.copy(value, 8);
+  return value;
+}
+
+/** struct server_key: peer address, fast id, local port. */
+export function serverKey(peerAddress: string, fastId: number, port: number): Buffer {
+  const key = Buffer.alloc(KEY_SIZE.fast_servers);
+  addressKey(peerAddress).copy(key, 0);
+  u32(key, 16, fastId);
+  u16(key, 20, port);
+  return key;
+}
+
+/** struct server_value: key and the policy verdict. */
+export function serverValue(fastKey: Buffer, allowed: boolean): Buffer {
+  const value = Buffer.alloc(FAST_KEY_BYTES + 8);
+  fastKey.copy(value, 0);
+  u32(value, FAST_KEY_BYTES, allowed ? 1 : 0);
+  return value;
+}
+
+/** struct peer_key: the server's view of a connection (local address and port first). */
+export function peerKey(localAddress: string, localPort: number, remoteAddress: string, remotePort: number): Buffer {
+  const key = Buffer.alloc(KEY_SIZE.fast_peers);
+  addressKey(localAddress).copy(key, 0);
+  addressKey(remoteAddress).copy(key, 16);
+  u16(key, 32, localPort);
+  u16(key, 34, remotePort);
+  return key;
+}
+
+/** The fast id in a struct peer_value. */
+export function peerFastId(value: Buffer): number {
+  return LITTLE ? value.readUInt32LE(0) : value.readUInt32BE(0);
+}
+
+export interface FastConfig {
+  realtimeOffsetNs: bigint;
+  windowSeconds: number;
+  acceptMark: number;
+  clientMark: number;
+}
+
+/** struct fast_config. */
+export function configValue(config: FastConfig): Buffer {
+  const value = Buffer.alloc(24);
+  if (LITTLE) value.writeBigInt64LE(config.realtimeOffsetNs, 0);
+  else value.writeBigInt64BE(config.realtimeOffsetNs, 0);
+  u32(value, 8, config.windowSeconds);
+  u32(value, 12, config.acceptMark);
+  u32(value, 16, config.clientMark);
+  u32(value, 20, 1);
+  return value;
+}

@@ -1,0 +1,93 @@
+// Whether the kernel fast path runs, and why not when it does not: `datapath.kernelFastPath`
+// against what this host allows (bpffs, cgroup v2, the compiled programs, the kernel's own
+// verdict on loading them). `auto` falls back to the queue and says why; `on` refuses to start.
+import { existsSync, readFileSync, statfsSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
+import { dirname } from 'node:path';
+import { SynpassError } from '../errors.ts';
+import { KernelFastPath, KernelPathError } from '../kernel/fast-path.ts';
+import { fastPathObjectPath } from '../native/addon.ts';
+import type { ConnectionMarks } from '../datapath/marks.ts';
+import type { AgentConfig } from './config.ts';
+
+const BPF_FS_MAGIC = 0xcafe4a11;
+const CGROUP2_SUPER_MAGIC = 0x63677270;
+
+export class FastPathUnavailableError extends SynpassError<'unavailable'> {
+  override readonly name = 'FastPathUnavailableError';
+}
+
+export interface FastPathChoice {
+  path: KernelFastPath | null;
+  /** Why it runs or why not, for the start log line, status and readiness detail. */
+  reason: string;
+  cgroup: string | null;
+}
+
+/** The first cgroup2 mount of this mount namespace (mountinfo: fields, " - ", type). */
+export function cgroup2Mount(mountinfo: string): string | null {
+  for (const line of mountinfo.split('\n')) {
+    const [fields, tail] = line.split(' - ');
+    if (tail?.startsWith('cgroup2 ')) return fields!.split(' ')[4] ?? null;
+  }
+  return null;
+}
+
+/** Every interface of this network namespace with an address, loopback left out. */
+export function interfacesWithAddresses(): string[] {
+  return Object.entries(networkInterfaces())
+    .filter(([, addresses]) => addresses?.some((address) => !address.internal))
+    .map(([name]) => name);
+}
+
+function filesystemIs(path: string, magic: number): boolean {
+  try {
+    return statfsSync(path).type === magic;
+  } catch {
+    return false;
+  }
+}
+
+/** What stops the fast path before the kernel is asked, or null. */
+function precondition(config: Pick<AgentConfig, 'mode' | 'datapath'>, cgroup: string | null): string | null {
+  if (config.mode !== 'identity') return 'pass-through mode proves no identities';
+  if (!existsSync(fastPathObjectPath())) return `the kernel programs are not built (${fastPathObjectPath()}): npm run build:native`;
+  const bpffs = dirname(config.datapath.fastPathPinDir);
+  if (!filesystemIs(bpffs, BPF_FS_MAGIC)) return `no bpffs at ${bpffs} (mount -t bpf bpf ${bpffs}; under \`ip netns exec\` it is hidden: use nsenter --net)`;
+  if (cgroup === null) return 'no cgroup v2 mount (datapath.fastPathCgroup)';
+  if (!filesystemIs(cgroup, CGROUP2_SUPER_MAGIC)) return `${cgroup} is not a cgroup v2 directory`;
+  return null;
+}
+
+export function chooseKernelFastPath(config: Pick<AgentConfig, 'mode' | 'datapath' | 'replayWindowSeconds' | 'excluded'>, marks: ConnectionMarks): FastPathChoice {
+  const datapath = config.datapath;
+  if (datapath.kernelFastPath === 'off') return { path: null, reason: 'off (datapath.kernelFastPath)', cgroup: null };
+  const cgroup = datapath.fastPathCgroup ?? cgroup2Mount(readFileSync('/proc/self/mountinfo', 'utf8'));
+  let reason = precondition(config, cgroup);
+  let path: KernelFastPath | null = null;
+  if (reason === null) {
+    const interfaces = datapath.fastPathInterfaces.length > 0 ? datapath.fastPathInterfaces : interfacesWithAddresses();
+    try {
+      path = KernelFastPath.attach({
+        pinDir: datapath.fastPathPinDir,
+        cgroup: cgroup!,
+        interfaces,
+        excluded: config.excluded,
+        windowSeconds: config.replayWindowSeconds,
+        acceptMark: marks.pass | marks.release,
+        clientMark: marks.pass,
+      });
+      if (path.attachment.attached.length === 0) {
+        path.close();
+        path = null;
+        reason = `no interface to attach to (${interfaces.join(', ') || 'none with an address'})`;
+      }
+    } catch (error) {
+      if (!(error instanceof KernelPathError)) throw error;
+      reason = `the kernel refused: ${error.message}`;
+    }
+  }
+  if (path !== null) return { path, reason: `running (${datapath.kernelFastPath})`, cgroup };
+  if (datapath.kernelFastPath === 'on') throw new FastPathUnavailableError('unavailable', `datapath.kernelFastPath is on, but ${reason!}`);
+  return { path: null, reason: reason!, cgroup };
+}

@@ -1,0 +1,541 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* The kernel fast path: a known pair's handshake is proven and judged here, with no trip to the
+ * agent. The client's sock_ops program writes a fast option into the SYN (fast id, time, MAC
+ * over the ISN under a key the two agents derived at first contact); the server's tc ingress
+ * program checks it, its freshness and its replay, reads the policy verdict the agent stored,
+ * and marks what it accepts so the netfilter rules never queue it. The server's sock_ops
+ * program answers with a MAC over both ISNs in the SYN-ACK, which the client's tc program
+ * checks. First contact and everything else stay on the NFQUEUE path. Only UAPI contexts are
+ * read (no kernel structs), so the object needs no CO-RE relocations. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "fast_path.h"
+
+#define SOL_SOCKET 1
+#define SO_MARK 36
+#define AF_INET 2
+#define AF_INET6 10
+#define MAX_OPTION_BYTES 40
+#define LABEL_SYN 1
+#define LABEL_SYNACK 2
+/* SYN and ACK bits of skb_tcp_flags. */
+#define TCPHDR_SYN_ACK_MASK 0x12
+
+/* Sizes are documented in docs/operations.md ('Kernel fast path'); the agent checks its own
+ * tables against them. */
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct fast_config);
+} fast_config SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, FAST_COUNTER_COUNT);
+  __type(key, __u32);
+  __type(value, __u64);
+} fast_counters SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 65536);
+  __type(key, struct client_key);
+  __type(value, struct client_value);
+} fast_clients SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, 16384);
+  __type(key, struct conn_key);
+  __type(value, struct conn_value);
+} fast_conns SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 65536);
+  __type(key, struct server_key);
+  __type(value, struct server_value);
+} fast_servers SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, 131072);
+  __type(key, struct replay_key);
+  __type(value, __u8);
+} fast_replay SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, 65536);
+  __type(key, struct peer_key);
+  __type(value, struct peer_value);
+} fast_peers SEC(".maps");
+
+/* A client socket's way through the fast path: its SYN carries the option (FAST); the first
+ * packet after it (the handshake's ACK) leaves marked to release the connection in the rules
+ * (RELEASING); the next one finds the socket's own mark back (DONE). FALLBACK: the SYN went
+ * unanswered and the queue takes over. */
+/* Server: 1 for each local port that admits no peer without identity, from any address (the
+ * agent computes it from policy); such a SYN is dropped here, without a queue trip. */
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 65536);
+  __type(key, __u32);
+  __type(value, __u8);
+} fast_cloak SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __uint(max_entries, 1024);
+  __type(key, struct excluded_key);
+  __type(value, __u8);
+} fast_excluded SEC(".maps");
+
+/* The fast path's marker-less counterpart: the agent's first-contact marker, kind 253 with ExID
+ * 0xd350 (agent/src/datapath/marker.ts), sits in the last word of the options. */
+#define MARKER_KIND 253
+#define MARKER_EXID 0xd350
+
+enum sock_state { SOCK_FAST = 1, SOCK_RELEASING = 2, SOCK_DONE = 3, SOCK_FALLBACK = 4 };
+
+struct sock_state_value {
+  __u32 state;
+  __u32 original_mark;
+  __u32 fast_id;
+  __u32 pad;
+  __u8 key[16];
+};
+
+struct {
+  __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, int);
+  __type(value, struct sock_state_value);
+} fast_sockets SEC(".maps");
+
+static __always_inline void count(__u32 counter) {
+  __u64 *value = bpf_map_lookup_elem(&fast_counters, &counter);
+  if (value) *value += 1;
+}
+
+static __always_inline struct fast_config *config(void) {
+  __u32 zero = 0;
+  struct fast_config *cfg = bpf_map_lookup_elem(&fast_config, &zero);
+  return cfg && cfg->enabled ? cfg : 0;
+}
+
+static __always_inline __u32 now_seconds(const struct fast_config *cfg) {
+  return (__u32)(((__u64)bpf_ktime_get_boot_ns() + (__u64)cfg->realtime_offset_ns) / 1000000000ULL);
+}
+
+#define ROTL(x, b) (__u64)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                                 \
+  do {                                                                                           \
+    v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                                    \
+    v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                                       \
+    v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                                       \
+    v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                                    \
+  } while (0)
+
+/* SipHash-2-4 of two 64-bit words: the MAC Linux itself uses for SYN cookies; plain ARX. */
+static __always_inline __u64 siphash(const __u8 key[16], __u64 m0, __u64 m1) {
+  __u64 k0 = 0, k1 = 0;
+  __builtin_memcpy(&k0, key, 8);
+  __builtin_memcpy(&k1, key + 8, 8);
+  __u64 v0 = k0 ^ 0x736f6d6570736575ULL, v1 = k1 ^ 0x646f72616e646f6dULL;
+  __u64 v2 = k0 ^ 0x6c7967656e657261ULL, v3 = k1 ^ 0x7465646279746573ULL;
+  v3 ^= m0; SIPROUND; SIPROUND; v0 ^= m0;
+  v3 ^= m1; SIPROUND; SIPROUND; v0 ^= m1;
+  __u64 b = 16ULL << 56;
+  v3 ^= b; SIPROUND; SIPROUND; v0 ^= b;
+  v2 ^= 0xff;
+  SIPROUND; SIPROUND; SIPROUND; SIPROUND;
+  return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* The SYN's MAC binds the peer workload's entry (fast id), the time and the client's ISN. */
+static __always_inline __u64 syn_mac(const __u8 key[16], __u32 fast_id, __u32 time, __u32 isn) {
+  return siphash(key, ((__u64)LABEL_SYN << 32) | fast_id, ((__u64)time << 32) | isn);
+}
+
+/* The SYN-ACK's MAC binds both ISNs. */
+static __always_inline __u64 synack_mac(const __u8 key[16], __u32 fast_id, __u32 client_isn, __u32 server_isn) {
+  return siphash(key, ((__u64)LABEL_SYNACK << 32) | fast_id, ((__u64)server_isn << 32) | client_isn);
+}
+
+static __always_inline __u32 read_be32(const __u8 *p) {
+  return ((__u32)p[0] << 24) | ((__u32)p[1] << 16) | ((__u32)p[2] << 8) | p[3];
+}
+
+static __always_inline __u64 read_be64(const __u8 *p) {
+  return ((__u64)read_be32(p) << 32) | read_be32(p + 4);
+}
+
+static __always_inline void write_be32(__u8 *p, __u32 v) {
+  p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+
+static __always_inline void write_be64(__u8 *p, __u64 v) {
+  write_be32(p, v >> 32);
+  write_be32(p + 4, (__u32)v);
+}
+
+static __always_inline void mapped_ipv4(__u8 out[16], __u32 address_be) {
+  __builtin_memset(out, 0, 10);
+  out[10] = 0xff;
+  out[11] = 0xff;
+  __builtin_memcpy(out + 12, &address_be, 4);
+}
+
+/* ---- tc ingress ---------------------------------------------------------------------------- */
+
+struct parsed {
+  __u8 source[16];
+  __u8 destination[16];
+  struct tcphdr tcp;
+  __u32 option_base; /* packet offset of the first option byte */
+  __u32 option_bytes;
+};
+
+/* Offset (from option_base) of the fast option of `length`, or -1. Linux writes the options a
+ * BPF program reserves after its own, and ours fill whole words, so a fast option is the last
+ * `length` bytes of the header: one read, no walk over the options. (A walk would need
+ * CAP_PERFMON: without it the verifier also checks every speculative path of the loop and gives
+ * up.) An option elsewhere is not looked for, so such a SYN meets the queue, which drops it. */
+static __always_inline int find_fast_option(struct __sk_buff *skb, const struct parsed *p, __u8 length) {
+  __u8 head[4];
+  if (p->option_bytes < length || p->option_bytes > MAX_OPTION_BYTES) return -1;
+  __u32 at = p->option_bytes - length;
+  if (bpf_skb_load_bytes(skb, p->option_base + at, head, sizeof(head)) < 0) return -1;
+  if (head[0] != FAST_OPT_KIND || head[1] != length || head[2] != (FAST_OPT_EXID >> 8) || head[3] != (FAST_OPT_EXID & 0xff)) return -1;
+  return (int)at;
+}
+
+/* Reads the addresses and TCP header of a TCP segment; 0 when it is not one. */
+static __always_inline int parse(struct __sk_buff *skb, struct parsed *p) {
+  __u32 tcp_offset;
+  if (skb->protocol == bpf_htons(ETH_P_IP)) {
+    struct iphdr ip;
+    if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0) return 0;
+    if (ip.protocol != IPPROTO_TCP || (ip.frag_off & bpf_htons(0x3fff)) != 0 || ip.ihl < 5) return 0;
+    mapped_ipv4(p->source, ip.saddr);
+    mapped_ipv4(p->destination, ip.daddr);
+    tcp_offset = ETH_HLEN + ip.ihl * 4;
+  } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+    struct ipv6hdr ip6;
+    if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0) return 0;
+    /* Extension headers before TCP: left to the queue path, which judges any SYN. */
+    if (ip6.nexthdr != IPPROTO_TCP) return 0;
+    __builtin_memcpy(p->source, &ip6.saddr, 16);
+    __builtin_memcpy(p->destination, &ip6.daddr, 16);
+    tcp_offset = ETH_HLEN + sizeof(ip6);
+  } else {
+    return 0;
+  }
+  if (bpf_skb_load_bytes(skb, tcp_offset, &p->tcp, sizeof(p->tcp)) < 0) return 0;
+  __u32 header_bytes = p->tcp.doff * 4;
+  if (header_bytes < sizeof(struct tcphdr)) return 0;
+  p->option_base = tcp_offset + sizeof(struct tcphdr);
+  p->option_bytes = header_bytes - sizeof(struct tcphdr);
+  return 1;
+}
+
+static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fast_config *cfg, struct parsed *p, int at) {
+  __u8 opt[FAST_SYN_OPT_LEN];
+  if (bpf_skb_load_bytes(skb, p->option_base + (__u32)at, opt, sizeof(opt)) < 0) return TC_ACT_SHOT;
+  struct server_key key = {};
+  __builtin_memcpy(key.address, p->source, 16);
+  key.fast_id = read_be32(opt + 4);
+  key.port = bpf_ntohs(p->tcp.dest);
+  __u32 time = read_be32(opt + 8);
+  __u32 isn = bpf_ntohl(p->tcp.seq);
+  struct server_value *entry = bpf_map_lookup_elem(&fast_servers, &key);
+  if (!entry) {
+    count(FAST_SYN_UNKNOWN);
+    return TC_ACT_SHOT;
+  }
+  __u32 now = now_seconds(cfg);
+  __u32 skew = now > time ? now - time : time - now;
+  if (skew > cfg->window_seconds) {
+    count(FAST_SYN_STALE);
+    return TC_ACT_SHOT;
+  }
+  if (syn_mac(entry->key, key.fast_id, time, isn) != read_be64(opt + 12)) {
+    count(FAST_SYN_BAD_PROOF);
+    return TC_ACT_SHOT;
+  }
+  if (!entry->allowed) {
+    count(FAST_SYN_NOT_ALLOWED);
+    return TC_ACT_SHOT;
+  }
+  /* Only a proven SYN reaches the replay table, so a flood of forgeries cannot evict it. */
+  struct replay_key seen = {.fast_id = key.fast_id, .isn = isn, .time = time};
+  __builtin_memcpy(seen.address, p->source, 16);
+  __u8 one = 1;
+  if (bpf_map_update_elem(&fast_replay, &seen, &one, BPF_NOEXIST) != 0) {
+    count(FAST_SYN_REPLAYED);
+    return TC_ACT_SHOT;
+  }
+  struct peer_key conn = {.local_port = key.port, .remote_port = bpf_ntohs(p->tcp.source)};
+  __builtin_memcpy(conn.local, p->destination, 16);
+  __builtin_memcpy(conn.remote, p->source, 16);
+  struct peer_value peer = {.fast_id = key.fast_id};
+  bpf_map_update_elem(&fast_peers, &conn, &peer, BPF_ANY);
+  skb->mark |= cfg->accept_mark;
+  count(FAST_SYN_ACCEPTED);
+  return TC_ACT_OK;
+}
+
+static __always_inline int judge_synack(struct __sk_buff *skb, const struct parsed *p) {
+  struct conn_key key = {.local_port = bpf_ntohs(p->tcp.dest), .remote_port = bpf_ntohs(p->tcp.source)};
+  __builtin_memcpy(key.local, p->destination, 16);
+  __builtin_memcpy(key.remote, p->source, 16);
+  struct conn_value *sent = bpf_map_lookup_elem(&fast_conns, &key);
+  /* Only connections that sent a fast SYN expect the server's MAC. */
+  if (!sent) return TC_ACT_OK;
+  int at = find_fast_option(skb, p, FAST_SYNACK_OPT_LEN);
+  __u8 opt[FAST_SYNACK_OPT_LEN];
+  if (at < 0 || bpf_skb_load_bytes(skb, p->option_base + (__u32)at, opt, sizeof(opt)) < 0) {
+    count(FAST_SYNACK_BAD_PROOF);
+    return TC_ACT_SHOT;
+  }
+  __u32 server_isn = bpf_ntohl(p->tcp.seq);
+  if (bpf_ntohl(p->tcp.ack_seq) != sent->isn + 1 || synack_mac(sent->key, sent->fast_id, sent->isn, server_isn) != read_be64(opt + 4)) {
+    count(FAST_SYNACK_BAD_PROOF);
+    return TC_ACT_SHOT;
+  }
+  count(FAST_SYNACK_VERIFIED);
+  return TC_ACT_OK;
+}
+
+/* Whether the SYN carries the agent's first-contact marker (then the queue judges it). */
+static __always_inline int has_marker(struct __sk_buff *skb, const struct parsed *p) {
+  __u8 word[4];
+  if (p->option_bytes < sizeof(word) || p->option_bytes > MAX_OPTION_BYTES) return 0;
+  if (bpf_skb_load_bytes(skb, p->option_base + p->option_bytes - sizeof(word), word, sizeof(word)) < 0) return 0;
+  return word[0] == MARKER_KIND && word[1] == 4 && word[2] == (MARKER_EXID >> 8) && word[3] == (MARKER_EXID & 0xff);
+}
+
+/* A SYN with no proof of any kind: dropped here when its port admits no peer without identity
+ * and its source is not excluded from synpass; anything else goes on to the rules and queue. */
+static __always_inline int judge_plain_syn(struct __sk_buff *skb, const struct parsed *p) {
+  __u32 port = bpf_ntohs(p->tcp.dest);
+  __u8 *closed = bpf_map_lookup_elem(&fast_cloak, &port);
+  if (!closed || !*closed || has_marker(skb, p)) return TC_ACT_OK;
+  struct excluded_key source = {.prefix_bits = 128};
+  __builtin_memcpy(source.address, p->source, 16);
+  if (bpf_map_lookup_elem(&fast_excluded, &source)) return TC_ACT_OK;
+  count(FAST_SYN_NO_IDENTITY);
+  return TC_ACT_SHOT;
+}
+
+SEC("tc")
+int synpass_ingress(struct __sk_buff *skb) {
+  struct fast_config *cfg = config();
+  if (!cfg) return TC_ACT_OK;
+  struct parsed p = {};
+  if (!parse(skb, &p) || !p.tcp.syn || p.tcp.rst) return TC_ACT_OK;
+  if (p.tcp.ack) return judge_synack(skb, &p);
+  int at = find_fast_option(skb, &p, FAST_SYN_OPT_LEN);
+  if (at < 0) return judge_plain_syn(skb, &p);
+  return judge_fast_syn(skb, cfg, &p, at);
+}
+
+/* ---- sock_ops ------------------------------------------------------------------------------ */
+
+/* The context allows only 4-byte reads of these fields; the barrier keeps clang from merging
+ * two of them into one 8-byte read. */
+#define CTX_READ(field) ({ __u32 __v = (field); asm volatile("" : "+r"(__v)); __v; })
+
+static __always_inline void copy_ip6(__u8 out[16], __u32 a, __u32 b, __u32 c, __u32 d) {
+  __builtin_memcpy(out, &a, 4);
+  __builtin_memcpy(out + 4, &b, 4);
+  __builtin_memcpy(out + 8, &c, 4);
+  __builtin_memcpy(out + 12, &d, 4);
+}
+
+static __always_inline void local_and_remote(const struct bpf_sock_ops *ops, __u8 local[16], __u8 remote[16]) {
+  if (ops->family == AF_INET) {
+    mapped_ipv4(local, ops->local_ip4);
+    mapped_ipv4(remote, ops->remote_ip4);
+  } else {
+    copy_ip6(local, CTX_READ(ops->local_ip6[0]), CTX_READ(ops->local_ip6[1]), CTX_READ(ops->local_ip6[2]), CTX_READ(ops->local_ip6[3]));
+    copy_ip6(remote, CTX_READ(ops->remote_ip6[0]), CTX_READ(ops->remote_ip6[1]), CTX_READ(ops->remote_ip6[2]), CTX_READ(ops->remote_ip6[3]));
+  }
+}
+
+static __always_inline void set_mark(struct bpf_sock_ops *ops, __u32 mark) {
+  bpf_setsockopt(ops, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
+}
+
+/* A connect from a user whose workload has a kernel-proven entry for this destination. */
+static __always_inline void client_connect(struct bpf_sock_ops *ops, const struct fast_config *cfg) {
+  if (ops->family != AF_INET && ops->family != AF_INET6) return;
+  struct client_key key = {.port = bpf_ntohl(ops->remote_port), .uid = (__u32)bpf_get_current_uid_gid()};
+  __u8 local[16];
+  local_and_remote(ops, local, key.address);
+  struct client_value *entry = bpf_map_lookup_elem(&fast_clients, &key);
+  if (!entry) return;
+  struct bpf_sock *sk = ops->sk;
+  if (!sk) return;
+  struct sock_state_value *state = bpf_sk_storage_get(&fast_sockets, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+  if (!state) return;
+  __u32 mark = 0;
+  bpf_getsockopt(ops, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
+  state->state = SOCK_FAST;
+  state->original_mark = mark;
+  state->fast_id = entry->fast_id;
+  __builtin_memcpy(state->key, entry->key, 16);
+  /* The SYN leaves marked as judged, so the egress rules do not queue it. */
+  set_mark(ops, mark | cfg->client_mark);
+  bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG);
+}
+
+static __always_inline struct sock_state_value *socket_state(struct bpf_sock_ops *ops) {
+  struct bpf_sock *sk = ops->sk;
+  if (!ops->is_fullsock || !sk) return 0;
+  return bpf_sk_storage_get(&fast_sockets, sk, 0, 0);
+}
+
+static __always_inline struct sock_state_value *fast_socket(struct bpf_sock_ops *ops) {
+  struct sock_state_value *state = socket_state(ops);
+  return state && state->state == SOCK_FAST ? state : 0;
+}
+
+static __always_inline int client_syn(const struct bpf_sock_ops *ops) {
+  return (ops->skb_tcp_flags & TCPHDR_SYN_ACK_MASK) == 0x02;
+}
+
+static __always_inline int syn_fast_id(struct bpf_sock_ops *ops, __u32 *fast_id) {
+  __u8 search[FAST_SYN_OPT_LEN] = {FAST_OPT_KIND, 4, FAST_OPT_EXID >> 8, FAST_OPT_EXID & 0xff};
+  if (bpf_load_hdr_opt(ops, search, sizeof(search), BPF_LOAD_HDR_OPT_TCP_SYN) != FAST_SYN_OPT_LEN) return 0;
+  *fast_id = read_be32(search + 4);
+  return 1;
+}
+
+/* The client's first packets after its fast SYN. The handshake's ACK leaves with the accept
+ * marks, so the rules release the connection (no later packet of it walks them); the packet
+ * after it gets the socket's own mark back, and the socket stops calling this program. Only real
+ * packets count: the kernel also asks for option space with no packet (flags 0) to size MSS. */
+static __always_inline void client_after_syn(struct bpf_sock_ops *ops, const struct fast_config *cfg) {
+  if ((ops->skb_tcp_flags & 0x10) == 0) return;
+  struct sock_state_value *state = socket_state(ops);
+  if (!state) return;
+  if (state->state == SOCK_FAST && ops->state == BPF_TCP_ESTABLISHED) {
+    state->state = SOCK_RELEASING;
+    set_mark(ops, state->original_mark | cfg->accept_mark);
+  } else if (state->state == SOCK_RELEASING) {
+    state->state = SOCK_DONE;
+    set_mark(ops, state->original_mark);
+    bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags & ~(BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG));
+  }
+}
+
+static __always_inline void reserve_option(struct bpf_sock_ops *ops, const struct fast_config *cfg) {
+  __u32 flags = ops->skb_tcp_flags & TCPHDR_SYN_ACK_MASK;
+  if (flags == 0x02) {
+    if (fast_socket(ops)) bpf_reserve_hdr_opt(ops, FAST_SYN_OPT_LEN, 0);
+  } else if (flags == 0x12) {
+    __u32 fast_id;
+    if (syn_fast_id(ops, &fast_id)) bpf_reserve_hdr_opt(ops, FAST_SYNACK_OPT_LEN, 0);
+  } else {
+    client_after_syn(ops, cfg);
+  }
+}
+
+static __always_inline void write_client_syn(struct bpf_sock_ops *ops, const struct fast_config *cfg) {
+  struct sock_state_value *state = fast_socket(ops);
+  if (!state) return;
+  struct tcphdr *th = ops->skb_data;
+  if ((void *)(th + 1) > ops->skb_data_end) return;
+  __u32 isn = bpf_ntohl(th->seq);
+  __u32 time = now_seconds(cfg);
+  __u8 opt[FAST_SYN_OPT_LEN] = {FAST_OPT_KIND, FAST_SYN_OPT_LEN, FAST_OPT_EXID >> 8, FAST_OPT_EXID & 0xff};
+  write_be32(opt + 4, state->fast_id);
+  write_be32(opt + 8, time);
+  write_be64(opt + 12, syn_mac(state->key, state->fast_id, time, isn));
+  if (bpf_store_hdr_opt(ops, opt, sizeof(opt), 0) != 0) return;
+  struct conn_key key = {.local_port = ops->local_port, .remote_port = bpf_ntohl(ops->remote_port)};
+  local_and_remote(ops, key.local, key.remote);
+  struct conn_value sent = {.fast_id = state->fast_id, .isn = isn};
+  __builtin_memcpy(sent.key, state->key, 16);
+  bpf_map_update_elem(&fast_conns, &key, &sent, BPF_ANY);
+  count(FAST_SYN_SENT);
+}
+
+static __always_inline void write_server_synack(struct bpf_sock_ops *ops) {
+  __u32 fast_id;
+  if (!syn_fast_id(ops, &fast_id)) return;
+  struct tcphdr *th = ops->skb_data;
+  if ((void *)(th + 1) > ops->skb_data_end) return;
+  struct server_key key = {.fast_id = fast_id, .port = ops->local_port};
+  __u8 local[16];
+  local_and_remote(ops, local, key.address);
+  struct server_value *entry = bpf_map_lookup_elem(&fast_servers, &key);
+  if (!entry) return;
+  __u8 opt[FAST_SYNACK_OPT_LEN] = {FAST_OPT_KIND, FAST_SYNACK_OPT_LEN, FAST_OPT_EXID >> 8, FAST_OPT_EXID & 0xff};
+  write_be64(opt + 4, synack_mac(entry->key, fast_id, bpf_ntohl(th->ack_seq) - 1, bpf_ntohl(th->seq)));
+  if (bpf_store_hdr_opt(ops, opt, sizeof(opt), 0) == 0) count(FAST_SYNACK_SIGNED);
+}
+
+/* The fast SYN went unanswered (a server that lost its entry, or plain loss): the retransmit
+ * leaves without the option and unmarked, so the agent sends it as first contact. */
+static __always_inline void client_fallback(struct bpf_sock_ops *ops) {
+  struct sock_state_value *state = fast_socket(ops);
+  if (!state || ops->state != BPF_TCP_SYN_SENT) return;
+  state->state = SOCK_FALLBACK;
+  set_mark(ops, state->original_mark);
+  struct conn_key key = {.local_port = ops->local_port, .remote_port = bpf_ntohl(ops->remote_port)};
+  local_and_remote(ops, key.local, key.remote);
+  bpf_map_delete_elem(&fast_conns, &key);
+  count(FAST_SYN_FALLBACK);
+}
+
+/* The SYN-ACK was proven (tc) and accepted: its record is no longer needed. */
+static __always_inline void client_established(struct bpf_sock_ops *ops) {
+  if (!fast_socket(ops)) return;
+  struct conn_key key = {.local_port = ops->local_port, .remote_port = bpf_ntohl(ops->remote_port)};
+  local_and_remote(ops, key.local, key.remote);
+  bpf_map_delete_elem(&fast_conns, &key);
+}
+
+SEC("sockops")
+int synpass_sockops(struct bpf_sock_ops *ops) {
+  struct fast_config *cfg = config();
+  if (!cfg) return 1;
+  switch (ops->op) {
+    case BPF_SOCK_OPS_TCP_LISTEN_CB:
+      /* Lets the listener's SYN-ACKs carry the server's MAC. */
+      bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+      break;
+    case BPF_SOCK_OPS_TCP_CONNECT_CB:
+      client_connect(ops, cfg);
+      break;
+    case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+      reserve_option(ops, cfg);
+      break;
+    case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
+      if (client_syn(ops)) write_client_syn(ops, cfg);
+      else if ((ops->skb_tcp_flags & TCPHDR_SYN_ACK_MASK) == 0x12) write_server_synack(ops);
+      break;
+    case BPF_SOCK_OPS_RTO_CB:
+      client_fallback(ops);
+      break;
+    case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+      client_established(ops);
+      break;
+  }
+  return 1;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

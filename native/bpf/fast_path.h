@@ -1,0 +1,109 @@
+/* Layouts shared by the kernel programs (fast_path.bpf.c) and the agent, which writes the same
+ * bytes from agent/src/datapath/kernel/maps.ts. Addresses are 16 bytes, IPv4 as ::ffff:a.b.c.d;
+ * ports are in host byte order; keys are SipHash-2-4 keys (two little-endian 64-bit words).
+ * Change a layout here and there together. */
+#ifndef SYNPASS_FAST_PATH_H
+#define SYNPASS_FAST_PATH_H
+
+#include <linux/types.h>
+
+/* RFC 6994 experimental option, kind 254, with our ExID. */
+#define FAST_OPT_KIND 254
+#define FAST_OPT_EXID 0xd351
+/* SYN: kind, length, ExID, fast id (4), time (4, unix seconds), MAC (8). */
+#define FAST_SYN_OPT_LEN 20
+/* SYN-ACK: kind, length, ExID, MAC (8). */
+#define FAST_SYNACK_OPT_LEN 12
+
+struct fast_config {
+  __s64 realtime_offset_ns; /* CLOCK_REALTIME minus CLOCK_BOOTTIME, kept current by the agent */
+  __u32 window_seconds;     /* a fast SYN's time may be this far from the server's clock */
+  __u32 accept_mark;        /* on an accepted fast SYN and the client's handshake ACK: the rules release the connection */
+  __u32 client_mark;        /* on a fast SYN: the egress rules do not queue it */
+  __u32 enabled;            /* 0 until the agent has filled this entry */
+};
+
+/* Client: which destinations (address, port) a local user may prove itself to in the kernel. */
+struct client_key {
+  __u8 address[16];
+  __u16 port;
+  __u16 pad;
+  __u32 uid;
+};
+struct client_value {
+  __u32 fast_id;
+  __u32 pad;
+  __u8 key[16];
+};
+
+/* Client: the fast SYN a local connection sent, so its SYN-ACK can be checked. */
+struct conn_key {
+  __u8 local[16];
+  __u8 remote[16];
+  __u16 local_port;
+  __u16 remote_port;
+};
+struct conn_value {
+  __u32 fast_id;
+  __u32 isn;
+  __u8 key[16];
+};
+
+/* Server: a peer workload proven at first contact, per local port. */
+struct server_key {
+  __u8 address[16];
+  __u32 fast_id;
+  __u16 port;
+  __u16 pad;
+};
+struct server_value {
+  __u8 key[16];
+  __u32 allowed; /* 0: policy says no (dropped as not-allowed) */
+  __u32 pad;
+};
+
+/* Server: fast SYNs already accepted, for the replay check. */
+struct replay_key {
+  __u8 address[16];
+  __u32 fast_id;
+  __u32 isn;
+  __u32 time;
+  __u32 pad;
+};
+
+/* Server: accepted fast connections, for whois (local port first, as seen on the server). */
+struct peer_key {
+  __u8 local[16];
+  __u8 remote[16];
+  __u16 local_port;
+  __u16 remote_port;
+};
+struct peer_value {
+  __u32 fast_id;
+  __u32 pad;
+};
+
+/* Server: source networks the agent never touches (datapath excluded), an LPM trie. */
+struct excluded_key {
+  __u32 prefix_bits; /* of the 128-bit address (IPv4: 96 + prefix) */
+  __u8 address[16];
+};
+
+/* Kernel verdict counters (a per-CPU array): the agent sums them into its metrics. */
+enum fast_counter {
+  FAST_SYN_ACCEPTED,       /* server: fast SYN proven and admitted */
+  FAST_SYN_UNKNOWN,        /* server: fast SYN from a peer workload it holds no entry for */
+  FAST_SYN_NOT_ALLOWED,    /* server: policy no longer admits that workload to the port */
+  FAST_SYN_STALE,          /* server: time outside the window */
+  FAST_SYN_BAD_PROOF,      /* server: MAC does not match */
+  FAST_SYN_REPLAYED,       /* server: same (peer, id, ISN, time) seen before */
+  FAST_SYNACK_VERIFIED,    /* client: SYN-ACK to a fast SYN carried the server's valid MAC */
+  FAST_SYNACK_BAD_PROOF,   /* client: SYN-ACK to a fast SYN without the MAC, or a wrong one */
+  FAST_SYN_SENT,           /* client: fast SYN written */
+  FAST_SYN_FALLBACK,       /* client: a fast SYN went unanswered; the retransmit takes the queue */
+  FAST_SYNACK_SIGNED,      /* server: MAC written into a SYN-ACK */
+  FAST_SYN_NO_IDENTITY,    /* server: SYN with neither fast option nor marker to a port closed to peers without identity */
+  FAST_COUNTER_COUNT,
+};
+
+#endif

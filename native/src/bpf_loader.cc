@@ -1,0 +1,366 @@
+// The kernel fast path's loader and map access, over libbpf (LGPL-2.1 OR BSD-2-Clause). The
+// agent owns the programs: it loads native/build/fast_path.bpf.o, pins its maps and the
+// sock_ops cgroup link under a directory of bpffs (so they outlive a crash of the agent, and
+// `synpass agent cleanup` finds them), and attaches the tc ingress program to interfaces of its
+// network namespace. Map keys and values cross as byte buffers whose layouts
+// native/bpf/fast_path.h defines.
+#include "bpf_loader.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <net/if_arp.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+namespace {
+
+// tc filter identity of our program on every interface: a fixed handle and priority, so that
+// attach replaces our own filter and detach finds it without any state.
+constexpr uint32_t kTcHandle = 0x5350;
+constexpr uint32_t kTcPriority = 0x5350;
+constexpr const char* kCgroupLink = "sockops_link";
+constexpr const char* kMapNames[] = {"fast_config", "fast_counters", "fast_clients", "fast_conns", "fast_servers",
+                                     "fast_replay",  "fast_peers",    "fast_cloak",   "fast_excluded"};
+
+std::string ErrnoText(int error) {
+  return std::string(strerror(error < 0 ? -error : error));
+}
+
+void ThrowErrno(Napi::Env env, const std::string& what, int error) {
+  Napi::Error failure = Napi::Error::New(env, what + ": " + ErrnoText(error));
+  failure.Set("errno", Napi::Number::New(env, error < 0 ? -error : error));
+  failure.ThrowAsJavaScriptException();
+}
+
+// Whether the interface carries Ethernet frames: the tc program reads the L3 header at
+// ETH_HLEN, so it attaches to nothing else.
+bool IsEthernet(const char* name) {
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  struct ifreq request = {};
+  strncpy(request.ifr_name, name, IFNAMSIZ - 1);
+  bool ether = ioctl(fd, SIOCGIFHWADDR, &request) == 0 && request.ifr_hwaddr.sa_family == ARPHRD_ETHER;
+  close(fd);
+  return ether;
+}
+
+struct TcTarget {
+  std::string name;
+  unsigned index;
+};
+
+std::vector<TcTarget> AllInterfaces() {
+  std::vector<TcTarget> found;
+  struct if_nameindex* list = if_nameindex();
+  if (list == nullptr) return found;
+  for (struct if_nameindex* it = list; it->if_index != 0; ++it) found.push_back({it->if_name, it->if_index});
+  if_freenameindex(list);
+  return found;
+}
+
+// Removes our filter from one interface's ingress; absent is fine.
+int DetachTc(unsigned index) {
+  LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(index), .attach_point = BPF_TC_INGRESS);
+  LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kTcHandle, .priority = kTcPriority);
+  int rc = bpf_tc_detach(&hook, &opts);
+  return rc == -ENOENT || rc == -EINVAL ? 0 : rc;
+}
+
+// fastPathAttach(objectPath, pinDir, cgroupPath, interfaces[]) -> { maps: {name: fd}, attached: [], skipped: [{name, reason}] }
+Napi::Value Attach(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4 || !info[0].IsString() || !info[1].IsString() || !info[2].IsString() || !info[3].IsArray()) {
+    Napi::TypeError::New(env, "fastPathAttach(objectPath, pinDir, cgroupPath, interfaces)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::string object_path = info[0].As<Napi::String>();
+  std::string pin_dir = info[1].As<Napi::String>();
+  std::string cgroup_path = info[2].As<Napi::String>();
+  Napi::Array wanted = info[3].As<Napi::Array>();
+
+  libbpf_set_print(nullptr);
+  struct bpf_object* object = bpf_object__open_file(object_path.c_str(), nullptr);
+  if (object == nullptr) {
+    ThrowErrno(env, "open " + object_path, errno);
+    return env.Undefined();
+  }
+  // Everything below runs with the object open; it is closed on every path out, after the
+  // pins hold what must stay.
+  auto fail = [&](const std::string& what, int error) {
+    bpf_object__close(object);
+    ThrowErrno(env, what, error);
+    return env.Undefined();
+  };
+  int rc = bpf_object__load(object);
+  if (rc != 0) return fail("load " + object_path + " (the kernel refused the programs)", rc);
+  if (mkdir(pin_dir.c_str(), 0700) != 0 && errno != EEXIST) return fail("mkdir " + pin_dir, errno);
+  for (const char* name : kMapNames) {
+    struct bpf_map* map = bpf_object__find_map_by_name(object, name);
+    if (map == nullptr) return fail(std::string("map ") + name + " missing from the object", ENOENT);
+    std::string path = pin_dir + "/" + name;
+    unlink(path.c_str());
+    rc = bpf_map__pin(map, path.c_str());
+    if (rc != 0) return fail("pin " + path, rc);
+  }
+
+  struct bpf_program* sockops = bpf_object__find_program_by_name(object, "synpass_sockops");
+  struct bpf_program* ingress = bpf_object__find_program_by_name(object, "synpass_ingress");
+  if (sockops == nullptr || ingress == nullptr) return fail("programs missing from the object", ENOENT);
+  int cgroup = open(cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (cgroup < 0) return fail("open cgroup " + cgroup_path, errno);
+  std::string link_path = pin_dir + "/" + kCgroupLink;
+  int old_link = bpf_obj_get(link_path.c_str());
+  if (old_link >= 0) {
+    // A previous run left its link pinned (it crashed, or stopped without cleanup): replace it.
+    bpf_link_detach(old_link);
+    close(old_link);
+    unlink(link_path.c_str());
+  }
+  struct bpf_link* link = bpf_program__attach_cgroup(sockops, cgroup);
+  int link_error = link == nullptr ? errno : 0;
+  close(cgroup);
+  if (link == nullptr) return fail("attach sock_ops to " + cgroup_path, link_error);
+  rc = bpf_link__pin(link, link_path.c_str());
+  if (rc != 0) {
+    bpf_link__destroy(link);
+    return fail("pin " + link_path, rc);
+  }
+  // The pin keeps the program attached once this process lets go of the link.
+  bpf_link__disconnect(link);
+  bpf_link__destroy(link);
+
+  Napi::Array attached = Napi::Array::New(env);
+  Napi::Array skipped = Napi::Array::New(env);
+  for (uint32_t i = 0; i < wanted.Length(); i++) {
+    std::string name = wanted.Get(i).As<Napi::String>();
+    unsigned index = if_nametoindex(name.c_str());
+    auto skip = [&](const std::string& reason) {
+      Napi::Object entry = Napi::Object::New(env);
+      entry.Set("name", name);
+      entry.Set("reason", reason);
+      skipped.Set(skipped.Length(), entry);
+    };
+    if (index == 0) {
+      skip("no such interface");
+      continue;
+    }
+    if (!IsEthernet(name.c_str())) {
+      skip("not an Ethernet interface");
+      continue;
+    }
+    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(index), .attach_point = BPF_TC_INGRESS);
+    rc = bpf_tc_hook_create(&hook);
+    if (rc != 0 && rc != -EEXIST) {
+      skip("clsact: " + ErrnoText(rc));
+      continue;
+    }
+    LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = bpf_program__fd(ingress), .flags = BPF_TC_F_REPLACE,
+                .handle = kTcHandle, .priority = kTcPriority);
+    rc = bpf_tc_attach(&hook, &opts);
+    if (rc != 0) {
+      skip("tc attach: " + ErrnoText(rc));
+      continue;
+    }
+    attached.Set(attached.Length(), name);
+  }
+
+  Napi::Object maps = Napi::Object::New(env);
+  for (const char* name : kMapNames) {
+    std::string path = pin_dir + "/" + name;
+    int fd = bpf_obj_get(path.c_str());
+    if (fd < 0) return fail("open pinned " + path, errno);
+    maps.Set(name, Napi::Number::New(env, fd));
+  }
+  bpf_object__close(object);
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("maps", maps);
+  result.Set("attached", attached);
+  result.Set("skipped", skipped);
+  return result;
+}
+
+// fastPathDetach(pinDir) -> { tcDetached: number, linkDetached: boolean }: our tc filter off
+// every interface of this namespace, the cgroup link detached, and the pins removed.
+Napi::Value Detach(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) {
+    Napi::TypeError::New(env, "fastPathDetach(pinDir)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::string pin_dir = info[0].As<Napi::String>();
+  uint32_t tc_detached = 0;
+  for (const TcTarget& target : AllInterfaces()) {
+    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(target.index), .attach_point = BPF_TC_INGRESS);
+    LIBBPF_OPTS(bpf_tc_opts, query, .handle = kTcHandle, .priority = kTcPriority);
+    if (bpf_tc_query(&hook, &query) == 0 && DetachTc(target.index) == 0) tc_detached++;
+  }
+  bool link_detached = false;
+  std::string link_path = pin_dir + "/" + kCgroupLink;
+  int link = bpf_obj_get(link_path.c_str());
+  if (link >= 0) {
+    link_detached = bpf_link_detach(link) == 0;
+    close(link);
+  }
+  unlink(link_path.c_str());
+  for (const char* name : kMapNames) unlink((pin_dir + "/" + name).c_str());
+  rmdir(pin_dir.c_str());
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("tcDetached", Napi::Number::New(env, tc_detached));
+  result.Set("linkDetached", Napi::Boolean::New(env, link_detached));
+  return result;
+}
+
+bool BufferArgument(const Napi::Value& value) {
+  return value.IsTypedArray();
+}
+
+void* BytesOf(const Napi::Value& value) {
+  Napi::Uint8Array array = value.As<Napi::Uint8Array>();
+  return array.Data();
+}
+
+// mapUpdate(fd, key, value, flags): 0 or throws with errno (EEXIST, E2BIG for a full map).
+Napi::Value MapUpdate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4 || !info[0].IsNumber() || !BufferArgument(info[1]) || !BufferArgument(info[2]) || !info[3].IsNumber()) {
+    Napi::TypeError::New(env, "mapUpdate(fd, key, value, flags)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int rc = bpf_map_update_elem(info[0].As<Napi::Number>().Int32Value(), BytesOf(info[1]), BytesOf(info[2]),
+                               info[3].As<Napi::Number>().Int64Value());
+  if (rc != 0) ThrowErrno(env, "bpf map update", errno);
+  return env.Undefined();
+}
+
+// mapDelete(fd, key): whether an entry was removed.
+Napi::Value MapDelete(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !BufferArgument(info[1])) {
+    Napi::TypeError::New(env, "mapDelete(fd, key)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int rc = bpf_map_delete_elem(info[0].As<Napi::Number>().Int32Value(), BytesOf(info[1]));
+  if (rc != 0 && errno != ENOENT) ThrowErrno(env, "bpf map delete", errno);
+  return Napi::Boolean::New(env, rc == 0);
+}
+
+// mapLookup(fd, key, valueOut): whether the key is present (its value written to valueOut).
+Napi::Value MapLookup(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsNumber() || !BufferArgument(info[1]) || !BufferArgument(info[2])) {
+    Napi::TypeError::New(env, "mapLookup(fd, key, valueOut)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int rc = bpf_map_lookup_elem(info[0].As<Napi::Number>().Int32Value(), BytesOf(info[1]), BytesOf(info[2]));
+  if (rc != 0 && errno != ENOENT) ThrowErrno(env, "bpf map lookup", errno);
+  return Napi::Boolean::New(env, rc == 0);
+}
+
+// mapCount(fd, keySize): entries in a hash map, by walking its keys.
+Napi::Value MapCount(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) {
+    Napi::TypeError::New(env, "mapCount(fd, keySize)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  std::vector<uint8_t> key(info[1].As<Napi::Number>().Uint32Value()), next(key.size());
+  uint32_t entries = 0;
+  const void* previous = nullptr;
+  while (bpf_map_get_next_key(fd, previous, next.data()) == 0) {
+    entries++;
+    key.swap(next);
+    previous = key.data();
+  }
+  return Napi::Number::New(env, entries);
+}
+
+// arrayWrite(fd, values, valueSize): entries 0..n-1 of an array map from consecutive values, in
+// one batch (a system call per entry would cost 65,536 of them for a port table).
+Napi::Value ArrayWrite(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsNumber() || !BufferArgument(info[1]) || !info[2].IsNumber()) {
+    Napi::TypeError::New(env, "arrayWrite(fd, values, valueSize)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Uint8Array values = info[1].As<Napi::Uint8Array>();
+  uint32_t value_size = info[2].As<Napi::Number>().Uint32Value();
+  if (value_size == 0 || values.ByteLength() % value_size != 0) {
+    Napi::RangeError::New(env, "arrayWrite: values is not a whole number of entries").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  uint32_t count = values.ByteLength() / value_size;
+  std::vector<uint32_t> keys(count);
+  for (uint32_t i = 0; i < count; i++) keys[i] = i;
+  LIBBPF_OPTS(bpf_map_batch_opts, opts);
+  if (bpf_map_update_batch(info[0].As<Napi::Number>().Int32Value(), keys.data(), values.Data(), &count, &opts) != 0) {
+    ThrowErrno(env, "bpf map batch update", errno);
+  }
+  return env.Undefined();
+}
+
+// counterTotals(fd, count): each slot of a per-CPU u64 array summed over the CPUs.
+Napi::Value CounterTotals(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) {
+    Napi::TypeError::New(env, "counterTotals(fd, count)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  uint32_t count = info[1].As<Napi::Number>().Uint32Value();
+  int cpus = libbpf_num_possible_cpus();
+  if (cpus <= 0) {
+    ThrowErrno(env, "possible CPUs", cpus);
+    return env.Undefined();
+  }
+  std::vector<uint64_t> per_cpu(static_cast<size_t>(cpus));
+  Napi::Array totals = Napi::Array::New(env, count);
+  for (uint32_t slot = 0; slot < count; slot++) {
+    uint64_t sum = 0;
+    if (bpf_map_lookup_elem(fd, &slot, per_cpu.data()) == 0) {
+      for (uint64_t value : per_cpu) sum += value;
+    }
+    totals.Set(slot, Napi::Number::New(env, static_cast<double>(sum)));
+  }
+  return totals;
+}
+
+// realtimeOffsetNs(): CLOCK_REALTIME minus CLOCK_BOOTTIME, as a BigInt. The kernel programs
+// have only the boot clock; this offset turns it into the wall-clock time peers compare.
+Napi::Value RealtimeOffset(const Napi::CallbackInfo& info) {
+  struct timespec real, boot;
+  clock_gettime(CLOCK_REALTIME, &real);
+  clock_gettime(CLOCK_BOOTTIME, &boot);
+  int64_t offset = (static_cast<int64_t>(real.tv_sec) - boot.tv_sec) * 1000000000LL + (real.tv_nsec - boot.tv_nsec);
+  return Napi::BigInt::New(info.Env(), offset);
+}
+
+Napi::Value CloseFd(const Napi::CallbackInfo& info) {
+  if (info.Length() > 0 && info[0].IsNumber()) close(info[0].As<Napi::Number>().Int32Value());
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void RegisterFastPath(Napi::Env env, Napi::Object exports) {
+  exports.Set("fastPathAttach", Napi::Function::New(env, Attach));
+  exports.Set("fastPathDetach", Napi::Function::New(env, Detach));
+  exports.Set("mapUpdate", Napi::Function::New(env, MapUpdate));
+  exports.Set("mapDelete", Napi::Function::New(env, MapDelete));
+  exports.Set("mapLookup", Napi::Function::New(env, MapLookup));
+  exports.Set("mapCount", Napi::Function::New(env, MapCount));
+  exports.Set("arrayWrite", Napi::Function::New(env, ArrayWrite));
+  exports.Set("counterTotals", Napi::Function::New(env, CounterTotals));
+  exports.Set("realtimeOffsetNs", Napi::Function::New(env, RealtimeOffset));
+  exports.Set("closeFd", Napi::Function::New(env, CloseFd));
+}

@@ -1,0 +1,257 @@
+// The kernel fast path over real packets: after one first contact, web's connections to api are
+// proven and judged in the kernels of both hosts with no packet queued to either agent; forged,
+// replayed and misdirected fast SYNs, token-less scans and unproven SYN-ACKs are dropped (and
+// counted) there; a policy edit and a key rotation take effect from the next fast SYN; nothing
+// stays behind.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { inject, writePackets } from '../../scripts/lib/attack-lab.ts';
+import { DOMAIN, rotateAgent, startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
+import { isRoot, ROOT, sleep, synpassCommand, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
+import { fixChecksums, ipv4Segment, layout, plainSyn, tcpOptionOffset } from '../../scripts/lib/packets.ts';
+import { scratchDirectory } from '../../scripts/lib/scratch.ts';
+
+const PORT = 8080;
+const ECHO = 7000;
+const FAST_KIND = 254;
+const FAST_EXID = 0xd351;
+
+interface FastStatus {
+  running: boolean;
+  reason: string;
+  counters: Record<string, number>;
+}
+
+async function fast(agent: AgentHandle): Promise<FastStatus> {
+  return ((await agent.status()) as unknown as { kernelFastPath: FastStatus }).kernelFastPath;
+}
+
+/** Counter increases between two readings, only those that moved. */
+function moved(before: FastStatus, after: FastStatus): Record<string, number> {
+  return Object.fromEntries(Object.entries(after.counters).flatMap(([name, value]) => (value === before.counters[name] ? [] : [[name, value - (before.counters[name] ?? 0)]])));
+}
+
+describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for network namespaces and eBPF' }, () => {
+  let fixture: IdentityLab;
+  let lab: Lab;
+  let api: AgentHandle;
+  let web: AgentHandle;
+  let policies: string;
+  let apiPolicyText: string;
+  let scratch: string;
+
+  before(async () => {
+    scratch = scratchDirectory('fast-path-e2e');
+    policies = join(scratch, 'policies');
+    cpSync(join(ROOT, 'policy/examples/three-tier'), policies, { recursive: true });
+    apiPolicyText = readFileSync(join(policies, 'api.yaml'), 'utf8');
+    fixture = await startIdentityLab({ prefix: 'fp', net: 19, policyDirectory: policies, server: { port: PORT, kind: 'http' }, kernel: true });
+    ({ lab, api, web } = fixture);
+    await lab.peer('api', ['server', String(ECHO), 'echo']).waitFor((l) => l.listening === ECHO);
+  });
+
+  after(async () => {
+    await fixture.down();
+  });
+
+  async function http(family: 4 | 6 = 4, timeoutMs = 5_000): Promise<boolean> {
+    const result = await lab.peerOnce('web', ['http', lab.address('api', family), String(PORT)], timeoutMs).catch(() => null);
+    return result?.status === 200;
+  }
+
+  async function queued(agent: AgentHandle): Promise<number> {
+    return (await agent.status()).queue.received!;
+  }
+
+  it('runs on both agents and says so', async () => {
+    for (const agent of [api, web]) {
+      const status = await fast(agent);
+      assert.equal(status.running, true, status.reason);
+    }
+  });
+
+  for (const family of [4, 6] as const) {
+    it(`after one first contact, IPv${family} connections of the pair queue no packet on either side`, async () => {
+      assert.equal(await http(family), true, 'first contact');
+      const [apiQueued, webQueued, apiBefore, webBefore] = [await queued(api), await queued(web), await fast(api), await fast(web)];
+      const rounds = 20;
+      for (let i = 0; i < rounds; i++) assert.equal(await http(family), true, `fast connection ${i}`);
+      assert.equal(await queued(api), apiQueued, 'api queued nothing');
+      assert.equal(await queued(web), webQueued, 'web queued nothing');
+      assert.deepEqual(moved(apiBefore, await fast(api)), { synAccepted: rounds, synAckSigned: rounds });
+      assert.deepEqual(moved(webBefore, await fast(web)), { synSent: rounds, synAckVerified: rounds });
+    });
+  }
+
+  it('whois names the peer of a connection the kernel judged, on both ends', async () => {
+    const echo = await lab.peerOnce('web', ['echo', lab.address('api'), String(ECHO), 'first']);
+    assert.equal(echo.echoed, 'first');
+    const apiBefore = await fast(api);
+    const held = lab.peer('web', ['hold', lab.address('api'), String(ECHO)], { stdin: true });
+    const connected = await held.waitFor((l) => l.connected === true);
+    assert.equal(moved(apiBefore, await fast(api)).synAccepted, 1, 'the held connection took the fast path');
+    const webEnd = `${lab.address('web')}:${String(connected.localPort)}`;
+    const apiEnd = `${lab.address('api')}:${ECHO}`;
+    const whois = (host: 'api' | 'web') =>
+      JSON.parse(execFileSync('ip', ['netns', 'exec', lab.namespace(host), ...synpassCommand(), 'whois', webEnd, apiEnd, '--socket', lab.whoisSocket(host)], { cwd: ROOT, encoding: 'utf8' })) as {
+        identity: { subject: string };
+      };
+    assert.equal(whois('api').identity.subject, `spiffe://${DOMAIN}/web`);
+    assert.equal(whois('web').identity.subject, `spiffe://${DOMAIN}/api`);
+    // Both ends released the connection in the rules (connmark `release`, default mark base), as a
+    // verdict of the agent would: none of its packets walks them again.
+    const release = 0x400000;
+    for (const host of ['web', 'api'] as const) {
+      const entry = lab.exec(host, ['cat', '/proc/net/nf_conntrack']).split('\n').find((line) => line.includes(`sport=${String(connected.localPort)} dport=${ECHO} `));
+      const mark = Number(/ mark=(\d+)/.exec(entry ?? '')?.[1]);
+      assert.equal(mark & release, release, `${host}: ${entry ?? 'no conntrack entry'}`);
+    }
+    await held.stop();
+  });
+
+  /** A fast SYN from web to api as it crossed the switch. */
+  async function capturedFastSyn(): Promise<Uint8Array> {
+    const capture = await lab.capture(`tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn and src host ${lab.address('web')} and dst port ${PORT}`, 1, 10_000);
+    assert.equal(await http(), true);
+    await capture.waitFor((l) => typeof l.done === 'number', 15_000);
+    const line = capture.lines.find((l) => typeof l.hex === 'string');
+    assert.ok(line, 'captured the SYN');
+    const syn = Uint8Array.from(Buffer.from(String(line.hex), 'hex'));
+    assert.notEqual(tcpOptionOffset(syn, FAST_KIND, 20, FAST_EXID), -1, 'the SYN carries the fast option');
+    return syn;
+  }
+
+  /** Sends `packets` from one host to another at the link layer and waits until they are out. */
+  async function send(packets: Uint8Array[], hosts: { from: 'outsider' | 'api' | 'web'; to: 'api' | 'web' | 'outsider' } = { from: 'outsider', to: 'api' }): Promise<void> {
+    const file = writePackets(join(scratch, `packets-${Date.now()}.hex`), packets);
+    const sender = inject(lab, 'replay', file, ['max', '5', String(packets.length)], hosts);
+    await sender.waitFor((l) => typeof l.sent === 'number', 10_000);
+    await sleep(300);
+  }
+
+  it('drops a replayed fast SYN and one with a MAC bit flipped in the kernel, without a SYN-ACK', async () => {
+    const syn = await capturedFastSyn();
+    const flipped = Uint8Array.from(syn);
+    const at = tcpOptionOffset(flipped, FAST_KIND, 20, FAST_EXID);
+    flipped[at + 19]! ^= 0x01;
+    const { ipVersion, tcpOffset } = layout(flipped);
+    fixChecksums(flipped, ipVersion, tcpOffset);
+    const answers = await lab.capture(`tcp[tcpflags] & (tcp-syn|tcp-ack) == (tcp-syn|tcp-ack) and src host ${lab.address('api')}`, 5, 4_000);
+    const before = await fast(api);
+    const queuedBefore = await queued(api);
+    await send([syn, flipped]);
+    assert.deepEqual(moved(before, await fast(api)), { synReplayed: 1, synBadProof: 1 });
+    assert.equal(await queued(api), queuedBefore, 'neither reached the queue');
+    const done = await answers.waitFor((l) => typeof l.done === 'number', 10_000);
+    assert.equal(done.done, 0, 'api answered neither');
+  });
+
+  it('drops a token-less SYN scan in the kernel, silently, before the queue', async () => {
+    const ports = [PORT, ECHO, 22, 443];
+    const scan = ports.map((port, i) => plainSyn(lab.address('outsider'), lab.address('api'), port, 40_000 + i, 0x1000 + i));
+    const answers = await lab.capture(`tcp and src host ${lab.address('api')} and dst host ${lab.address('outsider')}`, 5, 4_000);
+    const [before, queuedBefore] = [await fast(api), await queued(api)];
+    await send(scan);
+    assert.deepEqual(moved(before, await fast(api)), { synNoIdentity: ports.length });
+    assert.equal(await queued(api), queuedBefore, 'no SYN reached the queue');
+    const done = await answers.waitFor((l) => typeof l.done === 'number', 10_000);
+    assert.equal(done.done, 0, 'no SYN-ACK, no RST');
+    // Policy governs api with a default deny and no network rule: every port is closed to them.
+    const status = (await api.status()) as unknown as { kernelFastPath: { cloakedPorts: number } };
+    assert.equal(status.kernelFastPath.cloakedPorts, 65_535);
+  });
+
+  it('drops a fast SYN sent to another agent (it holds no key for it)', async () => {
+    const syn = await capturedFastSyn();
+    const mallory = await lab.startAgent('outsider', ['--config', fixture.files.configs.outsider]);
+    try {
+      const before = await fast(mallory);
+      assert.equal(before.running, true, before.reason);
+      const elsewhere = Uint8Array.from(syn);
+      const { ipVersion, tcpOffset } = layout(elsewhere);
+      elsewhere.set(lab.address('outsider').split('.').map(Number), 16);
+      fixChecksums(elsewhere, ipVersion, tcpOffset);
+      await send([elsewhere], { from: 'api', to: 'outsider' });
+      assert.deepEqual(moved(before, await fast(mallory)), { synUnknownPeer: 1 });
+    } finally {
+      await mallory.process.stop();
+    }
+  });
+
+  it('a client kernel drops a SYN-ACK to its fast SYN that lacks the server MAC or carries a wrong one', async () => {
+    assert.equal(await http(), true);
+    // api's stack never answers (its tc program still accepts the SYN first), so web's SYN waits.
+    const dropSyns = ['iptables', '-t', 'raw', '-I', 'PREROUTING', '-p', 'tcp', '--dport', String(PORT), '--syn', '-j', 'DROP'];
+    lab.exec('api', dropSyns);
+    try {
+      const capture = await lab.capture(`tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn and src host ${lab.address('web')} and dst port ${PORT}`, 1, 10_000);
+      const client = lab.peer('web', ['http', lab.address('api'), String(PORT)]);
+      await capture.waitFor((l) => typeof l.done === 'number', 10_000);
+      const syn = Buffer.from(String(capture.lines.find((l) => typeof l.hex === 'string')!.hex), 'hex');
+      const clientPort = syn.readUInt16BE(20);
+      const isn = syn.readUInt32BE(24);
+      const answer = (options?: Uint8Array) =>
+        ipv4Segment({ source: lab.address('api'), target: lab.address('web'), sourcePort: PORT, port: clientPort, sequence: 0x1234_5678, acknowledgment: isn + 1, flags: 0x12, ...(options ? { options } : {}) });
+      const wrongMac = Uint8Array.from([FAST_KIND, 12, FAST_EXID >> 8, FAST_EXID & 0xff, 1, 2, 3, 4, 5, 6, 7, 8]);
+      const before = await fast(web);
+      await send([answer(), answer(wrongMac)], { from: 'api', to: 'web' });
+      assert.deepEqual(moved(before, await fast(web)), { synAckBadProof: 2 });
+      await client.stop();
+    } finally {
+      lab.exec('api', dropSyns.map((word) => (word === '-I' ? '-D' : word)));
+    }
+  });
+
+  it('a policy edit revokes a known pair from its next fast SYN, and restoring it lets the pair back', async () => {
+    assert.equal(await http(), true);
+    const mark = api.process.lines.length;
+    writeFileSync(join(policies, 'api.yaml'), apiPolicyText.replace('ports: [7000, 8080]', 'ports: [7000]'));
+    await api.process.waitFor((l) => l.msg === 'policy reloaded' && api.process.lines.indexOf(l) >= mark, 10_000);
+    const before = await fast(api);
+    assert.equal(await http(4, 2_500), false, 'port 8080 is no longer allowed');
+    assert.ok((moved(before, await fast(api)).synNotAllowed ?? 0) >= 1, 'the kernel dropped the fast SYN as not allowed');
+
+    const restored = api.process.lines.length;
+    writeFileSync(join(policies, 'api.yaml'), apiPolicyText);
+    await api.process.waitFor((l) => l.msg === 'policy reloaded' && api.process.lines.indexOf(l) >= restored, 10_000);
+    const again = await fast(api);
+    assert.equal(await http(), true);
+    assert.equal(moved(again, await fast(api)).synAccepted, 1, 'fast again from the next SYN');
+  });
+
+  it('a key rotation on api: the next fast SYN falls back to first contact once, then the pair is fast again', async () => {
+    assert.equal(await http(), true);
+    await rotateAgent(fixture.files, 'api', api);
+    const [apiBefore, webBefore] = [await fast(api), await fast(web)];
+    assert.equal(await http(), true, 'the connection completes through first contact');
+    assert.equal(moved(apiBefore, await fast(api)).synUnknownPeer, 1);
+    assert.equal(moved(webBefore, await fast(web)).synFallback, 1);
+    const again = await fast(api);
+    assert.equal(await http(), true);
+    assert.equal(moved(again, await fast(api)).synAccepted, 1);
+  });
+
+  function leftovers(host: 'api' | 'web'): string[] {
+    const found: string[] = [];
+    if (existsSync(lab.pinDir(host))) found.push(`pins at ${lab.pinDir(host)}`);
+    const attached = execFileSync('bpftool', ['cgroup', 'show', lab.cgroup(host)], { encoding: 'utf8' });
+    if (attached.includes('sock_ops')) found.push(`sock_ops on ${lab.cgroup(host)}`);
+    const filters = lab.exec(host, ['tc', 'filter', 'show', 'dev', 'eth0', 'ingress']);
+    if (filters.includes('synpass_ingress')) found.push(`tc filter on ${host}/eth0`);
+    return found;
+  }
+
+  it('a stopped agent leaves nothing; `agent cleanup` removes what a killed agent left', async () => {
+    await web.process.stop('SIGTERM');
+    assert.deepEqual(leftovers('web'), []);
+    await api.process.stop('SIGKILL');
+    assert.ok(leftovers('api').length === 3, `a killed agent leaves its pins, link and filter: ${leftovers('api').join(', ')}`);
+    const cleanup = lab.spawn('api', [...synpassCommand(), 'agent', 'cleanup', '--fast-path-pin-dir', lab.pinDir('api')]);
+    await cleanup.waitFor((l) => typeof l.text === 'string' && l.text.startsWith('kernel fast path:'), 10_000);
+    await cleanup.exited;
+    assert.deepEqual(leftovers('api'), []);
+  });
+});

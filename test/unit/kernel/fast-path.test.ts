@@ -1,0 +1,115 @@
+// The kernel fast path's pure parts: fast keys, map layouts (as native/bpf/fast_path.h lays them
+// out), kernel counters as verdicts, and the choice of whether the fast path runs.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { endianness } from 'node:os';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { addressKey, excludedKey, clientKey, clientValue, configValue, FAST_COUNTERS, KEY_SIZE, kernelVerdicts, MAP_CAPACITY, serverKey, serverValue } from '../../../agent/src/kernel/layouts.ts';
+import { deriveFastKey, FAST_KEY_BYTES } from '../../../agent/src/protocol/fast-keys.ts';
+import { cgroup2Mount, chooseKernelFastPath, FastPathUnavailableError } from '../../../agent/src/runtime/kernel-fast-path.ts';
+import { DEFAULTS } from '../../../agent/src/runtime/config.ts';
+import { connectionMarks } from '../../../agent/src/datapath/marks.ts';
+import { ROOT } from '../../../scripts/lib/lab.ts';
+
+const HEADER = readFileSync(join(ROOT, 'native/bpf/fast_path.h'), 'utf8');
+const PROGRAM = readFileSync(join(ROOT, 'native/bpf/fast_path.bpf.c'), 'utf8');
+const LITTLE = endianness() === 'LE';
+
+describe('fast keys', () => {
+  it('both ends derive one key and id per pair and client token; another token or pair gives others', () => {
+    const pair = randomBytes(32);
+    const signature = randomBytes(64);
+    const a = deriveFastKey(pair, signature);
+    assert.deepEqual(deriveFastKey(Buffer.from(pair), Buffer.from(signature)), a);
+    assert.equal(a.key.length, FAST_KEY_BYTES);
+    assert.ok(Number.isInteger(a.fastId) && a.fastId >= 0 && a.fastId < 2 ** 32);
+    assert.notDeepEqual(deriveFastKey(pair, randomBytes(64)).key, a.key);
+    assert.notDeepEqual(deriveFastKey(randomBytes(32), signature).key, a.key);
+    // The kernel never holds the pair key, nor a prefix of it.
+    assert.notDeepEqual(a.key, pair.subarray(0, FAST_KEY_BYTES));
+  });
+});
+
+describe('map layouts', () => {
+  it('addresses: IPv4 as ::ffff:a.b.c.d, IPv6 whole', () => {
+    assert.equal(addressKey('10.213.5.1').toString('hex'), '00000000000000000000ffff0ad50501');
+    assert.equal(addressKey('fd53:5350:0:19::2').toString('hex'), 'fd535350000000190000000000000002');
+    assert.deepEqual(addressKey('fd53:5350:0:19:0:0:0:2'), addressKey('fd53:5350:0:19::2'));
+  });
+
+  it('keys and values have the sizes and field offsets of fast_path.h, numbers in host order', () => {
+    const read16 = (b: Buffer, o: number) => (LITTLE ? b.readUInt16LE(o) : b.readUInt16BE(o));
+    const read32 = (b: Buffer, o: number) => (LITTLE ? b.readUInt32LE(o) : b.readUInt32BE(o));
+    const client = clientKey('10.1.2.3', 8080, 1000);
+    assert.equal(client.length, KEY_SIZE.fast_clients);
+    assert.deepEqual([read16(client, 16), read32(client, 20)], [8080, 1000]);
+    const key = randomBytes(16);
+    const value = clientValue(0xdeadbeef, key);
+    assert.deepEqual([value.length, read32(value, 0), value.subarray(8).toString('hex')], [24, 0xdeadbeef, key.toString('hex')]);
+    const server = serverKey('10.1.2.3', 0x01020304, 443);
+    assert.equal(server.length, KEY_SIZE.fast_servers);
+    assert.deepEqual([read32(server, 16), read16(server, 20)], [0x01020304, 443]);
+    assert.deepEqual([read32(serverValue(key, true), 16), read32(serverValue(key, false), 16)], [1, 0]);
+    const config = configValue({ realtimeOffsetNs: 5n, windowSeconds: 30, acceptMark: 0x500000, clientMark: 0x100000 });
+    assert.deepEqual([config.length, read32(config, 8), read32(config, 12), read32(config, 16), read32(config, 20)], [24, 30, 0x500000, 0x100000, 1]);
+  });
+
+  it('excluded networks as LPM prefixes over the 16-byte address', () => {
+    const read32 = (b: Buffer, o: number) => (LITTLE ? b.readUInt32LE(o) : b.readUInt32BE(o));
+    const v4 = excludedKey('10.9.0.0/16');
+    assert.deepEqual([v4.length, read32(v4, 0), v4.subarray(4).toString('hex')], [20, 112, '00000000000000000000ffff0a090000']);
+    assert.equal(read32(excludedKey('fd00::/8'), 0), 8);
+  });
+
+  it('capacities and counters are those of the kernel program', () => {
+    for (const [name, capacity] of Object.entries(MAP_CAPACITY)) {
+      const declared = new RegExp(`__uint\\(max_entries, (\\d+)\\);[^}]*\\} ${name} SEC`).exec(PROGRAM);
+      assert.equal(Number(declared?.[1]), capacity, name);
+    }
+    const counters = /enum fast_counter \{([\s\S]*?)\};/.exec(HEADER)![1]!.match(/FAST_[A-Z_]+(?=,)/g)!.filter((name) => name !== 'FAST_COUNTER_COUNT');
+    assert.equal(counters.length, FAST_COUNTERS.length);
+  });
+});
+
+describe('kernel counters as verdicts', () => {
+  it('fold into the closed reasons; events that are not verdicts stay out', () => {
+    const counters = Object.fromEntries(FAST_COUNTERS.map((name) => [name, 0])) as Record<(typeof FAST_COUNTERS)[number], number>;
+    Object.assign(counters, { synAccepted: 5, synAckVerified: 2, synBadProof: 1, synAckBadProof: 3, synFallback: 9, synAckSigned: 5 });
+    assert.deepEqual(kernelVerdicts(counters), [
+      { direction: 'ingress', action: 'accept', reason: 'ok-kernel', count: 7 },
+      { direction: 'ingress', action: 'drop', reason: 'bad-proof', count: 4 },
+    ]);
+  });
+});
+
+describe('whether the fast path runs', () => {
+  const marks = connectionMarks();
+  const config = (kernelFastPath: 'auto' | 'on' | 'off') => ({
+    mode: 'identity' as const,
+    replayWindowSeconds: 30,
+    excluded: [],
+    datapath: { ...DEFAULTS.datapath, kernelFastPath, fastPathPinDir: '/tmp/not-bpffs/synpass', fastPathCgroup: '/sys/fs/cgroup' },
+  });
+
+  it('off: never, and says so', () => {
+    assert.deepEqual(chooseKernelFastPath(config('off'), marks), { path: null, reason: 'off (datapath.kernelFastPath)', cgroup: null });
+  });
+
+  it('auto: falls back to the queue and names what is missing; on: refuses to start', () => {
+    const choice = chooseKernelFastPath(config('auto'), marks);
+    assert.equal(choice.path, null);
+    assert.match(choice.reason, /no bpffs at \/tmp\/not-bpffs|not built/);
+    assert.throws(() => chooseKernelFastPath(config('on'), marks), FastPathUnavailableError);
+  });
+
+  it('finds the cgroup v2 mount in mountinfo', () => {
+    const mountinfo = [
+      '25 30 0:23 / /sys rw,nosuid shared:7 - sysfs sysfs rw',
+      '35 25 0:30 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate',
+    ].join('\n');
+    assert.equal(cgroup2Mount(mountinfo), '/sys/fs/cgroup/unified');
+    assert.equal(cgroup2Mount('25 30 0:23 / /sys rw - sysfs sysfs rw'), null);
+  });
+});
