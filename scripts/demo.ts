@@ -1,6 +1,8 @@
 // The namespace demo: web and api run agents of trust domain demo.synpass, the outsider runs
 // none (then a rogue agent of an untrusted domain), and an attacker replays a captured SYN and
-// builds a new one from its credential and token.
+// builds a new one from its credential and token. After the first contact, web's connections to
+// api take the kernel fast path (when this host allows it): no packet is queued to either agent,
+// and the kernel's own counters give the reason; scans and replayed fast SYNs die there too.
 // Prints one row per scenario; exits 0 only if every row is as expected.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,6 +13,7 @@ import { decodeMessage, encodeMessage, MessageType } from '../agent/src/protocol
 import { BATCH_UID, prepareIdentities } from './lib/identity-lab.ts';
 import { Lab, ROOT, sleep, type AgentHandle } from './lib/lab.ts';
 import { withBody } from './lib/rebody.ts';
+import { FAST_COUNTERS, kernelVerdicts, type FastCounter } from '../agent/src/kernel/layouts.ts';
 
 const RAW_PROBE = join(ROOT, 'scripts/lib/raw-probe.ts');
 
@@ -36,8 +39,29 @@ function lastVerdictFrom(agent: AgentHandle, source: string, after: number): Rec
     );
 }
 
+interface KernelView {
+  running: boolean;
+  counters: Record<FastCounter, number>;
+  queued: number;
+}
+
+/** The agent's kernel fast path counters and how many packets its queue has received. */
+async function kernelView(agent: AgentHandle): Promise<KernelView> {
+  const status = (await agent.status()) as unknown as { kernelFastPath: { running: boolean; counters?: Record<FastCounter, number> }; queue: { received: number } };
+  const zero = Object.fromEntries(FAST_COUNTERS.map((name) => [name, 0])) as Record<FastCounter, number>;
+  return { running: status.kernelFastPath.running, counters: status.kernelFastPath.counters ?? zero, queued: status.queue.received };
+}
+
+/** The kernel's verdict between two views, as a reason ("-" when the kernel judged nothing). */
+function kernelReason(before: KernelView, after: KernelView): string {
+  const moved = Object.fromEntries(FAST_COUNTERS.map((name) => [name, after.counters[name] - before.counters[name]])) as Record<FastCounter, number>;
+  const rows = kernelVerdicts(moved).filter((row) => row.direction === 'ingress');
+  const row = rows.find((r) => r.action === 'drop') ?? rows[0];
+  return row === undefined ? '-' : `${row.reason} (kernel)`;
+}
+
 const directory = mkdtempSync(join(tmpdir(), 'synpass-demo-'));
-const lab = Lab.up('demo', 7);
+const lab = Lab.up('demo', 7, { kernel: true });
 const rows: Row[] = [];
 try {
   const files = await prepareIdentities(lab, directory);
@@ -63,15 +87,24 @@ try {
     identity: `${subjectOf(webSeen)} <-> ${subjectOf(apiSeen)}`,
   });
 
-  // 2. A second connection: the agents know each other, the handshake ends at the SYN-ACK.
+  // 2. A second connection: the agents know each other. With the kernel fast path both kernels
+  // prove and judge it, and neither agent sees a packet; without it, the handshake ends at the
+  // SYN-ACK in the agents.
+  const [apiKernel, webKernel] = [await kernelView(api), await kernelView(web)];
+  const fastCapture = await lab.capture(`tcp port 8080 and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn`, 1, 10_000);
   const again = await lab.peerOnce('web', ['http', apiAddress, '8080']);
+  await fastCapture.waitFor((l) => typeof l.done === 'number');
+  const fastSynHex = fastCapture.lines.find((l) => typeof l.hex === 'string')?.hex as string | undefined;
+  const [apiAfter, webAfter] = [await kernelView(api), await kernelView(web)];
+  const kernelJudged = apiKernel.running && apiAfter.counters.synAccepted > apiKernel.counters.synAccepted;
   const fast = web.process.lines.filter((l) => l.event === 'handshake' && l.stage === 'syn-ack').at(-1);
+  const queuedNow = apiAfter.queued - apiKernel.queued + webAfter.queued - webKernel.queued;
   rows.push({
-    connection: 'web -> api:8080 again (known peer)',
+    connection: kernelJudged ? 'web -> api:8080 again (kernel fast path)' : 'web -> api:8080 again (known peer)',
     expected: 'connected',
     result: again.status === 200 ? 'connected' : 'failed',
-    reason: reasonOf(fast),
-    identity: subjectOf(fast),
+    reason: kernelJudged ? `ok-kernel, ${queuedNow} queued` : reasonOf(fast),
+    identity: kernelJudged ? `${subjectOf(webSeen)} (key from first contact)` : subjectOf(fast),
   });
 
   // 3. On web itself, a process of another workload (user nobody = "batch"): api does not admit it.
@@ -88,30 +121,34 @@ try {
     identity: subjectOf(batchVerdict),
   });
 
-  // 4. The outsider (no agent) tries a normal connection.
+  // 4. The outsider (no agent) tries a normal connection. With the kernel fast path, api's kernel
+  // drops its SYN before the queue (policy opens no port of api to peers without identity).
   const mark = api.process.lines.length;
+  const outsiderKernel = await kernelView(api);
   const outsider = await lab.peerOnce('outsider', ['echo', apiAddress, '8080', 'hi'], 4_000).catch(() => ({ error: 'timeout' }));
   const outsiderVerdict = lastVerdictFrom(api, lab.address('outsider'), mark);
   rows.push({
     connection: 'outsider -> api:8080 (no agent)',
     expected: 'cloaked',
     result: 'echoed' in outsider ? 'connected' : 'cloaked',
-    reason: reasonOf(outsiderVerdict),
+    reason: outsiderVerdict === undefined ? kernelReason(outsiderKernel, await kernelView(api)) : reasonOf(outsiderVerdict),
     identity: '-',
   });
 
   // 5. A raw SYN scan of api's protected ports: a capture must see nothing come back.
   const silence = await lab.capture(`src host ${apiAddress} and tcp`, 100, 3_000);
   const scanMark = api.process.lines.length;
+  const scanKernel = await kernelView(api);
   await runProbe(lab, ['syn-scan', lab.address('outsider'), apiAddress, '8080', '7000']);
   await sleep(1_500);
   await silence.stop();
   const replies = silence.lines.filter((l) => typeof l.hex === 'string').length;
+  const scanVerdict = lastVerdictFrom(api, lab.address('outsider'), scanMark);
   rows.push({
     connection: 'outsider raw SYN scan of api:8080,7000',
     expected: 'cloaked',
     result: replies === 0 ? 'cloaked' : `${replies} replies`,
-    reason: reasonOf(lastVerdictFrom(api, lab.address('outsider'), scanMark)),
+    reason: scanVerdict === undefined ? kernelReason(scanKernel, await kernelView(api)) : reasonOf(scanVerdict),
     identity: '-',
   });
 
@@ -128,6 +165,23 @@ try {
 
   // 6. The attacker replays web's captured SYN (token and all).
   rows.push(await attack('attacker replays web\'s SYN', synHex, 'replayed-syn'));
+
+  // 6b. With the kernel fast path: the attacker replays web's captured fast SYN; api's kernel has
+  // seen it.
+  if (kernelJudged && fastSynHex !== undefined) {
+    const before = await kernelView(api);
+    await runProbe(lab, ['send', apiAddress, fastSynHex]);
+    await sleep(500);
+    const reason = kernelReason(before, await kernelView(api));
+    rows.push({
+      connection: 'attacker replays web\'s fast SYN',
+      expected: 'rejected',
+      expectedReason: 'replayed-syn (kernel)',
+      result: reason.endsWith('(kernel)') && !reason.startsWith('ok') ? 'rejected' : 'accepted',
+      reason,
+      identity: '-',
+    });
+  }
 
   // 7. The attacker lifts credential and token from that SYN into a new one with a fresh nonce
   // and time: the agent signature over them no longer verifies.
@@ -180,7 +234,7 @@ async function runProbe(lab: Lab, args: string[]): Promise<void> {
   await probe.exited;
 }
 
-const widths = [40, 10, 26, 60];
+const widths = [40, 10, 28, 60];
 const header = ['connection', 'result', 'reason', 'verified peer identity'];
 const line = (cells: string[]) => cells.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join(' ').trimEnd();
 const asExpected = (row: Row): boolean => row.result === row.expected && (row.expectedReason === undefined || row.reason === row.expectedReason);

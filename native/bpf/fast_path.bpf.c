@@ -106,6 +106,20 @@ struct {
 #define MARKER_KIND 253
 #define MARKER_EXID 0xd350
 
+/* Kernel verdicts for the flow log: bounded, and gated per source so a flood costs one event a
+ * second per (source, cause), however fast it comes. */
+struct {
+  __uint(type, BPF_MAP_TYPE_RINGBUF);
+  __uint(max_entries, 256 * 1024);
+} fast_events SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, 16384);
+  __type(key, struct event_gate_key);
+  __type(value, struct event_gate_value);
+} fast_event_gate SEC(".maps");
+
 enum sock_state { SOCK_FAST = 1, SOCK_RELEASING = 2, SOCK_DONE = 3, SOCK_FALLBACK = 4 };
 
 struct sock_state_value {
@@ -250,6 +264,40 @@ static __always_inline int parse(struct __sk_buff *skb, struct parsed *p) {
   return 1;
 }
 
+static __always_inline void emit(__u32 counter, const struct parsed *p, __u32 fast_id, __u32 folded) {
+  struct fast_event *event = bpf_ringbuf_reserve(&fast_events, sizeof(*event), 0);
+  if (!event) {
+    count(FAST_EVENTS_LOST);
+    return;
+  }
+  event->counter = counter;
+  event->fast_id = fast_id;
+  __builtin_memcpy(event->source, p->source, 16);
+  __builtin_memcpy(event->destination, p->destination, 16);
+  event->source_port = bpf_ntohs(p->tcp.source);
+  event->destination_port = bpf_ntohs(p->tcp.dest);
+  event->folded = folded;
+  bpf_ringbuf_submit(event, 0);
+}
+
+/* A drop: counted always, reported to the agent at most once a second per (source, cause). */
+static __always_inline int drop(__u32 counter, const struct parsed *p, __u32 fast_id) {
+  count(counter);
+  struct event_gate_key key = {.counter = counter};
+  __builtin_memcpy(key.source, p->source, 16);
+  __u64 second = bpf_ktime_get_boot_ns() / 1000000000ULL;
+  struct event_gate_value *gate = bpf_map_lookup_elem(&fast_event_gate, &key);
+  if (gate && gate->second == second) {
+    __sync_fetch_and_add(&gate->folded, 1);
+    return TC_ACT_SHOT;
+  }
+  __u32 folded = gate ? gate->folded : 0;
+  struct event_gate_value fresh = {.second = second};
+  bpf_map_update_elem(&fast_event_gate, &key, &fresh, BPF_ANY);
+  emit(counter, p, fast_id, folded);
+  return TC_ACT_SHOT;
+}
+
 static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fast_config *cfg, struct parsed *p, int at) {
   __u8 opt[FAST_SYN_OPT_LEN];
   if (bpf_skb_load_bytes(skb, p->option_base + (__u32)at, opt, sizeof(opt)) < 0) return TC_ACT_SHOT;
@@ -260,32 +308,17 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
   __u32 time = read_be32(opt + 8);
   __u32 isn = bpf_ntohl(p->tcp.seq);
   struct server_value *entry = bpf_map_lookup_elem(&fast_servers, &key);
-  if (!entry) {
-    count(FAST_SYN_UNKNOWN);
-    return TC_ACT_SHOT;
-  }
+  if (!entry) return drop(FAST_SYN_UNKNOWN, p, key.fast_id);
   __u32 now = now_seconds(cfg);
   __u32 skew = now > time ? now - time : time - now;
-  if (skew > cfg->window_seconds) {
-    count(FAST_SYN_STALE);
-    return TC_ACT_SHOT;
-  }
-  if (syn_mac(entry->key, key.fast_id, time, isn) != read_be64(opt + 12)) {
-    count(FAST_SYN_BAD_PROOF);
-    return TC_ACT_SHOT;
-  }
-  if (!entry->allowed) {
-    count(FAST_SYN_NOT_ALLOWED);
-    return TC_ACT_SHOT;
-  }
+  if (skew > cfg->window_seconds) return drop(FAST_SYN_STALE, p, key.fast_id);
+  if (syn_mac(entry->key, key.fast_id, time, isn) != read_be64(opt + 12)) return drop(FAST_SYN_BAD_PROOF, p, key.fast_id);
+  if (!entry->allowed) return drop(FAST_SYN_NOT_ALLOWED, p, key.fast_id);
   /* Only a proven SYN reaches the replay table, so a flood of forgeries cannot evict it. */
   struct replay_key seen = {.fast_id = key.fast_id, .isn = isn, .time = time};
   __builtin_memcpy(seen.address, p->source, 16);
   __u8 one = 1;
-  if (bpf_map_update_elem(&fast_replay, &seen, &one, BPF_NOEXIST) != 0) {
-    count(FAST_SYN_REPLAYED);
-    return TC_ACT_SHOT;
-  }
+  if (bpf_map_update_elem(&fast_replay, &seen, &one, BPF_NOEXIST) != 0) return drop(FAST_SYN_REPLAYED, p, key.fast_id);
   struct peer_key conn = {.local_port = key.port, .remote_port = bpf_ntohs(p->tcp.source)};
   __builtin_memcpy(conn.local, p->destination, 16);
   __builtin_memcpy(conn.remote, p->source, 16);
@@ -293,6 +326,7 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
   bpf_map_update_elem(&fast_peers, &conn, &peer, BPF_ANY);
   skb->mark |= cfg->accept_mark;
   count(FAST_SYN_ACCEPTED);
+  if (cfg->accept_sample != 0 && bpf_get_prandom_u32() < cfg->accept_sample) emit(FAST_SYN_ACCEPTED, p, key.fast_id, 0);
   return TC_ACT_OK;
 }
 
@@ -305,14 +339,10 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct pars
   if (!sent) return TC_ACT_OK;
   int at = find_fast_option(skb, p, FAST_SYNACK_OPT_LEN);
   __u8 opt[FAST_SYNACK_OPT_LEN];
-  if (at < 0 || bpf_skb_load_bytes(skb, p->option_base + (__u32)at, opt, sizeof(opt)) < 0) {
-    count(FAST_SYNACK_BAD_PROOF);
-    return TC_ACT_SHOT;
-  }
+  if (at < 0 || bpf_skb_load_bytes(skb, p->option_base + (__u32)at, opt, sizeof(opt)) < 0) return drop(FAST_SYNACK_BAD_PROOF, p, sent->fast_id);
   __u32 server_isn = bpf_ntohl(p->tcp.seq);
   if (bpf_ntohl(p->tcp.ack_seq) != sent->isn + 1 || synack_mac(sent->key, sent->fast_id, sent->isn, server_isn) != read_be64(opt + 4)) {
-    count(FAST_SYNACK_BAD_PROOF);
-    return TC_ACT_SHOT;
+    return drop(FAST_SYNACK_BAD_PROOF, p, sent->fast_id);
   }
   count(FAST_SYNACK_VERIFIED);
   return TC_ACT_OK;
@@ -335,8 +365,7 @@ static __always_inline int judge_plain_syn(struct __sk_buff *skb, const struct p
   struct excluded_key source = {.prefix_bits = 128};
   __builtin_memcpy(source.address, p->source, 16);
   if (bpf_map_lookup_elem(&fast_excluded, &source)) return TC_ACT_OK;
-  count(FAST_SYN_NO_IDENTITY);
-  return TC_ACT_SHOT;
+  return drop(FAST_SYN_NO_IDENTITY, p, 0);
 }
 
 SEC("tc")
@@ -447,7 +476,7 @@ static __always_inline void reserve_option(struct bpf_sock_ops *ops, const struc
     if (fast_socket(ops)) bpf_reserve_hdr_opt(ops, FAST_SYN_OPT_LEN, 0);
   } else if (flags == 0x12) {
     __u32 fast_id;
-    if (syn_fast_id(ops, &fast_id)) bpf_reserve_hdr_opt(ops, FAST_SYNACK_OPT_LEN, 0);
+    bpf_reserve_hdr_opt(ops, syn_fast_id(ops, &fast_id) ? FAST_SYNACK_OPT_LEN : FAST_READY_OPT_LEN, 0);
   } else {
     client_after_syn(ops, cfg);
   }
@@ -475,7 +504,11 @@ static __always_inline void write_client_syn(struct bpf_sock_ops *ops, const str
 
 static __always_inline void write_server_synack(struct bpf_sock_ops *ops) {
   __u32 fast_id;
-  if (!syn_fast_id(ops, &fast_id)) return;
+  if (!syn_fast_id(ops, &fast_id)) {
+    __u8 ready[FAST_READY_OPT_LEN] = {FAST_OPT_KIND, FAST_READY_OPT_LEN, FAST_READY_EXID >> 8, FAST_READY_EXID & 0xff};
+    bpf_store_hdr_opt(ops, ready, sizeof(ready), 0);
+    return;
+  }
   struct tcphdr *th = ops->skb_data;
   if ((void *)(th + 1) > ops->skb_data_end) return;
   struct server_key key = {.fast_id = fast_id, .port = ops->local_port};

@@ -14,6 +14,12 @@
 #define FAST_SYN_OPT_LEN 20
 /* SYN-ACK: kind, length, ExID, MAC (8). */
 #define FAST_SYNACK_OPT_LEN 12
+/* SYN-ACK to any other SYN, from a listener this program serves: kind, length, ExID. It tells
+ * the server's agent that this listener's kernel signs its answers to fast SYNs (a listener
+ * opened before the programs were attached never calls them), so only then does it offer the
+ * client the fast path (agent/src/datapath/packet.ts, KERNEL_READY_EXID). */
+#define FAST_READY_EXID 0xd352
+#define FAST_READY_OPT_LEN 4
 
 struct fast_config {
   __s64 realtime_offset_ns; /* CLOCK_REALTIME minus CLOCK_BOOTTIME, kept current by the agent */
@@ -21,6 +27,30 @@ struct fast_config {
   __u32 accept_mark;        /* on an accepted fast SYN and the client's handshake ACK: the rules release the connection */
   __u32 client_mark;        /* on a fast SYN: the egress rules do not queue it */
   __u32 enabled;            /* 0 until the agent has filled this entry */
+  __u32 accept_sample;      /* accepted fast SYNs reported as events: this many in 2^32 (0: none) */
+};
+
+/* One kernel verdict for the agent's flow log (ring buffer `fast_events`). A drop is reported
+ * once a second per (source, cause); `folded` counts that pair's drops not reported since. */
+struct fast_event {
+  __u32 counter; /* enum fast_counter: the verdict */
+  __u32 fast_id;
+  __u8 source[16];
+  __u8 destination[16];
+  __u16 source_port;
+  __u16 destination_port;
+  __u32 folded;
+};
+
+/* Per (source, cause): the second of its last reported drop and drops folded since. */
+struct event_gate_key {
+  __u8 source[16];
+  __u32 counter;
+};
+struct event_gate_value {
+  __u64 second;
+  __u32 folded;
+  __u32 pad;
 };
 
 /* Client: which destinations (address, port) a local user may prove itself to in the kernel. */
@@ -103,6 +133,7 @@ enum fast_counter {
   FAST_SYN_FALLBACK,       /* client: a fast SYN went unanswered; the retransmit takes the queue */
   FAST_SYNACK_SIGNED,      /* server: MAC written into a SYN-ACK */
   FAST_SYN_NO_IDENTITY,    /* server: SYN with neither fast option nor marker to a port closed to peers without identity */
+  FAST_EVENTS_LOST,        /* events the ring buffer had no room for (the verdicts are still counted) */
   FAST_COUNTER_COUNT,
 };
 

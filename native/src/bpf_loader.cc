@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include <string>
 #include <vector>
@@ -29,8 +30,9 @@ namespace {
 constexpr uint32_t kTcHandle = 0x5350;
 constexpr uint32_t kTcPriority = 0x5350;
 constexpr const char* kCgroupLink = "sockops_link";
-constexpr const char* kMapNames[] = {"fast_config", "fast_counters", "fast_clients", "fast_conns", "fast_servers",
-                                     "fast_replay",  "fast_peers",    "fast_cloak",   "fast_excluded"};
+constexpr const char* kMapNames[] = {"fast_config",   "fast_counters", "fast_clients",   "fast_conns",
+                                     "fast_servers",  "fast_replay",   "fast_peers",     "fast_cloak",
+                                     "fast_excluded", "fast_events",   "fast_event_gate"};
 
 std::string ErrnoText(int error) {
   return std::string(strerror(error < 0 ? -error : error));
@@ -76,6 +78,13 @@ int DetachTc(unsigned index) {
   return rc == -ENOENT || rc == -EINVAL ? 0 : rc;
 }
 
+struct Detached {
+  uint32_t tc = 0;
+  bool link = false;
+};
+
+Detached DetachAll(const std::string& pin_dir);
+
 // fastPathAttach(objectPath, pinDir, cgroupPath, interfaces[]) -> { maps: {name: fd}, attached: [], skipped: [{name, reason}] }
 Napi::Value Attach(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -95,9 +104,10 @@ Napi::Value Attach(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   // Everything below runs with the object open; it is closed on every path out, after the
-  // pins hold what must stay.
+  // pins hold what must stay. A failure undoes whatever was pinned or attached before it.
   auto fail = [&](const std::string& what, int error) {
     bpf_object__close(object);
+    DetachAll(pin_dir);
     ThrowErrno(env, what, error);
     return env.Undefined();
   };
@@ -189,34 +199,38 @@ Napi::Value Attach(const Napi::CallbackInfo& info) {
   return result;
 }
 
-// fastPathDetach(pinDir) -> { tcDetached: number, linkDetached: boolean }: our tc filter off
-// every interface of this namespace, the cgroup link detached, and the pins removed.
+// Our tc filter off every interface of this namespace, the cgroup link detached, the pins
+// removed: what stop, cleanup and a failed attach all undo.
+Detached DetachAll(const std::string& pin_dir) {
+  Detached done;
+  for (const TcTarget& target : AllInterfaces()) {
+    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(target.index), .attach_point = BPF_TC_INGRESS);
+    LIBBPF_OPTS(bpf_tc_opts, query, .handle = kTcHandle, .priority = kTcPriority);
+    if (bpf_tc_query(&hook, &query) == 0 && DetachTc(target.index) == 0) done.tc++;
+  }
+  std::string link_path = pin_dir + "/" + kCgroupLink;
+  int link = bpf_obj_get(link_path.c_str());
+  if (link >= 0) {
+    done.link = bpf_link_detach(link) == 0;
+    close(link);
+  }
+  unlink(link_path.c_str());
+  for (const char* name : kMapNames) unlink((pin_dir + "/" + name).c_str());
+  rmdir(pin_dir.c_str());
+  return done;
+}
+
+// fastPathDetach(pinDir) -> { tcDetached: number, linkDetached: boolean }
 Napi::Value Detach(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsString()) {
     Napi::TypeError::New(env, "fastPathDetach(pinDir)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  std::string pin_dir = info[0].As<Napi::String>();
-  uint32_t tc_detached = 0;
-  for (const TcTarget& target : AllInterfaces()) {
-    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(target.index), .attach_point = BPF_TC_INGRESS);
-    LIBBPF_OPTS(bpf_tc_opts, query, .handle = kTcHandle, .priority = kTcPriority);
-    if (bpf_tc_query(&hook, &query) == 0 && DetachTc(target.index) == 0) tc_detached++;
-  }
-  bool link_detached = false;
-  std::string link_path = pin_dir + "/" + kCgroupLink;
-  int link = bpf_obj_get(link_path.c_str());
-  if (link >= 0) {
-    link_detached = bpf_link_detach(link) == 0;
-    close(link);
-  }
-  unlink(link_path.c_str());
-  for (const char* name : kMapNames) unlink((pin_dir + "/" + name).c_str());
-  rmdir(pin_dir.c_str());
+  Detached done = DetachAll(info[0].As<Napi::String>());
   Napi::Object result = Napi::Object::New(env);
-  result.Set("tcDetached", Napi::Number::New(env, tc_detached));
-  result.Set("linkDetached", Napi::Boolean::New(env, link_detached));
+  result.Set("tcDetached", Napi::Number::New(env, done.tc));
+  result.Set("linkDetached", Napi::Boolean::New(env, done.link));
   return result;
 }
 
@@ -350,9 +364,93 @@ Napi::Value CloseFd(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// The fast path's event ring buffer, read on the event loop: when its epoll fd is readable,
+// every waiting record is copied out and JavaScript gets them in one Buffer (records of one
+// fixed size, struct fast_event). The kernel bounds the ring (and drops, counted, what does not
+// fit); here at most kMaxDrainBytes go to JavaScript per wake-up, the rest waits for the next.
+class KernelEvents : public Napi::ObjectWrap<KernelEvents> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "KernelEvents", {InstanceMethod("close", &KernelEvents::Close)});
+  }
+
+  // new KernelEvents(ringFd, onEvents(buffer))
+  explicit KernelEvents(const Napi::CallbackInfo& info) : Napi::ObjectWrap<KernelEvents>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsFunction()) {
+      Napi::TypeError::New(env, "new KernelEvents(ringFd, onEvents)").ThrowAsJavaScriptException();
+      return;
+    }
+    on_events_ = Napi::Persistent(info[1].As<Napi::Function>());
+    ring_ = ring_buffer__new(info[0].As<Napi::Number>().Int32Value(), &KernelEvents::Sample, this, nullptr);
+    if (ring_ == nullptr) {
+      ThrowErrno(env, "ring buffer", errno);
+      return;
+    }
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(env, &loop);
+    poll_ = new uv_poll_t;
+    poll_->data = this;
+    uv_poll_init(loop, poll_, ring_buffer__epoll_fd(ring_));
+    uv_poll_start(poll_, UV_READABLE, &KernelEvents::OnReadable);
+    Ref();  // the poll handle keeps this object alive until close()
+  }
+
+  ~KernelEvents() override { Shutdown(); }
+
+ private:
+  static constexpr size_t kMaxDrainBytes = 1 << 20;
+
+  static int Sample(void* context, void* data, size_t size) {
+    auto* self = static_cast<KernelEvents*>(context);
+    if (self->pending_.size() + size > kMaxDrainBytes) return 1;  // stop here; the rest waits
+    const auto* bytes = static_cast<const uint8_t*>(data);
+    self->pending_.insert(self->pending_.end(), bytes, bytes + size);
+    return 0;
+  }
+
+  static void OnReadable(uv_poll_t* handle, int status, int events) {
+    static_cast<KernelEvents*>(handle->data)->Drain();
+  }
+
+  void Drain() {
+    if (ring_ == nullptr) return;
+    pending_.clear();
+    ring_buffer__consume(ring_);
+    if (pending_.empty()) return;
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    on_events_.MakeCallback(Value(), {Napi::Buffer<uint8_t>::Copy(env, pending_.data(), pending_.size())});
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Shutdown();
+    return info.Env().Undefined();
+  }
+
+  void Shutdown() {
+    if (poll_ != nullptr) {
+      uv_poll_stop(poll_);
+      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      poll_ = nullptr;
+      Unref();
+    }
+    if (ring_ != nullptr) {
+      ring_buffer__free(ring_);
+      ring_ = nullptr;
+    }
+  }
+
+  Napi::FunctionReference on_events_;
+  struct ring_buffer* ring_ = nullptr;
+  uv_poll_t* poll_ = nullptr;
+  std::vector<uint8_t> pending_;
+};
+
 }  // namespace
 
 void RegisterFastPath(Napi::Env env, Napi::Object exports) {
+  exports.Set("KernelEvents", KernelEvents::Define(env));
   exports.Set("fastPathAttach", Napi::Function::New(env, Attach));
   exports.Set("fastPathDetach", Napi::Function::New(env, Detach));
   exports.Set("mapUpdate", Napi::Function::New(env, MapUpdate));

@@ -4,6 +4,8 @@
 //   BENCH_FLOOD_SECONDS=8 BENCH_FLOOD_RATES=10000,max BENCH_FLOOD_FIRST_CONTACTS=30
 //   BENCH_FLOOD_KINDS=token-less,forced-verify,verbatim-replay,malformed,spoofed-token-less
 //   BENCH_FLOOD_QUEUE_RATE_PER_SOURCE=<n> (api's datapath.queueRatePerSource; its default otherwise)
+//   BENCH_FLOOD_KERNEL=1 (agents run the kernel fast path: known pairs and token-less SYNs are
+//   judged in the kernel, first-contact-looking floods still meet the queue)
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -35,6 +37,8 @@ export interface FloodConfig {
   firstContacts: number;
   /** api's datapath.queueRatePerSource; undefined: its default. */
   queueRatePerSource?: number;
+  /** Agents run the kernel fast path. */
+  kernel?: boolean;
   prefix?: string;
   net?: number;
 }
@@ -163,6 +167,7 @@ export async function floodBench(config: FloodConfig, progress: (text: string) =
     net: config.net ?? 96,
     serviceSeconds: (config.kinds.length * config.rates.length + 2) * (config.seconds + FIRST_CONTACT_SECONDS + 40) + 60,
     apiEnv: { SYNPASS_DATAPATH_RULE_CHECK_SECONDS: '1', ...(config.queueRatePerSource === undefined ? {} : { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(config.queueRatePerSource) }) },
+    kernel: config.kernel === true,
   });
   try {
     // Known pair from here on, warm.
@@ -213,6 +218,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
       concurrency: Number(env.BENCH_FLOOD_CONCURRENCY ?? 8),
       firstContacts: Number(env.BENCH_FLOOD_FIRST_CONTACTS ?? 30),
       ...(env.BENCH_FLOOD_QUEUE_RATE_PER_SOURCE === undefined ? {} : { queueRatePerSource: Number(env.BENCH_FLOOD_QUEUE_RATE_PER_SOURCE) }),
+      kernel: env.BENCH_FLOOD_KERNEL === '1',
     },
     (text) => process.stderr.write(`bench-flood: ${text}\n`),
   );

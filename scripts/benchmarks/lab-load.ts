@@ -21,9 +21,15 @@ export async function runLoad(lab: Lab, args: string[]): Promise<Record<string, 
   return line as Record<string, number>;
 }
 
-/** Starts load.ts's accept-and-close server in api; resolves once it listens. */
-export async function startLoadServer(lab: Lab, port: number): Promise<void> {
-  await lab.spawn('api', [process.execPath, '--import', 'tsx', LOAD, 'server', String(port)]).waitFor((l) => l.listening === true);
+/** Starts load.ts's accept-and-close server in api; resolves once it listens, with what stops it. */
+export async function startLoadServer(lab: Lab, port: number): Promise<{ stop(): Promise<void> }> {
+  const server = lab.spawn('api', [process.execPath, '--import', 'tsx', LOAD, 'server', String(port)]);
+  await server.waitFor((l) => l.listening === true);
+  return {
+    stop: async () => {
+      await server.stop();
+    },
+  };
 }
 
 export function median(values: number[]): number {

@@ -28,6 +28,8 @@ export interface AttackLabOptions {
   serviceSeconds: number;
   /** The agents' log level: warn (drops only) unless told; benchmarks measure the datapath. */
   logLevel?: 'info' | 'warn';
+  /** Agents run the kernel fast path (scripts/lib/lab.ts LabOptions.kernel). */
+  kernel?: boolean;
 }
 
 /** The port of api's echo service, which the example policy also opens to web. */
@@ -48,6 +50,7 @@ export async function startAttackLab(options: AttackLabOptions): Promise<Identit
     },
     web: { env: { SYNPASS_LOG_LEVEL: options.logLevel ?? 'warn' } },
     server: { port: SERVICE_PORT, kind: 'http', seconds: options.serviceSeconds },
+    kernel: options.kernel === true,
   });
   await fixture.lab.peer('api', ['server', String(ECHO_PORT), 'echo', String(options.serviceSeconds)]).waitFor((l) => l.listening === ECHO_PORT);
   return fixture;

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
 import { inject, writePackets } from '../../scripts/lib/attack-lab.ts';
 import { DOMAIN, rotateAgent, startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
 import { isRoot, ROOT, sleep, synpassCommand, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
@@ -83,6 +84,9 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       assert.equal(await queued(web), webQueued, 'web queued nothing');
       assert.deepEqual(moved(apiBefore, await fast(api)), { synAccepted: rounds, synAckSigned: rounds });
       assert.deepEqual(moved(webBefore, await fast(web)), { synSent: rounds, synAckVerified: rounds });
+      // Accepted in the kernel, logged with the peer the fast SYN proved.
+      const logged = await api.process.waitFor((l) => l.msg === 'handshake verdict' && l.path === 'kernel' && l.reason === 'ok-kernel' && String(l.source).startsWith(`${canonicalAddress(lab.address('web', family))}:`), 5_000);
+      assert.equal((logged.peer as { subject: string }).subject, `spiffe://${DOMAIN}/web`);
     });
   }
 
@@ -159,6 +163,9 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.equal(await queued(api), queuedBefore, 'no SYN reached the queue');
     const done = await answers.waitFor((l) => typeof l.done === 'number', 10_000);
     assert.equal(done.done, 0, 'no SYN-ACK, no RST');
+    // The flow log has the kernel's verdicts too: one line per source and cause, then folded.
+    const logged = await api.process.waitFor((l) => l.msg === 'handshake verdict' && l.path === 'kernel' && l.reason === 'no-identity', 5_000);
+    assert.equal(String(logged.source).startsWith(`${lab.address('outsider')}:`), true);
     // Policy governs api with a default deny and no network rule: every port is closed to them.
     const status = (await api.status()) as unknown as { kernelFastPath: { cloakedPorts: number } };
     assert.equal(status.kernelFastPath.cloakedPorts, 65_535);

@@ -35,6 +35,12 @@ const OPT_WSCALE = 3;
 const OPT_SACK_PERMITTED = 4;
 const OPT_SACK = 5;
 const OPT_TIMESTAMPS = 8;
+const OPT_EXPERIMENT = 254;
+/**
+ * RFC 6994 ExID of the option the kernel fast path writes into a listener's SYN-ACK when it will
+ * sign that listener's answers to fast SYNs (native/bpf/fast_path.h, FAST_READY_EXID).
+ */
+export const KERNEL_READY_EXID = 0xd352;
 
 /** One parsed packet; every offset is absolute within `buf`. Reused across packets. */
 export class ParsedPacket {
@@ -66,6 +72,8 @@ export class ParsedPacket {
   timestampEcho = -1;
   /** Absolute offset of the synpass marker option, or -1. */
   markerOffset = -1;
+  /** A SYN-ACK written by a listener whose kernel signs answers to fast SYNs (the fast path's ready option). */
+  kernelReady = false;
   /** Token area body (after its 2-byte length) when a marker is present, else -1. */
   tokenOffset = -1;
   tokenLength = 0;
@@ -96,6 +104,7 @@ export function parsePacket(buf: Uint8Array, start: number, available: number, o
   out.buf = buf;
   out.start = start;
   out.markerOffset = -1;
+  out.kernelReady = false;
   out.tokenOffset = -1;
   out.tokenLength = 0;
   out.mss = -1;
@@ -222,6 +231,9 @@ function walkOptions(buf: Uint8Array, start: number, end: number, out: ParsedPac
         if (length !== 10) return false;
         out.timestampValue = readUint32(buf, i + 2);
         out.timestampEcho = readUint32(buf, i + 6);
+        break;
+      case OPT_EXPERIMENT:
+        if (length === 4 && readUint16(buf, i + 2) === KERNEL_READY_EXID) out.kernelReady = true;
         break;
       default:
         break;

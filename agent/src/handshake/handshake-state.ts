@@ -1,6 +1,7 @@
 // Per-connection handshake state and the SYN replay cache, both bounded and expiring.
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { SynMessage } from '../protocol/wire.ts';
+import type { AdmittedClient } from './kernel-path.ts';
 
 export interface Flow {
   role: 'client' | 'server';
@@ -18,6 +19,8 @@ export interface Flow {
   local: Readonly<Record<string, string>> | null;
   /** Client side: the local user whose token the SYN carries, or null for a pod known by address. */
   owner?: number | null;
+  /** Server side: the kernel path may take this client workload, if the listener's kernel signs (its SYN-ACK says). */
+  kernelCandidate?: AdmittedClient | null;
   /** Server side: the kernel took this client workload; the SYN-ACK says so (FLAG_KERNEL). */
   kernel?: boolean;
   expiresAt: number;

@@ -124,17 +124,17 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   });
   if (!stored) return refuse('flow-table-full');
   // Pods share the node's ports, and observed rules cannot be enforced by a kernel that only
-  // accepts or drops: both stay on the queue.
+  // accepts or drops: both stay on the queue. The kernel takes the workload at the SYN-ACK, once
+  // it shows that the listener's kernel signs.
   if (ctx.kernelPath !== null && destinationPod === undefined && auth.wouldDrop === null) {
-    const flow = ctx.flows.get(key)!;
-    flow.kernel = ctx.kernelPath.admitClient({
+    ctx.flows.get(key)!.kernelCandidate = {
       peerAddress: client,
       port,
       fast: deriveFastKey(pairKey, message.token.signature),
       peer: peer.identity,
       local,
       expiresAt: Math.min(peer.identity.expiresAt, peer.credential.expiresAt),
-    });
+    };
   }
   decision.track = true;
   decision.reason = auth.wouldDrop !== null ? 'observe-would-drop' : fast ? 'ok-fast' : 'ok';
@@ -159,6 +159,12 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   // Retransmitted SYN-ACKs reuse the nonce, so the proof stays the one the client checks.
   flow.serverNonce ??= ctx.noncePool.next();
   flow.serverIsn = packet.sequence;
+  // The listener's kernel signs answers to fast SYNs only if it was opened while the programs
+  // were attached; its SYN-ACK carries the ready option then. Decided once per handshake.
+  if (flow.kernelCandidate != null && ctx.kernelPath !== null) {
+    flow.kernel = packet.kernelReady && ctx.kernelPath.admitClient(flow.kernelCandidate);
+    flow.kernelCandidate = null;
+  }
   const flags = (flow.fast ? FLAG_FAST : 0) | (flow.kernel === true ? FLAG_KERNEL : 0);
   const token = (ctx.local.tokenForAddress(server) ?? ctx.local.tokenForPort(packet.sourcePort)).packed;
   const proof = synAckProof(flow.pairKey, { flags, clientNonce: flow.clientNonce, serverNonce: flow.serverNonce, clientIsn: flow.clientIsn, serverIsn: flow.serverIsn, tokenSignature: token.signature });

@@ -13,6 +13,7 @@ import {
   clientKey,
   clientValue,
   configValue,
+  decodeEvents,
   excludedKey,
   FAST_COUNTERS,
   KEY_SIZE,
@@ -25,6 +26,7 @@ import {
   serverKey,
   serverValue,
   type FastCounter,
+  type KernelEvent,
 } from './layouts.ts';
 
 export class KernelPathError extends SynpassError<'attach' | 'map'> {
@@ -42,6 +44,8 @@ export interface KernelFastPathOptions {
   acceptMark: number;
   /** Set on a fast SYN (`pass`): the egress rules do not queue it. */
   clientMark: number;
+  /** Share of accepted fast SYNs reported as events for the flow log (0: none; drops always are, gated per source). */
+  acceptSample: number;
   now?: () => number;
 }
 
@@ -67,6 +71,7 @@ export class KernelFastPath implements KernelPath {
   /** Ports whose SYNs without any proof the kernel drops, as last written. */
   private closed = new Uint8Array(PORT_COUNT);
   private closedCount = 0;
+  private events: { close(): void } | null = null;
 
   private constructor(
     private readonly native: NativeBinding,
@@ -74,13 +79,13 @@ export class KernelFastPath implements KernelPath {
     readonly attachment: FastPathAttachment,
   ) {
     this.now = options.now ?? Date.now;
-    if (options.excluded.length > MAX_EXCLUDED_NETWORKS) throw new KernelPathError('map', `more than ${MAX_EXCLUDED_NETWORKS} excluded networks`);
     for (const cidr of options.excluded) native.mapUpdate(this.map('fast_excluded'), excludedKey(cidr), Buffer.of(1), BPF_ANY);
     this.refreshClock();
   }
 
   /** Loads and attaches the programs; throws KernelPathError with the kernel's reason. */
   static attach(options: KernelFastPathOptions): KernelFastPath {
+    if (options.excluded.length > MAX_EXCLUDED_NETWORKS) throw new KernelPathError('map', `more than ${MAX_EXCLUDED_NETWORKS} excluded networks`, { excluded: options.excluded.length });
     const native = loadBinding();
     let attachment: FastPathAttachment;
     try {
@@ -96,7 +101,7 @@ export class KernelFastPath implements KernelPath {
     return loadBinding().fastPathDetach(pinDir);
   }
 
-  private map(name: keyof typeof MAP_CAPACITY | 'fast_config' | 'fast_counters' | 'fast_cloak' | 'fast_excluded'): number {
+  private map(name: keyof typeof MAP_CAPACITY | 'fast_config' | 'fast_counters' | 'fast_cloak' | 'fast_excluded' | 'fast_events'): number {
     return this.attachment.maps[name]!;
   }
 
@@ -119,6 +124,7 @@ export class KernelFastPath implements KernelPath {
       windowSeconds: this.options.windowSeconds,
       acceptMark: this.options.acceptMark,
       clientMark: this.options.clientMark,
+      acceptSample: this.options.acceptSample,
     });
     this.native.mapUpdate(this.map('fast_config'), Buffer.alloc(4), value, BPF_ANY);
   }
@@ -192,6 +198,20 @@ export class KernelFastPath implements KernelPath {
     this.clients.delete(id);
   }
 
+  /**
+   * Hands the kernel's verdict events (drops, at most one a second per source and cause, and the
+   * sampled accepts) to `onEvent`, with the peer an accepted fast SYN proved, from the event loop.
+   */
+  onEvents(onEvent: (event: KernelEvent, peer: VerifiedIdentity | null) => void): void {
+    this.events?.close();
+    this.events = new this.native.KernelEvents(this.map('fast_events'), (records) => {
+      for (const event of decodeEvents(records)) {
+        const record = event.counter === 'synAccepted' ? this.servers.get(serverKey(event.source, event.fastId, event.destinationPort).toString('latin1')) : undefined;
+        onEvent(event, record?.entry.peer ?? null);
+      }
+    });
+  }
+
   /** Once a second: the clock offset, and entries whose tokens or credentials expired. */
   tick(): void {
     this.refreshClock();
@@ -246,6 +266,8 @@ export class KernelFastPath implements KernelPath {
 
   /** Detaches and unpins; the maps' file descriptors go with them. */
   close(): { tcDetached: number; linkDetached: boolean } {
+    this.events?.close();
+    this.events = null;
     const result = KernelFastPath.detach(this.options.pinDir);
     for (const fd of Object.values(this.attachment.maps)) this.native.closeFd(fd);
     this.servers.clear();

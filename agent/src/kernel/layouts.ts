@@ -38,6 +38,7 @@ export const FAST_COUNTERS = [
   'synFallback',
   'synAckSigned',
   'synNoIdentity',
+  'eventsLost',
 ] as const;
 export type FastCounter = (typeof FAST_COUNTERS)[number];
 
@@ -157,16 +158,67 @@ export interface FastConfig {
   windowSeconds: number;
   acceptMark: number;
   clientMark: number;
+  /** Share of accepted fast SYNs reported as events (0..1). */
+  acceptSample: number;
 }
 
-/** struct fast_config. */
+/** struct fast_config (28 bytes of fields, padded to the s64's alignment). */
 export function configValue(config: FastConfig): Buffer {
-  const value = Buffer.alloc(24);
+  const value = Buffer.alloc(32);
   if (LITTLE) value.writeBigInt64LE(config.realtimeOffsetNs, 0);
   else value.writeBigInt64BE(config.realtimeOffsetNs, 0);
   u32(value, 8, config.windowSeconds);
   u32(value, 12, config.acceptMark);
   u32(value, 16, config.clientMark);
   u32(value, 20, 1);
+  u32(value, 24, Math.min(0xffffffff, Math.floor(config.acceptSample * 2 ** 32)));
   return value;
+}
+
+/** struct fast_event, as the ring buffer hands it over. */
+export const EVENT_BYTES = 48;
+
+export interface KernelEvent {
+  counter: FastCounter;
+  fastId: number;
+  source: string;
+  destination: string;
+  sourcePort: number;
+  destinationPort: number;
+  /** Drops of the same (source, cause) folded since its previous event. */
+  folded: number;
+}
+
+/** An address as the maps hold it, as text in the form the datapath gives (IPv4 dotted, IPv6 8 groups). */
+export function addressText(bytes: Buffer): string {
+  if (bytes.subarray(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff) return [...bytes.subarray(12, 16)].join('.');
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(bytes.readUInt16BE(i).toString(16));
+  return groups.join(':');
+}
+
+/** The events in a ring-buffer read; a record of an unknown counter is skipped. */
+export function decodeEvents(records: Buffer): KernelEvent[] {
+  const events: KernelEvent[] = [];
+  const read32 = (offset: number) => (LITTLE ? records.readUInt32LE(offset) : records.readUInt32BE(offset));
+  const read16 = (offset: number) => (LITTLE ? records.readUInt16LE(offset) : records.readUInt16BE(offset));
+  for (let at = 0; at + EVENT_BYTES <= records.length; at += EVENT_BYTES) {
+    const counter = FAST_COUNTERS[read32(at)];
+    if (counter === undefined) continue;
+    events.push({
+      counter,
+      fastId: read32(at + 4),
+      source: addressText(records.subarray(at + 8, at + 24)),
+      destination: addressText(records.subarray(at + 24, at + 40)),
+      sourcePort: read16(at + 40),
+      destinationPort: read16(at + 42),
+      folded: read32(at + 44),
+    });
+  }
+  return events;
+}
+
+/** The verdict a counter stands for (direction, action, reason), if it is one. */
+export function verdictOf(counter: FastCounter): Omit<VerdictCount, 'count'> | undefined {
+  return VERDICT_OF[counter];
 }

@@ -113,6 +113,8 @@ export interface NativeBinding {
   arrayWrite(fd: number, values: Uint8Array, valueSize: number): void;
   /** Each slot of a per-CPU u64 array, summed over CPUs. */
   counterTotals(fd: number, count: number): number[];
+  /** Reads the fast path's event ring buffer on the event loop; `onEvents` gets whole records. */
+  KernelEvents: new (ringFd: number, onEvents: (records: Buffer) => void) => { close(): void };
   /** CLOCK_REALTIME minus CLOCK_BOOTTIME in nanoseconds. */
   realtimeOffsetNs(): bigint;
   closeFd(fd: number): void;

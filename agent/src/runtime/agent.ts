@@ -13,7 +13,7 @@ import { allocateQueueBuffers, loadBinding, readQueueCounters, type NativeQueue 
 import type { Logger } from '../telemetry/log.ts';
 import { startStatusServer } from '../telemetry/status-server.ts';
 import { closeUnixSocket } from '../telemetry/unix-socket.ts';
-import { FLOW_LOG_MAX_AGGREGATES, FlowLog } from '../telemetry/flow-log.ts';
+import { FLOW_LOG_MAX_AGGREGATES, FlowLog, kernelFlowRecord } from '../telemetry/flow-log.ts';
 import type { TableSize } from '../datapath/handler.ts';
 import type { BoundedLogStream } from '../telemetry/log.ts';
 import type { AgentConfig } from './config.ts';
@@ -141,7 +141,8 @@ export class Agent {
 
   /** After the rules: the marks the kernel programs set mean something only once the rules are in. */
   private startKernelFastPath(): void {
-    const choice = chooseKernelFastPath(this.config, connectionMarks(this.config.datapath.markBase));
+    const acceptSample = this.flowLog.logsAccepts ? this.config.telemetry.flowLog.sampleAccepted : 0;
+    const choice = chooseKernelFastPath(this.config, connectionMarks(this.config.datapath.markBase), acceptSample);
     this.fastPath = choice;
     const path = choice.path;
     if (path === null) {
@@ -151,6 +152,11 @@ export class Agent {
     }
     this.built.useKernelPath?.(path);
     this.peers.fallback = (local, remote) => path.peerOf(...splitEndpoint(local), ...splitEndpoint(remote))?.identity;
+    const flowLog = this.flowLog;
+    path.onEvents((event, peer) => {
+      const record = kernelFlowRecord(event, peer);
+      if (record !== null) flowLog.writeKernel(record, event.source, event.folded);
+    });
     this.fastPathTimer = setInterval(() => { path.tick(); }, 1000);
     this.fastPathTimer.unref();
     const { attached, skipped } = path.attachment;

@@ -59,7 +59,8 @@ function precondition(config: Pick<AgentConfig, 'mode' | 'datapath'>, cgroup: st
   return null;
 }
 
-export function chooseKernelFastPath(config: Pick<AgentConfig, 'mode' | 'datapath' | 'replayWindowSeconds' | 'excluded'>, marks: ConnectionMarks): FastPathChoice {
+/** `acceptSample`: share of the kernel's accepts reported to the flow log (0 when it writes none). */
+export function chooseKernelFastPath(config: Pick<AgentConfig, 'mode' | 'datapath' | 'replayWindowSeconds' | 'excluded'>, marks: ConnectionMarks, acceptSample = 0): FastPathChoice {
   const datapath = config.datapath;
   if (datapath.kernelFastPath === 'off') return { path: null, reason: 'off (datapath.kernelFastPath)', cgroup: null };
   const cgroup = datapath.fastPathCgroup ?? cgroup2Mount(readFileSync('/proc/self/mountinfo', 'utf8'));
@@ -76,6 +77,7 @@ export function chooseKernelFastPath(config: Pick<AgentConfig, 'mode' | 'datapat
         windowSeconds: config.replayWindowSeconds,
         acceptMark: marks.pass | marks.release,
         clientMark: marks.pass,
+        acceptSample,
       });
       if (path.attachment.attached.length === 0) {
         path.close();

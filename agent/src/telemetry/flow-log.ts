@@ -15,6 +15,8 @@ import type { VerdictEvent } from '../datapath/handler.ts';
 import type { z } from 'zod';
 import type { FieldTypes } from '../config-fields.ts';
 import type { Logger } from './log.ts';
+import { verdictOf, type KernelEvent } from '../kernel/layouts.ts';
+import type { VerifiedIdentity } from '../token/identity-token.ts';
 
 /** The `telemetry.flowLog` section of the agent configuration. */
 export function flowLogSection(t: FieldTypes) {
@@ -52,6 +54,8 @@ export interface FlowRecord {
   policyRevision: string | null;
   wouldDrop: string | null;
   latencyMicroseconds: number;
+  /** Judged by the kernel fast path (no queue trip): no rule, latency or local identity to tell. */
+  path?: 'kernel';
 }
 
 /** Drops folded into one line: `count` more from `source` for `reason` since `since`. */
@@ -84,6 +88,28 @@ export function flowRecord(event: VerdictEvent): FlowRecord {
     policyRevision: event.revision,
     wouldDrop: event.wouldDrop,
     latencyMicroseconds: Math.round(event.latencyMicroseconds),
+  };
+}
+
+/** A kernel fast-path event as a flow record; null for an event that is no verdict. */
+export function kernelFlowRecord(event: KernelEvent, peer: VerifiedIdentity | null): FlowRecord | null {
+  const verdict = verdictOf(event.counter);
+  if (verdict === undefined) return null;
+  return {
+    event: 'handshake',
+    direction: verdict.direction,
+    stage: event.counter.startsWith('synAck') ? 'syn-ack' : 'syn',
+    verdict: verdict.action,
+    reason: verdict.reason,
+    source: `${event.source}:${event.sourcePort}`,
+    destination: `${event.destination}:${event.destinationPort}`,
+    local: null,
+    peer: peer ? { subject: peer.subject, attributes: peer.attributes, agent: peer.agent } : null,
+    rule: null,
+    policyRevision: null,
+    wouldDrop: null,
+    latencyMicroseconds: 0,
+    path: 'kernel',
   };
 }
 
@@ -167,42 +193,67 @@ export class FlowLog {
     this.accepts = config.sink === 'file' || log.isLevelEnabled('info');
   }
 
+  /** Whether accepted connections are written at all (the kernel samples its accepts by this and sampleAccepted). */
+  get logsAccepts(): boolean {
+    return this.accepts;
+  }
+
   /** Called for every judged packet; writes connection verdicts (not accepted ACKs). */
   write(event: VerdictEvent): void {
     if (event.accepted) {
       if (event.stage === 'ack' || !this.accepts) return;
       if (this.config.sampleAccepted < 1 && this.random() >= this.config.sampleAccepted) return;
-    } else if (this.aggregate(event)) {
+    } else if (this.aggregate(sourceAddress(event.packet), event.reason)) {
       return;
     }
+    this.emit(flowRecord(event));
+  }
+
+  /**
+   * A verdict of the kernel fast path. Its accepts arrive already sampled; its drops at most once
+   * a second per source and cause, with `folded` more behind them, and they are folded here as
+   * the queue's are.
+   */
+  writeKernel(record: FlowRecord, sourceAddress: string, folded: number): void {
+    if (record.verdict === 'accept') {
+      if (this.accepts) this.emit(record);
+      return;
+    }
+    if (!this.aggregate(sourceAddress, record.reason)) this.emit(record);
+    if (folded > 0) this.aggregate(sourceAddress, record.reason, folded);
+  }
+
+  private emit(record: FlowRecord): void {
     if (this.sink.pendingBytes() >= FLOW_LOG_MAX_PENDING_BYTES) {
       this.counters.dropped.backlog += 1;
       return;
     }
-    this.sink.handshake(flowRecord(event));
+    this.sink.handshake(record);
   }
 
-  /** Whether the drop was folded into its pair's window rather than written. */
-  private aggregate(event: VerdictEvent): boolean {
-    const source = sourceAddress(event.packet);
-    const reason = event.reason;
+  /**
+   * Whether the drop (or `drops` already seen, from the kernel) was folded into its pair's window
+   * rather than written: the first drop of a pair in a window is written, the rest are counted.
+   */
+  private aggregate(source: string, reason: string, drops = 1): boolean {
     const key = `${source} ${reason}`;
     if (!this.seen.has(key)) {
       if (this.seen.size < FLOW_LOG_MAX_AGGREGATES) {
         this.seen.add(key);
         this.startWindow();
-        return false;
+        if (drops === 1) return false;
+        return this.count(key, source, reason, drops);
       }
-      return this.count(`${ANY_SOURCE} ${reason}`, ANY_SOURCE, reason);
+      return this.count(`${ANY_SOURCE} ${reason}`, ANY_SOURCE, reason, drops);
     }
-    return this.count(key, source, reason);
+    return this.count(key, source, reason, drops);
   }
 
-  private count(key: string, source: string, reason: string): true {
+  private count(key: string, source: string, reason: string, drops: number): true {
     const entry = this.windows.get(key);
-    if (entry === undefined) this.windows.set(key, { source, reason, count: 1, since: this.now() });
-    else entry.count += 1;
-    this.counters.aggregated += 1;
+    if (entry === undefined) this.windows.set(key, { source, reason, count: drops, since: this.now() });
+    else entry.count += drops;
+    this.counters.aggregated += drops;
     this.counters.aggregates = this.windows.size;
     this.startWindow();
     return true;

@@ -11,6 +11,7 @@ import { ProcessAttestor } from '../../../agent/src/identity/attestors/process.t
 import { StaticAttestor } from '../../../agent/src/identity/attestors/static.ts';
 import type { WorkloadIdentity } from '../../../agent/src/identity/local-identity.ts';
 import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../../scripts/lib/fixtures.ts';
+import { fixChecksums } from '../../../scripts/lib/packets.ts';
 import { createDomain, identityHandler, type TestDomain } from '../../../scripts/lib/identities.ts';
 import { VirtualQueue, type Verdict } from '../../../scripts/lib/virtual-wire.ts';
 import { bodyOf, withBody } from '../../../scripts/lib/rebody.ts';
@@ -456,6 +457,25 @@ describe('identity handshake over a virtual wire', () => {
     return { path, told };
   }
 
+  /** The SYN-ACK as a listener whose kernel signs answers to fast SYNs writes it (the ready option last). */
+  function withKernelReady(bytes: Uint8Array): Uint8Array {
+    const packet = parsed(bytes);
+    const headerEnd = packet.tcpOffset + packet.tcpHeaderLength;
+    const out = new Uint8Array(bytes.length + 4);
+    out.set(bytes.subarray(0, headerEnd));
+    out.set([254, 4, 0xd3, 0x52], headerEnd);
+    out.set(bytes.subarray(headerEnd), headerEnd + 4);
+    out[packet.tcpOffset + 12] = ((packet.tcpHeaderLength + 4) / 4) << 4;
+    new DataView(out.buffer).setUint16(2, out.length);
+    return fixChecksums(out, 4, packet.tcpOffset);
+  }
+  const READY_SYN_ACK = withKernelReady(SYN_ACK);
+
+  it('parses the ready option of a listener whose kernel signs', () => {
+    assert.equal(parsed(READY_SYN_ACK).kernelReady, true);
+    assert.equal(parsed(SYN_ACK).kernelReady, false);
+  });
+
   it('a first contact hands the proven client workload to both kernels under the same fast key', () => {
     const serverKernel = recordingKernelPath();
     const clientKernel = recordingKernelPath();
@@ -463,7 +483,7 @@ describe('identity handshake over a virtual wire', () => {
     client.handler.useKernelPath(clientKernel.path);
     const synOut = client.queue.deliver(SYN, 'egress', 0, 4321);
     server.queue.deliver(synOut.bytes, 'ingress');
-    const synAckOut = server.queue.deliver(SYN_ACK, 'egress');
+    const synAckOut = server.queue.deliver(READY_SYN_ACK, 'egress');
     assert.equal(decodeMessage(bodyOf(synAckOut.bytes)).type, MessageType.SynAck);
     assert.equal((decodeMessage(bodyOf(synAckOut.bytes)) as { flags: number }).flags & FLAG_KERNEL, FLAG_KERNEL);
     client.queue.deliver(synAckOut.bytes, 'ingress');
@@ -485,10 +505,22 @@ describe('identity handshake over a virtual wire', () => {
     const clientKernel = recordingKernelPath();
     server.handler.useKernelPath(serverKernel.path);
     client.handler.useKernelPath(clientKernel.path);
-    const { synAckOut } = handshake();
+    server.queue.deliver(client.queue.deliver(SYN, 'egress', 0, 4321).bytes, 'ingress');
+    const synAckOut = server.queue.deliver(READY_SYN_ACK, 'egress');
+    client.queue.deliver(synAckOut.bytes, 'ingress');
     assert.equal((decodeMessage(bodyOf(synAckOut.bytes)) as { flags: number }).flags & FLAG_KERNEL, 0);
     assert.equal(serverKernel.told.admitted.length, 1);
     assert.equal(clientKernel.told.servers.length, 0);
+  });
+
+  it('a listener opened before the programs (no ready option in its SYN-ACK) keeps the pair on the queue', () => {
+    const serverKernel = recordingKernelPath();
+    const clientKernel = recordingKernelPath();
+    server.handler.useKernelPath(serverKernel.path);
+    client.handler.useKernelPath(clientKernel.path);
+    const { synAckOut } = handshake();
+    assert.equal((decodeMessage(bodyOf(synAckOut.bytes)) as { flags: number }).flags & FLAG_KERNEL, 0);
+    assert.deepEqual([serverKernel.told.admitted.length, clientKernel.told.servers.length], [0, 0]);
   });
 
   it('an identity admission refuses is never handed to the kernel', () => {

@@ -6,7 +6,8 @@ import { randomBytes } from 'node:crypto';
 import { endianness } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { addressKey, excludedKey, clientKey, clientValue, configValue, FAST_COUNTERS, KEY_SIZE, kernelVerdicts, MAP_CAPACITY, serverKey, serverValue } from '../../../agent/src/kernel/layouts.ts';
+import { kernelFlowRecord } from '../../../agent/src/telemetry/flow-log.ts';
+import { addressKey, excludedKey, clientKey, clientValue, configValue, decodeEvents, EVENT_BYTES, FAST_COUNTERS, KEY_SIZE, kernelVerdicts, MAP_CAPACITY, serverKey, serverValue } from '../../../agent/src/kernel/layouts.ts';
 import { deriveFastKey, FAST_KEY_BYTES } from '../../../agent/src/protocol/fast-keys.ts';
 import { cgroup2Mount, chooseKernelFastPath, FastPathUnavailableError } from '../../../agent/src/runtime/kernel-fast-path.ts';
 import { DEFAULTS } from '../../../agent/src/runtime/config.ts';
@@ -52,8 +53,9 @@ describe('map layouts', () => {
     assert.equal(server.length, KEY_SIZE.fast_servers);
     assert.deepEqual([read32(server, 16), read16(server, 20)], [0x01020304, 443]);
     assert.deepEqual([read32(serverValue(key, true), 16), read32(serverValue(key, false), 16)], [1, 0]);
-    const config = configValue({ realtimeOffsetNs: 5n, windowSeconds: 30, acceptMark: 0x500000, clientMark: 0x100000 });
-    assert.deepEqual([config.length, read32(config, 8), read32(config, 12), read32(config, 16), read32(config, 20)], [24, 30, 0x500000, 0x100000, 1]);
+    const config = configValue({ realtimeOffsetNs: 5n, windowSeconds: 30, acceptMark: 0x500000, clientMark: 0x100000, acceptSample: 0.5 });
+    assert.deepEqual([config.length, read32(config, 8), read32(config, 12), read32(config, 16), read32(config, 20), read32(config, 24)], [32, 30, 0x500000, 0x100000, 1, 2 ** 31]);
+    assert.equal(read32(configValue({ realtimeOffsetNs: 0n, windowSeconds: 1, acceptMark: 0, clientMark: 0, acceptSample: 1 }), 24), 0xffffffff);
   });
 
   it('excluded networks as LPM prefixes over the 16-byte address', () => {
@@ -70,6 +72,29 @@ describe('map layouts', () => {
     }
     const counters = /enum fast_counter \{([\s\S]*?)\};/.exec(HEADER)![1]!.match(/FAST_[A-Z_]+(?=,)/g)!.filter((name) => name !== 'FAST_COUNTER_COUNT');
     assert.equal(counters.length, FAST_COUNTERS.length);
+  });
+});
+
+describe('kernel events', () => {
+  it('decode from ring-buffer records and become flow records of the kernel path', () => {
+    const records = Buffer.alloc(2 * EVENT_BYTES);
+    const write32 = (value: number, offset: number) => (LITTLE ? records.writeUInt32LE(value, offset) : records.writeUInt32BE(value, offset));
+    const write16 = (value: number, offset: number) => (LITTLE ? records.writeUInt16LE(value, offset) : records.writeUInt16BE(value, offset));
+    write32(FAST_COUNTERS.indexOf('synNoIdentity'), 0);
+    addressKey('10.213.5.3').copy(records, 8);
+    addressKey('10.213.5.2').copy(records, 24);
+    write16(40000, 40);
+    write16(8080, 42);
+    write32(17, 44);
+    write32(FAST_COUNTERS.indexOf('synAccepted'), EVENT_BYTES);
+    write32(0xabcdef, EVENT_BYTES + 4);
+    addressKey('fd53:5350:0:19::1').copy(records, EVENT_BYTES + 8);
+    const [drop, accept] = decodeEvents(records);
+    assert.deepEqual(drop, { counter: 'synNoIdentity', fastId: 0, source: '10.213.5.3', destination: '10.213.5.2', sourcePort: 40000, destinationPort: 8080, folded: 17 });
+    assert.equal(accept?.source, 'fd53:5350:0:19:0:0:0:1');
+    const record = kernelFlowRecord(drop, null)!;
+    assert.deepEqual([record.verdict, record.reason, record.stage, record.source, record.path], ['drop', 'no-identity', 'syn', '10.213.5.3:40000', 'kernel']);
+    assert.equal(kernelFlowRecord({ ...drop, counter: 'synFallback' }, null), null, 'a fallback is no verdict');
   });
 });
 

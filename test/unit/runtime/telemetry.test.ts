@@ -7,7 +7,7 @@ import { parseKernelQueues } from '../../../agent/src/datapath/kernel-queue.ts';
 import { ParsedPacket, parsePacket } from '../../../agent/src/datapath/packet.ts';
 import type { VerdictEvent } from '../../../agent/src/datapath/handler.ts';
 import { ConfigError, environmentName, loadAgentConfig } from '../../../agent/src/runtime/config.ts';
-import { ANY_SOURCE, FLOW_LOG_MAX_AGGREGATES, FLOW_LOG_MAX_PENDING_BYTES, FlowLog } from '../../../agent/src/telemetry/flow-log.ts';
+import { ANY_SOURCE, FLOW_LOG_MAX_AGGREGATES, FLOW_LOG_MAX_PENDING_BYTES, FlowLog, kernelFlowRecord } from '../../../agent/src/telemetry/flow-log.ts';
 import { BoundedLogStream, createAgentLog, createLogger, type AsyncDestination } from '../../../agent/src/telemetry/log.ts';
 import { AgentMetrics } from '../../../agent/src/telemetry/metrics.ts';
 import { IPV4_SYN } from '../../../scripts/lib/fixtures.ts';
@@ -149,6 +149,24 @@ describe('bounded logging under a flood', () => {
     assert.equal(lines[2]!.msg, '99999 more drops from 10.213.5.1 for reason no-identity');
     assert.equal(lines[2]!.until, '2026-12-03T12:00:01.000Z');
     assert.equal(flows.counters.aggregated, 99_999);
+  });
+
+  it('kernel drops: the reported one is a line, the ones the kernel folded join the "N more drops" line', async () => {
+    const destination = new SlowDestination();
+    let clock = Date.parse('2026-12-03T12:00:00.000Z');
+    const flows = new FlowLog({ sink: 'stdout', file: null, maxBytes: 1 << 20, maxFiles: 1, sampleAccepted: 1 }, createAgentLog('info', destination).log, () => 0, Math.random, () => clock);
+    const drop = kernelFlowRecord({ counter: 'synNoIdentity', fastId: 0, source: '10.213.5.3', destination: '10.213.5.2', sourcePort: 1, destinationPort: 80, folded: 0 }, null)!;
+    flows.writeKernel(drop, '10.213.5.3', 0);
+    flows.writeKernel(drop, '10.213.5.3', 41_999);
+    clock += 1000;
+    await flows.close();
+    assert.deepEqual(
+      records(destination).map((line) => [line.event, line.reason, line.path ?? null, line.count ?? null]),
+      [
+        ['handshake', 'no-identity', 'kernel', null],
+        ['drops', 'no-identity', null, 42_000],
+      ],
+    );
   });
 
   it('spoofed sources past the cap share one line per reason', async () => {
