@@ -219,8 +219,10 @@ function decodes(hex: string): ParsedPacket | null {
   return parsePacket(bytes, 0, bytes.length, packet) ? packet : null;
 }
 
+/** A logged verdict's reason; the kernel fast path's own verdicts say so. */
 function reasonOf(line: Record<string, unknown> | undefined): string {
-  return typeof line?.reason === 'string' ? line.reason : '-';
+  if (typeof line?.reason !== 'string') return '-';
+  return line.path === 'kernel' ? `${line.reason} (kernel)` : line.reason;
 }
 
 function subjectOf(line: Record<string, unknown> | undefined): string {

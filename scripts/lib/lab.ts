@@ -293,7 +293,11 @@ export class Lab {
     const socket = this.socketPath(host, 'status');
     const whois = this.whoisSocket(host);
     const targets = this.networks.flatMap((cidr) => ['--target', cidr]);
-    const kernel = this.options.kernel === true ? this.kernelFlags(host) : [];
+    // Outside a kernel lab the fast path is off outright: whether `auto` could find bpffs under
+    // `ip netns exec` depends on the machine (it remounts /sys, which usually hides it). Another
+    // build (compare-builds) may predate the flag: it gets none.
+    const thisBuild = command[1] === BUILT_CLI;
+    const kernel = this.options.kernel === true ? this.kernelFlags(host) : thisBuild ? ['--kernel-fast-path', 'off'] : [];
     const child = this.spawn(host, [...command, 'agent', 'run', '--status-socket', socket, '--whois-socket', whois, ...targets, ...kernel, ...extraArgs], {
       env,
     });

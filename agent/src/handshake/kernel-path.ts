@@ -36,6 +36,8 @@ export interface KernelPath {
   reauthorize(authorizer: Authorizer): void;
   /** Which local ports admit no peer without identity from anywhere: the kernel drops such SYNs itself. */
   cloak(closed: (port: number) => boolean): void;
+  /** This agent's workloads may have changed: its kernel stops sending fast SYNs until each proves itself again. */
+  forgetOwnWorkloads(): void;
   /** Keys changed or the caches were flushed: the kernel holds nothing, every pair starts with first contact. */
   forgetAll(): void;
 }

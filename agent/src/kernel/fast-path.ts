@@ -186,11 +186,14 @@ export class KernelFastPath implements KernelPath {
     return this.closedCount;
   }
 
+  forgetOwnWorkloads(): void {
+    for (const id of this.clients.keys()) this.dropClient(id);
+  }
+
   forgetAll(): void {
     for (const id of this.servers.keys()) this.native.mapDelete(this.map('fast_servers'), Buffer.from(id, 'latin1'));
-    for (const id of this.clients.keys()) this.native.mapDelete(this.map('fast_clients'), Buffer.from(id, 'latin1'));
     this.servers.clear();
-    this.clients.clear();
+    this.forgetOwnWorkloads();
   }
 
   private dropClient(id: string): void {

@@ -437,7 +437,7 @@ describe('identity handshake over a virtual wire', () => {
 
   /** A kernel path that records what the handshake tells it, and admits what its flag says. */
   function recordingKernelPath(admits = true) {
-    const told = { admitted: [] as AdmittedClient[], servers: [] as FastServer[], reauthorized: 0, forgotten: 0, closed: [] as number[] };
+    const told = { admitted: [] as AdmittedClient[], servers: [] as FastServer[], reauthorized: 0, forgotten: 0, forgottenOwn: 0, closed: [] as number[] };
     const path: KernelPath = {
       admitClient: (entry) => {
         told.admitted.push(entry);
@@ -449,6 +449,9 @@ describe('identity handshake over a virtual wire', () => {
       },
       forgetAll: () => {
         told.forgotten += 1;
+      },
+      forgetOwnWorkloads: () => {
+        told.forgottenOwn += 1;
       },
       cloak: (closed) => {
         told.closed = [7000, 7001, 8080].filter((port) => closed(port));
@@ -495,9 +498,12 @@ describe('identity handshake over a virtual wire', () => {
     assert.equal(admitted.fast.fastId, learned.fast.fastId);
     assert.deepEqual(admitted.fast.key, learned.fast.key);
     assert.ok(admitted.expiresAt > time / 1000 && learned.expiresAt > time / 1000);
-    // Key changes empty the kernel: every pair starts again with first contact.
+    // Flushed caches empty the kernel: every pair starts again with first contact. A reload that
+    // keeps the key only stops the kernel proving this agent's own workloads.
     client.handler.forgetServers();
     assert.equal(clientKernel.told.forgotten, 1);
+    client.handler.useIdentity(client.local);
+    assert.deepEqual([clientKernel.told.forgotten, clientKernel.told.forgottenOwn], [1, 1]);
   });
 
   it('a server kernel that refuses the entry leaves the SYN-ACK without the kernel flag, and the client kernel untold', () => {
