@@ -5,6 +5,7 @@ import { readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { cgroup2Mount } from '../../agent/src/runtime/kernel-fast-path.ts';
 import { fetchStatus } from '../../agent/src/telemetry/status-client.ts';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -170,12 +171,10 @@ export interface AgentStatus {
 const HOST_INDEX: Record<Host, number> = { web: 1, api: 2, outsider: 3 };
 
 /** The cgroup v2 mount of this machine (scripts/lab puts each host's cgroup under it). */
-function cgroup2Mount(): string {
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const [fields, tail] = line.split(' - ');
-    if (tail?.startsWith('cgroup2 ')) return fields!.split(' ')[4]!;
-  }
-  throw new Error('no cgroup v2 mount: the kernel fast path lab needs one');
+function labCgroupRoot(): string {
+  const mount = cgroup2Mount(readFileSync('/proc/self/mountinfo', 'utf8'));
+  if (mount === null) throw new Error('no cgroup v2 mount: the kernel fast path lab needs one');
+  return mount;
 }
 
 export interface LabOptions {
@@ -204,7 +203,7 @@ export class Lab {
 
   /** The host's cgroup v2 directory (made by scripts/lab). */
   cgroup(host: Host): string {
-    return `${cgroup2Mount()}/synpass-lab-${this.prefix}/${host}`;
+    return `${labCgroupRoot()}/synpass-lab-${this.prefix}/${host}`;
   }
 
   /** Where the host's agent pins its fast path (removed by scripts/lab down if it is left). */

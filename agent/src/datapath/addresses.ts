@@ -2,7 +2,8 @@
 // of released connections: only handshake packets reach here).
 import type { ParsedPacket } from './packet.ts';
 
-function format(buf: Uint8Array, offset: number, length: number): string {
+/** The address of `length` (4 or 16) bytes at `offset` as text: IPv4 dotted, IPv6 8 groups, no compression. */
+export function formatAddress(buf: Uint8Array, offset: number, length: number): string {
   if (length === 4) return `${buf[offset]!}.${buf[offset + 1]!}.${buf[offset + 2]!}.${buf[offset + 3]!}`;
   const groups: string[] = [];
   for (let i = 0; i < 16; i += 2) groups.push(((buf[offset + i]! << 8) | buf[offset + i + 1]!).toString(16));
@@ -10,11 +11,11 @@ function format(buf: Uint8Array, offset: number, length: number): string {
 }
 
 export function sourceAddress(packet: ParsedPacket): string {
-  return format(packet.buf, packet.sourceOffset, packet.addressLength);
+  return formatAddress(packet.buf, packet.sourceOffset, packet.addressLength);
 }
 
 export function destinationAddress(packet: ParsedPacket): string {
-  return format(packet.buf, packet.sourceOffset + packet.addressLength, packet.addressLength);
+  return formatAddress(packet.buf, packet.sourceOffset + packet.addressLength, packet.addressLength);
 }
 
 /** An address as text in the form sourceAddress/destinationAddress produce (IPv6: 8 groups). */

@@ -2,7 +2,7 @@
 // them: addresses in 16 bytes (IPv4 as ::ffff:a.b.c.d), ports, ids and marks in the host's byte
 // order, keys as they are. Pure: encoding only.
 import { endianness } from 'node:os';
-import { canonicalAddress } from '../datapath/addresses.ts';
+import { canonicalAddress, formatAddress } from '../datapath/addresses.ts';
 import type { VerdictCount } from '../datapath/engine.ts';
 import { FAST_KEY_BYTES } from '../protocol/fast-keys.ts';
 
@@ -191,10 +191,8 @@ export interface KernelEvent {
 
 /** An address as the maps hold it, as text in the form the datapath gives (IPv4 dotted, IPv6 8 groups). */
 export function addressText(bytes: Buffer): string {
-  if (bytes.subarray(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff) return [...bytes.subarray(12, 16)].join('.');
-  const groups: string[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push(bytes.readUInt16BE(i).toString(16));
-  return groups.join(':');
+  const mapped = bytes.subarray(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff;
+  return mapped ? formatAddress(bytes, 12, 4) : formatAddress(bytes, 0, 16);
 }
 
 /** The events in a ring-buffer read; a record of an unknown counter is skipped. */
