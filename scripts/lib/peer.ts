@@ -7,6 +7,9 @@
 //   echo <host> <port> <text>        one echo round trip, prints {"echoed":text}
 //   http <host> <port>               GET /, prints {"status":200,"body":...}
 //   hold <host> <port>               keeps one echo connection; each stdin line is echoed back
+//   rounds <host> <port> <n> <ms>    n echo round trips on new connections, one every ms (each
+//                                    given 3 s); prints {"failed":i,"error":...} per failure, then
+//                                    {"ok":N,"failed":M}
 //   fetch <url>                      GET, prints {"status":N,"body":...}
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer as createHttpServer, get } from 'node:http';
@@ -111,6 +114,39 @@ switch (mode) {
     });
     createInterface({ input: process.stdin }).on('line', (line) => socket.write(`${line}\n`));
     process.stdin.on('end', () => socket.end());
+    break;
+  }
+  case 'rounds': {
+    clearTimeout(deadline);
+    const rounds = Number(c);
+    const intervalMs = Number(process.argv[6]);
+    const roundTrip = (i: number): Promise<void> =>
+      new Promise((resolve, reject) => {
+        const socket = connect({ host: a!, port: Number(b) }, () => socket.write(`round ${i}`));
+        socket.setTimeout(3000, () => { socket.destroy(new Error('no echo within 3 s')); });
+        socket.on('error', reject);
+        socket.once('data', () => {
+          socket.end();
+          resolve();
+        });
+      });
+    void (async () => {
+      let ok = 0;
+      let failed = 0;
+      for (let i = 0; i < rounds; i++) {
+        const started = Date.now();
+        try {
+          await roundTrip(i);
+          ok += 1;
+        } catch (error) {
+          failed += 1;
+          emit({ failed: i, error: (error as Error).message, at: new Date().toISOString() });
+        }
+        await new Promise((resolve) => setTimeout(resolve, Math.max(0, intervalMs - (Date.now() - started))));
+      }
+      emit({ ok, failed });
+      process.exit(0);
+    })();
     break;
   }
   default:

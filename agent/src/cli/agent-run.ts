@@ -91,7 +91,7 @@ export function registerAgentRun(agent: Command): void {
     }
     let built: BuiltHandler;
     try {
-      built = await buildHandler(config, log);
+      built = await buildHandler(config, log, { checkOnly: checking });
     } catch (error) {
       failWith('agent run', error);
     }

@@ -1,29 +1,20 @@
 #!/usr/bin/env node
 // synpass command line: the agent itself and the tools around it.
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, Option } from 'commander';
 import { removeAllRules } from '../datapath/iptables.ts';
-import { DEFAULT_DATAPATH, DEFAULT_TELEMETRY, loadAgentConfig } from '../runtime/config.ts';
+import { DEFAULT_DATAPATH, DEFAULT_TELEMETRY } from '../runtime/config.ts';
 import { fetchStatus } from '../telemetry/status-client.ts';
 import { askWhois } from '../whois/client.ts';
 import { inspectCredential, readCredentialFile } from '../token/credential.ts';
-import { initDomain, issueAgent, SIGNING_KEY_TYPES, type SigningKeyType } from '../identity/issuance.ts';
+import { certifyIssuerKey, initDomain, issueAgent, SIGNING_KEY_TYPES, type SigningKeyType } from '../identity/issuance.ts';
 import { loadTrustBundles } from '../token/trust-bundle.ts';
-import { credentialNamespaces } from '../runtime/handlers.ts';
 import { KernelFastPath } from '../kernel/fast-path.ts';
 import { registerAgentRun } from './agent-run.ts';
+import { integer, namespacesOf } from './arguments.ts';
 import { EXIT_NO, EXIT_USAGE, guarded } from './exit.ts';
+import { registerIssuerCommands } from './issuer.ts';
 import { registerPolicyCommands } from './policy.ts';
 import { packageVersion } from './version.ts';
-
-function integer(min: number, max: number) {
-  return (value: string): number => {
-    const parsed = Number(value);
-    if (!Number.isInteger(parsed) || parsed < min || parsed > max) {
-      throw new InvalidArgumentError(`expected an integer from ${min} to ${max}`);
-    }
-    return parsed;
-  };
-}
 
 const program = new Command();
 program
@@ -79,13 +70,7 @@ keys
     guarded(
       'keys issue-agent',
       async (flags: { domain: string; domainDir: string; agent: string; forConfig?: string; namespaces?: string; ttlHours: number; ttlSeconds?: number; out: string; force?: boolean; signingKey: SigningKeyType }) => {
-        if ((flags.forConfig === undefined) === (flags.namespaces === undefined)) {
-          throw new InvalidArgumentError('give either --for-config <agent config> or --namespaces <list>');
-        }
-        const namespaces =
-          flags.forConfig === undefined
-            ? flags.namespaces!.split(',').map((n) => n.trim()).filter(Boolean)
-            : credentialNamespaces(loadAgentConfig(flags.forConfig));
+        const namespaces = namespacesOf(flags);
         const result = await issueAgent({
           signingKey: flags.signingKey,
           domainDirectory: flags.domainDir,
@@ -102,6 +87,26 @@ keys
   );
 
 keys
+  .command('certify-issuer')
+  .description("certify an issuer's issuing key: its certificate joins the domain's trust bundle, which then goes to every agent")
+  .requiredOption('--domain <name>', 'trust domain')
+  .requiredOption('--domain-dir <dir>', 'directory made by init-domain')
+  .requiredOption('--name <issuer>', 'issuer name, becomes spiffe://<domain>/issuer/<name>')
+  .requiredOption('--public-key <file>', 'issuing.pub.jwk.json from `synpass issuer keygen`')
+  .option('--ttl-days <n>', 'certificate lifetime in days (credentials it signs never outlive it)', integer(1, 366), 30)
+  .option('--ttl-seconds <n>', 'certificate lifetime in seconds (overrides --ttl-days)', integer(60, 31_622_400))
+  .action(guarded('keys certify-issuer', async (flags: { domain: string; domainDir: string; name: string; publicKey: string; ttlDays: number; ttlSeconds?: number }) => {
+    const result = await certifyIssuerKey({
+      domainDirectory: flags.domainDir,
+      trustDomain: flags.domain,
+      name: flags.name,
+      publicKeyFile: flags.publicKey,
+      ttlSeconds: flags.ttlSeconds ?? flags.ttlDays * 86_400,
+    });
+    process.stdout.write(`issuer ${flags.name} certified until ${new Date(result.expiresAt * 1000).toISOString()} in ${result.bundle}: distribute the bundle before the issuer starts\n`);
+  }));
+
+keys
   .command('inspect')
   .description('print an agent credential: subject, signing key type, namespaces, expiry, and whether trust bundles verify it (exit 1 if they do not)')
   .argument('<credential>', 'credential.jwt')
@@ -114,6 +119,7 @@ keys
   }));
 
 registerPolicyCommands(program);
+registerIssuerCommands(program);
 
 program
   .command('whois')

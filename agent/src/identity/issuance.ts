@@ -1,14 +1,15 @@
 // Offline key ceremony: create a trust domain (CA key + bundle) and issue agent credentials.
 import { createPublicKey, generateKeyPairSync } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { calculateJwkThumbprint, exportJWK } from 'jose';
 import { SynpassError } from '../errors.ts';
 import { issueCredential } from '../token/credential.ts';
+import { certifyIssuer, verifyIssuerCertificate } from '../token/issuer-certificate.ts';
 import { readPrivateKey, refuseToOverwrite, writePrivateKey, writePublicFile } from './key-files.ts';
-import { BUNDLE_SUFFIX, bundleDocument, parseBundle, readBundleFile, TrustBundleError } from '../token/trust-bundle.ts';
+import { BUNDLE_SUFFIX, bundleDocument, parseBundle, readBundleFile, TrustBundleError, type BundleDocument } from '../token/trust-bundle.ts';
 
-export class IssuanceError extends SynpassError<'no-domain' | 'wrong-domain'> {
+export class IssuanceError extends SynpassError<'no-domain' | 'wrong-domain' | 'bad-public-key'> {
   override readonly name = 'IssuanceError';
 }
 
@@ -53,7 +54,7 @@ export interface IssueAgentInput {
   nowSeconds?: number;
 }
 
-function readDomainBundle(domainDirectory: string, trustDomain: string): void {
+function readDomainBundle(domainDirectory: string, trustDomain: string): { path: string; document: BundleDocument } {
   const path = join(domainDirectory, `${trustDomain}${BUNDLE_SUFFIX}`);
   let text: string;
   try {
@@ -64,6 +65,48 @@ function readDomainBundle(domainDirectory: string, trustDomain: string): void {
   }
   const bundle = parseBundle(text, path);
   if (bundle.trustDomain !== trustDomain) throw new IssuanceError('wrong-domain', `${path}: belongs to trust domain ${bundle.trustDomain}, not ${trustDomain}`, { path });
+  return { path, document: JSON.parse(text) as BundleDocument };
+}
+
+export interface CertifyIssuerKeyInput {
+  domainDirectory: string;
+  trustDomain: string;
+  /** Names the issuer in its certificate (spiffe://<domain>/issuer/<name>). */
+  name: string;
+  /** The issuing key's public JWK file, from `synpass issuer keygen`. */
+  publicKeyFile: string;
+  ttlSeconds: number;
+  nowSeconds?: number;
+}
+
+/**
+ * The CA certifies an issuing key: the certificate is added to the domain's trust bundle, which
+ * then goes to every agent (and every federated domain) as before. Expired certificates leave the
+ * bundle at the same time, so it stays small.
+ */
+export async function certifyIssuerKey(input: CertifyIssuerKeyInput): Promise<{ bundle: string; expiresAt: number }> {
+  const { path, document } = readDomainBundle(input.domainDirectory, input.trustDomain);
+  let issuingPublicKey;
+  try {
+    issuingPublicKey = createPublicKey({ key: JSON.parse(readFileSync(input.publicKeyFile, 'utf8')) as import('node:crypto').JsonWebKey, format: 'jwk' });
+  } catch (error) {
+    throw new IssuanceError('bad-public-key', `${input.publicKeyFile}: not a public JWK (the file \`synpass issuer keygen\` wrote)`, { path: input.publicKeyFile }, { cause: error });
+  }
+  const caKey = readPrivateKey(join(input.domainDirectory, CA_KEY_FILE));
+  const nowSeconds = input.nowSeconds ?? Math.floor(Date.now() / 1000);
+  const certificate = await certifyIssuer({
+    caKey,
+    caKid: await calculateJwkThumbprint(await exportJWK(createPublicKey(caKey))),
+    trustDomain: input.trustDomain,
+    name: input.name,
+    issuingPublicKey,
+    ttlSeconds: input.ttlSeconds,
+    nowSeconds,
+  });
+  const current = parseBundle(JSON.stringify(document), path);
+  const kept = (document.issuers ?? []).filter((compact) => verifyIssuerCertificate(compact, input.trustDomain, current.keys).expiresAt > nowSeconds);
+  writePublicFile(path, `${JSON.stringify({ ...document, issuers: [...kept, certificate] }, null, 2)}\n`);
+  return { bundle: path, expiresAt: nowSeconds + input.ttlSeconds };
 }
 
 export async function issueAgent(input: IssueAgentInput): Promise<{ credential: string }> {
@@ -76,8 +119,8 @@ export async function issueAgent(input: IssueAgentInput): Promise<{ credential: 
   const sign = input.signingKey === 'p256' ? generateKeyPairSync('ec', { namedCurve: 'P-256' }) : generateKeyPairSync('ed25519');
   const kex = generateKeyPairSync('x25519');
   const credential = await issueCredential({
-    caKey,
-    caKid,
+    signerKey: caKey,
+    signerKid: caKid,
     trustDomain: input.trustDomain,
     agentId: input.agentId,
     signPublicKey: sign.publicKey,

@@ -79,6 +79,7 @@ export class Agent {
       verdicts: () => this.verdicts(),
       caches: () => built.status()?.caches ?? {},
       credentialExpiresAt: () => built.status()?.credentialExpiresAt ?? null,
+      credentialRenewal: () => built.status()?.renewal ?? null,
       policy: () => built.status()?.policy ?? null,
       unjudgedSyns: () => this.rules.unjudgedSyns,
       rulesAhead: () => this.rules.rulesAhead,
@@ -273,7 +274,13 @@ export class Agent {
     };
     if (identity !== null) {
       const left = identity.credentialExpiresAt - now;
-      checks.credential = { ok: left > this.config.telemetry.credentialMarginSeconds, detail: left > 0 ? `expires in ${Math.round(left)} s` : `expired ${Math.round(-left)} s ago` };
+      const failing = identity.renewal?.failingSince ?? null;
+      // Why the credential is not being renewed, so an operator reads the cause, not just the symptom.
+      const renewal = failing === null ? '' : `; renewal failing since ${new Date(failing * 1000).toISOString()}: ${identity.renewal?.lastError ?? ''}`;
+      checks.credential = {
+        ok: left > this.config.telemetry.credentialMarginSeconds,
+        detail: `${left > 0 ? `expires in ${Math.round(left)} s` : `expired ${Math.round(-left)} s ago`}${renewal}`,
+      };
       checks.token = { ok: identity.tokenExpiresAt > now, detail: `expires in ${Math.round(identity.tokenExpiresAt - now)} s` };
       if (identity.policy !== null) checks.policy = { ok: true, detail: `revision ${identity.policy.revision}` };
     }
@@ -340,5 +347,9 @@ export class Agent {
 function isoIdentityTimes(identity: IdentityStatus | null): Record<string, unknown> | null {
   if (identity === null) return null;
   const iso = (seconds: number): string => new Date(seconds * 1000).toISOString();
-  return { ...identity, credentialExpiresAt: iso(identity.credentialExpiresAt), tokenExpiresAt: iso(identity.tokenExpiresAt) };
+  const nullableIso = (seconds: number | null): string | null => (seconds === null ? null : iso(seconds));
+  const renewal = identity.renewal === null
+    ? null
+    : { ...identity.renewal, lastRenewedAt: nullableIso(identity.renewal.lastRenewedAt), nextAttemptAt: nullableIso(identity.renewal.nextAttemptAt), failingSince: nullableIso(identity.renewal.failingSince) };
+  return { ...identity, credentialExpiresAt: iso(identity.credentialExpiresAt), tokenExpiresAt: iso(identity.tokenExpiresAt), renewal };
 }

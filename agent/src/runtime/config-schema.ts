@@ -40,6 +40,11 @@ export function agentConfigSchema(base: string) {
         keyAgreementKey: t.path('the key-agreement key (PEM, mode 600)'),
         trustBundles: t.path('directory of trust bundles, one `<domain>.jwks.json` per trusted domain'),
         tokenTtlMinutes: t.integer(1, 1440, 10, 'lifetime of the workload tokens the agent signs (renewed before expiry)'),
+        issuer: t.section({
+          url: t.optionalString('the issuer (`synpass issuer run`): the agent makes its own keys, joins and renews its credential at half-life', { pattern: /^https:\/\//, error: 'an https:// URL' }),
+          tlsCa: t.optionalPath("PEM of the CA that signed the issuer's TLS certificate", "the system's CAs"),
+          joinToken: t.optionalPath('file holding a join token (`synpass issuer token create`), deleted once spent'),
+        }),
       }),
       workloads: t.structured(workloads, 'other local workloads with their own identity: `{ name, subject, uids, ports, attributes }`'),
       attestors: t.section(Object.fromEntries(ATTESTOR_KINDS.map((kind) => [kind.key, kind.field(t)]))),

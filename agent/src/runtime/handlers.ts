@@ -12,6 +12,7 @@ import { ProcessAttestor } from '../identity/attestors/process.ts';
 import { ATTESTOR_KINDS } from '../identity/attestors/registry.ts';
 import { StaticAttestor } from '../identity/attestors/static.ts';
 import { LocalIdentity } from '../identity/local-identity.ts';
+import { CredentialRenewer, type RenewalStatus } from '../issuer/enrollment.ts';
 import { podWorkloads, WatchedPods } from '../identity/kubernetes/local-pods.ts';
 import { inClusterAccess, KubernetesError, PodWatcher, POD_ATTRIBUTE_NAMESPACE } from '../identity/kubernetes/pod-watcher.ts';
 import type { Logger } from '../telemetry/log.ts';
@@ -47,6 +48,8 @@ export interface IdentityStatus {
   caches: Record<string, { hits: number; misses: number; size: number }>;
   handshake: Record<string, number>;
   policy: { directory: string; revision: string; reloadsOk: number; reloadsFailed: number } | null;
+  /** Renewal from the issuer (null: credentials come as files, renewed by hand). */
+  renewal: RenewalStatus | null;
 }
 
 export interface BuiltHandler {
@@ -63,7 +66,8 @@ export interface BuiltHandler {
   useKernelPath: ((path: KernelPath | null) => void) | null;
 }
 
-export async function buildHandler(config: AgentConfig, log: Logger): Promise<BuiltHandler> {
+/** `checkOnly`: load what is there and change nothing (no join token spent, no renewal). */
+export async function buildHandler(config: AgentConfig, log: Logger, options: { checkOnly?: boolean } = {}): Promise<BuiltHandler> {
   if (config.mode === 'pass-through' || config.identity === null) {
     return {
       handler: new PassThroughHandler(),
@@ -76,6 +80,17 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
     };
   }
   const identityConfig = config.identity;
+  const renewer =
+    identityConfig.issuer.url === null
+      ? null
+      : new CredentialRenewer({
+          issuerUrl: identityConfig.issuer.url,
+          tlsCa: identityConfig.issuer.tlsCa,
+          joinTokenFile: identityConfig.issuer.joinToken,
+          files: identityConfig,
+          log: log.child({ component: 'enrollment' }),
+        });
+  if (options.checkOnly !== true) await renewer?.ensureCredential();
   const loadLocal = async (): Promise<LocalIdentity> => {
     const loaded = await LocalIdentity.load({
       files: identityConfig,
@@ -157,10 +172,27 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
   };
   startRenewal(local);
   if (policy !== null) policy.onSwap = () => { handler.policyChanged(); };
+  const reload = async (): Promise<void> => {
+    policy?.reload();
+    // A broken new identity throws here and the running one stays in force.
+    const next = await loadLocal();
+    const watcher = pods;
+    if (watcher !== null) await next.setAddressSource(() => podWorkloads(watcher, next.credential.trustDomain));
+    local.stopRenewal();
+    local = next;
+    verifier.reconfigure(local.bundles, { kex: local.kex, kexRaw: local.kexRaw });
+    handler.useIdentity(local);
+    startRenewal(local);
+  };
+  if (options.checkOnly !== true) renewer?.start(async () => {
+    await reload();
+    log.info({ agent: local.credential.subject, credentialExpiresAt: new Date(local.credential.expiresAt * 1000).toISOString() }, 'credential renewed');
+  });
   return {
     handler,
     useKernelPath: (path) => { handler.useKernelPath(path); },
     stop: () => {
+      renewer?.stop();
       local.stopRenewal();
       policy?.close();
       pods?.stop();
@@ -169,18 +201,7 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
       verifier.reconfigure(local.bundles, { kex: local.kex, kexRaw: local.kexRaw });
       handler.forgetServers();
     },
-    reload: async () => {
-      policy?.reload();
-      // A broken new identity throws here and the running one stays in force.
-      const next = await loadLocal();
-      const watcher = pods;
-      if (watcher !== null) await next.setAddressSource(() => podWorkloads(watcher, next.credential.trustDomain));
-      local.stopRenewal();
-      local = next;
-      verifier.reconfigure(local.bundles, { kex: local.kex, kexRaw: local.kexRaw });
-      handler.useIdentity(local);
-      startRenewal(local);
-    },
+    reload,
     tables: () => ({ ...handler.tables(), ...verifier.tables() }),
     status: () => ({
       subject: identityConfig.subject,
@@ -193,6 +214,7 @@ export async function buildHandler(config: AgentConfig, log: Logger): Promise<Bu
         policy === null
           ? null
           : { directory: policy.directory, revision: policy.current.revision, reloadsOk: policy.reloadsOk, reloadsFailed: policy.reloadsFailed },
+      renewal: renewer === null ? null : { ...renewer.status },
     }),
   };
 }

@@ -1,6 +1,7 @@
 // The agent's network endpoint for Prometheus and probes: /metrics, /healthz (the process
 // answers), /readyz (200 only when every readiness check passes; the body says which failed).
 import { createServer, type Server } from 'node:http';
+import type { Server as NetServer } from 'node:net';
 import type { Registry } from 'prom-client';
 
 export interface Readiness {
@@ -8,10 +9,20 @@ export interface Readiness {
   checks: Record<string, { ok: boolean; detail: string }>;
 }
 
-export async function startHttpEndpoint(address: string, registry: Registry, readiness: () => Readiness): Promise<Server> {
+/** Listens on `host:port` (IPv6 in brackets); rejects when the address cannot be bound. */
+export async function listenAt(server: NetServer, address: string): Promise<void> {
   const colon = address.lastIndexOf(':');
   const host = address.slice(0, colon).replace(/^\[|\]$/g, '');
   const port = Number(address.slice(colon + 1));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      resolve();
+    });
+  });
+}
+
+export async function startHttpEndpoint(address: string, registry: Registry, readiness: () => Readiness): Promise<Server> {
   const server = createServer((request, response) => {
     const json = (status: number, body: unknown) => {
       response.writeHead(status, { 'content-type': 'application/json' });
@@ -44,11 +55,6 @@ export async function startHttpEndpoint(address: string, registry: Registry, rea
     }
     json(404, { error: 'not-found' });
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => {
-      resolve();
-    });
-  });
+  await listenAt(server, address);
   return server;
 }

@@ -11,6 +11,8 @@ export interface MetricsSource {
   verdicts(): { direction: string; action: string; reason: string; count: number }[];
   caches(): Record<string, { hits: number; misses: number }>;
   credentialExpiresAt(): number | null;
+  /** Credential renewals from the issuer (null: none configured). */
+  credentialRenewal(): { renewals: number; failures: number; failingSince: number | null } | null;
   policy(): { revision: string; reloadsOk: number; reloadsFailed: number } | null;
   /** Incoming SYNs that reached the host without a verdict (the kernel's fail-open). */
   unjudgedSyns(): number;
@@ -140,6 +142,28 @@ export class AgentMetrics {
       collect() {
         const expiresAt = source.credentialExpiresAt();
         if (expiresAt !== null) this.set(expiresAt - Date.now() / 1000);
+      },
+    });
+    new Counter({
+      name: 'synpass_credential_renewals_total',
+      help: 'Credential renewals from the issuer by result (ok, failed)',
+      labelNames: ['result'],
+      registers,
+      collect() {
+        this.reset();
+        const renewal = source.credentialRenewal();
+        if (renewal === null) return;
+        this.inc({ result: 'ok' }, renewal.renewals);
+        this.inc({ result: 'failed' }, renewal.failures);
+      },
+    });
+    new Gauge({
+      name: 'synpass_credential_renewal_failing_seconds',
+      help: 'Seconds since credential renewals started failing in a row (0 while they work): the issuer is unreachable or refuses',
+      registers,
+      collect() {
+        const renewal = source.credentialRenewal();
+        if (renewal !== null) this.set(renewal.failingSince === null ? 0 : Date.now() / 1000 - renewal.failingSince);
       },
     });
     new Counter({

@@ -1,11 +1,12 @@
-// Agent credentials: a JWT signed by the trust domain's CA that binds an agent's public signing
-// key and key-agreement key, the attribute namespaces the agent may assert, and an expiry.
-import { createPublicKey, type KeyObject } from 'node:crypto';
+// Agent credentials: a JWT signed by the trust domain's CA, or by an issuing key the CA certified
+// (issuer-certificate.ts), that binds an agent's public signing key and key-agreement key, the
+// attribute namespaces the agent may assert, and an expiry.
+import { createPublicKey, randomUUID, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { SignJWT, calculateJwkThumbprint, exportJWK, type JWK } from 'jose';
 import { describeFileError, SynpassError } from '../errors.ts';
 import { TokenError } from './errors.ts';
-import { checkTimes, decodeJws, verifyJwsSignature } from './jws.ts';
+import { algorithmOf, checkTimes, decodeJws, verifyJwsSignature, type DecodedJws } from './jws.ts';
 import type { TrustBundle } from './trust-bundle.ts';
 
 export const CREDENTIAL_TYPE = 'synpass-agent+jwt';
@@ -35,12 +36,19 @@ export interface VerifiedCredential {
   /** Raw X25519 public key: identifies the agent for pair-key caching. */
   kexRaw: Buffer;
   namespaces: ReadonlySet<string>;
+  issuedAt: number;
   expiresAt: number;
+  /** Unique per issuance: what a deny list names. */
+  jti: string | null;
+  /** What the issuer attested about the node (`node.*`), and by which attestor. */
+  node: Readonly<Record<string, string>>;
+  attestedBy: string | null;
 }
 
 export interface IssueCredentialInput {
-  caKey: KeyObject;
-  caKid: string;
+  /** The CA key, or an issuing key the CA certified. */
+  signerKey: KeyObject;
+  signerKid: string;
   trustDomain: string;
   agentId: string;
   signPublicKey: KeyObject;
@@ -48,6 +56,11 @@ export interface IssueCredentialInput {
   namespaces: string[];
   ttlSeconds: number;
   nowSeconds?: number;
+  /** What the issuer attested about the node (`node.*` attributes), with how it knew. */
+  node?: Readonly<Record<string, string>>;
+  attestedBy?: string;
+  /** Default: a random UUID. */
+  jti?: string;
 }
 
 export async function issueCredential(input: IssueCredentialInput): Promise<string> {
@@ -60,13 +73,15 @@ export async function issueCredential(input: IssueCredentialInput): Promise<stri
   return new SignJWT({
     cnf: { sig: { ...sig, kid: await calculateJwkThumbprint(sig) }, kex },
     ns: input.namespaces,
+    ...(input.node === undefined ? {} : { node: input.node, att: input.attestedBy ?? 'unknown' }),
   })
-    .setProtectedHeader({ alg: 'ES256', kid: input.caKid, typ: CREDENTIAL_TYPE })
+    .setProtectedHeader({ alg: algorithmOf(input.signerKey), kid: input.signerKid, typ: CREDENTIAL_TYPE })
+    .setJti(input.jti ?? randomUUID())
     .setIssuer(input.trustDomain)
     .setSubject(`spiffe://${input.trustDomain}/agent/${input.agentId}`)
     .setIssuedAt(now)
     .setExpirationTime(now + input.ttlSeconds)
-    .sign(input.caKey);
+    .sign(input.signerKey);
 }
 
 function publicKey(jwk: unknown, kty: string, crv: string): KeyObject {
@@ -94,9 +109,7 @@ export function verifyCredential(
   if (typeof iss !== 'string') throw new TokenError('bad-claims', 'iss is required');
   const bundle = bundles.get(iss);
   if (!bundle) throw new TokenError('untrusted-domain', `trust domain ${iss} is not trusted`, { domain: iss });
-  const caKey = bundle.keys.get(jws.header.kid);
-  if (!caKey) throw new TokenError('unknown-kid', `no key ${jws.header.kid} in the bundle of ${iss}`, { domain: iss });
-  verifyJwsSignature(jws, caKey);
+  verifyCredentialSignature(jws, bundle, nowSeconds, leewaySeconds);
   checkTimes(jws.payload, nowSeconds, leewaySeconds);
   if (typeof sub !== 'string' || !sub.startsWith(`spiffe://${iss}/agent/`)) {
     throw new TokenError('bad-claims', 'sub must be spiffe://<domain>/agent/<id>');
@@ -117,8 +130,41 @@ export function verifyCredential(
     kexKey,
     kexRaw: Buffer.from(keys.kex!.x!, 'base64url'),
     namespaces: new Set(ns as string[]),
+    issuedAt: typeof jws.payload.iat === 'number' ? jws.payload.iat : (exp as number),
     expiresAt: exp as number,
+    jti: typeof jws.payload.jti === 'string' ? jws.payload.jti : null,
+    node: nodeFacts(jws.payload.node),
+    attestedBy: typeof jws.payload.att === 'string' ? jws.payload.att : null,
   };
+}
+
+function nodeFacts(value: unknown): Record<string, string> {
+  if (value === undefined) return {};
+  const facts = value as Record<string, unknown> | null;
+  if (typeof facts !== 'object' || facts === null || Array.isArray(facts) || !Object.entries(facts).every(([name, fact]) => name.startsWith('node.') && typeof fact === 'string')) {
+    throw new TokenError('bad-claims', 'node must map node.* names to strings');
+  }
+  return facts as Record<string, string>;
+}
+
+/** Under a CA key, or under a certified issuing key whose certificate outlives the credential. */
+function verifyCredentialSignature(jws: DecodedJws, bundle: TrustBundle, nowSeconds: number, leewaySeconds: number): void {
+  const { kid } = jws.header;
+  const caKey = bundle.keys.get(kid);
+  if (caKey !== undefined) {
+    verifyJwsSignature(jws, caKey);
+    return;
+  }
+  const issuer = bundle.issuers.get(kid);
+  if (issuer === undefined) throw new TokenError('unknown-kid', `no CA key or certified issuer ${kid} in the bundle of ${bundle.trustDomain}`, { domain: bundle.trustDomain });
+  verifyJwsSignature(jws, issuer.key);
+  if (issuer.expiresAt + leewaySeconds <= nowSeconds) {
+    throw new TokenError('expired', `the certificate of issuer ${issuer.name} has expired`, { issuer: issuer.name });
+  }
+  const exp = jws.payload.exp;
+  if (typeof exp === 'number' && exp > issuer.expiresAt) {
+    throw new TokenError('bad-claims', `outlives the certificate of issuer ${issuer.name}`, { issuer: issuer.name });
+  }
 }
 
 /** What `synpass keys inspect` prints: the claims as issued, and whether the bundles verify it. */

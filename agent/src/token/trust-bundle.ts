@@ -1,19 +1,26 @@
 // Trust bundles: one JWKS file per trust domain, holding the CA keys that sign agent
 // credentials there. An agent trusts exactly the domains whose bundles it is given, so two
 // clusters federate by exchanging bundle files. Keys without kid, without use "sig", or of an
-// algorithm outside the allow-list are ignored (SPIFFE JWT-SVID validation rules).
+// algorithm outside the allow-list are ignored (SPIFFE JWT-SVID validation rules). A bundle may
+// also list issuer certificates: issuing keys the CA certified (issuer-certificate.ts); one that
+// no CA key of the bundle verifies makes the whole file malformed, never silently ignored.
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { calculateJwkThumbprint, type JWK } from 'jose';
 import { describeFileError, SynpassError } from '../errors.ts';
+import { TokenError } from './errors.ts';
+import { verifyIssuerCertificate, type CertifiedIssuer } from './issuer-certificate.ts';
 import { ALLOWED_ALGORITHMS } from './jws.ts';
 
 export const BUNDLE_SUFFIX = '.jwks.json';
 
 export interface TrustBundle {
   trustDomain: string;
+  /** CA keys by kid. */
   keys: Map<string, KeyObject>;
+  /** Certified issuing keys by kid. */
+  issuers: Map<string, CertifiedIssuer>;
 }
 
 export type TrustBundleErrorCode = 'unreadable' | 'malformed' | 'no-usable-key';
@@ -32,6 +39,8 @@ export class TrustBundleError extends SynpassError<TrustBundleErrorCode> {
 export interface BundleDocument {
   trust_domain: string;
   keys: JWK[];
+  /** Issuer certificates (compact JWTs signed by one of `keys`). */
+  issuers?: string[];
 }
 
 export async function bundleDocument(trustDomain: string, publicJwks: JWK[]): Promise<BundleDocument> {
@@ -48,7 +57,7 @@ export function parseBundle(text: string, path: string): TrustBundle {
   } catch {
     throw new TrustBundleError('not JSON', path);
   }
-  const { trust_domain: trustDomain, keys } = (document ?? {}) as Partial<BundleDocument>;
+  const { trust_domain: trustDomain, keys, issuers: certificates = [] } = (document ?? {}) as Partial<BundleDocument>;
   if (typeof trustDomain !== 'string' || !/^[a-z0-9._-]+$/.test(trustDomain)) {
     throw new TrustBundleError('trust_domain must be a lower-case domain name', path);
   }
@@ -64,7 +73,19 @@ export function parseBundle(text: string, path: string): TrustBundle {
     }
   }
   if (usable.size === 0) throw new TrustBundleError('no usable signing key (kid, use "sig", ES256/EdDSA)', path, 'no-usable-key');
-  return { trustDomain, keys: usable };
+  if (!Array.isArray(certificates)) throw new TrustBundleError('issuers must be an array of issuer certificates', path);
+  const issuers = new Map<string, CertifiedIssuer>();
+  certificates.forEach((certificate: unknown, index) => {
+    try {
+      if (typeof certificate !== 'string') throw new TokenError('malformed-token', 'not a string');
+      const issuer = verifyIssuerCertificate(certificate, trustDomain, usable);
+      issuers.set(issuer.kid, issuer);
+    } catch (error) {
+      if (!(error instanceof TokenError)) throw error;
+      throw new TrustBundleError(`issuers[${index}]: ${error.message}`, path);
+    }
+  });
+  return { trustDomain, keys: usable, issuers };
 }
 
 /** Loads every `*.jwks.json` in `directory`, keyed by trust domain. */
@@ -81,8 +102,10 @@ export function loadTrustBundles(directory: string): Map<string, TrustBundle> {
     const path = join(directory, name);
     const bundle = parseBundle(readBundleFile(path), path);
     const existing = bundles.get(bundle.trustDomain);
-    if (existing) for (const [kid, key] of bundle.keys) existing.keys.set(kid, key);
-    else bundles.set(bundle.trustDomain, bundle);
+    if (existing) {
+      for (const [kid, key] of bundle.keys) existing.keys.set(kid, key);
+      for (const [kid, issuer] of bundle.issuers) existing.issuers.set(kid, issuer);
+    } else bundles.set(bundle.trustDomain, bundle);
   }
   return bundles;
 }

@@ -203,6 +203,7 @@ describe('metrics', () => {
       verdicts: () => [{ direction: 'ingress', action: 'drop', reason: 'no-identity', count: 4 }],
       caches: () => ({ tokens: { hits: 10, misses: 2 } }),
       credentialExpiresAt: () => Date.now() / 1000 + 100,
+      credentialRenewal: () => ({ renewals: 4, failures: 2, failingSince: Date.now() / 1000 - 30 }),
       policy: () => ({ revision: 'git:abc', reloadsOk: 2, reloadsFailed: 1 }),
       unjudgedSyns: () => 5,
       rulesAhead: () => 2,
@@ -237,6 +238,9 @@ describe('metrics', () => {
       assert.ok(text.includes(line), `missing: ${line}`);
     }
     assert.match(text, /synpass_credential_expiry_seconds (9\d|100)(\.\d+)?\n/);
+    assert.match(text, /synpass_credential_renewals_total\{result="ok"\} 4\n/);
+    assert.match(text, /synpass_credential_renewals_total\{result="failed"\} 2\n/);
+    assert.match(text, /synpass_credential_renewal_failing_seconds (29|30|31)(\.\d+)?\n/);
     assert.match(text, /synpass_process_resident_memory_bytes/);
   });
 });

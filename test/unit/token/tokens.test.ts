@@ -129,8 +129,8 @@ describe('credentials and identity tokens', () => {
     const caKey = readPrivateKey(join(domain.directory, CA_KEY_FILE));
     const kex = generateKeyPairSync('x25519').publicKey;
     const x25519AsSigningKey = await issueCredential({
-      caKey,
-      caKid: await calculateJwkThumbprint(await exportJWK(createPublicKey(caKey))),
+      signerKey: caKey,
+      signerKid: await calculateJwkThumbprint(await exportJWK(createPublicKey(caKey))),
       trustDomain: 'unit.synpass',
       agentId: 'odd',
       signPublicKey: generateKeyPairSync('x25519').publicKey,

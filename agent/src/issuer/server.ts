@@ -1,0 +1,160 @@
+// The issuer's HTTPS edge: POST /v1/credentials takes a credential request and answers with a
+// credential or a refusal; /healthz and /metrics for probes and Prometheus. Every issuance and
+// every refusal is one audit line. Each source (IPv4 address or IPv6 /64) has a request budget,
+// and bodies, headers and slow clients are bounded, so a stranger costs counters.
+import { readFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:https';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Counter, Gauge, Registry } from 'prom-client';
+import { SourceBudget } from '../handshake/source-budget.ts';
+import { listenAt } from '../telemetry/http-endpoint.ts';
+import type { Logger } from '../telemetry/log.ts';
+import { IssuanceRefusal, REFUSAL_REASONS, type Issuer } from './issuer.ts';
+
+export const CREDENTIALS_PATH = '/v1/credentials';
+const MAX_BODY_BYTES = 16 * 1024;
+
+export interface IssuerServerOptions {
+  /** host:port */
+  listen: string;
+  tlsCertificate: string;
+  tlsKey: string;
+  /** Requests a second per source; 0: unlimited. */
+  ratePerSource: number;
+  issuer: Issuer;
+  log: Logger;
+  clock?: () => number;
+}
+
+export interface IssuerServer {
+  server: Server;
+  registry: Registry;
+  close(): Promise<void>;
+}
+
+function sourceOf(request: IncomingMessage): string {
+  const address = request.socket.remoteAddress ?? 'unknown';
+  return address.startsWith('::ffff:') ? address.slice(7) : address;
+}
+
+function readBody(request: IncomingMessage): Promise<string | null> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    request.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > MAX_BODY_BYTES) {
+        resolve(null);
+        request.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    request.on('end', () => { resolve(Buffer.concat(chunks).toString('utf8')); });
+    request.on('error', reject);
+  });
+}
+
+function requestOf(body: string | null): string {
+  if (body === null) throw new IssuanceRefusal('bad-request', `body over ${MAX_BODY_BYTES} bytes`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body);
+  } catch {
+    throw new IssuanceRefusal('bad-request', 'body is not JSON');
+  }
+  const request = (parsed as { request?: unknown } | null)?.request;
+  if (typeof request !== 'string') throw new IssuanceRefusal('bad-request', 'body must be {"request": "<compact JWS>"}');
+  return request;
+}
+
+export async function startIssuerServer(options: IssuerServerOptions): Promise<IssuerServer> {
+  const clock = options.clock ?? Date.now;
+  const registry = new Registry();
+  const requests = new Counter({
+    name: 'synpass_issuer_requests_total',
+    help: 'credential requests by result (issued, refused) and refusal reason',
+    labelNames: ['result', 'reason'],
+    registers: [registry],
+  });
+  requests.inc({ result: 'issued', reason: 'ok' }, 0);
+  for (const reason of REFUSAL_REASONS) requests.inc({ result: 'refused', reason }, 0);
+  const certificate = options.issuer.options.certificate;
+  new Gauge({
+    name: 'synpass_issuer_certificate_expiry_seconds',
+    help: "seconds until the issuing key's certificate expires (renew it with `synpass keys certify-issuer` well before)",
+    registers: [registry],
+    collect() {
+      this.set(certificate.expiresAt - clock() / 1000);
+    },
+  });
+  const budget = new SourceBudget(options.ratePerSource);
+  const audit = options.log.child({ component: 'issuer-audit' });
+
+  const json = (response: ServerResponse, status: number, body: unknown): void => {
+    response.writeHead(status, { 'content-type': 'application/json' });
+    response.end(JSON.stringify(body));
+  };
+
+  const handleCredential = async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
+    const source = sourceOf(request);
+    try {
+      if (!budget.take(source, clock())) throw new IssuanceRefusal('rate-limited', `over ${options.ratePerSource} requests a second from this source`);
+      const compact = requestOf(await readBody(request));
+      const issued = await options.issuer.issue(compact, Math.floor(clock() / 1000));
+      requests.inc({ result: 'issued', reason: 'ok' });
+      audit.info({ audit: 'issued', source, subject: issued.subject, attestation: issued.attestation, key: issued.keyThumbprint, jti: issued.jti, expiresAt: new Date(issued.expiresAt * 1000).toISOString() }, 'credential issued');
+      json(response, 200, { credential: issued.credential });
+    } catch (error) {
+      if (!(error instanceof IssuanceRefusal)) {
+        options.log.error({ err: error, source }, 'credential request failed');
+        json(response, 500, { error: 'internal' });
+        return;
+      }
+      requests.inc({ result: 'refused', reason: error.code });
+      audit.info({ audit: 'refused', source, reason: error.code, detail: error.message, ...error.context }, 'credential refused');
+      json(response, error.code === 'rate-limited' ? 429 : 403, { error: error.code, message: error.message });
+    }
+  };
+
+  const server = createServer(
+    {
+      cert: readFileSync(options.tlsCertificate),
+      key: readFileSync(options.tlsKey),
+      requestTimeout: 10_000,
+      headersTimeout: 5_000,
+      maxHeaderSize: 8 * 1024,
+    },
+    (request, response) => {
+      if (request.method === 'POST' && request.url === CREDENTIALS_PATH) {
+        void handleCredential(request, response);
+        return;
+      }
+      if (request.method === 'GET' && request.url === '/healthz') {
+        json(response, 200, { alive: true, issuer: certificate.name });
+        return;
+      }
+      if (request.method === 'GET' && request.url === '/metrics') {
+        registry.metrics().then(
+          (text) => {
+            response.writeHead(200, { 'content-type': registry.contentType });
+            response.end(text);
+          },
+          (error: unknown) => { json(response, 500, { error: (error as Error).message }); },
+        );
+        return;
+      }
+      json(response, 404, { error: 'not-found' });
+    },
+  );
+  await listenAt(server, options.listen);
+  return {
+    server,
+    registry,
+    close: () =>
+      new Promise((resolve) => {
+        server.close(() => { resolve(); });
+        server.closeAllConnections();
+      }),
+  };
+}

@@ -1,0 +1,124 @@
+// Credential lifecycle over real packets: two agents join from join tokens against an issuer in
+// its own namespace, renew every few seconds with fresh keys while a connection stays open and a
+// connect loop never fails, ride out the issuer's absence until expiry, then cloak and say why,
+// and come back when it returns.
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+import { isRoot, sleep, synpassCommand, type AgentHandle } from '../../scripts/lib/lab.ts';
+import { joinTokenFile, startIssuerLab, type IssuerLab } from '../../scripts/lib/issuer-lab.ts';
+import { createIssuingKey } from '../../agent/src/issuer/issuing-key.ts';
+import { scratchDirectory } from '../../scripts/lib/scratch.ts';
+
+const ECHO_PORT = 7000;
+const TTL_SECONDS = 8;
+
+interface Renewal {
+  renewals: number;
+  failures: number;
+  failingSince: string | null;
+  lastError: string | null;
+}
+
+async function renewalOf(agent: AgentHandle): Promise<Renewal> {
+  const status = (await agent.status()) as unknown as { identity: { renewal: Renewal } };
+  return status.identity.renewal;
+}
+
+async function waitUntil(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await sleep(250);
+  }
+}
+
+describe('credential lifecycle with an issuer', { skip: !isRoot() && 'needs root (network namespaces)', timeout: 180_000 }, () => {
+  let lab: IssuerLab;
+
+  before(async () => {
+    lab = await startIssuerLab({ prefix: 'iss', net: 20, ttlSeconds: TTL_SECONDS, kernel: true, server: { port: ECHO_PORT, kind: 'echo', seconds: 170 } });
+  });
+  after(async () => {
+    await lab.down();
+  });
+
+  it('both agents joined with their join tokens, which are spent and deleted', () => {
+    for (const [name, agent] of [['web', lab.web], ['api', lab.api]] as const) {
+      const joined = agent.process.lines.find((line) => line.msg === 'credential obtained with the join token');
+      assert.ok(joined, 'joined with the join token');
+      assert.equal(existsSync(joinTokenFile(lab.directory, name)), false, `${name}'s join token file is deleted`);
+    }
+    const audits = lab.issuer.lines.filter((line) => line.audit === 'issued');
+    assert.deepEqual(audits.map((line) => line.subject).sort(), ['spiffe://demo.synpass/agent/join/api', 'spiffe://demo.synpass/agent/join/web']);
+    const states = lab.fixture.joinTokens.list(Math.floor(Date.now() / 1000)).map((row) => row.state);
+    assert.deepEqual(states, ['used', 'used']);
+  });
+
+  it('renews at least 5 times while a connection stays up and a connect loop sees no failure', async () => {
+    const held = lab.lab.peer('web', ['hold', lab.lab.address('api'), String(ECHO_PORT)], { stdin: true });
+    await held.waitFor((line) => line.connected === true);
+    const start = { web: (await renewalOf(lab.web)).renewals, api: (await renewalOf(lab.api)).renewals };
+    // One connect every 250 ms for as long as 5 renewals take (half-life 4 s ± 10 %: about 20 s).
+    const loop = lab.lab.peer('web', ['rounds', lab.lab.address('api'), String(ECHO_PORT), '110', '250']);
+    const done = await loop.waitFor((line) => line.ok !== undefined, 60_000);
+    const web = await renewalOf(lab.web);
+    const api = await renewalOf(lab.api);
+    assert.ok(web.renewals - start.web >= 5, `web renewed ${web.renewals - start.web} times`);
+    assert.ok(api.renewals - start.api >= 5, `api renewed ${api.renewals - start.api} times`);
+    assert.deepEqual(loop.lines.filter((line) => line.failed !== undefined && line.ok === undefined), []);
+    assert.deepEqual(done, { ok: 110, failed: 0 });
+    held.write('still here\n');
+    await held.waitFor((line) => line.echoed === 'still here');
+    held.closeStdin();
+    // Each renewal brought new keys: the issuer saw a new key every time.
+    const keys = new Set(lab.issuer.lines.filter((line) => line.audit === 'issued' && line.subject === 'spiffe://demo.synpass/agent/join/web').map((line) => line.key));
+    assert.ok(keys.size >= 6, `web presented ${keys.size} keys`);
+    assert.equal(web.failures, 0);
+  });
+
+  it('with the issuer stopped the agents work until expiry, then cloak and report why; they recover when it returns', async () => {
+    lab.issuer.signal('SIGTERM');
+    await lab.issuer.exited;
+    const stoppedAt = Date.now();
+    // Still inside the credential's life: connections work.
+    const early = await lab.lab.peerOnce('web', ['echo', lab.lab.address('api'), String(ECHO_PORT), 'early']);
+    assert.deepEqual(early, { echoed: 'early' });
+    // Past it (at most one TTL after the last renewal), the agents cloak.
+    await waitUntil('web reports its credential expired', async () => {
+      const status = (await lab.web.status()) as unknown as { identity: { credentialExpiresAt: string } };
+      return Date.parse(status.identity.credentialExpiresAt) < Date.now() - 1000;
+    }, (TTL_SECONDS + 5) * 1000);
+    assert.ok(Date.now() - stoppedAt <= (TTL_SECONDS + 5) * 1000);
+    assert.equal((await lab.web.status() as unknown as { readiness: { ready: boolean } }).readiness.ready, false);
+    const cloaked = await lab.lab.peerOnce('web', ['rounds', lab.lab.address('api'), String(ECHO_PORT), '1', '0'], 15_000);
+    assert.deepEqual(cloaked, { failed: 0, error: 'no echo within 3 s', at: cloaked.at });
+    const renewal = await renewalOf(lab.web);
+    assert.ok(renewal.failingSince !== null, 'status says since when renewals fail');
+    assert.match(renewal.lastError ?? '', /issuer https:\/\/.*: (connect ECONNREFUSED|.*)/);
+    const logged = lab.web.process.lines.some((line) => line.msg === 'credential renewal failed; the current credential stays in force');
+    assert.ok(logged, 'the renewal failure is logged');
+    const readiness = ((await lab.web.status()) as unknown as { readiness: { ready: boolean; checks: { credential: { ok: boolean; detail: string } } } }).readiness;
+    assert.equal(readiness.ready, false);
+    assert.match(readiness.checks.credential.detail, /^expired \d+ s ago; renewal failing since \d{4}-.*Z: issuer https:/);
+    // The peer counted why: an expired credential.
+    const api = (await lab.api.status()) as unknown as { verdicts: { reason: string; count: number }[] };
+    assert.ok(api.verdicts.some((row) => row.reason === 'expired-credential' && row.count > 0), JSON.stringify(api.verdicts));
+
+    lab.issuer = await lab.startIssuer();
+    await waitUntil('web renews again', async () => (await renewalOf(lab.web)).failingSince === null, 20_000);
+    await waitUntil('api renews again', async () => (await renewalOf(lab.api)).failingSince === null, 20_000);
+    const back = await lab.lab.peerOnce('web', ['echo', lab.lab.address('api'), String(ECHO_PORT), 'back']);
+    assert.deepEqual(back, { echoed: 'back' });
+  });
+
+  it('an issuer whose issuing key the CA did not certify refuses to start, with an audit line', async () => {
+    const rogue = await createIssuingKey(scratchDirectory('issuer-rogue'));
+    const refused = lab.lab.spawn('outsider', [
+      ...synpassCommand(), 'issuer', 'run', '--domain', 'demo.synpass', '--trust-bundles', lab.fixture.bundles, '--issuing-key', rogue.key,
+      '--tls-cert', lab.fixture.tlsCertificate, '--tls-key', lab.fixture.tlsKey, '--listen', '127.0.0.1:0',
+    ]);
+    assert.equal(await refused.exited, 2);
+    assert.ok(refused.lines.some((line) => line.audit === 'refused' && line.reason === 'uncertified-issuing-key'), JSON.stringify(refused.lines));
+  });
+});
