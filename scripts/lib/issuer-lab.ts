@@ -26,6 +26,8 @@ export interface IssuerLabOptions {
 export interface IssuerLab {
   lab: Lab;
   directory: string;
+  /** The deny list the agents and the issuer watch (empty at start). */
+  denyList: string;
   fixture: IssuerFixture;
   issuerUrl: string;
   issuer: NetnsProcess;
@@ -47,6 +49,8 @@ export async function startIssuerLab(options: IssuerLabOptions): Promise<IssuerL
   const issuerAddress = lab.address('outsider');
   const fixture = await createIssuerFixture(directory, DOMAIN, [issuerAddress]);
   const issuerUrl = `https://${issuerAddress}:${ISSUER_PORT}`;
+  const denyList = join(directory, 'deny-list.yaml');
+  writeFileSync(denyList, 'credentials: []\nkeys: []\n');
 
   const startIssuer = async (extraArgs: string[] = []): Promise<NetnsProcess> => {
     const issuer = lab.spawn('outsider', [
@@ -59,6 +63,7 @@ export async function startIssuerLab(options: IssuerLabOptions): Promise<IssuerL
       '--listen', `${issuerAddress}:${ISSUER_PORT}`,
       '--join-tokens', fixture.joinTokens.directory,
       '--ttl-seconds', String(options.ttlSeconds),
+      '--deny-list', denyList,
       ...extraArgs,
     ]);
     await issuer.waitFor((line) => line.msg === 'issuer listening');
@@ -80,6 +85,7 @@ export async function startIssuerLab(options: IssuerLabOptions): Promise<IssuerL
         signingKey: join(agentDirectory, 'sign.key.pem'),
         keyAgreementKey: join(agentDirectory, 'kex.key.pem'),
         trustBundles: fixture.bundles,
+        denyList,
         issuer: { url: issuerUrl, tlsCa: fixture.tlsCertificate, joinToken: tokenFile },
       },
       attestors: { static: { 'app.name': name, 'app.tier': tier }, host: true },
@@ -96,6 +102,7 @@ export async function startIssuerLab(options: IssuerLabOptions): Promise<IssuerL
   return {
     lab,
     directory,
+    denyList,
     fixture,
     issuerUrl,
     issuer,

@@ -1,10 +1,18 @@
 // `synpass issuer ...`: the credential issuer (run), its issuing key (keygen) and its join tokens.
-import type { Command } from 'commander';
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { InvalidArgumentError, type Command } from 'commander';
+import type { NodeAttestor } from '../issuer/attestors/attestor.ts';
+import { CloudDocumentAttestor } from '../issuer/attestors/cloud-document.ts';
+import { KubernetesAttestor } from '../issuer/attestors/kubernetes.ts';
+import { discoveredKeys, fileKeys } from '../issuer/attestors/oidc-keys.ts';
+import { JoinTokenAttestor } from '../issuer/attestors/join-token.ts';
 import { Issuer } from '../issuer/issuer.ts';
 import { createIssuingKey, IssuingKeyError, loadCertifiedIssuingKey } from '../issuer/issuing-key.ts';
 import { JoinTokenStore } from '../issuer/join-tokens.ts';
 import { startIssuerServer } from '../issuer/server.ts';
 import { createLogger } from '../telemetry/log.ts';
+import { EMPTY_DENY_LIST, readDenyList, watchDenyList } from '../token/deny-list.ts';
 import { loadTrustBundles } from '../token/trust-bundle.ts';
 import { integer, namespacesOf } from './arguments.ts';
 import { EXIT_NO, guarded } from './exit.ts';
@@ -20,6 +28,40 @@ interface RunFlags {
   ttlSeconds: number;
   renewalGraceSeconds: number;
   ratePerSource: number;
+  denyList?: string;
+  nodeNamespaces: string;
+  k8sCluster?: string;
+  k8sIssuer?: string;
+  k8sJwksFile?: string;
+  k8sCa?: string;
+  k8sServiceAccount: string[];
+  cloudCertificate: string[];
+  cloudAccount: string[];
+  cloudMaxAgeSeconds?: number;
+}
+
+const repeatable = (value: string, previous: string[]): string[] => [...previous, value];
+
+/** The node attestors the flags configure: join tokens, Kubernetes, cloud documents. */
+async function nodeAttestors(flags: RunFlags): Promise<NodeAttestor[]> {
+  const namespaces = flags.nodeNamespaces.split(',').map((n) => n.trim()).filter(Boolean);
+  const attestors: NodeAttestor[] = [];
+  if (flags.joinTokens !== undefined) attestors.push(new JoinTokenAttestor(new JoinTokenStore(flags.joinTokens)));
+  if (flags.k8sCluster !== undefined) {
+    if (flags.k8sIssuer === undefined) throw new InvalidArgumentError('--k8s-cluster needs --k8s-issuer (the service-account issuer URL, `iss` of its tokens)');
+    const keys = flags.k8sJwksFile === undefined ? await discoveredKeys(flags.k8sIssuer, flags.k8sCa === undefined ? null : readFileSync(flags.k8sCa)) : fileKeys(flags.k8sJwksFile);
+    const serviceAccounts = (flags.k8sServiceAccount.length > 0 ? flags.k8sServiceAccount : ['synpass/synpass-agent']).map((text) => {
+      const [namespace, name, ...rest] = text.split('/');
+      if (namespace === undefined || name === undefined || rest.length > 0 || namespace === '' || name === '') throw new InvalidArgumentError(`--k8s-service-account ${text}: expected NAMESPACE/NAME`);
+      return { namespace, name };
+    });
+    attestors.push(new KubernetesAttestor({ cluster: flags.k8sCluster, issuer: flags.k8sIssuer, keys, serviceAccounts, namespaces }));
+  }
+  if (flags.cloudCertificate.length > 0) {
+    const certificates = flags.cloudCertificate.map((path) => new X509Certificate(readFileSync(path)));
+    attestors.push(new CloudDocumentAttestor({ certificates, accounts: flags.cloudAccount, maxAgeSeconds: flags.cloudMaxAgeSeconds ?? null, namespaces }));
+  }
+  return attestors;
 }
 
 export function registerIssuerCommands(program: Command): void {
@@ -37,6 +79,16 @@ export function registerIssuerCommands(program: Command): void {
     .option('--join-tokens <dir>', 'join-token directory shared by the replicas (without it, join tokens are refused)')
     .option('--ttl-seconds <n>', 'credential lifetime (at most what is left of the issuing key certificate)', integer(5, 31_622_400), 3600)
     .option('--renewal-grace-seconds <n>', 'how long after expiry a credential may still be renewed by its key', integer(0, 31_622_400), 86_400)
+    .option('--deny-list <file>', 'deny list (identity.denyList of the agents): revoked credentials and keys are not renewed; reloaded when it changes')
+    .option('--node-namespaces <list>', 'attribute namespaces granted to agents attested by Kubernetes or a cloud document (join tokens carry their own)', 'app,cloud,env,host,k8s,posture,process')
+    .option('--k8s-cluster <name>', 'attest Kubernetes nodes by projected service-account tokens; names the cluster in agent names')
+    .option('--k8s-issuer <url>', "the cluster's service-account issuer (`iss`); its keys come by OIDC discovery unless --k8s-jwks-file")
+    .option('--k8s-jwks-file <file>', 'the service-account issuer keys as a file (kubectl get --raw /openid/v1/jwks)')
+    .option('--k8s-ca <file>', "CA of the service-account issuer's TLS certificate, for discovery")
+    .option('--k8s-service-account <namespace/name>', 'service account of the agent DaemonSet (repeatable; default synpass/synpass-agent)', repeatable, [])
+    .option('--cloud-certificate <file>', 'attest cloud instances by identity documents signed by this provider certificate (PEM, repeatable)', repeatable, [])
+    .option('--cloud-account <id>', 'an account whose instances may join (repeatable; default any)', repeatable, [])
+    .option('--cloud-max-age-seconds <n>', "refuse documents of instances launched longer ago (pendingTime), bounding a stolen document's use", integer(1, 31_622_400))
     .option('--rate-per-source <n>', 'requests a second per source address (IPv6: /64); 0: unlimited', integer(0, 1_000_000), 20)
     .action(guarded('issuer run', async (flags: RunFlags) => {
       const log = createLogger();
@@ -48,14 +100,19 @@ export function registerIssuerCommands(program: Command): void {
         if (error instanceof IssuingKeyError) log.child({ component: 'issuer-audit' }).error({ audit: 'refused', reason: error.code, detail: error.message, ...error.context }, 'issuer refuses to start');
         throw error;
       }
+      let denyList = flags.denyList === undefined ? EMPTY_DENY_LIST : readDenyList(flags.denyList);
+      if (flags.denyList !== undefined) {
+        watchDenyList(flags.denyList, (list) => { denyList = list; }, (error) => { log.error({ err: error }, 'deny list refused; the previous one stays in force'); });
+      }
       const service = new Issuer({
         trustDomain: flags.domain,
         issuingKey: loaded.key,
         certificate: loaded.certificate,
         bundles,
-        joinTokens: flags.joinTokens === undefined ? null : new JoinTokenStore(flags.joinTokens),
+        attestors: await nodeAttestors(flags),
         ttlSeconds: flags.ttlSeconds,
         renewalGraceSeconds: flags.renewalGraceSeconds,
+        denyList: () => denyList,
       });
       const server = await startIssuerServer({ listen: flags.listen, tlsCertificate: flags.tlsCert, tlsKey: flags.tlsKey, ratePerSource: flags.ratePerSource, issuer: service, log });
       log.info({ listen: flags.listen, domain: flags.domain, issuer: loaded.certificate.name, certificateExpiresAt: new Date(loaded.certificate.expiresAt * 1000).toISOString(), ttlSeconds: flags.ttlSeconds }, 'issuer listening');

@@ -56,6 +56,7 @@ export const REASONS = {
   'untrusted-domain': { verdict: 'drop', text: 'a trust domain this agent has no bundle for' },
   'expired-token': { verdict: 'drop', text: 'the workload token has expired' },
   'expired-credential': { verdict: 'drop', text: 'the agent credential has expired' },
+  'revoked-credential': { verdict: 'drop', text: 'the agent credential, or its signing key, is on the deny list (identity.denyList)' },
   'not-yet-valid': { verdict: 'drop', text: 'a credential or token from the future' },
   'namespace-not-allowed': { verdict: 'drop', text: 'an attribute outside the namespaces the credential allows' },
   'token-credential-mismatch': { verdict: 'drop', text: 'a token not signed by the key its credential binds' },

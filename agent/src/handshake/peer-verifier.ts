@@ -5,6 +5,7 @@ import type { KeyObject } from 'node:crypto';
 import { verifyCredential, type VerifiedCredential } from '../token/credential.ts';
 import type { TrustBundle } from '../token/trust-bundle.ts';
 import { TokenError } from '../token/errors.ts';
+import { denialOf, EMPTY_DENY_LIST, type DenyList } from '../token/deny-list.ts';
 import { verifyIdentityToken, type VerifiedIdentity } from '../token/identity-token.ts';
 import { derivePairKey } from '../protocol/proofs.ts';
 import { credentialReason, refuse, Refusal, tokenReason } from './reasons.ts';
@@ -114,6 +115,8 @@ export class PeerVerifier {
   private pairKeys: PairKeys;
   /** Pair keys derived with own keys replaced since (the count survives reconfiguration). */
   private pairKeysDerivedBefore = 0;
+  /** Checked on every handshake, cached credential or not: a revocation applies to the next SYN. */
+  denyList: DenyList = EMPTY_DENY_LIST;
 
   constructor(
     private bundles: ReadonlyMap<string, TrustBundle>,
@@ -165,6 +168,13 @@ export class PeerVerifier {
   }
 
   private credential(packed: PackedJws, now: number): VerifiedCredential | Refusal {
+    const verified = this.verifiedCredential(packed, now);
+    if (verified instanceof Refusal) return verified;
+    const denial = denialOf(this.denyList, verified);
+    return denial === null ? verified : refuse('revoked-credential', `${verified.subject}: ${denial === 'key' ? `key ${verified.signKid}` : `credential ${verified.jti ?? ''}`} is on the deny list`);
+  }
+
+  private verifiedCredential(packed: PackedJws, now: number): VerifiedCredential | Refusal {
     const key = signatureKey(packed);
     const cached = this.credentials.get(key);
     if (cached !== undefined && sameBytes(cached.bytes, packed)) {

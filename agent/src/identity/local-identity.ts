@@ -216,6 +216,7 @@ export class LocalIdentity {
     });
     const localAttributes = {
       ...Object.fromEntries([...allowed].map(([attribute, value]) => [attribute, value.value])),
+      ...this.credential.node,
       'synpass.subject': subject,
       'synpass.trust-domain': this.credential.trustDomain,
       'synpass.agent': this.credential.subject,

@@ -2,9 +2,10 @@
 // signing key, whose public half rides in the header (proof of possession: only the holder of
 // that key could have made the request), and it carries the key-agreement key and one
 // attestation of who the agent is:
-//   join-token   a single-use token an operator created for this agent (join-tokens.ts);
-//   credential   the agent's current credential, with a proof signed by its current key that
-//                it asks for the new key (renewal: the new key inherits the old identity).
+//   credential       the agent's current credential, with a proof signed by its current key that
+//                    it asks for the new key (renewal: the new key inherits the old identity);
+//   anything else    evidence for a node attestor (attestors/): join-token {token},
+//                    kubernetes {token}, cloud-document {document, signature}.
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { SignJWT, calculateJwkThumbprint, exportJWK, type JWK } from 'jose';
 import { SynpassError } from '../errors.ts';
@@ -17,8 +18,8 @@ export const RENEWAL_PROOF_TYPE = 'synpass-renewal+jwt';
 export const REQUEST_SKEW_SECONDS = 120;
 
 export type Attestation =
-  | { type: 'join-token'; token: string }
-  | { type: 'credential'; credential: string; proof: string };
+  | { type: 'credential'; credential: string; proof: string }
+  | ({ type: 'join-token' | 'kubernetes' | 'cloud-document' } & Record<string, string>);
 
 export type RequestErrorCode = 'bad-request' | 'bad-proof' | 'stale-request';
 
@@ -63,13 +64,18 @@ function publicKey(jwk: unknown, what: string): KeyObject {
   }
 }
 
+const EVIDENCE_TYPES = new Set(['join-token', 'kubernetes', 'cloud-document']);
+
+/** The attestation's shape only: each node attestor checks its own evidence fields. */
 function attestationOf(value: unknown): Attestation {
   const attestation = value as Partial<Record<string, unknown>> | null;
-  if (attestation?.type === 'join-token' && typeof attestation.token === 'string') return { type: 'join-token', token: attestation.token };
   if (attestation?.type === 'credential' && typeof attestation.credential === 'string' && typeof attestation.proof === 'string') {
     return { type: 'credential', credential: attestation.credential, proof: attestation.proof };
   }
-  throw new CredentialRequestError('bad-request', 'attestation must be a join-token or a credential with its proof');
+  if (typeof attestation?.type === 'string' && EVIDENCE_TYPES.has(attestation.type) && Object.values(attestation).every((field) => typeof field === 'string')) {
+    return attestation as Attestation;
+  }
+  throw new CredentialRequestError('bad-request', `attestation must be one of credential, ${[...EVIDENCE_TYPES].join(', ')}, with string fields`);
 }
 
 /** Decodes a request and checks its proof of possession and its time. */

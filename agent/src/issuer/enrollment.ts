@@ -24,12 +24,37 @@ export class EnrollmentError extends SynpassError<EnrollmentErrorCode> {
   override readonly name = 'EnrollmentError';
 }
 
+/** Files that attest this node to the issuer (identity.issuer.*): at most one kind is set. */
+export interface EvidenceFiles {
+  /** A join token; the file is deleted once the token is spent. */
+  joinToken: string | null;
+  /** A projected service-account token (kubelet rotates it: read at each use). */
+  kubernetesToken: string | null;
+  /** An instance-identity document and the provider's signature over it (base64). */
+  cloudDocument: string | null;
+  cloudSignature: string | null;
+}
+
+function readText(path: string): string {
+  return readFileSync(path, 'utf8').trim();
+}
+
+/** The attestation the configured files make, read now; null when none is configured. */
+export function readEvidence(files: EvidenceFiles): Attestation | null {
+  if (files.joinToken !== null) return { type: 'join-token', token: readText(files.joinToken) };
+  if (files.kubernetesToken !== null) return { type: 'kubernetes', token: readText(files.kubernetesToken) };
+  if (files.cloudDocument !== null && files.cloudSignature !== null) {
+    // The document is sent byte for byte as the provider signed it.
+    return { type: 'cloud-document', document: readFileSync(files.cloudDocument, 'utf8'), signature: readText(files.cloudSignature) };
+  }
+  return null;
+}
+
 export interface EnrollmentOptions {
   issuerUrl: string;
   /** PEM of the CA that signed the issuer's TLS certificate (null: the system's CAs). */
   tlsCa: string | null;
-  /** A join token for the first credential; the file is deleted once the token is spent. */
-  joinTokenFile: string | null;
+  evidence: EvidenceFiles;
   files: IdentityFiles;
   log: Logger;
   clock?: () => number;
@@ -93,21 +118,9 @@ export class CredentialRenewer {
    */
   async ensureCredential(): Promise<void> {
     if (this.current() !== null) return;
-    const tokenFile = this.options.joinTokenFile;
-    let token: string;
-    try {
-      if (tokenFile === null) throw new Error('no identity.issuer.joinToken configured');
-      token = readFileSync(tokenFile, 'utf8').trim();
-    } catch (error) {
-      const why = error instanceof Error && 'code' in error ? describeFileError(error) : (error as Error).message;
-      throw new EnrollmentError('no-attestation', `no current credential at ${this.options.files.credential}, and no join token to get one (${tokenFile ?? 'identity.issuer.joinToken'}: ${why})`);
-    }
     for (let attempt = 0; ; attempt++) {
       try {
-        await this.requestAndStore({ type: 'join-token', token });
-        this.options.log.info({ issuer: this.options.issuerUrl }, 'credential obtained with the join token');
-        // Spent: it must not sit on disk for anyone to try again.
-        if (tokenFile !== null) unlinkSync(tokenFile);
+        await this.attest();
         return;
       } catch (error) {
         if (!(error instanceof EnrollmentError) || error.code !== 'unreachable' || this.stopped) throw error;
@@ -117,6 +130,24 @@ export class CredentialRenewer {
         await new Promise((resolve) => setTimeout(resolve, delay));
       }
     }
+  }
+
+  /** A credential from the node's evidence (join token, service-account token, cloud document). */
+  private async attest(): Promise<void> {
+    const { evidence } = this.options;
+    let attestation: Attestation | null;
+    try {
+      attestation = readEvidence(evidence);
+    } catch (error) {
+      throw new EnrollmentError('no-attestation', `no current credential at ${this.options.files.credential}, and its evidence cannot be read: ${describeFileError(error)} (${(error as { path?: string }).path ?? ''})`, {}, { cause: error });
+    }
+    if (attestation === null) {
+      throw new EnrollmentError('no-attestation', `no current credential at ${this.options.files.credential}, and no evidence to get one (identity.issuer.joinToken, kubernetesToken or cloudDocument)`);
+    }
+    await this.requestAndStore(attestation);
+    this.options.log.info({ issuer: this.options.issuerUrl, attestation: attestation.type }, 'credential obtained by node attestation');
+    // Spent: a join token must not sit on disk for anyone to try again.
+    if (attestation.type === 'join-token' && evidence.joinToken !== null) unlinkSync(evidence.joinToken);
   }
 
   /** Renews at half-life (±10 % jitter); `onRenewed` swaps the new credential in (the SIGHUP path). */
@@ -142,9 +173,8 @@ export class CredentialRenewer {
 
   /** One renewal now: fresh keys, a request attested by the current credential, the swap. */
   async renewNow(onRenewed: () => Promise<void>): Promise<void> {
-    const current = this.readForRenewal();
     try {
-      await this.requestAndStore({ type: 'credential', credential: current.credential.compact, proof: '' }, current);
+      await this.renewOrAttest();
       await onRenewed();
     } catch (error) {
       this.noteFailure(error);
@@ -156,6 +186,22 @@ export class CredentialRenewer {
     this.status.failingSince = null;
     this.status.lastError = null;
     this.failuresInARow = 0;
+  }
+
+  /**
+   * The current credential attests the renewal. Once the issuer no longer takes it (lapsed past
+   * its grace), evidence that can attest again (not a spent join token) brings the agent back.
+   */
+  private async renewOrAttest(): Promise<void> {
+    const current = this.readForRenewal();
+    try {
+      await this.requestAndStore({ type: 'credential', credential: current.credential.compact, proof: '' }, current);
+    } catch (error) {
+      const lapsed = error instanceof EnrollmentError && error.code === 'refused' && error.context.reason === 'bad-credential';
+      if (!lapsed || this.options.evidence.joinToken !== null || readEvidence(this.options.evidence) === null) throw error;
+      this.options.log.warn({ err: error }, 'the issuer no longer renews the current credential; attesting the node again');
+      await this.attest();
+    }
   }
 
   /** The credential to renew with: its expiry does not matter here (the issuer allows a grace). */

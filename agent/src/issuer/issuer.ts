@@ -1,49 +1,17 @@
 // The issuer's decision: attest a credential request, then sign the credential with the issuing
 // key. Stateless but for the join-token directory, so replicas behind one address agree.
 import { randomUUID, type KeyObject } from 'node:crypto';
-import { SynpassError } from '../errors.ts';
 import { issueCredential, verifyCredential } from '../token/credential.ts';
+import { denialOf, type DenyList } from '../token/deny-list.ts';
 import { TokenError } from '../token/errors.ts';
 import type { CertifiedIssuer } from '../token/issuer-certificate.ts';
 import type { TrustBundle } from '../token/trust-bundle.ts';
 import { checkRenewalProof, CredentialRequestError, readCredentialRequest, type CredentialRequest } from './credential-request.ts';
-import { JoinTokenError, type JoinTokenStore } from './join-tokens.ts';
+import type { NodeAttestor } from './attestors/attestor.ts';
+import { IssuanceRefusal } from './refusal.ts';
 
 /** Below this much certificate life left, the issuer stops issuing (credentials would be useless). */
 const MIN_CREDENTIAL_SECONDS = 60;
-
-export type RefusalReason =
-  | 'bad-request'
-  | 'bad-proof'
-  | 'stale-request'
-  | 'rate-limited'
-  | 'unsupported-attestation'
-  | 'malformed-join-token'
-  | 'unknown-join-token'
-  | 'join-token-expired'
-  | 'join-token-revoked'
-  | 'join-token-used'
-  | 'bad-credential'
-  | 'issuer-certificate-expired';
-
-export const REFUSAL_REASONS: readonly RefusalReason[] = [
-  'bad-request',
-  'bad-proof',
-  'stale-request',
-  'rate-limited',
-  'unsupported-attestation',
-  'malformed-join-token',
-  'unknown-join-token',
-  'join-token-expired',
-  'join-token-revoked',
-  'join-token-used',
-  'bad-credential',
-  'issuer-certificate-expired',
-];
-
-export class IssuanceRefusal extends SynpassError<RefusalReason> {
-  override readonly name = 'IssuanceRefusal';
-}
 
 export interface IssuerOptions {
   trustDomain: string;
@@ -51,13 +19,16 @@ export interface IssuerOptions {
   certificate: CertifiedIssuer;
   /** The issuer's own domain's bundle: renewals present credentials it issued. */
   bundles: ReadonlyMap<string, TrustBundle>;
-  joinTokens: JoinTokenStore | null;
+  /** First-time attestation, by the evidence type each reads (join-token, kubernetes, cloud-document). */
+  attestors: readonly NodeAttestor[];
   ttlSeconds: number;
   /**
    * How long after its expiry a credential may still be renewed. Its key never left the node, so
    * an agent that rode out a long issuer outage comes back without a new join token.
    */
   renewalGraceSeconds: number;
+  /** The deny list in force: a revoked credential or key is not renewed. */
+  denyList?: () => DenyList;
 }
 
 export interface Issued {
@@ -79,7 +50,7 @@ export class Issuer {
       throw new IssuanceRefusal('issuer-certificate-expired', `the certificate of issuing key ${options.certificate.name} expires in ${left} s; certify a new one`);
     }
     const request = await this.read(compactRequest, nowSeconds);
-    const grant = this.attest(request, nowSeconds);
+    const grant = await this.attest(request, nowSeconds);
     const ttlSeconds = Math.min(options.ttlSeconds, left);
     const jti = randomUUID();
     const credential = await issueCredential({
@@ -116,18 +87,13 @@ export class Issuer {
   }
 
   /** `attestedBy`: how the node was first attested (a renewal keeps it); `attestation`: this request's. */
-  private attest(request: CredentialRequest, nowSeconds: number): { agentId: string; namespaces: string[]; node: Record<string, string>; attestedBy: string; attestation: string } {
+  private async attest(request: CredentialRequest, nowSeconds: number): Promise<{ agentId: string; namespaces: string[]; node: Record<string, string>; attestedBy: string; attestation: string }> {
     const { attestation } = request;
-    if (attestation.type === 'join-token') {
-      const tokens = this.options.joinTokens;
-      if (tokens === null) throw new IssuanceRefusal('unsupported-attestation', 'this issuer takes no join tokens');
-      try {
-        const record = tokens.redeem(attestation.token, request.thumbprint, nowSeconds);
-        return { agentId: `join/${record.agent}`, namespaces: record.namespaces, node: { 'node.name': record.agent, 'node.join-token': record.id }, attestedBy: 'join-token', attestation: 'join-token' };
-      } catch (error) {
-        if (error instanceof JoinTokenError) throw new IssuanceRefusal(error.code, error.message, error.context, { cause: error });
-        throw error;
-      }
+    if (attestation.type !== 'credential') {
+      const attestor = this.options.attestors.find((candidate) => candidate.type === attestation.type);
+      if (attestor === undefined) throw new IssuanceRefusal('unsupported-attestation', `this issuer takes no ${attestation.type} attestation`);
+      const grant = await attestor.attest(attestation, request, nowSeconds);
+      return { ...grant, attestedBy: attestor.type, attestation: attestor.type };
     }
     // Renewal: the old credential must be ours and current, and its key must vouch for the new one.
     let current;
@@ -138,6 +104,8 @@ export class Issuer {
       throw error;
     }
     if (current.trustDomain !== this.options.trustDomain) throw new IssuanceRefusal('bad-credential', `current credential belongs to ${current.trustDomain}`);
+    const denial = this.options.denyList === undefined ? null : denialOf(this.options.denyList(), current);
+    if (denial !== null) throw new IssuanceRefusal('revoked', `${current.subject}: its ${denial} is on the deny list`, { subject: current.subject });
     try {
       checkRenewalProof(attestation.proof, current.signKey, request.thumbprint, nowSeconds);
     } catch (error) {

@@ -9,7 +9,8 @@ import { Counter, Gauge, Registry } from 'prom-client';
 import { SourceBudget } from '../handshake/source-budget.ts';
 import { listenAt } from '../telemetry/http-endpoint.ts';
 import type { Logger } from '../telemetry/log.ts';
-import { IssuanceRefusal, REFUSAL_REASONS, type Issuer } from './issuer.ts';
+import type { Issuer } from './issuer.ts';
+import { IssuanceRefusal, REFUSAL_REASONS } from './refusal.ts';
 
 export const CREDENTIALS_PATH = '/v1/credentials';
 const MAX_BODY_BYTES = 16 * 1024;

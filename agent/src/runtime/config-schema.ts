@@ -40,10 +40,14 @@ export function agentConfigSchema(base: string) {
         keyAgreementKey: t.path('the key-agreement key (PEM, mode 600)'),
         trustBundles: t.path('directory of trust bundles, one `<domain>.jwks.json` per trusted domain'),
         tokenTtlMinutes: t.integer(1, 1440, 10, 'lifetime of the workload tokens the agent signs (renewed before expiry)'),
+        denyList: t.optionalPath('deny list: revoked credential ids and agent key thumbprints (YAML), refused from the next handshake on; reloaded when it changes', 'none'),
         issuer: t.section({
           url: t.optionalString('the issuer (`synpass issuer run`): the agent makes its own keys, joins and renews its credential at half-life', { pattern: /^https:\/\//, error: 'an https:// URL' }),
           tlsCa: t.optionalPath("PEM of the CA that signed the issuer's TLS certificate", "the system's CAs"),
           joinToken: t.optionalPath('file holding a join token (`synpass issuer token create`), deleted once spent'),
+          kubernetesToken: t.optionalPath('projected service-account token (audience synpass) that attests this node in Kubernetes'),
+          cloudDocument: t.optionalPath('instance-identity document that attests this node in a cloud (with cloudSignature)'),
+          cloudSignature: t.optionalPath("the provider's signature over cloudDocument (base64)"),
         }),
       }),
       workloads: t.structured(workloads, 'other local workloads with their own identity: `{ name, subject, uids, ports, attributes }`'),
@@ -100,6 +104,14 @@ export function agentConfigSchema(base: string) {
       }),
     })
     .superRefine((config, context) => {
+      const issuer = config.identity?.issuer;
+      if (issuer !== undefined && issuer !== null) {
+        const kinds = [issuer.joinToken, issuer.kubernetesToken, issuer.cloudDocument].filter((path) => path !== null);
+        if (kinds.length > 1) context.addIssue({ code: 'custom', path: ['identity', 'issuer'], message: 'one of joinToken, kubernetesToken and cloudDocument (the node attests one way)' });
+        if ((issuer.cloudDocument === null) !== (issuer.cloudSignature === null)) {
+          context.addIssue({ code: 'custom', path: ['identity', 'issuer', 'cloudSignature'], message: 'cloudDocument and cloudSignature come together' });
+        }
+      }
       const flowLog = config.telemetry.flowLog;
       if (flowLog.sink === 'file' && flowLog.file === null) {
         context.addIssue({ code: 'custom', path: ['telemetry', 'flowLog', 'file'], message: 'a path (sink is "file")' });

@@ -16,6 +16,7 @@ import { CredentialRenewer, type RenewalStatus } from '../issuer/enrollment.ts';
 import { podWorkloads, WatchedPods } from '../identity/kubernetes/local-pods.ts';
 import { inClusterAccess, KubernetesError, PodWatcher, POD_ATTRIBUTE_NAMESPACE } from '../identity/kubernetes/pod-watcher.ts';
 import type { Logger } from '../telemetry/log.ts';
+import { readDenyList, watchDenyList } from '../token/deny-list.ts';
 import { algorithmOf, type JwsAlgorithm } from '../token/jws.ts';
 import type { AgentConfig, AttestorConfig, WorkloadConfig } from './config.ts';
 
@@ -50,6 +51,7 @@ export interface IdentityStatus {
   policy: { directory: string; revision: string; reloadsOk: number; reloadsFailed: number } | null;
   /** Renewal from the issuer (null: credentials come as files, renewed by hand). */
   renewal: RenewalStatus | null;
+  denyList: { path: string; revision: string; credentials: number; keys: number } | null;
 }
 
 export interface BuiltHandler {
@@ -86,7 +88,7 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
       : new CredentialRenewer({
           issuerUrl: identityConfig.issuer.url,
           tlsCa: identityConfig.issuer.tlsCa,
-          joinTokenFile: identityConfig.issuer.joinToken,
+          evidence: identityConfig.issuer,
           files: identityConfig,
           log: log.child({ component: 'enrollment' }),
         });
@@ -126,6 +128,8 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
   };
   let local = await loadLocal();
   const verifier = new PeerVerifier(local.bundles, { kex: local.kex, kexRaw: local.kexRaw }, () => Math.floor(Date.now() / 1000));
+  const denyListPath = identityConfig.denyList;
+  if (denyListPath !== null) verifier.denyList = readDenyList(denyListPath);
   const policy = config.policy === null ? null : PolicyStore.open(config.policy.directory, log);
   if (config.policy?.watch) policy?.watch();
   const authorizer = policy === null ? new AdmissionAuthorizer(new Admission(config.admission)) : new PolicyAuthorizer(() => policy.current);
@@ -172,6 +176,20 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
   };
   startRenewal(local);
   if (policy !== null) policy.onSwap = () => { handler.policyChanged(); };
+  const stopDenyListWatch =
+    denyListPath === null || options.checkOnly === true
+      ? () => undefined
+      : watchDenyList(
+          denyListPath,
+          (list) => {
+            if (list.revision === verifier.denyList.revision) return;
+            verifier.denyList = list;
+            // Proven pairs (the kernel's too) take a full handshake again, where the list applies.
+            handler.forgetServers();
+            log.info({ revision: list.revision, credentials: list.credentials.size, keys: list.keys.size }, 'deny list reloaded');
+          },
+          (error) => { log.error({ err: error }, 'deny list refused; the previous one stays in force'); },
+        );
   const reload = async (): Promise<void> => {
     policy?.reload();
     // A broken new identity throws here and the running one stays in force.
@@ -192,6 +210,7 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
     handler,
     useKernelPath: (path) => { handler.useKernelPath(path); },
     stop: () => {
+      stopDenyListWatch();
       renewer?.stop();
       local.stopRenewal();
       policy?.close();
@@ -215,6 +234,7 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
           ? null
           : { directory: policy.directory, revision: policy.current.revision, reloadsOk: policy.reloadsOk, reloadsFailed: policy.reloadsFailed },
       renewal: renewer === null ? null : { ...renewer.status },
+      denyList: denyListPath === null ? null : { path: denyListPath, revision: verifier.denyList.revision, credentials: verifier.denyList.credentials.size, keys: verifier.denyList.keys.size },
     }),
   };
 }

@@ -66,6 +66,7 @@ export interface IssueCredentialInput {
 export async function issueCredential(input: IssueCredentialInput): Promise<string> {
   for (const ns of input.namespaces) {
     if (!NAMESPACE_PATTERN.test(ns)) throw new RangeError(`attribute namespace "${ns}" must match ${NAMESPACE_PATTERN}`);
+    if (ns === 'node' || ns === 'synpass') throw new RangeError(`attribute namespace "${ns}" is reserved (${ns}.* comes from the ${ns === 'node' ? 'issuer' : 'verifier'})`);
   }
   const sig = await exportJWK(input.signPublicKey);
   const kex = await exportJWK(input.kexPublicKey);

@@ -100,6 +100,8 @@ export function verifyIdentityToken(
   const attributes = stringRecord(attrs, 'attrs');
   const provenance = provenanceOf(prov, attributes);
   for (const name of Object.keys(attributes)) {
+    // node.* is what the issuer attested about the agent's node: only the credential says it.
+    if (namespaceOf(name) === 'node') throw new TokenError('namespace-not-allowed', `attribute ${name}: node.* comes from the credential only`, { attribute: name });
     if (!credential.namespaces.has(namespaceOf(name))) {
       throw new TokenError('namespace-not-allowed', `attribute ${name} is outside the agent's namespaces`, { attribute: name });
     }
@@ -108,8 +110,8 @@ export function verifyIdentityToken(
     trustDomain: credential.trustDomain,
     subject: sub,
     // The synpass.* namespace is never taken from the token's claims: only from what was verified.
-    attributes: { ...attributes, 'synpass.trust-domain': credential.trustDomain, 'synpass.subject': sub, 'synpass.agent': credential.subject },
-    provenance,
+    attributes: { ...attributes, ...credential.node, 'synpass.trust-domain': credential.trustDomain, 'synpass.subject': sub, 'synpass.agent': credential.subject },
+    provenance: { ...provenance, ...Object.fromEntries(Object.keys(credential.node).map((name) => [name, `issuer (${credential.attestedBy ?? 'unknown'})`])) },
     agent: credential.subject,
     expiresAt: Math.min(exp as number, credential.expiresAt),
   };

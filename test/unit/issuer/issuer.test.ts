@@ -9,10 +9,14 @@ import { after, before, describe, it } from 'node:test';
 import { calculateJwkThumbprint, exportJWK } from 'jose';
 import { CredentialRenewer, EnrollmentError } from '../../../agent/src/issuer/enrollment.ts';
 import { buildCredentialRequest, buildRenewalProof } from '../../../agent/src/issuer/credential-request.ts';
-import { Issuer, IssuanceRefusal } from '../../../agent/src/issuer/issuer.ts';
+import { Issuer } from '../../../agent/src/issuer/issuer.ts';
+import { IssuanceRefusal } from '../../../agent/src/issuer/refusal.ts';
+import { JoinTokenAttestor } from '../../../agent/src/issuer/attestors/join-token.ts';
 import { createIssuingKey, IssuingKeyError, loadCertifiedIssuingKey } from '../../../agent/src/issuer/issuing-key.ts';
 import { startIssuerServer, type IssuerServer } from '../../../agent/src/issuer/server.ts';
+import { readPrivateKey } from '../../../agent/src/identity/key-files.ts';
 import { createAgentLog } from '../../../agent/src/telemetry/log.ts';
+import { EMPTY_DENY_LIST, parseDenyList } from '../../../agent/src/token/deny-list.ts';
 import { verifyCredential } from '../../../agent/src/token/credential.ts';
 import { loadTrustBundles, TrustBundleError } from '../../../agent/src/token/trust-bundle.ts';
 import { createIssuerFixture, type IssuerFixture } from '../../../scripts/lib/issuer-fixture.ts';
@@ -45,7 +49,7 @@ describe('issuer', () => {
     return { credential: join(directory, 'credential.jwt'), signingKey: join(directory, 'sign.key.pem'), keyAgreementKey: join(directory, 'kex.key.pem'), trustBundles: fixture.bundles };
   };
   const renewer = (files: ReturnType<typeof agentFiles>, joinTokenFile: string | null) =>
-    new CredentialRenewer({ issuerUrl: url, tlsCa: fixture.tlsCertificate, joinTokenFile, files, log: recorded.log });
+    new CredentialRenewer({ issuerUrl: url, tlsCa: fixture.tlsCertificate, evidence: { joinToken: joinTokenFile, kubernetesToken: null, cloudDocument: null, cloudSignature: null }, files, log: recorded.log });
   const post = (body: string): Promise<{ status: number; answer: Record<string, unknown> }> =>
     new Promise((resolve, reject) => {
       const call = request(`${url}/v1/credentials`, { method: 'POST', ca: readFileSync(fixture.tlsCertificate) }, (response) => {
@@ -66,7 +70,7 @@ describe('issuer', () => {
     fixture = await createIssuerFixture(scratchDirectory('issuer'), DOMAIN, ['127.0.0.1']);
     const bundles = loadTrustBundles(fixture.bundles);
     const loaded = await loadCertifiedIssuingKey(fixture.issuingKey, DOMAIN, bundles, now());
-    const issuer = new Issuer({ trustDomain: DOMAIN, issuingKey: loaded.key, certificate: loaded.certificate, bundles, joinTokens: fixture.joinTokens, ttlSeconds: 600, renewalGraceSeconds: 3600 });
+    const issuer = new Issuer({ trustDomain: DOMAIN, issuingKey: loaded.key, certificate: loaded.certificate, bundles, attestors: [new JoinTokenAttestor(fixture.joinTokens)], ttlSeconds: 600, renewalGraceSeconds: 3600 });
     server = await startIssuerServer({ listen: '127.0.0.1:0', tlsCertificate: fixture.tlsCertificate, tlsKey: fixture.tlsKey, ratePerSource: 0, issuer, log: recorded.log });
     const address = server.server.address();
     assert.ok(address !== null && typeof address === 'object');
@@ -161,6 +165,25 @@ describe('issuer', () => {
     assert.equal(answer.answer.error, 'bad-proof');
   });
 
+  it('refuses to renew a credential whose key is on the deny list', async () => {
+    const files = agentFiles('revoked');
+    const tokenFile = join(scratchDirectory('issuer-token'), 'join-token');
+    writeFileSync(tokenFile, fixture.joinTokens.create({ agent: 'vm-7', namespaces: [], ttlSeconds: 600, nowSeconds: now() }).token);
+    await renewer(files, tokenFile).ensureCredential();
+    const bundles = loadTrustBundles(fixture.bundles);
+    const current = verifyCredential(readFileSync(files.credential, 'utf8').trim(), bundles, now());
+    const loaded = await loadCertifiedIssuingKey(fixture.issuingKey, DOMAIN, bundles, now());
+    const strict = new Issuer({ trustDomain: DOMAIN, issuingKey: loaded.key, certificate: loaded.certificate, bundles, attestors: [], ttlSeconds: 600, renewalGraceSeconds: 0, denyList: () => parseDenyList(`keys: [${current.signKid}]`, 'deny') });
+    const next = generateKeyPairSync('ed25519');
+    const thumbprint = await calculateJwkThumbprint(await exportJWK(next.publicKey));
+    const proof = await buildRenewalProof(readPrivateKey(files.signingKey), current.signKid, thumbprint, now());
+    const request = await buildCredentialRequest({ signKey: next.privateKey, kexPublicKey: generateKeyPairSync('x25519').publicKey, attestation: { type: 'credential', credential: current.compact, proof }, nowSeconds: now() });
+    await assert.rejects(strict.issue(request, now()), (error: unknown) => error instanceof IssuanceRefusal && error.code === 'revoked');
+    // The same request passes an issuer without that list entry: the refusal was the list's.
+    const lenient = new Issuer({ ...strict.options, denyList: () => EMPTY_DENY_LIST });
+    assert.equal((await lenient.issue(request, now())).subject, current.subject);
+  });
+
   it('refuses to load an issuing key the CA did not certify, and a bundle with a forged certificate', async () => {
     const directory = scratchDirectory('issuer-uncertified');
     const rogue = await createIssuingKey(directory);
@@ -179,7 +202,7 @@ describe('issuer', () => {
     const other = await createIssuerFixture(scratchDirectory('issuer-foreign'), DOMAIN, ['127.0.0.1']);
     const otherBundles = loadTrustBundles(other.bundles);
     const loaded = await loadCertifiedIssuingKey(other.issuingKey, DOMAIN, otherBundles, now());
-    const foreign = new Issuer({ trustDomain: DOMAIN, issuingKey: loaded.key, certificate: loaded.certificate, bundles: otherBundles, joinTokens: other.joinTokens, ttlSeconds: 600, renewalGraceSeconds: 0 });
+    const foreign = new Issuer({ trustDomain: DOMAIN, issuingKey: loaded.key, certificate: loaded.certificate, bundles: otherBundles, attestors: [new JoinTokenAttestor(other.joinTokens)], ttlSeconds: 600, renewalGraceSeconds: 0 });
     const sign = generateKeyPairSync('ed25519');
     const { token } = other.joinTokens.create({ agent: 'rogue', namespaces: [], ttlSeconds: 600, nowSeconds: now() });
     const issued = await foreign.issue(await buildCredentialRequest({ signKey: sign.privateKey, kexPublicKey: generateKeyPairSync('x25519').publicKey, attestation: { type: 'join-token', token }, nowSeconds: now() }), now());
