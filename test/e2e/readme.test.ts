@@ -61,6 +61,8 @@ describe('README', () => {
     assert.equal(run.status, 0, `a README block failed:\n${run.stdout}\n${run.stderr}`);
     assert.match(run.stdout, /^agent spiffe:\/\/prod\.example\.com\/agent\/web-1: .*\(namespaces: app, env, host, process\)$/m);
     assert.match(run.stdout, /"verified": true/);
+    assert.match(run.stdout, /^issuer issuer-1 certified until \d{4}-.* in (\.\/)?domain\/prod\.example\.com\.jwks\.json/m);
+    assert.match(run.stdout, /"agent": "vm-7",\n\s+"namespaces": \[\n\s+"app",\n\s+"env",\n\s+"host",\n\s+"process"\n\s+\],\n\s+"state": "unused"/);
     assert.match(run.stdout, /^2 passed, 0 failed$/m);
     assert.match(run.stdout, /^ALLOW /m);
     assert.match(run.stdout, /^configuration ok: mode identity, policy sha256:/m);

@@ -4,7 +4,7 @@
 import type { Command } from 'commander';
 import { Agent } from '../runtime/agent.ts';
 import { configFields, loadAgentConfig, type AgentConfig, type ConfigField, type Override } from '../runtime/config.ts';
-import { buildHandler, type BuiltHandler } from '../runtime/handlers.ts';
+import { buildHandler, EnrollmentPending, type BuiltHandler } from '../runtime/handlers.ts';
 import { createAgentLog } from '../telemetry/log.ts';
 import { failWith } from './exit.ts';
 
@@ -93,6 +93,10 @@ export function registerAgentRun(agent: Command): void {
     try {
       built = await buildHandler(config, log, { checkOnly: checking });
     } catch (error) {
+      if (checking && error instanceof EnrollmentPending) {
+        process.stdout.write(`configuration ok: mode ${config.mode}; ${error.message}\n`);
+        process.exit(0);
+      }
       failWith('agent run', error);
     }
     if (checking) {

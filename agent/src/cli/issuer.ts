@@ -34,6 +34,7 @@ interface RunFlags {
   k8sIssuer?: string;
   k8sJwksFile?: string;
   k8sCa?: string;
+  k8sBearerTokenFile?: string;
   k8sServiceAccount: string[];
   cloudCertificate: string[];
   cloudAccount: string[];
@@ -49,8 +50,8 @@ async function nodeAttestors(flags: RunFlags): Promise<NodeAttestor[]> {
   if (flags.joinTokens !== undefined) attestors.push(new JoinTokenAttestor(new JoinTokenStore(flags.joinTokens)));
   if (flags.k8sCluster !== undefined) {
     if (flags.k8sIssuer === undefined) throw new InvalidArgumentError('--k8s-cluster needs --k8s-issuer (the service-account issuer URL, `iss` of its tokens)');
-    const keys = flags.k8sJwksFile === undefined ? await discoveredKeys(flags.k8sIssuer, flags.k8sCa === undefined ? null : readFileSync(flags.k8sCa)) : fileKeys(flags.k8sJwksFile);
-    const serviceAccounts = (flags.k8sServiceAccount.length > 0 ? flags.k8sServiceAccount : ['synpass/synpass-agent']).map((text) => {
+    const keys = flags.k8sJwksFile === undefined ? await discoveredKeys(flags.k8sIssuer, { ca: flags.k8sCa === undefined ? null : readFileSync(flags.k8sCa), bearerTokenFile: flags.k8sBearerTokenFile ?? null }) : fileKeys(flags.k8sJwksFile);
+    const serviceAccounts = (flags.k8sServiceAccount.length > 0 ? flags.k8sServiceAccount : ['synpass-system/synpass-agent']).map((text) => {
       const [namespace, name, ...rest] = text.split('/');
       if (namespace === undefined || name === undefined || rest.length > 0 || namespace === '' || name === '') throw new InvalidArgumentError(`--k8s-service-account ${text}: expected NAMESPACE/NAME`);
       return { namespace, name };
@@ -85,7 +86,8 @@ export function registerIssuerCommands(program: Command): void {
     .option('--k8s-issuer <url>', "the cluster's service-account issuer (`iss`); its keys come by OIDC discovery unless --k8s-jwks-file")
     .option('--k8s-jwks-file <file>', 'the service-account issuer keys as a file (kubectl get --raw /openid/v1/jwks)')
     .option('--k8s-ca <file>', "CA of the service-account issuer's TLS certificate, for discovery")
-    .option('--k8s-service-account <namespace/name>', 'service account of the agent DaemonSet (repeatable; default synpass/synpass-agent)', repeatable, [])
+    .option('--k8s-bearer-token-file <file>', "token sent with discovery requests, where the API server serves its keys to service accounts only (the issuer pod's own token)")
+    .option('--k8s-service-account <namespace/name>', 'service account of the agent DaemonSet (repeatable; default synpass-system/synpass-agent)', repeatable, [])
     .option('--cloud-certificate <file>', 'attest cloud instances by identity documents signed by this provider certificate (PEM, repeatable)', repeatable, [])
     .option('--cloud-account <id>', 'an account whose instances may join (repeatable; default any)', repeatable, [])
     .option('--cloud-max-age-seconds <n>', "refuse documents of instances launched longer ago (pendingTime), bounding a stolen document's use", integer(1, 31_622_400))
@@ -137,7 +139,7 @@ export function registerIssuerCommands(program: Command): void {
   const token = issuer.command('token').description('join tokens: single use, expiring, stored hashed');
   token
     .command('create')
-    .description('create a join token for one agent and print it (once: only its hash is stored)')
+    .description('create a join token for one agent and print it, alone (once: only its hash is stored; `token list` shows id and expiry)')
     .requiredOption('--dir <dir>', 'join-token directory (the issuers\' --join-tokens)')
     .requiredOption('--agent <name>', 'agent name: the credential becomes spiffe://<domain>/agent/join/<name>')
     .option('--for-config <file>', "the agent's configuration: the credential lists every attribute namespace its attestors assert")
@@ -145,8 +147,8 @@ export function registerIssuerCommands(program: Command): void {
     .option('--ttl-minutes <n>', 'how long the token can be used', integer(1, 60 * 24 * 30), 60)
     .action(guarded('issuer token create', (flags: { dir: string; agent: string; forConfig?: string; namespaces?: string; ttlMinutes: number }) => {
       const created = new JoinTokenStore(flags.dir).create({ agent: flags.agent, namespaces: namespacesOf(flags), ttlSeconds: flags.ttlMinutes * 60, nowSeconds: Math.floor(Date.now() / 1000) });
+      // Only the token, so it can go straight into a file; `token list` shows the rest.
       process.stdout.write(`${created.token}\n`);
-      process.stderr.write(`join token ${created.record.id} for agent ${flags.agent}, expires ${new Date(created.record.expiresAt * 1000).toISOString()}\n`);
     }));
   token
     .command('list')

@@ -50,6 +50,23 @@ export function readEvidence(files: EvidenceFiles): Attestation | null {
   return null;
 }
 
+/**
+ * For `--check-config` before the first start: the credential is not there yet and will come
+ * from the issuer. Says with what, or throws when no evidence can be read; null when a current
+ * credential exists (the identity is then checked as usual).
+ */
+export function pendingEnrollment(renewer: CredentialRenewer): string | null {
+  if (renewer.current() !== null) return null;
+  let attestation: Attestation | null;
+  try {
+    attestation = readEvidence(renewer.options.evidence);
+  } catch (error) {
+    throw new EnrollmentError('no-attestation', `no credential yet, and its evidence cannot be read: ${describeFileError(error)}`, {}, { cause: error });
+  }
+  if (attestation === null) throw new EnrollmentError('no-attestation', 'no credential yet, and no evidence to get one (identity.issuer.joinToken, kubernetesToken or cloudDocument)');
+  return `no credential yet: it comes from ${renewer.options.issuerUrl} by ${attestation.type} at start`;
+}
+
 export interface EnrollmentOptions {
   issuerUrl: string;
   /** PEM of the CA that signed the issuer's TLS certificate (null: the system's CAs). */

@@ -12,7 +12,7 @@ import { ProcessAttestor } from '../identity/attestors/process.ts';
 import { ATTESTOR_KINDS } from '../identity/attestors/registry.ts';
 import { StaticAttestor } from '../identity/attestors/static.ts';
 import { LocalIdentity } from '../identity/local-identity.ts';
-import { CredentialRenewer, type RenewalStatus } from '../issuer/enrollment.ts';
+import { CredentialRenewer, pendingEnrollment, type RenewalStatus } from '../issuer/enrollment.ts';
 import { podWorkloads, WatchedPods } from '../identity/kubernetes/local-pods.ts';
 import { inClusterAccess, KubernetesError, PodWatcher, POD_ATTRIBUTE_NAMESPACE } from '../identity/kubernetes/pod-watcher.ts';
 import type { Logger } from '../telemetry/log.ts';
@@ -68,6 +68,11 @@ export interface BuiltHandler {
   useKernelPath: ((path: KernelPath | null) => void) | null;
 }
 
+/** `--check-config` before the first start of an agent that enrolls: there is no identity to load yet. */
+export class EnrollmentPending extends Error {
+  override readonly name = 'EnrollmentPending';
+}
+
 /** `checkOnly`: load what is there and change nothing (no join token spent, no renewal). */
 export async function buildHandler(config: AgentConfig, log: Logger, options: { checkOnly?: boolean } = {}): Promise<BuiltHandler> {
   if (config.mode === 'pass-through' || config.identity === null) {
@@ -93,6 +98,11 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
           log: log.child({ component: 'enrollment' }),
         });
   if (options.checkOnly !== true) await renewer?.ensureCredential();
+  else if (renewer !== null) {
+    // Before the first start there is nothing to load yet: the check ends at the evidence.
+    const pending = pendingEnrollment(renewer);
+    if (pending !== null) throw new EnrollmentPending(pending);
+  }
   const loadLocal = async (): Promise<LocalIdentity> => {
     const loaded = await LocalIdentity.load({
       files: identityConfig,

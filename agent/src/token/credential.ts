@@ -174,6 +174,11 @@ export interface CredentialReport {
   trustDomain: unknown;
   signingAlgorithm: string;
   signingKeyId: unknown;
+  /** `jti`: what a deny list's `credentials` names (issued credentials have one). */
+  credentialId: unknown;
+  /** Facts the issuer attested about the node, and how. */
+  node: unknown;
+  attestedBy: unknown;
   namespaces: unknown;
   issuedAt: string | null;
   expiresAt: string | null;
@@ -192,7 +197,7 @@ function isoTime(seconds: unknown): string | null {
  */
 export function inspectCredential(compact: string, bundles: ReadonlyMap<string, TrustBundle> | null, nowSeconds: number): CredentialReport {
   const jws = decodeJws(compact);
-  const { iss, sub, cnf, ns, iat, exp } = jws.payload;
+  const { iss, sub, cnf, ns, iat, exp, jti, node, att } = jws.payload;
   const sig = (cnf as { sig?: JWK } | undefined)?.sig;
   let verified = false;
   let problem: string | null = bundles === null ? 'no trust bundles given' : null;
@@ -210,6 +215,9 @@ export function inspectCredential(compact: string, bundles: ReadonlyMap<string, 
     trustDomain: iss,
     signingAlgorithm: sig?.kty === 'OKP' ? `EdDSA (${String(sig.crv)})` : sig?.kty === 'EC' ? `ES256 (${String(sig.crv)})` : 'unknown',
     signingKeyId: sig?.kid,
+    credentialId: jti ?? null,
+    node: node ?? null,
+    attestedBy: att ?? null,
     namespaces: ns,
     issuedAt: isoTime(iat),
     expiresAt: isoTime(exp),

@@ -43,12 +43,20 @@ describe('deploy/kubernetes', () => {
     assert.deepEqual(objects.map((o) => o.kind).sort(), [
       'ClusterRole',
       'ClusterRoleBinding',
+      'ClusterRoleBinding',
+      'ConfigMap',
+      'ConfigMap',
+      'ConfigMap',
       'ConfigMap',
       'ConfigMap',
       'ConfigMap',
       'DaemonSet',
+      'Deployment',
       'Namespace',
+      'PodDisruptionBudget',
       'Service',
+      'Service',
+      'ServiceAccount',
       'ServiceAccount',
       'ServiceMonitor',
     ]);
@@ -87,6 +95,32 @@ describe('deploy/kubernetes', () => {
     assert.equal(hostPathAt('/sys/fs/bpf'), '/sys/fs/bpf');
     assert.equal(hostPathAt('/host/cgroup'), '/sys/fs/cgroup');
     assert.equal((env as { name: string; value?: string }[]).find((e) => e.name === 'SYNPASS_DATAPATH_FAST_PATH_CGROUP')?.value, '/host/cgroup');
+  });
+
+  it('the agent holds no shared secret: it attests with its projected token and keeps its own keys on the node', () => {
+    const pod = (objects.find((o) => o.kind === 'DaemonSet')!.spec as { template: { spec: { volumes: Record<string, unknown>[] } } }).template.spec;
+    assert.deepEqual(pod.volumes.filter((volume) => 'secret' in volume), [], 'no Secret volume');
+    const attestation = pod.volumes.find((volume) => volume.name === 'attestation') as { projected: { sources: { serviceAccountToken: { audience: string; path: string } }[] } };
+    assert.deepEqual(attestation.projected.sources[0]!.serviceAccountToken, { audience: 'synpass', expirationSeconds: 3600, path: 'token' });
+    assert.equal((pod.volumes.find((volume) => volume.name === 'state') as { hostPath: { path: string } }).hostPath.path, '/var/lib/synpass');
+    const config = objects.find((o) => o.kind === 'ConfigMap' && o.metadata.name.startsWith('synpass-config-'))!.data!['agent.yaml']!;
+    assert.match(config, /kubernetesToken: \/var\/run\/secrets\/synpass\/token/);
+    assert.match(config, /url: https:\/\/synpass-issuer\.synpass-system\.svc/);
+  });
+
+  it('the issuer: 2 replicas, a disruption budget, a Secret with only the issuing key, not root, the agent service account named', () => {
+    const deployment = objects.find((o) => o.kind === 'Deployment' && o.metadata.name === 'synpass-issuer')!;
+    const spec = deployment.spec as { replicas: number; template: { spec: { securityContext: { runAsNonRoot: boolean }; containers: { args: string[]; securityContext: { capabilities: { drop: string[] } } }[]; volumes: { name: string; secret?: { secretName: string } }[] } } };
+    assert.equal(spec.replicas, 2);
+    assert.equal(spec.template.spec.securityContext.runAsNonRoot, true);
+    assert.deepEqual(spec.template.spec.containers[0]!.securityContext.capabilities.drop, ['ALL']);
+    const secrets = spec.template.spec.volumes.filter((volume) => volume.secret !== undefined).map((volume) => volume.secret!.secretName).sort();
+    assert.deepEqual(secrets, ['synpass-issuer-tls', 'synpass-issuing-key']);
+    const args = spec.template.spec.containers[0]!.args;
+    assert.ok(args.includes('--k8s-service-account=synpass-system/synpass-agent'));
+    assert.ok(args.includes('--issuing-key=/etc/synpass/issuing-key/issuing.key.pem'));
+    const budget = objects.find((o) => o.kind === 'PodDisruptionBudget')!;
+    assert.equal((budget.spec as { minAvailable: number }).minAvailable, 1);
   });
 
   it('RBAC: get, list and watch pods, nothing else', () => {

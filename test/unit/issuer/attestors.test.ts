@@ -131,7 +131,7 @@ describe('node attestors', () => {
       ttlSeconds: 600,
       renewalGraceSeconds: 0,
       attestors: [
-        new KubernetesAttestor({ cluster: 'prod-eu', issuer: saIssuer, keys: await discoveredKeys(saIssuer, null), serviceAccounts: [{ namespace: 'synpass', name: 'synpass-agent' }], namespaces: ['app', 'k8s'] }),
+        new KubernetesAttestor({ cluster: 'prod-eu', issuer: saIssuer, keys: await discoveredKeys(saIssuer, { ca: null, bearerTokenFile: null }), serviceAccounts: [{ namespace: 'synpass', name: 'synpass-agent' }], namespaces: ['app', 'k8s'] }),
         new CloudDocumentAttestor({ certificates: [new X509Certificate(readFileSync(providerCertificate))], accounts: ['123456789012'], maxAgeSeconds: 600, namespaces: ['app', 'cloud'] }),
       ],
     });

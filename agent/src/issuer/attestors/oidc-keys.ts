@@ -25,10 +25,18 @@ function checkedUrl(text: string): URL {
   return url;
 }
 
+/** How to reach the issuer's keys: its TLS CA, and a bearer token where the API server asks for one. */
+export interface DiscoveryAccess {
+  ca: Buffer | null;
+  /** Read at each fetch (kubelet rotates projected tokens). */
+  bearerTokenFile: string | null;
+}
+
 /** GET with the cluster's CA; a Response, as jose's customFetch expects. */
-function get(url: URL, ca: Buffer | null): Promise<Response> {
+function get(url: URL, access: DiscoveryAccess): Promise<Response> {
+  const headers = access.bearerTokenFile === null ? {} : { authorization: `Bearer ${readFileSync(access.bearerTokenFile, 'utf8').trim()}` };
   return new Promise((resolve, reject) => {
-    const request = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, { method: 'GET', timeout: FETCH_TIMEOUT_MS, ...(ca === null ? {} : { ca }) }, (response) => {
+    const request = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, { method: 'GET', timeout: FETCH_TIMEOUT_MS, headers, ...(access.ca === null ? {} : { ca: access.ca }) }, (response) => {
       const chunks: Buffer[] = [];
       let size = 0;
       response.on('data', (chunk: Buffer) => {
@@ -53,12 +61,12 @@ export function fileKeys(path: string): JWTVerifyGetKey {
 }
 
 /** Reads `<issuer>/.well-known/openid-configuration` once, then serves its jwks_uri's keys. */
-export async function discoveredKeys(issuer: string, ca: Buffer | null): Promise<JWTVerifyGetKey> {
+export async function discoveredKeys(issuer: string, access: DiscoveryAccess): Promise<JWTVerifyGetKey> {
   const discovery = new URL(`${issuer.replace(/\/$/, '')}/.well-known/openid-configuration`);
   checkedUrl(discovery.href);
   let jwksUri: unknown;
   try {
-    const response = await get(discovery, ca);
+    const response = await get(discovery, access);
     jwksUri = ((await response.json()) as { jwks_uri?: unknown }).jwks_uri;
   } catch (error) {
     throw new OidcKeysError('unreachable', `${discovery.href}: ${(error as Error).message}`, { issuer }, { cause: error });
@@ -67,7 +75,7 @@ export async function discoveredKeys(issuer: string, ca: Buffer | null): Promise
   return createRemoteJWKSet(checkedUrl(jwksUri), {
     timeoutDuration: FETCH_TIMEOUT_MS,
     [customFetch]: (url: string) =>
-      get(new URL(url), ca).catch((error: unknown) => {
+      get(new URL(url), access).catch((error: unknown) => {
         throw new OidcKeysError('unreachable', `${url}: ${(error as Error).message}`, { issuer }, { cause: error });
       }),
   });
