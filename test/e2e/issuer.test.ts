@@ -28,6 +28,12 @@ async function renewalOf(agent: AgentHandle): Promise<Renewal> {
   return status.identity.renewal;
 }
 
+async function fastAccepted(agent: AgentHandle): Promise<number> {
+  const status = (await agent.status()) as unknown as { kernelFastPath: { running: boolean; counters: Record<string, number> } };
+  assert.equal(status.kernelFastPath.running, true);
+  return status.kernelFastPath.counters.synAccepted ?? 0;
+}
+
 async function waitUntil(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
@@ -58,10 +64,11 @@ describe('credential lifecycle with an issuer', { skip: !isRoot() && 'needs root
     assert.deepEqual(states, ['used', 'used']);
   });
 
-  it('renews at least 5 times while a connection stays up and a connect loop sees no failure', async () => {
+  it('renews at least 5 times while a connection stays up and a connect loop sees no failure', async (t) => {
     const held = lab.lab.peer('web', ['hold', lab.lab.address('api'), String(ECHO_PORT)], { stdin: true });
     await held.waitFor((line) => line.connected === true);
     const start = { web: (await renewalOf(lab.web)).renewals, api: (await renewalOf(lab.api)).renewals };
+    const fastBefore = await fastAccepted(lab.api);
     // One connect every 250 ms for as long as 5 renewals take (half-life 4 s ± 10 %: about 20 s).
     const loop = lab.lab.peer('web', ['rounds', lab.lab.address('api'), String(ECHO_PORT), '110', '250']);
     const done = await loop.waitFor((line) => line.ok !== undefined, 60_000);
@@ -78,6 +85,10 @@ describe('credential lifecycle with an issuer', { skip: !isRoot() && 'needs root
     const keys = new Set(lab.issuer.lines.filter((line) => line.audit === 'issued' && line.subject === 'spiffe://demo.synpass/agent/join/web').map((line) => line.key));
     assert.ok(keys.size >= 6, `web presented ${keys.size} keys`);
     assert.equal(web.failures, 0);
+    // Between renewals known pairs ran in the kernel: each renewal's new keys refreshed its maps.
+    const fastConnects = (await fastAccepted(lab.api)) - fastBefore;
+    assert.ok(fastConnects >= 20, `${fastConnects} of 110 connects took the kernel fast path`);
+    t.diagnostic(`renewals: web ${web.renewals - start.web}, api ${api.renewals - start.api}; connects 110, failed 0, on the kernel fast path ${fastConnects}`);
   });
 
   it('with the issuer stopped the agents work until expiry, then cloak and report why; they recover when it returns', async () => {

@@ -57,6 +57,7 @@ export function readEvidence(files: EvidenceFiles): Attestation | null {
  */
 export function pendingEnrollment(renewer: CredentialRenewer): string | null {
   if (renewer.current() !== null) return null;
+  if (renewer.lapsed()) return `the credential has expired: it is renewed with ${renewer.options.issuerUrl} at start`;
   let attestation: Attestation | null;
   try {
     attestation = readEvidence(renewer.options.evidence);
@@ -135,9 +136,13 @@ export class CredentialRenewer {
    */
   async ensureCredential(): Promise<void> {
     if (this.current() !== null) return;
+    // A credential that lapsed while the host was down is renewed (within the issuer's grace)
+    // rather than needing new evidence: a spent join token is gone.
+    const lapsed = this.readForRenewalOrNull() !== null;
     for (let attempt = 0; ; attempt++) {
       try {
-        await this.attest();
+        if (lapsed) await this.renewOrAttest();
+        else await this.attest();
         return;
       } catch (error) {
         if (!(error instanceof EnrollmentError) || error.code !== 'unreachable' || this.stopped) throw error;
@@ -296,6 +301,11 @@ export class CredentialRenewer {
     const current = this.readForRenewalOrNull();
     const lifetimeMs = current === null ? MAX_BACKOFF_MS : (current.credential.expiresAt - current.credential.issuedAt) * 1000;
     return Math.min(1000 * 2 ** Math.min(this.failuresInARow - 1, 15), MAX_BACKOFF_MS, Math.max(1000, lifetimeMs / 8));
+  }
+
+  /** A credential and key on disk that no longer verify as current (expired), but could renew. */
+  lapsed(): boolean {
+    return this.current() === null && this.readForRenewalOrNull() !== null;
   }
 
   private readForRenewalOrNull(): Current | null {

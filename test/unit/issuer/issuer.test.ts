@@ -109,6 +109,32 @@ describe('issuer', () => {
     assert.deepEqual(audits.map((line) => line.attestation), ['join-token', 'renewal']);
   });
 
+  it('an agent whose credential lapsed while it was down renews it at start, within the grace, without new evidence', async () => {
+    const files = agentFiles('lapsed');
+    const tokenFile = join(scratchDirectory('issuer-token'), 'join-token');
+    writeFileSync(tokenFile, fixture.joinTokens.create({ agent: 'vm-8', namespaces: [], ttlSeconds: 600, nowSeconds: now() }).token);
+    await renewer(files, tokenFile).ensureCredential();
+    const first = verifyCredential(readFileSync(files.credential, 'utf8').trim(), loadTrustBundles(fixture.bundles), now());
+    // Twenty minutes later (the 600 s credential expired, the 3600 s grace has not), for agent and issuer alike.
+    const later = () => Date.now() + 1_200_000;
+    const bundles = loadTrustBundles(fixture.bundles);
+    const loaded = await loadCertifiedIssuingKey(fixture.issuingKey, DOMAIN, bundles, now());
+    const issuer = new Issuer({ trustDomain: DOMAIN, issuingKey: loaded.key, certificate: loaded.certificate, bundles, attestors: [], ttlSeconds: 600, renewalGraceSeconds: 3600 });
+    const laterServer = await startIssuerServer({ listen: '127.0.0.1:0', tlsCertificate: fixture.tlsCertificate, tlsKey: fixture.tlsKey, ratePerSource: 0, issuer, log: recorded.log, clock: later });
+    try {
+      const restarted = new CredentialRenewer({ issuerUrl: `https://127.0.0.1:${(laterServer.server.address() as { port: number }).port}`, tlsCa: fixture.tlsCertificate, evidence: { joinToken: tokenFile, kubernetesToken: null, cloudDocument: null, cloudSignature: null }, files, log: recorded.log, clock: later });
+      assert.equal(restarted.current(), null, 'expired by then');
+      assert.equal(restarted.lapsed(), true);
+      await restarted.ensureCredential();
+      const renewed = verifyCredential(readFileSync(files.credential, 'utf8').trim(), loadTrustBundles(fixture.bundles), Math.floor(later() / 1000));
+      assert.equal(renewed.subject, first.subject);
+      assert.notEqual(renewed.signKid, first.signKid);
+      assert.equal(recorded.audits().at(-1)?.attestation, 'renewal');
+    } finally {
+      await laterServer.close();
+    }
+  });
+
   it('refuses a replayed join token, counted and audited, and the agent stops with the reason', async () => {
     const { token } = fixture.joinTokens.create({ agent: 'vm-2', namespaces: [], ttlSeconds: 600, nowSeconds: now() });
     const tokenFile = join(scratchDirectory('issuer-token'), 'join-token');
