@@ -3,11 +3,13 @@
 // connect loop never fails, ride out the issuer's absence until expiry, then cloak and say why,
 // and come back when it returns.
 import assert from 'node:assert/strict';
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { SignJWT } from 'jose';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { isRoot, sleep, synpassCommand, type AgentHandle } from '../../scripts/lib/lab.ts';
-import { joinTokenFile, startIssuerLab, type IssuerLab } from '../../scripts/lib/issuer-lab.ts';
+import { joinTokenFile, LAB_CLUSTER, startIssuerLab, type IssuerLab } from '../../scripts/lib/issuer-lab.ts';
 import { createIssuingKey } from '../../agent/src/issuer/issuing-key.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
 import { verifyCredential } from '../../agent/src/token/credential.ts';
@@ -76,7 +78,12 @@ describe('credential lifecycle with an issuer', { skip: !isRoot() && 'needs root
     const api = await renewalOf(lab.api);
     assert.ok(web.renewals - start.web >= 5, `web renewed ${web.renewals - start.web} times`);
     assert.ok(api.renewals - start.api >= 5, `api renewed ${api.renewals - start.api} times`);
-    assert.deepEqual(loop.lines.filter((line) => line.failed !== undefined && line.ok === undefined), []);
+    const failures = loop.lines.filter((line) => line.failed !== undefined && line.ok === undefined);
+    if (failures.length > 0 && process.env.DEBUG_ISSUER === '1') {
+      const { writeFileSync: dump } = await import('node:fs');
+      dump('/tmp/iss-debug.json', JSON.stringify({ failures, web: lab.web.process.lines, api: lab.api.process.lines }, null, 1));
+    }
+    assert.deepEqual(failures, []);
     assert.deepEqual(done, { ok: 110, failed: 0 });
     held.write('still here\n');
     await held.waitFor((line) => line.echoed === 'still here');
@@ -124,6 +131,39 @@ describe('credential lifecycle with an issuer', { skip: !isRoot() && 'needs root
     await waitUntil('api renews again', async () => (await renewalOf(lab.api)).failingSince === null, 20_000);
     const back = await lab.lab.peerOnce('web', ['echo', lab.lab.address('api'), String(ECHO_PORT), 'back']);
     assert.deepEqual(back, { echoed: 'back' });
+  });
+
+  it('refuses, counted and audited, a replayed join token, a request without proof of possession, and service-account tokens of the wrong kind', async () => {
+    const saToken = (claims: { audience?: string; namespace?: string; account?: string; expiresIn?: number; key?: KeyObject } = {}): Promise<string> =>
+      new SignJWT({ 'kubernetes.io': { namespace: claims.namespace ?? 'synpass-system', serviceaccount: { name: claims.account ?? 'synpass-agent' }, pod: { name: 'synpass-agent-abcde' }, node: { name: 'node-a' } } })
+        .setProtectedHeader({ alg: 'RS256', kid: 'sa-1' })
+        .setIssuer(lab.serviceAccountIssuer)
+        .setAudience(claims.audience ?? 'synpass')
+        .setSubject('system:serviceaccount:synpass-system:synpass-agent')
+        .setIssuedAt()
+        .setExpirationTime(Math.floor(Date.now() / 1000) + (claims.expiresIn ?? 600))
+        .sign(claims.key ?? lab.serviceAccountKey);
+    const before = await lab.refusals('web');
+    const cases: [string, Record<string, string>, boolean][] = [
+      ['join-token-used', { type: 'join-token', token: lab.joinTokens.web }, false],
+      ['bad-proof', { type: 'join-token', token: lab.joinTokens.api }, true],
+      ['k8s-wrong-audience', { type: 'kubernetes', token: await saToken({ audience: 'vault' }) }, false],
+      ['k8s-expired', { type: 'kubernetes', token: await saToken({ expiresIn: -120 }) }, false],
+      ['k8s-wrong-service-account', { type: 'kubernetes', token: await saToken({ namespace: 'default' }) }, false],
+      ['k8s-wrong-service-account', { type: 'kubernetes', token: await saToken({ account: 'builder' }) }, false],
+      ['k8s-bad-signature', { type: 'kubernetes', token: await saToken({ key: generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey }) }, false],
+    ];
+    for (const [reason, attestation, forged] of cases) {
+      const answer = await lab.probe('web', attestation, forged);
+      assert.deepEqual(answer, { status: 403, error: reason }, reason);
+      assert.ok(lab.issuer.lines.some((line) => line.audit === 'refused' && line.reason === reason && line.source === lab.lab.address('web')), `${reason} audited with its source`);
+    }
+    const after = await lab.refusals('web');
+    const expected = new Map<string, number>();
+    for (const [reason] of cases) expected.set(reason, (expected.get(reason) ?? 0) + 1);
+    for (const [reason, count] of expected) assert.equal((after[reason] ?? 0) - (before[reason] ?? 0), count, `${reason} counted`);
+    // The right token from the right service account is a node credential named after its node.
+    assert.deepEqual(await lab.probe('web', { type: 'kubernetes', token: await saToken() }), { status: 200, subject: `spiffe://demo.synpass/agent/k8s/${LAB_CLUSTER}/node-a` });
   });
 
   it('an issuer whose issuing key the CA did not certify refuses to start, with an audit line', async () => {

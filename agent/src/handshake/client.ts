@@ -3,7 +3,7 @@
 // leaving with the client's proof. Each step fills the Decision, or returns why it refuses.
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
 import type { Decision, PacketInfo } from '../datapath/handler.ts';
-import { ackProof, synAckProofValid, synProof } from '../protocol/proofs.ts';
+import { ackProof, derivePairKey, synAckProofValid, synProof } from '../protocol/proofs.ts';
 import { signSyn } from '../protocol/syn-signature.ts';
 import { deriveFastKey } from '../protocol/fast-keys.ts';
 import { encodeTransient, FLAG_FAST, FLAG_KERNEL, FLAG_SYN_PROOF, FLAG_SYN_SIGNATURE, MessageType, type SynMessage } from '../protocol/wire.ts';
@@ -59,6 +59,7 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     syn,
     local: own.localAttributes,
     owner: pod === undefined && info.uid >= 0 ? info.uid : null,
+    ownIdentity: ctx.local,
     expiresAt: ctx.now() + ctx.options.handshakeTimeoutMs,
   });
   if (!stored) return refuse('flow-table-full');
@@ -88,7 +89,11 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   if (flow?.role !== 'client' || packet.acknowledgment !== ((flow.clientIsn + 1) >>> 0)) return refuse('unknown-flow');
   const peer = ctx.verifier.verify(message.credential, message.token);
   if (peer instanceof Refusal) return peer;
-  const pairKey = ctx.verifier.pairKey(peer.credential);
+  // Our keys rotated after the SYN left (a renewal): the server proves to the key the SYN
+  // carried, so this handshake finishes under it; what it teaches is not kept for the new key.
+  const own = flow.ownIdentity ?? ctx.local;
+  const rotated = own !== ctx.local;
+  const pairKey = rotated ? derivePairKey(own.kex, own.kexRaw, peer.credential.kexKey, peer.credential.kexRaw) : ctx.verifier.pairKey(peer.credential);
   const transcript = { flags: message.flags, clientNonce: flow.clientNonce, serverNonce: message.nonce, clientIsn: flow.clientIsn, serverIsn: packet.sequence, tokenSignature: message.token.signature };
   if (!synAckProofValid(pairKey, transcript, message.proof)) return refuse('bad-proof');
   const fast = (message.flags & FLAG_FAST) !== 0;
@@ -96,8 +101,8 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   // Mutual authorization: the sender decides egress once it knows who answered.
   const auth = ctx.authorize(decision, 'egress', { local: flow.local ?? ctx.local.tokenForOwner(-1).localAttributes, peer: peer.identity, peerAddress: server, port: packet.sourcePort });
   if (!auth.allowed) return refuse('not-allowed', 'egress to this identity is not allowed', peer.identity);
-  ctx.rememberServer(server, peer.credential.kexRaw, pairKey);
-  if ((message.flags & FLAG_KERNEL) !== 0 && ctx.kernelPath !== null && flow.owner != null && flow.syn !== null && auth.wouldDrop === null) {
+  if (!rotated) ctx.rememberServer(server, peer.credential.kexRaw, pairKey);
+  if (!rotated && (message.flags & FLAG_KERNEL) !== 0 && ctx.kernelPath !== null && flow.owner != null && flow.syn !== null && auth.wouldDrop === null) {
     // The server's kernel holds this workload now: our kernel sends its next SYNs to this port.
     ctx.kernelPath.useServer({
       serverAddress: server,

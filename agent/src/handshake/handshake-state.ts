@@ -1,4 +1,5 @@
 // Per-connection handshake state and the SYN replay cache, both bounded and expiring.
+import type { LocalIdentity } from '../identity/local-identity.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { SynMessage } from '../protocol/wire.ts';
 import type { AdmittedClient } from './kernel-path.ts';
@@ -17,6 +18,12 @@ export interface Flow {
   syn: SynMessage | null;
   /** Client side: the local workload's attributes, for the egress decision at the SYN-ACK. */
   local: Readonly<Record<string, string>> | null;
+  /**
+   * The identity this end started the handshake under (the client's SYN carries its credential,
+   * the server's pair key derives from its key). A renewal may swap keys before the handshake
+   * ends; it ends under these.
+   */
+  ownIdentity?: LocalIdentity;
   /** Client side: the local user whose token the SYN carries, or null for a pod known by address. */
   owner?: number | null;
   /** Server side: the kernel path may take this client workload, if the listener's kernel signs (its SYN-ACK says). */

@@ -120,6 +120,7 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     fast,
     syn: null,
     local: null,
+    ownIdentity: ctx.local,
     expiresAt: nowMs + ctx.options.handshakeTimeoutMs,
   });
   if (!stored) return refuse('flow-table-full');
@@ -161,14 +162,17 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   flow.serverIsn = packet.sequence;
   // The listener's kernel signs answers to fast SYNs only if it was opened while the programs
   // were attached; its SYN-ACK carries the ready option then. Decided once per handshake.
+  // The answer comes from the identity the SYN was judged under, whose key the pair key derives
+  // from, even if a renewal swapped keys since (the kernel then forgot them: it takes nothing).
+  const own = flow.ownIdentity ?? ctx.local;
   if (flow.kernelCandidate != null && ctx.kernelPath !== null) {
-    flow.kernel = packet.kernelReady && ctx.kernelPath.admitClient(flow.kernelCandidate);
+    flow.kernel = packet.kernelReady && own === ctx.local && ctx.kernelPath.admitClient(flow.kernelCandidate);
     flow.kernelCandidate = null;
   }
   const flags = (flow.fast ? FLAG_FAST : 0) | (flow.kernel === true ? FLAG_KERNEL : 0);
-  const token = (ctx.local.tokenForAddress(server) ?? ctx.local.tokenForPort(packet.sourcePort)).packed;
+  const token = (own.tokenForAddress(server) ?? own.tokenForPort(packet.sourcePort)).packed;
   const proof = synAckProof(flow.pairKey, { flags, clientNonce: flow.clientNonce, serverNonce: flow.serverNonce, clientIsn: flow.clientIsn, serverIsn: flow.serverIsn, tokenSignature: token.signature });
-  ctx.attach(decision, encodeTransient({ type: MessageType.SynAck, flags, credential: ctx.local.packedCredential, token, nonce: flow.serverNonce, proof }));
+  ctx.attach(decision, encodeTransient({ type: MessageType.SynAck, flags, credential: own.packedCredential, token, nonce: flow.serverNonce, proof }));
   decision.reason = flow.fast ? 'ok-fast' : 'ok';
   if (flow.fast) {
     flow.completed = true;

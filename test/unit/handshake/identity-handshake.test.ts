@@ -225,6 +225,32 @@ describe('identity handshake over a virtual wire', () => {
     assert.equal(server.events.at(-1)?.reason, 'ok-fast');
   });
 
+  it('a client that rotated its keys between its SYN and the SYN-ACK (a renewal) still completes the handshake under the keys its SYN carried', async () => {
+    completeFirstContact();
+    const syn2 = onPort(SYN, 21);
+    const synOut = client.queue.deliver(syn2, 'egress');
+    const renewed = (await agent(domain, 'web', 'frontend', clock)).local;
+    client.verifier.reconfigure(renewed.bundles, { kex: renewed.kex, kexRaw: renewed.kexRaw });
+    client.handler.useIdentity(renewed);
+    assert.equal(server.queue.deliver(synOut.bytes, 'ingress').dropped, false);
+    const synAckIn = client.queue.deliver(server.queue.deliver(onPort(SYN_ACK, 23), 'egress').bytes, 'ingress');
+    assert.equal(synAckIn.dropped, false, `SYN-ACK accepted (${client.events.at(-1)?.reason ?? ''})`);
+    // Nothing learned under the old key is kept: the next SYN is a signed first contact under the new one.
+    const next = synMessage(client.queue.deliver(onPort(SYN, 21, 0x98), 'egress').bytes);
+    assert.ok(next.signature !== null && next.proof === null);
+  });
+
+  it('a server that rotated its keys between the SYN and its SYN-ACK answers under the keys it judged the SYN with', async () => {
+    const synIn = server.queue.deliver(client.queue.deliver(SYN, 'egress').bytes, 'ingress');
+    assert.equal(synIn.dropped, false);
+    const renewed = (await agent(domain, 'api', 'backend', clock)).local;
+    server.verifier.reconfigure(renewed.bundles, { kex: renewed.kex, kexRaw: renewed.kexRaw });
+    server.handler.useIdentity(renewed);
+    const synAckIn = client.queue.deliver(server.queue.deliver(SYN_ACK, 'egress').bytes, 'ingress');
+    assert.equal(synAckIn.dropped, false, `SYN-ACK accepted (${client.events.at(-1)?.reason ?? ''})`);
+    assert.equal(server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress').released, true);
+  });
+
   it('a server restarted with new keys drops a fast SYN; its retransmit is signed and the full handshake completes', async () => {
     completeFirstContact();
     const restarted = await agent(domain, 'api', 'backend', clock);
