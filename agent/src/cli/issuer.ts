@@ -4,7 +4,8 @@ import { readFileSync } from 'node:fs';
 import { InvalidArgumentError, type Command } from 'commander';
 import type { NodeAttestor } from '../issuer/attestors/attestor.ts';
 import { CloudDocumentAttestor } from '../issuer/attestors/cloud-document.ts';
-import { KubernetesAttestor } from '../issuer/attestors/kubernetes.ts';
+import { KubernetesAttestor, offlineReviewer } from '../issuer/attestors/kubernetes.ts';
+import { tokenReviewer } from '../issuer/attestors/token-review.ts';
 import { discoveredKeys, fileKeys } from '../issuer/attestors/oidc-keys.ts';
 import { JoinTokenAttestor } from '../issuer/attestors/join-token.ts';
 import { Issuer } from '../issuer/issuer.ts';
@@ -35,6 +36,7 @@ interface RunFlags {
   k8sJwksFile?: string;
   k8sCa?: string;
   k8sBearerTokenFile?: string;
+  k8sTokenReview?: string;
   k8sServiceAccount: string[];
   cloudCertificate: string[];
   cloudAccount: string[];
@@ -49,14 +51,17 @@ async function nodeAttestors(flags: RunFlags): Promise<NodeAttestor[]> {
   const attestors: NodeAttestor[] = [];
   if (flags.joinTokens !== undefined) attestors.push(new JoinTokenAttestor(new JoinTokenStore(flags.joinTokens)));
   if (flags.k8sCluster !== undefined) {
-    if (flags.k8sIssuer === undefined) throw new InvalidArgumentError('--k8s-cluster needs --k8s-issuer (the service-account issuer URL, `iss` of its tokens)');
-    const keys = flags.k8sJwksFile === undefined ? await discoveredKeys(flags.k8sIssuer, { ca: flags.k8sCa === undefined ? null : readFileSync(flags.k8sCa), bearerTokenFile: flags.k8sBearerTokenFile ?? null }) : fileKeys(flags.k8sJwksFile);
+    const access = { ca: flags.k8sCa === undefined ? null : readFileSync(flags.k8sCa), bearerTokenFile: flags.k8sBearerTokenFile ?? null };
+    let reviewer;
+    if (flags.k8sTokenReview !== undefined) reviewer = tokenReviewer(flags.k8sTokenReview, access);
+    else if (flags.k8sIssuer === undefined) throw new InvalidArgumentError('--k8s-cluster needs --k8s-issuer (the service-account issuer URL, `iss` of its tokens) or --k8s-token-review');
+    else reviewer = offlineReviewer({ issuer: flags.k8sIssuer, keys: flags.k8sJwksFile === undefined ? await discoveredKeys(flags.k8sIssuer, access) : fileKeys(flags.k8sJwksFile) });
     const serviceAccounts = (flags.k8sServiceAccount.length > 0 ? flags.k8sServiceAccount : ['synpass-system/synpass-agent']).map((text) => {
       const [namespace, name, ...rest] = text.split('/');
       if (namespace === undefined || name === undefined || rest.length > 0 || namespace === '' || name === '') throw new InvalidArgumentError(`--k8s-service-account ${text}: expected NAMESPACE/NAME`);
       return { namespace, name };
     });
-    attestors.push(new KubernetesAttestor({ cluster: flags.k8sCluster, issuer: flags.k8sIssuer, keys, serviceAccounts, namespaces }));
+    attestors.push(new KubernetesAttestor({ cluster: flags.k8sCluster, reviewer, serviceAccounts, namespaces }));
   }
   if (flags.cloudCertificate.length > 0) {
     const certificates = flags.cloudCertificate.map((path) => new X509Certificate(readFileSync(path)));
@@ -86,6 +91,7 @@ export function registerIssuerCommands(program: Command): void {
     .option('--k8s-issuer <url>', "the cluster's service-account issuer (`iss`); its keys come by OIDC discovery unless --k8s-jwks-file")
     .option('--k8s-jwks-file <file>', 'the service-account issuer keys as a file (kubectl get --raw /openid/v1/jwks)')
     .option('--k8s-ca <file>', "CA of the service-account issuer's TLS certificate, for discovery")
+    .option('--k8s-token-review <api server URL>', 'review tokens online with the TokenReview API instead (it knows a deleted pod\'s token is dead; needs system:auth-delegator), with --k8s-ca and --k8s-bearer-token-file')
     .option('--k8s-bearer-token-file <file>', "token sent with discovery requests, where the API server serves its keys to service accounts only (the issuer pod's own token)")
     .option('--k8s-service-account <namespace/name>', 'service account of the agent DaemonSet (repeatable; default synpass-system/synpass-agent)', repeatable, [])
     .option('--cloud-certificate <file>', 'attest cloud instances by identity documents signed by this provider certificate (PEM, repeatable)', repeatable, [])

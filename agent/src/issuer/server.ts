@@ -2,7 +2,7 @@
 // credential or a refusal; /healthz and /metrics for probes and Prometheus. Every issuance and
 // every refusal is one audit line. Each source (IPv4 address or IPv6 /64) has a request budget,
 // and bodies, headers and slow clients are bounded, so a stranger costs counters.
-import { readFileSync } from 'node:fs';
+import { readFileSync, unwatchFile, watchFile } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Counter, Gauge, Registry } from 'prom-client';
@@ -14,6 +14,7 @@ import { IssuanceRefusal, REFUSAL_REASONS } from './refusal.ts';
 
 export const CREDENTIALS_PATH = '/v1/credentials';
 const MAX_BODY_BYTES = 16 * 1024;
+const TLS_POLL_MS = 10_000;
 
 export interface IssuerServerOptions {
   /** host:port */
@@ -25,6 +26,8 @@ export interface IssuerServerOptions {
   issuer: Issuer;
   log: Logger;
   clock?: () => number;
+  /** How often the TLS files are checked for a renewed certificate (default 10 s). */
+  tlsPollMs?: number;
 }
 
 export interface IssuerServer {
@@ -118,10 +121,10 @@ export async function startIssuerServer(options: IssuerServerOptions): Promise<I
     }
   };
 
+  const tls = (): { cert: Buffer; key: Buffer } => ({ cert: readFileSync(options.tlsCertificate), key: readFileSync(options.tlsKey) });
   const server = createServer(
     {
-      cert: readFileSync(options.tlsCertificate),
-      key: readFileSync(options.tlsKey),
+      ...tls(),
       requestTimeout: 10_000,
       headersTimeout: 5_000,
       maxHeaderSize: 8 * 1024,
@@ -149,11 +152,23 @@ export async function startIssuerServer(options: IssuerServerOptions): Promise<I
     },
   );
   await listenAt(server, options.listen);
+  // A renewed certificate (cert-manager, a cron job) is taken without a restart; a broken pair is
+  // reported and the served one stays.
+  const reloadTls = (): void => {
+    try {
+      server.setSecureContext(tls());
+      options.log.info({ certificate: options.tlsCertificate }, 'TLS certificate reloaded');
+    } catch (error) {
+      options.log.error({ err: error, certificate: options.tlsCertificate }, 'TLS certificate refused; the served one stays');
+    }
+  };
+  for (const path of [options.tlsCertificate, options.tlsKey]) watchFile(path, { interval: options.tlsPollMs ?? TLS_POLL_MS, persistent: false }, reloadTls);
   return {
     server,
     registry,
     close: () =>
       new Promise((resolve) => {
+        for (const path of [options.tlsCertificate, options.tlsKey]) unwatchFile(path, reloadTls);
         server.close(() => { resolve(); });
         server.closeAllConnections();
       }),

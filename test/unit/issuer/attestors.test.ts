@@ -10,8 +10,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { exportJWK, SignJWT } from 'jose';
 import { CloudDocumentAttestor } from '../../../agent/src/issuer/attestors/cloud-document.ts';
-import { KubernetesAttestor } from '../../../agent/src/issuer/attestors/kubernetes.ts';
+import { KubernetesAttestor, offlineReviewer } from '../../../agent/src/issuer/attestors/kubernetes.ts';
 import { discoveredKeys } from '../../../agent/src/issuer/attestors/oidc-keys.ts';
+import { tokenReviewer } from '../../../agent/src/issuer/attestors/token-review.ts';
 import { CredentialRenewer } from '../../../agent/src/issuer/enrollment.ts';
 import { Issuer } from '../../../agent/src/issuer/issuer.ts';
 import { loadCertifiedIssuingKey } from '../../../agent/src/issuer/issuing-key.ts';
@@ -131,7 +132,7 @@ describe('node attestors', () => {
       ttlSeconds: 600,
       renewalGraceSeconds: 0,
       attestors: [
-        new KubernetesAttestor({ cluster: 'prod-eu', issuer: saIssuer, keys: await discoveredKeys(saIssuer, { ca: null, bearerTokenFile: null }), serviceAccounts: [{ namespace: 'synpass', name: 'synpass-agent' }], namespaces: ['app', 'k8s'] }),
+        new KubernetesAttestor({ cluster: 'prod-eu', reviewer: offlineReviewer({ issuer: saIssuer, keys: await discoveredKeys(saIssuer, { ca: null, bearerTokenFile: null }) }), serviceAccounts: [{ namespace: 'synpass', name: 'synpass-agent' }], namespaces: ['app', 'k8s'] }),
         new CloudDocumentAttestor({ certificates: [new X509Certificate(readFileSync(providerCertificate))], accounts: ['123456789012'], maxAgeSeconds: 600, namespaces: ['app', 'cloud'] }),
       ],
     });
@@ -176,5 +177,55 @@ describe('node attestors', () => {
     await refusedWith('cloud-bad-signature', { ...good, cloudSignature: sign('sha256', Buffer.from(good.cloudDocument), selfSigned.privateKey).toString('base64') });
     await refusedWith('cloud-wrong-account', instanceDocument({ accountId: '999999999999' }));
     await refusedWith('cloud-document-too-old', instanceDocument({ pendingTime: new Date(Date.now() - 3_600_000).toISOString() }));
+  });
+});
+
+describe('Kubernetes attestation through TokenReview', () => {
+  let api: Server;
+  let apiServer: string;
+  const issuerToken = join(scratchDirectory('token-review'), 'token');
+  writeFileSync(issuerToken, 'issuer-own-token\n');
+  const reviews: { authorization: string | undefined; token: string; audiences: string[] }[] = [];
+  // What the API server knows: a live agent pod's token, one of a deleted pod, one of another account.
+  const known: Record<string, { status: Record<string, unknown> }> = {
+    live: { status: { authenticated: true, audiences: ['synpass'], user: { username: 'system:serviceaccount:synpass-system:synpass-agent', extra: { 'authentication.kubernetes.io/pod-name': ['synpass-agent-q2w8r'], 'authentication.kubernetes.io/node-name': ['node-b'] } } } },
+    'deleted-pod': { status: { authenticated: false, error: 'pod "synpass-agent-old" not found' } },
+    'other-account': { status: { authenticated: true, audiences: ['synpass'], user: { username: 'system:serviceaccount:ci:builder', extra: { 'authentication.kubernetes.io/pod-name': ['b'], 'authentication.kubernetes.io/node-name': ['node-b'] } } } },
+    'other-audience': { status: { authenticated: true, audiences: ['vault'], user: { username: 'system:serviceaccount:synpass-system:synpass-agent' } } },
+  };
+
+  before(async () => {
+    api = createServer((request, response) => {
+      const chunks: Buffer[] = [];
+      request.on('data', (chunk: Buffer) => chunks.push(chunk));
+      request.on('end', () => {
+        const review = JSON.parse(Buffer.concat(chunks).toString()) as { kind: string; spec: { token: string; audiences: string[] } };
+        reviews.push({ authorization: request.headers.authorization, token: review.spec.token, audiences: review.spec.audiences });
+        response.writeHead(request.url === '/apis/authentication.k8s.io/v1/tokenreviews' && review.kind === 'TokenReview' ? 201 : 404, { 'content-type': 'application/json' });
+        response.end(JSON.stringify({ kind: 'TokenReview', ...(known[review.spec.token] ?? { status: { authenticated: false, error: 'invalid bearer token' } }) }));
+      });
+    });
+    await new Promise<void>((resolve) => api.listen(0, '127.0.0.1', resolve));
+    apiServer = `http://127.0.0.1:${(api.address() as { port: number }).port}`;
+  });
+  after(() => { api.close(); });
+
+  it('names the credential after the node the API server says, and refuses a dead pod\'s token, another account and another audience', async () => {
+    const attestor = new KubernetesAttestor({
+      cluster: 'prod-eu',
+      reviewer: tokenReviewer(apiServer, { ca: null, bearerTokenFile: issuerToken }),
+      serviceAccounts: [{ namespace: 'synpass-system', name: 'synpass-agent' }],
+      namespaces: ['app'],
+    });
+    const grant = await attestor.attest({ token: 'live' });
+    assert.equal(grant.agentId, 'k8s/prod-eu/node-b');
+    assert.equal(grant.node['node.k8s-pod'], 'synpass-agent-q2w8r');
+    assert.deepEqual(reviews[0], { authorization: 'Bearer issuer-own-token', token: 'live', audiences: ['synpass'] });
+    const reasonOf = (token: string) => attestor.attest({ token }).then(() => 'issued', (error: unknown) => (error as { code: string }).code);
+    assert.equal(await reasonOf('deleted-pod'), 'k8s-bad-token');
+    assert.equal(await reasonOf('other-account'), 'k8s-wrong-service-account');
+    assert.equal(await reasonOf('other-audience'), 'k8s-wrong-audience');
+    const unreachable = new KubernetesAttestor({ cluster: 'prod-eu', reviewer: tokenReviewer('http://127.0.0.1:1', { ca: null, bearerTokenFile: null }), serviceAccounts: [], namespaces: [] });
+    assert.equal(await unreachable.attest({ token: 'live' }).then(() => 'issued', (error: unknown) => (error as { code: string }).code), 'k8s-keys-unavailable');
   });
 });

@@ -19,7 +19,7 @@ import { createAgentLog } from '../../../agent/src/telemetry/log.ts';
 import { EMPTY_DENY_LIST, parseDenyList } from '../../../agent/src/token/deny-list.ts';
 import { verifyCredential } from '../../../agent/src/token/credential.ts';
 import { loadTrustBundles, TrustBundleError } from '../../../agent/src/token/trust-bundle.ts';
-import { createIssuerFixture, type IssuerFixture } from '../../../scripts/lib/issuer-fixture.ts';
+import { createIssuerFixture, makeTlsCertificate, type IssuerFixture } from '../../../scripts/lib/issuer-fixture.ts';
 import { scratchDirectory } from '../../../scripts/lib/scratch.ts';
 
 const DOMAIN = 'issuer.synpass';
@@ -208,6 +208,35 @@ describe('issuer', () => {
     // The same request passes an issuer without that list entry: the refusal was the list's.
     const lenient = new Issuer({ ...strict.options, denyList: () => EMPTY_DENY_LIST });
     assert.equal((await lenient.issue(request, now())).subject, current.subject);
+  });
+
+  it('serves a renewed TLS certificate without a restart', async () => {
+    const directory = scratchDirectory('issuer-tls');
+    const first = makeTlsCertificate(directory, ['127.0.0.1']);
+    const firstCa = readFileSync(first.certificate);
+    const bundles = loadTrustBundles(fixture.bundles);
+    const loaded = await loadCertifiedIssuingKey(fixture.issuingKey, DOMAIN, bundles, now());
+    const issuer = new Issuer({ trustDomain: DOMAIN, issuingKey: loaded.key, certificate: loaded.certificate, bundles, attestors: [], ttlSeconds: 600, renewalGraceSeconds: 0 });
+    const rotating = await startIssuerServer({ listen: '127.0.0.1:0', tlsCertificate: first.certificate, tlsKey: first.key, ratePerSource: 0, issuer, log: recorded.log, tlsPollMs: 100 });
+    const port = (rotating.server.address() as { port: number }).port;
+    const healthy = (ca: Buffer): Promise<boolean> =>
+      new Promise((resolve) => {
+        const call = request({ host: '127.0.0.1', port, path: '/healthz', ca, agent: false }, (response) => { response.resume(); resolve(response.statusCode === 200); });
+        call.on('error', () => { resolve(false); });
+        call.end();
+      });
+    try {
+      assert.equal(await healthy(firstCa), true);
+      // A new pair over the same files, as cert-manager writes it.
+      const second = makeTlsCertificate(directory, ['127.0.0.1']);
+      const secondCa = readFileSync(second.certificate);
+      const deadline = Date.now() + 5000;
+      while (!(await healthy(secondCa)) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.equal(await healthy(secondCa), true, 'the new certificate is served');
+      assert.equal(await healthy(firstCa), false, 'the old one is not');
+    } finally {
+      await rotating.close();
+    }
   });
 
   it('refuses to load an issuing key the CA did not certify, and a bundle with a forged certificate', async () => {

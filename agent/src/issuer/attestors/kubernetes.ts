@@ -1,9 +1,10 @@
 // Kubernetes node attestation: the agent pod shows a projected service-account token (audience
-// "synpass"), which kubelet binds to the pod and its node. The issuer verifies it offline
-// against the cluster's service-account issuer keys (oidc-keys.ts), checks that it belongs to
-// the agent DaemonSet's namespace and service account, and names the credential after the node:
-// spiffe://<domain>/agent/k8s/<cluster>/<node>.
-import { errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+// "synpass"), which kubelet binds to the pod and its node. A reviewer vouches for the token:
+// offline, against the cluster's service-account issuer keys (oidc-keys.ts), or online through
+// the API server's TokenReview (token-review.ts), which also knows a deleted pod's token is dead.
+// The attestor checks that the token belongs to the agent DaemonSet's namespace and service
+// account, and names the credential after the node: spiffe://<domain>/agent/k8s/<cluster>/<node>.
+import { errors, jwtVerify, type JWTVerifyGetKey } from 'jose';
 import { IssuanceRefusal, type RefusalReason } from '../refusal.ts';
 import { OidcKeysError } from './oidc-keys.ts';
 import { evidenceText, pathSegment, type NodeAttestor, type NodeGrant } from './attestor.ts';
@@ -15,23 +16,28 @@ export interface ServiceAccount {
   name: string;
 }
 
+/** What a reviewer found a valid token to stand for ('' where it says nothing). */
+export interface ReviewedToken {
+  namespace: string;
+  serviceAccount: string;
+  pod: string;
+  node: string;
+}
+
+/** Vouches for a service-account token, or refuses it with a counted reason. */
+export type TokenReviewer = (token: string) => Promise<ReviewedToken>;
+
 export interface KubernetesAttestorOptions {
   /** Names the cluster in agent names (several clusters may share a domain). */
   cluster: string;
-  /** The service-account issuer (`iss` of the tokens), e.g. https://kubernetes.default.svc. */
-  issuer: string;
-  keys: JWTVerifyGetKey;
+  reviewer: TokenReviewer;
   /** Service accounts the agent DaemonSet runs as. */
   serviceAccounts: readonly ServiceAccount[];
   namespaces: string[];
-  audience?: string;
 }
 
-interface KubernetesClaims {
-  namespace?: unknown;
-  serviceaccount?: { name?: unknown };
-  pod?: { name?: unknown };
-  node?: { name?: unknown };
+function text(value: unknown): string {
+  return typeof value === 'string' ? value : '';
 }
 
 function refusalOf(error: unknown): IssuanceRefusal {
@@ -44,6 +50,25 @@ function refusalOf(error: unknown): IssuanceRefusal {
   return new IssuanceRefusal(reason, `service-account token: ${(error as Error).message}`, {}, { cause: error });
 }
 
+/** Offline review: the token's signature under the service-account issuer's keys, and its claims. */
+export function offlineReviewer(options: { issuer: string; keys: JWTVerifyGetKey; audience?: string }): TokenReviewer {
+  return async (token) => {
+    try {
+      const { payload } = await jwtVerify(token, options.keys, {
+        issuer: options.issuer,
+        audience: options.audience ?? KUBERNETES_AUDIENCE,
+        algorithms: ['RS256', 'ES256'],
+        requiredClaims: ['exp', 'sub'],
+      });
+      const claims = (payload['kubernetes.io'] ?? {}) as { namespace?: unknown; serviceaccount?: { name?: unknown }; pod?: { name?: unknown }; node?: { name?: unknown } };
+      return { namespace: text(claims.namespace), serviceAccount: text(claims.serviceaccount?.name), pod: text(claims.pod?.name), node: text(claims.node?.name) };
+    } catch (error) {
+      if (error instanceof errors.JOSEError || error instanceof OidcKeysError) throw refusalOf(error);
+      throw error;
+    }
+  };
+}
+
 export class KubernetesAttestor implements NodeAttestor {
   readonly type = 'kubernetes';
   constructor(private readonly options: KubernetesAttestorOptions) {
@@ -51,27 +76,10 @@ export class KubernetesAttestor implements NodeAttestor {
   }
 
   async attest(evidence: Readonly<Record<string, unknown>>): Promise<NodeGrant> {
-    const token = evidenceText(evidence, 'token', this.type);
-    let payload: JWTPayload;
-    try {
-      ({ payload } = await jwtVerify(token, this.options.keys, {
-        issuer: this.options.issuer,
-        audience: this.options.audience ?? KUBERNETES_AUDIENCE,
-        algorithms: ['RS256', 'ES256'],
-        requiredClaims: ['exp', 'sub'],
-      }));
-    } catch (error) {
-      if (error instanceof errors.JOSEError || error instanceof OidcKeysError) throw refusalOf(error);
-      throw error;
+    const { namespace, serviceAccount, pod, node } = await this.options.reviewer(evidenceText(evidence, 'token', this.type));
+    if (!this.options.serviceAccounts.some((allowed) => allowed.namespace === namespace && allowed.name === serviceAccount)) {
+      throw new IssuanceRefusal('k8s-wrong-service-account', `service account ${namespace}/${serviceAccount} is not the agent's`, { namespace, serviceAccount });
     }
-    const claims = (payload['kubernetes.io'] ?? {}) as KubernetesClaims;
-    const namespace = typeof claims.namespace === 'string' ? claims.namespace : '';
-    const account = typeof claims.serviceaccount?.name === 'string' ? claims.serviceaccount.name : '';
-    if (!this.options.serviceAccounts.some((allowed) => allowed.namespace === namespace && allowed.name === account)) {
-      throw new IssuanceRefusal('k8s-wrong-service-account', `service account ${namespace}/${account} is not the agent's`, { namespace, serviceAccount: account });
-    }
-    const node = typeof claims.node?.name === 'string' ? claims.node.name : '';
-    const pod = typeof claims.pod?.name === 'string' ? claims.pod.name : '';
     // Only a token bound to a pod on a node says which node: anything else could name any node.
     if (node === '' || pod === '') throw new IssuanceRefusal('k8s-no-node', 'the token is not bound to a pod and its node (a projected token from kubelet is)');
     return {

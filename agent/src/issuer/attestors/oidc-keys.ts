@@ -16,7 +16,7 @@ export class OidcKeysError extends SynpassError<'unreachable' | 'malformed' | 'i
 }
 
 /** Plain http only on loopback (a test server); key material otherwise comes over TLS. */
-function checkedUrl(text: string): URL {
+export function checkedUrl(text: string): URL {
   const url = new URL(text);
   const loopback = ['127.0.0.1', '[::1]', 'localhost'].includes(url.hostname);
   if (url.protocol !== 'https:' && !(url.protocol === 'http:' && loopback)) {
