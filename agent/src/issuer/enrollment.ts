@@ -131,8 +131,9 @@ export class CredentialRenewer {
   }
 
   /**
-   * Before the agent loads its identity: a current credential is kept; otherwise the join token
-   * buys one. Waits (with backoff) while the issuer cannot be reached; a refusal is final.
+   * Before the agent loads its identity: a current credential is kept, a lapsed one renewed, and
+   * otherwise the node's evidence (join token, service-account token, cloud document) buys one.
+   * Waits (with backoff) while the issuer cannot be reached; a refusal is final.
    */
   async ensureCredential(): Promise<void> {
     if (this.current() !== null) return;
@@ -311,7 +312,8 @@ export class CredentialRenewer {
   private readForRenewalOrNull(): Current | null {
     try {
       return this.readForRenewal();
-    } catch {
+    } catch (error) {
+      if (!(error instanceof SynpassError)) throw error;
       return null;
     }
   }
