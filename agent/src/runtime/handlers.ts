@@ -200,8 +200,7 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
           },
           (error) => { log.error({ err: error }, 'deny list refused; the previous one stays in force'); },
         );
-  const reload = async (): Promise<void> => {
-    policy?.reload();
+  const reloadIdentity = async (): Promise<void> => {
     // A broken new identity throws here and the running one stays in force.
     const next = await loadLocal();
     const watcher = pods;
@@ -212,8 +211,9 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
     handler.useIdentity(local);
     startRenewal(local);
   };
+  // A renewal swaps the identity only; SIGHUP also re-reads the policy.
   if (options.checkOnly !== true) renewer?.start(async () => {
-    await reload();
+    await reloadIdentity();
     log.info({ agent: local.credential.subject, credentialExpiresAt: new Date(local.credential.expiresAt * 1000).toISOString() }, 'credential renewed');
   });
   return {
@@ -230,7 +230,10 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
       verifier.reconfigure(local.bundles, { kex: local.kex, kexRaw: local.kexRaw });
       handler.forgetServers();
     },
-    reload,
+    reload: async () => {
+      policy?.reload();
+      await reloadIdentity();
+    },
     tables: () => ({ ...handler.tables(), ...verifier.tables() }),
     status: () => ({
       subject: identityConfig.subject,
