@@ -20,10 +20,17 @@ const ECHO = 7000;
 const FAST_KIND = 254;
 const FAST_EXID = 0xd351;
 
+interface Share {
+  kernel: number;
+  queue: number;
+  kernelShare: number | null;
+}
+
 interface FastStatus {
   running: boolean;
   reason: string;
   counters: Record<string, number>;
+  shares: { incoming: Share; outgoing: Share };
 }
 
 async function fast(agent: AgentHandle): Promise<FastStatus> {
@@ -84,6 +91,12 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       assert.equal(await queued(web), webQueued, 'web queued nothing');
       assert.deepEqual(moved(apiBefore, await fast(api)), { synAccepted: rounds, synAckSigned: rounds });
       assert.deepEqual(moved(webBefore, await fast(web)), { synSent: rounds, synAckVerified: rounds });
+      // Status tells the shares apart: these SYNs count for the kernel, none for the queue.
+      const [apiShares, webShares] = [(await fast(api)).shares, (await fast(web)).shares];
+      assert.deepEqual([apiShares.incoming.kernel - apiBefore.shares.incoming.kernel, apiShares.incoming.queue - apiBefore.shares.incoming.queue], [rounds, 0]);
+      assert.deepEqual([webShares.outgoing.kernel - webBefore.shares.outgoing.kernel, webShares.outgoing.queue - webBefore.shares.outgoing.queue], [rounds, 0]);
+      assert.ok(apiShares.incoming.queue >= 1, 'the first contact was queued');
+      assert.equal(apiShares.incoming.kernelShare, Math.round((apiShares.incoming.kernel / (apiShares.incoming.kernel + apiShares.incoming.queue)) * 1000) / 1000);
       // Accepted in the kernel, logged with the peer the fast SYN proved.
       const logged = await api.process.waitFor((l) => l.msg === 'handshake verdict' && l.path === 'kernel' && l.reason === 'ok-kernel' && String(l.source).startsWith(`${canonicalAddress(lab.address('web', family))}:`), 5_000);
       assert.equal((logged.peer as { subject: string }).subject, `spiffe://${DOMAIN}/web`);

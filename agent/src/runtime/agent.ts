@@ -47,6 +47,8 @@ export class Agent {
   private whois: WhoisService | null = null;
   private fastPath: FastPathChoice = { path: null, reason: 'not started', cgroup: null };
   private fastPathTimer: NodeJS.Timeout | null = null;
+  /** SYNs the queue accepted, by direction: beside the kernel's own, the fast path's share. */
+  private readonly queuedSyns = { ingress: 0, egress: 0 };
 
   constructor(
     private readonly config: AgentRuntimeConfig,
@@ -96,6 +98,7 @@ export class Agent {
         latency.observe(event.latencyMicroseconds / 1e6);
         if (event.rule !== null) ruleVerdicts.inc({ rule: event.rule, action: event.accepted ? 'accept' : 'drop' });
         flowLog.write(event);
+        if (event.accepted && event.stage === 'syn') this.queuedSyns[event.direction] += 1;
         // Remember who is on the other end of accepted connections, for `synpass whois`.
         if (event.accepted && event.peer !== null && event.direction === 'ingress' && event.stage !== 'ack') {
           const packet = event.packet;
@@ -180,6 +183,7 @@ export class Agent {
   private kernelFastPathStatus(): Record<string, unknown> {
     const { path, reason, cgroup } = this.fastPath;
     if (path === null) return { running: false, mode: this.config.datapath.kernelFastPath, reason };
+    const counters = path.counters();
     return {
       running: true,
       mode: this.config.datapath.kernelFastPath,
@@ -188,7 +192,11 @@ export class Agent {
       pinDir: this.config.datapath.fastPathPinDir,
       interfaces: path.attachment.attached,
       skipped: path.attachment.skipped,
-      counters: path.counters(),
+      counters,
+      shares: {
+        incoming: fastShare(counters.synAccepted ?? 0, this.queuedSyns.ingress),
+        outgoing: fastShare(counters.synSent ?? 0, this.queuedSyns.egress),
+      },
       refusedEntries: path.refused,
       cloakedPorts: path.cloakedPorts,
     };
@@ -341,6 +349,11 @@ export class Agent {
     })();
     return this.stopping;
   }
+}
+
+/** Accepted SYNs the kernel judged against those the queue did, since the agent started. */
+function fastShare(kernel: number, queue: number): { kernel: number; queue: number; kernelShare: number | null } {
+  return { kernel, queue, kernelShare: kernel + queue === 0 ? null : Math.round((kernel / (kernel + queue)) * 1000) / 1000 };
 }
 
 /** Status shows every point in time as ISO 8601, as `startedAt`; the handler keeps epoch seconds. */
