@@ -149,21 +149,26 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     await sleep(300);
   }
 
-  it('drops a replayed fast SYN and one with a MAC bit flipped in the kernel, without a SYN-ACK', async () => {
+  it('drops a replayed fast SYN, one with a MAC bit flipped and one an hour old in the kernel, without a SYN-ACK', async () => {
     const syn = await capturedFastSyn();
+    const at = tcpOptionOffset(syn, FAST_KIND, 20, FAST_EXID);
+    const { ipVersion, tcpOffset } = layout(syn);
     const flipped = Uint8Array.from(syn);
-    const at = tcpOptionOffset(flipped, FAST_KIND, 20, FAST_EXID);
     flipped[at + 19]! ^= 0x01;
-    const { ipVersion, tcpOffset } = layout(flipped);
     fixChecksums(flipped, ipVersion, tcpOffset);
+    // Option: kind, length, ExID (2), fast id (4), time (4, unix s), MAC (8).
+    const stale = Uint8Array.from(syn);
+    const time = Buffer.from(stale.buffer, stale.byteOffset, stale.length);
+    time.writeUInt32BE(time.readUInt32BE(at + 8) - 3600, at + 8);
+    fixChecksums(stale, ipVersion, tcpOffset);
     const answers = await lab.capture(`tcp[tcpflags] & (tcp-syn|tcp-ack) == (tcp-syn|tcp-ack) and src host ${lab.address('api')}`, 5, 4_000);
     const before = await fast(api);
     const queuedBefore = await queued(api);
-    await send([syn, flipped]);
-    assert.deepEqual(moved(before, await fast(api)), { synReplayed: 1, synBadProof: 1 });
+    await send([syn, flipped, stale]);
+    assert.deepEqual(moved(before, await fast(api)), { synReplayed: 1, synBadProof: 1, synStale: 1 });
     assert.equal(await queued(api), queuedBefore, 'neither reached the queue');
     const done = await answers.waitFor((l) => typeof l.done === 'number', 10_000);
-    assert.equal(done.done, 0, 'api answered neither');
+    assert.equal(done.done, 0, 'api answered none');
   });
 
   it('drops a token-less SYN scan in the kernel, silently, before the queue', async () => {
