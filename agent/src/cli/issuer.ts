@@ -71,7 +71,7 @@ async function nodeAttestors(flags: RunFlags): Promise<NodeAttestor[]> {
 }
 
 export function registerIssuerCommands(program: Command): void {
-  const issuer = program.command('issuer').description('the credential issuer: agents join with a join token and renew on their own');
+  const issuer = program.command('issuer').description('the credential issuer: agents join with an attestation (join token, Kubernetes service-account token, cloud instance document) and renew on their own');
 
   issuer
     .command('run')
