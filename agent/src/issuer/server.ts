@@ -7,7 +7,8 @@ import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { SourceBudget } from '../handshake/source-budget.ts';
-import { listenAt } from '../telemetry/http-endpoint.ts';
+import { canonicalAddress } from '../datapath/addresses.ts';
+import { listenAt, serveMetrics, writeJson } from '../telemetry/http-endpoint.ts';
 import type { Logger } from '../telemetry/log.ts';
 import type { Issuer } from './issuer.ts';
 import { IssuanceRefusal, REFUSAL_REASONS } from './refusal.ts';
@@ -36,9 +37,10 @@ export interface IssuerServer {
   close(): Promise<void>;
 }
 
+/** In the form the per-source budget keys by (IPv6: 8 groups, so its /64 is the first four). */
 function sourceOf(request: IncomingMessage): string {
   const address = request.socket.remoteAddress ?? 'unknown';
-  return address.startsWith('::ffff:') ? address.slice(7) : address;
+  return canonicalAddress(address.startsWith('::ffff:') ? address.slice(7) : address);
 }
 
 function readBody(request: IncomingMessage): Promise<string | null> {
@@ -95,11 +97,6 @@ export async function startIssuerServer(options: IssuerServerOptions): Promise<I
   const budget = new SourceBudget(options.ratePerSource);
   const audit = options.log.child({ component: 'issuer-audit' });
 
-  const json = (response: ServerResponse, status: number, body: unknown): void => {
-    response.writeHead(status, { 'content-type': 'application/json' });
-    response.end(JSON.stringify(body));
-  };
-
   const handleCredential = async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
     const source = sourceOf(request);
     try {
@@ -108,16 +105,16 @@ export async function startIssuerServer(options: IssuerServerOptions): Promise<I
       const issued = await options.issuer.issue(compact, Math.floor(clock() / 1000));
       requests.inc({ result: 'issued', reason: 'ok' });
       audit.info({ audit: 'issued', source, subject: issued.subject, attestation: issued.attestation, key: issued.keyThumbprint, jti: issued.jti, expiresAt: new Date(issued.expiresAt * 1000).toISOString() }, 'credential issued');
-      json(response, 200, { credential: issued.credential });
+      writeJson(response, 200, { credential: issued.credential });
     } catch (error) {
       if (!(error instanceof IssuanceRefusal)) {
         options.log.error({ err: error, source }, 'credential request failed');
-        json(response, 500, { error: 'internal' });
+        writeJson(response, 500, { error: 'internal' });
         return;
       }
       requests.inc({ result: 'refused', reason: error.code });
       audit.info({ audit: 'refused', source, reason: error.code, detail: error.message, ...error.context }, 'credential refused');
-      json(response, error.code === 'rate-limited' ? 429 : 403, { error: error.code, message: error.message });
+      writeJson(response, error.code === 'rate-limited' ? 429 : 403, { error: error.code, message: error.message });
     }
   };
 
@@ -135,20 +132,14 @@ export async function startIssuerServer(options: IssuerServerOptions): Promise<I
         return;
       }
       if (request.method === 'GET' && request.url === '/healthz') {
-        json(response, 200, { alive: true, issuer: certificate.name });
+        writeJson(response, 200, { alive: true, issuer: certificate.name });
         return;
       }
       if (request.method === 'GET' && request.url === '/metrics') {
-        registry.metrics().then(
-          (text) => {
-            response.writeHead(200, { 'content-type': registry.contentType });
-            response.end(text);
-          },
-          (error: unknown) => { json(response, 500, { error: (error as Error).message }); },
-        );
+        serveMetrics(registry, response);
         return;
       }
-      json(response, 404, { error: 'not-found' });
+      writeJson(response, 404, { error: 'not-found' });
     },
   );
   await listenAt(server, options.listen);
