@@ -101,6 +101,15 @@ struct {
   __type(value, __u8);
 } fast_excluded SEC(".maps");
 
+/* Per-source buckets for SYNs going on to the queue. An LRU: a source idle long enough to be
+ * evicted had a full bucket anyway. */
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, 65536);
+  __type(key, struct source_key);
+  __type(value, struct source_bucket);
+} fast_sources SEC(".maps");
+
 /* The fast path's marker-less counterpart: the agent's first-contact marker, kind 253 with ExID
  * 0xd350 (agent/src/datapath/marker.ts), sits in the last word of the options. */
 #define MARKER_KIND 253
@@ -214,6 +223,7 @@ static __always_inline void mapped_ipv4(__u8 out[16], __u32 address_be) {
 /* ---- tc ingress ---------------------------------------------------------------------------- */
 
 struct parsed {
+  __u8 ipv4;
   __u8 source[16];
   __u8 destination[16];
   struct tcphdr tcp;
@@ -242,6 +252,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct parsed *p) {
     struct iphdr ip;
     if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0) return 0;
     if (ip.protocol != IPPROTO_TCP || (ip.frag_off & bpf_htons(0x3fff)) != 0 || ip.ihl < 5) return 0;
+    p->ipv4 = 1;
     mapped_ipv4(p->source, ip.saddr);
     mapped_ipv4(p->destination, ip.daddr);
     tcp_offset = ETH_HLEN + ip.ihl * 4;
@@ -356,16 +367,51 @@ static __always_inline int has_marker(struct __sk_buff *skb, const struct parsed
   return word[0] == MARKER_KIND && word[1] == 4 && word[2] == (MARKER_EXID >> 8) && word[3] == (MARKER_EXID & 0xff);
 }
 
-/* A SYN with no proof of any kind: dropped here when its port admits no peer without identity
- * and its source is not excluded from synpass; anything else goes on to the rules and queue. */
-static __always_inline int judge_plain_syn(struct __sk_buff *skb, const struct parsed *p) {
-  __u32 port = bpf_ntohs(p->tcp.dest);
-  __u8 *closed = bpf_map_lookup_elem(&fast_cloak, &port);
-  if (!closed || !*closed || has_marker(skb, p)) return TC_ACT_OK;
+#define NSEC_PER_SEC 1000000000ULL
+
+/* Takes one SYN from its source's bucket (rate a second, holding one second's worth); 0 when it
+ * is empty. Two CPUs may update one bucket at once and let a SYN or two more by: a bound, not a
+ * count. */
+static __always_inline int within_source_rate(const struct fast_config *cfg, const struct parsed *p) {
+  struct source_key key = {};
+  if (p->ipv4) __builtin_memcpy(key.network, p->source, 16);
+  else __builtin_memcpy(key.network, p->source, 8);
+  __u64 now = bpf_ktime_get_ns();
+  __u64 full = (__u64)cfg->source_rate * NSEC_PER_SEC;
+  struct source_bucket *bucket = bpf_map_lookup_elem(&fast_sources, &key);
+  if (!bucket) {
+    struct source_bucket fresh = {.credit = full - NSEC_PER_SEC, .updated_ns = now};
+    bpf_map_update_elem(&fast_sources, &key, &fresh, BPF_ANY);
+    return 1;
+  }
+  __u64 elapsed = now - bucket->updated_ns;
+  /* Below a second, elapsed times the rate (at most 10^6) stays far inside 64 bits. */
+  __u64 credit = elapsed >= NSEC_PER_SEC ? full : bucket->credit + elapsed * cfg->source_rate;
+  if (credit > full) credit = full;
+  bucket->updated_ns = now;
+  if (credit < NSEC_PER_SEC) {
+    bucket->credit = credit;
+    return 0;
+  }
+  bucket->credit = credit - NSEC_PER_SEC;
+  return 1;
+}
+
+/* A SYN with no fast option: dropped here when it carries no marker and its port admits no peer
+ * without identity; otherwise charged to its source's bucket (dropped when empty) and passed on
+ * to the rules and queue, marked so they do not charge it again. Sources excluded from synpass
+ * are left alone. */
+static __always_inline int judge_plain_syn(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
   struct excluded_key source = {.prefix_bits = 128};
   __builtin_memcpy(source.address, p->source, 16);
   if (bpf_map_lookup_elem(&fast_excluded, &source)) return TC_ACT_OK;
-  return drop(FAST_SYN_NO_IDENTITY, p, 0);
+  __u32 port = bpf_ntohs(p->tcp.dest);
+  __u8 *closed = bpf_map_lookup_elem(&fast_cloak, &port);
+  if (closed && *closed && !has_marker(skb, p)) return drop(FAST_SYN_NO_IDENTITY, p, 0);
+  if (cfg->source_rate == 0) return TC_ACT_OK;
+  if (!within_source_rate(cfg, p)) return drop(FAST_SYN_SOURCE_LIMITED, p, 0);
+  skb->mark |= cfg->budget_mark;
+  return TC_ACT_OK;
 }
 
 SEC("tc")
@@ -376,7 +422,7 @@ int synpass_ingress(struct __sk_buff *skb) {
   if (!parse(skb, &p) || !p.tcp.syn || p.tcp.rst) return TC_ACT_OK;
   if (p.tcp.ack) return judge_synack(skb, &p);
   int at = find_fast_option(skb, &p, FAST_SYN_OPT_LEN);
-  if (at < 0) return judge_plain_syn(skb, &p);
+  if (at < 0) return judge_plain_syn(skb, cfg, &p);
   return judge_fast_syn(skb, cfg, &p, at);
 }
 

@@ -28,6 +28,8 @@ struct fast_config {
   __u32 client_mark;        /* on a fast SYN: the egress rules do not queue it */
   __u32 enabled;            /* 0 until the agent has filled this entry */
   __u32 accept_sample;      /* accepted fast SYNs reported as events: this many in 2^32 (0: none) */
+  __u32 source_rate;        /* SYNs a second per source (IPv4 address, IPv6 /64) passed on to the queue; 0: no limit */
+  __u32 budget_mark;        /* on a SYN charged to its source's bucket: the rules do not charge it again */
 };
 
 /* One kernel verdict for the agent's flow log (ring buffer `fast_events`). A drop is reported
@@ -119,6 +121,16 @@ struct excluded_key {
   __u8 address[16];
 };
 
+/* Server: a source's token bucket for SYNs on their way to the queue. Key: the IPv4 address
+ * (as ::ffff:a.b.c.d) or the IPv6 /64 (the rest zero). Credit is in billionths of a SYN. */
+struct source_key {
+  __u8 network[16];
+};
+struct source_bucket {
+  __u64 credit;
+  __u64 updated_ns;
+};
+
 /* Kernel verdict counters (a per-CPU array): the agent sums them into its metrics. */
 enum fast_counter {
   FAST_SYN_ACCEPTED,       /* server: fast SYN proven and admitted */
@@ -134,6 +146,7 @@ enum fast_counter {
   FAST_SYNACK_SIGNED,      /* server: MAC written into a SYN-ACK */
   FAST_SYN_NO_IDENTITY,    /* server: SYN with neither fast option nor marker to a port closed to peers without identity */
   FAST_EVENTS_LOST,        /* events the ring buffer had no room for (the verdicts are still counted) */
+  FAST_SYN_SOURCE_LIMITED, /* server: SYN for the queue above its source's rate */
   FAST_COUNTER_COUNT,
 };
 

@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
-import { inject, writePackets } from '../../scripts/lib/attack-lab.ts';
+import { inject, verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
 import { DOMAIN, rotateAgent, startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
 import { isRoot, ROOT, sleep, synpassCommand, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
 import { fixChecksums, ipv4Segment, layout, plainSyn, tcpOptionOffset } from '../../scripts/lib/packets.ts';
@@ -19,6 +19,8 @@ const PORT = 8080;
 const ECHO = 7000;
 const FAST_KIND = 254;
 const FAST_EXID = 0xd351;
+/** api's per-source bucket (datapath.queueRatePerSource): low, so a short burst overruns it. */
+const SOURCE_RATE = 200;
 
 interface Share {
   kernel: number;
@@ -56,7 +58,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     policies = join(scratch, 'policies');
     cpSync(join(ROOT, 'policy/examples/three-tier'), policies, { recursive: true });
     apiPolicyText = readFileSync(join(policies, 'api.yaml'), 'utf8');
-    fixture = await startIdentityLab({ prefix: 'fp', net: 19, policyDirectory: policies, server: { port: PORT, kind: 'http' }, kernel: true });
+    fixture = await startIdentityLab({ prefix: 'fp', net: 19, policyDirectory: policies, server: { port: PORT, kind: 'http' }, kernel: true, api: { env: { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(SOURCE_RATE) } } });
     ({ lab, api, web } = fixture);
     await lab.peer('api', ['server', String(ECHO), 'echo']).waitFor((l) => l.listening === ECHO);
   });
@@ -187,6 +189,35 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     // Policy governs api with a default deny and no network rule: every port is closed to them.
     const status = (await api.status()) as unknown as { kernelFastPath: { cloakedPorts: number } };
     assert.equal(status.kernelFastPath.cloakedPorts, 65_535);
+  });
+
+  /** Packet counters of api's SYNPASS-IN-LIMIT rules: the `budgeted` pass and the hashlimit drop. */
+  function limitCounters(): { budgeted: number; hashlimited: number } {
+    const saved = lab.exec('api', ['iptables-save', '-c', '-t', 'mangle']).split('\n');
+    const packets = (pattern: RegExp) => Number(/^\[(\d+):/.exec(saved.find((line) => pattern.test(line)) ?? '')?.[1]);
+    return { budgeted: packets(/-A SYNPASS-IN-LIMIT -m mark --mark/), hashlimited: packets(/-A SYNPASS-IN-LIMIT -m hashlimit/) };
+  }
+
+  it('holds one source to its bucket in the kernel: first-contact SYNs above it never reach the queue', async () => {
+    const marker = Uint8Array.from([253, 4, 0xd3, 0x50]);
+    const total = 2_000;
+    const flood = Array.from({ length: total }, (_, i) => ipv4Segment({ source: lab.address('outsider'), target: lab.address('api'), sourcePort: 20_000 + i, port: PORT, sequence: 0x5000 + i, options: marker }));
+    const [before, statusBefore, rulesBefore] = [await fast(api), await api.status(), limitCounters()];
+    const started = performance.now();
+    await send(flood);
+    const seconds = (performance.now() - started) / 1000;
+    const limited = moved(before, await fast(api)).synSourceLimited ?? 0;
+    const statusAfter = await api.status();
+    const reached = statusAfter.queue.received! - statusBefore.queue.received!;
+    assert.equal(limited + reached, total, `each SYN was either held back in the kernel (${limited}) or queued (${reached})`);
+    // The bucket holds one second's worth and refills at the rate, for at most as long as the send took.
+    assert.ok(reached >= SOURCE_RATE && reached <= SOURCE_RATE * (1 + seconds) + 2, `${reached} queued in ${seconds.toFixed(2)} s`);
+    // What the kernel program let by was charged there only: the rules' hashlimit let it straight on.
+    const rules = limitCounters();
+    assert.deepEqual([rules.budgeted - rulesBefore.budgeted, rules.hashlimited - rulesBefore.hashlimited], [reached, 0]);
+    assert.equal(verdictsBetween(statusBefore, statusAfter)['drop:source-rate-limited'], limited, 'a verdict like any other');
+    // Another source's first contact and the known pair are untouched.
+    assert.equal(await http(), true);
   });
 
   it('drops a fast SYN sent to another agent (it holds no key for it)', async () => {

@@ -13,20 +13,24 @@ export interface ConnectionMarks {
   /** Packet bit left on every packet after its verdict: a SYN that reaches INPUT or FORWARD
    * without it was never judged (the queue failed open, or no agent listened). */
   judged: number;
+  /** Packet bit the kernel fast path sets on a SYN it charged to its source's bucket: the rules
+   * do not charge it again (SYNPASS-IN-LIMIT). */
+  budgeted: number;
   all: number;
 }
 
-/** The highest bit the four mark bits may start at. */
-export const MAX_MARK_BASE = 0x10000000;
+/** The highest bit the five mark bits may start at. */
+export const MAX_MARK_BASE = 0x08000000;
 
-/** Four consecutive bits from `lowestBit` (default 0x00100000, clear of kube-proxy's 0x4000/0x8000). */
+/** Five consecutive bits from `lowestBit` (default 0x00100000, clear of kube-proxy's 0x4000/0x8000). */
 export function connectionMarks(lowestBit = 0x00100000): ConnectionMarks {
   if (!Number.isInteger(lowestBit) || lowestBit <= 0 || (lowestBit & (lowestBit - 1)) !== 0 || lowestBit > MAX_MARK_BASE) {
-    throw new RangeError(`mark base must be a single bit between 0x1 and 0x10000000, got ${lowestBit}`);
+    throw new RangeError(`mark base must be a single bit between 0x1 and 0x${MAX_MARK_BASE.toString(16)}, got ${lowestBit}`);
   }
   const pass = lowestBit;
   const track = lowestBit * 2;
   const release = lowestBit * 4;
   const judged = lowestBit * 8;
-  return { pass, track, release, judged, all: (pass | track | release | judged) >>> 0 };
+  const budgeted = lowestBit * 16;
+  return { pass, track, release, judged, budgeted, all: (pass | track | release | judged | budgeted) >>> 0 };
 }

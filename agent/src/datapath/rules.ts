@@ -47,15 +47,18 @@ function hex(value: number): string {
  * A token bucket per source in the kernel (hashlimit) in front of the queue, so that one source
  * cannot fill the queue every other source's handshakes need. The bucket holds one second's
  * worth. Only packets on their way into the queue take it: a released connection's traffic never
- * gets here.
+ * gets here. A SYN the kernel fast path already charged to its own per-source bucket (a BPF map,
+ * same rate) carries `budgeted` and goes straight on.
  */
 function sourceLimit(family: IpFamily, options: RuleOptions, queue: string): string[] {
+  const budgeted = `${hex(options.marks.budgeted)}/${hex(options.marks.budgeted)}`;
   const rate = options.queueRatePerSource;
   const limit = [
     `--hashlimit-above ${rate}/sec --hashlimit-burst ${rate} --hashlimit-mode srcip --hashlimit-srcmask ${family === 4 ? 32 : 64}`,
     `--hashlimit-name synpass-in --hashlimit-htable-max ${SOURCE_TABLE_MAX} --hashlimit-htable-expire ${SOURCE_IDLE_MS}`,
   ].join(' ');
   return [
+    `-A ${CHAINS.ingressLimit} -m mark --mark ${budgeted} ${queue}`,
     `-A ${CHAINS.ingressLimit} -m hashlimit ${limit} -m comment --comment ${SOURCE_LIMITED_COMMENT} -j DROP`,
     `-A ${CHAINS.ingressLimit} ${queue}`,
   ];

@@ -46,6 +46,10 @@ export interface KernelFastPathOptions {
   clientMark: number;
   /** Share of accepted fast SYNs reported as events for the flow log (0: none; drops always are, gated per source). */
   acceptSample: number;
+  /** SYNs a second per source (IPv4 address, IPv6 /64) passed on to the queue (0: no limit). */
+  sourceRate: number;
+  /** Set on a SYN charged to its source's bucket (`budgeted`): the rules' hashlimit skips it. */
+  budgetMark: number;
   now?: () => number;
 }
 
@@ -125,6 +129,8 @@ export class KernelFastPath implements KernelPath {
       acceptMark: this.options.acceptMark,
       clientMark: this.options.clientMark,
       acceptSample: this.options.acceptSample,
+      sourceRate: this.options.sourceRate,
+      budgetMark: this.options.budgetMark,
     });
     this.native.mapUpdate(this.map('fast_config'), Buffer.alloc(4), value, BPF_ANY);
   }

@@ -15,6 +15,7 @@ export const MAP_CAPACITY = {
   fast_servers: 65_536,
   fast_replay: 131_072,
   fast_peers: 65_536,
+  fast_sources: 65_536,
 } as const;
 
 export const KEY_SIZE = { fast_clients: 24, fast_conns: 36, fast_servers: 24, fast_replay: 32, fast_peers: 36 } as const;
@@ -39,6 +40,7 @@ export const FAST_COUNTERS = [
   'synAckSigned',
   'synNoIdentity',
   'eventsLost',
+  'synSourceLimited',
 ] as const;
 export type FastCounter = (typeof FAST_COUNTERS)[number];
 
@@ -54,6 +56,7 @@ const VERDICT_OF: Partial<Record<FastCounter, Omit<VerdictCount, 'count'>>> = {
   synAckBadProof: { direction: 'ingress', action: 'drop', reason: 'bad-proof' },
   synSent: { direction: 'egress', action: 'accept', reason: 'ok-kernel' },
   synNoIdentity: { direction: 'ingress', action: 'drop', reason: 'no-identity' },
+  synSourceLimited: { direction: 'ingress', action: 'drop', reason: 'source-rate-limited' },
 };
 
 export function kernelVerdicts(counters: Readonly<Record<FastCounter, number>>): VerdictCount[] {
@@ -160,11 +163,15 @@ export interface FastConfig {
   clientMark: number;
   /** Share of accepted fast SYNs reported as events (0..1). */
   acceptSample: number;
+  /** SYNs a second per source the kernel passes on to the queue (0: no limit). */
+  sourceRate: number;
+  /** Set on a SYN charged to its source's bucket. */
+  budgetMark: number;
 }
 
-/** struct fast_config (28 bytes of fields, padded to the s64's alignment). */
+/** struct fast_config (36 bytes of fields, padded to the s64's alignment). */
 export function configValue(config: FastConfig): Buffer {
-  const value = Buffer.alloc(32);
+  const value = Buffer.alloc(40);
   if (LITTLE) value.writeBigInt64LE(config.realtimeOffsetNs, 0);
   else value.writeBigInt64BE(config.realtimeOffsetNs, 0);
   u32(value, 8, config.windowSeconds);
@@ -172,6 +179,8 @@ export function configValue(config: FastConfig): Buffer {
   u32(value, 16, config.clientMark);
   u32(value, 20, 1);
   u32(value, 24, Math.min(0xffffffff, Math.floor(config.acceptSample * 2 ** 32)));
+  u32(value, 28, config.sourceRate);
+  u32(value, 32, config.budgetMark);
   return value;
 }
 

@@ -78,6 +78,8 @@ export function chooseKernelFastPath(config: Pick<AgentConfig, 'mode' | 'datapat
         acceptMark: marks.pass | marks.release,
         clientMark: marks.pass,
         acceptSample,
+        sourceRate: datapath.queueRatePerSource,
+        budgetMark: marks.budgeted,
       });
       if (path.attachment.attached.length === 0) {
         path.close();

@@ -63,7 +63,7 @@ describe('buildRuleset', () => {
   it('records verdict marks into the connmark, clears them from the packet and leaves it marked judged', () => {
     assert.ok(lines.includes('-A SYNPASS-MARK -m mark --mark 0x200000/0x200000 -j CONNMARK --or-mark 0x200000'));
     assert.ok(lines.includes('-A SYNPASS-MARK -m mark --mark 0x400000/0x400000 -j CONNMARK --or-mark 0x400000'));
-    const cleared = lines.indexOf('-A SYNPASS-MARK -j MARK --and-mark 0xff0fffff');
+    const cleared = lines.indexOf('-A SYNPASS-MARK -j MARK --and-mark 0xfe0fffff');
     assert.ok(cleared > 0 && lines[cleared + 1] === '-A SYNPASS-MARK -j MARK --or-mark 0x800000');
   });
 
@@ -139,6 +139,8 @@ describe('buildRemoval', () => {
       const rules = buildRuleset(family, limited).split('\n');
       assert.ok(rules.includes(':SYNPASS-IN-LIMIT - [0:0]'));
       const chain = rules.filter((l) => l.startsWith('-A SYNPASS-IN-LIMIT '));
+      // A SYN the kernel fast path charged to its own bucket (the `budgeted` bit) is not charged twice.
+      assert.equal(chain.shift(), '-A SYNPASS-IN-LIMIT -m mark --mark 0x1000000/0x1000000 -j NFQUEUE --queue-num 3170');
       assert.match(chain[0]!, new RegExp(`^-A SYNPASS-IN-LIMIT -m hashlimit --hashlimit-above 5000/sec --hashlimit-burst 5000 --hashlimit-mode srcip --hashlimit-srcmask ${mask} .*--comment synpass-source-limited -j DROP$`));
       assert.equal(chain[1], '-A SYNPASS-IN-LIMIT -j NFQUEUE --queue-num 3170');
       assert.equal(chain.length, 2);
@@ -203,11 +205,11 @@ describe('buildRemoval', () => {
 });
 
 describe('connectionMarks', () => {
-  it('takes four consecutive bits and rejects a non-bit base or one without room for four', () => {
-    assert.deepEqual(connectionMarks(0x10), { pass: 0x10, track: 0x20, release: 0x40, judged: 0x80, all: 0xf0 });
-    assert.equal(connectionMarks(0x10000000).all, 0xf0000000);
+  it('takes five consecutive bits and rejects a non-bit base or one without room for five', () => {
+    assert.deepEqual(connectionMarks(0x10), { pass: 0x10, track: 0x20, release: 0x40, judged: 0x80, budgeted: 0x100, all: 0x1f0 });
+    assert.equal(connectionMarks(0x08000000).all, 0xf8000000);
     assert.throws(() => connectionMarks(0x30), RangeError);
     assert.throws(() => connectionMarks(0), RangeError);
-    assert.throws(() => connectionMarks(0x20000000), RangeError);
+    assert.throws(() => connectionMarks(0x10000000), RangeError);
   });
 });
