@@ -167,7 +167,7 @@ export async function floodBench(config: FloodConfig, progress: (text: string) =
     net: config.net ?? 96,
     serviceSeconds: (config.kinds.length * config.rates.length + 2) * (config.seconds + FIRST_CONTACT_SECONDS + 40) + 60,
     apiEnv: { SYNPASS_DATAPATH_RULE_CHECK_SECONDS: '1', ...(config.queueRatePerSource === undefined ? {} : { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(config.queueRatePerSource) }) },
-    kernel: config.kernel === true,
+    ...(config.kernel === undefined ? {} : { kernel: config.kernel }),
   });
   try {
     // Known pair from here on, warm.

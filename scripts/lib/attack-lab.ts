@@ -50,7 +50,7 @@ export async function startAttackLab(options: AttackLabOptions): Promise<Identit
     },
     web: { env: { SYNPASS_LOG_LEVEL: options.logLevel ?? 'warn' } },
     server: { port: SERVICE_PORT, kind: 'http', seconds: options.serviceSeconds },
-    kernel: options.kernel === true,
+    ...(options.kernel === undefined ? {} : { kernel: options.kernel }),
   });
   await fixture.lab.peer('api', ['server', String(ECHO_PORT), 'echo', String(options.serviceSeconds)]).waitFor((l) => l.listening === ECHO_PORT);
   return fixture;

@@ -129,7 +129,7 @@ export interface IdentityLab {
  */
 export async function startIdentityLab(options: IdentityLabOptions): Promise<IdentityLab> {
   const directory = scratchDirectory(options.prefix);
-  const lab = Lab.up(`${options.prefix}${process.pid % 100000}`, options.net, { kernel: options.kernel === true });
+  const lab = Lab.up(`${options.prefix}${process.pid % 100000}`, options.net, options.kernel === undefined ? {} : { kernel: options.kernel });
   const files = await prepareIdentities(lab, directory, options.policyDirectory);
   const api = await lab.startAgent('api', ['--config', files.configs.api, ...(options.api?.args ?? [])], options.api?.env);
   const web = await lab.startAgent('web', ['--config', files.configs.web, ...(options.web?.args ?? [])], options.web?.env);

@@ -64,7 +64,7 @@ export function joinTokenFile(directory: string, agent: string): string {
 
 export async function startIssuerLab(options: IssuerLabOptions): Promise<IssuerLab> {
   const directory = scratchDirectory(options.prefix);
-  const lab = Lab.up(`${options.prefix}${process.pid % 100000}`, options.net, { kernel: options.kernel === true });
+  const lab = Lab.up(`${options.prefix}${process.pid % 100000}`, options.net, options.kernel === undefined ? {} : { kernel: options.kernel });
   const issuerAddress = lab.address('outsider');
   const fixture = await createIssuerFixture(directory, DOMAIN, [issuerAddress]);
   const issuerUrl = `https://${issuerAddress}:${ISSUER_PORT}`;

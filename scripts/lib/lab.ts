@@ -181,8 +181,14 @@ export interface LabOptions {
   /**
    * Run the kernel fast path: every process of a host runs in that host's cgroup (nsenter, so
    * bpffs stays visible) and each agent attaches there, pinning under its own directory.
+   * Unset: as SYNPASS_TEST_KERNEL_FAST_PATH says (`1`: on), so the whole suite runs in both modes.
    */
   kernel?: boolean;
+}
+
+/** The lab's mode when its caller does not choose one (scripts/test runs the suite both ways). */
+export function kernelByDefault(): boolean {
+  return process.env.SYNPASS_TEST_KERNEL_FAST_PATH === '1';
 }
 
 export class Lab {
@@ -198,7 +204,7 @@ export class Lab {
   static up(prefix: string, net: number, options: LabOptions = {}): Lab {
     liveLabs.add(prefix);
     execFileSync(LAB, ['up', prefix, String(net)], { stdio: 'pipe' });
-    return new Lab(prefix, net, options);
+    return new Lab(prefix, net, { kernel: options.kernel ?? kernelByDefault() });
   }
 
   /** The host's cgroup v2 directory (made by scripts/lab). */

@@ -45,6 +45,18 @@ export interface VerdictCount {
   count: number;
 }
 
+/** One row per (direction, action, reason), counts of rows with the same labels added up. */
+export function sumVerdicts(rows: Iterable<VerdictCount>): VerdictCount[] {
+  const summed = new Map<string, VerdictCount>();
+  for (const row of rows) {
+    const label = `${row.direction}|${row.action}|${row.reason}`;
+    const sum = summed.get(label);
+    if (sum) sum.count += row.count;
+    else summed.set(label, { ...row });
+  }
+  return [...summed.values()];
+}
+
 /** Counts verdicts by direction, action and reason; labels come from closed sets. */
 export class VerdictCounters {
   private readonly counts = new Map<Reason, number[]>();

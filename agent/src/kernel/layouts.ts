@@ -3,7 +3,7 @@
 // order, keys as they are. Pure: encoding only.
 import { endianness } from 'node:os';
 import { canonicalAddress, formatAddress } from '../datapath/addresses.ts';
-import type { VerdictCount } from '../datapath/engine.ts';
+import { sumVerdicts, type VerdictCount } from '../datapath/engine.ts';
 import { FAST_KEY_BYTES } from '../protocol/fast-keys.ts';
 
 const LITTLE = endianness() === 'LE';
@@ -60,17 +60,13 @@ const VERDICT_OF: Partial<Record<FastCounter, Omit<VerdictCount, 'count'>>> = {
 };
 
 export function kernelVerdicts(counters: Readonly<Record<FastCounter, number>>): VerdictCount[] {
-  const rows = new Map<string, VerdictCount>();
-  for (const name of FAST_COUNTERS) {
-    const verdict = VERDICT_OF[name];
-    const count = counters[name];
-    if (verdict === undefined || count === 0) continue;
-    const label = `${verdict.direction}|${verdict.action}|${verdict.reason}`;
-    const row = rows.get(label);
-    if (row) row.count += count;
-    else rows.set(label, { ...verdict, count });
-  }
-  return [...rows.values()];
+  return sumVerdicts(
+    FAST_COUNTERS.flatMap((name) => {
+      const verdict = VERDICT_OF[name];
+      const count = counters[name];
+      return verdict === undefined || count === 0 ? [] : [{ ...verdict, count }];
+    }),
+  );
 }
 
 /** An address as the maps hold it. */

@@ -4,7 +4,7 @@ import type { Server } from 'node:http';
 import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
 import { PeerRegistry } from '../whois/registry.ts';
 import { startWhoisService, type WhoisService } from '../whois/service.ts';
-import { DatapathEngine, type VerdictCount } from '../datapath/engine.ts';
+import { DatapathEngine, sumVerdicts, type VerdictCount } from '../datapath/engine.ts';
 import { readKernelQueues, type KernelQueueStats } from '../datapath/kernel-queue.ts';
 import { startHttpEndpoint, type Readiness } from '../telemetry/http-endpoint.ts';
 import { AgentMetrics } from '../telemetry/metrics.ts';
@@ -20,6 +20,8 @@ import type { AgentConfig } from './config.ts';
 import type { BuiltHandler, IdentityStatus } from './handlers.ts';
 import { bindWhenFree, queuesBound } from './queue-binder.ts';
 import { chooseKernelFastPath, type FastPathChoice } from './kernel-fast-path.ts';
+import { KernelDropLedger } from '../kernel/drop-ledger.ts';
+import { verdictOf } from '../kernel/layouts.ts';
 import { RulesWatchdog } from './rules-watchdog.ts';
 
 /** What the agent process runs by: the parsed configuration (runtime/config.ts). */
@@ -157,11 +159,18 @@ export class Agent {
     this.built.useKernelPath?.(path);
     this.peers.fallback = (local, remote) => path.peerOf(...splitEndpoint(local), ...splitEndpoint(remote))?.identity;
     const flowLog = this.flowLog;
+    const ledger = new KernelDropLedger(path.counters());
     path.onEvents((event, peer) => {
       const record = kernelFlowRecord(event, peer);
-      if (record !== null) flowLog.writeKernel(record, event.source, event.folded);
+      if (record === null) return;
+      // A drop the ledger already summarised is not written again.
+      const unwritten = record.verdict === 'drop' ? ledger.reported(event.counter, 1 + event.folded) : 1;
+      if (unwritten > 0) flowLog.writeKernel(record, event.source, unwritten - 1);
     });
-    this.fastPathTimer = setInterval(() => { path.tick(); }, 1000);
+    this.fastPathTimer = setInterval(() => {
+      path.tick();
+      for (const [counter, drops] of ledger.settle(path.counters())) flowLog.writeKernelTail(verdictOf(counter)!.reason, drops);
+    }, 1000);
     this.fastPathTimer.unref();
     const { attached, skipped } = path.attachment;
     this.log.info({ kernelFastPath: this.config.datapath.kernelFastPath, cgroup: choice.cgroup, interfaces: attached, skipped, pinDir: this.config.datapath.fastPathPinDir }, 'kernel fast path running');
@@ -249,9 +258,10 @@ export class Agent {
 
   /** Verdicts of the queue, of the kernel fast path, and the SYNs the kernel dropped above their source's rate. */
   private verdicts(): VerdictCount[] {
+    // The queue's, the kernel's and the rules' counts of one verdict make one row.
     const rows = [...this.engine.verdicts.snapshot(), ...(this.fastPath.path?.verdicts() ?? [])];
     const limited = this.rules.sourceLimitedPackets;
-    return limited === 0 ? rows : [...rows, { direction: 'ingress', action: 'drop', reason: 'source-rate-limited', count: limited }];
+    return sumVerdicts(limited === 0 ? rows : [...rows, { direction: 'ingress', action: 'drop', reason: 'source-rate-limited', count: limited }]);
   }
 
   /** Every bounded table: the handshake's and the verifier's, whois peers, flow-log aggregates. */

@@ -223,6 +223,11 @@ export class FlowLog {
     if (folded > 0) this.aggregate(sourceAddress, record.reason, folded);
   }
 
+  /** Kernel drops of `reason` no per-source report covered in time (kernel/drop-ledger.ts): folded under source "*". */
+  writeKernelTail(reason: string, drops: number): void {
+    this.count(`${ANY_SOURCE} ${reason}`, ANY_SOURCE, reason, drops);
+  }
+
   private emit(record: FlowRecord): void {
     if (this.sink.pendingBytes() >= FLOW_LOG_MAX_PENDING_BYTES) {
       this.counters.dropped.backlog += 1;
