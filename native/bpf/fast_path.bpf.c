@@ -101,6 +101,15 @@ struct {
   __type(value, __u8);
 } fast_excluded SEC(".maps");
 
+/* Connections the fast path judged, on either end, so that their later packets are marked
+ * untracked. An LRU: an evicted connection's packets meet conntrack again, which picks it up. */
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, 65536);
+  __type(key, struct peer_key);
+  __type(value, __u8);
+} fast_flows SEC(".maps");
+
 /* Per-source buckets for SYNs going on to the queue. An LRU: a source idle long enough to be
  * evicted had a full bucket anyway. */
 struct {
@@ -275,6 +284,14 @@ static __always_inline int parse(struct __sk_buff *skb, struct parsed *p) {
   return 1;
 }
 
+/* The receiving end's view of a segment's connection (peer_key). */
+static __always_inline void flow_of(const struct parsed *p, struct peer_key *key) {
+  key->local_port = bpf_ntohs(p->tcp.dest);
+  key->remote_port = bpf_ntohs(p->tcp.source);
+  __builtin_memcpy(key->local, p->destination, 16);
+  __builtin_memcpy(key->remote, p->source, 16);
+}
+
 static __always_inline void emit(__u32 counter, const struct parsed *p, __u32 fast_id, __u32 folded) {
   struct fast_event *event = bpf_ringbuf_reserve(&fast_events, sizeof(*event), 0);
   if (!event) {
@@ -330,18 +347,21 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
   __builtin_memcpy(seen.address, p->source, 16);
   __u8 one = 1;
   if (bpf_map_update_elem(&fast_replay, &seen, &one, BPF_NOEXIST) != 0) return drop(FAST_SYN_REPLAYED, p, key.fast_id);
-  struct peer_key conn = {.local_port = key.port, .remote_port = bpf_ntohs(p->tcp.source)};
-  __builtin_memcpy(conn.local, p->destination, 16);
-  __builtin_memcpy(conn.remote, p->source, 16);
+  struct peer_key conn = {};
+  flow_of(p, &conn);
   struct peer_value peer = {.fast_id = key.fast_id};
   bpf_map_update_elem(&fast_peers, &conn, &peer, BPF_ANY);
-  skb->mark |= cfg->accept_mark;
+  if (cfg->untracked_mark != 0) {
+    __u8 one = 1;
+    bpf_map_update_elem(&fast_flows, &conn, &one, BPF_ANY);
+  }
+  skb->mark |= cfg->accept_mark | cfg->untracked_mark;
   count(FAST_SYN_ACCEPTED);
   if (cfg->accept_sample != 0 && bpf_get_prandom_u32() < cfg->accept_sample) emit(FAST_SYN_ACCEPTED, p, key.fast_id, 0);
   return TC_ACT_OK;
 }
 
-static __always_inline int judge_synack(struct __sk_buff *skb, const struct parsed *p) {
+static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
   struct conn_key key = {.local_port = bpf_ntohs(p->tcp.dest), .remote_port = bpf_ntohs(p->tcp.source)};
   __builtin_memcpy(key.local, p->destination, 16);
   __builtin_memcpy(key.remote, p->source, 16);
@@ -356,6 +376,16 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct pars
     return drop(FAST_SYNACK_BAD_PROOF, p, sent->fast_id);
   }
   count(FAST_SYNACK_VERIFIED);
+  skb->mark |= cfg->untracked_mark;
+  return TC_ACT_OK;
+}
+
+/* A later segment of a connection the fast path judged leaves conntrack out. */
+static __always_inline int mark_judged_flow(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
+  if (cfg->untracked_mark == 0) return TC_ACT_OK;
+  struct peer_key key = {};
+  flow_of(p, &key);
+  if (bpf_map_lookup_elem(&fast_flows, &key)) skb->mark |= cfg->untracked_mark;
   return TC_ACT_OK;
 }
 
@@ -402,6 +432,12 @@ static __always_inline int within_source_rate(const struct fast_config *cfg, con
  * to the rules and queue, marked so they do not charge it again. Sources excluded from synpass
  * are left alone. */
 static __always_inline int judge_plain_syn(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
+  if (cfg->untracked_mark != 0) {
+    /* A new connection on the ports of an earlier fast one: conntrack follows this one. */
+    struct peer_key flow = {};
+    flow_of(p, &flow);
+    bpf_map_delete_elem(&fast_flows, &flow);
+  }
   struct excluded_key source = {.prefix_bits = 128};
   __builtin_memcpy(source.address, p->source, 16);
   if (bpf_map_lookup_elem(&fast_excluded, &source)) return TC_ACT_OK;
@@ -419,8 +455,10 @@ int synpass_ingress(struct __sk_buff *skb) {
   struct fast_config *cfg = config();
   if (!cfg) return TC_ACT_OK;
   struct parsed p = {};
-  if (!parse(skb, &p) || !p.tcp.syn || p.tcp.rst) return TC_ACT_OK;
-  if (p.tcp.ack) return judge_synack(skb, &p);
+  if (!parse(skb, &p)) return TC_ACT_OK;
+  if (!p.tcp.syn) return mark_judged_flow(skb, cfg, &p);
+  if (p.tcp.rst) return TC_ACT_OK;
+  if (p.tcp.ack) return judge_synack(skb, cfg, &p);
   int at = find_fast_option(skb, &p, FAST_SYN_OPT_LEN);
   if (at < 0) return judge_plain_syn(skb, cfg, &p);
   return judge_fast_syn(skb, cfg, &p, at);
@@ -453,6 +491,13 @@ static __always_inline void set_mark(struct bpf_sock_ops *ops, __u32 mark) {
   bpf_setsockopt(ops, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
 }
 
+/* The socket's connection as fast_flows keys it (peer_key: local end first). */
+static __always_inline void socket_flow(const struct bpf_sock_ops *ops, struct peer_key *key) {
+  key->local_port = ops->local_port;
+  key->remote_port = bpf_ntohl(ops->remote_port);
+  local_and_remote(ops, key->local, key->remote);
+}
+
 /* A connect from a user whose workload has a kernel-proven entry for this destination. */
 static __always_inline void client_connect(struct bpf_sock_ops *ops, const struct fast_config *cfg) {
   if (ops->family != AF_INET && ops->family != AF_INET6) return;
@@ -460,7 +505,15 @@ static __always_inline void client_connect(struct bpf_sock_ops *ops, const struc
   __u8 local[16];
   local_and_remote(ops, local, key.address);
   struct client_value *entry = bpf_map_lookup_elem(&fast_clients, &key);
-  if (!entry) return;
+  if (!entry) {
+    if (cfg->untracked_mark != 0) {
+      /* Conntrack follows this connection, whatever an earlier fast one on its ports left. */
+      struct peer_key flow = {};
+      socket_flow(ops, &flow);
+      bpf_map_delete_elem(&fast_flows, &flow);
+    }
+    return;
+  }
   struct bpf_sock *sk = ops->sk;
   if (!sk) return;
   struct sock_state_value *state = bpf_sk_storage_get(&fast_sockets, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -471,8 +524,8 @@ static __always_inline void client_connect(struct bpf_sock_ops *ops, const struc
   state->original_mark = mark;
   state->fast_id = entry->fast_id;
   __builtin_memcpy(state->key, entry->key, 16);
-  /* The SYN leaves marked as judged, so the egress rules do not queue it. */
-  set_mark(ops, mark | cfg->client_mark);
+  /* The SYN leaves marked as judged, so the egress rules do not queue it, and untracked. */
+  set_mark(ops, mark | cfg->client_mark | cfg->untracked_mark);
   bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG);
 }
 
@@ -508,10 +561,10 @@ static __always_inline void client_after_syn(struct bpf_sock_ops *ops, const str
   if (!state) return;
   if (state->state == SOCK_FAST && ops->state == BPF_TCP_ESTABLISHED) {
     state->state = SOCK_RELEASING;
-    set_mark(ops, state->original_mark | cfg->accept_mark);
+    set_mark(ops, state->original_mark | cfg->accept_mark | cfg->untracked_mark);
   } else if (state->state == SOCK_RELEASING) {
     state->state = SOCK_DONE;
-    set_mark(ops, state->original_mark);
+    set_mark(ops, state->original_mark | cfg->untracked_mark);
     bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags & ~(BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG));
   }
 }
@@ -545,6 +598,12 @@ static __always_inline void write_client_syn(struct bpf_sock_ops *ops, const str
   struct conn_value sent = {.fast_id = state->fast_id, .isn = isn};
   __builtin_memcpy(sent.key, state->key, 16);
   bpf_map_update_elem(&fast_conns, &key, &sent, BPF_ANY);
+  if (cfg->untracked_mark != 0) {
+    struct peer_key flow = {};
+    socket_flow(ops, &flow);
+    __u8 one = 1;
+    bpf_map_update_elem(&fast_flows, &flow, &one, BPF_ANY);
+  }
   count(FAST_SYN_SENT);
 }
 
@@ -577,6 +636,9 @@ static __always_inline void client_fallback(struct bpf_sock_ops *ops) {
   struct conn_key key = {.local_port = ops->local_port, .remote_port = bpf_ntohl(ops->remote_port)};
   local_and_remote(ops, key.local, key.remote);
   bpf_map_delete_elem(&fast_conns, &key);
+  struct peer_key flow = {};
+  socket_flow(ops, &flow);
+  bpf_map_delete_elem(&fast_flows, &flow);
   count(FAST_SYN_FALLBACK);
 }
 
@@ -586,6 +648,17 @@ static __always_inline void client_established(struct bpf_sock_ops *ops) {
   struct conn_key key = {.local_port = ops->local_port, .remote_port = bpf_ntohl(ops->remote_port)};
   local_and_remote(ops, key.local, key.remote);
   bpf_map_delete_elem(&fast_conns, &key);
+}
+
+/* A connection the server's tc program accepted as fast: its socket's packets leave untracked. */
+static __always_inline void server_established(struct bpf_sock_ops *ops, const struct fast_config *cfg) {
+  if (cfg->untracked_mark == 0) return;
+  struct peer_key flow = {};
+  socket_flow(ops, &flow);
+  if (!bpf_map_lookup_elem(&fast_flows, &flow)) return;
+  __u32 mark = 0;
+  bpf_getsockopt(ops, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
+  set_mark(ops, mark | cfg->untracked_mark);
 }
 
 SEC("sockops")
@@ -612,6 +685,9 @@ int synpass_sockops(struct bpf_sock_ops *ops) {
       break;
     case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
       client_established(ops);
+      break;
+    case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+      server_established(ops, cfg);
       break;
   }
   return 1;

@@ -30,6 +30,8 @@ struct fast_config {
   __u32 accept_sample;      /* accepted fast SYNs reported as events: this many in 2^32 (0: none) */
   __u32 source_rate;        /* SYNs a second per source (IPv4 address, IPv6 /64) passed on to the queue; 0: no limit */
   __u32 budget_mark;        /* on a SYN charged to its source's bucket: the rules do not charge it again */
+  __u32 untracked_mark;     /* on every packet of a connection the fast path judged: the raw table skips conntrack (0: off) */
+  __u32 pad;
 };
 
 /* One kernel verdict for the agent's flow log (ring buffer `fast_events`). A drop is reported
@@ -114,6 +116,9 @@ struct peer_value {
   __u32 fast_id;
   __u32 pad;
 };
+
+/* Both ends: connections the fast path judged, so their packets skip conntrack. Layout of
+ * peer_key, as the receiving host sees the connection; the value is unused. */
 
 /* Server: source networks the agent never touches (datapath excluded), an LPM trie. */
 struct excluded_key {

@@ -326,8 +326,9 @@ try {
   for (const host of ['web', 'api'] as const) lab.exec(host, ['ip', 'addr', 'add', `${lab.secondAddress(host)}/24`, 'dev', 'eth0']);
   const bypass = (['web', 'api'] as const).flatMap((host) => ['--exclude', `${lab.secondAddress(host)}/32`]);
   const passThroughAgents = async (): Promise<AgentHandle[]> => [await lab.startAgent('api', bypass), await lab.startAgent('web', bypass)];
-  const identityAgents = async (kernel = false): Promise<AgentHandle[]> => {
-    const path = ['--kernel-fast-path', kernel ? 'on' : 'off'];
+  /** `conntrack`: datapath.fastPathConntrack of the kernel fast path (the lab has no NAT: `auto` skips). */
+  const identityAgents = async (kernel = false, conntrack: 'auto' | 'keep' = 'auto'): Promise<AgentHandle[]> => {
+    const path = ['--kernel-fast-path', kernel ? 'on' : 'off', '--fast-path-conntrack', conntrack];
     const agents = [
       await lab.startAgent('api', ['--config', files.configs.api, ...bypass, ...path]),
       await lab.startAgent('web', ['--config', files.configs.web, ...bypass, ...path]),
@@ -348,7 +349,10 @@ try {
   process.stderr.write('bench: warm-up (discarded)\n');
   await load(lab, ['rate', lab.address('api'), String(CONNECT_PORT), '32', '1500', String(config.rateMax)]);
   await iperf(lab);
-  const modes = (['baseline', 'conntrack', 'reference', 'pass-through', 'identity', 'kernel'] as const).filter((mode) => mode !== 'reference' || referenceLoop !== '');
+  // BENCH_MODES=conntrack,kernel,... runs only those (and the baseline).
+  const chosen = process.env.BENCH_MODES?.split(',');
+  const ran = (mode: string): boolean => mode === 'baseline' || chosen === undefined || chosen.includes(mode);
+  const modes = (['baseline', 'conntrack', 'reference', 'pass-through', 'identity', 'kernel', 'kernel-kept'] as const).filter((mode) => (mode !== 'reference' || referenceLoop !== '') && ran(mode));
   const results = {
     baseline: [] as Results[],
     conntrack: [] as Results[],
@@ -356,9 +360,10 @@ try {
     'pass-through': [] as Results[],
     identity: [] as Results[],
     kernel: [] as Results[],
+    'kernel-kept': [] as Results[],
     firstContact: [] as Results[],
   };
-  const pairs = { reference: [] as Paired[], 'pass-through': [] as Paired[], identity: [] as Paired[], kernel: [] as Paired[], firstContact: [] as Paired[] };
+  const pairs = { reference: [] as Paired[], 'pass-through': [] as Paired[], identity: [] as Paired[], kernel: [] as Paired[], 'kernel-kept': [] as Paired[], firstContact: [] as Paired[] };
   for (let round = 0; round < config.rounds; round++) {
     for (const mode of round % 2 === 0 ? modes : [...modes].reverse()) {
       process.stderr.write(`bench: round ${round + 1} of ${config.rounds}, ${mode}\n`);
@@ -379,7 +384,7 @@ try {
         await loops.stop();
         continue;
       }
-      const agents = mode === 'pass-through' ? await passThroughAgents() : await identityAgents(mode === 'kernel');
+      const agents = mode === 'pass-through' ? await passThroughAgents() : await identityAgents(mode !== 'identity', mode === 'kernel-kept' ? 'keep' : 'auto');
       results[mode].push(await measure(lab, agents));
       // First contact: both agents forget their peers before every connect.
       if (mode === 'identity') results.firstContact.push(await sequential(lab, agents, config.firstContactCount, agents.map((agent) => agent.socket)));
@@ -405,11 +410,12 @@ try {
       return Promise.resolve();
     });
   };
-  const bulkOf = async (mode: ModeSwitch): Promise<BulkResults | undefined> => (config.bulkRounds > 0 ? bulk(lab, mode) : undefined);
-  const conntrackBulk = await bulkOf(conntrackOn);
-  const passThroughBulk = await bulkOf(agentsOn(passThroughAgents));
-  const identityBulk = await bulkOf(agentsOn(() => identityAgents()));
-  const kernelBulk = await bulkOf(agentsOn(() => identityAgents(true)));
+  const bulkOf = async (name: string, mode: ModeSwitch): Promise<BulkResults | undefined> => (config.bulkRounds > 0 && ran(name) ? bulk(lab, mode) : undefined);
+  const conntrackBulk = await bulkOf('conntrack', conntrackOn);
+  const passThroughBulk = await bulkOf('pass-through', agentsOn(passThroughAgents));
+  const identityBulk = await bulkOf('identity', agentsOn(() => identityAgents()));
+  const kernelBulk = await bulkOf('kernel', agentsOn(() => identityAgents(true)));
+  const kernelKeptBulk = await bulkOf('kernel-kept', agentsOn(() => identityAgents(true, 'keep')));
 
   const header = [
     'mode'.padEnd(28),
@@ -439,6 +445,7 @@ try {
     passThrough: summarize(results['pass-through'], results.baseline),
     identity: summarize(results.identity, results.baseline),
     kernel: summarize(results.kernel, results.baseline),
+    kernelKept: summarize(results['kernel-kept'], results.baseline),
     conntrack: summarize(results.conntrack, results.baseline),
     reference: summarize(results.reference, results.baseline),
   };
@@ -447,17 +454,23 @@ try {
     passThrough: summarize(results['pass-through'], results.conntrack),
     identity: summarize(results.identity, results.conntrack),
     kernel: summarize(results.kernel, results.conntrack),
+    kernelKept: summarize(results['kernel-kept'], results.conntrack),
   };
+  /** The lines of the modes that ran. */
+  const rows = (entries: [string, string][]): string[] => entries.flatMap(([mode, line]) => (ran(mode) ? [line] : []));
   const lines = [
     `${config.rounds} rounds; rate: ${config.rateConcurrency} concurrent for ${config.rateMs} ms; sequential: ${config.sequentialCount} connects (first contact ${config.firstContactCount})`,
     header,
-    report('no agents (baseline)', summaries.baseline),
-    report('conntrack only, no agents', summaries.conntrack, conntrackBulk),
-    ...(referenceLoop === '' ? [] : [report('C reference loop, no token', summaries.reference, undefined, againstConntrack.reference)]),
-    report('pass-through', summaries.passThrough, passThroughBulk, againstConntrack.passThrough),
-    report('identity, known pair', summaries.identity, identityBulk, againstConntrack.identity),
-    report('kernel fast path, known pair', summaries.kernel, kernelBulk, againstConntrack.kernel),
-    report('identity, first contact', summarize(results.firstContact, results.baseline)),
+    ...rows([
+      ['baseline', report('no agents (baseline)', summaries.baseline)],
+      ['conntrack', report('conntrack only, no agents', summaries.conntrack, conntrackBulk)],
+      ...(referenceLoop === '' ? [] : ([['reference', report('C reference loop, no token', summaries.reference, undefined, againstConntrack.reference)]] as [string, string][])),
+      ['pass-through', report('pass-through', summaries.passThrough, passThroughBulk, againstConntrack.passThrough)],
+      ['identity', report('identity, known pair', summaries.identity, identityBulk, againstConntrack.identity)],
+      ['kernel', report('kernel fast path, known pair', summaries.kernel, kernelBulk, againstConntrack.kernel)],
+      ['kernel-kept', report('kernel, conntrack kept', summaries.kernelKept, kernelKeptBulk, againstConntrack.kernelKept)],
+      ['identity', report('identity, first contact', summarize(results.firstContact, results.baseline))],
+    ]),
     'each figure: median over rounds, against the same round\'s baseline; range: lowest-highest over rounds',
     'vs ct: rate against the conntrack-only run of the same round (connection tracking on, no agents: the connmark release needs it)',
     'trips: queued packets per connection, both agents together; added: microseconds over the baseline',
@@ -466,32 +479,38 @@ try {
       ? 'C reference loop: not run (scripts/bench could not compile scripts/benchmarks/nfq-reference.c)'
       : 'C reference loop: the agent\'s rules and queue served by a minimal C loop (one packet per recv, the agent\'s marks, no token, no rewrite): the floor of a trip here',
     `bulk: iperf3 ${config.bulkSeconds} s, ${config.bulkRounds} rounds alternating without/with each mode, median ratio; ` +
-      `baseline ${fmt(passThroughBulk?.baselineGbps, 1)} Gbit/s; per-round ratios conntrack only ${range(conntrackBulk)}, pass-through ${range(passThroughBulk)}, identity ${range(identityBulk)}, kernel fast path ${range(kernelBulk)}`,
+      `baseline ${fmt(passThroughBulk?.baselineGbps, 1)} Gbit/s; per-round ratios conntrack only ${range(conntrackBulk)}, pass-through ${range(passThroughBulk)}, identity ${range(identityBulk)}, kernel fast path ${range(kernelBulk)}, kernel with conntrack kept ${range(kernelKeptBulk)}`,
     profiling
       ? `bulk CPU in netfilter (perf, share of busy CPU, median of rounds; rules = hooks and rule evaluation): ` +
-        `no agents ${share(passThroughBulk?.netfilterWithout)}; conntrack only ${share(conntrackBulk?.netfilterWith)}; pass-through ${share(passThroughBulk?.netfilterWith)}; identity ${share(identityBulk?.netfilterWith)}; kernel fast path ${share(kernelBulk?.netfilterWith)}\n` +
-        `bulk ratio of a CPU-bound transfer, from those shares (1 - the share they add): conntrack only ${cpuBound(conntrackBulk)}, pass-through ${cpuBound(passThroughBulk)}, identity ${cpuBound(identityBulk)}, kernel fast path ${cpuBound(kernelBulk)}`
+        `no agents ${share(passThroughBulk?.netfilterWithout)}; conntrack only ${share(conntrackBulk?.netfilterWith)}; pass-through ${share(passThroughBulk?.netfilterWith)}; identity ${share(identityBulk?.netfilterWith)}; kernel fast path ${share(kernelBulk?.netfilterWith)}; kernel with conntrack kept ${share(kernelKeptBulk?.netfilterWith)}\n` +
+        `bulk ratio of a CPU-bound transfer, from those shares (1 - the share they add): conntrack only ${cpuBound(conntrackBulk)}, pass-through ${cpuBound(passThroughBulk)}, identity ${cpuBound(identityBulk)}, kernel fast path ${cpuBound(kernelBulk)}, kernel with conntrack kept ${cpuBound(kernelKeptBulk)}`
       : 'bulk CPU in netfilter: not measured (perf is not available)',
     '',
     `CPU per connection in the rate run (machine: all ${cpus().length} cores busy, idle and steal excluded; agents: their processes alone, or the C loops')`,
     ['mode'.padEnd(28), 'machine'.padStart(10), 'added'.padStart(7), 'cpu ratio'.padStart(10), 'vs ct'.padStart(6), 'agents'.padStart(10)].join(' '),
-    cpuReport('no agents (baseline)', summaries.baseline),
-    cpuReport('conntrack only, no agents', summaries.conntrack),
-    ...(referenceLoop === '' ? [] : [cpuReport('C reference loop, no token', summaries.reference, againstConntrack.reference)]),
-    cpuReport('pass-through', summaries.passThrough, againstConntrack.passThrough),
-    cpuReport('identity, known pair', summaries.identity, againstConntrack.identity),
-    cpuReport('kernel fast path, known pair', summaries.kernel, againstConntrack.kernel),
+    ...rows([
+      ['baseline', cpuReport('no agents (baseline)', summaries.baseline)],
+      ['conntrack', cpuReport('conntrack only, no agents', summaries.conntrack)],
+      ...(referenceLoop === '' ? [] : ([['reference', cpuReport('C reference loop, no token', summaries.reference, againstConntrack.reference)]] as [string, string][])),
+      ['pass-through', cpuReport('pass-through', summaries.passThrough, againstConntrack.passThrough)],
+      ['identity', cpuReport('identity, known pair', summaries.identity, againstConntrack.identity)],
+      ['kernel', cpuReport('kernel fast path, known pair', summaries.kernel, againstConntrack.kernel)],
+      ['kernel-kept', cpuReport('kernel, conntrack kept', summaries.kernelKept, againstConntrack.kernelKept)],
+    ]),
     'cpu ratio: baseline machine CPU per connection over the mode\'s, the rate ratio a host bound by CPU reaches; added: extra CPU per',
     'connection, which agents and conntrack cost wherever the rate is bound (it shifts with the VM\'s speed like the rate does)',
     '',
     `Interleaved with a bypass on the same hosts (addresses the agents exclude: their rules and conntrack, no queue), alternating every`,
     `10 connects (${config.pairedCount} each way; first contact ${config.pairedFirstContactCount}) and every ${config.pairedSliceMs} ms of the rate (${config.pairedSlices} slices): the VM's drift cancels`,
     ['mode'.padEnd(28), 'ratio'.padStart(6), 'range'.padStart(10), 'added'.padStart(6), 'range'.padStart(12), 'p99'.padStart(7)].join(' '),
-    ...(referenceLoop === '' ? [] : [pairedReport('C reference loop, no token', pairs.reference)]),
-    pairedReport('pass-through', pairs['pass-through']),
-    pairedReport('identity, known pair', pairs.identity),
-    pairedReport('kernel fast path, known pair', pairs.kernel),
-    pairedReport('identity, first contact', pairs.firstContact),
+    ...rows([
+      ...(referenceLoop === '' ? [] : ([['reference', pairedReport('C reference loop, no token', pairs.reference)]] as [string, string][])),
+      ['pass-through', pairedReport('pass-through', pairs['pass-through'])],
+      ['identity', pairedReport('identity, known pair', pairs.identity)],
+      ['kernel', pairedReport('kernel fast path, known pair', pairs.kernel)],
+      ['kernel-kept', pairedReport('kernel, conntrack kept', pairs['kernel-kept'])],
+      ['identity', pairedReport('identity, first contact', pairs.firstContact)],
+    ]),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
 } finally {

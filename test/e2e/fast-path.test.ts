@@ -33,6 +33,7 @@ interface FastStatus {
   reason: string;
   counters: Record<string, number>;
   shares: { incoming: Share; outgoing: Share };
+  conntrack: { skipped: boolean; reason: string };
 }
 
 async function fast(agent: AgentHandle): Promise<FastStatus> {
@@ -120,13 +121,14 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       };
     assert.equal(whois('api').identity.subject, `spiffe://${DOMAIN}/web`);
     assert.equal(whois('web').identity.subject, `spiffe://${DOMAIN}/api`);
-    // Both ends released the connection in the rules (connmark `release`, default mark base), as a
-    // verdict of the agent would: none of its packets walks them again.
-    const release = 0x400000;
+    // Neither end tracks the connection (datapath.fastPathConntrack `auto`, and the lab has no NAT):
+    // not one of its packets, handshake and data, made a conntrack entry.
+    held.write('tracked?\n');
+    await held.waitFor((l) => l.echoed === 'tracked?');
     for (const host of ['web', 'api'] as const) {
+      assert.deepEqual((await fast(host === 'web' ? web : api)).conntrack, { skipped: true, reason: 'skipped (auto)' });
       const entry = lab.exec(host, ['cat', '/proc/net/nf_conntrack']).split('\n').find((line) => line.includes(`sport=${String(connected.localPort)} dport=${ECHO} `));
-      const mark = Number(/ mark=(\d+)/.exec(entry ?? '')?.[1]);
-      assert.equal(mark & release, release, `${host}: ${entry ?? 'no conntrack entry'}`);
+      assert.equal(entry, undefined, `${host}: ${entry ?? ''}`);
     }
     await held.stop();
   });
@@ -222,10 +224,15 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
 
   it('drops a fast SYN sent to another agent (it holds no key for it)', async () => {
     const syn = await capturedFastSyn();
+    // This host NATs: its agent keeps conntrack for the fast path's connections (`auto`).
+    const masquerade = ['-t', 'nat', '-A', 'POSTROUTING', '-o', 'eth0', '-d', '192.0.2.0/24', '-j', 'MASQUERADE'];
+    lab.exec('outsider', ['iptables', ...masquerade]);
     const mallory = await lab.startAgent('outsider', ['--config', fixture.files.configs.outsider]);
     try {
       const before = await fast(mallory);
       assert.equal(before.running, true, before.reason);
+      assert.deepEqual(before.conntrack, { skipped: false, reason: 'kept: this network namespace has NAT rules (auto)' });
+      assert.doesNotMatch(lab.exec('outsider', ['iptables-save', '-t', 'raw']), /SYNPASS/);
       const elsewhere = Uint8Array.from(syn);
       const { ipVersion, tcpOffset } = layout(elsewhere);
       elsewhere.set(lab.address('outsider').split('.').map(Number), 16);
@@ -234,6 +241,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       assert.deepEqual(moved(before, await fast(mallory)), { synUnknownPeer: 1 });
     } finally {
       await mallory.process.stop();
+      lab.exec('outsider', ['iptables', ...masquerade.map((word) => (word === '-A' ? '-D' : word))]);
     }
   });
 
@@ -297,6 +305,9 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     if (attached.includes('sock_ops')) found.push(`sock_ops on ${lab.cgroup(host)}`);
     const filters = lab.exec(host, ['tc', 'filter', 'show', 'dev', 'eth0', 'ingress']);
     if (filters.includes('synpass_ingress')) found.push(`tc filter on ${host}/eth0`);
+    for (const save of ['iptables-save', 'ip6tables-save']) {
+      if (lab.exec(host, [save]).includes('SYNPASS')) found.push(`${save}: synpass rules`);
+    }
     return found;
   }
 
@@ -304,7 +315,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     await web.process.stop('SIGTERM');
     assert.deepEqual(leftovers('web'), []);
     await api.process.stop('SIGKILL');
-    assert.ok(leftovers('api').length === 3, `a killed agent leaves its pins, link and filter: ${leftovers('api').join(', ')}`);
+    assert.ok(leftovers('api').length === 5, `a killed agent leaves its pins, link, filter and rules: ${leftovers('api').join(', ')}`);
     const cleanup = lab.spawn('api', [...synpassCommand(), 'agent', 'cleanup', '--fast-path-pin-dir', lab.pinDir('api')]);
     await cleanup.waitFor((l) => typeof l.text === 'string' && l.text.startsWith('kernel fast path:'), 10_000);
     await cleanup.exited;

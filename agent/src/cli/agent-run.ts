@@ -29,6 +29,7 @@ const FIELD_FLAGS: readonly FieldFlag[] = [
   { flag: '--fast-path-pin-dir <path>', path: 'datapath.fastPathPinDir' },
   { flag: '--fast-path-cgroup <path>', path: 'datapath.fastPathCgroup' },
   { flag: '--fast-path-interface <name>', path: 'datapath.fastPathInterfaces', append: true },
+  { flag: '--fast-path-conntrack <mode>', path: 'datapath.fastPathConntrack' },
   { flag: '--status-socket <path>', path: 'datapath.statusSocket' },
   { flag: '--target <cidr>', path: 'targets', append: true },
   { flag: '--exclude <cidr>', path: 'excluded', append: true },

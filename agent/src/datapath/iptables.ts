@@ -4,7 +4,8 @@ import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { RulesError } from './errors.ts';
-import { buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, sourceLimitedCount, unjudgedSynCount, type IpFamily, type RuleOptions } from './rules.ts';
+import type { ConnectionMarks } from './marks.ts';
+import { buildNotrackRuleset, buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, sourceLimitedCount, unjudgedSynCount, type IpFamily, type RuleOptions } from './rules.ts';
 
 const run = promisify(execFile);
 
@@ -60,28 +61,41 @@ function restoreBinary(tool: Tool): string {
   return tool.binary.replace(/^(ip6?tables)-(nft|legacy)$/, '$1-$2-restore');
 }
 
-/** Whether the legacy backend has a mangle table here; asking iptables-legacy would create one. */
-async function legacyMangleExists(family: IpFamily): Promise<boolean> {
+type Table = 'mangle' | 'raw' | 'nat';
+
+/** Whether the legacy backend has `table` here; asking iptables-legacy would create one. */
+async function legacyTableExists(family: IpFamily, table: Table): Promise<boolean> {
   try {
     const names = await readFile(family === 4 ? '/proc/net/ip_tables_names' : '/proc/net/ip6_tables_names', 'utf8');
-    return names.split('\n').includes('mangle');
+    return names.split('\n').includes(table);
   } catch {
     return false;
   }
 }
 
-async function removeWith(tool: Tool): Promise<boolean> {
-  if (tool.backend === 'legacy' && !(await legacyMangleExists(tool.family))) return false;
-  const saved = await exec(saveBinary(tool), ['-t', 'mangle']);
-  const removal = buildRemoval(saved);
-  if (removal === null) return false;
+/** `iptables-save -t table` of a tool, or null when the legacy backend has no such table. */
+async function savedTable(tool: Tool, table: Table): Promise<string | null> {
+  if (tool.backend === 'legacy' && !(await legacyTableExists(tool.family, table))) return null;
+  return exec(saveBinary(tool), ['-t', table]);
+}
+
+async function removeFromTable(tool: Tool, table: 'mangle' | 'raw'): Promise<boolean> {
+  const saved = await savedTable(tool, table);
+  const removal = saved === null ? null : buildRemoval(saved, table);
+  if (saved === null || removal === null) return false;
   await exec(restoreBinary(tool), ['--noflush'], removal);
   if (tool.backend === 'nft') {
     // Apart from the removal, which must not fail because another tool added a rule meanwhile;
     // the legacy backend cannot delete a built-in chain, and its table's hooks stay anyway.
-    for (const chain of emptiedBuiltinChains(saved)) await exec(tool.binary, ['-t', 'mangle', '-X', chain]).catch(() => undefined);
+    for (const chain of emptiedBuiltinChains(saved)) await exec(tool.binary, ['-t', table, '-X', chain]).catch(() => undefined);
   }
   return true;
+}
+
+async function removeWith(tool: Tool): Promise<boolean> {
+  const mangle = await removeFromTable(tool, 'mangle');
+  const raw = await removeFromTable(tool, 'raw');
+  return mangle || raw;
 }
 
 export interface InstalledRules {
@@ -135,6 +149,29 @@ export async function removeAllRules(): Promise<number> {
     if (await removeWith(tool)) removed += 1;
   }
   return removed;
+}
+
+/**
+ * The raw-table rules that leave the kernel fast path's connections out of conntrack
+ * (rules.ts, buildNotrackRuleset), on the backend and families the ruleset went in with.
+ */
+export async function installNotrackRules(installed: InstalledRules, marks: ConnectionMarks): Promise<void> {
+  for (const family of installed.families) {
+    const tool = TOOLS.find((t) => t.family === family && t.backend === installed.backend)!;
+    await exec(restoreBinary(tool), ['--noflush'], buildNotrackRuleset(marks));
+  }
+}
+
+/** Whether this network namespace translates addresses (an iptables nat rule, or an nft nat chain). */
+export async function natInUse(installed: InstalledRules): Promise<boolean> {
+  for (const family of installed.families) {
+    const tool = TOOLS.find((t) => t.family === family && t.backend === installed.backend)!;
+    const saved = await savedTable(tool, 'nat');
+    if (saved !== null && saved.split('\n').some((line) => line.startsWith('-A '))) return true;
+  }
+  // Native nft tables (kube-proxy's nftables mode, firewalld) do not show in iptables-save.
+  const ruleset = await exec('nft', ['list', 'ruleset']).catch(() => '');
+  return /\btype nat hook\b/.test(ruleset);
 }
 
 export interface RuleInspection {

@@ -16,13 +16,16 @@ export interface ConnectionMarks {
   /** Packet bit the kernel fast path sets on a SYN it charged to its source's bucket: the rules
    * do not charge it again (SYNPASS-IN-LIMIT). */
   budgeted: number;
+  /** Packet bit the kernel fast path sets on every packet of a connection it judged: the raw
+   * table leaves it out of conntrack (SYNPASS-NOTRACK), and the mangle chains return at once. */
+  untracked: number;
   all: number;
 }
 
-/** The highest bit the five mark bits may start at. */
-export const MAX_MARK_BASE = 0x08000000;
+/** The highest bit the six mark bits may start at. */
+export const MAX_MARK_BASE = 0x04000000;
 
-/** Five consecutive bits from `lowestBit` (default 0x00100000, clear of kube-proxy's 0x4000/0x8000). */
+/** Six consecutive bits from `lowestBit` (default 0x00100000, clear of kube-proxy's 0x4000/0x8000). */
 export function connectionMarks(lowestBit = 0x00100000): ConnectionMarks {
   if (!Number.isInteger(lowestBit) || lowestBit <= 0 || (lowestBit & (lowestBit - 1)) !== 0 || lowestBit > MAX_MARK_BASE) {
     throw new RangeError(`mark base must be a single bit between 0x1 and 0x${MAX_MARK_BASE.toString(16)}, got ${lowestBit}`);
@@ -32,5 +35,6 @@ export function connectionMarks(lowestBit = 0x00100000): ConnectionMarks {
   const release = lowestBit * 4;
   const judged = lowestBit * 8;
   const budgeted = lowestBit * 16;
-  return { pass, track, release, judged, budgeted, all: (pass | track | release | judged | budgeted) >>> 0 };
+  const untracked = lowestBit * 32;
+  return { pass, track, release, judged, budgeted, untracked, all: (pass | track | release | judged | budgeted | untracked) >>> 0 };
 }

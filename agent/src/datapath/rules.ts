@@ -15,6 +15,8 @@ export const CHAINS = {
   mark: 'SYNPASS-MARK',
   audit: 'SYNPASS-AUDIT',
 } as const;
+/** The raw-table chain that takes the kernel fast path's connections out of conntrack. */
+export const NOTRACK_CHAIN = 'SYNPASS-NOTRACK';
 const COMMENT = 'synpass';
 /** Comment of the rule whose kernel counter is the number of SYNs that were never judged. */
 export const UNJUDGED_COMMENT = 'synpass-unjudged';
@@ -96,6 +98,7 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
   const track = `${hex(marks.track)}/${hex(marks.track)}`;
   const release = `${hex(marks.release)}/${hex(marks.release)}`;
   const judged = `${hex(marks.judged)}/${hex(marks.judged)}`;
+  const untracked = `${hex(marks.untracked)}/${hex(marks.untracked)}`;
   const excluded = options.excludedNetworks.filter((cidr) => isFamily(cidr, family));
   const targets = options.targetNetworks.filter((cidr) => isFamily(cidr, family));
   const tag = `-m comment --comment ${COMMENT}`;
@@ -121,10 +124,14 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     // SYN, carries a marker or comes back from a verdict. The connmark test is positive on
     // purpose: it fails for a packet conntrack does not track, which must go on to be judged. The
     // flags test is a match of its own so that iptables-nft compiles it natively.
+    // First, a connection the kernel fast path judged and left out of conntrack: a mark test,
+    // cheaper than the connmark one after it, which could not match such a packet anyway.
+    `-A ${CHAINS.ingress} -p tcp -m mark --mark ${untracked} -m tcp ! --tcp-flags SYN,ACK,FIN,RST SYN -m tcp ! --tcp-option ${MARKER_KIND} -j RETURN`,
     `-A ${CHAINS.ingress} -p tcp -m mark ! --mark ${pass} -m connmark --mark ${release} -m tcp ! --tcp-flags SYN,ACK,FIN,RST SYN -m tcp ! --tcp-option ${MARKER_KIND} -j RETURN`,
     // A packet comes back after its verdict (NF_REPEAT) carrying `pass`: record, do not queue.
     `-A ${CHAINS.ingress} -m mark ! --mark ${pass} -j ${CHAINS.ingressQueue}`,
     `-A ${CHAINS.ingress} -m mark --mark ${pass} -j ${CHAINS.mark}`,
+    `-A ${CHAINS.egress} -m mark --mark ${untracked} -j RETURN`,
     `-A ${CHAINS.egress} -m mark ! --mark ${pass} -m connmark --mark ${release} -j RETURN`,
     `-A ${CHAINS.egress} -m mark ! --mark ${pass} -j ${CHAINS.egressQueue}`,
     `-A ${CHAINS.egress} -m mark --mark ${pass} -j ${CHAINS.mark}`,
@@ -158,6 +165,25 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     '',
   ];
   return lines.join('\n');
+}
+
+/**
+ * The raw-table rules, as iptables-restore --noflush input, that leave every packet carrying the
+ * `untracked` bit out of conntrack: the kernel fast path sets it on the connections it judged
+ * (every packet in, from its tc program; every packet out, in the socket mark). Installed only
+ * while the fast path runs and conntrack is not kept for it.
+ */
+export function buildNotrackRuleset(marks: ConnectionMarks): string {
+  const untracked = `${hex(marks.untracked)}/${hex(marks.untracked)}`;
+  return [
+    '*raw',
+    `:${NOTRACK_CHAIN} - [0:0]`,
+    `-I PREROUTING 1 -p tcp -m mark --mark ${untracked} -j ${NOTRACK_CHAIN}`,
+    `-I OUTPUT 1 -p tcp -m mark --mark ${untracked} -j ${NOTRACK_CHAIN}`,
+    `-A ${NOTRACK_CHAIN} -j CT --notrack`,
+    'COMMIT',
+    '',
+  ].join('\n');
 }
 
 interface SavedRule {
@@ -242,10 +268,10 @@ export function emptiedBuiltinChains(saved: string): string[] {
 }
 
 /**
- * From `iptables-save -t mangle` output, the iptables-restore --noflush input that removes every
- * synpass jump and chain; null when nothing of synpass is installed.
+ * From `iptables-save -t TABLE` output, the iptables-restore --noflush input that removes every
+ * synpass jump and chain of that table; null when nothing of synpass is installed.
  */
-export function buildRemoval(saved: string): string | null {
+export function buildRemoval(saved: string, table: 'mangle' | 'raw' = 'mangle'): string | null {
   const jumps: string[] = [];
   const chains: string[] = [];
   for (const line of saved.split('\n')) {
@@ -256,7 +282,7 @@ export function buildRemoval(saved: string): string | null {
     if (!rule.chain.startsWith(CHAIN_PREFIX) && jumpsToSynpass(rule)) jumps.push(`-D ${rule.chain} ${rule.spec}`);
   }
   if (jumps.length === 0 && chains.length === 0) return null;
-  return ['*mangle', ...jumps, ...chains.map((c) => `-F ${c}`), ...chains.map((c) => `-X ${c}`), 'COMMIT', ''].join(
+  return [`*${table}`, ...jumps, ...chains.map((c) => `-F ${c}`), ...chains.map((c) => `-X ${c}`), 'COMMIT', ''].join(
     '\n',
   );
 }

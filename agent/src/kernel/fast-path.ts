@@ -76,6 +76,8 @@ export class KernelFastPath implements KernelPath {
   private closed = new Uint8Array(PORT_COUNT);
   private closedCount = 0;
   private events: { close(): void } | null = null;
+  /** The `untracked` mark bit while the fast path's connections skip conntrack (0: kept). */
+  private untrackedMark = 0;
 
   private constructor(
     private readonly native: NativeBinding,
@@ -131,8 +133,20 @@ export class KernelFastPath implements KernelPath {
       acceptSample: this.options.acceptSample,
       sourceRate: this.options.sourceRate,
       budgetMark: this.options.budgetMark,
+      untrackedMark: this.untrackedMark,
     });
     this.native.mapUpdate(this.map('fast_config'), Buffer.alloc(4), value, BPF_ANY);
+  }
+
+  /** From now on the connections it judges carry `mark`, which the raw-table rules leave out of conntrack. */
+  skipConntrack(mark: number): void {
+    this.untrackedMark = mark;
+    this.refreshClock();
+  }
+
+  /** Whether the connections it judges skip conntrack. */
+  get conntrackSkipped(): boolean {
+    return this.untrackedMark !== 0;
   }
 
   admitClient(entry: AdmittedClient): boolean {

@@ -16,6 +16,7 @@ export const MAP_CAPACITY = {
   fast_replay: 131_072,
   fast_peers: 65_536,
   fast_sources: 65_536,
+  fast_flows: 65_536,
 } as const;
 
 export const KEY_SIZE = { fast_clients: 24, fast_conns: 36, fast_servers: 24, fast_replay: 32, fast_peers: 36 } as const;
@@ -163,11 +164,13 @@ export interface FastConfig {
   sourceRate: number;
   /** Set on a SYN charged to its source's bucket. */
   budgetMark: number;
+  /** Set on every packet of a connection the fast path judged, to skip conntrack (0: kept). */
+  untrackedMark: number;
 }
 
-/** struct fast_config (36 bytes of fields, padded to the s64's alignment). */
+/** struct fast_config (44 bytes of fields, padded to the s64's alignment). */
 export function configValue(config: FastConfig): Buffer {
-  const value = Buffer.alloc(40);
+  const value = Buffer.alloc(48);
   if (LITTLE) value.writeBigInt64LE(config.realtimeOffsetNs, 0);
   else value.writeBigInt64BE(config.realtimeOffsetNs, 0);
   u32(value, 8, config.windowSeconds);
@@ -177,6 +180,7 @@ export function configValue(config: FastConfig): Buffer {
   u32(value, 24, Math.min(0xffffffff, Math.floor(config.acceptSample * 2 ** 32)));
   u32(value, 28, config.sourceRate);
   u32(value, 32, config.budgetMark);
+  u32(value, 36, config.untrackedMark);
   return value;
 }
 

@@ -20,6 +20,8 @@ import type { AgentConfig } from './config.ts';
 import type { BuiltHandler, IdentityStatus } from './handlers.ts';
 import { bindWhenFree, queuesBound } from './queue-binder.ts';
 import { chooseKernelFastPath, type FastPathChoice } from './kernel-fast-path.ts';
+import type { KernelFastPath } from '../kernel/fast-path.ts';
+import { natInUse } from '../datapath/iptables.ts';
 import { KernelDropLedger } from '../kernel/drop-ledger.ts';
 import { verdictOf } from '../kernel/layouts.ts';
 import { RulesWatchdog } from './rules-watchdog.ts';
@@ -49,6 +51,8 @@ export class Agent {
   private whois: WhoisService | null = null;
   private fastPath: FastPathChoice = { path: null, reason: 'not started', cgroup: null };
   private fastPathTimer: NodeJS.Timeout | null = null;
+  /** Whether the kernel fast path's connections skip conntrack, and why. */
+  private conntrack: { skipped: boolean; reason: string } = { skipped: false, reason: 'not started' };
   /** SYNs the queue accepted, by direction: beside the kernel's own, the fast path's share. */
   private readonly queuedSyns = { ingress: 0, egress: 0 };
 
@@ -139,14 +143,14 @@ export class Agent {
       throw error;
     }
     this.rules.watch(this.config.datapath.ruleCheckSeconds * 1000);
-    this.startKernelFastPath();
+    await this.startKernelFastPath();
     if (this.config.telemetry.whoisSocket !== null) this.whois = await startWhoisService(this.config.telemetry.whoisSocket, this.peers, this.log);
     this.state = 'running';
     this.log.info({ mode: this.config.mode, statusSocket: this.config.datapath.statusSocket }, 'agent running');
   }
 
   /** After the rules: the marks the kernel programs set mean something only once the rules are in. */
-  private startKernelFastPath(): void {
+  private async startKernelFastPath(): Promise<void> {
     const acceptSample = this.flowLog.logsAccepts ? this.config.telemetry.flowLog.sampleAccepted : 0;
     const choice = chooseKernelFastPath(this.config, connectionMarks(this.config.datapath.markBase), acceptSample);
     this.fastPath = choice;
@@ -172,8 +176,33 @@ export class Agent {
       for (const [counter, drops] of ledger.settle(path.counters())) flowLog.writeKernelTail(verdictOf(counter)!.reason, drops);
     }, 1000);
     this.fastPathTimer.unref();
+    this.conntrack = await this.skipConntrack(path);
     const { attached, skipped } = path.attachment;
-    this.log.info({ kernelFastPath: this.config.datapath.kernelFastPath, cgroup: choice.cgroup, interfaces: attached, skipped, pinDir: this.config.datapath.fastPathPinDir }, 'kernel fast path running');
+    this.log.info(
+      { kernelFastPath: this.config.datapath.kernelFastPath, cgroup: choice.cgroup, interfaces: attached, skipped, pinDir: this.config.datapath.fastPathPinDir, conntrack: this.conntrack },
+      'kernel fast path running',
+    );
+  }
+
+  /**
+   * Leaves the connections the kernel judges out of conntrack (`datapath.fastPathConntrack`),
+   * unless this namespace translates addresses (`auto`): a connection without conntrack entry is
+   * not NATed. Why it does or does not, for the log and status.
+   */
+  private async skipConntrack(path: KernelFastPath): Promise<{ skipped: boolean; reason: string }> {
+    const mode = this.config.datapath.fastPathConntrack;
+    if (mode === 'keep') return { skipped: false, reason: 'kept (datapath.fastPathConntrack)' };
+    const installed = this.rules.installed;
+    if (installed === null) return { skipped: false, reason: 'kept: no rules installed' };
+    if (mode === 'auto' && (await natInUse(installed).catch(() => true))) return { skipped: false, reason: 'kept: this network namespace has NAT rules (auto)' };
+    try {
+      await this.rules.skipConntrack();
+    } catch (error) {
+      this.log.warn({ err: error }, 'the raw-table rules failed: the kernel fast path keeps conntrack');
+      return { skipped: false, reason: `kept: ${(error as Error).message}` };
+    }
+    path.skipConntrack(connectionMarks(this.config.datapath.markBase).untracked);
+    return { skipped: true, reason: `skipped (${mode})` };
   }
 
   /** Detached before the rules go: fast SYNs then meet the queue, which drops what it cannot prove. */
@@ -208,6 +237,7 @@ export class Agent {
       },
       refusedEntries: path.refused,
       cloakedPorts: path.cloakedPorts,
+      conntrack: this.conntrack,
     };
   }
 

@@ -76,7 +76,7 @@ export function agentConfigSchema(base: string) {
         queueMaxLength: t.integer(1, 1_000_000, 4096, 'kernel queue length'),
         queueRatePerSource: t.integer(0, 1_000_000, 10_000, 'incoming packets a second per source, IPv4 address or IPv6 /64, let into the queue; the kernel drops the rest (`source-rate-limited`; 0: unlimited)'),
         failOpen: t.boolean(false, 'accept packets when the queue is full or no agent listens (default: drop, fail closed)'),
-        markBase: t.integer(1, MAX_MARK_BASE, 0x00100000, 'lowest of the 5 packet-mark bits the agent owns', {
+        markBase: t.integer(1, MAX_MARK_BASE, 0x00100000, 'lowest of the 6 packet-mark bits the agent owns', {
           defaultText: '0x100000',
           check: { test: isSingleBit, error: 'a single bit, e.g. 1048576 (0x100000)' },
         }),
@@ -90,6 +90,7 @@ export function agentConfigSchema(base: string) {
         kernelFastPath: t.choice(['auto', 'on', 'off'], 'auto', 'known pairs proven and judged in the kernel (eBPF): `auto` when the kernel, bpffs and cgroup v2 allow it, `on` or refuse to start, `off` queue only'),
         fastPathPinDir: t.pathWithDefault('/sys/fs/bpf/synpass', 'bpffs directory of the fast path\'s pinned maps and cgroup link (one per agent)'),
         fastPathCgroup: t.optionalPath('cgroup v2 directory whose sockets get the fast path', 'the cgroup2 mount (the whole host)'),
+        fastPathConntrack: t.choice(['auto', 'skip', 'keep'], 'auto', 'whether connections the kernel fast path judges skip conntrack (raw-table NOTRACK): `auto` skips unless this network namespace has NAT rules at start, `keep` where such connections are NATed or another firewall needs their state'),
         fastPathInterfaces: t.strings('interfaces whose ingress the fast path judges (none given: every interface with an address but loopback)', 'a list of interface names'),
       }),
       telemetry: t.section({

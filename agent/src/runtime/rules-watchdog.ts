@@ -1,7 +1,8 @@
 // The agent's iptables rules over its lifetime: installed once the queues are bound, checked
 // every few seconds (reinstalled when someone flushed them, a firewall reload say), and what the
 // check reads reported: SYNs the kernel let in without a verdict, and rules ahead of our jumps.
-import { inspectRules, installRules, removeAllRules, type Backend, type InstalledRules, type RuleInspection } from '../datapath/iptables.ts';
+import { inspectRules, installNotrackRules, installRules, removeAllRules, type Backend, type InstalledRules, type RuleInspection } from '../datapath/iptables.ts';
+import type { ConnectionMarks } from '../datapath/marks.ts';
 import type { RuleOptions } from '../datapath/rules.ts';
 import type { Logger } from '../telemetry/log.ts';
 
@@ -9,10 +10,11 @@ import type { Logger } from '../telemetry/log.ts';
 export interface RuleOperations {
   install(options: RuleOptions, preferred: Backend): Promise<InstalledRules>;
   inspect(installed: InstalledRules, options: RuleOptions): Promise<RuleInspection>;
+  installNotrack(installed: InstalledRules, marks: ConnectionMarks): Promise<void>;
   removeAll(): Promise<number>;
 }
 
-const IPTABLES: RuleOperations = { install: installRules, inspect: inspectRules, removeAll: removeAllRules };
+const IPTABLES: RuleOperations = { install: installRules, inspect: inspectRules, installNotrack: installNotrackRules, removeAll: removeAllRules };
 
 /** A rule's kernel packet counter summed over the agent's lifetime: it restarts at 0 with a reinstall. */
 class LifetimeCounter {
@@ -42,6 +44,8 @@ export class RulesWatchdog {
   private readonly sourceLimited = new LifetimeCounter();
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
+  /** The kernel fast path's connections skip conntrack: the raw-table rules go in with every install. */
+  private notrack = false;
 
   constructor(
     private readonly options: RuleOptions,
@@ -55,6 +59,13 @@ export class RulesWatchdog {
     this.present = true;
     this.log.info({ backend: this.installed.backend, families: this.installed.families, targets: this.options.targetNetworks }, 'rules installed');
     return this.installed;
+  }
+
+  /** Adds the raw-table rules that leave the kernel fast path's connections out of conntrack. */
+  async skipConntrack(): Promise<void> {
+    if (this.installed === null) return;
+    await this.operations.installNotrack(this.installed, this.options.marks);
+    this.notrack = true;
   }
 
   watch(intervalMs: number): void {
@@ -79,6 +90,7 @@ export class RulesWatchdog {
     this.log.error({ backend: installed.backend }, 'synpass rules are missing; reinstalling');
     try {
       this.installed = await this.operations.install(this.options, installed.backend);
+      if (this.notrack) await this.operations.installNotrack(this.installed, this.options.marks);
       this.present = true;
       this.unjudged.reinstalled();
       this.sourceLimited.reinstalled();

@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connectionMarks } from '../../../agent/src/datapath/marks.ts';
-import { buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, sourceLimitedCount, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
+import { buildNotrackRuleset, buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, sourceLimitedCount, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
 
 const options: RuleOptions = {
   queueNumber: 3170,
@@ -26,12 +26,15 @@ describe('buildRuleset', () => {
 
   it('returns a released connection\'s packets first thing, unless they are SYNs, carry a marker or come back from a verdict', () => {
     const chain = (name: string) => lines.filter((l) => l.startsWith(`-A ${name} `));
+    // First: a connection the kernel fast path judged and left out of conntrack (the `untracked` bit).
     assert.deepEqual(chain('SYNPASS-IN'), [
+      '-A SYNPASS-IN -p tcp -m mark --mark 0x2000000/0x2000000 -m tcp ! --tcp-flags SYN,ACK,FIN,RST SYN -m tcp ! --tcp-option 253 -j RETURN',
       '-A SYNPASS-IN -p tcp -m mark ! --mark 0x100000/0x100000 -m connmark --mark 0x400000/0x400000 -m tcp ! --tcp-flags SYN,ACK,FIN,RST SYN -m tcp ! --tcp-option 253 -j RETURN',
       '-A SYNPASS-IN -m mark ! --mark 0x100000/0x100000 -j SYNPASS-IN-Q',
       '-A SYNPASS-IN -m mark --mark 0x100000/0x100000 -j SYNPASS-MARK',
     ]);
     assert.deepEqual(chain('SYNPASS-OUT'), [
+      '-A SYNPASS-OUT -m mark --mark 0x2000000/0x2000000 -j RETURN',
       '-A SYNPASS-OUT -m mark ! --mark 0x100000/0x100000 -m connmark --mark 0x400000/0x400000 -j RETURN',
       '-A SYNPASS-OUT -m mark ! --mark 0x100000/0x100000 -j SYNPASS-OUT-Q',
       '-A SYNPASS-OUT -m mark --mark 0x100000/0x100000 -j SYNPASS-MARK',
@@ -63,7 +66,7 @@ describe('buildRuleset', () => {
   it('records verdict marks into the connmark, clears them from the packet and leaves it marked judged', () => {
     assert.ok(lines.includes('-A SYNPASS-MARK -m mark --mark 0x200000/0x200000 -j CONNMARK --or-mark 0x200000'));
     assert.ok(lines.includes('-A SYNPASS-MARK -m mark --mark 0x400000/0x400000 -j CONNMARK --or-mark 0x400000'));
-    const cleared = lines.indexOf('-A SYNPASS-MARK -j MARK --and-mark 0xfe0fffff');
+    const cleared = lines.indexOf('-A SYNPASS-MARK -j MARK --and-mark 0xfc0fffff');
     assert.ok(cleared > 0 && lines[cleared + 1] === '-A SYNPASS-MARK -j MARK --or-mark 0x800000');
   });
 
@@ -199,17 +202,56 @@ describe('buildRemoval', () => {
     assert.deepEqual(emptiedBuiltinChains(saved), ['PREROUTING', 'INPUT']);
   });
 
+  it('removes the raw table\'s notrack chain and jumps as it installs them', () => {
+    const raw = buildNotrackRuleset(connectionMarks(0x100000));
+    assert.equal(
+      raw,
+      [
+        '*raw',
+        ':SYNPASS-NOTRACK - [0:0]',
+        '-I PREROUTING 1 -p tcp -m mark --mark 0x2000000/0x2000000 -j SYNPASS-NOTRACK',
+        '-I OUTPUT 1 -p tcp -m mark --mark 0x2000000/0x2000000 -j SYNPASS-NOTRACK',
+        '-A SYNPASS-NOTRACK -j CT --notrack',
+        'COMMIT',
+        '',
+      ].join('\n'),
+    );
+    const saved = [
+      '*raw',
+      ':PREROUTING ACCEPT [0:0]',
+      ':OUTPUT ACCEPT [0:0]',
+      ':SYNPASS-NOTRACK - [0:0]',
+      '-A PREROUTING -p tcp -m mark --mark 0x2000000/0x2000000 -j SYNPASS-NOTRACK',
+      '-A OUTPUT -p tcp -m mark --mark 0x2000000/0x2000000 -j SYNPASS-NOTRACK',
+      '-A SYNPASS-NOTRACK -j CT --notrack',
+      'COMMIT',
+    ].join('\n');
+    assert.equal(
+      buildRemoval(saved, 'raw'),
+      [
+        '*raw',
+        '-D PREROUTING -p tcp -m mark --mark 0x2000000/0x2000000 -j SYNPASS-NOTRACK',
+        '-D OUTPUT -p tcp -m mark --mark 0x2000000/0x2000000 -j SYNPASS-NOTRACK',
+        '-F SYNPASS-NOTRACK',
+        '-X SYNPASS-NOTRACK',
+        'COMMIT',
+        '',
+      ].join('\n'),
+    );
+    assert.deepEqual(emptiedBuiltinChains(saved), ['PREROUTING', 'OUTPUT']);
+  });
+
   it('returns null when nothing of synpass is installed', () => {
     assert.equal(buildRemoval('*mangle\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n'), null);
   });
 });
 
 describe('connectionMarks', () => {
-  it('takes five consecutive bits and rejects a non-bit base or one without room for five', () => {
-    assert.deepEqual(connectionMarks(0x10), { pass: 0x10, track: 0x20, release: 0x40, judged: 0x80, budgeted: 0x100, all: 0x1f0 });
-    assert.equal(connectionMarks(0x08000000).all, 0xf8000000);
+  it('takes six consecutive bits and rejects a non-bit base or one without room for six', () => {
+    assert.deepEqual(connectionMarks(0x10), { pass: 0x10, track: 0x20, release: 0x40, judged: 0x80, budgeted: 0x100, untracked: 0x200, all: 0x3f0 });
+    assert.equal(connectionMarks(0x04000000).all, 0xfc000000);
     assert.throws(() => connectionMarks(0x30), RangeError);
     assert.throws(() => connectionMarks(0), RangeError);
-    assert.throws(() => connectionMarks(0x10000000), RangeError);
+    assert.throws(() => connectionMarks(0x08000000), RangeError);
   });
 });

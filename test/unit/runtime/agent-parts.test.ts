@@ -39,6 +39,10 @@ function scriptedIptables(inspections: (RuleInspection | null)[]) {
       const next = inspections.shift();
       return next === null || next === undefined ? Promise.reject(new Error('iptables-save failed')) : Promise.resolve(next);
     },
+    installNotrack: () => {
+      calls.push('notrack');
+      return Promise.resolve();
+    },
     removeAll: () => {
       calls.push('remove');
       return Promise.resolve(1);
