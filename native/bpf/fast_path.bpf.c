@@ -351,10 +351,7 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
   flow_of(p, &conn);
   struct peer_value peer = {.fast_id = key.fast_id};
   bpf_map_update_elem(&fast_peers, &conn, &peer, BPF_ANY);
-  if (cfg->untracked_mark != 0) {
-    __u8 one = 1;
-    bpf_map_update_elem(&fast_flows, &conn, &one, BPF_ANY);
-  }
+  if (cfg->untracked_mark != 0) bpf_map_update_elem(&fast_flows, &conn, &one, BPF_ANY);
   skb->mark |= cfg->accept_mark | cfg->untracked_mark;
   count(FAST_SYN_ACCEPTED);
   if (cfg->accept_sample != 0 && bpf_get_prandom_u32() < cfg->accept_sample) emit(FAST_SYN_ACCEPTED, p, key.fast_id, 0);

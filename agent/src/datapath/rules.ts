@@ -120,13 +120,13 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
           `-I FORWARD 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${tag} -j ${CHAINS.audit}`,
         ]
       : []),
+    // A connection the kernel fast path judged and left out of conntrack returns first: a mark
+    // test, cheaper than the connmark one after it, which could not match such a packet anyway.
+    `-A ${CHAINS.ingress} -p tcp -m mark --mark ${untracked} -m tcp ! --tcp-flags SYN,ACK,FIN,RST SYN -m tcp ! --tcp-option ${MARKER_KIND} -j RETURN`,
     // A released connection's packet (most of a host's traffic) returns at once, unless it is a
     // SYN, carries a marker or comes back from a verdict. The connmark test is positive on
     // purpose: it fails for a packet conntrack does not track, which must go on to be judged. The
     // flags test is a match of its own so that iptables-nft compiles it natively.
-    // First, a connection the kernel fast path judged and left out of conntrack: a mark test,
-    // cheaper than the connmark one after it, which could not match such a packet anyway.
-    `-A ${CHAINS.ingress} -p tcp -m mark --mark ${untracked} -m tcp ! --tcp-flags SYN,ACK,FIN,RST SYN -m tcp ! --tcp-option ${MARKER_KIND} -j RETURN`,
     `-A ${CHAINS.ingress} -p tcp -m mark ! --mark ${pass} -m connmark --mark ${release} -m tcp ! --tcp-flags SYN,ACK,FIN,RST SYN -m tcp ! --tcp-option ${MARKER_KIND} -j RETURN`,
     // A packet comes back after its verdict (NF_REPEAT) carrying `pass`: record, do not queue.
     `-A ${CHAINS.ingress} -m mark ! --mark ${pass} -j ${CHAINS.ingressQueue}`,

@@ -86,7 +86,7 @@ export class KernelFastPath implements KernelPath {
   ) {
     this.now = options.now ?? Date.now;
     for (const cidr of options.excluded) native.mapUpdate(this.map('fast_excluded'), excludedKey(cidr), Buffer.of(1), BPF_ANY);
-    this.refreshClock();
+    this.writeConfig();
   }
 
   /** Loads and attaches the programs; throws KernelPathError with the kernel's reason. */
@@ -123,8 +123,8 @@ export class KernelFastPath implements KernelPath {
     }
   }
 
-  /** Keeps the kernel's wall clock (boot clock plus this offset) in step with this host's. */
-  refreshClock(): void {
+  /** The programs' settings, with the kernel's wall clock (boot clock plus an offset) in step with this host's. */
+  private writeConfig(): void {
     const value = configValue({
       realtimeOffsetNs: this.native.realtimeOffsetNs(),
       windowSeconds: this.options.windowSeconds,
@@ -141,12 +141,7 @@ export class KernelFastPath implements KernelPath {
   /** From now on the connections it judges carry `mark`, which the raw-table rules leave out of conntrack. */
   skipConntrack(mark: number): void {
     this.untrackedMark = mark;
-    this.refreshClock();
-  }
-
-  /** Whether the connections it judges skip conntrack. */
-  get conntrackSkipped(): boolean {
-    return this.untrackedMark !== 0;
+    this.writeConfig();
   }
 
   admitClient(entry: AdmittedClient): boolean {
@@ -237,7 +232,7 @@ export class KernelFastPath implements KernelPath {
 
   /** Once a second: the clock offset, and entries whose tokens or credentials expired. */
   tick(): void {
-    this.refreshClock();
+    this.writeConfig();
     const nowSeconds = this.now() / 1000;
     for (const [id, record] of this.servers) {
       if (record.entry.expiresAt > nowSeconds) continue;

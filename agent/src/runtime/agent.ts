@@ -162,6 +162,26 @@ export class Agent {
     }
     this.built.useKernelPath?.(path);
     this.peers.fallback = (local, remote) => path.peerOf(...splitEndpoint(local), ...splitEndpoint(remote))?.identity;
+    const settleDrops = this.logKernelVerdicts(path);
+    this.fastPathTimer = setInterval(() => {
+      path.tick();
+      settleDrops();
+    }, 1000);
+    this.fastPathTimer.unref();
+    this.conntrack = await this.skipConntrack(path);
+    const { attached, skipped } = path.attachment;
+    this.log.info(
+      { kernelFastPath: this.config.datapath.kernelFastPath, cgroup: choice.cgroup, interfaces: attached, skipped, pinDir: this.config.datapath.fastPathPinDir, conntrack: this.conntrack },
+      'kernel fast path running',
+    );
+  }
+
+  /**
+   * The kernel's verdict events into the flow log, through a ledger that makes its drop counts add
+   * up (kernel/drop-ledger.ts). Returns what to call once a second: it writes the drops no report
+   * covered.
+   */
+  private logKernelVerdicts(path: KernelFastPath): () => void {
     const flowLog = this.flowLog;
     const ledger = new KernelDropLedger(path.counters());
     path.onEvents((event, peer) => {
@@ -171,17 +191,9 @@ export class Agent {
       const unwritten = record.verdict === 'drop' ? ledger.reported(event.counter, 1 + event.folded) : 1;
       if (unwritten > 0) flowLog.writeKernel(record, event.source, unwritten - 1);
     });
-    this.fastPathTimer = setInterval(() => {
-      path.tick();
+    return () => {
       for (const [counter, drops] of ledger.settle(path.counters())) flowLog.writeKernelTail(verdictOf(counter)!.reason, drops);
-    }, 1000);
-    this.fastPathTimer.unref();
-    this.conntrack = await this.skipConntrack(path);
-    const { attached, skipped } = path.attachment;
-    this.log.info(
-      { kernelFastPath: this.config.datapath.kernelFastPath, cgroup: choice.cgroup, interfaces: attached, skipped, pinDir: this.config.datapath.fastPathPinDir, conntrack: this.conntrack },
-      'kernel fast path running',
-    );
+    };
   }
 
   /**
