@@ -85,7 +85,24 @@ struct Detached {
 
 Detached DetachAll(const std::string& pin_dir);
 
-// fastPathAttach(objectPath, pinDir, cgroupPath, interfaces[]) -> { maps: {name: fd}, attached: [], skipped: [{name, reason}] }
+// Our tc program on the ingress of one interface: "" when attached, else why not.
+std::string AttachIngress(int program_fd, const std::string& name) {
+  unsigned index = if_nametoindex(name.c_str());
+  if (index == 0) return "no such interface";
+  if (!IsEthernet(name.c_str())) return "not an Ethernet interface";
+  LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(index), .attach_point = BPF_TC_INGRESS);
+  int rc = bpf_tc_hook_create(&hook);
+  if (rc != 0 && rc != -EEXIST) return "clsact: " + ErrnoText(rc);
+  LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = program_fd, .flags = BPF_TC_F_REPLACE, .handle = kTcHandle,
+              .priority = kTcPriority);
+  rc = bpf_tc_attach(&hook, &opts);
+  if (rc != 0) return "tc attach: " + ErrnoText(rc);
+  return "";
+}
+
+// fastPathAttach(objectPath, pinDir, cgroupPath, interfaces[])
+//   -> { maps: {name: fd}, programFd, attached: [], skipped: [{name, reason}] }
+// programFd keeps the tc program for interfaces that appear later (fastPathAttachInterface).
 Napi::Value Attach(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 4 || !info[0].IsString() || !info[1].IsString() || !info[2].IsString() || !info[3].IsArray()) {
@@ -153,35 +170,15 @@ Napi::Value Attach(const Napi::CallbackInfo& info) {
   Napi::Array skipped = Napi::Array::New(env);
   for (uint32_t i = 0; i < wanted.Length(); i++) {
     std::string name = wanted.Get(i).As<Napi::String>();
-    unsigned index = if_nametoindex(name.c_str());
-    auto skip = [&](const std::string& reason) {
-      Napi::Object entry = Napi::Object::New(env);
-      entry.Set("name", name);
-      entry.Set("reason", reason);
-      skipped.Set(skipped.Length(), entry);
-    };
-    if (index == 0) {
-      skip("no such interface");
+    std::string reason = AttachIngress(bpf_program__fd(ingress), name);
+    if (reason.empty()) {
+      attached.Set(attached.Length(), name);
       continue;
     }
-    if (!IsEthernet(name.c_str())) {
-      skip("not an Ethernet interface");
-      continue;
-    }
-    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(index), .attach_point = BPF_TC_INGRESS);
-    rc = bpf_tc_hook_create(&hook);
-    if (rc != 0 && rc != -EEXIST) {
-      skip("clsact: " + ErrnoText(rc));
-      continue;
-    }
-    LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = bpf_program__fd(ingress), .flags = BPF_TC_F_REPLACE,
-                .handle = kTcHandle, .priority = kTcPriority);
-    rc = bpf_tc_attach(&hook, &opts);
-    if (rc != 0) {
-      skip("tc attach: " + ErrnoText(rc));
-      continue;
-    }
-    attached.Set(attached.Length(), name);
+    Napi::Object entry = Napi::Object::New(env);
+    entry.Set("name", name);
+    entry.Set("reason", reason);
+    skipped.Set(skipped.Length(), entry);
   }
 
   Napi::Object maps = Napi::Object::New(env);
@@ -191,9 +188,12 @@ Napi::Value Attach(const Napi::CallbackInfo& info) {
     if (fd < 0) return fail("open pinned " + path, errno);
     maps.Set(name, Napi::Number::New(env, fd));
   }
+  int program_fd = fcntl(bpf_program__fd(ingress), F_DUPFD_CLOEXEC, 0);
+  if (program_fd < 0) return fail("keep the tc program", errno);
   bpf_object__close(object);
   Napi::Object result = Napi::Object::New(env);
   result.Set("maps", maps);
+  result.Set("programFd", Napi::Number::New(env, program_fd));
   result.Set("attached", attached);
   result.Set("skipped", skipped);
   return result;
@@ -218,6 +218,18 @@ Detached DetachAll(const std::string& pin_dir) {
   for (const char* name : kMapNames) unlink((pin_dir + "/" + name).c_str());
   rmdir(pin_dir.c_str());
   return done;
+}
+
+// fastPathAttachInterface(programFd, name) -> null when attached, else why not (a string).
+Napi::Value AttachInterface(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsString()) {
+    Napi::TypeError::New(env, "fastPathAttachInterface(programFd, name)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::string reason = AttachIngress(info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::String>());
+  if (reason.empty()) return env.Null();
+  return Napi::String::New(env, reason);
 }
 
 // fastPathDetach(pinDir) -> { tcDetached: number, linkDetached: boolean }
@@ -453,6 +465,7 @@ void RegisterFastPath(Napi::Env env, Napi::Object exports) {
   exports.Set("KernelEvents", KernelEvents::Define(env));
   exports.Set("fastPathAttach", Napi::Function::New(env, Attach));
   exports.Set("fastPathDetach", Napi::Function::New(env, Detach));
+  exports.Set("fastPathAttachInterface", Napi::Function::New(env, AttachInterface));
   exports.Set("mapUpdate", Napi::Function::New(env, MapUpdate));
   exports.Set("mapDelete", Napi::Function::New(env, MapDelete));
   exports.Set("mapLookup", Napi::Function::New(env, MapLookup));

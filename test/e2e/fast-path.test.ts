@@ -193,6 +193,35 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.equal(status.kernelFastPath.cloakedPorts, 65_535);
   });
 
+  it('takes an interface that appears after start within a second, and judges the SYNs arriving there', async () => {
+    // A second link from the outsider to api, made while the agents run.
+    const interfaces = async () => ((await api.status()) as unknown as { kernelFastPath: { interfaces: string[] } }).kernelFastPath.interfaces;
+    const until = async (done: (names: string[]) => boolean) => {
+      for (const deadline = Date.now() + 5_000; !done(await interfaces()) && Date.now() < deadline; ) await sleep(200);
+      return interfaces();
+    };
+    execFileSync('ip', ['link', 'add', 'late0', 'netns', lab.namespace('api'), 'type', 'veth', 'peer', 'name', 'late1', 'netns', lab.namespace('outsider')]);
+    try {
+      lab.exec('api', ['ip', 'addr', 'add', '10.214.19.1/30', 'dev', 'late0']);
+      lab.exec('api', ['ip', 'link', 'set', 'late0', 'up']);
+      lab.exec('outsider', ['ip', 'addr', 'add', '10.214.19.2/30', 'dev', 'late1']);
+      lab.exec('outsider', ['ip', 'link', 'set', 'late1', 'up']);
+      assert.deepEqual((await until((names) => names.includes('late0'))).sort(), ['eth0', 'late0']);
+      await api.process.waitFor((l) => l.msg === 'kernel fast path attached to new interfaces' && (l.interfaces as string[]).includes('late0'), 1_000);
+      // A plain connect from the outsider over the new link: dropped by the tc program there (on
+      // the queue it would have counted in queue.received).
+      const [before, queuedBefore] = [await fast(api), await queued(api)];
+      const attempt = await lab.peerOnce('outsider', ['http', '10.214.19.1', String(PORT)], 2_500).catch(() => null);
+      assert.notEqual(attempt?.status, 200);
+      assert.ok((moved(before, await fast(api)).synNoIdentity ?? 0) >= 1, JSON.stringify(moved(before, await fast(api))));
+      assert.equal(await queued(api), queuedBefore, 'nothing reached the queue');
+    } finally {
+      lab.exec('api', ['ip', 'link', 'del', 'late0']);
+    }
+    // Gone again: forgotten, so it would be taken again if it came back.
+    assert.deepEqual(await until((names) => !names.includes('late0')), ['eth0']);
+  });
+
   /** Packet counters of api's SYNPASS-IN-LIMIT rules: the `budgeted` pass and the hashlimit drop. */
   function limitCounters(): { budgeted: number; hashlimited: number } {
     const saved = lab.exec('api', ['iptables-save', '-c', '-t', 'mangle']).split('\n');

@@ -44,6 +44,8 @@ export interface KernelFastPathOptions {
   acceptMark: number;
   /** Set on a fast SYN (`pass`): the egress rules do not queue it. */
   clientMark: number;
+  /** Where interfaces that appear later are found (null: only `interfaces`, as configured). */
+  newInterfaces: (() => readonly string[]) | null;
   /** Share of accepted fast SYNs reported as events for the flow log (0: none; drops always are, gated per source). */
   acceptSample: number;
   /** SYNs a second per source (IPv4 address, IPv6 /64) passed on to the queue (0: no limit). */
@@ -230,6 +232,31 @@ export class KernelFastPath implements KernelPath {
     });
   }
 
+  /**
+   * Once a second, where interfaces are followed: the tc program on every interface that appeared
+   * since (a NIC plugged in, a link given an address). An interface that went away is forgotten, so it is
+   * attached again if it comes back. Returns the interfaces attached now.
+   */
+  followInterfaces(): string[] {
+    if (this.options.newInterfaces === null) return [];
+    const present = new Set(this.options.newInterfaces());
+    const { attached, skipped } = this.attachment;
+    for (let i = attached.length - 1; i >= 0; i--) if (!present.has(attached[i]!)) attached.splice(i, 1);
+    for (let i = skipped.length - 1; i >= 0; i--) if (!present.has(skipped[i]!.name)) skipped.splice(i, 1);
+    const added: string[] = [];
+    for (const name of present) {
+      if (attached.includes(name) || skipped.some((entry) => entry.name === name)) continue;
+      const refused = this.native.fastPathAttachInterface(this.attachment.programFd, name);
+      if (refused === null) {
+        attached.push(name);
+        added.push(name);
+      } else {
+        skipped.push({ name, reason: refused });
+      }
+    }
+    return added;
+  }
+
   /** Once a second: the clock offset, and entries whose tokens or credentials expired. */
   tick(): void {
     this.writeConfig();
@@ -288,6 +315,7 @@ export class KernelFastPath implements KernelPath {
     this.events = null;
     const result = KernelFastPath.detach(this.options.pinDir);
     for (const fd of Object.values(this.attachment.maps)) this.native.closeFd(fd);
+    this.native.closeFd(this.attachment.programFd);
     this.servers.clear();
     this.clients.clear();
     return result;

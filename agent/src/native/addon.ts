@@ -90,6 +90,8 @@ export interface PeerCredentials {
 /** What fastPathAttach did: pinned map file descriptors by name, and the interfaces it took. */
 export interface FastPathAttachment {
   maps: Record<string, number>;
+  /** The tc program, for interfaces that appear later. */
+  programFd: number;
   attached: string[];
   skipped: { name: string; reason: string }[];
 }
@@ -105,6 +107,8 @@ export interface NativeBinding {
   fastPathAttach(objectPath: string, pinDir: string, cgroupPath: string, interfaces: readonly string[]): FastPathAttachment;
   /** Takes our tc filter off every interface of this namespace, detaches the link, removes the pins. */
   fastPathDetach(pinDir: string): { tcDetached: number; linkDetached: boolean };
+  /** Attaches the tc program to one more interface: null, or why not. */
+  fastPathAttachInterface(programFd: number, name: string): string | null;
   mapUpdate(fd: number, key: Uint8Array, value: Uint8Array, flags: number): void;
   mapDelete(fd: number, key: Uint8Array): boolean;
   mapLookup(fd: number, key: Uint8Array, valueOut: Uint8Array): boolean;

@@ -166,6 +166,8 @@ export class Agent {
     this.fastPathTimer = setInterval(() => {
       path.tick();
       settleDrops();
+      const added = path.followInterfaces();
+      if (added.length > 0) this.log.info({ interfaces: added }, 'kernel fast path attached to new interfaces');
     }, 1000);
     this.fastPathTimer.unref();
     this.conntrack = await this.skipConntrack(path);

@@ -73,6 +73,7 @@ export function chooseKernelFastPath(config: Pick<AgentConfig, 'mode' | 'datapat
         pinDir: datapath.fastPathPinDir,
         cgroup: cgroup!,
         interfaces,
+        newInterfaces: datapath.fastPathInterfaces.length > 0 ? null : interfacesWithAddresses,
         excluded: config.excluded,
         windowSeconds: config.replayWindowSeconds,
         acceptMark: marks.pass | marks.release,
