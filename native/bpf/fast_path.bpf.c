@@ -55,7 +55,7 @@ struct {
 struct {
   __uint(type, BPF_MAP_TYPE_LRU_HASH);
   __uint(max_entries, 16384);
-  __type(key, struct conn_key);
+  __type(key, struct flow_key);
   __type(value, struct conn_value);
 } fast_conns SEC(".maps");
 
@@ -76,7 +76,7 @@ struct {
 struct {
   __uint(type, BPF_MAP_TYPE_LRU_HASH);
   __uint(max_entries, 65536);
-  __type(key, struct peer_key);
+  __type(key, struct flow_key);
   __type(value, struct peer_value);
 } fast_peers SEC(".maps");
 
@@ -106,7 +106,7 @@ struct {
 struct {
   __uint(type, BPF_MAP_TYPE_LRU_HASH);
   __uint(max_entries, 65536);
-  __type(key, struct peer_key);
+  __type(key, struct flow_key);
   __type(value, __u8);
 } fast_flows SEC(".maps");
 
@@ -284,8 +284,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct parsed *p) {
   return 1;
 }
 
-/* The receiving end's view of a segment's connection (peer_key). */
-static __always_inline void flow_of(const struct parsed *p, struct peer_key *key) {
+/* The receiving end's view of a segment's connection. */
+static __always_inline void flow_of(const struct parsed *p, struct flow_key *key) {
   key->local_port = bpf_ntohs(p->tcp.dest);
   key->remote_port = bpf_ntohs(p->tcp.source);
   __builtin_memcpy(key->local, p->destination, 16);
@@ -347,7 +347,7 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
   __builtin_memcpy(seen.address, p->source, 16);
   __u8 one = 1;
   if (bpf_map_update_elem(&fast_replay, &seen, &one, BPF_NOEXIST) != 0) return drop(FAST_SYN_REPLAYED, p, key.fast_id);
-  struct peer_key conn = {};
+  struct flow_key conn = {};
   flow_of(p, &conn);
   struct peer_value peer = {.fast_id = key.fast_id};
   bpf_map_update_elem(&fast_peers, &conn, &peer, BPF_ANY);
@@ -359,9 +359,8 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
 }
 
 static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
-  struct conn_key key = {.local_port = bpf_ntohs(p->tcp.dest), .remote_port = bpf_ntohs(p->tcp.source)};
-  __builtin_memcpy(key.local, p->destination, 16);
-  __builtin_memcpy(key.remote, p->source, 16);
+  struct flow_key key = {};
+  flow_of(p, &key);
   struct conn_value *sent = bpf_map_lookup_elem(&fast_conns, &key);
   /* Only connections that sent a fast SYN expect the server's MAC. */
   if (!sent) return TC_ACT_OK;
@@ -380,7 +379,7 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
 /* A later segment of a connection the fast path judged leaves conntrack out. */
 static __always_inline int mark_judged_flow(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
   if (cfg->untracked_mark == 0) return TC_ACT_OK;
-  struct peer_key key = {};
+  struct flow_key key = {};
   flow_of(p, &key);
   if (bpf_map_lookup_elem(&fast_flows, &key)) skb->mark |= cfg->untracked_mark;
   return TC_ACT_OK;
@@ -431,7 +430,7 @@ static __always_inline int within_source_rate(const struct fast_config *cfg, con
 static __always_inline int judge_plain_syn(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
   if (cfg->untracked_mark != 0) {
     /* A new connection on the ports of an earlier fast one: conntrack follows this one. */
-    struct peer_key flow = {};
+    struct flow_key flow = {};
     flow_of(p, &flow);
     bpf_map_delete_elem(&fast_flows, &flow);
   }
@@ -488,8 +487,8 @@ static __always_inline void set_mark(struct bpf_sock_ops *ops, __u32 mark) {
   bpf_setsockopt(ops, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
 }
 
-/* The socket's connection as fast_flows keys it (peer_key: local end first). */
-static __always_inline void socket_flow(const struct bpf_sock_ops *ops, struct peer_key *key) {
+/* The socket's connection, local end first. */
+static __always_inline void socket_flow(const struct bpf_sock_ops *ops, struct flow_key *key) {
   key->local_port = ops->local_port;
   key->remote_port = bpf_ntohl(ops->remote_port);
   local_and_remote(ops, key->local, key->remote);
@@ -505,7 +504,7 @@ static __always_inline void client_connect(struct bpf_sock_ops *ops, const struc
   if (!entry) {
     if (cfg->untracked_mark != 0) {
       /* Conntrack follows this connection, whatever an earlier fast one on its ports left. */
-      struct peer_key flow = {};
+      struct flow_key flow = {};
       socket_flow(ops, &flow);
       bpf_map_delete_elem(&fast_flows, &flow);
     }
@@ -590,16 +589,14 @@ static __always_inline void write_client_syn(struct bpf_sock_ops *ops, const str
   write_be32(opt + 8, time);
   write_be64(opt + 12, syn_mac(state->key, state->fast_id, time, isn));
   if (bpf_store_hdr_opt(ops, opt, sizeof(opt), 0) != 0) return;
-  struct conn_key key = {.local_port = ops->local_port, .remote_port = bpf_ntohl(ops->remote_port)};
-  local_and_remote(ops, key.local, key.remote);
+  struct flow_key key = {};
+  socket_flow(ops, &key);
   struct conn_value sent = {.fast_id = state->fast_id, .isn = isn};
   __builtin_memcpy(sent.key, state->key, 16);
   bpf_map_update_elem(&fast_conns, &key, &sent, BPF_ANY);
   if (cfg->untracked_mark != 0) {
-    struct peer_key flow = {};
-    socket_flow(ops, &flow);
     __u8 one = 1;
-    bpf_map_update_elem(&fast_flows, &flow, &one, BPF_ANY);
+    bpf_map_update_elem(&fast_flows, &key, &one, BPF_ANY);
   }
   count(FAST_SYN_SENT);
 }
@@ -630,27 +627,25 @@ static __always_inline void client_fallback(struct bpf_sock_ops *ops) {
   if (!state || ops->state != BPF_TCP_SYN_SENT) return;
   state->state = SOCK_FALLBACK;
   set_mark(ops, state->original_mark);
-  struct conn_key key = {.local_port = ops->local_port, .remote_port = bpf_ntohl(ops->remote_port)};
-  local_and_remote(ops, key.local, key.remote);
+  struct flow_key key = {};
+  socket_flow(ops, &key);
   bpf_map_delete_elem(&fast_conns, &key);
-  struct peer_key flow = {};
-  socket_flow(ops, &flow);
-  bpf_map_delete_elem(&fast_flows, &flow);
+  bpf_map_delete_elem(&fast_flows, &key);
   count(FAST_SYN_FALLBACK);
 }
 
 /* The SYN-ACK was proven (tc) and accepted: its record is no longer needed. */
 static __always_inline void client_established(struct bpf_sock_ops *ops) {
   if (!fast_socket(ops)) return;
-  struct conn_key key = {.local_port = ops->local_port, .remote_port = bpf_ntohl(ops->remote_port)};
-  local_and_remote(ops, key.local, key.remote);
+  struct flow_key key = {};
+  socket_flow(ops, &key);
   bpf_map_delete_elem(&fast_conns, &key);
 }
 
 /* A connection the server's tc program accepted as fast: its socket's packets leave untracked. */
 static __always_inline void server_established(struct bpf_sock_ops *ops, const struct fast_config *cfg) {
   if (cfg->untracked_mark == 0) return;
-  struct peer_key flow = {};
+  struct flow_key flow = {};
   socket_flow(ops, &flow);
   if (!bpf_map_lookup_elem(&fast_flows, &flow)) return;
   __u32 mark = 0;

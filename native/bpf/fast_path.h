@@ -70,13 +70,16 @@ struct client_value {
   __u8 key[16];
 };
 
-/* Client: the fast SYN a local connection sent, so its SYN-ACK can be checked. */
-struct conn_key {
+/* One end's view of a connection, local end first: the key of fast_conns, fast_peers and
+ * fast_flows. */
+struct flow_key {
   __u8 local[16];
   __u8 remote[16];
   __u16 local_port;
   __u16 remote_port;
 };
+
+/* Client (fast_conns): the fast SYN a local connection sent, so its SYN-ACK can be checked. */
 struct conn_value {
   __u32 fast_id;
   __u32 isn;
@@ -105,20 +108,11 @@ struct replay_key {
   __u32 pad;
 };
 
-/* Server: accepted fast connections, for whois (local port first, as seen on the server). */
-struct peer_key {
-  __u8 local[16];
-  __u8 remote[16];
-  __u16 local_port;
-  __u16 remote_port;
-};
+/* Server (fast_peers): accepted fast connections, for whois. */
 struct peer_value {
   __u32 fast_id;
   __u32 pad;
 };
-
-/* Both ends: connections the fast path judged, so their packets skip conntrack. Layout of
- * peer_key, as the receiving host sees the connection; the value is unused. */
 
 /* Server: source networks the agent never touches (datapath excluded), an LPM trie. */
 struct excluded_key {

@@ -151,13 +151,18 @@ export async function removeAllRules(): Promise<number> {
   return removed;
 }
 
+/** The tool of one family on the backend the rules went in with. */
+function toolOf(installed: InstalledRules, family: IpFamily): Tool {
+  return TOOLS.find((t) => t.family === family && t.backend === installed.backend)!;
+}
+
 /**
  * The raw-table rules that leave the kernel fast path's connections out of conntrack
  * (rules.ts, buildNotrackRuleset), on the backend and families the ruleset went in with.
  */
 export async function installNotrackRules(installed: InstalledRules, marks: ConnectionMarks): Promise<void> {
   for (const family of installed.families) {
-    const tool = TOOLS.find((t) => t.family === family && t.backend === installed.backend)!;
+    const tool = toolOf(installed, family);
     await exec(restoreBinary(tool), ['--noflush'], buildNotrackRuleset(marks));
   }
 }
@@ -165,7 +170,7 @@ export async function installNotrackRules(installed: InstalledRules, marks: Conn
 /** Whether this network namespace translates addresses (an iptables nat rule, or an nft nat chain). */
 export async function natInUse(installed: InstalledRules): Promise<boolean> {
   for (const family of installed.families) {
-    const tool = TOOLS.find((t) => t.family === family && t.backend === installed.backend)!;
+    const tool = toolOf(installed, family);
     const saved = await savedTable(tool, 'nat');
     if (saved !== null && saved.split('\n').some((line) => line.startsWith('-A '))) return true;
   }
@@ -189,7 +194,7 @@ export interface RuleInspection {
 export async function inspectRules(installed: InstalledRules, options: RuleOptions): Promise<RuleInspection> {
   const inspection: RuleInspection = { present: false, unjudgedSyns: 0, sourceLimitedPackets: 0, rulesAhead: 0 };
   for (const family of installed.families) {
-    const tool = TOOLS.find((t) => t.family === family && t.backend === installed.backend)!;
+    const tool = toolOf(installed, family);
     const saved = await exec(saveBinary(tool), ['-c', '-t', 'mangle']);
     if (family === 4) inspection.present = rulesPresent(saved, options);
     inspection.unjudgedSyns += unjudgedSynCount(saved);

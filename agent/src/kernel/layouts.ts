@@ -138,7 +138,7 @@ export function serverValue(fastKey: Buffer, allowed: boolean): Buffer {
   return value;
 }
 
-/** struct peer_key: the server's view of a connection (local address and port first). */
+/** struct flow_key of fast_peers: the server's view of a connection (local address and port first). */
 export function peerKey(localAddress: string, localPort: number, remoteAddress: string, remotePort: number): Buffer {
   const key = Buffer.alloc(KEY_SIZE.fast_peers);
   addressKey(localAddress).copy(key, 0);

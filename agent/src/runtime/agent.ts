@@ -8,7 +8,7 @@ import { DatapathEngine, sumVerdicts, type VerdictCount } from '../datapath/engi
 import { readKernelQueues, type KernelQueueStats } from '../datapath/kernel-queue.ts';
 import { startHttpEndpoint, type Readiness } from '../telemetry/http-endpoint.ts';
 import { AgentMetrics } from '../telemetry/metrics.ts';
-import { connectionMarks } from '../datapath/marks.ts';
+import { connectionMarks, type ConnectionMarks } from '../datapath/marks.ts';
 import { allocateQueueBuffers, loadBinding, readQueueCounters, type NativeQueue } from '../native/addon.ts';
 import type { Logger } from '../telemetry/log.ts';
 import { startStatusServer } from '../telemetry/status-server.ts';
@@ -55,6 +55,8 @@ export class Agent {
   private conntrack: { skipped: boolean; reason: string } = { skipped: false, reason: 'not started' };
   /** SYNs the queue accepted, by direction: beside the kernel's own, the fast path's share. */
   private readonly queuedSyns = { ingress: 0, egress: 0 };
+  /** The mark bits of the rules, the engine's verdicts and the kernel programs (datapath.markBase). */
+  private readonly marks: ConnectionMarks;
 
   constructor(
     private readonly config: AgentRuntimeConfig,
@@ -64,13 +66,14 @@ export class Agent {
     logStream: BoundedLogStream | null = null,
   ) {
     const options = config.datapath;
+    this.marks = connectionMarks(options.markBase);
     this.rules = new RulesWatchdog(
       {
         queueNumber: options.queue,
         queueCount: options.queueCount,
         failOpen: options.failOpen,
         queueRatePerSource: options.queueRatePerSource,
-        marks: connectionMarks(options.markBase),
+        marks: this.marks,
         targetNetworks: config.targets,
         excludedNetworks: config.excluded,
       },
@@ -97,7 +100,7 @@ export class Agent {
     });
     const { latency, ruleVerdicts } = this.metrics;
     this.engine = new DatapathEngine(this.buffers, built.handler, {
-      marks: connectionMarks(options.markBase),
+      marks: this.marks,
       mtu: options.mtu,
       onMalformed: options.onMalformed,
       onVerdict: (event) => {
@@ -152,7 +155,7 @@ export class Agent {
   /** After the rules: the marks the kernel programs set mean something only once the rules are in. */
   private async startKernelFastPath(): Promise<void> {
     const acceptSample = this.flowLog.logsAccepts ? this.config.telemetry.flowLog.sampleAccepted : 0;
-    const choice = chooseKernelFastPath(this.config, connectionMarks(this.config.datapath.markBase), acceptSample);
+    const choice = chooseKernelFastPath(this.config, this.marks, acceptSample);
     this.fastPath = choice;
     const path = choice.path;
     if (path === null) {
@@ -215,7 +218,7 @@ export class Agent {
       this.log.warn({ err: error }, 'the raw-table rules failed: the kernel fast path keeps conntrack');
       return { skipped: false, reason: `kept: ${(error as Error).message}` };
     }
-    path.skipConntrack(connectionMarks(this.config.datapath.markBase).untracked);
+    path.skipConntrack(this.marks.untracked);
     return { skipped: true, reason: `skipped (${mode})` };
   }
 
