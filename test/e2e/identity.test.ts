@@ -67,8 +67,7 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
 
   async function dropCount(reason: string): Promise<number> {
     const status = await api.status();
-    // The queue's and the kernel's verdicts are separate rows.
-    return status.verdicts.filter((v) => v.direction === 'ingress' && v.action === 'drop' && v.reason === reason).reduce((sum, v) => sum + v.count, 0);
+    return status.verdicts.find((v) => v.direction === 'ingress' && v.action === 'drop' && v.reason === reason)?.count ?? 0;
   }
 
   async function send(hexes: string[]): Promise<void> {
