@@ -2,7 +2,9 @@
 // floods api, per flood kind and rate, against the same load with no flood in the same run.
 // Root; every phase is bounded in time. Library for test/e2e/attack.test.ts, CLI when run.
 //   BENCH_FLOOD_SECONDS=8 BENCH_FLOOD_RATES=10000,max BENCH_FLOOD_FIRST_CONTACTS=30
-//   BENCH_FLOOD_KINDS=token-less,forced-verify,verbatim-replay,malformed,spoofed-token-less
+//   BENCH_FLOOD_KINDS=token-less,forced-verify,verbatim-replay,malformed,spoofed-token-less,floor
+//   (floor: the token-less flood, dropped by the lab's switch before it reaches api: what sending
+//   it costs this machine whatever the receiver does, so the best any receiver can reach here)
 //   BENCH_FLOOD_QUEUE_RATE_PER_SOURCE=<n> (api's datapath.queueRatePerSource; its default otherwise)
 //   BENCH_FLOOD_KERNEL=1 (agents run the kernel fast path: known pairs and token-less SYNs are
 //   judged in the kernel, first-contact-looking floods still meet the queue)
@@ -15,16 +17,18 @@ import { decodeMessage, encodeMessage, MessageType, NONCE_BYTES, SYN_SIGNATURE_B
 import { apiMetrics, captureHandshake, inject, metric, readdressed, rssSampler, SERVICE_PORT, startAttackLab, verdictsBetween, writePackets } from '../lib/attack-lab.ts';
 import { processTicks, TICKS_PER_SECOND } from '../lib/proc.ts';
 import type { IdentityLab } from '../lib/identity-lab.ts';
-import { sleep } from '../lib/lab.ts';
+import { sleep, type NetnsProcess } from '../lib/lab.ts';
 import { mutatedPackets } from '../lib/packet-mutator.ts';
 import { plainSyn } from '../lib/packets.ts';
 import { withBody } from '../lib/rebody.ts';
 import { runLoad } from './lab-load.ts';
 
 export const FLOOD_KINDS = ['token-less', 'forced-verify', 'verbatim-replay', 'malformed', 'spoofed-token-less'] as const;
+
 /** Sources of the spoofed flood: lab addresses no host uses. */
 const SPOOFED_SOURCES = [...Array.from({ length: 90 }, (_, i) => 10 + i), ...Array.from({ length: 100 }, (_, i) => 110 + i)];
-export type FloodKind = (typeof FLOOD_KINDS)[number];
+/** `floor` measures the machine rather than the agent: it runs only when BENCH_FLOOD_KINDS names it. */
+export type FloodKind = (typeof FLOOD_KINDS)[number] | 'floor';
 export type FloodRate = number | 'max';
 
 export interface FloodConfig {
@@ -72,7 +76,7 @@ async function floodPackets(fixture: IdentityLab, kind: FloodKind): Promise<Uint
   const { lab } = fixture;
   const outsider = lab.address('outsider');
   const api = lab.address('api');
-  if (kind === 'token-less') {
+  if (kind === 'token-less' || kind === 'floor') {
     return Array.from({ length: 4096 }, (_, i) => plainSyn(outsider, api, SERVICE_PORT, 1024 + i, randomBytes(4).readUInt32BE(0)));
   }
   if (kind === 'spoofed-token-less') {
@@ -109,12 +113,33 @@ async function floodPackets(fixture: IdentityLab, kind: FloodKind): Promise<Uint
 const FIRST_CONTACT_SECONDS = 4;
 
 async function phase(fixture: IdentityLab, directory: string, config: FloodConfig, kind: FloodKind | 'none', rate: FloodRate): Promise<FloodRow> {
+  // The floor's packets die on the lab's bridge: api never sees them.
+  const floor = kind === 'floor' ? dropAtSwitch(fixture) : null;
+  try {
+    const sender =
+      kind === 'none'
+        ? null
+        : inject(fixture.lab, 'replay', writePackets(join(directory, `${kind}.hex`), await floodPackets(fixture, kind)), [String(rate), String(config.seconds + FIRST_CONTACT_SECONDS)]);
+    return await measured(fixture, config, kind, rate, sender);
+  } finally {
+    floor?.();
+  }
+}
+
+/** Drops the outsider's packets in the switch namespace's bridge (nft, bridge family); returns the undo. */
+function dropAtSwitch(fixture: IdentityLab): () => void {
+  const { lab } = fixture;
+  lab.exec('sw', ['nft', 'add', 'table', 'bridge', 'synpass_floor']);
+  lab.exec('sw', ['nft', 'add', 'chain', 'bridge', 'synpass_floor', 'forward', '{ type filter hook forward priority 0; }']);
+  lab.exec('sw', ['nft', 'add', 'rule', 'bridge', 'synpass_floor', 'forward', 'ip', 'saddr', lab.address('outsider'), 'drop']);
+  return () => {
+    lab.exec('sw', ['nft', 'delete', 'table', 'bridge', 'synpass_floor']);
+  };
+}
+
+async function measured(fixture: IdentityLab, config: FloodConfig, kind: FloodKind | 'none', rate: FloodRate, sender: NetnsProcess | null): Promise<FloodRow> {
   const { lab, api } = fixture;
   const pid = api.process.pid;
-  const sender =
-    kind === 'none'
-      ? null
-      : inject(lab, 'replay', writePackets(join(directory, `${kind}.hex`), await floodPackets(fixture, kind)), [String(rate), String(config.seconds + FIRST_CONTACT_SECONDS)]);
   await sender?.waitFor((l) => l.sending === true, 30_000);
   const readBefore = performance.now();
   const statusBefore = await api.status();

@@ -58,8 +58,11 @@ for (let i = 0; i < verifier.credentials.limit; i++) {
 }
 for (const peer of peers) {
   for (const token of peer.tokens) {
-    const verified = verifier.verify(packJws(peer.agent.credentialCompact), packJws(token));
+    const packed = packJws(token);
+    const verified = verifier.verify(packJws(peer.agent.credentialCompact), packed);
     if (!('credential' in verified)) throw new Error(`a peer did not verify: ${verified.reason}`);
+    // As after the handshake checked the signature or proof over the token's digest.
+    verifier.rememberToken(packed, verified);
     verifier.pairKey(verified.credential);
   }
 }

@@ -9,7 +9,9 @@ import { SignJWT, UnsecuredJWT } from 'jose';
 import { ipv4HeaderChecksum, tcpChecksum, writeUint16 } from '../../agent/src/datapath/checksum.ts';
 import { ParsedPacket, parsePacket } from '../../agent/src/datapath/packet.ts';
 import { attachToken } from '../../agent/src/datapath/rewrite.ts';
-import { decodeMessage, encodeMessage, MessageType, packJws } from '../../agent/src/protocol/wire.ts';
+import { decodeMessage, encodeMessage, FLAG_SYN_SIGNATURE, MessageType, packJws } from '../../agent/src/protocol/wire.ts';
+import { signSyn } from '../../agent/src/protocol/syn-signature.ts';
+import { tokenDigest } from '../../agent/src/protocol/token-digest.ts';
 import { verifyCredential } from '../../agent/src/token/credential.ts';
 import { issueAgent } from '../../agent/src/identity/issuance.ts';
 import { readPrivateKey } from '../../agent/src/identity/key-files.ts';
@@ -106,17 +108,20 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
     return Buffer.from(out.subarray(0, length)).toString('hex');
   }
 
-  function synBody(credential: string, token: string): Uint8Array {
+  /** `signedToken`: the token whose digest web's agent signs, as a first-contact SYN carries. */
+  function synBody(credential: string, token: string, signedToken?: string): Uint8Array {
+    const nonce = randomBytes(16);
+    const time = now();
     return encodeMessage({
       type: MessageType.Syn,
-      flags: 0,
+      flags: signedToken === undefined ? 0 : FLAG_SYN_SIGNATURE,
       credential: packJws(credential),
       token: packJws(token),
-      nonce: randomBytes(16),
-      time: now(),
+      nonce,
+      time,
       peerKeyId: null,
       proof: null,
-      signature: null,
+      signature: signedToken === undefined ? null : signSyn(webIdentity.signKey, nonce, time, tokenDigest(packJws(signedToken))),
     });
   }
 
@@ -147,9 +152,14 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
     const silence = await lab.capture(`src host ${lab.address('api')} and dst host ${lab.address('outsider')} and (tcp or icmp)`, 100, 60_000);
     const webToken = webIdentity.defaultToken!.token;
     const webCredential = webIdentity.credentialCompact;
-    const [h, p, s] = webToken.split('.') as [string, string, string];
-    const flippedSignature = `${h}.${p}.${s[0] === 'A' ? 'B' : 'A'}${s.slice(1)}`;
-    await expectDropped('bad-signature', [forgedSyn(synBody(webCredential, flippedSignature))]);
+    const flipSignature = (compact: string) => {
+      const [h, p, s] = compact.split('.') as [string, string, string];
+      return `${h}.${p}.${s[0] === 'A' ? 'B' : 'A'}${s.slice(1)}`;
+    };
+    await expectDropped('bad-signature', [forgedSyn(synBody(flipSignature(webCredential), webToken))]);
+    // A token is proven by the SYN signature over its digest, not by its own signature: web's
+    // agent signed the genuine token's digest, and this token differs from it in one byte.
+    await expectDropped('bad-proof', [forgedSyn(synBody(webCredential, flipSignature(webToken), webToken))]);
     await expectDropped('untrusted-domain', [forgedSyn(synBody(rogueIdentity.credentialCompact, rogueIdentity.defaultToken!.token))]);
 
     const expiredToken = await issueIdentityToken({

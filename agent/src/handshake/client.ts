@@ -6,6 +6,7 @@ import type { Decision, PacketInfo } from '../datapath/handler.ts';
 import { ackProof, derivePairKey, synAckProofValid, synProof } from '../protocol/proofs.ts';
 import { signSyn } from '../protocol/syn-signature.ts';
 import { deriveFastKey } from '../protocol/fast-keys.ts';
+import { tokenDigest } from '../protocol/token-digest.ts';
 import { encodeTransient, FLAG_FAST, FLAG_KERNEL, FLAG_SYN_PROOF, FLAG_SYN_SIGNATURE, MessageType, type SynMessage } from '../protocol/wire.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import { ackTranscript, type HandshakeContext } from './context.ts';
@@ -44,8 +45,8 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     nonce,
     time,
     peerKeyId: known?.keyId ?? null,
-    proof: known ? synProof(known.pairKey, { nonce, time, clientIsn: packet.sequence, tokenSignature: own.packed.signature }) : null,
-    signature: known ? null : signSyn(ctx.local.signKey, nonce, time, own.packed.signature),
+    proof: known ? synProof(known.pairKey, { nonce, time, clientIsn: packet.sequence, tokenDigest: tokenDigest(own.packed) }) : null,
+    signature: known ? null : signSyn(ctx.local.signKey, nonce, time, tokenDigest(own.packed)),
   };
   const stored = ctx.flows.set(key, {
     role: 'client',
@@ -94,8 +95,10 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   const own = flow.ownIdentity ?? ctx.local;
   const rotated = own !== ctx.local;
   const pairKey = rotated ? derivePairKey(own.kex, own.kexRaw, peer.credential.kexKey, peer.credential.kexRaw) : ctx.verifier.pairKey(peer.credential);
-  const transcript = { flags: message.flags, clientNonce: flow.clientNonce, serverNonce: message.nonce, clientIsn: flow.clientIsn, serverIsn: packet.sequence, tokenSignature: message.token.signature };
+  const transcript = { flags: message.flags, clientNonce: flow.clientNonce, serverNonce: message.nonce, clientIsn: flow.clientIsn, serverIsn: packet.sequence, tokenDigest: peer.tokenDigest };
+  // The proof covers the token's digest: the server's agent sent exactly this token.
   if (!synAckProofValid(pairKey, transcript, message.proof)) return refuse('bad-proof');
+  ctx.verifier.rememberToken(message.token, peer);
   const fast = (message.flags & FLAG_FAST) !== 0;
   if (fast && !flow.fast) return refuse('bad-proof', 'server claimed a fast handshake the client did not offer');
   // Mutual authorization: the sender decides egress once it knows who answered.

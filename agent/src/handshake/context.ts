@@ -6,6 +6,7 @@ import type { Decision } from '../datapath/handler.ts';
 import type { LocalIdentity, LocalPods } from '../identity/local-identity.ts';
 import { keyId, NoncePool, type AckTranscript } from '../protocol/proofs.ts';
 import { signSyn } from '../protocol/syn-signature.ts';
+import { tokenDigest } from '../protocol/token-digest.ts';
 import { decodeMessage, FLAG_SYN_SIGNATURE, UnsupportedVersionError, WireError, type HandshakeMessage, type SynMessage } from '../protocol/wire.ts';
 import type { Authorization, AuthorizationQuery, Authorizer } from './authorizer.ts';
 import { ExpiringTable, type Flow, type SeenNonce } from './handshake-state.ts';
@@ -102,7 +103,7 @@ export class HandshakeContext {
   addSignature(syn: SynMessage): void {
     if (syn.signature !== null) return;
     syn.flags |= FLAG_SYN_SIGNATURE;
-    syn.signature = signSyn(this.local.signKey, syn.nonce, syn.time, syn.token.signature);
+    syn.signature = signSyn(this.local.signKey, syn.nonce, syn.time, tokenDigest(syn.token));
   }
 
   rememberServer(address: string, kexRaw: Buffer, pairKey: Buffer): void {

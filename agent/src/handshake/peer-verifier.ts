@@ -1,13 +1,16 @@
-// Verifies a peer's credential and token, and derives the pair key, each at most once per
+// Verifies a peer's credential, reads its token, and derives the pair key, each at most once per
 // distinct value: results are cached until they expire, so a known peer costs no asymmetric
-// operation. Caches are bounded; the oldest entry goes first.
+// operation. A token's own signature is never verified here: the message's SYN signature or
+// pair-key proof covers the token's digest, and a token enters the cache once the caller has
+// checked that. Caches are bounded; the oldest entry goes first.
 import type { KeyObject } from 'node:crypto';
 import { verifyCredential, type VerifiedCredential } from '../token/credential.ts';
 import type { TrustBundle } from '../token/trust-bundle.ts';
 import { TokenError } from '../token/errors.ts';
 import { denialOf, EMPTY_DENY_LIST, type DenyList } from '../token/deny-list.ts';
-import { verifyIdentityToken, type VerifiedIdentity } from '../token/identity-token.ts';
+import { readIdentityToken, type VerifiedIdentity } from '../token/identity-token.ts';
 import { derivePairKey } from '../protocol/proofs.ts';
+import { tokenDigest } from '../protocol/token-digest.ts';
 import { credentialReason, refuse, Refusal, tokenReason } from './reasons.ts';
 import { unpackJws, type PackedJws } from '../protocol/wire.ts';
 import type { TableSize } from '../datapath/handler.ts';
@@ -16,6 +19,11 @@ import type { TableSize } from '../datapath/handler.ts';
 interface Verified<V> {
   bytes: Buffer;
   value: V;
+}
+
+/** A token a checked signature or proof covered, with the digest that check bound. */
+interface ProvenToken extends Verified<VerifiedIdentity> {
+  digest: Buffer;
 }
 
 /**
@@ -106,12 +114,21 @@ export class PairKeys {
 
 export interface VerifiedPeer {
   credential: VerifiedCredential;
+  /** Claimed, not proven, while `tokenProven` is false. */
   identity: VerifiedIdentity;
+  /** SHA-256 of the token's bytes: what the message's signature or proof must cover. */
+  tokenDigest: Buffer;
+  /**
+   * The token was covered by a checked signature or proof before (it is cached). A new token's
+   * identity is only claimed: the caller checks this message's signature or proof over
+   * `tokenDigest` before it trusts the identity, then calls `rememberToken`.
+   */
+  tokenProven: boolean;
 }
 
 export class PeerVerifier {
   readonly credentials = new BoundedCache<Verified<VerifiedCredential>>(CREDENTIAL_CACHE_SIZE);
-  readonly tokens = new BoundedCache<Verified<VerifiedIdentity>>(TOKEN_CACHE_SIZE);
+  readonly tokens = new BoundedCache<ProvenToken>(TOKEN_CACHE_SIZE);
   private pairKeys: PairKeys;
   /** Pair keys derived with own keys replaced since (the count survives reconfiguration). */
   private pairKeysDerivedBefore = 0;
@@ -137,7 +154,7 @@ export class PeerVerifier {
 
   /**
    * Caches are keyed by the JWS signature and hold the bytes it signed: a hit costs one memcmp,
-   * and the same signature glued to other bytes is verified afresh (and fails).
+   * and the same signature glued to other bytes is a miss, read afresh and proven afresh.
    */
   verify(credentialJws: PackedJws, tokenJws: PackedJws): VerifiedPeer | Refusal {
     const now = this.nowSeconds();
@@ -145,7 +162,6 @@ export class PeerVerifier {
     if (credential instanceof Refusal) return credential;
     const key = signatureKey(tokenJws);
     const cached = this.tokens.get(key);
-    let identity: VerifiedIdentity;
     if (cached !== undefined && sameBytes(cached.bytes, tokenJws)) {
       if (cached.value.expiresAt <= now) {
         this.tokens.delete(key);
@@ -153,18 +169,23 @@ export class PeerVerifier {
       }
       // A cached token presented with a different agent's credential.
       if (cached.value.agent !== credential.subject) return refuse('token-credential-mismatch');
-      identity = cached.value;
-    } else {
-      try {
-        identity = verifyIdentityToken(unpackJws(tokenJws), credential, now);
-      } catch (error) {
-        // The token layer reports a bad token as a typed error; here it becomes a verdict.
-        if (error instanceof TokenError) return refuse(tokenReason(error.code), error.message);
-        throw error;
-      }
-      this.tokens.set(key, { bytes: Buffer.from(tokenJws.bytes), value: identity });
+      return { credential, identity: cached.value, tokenDigest: cached.digest, tokenProven: true };
     }
-    return { credential, identity };
+    try {
+      const identity = readIdentityToken(unpackJws(tokenJws), credential, now);
+      return { credential, identity, tokenDigest: tokenDigest(tokenJws), tokenProven: false };
+    } catch (error) {
+      // The token layer reports a bad token as a typed error; here it becomes a verdict.
+      if (error instanceof TokenError) return refuse(tokenReason(error.code), error.message);
+      throw error;
+    }
+  }
+
+  /** Caches a token once the message's signature or proof over its digest checked out. */
+  rememberToken(tokenJws: PackedJws, peer: VerifiedPeer): void {
+    if (peer.tokenProven) return;
+    this.tokens.set(signatureKey(tokenJws), { bytes: Buffer.from(tokenJws.bytes), value: peer.identity, digest: peer.tokenDigest });
+    peer.tokenProven = true;
   }
 
   private credential(packed: PackedJws, now: number): VerifiedCredential | Refusal {

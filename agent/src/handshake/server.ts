@@ -8,6 +8,7 @@ import { TCP_FIN } from '../datapath/packet.ts';
 import { ackProofValid, synAckProof, synProofValid, synTranscriptOf } from '../protocol/proofs.ts';
 import { synSignatureValid } from '../protocol/syn-signature.ts';
 import { deriveFastKey } from '../protocol/fast-keys.ts';
+import { tokenDigest } from '../protocol/token-digest.ts';
 import { encodeTransient, FLAG_FAST, FLAG_KERNEL, MessageType, type SynMessage } from '../protocol/wire.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import { ackTranscript, type HandshakeContext } from './context.ts';
@@ -81,32 +82,17 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   }
   const peer = ctx.verifier.verify(message.credential, message.token);
   if (peer instanceof Refusal) return peer;
+  // A new token is only claimed until this SYN's proof or signature over its digest checks out,
+  // so that check comes before the policy reads it. For a token proven before it comes after,
+  // so that only an identity the policy admits costs a signature verification.
+  let fast = peer.tokenProven ? null : proveSyn(ctx, message, packet.sequence, peer, client, nowMs);
+  if (fast instanceof Refusal) return fast;
+  ctx.verifier.rememberToken(message.token, peer);
   const auth = ctx.authorize(decision, 'ingress', { local, peer: peer.identity, peerAddress: client, port });
   if (!auth.allowed) return refuse('not-allowed', 'identity not admitted to this port', peer.identity);
+  fast ??= proveSyn(ctx, message, packet.sequence, peer, client, nowMs);
+  if (fast instanceof Refusal) return fast;
   const pairKey = ctx.verifier.pairKey(peer.credential);
-  let fast = false;
-  if (message.proof !== null && message.peerKeyId !== null && ctx.local.keyId.equals(message.peerKeyId)) {
-    // Proved to our current key: a mismatch can only be tampering.
-    if (!synProofValid(pairKey, synTranscriptOf(message, packet.sequence), message.proof)) return refuse('bad-proof', 'SYN proof does not match', peer.identity);
-    fast = true;
-  } else {
-    const previous = provedToPreviousKey(ctx, message, packet.sequence, peer);
-    if (previous instanceof Refusal) return previous;
-    if (!previous) {
-      if (message.signature === null) {
-        // Bearer credential and token alone prove nothing fresh: they may come from a capture.
-        return refuse('unproven-syn', 'SYN carries neither a proof to our key nor a signature', peer.identity);
-      }
-      // Checked last: only an identity policy admits costs this verification, and no more of
-      // them per source than its budget.
-      if (!ctx.signatureBudget.take(client, nowMs)) return refuse('signature-rate-limited', 'source spent its signature checks', peer.identity);
-      if (!synSignatureValid(peer.credential.signKey, message.nonce, message.time, message.token.signature, message.signature)) {
-        return refuse('bad-proof', 'SYN signature does not verify', peer.identity);
-      }
-    }
-    // Proved to our previous key: fresh, but the client knows our old key; the handshake goes on
-    // under the new one, with an ACK proof, and the client learns the new key from our SYN-ACK.
-  }
   // A replay after its SYN time left the window is refused as stale; until then the nonce is kept.
   if (!ctx.nonces.set(nonceKey, { expiresAt: (message.time + ctx.options.replayWindowSeconds + 1) * 1000 })) return refuse('replay-cache-full');
   const stored = ctx.flows.set(key, {
@@ -171,7 +157,7 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   }
   const flags = (flow.fast ? FLAG_FAST : 0) | (flow.kernel === true ? FLAG_KERNEL : 0);
   const token = (own.tokenForAddress(server) ?? own.tokenForPort(packet.sourcePort)).packed;
-  const proof = synAckProof(flow.pairKey, { flags, clientNonce: flow.clientNonce, serverNonce: flow.serverNonce, clientIsn: flow.clientIsn, serverIsn: flow.serverIsn, tokenSignature: token.signature });
+  const proof = synAckProof(flow.pairKey, { flags, clientNonce: flow.clientNonce, serverNonce: flow.serverNonce, clientIsn: flow.clientIsn, serverIsn: flow.serverIsn, tokenDigest: tokenDigest(token) });
   ctx.attach(decision, encodeTransient({ type: MessageType.SynAck, flags, credential: own.packedCredential, token, nonce: flow.serverNonce, proof }));
   decision.reason = flow.fast ? 'ok-fast' : 'ok';
   if (flow.fast) {
@@ -224,15 +210,44 @@ export function serverAck(ctx: HandshakeContext, info: PacketInfo, decision: Dec
 }
 
 /**
+ * Checks that the SYN is fresh and that its agent sent this token: a proof to our current key
+ * (true: the pair is known, the handshake is fast), a proof to our previous key, or the agent's
+ * signature (false). Refusals name the peer only once its token is proven.
+ */
+function proveSyn(ctx: HandshakeContext, message: SynMessage, clientIsn: number, peer: VerifiedPeer, client: string, nowMs: number): boolean | Refusal {
+  const shown = peer.tokenProven ? peer.identity : null;
+  if (message.proof !== null && message.peerKeyId !== null && ctx.local.keyId.equals(message.peerKeyId)) {
+    // Proved to our current key: a mismatch can only be tampering.
+    if (!synProofValid(ctx.verifier.pairKey(peer.credential), synTranscriptOf(message, clientIsn, peer.tokenDigest), message.proof)) return refuse('bad-proof', 'SYN proof does not match', shown);
+    return true;
+  }
+  // Proved to our previous key: fresh, but the client knows our old key; the handshake goes on
+  // under the new one, with an ACK proof, and the client learns the new key from our SYN-ACK.
+  const previous = provedToPreviousKey(ctx, message, clientIsn, peer, shown);
+  if (previous instanceof Refusal) return previous;
+  if (previous) return false;
+  if (message.signature === null) {
+    // Bearer credential and token alone prove nothing fresh: they may come from a capture.
+    return refuse('unproven-syn', 'SYN carries neither a proof to our key nor a signature', shown);
+  }
+  // No more signature verifications per source than its budget.
+  if (!ctx.signatureBudget.take(client, nowMs)) return refuse('signature-rate-limited', 'source spent its signature checks', shown);
+  if (!synSignatureValid(peer.credential.signKey, message.nonce, message.time, peer.tokenDigest, message.signature)) {
+    return refuse('bad-proof', 'SYN signature does not verify over this token', shown);
+  }
+  return false;
+}
+
+/**
  * Whether a SYN proof names the key this agent had before its last rotation and is valid under
  * the pair key derived from it (a mismatch there is tampering, as under the current key).
  */
-function provedToPreviousKey(ctx: HandshakeContext, syn: SynMessage, clientIsn: number, peer: VerifiedPeer): boolean | Refusal {
+function provedToPreviousKey(ctx: HandshakeContext, syn: SynMessage, clientIsn: number, peer: VerifiedPeer, shown: VerifiedIdentity | null): boolean | Refusal {
   const previous = ctx.previousKey;
   if (syn.proof === null || syn.peerKeyId === null) return false;
   if (previous === null || ctx.now() > previous.untilMs || !previous.keyId.equals(syn.peerKeyId)) return false;
-  if (!synProofValid(previous.pairKeys.get(peer.credential), synTranscriptOf(syn, clientIsn), syn.proof)) {
-    return refuse('bad-proof', 'SYN proof to our previous key does not match', peer.identity);
+  if (!synProofValid(previous.pairKeys.get(peer.credential), synTranscriptOf(syn, clientIsn, peer.tokenDigest), syn.proof)) {
+    return refuse('bad-proof', 'SYN proof to our previous key does not match', shown);
   }
   return true;
 }

@@ -54,8 +54,8 @@ function mac(pairKey: Buffer, label: ProofLabel, parts: readonly (Uint8Array | n
 
 /**
  * HMAC over the label and every value the proof binds: the nonces of both ends, the initial
- * sequence numbers, (SYN-ACK) the server's flags and (SYN, SYN-ACK) the signature of the token
- * the message carries, so none can be swapped or replayed.
+ * sequence numbers, (SYN-ACK) the server's flags and (SYN, SYN-ACK) the digest of the token the
+ * message carries, so none can be swapped or replayed.
  */
 export function computeProof(pairKey: Buffer, label: ProofLabel, parts: readonly (Uint8Array | number)[]): Buffer {
   mac(pairKey, label, parts);
@@ -72,25 +72,25 @@ export function proofValid(pairKey: Buffer, label: ProofLabel, parts: readonly (
 }
 
 // What each proof binds, spelled once for the end that makes it and the end that checks it.
-// Both ISNs come from the packets themselves; the token signature ties a proof to the token
-// that travels with it.
+// Both ISNs come from the packets themselves; the token digest ties a proof to the exact token
+// that travels with it, which is why the peer need not verify the token's own signature.
 
-/** SYN (known peer): the client's nonce and time, its ISN, and its token's signature. */
+/** SYN (known peer): the client's nonce and time, its ISN, and its token's digest. */
 export interface SynTranscript {
   nonce: Uint8Array;
   time: number;
   clientIsn: number;
-  tokenSignature: Uint8Array;
+  tokenDigest: Uint8Array;
 }
 
-/** SYN-ACK: the server's flags, both nonces, both ISNs, and the server token's signature. */
+/** SYN-ACK: the server's flags, both nonces, both ISNs, and the server token's digest. */
 export interface SynAckTranscript {
   flags: number;
   clientNonce: Uint8Array;
   serverNonce: Uint8Array;
   clientIsn: number;
   serverIsn: number;
-  tokenSignature: Uint8Array;
+  tokenDigest: Uint8Array;
 }
 
 /** ACK (first contact): both nonces and both ISNs. */
@@ -101,13 +101,13 @@ export interface AckTranscript {
   serverIsn: number;
 }
 
-/** The transcript a received SYN message and the client's ISN give. */
-export function synTranscriptOf(syn: SynMessage, clientIsn: number): SynTranscript {
-  return { nonce: syn.nonce, time: syn.time, clientIsn, tokenSignature: syn.token.signature };
+/** The transcript a received SYN message, the client's ISN and its token's digest give. */
+export function synTranscriptOf(syn: SynMessage, clientIsn: number, tokenDigest: Uint8Array): SynTranscript {
+  return { nonce: syn.nonce, time: syn.time, clientIsn, tokenDigest };
 }
 
-const synParts = (t: SynTranscript) => [t.nonce, t.time, t.clientIsn, t.tokenSignature];
-const synAckParts = (t: SynAckTranscript) => [t.flags, t.clientNonce, t.serverNonce, t.clientIsn, t.serverIsn, t.tokenSignature];
+const synParts = (t: SynTranscript) => [t.nonce, t.time, t.clientIsn, t.tokenDigest];
+const synAckParts = (t: SynAckTranscript) => [t.flags, t.clientNonce, t.serverNonce, t.clientIsn, t.serverIsn, t.tokenDigest];
 const ackParts = (t: AckTranscript) => [t.clientNonce, t.serverNonce, t.clientIsn, t.serverIsn];
 
 export const synProof = (pairKey: Buffer, t: SynTranscript): Buffer => computeProof(pairKey, 'syn', synParts(t));

@@ -2,31 +2,33 @@
 // signs the SYN's nonce and time with its credential key. Without it, a credential and token
 // captured from any SYN would let an observer build a fresh SYN that the server answers with a
 // SYN-ACK, making the service visible to it. The signature also binds the token it travels
-// with, so a captured signature cannot lend its freshness to another workload's token. Addresses
+// with (its digest), so a captured signature cannot lend its freshness to another workload's
+// token, and the server need not verify the token's own signature. Addresses
 // and ports are left out on purpose: NAT between the agents rewrites them.
 import { sign, verify, type KeyObject } from 'node:crypto';
 import { algorithmOf } from '../token/jws.ts';
+import { TOKEN_DIGEST_BYTES } from './token-digest.ts';
 import { NONCE_BYTES, SYN_SIGNATURE_BYTES } from './wire.ts';
 
-const LABEL = Buffer.from('synpass syn signature v1');
-const signed = Buffer.alloc(LABEL.length + NONCE_BYTES + 4 + 256);
+const LABEL = Buffer.from('synpass syn signature v2');
+const signed = Buffer.alloc(LABEL.length + NONCE_BYTES + 4 + TOKEN_DIGEST_BYTES);
 LABEL.copy(signed);
 
-function signedBytes(nonce: Uint8Array, time: number, tokenSignature: Uint8Array): Buffer {
-  if (nonce.length !== NONCE_BYTES || tokenSignature.length > 256) throw new RangeError('SYN signature input out of range');
+function signedBytes(nonce: Uint8Array, time: number, tokenDigest: Uint8Array): Buffer {
+  if (nonce.length !== NONCE_BYTES || tokenDigest.length !== TOKEN_DIGEST_BYTES) throw new RangeError('SYN signature input out of range');
   let offset = LABEL.length;
   signed.set(nonce, offset);
   offset = signed.writeUInt32BE(time >>> 0, offset + NONCE_BYTES);
-  signed.set(tokenSignature, offset);
-  return signed.subarray(0, offset + tokenSignature.length);
+  signed.set(tokenDigest, offset);
+  return signed;
 }
 
 function digestOf(key: KeyObject): 'sha256' | null {
   return algorithmOf(key) === 'ES256' ? 'sha256' : null;
 }
 
-export function signSyn(agentKey: KeyObject, nonce: Uint8Array, time: number, tokenSignature: Uint8Array): Buffer {
-  const signature = sign(digestOf(agentKey), signedBytes(nonce, time, tokenSignature), { key: agentKey, dsaEncoding: 'ieee-p1363' });
+export function signSyn(agentKey: KeyObject, nonce: Uint8Array, time: number, tokenDigest: Uint8Array): Buffer {
+  const signature = sign(digestOf(agentKey), signedBytes(nonce, time, tokenDigest), { key: agentKey, dsaEncoding: 'ieee-p1363' });
   if (signature.length !== SYN_SIGNATURE_BYTES) throw new RangeError(`agent key gives ${signature.length}-byte signatures`);
   return signature;
 }
@@ -35,9 +37,9 @@ export function synSignatureValid(
   agentPublicKey: KeyObject,
   nonce: Uint8Array,
   time: number,
-  tokenSignature: Uint8Array,
+  tokenDigest: Uint8Array,
   signature: Uint8Array,
 ): boolean {
   if (signature.length !== SYN_SIGNATURE_BYTES) return false;
-  return verify(digestOf(agentPublicKey), signedBytes(nonce, time, tokenSignature), { key: agentPublicKey, dsaEncoding: 'ieee-p1363' }, signature);
+  return verify(digestOf(agentPublicKey), signedBytes(nonce, time, tokenDigest), { key: agentPublicKey, dsaEncoding: 'ieee-p1363' }, signature);
 }

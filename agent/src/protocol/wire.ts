@@ -1,7 +1,7 @@
 // Handshake messages carried in the token area (the body after the datapath's length prefix).
 // Pure encode/decode over caller buffers; a body that does not decode is a typed failure.
 //
-//   every body   version u8 (=2) | type u8
+//   every body   version u8 (=3) | type u8
 //   SYN (1)      flags u8 | cred JWS | token JWS | nonce[16] | time u32 (unix s)
 //                [flags & SYN_PROOF: peerKeyId[8] | proof[16]]
 //                [flags & SYN_SIGNATURE: signature[64]]
@@ -11,8 +11,12 @@
 // signature), a quarter smaller than the compact form, which is rebuilt on receipt.
 import { SynpassError } from '../errors.ts';
 
-/** 2: SYN and SYN-ACK proofs bind the token they travel with (version 1 proofs did not). */
-export const WIRE_VERSION = 2;
+/**
+ * 2: SYN and SYN-ACK proofs bind the token they travel with (version 1 proofs did not).
+ * 3: the SYN signature and the proofs bind the token's digest, not its signature, so a peer
+ * need not verify the token's own signature.
+ */
+export const WIRE_VERSION = 3;
 export const NONCE_BYTES = 16;
 export const PROOF_BYTES = 16;
 export const KEY_ID_BYTES = 8;

@@ -1,10 +1,11 @@
 // Workload identity tokens: a JWT the agent signs with its own key (jose, at renewal time) and
-// peers verify against the agent's credential (node:crypto, once per token thanks to caching).
+// peers check against the agent's credential: in the handshake the message's signature or proof
+// covers the token's digest, so peers read its claims and need not verify its own signature.
 import { randomUUID, type KeyObject } from 'node:crypto';
 import { SignJWT } from 'jose';
 import type { VerifiedCredential } from './credential.ts';
 import { TokenError } from './errors.ts';
-import { algorithmOf, checkTimes, decodeJws, verifyJwsSignature } from './jws.ts';
+import { algorithmOf, checkAlgorithm, checkTimes, decodeJws, verifyJwsSignature, type DecodedJws } from './jws.ts';
 
 export const IDENTITY_TOKEN_TYPE = 'synpass-id+jwt';
 
@@ -77,7 +78,7 @@ function provenanceOf(value: unknown, attributes: Record<string, string>): Recor
   return provenance;
 }
 
-/** Verifies a token against the credential that came with it (sync). */
+/** Verifies a token against the credential that came with it (sync): its signature and its claims. */
 export function verifyIdentityToken(
   compact: string,
   credential: VerifiedCredential,
@@ -85,11 +86,37 @@ export function verifyIdentityToken(
   leewaySeconds = 30,
 ): VerifiedIdentity {
   const jws = decodeJws(compact);
+  checkHeader(jws, credential);
+  verifyJwsSignature(jws, credential.signKey);
+  return identityFromClaims(jws, credential, nowSeconds, leewaySeconds);
+}
+
+/**
+ * Reads a token's claims against its credential without checking the token's own signature.
+ * Only for a token whose exact bytes something else proves the credential's agent sent: the
+ * handshake's SYN signature or pair-key proof, which cover the token's digest. Until that proof
+ * is checked, the identity returned is a claim, not a fact.
+ */
+export function readIdentityToken(
+  compact: string,
+  credential: VerifiedCredential,
+  nowSeconds: number,
+  leewaySeconds = 30,
+): VerifiedIdentity {
+  const jws = decodeJws(compact);
+  checkHeader(jws, credential);
+  return identityFromClaims(jws, credential, nowSeconds, leewaySeconds);
+}
+
+function checkHeader(jws: DecodedJws, credential: VerifiedCredential): void {
   if (jws.header.typ !== IDENTITY_TOKEN_TYPE) throw new TokenError('bad-claims', 'not an identity token');
   if (jws.header.kid !== credential.signKid) {
     throw new TokenError('unknown-kid', 'token was not signed by the key its credential binds', { kid: jws.header.kid });
   }
-  verifyJwsSignature(jws, credential.signKey);
+  checkAlgorithm(jws, credential.signKey);
+}
+
+function identityFromClaims(jws: DecodedJws, credential: VerifiedCredential, nowSeconds: number, leewaySeconds: number): VerifiedIdentity {
   checkTimes(jws.payload, nowSeconds, leewaySeconds);
   const { iss, sub, attrs, prov, jti, exp } = jws.payload;
   if (iss !== credential.trustDomain) throw new TokenError('bad-claims', 'token issuer differs from the credential domain');

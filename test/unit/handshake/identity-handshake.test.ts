@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { ParsedPacket, parsePacket } from '../../../agent/src/datapath/packet.ts';
 import { attachToken } from '../../../agent/src/datapath/rewrite.ts';
-import { decodeMessage, encodeMessage, FLAG_KERNEL, MessageType } from '../../../agent/src/protocol/wire.ts';
+import { decodeMessage, encodeMessage, FLAG_KERNEL, MessageType, packJws, unpackJws } from '../../../agent/src/protocol/wire.ts';
 import type { AdmittedClient, FastServer, KernelPath } from '../../../agent/src/handshake/kernel-path.ts';
 import { Admission, type AdmissionConfig } from '../../../agent/src/handshake/admission.ts';
 import { AdmissionAuthorizer } from '../../../agent/src/handshake/authorizer.ts';
@@ -176,6 +176,25 @@ describe('identity handshake over a virtual wire', () => {
     reasonOf(server.queue.deliver(rebuilt((m) => ({ ...m, flags: 0, signature: null })), 'ingress'), server.queue, 'unproven-syn');
     assert.equal(server.events.filter((e) => !e.accepted).length, 3);
     assert.equal(server.queue.deliver(synOut.bytes, 'ingress').dropped, false, 'the genuine SYN still passes');
+  });
+
+  it('a token altered in transit is refused by the SYN signature over its digest, named by no identity and never cached', () => {
+    const synOut = client.queue.deliver(SYN, 'egress');
+    // The claims changed, the token's own signature kept: the server never checks that signature.
+    const altered = withBody(synOut.bytes, (body) => {
+      const message = decodeMessage(body);
+      if (message.type !== MessageType.Syn) throw new Error('not a SYN');
+      const [header, payload, signature] = unpackJws(message.token).split('.') as [string, string, string];
+      const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as { sub: string };
+      claims.sub = 'spiffe://hs.synpass/web-admin';
+      return encodeMessage({ ...message, token: packJws(`${header}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.${signature}`) });
+    });
+    const cached = server.verifier.tokens.size;
+    reasonOf(server.queue.deliver(altered, 'ingress'), server.queue, 'bad-proof');
+    assert.equal(server.events.at(-1)?.peer, undefined, 'a claimed identity is not logged as the peer');
+    assert.equal(server.verifier.tokens.size, cached, 'the altered token is not cached');
+    assert.equal(server.queue.deliver(synOut.bytes, 'ingress').dropped, false, 'the genuine SYN passes');
+    assert.equal(server.verifier.tokens.size, cached + 1, 'the genuine token is cached once its signature checked out');
   });
 
   it("holds a source to its budget of signature checks: past it a first-contact SYN is dropped unverified until the next second", async () => {
@@ -441,10 +460,10 @@ describe('identity handshake over a virtual wire', () => {
 
   it('drops a body of another protocol version under its own reason (a mixed-version rollout shows as such)', () => {
     const synOut = client.queue.deliver(SYN, 'egress');
-    assert.equal(bodyOf(synOut.bytes)[0], 2);
-    const versionOne = withBody(synOut.bytes, (body) => Buffer.from(body).fill(1, 0, 1));
-    reasonOf(server.queue.deliver(versionOne, 'ingress'), server.queue, 'unsupported-version');
-    assert.equal(server.queue.deliver(synOut.bytes, 'ingress').dropped, false, 'the same SYN at version 2 passes');
+    assert.equal(bodyOf(synOut.bytes)[0], 3);
+    const versionTwo = withBody(synOut.bytes, (body) => Buffer.from(body).fill(2, 0, 1));
+    reasonOf(server.queue.deliver(versionTwo, 'ingress'), server.queue, 'unsupported-version');
+    assert.equal(server.queue.deliver(synOut.bytes, 'ingress').dropped, false, 'the same SYN at version 3 passes');
   });
 
   it('cloaks a SYN without identity on a protected port, admits listed networks and unprotected ports', () => {

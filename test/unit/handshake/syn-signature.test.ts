@@ -8,20 +8,20 @@ describe('SYN signature', () => {
     ['ES256 (P-256)', generateKeyPairSync('ec', { namedCurve: 'P-256' })],
     ['EdDSA (Ed25519)', generateKeyPairSync('ed25519')],
   ] as const) {
-    it(`${name}: verifies over nonce, time and token signature, and over nothing else`, () => {
+    it(`${name}: verifies over nonce, time and token digest, and over nothing else`, () => {
       const nonce = randomBytes(16);
-      const tokenSignature = randomBytes(64);
-      const signature = signSyn(pair.privateKey, nonce, 1_800_000_000, tokenSignature);
+      const tokenDigest = randomBytes(32);
+      const signature = signSyn(pair.privateKey, nonce, 1_800_000_000, tokenDigest);
       assert.equal(signature.length, 64);
-      assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_000, tokenSignature, signature), true);
+      assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_000, tokenDigest, signature), true);
       const otherNonce = Buffer.from(nonce);
       otherNonce[15]! ^= 1;
-      assert.equal(synSignatureValid(pair.publicKey, otherNonce, 1_800_000_000, tokenSignature, signature), false, 'nonce');
-      assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_001, tokenSignature, signature), false, 'time');
-      assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_000, randomBytes(64), signature), false, 'token');
-      assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_000, tokenSignature, signature.subarray(0, 63)), false, 'length');
+      assert.equal(synSignatureValid(pair.publicKey, otherNonce, 1_800_000_000, tokenDigest, signature), false, 'nonce');
+      assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_001, tokenDigest, signature), false, 'time');
+      assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_000, randomBytes(32), signature), false, 'token');
+      assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_000, tokenDigest, signature.subarray(0, 63)), false, 'length');
       const otherKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey;
-      assert.equal(synSignatureValid(otherKey, nonce, 1_800_000_000, tokenSignature, signature), false, 'key');
+      assert.equal(synSignatureValid(otherKey, nonce, 1_800_000_000, tokenDigest, signature), false, 'key');
     });
   }
 });
