@@ -376,16 +376,20 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
   return TC_ACT_OK;
 }
 
-/* A later segment of a connection the fast path judged leaves conntrack out. */
+static __always_inline int has_marker(struct __sk_buff *skb, const struct parsed *p);
+
+/* A later segment of a connection the fast path judged leaves conntrack out, and skips the
+ * mangle rules: they jump only for packets without the mark, or SYNs. One carrying a marker
+ * stays unmarked, so the rules see it as they would on the queue path. */
 static __always_inline int mark_judged_flow(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
-  if (cfg->untracked_mark == 0) return TC_ACT_OK;
+  if (cfg->untracked_mark == 0 || has_marker(skb, p)) return TC_ACT_OK;
   struct flow_key key = {};
   flow_of(p, &key);
   if (bpf_map_lookup_elem(&fast_flows, &key)) skb->mark |= cfg->untracked_mark;
   return TC_ACT_OK;
 }
 
-/* Whether the SYN carries the agent's first-contact marker (then the queue judges it). */
+/* Whether the segment carries the agent's first-contact marker (then the queue judges it). */
 static __always_inline int has_marker(struct __sk_buff *skb, const struct parsed *p) {
   __u8 word[4];
   if (p->option_bytes < sizeof(word) || p->option_bytes > MAX_OPTION_BYTES) return 0;
@@ -679,6 +683,9 @@ int synpass_sockops(struct bpf_sock_ops *ops) {
       client_established(ops);
       break;
     case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+      /* The accepted socket inherits the listener's flags, but only the listener's SYN-ACKs carry
+       * an option: without this every segment it sends would call the program twice. */
+      bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
       server_established(ops, cfg);
       break;
   }

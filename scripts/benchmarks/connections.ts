@@ -138,10 +138,13 @@ async function measure(lab: Lab, agents: AgentHandle[], queuePids: number[] = []
   };
 }
 
-/** One iperf3 stream from web to api, in Gbit/s as the receiver counted it. */
+/**
+ * One iperf3 stream from web to api, in Gbit/s as the receiver counted it. The client runs as
+ * web's workload (its cgroup), or the kernel fast path would never see its connections.
+ */
 async function iperf(lab: Lab): Promise<number> {
   for (let attempt = 1; ; attempt++) {
-    const output = lab.exec('web', ['iperf3', '--client', lab.address('api'), '--port', String(BULK_PORT), '--time', String(config.bulkSeconds), '--json']);
+    const output = lab.execWorkload('web', ['iperf3', '--client', lab.address('api'), '--port', String(BULK_PORT), '--time', String(config.bulkSeconds), '--json']);
     const report = JSON.parse(output) as { error?: string; end?: { sum_received?: { bits_per_second?: number } } };
     const bits = report.end?.sum_received?.bits_per_second;
     if (bits !== undefined) return bits / 1e9;
@@ -312,6 +315,27 @@ function trackConnections(lab: Lab, on: boolean): void {
   }
 }
 
+/**
+ * The bulk floor of any design that keeps NFQUEUE for first contact: one rule in each of mangle
+ * PREROUTING and POSTROUTING that every TCP packet meets and none matches (a native mark test,
+ * a bit no one sets), and no conntrack.
+ */
+function hookRules(lab: Lab, on: boolean): void {
+  for (const host of ['api', 'web'] as const) {
+    for (const chain of ['PREROUTING', 'POSTROUTING']) {
+      lab.exec(host, ['iptables', '-t', 'mangle', on ? '-A' : '-D', chain, '-p', 'tcp', '-m', 'mark', '--mark', '0x80000000/0x80000000', '-j', 'RETURN']);
+      // As in trackConnections: the emptied base chain would stay a hook.
+      if (!on) {
+        try {
+          lab.exec(host, ['iptables', '-t', 'mangle', '-X', chain]);
+        } catch {
+          // legacy backend
+        }
+      }
+    }
+  }
+}
+
 const directory = mkdtempSync(join(tmpdir(), 'synpass-bench-'));
 const lab = Lab.up('bn', 90, { kernel: true });
 try {
@@ -395,11 +419,15 @@ try {
   }
 
   process.stderr.write(`bench: bulk, ${config.bulkRounds} rounds each with and without conntrack, pass-through and identity agents\n`);
+  /** `kernel`: the transfer must have been the kernel fast path's, or its ratio measures the queue path. */
   const agentsOn =
-    (start: () => Promise<AgentHandle[]>): ModeSwitch =>
+    (start: () => Promise<AgentHandle[]>, kernel = false): ModeSwitch =>
     async () => {
       const agents = await start();
+      const fastSyns = async (): Promise<number> => (await agents[0]!.status()).verdicts.find((v) => v.reason === 'ok-kernel' && v.direction === 'ingress')?.count ?? 0;
+      const before = kernel ? await fastSyns() : 0;
       return async () => {
+        if (kernel && (await fastSyns()) === before) throw new Error('bulk: the transfer did not take the kernel fast path (api accepted no fast SYN)');
         for (const agent of agents) await agent.process.stop();
       };
     };
@@ -411,11 +439,19 @@ try {
     });
   };
   const bulkOf = async (name: string, mode: ModeSwitch): Promise<BulkResults | undefined> => (config.bulkRounds > 0 && ran(name) ? bulk(lab, mode) : undefined);
+  const hooksOn: ModeSwitch = () => {
+    hookRules(lab, true);
+    return Promise.resolve(() => {
+      hookRules(lab, false);
+      return Promise.resolve();
+    });
+  };
   const conntrackBulk = await bulkOf('conntrack', conntrackOn);
+  const hooksBulk = await bulkOf('hooks', hooksOn);
   const passThroughBulk = await bulkOf('pass-through', agentsOn(passThroughAgents));
   const identityBulk = await bulkOf('identity', agentsOn(() => identityAgents()));
-  const kernelBulk = await bulkOf('kernel', agentsOn(() => identityAgents(true)));
-  const kernelKeptBulk = await bulkOf('kernel-kept', agentsOn(() => identityAgents(true, 'keep')));
+  const kernelBulk = await bulkOf('kernel', agentsOn(() => identityAgents(true), true));
+  const kernelKeptBulk = await bulkOf('kernel-kept', agentsOn(() => identityAgents(true, 'keep'), true));
 
   const header = [
     'mode'.padEnd(28),
@@ -479,11 +515,11 @@ try {
       ? 'C reference loop: not run (scripts/bench could not compile scripts/benchmarks/nfq-reference.c)'
       : 'C reference loop: the agent\'s rules and queue served by a minimal C loop (one packet per recv, the agent\'s marks, no token, no rewrite): the floor of a trip here',
     `bulk: iperf3 ${config.bulkSeconds} s, ${config.bulkRounds} rounds alternating without/with each mode, median ratio; ` +
-      `baseline ${fmt(passThroughBulk?.baselineGbps, 1)} Gbit/s; per-round ratios conntrack only ${range(conntrackBulk)}, pass-through ${range(passThroughBulk)}, identity ${range(identityBulk)}, kernel fast path ${range(kernelBulk)}, kernel with conntrack kept ${range(kernelKeptBulk)}`,
+      `baseline ${fmt([hooksBulk, conntrackBulk, passThroughBulk, identityBulk, kernelBulk, kernelKeptBulk].find((b) => b !== undefined)?.baselineGbps, 1)} Gbit/s; hooks alone (one unmatched rule in mangle PREROUTING and POSTROUTING, no conntrack: the floor of any NFQUEUE design) ${fmt(hooksBulk?.ratio, 3)}x; per-round ratios hooks alone ${range(hooksBulk)}, conntrack only ${range(conntrackBulk)}, pass-through ${range(passThroughBulk)}, identity ${range(identityBulk)}, kernel fast path ${range(kernelBulk)}, kernel with conntrack kept ${range(kernelKeptBulk)}`,
     profiling
       ? `bulk CPU in netfilter (perf, share of busy CPU, median of rounds; rules = hooks and rule evaluation): ` +
-        `no agents ${share(passThroughBulk?.netfilterWithout)}; conntrack only ${share(conntrackBulk?.netfilterWith)}; pass-through ${share(passThroughBulk?.netfilterWith)}; identity ${share(identityBulk?.netfilterWith)}; kernel fast path ${share(kernelBulk?.netfilterWith)}; kernel with conntrack kept ${share(kernelKeptBulk?.netfilterWith)}\n` +
-        `bulk ratio of a CPU-bound transfer, from those shares (1 - the share they add): conntrack only ${cpuBound(conntrackBulk)}, pass-through ${cpuBound(passThroughBulk)}, identity ${cpuBound(identityBulk)}, kernel fast path ${cpuBound(kernelBulk)}, kernel with conntrack kept ${cpuBound(kernelKeptBulk)}`
+        `no agents ${share(passThroughBulk?.netfilterWithout ?? hooksBulk?.netfilterWithout)}; hooks alone ${share(hooksBulk?.netfilterWith)}; conntrack only ${share(conntrackBulk?.netfilterWith)}; pass-through ${share(passThroughBulk?.netfilterWith)}; identity ${share(identityBulk?.netfilterWith)}; kernel fast path ${share(kernelBulk?.netfilterWith)}; kernel with conntrack kept ${share(kernelKeptBulk?.netfilterWith)}\n` +
+        `bulk ratio of a CPU-bound transfer, from those shares (1 - the share they add): hooks alone ${cpuBound(hooksBulk)}, conntrack only ${cpuBound(conntrackBulk)}, pass-through ${cpuBound(passThroughBulk)}, identity ${cpuBound(identityBulk)}, kernel fast path ${cpuBound(kernelBulk)}, kernel with conntrack kept ${cpuBound(kernelKeptBulk)}`
       : 'bulk CPU in netfilter: not measured (perf is not available)',
     '',
     `CPU per connection in the rate run (machine: all ${cpus().length} cores busy, idle and steal excluded; agents: their processes alone, or the C loops')`,

@@ -52,6 +52,11 @@ export function isRoot(): boolean {
 }
 
 /** A process running inside a lab namespace whose stdout is JSON lines. */
+/** A command line that runs `command` in a cgroup v2 directory and a network namespace (nsenter: ip netns exec would hide bpffs). */
+function inCgroup(cgroup: string, namespace: string, command: string[]): string[] {
+  return ['sh', '-c', 'echo $$ > "$1/cgroup.procs" && ns=$2 && shift 2 && exec nsenter "--net=/var/run/netns/$ns" -- "$@"', 'sh', cgroup, namespace, ...command];
+}
+
 export class NetnsProcess {
   readonly lines: Record<string, unknown>[] = [];
   readonly stderr: string[] = [];
@@ -64,7 +69,7 @@ export class NetnsProcess {
     const launcher =
       options.cgroup === undefined
         ? ['ip', 'netns', 'exec', namespace, ...command]
-        : ['sh', '-c', 'echo $$ > "$1/cgroup.procs" && ns=$2 && shift 2 && exec nsenter "--net=/var/run/netns/$ns" -- "$@"', 'sh', options.cgroup, namespace, ...command];
+        : inCgroup(options.cgroup, namespace, command);
     this.child = spawn(launcher[0]!, launcher.slice(1), {
       cwd: ROOT,
       env: { ...process.env, ...options.env },
@@ -271,8 +276,20 @@ export class Lab {
     });
   }
 
+  /** Configures a host: `ip netns exec`, so /sys shows the namespace's own interfaces. */
   exec(host: Host | 'sw', command: string[]): string {
     return execFileSync('ip', ['netns', 'exec', this.namespace(host), ...command], { encoding: 'utf8' });
+  }
+
+  /**
+   * Runs a command as one of the host's workloads and returns its output: in a kernel lab it
+   * runs in the host's cgroup, like `spawn`, so its connections are the kernel fast path's to
+   * judge (under `exec` they would stay on the queue).
+   */
+  execWorkload(host: Host, command: string[]): string {
+    if (this.options.kernel !== true) return this.exec(host, command);
+    const [shell, ...args] = inCgroup(this.cgroup(host), this.namespace(host), command);
+    return execFileSync(shell!, args, { encoding: 'utf8' });
   }
 
   /** Agents of one lab share the filesystem: each gets its own sockets, removed with the lab. */

@@ -123,8 +123,20 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.equal(whois('web').identity.subject, `spiffe://${DOMAIN}/api`);
     // Neither end tracks the connection (datapath.fastPathConntrack `auto`, and the lab has no NAT):
     // not one of its packets, handshake and data, made a conntrack entry.
-    held.write('tracked?\n');
-    await held.waitFor((l) => l.echoed === 'tracked?');
+    // Nor does one of its data packets walk the agent's mangle chains: only marked-less packets
+    // and SYNs jump from the hooks (packet counters of the jump rules, both ends).
+    const jumped = (host: 'web' | 'api') =>
+      lab
+        .exec(host, ['iptables-save', '-c', '-t', 'mangle'])
+        .split('\n')
+        .filter((line) => / -A (PREROUTING|POSTROUTING) .*-j SYNPASS-(IN|OUT)$/.test(line))
+        .reduce((sum, line) => sum + Number(/^\[(\d+):/.exec(line)?.[1] ?? 0), 0);
+    const jumpedBefore = { web: jumped('web'), api: jumped('api') };
+    for (let i = 0; i < 20; i++) {
+      held.write(`tracked? ${String(i)}\n`);
+      await held.waitFor((l) => l.echoed === `tracked? ${String(i)}`);
+    }
+    assert.deepEqual({ web: jumped('web') - jumpedBefore.web, api: jumped('api') - jumpedBefore.api }, { web: 0, api: 0 }, '20 round trips of data, no jump');
     for (const host of ['web', 'api'] as const) {
       assert.deepEqual((await fast(host === 'web' ? web : api)).conntrack, { skipped: true, reason: 'skipped (auto)' });
       const entry = lab.exec(host, ['cat', '/proc/net/nf_conntrack']).split('\n').find((line) => line.includes(`sport=${String(connected.localPort)} dport=${ECHO} `));

@@ -109,10 +109,15 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
   const lines: string[] = [
     '*mangle',
     ...chains.map((chain) => `:${chain} - [0:0]`),
-    // Every TCP packet of the host takes these two jumps, so they carry no comment: iptables-nft
-    // tests a comment through the xtables compatibility layer, per packet.
-    `-I PREROUTING 1 -p tcp -j ${CHAINS.ingress}`,
-    `-I POSTROUTING 1 -p tcp -j ${CHAINS.egress}`,
+    // Every TCP packet of the host meets these rules, so they carry no comment: iptables-nft
+    // tests a comment through the xtables compatibility layer, per packet. A connection the
+    // kernel fast path judged and left out of conntrack (the `untracked` bit) does not jump:
+    // native mark and flag tests, no chain. Its incoming SYN and SYN-ACK still do (the SYN to be
+    // marked judged, a SYN-ACK with a marker to be queued); the kernel never gives the bit to
+    // another segment that carries a marker.
+    `-I PREROUTING 1 -p tcp -m mark ! --mark ${untracked} -j ${CHAINS.ingress}`,
+    `-I PREROUTING 2 -p tcp -m tcp --tcp-flags SYN SYN -m mark --mark ${untracked} -j ${CHAINS.ingress}`,
+    `-I POSTROUTING 1 -p tcp -m mark ! --mark ${untracked} -j ${CHAINS.egress}`,
     // Only SYNs jump: every other packet of the host pays one flags match here.
     ...(audited
       ? [
@@ -120,9 +125,6 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
           `-I FORWARD 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${tag} -j ${CHAINS.audit}`,
         ]
       : []),
-    // A connection the kernel fast path judged and left out of conntrack returns first: a mark
-    // test, cheaper than the connmark one after it, which could not match such a packet anyway.
-    `-A ${CHAINS.ingress} -p tcp -m mark --mark ${untracked} -m tcp ! --tcp-flags SYN,ACK,FIN,RST SYN -m tcp ! --tcp-option ${MARKER_KIND} -j RETURN`,
     // A released connection's packet (most of a host's traffic) returns at once, unless it is a
     // SYN, carries a marker or comes back from a verdict. The connmark test is positive on
     // purpose: it fails for a packet conntrack does not track, which must go on to be judged. The
@@ -131,7 +133,6 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     // A packet comes back after its verdict (NF_REPEAT) carrying `pass`: record, do not queue.
     `-A ${CHAINS.ingress} -m mark ! --mark ${pass} -j ${CHAINS.ingressQueue}`,
     `-A ${CHAINS.ingress} -m mark --mark ${pass} -j ${CHAINS.mark}`,
-    `-A ${CHAINS.egress} -m mark --mark ${untracked} -j RETURN`,
     `-A ${CHAINS.egress} -m mark ! --mark ${pass} -m connmark --mark ${release} -j RETURN`,
     `-A ${CHAINS.egress} -m mark ! --mark ${pass} -j ${CHAINS.egressQueue}`,
     `-A ${CHAINS.egress} -m mark --mark ${pass} -j ${CHAINS.mark}`,
