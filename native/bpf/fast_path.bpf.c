@@ -376,20 +376,43 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
   return TC_ACT_OK;
 }
 
-static __always_inline int has_marker(struct __sk_buff *skb, const struct parsed *p);
+/* Whether any option has the marker's kind, wherever it sits: what the rules' `--tcp-option`
+ * test matches. An option list that does not parse counts as having one. */
+static __always_inline int any_marker_option(struct __sk_buff *skb, const struct parsed *p) {
+  /* 64 bytes, so that an index masked with 63 stays inside: the verifier's proof of bounds. */
+  __u8 options[64] = {};
+  __u32 bytes = p->option_bytes;
+  if (bytes == 0) return 0;
+  if (bytes > MAX_OPTION_BYTES || bpf_skb_load_bytes(skb, p->option_base, options, bytes) < 0) return 1;
+  __u32 at = 0;
+  /* Every step moves on by at least one byte: as many steps as bytes at most. */
+  for (__u32 step = 0; step < MAX_OPTION_BYTES && at < bytes; step++) {
+    __u8 kind = options[at & 63];
+    if (kind == 0) return 0;
+    if (kind == 1) {
+      at++;
+      continue;
+    }
+    if (kind == MARKER_KIND || at + 1 >= bytes) return 1;
+    __u8 length = options[(at + 1) & 63];
+    if (length < 2) return 1;
+    at += length;
+  }
+  return 0;
+}
 
 /* A later segment of a connection the fast path judged leaves conntrack out, and skips the
- * mangle rules: they jump only for packets without the mark, or SYNs. One carrying a marker
- * stays unmarked, so the rules see it as they would on the queue path. */
+ * mangle rules, which jump only for packets without the mark, or SYNs and SYN-ACKs. One with a
+ * marker option stays unmarked, so the rules see it as they would on the queue path. */
 static __always_inline int mark_judged_flow(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
-  if (cfg->untracked_mark == 0 || has_marker(skb, p)) return TC_ACT_OK;
+  if (cfg->untracked_mark == 0 || any_marker_option(skb, p)) return TC_ACT_OK;
   struct flow_key key = {};
   flow_of(p, &key);
   if (bpf_map_lookup_elem(&fast_flows, &key)) skb->mark |= cfg->untracked_mark;
   return TC_ACT_OK;
 }
 
-/* Whether the segment carries the agent's first-contact marker (then the queue judges it). */
+/* Whether the SYN carries the agent's first-contact marker (then the queue judges it). */
 static __always_inline int has_marker(struct __sk_buff *skb, const struct parsed *p) {
   __u8 word[4];
   if (p->option_bytes < sizeof(word) || p->option_bytes > MAX_OPTION_BYTES) return 0;

@@ -145,6 +145,27 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     await held.stop();
   });
 
+  it('a segment of a fast connection that carries a marker option, anywhere in its options, still meets the rules and the queue', async () => {
+    assert.equal((await lab.peerOnce('web', ['echo', lab.address('api'), String(ECHO), 'first'])).echoed, 'first');
+    const fastBefore = await fast(api);
+    const held = lab.peer('web', ['hold', lab.address('api'), String(ECHO)], { stdin: true });
+    const connected = await held.waitFor((l) => l.connected === true);
+    assert.equal(moved(fastBefore, await fast(api)).synAccepted, 1, 'the held connection took the fast path');
+    held.write('fast\n');
+    await held.waitFor((l) => l.echoed === 'fast');
+    const before = await api.status();
+    // An ACK in the held connection's four-tuple with the marker first and padding after: the
+    // kernel's marker test must walk the options as the rules' `--tcp-option` does.
+    const options = Uint8Array.from([253, 4, 0xd3, 0x50, 1, 1, 1, 1]);
+    const segment = ipv4Segment({ source: lab.address('web'), target: lab.address('api'), sourcePort: Number(connected.localPort), port: ECHO, sequence: 1, acknowledgment: 1, flags: 0x10, options });
+    await send([segment], { from: 'web', to: 'api' });
+    const after = await api.status();
+    assert.equal(after.queue.received! - before.queue.received!, 1, 'queued, as on the queue path');
+    held.write('still there\n');
+    await held.waitFor((l) => l.echoed === 'still there');
+    await held.stop();
+  });
+
   /** A fast SYN from web to api as it crossed the switch. */
   async function capturedFastSyn(): Promise<Uint8Array> {
     const capture = await lab.capture(`tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn and src host ${lab.address('web')} and dst port ${PORT}`, 1, 10_000);
