@@ -418,7 +418,7 @@ try {
     }
   }
 
-  process.stderr.write(`bench: bulk, ${config.bulkRounds} rounds each with and without conntrack, pass-through and identity agents\n`);
+  process.stderr.write(`bench: bulk, ${config.bulkRounds} rounds per mode, each without and with it\n`);
   /** `kernel`: the transfer must have been the kernel fast path's, or its ratio measures the queue path. */
   const agentsOn =
     (start: () => Promise<AgentHandle[]>, kernel = false): ModeSwitch =>

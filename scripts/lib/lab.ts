@@ -51,12 +51,12 @@ export function isRoot(): boolean {
   return process.getuid?.() === 0;
 }
 
-/** A process running inside a lab namespace whose stdout is JSON lines. */
 /** A command line that runs `command` in a cgroup v2 directory and a network namespace (nsenter: ip netns exec would hide bpffs). */
 function inCgroup(cgroup: string, namespace: string, command: string[]): string[] {
   return ['sh', '-c', 'echo $$ > "$1/cgroup.procs" && ns=$2 && shift 2 && exec nsenter "--net=/var/run/netns/$ns" -- "$@"', 'sh', cgroup, namespace, ...command];
 }
 
+/** A process running inside a lab namespace whose stdout is JSON lines. */
 export class NetnsProcess {
   readonly lines: Record<string, unknown>[] = [];
   readonly stderr: string[] = [];

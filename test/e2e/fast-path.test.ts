@@ -123,8 +123,8 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.equal(whois('web').identity.subject, `spiffe://${DOMAIN}/api`);
     // Neither end tracks the connection (datapath.fastPathConntrack `auto`, and the lab has no NAT):
     // not one of its packets, handshake and data, made a conntrack entry.
-    // Nor does one of its data packets walk the agent's mangle chains: only marked-less packets
-    // and SYNs jump from the hooks (packet counters of the jump rules, both ends).
+    // Nor does one of its data packets walk the agent's mangle chains: only packets without the
+    // untracked bit, and SYNs, jump from the hooks (packet counters of the jump rules, both ends).
     const jumped = (host: 'web' | 'api') =>
       lab
         .exec(host, ['iptables-save', '-c', '-t', 'mangle'])
