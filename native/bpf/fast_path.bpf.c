@@ -405,10 +405,11 @@ static __always_inline int any_marker_option(struct __sk_buff *skb, const struct
  * mangle rules, which jump only for packets without the mark, or SYNs and SYN-ACKs. One with a
  * marker option stays unmarked, so the rules see it as they would on the queue path. */
 static __always_inline int mark_judged_flow(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
-  if (cfg->untracked_mark == 0 || any_marker_option(skb, p)) return TC_ACT_OK;
+  if (cfg->untracked_mark == 0) return TC_ACT_OK;
   struct flow_key key = {};
   flow_of(p, &key);
-  if (bpf_map_lookup_elem(&fast_flows, &key)) skb->mark |= cfg->untracked_mark;
+  /* The lookup first: most segments belong to other connections and need no option walk. */
+  if (bpf_map_lookup_elem(&fast_flows, &key) && !any_marker_option(skb, p)) skb->mark |= cfg->untracked_mark;
   return TC_ACT_OK;
 }
 
