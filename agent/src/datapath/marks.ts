@@ -17,7 +17,8 @@ export interface ConnectionMarks {
    * do not charge it again (SYNPASS-IN-LIMIT). */
   budgeted: number;
   /** Packet bit the kernel fast path sets on every packet of a connection it judged: the raw
-   * table leaves it out of conntrack (SYNPASS-NOTRACK), and the mangle chains return at once. */
+   * table leaves it out of conntrack (SYNPASS-NOTRACK), and the mangle hooks do not jump for it
+   * (its incoming SYN and SYN-ACK aside). */
   untracked: number;
   all: number;
 }
