@@ -80,10 +80,6 @@ struct {
   __type(value, struct peer_value);
 } fast_peers SEC(".maps");
 
-/* A client socket's way through the fast path: its SYN carries the option (FAST); the first
- * packet after it (the handshake's ACK) leaves marked to release the connection in the rules
- * (RELEASING); the next one finds the socket's own mark back (DONE). FALLBACK: the SYN went
- * unanswered and the queue takes over. */
 /* Server: 1 for each local port that admits no peer without identity, from any address (the
  * agent computes it from policy); such a SYN is dropped here, without a queue trip. */
 struct {
@@ -109,6 +105,24 @@ struct {
   __type(key, struct flow_key);
   __type(value, __u8);
 } fast_flows SEC(".maps");
+
+/* Client: configured workload cgroups (systemd units, pods), cgroup id -> workload number. */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 1024);
+  __type(key, __u64);
+  __type(value, __u32);
+} fast_workloads SEC(".maps");
+
+/* Client: the cgroup workload number of each connection whose SYN goes to the queue, for the
+ * agent to read there (NFQUEUE reports only the socket's uid). The agent takes each entry at its
+ * SYN; an LRU, so those of SYNs the queue never sees (destinations outside the targets) age out. */
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, 16384);
+  __type(key, struct flow_key);
+  __type(value, __u32);
+} fast_owners SEC(".maps");
 
 /* Per-source buckets for SYNs going on to the queue. An LRU: a source idle long enough to be
  * evicted had a full bucket anyway. */
@@ -138,13 +152,17 @@ struct {
   __type(value, struct event_gate_value);
 } fast_event_gate SEC(".maps");
 
+/* A client socket's way through the fast path: its SYN carries the option (FAST); the first
+ * packet after it (the handshake's ACK) leaves marked to release the connection in the rules
+ * (RELEASING); the next one finds the socket's own mark back (DONE). FALLBACK: the SYN went
+ * unanswered and the queue takes over. */
 enum sock_state { SOCK_FAST = 1, SOCK_RELEASING = 2, SOCK_DONE = 3, SOCK_FALLBACK = 4 };
 
 struct sock_state_value {
   __u32 state;
   __u32 original_mark;
   __u32 fast_id;
-  __u32 pad;
+  __u32 workload; /* its cgroup workload (0: none), for the queue if the SYN falls back */
   __u8 key[16];
 };
 
@@ -522,14 +540,42 @@ static __always_inline void socket_flow(const struct bpf_sock_ops *ops, struct f
   local_and_remote(ops, key->local, key->remote);
 }
 
-/* A connect from a user whose workload has a kernel-proven entry for this destination. */
+/* The workload a connect belongs to: the deepest configured cgroup among the calling process's
+ * cgroup and its ancestors (a unit's or pod's processes may sit in sub-cgroups), else its uid.
+ * sock_ops runs at connect() in the caller's context, so the current task is the socket's. */
+static __always_inline void connect_owner(const struct fast_config *cfg, struct client_key *key) {
+  key->owner_kind = OWNER_UID;
+  key->owner = (__u32)bpf_get_current_uid_gid();
+  if (cfg->workload_cgroups == 0) return;
+  for (int level = 0; level < MAX_CGROUP_LEVELS; level++) {
+    __u64 id = bpf_get_current_ancestor_cgroup_id(level);
+    if (id == 0) break;
+    __u32 *workload = bpf_map_lookup_elem(&fast_workloads, &id);
+    if (workload) {
+      key->owner_kind = OWNER_WORKLOAD;
+      key->owner = *workload;
+    }
+  }
+}
+
+/* Tells the agent which cgroup workload a SYN on its way to the queue belongs to. */
+static __always_inline void record_owner(const struct bpf_sock_ops *ops, __u32 workload) {
+  struct flow_key flow = {};
+  socket_flow(ops, &flow);
+  bpf_map_update_elem(&fast_owners, &flow, &workload, BPF_ANY);
+}
+
+/* A connect from a workload that has a kernel-proven entry for this destination. */
 static __always_inline void client_connect(struct bpf_sock_ops *ops, const struct fast_config *cfg) {
   if (ops->family != AF_INET && ops->family != AF_INET6) return;
-  struct client_key key = {.port = bpf_ntohl(ops->remote_port), .uid = (__u32)bpf_get_current_uid_gid()};
+  struct client_key key = {.port = bpf_ntohl(ops->remote_port)};
+  connect_owner(cfg, &key);
+  __u32 workload = key.owner_kind == OWNER_WORKLOAD ? key.owner : 0;
   __u8 local[16];
   local_and_remote(ops, local, key.address);
   struct client_value *entry = bpf_map_lookup_elem(&fast_clients, &key);
   if (!entry) {
+    if (workload != 0) record_owner(ops, workload);
     if (cfg->untracked_mark != 0) {
       /* Conntrack follows this connection, whatever an earlier fast one on its ports left. */
       struct flow_key flow = {};
@@ -547,6 +593,7 @@ static __always_inline void client_connect(struct bpf_sock_ops *ops, const struc
   state->state = SOCK_FAST;
   state->original_mark = mark;
   state->fast_id = entry->fast_id;
+  state->workload = workload;
   __builtin_memcpy(state->key, entry->key, 16);
   /* The SYN leaves marked as judged, so the egress rules do not queue it, and untracked. */
   set_mark(ops, mark | cfg->client_mark | cfg->untracked_mark);
@@ -655,6 +702,7 @@ static __always_inline void client_fallback(struct bpf_sock_ops *ops) {
   if (!state || ops->state != BPF_TCP_SYN_SENT) return;
   state->state = SOCK_FALLBACK;
   set_mark(ops, state->original_mark);
+  if (state->workload != 0) record_owner(ops, state->workload);
   struct flow_key key = {};
   socket_flow(ops, &key);
   bpf_map_delete_elem(&fast_conns, &key);

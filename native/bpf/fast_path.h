@@ -31,7 +31,7 @@ struct fast_config {
   __u32 source_rate;        /* SYNs a second per source (IPv4 address, IPv6 /64) passed on to the queue; 0: no limit */
   __u32 budget_mark;        /* on a SYN charged to its source's bucket: the rules do not charge it again */
   __u32 untracked_mark;     /* on every packet of a connection the fast path judged: the raw table skips conntrack (0: off) */
-  __u32 pad;
+  __u32 workload_cgroups;   /* entries in fast_workloads: 0 skips the cgroup walk at connect */
 };
 
 /* One kernel verdict for the agent's flow log (ring buffer `fast_events`). A drop is reported
@@ -57,12 +57,19 @@ struct event_gate_value {
   __u32 pad;
 };
 
-/* Client: which destinations (address, port) a local user may prove itself to in the kernel. */
+/* How a local connection's workload is named: by a configured cgroup it runs in (its workload
+ * number, from 1), or else by its uid. */
+#define OWNER_UID 0
+#define OWNER_WORKLOAD 1
+/* The deepest cgroup level the connect-time walk looks at (the root is level 0). */
+#define MAX_CGROUP_LEVELS 16
+
+/* Client: which destinations (address, port) a local workload may prove itself to in the kernel. */
 struct client_key {
   __u8 address[16];
   __u16 port;
-  __u16 pad;
-  __u32 uid;
+  __u16 owner_kind; /* OWNER_UID or OWNER_WORKLOAD */
+  __u32 owner;      /* the uid, or the workload number */
 };
 struct client_value {
   __u32 fast_id;

@@ -32,7 +32,8 @@ constexpr uint32_t kTcPriority = 0x5350;
 constexpr const char* kCgroupLink = "sockops_link";
 constexpr const char* kMapNames[] = {"fast_config",   "fast_counters", "fast_clients",   "fast_conns",
                                      "fast_servers",  "fast_replay",   "fast_peers",     "fast_cloak",
-                                     "fast_excluded", "fast_events",   "fast_event_gate", "fast_sources",  "fast_flows"};
+                                     "fast_excluded", "fast_events",   "fast_event_gate", "fast_sources",  "fast_flows",
+                                     "fast_workloads", "fast_owners"};
 
 std::string ErrnoText(int error) {
   return std::string(strerror(error < 0 ? -error : error));

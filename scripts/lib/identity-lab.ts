@@ -11,6 +11,8 @@ export const DOMAIN = 'demo.synpass';
 export const ROGUE_DOMAIN = 'rogue.example';
 /** On web, sockets of this user (nobody) belong to the "batch" workload, which api does not admit. */
 export const BATCH_UID = 65534;
+/** web's workload named by a cgroup (inside web's, kernel labs only): subject web-reports, admitted by the three-tier policy like web. */
+export const REPORTS_WORKLOAD = 'reports';
 /** Attribute namespaces every agent of the lab's domain may assert. */
 const NAMESPACES = ['app', 'host', 'process'];
 
@@ -68,6 +70,10 @@ export async function prepareIdentities(lab: Lab, directory: string, policyDirec
       ...config(agents.web, DOMAIN, 'web', 'frontend', bundles, {}, policyDirectory),
       workloads: [
         { name: 'batch', subject: `spiffe://${DOMAIN}/batch`, uids: [BATCH_UID], attributes: { 'app.name': 'batch', 'app.tier': 'batch' } },
+        // Named by its cgroup, which only the kernel fast path sees: in kernel labs only.
+        ...(lab.options.kernel === true
+          ? [{ name: REPORTS_WORKLOAD, subject: `spiffe://${DOMAIN}/web-reports`, cgroups: [lab.workloadCgroup('web', REPORTS_WORKLOAD).path], attributes: { 'app.name': 'web', 'app.tier': 'frontend' } }]
+          : []),
       ],
     }),
   );

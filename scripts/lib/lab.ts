@@ -1,7 +1,7 @@
 // Test-side handle on scripts/lab: namespaces, processes inside them, agents and captures.
 // Every lab is torn down by its test's after() hook and, as a last resort, on process exit.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -217,6 +217,17 @@ export class Lab {
     return `${labCgroupRoot()}/synpass-lab-${this.prefix}/${host}`;
   }
 
+  /**
+   * A workload's cgroup inside the host's, made on first use (scripts/lab down removes it): its
+   * directory, and its path under the host's cgroup (where the agent attaches), as
+   * `workloads[].cgroups` names it.
+   */
+  workloadCgroup(host: Host, name: string): { directory: string; path: string } {
+    const directory = `${this.cgroup(host)}/${name}`;
+    mkdirSync(directory, { recursive: true });
+    return { directory, path: `/${name}` };
+  }
+
   /** Where the host's agent pins its fast path (removed by scripts/lab down if it is left). */
   pinDir(host: Host): string {
     return `/sys/fs/bpf/synpass-lab-${this.prefix}-${host}`;
@@ -248,22 +259,25 @@ export class Lab {
     return [`10.213.${this.net}.0/24`, `fd53:5350:0:${this.net}::/64`];
   }
 
-  spawn(host: Host | 'sw', command: string[], options: { stdin?: boolean; env?: Record<string, string> } = {}): NetnsProcess {
-    const cgroup = this.options.kernel === true && host !== 'sw' ? { cgroup: this.cgroup(host) } : {};
+  /** With `workload` (a kernel lab), the process runs in that workload cgroup of the host (workloadCgroup). */
+  spawn(host: Host | 'sw', command: string[], options: { stdin?: boolean; env?: Record<string, string>; workload?: string } = {}): NetnsProcess {
+    if (options.workload !== undefined && (this.options.kernel !== true || host === 'sw')) throw new Error('workload cgroups need a kernel lab host');
+    const directory = options.workload === undefined ? this.cgroup(host as Host) : this.workloadCgroup(host as Host, options.workload).directory;
+    const cgroup = this.options.kernel === true && host !== 'sw' ? { cgroup: directory } : {};
     const child = new NetnsProcess(this.namespace(host), command, { ...options, ...cgroup });
     this.processes.push(child);
     return child;
   }
 
-  /** Runs the peer script in `host` (see scripts/lib/peer.ts), as `uid` when given. */
-  peer(host: Host, args: string[], options: { stdin?: boolean; uid?: number } = {}): NetnsProcess {
+  /** Runs the peer script in `host` (see scripts/lib/peer.ts), as `uid` and in the workload cgroup `workload` when given. */
+  peer(host: Host, args: string[], options: { stdin?: boolean; uid?: number; workload?: string } = {}): NetnsProcess {
     const asUser = options.uid === undefined ? [] : ['setpriv', `--reuid=${options.uid}`, `--regid=${options.uid}`, '--clear-groups'];
     return this.spawn(host, [...asUser, process.execPath, '--import', 'tsx', PEER, ...args], options);
   }
 
   /** Runs a one-shot peer and returns its first JSON line. */
-  async peerOnce(host: Host, args: string[], timeoutMs = 15_000, uid?: number): Promise<Record<string, unknown>> {
-    const child = this.peer(host, args, uid === undefined ? {} : { uid });
+  async peerOnce(host: Host, args: string[], timeoutMs = 15_000, uid?: number, workload?: string): Promise<Record<string, unknown>> {
+    const child = this.peer(host, args, { ...(uid === undefined ? {} : { uid }), ...(workload === undefined ? {} : { workload }) });
     const line = await child.waitFor(() => true, timeoutMs);
     await child.exited;
     return line;

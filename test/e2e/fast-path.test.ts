@@ -10,7 +10,7 @@ import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
 import { inject, verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
-import { DOMAIN, rotateAgent, startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
+import { DOMAIN, REPORTS_WORKLOAD, rotateAgent, startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
 import { isRoot, ROOT, sleep, synpassCommand, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
 import { fixChecksums, ipv4Segment, layout, plainSyn, tcpOptionOffset } from '../../scripts/lib/packets.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
@@ -143,6 +143,34 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       assert.equal(entry, undefined, `${host}: ${entry ?? ''}`);
     }
     await held.stop();
+  });
+
+  it('a process in a workload cgroup speaks as that workload, at first contact and in the kernel, apart from the host\'s other processes of the same uid', async () => {
+    const reports = `spiffe://${DOMAIN}/web-reports`;
+    const subjectOf = (line: Record<string, unknown>) => (line.peer as { subject?: string } | null)?.subject;
+    const reportsHttp = async () => (await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)], 5_000, undefined, REPORTS_WORKLOAD).catch(() => null))?.status === 200;
+    // Same uid (root) as every other process of web, in web's cgroup and in reports' below it.
+    assert.equal(await http(), true, 'web itself, first');
+    const mark = api.process.lines.length;
+    const after = (line: Record<string, unknown>) => api.process.lines.indexOf(line) >= mark;
+    const [apiQueued, apiBefore] = [await queued(api), await fast(api)];
+    // Its first connection takes the queue (with the known pair's proof: web's agent knows api), as
+    // no kernel entry is reports' own; web's fast entry does not serve it.
+    assert.equal(await reportsHttp(), true, 'first connection of reports');
+    assert.ok((await queued(api)) > apiQueued, 'reports took the queue');
+    assert.deepEqual(moved(apiBefore, await fast(api)).synAccepted, undefined);
+    const first = await api.process.waitFor((l) => after(l) && l.msg === 'handshake verdict' && l.stage === 'syn' && l.path !== 'kernel' && subjectOf(l) === reports, 5_000);
+    assert.equal((first.peer as { attributes: Record<string, string> }).attributes['process.cgroup'], lab.workloadCgroup('web', REPORTS_WORKLOAD).path);
+    // From then on reports is proven in the kernel under its own entry, and named there.
+    const fastBefore = await fast(api);
+    for (let i = 0; i < 5; i++) assert.equal(await reportsHttp(), true, `fast connection ${i} of reports`);
+    assert.equal(moved(fastBefore, await fast(api)).synAccepted, 5);
+    await api.process.waitFor((l) => after(l) && l.path === 'kernel' && l.reason === 'ok-kernel' && subjectOf(l) === reports, 5_000);
+    // web's own processes keep web's identity.
+    const webMark = api.process.lines.length;
+    assert.equal(await http(), true);
+    const web = await api.process.waitFor((l) => api.process.lines.indexOf(l) >= webMark && l.msg === 'handshake verdict' && l.reason !== undefined && subjectOf(l) !== undefined, 5_000);
+    assert.equal(subjectOf(web), `spiffe://${DOMAIN}/web`);
   });
 
   it('a segment of a fast connection that carries a marker option, anywhere in its options, still meets the rules and the queue', async () => {

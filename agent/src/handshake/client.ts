@@ -29,9 +29,11 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     decision.reason = 'ok';
     return null;
   }
-  // A pod this node routes for speaks as itself; otherwise the owner of the local socket does.
+  // A pod this node routes for speaks as itself; otherwise the workload whose cgroup opened the
+  // connection does (the kernel fast path says which), or else the owner of the local socket.
   const pod = ctx.local.tokenForAddress(client);
-  const own = pod ?? ctx.local.tokenForOwner(info.uid);
+  const workload = pod === undefined ? (ctx.kernelPath?.takeConnectionWorkload(client, packet.sourcePort, server, packet.destinationPort) ?? 0) : 0;
+  const own = pod ?? ctx.local.tokenForOwner(info.uid, workload);
   const nonce = ctx.noncePool.next();
   const time = Math.floor(ctx.now() / 1000);
   const known = ctx.knownServers.get(server);
@@ -59,7 +61,7 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     fast: known !== undefined,
     syn,
     local: own.localAttributes,
-    owner: pod === undefined && info.uid >= 0 ? info.uid : null,
+    owner: pod === undefined && (workload > 0 || info.uid >= 0) ? { uid: info.uid, workload } : null,
     ownIdentity: ctx.local,
     expiresAt: ctx.now() + ctx.options.handshakeTimeoutMs,
   });
@@ -110,7 +112,7 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     ctx.kernelPath.useServer({
       serverAddress: server,
       port: packet.sourcePort,
-      uid: flow.owner,
+      owner: flow.owner,
       fast: deriveFastKey(pairKey, flow.syn.token.signature),
       peer: peer.identity,
       local: flow.local ?? {},

@@ -2,7 +2,7 @@
 import type { LocalIdentity } from '../identity/local-identity.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { SynMessage } from '../protocol/wire.ts';
-import type { AdmittedClient } from './kernel-path.ts';
+import type { AdmittedClient, SocketOwner } from './kernel-path.ts';
 
 export interface Flow {
   role: 'client' | 'server';
@@ -24,8 +24,8 @@ export interface Flow {
    * ends; it ends under these.
    */
   ownIdentity?: LocalIdentity;
-  /** Client side: the local user whose token the SYN carries, or null for a pod known by address. */
-  owner?: number | null;
+  /** Client side: the local workload whose token the SYN carries, or null for a pod known by address. */
+  owner?: SocketOwner | null;
   /** Server side: the kernel path may take this client workload, if the listener's kernel signs (its SYN-ACK says). */
   kernelCandidate?: AdmittedClient | null;
   /** Server side: the kernel took this client workload; the SYN-ACK says so (FLAG_KERNEL). */

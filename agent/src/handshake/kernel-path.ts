@@ -21,14 +21,29 @@ export interface AdmittedClient extends KernelEntry {
   port: number;
 }
 
-/** Client side: the server at (`serverAddress`, `port`) holds our workload `uid` in its kernel. */
+/**
+ * Who opened a local connection, as the kernel names it: `workload`, the number (from 1, in
+ * `workloads` order) of the configured workload whose cgroup it runs in (0: none), else `uid`,
+ * the socket's owner.
+ */
+export interface SocketOwner {
+  uid: number;
+  workload: number;
+}
+
+/** Client side: the server at (`serverAddress`, `port`) holds our workload `owner` in its kernel. */
 export interface FastServer extends KernelEntry {
   serverAddress: string;
   port: number;
-  uid: number;
+  owner: SocketOwner;
 }
 
 export interface KernelPath {
+  /**
+   * Client side, at a SYN on the queue: the number of the configured workload whose cgroup opened
+   * the connection (0: none, or cgroups are not configured). Each answer is given once.
+   */
+  takeConnectionWorkload(localAddress: string, localPort: number, remoteAddress: string, remotePort: number): number;
   /** Whether the kernel took the entry (a full table refuses it; the next connection is queued). */
   admitClient(entry: AdmittedClient): boolean;
   useServer(entry: FastServer): void;

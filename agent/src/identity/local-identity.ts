@@ -22,6 +22,8 @@ export interface WorkloadIdentity {
   subject: string;
   /** Client side: connections whose socket belongs to one of these users. */
   uids: readonly number[];
+  /** Client side: connections opened in one of these cgroups or below (with the kernel fast path); they win over `uids`. */
+  cgroups: readonly string[];
   /** Server side: connections to these local ports. */
   ports: readonly number[];
   attestors: readonly Attestor[];
@@ -94,6 +96,8 @@ export class LocalIdentity {
   /** The host's default workload token. */
   defaultToken: WorkloadToken | null = null;
   private byUid = new Map<number, WorkloadToken>();
+  /** By workload number: the position in `workloads` from 1, as the kernel names a cgroup workload. */
+  private byWorkloadNumber = new Map<number, WorkloadToken>();
   private byPort = new Map<number, WorkloadToken>();
   private byAddress = new Map<string, WorkloadToken>();
   private addressSource: (() => AddressWorkload[]) | null = null;
@@ -141,16 +145,19 @@ export class LocalIdentity {
     // Workloads share the host-level attributes but not the host's own static labels.
     const shared = new Map([...base].filter(([, attribute]) => attribute.attestor !== 'static'));
     const byUid = new Map<number, WorkloadToken>();
+    const byWorkloadNumber = new Map<number, WorkloadToken>();
     const byPort = new Map<number, WorkloadToken>();
-    for (const workload of this.options.workloads ?? []) {
+    for (const [index, workload] of (this.options.workloads ?? []).entries()) {
       const own = await collectAttributes(workload.attestors);
       const token = await this.issue(workload.name, workload.subject, new Map([...own, ...shared]), ttl, nowSeconds);
       for (const uid of workload.uids) byUid.set(uid, token);
+      if (workload.cgroups.length > 0) byWorkloadNumber.set(index + 1, token);
       for (const port of workload.ports) byPort.set(port, token);
     }
     // Swapped together, so a SYN never sees half a renewal.
     this.defaultToken = defaultToken;
     this.byUid = byUid;
+    this.byWorkloadNumber = byWorkloadNumber;
     this.byPort = byPort;
     this.tokenExpiresAt = nowSeconds + ttl;
     // A renewal re-signs every address workload too.
@@ -224,9 +231,12 @@ export class LocalIdentity {
     return { name, subject, token, packed: packJws(token), attributes: allowed, localAttributes };
   }
 
-  /** The token for a connection opened by a socket of `uid` (-1: unknown owner). */
-  tokenForOwner(uid: number): WorkloadToken {
-    return (uid >= 0 ? this.byUid.get(uid) : undefined) ?? this.defaultToken!;
+  /**
+   * The token for a connection opened in the cgroup of workload number `workload` (0: none), or
+   * else by a socket of `uid` (-1: unknown owner).
+   */
+  tokenForOwner(uid: number, workload = 0): WorkloadToken {
+    return this.byWorkloadNumber.get(workload) ?? (uid >= 0 ? this.byUid.get(uid) : undefined) ?? this.defaultToken!;
   }
 
   /** The token for a connection accepted on local `port`. */
@@ -235,7 +245,7 @@ export class LocalIdentity {
   }
 
   workloadTokens(): WorkloadToken[] {
-    return [this.defaultToken!, ...new Set([...this.byUid.values(), ...this.byPort.values()])];
+    return [this.defaultToken!, ...new Set([...this.byUid.values(), ...this.byWorkloadNumber.values(), ...this.byPort.values()])];
   }
 
   /** Renews at two thirds of the token's life; `onError` hears failures (the old token stays). */

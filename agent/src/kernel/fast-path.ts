@@ -2,6 +2,7 @@
 // from what the handshake proved, judged again on every policy change, emptied on key changes,
 // swept as entries expire, and detached at stop. The kernel does the per-packet work; this
 // class runs only at first contact, on reloads and once a second.
+import { statSync } from 'node:fs';
 import { fastPathObjectPath, loadBinding, type ErrnoError, type FastPathAttachment, type NativeBinding } from '../native/addon.ts';
 import { SynpassError } from '../errors.ts';
 import type { TableSize } from '../datapath/handler.ts';
@@ -10,6 +11,7 @@ import type { Authorizer } from '../handshake/authorizer.ts';
 import type { AdmittedClient, FastServer, KernelPath } from '../handshake/kernel-path.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import {
+  cgroupKey,
   clientKey,
   clientValue,
   configValue,
@@ -20,11 +22,12 @@ import {
   kernelVerdicts,
   MAP_CAPACITY,
   MAX_EXCLUDED_NETWORKS,
-  peerFastId,
   PORT_COUNT,
   peerKey,
+  readU32,
   serverKey,
   serverValue,
+  u32Value,
   type FastCounter,
   type KernelEvent,
 } from './layouts.ts';
@@ -52,7 +55,15 @@ export interface KernelFastPathOptions {
   sourceRate: number;
   /** Set on a SYN charged to its source's bucket (`budgeted`): the rules' hashlimit skips it. */
   budgetMark: number;
+  /** The cgroup v2 directories that name local workloads (`workloads[].cgroups`), by workload number. */
+  workloadCgroups: readonly WorkloadCgroup[];
   now?: () => number;
+}
+
+/** A cgroup v2 directory whose sockets (and its descendants') belong to workload `workload`. */
+export interface WorkloadCgroup {
+  workload: number;
+  directory: string;
 }
 
 interface ServerRecord {
@@ -80,6 +91,8 @@ export class KernelFastPath implements KernelPath {
   private events: { close(): void } | null = null;
   /** The `untracked` mark bit while the fast path's connections skip conntrack (0: kept). */
   private untrackedMark = 0;
+  /** The workload cgroups as last written to the kernel: cgroup id -> workload number. */
+  private workloadCgroupIds = new Map<bigint, number>();
 
   private constructor(
     private readonly native: NativeBinding,
@@ -88,6 +101,7 @@ export class KernelFastPath implements KernelPath {
   ) {
     this.now = options.now ?? Date.now;
     for (const cidr of options.excluded) native.mapUpdate(this.map('fast_excluded'), excludedKey(cidr), Buffer.of(1), BPF_ANY);
+    this.followWorkloadCgroups();
     this.writeConfig();
   }
 
@@ -109,7 +123,7 @@ export class KernelFastPath implements KernelPath {
     return loadBinding().fastPathDetach(pinDir);
   }
 
-  private map(name: keyof typeof MAP_CAPACITY | 'fast_config' | 'fast_counters' | 'fast_cloak' | 'fast_excluded' | 'fast_events'): number {
+  private map(name: keyof typeof MAP_CAPACITY | 'fast_config' | 'fast_counters' | 'fast_cloak' | 'fast_excluded' | 'fast_events' | 'fast_workloads'): number {
     return this.attachment.maps[name]!;
   }
 
@@ -136,8 +150,37 @@ export class KernelFastPath implements KernelPath {
       sourceRate: this.options.sourceRate,
       budgetMark: this.options.budgetMark,
       untrackedMark: this.untrackedMark,
+      workloadCgroups: this.workloadCgroupIds.size,
     });
     this.native.mapUpdate(this.map('fast_config'), Buffer.alloc(4), value, BPF_ANY);
+  }
+
+  /**
+   * The workload cgroups' ids into the kernel, again whenever one changed: a unit restarted, or
+   * started after the agent, has a new cgroup (a new id); a cgroup not there names nothing. Its
+   * connects until then are named by their uid.
+   */
+  private followWorkloadCgroups(): void {
+    const next = new Map<bigint, number>();
+    for (const { workload, directory } of this.options.workloadCgroups) {
+      // A cgroup v2 directory's inode number is the cgroup id the kernel reports.
+      const id = statSync(directory, { bigint: true, throwIfNoEntry: false })?.ino;
+      if (id !== undefined && !next.has(id)) next.set(id, workload);
+    }
+    const current = this.workloadCgroupIds;
+    if (next.size === current.size && [...next].every(([id, workload]) => current.get(id) === workload)) return;
+    for (const id of current.keys()) if (!next.has(id)) this.native.mapDelete(this.map('fast_workloads'), cgroupKey(id));
+    for (const [id, workload] of next) this.native.mapUpdate(this.map('fast_workloads'), cgroupKey(id), u32Value(workload), BPF_ANY);
+    this.workloadCgroupIds = next;
+  }
+
+  takeConnectionWorkload(localAddress: string, localPort: number, remoteAddress: string, remotePort: number): number {
+    if (this.workloadCgroupIds.size === 0) return 0;
+    const key = peerKey(localAddress, localPort, remoteAddress, remotePort);
+    const value = Buffer.alloc(4);
+    if (!this.native.mapLookup(this.map('fast_owners'), key, value)) return 0;
+    this.native.mapDelete(this.map('fast_owners'), key);
+    return readU32(value);
   }
 
   /** From now on the connections it judges carry `mark`, which the raw-table rules leave out of conntrack. */
@@ -159,7 +202,7 @@ export class KernelFastPath implements KernelPath {
   }
 
   useServer(entry: FastServer): void {
-    const key = clientKey(entry.serverAddress, entry.port, entry.uid);
+    const key = clientKey(entry.serverAddress, entry.port, entry.owner);
     const id = key.toString('latin1');
     if (!this.clients.has(id) && this.clients.size >= MAP_CAPACITY.fast_clients) {
       this.refused++;
@@ -257,8 +300,9 @@ export class KernelFastPath implements KernelPath {
     return added;
   }
 
-  /** Once a second: the clock offset, and entries whose tokens or credentials expired. */
+  /** Once a second: the clock offset, the workload cgroups, and entries whose tokens or credentials expired. */
   tick(): void {
+    this.followWorkloadCgroups();
     this.writeConfig();
     const nowSeconds = this.now() / 1000;
     for (const [id, record] of this.servers) {
@@ -286,7 +330,7 @@ export class KernelFastPath implements KernelPath {
   peerOf(localAddress: string, localPort: number, remoteAddress: string, remotePort: number): FastPeer | null {
     const value = Buffer.alloc(8);
     if (this.native.mapLookup(this.map('fast_peers'), peerKey(localAddress, localPort, remoteAddress, remotePort), value)) {
-      const fastId = peerFastId(value);
+      const fastId = readU32(value);
       const record = this.servers.get(serverKey(remoteAddress, fastId, localPort).toString('latin1'));
       if (record !== undefined) return { identity: record.entry.peer, fastId };
     }

@@ -4,9 +4,15 @@
 import { endianness } from 'node:os';
 import { canonicalAddress, formatAddress } from '../datapath/addresses.ts';
 import { sumVerdicts, type VerdictCount } from '../datapath/engine.ts';
+import type { SocketOwner } from '../handshake/kernel-path.ts';
 import { FAST_KEY_BYTES } from '../protocol/fast-keys.ts';
 
 const LITTLE = endianness() === 'LE';
+
+/** struct client_key's owner_kind (fast_path.h). */
+const OWNER_UID = 0;
+const OWNER_WORKLOAD = 1;
+
 
 /** The maps and how many entries each holds (fast_path.bpf.c). */
 export const MAP_CAPACITY = {
@@ -17,9 +23,11 @@ export const MAP_CAPACITY = {
   fast_peers: 65_536,
   fast_sources: 65_536,
   fast_flows: 65_536,
+  fast_workloads: 1024,
+  fast_owners: 16_384,
 } as const;
 
-export const KEY_SIZE = { fast_clients: 24, fast_conns: 36, fast_servers: 24, fast_replay: 32, fast_peers: 36 } as const;
+export const KEY_SIZE = { fast_clients: 24, fast_conns: 36, fast_servers: 24, fast_replay: 32, fast_peers: 36, fast_owners: 36 } as const;
 
 /** Ports, the size of the cloak table (one byte each: 1 = closed to peers without identity). */
 export const PORT_COUNT = 65_536;
@@ -104,13 +112,35 @@ export function excludedKey(cidr: string): Buffer {
   return key;
 }
 
-/** struct client_key: destination address and port, local uid. */
-export function clientKey(serverAddress: string, port: number, uid: number): Buffer {
+/** struct client_key: destination address and port, and the local workload: its cgroup workload number, else its uid. */
+export function clientKey(serverAddress: string, port: number, owner: SocketOwner): Buffer {
   const key = Buffer.alloc(KEY_SIZE.fast_clients);
   addressKey(serverAddress).copy(key, 0);
   u16(key, 16, port);
-  u32(key, 20, uid);
+  const byWorkload = owner.workload > 0;
+  u16(key, 18, byWorkload ? OWNER_WORKLOAD : OWNER_UID);
+  u32(key, 20, byWorkload ? owner.workload : owner.uid);
   return key;
+}
+
+/** A fast_workloads key: a cgroup id (the cgroup directory's inode number). */
+export function cgroupKey(id: bigint): Buffer {
+  const key = Buffer.alloc(8);
+  if (LITTLE) key.writeBigUInt64LE(id);
+  else key.writeBigUInt64BE(id);
+  return key;
+}
+
+/** A 32-bit value in the host's byte order (a workload number in fast_workloads and fast_owners). */
+export function u32Value(value: number): Buffer {
+  const out = Buffer.alloc(4);
+  u32(out, 0, value);
+  return out;
+}
+
+/** The 32-bit value of a map entry. */
+export function readU32(value: Buffer): number {
+  return LITTLE ? value.readUInt32LE(0) : value.readUInt32BE(0);
 }
 
 /** struct client_value: fast id and key. */
@@ -138,7 +168,7 @@ export function serverValue(fastKey: Buffer, allowed: boolean): Buffer {
   return value;
 }
 
-/** struct flow_key of fast_peers: the server's view of a connection (local address and port first). */
+/** struct flow_key (fast_peers, fast_owners): one end's view of a connection, its local address and port first. */
 export function peerKey(localAddress: string, localPort: number, remoteAddress: string, remotePort: number): Buffer {
   const key = Buffer.alloc(KEY_SIZE.fast_peers);
   addressKey(localAddress).copy(key, 0);
@@ -148,10 +178,6 @@ export function peerKey(localAddress: string, localPort: number, remoteAddress: 
   return key;
 }
 
-/** The fast id in a struct peer_value. */
-export function peerFastId(value: Buffer): number {
-  return LITTLE ? value.readUInt32LE(0) : value.readUInt32BE(0);
-}
 
 export interface FastConfig {
   realtimeOffsetNs: bigint;
@@ -166,9 +192,11 @@ export interface FastConfig {
   budgetMark: number;
   /** Set on every packet of a connection the fast path judged, to skip conntrack (0: kept). */
   untrackedMark: number;
+  /** Entries in fast_workloads (0: the connect-time cgroup walk is skipped). */
+  workloadCgroups: number;
 }
 
-/** struct fast_config (44 bytes of fields, padded to the s64's alignment). */
+/** struct fast_config (48 bytes). */
 export function configValue(config: FastConfig): Buffer {
   const value = Buffer.alloc(48);
   if (LITTLE) value.writeBigInt64LE(config.realtimeOffsetNs, 0);
@@ -181,6 +209,7 @@ export function configValue(config: FastConfig): Buffer {
   u32(value, 28, config.sourceRate);
   u32(value, 32, config.budgetMark);
   u32(value, 36, config.untrackedMark);
+  u32(value, 40, config.workloadCgroups);
   return value;
 }
 

@@ -27,7 +27,7 @@ import { verdictOf } from '../kernel/layouts.ts';
 import { RulesWatchdog } from './rules-watchdog.ts';
 
 /** What the agent process runs by: the parsed configuration (runtime/config.ts). */
-export type AgentRuntimeConfig = Pick<AgentConfig, 'mode' | 'datapath' | 'telemetry' | 'targets' | 'excluded' | 'replayWindowSeconds'>;
+export type AgentRuntimeConfig = Pick<AgentConfig, 'mode' | 'datapath' | 'telemetry' | 'targets' | 'excluded' | 'replayWindowSeconds' | 'workloads'>;
 
 /** "address:port" as whois and the registry write it (IPv6 without brackets). */
 function splitEndpoint(endpoint: string): [string, number] {
@@ -161,6 +161,9 @@ export class Agent {
     if (path === null) {
       const level = this.config.datapath.kernelFastPath === 'off' ? 'info' : 'warn';
       this.log[level]({ kernelFastPath: this.config.datapath.kernelFastPath, reason: choice.reason }, 'kernel fast path not running: every handshake takes the queue');
+      const byCgroup = this.config.workloads.filter((workload) => workload.cgroups.length > 0).map((workload) => workload.name);
+      // Only the kernel's sock_ops program sees which cgroup connects: say who loses that.
+      if (byCgroup.length > 0) this.log.warn({ workloads: byCgroup }, 'workloads[].cgroups need the kernel fast path: these workloads are known by their uids only');
       return;
     }
     this.built.useKernelPath?.(path);

@@ -9,6 +9,8 @@ import { ATTESTOR_KINDS } from '../identity/attestors/registry.ts';
 import { flowLogSection } from '../telemetry/flow-log.ts';
 
 const isSingleBit = (value: number): boolean => (value & (value - 1)) === 0;
+/** A cgroup path (under datapath.fastPathCgroup): absolute, no empty, `.` or `..` segment. */
+const CGROUP_PATH = /^(\/(?!\.\.?(\/|$))[^/]+)+$/;
 
 export function agentConfigSchema(base: string) {
   const t = fieldTypes(base);
@@ -16,6 +18,8 @@ export function agentConfigSchema(base: string) {
     name: t.text(),
     subject: t.text(),
     uids: z.array(t.integerValue(0, 0xfffffffe), { error: 'a list' }).default([]),
+    // As systemd names a unit's cgroup (`systemctl show -p ControlGroup`): under datapath.fastPathCgroup, by default the cgroup v2 mount.
+    cgroups: z.array(t.text().regex(CGROUP_PATH, { error: 'a cgroup path like /system.slice/billing.service' }), { error: 'a list' }).default([]),
     ports: t.ports().default([]),
     attributes: t.stringMapValue().default({}),
   });
@@ -50,7 +54,7 @@ export function agentConfigSchema(base: string) {
           cloudSignature: t.optionalPath("the provider's signature over cloudDocument (base64)"),
         }),
       }),
-      workloads: t.structured(workloads, 'other local workloads with their own identity: `{ name, subject, uids, ports, attributes }`'),
+      workloads: t.structured(workloads, 'other local workloads with their own identity: `{ name, subject, uids, cgroups, ports, attributes }`'),
       attestors: t.section(Object.fromEntries(ATTESTOR_KINDS.map((kind) => [kind.key, kind.field(t)]))),
       policy: t.optionalSection({
         directory: t.path('policy files (docs/policy.md); without a policy section, admission decides'),

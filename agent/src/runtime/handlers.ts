@@ -26,7 +26,7 @@ export function buildAttestors(config: AttestorConfig): Attestor[] {
 }
 
 function buildWorkloadAttestors(workload: WorkloadConfig): Attestor[] {
-  return [new StaticAttestor(workload.attributes), new ProcessAttestor(workload.uids)];
+  return [new StaticAttestor(workload.attributes), new ProcessAttestor(workload.uids, workload.cgroups)];
 }
 
 /**
@@ -112,6 +112,7 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
         name: workload.name,
         subject: workload.subject,
         uids: workload.uids,
+        cgroups: workload.cgroups,
         ports: workload.ports,
         attestors: buildWorkloadAttestors(workload),
       })),

@@ -5,7 +5,7 @@ import { existsSync, readFileSync, statfsSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 import { dirname } from 'node:path';
 import { SynpassError } from '../errors.ts';
-import { KernelFastPath, KernelPathError } from '../kernel/fast-path.ts';
+import { KernelFastPath, KernelPathError, type WorkloadCgroup } from '../kernel/fast-path.ts';
 import { fastPathObjectPath } from '../native/addon.ts';
 import type { ConnectionMarks } from '../datapath/marks.ts';
 import type { AgentConfig } from './config.ts';
@@ -59,8 +59,22 @@ function precondition(config: Pick<AgentConfig, 'mode' | 'datapath'>, cgroup: st
   return null;
 }
 
+/**
+ * The cgroup directories of the workloads named by cgroup (`workloads[].cgroups`, paths under the
+ * cgroup the programs attach to: by default the cgroup v2 mount, where systemd's paths start),
+ * with each workload's number (its position, from 1).
+ */
+export function workloadCgroups(workloads: AgentConfig['workloads'], attachedTo: string): WorkloadCgroup[] {
+  const base = attachedTo.replace(/\/+$/, '');
+  return workloads.flatMap((workload, index) => workload.cgroups.map((path) => ({ workload: index + 1, directory: `${base}${path}` })));
+}
+
 /** `acceptSample`: share of the kernel's accepts reported to the flow log (0 when it writes none). */
-export function chooseKernelFastPath(config: Pick<AgentConfig, 'mode' | 'datapath' | 'replayWindowSeconds' | 'excluded'>, marks: ConnectionMarks, acceptSample = 0): FastPathChoice {
+export function chooseKernelFastPath(
+  config: Pick<AgentConfig, 'mode' | 'datapath' | 'replayWindowSeconds' | 'excluded' | 'workloads'>,
+  marks: ConnectionMarks,
+  acceptSample = 0,
+): FastPathChoice {
   const datapath = config.datapath;
   if (datapath.kernelFastPath === 'off') return { path: null, reason: 'off (datapath.kernelFastPath)', cgroup: null };
   const cgroup = datapath.fastPathCgroup ?? cgroup2Mount(readFileSync('/proc/self/mountinfo', 'utf8'));
@@ -81,6 +95,7 @@ export function chooseKernelFastPath(config: Pick<AgentConfig, 'mode' | 'datapat
         acceptSample,
         sourceRate: datapath.queueRatePerSource,
         budgetMark: marks.budgeted,
+        workloadCgroups: workloadCgroups(config.workloads, cgroup!),
       });
       if (path.attachment.attached.length === 0) {
         path.close();

@@ -10,6 +10,7 @@ import { AdmissionAuthorizer } from '../../../agent/src/handshake/authorizer.ts'
 import { ProcessAttestor } from '../../../agent/src/identity/attestors/process.ts';
 import { StaticAttestor } from '../../../agent/src/identity/attestors/static.ts';
 import type { WorkloadIdentity } from '../../../agent/src/identity/local-identity.ts';
+import type { VerifiedIdentity } from '../../../agent/src/token/identity-token.ts';
 import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../../scripts/lib/fixtures.ts';
 import { fixChecksums } from '../../../scripts/lib/packets.ts';
 import { createDomain, identityHandler, type TestDomain } from '../../../scripts/lib/identities.ts';
@@ -52,6 +53,7 @@ function batchWorkload(...attestors: WorkloadIdentity['attestors']): WorkloadIde
     name: 'batch',
     subject: 'spiffe://hs.synpass/batch',
     uids: [1234],
+    cgroups: [],
     ports: [],
     attestors: [new StaticAttestor({ 'app.tier': 'batch' }), ...attestors],
   };
@@ -442,7 +444,7 @@ describe('identity handshake over a virtual wire', () => {
   });
 
   it('the client refuses a SYN-ACK whose token was swapped for another workload of the same server agent', async () => {
-    const db: WorkloadIdentity = { name: 'db', subject: 'spiffe://hs.synpass/db', uids: [], ports: [7000], attestors: [] };
+    const db: WorkloadIdentity = { name: 'db', subject: 'spiffe://hs.synpass/db', uids: [], cgroups: [], ports: [7000], attestors: [] };
     const dbServer = await agent(domain, 'dbhost', 'backend', clock, [db]);
     // The donor: dbhost answering on another port, as its host workload.
     const otherSyn = client.queue.deliver(onPort(SYN, 23, 0x59), 'egress');
@@ -480,10 +482,17 @@ describe('identity handshake over a virtual wire', () => {
     assert.equal(server.events.at(-1)?.reason, 'unprotected-port');
   });
 
-  /** A kernel path that records what the handshake tells it, and admits what its flag says. */
-  function recordingKernelPath(admits = true) {
-    const told = { admitted: [] as AdmittedClient[], servers: [] as FastServer[], reauthorized: 0, forgotten: 0, forgottenOwn: 0, closed: [] as number[] };
+  /**
+   * A kernel path that records what the handshake tells it, admits what its flag says, and names
+   * `workload` as the cgroup workload of every connection it is asked about.
+   */
+  function recordingKernelPath(admits = true, workload = 0) {
+    const told = { admitted: [] as AdmittedClient[], servers: [] as FastServer[], reauthorized: 0, forgotten: 0, forgottenOwn: 0, closed: [] as number[], asked: [] as string[] };
     const path: KernelPath = {
+      takeConnectionWorkload: (localAddress, localPort, remoteAddress, remotePort) => {
+        told.asked.push(`${localAddress}:${localPort} ${remoteAddress}:${remotePort}`);
+        return workload;
+      },
       admitClient: (entry) => {
         told.admitted.push(entry);
         return admits;
@@ -539,7 +548,7 @@ describe('identity handshake over a virtual wire', () => {
     const [learned] = clientKernel.told.servers;
     assert.ok(admitted && learned);
     assert.deepEqual([admitted.peerAddress, admitted.port, admitted.peer.subject], ['10.213.5.1', 7000, 'spiffe://hs.synpass/web']);
-    assert.deepEqual([learned.serverAddress, learned.port, learned.uid, learned.peer.subject], ['10.213.5.2', 7000, 4321, 'spiffe://hs.synpass/api']);
+    assert.deepEqual([learned.serverAddress, learned.port, learned.owner, learned.peer.subject], ['10.213.5.2', 7000, { uid: 4321, workload: 0 }, 'spiffe://hs.synpass/api']);
     assert.equal(admitted.fast.fastId, learned.fast.fastId);
     assert.deepEqual(admitted.fast.key, learned.fast.key);
     assert.ok(admitted.expiresAt > time / 1000 && learned.expiresAt > time / 1000);
@@ -614,7 +623,7 @@ describe('identity handshake over a virtual wire', () => {
 
   it('picks the workload identity by socket owner on the client and by local port on the server', async () => {
     const batch = batchWorkload(new ProcessAttestor([1234]));
-    const db: WorkloadIdentity = { name: 'db', subject: 'spiffe://hs.synpass/db', uids: [], ports: [7000], attestors: [] };
+    const db: WorkloadIdentity = { name: 'db', subject: 'spiffe://hs.synpass/db', uids: [], cgroups: [], ports: [7000], attestors: [] };
     const multi = await agent(domain, 'web-multi', 'frontend', clock, [batch]);
     const dbServer = await agent(domain, 'dbhost', 'backend', clock, [db]);
     // uid 1234 -> batch, which admission does not name: refused, and the log knows who it was.
@@ -634,6 +643,36 @@ describe('identity handshake over a virtual wire', () => {
     const synAckIn = multi.queue.deliver(dbServer.queue.deliver(withValidChecksums(synAck), 'egress').bytes, 'ingress');
     assert.equal(synAckIn.dropped, false);
     assert.equal(multi.events.at(-1)?.peer, 'spiffe://hs.synpass/db');
+  });
+
+  it('a connection opened in a workload cgroup speaks as that workload whatever its uid, and the kernel learns it under the workload', async () => {
+    const cgroup = '/system.slice/reports.service';
+    const reports: WorkloadIdentity = {
+      name: 'reports',
+      subject: 'spiffe://hs.synpass/web-reports',
+      uids: [],
+      cgroups: [cgroup],
+      ports: [],
+      attestors: [new StaticAttestor({ 'app.tier': 'frontend' }), new ProcessAttestor([], [cgroup])],
+    };
+    // Workload number 2: the second of `workloads`, as the kernel's cgroup table names it.
+    const multi = await agent(domain, 'web-multi', 'frontend', clock, [batchWorkload(new ProcessAttestor([1234])), reports]);
+    const clientKernel = recordingKernelPath(true, 2);
+    multi.handler.useKernelPath(clientKernel.path);
+    server.handler.useKernelPath(recordingKernelPath().path);
+    const seen: VerifiedIdentity[] = [];
+    const serverQueue = new VirtualQueue(server.handler, (event) => {
+      if (event.peer) seen.push(event.peer);
+    });
+    // uid 1234 alone would be batch, which admission refuses; its cgroup makes it reports.
+    const synIn = serverQueue.deliver(multi.queue.deliver(SYN, 'egress', 0, 1234).bytes, 'ingress');
+    assert.equal(synIn.dropped, false);
+    assert.deepEqual(clientKernel.told.asked, ['10.213.5.1:25750 10.213.5.2:7000']);
+    assert.equal(seen.at(-1)?.subject, 'spiffe://hs.synpass/web-reports');
+    assert.equal(seen.at(-1)?.attributes['process.cgroup'], cgroup);
+    const synAckIn = multi.queue.deliver(serverQueue.deliver(READY_SYN_ACK, 'egress').bytes, 'ingress');
+    assert.equal(synAckIn.dropped, false);
+    assert.deepEqual(clientKernel.told.servers.map((entry) => entry.owner), [{ uid: 1234, workload: 2 }]);
   });
 
   it('a pod this node routes for speaks as itself in both directions (address workloads)', async () => {

@@ -7,9 +7,9 @@ import { endianness } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { kernelFlowRecord } from '../../../agent/src/telemetry/flow-log.ts';
-import { addressKey, excludedKey, clientKey, clientValue, configValue, decodeEvents, EVENT_BYTES, FAST_COUNTERS, KEY_SIZE, kernelVerdicts, MAP_CAPACITY, serverKey, serverValue } from '../../../agent/src/kernel/layouts.ts';
+import { addressKey, cgroupKey, excludedKey, clientKey, clientValue, configValue, decodeEvents, EVENT_BYTES, FAST_COUNTERS, KEY_SIZE, kernelVerdicts, MAP_CAPACITY, serverKey, serverValue } from '../../../agent/src/kernel/layouts.ts';
 import { deriveFastKey, FAST_KEY_BYTES } from '../../../agent/src/protocol/fast-keys.ts';
-import { cgroup2Mount, chooseKernelFastPath, FastPathUnavailableError } from '../../../agent/src/runtime/kernel-fast-path.ts';
+import { cgroup2Mount, chooseKernelFastPath, FastPathUnavailableError, workloadCgroups } from '../../../agent/src/runtime/kernel-fast-path.ts';
 import { DEFAULTS } from '../../../agent/src/runtime/config.ts';
 import { connectionMarks } from '../../../agent/src/datapath/marks.ts';
 import { ROOT } from '../../../scripts/lib/lab.ts';
@@ -43,9 +43,14 @@ describe('map layouts', () => {
   it('keys and values have the sizes and field offsets of fast_path.h, numbers in host order', () => {
     const read16 = (b: Buffer, o: number) => (LITTLE ? b.readUInt16LE(o) : b.readUInt16BE(o));
     const read32 = (b: Buffer, o: number) => (LITTLE ? b.readUInt32LE(o) : b.readUInt32BE(o));
-    const client = clientKey('10.1.2.3', 8080, 1000);
+    const client = clientKey('10.1.2.3', 8080, { uid: 1000, workload: 0 });
     assert.equal(client.length, KEY_SIZE.fast_clients);
-    assert.deepEqual([read16(client, 16), read32(client, 20)], [8080, 1000]);
+    assert.deepEqual([read16(client, 16), read16(client, 18), read32(client, 20)], [8080, 0, 1000]);
+    // A cgroup workload is named by its number, whatever the uid (owner_kind 1).
+    const byWorkload = clientKey('10.1.2.3', 8080, { uid: 1000, workload: 3 });
+    assert.deepEqual([read16(byWorkload, 18), read32(byWorkload, 20)], [1, 3]);
+    const cgroup = cgroupKey(0x1_0000_0002n);
+    assert.equal(LITTLE ? cgroup.readBigUInt64LE() : cgroup.readBigUInt64BE(), 0x1_0000_0002n);
     const key = randomBytes(16);
     const value = clientValue(0xdeadbeef, key);
     assert.deepEqual([value.length, read32(value, 0), value.subarray(8).toString('hex')], [24, 0xdeadbeef, key.toString('hex')]);
@@ -53,12 +58,12 @@ describe('map layouts', () => {
     assert.equal(server.length, KEY_SIZE.fast_servers);
     assert.deepEqual([read32(server, 16), read16(server, 20)], [0x01020304, 443]);
     assert.deepEqual([read32(serverValue(key, true), 16), read32(serverValue(key, false), 16)], [1, 0]);
-    const config = configValue({ realtimeOffsetNs: 5n, windowSeconds: 30, acceptMark: 0x500000, clientMark: 0x100000, acceptSample: 0.5, sourceRate: 10_000, budgetMark: 0x1000000, untrackedMark: 0x2000000 });
+    const config = configValue({ realtimeOffsetNs: 5n, windowSeconds: 30, acceptMark: 0x500000, clientMark: 0x100000, acceptSample: 0.5, sourceRate: 10_000, budgetMark: 0x1000000, untrackedMark: 0x2000000, workloadCgroups: 2 });
     assert.deepEqual(
-      [config.length, read32(config, 8), read32(config, 12), read32(config, 16), read32(config, 20), read32(config, 24), read32(config, 28), read32(config, 32), read32(config, 36)],
-      [48, 30, 0x500000, 0x100000, 1, 2 ** 31, 10_000, 0x1000000, 0x2000000],
+      [config.length, read32(config, 8), read32(config, 12), read32(config, 16), read32(config, 20), read32(config, 24), read32(config, 28), read32(config, 32), read32(config, 36), read32(config, 40)],
+      [48, 30, 0x500000, 0x100000, 1, 2 ** 31, 10_000, 0x1000000, 0x2000000, 2],
     );
-    assert.equal(read32(configValue({ realtimeOffsetNs: 0n, windowSeconds: 1, acceptMark: 0, clientMark: 0, acceptSample: 1, sourceRate: 0, budgetMark: 0, untrackedMark: 0 }), 24), 0xffffffff);
+    assert.equal(read32(configValue({ realtimeOffsetNs: 0n, windowSeconds: 1, acceptMark: 0, clientMark: 0, acceptSample: 1, sourceRate: 0, budgetMark: 0, untrackedMark: 0, workloadCgroups: 0 }), 24), 0xffffffff);
   });
 
   it('excluded networks as LPM prefixes over the 16-byte address', () => {
@@ -118,6 +123,7 @@ describe('whether the fast path runs', () => {
     mode: 'identity' as const,
     replayWindowSeconds: 30,
     excluded: [],
+    workloads: [],
     datapath: { ...DEFAULTS.datapath, kernelFastPath, fastPathPinDir: '/tmp/not-bpffs/synpass', fastPathCgroup: '/sys/fs/cgroup' },
   });
 
@@ -139,5 +145,16 @@ describe('whether the fast path runs', () => {
     ].join('\n');
     assert.equal(cgroup2Mount(mountinfo), '/sys/fs/cgroup/unified');
     assert.equal(cgroup2Mount('25 30 0:23 / /sys rw - sysfs sysfs rw'), null);
+  });
+
+  it('names workload cgroups under the cgroup the programs attach to, by their position in workloads (from 1)', () => {
+    const workload = (name: string, cgroups: string[]) => ({ name, subject: `spiffe://d/${name}`, uids: [], cgroups, ports: [], attributes: {} });
+    const workloads = [workload('batch', []), workload('reports', ['/system.slice/reports.service', '/system.slice/reports-cron.service'])];
+    assert.deepEqual(workloadCgroups(workloads, '/sys/fs/cgroup/unified'), [
+      { workload: 2, directory: '/sys/fs/cgroup/unified/system.slice/reports.service' },
+      { workload: 2, directory: '/sys/fs/cgroup/unified/system.slice/reports-cron.service' },
+    ]);
+    assert.deepEqual(workloadCgroups(workloads, '/host/cgroup/')[0], { workload: 2, directory: '/host/cgroup/system.slice/reports.service' });
+    assert.deepEqual(workloadCgroups(workloads, '/')[0], { workload: 2, directory: '/system.slice/reports.service' });
   });
 });

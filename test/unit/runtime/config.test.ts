@@ -36,6 +36,7 @@ describe('agent configuration', () => {
   it('reads a full configuration and resolves paths against the file', () => {
     const config = load(`${identity}workloads:
   - { name: batch, subject: spiffe://d/batch, uids: [1001], ports: [9000], attributes: { app.tier: batch } }
+  - { name: reports, subject: spiffe://d/reports, cgroups: [/system.slice/reports.service] }
 attestors: { static: { app.name: web }, host: true, env: [ZONE] }
 admission:
   protectedPorts: [8080]
@@ -47,6 +48,7 @@ targets: [10.0.0.0/8]
     assert.equal(config.identity?.credential, join(directory, 'c.jwt'));
     assert.equal(config.identity?.tokenTtlMinutes, 10);
     assert.deepEqual(config.workloads[0]?.uids, [1001]);
+    assert.deepEqual([config.workloads[0]?.cgroups, config.workloads[1]?.cgroups, config.workloads[1]?.uids], [[], ['/system.slice/reports.service'], []]);
     assert.deepEqual(config.admission.allowWithoutIdentity, [{ cidr: '10.0.0.0/8', ports: [22] }]);
     assert.deepEqual(config.targets, ['10.0.0.0/8']);
     assert.equal(config.attestors.host, true);
@@ -58,6 +60,9 @@ targets: [10.0.0.0/8]
     fails(`${identity}unknownField: 1\n`, 'unknownField');
     fails(`mode: identity\nidentity: { subject: spiffe://d/web }\n`, 'identity.credential');
     fails(`${identity}workloads: [{ name: a, subject: s }, { name: a, subject: s }]\n`, 'workloads[1].name');
+    for (const path of ['system.slice/a.service', '/system.slice/../a', '/a//b', '/', '/a/']) {
+      fails(`${identity}workloads: [{ name: a, subject: s, cgroups: ["${path}"] }]\n`, 'workloads[0].cgroups[0]');
+    }
     fails(`${identity}attestors: { host: yes please }\n`, 'attestors.host');
     fails(`mode: sideways\n`, 'mode');
     fails(`: : :\n  - [\n`, '(file)');
