@@ -13,7 +13,6 @@ const LITTLE = endianness() === 'LE';
 const OWNER_UID = 0;
 const OWNER_WORKLOAD = 1;
 
-
 /** The maps and how many entries each holds (fast_path.bpf.c). */
 export const MAP_CAPACITY = {
   fast_clients: 65_536,
@@ -27,7 +26,7 @@ export const MAP_CAPACITY = {
   fast_owners: 16_384,
 } as const;
 
-export const KEY_SIZE = { fast_clients: 24, fast_conns: 36, fast_servers: 24, fast_replay: 32, fast_peers: 36, fast_owners: 36 } as const;
+export const KEY_SIZE = { fast_clients: 24, fast_conns: 36, fast_servers: 24, fast_replay: 32, fast_peers: 36 } as const;
 
 /** Ports, the size of the cloak table (one byte each: 1 = closed to peers without identity). */
 export const PORT_COUNT = 65_536;
@@ -177,7 +176,6 @@ export function peerKey(localAddress: string, localPort: number, remoteAddress: 
   u16(key, 34, remotePort);
   return key;
 }
-
 
 export interface FastConfig {
   realtimeOffsetNs: bigint;
