@@ -148,7 +148,8 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
   it('a process in a workload cgroup speaks as that workload, at first contact and in the kernel, apart from the host\'s other processes of the same uid', async () => {
     const reports = `spiffe://${DOMAIN}/web-reports`;
     const subjectOf = (line: Record<string, unknown>) => (line.peer as { subject?: string } | null)?.subject;
-    const reportsHttp = async () => (await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)], 5_000, undefined, REPORTS_WORKLOAD).catch(() => null))?.status === 200;
+    const reportsHttp = async (family: 4 | 6 = 4) =>
+      (await lab.peerOnce('web', ['http', lab.address('api', family), String(PORT)], 5_000, undefined, REPORTS_WORKLOAD).catch(() => null))?.status === 200;
     // Same uid (root) as every other process of web, in web's cgroup and in reports' below it.
     assert.equal(await http(), true, 'web itself, first');
     const mark = api.process.lines.length;
@@ -166,6 +167,10 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     for (let i = 0; i < 5; i++) assert.equal(await reportsHttp(), true, `fast connection ${i} of reports`);
     assert.equal(moved(fastBefore, await fast(api)).synAccepted, 5);
     await api.process.waitFor((l) => after(l) && l.path === 'kernel' && l.reason === 'ok-kernel' && subjectOf(l) === reports, 5_000);
+    // Over IPv6 too (the kernel's table holds IPv6 connections whole, IPv4 ones as ::ffff:a.b.c.d).
+    assert.equal(await reportsHttp(6), true, 'reports over IPv6');
+    const source = `${canonicalAddress(lab.address('web', 6))}:`;
+    await api.process.waitFor((l) => after(l) && l.msg === 'handshake verdict' && l.stage === 'syn' && String(l.source).startsWith(source) && subjectOf(l) === reports, 5_000);
     // web's own processes keep web's identity.
     const webMark = api.process.lines.length;
     assert.equal(await http(), true);

@@ -34,11 +34,13 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   const pod = ctx.local.tokenForAddress(client);
   const workload = pod === undefined ? (ctx.kernelPath?.takeConnectionWorkload(client, packet.sourcePort, server, packet.destinationPort) ?? 0) : 0;
   const own = pod ?? ctx.local.tokenForOwner(info.uid, workload);
-  const nonce = ctx.noncePool.next();
-  const time = Math.floor(ctx.now() / 1000);
   const known = ctx.knownServers.get(server);
+  const presigned = known ? null : ctx.presignedSyns.take(ctx.local.signKey, own.packed);
+  const nonce = presigned?.nonce ?? ctx.noncePool.next();
+  const time = presigned?.time ?? Math.floor(ctx.now() / 1000);
   // A known server checks the SYN proof under the pair key; any other gets the agent's
-  // signature (an ECDSA signing per first-contact connection, none once the pair is known).
+  // signature (one signing per first-contact connection, made ahead when it can be; none once
+  // the pair is known).
   const syn: SynMessage = {
     type: MessageType.Syn,
     flags: known ? FLAG_SYN_PROOF : FLAG_SYN_SIGNATURE,
@@ -48,7 +50,7 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     time,
     peerKeyId: known?.keyId ?? null,
     proof: known ? synProof(known.pairKey, { nonce, time, clientIsn: packet.sequence, tokenDigest: tokenDigest(own.packed) }) : null,
-    signature: known ? null : signSyn(ctx.local.signKey, nonce, time, tokenDigest(own.packed)),
+    signature: known ? null : (presigned?.signature ?? signSyn(ctx.local.signKey, nonce, time, tokenDigest(own.packed))),
   };
   const stored = ctx.flows.set(key, {
     role: 'client',
@@ -140,6 +142,7 @@ export function clientAck(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   const flow = ctx.flows.get(key);
   decision.reason = 'ok';
   decision.release = true;
+  ctx.presignedSyns.handshakeEnded();
   if (flow?.role !== 'client' || flow.serverNonce === null || flow.pairKey === null) return null;
   // Kept until it expires: a segment racing the release verdict carries the same proof.
   ctx.attach(decision, encodeTransient({ type: MessageType.Ack, proof: ackProof(flow.pairKey, ackTranscript(flow)) }));

@@ -13,6 +13,7 @@ import { ExpiringTable, type Flow, type SeenNonce } from './handshake-state.ts';
 import type { HeldPacket } from '../datapath/handler.ts';
 import type { KernelPath } from './kernel-path.ts';
 import type { PairKeys, PeerVerifier } from './peer-verifier.ts';
+import { PresignedSyns } from './presigned-syns.ts';
 import { refuse, type Refusal } from './reasons.ts';
 import { SourceBudget } from './source-budget.ts';
 
@@ -52,6 +53,7 @@ export class HandshakeContext {
   readonly nonces: ExpiringTable<SeenNonce>;
   readonly knownServers = new Map<string, KnownServer>();
   readonly noncePool = new NoncePool();
+  readonly presignedSyns: PresignedSyns;
   readonly signatureBudget: SourceBudget;
   readonly now: () => number;
   previousKey: PreviousKey | null = null;
@@ -70,6 +72,8 @@ export class HandshakeContext {
     this.flows = new ExpiringTable(options.maxFlows, this.now);
     this.nonces = new ExpiringTable(options.maxNonces, this.now);
     this.signatureBudget = new SourceBudget(options.signatureChecksPerSource);
+    // A third of the window: a ready signature leaves the SYN two thirds of it against clock skew.
+    this.presignedSyns = new PresignedSyns(this.noncePool, this.now, Math.floor(options.replayWindowSeconds / 3));
   }
 
   /** The handshake message in an ingress token area, or why it is refused. */
