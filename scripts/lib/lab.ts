@@ -261,9 +261,10 @@ export class Lab {
 
   /** With `workload` (a kernel lab), the process runs in that workload cgroup of the host (workloadCgroup). */
   spawn(host: Host | 'sw', command: string[], options: { stdin?: boolean; env?: Record<string, string>; workload?: string } = {}): NetnsProcess {
-    if (options.workload !== undefined && (this.options.kernel !== true || host === 'sw')) throw new Error('workload cgroups need a kernel lab host');
-    const directory = options.workload === undefined ? this.cgroup(host as Host) : this.workloadCgroup(host as Host, options.workload).directory;
-    const cgroup = this.options.kernel === true && host !== 'sw' ? { cgroup: directory } : {};
+    const inCgroup = this.options.kernel === true && host !== 'sw';
+    if (options.workload !== undefined && !inCgroup) throw new Error('workload cgroups need a kernel lab host');
+    // Only a kernel lab reads the cgroup mount: other labs run where there is none.
+    const cgroup = !inCgroup ? {} : { cgroup: options.workload === undefined ? this.cgroup(host) : this.workloadCgroup(host, options.workload).directory };
     const child = new NetnsProcess(this.namespace(host), command, { ...options, ...cgroup });
     this.processes.push(child);
     return child;

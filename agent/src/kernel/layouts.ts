@@ -137,9 +137,9 @@ export function u32Value(value: number): Buffer {
   return out;
 }
 
-/** The 32-bit value of a map entry. */
-export function readU32(value: Buffer): number {
-  return LITTLE ? value.readUInt32LE(0) : value.readUInt32BE(0);
+/** A 32-bit number in the host's byte order at `offset` (a map value, an event field). */
+export function readU32(bytes: Buffer, offset = 0): number {
+  return LITTLE ? bytes.readUInt32LE(offset) : bytes.readUInt32BE(offset);
 }
 
 /** struct client_value: fast id and key. */
@@ -234,7 +234,7 @@ export function addressText(bytes: Buffer): string {
 /** The events in a ring-buffer read; a record of an unknown counter is skipped. */
 export function decodeEvents(records: Buffer): KernelEvent[] {
   const events: KernelEvent[] = [];
-  const read32 = (offset: number) => (LITTLE ? records.readUInt32LE(offset) : records.readUInt32BE(offset));
+  const read32 = (offset: number) => readU32(records, offset);
   const read16 = (offset: number) => (LITTLE ? records.readUInt16LE(offset) : records.readUInt16BE(offset));
   for (let at = 0; at + EVENT_BYTES <= records.length; at += EVENT_BYTES) {
     const counter = FAST_COUNTERS[read32(at)];
