@@ -26,6 +26,9 @@
 #define MAX_OPTION_BYTES 40
 #define LABEL_SYN 1
 #define LABEL_SYNACK 2
+/* A SYN-ACK MAC under an entry the server proved with its previous keys (after a key rotation or
+ * renewal): valid, and it tells the client to learn the server anew at its next connect. */
+#define LABEL_SYNACK_RETIRING 3
 /* SYN and ACK bits of skb_tcp_flags. */
 #define TCPHDR_SYN_ACK_MASK 0x12
 
@@ -164,6 +167,8 @@ struct sock_state_value {
   __u32 fast_id;
   __u32 workload; /* its cgroup workload (0: none), for the queue if the SYN falls back */
   __u8 key[16];
+  __u32 owner_kind; /* the fast_clients entry it took: owner (address and port are the socket's) */
+  __u32 owner;
 };
 
 struct {
@@ -218,9 +223,9 @@ static __always_inline __u64 syn_mac(const __u8 key[16], __u32 fast_id, __u32 ti
   return siphash(key, ((__u64)LABEL_SYN << 32) | fast_id, ((__u64)time << 32) | isn);
 }
 
-/* The SYN-ACK's MAC binds both ISNs. */
-static __always_inline __u64 synack_mac(const __u8 key[16], __u32 fast_id, __u32 client_isn, __u32 server_isn) {
-  return siphash(key, ((__u64)LABEL_SYNACK << 32) | fast_id, ((__u64)server_isn << 32) | client_isn);
+/* The SYN-ACK's MAC binds both ISNs, and with its label whether the server's keys changed. */
+static __always_inline __u64 synack_mac(const __u8 key[16], __u32 label, __u32 fast_id, __u32 client_isn, __u32 server_isn) {
+  return siphash(key, ((__u64)label << 32) | fast_id, ((__u64)server_isn << 32) | client_isn);
 }
 
 static __always_inline __u32 read_be32(const __u8 *p) {
@@ -310,18 +315,28 @@ static __always_inline void flow_of(const struct parsed *p, struct flow_key *key
   __builtin_memcpy(key->remote, p->source, 16);
 }
 
-static __always_inline void emit(__u32 counter, const struct parsed *p, __u32 fast_id, __u32 folded) {
+/* An event with the addresses and ports filled in, or null (counted) when the ring is full. */
+static __always_inline struct fast_event *new_event(__u32 counter, __u32 fast_id, const __u8 source[16], const __u8 destination[16], __u16 source_port, __u16 destination_port) {
   struct fast_event *event = bpf_ringbuf_reserve(&fast_events, sizeof(*event), 0);
   if (!event) {
     count(FAST_EVENTS_LOST);
-    return;
+    return 0;
   }
   event->counter = counter;
   event->fast_id = fast_id;
-  __builtin_memcpy(event->source, p->source, 16);
-  __builtin_memcpy(event->destination, p->destination, 16);
-  event->source_port = bpf_ntohs(p->tcp.source);
-  event->destination_port = bpf_ntohs(p->tcp.dest);
+  __builtin_memcpy(event->source, source, 16);
+  __builtin_memcpy(event->destination, destination, 16);
+  event->source_port = source_port;
+  event->destination_port = destination_port;
+  event->folded = 0;
+  event->owner_kind = 0;
+  event->owner = 0;
+  return event;
+}
+
+static __always_inline void emit(__u32 counter, const struct parsed *p, __u32 fast_id, __u32 folded) {
+  struct fast_event *event = new_event(counter, fast_id, p->source, p->destination, bpf_ntohs(p->tcp.source), bpf_ntohs(p->tcp.dest));
+  if (!event) return;
   event->folded = folded;
   bpf_ringbuf_submit(event, 0);
 }
@@ -386,8 +401,12 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
   __u8 opt[FAST_SYNACK_OPT_LEN];
   if (at < 0 || bpf_skb_load_bytes(skb, p->option_base + (__u32)at, opt, sizeof(opt)) < 0) return drop(FAST_SYNACK_BAD_PROOF, p, sent->fast_id);
   __u32 server_isn = bpf_ntohl(p->tcp.seq);
-  if (bpf_ntohl(p->tcp.ack_seq) != sent->isn + 1 || synack_mac(sent->key, sent->fast_id, sent->isn, server_isn) != read_be64(opt + 4)) {
-    return drop(FAST_SYNACK_BAD_PROOF, p, sent->fast_id);
+  __u64 mac = read_be64(opt + 4);
+  if (bpf_ntohl(p->tcp.ack_seq) != sent->isn + 1) return drop(FAST_SYNACK_BAD_PROOF, p, sent->fast_id);
+  /* The second MAC is computed only when the first does not match: rarely, and then once. */
+  if (synack_mac(sent->key, LABEL_SYNACK, sent->fast_id, sent->isn, server_isn) != mac) {
+    if (synack_mac(sent->key, LABEL_SYNACK_RETIRING, sent->fast_id, sent->isn, server_isn) != mac) return drop(FAST_SYNACK_BAD_PROOF, p, sent->fast_id);
+    sent->retiring = 1;
   }
   count(FAST_SYNACK_VERIFIED);
   skb->mark |= cfg->untracked_mark;
@@ -594,6 +613,8 @@ static __always_inline void client_connect(struct bpf_sock_ops *ops, const struc
   state->original_mark = mark;
   state->fast_id = entry->fast_id;
   state->workload = workload;
+  state->owner_kind = key.owner_kind;
+  state->owner = key.owner;
   __builtin_memcpy(state->key, entry->key, 16);
   /* The SYN leaves marked as judged, so the egress rules do not queue it, and untracked. */
   set_mark(ops, mark | cfg->client_mark | cfg->untracked_mark);
@@ -691,7 +712,8 @@ static __always_inline void write_server_synack(struct bpf_sock_ops *ops) {
   struct server_value *entry = bpf_map_lookup_elem(&fast_servers, &key);
   if (!entry) return;
   __u8 opt[FAST_SYNACK_OPT_LEN] = {FAST_OPT_KIND, FAST_SYNACK_OPT_LEN, FAST_OPT_EXID >> 8, FAST_OPT_EXID & 0xff};
-  write_be64(opt + 4, synack_mac(entry->key, fast_id, bpf_ntohl(th->ack_seq) - 1, bpf_ntohl(th->seq)));
+  __u32 label = entry->retiring ? LABEL_SYNACK_RETIRING : LABEL_SYNACK;
+  write_be64(opt + 4, synack_mac(entry->key, label, fast_id, bpf_ntohl(th->ack_seq) - 1, bpf_ntohl(th->seq)));
   if (bpf_store_hdr_opt(ops, opt, sizeof(opt), 0) == 0) count(FAST_SYNACK_SIGNED);
 }
 
@@ -710,11 +732,31 @@ static __always_inline void client_fallback(struct bpf_sock_ops *ops) {
   count(FAST_SYN_FALLBACK);
 }
 
-/* The SYN-ACK was proven (tc) and accepted: its record is no longer needed. */
+/* The SYN-ACK was proven (tc) and accepted: its record is no longer needed. If the server proved
+ * it under its previous keys, the entry it came from goes too (unless a newer one replaced it),
+ * so the next connect is a first contact that learns the new keys, rather than a fast SYN the
+ * server drops once those expire. */
 static __always_inline void client_established(struct bpf_sock_ops *ops) {
-  if (!fast_socket(ops)) return;
+  struct sock_state_value *state = fast_socket(ops);
+  if (!state) return;
   struct flow_key key = {};
   socket_flow(ops, &key);
+  struct conn_value *sent = bpf_map_lookup_elem(&fast_conns, &key);
+  if (sent && sent->retiring) {
+    struct client_key client = {.port = key.remote_port, .owner_kind = (__u16)state->owner_kind, .owner = state->owner};
+    __builtin_memcpy(client.address, key.remote, 16);
+    struct client_value *entry = bpf_map_lookup_elem(&fast_clients, &client);
+    if (entry && entry->fast_id == state->fast_id) {
+      bpf_map_delete_elem(&fast_clients, &client);
+      count(FAST_CLIENT_RETIRED);
+      struct fast_event *event = new_event(FAST_CLIENT_RETIRED, state->fast_id, key.remote, key.local, key.remote_port, key.local_port);
+      if (event) {
+        event->owner_kind = client.owner_kind;
+        event->owner = client.owner;
+        bpf_ringbuf_submit(event, 0);
+      }
+    }
+  }
   bpf_map_delete_elem(&fast_conns, &key);
 }
 

@@ -35,7 +35,9 @@ struct fast_config {
 };
 
 /* One kernel verdict for the agent's flow log (ring buffer `fast_events`). A drop is reported
- * once a second per (source, cause); `folded` counts that pair's drops not reported since. */
+ * once a second per (source, cause); `folded` counts that pair's drops not reported since. Also a
+ * client entry the kernel retired (FAST_CLIENT_RETIRED: source is the server, owner the entry's),
+ * so the agent forgets it too. */
 struct fast_event {
   __u32 counter; /* enum fast_counter: the verdict */
   __u32 fast_id;
@@ -44,6 +46,8 @@ struct fast_event {
   __u16 source_port;
   __u16 destination_port;
   __u32 folded;
+  __u32 owner_kind;
+  __u32 owner;
 };
 
 /* Per (source, cause): the second of its last reported drop and drops folded since. */
@@ -91,6 +95,7 @@ struct conn_value {
   __u32 fast_id;
   __u32 isn;
   __u8 key[16];
+  __u32 retiring; /* the SYN-ACK proved the server's previous keys: the entry goes at establishment */
 };
 
 /* Server: a peer workload proven at first contact, per local port. */
@@ -102,8 +107,8 @@ struct server_key {
 };
 struct server_value {
   __u8 key[16];
-  __u32 allowed; /* 0: policy says no (dropped as not-allowed) */
-  __u32 pad;
+  __u32 allowed;  /* 0: policy says no (dropped as not-allowed) */
+  __u32 retiring; /* 1: proven under this agent's previous keys; its SYN-ACKs tell the client so */
 };
 
 /* Server: fast SYNs already accepted, for the replay check. */
@@ -153,6 +158,7 @@ enum fast_counter {
   FAST_SYN_NO_IDENTITY,    /* server: SYN with neither fast option nor marker to a port closed to peers without identity */
   FAST_EVENTS_LOST,        /* events the ring buffer had no room for (the verdicts are still counted) */
   FAST_SYN_SOURCE_LIMITED, /* server: SYN for the queue above its source's rate */
+  FAST_CLIENT_RETIRED,     /* client: a server proved a fast SYN-ACK under its previous keys; the entry is dropped */
   FAST_COUNTER_COUNT,
 };
 

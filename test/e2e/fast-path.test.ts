@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
 import { inject, verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
 import { DOMAIN, REPORTS_WORKLOAD, rotateAgent, startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
-import { isRoot, ROOT, sleep, synpassCommand, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
+import { isRoot, ROOT, sleep, synpassCommand, waitUntil, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
 import { fixChecksums, ipv4Segment, layout, plainSyn, tcpOptionOffset } from '../../scripts/lib/packets.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
 
@@ -75,6 +75,11 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
 
   async function queued(agent: AgentHandle): Promise<number> {
     return (await agent.status()).queue.received!;
+  }
+
+  /** Entries of the agent's table of servers that hold its workloads in their kernels. */
+  async function clientEntries(agent: AgentHandle): Promise<number> {
+    return ((await agent.status()) as unknown as { tables: Record<string, { entries: number }> }).tables['kernel-clients']!.entries;
   }
 
   it('runs on both agents and says so', async () => {
@@ -381,16 +386,41 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.equal(moved(again, await fast(api)).synAccepted, 1, 'fast again from the next SYN');
   });
 
-  it('a key rotation on api: the next fast SYN falls back to first contact once, then the pair is fast again', async () => {
+  it('a key rotation on api: the next fast SYN is still accepted and tells web to learn api anew; one queued handshake later the pair is fast again, with no fallback', async () => {
     assert.equal(await http(), true);
     await rotateAgent(fixture.files, 'api', api);
-    const [apiBefore, webBefore] = [await fast(api), await fast(web)];
-    assert.equal(await http(), true, 'the connection completes through first contact');
-    assert.equal(moved(apiBefore, await fast(api)).synUnknownPeer, 1);
-    assert.equal(moved(webBefore, await fast(web)).synFallback, 1);
+    const [apiBefore, webBefore, apiQueued, webQueued, webEntries] = [await fast(api), await fast(web), await queued(api), await queued(web), await clientEntries(web)];
+    assert.equal(await http(), true, 'a fast connection under the keys api had before');
+    assert.deepEqual(moved(apiBefore, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
+    assert.deepEqual(moved(webBefore, await fast(web)), { synSent: 1, synAckVerified: 1, clientRetired: 1 });
+    assert.deepEqual([await queued(api), await queued(web)], [apiQueued, webQueued], 'nothing queued');
+    // The kernel's event tells web's agent, whose table follows the kernel's.
+    await waitUntil('web forgets the retired entry', async () => (await clientEntries(web)) === webEntries - 1, 3_000);
+    // web's kernel dropped its entry, so its next connect is queued: a handshake under api's new keys.
+    const [apiRelearn, webRelearn] = [await fast(api), await fast(web)];
+    assert.equal(await http(), true);
+    assert.deepEqual(moved(webRelearn, await fast(web)), {}, 'no fast SYN sent, none fell back');
+    assert.deepEqual(moved(apiRelearn, await fast(api)), {});
+    assert.ok((await queued(api)) > apiQueued && (await queued(web)) > webQueued, 'the handshake was queued on both sides');
+    assert.equal(await clientEntries(web), webEntries, 'web learned api again');
     const again = await fast(api);
     assert.equal(await http(), true);
-    assert.equal(moved(again, await fast(api)).synAccepted, 1);
+    assert.deepEqual(moved(again, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
+  });
+
+  it('an agent restart: a client\'s next fast SYN falls back once; a service that listened under the previous run keeps the fast path', async () => {
+    assert.equal(await http(), true);
+    await api.process.stop('SIGTERM');
+    api = await lab.startAgent('api', ['--config', fixture.files.configs.api], { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(SOURCE_RATE) });
+    const [apiBefore, webBefore] = [await fast(api), await fast(web)];
+    assert.equal(await http(), true, 'completes through first contact after one retransmission timeout');
+    assert.equal(moved(apiBefore, await fast(api)).synUnknownPeer, 1);
+    assert.equal(moved(webBefore, await fast(web)).synFallback, 1);
+    // The listener was opened while the previous run's programs were attached: Linux keeps the
+    // callback flag on the socket, so the new program signs its SYN-ACKs (ready option, then MACs).
+    const again = await fast(api);
+    assert.equal(await http(), true);
+    assert.deepEqual(moved(again, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
   });
 
   function leftovers(host: 'api' | 'web'): string[] {

@@ -8,7 +8,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { SignJWT } from 'jose';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { isRoot, sleep, synpassCommand, type AgentHandle } from '../../scripts/lib/lab.ts';
+import { isRoot, sleep, synpassCommand, waitUntil, type AgentHandle } from '../../scripts/lib/lab.ts';
 import { joinTokenFile, LAB_CLUSTER, startIssuerLab, type IssuerLab } from '../../scripts/lib/issuer-lab.ts';
 import { createIssuingKey } from '../../agent/src/issuer/issuing-key.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
@@ -30,18 +30,10 @@ async function renewalOf(agent: AgentHandle): Promise<Renewal> {
   return status.identity.renewal;
 }
 
-async function fastAccepted(agent: AgentHandle): Promise<number> {
+async function fastCounters(agent: AgentHandle): Promise<Record<string, number>> {
   const status = (await agent.status()) as unknown as { kernelFastPath: { running: boolean; counters: Record<string, number> } };
   assert.equal(status.kernelFastPath.running, true);
-  return status.kernelFastPath.counters.synAccepted ?? 0;
-}
-
-async function waitUntil(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-    await sleep(250);
-  }
+  return status.kernelFastPath.counters;
 }
 
 describe('credential lifecycle with an issuer', { skip: !isRoot() && 'needs root (network namespaces)', timeout: 180_000 }, () => {
@@ -70,7 +62,7 @@ describe('credential lifecycle with an issuer', { skip: !isRoot() && 'needs root
     const held = lab.lab.peer('web', ['hold', lab.lab.address('api'), String(ECHO_PORT)], { stdin: true });
     await held.waitFor((line) => line.connected === true);
     const start = { web: (await renewalOf(lab.web)).renewals, api: (await renewalOf(lab.api)).renewals };
-    const fastBefore = await fastAccepted(lab.api);
+    const [apiBefore, webBefore] = [await fastCounters(lab.api), await fastCounters(lab.web)];
     // One connect every 250 ms for as long as 5 renewals take (half-life 4 s ± 10 %: about 20 s).
     const loop = lab.lab.peer('web', ['rounds', lab.lab.address('api'), String(ECHO_PORT), '110', '250']);
     const done = await loop.waitFor((line) => line.ok !== undefined, 60_000);
@@ -88,9 +80,16 @@ describe('credential lifecycle with an issuer', { skip: !isRoot() && 'needs root
     assert.ok(keys.size >= 6, `web presented ${keys.size} keys`);
     assert.equal(web.failures, 0);
     // Between renewals known pairs ran in the kernel: each renewal's new keys refreshed its maps.
-    const fastConnects = (await fastAccepted(lab.api)) - fastBefore;
+    const [apiAfter, webAfter] = [await fastCounters(lab.api), await fastCounters(lab.web)];
+    const moved = (after: Record<string, number>, before: Record<string, number>, name: string) => (after[name] ?? 0) - (before[name] ?? 0);
+    const fastConnects = moved(apiAfter, apiBefore, 'synAccepted');
     assert.ok(fastConnects >= 20, `${fastConnects} of 110 connects took the kernel fast path`);
-    t.diagnostic(`renewals: web ${web.renewals - start.web}, api ${api.renewals - start.api}; connects 110, failed 0, on the kernel fast path ${fastConnects}`);
+    // api's renewals never left a fast SYN of web's unanswered (a retransmission timeout, about
+    // 1 s): api kept what web proved under its previous keys and told web to learn the new ones.
+    assert.deepEqual([moved(webAfter, webBefore, 'synFallback'), moved(apiAfter, apiBefore, 'synUnknownPeer')], [0, 0]);
+    const retired = moved(webAfter, webBefore, 'clientRetired');
+    assert.ok(retired >= 1, 'web learned api anew after its renewals');
+    t.diagnostic(`renewals: web ${web.renewals - start.web}, api ${api.renewals - start.api}; connects 110, failed 0, on the kernel fast path ${fastConnects}, web's entries retired by api ${retired}`);
   });
 
   it('with the issuer stopped the agents work until expiry, then cloak and report why; they recover when it returns', async () => {

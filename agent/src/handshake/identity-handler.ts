@@ -97,8 +97,9 @@ export class IdentityHandler implements HandshakeHandler {
       // Clients that know the old key still prove their SYNs to it; honour that while it lives.
       const old = ctx.local;
       ctx.previousKey = { keyId: old.keyId, untilMs: old.credential.expiresAt * 1000, pairKeys: new PairKeys({ kex: old.kex, kexRaw: old.kexRaw }) };
-      // The kernel's keys derive from the pair keys: none holds any more.
-      ctx.kernelPath?.forgetAll();
+      // The kernel's keys derive from the old pair keys: they hold while the old key does, and
+      // without them a client's next fast SYN would meet a silent server for a retransmission timeout.
+      ctx.kernelPath?.retire(old.credential.expiresAt);
     } else {
       // Same key: what peers' kernels hold stays valid. Our own workloads may have changed, so
       // our kernel stops proving them; each takes one first contact (no fallback delay).

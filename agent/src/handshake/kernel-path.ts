@@ -53,6 +53,13 @@ export interface KernelPath {
   cloak(closed: (port: number) => boolean): void;
   /** This agent's workloads may have changed: its kernel stops sending fast SYNs until each proves itself again. */
   forgetOwnWorkloads(): void;
-  /** Keys changed or the caches were flushed: the kernel holds nothing, every pair starts with first contact. */
+  /**
+   * This agent's keys changed. What peers proved under the previous ones stays valid until
+   * `untilSeconds` (the previous credential's expiry), as the user-space exchange honours the
+   * previous key; meanwhile the kernel tells each such client, in its next fast SYN-ACK, to learn
+   * this agent anew at the following connect. This agent's own workloads stop sending fast SYNs.
+   */
+  retire(untilSeconds: number): void;
+  /** The caches were flushed or the deny list changed: the kernel holds nothing, every pair starts with first contact. */
   forgetAll(): void;
 }

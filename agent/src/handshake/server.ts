@@ -149,7 +149,8 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   // The listener's kernel signs answers to fast SYNs only if it was opened while the programs
   // were attached; its SYN-ACK carries the ready option then. Decided once per handshake.
   // The answer comes from the identity the SYN was judged under, whose key the pair key derives
-  // from, even if a renewal swapped keys since (the kernel then forgot them: it takes nothing).
+  // from, even if a renewal swapped keys since (then the kernel takes nothing: the entry would
+  // rest on keys already retiring).
   const own = flow.ownIdentity ?? ctx.local;
   if (flow.kernelCandidate != null && ctx.kernelPath !== null) {
     flow.kernel = packet.kernelReady && own === ctx.local && ctx.kernelPath.admitClient(flow.kernelCandidate);

@@ -1,5 +1,5 @@
 // The kernel fast path, owned: the programs attached and pinned (addon, libbpf), the maps filled
-// from what the handshake proved, judged again on every policy change, emptied on key changes,
+// from what the handshake proved, judged again on every policy change, retired on key changes,
 // swept as entries expire, and detached at stop. The kernel does the per-packet work; this
 // class runs only at first contact, on reloads and once a second.
 import { statSync } from 'node:fs';
@@ -8,7 +8,7 @@ import { SynpassError } from '../errors.ts';
 import type { TableSize } from '../datapath/handler.ts';
 import type { VerdictCount } from '../datapath/engine.ts';
 import type { Authorizer } from '../handshake/authorizer.ts';
-import type { AdmittedClient, FastServer, KernelPath } from '../handshake/kernel-path.ts';
+import type { AdmittedClient, FastServer, KernelPath, SocketOwner } from '../handshake/kernel-path.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import {
   cgroupKey,
@@ -69,6 +69,8 @@ export interface WorkloadCgroup {
 interface ServerRecord {
   entry: AdmittedClient;
   allowed: boolean;
+  /** Proven under this agent's previous keys: the kernel's SYN-ACKs tell the client so. */
+  retiring: boolean;
 }
 
 const BPF_ANY = 0;
@@ -196,8 +198,8 @@ export class KernelFastPath implements KernelPath {
       this.refused++;
       return false;
     }
-    if (!this.write('fast_servers', key, serverValue(entry.fast.key, true))) return false;
-    this.servers.set(id, { entry, allowed: true });
+    if (!this.write('fast_servers', key, serverValue(entry.fast.key, true, false))) return false;
+    this.servers.set(id, { entry, allowed: true, retiring: false });
     return true;
   }
 
@@ -218,7 +220,7 @@ export class KernelFastPath implements KernelPath {
       const allowed = auth.allowed && auth.wouldDrop === null;
       if (allowed === record.allowed) continue;
       // Kept with allowed = 0 rather than deleted, so the kernel counts the drop as not-allowed.
-      if (this.write('fast_servers', Buffer.from(id, 'latin1'), serverValue(entry.fast.key, allowed))) record.allowed = allowed;
+      if (this.write('fast_servers', Buffer.from(id, 'latin1'), serverValue(entry.fast.key, allowed, record.retiring))) record.allowed = allowed;
     }
     for (const [id, entry] of this.clients) {
       const auth = authorizer.egress({ local: entry.local, peer: entry.peer, peerAddress: entry.serverAddress, port: entry.port });
@@ -250,10 +252,30 @@ export class KernelFastPath implements KernelPath {
     for (const id of this.clients.keys()) this.dropClient(id);
   }
 
+  retire(untilSeconds: number): void {
+    for (const [id, record] of this.servers) {
+      record.entry.expiresAt = Math.min(record.entry.expiresAt, untilSeconds);
+      if (record.retiring) continue;
+      // A failed write leaves the entry as it was: its clients learn the new keys when it expires.
+      if (this.write('fast_servers', Buffer.from(id, 'latin1'), serverValue(record.entry.fast.key, record.allowed, true))) record.retiring = true;
+    }
+    this.forgetOwnWorkloads();
+  }
+
   forgetAll(): void {
     for (const id of this.servers.keys()) this.native.mapDelete(this.map('fast_servers'), Buffer.from(id, 'latin1'));
     this.servers.clear();
     this.forgetOwnWorkloads();
+  }
+
+  /**
+   * The kernel dropped a client entry the server told it was retiring: so does this agent, unless
+   * a newer entry (another fast id) took its place since. A lost event leaves the entry here until
+   * it is replaced or expires; the kernel no longer uses it either way.
+   */
+  private forgetRetiredClient(serverAddress: string, port: number, owner: SocketOwner, fastId: number): void {
+    const id = clientKey(serverAddress, port, owner).toString('latin1');
+    if (this.clients.get(id)?.fast.fastId === fastId) this.clients.delete(id);
   }
 
   private dropClient(id: string): void {
@@ -269,6 +291,7 @@ export class KernelFastPath implements KernelPath {
     this.events?.close();
     this.events = new this.native.KernelEvents(this.map('fast_events'), (records) => {
       for (const event of decodeEvents(records)) {
+        if (event.owner !== null) this.forgetRetiredClient(event.source, event.sourcePort, event.owner, event.fastId);
         const record = event.counter === 'synAccepted' ? this.servers.get(serverKey(event.source, event.fastId, event.destinationPort).toString('latin1')) : undefined;
         onEvent(event, record?.entry.peer ?? null);
       }

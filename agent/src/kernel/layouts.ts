@@ -49,6 +49,7 @@ export const FAST_COUNTERS = [
   'synNoIdentity',
   'eventsLost',
   'synSourceLimited',
+  'clientRetired',
 ] as const;
 export type FastCounter = (typeof FAST_COUNTERS)[number];
 
@@ -159,11 +160,12 @@ export function serverKey(peerAddress: string, fastId: number, port: number): Bu
   return key;
 }
 
-/** struct server_value: key and the policy verdict. */
-export function serverValue(fastKey: Buffer, allowed: boolean): Buffer {
+/** struct server_value: key, the policy verdict, and whether it rests on this agent's previous keys. */
+export function serverValue(fastKey: Buffer, allowed: boolean, retiring: boolean): Buffer {
   const value = Buffer.alloc(FAST_KEY_BYTES + 8);
   fastKey.copy(value, 0);
   u32(value, FAST_KEY_BYTES, allowed ? 1 : 0);
+  u32(value, FAST_KEY_BYTES + 4, retiring ? 1 : 0);
   return value;
 }
 
@@ -212,7 +214,7 @@ export function configValue(config: FastConfig): Buffer {
 }
 
 /** struct fast_event, as the ring buffer hands it over. */
-export const EVENT_BYTES = 48;
+export const EVENT_BYTES = 56;
 
 export interface KernelEvent {
   counter: FastCounter;
@@ -223,6 +225,8 @@ export interface KernelEvent {
   destinationPort: number;
   /** Drops of the same (source, cause) folded since its previous event. */
   folded: number;
+  /** clientRetired: the local workload whose entry for the server (source) went; otherwise null. */
+  owner: SocketOwner | null;
 }
 
 /** An address as the maps hold it, as text in the form the datapath gives (IPv4 dotted, IPv6 8 groups). */
@@ -239,6 +243,7 @@ export function decodeEvents(records: Buffer): KernelEvent[] {
   for (let at = 0; at + EVENT_BYTES <= records.length; at += EVENT_BYTES) {
     const counter = FAST_COUNTERS[read32(at)];
     if (counter === undefined) continue;
+    const [ownerKind, owner] = [read32(at + 48), read32(at + 52)];
     events.push({
       counter,
       fastId: read32(at + 4),
@@ -247,6 +252,7 @@ export function decodeEvents(records: Buffer): KernelEvent[] {
       sourcePort: read16(at + 40),
       destinationPort: read16(at + 42),
       folded: read32(at + 44),
+      owner: counter !== 'clientRetired' ? null : ownerKind === OWNER_WORKLOAD ? { uid: 0, workload: owner } : { uid: owner, workload: 0 },
     });
   }
   return events;

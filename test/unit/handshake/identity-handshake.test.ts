@@ -487,7 +487,7 @@ describe('identity handshake over a virtual wire', () => {
    * `workload` as the cgroup workload of every connection it is asked about.
    */
   function recordingKernelPath(admits = true, workload = 0) {
-    const told = { admitted: [] as AdmittedClient[], servers: [] as FastServer[], reauthorized: 0, forgotten: 0, forgottenOwn: 0, closed: [] as number[], asked: [] as string[] };
+    const told = { admitted: [] as AdmittedClient[], servers: [] as FastServer[], reauthorized: 0, forgotten: 0, forgottenOwn: 0, retiredUntil: [] as number[], closed: [] as number[], asked: [] as string[] };
     const path: KernelPath = {
       takeConnectionWorkload: (localAddress, localPort, remoteAddress, remotePort) => {
         told.asked.push(`${localAddress}:${localPort} ${remoteAddress}:${remotePort}`);
@@ -500,6 +500,9 @@ describe('identity handshake over a virtual wire', () => {
       useServer: (entry) => told.servers.push(entry),
       reauthorize: () => {
         told.reauthorized += 1;
+      },
+      retire: (untilSeconds) => {
+        told.retiredUntil.push(untilSeconds);
       },
       forgetAll: () => {
         told.forgotten += 1;
@@ -533,7 +536,7 @@ describe('identity handshake over a virtual wire', () => {
     assert.equal(parsed(SYN_ACK).kernelReady, false);
   });
 
-  it('a first contact hands the proven client workload to both kernels under the same fast key', () => {
+  it('a first contact hands the proven client workload to both kernels under the same fast key', async () => {
     const serverKernel = recordingKernelPath();
     const clientKernel = recordingKernelPath();
     server.handler.useKernelPath(serverKernel.path);
@@ -558,6 +561,11 @@ describe('identity handshake over a virtual wire', () => {
     assert.equal(clientKernel.told.forgotten, 1);
     client.handler.useIdentity(client.local);
     assert.deepEqual([clientKernel.told.forgotten, clientKernel.told.forgottenOwn], [1, 1]);
+    // New keys (a renewal): what peers proved under the old ones holds until the old credential
+    // expires, not a moment longer; nothing is forgotten outright.
+    const previous = server.local.credential.expiresAt;
+    server.handler.useIdentity((await agent(domain, 'api', 'backend', clock)).local);
+    assert.deepEqual([serverKernel.told.retiredUntil, serverKernel.told.forgotten], [[previous], 0]);
   });
 
   it('a server kernel that refuses the entry leaves the SYN-ACK without the kernel flag, and the client kernel untold', () => {

@@ -57,7 +57,8 @@ describe('map layouts', () => {
     const server = serverKey('10.1.2.3', 0x01020304, 443);
     assert.equal(server.length, KEY_SIZE.fast_servers);
     assert.deepEqual([read32(server, 16), read16(server, 20)], [0x01020304, 443]);
-    assert.deepEqual([read32(serverValue(key, true), 16), read32(serverValue(key, false), 16)], [1, 0]);
+    assert.deepEqual([read32(serverValue(key, true, false), 16), read32(serverValue(key, false, false), 16)], [1, 0]);
+    assert.deepEqual([read32(serverValue(key, true, true), 20), read32(serverValue(key, true, false), 20)], [1, 0]);
     const config = configValue({ realtimeOffsetNs: 5n, windowSeconds: 30, acceptMark: 0x500000, clientMark: 0x100000, acceptSample: 0.5, sourceRate: 10_000, budgetMark: 0x1000000, untrackedMark: 0x2000000, workloadCgroups: 2 });
     assert.deepEqual(
       [config.length, read32(config, 8), read32(config, 12), read32(config, 16), read32(config, 20), read32(config, 24), read32(config, 28), read32(config, 32), read32(config, 36), read32(config, 40)],
@@ -85,7 +86,7 @@ describe('map layouts', () => {
 
 describe('kernel events', () => {
   it('decode from ring-buffer records and become flow records of the kernel path', () => {
-    const records = Buffer.alloc(2 * EVENT_BYTES);
+    const records = Buffer.alloc(3 * EVENT_BYTES);
     const write32 = (value: number, offset: number) => (LITTLE ? records.writeUInt32LE(value, offset) : records.writeUInt32BE(value, offset));
     const write16 = (value: number, offset: number) => (LITTLE ? records.writeUInt16LE(value, offset) : records.writeUInt16BE(value, offset));
     write32(FAST_COUNTERS.indexOf('synNoIdentity'), 0);
@@ -97,9 +98,17 @@ describe('kernel events', () => {
     write32(FAST_COUNTERS.indexOf('synAccepted'), EVENT_BYTES);
     write32(0xabcdef, EVENT_BYTES + 4);
     addressKey('fd53:5350:0:19::1').copy(records, EVENT_BYTES + 8);
-    const [drop, accept] = decodeEvents(records);
-    assert.deepEqual(drop, { counter: 'synNoIdentity', fastId: 0, source: '10.213.5.3', destination: '10.213.5.2', sourcePort: 40000, destinationPort: 8080, folded: 17 });
+    write32(1, EVENT_BYTES + 52);
+    // A client entry the kernel retired names its owner: owner_kind 1, workload 3.
+    write32(FAST_COUNTERS.indexOf('clientRetired'), 2 * EVENT_BYTES);
+    write32(1, 2 * EVENT_BYTES + 48);
+    write32(3, 2 * EVENT_BYTES + 52);
+    const [drop, accept, retired] = decodeEvents(records);
+    assert.deepEqual(drop, { counter: 'synNoIdentity', fastId: 0, source: '10.213.5.3', destination: '10.213.5.2', sourcePort: 40000, destinationPort: 8080, folded: 17, owner: null });
     assert.equal(accept?.source, 'fd53:5350:0:19:0:0:0:1');
+    assert.equal(accept?.owner, null, 'only a retired entry has an owner');
+    assert.deepEqual(retired?.owner, { uid: 0, workload: 3 });
+    assert.equal(kernelFlowRecord(retired, null), null, 'a retired entry is no verdict');
     const record = kernelFlowRecord(drop, null)!;
     assert.deepEqual([record.verdict, record.reason, record.stage, record.source, record.path], ['drop', 'no-identity', 'syn', '10.213.5.3:40000', 'kernel']);
     assert.equal(kernelFlowRecord({ ...drop, counter: 'synFallback' }, null), null, 'a fallback is no verdict');

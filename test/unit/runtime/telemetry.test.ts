@@ -155,7 +155,7 @@ describe('bounded logging under a flood', () => {
     const destination = new SlowDestination();
     let clock = Date.parse('2026-12-03T12:00:00.000Z');
     const flows = new FlowLog({ sink: 'stdout', file: null, maxBytes: 1 << 20, maxFiles: 1, sampleAccepted: 1 }, createAgentLog('info', destination).log, () => 0, Math.random, () => clock);
-    const drop = kernelFlowRecord({ counter: 'synNoIdentity', fastId: 0, source: '10.213.5.3', destination: '10.213.5.2', sourcePort: 1, destinationPort: 80, folded: 0 }, null)!;
+    const drop = kernelFlowRecord({ counter: 'synNoIdentity', fastId: 0, source: '10.213.5.3', destination: '10.213.5.2', sourcePort: 1, destinationPort: 80, folded: 0, owner: null }, null)!;
     flows.writeKernel(drop, '10.213.5.3', 0);
     flows.writeKernel(drop, '10.213.5.3', 41_999);
     clock += 1000;
