@@ -7,6 +7,8 @@
 //   COMPARE_ALTERNATIONS=6 COMPARE_CONNECTS=400 COMPARE_RATE_MS=1000 COMPARE_MODES=pass-through,identity
 //   COMPARE_BUSY=2: that many CPU-bound processes run beside the agents throughout, as on a busy
 //   node; a change that helps an idle host can cost milliseconds there (a yielding agent did).
+//   COMPARE_MODES=kernel: identity agents on the kernel fast path (a known pair proven in the
+//   kernel, each tree with its own programs); a mode of its own run, since its lab is a kernel lab.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -16,7 +18,7 @@ import { Lab, type AgentHandle } from '../lib/lab.ts';
 import { agentsLogWarningsOnly, median, runLoad, startLoadServer } from './lab-load.ts';
 
 const PORT = 8080;
-const MODES = ['pass-through', 'identity', 'first-contact'] as const;
+const MODES = ['pass-through', 'identity', 'first-contact', 'kernel'] as const;
 type Mode = (typeof MODES)[number];
 
 const config = {
@@ -41,6 +43,9 @@ for (const tree of trees) {
   }
 }
 for (const mode of config.modes) if (!MODES.includes(mode)) throw new Error(`unknown mode ${mode} (${MODES.join(', ')})`);
+// In a kernel lab every agent runs the fast path, so the other modes would not measure theirs.
+const kernelLab = config.modes.includes('kernel');
+if (kernelLab && config.modes.length > 1) throw new Error('the kernel mode runs alone (COMPARE_MODES=kernel)');
 
 interface Sample {
   p50: number;
@@ -51,13 +56,15 @@ interface Sample {
 agentsLogWarningsOnly();
 
 const directory = mkdtempSync(join(tmpdir(), 'synpass-compare-'));
-const lab = Lab.up('cb', 91);
+const lab = Lab.up('cb', 91, { kernel: kernelLab });
 const neighbours: ChildProcess[] = Array.from({ length: config.busyProcesses }, () =>
   spawn(process.execPath, ['-e', `const end = Date.now() + ${BUSY_LIMIT_MS}; while (Date.now() < end);`], { stdio: 'ignore' }),
 );
 try {
   const files = await prepareIdentities(lab, directory);
-  await startLoadServer(lab, PORT);
+  // A listener signs fast SYN-ACKs only if it began listening while the programs were attached
+  // (they stay enabled on it across agent restarts): in the kernel lab it starts after the first agents.
+  let loadServer = kernelLab ? null : await startLoadServer(lab, PORT);
   const agentArgs = (mode: Mode, host: 'api' | 'web'): string[] => (mode === 'pass-through' ? [] : ['--config', files.configs[host]]);
   const startAgents = async (tree: string, mode: Mode): Promise<AgentHandle[]> => {
     const command = [process.execPath, join(tree, 'dist/agent/src/cli/main.js')];
@@ -70,6 +77,7 @@ try {
       for (const tree of round % 2 === 0 ? trees : [...trees].reverse()) {
         process.stderr.write(`compare: ${mode}, alternation ${round + 1} of ${config.alternations}, ${tree}\n`);
         const agents = await startAgents(tree, mode);
+        loadServer ??= await startLoadServer(lab, PORT);
         // A fresh agent's code is not compiled yet: the first connects are discarded.
         await runLoad(lab, ['sequential', ...target, '200']);
         const flush = mode === 'first-contact' ? agents.map((agent) => agent.socket) : [];
