@@ -312,6 +312,11 @@ export class Lab {
     return `${tmpdir()}/synpass-test-${this.prefix}-${host}${kind === 'whois' ? '-whois' : ''}.sock`;
   }
 
+  /** Where the host's agent keeps its kernel server table across a restart (datapath.fastPathStateFile). */
+  savedServersFile(host: Host): string {
+    return `${tmpdir()}/synpass-test-${this.prefix}-${host}-kernel-servers.json`;
+  }
+
   whoisSocket(host: Host): string {
     return this.socketPath(host, 'whois');
   }
@@ -332,9 +337,10 @@ export class Lab {
     const targets = this.networks.flatMap((cidr) => ['--target', cidr]);
     // Outside a kernel lab the fast path is off outright: whether `auto` could find bpffs under
     // `ip netns exec` depends on the machine (it remounts /sys, which usually hides it). Another
-    // build (compare-builds) may predate the flag: it gets none.
+    // build (compare-builds) may predate the flags `--kernel-fast-path` and `--fast-path-state-file`:
+    // it gets neither, and keeps its server table where its configuration says, if anywhere.
     const thisBuild = command[1] === BUILT_CLI;
-    const kernel = this.options.kernel === true ? this.kernelFlags(host) : thisBuild ? ['--kernel-fast-path', 'off'] : [];
+    const kernel = this.options.kernel !== true ? (thisBuild ? ['--kernel-fast-path', 'off'] : []) : [...this.kernelFlags(host), ...(thisBuild ? ['--fast-path-state-file', this.savedServersFile(host)] : [])];
     const child = this.spawn(host, [...command, 'agent', 'run', '--status-socket', socket, '--whois-socket', whois, ...targets, ...kernel, ...extraArgs], {
       env,
     });
@@ -381,6 +387,7 @@ export class Lab {
     // A killed agent leaves its socket files.
     for (const host of ['web', 'api', 'outsider'] as const) {
       for (const kind of ['status', 'whois'] as const) rmSync(this.socketPath(host, kind), { force: true });
+      rmSync(this.savedServersFile(host), { force: true });
     }
   }
 }

@@ -6,7 +6,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
 import { inject, verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
@@ -408,16 +408,32 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.deepEqual(moved(again, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
   });
 
-  it('an agent restart: a client\'s next fast SYN falls back once; a service that listened under the previous run keeps the fast path', async () => {
+  it('an agent restart keeps what peers proved: the next fast SYN is accepted at once, by a service that listened under the previous run', async () => {
     assert.equal(await http(), true);
     await api.process.stop('SIGTERM');
+    const savedFile = lab.savedServersFile('api');
+    assert.ok(existsSync(savedFile), 'the stopping agent saved its server table');
+    assert.equal(statSync(savedFile).mode & 0o777, 0o600);
     api = await lab.startAgent('api', ['--config', fixture.files.configs.api], { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(SOURCE_RATE) });
+    const restored = api.process.lines.find((line) => line.msg === "kernel fast path: the previous run's server table restored");
+    assert.ok(restored !== undefined && (restored.restored as number) >= 1, JSON.stringify(restored));
+    assert.equal(existsSync(savedFile), false, 'read once and removed');
+    const [apiBefore, webBefore, apiQueued, webQueued] = [await fast(api), await fast(web), await queued(api), await queued(web)];
+    assert.equal(await http(), true);
+    // The listener was opened while the previous run's programs were attached: Linux keeps the
+    // callback flag on the socket, so the new run's program signs its SYN-ACKs.
+    assert.deepEqual(moved(apiBefore, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
+    assert.deepEqual(moved(webBefore, await fast(web)), { synSent: 1, synAckVerified: 1 });
+    assert.deepEqual([await queued(api), await queued(web)], [apiQueued, webQueued], 'nothing queued');
+  });
+
+  it('without the saved table (`off`), a restarted agent\'s clients fall back to first contact once, then the pair is fast again', async () => {
+    await api.process.stop('SIGTERM');
+    api = await lab.startAgent('api', ['--config', fixture.files.configs.api, '--fast-path-state-file', 'off'], { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(SOURCE_RATE) });
     const [apiBefore, webBefore] = [await fast(api), await fast(web)];
     assert.equal(await http(), true, 'completes through first contact after one retransmission timeout');
     assert.equal(moved(apiBefore, await fast(api)).synUnknownPeer, 1);
     assert.equal(moved(webBefore, await fast(web)).synFallback, 1);
-    // The listener was opened while the previous run's programs were attached: Linux keeps the
-    // callback flag on the socket, so the new program signs its SYN-ACKs (ready option, then MACs).
     const again = await fast(api);
     assert.equal(await http(), true);
     assert.deepEqual(moved(again, await fast(api)), { synAccepted: 1, synAckSigned: 1 });

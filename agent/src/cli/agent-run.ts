@@ -27,6 +27,7 @@ const FIELD_FLAGS: readonly FieldFlag[] = [
   { flag: '--iptables <backend>', path: 'datapath.iptables' },
   { flag: '--kernel-fast-path <mode>', path: 'datapath.kernelFastPath' },
   { flag: '--fast-path-pin-dir <path>', path: 'datapath.fastPathPinDir' },
+  { flag: '--fast-path-state-file <path>', path: 'datapath.fastPathStateFile' },
   { flag: '--fast-path-cgroup <path>', path: 'datapath.fastPathCgroup' },
   { flag: '--fast-path-interface <name>', path: 'datapath.fastPathInterfaces', append: true },
   { flag: '--fast-path-conntrack <mode>', path: 'datapath.fastPathConntrack' },

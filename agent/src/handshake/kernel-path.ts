@@ -3,6 +3,7 @@
 // client's kernel send them with the fast option instead of a token; the handshake only tells
 // the kernel path who proved what (agent/src/kernel implements it).
 import type { FastKey } from '../protocol/fast-keys.ts';
+import type { VerifiedCredential } from '../token/credential.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { Authorizer } from './authorizer.ts';
 
@@ -19,6 +20,9 @@ interface KernelEntry {
 export interface AdmittedClient extends KernelEntry {
   peerAddress: string;
   port: number;
+  /** What the fast key was derived from besides this agent's key: kept so a restart can derive it again. */
+  credential: VerifiedCredential;
+  tokenSignature: Uint8Array;
 }
 
 /**
@@ -36,6 +40,30 @@ export interface FastServer extends KernelEntry {
   serverAddress: string;
   port: number;
   owner: SocketOwner;
+}
+
+/**
+ * The server table a stopped run kept for the next (kernel/saved-servers.ts writes and reads it).
+ * No key: an entry names its peer's credential (by index) and the client token's signature, and
+ * the fast key is derived again from them.
+ */
+export interface KeptServers {
+  /** This agent's X25519 public key then, base64url: the entries hold only under the same key. */
+  ownKeyAgreementKey: string;
+  /** Compact credentials, each once. */
+  credentials: readonly string[];
+  entries: readonly KeptServer[];
+}
+
+export interface KeptServer {
+  peerAddress: string;
+  port: number;
+  /** Index into `credentials`. */
+  credential: number;
+  /** base64url. */
+  tokenSignature: string;
+  peer: VerifiedIdentity;
+  expiresAt: number;
 }
 
 export interface KernelPath {

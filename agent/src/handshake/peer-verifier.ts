@@ -12,7 +12,7 @@ import { readIdentityToken, type VerifiedIdentity } from '../token/identity-toke
 import { derivePairKey } from '../protocol/proofs.ts';
 import { tokenDigest } from '../protocol/token-digest.ts';
 import { credentialReason, refuse, Refusal, tokenReason } from './reasons.ts';
-import { unpackJws, type PackedJws } from '../protocol/wire.ts';
+import { packJws, unpackJws, type PackedJws } from '../protocol/wire.ts';
 import type { TableSize } from '../datapath/handler.ts';
 
 /** A cached result with the exact bytes it was computed from. */
@@ -211,6 +211,17 @@ export class PeerVerifier {
       if (error instanceof TokenError) return refuse(credentialReason(error.code), error.message);
       throw error;
     }
+  }
+
+  /** A credential kept as text (the saved kernel table), checked as at a handshake: bundles, expiry, deny list. */
+  verifyCredentialText(compact: string): VerifiedCredential | Refusal {
+    let packed: PackedJws;
+    try {
+      packed = packJws(compact);
+    } catch (error) {
+      return refuse('malformed-token', (error as Error).message);
+    }
+    return this.credential(packed, this.nowSeconds());
   }
 
   pairKey(credential: VerifiedCredential): Buffer {

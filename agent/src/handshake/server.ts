@@ -121,6 +121,9 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
       peer: peer.identity,
       local,
       expiresAt: Math.min(peer.identity.expiresAt, peer.credential.expiresAt),
+      credential: peer.credential,
+      // A view into the queue's receive buffer, which the next batch overwrites.
+      tokenSignature: Buffer.from(message.token.signature),
     };
   }
   decision.track = true;

@@ -10,6 +10,7 @@ import type { VerdictCount } from '../datapath/engine.ts';
 import type { Authorizer } from '../handshake/authorizer.ts';
 import type { AdmittedClient, FastServer, KernelPath, SocketOwner } from '../handshake/kernel-path.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
+import type { ServerToSave } from './saved-servers.ts';
 import {
   cgroupKey,
   clientKey,
@@ -241,6 +242,20 @@ export class KernelFastPath implements KernelPath {
     this.native.arrayWrite(this.map('fast_cloak'), next, 1);
     this.closed = next;
     this.closedCount = count;
+  }
+
+  /**
+   * What a restart can rebuild of the server table (kernel/saved-servers.ts): the entries resting
+   * on this agent's current keys. Retiring ones rest on keys it no longer holds.
+   */
+  serversToSave(): ServerToSave[] {
+    const saved: ServerToSave[] = [];
+    for (const { entry, retiring } of this.servers.values()) {
+      if (retiring) continue;
+      const { peerAddress, port, credential, tokenSignature, peer, expiresAt } = entry;
+      saved.push({ peerAddress, port, credential: credential.compact, tokenSignature, peer, expiresAt });
+    }
+    return saved;
   }
 
   /** Ports whose SYNs without any proof the kernel drops. */

@@ -25,6 +25,7 @@ import { natInUse } from '../datapath/iptables.ts';
 import { KernelDropLedger } from '../kernel/drop-ledger.ts';
 import { verdictOf } from '../kernel/layouts.ts';
 import { RulesWatchdog } from './rules-watchdog.ts';
+import { takeSavedServers, writeSavedServers } from './saved-servers-file.ts';
 
 /** What the agent process runs by: the parsed configuration (runtime/config.ts). */
 export type AgentRuntimeConfig = Pick<AgentConfig, 'mode' | 'datapath' | 'telemetry' | 'targets' | 'excluded' | 'replayWindowSeconds' | 'workloads'>;
@@ -167,6 +168,7 @@ export class Agent {
       return;
     }
     this.built.useKernelPath?.(path);
+    this.restoreKernelServers();
     this.peers.fallback = (local, remote) => path.peerOf(...splitEndpoint(local), ...splitEndpoint(remote))?.identity;
     const settleDrops = this.logKernelVerdicts(path);
     this.fastPathTimer = setInterval(() => {
@@ -225,11 +227,42 @@ export class Agent {
     return { skipped: true, reason: `skipped (${mode})` };
   }
 
+  /**
+   * What peers proved to the previous run's kernel, back in this one's (datapath.fastPathStateFile),
+   * so that their next fast SYNs are accepted rather than left to fall back after a timeout.
+   */
+  private restoreKernelServers(): void {
+    const file = this.config.datapath.fastPathStateFile;
+    const kept = this.built.keptKernelServers;
+    if (file === null || kept === null) return;
+    try {
+      const saved = takeSavedServers(file);
+      if (saved === null) return;
+      this.log.info({ file, ...kept.restore(saved) }, 'kernel fast path: the previous run\'s server table restored');
+    } catch (error) {
+      this.log.warn({ err: error, file }, 'kernel fast path: the saved server table was not restored; its clients fall back once');
+    }
+  }
+
+  private saveKernelServers(path: KernelFastPath): void {
+    const file = this.config.datapath.fastPathStateFile;
+    const kept = this.built.keptKernelServers;
+    if (file === null || kept === null) return;
+    try {
+      const servers = path.serversToSave();
+      writeSavedServers(file, kept.encode(servers));
+      this.log.info({ file, entries: servers.length }, 'kernel fast path: server table saved for the next run');
+    } catch (error) {
+      this.log.warn({ err: error, file }, 'kernel fast path: the server table was not saved; after a restart its clients fall back once');
+    }
+  }
+
   /** Detached before the rules go: fast SYNs then meet the queue, which drops what it cannot prove. */
   private stopKernelFastPath(): void {
     const path = this.fastPath.path;
     if (path === null) return;
     if (this.fastPathTimer) clearInterval(this.fastPathTimer);
+    this.saveKernelServers(path);
     this.built.useKernelPath?.(null);
     this.peers.fallback = null;
     this.fastPath = { path: null, reason: 'stopped', cgroup: this.fastPath.cgroup };

@@ -93,6 +93,7 @@ export function agentConfigSchema(base: string) {
         ruleCheckSeconds: t.integer(1, 3600, 5, 'how often the rules are checked, and reinstalled when someone removed them'),
         kernelFastPath: t.choice(['auto', 'on', 'off'], 'auto', 'known pairs proven and judged in the kernel (eBPF): `auto` when the kernel, bpffs and cgroup v2 allow it, `on` or refuse to start, `off` queue only'),
         fastPathPinDir: t.pathWithDefault('/sys/fs/bpf/synpass', 'bpffs directory of the fast path\'s pinned maps and cgroup link (one per agent)'),
+        fastPathStateFile: t.pathOrOff('/var/lib/synpass/kernel-fast-path.json', 'where a stopping agent keeps its kernel\'s server table (no keys: each peer\'s credential and token signature), so that after a restart clients\' next fast SYNs are accepted at once (`off`: each falls back once, about 1 s)'),
         fastPathCgroup: t.optionalPath('cgroup v2 directory whose sockets get the fast path', 'the cgroup2 mount (the whole host)'),
         fastPathConntrack: t.choice(['auto', 'skip', 'keep'], 'auto', 'whether connections the kernel fast path judges skip conntrack (raw-table NOTRACK): `auto` skips unless this network namespace has NAT rules at start, `keep` where such connections are NATed or another firewall needs their state'),
         fastPathInterfaces: t.strings('interfaces whose ingress the fast path judges (none given: every interface with an address but loopback)', 'a list of interface names'),

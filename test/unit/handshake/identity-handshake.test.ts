@@ -17,6 +17,7 @@ import { createDomain, identityHandler, type TestDomain } from '../../../scripts
 import { VirtualQueue, type Verdict } from '../../../scripts/lib/virtual-wire.ts';
 import { bodyOf, withBody } from '../../../scripts/lib/rebody.ts';
 import type { Reason } from '../../../agent/src/datapath/reasons.ts';
+import { decodeSavedServers, encodeSavedServers, type ServerToSave } from '../../../agent/src/kernel/saved-servers.ts';
 
 // Fixture addresses: client 10.213.5.1:25750, server 10.213.5.2:7000.
 const SYN = withValidChecksums(IPV4_SYN);
@@ -566,6 +567,47 @@ describe('identity handshake over a virtual wire', () => {
     const previous = server.local.credential.expiresAt;
     server.handler.useIdentity((await agent(domain, 'api', 'backend', clock)).local);
     assert.deepEqual([serverKernel.told.retiredUntil, serverKernel.told.forgotten], [[previous], 0]);
+  });
+
+  it('a restart restores the saved server table under the same fast keys, each entry checked as a first contact would check it now', () => {
+    const serverKernel = recordingKernelPath();
+    server.handler.useKernelPath(serverKernel.path);
+    client.handler.useKernelPath(recordingKernelPath().path);
+    server.queue.deliver(client.queue.deliver(SYN, 'egress', 0, 4321).bytes, 'ingress');
+    server.queue.deliver(READY_SYN_ACK, 'egress');
+    const [admitted] = serverKernel.told.admitted;
+    assert.ok(admitted);
+    const toSave = ({ peerAddress, port, credential, tokenSignature, peer, expiresAt }: AdmittedClient): ServerToSave => ({ peerAddress, port, credential: credential.compact, tokenSignature, peer, expiresAt });
+    const file = encodeSavedServers(server.local.kexRaw, [toSave(admitted), toSave(admitted)]);
+    assert.ok(!file.includes(admitted.fast.key.toString('base64url')), 'no key in the file');
+    const saved = () => decodeSavedServers(file, 'saved.json');
+    assert.equal(saved().credentials.length, 1, 'a credential is written once');
+    // The same agent (same key-agreement key), started again: the same key and id come back.
+    const restarted = recordingKernelPath();
+    server.handler.useKernelPath(restarted.path);
+    assert.deepEqual(server.handler.restoreKernelServers(saved()), { restored: 2, skipped: {} });
+    const [restored] = restarted.told.admitted;
+    assert.deepEqual([restored?.fast, restored?.peer, restored?.port, restored?.peerAddress], [admitted.fast, admitted.peer, admitted.port, admitted.peerAddress]);
+    // Another agent's key derives other keys: nothing.
+    client.handler.useKernelPath(recordingKernelPath().path);
+    assert.deepEqual(client.handler.restoreKernelServers(saved()), { restored: 0, skipped: { 'keys-changed': 2 } });
+    // An identity that claims another agent than the credential's.
+    const forged = saved();
+    forged.entries[0]!.peer = { ...forged.entries[0]!.peer, agent: 'spiffe://hs.synpass/agent/other' };
+    assert.deepEqual(server.handler.restoreKernelServers(forged), { restored: 1, skipped: { 'agent-mismatch': 1 } });
+    // Today's policy, deny list and clock decide, not the previous run's.
+    server.handler.useAuthorizer(new AdmissionAuthorizer(new Admission({ protectedPorts: [7000], allow: [], allowWithoutIdentity: [] })));
+    assert.deepEqual(server.handler.restoreKernelServers(saved()), { restored: 0, skipped: { 'not-allowed': 2 } });
+    server.handler.useAuthorizer(new AdmissionAuthorizer(new Admission(admission)));
+    server.verifier.denyList = { credentials: new Set(), keys: new Set([admitted.credential.signKid]), revision: 'test' };
+    assert.deepEqual(server.handler.restoreKernelServers(saved()), { restored: 0, skipped: { 'revoked-credential': 2 } });
+    server.verifier.denyList = { credentials: new Set(), keys: new Set(), revision: 'none' };
+    time = (admitted.expiresAt + 1) * 1000;
+    const expired = server.handler.restoreKernelServers(saved());
+    assert.equal(expired.restored, 0);
+    assert.deepEqual(Object.keys(expired.skipped), [admitted.expiresAt === admitted.credential.expiresAt ? 'expired-credential' : 'expired']);
+    assert.throws(() => decodeSavedServers(file.replace('"credential":0', '"credential":5'), 'saved.json'), /saved\.json: an entry names a credential the file does not hold/);
+    assert.throws(() => decodeSavedServers('{', 'saved.json'), /saved\.json: not JSON/);
   });
 
   it('a server kernel that refuses the entry leaves the SYN-ACK without the kernel flag, and the client kernel untold', () => {
