@@ -37,7 +37,6 @@ const savedSchema = z
   })
   .refine((saved) => saved.entries.every((entry) => entry.credential < saved.credentials.length), { message: 'an entry names a credential the file does not hold' });
 
-
 /** One entry of the kernel's server table, as the handshake admitted it. */
 export interface ServerToSave {
   peerAddress: string;
