@@ -1,6 +1,9 @@
 // Verifies a peer's credential, reads its token, and derives the pair key, each at most once per
 // distinct value: results are cached until they expire, so a known peer costs no asymmetric
-// operation. A token's own signature is never verified here: the message's SYN signature or
+// operation. Expiry is this agent's clock against `exp`, with no leeway, whether the result is
+// fresh or cached (and as the kernel's entries expire): the token layer's clock-skew leeway is
+// kept for times in the future (`iat`, `nbf`, a peer's clock ahead), never to accept a credential
+// past its end. A token's own signature is never verified here: the message's SYN signature or
 // pair-key proof covers the token's digest, and a token enters the cache once the caller has
 // checked that. Caches are bounded; the oldest entry goes first.
 import type { KeyObject } from 'node:crypto';
@@ -173,6 +176,7 @@ export class PeerVerifier {
     }
     try {
       const identity = readIdentityToken(unpackJws(tokenJws), credential, now);
+      if (identity.expiresAt <= now) return refuse('expired-token');
       return { credential, identity, tokenDigest: tokenDigest(tokenJws), tokenProven: false };
     } catch (error) {
       // The token layer reports a bad token as a typed error; here it becomes a verdict.
@@ -205,6 +209,7 @@ export class PeerVerifier {
     }
     try {
       const credential = verifyCredential(unpackJws(packed), this.bundles, now);
+      if (credential.expiresAt <= now) return refuse('expired-credential');
       this.credentials.set(key, { bytes: Buffer.from(packed.bytes), value: credential });
       return credential;
     } catch (error) {
