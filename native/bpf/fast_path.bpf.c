@@ -460,15 +460,15 @@ static __always_inline int has_marker(struct __sk_buff *skb, const struct parsed
 
 #define NSEC_PER_SEC 1000000000ULL
 
-/* Takes one SYN from its source's bucket (rate a second, holding one second's worth); 0 when it
- * is empty. Two CPUs may update one bucket at once and let a SYN or two more by: a bound, not a
- * count. */
+/* Takes one SYN from its source's bucket (source_rate a second, holding source_burst, at most one
+ * second's worth); 0 when it is empty. Two CPUs may update one bucket at once and let a SYN or two
+ * more by: a bound, not a count. */
 static __always_inline int within_source_rate(const struct fast_config *cfg, const struct parsed *p) {
   struct source_key key = {};
   if (p->ipv4) __builtin_memcpy(key.network, p->source, 16);
   else __builtin_memcpy(key.network, p->source, 8);
   __u64 now = bpf_ktime_get_ns();
-  __u64 full = (__u64)cfg->source_rate * NSEC_PER_SEC;
+  __u64 full = (__u64)(cfg->source_burst > 0 ? cfg->source_burst : 1) * NSEC_PER_SEC;
   struct source_bucket *bucket = bpf_map_lookup_elem(&fast_sources, &key);
   if (!bucket) {
     struct source_bucket fresh = {.credit = full - NSEC_PER_SEC, .updated_ns = now};

@@ -32,6 +32,7 @@ struct fast_config {
   __u32 budget_mark;        /* on a SYN charged to its source's bucket: the rules do not charge it again */
   __u32 untracked_mark;     /* on every packet of a connection the fast path judged: the raw table skips conntrack (0: off) */
   __u32 workload_cgroups;   /* entries in fast_workloads: 0 skips the cgroup walk at connect */
+  __u32 source_burst;       /* SYNs a source's bucket holds, at most source_rate (one second's worth) */
 };
 
 /* One kernel verdict for the agent's flow log (ring buffer `fast_events`). A drop is reported

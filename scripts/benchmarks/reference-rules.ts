@@ -22,6 +22,7 @@ if (command === 'remove') {
     queueCount: DEFAULT_DATAPATH.queueCount,
     failOpen: false,
     queueRatePerSource: DEFAULT_DATAPATH.queueRatePerSource,
+    queueMaxLength: DEFAULT_DATAPATH.queueMaxLength,
     marks: connectionMarks(DEFAULT_DATAPATH.markBase),
     targetNetworks,
     excludedNetworks,

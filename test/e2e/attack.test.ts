@@ -27,9 +27,11 @@ describe('attack side, short runs', { skip: !isRoot() && 'needs root for network
   });
 
   it('flood: flat out, token-less SYNs are held to their source rate in the kernel, forged first contacts to their signature budget; no legitimate connection or first contact fails', async () => {
-    // A bucket of half the default: what is tested is that the kernel holds the source to its
+    // A rate of half the default: what is tested is that the kernel holds the source to its
     // bucket, and a slower machine (a fresh root under load) judges 10,000 SYNs a second with no
-    // margin left, so the queue could overflow for want of CPU rather than of a bound.
+    // margin left, so the queue could overflow for want of CPU rather than of a bound. The burst
+    // is a quarter of the queue (datapath/rules.ts, sourceBurst): a second's worth let a slower
+    // machine's queue overflow at the flood's first burst.
     const rows = await floodBench({ seconds: 5, rates: ['max'], kinds: ['token-less', 'forced-verify'], concurrency: 4, firstContacts: 10, queueRatePerSource: 5_000, prefix: 'afl', net: 17 });
     assert.deepEqual(rows.map((r) => r.kind), ['none', 'token-less', 'forced-verify', 'none']);
     for (const row of rows) {

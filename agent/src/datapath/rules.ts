@@ -34,6 +34,8 @@ export interface RuleOptions {
   failOpen: boolean;
   /** Incoming packets a second per source (IPv4 address, IPv6 /64) let into the queue; 0: no limit. */
   queueRatePerSource: number;
+  /** Packets each queue holds: a source's burst is a share of it (sourceBurst). */
+  queueMaxLength: number;
   marks: ConnectionMarks;
   /** CIDRs that receive tokens: outgoing SYNs are queued only toward these. */
   targetNetworks: readonly string[];
@@ -45,10 +47,21 @@ function hex(value: number): string {
   return `0x${(value >>> 0).toString(16)}`;
 }
 
+/** A source's burst may take at most this share of the queue. */
+const QUEUE_SHARE_PER_BURST = 4;
+
+/**
+ * Packets a source may send into the queue at once: a second's worth, but at most a quarter of
+ * the queue, so that one source's burst cannot fill it however slowly the agent drains it (with a
+ * second's worth of a 10,000 a second default in a 4,096 queue, a flood's first burst did).
+ */
+export function sourceBurst(ratePerSource: number, queueMaxLength: number): number {
+  return Math.max(1, Math.min(ratePerSource, Math.floor(queueMaxLength / QUEUE_SHARE_PER_BURST)));
+}
+
 /**
  * A token bucket per source in the kernel (hashlimit) in front of the queue, so that one source
- * cannot fill the queue every other source's handshakes need. The bucket holds one second's
- * worth. Only packets on their way into the queue take it: a released connection's traffic never
+ * cannot fill the queue every other source's handshakes need. The bucket holds sourceBurst. Only packets on their way into the queue take it: a released connection's traffic never
  * gets here. A SYN the kernel fast path already charged to its own per-source bucket (a BPF map,
  * same rate) carries `budgeted` and goes straight on.
  */
@@ -56,7 +69,7 @@ function sourceLimit(family: IpFamily, options: RuleOptions, queue: string): str
   const budgeted = `${hex(options.marks.budgeted)}/${hex(options.marks.budgeted)}`;
   const rate = options.queueRatePerSource;
   const limit = [
-    `--hashlimit-above ${rate}/sec --hashlimit-burst ${rate} --hashlimit-mode srcip --hashlimit-srcmask ${family === 4 ? 32 : 64}`,
+    `--hashlimit-above ${rate}/sec --hashlimit-burst ${sourceBurst(rate, options.queueMaxLength)} --hashlimit-mode srcip --hashlimit-srcmask ${family === 4 ? 32 : 64}`,
     `--hashlimit-name synpass-in --hashlimit-htable-max ${SOURCE_TABLE_MAX} --hashlimit-htable-expire ${SOURCE_IDLE_MS}`,
   ].join(' ');
   return [

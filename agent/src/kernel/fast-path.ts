@@ -54,6 +54,8 @@ export interface KernelFastPathOptions {
   acceptSample: number;
   /** SYNs a second per source (IPv4 address, IPv6 /64) passed on to the queue (0: no limit). */
   sourceRate: number;
+  /** SYNs a source's bucket holds: its burst (at most sourceRate). */
+  sourceBurst: number;
   /** Set on a SYN charged to its source's bucket (`budgeted`): the rules' hashlimit skips it. */
   budgetMark: number;
   /** The cgroup v2 directories that name local workloads (`workloads[].cgroups`), by workload number. */
@@ -151,6 +153,7 @@ export class KernelFastPath implements KernelPath {
       clientMark: this.options.clientMark,
       acceptSample: this.options.acceptSample,
       sourceRate: this.options.sourceRate,
+      sourceBurst: this.options.sourceBurst,
       budgetMark: this.options.budgetMark,
       untrackedMark: this.untrackedMark,
       workloadCgroups: this.workloadCgroupIds.size,

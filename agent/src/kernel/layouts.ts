@@ -188,6 +188,8 @@ export interface FastConfig {
   acceptSample: number;
   /** SYNs a second per source the kernel passes on to the queue (0: no limit). */
   sourceRate: number;
+  /** SYNs a source's bucket holds (at most sourceRate). */
+  sourceBurst: number;
   /** Set on a SYN charged to its source's bucket. */
   budgetMark: number;
   /** Set on every packet of a connection the fast path judged, to skip conntrack (0: kept). */
@@ -210,6 +212,7 @@ export function configValue(config: FastConfig): Buffer {
   u32(value, 32, config.budgetMark);
   u32(value, 36, config.untrackedMark);
   u32(value, 40, config.workloadCgroups);
+  u32(value, 44, config.sourceBurst);
   return value;
 }
 

@@ -74,6 +74,7 @@ export class Agent {
         queueCount: options.queueCount,
         failOpen: options.failOpen,
         queueRatePerSource: options.queueRatePerSource,
+        queueMaxLength: options.queueMaxLength,
         marks: this.marks,
         targetNetworks: config.targets,
         excludedNetworks: config.excluded,

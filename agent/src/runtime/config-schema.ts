@@ -78,7 +78,7 @@ export function agentConfigSchema(base: string) {
         queue: t.integer(0, 65535, 3170, 'first NFQUEUE number'),
         queueCount: t.integer(1, 64, 1, 'queues to balance flows across'),
         queueMaxLength: t.integer(1, 1_000_000, 4096, 'kernel queue length'),
-        queueRatePerSource: t.integer(0, 1_000_000, 10_000, 'incoming packets a second per source, IPv4 address or IPv6 /64, let into the queue; the kernel drops the rest (`source-rate-limited`; 0: unlimited)'),
+        queueRatePerSource: t.integer(0, 1_000_000, 10_000, 'incoming packets a second per source, IPv4 address or IPv6 /64, let into the queue, in bursts of at most a quarter of the queue; the kernel drops the rest (`source-rate-limited`; 0: unlimited)'),
         failOpen: t.boolean(false, 'accept packets when the queue is full or no agent listens (default: drop, fail closed)'),
         markBase: t.integer(1, MAX_MARK_BASE, 0x00100000, 'lowest of the 6 packet-mark bits the agent owns', {
           defaultText: '0x100000',

@@ -8,6 +8,7 @@ import { SynpassError } from '../errors.ts';
 import { KernelFastPath, KernelPathError, type WorkloadCgroup } from '../kernel/fast-path.ts';
 import { fastPathObjectPath } from '../native/addon.ts';
 import type { ConnectionMarks } from '../datapath/marks.ts';
+import { sourceBurst } from '../datapath/rules.ts';
 import type { AgentConfig } from './config.ts';
 
 const BPF_FS_MAGIC = 0xcafe4a11;
@@ -94,6 +95,7 @@ export function chooseKernelFastPath(
         clientMark: marks.pass,
         acceptSample,
         sourceRate: datapath.queueRatePerSource,
+        sourceBurst: sourceBurst(datapath.queueRatePerSource, datapath.queueMaxLength),
         budgetMark: marks.budgeted,
         workloadCgroups: workloadCgroups(config.workloads, cgroup!),
       });

@@ -1,13 +1,14 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connectionMarks } from '../../../agent/src/datapath/marks.ts';
-import { buildNotrackRuleset, buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, sourceLimitedCount, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
+import { buildNotrackRuleset, buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, sourceBurst, sourceLimitedCount, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
 
 const options: RuleOptions = {
   queueNumber: 3170,
   queueCount: 1,
   failOpen: false,
   queueRatePerSource: 0,
+  queueMaxLength: 4096,
   marks: connectionMarks(0x100000),
   targetNetworks: ['10.0.0.0/8', 'fd00::/8'],
   excludedNetworks: ['10.9.0.0/16'],
@@ -147,7 +148,7 @@ describe('buildRemoval', () => {
       const chain = rules.filter((l) => l.startsWith('-A SYNPASS-IN-LIMIT '));
       // A SYN the kernel fast path charged to its own bucket (the `budgeted` bit) is not charged twice.
       assert.equal(chain.shift(), '-A SYNPASS-IN-LIMIT -m mark --mark 0x1000000/0x1000000 -j NFQUEUE --queue-num 3170');
-      assert.match(chain[0]!, new RegExp(`^-A SYNPASS-IN-LIMIT -m hashlimit --hashlimit-above 5000/sec --hashlimit-burst 5000 --hashlimit-mode srcip --hashlimit-srcmask ${mask} .*--comment synpass-source-limited -j DROP$`));
+      assert.match(chain[0]!, new RegExp(`^-A SYNPASS-IN-LIMIT -m hashlimit --hashlimit-above 5000/sec --hashlimit-burst 1024 --hashlimit-mode srcip --hashlimit-srcmask ${mask} .*--comment synpass-source-limited -j DROP$`));
       assert.equal(chain[1], '-A SYNPASS-IN-LIMIT -j NFQUEUE --queue-num 3170');
       assert.equal(chain.length, 2);
       // Every ingress packet bound for the queue goes through the limit; nothing else does.
@@ -156,6 +157,9 @@ describe('buildRemoval', () => {
       assert.equal(ingress.filter((l) => l.endsWith('-j SYNPASS-IN-LIMIT')).length, 3);
       assert.ok(rules.filter((l) => l.startsWith('-A SYNPASS-OUT-Q ')).some((l) => l.includes('NFQUEUE')), 'egress is not limited');
     }
+    // A burst is a second's worth, but at most a quarter of the queue.
+    assert.match(buildRuleset(4, { ...limited, queueMaxLength: 100_000 }), /--hashlimit-above 5000\/sec --hashlimit-burst 5000 /);
+    assert.deepEqual([sourceBurst(5000, 4096), sourceBurst(500, 4096), sourceBurst(5000, 2), sourceBurst(1, 4096)], [1024, 500, 1, 1]);
     const unlimited = buildRuleset(4, options);
     assert.doesNotMatch(unlimited, /hashlimit|SYNPASS-IN-LIMIT/, '0 turns it off');
     const saved = ['*mangle', '[40:2400] -A SYNPASS-IN-LIMIT -m hashlimit --hashlimit-above 5000/sec -m comment --comment synpass-source-limited -j DROP', 'COMMIT'].join('\n');

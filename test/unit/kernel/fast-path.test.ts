@@ -59,12 +59,12 @@ describe('map layouts', () => {
     assert.deepEqual([read32(server, 16), read16(server, 20)], [0x01020304, 443]);
     assert.deepEqual([read32(serverValue(key, true, false), 16), read32(serverValue(key, false, false), 16)], [1, 0]);
     assert.deepEqual([read32(serverValue(key, true, true), 20), read32(serverValue(key, true, false), 20)], [1, 0]);
-    const config = configValue({ realtimeOffsetNs: 5n, windowSeconds: 30, acceptMark: 0x500000, clientMark: 0x100000, acceptSample: 0.5, sourceRate: 10_000, budgetMark: 0x1000000, untrackedMark: 0x2000000, workloadCgroups: 2 });
+    const config = configValue({ realtimeOffsetNs: 5n, windowSeconds: 30, acceptMark: 0x500000, clientMark: 0x100000, acceptSample: 0.5, sourceRate: 10_000, sourceBurst: 1024, budgetMark: 0x1000000, untrackedMark: 0x2000000, workloadCgroups: 2 });
     assert.deepEqual(
-      [config.length, read32(config, 8), read32(config, 12), read32(config, 16), read32(config, 20), read32(config, 24), read32(config, 28), read32(config, 32), read32(config, 36), read32(config, 40)],
-      [48, 30, 0x500000, 0x100000, 1, 2 ** 31, 10_000, 0x1000000, 0x2000000, 2],
+      [config.length, read32(config, 8), read32(config, 12), read32(config, 16), read32(config, 20), read32(config, 24), read32(config, 28), read32(config, 32), read32(config, 36), read32(config, 40), read32(config, 44)],
+      [48, 30, 0x500000, 0x100000, 1, 2 ** 31, 10_000, 0x1000000, 0x2000000, 2, 1024],
     );
-    assert.equal(read32(configValue({ realtimeOffsetNs: 0n, windowSeconds: 1, acceptMark: 0, clientMark: 0, acceptSample: 1, sourceRate: 0, budgetMark: 0, untrackedMark: 0, workloadCgroups: 0 }), 24), 0xffffffff);
+    assert.equal(read32(configValue({ realtimeOffsetNs: 0n, windowSeconds: 1, acceptMark: 0, clientMark: 0, acceptSample: 1, sourceRate: 0, sourceBurst: 0, budgetMark: 0, untrackedMark: 0, workloadCgroups: 0 }), 24), 0xffffffff);
   });
 
   it('excluded networks as LPM prefixes over the 16-byte address', () => {
