@@ -312,9 +312,9 @@ export class Lab {
     return `${tmpdir()}/synpass-test-${this.prefix}-${host}${kind === 'whois' ? '-whois' : ''}.sock`;
   }
 
-  /** Where the host's agent keeps its kernel server table across a restart (datapath.fastPathStateFile). */
-  savedServersFile(host: Host): string {
-    return `${tmpdir()}/synpass-test-${this.prefix}-${host}-kernel-servers.json`;
+  /** Where the host's agent keeps its kernel tables across a restart (datapath.fastPathStateFile). */
+  savedTablesFile(host: Host): string {
+    return `${tmpdir()}/synpass-test-${this.prefix}-${host}-kernel-tables.json`;
   }
 
   whoisSocket(host: Host): string {
@@ -338,9 +338,9 @@ export class Lab {
     // Outside a kernel lab the fast path is off outright: whether `auto` could find bpffs under
     // `ip netns exec` depends on the machine (it remounts /sys, which usually hides it). Another
     // build (compare-builds) may predate the flags `--kernel-fast-path` and `--fast-path-state-file`:
-    // it gets neither, and keeps its server table where its configuration says, if anywhere.
+    // it gets neither, and keeps its kernel tables where its configuration says, if anywhere.
     const thisBuild = command[1] === BUILT_CLI;
-    const kernel = this.options.kernel !== true ? (thisBuild ? ['--kernel-fast-path', 'off'] : []) : [...this.kernelFlags(host), ...(thisBuild ? ['--fast-path-state-file', this.savedServersFile(host)] : [])];
+    const kernel = this.options.kernel !== true ? (thisBuild ? ['--kernel-fast-path', 'off'] : []) : [...this.kernelFlags(host), ...(thisBuild ? ['--fast-path-state-file', this.savedTablesFile(host)] : [])];
     const child = this.spawn(host, [...command, 'agent', 'run', '--status-socket', socket, '--whois-socket', whois, ...targets, ...kernel, ...extraArgs], {
       env,
     });
@@ -387,7 +387,7 @@ export class Lab {
     // A killed agent leaves its socket files.
     for (const host of ['web', 'api', 'outsider'] as const) {
       for (const kind of ['status', 'whois'] as const) rmSync(this.socketPath(host, kind), { force: true });
-      rmSync(this.savedServersFile(host), { force: true });
+      rmSync(this.savedTablesFile(host), { force: true });
     }
   }
 }

@@ -411,12 +411,12 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
   it('an agent restart keeps what peers proved: the next fast SYN is accepted at once, by a service that listened under the previous run', async () => {
     assert.equal(await http(), true);
     await api.process.stop('SIGTERM');
-    const savedFile = lab.savedServersFile('api');
+    const savedFile = lab.savedTablesFile('api');
     assert.ok(existsSync(savedFile), 'the stopping agent saved its server table');
     assert.equal(statSync(savedFile).mode & 0o777, 0o600);
     api = await lab.startAgent('api', ['--config', fixture.files.configs.api], { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(SOURCE_RATE) });
-    const restored = api.process.lines.find((line) => line.msg === "kernel fast path: the previous run's server table restored");
-    assert.ok(restored !== undefined && (restored.restored as number) >= 1, JSON.stringify(restored));
+    const restored = api.process.lines.find((line) => line.msg === "kernel fast path: the previous run's tables restored") as { servers?: { restored: number } } | undefined;
+    assert.ok(restored?.servers !== undefined && restored.servers.restored >= 1, JSON.stringify(restored));
     assert.equal(existsSync(savedFile), false, 'read once and removed');
     const [apiBefore, webBefore, apiQueued, webQueued] = [await fast(api), await fast(web), await queued(api), await queued(web)];
     assert.equal(await http(), true);
@@ -424,6 +424,20 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     // callback flag on the socket, so the new run's program signs its SYN-ACKs.
     assert.deepEqual(moved(apiBefore, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
     assert.deepEqual(moved(webBefore, await fast(web)), { synSent: 1, synAckVerified: 1 });
+    assert.deepEqual([await queued(api), await queued(web)], [apiQueued, webQueued], 'nothing queued');
+  });
+
+  it('a client agent\'s restart keeps what its workloads proved: their next connect is a fast SYN, nothing queued', async () => {
+    assert.equal(await http(), true);
+    await web.process.stop('SIGTERM');
+    assert.ok(existsSync(lab.savedTablesFile('web')), 'the stopping agent saved its client table');
+    web = await lab.startAgent('web', ['--config', fixture.files.configs.web]);
+    const restored = web.process.lines.find((line) => line.msg === "kernel fast path: the previous run's tables restored") as { clients?: { restored: number } } | undefined;
+    assert.ok(restored?.clients !== undefined && restored.clients.restored >= 1, JSON.stringify(restored));
+    const [apiBefore, webBefore, apiQueued, webQueued] = [await fast(api), await fast(web), await queued(api), await queued(web)];
+    assert.equal(await http(), true);
+    assert.deepEqual(moved(webBefore, await fast(web)), { synSent: 1, synAckVerified: 1 });
+    assert.deepEqual(moved(apiBefore, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
     assert.deepEqual([await queued(api), await queued(web)], [apiQueued, webQueued], 'nothing queued');
   });
 

@@ -119,6 +119,8 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
       peer: peer.identity,
       local: flow.local ?? {},
       expiresAt: Math.min(peer.identity.expiresAt, peer.credential.expiresAt, ctx.local.tokenExpiresAt),
+      credential: peer.credential,
+      tokenSignature: flow.syn.token.signature,
     });
   }
   flow.serverNonce = Buffer.from(message.nonce);

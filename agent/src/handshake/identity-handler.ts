@@ -13,10 +13,10 @@ import type { Authorizer } from './authorizer.ts';
 import { clientAck, clientSyn, clientSynAck } from './client.ts';
 import { HandshakeContext, MAX_KNOWN_SERVERS, type IdentityHandlerOptions } from './context.ts';
 import { MAX_HELD } from './held.ts';
-import type { KeptServers, KernelPath } from './kernel-path.ts';
+import type { KeptTables, KernelPath } from './kernel-path.ts';
 import { PairKeys, type PeerVerifier } from './peer-verifier.ts';
 import { Refusal } from './reasons.ts';
-import { restoreKernelServers, type RestoreOutcome } from './restore-kernel.ts';
+import { restoreKernelTables, type TablesRestored } from './restore-kernel.ts';
 import { serverAck, serverSyn, serverSynAck } from './server.ts';
 
 export type { IdentityHandlerOptions } from './context.ts';
@@ -70,9 +70,9 @@ export class IdentityHandler implements HandshakeHandler {
     this.cloakInKernel();
   }
 
-  /** The server table a previous run saved, back into the kernel path as far as it still holds. */
-  restoreKernelServers(saved: KeptServers): RestoreOutcome {
-    return restoreKernelServers(this.ctx, saved);
+  /** The kernel tables a previous run saved, back into the kernel path as far as it still holds. */
+  restoreKernelTables(saved: KeptTables): TablesRestored {
+    return restoreKernelTables(this.ctx, saved);
   }
 
   /** From now on, tell `path` of every client workload proven at first contact (null: stop). */

@@ -40,22 +40,28 @@ export interface FastServer extends KernelEntry {
   serverAddress: string;
   port: number;
   owner: SocketOwner;
+  /** What the fast key was derived from besides this agent's key: the server's credential and our token's signature. */
+  credential: VerifiedCredential;
+  tokenSignature: Uint8Array;
 }
 
 /**
- * The server table a stopped run kept for the next (kernel/saved-servers.ts writes and reads it).
- * No key: an entry names its peer's credential (by index) and the client token's signature, and
- * the fast key is derived again from them.
+ * The kernel tables a stopped run kept for the next (kernel/saved-tables.ts writes and reads
+ * them). No key: an entry names its peer's credential (by index) and the client token's
+ * signature, and the fast key is derived again from them.
  */
-export interface KeptServers {
+export interface KeptTables {
   /** This agent's X25519 public key then, base64url: the entries hold only under the same key. */
   ownKeyAgreementKey: string;
   /** Compact credentials, each once. */
   credentials: readonly string[];
-  entries: readonly KeptServer[];
+  /** The server table: client workloads admitted to local ports. */
+  entries: readonly KeptServerEntry[];
+  /** The client table: servers that hold a local workload. */
+  clients: readonly KeptClientEntry[];
 }
 
-export interface KeptServer {
+export interface KeptServerEntry {
   peerAddress: string;
   port: number;
   /** Index into `credentials`. */
@@ -63,6 +69,20 @@ export interface KeptServer {
   /** base64url. */
   tokenSignature: string;
   peer: VerifiedIdentity;
+  expiresAt: number;
+}
+
+export interface KeptClientEntry {
+  serverAddress: string;
+  port: number;
+  owner: SocketOwner;
+  /** Index into `credentials`: the server's. */
+  credential: number;
+  /** Our token's, base64url. */
+  tokenSignature: string;
+  /** The server workload, and the local workload's attributes the server was proven. */
+  peer: VerifiedIdentity;
+  local: Readonly<Record<string, string>>;
   expiresAt: number;
 }
 
@@ -74,7 +94,8 @@ export interface KernelPath {
   takeConnectionWorkload(localAddress: string, localPort: number, remoteAddress: string, remotePort: number): number;
   /** Whether the kernel took the entry (a full table refuses it; the next connection is queued). */
   admitClient(entry: AdmittedClient): boolean;
-  useServer(entry: FastServer): void;
+  /** Whether the kernel took the entry (a full table refuses it; the next connection is queued). */
+  useServer(entry: FastServer): boolean;
   /** Policy changed: each entry is judged again; a client no longer admitted is dropped in the kernel from its next SYN. */
   reauthorize(authorizer: Authorizer): void;
   /** Which local ports admit no peer without identity from anywhere: the kernel drops such SYNs itself. */

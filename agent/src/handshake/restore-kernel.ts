@@ -1,68 +1,96 @@
-// After a restart, the server table the previous run kept (KeptServers) goes back
-// into the kernel, each entry checked as a first contact would check it now: the credential
-// against today's bundles, expiry and deny list, the identity against today's policy. The fast
-// key is derived again from the pair key, so only an agent with the same key-agreement key can
-// restore anything: the clients hold keys derived from it.
+// After a restart, the kernel tables the previous run kept (KeptTables) go back into the kernel,
+// each entry checked as a first contact would check it now: the credential against today's
+// bundles, expiry and deny list, the identity against today's policy, and on the client side the
+// local workload against what it is today. The fast key is derived again from the pair key, so
+// only an agent with the same key-agreement key can restore anything: its peers hold keys derived
+// from it.
+import { isDeepStrictEqual } from 'node:util';
 import { deriveFastKey } from '../protocol/fast-keys.ts';
 import type { VerifiedCredential } from '../token/credential.ts';
 import type { HandshakeContext } from './context.ts';
-import type { KeptServers } from './kernel-path.ts';
+import type { KeptTables } from './kernel-path.ts';
 import { Refusal } from './reasons.ts';
 
 export interface RestoreOutcome {
   restored: number;
-  /** Entries left out, by why: a credential refusal's reason, `keys-changed`, `expired`, `not-allowed`, `agent-mismatch`, `refused-by-kernel`. */
+  /**
+   * Entries left out, by why: a credential refusal's reason, `keys-changed`, `expired`,
+   * `not-allowed`, `agent-mismatch`, `refused-by-kernel`, and on the client side
+   * `workload-changed` (the local workload is not what the server was proven).
+   */
   skipped: Record<string, number>;
 }
 
-export function restoreKernelServers(ctx: HandshakeContext, saved: KeptServers): RestoreOutcome {
-  const outcome: RestoreOutcome = { restored: 0, skipped: {} };
-  const skip = (why: string, count = 1) => {
-    outcome.skipped[why] = (outcome.skipped[why] ?? 0) + count;
-  };
+export interface TablesRestored {
+  servers: RestoreOutcome;
+  clients: RestoreOutcome;
+}
+
+export function restoreKernelTables(ctx: HandshakeContext, saved: KeptTables): TablesRestored {
+  const servers: RestoreOutcome = { restored: 0, skipped: {} };
+  const clients: RestoreOutcome = { restored: 0, skipped: {} };
   const kernelPath = ctx.kernelPath;
-  if (kernelPath === null) return outcome;
+  if (kernelPath === null) return { servers, clients };
   if (!Buffer.from(saved.ownKeyAgreementKey, 'base64url').equals(ctx.local.kexRaw)) {
-    skip('keys-changed', saved.entries.length);
-    return outcome;
+    if (saved.entries.length > 0) servers.skipped['keys-changed'] = saved.entries.length;
+    if (saved.clients.length > 0) clients.skipped['keys-changed'] = saved.clients.length;
+    return { servers, clients };
   }
   const credentials: (VerifiedCredential | Refusal)[] = saved.credentials.map((compact) => ctx.verifier.verifyCredentialText(compact));
   const nowSeconds = ctx.now() / 1000;
-  for (const entry of saved.entries) {
+  /** The entry's credential and expiry if it still holds, else why not. */
+  const recheck = (entry: KeptTables['entries'][number] | KeptTables['clients'][number]): { credential: VerifiedCredential; expiresAt: number } | string => {
     const credential = credentials[entry.credential]!;
-    if (credential instanceof Refusal) {
-      skip(credential.reason);
-      continue;
-    }
+    if (credential instanceof Refusal) return credential.reason;
     // The identity was read from a token that credential's key signed.
-    if (entry.peer.agent !== credential.subject || entry.peer.trustDomain !== credential.trustDomain) {
-      skip('agent-mismatch');
-      continue;
-    }
+    if (entry.peer.agent !== credential.subject || entry.peer.trustDomain !== credential.trustDomain) return 'agent-mismatch';
     const expiresAt = Math.min(entry.expiresAt, entry.peer.expiresAt, credential.expiresAt);
-    if (expiresAt <= nowSeconds) {
-      skip('expired');
+    return expiresAt <= nowSeconds ? 'expired' : { credential, expiresAt };
+  };
+  const count = (outcome: RestoreOutcome, result: string | true): void => {
+    if (result === true) outcome.restored++;
+    else outcome.skipped[result] = (outcome.skipped[result] ?? 0) + 1;
+  };
+  for (const entry of saved.entries) {
+    const held = recheck(entry);
+    if (typeof held === 'string') {
+      count(servers, held);
       continue;
     }
     const local = ctx.local.tokenForPort(entry.port).localAttributes;
     const auth = ctx.authorizer.ingress({ local, peer: entry.peer, peerAddress: entry.peerAddress, port: entry.port });
     if (!auth.allowed || auth.wouldDrop !== null) {
-      skip('not-allowed');
+      count(servers, 'not-allowed');
       continue;
     }
     const tokenSignature = Buffer.from(entry.tokenSignature, 'base64url');
-    const admitted = kernelPath.admitClient({
-      peerAddress: entry.peerAddress,
-      port: entry.port,
-      fast: deriveFastKey(ctx.verifier.pairKey(credential), tokenSignature),
-      peer: entry.peer,
-      local,
-      expiresAt,
-      credential,
-      tokenSignature,
-    });
-    if (admitted) outcome.restored++;
-    else skip('refused-by-kernel');
+    const fast = deriveFastKey(ctx.verifier.pairKey(held.credential), tokenSignature);
+    const admitted = kernelPath.admitClient({ peerAddress: entry.peerAddress, port: entry.port, fast, peer: entry.peer, local, expiresAt: held.expiresAt, credential: held.credential, tokenSignature });
+    count(servers, admitted || 'refused-by-kernel');
   }
-  return outcome;
+  for (const entry of saved.clients) {
+    const held = recheck(entry);
+    if (typeof held === 'string') {
+      count(clients, held);
+      continue;
+    }
+    // The server holds the workload our token then named; a fast SYN speaks as that one only if
+    // its owner is still that workload here.
+    const local = ctx.local.tokenForOwner(entry.owner.uid, entry.owner.workload).localAttributes;
+    if (!isDeepStrictEqual({ ...local }, { ...entry.local })) {
+      count(clients, 'workload-changed');
+      continue;
+    }
+    const auth = ctx.authorizer.egress({ local, peer: entry.peer, peerAddress: entry.serverAddress, port: entry.port });
+    if (!auth.allowed || auth.wouldDrop !== null) {
+      count(clients, 'not-allowed');
+      continue;
+    }
+    const tokenSignature = Buffer.from(entry.tokenSignature, 'base64url');
+    const fast = deriveFastKey(ctx.verifier.pairKey(held.credential), tokenSignature);
+    const used = kernelPath.useServer({ serverAddress: entry.serverAddress, port: entry.port, owner: entry.owner, fast, peer: entry.peer, local, expiresAt: held.expiresAt, credential: held.credential, tokenSignature });
+    count(clients, used || 'refused-by-kernel');
+  }
+  return { servers, clients };
 }
+

@@ -10,7 +10,7 @@ import type { VerdictCount } from '../datapath/engine.ts';
 import type { Authorizer } from '../handshake/authorizer.ts';
 import type { AdmittedClient, FastServer, KernelPath, SocketOwner } from '../handshake/kernel-path.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
-import type { ServerToSave } from './saved-servers.ts';
+import type { ClientToSave, ServerToSave } from './saved-tables.ts';
 import {
   cgroupKey,
   clientKey,
@@ -207,14 +207,16 @@ export class KernelFastPath implements KernelPath {
     return true;
   }
 
-  useServer(entry: FastServer): void {
+  useServer(entry: FastServer): boolean {
     const key = clientKey(entry.serverAddress, entry.port, entry.owner);
     const id = key.toString('latin1');
     if (!this.clients.has(id) && this.clients.size >= MAP_CAPACITY.fast_clients) {
       this.refused++;
-      return;
+      return false;
     }
-    if (this.write('fast_clients', key, clientValue(entry.fast.fastId, entry.fast.key))) this.clients.set(id, entry);
+    if (!this.write('fast_clients', key, clientValue(entry.fast.fastId, entry.fast.key))) return false;
+    this.clients.set(id, entry);
+    return true;
   }
 
   reauthorize(authorizer: Authorizer): void {
@@ -248,7 +250,7 @@ export class KernelFastPath implements KernelPath {
   }
 
   /**
-   * What a restart can rebuild of the server table (kernel/saved-servers.ts): the entries resting
+   * What a restart can rebuild of the server table (kernel/saved-tables.ts): the entries resting
    * on this agent's current keys. Retiring ones rest on keys it no longer holds.
    */
   serversToSave(): ServerToSave[] {
@@ -259,6 +261,11 @@ export class KernelFastPath implements KernelPath {
       saved.push({ peerAddress, port, credential: credential.compact, tokenSignature, peer, expiresAt });
     }
     return saved;
+  }
+
+  /** What a restart can rebuild of the client table: every entry (a change of this agent's keys empties it). */
+  clientsToSave(): ClientToSave[] {
+    return [...this.clients.values()].map(({ serverAddress, port, owner, credential, tokenSignature, peer, local, expiresAt }) => ({ serverAddress, port, owner, credential: credential.compact, tokenSignature, peer, local, expiresAt }));
   }
 
   /** Ports whose SYNs without any proof the kernel drops. */

@@ -25,7 +25,7 @@ import { natInUse } from '../datapath/iptables.ts';
 import { KernelDropLedger } from '../kernel/drop-ledger.ts';
 import { verdictOf } from '../kernel/layouts.ts';
 import { RulesWatchdog } from './rules-watchdog.ts';
-import { takeSavedServers, writeSavedServers } from './saved-servers-file.ts';
+import { takeSavedTables, writeSavedTables } from './saved-tables-file.ts';
 
 /** What the agent process runs by: the parsed configuration (runtime/config.ts). */
 export type AgentRuntimeConfig = Pick<AgentConfig, 'mode' | 'datapath' | 'telemetry' | 'targets' | 'excluded' | 'replayWindowSeconds' | 'workloads'>;
@@ -169,7 +169,7 @@ export class Agent {
       return;
     }
     this.built.useKernelPath?.(path);
-    this.restoreKernelServers();
+    this.restoreKernelTables();
     this.peers.fallback = (local, remote) => path.peerOf(...splitEndpoint(local), ...splitEndpoint(remote))?.identity;
     const settleDrops = this.logKernelVerdicts(path);
     this.fastPathTimer = setInterval(() => {
@@ -229,32 +229,34 @@ export class Agent {
   }
 
   /**
-   * What peers proved to the previous run's kernel, back in this one's (datapath.fastPathStateFile),
-   * so that their next fast SYNs are accepted rather than left to fall back after a timeout.
+   * What peers proved to the previous run's kernel, and what this agent's workloads proved to
+   * servers, back in this one's (datapath.fastPathStateFile): peers' next fast SYNs are accepted
+   * rather than left to fall back after a timeout, and local workloads go on sending fast SYNs.
    */
-  private restoreKernelServers(): void {
+  private restoreKernelTables(): void {
     const file = this.config.datapath.fastPathStateFile;
-    const kept = this.built.keptKernelServers;
+    const kept = this.built.keptKernelTables;
     if (file === null || kept === null) return;
     try {
-      const saved = takeSavedServers(file);
+      const saved = takeSavedTables(file);
       if (saved === null) return;
-      this.log.info({ file, ...kept.restore(saved) }, 'kernel fast path: the previous run\'s server table restored');
+      this.log.info({ file, ...kept.restore(saved) }, 'kernel fast path: the previous run\'s tables restored');
     } catch (error) {
-      this.log.warn({ err: error, file }, 'kernel fast path: the saved server table was not restored; its clients fall back once');
+      this.log.warn({ err: error, file }, 'kernel fast path: the saved tables were not restored; clients fall back once, local workloads take a first contact');
     }
   }
 
-  private saveKernelServers(path: KernelFastPath): void {
+  private saveKernelTables(path: KernelFastPath): void {
     const file = this.config.datapath.fastPathStateFile;
-    const kept = this.built.keptKernelServers;
+    const kept = this.built.keptKernelTables;
     if (file === null || kept === null) return;
     try {
       const servers = path.serversToSave();
-      writeSavedServers(file, kept.encode(servers));
-      this.log.info({ file, entries: servers.length }, 'kernel fast path: server table saved for the next run');
+      const clients = path.clientsToSave();
+      writeSavedTables(file, kept.encode(servers, clients));
+      this.log.info({ file, servers: servers.length, clients: clients.length }, 'kernel fast path: tables saved for the next run');
     } catch (error) {
-      this.log.warn({ err: error, file }, 'kernel fast path: the server table was not saved; after a restart its clients fall back once');
+      this.log.warn({ err: error, file }, 'kernel fast path: the tables were not saved; after a restart clients fall back once, local workloads take a first contact');
     }
   }
 
@@ -263,7 +265,7 @@ export class Agent {
     const path = this.fastPath.path;
     if (path === null) return;
     if (this.fastPathTimer) clearInterval(this.fastPathTimer);
-    this.saveKernelServers(path);
+    this.saveKernelTables(path);
     this.built.useKernelPath?.(null);
     this.peers.fallback = null;
     this.fastPath = { path: null, reason: 'stopped', cgroup: this.fastPath.cgroup };

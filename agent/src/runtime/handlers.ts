@@ -1,8 +1,8 @@
 // Builds the handshake handler a configuration asks for.
 import type { HandshakeHandler, TableSize } from '../datapath/handler.ts';
-import type { KeptServers, KernelPath } from '../handshake/kernel-path.ts';
-import type { RestoreOutcome } from '../handshake/restore-kernel.ts';
-import { encodeSavedServers, type ServerToSave } from '../kernel/saved-servers.ts';
+import type { KeptTables, KernelPath } from '../handshake/kernel-path.ts';
+import type { TablesRestored } from '../handshake/restore-kernel.ts';
+import { encodeSavedTables, type ClientToSave, type ServerToSave } from '../kernel/saved-tables.ts';
 import { Admission } from '../handshake/admission.ts';
 import { AdmissionAuthorizer, PolicyAuthorizer } from '../handshake/authorizer.ts';
 import { PolicyStore } from './policy-store.ts';
@@ -68,14 +68,14 @@ export interface BuiltHandler {
   tables(): Record<string, TableSize>;
   /** Hands the kernel fast path to the handshake (pass-through mode has nothing to prove: null). */
   useKernelPath: ((path: KernelPath | null) => void) | null;
-  /** The kernel's server table across a restart (kernel/saved-servers.ts); null in pass-through mode. */
-  keptKernelServers: KeptKernelServers | null;
+  /** The kernel's tables across a restart (kernel/saved-tables.ts); null in pass-through mode. */
+  keptKernelTables: KeptKernelTables | null;
 }
 
-export interface KeptKernelServers {
+export interface KeptKernelTables {
   /** The file's text, under this agent's current key-agreement key. */
-  encode(servers: readonly ServerToSave[]): string;
-  restore(saved: KeptServers): RestoreOutcome;
+  encode(servers: readonly ServerToSave[], clients: readonly ClientToSave[]): string;
+  restore(saved: KeptTables): TablesRestored;
 }
 
 /** `--check-config` before the first start of an agent that enrolls: there is no identity to load yet. */
@@ -94,7 +94,7 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
       status: () => null,
       tables: () => ({}),
       useKernelPath: null,
-      keptKernelServers: null,
+      keptKernelTables: null,
     };
   }
   const identityConfig = config.identity;
@@ -231,9 +231,9 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
   return {
     handler,
     useKernelPath: (path) => { handler.useKernelPath(path); },
-    keptKernelServers: {
-      encode: (servers) => encodeSavedServers(local.kexRaw, servers),
-      restore: (saved) => handler.restoreKernelServers(saved),
+    keptKernelTables: {
+      encode: (servers, clients) => encodeSavedTables(local.kexRaw, servers, clients),
+      restore: (saved) => handler.restoreKernelTables(saved),
     },
     stop: () => {
       stopDenyListWatch();

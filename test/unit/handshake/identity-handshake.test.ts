@@ -17,7 +17,7 @@ import { createDomain, identityHandler, type TestDomain } from '../../../scripts
 import { VirtualQueue, type Verdict } from '../../../scripts/lib/virtual-wire.ts';
 import { bodyOf, withBody } from '../../../scripts/lib/rebody.ts';
 import type { Reason } from '../../../agent/src/datapath/reasons.ts';
-import { decodeSavedServers, encodeSavedServers, type ServerToSave } from '../../../agent/src/kernel/saved-servers.ts';
+import { decodeSavedTables, encodeSavedTables, type ClientToSave, type ServerToSave } from '../../../agent/src/kernel/saved-tables.ts';
 
 // Fixture addresses: client 10.213.5.1:25750, server 10.213.5.2:7000.
 const SYN = withValidChecksums(IPV4_SYN);
@@ -498,7 +498,10 @@ describe('identity handshake over a virtual wire', () => {
         told.admitted.push(entry);
         return admits;
       },
-      useServer: (entry) => told.servers.push(entry),
+      useServer: (entry) => {
+        told.servers.push(entry);
+        return admits;
+      },
       reauthorize: () => {
         told.reauthorized += 1;
       },
@@ -569,45 +572,62 @@ describe('identity handshake over a virtual wire', () => {
     assert.deepEqual([serverKernel.told.retiredUntil, serverKernel.told.forgotten], [[previous], 0]);
   });
 
-  it('a restart restores the saved server table under the same fast keys, each entry checked as a first contact would check it now', () => {
+  it('a restart restores the saved tables under the same fast keys, each entry checked as a first contact would check it now', () => {
     const serverKernel = recordingKernelPath();
+    const clientKernel = recordingKernelPath();
     server.handler.useKernelPath(serverKernel.path);
-    client.handler.useKernelPath(recordingKernelPath().path);
+    client.handler.useKernelPath(clientKernel.path);
     server.queue.deliver(client.queue.deliver(SYN, 'egress', 0, 4321).bytes, 'ingress');
-    server.queue.deliver(READY_SYN_ACK, 'egress');
+    client.queue.deliver(server.queue.deliver(READY_SYN_ACK, 'egress').bytes, 'ingress');
     const [admitted] = serverKernel.told.admitted;
-    assert.ok(admitted);
-    const toSave = ({ peerAddress, port, credential, tokenSignature, peer, expiresAt }: AdmittedClient): ServerToSave => ({ peerAddress, port, credential: credential.compact, tokenSignature, peer, expiresAt });
-    const file = encodeSavedServers(server.local.kexRaw, [toSave(admitted), toSave(admitted)]);
-    assert.ok(!file.includes(admitted.fast.key.toString('base64url')), 'no key in the file');
-    const saved = () => decodeSavedServers(file, 'saved.json');
+    const [learned] = clientKernel.told.servers;
+    assert.ok(admitted && learned);
+    const serverToSave = ({ peerAddress, port, credential, tokenSignature, peer, expiresAt }: AdmittedClient): ServerToSave => ({ peerAddress, port, credential: credential.compact, tokenSignature, peer, expiresAt });
+    const clientToSave = ({ serverAddress, port, owner, credential, tokenSignature, peer, local, expiresAt }: FastServer): ClientToSave => ({ serverAddress, port, owner, credential: credential.compact, tokenSignature, peer, local, expiresAt });
+    const file = encodeSavedTables(server.local.kexRaw, [serverToSave(admitted), serverToSave(admitted)], []);
+    const clientFile = encodeSavedTables(client.local.kexRaw, [], [clientToSave(learned)]);
+    assert.ok(!file.includes(admitted.fast.key.toString('base64url')) && !clientFile.includes(learned.fast.key.toString('base64url')), 'no key in the files');
+    const saved = () => decodeSavedTables(file, 'saved.json');
     assert.equal(saved().credentials.length, 1, 'a credential is written once');
-    // The same agent (same key-agreement key), started again: the same key and id come back.
+    // The same agents (same key-agreement keys), started again: the same keys and ids come back.
     const restarted = recordingKernelPath();
     server.handler.useKernelPath(restarted.path);
-    assert.deepEqual(server.handler.restoreKernelServers(saved()), { restored: 2, skipped: {} });
+    const none = { restored: 0, skipped: {} };
+    assert.deepEqual(server.handler.restoreKernelTables(saved()), { servers: { restored: 2, skipped: {} }, clients: none });
     const [restored] = restarted.told.admitted;
     assert.deepEqual([restored?.fast, restored?.peer, restored?.port, restored?.peerAddress], [admitted.fast, admitted.peer, admitted.port, admitted.peerAddress]);
+    const clientRestarted = recordingKernelPath();
+    client.handler.useKernelPath(clientRestarted.path);
+    assert.deepEqual(client.handler.restoreKernelTables(decodeSavedTables(clientFile, 'client.json')), { servers: none, clients: { restored: 1, skipped: {} } });
+    const [relearned] = clientRestarted.told.servers;
+    assert.deepEqual([relearned?.fast, relearned?.peer, relearned?.owner, relearned?.serverAddress, relearned?.port], [learned.fast, learned.peer, learned.owner, learned.serverAddress, learned.port]);
+    // A file from before client tables were kept has none.
+    assert.deepEqual(decodeSavedTables(file.replace(',"clients":[]', ''), 'old.json').clients, []);
+    // The owner is another workload now (its attributes changed): the server holds the old one.
+    const changed = decodeSavedTables(clientFile, 'client.json');
+    (changed.clients[0]!.local as Record<string, string>)['app.tier'] = 'other';
+    assert.deepEqual(client.handler.restoreKernelTables(changed).clients, { restored: 0, skipped: { 'workload-changed': 1 } });
     // Another agent's key derives other keys: nothing.
-    client.handler.useKernelPath(recordingKernelPath().path);
-    assert.deepEqual(client.handler.restoreKernelServers(saved()), { restored: 0, skipped: { 'keys-changed': 2 } });
+    assert.deepEqual(client.handler.restoreKernelTables(saved()), { servers: { restored: 0, skipped: { 'keys-changed': 2 } }, clients: none });
+    assert.deepEqual(server.handler.restoreKernelTables(decodeSavedTables(clientFile, 'client.json')).clients, { restored: 0, skipped: { 'keys-changed': 1 } });
     // An identity that claims another agent than the credential's.
     const forged = saved();
     forged.entries[0]!.peer = { ...forged.entries[0]!.peer, agent: 'spiffe://hs.synpass/agent/other' };
-    assert.deepEqual(server.handler.restoreKernelServers(forged), { restored: 1, skipped: { 'agent-mismatch': 1 } });
+    assert.deepEqual(server.handler.restoreKernelTables(forged).servers, { restored: 1, skipped: { 'agent-mismatch': 1 } });
     // Today's policy, deny list and clock decide, not the previous run's.
     server.handler.useAuthorizer(new AdmissionAuthorizer(new Admission({ protectedPorts: [7000], allow: [], allowWithoutIdentity: [] })));
-    assert.deepEqual(server.handler.restoreKernelServers(saved()), { restored: 0, skipped: { 'not-allowed': 2 } });
+    assert.deepEqual(server.handler.restoreKernelTables(saved()).servers, { restored: 0, skipped: { 'not-allowed': 2 } });
     server.handler.useAuthorizer(new AdmissionAuthorizer(new Admission(admission)));
     server.verifier.denyList = { credentials: new Set(), keys: new Set([admitted.credential.signKid]), revision: 'test' };
-    assert.deepEqual(server.handler.restoreKernelServers(saved()), { restored: 0, skipped: { 'revoked-credential': 2 } });
+    assert.deepEqual(server.handler.restoreKernelTables(saved()).servers, { restored: 0, skipped: { 'revoked-credential': 2 } });
     server.verifier.denyList = { credentials: new Set(), keys: new Set(), revision: 'none' };
-    time = (admitted.expiresAt + 1) * 1000;
-    const expired = server.handler.restoreKernelServers(saved());
+    time = (Math.max(admitted.expiresAt, learned.expiresAt) + 1) * 1000;
+    const expired = server.handler.restoreKernelTables(saved()).servers;
     assert.equal(expired.restored, 0);
     assert.deepEqual(Object.keys(expired.skipped), [admitted.expiresAt === admitted.credential.expiresAt ? 'expired-credential' : 'expired']);
-    assert.throws(() => decodeSavedServers(file.replace('"credential":0', '"credential":5'), 'saved.json'), /saved\.json: an entry names a credential the file does not hold/);
-    assert.throws(() => decodeSavedServers('{', 'saved.json'), /saved\.json: not JSON/);
+    assert.equal(client.handler.restoreKernelTables(decodeSavedTables(clientFile, 'client.json')).clients.restored, 0);
+    assert.throws(() => decodeSavedTables(file.replace('"credential":0', '"credential":5'), 'saved.json'), /saved\.json: an entry names a credential the file does not hold/);
+    assert.throws(() => decodeSavedTables('{', 'saved.json'), /saved\.json: not JSON/);
   });
 
   it('a server kernel that refuses the entry leaves the SYN-ACK without the kernel flag, and the client kernel untold', () => {
