@@ -61,9 +61,10 @@ export function sourceBurst(ratePerSource: number, queueMaxLength: number): numb
 
 /**
  * A token bucket per source in the kernel (hashlimit) in front of the queue, so that one source
- * cannot fill the queue every other source's handshakes need. The bucket holds sourceBurst. Only packets on their way into the queue take it: a released connection's traffic never
- * gets here. A SYN the kernel fast path already charged to its own per-source bucket (a BPF map,
- * same rate) carries `budgeted` and goes straight on.
+ * cannot fill the queue every other source's handshakes need. The bucket holds sourceBurst. Only
+ * packets on their way into the queue take it: a released connection's traffic never gets here.
+ * A SYN the kernel fast path already charged to its own per-source bucket (a BPF map, same rate
+ * and burst) carries `budgeted` and goes straight on.
  */
 function sourceLimit(family: IpFamily, options: RuleOptions, queue: string): string[] {
   const budgeted = `${hex(options.marks.budgeted)}/${hex(options.marks.budgeted)}`;

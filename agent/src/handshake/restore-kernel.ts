@@ -5,7 +5,7 @@
 // only an agent with the same key-agreement key can restore anything: its peers hold keys derived
 // from it.
 import { isDeepStrictEqual } from 'node:util';
-import { deriveFastKey } from '../protocol/fast-keys.ts';
+import { deriveFastKey, type FastKey } from '../protocol/fast-keys.ts';
 import type { VerifiedCredential } from '../token/credential.ts';
 import type { HandshakeContext } from './context.ts';
 import type { KeptTables } from './kernel-path.ts';
@@ -19,6 +19,14 @@ export interface RestoreOutcome {
    * `workload-changed` (the local workload is not what the server was proven).
    */
   skipped: Record<string, number>;
+}
+
+/** What a saved entry rests on, checked again, with its fast key. */
+interface Rechecked {
+  credential: VerifiedCredential;
+  expiresAt: number;
+  tokenSignature: Uint8Array;
+  fast: FastKey;
 }
 
 export interface TablesRestored {
@@ -38,14 +46,16 @@ export function restoreKernelTables(ctx: HandshakeContext, saved: KeptTables): T
   }
   const credentials: (VerifiedCredential | Refusal)[] = saved.credentials.map((compact) => ctx.verifier.verifyCredentialText(compact));
   const nowSeconds = ctx.now() / 1000;
-  /** The entry's credential and expiry if it still holds, else why not. */
-  const recheck = (entry: KeptTables['entries'][number] | KeptTables['clients'][number]): { credential: VerifiedCredential; expiresAt: number } | string => {
+  /** What the entry rests on, and its fast key derived again, if it still holds; else why not. */
+  const recheck = (entry: KeptTables['entries'][number] | KeptTables['clients'][number]): Rechecked | string => {
     const credential = credentials[entry.credential]!;
     if (credential instanceof Refusal) return credential.reason;
     // The identity was read from a token that credential's key signed.
     if (entry.peer.agent !== credential.subject || entry.peer.trustDomain !== credential.trustDomain) return 'agent-mismatch';
     const expiresAt = Math.min(entry.expiresAt, entry.peer.expiresAt, credential.expiresAt);
-    return expiresAt <= nowSeconds ? 'expired' : { credential, expiresAt };
+    if (expiresAt <= nowSeconds) return 'expired';
+    const tokenSignature = Buffer.from(entry.tokenSignature, 'base64url');
+    return { credential, expiresAt, tokenSignature, fast: deriveFastKey(ctx.verifier.pairKey(credential), tokenSignature) };
   };
   const count = (outcome: RestoreOutcome, result: string | true): void => {
     if (result === true) outcome.restored++;
@@ -59,14 +69,8 @@ export function restoreKernelTables(ctx: HandshakeContext, saved: KeptTables): T
     }
     const local = ctx.local.tokenForPort(entry.port).localAttributes;
     const auth = ctx.authorizer.ingress({ local, peer: entry.peer, peerAddress: entry.peerAddress, port: entry.port });
-    if (!auth.allowed || auth.wouldDrop !== null) {
-      count(servers, 'not-allowed');
-      continue;
-    }
-    const tokenSignature = Buffer.from(entry.tokenSignature, 'base64url');
-    const fast = deriveFastKey(ctx.verifier.pairKey(held.credential), tokenSignature);
-    const admitted = kernelPath.admitClient({ peerAddress: entry.peerAddress, port: entry.port, fast, peer: entry.peer, local, expiresAt: held.expiresAt, credential: held.credential, tokenSignature });
-    count(servers, admitted || 'refused-by-kernel');
+    const allowed = auth.allowed && auth.wouldDrop === null;
+    count(servers, !allowed ? 'not-allowed' : kernelPath.admitClient({ ...held, peerAddress: entry.peerAddress, port: entry.port, peer: entry.peer, local }) || 'refused-by-kernel');
   }
   for (const entry of saved.clients) {
     const held = recheck(entry);
@@ -82,15 +86,8 @@ export function restoreKernelTables(ctx: HandshakeContext, saved: KeptTables): T
       continue;
     }
     const auth = ctx.authorizer.egress({ local, peer: entry.peer, peerAddress: entry.serverAddress, port: entry.port });
-    if (!auth.allowed || auth.wouldDrop !== null) {
-      count(clients, 'not-allowed');
-      continue;
-    }
-    const tokenSignature = Buffer.from(entry.tokenSignature, 'base64url');
-    const fast = deriveFastKey(ctx.verifier.pairKey(held.credential), tokenSignature);
-    const used = kernelPath.useServer({ serverAddress: entry.serverAddress, port: entry.port, owner: entry.owner, fast, peer: entry.peer, local, expiresAt: held.expiresAt, credential: held.credential, tokenSignature });
-    count(clients, used || 'refused-by-kernel');
+    const allowed = auth.allowed && auth.wouldDrop === null;
+    count(clients, !allowed ? 'not-allowed' : kernelPath.useServer({ ...held, serverAddress: entry.serverAddress, port: entry.port, owner: entry.owner, peer: entry.peer, local }) || 'refused-by-kernel');
   }
   return { servers, clients };
 }
-

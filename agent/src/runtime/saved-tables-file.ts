@@ -5,7 +5,7 @@ import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:
 import type { KeptTables } from '../handshake/kernel-path.ts';
 import { decodeSavedTables, SavedTablesError } from '../kernel/saved-tables.ts';
 
-/** Far above a full table (65,536 entries of about 1 KiB): a larger file is not ours. */
+/** Far above both tables full (2 × 65,536 entries of about 1 KiB): a larger file is not ours. */
 const MAX_FILE_BYTES = 128 * 1024 * 1024;
 
 export function writeSavedTables(file: string, text: string): void {
