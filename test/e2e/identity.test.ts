@@ -280,12 +280,12 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
   });
 
   it('replayed SYN, replayed ACK and a tampered known-peer SYN are dropped', async () => {
-    // A fresh web agent knows no peer yet: its first connection takes the full handshake (with
-    // an ACK proof), the second the known-peer path (with a SYN proof; with the kernel fast path,
-    // the kernel's fast option instead).
+    // A fresh web agent knows no peer yet (nor keeps its kernel's client table from the previous
+    // run): its first connection takes the full handshake (with an ACK proof), the second the
+    // known-peer path (with a SYN proof; with the kernel fast path, the kernel's fast option instead).
     const kernel = lab.options.kernel === true;
     await web.process.stop();
-    web = await lab.startAgent('web', ['--config', files.configs.web]);
+    web = await lab.startAgent('web', ['--config', files.configs.web, '--fast-path-state-file', 'off']);
     const capture = await lab.capture(`tcp dst port ${PORT} and src host ${lab.address('web')}`, 200, 20_000);
     assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)])).status, 200);
     assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)])).status, 200);
