@@ -408,6 +408,20 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.deepEqual(moved(again, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
   });
 
+  /** The restarted agent's log line of what it put back from the saved tables. */
+  function restoredTables(agent: AgentHandle): { servers?: { restored: number }; clients?: { restored: number } } | undefined {
+    return agent.process.lines.find((line) => line.msg === "kernel fast path: the previous run's tables restored");
+  }
+
+  /** One connection from web to api, judged by both kernels: a fast SYN accepted and a signed SYN-ACK verified, nothing queued. */
+  async function connectsInKernel(): Promise<void> {
+    const [apiBefore, webBefore, apiQueued, webQueued] = [await fast(api), await fast(web), await queued(api), await queued(web)];
+    assert.equal(await http(), true);
+    assert.deepEqual(moved(apiBefore, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
+    assert.deepEqual(moved(webBefore, await fast(web)), { synSent: 1, synAckVerified: 1 });
+    assert.deepEqual([await queued(api), await queued(web)], [apiQueued, webQueued], 'nothing queued');
+  }
+
   it('an agent restart keeps what peers proved: the next fast SYN is accepted at once, by a service that listened under the previous run', async () => {
     assert.equal(await http(), true);
     await api.process.stop('SIGTERM');
@@ -415,16 +429,12 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.ok(existsSync(savedFile), 'the stopping agent saved its server table');
     assert.equal(statSync(savedFile).mode & 0o777, 0o600);
     api = await lab.startAgent('api', ['--config', fixture.files.configs.api], { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(SOURCE_RATE) });
-    const restored = api.process.lines.find((line) => line.msg === "kernel fast path: the previous run's tables restored") as { servers?: { restored: number } } | undefined;
+    const restored = restoredTables(api);
     assert.ok(restored?.servers !== undefined && restored.servers.restored >= 1, JSON.stringify(restored));
     assert.equal(existsSync(savedFile), false, 'read once and removed');
-    const [apiBefore, webBefore, apiQueued, webQueued] = [await fast(api), await fast(web), await queued(api), await queued(web)];
-    assert.equal(await http(), true);
     // The listener was opened while the previous run's programs were attached: Linux keeps the
     // callback flag on the socket, so the new run's program signs its SYN-ACKs.
-    assert.deepEqual(moved(apiBefore, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
-    assert.deepEqual(moved(webBefore, await fast(web)), { synSent: 1, synAckVerified: 1 });
-    assert.deepEqual([await queued(api), await queued(web)], [apiQueued, webQueued], 'nothing queued');
+    await connectsInKernel();
   });
 
   it('a client agent\'s restart keeps what its workloads proved: their next connect is a fast SYN, nothing queued', async () => {
@@ -432,13 +442,9 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     await web.process.stop('SIGTERM');
     assert.ok(existsSync(lab.savedTablesFile('web')), 'the stopping agent saved its client table');
     web = await lab.startAgent('web', ['--config', fixture.files.configs.web]);
-    const restored = web.process.lines.find((line) => line.msg === "kernel fast path: the previous run's tables restored") as { clients?: { restored: number } } | undefined;
+    const restored = restoredTables(web);
     assert.ok(restored?.clients !== undefined && restored.clients.restored >= 1, JSON.stringify(restored));
-    const [apiBefore, webBefore, apiQueued, webQueued] = [await fast(api), await fast(web), await queued(api), await queued(web)];
-    assert.equal(await http(), true);
-    assert.deepEqual(moved(webBefore, await fast(web)), { synSent: 1, synAckVerified: 1 });
-    assert.deepEqual(moved(apiBefore, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
-    assert.deepEqual([await queued(api), await queued(web)], [apiQueued, webQueued], 'nothing queued');
+    await connectsInKernel();
   });
 
   it('without the saved table (`off`), a restarted agent\'s clients fall back to first contact once, then the pair is fast again', async () => {
