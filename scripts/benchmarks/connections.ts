@@ -192,7 +192,12 @@ async function bulk(lab: Lab, switchOn: ModeSwitch): Promise<BulkResults> {
 }
 
 function fmt(value: number | undefined, digits = 0): string {
-  return value === undefined ? '-' : value.toFixed(digits);
+  return value === undefined || Number.isNaN(value) ? '-' : value.toFixed(digits);
+}
+
+/** A ratio, or '-' for one against a mode that did not run. */
+function times(value: number | undefined, digits: number): string {
+  return value === undefined || Number.isNaN(value) ? '-' : `${value.toFixed(digits)}x`;
 }
 
 /** An added amount, with its sign either way. */
@@ -221,9 +226,11 @@ interface Summary {
   agentCpu?: number;
 }
 
+/** Against a mode that did not run (BENCH_MODES), every ratio and difference is NaN, printed as '-'. */
 function summarize(runs: Results[], baselines: Results[]): Summary {
-  const ratios = runs.map((run, i) => (run.rate ?? Number.NaN) / (baselines[i]!.rate ?? Number.NaN));
-  const added50 = runs.map((run, i) => run.p50 - baselines[i]!.p50);
+  const baseline = (i: number): Results => baselines[i] ?? { p50: Number.NaN, p99: Number.NaN };
+  const ratios = runs.map((run, i) => (run.rate ?? Number.NaN) / (baseline(i).rate ?? Number.NaN));
+  const added50 = runs.map((run, i) => run.p50 - baseline(i).p50);
   const optional = (values: (number | undefined)[]): number | undefined => (values.some((v) => v === undefined) ? undefined : median(values as number[]));
   return {
     rate: median(runs.map((run) => run.rate ?? Number.NaN)),
@@ -235,14 +242,14 @@ function summarize(runs: Results[], baselines: Results[]): Summary {
     addedP50Low: Math.min(...added50),
     addedP50High: Math.max(...added50),
     p99: median(runs.map((run) => run.p99)),
-    addedP99: median(runs.map((run, i) => run.p99 - baselines[i]!.p99)),
+    addedP99: median(runs.map((run, i) => run.p99 - baseline(i).p99)),
     ...(optional(runs.map((run) => run.tripsPerConnection)) === undefined ? {} : { trips: optional(runs.map((run) => run.tripsPerConnection))! }),
     ...(optional(runs.map((run) => run.judgingMicroseconds)) === undefined ? {} : { judging: optional(runs.map((run) => run.judgingMicroseconds))! }),
     ...(runs.every((run) => run.machineCpu !== undefined)
       ? {
           machineCpu: median(runs.map((run) => run.machineCpu!)),
-          addedMachineCpu: median(runs.map((run, i) => run.machineCpu! - baselines[i]!.machineCpu!)),
-          cpuRatio: median(runs.map((run, i) => baselines[i]!.machineCpu! / run.machineCpu!)),
+          addedMachineCpu: median(runs.map((run, i) => run.machineCpu! - (baseline(i).machineCpu ?? Number.NaN))),
+          cpuRatio: median(runs.map((run, i) => (baseline(i).machineCpu ?? Number.NaN) / run.machineCpu!)),
         }
       : {}),
     // Modes without a queue consumer have no process of their own to account.
@@ -255,7 +262,7 @@ function pairedReport(name: string, runs: Paired[]): string {
   const added = runs.map((run) => run.addedP50);
   return [
     name.padEnd(28),
-    (ratios.length === 0 ? '-' : `${fmt(median(ratios), 2)}x`).padStart(6),
+    (ratios.length === 0 ? '-' : times(median(ratios), 2)).padStart(6),
     (ratios.length === 0 ? '-' : `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`).padStart(10),
     signed(median(added)).padStart(6),
     `${fmt(Math.min(...added))}..${fmt(Math.max(...added))}`.padStart(12),
@@ -268,8 +275,8 @@ function cpuReport(name: string, run: Summary, againstConntrack?: Summary): stri
     name.padEnd(28),
     `${fmt(run.machineCpu)}us`.padStart(10),
     signed(run.addedMachineCpu).padStart(7),
-    `${fmt(run.cpuRatio, 2)}x`.padStart(10),
-    (againstConntrack === undefined ? '-' : `${fmt(againstConntrack.cpuRatio, 2)}x`).padStart(6),
+    times(run.cpuRatio, 2).padStart(10),
+    (againstConntrack === undefined ? '-' : times(againstConntrack.cpuRatio, 2)).padStart(6),
     (run.agentCpu === undefined ? '-' : `${fmt(run.agentCpu)}us`).padStart(10),
   ].join(' ');
 }
@@ -280,15 +287,15 @@ function report(name: string, run: Summary, bulkRun?: BulkResults, againstConntr
   return [
     name.padEnd(28),
     (rated ? `${fmt(run.rate)}/s` : '-').padStart(9),
-    (rated ? `${fmt(run.rateRatio, 2)}x` : '-').padStart(6),
+    (rated ? times(run.rateRatio, 2) : '-').padStart(6),
     (rated ? `${fmt(run.rateRatioLow, 2)}-${fmt(run.rateRatioHigh, 2)}` : '-').padStart(10),
-    (againstConntrack === undefined ? '-' : `${fmt(againstConntrack.rateRatio, 2)}x`).padStart(6),
+    (againstConntrack === undefined ? '-' : times(againstConntrack.rateRatio, 2)).padStart(6),
     `${fmt(run.p50)}us`.padStart(8),
     signed(run.addedP50).padStart(6),
     `${fmt(run.addedP50Low)}..${fmt(run.addedP50High)}`.padStart(12),
     `${fmt(run.p99)}us`.padStart(8),
     signed(run.addedP99).padStart(7),
-    (bulkRun === undefined ? '-' : `${fmt(bulkRun.ratio, 3)}x`).padStart(7),
+    (bulkRun === undefined ? '-' : times(bulkRun.ratio, 3)).padStart(7),
     fmt(run.trips, 1).padStart(6),
     fmt(run.judging, 1).padStart(7),
   ].join(' ');
@@ -472,7 +479,7 @@ try {
   const cpuBound = (b: BulkResults | undefined): string => {
     if (b?.netfilterWith === undefined || b.netfilterWithout === undefined) return '-';
     const added = b.netfilterWith.rules + b.netfilterWith.conntrack - b.netfilterWithout.rules - b.netfilterWithout.conntrack;
-    return `${fmt(1 - added / 100, 3)}x`;
+    return times(1 - added / 100, 3);
   };
   const share = (s: NetfilterShare | undefined): string => (s === undefined ? '-' : `rules ${fmt(s.rules, 2)}%, conntrack ${fmt(s.conntrack, 2)}%`);
   const range = (b: BulkResults | undefined): string => (b === undefined ? '-' : `${fmt(b.lowest, 3)}-${fmt(b.highest, 3)}x`);
