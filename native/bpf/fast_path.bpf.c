@@ -369,8 +369,9 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
   __u32 time = read_be32(opt + 8);
   __u32 isn = bpf_ntohl(p->tcp.seq);
   struct server_value *entry = bpf_map_lookup_elem(&fast_servers, &key);
-  if (!entry) return drop(FAST_SYN_UNKNOWN, p, key.fast_id);
   __u32 now = now_seconds(cfg);
+  /* Past its end the entry proves nothing, whether or not an agent is there to remove it. */
+  if (!entry || now >= entry->expires) return drop(FAST_SYN_UNKNOWN, p, key.fast_id);
   __u32 skew = now > time ? now - time : time - now;
   if (skew > cfg->window_seconds) return drop(FAST_SYN_STALE, p, key.fast_id);
   if (syn_mac(entry->key, key.fast_id, time, isn) != read_be64(opt + 12)) return drop(FAST_SYN_BAD_PROOF, p, key.fast_id);
@@ -593,6 +594,8 @@ static __always_inline void client_connect(struct bpf_sock_ops *ops, const struc
   __u8 local[16];
   local_and_remote(ops, local, key.address);
   struct client_value *entry = bpf_map_lookup_elem(&fast_clients, &key);
+  /* An entry past its end sends this connect to the queue as first contact, agent or not. */
+  if (entry && now_seconds(cfg) >= entry->expires) entry = 0;
   if (!entry) {
     if (workload != 0) record_owner(ops, workload);
     if (cfg->untracked_mark != 0) {

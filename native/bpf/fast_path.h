@@ -78,7 +78,7 @@ struct client_key {
 };
 struct client_value {
   __u32 fast_id;
-  __u32 pad;
+  __u32 expires; /* wall-clock second from which the entry is void (the server's credential or token ends) */
   __u8 key[16];
 };
 
@@ -110,6 +110,8 @@ struct server_value {
   __u8 key[16];
   __u32 allowed;  /* 0: policy says no (dropped as not-allowed) */
   __u32 retiring; /* 1: proven under this agent's previous keys; its SYN-ACKs tell the client so */
+  __u32 expires;  /* wall-clock second from which the entry is void (the client's credential or token ends) */
+  __u32 pad;
 };
 
 /* Server: fast SYNs already accepted, for the replay check. */

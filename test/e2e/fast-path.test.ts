@@ -9,6 +9,8 @@ import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
+import { FAST_COUNTERS } from '../../agent/src/kernel/layouts.ts';
+import { decodeJws } from '../../agent/src/token/jws.ts';
 import { inject, verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
 import { DOMAIN, REPORTS_WORKLOAD, rotateAgent, startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
 import { isRoot, ROOT, sleep, synpassCommand, waitUntil, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
@@ -21,6 +23,8 @@ const FAST_KIND = 254;
 const FAST_EXID = 0xd351;
 /** api's per-source bucket (datapath.queueRatePerSource): low, so a short burst overruns it. */
 const SOURCE_RATE = 200;
+/** A credential this short ends within the test: the kernel entries resting on it end with it. */
+const SHORT_CREDENTIAL_SECONDS = 15;
 
 interface Share {
   kernel: number;
@@ -41,7 +45,7 @@ async function fast(agent: AgentHandle): Promise<FastStatus> {
 }
 
 /** Counter increases between two readings, only those that moved. */
-function moved(before: FastStatus, after: FastStatus): Record<string, number> {
+function moved(before: Pick<FastStatus, 'counters'>, after: Pick<FastStatus, 'counters'>): Record<string, number> {
   return Object.fromEntries(Object.entries(after.counters).flatMap(([name, value]) => (value === before.counters[name] ? [] : [[name, value - (before.counters[name] ?? 0)]])));
 }
 
@@ -457,6 +461,40 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const again = await fast(api);
     assert.equal(await http(), true);
     assert.deepEqual(moved(again, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
+  });
+
+  /** A host's kernel counters read from its pins, as they stand with no agent to report them. */
+  function pinnedCounters(host: 'api' | 'web'): Pick<FastStatus, 'counters'> {
+    const dump = JSON.parse(execFileSync('bpftool', ['-j', 'map', 'dump', 'pinned', join(lab.pinDir(host), 'fast_counters')], { encoding: 'utf8' })) as { formatted: { key: number; values: { value: number }[] } }[];
+    return { counters: Object.fromEntries(dump.map(({ formatted }) => [FAST_COUNTERS[formatted.key] ?? `#${formatted.key}`, formatted.values.reduce((sum, cpu) => sum + cpu.value, 0)])) };
+  }
+
+  it('a killed agent\'s kernel goes on judging known pairs alone, and voids each entry from the end of the credential it rests on', async () => {
+    // web's new credential ends within the test; api's kernel entry for web ends with it.
+    await rotateAgent(fixture.files, 'web', web, SHORT_CREDENTIAL_SECONDS);
+    const credential = readFileSync(join(fixture.files.agents.web, 'credential.jwt'), 'utf8').trim();
+    const endsAtMs = (decodeJws(credential).payload.exp as number) * 1000;
+    assert.equal(await http(), true, 'a first contact under the new credential');
+    const syn = await capturedFastSyn();
+    await api.process.stop('SIGKILL');
+    const webBefore = await fast(web);
+    assert.equal(await http(), true, 'a known pair connects with no agent on api');
+    assert.deepEqual(moved(webBefore, await fast(web)), { synSent: 1, synAckVerified: 1 });
+    // The same captured SYN before and after the credential's end: the entry first finds it a
+    // replay, then is void, with no agent there to remove it.
+    const live = pinnedCounters('api');
+    await send([syn]);
+    assert.deepEqual(moved(live, pinnedCounters('api')), { synReplayed: 1 });
+    assert.ok(Date.now() < endsAtMs, `the steps before took longer than the credential's ${SHORT_CREDENTIAL_SECONDS} s`);
+    await sleep(endsAtMs - Date.now() + 1_000);
+    const ended = pinnedCounters('api');
+    await send([syn]);
+    assert.deepEqual(moved(ended, pinnedCounters('api')), { synUnknownPeer: 1 });
+    // A new api agent replaces what the killed one left; web gets a lasting credential again.
+    api = await lab.startAgent('api', ['--config', fixture.files.configs.api], { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(SOURCE_RATE) });
+    await rotateAgent(fixture.files, 'web', web);
+    assert.equal(await http(), true);
+    await connectsInKernel();
   });
 
   function leftovers(host: 'api' | 'web'): string[] {

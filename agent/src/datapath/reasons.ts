@@ -70,7 +70,7 @@ export const REASONS = {
   'replay-cache-full': { verdict: 'drop', text: 'the replay cache is full of nonces still inside the window' },
   'signature-rate-limited': { verdict: 'drop', text: 'a first-contact SYN whose source spent its signature checks of this second (`handshake.signatureChecksPerSource`)' },
   // Dropped by the kernel fast path (read from its counters).
-  'unknown-fast-peer': { verdict: 'drop', text: 'a fast SYN naming a workload this server\'s kernel holds no key for (the client falls back to first contact on its retransmit)' },
+  'unknown-fast-peer': { verdict: 'drop', text: 'a fast SYN naming a workload this server\'s kernel holds no key for, or one whose entry has expired (the client falls back to first contact on its retransmit)' },
   // Dropped by the kernel before the queue, counted from the rule at each rule check.
   'source-rate-limited': { verdict: 'drop', text: 'an incoming packet on its way to the queue above its source\'s rate (`datapath.queueRatePerSource`), dropped by the kernel' },
 } as const satisfies Record<string, ReasonDoc>;

@@ -202,7 +202,7 @@ export class KernelFastPath implements KernelPath {
       this.refused++;
       return false;
     }
-    if (!this.write('fast_servers', key, serverValue(entry.fast.key, true, false))) return false;
+    if (!this.write('fast_servers', key, serverValue(entry.fast.key, true, false, entry.expiresAt))) return false;
     this.servers.set(id, { entry, allowed: true, retiring: false });
     return true;
   }
@@ -214,7 +214,7 @@ export class KernelFastPath implements KernelPath {
       this.refused++;
       return false;
     }
-    if (!this.write('fast_clients', key, clientValue(entry.fast.fastId, entry.fast.key))) return false;
+    if (!this.write('fast_clients', key, clientValue(entry.fast.fastId, entry.fast.key, entry.expiresAt))) return false;
     this.clients.set(id, entry);
     return true;
   }
@@ -226,7 +226,7 @@ export class KernelFastPath implements KernelPath {
       const allowed = auth.allowed && auth.wouldDrop === null;
       if (allowed === record.allowed) continue;
       // Kept with allowed = 0 rather than deleted, so the kernel counts the drop as not-allowed.
-      if (this.write('fast_servers', Buffer.from(id, 'latin1'), serverValue(entry.fast.key, allowed, record.retiring))) record.allowed = allowed;
+      if (this.write('fast_servers', Buffer.from(id, 'latin1'), serverValue(entry.fast.key, allowed, record.retiring, entry.expiresAt))) record.allowed = allowed;
     }
     for (const [id, entry] of this.clients) {
       const auth = authorizer.egress({ local: entry.local, peer: entry.peer, peerAddress: entry.serverAddress, port: entry.port });
@@ -282,7 +282,7 @@ export class KernelFastPath implements KernelPath {
       record.entry.expiresAt = Math.min(record.entry.expiresAt, untilSeconds);
       if (record.retiring) continue;
       // A failed write leaves the entry as it was: its clients learn the new keys when it expires.
-      if (this.write('fast_servers', Buffer.from(id, 'latin1'), serverValue(record.entry.fast.key, record.allowed, true))) record.retiring = true;
+      if (this.write('fast_servers', Buffer.from(id, 'latin1'), serverValue(record.entry.fast.key, record.allowed, true, record.entry.expiresAt))) record.retiring = true;
     }
     this.forgetOwnWorkloads();
   }

@@ -143,10 +143,19 @@ export function readU32(bytes: Buffer, offset = 0): number {
   return LITTLE ? bytes.readUInt32LE(offset) : bytes.readUInt32BE(offset);
 }
 
-/** struct client_value: fast id and key. */
-export function clientValue(fastId: number, fastKey: Buffer): Buffer {
+/**
+ * A wall-clock second as the kernel compares it (unsigned 32 bits): the kernel voids an entry from
+ * its `expires` on, so an entry outlives neither its credential nor a stopped or crashed agent.
+ */
+function expirySecond(expiresAt: number): number {
+  return Math.min(Math.max(Math.floor(expiresAt), 0), 0xffffffff);
+}
+
+/** struct client_value: fast id, the second it expires, and key. */
+export function clientValue(fastId: number, fastKey: Buffer, expiresAt: number): Buffer {
   const value = Buffer.alloc(8 + FAST_KEY_BYTES);
   u32(value, 0, fastId);
+  u32(value, 4, expirySecond(expiresAt));
   fastKey.copy(value, 8);
   return value;
 }
@@ -160,12 +169,13 @@ export function serverKey(peerAddress: string, fastId: number, port: number): Bu
   return key;
 }
 
-/** struct server_value: key, the policy verdict, and whether it rests on this agent's previous keys. */
-export function serverValue(fastKey: Buffer, allowed: boolean, retiring: boolean): Buffer {
-  const value = Buffer.alloc(FAST_KEY_BYTES + 8);
+/** struct server_value: key, the policy verdict, whether it rests on this agent's previous keys, and the second it expires. */
+export function serverValue(fastKey: Buffer, allowed: boolean, retiring: boolean, expiresAt: number): Buffer {
+  const value = Buffer.alloc(FAST_KEY_BYTES + 16);
   fastKey.copy(value, 0);
   u32(value, FAST_KEY_BYTES, allowed ? 1 : 0);
   u32(value, FAST_KEY_BYTES + 4, retiring ? 1 : 0);
+  u32(value, FAST_KEY_BYTES + 8, expirySecond(expiresAt));
   return value;
 }
 

@@ -52,13 +52,17 @@ describe('map layouts', () => {
     const cgroup = cgroupKey(0x1_0000_0002n);
     assert.equal(LITTLE ? cgroup.readBigUInt64LE() : cgroup.readBigUInt64BE(), 0x1_0000_0002n);
     const key = randomBytes(16);
-    const value = clientValue(0xdeadbeef, key);
-    assert.deepEqual([value.length, read32(value, 0), value.subarray(8).toString('hex')], [24, 0xdeadbeef, key.toString('hex')]);
+    const value = clientValue(0xdeadbeef, key, 1_800_000_000);
+    assert.deepEqual([value.length, read32(value, 0), read32(value, 4), value.subarray(8).toString('hex')], [24, 0xdeadbeef, 1_800_000_000, key.toString('hex')]);
     const server = serverKey('10.1.2.3', 0x01020304, 443);
     assert.equal(server.length, KEY_SIZE.fast_servers);
     assert.deepEqual([read32(server, 16), read16(server, 20)], [0x01020304, 443]);
-    assert.deepEqual([read32(serverValue(key, true, false), 16), read32(serverValue(key, false, false), 16)], [1, 0]);
-    assert.deepEqual([read32(serverValue(key, true, true), 20), read32(serverValue(key, true, false), 20)], [1, 0]);
+    assert.deepEqual([read32(serverValue(key, true, false, 0), 16), read32(serverValue(key, false, false, 0), 16)], [1, 0]);
+    assert.deepEqual([read32(serverValue(key, true, true, 0), 20), read32(serverValue(key, true, false, 0), 20)], [1, 0]);
+    // The expiry second as the kernel compares it: whole seconds, within 32 unsigned bits.
+    const expiring = serverValue(key, true, false, 1_800_000_000.7);
+    assert.deepEqual([expiring.length, expiring.subarray(0, 16).toString('hex'), read32(expiring, 24)], [32, key.toString('hex'), 1_800_000_000]);
+    assert.deepEqual([read32(serverValue(key, true, false, 2 ** 40), 24), read32(clientValue(1, key, -5), 4)], [0xffffffff, 0]);
     const config = configValue({ realtimeOffsetNs: 5n, windowSeconds: 30, acceptMark: 0x500000, clientMark: 0x100000, acceptSample: 0.5, sourceRate: 10_000, sourceBurst: 1024, budgetMark: 0x1000000, untrackedMark: 0x2000000, workloadCgroups: 2 });
     assert.deepEqual(
       [config.length, read32(config, 8), read32(config, 12), read32(config, 16), read32(config, 20), read32(config, 24), read32(config, 28), read32(config, 32), read32(config, 36), read32(config, 40), read32(config, 44)],
