@@ -193,6 +193,14 @@ static __always_inline __u32 now_seconds(const struct fast_config *cfg) {
   return (__u32)(((__u64)bpf_ktime_get_boot_ns() + (__u64)cfg->realtime_offset_ns) / 1000000000ULL);
 }
 
+/* Whether an agent vouches for these programs: it moves alive_until on every second, and a
+ * stopping agent that keeps them for its next start sets it once. Programs it left behind (a
+ * crash, an uninstall) judge nothing once it passed: handshakes then meet the rules as without
+ * a fast path. */
+static __always_inline int vouched(const struct fast_config *cfg) {
+  return now_seconds(cfg) <= cfg->alive_until;
+}
+
 #define ROTL(x, b) (__u64)(((x) << (b)) | ((x) >> (64 - (b))))
 #define SIPROUND                                                                                 \
   do {                                                                                           \
@@ -519,7 +527,7 @@ int synpass_ingress(struct __sk_buff *skb) {
   struct parsed p = {};
   if (!parse(skb, &p)) return TC_ACT_OK;
   if (!p.tcp.syn) return mark_judged_flow(skb, cfg, &p);
-  if (p.tcp.rst) return TC_ACT_OK;
+  if (p.tcp.rst || !vouched(cfg)) return TC_ACT_OK;
   if (p.tcp.ack) return judge_synack(skb, cfg, &p);
   int at = find_fast_option(skb, &p, FAST_SYN_OPT_LEN);
   if (at < 0) return judge_plain_syn(skb, cfg, &p);
@@ -784,12 +792,13 @@ int synpass_sockops(struct bpf_sock_ops *ops) {
       bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
       break;
     case BPF_SOCK_OPS_TCP_CONNECT_CB:
-      client_connect(ops, cfg);
+      if (vouched(cfg)) client_connect(ops, cfg);
       break;
     case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
-      reserve_option(ops, cfg);
+      if (vouched(cfg)) reserve_option(ops, cfg);
       break;
     case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
+      if (!vouched(cfg)) break;
       if (client_syn(ops)) write_client_syn(ops, cfg);
       else if ((ops->skb_tcp_flags & TCPHDR_SYN_ACK_MASK) == 0x12) write_server_synack(ops);
       break;

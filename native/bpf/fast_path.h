@@ -33,6 +33,8 @@ struct fast_config {
   __u32 untracked_mark;     /* on every packet of a connection the fast path judged: the raw table skips conntrack (0: off) */
   __u32 workload_cgroups;   /* entries in fast_workloads: 0 skips the cgroup walk at connect */
   __u32 source_burst;       /* SYNs a source's bucket holds, at most source_rate (one second's worth) */
+  __u32 alive_until;        /* wall-clock second after which the programs judge nothing: the agent moves it on while it runs */
+  __u32 pad;
 };
 
 /* One kernel verdict for the agent's flow log (ring buffer `fast_events`). A drop is reported

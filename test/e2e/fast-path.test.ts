@@ -412,6 +412,11 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.deepEqual(moved(again, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
   });
 
+  /** api's agent started again as the lab started it, with `args` added. */
+  function startApi(...args: string[]): Promise<AgentHandle> {
+    return lab.startAgent('api', ['--config', fixture.files.configs.api, ...args], { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(SOURCE_RATE) });
+  }
+
   /** The restarted agent's log line of what it put back from the saved tables. */
   function restoredTables(agent: AgentHandle): { servers?: { restored: number }; clients?: { restored: number } } | undefined {
     return agent.process.lines.find((line) => line.msg === "kernel fast path: the previous run's tables restored");
@@ -432,7 +437,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const savedFile = lab.savedTablesFile('api');
     assert.ok(existsSync(savedFile), 'the stopping agent saved its server table');
     assert.equal(statSync(savedFile).mode & 0o777, 0o600);
-    api = await lab.startAgent('api', ['--config', fixture.files.configs.api], { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(SOURCE_RATE) });
+    api = await startApi();
     const restored = restoredTables(api);
     assert.ok(restored?.servers !== undefined && restored.servers.restored >= 1, JSON.stringify(restored));
     assert.equal(existsSync(savedFile), false, 'read once and removed');
@@ -453,7 +458,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
 
   it('without the saved table (`off`), a restarted agent\'s clients fall back to first contact once, then the pair is fast again', async () => {
     await api.process.stop('SIGTERM');
-    api = await lab.startAgent('api', ['--config', fixture.files.configs.api, '--fast-path-state-file', 'off'], { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(SOURCE_RATE) });
+    api = await startApi('--fast-path-state-file', 'off');
     const [apiBefore, webBefore] = [await fast(api), await fast(web)];
     assert.equal(await http(), true, 'completes through first contact after one retransmission timeout');
     assert.equal(moved(apiBefore, await fast(api)).synUnknownPeer, 1);
@@ -468,6 +473,38 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const dump = JSON.parse(execFileSync('bpftool', ['-j', 'map', 'dump', 'pinned', join(lab.pinDir(host), 'fast_counters')], { encoding: 'utf8' })) as { formatted: { key: number; values: { value: number }[] } }[];
     return { counters: Object.fromEntries(dump.map(({ formatted }) => [FAST_COUNTERS[formatted.key] ?? `#${formatted.key}`, formatted.values.reduce((sum, cpu) => sum + cpu.value, 0)])) };
   }
+
+  it('an agent that keeps its kernel fast path over a restart (`fastPathKeepSeconds`): while it is down its kernel still proves known pairs and cloaks, and the next start takes over with no fallback', async () => {
+    await api.process.stop('SIGTERM');
+    api = await startApi('--fast-path-keep-seconds', '30');
+    await connectsInKernel();
+    const webBefore = await fast(web);
+    await api.process.stop('SIGTERM');
+    assert.ok(api.process.lines.some((line) => line.msg === 'kernel fast path kept for the next start'), 'the stopping agent says it kept the fast path');
+    assert.deepEqual(leftovers('api'), [`pins at ${lab.pinDir('api')}`, `sock_ops on ${lab.cgroup('api')}`, 'tc filter on api/eth0'], 'programs kept, rules gone');
+    const down = pinnedCounters('api');
+    assert.equal(await http(), true, 'a known pair connects while api has no agent');
+    await send([plainSyn(lab.address('outsider'), lab.address('api'), PORT, 41_000, 0x2000)]);
+    assert.deepEqual(moved(down, pinnedCounters('api')), { synAccepted: 1, synAckSigned: 1, synNoIdentity: 1 });
+    api = await startApi();
+    await connectsInKernel();
+    assert.equal(moved(webBefore, await fast(web)).synFallback, undefined, 'no fast SYN of web fell back');
+  });
+
+  it('a kept fast path judges nothing once its time is up: a fast SYN then falls back, as with no program', async () => {
+    await api.process.stop('SIGTERM');
+    api = await startApi('--fast-path-keep-seconds', '1');
+    await connectsInKernel();
+    await api.process.stop('SIGTERM');
+    await sleep(2_500);
+    const [down, webBefore] = [pinnedCounters('api'), await fast(web)];
+    // Nothing on api judges the handshake any more; whether it completes does not matter here.
+    await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)], 4_000).catch(() => null);
+    assert.deepEqual(moved(down, pinnedCounters('api')), {}, 'api\'s kernel judged nothing');
+    assert.equal(moved(webBefore, await fast(web)).synFallback, 1);
+    api = await startApi();
+    await connectsInKernel();
+  });
 
   it('a killed agent\'s kernel goes on judging known pairs alone, and voids each entry from the end of the credential it rests on', async () => {
     // web's new credential ends within the test; api's kernel entry for web ends with it.
@@ -491,7 +528,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     await send([syn]);
     assert.deepEqual(moved(ended, pinnedCounters('api')), { synUnknownPeer: 1 });
     // A new api agent replaces what the killed one left; web gets a lasting credential again.
-    api = await lab.startAgent('api', ['--config', fixture.files.configs.api], { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(SOURCE_RATE) });
+    api = await startApi();
     await rotateAgent(fixture.files, 'web', web);
     assert.equal(await http(), true);
     await connectsInKernel();

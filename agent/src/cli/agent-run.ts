@@ -28,6 +28,7 @@ const FIELD_FLAGS: readonly FieldFlag[] = [
   { flag: '--kernel-fast-path <mode>', path: 'datapath.kernelFastPath' },
   { flag: '--fast-path-pin-dir <path>', path: 'datapath.fastPathPinDir' },
   { flag: '--fast-path-state-file <path>', path: 'datapath.fastPathStateFile' },
+  { flag: '--fast-path-keep-seconds <n>', path: 'datapath.fastPathKeepSeconds' },
   { flag: '--fast-path-cgroup <path>', path: 'datapath.fastPathCgroup' },
   { flag: '--fast-path-interface <name>', path: 'datapath.fastPathInterfaces', append: true },
   { flag: '--fast-path-conntrack <mode>', path: 'datapath.fastPathConntrack' },

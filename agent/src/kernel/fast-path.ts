@@ -77,6 +77,11 @@ interface ServerRecord {
 }
 
 const BPF_ANY = 0;
+/**
+ * How long the programs go on judging past the agent's last tick: a stalled or crashed agent's
+ * kernel keeps known pairs for this long, then hands every handshake to the rules.
+ */
+export const VOUCH_SECONDS = 30;
 
 /** The peer a fast-path connection came from, for whois. */
 export interface FastPeer {
@@ -98,6 +103,8 @@ export class KernelFastPath implements KernelPath {
   private untrackedMark = 0;
   /** The workload cgroups as last written to the kernel: cgroup id -> workload number. */
   private workloadCgroupIds = new Map<bigint, number>();
+  /** Unix second until which the programs judge (fast_config.alive_until), moved on every tick. */
+  private vouchedUntil: number;
 
   private constructor(
     private readonly native: NativeBinding,
@@ -105,6 +112,7 @@ export class KernelFastPath implements KernelPath {
     readonly attachment: FastPathAttachment,
   ) {
     this.now = options.now ?? Date.now;
+    this.vouchedUntil = this.now() / 1000 + VOUCH_SECONDS;
     for (const cidr of options.excluded) native.mapUpdate(this.map('fast_excluded'), excludedKey(cidr), Buffer.of(1), BPF_ANY);
     this.followWorkloadCgroups();
     this.writeConfig();
@@ -157,6 +165,7 @@ export class KernelFastPath implements KernelPath {
       budgetMark: this.options.budgetMark,
       untrackedMark: this.untrackedMark,
       workloadCgroups: this.workloadCgroupIds.size,
+      vouchedUntil: this.vouchedUntil,
     });
     this.native.mapUpdate(this.map('fast_config'), Buffer.alloc(4), value, BPF_ANY);
   }
@@ -348,11 +357,12 @@ export class KernelFastPath implements KernelPath {
     return added;
   }
 
-  /** Once a second: the clock offset, the workload cgroups, and entries whose tokens or credentials expired. */
+  /** Once a second: this agent still vouches for the programs, the clock offset, the workload cgroups, and entries whose tokens or credentials expired. */
   tick(): void {
+    const nowSeconds = this.now() / 1000;
+    this.vouchedUntil = nowSeconds + VOUCH_SECONDS;
     this.followWorkloadCgroups();
     this.writeConfig();
-    const nowSeconds = this.now() / 1000;
     for (const [id, record] of this.servers) {
       if (record.entry.expiresAt > nowSeconds) continue;
       this.native.mapDelete(this.map('fast_servers'), Buffer.from(id, 'latin1'));
@@ -403,13 +413,27 @@ export class KernelFastPath implements KernelPath {
 
   /** Detaches and unpins; the maps' file descriptors go with them. */
   close(): { tcDetached: number; linkDetached: boolean } {
+    const result = KernelFastPath.detach(this.options.pinDir);
+    this.release();
+    return result;
+  }
+
+  /**
+   * Leaves the programs attached and pinned, judging on their own for `seconds` more (the next
+   * start replaces them, `agent cleanup` removes them); after that they judge nothing.
+   */
+  keep(seconds: number): void {
+    this.vouchedUntil = this.now() / 1000 + seconds;
+    this.writeConfig();
+    this.release();
+  }
+
+  private release(): void {
     this.events?.close();
     this.events = null;
-    const result = KernelFastPath.detach(this.options.pinDir);
     for (const fd of Object.values(this.attachment.maps)) this.native.closeFd(fd);
     this.native.closeFd(this.attachment.programFd);
     this.servers.clear();
     this.clients.clear();
-    return result;
   }
 }

@@ -144,18 +144,19 @@ export function readU32(bytes: Buffer, offset = 0): number {
 }
 
 /**
- * A wall-clock second as the kernel compares it (unsigned 32 bits): the kernel voids an entry from
- * its `expires` on, so an entry outlives neither its credential nor a stopped or crashed agent.
+ * A Unix second as the kernel compares it (unsigned 32 bits): an entry's `expires`, from which the
+ * kernel voids it, so that it outlives neither its credential nor a stopped or crashed agent; the
+ * config's `alive_until`.
  */
-function expirySecond(expiresAt: number): number {
-  return Math.min(Math.max(Math.floor(expiresAt), 0), 0xffffffff);
+function kernelSecond(seconds: number): number {
+  return Math.min(Math.max(Math.floor(seconds), 0), 0xffffffff);
 }
 
 /** struct client_value: fast id, the second it expires, and key. */
 export function clientValue(fastId: number, fastKey: Buffer, expiresAt: number): Buffer {
   const value = Buffer.alloc(8 + FAST_KEY_BYTES);
   u32(value, 0, fastId);
-  u32(value, 4, expirySecond(expiresAt));
+  u32(value, 4, kernelSecond(expiresAt));
   fastKey.copy(value, 8);
   return value;
 }
@@ -175,7 +176,7 @@ export function serverValue(fastKey: Buffer, allowed: boolean, retiring: boolean
   fastKey.copy(value, 0);
   u32(value, FAST_KEY_BYTES, allowed ? 1 : 0);
   u32(value, FAST_KEY_BYTES + 4, retiring ? 1 : 0);
-  u32(value, FAST_KEY_BYTES + 8, expirySecond(expiresAt));
+  u32(value, FAST_KEY_BYTES + 8, kernelSecond(expiresAt));
   return value;
 }
 
@@ -206,11 +207,13 @@ export interface FastConfig {
   untrackedMark: number;
   /** Entries in fast_workloads (0: the connect-time cgroup walk is skipped). */
   workloadCgroups: number;
+  /** Unix second after which the programs judge nothing (no agent vouches for them). */
+  vouchedUntil: number;
 }
 
-/** struct fast_config (48 bytes). */
+/** struct fast_config (56 bytes). */
 export function configValue(config: FastConfig): Buffer {
-  const value = Buffer.alloc(48);
+  const value = Buffer.alloc(56);
   if (LITTLE) value.writeBigInt64LE(config.realtimeOffsetNs, 0);
   else value.writeBigInt64BE(config.realtimeOffsetNs, 0);
   u32(value, 8, config.windowSeconds);
@@ -223,6 +226,7 @@ export function configValue(config: FastConfig): Buffer {
   u32(value, 36, config.untrackedMark);
   u32(value, 40, config.workloadCgroups);
   u32(value, 44, config.sourceBurst);
+  u32(value, 48, kernelSecond(config.vouchedUntil));
   return value;
 }
 

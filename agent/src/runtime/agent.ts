@@ -260,7 +260,11 @@ export class Agent {
     }
   }
 
-  /** Detached before the rules go: fast SYNs then meet the queue, which drops what it cannot prove. */
+  /**
+   * Detached before the rules go: fast SYNs then meet the queue, which drops what it cannot prove.
+   * Or kept (`datapath.fastPathKeepSeconds`): the kernel goes on judging known pairs and cloaking
+   * alone until the next start replaces it, or the time is up.
+   */
   private stopKernelFastPath(): void {
     const path = this.fastPath.path;
     if (path === null) return;
@@ -269,6 +273,12 @@ export class Agent {
     this.built.useKernelPath?.(null);
     this.peers.fallback = null;
     this.fastPath = { path: null, reason: 'stopped', cgroup: this.fastPath.cgroup };
+    const keepSeconds = this.config.datapath.fastPathKeepSeconds;
+    if (keepSeconds > 0) {
+      path.keep(keepSeconds);
+      this.log.info({ seconds: keepSeconds, pinDir: this.config.datapath.fastPathPinDir }, 'kernel fast path kept for the next start');
+      return;
+    }
     const detached = path.close();
     this.log.info(detached, 'kernel fast path detached');
   }

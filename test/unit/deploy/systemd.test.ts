@@ -17,7 +17,7 @@ it('systemd-analyze verify accepts the agent and issuer units without a warning'
   assert.equal(result.stderr.trim(), '');
 });
 
-it('the unit is sandboxed to BPF, NET_ADMIN and NET_RAW (bpffs writable, bpf(2) allowed), reloads with SIGHUP and cleans up after itself', () => {
+it('the unit is sandboxed to BPF, NET_ADMIN and NET_RAW (bpffs writable, bpf(2) allowed), reloads with SIGHUP, cleans up after a failure and keeps the fast path over a restart', () => {
   const text = readFileSync(unit, 'utf8');
   const setting = settingOf(text);
   assert.equal(setting('CapabilityBoundingSet'), 'CAP_BPF CAP_NET_ADMIN CAP_NET_RAW');
@@ -31,7 +31,9 @@ it('the unit is sandboxed to BPF, NET_ADMIN and NET_RAW (bpffs writable, bpf(2) 
   assert.equal(setting('ProtectHome'), 'yes');
   assert.equal(setting('PrivateTmp'), 'yes');
   assert.equal(setting('ExecReload'), '/bin/kill -HUP $MAINPID');
-  assert.match(setting('ExecStopPost') ?? '', /agent cleanup$/);
+  // A failed agent's leftovers go; a clean stop keeps the kernel fast path for the next start.
+  assert.match(setting('ExecStopPost') ?? '', /^\/bin\/sh -c 'test "\$SERVICE_RESULT" = success \|\| exec .* agent cleanup'$/);
+  assert.equal(setting('Environment=SYNPASS_DATAPATH_FAST_PATH_KEEP_SECONDS'), '30');
   assert.match(setting('ExecStartPre') ?? '', /--check-config$/);
   assert.ok(text.includes(`Environment="NODE_OPTIONS=${SHIPPED_NODE_OPTIONS}"`), 'the heap held to the memory budget the soak measured');
 });
