@@ -477,6 +477,8 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
   it('an agent that keeps its kernel fast path over a restart (`fastPathKeepSeconds`): while it is down its kernel still proves known pairs and cloaks, and the next start takes over with no fallback', async () => {
     await api.process.stop('SIGTERM');
     api = await startApi('--fast-path-keep-seconds', '30');
+    // The run before kept no table (`off`): one fallback, and the pair is known again.
+    assert.equal(await http(), true);
     await connectsInKernel();
     const webBefore = await fast(web);
     await api.process.stop('SIGTERM');
