@@ -80,7 +80,7 @@ struct client_key {
 };
 struct client_value {
   __u32 fast_id;
-  __u32 expires; /* wall-clock second from which the entry is void (the server's credential or token ends) */
+  __u32 expires; /* wall-clock second from which the entry is void: the earliest end of the credentials and tokens it rests on */
   __u8 key[16];
 };
 
@@ -112,7 +112,7 @@ struct server_value {
   __u8 key[16];
   __u32 allowed;  /* 0: policy says no (dropped as not-allowed) */
   __u32 retiring; /* 1: proven under this agent's previous keys; its SYN-ACKs tell the client so */
-  __u32 expires;  /* wall-clock second from which the entry is void (the client's credential or token ends) */
+  __u32 expires;  /* wall-clock second from which the entry is void: the earliest end of the credentials and tokens it rests on */
   __u32 pad;
 };
 

@@ -144,9 +144,8 @@ export function readU32(bytes: Buffer, offset = 0): number {
 }
 
 /**
- * A Unix second as the kernel compares it (unsigned 32 bits): an entry's `expires`, from which the
- * kernel voids it, so that it outlives neither its credential nor a stopped or crashed agent; the
- * config's `alive_until`.
+ * A Unix second as the kernel holds it (whole, unsigned 32 bits): an entry's `expires`, from which
+ * the kernel voids the entry, and the config's `alive_until`.
  */
 function kernelSecond(seconds: number): number {
   return Math.min(Math.max(Math.floor(seconds), 0), 0xffffffff);
