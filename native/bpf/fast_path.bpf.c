@@ -197,8 +197,8 @@ static __always_inline __u32 now_seconds(const struct fast_config *cfg) {
  * stopping agent that keeps them for its next start sets it once. Programs it left behind (a
  * crash, an uninstall) judge nothing once it passed: handshakes then meet the rules as without
  * a fast path. */
-static __always_inline int vouched(const struct fast_config *cfg) {
-  return now_seconds(cfg) <= cfg->alive_until;
+static __always_inline int vouched(const struct fast_config *cfg, __u32 now) {
+  return now <= cfg->alive_until;
 }
 
 #define ROTL(x, b) (__u64)(((x) << (b)) | ((x) >> (64 - (b))))
@@ -367,7 +367,7 @@ static __always_inline int drop(__u32 counter, const struct parsed *p, __u32 fas
   return TC_ACT_SHOT;
 }
 
-static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fast_config *cfg, struct parsed *p, int at) {
+static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fast_config *cfg, struct parsed *p, int at, __u32 now) {
   __u8 opt[FAST_SYN_OPT_LEN];
   if (bpf_skb_load_bytes(skb, p->option_base + (__u32)at, opt, sizeof(opt)) < 0) return TC_ACT_SHOT;
   struct server_key key = {};
@@ -377,7 +377,6 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
   __u32 time = read_be32(opt + 8);
   __u32 isn = bpf_ntohl(p->tcp.seq);
   struct server_value *entry = bpf_map_lookup_elem(&fast_servers, &key);
-  __u32 now = now_seconds(cfg);
   /* Past its end the entry proves nothing, whether or not an agent is there to remove it. */
   if (!entry || now >= entry->expires) return drop(FAST_SYN_UNKNOWN, p, key.fast_id);
   __u32 skew = now > time ? now - time : time - now;
@@ -527,11 +526,12 @@ int synpass_ingress(struct __sk_buff *skb) {
   struct parsed p = {};
   if (!parse(skb, &p)) return TC_ACT_OK;
   if (!p.tcp.syn) return mark_judged_flow(skb, cfg, &p);
-  if (p.tcp.rst || !vouched(cfg)) return TC_ACT_OK;
+  __u32 now = now_seconds(cfg);
+  if (p.tcp.rst || !vouched(cfg, now)) return TC_ACT_OK;
   if (p.tcp.ack) return judge_synack(skb, cfg, &p);
   int at = find_fast_option(skb, &p, FAST_SYN_OPT_LEN);
   if (at < 0) return judge_plain_syn(skb, cfg, &p);
-  return judge_fast_syn(skb, cfg, &p, at);
+  return judge_fast_syn(skb, cfg, &p, at, now);
 }
 
 /* ---- sock_ops ------------------------------------------------------------------------------ */
@@ -594,7 +594,7 @@ static __always_inline void record_owner(const struct bpf_sock_ops *ops, __u32 w
 }
 
 /* A connect from a workload that has a kernel-proven entry for this destination. */
-static __always_inline void client_connect(struct bpf_sock_ops *ops, const struct fast_config *cfg) {
+static __always_inline void client_connect(struct bpf_sock_ops *ops, const struct fast_config *cfg, __u32 now) {
   if (ops->family != AF_INET && ops->family != AF_INET6) return;
   struct client_key key = {.port = bpf_ntohl(ops->remote_port)};
   connect_owner(cfg, &key);
@@ -603,7 +603,7 @@ static __always_inline void client_connect(struct bpf_sock_ops *ops, const struc
   local_and_remote(ops, local, key.address);
   struct client_value *entry = bpf_map_lookup_elem(&fast_clients, &key);
   /* An entry past its end sends this connect to the queue as first contact, agent or not. */
-  if (entry && now_seconds(cfg) >= entry->expires) entry = 0;
+  if (entry && now >= entry->expires) entry = 0;
   if (!entry) {
     if (workload != 0) record_owner(ops, workload);
     if (cfg->untracked_mark != 0) {
@@ -684,13 +684,12 @@ static __always_inline void reserve_option(struct bpf_sock_ops *ops, const struc
   }
 }
 
-static __always_inline void write_client_syn(struct bpf_sock_ops *ops, const struct fast_config *cfg) {
+static __always_inline void write_client_syn(struct bpf_sock_ops *ops, const struct fast_config *cfg, __u32 time) {
   struct sock_state_value *state = fast_socket(ops);
   if (!state) return;
   struct tcphdr *th = ops->skb_data;
   if ((void *)(th + 1) > ops->skb_data_end) return;
   __u32 isn = bpf_ntohl(th->seq);
-  __u32 time = now_seconds(cfg);
   __u8 opt[FAST_SYN_OPT_LEN] = {FAST_OPT_KIND, FAST_SYN_OPT_LEN, FAST_OPT_EXID >> 8, FAST_OPT_EXID & 0xff};
   write_be32(opt + 4, state->fast_id);
   write_be32(opt + 8, time);
@@ -786,20 +785,21 @@ SEC("sockops")
 int synpass_sockops(struct bpf_sock_ops *ops) {
   struct fast_config *cfg = config();
   if (!cfg) return 1;
+  __u32 now = now_seconds(cfg);
   switch (ops->op) {
     case BPF_SOCK_OPS_TCP_LISTEN_CB:
       /* Lets the listener's SYN-ACKs carry the server's MAC. */
       bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
       break;
     case BPF_SOCK_OPS_TCP_CONNECT_CB:
-      if (vouched(cfg)) client_connect(ops, cfg);
+      if (vouched(cfg, now)) client_connect(ops, cfg, now);
       break;
     case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
-      if (vouched(cfg)) reserve_option(ops, cfg);
+      if (vouched(cfg, now)) reserve_option(ops, cfg);
       break;
     case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
-      if (!vouched(cfg)) break;
-      if (client_syn(ops)) write_client_syn(ops, cfg);
+      if (!vouched(cfg, now)) break;
+      if (client_syn(ops)) write_client_syn(ops, cfg, now);
       else if ((ops->skb_tcp_flags & TCPHDR_SYN_ACK_MASK) == 0x12) write_server_synack(ops);
       break;
     case BPF_SOCK_OPS_RTO_CB:
