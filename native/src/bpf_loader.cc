@@ -1,8 +1,8 @@
 // The kernel fast path's loader and map access, over libbpf (LGPL-2.1 OR BSD-2-Clause). The
 // agent owns the programs: it loads native/build/fast_path.bpf.o, pins its maps and the
 // sock_ops cgroup link under a directory of bpffs (so they outlive a crash of the agent, and
-// `synpass agent cleanup` finds them), and attaches the tc ingress program to interfaces of its
-// network namespace. Map keys and values cross as byte buffers whose layouts
+// `synpass agent cleanup` finds them), and, once it has filled the maps, attaches the tc ingress
+// program to interfaces of its network namespace. Map keys and values cross as byte buffers whose layouts
 // native/bpf/fast_path.h defines.
 #include "bpf_loader.h"
 
@@ -101,19 +101,18 @@ std::string AttachIngress(int program_fd, const std::string& name) {
   return "";
 }
 
-// fastPathAttach(objectPath, pinDir, cgroupPath, interfaces[])
-//   -> { maps: {name: fd}, programFd, attached: [], skipped: [{name, reason}] }
-// programFd keeps the tc program for interfaces that appear later (fastPathAttachInterface).
-Napi::Value Attach(const Napi::CallbackInfo& info) {
+// fastPathLoad(objectPath, pinDir) -> { maps: {name: fd}, programFd, sockopsFd }
+// Loads the programs and pins their maps, attaching nothing: the agent fills the maps first
+// (fastPathAttachPrograms comes after), so that the programs never judge with empty tables.
+// Programs a previous run kept attached go on judging from their own maps meanwhile.
+Napi::Value Load(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 4 || !info[0].IsString() || !info[1].IsString() || !info[2].IsString() || !info[3].IsArray()) {
-    Napi::TypeError::New(env, "fastPathAttach(objectPath, pinDir, cgroupPath, interfaces)").ThrowAsJavaScriptException();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) {
+    Napi::TypeError::New(env, "fastPathLoad(objectPath, pinDir)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   std::string object_path = info[0].As<Napi::String>();
   std::string pin_dir = info[1].As<Napi::String>();
-  std::string cgroup_path = info[2].As<Napi::String>();
-  Napi::Array wanted = info[3].As<Napi::Array>();
 
   libbpf_set_print(nullptr);
   struct bpf_object* object = bpf_object__open_file(object_path.c_str(), nullptr);
@@ -122,7 +121,7 @@ Napi::Value Attach(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   // Everything below runs with the object open; it is closed on every path out, after the
-  // pins hold what must stay. A failure undoes whatever was pinned or attached before it.
+  // pins and the kept file descriptors hold what must stay. A failure undoes every pin.
   auto fail = [&](const std::string& what, int error) {
     bpf_object__close(object);
     DetachAll(pin_dir);
@@ -140,47 +139,9 @@ Napi::Value Attach(const Napi::CallbackInfo& info) {
     rc = bpf_map__pin(map, path.c_str());
     if (rc != 0) return fail("pin " + path, rc);
   }
-
   struct bpf_program* sockops = bpf_object__find_program_by_name(object, "synpass_sockops");
   struct bpf_program* ingress = bpf_object__find_program_by_name(object, "synpass_ingress");
   if (sockops == nullptr || ingress == nullptr) return fail("programs missing from the object", ENOENT);
-  int cgroup = open(cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (cgroup < 0) return fail("open cgroup " + cgroup_path, errno);
-  std::string link_path = pin_dir + "/" + kCgroupLink;
-  int old_link = bpf_obj_get(link_path.c_str());
-  if (old_link >= 0) {
-    // A previous run left its link pinned (it crashed, or stopped without cleanup): replace it.
-    bpf_link_detach(old_link);
-    close(old_link);
-    unlink(link_path.c_str());
-  }
-  struct bpf_link* link = bpf_program__attach_cgroup(sockops, cgroup);
-  int link_error = link == nullptr ? errno : 0;
-  close(cgroup);
-  if (link == nullptr) return fail("attach sock_ops to " + cgroup_path, link_error);
-  rc = bpf_link__pin(link, link_path.c_str());
-  if (rc != 0) {
-    bpf_link__destroy(link);
-    return fail("pin " + link_path, rc);
-  }
-  // The pin keeps the program attached once this process lets go of the link.
-  bpf_link__disconnect(link);
-  bpf_link__destroy(link);
-
-  Napi::Array attached = Napi::Array::New(env);
-  Napi::Array skipped = Napi::Array::New(env);
-  for (uint32_t i = 0; i < wanted.Length(); i++) {
-    std::string name = wanted.Get(i).As<Napi::String>();
-    std::string reason = AttachIngress(bpf_program__fd(ingress), name);
-    if (reason.empty()) {
-      attached.Set(attached.Length(), name);
-      continue;
-    }
-    Napi::Object entry = Napi::Object::New(env);
-    entry.Set("name", name);
-    entry.Set("reason", reason);
-    skipped.Set(skipped.Length(), entry);
-  }
 
   Napi::Object maps = Napi::Object::New(env);
   for (const char* name : kMapNames) {
@@ -191,10 +152,98 @@ Napi::Value Attach(const Napi::CallbackInfo& info) {
   }
   int program_fd = fcntl(bpf_program__fd(ingress), F_DUPFD_CLOEXEC, 0);
   if (program_fd < 0) return fail("keep the tc program", errno);
+  int sockops_fd = fcntl(bpf_program__fd(sockops), F_DUPFD_CLOEXEC, 0);
+  if (sockops_fd < 0) {
+    close(program_fd);
+    return fail("keep the sock_ops program", errno);
+  }
   bpf_object__close(object);
   Napi::Object result = Napi::Object::New(env);
   result.Set("maps", maps);
   result.Set("programFd", Napi::Number::New(env, program_fd));
+  result.Set("sockopsFd", Napi::Number::New(env, sockops_fd));
+  return result;
+}
+
+// Whether a pinned link is our sock_ops link on this very cgroup, so that it can take the new
+// program in place.
+bool SockopsLinkOn(int link_fd, const std::string& cgroup_path) {
+  struct stat cgroup = {};
+  if (stat(cgroup_path.c_str(), &cgroup) != 0) return false;
+  struct bpf_link_info link = {};
+  uint32_t size = sizeof(link);
+  if (bpf_obj_get_info_by_fd(link_fd, &link, &size) != 0) return false;
+  // A cgroup v2 directory's inode number is the cgroup id the kernel reports.
+  return link.type == BPF_LINK_TYPE_CGROUP && link.cgroup.attach_type == BPF_CGROUP_SOCK_OPS &&
+         link.cgroup.cgroup_id == static_cast<uint64_t>(cgroup.st_ino);
+}
+
+// The sock_ops program on the cgroup through the pinned link: a link a previous run kept on the
+// same cgroup takes the new program in one step (no moment without a program); any other is
+// replaced. "" when done, else why not.
+std::string AttachSockops(int sockops_fd, const std::string& pin_dir, const std::string& cgroup_path) {
+  std::string link_path = pin_dir + "/" + kCgroupLink;
+  int old_link = bpf_obj_get(link_path.c_str());
+  if (old_link >= 0) {
+    bool updated = SockopsLinkOn(old_link, cgroup_path) && bpf_link_update(old_link, sockops_fd, nullptr) == 0;
+    if (!updated) bpf_link_detach(old_link);
+    close(old_link);
+    if (updated) return "";
+    unlink(link_path.c_str());
+  }
+  int cgroup = open(cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (cgroup < 0) return "open cgroup " + cgroup_path + ": " + ErrnoText(errno);
+  int link = bpf_link_create(sockops_fd, cgroup, BPF_CGROUP_SOCK_OPS, nullptr);
+  int link_error = link < 0 ? errno : 0;
+  close(cgroup);
+  if (link < 0) return "attach sock_ops to " + cgroup_path + ": " + ErrnoText(link_error);
+  // The pin keeps the program attached once this process closes the link.
+  int rc = bpf_obj_pin(link, link_path.c_str());
+  int pin_error = rc != 0 ? errno : 0;
+  if (rc != 0) bpf_link_detach(link);
+  close(link);
+  if (rc != 0) return "pin " + link_path + ": " + ErrnoText(pin_error);
+  return "";
+}
+
+// fastPathAttachPrograms(pinDir, cgroupPath, sockopsFd, programFd, interfaces[])
+//   -> { attached: [], skipped: [{name, reason}] }
+// After fastPathLoad and the maps filled: sock_ops on the cgroup, tc on each interface, each
+// replacing in place what a previous run kept. A sock_ops failure undoes everything.
+Napi::Value AttachPrograms(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 5 || !info[0].IsString() || !info[1].IsString() || !info[2].IsNumber() || !info[3].IsNumber() ||
+      !info[4].IsArray()) {
+    Napi::TypeError::New(env, "fastPathAttachPrograms(pinDir, cgroupPath, sockopsFd, programFd, interfaces)")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::string pin_dir = info[0].As<Napi::String>();
+  std::string cgroup_path = info[1].As<Napi::String>();
+  int sockops_fd = info[2].As<Napi::Number>().Int32Value();
+  int program_fd = info[3].As<Napi::Number>().Int32Value();
+  Napi::Array wanted = info[4].As<Napi::Array>();
+  std::string refused = AttachSockops(sockops_fd, pin_dir, cgroup_path);
+  if (!refused.empty()) {
+    DetachAll(pin_dir);
+    Napi::Error::New(env, refused).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array attached = Napi::Array::New(env);
+  Napi::Array skipped = Napi::Array::New(env);
+  for (uint32_t i = 0; i < wanted.Length(); i++) {
+    std::string name = wanted.Get(i).As<Napi::String>();
+    std::string reason = AttachIngress(program_fd, name);
+    if (reason.empty()) {
+      attached.Set(attached.Length(), name);
+      continue;
+    }
+    Napi::Object entry = Napi::Object::New(env);
+    entry.Set("name", name);
+    entry.Set("reason", reason);
+    skipped.Set(skipped.Length(), entry);
+  }
+  Napi::Object result = Napi::Object::New(env);
   result.Set("attached", attached);
   result.Set("skipped", skipped);
   return result;
@@ -464,7 +513,8 @@ class KernelEvents : public Napi::ObjectWrap<KernelEvents> {
 
 void RegisterFastPath(Napi::Env env, Napi::Object exports) {
   exports.Set("KernelEvents", KernelEvents::Define(env));
-  exports.Set("fastPathAttach", Napi::Function::New(env, Attach));
+  exports.Set("fastPathLoad", Napi::Function::New(env, Load));
+  exports.Set("fastPathAttachPrograms", Napi::Function::New(env, AttachPrograms));
   exports.Set("fastPathDetach", Napi::Function::New(env, Detach));
   exports.Set("fastPathAttachInterface", Napi::Function::New(env, AttachInterface));
   exports.Set("mapUpdate", Napi::Function::New(env, MapUpdate));

@@ -488,7 +488,12 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.equal(await http(), true, 'a known pair connects while api has no agent');
     await send([plainSyn(lab.address('outsider'), lab.address('api'), PORT, 41_000, 0x2000)]);
     assert.deepEqual(moved(down, pinnedCounters('api')), { synAccepted: 1, synAckSigned: 1, synNoIdentity: 1 });
+    // Connects back to back across the start: the new programs replace the kept ones only once
+    // the saved tables are in their maps, so no fast SYN meets an empty table.
+    const loop = lab.peer('web', ['rounds', lab.address('api'), String(PORT), '3000', '0']);
     api = await startApi();
+    assert.ok(!loop.lines.some((line) => line.ok !== undefined), 'the connect loop was still running when the new agent had started');
+    assert.deepEqual(await loop.waitFor((line) => line.ok !== undefined, 60_000), { ok: 3000, failed: 0 });
     await connectsInKernel();
     assert.equal(moved(webBefore, await fast(web)).synFallback, undefined, 'no fast SYN of web fell back');
   });

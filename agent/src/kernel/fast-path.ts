@@ -1,9 +1,10 @@
-// The kernel fast path, owned: the programs attached and pinned (addon, libbpf), the maps filled
-// from what the handshake proved, judged again on every policy change, retired on key changes,
-// swept as entries expire, and detached at stop. The kernel does the per-packet work; this
+// The kernel fast path, owned: the programs loaded and pinned (addon, libbpf) and attached once
+// their maps hold what the agent already knows, the maps filled from what the handshake proved,
+// judged again on every policy change, retired on key changes, swept as entries expire, and
+// detached at stop. The kernel does the per-packet work; this
 // class runs only at first contact, on reloads and once a second.
 import { statSync } from 'node:fs';
-import { fastPathObjectPath, loadBinding, type ErrnoError, type FastPathAttachment, type NativeBinding } from '../native/addon.ts';
+import { fastPathObjectPath, loadBinding, type ErrnoError, type FastPathInterfaces, type FastPathLoaded, type NativeBinding } from '../native/addon.ts';
 import { SynpassError } from '../errors.ts';
 import type { TableSize } from '../datapath/handler.ts';
 import type { VerdictCount } from '../datapath/engine.ts';
@@ -106,10 +107,13 @@ export class KernelFastPath implements KernelPath {
   /** Unix second until which the programs judge (fast_config.alive_until), moved on every tick. */
   private vouchedUntil: number;
 
+  /** The interfaces the tc program is on (none before attachPrograms), and those it is not on, with why. */
+  readonly interfaces: FastPathInterfaces = { attached: [], skipped: [] };
+
   private constructor(
     private readonly native: NativeBinding,
     private readonly options: KernelFastPathOptions,
-    readonly attachment: FastPathAttachment,
+    private readonly loaded: FastPathLoaded,
   ) {
     this.now = options.now ?? Date.now;
     this.vouchedUntil = this.now() / 1000 + VOUCH_SECONDS;
@@ -118,17 +122,37 @@ export class KernelFastPath implements KernelPath {
     this.writeConfig();
   }
 
-  /** Loads and attaches the programs; throws KernelPathError with the kernel's reason. */
-  static attach(options: KernelFastPathOptions): KernelFastPath {
+  /**
+   * Loads the programs and pins their maps, with this agent's settings written but nothing
+   * attached: fill the maps, then attachPrograms. Throws KernelPathError with the kernel's reason.
+   */
+  static load(options: KernelFastPathOptions): KernelFastPath {
     if (options.excluded.length > MAX_EXCLUDED_NETWORKS) throw new KernelPathError('map', `more than ${MAX_EXCLUDED_NETWORKS} excluded networks`, { excluded: options.excluded.length });
     const native = loadBinding();
-    let attachment: FastPathAttachment;
+    let loaded: FastPathLoaded;
     try {
-      attachment = native.fastPathAttach(fastPathObjectPath(), options.pinDir, options.cgroup, options.interfaces);
+      loaded = native.fastPathLoad(fastPathObjectPath(), options.pinDir);
     } catch (cause) {
-      throw new KernelPathError('attach', (cause as Error).message, { pinDir: options.pinDir, cgroup: options.cgroup }, { cause });
+      throw new KernelPathError('attach', (cause as Error).message, { pinDir: options.pinDir }, { cause });
     }
-    return new KernelFastPath(native, options, attachment);
+    return new KernelFastPath(native, options, loaded);
+  }
+
+  /**
+   * The programs on the cgroup and the interfaces, each taking over in one step from what a
+   * previous run kept there: until this call, kept programs judge from the previous run's maps.
+   * Throws KernelPathError when the sock_ops program could not be attached (nothing is left then).
+   */
+  attachPrograms(): void {
+    const { pinDir, cgroup, interfaces } = this.options;
+    try {
+      const taken = this.native.fastPathAttachPrograms(pinDir, cgroup, this.loaded.sockopsFd, this.loaded.programFd, interfaces);
+      this.interfaces.attached.push(...taken.attached);
+      this.interfaces.skipped.push(...taken.skipped);
+    } catch (cause) {
+      this.release();
+      throw new KernelPathError('attach', (cause as Error).message, { pinDir, cgroup }, { cause });
+    }
   }
 
   /** Takes everything the fast path attached and pinned away (also what a crashed run left). */
@@ -137,7 +161,7 @@ export class KernelFastPath implements KernelPath {
   }
 
   private map(name: keyof typeof MAP_CAPACITY | 'fast_config' | 'fast_counters' | 'fast_cloak' | 'fast_excluded' | 'fast_events' | 'fast_workloads'): number {
-    return this.attachment.maps[name]!;
+    return this.loaded.maps[name]!;
   }
 
   private write(map: keyof typeof MAP_CAPACITY, key: Buffer, value: Buffer): boolean {
@@ -340,13 +364,13 @@ export class KernelFastPath implements KernelPath {
   followInterfaces(): string[] {
     if (this.options.newInterfaces === null) return [];
     const present = new Set(this.options.newInterfaces());
-    const { attached, skipped } = this.attachment;
+    const { attached, skipped } = this.interfaces;
     for (let i = attached.length - 1; i >= 0; i--) if (!present.has(attached[i]!)) attached.splice(i, 1);
     for (let i = skipped.length - 1; i >= 0; i--) if (!present.has(skipped[i]!.name)) skipped.splice(i, 1);
     const added: string[] = [];
     for (const name of present) {
       if (attached.includes(name) || skipped.some((entry) => entry.name === name)) continue;
-      const refused = this.native.fastPathAttachInterface(this.attachment.programFd, name);
+      const refused = this.native.fastPathAttachInterface(this.loaded.programFd, name);
       if (refused === null) {
         attached.push(name);
         added.push(name);
@@ -431,8 +455,9 @@ export class KernelFastPath implements KernelPath {
   private release(): void {
     this.events?.close();
     this.events = null;
-    for (const fd of Object.values(this.attachment.maps)) this.native.closeFd(fd);
-    this.native.closeFd(this.attachment.programFd);
+    for (const fd of Object.values(this.loaded.maps)) this.native.closeFd(fd);
+    this.native.closeFd(this.loaded.programFd);
+    this.native.closeFd(this.loaded.sockopsFd);
     this.servers.clear();
     this.clients.clear();
   }

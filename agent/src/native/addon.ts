@@ -87,11 +87,16 @@ export interface PeerCredentials {
   gid: number;
 }
 
-/** What fastPathAttach did: pinned map file descriptors by name, and the interfaces it took. */
-export interface FastPathAttachment {
+/** What fastPathLoad kept: the pinned maps' file descriptors by name, and the two programs. */
+export interface FastPathLoaded {
   maps: Record<string, number>;
-  /** The tc program, for interfaces that appear later. */
+  /** The tc program, for every interface, also those that appear later. */
   programFd: number;
+  sockopsFd: number;
+}
+
+/** The interfaces the tc program took, and the ones it did not, with why. */
+export interface FastPathInterfaces {
   attached: string[];
   skipped: { name: string; reason: string }[];
 }
@@ -103,8 +108,13 @@ export interface ErrnoError extends Error {
 
 export interface NativeBinding {
   NfQueue: new (options: NativeQueueOptions) => NativeQueue;
-  /** Loads the kernel programs, pins maps and the sock_ops link under `pinDir`, attaches tc ingress. */
-  fastPathAttach(objectPath: string, pinDir: string, cgroupPath: string, interfaces: readonly string[]): FastPathAttachment;
+  /** Loads the kernel programs and pins their maps under `pinDir`; attaches nothing. */
+  fastPathLoad(objectPath: string, pinDir: string): FastPathLoaded;
+  /**
+   * Attaches loaded programs, replacing in place what a previous run kept: sock_ops on the cgroup
+   * (the link pinned under `pinDir`), tc ingress on the interfaces.
+   */
+  fastPathAttachPrograms(pinDir: string, cgroupPath: string, sockopsFd: number, programFd: number, interfaces: readonly string[]): FastPathInterfaces;
   /** Takes our tc filter off every interface of this namespace, detaches the link, removes the pins. */
   fastPathDetach(pinDir: string): { tcDetached: number; linkDetached: boolean };
   /** Attaches the tc program to one more interface: null, or why not. */

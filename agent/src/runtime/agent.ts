@@ -157,10 +157,16 @@ export class Agent {
   /** After the rules: the marks the kernel programs set mean something only once the rules are in. */
   private async startKernelFastPath(): Promise<void> {
     const acceptSample = this.flowLog.logsAccepts ? this.config.telemetry.flowLog.sampleAccepted : 0;
-    const choice = chooseKernelFastPath(this.config, this.marks, acceptSample);
+    // The handler's tables and what the previous run saved go into the maps before the programs
+    // are attached: programs a previous run kept judge until then, so no fast SYN meets an empty table.
+    const choice = chooseKernelFastPath(this.config, this.marks, acceptSample, (loaded) => {
+      this.built.useKernelPath?.(loaded);
+      this.restoreKernelTables();
+    });
     this.fastPath = choice;
     const path = choice.path;
     if (path === null) {
+      this.built.useKernelPath?.(null);
       const level = this.config.datapath.kernelFastPath === 'off' ? 'info' : 'warn';
       this.log[level]({ kernelFastPath: this.config.datapath.kernelFastPath, reason: choice.reason }, 'kernel fast path not running: every handshake takes the queue');
       const byCgroup = this.config.workloads.filter((workload) => workload.cgroups.length > 0).map((workload) => workload.name);
@@ -168,8 +174,6 @@ export class Agent {
       if (byCgroup.length > 0) this.log.warn({ workloads: byCgroup }, 'workloads[].cgroups need the kernel fast path: these workloads are known by their uids only');
       return;
     }
-    this.built.useKernelPath?.(path);
-    this.restoreKernelTables();
     this.peers.fallback = (local, remote) => path.peerOf(...splitEndpoint(local), ...splitEndpoint(remote))?.identity;
     const settleDrops = this.logKernelVerdicts(path);
     this.fastPathTimer = setInterval(() => {
@@ -180,7 +184,7 @@ export class Agent {
     }, 1000);
     this.fastPathTimer.unref();
     this.conntrack = await this.skipConntrack(path);
-    const { attached, skipped } = path.attachment;
+    const { attached, skipped } = path.interfaces;
     this.log.info(
       { kernelFastPath: this.config.datapath.kernelFastPath, cgroup: choice.cgroup, interfaces: attached, skipped, pinDir: this.config.datapath.fastPathPinDir, conntrack: this.conntrack },
       'kernel fast path running',
@@ -294,8 +298,8 @@ export class Agent {
       reason,
       cgroup,
       pinDir: this.config.datapath.fastPathPinDir,
-      interfaces: path.attachment.attached,
-      skipped: path.attachment.skipped,
+      interfaces: path.interfaces.attached,
+      skipped: path.interfaces.skipped,
       counters,
       shares: {
         incoming: fastShare(counters.synAccepted ?? 0, this.queuedSyns.ingress),

@@ -70,11 +70,34 @@ export function workloadCgroups(workloads: AgentConfig['workloads'], attachedTo:
   return workloads.flatMap((workload, index) => workload.cgroups.map((path) => ({ workload: index + 1, directory: `${base}${path}` })));
 }
 
-/** `acceptSample`: share of the kernel's accepts reported to the flow log (0 when it writes none). */
+/**
+ * Fills the loaded path's maps (`prepare`), then attaches its programs: null when it runs, else
+ * why not. Nothing of the path is left when it does not run.
+ */
+function attachPrepared(path: KernelFastPath, prepare: (path: KernelFastPath) => void, interfaces: readonly string[]): string | null {
+  try {
+    prepare(path);
+  } catch (error) {
+    path.close();
+    throw error;
+  }
+  // attachPrograms lets go of everything before it throws.
+  path.attachPrograms();
+  if (path.interfaces.attached.length > 0) return null;
+  path.close();
+  return `no interface to attach to (${interfaces.join(', ') || 'none with an address'})`;
+}
+
+/**
+ * `acceptSample`: share of the kernel's accepts reported to the flow log (0 when it writes none).
+ * `prepare` fills the loaded programs' maps before they are attached; when the path does not run
+ * after all, the caller undoes what it did.
+ */
 export function chooseKernelFastPath(
   config: Pick<AgentConfig, 'mode' | 'datapath' | 'replayWindowSeconds' | 'excluded' | 'workloads'>,
   marks: ConnectionMarks,
   acceptSample = 0,
+  prepare: (path: KernelFastPath) => void = () => undefined,
 ): FastPathChoice {
   const datapath = config.datapath;
   if (datapath.kernelFastPath === 'off') return { path: null, reason: 'off (datapath.kernelFastPath)', cgroup: null };
@@ -84,7 +107,7 @@ export function chooseKernelFastPath(
   if (reason === null) {
     const interfaces = datapath.fastPathInterfaces.length > 0 ? datapath.fastPathInterfaces : interfacesWithAddresses();
     try {
-      path = KernelFastPath.attach({
+      path = KernelFastPath.load({
         pinDir: datapath.fastPathPinDir,
         cgroup: cgroup!,
         interfaces,
@@ -99,15 +122,12 @@ export function chooseKernelFastPath(
         budgetMark: marks.budgeted,
         workloadCgroups: workloadCgroups(config.workloads, cgroup!),
       });
-      if (path.attachment.attached.length === 0) {
-        path.close();
-        path = null;
-        reason = `no interface to attach to (${interfaces.join(', ') || 'none with an address'})`;
-      }
+      reason = attachPrepared(path, prepare, interfaces);
     } catch (error) {
       if (!(error instanceof KernelPathError)) throw error;
       reason = `the kernel refused: ${error.message}`;
     }
+    if (reason !== null) path = null;
   }
   if (path !== null) return { path, reason: `running (${datapath.kernelFastPath})`, cgroup };
   if (datapath.kernelFastPath === 'on') throw new FastPathUnavailableError('unavailable', `datapath.kernelFastPath is on, but ${reason!}`);
