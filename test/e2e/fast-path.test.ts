@@ -474,6 +474,11 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     return { counters: Object.fromEntries(dump.map(({ formatted }) => [FAST_COUNTERS[formatted.key] ?? `#${formatted.key}`, formatted.values.reduce((sum, cpu) => sum + cpu.value, 0)])) };
   }
 
+  /** The id of the cgroup link pinned under the host's pin directory, and the program it runs. */
+  function pinnedLink(host: 'api' | 'web'): { id: number; prog_id: number } {
+    return JSON.parse(execFileSync('bpftool', ['-j', 'link', 'show', 'pinned', join(lab.pinDir(host), 'sockops_link')], { encoding: 'utf8' })) as { id: number; prog_id: number };
+  }
+
   it('an agent that keeps its kernel fast path over a restart (`fastPathKeepSeconds`): while it is down its kernel still proves known pairs and cloaks, and the next start takes over with no fallback', async () => {
     await api.process.stop('SIGTERM');
     api = await startApi('--fast-path-keep-seconds', '30');
@@ -491,7 +496,10 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     // Connects back to back across the start: the new programs replace the kept ones only once
     // the saved tables are in their maps, so no fast SYN meets an empty table.
     const loop = lab.peer('web', ['rounds', lab.address('api'), String(PORT), '3000', '0']);
+    const kept = pinnedLink('api');
     api = await startApi();
+    const link = pinnedLink('api');
+    assert.deepEqual([link.id === kept.id, link.prog_id !== kept.prog_id], [true, true], 'the kept link took the new sock_ops program in place');
     assert.ok(!loop.lines.some((line) => line.ok !== undefined), 'the connect loop was still running when the new agent had started');
     assert.deepEqual(await loop.waitFor((line) => line.ok !== undefined, 60_000), { ok: 3000, failed: 0 });
     await connectsInKernel();
