@@ -179,16 +179,17 @@ bool SockopsLinkOn(int link_fd, const std::string& cgroup_path) {
 }
 
 // The sock_ops program on the cgroup through the pinned link: a link a previous run kept on the
-// same cgroup takes the new program in one step (no moment without a program); any other is
-// replaced. "" when done, else why not.
-std::string AttachSockops(int sockops_fd, const std::string& pin_dir, const std::string& cgroup_path) {
+// same cgroup takes the new program in one step (no moment without a program; `took_over`); any
+// other is replaced. "" when done, else why not.
+std::string AttachSockops(int sockops_fd, const std::string& pin_dir, const std::string& cgroup_path, bool& took_over) {
   std::string link_path = pin_dir + "/" + kCgroupLink;
   int old_link = bpf_obj_get(link_path.c_str());
+  took_over = false;
   if (old_link >= 0) {
-    bool updated = SockopsLinkOn(old_link, cgroup_path) && bpf_link_update(old_link, sockops_fd, nullptr) == 0;
-    if (!updated) bpf_link_detach(old_link);
+    took_over = SockopsLinkOn(old_link, cgroup_path) && bpf_link_update(old_link, sockops_fd, nullptr) == 0;
+    if (!took_over) bpf_link_detach(old_link);
     close(old_link);
-    if (updated) return "";
+    if (took_over) return "";
     unlink(link_path.c_str());
   }
   int cgroup = open(cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -207,7 +208,8 @@ std::string AttachSockops(int sockops_fd, const std::string& pin_dir, const std:
 }
 
 // fastPathAttachPrograms(pinDir, cgroupPath, sockopsFd, programFd, interfaces[])
-//   -> { attached: [], skipped: [{name, reason}] }
+//   -> { attached: [], skipped: [{name, reason}], tookOver }
+// tookOver: the sock_ops link a previous run kept took the new program in place.
 // After fastPathLoad and the maps filled: sock_ops on the cgroup, tc on each interface, each
 // replacing in place what a previous run kept. A sock_ops failure undoes everything.
 Napi::Value AttachPrograms(const Napi::CallbackInfo& info) {
@@ -223,7 +225,8 @@ Napi::Value AttachPrograms(const Napi::CallbackInfo& info) {
   int sockops_fd = info[2].As<Napi::Number>().Int32Value();
   int program_fd = info[3].As<Napi::Number>().Int32Value();
   Napi::Array wanted = info[4].As<Napi::Array>();
-  std::string refused = AttachSockops(sockops_fd, pin_dir, cgroup_path);
+  bool took_over = false;
+  std::string refused = AttachSockops(sockops_fd, pin_dir, cgroup_path, took_over);
   if (!refused.empty()) {
     DetachAll(pin_dir);
     Napi::Error::New(env, refused).ThrowAsJavaScriptException();
@@ -246,6 +249,7 @@ Napi::Value AttachPrograms(const Napi::CallbackInfo& info) {
   Napi::Object result = Napi::Object::New(env);
   result.Set("attached", attached);
   result.Set("skipped", skipped);
+  result.Set("tookOver", Napi::Boolean::New(env, took_over));
   return result;
 }
 

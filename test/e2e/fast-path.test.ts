@@ -474,6 +474,11 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     return { counters: Object.fromEntries(dump.map(({ formatted }) => [FAST_COUNTERS[formatted.key] ?? `#${formatted.key}`, formatted.values.reduce((sum, cpu) => sum + cpu.value, 0)])) };
   }
 
+  /** What the agent's start line says: whether it took over programs a previous run kept. */
+  function tookOverKept(agent: AgentHandle): unknown {
+    return agent.process.lines.find((line) => line.msg === 'kernel fast path running')?.tookOverKept;
+  }
+
   /** The id of the cgroup link pinned under the host's pin directory, and the program it runs. */
   function pinnedLink(host: 'api' | 'web'): { id: number; prog_id: number } {
     return JSON.parse(execFileSync('bpftool', ['-j', 'link', 'show', 'pinned', join(lab.pinDir(host), 'sockops_link')], { encoding: 'utf8' })) as { id: number; prog_id: number };
@@ -482,6 +487,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
   it('an agent that keeps its kernel fast path over a restart (`fastPathKeepSeconds`): while it is down its kernel still proves known pairs and cloaks, and the next start takes over with no fallback', async () => {
     await api.process.stop('SIGTERM');
     api = await startApi('--fast-path-keep-seconds', '30');
+    assert.equal(tookOverKept(api), false, 'the run before detached its programs');
     // The run before kept no table (`off`): one fallback, and the pair is known again.
     assert.equal(await http(), true);
     await connectsInKernel();
@@ -500,6 +506,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     api = await startApi();
     const link = pinnedLink('api');
     assert.deepEqual([link.id === kept.id, link.prog_id !== kept.prog_id], [true, true], 'the kept link took the new sock_ops program in place');
+    assert.equal(tookOverKept(api), true, 'the start says it took over');
     assert.ok(!loop.lines.some((line) => line.ok !== undefined), 'the connect loop was still running when the new agent had started');
     assert.deepEqual(await loop.waitFor((line) => line.ok !== undefined, 60_000), { ok: 3000, failed: 0 });
     await connectsInKernel();

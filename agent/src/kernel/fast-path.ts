@@ -109,6 +109,8 @@ export class KernelFastPath implements KernelPath {
 
   /** The interfaces the tc program is on (none before attachPrograms), and those it is not on, with why. */
   readonly interfaces: FastPathInterfaces = { attached: [], skipped: [] };
+  /** Whether attachPrograms took over programs a previous run kept attached (fastPathKeepSeconds). */
+  tookOver = false;
 
   private constructor(
     private readonly native: NativeBinding,
@@ -149,6 +151,7 @@ export class KernelFastPath implements KernelPath {
       const taken = this.native.fastPathAttachPrograms(pinDir, cgroup, this.loaded.sockopsFd, this.loaded.programFd, interfaces);
       this.interfaces.attached.push(...taken.attached);
       this.interfaces.skipped.push(...taken.skipped);
+      this.tookOver = taken.tookOver;
     } catch (cause) {
       this.release();
       throw new KernelPathError('attach', (cause as Error).message, { pinDir, cgroup }, { cause });

@@ -112,9 +112,10 @@ export interface NativeBinding {
   fastPathLoad(objectPath: string, pinDir: string): FastPathLoaded;
   /**
    * Attaches loaded programs, replacing in place what a previous run kept: sock_ops on the cgroup
-   * (the link pinned under `pinDir`), tc ingress on the interfaces.
+   * (the link pinned under `pinDir`), tc ingress on the interfaces. `tookOver`: a kept link on
+   * that cgroup took the new program.
    */
-  fastPathAttachPrograms(pinDir: string, cgroupPath: string, sockopsFd: number, programFd: number, interfaces: readonly string[]): FastPathInterfaces;
+  fastPathAttachPrograms(pinDir: string, cgroupPath: string, sockopsFd: number, programFd: number, interfaces: readonly string[]): FastPathInterfaces & { tookOver: boolean };
   /** Takes our tc filter off every interface of this namespace, detaches the link, removes the pins. */
   fastPathDetach(pinDir: string): { tcDetached: number; linkDetached: boolean };
   /** Attaches the tc program to one more interface: null, or why not. */

@@ -186,7 +186,7 @@ export class Agent {
     this.conntrack = await this.skipConntrack(path);
     const { attached, skipped } = path.interfaces;
     this.log.info(
-      { kernelFastPath: this.config.datapath.kernelFastPath, cgroup: choice.cgroup, interfaces: attached, skipped, pinDir: this.config.datapath.fastPathPinDir, conntrack: this.conntrack },
+      { kernelFastPath: this.config.datapath.kernelFastPath, cgroup: choice.cgroup, interfaces: attached, skipped, pinDir: this.config.datapath.fastPathPinDir, conntrack: this.conntrack, tookOverKept: path.tookOver },
       'kernel fast path running',
     );
   }
