@@ -498,8 +498,10 @@ static __always_inline int within_source_rate(const struct fast_config *cfg, con
 
 /* A SYN with no fast option: dropped here when it carries no marker and its port admits no peer
  * without identity; otherwise charged to its source's bucket (dropped when empty) and passed on
- * to the rules and queue, marked so they do not charge it again. Sources excluded from synpass
- * are left alone. */
+ * to the rules and queue, marked so they do not charge it again. While the agent is away (it
+ * stopped and kept the programs) there are no rules and no one to check a marker: a SYN with one
+ * is dropped as one without, as the rules would drop it, failing closed, had the agent crashed.
+ * Sources excluded from synpass are left alone. */
 static __always_inline int judge_plain_syn(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
   if (cfg->untracked_mark != 0) {
     /* A new connection on the ports of an earlier fast one: conntrack follows this one. */
@@ -512,7 +514,7 @@ static __always_inline int judge_plain_syn(struct __sk_buff *skb, const struct f
   if (bpf_map_lookup_elem(&fast_excluded, &source)) return TC_ACT_OK;
   __u32 port = bpf_ntohs(p->tcp.dest);
   __u8 *closed = bpf_map_lookup_elem(&fast_cloak, &port);
-  if (closed && *closed && !has_marker(skb, p)) return drop(FAST_SYN_NO_IDENTITY, p, 0);
+  if (closed && *closed && (cfg->agent_away || !has_marker(skb, p))) return drop(FAST_SYN_NO_IDENTITY, p, 0);
   if (cfg->source_rate == 0) return TC_ACT_OK;
   if (!within_source_rate(cfg, p)) return drop(FAST_SYN_SOURCE_LIMITED, p, 0);
   skb->mark |= cfg->budget_mark;

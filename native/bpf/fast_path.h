@@ -34,7 +34,7 @@ struct fast_config {
   __u32 workload_cgroups;   /* entries in fast_workloads: 0 skips the cgroup walk at connect */
   __u32 source_burst;       /* SYNs a source's bucket holds, at most source_rate (one second's worth) */
   __u32 alive_until;        /* wall-clock second after which the programs judge nothing: the agent moves it on while it runs */
-  __u32 pad;
+  __u32 agent_away;         /* set by an agent that stops and keeps the programs (failing closed): no one checks a first-contact marker */
 };
 
 /* One kernel verdict for the agent's flow log (ring buffer `fast_events`). A drop is reported
@@ -160,7 +160,7 @@ enum fast_counter {
   FAST_SYN_SENT,           /* client: fast SYN written */
   FAST_SYN_FALLBACK,       /* client: a fast SYN went unanswered; the retransmit takes the queue */
   FAST_SYNACK_SIGNED,      /* server: MAC written into a SYN-ACK */
-  FAST_SYN_NO_IDENTITY,    /* server: SYN with neither fast option nor marker to a port closed to peers without identity */
+  FAST_SYN_NO_IDENTITY,    /* server: SYN with neither fast option nor marker (nor a fast option, while the agent is away) to a port closed to peers without identity */
   FAST_EVENTS_LOST,        /* events the ring buffer had no room for (the verdicts are still counted) */
   FAST_SYN_SOURCE_LIMITED, /* server: SYN for the queue above its source's rate */
   FAST_CLIENT_RETIRED,     /* client: a server proved a fast SYN-ACK under its previous keys; the entry is dropped */

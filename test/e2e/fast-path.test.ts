@@ -497,8 +497,13 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.deepEqual(leftovers('api'), [`pins at ${lab.pinDir('api')}`, `sock_ops on ${lab.cgroup('api')}`, 'tc filter on api/eth0'], 'programs kept, rules gone');
     const down = pinnedCounters('api');
     assert.equal(await http(), true, 'a known pair connects while api has no agent');
-    await send([plainSyn(lab.address('outsider'), lab.address('api'), PORT, 41_000, 0x2000)]);
-    assert.deepEqual(moved(down, pinnedCounters('api')), { synAccepted: 1, synAckSigned: 1, synNoIdentity: 1 });
+    // A token-less SYN, and one with a first-contact marker, which no agent is there to check:
+    // both dropped, as the rules drop them while the agent is away (failing closed).
+    await send([
+      plainSyn(lab.address('outsider'), lab.address('api'), PORT, 41_000, 0x2000),
+      ipv4Segment({ source: lab.address('outsider'), target: lab.address('api'), sourcePort: 41_001, port: PORT, sequence: 0x2001, options: Uint8Array.from([253, 4, 0xd3, 0x50]) }),
+    ]);
+    assert.deepEqual(moved(down, pinnedCounters('api')), { synAccepted: 1, synAckSigned: 1, synNoIdentity: 2 });
     // Connects back to back across the start: the new programs replace the kept ones only once
     // the saved tables are in their maps, so no fast SYN meets an empty table.
     const loop = lab.peer('web', ['rounds', lab.address('api'), String(PORT), '3000', '0']);

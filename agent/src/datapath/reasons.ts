@@ -43,7 +43,7 @@ export const REASONS = {
   'handler-error': { verdict: 'drop', text: 'the handler failed on this packet (a bug; it is dropped, never let through)' },
   // Dropped by the handshake.
   'bad-token': { verdict: 'drop', text: 'pass-through mode: a token other than the test token' },
-  'no-identity': { verdict: 'drop', text: 'a peer without identity, and no rule allows it (the kernel fast path drops such SYNs itself where no rule could)' },
+  'no-identity': { verdict: 'drop', text: 'a peer without identity, and no rule allows it (the kernel fast path drops such SYNs itself where no rule could, and, while a stopped agent keeps its programs, SYNs whose first-contact marker no agent is there to check)' },
   'not-allowed': { verdict: 'drop', text: 'the peer proved its identity, and policy does not allow it (in the kernel: since a policy edit)' },
   'malformed-handshake': { verdict: 'drop', text: 'a token area that is not a well-formed handshake message' },
   'unsupported-version': { verdict: 'drop', text: 'a handshake message of a version this agent does not speak' },

@@ -106,6 +106,8 @@ export class KernelFastPath implements KernelPath {
   private workloadCgroupIds = new Map<bigint, number>();
   /** Unix second until which the programs judge (fast_config.alive_until), moved on every tick. */
   private vouchedUntil: number;
+  /** Set by keep: no agent checks first-contact markers (fast_config.agent_away). */
+  private agentAway = false;
 
   /** The interfaces the tc program is on (none before attachPrograms), and those it is not on, with why. */
   readonly interfaces: FastPathInterfaces = { attached: [], skipped: [] };
@@ -193,6 +195,7 @@ export class KernelFastPath implements KernelPath {
       untrackedMark: this.untrackedMark,
       workloadCgroups: this.workloadCgroupIds.size,
       vouchedUntil: this.vouchedUntil,
+      agentAway: this.agentAway,
     });
     this.native.mapUpdate(this.map('fast_config'), Buffer.alloc(4), value, BPF_ANY);
   }
@@ -447,10 +450,13 @@ export class KernelFastPath implements KernelPath {
 
   /**
    * Leaves the programs attached and pinned, judging on their own for `seconds` more (the next
-   * start replaces them, `agent cleanup` removes them); after that they judge nothing.
+   * start replaces them, `agent cleanup` removes them); after that they judge nothing. Failing
+   * closed, they drop first-contact SYNs to closed ports meanwhile, which only an agent can check
+   * (failing open, they pass them on, as the rules would with no agent listening).
    */
-  keep(seconds: number): void {
+  keep(seconds: number, failClosed: boolean): void {
     this.vouchedUntil = this.now() / 1000 + seconds;
+    this.agentAway = failClosed;
     this.writeConfig();
     this.release();
   }

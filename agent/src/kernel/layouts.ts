@@ -208,6 +208,8 @@ export interface FastConfig {
   workloadCgroups: number;
   /** Unix second after which the programs judge nothing (no agent vouches for them). */
   vouchedUntil: number;
+  /** The agent stopped and kept the programs, failing closed: a first-contact SYN to a closed port is dropped. */
+  agentAway: boolean;
 }
 
 /** struct fast_config (56 bytes). */
@@ -226,6 +228,7 @@ export function configValue(config: FastConfig): Buffer {
   u32(value, 40, config.workloadCgroups);
   u32(value, 44, config.sourceBurst);
   u32(value, 48, kernelSecond(config.vouchedUntil));
+  u32(value, 52, config.agentAway ? 1 : 0);
   return value;
 }
 

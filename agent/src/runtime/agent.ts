@@ -279,7 +279,7 @@ export class Agent {
     this.fastPath = { path: null, reason: 'stopped', cgroup: this.fastPath.cgroup };
     const keepSeconds = this.config.datapath.fastPathKeepSeconds;
     if (keepSeconds > 0) {
-      path.keep(keepSeconds);
+      path.keep(keepSeconds, !this.config.datapath.failOpen);
       this.log.info({ seconds: keepSeconds, pinDir: this.config.datapath.fastPathPinDir }, 'kernel fast path kept for the next start');
       return;
     }
