@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { endianness } from 'node:os';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
 import { FAST_COUNTERS } from '../../agent/src/kernel/layouts.ts';
 import { decodeJws } from '../../agent/src/token/jws.ts';
@@ -474,6 +475,13 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     return { counters: Object.fromEntries(dump.map(({ formatted }) => [FAST_COUNTERS[formatted.key] ?? `#${formatted.key}`, formatted.values.reduce((sum, cpu) => sum + cpu.value, 0)])) };
   }
 
+  /** One 32-bit word of the host's pinned fast_config (struct fast_config, native byte order). */
+  function pinnedConfigWord(host: 'api' | 'web', offset: number): number {
+    const [entry] = JSON.parse(execFileSync('bpftool', ['-j', 'map', 'dump', 'pinned', join(lab.pinDir(host), 'fast_config')], { encoding: 'utf8' })) as { value: string[] }[];
+    const bytes = Buffer.from(entry!.value.map((byte) => Number(byte)));
+    return endianness() === 'LE' ? bytes.readUInt32LE(offset) : bytes.readUInt32BE(offset);
+  }
+
   /** What the agent's start line says: whether it took over programs a previous run kept. */
   function tookOverKept(agent: AgentHandle): unknown {
     return agent.process.lines.find((line) => line.msg === 'kernel fast path running')?.tookOverKept;
@@ -495,6 +503,8 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     await api.process.stop('SIGTERM');
     assert.ok(api.process.lines.some((line) => line.msg === 'kernel fast path kept for the next start'), 'the stopping agent says it kept the fast path');
     assert.deepEqual(leftovers('api'), [`pins at ${lab.pinDir('api')}`, `sock_ops on ${lab.cgroup('api')}`, 'tc filter on api/eth0'], 'programs kept, rules gone');
+    // fast_config: no `untracked` mark for raw rules that are gone (offset 36); the agent is away (52).
+    assert.deepEqual([pinnedConfigWord('api', 36), pinnedConfigWord('api', 52)], [0, 1]);
     const down = pinnedCounters('api');
     assert.equal(await http(), true, 'a known pair connects while api has no agent');
     // A token-less SYN, and one with a first-contact marker, which no agent is there to check:

@@ -457,6 +457,9 @@ export class KernelFastPath implements KernelPath {
   keep(seconds: number, failClosed: boolean): void {
     this.vouchedUntil = this.now() / 1000 + seconds;
     this.agentAway = failClosed;
+    // The raw-table rules go with this agent: the mark would serve nothing and cost the tc
+    // program a table lookup on every packet, for as long as the programs stay attached.
+    this.untrackedMark = 0;
     this.writeConfig();
     this.release();
   }
