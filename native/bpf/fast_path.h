@@ -160,7 +160,7 @@ enum fast_counter {
   FAST_SYN_SENT,           /* client: fast SYN written */
   FAST_SYN_FALLBACK,       /* client: a fast SYN went unanswered; the retransmit takes the queue */
   FAST_SYNACK_SIGNED,      /* server: MAC written into a SYN-ACK */
-  FAST_SYN_NO_IDENTITY,    /* server: SYN with neither fast option nor marker (nor a fast option, while the agent is away) to a port closed to peers without identity */
+  FAST_SYN_NO_IDENTITY,    /* server: SYN without a fast option, and without a marker (or with one while the agent is away), to a port closed to peers without identity */
   FAST_EVENTS_LOST,        /* events the ring buffer had no room for (the verdicts are still counted) */
   FAST_SYN_SOURCE_LIMITED, /* server: SYN for the queue above its source's rate */
   FAST_CLIENT_RETIRED,     /* client: a server proved a fast SYN-ACK under its previous keys; the entry is dropped */

@@ -1,8 +1,8 @@
 // The kernel fast path, owned: the programs loaded and pinned (addon, libbpf) and attached once
 // their maps hold what the agent already knows, the maps filled from what the handshake proved,
 // judged again on every policy change, retired on key changes, swept as entries expire, and
-// detached at stop. The kernel does the per-packet work; this
-// class runs only at first contact, on reloads and once a second.
+// detached (or kept) at stop. The kernel does the per-packet work; this class runs only at first
+// contact, on reloads and once a second.
 import { statSync } from 'node:fs';
 import { fastPathObjectPath, loadBinding, type ErrnoError, type FastPathInterfaces, type FastPathLoaded, type NativeBinding } from '../native/addon.ts';
 import { SynpassError } from '../errors.ts';
