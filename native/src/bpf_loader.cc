@@ -6,6 +6,8 @@
 // native/bpf/fast_path.h defines.
 #include "bpf_loader.h"
 
+#include "../bpf/fast_path.h"
+
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <errno.h>
@@ -101,6 +103,25 @@ std::string AttachIngress(int program_fd, const std::string& name) {
   return "";
 }
 
+// Programs a previous run kept attached while no agent ran drop first-contact SYNs to cloaked
+// ports (agent_away). Called once this agent's rules and queue are in place, before its own
+// programs are loaded: until they are attached, the kept ones hand such SYNs to the rules again.
+// A kept config of another layout (another version) is left alone.
+void WelcomeBack(const std::string& pin_dir) {
+  int fd = bpf_obj_get((pin_dir + "/fast_config").c_str());
+  if (fd < 0) return;
+  struct bpf_map_info info = {};
+  uint32_t size = sizeof(info);
+  uint32_t zero = 0;
+  struct fast_config config = {};
+  if (bpf_obj_get_info_by_fd(fd, &info, &size) == 0 && info.value_size == sizeof(config) &&
+      bpf_map_lookup_elem(fd, &zero, &config) == 0 && config.agent_away != 0) {
+    config.agent_away = 0;
+    bpf_map_update_elem(fd, &zero, &config, BPF_ANY);
+  }
+  close(fd);
+}
+
 // fastPathLoad(objectPath, pinDir) -> { maps: {name: fd}, programFd, sockopsFd }
 // Loads the programs and pins their maps, attaching nothing: the agent fills the maps first
 // (fastPathAttachPrograms comes after), so that the programs never judge with empty tables.
@@ -113,6 +134,7 @@ Napi::Value Load(const Napi::CallbackInfo& info) {
   }
   std::string object_path = info[0].As<Napi::String>();
   std::string pin_dir = info[1].As<Napi::String>();
+  WelcomeBack(pin_dir);
 
   libbpf_set_print(nullptr);
   struct bpf_object* object = bpf_object__open_file(object_path.c_str(), nullptr);

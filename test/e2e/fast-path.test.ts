@@ -6,7 +6,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { endianness } from 'node:os';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
@@ -475,9 +475,9 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     return { counters: Object.fromEntries(dump.map(({ formatted }) => [FAST_COUNTERS[formatted.key] ?? `#${formatted.key}`, formatted.values.reduce((sum, cpu) => sum + cpu.value, 0)])) };
   }
 
-  /** One 32-bit word of the host's pinned fast_config (struct fast_config, native byte order). */
-  function pinnedConfigWord(host: 'api' | 'web', offset: number): number {
-    const [entry] = JSON.parse(execFileSync('bpftool', ['-j', 'map', 'dump', 'pinned', join(lab.pinDir(host), 'fast_config')], { encoding: 'utf8' })) as { value: string[] }[];
+  /** One 32-bit word of a pinned fast_config (struct fast_config, native byte order), by default the host's. */
+  function pinnedConfigWord(host: 'api' | 'web', offset: number, pin = join(lab.pinDir(host), 'fast_config')): number {
+    const [entry] = JSON.parse(execFileSync('bpftool', ['-j', 'map', 'dump', 'pinned', pin], { encoding: 'utf8' })) as { value: string[] }[];
     const bytes = Buffer.from(entry!.value.map((byte) => Number(byte)));
     return endianness() === 'LE' ? bytes.readUInt32LE(offset) : bytes.readUInt32BE(offset);
   }
@@ -518,7 +518,16 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     // the saved tables are in their maps, so no fast SYN meets an empty table.
     const loop = lab.peer('web', ['rounds', lab.address('api'), String(PORT), '3000', '0']);
     const kept = pinnedLink('api');
+    // A second pin keeps the kept programs' config readable once they are replaced.
+    const keptConfig = `${lab.pinDir('api')}-kept-config`;
+    const { id: keptConfigId } = JSON.parse(execFileSync('bpftool', ['-j', 'map', 'show', 'pinned', join(lab.pinDir('api'), 'fast_config')], { encoding: 'utf8' })) as { id: number };
+    execFileSync('bpftool', ['map', 'pin', 'id', String(keptConfigId), keptConfig]);
     api = await startApi();
+    // The start told the kept programs it was back before loading its own: for those 100 ms or
+    // so, first-contact SYNs went to its rules rather than being dropped for an absent agent.
+    const welcomed = pinnedConfigWord('api', 52, keptConfig);
+    rmSync(keptConfig);
+    assert.equal(welcomed, 0, 'agent_away cleared in the kept config');
     const link = pinnedLink('api');
     assert.deepEqual([link.id === kept.id, link.prog_id !== kept.prog_id], [true, true], 'the kept link took the new sock_ops program in place');
     assert.equal(tookOverKept(api), true, 'the start says it took over');

@@ -108,7 +108,10 @@ export interface ErrnoError extends Error {
 
 export interface NativeBinding {
   NfQueue: new (options: NativeQueueOptions) => NativeQueue;
-  /** Loads the kernel programs and pins their maps under `pinDir`; attaches nothing. */
+  /**
+   * Loads the kernel programs and pins their maps under `pinDir`; attaches nothing. Programs a
+   * previous run kept are told first that an agent is back (their config's `agent_away` cleared).
+   */
   fastPathLoad(objectPath: string, pinDir: string): FastPathLoaded;
   /**
    * Attaches loaded programs, replacing in place what a previous run kept: sock_ops on the cgroup
