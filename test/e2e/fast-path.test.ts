@@ -522,11 +522,15 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const keptConfig = `${lab.pinDir('api')}-kept-config`;
     const { id: keptConfigId } = JSON.parse(execFileSync('bpftool', ['-j', 'map', 'show', 'pinned', join(lab.pinDir('api'), 'fast_config')], { encoding: 'utf8' })) as { id: number };
     execFileSync('bpftool', ['map', 'pin', 'id', String(keptConfigId), keptConfig]);
-    api = await startApi();
-    // The start told the kept programs it was back before loading its own: for those 100 ms or
-    // so, first-contact SYNs went to its rules rather than being dropped for an absent agent.
-    const welcomed = pinnedConfigWord('api', 52, keptConfig);
-    rmSync(keptConfig);
+    let welcomed: number;
+    try {
+      api = await startApi();
+      // The start told the kept programs it was back before loading its own: for those 100 ms
+      // or so, first-contact SYNs went to its rules rather than being dropped for an absent agent.
+      welcomed = pinnedConfigWord('api', 52, keptConfig);
+    } finally {
+      rmSync(keptConfig);
+    }
     assert.equal(welcomed, 0, 'agent_away cleared in the kept config');
     const link = pinnedLink('api');
     assert.deepEqual([link.id === kept.id, link.prog_id !== kept.prog_id], [true, true], 'the kept link took the new sock_ops program in place');
