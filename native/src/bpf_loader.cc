@@ -1,9 +1,9 @@
 // The kernel fast path's loader and map access, over libbpf (LGPL-2.1 OR BSD-2-Clause). The
 // agent owns the programs: it loads native/build/fast_path.bpf.o, pins its maps and the
 // sock_ops cgroup link under a directory of bpffs (so they outlive a crash of the agent, and
-// `synpass agent cleanup` finds them), and, once it has filled the maps, attaches the tc ingress
-// program to interfaces of its network namespace. Map keys and values cross as byte buffers whose layouts
-// native/bpf/fast_path.h defines.
+// `synpass agent cleanup` finds them), and, once it has filled the maps, attaches the sock_ops
+// program to the cgroup and the tc ingress program to interfaces of its network namespace. Map
+// keys and values cross as byte buffers whose layouts native/bpf/fast_path.h defines.
 #include "bpf_loader.h"
 
 #include "../bpf/fast_path.h"

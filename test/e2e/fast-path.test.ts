@@ -469,15 +469,20 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.deepEqual(moved(again, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
   });
 
+  /** What bpftool says, as JSON. */
+  function bpftool(...args: string[]): unknown {
+    return JSON.parse(execFileSync('bpftool', ['-j', ...args], { encoding: 'utf8' }));
+  }
+
   /** A host's kernel counters read from its pins, as they stand with no agent to report them. */
   function pinnedCounters(host: 'api' | 'web'): Pick<FastStatus, 'counters'> {
-    const dump = JSON.parse(execFileSync('bpftool', ['-j', 'map', 'dump', 'pinned', join(lab.pinDir(host), 'fast_counters')], { encoding: 'utf8' })) as { formatted: { key: number; values: { value: number }[] } }[];
+    const dump = bpftool('map', 'dump', 'pinned', join(lab.pinDir(host), 'fast_counters')) as { formatted: { key: number; values: { value: number }[] } }[];
     return { counters: Object.fromEntries(dump.map(({ formatted }) => [FAST_COUNTERS[formatted.key] ?? `#${formatted.key}`, formatted.values.reduce((sum, cpu) => sum + cpu.value, 0)])) };
   }
 
   /** One 32-bit word of a pinned fast_config (struct fast_config, native byte order), by default the host's. */
   function pinnedConfigWord(host: 'api' | 'web', offset: number, pin = join(lab.pinDir(host), 'fast_config')): number {
-    const [entry] = JSON.parse(execFileSync('bpftool', ['-j', 'map', 'dump', 'pinned', pin], { encoding: 'utf8' })) as { value: string[] }[];
+    const [entry] = bpftool('map', 'dump', 'pinned', pin) as { value: string[] }[];
     const bytes = Buffer.from(entry!.value.map((byte) => Number(byte)));
     return endianness() === 'LE' ? bytes.readUInt32LE(offset) : bytes.readUInt32BE(offset);
   }
@@ -489,7 +494,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
 
   /** The id of the cgroup link pinned under the host's pin directory, and the program it runs. */
   function pinnedLink(host: 'api' | 'web'): { id: number; prog_id: number } {
-    return JSON.parse(execFileSync('bpftool', ['-j', 'link', 'show', 'pinned', join(lab.pinDir(host), 'sockops_link')], { encoding: 'utf8' })) as { id: number; prog_id: number };
+    return bpftool('link', 'show', 'pinned', join(lab.pinDir(host), 'sockops_link')) as { id: number; prog_id: number };
   }
 
   it('an agent that keeps its kernel fast path over a restart (`fastPathKeepSeconds`): while it is down its kernel still proves known pairs and cloaks, and the next start takes over with no fallback', async () => {
@@ -520,7 +525,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const kept = pinnedLink('api');
     // A second pin keeps the kept programs' config readable once they are replaced.
     const keptConfig = `${lab.pinDir('api')}-kept-config`;
-    const { id: keptConfigId } = JSON.parse(execFileSync('bpftool', ['-j', 'map', 'show', 'pinned', join(lab.pinDir('api'), 'fast_config')], { encoding: 'utf8' })) as { id: number };
+    const { id: keptConfigId } = bpftool('map', 'show', 'pinned', join(lab.pinDir('api'), 'fast_config')) as { id: number };
     execFileSync('bpftool', ['map', 'pin', 'id', String(keptConfigId), keptConfig]);
     let welcomed: number;
     try {
