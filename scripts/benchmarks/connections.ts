@@ -197,7 +197,8 @@ function fmt(value: number | undefined, digits = 0): string {
 
 /** A ratio, or '-' for one against a mode that did not run. */
 function times(value: number | undefined, digits: number): string {
-  return value === undefined || Number.isNaN(value) ? '-' : `${value.toFixed(digits)}x`;
+  const text = fmt(value, digits);
+  return text === '-' ? text : `${text}x`;
 }
 
 /** An added amount, with its sign either way. */
