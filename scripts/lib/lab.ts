@@ -259,9 +259,13 @@ export class Lab {
     return [`10.213.${this.net}.0/24`, `fd53:5350:0:${this.net}::/64`];
   }
 
-  /** With `workload` (a kernel lab), the process runs in that workload cgroup of the host (workloadCgroup). */
-  spawn(host: Host | 'sw', command: string[], options: { stdin?: boolean; env?: Record<string, string>; workload?: string } = {}): NetnsProcess {
-    const inCgroup = this.options.kernel === true && host !== 'sw';
+  /**
+   * With `workload` (a kernel lab), the process runs in that workload cgroup of the host
+   * (workloadCgroup); with `outsideCgroup`, in none of the host's: its programs never see its
+   * sockets, as with a service that began listening before them.
+   */
+  spawn(host: Host | 'sw', command: string[], options: { stdin?: boolean; env?: Record<string, string>; workload?: string; outsideCgroup?: boolean } = {}): NetnsProcess {
+    const inCgroup = this.options.kernel === true && host !== 'sw' && options.outsideCgroup !== true;
     if (options.workload !== undefined && !inCgroup) throw new Error('workload cgroups need a kernel lab host');
     // Only a kernel lab reads the cgroup mount: other labs run where there is none.
     const cgroup = !inCgroup ? {} : { cgroup: options.workload === undefined ? this.cgroup(host) : this.workloadCgroup(host, options.workload).directory };
@@ -271,7 +275,7 @@ export class Lab {
   }
 
   /** Runs the peer script in `host` (see scripts/lib/peer.ts), as `uid` and in the workload cgroup `workload` when given. */
-  peer(host: Host, args: string[], options: { stdin?: boolean; uid?: number; workload?: string } = {}): NetnsProcess {
+  peer(host: Host, args: string[], options: { stdin?: boolean; uid?: number; workload?: string; outsideCgroup?: boolean } = {}): NetnsProcess {
     const asUser = options.uid === undefined ? [] : ['setpriv', `--reuid=${options.uid}`, `--regid=${options.uid}`, '--clear-groups'];
     return this.spawn(host, [...asUser, process.execPath, '--import', 'tsx', PEER, ...args], options);
   }

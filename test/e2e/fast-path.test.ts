@@ -12,9 +12,10 @@ import { endianness } from 'node:os';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
 import { FAST_COUNTERS } from '../../agent/src/kernel/layouts.ts';
 import { decodeJws } from '../../agent/src/token/jws.ts';
+import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
 import { inject, verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
 import { DOMAIN, REPORTS_WORKLOAD, rotateAgent, startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
-import { isRoot, ROOT, sleep, synpassCommand, waitUntil, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
+import { isRoot, ROOT, sleep, synpassCommand, waitUntil, type AgentHandle, type Lab, type NetnsProcess } from '../../scripts/lib/lab.ts';
 import { fixChecksums, ipv4Segment, layout, plainSyn, tcpOptionOffset } from '../../scripts/lib/packets.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
 
@@ -39,6 +40,7 @@ interface FastStatus {
   counters: Record<string, number>;
   shares: { incoming: Share; outgoing: Share };
   conntrack: { skipped: boolean; reason: string };
+  listenersOnQueue: number[];
 }
 
 async function fast(agent: AgentHandle): Promise<FastStatus> {
@@ -58,6 +60,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
   let policies: string;
   let apiPolicyText: string;
   let scratch: string;
+  let echoServer: NetnsProcess;
 
   before(async () => {
     scratch = scratchDirectory('fast-path-e2e');
@@ -66,7 +69,8 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     apiPolicyText = readFileSync(join(policies, 'api.yaml'), 'utf8');
     fixture = await startIdentityLab({ prefix: 'fp', net: 19, policyDirectory: policies, server: { port: PORT, kind: 'http' }, kernel: true, api: { env: { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(SOURCE_RATE) } } });
     ({ lab, api, web } = fixture);
-    await lab.peer('api', ['server', String(ECHO), 'echo']).waitFor((l) => l.listening === ECHO);
+    echoServer = lab.peer('api', ['server', String(ECHO), 'echo']);
+    await echoServer.waitFor((l) => l.listening === ECHO);
   });
 
   after(async () => {
@@ -296,6 +300,39 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     }
     // Gone again: forgotten, so it would be taken again if it came back.
     assert.deepEqual(await until((names) => !names.includes('late0')), ['eth0']);
+  });
+
+  it('names a listener its programs never saw begin listening (status, metric, one log line); once it listens again under them, its pairs move to the kernel', async () => {
+    const LISTENERS_WARNING = 'listeners not on the kernel fast path';
+    const echo = async (text: string) => (await lab.peerOnce('web', ['echo', lab.address('api'), String(ECHO), text])).echoed;
+    await echoServer.stop();
+    // Outside api's cgroup the sock_ops program never sees the socket listen, as with a service
+    // that was listening before the agent first started.
+    const outside = lab.peer('api', ['server', String(ECHO), 'echo'], { outsideCgroup: true });
+    await outside.waitFor((l) => l.listening === ECHO);
+    // web forgets api: its next connect to the port is a first contact on the queue.
+    await flushCaches(web.socket);
+    const mark = api.process.lines.length;
+    const queuedBefore = await queued(api);
+    for (const text of ['first', 'second', 'third']) assert.equal(await echo(text), text);
+    assert.ok((await queued(api)) - queuedBefore >= 6, 'every connect took the queue');
+    assert.deepEqual((await fast(api)).listenersOnQueue, [ECHO]);
+    const warned = await api.process.waitFor((l) => typeof l.msg === 'string' && l.msg.startsWith(LISTENERS_WARNING) && api.process.lines.indexOf(l) >= mark, 3_000);
+    assert.deepEqual(warned.ports, [ECHO]);
+    await sleep(1_200);
+    assert.equal(api.process.lines.slice(mark).filter((l) => typeof l.msg === 'string' && l.msg.startsWith(LISTENERS_WARNING)).length, 1, 'said once per port');
+
+    await outside.stop();
+    echoServer = lab.peer('api', ['server', String(ECHO), 'echo']);
+    await echoServer.waitFor((l) => l.listening === ECHO);
+    // The next handshake (a known pair on the queue) meets a listener whose kernel signs: the
+    // kernel takes the pair, and the port leaves the list.
+    assert.equal(await echo('again'), 'again');
+    assert.deepEqual((await fast(api)).listenersOnQueue, []);
+    const [before, queuedAgain] = [await fast(api), await queued(api)];
+    assert.equal(await echo('fast'), 'fast');
+    assert.deepEqual(moved(before, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
+    assert.equal(await queued(api), queuedAgain, 'nothing queued');
   });
 
   /** Packet counters of api's SYNPASS-IN-LIMIT rules: the `budgeted` pass and the hashlimit drop. */

@@ -94,6 +94,13 @@ export interface KernelPath {
   takeConnectionWorkload(localAddress: string, localPort: number, remoteAddress: string, remotePort: number): number;
   /** Whether the kernel took the entry (a full table refuses it; the next connection is queued). */
   admitClient(entry: AdmittedClient): boolean;
+  /**
+   * Server side, at the SYN-ACK of a handshake the kernel could take: whether the listener of
+   * local `port` signs answers to fast SYNs (its SYN-ACK carries the ready option). One that does
+   * not began listening before the programs were attached, or outside their cgroup, and keeps its
+   * pairs on the queue until it listens again.
+   */
+  listenerAnswered(port: number, ready: boolean): void;
   /** Whether the kernel took the entry (a full table refuses it; the next connection is queued). */
   useServer(entry: FastServer): boolean;
   /** Policy changed: each entry is judged again; a client no longer admitted is dropped in the kernel from its next SYN. */

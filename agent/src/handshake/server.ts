@@ -156,6 +156,7 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   // rest on keys already retiring).
   const own = flow.ownIdentity ?? ctx.local;
   if (flow.kernelCandidate != null && ctx.kernelPath !== null) {
+    ctx.kernelPath.listenerAnswered(packet.sourcePort, packet.kernelReady);
     flow.kernel = packet.kernelReady && own === ctx.local && ctx.kernelPath.admitClient(flow.kernelCandidate);
     flow.kernelCandidate = null;
   }

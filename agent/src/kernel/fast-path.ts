@@ -108,6 +108,11 @@ export class KernelFastPath implements KernelPath {
   private vouchedUntil: number;
   /** Set by keep: no agent checks first-contact markers (fast_config.agent_away). */
   private agentAway = false;
+  /**
+   * Local ports whose listener answered a handshake the kernel could take without the ready
+   * option, each with whether it was reported yet. At most one entry per port.
+   */
+  private readonly unreadyListeners = new Map<number, boolean>();
 
   /** The interfaces the tc program is on (none before attachPrograms), and those it is not on, with why. */
   readonly interfaces: FastPathInterfaces = { attached: [], skipped: [] };
@@ -310,6 +315,27 @@ export class KernelFastPath implements KernelPath {
   /** Ports whose SYNs without any proof the kernel drops. */
   get cloakedPorts(): number {
     return this.closedCount;
+  }
+
+  listenerAnswered(port: number, ready: boolean): void {
+    if (ready) this.unreadyListeners.delete(port);
+    else if (!this.unreadyListeners.has(port)) this.unreadyListeners.set(port, false);
+  }
+
+  /** Local ports whose listener keeps its known pairs on the queue (listenerAnswered), in order. */
+  get listenersOnQueue(): number[] {
+    return [...this.unreadyListeners.keys()].sort((a, b) => a - b);
+  }
+
+  /** The ports of listenersOnQueue not reported by an earlier call: each is reported once, until it signs and then stops again. */
+  takeNewListenersOnQueue(): number[] {
+    const fresh: number[] = [];
+    for (const [port, reported] of this.unreadyListeners) {
+      if (reported) continue;
+      this.unreadyListeners.set(port, true);
+      fresh.push(port);
+    }
+    return fresh.sort((a, b) => a - b);
   }
 
   forgetOwnWorkloads(): void {

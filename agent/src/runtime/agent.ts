@@ -98,7 +98,7 @@ export class Agent {
       rulesAhead: () => this.rules.rulesAhead,
       logging: () => ({ flowLog: flowLog.counters, logPendingBytes: logStream?.pendingBytes ?? 0, logDroppedLines: logStream?.droppedLines ?? 0 }),
       tables: () => this.tables(),
-      kernelFastPath: () => ({ running: this.fastPath.path !== null, counters: this.fastPath.path?.counters() ?? {} }),
+      kernelFastPath: () => ({ running: this.fastPath.path !== null, counters: this.fastPath.path?.counters() ?? {}, listenersOnQueue: this.fastPath.path?.listenersOnQueue.length ?? 0 }),
     });
     const { latency, ruleVerdicts } = this.metrics;
     this.engine = new DatapathEngine(this.buffers, built.handler, {
@@ -181,6 +181,13 @@ export class Agent {
       settleDrops();
       const added = path.followInterfaces();
       if (added.length > 0) this.log.info({ interfaces: added }, 'kernel fast path attached to new interfaces');
+      const listeners = path.takeNewListenersOnQueue();
+      if (listeners.length > 0) {
+        this.log.warn(
+          { ports: listeners, cgroup: choice.cgroup },
+          'listeners not on the kernel fast path: they began listening before its programs were attached, or outside their cgroup; their known pairs stay on the queue until they listen again (restart the service)',
+        );
+      }
     }, 1000);
     this.fastPathTimer.unref();
     this.conntrack = await this.skipConntrack(path);
@@ -307,6 +314,7 @@ export class Agent {
       },
       refusedEntries: path.refused,
       cloakedPorts: path.cloakedPorts,
+      listenersOnQueue: path.listenersOnQueue,
       conntrack: this.conntrack,
     };
   }

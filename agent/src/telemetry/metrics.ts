@@ -22,8 +22,11 @@ export interface MetricsSource {
   logging(): LoggingCounters;
   /** Every bounded table the agent holds, by name. */
   tables(): Record<string, { entries: number; capacity: number }>;
-  /** The kernel fast path: whether it runs, and its kernel counters (none when it does not run). */
-  kernelFastPath(): { running: boolean; counters: Record<string, number> };
+  /**
+   * The kernel fast path: whether it runs, its kernel counters (none when it does not run), and
+   * how many local ports' listeners keep their known pairs on the queue.
+   */
+  kernelFastPath(): { running: boolean; counters: Record<string, number>; listenersOnQueue: number };
 }
 
 export interface LoggingCounters {
@@ -110,6 +113,14 @@ export class AgentMetrics {
       registers,
       collect() {
         this.set(source.kernelFastPath().running ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'synpass_kernel_fast_path_listeners_on_queue',
+      help: 'Local ports whose listener answered a known pair without the kernel fast path (it began listening before the programs were attached, or outside their cgroup): their pairs stay on the queue until it listens again; status lists the ports',
+      registers,
+      collect() {
+        this.set(source.kernelFastPath().listenersOnQueue);
       },
     });
     new Counter({

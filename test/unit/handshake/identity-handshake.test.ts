@@ -488,7 +488,7 @@ describe('identity handshake over a virtual wire', () => {
    * `workload` as the cgroup workload of every connection it is asked about.
    */
   function recordingKernelPath(admits = true, workload = 0) {
-    const told = { admitted: [] as AdmittedClient[], servers: [] as FastServer[], reauthorized: 0, forgotten: 0, forgottenOwn: 0, retiredUntil: [] as number[], closed: [] as number[], asked: [] as string[] };
+    const told = { admitted: [] as AdmittedClient[], servers: [] as FastServer[], reauthorized: 0, forgotten: 0, forgottenOwn: 0, retiredUntil: [] as number[], closed: [] as number[], asked: [] as string[], answered: [] as [number, boolean][] };
     const path: KernelPath = {
       takeConnectionWorkload: (localAddress, localPort, remoteAddress, remotePort) => {
         told.asked.push(`${localAddress}:${localPort} ${remoteAddress}:${remotePort}`);
@@ -497,6 +497,9 @@ describe('identity handshake over a virtual wire', () => {
       admitClient: (entry) => {
         told.admitted.push(entry);
         return admits;
+      },
+      listenerAnswered: (port, ready) => {
+        told.answered.push([port, ready]);
       },
       useServer: (entry) => {
         told.servers.push(entry);
@@ -554,6 +557,7 @@ describe('identity handshake over a virtual wire', () => {
     const [admitted] = serverKernel.told.admitted;
     const [learned] = clientKernel.told.servers;
     assert.ok(admitted && learned);
+    assert.deepEqual(serverKernel.told.answered, [[7000, true]]);
     assert.deepEqual([admitted.peerAddress, admitted.port, admitted.peer.subject], ['10.213.5.1', 7000, 'spiffe://hs.synpass/web']);
     assert.deepEqual([learned.serverAddress, learned.port, learned.owner, learned.peer.subject], ['10.213.5.2', 7000, { uid: 4321, workload: 0 }, 'spiffe://hs.synpass/api']);
     assert.equal(admitted.fast.fastId, learned.fast.fastId);
@@ -651,6 +655,8 @@ describe('identity handshake over a virtual wire', () => {
     const { synAckOut } = handshake();
     assert.equal((decodeMessage(bodyOf(synAckOut.bytes)) as { flags: number }).flags & FLAG_KERNEL, 0);
     assert.deepEqual([serverKernel.told.admitted.length, clientKernel.told.servers.length], [0, 0]);
+    // The kernel path hears of the listener, so status can name the port.
+    assert.deepEqual(serverKernel.told.answered, [[7000, false]]);
   });
 
   it('an identity admission refuses is never handed to the kernel', () => {

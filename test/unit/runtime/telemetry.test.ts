@@ -209,7 +209,7 @@ describe('metrics', () => {
       rulesAhead: () => 2,
       logging: () => ({ flowLog: { dropped: { backlog: 7 }, aggregated: 1234, aggregates: 3 }, logPendingBytes: 4096, logDroppedLines: 11 }),
       tables: () => ({ flows: { entries: 12, capacity: 65_536 } }),
-      kernelFastPath: () => ({ running: true, counters: { synAccepted: 6, synFallback: 1 } }),
+      kernelFastPath: () => ({ running: true, counters: { synAccepted: 6, synFallback: 1 }, listenersOnQueue: 2 }),
     });
     metrics.ruleVerdicts.inc({ rule: 'api/from-web', action: 'accept' });
     metrics.latency.observe(0.00003);
@@ -218,6 +218,7 @@ describe('metrics', () => {
       'synpass_verdicts_total{direction="ingress",action="drop",reason="no-identity"} 4',
       'synpass_queue_packets_total{counter="overruns"} 1',
       'synpass_kernel_fast_path_running 1',
+      'synpass_kernel_fast_path_listeners_on_queue 2',
       'synpass_kernel_fast_path_total{counter="synAccepted"} 6',
       'synpass_kernel_fast_path_total{counter="synFallback"} 1',
       'synpass_kernel_queue_packets{counter="queue_dropped"} 3',
