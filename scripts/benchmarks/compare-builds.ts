@@ -5,6 +5,7 @@
 // hot-path change come from here. Each build is a tree with its own dist/ and native addon.
 //   node --import tsx scripts/benchmarks/compare-builds.ts <treeA> <treeB>
 //   COMPARE_ALTERNATIONS=6 COMPARE_CONNECTS=400 COMPARE_RATE_MS=1000 COMPARE_MODES=pass-through,identity
+//   COMPARE_SETTLE_MS=3000: how long fresh agents run before they are measured.
 //   COMPARE_BUSY=2: that many CPU-bound processes run beside the agents throughout, as on a busy
 //   node; a change that helps an idle host can cost milliseconds there (a yielding agent did).
 //   COMPARE_MODES=kernel: identity agents on the kernel fast path (a known pair proven in the
@@ -14,7 +15,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { prepareIdentities } from '../lib/identity-lab.ts';
-import { Lab, type AgentHandle } from '../lib/lab.ts';
+import { Lab, sleep, type AgentHandle } from '../lib/lab.ts';
 import { agentsLogWarningsOnly, median, runLoad, startLoadServer } from './lab-load.ts';
 
 const PORT = 8080;
@@ -28,6 +29,7 @@ const config = {
   rateMs: Number(process.env.COMPARE_RATE_MS ?? 1000),
   modes: (process.env.COMPARE_MODES ?? 'pass-through,identity').split(',') as Mode[],
   busyProcesses: Number(process.env.COMPARE_BUSY ?? 0),
+  settleMs: Number(process.env.COMPARE_SETTLE_MS ?? 3000),
 };
 /** A busy neighbour gives up on its own after this long, should nothing stop it. */
 const BUSY_LIMIT_MS = 3_600_000;
@@ -77,6 +79,8 @@ try {
       for (const tree of round % 2 === 0 ? trees : [...trees].reverse()) {
         process.stderr.write(`compare: ${mode}, alternation ${round + 1} of ${config.alternations}, ${tree}\n`);
         const agents = await startAgents(tree, mode);
+        // What a build does after it starts (the first-contact rehearsal, say) is over before it is measured.
+        await sleep(config.settleMs);
         loadServer ??= await startLoadServer(lab, PORT);
         // A fresh agent's code is not compiled yet: the first connects are discarded.
         await runLoad(lab, ['sequential', ...target, '200']);

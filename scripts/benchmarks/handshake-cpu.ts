@@ -1,11 +1,11 @@
 // CPU per handshake packet in the agent, without the kernel: the real engine and identity
-// handler on a virtual wire (scripts/lib/virtual-wire.ts). Prints microseconds per step.
+// handler on a virtual queue (agent/src/datapath/virtual-queue.ts). Prints microseconds per step.
 import { performance } from 'node:perf_hooks';
 import { PassThroughHandler } from '../../agent/src/handshake/pass-through.ts';
 import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../lib/fixtures.ts';
 import { SIGNING_KEY_TYPES, type SigningKeyType } from '../../agent/src/identity/issuance.ts';
 import { createDomain, identityHandler } from '../lib/identities.ts';
-import { VirtualQueue } from '../lib/virtual-wire.ts';
+import { VirtualQueue } from '../../agent/src/datapath/virtual-queue.ts';
 
 const SYN = withValidChecksums(IPV4_SYN);
 const SYN_ACK = withValidChecksums(IPV4_SYN_ACK);

@@ -3,6 +3,7 @@
 // as the agent sees locally generated packets; `withValidChecksums` completes them.
 import { ipv4HeaderChecksum, tcpChecksum, writeUint16 } from '../../agent/src/datapath/checksum.ts';
 import { ParsedPacket, parsePacket } from '../../agent/src/datapath/packet.ts';
+import { LINUX_HANDSHAKE } from '../../agent/src/handshake/rehearsal.ts';
 
 export function hex(text: string): Uint8Array {
   return Uint8Array.from(Buffer.from(text.replace(/\s+/g, ''), 'hex'));
@@ -28,19 +29,13 @@ export function withValidChecksums(packet: Uint8Array): Uint8Array {
 }
 
 /** Linux SYN: mss 1460, sackOK, TS val 2579439519 ecr 0, nop, wscale 10. */
-export const IPV4_SYN = hex(`
-  4500 003c aaaa 4000 4006 7065 0ad5 0501 0ad5 0502 6496 1b58 cda4 7bf3 0000 0000
-  a002 faf0 1fdb 0000 0204 05b4 0402 080a 99bf 1f9f 0000 0000 0103 030a`);
+export const IPV4_SYN = Uint8Array.from(LINUX_HANDSHAKE.syn);
 
 /** Linux SYN-ACK answering IPV4_SYN. */
-export const IPV4_SYN_ACK = hex(`
-  4500 003c 0000 4000 4006 1b10 0ad5 0502 0ad5 0501 1b58 6496 3333 8aca cda4 7bf4
-  a012 fe88 1fdb 0000 0204 05b4 0402 080a 587c babc 99bf 1f9f 0103 030a`);
+export const IPV4_SYN_ACK = Uint8Array.from(LINUX_HANDSHAKE.synAck);
 
 /** First ACK: nop, nop, TS. */
-export const IPV4_ACK = hex(`
-  4500 0034 aaab 4000 4006 706c 0ad5 0501 0ad5 0502 6496 1b58 cda4 7bf4 3333 8acb
-  8010 003f 1fd3 0000 0101 080a 99bf 1f9f 587c babc`);
+export const IPV4_ACK = Uint8Array.from(LINUX_HANDSHAKE.ack);
 
 /** Data segment carrying "hello synpass". */
 export const IPV4_DATA = hex(`

@@ -22,7 +22,7 @@ import { IPV4_SYN, parseHex } from '../../scripts/lib/fixtures.ts';
 import { attributes } from '../../scripts/lib/identities.ts';
 import { withBody } from '../../scripts/lib/rebody.ts';
 import { BATCH_UID, DOMAIN, rotateAgent, startIdentityLab, type IdentityLab, type IdentityLabFiles } from '../../scripts/lib/identity-lab.ts';
-import { isRoot, ROOT, sleep, waitUntil, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
+import { isRoot, ROOT, sleep, waitUntil, type AgentHandle, type AgentStatus, type Lab } from '../../scripts/lib/lab.ts';
 import { fixChecksums, tcpOptionOffset } from '../../scripts/lib/packets.ts';
 
 const PORT = 8080;
@@ -131,6 +131,19 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
     await sleep(300);
     assert.equal(await dropCount(reason), before + hexes.length, `${reason} counted once per packet`);
   }
+
+  it('each agent rehearses first contacts after start, in memory: none reaches its queue, verdicts, caches or tables', async () => {
+    const expected = Number(process.env.SYNPASS_HANDSHAKE_REHEARSALS ?? 1500);
+    for (const agent of [api, web]) {
+      const rehearsed = await agent.process.waitFor((l) => l.msg === 'first contacts rehearsed', 120_000);
+      assert.equal(rehearsed.handshakes, expected);
+      const status = (await agent.status()) as unknown as AgentStatus & { tables: Record<string, { entries: number }> };
+      assert.equal(status.queue.received, 0, 'nothing real happened yet');
+      assert.deepEqual(status.verdicts, []);
+      for (const table of ['flows', 'nonces', 'known-servers', 'credentials', 'tokens', 'pair-keys']) assert.equal(status.tables[table]?.entries, 0, table);
+      assert.equal(agent.process.lines.filter((l) => JSON.stringify(l).includes('rehearsal.synpass.invalid')).length, 0, 'the rehearsal logs nothing of its handshakes');
+    }
+  });
 
   it('web -> api works for an unmodified HTTP client and server; both agents log the verified peer', async () => {
     const response = await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)]);

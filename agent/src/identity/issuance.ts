@@ -1,5 +1,5 @@
 // Offline key ceremony: create a trust domain (CA key + bundle) and issue agent credentials.
-import { createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { calculateJwkThumbprint, exportJWK } from 'jose';
@@ -18,16 +18,26 @@ export const SIGNING_KEY_FILE = 'sign.key.pem';
 export const KEY_AGREEMENT_KEY_FILE = 'kex.key.pem';
 export const CREDENTIAL_FILE = 'credential.jwt';
 
+/** A trust domain's CA key and the bundle that trusts it, in memory. */
+export interface NewTrustDomain {
+  caKey: KeyObject;
+  bundle: BundleDocument;
+}
+
+export async function newTrustDomain(trustDomain: string): Promise<NewTrustDomain> {
+  if (!/^[a-z0-9.-]+$/.test(trustDomain)) throw new RangeError('trust domain must be a lower-case domain name');
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  return { caKey: privateKey, bundle: await bundleDocument(trustDomain, [await exportJWK(createPublicKey(privateKey))]) };
+}
+
 /** `overwrite`: replace an existing CA key and bundle, which invalidates every credential it issued. */
 export async function initDomain(trustDomain: string, directory: string, overwrite = false): Promise<{ bundle: string; caKey: string }> {
-  if (!/^[a-z0-9.-]+$/.test(trustDomain)) throw new RangeError('trust domain must be a lower-case domain name');
+  const domain = await newTrustDomain(trustDomain);
   const caKey = join(directory, CA_KEY_FILE);
   const bundle = join(directory, `${trustDomain}${BUNDLE_SUFFIX}`);
   refuseToOverwrite([caKey, bundle], overwrite);
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  writePrivateKey(caKey, privateKey);
-  const document = await bundleDocument(trustDomain, [await exportJWK(createPublicKey(privateKey))]);
-  writePublicFile(bundle, `${JSON.stringify(document, null, 2)}\n`);
+  writePrivateKey(caKey, domain.caKey);
+  writePublicFile(bundle, `${JSON.stringify(domain.bundle, null, 2)}\n`);
   return { bundle, caKey };
 }
 
@@ -109,18 +119,21 @@ export async function certifyIssuerKey(input: CertifyIssuerKeyInput): Promise<{ 
   return { bundle: path, expiresAt: nowSeconds + input.ttlSeconds };
 }
 
-export async function issueAgent(input: IssueAgentInput): Promise<{ credential: string }> {
+/** What an agent holds: its credential (compact) and the private keys it certifies. */
+export interface NewAgent {
+  credential: string;
+  signKey: KeyObject;
+  kex: KeyObject;
+}
+
+/** Fresh agent keys and the credential `caKey` signs for them, in memory. */
+export async function newAgent(caKey: KeyObject, input: Omit<IssueAgentInput, 'domainDirectory' | 'outputDirectory' | 'overwrite'>): Promise<NewAgent> {
   if (!/^[A-Za-z0-9._-]+$/.test(input.agentId)) throw new RangeError('agent id may hold letters, digits, ".", "_" and "-"');
-  readDomainBundle(input.domainDirectory, input.trustDomain);
-  const caKey = readPrivateKey(join(input.domainDirectory, CA_KEY_FILE));
-  const caKid = await calculateJwkThumbprint(await exportJWK(createPublicKey(caKey)));
-  const outputs = [SIGNING_KEY_FILE, KEY_AGREEMENT_KEY_FILE, CREDENTIAL_FILE].map((name) => join(input.outputDirectory, name));
-  refuseToOverwrite(outputs, input.overwrite ?? false);
   const sign = input.signingKey === 'p256' ? generateKeyPairSync('ec', { namedCurve: 'P-256' }) : generateKeyPairSync('ed25519');
   const kex = generateKeyPairSync('x25519');
   const credential = await issueCredential({
     signerKey: caKey,
-    signerKid: caKid,
+    signerKid: await calculateJwkThumbprint(await exportJWK(createPublicKey(caKey))),
     trustDomain: input.trustDomain,
     agentId: input.agentId,
     signPublicKey: sign.publicKey,
@@ -129,9 +142,18 @@ export async function issueAgent(input: IssueAgentInput): Promise<{ credential: 
     ttlSeconds: input.ttlSeconds,
     ...(input.nowSeconds === undefined ? {} : { nowSeconds: input.nowSeconds }),
   });
-  writePrivateKey(join(input.outputDirectory, SIGNING_KEY_FILE), sign.privateKey);
-  writePrivateKey(join(input.outputDirectory, KEY_AGREEMENT_KEY_FILE), kex.privateKey);
+  return { credential, signKey: sign.privateKey, kex: kex.privateKey };
+}
+
+export async function issueAgent(input: IssueAgentInput): Promise<{ credential: string }> {
+  readDomainBundle(input.domainDirectory, input.trustDomain);
+  const caKey = readPrivateKey(join(input.domainDirectory, CA_KEY_FILE));
+  const outputs = [SIGNING_KEY_FILE, KEY_AGREEMENT_KEY_FILE, CREDENTIAL_FILE].map((name) => join(input.outputDirectory, name));
+  refuseToOverwrite(outputs, input.overwrite ?? false);
+  const agent = await newAgent(caKey, input);
+  writePrivateKey(join(input.outputDirectory, SIGNING_KEY_FILE), agent.signKey);
+  writePrivateKey(join(input.outputDirectory, KEY_AGREEMENT_KEY_FILE), agent.kex);
   const credentialPath = join(input.outputDirectory, CREDENTIAL_FILE);
-  writeFileSync(credentialPath, `${credential}\n`, { mode: 0o644 });
+  writeFileSync(credentialPath, `${agent.credential}\n`, { mode: 0o644 });
   return { credential: credentialPath };
 }

@@ -44,6 +44,14 @@ export interface AddressWorkload {
   attributes: ReadonlyMap<string, Attribute>;
 }
 
+/** What `LocalIdentity.load` reads from its files. */
+export interface IdentityMaterial {
+  credentialCompact: string;
+  signKey: KeyObject;
+  kex: KeyObject;
+  bundles: Map<string, TrustBundle>;
+}
+
 export interface LocalIdentityOptions {
   files: IdentityFiles;
   /** The host's default workload: connections no other workload claims. */
@@ -123,10 +131,17 @@ export class LocalIdentity {
     const { files } = options;
     const bundles = fromField('trustBundles', () => loadTrustBundles(files.trustBundles));
     const credentialCompact = fromField('credential', () => readCredentialFile(files.credential));
-    // Our own credential must verify under the bundles we trust, or peers would drop us.
-    const credential = fromField('credential', () => verifyCredential(credentialCompact, bundles, nowSeconds, 0));
     const signKey = fromField('signingKey', () => readPrivateKey(files.signingKey));
     const kex = fromField('keyAgreementKey', () => readPrivateKey(files.keyAgreementKey));
+    return LocalIdentity.fromMaterial(options, { credentialCompact, signKey, kex, bundles }, nowSeconds);
+  }
+
+  /** From a credential, keys and bundles already in memory, checked as `load` checks the files `options` names. */
+  static async fromMaterial(options: LocalIdentityOptions, material: IdentityMaterial, nowSeconds = Math.floor(Date.now() / 1000)): Promise<LocalIdentity> {
+    const { files } = options;
+    const { credentialCompact, signKey, kex, bundles } = material;
+    // Our own credential must verify under the bundles we trust, or peers would drop us.
+    const credential = fromField('credential', () => verifyCredential(credentialCompact, bundles, nowSeconds, 0));
     const kexJwk = createPublicKey(kex).export({ format: 'jwk' });
     const kexRaw = Buffer.from(kexJwk.x ?? '', 'base64url');
     if (!kexRaw.equals(credential.kexRaw)) throw mismatch('keyAgreementKey', files);

@@ -28,7 +28,7 @@ import { RulesWatchdog } from './rules-watchdog.ts';
 import { takeSavedTables, writeSavedTables } from './saved-tables-file.ts';
 
 /** What the agent process runs by: the parsed configuration (runtime/config.ts). */
-export type AgentRuntimeConfig = Pick<AgentConfig, 'mode' | 'datapath' | 'telemetry' | 'targets' | 'excluded' | 'replayWindowSeconds' | 'workloads'>;
+export type AgentRuntimeConfig = Pick<AgentConfig, 'mode' | 'datapath' | 'telemetry' | 'targets' | 'excluded' | 'replayWindowSeconds' | 'workloads' | 'handshake'>;
 
 /** "address:port" as whois and the registry write it (IPv6 without brackets). */
 function splitEndpoint(endpoint: string): [string, number] {
@@ -56,6 +56,8 @@ export class Agent {
   private conntrack: { skipped: boolean; reason: string } = { skipped: false, reason: 'not started' };
   /** SYNs the queue accepted, by direction: beside the kernel's own, the fast path's share. */
   private readonly queuedSyns = { ingress: 0, egress: 0 };
+  /** Aborted at stop: a rehearsal still running ends after its current handshake. */
+  private readonly rehearsal = new AbortController();
   /** The mark bits of the rules, the engine's verdicts and the kernel programs (datapath.markBase). */
   private readonly marks: ConnectionMarks;
 
@@ -152,6 +154,23 @@ export class Agent {
     if (this.config.telemetry.whoisSocket !== null) this.whois = await startWhoisService(this.config.telemetry.whoisSocket, this.peers, this.log);
     this.state = 'running';
     this.log.info({ mode: this.config.mode, statusSocket: this.config.datapath.statusSocket }, 'agent running');
+    this.rehearseFirstContacts();
+  }
+
+  /** In the background, between real packets (handshake/rehearsal.ts); a failure is logged and changes nothing else. */
+  private rehearseFirstContacts(): void {
+    const count = this.config.handshake.rehearsals;
+    const rehearse = this.built.rehearse;
+    if (rehearse === null || count === 0) return;
+    const signal = this.rehearsal.signal;
+    rehearse(count, signal).then(
+      (done) => {
+        this.log.info({ handshakes: done.handshakes, milliseconds: Math.round(done.milliseconds) }, 'first contacts rehearsed');
+      },
+      (error: unknown) => {
+        this.log.error({ err: error }, 'first-contact rehearsal failed: real first contacts run colder code, nothing else changes');
+      },
+    );
   }
 
   /** After the rules: the marks the kernel programs set mean something only once the rules are in. */
@@ -451,6 +470,7 @@ export class Agent {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.state = 'stopping';
+      this.rehearsal.abort();
       this.stopKernelFastPath();
       await this.rules.remove();
       this.queue?.close();

@@ -73,6 +73,7 @@ export function agentConfigSchema(base: string) {
         maxFlows: t.integer(1, 16_777_216, 65_536, 'handshakes in progress tracked at once (past it: `flow-table-full`)'),
         maxNonces: t.integer(1, 16_777_216, 262_144, 'SYN nonces remembered for the replay window (past it: `replay-cache-full`)'),
         signatureChecksPerSource: t.integer(0, 1_000_000, 1000, 'first-contact signature checks a second per source, IPv4 address or IPv6 /64 (past it: `signature-rate-limited`; 0: unlimited)'),
+        rehearsals: t.integer(0, 10_000, 1500, 'first contacts rehearsed in memory after start, between two throwaway agents, so that real ones run compiled code (0: none)'),
       }),
       datapath: t.section({
         queue: t.integer(0, 65535, 3170, 'first NFQUEUE number'),

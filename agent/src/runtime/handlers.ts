@@ -8,6 +8,7 @@ import { AdmissionAuthorizer, PolicyAuthorizer } from '../handshake/authorizer.t
 import { PolicyStore } from './policy-store.ts';
 import { IdentityHandler } from '../handshake/identity-handler.ts';
 import { PassThroughHandler } from '../handshake/pass-through.ts';
+import { rehearseFirstContacts, type Rehearsed } from '../handshake/rehearsal.ts';
 import { PeerVerifier } from '../handshake/peer-verifier.ts';
 import type { Attestor } from '../identity/attestors/attestor.ts';
 import { ProcessAttestor } from '../identity/attestors/process.ts';
@@ -70,6 +71,8 @@ export interface BuiltHandler {
   useKernelPath: ((path: KernelPath | null) => void) | null;
   /** The kernel's tables across a restart (kernel/saved-tables.ts); null in pass-through mode. */
   keptKernelTables: KeptKernelTables | null;
+  /** Rehearses first contacts with this agent's key algorithm (handshake/rehearsal.ts); null in pass-through mode. */
+  rehearse: ((count: number, signal: AbortSignal) => Promise<Rehearsed>) | null;
 }
 
 export interface KeptKernelTables {
@@ -95,6 +98,7 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
       tables: () => ({}),
       useKernelPath: null,
       keptKernelTables: null,
+      rehearse: null,
     };
   }
   const identityConfig = config.identity;
@@ -235,6 +239,7 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
       encode: (servers, clients) => encodeSavedTables(local.kexRaw, servers, clients),
       restore: (saved) => handler.restoreKernelTables(saved),
     },
+    rehearse: (count, signal) => rehearseFirstContacts(count, { signingKey: algorithmOf(local.signKey) === 'EdDSA' ? 'ed25519' : 'p256', signal }),
     stop: () => {
       stopDenyListWatch();
       renewer?.stop();

@@ -5,7 +5,7 @@ import type { VerdictEvent } from '../../../agent/src/datapath/handler.ts';
 import { HOOK_POST_ROUTING, HOOK_PRE_ROUTING, Meta, META_STRIDE, NO_OWNER, queueBuffers, type NativeQueue } from '../../../agent/src/native/addon.ts';
 import { PassThroughHandler } from '../../../agent/src/handshake/pass-through.ts';
 import { IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../../scripts/lib/fixtures.ts';
-import { MARKS } from '../../../scripts/lib/virtual-wire.ts';
+import { MARKS } from '../../../agent/src/datapath/virtual-queue.ts';
 
 const SLOT = 2048;
 

@@ -14,7 +14,7 @@ import type { VerifiedIdentity } from '../../../agent/src/token/identity-token.t
 import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../../scripts/lib/fixtures.ts';
 import { fixChecksums } from '../../../scripts/lib/packets.ts';
 import { createDomain, identityHandler, type TestDomain } from '../../../scripts/lib/identities.ts';
-import { VirtualQueue, type Verdict } from '../../../scripts/lib/virtual-wire.ts';
+import { VirtualQueue, type Verdict } from '../../../agent/src/datapath/virtual-queue.ts';
 import { bodyOf, withBody } from '../../../scripts/lib/rebody.ts';
 import type { Reason } from '../../../agent/src/datapath/reasons.ts';
 import { decodeSavedTables, encodeSavedTables, type ClientToSave, type ServerToSave } from '../../../agent/src/kernel/saved-tables.ts';

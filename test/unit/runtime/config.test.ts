@@ -113,7 +113,7 @@ describe('one table for every configuration field', () => {
 
   it('new tunables have their documented defaults', () => {
     const config = loadAgentConfig(null, {});
-    assert.deepEqual(config.handshake, { timeoutSeconds: 30, maxFlows: 65_536, maxNonces: 262_144, signatureChecksPerSource: 1000 });
+    assert.deepEqual(config.handshake, { timeoutSeconds: 30, maxFlows: 65_536, maxNonces: 262_144, signatureChecksPerSource: 1000, rehearsals: 1500 });
     assert.equal(config.datapath.batchSlots, 32);
     assert.equal(config.telemetry.whoisSocket, '/run/synpass/whois.sock');
     assert.equal(loadAgentConfig(null, { SYNPASS_TELEMETRY_WHOIS_SOCKET: 'off' }).telemetry.whoisSocket, null);

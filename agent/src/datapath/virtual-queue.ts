@@ -1,9 +1,10 @@
 // Runs the real DatapathEngine without the kernel: a packet goes in as the addon would hand it
-// over, and the verdict comes back as the addon would send it. No root, no namespaces.
-import { DatapathEngine } from '../../agent/src/datapath/engine.ts';
-import type { HandshakeHandler, VerdictEvent } from '../../agent/src/datapath/handler.ts';
-import { connectionMarks } from '../../agent/src/datapath/marks.ts';
-import { HOOK_POST_ROUTING, HOOK_PRE_ROUTING, Meta, NF_DROP, NO_OWNER, queueBuffers, type NativeQueue, type NfVerdict } from '../../agent/src/native/addon.ts';
+// over, and the verdict comes back as the addon would send it. No root, no namespaces: the
+// agent's first-contact rehearsal (handshake/rehearsal.ts), unit tests and benchmarks.
+import { DatapathEngine } from './engine.ts';
+import type { HandshakeHandler, VerdictEvent } from './handler.ts';
+import { connectionMarks } from './marks.ts';
+import { HOOK_POST_ROUTING, HOOK_PRE_ROUTING, Meta, NF_DROP, NO_OWNER, queueBuffers, type NativeQueue, type NfVerdict } from '../native/addon.ts';
 
 export const MARKS = connectionMarks(0x100000);
 

@@ -1,0 +1,141 @@
+// First contacts are rare by design: after one, a pair is known (to the kernel, or by its pair
+// key). Their code would run in V8's slow tiers for most of an agent's life, and there a first
+// contact costs about twice the CPU it costs compiled (docs/protocol.md, First contact). So the
+// agent rehearses first contacts when it starts: two throwaway agents of a throwaway trust domain,
+// in memory, run whole handshakes through the same engine, handshake and token code, one at a
+// time between real packets. The rehearsal shares nothing with the real handler: its own keys,
+// bundles, policy, caches, tables and counters, and no log, metric, kernel or socket.
+import type { KeyObject } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { tcpChecksum, writeUint16 } from '../datapath/checksum.ts';
+import { VirtualQueue } from '../datapath/virtual-queue.ts';
+import { SynpassError } from '../errors.ts';
+import { StaticAttestor } from '../identity/attestors/static.ts';
+import { newAgent, newTrustDomain, type SigningKeyType } from '../identity/issuance.ts';
+import { LocalIdentity } from '../identity/local-identity.ts';
+import { parseBundle, type TrustBundle } from '../token/trust-bundle.ts';
+import { Admission } from './admission.ts';
+import { AdmissionAuthorizer } from './authorizer.ts';
+import { IdentityHandler } from './identity-handler.ts';
+import { PeerVerifier } from './peer-verifier.ts';
+
+export class RehearsalError extends SynpassError<'handshake-failed'> {
+  override readonly name = 'RehearsalError';
+}
+
+/** A Linux handshake as captured in the lab (6.18, veth): SYN (mss, sackOK, TS, wscale), its SYN-ACK, the first ACK. */
+export const LINUX_HANDSHAKE = {
+  syn: Buffer.from('4500003caaaa4000400670650ad505010ad5050264961b58cda47bf300000000a002faf01fdb0000020405b40402080a99bf1f9f000000000103030a', 'hex'),
+  synAck: Buffer.from('4500003c0000400040061b100ad505020ad505011b58649633338acacda47bf4a012fe881fdb0000020405b40402080a587cbabc99bf1f9f0103030a', 'hex'),
+  ack: Buffer.from('45000034aaab40004006706c0ad505010ad5050264961b58cda47bf433338acb8010003f1fd300000101080a99bf1f9f587cbabc', 'hex'),
+} as const;
+
+const TRUST_DOMAIN = 'rehearsal.synpass.invalid';
+const IPV4_HEADER = 20;
+const SOURCE_ADDRESS = 12;
+const FIRST_PORT = 1024;
+/** Handshakes between two ends before they are replaced: bounds what the rehearsal holds at once. */
+const ROUND = 100;
+
+export interface RehearsalOptions {
+  /** The algorithm of this agent's own signing key, so the rehearsal verifies what its peers send. */
+  signingKey: SigningKeyType;
+  /** Ends the rehearsal after the handshake in progress (the agent stops). */
+  signal?: AbortSignal;
+  now?: () => number;
+}
+
+export interface Rehearsed {
+  handshakes: number;
+  milliseconds: number;
+}
+
+interface Actor {
+  local: LocalIdentity;
+  verifier: PeerVerifier;
+  handler: IdentityHandler;
+  queue: VirtualQueue;
+  /** The reason of this end's last verdict, for a failure's message. */
+  lastReason: string;
+}
+
+async function throwawayIdentity(caKey: KeyObject, bundles: ReadonlyMap<string, TrustBundle>, name: string, options: RehearsalOptions): Promise<LocalIdentity> {
+  const nowSeconds = Math.floor((options.now ?? Date.now)() / 1000);
+  const agent = await newAgent(caKey, { trustDomain: TRUST_DOMAIN, agentId: name, namespaces: ['app'], ttlSeconds: 3600, signingKey: options.signingKey, nowSeconds });
+  const inMemory = `(rehearsal ${name}, in memory)`;
+  return LocalIdentity.fromMaterial(
+    {
+      files: { credential: inMemory, signingKey: inMemory, keyAgreementKey: inMemory, trustBundles: inMemory },
+      subject: `spiffe://${TRUST_DOMAIN}/${name}`,
+      attestors: [new StaticAttestor({ 'app.name': name })],
+      tokenTtlSeconds: 3600,
+    },
+    { credentialCompact: agent.credential, signKey: agent.signKey, kex: agent.kex, bundles: new Map(bundles) },
+    nowSeconds,
+  );
+}
+
+/** An end with fresh tables: the queue keeps every verdict it gave, so ends are replaced every ROUND handshakes. */
+function freshEnd(local: LocalIdentity, options: RehearsalOptions): Actor {
+  const now = options.now ?? Date.now;
+  const verifier = new PeerVerifier(local.bundles, { kex: local.kex, kexRaw: local.kexRaw }, () => Math.floor(now() / 1000));
+  const everyone = new AdmissionAuthorizer(new Admission({ protectedPorts: 'all', allow: [{}], allowWithoutIdentity: [] }));
+  const handler = new IdentityHandler(local, verifier, everyone, {
+    replayWindowSeconds: 30,
+    handshakeTimeoutMs: 30_000,
+    // Every handshake of a round leaves a nonce and a lingering flow behind.
+    maxFlows: ROUND + 16,
+    maxNonces: ROUND + 16,
+    signatureChecksPerSource: 0,
+    now,
+  });
+  const end: Actor = { local, verifier, handler, queue: new VirtualQueue(handler, (event) => { end.lastReason = event.reason; }), lastReason: '' };
+  return end;
+}
+
+/** A template of LINUX_HANDSHAKE with the client's port set (source or destination) and a full TCP checksum. */
+function withClientPort(template: Buffer, port: number, clientPortOffset: number): Uint8Array {
+  const packet = Uint8Array.from(template);
+  writeUint16(packet, IPV4_HEADER + clientPortOffset, port);
+  writeUint16(packet, IPV4_HEADER + 16, tcpChecksum(packet, 4, SOURCE_ADDRESS, IPV4_HEADER, packet.length - IPV4_HEADER));
+  return packet;
+}
+
+/**
+ * Runs `count` first contacts (fewer if `signal` aborts), each with both ends' peer caches
+ * forgotten, yielding to the event loop between them. A handshake the rehearsal's own agents do
+ * not complete is a defect in the code it rehearses, reported as a RehearsalError naming the step.
+ */
+export async function rehearseFirstContacts(count: number, options: RehearsalOptions): Promise<Rehearsed> {
+  const started = performance.now();
+  const domain = await newTrustDomain(TRUST_DOMAIN);
+  const bundles = new Map([[TRUST_DOMAIN, parseBundle(JSON.stringify(domain.bundle), 'rehearsal bundle')]]);
+  const clientIdentity = await throwawayIdentity(domain.caKey, bundles, 'client', options);
+  const serverIdentity = await throwawayIdentity(domain.caKey, bundles, 'server', options);
+  let client = freshEnd(clientIdentity, options);
+  let server = freshEnd(serverIdentity, options);
+  const step = (name: string, end: Actor, verdict: { dropped: boolean; held: boolean; bytes: Uint8Array }): Uint8Array => {
+    if (verdict.dropped || verdict.held) {
+      throw new RehearsalError('handshake-failed', `rehearsal: ${name} was ${verdict.dropped ? 'dropped' : 'held'} (${end.lastReason})`, { step: name, reason: end.lastReason });
+    }
+    return verdict.bytes;
+  };
+  let done = 0;
+  for (; done < count && options.signal?.aborted !== true; done++) {
+    if (done > 0 && done % ROUND === 0) [client, server] = [freshEnd(clientIdentity, options), freshEnd(serverIdentity, options)];
+    for (const end of [client, server]) end.verifier.reconfigure(end.local.bundles, { kex: end.local.kex, kexRaw: end.local.kexRaw });
+    client.handler.forgetServers();
+    const port = FIRST_PORT + (done % ROUND);
+    const syn = step('client SYN', client, client.queue.deliver(withClientPort(LINUX_HANDSHAKE.syn, port, 0), 'egress'));
+    step('server SYN', server, server.queue.deliver(syn, 'ingress'));
+    const synAck = step('server SYN-ACK', server, server.queue.deliver(withClientPort(LINUX_HANDSHAKE.synAck, port, 2), 'egress'));
+    const answered = client.queue.deliver(synAck, 'ingress');
+    step('client SYN-ACK', client, answered);
+    if (answered.released) throw new RehearsalError('handshake-failed', 'rehearsal: the client released at the SYN-ACK, as for a known server', { step: 'client SYN-ACK' });
+    const ack = step('client ACK', client, client.queue.deliver(withClientPort(LINUX_HANDSHAKE.ack, port, 0), 'egress'));
+    step('server ACK', server, server.queue.deliver(ack, 'ingress'));
+    await nextTurn();
+  }
+  return { handshakes: done, milliseconds: performance.now() - started };
+}
