@@ -171,6 +171,8 @@ export interface AgentStatus {
   tables: Record<string, { entries: number; capacity: number }>;
   /** Agent JavaScript time per judged packet: the agent's own share of a user-space trip. */
   judging: { packets: number; microsecondsPerPacket: number };
+  /** The first-contact rehearsal after start (absent in builds before it). */
+  rehearsal?: { state: 'off' | 'running' | 'done' | 'failed'; handshakes?: number; milliseconds?: number; error?: string };
 }
 
 const HOST_INDEX: Record<Host, number> = { web: 1, api: 2, outsider: 3 };

@@ -22,7 +22,7 @@ import { IPV4_SYN, parseHex } from '../../scripts/lib/fixtures.ts';
 import { attributes } from '../../scripts/lib/identities.ts';
 import { withBody } from '../../scripts/lib/rebody.ts';
 import { BATCH_UID, DOMAIN, rotateAgent, startIdentityLab, type IdentityLab, type IdentityLabFiles } from '../../scripts/lib/identity-lab.ts';
-import { isRoot, ROOT, sleep, waitUntil, type AgentHandle, type AgentStatus, type Lab } from '../../scripts/lib/lab.ts';
+import { isRoot, ROOT, sleep, waitUntil, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
 import { fixChecksums, tcpOptionOffset } from '../../scripts/lib/packets.ts';
 
 const PORT = 8080;
@@ -137,7 +137,8 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
     for (const agent of [api, web]) {
       const rehearsed = await agent.process.waitFor((l) => l.msg === 'first contacts rehearsed', 120_000);
       assert.equal(rehearsed.handshakes, expected);
-      const status = (await agent.status()) as unknown as AgentStatus & { tables: Record<string, { entries: number }> };
+      const status = await agent.status();
+      assert.deepEqual(status.rehearsal, { state: 'done', handshakes: expected, milliseconds: rehearsed.milliseconds });
       assert.equal(status.queue.received, 0, 'nothing real happened yet');
       assert.deepEqual(status.verdicts, []);
       for (const table of ['flows', 'nonces', 'known-servers', 'credentials', 'tokens', 'pair-keys']) assert.equal(status.tables[table]?.entries, 0, table);

@@ -51,7 +51,7 @@ export interface Rehearsed {
   milliseconds: number;
 }
 
-interface Actor {
+interface End {
   local: LocalIdentity;
   verifier: PeerVerifier;
   handler: IdentityHandler;
@@ -77,7 +77,7 @@ async function throwawayIdentity(caKey: KeyObject, bundles: ReadonlyMap<string, 
 }
 
 /** An end with fresh tables: the queue keeps every verdict it gave, so ends are replaced every ROUND handshakes. */
-function freshEnd(local: LocalIdentity, options: RehearsalOptions): Actor {
+function freshEnd(local: LocalIdentity, options: RehearsalOptions): End {
   const now = options.now ?? Date.now;
   const verifier = new PeerVerifier(local.bundles, { kex: local.kex, kexRaw: local.kexRaw }, () => Math.floor(now() / 1000));
   const everyone = new AdmissionAuthorizer(new Admission({ protectedPorts: 'all', allow: [{}], allowWithoutIdentity: [] }));
@@ -90,7 +90,7 @@ function freshEnd(local: LocalIdentity, options: RehearsalOptions): Actor {
     signatureChecksPerSource: 0,
     now,
   });
-  const end: Actor = { local, verifier, handler, queue: new VirtualQueue(handler, (event) => { end.lastReason = event.reason; }), lastReason: '' };
+  const end: End = { local, verifier, handler, queue: new VirtualQueue(handler, (event) => { end.lastReason = event.reason; }), lastReason: '' };
   return end;
 }
 
@@ -115,7 +115,7 @@ export async function rehearseFirstContacts(count: number, options: RehearsalOpt
   const serverIdentity = await throwawayIdentity(domain.caKey, bundles, 'server', options);
   let client = freshEnd(clientIdentity, options);
   let server = freshEnd(serverIdentity, options);
-  const step = (name: string, end: Actor, verdict: { dropped: boolean; held: boolean; bytes: Uint8Array }): Uint8Array => {
+  const step = (name: string, end: End, verdict: { dropped: boolean; held: boolean; bytes: Uint8Array }): Uint8Array => {
     if (verdict.dropped || verdict.held) {
       throw new RehearsalError('handshake-failed', `rehearsal: ${name} was ${verdict.dropped ? 'dropped' : 'held'} (${end.lastReason})`, { step: name, reason: end.lastReason });
     }

@@ -58,6 +58,8 @@ export class Agent {
   private readonly queuedSyns = { ingress: 0, egress: 0 };
   /** Aborted at stop: a rehearsal still running ends after its current handshake. */
   private readonly rehearsal = new AbortController();
+  /** The first-contact rehearsal, for status: `off` in pass-through mode or with none configured. */
+  private rehearsalStatus: { state: 'off' | 'running' | 'done' | 'failed'; handshakes?: number; milliseconds?: number; error?: string } = { state: 'off' };
   /** The mark bits of the rules, the engine's verdicts and the kernel programs (datapath.markBase). */
   private readonly marks: ConnectionMarks;
 
@@ -162,12 +164,15 @@ export class Agent {
     const count = this.config.handshake.rehearsals;
     const rehearse = this.built.rehearse;
     if (rehearse === null || count === 0) return;
-    const signal = this.rehearsal.signal;
-    rehearse(count, signal).then(
+    this.rehearsalStatus = { state: 'running' };
+    rehearse(count, this.rehearsal.signal).then(
       (done) => {
-        this.log.info({ handshakes: done.handshakes, milliseconds: Math.round(done.milliseconds) }, 'first contacts rehearsed');
+        const milliseconds = Math.round(done.milliseconds);
+        this.rehearsalStatus = { state: 'done', handshakes: done.handshakes, milliseconds };
+        this.log.info({ handshakes: done.handshakes, milliseconds }, 'first contacts rehearsed');
       },
       (error: unknown) => {
+        this.rehearsalStatus = { state: 'failed', error: (error as Error).message };
         this.log.error({ err: error }, 'first-contact rehearsal failed: real first contacts run colder code, nothing else changes');
       },
     );
@@ -446,6 +451,7 @@ export class Agent {
       kernelQueue: this.kernelQueueTotals(),
       verdicts: this.verdicts(),
       kernelFastPath: this.kernelFastPathStatus(),
+      rehearsal: this.rehearsalStatus,
       peersKnown: this.peers.size,
       tables: this.tables(),
       judging: {
