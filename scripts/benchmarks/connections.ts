@@ -18,7 +18,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { prepareIdentities } from '../lib/identity-lab.ts';
-import { Lab, sleep, waitUntil, type AgentHandle } from '../lib/lab.ts';
+import { Lab, sleep, untilRehearsed, type AgentHandle } from '../lib/lab.ts';
 import { compileReferenceLoop, startReferenceLoops } from '../lib/reference-loop.ts';
 import { agentsLogWarningsOnly, median, runLoad as load, startLoadServer } from './lab-load.ts';
 import { perfAvailable, sampleNetfilter, type NetfilterShare } from './netfilter-share.ts';
@@ -373,8 +373,7 @@ try {
       await iperfServer.stop();
       iperfServer = await startIperfServer();
     }
-    // The agents' first-contact rehearsal is startup work, not the datapath's: it ends first.
-    for (const agent of agents) await waitUntil('first-contact rehearsal ended', async () => (await agent.status()).rehearsal?.state !== 'running', 60_000);
+    await untilRehearsed(agents);
     return agents;
   };
 

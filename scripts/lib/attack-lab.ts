@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { ParsedPacket, parsePacket } from '../../agent/src/datapath/packet.ts';
 import { startIdentityLab, type IdentityLab } from './identity-lab.ts';
 import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
-import { ROOT, waitUntil, type AgentStatus, type Host, type Lab, type NetnsProcess } from './lab.ts';
+import { ROOT, untilRehearsed, type AgentStatus, type Host, type Lab, type NetnsProcess } from './lab.ts';
 import { addressBytes, fixChecksums } from './packets.ts';
 import { rssMiB } from './proc.ts';
 
@@ -53,8 +53,7 @@ export async function startAttackLab(options: AttackLabOptions): Promise<Identit
     ...(options.kernel === undefined ? {} : { kernel: options.kernel }),
   });
   await fixture.lab.peer('api', ['server', String(ECHO_PORT), 'echo', String(options.serviceSeconds)]).waitFor((l) => l.listening === ECHO_PORT);
-  // Measured from here on: the agents' first-contact rehearsal (startup work) is over.
-  for (const agent of [fixture.api, fixture.web]) await waitUntil('first-contact rehearsal ended', async () => (await agent.status()).rehearsal?.state !== 'running', 60_000);
+  await untilRehearsed([fixture.api, fixture.web]);
   return fixture;
 }
 

@@ -414,3 +414,8 @@ export async function waitUntil(what: string, check: () => Promise<boolean>, tim
     await sleep(250);
   }
 }
+
+/** Until each agent's first-contact rehearsal after start is over: startup work, not the datapath's, so measurements begin after it. */
+export async function untilRehearsed(agents: readonly AgentHandle[]): Promise<void> {
+  for (const agent of agents) await waitUntil('first-contact rehearsal ended', async () => (await agent.status()).rehearsal?.state !== 'running', 60_000);
+}
