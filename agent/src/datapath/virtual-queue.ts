@@ -50,6 +50,7 @@ export class VirtualQueue {
           tracked: (mark & MARKS.track) !== 0,
           released: (mark & MARKS.release) !== 0,
         });
+        this.delivered.delete(id);
       },
     };
     this.engine.attach(queue);
@@ -72,10 +73,14 @@ export class VirtualQueue {
     this.engine.onBatch(1);
     // As the addon does when the socket is empty again.
     this.engine.onDrained();
-    return this.verdictOf(id);
+    const verdict = this.verdictOf(id);
+    // Only a held packet's verdict is asked for again (verdictOf): the queue keeps no other, so
+    // an agent's rehearsal through it holds nothing per packet.
+    if (!verdict.held) this.verdicts.delete(id);
+    return verdict;
   }
 
-  /** The verdict on packet `id` so far: `held` until the handler settles a held packet. */
+  /** The verdict on a packet `deliver` returned held: `held` until the handler settles it. */
   verdictOf(id: number): Verdict {
     return this.verdicts.get(id) ?? { id, held: true, verdict: NF_DROP, mark: 0, bytes: new Uint8Array(0), dropped: false, tracked: false, released: false };
   }

@@ -76,7 +76,7 @@ async function throwawayIdentity(caKey: KeyObject, bundles: ReadonlyMap<string, 
   );
 }
 
-/** An end with fresh tables: the queue keeps every verdict it gave, so ends are replaced every ROUND handshakes. */
+/** An end with fresh tables, replaced every ROUND handshakes: each one leaves a nonce and a lingering flow behind. */
 function freshEnd(local: LocalIdentity, options: RehearsalOptions): End {
   const now = options.now ?? Date.now;
   const verifier = new PeerVerifier(local.bundles, { kex: local.kex, kexRaw: local.kexRaw }, () => Math.floor(now() / 1000));
@@ -84,7 +84,6 @@ function freshEnd(local: LocalIdentity, options: RehearsalOptions): End {
   const handler = new IdentityHandler(local, verifier, everyone, {
     replayWindowSeconds: 30,
     handshakeTimeoutMs: 30_000,
-    // Every handshake of a round leaves a nonce and a lingering flow behind.
     maxFlows: ROUND + 16,
     maxNonces: ROUND + 16,
     signatureChecksPerSource: 0,
