@@ -18,6 +18,12 @@
           "inputs": ["bpf/fast_path.bpf.c", "bpf/fast_path.h"],
           "outputs": ["<(PRODUCT_DIR)/fast_path.bpf.o"],
           "action": ["node", "bpf/build.mjs", "bpf/fast_path.bpf.c", "<(PRODUCT_DIR)/fast_path.bpf.o"]
+        },
+        {
+          "action_name": "compile_listener_sweep",
+          "inputs": ["bpf/listener_sweep.bpf.c", "bpf/fast_path.h"],
+          "outputs": ["<(PRODUCT_DIR)/listener_sweep.bpf.o"],
+          "action": ["node", "bpf/build.mjs", "bpf/listener_sweep.bpf.c", "<(PRODUCT_DIR)/listener_sweep.bpf.o"]
         }
       ]
     }

@@ -167,4 +167,17 @@ enum fast_counter {
   FAST_COUNTER_COUNT,
 };
 
+/* One listener the sweep (listener_sweep.bpf.c) met in the fast path's cgroup, as the iterator
+ * writes it for the agent. */
+enum sweep_outcome {
+  SWEEP_ENABLED = 1,     /* its SYN-ACKs now call the sock_ops program */
+  SWEEP_ALREADY = 2,     /* it began listening while the programs were attached (or an earlier sweep) */
+  SWEEP_UNSUPPORTED = 3, /* the kernel lets no iterator read or set the flag (before Linux 6.10) */
+};
+struct sweep_record {
+  __u16 port;
+  __u16 family; /* AF_INET or AF_INET6 */
+  __u32 outcome; /* enum sweep_outcome */
+};
+
 #endif

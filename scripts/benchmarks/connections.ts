@@ -348,13 +348,8 @@ const directory = mkdtempSync(join(tmpdir(), 'synpass-bench-'));
 const lab = Lab.up('bn', 90, { kernel: true });
 try {
   const files = await prepareIdentities(lab, directory);
-  let loadServer = await startLoadServer(lab, CONNECT_PORT);
-  const startIperfServer = async () => {
-    const server = lab.spawn('api', ['iperf3', '--server', '--port', String(BULK_PORT), '--forceflush']);
-    await server.waitFor((l) => String(l.text).includes('listening'));
-    return server;
-  };
-  let iperfServer = await startIperfServer();
+  await startLoadServer(lab, CONNECT_PORT);
+  await lab.spawn('api', ['iperf3', '--server', '--port', String(BULK_PORT), '--forceflush']).waitFor((l) => String(l.text).includes('listening'));
   for (const host of ['web', 'api'] as const) lab.exec(host, ['ip', 'addr', 'add', `${lab.secondAddress(host)}/24`, 'dev', 'eth0']);
   const bypass = (['web', 'api'] as const).flatMap((host) => ['--exclude', `${lab.secondAddress(host)}/32`]);
   const passThroughAgents = async (): Promise<AgentHandle[]> => [await lab.startAgent('api', bypass), await lab.startAgent('web', bypass)];
@@ -365,13 +360,11 @@ try {
       await lab.startAgent('api', ['--config', files.configs.api, ...bypass, ...path]),
       await lab.startAgent('web', ['--config', files.configs.web, ...bypass, ...path]),
     ];
-    if (kernel) {
-      // A listener opened before the programs were attached keeps its pairs on the queue
-      // (docs/operations.md, Kernel fast path): the service starts again, as after a deploy.
-      await loadServer.stop();
-      loadServer = await startLoadServer(lab, CONNECT_PORT);
-      await iperfServer.stop();
-      iperfServer = await startIperfServer();
+    // The servers were listening before the agents started: the listener sweep puts them on the
+    // kernel fast path (docs/operations.md, Which services).
+    for (const agent of kernel ? agents : []) {
+      const sweep = ((await agent.status()) as unknown as { kernelFastPath: { listenerSweep: { notRun: string | null } | null } }).kernelFastPath.listenerSweep;
+      if (sweep?.notRun !== null) throw new Error(`the listener sweep did not run (${sweep?.notRun ?? 'no sweep'}): the bench servers would stay on the queue`);
     }
     await untilRehearsed(agents);
     return agents;

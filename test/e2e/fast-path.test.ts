@@ -41,6 +41,7 @@ interface FastStatus {
   shares: { incoming: Share; outgoing: Share };
   conntrack: { skipped: boolean; reason: string };
   listenersOnQueue: number[];
+  listenerSweep: { enabled: number[]; alreadyEnabled: number; notRun: string | null } | null;
 }
 
 async function fast(agent: AgentHandle): Promise<FastStatus> {
@@ -492,6 +493,39 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const restored = restoredTables(web);
     assert.ok(restored?.clients !== undefined && restored.clients.restored >= 1, JSON.stringify(restored));
     await connectsInKernel();
+  });
+
+  it('an agent start puts a service that was already listening on the fast path (the listener sweep), and leaves a listener outside its cgroup alone', async () => {
+    const OUTSIDE = ECHO + 1;
+    const echo = async (text: string) => (await lab.peerOnce('web', ['echo', lab.address('api'), String(ECHO), text])).echoed;
+    // With no agent on api its programs are detached: a service that begins listening now is
+    // one the sock_ops program never sees begin, as at a host's boot before the agent.
+    await api.process.stop('SIGTERM');
+    await echoServer.stop();
+    echoServer = lab.peer('api', ['server', String(ECHO), 'echo']);
+    await echoServer.waitFor((l) => l.listening === ECHO);
+    const outside = lab.peer('api', ['server', String(OUTSIDE), 'echo'], { outsideCgroup: true });
+    try {
+      await outside.waitFor((l) => l.listening === OUTSIDE);
+      api = await startApi();
+      const running = await api.process.waitFor((l) => l.msg === 'kernel fast path running');
+      const sweep = running.listenerSweep as { enabled: number[]; alreadyEnabled: number; notRun: string | null };
+      assert.deepEqual(sweep.enabled, [ECHO], JSON.stringify(sweep));
+      assert.equal(sweep.notRun, null);
+      // The web service on PORT began listening under an earlier run (or was swept at the first start).
+      assert.ok(sweep.alreadyEnabled >= 1, JSON.stringify(sweep));
+      assert.deepEqual((await fast(api)).listenerSweep, sweep);
+      // Whatever web still knows, one connection teaches both kernels the pair; the listener's
+      // SYN-ACKs carry the ready option (or its MAC), so the next connection stays in the kernel.
+      assert.equal(await echo('learn'), 'learn');
+      const [before, queuedBefore] = [await fast(api), await queued(api)];
+      assert.equal(await echo('fast'), 'fast');
+      assert.deepEqual(moved(before, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
+      assert.equal(await queued(api), queuedBefore, 'nothing queued');
+      assert.deepEqual((await fast(api)).listenersOnQueue, []);
+    } finally {
+      await outside.stop();
+    }
   });
 
   it('without the saved table (`off`), a restarted agent\'s clients fall back to first contact once, then the pair is fast again', async () => {

@@ -4,7 +4,7 @@
 // detached (or kept) at stop. The kernel does the per-packet work; this class runs only at first
 // contact, on reloads and once a second.
 import { statSync } from 'node:fs';
-import { fastPathObjectPath, loadBinding, type ErrnoError, type FastPathInterfaces, type FastPathLoaded, type NativeBinding } from '../native/addon.ts';
+import { fastPathObjectPath, listenerSweepObjectPath, loadBinding, type ErrnoError, type FastPathInterfaces, type FastPathLoaded, type NativeBinding } from '../native/addon.ts';
 import { SynpassError } from '../errors.ts';
 import type { TableSize } from '../datapath/handler.ts';
 import type { VerdictCount } from '../datapath/engine.ts';
@@ -12,6 +12,7 @@ import type { Authorizer } from '../handshake/authorizer.ts';
 import type { AdmittedClient, FastServer, KernelPath, SocketOwner } from '../handshake/kernel-path.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { ClientToSave, ServerToSave } from './saved-tables.ts';
+import { refusedSweep, summarizeSweep, type ListenerSweep } from './listener-sweep.ts';
 import {
   cgroupKey,
   clientKey,
@@ -118,6 +119,8 @@ export class KernelFastPath implements KernelPath {
   readonly interfaces: FastPathInterfaces = { attached: [], skipped: [] };
   /** Whether attachPrograms took over programs a previous run kept attached (fastPathKeepSeconds). */
   tookOver = false;
+  /** What attachPrograms' listener sweep did (null before it). */
+  listenerSweep: ListenerSweep | null = null;
 
   private constructor(
     private readonly native: NativeBinding,
@@ -162,6 +165,21 @@ export class KernelFastPath implements KernelPath {
     } catch (cause) {
       this.release();
       throw new KernelPathError('attach', (cause as Error).message, { pinDir, cgroup }, { cause });
+    }
+    this.sweepListeners();
+  }
+
+  /**
+   * Listeners that were open before the programs were attached (a host's services at the agent's
+   * first start, after a reboot) never ask the sock_ops program for SYN-ACK options: the sweep
+   * makes them ask, so their known pairs reach the kernel too. Without it (no CAP_PERFMON, an
+   * older kernel) they stay on the queue, and listenersOnQueue names them as they are met.
+   */
+  private sweepListeners(): void {
+    try {
+      this.listenerSweep = summarizeSweep(this.native.fastPathSweepListeners(listenerSweepObjectPath(), this.options.cgroup));
+    } catch (error) {
+      this.listenerSweep = refusedSweep(error);
     }
   }
 

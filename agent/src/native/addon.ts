@@ -101,6 +101,16 @@ export interface FastPathInterfaces {
   skipped: { name: string; reason: string }[];
 }
 
+/** enum sweep_outcome (native/bpf/fast_path.h). */
+export const SweepOutcome = { Enabled: 1, Already: 2, Unsupported: 3 } as const;
+
+/** A listener the sweep met in the fast path's cgroup. */
+export interface SweptListener {
+  port: number;
+  family: 4 | 6;
+  outcome: (typeof SweepOutcome)[keyof typeof SweepOutcome];
+}
+
 /** An addon call that failed in the kernel carries its errno. */
 export interface ErrnoError extends Error {
   errno?: number;
@@ -121,6 +131,12 @@ export interface NativeBinding {
   fastPathAttachPrograms(pinDir: string, cgroupPath: string, sockopsFd: number, programFd: number, interfaces: readonly string[]): FastPathInterfaces & { tookOver: boolean };
   /** Takes our tc filter off every interface of this namespace, detaches the link, removes the pins. */
   fastPathDetach(pinDir: string): { tcDetached: number; linkDetached: boolean };
+  /**
+   * Runs the listener sweep once over this network namespace: each listener in `cgroupPath` or
+   * below gets its SYN-ACKs handed to the sock_ops program. Nothing stays loaded. Throws with the
+   * errno when the kernel refuses (EPERM: no CAP_PERFMON).
+   */
+  fastPathSweepListeners(objectPath: string, cgroupPath: string): SweptListener[];
   /** Attaches the tc program to one more interface: null, or why not. */
   fastPathAttachInterface(programFd: number, name: string): string | null;
   mapUpdate(fd: number, key: Uint8Array, value: Uint8Array, flags: number): void;
@@ -178,10 +194,19 @@ function builtFile(name: string): string[] {
 }
 const addonCandidates = builtFile('synpass_nfq.node');
 
+function builtObject(name: string): string {
+  const candidates = builtFile(name);
+  return candidates.find((candidate) => existsSync(candidate)) ?? candidates[0]!;
+}
+
 /** The compiled kernel programs (native/bpf/fast_path.bpf.c), built beside the addon. */
 export function fastPathObjectPath(): string {
-  const candidates = builtFile('fast_path.bpf.o');
-  return candidates.find((candidate) => existsSync(candidate)) ?? candidates[0]!;
+  return builtObject('fast_path.bpf.o');
+}
+
+/** The compiled listener sweep (native/bpf/listener_sweep.bpf.c), built beside the addon. */
+export function listenerSweepObjectPath(): string {
+  return builtObject('listener_sweep.bpf.o');
 }
 let binding: NativeBinding | undefined;
 

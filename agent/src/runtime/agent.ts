@@ -217,7 +217,16 @@ export class Agent {
     this.conntrack = await this.skipConntrack(path);
     const { attached, skipped } = path.interfaces;
     this.log.info(
-      { kernelFastPath: this.config.datapath.kernelFastPath, cgroup: choice.cgroup, interfaces: attached, skipped, pinDir: this.config.datapath.fastPathPinDir, conntrack: this.conntrack, tookOverKept: path.tookOver },
+      {
+        kernelFastPath: this.config.datapath.kernelFastPath,
+        cgroup: choice.cgroup,
+        interfaces: attached,
+        skipped,
+        pinDir: this.config.datapath.fastPathPinDir,
+        conntrack: this.conntrack,
+        tookOverKept: path.tookOver,
+        listenerSweep: path.listenerSweep,
+      },
       'kernel fast path running',
     );
   }
@@ -339,6 +348,7 @@ export class Agent {
       refusedEntries: path.refused,
       cloakedPorts: path.cloakedPorts,
       listenersOnQueue: path.listenersOnQueue,
+      listenerSweep: path.listenerSweep,
       conntrack: this.conntrack,
     };
   }
