@@ -3,7 +3,7 @@
 // as the agent sees locally generated packets; `withValidChecksums` completes them.
 import { ipv4HeaderChecksum, tcpChecksum, writeUint16 } from '../../agent/src/datapath/checksum.ts';
 import { ParsedPacket, parsePacket } from '../../agent/src/datapath/packet.ts';
-import { LINUX_HANDSHAKE } from '../../agent/src/handshake/rehearsal.ts';
+import { LINUX_HANDSHAKE, LINUX_HANDSHAKE_IPV6 } from '../../agent/src/handshake/rehearsal.ts';
 
 export function hex(text: string): Uint8Array {
   return Uint8Array.from(Buffer.from(text.replace(/\s+/g, ''), 'hex'));
@@ -58,20 +58,11 @@ export const IPV4_SYN_FULL_OPTIONS = hex(`
   f002 faf0 0000 0000 0204 05b4 0402 080a 99bf 1f9f 0000 0000 0303 0a${'01'.repeat(20)}00`);
 
 /** Linux IPv6 SYN: mss 1440, sackOK, TS, nop, wscale 10. */
-export const IPV6_SYN = hex(`
-  6004 b6be 0028 0640 fd53 5350 0000 0005 0000 0000 0000 0001 fd53 5350 0000 0005
-  0000 0000 0000 0002 bd16 1b58 b5ad f583 0000 0000 a002 fd20 a183 0000 0204 05a0
-  0402 080a 0772 c59e 0000 0000 0103 030a`);
+export const IPV6_SYN = Uint8Array.from(LINUX_HANDSHAKE_IPV6.syn);
 
-export const IPV6_SYN_ACK = hex(`
-  6007 ffd0 0028 0640 fd53 5350 0000 0005 0000 0000 0000 0002 fd53 5350 0000 0005
-  0000 0000 0000 0001 1b58 bd16 9b2c f85d b5ad f584 a012 fb04 a183 0000 0204 05a0
-  0402 080a 0b96 b8eb 0772 c59e 0103 030a`);
+export const IPV6_SYN_ACK = Uint8Array.from(LINUX_HANDSHAKE_IPV6.synAck);
 
-export const IPV6_ACK = hex(`
-  6004 b6be 0020 0640 fd53 5350 0000 0005 0000 0000 0000 0001 fd53 5350 0000 0005
-  0000 0000 0000 0002 bd16 1b58 b5ad f584 9b2c f85e 8010 0040 a17b 0000 0101 080a
-  0772 c59e 0b96 b8eb`);
+export const IPV6_ACK = Uint8Array.from(LINUX_HANDSHAKE_IPV6.ack);
 
 /** IPv6 SYN behind a hop-by-hop header (8 bytes: next=TCP, len 0, PadN). */
 export const IPV6_HOP_BY_HOP_SYN = hex(`

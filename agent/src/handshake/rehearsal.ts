@@ -31,9 +31,21 @@ export const LINUX_HANDSHAKE = {
   ack: Buffer.from('45000034aaab40004006706c0ad505010ad5050264961b58cda47bf433338acb8010003f1fd300000101080a99bf1f9f587cbabc', 'hex'),
 } as const;
 
+/** The same over IPv6, as captured in the lab: SYN (mss 1440, sackOK, TS, wscale), its SYN-ACK, the first ACK. */
+export const LINUX_HANDSHAKE_IPV6 = {
+  syn: Buffer.from('6004b6be00280640fd535350000000050000000000000001fd535350000000050000000000000002bd161b58b5adf58300000000a002fd20a1830000020405a00402080a0772c59e000000000103030a', 'hex'),
+  synAck: Buffer.from('6007ffd000280640fd535350000000050000000000000002fd5353500000000500000000000000011b58bd169b2cf85db5adf584a012fb04a1830000020405a00402080a0b96b8eb0772c59e0103030a', 'hex'),
+  ack: Buffer.from('6004b6be00200640fd535350000000050000000000000001fd535350000000050000000000000002bd161b58b5adf5849b2cf85e80100040a17b00000101080a0772c59e0b96b8eb', 'hex'),
+} as const;
+
+/** Where each family's handshake keeps its addresses and its TCP header. */
+const FAMILIES = [
+  { packets: LINUX_HANDSHAKE, ipVersion: 4, sourceOffset: 12, tcpOffset: 20 },
+  { packets: LINUX_HANDSHAKE_IPV6, ipVersion: 6, sourceOffset: 8, tcpOffset: 40 },
+] as const;
+type Family = (typeof FAMILIES)[number];
+
 const TRUST_DOMAIN = 'rehearsal.synpass.invalid';
-const IPV4_HEADER = 20;
-const SOURCE_ADDRESS = 12;
 const FIRST_PORT = 1024;
 /** Handshakes between two ends before they are replaced: bounds what the rehearsal holds at once. */
 const ROUND = 100;
@@ -93,11 +105,12 @@ function freshEnd(local: LocalIdentity, options: RehearsalOptions): End {
   return end;
 }
 
-/** A template of LINUX_HANDSHAKE with the client's port set (source or destination) and a full TCP checksum. */
-function withClientPort(template: Buffer, port: number, clientPortOffset: number): Uint8Array {
+/** A packet of a family's handshake with the client's port set (source or destination) and a full TCP checksum. */
+function withClientPort(family: Family, template: Buffer, port: number, clientPortOffset: number): Uint8Array {
   const packet = Uint8Array.from(template);
-  writeUint16(packet, IPV4_HEADER + clientPortOffset, port);
-  writeUint16(packet, IPV4_HEADER + 16, tcpChecksum(packet, 4, SOURCE_ADDRESS, IPV4_HEADER, packet.length - IPV4_HEADER));
+  const { ipVersion, sourceOffset, tcpOffset } = family;
+  writeUint16(packet, tcpOffset + clientPortOffset, port);
+  writeUint16(packet, tcpOffset + 16, tcpChecksum(packet, ipVersion, sourceOffset, tcpOffset, packet.length - tcpOffset));
   return packet;
 }
 
@@ -126,13 +139,16 @@ export async function rehearseFirstContacts(count: number, options: RehearsalOpt
     for (const end of [client, server]) end.verifier.reconfigure(end.local.bundles, { kex: end.local.kex, kexRaw: end.local.kexRaw });
     client.handler.forgetServers();
     const port = FIRST_PORT + (done % ROUND);
-    const syn = step('client SYN', client, client.queue.deliver(withClientPort(LINUX_HANDSHAKE.syn, port, 0), 'egress'));
+    // IPv4 and IPv6 in turn: each family's parsing and addresses get compiled too.
+    const family = FAMILIES[done % FAMILIES.length]!;
+    const { packets } = family;
+    const syn = step('client SYN', client, client.queue.deliver(withClientPort(family, packets.syn, port, 0), 'egress'));
     step('server SYN', server, server.queue.deliver(syn, 'ingress'));
-    const synAck = step('server SYN-ACK', server, server.queue.deliver(withClientPort(LINUX_HANDSHAKE.synAck, port, 2), 'egress'));
+    const synAck = step('server SYN-ACK', server, server.queue.deliver(withClientPort(family, packets.synAck, port, 2), 'egress'));
     const answered = client.queue.deliver(synAck, 'ingress');
     step('client SYN-ACK', client, answered);
     if (answered.released) throw new RehearsalError('handshake-failed', 'rehearsal: the client released at the SYN-ACK, as for a known server', { step: 'client SYN-ACK' });
-    const ack = step('client ACK', client, client.queue.deliver(withClientPort(LINUX_HANDSHAKE.ack, port, 0), 'egress'));
+    const ack = step('client ACK', client, client.queue.deliver(withClientPort(family, packets.ack, port, 0), 'egress'));
     step('server ACK', server, server.queue.deliver(ack, 'ingress'));
     await nextTurn();
   }

@@ -2,7 +2,7 @@
 // the real engine and handshake code, each one a first contact; it ends early when told to.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { LINUX_HANDSHAKE, rehearseFirstContacts } from '../../../agent/src/handshake/rehearsal.ts';
+import { LINUX_HANDSHAKE, LINUX_HANDSHAKE_IPV6, rehearseFirstContacts } from '../../../agent/src/handshake/rehearsal.ts';
 import { ParsedPacket, parsePacket } from '../../../agent/src/datapath/packet.ts';
 
 describe('first-contact rehearsal', () => {
@@ -30,14 +30,21 @@ describe('first-contact rehearsal', () => {
     });
   });
 
-  it('rehearses a handshake Linux sends: SYN, its SYN-ACK and the first ACK of one connection', () => {
-    const parsed = Object.values(LINUX_HANDSHAKE).map((bytes) => {
-      const packet = new ParsedPacket();
-      assert.ok(parsePacket(bytes, 0, bytes.length, packet), packet.status);
-      return packet;
-    });
-    const [syn, synAck, ack] = parsed as [ParsedPacket, ParsedPacket, ParsedPacket];
-    assert.equal(synAck.acknowledgment, (syn.sequence + 1) >>> 0);
-    assert.deepEqual([ack.sequence, ack.acknowledgment], [(syn.sequence + 1) >>> 0, (synAck.sequence + 1) >>> 0]);
+  it('completes IPv6 handshakes as well as IPv4 ones (they alternate)', async () => {
+    // The second handshake is the first IPv6 one: a failure there names its step.
+    assert.equal((await rehearseFirstContacts(2, { signingKey: 'ed25519' })).handshakes, 2);
   });
+
+  for (const [family, handshake] of [['IPv4', LINUX_HANDSHAKE], ['IPv6', LINUX_HANDSHAKE_IPV6]] as const) {
+    it(`rehearses a handshake Linux sends over ${family}: SYN, its SYN-ACK and the first ACK of one connection`, () => {
+      const parsed = Object.values(handshake).map((bytes) => {
+        const packet = new ParsedPacket();
+        assert.ok(parsePacket(bytes, 0, bytes.length, packet), packet.status);
+        return packet;
+      });
+      const [syn, synAck, ack] = parsed as [ParsedPacket, ParsedPacket, ParsedPacket];
+      assert.equal(synAck.acknowledgment, (syn.sequence + 1) >>> 0);
+      assert.deepEqual([ack.sequence, ack.acknowledgment], [(syn.sequence + 1) >>> 0, (synAck.sequence + 1) >>> 0]);
+    });
+  }
 });
