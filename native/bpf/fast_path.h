@@ -172,7 +172,7 @@ enum fast_counter {
 enum sweep_outcome {
   SWEEP_ENABLED = 1,     /* its SYN-ACKs now call the sock_ops program */
   SWEEP_ALREADY = 2,     /* it began listening while the programs were attached (or an earlier sweep) */
-  SWEEP_UNSUPPORTED = 3, /* the kernel lets no iterator read or set the flag (before Linux 6.10) */
+  SWEEP_UNSUPPORTED = 3, /* the kernel lets no iterator read or set the flag (before Linux 6.12) */
 };
 struct sweep_record {
   __u16 port;

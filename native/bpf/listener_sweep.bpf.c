@@ -7,7 +7,7 @@
  * writes one record per such listener for the agent: port, family, and whether it was enabled
  * before. Unlike fast_path.bpf.c it reads kernel structs (CO-RE, relocated by libbpf against the
  * running kernel's BTF) and is a tracing program: loading it needs CAP_PERFMON, and setting the
- * flag from an iterator needs Linux 6.10 or later. The agent runs without it when either lacks. */
+ * flag from an iterator needs Linux 6.12 or later. The agent runs without it when either lacks. */
 #include <linux/bpf.h>
 #include <linux/types.h>
 #include <bpf/bpf_core_read.h>

@@ -26,7 +26,7 @@ export function summarizeSweep(listeners: readonly SweptListener[]): ListenerSwe
   return {
     enabled: [...enabled].sort((a, b) => a - b),
     alreadyEnabled: already.size,
-    notRun: unsupported > 0 && enabled.size === 0 ? 'this kernel lets no iterator set the socket flag (Linux 6.10 or later)' : null,
+    notRun: unsupported > 0 && enabled.size === 0 ? 'this kernel lets no iterator set the socket flag (that needs Linux 6.12 or later)' : null,
   };
 }
 

@@ -23,10 +23,10 @@ describe('listener sweep outcome', () => {
     assert.deepEqual(sweep, { enabled: [7000, 8443], alreadyEnabled: 1, notRun: null });
   });
 
-  it('says so when the kernel let it set nothing (before Linux 6.10)', () => {
+  it('says so when the kernel let it set nothing (before Linux 6.12)', () => {
     const sweep = summarizeSweep([{ port: 7000, family: 4, outcome: SweepOutcome.Unsupported }]);
     assert.deepEqual(sweep.enabled, []);
-    assert.match(sweep.notRun ?? '', /Linux 6\.10/);
+    assert.match(sweep.notRun ?? '', /Linux 6\.12/);
   });
 
   it('met no listener: nothing to say', () => {
