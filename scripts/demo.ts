@@ -65,10 +65,12 @@ const lab = Lab.up('demo', 7, { kernel: true });
 const rows: Row[] = [];
 try {
   const files = await prepareIdentities(lab, directory);
-  process.stderr.write('demo: lab up, keys issued; starting agents\n');
+  // The service runs before synpass does, as on a host where it is installed later: the agent's
+  // listener sweep puts it on the kernel fast path (docs/operations.md, Which services).
+  await lab.peer('api', ['server', '8080', 'http']).waitFor((l) => l.listening === 8080);
+  process.stderr.write('demo: lab up, keys issued, api serving; starting agents\n');
   const api = await lab.startAgent('api', ['--config', files.configs.api]);
   const web = await lab.startAgent('web', ['--config', files.configs.web]);
-  await lab.peer('api', ['server', '8080', 'http']).waitFor((l) => l.listening === 8080);
   const apiAddress = lab.address('api');
 
   // 1. web -> api over HTTP, captured on the bridge for the replay below.

@@ -345,7 +345,8 @@ export class Lab {
     // `ip netns exec` depends on the machine (it remounts /sys, which usually hides it). Another
     // build (compare-builds) may predate the flags `--kernel-fast-path` and `--fast-path-state-file`:
     // it gets neither, and keeps its kernel tables where its configuration says, if anywhere.
-    const thisBuild = command[1] === BUILT_CLI;
+    // The CLI comes last: a command may run it through a wrapper (setpriv with fewer capabilities).
+    const thisBuild = command[command.length - 1] === BUILT_CLI;
     const kernel = this.options.kernel !== true ? (thisBuild ? ['--kernel-fast-path', 'off'] : []) : [...this.kernelFlags(host), ...(thisBuild ? ['--fast-path-state-file', this.savedTablesFile(host)] : [])];
     const child = this.spawn(host, [...command, 'agent', 'run', '--status-socket', socket, '--whois-socket', whois, ...targets, ...kernel, ...extraArgs], {
       env,

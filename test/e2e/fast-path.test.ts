@@ -528,6 +528,37 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     }
   });
 
+  it('runs with exactly the capabilities the systemd unit grants; without CAP_PERFMON the kernel refuses its programs and the agent says why', async () => {
+    // The unit's bounding set, as setpriv takes it: root keeps only these across exec.
+    const unit = readFileSync(join(ROOT, 'deploy/systemd/synpass.service'), 'utf8');
+    const granted = /^CapabilityBoundingSet=(.*)$/m.exec(unit)![1]!.trim().split(/\s+/).map((cap) => cap.replace(/^CAP_/, '').toLowerCase());
+    assert.deepEqual(granted, ['bpf', 'net_admin', 'net_raw', 'perfmon']);
+    const startWith = async (caps: string[]) => {
+      await api.process.stop('SIGTERM');
+      api = await lab.startAgent('api', ['--config', fixture.files.configs.api], { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(SOURCE_RATE) }, true, ['setpriv', '--bounding-set', ['-all', ...caps.map((cap) => `+${cap}`)].join(','), ...synpassCommand()]);
+      const effective = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync(`/proc/${api.process.pid}/status`, 'utf8'))![1]!;
+      assert.equal(BigInt(`0x${effective}`).toString(2).replace(/0/g, '').length, caps.length, `the agent holds ${caps.length} capabilities`);
+      return fast(api);
+    };
+    try {
+      const withUnit = await startWith(granted);
+      assert.equal(withUnit.running, true, withUnit.reason);
+      assert.equal(withUnit.listenerSweep?.notRun, null, JSON.stringify(withUnit.listenerSweep));
+      // One connection teaches both kernels the pair if they do not hold it yet; then it stays there.
+      assert.equal(await http(), true);
+      await connectsInKernel();
+
+      const withoutPerfmon = await startWith(granted.filter((cap) => cap !== 'perfmon'));
+      assert.equal(withoutPerfmon.running, false);
+      assert.match(withoutPerfmon.reason, /Permission denied \(the kernel fast path needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON\)/);
+      // `auto`: the queue does the work, a known pair still connects.
+      assert.equal(await http(), true);
+    } finally {
+      await api.process.stop('SIGTERM');
+      api = await startApi();
+    }
+  });
+
   it('without the saved table (`off`), a restarted agent\'s clients fall back to first contact once, then the pair is fast again', async () => {
     await api.process.stop('SIGTERM');
     api = await startApi('--fast-path-state-file', 'off');

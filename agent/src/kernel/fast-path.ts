@@ -35,6 +35,9 @@ import {
   type KernelEvent,
 } from './layouts.ts';
 
+const EPERM = 1;
+const EACCES = 13;
+
 export class KernelPathError extends SynpassError<'attach' | 'map'> {
   override readonly name = 'KernelPathError';
 }
@@ -145,7 +148,10 @@ export class KernelFastPath implements KernelPath {
     try {
       loaded = native.fastPathLoad(fastPathObjectPath(), options.pinDir);
     } catch (cause) {
-      throw new KernelPathError('attach', (cause as Error).message, { pinDir: options.pinDir }, { cause });
+      // The verifier refuses the tc program's option walk (stack reads at a computed offset) to a
+      // process without CAP_PERFMON, with EACCES; missing CAP_BPF gives EPERM.
+      const refused = [EPERM, EACCES].includes((cause as ErrnoError).errno ?? 0) ? ' (the kernel fast path needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)' : '';
+      throw new KernelPathError('attach', `${(cause as Error).message}${refused}`, { pinDir: options.pinDir }, { cause });
     }
     return new KernelFastPath(native, options, loaded);
   }
@@ -172,8 +178,8 @@ export class KernelFastPath implements KernelPath {
   /**
    * Listeners that were open before the programs were attached (a host's services at the agent's
    * first start, after a reboot) never ask the sock_ops program for SYN-ACK options: the sweep
-   * makes them ask, so their known pairs reach the kernel too. Without it (no CAP_PERFMON, an
-   * older kernel) they stay on the queue, and listenersOnQueue names them as they are met.
+   * makes them ask, so their known pairs reach the kernel too. Without it (no BTF, a kernel before
+   * 6.12) they stay on the queue, and listenersOnQueue names them as they are met.
    */
   private sweepListeners(): void {
     try {
