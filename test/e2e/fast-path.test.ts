@@ -515,6 +515,9 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       // The web service on PORT began listening under an earlier run (or was swept at the first start).
       assert.ok(sweep.alreadyEnabled >= 1, JSON.stringify(sweep));
       assert.deepEqual((await fast(api)).listenerSweep, sweep);
+      // Loaded, run and unloaded at start: nothing of the sweep stays in the kernel.
+      assert.doesNotMatch(execFileSync('bpftool', ['prog', 'show'], { encoding: 'utf8' }), /synpass_sweep/);
+      assert.doesNotMatch(execFileSync('bpftool', ['map', 'show'], { encoding: 'utf8' }), /sweep_cgroup/);
       // Whatever web still knows, one connection teaches both kernels the pair; the listener's
       // SYN-ACKs carry the ready option (or its MAC), so the next connection stays in the kernel.
       assert.equal(await echo('learn'), 'learn');
