@@ -422,7 +422,9 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
 }
 
 /* Whether any option has the marker's kind, wherever it sits: what the rules' `--tcp-option`
- * test matches. An option list that does not parse counts as having one. */
+ * test matches. An option list that does not parse counts as having one. Reading the stack at a
+ * computed offset, as this walk does, passes the verifier only with CAP_PERFMON, which the agent
+ * therefore needs (docs/operations.md, Kernel fast path). */
 static __always_inline int any_marker_option(struct __sk_buff *skb, const struct parsed *p) {
   /* 64 bytes, so that an index masked with 63 stays inside: the verifier's proof of bounds. */
   __u8 options[64] = {};
