@@ -4,6 +4,7 @@
 // detached (or kept) at stop. The kernel does the per-packet work; this class runs only at first
 // contact, on reloads and once a second.
 import { statSync } from 'node:fs';
+import { constants } from 'node:os';
 import { fastPathObjectPath, listenerSweepObjectPath, loadBinding, type ErrnoError, type FastPathInterfaces, type FastPathLoaded, type NativeBinding } from '../native/addon.ts';
 import { SynpassError } from '../errors.ts';
 import type { TableSize } from '../datapath/handler.ts';
@@ -34,9 +35,6 @@ import {
   type FastCounter,
   type KernelEvent,
 } from './layouts.ts';
-
-const EPERM = 1;
-const EACCES = 13;
 
 export class KernelPathError extends SynpassError<'attach' | 'map'> {
   override readonly name = 'KernelPathError';
@@ -150,7 +148,7 @@ export class KernelFastPath implements KernelPath {
     } catch (cause) {
       // The verifier refuses the tc program's option walk (stack reads at a computed offset) to a
       // process without CAP_PERFMON, with EACCES; missing CAP_BPF gives EPERM.
-      const refused = [EPERM, EACCES].includes((cause as ErrnoError).errno ?? 0) ? ' (the kernel fast path needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)' : '';
+      const refused = [constants.errno.EPERM, constants.errno.EACCES].includes((cause as ErrnoError).errno ?? 0) ? ' (the kernel fast path needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)' : '';
       throw new KernelPathError('attach', `${(cause as Error).message}${refused}`, { pinDir: options.pinDir }, { cause });
     }
     return new KernelFastPath(native, options, loaded);

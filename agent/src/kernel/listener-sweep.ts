@@ -1,8 +1,7 @@
 // What the listener sweep (native/bpf/listener_sweep.bpf.c) did at attach: the listeners that
 // were already open when the fast path's programs were attached, and now answer fast SYNs too.
+import { constants } from 'node:os';
 import { SweepOutcome, type ErrnoError, type SweptListener } from '../native/addon.ts';
-
-const EPERM = 1;
 
 export interface ListenerSweep {
   /** Ports of the listeners the sweep put on the fast path (open before its programs were attached), in order. */
@@ -32,6 +31,6 @@ export function summarizeSweep(listeners: readonly SweptListener[]): ListenerSwe
 
 /** A sweep the kernel refused: nothing swept, and why. */
 export function refusedSweep(error: unknown): ListenerSweep {
-  const reason = (error as ErrnoError).errno === EPERM ? 'needs CAP_PERFMON (a BPF iterator is a tracing program)' : (error as Error).message;
+  const reason = (error as ErrnoError).errno === constants.errno.EPERM ? 'needs CAP_PERFMON (a BPF iterator is a tracing program)' : (error as Error).message;
   return { enabled: [], alreadyEnabled: 0, notRun: reason };
 }
