@@ -133,7 +133,7 @@ try {
     connection: 'outsider -> api:8080 (no agent)',
     expected: 'cloaked',
     result: 'echoed' in outsider ? 'connected' : 'cloaked',
-    reason: outsiderVerdict === undefined ? kernelReason(outsiderKernel, await kernelView(api)) : reasonOf(outsiderVerdict),
+    reason: dropReason(kernelReason(outsiderKernel, await kernelView(api)), outsiderVerdict),
     identity: '-',
   });
 
@@ -150,7 +150,7 @@ try {
     connection: 'outsider raw SYN scan of api:8080,7000',
     expected: 'cloaked',
     result: replies === 0 ? 'cloaked' : `${replies} replies`,
-    reason: scanVerdict === undefined ? kernelReason(scanKernel, await kernelView(api)) : reasonOf(scanVerdict),
+    reason: dropReason(kernelReason(scanKernel, await kernelView(api)), scanVerdict),
     identity: '-',
   });
 
@@ -222,6 +222,15 @@ function decodes(hex: string): ParsedPacket | null {
 }
 
 /** A logged verdict's reason; the kernel fast path's own verdicts say so. */
+/**
+ * A drop's reason: the kernel's counters when they moved (its flow-log line may have been folded
+ * into a `drops` summary, which names no path, when the same source was dropped a moment before),
+ * else the agent's verdict.
+ */
+function dropReason(kernel: string, line: Record<string, unknown> | undefined): string {
+  return kernel !== '-' ? kernel : reasonOf(line);
+}
+
 function reasonOf(line: Record<string, unknown> | undefined): string {
   if (typeof line?.reason !== 'string') return '-';
   return line.path === 'kernel' ? `${line.reason} (kernel)` : line.reason;
