@@ -264,7 +264,7 @@ export class Lab {
   /**
    * With `workload` (a kernel lab), the process runs in that workload cgroup of the host
    * (workloadCgroup); with `outsideCgroup`, in none of the host's: its programs never see its
-   * sockets, as with a service that began listening before them.
+   * sockets, and the listener sweep leaves them alone.
    */
   spawn(host: Host | 'sw', command: string[], options: { stdin?: boolean; env?: Record<string, string>; workload?: string; outsideCgroup?: boolean } = {}): NetnsProcess {
     const inCgroup = this.options.kernel === true && host !== 'sw' && options.outsideCgroup !== true;

@@ -307,8 +307,8 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const LISTENERS_WARNING = 'listeners not on the kernel fast path';
     const echo = async (text: string) => (await lab.peerOnce('web', ['echo', lab.address('api'), String(ECHO), text])).echoed;
     await echoServer.stop();
-    // Outside api's cgroup the sock_ops program never sees the socket listen, as with a service
-    // that was listening before the agent first started.
+    // Outside api's cgroup the sock_ops program never sees the socket listen, and the listener
+    // sweep leaves it alone.
     const outside = lab.peer('api', ['server', String(ECHO), 'echo'], { outsideCgroup: true });
     await outside.waitFor((l) => l.listening === ECHO);
     // web forgets api: its next connect to the port is a first contact on the queue.

@@ -97,8 +97,9 @@ export interface KernelPath {
   /**
    * Server side, at the SYN-ACK of a handshake the kernel could take: whether the listener of
    * local `port` signs answers to fast SYNs (its SYN-ACK carries the ready option). One that does
-   * not began listening before the programs were attached, or outside their cgroup, and keeps its
-   * pairs on the queue until it listens again.
+   * not listens outside the programs' cgroup, or began listening before they were attached and was
+   * not swept (no CAP_PERFMON, an older kernel), and keeps its pairs on the queue until it listens
+   * again.
    */
   listenerAnswered(port: number, ready: boolean): void;
   /** Whether the kernel took the entry (a full table refuses it; the next connection is queued). */

@@ -209,7 +209,7 @@ export class Agent {
       if (listeners.length > 0) {
         this.log.warn(
           { ports: listeners, cgroup: choice.cgroup },
-          'listeners not on the kernel fast path: they began listening before its programs were attached, or outside their cgroup; their known pairs stay on the queue until they listen again (restart the service)',
+          'listeners not on the kernel fast path: they listen outside its cgroup, or began listening before its programs were attached and the listener sweep could not run; their known pairs stay on the queue until they listen again (restart the service)',
         );
       }
     }, 1000);

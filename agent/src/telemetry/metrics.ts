@@ -117,7 +117,7 @@ export class AgentMetrics {
     });
     new Gauge({
       name: 'synpass_kernel_fast_path_listeners_on_queue',
-      help: 'Local ports whose listener answered a known pair without the kernel fast path (it began listening before the programs were attached, or outside their cgroup): their pairs stay on the queue until it listens again; status lists the ports',
+      help: 'Local ports whose listener answered a known pair without the kernel fast path (it listens outside the cgroup of the programs, or began listening before they were attached and was not swept): their pairs stay on the queue until it listens again; status lists the ports',
       registers,
       collect() {
         this.set(source.kernelFastPath().listenersOnQueue);
