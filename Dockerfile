@@ -27,7 +27,7 @@ COPY --from=build /src/dist ./dist
 COPY --from=build /src/native/build/Release/synpass_nfq.node /src/native/build/Release/fast_path.bpf.o /src/native/build/Release/listener_sweep.bpf.o ./native/build/Release/
 COPY policy ./policy
 # iptables needs uid 0 for its tables and lock; the DaemonSet and the systemd unit cut the
-# capabilities down to BPF, NET_ADMIN, NET_RAW and PERFMON.
+# capabilities down to BPF, NET_ADMIN and NET_RAW.
 USER 0
 # The agent's memory budget (docs/operations.md, Memory): a held heap keeps RSS under 200 MiB.
 ENV NODE_OPTIONS="--max-old-space-size=128 --max-semi-space-size=8"

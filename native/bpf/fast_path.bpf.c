@@ -273,9 +273,8 @@ struct parsed {
 
 /* Offset (from option_base) of the fast option of `length`, or -1. Linux writes the options a
  * BPF program reserves after its own, and ours fill whole words, so a fast option is the last
- * `length` bytes of the header: one read, no walk over the options. (A walk would need
- * CAP_PERFMON: without it the verifier also checks every speculative path of the loop and gives
- * up.) An option elsewhere is not looked for, so such a SYN meets the queue, which drops it. */
+ * `length` bytes of the header: one read, no walk over the options. An option elsewhere is not
+ * looked for, so such a SYN meets the queue, which drops it. */
 static __always_inline int find_fast_option(struct __sk_buff *skb, const struct parsed *p, __u8 length) {
   __u8 head[4];
   if (p->option_bytes < length || p->option_bytes > MAX_OPTION_BYTES) return -1;
@@ -421,31 +420,43 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
   return TC_ACT_OK;
 }
 
-/* Whether any option has the marker's kind, wherever it sits: what the rules' `--tcp-option`
- * test matches. An option list that does not parse counts as having one. Reading the stack at a
- * computed offset, as this walk does, passes the verifier only with CAP_PERFMON, which the agent
- * therefore needs (docs/operations.md, Kernel fast path). */
-static __always_inline int any_marker_option(struct __sk_buff *skb, const struct parsed *p) {
-  /* 64 bytes, so that an index masked with 63 stays inside: the verifier's proof of bounds. */
-  __u8 options[64] = {};
-  __u32 bytes = p->option_bytes;
-  if (bytes == 0) return 0;
-  if (bytes > MAX_OPTION_BYTES || bpf_skb_load_bytes(skb, p->option_base, options, bytes) < 0) return 1;
-  __u32 at = 0;
-  /* Every step moves on by at least one byte: as many steps as bytes at most. */
-  for (__u32 step = 0; step < MAX_OPTION_BYTES && at < bytes; step++) {
-    __u8 kind = options[at & 63];
-    if (kind == 0) return 0;
-    if (kind == 1) {
-      at++;
-      continue;
-    }
-    if (kind == MARKER_KIND || at + 1 >= bytes) return 1;
-    __u8 length = options[(at + 1) & 63];
-    if (length < 2) return 1;
-    at += length;
+/* One walk over a segment's TCP options, stepped by bpf_loop. */
+struct option_walk {
+  struct __sk_buff *skb;
+  __u32 base;
+  __u32 bytes;
+  __u32 at;
+  int marker;
+};
+
+/* One option of the walk: 1 to stop (with `marker` set), 0 to go on. Each step reads the
+ * option's kind and length from the packet into fixed stack slots, and the walk runs under
+ * bpf_loop, whose callback the verifier checks once: indexing a buffer at a computed offset
+ * passes only with CAP_PERFMON (Spectre hardening), and an unrolled or bounded loop of packet
+ * reads gives the verifier a state per step and option kind, more than it explores. */
+static long option_step(__u32 index, struct option_walk *walk) {
+  __u32 at = walk->at;
+  if (at >= walk->bytes) return 1;
+  __u8 option[2] = {};
+  int whole = at + 2 <= walk->bytes;
+  int read = whole ? bpf_skb_load_bytes(walk->skb, walk->base + at, option, 2) : bpf_skb_load_bytes(walk->skb, walk->base + at, option, 1);
+  if (read < 0 || (option[0] > 1 && (option[0] == MARKER_KIND || !whole || option[1] < 2))) {
+    walk->marker = 1;
+    return 1;
   }
+  if (option[0] == 0) return 1;
+  walk->at = at + (option[0] == 1 ? 1 : option[1]);
   return 0;
+}
+
+/* Whether any option has the marker's kind, wherever it sits: what the rules' `--tcp-option`
+ * test matches. An option list that does not parse counts as having one. */
+static __always_inline int any_marker_option(struct __sk_buff *skb, const struct parsed *p) {
+  if (p->option_bytes > MAX_OPTION_BYTES) return 1;
+  struct option_walk walk = {.skb = skb, .base = p->option_base, .bytes = p->option_bytes};
+  /* Every step moves on by at least one byte: as many steps as bytes at most. */
+  bpf_loop(MAX_OPTION_BYTES, option_step, &walk, 0);
+  return walk.marker;
 }
 
 /* A later segment of a connection the fast path judged leaves conntrack out, and skips the

@@ -7,8 +7,8 @@
  * writes one record per such listener for the agent: port, family, and whether it was enabled
  * before. Unlike fast_path.bpf.c it reads kernel structs (CO-RE, relocated by libbpf against the
  * running kernel's BTF) and is a tracing program: loading it needs CAP_PERFMON (which the fast
- * path needs anyway), and setting the flag from an iterator needs Linux 6.12 or later. The fast
- * path runs without the sweep when it cannot run. */
+ * path itself does not need), and setting the flag from an iterator needs Linux 6.12 or later.
+ * The fast path runs without the sweep when it cannot run. */
 #include <linux/bpf.h>
 #include <linux/types.h>
 #include <bpf/bpf_core_read.h>

@@ -146,9 +146,9 @@ export class KernelFastPath implements KernelPath {
     try {
       loaded = native.fastPathLoad(fastPathObjectPath(), options.pinDir);
     } catch (cause) {
-      // The verifier refuses the tc program's option walk (stack reads at a computed offset) to a
-      // process without CAP_PERFMON, with EACCES; missing CAP_BPF gives EPERM.
-      const refused = [constants.errno.EPERM, constants.errno.EACCES].includes((cause as ErrnoError).errno ?? 0) ? ' (the kernel fast path needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)' : '';
+      // Missing CAP_BPF gives EPERM; a verifier that refuses what it would take from a more
+      // privileged process, EACCES.
+      const refused = [constants.errno.EPERM, constants.errno.EACCES].includes((cause as ErrnoError).errno ?? 0) ? ' (the kernel fast path needs CAP_BPF and CAP_NET_ADMIN)' : '';
       throw new KernelPathError('attach', `${(cause as Error).message}${refused}`, { pinDir: options.pinDir }, { cause });
     }
     return new KernelFastPath(native, options, loaded);

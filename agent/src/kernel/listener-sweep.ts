@@ -31,6 +31,6 @@ export function summarizeSweep(listeners: readonly SweptListener[]): ListenerSwe
 
 /** A sweep the kernel refused: nothing swept, and why. */
 export function refusedSweep(error: unknown): ListenerSweep {
-  const reason = (error as ErrnoError).errno === constants.errno.EPERM ? 'needs CAP_PERFMON (a BPF iterator is a tracing program)' : (error as Error).message;
+  const reason = (error as ErrnoError).errno === constants.errno.EPERM ? 'needs CAP_PERFMON (a BPF iterator is a tracing program; the fast path runs without it)' : (error as Error).message;
   return { enabled: [], alreadyEnabled: 0, notRun: reason };
 }

@@ -72,14 +72,14 @@ describe('deploy/kubernetes', () => {
     await assert.rejects(() => validate(daemonSet));
   });
 
-  it('the DaemonSet: host network, only BPF, NET_ADMIN, NET_RAW and PERFMON, bpffs and the cgroup tree mounted, not privileged, probes, limits', () => {
+  it('the DaemonSet: host network, only BPF, NET_ADMIN and NET_RAW, bpffs and the cgroup tree mounted, not privileged, probes, limits', () => {
     const daemonSet = objects.find((o) => o.kind === 'DaemonSet')!;
     const pod = (daemonSet.spec as { template: { spec: Record<string, unknown> } }).template.spec;
     assert.equal(pod.hostNetwork, true);
     const container = (pod.containers as Record<string, unknown>[])[0]!;
     const security = container.securityContext as { privileged: boolean; capabilities: { add: string[]; drop: string[] } };
     assert.equal(security.privileged, false);
-    assert.deepEqual(security.capabilities.add, ['BPF', 'NET_ADMIN', 'NET_RAW', 'PERFMON']);
+    assert.deepEqual(security.capabilities.add, ['BPF', 'NET_ADMIN', 'NET_RAW']);
     assert.deepEqual(security.capabilities.drop, ['ALL']);
     assert.equal((container.readinessProbe as { httpGet: { path: string } }).httpGet.path, '/readyz');
     assert.equal((container.livenessProbe as { httpGet: { path: string } }).httpGet.path, '/healthz');
