@@ -322,78 +322,109 @@ Napi::Value Detach(const Napi::CallbackInfo& info) {
   return result;
 }
 
-// fastPathSweepListeners(objectPath, cgroupPath) -> [{ port, family, outcome }]
-// Runs the listener sweep (listener_sweep.bpf.c) once over this network namespace's TCP sockets:
-// every listener in the cgroup or below it gets its SYN-ACKs handed to the sock_ops program.
-// Loaded, run and unloaded here; nothing stays. Throws with the errno when the kernel refuses
-// (EPERM without CAP_PERFMON).
+// The listener sweep's kernel work, off the event loop: loading the iterator has libbpf read the
+// kernel's BTF (about 50 ms), while the agent's queue is already bound and first contacts wait
+// on that loop.
+class SweepWorker : public Napi::AsyncWorker {
+ public:
+  SweepWorker(Napi::Env env, std::string object_path, std::string cgroup_path)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), object_path_(std::move(object_path)),
+        cgroup_path_(std::move(cgroup_path)) {}
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    struct stat cgroup = {};
+    if (stat(cgroup_path_.c_str(), &cgroup) != 0) return Fail("stat " + cgroup_path_, errno);
+    libbpf_set_print(nullptr);
+    struct bpf_object* object = bpf_object__open_file(object_path_.c_str(), nullptr);
+    if (object == nullptr) return Fail("open " + object_path_, errno);
+    struct bpf_link* link = nullptr;
+    int iterator = -1;
+    auto finish = [&]() {
+      if (iterator >= 0) close(iterator);
+      if (link != nullptr) bpf_link__destroy(link);
+      bpf_object__close(object);
+    };
+    auto fail = [&](const std::string& what, int error) {
+      finish();
+      Fail(what, error);
+    };
+    int rc = bpf_object__load(object);
+    if (rc != 0) return fail("load " + object_path_, rc);
+    struct bpf_map* target = bpf_object__find_map_by_name(object, "sweep_cgroup");
+    struct bpf_program* program = bpf_object__find_program_by_name(object, "synpass_sweep_listeners");
+    if (target == nullptr || program == nullptr) return fail("the sweep is missing from " + object_path_, ENOENT);
+    // A cgroup v2 directory's inode number is the cgroup id the kernel reports.
+    uint32_t zero = 0;
+    uint64_t cgroup_id = static_cast<uint64_t>(cgroup.st_ino);
+    if (bpf_map_update_elem(bpf_map__fd(target), &zero, &cgroup_id, BPF_ANY) != 0) return fail("sweep_cgroup", errno);
+    link = bpf_program__attach_iter(program, nullptr);
+    if (link == nullptr) return fail("attach the listener iterator", errno);
+    iterator = bpf_iter_create(bpf_link__fd(link));
+    if (iterator < 0) return fail("create the listener iterator", errno);
+    uint8_t chunk[4096];
+    for (;;) {
+      ssize_t got = read(iterator, chunk, sizeof(chunk));
+      if (got == 0) break;
+      if (got < 0) {
+        if (errno == EINTR) continue;
+        return fail("read the listener iterator", errno);
+      }
+      records_.insert(records_.end(), chunk, chunk + got);
+    }
+    finish();
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Array result = Napi::Array::New(env);
+    for (size_t at = 0; at + sizeof(struct sweep_record) <= records_.size(); at += sizeof(struct sweep_record)) {
+      struct sweep_record record;
+      memcpy(&record, records_.data() + at, sizeof(record));
+      Napi::Object listener = Napi::Object::New(env);
+      listener.Set("port", Napi::Number::New(env, record.port));
+      listener.Set("family", Napi::Number::New(env, record.family == AF_INET6 ? 6 : 4));
+      listener.Set("outcome", Napi::Number::New(env, record.outcome));
+      result.Set(result.Length(), listener);
+    }
+    deferred_.Resolve(result);
+  }
+
+  void OnError(const Napi::Error& failure) override {
+    failure.Set("errno", Napi::Number::New(Env(), error_));
+    deferred_.Reject(failure.Value());
+  }
+
+ private:
+  void Fail(const std::string& what, int error) {
+    error_ = error < 0 ? -error : error;
+    SetError(what + ": " + ErrnoText(error));
+  }
+
+  Napi::Promise::Deferred deferred_;
+  std::string object_path_;
+  std::string cgroup_path_;
+  std::vector<uint8_t> records_;
+  int error_ = 0;
+};
+
+// fastPathSweepListeners(objectPath, cgroupPath) -> Promise<[{ port, family, outcome }]>
+// Runs the listener sweep (listener_sweep.bpf.c) once over this network namespace's TCP sockets,
+// on a worker thread: every listener in the cgroup or below it gets its SYN-ACKs handed to the
+// sock_ops program. Loaded, run and unloaded there; nothing stays. Rejects with the errno when
+// the kernel refuses (EPERM without CAP_PERFMON).
 Napi::Value SweepListeners(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) {
     Napi::TypeError::New(env, "fastPathSweepListeners(objectPath, cgroupPath)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  std::string object_path = info[0].As<Napi::String>();
-  std::string cgroup_path = info[1].As<Napi::String>();
-  struct stat cgroup = {};
-  if (stat(cgroup_path.c_str(), &cgroup) != 0) {
-    ThrowErrno(env, "stat " + cgroup_path, errno);
-    return env.Undefined();
-  }
-  libbpf_set_print(nullptr);
-  struct bpf_object* object = bpf_object__open_file(object_path.c_str(), nullptr);
-  if (object == nullptr) {
-    ThrowErrno(env, "open " + object_path, errno);
-    return env.Undefined();
-  }
-  struct bpf_link* link = nullptr;
-  int iterator = -1;
-  auto finish = [&]() {
-    if (iterator >= 0) close(iterator);
-    if (link != nullptr) bpf_link__destroy(link);
-    bpf_object__close(object);
-  };
-  auto fail = [&](const std::string& what, int error) {
-    finish();
-    ThrowErrno(env, what, error);
-    return env.Undefined();
-  };
-  int rc = bpf_object__load(object);
-  if (rc != 0) return fail("load " + object_path, rc);
-  struct bpf_map* target = bpf_object__find_map_by_name(object, "sweep_cgroup");
-  struct bpf_program* program = bpf_object__find_program_by_name(object, "synpass_sweep_listeners");
-  if (target == nullptr || program == nullptr) return fail("the sweep is missing from " + object_path, ENOENT);
-  // A cgroup v2 directory's inode number is the cgroup id the kernel reports.
-  uint32_t zero = 0;
-  uint64_t cgroup_id = static_cast<uint64_t>(cgroup.st_ino);
-  if (bpf_map_update_elem(bpf_map__fd(target), &zero, &cgroup_id, BPF_ANY) != 0) return fail("sweep_cgroup", errno);
-  link = bpf_program__attach_iter(program, nullptr);
-  if (link == nullptr) return fail("attach the listener iterator", errno);
-  iterator = bpf_iter_create(bpf_link__fd(link));
-  if (iterator < 0) return fail("create the listener iterator", errno);
-  std::vector<uint8_t> records;
-  uint8_t chunk[4096];
-  for (;;) {
-    ssize_t got = read(iterator, chunk, sizeof(chunk));
-    if (got == 0) break;
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      return fail("read the listener iterator", errno);
-    }
-    records.insert(records.end(), chunk, chunk + got);
-  }
-  finish();
-  Napi::Array result = Napi::Array::New(env);
-  for (size_t at = 0; at + sizeof(struct sweep_record) <= records.size(); at += sizeof(struct sweep_record)) {
-    struct sweep_record record;
-    memcpy(&record, records.data() + at, sizeof(record));
-    Napi::Object listener = Napi::Object::New(env);
-    listener.Set("port", Napi::Number::New(env, record.port));
-    listener.Set("family", Napi::Number::New(env, record.family == AF_INET6 ? 6 : 4));
-    listener.Set("outcome", Napi::Number::New(env, record.outcome));
-    result.Set(result.Length(), listener);
-  }
-  return result;
+  auto* worker = new SweepWorker(env, info[0].As<Napi::String>(), info[1].As<Napi::String>());
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
 }
 
 bool BufferArgument(const Napi::Value& value) {

@@ -120,7 +120,7 @@ export class KernelFastPath implements KernelPath {
   readonly interfaces: FastPathInterfaces = { attached: [], skipped: [] };
   /** Whether attachPrograms took over programs a previous run kept attached (fastPathKeepSeconds). */
   tookOver = false;
-  /** What attachPrograms' listener sweep did (null before it). */
+  /** What the listener sweep did (null until it has run). */
   listenerSweep: ListenerSweep | null = null;
 
   private constructor(
@@ -170,21 +170,22 @@ export class KernelFastPath implements KernelPath {
       this.release();
       throw new KernelPathError('attach', (cause as Error).message, { pinDir, cgroup }, { cause });
     }
-    this.sweepListeners();
   }
 
   /**
    * Listeners that were open before the programs were attached (a host's services at the agent's
-   * first start, after a reboot) never ask the sock_ops program for SYN-ACK options: the sweep
-   * makes them ask, so their known pairs reach the kernel too. Without it (no BTF, a kernel before
-   * 6.12) they stay on the queue, and listenersOnQueue names them as they are met.
+   * first start, after a reboot) never ask the sock_ops program for SYN-ACK options: the sweep,
+   * once the programs are attached, makes them ask, so their known pairs reach the kernel too.
+   * Without it (no CAP_PERFMON, no BTF, a kernel before 6.12) they stay on the queue, and
+   * listenersOnQueue names them as they are met. It runs on a worker thread; never rejects.
    */
-  private sweepListeners(): void {
+  async sweepListeners(): Promise<ListenerSweep> {
     try {
-      this.listenerSweep = summarizeSweep(this.native.fastPathSweepListeners(listenerSweepObjectPath(), this.options.cgroup));
+      this.listenerSweep = summarizeSweep(await this.native.fastPathSweepListeners(listenerSweepObjectPath(), this.options.cgroup));
     } catch (error) {
       this.listenerSweep = refusedSweep(error);
     }
+    return this.listenerSweep;
   }
 
   /** Takes everything the fast path attached and pinned away (also what a crashed run left). */

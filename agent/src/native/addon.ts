@@ -132,11 +132,11 @@ export interface NativeBinding {
   /** Takes our tc filter off every interface of this namespace, detaches the link, removes the pins. */
   fastPathDetach(pinDir: string): { tcDetached: number; linkDetached: boolean };
   /**
-   * Runs the listener sweep once over this network namespace: each listener in `cgroupPath` or
-   * below gets its SYN-ACKs handed to the sock_ops program. Nothing stays loaded. Throws with the
-   * errno when the kernel refuses (EPERM: no CAP_PERFMON).
+   * Runs the listener sweep once over this network namespace, on a worker thread: each listener
+   * in `cgroupPath` or below gets its SYN-ACKs handed to the sock_ops program. Nothing stays
+   * loaded. Rejects with the errno when the kernel refuses (EPERM: no CAP_PERFMON).
    */
-  fastPathSweepListeners(objectPath: string, cgroupPath: string): SweptListener[];
+  fastPathSweepListeners(objectPath: string, cgroupPath: string): Promise<SweptListener[]>;
   /** Attaches the tc program to one more interface: null, or why not. */
   fastPathAttachInterface(programFd: number, name: string): string | null;
   mapUpdate(fd: number, key: Uint8Array, value: Uint8Array, flags: number): void;

@@ -214,7 +214,9 @@ export class Agent {
       }
     }, 1000);
     this.fastPathTimer.unref();
+    const sweep = path.sweepListeners();
     this.conntrack = await this.skipConntrack(path);
+    await sweep;
     const { attached, skipped } = path.interfaces;
     this.log.info(
       {
