@@ -201,14 +201,20 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.equal(moved(fastBefore, await fast(api)).synAccepted, 1, 'the held connection took the fast path');
     held.write('fast\n');
     await held.waitFor((l) => l.echoed === 'fast');
-    const before = await api.status();
-    // An ACK in the held connection's four-tuple with the marker first and padding after: the
-    // kernel's marker test must walk the options as the rules' `--tcp-option` does.
-    const options = Uint8Array.from([253, 4, 0xd3, 0x50, 1, 1, 1, 1]);
-    const segment = ipv4Segment({ source: lab.address('web'), target: lab.address('api'), sourcePort: Number(connected.localPort), port: ECHO, sequence: 1, acknowledgment: 1, flags: 0x10, options });
-    await send([segment], { from: 'web', to: 'api' });
-    const after = await api.status();
-    assert.equal(after.queue.received! - before.queue.received!, 1, 'queued, as on the queue path');
+    // ACKs in the held connection's four-tuple with the marker first and padding after, and last
+    // after NOP, NOP, timestamps: the kernel's marker test must walk the options as the rules'
+    // `--tcp-option` does.
+    const layouts = [
+      [253, 4, 0xd3, 0x50, 1, 1, 1, 1],
+      [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2, 253, 4, 0xd3, 0x50],
+    ];
+    for (const layout of layouts) {
+      const before = await api.status();
+      const segment = ipv4Segment({ source: lab.address('web'), target: lab.address('api'), sourcePort: Number(connected.localPort), port: ECHO, sequence: 1, acknowledgment: 1, flags: 0x10, options: Uint8Array.from(layout) });
+      await send([segment], { from: 'web', to: 'api' });
+      const after = await api.status();
+      assert.equal(after.queue.received! - before.queue.received!, 1, `queued, as on the queue path: options ${layout.join(',')}`);
+    }
     held.write('still there\n');
     await held.waitFor((l) => l.echoed === 'still there');
     await held.stop();
