@@ -11,6 +11,8 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <net/if.h>
 #include <net/if_arp.h>
@@ -37,12 +39,62 @@ constexpr const char* kMapNames[] = {"fast_config",   "fast_counters", "fast_cli
                                      "fast_excluded", "fast_events",   "fast_event_gate", "fast_sources",  "fast_flows",
                                      "fast_workloads", "fast_owners"};
 
+// libbpf's warnings while a load runs on this thread, for the verifier's reason when the kernel
+// refuses a program: libbpf then loads it again with the verifier's log and prints that log, whose
+// last line before the "processed N insns" summary says why. Only the tail is kept: a log can
+// run to megabytes. Anything libbpf says outside a CaptureLibbpf is dropped.
+thread_local std::string* libbpf_capture = nullptr;
+constexpr size_t kCaptureTail = 16384;
+
+int CaptureLibbpfPrint(enum libbpf_print_level level, const char* format, va_list args) {
+  if (libbpf_capture == nullptr || level == LIBBPF_DEBUG) return 0;
+  va_list sizing;
+  va_copy(sizing, args);
+  int length = vsnprintf(nullptr, 0, format, sizing);
+  va_end(sizing);
+  if (length <= 0) return 0;
+  std::string text(static_cast<size_t>(length) + 1, '\0');
+  vsnprintf(text.data(), text.size(), format, args);
+  text.resize(static_cast<size_t>(length));
+  libbpf_capture->append(text);
+  if (libbpf_capture->size() > kCaptureTail) libbpf_capture->erase(0, libbpf_capture->size() - kCaptureTail);
+  return length;
+}
+
+class CaptureLibbpf {
+ public:
+  CaptureLibbpf() { libbpf_capture = &text_; }
+  ~CaptureLibbpf() { libbpf_capture = nullptr; }
+  CaptureLibbpf(const CaptureLibbpf&) = delete;
+  CaptureLibbpf& operator=(const CaptureLibbpf&) = delete;
+
+  // The verifier's reason for its refusal (the line before its summary), or "".
+  std::string VerifierReason() const {
+    size_t summary = text_.rfind("\nprocessed ");
+    if (summary == std::string::npos) return "";
+    size_t end = summary;
+    while (end > 0 && text_[end - 1] == '\n') end--;
+    size_t start = text_.rfind('\n', end == 0 ? 0 : end - 1);
+    start = start == std::string::npos ? 0 : start + 1;
+    return start < end ? text_.substr(start, end - start) : "";
+  }
+
+ private:
+  std::string text_;
+};
+
 std::string ErrnoText(int error) {
   return std::string(strerror(error < 0 ? -error : error));
 }
 
-void ThrowErrno(Napi::Env env, const std::string& what, int error) {
-  Napi::Error failure = Napi::Error::New(env, what + ": " + ErrnoText(error));
+// "what: the errno's text", then the verifier's reason when it gave one.
+std::string FailureText(const std::string& what, int error, const CaptureLibbpf* capture = nullptr) {
+  std::string reason = capture == nullptr ? "" : capture->VerifierReason();
+  return what + ": " + ErrnoText(error) + (reason.empty() ? "" : "; verifier: " + reason);
+}
+
+void ThrowErrno(Napi::Env env, const std::string& what, int error, const CaptureLibbpf* capture = nullptr) {
+  Napi::Error failure = Napi::Error::New(env, FailureText(what, error, capture));
   failure.Set("errno", Napi::Number::New(env, error < 0 ? -error : error));
   failure.ThrowAsJavaScriptException();
 }
@@ -136,7 +188,7 @@ Napi::Value Load(const Napi::CallbackInfo& info) {
   std::string pin_dir = info[1].As<Napi::String>();
   WelcomeBack(pin_dir);
 
-  libbpf_set_print(nullptr);
+  CaptureLibbpf capture;
   struct bpf_object* object = bpf_object__open_file(object_path.c_str(), nullptr);
   if (object == nullptr) {
     ThrowErrno(env, "open " + object_path, errno);
@@ -147,7 +199,7 @@ Napi::Value Load(const Napi::CallbackInfo& info) {
   auto fail = [&](const std::string& what, int error) {
     bpf_object__close(object);
     DetachAll(pin_dir);
-    ThrowErrno(env, what, error);
+    ThrowErrno(env, what, error, &capture);
     return env.Undefined();
   };
   int rc = bpf_object__load(object);
@@ -337,7 +389,7 @@ class SweepWorker : public Napi::AsyncWorker {
   void Execute() override {
     struct stat cgroup = {};
     if (stat(cgroup_path_.c_str(), &cgroup) != 0) return Fail("stat " + cgroup_path_, errno);
-    libbpf_set_print(nullptr);
+    CaptureLibbpf capture;
     struct bpf_object* object = bpf_object__open_file(object_path_.c_str(), nullptr);
     if (object == nullptr) return Fail("open " + object_path_, errno);
     struct bpf_link* link = nullptr;
@@ -349,7 +401,7 @@ class SweepWorker : public Napi::AsyncWorker {
     };
     auto fail = [&](const std::string& what, int error) {
       finish();
-      Fail(what, error);
+      Fail(what, error, &capture);
     };
     int rc = bpf_object__load(object);
     if (rc != 0) return fail("load " + object_path_, rc);
@@ -398,9 +450,9 @@ class SweepWorker : public Napi::AsyncWorker {
   }
 
  private:
-  void Fail(const std::string& what, int error) {
+  void Fail(const std::string& what, int error, const CaptureLibbpf* capture = nullptr) {
     error_ = error < 0 ? -error : error;
-    SetError(what + ": " + ErrnoText(error));
+    SetError(FailureText(what, error, capture));
   }
 
   Napi::Promise::Deferred deferred_;
@@ -643,6 +695,7 @@ class KernelEvents : public Napi::ObjectWrap<KernelEvents> {
 }  // namespace
 
 void RegisterFastPath(Napi::Env env, Napi::Object exports) {
+  libbpf_set_print(CaptureLibbpfPrint);
   exports.Set("KernelEvents", KernelEvents::Define(env));
   exports.Set("fastPathLoad", Napi::Function::New(env, Load));
   exports.Set("fastPathAttachPrograms", Napi::Function::New(env, AttachPrograms));

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { endianness } from 'node:os';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
 import { FAST_COUNTERS } from '../../agent/src/kernel/layouts.ts';
+import { loadBinding } from '../../agent/src/native/addon.ts';
 import { decodeJws } from '../../agent/src/token/jws.ts';
 import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
 import { inject, verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
@@ -572,6 +573,31 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       await api.process.stop('SIGTERM');
       api = await startApi();
     }
+  });
+
+  it('a program the kernel refuses: the reason carries the verifier\'s own words, and nothing is left pinned', () => {
+    // A tc program that reads past its map value: refused by every kernel, whatever the privileges.
+    const source = join(scratch, 'refused.bpf.c');
+    writeFileSync(source, [
+      '#include <linux/bpf.h>',
+      '#include <bpf/bpf_helpers.h>',
+      'struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32); __type(value, __u64); } fast_config SEC(".maps");',
+      'SEC("tc") int refused(struct __sk_buff *skb) { __u32 key = 0; __u64 *value = bpf_map_lookup_elem(&fast_config, &key); return value ? value[1] : 0; }',
+      'char LICENSE[] SEC("license") = "Dual BSD/GPL";',
+      '',
+    ].join('\n'));
+    const object = join(scratch, 'refused.bpf.o');
+    execFileSync('node', [join(ROOT, 'native/bpf/build.mjs'), source, object]);
+    const pinDir = `${lab.pinDir('api')}-refused`;
+    assert.throws(
+      () => loadBinding().fastPathLoad(object, pinDir),
+      (error: Error & { errno?: number }) => {
+        assert.match(error.message, /^load .* \(the kernel refused the programs\): Permission denied; verifier: .*(outside of the allowed memory range|invalid access to map value)/);
+        assert.equal(error.errno, 13);
+        return true;
+      },
+    );
+    assert.equal(existsSync(pinDir), false);
   });
 
   it('without the saved table (`off`), a restarted agent\'s clients fall back to first contact once, then the pair is fast again', async () => {
