@@ -4,15 +4,18 @@
 // outsider floods api with token-less SYNs in the background. api's RSS and heap are sampled
 // every 10 s. The agents log at their default level (info: a line per accepted connection).
 // It passes when no legitimate connection failed, the held one still echoes, and memory is flat
-// after the warm-up. Root; bounded in time. Library for test/e2e/attack.test.ts.
-//   SOAK_SECONDS=600 SOAK_RELOAD_SECONDS=30 SOAK_ROTATE_SECONDS=120 SOAK_SAMPLE_SECONDS=10 SOAK_FLOOD_RATE=2000 scripts/soak
+// after the warm-up; with the kernel fast path (SYNPASS_TEST_KERNEL_FAST_PATH=1), also when api's
+// kernel accepted most of the connections (known pairs stay on the fast path through the edits and
+// rotations) and its kernel tables stay within their capacity. Root; bounded in time. Library
+// for test/e2e/attack.test.ts.
+//   SOAK_SECONDS=600 SOAK_RELOAD_SECONDS=30 SOAK_ROTATE_SECONDS=120 SOAK_SAMPLE_SECONDS=10 SOAK_FLOOD_RATE=2000 [SYNPASS_TEST_KERNEL_FAST_PATH=1] scripts/soak
 import { appendFileSync, cpSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
-import { apiMetrics, ECHO_PORT, inject, metric, SERVICE_PORT, startAttackLab, writePackets } from '../lib/attack-lab.ts';
+import { apiMetrics, ECHO_PORT, inject, metric, SERVICE_PORT, startAttackLab, verdictsBetween, writePackets } from '../lib/attack-lab.ts';
 import { rssMiB } from '../lib/proc.ts';
 import { rotateAgent } from '../lib/identity-lab.ts';
 import { ROOT } from '../lib/lab.ts';
@@ -42,6 +45,9 @@ export interface SoakSample {
 
 export interface SoakResult {
   connections: { completed: number; failed: number; firstContacts: number };
+  /** Whether the agents ran the kernel fast path, and the SYNs api's kernel accepted (ok-kernel). */
+  kernel: boolean;
+  kernelAccepted: number;
   heldConnectionEchoes: boolean;
   policyReloads: number;
   rotations: number;
@@ -92,6 +98,7 @@ export async function soak(config: SoakConfig, progress: (text: string) => void 
     let firstContacts = 0;
     const connections = { completed: 0, failed: 0 };
     const reloadsBefore = metric(await apiMetrics(lab), 'synpass_policy_reloads_total', 'result="ok"');
+    const statusBefore = await api.status();
     while (elapsed() < config.seconds) {
       if (elapsed() >= nextSample) {
         const text = await apiMetrics(lab);
@@ -137,6 +144,8 @@ export async function soak(config: SoakConfig, progress: (text: string) => void 
     const agentAlive = last !== null;
     return {
       connections: { ...connections, firstContacts },
+      kernel: lab.options.kernel === true,
+      kernelAccepted: last === null ? 0 : (verdictsBetween(statusBefore, last)['accept:ok-kernel'] ?? 0),
       heldConnectionEchoes: echoed,
       policyReloads: reloads,
       rotations,
@@ -158,9 +167,15 @@ export async function soak(config: SoakConfig, progress: (text: string) => void 
 export const FLAT_RSS_MIB = 20;
 export const FLAT_HEAP_MIB = 10;
 
+/** With the kernel fast path, at least this share of the connections is accepted by api's kernel. */
+export const KERNEL_SHARE = 0.5;
+
 export function soakPassed(result: SoakResult): boolean {
+  const total = result.connections.completed + result.connections.firstContacts;
   return (
     result.agentAlive &&
+    (!result.kernel || result.kernelAccepted >= KERNEL_SHARE * total) &&
+    Object.values(result.tables).every((table) => table.entries <= table.capacity) &&
     result.connections.failed === 0 &&
     result.heldConnectionEchoes &&
     result.rssGrowthMiB < FLAT_RSS_MIB &&

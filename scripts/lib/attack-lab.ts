@@ -66,6 +66,9 @@ export async function captureHandshake(fixture: IdentityLab, family: 4 | 6, firs
   if (firstContact) {
     await flushCaches(fixture.web.socket);
     await flushCaches(fixture.api.socket);
+  } else {
+    // A flush before (another capture's) leaves no pair known: one connection makes it known.
+    await lab.peerOnce('web', ['http', lab.address('api', family), String(SERVICE_PORT)]);
   }
   const filter = `tcp and host ${lab.address('web', family)} and host ${lab.address('api', family)} and port ${SERVICE_PORT}`;
   const capture = await lab.capture(filter, 3, 10_000);

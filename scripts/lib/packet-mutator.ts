@@ -7,7 +7,8 @@
 import fc from 'fast-check';
 import { ParsedPacket, parsePacket } from '../../agent/src/datapath/packet.ts';
 import { MARKER_EXID, MARKER_KIND } from '../../agent/src/datapath/marker.ts';
-import { fixChecksums } from './packets.ts';
+import { FAST_SYN_OPTION } from '../../agent/src/kernel/layouts.ts';
+import { fixChecksums, optionOffset } from './packets.ts';
 
 interface Extension {
   type: number;
@@ -127,7 +128,7 @@ function messageField(body: Buffer, a: number): number {
   return positions[a % positions.length]! % Math.max(1, body.length);
 }
 
-const KINDS = 16;
+const KINDS = 17;
 
 function mutate(parts: Parts, changes: Change[]): Uint8Array {
   const keep: Keep = {};
@@ -213,6 +214,17 @@ function mutate(parts: Parts, changes: Change[]): Uint8Array {
         break;
       case 15: // the body replaced by random bytes of any length
         parts.body = Buffer.from(Array.from({ length: b % 300 }, (_, i) => (a * (i + 1) * 2654435761) >>> 24));
+        break;
+      case 16: // the kernel fast path's SYN option (fast id, time, MAC), or the ISN its MAC binds
+        {
+          const at = optionOffset(parts.options, 0, parts.options.length, FAST_SYN_OPTION.kind, FAST_SYN_OPTION.length, FAST_SYN_OPTION.exid);
+          const field = at < 0 ? 0 : b % 4;
+          if (field === 0) parts.tcp.writeUInt32BE((parts.tcp.readUInt32BE(4) + 1 + (a % 0xffff)) >>> 0, 4);
+          // Within the replay window or anywhere: a fresh time is what a replay would need.
+          else if (field === 1) parts.options.writeUInt32BE((parts.options.readUInt32BE(at + 8) + (a % 2 === 0 ? 1 + (a % 20) : a)) >>> 0, at + 8);
+          else if (field === 2) parts.options.writeUInt32BE((parts.options.readUInt32BE(at + 4) ^ (1 + (a % 0xffff))) >>> 0, at + 4);
+          else parts.options[at + 12 + (a % 8)] = parts.options[at + 12 + (a % 8)]! ^ (1 << ((b >> 2) % 8));
+        }
         break;
     }
   }

@@ -68,17 +68,22 @@ export function plainSyn(source: string, target: string, port: number, sourcePor
  */
 export function tcpOptionOffset(bytes: Uint8Array, kind: number, length: number, exid?: number): number {
   const packet = parsed(bytes);
-  const end = packet.tcpOffset + packet.tcpHeaderLength;
-  for (let at = packet.tcpOffset + 20; at < end; ) {
+  return optionOffset(bytes, packet.tcpOffset + 20, packet.tcpOffset + packet.tcpHeaderLength, kind, length, exid);
+}
+
+/** The same walk over the option bytes between `start` and `end`, as the kernel reads them. */
+export function optionOffset(bytes: Uint8Array, start: number, end: number, kind: number, length: number, exid?: number): number {
+  for (let at = start; at < end; ) {
     const current = bytes[at]!;
     if (current === 0) return -1;
     if (current === 1) {
       at += 1;
       continue;
     }
+    if (at + 1 >= end) return -1;
     const size = bytes[at + 1]!;
     if (size < 2) return -1;
-    if (current === kind && size === length && (exid === undefined || ((bytes[at + 2]! << 8) | bytes[at + 3]!) === exid)) return at;
+    if (current === kind && size === length && at + size <= end && (exid === undefined || ((bytes[at + 2]! << 8) | bytes[at + 3]!) === exid)) return at;
     at += size;
   }
   return -1;

@@ -10,7 +10,7 @@ import { cpSync, existsSync, readFileSync, rmSync, statSync, writeFileSync } fro
 import { join } from 'node:path';
 import { endianness } from 'node:os';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
-import { FAST_COUNTERS } from '../../agent/src/kernel/layouts.ts';
+import { FAST_COUNTERS, FAST_SYN_OPTION } from '../../agent/src/kernel/layouts.ts';
 import { loadBinding } from '../../agent/src/native/addon.ts';
 import { decodeJws } from '../../agent/src/token/jws.ts';
 import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
@@ -22,8 +22,6 @@ import { scratchDirectory } from '../../scripts/lib/scratch.ts';
 
 const PORT = 8080;
 const ECHO = 7000;
-const FAST_KIND = 254;
-const FAST_EXID = 0xd351;
 /** api's per-source bucket (datapath.queueRatePerSource): low, so a short burst overruns it. */
 const SOURCE_RATE = 200;
 /** A credential this short ends within the test: the kernel entries resting on it end with it. */
@@ -229,7 +227,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const line = capture.lines.find((l) => typeof l.hex === 'string');
     assert.ok(line, 'captured the SYN');
     const syn = Uint8Array.from(Buffer.from(String(line.hex), 'hex'));
-    assert.notEqual(tcpOptionOffset(syn, FAST_KIND, 20, FAST_EXID), -1, 'the SYN carries the fast option');
+    assert.notEqual(tcpOptionOffset(syn, FAST_SYN_OPTION.kind, FAST_SYN_OPTION.length, FAST_SYN_OPTION.exid), -1, 'the SYN carries the fast option');
     return syn;
   }
 
@@ -243,7 +241,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
 
   it('drops a replayed fast SYN, one with a MAC bit flipped and one an hour old in the kernel, without a SYN-ACK', async () => {
     const syn = await capturedFastSyn();
-    const at = tcpOptionOffset(syn, FAST_KIND, 20, FAST_EXID);
+    const at = tcpOptionOffset(syn, FAST_SYN_OPTION.kind, FAST_SYN_OPTION.length, FAST_SYN_OPTION.exid);
     const { ipVersion, tcpOffset } = layout(syn);
     const flipped = Uint8Array.from(syn);
     flipped[at + 19]! ^= 0x01;
@@ -409,7 +407,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       const isn = syn.readUInt32BE(24);
       const answer = (options?: Uint8Array) =>
         ipv4Segment({ source: lab.address('api'), target: lab.address('web'), sourcePort: PORT, port: clientPort, sequence: 0x1234_5678, acknowledgment: isn + 1, flags: 0x12, ...(options ? { options } : {}) });
-      const wrongMac = Uint8Array.from([FAST_KIND, 12, FAST_EXID >> 8, FAST_EXID & 0xff, 1, 2, 3, 4, 5, 6, 7, 8]);
+      const wrongMac = Uint8Array.from([FAST_SYN_OPTION.kind, 12, FAST_SYN_OPTION.exid >> 8, FAST_SYN_OPTION.exid & 0xff, 1, 2, 3, 4, 5, 6, 7, 8]);
       const before = await fast(web);
       await send([answer(), answer(wrongMac)], { from: 'api', to: 'web' });
       assert.deepEqual(moved(before, await fast(web)), { synAckBadProof: 2 });

@@ -18,6 +18,7 @@ import { readPrivateKey } from '../../agent/src/identity/key-files.ts';
 import { LocalIdentity } from '../../agent/src/identity/local-identity.ts';
 import { loadTrustBundles } from '../../agent/src/token/trust-bundle.ts';
 import { issueIdentityToken } from '../../agent/src/token/identity-token.ts';
+import { FAST_SYN_OPTION } from '../../agent/src/kernel/layouts.ts';
 import { IPV4_SYN, parseHex } from '../../scripts/lib/fixtures.ts';
 import { attributes } from '../../scripts/lib/identities.ts';
 import { withBody } from '../../scripts/lib/rebody.ts';
@@ -338,9 +339,9 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
    */
   function tamperedKnownPeerSyn(packets: string[], syns: { hex: string; packet: ParsedPacket }[]): string {
     if (lab.options.kernel === true) {
-      const fast = packets.map((hex) => Uint8Array.from(Buffer.from(hex, 'hex'))).find((bytes) => tcpOptionOffset(bytes, 254, 20, 0xd351) !== -1);
+      const fast = packets.map((hex) => Uint8Array.from(Buffer.from(hex, 'hex'))).find((bytes) => tcpOptionOffset(bytes, FAST_SYN_OPTION.kind, FAST_SYN_OPTION.length, FAST_SYN_OPTION.exid) !== -1);
       assert.ok(fast, 'a fast SYN was captured');
-      fast[tcpOptionOffset(fast, 254, 20, 0xd351) + 19]! ^= 0x01;
+      fast[tcpOptionOffset(fast, FAST_SYN_OPTION.kind, FAST_SYN_OPTION.length, FAST_SYN_OPTION.exid) + 19]! ^= 0x01;
       return Buffer.from(fixChecksums(fast, 4, 20)).toString('hex');
     }
     const known = syns.find(({ packet }) => {

@@ -28,6 +28,9 @@ export const MAP_CAPACITY = {
 
 export const KEY_SIZE = { fast_clients: 24, fast_conns: 36, fast_servers: 24, fast_replay: 32, fast_peers: 36 } as const;
 
+/** The fast SYN's TCP option (fast_path.h): kind, length, ExID, fast id (4), time (4), MAC (8). */
+export const FAST_SYN_OPTION = { kind: 254, exid: 0xd351, length: 20 } as const;
+
 /** Ports, the size of the cloak table (one byte each: 1 = closed to peers without identity). */
 export const PORT_COUNT = 65_536;
 /** Source networks excluded from synpass that the kernel's cloak leaves alone. */
