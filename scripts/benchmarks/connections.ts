@@ -1,6 +1,7 @@
 // scripts/bench: connection rate, sequential connect latency and bulk throughput between two
 // lab namespaces: without agents (the baseline), with pass-through agents, and with identity
-// agents (known pair, and first contact with peer caches flushed before every connect). Every
+// agents (known pair, and first contact with peer caches flushed before every connect, on the
+// queue path and with the kernel fast path). Every
 // number is printed against the baseline measured in this same run. The VM drifts by more than
 // the effects measured, so connections are measured in rounds (baseline, pass-through, identity,
 // the order reversed every other round) and each figure is the median of its per-round values
@@ -388,8 +389,9 @@ try {
     kernel: [] as Results[],
     'kernel-kept': [] as Results[],
     firstContact: [] as Results[],
+    kernelFirstContact: [] as Results[],
   };
-  const pairs = { reference: [] as Paired[], 'pass-through': [] as Paired[], identity: [] as Paired[], kernel: [] as Paired[], 'kernel-kept': [] as Paired[], firstContact: [] as Paired[] };
+  const pairs = { reference: [] as Paired[], 'pass-through': [] as Paired[], identity: [] as Paired[], kernel: [] as Paired[], 'kernel-kept': [] as Paired[], firstContact: [] as Paired[], kernelFirstContact: [] as Paired[] };
   for (let round = 0; round < config.rounds; round++) {
     for (const mode of round % 2 === 0 ? modes : [...modes].reverse()) {
       process.stderr.write(`bench: round ${round + 1} of ${config.rounds}, ${mode}\n`);
@@ -412,10 +414,12 @@ try {
       }
       const agents = mode === 'pass-through' ? await passThroughAgents() : await identityAgents(mode !== 'identity', mode === 'kernel-kept' ? 'keep' : 'auto');
       results[mode].push(await measure(lab, agents));
-      // First contact: both agents forget their peers before every connect.
-      if (mode === 'identity') results.firstContact.push(await sequential(lab, agents, config.firstContactCount, agents.map((agent) => agent.socket)));
+      // First contact: both agents forget their peers (and their kernels' entries) before every connect.
+      const firstContact = mode === 'identity' ? 'firstContact' : mode === 'kernel' ? 'kernelFirstContact' : null;
+      const flushSockets = agents.map((agent) => agent.socket);
+      if (firstContact !== null) results[firstContact].push(await sequential(lab, agents, config.firstContactCount, flushSockets));
       pairs[mode].push(await paired(lab, [], true));
-      if (mode === 'identity') pairs.firstContact.push(await paired(lab, agents.map((agent) => agent.socket), false));
+      if (firstContact !== null) pairs[firstContact].push(await paired(lab, flushSockets, false));
       for (const agent of agents) await agent.process.stop();
     }
   }
@@ -508,6 +512,7 @@ try {
       ['kernel', report('kernel fast path, known pair', summaries.kernel, kernelBulk, againstConntrack.kernel)],
       ['kernel-kept', report('kernel, conntrack kept', summaries.kernelKept, kernelKeptBulk, againstConntrack.kernelKept)],
       ['identity', report('identity, first contact', summarize(results.firstContact, results.baseline))],
+      ['kernel', report('kernel, first contact', summarize(results.kernelFirstContact, results.baseline))],
     ]),
     'each figure: median over rounds, against the same round\'s baseline; range: lowest-highest over rounds',
     'vs ct: rate against the conntrack-only run of the same round (connection tracking on, no agents: the connmark release needs it)',
@@ -548,6 +553,7 @@ try {
       ['kernel', pairedReport('kernel fast path, known pair', pairs.kernel)],
       ['kernel-kept', pairedReport('kernel, conntrack kept', pairs['kernel-kept'])],
       ['identity', pairedReport('identity, first contact', pairs.firstContact)],
+      ['kernel', pairedReport('kernel, first contact', pairs.kernelFirstContact)],
     ]),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
