@@ -1,10 +1,10 @@
 // scripts/bench: connection rate, sequential connect latency and bulk throughput between two
 // lab namespaces: without agents (the baseline), with pass-through agents, and with identity
 // agents (known pair, and first contact with peer caches flushed before every connect, on the
-// queue path and with the kernel fast path). Every
-// number is printed against the baseline measured in this same run. The VM drifts by more than
-// the effects measured, so connections are measured in rounds (baseline, pass-through, identity,
-// the order reversed every other round) and each figure is the median of its per-round values
+// queue path and with the kernel fast path). Every number is printed against the baseline
+// measured in this same run. The VM drifts by more than the effects measured, so connections
+// are measured in rounds (baseline, pass-through, identity, the order reversed every other
+// round) and each figure is the median of its per-round values
 // against that round's baseline; bulk throughput (iperf3) alternates rounds the same way. A
 // conntrack-only run per round shows how much of the cost is connection tracking, which the
 // connmark release needs, and the CPU time per connection shows what the rate run cost in CPU,
