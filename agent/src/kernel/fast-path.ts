@@ -177,15 +177,15 @@ export class KernelFastPath implements KernelPath {
    * first start, after a reboot) never ask the sock_ops program for SYN-ACK options: the sweep,
    * once the programs are attached, makes them ask, so their known pairs reach the kernel too.
    * Without it (no CAP_PERFMON, no BTF, a kernel before 6.12) they stay on the queue, and
-   * listenersOnQueue names them as they are met. It runs on a worker thread; never rejects.
+   * listenersOnQueue names them as they are met. It runs on a worker thread; never rejects, and
+   * sets listenerSweep.
    */
-  async sweepListeners(): Promise<ListenerSweep> {
+  async sweepListeners(): Promise<void> {
     try {
       this.listenerSweep = summarizeSweep(await this.native.fastPathSweepListeners(listenerSweepObjectPath(), this.options.cgroup));
     } catch (error) {
       this.listenerSweep = refusedSweep(error);
     }
-    return this.listenerSweep;
   }
 
   /** Takes everything the fast path attached and pinned away (also what a crashed run left). */
