@@ -14,6 +14,8 @@
 #include <fcntl.h>
 #include <net/if.h>
 #include <net/if_arp.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -81,6 +83,28 @@ class CaptureLibbpf {
 
  private:
   std::string text_;
+};
+
+// Blocks this thread's signals while the verifier runs, then lets the pending ones in. The
+// verifier gives up with EAGAIN when a signal is pending, and libbpf's few retries meet the next
+// one: under Node's CPU profiler (SIGPROF every 100 us on the main thread) no load ever passed.
+// A process-wide signal (SIGTERM) goes to another thread meanwhile; a thread-directed one waits.
+class SignalsBlocked {
+ public:
+  SignalsBlocked() {
+    sigset_t all;
+    sigfillset(&all);
+    blocked_ = pthread_sigmask(SIG_BLOCK, &all, &previous_) == 0;
+  }
+  ~SignalsBlocked() {
+    if (blocked_) pthread_sigmask(SIG_SETMASK, &previous_, nullptr);
+  }
+  SignalsBlocked(const SignalsBlocked&) = delete;
+  SignalsBlocked& operator=(const SignalsBlocked&) = delete;
+
+ private:
+  sigset_t previous_;
+  bool blocked_;
 };
 
 std::string ErrnoText(int error) {
@@ -202,7 +226,11 @@ Napi::Value Load(const Napi::CallbackInfo& info) {
     ThrowErrno(env, what, error, &capture);
     return env.Undefined();
   };
-  int rc = bpf_object__load(object);
+  int rc;
+  {
+    SignalsBlocked quiet;
+    rc = bpf_object__load(object);
+  }
   if (rc != 0) return fail("load " + object_path + " (the kernel refused the programs)", rc);
   if (mkdir(pin_dir.c_str(), 0700) != 0 && errno != EEXIST) return fail("mkdir " + pin_dir, errno);
   for (const char* name : kMapNames) {
@@ -403,7 +431,11 @@ class SweepWorker : public Napi::AsyncWorker {
       finish();
       Fail(what, error, &capture);
     };
-    int rc = bpf_object__load(object);
+    int rc;
+    {
+      SignalsBlocked quiet;
+      rc = bpf_object__load(object);
+    }
     if (rc != 0) return fail("load " + object_path_, rc);
     struct bpf_map* target = bpf_object__find_map_by_name(object, "sweep_cgroup");
     struct bpf_program* program = bpf_object__find_program_by_name(object, "synpass_sweep_listeners");

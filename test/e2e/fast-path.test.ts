@@ -6,7 +6,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { endianness } from 'node:os';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
@@ -595,6 +595,28 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
         return true;
       },
     );
+    assert.equal(existsSync(pinDir), false);
+  });
+
+  it('loads while signals keep interrupting its thread (Node\'s CPU profiler: SIGPROF every 100 us)', () => {
+    // The verifier gives up on a pending signal; the profiler's would fail every retry.
+    const pinDir = `${lab.pinDir('api')}-profiled`;
+    const script = join(scratch, 'load-profiled.mts');
+    writeFileSync(script, [
+      `import { fastPathObjectPath, loadBinding } from ${JSON.stringify(join(ROOT, 'agent/src/native/addon.ts'))};`,
+      'const binding = loadBinding();',
+      'try {',
+      `  const loaded = binding.fastPathLoad(fastPathObjectPath(), ${JSON.stringify(pinDir)});`,
+      "  process.stdout.write(`loaded ${Object.keys(loaded.maps).length} maps`);",
+      '} finally {',
+      `  binding.fastPathDetach(${JSON.stringify(pinDir)});`,
+      '}',
+      '',
+    ].join('\n'));
+    const profiled = ['--cpu-prof', '--cpu-prof-interval', '100', '--cpu-prof-dir', join(scratch, 'profiles'), '--import', 'tsx', script];
+    const output = execFileSync(process.execPath, profiled, { cwd: ROOT, encoding: 'utf8' });
+    assert.match(output, /^loaded \d+ maps$/);
+    assert.ok(readdirSync(join(scratch, 'profiles')).some((name) => name.endsWith('.cpuprofile')), 'the profiler ran');
     assert.equal(existsSync(pinDir), false);
   });
 
