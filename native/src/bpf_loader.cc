@@ -557,6 +557,18 @@ Napi::Value MapLookup(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, rc == 0);
 }
 
+// mapTake(fd, key, valueOut): mapLookup and mapDelete in one system call.
+Napi::Value MapTake(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsNumber() || !BufferArgument(info[1]) || !BufferArgument(info[2])) {
+    Napi::TypeError::New(env, "mapTake(fd, key, valueOut)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int rc = bpf_map_lookup_and_delete_elem(info[0].As<Napi::Number>().Int32Value(), BytesOf(info[1]), BytesOf(info[2]));
+  if (rc != 0 && errno != ENOENT) ThrowErrno(env, "bpf map lookup and delete", errno);
+  return Napi::Boolean::New(env, rc == 0);
+}
+
 // mapCount(fd, keySize): entries in a hash map, by walking its keys.
 Napi::Value MapCount(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -737,6 +749,7 @@ void RegisterFastPath(Napi::Env env, Napi::Object exports) {
   exports.Set("mapUpdate", Napi::Function::New(env, MapUpdate));
   exports.Set("mapDelete", Napi::Function::New(env, MapDelete));
   exports.Set("mapLookup", Napi::Function::New(env, MapLookup));
+  exports.Set("mapTake", Napi::Function::New(env, MapTake));
   exports.Set("mapCount", Napi::Function::New(env, MapCount));
   exports.Set("arrayWrite", Napi::Function::New(env, ArrayWrite));
   exports.Set("counterTotals", Napi::Function::New(env, CounterTotals));

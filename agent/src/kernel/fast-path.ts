@@ -251,8 +251,8 @@ export class KernelFastPath implements KernelPath {
     if (this.workloadCgroupIds.size === 0) return 0;
     const key = peerKey(localAddress, localPort, remoteAddress, remotePort);
     const value = Buffer.alloc(4);
-    if (!this.native.mapLookup(this.map('fast_owners'), key, value)) return 0;
-    this.native.mapDelete(this.map('fast_owners'), key);
+    // On the connect's path: one system call, not a lookup and a delete (about 15 us each here).
+    if (!this.native.mapTake(this.map('fast_owners'), key, value)) return 0;
     return readU32(value);
   }
 

@@ -142,6 +142,8 @@ export interface NativeBinding {
   mapUpdate(fd: number, key: Uint8Array, value: Uint8Array, flags: number): void;
   mapDelete(fd: number, key: Uint8Array): boolean;
   mapLookup(fd: number, key: Uint8Array, valueOut: Uint8Array): boolean;
+  /** mapLookup and mapDelete in one system call (hash maps). */
+  mapTake(fd: number, key: Uint8Array, valueOut: Uint8Array): boolean;
   mapCount(fd: number, keySize: number): number;
   /** Entries 0..n-1 of an array map from `values`, `valueSize` bytes each, in one batch. */
   arrayWrite(fd: number, values: Uint8Array, valueSize: number): void;
