@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { endianness } from 'node:os';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
 import { FAST_COUNTERS, FAST_SYN_OPTION } from '../../agent/src/kernel/layouts.ts';
-import { loadBinding } from '../../agent/src/native/addon.ts';
+import { fastPathObjectPath, loadBinding } from '../../agent/src/native/addon.ts';
 import { decodeJws } from '../../agent/src/token/jws.ts';
 import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
 import { inject, verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
@@ -617,6 +617,40 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const output = execFileSync(process.execPath, profiled, { cwd: ROOT, encoding: 'utf8' });
     assert.match(output, /^loaded \d+ maps$/);
     assert.ok(readdirSync(join(scratch, 'profiles')).some((name) => name.endsWith('.cpuprofile')), 'the profiler ran');
+    assert.equal(existsSync(pinDir), false);
+  });
+
+  it('writes and deletes map entries in batches: a full map refuses only what does not fit, an absent key is skipped', () => {
+    const pinDir = `${lab.pinDir('api')}-batches`;
+    const binding = loadBinding();
+    const loaded = binding.fastPathLoad(fastPathObjectPath(), pinDir);
+    try {
+      // fast_workloads: a hash map of 1024 entries, cgroup id (8 bytes) -> workload (4 bytes).
+      const fd = loaded.maps.fast_workloads!;
+      const count = 1030;
+      const keys = Buffer.alloc(count * 8);
+      const values = Buffer.alloc(count * 4);
+      for (let i = 0; i < count; i++) {
+        keys.writeBigUInt64LE(BigInt(i + 1), i * 8);
+        values.writeUInt32LE(i + 7, i * 4);
+      }
+      assert.deepEqual(binding.mapWriteBatch(fd, keys, 8, values, 4), [1024, 1025, 1026, 1027, 1028, 1029]);
+      assert.equal(binding.mapCount(fd, 8), 1024);
+      const value = Buffer.alloc(4);
+      assert.equal(binding.mapLookup(fd, keys.subarray(1023 * 8, 1024 * 8), value), true);
+      assert.equal(value.readUInt32LE(), 1023 + 7);
+      // Rewriting entries already there needs no room.
+      values.fill(1);
+      assert.deepEqual(binding.mapWriteBatch(fd, keys.subarray(0, 10 * 8), 8, values.subarray(0, 10 * 4), 4), []);
+      assert.equal(binding.mapLookup(fd, keys.subarray(0, 8), value), true);
+      assert.equal(value.readUInt32LE(), 0x01010101);
+      // Keys 1024.. were refused, so they are absent: deleting all 1030 deletes 1024.
+      assert.equal(binding.mapDeleteBatch(fd, keys, 8), 1024);
+      assert.equal(binding.mapCount(fd, 8), 0);
+      assert.throws(() => binding.mapWriteBatch(fd, keys.subarray(0, 12), 8, values.subarray(0, 4), 4), RangeError);
+    } finally {
+      binding.fastPathDetach(pinDir);
+    }
     assert.equal(existsSync(pinDir), false);
   });
 

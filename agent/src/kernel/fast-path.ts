@@ -80,6 +80,8 @@ interface ServerRecord {
 }
 
 const BPF_ANY = 0;
+/** The keys of the port table (an array map): 0..PORT_COUNT-1, in the host's byte order; made at the first write. */
+let portKeys: Uint8Array | null = null;
 /**
  * How long the programs go on judging past the agent's last tick: a stalled or crashed agent's
  * kernel keeps known pairs for this long, then hands every handshake to the rules.
@@ -287,19 +289,30 @@ export class KernelFastPath implements KernelPath {
   }
 
   reauthorize(authorizer: Authorizer): void {
+    const turned: ServerRecord[] = [];
+    const ids: string[] = [];
+    const values: Buffer[] = [];
     for (const [id, record] of this.servers) {
       const { entry } = record;
       const auth = authorizer.ingress({ local: entry.local, peer: entry.peer, peerAddress: entry.peerAddress, port: entry.port });
       const allowed = auth.allowed && auth.wouldDrop === null;
       if (allowed === record.allowed) continue;
       // Kept with allowed = 0 rather than deleted, so the kernel counts the drop as not-allowed.
-      if (this.write('fast_servers', Buffer.from(id, 'latin1'), serverValue(entry.fast.key, allowed, record.retiring, entry.expiresAt))) record.allowed = allowed;
+      turned.push(record);
+      ids.push(id);
+      values.push(serverValue(entry.fast.key, allowed, record.retiring, entry.expiresAt));
     }
+    const refused = this.writeBatch('fast_servers', ids, values);
+    turned.forEach((record, index) => {
+      if (!refused.has(index)) record.allowed = !record.allowed;
+    });
+    const denied: string[] = [];
     for (const [id, entry] of this.clients) {
       const auth = authorizer.egress({ local: entry.local, peer: entry.peer, peerAddress: entry.serverAddress, port: entry.port });
       // No longer allowed out: the next SYN takes the queue, where the agent decides.
-      if (!auth.allowed || auth.wouldDrop !== null) this.dropClient(id);
+      if (!auth.allowed || auth.wouldDrop !== null) denied.push(id);
     }
+    this.dropClients(denied);
   }
 
   cloak(closed: (port: number) => boolean): void {
@@ -311,7 +324,8 @@ export class KernelFastPath implements KernelPath {
       count++;
     }
     if (Buffer.compare(next, this.closed) === 0) return;
-    this.native.arrayWrite(this.map('fast_cloak'), next, 1);
+    portKeys ??= new Uint8Array(Uint32Array.from({ length: PORT_COUNT }, (_, port) => port).buffer);
+    this.native.mapWriteBatch(this.map('fast_cloak'), portKeys, 4, next, 1);
     this.closed = next;
     this.closedCount = count;
   }
@@ -362,21 +376,30 @@ export class KernelFastPath implements KernelPath {
   }
 
   forgetOwnWorkloads(): void {
-    for (const id of this.clients.keys()) this.dropClient(id);
+    this.dropClients([...this.clients.keys()]);
   }
 
   retire(untilSeconds: number): void {
+    const retiring: ServerRecord[] = [];
+    const ids: string[] = [];
+    const values: Buffer[] = [];
     for (const [id, record] of this.servers) {
       record.entry.expiresAt = Math.min(record.entry.expiresAt, untilSeconds);
       if (record.retiring) continue;
-      // A failed write leaves the entry as it was: its clients learn the new keys when it expires.
-      if (this.write('fast_servers', Buffer.from(id, 'latin1'), serverValue(record.entry.fast.key, record.allowed, true, record.entry.expiresAt))) record.retiring = true;
+      retiring.push(record);
+      ids.push(id);
+      values.push(serverValue(record.entry.fast.key, record.allowed, true, record.entry.expiresAt));
     }
+    // A refused write leaves the entry as it was: its clients learn the new keys when it expires.
+    const refused = this.writeBatch('fast_servers', ids, values);
+    retiring.forEach((record, index) => {
+      if (!refused.has(index)) record.retiring = true;
+    });
     this.forgetOwnWorkloads();
   }
 
   forgetAll(): void {
-    for (const id of this.servers.keys()) this.native.mapDelete(this.map('fast_servers'), Buffer.from(id, 'latin1'));
+    this.deleteBatch('fast_servers', [...this.servers.keys()]);
     this.servers.clear();
     this.forgetOwnWorkloads();
   }
@@ -391,9 +414,32 @@ export class KernelFastPath implements KernelPath {
     if (this.clients.get(id)?.fast.fastId === fastId) this.clients.delete(id);
   }
 
-  private dropClient(id: string): void {
-    this.native.mapDelete(this.map('fast_clients'), Buffer.from(id, 'latin1'));
-    this.clients.delete(id);
+  private dropClients(ids: readonly string[]): void {
+    this.deleteBatch('fast_clients', ids);
+    for (const id of ids) this.clients.delete(id);
+  }
+
+  /**
+   * Many entries in one system call: a policy edit or a key rotation may touch every entry of a
+   * full table, and one call per entry (about 15 us inside a busy agent) would hold the event loop
+   * for a second. Returns the indices of entries the kernel refused (counted).
+   */
+  private writeBatch(map: 'fast_servers' | 'fast_clients', ids: readonly string[], values: readonly Buffer[]): Set<number> {
+    if (ids.length === 0) return new Set();
+    let refused: number[];
+    try {
+      refused = this.native.mapWriteBatch(this.map(map), batchKeys(ids, KEY_SIZE[map]), KEY_SIZE[map], Buffer.concat(values), values[0]!.length);
+    } catch (error) {
+      // As write: a kernel error leaves these entries as they were (counted), and the agent runs on.
+      if ((error as ErrnoError).errno === undefined) throw error;
+      refused = ids.map((_, index) => index);
+    }
+    this.refused += refused.length;
+    return new Set(refused);
+  }
+
+  private deleteBatch(map: 'fast_servers' | 'fast_clients', ids: readonly string[]): void {
+    if (ids.length > 0) this.native.mapDeleteBatch(this.map(map), batchKeys(ids, KEY_SIZE[map]), KEY_SIZE[map]);
   }
 
   /**
@@ -442,12 +488,14 @@ export class KernelFastPath implements KernelPath {
     this.vouchedUntil = nowSeconds + VOUCH_SECONDS;
     this.followWorkloadCgroups();
     this.writeConfig();
-    for (const [id, record] of this.servers) {
-      if (record.entry.expiresAt > nowSeconds) continue;
-      this.native.mapDelete(this.map('fast_servers'), Buffer.from(id, 'latin1'));
-      this.servers.delete(id);
-    }
-    for (const [id, entry] of this.clients) if (entry.expiresAt <= nowSeconds) this.dropClient(id);
+    // Entries resting on one credential (retiring ones after a rotation: every entry) end together.
+    const ended: string[] = [];
+    for (const [id, record] of this.servers) if (record.entry.expiresAt <= nowSeconds) ended.push(id);
+    this.deleteBatch('fast_servers', ended);
+    for (const id of ended) this.servers.delete(id);
+    const endedClients: string[] = [];
+    for (const [id, entry] of this.clients) if (entry.expiresAt <= nowSeconds) endedClients.push(id);
+    this.dropClients(endedClients);
   }
 
   counters(): Record<FastCounter, number> {
@@ -522,4 +570,11 @@ export class KernelFastPath implements KernelPath {
     this.servers.clear();
     this.clients.clear();
   }
+}
+
+/** Map keys held as latin1 strings (one character a byte), back to back. */
+function batchKeys(ids: readonly string[], keySize: number): Buffer {
+  const keys = Buffer.allocUnsafe(ids.length * keySize);
+  ids.forEach((id, index) => keys.write(id, index * keySize, keySize, 'latin1'));
+  return keys;
 }

@@ -145,8 +145,13 @@ export interface NativeBinding {
   /** mapLookup and mapDelete in one system call (hash maps). */
   mapTake(fd: number, key: Uint8Array, valueOut: Uint8Array): boolean;
   mapCount(fd: number, keySize: number): number;
-  /** Entries 0..n-1 of an array map from `values`, `valueSize` bytes each, in one batch. */
-  arrayWrite(fd: number, values: Uint8Array, valueSize: number): void;
+  /**
+   * Entry i is `keys[i]` -> `values[i]` (`keySize` and `valueSize` bytes each), in one system call.
+   * Returns the indices of entries the kernel refused (a full hash map), each skipped.
+   */
+  mapWriteBatch(fd: number, keys: Uint8Array, keySize: number, values: Uint8Array, valueSize: number): number[];
+  /** Deletes the entries of `keys` (`keySize` bytes each) in one system call; absent ones are skipped. Returns how many it deleted. */
+  mapDeleteBatch(fd: number, keys: Uint8Array, keySize: number): number;
   /** Each slot of a per-CPU u64 array, summed over CPUs. */
   counterTotals(fd: number, count: number): number[];
   /** Reads the fast path's event ring buffer on the event loop; `onEvents` gets whole records. */
