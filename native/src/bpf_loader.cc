@@ -624,6 +624,23 @@ bool BatchArguments(const Napi::CallbackInfo& info, bool with_values, const char
   return true;
 }
 
+// Runs a batch call over entries [0, count) until all are done: `call(first, &processed)` covers
+// entries from `first` and reports how many it did. An entry the kernel stops at with an errno
+// `skippable` accepts is passed to `skipped` and passed over. Returns 0, or the errno that ended it.
+template <typename Call, typename Skippable, typename Skipped>
+int EachInBatches(uint32_t count, Call call, Skippable skippable, Skipped skipped) {
+  uint32_t done = 0;
+  while (done < count) {
+    uint32_t processed = count - done;
+    if (call(done, &processed) == 0) return 0;
+    int error = errno;
+    if (!skippable(error) || processed >= count - done) return error;
+    skipped(done + processed);
+    done += processed + 1;
+  }
+  return 0;
+}
+
 // mapWriteBatch(fd, keys, keySize, values, valueSize) -> refused indices: entry i is keys[i] ->
 // values[i]; written in one system call (a call per entry costs about 15 us inside a busy agent,
 // a second for a full table). The kernel stops at an entry it refuses (E2BIG: a full hash map):
@@ -634,21 +651,18 @@ Napi::Value MapWriteBatch(const Napi::CallbackInfo& info) {
   if (!BatchArguments(info, true, "mapWriteBatch(fd, keys, keySize, values, valueSize)", batch)) return env.Undefined();
   int fd = info[0].As<Napi::Number>().Int32Value();
   Napi::Array refused = Napi::Array::New(env);
-  uint32_t done = 0;
-  while (done < batch.count) {
-    uint32_t written = batch.count - done;
-    LIBBPF_OPTS(bpf_map_batch_opts, opts);
-    if (bpf_map_update_batch(fd, batch.keys + static_cast<size_t>(done) * batch.key_size,
-                             batch.values + static_cast<size_t>(done) * batch.value_size, &written, &opts) == 0) {
-      break;
-    }
-    int error = errno;
-    if ((error != E2BIG && error != ENOMEM) || written >= batch.count - done) {
-      ThrowErrno(env, "bpf map batch update", error);
-      return env.Undefined();
-    }
-    refused.Set(refused.Length(), Napi::Number::New(env, done + written));
-    done += written + 1;
+  int error = EachInBatches(
+      batch.count,
+      [&](uint32_t first, uint32_t* processed) {
+        LIBBPF_OPTS(bpf_map_batch_opts, opts);
+        return bpf_map_update_batch(fd, batch.keys + static_cast<size_t>(first) * batch.key_size,
+                                    batch.values + static_cast<size_t>(first) * batch.value_size, processed, &opts);
+      },
+      [](int errno_value) { return errno_value == E2BIG || errno_value == ENOMEM; },
+      [&](uint32_t index) { refused.Set(refused.Length(), Napi::Number::New(env, index)); });
+  if (error != 0) {
+    ThrowErrno(env, "bpf map batch update", error);
+    return env.Undefined();
   }
   return refused;
 }
@@ -660,23 +674,19 @@ Napi::Value MapDeleteBatch(const Napi::CallbackInfo& info) {
   Batch batch = {};
   if (!BatchArguments(info, false, "mapDeleteBatch(fd, keys, keySize)", batch)) return env.Undefined();
   int fd = info[0].As<Napi::Number>().Int32Value();
-  uint32_t done = 0, deleted = 0;
-  while (done < batch.count) {
-    uint32_t removed = batch.count - done;
-    LIBBPF_OPTS(bpf_map_batch_opts, opts);
-    if (bpf_map_delete_batch(fd, batch.keys + static_cast<size_t>(done) * batch.key_size, &removed, &opts) == 0) {
-      deleted += removed;
-      break;
-    }
-    int error = errno;
-    if (error != ENOENT || removed >= batch.count - done) {
-      ThrowErrno(env, "bpf map batch delete", error);
-      return env.Undefined();
-    }
-    deleted += removed;
-    done += removed + 1;
+  uint32_t absent = 0;
+  int error = EachInBatches(
+      batch.count,
+      [&](uint32_t first, uint32_t* processed) {
+        LIBBPF_OPTS(bpf_map_batch_opts, opts);
+        return bpf_map_delete_batch(fd, batch.keys + static_cast<size_t>(first) * batch.key_size, processed, &opts);
+      },
+      [](int errno_value) { return errno_value == ENOENT; }, [&](uint32_t) { absent++; });
+  if (error != 0) {
+    ThrowErrno(env, "bpf map batch delete", error);
+    return env.Undefined();
   }
-  return Napi::Number::New(env, deleted);
+  return Napi::Number::New(env, batch.count - absent);
 }
 
 // counterTotals(fd, count): each slot of a per-CPU u64 array summed over the CPUs.
