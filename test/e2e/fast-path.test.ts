@@ -67,7 +67,9 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     policies = join(scratch, 'policies');
     cpSync(join(ROOT, 'policy/examples/three-tier'), policies, { recursive: true });
     apiPolicyText = readFileSync(join(policies, 'api.yaml'), 'utf8');
-    fixture = await startIdentityLab({ prefix: 'fp', net: 19, policyDirectory: policies, server: { port: PORT, kind: 'http' }, kernel: true, api: { env: { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(SOURCE_RATE) } } });
+    // The service outlives the suite (about two minutes here; a lab's peers stop after 120 s unless
+    // told otherwise): a suite run slower once found api's port closed and its SYN answered by a reset.
+    fixture = await startIdentityLab({ prefix: 'fp', net: 19, policyDirectory: policies, server: { port: PORT, kind: 'http', seconds: 600 }, kernel: true, api: { env: { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(SOURCE_RATE) } } });
     ({ lab, api, web } = fixture);
     echoServer = lab.peer('api', ['server', String(ECHO), 'echo']);
     await echoServer.waitFor((l) => l.listening === ECHO);
