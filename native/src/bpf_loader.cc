@@ -545,28 +545,27 @@ Napi::Value MapDelete(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, rc == 0);
 }
 
-// mapLookup(fd, key, valueOut): whether the key is present (its value written to valueOut).
-Napi::Value MapLookup(const Napi::CallbackInfo& info) {
+// (fd, key, valueOut) -> whether the key was present, its value written to valueOut by `read`.
+Napi::Value ReadEntry(const Napi::CallbackInfo& info, const char* usage, const char* what,
+                      int (*read)(int fd, const void* key, void* value)) {
   Napi::Env env = info.Env();
   if (info.Length() < 3 || !info[0].IsNumber() || !BufferArgument(info[1]) || !BufferArgument(info[2])) {
-    Napi::TypeError::New(env, "mapLookup(fd, key, valueOut)").ThrowAsJavaScriptException();
+    Napi::TypeError::New(env, usage).ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  int rc = bpf_map_lookup_elem(info[0].As<Napi::Number>().Int32Value(), BytesOf(info[1]), BytesOf(info[2]));
-  if (rc != 0 && errno != ENOENT) ThrowErrno(env, "bpf map lookup", errno);
+  int rc = read(info[0].As<Napi::Number>().Int32Value(), BytesOf(info[1]), BytesOf(info[2]));
+  if (rc != 0 && errno != ENOENT) ThrowErrno(env, what, errno);
   return Napi::Boolean::New(env, rc == 0);
+}
+
+// mapLookup(fd, key, valueOut): whether the key is present (its value written to valueOut).
+Napi::Value MapLookup(const Napi::CallbackInfo& info) {
+  return ReadEntry(info, "mapLookup(fd, key, valueOut)", "bpf map lookup", bpf_map_lookup_elem);
 }
 
 // mapTake(fd, key, valueOut): mapLookup and mapDelete in one system call.
 Napi::Value MapTake(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 3 || !info[0].IsNumber() || !BufferArgument(info[1]) || !BufferArgument(info[2])) {
-    Napi::TypeError::New(env, "mapTake(fd, key, valueOut)").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  int rc = bpf_map_lookup_and_delete_elem(info[0].As<Napi::Number>().Int32Value(), BytesOf(info[1]), BytesOf(info[2]));
-  if (rc != 0 && errno != ENOENT) ThrowErrno(env, "bpf map lookup and delete", errno);
-  return Napi::Boolean::New(env, rc == 0);
+  return ReadEntry(info, "mapTake(fd, key, valueOut)", "bpf map lookup and delete", bpf_map_lookup_and_delete_elem);
 }
 
 // mapCount(fd, keySize): entries in a hash map, by walking its keys.
