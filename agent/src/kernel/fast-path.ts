@@ -72,6 +72,13 @@ export interface WorkloadCgroup {
   directory: string;
 }
 
+/** A server entry's new value, on its way to the kernel. */
+interface ServerRewrite {
+  id: string;
+  record: ServerRecord;
+  value: Buffer;
+}
+
 interface ServerRecord {
   entry: AdmittedClient;
   allowed: boolean;
@@ -289,22 +296,17 @@ export class KernelFastPath implements KernelPath {
   }
 
   reauthorize(authorizer: Authorizer): void {
-    const turned: ServerRecord[] = [];
-    const ids: string[] = [];
-    const values: Buffer[] = [];
+    const turned: ServerRewrite[] = [];
     for (const [id, record] of this.servers) {
       const { entry } = record;
       const auth = authorizer.ingress({ local: entry.local, peer: entry.peer, peerAddress: entry.peerAddress, port: entry.port });
       const allowed = auth.allowed && auth.wouldDrop === null;
       if (allowed === record.allowed) continue;
       // Kept with allowed = 0 rather than deleted, so the kernel counts the drop as not-allowed.
-      turned.push(record);
-      ids.push(id);
-      values.push(serverValue(entry.fast.key, allowed, record.retiring, entry.expiresAt));
+      turned.push({ id, record, value: serverValue(entry.fast.key, allowed, record.retiring, entry.expiresAt) });
     }
-    const refused = this.writeBatch('fast_servers', ids, values);
-    turned.forEach((record, index) => {
-      if (!refused.has(index)) record.allowed = !record.allowed;
+    this.rewriteServers(turned, (record) => {
+      record.allowed = !record.allowed;
     });
     const denied: string[] = [];
     for (const [id, entry] of this.clients) {
@@ -380,20 +382,15 @@ export class KernelFastPath implements KernelPath {
   }
 
   retire(untilSeconds: number): void {
-    const retiring: ServerRecord[] = [];
-    const ids: string[] = [];
-    const values: Buffer[] = [];
+    const retiring: ServerRewrite[] = [];
     for (const [id, record] of this.servers) {
       record.entry.expiresAt = Math.min(record.entry.expiresAt, untilSeconds);
       if (record.retiring) continue;
-      retiring.push(record);
-      ids.push(id);
-      values.push(serverValue(record.entry.fast.key, record.allowed, true, record.entry.expiresAt));
+      retiring.push({ id, record, value: serverValue(record.entry.fast.key, record.allowed, true, record.entry.expiresAt) });
     }
     // A refused write leaves the entry as it was: its clients learn the new keys when it expires.
-    const refused = this.writeBatch('fast_servers', ids, values);
-    retiring.forEach((record, index) => {
-      if (!refused.has(index)) record.retiring = true;
+    this.rewriteServers(retiring, (record) => {
+      record.retiring = true;
     });
     this.forgetOwnWorkloads();
   }
@@ -420,22 +417,27 @@ export class KernelFastPath implements KernelPath {
   }
 
   /**
-   * Many entries in one system call: a policy edit or a key rotation may touch every entry of a
-   * full table, and one call per entry (about 15 us inside a busy agent) would hold the event loop
-   * for a second. Returns the indices of entries the kernel refused (counted).
+   * Server entries rewritten in one system call: a policy edit or a key rotation may touch every
+   * entry of a full table, and one call per entry (about 15 us inside a busy agent) would hold the
+   * event loop for a second. `applied` runs for each entry the kernel took; a refused one is
+   * counted and left as it was.
    */
-  private writeBatch(map: 'fast_servers' | 'fast_clients', ids: readonly string[], values: readonly Buffer[]): Set<number> {
-    if (ids.length === 0) return new Set();
+  private rewriteServers(rewrites: readonly ServerRewrite[], applied: (record: ServerRecord) => void): void {
+    if (rewrites.length === 0) return;
+    const ids = rewrites.map((rewrite) => rewrite.id);
     let refused: number[];
     try {
-      refused = this.native.mapWriteBatch(this.map(map), batchKeys(ids, KEY_SIZE[map]), KEY_SIZE[map], Buffer.concat(values), values[0]!.length);
+      refused = this.native.mapWriteBatch(this.map('fast_servers'), batchKeys(ids, KEY_SIZE.fast_servers), KEY_SIZE.fast_servers, Buffer.concat(rewrites.map((rewrite) => rewrite.value)), rewrites[0]!.value.length);
     } catch (error) {
       // As write: a kernel error leaves these entries as they were (counted), and the agent runs on.
       if ((error as ErrnoError).errno === undefined) throw error;
       refused = ids.map((_, index) => index);
     }
     this.refused += refused.length;
-    return new Set(refused);
+    const skipped = new Set(refused);
+    rewrites.forEach((rewrite, index) => {
+      if (!skipped.has(index)) applied(rewrite.record);
+    });
   }
 
   private deleteBatch(map: 'fast_servers' | 'fast_clients', ids: readonly string[]): void {
