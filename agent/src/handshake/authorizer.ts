@@ -103,10 +103,13 @@ const MEMO_LIMIT = 65_536;
 
 /**
  * A policy decision is a pure function of the policy set, the direction, the local workload's
- * attributes, the peer's identity, the port and the peer's address. Local attributes and peer
+ * attributes, the peer's identity, the port and, for a peer without identity only, the peer's
+ * address (a rule's networks match only such peers: ruleMatchesPeer). Local attributes and peer
  * identities are the same objects from one connection to the next (they come from the token
- * caches), so a repeated decision costs a few lookups instead of a rule walk. Forgotten whole
- * when the set changes or the memo fills.
+ * caches), so a repeated decision costs a few lookups instead of a rule walk, and one peer's
+ * decision serves it from every address: a policy edit that judges a full kernel table again
+ * walks the rules once per peer and port, not once per entry. Forgotten whole when the set
+ * changes or the memo fills.
  */
 class DecisionMemo {
   private policySet: PolicySet | null = null;
@@ -114,7 +117,8 @@ class DecisionMemo {
   size = 0;
 
   private static key(direction: 'ingress' | 'egress', query: AuthorizationQuery): string {
-    return `${direction === 'ingress' ? 'i' : 'e'}${query.port}|${query.peerAddress}`;
+    const port = `${direction === 'ingress' ? 'i' : 'e'}${query.port}`;
+    return query.peer === null ? `${port}|${query.peerAddress}` : port;
   }
 
   recall(set: PolicySet, direction: 'ingress' | 'egress', query: AuthorizationQuery): Authorization | undefined {

@@ -149,6 +149,7 @@ function byOrder(a: CompiledRule, b: CompiledRule): number {
   return a.policy.order - b.policy.order || a.policy.name.localeCompare(b.policy.name) || a.index - b.index;
 }
 
+/** A peer with identity is matched by its identity alone, never its address: the agent's decision memo (handshake/authorizer.ts) relies on that. */
 export function ruleMatchesPeer(rule: CompiledRule, query: PolicyQuery): boolean {
   if (rule.ports !== null && !rule.ports.has(query.port)) return false;
   if (query.peer !== null) return rule.peer !== null && matchesAll(rule.peer, query.peer);

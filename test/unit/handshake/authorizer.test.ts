@@ -30,7 +30,7 @@ function counted(set: PolicySet): { set: PolicySet; evaluations: () => number } 
 }
 
 describe('policy authorizer', () => {
-  it('remembers a decision per local workload, peer, port and address, and forgets it when the set changes', () => {
+  it('remembers a decision per local workload, peer and port, and forgets it when the set changes', () => {
     const first = counted(apiAllows('web'));
     let current = first.set;
     const authorizer = new PolicyAuthorizer(() => current);
@@ -42,6 +42,8 @@ describe('policy authorizer', () => {
     assert.equal(decided.rule, 'api/r');
     assert.deepEqual(authorizer.ingress({ ...query }), decided);
     assert.equal(first.evaluations(), 1, 'the same workload, peer, port and address: remembered');
+    assert.deepEqual(authorizer.ingress({ ...query, peerAddress: '10.0.0.2' }), decided);
+    assert.equal(first.evaluations(), 1, 'the same identified peer from another address: remembered');
 
     assert.equal(authorizer.ingress({ ...query, port: 9090 }).allowed, false, 'another port is decided on its own');
     assert.equal(authorizer.ingress({ ...query, peer: identity('web') }).allowed, true, 'another identity object is decided on its own');
@@ -53,5 +55,30 @@ describe('policy authorizer', () => {
     current = second.set;
     assert.equal(authorizer.ingress(query).allowed, false, 'a reloaded set decides afresh');
     assert.equal(second.evaluations(), 1);
+  });
+
+  it('decides a peer without identity per address, since only such a peer can match a rule by its networks', () => {
+    const { set, evaluations } = counted(
+      compile({
+        'p.yaml': [
+          'policies:',
+          '  - name: api',
+          '    selector: { app.name: api }',
+          '    ingress:',
+          '      - { name: lan, action: allow, ports: [8080], fromNetworks: [10.1.0.0/16] }',
+          '      - { name: web, action: allow, ports: [8080], from: { app.name: web } }',
+          '',
+        ].join('\n'),
+      }),
+    );
+    const authorizer = new PolicyAuthorizer(() => set);
+    const anonymous = { local: api, peer: null, port: 8080 };
+    assert.equal(authorizer.ingress({ ...anonymous, peerAddress: '10.1.0.5' }).rule, 'api/lan');
+    assert.equal(authorizer.ingress({ ...anonymous, peerAddress: '10.2.0.5' }).allowed, false, 'another address outside the network: not the remembered allow');
+    assert.equal(evaluations(), 2);
+    const batch = { local: api, peer: identity('batch'), port: 8080 };
+    assert.equal(authorizer.ingress({ ...batch, peerAddress: '10.1.0.5' }).allowed, false, 'an identified peer is judged by its identity, not by the network it comes from');
+    assert.equal(authorizer.ingress({ ...batch, peerAddress: '10.2.0.5' }).allowed, false);
+    assert.equal(evaluations(), 3);
   });
 });
