@@ -18,7 +18,7 @@ RUN npm run build && npm prune --omit=dev
 
 FROM node:20-bookworm-slim AS runtime
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libmnl0 libbpf1 iptables \
+ && apt-get install -y --no-install-recommends libmnl0 libbpf1 iptables nftables \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/synpass
 COPY --from=build /src/package.json ./

@@ -511,8 +511,13 @@ try {
       ['identity', report('identity, known pair', summaries.identity, identityBulk, againstConntrack.identity)],
       ['kernel', report('kernel fast path, known pair', summaries.kernel, kernelBulk, againstConntrack.kernel)],
       ['kernel-kept', report('kernel, conntrack kept', summaries.kernelKept, kernelKeptBulk, againstConntrack.kernelKept)],
-      ['identity', report('identity, first contact', summarize(results.firstContact, results.baseline))],
-      ['kernel', report('kernel, first contact', summarize(results.kernelFirstContact, results.baseline))],
+      // BENCH_FIRST_CONTACT=0 measures no first contact: no row rather than a row of nothing.
+      ...(config.firstContactCount === 0
+        ? []
+        : ([
+            ['identity', report('identity, first contact', summarize(results.firstContact, results.baseline))],
+            ['kernel', report('kernel, first contact', summarize(results.kernelFirstContact, results.baseline))],
+          ] as [string, string][])),
     ]),
     'each figure: median over rounds, against the same round\'s baseline; range: lowest-highest over rounds',
     'vs ct: rate against the conntrack-only run of the same round (connection tracking on, no agents: the connmark release needs it)',

@@ -154,7 +154,10 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     }
     assert.deepEqual({ web: jumped('web') - jumpedBefore.web, api: jumped('api') - jumpedBefore.api }, { web: 0, api: 0 }, '20 round trips of data, no jump');
     for (const host of ['web', 'api'] as const) {
-      assert.deepEqual((await fast(host === 'web' ? web : api)).conntrack, { skipped: true, reason: 'skipped (auto)' });
+      assert.deepEqual((await fast(host === 'web' ? web : api)).conntrack, { skipped: true, reason: 'skipped (auto), by nftables' });
+      // nftables' own notrack, not the xtables target iptables-nft would run per packet.
+      assert.match(lab.exec(host, ['nft', '--debug=netlink', 'list', 'table', 'inet', 'synpass']), /\[ notrack \]/);
+      assert.doesNotMatch(lab.exec(host, ['iptables-save', '-t', 'raw']), /SYNPASS/);
       const entry = lab.exec(host, ['cat', '/proc/net/nf_conntrack']).split('\n').find((line) => line.includes(`sport=${String(connected.localPort)} dport=${ECHO} `));
       assert.equal(entry, undefined, `${host}: ${entry ?? ''}`);
     }
@@ -383,6 +386,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       assert.equal(before.running, true, before.reason);
       assert.deepEqual(before.conntrack, { skipped: false, reason: 'kept: this network namespace has NAT rules (auto)' });
       assert.doesNotMatch(lab.exec('outsider', ['iptables-save', '-t', 'raw']), /SYNPASS/);
+      assert.doesNotMatch(lab.exec('outsider', ['nft', 'list', 'tables']), /synpass/);
       const elsewhere = Uint8Array.from(syn);
       const { ipVersion, tcpOffset } = layout(elsewhere);
       elsewhere.set(lab.address('outsider').split('.').map(Number), 16);
@@ -798,6 +802,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     for (const save of ['iptables-save', 'ip6tables-save']) {
       if (lab.exec(host, [save]).includes('SYNPASS')) found.push(`${save}: synpass rules`);
     }
+    if (/\binet synpass\b/.test(lab.exec(host, ['nft', 'list', 'tables']))) found.push('nftables table inet synpass');
     return found;
   }
 
@@ -805,7 +810,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     await web.process.stop('SIGTERM');
     assert.deepEqual(leftovers('web'), []);
     await api.process.stop('SIGKILL');
-    assert.ok(leftovers('api').length === 5, `a killed agent leaves its pins, link, filter and rules: ${leftovers('api').join(', ')}`);
+    assert.ok(leftovers('api').length === 6, `a killed agent leaves its pins, link, filter, rules and notrack table: ${leftovers('api').join(', ')}`);
     const cleanup = lab.spawn('api', [...synpassCommand(), 'agent', 'cleanup', '--fast-path-pin-dir', lab.pinDir('api')]);
     await cleanup.waitFor((l) => typeof l.text === 'string' && l.text.startsWith('kernel fast path:'), 10_000);
     await cleanup.exited;

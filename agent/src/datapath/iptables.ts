@@ -5,7 +5,7 @@ import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { RulesError } from './errors.ts';
 import type { ConnectionMarks } from './marks.ts';
-import { buildNotrackRuleset, buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, sourceLimitedCount, unjudgedSynCount, type IpFamily, type RuleOptions } from './rules.ts';
+import { buildNativeNotrack, buildNotrackRuleset, buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, NATIVE_TABLE, rulesPresent, sourceLimitedCount, unjudgedSynCount, type IpFamily, type RuleOptions } from './rules.ts';
 
 const run = promisify(execFile);
 
@@ -141,13 +141,15 @@ export async function installRules(options: RuleOptions, preferred?: Backend): P
   throw new RulesError('unsupported', `no iptables backend could install the NFQUEUE rules: ${failures.join('; ')}`);
 }
 
-/** Removes synpass rules and chains from every backend and family; returns how many tables changed. */
+/** Removes synpass rules and chains from every backend and family, and its nftables table; returns how many tables changed. */
 export async function removeAllRules(): Promise<number> {
   let removed = 0;
   for (const tool of TOOLS) {
     if (!(await available(tool))) continue;
     if (await removeWith(tool)) removed += 1;
   }
+  // Fails when there is no such table, or no nft command (then there is none of ours either).
+  if (await exec('nft', ['delete', 'table', 'inet', NATIVE_TABLE]).then(() => true, () => false)) removed += 1;
   return removed;
 }
 
@@ -156,15 +158,22 @@ function toolOf(installed: InstalledRules, family: IpFamily): Tool {
   return TOOLS.find((t) => t.family === family && t.backend === installed.backend)!;
 }
 
+/** What leaves the kernel fast path's connections out of conntrack: nftables' own notrack, or the iptables raw table. */
+export type NotrackBy = 'nftables' | 'iptables';
+
 /**
- * The raw-table rules that leave the kernel fast path's connections out of conntrack
- * (rules.ts, buildNotrackRuleset), on the backend and families the ruleset went in with.
+ * The rules that leave the kernel fast path's connections out of conntrack: natively in an
+ * nftables table of the agent's own (rules.ts, buildNativeNotrack) where the `nft` command works,
+ * else in the raw table (buildNotrackRuleset), on the backend and families the ruleset went in with.
  */
-export async function installNotrackRules(installed: InstalledRules, marks: ConnectionMarks): Promise<void> {
+export async function installNotrackRules(installed: InstalledRules, marks: ConnectionMarks): Promise<NotrackBy> {
+  const native = await exec('nft', ['-f', '-'], buildNativeNotrack(marks)).then(() => true, () => false);
+  if (native) return 'nftables';
   for (const family of installed.families) {
     const tool = toolOf(installed, family);
     await exec(restoreBinary(tool), ['--noflush'], buildNotrackRuleset(marks));
   }
+  return 'iptables';
 }
 
 /** Whether this network namespace translates addresses (an iptables nat rule, or an nft nat chain). */

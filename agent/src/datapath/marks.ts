@@ -16,9 +16,9 @@ export interface ConnectionMarks {
   /** Packet bit the kernel fast path sets on a SYN it charged to its source's bucket: the rules
    * do not charge it again (SYNPASS-IN-LIMIT). */
   budgeted: number;
-  /** Packet bit the kernel fast path sets on every packet of a connection it judged: the raw
-   * table leaves it out of conntrack (SYNPASS-NOTRACK), and the mangle hooks do not jump for it
-   * (its incoming SYN and SYN-ACK aside). */
+  /** Packet bit the kernel fast path sets on every packet of a connection it judged: the notrack
+   * rules leave it out of conntrack (rules.ts, buildNativeNotrack), and the mangle hooks do not
+   * jump for it (its incoming SYN and SYN-ACK aside). */
   untracked: number;
   all: number;
 }

@@ -182,11 +182,34 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
   return lines.join('\n');
 }
 
+/** The nftables table (family inet: IPv4 and IPv6) of the native notrack rules (buildNativeNotrack). */
+export const NATIVE_TABLE = 'synpass';
+
+/**
+ * What buildNotrackRuleset does, as `nft -f` input: nftables' own `notrack`, in a table of the
+ * agent's own that replaces an earlier one in the same transaction. The raw-table rules cost every
+ * packet of a fast-path connection a jump and an xtables target: iptables-nft runs `-j CT
+ * --notrack` through the compatibility layer (`nft --debug=netlink` shows `target name CT`,
+ * though `nft list` prints `notrack`). Preferred where the `nft` command works.
+ */
+export function buildNativeNotrack(marks: ConnectionMarks): string {
+  const untracked = `meta l4proto tcp meta mark & ${hex(marks.untracked)} == ${hex(marks.untracked)} notrack`;
+  return [
+    `table inet ${NATIVE_TABLE}`,
+    `delete table inet ${NATIVE_TABLE}`,
+    `table inet ${NATIVE_TABLE} {`,
+    `  chain notrack-prerouting { type filter hook prerouting priority raw; policy accept; ${untracked}; }`,
+    `  chain notrack-output { type filter hook output priority raw; policy accept; ${untracked}; }`,
+    '}',
+    '',
+  ].join('\n');
+}
+
 /**
  * The raw-table rules, as iptables-restore --noflush input, that leave every packet carrying the
  * `untracked` bit out of conntrack: the kernel fast path sets it on the connections it judged
  * (every packet in, from its tc program; every packet out, in the socket mark). Installed only
- * while the fast path runs and conntrack is not kept for it.
+ * while the fast path runs and conntrack is not kept for it, where buildNativeNotrack cannot be.
  */
 export function buildNotrackRuleset(marks: ConnectionMarks): string {
   const untracked = `${hex(marks.untracked)}/${hex(marks.untracked)}`;

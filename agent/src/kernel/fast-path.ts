@@ -265,7 +265,7 @@ export class KernelFastPath implements KernelPath {
     return readU32(value);
   }
 
-  /** From now on the connections it judges carry `mark`, which the raw-table rules leave out of conntrack. */
+  /** From now on the connections it judges carry `mark`, which the notrack rules leave out of conntrack. */
   skipConntrack(mark: number): void {
     this.untrackedMark = mark;
     this.writeConfig();
@@ -556,7 +556,7 @@ export class KernelFastPath implements KernelPath {
   keep(seconds: number, failClosed: boolean): void {
     this.vouchedUntil = this.now() / 1000 + seconds;
     this.agentAway = failClosed;
-    // The raw-table rules go with this agent: the mark would serve nothing and cost the tc
+    // The notrack rules go with this agent: the mark would serve nothing and cost the tc
     // program a table lookup on every packet, for as long as the programs stay attached.
     this.untrackedMark = 0;
     this.writeConfig();

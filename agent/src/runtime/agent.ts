@@ -21,7 +21,7 @@ import type { BuiltHandler, IdentityStatus } from './handlers.ts';
 import { bindWhenFree, queuesBound } from './queue-binder.ts';
 import { chooseKernelFastPath, type FastPathChoice } from './kernel-fast-path.ts';
 import type { KernelFastPath } from '../kernel/fast-path.ts';
-import { natInUse } from '../datapath/iptables.ts';
+import { natInUse, type NotrackBy } from '../datapath/iptables.ts';
 import { KernelDropLedger } from '../kernel/drop-ledger.ts';
 import { verdictOf } from '../kernel/layouts.ts';
 import { RulesWatchdog } from './rules-watchdog.ts';
@@ -264,14 +264,16 @@ export class Agent {
     const installed = this.rules.installed;
     if (installed === null) return { skipped: false, reason: 'kept: no rules installed' };
     if (mode === 'auto' && (await natInUse(installed).catch(() => true))) return { skipped: false, reason: 'kept: this network namespace has NAT rules (auto)' };
+    let by: NotrackBy | null;
     try {
-      await this.rules.skipConntrack();
+      by = await this.rules.skipConntrack();
     } catch (error) {
-      this.log.warn({ err: error }, 'the raw-table rules failed: the kernel fast path keeps conntrack');
+      this.log.warn({ err: error }, 'the notrack rules failed: the kernel fast path keeps conntrack');
       return { skipped: false, reason: `kept: ${(error as Error).message}` };
     }
+    if (by === null) return { skipped: false, reason: 'kept: no rules installed' };
     path.skipConntrack(this.marks.untracked);
-    return { skipped: true, reason: `skipped (${mode})` };
+    return { skipped: true, reason: `skipped (${mode}), by ${by === 'nftables' ? 'nftables' : 'the iptables raw table'}` };
   }
 
   /**

@@ -97,7 +97,7 @@ export function agentConfigSchema(base: string) {
         fastPathStateFile: t.pathOrOff('/var/lib/synpass/kernel-fast-path.json', 'where a stopping agent keeps its kernel\'s server and client tables (no keys: each peer\'s credential and token signature), so that after a restart clients\' next fast SYNs are accepted at once and local workloads go on sending fast SYNs (`off`: each client falls back once, about 1 s; each local workload takes a first contact)'),
         fastPathKeepSeconds: t.integer(0, 3600, 0, 'a stopping agent leaves the kernel fast path attached, judging known pairs and cloaking on its own, for this long, so that a restart within it cuts no known pair; the next start replaces the programs, `synpass agent cleanup` removes them, and past it they judge nothing (0: detached at stop)'),
         fastPathCgroup: t.optionalPath('cgroup v2 directory whose sockets get the fast path', 'the cgroup2 mount (the whole host)'),
-        fastPathConntrack: t.choice(['auto', 'skip', 'keep'], 'auto', 'whether connections the kernel fast path judges skip conntrack (raw-table NOTRACK): `auto` skips unless this network namespace has NAT rules at start, `keep` where such connections are NATed or another firewall needs their state'),
+        fastPathConntrack: t.choice(['auto', 'skip', 'keep'], 'auto', 'whether connections the kernel fast path judges skip conntrack (a notrack rule by mark): `auto` skips unless this network namespace has NAT rules at start, `keep` where such connections are NATed or another firewall needs their state'),
         fastPathInterfaces: t.strings('interfaces whose ingress the fast path judges (none given: every interface with an address but loopback)', 'a list of interface names'),
       }),
       telemetry: t.section({

@@ -1,7 +1,7 @@
 // The agent's iptables rules over its lifetime: installed once the queues are bound, checked
 // every few seconds (reinstalled when someone flushed them, a firewall reload say), and what the
 // check reads reported: SYNs the kernel let in without a verdict, and rules ahead of our jumps.
-import { inspectRules, installNotrackRules, installRules, removeAllRules, type Backend, type InstalledRules, type RuleInspection } from '../datapath/iptables.ts';
+import { inspectRules, installNotrackRules, installRules, removeAllRules, type Backend, type InstalledRules, type NotrackBy, type RuleInspection } from '../datapath/iptables.ts';
 import type { ConnectionMarks } from '../datapath/marks.ts';
 import type { RuleOptions } from '../datapath/rules.ts';
 import type { Logger } from '../telemetry/log.ts';
@@ -10,7 +10,7 @@ import type { Logger } from '../telemetry/log.ts';
 export interface RuleOperations {
   install(options: RuleOptions, preferred: Backend): Promise<InstalledRules>;
   inspect(installed: InstalledRules, options: RuleOptions): Promise<RuleInspection>;
-  installNotrack(installed: InstalledRules, marks: ConnectionMarks): Promise<void>;
+  installNotrack(installed: InstalledRules, marks: ConnectionMarks): Promise<NotrackBy>;
   removeAll(): Promise<number>;
 }
 
@@ -44,7 +44,7 @@ export class RulesWatchdog {
   private readonly sourceLimited = new LifetimeCounter();
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
-  /** The kernel fast path's connections skip conntrack: the raw-table rules go in with every install. */
+  /** The kernel fast path's connections skip conntrack: the notrack rules go in with every install. */
   private notrack = false;
 
   constructor(
@@ -61,11 +61,12 @@ export class RulesWatchdog {
     return this.installed;
   }
 
-  /** Adds the raw-table rules that leave the kernel fast path's connections out of conntrack. */
-  async skipConntrack(): Promise<void> {
-    if (this.installed === null) return;
-    await this.operations.installNotrack(this.installed, this.options.marks);
+  /** Adds the rules that leave the kernel fast path's connections out of conntrack; says which kind (null: no rules installed). */
+  async skipConntrack(): Promise<NotrackBy | null> {
+    if (this.installed === null) return null;
+    const by = await this.operations.installNotrack(this.installed, this.options.marks);
     this.notrack = true;
+    return by;
   }
 
   watch(intervalMs: number): void {

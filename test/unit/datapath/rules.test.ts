@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connectionMarks } from '../../../agent/src/datapath/marks.ts';
-import { buildNotrackRuleset, buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, sourceBurst, sourceLimitedCount, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
+import { buildNativeNotrack, buildNotrackRuleset, buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, sourceBurst, sourceLimitedCount, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
 
 const options: RuleOptions = {
   queueNumber: 3170,
@@ -207,6 +207,21 @@ describe('buildRemoval', () => {
     ].join('\n');
     // FORWARD has a DROP policy, OUTPUT was never ours, POSTROUTING keeps another rule.
     assert.deepEqual(emptiedBuiltinChains(saved), ['PREROUTING', 'INPUT']);
+  });
+
+  it('leaves the untracked bit\'s packets out of conntrack natively in an nftables table of its own, replaced whole', () => {
+    assert.equal(
+      buildNativeNotrack(connectionMarks(0x100000)),
+      [
+        'table inet synpass',
+        'delete table inet synpass',
+        'table inet synpass {',
+        '  chain notrack-prerouting { type filter hook prerouting priority raw; policy accept; meta l4proto tcp meta mark & 0x2000000 == 0x2000000 notrack; }',
+        '  chain notrack-output { type filter hook output priority raw; policy accept; meta l4proto tcp meta mark & 0x2000000 == 0x2000000 notrack; }',
+        '}',
+        '',
+      ].join('\n'),
+    );
   });
 
   it('removes the raw table\'s notrack chain and jumps as it installs them', () => {

@@ -41,7 +41,7 @@ function scriptedIptables(inspections: (RuleInspection | null)[]) {
     },
     installNotrack: () => {
       calls.push('notrack');
-      return Promise.resolve();
+      return Promise.resolve('nftables' as const);
     },
     removeAll: () => {
       calls.push('remove');
