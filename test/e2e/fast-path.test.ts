@@ -6,7 +6,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { endianness } from 'node:os';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
@@ -162,6 +162,35 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       assert.equal(entry, undefined, `${host}: ${entry ?? ''}`);
     }
     await held.stop();
+  });
+
+  it('where the nft command does not work, the iptables raw table leaves the fast path\'s connections out of conntrack instead', async () => {
+    // A PATH with every system command but nft.
+    const bin = join(scratch, 'no-nft');
+    mkdirSync(bin, { recursive: true });
+    for (const name of readdirSync('/usr/sbin')) if (name !== 'nft' && !existsSync(join(bin, name))) symlinkSync(join('/usr/sbin', name), join(bin, name));
+    await api.process.stop('SIGTERM');
+    api = await lab.startAgent('api', ['--config', fixture.files.configs.api], { SYNPASS_DATAPATH_QUEUE_RATE_PER_SOURCE: String(SOURCE_RATE), PATH: `${bin}:/usr/local/bin:/usr/bin:/bin` });
+    try {
+      assert.deepEqual((await fast(api)).conntrack, { skipped: true, reason: 'skipped (auto), by the iptables raw table' });
+      assert.match(lab.exec('api', ['iptables-save', '-t', 'raw']), /-A SYNPASS-NOTRACK -j CT --notrack/);
+      assert.doesNotMatch(lab.exec('api', ['nft', 'list', 'tables']), /synpass/);
+      assert.equal(await http(), true);
+      const apiBefore = await fast(api);
+      const held = lab.peer('web', ['hold', lab.address('api'), String(ECHO)], { stdin: true });
+      const connected = await held.waitFor((l) => l.connected === true);
+      held.write('untracked?\n');
+      await held.waitFor((l) => l.echoed === 'untracked?');
+      assert.equal(moved(apiBefore, await fast(api)).synAccepted, 1, 'the held connection took the fast path');
+      const entry = lab.exec('api', ['cat', '/proc/net/nf_conntrack']).split('\n').find((line) => line.includes(`sport=${String(connected.localPort)} dport=${ECHO} `));
+      assert.equal(entry, undefined, entry);
+      await held.stop();
+    } finally {
+      await api.process.stop('SIGTERM');
+      api = await startApi();
+    }
+    assert.doesNotMatch(lab.exec('api', ['iptables-save', '-t', 'raw']), /SYNPASS/, 'the next agent, with nft, leaves no raw-table rule');
+    assert.deepEqual((await fast(api)).conntrack, { skipped: true, reason: 'skipped (auto), by nftables' });
   });
 
   it('a process in a workload cgroup speaks as that workload, at first contact and in the kernel, apart from the host\'s other processes of the same uid', async () => {
