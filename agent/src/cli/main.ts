@@ -31,7 +31,7 @@ registerAgentRun(agent);
 
 agent
   .command('cleanup')
-  .description('remove synpass rules and chains, and the kernel fast path (tc filters, cgroup link, pinned maps), left by an agent that did not stop cleanly or kept its fast path at stop (datapath.fastPathKeepSeconds)')
+  .description('remove synpass rules and chains (iptables, and the nftables table inet synpass), and the kernel fast path (tc filters, cgroup link, pinned maps), left by an agent that did not stop cleanly or kept its fast path at stop (datapath.fastPathKeepSeconds)')
   .option('--fast-path-pin-dir <path>', 'bpffs directory of the fast path (datapath.fastPathPinDir)', DEFAULT_DATAPATH.fastPathPinDir)
   .action(guarded('agent cleanup', async (flags: { fastPathPinDir: string }) => {
     const removed = await removeAllRules();
