@@ -725,8 +725,8 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
   }
 
   /** The id of the cgroup link pinned under the host's pin directory, and the program it runs. */
-  function pinnedLink(host: 'api' | 'web'): { id: number; prog_id: number } {
-    return bpftool('link', 'show', 'pinned', join(lab.pinDir(host), 'sockops_link')) as { id: number; prog_id: number };
+  function pinnedLink(host: 'api' | 'web', name = 'sockops_link'): { id: number; prog_id: number } {
+    return bpftool('link', 'show', 'pinned', join(lab.pinDir(host), name)) as { id: number; prog_id: number };
   }
 
   it('an agent that keeps its kernel fast path over a restart (`fastPathKeepSeconds`): while it is down its kernel still proves known pairs and cloaks, and the next start takes over with no fallback', async () => {
@@ -739,7 +739,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const webBefore = await fast(web);
     await api.process.stop('SIGTERM');
     assert.ok(api.process.lines.some((line) => line.msg === 'kernel fast path kept for the next start'), 'the stopping agent says it kept the fast path');
-    assert.deepEqual(leftovers('api'), [`pins at ${lab.pinDir('api')}`, `sock_ops on ${lab.cgroup('api')}`, 'tc filter on api/eth0'], 'programs kept, rules gone');
+    assert.deepEqual(leftovers('api'), [`pins at ${lab.pinDir('api')}`, `sock_ops on ${lab.cgroup('api')}`, 'tcx link on api/eth0'], 'programs kept, rules gone');
     // fast_config: no `untracked` mark for raw rules that are gone (offset 36); the agent is away (52).
     assert.deepEqual([pinnedConfigWord('api', 36), pinnedConfigWord('api', 52)], [0, 1]);
     const down = pinnedCounters('api');
@@ -754,7 +754,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     // Connects back to back across the start: the new programs replace the kept ones only once
     // the saved tables are in their maps, so no fast SYN meets an empty table.
     const loop = lab.peer('web', ['rounds', lab.address('api'), String(PORT), '3000', '0']);
-    const kept = pinnedLink('api');
+    const [kept, keptTcx] = [pinnedLink('api'), pinnedLink('api', 'tcx_eth0')];
     // A second pin keeps the kept programs' config readable once they are replaced.
     const keptConfig = `${lab.pinDir('api')}-kept-config`;
     const { id: keptConfigId } = bpftool('map', 'show', 'pinned', join(lab.pinDir('api'), 'fast_config')) as { id: number };
@@ -771,6 +771,8 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.equal(welcomed, 0, 'agent_away cleared in the kept config');
     const link = pinnedLink('api');
     assert.deepEqual([link.id === kept.id, link.prog_id !== kept.prog_id], [true, true], 'the kept link took the new sock_ops program in place');
+    const tcx = pinnedLink('api', 'tcx_eth0');
+    assert.deepEqual([tcx.id === keptTcx.id, tcx.prog_id !== keptTcx.prog_id], [true, true], 'the kept tcx link took the new tc program in place');
     assert.equal(tookOverKept(api), true, 'the start says it took over');
     assert.ok(!loop.lines.some((line) => line.ok !== undefined), 'the connect loop was still running when the new agent had started');
     assert.deepEqual(await loop.waitFor((line) => line.ok !== undefined, 60_000), { ok: 3000, failed: 0 });
@@ -821,11 +823,21 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     await connectsInKernel();
   });
 
+  /** Whether the host's pinned tcx link (Linux 6.6) holds the fast path's tc program on eth0's ingress. */
+  function tcxLinkOn(host: 'api' | 'web'): boolean {
+    const pin = join(lab.pinDir(host), 'tcx_eth0');
+    if (!existsSync(pin)) return false;
+    const link = bpftool('link', 'show', 'pinned', pin) as { type: number | string; prog_id: number };
+    const program = bpftool('prog', 'show', 'id', String(link.prog_id)) as { name: string };
+    return (link.type === 11 || link.type === 'tcx') && program.name === 'synpass_ingress';
+  }
+
   function leftovers(host: 'api' | 'web'): string[] {
     const found: string[] = [];
     if (existsSync(lab.pinDir(host))) found.push(`pins at ${lab.pinDir(host)}`);
     const attached = execFileSync('bpftool', ['cgroup', 'show', lab.cgroup(host)], { encoding: 'utf8' });
     if (attached.includes('sock_ops')) found.push(`sock_ops on ${lab.cgroup(host)}`);
+    if (tcxLinkOn(host)) found.push(`tcx link on ${host}/eth0`);
     const filters = lab.exec(host, ['tc', 'filter', 'show', 'dev', 'eth0', 'ingress']);
     if (filters.includes('synpass_ingress')) found.push(`tc filter on ${host}/eth0`);
     for (const save of ['iptables-save', 'ip6tables-save']) {
@@ -839,7 +851,11 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     await web.process.stop('SIGTERM');
     assert.deepEqual(leftovers('web'), []);
     await api.process.stop('SIGKILL');
-    assert.ok(leftovers('api').length === 6, `a killed agent leaves its pins, link, filter, rules and notrack table: ${leftovers('api').join(', ')}`);
+    assert.deepEqual(
+      leftovers('api'),
+      [`pins at ${lab.pinDir('api')}`, `sock_ops on ${lab.cgroup('api')}`, 'tcx link on api/eth0', 'iptables-save: synpass rules', 'ip6tables-save: synpass rules', 'nftables table inet synpass'],
+      'a killed agent leaves its pins, links, rules and notrack table',
+    );
     const cleanup = lab.spawn('api', [...synpassCommand(), 'agent', 'cleanup', '--fast-path-pin-dir', lab.pinDir('api')]);
     await cleanup.waitFor((l) => typeof l.text === 'string' && l.text.startsWith('kernel fast path:'), 10_000);
     await cleanup.exited;

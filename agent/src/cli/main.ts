@@ -31,13 +31,13 @@ registerAgentRun(agent);
 
 agent
   .command('cleanup')
-  .description('remove synpass rules and chains (iptables, and the nftables table inet synpass), and the kernel fast path (tc filters, cgroup link, pinned maps), left by an agent that did not stop cleanly or kept its fast path at stop (datapath.fastPathKeepSeconds)')
+  .description('remove synpass rules and chains (iptables, and the nftables table inet synpass), and the kernel fast path (tc programs, cgroup link, pinned maps), left by an agent that did not stop cleanly or kept its fast path at stop (datapath.fastPathKeepSeconds)')
   .option('--fast-path-pin-dir <path>', 'bpffs directory of the fast path (datapath.fastPathPinDir)', DEFAULT_DATAPATH.fastPathPinDir)
   .action(guarded('agent cleanup', async (flags: { fastPathPinDir: string }) => {
     const removed = await removeAllRules();
     process.stdout.write(`removed synpass rules from ${removed} table(s)\n`);
     const fast = KernelFastPath.detach(flags.fastPathPinDir);
-    process.stdout.write(`kernel fast path: ${fast.tcDetached} tc filter(s) removed, cgroup link ${fast.linkDetached ? 'detached' : 'not found'}, pins under ${flags.fastPathPinDir} removed\n`);
+    process.stdout.write(`kernel fast path: ${fast.tcDetached} tc program(s) detached, cgroup link ${fast.linkDetached ? 'detached' : 'not found'}, pins under ${flags.fastPathPinDir} removed\n`);
   }));
 
 const keys = program.command('keys').description('trust domains and agent credentials (offline, on a secure machine)');

@@ -473,7 +473,7 @@ export class KernelFastPath implements KernelPath {
     const added: string[] = [];
     for (const name of present) {
       if (attached.includes(name) || skipped.some((entry) => entry.name === name)) continue;
-      const refused = this.native.fastPathAttachInterface(this.loaded.programFd, name);
+      const refused = this.native.fastPathAttachInterface(this.options.pinDir, this.loaded.programFd, name);
       if (refused === null) {
         attached.push(name);
         added.push(name);

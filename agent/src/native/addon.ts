@@ -125,11 +125,12 @@ export interface NativeBinding {
   fastPathLoad(objectPath: string, pinDir: string): FastPathLoaded;
   /**
    * Attaches loaded programs, replacing in place what a previous run kept: sock_ops on the cgroup
-   * (the link pinned under `pinDir`), tc ingress on the interfaces. `tookOver`: a kept link on
+   * (the link pinned under `pinDir`), tc ingress on the interfaces (tcx links pinned there too,
+   * or clsact filters on a kernel before 6.6). `tookOver`: a kept link on
    * that cgroup took the new program.
    */
   fastPathAttachPrograms(pinDir: string, cgroupPath: string, sockopsFd: number, programFd: number, interfaces: readonly string[]): FastPathInterfaces & { tookOver: boolean };
-  /** Takes our tc filter off every interface of this namespace, detaches the link, removes the pins. */
+  /** Takes our tcx links and tc filters off every interface of this namespace, detaches the cgroup link, removes the pins. */
   fastPathDetach(pinDir: string): { tcDetached: number; linkDetached: boolean };
   /**
    * Runs the listener sweep once over this network namespace, on a worker thread: each listener
@@ -137,8 +138,8 @@ export interface NativeBinding {
    * loaded. Rejects with the errno when the kernel refuses (EPERM: no CAP_PERFMON).
    */
   fastPathSweepListeners(objectPath: string, cgroupPath: string): Promise<SweptListener[]>;
-  /** Attaches the tc program to one more interface: null, or why not. */
-  fastPathAttachInterface(programFd: number, name: string): string | null;
+  /** Attaches the tc program to one more interface (its tcx link pinned under `pinDir`): null, or why not. */
+  fastPathAttachInterface(pinDir: string, programFd: number, name: string): string | null;
   mapUpdate(fd: number, key: Uint8Array, value: Uint8Array, flags: number): void;
   mapDelete(fd: number, key: Uint8Array): boolean;
   mapLookup(fd: number, key: Uint8Array, valueOut: Uint8Array): boolean;
