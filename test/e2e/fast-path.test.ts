@@ -847,6 +847,27 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     return found;
   }
 
+  it('takes the tc program off a clsact filter an older version left, once its tcx link is in place', async () => {
+    // An older agent's filter, left while no agent ran: our handle and priority on eth0's
+    // ingress, running the program api ran (pinned here, so it outlives api's stop).
+    const pinned = `/sys/fs/bpf/synpass-e2e-old-filter-${process.pid}`;
+    const inApi = (...command: string[]) => execFileSync('nsenter', [`--net=/var/run/netns/${lab.namespace('api')}`, ...command], { encoding: 'utf8' });
+    execFileSync('bpftool', ['prog', 'pin', 'id', String(pinnedLink('api', 'tcx_eth0').prog_id), pinned]);
+    try {
+      await api.process.stop('SIGTERM');
+      inApi('tc', 'qdisc', 'add', 'dev', 'eth0', 'clsact');
+      inApi('tc', 'filter', 'add', 'dev', 'eth0', 'ingress', 'prio', String(0x5350), 'handle', '0x5350', 'bpf', 'da', 'object-pinned', pinned);
+      assert.match(inApi('tc', 'filter', 'show', 'dev', 'eth0', 'ingress'), /synpass_ingress/);
+      api = await startApi();
+      assert.doesNotMatch(inApi('tc', 'filter', 'show', 'dev', 'eth0', 'ingress'), /synpass_ingress/, 'the old filter is gone');
+      assert.equal(tcxLinkOn('api'), true);
+      await connectsInKernel();
+    } finally {
+      rmSync(pinned, { force: true });
+      inApi('tc', 'qdisc', 'del', 'dev', 'eth0', 'clsact');
+    }
+  });
+
   it('a stopped agent leaves nothing; `agent cleanup` removes what a killed agent left', async () => {
     await web.process.stop('SIGTERM');
     assert.deepEqual(leftovers('web'), []);
