@@ -173,6 +173,30 @@ struct Detached {
 
 Detached DetachAll(const std::string& pin_dir);
 
+// A link a previous run pinned at `path` takes `program_fd` in one step (no moment without a
+// program) when `in_place(link_fd)` says it sits where the new one should; any other link pinned
+// there is detached and its pin removed. Whether it took the program.
+template <typename InPlace>
+bool TakeOverPinnedLink(const std::string& path, int program_fd, InPlace in_place) {
+  int old_link = bpf_obj_get(path.c_str());
+  if (old_link < 0) return false;
+  bool took_over = in_place(old_link) && bpf_link_update(old_link, program_fd, nullptr) == 0;
+  if (!took_over) bpf_link_detach(old_link);
+  close(old_link);
+  if (!took_over) unlink(path.c_str());
+  return took_over;
+}
+
+// Pins a new link, which keeps its program attached once this process closes it, and closes it;
+// a link that could not be pinned is detached. "" when pinned, else why not.
+std::string PinLink(int link, const std::string& path) {
+  int rc = bpf_obj_pin(link, path.c_str());
+  int pin_error = rc != 0 ? errno : 0;
+  if (rc != 0) bpf_link_detach(link);
+  close(link);
+  return rc == 0 ? "" : "pin " + path + ": " + ErrnoText(pin_error);
+}
+
 // Whether a pinned link is a tcx link on the ingress of interface `index` (not one left from an
 // interface of the same name that went away).
 bool TcxIngressOn(int link_fd, unsigned index) {
@@ -188,26 +212,13 @@ bool TcxIngressOn(int link_fd, unsigned index) {
   return tcx.ifindex == index && tcx.attach_type == static_cast<uint32_t>(kTcxIngress);
 }
 
-// Our program on the interface's ingress as a pinned tcx link: a link a previous run kept there
-// takes the new program in one step; any other pin of that name is replaced. "" when attached,
-// else why not (a kernel without tcx refuses the link).
+// Our program on the interface's ingress as a pinned tcx link, taking over one a previous run
+// kept there. "" when attached, else why not (a kernel without tcx refuses the link).
 std::string AttachTcx(int program_fd, unsigned index, const std::string& pin_path) {
-  int old_link = bpf_obj_get(pin_path.c_str());
-  if (old_link >= 0) {
-    bool replaced = TcxIngressOn(old_link, index) && bpf_link_update(old_link, program_fd, nullptr) == 0;
-    if (!replaced) bpf_link_detach(old_link);
-    close(old_link);
-    if (replaced) return "";
-    unlink(pin_path.c_str());
-  }
+  if (TakeOverPinnedLink(pin_path, program_fd, [index](int link) { return TcxIngressOn(link, index); })) return "";
   int link = bpf_link_create(program_fd, static_cast<int>(index), static_cast<enum bpf_attach_type>(kTcxIngress), nullptr);
   if (link < 0) return "tcx: " + ErrnoText(link);
-  int rc = bpf_obj_pin(link, pin_path.c_str());
-  int pin_error = rc != 0 ? errno : 0;
-  if (rc != 0) bpf_link_detach(link);
-  close(link);
-  if (rc != 0) return "pin " + pin_path + ": " + ErrnoText(pin_error);
-  return "";
+  return PinLink(link, pin_path);
 }
 
 // Our tc program on the ingress of one interface: "" when attached, else why not. A tcx link
@@ -338,28 +349,15 @@ bool SockopsLinkOn(int link_fd, const std::string& cgroup_path) {
 // other is replaced. "" when done, else why not.
 std::string AttachSockops(int sockops_fd, const std::string& pin_dir, const std::string& cgroup_path, bool& took_over) {
   std::string link_path = pin_dir + "/" + kCgroupLink;
-  int old_link = bpf_obj_get(link_path.c_str());
-  took_over = false;
-  if (old_link >= 0) {
-    took_over = SockopsLinkOn(old_link, cgroup_path) && bpf_link_update(old_link, sockops_fd, nullptr) == 0;
-    if (!took_over) bpf_link_detach(old_link);
-    close(old_link);
-    if (took_over) return "";
-    unlink(link_path.c_str());
-  }
+  took_over = TakeOverPinnedLink(link_path, sockops_fd, [&cgroup_path](int link) { return SockopsLinkOn(link, cgroup_path); });
+  if (took_over) return "";
   int cgroup = open(cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (cgroup < 0) return "open cgroup " + cgroup_path + ": " + ErrnoText(errno);
   int link = bpf_link_create(sockops_fd, cgroup, BPF_CGROUP_SOCK_OPS, nullptr);
   int link_error = link < 0 ? errno : 0;
   close(cgroup);
   if (link < 0) return "attach sock_ops to " + cgroup_path + ": " + ErrnoText(link_error);
-  // The pin keeps the program attached once this process closes the link.
-  int rc = bpf_obj_pin(link, link_path.c_str());
-  int pin_error = rc != 0 ? errno : 0;
-  if (rc != 0) bpf_link_detach(link);
-  close(link);
-  if (rc != 0) return "pin " + link_path + ": " + ErrnoText(pin_error);
-  return "";
+  return PinLink(link, link_path);
 }
 
 // fastPathAttachPrograms(pinDir, cgroupPath, sockopsFd, programFd, interfaces[])
