@@ -826,7 +826,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
   /** Whether the host's pinned tcx link (Linux 6.6) holds the fast path's tc program on eth0's ingress. */
   function tcxLinkOn(host: 'api' | 'web'): boolean {
     const pin = join(lab.pinDir(host), 'tcx_eth0');
-    if (!existsSync(pin)) return false;
+    if (!existsSync(pin) || !statSync(pin).isFile()) return false;
     const link = bpftool('link', 'show', 'pinned', pin) as { type: number | string; prog_id: number };
     const program = bpftool('prog', 'show', 'id', String(link.prog_id)) as { name: string };
     return (link.type === 11 || link.type === 'tcx') && program.name === 'synpass_ingress';
@@ -866,6 +866,27 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       rmSync(pinned, { force: true });
       inApi('tc', 'qdisc', 'del', 'dev', 'eth0', 'clsact');
     }
+  });
+
+  it('where the tcx link cannot be had, the tc program goes on a clsact filter instead and judges from there', async () => {
+    await api.process.stop('SIGTERM');
+    // A directory where the link's pin goes: pinning fails, and the agent falls back as on a
+    // kernel before 6.6, which refuses the link itself.
+    const blocker = join(lab.pinDir('api'), 'tcx_eth0');
+    mkdirSync(blocker, { recursive: true });
+    try {
+      api = await startApi();
+      assert.equal(tcxLinkOn('api'), false);
+      assert.match(lab.exec('api', ['tc', 'filter', 'show', 'dev', 'eth0', 'ingress']), /synpass_ingress/);
+      assert.deepEqual(((await api.status()) as unknown as { kernelFastPath: { interfaces: string[] } }).kernelFastPath.interfaces, ['eth0']);
+      await connectsInKernel();
+      await api.process.stop('SIGTERM');
+      assert.doesNotMatch(lab.exec('api', ['tc', 'filter', 'show', 'dev', 'eth0', 'ingress']), /synpass_ingress/, 'the stop took the filter off');
+    } finally {
+      rmSync(lab.pinDir('api'), { recursive: true, force: true });
+      api = await startApi();
+    }
+    assert.equal(tcxLinkOn('api'), true);
   });
 
   it('a stopped agent leaves nothing; `agent cleanup` removes what a killed agent left', async () => {
