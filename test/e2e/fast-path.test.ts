@@ -122,6 +122,11 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     });
   }
 
+  /** The host's conntrack entry of web's connection from `clientPort` to the echo service, if any. */
+  function conntrackEntry(host: 'web' | 'api', clientPort: number): string | undefined {
+    return lab.exec(host, ['cat', '/proc/net/nf_conntrack']).split('\n').find((line) => line.includes(`sport=${String(clientPort)} dport=${ECHO} `));
+  }
+
   it('whois names the peer of a connection the kernel judged, on both ends', async () => {
     const echo = await lab.peerOnce('web', ['echo', lab.address('api'), String(ECHO), 'first']);
     assert.equal(echo.echoed, 'first');
@@ -158,7 +163,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       // nftables' own notrack, not the xtables target iptables-nft would run per packet.
       assert.match(lab.exec(host, ['nft', '--debug=netlink', 'list', 'table', 'inet', 'synpass']), /\[ notrack \]/);
       assert.doesNotMatch(lab.exec(host, ['iptables-save', '-t', 'raw']), /SYNPASS/);
-      const entry = lab.exec(host, ['cat', '/proc/net/nf_conntrack']).split('\n').find((line) => line.includes(`sport=${String(connected.localPort)} dport=${ECHO} `));
+      const entry = conntrackEntry(host, Number(connected.localPort));
       assert.equal(entry, undefined, `${host}: ${entry ?? ''}`);
     }
     await held.stop();
@@ -182,7 +187,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       held.write('untracked?\n');
       await held.waitFor((l) => l.echoed === 'untracked?');
       assert.equal(moved(apiBefore, await fast(api)).synAccepted, 1, 'the held connection took the fast path');
-      const entry = lab.exec('api', ['cat', '/proc/net/nf_conntrack']).split('\n').find((line) => line.includes(`sport=${String(connected.localPort)} dport=${ECHO} `));
+      const entry = conntrackEntry('api', Number(connected.localPort));
       assert.equal(entry, undefined, entry);
       await held.stop();
     } finally {
