@@ -1,0 +1,119 @@
+// What the kernel fast path's tc program costs a segment that is not a SYN (most of a host's
+// traffic): the kernel runs the program on one crafted segment many times (BPF_PROG_TEST_RUN,
+// through bpftool) and reports the mean. The baseline, measured in the same run, is a tc program
+// that does nothing: the harness's own cost per run. Root; no namespace, nothing attached.
+//   node --import tsx scripts/benchmarks/tc-program.ts [object.o ...]
+// Objects default to the built one; give another tree's to compare (e.g. a worktree of the base).
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fastPathObjectPath } from '../../agent/src/native/addon.ts';
+import { configValue, peerKey } from '../../agent/src/kernel/layouts.ts';
+import { ROOT } from '../lib/lab.ts';
+import { ethernetFrame, ipv4Segment } from '../lib/packets.ts';
+
+const REPEAT = 1_000_000;
+const RUNS = 9;
+const BPFFS = '/sys/fs/bpf';
+
+const objects = process.argv.slice(2).length > 0 ? process.argv.slice(2) : [fastPathObjectPath()];
+const scratch = mkdtempSync(join(tmpdir(), 'synpass-tc-program-'));
+
+function bpftool(args: string[]): string {
+  return execFileSync('bpftool', args, { encoding: 'utf8' });
+}
+
+function hex(bytes: Uint8Array): string[] {
+  return ['hex', ...Array.from(bytes, (byte) => byte.toString(16).padStart(2, '0'))];
+}
+
+/** An object whose tc program accepts every packet at once. */
+function emptyProgram(): string {
+  const source = join(scratch, 'empty.bpf.c');
+  writeFileSync(source, '#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\nSEC("tc") int synpass_ingress(struct __sk_buff *skb) { return 0; }\nchar LICENSE[] SEC("license") = "Dual BSD/GPL";\n');
+  const object = join(scratch, 'empty.bpf.o');
+  execFileSync(process.execPath, [join(ROOT, 'native/bpf/build.mjs'), source, object], { stdio: 'inherit' });
+  return object;
+}
+
+const CLIENT = { address: '10.213.99.1', port: 40_000 };
+const SERVER = { address: '10.213.99.2', port: 7000 };
+const TIMESTAMPS = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+const SACK = [1, 1, 5, 10, 0, 0, 0x10, 0, 0, 0, 0x20, 0];
+const MARKER = [253, 4, 0xd3, 0x50];
+
+/** An ACK from the client to the server, in its Ethernet frame, with `options`. */
+function segment(options: number[]): Buffer {
+  const packet = ipv4Segment({ source: CLIENT.address, target: SERVER.address, sourcePort: CLIENT.port, port: SERVER.port, sequence: 1000, acknowledgment: 2000, flags: 0x10, options: Uint8Array.from(options) });
+  return ethernetFrame('02:00:00:00:00:02', '02:00:00:00:00:01', packet);
+}
+
+const CASES: { label: string; frame: Buffer; fast: boolean }[] = [
+  { label: 'segment of a fast connection, timestamps', frame: segment(TIMESTAMPS), fast: true },
+  { label: 'segment of another connection, timestamps', frame: segment(TIMESTAMPS), fast: false },
+  { label: 'segment of a fast connection, no options', frame: segment([]), fast: true },
+  { label: 'segment of a fast connection, timestamps and SACK', frame: segment([...TIMESTAMPS, ...SACK]), fast: true },
+  { label: 'segment of a fast connection, timestamps and a marker', frame: segment([...TIMESTAMPS, ...MARKER]), fast: true },
+];
+
+/** The program of `object`, loaded with maps of its own (`configured`: the agent's settings written in them). */
+function load(object: string, name: string, configured: boolean): { program: string; maps: string } {
+  const program = join(BPFFS, `synpass-bench-${name}-programs`);
+  const maps = join(BPFFS, `synpass-bench-${name}-maps`);
+  bpftool(['prog', 'loadall', object, program, ...(configured ? ['pinmaps', maps] : [])]);
+  if (configured) {
+    const config = configValue({ realtimeOffsetNs: 0n, windowSeconds: 30, acceptMark: 0x100, clientMark: 0x200, acceptSample: 0, sourceRate: 0, sourceBurst: 0, budgetMark: 0x400, untrackedMark: 0x800, workloadCgroups: 0, vouchedUntil: Date.now() / 1000 + 3600, agentAway: false });
+    bpftool(['map', 'update', 'pinned', join(maps, 'fast_config'), 'key', ...hex(new Uint8Array(4)), 'value', ...hex(config)]);
+  }
+  return { program: join(program, 'synpass_ingress'), maps };
+}
+
+/** The kernel's mean nanoseconds per run of `program` on `frame`. */
+function nanoseconds(program: string, frame: Buffer): number {
+  const file = join(scratch, 'frame');
+  writeFileSync(file, frame);
+  const output = bpftool(['prog', 'run', 'pinned', program, 'data_in', file, 'repeat', String(REPEAT)]);
+  const mean = /duration \(average\): (\d+)ns/.exec(output)?.[1];
+  if (mean === undefined) throw new Error(`bpftool prog run gave no duration: ${output}`);
+  return Number(mean);
+}
+
+function median(values: number[]): number {
+  return [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+}
+
+const flow = peerKey(SERVER.address, SERVER.port, CLIENT.address, CLIENT.port);
+const pinned: string[] = [];
+try {
+  const empty = load(emptyProgram(), 'empty', false);
+  pinned.push(join(BPFFS, 'synpass-bench-empty-programs'));
+  const loaded = objects.map((object, index) => {
+    const name = `object${index}`;
+    const programs = load(object, name, true);
+    pinned.push(join(BPFFS, `synpass-bench-${name}-programs`), programs.maps);
+    return programs;
+  });
+  process.stdout.write(`${REPEAT} runs a measurement, median of ${RUNS}; the programs and the baseline (a tc program that does nothing) take turns, so the VM's drift falls on all alike\n`);
+  for (const { label, frame, fast } of CASES) {
+    for (const { maps } of loaded) {
+      if (fast) bpftool(['map', 'update', 'pinned', join(maps, 'fast_flows'), 'key', ...hex(flow), 'value', ...hex(Uint8Array.of(1))]);
+      else bpftool(['map', 'delete', 'pinned', join(maps, 'fast_flows'), 'key', ...hex(flow)]);
+    }
+    const baseline: number[] = [];
+    const totals: number[][] = loaded.map(() => []);
+    for (let run = 0; run < RUNS; run++) {
+      baseline.push(nanoseconds(empty.program, frame));
+      loaded.forEach(({ program }, index) => totals[index]!.push(nanoseconds(program, frame)));
+    }
+    const base = median(baseline);
+    process.stdout.write(`${label} (baseline ${base} ns a run)\n`);
+    objects.forEach((object, index) => {
+      const total = median(totals[index]!);
+      process.stdout.write(`  ${object}: ${total} ns a run, the program's own ${total - base} ns (${(total / base).toFixed(2)}x the baseline)\n`);
+    });
+  }
+} finally {
+  for (const path of pinned) rmSync(path, { recursive: true, force: true });
+  rmSync(scratch, { recursive: true, force: true });
+}
