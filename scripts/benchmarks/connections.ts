@@ -181,7 +181,7 @@ async function bulk(lab: Lab, switchOn: ModeSwitch): Promise<BulkResults> {
     ratios.push(withMode / without);
   }
   const medianShare = (list: NetfilterShare[]): NetfilterShare | undefined =>
-    list.length === 0 ? undefined : { rules: median(list.map((s) => s.rules)), conntrack: median(list.map((s) => s.conntrack)) };
+    list.length === 0 ? undefined : { rules: median(list.map((s) => s.rules)), conntrack: median(list.map((s) => s.conntrack)), programs: median(list.map((s) => s.programs)) };
   return {
     ratio: median(ratios),
     lowest: Math.min(...ratios),
@@ -474,13 +474,13 @@ try {
     'trips'.padStart(6),
     'js/pkt'.padStart(7),
   ].join(' ');
-  // A transfer that keeps the CPUs busy loses the throughput its extra netfilter work takes.
+  // A transfer that keeps the CPUs busy loses the throughput its extra netfilter and program work takes.
+  const total = (s: NetfilterShare): number => s.rules + s.conntrack + s.programs;
   const cpuBound = (b: BulkResults | undefined): string => {
     if (b?.netfilterWith === undefined || b.netfilterWithout === undefined) return '-';
-    const added = b.netfilterWith.rules + b.netfilterWith.conntrack - b.netfilterWithout.rules - b.netfilterWithout.conntrack;
-    return times(1 - added / 100, 3);
+    return times(1 - (total(b.netfilterWith) - total(b.netfilterWithout)) / 100, 3);
   };
-  const share = (s: NetfilterShare | undefined): string => (s === undefined ? '-' : `rules ${fmt(s.rules, 2)}%, conntrack ${fmt(s.conntrack, 2)}%`);
+  const share = (s: NetfilterShare | undefined): string => (s === undefined ? '-' : `rules ${fmt(s.rules, 2)}%, conntrack ${fmt(s.conntrack, 2)}%, programs ${fmt(s.programs, 2)}%`);
   const range = (b: BulkResults | undefined): string => (b === undefined ? '-' : `${fmt(b.lowest, 3)}-${fmt(b.highest, 3)}x`);
   const summaries = {
     baseline: summarize(results.baseline, results.baseline),
@@ -529,7 +529,7 @@ try {
     `bulk: iperf3 ${config.bulkSeconds} s, ${config.bulkRounds} rounds alternating without/with each mode, median ratio; ` +
       `baseline ${fmt([hooksBulk, conntrackBulk, passThroughBulk, identityBulk, kernelBulk, kernelKeptBulk].find((b) => b !== undefined)?.baselineGbps, 1)} Gbit/s; hooks alone (one unmatched rule in mangle PREROUTING and POSTROUTING, no conntrack: the floor of any NFQUEUE design) ${fmt(hooksBulk?.ratio, 3)}x; per-round ratios hooks alone ${range(hooksBulk)}, conntrack only ${range(conntrackBulk)}, pass-through ${range(passThroughBulk)}, identity ${range(identityBulk)}, kernel fast path ${range(kernelBulk)}, kernel with conntrack kept ${range(kernelKeptBulk)}`,
     profiling
-      ? `bulk CPU in netfilter (perf, share of busy CPU, median of rounds; rules = hooks and rule evaluation): ` +
+      ? `bulk CPU in netfilter and BPF programs (perf, share of busy CPU, median of rounds; rules = hooks and rule evaluation; programs = the programs' own code, not the tc hook that runs them): ` +
         `no agents ${share(passThroughBulk?.netfilterWithout ?? hooksBulk?.netfilterWithout)}; hooks alone ${share(hooksBulk?.netfilterWith)}; conntrack only ${share(conntrackBulk?.netfilterWith)}; pass-through ${share(passThroughBulk?.netfilterWith)}; identity ${share(identityBulk?.netfilterWith)}; kernel fast path ${share(kernelBulk?.netfilterWith)}; kernel with conntrack kept ${share(kernelKeptBulk?.netfilterWith)}\n` +
         `bulk ratio of a CPU-bound transfer, from those shares (1 - the share they add): hooks alone ${cpuBound(hooksBulk)}, conntrack only ${cpuBound(conntrackBulk)}, pass-through ${cpuBound(passThroughBulk)}, identity ${cpuBound(identityBulk)}, kernel fast path ${cpuBound(kernelBulk)}, kernel with conntrack kept ${cpuBound(kernelKeptBulk)}`
       : 'bulk CPU in netfilter: not measured (perf is not available)',

@@ -12,10 +12,14 @@ export interface NetfilterShare {
   /** Hook dispatch and rule evaluation: nf_tables and the xtables matches it calls. */
   rules: number;
   conntrack: number;
+  /** BPF programs' own code (the kernel fast path's tc and sock_ops programs); not the hook that runs them. */
+  programs: number;
 }
 
 const RULES = /^(nf_hook_slow|nft_|__nft_|xt_|tcp_mt|connmark_mt|mark_mt|comment_mt)/;
 const CONNTRACK = /^(nf_conntrack|__nf_conntrack|nf_ct_|__nf_ct_|ipv4_conntrack|ipv6_conntrack|nf_confirm|hash_conntrack)/;
+/** A JIT-compiled program, as perf names it: bpf_prog_<tag>_<name>. */
+const PROGRAM = /^bpf_prog_[0-9a-f]+_/;
 
 export function perfAvailable(): boolean {
   return spawnSync('perf', ['--version'], { stdio: 'ignore' }).status === 0;
@@ -50,6 +54,7 @@ export function shareOf(report: string): NetfilterShare | null {
   let busy = 0;
   let rules = 0;
   let conntrack = 0;
+  let programs = 0;
   for (const line of report.split('\n')) {
     const fields = /^\s*([\d.]+)%\s+(\S+)\s+\[.\]\s+(\S+)/.exec(line);
     if (fields === null || fields[2] === 'swapper') continue;
@@ -58,6 +63,7 @@ export function shareOf(report: string): NetfilterShare | null {
     busy += percent;
     if (RULES.test(symbol)) rules += percent;
     else if (CONNTRACK.test(symbol)) conntrack += percent;
+    else if (PROGRAM.test(symbol)) programs += percent;
   }
-  return busy > 0 ? { rules: (100 * rules) / busy, conntrack: (100 * conntrack) / busy } : null;
+  return busy > 0 ? { rules: (100 * rules) / busy, conntrack: (100 * conntrack) / busy, programs: (100 * programs) / busy } : null;
 }
