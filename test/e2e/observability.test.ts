@@ -85,6 +85,12 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     for (const time of times) assert.match(String(time), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
   });
 
+  it('synpass agent wait returns at once for a running agent (as the systemd unit\'s start does)', () => {
+    const result = runSynpass(['agent', 'wait', '--socket', api.socket, '--timeout', '5']);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stdout, /^agent running \(waited 0\.\d s\)\n$/);
+  });
+
   it('/readyz turns unready when the credential is about to expire, and ready again after rotation', async () => {
     assert.equal((await fetch('/readyz')).status, 200);
     await rotateAgent(files, 'api', api, 40);

@@ -3,7 +3,7 @@
 import { Command, Option } from 'commander';
 import { removeAllRules } from '../datapath/iptables.ts';
 import { DEFAULT_DATAPATH, DEFAULT_TELEMETRY } from '../runtime/config.ts';
-import { fetchStatus } from '../telemetry/status-client.ts';
+import { AgentNotRunningError, fetchStatus, waitUntilRunning } from '../telemetry/status-client.ts';
 import { askWhois } from '../whois/client.ts';
 import { inspectCredential, readCredentialFile } from '../token/credential.ts';
 import { certifyIssuerKey, initDomain, issueAgent, SIGNING_KEY_TYPES, type SigningKeyType } from '../identity/issuance.ts';
@@ -25,7 +25,7 @@ program
   // Commander's own usage errors end like ours: exit 2; --help and --version exit 0.
   .exitOverride((error) => process.exit(error.exitCode === 0 ? 0 : EXIT_USAGE));
 
-const agent = program.command('agent').description('run the host agent, or clean up after one');
+const agent = program.command('agent').description('run the host agent, wait until it runs, or clean up after one');
 
 registerAgentRun(agent);
 
@@ -38,6 +38,22 @@ agent
     process.stdout.write(`removed synpass rules from ${removed} table(s)\n`);
     const fast = KernelFastPath.detach(flags.fastPathPinDir);
     process.stdout.write(`kernel fast path: ${fast.tcDetached} tc program(s) detached, cgroup link ${fast.linkDetached ? 'detached' : 'not found'}, pins under ${flags.fastPathPinDir} removed\n`);
+  }));
+
+agent
+  .command('wait')
+  .description("wait until the agent at the status socket runs, its rules (and its kernel fast path, where that runs) in place: the systemd unit counts as started only then, so a service ordered after it listens behind them; exit 1 if it is not running within the timeout")
+  .option('--socket <path>', 'agent status socket', DEFAULT_DATAPATH.statusSocket)
+  .option('--timeout <seconds>', 'how long to wait', integer(1, 3600), 60)
+  .action(guarded('agent wait', async (flags: { socket: string; timeout: number }) => {
+    try {
+      const milliseconds = await waitUntilRunning(flags.socket, flags.timeout * 1000);
+      process.stdout.write(`agent running (waited ${(milliseconds / 1000).toFixed(1)} s)\n`);
+    } catch (error) {
+      if (!(error instanceof AgentNotRunningError)) throw error;
+      process.stderr.write(`synpass agent wait: ${error.message}\n`);
+      process.exit(EXIT_NO);
+    }
   }));
 
 const keys = program.command('keys').description('trust domains and agent credentials (offline, on a secure machine)');

@@ -17,7 +17,7 @@ it('systemd-analyze verify accepts the agent and issuer units without a warning'
   assert.equal(result.stderr.trim(), '');
 });
 
-it('the unit is sandboxed to BPF, NET_ADMIN and NET_RAW (bpffs writable, bpf(2) allowed), reloads with SIGHUP, cleans up after a failure and keeps the fast path over a restart', () => {
+it('the unit is sandboxed to BPF, NET_ADMIN and NET_RAW (bpffs writable, bpf(2) allowed), reloads with SIGHUP, counts as started once the agent runs, cleans up after a failure and keeps the fast path over a restart', () => {
   const text = readFileSync(unit, 'utf8');
   const setting = settingOf(text);
   assert.equal(setting('CapabilityBoundingSet'), 'CAP_BPF CAP_NET_ADMIN CAP_NET_RAW');
@@ -36,6 +36,9 @@ it('the unit is sandboxed to BPF, NET_ADMIN and NET_RAW (bpffs writable, bpf(2) 
   assert.match(setting('ExecStopPost') ?? '', /^\/bin\/sh -c 'test "\$SERVICE_RESULT" = success \|\| exec .* agent cleanup'$/);
   assert.equal(setting('Environment=SYNPASS_DATAPATH_FAST_PATH_KEEP_SECONDS'), '30');
   assert.match(setting('ExecStartPre') ?? '', /--check-config$/);
+  // Started only once the agent runs, so services ordered after the unit listen behind it.
+  assert.match(setting('ExecStartPost') ?? '', / agent wait --socket \/run\/synpass\/agent\.sock --timeout \d+$/);
+  assert.match(setting('ExecStart') ?? '', / --status-socket \/run\/synpass\/agent\.sock$/);
   assert.ok(text.includes(`Environment="NODE_OPTIONS=${SHIPPED_NODE_OPTIONS}"`), 'the heap held to the memory budget the soak measured');
 });
 

@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import type { Server } from 'node:http';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -10,6 +11,8 @@ import { ConfigError, environmentName, loadAgentConfig } from '../../../agent/sr
 import { ANY_SOURCE, FLOW_LOG_MAX_AGGREGATES, FLOW_LOG_MAX_PENDING_BYTES, FlowLog, kernelFlowRecord } from '../../../agent/src/telemetry/flow-log.ts';
 import { BoundedLogStream, createAgentLog, createLogger, type AsyncDestination } from '../../../agent/src/telemetry/log.ts';
 import { AgentMetrics } from '../../../agent/src/telemetry/metrics.ts';
+import { startStatusServer } from '../../../agent/src/telemetry/status-server.ts';
+import { AgentNotRunningError, waitUntilRunning } from '../../../agent/src/telemetry/status-client.ts';
 import { IPV4_SYN } from '../../../scripts/lib/fixtures.ts';
 import { scratchDirectory } from '../../../scripts/lib/scratch.ts';
 import type { Reason } from '../../../agent/src/datapath/reasons.ts';
@@ -243,5 +246,37 @@ describe('metrics', () => {
     assert.match(text, /synpass_credential_renewals_total\{result="failed"\} 2\n/);
     assert.match(text, /synpass_credential_renewal_failing_seconds (29|30|31)(\.\d+)?\n/);
     assert.match(text, /synpass_process_resident_memory_bytes/);
+  });
+});
+
+describe('waiting for the agent', () => {
+  it('waits through no socket and a starting agent until it runs; gives up in time naming the state it saw last', async () => {
+    const socket = join(scratchDirectory('wait'), 'agent.sock');
+    let state = 'starting';
+    const servers: Server[] = [];
+    // The agent's status socket appears a moment after the wait began, as at a unit's start.
+    const serving = setTimeout(() => {
+      void startStatusServer(socket, () => ({ state }), { flushCaches: () => undefined }).then((server) => {
+        servers.push(server);
+        setTimeout(() => (state = 'waiting-for-queue'), 100);
+        setTimeout(() => (state = 'running'), 250);
+      });
+    }, 150);
+    try {
+      const waited = await waitUntilRunning(socket, 5_000, 20);
+      assert.ok(waited >= 350 && waited < 2_000, `waited ${waited} ms`);
+      state = 'stopping';
+      const started = Date.now();
+      await assert.rejects(waitUntilRunning(socket, 300, 20), (error: Error) => {
+        assert.ok(error instanceof AgentNotRunningError);
+        assert.match(error.message, /^no agent running at .*agent\.sock within 0\.3 s: state stopping$/);
+        return true;
+      });
+      assert.ok(Date.now() - started < 1_500);
+      await assert.rejects(waitUntilRunning(`${socket}.absent`, 100, 20), /within 0\.1 s: no agent answers \(.*ENOENT/);
+    } finally {
+      clearTimeout(serving);
+      for (const server of servers) server.close();
+    }
   });
 });
