@@ -1,12 +1,14 @@
 // How long the agent holds its event loop when a policy edit, a key rotation or a flush touches
 // every entry of the kernel fast path's full tables (65,536 server and 65,536 client entries):
 // the real KernelFastPath on its own maps (loaded and pinned in a scratch directory, attached
-// nowhere) with the real policy authorizer. First, on the maps of a second load, the same
-// 65,536 server entries written one system call each (as the agent wrote them before batching)
-// against one batch. Root (loads BPF):
+// nowhere) with the real policy authorizer. A policy edit judges the entries in slices: it prints
+// the walk's whole time and the longest the event loop was held meanwhile, for entries of one
+// peer workload and of as many peers as entries (each its own token, as from many client hosts).
+// First, on the maps of a second load, the same 65,536 server entries written one system call
+// each (as the agent wrote them before batching) against one batch. Root (loads BPF):
 //   node --import tsx scripts/benchmarks/kernel-tables.ts
 import { randomBytes } from 'node:crypto';
-import { performance } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { PolicyAuthorizer } from '../../agent/src/handshake/authorizer.ts';
 import type { VerifiedIdentity } from '../../agent/src/token/identity-token.ts';
 import { KernelFastPath } from '../../agent/src/kernel/fast-path.ts';
@@ -69,15 +71,36 @@ const path = KernelFastPath.load({
   budgetMark: 0x400,
   workloadCgroups: [],
 });
-try {
-  const expiresAt = Date.now() / 1000 + 3600;
-  const fastKeys = Array.from({ length: ENTRIES }, () => randomBytes(16));
+const expiresAt = Date.now() / 1000 + 3600;
+const fastKeys = Array.from({ length: ENTRIES }, () => randomBytes(16));
+
+/** Full tables; `distinctPeers`: every entry's peer a token of its own (same attributes). */
+function fill(distinctPeers: boolean): void {
   for (let i = 0; i < ENTRIES; i++) {
     const fast = { fastId: i, key: fastKeys[i]! };
-    const proven = { fast, peer, local, expiresAt, credential: {} as never, tokenSignature: new Uint8Array(64) };
+    const proven = { fast, peer: distinctPeers ? { ...peer, attributes: { ...peer.attributes } } : peer, local, expiresAt, credential: {} as never, tokenSignature: new Uint8Array(64) };
     path.admitClient({ ...proven, peerAddress: address(i), port: PORT });
     path.useServer({ ...proven, serverAddress: address(i), port: PORT, owner: { uid: 0, workload: 0 } });
   }
+}
+
+/** A policy edit: until its walk over the tables ends, and the longest the event loop was held meanwhile. */
+async function edited(label: string, from: string, authorizer: PolicyAuthorizer): Promise<void> {
+  current = policyAdmitting(from);
+  const delay = monitorEventLoopDelay({ resolution: 1 });
+  delay.enable();
+  const started = performance.now();
+  path.reauthorize(authorizer);
+  const returned = performance.now() - started;
+  await path.rejudged;
+  const total = performance.now() - started;
+  delay.disable();
+  const held = Math.max(returned, delay.max / 1e6);
+  process.stdout.write(`${label}: ${total.toFixed(0)} ms in ${path.lastRejudging?.slices ?? '?'} slices, the event loop held at most ${held.toFixed(1)} ms\n`);
+}
+
+try {
+  fill(false);
   process.stdout.write(`${ENTRIES} server and ${ENTRIES} client entries\n`);
   // The baseline, on the maps of a second load: the same entries written one system call each.
   const native = loadBinding();
@@ -92,16 +115,17 @@ try {
   });
   process.stdout.write(`batch: ${(batched / perEntry).toFixed(3)}x the baseline's time\n`);
   const authorizer = new PolicyAuthorizer(() => current);
-  for (const [label, from] of [
+  const edits = [
     ['policy edit, no verdict changes', 'web'],
     ['policy edit revoking every entry', 'nobody'],
     ['policy edit restoring them', 'web'],
-  ] as const) {
-    current = policyAdmitting(from);
-    timed(label, () => {
-      path.reauthorize(authorizer);
-    });
-  }
+  ] as const;
+  process.stdout.write('entries of one peer workload:\n');
+  for (const [label, from] of edits) await edited(`  ${label}`, from, authorizer);
+  path.forgetAll();
+  fill(true);
+  process.stdout.write(`entries of ${ENTRIES} peers:\n`);
+  for (const [label, from] of edits) await edited(`  ${label}`, from, authorizer);
   timed('key rotation (every server entry retiring, every client entry dropped)', () => {
     path.retire(expiresAt);
   });

@@ -11,6 +11,8 @@ import { join } from 'node:path';
 import { endianness } from 'node:os';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
 import { FAST_COUNTERS, FAST_SYN_OPTION } from '../../agent/src/kernel/layouts.ts';
+import { KernelFastPath, REJUDGE_SLICE_MS } from '../../agent/src/kernel/fast-path.ts';
+import type { Authorization, Authorizer } from '../../agent/src/handshake/authorizer.ts';
 import { fastPathObjectPath, loadBinding } from '../../agent/src/native/addon.ts';
 import { decodeJws } from '../../agent/src/token/jws.ts';
 import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
@@ -659,6 +661,44 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const output = execFileSync(process.execPath, profiled, { cwd: ROOT, encoding: 'utf8' });
     assert.match(output, /^loaded \d+ maps$/);
     assert.ok(readdirSync(join(scratch, 'profiles')).some((name) => name.endsWith('.cpuprofile')), 'the profiler ran');
+    assert.equal(existsSync(pinDir), false);
+  });
+
+  it('a policy edit judges a large table again in slices, the event loop free between them, and the kernel has every verdict at the end', async () => {
+    const pinDir = `${lab.pinDir('api')}-rejudge`;
+    const path = KernelFastPath.load({ pinDir, cgroup: '/', interfaces: [], excluded: [], windowSeconds: 30, acceptMark: 0x100, clientMark: 0x200, newInterfaces: null, acceptSample: 0, sourceRate: 0, sourceBurst: 0, budgetMark: 0x400, workloadCgroups: [] });
+    try {
+      const count = 4000;
+      const local = { 'app.name': 'api' };
+      for (let i = 0; i < count; i++) {
+        const peer = { trustDomain: 'd', subject: 'spiffe://d/web', attributes: { 'app.name': 'web' }, provenance: {}, agent: 'spiffe://d/agent/web', expiresAt: 2e9 };
+        assert.ok(path.admitClient({ fast: { fastId: i, key: Buffer.alloc(16, 1) }, peer, local, expiresAt: 2e9, credential: {} as never, tokenSignature: new Uint8Array(64), peerAddress: `10.213.${i >> 8}.${i & 255}`, port: 8080 }));
+      }
+      // A policy that now refuses every peer, and takes 50 us to say so: 200 ms in all.
+      const refusing = (): Authorization => {
+        const until = performance.now() + 0.05;
+        while (performance.now() < until);
+        return { allowed: false, rule: 'deny', revision: 'r2', wouldDrop: null, unrestricted: false };
+      };
+      const authorizer: Authorizer = { ingress: refusing, egress: refusing, memoSize: { entries: 0, capacity: 0 }, closedToAnonymous: () => false };
+      let served = 0;
+      const started = performance.now();
+      path.reauthorize(authorizer);
+      assert.ok(performance.now() - started < REJUDGE_SLICE_MS + 20, 'the call returned after its first slice');
+      assert.equal(path.rejudging, true);
+      const ticks = setInterval(() => (served += 1), 1);
+      await path.rejudged;
+      clearInterval(ticks);
+      assert.equal(path.rejudging, false);
+      assert.ok(path.lastRejudging !== null && path.lastRejudging.slices >= 10, `slices: ${path.lastRejudging?.slices}`);
+      assert.ok(served >= 10, `the event loop ran timers between slices (${served})`);
+      const dumped = JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDir, 'fast_servers'), '-j'], { encoding: 'utf8', maxBuffer: 64 << 20 })) as { value: string[] }[];
+      assert.equal(dumped.length, count);
+      // struct server_value: key (16 bytes), then allowed (u32).
+      assert.equal(dumped.filter((entry) => Number(entry.value[16]) !== 0).length, 0, 'every entry refused in the kernel');
+    } finally {
+      KernelFastPath.detach(pinDir);
+    }
     assert.equal(existsSync(pinDir), false);
   });
 

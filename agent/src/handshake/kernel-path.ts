@@ -104,7 +104,10 @@ export interface KernelPath {
   listenerAnswered(port: number, ready: boolean): void;
   /** Whether the kernel took the entry (a full table refuses it; the next connection is queued). */
   useServer(entry: FastServer): boolean;
-  /** Policy changed: each entry is judged again; a client no longer admitted is dropped in the kernel from its next SYN. */
+  /**
+   * Policy changed: each entry is judged again (a large table in slices, the event loop free
+   * between them); a client no longer admitted is dropped in the kernel from its next SYN.
+   */
   reauthorize(authorizer: Authorizer): void;
   /** Which local ports admit no peer without identity from anywhere: the kernel drops such SYNs itself. */
   cloak(closed: (port: number) => boolean): void;

@@ -87,6 +87,27 @@ interface ServerRecord {
 }
 
 const BPF_ANY = 0;
+/**
+ * How long a policy edit's re-judging of the tables may hold the event loop at a time. Judging
+ * 65,536 server and 65,536 client entries of as many peers took 514-732 ms in one go
+ * (scripts/benchmarks/kernel-tables.ts), while no packet was judged; in slices the queue is
+ * served between them.
+ */
+export const REJUDGE_SLICE_MS = 5;
+/** Entries judged between two looks at the clock. */
+const REJUDGE_BETWEEN_CLOCKS = 64;
+
+/** A policy edit's walk over the tables, slice by slice (reauthorize). */
+interface Rejudging {
+  authorizer: Authorizer;
+  servers: Iterator<[string, ServerRecord]>;
+  clients: Iterator<[string, FastServer]>;
+  started: number;
+  slices: number;
+  /** Resolved when the walk is done or a newer one replaced it. */
+  settled: Promise<void>;
+  settle: () => void;
+}
 /** The keys of the port table (an array map): 0..PORT_COUNT-1, in the host's byte order; made at the first write. */
 let portKeys: Uint8Array | null = null;
 /**
@@ -104,6 +125,10 @@ export interface FastPeer {
 export class KernelFastPath implements KernelPath {
   private readonly servers = new Map<string, ServerRecord>();
   private readonly clients = new Map<string, FastServer>();
+  private walk: Rejudging | null = null;
+  private rejudgeTimer: NodeJS.Immediate | null = null;
+  /** How long the last policy edit's walk took, in how many slices, and why it ended early if it did (null before the first). */
+  lastRejudging: { milliseconds: number; slices: number; error?: string } | null = null;
   private readonly now: () => number;
   /** Entries the kernel refused (a full map) or that failed to write, counted for status. */
   refused = 0;
@@ -295,26 +320,92 @@ export class KernelFastPath implements KernelPath {
     return true;
   }
 
+  /**
+   * Judges every entry again under `authorizer`, in slices of at most REJUDGE_SLICE_MS with the
+   * event loop free between them: a table that fits in one slice (most) is judged before this
+   * returns, a full one over the next turns of the loop (rejudged says when). A newer call starts
+   * the walk again from the first entry. Entries admitted meanwhile were judged by the new policy
+   * at admission; removed ones are skipped.
+   */
   reauthorize(authorizer: Authorizer): void {
+    this.stopRejudging();
+    let settle = (): void => undefined;
+    const settled = new Promise<void>((resolve) => {
+      settle = resolve;
+    });
+    this.walk = { authorizer, servers: this.servers.entries(), clients: this.clients.entries(), started: performance.now(), slices: 0, settled, settle };
+    this.rejudgeSlice();
+  }
+
+  /** Whether a policy edit's walk over the tables is under way. */
+  get rejudging(): boolean {
+    return this.walk !== null;
+  }
+
+  /** Resolves once the last policy edit's walk over the tables is done (at once when none runs). */
+  get rejudged(): Promise<void> {
+    return this.walk?.settled ?? Promise.resolve();
+  }
+
+  private rejudgeSlice(): void {
+    this.rejudgeTimer = null;
+    const walk = this.walk;
+    if (walk === null) return;
+    walk.slices++;
+    const deadline = performance.now() + REJUDGE_SLICE_MS;
     const turned: ServerRewrite[] = [];
-    for (const [id, record] of this.servers) {
-      const { entry } = record;
-      const auth = authorizer.ingress({ local: entry.local, peer: entry.peer, peerAddress: entry.peerAddress, port: entry.port });
-      const allowed = auth.allowed && auth.wouldDrop === null;
-      if (allowed === record.allowed) continue;
-      // Kept with allowed = 0 rather than deleted, so the kernel counts the drop as not-allowed.
-      turned.push({ id, record, value: serverValue(entry.fast.key, allowed, record.retiring, entry.expiresAt) });
+    const denied: string[] = [];
+    let done = false;
+    while (!done && performance.now() < deadline) {
+      for (let i = 0; i < REJUDGE_BETWEEN_CLOCKS && !done; i++) {
+        const server = walk.servers.next();
+        if (server.done !== true) {
+          const [id, record] = server.value;
+          const { entry } = record;
+          const auth = walk.authorizer.ingress({ local: entry.local, peer: entry.peer, peerAddress: entry.peerAddress, port: entry.port });
+          const allowed = auth.allowed && auth.wouldDrop === null;
+          // Kept with allowed = 0 rather than deleted, so the kernel counts the drop as not-allowed.
+          if (allowed !== record.allowed) turned.push({ id, record, value: serverValue(entry.fast.key, allowed, record.retiring, entry.expiresAt) });
+          continue;
+        }
+        const client = walk.clients.next();
+        if (client.done === true) {
+          done = true;
+          continue;
+        }
+        const [id, entry] = client.value;
+        const auth = walk.authorizer.egress({ local: entry.local, peer: entry.peer, peerAddress: entry.serverAddress, port: entry.port });
+        // No longer allowed out: the next SYN takes the queue, where the agent decides.
+        if (!auth.allowed || auth.wouldDrop !== null) denied.push(id);
+      }
     }
     this.rewriteServers(turned, (record) => {
       record.allowed = !record.allowed;
     });
-    const denied: string[] = [];
-    for (const [id, entry] of this.clients) {
-      const auth = authorizer.egress({ local: entry.local, peer: entry.peer, peerAddress: entry.serverAddress, port: entry.port });
-      // No longer allowed out: the next SYN takes the queue, where the agent decides.
-      if (!auth.allowed || auth.wouldDrop !== null) denied.push(id);
-    }
     this.dropClients(denied);
+    if (!done) {
+      this.rejudgeTimer = setImmediate(() => {
+        try {
+          this.rejudgeSlice();
+        } catch (error) {
+          // A later turn of the loop has no caller to throw to: the walk ends, and status says why.
+          this.lastRejudging = { milliseconds: Math.round(performance.now() - walk.started), slices: walk.slices, error: (error as Error).message };
+          this.stopRejudging();
+        }
+      });
+      return;
+    }
+    this.walk = null;
+    this.lastRejudging = { milliseconds: Math.round(performance.now() - walk.started), slices: walk.slices };
+    walk.settle();
+  }
+
+  private stopRejudging(): void {
+    if (this.rejudgeTimer !== null) clearImmediate(this.rejudgeTimer);
+    this.rejudgeTimer = null;
+    const walk = this.walk;
+    this.walk = null;
+    walk?.settle();
   }
 
   cloak(closed: (port: number) => boolean): void {
@@ -564,6 +655,7 @@ export class KernelFastPath implements KernelPath {
   }
 
   private release(): void {
+    this.stopRejudging();
     this.events?.close();
     this.events = null;
     for (const fd of Object.values(this.loaded.maps)) this.native.closeFd(fd);

@@ -353,6 +353,7 @@ export class Agent {
       cloakedPorts: path.cloakedPorts,
       listenersOnQueue: path.listenersOnQueue,
       listenerSweep: path.listenerSweep,
+      policyWalk: { running: path.rejudging, last: path.lastRejudging },
       conntrack: this.conntrack,
     };
   }
