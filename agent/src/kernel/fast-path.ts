@@ -334,7 +334,12 @@ export class KernelFastPath implements KernelPath {
       settle = resolve;
     });
     this.walk = { authorizer, servers: this.servers.entries(), clients: this.clients.entries(), started: performance.now(), slices: 0, settled, settle };
-    this.rejudgeSlice();
+    try {
+      this.rejudgeSlice();
+    } catch (error) {
+      this.stopRejudging();
+      throw error;
+    }
   }
 
   /** Whether a policy edit's walk over the tables is under way. */
