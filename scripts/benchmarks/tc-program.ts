@@ -57,10 +57,14 @@ const CASES: { label: string; frame: Buffer; fast: boolean }[] = [
   { label: 'segment of a fast connection, timestamps and a marker', frame: segment([...TIMESTAMPS, ...MARKER]), fast: true },
 ];
 
+/** Pins to remove at the end, each named before anything is pinned there. */
+const pinned: string[] = [];
+
 /** The program of `object`, loaded with maps of its own (`configured`: the agent's settings written in them). */
 function load(object: string, name: string, configured: boolean): { program: string; maps: string } {
   const program = join(BPFFS, `synpass-bench-${name}-programs`);
   const maps = join(BPFFS, `synpass-bench-${name}-maps`);
+  pinned.push(program, maps);
   bpftool(['prog', 'loadall', object, program, ...(configured ? ['pinmaps', maps] : [])]);
   if (configured) {
     const config = configValue({ realtimeOffsetNs: 0n, windowSeconds: 30, acceptMark: 0x100, clientMark: 0x200, acceptSample: 0, sourceRate: 0, sourceBurst: 0, budgetMark: 0x400, untrackedMark: 0x800, workloadCgroups: 0, vouchedUntil: Date.now() / 1000 + 3600, agentAway: false });
@@ -84,16 +88,9 @@ function median(values: number[]): number {
 }
 
 const flow = peerKey(SERVER.address, SERVER.port, CLIENT.address, CLIENT.port);
-const pinned: string[] = [];
 try {
   const empty = load(emptyProgram(), 'empty', false);
-  pinned.push(join(BPFFS, 'synpass-bench-empty-programs'));
-  const loaded = objects.map((object, index) => {
-    const name = `object${index}`;
-    const programs = load(object, name, true);
-    pinned.push(join(BPFFS, `synpass-bench-${name}-programs`), programs.maps);
-    return programs;
-  });
+  const loaded = objects.map((object, index) => load(object, `object${index}`, true));
   process.stdout.write(`${REPEAT} runs a measurement, median of ${RUNS}; the programs and the baseline (a tc program that does nothing) take turns, so the VM's drift falls on all alike\n`);
   for (const { label, frame, fast } of CASES) {
     for (const { maps } of loaded) {

@@ -684,7 +684,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       let served = 0;
       const started = performance.now();
       path.reauthorize(authorizer);
-      assert.ok(performance.now() - started < REJUDGE_SLICE_MS + 20, 'the call returned after its first slice');
+      assert.ok(performance.now() - started < REJUDGE_SLICE_MS + 50, 'the call returned after its first slice');
       assert.equal(path.rejudging, true);
       const ticks = setInterval(() => (served += 1), 1);
       await path.rejudged;
