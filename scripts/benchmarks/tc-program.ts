@@ -12,6 +12,7 @@ import { fastPathObjectPath } from '../../agent/src/native/addon.ts';
 import { configValue, peerKey } from '../../agent/src/kernel/layouts.ts';
 import { ROOT } from '../lib/lab.ts';
 import { ethernetFrame, ipv4Segment } from '../lib/packets.ts';
+import { median } from './lab-load.ts';
 
 const REPEAT = 1_000_000;
 const RUNS = 9;
@@ -81,10 +82,6 @@ function nanoseconds(program: string, frame: Buffer): number {
   const mean = /duration \(average\): (\d+)ns/.exec(output)?.[1];
   if (mean === undefined) throw new Error(`bpftool prog run gave no duration: ${output}`);
   return Number(mean);
-}
-
-function median(values: number[]): number {
-  return [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 }
 
 const flow = peerKey(SERVER.address, SERVER.port, CLIENT.address, CLIENT.port);
