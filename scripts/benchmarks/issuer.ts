@@ -4,7 +4,7 @@
 // client's TLS work shares the core: a lower bound). The baseline measured in the same run is one
 // bare Ed25519 signature, the least an issuance can cost. Bounded: BENCH_ISSUER_COUNT requests.
 //   node --import tsx scripts/benchmarks/issuer.ts
-import { generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
+import { sign, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
 import { performance } from 'node:perf_hooks';
@@ -19,6 +19,7 @@ import { verifyCredential } from '../../agent/src/token/credential.ts';
 import { loadTrustBundles } from '../../agent/src/token/trust-bundle.ts';
 import { createIssuerFixture } from '../lib/issuer-fixture.ts';
 import { scratchDirectory } from '../lib/scratch.ts';
+import { generateKeyPair } from '../../agent/src/identity/key-generation.ts';
 
 const COUNT = Number(process.env.BENCH_ISSUER_COUNT ?? 3000);
 const DOMAIN = 'bench.synpass';
@@ -30,10 +31,10 @@ const fixture = await createIssuerFixture(scratchDirectory('bench-issuer'), DOMA
 const bundles = loadTrustBundles(fixture.bundles);
 const loaded = await loadCertifiedIssuingKey(fixture.issuingKey, DOMAIN, bundles, now());
 const issuer = new Issuer({ trustDomain: DOMAIN, issuingKey: loaded.key, certificate: loaded.certificate, bundles, attestors: [new JoinTokenAttestor(fixture.joinTokens)], ttlSeconds: 3600, renewalGraceSeconds: 0 });
-const kex = generateKeyPairSync('x25519').publicKey;
+const kex = generateKeyPair('x25519').publicKey;
 
 // One agent's current credential; every renewal request brings a new key, as agents do.
-const first = generateKeyPairSync('ed25519');
+const first = generateKeyPair('ed25519');
 const joined = await issuer.issue(
   await buildCredentialRequest({ signKey: first.privateKey, kexPublicKey: kex, attestation: { type: 'join-token', token: fixture.joinTokens.create({ agent: 'bench', namespaces: ['app'], ttlSeconds: 600, nowSeconds: now() }).token }, nowSeconds: now() }),
   now(),
@@ -43,7 +44,7 @@ const current = verifyCredential(joined.credential, bundles, now());
 async function renewalRequests(count: number, currentKey: KeyObject): Promise<string[]> {
   const requests: string[] = [];
   for (let i = 0; i < count; i++) {
-    const next = generateKeyPairSync('ed25519');
+    const next = generateKeyPair('ed25519');
     const proof = await buildRenewalProof(currentKey, current.signKid, await calculateJwkThumbprint(await exportJWK(next.publicKey)), now());
     requests.push(await buildCredentialRequest({ signKey: next.privateKey, kexPublicKey: kex, attestation: { type: 'credential', credential: current.compact, proof }, nowSeconds: now() }));
   }
@@ -54,7 +55,7 @@ async function joinRequests(count: number): Promise<string[]> {
   const requests: string[] = [];
   for (let i = 0; i < count; i++) {
     const { token } = fixture.joinTokens.create({ agent: `bench-${i}`, namespaces: ['app'], ttlSeconds: 600, nowSeconds: now() });
-    requests.push(await buildCredentialRequest({ signKey: generateKeyPairSync('ed25519').privateKey, kexPublicKey: kex, attestation: { type: 'join-token', token }, nowSeconds: now() }));
+    requests.push(await buildCredentialRequest({ signKey: generateKeyPair('ed25519').privateKey, kexPublicKey: kex, attestation: { type: 'join-token', token }, nowSeconds: now() }));
   }
   return requests;
 }

@@ -4,12 +4,12 @@
 // With "metrics" instead of an attestation it prints the issuer's metrics: {"metrics":text}.
 //   enroll-probe <issuer url> <tls ca file> <attestation JSON> [forged-proof]
 //   enroll-probe <issuer url> <tls ca file> metrics
-import { generateKeyPairSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { decodeJwt } from 'jose';
 import { buildCredentialRequest, type Attestation } from '../../agent/src/issuer/credential-request.ts';
 import { CREDENTIALS_PATH } from '../../agent/src/issuer/server.ts';
+import { generateKeyPair } from '../../agent/src/identity/key-generation.ts';
 
 const [url, tlsCa, attestationJson, mode] = process.argv.slice(2);
 if (attestationJson === 'metrics') {
@@ -25,7 +25,7 @@ if (attestationJson === 'metrics') {
 }
 const attestation = JSON.parse(attestationJson!) as Attestation;
 const nowSeconds = Math.floor(Date.now() / 1000);
-const build = () => buildCredentialRequest({ signKey: generateKeyPairSync('ed25519').privateKey, kexPublicKey: generateKeyPairSync('x25519').publicKey, attestation, nowSeconds });
+const build = () => buildCredentialRequest({ signKey: generateKeyPair('ed25519').privateKey, kexPublicKey: generateKeyPair('x25519').publicKey, attestation, nowSeconds });
 let compact = await build();
 if (mode === 'forged-proof') compact = `${compact.split('.').slice(0, 2).join('.')}.${(await build()).split('.')[2]!}`;
 const call = request(new URL(CREDENTIALS_PATH, url), { method: 'POST', ca: readFileSync(tlsCa!), headers: { 'content-type': 'application/json' }, timeout: 10_000 }, (response) => {

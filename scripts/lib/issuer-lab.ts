@@ -4,7 +4,7 @@
 // so renewals never depend on the handshake they keep alive. The issuer also attests Kubernetes
 // nodes against a test service-account issuer (scripts/lib/oidc-server.ts) on its own loopback,
 // whose key the lab holds, so tests can present service-account tokens of every kind.
-import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { type KeyObject } from 'node:crypto';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { exportJWK } from 'jose';
@@ -13,6 +13,7 @@ import { createIssuerFixture, type IssuerFixture } from './issuer-fixture.ts';
 import { DOMAIN } from './identity-lab.ts';
 import { Lab, ROOT, synpassCommand, type AgentHandle, type NetnsProcess } from './lab.ts';
 import { scratchDirectory } from './scratch.ts';
+import { generateKeyPair } from '../../agent/src/identity/key-generation.ts';
 
 export const ISSUER_PORT = 8443;
 const OIDC_PORT = 8080;
@@ -70,7 +71,7 @@ export async function startIssuerLab(options: IssuerLabOptions): Promise<IssuerL
   const issuerUrl = `https://${issuerAddress}:${ISSUER_PORT}`;
   const denyList = join(directory, 'deny-list.yaml');
   writeFileSync(denyList, 'credentials: []\nkeys: []\n');
-  const serviceAccount = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const serviceAccount = generateKeyPair('rsa2048');
   const jwksFile = join(directory, 'sa-jwks.json');
   writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...(await exportJWK(serviceAccount.publicKey)), kid: 'sa-1', alg: 'RS256', use: 'sig' }] }));
   const serviceAccountIssuer = `http://127.0.0.1:${OIDC_PORT}${OIDC_PATH}`;

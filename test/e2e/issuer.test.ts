@@ -3,7 +3,7 @@
 // connect loop never fails, ride out the issuer's absence until expiry, then cloak and say why,
 // and come back when it returns.
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { type KeyObject } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { SignJWT } from 'jose';
 import { join } from 'node:path';
@@ -14,6 +14,7 @@ import { createIssuingKey } from '../../agent/src/issuer/issuing-key.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
 import { verifyCredential } from '../../agent/src/token/credential.ts';
 import { loadTrustBundles } from '../../agent/src/token/trust-bundle.ts';
+import { generateKeyPair } from '../../agent/src/identity/key-generation.ts';
 
 const ECHO_PORT = 7000;
 const TTL_SECONDS = 8;
@@ -146,7 +147,7 @@ describe('credential lifecycle with an issuer', { skip: !isRoot() && 'needs root
       ['k8s-expired', { type: 'kubernetes', token: await saToken({ expiresIn: -120 }) }, false],
       ['k8s-wrong-service-account', { type: 'kubernetes', token: await saToken({ namespace: 'default' }) }, false],
       ['k8s-wrong-service-account', { type: 'kubernetes', token: await saToken({ account: 'builder' }) }, false],
-      ['k8s-bad-signature', { type: 'kubernetes', token: await saToken({ key: generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey }) }, false],
+      ['k8s-bad-signature', { type: 'kubernetes', token: await saToken({ key: generateKeyPair('rsa2048').privateKey }) }, false],
     ];
     for (const [reason, attestation, forged] of cases) {
       const answer = await lab.probe('web', attestation, forged);

@@ -1,5 +1,5 @@
 // Offline key ceremony: create a trust domain (CA key + bundle) and issue agent credentials.
-import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { calculateJwkThumbprint, exportJWK } from 'jose';
@@ -8,6 +8,7 @@ import { issueCredential } from '../token/credential.ts';
 import { certifyIssuer, verifyIssuerCertificate } from '../token/issuer-certificate.ts';
 import { readPrivateKey, refuseToOverwrite, writePrivateKey, writePublicFile } from './key-files.ts';
 import { BUNDLE_SUFFIX, bundleDocument, parseBundle, readBundleFile, TrustBundleError, type BundleDocument } from '../token/trust-bundle.ts';
+import { generateKeyPair } from './key-generation.ts';
 
 export class IssuanceError extends SynpassError<'no-domain' | 'wrong-domain' | 'bad-public-key'> {
   override readonly name = 'IssuanceError';
@@ -26,8 +27,8 @@ export interface NewTrustDomain {
 
 export async function newTrustDomain(trustDomain: string): Promise<NewTrustDomain> {
   if (!/^[a-z0-9.-]+$/.test(trustDomain)) throw new RangeError('trust domain must be a lower-case domain name');
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  return { caKey: privateKey, bundle: await bundleDocument(trustDomain, [await exportJWK(createPublicKey(privateKey))]) };
+  const { privateKey, publicKey } = generateKeyPair('p256');
+  return { caKey: privateKey, bundle: await bundleDocument(trustDomain, [await exportJWK(publicKey)]) };
 }
 
 /** `overwrite`: replace an existing CA key and bundle, which invalidates every credential it issued. */
@@ -129,8 +130,8 @@ export interface NewAgent {
 /** Fresh agent keys and the credential `caKey` signs for them, in memory. */
 export async function newAgent(caKey: KeyObject, input: Omit<IssueAgentInput, 'domainDirectory' | 'outputDirectory' | 'overwrite'>): Promise<NewAgent> {
   if (!/^[A-Za-z0-9._-]+$/.test(input.agentId)) throw new RangeError('agent id may hold letters, digits, ".", "_" and "-"');
-  const sign = input.signingKey === 'p256' ? generateKeyPairSync('ec', { namedCurve: 'P-256' }) : generateKeyPairSync('ed25519');
-  const kex = generateKeyPairSync('x25519');
+  const sign = generateKeyPair(input.signingKey === 'p256' ? 'p256' : 'ed25519');
+  const kex = generateKeyPair('x25519');
   const credential = await issueCredential({
     signerKey: caKey,
     signerKid: await calculateJwkThumbprint(await exportJWK(createPublicKey(caKey))),

@@ -2,7 +2,7 @@
 // credential from a join token, and renews it at half-life with jitter, each time with fresh
 // keys, while the current credential stays in force. An unreachable issuer costs retries with
 // backoff, never the current credential; only its expiry cloaks the host.
-import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { calculateJwkThumbprint, exportJWK } from 'jose';
@@ -14,6 +14,7 @@ import { readCredentialFile, verifyCredential, type VerifiedCredential } from '.
 import { loadTrustBundles } from '../token/trust-bundle.ts';
 import { readPrivateKey, writePrivateKey } from '../identity/key-files.ts';
 import type { IdentityFiles } from '../identity/local-identity.ts';
+import { generateKeyPair } from '../identity/key-generation.ts';
 
 const REQUEST_TIMEOUT_MS = 10_000;
 const MAX_BACKOFF_MS = 30_000;
@@ -236,8 +237,8 @@ export class CredentialRenewer {
 
   private async requestAndStore(attestation: Attestation, current?: Current): Promise<void> {
     const nowSeconds = this.nowSeconds();
-    const sign = generateKeyPairSync('ed25519');
-    const kex = generateKeyPairSync('x25519');
+    const sign = generateKeyPair('ed25519');
+    const kex = generateKeyPair('x25519');
     if (current !== undefined && attestation.type === 'credential') {
       const thumbprint = await calculateJwkThumbprint(await exportJWK(sign.publicKey));
       attestation.proof = await buildRenewalProof(current.signKey, current.credential.signKid, thumbprint, nowSeconds);

@@ -1,13 +1,14 @@
 // The issuing key: made on the issuer's host (its private half stays there); its public half goes
 // to the offline CA, which certifies it into the trust bundle (`synpass keys certify-issuer`).
 // At start the issuer finds its certificate in the bundle, or refuses to run.
-import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { createPublicKey, type KeyObject } from 'node:crypto';
 import { join } from 'node:path';
 import { calculateJwkThumbprint, exportJWK } from 'jose';
 import { SynpassError } from '../errors.ts';
 import { readPrivateKey, refuseToOverwrite, writePrivateKey, writePublicFile } from '../identity/key-files.ts';
 import type { CertifiedIssuer } from '../token/issuer-certificate.ts';
 import type { TrustBundle } from '../token/trust-bundle.ts';
+import { generateKeyPair } from '../identity/key-generation.ts';
 
 export const ISSUING_KEY_FILE = 'issuing.key.pem';
 export const ISSUING_PUBLIC_KEY_FILE = 'issuing.pub.jwk.json';
@@ -21,9 +22,9 @@ export async function createIssuingKey(directory: string, overwrite = false): Pr
   const key = join(directory, ISSUING_KEY_FILE);
   const publicKey = join(directory, ISSUING_PUBLIC_KEY_FILE);
   refuseToOverwrite([key, publicKey], overwrite);
-  const { privateKey } = generateKeyPairSync('ed25519');
-  writePrivateKey(key, privateKey);
-  writePublicFile(publicKey, `${JSON.stringify(await exportJWK(createPublicKey(privateKey)))}\n`);
+  const pair = generateKeyPair('ed25519');
+  writePrivateKey(key, pair.privateKey);
+  writePublicFile(publicKey, `${JSON.stringify(await exportJWK(pair.publicKey))}\n`);
   return { key, publicKey };
 }
 

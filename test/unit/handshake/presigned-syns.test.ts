@@ -1,18 +1,18 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { PresignedSyns } from '../../../agent/src/handshake/presigned-syns.ts';
 import { NoncePool } from '../../../agent/src/protocol/proofs.ts';
 import { synSignatureValid } from '../../../agent/src/protocol/syn-signature.ts';
 import { tokenDigest } from '../../../agent/src/protocol/token-digest.ts';
 import { packJws } from '../../../agent/src/protocol/wire.ts';
+import { generateKeyPair } from '../../../agent/src/identity/key-generation.ts';
 
 const TOKEN = packJws('eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ3ZWIifQ.c2lnbmF0dXJl');
 const OTHER_TOKEN = packJws('eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJiYXRjaCJ9.c2lnbmF0dXJl');
 
 describe('SYN signatures made ahead', () => {
-  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  const { privateKey, publicKey } = generateKeyPair('ed25519');
 
   it('a first contact finds none; once a handshake ended, the next finds one, valid for its token, used once', async () => {
     let time = 1_800_000_000_000;

@@ -1,12 +1,13 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { signSyn, synSignatureValid } from '../../../agent/src/protocol/syn-signature.ts';
+import { generateKeyPair } from '../../../agent/src/identity/key-generation.ts';
 
 describe('SYN signature', () => {
   for (const [name, pair] of [
-    ['ES256 (P-256)', generateKeyPairSync('ec', { namedCurve: 'P-256' })],
-    ['EdDSA (Ed25519)', generateKeyPairSync('ed25519')],
+    ['ES256 (P-256)', generateKeyPair('p256')],
+    ['EdDSA (Ed25519)', generateKeyPair('ed25519')],
   ] as const) {
     it(`${name}: verifies over nonce, time and token digest, and over nothing else`, () => {
       const nonce = randomBytes(16);
@@ -20,7 +21,7 @@ describe('SYN signature', () => {
       assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_001, tokenDigest, signature), false, 'time');
       assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_000, randomBytes(32), signature), false, 'token');
       assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_000, tokenDigest, signature.subarray(0, 63)), false, 'length');
-      const otherKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey;
+      const otherKey = generateKeyPair('p256').publicKey;
       assert.equal(synSignatureValid(otherKey, nonce, 1_800_000_000, tokenDigest, signature), false, 'key');
     });
   }

@@ -3,7 +3,7 @@
 // made here signs instance documents. Each refusal is counted and audited with its reason.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { createPrivateKey, generateKeyPairSync, sign, X509Certificate, type KeyObject } from 'node:crypto';
+import { createPrivateKey, sign, X509Certificate, type KeyObject } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
@@ -22,6 +22,7 @@ import { verifyCredential } from '../../../agent/src/token/credential.ts';
 import { loadTrustBundles } from '../../../agent/src/token/trust-bundle.ts';
 import { createIssuerFixture, type IssuerFixture } from '../../../scripts/lib/issuer-fixture.ts';
 import { scratchDirectory } from '../../../scripts/lib/scratch.ts';
+import { generateKeyPair } from '../../../agent/src/identity/key-generation.ts';
 
 const DOMAIN = 'nodes.synpass';
 const SA_ISSUER_PATH = '/sa-issuer';
@@ -44,8 +45,8 @@ describe('node attestors', () => {
   let saIssuer: string;
   let url: string;
   let providerKey: KeyObject;
-  const saKey = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const strangerKey = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const saKey = generateKeyPair('rsa2048');
+  const strangerKey = generateKeyPair('rsa2048');
   const audits: Record<string, unknown>[] = [];
   const { log } = createAgentLog('info', {
     write: (line: string) => { const record = JSON.parse(line) as Record<string, unknown>; if (record.audit !== undefined) audits.push(record); return true; },
@@ -173,7 +174,7 @@ describe('node attestors', () => {
   it('refuses a forged or altered document, another account and a document older than allowed', async () => {
     const good = instanceDocument();
     await refusedWith('cloud-bad-signature', { ...good, cloudDocument: good.cloudDocument.replace('i-0abc123', 'i-0evil00') });
-    const selfSigned = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const selfSigned = generateKeyPair('rsa2048');
     await refusedWith('cloud-bad-signature', { ...good, cloudSignature: sign('sha256', Buffer.from(good.cloudDocument), selfSigned.privateKey).toString('base64') });
     await refusedWith('cloud-wrong-account', instanceDocument({ accountId: '999999999999' }));
     await refusedWith('cloud-document-too-old', instanceDocument({ pendingTime: new Date(Date.now() - 3_600_000).toISOString() }));

@@ -1,7 +1,6 @@
 // The issuer over real HTTPS on loopback, and the agent's renewer against it: join, renewal with
 // fresh keys, and every refusal with its reason, counted and audited.
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
@@ -21,6 +20,7 @@ import { verifyCredential } from '../../../agent/src/token/credential.ts';
 import { loadTrustBundles, TrustBundleError } from '../../../agent/src/token/trust-bundle.ts';
 import { createIssuerFixture, makeTlsCertificate, type IssuerFixture } from '../../../scripts/lib/issuer-fixture.ts';
 import { scratchDirectory } from '../../../scripts/lib/scratch.ts';
+import { generateKeyPair } from '../../../agent/src/identity/key-generation.ts';
 
 const DOMAIN = 'issuer.synpass';
 const now = (): number => Math.floor(Date.now() / 1000);
@@ -148,13 +148,13 @@ describe('issuer', () => {
   });
 
   it('refuses revoked, expired and unknown join tokens, and a request without proof of possession', async () => {
-    const sign = generateKeyPairSync('ed25519');
-    const kex = generateKeyPairSync('x25519');
+    const sign = generateKeyPair('ed25519');
+    const kex = generateKeyPair('x25519');
     const ask = async (attestation: Parameters<typeof buildCredentialRequest>[0]['attestation'], tamper = false) => {
       let compact = await buildCredentialRequest({ signKey: sign.privateKey, kexPublicKey: kex.publicKey, attestation, nowSeconds: now() });
       if (tamper) {
         // Signed by another key than the one the header asks a credential for.
-        const other = await buildCredentialRequest({ signKey: generateKeyPairSync('ed25519').privateKey, kexPublicKey: kex.publicKey, attestation, nowSeconds: now() });
+        const other = await buildCredentialRequest({ signKey: generateKeyPair('ed25519').privateKey, kexPublicKey: kex.publicKey, attestation, nowSeconds: now() });
         compact = `${compact.split('.').slice(0, 2).join('.')}.${other.split('.')[2]!}`;
       }
       return post(JSON.stringify({ request: compact }));
@@ -183,10 +183,10 @@ describe('issuer', () => {
     writeFileSync(tokenFile, fixture.joinTokens.create({ agent: 'vm-6', namespaces: [], ttlSeconds: 600, nowSeconds: now() }).token);
     await renewer(files, tokenFile).ensureCredential();
     const credential = readFileSync(files.credential, 'utf8').trim();
-    const thief = generateKeyPairSync('ed25519');
+    const thief = generateKeyPair('ed25519');
     const thumbprint = await calculateJwkThumbprint(await exportJWK(thief.publicKey));
     const proof = await buildRenewalProof(thief.privateKey, 'stolen', thumbprint, now());
-    const compact = await buildCredentialRequest({ signKey: thief.privateKey, kexPublicKey: generateKeyPairSync('x25519').publicKey, attestation: { type: 'credential', credential, proof }, nowSeconds: now() });
+    const compact = await buildCredentialRequest({ signKey: thief.privateKey, kexPublicKey: generateKeyPair('x25519').publicKey, attestation: { type: 'credential', credential, proof }, nowSeconds: now() });
     const answer = await post(JSON.stringify({ request: compact }));
     assert.equal(answer.answer.error, 'bad-proof');
   });
@@ -200,10 +200,10 @@ describe('issuer', () => {
     const current = verifyCredential(readFileSync(files.credential, 'utf8').trim(), bundles, now());
     const loaded = await loadCertifiedIssuingKey(fixture.issuingKey, DOMAIN, bundles, now());
     const strict = new Issuer({ trustDomain: DOMAIN, issuingKey: loaded.key, certificate: loaded.certificate, bundles, attestors: [], ttlSeconds: 600, renewalGraceSeconds: 0, denyList: () => parseDenyList(`keys: [${current.signKid}]`, 'deny') });
-    const next = generateKeyPairSync('ed25519');
+    const next = generateKeyPair('ed25519');
     const thumbprint = await calculateJwkThumbprint(await exportJWK(next.publicKey));
     const proof = await buildRenewalProof(readPrivateKey(files.signingKey), current.signKid, thumbprint, now());
-    const request = await buildCredentialRequest({ signKey: next.privateKey, kexPublicKey: generateKeyPairSync('x25519').publicKey, attestation: { type: 'credential', credential: current.compact, proof }, nowSeconds: now() });
+    const request = await buildCredentialRequest({ signKey: next.privateKey, kexPublicKey: generateKeyPair('x25519').publicKey, attestation: { type: 'credential', credential: current.compact, proof }, nowSeconds: now() });
     await assert.rejects(strict.issue(request, now()), (error: unknown) => error instanceof IssuanceRefusal && error.code === 'revoked');
     // The same request passes an issuer without that list entry: the refusal was the list's.
     const lenient = new Issuer({ ...strict.options, denyList: () => EMPTY_DENY_LIST });
@@ -258,9 +258,9 @@ describe('issuer', () => {
     const otherBundles = loadTrustBundles(other.bundles);
     const loaded = await loadCertifiedIssuingKey(other.issuingKey, DOMAIN, otherBundles, now());
     const foreign = new Issuer({ trustDomain: DOMAIN, issuingKey: loaded.key, certificate: loaded.certificate, bundles: otherBundles, attestors: [new JoinTokenAttestor(other.joinTokens)], ttlSeconds: 600, renewalGraceSeconds: 0 });
-    const sign = generateKeyPairSync('ed25519');
+    const sign = generateKeyPair('ed25519');
     const { token } = other.joinTokens.create({ agent: 'rogue', namespaces: [], ttlSeconds: 600, nowSeconds: now() });
-    const issued = await foreign.issue(await buildCredentialRequest({ signKey: sign.privateKey, kexPublicKey: generateKeyPairSync('x25519').publicKey, attestation: { type: 'join-token', token }, nowSeconds: now() }), now());
+    const issued = await foreign.issue(await buildCredentialRequest({ signKey: sign.privateKey, kexPublicKey: generateKeyPair('x25519').publicKey, attestation: { type: 'join-token', token }, nowSeconds: now() }), now());
     assert.throws(() => verifyCredential(issued.credential, loadTrustBundles(fixture.bundles), now()), /no CA key or certified issuer/);
     await assert.rejects(foreign.issue('x.y.z', now()), (error: unknown) => error instanceof IssuanceRefusal && error.code === 'bad-request');
   });

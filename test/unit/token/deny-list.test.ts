@@ -1,7 +1,6 @@
 // The deny list (parsing, and the verifier refusing a listed credential or key even from its
 // cache) and the node facts an issuer attests, which peers see as node.* attributes.
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { PeerVerifier, type VerifiedPeer } from '../../../agent/src/handshake/peer-verifier.ts';
 import { Refusal } from '../../../agent/src/handshake/reasons.ts';
@@ -17,6 +16,7 @@ import { loadTrustBundles } from '../../../agent/src/token/trust-bundle.ts';
 import { attributes, createAgent, createDomain, tokenFor } from '../../../scripts/lib/identities.ts';
 import { createIssuerFixture } from '../../../scripts/lib/issuer-fixture.ts';
 import { scratchDirectory } from '../../../scripts/lib/scratch.ts';
+import { generateKeyPair } from '../../../agent/src/identity/key-generation.ts';
 
 const now = (): number => Math.floor(Date.now() / 1000);
 
@@ -65,8 +65,8 @@ describe('node facts from the issuer', () => {
     const bundles = loadTrustBundles(fixture.bundles);
     const loaded = await loadCertifiedIssuingKey(fixture.issuingKey, 'facts.synpass', bundles, now());
     const issuer = new Issuer({ trustDomain: 'facts.synpass', issuingKey: loaded.key, certificate: loaded.certificate, bundles, attestors: [new JoinTokenAttestor(fixture.joinTokens)], ttlSeconds: 600, renewalGraceSeconds: 0 });
-    const sign = generateKeyPairSync('ed25519');
-    const kex = generateKeyPairSync('x25519');
+    const sign = generateKeyPair('ed25519');
+    const kex = generateKeyPair('x25519');
     const { token: joinToken, record } = fixture.joinTokens.create({ agent: 'vm-9', namespaces: ['app'], ttlSeconds: 600, nowSeconds: now() });
     const issued = await issuer.issue(await buildCredentialRequest({ signKey: sign.privateKey, kexPublicKey: kex.publicKey, attestation: { type: 'join-token', token: joinToken }, nowSeconds: now() }), now());
     const credential = verifyCredential(issued.credential, bundles, now());

@@ -3,13 +3,14 @@ import assert from 'node:assert/strict';
 import { calculateJwkThumbprint, createLocalJWKSet, exportJWK, jwtVerify, SignJWT, UnsecuredJWT, importJWK } from 'jose';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { createPublicKey } from 'node:crypto';
 import { inspectCredential, issueCredential, verifyCredential } from '../../../agent/src/token/credential.ts';
 import { CA_KEY_FILE } from '../../../agent/src/identity/issuance.ts';
 import { readPrivateKey } from '../../../agent/src/identity/key-files.ts';
 import { TokenError } from '../../../agent/src/token/errors.ts';
 import { verifyIdentityToken } from '../../../agent/src/token/identity-token.ts';
 import { createAgent, createDomain, tokenFor, type TestAgent, type TestDomain } from '../../../scripts/lib/identities.ts';
+import { generateKeyPair } from '../../../agent/src/identity/key-generation.ts';
 
 const now = () => Math.floor(Date.now() / 1000);
 
@@ -127,13 +128,13 @@ describe('credentials and identity tokens', () => {
 
   it('refuses a credential whose signing key is not Ed25519 or P-256, and a token whose alg is not its key type', async () => {
     const caKey = readPrivateKey(join(domain.directory, CA_KEY_FILE));
-    const kex = generateKeyPairSync('x25519').publicKey;
+    const kex = generateKeyPair('x25519').publicKey;
     const x25519AsSigningKey = await issueCredential({
       signerKey: caKey,
       signerKid: await calculateJwkThumbprint(await exportJWK(createPublicKey(caKey))),
       trustDomain: 'unit.synpass',
       agentId: 'odd',
-      signPublicKey: generateKeyPairSync('x25519').publicKey,
+      signPublicKey: generateKeyPair('x25519').publicKey,
       kexPublicKey: kex,
       namespaces: ['app'],
       ttlSeconds: 600,
