@@ -96,6 +96,15 @@ export function fieldTypes(base: string) {
       const checked = check === undefined ? text : text.regex(check.pattern, { error: check.error });
       return documented(checked.nullable().default(null), { docs, override: 'string', defaultText: 'off' });
     },
+    /** A string with a default that the word `off` turns off (null). */
+    stringOrOff: (fallback: string, docs: string, check: { pattern: RegExp; error: string }) =>
+      documented(
+        z
+          .union([z.literal('off'), nonEmptyString().regex(check.pattern, { error: check.error })], { error: check.error })
+          .transform((value) => (value === 'off' ? null : value))
+          .default(fallback),
+        { docs, override: 'string', defaultText: fallback },
+      ),
     /** A required path, resolved against the configuration file's directory. */
     path: (docs: string) => documented(pathSchema(), { docs, override: 'string', defaultText: 'required' }),
     /** A path with an (absolute) default. */

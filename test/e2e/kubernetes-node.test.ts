@@ -27,6 +27,8 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
   let directory = '';
   let socket: string;
   let agent: NetnsProcess;
+  let port: number;
+  const notReady = { key: 'node.kubernetes.io/not-ready', effect: 'NoSchedule' };
   const ip = (...args: string[]) => execFileSync('ip', args, { stdio: 'pipe' });
   const spawn = (ns: string, args: string[]) => {
     const child = new NetnsProcess(ns, [process.execPath, '--import', 'tsx', ...args]);
@@ -78,8 +80,10 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
       status: { phase: 'Running', podIP: ip, podIPs: [{ ip }] },
     });
     writeFileSync(join(directory, 'pods.json'), JSON.stringify([pod('a-1', address.a, 'a'), pod('b-1', address.b, 'b'), pod('c-1', address.c, 'c')]));
-    const kubeApi = spawn(node, [API, join(directory, 'pods.json'), '0']);
-    const port = (await kubeApi.waitFor((l) => typeof l.listening === 'number')).listening as number;
+    // The node registered with the readiness taint, beside one of the kubelet's.
+    writeFileSync(join(directory, 'nodes.json'), JSON.stringify([{ metadata: { name: 'node-1' }, spec: { taints: [{ key: 'synpass.io/agent-not-ready', value: 'true', effect: 'NoExecute' }, notReady] } }]));
+    const kubeApi = spawn(node, [API, join(directory, 'pods.json'), '0', join(directory, 'nodes.json')]);
+    port = (await kubeApi.waitFor((l) => typeof l.listening === 'number')).listening as number;
     mkdirSync(join(directory, 'policy'));
     writeFileSync(
       join(directory, 'policy', 'shop.yaml'),
@@ -153,6 +157,16 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
   it('the agent learned the pods from the API server', () => {
     const listed = agent.lines.find((l) => l.msg === 'kubernetes pods listed');
     assert.equal(listed?.pods, 3);
+  });
+
+  it('once running, the agent took its readiness taint off the node and left the other; status says so', async () => {
+    const removed = await agent.waitFor((l) => l.msg === 'readiness taint removed from the node: pods may start', 10_000);
+    assert.ok(agent.lines.indexOf(removed) > agent.lines.findIndex((l) => l.msg === 'agent running'));
+    const read = `fetch('http://127.0.0.1:${port}/api/v1/nodes/node-1').then((r) => r.text()).then((t) => process.stdout.write(t))`;
+    const stored = JSON.parse(execFileSync('ip', ['netns', 'exec', node, process.execPath, '-e', read], { encoding: 'utf8' })) as { spec: { taints: object[] } };
+    assert.deepEqual(stored.spec.taints, [notReady]);
+    const status = (await readStatus(socket)) as { kubernetes?: unknown };
+    assert.deepEqual(status.kubernetes, { node: 'node-1', readinessTaint: { key: 'synpass.io/agent-not-ready', state: 'removed', attempts: 1 } });
   });
 
   it('pod A reaches pod B through the node; the verdict names both pod identities and the rule', async () => {

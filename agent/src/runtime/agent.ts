@@ -26,9 +26,11 @@ import { KernelDropLedger } from '../kernel/drop-ledger.ts';
 import { verdictOf } from '../kernel/layouts.ts';
 import { RulesWatchdog } from './rules-watchdog.ts';
 import { takeSavedTables, writeSavedTables } from './saved-tables-file.ts';
+import { ReadinessTaint } from './readiness-taint.ts';
+import { kubernetesAccess } from '../identity/kubernetes/api.ts';
 
 /** What the agent process runs by: the parsed configuration (runtime/config.ts). */
-export type AgentRuntimeConfig = Pick<AgentConfig, 'mode' | 'datapath' | 'telemetry' | 'targets' | 'excluded' | 'replayWindowSeconds' | 'workloads' | 'handshake'>;
+export type AgentRuntimeConfig = Pick<AgentConfig, 'mode' | 'datapath' | 'telemetry' | 'targets' | 'excluded' | 'replayWindowSeconds' | 'workloads' | 'handshake' | 'kubernetes'>;
 
 /** "address:port" as whois and the registry write it (IPv6 without brackets). */
 function splitEndpoint(endpoint: string): [string, number] {
@@ -59,6 +61,8 @@ export class Agent {
   /** Aborted at stop: a rehearsal still running ends after its current handshake. */
   private readonly rehearsal = new AbortController();
   /** The first-contact rehearsal, for status: `off` in pass-through mode or with none configured. */
+  /** Kubernetes only: taking the readiness taint off this node once running. */
+  private readinessTaint: ReadinessTaint | null = null;
   private rehearsalStatus: { state: 'off' | 'running' | 'done' | 'failed'; handshakes?: number; milliseconds?: number; error?: string } = { state: 'off' };
   /** The mark bits of the rules, the engine's verdicts and the kernel programs (datapath.markBase). */
   private readonly marks: ConnectionMarks;
@@ -156,7 +160,28 @@ export class Agent {
     if (this.config.telemetry.whoisSocket !== null) this.whois = await startWhoisService(this.config.telemetry.whoisSocket, this.peers, this.log);
     this.state = 'running';
     this.log.info({ mode: this.config.mode, statusSocket: this.config.datapath.statusSocket }, 'agent running');
+    this.removeReadinessTaint();
     this.rehearseFirstContacts();
+  }
+
+  /** In the background: pods that wait for the taint to go start once it has. */
+  private removeReadinessTaint(): void {
+    const kubernetes = this.config.kubernetes;
+    if (kubernetes?.readinessTaint == null) return;
+    const log = this.log.child({ node: kubernetes.nodeName, taint: kubernetes.readinessTaint });
+    const taint = new ReadinessTaint({
+      access: kubernetesAccess(kubernetes.apiServer),
+      nodeName: kubernetes.nodeName,
+      key: kubernetes.readinessTaint,
+      onError: (error) => {
+        log.warn({ err: error }, 'readiness taint not removed from the node; retrying (the agent needs get and patch on nodes)');
+      },
+    });
+    this.readinessTaint = taint;
+    void taint.remove().then(() => {
+      const { state } = taint.status;
+      if (state !== 'removing') log.info({ state }, state === 'removed' ? 'readiness taint removed from the node: pods may start' : 'the node has no readiness taint');
+    });
   }
 
   /** In the background, between real packets (handshake/rehearsal.ts); a failure is logged and changes nothing else. */
@@ -467,6 +492,7 @@ export class Agent {
       verdicts: this.verdicts(),
       kernelFastPath: this.kernelFastPathStatus(),
       rehearsal: this.rehearsalStatus,
+      ...(this.config.kubernetes === null ? {} : { kubernetes: { node: this.config.kubernetes.nodeName, readinessTaint: this.readinessTaint?.status ?? null } }),
       peersKnown: this.peers.size,
       tables: this.tables(),
       judging: {
@@ -492,6 +518,7 @@ export class Agent {
     this.stopping ??= (async () => {
       this.state = 'stopping';
       this.rehearsal.abort();
+      this.readinessTaint?.stop();
       this.stopKernelFastPath();
       await this.rules.remove();
       this.queue?.close();

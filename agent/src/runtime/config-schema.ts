@@ -7,6 +7,7 @@ import { fieldTypes } from '../config-fields.ts';
 import { MAX_MARK_BASE } from '../datapath/marks.ts';
 import { ATTESTOR_KINDS } from '../identity/attestors/registry.ts';
 import { flowLogSection } from '../telemetry/flow-log.ts';
+import { DEFAULT_READINESS_TAINT } from './readiness-taint.ts';
 
 const isSingleBit = (value: number): boolean => (value & (value - 1)) === 0;
 /** A cgroup path (under datapath.fastPathCgroup): absolute, no empty, `.` or `..` segment. */
@@ -109,6 +110,10 @@ export function agentConfigSchema(base: string) {
       kubernetes: t.optionalSection({
         nodeName: t.string('this node: its pods become workloads (pod attestor)'),
         apiServer: t.optionalString('API server URL; in-cluster access when omitted', { pattern: /^https?:\/\//, error: 'an http(s):// URL' }),
+        readinessTaint: t.stringOrOff(DEFAULT_READINESS_TAINT, 'the taint key the agent removes from its node once it runs (`off`: none); register nodes with it so pods start behind the agent', {
+          pattern: /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/,
+          error: 'a taint key such as example.com/name, or off',
+        }),
       }),
     })
     .superRefine((config, context) => {

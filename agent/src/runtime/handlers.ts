@@ -17,7 +17,8 @@ import { StaticAttestor } from '../identity/attestors/static.ts';
 import { LocalIdentity } from '../identity/local-identity.ts';
 import { CredentialRenewer, pendingEnrollment, type RenewalStatus } from '../issuer/enrollment.ts';
 import { podWorkloads, WatchedPods } from '../identity/kubernetes/local-pods.ts';
-import { inClusterAccess, KubernetesError, PodWatcher, POD_ATTRIBUTE_NAMESPACE } from '../identity/kubernetes/pod-watcher.ts';
+import { PodWatcher, POD_ATTRIBUTE_NAMESPACE } from '../identity/kubernetes/pod-watcher.ts';
+import { KubernetesError, kubernetesAccess } from '../identity/kubernetes/api.ts';
 import type { Logger } from '../telemetry/log.ts';
 import { readDenyList, watchDenyList } from '../token/deny-list.ts';
 import { algorithmOf, type JwsAlgorithm } from '../token/jws.ts';
@@ -161,9 +162,8 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
   const authorizer = policy === null ? new AdmissionAuthorizer(new Admission(config.admission)) : new PolicyAuthorizer(() => policy.current);
   let pods: PodWatcher | null = null;
   if (config.kubernetes !== null) {
-    const access = config.kubernetes.apiServer === null ? inClusterAccess() : { server: config.kubernetes.apiServer, token: null, ca: null };
     pods = new PodWatcher({
-      access,
+      access: kubernetesAccess(config.kubernetes.apiServer),
       nodeName: config.kubernetes.nodeName,
       onError: (error) => {
         log.warn({ err: error }, 'kubernetes pod watch failed; retrying');

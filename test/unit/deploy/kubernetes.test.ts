@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments } from 'yaml';
+import { DEFAULT_READINESS_TAINT } from '../../../agent/src/runtime/readiness-taint.ts';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 
@@ -123,9 +124,18 @@ describe('deploy/kubernetes', () => {
     assert.equal((budget.spec as { minAvailable: number }).minAvailable, 1);
   });
 
-  it('RBAC: get, list and watch pods, nothing else', () => {
+  it('RBAC: get, list and watch pods, get and patch nodes (the readiness taint), nothing else', () => {
     const role = objects.find((o) => o.kind === 'ClusterRole') as unknown as { rules: { resources: string[]; verbs: string[] }[] };
-    assert.deepEqual(role.rules, [{ apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch'] }]);
+    assert.deepEqual(role.rules, [
+      { apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: [''], resources: ['nodes'], verbs: ['get', 'patch'] },
+    ]);
+  });
+
+  it('agents and the issuer start on a node that still carries the readiness taint; agents take it off', () => {
+    const tolerations = (kind: string) => (objects.find((o) => o.kind === kind)!.spec as { template: { spec: { tolerations?: object[] } } }).template.spec.tolerations;
+    assert.deepEqual(tolerations('DaemonSet'), [{ operator: 'Exists' }]);
+    assert.deepEqual(tolerations('Deployment'), [{ key: DEFAULT_READINESS_TAINT, operator: 'Exists' }]);
   });
 
   it('the policy ConfigMap is generated from the policy files in git', () => {

@@ -1,34 +1,10 @@
 // The pods on this node, kept current through the Kubernetes API: list, then watch from the
 // list's resourceVersion (with bookmarks), re-list on 410 Gone, back off on errors. Each pod IP
 // maps to attributes with provenance "k8s"; the agent gives a pod's traffic that pod's identity.
-import { readFileSync } from 'node:fs';
-import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
+import type { IncomingMessage } from 'node:http';
 import { createInterface } from 'node:readline';
 import type { Attribute } from '../../token/identity-token.ts';
-import { SynpassError } from '../../errors.ts';
-
-export interface KubernetesAccess {
-  /** https://host:port of the API server (http:// for tests). */
-  server: string;
-  token: string | null;
-  ca: string | null;
-}
-
-/** In-cluster access from the service-account mount and the KUBERNETES_SERVICE_* variables. */
-export function inClusterAccess(
-  environment: NodeJS.ProcessEnv = process.env,
-  mount = '/var/run/secrets/kubernetes.io/serviceaccount',
-): KubernetesAccess {
-  const host = environment.KUBERNETES_SERVICE_HOST;
-  const port = environment.KUBERNETES_SERVICE_PORT ?? '443';
-  if (host === undefined) throw new KubernetesError('not-in-cluster', 'KUBERNETES_SERVICE_HOST is not set: not running in a cluster (set kubernetes.apiServer)');
-  return {
-    server: `https://${host.includes(':') ? `[${host}]` : host}:${port}`,
-    token: readFileSync(`${mount}/token`, 'utf8').trim(),
-    ca: readFileSync(`${mount}/ca.crt`, 'utf8'),
-  };
-}
+import { callApi, readJson, KubernetesError, type KubernetesAccess } from './api.ts';
 
 interface PodObject {
   metadata?: {
@@ -49,9 +25,6 @@ interface WatchEvent {
 
 const LABEL_KEY = /^[a-z0-9][a-z0-9._-]*$/;
 
-export class KubernetesError extends SynpassError<'not-in-cluster' | 'http-status' | 'watch-error' | 'no-pod-list'> {
-  override readonly name = 'KubernetesError';
-}
 /** The one attribute namespace (and attestor name) of pod attributes. */
 export const POD_ATTRIBUTE_NAMESPACE = 'k8s';
 
@@ -149,37 +122,13 @@ export class PodWatcher {
   }
 
   private open(path: string): Promise<IncomingMessage> {
-    const url = new URL(path, this.options.access.server);
-    const request = url.protocol === 'https:' ? httpsRequest : httpRequest;
-    return new Promise((resolve, reject) => {
-      const req = request(
-        url,
-        {
-          method: 'GET',
-          headers: { accept: 'application/json', ...(this.options.access.token ? { authorization: `Bearer ${this.options.access.token}` } : {}) },
-          ...(this.options.access.ca ? { ca: this.options.access.ca } : {}),
-        },
-        (response) => {
-          if (response.statusCode !== 200) {
-            response.resume();
-            reject(new KubernetesError('http-status', `GET ${url.pathname}: HTTP ${response.statusCode ?? '?'}`, { status: response.statusCode ?? 0 }));
-            return;
-          }
-          resolve(response);
-        },
-      );
-      this.current = req;
-      req.on('error', reject);
-      req.end();
-    });
+    const call = callApi(this.options.access, 'GET', path);
+    this.current = call.request;
+    return call.response;
   }
 
   private async list(): Promise<void> {
-    const response = await this.open(this.path(false));
-    let body = '';
-    response.setEncoding('utf8');
-    for await (const chunk of response) body += chunk as string;
-    const list = JSON.parse(body) as { metadata?: { resourceVersion?: string }; items?: PodObject[] };
+    const list = (await readJson(await this.open(this.path(false)))) as { metadata?: { resourceVersion?: string }; items?: PodObject[] };
     this.byIp = new Map();
     this.byName = new Map();
     for (const pod of list.items ?? []) this.apply('ADDED', pod);
