@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { endianness } from 'node:os';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
 import { FAST_COUNTERS, FAST_SYN_OPTION } from '../../agent/src/kernel/layouts.ts';
-import { KernelFastPath, REJUDGE_SLICE_MS } from '../../agent/src/kernel/fast-path.ts';
+import { BACKLOG_SLICE_MS, KernelFastPath, REJUDGE_SLICE_MS } from '../../agent/src/kernel/fast-path.ts';
 import type { Authorization, Authorizer } from '../../agent/src/handshake/authorizer.ts';
 import { fastPathObjectPath, loadBinding } from '../../agent/src/native/addon.ts';
 import { decodeJws } from '../../agent/src/token/jws.ts';
@@ -696,6 +696,77 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       assert.equal(dumped.length, count);
       // struct server_value: key (16 bytes), then allowed (u32).
       assert.equal(dumped.filter((entry) => Number(entry.value[16]) !== 0).length, 0, 'every entry refused in the kernel');
+    } finally {
+      KernelFastPath.detach(pinDir);
+    }
+    assert.equal(existsSync(pinDir), false);
+  });
+
+  it('a key rotation and a flush of large tables reach the kernel in slices; an entry admitted meanwhile is neither retired nor deleted', async () => {
+    const pinDir = `${lab.pinDir('api')}-backlog`;
+    const path = KernelFastPath.load({ pinDir, cgroup: '/', interfaces: [], excluded: [], windowSeconds: 30, acceptMark: 0x100, clientMark: 0x200, newInterfaces: null, acceptSample: 0, sourceRate: 0, sourceBurst: 0, budgetMark: 0x400, workloadCgroups: [] });
+    const dump = (map: string) =>
+      JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDir, map), '-j'], { encoding: 'utf8', maxBuffer: 256 << 20 })) as { key: string[]; value: string[] }[];
+    // struct server_value: key (16 bytes), allowed, retiring, expires (u32 each, host order).
+    const field = (value: string[], offset: number) => Buffer.from(value.slice(offset, offset + 4).map(Number)).readUInt32LE();
+    const peer = { trustDomain: 'd', subject: 'spiffe://d/web', attributes: { 'app.name': 'web' }, provenance: {}, agent: 'spiffe://d/agent/web', expiresAt: 2e9 };
+    const proven = (i: number) => ({ fast: { fastId: i, key: Buffer.alloc(16, 1) }, peer, local: { 'app.name': 'api' }, expiresAt: 2e9, credential: {} as never, tokenSignature: new Uint8Array(64) });
+    const admit = (i: number) => path.admitClient({ ...proven(i), peerAddress: `10.213.${i >> 8}.${i & 255}`, port: 8080 });
+    const caughtUp = async () => {
+      let served = 0;
+      const ticks = setInterval(() => (served += 1), 1);
+      while (path.backlogSize > 0) await sleep(1);
+      clearInterval(ticks);
+      return served;
+    };
+    try {
+      const count = 20_000;
+      for (let i = 0; i < count; i++) {
+        assert.ok(admit(i));
+        assert.ok(path.useServer({ ...proven(i), serverAddress: `10.214.${i >> 8}.${i & 255}`, port: 8080, owner: { uid: i, workload: 0 } }));
+      }
+      const until = 1_900_000_000;
+      let started = performance.now();
+      path.retire(until);
+      assert.ok(performance.now() - started < BACKLOG_SLICE_MS + 50, 'the rotation returned after its first slice');
+      assert.ok(path.backlogSize > 0, 'the kernel had not caught up when the call returned');
+      // Rests on the new keys: not retired when the backlog reaches it, and saved for a restart.
+      assert.ok(admit(count));
+      assert.equal(path.serversToSave().length, 1, 'only the entry admitted after the rotation is saved');
+      assert.ok((await caughtUp()) >= 5, 'the event loop ran timers while the kernel caught up');
+      const servers = dump('fast_servers');
+      assert.equal(servers.length, count + 1);
+      const retired = servers.filter((entry) => field(entry.value, 20) === 1 && field(entry.value, 24) === until);
+      assert.equal(retired.length, count, 'every older entry retiring until the previous credential ends');
+      const current = servers.filter((entry) => field(entry.value, 20) === 0 && field(entry.value, 24) === 2e9);
+      assert.equal(current.length, 1, 'the entry admitted after the rotation keeps its own expiry and is not retiring');
+      assert.equal(dump('fast_clients').length, 0, 'every client entry deleted');
+
+      started = performance.now();
+      path.forgetAll();
+      assert.ok(performance.now() - started < BACKLOG_SLICE_MS + 50, 'the flush returned after its first slice');
+      assert.ok(path.backlogSize > 0);
+      // A first contact right after the flush: its entry must outlive the flush's deletions.
+      assert.ok(admit(count - 1));
+      await caughtUp();
+      const left = dump('fast_servers');
+      assert.equal(left.length, 1, 'the flush deleted every entry but the one admitted after it');
+      assert.equal(field(left[0]!.value, 20), 0, 'and that one is not retiring');
+
+      // A flush during a policy edit's walk: the walk judges nothing of the flushed table, so
+      // it writes back none of its entries.
+      for (let i = 0; i < 2000; i++) admit(i);
+      const refusing = (): Authorization => {
+        const until = performance.now() + 0.05;
+        while (performance.now() < until);
+        return { allowed: false, rule: 'deny', revision: 'r2', wouldDrop: null, unrestricted: false };
+      };
+      path.reauthorize({ ingress: refusing, egress: refusing, memoSize: { entries: 0, capacity: 0 }, closedToAnonymous: () => false });
+      assert.equal(path.rejudging, true);
+      path.forgetAll();
+      await path.rejudged;
+      await caughtUp();
+      assert.equal(dump('fast_servers').length, 0, 'nothing the walk judged after the flush came back');
     } finally {
       KernelFastPath.detach(pinDir);
     }

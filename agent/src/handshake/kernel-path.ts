@@ -118,8 +118,12 @@ export interface KernelPath {
    * `untilSeconds` (the previous credential's expiry), as the user-space exchange honours the
    * previous key; meanwhile the kernel tells each such client, in its next fast SYN-ACK, to learn
    * this agent anew at the following connect. This agent's own workloads stop sending fast SYNs.
+   * The agent's tables change at once; a full kernel table learns it in slices.
    */
   retire(untilSeconds: number): void;
-  /** The caches were flushed or the deny list changed: the kernel holds nothing, every pair starts with first contact. */
+  /**
+   * The caches were flushed or the deny list changed: the kernel holds nothing (a full table once
+   * its slices are done), every pair starts with first contact.
+   */
   forgetAll(): void;
 }

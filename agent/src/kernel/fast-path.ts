@@ -79,11 +79,20 @@ interface ServerRewrite {
   value: Buffer;
 }
 
+/** Server ids for the kernel to catch up with; after a rotation, records older than its generation retire at their turn. */
+interface ServerBacklog {
+  ids: Iterator<string>;
+  retire: { generation: number; untilSeconds: number } | null;
+}
+
 interface ServerRecord {
   entry: AdmittedClient;
   allowed: boolean;
-  /** Proven under this agent's previous keys: the kernel's SYN-ACKs tell the client so. */
-  retiring: boolean;
+  /**
+   * This agent's key generation at admission (KernelFastPath.generation). Older ones were proven
+   * under previous keys: retiring, the kernel's SYN-ACKs tell the client so.
+   */
+  generation: number;
 }
 
 const BPF_ANY = 0;
@@ -96,10 +105,21 @@ const BPF_ANY = 0;
 export const REJUDGE_SLICE_MS = 5;
 /** Entries judged between two looks at the clock. */
 const REJUDGE_BETWEEN_CLOCKS = 64;
+/**
+ * How long the kernel's share of a key rotation or a flush may hold the event loop at a time. In
+ * one go, over 65,536 server and 65,536 client entries, they held it 169-195 and 25-33 ms
+ * (scripts/benchmarks/kernel-tables.ts).
+ */
+export const BACKLOG_SLICE_MS = 5;
+/** Kernel entries written or deleted in one batch of a backlog slice, between two looks at the clock. */
+const BACKLOG_BATCH = 1024;
 
 /** A policy edit's walk over the tables, slice by slice (reauthorize). */
 interface Rejudging {
   authorizer: Authorizer;
+  /** The tables walked, and where the walk is in each: a flush or a rotation replaces a table, and the rest of the old one is not judged. */
+  serverTable: Map<string, ServerRecord>;
+  clientTable: Map<string, FastServer>;
   servers: Iterator<[string, ServerRecord]>;
   clients: Iterator<[string, FastServer]>;
   started: number;
@@ -123,10 +143,20 @@ export interface FastPeer {
 }
 
 export class KernelFastPath implements KernelPath {
-  private readonly servers = new Map<string, ServerRecord>();
-  private readonly clients = new Map<string, FastServer>();
+  private servers = new Map<string, ServerRecord>();
+  private clients = new Map<string, FastServer>();
   private walk: Rejudging | null = null;
   private rejudgeTimer: NodeJS.Immediate | null = null;
+  /**
+   * Entries the kernel may hold otherwise than these tables after a rotation or a flush, which
+   * change the tables at once and the kernel in slices: their ids, as walks over the tables they
+   * came from, and about how many are left. Each id is made to agree with the tables as they are
+   * at its turn, so an entry written again since is never undone.
+   */
+  private readonly backlog = { servers: [] as ServerBacklog[], clients: [] as Iterator<string>[], left: 0 };
+  /** Rotations so far: entries admitted before the last one rest on previous keys, retiring (or soon to be) in the kernel. */
+  private generation = 0;
+  private backlogTimer: NodeJS.Immediate | null = null;
   /** How long the last policy edit's walk took, in how many slices, and why it ended early if it did (null before the first). */
   lastRejudging: { milliseconds: number; slices: number; error?: string } | null = null;
   private readonly now: () => number;
@@ -304,7 +334,7 @@ export class KernelFastPath implements KernelPath {
       return false;
     }
     if (!this.write('fast_servers', key, serverValue(entry.fast.key, true, false, entry.expiresAt))) return false;
-    this.servers.set(id, { entry, allowed: true, retiring: false });
+    this.servers.set(id, { entry, allowed: true, generation: this.generation });
     return true;
   }
 
@@ -333,7 +363,8 @@ export class KernelFastPath implements KernelPath {
     const settled = new Promise<void>((resolve) => {
       settle = resolve;
     });
-    this.walk = { authorizer, servers: this.servers.entries(), clients: this.clients.entries(), started: performance.now(), slices: 0, settled, settle };
+    const { servers, clients } = this;
+    this.walk = { authorizer, serverTable: servers, clientTable: clients, servers: servers.entries(), clients: clients.entries(), started: performance.now(), slices: 0, settled, settle };
     try {
       this.rejudgeSlice();
     } catch (error) {
@@ -357,6 +388,9 @@ export class KernelFastPath implements KernelPath {
     const walk = this.walk;
     if (walk === null) return;
     walk.slices++;
+    // Entries admitted into the new table were judged by the new policy at admission.
+    if (walk.serverTable !== this.servers) walk.servers = [].values();
+    if (walk.clientTable !== this.clients) walk.clients = [].values();
     const deadline = performance.now() + REJUDGE_SLICE_MS;
     const turned: ServerRewrite[] = [];
     const denied: string[] = [];
@@ -370,7 +404,7 @@ export class KernelFastPath implements KernelPath {
           const auth = walk.authorizer.ingress({ local: entry.local, peer: entry.peer, peerAddress: entry.peerAddress, port: entry.port });
           const allowed = auth.allowed && auth.wouldDrop === null;
           // Kept with allowed = 0 rather than deleted, so the kernel counts the drop as not-allowed.
-          if (allowed !== record.allowed) turned.push({ id, record, value: serverValue(entry.fast.key, allowed, record.retiring, entry.expiresAt) });
+          if (allowed !== record.allowed) turned.push({ id, record, value: serverValue(entry.fast.key, allowed, this.retiring(record), entry.expiresAt) });
           continue;
         }
         const client = walk.clients.next();
@@ -434,8 +468,9 @@ export class KernelFastPath implements KernelPath {
    */
   serversToSave(): ServerToSave[] {
     const saved: ServerToSave[] = [];
-    for (const { entry, retiring } of this.servers.values()) {
-      if (retiring) continue;
+    for (const record of this.servers.values()) {
+      if (this.retiring(record)) continue;
+      const { entry } = record;
       const { peerAddress, port, credential, tokenSignature, peer, expiresAt } = entry;
       saved.push({ peerAddress, port, credential: credential.compact, tokenSignature, peer, expiresAt });
     }
@@ -474,27 +509,90 @@ export class KernelFastPath implements KernelPath {
   }
 
   forgetOwnWorkloads(): void {
-    this.dropClients([...this.clients.keys()]);
+    const forgotten = this.clients;
+    this.clients = new Map();
+    this.backlog.clients.push(forgotten.keys());
+    this.backlog.left += forgotten.size;
+    this.catchUpKernel();
   }
 
   retire(untilSeconds: number): void {
-    const retiring: ServerRewrite[] = [];
-    for (const [id, record] of this.servers) {
-      record.entry.expiresAt = Math.min(record.entry.expiresAt, untilSeconds);
-      if (record.retiring) continue;
-      retiring.push({ id, record, value: serverValue(record.entry.fast.key, record.allowed, true, record.entry.expiresAt) });
-    }
-    // A refused write leaves the entry as it was: its clients learn the new keys when it expires.
-    this.rewriteServers(retiring, (record) => {
-      record.retiring = true;
-    });
+    this.generation++;
+    // Flagged at their turn in the backlog: touching every record here took 52 ms of a full table.
+    this.backlog.servers.push({ ids: this.servers.keys(), retire: { generation: this.generation, untilSeconds } });
+    this.backlog.left += this.servers.size;
     this.forgetOwnWorkloads();
   }
 
+  /** Whether `record` rests on previous keys, whether or not the backlog has reached it in the kernel. */
+  private retiring(record: ServerRecord): boolean {
+    return record.generation < this.generation;
+  }
+
   forgetAll(): void {
-    this.deleteBatch('fast_servers', [...this.servers.keys()]);
-    this.servers.clear();
+    const forgotten = this.servers;
+    this.servers = new Map();
+    this.backlog.servers.push({ ids: forgotten.keys(), retire: null });
+    this.backlog.left += forgotten.size;
     this.forgetOwnWorkloads();
+  }
+
+  /** About how many entries the kernel has yet to catch up with after a rotation or a flush (0 once it has). */
+  get backlogSize(): number {
+    return this.catchingUp ? Math.max(1, this.backlog.left) : 0;
+  }
+
+  private get catchingUp(): boolean {
+    return this.backlog.servers.length + this.backlog.clients.length > 0;
+  }
+
+  /**
+   * The backlog into the kernel, in slices of at most BACKLOG_SLICE_MS with the event loop free
+   * between them: a small one (most) before this returns. Until an entry's turn the kernel judges
+   * by what it held: a retiring entry's SYN-ACKs do not yet say so, a flushed one still admits.
+   */
+  private catchUpKernel(unbounded = false): void {
+    if (this.backlogTimer !== null) clearImmediate(this.backlogTimer);
+    this.backlogTimer = null;
+    const deadline = unbounded ? Infinity : performance.now() + BACKLOG_SLICE_MS;
+    while (this.catchingUp && performance.now() < deadline) this.catchUpBatch();
+    if (this.catchingUp) {
+      this.backlogTimer = setImmediate(() => {
+        this.catchUpKernel();
+      });
+    } else {
+      this.backlog.left = 0;
+    }
+  }
+
+  private catchUpBatch(): void {
+    const rewrites: ServerRewrite[] = [];
+    const gone: string[] = [];
+    const unheld: string[] = [];
+    let room = BACKLOG_BATCH;
+    for (; room > 0; room--) {
+      const step = nextServer(this.backlog.servers);
+      if (step === undefined) break;
+      const { id, retire } = step;
+      const record = this.servers.get(id);
+      if (record === undefined) {
+        gone.push(id);
+        continue;
+      }
+      if (retire !== null && record.generation < retire.generation) record.entry.expiresAt = Math.min(record.entry.expiresAt, retire.untilSeconds);
+      rewrites.push({ id, record, value: serverValue(record.entry.fast.key, record.allowed, this.retiring(record), record.entry.expiresAt) });
+    }
+    for (; room > 0; room--) {
+      const id = nextOf(this.backlog.clients);
+      if (id === undefined) break;
+      // Held again since (a new first contact wrote it): the kernel has the new entry.
+      if (!this.clients.has(id)) unheld.push(id);
+    }
+    // A refused rewrite is counted; the entry goes when its (earlier) expiry comes.
+    this.rewriteServers(rewrites, () => undefined);
+    this.deleteBatch('fast_servers', gone);
+    this.deleteBatch('fast_clients', unheld);
+    this.backlog.left -= BACKLOG_BATCH - room;
   }
 
   /**
@@ -650,6 +748,8 @@ export class KernelFastPath implements KernelPath {
    * (failing open, they pass them on, as the rules would with no agent listening).
    */
   keep(seconds: number, failClosed: boolean): void {
+    // The programs judge alone from here: by the tables as they are, not as they were.
+    this.catchUpKernel(true);
     this.vouchedUntil = this.now() / 1000 + seconds;
     this.agentAway = failClosed;
     // The notrack rules go with this agent: the mark would serve nothing and cost the tc
@@ -661,6 +761,11 @@ export class KernelFastPath implements KernelPath {
 
   private release(): void {
     this.stopRejudging();
+    if (this.backlogTimer !== null) clearImmediate(this.backlogTimer);
+    this.backlogTimer = null;
+    this.backlog.servers.length = 0;
+    this.backlog.clients.length = 0;
+    this.backlog.left = 0;
     this.events?.close();
     this.events = null;
     for (const fd of Object.values(this.loaded.maps)) this.native.closeFd(fd);
@@ -669,6 +774,27 @@ export class KernelFastPath implements KernelPath {
     this.servers.clear();
     this.clients.clear();
   }
+}
+
+/** The next id of the first walk not yet done, dropping those that are: undefined once all are. */
+function nextOf(walks: Iterator<string>[]): string | undefined {
+  while (walks.length > 0) {
+    const step = walks[0]!.next();
+    if (step.done !== true) return step.value;
+    walks.shift();
+  }
+  return undefined;
+}
+
+/** As nextOf, for server walks: with the rotation the walk carries, if any. */
+function nextServer(walks: ServerBacklog[]): { id: string; retire: ServerBacklog['retire'] } | undefined {
+  while (walks.length > 0) {
+    const walk = walks[0]!;
+    const step = walk.ids.next();
+    if (step.done !== true) return { id: step.value, retire: walk.retire };
+    walks.shift();
+  }
+  return undefined;
 }
 
 /** Map keys held as latin1 strings (one character a byte), back to back. */

@@ -379,6 +379,7 @@ export class Agent {
       listenersOnQueue: path.listenersOnQueue,
       listenerSweep: path.listenerSweep,
       policyWalk: { running: path.rejudging, last: path.lastRejudging },
+      backlog: path.backlogSize,
       conntrack: this.conntrack,
     };
   }
