@@ -79,8 +79,8 @@ interface ServerRewrite {
   value: Buffer;
 }
 
-/** Server ids for the kernel to catch up with; after a rotation, records older than its generation retire at their turn. */
-interface ServerBacklog {
+/** Ids for the kernel to catch up with; after a rotation, server records older than its generation retire at their turn. */
+interface BacklogWalk {
   ids: Iterator<string>;
   retire: { generation: number; untilSeconds: number } | null;
 }
@@ -153,7 +153,7 @@ export class KernelFastPath implements KernelPath {
    * came from, and about how many are left. Each id is made to agree with the tables as they are
    * at its turn, so an entry written again since is never undone.
    */
-  private readonly backlog = { servers: [] as ServerBacklog[], clients: [] as Iterator<string>[], left: 0 };
+  private readonly backlog = { servers: [] as BacklogWalk[], clients: [] as BacklogWalk[], left: 0 };
   /** Rotations so far: entries admitted before the last one rest on previous keys, retiring (or soon to be) in the kernel. */
   private generation = 0;
   private backlogTimer: NodeJS.Immediate | null = null;
@@ -511,7 +511,7 @@ export class KernelFastPath implements KernelPath {
   forgetOwnWorkloads(): void {
     const forgotten = this.clients;
     this.clients = new Map();
-    this.backlog.clients.push(forgotten.keys());
+    this.backlog.clients.push({ ids: forgotten.keys(), retire: null });
     this.backlog.left += forgotten.size;
     this.catchUpKernel();
   }
@@ -571,7 +571,7 @@ export class KernelFastPath implements KernelPath {
     const unheld: string[] = [];
     let room = BACKLOG_BATCH;
     for (; room > 0; room--) {
-      const step = nextServer(this.backlog.servers);
+      const step = nextInBacklog(this.backlog.servers);
       if (step === undefined) break;
       const { id, retire } = step;
       const record = this.servers.get(id);
@@ -583,10 +583,10 @@ export class KernelFastPath implements KernelPath {
       rewrites.push({ id, record, value: serverValue(record.entry.fast.key, record.allowed, this.retiring(record), record.entry.expiresAt) });
     }
     for (; room > 0; room--) {
-      const id = nextOf(this.backlog.clients);
-      if (id === undefined) break;
+      const step = nextInBacklog(this.backlog.clients);
+      if (step === undefined) break;
       // Held again since (a new first contact wrote it): the kernel has the new entry.
-      if (!this.clients.has(id)) unheld.push(id);
+      if (!this.clients.has(step.id)) unheld.push(step.id);
     }
     // A refused rewrite is counted; the entry goes when its (earlier) expiry comes.
     this.rewriteServers(rewrites, () => undefined);
@@ -776,18 +776,8 @@ export class KernelFastPath implements KernelPath {
   }
 }
 
-/** The next id of the first walk not yet done, dropping those that are: undefined once all are. */
-function nextOf(walks: Iterator<string>[]): string | undefined {
-  while (walks.length > 0) {
-    const step = walks[0]!.next();
-    if (step.done !== true) return step.value;
-    walks.shift();
-  }
-  return undefined;
-}
-
-/** As nextOf, for server walks: with the rotation the walk carries, if any. */
-function nextServer(walks: ServerBacklog[]): { id: string; retire: ServerBacklog['retire'] } | undefined {
+/** The next id of the first walk not yet done, with that walk's rotation, dropping walks that are done: undefined once all are. */
+function nextInBacklog(walks: BacklogWalk[]): { id: string; retire: BacklogWalk['retire'] } | undefined {
   while (walks.length > 0) {
     const walk = walks[0]!;
     const step = walk.ids.next();
