@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments } from 'yaml';
+import { run as runCel, type CelInput } from '@bufbuild/cel';
 import { DEFAULT_READINESS_TAINT } from '../../../agent/src/runtime/readiness-taint.ts';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
@@ -60,6 +61,8 @@ describe('deploy/kubernetes', () => {
       'ServiceAccount',
       'ServiceAccount',
       'ServiceMonitor',
+      'ValidatingAdmissionPolicy',
+      'ValidatingAdmissionPolicyBinding',
     ]);
   });
 
@@ -136,6 +139,44 @@ describe('deploy/kubernetes', () => {
     const tolerations = (kind: string) => (objects.find((o) => o.kind === kind)!.spec as { template: { spec: { tolerations?: object[] } } }).template.spec.tolerations;
     assert.deepEqual(tolerations('DaemonSet'), [{ operator: 'Exists' }]);
     assert.deepEqual(tolerations('Deployment'), [{ key: DEFAULT_READINESS_TAINT, operator: 'Exists' }]);
+  });
+
+  // The expressions as shipped, run by a conformant CEL evaluator (@bufbuild/cel) on admission
+  // requests as the API server builds them; not run by a live API server here.
+  it('the admission policy lets the agent take only its readiness taint off only its own node', () => {
+    const spec = objects.find((o) => o.kind === 'ValidatingAdmissionPolicy')!.spec as { matchConditions: { expression: string }[]; validations: { expression: string; message: string }[] };
+    const binding = objects.find((o) => o.kind === 'ValidatingAdmissionPolicyBinding')!.spec as { policyName: string; validationActions: string[] };
+    assert.deepEqual(binding, { policyName: 'synpass-agent-own-node', validationActions: ['Deny'] });
+    const account = objects.find((o) => o.kind === 'ServiceAccount' && o.metadata.name === 'synpass-agent')!;
+    const agent = `system:serviceaccount:${account.metadata.namespace ?? ''}:synpass-agent`;
+    const celValue = (value: unknown): CelInput =>
+      Array.isArray(value) ? value.map(celValue) : value !== null && typeof value === 'object' ? new Map(Object.entries(value).map(([key, item]) => [key, celValue(item)])) : (value as CelInput);
+    const ours = { key: DEFAULT_READINESS_TAINT, value: 'true', effect: 'NoExecute' };
+    const other = { key: 'node.kubernetes.io/not-ready', effect: 'NoSchedule' };
+    const node = { metadata: { name: 'node-1', labels: { zone: 'a' } }, spec: { podCIDR: '10.1.0.0/24', taints: [other, ours] } };
+    /** The messages of the validations that refuse `change` to node-1, or null when the policy does not apply. */
+    const refusals = (change: (next: typeof node) => void, user: { username?: string; extra?: Record<string, string[]> } = {}): string[] | null => {
+      const object = structuredClone(node);
+      change(object);
+      const request = { userInfo: { username: user.username ?? agent, extra: user.extra ?? { 'authentication.kubernetes.io/node-name': ['node-1'] } } };
+      const bindings = { object: celValue(object), oldObject: celValue(node), request: celValue(request) };
+      if (!spec.matchConditions.every(({ expression }) => runCel(expression, bindings) === true)) return null;
+      return spec.validations.filter(({ expression }) => runCel(expression, bindings) !== true).map(({ message }) => message);
+    };
+    const removeOurs = (next: typeof node) => {
+      next.spec.taints = [other];
+    };
+    assert.deepEqual(refusals(removeOurs), []);
+    assert.deepEqual(refusals((next) => delete (next.spec as { taints?: unknown }).taints, {}), ['the synpass agent may only remove its readiness taint (synpass.io/agent-not-ready)']);
+    assert.deepEqual(refusals(removeOurs, { extra: { 'authentication.kubernetes.io/node-name': ['node-2'] } }), ['the synpass agent may change only the node its pod runs on']);
+    assert.deepEqual(refusals(removeOurs, { extra: {} }), ['the synpass agent may change only the node its pod runs on']);
+    assert.deepEqual(refusals((next) => next.spec.taints.push({ key: 'example.com/x', effect: 'NoSchedule' })), ['the synpass agent may only remove its readiness taint (synpass.io/agent-not-ready)']);
+    assert.deepEqual(refusals((next) => {
+      next.metadata.labels.zone = 'b';
+      removeOurs(next);
+    }), ["the synpass agent may not change a node's labels or annotations"]);
+    assert.deepEqual(refusals((next) => Object.assign(next.spec, { unschedulable: true })), ["the synpass agent may change nothing of a node's spec but its readiness taint"]);
+    assert.equal(refusals(() => undefined, { username: 'system:serviceaccount:kube-system:node-controller' }), null, 'other users are not this policy\'s business');
   });
 
   it('the policy ConfigMap is generated from the policy files in git', () => {
