@@ -1,8 +1,7 @@
 // A small Kubernetes API stand-in for tests: serves GET /api/v1/pods (list, filtered by
 // spec.nodeName) and a watch that stays open, and GET and JSON-patch PATCH of /api/v1/nodes/NAME
 // (a failed `test` answers 422, as the API server does). Run as a script it serves a JSON file of
-// pods and, optionally, one of nodes, and prints {"listening":port}; GET /nodes-patched tells how
-// many patches were applied.
+// pods and, optionally, one of nodes, and prints {"listening":port}.
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -56,7 +55,6 @@ export async function serveFakeKubeApi(pods: { spec: { nodeName: string } }[], n
   const answer = async (req: IncomingMessage, url: URL): Promise<[number, unknown]> => {
     const failure = api.failNext.shift();
     if (failure !== undefined) return [failure, status(failure)];
-    if (url.pathname === '/nodes-patched') return [200, api.requests.filter((request) => request.startsWith('PATCH ')).length];
     const nodeName = /^\/api\/v1\/nodes\/([^/]+)$/.exec(url.pathname)?.[1];
     if (nodeName !== undefined) return nodeAnswer(req, decodeURIComponent(nodeName));
     if (url.pathname !== '/api/v1/pods') return [404, status(404)];

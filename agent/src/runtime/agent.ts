@@ -27,7 +27,7 @@ import { verdictOf } from '../kernel/layouts.ts';
 import { RulesWatchdog } from './rules-watchdog.ts';
 import { takeSavedTables, writeSavedTables } from './saved-tables-file.ts';
 import { ReadinessTaint } from './readiness-taint.ts';
-import { kubernetesAccess } from '../identity/kubernetes/api.ts';
+import { kubernetesAccess, type KubernetesAccess } from '../identity/kubernetes/api.ts';
 
 /** What the agent process runs by: the parsed configuration (runtime/config.ts). */
 export type AgentRuntimeConfig = Pick<AgentConfig, 'mode' | 'datapath' | 'telemetry' | 'targets' | 'excluded' | 'replayWindowSeconds' | 'workloads' | 'handshake' | 'kubernetes'>;
@@ -60,9 +60,9 @@ export class Agent {
   private readonly queuedSyns = { ingress: 0, egress: 0 };
   /** Aborted at stop: a rehearsal still running ends after its current handshake. */
   private readonly rehearsal = new AbortController();
-  /** The first-contact rehearsal, for status: `off` in pass-through mode or with none configured. */
   /** Kubernetes only: taking the readiness taint off this node once running. */
   private readinessTaint: ReadinessTaint | null = null;
+  /** The first-contact rehearsal, for status: `off` in pass-through mode or with none configured. */
   private rehearsalStatus: { state: 'off' | 'running' | 'done' | 'failed'; handshakes?: number; milliseconds?: number; error?: string } = { state: 'off' };
   /** The mark bits of the rules, the engine's verdicts and the kernel programs (datapath.markBase). */
   private readonly marks: ConnectionMarks;
@@ -169,8 +169,16 @@ export class Agent {
     const kubernetes = this.config.kubernetes;
     if (kubernetes?.readinessTaint == null) return;
     const log = this.log.child({ node: kubernetes.nodeName, taint: kubernetes.readinessTaint });
+    let access: KubernetesAccess;
+    try {
+      access = kubernetesAccess(kubernetes.apiServer);
+    } catch (error) {
+      // The agent runs on: only pods waiting for the taint to go wait on.
+      log.error({ err: error }, 'readiness taint not removed: no access to the Kubernetes API');
+      return;
+    }
     const taint = new ReadinessTaint({
-      access: kubernetesAccess(kubernetes.apiServer),
+      access,
       nodeName: kubernetes.nodeName,
       key: kubernetes.readinessTaint,
       onError: (error) => {
