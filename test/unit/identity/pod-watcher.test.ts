@@ -1,9 +1,12 @@
 // The pod attestor against a real HTTP server that speaks the Kubernetes list/watch protocol:
-// list, watch with bookmarks, 410 Gone, server errors.
+// list, watch with bookmarks, 410 Gone, server errors, a token the kubelet replaced.
 import { it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { scratchDirectory } from '../../../scripts/lib/scratch.ts';
 import { PodWatcher } from '../../../agent/src/identity/kubernetes/pod-watcher.ts';
 
 function pod(name: string, ip: string, labels: Record<string, string>, resourceVersion: string, extra: object = {}) {
@@ -21,7 +24,11 @@ function pod(name: string, ip: string, labels: Record<string, string>, resourceV
   };
 }
 
-it('lists, follows the watch with bookmarks, re-lists after 410 Gone and backs off on errors', async () => {
+it('lists, follows the watch with bookmarks, re-lists after 410 Gone and backs off on errors, each time with the token file as it is then', async () => {
+  const directory = scratchDirectory('pod-watcher');
+  const tokenFile = join(directory, 'token');
+  writeFileSync(tokenFile, 'token-1\n');
+  const authorizations: string[] = [];
   const requests: string[] = [];
   let watchCount = 0;
   let listCount = 0;
@@ -29,7 +36,7 @@ it('lists, follows the watch with bookmarks, re-lists after 410 Gone and backs o
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://x');
     requests.push(url.search);
-    assert.equal(req.headers.authorization, 'Bearer test-token');
+    authorizations.push(req.headers.authorization ?? '');
     assert.equal(url.searchParams.get('fieldSelector'), 'spec.nodeName=node-1');
     if (url.searchParams.get('watch') !== '1') {
       listCount += 1;
@@ -46,6 +53,8 @@ it('lists, follows the watch with bookmarks, re-lists after 410 Gone and backs o
     watchCount += 1;
     res.writeHead(200, { 'content-type': 'application/json' });
     if (watchCount === 1) {
+      // The kubelet replaces the projected token: every later request must carry the new one.
+      writeFileSync(tokenFile, 'token-2\n');
       assert.equal(url.searchParams.get('resourceVersion'), '100');
       assert.equal(url.searchParams.get('allowWatchBookmarks'), 'true');
       line(res, { type: 'ADDED', object: pod('db', '10.1.0.7', { app: 'db', 'app.kubernetes.io/Name': 'x' }, '101') });
@@ -66,7 +75,7 @@ it('lists, follows the watch with bookmarks, re-lists after 410 Gone and backs o
   const port = (server.address() as AddressInfo).port;
   const errors: string[] = [];
   const watcher = new PodWatcher({
-    access: { server: `http://127.0.0.1:${port}`, token: 'test-token', ca: null },
+    access: { server: `http://127.0.0.1:${port}`, tokenFile, ca: null },
     nodeName: 'node-1',
     backoffMs: 20,
     onError: (error) => errors.push(error.message),
@@ -90,10 +99,13 @@ it('lists, follows the watch with bookmarks, re-lists after 410 Gone and backs o
     assert.equal(api.get('k8s.node')?.attestor, 'k8s');
     assert.equal(watcher.resourceVersion, '300');
     assert.ok(watchCount >= 3);
+    assert.deepEqual(authorizations.slice(0, 2), ['Bearer token-1', 'Bearer token-1']);
+    assert.ok(authorizations.length > 2 && authorizations.slice(2).every((value) => value === 'Bearer token-2'), authorizations.join(', '));
   } finally {
     watcher.stop();
     server.closeAllConnections();
     server.close();
+    rmSync(directory, { recursive: true, force: true });
   }
 });
 
@@ -113,7 +125,7 @@ it('applies watch events in between: added, modified, deleted, bookmark', async 
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
-  const watcher = new PodWatcher({ access: { server: `http://127.0.0.1:${port}`, token: null, ca: null }, nodeName: 'node-1' });
+  const watcher = new PodWatcher({ access: { server: `http://127.0.0.1:${port}`, tokenFile: null, ca: null }, nodeName: 'node-1' });
   try {
     await watcher.start();
     const deadline = Date.now() + 5_000;

@@ -20,7 +20,7 @@ describe('readiness taint', () => {
     return api;
   };
   const remover = (api: FakeKubeApi, errors: Error[] = []) =>
-    new ReadinessTaint({ access: { server: api.url, token: null, ca: null }, nodeName: 'node-1', key: KEY, onError: (error) => errors.push(error), backoffMs: 10 });
+    new ReadinessTaint({ access: { server: api.url, tokenFile: null, ca: null }, nodeName: 'node-1', key: KEY, onError: (error) => errors.push(error), backoffMs: 10 });
 
   it('removes every taint with its key, last first, each guarded by a test of what was read', () => {
     const second = { ...ours, effect: 'NoSchedule' };

@@ -8,7 +8,12 @@ import { SynpassError } from '../../errors.ts';
 export interface KubernetesAccess {
   /** https://host:port of the API server (http:// for tests). */
   server: string;
-  token: string | null;
+  /**
+   * The bearer token's file, read again for every request: the kubelet replaces a pod's
+   * projected token well before it expires (an hour where the API server does not extend it), and
+   * a token read once at start would be refused from then on.
+   */
+  tokenFile: string | null;
   ca: string | null;
 }
 
@@ -26,14 +31,14 @@ export function inClusterAccess(
   if (host === undefined) throw new KubernetesError('not-in-cluster', 'KUBERNETES_SERVICE_HOST is not set: not running in a cluster (set kubernetes.apiServer)');
   return {
     server: `https://${host.includes(':') ? `[${host}]` : host}:${port}`,
-    token: readFileSync(`${mount}/token`, 'utf8').trim(),
+    tokenFile: `${mount}/token`,
     ca: readFileSync(`${mount}/ca.crt`, 'utf8'),
   };
 }
 
 /** `apiServer` as configured: in-cluster access when null. */
 export function kubernetesAccess(apiServer: string | null): KubernetesAccess {
-  return apiServer === null ? inClusterAccess() : { server: apiServer, token: null, ca: null };
+  return apiServer === null ? inClusterAccess() : { server: apiServer, tokenFile: null, ca: null };
 }
 
 export interface ApiCall {
@@ -46,6 +51,7 @@ export interface ApiCall {
 export function callApi(access: KubernetesAccess, method: 'GET' | 'PATCH', path: string, body?: { contentType: string; text: string }): ApiCall {
   const url = new URL(path, access.server);
   const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
+  const token = access.tokenFile === null ? '' : readFileSync(access.tokenFile, 'utf8').trim();
   let request!: ClientRequest;
   const response = new Promise<IncomingMessage>((resolve, reject) => {
     request = send(
@@ -54,7 +60,7 @@ export function callApi(access: KubernetesAccess, method: 'GET' | 'PATCH', path:
         method,
         headers: {
           accept: 'application/json',
-          ...(access.token ? { authorization: `Bearer ${access.token}` } : {}),
+          ...(token === '' ? {} : { authorization: `Bearer ${token}` }),
           ...(body ? { 'content-type': body.contentType } : {}),
         },
         ...(access.ca ? { ca: access.ca } : {}),
