@@ -157,6 +157,8 @@ export class KernelFastPath implements KernelPath {
   /** Rotations so far: entries admitted before the last one rest on previous keys, retiring (or soon to be) in the kernel. */
   private generation = 0;
   private backlogTimer: NodeJS.Immediate | null = null;
+  /** Why the kernel stopped catching up with a rotation or a flush early, if it did (null otherwise). */
+  backlogError: string | null = null;
   /** How long the last policy edit's walk took, in how many slices, and why it ended early if it did (null before the first). */
   lastRejudging: { milliseconds: number; slices: number; error?: string } | null = null;
   private readonly now: () => number;
@@ -556,13 +558,28 @@ export class KernelFastPath implements KernelPath {
     this.backlogTimer = null;
     const deadline = unbounded ? Infinity : performance.now() + BACKLOG_SLICE_MS;
     while (this.catchingUp && performance.now() < deadline) this.catchUpBatch();
-    if (this.catchingUp) {
-      this.backlogTimer = setImmediate(() => {
-        this.catchUpKernel();
-      });
-    } else {
+    if (!this.catchingUp) {
       this.backlog.left = 0;
+      return;
     }
+    this.backlogTimer = setImmediate(() => {
+      try {
+        this.catchUpKernel();
+      } catch (error) {
+        // A later turn of the loop has no caller to throw to: the rest is left to the entries'
+        // own expiry in the kernel, and status says why.
+        this.backlogError = (error as Error).message;
+        this.dropBacklog();
+      }
+    });
+  }
+
+  private dropBacklog(): void {
+    if (this.backlogTimer !== null) clearImmediate(this.backlogTimer);
+    this.backlogTimer = null;
+    this.backlog.servers.length = 0;
+    this.backlog.clients.length = 0;
+    this.backlog.left = 0;
   }
 
   private catchUpBatch(): void {
@@ -761,11 +778,7 @@ export class KernelFastPath implements KernelPath {
 
   private release(): void {
     this.stopRejudging();
-    if (this.backlogTimer !== null) clearImmediate(this.backlogTimer);
-    this.backlogTimer = null;
-    this.backlog.servers.length = 0;
-    this.backlog.clients.length = 0;
-    this.backlog.left = 0;
+    this.dropBacklog();
     this.events?.close();
     this.events = null;
     for (const fd of Object.values(this.loaded.maps)) this.native.closeFd(fd);

@@ -387,7 +387,7 @@ export class Agent {
       listenersOnQueue: path.listenersOnQueue,
       listenerSweep: path.listenerSweep,
       policyWalk: { running: path.rejudging, last: path.lastRejudging },
-      backlog: path.backlogSize,
+      backlog: { entries: path.backlogSize, error: path.backlogError },
       conntrack: this.conntrack,
     };
   }
