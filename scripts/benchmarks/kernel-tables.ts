@@ -85,36 +85,43 @@ function fill(distinctPeers: boolean): void {
   }
 }
 
-/** A rotation or a flush: until the kernel caught up, and the longest the event loop was held meanwhile. */
-async function caughtUp(label: string, change: () => void): Promise<void> {
+/**
+ * `change`, then until `settled`: the whole time, how long the call itself took, and the longest
+ * the event loop was held meanwhile (that call, or any turn after it).
+ */
+async function holding(change: () => void, settled: () => Promise<void>): Promise<{ total: number; returned: number; held: number }> {
   const delay = monitorEventLoopDelay({ resolution: 1 });
   delay.enable();
   const started = performance.now();
   change();
   const returned = performance.now() - started;
-  let turns = 0;
-  while (path.backlogSize > 0) {
-    turns++;
-    await new Promise((resolve) => setImmediate(resolve));
-  }
+  await settled();
   const total = performance.now() - started;
   delay.disable();
-  const held = Math.max(returned, delay.max / 1e6);
+  return { total, returned, held: Math.max(returned, delay.max / 1e6) };
+}
+
+/** A rotation or a flush: until the kernel caught up. */
+async function caughtUp(label: string, change: () => void): Promise<void> {
+  let turns = 0;
+  const { total, returned, held } = await holding(change, async () => {
+    while (path.backlogSize > 0) {
+      turns++;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  });
   process.stdout.write(`${label}: ${total.toFixed(0)} ms over ${turns + 1} turns of the loop, the event loop held at most ${held.toFixed(1)} ms (returned after ${returned.toFixed(1)} ms)\n`);
 }
 
-/** A policy edit: until its walk over the tables ends, and the longest the event loop was held meanwhile. */
+/** A policy edit: until its walk over the tables ends. */
 async function edited(label: string, from: string, authorizer: PolicyAuthorizer): Promise<void> {
   current = policyAdmitting(from);
-  const delay = monitorEventLoopDelay({ resolution: 1 });
-  delay.enable();
-  const started = performance.now();
-  path.reauthorize(authorizer);
-  const returned = performance.now() - started;
-  await path.rejudged;
-  const total = performance.now() - started;
-  delay.disable();
-  const held = Math.max(returned, delay.max / 1e6);
+  const { total, held } = await holding(
+    () => {
+      path.reauthorize(authorizer);
+    },
+    () => path.rejudged,
+  );
   process.stdout.write(`${label}: ${total.toFixed(0)} ms in ${path.lastRejudging?.slices ?? '?'} slices, the event loop held at most ${held.toFixed(1)} ms\n`);
 }
 
