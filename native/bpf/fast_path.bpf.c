@@ -371,6 +371,7 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
   if (bpf_skb_load_bytes(skb, p->option_base + (__u32)at, opt, sizeof(opt)) < 0) return TC_ACT_SHOT;
   struct server_key key = {};
   __builtin_memcpy(key.address, p->source, 16);
+  __builtin_memcpy(key.local, p->destination, 16);
   key.fast_id = read_be32(opt + 4);
   key.port = bpf_ntohs(p->tcp.dest);
   __u32 time = read_be32(opt + 8);
@@ -618,6 +619,9 @@ static __always_inline void record_owner(const struct bpf_sock_ops *ops, __u32 w
 /* A connect from a workload that has a kernel-proven entry for this destination. */
 static __always_inline void client_connect(struct bpf_sock_ops *ops, const struct fast_config *cfg, __u32 now) {
   if (ops->family != AF_INET && ops->family != AF_INET6) return;
+  /* The agent's table names its own workloads by cgroup or uid; a socket of another network
+   * namespace below the cgroup (a pod on a node) is none of them, whatever its uid. */
+  if (bpf_get_netns_cookie(ops) != cfg->netns_cookie) return;
   struct client_key key = {.port = bpf_ntohl(ops->remote_port)};
   connect_owner(cfg, &key);
   __u32 workload = key.owner_kind == OWNER_WORKLOAD ? key.owner : 0;
@@ -739,8 +743,7 @@ static __always_inline void write_server_synack(struct bpf_sock_ops *ops) {
   struct tcphdr *th = ops->skb_data;
   if ((void *)(th + 1) > ops->skb_data_end) return;
   struct server_key key = {.fast_id = fast_id, .port = ops->local_port};
-  __u8 local[16];
-  local_and_remote(ops, local, key.address);
+  local_and_remote(ops, key.local, key.address);
   struct server_value *entry = bpf_map_lookup_elem(&fast_servers, &key);
   if (!entry) return;
   __u8 opt[FAST_SYNACK_OPT_LEN] = {FAST_OPT_KIND, FAST_SYNACK_OPT_LEN, FAST_OPT_EXID >> 8, FAST_OPT_EXID & 0xff};

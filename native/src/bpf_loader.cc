@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -253,11 +254,18 @@ void WelcomeBack(const std::string& pin_dir) {
   struct bpf_map_info info = {};
   uint32_t size = sizeof(info);
   uint32_t zero = 0;
-  struct fast_config config = {};
-  if (bpf_obj_get_info_by_fd(fd, &info, &size) == 0 && info.value_size == sizeof(config) &&
-      bpf_map_lookup_elem(fd, &zero, &config) == 0 && config.agent_away != 0) {
-    config.agent_away = 0;
-    bpf_map_update_elem(fd, &zero, &config, BPF_ANY);
+  // Fields are only ever appended to struct fast_config, so a kept program of an older or newer
+  // build has `agent_away` at the same offset, whatever its value's size (an upgrade).
+  const size_t at = offsetof(struct fast_config, agent_away);
+  unsigned char config[256] = {};
+  if (bpf_obj_get_info_by_fd(fd, &info, &size) == 0 && info.value_size >= at + sizeof(uint32_t) &&
+      info.value_size <= sizeof(config) && bpf_map_lookup_elem(fd, &zero, config) == 0) {
+    uint32_t away = 0;
+    memcpy(&away, config + at, sizeof(away));
+    if (away != 0) {
+      memset(config + at, 0, sizeof(away));
+      bpf_map_update_elem(fd, &zero, config, BPF_ANY);
+    }
   }
   close(fd);
 }
@@ -790,6 +798,23 @@ Napi::Value RealtimeOffset(const Napi::CallbackInfo& info) {
   return Napi::BigInt::New(info.Env(), offset);
 }
 
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
+
+// The cookie of this process's network namespace, as bpf_get_netns_cookie() gives it (Linux
+// 5.14); 0 when the kernel cannot say.
+Napi::Value NetnsCookie(const Napi::CallbackInfo& info) {
+  uint64_t cookie = 0;
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0) {
+    socklen_t length = sizeof(cookie);
+    if (getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &length) != 0) cookie = 0;
+    close(fd);
+  }
+  return Napi::BigInt::New(info.Env(), cookie);
+}
+
 Napi::Value CloseFd(const Napi::CallbackInfo& info) {
   if (info.Length() > 0 && info[0].IsNumber()) close(info[0].As<Napi::Number>().Int32Value());
   return info.Env().Undefined();
@@ -897,5 +922,6 @@ void RegisterFastPath(Napi::Env env, Napi::Object exports) {
   exports.Set("mapDeleteBatch", Napi::Function::New(env, MapDeleteBatch));
   exports.Set("counterTotals", Napi::Function::New(env, CounterTotals));
   exports.Set("realtimeOffsetNs", Napi::Function::New(env, RealtimeOffset));
+  exports.Set("netnsCookie", Napi::Function::New(env, NetnsCookie));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd));
 }

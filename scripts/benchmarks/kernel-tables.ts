@@ -21,6 +21,7 @@ const PIN_DIR = `/sys/fs/bpf/synpass-bench-tables-${process.pid}`;
 const BASELINE_PIN_DIR = `${PIN_DIR}-baseline`;
 const ENTRIES = MAP_CAPACITY.fast_servers;
 const PORT = 8080;
+const LOCAL = '10.0.0.1';
 
 function policyAdmitting(from: string) {
   return compile({
@@ -80,7 +81,7 @@ function fill(distinctPeers: boolean): void {
   for (let i = 0; i < ENTRIES; i++) {
     const fast = { fastId: i, key: fastKeys[i]! };
     const proven = { fast, peer: distinctPeers ? { ...peer, attributes: { ...peer.attributes } } : peer, local, expiresAt, credential: {} as never, tokenSignature: new Uint8Array(64) };
-    path.admitClient({ ...proven, peerAddress: address(i), port: PORT });
+    path.admitClient({ ...proven, peerAddress: address(i), localAddress: LOCAL, port: PORT });
     path.useServer({ ...proven, serverAddress: address(i), port: PORT, owner: { uid: 0, workload: 0 } });
   }
 }
@@ -118,7 +119,7 @@ async function edited(label: string, from: string, authorizer: PolicyAuthorizer)
   current = policyAdmitting(from);
   const { total, held } = await holding(
     () => {
-      path.reauthorize(authorizer);
+      path.reauthorize(authorizer, () => ({ 'app.name': 'api' }));
     },
     () => path.rejudged,
   );
@@ -131,7 +132,7 @@ try {
   // The baseline, on the maps of a second load: the same entries written one system call each.
   const native = loadBinding();
   const fd = native.fastPathLoad(fastPathObjectPath(), BASELINE_PIN_DIR).maps.fast_servers!;
-  const keys = Array.from({ length: ENTRIES }, (_, i) => serverKey(address(i), i, PORT));
+  const keys = Array.from({ length: ENTRIES }, (_, i) => serverKey(address(i), LOCAL, i, PORT));
   const values = Array.from({ length: ENTRIES }, (_, i) => serverValue(fastKeys[i]!, true, false, expiresAt));
   const perEntry = timed(`baseline: ${ENTRIES} server entries written one system call each`, () => {
     for (let i = 0; i < ENTRIES; i++) native.mapUpdate(fd, keys[i]!, values[i]!, 0);

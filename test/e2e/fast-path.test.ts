@@ -672,7 +672,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       const local = { 'app.name': 'api' };
       for (let i = 0; i < count; i++) {
         const peer = { trustDomain: 'd', subject: 'spiffe://d/web', attributes: { 'app.name': 'web' }, provenance: {}, agent: 'spiffe://d/agent/web', expiresAt: 2e9 };
-        assert.ok(path.admitClient({ fast: { fastId: i, key: Buffer.alloc(16, 1) }, peer, local, expiresAt: 2e9, credential: {} as never, tokenSignature: new Uint8Array(64), peerAddress: `10.213.${i >> 8}.${i & 255}`, port: 8080 }));
+        assert.ok(path.admitClient({ fast: { fastId: i, key: Buffer.alloc(16, 1) }, peer, local, expiresAt: 2e9, credential: {} as never, tokenSignature: new Uint8Array(64), peerAddress: `10.213.${i >> 8}.${i & 255}`, localAddress: '10.213.0.2', port: 8080 }));
       }
       // A policy that now refuses every peer, and takes 50 us to say so: 200 ms in all.
       const refusing = (): Authorization => {
@@ -683,7 +683,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       const authorizer: Authorizer = { ingress: refusing, egress: refusing, memoSize: { entries: 0, capacity: 0 }, closedToAnonymous: () => false };
       let served = 0;
       const started = performance.now();
-      path.reauthorize(authorizer);
+      path.reauthorize(authorizer, () => local);
       assert.ok(performance.now() - started < REJUDGE_SLICE_MS + 50, 'the call returned after its first slice');
       assert.equal(path.rejudging, true);
       const ticks = setInterval(() => (served += 1), 1);
@@ -711,7 +711,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const field = (value: string[], offset: number) => Buffer.from(value.slice(offset, offset + 4).map(Number)).readUInt32LE();
     const peer = { trustDomain: 'd', subject: 'spiffe://d/web', attributes: { 'app.name': 'web' }, provenance: {}, agent: 'spiffe://d/agent/web', expiresAt: 2e9 };
     const proven = (i: number) => ({ fast: { fastId: i, key: Buffer.alloc(16, 1) }, peer, local: { 'app.name': 'api' }, expiresAt: 2e9, credential: {} as never, tokenSignature: new Uint8Array(64) });
-    const admit = (i: number) => path.admitClient({ ...proven(i), peerAddress: `10.213.${i >> 8}.${i & 255}`, port: 8080 });
+    const admit = (i: number) => path.admitClient({ ...proven(i), peerAddress: `10.213.${i >> 8}.${i & 255}`, localAddress: '10.213.0.2', port: 8080 });
     const caughtUp = async () => {
       let served = 0;
       const ticks = setInterval(() => (served += 1), 1);
@@ -761,7 +761,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
         while (performance.now() < until);
         return { allowed: false, rule: 'deny', revision: 'r2', wouldDrop: null, unrestricted: false };
       };
-      path.reauthorize({ ingress: refusing, egress: refusing, memoSize: { entries: 0, capacity: 0 }, closedToAnonymous: () => false });
+      path.reauthorize({ ingress: refusing, egress: refusing, memoSize: { entries: 0, capacity: 0 }, closedToAnonymous: () => false }, () => ({ 'app.name': 'api' }));
       assert.equal(path.rejudging, true);
       path.forgetAll();
       await path.rejudged;

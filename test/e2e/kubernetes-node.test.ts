@@ -2,18 +2,33 @@
 // veth pairs (no bridge, as Calico does), one agent runs in the node namespace and learns the
 // pods from a stand-in API server. Pod A may reach pod B's service; pod C is cloaked from it.
 // A remote host with its own agent sees pod A's own identity on a connection through the node.
+// With SYNPASS_TEST_KERNEL_FAST_PATH=1 both agents run the kernel fast path, each in a cgroup of
+// its own with the pods' cgroups below the node's, as on a node: the remote host's known pair to
+// pod B is then judged in the node's kernel, for pod B's policy.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { initDomain, issueAgent } from '../../agent/src/identity/issuance.ts';
-import { isRoot, NetnsProcess, readStatus, ROOT, synpassCommand } from '../../scripts/lib/lab.ts';
+import { FAST_SYN_OPTION } from '../../agent/src/kernel/layouts.ts';
+import { cgroup2Mount } from '../../agent/src/runtime/kernel-fast-path.ts';
+import { verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
+import { isRoot, kernelByDefault, NetnsProcess, readStatus, ROOT, sleep, synpassCommand, waitUntil } from '../../scripts/lib/lab.ts';
+import { fixChecksums, layout, tcpOptionOffset } from '../../scripts/lib/packets.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
 
 const PEER = join(ROOT, 'scripts/lib/peer.ts');
 const API = join(ROOT, 'test/support/fake-kube-api.ts');
+const CAPTURE = join(ROOT, 'scripts/lib/capture-probe.ts');
+const INJECTOR = join(ROOT, 'scripts/lib/injector.ts');
+
+interface KernelCounters {
+  running: boolean;
+  reason: string;
+  counters: Record<string, number>;
+}
 
 describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
   const prefix = `kn${process.pid % 100000}`;
@@ -29,19 +44,38 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
   let agent: NetnsProcess;
   let port: number;
   const notReady = { key: 'node.kubernetes.io/not-ready', effect: 'NoSchedule' };
+  const kernel = kernelByDefault();
+  // A cgroup for the node (each pod's below it) and one for the remote host; each agent attaches
+  // its programs at its own and pins under its own directory.
+  const cgroupBase = kernel ? `${cgroup2Mount(readFileSync('/proc/self/mountinfo', 'utf8')) ?? ''}/synpass-k8s-${prefix}` : '';
+  const cgroups = { node: `${cgroupBase}/node`, remote: `${cgroupBase}/remote`, a: `${cgroupBase}/node/pod-a`, b: `${cgroupBase}/node/pod-b`, c: `${cgroupBase}/node/pod-c` };
+  const pinDirs = { node: `/sys/fs/bpf/synpass-k8s-${prefix}-node`, remote: `/sys/fs/bpf/synpass-k8s-${prefix}-remote` };
+  const kernelFlags = (host: 'node' | 'remote') => (kernel ? ['--kernel-fast-path', 'on', '--fast-path-pin-dir', pinDirs[host], '--fast-path-cgroup', cgroups[host]] : []);
+  /** In a kernel run, a process runs in `cgroup`; otherwise in none of the lab's. */
+  const inCgroup = (cgroup: string | undefined, stdin = false) => ({ stdin, ...(kernel && cgroup !== undefined ? { cgroup } : {}) });
   const ip = (...args: string[]) => execFileSync('ip', args, { stdio: 'pipe' });
-  const spawn = (ns: string, args: string[]) => {
-    const child = new NetnsProcess(ns, [process.execPath, '--import', 'tsx', ...args]);
+  const spawn = (ns: string, args: string[], cgroup?: string, stdin = false) => {
+    const child = new NetnsProcess(ns, [process.execPath, '--import', 'tsx', ...args], inCgroup(cgroup, stdin));
     processes.push(child);
     return child;
   };
-  const spawnAgent = (ns: string, args: string[]) => {
-    const child = new NetnsProcess(ns, [...synpassCommand(), 'agent', 'run', ...args]);
+  const spawnAgent = (ns: string, args: string[], cgroup: string) => {
+    const child = new NetnsProcess(ns, [...synpassCommand(), 'agent', 'run', ...args], inCgroup(cgroup));
     processes.push(child);
     return child;
   };
+  let kubeApi: NetnsProcess;
+  const pod = (name: string, ip: string, app: string, labels: Record<string, string> = {}, resourceVersion = '1') => ({
+    metadata: { name, namespace: 'shop', resourceVersion, labels: { app, ...labels } },
+    spec: { nodeName: 'node-1', serviceAccountName: app },
+    status: { phase: 'Running', podIP: ip, podIPs: [{ ip }] },
+  });
 
   before(async () => {
+    if (kernel) {
+      for (const directory of Object.values(cgroups)) mkdirSync(directory, { recursive: true });
+      execFileSync('sh', ['-c', 'mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf']);
+    }
     ip('netns', 'add', node);
     ip('-n', node, 'link', 'set', 'lo', 'up');
     // The pods' gateway address; the node answers ARP for it on every pod link.
@@ -74,21 +108,20 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
     await initDomain('cluster.synpass', join(directory, 'domain'));
     await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: 'cluster.synpass', agentId: 'node-1', namespaces: ['k8s', 'host'], ttlSeconds: 3600, outputDirectory: join(directory, 'agent') });
     await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: 'cluster.synpass', agentId: 'remote', namespaces: ['app'], ttlSeconds: 3600, outputDirectory: join(directory, 'remote') });
-    const pod = (name: string, ip: string, app: string) => ({
-      metadata: { name, namespace: 'shop', resourceVersion: '1', labels: { app } },
-      spec: { nodeName: 'node-1', serviceAccountName: app },
-      status: { phase: 'Running', podIP: ip, podIPs: [{ ip }] },
-    });
-    writeFileSync(join(directory, 'pods.json'), JSON.stringify([pod('a-1', address.a, 'a'), pod('b-1', address.b, 'b'), pod('c-1', address.c, 'c')]));
+    writeFileSync(join(directory, 'pods.json'), JSON.stringify([pod('a-1', address.a, 'a'), pod('b-1', address.b, 'b', { exposure: 'public' }), pod('c-1', address.c, 'c')]));
     // The node registered with the readiness taint, beside one of the kubelet's.
     writeFileSync(join(directory, 'nodes.json'), JSON.stringify([{ metadata: { name: 'node-1' }, spec: { taints: [{ key: 'synpass.io/agent-not-ready', value: 'true', effect: 'NoExecute' }, notReady] } }]));
-    const kubeApi = spawn(node, [API, join(directory, 'pods.json'), '0', join(directory, 'nodes.json')]);
+    kubeApi = spawn(node, [API, join(directory, 'pods.json'), '0', join(directory, 'nodes.json')], undefined, true);
     port = (await kubeApi.waitFor((l) => typeof l.listening === 'number')).listening as number;
     mkdirSync(join(directory, 'policy'));
     writeFileSync(
       join(directory, 'policy', 'shop.yaml'),
       stringify({
-        policies: [{ name: 'b', selector: { 'k8s.label.app': 'b' }, ingress: [{ name: 'from-a', action: 'allow', from: { 'k8s.label.app': 'a' }, ports: [8080] }] }],
+        policies: [
+          { name: 'b', selector: { 'k8s.label.app': 'b' }, ingress: [{ name: 'from-a', action: 'allow', from: { 'k8s.label.app': 'a' }, ports: [8080] }] },
+          // While a pod is labelled public, the remote host's workloads reach it too.
+          { name: 'public', selector: { 'k8s.label.exposure': 'public' }, ingress: [{ name: 'from-remote', action: 'allow', from: { 'synpass.agent': 'spiffe://cluster.synpass/agent/remote' }, ports: [8080] }] },
+        ],
       }),
     );
     writeFileSync(
@@ -124,13 +157,14 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
         telemetry: { whoisSocket: join(directory, 'remote-whois.sock') },
       }),
     );
-    remoteAgent = spawnAgent(remote, ['--config', join(directory, 'remote.yaml'), '--status-socket', join(directory, 'remote.sock')]);
+    remoteAgent = spawnAgent(remote, ['--config', join(directory, 'remote.yaml'), '--status-socket', join(directory, 'remote.sock'), ...kernelFlags('remote')], cgroups.remote);
     await remoteAgent.waitFor((l) => l.msg === 'agent running', 20_000);
-    await spawn(remote, [PEER, 'server', '9090', 'http']).waitFor((l) => l.listening === 9090);
+    // 9091 is open to anyone: the node's own processes reach it as the node.
+    await Promise.all(['9090', '9091'].map((listen) => spawn(remote, [PEER, 'server', listen, 'http'], cgroups.remote).waitFor((l) => l.listening === Number(listen))));
     socket = join(directory, 'status.sock');
-    agent = spawnAgent(node, ['--config', join(directory, 'agent.yaml'), '--status-socket', socket]);
+    agent = spawnAgent(node, ['--config', join(directory, 'agent.yaml'), '--status-socket', socket, ...kernelFlags('node')], cgroups.node);
     await agent.waitFor((l) => l.msg === 'agent running', 20_000);
-    await spawn(pods.b, [PEER, 'server', '8080', 'http']).waitFor((l) => l.listening === 8080);
+    await spawn(pods.b, [PEER, 'server', '8080', 'http'], cgroups.b).waitFor((l) => l.listening === 8080);
   });
 
   after(async () => {
@@ -142,16 +176,39 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
         // never created: before() failed early
       }
     }
+    if (kernel) {
+      // A killed agent leaves its pins (the cgroup link and maps): removing them detaches its programs.
+      for (const pins of Object.values(pinDirs)) rmSync(pins, { recursive: true, force: true });
+      for (const cgroup of [cgroups.a, cgroups.b, cgroups.c, cgroups.node, cgroups.remote, cgroupBase]) {
+        // A killed process leaves its cgroup a moment later.
+        for (let attempt = 0; attempt < 20; attempt++) {
+          try {
+            rmdirSync(cgroup);
+            break;
+          } catch (error) {
+            if ((error as NodeJS.ErrnoException).code === 'ENOENT') break;
+            await sleep(100);
+          }
+        }
+      }
+    }
     if (directory) rmSync(directory, { recursive: true, force: true });
   });
 
-  async function request(from: 'a' | 'c', host = address.b, port = '8080'): Promise<Record<string, unknown> | null> {
-    const child = spawn(pods[from], [PEER, 'http', host, port]);
+  /** One HTTP request from a process in namespace `ns` (and, in a kernel run, `cgroup`): its answer, or null. */
+  async function fetchFrom(ns: string, cgroup: string, host: string, port: string): Promise<Record<string, unknown> | null> {
+    const child = spawn(ns, [PEER, 'http', host, port], cgroup);
     try {
       return await child.waitFor(() => true, 4_000);
     } catch {
+      // Its socket goes with it: no SYN retransmitted later reaches a later test's counts.
+      await child.stop('SIGKILL', 2_000);
       return null;
     }
+  }
+
+  async function request(from: 'a' | 'c', host = address.b, port = '8080'): Promise<Record<string, unknown> | null> {
+    return fetchFrom(pods[from], cgroups[from], host, port);
   }
 
   it('the agent learned the pods from the API server', () => {
@@ -198,5 +255,97 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
     const refused = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.verdict === 'drop');
     assert.equal(refused.reason, 'not-allowed');
     assert.equal((refused.peer as { subject: string }).subject, 'spiffe://cluster.synpass/ns/shop/sa/c');
+  });
+
+  const kernelOnly = { skip: !kernel && 'the kernel fast path runs here only with SYNPASS_TEST_KERNEL_FAST_PATH=1' };
+  const remoteSocket = () => join(directory, 'remote.sock');
+  const kernelOf = async (status: string) => ((await readStatus(status)) as unknown as { kernelFastPath: KernelCounters }).kernelFastPath;
+  const queued = async (status: string) => (await readStatus(status)).queue.received!;
+  /** Counter increases between two readings, only those that moved. */
+  const moved = (before: KernelCounters, after: KernelCounters) =>
+    Object.fromEntries(Object.entries(after.counters).flatMap(([name, value]) => (value === before.counters[name] ? [] : [[name, value - (before.counters[name] ?? 0)]])));
+  const fromRemote = () => fetchFrom(remote, cgroups.remote, address.b, '8080');
+  /** Whether every entry of the node kernel's server table admits its peer (struct server_value: key, then allowed). */
+  const nodeEntriesAllowed = (): boolean[] =>
+    (JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDirs.node, 'fast_servers'), '-j'], { encoding: 'utf8' })) as { value: string[] }[]).map((entry) => Number(entry.value[16]) !== 0);
+
+  it('the remote host reaches pod B as itself, and pod B answers as itself: its SYN-ACK leaves the node with pod B\'s token', async () => {
+    const recent = (child: NetnsProcess) => JSON.stringify(child.lines.filter((l) => l.event === 'handshake').slice(-4));
+    assert.equal((await fromRemote())?.status, 200, `node: ${recent(agent)}\nremote: ${recent(remoteAgent)}`);
+    const admitted = await agent.waitFor((l) => l.event === 'handshake' && l.direction === 'ingress' && l.stage === 'syn' && String(l.source).startsWith(`${remoteAddress}:`) && String(l.destination).startsWith(`${address.b}:`));
+    assert.deepEqual([admitted.verdict, admitted.rule, (admitted.peer as { subject: string }).subject, (admitted.local as { subject: string }).subject], ['accept', 'public/from-remote', 'spiffe://cluster.synpass/remote', 'spiffe://cluster.synpass/ns/shop/sa/b']);
+    const answered = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.direction === 'ingress' && l.stage === 'syn-ack' && String(l.source).startsWith(`${address.b}:`));
+    assert.deepEqual([answered.verdict, answered.reason, (answered.peer as { subject: string } | null)?.subject], ['accept', 'ok', 'spiffe://cluster.synpass/ns/shop/sa/b']);
+  });
+
+  it('the remote host\'s known pair to pod B is judged in the node\'s kernel, for pod B: nothing queued at the node', kernelOnly, async () => {
+    for (const status of [socket, remoteSocket()]) {
+      const state = await kernelOf(status);
+      assert.equal(state.running, true, state.reason);
+    }
+    // A first contact, or already a known pair.
+    assert.equal((await fromRemote())?.status, 200);
+    const [queuedBefore, nodeBefore, remoteBefore, statusBefore] = [await queued(socket), await kernelOf(socket), await kernelOf(remoteSocket()), await readStatus(socket)];
+    const rounds = 5;
+    for (let i = 0; i < rounds; i++) assert.equal((await fromRemote())?.status, 200, `fast connection ${i}`);
+    assert.equal(await queued(socket), queuedBefore, `the node queued nothing; verdicts: ${JSON.stringify(verdictsBetween(statusBefore, await readStatus(socket)))}`);
+    assert.deepEqual(moved(nodeBefore, await kernelOf(socket)), { synAccepted: rounds, synAckSigned: rounds });
+    assert.deepEqual(moved(remoteBefore, await kernelOf(remoteSocket())), { synSent: rounds, synAckVerified: rounds });
+    const logged = await agent.waitFor((l) => l.msg === 'handshake verdict' && l.path === 'kernel' && l.reason === 'ok-kernel' && String(l.destination).startsWith(`${address.b}:`), 5_000);
+    assert.equal((logged.peer as { subject: string }).subject, 'spiffe://cluster.synpass/remote');
+  });
+
+  it('a fast SYN to pod B sent to pod C instead is dropped in the node\'s kernel: its entry holds for pod B\'s address only', kernelOnly, async () => {
+    const capture = spawn(remote, [CAPTURE, 'eth0', `tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn and dst host ${address.b} and dst port 8080`, '1', '10000'], undefined, true);
+    await capture.waitFor((l) => l.ready === true);
+    assert.equal((await fromRemote())?.status, 200);
+    await capture.waitFor((l) => typeof l.done === 'number', 15_000);
+    const line = capture.lines.find((l) => typeof l.hex === 'string');
+    assert.ok(line, 'captured the SYN');
+    const syn = Uint8Array.from(Buffer.from(String(line.hex), 'hex'));
+    assert.notEqual(tcpOptionOffset(syn, FAST_SYN_OPTION.kind, FAST_SYN_OPTION.length, FAST_SYN_OPTION.exid), -1, 'the SYN carries the fast option');
+    const elsewhere = Uint8Array.from(syn);
+    elsewhere.set(address.c.split('.').map(Number), 16);
+    const { ipVersion, tcpOffset } = layout(elsewhere);
+    fixChecksums(elsewhere, ipVersion, tcpOffset);
+    const before = await kernelOf(socket);
+    const uplinkMac = execFileSync('ip', ['netns', 'exec', node, 'cat', '/sys/class/net/uplink/address'], { encoding: 'utf8' }).trim();
+    const file = writePackets(join(directory, 'redirected.hex'), [elsewhere]);
+    await spawn(remote, [INJECTOR, 'replay', 'eth0', uplinkMac, file, 'max', '5', '1']).waitFor((l) => typeof l.sent === 'number', 10_000);
+    await sleep(300);
+    assert.deepEqual(moved(before, await kernelOf(socket)), { synUnknownPeer: 1 });
+  });
+
+  it('relabelling pod B out of the policy that admits the remote host revokes it in the node\'s kernel from its next fast SYN; labelled back, the pair is fast again', kernelOnly, async () => {
+    assert.ok(nodeEntriesAllowed().length > 0 && nodeEntriesAllowed().every(Boolean), 'the remote host is admitted in the kernel');
+    kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('b-1', address.b, 'b', {}, '3') })}\n`);
+    await waitUntil('the node kernel refuses the remote host', async () => Promise.resolve(nodeEntriesAllowed().every((allowed) => !allowed)), 5_000);
+    const before = await kernelOf(socket);
+    assert.equal(await fromRemote(), null, 'cloaked');
+    assert.ok((moved(before, await kernelOf(socket)).synNotAllowed ?? 0) >= 1, 'dropped in the kernel as not allowed');
+    kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('b-1', address.b, 'b', { exposure: 'public' }, '4') })}\n`);
+    await waitUntil('the node kernel admits the remote host again', async () => Promise.resolve(nodeEntriesAllowed().every(Boolean)), 5_000);
+    // The remote kernel fell back from its refused fast SYN, and may have dropped its entry: a
+    // first contact at most, then fast.
+    assert.equal((await fromRemote())?.status, 200);
+    const again = await kernelOf(socket);
+    assert.equal((await fromRemote())?.status, 200);
+    assert.deepEqual(moved(again, await kernelOf(socket)), { synAccepted: 1, synAckSigned: 1 });
+  });
+
+  it('a pod never connects fast under an entry of the node\'s own processes: pod A speaks as itself to a server that knows the node', kernelOnly, async () => {
+    const fromNode = () => fetchFrom(node, cgroups.node, remoteAddress, '9091');
+    assert.equal((await fromNode())?.status, 200, 'the node\'s first contact');
+    let before = await kernelOf(remoteSocket());
+    assert.equal((await fromNode())?.status, 200);
+    assert.deepEqual(moved(before, await kernelOf(remoteSocket())), { synAccepted: 1, synAckSigned: 1 }, 'the node\'s root processes are a known pair');
+    before = await kernelOf(remoteSocket());
+    const nodeBefore = await kernelOf(socket);
+    // Pod A's process runs as root too, in the node's cgroup tree, but in a namespace of its own.
+    assert.equal((await request('a', remoteAddress, '9091'))?.status, 200);
+    assert.deepEqual(moved(nodeBefore, await kernelOf(socket)), {}, 'the node\'s kernel wrote no fast option');
+    assert.equal(moved(before, await kernelOf(remoteSocket())).synAccepted, undefined, 'not a fast SYN');
+    const seen = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn' && l.verdict === 'accept' && String(l.destination).endsWith(':9091') && (l.peer as { subject?: string } | null)?.subject === 'spiffe://cluster.synpass/ns/shop/sa/a');
+    assert.equal((seen.peer as { attributes: Record<string, string> }).attributes['k8s.label.app'], 'a');
   });
 });

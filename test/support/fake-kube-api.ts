@@ -1,9 +1,11 @@
 // A small Kubernetes API stand-in for tests: serves GET /api/v1/pods (list, filtered by
-// spec.nodeName) and a watch that stays open, and GET and JSON-patch PATCH of /api/v1/nodes/NAME
-// (a failed `test` answers 422, as the API server does). Run as a script it serves a JSON file of
-// pods and, optionally, one of nodes, and prints {"listening":port}.
+// spec.nodeName) and a watch that stays open and carries the events a test sends, and GET and
+// JSON-patch PATCH of /api/v1/nodes/NAME (a failed `test` answers 422, as the API server does).
+// Run as a script it serves a JSON file of pods and, optionally, one of nodes, prints
+// {"listening":port}, and sends each line of its stdin (a watch event) to the open watches.
+import { createInterface } from 'node:readline';
 import { readFileSync } from 'node:fs';
-import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
 import fastJsonPatch, { type Operation } from 'fast-json-patch';
@@ -23,6 +25,8 @@ export interface FakeKubeApi {
   failNext: number[];
   /** Runs between a node's GET and the PATCH after it, as a concurrent writer would. */
   beforePatch: ((node: FakeNode) => void) | null;
+  /** Sends a watch event ({type, object}) to every open pod watch. */
+  emit(event: { type: string; object: object }): void;
 }
 
 async function body(req: IncomingMessage): Promise<string> {
@@ -32,7 +36,11 @@ async function body(req: IncomingMessage): Promise<string> {
 }
 
 export async function serveFakeKubeApi(pods: { spec: { nodeName: string } }[], nodes: FakeNode[], port = 0): Promise<FakeKubeApi> {
-  const api: Partial<FakeKubeApi> & Omit<FakeKubeApi, 'server' | 'url'> = { nodes: new Map(nodes.map((node) => [node.metadata.name, node])), requests: [], failNext: [], beforePatch: null };
+  const watches = new Set<ServerResponse>();
+  const emit = (event: { type: string; object: object }): void => {
+    for (const watch of watches) watch.write(`${JSON.stringify(event)}\n`);
+  };
+  const api: Partial<FakeKubeApi> & Omit<FakeKubeApi, 'server' | 'url'> = { nodes: new Map(nodes.map((node) => [node.metadata.name, node])), requests: [], failNext: [], beforePatch: null, emit };
   const status = (code: number) => ({ kind: 'Status', code });
   const nodeAnswer = async (req: IncomingMessage, name: string): Promise<[number, unknown]> => {
     const node = api.nodes.get(name);
@@ -67,6 +75,8 @@ export async function serveFakeKubeApi(pods: { spec: { nodeName: string } }[], n
     if (url.pathname === '/api/v1/pods' && url.searchParams.get('watch') === '1') {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.write(`${JSON.stringify({ type: 'BOOKMARK', object: { metadata: { resourceVersion: '2' } } })}\n`);
+      watches.add(res);
+      res.on('close', () => watches.delete(res));
       return; // held open, as a real watch is
     }
     void answer(req, url).then(([code, value]) => res.writeHead(code, { 'content-type': 'application/json' }).end(JSON.stringify(value)));
@@ -82,4 +92,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const read = (file: string | undefined) => (file === undefined ? [] : (JSON.parse(readFileSync(file, 'utf8')) as never[]));
   const api = await serveFakeKubeApi(read(podsFile), read(nodesFile), Number(portText ?? 0));
   process.stdout.write(`${JSON.stringify({ listening: (api.server.address() as AddressInfo).port })}\n`);
+  for await (const line of createInterface({ input: process.stdin })) {
+    if (line.trim() !== '') api.emit(JSON.parse(line) as { type: string; object: object });
+  }
 }

@@ -79,6 +79,12 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   const server = sourceAddress(packet);
   const key = flowKey(destinationAddress(packet), packet.destinationPort, server, packet.sourcePort);
   const flow = ctx.flows.get(key);
+  if (flow?.role === 'server') {
+    // A local pod answering a SYN this node judged, on its way in from the pod: its SYN-ACK
+    // leaves with the pod's token and proof, given on the way out (serverSynAck).
+    decision.reason = 'ok';
+    return null;
+  }
   if (info.token === null) {
     // The server runs no agent: nothing to verify, and nothing to prove in our ACK.
     ctx.flows.delete(key);

@@ -76,6 +76,11 @@ export class HandshakeContext {
     this.presignedSyns = new PresignedSyns(this.noncePool, this.now, Math.floor(options.replayWindowSeconds / 3));
   }
 
+  /** This end's workload at a local address and port: the pod's there, else this host's for the port. */
+  localAt(address: string, port: number): Readonly<Record<string, string>> {
+    return this.options.localPods?.identityOf(address)?.attributes ?? this.local.tokenForPort(port).localAttributes;
+  }
+
   /** The handshake message in an ingress token area, or why it is refused. */
   decode(token: Uint8Array): HandshakeMessage | Refusal {
     try {

@@ -21,8 +21,15 @@ import { serverAck, serverSyn, serverSynAck } from './server.ts';
 
 export type { IdentityHandlerOptions } from './context.ts';
 
+/**
+ * Pod events come in bursts (a rollout, status updates): the kernel's entries are judged again
+ * for them at most this often, and once more after the last event of a burst.
+ */
+export const POD_REJUDGE_INTERVAL_MS = 1000;
+
 export class IdentityHandler implements HandshakeHandler {
   private readonly ctx: HandshakeContext;
+  private podRejudge: { timer: NodeJS.Timeout | null; lastMs: number } = { timer: null, lastMs: -Infinity };
 
   constructor(local: LocalIdentity, verifier: PeerVerifier, authorizer: Authorizer, options: IdentityHandlerOptions) {
     this.ctx = new HandshakeContext(local, verifier, authorizer, options);
@@ -66,8 +73,30 @@ export class IdentityHandler implements HandshakeHandler {
 
   /** The policy set behind the authorizer changed: entries the kernel judges are judged again. */
   policyChanged(): void {
-    this.ctx.kernelPath?.reauthorize(this.ctx.authorizer);
+    this.rejudgeKernel();
     this.cloakInKernel();
+  }
+
+  /**
+   * The node's pods changed (listed, added, relabelled, gone): the kernel's entries for their
+   * addresses are judged again, for the workload each address names now.
+   */
+  localPodsChanged(): void {
+    const pending = this.podRejudge;
+    if (pending.timer !== null) return;
+    const waitMs = pending.lastMs + POD_REJUDGE_INTERVAL_MS - this.ctx.now();
+    const run = (): void => {
+      pending.timer = null;
+      pending.lastMs = this.ctx.now();
+      this.rejudgeKernel();
+    };
+    if (waitMs <= 0) run();
+    else pending.timer = setTimeout(run, waitMs).unref();
+  }
+
+  private rejudgeKernel(): void {
+    const ctx = this.ctx;
+    ctx.kernelPath?.reauthorize(ctx.authorizer, (address, port) => ctx.localAt(address, port));
   }
 
   /** The kernel tables a previous run saved, back into the kernel path as far as it still holds. */

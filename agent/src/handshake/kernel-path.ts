@@ -7,6 +7,9 @@ import type { VerifiedCredential } from '../token/credential.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { Authorizer } from './authorizer.ts';
 
+/** The attributes of this end's workload at a local address and port, as they are now. */
+export type LocalWorkloadAt = (address: string, port: number) => Readonly<Record<string, string>>;
+
 interface KernelEntry {
   fast: FastKey;
   /** The peer workload, and this end's attributes, as policy judged them. */
@@ -16,9 +19,13 @@ interface KernelEntry {
   expiresAt: number;
 }
 
-/** Server side: a client workload at `peerAddress` proven and admitted to local `port`. */
+/**
+ * Server side: a client workload at `peerAddress` proven and admitted to `port` of
+ * `localAddress` (this host's, or one of its pods').
+ */
 export interface AdmittedClient extends KernelEntry {
   peerAddress: string;
+  localAddress: string;
   port: number;
   /** What the fast key was derived from besides this agent's key: kept so a restart can derive it again. */
   credential: VerifiedCredential;
@@ -63,6 +70,8 @@ export interface KeptTables {
 
 export interface KeptServerEntry {
   peerAddress: string;
+  /** Absent in a file of a run before 2026-12-05, whose entries named no local address: not restored. */
+  localAddress?: string | undefined;
   port: number;
   /** Index into `credentials`. */
   credential: number;
@@ -105,10 +114,11 @@ export interface KernelPath {
   /** Whether the kernel took the entry (a full table refuses it; the next connection is queued). */
   useServer(entry: FastServer): boolean;
   /**
-   * Policy changed: each entry is judged again (a large table in slices, the event loop free
-   * between them); a client no longer admitted is dropped in the kernel from its next SYN.
+   * Policy or a local workload changed: each entry is judged again (a large table in slices, the
+   * event loop free between them), a server entry for the workload `localAt` names at its address
+   * now; a client no longer admitted is dropped in the kernel from its next SYN.
    */
-  reauthorize(authorizer: Authorizer): void;
+  reauthorize(authorizer: Authorizer, localAt: LocalWorkloadAt): void;
   /** Which local ports admit no peer without identity from anywhere: the kernel drops such SYNs itself. */
   cloak(closed: (port: number) => boolean): void;
   /** This agent's workloads may have changed: its kernel stops sending fast SYNs until each proves itself again. */

@@ -15,7 +15,8 @@ export interface RestoreOutcome {
   restored: number;
   /**
    * Entries left out, by why: a credential refusal's reason, `keys-changed`, `expired`,
-   * `not-allowed`, `agent-mismatch`, `refused-by-kernel`, and on the client side
+   * `not-allowed`, `agent-mismatch`, `refused-by-kernel`, on the server side `no-local-address`
+   * (a file of a run before 2026-12-05), and on the client side
    * `workload-changed` (the local workload is not what the server was proven).
    */
   skipped: Record<string, number>;
@@ -67,10 +68,15 @@ export function restoreKernelTables(ctx: HandshakeContext, saved: KeptTables): T
       count(servers, held);
       continue;
     }
-    const local = ctx.local.tokenForPort(entry.port).localAttributes;
+    const { localAddress } = entry;
+    if (localAddress === undefined) {
+      count(servers, 'no-local-address');
+      continue;
+    }
+    const local = ctx.localAt(localAddress, entry.port);
     const auth = ctx.authorizer.ingress({ local, peer: entry.peer, peerAddress: entry.peerAddress, port: entry.port });
     const allowed = auth.allowed && auth.wouldDrop === null;
-    count(servers, !allowed ? 'not-allowed' : kernelPath.admitClient({ ...held, peerAddress: entry.peerAddress, port: entry.port, peer: entry.peer, local }) || 'refused-by-kernel');
+    count(servers, !allowed ? 'not-allowed' : kernelPath.admitClient({ ...held, peerAddress: entry.peerAddress, localAddress, port: entry.port, peer: entry.peer, local }) || 'refused-by-kernel');
   }
   for (const entry of saved.clients) {
     const held = recheck(entry);

@@ -54,7 +54,7 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     decision.reason = 'ok';
     return null;
   }
-  const local = destinationPod?.attributes ?? ctx.local.tokenForPort(port).localAttributes;
+  const local = ctx.localAt(serverAddress, port);
   if (info.token === null) {
     const auth = ctx.authorize(decision, 'ingress', { local, peer: null, peerAddress: client, port });
     if (!auth.allowed) return refuse('no-identity');
@@ -110,12 +110,14 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     expiresAt: nowMs + ctx.options.handshakeTimeoutMs,
   });
   if (!stored) return refuse('flow-table-full');
-  // Pods share the node's ports, and observed rules cannot be enforced by a kernel that only
-  // accepts or drops: both stay on the queue. The kernel takes the workload at the SYN-ACK, once
-  // it shows that the listener's kernel signs.
-  if (ctx.kernelPath !== null && destinationPod === undefined && auth.wouldDrop === null) {
+  // Observed rules cannot be enforced by a kernel that only accepts or drops: they stay on the
+  // queue. The kernel's entry names the local address, so a node's pods, which share its ports,
+  // each keep their own policy there. The kernel takes the workload at the SYN-ACK, once it
+  // shows that the listener's kernel signs.
+  if (ctx.kernelPath !== null && auth.wouldDrop === null) {
     ctx.flows.get(key)!.kernelCandidate = {
       peerAddress: client,
+      localAddress: serverAddress,
       port,
       fast: deriveFastKey(pairKey, message.token.signature),
       peer: peer.identity,

@@ -10,7 +10,7 @@ import { SynpassError } from '../errors.ts';
 import type { TableSize } from '../datapath/handler.ts';
 import type { VerdictCount } from '../datapath/engine.ts';
 import type { Authorizer } from '../handshake/authorizer.ts';
-import type { AdmittedClient, FastServer, KernelPath, SocketOwner } from '../handshake/kernel-path.ts';
+import type { AdmittedClient, FastServer, KernelPath, LocalWorkloadAt, SocketOwner } from '../handshake/kernel-path.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { ClientToSave, ServerToSave } from './saved-tables.ts';
 import { refusedSweep, summarizeSweep, type ListenerSweep } from './listener-sweep.ts';
@@ -117,6 +117,7 @@ const BACKLOG_BATCH = 1024;
 /** A policy edit's walk over the tables, slice by slice (reauthorize). */
 interface Rejudging {
   authorizer: Authorizer;
+  localAt: LocalWorkloadAt;
   /** The tables walked, and where the walk is in each: a flush or a rotation replaces a table, and the rest of the old one is not judged. */
   serverTable: Map<string, ServerRecord>;
   clientTable: Map<string, FastServer>;
@@ -176,6 +177,8 @@ export class KernelFastPath implements KernelPath {
   private vouchedUntil: number;
   /** Set by keep: no agent checks first-contact markers (fast_config.agent_away). */
   private agentAway = false;
+  /** This agent's network namespace: only its sockets connect fast (fast_config.netns_cookie). */
+  private readonly netnsCookie: bigint;
   /**
    * Local ports whose listener answered a handshake the kernel could take without the ready
    * option, each with whether it was reported yet. At most one entry per port.
@@ -196,6 +199,7 @@ export class KernelFastPath implements KernelPath {
   ) {
     this.now = options.now ?? Date.now;
     this.vouchedUntil = this.now() / 1000 + VOUCH_SECONDS;
+    this.netnsCookie = native.netnsCookie();
     for (const cidr of options.excluded) native.mapUpdate(this.map('fast_excluded'), excludedKey(cidr), Buffer.of(1), BPF_ANY);
     this.followWorkloadCgroups();
     this.writeConfig();
@@ -290,6 +294,7 @@ export class KernelFastPath implements KernelPath {
       workloadCgroups: this.workloadCgroupIds.size,
       vouchedUntil: this.vouchedUntil,
       agentAway: this.agentAway,
+      netnsCookie: this.netnsCookie,
     });
     this.native.mapUpdate(this.map('fast_config'), Buffer.alloc(4), value, BPF_ANY);
   }
@@ -329,7 +334,7 @@ export class KernelFastPath implements KernelPath {
   }
 
   admitClient(entry: AdmittedClient): boolean {
-    const key = serverKey(entry.peerAddress, entry.fast.fastId, entry.port);
+    const key = serverKey(entry.peerAddress, entry.localAddress, entry.fast.fastId, entry.port);
     const id = key.toString('latin1');
     if (!this.servers.has(id) && this.servers.size >= MAP_CAPACITY.fast_servers) {
       this.refused++;
@@ -359,14 +364,14 @@ export class KernelFastPath implements KernelPath {
    * the walk again from the first entry. Entries admitted meanwhile were judged by the new policy
    * at admission; removed ones are skipped.
    */
-  reauthorize(authorizer: Authorizer): void {
+  reauthorize(authorizer: Authorizer, localAt: LocalWorkloadAt): void {
     this.stopRejudging();
     let settle = (): void => undefined;
     const settled = new Promise<void>((resolve) => {
       settle = resolve;
     });
     const { servers, clients } = this;
-    this.walk = { authorizer, serverTable: servers, clientTable: clients, servers: servers.entries(), clients: clients.entries(), started: performance.now(), slices: 0, settled, settle };
+    this.walk = { authorizer, localAt, serverTable: servers, clientTable: clients, servers: servers.entries(), clients: clients.entries(), started: performance.now(), slices: 0, settled, settle };
     try {
       this.rejudgeSlice();
     } catch (error) {
@@ -403,6 +408,8 @@ export class KernelFastPath implements KernelPath {
         if (server.done !== true) {
           const [id, record] = server.value;
           const { entry } = record;
+          // A pod at the address may have changed, or another taken it: the workload there now is judged.
+          entry.local = walk.localAt(entry.localAddress, entry.port);
           const auth = walk.authorizer.ingress({ local: entry.local, peer: entry.peer, peerAddress: entry.peerAddress, port: entry.port });
           const allowed = auth.allowed && auth.wouldDrop === null;
           // Kept with allowed = 0 rather than deleted, so the kernel counts the drop as not-allowed.
@@ -473,8 +480,8 @@ export class KernelFastPath implements KernelPath {
     for (const record of this.servers.values()) {
       if (this.retiring(record)) continue;
       const { entry } = record;
-      const { peerAddress, port, credential, tokenSignature, peer, expiresAt } = entry;
-      saved.push({ peerAddress, port, credential: credential.compact, tokenSignature, peer, expiresAt });
+      const { peerAddress, localAddress, port, credential, tokenSignature, peer, expiresAt } = entry;
+      saved.push({ peerAddress, localAddress, port, credential: credential.compact, tokenSignature, peer, expiresAt });
     }
     return saved;
   }
@@ -664,7 +671,7 @@ export class KernelFastPath implements KernelPath {
     this.events = new this.native.KernelEvents(this.map('fast_events'), (records) => {
       for (const event of decodeEvents(records)) {
         if (event.owner !== null) this.forgetRetiredClient(event.source, event.sourcePort, event.owner, event.fastId);
-        const record = event.counter === 'synAccepted' ? this.servers.get(serverKey(event.source, event.fastId, event.destinationPort).toString('latin1')) : undefined;
+        const record = event.counter === 'synAccepted' ? this.servers.get(serverKey(event.source, event.destination, event.fastId, event.destinationPort).toString('latin1')) : undefined;
         onEvent(event, record?.entry.peer ?? null);
       }
     });
@@ -729,7 +736,7 @@ export class KernelFastPath implements KernelPath {
     const value = Buffer.alloc(8);
     if (this.native.mapLookup(this.map('fast_peers'), peerKey(localAddress, localPort, remoteAddress, remotePort), value)) {
       const fastId = readU32(value);
-      const record = this.servers.get(serverKey(remoteAddress, fastId, localPort).toString('latin1'));
+      const record = this.servers.get(serverKey(remoteAddress, localAddress, fastId, localPort).toString('latin1'));
       if (record !== undefined) return { identity: record.entry.peer, fastId };
     }
     for (const entry of this.clients.values()) {

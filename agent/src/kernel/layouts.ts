@@ -26,7 +26,7 @@ export const MAP_CAPACITY = {
   fast_owners: 16_384,
 } as const;
 
-export const KEY_SIZE = { fast_clients: 24, fast_conns: 36, fast_servers: 24, fast_replay: 32, fast_peers: 36 } as const;
+export const KEY_SIZE = { fast_clients: 24, fast_conns: 36, fast_servers: 40, fast_replay: 32, fast_peers: 36 } as const;
 
 /** The fast SYN's TCP option (fast_path.h): kind, length, ExID, fast id (4), time (4), MAC (8). */
 export const FAST_SYN_OPTION = { kind: 254, exid: 0xd351, length: 20 } as const;
@@ -163,12 +163,13 @@ export function clientValue(fastId: number, fastKey: Buffer, expiresAt: number):
   return value;
 }
 
-/** struct server_key: peer address, fast id, local port. */
-export function serverKey(peerAddress: string, fastId: number, port: number): Buffer {
+/** struct server_key: peer address, local address, fast id, local port. */
+export function serverKey(peerAddress: string, localAddress: string, fastId: number, port: number): Buffer {
   const key = Buffer.alloc(KEY_SIZE.fast_servers);
   addressKey(peerAddress).copy(key, 0);
-  u32(key, 16, fastId);
-  u16(key, 20, port);
+  addressKey(localAddress).copy(key, 16);
+  u32(key, 32, fastId);
+  u16(key, 36, port);
   return key;
 }
 
@@ -213,11 +214,13 @@ export interface FastConfig {
   vouchedUntil: number;
   /** The agent stopped and kept the programs, failing closed: a first-contact SYN to a closed port is dropped. */
   agentAway: boolean;
+  /** The agent's network namespace: only its sockets connect fast. */
+  netnsCookie: bigint;
 }
 
-/** struct fast_config (56 bytes). */
+/** struct fast_config (64 bytes). */
 export function configValue(config: FastConfig): Buffer {
-  const value = Buffer.alloc(56);
+  const value = Buffer.alloc(64);
   if (LITTLE) value.writeBigInt64LE(config.realtimeOffsetNs, 0);
   else value.writeBigInt64BE(config.realtimeOffsetNs, 0);
   u32(value, 8, config.windowSeconds);
@@ -232,6 +235,8 @@ export function configValue(config: FastConfig): Buffer {
   u32(value, 44, config.sourceBurst);
   u32(value, 48, kernelSecond(config.vouchedUntil));
   u32(value, 52, config.agentAway ? 1 : 0);
+  if (LITTLE) value.writeBigUInt64LE(config.netnsCookie, 56);
+  else value.writeBigUInt64BE(config.netnsCookie, 56);
   return value;
 }
 

@@ -28,7 +28,8 @@ const savedSchema = z
     ownKeyAgreementKey: base64url(64),
     credentials: z.array(z.string().max(16_384)).max(MAP_CAPACITY.fast_servers + MAP_CAPACITY.fast_clients),
     entries: z
-      .array(z.object({ peerAddress: z.string().max(64), port, credential: credentialIndex, tokenSignature: base64url(256), peer: identity, expiresAt: z.number() }))
+      // Files of runs before 2026-12-05 name no local address: such entries are not restored.
+      .array(z.object({ peerAddress: z.string().max(64), localAddress: z.string().max(64).optional(), port, credential: credentialIndex, tokenSignature: base64url(256), peer: identity, expiresAt: z.number() }))
       .max(MAP_CAPACITY.fast_servers),
     // A file of a run that kept only the server table has none.
     clients: z
@@ -52,6 +53,8 @@ const savedSchema = z
 /** One entry of the kernel's server table, as the handshake admitted it. */
 export interface ServerToSave {
   peerAddress: string;
+  /** This host's address or a pod's: the entry's local workload. */
+  localAddress: string;
   port: number;
   /** The peer's credential, compact JWS. */
   credential: string;
@@ -91,7 +94,7 @@ export function encodeSavedTables(ownKeyAgreementKey: Uint8Array, servers: Itera
     format: FORMAT,
     ownKeyAgreementKey: base64(ownKeyAgreementKey),
     credentials,
-    entries: [...servers].map(({ peerAddress, port, credential, tokenSignature, peer, expiresAt }) => ({ peerAddress, port, credential: index(credential), tokenSignature: base64(tokenSignature), peer, expiresAt })),
+    entries: [...servers].map(({ peerAddress, localAddress, port, credential, tokenSignature, peer, expiresAt }) => ({ peerAddress, localAddress, port, credential: index(credential), tokenSignature: base64(tokenSignature), peer, expiresAt })),
     clients: [...clients].map(({ serverAddress, port, owner, credential, tokenSignature, peer, local, expiresAt }) => ({ serverAddress, port, owner, credential: index(credential), tokenSignature: base64(tokenSignature), peer, local, expiresAt })),
   };
   return JSON.stringify(saved);

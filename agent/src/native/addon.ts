@@ -159,6 +159,8 @@ export interface NativeBinding {
   KernelEvents: new (ringFd: number, onEvents: (records: Buffer) => void) => { close(): void };
   /** CLOCK_REALTIME minus CLOCK_BOOTTIME in nanoseconds. */
   realtimeOffsetNs(): bigint;
+  /** The cookie of this process's network namespace (0: the kernel cannot say). */
+  netnsCookie(): bigint;
   closeFd(fd: number): void;
   peerCredentials(fd: number): PeerCredentials;
   /** Writes HMAC-SHA256(key, message[0, messageLength)) into the first 32 bytes of `out`. */

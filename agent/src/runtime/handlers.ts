@@ -161,6 +161,8 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
   if (config.policy?.watch) policy?.watch();
   const authorizer = policy === null ? new AdmissionAuthorizer(new Admission(config.admission)) : new PolicyAuthorizer(() => policy.current);
   let pods: PodWatcher | null = null;
+  // Set once the handler exists: the pod list may change before (while it is first read).
+  let podsChanged = (): void => undefined;
   if (config.kubernetes !== null) {
     pods = new PodWatcher({
       access: kubernetesAccess(config.kubernetes.apiServer),
@@ -172,6 +174,7 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
         local.refreshAddresses().catch((error: unknown) => {
           log.error({ err: error }, 'pod tokens could not be issued');
         });
+        podsChanged();
       },
     });
     await Promise.race([
@@ -199,6 +202,9 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
         log.info({ expiresAt: new Date(identity.tokenExpiresAt * 1000).toISOString() }, 'token renewed');
       },
     );
+  };
+  podsChanged = () => {
+    handler.localPodsChanged();
   };
   startRenewal(local);
   if (policy !== null) policy.onSwap = () => { handler.policyChanged(); };

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { ParsedPacket, parsePacket } from '../../../agent/src/datapath/packet.ts';
 import { attachToken } from '../../../agent/src/datapath/rewrite.ts';
 import { decodeMessage, encodeMessage, FLAG_KERNEL, MessageType, packJws, unpackJws } from '../../../agent/src/protocol/wire.ts';
-import type { AdmittedClient, FastServer, KernelPath } from '../../../agent/src/handshake/kernel-path.ts';
+import type { AdmittedClient, FastServer, KernelPath, LocalWorkloadAt } from '../../../agent/src/handshake/kernel-path.ts';
 import { Admission, type AdmissionConfig } from '../../../agent/src/handshake/admission.ts';
 import { AdmissionAuthorizer } from '../../../agent/src/handshake/authorizer.ts';
 import { ProcessAttestor } from '../../../agent/src/identity/attestors/process.ts';
@@ -488,7 +488,7 @@ describe('identity handshake over a virtual wire', () => {
    * `workload` as the cgroup workload of every connection it is asked about.
    */
   function recordingKernelPath(admits = true, workload = 0) {
-    const told = { admitted: [] as AdmittedClient[], servers: [] as FastServer[], reauthorized: 0, forgotten: 0, forgottenOwn: 0, retiredUntil: [] as number[], closed: [] as number[], asked: [] as string[], answered: [] as [number, boolean][] };
+    const told = { admitted: [] as AdmittedClient[], servers: [] as FastServer[], reauthorized: 0, localAt: null as LocalWorkloadAt | null, forgotten: 0, forgottenOwn: 0, retiredUntil: [] as number[], closed: [] as number[], asked: [] as string[], answered: [] as [number, boolean][] };
     const path: KernelPath = {
       takeConnectionWorkload: (localAddress, localPort, remoteAddress, remotePort) => {
         told.asked.push(`${localAddress}:${localPort} ${remoteAddress}:${remotePort}`);
@@ -505,8 +505,9 @@ describe('identity handshake over a virtual wire', () => {
         told.servers.push(entry);
         return admits;
       },
-      reauthorize: () => {
+      reauthorize: (_authorizer, localAt) => {
         told.reauthorized += 1;
+        told.localAt = localAt;
       },
       retire: (untilSeconds) => {
         told.retiredUntil.push(untilSeconds);
@@ -586,7 +587,7 @@ describe('identity handshake over a virtual wire', () => {
     const [admitted] = serverKernel.told.admitted;
     const [learned] = clientKernel.told.servers;
     assert.ok(admitted && learned);
-    const serverToSave = ({ peerAddress, port, credential, tokenSignature, peer, expiresAt }: AdmittedClient): ServerToSave => ({ peerAddress, port, credential: credential.compact, tokenSignature, peer, expiresAt });
+    const serverToSave = ({ peerAddress, localAddress, port, credential, tokenSignature, peer, expiresAt }: AdmittedClient): ServerToSave => ({ peerAddress, localAddress, port, credential: credential.compact, tokenSignature, peer, expiresAt });
     const clientToSave = ({ serverAddress, port, owner, credential, tokenSignature, peer, local, expiresAt }: FastServer): ClientToSave => ({ serverAddress, port, owner, credential: credential.compact, tokenSignature, peer, local, expiresAt });
     const file = encodeSavedTables(server.local.kexRaw, [serverToSave(admitted), serverToSave(admitted)], []);
     const clientFile = encodeSavedTables(client.local.kexRaw, [], [clientToSave(learned)]);
@@ -599,7 +600,11 @@ describe('identity handshake over a virtual wire', () => {
     const none = { restored: 0, skipped: {} };
     assert.deepEqual(server.handler.restoreKernelTables(saved()), { servers: { restored: 2, skipped: {} }, clients: none });
     const [restored] = restarted.told.admitted;
-    assert.deepEqual([restored?.fast, restored?.peer, restored?.port, restored?.peerAddress], [admitted.fast, admitted.peer, admitted.port, admitted.peerAddress]);
+    // The entry holds for the address the SYN was sent to (the host's here; a pod's on a node).
+    assert.equal(admitted.localAddress, '10.213.5.2');
+    assert.deepEqual([restored?.fast, restored?.peer, restored?.port, restored?.peerAddress, restored?.localAddress], [admitted.fast, admitted.peer, admitted.port, admitted.peerAddress, admitted.localAddress]);
+    // A file of a run before entries named their local address: those are not restored.
+    assert.deepEqual(server.handler.restoreKernelTables(decodeSavedTables(file.replaceAll('"localAddress":"10.213.5.2",', ''), 'old.json')).servers, { restored: 0, skipped: { 'no-local-address': 2 } });
     const clientRestarted = recordingKernelPath();
     client.handler.useKernelPath(clientRestarted.path);
     assert.deepEqual(client.handler.restoreKernelTables(decodeSavedTables(clientFile, 'client.json')), { servers: none, clients: { restored: 1, skipped: {} } });
@@ -667,6 +672,27 @@ describe('identity handshake over a virtual wire', () => {
     assert.equal(serverKernel.told.admitted.length, 0);
     server.handler.policyChanged();
     assert.equal(serverKernel.told.reauthorized, 1);
+  });
+
+  it('pod changes judge the kernel\'s entries again for the workload at each address now: at once, then at most once a second, and once after a burst', (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const serverKernel = recordingKernelPath();
+    server.handler.useKernelPath(serverKernel.path);
+    server.handler.localPodsChanged();
+    assert.equal(serverKernel.told.reauthorized, 1);
+    // No pod holds the address: the host's workload for the port.
+    assert.deepEqual(serverKernel.told.localAt?.('10.213.5.2', 7000), server.local.tokenForPort(7000).localAttributes);
+    server.handler.localPodsChanged();
+    server.handler.localPodsChanged();
+    time += 400;
+    t.mock.timers.tick(400);
+    assert.equal(serverKernel.told.reauthorized, 1, 'a burst waits out the second');
+    time += 600;
+    t.mock.timers.tick(600);
+    assert.equal(serverKernel.told.reauthorized, 2, 'then one walk for all of it');
+    time += 5000;
+    server.handler.localPodsChanged();
+    assert.equal(serverKernel.told.reauthorized, 3, 'a change after a quiet second goes at once');
   });
 
   it('tells the kernel which ports refuse every peer without identity', () => {

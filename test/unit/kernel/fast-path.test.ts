@@ -54,21 +54,23 @@ describe('map layouts', () => {
     const key = randomBytes(16);
     const value = clientValue(0xdeadbeef, key, 1_800_000_000);
     assert.deepEqual([value.length, read32(value, 0), read32(value, 4), value.subarray(8).toString('hex')], [24, 0xdeadbeef, 1_800_000_000, key.toString('hex')]);
-    const server = serverKey('10.1.2.3', 0x01020304, 443);
+    const server = serverKey('10.1.2.3', 'fd00::7', 0x01020304, 443);
     assert.equal(server.length, KEY_SIZE.fast_servers);
-    assert.deepEqual([read32(server, 16), read16(server, 20)], [0x01020304, 443]);
+    assert.deepEqual([server.subarray(0, 16).toString('hex'), server.subarray(16, 32).toString('hex')], ['00000000000000000000ffff0a010203', 'fd000000000000000000000000000007']);
+    assert.deepEqual([read32(server, 32), read16(server, 36)], [0x01020304, 443]);
     assert.deepEqual([read32(serverValue(key, true, false, 0), 16), read32(serverValue(key, false, false, 0), 16)], [1, 0]);
     assert.deepEqual([read32(serverValue(key, true, true, 0), 20), read32(serverValue(key, true, false, 0), 20)], [1, 0]);
     // The expiry second as the kernel compares it: whole seconds, within 32 unsigned bits.
     const expiring = serverValue(key, true, false, 1_800_000_000.7);
     assert.deepEqual([expiring.length, expiring.subarray(0, 16).toString('hex'), read32(expiring, 24)], [32, key.toString('hex'), 1_800_000_000]);
     assert.deepEqual([read32(serverValue(key, true, false, 2 ** 40), 24), read32(clientValue(1, key, -5), 4)], [0xffffffff, 0]);
-    const config = configValue({ realtimeOffsetNs: 5n, windowSeconds: 30, acceptMark: 0x500000, clientMark: 0x100000, acceptSample: 0.5, sourceRate: 10_000, sourceBurst: 1024, budgetMark: 0x1000000, untrackedMark: 0x2000000, workloadCgroups: 2, vouchedUntil: 1_800_000_030.5, agentAway: true });
+    const config = configValue({ realtimeOffsetNs: 5n, windowSeconds: 30, acceptMark: 0x500000, clientMark: 0x100000, acceptSample: 0.5, sourceRate: 10_000, sourceBurst: 1024, budgetMark: 0x1000000, untrackedMark: 0x2000000, workloadCgroups: 2, vouchedUntil: 1_800_000_030.5, agentAway: true, netnsCookie: 0x1_0000_0007n });
     assert.deepEqual(
       [config.length, read32(config, 8), read32(config, 12), read32(config, 16), read32(config, 20), read32(config, 24), read32(config, 28), read32(config, 32), read32(config, 36), read32(config, 40), read32(config, 44), read32(config, 48), read32(config, 52)],
-      [56, 30, 0x500000, 0x100000, 1, 2 ** 31, 10_000, 0x1000000, 0x2000000, 2, 1024, 1_800_000_030, 1],
+      [64, 30, 0x500000, 0x100000, 1, 2 ** 31, 10_000, 0x1000000, 0x2000000, 2, 1024, 1_800_000_030, 1],
     );
-    const running = configValue({ realtimeOffsetNs: 0n, windowSeconds: 1, acceptMark: 0, clientMark: 0, acceptSample: 1, sourceRate: 0, sourceBurst: 0, budgetMark: 0, untrackedMark: 0, workloadCgroups: 0, vouchedUntil: 0, agentAway: false });
+    assert.equal(LITTLE ? config.readBigUInt64LE(56) : config.readBigUInt64BE(56), 0x1_0000_0007n);
+    const running = configValue({ realtimeOffsetNs: 0n, windowSeconds: 1, acceptMark: 0, clientMark: 0, acceptSample: 1, sourceRate: 0, sourceBurst: 0, budgetMark: 0, untrackedMark: 0, workloadCgroups: 0, vouchedUntil: 0, agentAway: false, netnsCookie: 0n });
     assert.deepEqual([read32(running, 24), read32(running, 52)], [0xffffffff, 0]);
   });
 
