@@ -1,5 +1,5 @@
 // Heap taken by the agent's tables when full at once, at their default capacities: the replay
-// cache (nonces), the handshakes in progress (flows) and the whois registry with entries shaped
+// cache (nonces), the handshakes in progress (flows, and their index for DNAT) and the whois registry with entries shaped
 // as the handshake makes them, then the verified-credential and token caches and the pair keys,
 // filled through the verifier with real credentials of 4,096 agents and two tokens each. Run
 // without a heap limit, since the script holds the peers' keys too (about a minute: every agent
@@ -7,7 +7,7 @@
 //   node --expose-gc --import tsx scripts/benchmarks/table-memory.ts
 import { randomBytes } from 'node:crypto';
 import { ExpiringTable, flowKey, type SeenNonce } from '../../agent/src/handshake/handshake-state.ts';
-import type { ServerFlow } from '../../agent/src/handshake/context.ts';
+import { clientIsnKey, type ServerFlow, type TranslatedFlow } from '../../agent/src/handshake/context.ts';
 import { PeerRegistry } from '../../agent/src/whois/registry.ts';
 import type { VerifiedIdentity } from '../../agent/src/token/identity-token.ts';
 import { agentConfigSchema } from '../../agent/src/runtime/config-schema.ts';
@@ -29,6 +29,7 @@ const before = heapMiB();
 const now = Date.now();
 const nonces = new ExpiringTable<SeenNonce>(defaults.maxNonces, () => now);
 const flows = new ExpiringTable<ServerFlow>(defaults.maxFlows, () => now);
+const translatedFlows = new ExpiringTable<TranslatedFlow>(defaults.maxFlows, () => now);
 const whois = new PeerRegistry();
 // One identity and one pair key shared by every entry, as the token and key caches share them.
 const peer = { subject: 'spiffe://demo.synpass/web', attributes: {} } as unknown as VerifiedIdentity;
@@ -39,6 +40,7 @@ for (let i = 0; i < defaults.maxNonces; i++) {
   nonces.set(randomBytes(16).toString('latin1'), { expiresAt: now + 31_000 });
   if (i < defaults.maxFlows) {
     flows.set(key, { role: 'server', clientNonce: Buffer.from(randomBytes(16)), serverNonce: null, clientIsn: i, serverIsn: 0, pairKey, peer, fast: true, syn: null, local: null, expiresAt: now + 30_000 });
+    translatedFlows.set(clientIsnKey(address(i), 1024 + (i % 60000), i), { key, port: 8080, expiresAt: now + 30_000 });
   }
   if (i < whois.limit) whois.record('10.0.0.2:8080', `${address(i)}:${String(1024 + (i % 60000))}`, peer);
 }
@@ -70,7 +72,7 @@ for (const peer of peers) {
 peers.length = 0;
 const caches = heapMiB() - before - handshakeTables;
 // Held to here, so that no collection above could take the tables.
-const sizes = { nonces: nonces.size, flows: flows.size, whoisPeers: whois.size, ...Object.fromEntries(Object.entries(verifier.tables()).map(([name, size]) => [name, size.entries])) };
+const sizes = { nonces: nonces.size, flows: flows.size, translatedFlows: translatedFlows.size, whoisPeers: whois.size, ...Object.fromEntries(Object.entries(verifier.tables()).map(([name, size]) => [name, size.entries])) };
 rmSync(domain.directory, { recursive: true, force: true });
 const round = (mib: number) => Math.round(mib * 10) / 10;
 process.stdout.write(

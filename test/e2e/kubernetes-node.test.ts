@@ -37,6 +37,7 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
   const address = { a: '10.215.1.1', b: '10.215.1.2', c: '10.215.1.3' };
   const remote = `${prefix}-rm`;
   const remoteAddress = '10.216.1.2';
+  const SERVICE = '10.96.0.10';
   let remoteAgent: NetnsProcess;
   const processes: NetnsProcess[] = [];
   let directory = '';
@@ -103,6 +104,8 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
     ip('-n', remote, 'route', 'add', 'default', 'via', '10.216.1.1');
     ip('-n', node, 'addr', 'add', '10.216.1.1/24', 'dev', 'uplink');
     ip('-n', node, 'link', 'set', 'uplink', 'up');
+    // A service address, as kube-proxy makes one: port 80 of it is pod B's 8080.
+    execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'PREROUTING', '-d', SERVICE, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${address.b}:8080`]);
 
     directory = scratchDirectory('k8s');
     await initDomain('cluster.synpass', join(directory, 'domain'));
@@ -153,7 +156,7 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
           trustBundles: join(directory, 'domain'),
         },
         admission: { protectedPorts: [9090], allow: [{ subject: 'spiffe://cluster.synpass/ns/shop/sa/a' }] },
-        targets: ['10.215.1.0/24'],
+        targets: ['10.215.1.0/24', `${SERVICE}/32`],
         telemetry: { whoisSocket: join(directory, 'remote-whois.sock') },
       }),
     );
@@ -347,5 +350,24 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
     assert.equal(moved(before, await kernelOf(remoteSocket())).synAccepted, undefined, 'not a fast SYN');
     const seen = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn' && l.verdict === 'accept' && String(l.destination).endsWith(':9091') && (l.peer as { subject?: string } | null)?.subject === 'spiffe://cluster.synpass/ns/shop/sa/a');
     assert.equal((seen.peer as { attributes: Record<string, string> }).attributes['k8s.label.app'], 'a');
+  });
+
+  it('through a service address (DNAT to pod B) the remote host reaches pod B for pod B\'s policy, and pod B answers as itself; relabelled out of that policy, the service address is cloaked too', async () => {
+    const viaService = () => fetchFrom(remote, cgroups.remote, SERVICE, '80');
+    const recent = (child: NetnsProcess) => JSON.stringify(child.lines.filter((l) => l.event === 'handshake').slice(-4));
+    assert.equal((await viaService())?.status, 200, `node: ${recent(agent)}\nremote: ${recent(remoteAgent)}`);
+    const answered = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.direction === 'ingress' && l.stage === 'syn-ack' && String(l.source).startsWith(`${SERVICE}:80`));
+    assert.deepEqual([answered.verdict, answered.reason, (answered.peer as { subject: string } | null)?.subject], ['accept', 'ok', 'spiffe://cluster.synpass/ns/shop/sa/b']);
+    // Judged for pod B where its SYN-ACK left, by the rule that admits the remote host to it.
+    const judged = await agent.waitFor((l) => l.event === 'handshake' && l.direction === 'egress' && l.stage === 'syn-ack' && String(l.destination).startsWith(`${remoteAddress}:`) && l.rule === 'public/from-remote');
+    assert.equal((judged.local as { subject: string }).subject, 'spiffe://cluster.synpass/ns/shop/sa/b');
+    kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('b-1', address.b, 'b', {}, '5') })}\n`);
+    await sleep(1_000);
+    assert.equal(await viaService(), null, 'cloaked through the service address');
+    const refused = await agent.waitFor((l) => l.event === 'handshake' && l.direction === 'egress' && l.stage === 'syn-ack' && l.verdict === 'drop');
+    assert.deepEqual([refused.reason, (refused.peer as { subject: string }).subject, (refused.local as { subject: string }).subject], ['not-allowed', 'spiffe://cluster.synpass/remote', 'spiffe://cluster.synpass/ns/shop/sa/b']);
+    kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('b-1', address.b, 'b', { exposure: 'public' }, '6') })}\n`);
+    await sleep(1_000);
+    assert.equal((await viaService())?.status, 200, 'labelled back');
   });
 });

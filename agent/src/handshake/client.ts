@@ -9,7 +9,7 @@ import { deriveFastKey } from '../protocol/fast-keys.ts';
 import { tokenDigest } from '../protocol/token-digest.ts';
 import { encodeTransient, FLAG_FAST, FLAG_KERNEL, FLAG_SYN_PROOF, FLAG_SYN_SIGNATURE, MessageType, type SynMessage } from '../protocol/wire.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
-import { ackTranscript, type HandshakeContext } from './context.ts';
+import { ackTranscript, synAckFlow, type HandshakeContext } from './context.ts';
 import { flowKey } from './handshake-state.ts';
 import { Refusal, refuse } from './reasons.ts';
 
@@ -77,11 +77,11 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
 export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: Decision): VerifiedIdentity | null | Refusal {
   const packet = info.packet;
   const server = sourceAddress(packet);
-  const key = flowKey(destinationAddress(packet), packet.destinationPort, server, packet.sourcePort);
-  const flow = ctx.flows.get(key);
+  const { key, flow } = synAckFlow(ctx, packet);
   if (flow?.role === 'server') {
-    // A local pod answering a SYN this node judged, on its way in from the pod: its SYN-ACK
-    // leaves with the pod's token and proof, given on the way out (serverSynAck).
+    // A local pod answering a SYN this node judged (directly, or through a DNAT to it), on its
+    // way in from the pod: it is judged and leaves with the pod's token and proof on the way out
+    // (serverSynAck).
     decision.reason = 'ok';
     return null;
   }

@@ -2,14 +2,16 @@
 // authorizer, the bounded tables of handshakes in progress and SYN nonces seen, the servers it
 // knows (their pair keys), each source's budget of signature checks, and the small steps every
 // stage takes.
+import { destinationAddress, sourceAddress } from '../datapath/addresses.ts';
 import type { Decision } from '../datapath/handler.ts';
+import type { ParsedPacket } from '../datapath/packet.ts';
 import type { LocalIdentity, LocalPods } from '../identity/local-identity.ts';
 import { keyId, NoncePool, type AckTranscript } from '../protocol/proofs.ts';
 import { signSyn } from '../protocol/syn-signature.ts';
 import { tokenDigest } from '../protocol/token-digest.ts';
 import { decodeMessage, FLAG_SYN_SIGNATURE, UnsupportedVersionError, WireError, type HandshakeMessage, type SynMessage } from '../protocol/wire.ts';
 import type { Authorization, AuthorizationQuery, Authorizer } from './authorizer.ts';
-import { ExpiringTable, type Flow, type SeenNonce } from './handshake-state.ts';
+import { ExpiringTable, flowKey, type Flow, type SeenNonce } from './handshake-state.ts';
 import type { HeldPacket } from '../datapath/handler.ts';
 import type { KernelPath } from './kernel-path.ts';
 import type { PairKeys, PeerVerifier } from './peer-verifier.ts';
@@ -45,11 +47,31 @@ export interface PreviousKey {
 /** A flow as the server keeps it: done once the client's proof arrived, and what waits for it. */
 export type ServerFlow = Flow & { completed?: boolean; held?: HeldPacket[] };
 
+/**
+ * Where a server flow is filed, by what a DNAT between the client and the local listener leaves
+ * alone (the client's address, port and ISN): on a Kubernetes node, the SYN-ACK to a SYN sent to
+ * a service address or a node port comes back from the pod the DNAT chose, with its address and
+ * port, before netfilter puts the service's back.
+ */
+export interface TranslatedFlow {
+  key: string;
+  /** The local port the client's SYN was sent to. */
+  port: number;
+  expiresAt: number;
+}
+
+/** The key of a server flow by the client's address, port and ISN (TranslatedFlow). */
+export function clientIsnKey(clientAddress: string, clientPort: number, clientIsn: number): string {
+  return `${clientAddress}|${clientPort}|${clientIsn >>> 0}`;
+}
+
 /** Servers remembered (address -> key id and pair key); the oldest goes past this many. */
 export const MAX_KNOWN_SERVERS = 4096;
 
 export class HandshakeContext {
   readonly flows: ExpiringTable<ServerFlow>;
+  /** Server flows by client address, port and ISN, for SYN-ACKs from behind a DNAT. */
+  readonly translatedFlows: ExpiringTable<TranslatedFlow>;
   readonly nonces: ExpiringTable<SeenNonce>;
   readonly knownServers = new Map<string, KnownServer>();
   readonly noncePool = new NoncePool();
@@ -70,6 +92,7 @@ export class HandshakeContext {
   ) {
     this.now = options.now ?? Date.now;
     this.flows = new ExpiringTable(options.maxFlows, this.now);
+    this.translatedFlows = new ExpiringTable(options.maxFlows, this.now);
     this.nonces = new ExpiringTable(options.maxNonces, this.now);
     this.signatureBudget = new SourceBudget(options.signatureChecksPerSource);
     // A third of the window: a ready signature leaves the SYN two thirds of it against clock skew.
@@ -126,4 +149,30 @@ export class HandshakeContext {
 
 export function ackTranscript(flow: Flow): AckTranscript {
   return { clientNonce: flow.clientNonce, serverNonce: flow.serverNonce!, clientIsn: flow.clientIsn, serverIsn: flow.serverIsn };
+}
+
+/** The flow a SYN-ACK belongs to (synAckFlow). */
+export interface SynAckFlow {
+  key: string;
+  flow: ServerFlow | undefined;
+  /**
+   * A server flow found by the client's address, port and ISN: a DNAT between the client and the
+   * listener answered from another address or port than the SYN was sent to (`port`).
+   */
+  translated: { port: number } | null;
+}
+
+/**
+ * The flow a SYN-ACK belongs to: by its addresses and ports, or else the server flow of the SYN
+ * it acknowledges, by the client's address, port and ISN (a DNAT changed the server's end).
+ */
+export function synAckFlow(ctx: HandshakeContext, packet: ParsedPacket): SynAckFlow {
+  const client = destinationAddress(packet);
+  const key = flowKey(client, packet.destinationPort, sourceAddress(packet), packet.sourcePort);
+  const flow = ctx.flows.get(key);
+  if (flow !== undefined) return { key, flow, translated: null };
+  const filed = ctx.translatedFlows.get(clientIsnKey(client, packet.destinationPort, packet.acknowledgment - 1));
+  const original = filed === undefined ? undefined : ctx.flows.get(filed.key);
+  if (filed === undefined || original?.role !== 'server' || original.clientIsn !== ((packet.acknowledgment - 1) >>> 0)) return { key, flow: undefined, translated: null };
+  return { key: filed.key, flow: original, translated: { port: filed.port } };
 }

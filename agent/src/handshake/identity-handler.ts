@@ -160,6 +160,7 @@ export class IdentityHandler implements HandshakeHandler {
     const ctx = this.ctx;
     return {
       flows: { entries: ctx.flows.size, capacity: ctx.flows.limit },
+      'translated-flows': { entries: ctx.translatedFlows.size, capacity: ctx.translatedFlows.limit },
       nonces: { entries: ctx.nonces.size, capacity: ctx.nonces.limit },
       'known-servers': { entries: ctx.knownServers.size, capacity: MAX_KNOWN_SERVERS },
       'held-segments': { entries: ctx.heldCount, capacity: MAX_HELD },

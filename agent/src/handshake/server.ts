@@ -11,7 +11,7 @@ import { deriveFastKey } from '../protocol/fast-keys.ts';
 import { tokenDigest } from '../protocol/token-digest.ts';
 import { encodeTransient, FLAG_FAST, FLAG_KERNEL, MessageType, type SynMessage } from '../protocol/wire.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
-import { ackTranscript, type HandshakeContext } from './context.ts';
+import { ackTranscript, clientIsnKey, synAckFlow, type HandshakeContext } from './context.ts';
 import { flowKey } from './handshake-state.ts';
 import { holdForProof, settleHeld } from './held.ts';
 import type { VerifiedPeer } from './peer-verifier.ts';
@@ -110,6 +110,13 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     expiresAt: nowMs + ctx.options.handshakeTimeoutMs,
   });
   if (!stored) return refuse('flow-table-full');
+  // On a node, a SYN to an address other than a pod's may be DNATed to one (a service address, a
+  // node port): its SYN-ACK then comes from the pod, whose policy must judge it, so the flow is
+  // filed where that SYN-ACK finds it. Without room there it is refused, as without a flow.
+  if (pods !== undefined && destinationPod === undefined && !ctx.translatedFlows.set(clientIsnKey(client, packet.sourcePort, packet.sequence), { key, port, expiresAt: nowMs + ctx.options.handshakeTimeoutMs })) {
+    ctx.flows.delete(key);
+    return refuse('flow-table-full');
+  }
   // Observed rules cannot be enforced by a kernel that only accepts or drops: they stay on the
   // queue. The kernel's entry names the local address, so a node's pods, which share its ports,
   // each keep their own policy there. The kernel takes the workload at the SYN-ACK, once it
@@ -133,11 +140,10 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   return peer.identity;
 }
 
-export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: Decision): null {
+export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: Decision): Refusal | null {
   const packet = info.packet;
   const server = sourceAddress(packet);
-  const key = flowKey(destinationAddress(packet), packet.destinationPort, server, packet.sourcePort);
-  const flow = ctx.flows.get(key);
+  const { flow, translated } = synAckFlow(ctx, packet);
   if (flow?.role === 'client') {
     // A remote server's SYN-ACK forwarded to a local pod: judged (and stripped) on the way in.
     decision.reason = 'ok';
@@ -147,6 +153,17 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     decision.reason = 'peer-without-agent';
     decision.release = true;
     return null;
+  }
+  if (translated !== null) {
+    // The SYN was judged for the address it was sent to (a service address, a node port); a pod
+    // of this node answered: the pod's own policy has the last word.
+    const pod = ctx.options.localPods?.identityOf(server);
+    if (pod !== undefined && flow.peer !== null) {
+      const auth = ctx.authorize(decision, 'ingress', { local: pod.attributes, peer: flow.peer, peerAddress: destinationAddress(packet), port: packet.sourcePort });
+      if (!auth.allowed) return refuse('not-allowed', 'identity not admitted to the pod behind the address it connected to', flow.peer);
+    }
+    // The kernel would see the address before the DNAT, the listener the one after.
+    flow.kernelCandidate = null;
   }
   // Retransmitted SYN-ACKs reuse the nonce, so the proof stays the one the client checks.
   flow.serverNonce ??= ctx.noncePool.next();
@@ -163,7 +180,7 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     flow.kernelCandidate = null;
   }
   const flags = (flow.fast ? FLAG_FAST : 0) | (flow.kernel === true ? FLAG_KERNEL : 0);
-  const token = (own.tokenForAddress(server) ?? own.tokenForPort(packet.sourcePort)).packed;
+  const token = (own.tokenForAddress(server) ?? own.tokenForPort(translated?.port ?? packet.sourcePort)).packed;
   const proof = synAckProof(flow.pairKey, { flags, clientNonce: flow.clientNonce, serverNonce: flow.serverNonce, clientIsn: flow.clientIsn, serverIsn: flow.serverIsn, tokenDigest: tokenDigest(token) });
   ctx.attach(decision, encodeTransient({ type: MessageType.SynAck, flags, credential: own.packedCredential, token, nonce: flow.serverNonce, proof }));
   decision.reason = flow.fast ? 'ok-fast' : 'ok';
