@@ -12,7 +12,7 @@ import { AdmissionAuthorizer } from '../../agent/src/handshake/authorizer.ts';
 import { IdentityHandler } from '../../agent/src/handshake/identity-handler.ts';
 import { PeerVerifier } from '../../agent/src/handshake/peer-verifier.ts';
 import { StaticAttestor } from '../../agent/src/identity/attestors/static.ts';
-import { LocalIdentity, type WorkloadIdentity } from '../../agent/src/identity/local-identity.ts';
+import { LocalIdentity, type LocalPods, type WorkloadIdentity } from '../../agent/src/identity/local-identity.ts';
 import { scratchDirectory } from './scratch.ts';
 
 export interface TestAgent {
@@ -95,6 +95,8 @@ export interface HandlerOptions {
   /** First-contact signature checks per second per source; unlimited unless given. */
   signatureChecksPerSource?: number;
   signingKey?: SigningKeyType;
+  /** Workloads known by address, as a Kubernetes node's pods. */
+  localPods?: LocalPods;
 }
 
 /** A real IdentityHandler for agent `id` of `domain`, as the agent builds it (no kernel). */
@@ -124,6 +126,7 @@ export async function identityHandler(domain: TestDomain, id: string, options: H
     maxNonces: options.capacity ?? 1000,
     signatureChecksPerSource: options.signatureChecksPerSource ?? 0,
     now: clock,
+    ...(options.localPods === undefined ? {} : { localPods: options.localPods }),
   });
   return { handler, verifier, local };
 }

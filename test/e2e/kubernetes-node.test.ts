@@ -370,4 +370,14 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
     await sleep(1_000);
     assert.equal((await viaService())?.status, 200, 'labelled back');
   });
+
+  it('pod A reaches pod B through the service address, judged between the two pods at pod B\'s SYN-ACK; pod C is cloaked there too', async () => {
+    const response = await request('a', SERVICE, '80');
+    assert.equal(response?.status, 200);
+    const accepted = await agent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn-ack' && l.reason === 'ok-local' && String(l.destination).startsWith(`${address.a}:`));
+    assert.deepEqual([accepted.rule, (accepted.peer as { subject: string }).subject, (accepted.local as { subject: string }).subject], ['b/from-a', 'spiffe://cluster.synpass/ns/shop/sa/a', 'spiffe://cluster.synpass/ns/shop/sa/b']);
+    assert.equal(await request('c', SERVICE, '80'), null);
+    const refused = await agent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn-ack' && l.verdict === 'drop' && String(l.destination).startsWith(`${address.c}:`));
+    assert.deepEqual([refused.reason, (refused.peer as { subject: string }).subject], ['not-allowed', 'spiffe://cluster.synpass/ns/shop/sa/c']);
+  });
 });

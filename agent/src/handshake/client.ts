@@ -9,14 +9,23 @@ import { deriveFastKey } from '../protocol/fast-keys.ts';
 import { tokenDigest } from '../protocol/token-digest.ts';
 import { encodeTransient, FLAG_FAST, FLAG_KERNEL, FLAG_SYN_PROOF, FLAG_SYN_SIGNATURE, MessageType, type SynMessage } from '../protocol/wire.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
-import { ackTranscript, synAckFlow, type HandshakeContext } from './context.ts';
+import { judgeBetweenPods } from './between-pods.ts';
+import { ackTranscript, clientIsnKey, synAckFlow, type HandshakeContext } from './context.ts';
 import { flowKey } from './handshake-state.ts';
 import { Refusal, refuse } from './reasons.ts';
 
-export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Decision): Refusal | null {
+export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Decision): VerifiedIdentity | null | Refusal {
   const packet = info.packet;
   const server = destinationAddress(packet);
   const client = sourceAddress(packet);
+  const pods = ctx.options.localPods;
+  const serverPod = pods?.identityOf(server);
+  const clientPod = serverPod === undefined ? undefined : pods?.identityOf(client);
+  if (serverPod !== undefined && clientPod !== undefined) {
+    // A local pod's SYN, DNATed to another pod of this node on its way (a service address): both
+    // are known here, no token goes into the pod.
+    return judgeBetweenPods(ctx, decision, { serverPod, clientPod, clientAddress: client, serverAddress: server, port: packet.destinationPort });
+  }
   const key = flowKey(client, packet.sourcePort, server, packet.destinationPort);
   const existing = ctx.flows.get(key);
   if (existing?.syn && existing.clientIsn === packet.sequence) {
@@ -77,13 +86,33 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
 export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: Decision): VerifiedIdentity | null | Refusal {
   const packet = info.packet;
   const server = sourceAddress(packet);
-  const { key, flow } = synAckFlow(ctx, packet);
+  const { key, flow, translated } = synAckFlow(ctx, packet);
   if (flow?.role === 'server') {
     // A local pod answering a SYN this node judged (directly, or through a DNAT to it), on its
     // way in from the pod: it is judged and leaves with the pod's token and proof on the way out
     // (serverSynAck).
     decision.reason = 'ok';
     return null;
+  }
+  if (flow === undefined && translated !== null && info.token === null) {
+    // The answer to a local pod's SYN this node passed on without a token. Once the connection
+    // is released no retransmitted SYN-ACK comes back, so the entry goes; a refused one stays, so
+    // that the server's retransmits are refused too.
+    const clientAddress = destinationAddress(packet);
+    const filed = clientIsnKey(clientAddress, packet.destinationPort, packet.acknowledgment - 1);
+    const pods = ctx.options.localPods;
+    const [serverPod, clientPod] = [pods?.identityOf(server), pods?.identityOf(clientAddress)];
+    // A service address the node DNATed to another of its pods: judged here, between the two
+    // pods, for the port the server pod listens on. Anything else outside the target networks
+    // is not ours to judge.
+    const judged = serverPod !== undefined && clientPod !== undefined ? judgeBetweenPods(ctx, decision, { serverPod, clientPod, clientAddress, serverAddress: server, port: packet.sourcePort }) : null;
+    if (judged instanceof Refusal) return judged;
+    ctx.translatedFlows.delete(filed);
+    if (judged === null) {
+      decision.reason = 'ok';
+      decision.release = true;
+    }
+    return judged;
   }
   if (info.token === null) {
     // The server runs no agent: nothing to verify, and nothing to prove in our ACK.

@@ -54,8 +54,9 @@ export type ServerFlow = Flow & { completed?: boolean; held?: HeldPacket[] };
  * port, before netfilter puts the service's back.
  */
 export interface TranslatedFlow {
-  key: string;
-  /** The local port the client's SYN was sent to. */
+  /** The server flow's key; null for a local pod's SYN to such an address (no flow: no token). */
+  key: string | null;
+  /** The port the client's SYN was sent to. */
   port: number;
   expiresAt: number;
 }
@@ -156,8 +157,9 @@ export interface SynAckFlow {
   key: string;
   flow: ServerFlow | undefined;
   /**
-   * A server flow found by the client's address, port and ISN: a DNAT between the client and the
-   * listener answered from another address or port than the SYN was sent to (`port`).
+   * Found by the client's address, port and ISN: a DNAT between the client and the listener
+   * answered from another address or port than the SYN was sent to (`port`). With `flow`
+   * undefined, the client is a local pod whose SYN this node passed on without a token.
    */
   translated: { port: number } | null;
 }
@@ -172,7 +174,9 @@ export function synAckFlow(ctx: HandshakeContext, packet: ParsedPacket): SynAckF
   const flow = ctx.flows.get(key);
   if (flow !== undefined) return { key, flow, translated: null };
   const filed = ctx.translatedFlows.get(clientIsnKey(client, packet.destinationPort, packet.acknowledgment - 1));
-  const original = filed === undefined ? undefined : ctx.flows.get(filed.key);
-  if (filed === undefined || original?.role !== 'server' || original.clientIsn !== ((packet.acknowledgment - 1) >>> 0)) return { key, flow: undefined, translated: null };
+  if (filed === undefined) return { key, flow: undefined, translated: null };
+  if (filed.key === null) return { key, flow: undefined, translated: { port: filed.port } };
+  const original = ctx.flows.get(filed.key);
+  if (original?.role !== 'server' || original.clientIsn !== ((packet.acknowledgment - 1) >>> 0)) return { key, flow: undefined, translated: null };
   return { key: filed.key, flow: original, translated: { port: filed.port } };
 }

@@ -13,6 +13,7 @@ import { encodeTransient, FLAG_FAST, FLAG_KERNEL, MessageType, type SynMessage }
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import { ackTranscript, clientIsnKey, synAckFlow, type HandshakeContext } from './context.ts';
 import { flowKey } from './handshake-state.ts';
+import { judgeBetweenPods } from './between-pods.ts';
 import { holdForProof, settleHeld } from './held.ts';
 import type { VerifiedPeer } from './peer-verifier.ts';
 import { Refusal, refuse } from './reasons.ts';
@@ -28,29 +29,17 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   const serverAddress = destinationAddress(packet);
   const destinationPod = pods?.identityOf(serverAddress);
   if (info.token === null && destinationPod !== undefined) {
-    // Pod to pod through this node: both ends are known here, so no token travels; the
-    // decision is the same mutual one (the server pod's ingress, the client pod's egress).
-    const sourcePod = pods?.identityOf(client) ?? null;
-    const ingress = ctx.authorize(decision, 'ingress', { local: destinationPod.attributes, peer: sourcePod, peerAddress: client, port });
-    if (!ingress.allowed) return refuse(sourcePod === null ? 'no-identity' : 'not-allowed', 'pod ingress not allowed', sourcePod);
-    if (sourcePod !== null) {
-      const egress = ctx.authorize(decision, 'egress', { local: sourcePod.attributes, peer: destinationPod, peerAddress: serverAddress, port });
-      if (!egress.allowed) return refuse('not-allowed', 'pod egress not allowed', sourcePod);
-      // Logged from the server pod's side, with the ingress rule unless egress had the say.
-      decision.local = destinationPod.attributes;
-      if (ingress.rule !== null) {
-        decision.rule = ingress.rule;
-        decision.revision = ingress.revision;
-      }
-      decision.wouldDrop ??= ingress.wouldDrop;
-    }
-    decision.reason = decision.wouldDrop !== null ? 'observe-would-drop' : 'ok-local';
-    decision.release = true;
-    return sourcePod;
+    // Pod to pod through this node.
+    return judgeBetweenPods(ctx, decision, { serverPod: destinationPod, clientPod: pods?.identityOf(client) ?? null, clientAddress: client, serverAddress, port });
   }
   if (info.token === null && pods !== undefined && destinationPod === undefined && !pods.isNodeAddress(serverAddress) && pods.identityOf(client) !== undefined) {
-    // A local pod's SYN on its way out through the node: POSTROUTING queues it again and it
-    // leaves with the pod's token; nothing to decide or release here.
+    // A local pod's SYN on its way out through the node: POSTROUTING queues it again toward
+    // target networks and it leaves with the pod's token. The address may be a service's that
+    // the node DNATs to one of its own pods: then that pod's SYN-ACK, queued as the connection is
+    // tracked, is judged between the pods where it finds this (a full table refuses the SYN, as a
+    // full flow table would).
+    if (!ctx.translatedFlows.set(clientIsnKey(client, packet.sourcePort, packet.sequence), { key: null, port, expiresAt: ctx.now() + ctx.options.handshakeTimeoutMs })) return refuse('flow-table-full');
+    decision.track = true;
     decision.reason = 'ok';
     return null;
   }

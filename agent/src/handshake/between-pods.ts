@@ -1,0 +1,36 @@
+// Two pods of this node: both ends are known here, so no token travels, and the decision is the
+// mutual one (the server pod's ingress, the client pod's egress).
+import type { Decision } from '../datapath/handler.ts';
+import type { VerifiedIdentity } from '../token/identity-token.ts';
+import type { HandshakeContext } from './context.ts';
+import { type Refusal, refuse } from './reasons.ts';
+
+export interface BetweenPods {
+  serverPod: VerifiedIdentity;
+  /** Null: the client is no pod of this node (it has no identity here). */
+  clientPod: VerifiedIdentity | null;
+  clientAddress: string;
+  serverAddress: string;
+  /** The server pod's port. */
+  port: number;
+}
+
+/** Fills the decision (accept and release, logged from the server pod's side) or refuses; returns the client pod. */
+export function judgeBetweenPods(ctx: HandshakeContext, decision: Decision, { serverPod, clientPod, clientAddress, serverAddress, port }: BetweenPods): VerifiedIdentity | null | Refusal {
+  const ingress = ctx.authorize(decision, 'ingress', { local: serverPod.attributes, peer: clientPod, peerAddress: clientAddress, port });
+  if (!ingress.allowed) return refuse(clientPod === null ? 'no-identity' : 'not-allowed', 'pod ingress not allowed', clientPod);
+  if (clientPod !== null) {
+    const egress = ctx.authorize(decision, 'egress', { local: clientPod.attributes, peer: serverPod, peerAddress: serverAddress, port });
+    if (!egress.allowed) return refuse('not-allowed', 'pod egress not allowed', clientPod);
+    // Logged from the server pod's side, with the ingress rule unless egress had the say.
+    decision.local = serverPod.attributes;
+    if (ingress.rule !== null) {
+      decision.rule = ingress.rule;
+      decision.revision = ingress.revision;
+    }
+    decision.wouldDrop ??= ingress.wouldDrop;
+  }
+  decision.reason = decision.wouldDrop !== null ? 'observe-would-drop' : 'ok-local';
+  decision.release = true;
+  return clientPod;
+}

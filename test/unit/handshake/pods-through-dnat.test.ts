@@ -1,0 +1,102 @@
+// A Kubernetes node's agent and a SYN to a service address that the node DNATs to one of its
+// pods: the agent meets the SYN before the DNAT (its destination the service address) and the
+// pod's SYN-ACK with the pod's own address, so the pods' policy is applied where it can see
+// both. Real engine and handshake on a virtual queue.
+import { before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import type { LocalPods } from '../../../agent/src/identity/local-identity.ts';
+import type { VerifiedIdentity } from '../../../agent/src/token/identity-token.ts';
+import { VirtualQueue } from '../../../agent/src/datapath/virtual-queue.ts';
+import { IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../../scripts/lib/fixtures.ts';
+import { createDomain, identityHandler } from '../../../scripts/lib/identities.ts';
+
+const SERVICE = [10, 96, 0, 10];
+const POD = { a: [10, 215, 1, 1], b: [10, 215, 1, 2], c: [10, 215, 1, 3] } as const;
+type PodName = keyof typeof POD;
+
+function pod(name: PodName): VerifiedIdentity {
+  const subject = `spiffe://pods.synpass/ns/shop/sa/${name}`;
+  return { trustDomain: 'pods.synpass', subject, attributes: { 'synpass.subject': subject, 'k8s.label.app': name }, provenance: {}, agent: 'spiffe://pods.synpass/agent/node', expiresAt: Number.POSITIVE_INFINITY };
+}
+
+const byAddress = new Map((Object.keys(POD) as PodName[]).map((name) => [POD[name].join('.'), pod(name)]));
+const pods: LocalPods = { identityOf: (address) => byAddress.get(address), isNodeAddress: () => false };
+
+/** An IPv4 segment from `from`:`fromPort` to `to`:`toPort` with the fixture's flags and options. */
+function segment(template: Uint8Array, from: readonly number[], fromPort: number, to: readonly number[], toPort: number, sequence: number, acknowledgment = 0): Uint8Array {
+  const bytes = Uint8Array.from(template);
+  const view = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
+  view.set(from, 12);
+  view.set(to, 16);
+  view.writeUInt16BE(fromPort, 20);
+  view.writeUInt16BE(toPort, 22);
+  view.writeUInt32BE(sequence, 24);
+  view.writeUInt32BE(acknowledgment, 28);
+  return withValidChecksums(bytes);
+}
+
+describe('pods through a DNAT on the node', () => {
+  let queue: VirtualQueue;
+  const events: { stage: string; reason: string; peer: string | undefined }[] = [];
+
+  before(async () => {
+    const domain = await createDomain('pods.synpass');
+    // Pod B admits pod A only; every port is protected.
+    const { handler } = await identityHandler(domain, 'node', {
+      attributes: { 'host.name': 'node' },
+      admission: { protectedPorts: 'all', allow: [{ subject: 'spiffe://pods.synpass/ns/shop/sa/a' }], allowWithoutIdentity: [] },
+      localPods: pods,
+    });
+    queue = new VirtualQueue(handler, (event) => {
+      events.push({ stage: event.stage, reason: event.reason, peer: event.peer?.subject });
+    });
+  });
+
+  it('a pod\'s SYN to a service address, then the answer of the pod behind it: judged between the two pods at that SYN-ACK', () => {
+    for (const [client, port, admitted] of [['a', 40001, true], ['c', 40002, false]] as const) {
+      const isn = 0x1000 + port;
+      // PREROUTING, from the client pod: the service address is no pod's, so no decision yet.
+      // Tracked, so that the answer is queued.
+      const syn = queue.deliver(segment(IPV4_SYN, POD[client], port, SERVICE, 80, isn), 'ingress');
+      assert.deepEqual([syn.dropped, syn.tracked, syn.released], [false, true, false]);
+      // The DNAT sent it to pod B:8080, whose SYN-ACK comes back through the node.
+      const synAck = queue.deliver(segment(IPV4_SYN_ACK, POD.b, 8080, POD[client], port, 0x9000, isn + 1), 'ingress');
+      assert.equal(synAck.dropped, !admitted, `pod ${client}`);
+      assert.equal(synAck.released, admitted);
+      assert.deepEqual(events.at(-1), { stage: 'syn-ack', reason: admitted ? 'ok-local' : 'not-allowed', peer: `spiffe://pods.synpass/ns/shop/sa/${client}` });
+      if (!admitted) {
+        // Pod B retransmits its SYN-ACK: refused again, never let by as from a server without agent.
+        const again = queue.deliver(segment(IPV4_SYN_ACK, POD.b, 8080, POD[client], port, 0x9000, isn + 1), 'ingress');
+        assert.deepEqual([again.dropped, events.at(-1)?.reason], [true, 'not-allowed']);
+      }
+    }
+  });
+
+  it('the answer from anything else than a pod of this node (outside the target networks) is released, not judged', () => {
+    const elsewhere = [192, 0, 2, 7];
+    queue.deliver(segment(IPV4_SYN, POD.c, 40004, elsewhere, 443, 0x6000), 'ingress');
+    const answer = queue.deliver(segment(IPV4_SYN_ACK, elsewhere, 443, POD.c, 40004, 0x9000, 0x6001), 'ingress');
+    assert.deepEqual([answer.dropped, answer.released, events.at(-1)?.reason], [false, true, 'ok']);
+  });
+
+  it('a SYN-ACK that acknowledges no such SYN is not taken for one (another ISN)', () => {
+    queue.deliver(segment(IPV4_SYN, POD.c, 40003, SERVICE, 80, 0x5000), 'ingress');
+    const stray = queue.deliver(segment(IPV4_SYN_ACK, POD.b, 8080, POD.c, 40003, 0x9000, 0x5000 + 2), 'ingress');
+    // As from a server without agent: released, never judged as between pods.
+    assert.notEqual(events.at(-1)?.reason, 'ok-local');
+    assert.equal(stray.dropped, false);
+  });
+
+  it('a pod\'s SYN queued again on its way out, after the DNAT chose a pod of this node: judged between the pods, no token goes into the pod', () => {
+    for (const [client, port, admitted] of [['a', 40011, true], ['c', 40012, false]] as const) {
+      const sent = segment(IPV4_SYN, POD[client], port, POD.b, 8080, 0x2000 + port);
+      const out = queue.deliver(sent, 'egress');
+      assert.equal(out.dropped, !admitted, `pod ${client}`);
+      if (admitted) {
+        assert.deepEqual(Buffer.from(out.bytes), Buffer.from(sent), 'the SYN leaves as it came, without a token');
+        assert.equal(out.released, true);
+      }
+      assert.deepEqual([events.at(-1)?.stage, events.at(-1)?.reason], ['syn', admitted ? 'ok-local' : 'not-allowed']);
+    }
+  });
+});
