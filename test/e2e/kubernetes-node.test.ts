@@ -355,7 +355,10 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
   it('through a service address (DNAT to pod B) the remote host reaches pod B for pod B\'s policy, and pod B answers as itself; relabelled out of that policy, the service address is cloaked too', async () => {
     const viaService = () => fetchFrom(remote, cgroups.remote, SERVICE, '80');
     const recent = (child: NetnsProcess) => JSON.stringify(child.lines.filter((l) => l.event === 'handshake').slice(-4));
+    const filed = async () => ((await readStatus(socket)) as unknown as { tables: Record<string, { entries: number }> }).tables['translated-flows']!.entries;
+    const filedBefore = await filed();
     assert.equal((await viaService())?.status, 200, `node: ${recent(agent)}\nremote: ${recent(remoteAgent)}`);
+    assert.ok((await filed()) <= filedBefore, 'the handshake done, its filing went');
     const answered = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.direction === 'ingress' && l.stage === 'syn-ack' && String(l.source).startsWith(`${SERVICE}:80`));
     assert.deepEqual([answered.verdict, answered.reason, (answered.peer as { subject: string } | null)?.subject], ['accept', 'ok', 'spiffe://cluster.synpass/ns/shop/sa/b']);
     // Judged for pod B where its SYN-ACK left, by the rule that admits the remote host to it.

@@ -176,8 +176,14 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   if (flow.fast) {
     flow.completed = true;
     decision.release = true;
+    forgetTranslated(ctx, destinationAddress(packet), packet.destinationPort, flow.clientIsn);
   }
   return null;
+}
+
+/** A released handshake's SYN-ACK never comes back: its DNAT filing goes before it expires. */
+function forgetTranslated(ctx: HandshakeContext, client: string, clientPort: number, clientIsn: number): void {
+  if (ctx.options.localPods !== undefined) ctx.translatedFlows.delete(clientIsnKey(client, clientPort, clientIsn));
 }
 
 export function serverAck(ctx: HandshakeContext, info: PacketInfo, decision: Decision): Refusal | null {
@@ -216,6 +222,7 @@ export function serverAck(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   }
   flow.completed = true;
   flow.expiresAt = ctx.now() + COMPLETED_LINGER_MS;
+  forgetTranslated(ctx, sourceAddress(packet), packet.sourcePort, flow.clientIsn);
   settleHeld(flow, true, 'ok');
   decision.reason = 'ok';
   decision.release = true;
