@@ -619,11 +619,12 @@ static __always_inline void record_owner(const struct bpf_sock_ops *ops, __u32 w
 /* A connect from a workload that has a kernel-proven entry for this destination. */
 static __always_inline void client_connect(struct bpf_sock_ops *ops, const struct fast_config *cfg, __u32 now) {
   if (ops->family != AF_INET && ops->family != AF_INET6) return;
-  /* The agent's table names its own workloads by cgroup or uid; a socket of another network
-   * namespace below the cgroup (a pod on a node) is none of them, whatever its uid. */
-  if (bpf_get_netns_cookie(ops) != cfg->netns_cookie) return;
   struct client_key key = {.port = bpf_ntohl(ops->remote_port)};
   connect_owner(cfg, &key);
+  /* A uid names a workload of the agent's own network namespace: a socket of another one below
+   * the cgroup (a pod on a node) is none of them, whatever its uid. A configured workload cgroup
+   * names its sockets in any namespace (a container of its own). */
+  if (key.owner_kind == OWNER_UID && bpf_get_netns_cookie(ops) != cfg->netns_cookie) return;
   __u32 workload = key.owner_kind == OWNER_WORKLOAD ? key.owner : 0;
   __u8 local[16];
   local_and_remote(ops, local, key.address);

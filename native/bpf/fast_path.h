@@ -35,7 +35,7 @@ struct fast_config {
   __u32 source_burst;       /* SYNs a source's bucket holds, at most source_rate (one second's worth) */
   __u32 alive_until;        /* wall-clock second after which the programs judge nothing: the agent moves it on while it runs */
   __u32 agent_away;         /* set by an agent that stops and keeps the programs (failing closed): no one checks a first-contact marker */
-  __u64 netns_cookie;       /* the agent's network namespace: only its sockets connect fast; a pod's, in a namespace of its own, speaks as the pod, through the queue */
+  __u64 netns_cookie;       /* the agent's network namespace: only its sockets connect fast as their uid's workload; a pod's, in a namespace of its own, speaks as the pod, through the queue */
 };
 
 /* One kernel verdict for the agent's flow log (ring buffer `fast_events`). A drop is reported
