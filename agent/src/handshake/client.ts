@@ -10,7 +10,7 @@ import { tokenDigest } from '../protocol/token-digest.ts';
 import { encodeTransient, FLAG_FAST, FLAG_KERNEL, FLAG_SYN_PROOF, FLAG_SYN_SIGNATURE, MessageType, type SynMessage } from '../protocol/wire.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import { judgeBetweenPods } from './between-pods.ts';
-import { ackTranscript, clientIsnKey, synAckFlow, type HandshakeContext } from './context.ts';
+import { ackTranscript, synAckFlow, type HandshakeContext } from './context.ts';
 import { flowKey } from './handshake-state.ts';
 import { Refusal, refuse } from './reasons.ts';
 
@@ -99,7 +99,6 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     // is released no retransmitted SYN-ACK comes back, so the entry goes; a refused one stays, so
     // that the server's retransmits are refused too.
     const clientAddress = destinationAddress(packet);
-    const filed = clientIsnKey(clientAddress, packet.destinationPort, packet.acknowledgment - 1);
     const pods = ctx.options.localPods;
     const [serverPod, clientPod] = [pods?.identityOf(server), pods?.identityOf(clientAddress)];
     // A service address the node DNATed to another of its pods: judged here, between the two
@@ -107,7 +106,7 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     // is not ours to judge.
     const judged = serverPod !== undefined && clientPod !== undefined ? judgeBetweenPods(ctx, decision, { serverPod, clientPod, clientAddress, serverAddress: server, port: packet.sourcePort }) : null;
     if (judged instanceof Refusal) return judged;
-    ctx.translatedFlows.delete(filed);
+    ctx.forgetTranslated(clientAddress, packet.destinationPort, packet.acknowledgment - 1);
     if (judged === null) {
       decision.reason = 'ok';
       decision.release = true;

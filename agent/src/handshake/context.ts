@@ -100,6 +100,16 @@ export class HandshakeContext {
     this.presignedSyns = new PresignedSyns(this.noncePool, this.now, Math.floor(options.replayWindowSeconds / 3));
   }
 
+  /** Files a SYN by its client's address, port and ISN (TranslatedFlow); false when the table is full. */
+  fileTranslated(client: string, clientPort: number, clientIsn: number, key: string | null, port: number): boolean {
+    return this.translatedFlows.set(clientIsnKey(client, clientPort, clientIsn), { key, port, expiresAt: this.now() + this.options.handshakeTimeoutMs });
+  }
+
+  /** A released handshake's SYN-ACK never comes back: its filing goes before it expires. Only a node with pods files any. */
+  forgetTranslated(client: string, clientPort: number, clientIsn: number): void {
+    if (this.options.localPods !== undefined) this.translatedFlows.delete(clientIsnKey(client, clientPort, clientIsn));
+  }
+
   /** This end's workload at a local address and port: the pod's there, else this host's for the port. */
   localAt(address: string, port: number): Readonly<Record<string, string>> {
     return this.options.localPods?.identityOf(address)?.attributes ?? this.local.tokenForPort(port).localAttributes;

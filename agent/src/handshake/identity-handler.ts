@@ -29,7 +29,7 @@ export const POD_REJUDGE_INTERVAL_MS = 1000;
 
 export class IdentityHandler implements HandshakeHandler {
   private readonly ctx: HandshakeContext;
-  private podRejudge: { timer: NodeJS.Timeout | null; lastMs: number } = { timer: null, lastMs: -Infinity };
+  private readonly podRejudge: { timer: NodeJS.Timeout | null; lastMs: number } = { timer: null, lastMs: -Infinity };
 
   constructor(local: LocalIdentity, verifier: PeerVerifier, authorizer: Authorizer, options: IdentityHandlerOptions) {
     this.ctx = new HandshakeContext(local, verifier, authorizer, options);

@@ -11,7 +11,7 @@ import { deriveFastKey } from '../protocol/fast-keys.ts';
 import { tokenDigest } from '../protocol/token-digest.ts';
 import { encodeTransient, FLAG_FAST, FLAG_KERNEL, MessageType, type SynMessage } from '../protocol/wire.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
-import { ackTranscript, clientIsnKey, synAckFlow, type HandshakeContext } from './context.ts';
+import { ackTranscript, synAckFlow, type HandshakeContext } from './context.ts';
 import { flowKey } from './handshake-state.ts';
 import { judgeBetweenPods } from './between-pods.ts';
 import { holdForProof, settleHeld } from './held.ts';
@@ -38,7 +38,7 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     // the node DNATs to one of its own pods: then that pod's SYN-ACK, queued as the connection is
     // tracked, is judged between the pods where it finds this (a full table refuses the SYN, as a
     // full flow table would).
-    if (!ctx.translatedFlows.set(clientIsnKey(client, packet.sourcePort, packet.sequence), { key: null, port, expiresAt: ctx.now() + ctx.options.handshakeTimeoutMs })) return refuse('flow-table-full');
+    if (!ctx.fileTranslated(client, packet.sourcePort, packet.sequence, null, port)) return refuse('flow-table-full');
     decision.track = true;
     decision.reason = 'ok';
     return null;
@@ -102,7 +102,7 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   // On a node, a SYN to an address other than a pod's may be DNATed to one (a service address, a
   // node port): its SYN-ACK then comes from the pod, whose policy must judge it, so the flow is
   // filed where that SYN-ACK finds it. Without room there it is refused, as without a flow.
-  if (pods !== undefined && destinationPod === undefined && !ctx.translatedFlows.set(clientIsnKey(client, packet.sourcePort, packet.sequence), { key, port, expiresAt: nowMs + ctx.options.handshakeTimeoutMs })) {
+  if (pods !== undefined && destinationPod === undefined && !ctx.fileTranslated(client, packet.sourcePort, packet.sequence, key, port)) {
     ctx.flows.delete(key);
     return refuse('flow-table-full');
   }
@@ -176,14 +176,9 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   if (flow.fast) {
     flow.completed = true;
     decision.release = true;
-    forgetTranslated(ctx, destinationAddress(packet), packet.destinationPort, flow.clientIsn);
+    ctx.forgetTranslated(destinationAddress(packet), packet.destinationPort, flow.clientIsn);
   }
   return null;
-}
-
-/** A released handshake's SYN-ACK never comes back: its DNAT filing goes before it expires. */
-function forgetTranslated(ctx: HandshakeContext, client: string, clientPort: number, clientIsn: number): void {
-  if (ctx.options.localPods !== undefined) ctx.translatedFlows.delete(clientIsnKey(client, clientPort, clientIsn));
 }
 
 export function serverAck(ctx: HandshakeContext, info: PacketInfo, decision: Decision): Refusal | null {
@@ -222,7 +217,7 @@ export function serverAck(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   }
   flow.completed = true;
   flow.expiresAt = ctx.now() + COMPLETED_LINGER_MS;
-  forgetTranslated(ctx, sourceAddress(packet), packet.sourcePort, flow.clientIsn);
+  ctx.forgetTranslated(sourceAddress(packet), packet.sourcePort, flow.clientIsn);
   settleHeld(flow, true, 'ok');
   decision.reason = 'ok';
   decision.release = true;
