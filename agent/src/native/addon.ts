@@ -165,6 +165,8 @@ export interface NativeBinding {
   peerCredentials(fd: number): PeerCredentials;
   /** Writes HMAC-SHA256(key, message[0, messageLength)) into the first 32 bytes of `out`. */
   hmacSha256: (key: Uint8Array, message: Uint8Array, messageLength: number, out: Uint8Array) => void;
+  /** Fills `out` with HKDF-SHA256 (RFC 5869) of `ikm` under `salt` and `info`. */
+  hkdfSha256: (ikm: Uint8Array, salt: Uint8Array, info: Uint8Array, out: Uint8Array) => void;
   SLOT_SIZE: number;
   META_STRIDE: number;
   COUNTER_COUNT: number;

@@ -1,8 +1,8 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHmac, randomBytes } from 'node:crypto';
+import { createHmac, diffieHellman, generateKeyPairSync, hkdfSync, randomBytes } from 'node:crypto';
 import { loadBinding } from '../../../agent/src/native/addon.ts';
-import { computeProof, proofValid } from '../../../agent/src/protocol/proofs.ts';
+import { computeProof, derivePairKey, proofValid } from '../../../agent/src/protocol/proofs.ts';
 import { PROOF_BYTES } from '../../../agent/src/protocol/wire.ts';
 
 describe('proof HMAC (addon)', () => {
@@ -63,5 +63,51 @@ describe('proof HMAC (addon)', () => {
     assert.equal(proofValid(key, 'ack', [1, nonce, 5, 6], proof), false, 'another label');
     assert.equal(proofValid(randomBytes(32), 'syn-ack', [1, nonce, 5, 6], proof), false, 'another key');
     assert.equal(proofValid(key, 'syn-ack', [1, nonce, 5, 6], proof.subarray(0, 15)), false, 'short');
+  });
+});
+
+describe('pair key HKDF (addon)', () => {
+  const { hkdfSha256 } = loadBinding();
+
+  it('matches the RFC 5869 test vectors', () => {
+    // Test case 1: 42 bytes, two blocks of the expansion.
+    const out = new Uint8Array(42);
+    hkdfSha256(Buffer.alloc(22, 0x0b), Buffer.from('000102030405060708090a0b0c', 'hex'), Buffer.from('f0f1f2f3f4f5f6f7f8f9', 'hex'), out);
+    assert.equal(Buffer.from(out).toString('hex'), '3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865');
+    // Test case 3: empty salt and info.
+    const short = new Uint8Array(42);
+    hkdfSha256(Buffer.alloc(22, 0x0b), Buffer.alloc(0), Buffer.alloc(0), short);
+    assert.equal(Buffer.from(short).toString('hex'), '8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8');
+  });
+
+  it('one call does not carry its info into the next', () => {
+    const first = new Uint8Array(32);
+    const again = new Uint8Array(32);
+    hkdfSha256(Buffer.alloc(32, 1), Buffer.alloc(8), Buffer.from('a'), first);
+    hkdfSha256(Buffer.alloc(32, 1), Buffer.alloc(8), Buffer.from('b'), new Uint8Array(32));
+    hkdfSha256(Buffer.alloc(32, 1), Buffer.alloc(8), Buffer.from('a'), again);
+    assert.deepEqual(again, first);
+  });
+
+  it('rejects an empty input key and an output past 255 blocks', () => {
+    assert.throws(() => {
+      hkdfSha256(Buffer.alloc(0), Buffer.alloc(8), Buffer.alloc(0), new Uint8Array(32));
+    }, RangeError);
+    assert.throws(() => {
+      hkdfSha256(Buffer.alloc(32), Buffer.alloc(8), Buffer.alloc(0), new Uint8Array(255 * 32 + 1));
+    }, RangeError);
+  });
+
+  it('both ends derive the pair key node:crypto derives from their agreement', () => {
+    const a = generateKeyPairSync('x25519');
+    const b = generateKeyPairSync('x25519');
+    const raw = (key: typeof a.publicKey) => Buffer.from(key.export({ format: 'jwk' }).x!, 'base64url');
+    const [aRaw, bRaw] = [raw(a.publicKey), raw(b.publicKey)];
+    const fromA = derivePairKey(a.privateKey, aRaw, b.publicKey, bRaw);
+    const fromB = derivePairKey(b.privateKey, bRaw, a.publicKey, aRaw);
+    const salt = Buffer.compare(aRaw, bRaw) <= 0 ? Buffer.concat([aRaw, bRaw]) : Buffer.concat([bRaw, aRaw]);
+    const shared = diffieHellman({ privateKey: a.privateKey, publicKey: b.publicKey });
+    assert.deepEqual(fromA, Buffer.from(hkdfSync('sha256', shared, salt, Buffer.from('synpass pair key v1'), 32)));
+    assert.deepEqual(fromB, fromA);
   });
 });
