@@ -19,6 +19,7 @@ import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
 import { inject, verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
 import { DOMAIN, REPORTS_WORKLOAD, rotateAgent, startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
 import { isRoot, ROOT, sleep, synpassCommand, waitUntil, type AgentHandle, type Lab, type NetnsProcess } from '../../scripts/lib/lab.ts';
+import { countersMoved, kernelFastPathOf, type KernelFastPathStatus } from '../../scripts/lib/kernel-counters.ts';
 import { fixChecksums, ipv4Segment, layout, plainSyn, tcpOptionOffset } from '../../scripts/lib/packets.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
 
@@ -35,10 +36,7 @@ interface Share {
   kernelShare: number | null;
 }
 
-interface FastStatus {
-  running: boolean;
-  reason: string;
-  counters: Record<string, number>;
+interface FastStatus extends KernelFastPathStatus {
   shares: { incoming: Share; outgoing: Share };
   conntrack: { skipped: boolean; reason: string };
   listenersOnQueue: number[];
@@ -46,13 +44,9 @@ interface FastStatus {
 }
 
 async function fast(agent: AgentHandle): Promise<FastStatus> {
-  return ((await agent.status()) as unknown as { kernelFastPath: FastStatus }).kernelFastPath;
+  return kernelFastPathOf(await agent.status()) as FastStatus;
 }
 
-/** Counter increases between two readings, only those that moved. */
-function moved(before: Pick<FastStatus, 'counters'>, after: Pick<FastStatus, 'counters'>): Record<string, number> {
-  return Object.fromEntries(Object.entries(after.counters).flatMap(([name, value]) => (value === before.counters[name] ? [] : [[name, value - (before.counters[name] ?? 0)]])));
-}
 
 describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for network namespaces and eBPF' }, () => {
   let fixture: IdentityLab;
@@ -110,8 +104,8 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       for (let i = 0; i < rounds; i++) assert.equal(await http(family), true, `fast connection ${i}`);
       assert.equal(await queued(api), apiQueued, 'api queued nothing');
       assert.equal(await queued(web), webQueued, 'web queued nothing');
-      assert.deepEqual(moved(apiBefore, await fast(api)), { synAccepted: rounds, synAckSigned: rounds });
-      assert.deepEqual(moved(webBefore, await fast(web)), { synSent: rounds, synAckVerified: rounds });
+      assert.deepEqual(countersMoved(apiBefore, await fast(api)), { synAccepted: rounds, synAckSigned: rounds });
+      assert.deepEqual(countersMoved(webBefore, await fast(web)), { synSent: rounds, synAckVerified: rounds });
       // Status tells the shares apart: these SYNs count for the kernel, none for the queue.
       const [apiShares, webShares] = [(await fast(api)).shares, (await fast(web)).shares];
       assert.deepEqual([apiShares.incoming.kernel - apiBefore.shares.incoming.kernel, apiShares.incoming.queue - apiBefore.shares.incoming.queue], [rounds, 0]);
@@ -135,7 +129,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const apiBefore = await fast(api);
     const held = lab.peer('web', ['hold', lab.address('api'), String(ECHO)], { stdin: true });
     const connected = await held.waitFor((l) => l.connected === true);
-    assert.equal(moved(apiBefore, await fast(api)).synAccepted, 1, 'the held connection took the fast path');
+    assert.equal(countersMoved(apiBefore, await fast(api)).synAccepted, 1, 'the held connection took the fast path');
     const webEnd = `${lab.address('web')}:${String(connected.localPort)}`;
     const apiEnd = `${lab.address('api')}:${ECHO}`;
     const whois = (host: 'api' | 'web') =>
@@ -188,7 +182,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       const connected = await held.waitFor((l) => l.connected === true);
       held.write('untracked?\n');
       await held.waitFor((l) => l.echoed === 'untracked?');
-      assert.equal(moved(apiBefore, await fast(api)).synAccepted, 1, 'the held connection took the fast path');
+      assert.equal(countersMoved(apiBefore, await fast(api)).synAccepted, 1, 'the held connection took the fast path');
       const entry = conntrackEntry('api', Number(connected.localPort));
       assert.equal(entry, undefined, entry);
       await held.stop();
@@ -214,13 +208,13 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     // no kernel entry is reports' own; web's fast entry does not serve it.
     assert.equal(await reportsHttp(), true, 'first connection of reports');
     assert.ok((await queued(api)) > apiQueued, 'reports took the queue');
-    assert.deepEqual(moved(apiBefore, await fast(api)).synAccepted, undefined);
+    assert.deepEqual(countersMoved(apiBefore, await fast(api)).synAccepted, undefined);
     const first = await api.process.waitFor((l) => after(l) && l.msg === 'handshake verdict' && l.stage === 'syn' && l.path !== 'kernel' && subjectOf(l) === reports, 5_000);
     assert.equal((first.peer as { attributes: Record<string, string> }).attributes['process.cgroup'], lab.workloadCgroup('web', REPORTS_WORKLOAD).path);
     // From then on reports is proven in the kernel under its own entry, and named there.
     const fastBefore = await fast(api);
     for (let i = 0; i < 5; i++) assert.equal(await reportsHttp(), true, `fast connection ${i} of reports`);
-    assert.equal(moved(fastBefore, await fast(api)).synAccepted, 5);
+    assert.equal(countersMoved(fastBefore, await fast(api)).synAccepted, 5);
     await api.process.waitFor((l) => after(l) && l.path === 'kernel' && l.reason === 'ok-kernel' && subjectOf(l) === reports, 5_000);
     // Over IPv6 too (the kernel's table holds IPv6 connections whole, IPv4 ones as ::ffff:a.b.c.d).
     assert.equal(await reportsHttp(6), true, 'reports over IPv6');
@@ -238,7 +232,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const fastBefore = await fast(api);
     const held = lab.peer('web', ['hold', lab.address('api'), String(ECHO)], { stdin: true });
     const connected = await held.waitFor((l) => l.connected === true);
-    assert.equal(moved(fastBefore, await fast(api)).synAccepted, 1, 'the held connection took the fast path');
+    assert.equal(countersMoved(fastBefore, await fast(api)).synAccepted, 1, 'the held connection took the fast path');
     held.write('fast\n');
     await held.waitFor((l) => l.echoed === 'fast');
     // ACKs in the held connection's four-tuple with the marker first and padding after, last
@@ -298,7 +292,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const before = await fast(api);
     const queuedBefore = await queued(api);
     await send([syn, flipped, stale]);
-    assert.deepEqual(moved(before, await fast(api)), { synReplayed: 1, synBadProof: 1, synStale: 1 });
+    assert.deepEqual(countersMoved(before, await fast(api)), { synReplayed: 1, synBadProof: 1, synStale: 1 });
     assert.equal(await queued(api), queuedBefore, 'neither reached the queue');
     const done = await answers.waitFor((l) => typeof l.done === 'number', 10_000);
     assert.equal(done.done, 0, 'api answered none');
@@ -310,7 +304,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const answers = await lab.capture(`tcp and src host ${lab.address('api')} and dst host ${lab.address('outsider')}`, 5, 4_000);
     const [before, queuedBefore] = [await fast(api), await queued(api)];
     await send(scan);
-    assert.deepEqual(moved(before, await fast(api)), { synNoIdentity: ports.length });
+    assert.deepEqual(countersMoved(before, await fast(api)), { synNoIdentity: ports.length });
     assert.equal(await queued(api), queuedBefore, 'no SYN reached the queue');
     const done = await answers.waitFor((l) => typeof l.done === 'number', 10_000);
     assert.equal(done.done, 0, 'no SYN-ACK, no RST');
@@ -342,7 +336,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       const [before, queuedBefore] = [await fast(api), await queued(api)];
       const attempt = await lab.peerOnce('outsider', ['http', '10.214.19.1', String(PORT)], 2_500).catch(() => null);
       assert.notEqual(attempt?.status, 200);
-      assert.ok((moved(before, await fast(api)).synNoIdentity ?? 0) >= 1, JSON.stringify(moved(before, await fast(api))));
+      assert.ok((countersMoved(before, await fast(api)).synNoIdentity ?? 0) >= 1, JSON.stringify(countersMoved(before, await fast(api))));
       assert.equal(await queued(api), queuedBefore, 'nothing reached the queue');
     } finally {
       lab.exec('api', ['ip', 'link', 'del', 'late0']);
@@ -380,7 +374,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.deepEqual((await fast(api)).listenersOnQueue, []);
     const [before, queuedAgain] = [await fast(api), await queued(api)];
     assert.equal(await echo('fast'), 'fast');
-    assert.deepEqual(moved(before, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
+    assert.deepEqual(countersMoved(before, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
     assert.equal(await queued(api), queuedAgain, 'nothing queued');
   });
 
@@ -399,7 +393,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const started = performance.now();
     await send(flood);
     const seconds = (performance.now() - started) / 1000;
-    const limited = moved(before, await fast(api)).synSourceLimited ?? 0;
+    const limited = countersMoved(before, await fast(api)).synSourceLimited ?? 0;
     const statusAfter = await api.status();
     const reached = statusAfter.queue.received! - statusBefore.queue.received!;
     assert.equal(limited + reached, total, `each SYN was either held back in the kernel (${limited}) or queued (${reached})`);
@@ -430,7 +424,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       elsewhere.set(lab.address('outsider').split('.').map(Number), 16);
       fixChecksums(elsewhere, ipVersion, tcpOffset);
       await send([elsewhere], { from: 'api', to: 'outsider' });
-      assert.deepEqual(moved(before, await fast(mallory)), { synUnknownPeer: 1 });
+      assert.deepEqual(countersMoved(before, await fast(mallory)), { synUnknownPeer: 1 });
     } finally {
       await mallory.process.stop();
       lab.exec('outsider', ['iptables', ...masquerade.map((word) => (word === '-A' ? '-D' : word))]);
@@ -454,7 +448,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       const wrongMac = Uint8Array.from([FAST_SYN_OPTION.kind, 12, FAST_SYN_OPTION.exid >> 8, FAST_SYN_OPTION.exid & 0xff, 1, 2, 3, 4, 5, 6, 7, 8]);
       const before = await fast(web);
       await send([answer(), answer(wrongMac)], { from: 'api', to: 'web' });
-      assert.deepEqual(moved(before, await fast(web)), { synAckBadProof: 2 });
+      assert.deepEqual(countersMoved(before, await fast(web)), { synAckBadProof: 2 });
       await client.stop();
     } finally {
       lab.exec('api', dropSyns.map((word) => (word === '-I' ? '-D' : word)));
@@ -468,14 +462,14 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     await api.process.waitFor((l) => l.msg === 'policy reloaded' && api.process.lines.indexOf(l) >= mark, 10_000);
     const before = await fast(api);
     assert.equal(await http(4, 2_500), false, 'port 8080 is no longer allowed');
-    assert.ok((moved(before, await fast(api)).synNotAllowed ?? 0) >= 1, 'the kernel dropped the fast SYN as not allowed');
+    assert.ok((countersMoved(before, await fast(api)).synNotAllowed ?? 0) >= 1, 'the kernel dropped the fast SYN as not allowed');
 
     const restored = api.process.lines.length;
     writeFileSync(join(policies, 'api.yaml'), apiPolicyText);
     await api.process.waitFor((l) => l.msg === 'policy reloaded' && api.process.lines.indexOf(l) >= restored, 10_000);
     const again = await fast(api);
     assert.equal(await http(), true);
-    assert.equal(moved(again, await fast(api)).synAccepted, 1, 'fast again from the next SYN');
+    assert.equal(countersMoved(again, await fast(api)).synAccepted, 1, 'fast again from the next SYN');
   });
 
   it('a key rotation on api: the next fast SYN is still accepted and tells web to learn api anew; one queued handshake later the pair is fast again, with no fallback', async () => {
@@ -483,21 +477,21 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     await rotateAgent(fixture.files, 'api', api);
     const [apiBefore, webBefore, apiQueued, webQueued, webEntries] = [await fast(api), await fast(web), await queued(api), await queued(web), await clientEntries(web)];
     assert.equal(await http(), true, 'a fast connection under the keys api had before');
-    assert.deepEqual(moved(apiBefore, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
-    assert.deepEqual(moved(webBefore, await fast(web)), { synSent: 1, synAckVerified: 1, clientRetired: 1 });
+    assert.deepEqual(countersMoved(apiBefore, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
+    assert.deepEqual(countersMoved(webBefore, await fast(web)), { synSent: 1, synAckVerified: 1, clientRetired: 1 });
     assert.deepEqual([await queued(api), await queued(web)], [apiQueued, webQueued], 'nothing queued');
     // The kernel's event tells web's agent, whose table follows the kernel's.
     await waitUntil('web forgets the retired entry', async () => (await clientEntries(web)) === webEntries - 1, 3_000);
     // web's kernel dropped its entry, so its next connect is queued: a handshake under api's new keys.
     const [apiRelearn, webRelearn] = [await fast(api), await fast(web)];
     assert.equal(await http(), true);
-    assert.deepEqual(moved(webRelearn, await fast(web)), {}, 'no fast SYN sent, none fell back');
-    assert.deepEqual(moved(apiRelearn, await fast(api)), {});
+    assert.deepEqual(countersMoved(webRelearn, await fast(web)), {}, 'no fast SYN sent, none fell back');
+    assert.deepEqual(countersMoved(apiRelearn, await fast(api)), {});
     assert.ok((await queued(api)) > apiQueued && (await queued(web)) > webQueued, 'the handshake was queued on both sides');
     assert.equal(await clientEntries(web), webEntries, 'web learned api again');
     const again = await fast(api);
     assert.equal(await http(), true);
-    assert.deepEqual(moved(again, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
+    assert.deepEqual(countersMoved(again, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
   });
 
   /** api's agent started again as the lab started it, with `args` added. */
@@ -514,8 +508,8 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
   async function connectsInKernel(): Promise<void> {
     const [apiBefore, webBefore, apiQueued, webQueued] = [await fast(api), await fast(web), await queued(api), await queued(web)];
     assert.equal(await http(), true);
-    assert.deepEqual(moved(apiBefore, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
-    assert.deepEqual(moved(webBefore, await fast(web)), { synSent: 1, synAckVerified: 1 });
+    assert.deepEqual(countersMoved(apiBefore, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
+    assert.deepEqual(countersMoved(webBefore, await fast(web)), { synSent: 1, synAckVerified: 1 });
     assert.deepEqual([await queued(api), await queued(web)], [apiQueued, webQueued], 'nothing queued');
   }
 
@@ -572,7 +566,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       assert.equal(await echo('learn'), 'learn');
       const [before, queuedBefore] = [await fast(api), await queued(api)];
       assert.equal(await echo('fast'), 'fast');
-      assert.deepEqual(moved(before, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
+      assert.deepEqual(countersMoved(before, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
       assert.equal(await queued(api), queuedBefore, 'nothing queued');
       assert.deepEqual((await fast(api)).listenersOnQueue, []);
     } finally {
@@ -812,11 +806,11 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     api = await startApi('--fast-path-state-file', 'off');
     const [apiBefore, webBefore] = [await fast(api), await fast(web)];
     assert.equal(await http(), true, 'completes through first contact after one retransmission timeout');
-    assert.equal(moved(apiBefore, await fast(api)).synUnknownPeer, 1);
-    assert.equal(moved(webBefore, await fast(web)).synFallback, 1);
+    assert.equal(countersMoved(apiBefore, await fast(api)).synUnknownPeer, 1);
+    assert.equal(countersMoved(webBefore, await fast(web)).synFallback, 1);
     const again = await fast(api);
     assert.equal(await http(), true);
-    assert.deepEqual(moved(again, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
+    assert.deepEqual(countersMoved(again, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
   });
 
   /** What bpftool says, as JSON. */
@@ -868,7 +862,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       plainSyn(lab.address('outsider'), lab.address('api'), PORT, 41_000, 0x2000),
       ipv4Segment({ source: lab.address('outsider'), target: lab.address('api'), sourcePort: 41_001, port: PORT, sequence: 0x2001, options: Uint8Array.from([253, 4, 0xd3, 0x50]) }),
     ]);
-    assert.deepEqual(moved(down, pinnedCounters('api')), { synAccepted: 1, synAckSigned: 1, synNoIdentity: 2 });
+    assert.deepEqual(countersMoved(down, pinnedCounters('api')), { synAccepted: 1, synAckSigned: 1, synNoIdentity: 2 });
     // Connects back to back across the start: the new programs replace the kept ones only once
     // the saved tables are in their maps, so no fast SYN meets an empty table.
     const loop = lab.peer('web', ['rounds', lab.address('api'), String(PORT), '3000', '0']);
@@ -895,7 +889,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.ok(!loop.lines.some((line) => line.ok !== undefined), 'the connect loop was still running when the new agent had started');
     assert.deepEqual(await loop.waitFor((line) => line.ok !== undefined, 60_000), { ok: 3000, failed: 0 });
     await connectsInKernel();
-    assert.equal(moved(webBefore, await fast(web)).synFallback, undefined, 'no fast SYN of web fell back');
+    assert.equal(countersMoved(webBefore, await fast(web)).synFallback, undefined, 'no fast SYN of web fell back');
   });
 
   it('a kept fast path judges nothing once its time is up: a fast SYN then falls back, as with no program', async () => {
@@ -907,8 +901,8 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const [down, webBefore] = [pinnedCounters('api'), await fast(web)];
     // Nothing on api judges the handshake any more; whether it completes does not matter here.
     await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)], 4_000).catch(() => null);
-    assert.deepEqual(moved(down, pinnedCounters('api')), {}, 'api\'s kernel judged nothing');
-    assert.equal(moved(webBefore, await fast(web)).synFallback, 1);
+    assert.deepEqual(countersMoved(down, pinnedCounters('api')), {}, 'api\'s kernel judged nothing');
+    assert.equal(countersMoved(webBefore, await fast(web)).synFallback, 1);
     api = await startApi();
     await connectsInKernel();
   });
@@ -923,17 +917,17 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     await api.process.stop('SIGKILL');
     const webBefore = await fast(web);
     assert.equal(await http(), true, 'a known pair connects with no agent on api');
-    assert.deepEqual(moved(webBefore, await fast(web)), { synSent: 1, synAckVerified: 1 });
+    assert.deepEqual(countersMoved(webBefore, await fast(web)), { synSent: 1, synAckVerified: 1 });
     // The same captured SYN before and after the credential's end: the entry first finds it a
     // replay, then is void, with no agent there to remove it.
     const live = pinnedCounters('api');
     await send([syn]);
-    assert.deepEqual(moved(live, pinnedCounters('api')), { synReplayed: 1 });
+    assert.deepEqual(countersMoved(live, pinnedCounters('api')), { synReplayed: 1 });
     assert.ok(Date.now() < endsAtMs, `the steps before took longer than the credential's ${SHORT_CREDENTIAL_SECONDS} s`);
     await sleep(endsAtMs - Date.now() + 1_000);
     const ended = pinnedCounters('api');
     await send([syn]);
-    assert.deepEqual(moved(ended, pinnedCounters('api')), { synUnknownPeer: 1 });
+    assert.deepEqual(countersMoved(ended, pinnedCounters('api')), { synUnknownPeer: 1 });
     // A new api agent replaces what the killed one left; web gets a lasting credential again.
     api = await startApi();
     await rotateAgent(fixture.files, 'web', web);

@@ -12,6 +12,7 @@ import { isRoot, synpassCommand, waitUntil, type AgentHandle } from '../../scrip
 import { joinTokenFile, LAB_CLUSTER, startIssuerLab, type IssuerLab } from '../../scripts/lib/issuer-lab.ts';
 import { createIssuingKey } from '../../agent/src/issuer/issuing-key.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
+import { countersMoved, kernelFastPathOf, type KernelFastPathStatus } from '../../scripts/lib/kernel-counters.ts';
 import { verifyCredential } from '../../agent/src/token/credential.ts';
 import { loadTrustBundles } from '../../agent/src/token/trust-bundle.ts';
 import { generateKeyPair } from '../../agent/src/identity/key-generation.ts';
@@ -31,10 +32,10 @@ async function renewalOf(agent: AgentHandle): Promise<Renewal> {
   return status.identity.renewal;
 }
 
-async function fastCounters(agent: AgentHandle): Promise<Record<string, number>> {
-  const status = (await agent.status()) as unknown as { kernelFastPath: { running: boolean; counters: Record<string, number> } };
-  assert.equal(status.kernelFastPath.running, true);
-  return status.kernelFastPath.counters;
+async function fastCounters(agent: AgentHandle): Promise<KernelFastPathStatus> {
+  const fast = kernelFastPathOf(await agent.status());
+  assert.equal(fast.running, true);
+  return fast;
 }
 
 describe('credential lifecycle with an issuer', { skip: !isRoot() && 'needs root (network namespaces)', timeout: 180_000 }, () => {
@@ -83,13 +84,13 @@ describe('credential lifecycle with an issuer', { skip: !isRoot() && 'needs root
     assert.equal(web.failures, 0);
     // Between renewals known pairs ran in the kernel: each renewal's new keys refreshed its maps.
     const [apiAfter, webAfter] = [await fastCounters(lab.api), await fastCounters(lab.web)];
-    const moved = (after: Record<string, number>, before: Record<string, number>, name: string) => (after[name] ?? 0) - (before[name] ?? 0);
-    const fastConnects = moved(apiAfter, apiBefore, 'synAccepted');
+    const [apiMoved, webMoved] = [countersMoved(apiBefore, apiAfter), countersMoved(webBefore, webAfter)];
+    const fastConnects = apiMoved.synAccepted ?? 0;
     assert.ok(fastConnects >= 20, `${fastConnects} of 110 connects took the kernel fast path`);
     // api's renewals never left a fast SYN of web's unanswered (a retransmission timeout, about
     // 1 s): api kept what web proved under its previous keys and told web to learn the new ones.
-    assert.deepEqual([moved(webAfter, webBefore, 'synFallback'), moved(apiAfter, apiBefore, 'synUnknownPeer')], [0, 0]);
-    const retired = moved(webAfter, webBefore, 'clientRetired');
+    assert.deepEqual([webMoved.synFallback ?? 0, apiMoved.synUnknownPeer ?? 0], [0, 0]);
+    const retired = webMoved.clientRetired ?? 0;
     assert.ok(retired >= 1, 'web learned api anew after its renewals');
     t.diagnostic(`renewals: web ${web.renewals - start.web}, api ${api.renewals - start.api}; connects 110, failed 0, on the kernel fast path ${fastConnects}, web's entries retired by api ${retired}`);
   });

@@ -18,17 +18,12 @@ import { verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
 import { isRoot, kernelByDefault, NetnsProcess, readStatus, ROOT, sleep, synpassCommand, waitUntil } from '../../scripts/lib/lab.ts';
 import { fixChecksums, layout, tcpOptionOffset } from '../../scripts/lib/packets.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
+import { countersMoved, kernelFastPathOf } from '../../scripts/lib/kernel-counters.ts';
 
 const PEER = join(ROOT, 'scripts/lib/peer.ts');
 const API = join(ROOT, 'test/support/fake-kube-api.ts');
 const CAPTURE = join(ROOT, 'scripts/lib/capture-probe.ts');
 const INJECTOR = join(ROOT, 'scripts/lib/injector.ts');
-
-interface KernelCounters {
-  running: boolean;
-  reason: string;
-  counters: Record<string, number>;
-}
 
 describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
   const prefix = `kn${process.pid % 100000}`;
@@ -262,11 +257,8 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
 
   const kernelOnly = { skip: !kernel && 'the kernel fast path runs here only with SYNPASS_TEST_KERNEL_FAST_PATH=1' };
   const remoteSocket = () => join(directory, 'remote.sock');
-  const kernelOf = async (status: string) => ((await readStatus(status)) as unknown as { kernelFastPath: KernelCounters }).kernelFastPath;
+  const kernelOf = async (status: string) => kernelFastPathOf(await readStatus(status));
   const queued = async (status: string) => (await readStatus(status)).queue.received!;
-  /** Counter increases between two readings, only those that moved. */
-  const moved = (before: KernelCounters, after: KernelCounters) =>
-    Object.fromEntries(Object.entries(after.counters).flatMap(([name, value]) => (value === before.counters[name] ? [] : [[name, value - (before.counters[name] ?? 0)]])));
   const fromRemote = () => fetchFrom(remote, cgroups.remote, address.b, '8080');
   /** Whether every entry of the node kernel's server table admits its peer (struct server_value: key, then allowed). */
   const nodeEntriesAllowed = (): boolean[] =>
@@ -292,8 +284,8 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
     const rounds = 5;
     for (let i = 0; i < rounds; i++) assert.equal((await fromRemote())?.status, 200, `fast connection ${i}`);
     assert.equal(await queued(socket), queuedBefore, `the node queued nothing; verdicts: ${JSON.stringify(verdictsBetween(statusBefore, await readStatus(socket)))}`);
-    assert.deepEqual(moved(nodeBefore, await kernelOf(socket)), { synAccepted: rounds, synAckSigned: rounds });
-    assert.deepEqual(moved(remoteBefore, await kernelOf(remoteSocket())), { synSent: rounds, synAckVerified: rounds });
+    assert.deepEqual(countersMoved(nodeBefore, await kernelOf(socket)), { synAccepted: rounds, synAckSigned: rounds });
+    assert.deepEqual(countersMoved(remoteBefore, await kernelOf(remoteSocket())), { synSent: rounds, synAckVerified: rounds });
     const logged = await agent.waitFor((l) => l.msg === 'handshake verdict' && l.path === 'kernel' && l.reason === 'ok-kernel' && String(l.destination).startsWith(`${address.b}:`), 5_000);
     assert.equal((logged.peer as { subject: string }).subject, 'spiffe://cluster.synpass/remote');
   });
@@ -316,7 +308,7 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
     const file = writePackets(join(directory, 'redirected.hex'), [elsewhere]);
     await spawn(remote, [INJECTOR, 'replay', 'eth0', uplinkMac, file, 'max', '5', '1']).waitFor((l) => typeof l.sent === 'number', 10_000);
     await sleep(300);
-    assert.deepEqual(moved(before, await kernelOf(socket)), { synUnknownPeer: 1 });
+    assert.deepEqual(countersMoved(before, await kernelOf(socket)), { synUnknownPeer: 1 });
   });
 
   it('relabelling pod B out of the policy that admits the remote host revokes it in the node\'s kernel from its next fast SYN; labelled back, the pair is fast again', kernelOnly, async () => {
@@ -325,7 +317,7 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
     await waitUntil('the node kernel refuses the remote host', async () => Promise.resolve(nodeEntriesAllowed().every((allowed) => !allowed)), 5_000);
     const before = await kernelOf(socket);
     assert.equal(await fromRemote(), null, 'cloaked');
-    assert.ok((moved(before, await kernelOf(socket)).synNotAllowed ?? 0) >= 1, 'dropped in the kernel as not allowed');
+    assert.ok((countersMoved(before, await kernelOf(socket)).synNotAllowed ?? 0) >= 1, 'dropped in the kernel as not allowed');
     kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('b-1', address.b, 'b', { exposure: 'public' }, '4') })}\n`);
     await waitUntil('the node kernel admits the remote host again', async () => Promise.resolve(nodeEntriesAllowed().every(Boolean)), 5_000);
     // The remote kernel fell back from its refused fast SYN, and may have dropped its entry: a
@@ -333,7 +325,7 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
     assert.equal((await fromRemote())?.status, 200);
     const again = await kernelOf(socket);
     assert.equal((await fromRemote())?.status, 200);
-    assert.deepEqual(moved(again, await kernelOf(socket)), { synAccepted: 1, synAckSigned: 1 });
+    assert.deepEqual(countersMoved(again, await kernelOf(socket)), { synAccepted: 1, synAckSigned: 1 });
   });
 
   it('a pod never connects fast under an entry of the node\'s own processes: pod A speaks as itself to a server that knows the node', kernelOnly, async () => {
@@ -341,13 +333,13 @@ describe('kubernetes node with pods', { skip: !isRoot() && 'needs root for netwo
     assert.equal((await fromNode())?.status, 200, 'the node\'s first contact');
     let before = await kernelOf(remoteSocket());
     assert.equal((await fromNode())?.status, 200);
-    assert.deepEqual(moved(before, await kernelOf(remoteSocket())), { synAccepted: 1, synAckSigned: 1 }, 'the node\'s root processes are a known pair');
+    assert.deepEqual(countersMoved(before, await kernelOf(remoteSocket())), { synAccepted: 1, synAckSigned: 1 }, 'the node\'s root processes are a known pair');
     before = await kernelOf(remoteSocket());
     const nodeBefore = await kernelOf(socket);
     // Pod A's process runs as root too, in the node's cgroup tree, but in a namespace of its own.
     assert.equal((await request('a', remoteAddress, '9091'))?.status, 200);
-    assert.deepEqual(moved(nodeBefore, await kernelOf(socket)), {}, 'the node\'s kernel wrote no fast option');
-    assert.equal(moved(before, await kernelOf(remoteSocket())).synAccepted, undefined, 'not a fast SYN');
+    assert.deepEqual(countersMoved(nodeBefore, await kernelOf(socket)), {}, 'the node\'s kernel wrote no fast option');
+    assert.equal(countersMoved(before, await kernelOf(remoteSocket())).synAccepted, undefined, 'not a fast SYN');
     const seen = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn' && l.verdict === 'accept' && String(l.destination).endsWith(':9091') && (l.peer as { subject?: string } | null)?.subject === 'spiffe://cluster.synpass/ns/shop/sa/a');
     assert.equal((seen.peer as { attributes: Record<string, string> }).attributes['k8s.label.app'], 'a');
   });
