@@ -517,12 +517,36 @@ static __always_inline int within_source_rate(const struct fast_config *cfg, con
   return 1;
 }
 
+/* Whether the SYN is addressed to this host rather than to one it routes for (a container or VM
+ * in a network namespace of its own, behind a bridge): what it routes is not its own to cloak,
+ * and the rules leave it alone too (rules.ts). Asked of the routing table as the packet will be;
+ * a host that forwards nothing keeps everything, and a route that drops counts as here. Only
+ * SYNs about to be dropped for a closed port ask. */
+static __always_inline int addressed_here(struct __sk_buff *skb, const struct parsed *p) {
+  struct bpf_fib_lookup fib = {};
+  fib.ifindex = skb->ingress_ifindex;
+  fib.l4_protocol = IPPROTO_TCP;
+  fib.sport = p->tcp.source;
+  fib.dport = p->tcp.dest;
+  if (p->ipv4) {
+    fib.family = AF_INET;
+    __builtin_memcpy(&fib.ipv4_src, p->source + 12, 4);
+    __builtin_memcpy(&fib.ipv4_dst, p->destination + 12, 4);
+  } else {
+    fib.family = AF_INET6;
+    __builtin_memcpy(fib.ipv6_src, p->source, 16);
+    __builtin_memcpy(fib.ipv6_dst, p->destination, 16);
+  }
+  long routed = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+  return routed != BPF_FIB_LKUP_RET_SUCCESS && routed != BPF_FIB_LKUP_RET_NO_NEIGH;
+}
+
 /* A SYN with no fast option: dropped here when it carries no marker and its port admits no peer
  * without identity; otherwise charged to its source's bucket (dropped when empty) and passed on
  * to the rules and queue, marked so they do not charge it again. While the agent is away (it
  * stopped and kept the programs) there are no rules and no one to check a marker: a SYN with one
  * is dropped as one without, as the rules would drop it, failing closed, had the agent crashed.
- * Sources excluded from synpass are left alone. */
+ * Sources excluded from synpass are left alone, and so are SYNs this host only routes. */
 static __always_inline int judge_plain_syn(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
   if (cfg->untracked_mark != 0) {
     /* A new connection on the ports of an earlier fast one: conntrack follows this one. */
@@ -535,7 +559,7 @@ static __always_inline int judge_plain_syn(struct __sk_buff *skb, const struct f
   if (bpf_map_lookup_elem(&fast_excluded, &source)) return TC_ACT_OK;
   __u32 port = bpf_ntohs(p->tcp.dest);
   __u8 *closed = bpf_map_lookup_elem(&fast_cloak, &port);
-  if (closed && *closed && (cfg->agent_away || !has_marker(skb, p))) return drop(FAST_SYN_NO_IDENTITY, p, 0);
+  if (closed && *closed && (cfg->agent_away || !has_marker(skb, p)) && addressed_here(skb, p)) return drop(FAST_SYN_NO_IDENTITY, p, 0);
   if (cfg->source_rate == 0) return TC_ACT_OK;
   if (!within_source_rate(cfg, p)) return drop(FAST_SYN_SOURCE_LIMITED, p, 0);
   skb->mark |= cfg->budget_mark;

@@ -26,6 +26,7 @@ if (command === 'remove') {
     marks: connectionMarks(DEFAULT_DATAPATH.markBase),
     targetNetworks,
     excludedNetworks,
+    routedWorkloads: false,
   });
   process.stdout.write(`${JSON.stringify({ installed: installed.backend, queue: DEFAULT_DATAPATH.queue, markBase: DEFAULT_DATAPATH.markBase })}\n`);
 } else {

@@ -41,6 +41,12 @@ export interface RuleOptions {
   targetNetworks: readonly string[];
   /** CIDRs the agent never touches in either direction. */
   excludedNetworks: readonly string[];
+  /**
+   * The workloads this host routes for are its own (a Kubernetes node's pods): their handshakes
+   * are queued too. Otherwise only handshakes to and from this host's own addresses are, and what
+   * it routes (containers and VMs in their own network namespaces) passes as if no agent ran.
+   */
+  routedWorkloads: boolean;
 }
 
 function hex(value: number): string {
@@ -117,6 +123,8 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
   const targets = options.targetNetworks.filter((cidr) => isFamily(cidr, family));
   const tag = `-m comment --comment ${COMMENT}`;
   const audited = options.failOpen;
+  // Routed traffic is not judged here: it never reaches INPUT, and FORWARD has nothing to count.
+  const auditedHooks = options.routedWorkloads ? ['INPUT', 'FORWARD'] : ['INPUT'];
   const limited = options.queueRatePerSource > 0;
   const ingressQueue = limited ? `-j ${CHAINS.ingressLimit}` : queue;
   const chains = Object.values(CHAINS).filter((chain) => (audited || chain !== CHAINS.audit) && (limited || chain !== CHAINS.ingressLimit));
@@ -133,12 +141,7 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     `-I PREROUTING 2 -p tcp -m tcp --tcp-flags SYN SYN -m mark --mark ${untracked} -j ${CHAINS.ingress}`,
     `-I POSTROUTING 1 -p tcp -m mark ! --mark ${untracked} -j ${CHAINS.egress}`,
     // Only SYNs jump: every other packet of the host pays one flags match here.
-    ...(audited
-      ? [
-          `-I INPUT 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${tag} -j ${CHAINS.audit}`,
-          `-I FORWARD 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${tag} -j ${CHAINS.audit}`,
-        ]
-      : []),
+    ...(audited ? auditedHooks.map((hook) => `-I ${hook} 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${tag} -j ${CHAINS.audit}`) : []),
     // A released connection's packet (most of a host's traffic) returns at once, unless it is a
     // SYN, carries a marker or comes back from a verdict. The connmark test is positive on
     // purpose: it fails for a packet conntrack does not track, which must go on to be judged. The
@@ -156,6 +159,9 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     `-A ${CHAINS.mark} -j MARK --or-mark ${hex(marks.judged)}`,
     `-A ${CHAINS.ingressQueue} -i lo -j RETURN`,
     ...excluded.map((cidr) => `-A ${CHAINS.ingressQueue} -s ${cidr} -j RETURN`),
+    // A handshake this host only routes is not its own: its policy and identity are not the
+    // routed workload's (a node's pods excepted, whose handshakes the agent judges as theirs).
+    ...(options.routedWorkloads ? [] : [`-A ${CHAINS.ingressQueue} -m addrtype ! --dst-type LOCAL -j RETURN`]),
     `-A ${CHAINS.ingressQueue} -p tcp -m tcp --tcp-option ${MARKER_KIND} ${ingressQueue}`,
     `-A ${CHAINS.ingressQueue} -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${ingressQueue}`,
     `-A ${CHAINS.ingressQueue} -m connmark --mark ${release} -j RETURN`,
@@ -163,6 +169,7 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     ...(limited ? sourceLimit(family, options, queue) : []),
     `-A ${CHAINS.egressQueue} -o lo -j RETURN`,
     ...excluded.map((cidr) => `-A ${CHAINS.egressQueue} -d ${cidr} -j RETURN`),
+    ...(options.routedWorkloads ? [] : [`-A ${CHAINS.egressQueue} -m addrtype ! --src-type LOCAL -j RETURN`]),
     `-A ${CHAINS.egressQueue} -m connmark --mark ${release} -j RETURN`,
     `-A ${CHAINS.egressQueue} -p tcp -m connmark --mark ${track} -m tcp --tcp-flags ACK ACK ${queue}`,
     ...targets.map(

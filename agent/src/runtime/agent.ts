@@ -86,6 +86,7 @@ export class Agent {
         marks: this.marks,
         targetNetworks: config.targets,
         excludedNetworks: config.excluded,
+        routedWorkloads: config.kubernetes !== null,
       },
       options.iptables,
       log,

@@ -12,6 +12,7 @@ const options: RuleOptions = {
   marks: connectionMarks(0x100000),
   targetNetworks: ['10.0.0.0/8', 'fd00::/8'],
   excludedNetworks: ['10.9.0.0/16'],
+  routedWorkloads: false,
 };
 
 describe('buildRuleset', () => {
@@ -74,11 +75,24 @@ describe('buildRuleset', () => {
     assert.ok(cleared > 0 && lines[cleared + 1] === '-A SYNPASS-MARK -j MARK --or-mark 0x800000');
   });
 
-  it('failing open, counts incoming SYNs that reach INPUT or FORWARD unjudged, with the queue rules exemptions', () => {
+  it('leaves what the host routes alone: only handshakes to and from its own addresses are queued, unless it routes for its own pods', () => {
+    assert.ok(lines.includes('-A SYNPASS-IN-Q -m addrtype ! --dst-type LOCAL -j RETURN'));
+    assert.ok(lines.includes('-A SYNPASS-OUT-Q -m addrtype ! --src-type LOCAL -j RETURN'));
+    // Before anything is queued in either chain.
+    const firstQueued = (chain: string) => lines.findIndex((l) => l.startsWith(`-A ${chain} `) && l.includes('NFQUEUE'));
+    assert.ok(lines.indexOf('-A SYNPASS-IN-Q -m addrtype ! --dst-type LOCAL -j RETURN') < firstQueued('SYNPASS-IN-Q'));
+    assert.ok(lines.indexOf('-A SYNPASS-OUT-Q -m addrtype ! --src-type LOCAL -j RETURN') < firstQueued('SYNPASS-OUT-Q'));
+    const node = buildRuleset(4, { ...options, routedWorkloads: true });
+    assert.ok(!node.includes('addrtype'), 'a node judges its pods\' handshakes, which it routes');
+  });
+
+  it('failing open, counts incoming SYNs that reach INPUT unjudged (and FORWARD, on a node of pods), with the queue rules exemptions', () => {
     const open = buildRuleset(4, { ...options, failOpen: true }).split('\n');
     assert.ok(open.includes(':SYNPASS-AUDIT - [0:0]'));
     assert.ok(open.includes('-I INPUT 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m comment --comment synpass -j SYNPASS-AUDIT'));
-    assert.ok(open.includes('-I FORWARD 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m comment --comment synpass -j SYNPASS-AUDIT'));
+    assert.ok(!open.some((l) => l.startsWith('-I FORWARD')), 'routed SYNs are not judged: FORWARD would count every one');
+    const node = buildRuleset(4, { ...options, failOpen: true, routedWorkloads: true }).split('\n');
+    assert.ok(node.includes('-I FORWARD 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m comment --comment synpass -j SYNPASS-AUDIT'));
     const audit = open.filter((l) => l.startsWith('-A SYNPASS-AUDIT'));
     assert.deepEqual(audit, [
       '-A SYNPASS-AUDIT -i lo -j RETURN',

@@ -24,7 +24,7 @@ function capturingLog() {
   return { log, messages: () => lines.map((line) => line.msg) };
 }
 
-const OPTIONS: RuleOptions = { queueNumber: 3170, queueCount: 1, failOpen: true, queueRatePerSource: 0, queueMaxLength: 4096, marks: connectionMarks(0x100000), targetNetworks: [], excludedNetworks: [] };
+const OPTIONS: RuleOptions = { queueNumber: 3170, queueCount: 1, failOpen: true, queueRatePerSource: 0, queueMaxLength: 4096, marks: connectionMarks(0x100000), targetNetworks: [], excludedNetworks: [], routedWorkloads: false };
 
 /** iptables as a script: each inspection returns the next scripted answer (null: the call fails). */
 function scriptedIptables(inspections: (RuleInspection | null)[]) {

@@ -1,0 +1,98 @@
+// A host that routes for a container (a network namespace of its own behind a veth, as Docker's
+// bridge or a VM's tap): the container's handshakes are not the host's. Its agent neither judges
+// them by the host's policy (nor cloaks the container's ports in its kernel) nor gives them the
+// host's identity: they pass as if no agent ran, and the agents at the other end judge them as
+// from a host without one.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
+import { join } from 'node:path';
+import { startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
+import { isRoot, ROOT, sleep, type Lab } from '../../scripts/lib/lab.ts';
+
+/** web's policy (policy/examples/three-tier) admits only 443 from anyone: 8080 is closed on web. */
+const CLOSED_ON_WEB = 8080;
+const ECHO = 9000;
+const PEER = join(ROOT, 'scripts/lib/peer.ts');
+const run = promisify(execFile);
+
+describe('a host that routes for a container', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
+  let fixture: IdentityLab;
+  let lab: Lab;
+  let container: string;
+  const subnet = '10.219.21';
+  const containerAddress = `${subnet}.2`;
+
+  /** Runs scripts/lib/peer.ts in the container; its JSON line, or the failure's text. */
+  const fromContainer = async (args: string[], timeoutMs = 8_000): Promise<Record<string, unknown>> => {
+    try {
+      const { stdout } = await run('ip', ['netns', 'exec', container, process.execPath, '--import', 'tsx', PEER, ...args], { encoding: 'utf8', timeout: timeoutMs, cwd: ROOT });
+      return JSON.parse(stdout.trim().split('\n')[0]!) as Record<string, unknown>;
+    } catch (error) {
+      return { failed: (error as Error).message.split('\n')[0] };
+    }
+  };
+  const verdictsAbout = (lines: Record<string, unknown>[], address: string) => lines.filter((line) => line.event === 'handshake' && [line.source, line.destination].some((end) => String(end).startsWith(`${address}:`)));
+
+  before(async () => {
+    fixture = await startIdentityLab({ prefix: 'rt', net: 21, server: { port: CLOSED_ON_WEB, kind: 'http' } });
+    ({ lab } = fixture);
+    container = `${lab.namespace('web')}-ct`;
+    const web = lab.namespace('web');
+    const ip = (args: string[]) => execFileSync('ip', args, { stdio: 'pipe' });
+    ip(['netns', 'add', container]);
+    ip(['-n', web, 'link', 'add', 'ctv', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', container]);
+    ip(['-n', web, 'addr', 'add', `${subnet}.1/30`, 'dev', 'ctv']);
+    ip(['-n', web, 'link', 'set', 'ctv', 'up']);
+    ip(['-n', container, 'addr', 'add', `${containerAddress}/30`, 'dev', 'eth0']);
+    ip(['-n', container, 'link', 'set', 'eth0', 'up']);
+    ip(['-n', container, 'link', 'set', 'lo', 'up']);
+    ip(['-n', container, 'route', 'add', 'default', 'via', `${subnet}.1`]);
+    execFileSync('ip', ['netns', 'exec', web, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+    // No NAT: the other hosts see the container's own address, and route it back through web.
+    for (const host of ['api', 'outsider'] as const) ip(['-n', lab.namespace(host), 'route', 'add', `${subnet}.0/30`, 'via', lab.address('web')]);
+  });
+
+  after(async () => {
+    execFileSync('bash', ['-c', `for pid in $(ip netns pids ${container} 2>/dev/null); do kill -9 $pid; done; ip netns del ${container} 2>/dev/null || true`]);
+    await fixture.down();
+  });
+
+  it('a connection from the container to a host without an agent passes web untouched: no verdict, no token', async () => {
+    const echo = lab.peer('outsider', ['server', String(ECHO), 'echo', '60']);
+    await echo.waitFor((line) => line.listening === ECHO);
+    assert.deepEqual(await fromContainer(['echo', lab.address('outsider'), String(ECHO), 'routed']), { echoed: 'routed' });
+    await sleep(300);
+    assert.deepEqual(verdictsAbout(fixture.web.process.lines, containerAddress), [], 'web judged a handshake it only routes');
+  });
+
+  it('a connection to the container passes web though web\'s own policy closes that port, in its queue and in its kernel', async () => {
+    const server = execFileSync('bash', ['-c', `ip netns exec ${container} ${process.execPath} --import tsx ${PEER} server ${CLOSED_ON_WEB} echo 30 >/dev/null 2>&1 & echo $!`], { encoding: 'utf8', cwd: ROOT }).trim();
+    try {
+      await sleep(1_500);
+      const reply = await lab.peerOnce('outsider', ['echo', containerAddress, String(CLOSED_ON_WEB), 'inbound']);
+      assert.deepEqual(reply, { echoed: 'inbound' });
+      assert.deepEqual(verdictsAbout(fixture.web.process.lines, containerAddress), [], 'web judged a handshake it only routes');
+      // web's own port stays cloaked to the same client: no answer at all (not even a reset).
+      await assert.rejects(lab.peerOnce('outsider', ['echo', lab.address('web'), String(CLOSED_ON_WEB), 'cloaked'], 3_000), /timed out/);
+    } finally {
+      execFileSync('kill', ['-9', server], { stdio: 'ignore' });
+    }
+  });
+
+  it('the container does not speak as web: api, which admits web, refuses the container\'s token-less SYN', async () => {
+    const mark = fixture.api.process.lines.length;
+    const attempt = await fromContainer(['http', lab.address('api'), String(CLOSED_ON_WEB)], 6_000);
+    assert.ok(attempt.status === undefined, `the container reached api: ${JSON.stringify(attempt)}`);
+    const refused = verdictsAbout(fixture.api.process.lines.slice(mark), containerAddress);
+    assert.ok(refused.length > 0, 'api saw no SYN from the container');
+    assert.ok(
+      refused.every((line) => line.verdict === 'drop' && line.reason === 'no-identity'),
+      JSON.stringify(refused.map((line) => [line.verdict, line.reason])),
+    );
+    assert.deepEqual(verdictsAbout(fixture.web.process.lines, containerAddress), []);
+    // web itself still reaches api as web.
+    assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(CLOSED_ON_WEB)])).status, 200);
+  });
+});
