@@ -366,6 +366,31 @@ static __always_inline int drop(__u32 counter, const struct parsed *p, __u32 fas
   return TC_ACT_SHOT;
 }
 
+/* Whether the SYN is addressed to this host rather than to one it routes for (a container or VM
+ * in a network namespace of its own, behind a bridge): what it routes is not its own to judge,
+ * and the rules leave it alone too (rules.ts). Asked of the routing table as the packet will be;
+ * a host that forwards nothing keeps everything, and a route that drops counts as here. A node's
+ * pods are its own (routed_workloads). Only SYNs about to be dropped ask. */
+static __always_inline int addressed_here(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
+  if (cfg->routed_workloads) return 1;
+  struct bpf_fib_lookup fib = {};
+  fib.ifindex = skb->ingress_ifindex;
+  fib.l4_protocol = IPPROTO_TCP;
+  fib.sport = p->tcp.source;
+  fib.dport = p->tcp.dest;
+  if (p->ipv4) {
+    fib.family = AF_INET;
+    __builtin_memcpy(&fib.ipv4_src, p->source + 12, 4);
+    __builtin_memcpy(&fib.ipv4_dst, p->destination + 12, 4);
+  } else {
+    fib.family = AF_INET6;
+    __builtin_memcpy(fib.ipv6_src, p->source, 16);
+    __builtin_memcpy(fib.ipv6_dst, p->destination, 16);
+  }
+  long routed = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+  return routed != BPF_FIB_LKUP_RET_SUCCESS && routed != BPF_FIB_LKUP_RET_NO_NEIGH;
+}
+
 static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fast_config *cfg, struct parsed *p, int at, __u32 now) {
   __u8 opt[FAST_SYN_OPT_LEN];
   if (bpf_skb_load_bytes(skb, p->option_base + (__u32)at, opt, sizeof(opt)) < 0) return TC_ACT_SHOT;
@@ -377,6 +402,8 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
   __u32 time = read_be32(opt + 8);
   __u32 isn = bpf_ntohl(p->tcp.seq);
   struct server_value *entry = bpf_map_lookup_elem(&fast_servers, &key);
+  /* Another agent's fast SYN on its way through this host (a router) is not this one's to know. */
+  if (!entry && !addressed_here(skb, cfg, p)) return TC_ACT_OK;
   /* Past its end the entry proves nothing, whether or not an agent is there to remove it. */
   if (!entry || now >= entry->expires) return drop(FAST_SYN_UNKNOWN, p, key.fast_id);
   __u32 skew = now > time ? now - time : time - now;
@@ -517,30 +544,6 @@ static __always_inline int within_source_rate(const struct fast_config *cfg, con
   return 1;
 }
 
-/* Whether the SYN is addressed to this host rather than to one it routes for (a container or VM
- * in a network namespace of its own, behind a bridge): what it routes is not its own to cloak,
- * and the rules leave it alone too (rules.ts). Asked of the routing table as the packet will be;
- * a host that forwards nothing keeps everything, and a route that drops counts as here. Only
- * SYNs about to be dropped for a closed port ask. */
-static __always_inline int addressed_here(struct __sk_buff *skb, const struct parsed *p) {
-  struct bpf_fib_lookup fib = {};
-  fib.ifindex = skb->ingress_ifindex;
-  fib.l4_protocol = IPPROTO_TCP;
-  fib.sport = p->tcp.source;
-  fib.dport = p->tcp.dest;
-  if (p->ipv4) {
-    fib.family = AF_INET;
-    __builtin_memcpy(&fib.ipv4_src, p->source + 12, 4);
-    __builtin_memcpy(&fib.ipv4_dst, p->destination + 12, 4);
-  } else {
-    fib.family = AF_INET6;
-    __builtin_memcpy(fib.ipv6_src, p->source, 16);
-    __builtin_memcpy(fib.ipv6_dst, p->destination, 16);
-  }
-  long routed = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-  return routed != BPF_FIB_LKUP_RET_SUCCESS && routed != BPF_FIB_LKUP_RET_NO_NEIGH;
-}
-
 /* A SYN with no fast option: dropped here when it carries no marker and its port admits no peer
  * without identity; otherwise charged to its source's bucket (dropped when empty) and passed on
  * to the rules and queue, marked so they do not charge it again. While the agent is away (it
@@ -559,7 +562,7 @@ static __always_inline int judge_plain_syn(struct __sk_buff *skb, const struct f
   if (bpf_map_lookup_elem(&fast_excluded, &source)) return TC_ACT_OK;
   __u32 port = bpf_ntohs(p->tcp.dest);
   __u8 *closed = bpf_map_lookup_elem(&fast_cloak, &port);
-  if (closed && *closed && (cfg->agent_away || !has_marker(skb, p)) && addressed_here(skb, p)) return drop(FAST_SYN_NO_IDENTITY, p, 0);
+  if (closed && *closed && (cfg->agent_away || !has_marker(skb, p)) && addressed_here(skb, cfg, p)) return drop(FAST_SYN_NO_IDENTITY, p, 0);
   if (cfg->source_rate == 0) return TC_ACT_OK;
   if (!within_source_rate(cfg, p)) return drop(FAST_SYN_SOURCE_LIMITED, p, 0);
   skb->mark |= cfg->budget_mark;

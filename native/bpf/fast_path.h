@@ -36,6 +36,7 @@ struct fast_config {
   __u32 alive_until;        /* wall-clock second after which the programs judge nothing: the agent moves it on while it runs */
   __u32 agent_away;         /* set by an agent that stops and keeps the programs (failing closed): no one checks a first-contact marker */
   __u64 netns_cookie;       /* the agent's network namespace: only its sockets connect fast as their uid's workload; a pod's, in a namespace of its own, speaks as the pod, through the queue */
+  __u32 routed_workloads;   /* what this host routes is its own to judge (a node's pods); otherwise only SYNs delivered here are */
 };
 
 /* One kernel verdict for the agent's flow log (ring buffer `fast_events`). A drop is reported

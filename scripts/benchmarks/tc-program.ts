@@ -68,7 +68,7 @@ function load(object: string, name: string, configured: boolean): { program: str
   pinned.push(program, maps);
   bpftool(['prog', 'loadall', object, program, ...(configured ? ['pinmaps', maps] : [])]);
   if (configured) {
-    const config = configValue({ realtimeOffsetNs: 0n, windowSeconds: 30, acceptMark: 0x100, clientMark: 0x200, acceptSample: 0, sourceRate: 0, sourceBurst: 0, budgetMark: 0x400, untrackedMark: 0x800, workloadCgroups: 0, vouchedUntil: Date.now() / 1000 + 3600, agentAway: false, netnsCookie: 0n });
+    const config = configValue({ realtimeOffsetNs: 0n, windowSeconds: 30, acceptMark: 0x100, clientMark: 0x200, acceptSample: 0, sourceRate: 0, sourceBurst: 0, budgetMark: 0x400, untrackedMark: 0x800, workloadCgroups: 0, vouchedUntil: Date.now() / 1000 + 3600, agentAway: false, netnsCookie: 0n, routedWorkloads: false });
     bpftool(['map', 'update', 'pinned', join(maps, 'fast_config'), 'key', ...hex(new Uint8Array(4)), 'value', ...hex(config)]);
   }
   return { program: join(program, 'synpass_ingress'), maps };

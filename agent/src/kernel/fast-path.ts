@@ -63,6 +63,8 @@ export interface KernelFastPathOptions {
   budgetMark: number;
   /** The cgroup v2 directories that name local workloads (`workloads[].cgroups`), by workload number. */
   workloadCgroups: readonly WorkloadCgroup[];
+  /** What this host routes is its own to judge (a Kubernetes node's pods): see RuleOptions.routedWorkloads. */
+  routedWorkloads?: boolean;
   now?: () => number;
 }
 
@@ -295,6 +297,7 @@ export class KernelFastPath implements KernelPath {
       vouchedUntil: this.vouchedUntil,
       agentAway: this.agentAway,
       netnsCookie: this.netnsCookie,
+      routedWorkloads: this.options.routedWorkloads === true,
     });
     this.native.mapUpdate(this.map('fast_config'), Buffer.alloc(4), value, BPF_ANY);
   }

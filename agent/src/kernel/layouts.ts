@@ -216,11 +216,13 @@ export interface FastConfig {
   agentAway: boolean;
   /** The agent's network namespace: only its sockets connect fast. */
   netnsCookie: bigint;
+  /** What this host routes is its own to judge (a node's pods); otherwise only SYNs delivered here are. */
+  routedWorkloads: boolean;
 }
 
-/** struct fast_config (64 bytes). */
+/** struct fast_config (72 bytes: 68, padded to the alignment of its u64). */
 export function configValue(config: FastConfig): Buffer {
-  const value = Buffer.alloc(64);
+  const value = Buffer.alloc(72);
   if (LITTLE) value.writeBigInt64LE(config.realtimeOffsetNs, 0);
   else value.writeBigInt64BE(config.realtimeOffsetNs, 0);
   u32(value, 8, config.windowSeconds);
@@ -237,6 +239,7 @@ export function configValue(config: FastConfig): Buffer {
   u32(value, 52, config.agentAway ? 1 : 0);
   if (LITTLE) value.writeBigUInt64LE(config.netnsCookie, 56);
   else value.writeBigUInt64BE(config.netnsCookie, 56);
+  u32(value, 64, config.routedWorkloads ? 1 : 0);
   return value;
 }
 

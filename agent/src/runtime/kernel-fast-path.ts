@@ -94,7 +94,7 @@ function attachPrepared(path: KernelFastPath, prepare: (path: KernelFastPath) =>
  * after all, the caller undoes what it did.
  */
 export function chooseKernelFastPath(
-  config: Pick<AgentConfig, 'mode' | 'datapath' | 'replayWindowSeconds' | 'excluded' | 'workloads'>,
+  config: Pick<AgentConfig, 'mode' | 'datapath' | 'replayWindowSeconds' | 'excluded' | 'workloads' | 'kubernetes'>,
   marks: ConnectionMarks,
   acceptSample = 0,
   prepare: (path: KernelFastPath) => void = () => undefined,
@@ -121,6 +121,7 @@ export function chooseKernelFastPath(
         sourceBurst: sourceBurst(datapath.queueRatePerSource, datapath.queueMaxLength),
         budgetMark: marks.budgeted,
         workloadCgroups: workloadCgroups(config.workloads, cgroup!),
+        routedWorkloads: config.kubernetes !== null,
       });
       reason = attachPrepared(path, prepare, interfaces);
     } catch (error) {
