@@ -1,7 +1,10 @@
 // What the kernel fast path's tc program costs a segment that is not a SYN (most of a host's
-// traffic): the kernel runs the program on one crafted segment many times (BPF_PROG_TEST_RUN,
+// traffic), and a SYN it drops or lets by without a proof (a scan or a flood; one this host only
+// routes): the kernel runs the program on one crafted segment many times (BPF_PROG_TEST_RUN,
 // through bpftool) and reports the mean. The baseline, measured in the same run, is a tc program
-// that does nothing: the harness's own cost per run. Root; no namespace, nothing attached.
+// that does nothing: the harness's own cost per run. The runs are made in a namespace of their
+// own that routes (an interface there holds the server's address), so that a routing lookup the
+// program makes is a real one. Root; nothing attached.
 //   node --import tsx scripts/benchmarks/tc-program.ts [object.o ...]
 // Objects default to the built one; give another tree's to compare (e.g. a worktree of the base).
 import { execFileSync } from 'node:child_process';
@@ -9,7 +12,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fastPathObjectPath } from '../../agent/src/native/addon.ts';
-import { configValue, peerKey } from '../../agent/src/kernel/layouts.ts';
+import { configValue, FAST_SYN_OPTION, peerKey } from '../../agent/src/kernel/layouts.ts';
 import { ROOT } from '../lib/lab.ts';
 import { ethernetFrame, ipv4Segment } from '../lib/packets.ts';
 import { median } from './lab-load.ts';
@@ -40,6 +43,9 @@ function emptyProgram(): string {
 
 const CLIENT = { address: '10.213.99.1', port: 40_000 };
 const SERVER = { address: '10.213.99.2', port: 7000 };
+/** A host behind the namespace's router (a gateway on the server's network). */
+const ROUTED = '10.214.99.2';
+const NAMESPACE = `synpass-tc-bench-${process.pid}`;
 const TIMESTAMPS = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
 const SACK = [1, 1, 5, 10, 0, 0, 0x10, 0, 0, 0, 0x20, 0];
 const MARKER = [253, 4, 0xd3, 0x50];
@@ -50,12 +56,27 @@ function segment(options: number[]): Buffer {
   return ethernetFrame('02:00:00:00:00:02', '02:00:00:00:00:01', packet);
 }
 
-const CASES: { label: string; frame: Buffer; fast: boolean }[] = [
+/** A SYN from the client to `target` on the server's port, in its Ethernet frame, with `options`. */
+function syn(target: string, options: number[]): Buffer {
+  const packet = ipv4Segment({ source: CLIENT.address, target, sourcePort: CLIENT.port, port: SERVER.port, sequence: 1000, options: Uint8Array.from(options) });
+  return ethernetFrame('02:00:00:00:00:02', '02:00:00:00:00:01', packet);
+}
+
+/** A fast option (kind, ExID, id, time, MAC) for a pair no table holds. */
+const UNKNOWN_FAST = [FAST_SYN_OPTION.kind, FAST_SYN_OPTION.length, FAST_SYN_OPTION.exid >> 8, FAST_SYN_OPTION.exid & 0xff, 0, 0, 0x5e, 0xed, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+const MSS = [2, 4, 0x05, 0xb4];
+
+/** `cloaked`: the server's port is closed to SYNs without identity (fast_cloak). */
+const CASES: { label: string; frame: Buffer; fast: boolean; cloaked?: boolean }[] = [
   { label: 'segment of a fast connection, timestamps', frame: segment(TIMESTAMPS), fast: true },
   { label: 'segment of another connection, timestamps', frame: segment(TIMESTAMPS), fast: false },
   { label: 'segment of a fast connection, no options', frame: segment([]), fast: true },
   { label: 'segment of a fast connection, timestamps and SACK', frame: segment([...TIMESTAMPS, ...SACK]), fast: true },
   { label: 'segment of a fast connection, timestamps and a marker', frame: segment([...TIMESTAMPS, ...MARKER]), fast: true },
+  { label: 'token-less SYN to a cloaked port here (a scan, a flood): dropped', frame: syn(SERVER.address, MSS), fast: false, cloaked: true },
+  { label: 'token-less SYN to that port on a host routed to: let by', frame: syn(ROUTED, MSS), fast: false, cloaked: true },
+  { label: 'fast SYN of a pair not known here: dropped', frame: syn(SERVER.address, [...MSS, ...UNKNOWN_FAST]), fast: false },
+  { label: 'fast SYN of a pair not known here, to a host routed to: let by', frame: syn(ROUTED, [...MSS, ...UNKNOWN_FAST]), fast: false },
 ];
 
 /** Pins to remove at the end, each named before anything is pinned there. */
@@ -69,16 +90,45 @@ function load(object: string, name: string, configured: boolean): { program: str
   bpftool(['prog', 'loadall', object, program, ...(configured ? ['pinmaps', maps] : [])]);
   if (configured) {
     const config = configValue({ realtimeOffsetNs: 0n, windowSeconds: 30, acceptMark: 0x100, clientMark: 0x200, acceptSample: 0, sourceRate: 0, sourceBurst: 0, budgetMark: 0x400, untrackedMark: 0x800, workloadCgroups: 0, vouchedUntil: Date.now() / 1000 + 3600, agentAway: false, netnsCookie: 0n, routedWorkloads: false });
-    bpftool(['map', 'update', 'pinned', join(maps, 'fast_config'), 'key', ...hex(new Uint8Array(4)), 'value', ...hex(config)]);
+    // Fields are only appended to struct fast_config: an older object takes the part it knows.
+    const size = (JSON.parse(bpftool(['map', 'show', 'pinned', join(maps, 'fast_config'), '-j'])) as { bytes_value: number }).bytes_value;
+    bpftool(['map', 'update', 'pinned', join(maps, 'fast_config'), 'key', ...hex(new Uint8Array(4)), 'value', ...hex(config.subarray(0, size))]);
   }
   return { program: join(program, 'synpass_ingress'), maps };
 }
 
-/** The kernel's mean nanoseconds per run of `program` on `frame`. */
-function nanoseconds(program: string, frame: Buffer): number {
+/**
+ * The routing namespace: the server's address on one end of a veth pair, forwarding on, a route to
+ * ROUTED. Returns the interface's index, which the runs give as the segment's ingress.
+ */
+function routingNamespace(): number {
+  const ip = (args: string[]) => execFileSync('ip', ['-n', NAMESPACE, ...args], { stdio: 'pipe' });
+  execFileSync('ip', ['netns', 'add', NAMESPACE]);
+  ip(['link', 'add', 'd0', 'type', 'veth', 'peer', 'name', 'd1']);
+  ip(['addr', 'add', `${SERVER.address}/24`, 'dev', 'd0']);
+  ip(['link', 'set', 'd0', 'up']);
+  ip(['link', 'set', 'd1', 'up']);
+  ip(['route', 'add', `${ROUTED}/32`, 'via', '10.213.99.3']);
+  execFileSync('ip', ['netns', 'exec', NAMESPACE, 'sysctl', '-qw', 'net.ipv4.conf.all.forwarding=1']);
+  return (JSON.parse(execFileSync('ip', ['-n', NAMESPACE, '-j', 'link', 'show', 'd0'], { encoding: 'utf8' })) as { ifindex: number }[])[0]!.ifindex;
+}
+
+/** struct __sk_buff for the runs: the segment came in on `ifindex` (ingress_ifindex at 36, ifindex at 40). */
+function contextIn(ifindex: number): string {
+  const context = Buffer.alloc(192);
+  context.writeUInt32LE(ifindex, 36);
+  context.writeUInt32LE(ifindex, 40);
+  const file = join(scratch, 'context');
+  writeFileSync(file, context);
+  return file;
+}
+
+/** The kernel's mean nanoseconds per run of `program` on `frame`, in the routing namespace. */
+function nanoseconds(program: string, frame: Buffer, context: string): number {
   const file = join(scratch, 'frame');
   writeFileSync(file, frame);
-  const output = bpftool(['prog', 'run', 'pinned', program, 'data_in', file, 'repeat', String(REPEAT)]);
+  // nsenter, not `ip netns exec`, which remounts /sys and hides bpffs.
+  const output = execFileSync('nsenter', [`--net=/var/run/netns/${NAMESPACE}`, 'bpftool', 'prog', 'run', 'pinned', program, 'data_in', file, 'ctx_in', context, 'repeat', String(REPEAT)], { encoding: 'utf8' });
   const mean = /duration \(average\): (\d+)ns/.exec(output)?.[1];
   if (mean === undefined) throw new Error(`bpftool prog run gave no duration: ${output}`);
   return Number(mean);
@@ -86,19 +136,29 @@ function nanoseconds(program: string, frame: Buffer): number {
 
 const flow = peerKey(SERVER.address, SERVER.port, CLIENT.address, CLIENT.port);
 try {
+  const context = contextIn(routingNamespace());
   const empty = load(emptyProgram(), 'empty', false);
   const loaded = objects.map((object, index) => load(object, `object${index}`, true));
   process.stdout.write(`${REPEAT} runs a measurement, median of ${RUNS}; the programs and the baseline (a tc program that does nothing) take turns, so the VM's drift falls on all alike\n`);
-  for (const { label, frame, fast } of CASES) {
+  const port = Buffer.alloc(4);
+  port.writeUInt32LE(SERVER.port);
+  for (const { label, frame, fast, cloaked } of CASES) {
     for (const { maps } of loaded) {
       if (fast) bpftool(['map', 'update', 'pinned', join(maps, 'fast_flows'), 'key', ...hex(flow), 'value', ...hex(Uint8Array.of(1))]);
-      else bpftool(['map', 'delete', 'pinned', join(maps, 'fast_flows'), 'key', ...hex(flow)]);
+      else {
+        try {
+          bpftool(['map', 'delete', 'pinned', join(maps, 'fast_flows'), 'key', ...hex(flow)]);
+        } catch {
+          // Not there: the previous case was not a fast connection's either.
+        }
+      }
+      bpftool(['map', 'update', 'pinned', join(maps, 'fast_cloak'), 'key', ...hex(port), 'value', ...hex(Uint8Array.of(cloaked === true ? 1 : 0))]);
     }
     const baseline: number[] = [];
     const totals: number[][] = loaded.map(() => []);
     for (let run = 0; run < RUNS; run++) {
-      baseline.push(nanoseconds(empty.program, frame));
-      loaded.forEach(({ program }, index) => totals[index]!.push(nanoseconds(program, frame)));
+      baseline.push(nanoseconds(empty.program, frame, context));
+      loaded.forEach(({ program }, index) => totals[index]!.push(nanoseconds(program, frame, context)));
     }
     const base = median(baseline);
     process.stdout.write(`${label} (baseline ${base} ns a run)\n`);
@@ -108,6 +168,7 @@ try {
     });
   }
 } finally {
+  execFileSync('ip', ['netns', 'del', NAMESPACE], { stdio: 'ignore' });
   for (const path of pinned) rmSync(path, { recursive: true, force: true });
   rmSync(scratch, { recursive: true, force: true });
 }
