@@ -31,6 +31,8 @@ describe('a host that routes for a container', { skip: !isRoot() && 'needs root 
   let containerServer: ChildProcess | null = null;
   const subnet = '10.219.21';
   const containerAddress = `${subnet}.2`;
+  const subnet6 = 'fd53:5351:0:21';
+  const containerAddress6 = `${subnet6}::2`;
 
   /** Runs scripts/lib/peer.ts in the container; its JSON line, or the failure's text. */
   const fromContainer = async (args: string[], timeoutMs = 8_000): Promise<Record<string, unknown>> => {
@@ -41,7 +43,7 @@ describe('a host that routes for a container', { skip: !isRoot() && 'needs root 
       return { failed: (error as Error).message.split('\n')[0] };
     }
   };
-  const verdictsAbout = (lines: Record<string, unknown>[], address: string) => lines.filter((line) => line.event === 'handshake' && [line.source, line.destination].some((end) => String(end).startsWith(`${address}:`)));
+  const verdictsAbout = (lines: Record<string, unknown>[], address: string) => lines.filter((line) => line.event === 'handshake' && [line.source, line.destination].some((end) => String(end).includes(address)));
 
   before(async () => {
     fixture = await startIdentityLab({ prefix: 'rt', net: 21, server: { port: CLOSED_ON_WEB, kind: 'http' } });
@@ -57,9 +59,15 @@ describe('a host that routes for a container', { skip: !isRoot() && 'needs root 
     ip(['-n', container, 'link', 'set', 'eth0', 'up']);
     ip(['-n', container, 'link', 'set', 'lo', 'up']);
     ip(['-n', container, 'route', 'add', 'default', 'via', `${subnet}.1`]);
-    execFileSync('ip', ['netns', 'exec', web, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+    ip(['-n', web, '-6', 'addr', 'add', `${subnet6}::1/64`, 'dev', 'ctv', 'nodad']);
+    ip(['-n', container, '-6', 'addr', 'add', `${containerAddress6}/64`, 'dev', 'eth0', 'nodad']);
+    ip(['-n', container, '-6', 'route', 'add', 'default', 'via', `${subnet6}::1`]);
+    execFileSync('ip', ['netns', 'exec', web, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
     // No NAT: the other hosts see the container's own address, and route it back through web.
-    for (const host of ['api', 'outsider'] as const) ip(['-n', lab.namespace(host), 'route', 'add', `${subnet}.0/30`, 'via', lab.address('web')]);
+    for (const host of ['api', 'outsider'] as const) {
+      ip(['-n', lab.namespace(host), 'route', 'add', `${subnet}.0/30`, 'via', lab.address('web')]);
+      ip(['-n', lab.namespace(host), '-6', 'route', 'add', `${subnet6}::/64`, 'via', lab.address('web', 6)]);
+    }
     scratch = scratchDirectory('routed-e2e');
     containerServer = spawn('ip', ['netns', 'exec', container, process.execPath, '--import', 'tsx', PEER, 'server', String(CLOSED_ON_WEB), 'echo', '120'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] });
     await new Promise<void>((resolve, reject) => {
@@ -83,10 +91,12 @@ describe('a host that routes for a container', { skip: !isRoot() && 'needs root 
     assert.deepEqual(verdictsAbout(fixture.web.process.lines, containerAddress), [], 'web judged a handshake it only routes');
   });
 
-  it('a connection to the container passes web though web\'s own policy closes that port, in its queue and in its kernel', async () => {
-    const reply = await lab.peerOnce('outsider', ['echo', containerAddress, String(CLOSED_ON_WEB), 'inbound']);
-    assert.deepEqual(reply, { echoed: 'inbound' });
-    assert.deepEqual(verdictsAbout(fixture.web.process.lines, containerAddress), [], 'web judged a handshake it only routes');
+  it('a connection to the container passes web though web\'s own policy closes that port, in its queue and in its kernel (IPv4 and IPv6)', async () => {
+    for (const address of [containerAddress, containerAddress6]) {
+      const reply = await lab.peerOnce('outsider', ['echo', address, String(CLOSED_ON_WEB), 'inbound']);
+      assert.deepEqual(reply, { echoed: 'inbound' }, address);
+      assert.deepEqual(verdictsAbout(fixture.web.process.lines, address), [], `web judged a handshake it only routes (${address})`);
+    }
     // web's own port stays cloaked to the same client: no answer at all (not even a reset).
     await assert.rejects(lab.peerOnce('outsider', ['echo', lab.address('web'), String(CLOSED_ON_WEB), 'cloaked'], 3_000), /timed out/);
   });
