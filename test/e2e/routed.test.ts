@@ -11,7 +11,7 @@ import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { FAST_SYN_OPTION } from '../../agent/src/kernel/layouts.ts';
 import { inject, writePackets } from '../../scripts/lib/attack-lab.ts';
-import { startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
+import { DOMAIN, startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
 import { countersMoved, kernelFastPathOf } from '../../scripts/lib/kernel-counters.ts';
 import { ipv4Segment } from '../../scripts/lib/packets.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
@@ -20,6 +20,8 @@ import { isRoot, ROOT, sleep, type Lab } from '../../scripts/lib/lab.ts';
 /** web's policy (policy/examples/three-tier) admits only 443 from anyone: 8080 is closed on web. */
 const CLOSED_ON_WEB = 8080;
 const ECHO = 9000;
+/** A port api's policy opens to web, which api publishes by DNAT for a container behind it. */
+const PUBLISHED = 7000;
 const PEER = join(ROOT, 'scripts/lib/peer.ts');
 const run = promisify(execFile);
 
@@ -28,7 +30,11 @@ describe('a host that routes for a container', { skip: !isRoot() && 'needs root 
   let lab: Lab;
   let container: string;
   let scratch: string;
-  let containerServer: ChildProcess | null = null;
+  let containerServers: ChildProcess[] = [];
+  /** The container behind api, which api publishes on PUBLISHED. */
+  let published: string;
+  const publishedSubnet = '10.219.121';
+  const publishedAddress = `${publishedSubnet}.2`;
   const subnet = '10.219.21';
   const containerAddress = `${subnet}.2`;
   const subnet6 = 'fd53:5351:0:21';
@@ -49,6 +55,7 @@ describe('a host that routes for a container', { skip: !isRoot() && 'needs root 
     fixture = await startIdentityLab({ prefix: 'rt', net: 21, server: { port: CLOSED_ON_WEB, kind: 'http' } });
     ({ lab } = fixture);
     container = `${lab.namespace('web')}-ct`;
+    published = `${lab.namespace('api')}-ct`;
     const web = lab.namespace('web');
     const ip = (args: string[]) => execFileSync('ip', args, { stdio: 'pipe' });
     ip(['netns', 'add', container]);
@@ -68,18 +75,34 @@ describe('a host that routes for a container', { skip: !isRoot() && 'needs root 
       ip(['-n', lab.namespace(host), 'route', 'add', `${subnet}.0/30`, 'via', lab.address('web')]);
       ip(['-n', lab.namespace(host), '-6', 'route', 'add', `${subnet6}::/64`, 'via', lab.address('web', 6)]);
     }
+    // A second container, behind api, which publishes port PUBLISHED for it by DNAT.
+    const apiHost = lab.namespace('api');
+    ip(['netns', 'add', published]);
+    ip(['-n', apiHost, 'link', 'add', 'ctv', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', published]);
+    ip(['-n', apiHost, 'addr', 'add', `${publishedSubnet}.1/30`, 'dev', 'ctv']);
+    ip(['-n', apiHost, 'link', 'set', 'ctv', 'up']);
+    ip(['-n', published, 'addr', 'add', `${publishedAddress}/30`, 'dev', 'eth0']);
+    ip(['-n', published, 'link', 'set', 'eth0', 'up']);
+    ip(['-n', published, 'route', 'add', 'default', 'via', `${publishedSubnet}.1`]);
+    execFileSync('ip', ['netns', 'exec', apiHost, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+    execFileSync('ip', ['netns', 'exec', apiHost, 'iptables', '-t', 'nat', '-A', 'PREROUTING', '-d', lab.address('api'), '-p', 'tcp', '--dport', String(PUBLISHED), '-j', 'DNAT', '--to-destination', `${publishedAddress}:${PUBLISHED}`]);
     scratch = scratchDirectory('routed-e2e');
-    containerServer = spawn('ip', ['netns', 'exec', container, process.execPath, '--import', 'tsx', PEER, 'server', String(CLOSED_ON_WEB), 'echo', '120'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] });
-    await new Promise<void>((resolve, reject) => {
-      containerServer!.stdout!.once('data', () => { resolve(); });
-      containerServer!.once('exit', () => { reject(new Error('the container\'s server did not start')); });
-    });
+    containerServers = [
+      spawn('ip', ['netns', 'exec', container, process.execPath, '--import', 'tsx', PEER, 'server', String(CLOSED_ON_WEB), 'echo', '120'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] }),
+      spawn('ip', ['netns', 'exec', published, process.execPath, '--import', 'tsx', PEER, 'server', String(PUBLISHED), 'echo', '120'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] }),
+    ];
+    for (const server of containerServers) {
+      await new Promise<void>((resolve, reject) => {
+        server.stdout!.once('data', () => { resolve(); });
+        server.once('exit', () => { reject(new Error('a container\'s server did not start')); });
+      });
+    }
   });
 
   after(async () => {
-    containerServer?.kill('SIGKILL');
+    for (const server of containerServers) server.kill('SIGKILL');
     rmSync(scratch, { recursive: true, force: true });
-    execFileSync('bash', ['-c', `for pid in $(ip netns pids ${container} 2>/dev/null); do kill -9 $pid; done; ip netns del ${container} 2>/dev/null || true`]);
+    for (const namespace of [container, published]) execFileSync('bash', ['-c', `for pid in $(ip netns pids ${namespace} 2>/dev/null); do kill -9 $pid; done; ip netns del ${namespace} 2>/dev/null || true`]);
     await fixture.down();
   });
 
@@ -135,5 +158,14 @@ describe('a host that routes for a container', { skip: !isRoot() && 'needs root 
     assert.deepEqual(verdictsAbout(fixture.web.process.lines, containerAddress), []);
     // web itself still reaches api as web.
     assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(CLOSED_ON_WEB)])).status, 200);
+  });
+  it('a port api publishes by DNAT for a container speaks as api: web gets api\'s identity and api\'s policy judges web', async () => {
+    const [webMark, apiMark] = [fixture.web.process.lines.length, fixture.api.process.lines.length];
+    assert.deepEqual(await lab.peerOnce('web', ['echo', lab.address('api'), String(PUBLISHED), 'published']), { echoed: 'published' });
+    await sleep(300);
+    const answer = fixture.web.process.lines.slice(webMark).find((line) => line.event === 'handshake' && line.stage === 'syn-ack' && String(line.source).endsWith(`:${PUBLISHED}`));
+    assert.equal((answer?.peer as { subject?: string } | undefined)?.subject, `spiffe://${DOMAIN}/api`, JSON.stringify(answer));
+    const judged = fixture.api.process.lines.slice(apiMark).find((line) => line.event === 'handshake' && line.stage === 'syn' && String(line.destination).endsWith(`:${PUBLISHED}`));
+    assert.deepEqual([judged?.verdict, (judged?.peer as { subject?: string } | undefined)?.subject, judged?.rule], ['accept', `spiffe://${DOMAIN}/web`, 'api/from-web']);
   });
 });

@@ -169,9 +169,12 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     ...(limited ? sourceLimit(family, options, queue) : []),
     `-A ${CHAINS.egressQueue} -o lo -j RETURN`,
     ...excluded.map((cidr) => `-A ${CHAINS.egressQueue} -d ${cidr} -j RETURN`),
-    ...(options.routedWorkloads ? [] : [`-A ${CHAINS.egressQueue} -m addrtype ! --src-type LOCAL -j RETURN`]),
     `-A ${CHAINS.egressQueue} -m connmark --mark ${release} -j RETURN`,
+    // A connection the agent follows may be answered from an address this host routes to (a port
+    // it publishes by DNAT for a container): that answer is queued. A SYN from such an address
+    // is the routed workload's own: it passes.
     `-A ${CHAINS.egressQueue} -p tcp -m connmark --mark ${track} -m tcp --tcp-flags ACK ACK ${queue}`,
+    ...(options.routedWorkloads ? [] : [`-A ${CHAINS.egressQueue} -m addrtype ! --src-type LOCAL -j RETURN`]),
     ...targets.map(
       (cidr) => `-A ${CHAINS.egressQueue} -d ${cidr} -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${queue}`,
     ),

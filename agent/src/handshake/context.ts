@@ -105,9 +105,9 @@ export class HandshakeContext {
     return this.translatedFlows.set(clientIsnKey(client, clientPort, clientIsn), { key, port, expiresAt: this.now() + this.options.handshakeTimeoutMs });
   }
 
-  /** A released handshake's SYN-ACK never comes back: its filing goes before it expires. Only a node with pods files any. */
+  /** A released handshake's SYN-ACK never comes back: its filing goes before it expires. */
   forgetTranslated(client: string, clientPort: number, clientIsn: number): void {
-    if (this.options.localPods !== undefined) this.translatedFlows.delete(clientIsnKey(client, clientPort, clientIsn));
+    this.translatedFlows.delete(clientIsnKey(client, clientPort, clientIsn));
   }
 
   /** This end's workload at a local address and port: the pod's there, else this host's for the port. */

@@ -99,10 +99,11 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     expiresAt: nowMs + ctx.options.handshakeTimeoutMs,
   });
   if (!stored) return refuse('flow-table-full');
-  // On a node, a SYN to an address other than a pod's may be DNATed to one (a service address, a
-  // node port): its SYN-ACK then comes from the pod, whose policy must judge it, so the flow is
-  // filed where that SYN-ACK finds it. Without room there it is refused, as without a flow.
-  if (pods !== undefined && destinationPod === undefined && !ctx.fileTranslated(client, packet.sourcePort, packet.sequence, key, port)) {
+  // A SYN to this host's address may be DNATed on (a port it publishes for a container it routes
+  // to; on a node, a service address or node port to a pod): its SYN-ACK then comes from that
+  // address, so the flow is filed where that SYN-ACK finds it (a pod's policy judges it there).
+  // Without room there it is refused, as without a flow.
+  if (destinationPod === undefined && !ctx.fileTranslated(client, packet.sourcePort, packet.sequence, key, port)) {
     ctx.flows.delete(key);
     return refuse('flow-table-full');
   }

@@ -76,12 +76,16 @@ describe('buildRuleset', () => {
   });
 
   it('leaves what the host routes alone: only handshakes to and from its own addresses are queued, unless it routes for its own pods', () => {
-    assert.ok(lines.includes('-A SYNPASS-IN-Q -m addrtype ! --dst-type LOCAL -j RETURN'));
-    assert.ok(lines.includes('-A SYNPASS-OUT-Q -m addrtype ! --src-type LOCAL -j RETURN'));
-    // Before anything is queued in either chain.
-    const firstQueued = (chain: string) => lines.findIndex((l) => l.startsWith(`-A ${chain} `) && l.includes('NFQUEUE'));
-    assert.ok(lines.indexOf('-A SYNPASS-IN-Q -m addrtype ! --dst-type LOCAL -j RETURN') < firstQueued('SYNPASS-IN-Q'));
-    assert.ok(lines.indexOf('-A SYNPASS-OUT-Q -m addrtype ! --src-type LOCAL -j RETURN') < firstQueued('SYNPASS-OUT-Q'));
+    const inbound = lines.indexOf('-A SYNPASS-IN-Q -m addrtype ! --dst-type LOCAL -j RETURN');
+    const outbound = lines.indexOf('-A SYNPASS-OUT-Q -m addrtype ! --src-type LOCAL -j RETURN');
+    assert.ok(inbound > 0 && outbound > 0);
+    // Incoming: before anything is queued. Outgoing: before any SYN is, after the answers of the
+    // connections the agent follows (a port the host DNATs to a container answers from there).
+    const queued = (chain: string) => lines.flatMap((l, index) => (l.startsWith(`-A ${chain} `) && l.includes('NFQUEUE') ? [index] : []));
+    assert.ok(queued('SYNPASS-IN-Q').every((index) => index > inbound));
+    const tracked = lines.indexOf('-A SYNPASS-OUT-Q -p tcp -m connmark --mark 0x200000/0x200000 -m tcp --tcp-flags ACK ACK -j NFQUEUE --queue-num 3170');
+    assert.ok(tracked >= 0 && tracked < outbound);
+    assert.ok(queued('SYNPASS-OUT-Q').filter((index) => lines[index]!.includes('--tcp-flags SYN,ACK,FIN,RST SYN')).every((index) => index > outbound));
     const node = buildRuleset(4, { ...options, routedWorkloads: true });
     assert.ok(!node.includes('addrtype'), 'a node judges its pods\' handshakes, which it routes');
   });
