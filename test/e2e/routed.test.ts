@@ -56,41 +56,34 @@ describe('a host that routes for a container', { skip: !isRoot() && 'needs root 
     ({ lab } = fixture);
     container = `${lab.namespace('web')}-ct`;
     published = `${lab.namespace('api')}-ct`;
-    const web = lab.namespace('web');
     const ip = (args: string[]) => execFileSync('ip', args, { stdio: 'pipe' });
-    ip(['netns', 'add', container]);
-    ip(['-n', web, 'link', 'add', 'ctv', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', container]);
-    ip(['-n', web, 'addr', 'add', `${subnet}.1/30`, 'dev', 'ctv']);
-    ip(['-n', web, 'link', 'set', 'ctv', 'up']);
-    ip(['-n', container, 'addr', 'add', `${containerAddress}/30`, 'dev', 'eth0']);
-    ip(['-n', container, 'link', 'set', 'eth0', 'up']);
-    ip(['-n', container, 'link', 'set', 'lo', 'up']);
-    ip(['-n', container, 'route', 'add', 'default', 'via', `${subnet}.1`]);
-    ip(['-n', web, '-6', 'addr', 'add', `${subnet6}::1/64`, 'dev', 'ctv', 'nodad']);
+    /** A network namespace behind `host` (a veth `ctv` there, its end `eth0`), forwarding on, with a server on `port`. */
+    const containerBehind = (host: 'web' | 'api', namespace: string, network: string, port: number): ChildProcess => {
+      const router = lab.namespace(host);
+      ip(['netns', 'add', namespace]);
+      ip(['-n', router, 'link', 'add', 'ctv', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', namespace]);
+      ip(['-n', router, 'addr', 'add', `${network}.1/30`, 'dev', 'ctv']);
+      ip(['-n', router, 'link', 'set', 'ctv', 'up']);
+      ip(['-n', namespace, 'addr', 'add', `${network}.2/30`, 'dev', 'eth0']);
+      ip(['-n', namespace, 'link', 'set', 'eth0', 'up']);
+      ip(['-n', namespace, 'link', 'set', 'lo', 'up']);
+      ip(['-n', namespace, 'route', 'add', 'default', 'via', `${network}.1`]);
+      execFileSync('ip', ['netns', 'exec', router, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
+      return spawn('ip', ['netns', 'exec', namespace, process.execPath, '--import', 'tsx', PEER, 'server', String(port), 'echo', '120'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] });
+    };
+    containerServers = [containerBehind('web', container, subnet, CLOSED_ON_WEB), containerBehind('api', published, publishedSubnet, PUBLISHED)];
+    // The container behind web has an IPv6 address too.
+    ip(['-n', lab.namespace('web'), '-6', 'addr', 'add', `${subnet6}::1/64`, 'dev', 'ctv', 'nodad']);
     ip(['-n', container, '-6', 'addr', 'add', `${containerAddress6}/64`, 'dev', 'eth0', 'nodad']);
     ip(['-n', container, '-6', 'route', 'add', 'default', 'via', `${subnet6}::1`]);
-    execFileSync('ip', ['netns', 'exec', web, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
     // No NAT: the other hosts see the container's own address, and route it back through web.
     for (const host of ['api', 'outsider'] as const) {
       ip(['-n', lab.namespace(host), 'route', 'add', `${subnet}.0/30`, 'via', lab.address('web')]);
       ip(['-n', lab.namespace(host), '-6', 'route', 'add', `${subnet6}::/64`, 'via', lab.address('web', 6)]);
     }
-    // A second container, behind api, which publishes port PUBLISHED for it by DNAT.
-    const apiHost = lab.namespace('api');
-    ip(['netns', 'add', published]);
-    ip(['-n', apiHost, 'link', 'add', 'ctv', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', published]);
-    ip(['-n', apiHost, 'addr', 'add', `${publishedSubnet}.1/30`, 'dev', 'ctv']);
-    ip(['-n', apiHost, 'link', 'set', 'ctv', 'up']);
-    ip(['-n', published, 'addr', 'add', `${publishedAddress}/30`, 'dev', 'eth0']);
-    ip(['-n', published, 'link', 'set', 'eth0', 'up']);
-    ip(['-n', published, 'route', 'add', 'default', 'via', `${publishedSubnet}.1`]);
-    execFileSync('ip', ['netns', 'exec', apiHost, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
-    execFileSync('ip', ['netns', 'exec', apiHost, 'iptables', '-t', 'nat', '-A', 'PREROUTING', '-d', lab.address('api'), '-p', 'tcp', '--dport', String(PUBLISHED), '-j', 'DNAT', '--to-destination', `${publishedAddress}:${PUBLISHED}`]);
+    // api publishes its container's port by DNAT.
+    execFileSync('ip', ['netns', 'exec', lab.namespace('api'), 'iptables', '-t', 'nat', '-A', 'PREROUTING', '-d', lab.address('api'), '-p', 'tcp', '--dport', String(PUBLISHED), '-j', 'DNAT', '--to-destination', `${publishedAddress}:${PUBLISHED}`]);
     scratch = scratchDirectory('routed-e2e');
-    containerServers = [
-      spawn('ip', ['netns', 'exec', container, process.execPath, '--import', 'tsx', PEER, 'server', String(CLOSED_ON_WEB), 'echo', '120'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] }),
-      spawn('ip', ['netns', 'exec', published, process.execPath, '--import', 'tsx', PEER, 'server', String(PUBLISHED), 'echo', '120'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] }),
-    ];
     for (const server of containerServers) {
       await new Promise<void>((resolve, reject) => {
         server.stdout!.once('data', () => { resolve(); });
