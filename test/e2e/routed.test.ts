@@ -3,6 +3,8 @@
 // them by the host's policy (nor cloaks the container's ports in its kernel) nor gives them the
 // host's identity: they pass as if no agent ran, and the agents at the other end judge them as
 // from a host without one. Nor is another agent's fast SYN routed through the host its to know.
+// A port the host publishes for a container by DNAT, though, is the host's own: judged by its
+// policy and answered with its identity.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
