@@ -102,6 +102,8 @@ describe('a host that routes for a container', { skip: !isRoot() && 'needs root 
   });
 
   it('a connection from the container to a host without an agent passes web untouched: no verdict, no token', async () => {
+    // Which web says at start, as it leaves no verdict to say it by.
+    assert.equal(fixture.web.process.lines.find((line) => line.msg === 'rules installed')?.routed, 'passes (not this host\'s)');
     const echo = lab.peer('outsider', ['server', String(ECHO), 'echo', '60']);
     await echo.waitFor((line) => line.listening === ECHO);
     assert.deepEqual(await fromContainer(['echo', lab.address('outsider'), String(ECHO), 'routed']), { echoed: 'routed' });

@@ -57,7 +57,9 @@ export class RulesWatchdog {
   async install(): Promise<InstalledRules> {
     this.installed = await this.operations.install(this.options, this.preferred);
     this.present = true;
-    this.log.info({ backend: this.installed.backend, families: this.installed.families, targets: this.options.targetNetworks }, 'rules installed');
+    // What the host routes is judged only for a node's pods: said here, since it leaves no verdict.
+    const routed = this.options.routedWorkloads ? 'judged (the node\'s pods)' : 'passes (not this host\'s)';
+    this.log.info({ backend: this.installed.backend, families: this.installed.families, targets: this.options.targetNetworks, routed }, 'rules installed');
     return this.installed;
   }
 
