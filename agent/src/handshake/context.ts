@@ -49,9 +49,10 @@ export type ServerFlow = Flow & { completed?: boolean; held?: HeldPacket[] };
 
 /**
  * Where a server flow is filed, by what a DNAT between the client and the local listener leaves
- * alone (the client's address, port and ISN): on a Kubernetes node, the SYN-ACK to a SYN sent to
- * a service address or a node port comes back from the pod the DNAT chose, with its address and
- * port, before netfilter puts the service's back.
+ * alone (the client's address, port and ISN): the SYN-ACK to a SYN sent to a port this host
+ * publishes for a container it routes to (on a Kubernetes node, a service address or a node port)
+ * comes back from the container or pod the DNAT chose, with its address and port, before
+ * netfilter puts the host's back.
  */
 export interface TranslatedFlow {
   /** The server flow's key; null for a local pod's SYN to such an address (no flow: no token). */

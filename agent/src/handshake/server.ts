@@ -145,8 +145,9 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     return null;
   }
   if (translated !== null) {
-    // The SYN was judged for the address it was sent to (a service address, a node port); a pod
-    // of this node answered: the pod's own policy has the last word.
+    // The SYN was judged for the address it was sent to (a published port; on a node, a service
+    // address or node port). A container answered: the answer is the host's. A pod of this node
+    // answered: the pod's own policy has the last word.
     const pod = ctx.options.localPods?.identityOf(server);
     if (pod !== undefined && flow.peer !== null) {
       const auth = ctx.authorize(decision, 'ingress', { local: pod.attributes, peer: flow.peer, peerAddress: destinationAddress(packet), port: packet.sourcePort });
