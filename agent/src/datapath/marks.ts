@@ -1,7 +1,7 @@
 // Packet and connection mark bits the agent owns. A verdict sets `pass` (judged: do not queue
 // again) plus `track`/`release`; the SYNPASS-MARK chain copies track/release into the connmark
-// and clears them from the packet, leaving only `judged`, so other users of the mark see their
-// own bits untouched.
+// and clears them from the packet, leaving only `judged` (and the kernel fast path's
+// `untracked`), so other users of the mark see their own bits untouched.
 
 export interface ConnectionMarks {
   /** Packet bit: the agent has judged this packet. */

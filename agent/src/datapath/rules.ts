@@ -155,7 +155,10 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     `-A ${CHAINS.egress} -m mark --mark ${pass} -j ${CHAINS.mark}`,
     `-A ${CHAINS.mark} -m mark --mark ${track} -j CONNMARK --or-mark ${hex(marks.track)}`,
     `-A ${CHAINS.mark} -m mark --mark ${release} -j CONNMARK --or-mark ${hex(marks.release)}`,
-    `-A ${CHAINS.mark} -j MARK --and-mark ${hex(~marks.all)}`,
+    // `untracked` stays: a SYN the kernel fast path accepted for a pod of this node goes on
+    // through POSTROUTING, whose hook must not jump for it then (the target networks may cover
+    // the pods, and a SYN without conntrack has no connmark to be let by).
+    `-A ${CHAINS.mark} -j MARK --and-mark ${hex(~(marks.all & ~marks.untracked))}`,
     `-A ${CHAINS.mark} -j MARK --or-mark ${hex(marks.judged)}`,
     `-A ${CHAINS.ingressQueue} -i lo -j RETURN`,
     ...excluded.map((cidr) => `-A ${CHAINS.ingressQueue} -s ${cidr} -j RETURN`),

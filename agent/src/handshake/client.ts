@@ -23,8 +23,18 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   const clientPod = serverPod === undefined ? undefined : pods?.identityOf(client);
   if (serverPod !== undefined && clientPod !== undefined) {
     // A local pod's SYN, DNATed to another pod of this node on its way (a service address): both
-    // are known here, no token goes into the pod.
+    // are known here, no token goes into the pod. Judged here, its SYN-ACK will not be, so the
+    // filing its way in made (serverSyn) goes now.
+    ctx.forgetTranslated(client, packet.sourcePort, packet.sequence);
     return judgeBetweenPods(ctx, decision, { serverPod, clientPod, clientAddress: client, serverAddress: server, port: packet.destinationPort });
+  }
+  if (serverPod !== undefined) {
+    // On its way into a pod of this node, queued again because the target networks cover the
+    // pods. From another host, it was judged for the pod where it came in (serverSyn, or the
+    // kernel's fast path); the node's own processes reach its pods as when the pods are no
+    // target. Either way it goes on as it is: no token goes into a pod.
+    decision.reason = 'ok';
+    return null;
   }
   const key = flowKey(client, packet.sourcePort, server, packet.destinationPort);
   const existing = ctx.flows.get(key);

@@ -68,10 +68,10 @@ describe('buildRuleset', () => {
     assert.ok(lines.includes('-A SYNPASS-OUT-Q -o lo -j RETURN'));
   });
 
-  it('records verdict marks into the connmark, clears them from the packet and leaves it marked judged', () => {
+  it('records verdict marks into the connmark, clears them from the packet but untracked and leaves it marked judged', () => {
     assert.ok(lines.includes('-A SYNPASS-MARK -m mark --mark 0x200000/0x200000 -j CONNMARK --or-mark 0x200000'));
     assert.ok(lines.includes('-A SYNPASS-MARK -m mark --mark 0x400000/0x400000 -j CONNMARK --or-mark 0x400000'));
-    const cleared = lines.indexOf('-A SYNPASS-MARK -j MARK --and-mark 0xfc0fffff');
+    const cleared = lines.indexOf('-A SYNPASS-MARK -j MARK --and-mark 0xfe0fffff');
     assert.ok(cleared > 0 && lines[cleared + 1] === '-A SYNPASS-MARK -j MARK --or-mark 0x800000');
   });
 

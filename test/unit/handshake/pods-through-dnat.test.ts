@@ -99,4 +99,14 @@ describe('pods through a DNAT on the node', () => {
       assert.deepEqual([events.at(-1)?.stage, events.at(-1)?.reason], ['syn', admitted ? 'ok-local' : 'not-allowed']);
     }
   });
+
+  it('a SYN from another host or from the node, queued again on its way into a pod (the pods a target network): it goes on as it came, no token, no new flow', () => {
+    for (const [from, port] of [[[192, 0, 2, 7], 40021], [[10, 215, 0, 1], 40022]] as const) {
+      const sent = segment(IPV4_SYN, from, port, POD.b, 8080, 0x3000 + port);
+      const out = queue.deliver(sent, 'egress');
+      assert.deepEqual([out.dropped, out.tracked, out.released], [false, false, false], `from ${from.join('.')}`);
+      assert.deepEqual(Buffer.from(out.bytes), Buffer.from(sent), 'the SYN leaves as it came, without a token');
+      assert.deepEqual([events.at(-1)?.stage, events.at(-1)?.reason, events.at(-1)?.peer], ['syn', 'ok', undefined]);
+    }
+  });
 });
