@@ -7,7 +7,7 @@
 //   node --expose-gc --import tsx scripts/benchmarks/table-memory.ts
 import { randomBytes } from 'node:crypto';
 import { ExpiringTable, flowKey, type SeenNonce } from '../../agent/src/handshake/handshake-state.ts';
-import { clientIsnKey, type ServerFlow, type TranslatedFlow } from '../../agent/src/handshake/context.ts';
+import { isnKey, type ServerFlow, type TranslatedFlow } from '../../agent/src/handshake/context.ts';
 import { PeerRegistry } from '../../agent/src/whois/registry.ts';
 import type { VerifiedIdentity } from '../../agent/src/token/identity-token.ts';
 import { agentConfigSchema } from '../../agent/src/runtime/config-schema.ts';
@@ -40,7 +40,7 @@ for (let i = 0; i < defaults.maxNonces; i++) {
   nonces.set(randomBytes(16).toString('latin1'), { expiresAt: now + 31_000 });
   if (i < defaults.maxFlows) {
     flows.set(key, { role: 'server', clientNonce: Buffer.from(randomBytes(16)), serverNonce: null, clientIsn: i, serverIsn: 0, pairKey, peer, fast: true, syn: null, local: null, expiresAt: now + 30_000 });
-    translatedFlows.set(clientIsnKey(address(i), 1024 + (i % 60000), i), { key, port: 8080, expiresAt: now + 30_000 });
+    translatedFlows.set(isnKey(address(i), 1024 + (i % 60000), i), { key, port: 8080, expiresAt: now + 30_000 });
   }
   if (i < whois.limit) whois.record('10.0.0.2:8080', `${address(i)}:${String(1024 + (i % 60000))}`, peer);
 }

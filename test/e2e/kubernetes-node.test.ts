@@ -1,7 +1,9 @@
 // A Kubernetes-style node in the lab: a "node" namespace routes for three "pod" namespaces over
 // veth pairs (no bridge, as Calico does), one agent runs in the node namespace and learns the
 // pods from a stand-in API server. Pod A may reach pod B's service; pod C is cloaked from it.
-// A remote host with its own agent sees pod A's own identity on a connection through the node.
+// A remote host with its own agent sees pod A's own identity on a connection through the node,
+// which masquerades its pods' connections to the remote network as the usual pod egress does
+// (in the runs with a service address).
 // With SYNPASS_TEST_KERNEL_FAST_PATH=1 both agents run the kernel fast path, each in a cgroup of
 // its own with the pods' cgroups below the node's, as on a node: the remote host's known pair to
 // pod B is then judged in the node's kernel, for pod B's policy.
@@ -49,6 +51,8 @@ for (const podsAreTargets of [false, true]) {
     const kernel = kernelByDefault();
     const withService = !(kernel && podsAreTargets);
     const serviceOnly = { skip: !withService && 'no service address on this node' };
+    // The pods' connections to the remote network leave with the node's address.
+    const masqueraded = withService;
     // A cgroup for the node (each pod's below it) and one for the remote host; each agent attaches
     // its programs at its own and pins under its own directory.
     const cgroupBase = kernel ? `${cgroup2Mount(readFileSync('/proc/self/mountinfo', 'utf8')) ?? ''}/synpass-k8s-${prefix}` : '';
@@ -107,6 +111,7 @@ for (const podsAreTargets of [false, true]) {
       ip('-n', remote, 'route', 'add', 'default', 'via', '10.216.1.1');
       ip('-n', node, 'addr', 'add', '10.216.1.1/24', 'dev', 'uplink');
       ip('-n', node, 'link', 'set', 'uplink', 'up');
+      if (masqueraded) execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'POSTROUTING', '-s', '10.215.1.0/24', '-o', 'uplink', '-j', 'MASQUERADE']);
       // A service address, as kube-proxy makes one: port 80 of it is pod B's 8080.
       if (withService) execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'PREROUTING', '-d', SERVICE, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${address.b}:8080`]);
 
@@ -250,13 +255,17 @@ for (const podsAreTargets of [false, true]) {
       assert.ok((status.verdicts.find((v) => v.reason === 'not-allowed' && v.action === 'drop')?.count ?? 0) >= 1);
     });
 
-    it('pod A reaches a remote host as itself: its token leaves through the node; pod C is cloaked there', async () => {
+    it(`pod A reaches a remote host as itself${masqueraded ? ', masqueraded as the node' : ''}: its token leaves through the node, the remote host's SYN-ACK is verified there; pod C is cloaked there`, async () => {
       const response = await request('a', remoteAddress, '9090');
       const recent = (child: NetnsProcess) => JSON.stringify(child.lines.filter((l) => l.event === 'handshake').slice(-4));
       assert.equal(response?.status, 200, `node: ${recent(agent)}\nremote: ${recent(remoteAgent)}`);
       const seen = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn' && l.verdict === 'accept');
       assert.equal((seen.peer as { subject: string }).subject, 'spiffe://cluster.synpass/ns/shop/sa/a');
       assert.equal((seen.peer as { attributes: Record<string, string> }).attributes['k8s.label.app'], 'a');
+      assert.ok(String(seen.source).startsWith(`${masqueraded ? '10.216.1.1' : address.a}:`), `from ${String(seen.source)}`);
+      // The node meets the SYN-ACK before netfilter undoes the masquerade: addressed to the node.
+      const verified = await agent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn-ack' && l.direction === 'ingress' && String(l.source).startsWith(`${remoteAddress}:9090`));
+      assert.deepEqual([verified.verdict, verified.reason, (verified.peer as { subject: string } | null)?.subject], ['accept', 'ok', 'spiffe://cluster.synpass/remote']);
       assert.equal(await request('c', remoteAddress, '9090'), null);
       const refused = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.verdict === 'drop');
       assert.equal(refused.reason, 'not-allowed');

@@ -48,23 +48,27 @@ export interface PreviousKey {
 export type ServerFlow = Flow & { completed?: boolean; held?: HeldPacket[] };
 
 /**
- * Where a server flow is filed, by what a DNAT between the client and the local listener leaves
- * alone (the client's address, port and ISN): the SYN-ACK to a SYN sent to a port this host
- * publishes for a container it routes to (on a Kubernetes node, a service address or a node port)
- * comes back from the container or pod the DNAT chose, with its address and port, before
- * netfilter puts the host's back.
+ * Where a flow is filed by what a NAT leaves alone, for the SYN-ACK, which the agent sees before
+ * netfilter undoes the NAT on it.
+ * - A server flow, by the client's address, port and ISN, from a DNAT between the client and the
+ *   local listener: the SYN-ACK to a SYN sent to a port this host publishes for a container it
+ *   routes to (on a Kubernetes node, a service address or a node port) comes back from the
+ *   container or pod the DNAT chose, with its address and port.
+ * - A client flow, by the server's address and port and the client's ISN, from a source NAT
+ *   between the local socket and the server: the SYN-ACK to a pod's SYN that the node
+ *   masquerades comes back to the node's address and port.
  */
 export interface TranslatedFlow {
-  /** The server flow's key; null for a local pod's SYN to such an address (no flow: no token). */
+  /** The flow's key; null for a local pod's SYN to such an address (no flow: no token). */
   key: string | null;
   /** The port the client's SYN was sent to. */
   port: number;
   expiresAt: number;
 }
 
-/** The key of a server flow by the client's address, port and ISN (TranslatedFlow). */
-export function clientIsnKey(clientAddress: string, clientPort: number, clientIsn: number): string {
-  return `${clientAddress}|${clientPort}|${clientIsn >>> 0}`;
+/** The key of a flow by one end's address and port and the client's ISN (TranslatedFlow). */
+export function isnKey(address: string, port: number, clientIsn: number): string {
+  return `${address}|${port}|${clientIsn >>> 0}`;
 }
 
 /** Servers remembered (address -> key id and pair key); the oldest goes past this many. */
@@ -72,7 +76,7 @@ export const MAX_KNOWN_SERVERS = 4096;
 
 export class HandshakeContext {
   readonly flows: ExpiringTable<ServerFlow>;
-  /** Server flows by client address, port and ISN, for SYN-ACKs from behind a DNAT. */
+  /** Flows by what a NAT leaves alone (TranslatedFlow), for SYN-ACKs from behind a DNAT or to a source NAT's address. */
   readonly translatedFlows: ExpiringTable<TranslatedFlow>;
   readonly nonces: ExpiringTable<SeenNonce>;
   readonly knownServers = new Map<string, KnownServer>();
@@ -103,12 +107,22 @@ export class HandshakeContext {
 
   /** Files a SYN by its client's address, port and ISN (TranslatedFlow); false when the table is full. */
   fileTranslated(client: string, clientPort: number, clientIsn: number, key: string | null, port: number): boolean {
-    return this.translatedFlows.set(clientIsnKey(client, clientPort, clientIsn), { key, port, expiresAt: this.now() + this.options.handshakeTimeoutMs });
+    return this.translatedFlows.set(isnKey(client, clientPort, clientIsn), { key, port, expiresAt: this.now() + this.options.handshakeTimeoutMs });
   }
 
   /** A released handshake's SYN-ACK never comes back: its filing goes before it expires. */
   forgetTranslated(client: string, clientPort: number, clientIsn: number): void {
-    this.translatedFlows.delete(clientIsnKey(client, clientPort, clientIsn));
+    this.translatedFlows.delete(isnKey(client, clientPort, clientIsn));
+  }
+
+  /** Files a client flow by its server's address and port and its ISN (TranslatedFlow); false when the table is full. */
+  fileClient(server: string, serverPort: number, clientIsn: number, key: string): boolean {
+    return this.translatedFlows.set(isnKey(server, serverPort, clientIsn), { key, port: serverPort, expiresAt: this.now() + this.options.handshakeTimeoutMs });
+  }
+
+  /** A client flow that goes before it expires takes its filing along. */
+  forgetClient(server: string, serverPort: number, clientIsn: number): void {
+    this.translatedFlows.delete(isnKey(server, serverPort, clientIsn));
   }
 
   /** This end's workload at a local address and port: the pod's there, else this host's for the port. */
@@ -177,17 +191,27 @@ export interface SynAckFlow {
 
 /**
  * The flow a SYN-ACK belongs to: by its addresses and ports, or else the server flow of the SYN
- * it acknowledges, by the client's address, port and ISN (a DNAT changed the server's end).
+ * it acknowledges, by the client's address, port and ISN (a DNAT changed the server's end), or
+ * the client flow, by the server's address, port and the client's ISN (a source NAT changed the
+ * client's end).
  */
 export function synAckFlow(ctx: HandshakeContext, packet: ParsedPacket): SynAckFlow {
   const client = destinationAddress(packet);
   const key = flowKey(client, packet.destinationPort, sourceAddress(packet), packet.sourcePort);
   const flow = ctx.flows.get(key);
   if (flow !== undefined) return { key, flow, translated: null };
-  const filed = ctx.translatedFlows.get(clientIsnKey(client, packet.destinationPort, packet.acknowledgment - 1));
-  if (filed === undefined) return { key, flow: undefined, translated: null };
+  const clientIsn = (packet.acknowledgment - 1) >>> 0;
+  const filed = ctx.translatedFlows.get(isnKey(client, packet.destinationPort, clientIsn));
+  if (filed === undefined) {
+    // Sent from behind a source NAT (a pod the node masquerades): the SYN-ACK's destination is
+    // the NAT's, the client flow is filed under the socket's.
+    const sent = ctx.translatedFlows.get(isnKey(sourceAddress(packet), packet.sourcePort, clientIsn));
+    const original = sent?.key == null ? undefined : ctx.flows.get(sent.key);
+    if (sent?.key != null && original?.role === 'client' && original.clientIsn === clientIsn) return { key: sent.key, flow: original, translated: null };
+    return { key, flow: undefined, translated: null };
+  }
   if (filed.key === null) return { key, flow: undefined, translated: { port: filed.port } };
   const original = ctx.flows.get(filed.key);
-  if (original?.role !== 'server' || original.clientIsn !== ((packet.acknowledgment - 1) >>> 0)) return { key, flow: undefined, translated: null };
+  if (original?.role !== 'server' || original.clientIsn !== clientIsn) return { key, flow: undefined, translated: null };
   return { key: filed.key, flow: original, translated: { port: filed.port } };
 }

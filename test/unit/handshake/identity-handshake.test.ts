@@ -291,6 +291,29 @@ describe('identity handshake over a virtual wire', () => {
     assert.equal(ackIn.released, true);
   });
 
+  it('a client behind a source NAT: the SYN-ACK to the NAT\'s address finds the handshake by the server\'s address and port and the ISN; one acknowledging another ISN does not', () => {
+    /** The SYN-ACK as it reaches the client's agent before netfilter undoes the NAT: to 10.213.9.9:40000. */
+    const toNat = (bytes: Uint8Array, acknowledgment?: number) => {
+      const out = Uint8Array.from(bytes);
+      const view = Buffer.from(out.buffer, out.byteOffset, out.length);
+      view.set([10, 213, 9, 9], 16);
+      view.writeUInt16BE(40000, 22);
+      if (acknowledgment !== undefined) view.writeUInt32BE(acknowledgment, 28);
+      return fixChecksums(out, 4, 20);
+    };
+    const synIn = server.queue.deliver(client.queue.deliver(SYN, 'egress').bytes, 'ingress');
+    assert.equal(synIn.dropped, false);
+    const synAckOut = server.queue.deliver(SYN_ACK, 'egress');
+    const stray = client.queue.deliver(toNat(synAckOut.bytes, parsed(SYN_ACK).acknowledgment + 1), 'ingress');
+    reasonOf(stray, client.queue, 'unknown-flow');
+    const synAckIn = client.queue.deliver(toNat(synAckOut.bytes), 'ingress');
+    assert.equal(synAckIn.dropped, false);
+    assert.equal(client.events.at(-1)?.peer, 'spiffe://hs.synpass/api');
+    // The ACK leaves before the NAT, from the socket's address: it carries the client's proof.
+    const ackIn = server.queue.deliver(client.queue.deliver(ACK, 'egress').bytes, 'ingress');
+    assert.deepEqual([ackIn.dropped, ackIn.released], [false, true]);
+  });
+
   it('a retransmitted SYN is accepted; the same SYN replayed after the handshake is refused', () => {
     const synOut = client.queue.deliver(SYN, 'egress');
     assert.equal(server.queue.deliver(synOut.bytes, 'ingress').dropped, false);
