@@ -204,7 +204,7 @@ export function synAckFlow(ctx: HandshakeContext, packet: ParsedPacket): SynAckF
   const filed = ctx.translatedFlows.get(isnKey(client, packet.destinationPort, clientIsn));
   if (filed === undefined) {
     // Sent from behind a source NAT (a pod the node masquerades): the SYN-ACK's destination is
-    // the NAT's, the client flow is filed under the socket's.
+    // the NAT's address and port; the server's and the ISN are the client flow's own.
     const sent = ctx.translatedFlows.get(isnKey(sourceAddress(packet), packet.sourcePort, clientIsn));
     const original = sent?.key == null ? undefined : ctx.flows.get(sent.key);
     if (sent?.key != null && original?.role === 'client' && original.clientIsn === clientIsn) return { key: sent.key, flow: original, translated: null };
