@@ -13,6 +13,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
+import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
 import { initDomain, issueAgent } from '../../agent/src/identity/issuance.ts';
 import { FAST_SYN_OPTION } from '../../agent/src/kernel/layouts.ts';
 import { cgroup2Mount } from '../../agent/src/runtime/kernel-fast-path.ts';
@@ -38,8 +39,11 @@ for (const podsAreTargets of [false, true]) {
     const node = `${prefix}-node`;
     const pods = { a: `${prefix}-pa`, b: `${prefix}-pb`, c: `${prefix}-pc` };
     const address = { a: '10.215.1.1', b: '10.215.1.2', c: '10.215.1.3' };
+    /** Each pod's IPv6 address (dual stack). */
+    const address6 = { a: 'fd15::1', b: 'fd15::2', c: 'fd15::3' };
     const remote = `${prefix}-rm`;
     const remoteAddress = '10.216.1.2';
+    const remoteAddress6 = 'fd16::2';
     const SERVICE = '10.96.0.10';
     let remoteAgent: NetnsProcess;
     const processes: NetnsProcess[] = [];
@@ -73,10 +77,10 @@ for (const podsAreTargets of [false, true]) {
       return child;
     };
     let kubeApi: NetnsProcess;
-    const pod = (name: string, ip: string, app: string, labels: Record<string, string> = {}, resourceVersion = '1') => ({
+    const pod = (name: string, app: 'a' | 'b' | 'c', labels: Record<string, string> = {}, resourceVersion = '1') => ({
       metadata: { name, namespace: 'shop', resourceVersion, labels: { app, ...labels } },
       spec: { nodeName: 'node-1', serviceAccountName: app },
-      status: { phase: 'Running', podIP: ip, podIPs: [{ ip }] },
+      status: { phase: 'Running', podIP: address[app], podIPs: [{ ip: address[app] }, { ip: address6[app] }] },
     });
 
     before(async () => {
@@ -88,7 +92,7 @@ for (const podsAreTargets of [false, true]) {
       ip('-n', node, 'link', 'set', 'lo', 'up');
       // The pods' gateway address; the node answers ARP for it on every pod link.
       ip('-n', node, 'addr', 'add', '169.254.1.1/32', 'dev', 'lo');
-      execFileSync('ip', ['netns', 'exec', node, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+      execFileSync('ip', ['netns', 'exec', node, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
       for (const [name, ns] of Object.entries(pods) as ['a' | 'b' | 'c', string][]) {
         ip('netns', 'add', ns);
         ip('-n', ns, 'link', 'set', 'lo', 'up');
@@ -100,6 +104,11 @@ for (const podsAreTargets of [false, true]) {
         ip('-n', node, 'link', 'set', `cali${name}`, 'up');
         execFileSync('ip', ['netns', 'exec', node, 'sysctl', '-qw', `net.ipv4.conf.cali${name}.proxy_arp=1`]);
         ip('-n', node, 'route', 'add', `${address[name]}/32`, 'dev', `cali${name}`);
+        // IPv6 as Calico does it: the node's link-local gateway, the same on every pod link.
+        ip('-n', node, '-6', 'addr', 'add', 'fe80::1/64', 'dev', `cali${name}`, 'nodad');
+        ip('-n', ns, '-6', 'addr', 'add', `${address6[name]}/128`, 'dev', 'eth0', 'nodad');
+        ip('-n', ns, '-6', 'route', 'add', 'default', 'via', 'fe80::1', 'dev', 'eth0');
+        ip('-n', node, '-6', 'route', 'add', `${address6[name]}/128`, 'dev', `cali${name}`);
       }
 
       // A remote host on another network, routed through the node.
@@ -109,9 +118,15 @@ for (const podsAreTargets of [false, true]) {
       ip('-n', remote, 'addr', 'add', `${remoteAddress}/24`, 'dev', 'eth0');
       ip('-n', remote, 'link', 'set', 'eth0', 'up');
       ip('-n', remote, 'route', 'add', 'default', 'via', '10.216.1.1');
+      ip('-n', remote, '-6', 'addr', 'add', `${remoteAddress6}/64`, 'dev', 'eth0', 'nodad');
+      ip('-n', remote, '-6', 'route', 'add', 'default', 'via', 'fd16::1');
       ip('-n', node, 'addr', 'add', '10.216.1.1/24', 'dev', 'uplink');
+      ip('-n', node, '-6', 'addr', 'add', 'fd16::1/64', 'dev', 'uplink', 'nodad');
       ip('-n', node, 'link', 'set', 'uplink', 'up');
-      if (masqueraded) execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'POSTROUTING', '-s', '10.215.1.0/24', '-o', 'uplink', '-j', 'MASQUERADE']);
+      if (masqueraded) {
+        execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'POSTROUTING', '-s', '10.215.1.0/24', '-o', 'uplink', '-j', 'MASQUERADE']);
+        execFileSync('ip', ['netns', 'exec', node, 'ip6tables', '-t', 'nat', '-A', 'POSTROUTING', '-s', 'fd15::/64', '-o', 'uplink', '-j', 'MASQUERADE']);
+      }
       // A service address, as kube-proxy makes one: port 80 of it is pod B's 8080.
       if (withService) execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'PREROUTING', '-d', SERVICE, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${address.b}:8080`]);
 
@@ -119,7 +134,7 @@ for (const podsAreTargets of [false, true]) {
       await initDomain('cluster.synpass', join(directory, 'domain'));
       await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: 'cluster.synpass', agentId: 'node-1', namespaces: ['k8s', 'host'], ttlSeconds: 3600, outputDirectory: join(directory, 'agent') });
       await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: 'cluster.synpass', agentId: 'remote', namespaces: ['app'], ttlSeconds: 3600, outputDirectory: join(directory, 'remote') });
-      writeFileSync(join(directory, 'pods.json'), JSON.stringify([pod('a-1', address.a, 'a'), pod('b-1', address.b, 'b', { exposure: 'public' }), pod('c-1', address.c, 'c')]));
+      writeFileSync(join(directory, 'pods.json'), JSON.stringify([pod('a-1', 'a'), pod('b-1', 'b', { exposure: 'public' }), pod('c-1', 'c')]));
       // The node registered with the readiness taint, beside one of the kubelet's.
       writeFileSync(join(directory, 'nodes.json'), JSON.stringify([{ metadata: { name: 'node-1' }, spec: { taints: [{ key: 'synpass.io/agent-not-ready', value: 'true', effect: 'NoExecute' }, notReady] } }]));
       kubeApi = spawn(node, [API, join(directory, 'pods.json'), '0', join(directory, 'nodes.json')], undefined, true);
@@ -147,7 +162,7 @@ for (const podsAreTargets of [false, true]) {
             trustBundles: join(directory, 'domain'),
           },
           kubernetes: { nodeName: 'node-1', apiServer: `http://127.0.0.1:${port}` },
-          targets: podsAreTargets ? ['10.216.1.0/24', '10.215.1.0/24'] : ['10.216.1.0/24'],
+          targets: podsAreTargets ? ['10.216.1.0/24', 'fd16::/64', '10.215.1.0/24', 'fd15::/64'] : ['10.216.1.0/24', 'fd16::/64'],
           policy: { directory: join(directory, 'policy'), watch: false },
           telemetry: { whoisSocket: join(directory, 'whois.sock') },
         }),
@@ -164,7 +179,7 @@ for (const podsAreTargets of [false, true]) {
             trustBundles: join(directory, 'domain'),
           },
           admission: { protectedPorts: [9090], allow: [{ subject: 'spiffe://cluster.synpass/ns/shop/sa/a' }] },
-          targets: ['10.215.1.0/24', `${SERVICE}/32`],
+          targets: ['10.215.1.0/24', 'fd15::/64', `${SERVICE}/32`],
           telemetry: { whoisSocket: join(directory, 'remote-whois.sock') },
         }),
       );
@@ -335,12 +350,12 @@ for (const podsAreTargets of [false, true]) {
 
     it('relabelling pod B out of the policy that admits the remote host revokes it in the node\'s kernel from its next fast SYN; labelled back, the pair is fast again', kernelOnly, async () => {
       assert.ok(nodeEntriesAllowed().length > 0 && nodeEntriesAllowed().every(Boolean), 'the remote host is admitted in the kernel');
-      kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('b-1', address.b, 'b', {}, '3') })}\n`);
+      kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('b-1', 'b', {}, '3') })}\n`);
       await waitUntil('the node kernel refuses the remote host', async () => Promise.resolve(nodeEntriesAllowed().every((allowed) => !allowed)), 5_000);
       const before = await kernelOf(socket);
       assert.equal(await fromRemote(), null, 'cloaked');
       assert.ok((countersMoved(before, await kernelOf(socket)).synNotAllowed ?? 0) >= 1, 'dropped in the kernel as not allowed');
-      kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('b-1', address.b, 'b', { exposure: 'public' }, '4') })}\n`);
+      kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('b-1', 'b', { exposure: 'public' }, '4') })}\n`);
       await waitUntil('the node kernel admits the remote host again', async () => Promise.resolve(nodeEntriesAllowed().every(Boolean)), 5_000);
       // The remote kernel fell back from its refused fast SYN, and may have dropped its entry: a
       // first contact at most, then fast.
@@ -377,12 +392,12 @@ for (const podsAreTargets of [false, true]) {
       // Judged for pod B where its SYN-ACK left, by the rule that admits the remote host to it.
       const judged = await agent.waitFor((l) => l.event === 'handshake' && l.direction === 'egress' && l.stage === 'syn-ack' && String(l.destination).startsWith(`${remoteAddress}:`) && l.rule === 'public/from-remote');
       assert.equal((judged.local as { subject: string }).subject, 'spiffe://cluster.synpass/ns/shop/sa/b');
-      kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('b-1', address.b, 'b', {}, '5') })}\n`);
+      kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('b-1', 'b', {}, '5') })}\n`);
       await sleep(1_000);
       assert.equal(await viaService(), null, 'cloaked through the service address');
       const refused = await agent.waitFor((l) => l.event === 'handshake' && l.direction === 'egress' && l.stage === 'syn-ack' && l.verdict === 'drop');
       assert.deepEqual([refused.reason, (refused.peer as { subject: string }).subject, (refused.local as { subject: string }).subject], ['not-allowed', 'spiffe://cluster.synpass/remote', 'spiffe://cluster.synpass/ns/shop/sa/b']);
-      kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('b-1', address.b, 'b', { exposure: 'public' }, '6') })}\n`);
+      kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('b-1', 'b', { exposure: 'public' }, '6') })}\n`);
       await sleep(1_000);
       assert.equal((await viaService())?.status, 200, 'labelled back');
     });
@@ -402,6 +417,26 @@ for (const podsAreTargets of [false, true]) {
       assert.equal(await request('c', SERVICE, '80'), null);
       const refused = await agent.waitFor((l) => l.event === 'handshake' && l.verdict === 'drop' && betweenPods(l, address.c));
       assert.deepEqual([refused.reason, (refused.peer as { subject: string }).subject], ['not-allowed', 'spiffe://cluster.synpass/ns/shop/sa/c']);
+    });
+
+    it(`over IPv6 too: pod A reaches the remote host as itself${masqueraded ? ' (masqueraded)' : ''}, pod C is cloaked from pod B, and the remote host reaches pod B as itself${kernel ? ', its known pair judged in the node\'s kernel' : ''}`, async () => {
+      // The log names IPv6 addresses in full.
+      const handshakes = (child: NetnsProcess) => child.lines.filter((l) => l.event === 'handshake');
+      assert.equal((await request('a', remoteAddress6, '9090'))?.status, 200, JSON.stringify(handshakes(agent).slice(-4)));
+      const seen = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn' && l.verdict === 'accept' && String(l.source).startsWith(`${canonicalAddress(masqueraded ? 'fd16::1' : address6.a)}:`));
+      assert.equal((seen.peer as { subject: string }).subject, 'spiffe://cluster.synpass/ns/shop/sa/a');
+      assert.equal(await request('c', address6.b, '8080'), null);
+      const cloaked = await agent.waitFor((l) => l.event === 'handshake' && l.verdict === 'drop' && String(l.source).startsWith(`${canonicalAddress(address6.c)}:`));
+      assert.deepEqual([cloaked.reason, (cloaked.peer as { subject: string }).subject], ['not-allowed', 'spiffe://cluster.synpass/ns/shop/sa/c']);
+      const fromRemote6 = () => fetchFrom(remote, cgroups.remote, address6.b, '8080');
+      assert.equal((await fromRemote6())?.status, 200, 'a first contact, or already a known pair');
+      const answered = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.direction === 'ingress' && l.stage === 'syn-ack' && String(l.source).startsWith(`${canonicalAddress(address6.b)}:`));
+      assert.equal((answered.peer as { subject: string } | null)?.subject, 'spiffe://cluster.synpass/ns/shop/sa/b');
+      if (!kernel) return;
+      const [queuedBefore, nodeBefore] = [await queued(socket), await kernelOf(socket)];
+      assert.equal((await fromRemote6())?.status, 200);
+      assert.equal(await queued(socket), queuedBefore, 'the node queued nothing');
+      assert.deepEqual(countersMoved(nodeBefore, await kernelOf(socket)), { synAccepted: 1, synAckSigned: 1 });
     });
   });
 }

@@ -119,6 +119,8 @@ it('applies watch events in between: added, modified, deleted, bookmark', async 
     }
     res.write(`${JSON.stringify({ type: 'ADDED', object: pod('db', '10.1.0.7', { app: 'db', 'Bad/Key': 'x' }, '2') })}\n`);
     res.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('web', '10.1.0.5', { app: 'web', tier: 'frontend' }, '3') })}\n`);
+    // Dual stack: the API server writes IPv6 compressed; packets name it in full.
+    res.write(`${JSON.stringify({ type: 'ADDED', object: pod('dual', '10.1.0.11', { app: 'dual' }, '3', { status: { phase: 'Running', podIP: '10.1.0.11', podIPs: [{ ip: '10.1.0.11' }, { ip: 'fd00:10::b' }] } }) })}\n`);
     res.write(`${JSON.stringify({ type: 'DELETED', object: pod('gone', '10.1.0.8', {}, '4') })}\n`);
     res.write(`${JSON.stringify({ type: 'BOOKMARK', object: { metadata: { resourceVersion: '9' } } })}\n`);
     // Keep the stream open like an API server would.
@@ -131,8 +133,10 @@ it('applies watch events in between: added, modified, deleted, bookmark', async 
     const deadline = Date.now() + 5_000;
     while (watcher.resourceVersion !== '9' && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
     assert.equal(watcher.resourceVersion, '9');
-    assert.equal(watcher.podCount, 2);
+    assert.equal(watcher.podCount, 3);
     assert.equal(watcher.attributesOf('10.1.0.5')?.get('k8s.label.tier')?.value, 'frontend');
+    assert.equal(watcher.attributesOf('fd00:10:0:0:0:0:0:b')?.get('k8s.label.app')?.value, 'dual');
+    assert.equal(watcher.attributesOf('10.1.0.11'), watcher.attributesOf('fd00:10:0:0:0:0:0:b'));
     const db = watcher.attributesOf('10.1.0.7')!;
     assert.equal(db.get('k8s.label.app')?.value, 'db');
     assert.equal([...db.keys()].some((key) => key.includes('Bad')), false, 'label keys that are not attribute names are left out');

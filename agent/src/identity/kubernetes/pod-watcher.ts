@@ -5,6 +5,7 @@ import type { IncomingMessage } from 'node:http';
 import { createInterface } from 'node:readline';
 import type { Attribute } from '../../token/identity-token.ts';
 import { callApi, readJson, KubernetesError, type KubernetesAccess } from './api.ts';
+import { canonicalAddress } from '../../datapath/addresses.ts';
 
 interface PodObject {
   metadata?: {
@@ -50,10 +51,11 @@ export function podAttributes(pod: PodObject): Map<string, Attribute> {
   return attributes;
 }
 
+/** In the form the datapath writes a packet's addresses (IPv6 in full: the API server's `fd00::1` is `fd00:0:0:0:0:0:0:1`). */
 function podIps(pod: PodObject): string[] {
   const ips = (pod.status?.podIPs ?? []).map((entry) => entry.ip);
   if (ips.length === 0 && pod.status?.podIP) ips.push(pod.status.podIP);
-  return ips;
+  return ips.map(canonicalAddress);
 }
 
 export interface PodWatcherOptions {
