@@ -42,6 +42,12 @@ for (const podsAreTargets of [false, true]) {
     /** Each pod's IPv6 address (dual stack). */
     const address6 = { a: 'fd15::1', b: 'fd15::2', c: 'fd15::3' };
     const remote = `${prefix}-rm`;
+    /** A host without an agent (no identity) on a third network, routed through the node. */
+    const stranger = `${prefix}-st`;
+    const strangerAddress = '10.217.1.2';
+    /** The node's own address, where a node port publishes pod B's 8080. */
+    const nodeAddress = '10.216.1.1';
+    const NODE_PORT = '30080';
     const remoteAddress = '10.216.1.2';
     const remoteAddress6 = 'fd16::2';
     const SERVICE = '10.96.0.10';
@@ -123,12 +129,24 @@ for (const podsAreTargets of [false, true]) {
       ip('-n', node, 'addr', 'add', '10.216.1.1/24', 'dev', 'uplink');
       ip('-n', node, '-6', 'addr', 'add', 'fd16::1/64', 'dev', 'uplink', 'nodad');
       ip('-n', node, 'link', 'set', 'uplink', 'up');
+      ip('netns', 'add', stranger);
+      ip('-n', stranger, 'link', 'set', 'lo', 'up');
+      ip('-n', stranger, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'outside', 'netns', node);
+      ip('-n', stranger, 'addr', 'add', `${strangerAddress}/24`, 'dev', 'eth0');
+      ip('-n', stranger, 'link', 'set', 'eth0', 'up');
+      ip('-n', stranger, 'route', 'add', 'default', 'via', '10.217.1.1');
+      ip('-n', node, 'addr', 'add', '10.217.1.1/24', 'dev', 'outside');
+      ip('-n', node, 'link', 'set', 'outside', 'up');
       if (masqueraded) {
         execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'POSTROUTING', '-s', '10.215.1.0/24', '-o', 'uplink', '-j', 'MASQUERADE']);
         execFileSync('ip', ['netns', 'exec', node, 'ip6tables', '-t', 'nat', '-A', 'POSTROUTING', '-s', 'fd15::/64', '-o', 'uplink', '-j', 'MASQUERADE']);
       }
       // A service address, as kube-proxy makes one: port 80 of it is pod B's 8080.
-      if (withService) execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'PREROUTING', '-d', SERVICE, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${address.b}:8080`]);
+      if (withService) {
+        execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'PREROUTING', '-d', SERVICE, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${address.b}:8080`]);
+        // A node port: the node's own address, port 30080, is pod B's 8080 too.
+        execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'PREROUTING', '-d', nodeAddress, '-p', 'tcp', '--dport', NODE_PORT, '-j', 'DNAT', '--to-destination', `${address.b}:8080`]);
+      }
 
       directory = scratchDirectory('k8s');
       await initDomain('cluster.synpass', join(directory, 'domain'));
@@ -179,7 +197,7 @@ for (const podsAreTargets of [false, true]) {
             trustBundles: join(directory, 'domain'),
           },
           admission: { protectedPorts: [9090], allow: [{ subject: 'spiffe://cluster.synpass/ns/shop/sa/a' }] },
-          targets: ['10.215.1.0/24', 'fd15::/64', `${SERVICE}/32`],
+          targets: ['10.215.1.0/24', 'fd15::/64', `${SERVICE}/32`, `${nodeAddress}/32`],
           telemetry: { whoisSocket: join(directory, 'remote-whois.sock') },
         }),
       );
@@ -195,7 +213,7 @@ for (const podsAreTargets of [false, true]) {
 
     after(async () => {
       await Promise.all(processes.map((child) => child.stop('SIGKILL', 2_000)));
-      for (const ns of [node, remote, ...Object.values(pods)]) {
+      for (const ns of [node, remote, stranger, ...Object.values(pods)]) {
         try {
           execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
         } catch {
@@ -379,6 +397,29 @@ for (const podsAreTargets of [false, true]) {
       assert.equal(countersMoved(before, await kernelOf(remoteSocket())).synAccepted, undefined, 'not a fast SYN');
       const seen = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn' && l.verdict === 'accept' && String(l.destination).endsWith(':9091') && (l.peer as { subject?: string } | null)?.subject === 'spiffe://cluster.synpass/ns/shop/sa/a');
       assert.equal((seen.peer as { attributes: Record<string, string> }).attributes['k8s.label.app'], 'a');
+    });
+
+    it('a host without identity finds pod B cloaked at its own address, through the service address and through the node port: no answer, a drop for pod B under no-identity', serviceOnly, async () => {
+      for (const [host, port] of [[address.b, '8080'], [SERVICE, '80'], [nodeAddress, NODE_PORT]] as const) {
+        const mark = agent.lines.length;
+        assert.equal(await fetchFrom(stranger, cgroups.remote, host, port), null, `${host}:${port} answered`);
+        // Refused at the SYN (to pod B's own address) or at pod B's SYN-ACK (behind a DNAT).
+        const refused = agent.lines.slice(mark).find((l) => l.event === 'handshake' && l.verdict === 'drop' && [l.source, l.destination].some((end) => String(end).startsWith(`${strangerAddress}:`)));
+        assert.deepEqual([refused?.reason, (refused?.local as { subject: string } | null)?.subject], ['no-identity', 'spiffe://cluster.synpass/ns/shop/sa/b'], `${host}:${port}: ${JSON.stringify(agent.lines.slice(mark).filter((l) => l.event === 'handshake'))}`);
+      }
+      // The node's own closed port, open to anyone by its policy: followed in case a DNAT sent
+      // the SYN to a pod, and forgotten at the node's reset.
+      const filedBefore = await translatedFiled();
+      assert.match(String((await fetchFrom(stranger, cgroups.remote, nodeAddress, '9999'))?.error), /ECONNREFUSED/);
+      assert.equal(await translatedFiled(), filedBefore, 'the refused SYN left no filing');
+    });
+
+    it('through the node port the remote host reaches pod B as itself, for pod B\'s policy', serviceOnly, async () => {
+      assert.equal((await fetchFrom(remote, cgroups.remote, nodeAddress, NODE_PORT))?.status, 200);
+      const judged = await agent.waitFor((l) => l.event === 'handshake' && l.direction === 'egress' && l.stage === 'syn-ack' && String(l.source).startsWith(`${address.b}:8080`) && l.rule === 'public/from-remote');
+      assert.equal((judged.local as { subject: string }).subject, 'spiffe://cluster.synpass/ns/shop/sa/b');
+      const answered = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.direction === 'ingress' && l.stage === 'syn-ack' && String(l.source).startsWith(`${nodeAddress}:${NODE_PORT}`));
+      assert.equal((answered.peer as { subject: string } | null)?.subject, 'spiffe://cluster.synpass/ns/shop/sa/b');
     });
 
     it('through a service address (DNAT to pod B) the remote host reaches pod B for pod B\'s policy, and pod B answers as itself; relabelled out of that policy, the service address is cloaked too', serviceOnly, async () => {

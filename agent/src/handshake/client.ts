@@ -108,16 +108,18 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     return null;
   }
   if (flow === undefined && translated !== null && info.token === null) {
-    // The answer to a local pod's SYN this node passed on without a token. Once the connection
+    // The answer to a SYN this node passed on without a token: a local pod's, or, on a node, one
+    // without identity its policy let by for the address it was sent to. Once the connection
     // is released no retransmitted SYN-ACK comes back, so the entry goes; a refused one stays, so
     // that the server's retransmits are refused too.
     const clientAddress = destinationAddress(packet);
     const pods = ctx.options.localPods;
     const [serverPod, clientPod] = [pods?.identityOf(server), pods?.identityOf(clientAddress)];
-    // A service address the node DNATed to another of its pods: judged here, between the two
-    // pods, for the port the server pod listens on. Anything else outside the target networks
-    // is not ours to judge.
-    const judged = serverPod !== undefined && clientPod !== undefined ? judgeBetweenPods(ctx, decision, { serverPod, clientPod, clientAddress, serverAddress: server, port: packet.sourcePort }) : null;
+    // A service address or node port the node DNATed to one of its pods: judged here for that
+    // pod, for the port it listens on, between the two pods when the client is one too, else for
+    // a client without identity (a token-less SYN the node let by for its own address). Anything
+    // else outside the target networks is not ours to judge.
+    const judged = serverPod !== undefined ? judgeBetweenPods(ctx, decision, { serverPod, clientPod: clientPod ?? null, clientAddress, serverAddress: server, port: packet.sourcePort }) : null;
     if (judged instanceof Refusal) return judged;
     ctx.forgetTranslated(clientAddress, packet.destinationPort, packet.acknowledgment - 1);
     if (judged === null) {

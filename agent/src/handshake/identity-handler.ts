@@ -6,7 +6,8 @@
 // This dispatcher sends each packet to its step (client.ts, server.ts); a step fills in the
 // Decision, or returns the Refusal that becomes the drop and its reason.
 import type { Decision, HandshakeHandler, PacketInfo, TableSize } from '../datapath/handler.ts';
-import { TCP_RST } from '../datapath/packet.ts';
+import { destinationAddress } from '../datapath/addresses.ts';
+import { TCP_ACK, TCP_RST } from '../datapath/packet.ts';
 import type { LocalIdentity } from '../identity/local-identity.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { Authorizer } from './authorizer.ts';
@@ -36,8 +37,11 @@ export class IdentityHandler implements HandshakeHandler {
   }
 
   decide(info: PacketInfo, decision: Decision): void {
-    if ((info.packet.flags & TCP_RST) !== 0) {
-      // A reset ends the attempt; it never carries or needs a token.
+    const packet = info.packet;
+    if ((packet.flags & TCP_RST) !== 0) {
+      // A reset ends the attempt; it never carries or needs a token. One that refuses a SYN (a
+      // closed port) takes the SYN's filing along, so SYNs to closed ports cannot fill that table.
+      if ((packet.flags & TCP_ACK) !== 0) this.ctx.forgetTranslated(destinationAddress(packet), packet.destinationPort, packet.acknowledgment - 1);
       decision.reason = 'ok';
       decision.release = true;
       return;

@@ -48,6 +48,14 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     const auth = ctx.authorize(decision, 'ingress', { local, peer: null, peerAddress: client, port });
     if (!auth.allowed) return refuse('no-identity');
     decision.reason = auth.wouldDrop !== null ? 'observe-would-drop' : auth.unrestricted ? 'unprotected-port' : 'allowed-without-identity';
+    if (pods !== undefined) {
+      // On a node the address may be a service's or a node port that a DNAT sends on to one of
+      // its pods, whose own policy has the last word: filed and followed to the answer, judged
+      // there for that pod (clientSynAck), released if the node itself answers (serverSynAck).
+      if (!ctx.fileTranslated(client, packet.sourcePort, packet.sequence, null, port)) return refuse('flow-table-full');
+      decision.track = true;
+      return null;
+    }
     decision.release = true;
     return null;
   }
@@ -140,6 +148,9 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     return null;
   }
   if (flow?.role !== 'server' || flow.pairKey === null) {
+    // This host answers a peer without identity (on a node, one filed in case a DNAT sent it
+    // on to a pod): nothing more to follow.
+    if (translated !== null) ctx.forgetTranslated(destinationAddress(packet), packet.destinationPort, packet.acknowledgment - 1);
     decision.reason = 'peer-without-agent';
     decision.release = true;
     return null;
