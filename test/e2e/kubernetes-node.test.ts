@@ -22,6 +22,7 @@ import { isRoot, kernelByDefault, NetnsProcess, readStatus, ROOT, sleep, synpass
 import { fixChecksums, layout, tcpOptionOffset } from '../../scripts/lib/packets.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
 import { countersMoved, kernelFastPathOf } from '../../scripts/lib/kernel-counters.ts';
+import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
 
 const PEER = join(ROOT, 'scripts/lib/peer.ts');
 const API = join(ROOT, 'test/support/fake-kube-api.ts');
@@ -51,6 +52,8 @@ for (const podsAreTargets of [false, true]) {
     const remoteAddress = '10.216.1.2';
     const remoteAddress6 = 'fd16::2';
     const SERVICE = '10.96.0.10';
+    /** A service address whose backend is not on this node: the remote host's open port 9091. */
+    const SERVICE_ELSEWHERE = '10.96.0.11';
     let remoteAgent: NetnsProcess;
     const processes: NetnsProcess[] = [];
     let directory = '';
@@ -144,6 +147,7 @@ for (const podsAreTargets of [false, true]) {
       // A service address, as kube-proxy makes one: port 80 of it is pod B's 8080.
       if (withService) {
         execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'PREROUTING', '-d', SERVICE, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${address.b}:8080`]);
+        execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'PREROUTING', '-d', SERVICE_ELSEWHERE, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${remoteAddress}:9091`]);
         // A node port: the node's own address, port 30080, is pod B's 8080 too.
         execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'PREROUTING', '-d', nodeAddress, '-p', 'tcp', '--dport', NODE_PORT, '-j', 'DNAT', '--to-destination', `${address.b}:8080`]);
       }
@@ -412,6 +416,24 @@ for (const podsAreTargets of [false, true]) {
       const filedBefore = await translatedFiled();
       assert.match(String((await fetchFrom(stranger, cgroups.remote, nodeAddress, '9999'))?.error), /ECONNREFUSED/);
       assert.equal(await translatedFiled(), filedBefore, 'the refused SYN left no filing');
+    });
+
+    it('through a service address whose backend is on another host, a host without identity arrives there without identity, not as the node; pod A as itself', serviceOnly, async () => {
+      const arrived = async (from: string, ns: string, cgroup: string) => {
+        const mark = remoteAgent.lines.length;
+        const nodeMark = agent.lines.length;
+        const handshakes = (child: NetnsProcess, from: number) => JSON.stringify(child.lines.slice(from).filter((l) => l.event === 'handshake').slice(-4));
+        assert.equal((await fetchFrom(ns, cgroup, SERVICE_ELSEWHERE, '80'))?.status, 200, `from ${from}: node ${handshakes(agent, nodeMark)} remote ${handshakes(remoteAgent, mark)}`);
+        // Its flow log may come a moment after the answer.
+        const seen = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn' && String(l.source).startsWith(`${from}:`) && String(l.destination).endsWith(':9091') && remoteAgent.lines.indexOf(l) >= mark, 5_000);
+        return (seen.peer as { subject: string } | null)?.subject ?? null;
+      };
+      assert.equal(await arrived(strangerAddress, stranger, cgroups.remote), null);
+      // Masqueraded or not, pod A's token names it. A first contact: the node forgets the remote
+      // host, so pod A's first ACK, on its way to a service address, carries the proof.
+      await flushCaches(socket);
+      const podA = await arrived(masqueraded ? '10.216.1.1' : address.a, pods.a, cgroups.a);
+      assert.equal(podA, 'spiffe://cluster.synpass/ns/shop/sa/a');
     });
 
     it('through the node port the remote host reaches pod B as itself, for pod B\'s policy', serviceOnly, async () => {

@@ -36,6 +36,14 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     decision.reason = 'ok';
     return null;
   }
+  if (pods !== undefined && pods.identityOf(client) === undefined && !pods.isNodeAddress(client)) {
+    // Another host's SYN the node routes on (a service address or node port DNATed to a pod of
+    // another node): judged where it came in, it is not the node's to speak for. It leaves as
+    // it came, without the token its sender may have put in, so the far end sees no identity
+    // rather than the node's.
+    decision.reason = 'ok';
+    return null;
+  }
   const key = flowKey(client, packet.sourcePort, server, packet.destinationPort);
   const existing = ctx.flows.get(key);
   if (existing?.syn && existing.clientIsn === packet.sequence) {

@@ -206,8 +206,11 @@ export function serverAck(ctx: HandshakeContext, info: PacketInfo, decision: Dec
       return refuse('no-identity', 'first ACK without a proof');
     }
     decision.reason = 'ok';
-    // A local pod's first ACK on its way out: POSTROUTING adds the proof and releases.
-    if (flow?.role !== 'client') decision.release = true;
+    // A local pod's first ACK on its way out: POSTROUTING adds the proof and releases. Its flow
+    // is filed under the address a DNAT put in place of a service address, which this ACK, not
+    // yet translated, does not carry.
+    const fromLocalPod = flow === undefined && ctx.options.localPods?.identityOf(sourceAddress(packet)) !== undefined;
+    if (flow?.role !== 'client' && !fromLocalPod) decision.release = true;
     return null;
   }
   const message = ctx.decode(info.token);

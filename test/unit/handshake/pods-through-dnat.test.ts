@@ -109,4 +109,15 @@ describe('pods through a DNAT on the node', () => {
       assert.deepEqual([events.at(-1)?.stage, events.at(-1)?.reason, events.at(-1)?.peer], ['syn', 'ok', undefined]);
     }
   });
+
+  it('another host\'s SYN the node routes on elsewhere (a service address whose backend is on another node) leaves as it came: no token, not the node\'s', () => {
+    const sent = segment(IPV4_SYN, [192, 0, 2, 7], 40031, [198, 51, 100, 9], 9091, 0x4000);
+    const out = queue.deliver(sent, 'egress');
+    assert.deepEqual([out.dropped, out.tracked, out.released], [false, false, false]);
+    assert.deepEqual(Buffer.from(out.bytes), Buffer.from(sent));
+    // A pod's own SYN there speaks as the pod.
+    const fromPod = queue.deliver(segment(IPV4_SYN, POD.a, 40032, [198, 51, 100, 9], 9091, 0x4100), 'egress');
+    assert.equal(fromPod.dropped, false);
+    assert.notDeepEqual(Buffer.from(fromPod.bytes), Buffer.from(segment(IPV4_SYN, POD.a, 40032, [198, 51, 100, 9], 9091, 0x4100)), 'pod A\'s token went in');
+  });
 });
