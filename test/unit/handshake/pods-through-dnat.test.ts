@@ -121,3 +121,28 @@ describe('pods through a DNAT on the node', () => {
     assert.notDeepEqual(Buffer.from(fromPod.bytes), Buffer.from(segment(IPV4_SYN, POD.a, 40032, [198, 51, 100, 9], 9091, 0x4100)), 'pod A\'s token went in');
   });
 });
+
+describe('a peer without identity through a service address on the node', () => {
+  it('a SYN the node lets by for the service address is followed, and judged for the pod behind it at its SYN-ACK; the node\'s own answer releases it', async () => {
+    const domain = await createDomain('pods.synpass');
+    const stranger = [192, 0, 2, 7];
+    // Port 80 (the service address's) admits the stranger's network without identity; pod B's
+    // 8080 admits no one without identity.
+    const { handler } = await identityHandler(domain, 'node', {
+      attributes: { 'host.name': 'node' },
+      admission: { protectedPorts: 'all', allow: [], allowWithoutIdentity: [{ cidr: '192.0.2.0/24', ports: [80] }] },
+      localPods: pods,
+    });
+    const events: { stage: string; reason: string; accepted: boolean }[] = [];
+    const queue = new VirtualQueue(handler, (event) => events.push({ stage: event.stage, reason: event.reason, accepted: event.accepted }));
+    const syn = queue.deliver(segment(IPV4_SYN, stranger, 40041, SERVICE, 80, 0x7000), 'ingress');
+    assert.deepEqual([syn.dropped, syn.tracked, syn.released], [false, true, false], 'followed, not released');
+    const synAck = queue.deliver(segment(IPV4_SYN_ACK, POD.b, 8080, stranger, 40041, 0x9000, 0x7001), 'ingress');
+    assert.equal(synAck.dropped, true);
+    assert.deepEqual(events.at(-1), { stage: 'syn-ack', reason: 'no-identity', accepted: false });
+    // The node itself answers on another connection: released, nothing more to follow.
+    queue.deliver(segment(IPV4_SYN, stranger, 40042, SERVICE, 80, 0x7100), 'ingress');
+    const own = queue.deliver(segment(IPV4_SYN_ACK, SERVICE, 80, stranger, 40042, 0x9100, 0x7101), 'egress');
+    assert.deepEqual([own.dropped, own.released, events.at(-1)?.reason], [false, true, 'peer-without-agent']);
+  });
+});
