@@ -120,26 +120,23 @@ for (const podsAreTargets of [false, true]) {
         ip('-n', node, '-6', 'route', 'add', `${address6[name]}/128`, 'dev', `cali${name}`);
       }
 
-      // A remote host on another network, routed through the node.
-      ip('netns', 'add', remote);
-      ip('-n', remote, 'link', 'set', 'lo', 'up');
-      ip('-n', remote, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'uplink', 'netns', node);
-      ip('-n', remote, 'addr', 'add', `${remoteAddress}/24`, 'dev', 'eth0');
-      ip('-n', remote, 'link', 'set', 'eth0', 'up');
-      ip('-n', remote, 'route', 'add', 'default', 'via', '10.216.1.1');
+      /** A host on a network of its own behind the node's interface `link`, the node its gateway. */
+      const hostBehindNode = (ns: string, link: string, address: string, gateway: string) => {
+        ip('netns', 'add', ns);
+        ip('-n', ns, 'link', 'set', 'lo', 'up');
+        ip('-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', link, 'netns', node);
+        ip('-n', ns, 'addr', 'add', `${address}/24`, 'dev', 'eth0');
+        ip('-n', ns, 'link', 'set', 'eth0', 'up');
+        ip('-n', ns, 'route', 'add', 'default', 'via', gateway);
+        ip('-n', node, 'addr', 'add', `${gateway}/24`, 'dev', link);
+        ip('-n', node, 'link', 'set', link, 'up');
+      };
+      // A remote host on another network, routed through the node, with IPv6 too.
+      hostBehindNode(remote, 'uplink', remoteAddress, nodeAddress);
       ip('-n', remote, '-6', 'addr', 'add', `${remoteAddress6}/64`, 'dev', 'eth0', 'nodad');
       ip('-n', remote, '-6', 'route', 'add', 'default', 'via', 'fd16::1');
-      ip('-n', node, 'addr', 'add', '10.216.1.1/24', 'dev', 'uplink');
       ip('-n', node, '-6', 'addr', 'add', 'fd16::1/64', 'dev', 'uplink', 'nodad');
-      ip('-n', node, 'link', 'set', 'uplink', 'up');
-      ip('netns', 'add', stranger);
-      ip('-n', stranger, 'link', 'set', 'lo', 'up');
-      ip('-n', stranger, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'outside', 'netns', node);
-      ip('-n', stranger, 'addr', 'add', `${strangerAddress}/24`, 'dev', 'eth0');
-      ip('-n', stranger, 'link', 'set', 'eth0', 'up');
-      ip('-n', stranger, 'route', 'add', 'default', 'via', '10.217.1.1');
-      ip('-n', node, 'addr', 'add', '10.217.1.1/24', 'dev', 'outside');
-      ip('-n', node, 'link', 'set', 'outside', 'up');
+      hostBehindNode(stranger, 'outside', strangerAddress, '10.217.1.1');
       if (masqueraded) {
         execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'POSTROUTING', '-s', '10.215.1.0/24', '-o', 'uplink', '-j', 'MASQUERADE']);
         execFileSync('ip', ['netns', 'exec', node, 'ip6tables', '-t', 'nat', '-A', 'POSTROUTING', '-s', 'fd15::/64', '-o', 'uplink', '-j', 'MASQUERADE']);
