@@ -3,7 +3,9 @@
 // pods from a stand-in API server. Pod A may reach pod B's service; pod C is cloaked from it.
 // A remote host with its own agent sees pod A's own identity on a connection through the node,
 // which masquerades its pods' connections to the remote network as the usual pod egress does
-// (in the runs with a service address).
+// (in the runs with a service address). A stranger host without an agent finds pod B cloaked
+// wherever it looks: its address, a service address, a node port. Pods and the remote host are
+// dual stack.
 // With SYNPASS_TEST_KERNEL_FAST_PATH=1 both agents run the kernel fast path, each in a cgroup of
 // its own with the pods' cgroups below the node's, as on a node: the remote host's known pair to
 // pod B is then judged in the node's kernel, for pod B's policy.
