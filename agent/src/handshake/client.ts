@@ -97,7 +97,7 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   // Filed for a SYN-ACK to a source NAT's address too. A pod's SYN, filed on its way in to the
   // node (serverSyn) for an answer without a token, has its flow now: that filing goes.
   if (pod !== undefined) ctx.forgetTranslated(client, packet.sourcePort, packet.sequence);
-  if (!stored || !ctx.fileClient(server, packet.destinationPort, packet.sequence, key)) return refuse('flow-table-full');
+  if (!stored || !ctx.fileTranslated(server, packet.destinationPort, packet.sequence, key, packet.destinationPort)) return refuse('flow-table-full');
   ctx.attach(decision, encodeTransient(syn));
   decision.track = true;
   decision.reason = 'ok';
@@ -139,7 +139,7 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   if (info.token === null) {
     // The server runs no agent: nothing to verify, and nothing to prove in our ACK.
     ctx.flows.delete(key);
-    ctx.forgetClient(server, packet.sourcePort, packet.acknowledgment - 1);
+    ctx.forgetTranslated(server, packet.sourcePort, packet.acknowledgment - 1);
     const auth = ctx.authorize(decision, 'egress', { local: flow?.local ?? ctx.local.tokenForOwner(-1).localAttributes, peer: null, peerAddress: server, port: packet.sourcePort });
     if (!auth.allowed) return refuse('no-identity', 'egress to a peer without identity is not allowed');
     decision.reason = auth.wouldDrop !== null ? 'observe-would-drop' : 'peer-without-agent';
@@ -187,7 +187,7 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   flow.peer = peer.identity;
   if (fast) {
     ctx.flows.delete(key);
-    ctx.forgetClient(server, packet.sourcePort, flow.clientIsn);
+    ctx.forgetTranslated(server, packet.sourcePort, flow.clientIsn);
     decision.release = true;
     decision.reason = 'ok-fast';
   } else {

@@ -105,24 +105,18 @@ export class HandshakeContext {
     this.presignedSyns = new PresignedSyns(this.noncePool, this.now, Math.floor(options.replayWindowSeconds / 3));
   }
 
-  /** Files a SYN by its client's address, port and ISN (TranslatedFlow); false when the table is full. */
-  fileTranslated(client: string, clientPort: number, clientIsn: number, key: string | null, port: number): boolean {
-    return this.translatedFlows.set(isnKey(client, clientPort, clientIsn), { key, port, expiresAt: this.now() + this.options.handshakeTimeoutMs });
+  /**
+   * Files a flow by the address and port of the end a NAT leaves alone and the client's ISN
+   * (TranslatedFlow): the client's for a server flow, the server's for a client flow. False when
+   * the table is full.
+   */
+  fileTranslated(address: string, port: number, clientIsn: number, key: string | null, sentToPort: number): boolean {
+    return this.translatedFlows.set(isnKey(address, port, clientIsn), { key, port: sentToPort, expiresAt: this.now() + this.options.handshakeTimeoutMs });
   }
 
-  /** A released handshake's SYN-ACK never comes back: its filing goes before it expires. */
-  forgetTranslated(client: string, clientPort: number, clientIsn: number): void {
-    this.translatedFlows.delete(isnKey(client, clientPort, clientIsn));
-  }
-
-  /** Files a client flow by its server's address and port and its ISN (TranslatedFlow); false when the table is full. */
-  fileClient(server: string, serverPort: number, clientIsn: number, key: string): boolean {
-    return this.translatedFlows.set(isnKey(server, serverPort, clientIsn), { key, port: serverPort, expiresAt: this.now() + this.options.handshakeTimeoutMs });
-  }
-
-  /** A client flow that goes before it expires takes its filing along. */
-  forgetClient(server: string, serverPort: number, clientIsn: number): void {
-    this.translatedFlows.delete(isnKey(server, serverPort, clientIsn));
+  /** A handshake released or refused before its filing expires takes it along (fileTranslated). */
+  forgetTranslated(address: string, port: number, clientIsn: number): void {
+    this.translatedFlows.delete(isnKey(address, port, clientIsn));
   }
 
   /** This end's workload at a local address and port: the pod's there, else this host's for the port. */
