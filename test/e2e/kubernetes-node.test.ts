@@ -51,6 +51,9 @@ for (const podsAreTargets of [false, true]) {
     /** The node's own address, where a node port publishes pod B's 8080. */
     const nodeAddress = '10.216.1.1';
     const NODE_PORT = '30080';
+    /** A service of the node itself on its own address (host network), as the kubelet's. */
+    const KUBELET_PORT = '10250';
+    const KUBELET = 'spiffe://cluster.synpass/node/node-1/kubelet';
     const remoteAddress = '10.216.1.2';
     const remoteAddress6 = 'fd16::2';
     const SERVICE = '10.96.0.10';
@@ -168,6 +171,8 @@ for (const podsAreTargets of [false, true]) {
             { name: 'b', selector: { 'k8s.label.app': 'b' }, ingress: [{ name: 'from-a', action: 'allow', from: { 'k8s.label.app': 'a' }, ports: [8080] }] },
             // While a pod is labelled public, the remote host's workloads reach it too.
             { name: 'public', selector: { 'k8s.label.exposure': 'public' }, ingress: [{ name: 'from-remote', action: 'allow', from: { 'synpass.agent': 'spiffe://cluster.synpass/agent/remote' }, ports: [8080] }] },
+            // The node's own service admits pod A only.
+            { name: 'kubelet', selector: { 'synpass.subject': KUBELET }, ingress: [{ name: 'from-a', action: 'allow', from: { 'k8s.label.app': 'a' }, ports: [Number(KUBELET_PORT)] }] },
           ],
         }),
       );
@@ -182,6 +187,7 @@ for (const podsAreTargets of [false, true]) {
             keyAgreementKey: join(directory, 'agent/kex.key.pem'),
             trustBundles: join(directory, 'domain'),
           },
+          workloads: [{ name: 'kubelet', subject: KUBELET, ports: [Number(KUBELET_PORT)] }],
           kubernetes: { nodeName: 'node-1', apiServer: `http://127.0.0.1:${port}` },
           targets: podsAreTargets ? ['10.216.1.0/24', 'fd16::/64', '10.215.1.0/24', 'fd15::/64'] : ['10.216.1.0/24', 'fd16::/64'],
           policy: { directory: join(directory, 'policy'), watch: false },
@@ -212,6 +218,7 @@ for (const podsAreTargets of [false, true]) {
       agent = spawnAgent(node, ['--config', join(directory, 'agent.yaml'), '--status-socket', socket, ...kernelFlags('node')], cgroups.node);
       await agent.waitFor((l) => l.msg === 'agent running', 20_000);
       await spawn(pods.b, [PEER, 'server', '8080', 'http'], cgroups.b).waitFor((l) => l.listening === 8080);
+      await spawn(node, [PEER, 'server', KUBELET_PORT, 'http'], cgroups.node).waitFor((l) => l.listening === Number(KUBELET_PORT));
     });
 
     after(async () => {
@@ -306,6 +313,23 @@ for (const podsAreTargets of [false, true]) {
       const refused = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.verdict === 'drop');
       assert.equal(refused.reason, 'not-allowed');
       assert.equal((refused.peer as { subject: string }).subject, 'spiffe://cluster.synpass/ns/shop/sa/c');
+    });
+
+    it('a pod reaches a service of the node itself (its own address, as the kubelet) as itself, for that workload\'s policy, over IPv4 and IPv6; pod C is cloaked there', async () => {
+      for (const host of [nodeAddress, 'fd16::1']) {
+        const mark = agent.lines.length;
+        const since = (l: Record<string, unknown>) => agent.lines.indexOf(l) >= mark;
+        assert.equal((await request('a', host, KUBELET_PORT))?.status, 200, `${host}: ${JSON.stringify(agent.lines.slice(mark).filter((l) => l.event === 'handshake'))}`);
+        const admitted = await agent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn' && since(l));
+        assert.deepEqual(
+          [admitted.verdict, admitted.reason, admitted.rule, (admitted.peer as { subject: string } | null)?.subject, (admitted.local as { subject: string }).subject],
+          ['accept', 'ok-local', 'kubelet/from-a', 'spiffe://cluster.synpass/ns/shop/sa/a', KUBELET],
+          host,
+        );
+        assert.equal(await request('c', host, KUBELET_PORT), null, `${host}: pod C answered`);
+        const refused = await agent.waitFor((l) => l.event === 'handshake' && l.verdict === 'drop' && since(l) && (l.peer as { subject?: string } | null)?.subject === 'spiffe://cluster.synpass/ns/shop/sa/c');
+        assert.deepEqual([refused.stage, refused.reason, (refused.local as { subject: string }).subject], ['syn', 'not-allowed', KUBELET], host);
+      }
     });
 
     const kernelOnly = { skip: !kernel && 'the kernel fast path runs here only with SYNPASS_TEST_KERNEL_FAST_PATH=1' };
@@ -472,13 +496,15 @@ for (const podsAreTargets of [false, true]) {
       : (l: Record<string, unknown>, from: string) => l.stage === 'syn-ack' && String(l.destination).startsWith(`${from}:`);
     it(`pod A reaches pod B through the service address, judged between the two pods at pod B's ${podsAreTargets ? 'address' : 'SYN-ACK'}; pod C is cloaked there too`, serviceOnly, async () => {
       const filedBefore = await translatedFiled();
+      const mark = agent.lines.length;
+      const since = (l: Record<string, unknown>) => agent.lines.indexOf(l) >= mark;
       const response = await request('a', SERVICE, '80');
       assert.equal(response?.status, 200);
-      const accepted = await agent.waitFor((l) => l.event === 'handshake' && l.reason === 'ok-local' && betweenPods(l, address.a));
+      const accepted = await agent.waitFor((l) => l.event === 'handshake' && l.reason === 'ok-local' && betweenPods(l, address.a) && since(l));
       assert.deepEqual([accepted.rule, (accepted.peer as { subject: string }).subject, (accepted.local as { subject: string }).subject], ['b/from-a', 'spiffe://cluster.synpass/ns/shop/sa/a', 'spiffe://cluster.synpass/ns/shop/sa/b']);
       assert.ok((await translatedFiled()) <= filedBefore, 'the handshake judged, its filing went');
       assert.equal(await request('c', SERVICE, '80'), null);
-      const refused = await agent.waitFor((l) => l.event === 'handshake' && l.verdict === 'drop' && betweenPods(l, address.c));
+      const refused = await agent.waitFor((l) => l.event === 'handshake' && l.verdict === 'drop' && betweenPods(l, address.c) && since(l));
       assert.deepEqual([refused.reason, (refused.peer as { subject: string }).subject], ['not-allowed', 'spiffe://cluster.synpass/ns/shop/sa/c']);
     });
 

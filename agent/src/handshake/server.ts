@@ -44,6 +44,19 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     return null;
   }
   const local = ctx.localAt(serverAddress, port);
+  const clientPod = info.token === null ? pods?.identityOf(client) : undefined;
+  if (clientPod !== undefined) {
+    // A local pod's SYN to the node's own address (a host-network service, the kubelet, a node
+    // port): both ends are known here, so it is judged between the pod and the node's workload
+    // at that port, as between two pods. Not released: a node port's DNAT sends it on to a pod,
+    // whose policy judges it at its SYN-ACK (clientSynAck); the node's own answer releases it.
+    const judged = judgeBetweenPods(ctx, decision, { serverPod: ctx.local.tokenForPort(port).asPeer, clientPod, clientAddress: client, serverAddress, port });
+    if (judged instanceof Refusal) return judged;
+    if (!ctx.fileTranslated(client, packet.sourcePort, packet.sequence, null, port)) return refuse('flow-table-full');
+    decision.release = false;
+    decision.track = true;
+    return judged;
+  }
   if (info.token === null) {
     const auth = ctx.authorize(decision, 'ingress', { local, peer: null, peerAddress: client, port });
     if (!auth.allowed) return refuse('no-identity');
@@ -138,7 +151,7 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   return peer.identity;
 }
 
-export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: Decision): Refusal | null {
+export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: Decision): VerifiedIdentity | null | Refusal {
   const packet = info.packet;
   const server = sourceAddress(packet);
   const { flow, translated } = synAckFlow(ctx, packet);
@@ -148,12 +161,19 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     return null;
   }
   if (flow?.role !== 'server' || flow.pairKey === null) {
-    // This host answers a peer without identity (on a node, one filed in case a DNAT sent it
-    // on to a pod): nothing more to follow.
-    if (translated !== null) ctx.forgetTranslated(destinationAddress(packet), packet.destinationPort, packet.acknowledgment - 1);
-    decision.reason = 'peer-without-agent';
+    // This host answers a peer without identity, or on a node a local pod judged at its SYN
+    // (either filed in case a DNAT sent it on to a pod): nothing more to follow.
+    const client = destinationAddress(packet);
+    if (translated !== null) ctx.forgetTranslated(client, packet.destinationPort, packet.acknowledgment - 1);
+    const clientPod = translated === null ? undefined : ctx.options.localPods?.identityOf(client);
     decision.release = true;
-    return null;
+    if (clientPod === undefined) {
+      decision.reason = 'peer-without-agent';
+      return null;
+    }
+    decision.reason = 'ok-local';
+    decision.local = ctx.localAt(server, packet.sourcePort);
+    return clientPod;
   }
   if (translated !== null) {
     // The SYN was judged for the address it was sent to (a published port; on a node, a service

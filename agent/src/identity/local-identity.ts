@@ -4,7 +4,7 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import { SynpassError } from '../errors.ts';
 import { keyId } from '../protocol/proofs.ts';
 import { packJws, type PackedJws } from '../protocol/wire.ts';
-import { issueIdentityToken, namespaceOf, type Attribute, type VerifiedIdentity } from '../token/identity-token.ts';
+import { issueIdentityToken, namespaceOf, nodeProvenance, type Attribute, type VerifiedIdentity } from '../token/identity-token.ts';
 import { collectAttributes, type Attestor } from './attestors/attestor.ts';
 import { readCredentialFile, verifyCredential, type VerifiedCredential } from '../token/credential.ts';
 import { readPrivateKey } from './key-files.ts';
@@ -72,6 +72,8 @@ export interface WorkloadToken {
   attributes: Map<string, Attribute>;
   /** What policy sees of this workload when it is the local side: attributes plus synpass.*. */
   localAttributes: Readonly<Record<string, string>>;
+  /** This workload as a peer reads it from the token: the other end of a connection this node judges alone (a local pod's to the node). */
+  asPeer: VerifiedIdentity;
 }
 
 export type IdentityErrorCode = 'identity-file' | 'key-mismatch' | 'credential-expired' | 'bad-workload';
@@ -243,7 +245,18 @@ export class LocalIdentity {
       'synpass.trust-domain': this.credential.trustDomain,
       'synpass.agent': this.credential.subject,
     };
-    return { name, subject, token, packed: packJws(token), attributes: allowed, localAttributes };
+    const asPeer: VerifiedIdentity = {
+      trustDomain: this.credential.trustDomain,
+      subject,
+      attributes: localAttributes,
+      provenance: {
+        ...Object.fromEntries([...allowed].map(([attribute, value]) => [attribute, value.attestor])),
+        ...nodeProvenance(this.credential),
+      },
+      agent: this.credential.subject,
+      expiresAt: Math.min(nowSeconds + ttlSeconds, this.credential.expiresAt),
+    };
+    return { name, subject, token, packed: packJws(token), attributes: allowed, localAttributes, asPeer };
   }
 
   /**

@@ -104,6 +104,11 @@ function identityOf(compact: string, credential: VerifiedCredential, nowSeconds:
   return identityFromClaims(jws, credential, nowSeconds, leewaySeconds);
 }
 
+/** Who vouched for the credential's `node.*` attributes: the issuer, by its attestor. */
+export function nodeProvenance(credential: VerifiedCredential): Record<string, string> {
+  return Object.fromEntries(Object.keys(credential.node).map((name) => [name, `issuer (${credential.attestedBy ?? 'unknown'})`]));
+}
+
 function identityFromClaims(jws: DecodedJws, credential: VerifiedCredential, nowSeconds: number, leewaySeconds: number): VerifiedIdentity {
   checkTimes(jws.payload, nowSeconds, leewaySeconds);
   const { iss, sub, attrs, prov, jti, exp } = jws.payload;
@@ -126,7 +131,7 @@ function identityFromClaims(jws: DecodedJws, credential: VerifiedCredential, now
     subject: sub,
     // The synpass.* namespace is never taken from the token's claims: only from what was verified.
     attributes: { ...attributes, ...credential.node, 'synpass.trust-domain': credential.trustDomain, 'synpass.subject': sub, 'synpass.agent': credential.subject },
-    provenance: { ...provenance, ...Object.fromEntries(Object.keys(credential.node).map((name) => [name, `issuer (${credential.attestedBy ?? 'unknown'})`])) },
+    provenance: { ...provenance, ...nodeProvenance(credential) },
     agent: credential.subject,
     expiresAt: Math.min(exp as number, credential.expiresAt),
   };

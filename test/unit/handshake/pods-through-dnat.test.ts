@@ -146,3 +146,37 @@ describe('a peer without identity through a service address on the node', () => 
     assert.deepEqual([own.dropped, own.released, events.at(-1)?.reason], [false, true, 'peer-without-agent']);
   });
 });
+
+describe('a local pod to the node\'s own address', () => {
+  it('is judged at its SYN between the pod and the node\'s workload at that port, followed in case a node port sends it on, and released by the node\'s answer', async () => {
+    const domain = await createDomain('pods.synpass');
+    const NODE = [10, 216, 1, 1];
+    const nodePods: LocalPods = { identityOf: (address) => byAddress.get(address), isNodeAddress: (address) => address === NODE.join('.') };
+    const kubelet = 'spiffe://pods.synpass/node/kubelet';
+    // Every local workload admits pod A only, the node's kubelet (port 10250) included.
+    const { handler } = await identityHandler(domain, 'node', {
+      attributes: { 'host.name': 'node' },
+      workloads: [{ name: 'kubelet', subject: kubelet, uids: [], cgroups: [], ports: [10250], attestors: [] }],
+      admission: { protectedPorts: 'all', allow: [{ subject: 'spiffe://pods.synpass/ns/shop/sa/a' }], allowWithoutIdentity: [] },
+      localPods: nodePods,
+    });
+    const events: { stage: string; reason: string; peer: string | undefined; local: string | undefined }[] = [];
+    const queue = new VirtualQueue(handler, (event) => events.push({ stage: event.stage, reason: event.reason, peer: event.peer?.subject, local: event.local?.['synpass.subject'] }));
+    const syn = queue.deliver(segment(IPV4_SYN, POD.a, 40051, NODE, 10250, 0x8000), 'ingress');
+    assert.deepEqual([syn.dropped, syn.tracked, syn.released], [false, true, false], 'followed, not released');
+    assert.deepEqual(events.at(-1), { stage: 'syn', reason: 'ok-local', peer: 'spiffe://pods.synpass/ns/shop/sa/a', local: kubelet });
+    const answer = queue.deliver(segment(IPV4_SYN_ACK, NODE, 10250, POD.a, 40051, 0x9200, 0x8001), 'egress');
+    assert.deepEqual([answer.dropped, answer.released], [false, true]);
+    assert.deepEqual(events.at(-1), { stage: 'syn-ack', reason: 'ok-local', peer: 'spiffe://pods.synpass/ns/shop/sa/a', local: kubelet });
+    assert.deepEqual(Buffer.from(answer.bytes), Buffer.from(segment(IPV4_SYN_ACK, NODE, 10250, POD.a, 40051, 0x9200, 0x8001)), 'no token goes into the pod');
+    // Pod C is not admitted: cloaked at its SYN.
+    const refused = queue.deliver(segment(IPV4_SYN, POD.c, 40052, NODE, 10250, 0x8100), 'ingress');
+    assert.equal(refused.dropped, true);
+    assert.deepEqual(events.at(-1), { stage: 'syn', reason: 'not-allowed', peer: 'spiffe://pods.synpass/ns/shop/sa/c', local: kubelet });
+    // A node port: the DNAT sends pod A's SYN on to pod B, whose answer is judged between the pods.
+    queue.deliver(segment(IPV4_SYN, POD.a, 40053, NODE, 30080, 0x8200), 'ingress');
+    const fromPod = queue.deliver(segment(IPV4_SYN_ACK, POD.b, 8080, POD.a, 40053, 0x9300, 0x8201), 'ingress');
+    assert.deepEqual([fromPod.dropped, fromPod.released], [false, true]);
+    assert.deepEqual(events.at(-1), { stage: 'syn-ack', reason: 'ok-local', peer: 'spiffe://pods.synpass/ns/shop/sa/a', local: 'spiffe://pods.synpass/ns/shop/sa/b' });
+  });
+});
