@@ -58,7 +58,7 @@ struct {
 struct {
   __uint(type, BPF_MAP_TYPE_LRU_HASH);
   __uint(max_entries, 16384);
-  __type(key, struct flow_key);
+  __type(key, struct sent_key);
   __type(value, struct conn_value);
 } fast_conns SEC(".maps");
 
@@ -169,6 +169,7 @@ struct sock_state_value {
   __u8 key[16];
   __u32 owner_kind; /* the fast_clients entry it took: owner (address and port are the socket's) */
   __u32 owner;
+  __u32 isn; /* of the fast SYN, which keys its fast_conns record */
 };
 
 struct {
@@ -427,8 +428,8 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
 }
 
 static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
-  struct flow_key key = {};
-  flow_of(p, &key);
+  struct sent_key key = {.isn = bpf_ntohl(p->tcp.ack_seq) - 1, .server_port = bpf_ntohs(p->tcp.source)};
+  __builtin_memcpy(key.server, p->source, 16);
   struct conn_value *sent = bpf_map_lookup_elem(&fast_conns, &key);
   /* Only connections that sent a fast SYN expect the server's MAC. */
   if (!sent) return TC_ACT_OK;
@@ -437,10 +438,9 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
   if (at < 0 || bpf_skb_load_bytes(skb, p->option_base + (__u32)at, opt, sizeof(opt)) < 0) return drop(FAST_SYNACK_BAD_PROOF, p, sent->fast_id);
   __u32 server_isn = bpf_ntohl(p->tcp.seq);
   __u64 mac = read_be64(opt + 4);
-  if (bpf_ntohl(p->tcp.ack_seq) != sent->isn + 1) return drop(FAST_SYNACK_BAD_PROOF, p, sent->fast_id);
   /* The second MAC is computed only when the first does not match: rarely, and then once. */
-  if (synack_mac(sent->key, LABEL_SYNACK, sent->fast_id, sent->isn, server_isn) != mac) {
-    if (synack_mac(sent->key, LABEL_SYNACK_RETIRING, sent->fast_id, sent->isn, server_isn) != mac) return drop(FAST_SYNACK_BAD_PROOF, p, sent->fast_id);
+  if (synack_mac(sent->key, LABEL_SYNACK, sent->fast_id, key.isn, server_isn) != mac) {
+    if (synack_mac(sent->key, LABEL_SYNACK_RETIRING, sent->fast_id, key.isn, server_isn) != mac) return drop(FAST_SYNACK_BAD_PROOF, p, sent->fast_id);
     sent->retiring = 1;
   }
   count(FAST_SYNACK_VERIFIED);
@@ -618,6 +618,14 @@ static __always_inline void socket_flow(const struct bpf_sock_ops *ops, struct f
   local_and_remote(ops, key->local, key->remote);
 }
 
+/* Where the fast SYN of a socket is recorded (fast_conns): its server's end and its ISN. */
+static __always_inline void socket_sent(const struct bpf_sock_ops *ops, __u32 isn, struct sent_key *key) {
+  __u8 local[16];
+  key->isn = isn;
+  key->server_port = bpf_ntohl(ops->remote_port);
+  local_and_remote(ops, local, key->server);
+}
+
 /* The workload a connect belongs to: the deepest configured cgroup among the calling process's
  * cgroup and its ancestors (a unit's or pod's processes may sit in sub-cgroups), else its uid.
  * sock_ops runs at connect() in the caller's context, so the current task is the socket's. */
@@ -749,14 +757,17 @@ static __always_inline void write_client_syn(struct bpf_sock_ops *ops, const str
   write_be32(opt + 8, time);
   write_be64(opt + 12, syn_mac(state->key, state->fast_id, time, isn));
   if (bpf_store_hdr_opt(ops, opt, sizeof(opt), 0) != 0) return;
-  struct flow_key key = {};
-  socket_flow(ops, &key);
-  struct conn_value sent = {.fast_id = state->fast_id, .isn = isn};
+  state->isn = isn;
+  struct sent_key key = {};
+  socket_sent(ops, isn, &key);
+  struct conn_value sent = {.fast_id = state->fast_id};
   __builtin_memcpy(sent.key, state->key, 16);
   bpf_map_update_elem(&fast_conns, &key, &sent, BPF_ANY);
   if (cfg->untracked_mark != 0) {
+    struct flow_key flow = {};
+    socket_flow(ops, &flow);
     __u8 one = 1;
-    bpf_map_update_elem(&fast_flows, &key, &one, BPF_ANY);
+    bpf_map_update_elem(&fast_flows, &flow, &one, BPF_ANY);
   }
   count(FAST_SYN_SENT);
 }
@@ -788,10 +799,12 @@ static __always_inline void client_fallback(struct bpf_sock_ops *ops) {
   state->state = SOCK_FALLBACK;
   set_mark(ops, state->original_mark);
   if (state->workload != 0) record_owner(ops, state->workload);
-  struct flow_key key = {};
-  socket_flow(ops, &key);
-  bpf_map_delete_elem(&fast_conns, &key);
-  bpf_map_delete_elem(&fast_flows, &key);
+  struct sent_key sent = {};
+  socket_sent(ops, state->isn, &sent);
+  bpf_map_delete_elem(&fast_conns, &sent);
+  struct flow_key flow = {};
+  socket_flow(ops, &flow);
+  bpf_map_delete_elem(&fast_flows, &flow);
   count(FAST_SYN_FALLBACK);
 }
 
@@ -804,7 +817,9 @@ static __always_inline void client_established(struct bpf_sock_ops *ops) {
   if (!state) return;
   struct flow_key key = {};
   socket_flow(ops, &key);
-  struct conn_value *sent = bpf_map_lookup_elem(&fast_conns, &key);
+  struct sent_key sent_at = {};
+  socket_sent(ops, state->isn, &sent_at);
+  struct conn_value *sent = bpf_map_lookup_elem(&fast_conns, &sent_at);
   if (sent && sent->retiring) {
     struct client_key client = {.port = key.remote_port, .owner_kind = (__u16)state->owner_kind, .owner = state->owner};
     __builtin_memcpy(client.address, key.remote, 16);
@@ -820,7 +835,7 @@ static __always_inline void client_established(struct bpf_sock_ops *ops) {
       }
     }
   }
-  bpf_map_delete_elem(&fast_conns, &key);
+  bpf_map_delete_elem(&fast_conns, &sent_at);
 }
 
 /* A connection the server's tc program accepted as fast: its socket's packets leave untracked. */

@@ -86,8 +86,8 @@ struct client_value {
   __u8 key[16];
 };
 
-/* One end's view of a connection, local end first: the key of fast_conns, fast_peers and
- * fast_flows. */
+/* One end's view of a connection, local end first: the key of fast_peers, fast_flows and
+ * fast_owners. */
 struct flow_key {
   __u8 local[16];
   __u8 remote[16];
@@ -95,10 +95,19 @@ struct flow_key {
   __u16 remote_port;
 };
 
-/* Client (fast_conns): the fast SYN a local connection sent, so its SYN-ACK can be checked. */
+/* Client (fast_conns): the fast SYN a local connection sent, so its SYN-ACK can be checked.
+ * Keyed by what a source NAT between the socket and the server leaves alone: the server's
+ * address and port and the client's ISN (the SYN-ACK acknowledges it). The local end is not in
+ * the key: tc meets the SYN-ACK addressed to the NAT's address and port, before conntrack undoes
+ * the translation, where the socket knows its own. */
+struct sent_key {
+  __u8 server[16];
+  __u32 isn;
+  __u16 server_port;
+  __u16 pad;
+};
 struct conn_value {
   __u32 fast_id;
-  __u32 isn;
   __u8 key[16];
   __u32 retiring; /* the SYN-ACK proved the server's previous keys: the entry goes at establishment */
 };

@@ -455,6 +455,46 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     }
   });
 
+  it('a client that source-NATs its own connections: its kernel checks the server MAC of each fast SYN-ACK all the same, and drops a forged one', async () => {
+    // web's connections to api leave from another address and port; web's agent, started with
+    // that NAT rule in place, keeps conntrack for them (`auto`).
+    const natted = lab.secondAddress('web');
+    const snat = ['iptables', '-t', 'nat', '-A', 'POSTROUTING', '-d', lab.address('api'), '-p', 'tcp', '--dport', String(PORT), '-j', 'SNAT', '--to-source', `${natted}:41000-41999`];
+    await web.process.stop('SIGTERM');
+    lab.exec('web', ['ip', 'addr', 'add', `${natted}/24`, 'dev', 'eth0']);
+    lab.exec('web', snat);
+    const dropSyns = ['iptables', '-t', 'raw', '-I', 'PREROUTING', '-p', 'tcp', '--dport', String(PORT), '--syn', '-j', 'DROP'];
+    let dropping = false;
+    try {
+      web = await lab.startAgent('web', ['--config', fixture.files.configs.web]);
+      // api knows web at its own address only: a fallback and a first contact from the NAT's, then fast.
+      for (let i = 0; i < 3; i++) assert.equal(await http(), true, `connection ${i}`);
+      const rounds = 5;
+      const before = await fast(web);
+      for (let i = 0; i < rounds; i++) assert.equal(await http(), true, `fast connection ${i}`);
+      assert.deepEqual(countersMoved(before, await fast(web)), { synSent: rounds, synAckVerified: rounds });
+      lab.exec('api', dropSyns);
+      dropping = true;
+      const capture = await lab.capture(`tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn and src host ${natted} and dst port ${PORT}`, 1, 10_000);
+      const client = lab.peer('web', ['http', lab.address('api'), String(PORT)]);
+      await capture.waitFor((l) => typeof l.done === 'number', 10_000);
+      const syn = Buffer.from(String(capture.lines.find((l) => typeof l.hex === 'string')!.hex), 'hex');
+      const [natPort, isn] = [syn.readUInt16BE(20), syn.readUInt32BE(24)];
+      assert.ok(natPort >= 41000 && natPort <= 41999, `the SYN left from the NAT's port (${natPort})`);
+      const forged = ipv4Segment({ source: lab.address('api'), target: natted, sourcePort: PORT, port: natPort, sequence: 0x1234_5678, acknowledgment: isn + 1, flags: 0x12 });
+      const forgedBefore = await fast(web);
+      await send([forged], { from: 'api', to: 'web' });
+      assert.deepEqual(countersMoved(forgedBefore, await fast(web)), { synAckBadProof: 1 });
+      await client.stop();
+    } finally {
+      if (dropping) lab.exec('api', dropSyns.map((word) => (word === '-I' ? '-D' : word)));
+      await web.process.stop('SIGTERM');
+      lab.exec('web', snat.map((word) => (word === '-A' ? '-D' : word)));
+      lab.exec('web', ['ip', 'addr', 'del', `${natted}/24`, 'dev', 'eth0']);
+      web = await lab.startAgent('web', ['--config', fixture.files.configs.web]);
+    }
+  });
+
   it('a policy edit revokes a known pair from its next fast SYN, and restoring it lets the pair back', async () => {
     assert.equal(await http(), true);
     const mark = api.process.lines.length;

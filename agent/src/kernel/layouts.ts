@@ -26,7 +26,7 @@ export const MAP_CAPACITY = {
   fast_owners: 16_384,
 } as const;
 
-export const KEY_SIZE = { fast_clients: 24, fast_conns: 36, fast_servers: 40, fast_replay: 32, fast_peers: 36 } as const;
+export const KEY_SIZE = { fast_clients: 24, fast_conns: 24, fast_servers: 40, fast_replay: 32, fast_peers: 36 } as const;
 
 /** The fast SYN's TCP option (fast_path.h): kind, length, ExID, fast id (4), time (4), MAC (8). */
 export const FAST_SYN_OPTION = { kind: 254, exid: 0xd351, length: 20 } as const;
