@@ -326,6 +326,9 @@ for (const podsAreTargets of [false, true]) {
           ['accept', 'ok-local', 'kubelet/from-a', 'spiffe://cluster.synpass/ns/shop/sa/a', KUBELET],
           host,
         );
+        // The node's answer: judged between the two, the pod's egress included, and released.
+        const answered = await agent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn-ack' && l.direction === 'egress' && since(l));
+        assert.deepEqual([answered.verdict, answered.reason, (answered.peer as { subject: string } | null)?.subject, (answered.local as { subject: string }).subject], ['accept', 'ok-local', 'spiffe://cluster.synpass/ns/shop/sa/a', KUBELET], host);
         assert.equal(await request('c', host, KUBELET_PORT), null, `${host}: pod C answered`);
         const refused = await agent.waitFor((l) => l.event === 'handshake' && l.verdict === 'drop' && since(l) && (l.peer as { subject?: string } | null)?.subject === 'spiffe://cluster.synpass/ns/shop/sa/c');
         assert.deepEqual([refused.stage, refused.reason, (refused.local as { subject: string }).subject], ['syn', 'not-allowed', KUBELET], host);

@@ -44,30 +44,21 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     return null;
   }
   const local = ctx.localAt(serverAddress, port);
-  const clientPod = info.token === null ? pods?.identityOf(client) : undefined;
-  if (clientPod !== undefined) {
-    // A local pod's SYN to the node's own address (a host-network service, the kubelet, a node
-    // port): both ends are known here, so it is judged between the pod and the node's workload
-    // at that port, as between two pods. Not released: a node port's DNAT sends it on to a pod,
-    // whose policy judges it at its SYN-ACK (clientSynAck); the node's own answer releases it.
-    const judged = judgeBetweenPods(ctx, decision, { serverPod: ctx.local.tokenForPort(port).asPeer, clientPod, clientAddress: client, serverAddress, port });
-    if (judged instanceof Refusal) return judged;
-    if (!ctx.fileTranslated(client, packet.sourcePort, packet.sequence, null, port)) return refuse('flow-table-full');
-    decision.release = false;
-    decision.track = true;
-    return judged;
-  }
   if (info.token === null) {
-    const auth = ctx.authorize(decision, 'ingress', { local, peer: null, peerAddress: client, port });
-    if (!auth.allowed) return refuse('no-identity');
-    decision.reason = auth.wouldDrop !== null ? 'observe-would-drop' : auth.unrestricted ? 'unprotected-port' : 'allowed-without-identity';
+    // On a node, a local pod's SYN to the node's own address (a host-network service, the
+    // kubelet, a node port) carries no token, but the pod is known here: it is judged as itself.
+    const clientPod = pods?.identityOf(client) ?? null;
+    const auth = ctx.authorize(decision, 'ingress', { local, peer: clientPod, peerAddress: client, port });
+    if (!auth.allowed) return clientPod === null ? refuse('no-identity') : refuse('not-allowed', 'pod not admitted to the node\'s port', clientPod);
+    decision.reason = auth.wouldDrop !== null ? 'observe-would-drop' : clientPod !== null ? 'ok-local' : auth.unrestricted ? 'unprotected-port' : 'allowed-without-identity';
     if (pods !== undefined) {
       // On a node the address may be a service's or a node port that a DNAT sends on to one of
       // its pods, whose own policy has the last word: filed and followed to the answer, judged
-      // there for that pod (clientSynAck), released if the node itself answers (serverSynAck).
+      // there for that pod (clientSynAck). If the node itself answers, a local pod's egress is
+      // judged there (the answering end known), and anything else released (serverSynAck).
       if (!ctx.fileTranslated(client, packet.sourcePort, packet.sequence, null, port)) return refuse('flow-table-full');
       decision.track = true;
-      return null;
+      return clientPod;
     }
     decision.release = true;
     return null;
@@ -161,19 +152,20 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     return null;
   }
   if (flow?.role !== 'server' || flow.pairKey === null) {
-    // This host answers a peer without identity, or on a node a local pod judged at its SYN
-    // (either filed in case a DNAT sent it on to a pod): nothing more to follow.
+    // This host answers a peer without identity (on a node, one filed in case a DNAT sent it
+    // on to a pod): nothing more to follow. Or, on a node, one of its pods: judged between the
+    // pod and the node's workload, the pod's egress included; a refused answer keeps its
+    // filing, so that the retransmits are refused too.
     const client = destinationAddress(packet);
-    if (translated !== null) ctx.forgetTranslated(client, packet.destinationPort, packet.acknowledgment - 1);
     const clientPod = translated === null ? undefined : ctx.options.localPods?.identityOf(client);
-    decision.release = true;
-    if (clientPod === undefined) {
+    const judged = translated === null || clientPod === undefined ? null : judgeBetweenPods(ctx, decision, { serverPod: ctx.local.tokenForPort(translated.port).asPeer, clientPod, clientAddress: client, serverAddress: server, port: translated.port });
+    if (judged instanceof Refusal) return judged;
+    if (translated !== null) ctx.forgetTranslated(client, packet.destinationPort, packet.acknowledgment - 1);
+    if (judged === null) {
       decision.reason = 'peer-without-agent';
-      return null;
+      decision.release = true;
     }
-    decision.reason = 'ok-local';
-    decision.local = ctx.localAt(server, packet.sourcePort);
-    return clientPod;
+    return judged;
   }
   if (translated !== null) {
     // The SYN was judged for the address it was sent to (a published port; on a node, a service

@@ -9,6 +9,8 @@ import type { VerifiedIdentity } from '../../../agent/src/token/identity-token.t
 import { VirtualQueue } from '../../../agent/src/datapath/virtual-queue.ts';
 import { IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../../scripts/lib/fixtures.ts';
 import { createDomain, identityHandler } from '../../../scripts/lib/identities.ts';
+import { PolicyAuthorizer } from '../../../agent/src/handshake/authorizer.ts';
+import { compile } from '../../../scripts/lib/policy-dir.ts';
 
 const SERVICE = [10, 96, 0, 10];
 const POD = { a: [10, 215, 1, 1], b: [10, 215, 1, 2], c: [10, 215, 1, 3] } as const;
@@ -148,11 +150,12 @@ describe('a peer without identity through a service address on the node', () => 
 });
 
 describe('a local pod to the node\'s own address', () => {
-  it('is judged at its SYN between the pod and the node\'s workload at that port, followed in case a node port sends it on, and released by the node\'s answer', async () => {
+  const NODE = [10, 216, 1, 1];
+  const nodePods: LocalPods = { identityOf: (address) => byAddress.get(address), isNodeAddress: (address) => address === NODE.join('.') };
+  const kubelet = 'spiffe://pods.synpass/node/kubelet';
+
+  it('is judged as the pod for the node\'s workload at that port at its SYN, followed in case a node port sends it on, and judged between the two at the node\'s answer', async () => {
     const domain = await createDomain('pods.synpass');
-    const NODE = [10, 216, 1, 1];
-    const nodePods: LocalPods = { identityOf: (address) => byAddress.get(address), isNodeAddress: (address) => address === NODE.join('.') };
-    const kubelet = 'spiffe://pods.synpass/node/kubelet';
     // Every local workload admits pod A only, the node's kubelet (port 10250) included.
     const { handler } = await identityHandler(domain, 'node', {
       attributes: { 'host.name': 'node' },
@@ -178,5 +181,41 @@ describe('a local pod to the node\'s own address', () => {
     const fromPod = queue.deliver(segment(IPV4_SYN_ACK, POD.b, 8080, POD.a, 40053, 0x9300, 0x8201), 'ingress');
     assert.deepEqual([fromPod.dropped, fromPod.released], [false, true]);
     assert.deepEqual(events.at(-1), { stage: 'syn-ack', reason: 'ok-local', peer: 'spiffe://pods.synpass/ns/shop/sa/a', local: 'spiffe://pods.synpass/ns/shop/sa/b' });
+  });
+
+  it('a pod\'s egress policy is judged once the answering end is known: refused at the node\'s answer, the retransmit too; a node port to a pod it may reach still works', async () => {
+    const domain = await createDomain('pods.synpass');
+    const { handler } = await identityHandler(domain, 'node', {
+      attributes: { 'host.name': 'node' },
+      workloads: [{ name: 'kubelet', subject: kubelet, uids: [], cgroups: [], ports: [10250], attestors: [] }],
+      admission: { protectedPorts: 'all', allow: [], allowWithoutIdentity: [] },
+      localPods: nodePods,
+    });
+    // The kubelet admits pod A; pod B admits pod A; pod A may reach pod B only.
+    handler.useAuthorizer(
+      new PolicyAuthorizer(() =>
+        compile({
+          'p.yaml': [
+            'policies:',
+            `  - { name: kubelet, selector: { synpass.subject: "${kubelet}" }, ingress: [{ name: from-a, action: allow, ports: [10250], from: { k8s.label.app: a } }] }`,
+            '  - { name: b, selector: { k8s.label.app: b }, ingress: [{ name: from-a, action: allow, ports: [8080], from: { k8s.label.app: a } }] }',
+            '  - { name: a, selector: { k8s.label.app: a }, egress: [{ name: to-b, action: allow, ports: [8080], to: { k8s.label.app: b } }] }',
+            '',
+          ].join('\n'),
+        }),
+      ),
+    );
+    const events: { stage: string; reason: string; rule: string | null }[] = [];
+    const queue = new VirtualQueue(handler, (event) => events.push({ stage: event.stage, reason: event.reason, rule: event.rule }));
+    const syn = queue.deliver(segment(IPV4_SYN, POD.a, 40061, NODE, 10250, 0xa000), 'ingress');
+    assert.deepEqual([syn.dropped, syn.tracked, events.at(-1)?.reason, events.at(-1)?.rule], [false, true, 'ok-local', 'kubelet/from-a'], 'the kubelet admits pod A');
+    for (const attempt of ['answer', 'retransmit']) {
+      const answer = queue.deliver(segment(IPV4_SYN_ACK, NODE, 10250, POD.a, 40061, 0xb000, 0xa001), 'egress');
+      assert.deepEqual([answer.dropped, events.at(-1)?.reason, events.at(-1)?.rule], [true, 'not-allowed', 'default-deny'], attempt);
+    }
+    // Through a node port to pod B, which pod A may reach.
+    queue.deliver(segment(IPV4_SYN, POD.a, 40062, NODE, 30080, 0xa100), 'ingress');
+    const fromPod = queue.deliver(segment(IPV4_SYN_ACK, POD.b, 8080, POD.a, 40062, 0xb100, 0xa101), 'ingress');
+    assert.deepEqual([fromPod.dropped, fromPod.released, events.at(-1)?.reason, events.at(-1)?.rule], [false, true, 'ok-local', 'b/from-a']);
   });
 });
