@@ -158,7 +158,13 @@ for (const podsAreTargets of [false, true]) {
       await initDomain('cluster.synpass', join(directory, 'domain'));
       await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: 'cluster.synpass', agentId: 'node-1', namespaces: ['k8s', 'host'], ttlSeconds: 3600, outputDirectory: join(directory, 'agent') });
       await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: 'cluster.synpass', agentId: 'remote', namespaces: ['app'], ttlSeconds: 3600, outputDirectory: join(directory, 'remote') });
-      writeFileSync(join(directory, 'pods.json'), JSON.stringify([pod('a-1', 'a'), pod('b-1', 'b', { exposure: 'public' }), pod('c-1', 'c')]));
+      // And a pod on the host's network, with the node's addresses (kube-proxy): the node's, no pod.
+      const hostNetworkPod = {
+        metadata: { name: 'kube-proxy-node-1', namespace: 'kube-system', resourceVersion: '1', labels: { app: 'kube-proxy' } },
+        spec: { nodeName: 'node-1', serviceAccountName: 'kube-proxy', hostNetwork: true },
+        status: { phase: 'Running', podIP: nodeAddress, podIPs: [{ ip: nodeAddress }, { ip: 'fd16::1' }] },
+      };
+      writeFileSync(join(directory, 'pods.json'), JSON.stringify([pod('a-1', 'a'), pod('b-1', 'b', { exposure: 'public' }), pod('c-1', 'c'), hostNetworkPod]));
       // The node registered with the readiness taint, beside one of the kubelet's.
       writeFileSync(join(directory, 'nodes.json'), JSON.stringify([{ metadata: { name: 'node-1' }, spec: { taints: [{ key: 'synpass.io/agent-not-ready', value: 'true', effect: 'NoExecute' }, notReady] } }]));
       kubeApi = spawn(node, [API, join(directory, 'pods.json'), '0', join(directory, 'nodes.json')], undefined, true);
@@ -265,7 +271,7 @@ for (const podsAreTargets of [false, true]) {
       return fetchFrom(pods[from], cgroups[from], host, port);
     }
 
-    it('the agent learned the pods from the API server', () => {
+    it('the agent learned the pods from the API server, leaving the one on the host\'s network to the node', () => {
       const listed = agent.lines.find((l) => l.msg === 'kubernetes pods listed');
       assert.equal(listed?.pods, 3);
     });

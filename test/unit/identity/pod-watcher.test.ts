@@ -109,7 +109,7 @@ it('lists, follows the watch with bookmarks, re-lists after 410 Gone and backs o
   }
 });
 
-it('applies watch events in between: added, modified, deleted, bookmark', async () => {
+it('applies watch events in between: added, modified, deleted, bookmark; pods on the host network are left to the node', async () => {
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://x');
     res.writeHead(200, { 'content-type': 'application/json' });
@@ -122,6 +122,8 @@ it('applies watch events in between: added, modified, deleted, bookmark', async 
     // Dual stack: the API server writes IPv6 compressed; packets name it in full.
     res.write(`${JSON.stringify({ type: 'ADDED', object: pod('dual', '10.1.0.11', { app: 'dual' }, '3', { status: { phase: 'Running', podIP: '10.1.0.11', podIPs: [{ ip: '10.1.0.11' }, { ip: 'fd00:10::b' }] } }) })}\n`);
     res.write(`${JSON.stringify({ type: 'DELETED', object: pod('gone', '10.1.0.8', {}, '4') })}\n`);
+    // Two pods on the host's network, with the node's address: neither is a pod address.
+    for (const name of ['kube-proxy', 'cni-agent']) res.write(`${JSON.stringify({ type: 'ADDED', object: pod(name, '10.1.0.1', { app: name }, '5', { spec: { nodeName: 'node-1', serviceAccountName: name, hostNetwork: true } }) })}\n`);
     res.write(`${JSON.stringify({ type: 'BOOKMARK', object: { metadata: { resourceVersion: '9' } } })}\n`);
     // Keep the stream open like an API server would.
   });
@@ -134,6 +136,7 @@ it('applies watch events in between: added, modified, deleted, bookmark', async 
     while (watcher.resourceVersion !== '9' && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
     assert.equal(watcher.resourceVersion, '9');
     assert.equal(watcher.podCount, 3);
+    assert.equal(watcher.attributesOf('10.1.0.1'), undefined, 'a pod on the host network is the node');
     assert.equal(watcher.attributesOf('10.1.0.5')?.get('k8s.label.tier')?.value, 'frontend');
     assert.equal(watcher.attributesOf('fd00:10:0:0:0:0:0:b')?.get('k8s.label.app')?.value, 'dual');
     assert.equal(watcher.attributesOf('10.1.0.11'), watcher.attributesOf('fd00:10:0:0:0:0:0:b'));

@@ -1,6 +1,7 @@
 // The pods on this node, kept current through the Kubernetes API: list, then watch from the
 // list's resourceVersion (with bookmarks), re-list on 410 Gone, back off on errors. Each pod IP
 // maps to attributes with provenance "k8s"; the agent gives a pod's traffic that pod's identity.
+// Pods on the host's network are the node's, not address workloads.
 import type { IncomingMessage } from 'node:http';
 import { createInterface } from 'node:readline';
 import type { Attribute } from '../../token/identity-token.ts';
@@ -15,7 +16,7 @@ interface PodObject {
     labels?: Record<string, string>;
     ownerReferences?: { kind?: string; name?: string; controller?: boolean }[];
   };
-  spec?: { nodeName?: string; serviceAccountName?: string };
+  spec?: { nodeName?: string; serviceAccountName?: string; hostNetwork?: boolean };
   status?: { podIP?: string; podIPs?: { ip: string }[]; phase?: string; containerStatuses?: { imageID?: string }[] };
 }
 
@@ -167,6 +168,11 @@ export class PodWatcher {
     for (const ip of this.byName.get(name) ?? []) this.byIp.delete(ip);
     this.byName.delete(name);
     if (type === 'DELETED' || pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed') return;
+    // A pod on the host's network (kube-proxy, a CNI agent, synpass itself) has the node's
+    // addresses for its own: its connections are the node's, judged as the node's workloads
+    // (by uid or cgroup). Filed by those addresses it would give every process of the node its
+    // identity, and each such pod would take the address from the last.
+    if (pod.spec?.hostNetwork === true) return;
     const ips = podIps(pod);
     const attributes = podAttributes(pod);
     for (const ip of ips) this.byIp.set(ip, attributes);
