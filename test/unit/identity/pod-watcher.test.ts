@@ -122,6 +122,10 @@ it('applies watch events in between: added, modified, deleted, bookmark; pods on
     // Dual stack: the API server writes IPv6 compressed; packets name it in full.
     res.write(`${JSON.stringify({ type: 'ADDED', object: pod('dual', '10.1.0.11', { app: 'dual' }, '3', { status: { phase: 'Running', podIP: '10.1.0.11', podIPs: [{ ip: '10.1.0.11' }, { ip: 'fd00:10::b' }] } }) })}\n`);
     res.write(`${JSON.stringify({ type: 'DELETED', object: pod('gone', '10.1.0.8', {}, '4') })}\n`);
+    // A terminating pod's address given to a new pod before the old one is gone: the new one keeps it.
+    res.write(`${JSON.stringify({ type: 'ADDED', object: pod('old', '10.1.0.20', { app: 'old' }, '4') })}\n`);
+    res.write(`${JSON.stringify({ type: 'ADDED', object: pod('new', '10.1.0.20', { app: 'new' }, '4') })}\n`);
+    res.write(`${JSON.stringify({ type: 'DELETED', object: pod('old', '10.1.0.20', { app: 'old' }, '5') })}\n`);
     // Two pods on the host's network, with the node's address: neither is a pod address.
     for (const name of ['kube-proxy', 'cni-agent']) res.write(`${JSON.stringify({ type: 'ADDED', object: pod(name, '10.1.0.1', { app: name }, '5', { spec: { nodeName: 'node-1', serviceAccountName: name, hostNetwork: true } }) })}\n`);
     res.write(`${JSON.stringify({ type: 'BOOKMARK', object: { metadata: { resourceVersion: '9' } } })}\n`);
@@ -135,7 +139,8 @@ it('applies watch events in between: added, modified, deleted, bookmark; pods on
     const deadline = Date.now() + 5_000;
     while (watcher.resourceVersion !== '9' && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
     assert.equal(watcher.resourceVersion, '9');
-    assert.equal(watcher.podCount, 3);
+    assert.equal(watcher.podCount, 4);
+    assert.equal(watcher.attributesOf('10.1.0.20')?.get('k8s.label.app')?.value, 'new', 'the old pod\'s deletion left the new pod its address');
     assert.equal(watcher.attributesOf('10.1.0.1'), undefined, 'a pod on the host network is the node');
     assert.equal(watcher.attributesOf('10.1.0.5')?.get('k8s.label.tier')?.value, 'frontend');
     assert.equal(watcher.attributesOf('fd00:10:0:0:0:0:0:b')?.get('k8s.label.app')?.value, 'dual');

@@ -74,7 +74,8 @@ export interface PodWatcherOptions {
 export class PodWatcher {
   /** Pod IP -> attributes. Replaced whole on re-list, edited in place by watch events. */
   private byIp = new Map<string, Map<string, Attribute>>();
-  private byName = new Map<string, string[]>();
+  /** Pod (namespace/name) -> the addresses it was filed under, with what it was filed as. */
+  private byName = new Map<string, { ips: string[]; attributes: Map<string, Attribute> }>();
   resourceVersion = '';
   lists = 0;
   watches = 0;
@@ -165,7 +166,9 @@ export class PodWatcher {
 
   private apply(type: 'ADDED' | 'MODIFIED' | 'DELETED', pod: PodObject): void {
     const name = `${pod.metadata?.namespace ?? ''}/${pod.metadata?.name ?? ''}`;
-    for (const ip of this.byName.get(name) ?? []) this.byIp.delete(ip);
+    const previous = this.byName.get(name);
+    // An address another pod took since (a terminating pod's, given to a new one) stays that pod's.
+    for (const ip of previous?.ips ?? []) if (this.byIp.get(ip) === previous?.attributes) this.byIp.delete(ip);
     this.byName.delete(name);
     if (type === 'DELETED' || pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed') return;
     // A pod on the host's network (kube-proxy, a CNI agent, synpass itself) has the node's
@@ -176,7 +179,7 @@ export class PodWatcher {
     const ips = podIps(pod);
     const attributes = podAttributes(pod);
     for (const ip of ips) this.byIp.set(ip, attributes);
-    this.byName.set(name, ips);
+    this.byName.set(name, { ips, attributes });
   }
 
   private async loop(): Promise<void> {
