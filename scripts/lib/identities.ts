@@ -101,7 +101,6 @@ export interface HandlerOptions {
 
 /** A real IdentityHandler for agent `id` of `domain`, as the agent builds it (no kernel). */
 export async function identityHandler(domain: TestDomain, id: string, options: HandlerOptions) {
-  const clock = options.clock ?? Date.now;
   const created = await createAgent(domain, id, {
     ...(options.namespaces === undefined ? {} : { namespaces: options.namespaces }),
     ...(options.signingKey === undefined ? {} : { signingKey: options.signingKey }),
@@ -118,6 +117,12 @@ export async function identityHandler(domain: TestDomain, id: string, options: H
     workloads: options.workloads ?? [],
     tokenTtlSeconds: 600,
   });
+  return handlerFor(local, options);
+}
+
+/** The handler an agent with identity `local` builds, as if it started again with the same keys. */
+export function handlerFor(local: LocalIdentity, options: HandlerOptions) {
+  const clock = options.clock ?? Date.now;
   const verifier = new PeerVerifier(local.bundles, { kex: local.kex, kexRaw: local.kexRaw }, () => Math.floor(clock() / 1000));
   const handler = new IdentityHandler(local, verifier, new AdmissionAuthorizer(new Admission(options.admission)), {
     replayWindowSeconds: 30,

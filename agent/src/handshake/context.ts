@@ -14,7 +14,7 @@ import type { Authorization, AuthorizationQuery, Authorizer } from './authorizer
 import { ExpiringTable, flowKey, type Flow, type SeenNonce } from './handshake-state.ts';
 import type { HeldPacket } from '../datapath/handler.ts';
 import type { KernelPath } from './kernel-path.ts';
-import type { PairKeys, PeerVerifier } from './peer-verifier.ts';
+import { PairKeys, type OwnKeys, type PeerVerifier } from './peer-verifier.ts';
 import { PresignedSyns } from './presigned-syns.ts';
 import { refuse, type Refusal } from './reasons.ts';
 import { SourceBudget } from './source-budget.ts';
@@ -41,7 +41,13 @@ export interface KnownServer {
 export interface PreviousKey {
   keyId: Buffer;
   untilMs: number;
+  /** The key itself: a restart keeps it while peers' entries rest on it (kernel/saved-tables.ts). */
+  own: OwnKeys;
   pairKeys: PairKeys;
+}
+
+export function previousKey(own: OwnKeys, untilMs: number): PreviousKey {
+  return { keyId: keyId(own.kexRaw), untilMs, own, pairKeys: new PairKeys(own) };
 }
 
 /** A flow as the server keeps it: done once the client's proof arrived, and what waits for it. */

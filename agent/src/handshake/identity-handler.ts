@@ -12,10 +12,10 @@ import type { LocalIdentity } from '../identity/local-identity.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { Authorizer } from './authorizer.ts';
 import { clientAck, clientSyn, clientSynAck } from './client.ts';
-import { HandshakeContext, MAX_KNOWN_SERVERS, type IdentityHandlerOptions } from './context.ts';
+import { HandshakeContext, MAX_KNOWN_SERVERS, previousKey, type IdentityHandlerOptions } from './context.ts';
 import { MAX_HELD } from './held.ts';
 import type { KeptTables, KernelPath } from './kernel-path.ts';
-import { PairKeys, type PeerVerifier } from './peer-verifier.ts';
+import type { PeerVerifier } from './peer-verifier.ts';
 import { Refusal } from './reasons.ts';
 import { restoreKernelTables, type TablesRestored } from './restore-kernel.ts';
 import { serverAck, serverSyn, serverSynAck } from './server.ts';
@@ -103,6 +103,16 @@ export class IdentityHandler implements HandshakeHandler {
     ctx.kernelPath?.reauthorize(ctx.authorizer, (address, port) => ctx.localAt(address, port));
   }
 
+  /**
+   * This agent's key-agreement key before its last rotation, while it is honoured (PKCS#8 DER),
+   * for a restart to go on honouring it; null when there is none.
+   */
+  previousKeyToKeep(): { privateKey: Buffer; untilSeconds: number } | null {
+    const previous = this.ctx.previousKey;
+    if (previous === null || previous.untilMs <= this.ctx.now()) return null;
+    return { privateKey: previous.own.kex.export({ format: 'der', type: 'pkcs8' }), untilSeconds: Math.floor(previous.untilMs / 1000) };
+  }
+
   /** The kernel tables a previous run saved, back into the kernel path as far as it still holds. */
   restoreKernelTables(saved: KeptTables): TablesRestored {
     return restoreKernelTables(this.ctx, saved);
@@ -135,7 +145,7 @@ export class IdentityHandler implements HandshakeHandler {
     if (!local.keyId.equals(ctx.local.keyId)) {
       // Clients that know the old key still prove their SYNs to it; honour that while it lives.
       const old = ctx.local;
-      ctx.previousKey = { keyId: old.keyId, untilMs: old.credential.expiresAt * 1000, pairKeys: new PairKeys({ kex: old.kex, kexRaw: old.kexRaw }) };
+      ctx.previousKey = previousKey({ kex: old.kex, kexRaw: old.kexRaw }, old.credential.expiresAt * 1000);
       // The kernel's keys derive from the old pair keys: they hold while the old key does, and
       // without them a client's next fast SYN would meet a silent server for a retransmission timeout.
       ctx.kernelPath?.retire(old.credential.expiresAt);

@@ -54,7 +54,7 @@ export interface FastServer extends KernelEntry {
 
 /**
  * The kernel tables a stopped run kept for the next (kernel/saved-tables.ts writes and reads
- * them). No key: an entry names its peer's credential (by index) and the client token's
+ * them). No fast key: an entry names its peer's credential (by index) and the client token's
  * signature, and the fast key is derived again from them.
  */
 export interface KeptTables {
@@ -66,6 +66,21 @@ export interface KeptTables {
   entries: readonly KeptServerEntry[];
   /** The client table: servers that hold a local workload. */
   clients: readonly KeptClientEntry[];
+  /** The key before the last rotation, while it is honoured, and the server entries resting on it. */
+  retiring?: KeptRetiring | undefined;
+}
+
+/**
+ * This agent's previous key-agreement key and what peers proved under it: after a restart its
+ * SYN proofs are still honoured, and its entries are still accepted and tell their clients to
+ * learn the new key (Retiring in docs/protocol.md), until `untilSeconds`.
+ */
+export interface KeptRetiring {
+  /** The X25519 private key, PKCS#8 DER, base64url: it never leaves this host's file. */
+  privateKey: string;
+  /** Unix seconds: the end of the credential that key belonged to. */
+  untilSeconds: number;
+  entries: readonly KeptServerEntry[];
 }
 
 export interface KeptServerEntry {

@@ -476,12 +476,15 @@ export class KernelFastPath implements KernelPath {
 
   /**
    * What a restart can rebuild of the server table (kernel/saved-tables.ts): the entries resting
-   * on this agent's current keys. Retiring ones rest on keys it no longer holds.
+   * on this agent's current keys, or (`previous`) those resting on the keys before the last
+   * rotation, which the agent keeps until they end. Entries of rotations before that rest on keys
+   * it no longer holds.
    */
-  serversToSave(): ServerToSave[] {
+  serversToSave(keys: 'current' | 'previous' = 'current'): ServerToSave[] {
+    const generation = keys === 'current' ? this.generation : this.generation - 1;
     const saved: ServerToSave[] = [];
     for (const record of this.servers.values()) {
-      if (this.retiring(record)) continue;
+      if (record.generation !== generation) continue;
       const { entry } = record;
       const { peerAddress, localAddress, port, credential, tokenSignature, peer, expiresAt } = entry;
       saved.push({ peerAddress, localAddress, port, credential: credential.compact, tokenSignature, peer, expiresAt });

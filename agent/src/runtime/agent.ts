@@ -335,8 +335,9 @@ export class Agent {
     try {
       const servers = path.serversToSave();
       const clients = path.clientsToSave();
-      writeSavedTables(file, kept.encode(servers, clients));
-      this.log.info({ file, servers: servers.length, clients: clients.length }, 'kernel fast path: tables saved for the next run');
+      const retiring = path.serversToSave('previous');
+      writeSavedTables(file, kept.encode(servers, clients, retiring));
+      this.log.info({ file, servers: servers.length, clients: clients.length, retiring: retiring.length }, 'kernel fast path: tables saved for the next run');
     } catch (error) {
       this.log.warn({ err: error, file }, 'kernel fast path: the tables were not saved; after a restart clients fall back once, local workloads take a first contact');
     }

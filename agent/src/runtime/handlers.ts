@@ -77,8 +77,11 @@ export interface BuiltHandler {
 }
 
 export interface KeptKernelTables {
-  /** The file's text, under this agent's current key-agreement key. */
-  encode(servers: readonly ServerToSave[], clients: readonly ClientToSave[]): string;
+  /**
+   * The file's text, under this agent's current key-agreement key, and with its previous one
+   * while that is honoured (`retiring`: the server entries resting on it).
+   */
+  encode(servers: readonly ServerToSave[], clients: readonly ClientToSave[], retiring: readonly ServerToSave[]): string;
   restore(saved: KeptTables): TablesRestored;
 }
 
@@ -242,7 +245,10 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
     handler,
     useKernelPath: (path) => { handler.useKernelPath(path); },
     keptKernelTables: {
-      encode: (servers, clients) => encodeSavedTables(local.kexRaw, servers, clients),
+      encode: (servers, clients, retiring) => {
+        const previous = handler.previousKeyToKeep();
+        return encodeSavedTables(local.kexRaw, servers, clients, previous === null ? null : { ...previous, servers: retiring });
+      },
       restore: (saved) => handler.restoreKernelTables(saved),
     },
     rehearse: (count, signal) => rehearseFirstContacts(count, { signingKey: algorithmOf(local.signKey) === 'EdDSA' ? 'ed25519' : 'p256', signal }),

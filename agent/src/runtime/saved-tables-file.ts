@@ -1,6 +1,7 @@
 // The file behind kernel/saved-tables.ts: written whole or not at all (a stop that dies midway
 // leaves the previous file or none), read once and removed, so a later crash never restores it
-// a second time. It holds no key, yet names peers: readable by the agent's user only.
+// a second time. It names peers, and after a rotation holds the previous key-agreement key: readable
+// by the agent's user only.
 import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import type { KeptTables } from '../handshake/kernel-path.ts';
 import { decodeSavedTables, SavedTablesError } from '../kernel/saved-tables.ts';

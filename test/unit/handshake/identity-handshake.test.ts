@@ -9,11 +9,11 @@ import { Admission, type AdmissionConfig } from '../../../agent/src/handshake/ad
 import { AdmissionAuthorizer } from '../../../agent/src/handshake/authorizer.ts';
 import { ProcessAttestor } from '../../../agent/src/identity/attestors/process.ts';
 import { StaticAttestor } from '../../../agent/src/identity/attestors/static.ts';
-import type { WorkloadIdentity } from '../../../agent/src/identity/local-identity.ts';
+import type { LocalIdentity, WorkloadIdentity } from '../../../agent/src/identity/local-identity.ts';
 import type { VerifiedIdentity } from '../../../agent/src/token/identity-token.ts';
 import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../../scripts/lib/fixtures.ts';
 import { fixChecksums } from '../../../scripts/lib/packets.ts';
-import { createDomain, identityHandler, type TestDomain } from '../../../scripts/lib/identities.ts';
+import { createDomain, handlerFor, identityHandler, type HandlerOptions, type TestDomain } from '../../../scripts/lib/identities.ts';
 import { VirtualQueue, type Verdict } from '../../../agent/src/datapath/virtual-queue.ts';
 import { bodyOf, withBody } from '../../../scripts/lib/rebody.ts';
 import type { Reason } from '../../../agent/src/datapath/reasons.ts';
@@ -32,15 +32,27 @@ const admission: AdmissionConfig = {
   allowWithoutIdentity: [{ cidr: '10.99.0.0/16', ports: [7000] }],
 };
 
-async function agent(domain: TestDomain, id: string, tier: string, clock: () => number, workloads: WorkloadIdentity[] = [], signatureChecksPerSource?: number) {
-  const { handler, verifier, local } = await identityHandler(domain, id, {
+function handlerOptions(tier: string, clock: () => number, workloads: WorkloadIdentity[] = [], signatureChecksPerSource?: number): HandlerOptions {
+  return {
     attributes: { 'app.tier': tier },
     admission,
     workloads,
     clock,
     namespaces: ['app', 'process'],
     ...(signatureChecksPerSource === undefined ? {} : { signatureChecksPerSource }),
-  });
+  };
+}
+
+async function agent(domain: TestDomain, id: string, tier: string, clock: () => number, workloads: WorkloadIdentity[] = [], signatureChecksPerSource?: number) {
+  return onVirtualQueue(await identityHandler(domain, id, handlerOptions(tier, clock, workloads, signatureChecksPerSource)));
+}
+
+/** The agent `local` is, started again with the same keys (and nothing else of its previous run). */
+function restarted(local: LocalIdentity, tier: string, clock: () => number) {
+  return onVirtualQueue(handlerFor(local, handlerOptions(tier, clock)));
+}
+
+function onVirtualQueue({ handler, verifier, local }: ReturnType<typeof handlerFor>) {
   const events: { reason: string; accepted: boolean; peer: string | undefined }[] = [];
   const queue = new VirtualQueue(handler, (event) => {
     if (event.stage !== 'ack') events.push({ reason: event.reason, accepted: event.accepted, peer: event.peer?.subject });
@@ -621,7 +633,7 @@ describe('identity handshake over a virtual wire', () => {
     const restarted = recordingKernelPath();
     server.handler.useKernelPath(restarted.path);
     const none = { restored: 0, skipped: {} };
-    assert.deepEqual(server.handler.restoreKernelTables(saved()), { servers: { restored: 2, skipped: {} }, clients: none });
+    assert.deepEqual(server.handler.restoreKernelTables(saved()), { servers: { restored: 2, skipped: {} }, clients: none, retiring: none });
     const [restored] = restarted.told.admitted;
     // The entry holds for the address the SYN was sent to (the host's here; a pod's on a node).
     assert.equal(admitted.localAddress, '10.213.5.2');
@@ -630,7 +642,7 @@ describe('identity handshake over a virtual wire', () => {
     assert.deepEqual(server.handler.restoreKernelTables(decodeSavedTables(file.replaceAll('"localAddress":"10.213.5.2",', ''), 'old.json')).servers, { restored: 0, skipped: { 'no-local-address': 2 } });
     const clientRestarted = recordingKernelPath();
     client.handler.useKernelPath(clientRestarted.path);
-    assert.deepEqual(client.handler.restoreKernelTables(decodeSavedTables(clientFile, 'client.json')), { servers: none, clients: { restored: 1, skipped: {} } });
+    assert.deepEqual(client.handler.restoreKernelTables(decodeSavedTables(clientFile, 'client.json')), { servers: none, clients: { restored: 1, skipped: {} }, retiring: none });
     const [relearned] = clientRestarted.told.servers;
     assert.deepEqual([relearned?.fast, relearned?.peer, relearned?.owner, relearned?.serverAddress, relearned?.port], [learned.fast, learned.peer, learned.owner, learned.serverAddress, learned.port]);
     // A file from before client tables were kept has none.
@@ -640,7 +652,7 @@ describe('identity handshake over a virtual wire', () => {
     (changed.clients[0]!.local as Record<string, string>)['app.tier'] = 'other';
     assert.deepEqual(client.handler.restoreKernelTables(changed).clients, { restored: 0, skipped: { 'workload-changed': 1 } });
     // Another agent's key derives other keys: nothing.
-    assert.deepEqual(client.handler.restoreKernelTables(saved()), { servers: { restored: 0, skipped: { 'keys-changed': 2 } }, clients: none });
+    assert.deepEqual(client.handler.restoreKernelTables(saved()), { servers: { restored: 0, skipped: { 'keys-changed': 2 } }, clients: none, retiring: none });
     assert.deepEqual(server.handler.restoreKernelTables(decodeSavedTables(clientFile, 'client.json')).clients, { restored: 0, skipped: { 'keys-changed': 1 } });
     // An identity that claims another agent than the credential's.
     const forged = saved();
@@ -660,6 +672,62 @@ describe('identity handshake over a virtual wire', () => {
     assert.equal(client.handler.restoreKernelTables(decodeSavedTables(clientFile, 'client.json')).clients.restored, 0);
     assert.throws(() => decodeSavedTables(file.replace('"credential":0', '"credential":5'), 'saved.json'), /saved\.json: an entry names a credential the file does not hold/);
     assert.throws(() => decodeSavedTables('{', 'saved.json'), /saved\.json: not JSON/);
+  });
+
+  it('a restart after a rotation: what peers proved under the previous key comes back retiring, under the same fast keys, and that key\'s SYN proofs are honoured again until it ends', async () => {
+    const serverKernel = recordingKernelPath();
+    server.handler.useKernelPath(serverKernel.path);
+    client.handler.useKernelPath(recordingKernelPath().path);
+    server.queue.deliver(client.queue.deliver(SYN, 'egress', 0, 4321).bytes, 'ingress');
+    client.queue.deliver(server.queue.deliver(READY_SYN_ACK, 'egress').bytes, 'ingress');
+    const [admitted] = serverKernel.told.admitted;
+    assert.ok(admitted);
+    const until = server.local.credential.expiresAt;
+    assert.equal(server.handler.previousKeyToKeep(), null, 'no rotation yet');
+    const rotated = (await agent(domain, 'api', 'backend', clock)).local;
+    server.verifier.reconfigure(rotated.bundles, { kex: rotated.kex, kexRaw: rotated.kexRaw });
+    server.handler.useIdentity(rotated);
+    const previous = server.handler.previousKeyToKeep();
+    assert.ok(previous !== null);
+    assert.equal(previous.untilSeconds, until);
+    const retiringEntry: ServerToSave = { ...admitted, credential: admitted.credential.compact };
+    const file = encodeSavedTables(rotated.kexRaw, [], [], { ...previous, servers: [retiringEntry] });
+    const saved = () => decodeSavedTables(file, 'saved.json');
+    // The same agent started again: its current key from its key file, its previous one from the saved file.
+    const again = restarted(rotated, 'backend', clock);
+    const kernel = recordingKernelPath();
+    again.handler.useKernelPath(kernel.path);
+    const none = { restored: 0, skipped: {} };
+    assert.deepEqual(again.handler.restoreKernelTables(saved()), { servers: none, clients: none, retiring: { restored: 1, skipped: {} } });
+    const [back] = kernel.told.admitted;
+    assert.deepEqual([back?.fast, back?.peer, back?.localAddress, back?.port], [admitted.fast, admitted.peer, admitted.localAddress, admitted.port], 'the fast key web\'s kernel holds');
+    assert.ok(back !== undefined && back.expiresAt <= until, 'not past the previous key');
+    assert.deepEqual(kernel.told.retiredUntil, [until], 'retiring: its SYN-ACKs tell web to learn the new key');
+    assert.equal(again.handler.previousKeyToKeep()?.untilSeconds, until, 'kept again at the next stop');
+    // web still holds a pair key under the previous key: its next SYN, proved to that key, is taken at once.
+    const proved = client.queue.deliver(onPort(SYN, 21), 'egress');
+    assert.ok(synMessage(proved.bytes).proof !== null && synMessage(proved.bytes).signature === null, 'proved to the previous key, unsigned');
+    assert.equal(again.queue.deliver(proved.bytes, 'ingress').dropped, false, 'no retransmission needed');
+    // Without the previous key (a file of an earlier run) the same SYN had waited for its signed retransmit.
+    const earlier = restarted(rotated, 'backend', clock);
+    earlier.handler.useKernelPath(recordingKernelPath().path);
+    const withoutKey = saved();
+    delete withoutKey.retiring;
+    assert.deepEqual(earlier.handler.restoreKernelTables(withoutKey).retiring, none);
+    reasonOf(earlier.queue.deliver(client.queue.deliver(onPort(SYN, 21, 0x99), 'egress').bytes, 'ingress'), earlier.queue, 'unproven-syn');
+    // A key that does not read, or is not an X25519 one, brings nothing back.
+    const broken = saved();
+    broken.retiring = { ...broken.retiring!, privateKey: broken.retiring!.privateKey.slice(4) };
+    const brokenRun = restarted(rotated, 'backend', clock);
+    brokenRun.handler.useKernelPath(recordingKernelPath().path);
+    assert.deepEqual(brokenRun.handler.restoreKernelTables(broken).retiring, { restored: 0, skipped: { 'bad-previous-key': 1 } });
+    assert.equal(brokenRun.handler.previousKeyToKeep(), null);
+    // Once the previous key has ended, nothing of it comes back.
+    time = (until + 1) * 1000;
+    const late = restarted(rotated, 'backend', clock);
+    late.handler.useKernelPath(recordingKernelPath().path);
+    assert.deepEqual(late.handler.restoreKernelTables(saved()).retiring, { restored: 0, skipped: { expired: 1 } });
+    assert.equal(late.handler.previousKeyToKeep(), null);
   });
 
   it('a server kernel that refuses the entry leaves the SYN-ACK without the kernel flag, and the client kernel untold', () => {
