@@ -964,7 +964,9 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.ok(!loop.lines.some((line) => line.ok !== undefined), 'the connect loop was still running when the new agent had started');
     assert.deepEqual(await loop.waitFor((line) => line.ok !== undefined, 60_000), { ok: 3000, failed: 0 });
     await connectsInKernel();
-    assert.equal(countersMoved(webBefore, await fast(web)).synFallback, undefined, 'no fast SYN of web fell back');
+    const webMoved = countersMoved(webBefore, await fast(web));
+    // Seen once in about fifteen runs (2026-12-06): one fallback; web's other counters tell a SYN-ACK refused from one never sent.
+    assert.equal(webMoved.synFallback, undefined, `no fast SYN of web fell back (web's counters moved: ${JSON.stringify(webMoved)})`);
   });
 
   it('a kept fast path judges nothing once its time is up: a fast SYN then falls back, as with no program', async () => {
