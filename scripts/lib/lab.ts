@@ -318,7 +318,7 @@ export class Lab {
     return `${tmpdir()}/synpass-test-${this.prefix}-${host}${kind === 'whois' ? '-whois' : ''}.sock`;
   }
 
-  /** Where the host's agent keeps its kernel tables across a restart (datapath.fastPathStateFile). */
+  /** Where the host's agent keeps its kernel tables and previous key across a restart (datapath.fastPathStateFile): a file per host, where the default would be one for the whole lab. */
   savedTablesFile(host: Host): string {
     return `${tmpdir()}/synpass-test-${this.prefix}-${host}-kernel-tables.json`;
   }
@@ -345,9 +345,11 @@ export class Lab {
     // `ip netns exec` depends on the machine (it remounts /sys, which usually hides it). Another
     // build (compare-builds) may predate the flags `--kernel-fast-path` and `--fast-path-state-file`:
     // it gets neither, and keeps its kernel tables where its configuration says, if anywhere.
+    // This build keeps its state in the host's own file in either mode (a queue-only agent keeps
+    // its previous key there after a rotation).
     // The CLI comes last: a command may run it through a wrapper (setpriv with fewer capabilities).
     const thisBuild = command[command.length - 1] === BUILT_CLI;
-    const kernel = this.options.kernel !== true ? (thisBuild ? ['--kernel-fast-path', 'off'] : []) : [...this.kernelFlags(host), ...(thisBuild ? ['--fast-path-state-file', this.savedTablesFile(host)] : [])];
+    const kernel = [...(this.options.kernel !== true ? (thisBuild ? ['--kernel-fast-path', 'off'] : []) : this.kernelFlags(host)), ...(thisBuild ? ['--fast-path-state-file', this.savedTablesFile(host)] : [])];
     const child = this.spawn(host, [...command, 'agent', 'run', '--status-socket', socket, '--whois-socket', whois, ...targets, ...kernel, ...extraArgs], {
       env,
     });

@@ -435,6 +435,28 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
     }
   });
 
+  it('server rotation, then a restart: api keeps its previous key, so web, which still proves its SYNs to that key, connects at once', async () => {
+    // web learned api's current key in the test before; a rotation makes it api's previous one.
+    assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)])).status, 200);
+    await rotateAgent(files, 'api', api);
+    await api.process.stop('SIGTERM');
+    const saved = JSON.parse(readFileSync(lab.savedTablesFile('api'), 'utf8')) as { retiring?: { privateKey: string } };
+    assert.ok(saved.retiring?.privateKey, 'the stopping agent kept its previous key');
+    api = await lab.startAgent('api', ['--config', files.configs.api]);
+    // web's SYNs, a drop without a proven peer included (not the earlier test's batch client's).
+    const synVerdicts = () =>
+      api.process.lines
+        .filter((l) => l.event === 'handshake' && l.direction === 'ingress' && l.stage === 'syn' && String(l.source).startsWith(`${lab.address('web')}:`))
+        .filter((l) => [undefined, null, 'spiffe://demo.synpass/web'].includes((l.peer as { subject?: string } | null)?.subject));
+    assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)])).status, 200);
+    await waitUntil('the SYN verdict logged', () => Promise.resolve(synVerdicts().length >= 1), 3_000);
+    // The kernel fast path kept the entry web's fast SYN rests on (retiring); the queue, the key
+    // web's SYN proof was made to. Either way one SYN, accepted: no drop and no retransmission.
+    assert.deepEqual(synVerdicts().map((l) => l.reason), [lab.options.kernel === true ? 'ok-kernel' : 'ok']);
+    const dropped = (await api.status()).verdicts.filter((v) => v.action === 'drop' && (v.reason === 'unproven-syn' || v.reason === 'unknown-fast-peer'));
+    assert.deepEqual(dropped, [], 'no SYN of web dropped for a key api no longer held');
+  });
+
   it('a connection still works after the attacks', async () => {
     assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)])).status, 200);
   });

@@ -55,12 +55,15 @@ function keptPreviousKey(ctx: HandshakeContext, kept: KeptRetiring): PreviousKey
   return previousKey({ kex, kexRaw }, kept.untilSeconds * 1000);
 }
 
+/**
+ * What the previous run kept, back as far as it still holds: its previous key always (the
+ * user-space exchange honours SYN proofs made to it again), the kernel's tables when the kernel
+ * fast path runs (otherwise none is restored).
+ */
 export function restoreKernelTables(ctx: HandshakeContext, saved: KeptTables): TablesRestored {
   const servers: RestoreOutcome = { restored: 0, skipped: {} };
   const clients: RestoreOutcome = { restored: 0, skipped: {} };
   const retiring: RestoreOutcome = { restored: 0, skipped: {} };
-  const kernelPath = ctx.kernelPath;
-  if (kernelPath === null) return { servers, clients, retiring };
   const retiringEntries = saved.retiring?.entries ?? [];
   if (!Buffer.from(saved.ownKeyAgreementKey, 'base64url').equals(ctx.local.kexRaw)) {
     if (saved.entries.length > 0) servers.skipped['keys-changed'] = saved.entries.length;
@@ -68,6 +71,14 @@ export function restoreKernelTables(ctx: HandshakeContext, saved: KeptTables): T
     if (retiringEntries.length > 0) retiring.skipped['keys-changed'] = retiringEntries.length;
     return { servers, clients, retiring };
   }
+  const kept = saved.retiring === undefined ? null : keptPreviousKey(ctx, saved.retiring);
+  if (typeof kept === 'string') {
+    if (retiringEntries.length > 0) retiring.skipped[kept] = retiringEntries.length;
+  } else if (kept !== null) {
+    ctx.previousKey = kept;
+  }
+  const kernelPath = ctx.kernelPath;
+  if (kernelPath === null) return { servers, clients, retiring };
   const credentials: (VerifiedCredential | Refusal)[] = saved.credentials.map((compact) => ctx.verifier.verifyCredentialText(compact));
   const nowSeconds = ctx.now() / 1000;
   /** What the entry rests on, and its fast key derived again (from `pairKey`), if it still holds until `untilSeconds`; else why not. */
@@ -100,16 +111,10 @@ export function restoreKernelTables(ctx: HandshakeContext, saved: KeptTables): T
   };
   // The previous key's entries go in first and are then retired, as a rotation in this run would
   // retire them; the current key's, admitted after, are not.
-  if (saved.retiring !== undefined) {
-    const kept = keptPreviousKey(ctx, saved.retiring);
-    if (typeof kept === 'string') {
-      if (retiringEntries.length > 0) retiring.skipped[kept] = retiringEntries.length;
-    } else {
-      ctx.previousKey = kept;
-      const { untilSeconds } = saved.retiring;
-      for (const entry of retiringEntries) count(retiring, restoreServer(entry, recheck(entry, (credential) => kept.pairKeys.get(credential), untilSeconds)));
-      if (retiring.restored > 0) kernelPath.retire(untilSeconds);
-    }
+  if (kept !== null && typeof kept !== 'string') {
+    const untilSeconds = kept.untilMs / 1000;
+    for (const entry of retiringEntries) count(retiring, restoreServer(entry, recheck(entry, (credential) => kept.pairKeys.get(credential), untilSeconds)));
+    if (retiring.restored > 0) kernelPath.retire(untilSeconds);
   }
   for (const entry of saved.entries) count(servers, restoreServer(entry, recheck(entry)));
   for (const entry of saved.clients) {

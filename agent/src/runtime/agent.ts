@@ -225,6 +225,7 @@ export class Agent {
     const path = choice.path;
     if (path === null) {
       this.built.useKernelPath?.(null);
+      this.restoreKernelTables(false);
       const level = this.config.datapath.kernelFastPath === 'off' ? 'info' : 'warn';
       this.log[level]({ kernelFastPath: this.config.datapath.kernelFastPath, reason: choice.reason }, 'kernel fast path not running: every handshake takes the queue');
       const byCgroup = this.config.workloads.filter((workload) => workload.cgroups.length > 0).map((workload) => workload.name);
@@ -314,30 +315,36 @@ export class Agent {
    * What peers proved to the previous run's kernel, and what this agent's workloads proved to
    * servers, back in this one's (datapath.fastPathStateFile): peers' next fast SYNs are accepted
    * rather than left to fall back after a timeout, and local workloads go on sending fast SYNs.
+   * Without the kernel fast path, only the previous run's previous key (after a rotation): SYN
+   * proofs peers made to it are honoured again until it ends.
    */
-  private restoreKernelTables(): void {
+  private restoreKernelTables(kernel = true): void {
     const file = this.config.datapath.fastPathStateFile;
     const kept = this.built.keptKernelTables;
     if (file === null || kept === null) return;
     try {
       const saved = takeSavedTables(file);
       if (saved === null) return;
-      this.log.info({ file, ...kept.restore(saved) }, 'kernel fast path: the previous run\'s tables restored');
+      const restored = kept.restore(saved);
+      if (kernel) this.log.info({ file, ...restored }, 'kernel fast path: the previous run\'s tables restored');
+      else this.log.info({ file, previousKey: kept.holdsPreviousKey() }, 'the previous run\'s state restored (its previous key, if still honoured)');
     } catch (error) {
       this.log.warn({ err: error, file }, 'kernel fast path: the saved tables were not restored; clients fall back once, local workloads take a first contact');
     }
   }
 
-  private saveKernelTables(path: KernelFastPath): void {
+  /** The kernel's tables for the next run; without the kernel fast path (null), only a previous key still honoured, if any. */
+  private saveKernelTables(path: KernelFastPath | null): void {
     const file = this.config.datapath.fastPathStateFile;
     const kept = this.built.keptKernelTables;
-    if (file === null || kept === null) return;
+    if (file === null || kept === null || (path === null && !kept.holdsPreviousKey())) return;
     try {
-      const servers = path.serversToSave();
-      const clients = path.clientsToSave();
-      const retiring = path.serversToSave('previous');
+      const servers = path?.serversToSave() ?? [];
+      const clients = path?.clientsToSave() ?? [];
+      const retiring = path?.serversToSave('previous') ?? [];
       writeSavedTables(file, kept.encode(servers, clients, retiring));
-      this.log.info({ file, servers: servers.length, clients: clients.length, retiring: retiring.length }, 'kernel fast path: tables saved for the next run');
+      if (path === null) this.log.info({ file }, 'previous key saved for the next run');
+      else this.log.info({ file, servers: servers.length, clients: clients.length, retiring: retiring.length }, 'kernel fast path: tables saved for the next run');
     } catch (error) {
       this.log.warn({ err: error, file }, 'kernel fast path: the tables were not saved; after a restart clients fall back once, local workloads take a first contact');
     }
@@ -350,7 +357,10 @@ export class Agent {
    */
   private stopKernelFastPath(): void {
     const path = this.fastPath.path;
-    if (path === null) return;
+    if (path === null) {
+      this.saveKernelTables(null);
+      return;
+    }
     if (this.fastPathTimer) clearInterval(this.fastPathTimer);
     this.saveKernelTables(path);
     this.built.useKernelPath?.(null);

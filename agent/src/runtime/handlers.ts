@@ -82,6 +82,8 @@ export interface KeptKernelTables {
    * while that is honoured (`retiring`: the server entries resting on it).
    */
   encode(servers: readonly ServerToSave[], clients: readonly ClientToSave[], retiring: readonly ServerToSave[]): string;
+  /** Whether this agent honours a previous key still: the one thing worth keeping without the kernel fast path. */
+  holdsPreviousKey(): boolean;
   restore(saved: KeptTables): TablesRestored;
 }
 
@@ -249,6 +251,7 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
         const previous = handler.previousKeyToKeep();
         return encodeSavedTables(local.kexRaw, servers, clients, previous === null ? null : { ...previous, servers: retiring });
       },
+      holdsPreviousKey: () => handler.previousKeyToKeep() !== null,
       restore: (saved) => handler.restoreKernelTables(saved),
     },
     rehearse: (count, signal) => rehearseFirstContacts(count, { signingKey: algorithmOf(local.signKey) === 'EdDSA' ? 'ed25519' : 'p256', signal }),
