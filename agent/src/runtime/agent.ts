@@ -329,7 +329,8 @@ export class Agent {
       if (kernel) this.log.info({ file, ...restored }, 'kernel fast path: the previous run\'s tables restored');
       else this.log.info({ file, previousKey: kept.holdsPreviousKey() }, 'the previous run\'s state restored (its previous key, if still honoured)');
     } catch (error) {
-      this.log.warn({ err: error, file }, 'kernel fast path: the saved tables were not restored; clients fall back once, local workloads take a first contact');
+      if (kernel) this.log.warn({ err: error, file }, 'kernel fast path: the saved tables were not restored; clients fall back once, local workloads take a first contact');
+      else this.log.warn({ err: error, file }, 'the saved state was not restored: a SYN proved to the previous key is dropped once and retransmitted signed');
     }
   }
 
@@ -346,7 +347,8 @@ export class Agent {
       if (path === null) this.log.info({ file }, 'previous key saved for the next run');
       else this.log.info({ file, servers: servers.length, clients: clients.length, retiring: retiring.length }, 'kernel fast path: tables saved for the next run');
     } catch (error) {
-      this.log.warn({ err: error, file }, 'kernel fast path: the tables were not saved; after a restart clients fall back once, local workloads take a first contact');
+      if (path === null) this.log.warn({ err: error, file }, 'the previous key was not saved: after a restart a SYN proved to it is dropped once and retransmitted signed');
+      else this.log.warn({ err: error, file }, 'kernel fast path: the tables were not saved; after a restart clients fall back once, local workloads take a first contact');
     }
   }
 
