@@ -439,10 +439,14 @@ describe('identity handshake end to end: attacks with real packets', { skip: !is
     // web learned api's current key in the test before; a rotation makes it api's previous one.
     assert.equal((await lab.peerOnce('web', ['http', lab.address('api'), String(PORT)])).status, 200);
     await rotateAgent(files, 'api', api);
+    const previousKeyUntil = async () => ((await api.status()) as unknown as { identity: { previousKeyUntil: string | null } }).identity.previousKeyUntil;
+    const until = await previousKeyUntil();
+    assert.ok(until !== null && Date.parse(until) > Date.now(), `status names the previous key's end (${until})`);
     await api.process.stop('SIGTERM');
     const saved = JSON.parse(readFileSync(lab.savedTablesFile('api'), 'utf8')) as { retiring?: { privateKey: string } };
     assert.ok(saved.retiring?.privateKey, 'the stopping agent kept its previous key');
     api = await lab.startAgent('api', ['--config', files.configs.api]);
+    assert.equal(await previousKeyUntil(), until, 'and the next run honours it as long');
     // web's SYNs, a drop without a proven peer included (not the earlier test's batch client's).
     const synVerdicts = () =>
       api.process.lines

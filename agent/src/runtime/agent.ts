@@ -573,5 +573,5 @@ function isoIdentityTimes(identity: IdentityStatus | null): Record<string, unkno
   const renewal = identity.renewal === null
     ? null
     : { ...identity.renewal, lastRenewedAt: nullableIso(identity.renewal.lastRenewedAt), nextAttemptAt: nullableIso(identity.renewal.nextAttemptAt), failingSince: nullableIso(identity.renewal.failingSince) };
-  return { ...identity, credentialExpiresAt: iso(identity.credentialExpiresAt), tokenExpiresAt: iso(identity.tokenExpiresAt), renewal };
+  return { ...identity, credentialExpiresAt: iso(identity.credentialExpiresAt), tokenExpiresAt: iso(identity.tokenExpiresAt), previousKeyUntil: nullableIso(identity.previousKeyUntil), renewal };
 }

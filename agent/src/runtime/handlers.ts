@@ -50,6 +50,8 @@ export interface IdentityStatus {
   signingAlgorithm: JwsAlgorithm;
   credentialExpiresAt: number;
   tokenExpiresAt: number;
+  /** Until when SYN proofs made to the key-agreement key before the last rotation are honoured (null: none is). */
+  previousKeyUntil: number | null;
   caches: Record<string, { hits: number; misses: number; size: number }>;
   handshake: Record<string, number>;
   policy: { directory: string; revision: string; reloadsOk: number; reloadsFailed: number } | null;
@@ -276,6 +278,7 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
       signingAlgorithm: algorithmOf(local.signKey),
       credentialExpiresAt: local.credential.expiresAt,
       tokenExpiresAt: local.tokenExpiresAt,
+      previousKeyUntil: handler.previousKeyToKeep()?.untilSeconds ?? null,
       caches: verifier.cacheStats(),
       handshake: handler.stats(),
       policy:
