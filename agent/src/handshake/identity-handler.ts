@@ -108,9 +108,15 @@ export class IdentityHandler implements HandshakeHandler {
    * for a restart to go on honouring it; null when there is none.
    */
   previousKeyToKeep(): { privateKey: Buffer; untilSeconds: number } | null {
+    const untilSeconds = this.previousKeyUntil();
+    if (untilSeconds === null) return null;
+    return { privateKey: this.ctx.previousKey!.own.kex.export({ format: 'der', type: 'pkcs8' }), untilSeconds };
+  }
+
+  /** Unix seconds until which SYN proofs to the key before the last rotation are honoured; null when none is. */
+  previousKeyUntil(): number | null {
     const previous = this.ctx.previousKey;
-    if (previous === null || previous.untilMs <= this.ctx.now()) return null;
-    return { privateKey: previous.own.kex.export({ format: 'der', type: 'pkcs8' }), untilSeconds: Math.floor(previous.untilMs / 1000) };
+    return previous === null || previous.untilMs <= this.ctx.now() ? null : Math.floor(previous.untilMs / 1000);
   }
 
   /** The kernel tables a previous run saved, back into the kernel path as far as it still holds. */

@@ -253,7 +253,7 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
         const previous = handler.previousKeyToKeep();
         return encodeSavedTables(local.kexRaw, servers, clients, previous === null ? null : { ...previous, servers: retiring });
       },
-      holdsPreviousKey: () => handler.previousKeyToKeep() !== null,
+      holdsPreviousKey: () => handler.previousKeyUntil() !== null,
       restore: (saved) => handler.restoreKernelTables(saved),
     },
     rehearse: (count, signal) => rehearseFirstContacts(count, { signingKey: algorithmOf(local.signKey) === 'EdDSA' ? 'ed25519' : 'p256', signal }),
@@ -278,7 +278,7 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
       signingAlgorithm: algorithmOf(local.signKey),
       credentialExpiresAt: local.credential.expiresAt,
       tokenExpiresAt: local.tokenExpiresAt,
-      previousKeyUntil: handler.previousKeyToKeep()?.untilSeconds ?? null,
+      previousKeyUntil: handler.previousKeyUntil(),
       caches: verifier.cacheStats(),
       handshake: handler.stats(),
       policy:
