@@ -62,6 +62,8 @@ interface Results {
   tripsPerConnection?: number;
   /** Agent JavaScript per queued packet during the sequential run (status `judging`). */
   judgingMicroseconds?: number;
+  /** The same by kind of packet ("egress syn", ...), both agents together. */
+  judgingByStage?: Record<string, number>;
 }
 
 interface BulkResults {
@@ -77,17 +79,41 @@ interface BulkResults {
 
 agentsLogWarningsOnly();
 
+interface Work {
+  queued: number;
+  judged: number;
+  microseconds: number;
+  /** Packets and microseconds by kind of packet. */
+  stages: Map<string, { judged: number; microseconds: number }>;
+}
+
 /** Queued packets, packets judged and microseconds spent judging them, over all agents. */
-async function work(agents: AgentHandle[]): Promise<{ queued: number; judged: number; microseconds: number }> {
+async function work(agents: AgentHandle[]): Promise<Work> {
   const statuses = await Promise.all(agents.map((agent) => agent.status()));
-  return statuses.reduce(
-    (sum, s) => ({
-      queued: sum.queued + (s.queue.received ?? 0),
-      judged: sum.judged + s.judging.packets,
-      microseconds: sum.microseconds + s.judging.packets * s.judging.microsecondsPerPacket,
-    }),
-    { queued: 0, judged: 0, microseconds: 0 },
-  );
+  const sum: Work = { queued: 0, judged: 0, microseconds: 0, stages: new Map() };
+  for (const s of statuses) {
+    sum.queued += s.queue.received ?? 0;
+    sum.judged += s.judging.packets;
+    sum.microseconds += s.judging.packets * s.judging.microsecondsPerPacket;
+    for (const row of s.judging.byStage ?? []) {
+      const kind = `${row.direction} ${row.stage}`;
+      const stage = sum.stages.get(kind) ?? { judged: 0, microseconds: 0 };
+      stage.judged += row.packets;
+      stage.microseconds += row.packets * row.microsecondsPerPacket;
+      sum.stages.set(kind, stage);
+    }
+  }
+  return sum;
+}
+
+/** Microseconds per packet of each kind judged between two looks at the agents. */
+function stagesBetween(before: Work, after: Work): Record<string, number> {
+  const stages: Record<string, number> = {};
+  for (const [kind, { judged, microseconds }] of after.stages) {
+    const earlier = before.stages.get(kind) ?? { judged: 0, microseconds: 0 };
+    if (judged > earlier.judged) stages[kind] = (microseconds - earlier.microseconds) / (judged - earlier.judged);
+  }
+  return stages;
 }
 
 async function sequential(lab: Lab, agents: AgentHandle[], count: number, flushSockets: string[] = []): Promise<Results> {
@@ -100,6 +126,7 @@ async function sequential(lab: Lab, agents: AgentHandle[], count: number, flushS
     p99: result.p99!,
     tripsPerConnection: (after.queued - before.queued) / result.count!,
     judgingMicroseconds: (after.microseconds - before.microseconds) / Math.max(1, after.judged - before.judged),
+    judgingByStage: stagesBetween(before, after),
   };
 }
 
@@ -200,6 +227,25 @@ function fmt(value: number | undefined, digits = 0): string {
 function times(value: number | undefined, digits: number): string {
   const text = fmt(value, digits);
   return text === '-' ? text : `${text}x`;
+}
+
+/** Kinds of packet in a handshake's order: the connect waits on the first four. */
+const HANDSHAKE_KINDS: [string, string][] = [
+  ['egress syn', 'SYN out'],
+  ['ingress syn', 'SYN in'],
+  ['egress syn-ack', 'SYN-ACK out'],
+  ['ingress syn-ack', 'SYN-ACK in'],
+  ['egress ack', 'ACK out'],
+  ['ingress ack', 'ACK in'],
+];
+
+/** Agent JavaScript per packet by kind in the sequential runs: median over rounds. */
+function stagesReport(name: string, runs: Results[]): string {
+  const kinds = HANDSHAKE_KINDS.map(([kind, label]) => {
+    const values = runs.flatMap((run) => (run.judgingByStage?.[kind] === undefined ? [] : [run.judgingByStage[kind]]));
+    return `${label} ${values.length === 0 ? '-' : fmt(median(values))}`;
+  });
+  return `${name}: ${kinds.slice(0, 4).join(', ')} (the connect waits on these); ${kinds.slice(4).join(', ')}`;
 }
 
 /** An added amount, with its sign either way. */
@@ -523,6 +569,12 @@ try {
     'vs ct: rate against the conntrack-only run of the same round (connection tracking on, no agents: the connmark release needs it)',
     'trips: queued packets per connection, both agents together; added: microseconds over the baseline',
     'js/pkt: agent JavaScript per queued packet in the sequential run, microseconds (the rest of a trip is the kernel and waking the agent)',
+    ...(config.firstContactCount === 0
+      ? []
+      : rows([
+          ['identity', stagesReport('js/pkt by kind, identity, first contact', results.firstContact)],
+          ['kernel', stagesReport('js/pkt by kind, kernel, first contact', results.kernelFirstContact)],
+        ])),
     referenceLoop === ''
       ? 'C reference loop: not run (scripts/bench could not compile scripts/benchmarks/nfq-reference.c)'
       : 'C reference loop: the agent\'s rules and queue served by a minimal C loop (one packet per recv, the agent\'s marks, no token, no rewrite): the floor of a trip here',

@@ -170,7 +170,7 @@ export interface AgentStatus {
   unjudgedSyns: number;
   tables: Record<string, { entries: number; capacity: number }>;
   /** Agent JavaScript time per judged packet: the agent's own share of a user-space trip. */
-  judging: { packets: number; microsecondsPerPacket: number };
+  judging: { packets: number; microsecondsPerPacket: number; byStage?: { direction: string; stage: string; packets: number; microsecondsPerPacket: number }[] };
   /** The first-contact rehearsal after start (absent in builds before it). */
   rehearsal?: { state: 'off' | 'running' | 'done' | 'failed'; handshakes?: number; milliseconds?: number; error?: string };
 }

@@ -102,6 +102,20 @@ interface PendingReport {
   event: VerdictEvent;
 }
 
+/** Time the agent spent judging one kind of packet (direction and stage), and how many. */
+export interface StageJudging {
+  direction: Direction;
+  stage: Stage;
+  packets: number;
+  microsecondsPerPacket: number;
+}
+
+const STAGES: readonly Stage[] = ['syn', 'syn-ack', 'ack'];
+
+function stageIndex(direction: Direction, stage: Stage): number {
+  return (direction === 'ingress' ? 0 : STAGES.length) + STAGES.indexOf(stage);
+}
+
 /** Reports held back at most before bookkeeping runs anyway: bounds memory under a long burst. */
 const MAX_PENDING_REPORTS = 1024;
 /** Room a report's copy starts with: handshake packets with a token fit. */
@@ -132,6 +146,11 @@ export class DatapathEngine {
   /** Time spent judging batches, and how many packets: the agent's own share of a trip. */
   busyMicroseconds = 0;
   judged = 0;
+  // The same per kind of packet, which tells the handshake's steps apart (a first contact's
+  // verifications fall on the SYN in and the SYN-ACK in). Malformed packets have no kind.
+  private readonly stageMicroseconds = new Float64Array(STAGES.length * 2);
+  private readonly stagePackets = new Float64Array(STAGES.length * 2);
+  private stageOfPacket = -1;
 
   /** Called by the addon with the number of packets now described in the meta array. */
   readonly onBatch = (count: number): void => {
@@ -140,8 +159,10 @@ export class DatapathEngine {
     const firstReport = this.pendingCount;
     const meta = this.buffers.meta;
     const stride = this.buffers.metaStride;
+    let packetStarted = started;
     for (let i = 0; i < count; i++) {
       const base = i * stride;
+      this.stageOfPacket = -1;
       this.handlePacket(
         meta[base + Meta.PacketId]!,
         meta[base + Meta.Queue]!,
@@ -153,9 +174,15 @@ export class DatapathEngine {
         meta[base + Meta.Uid]!,
         meta[base + Meta.Gid]!,
       );
+      const packetEnded = performance.now();
+      if (this.stageOfPacket >= 0) {
+        this.stageMicroseconds[this.stageOfPacket]! += (packetEnded - packetStarted) * 1000;
+        this.stagePackets[this.stageOfPacket]! += 1;
+      }
+      packetStarted = packetEnded;
     }
     this.judged += count;
-    this.busyMicroseconds += (performance.now() - started) * 1000;
+    this.busyMicroseconds += (packetStarted - started) * 1000;
     // Verdicts leave before any bookkeeping: metrics, flow log and whois are off the packets' path.
     this.queue?.flush();
     const latencyMicroseconds = (performance.now() - started) * 1000;
@@ -224,6 +251,7 @@ export class DatapathEngine {
     decision.reset();
     info.direction = direction;
     info.stage = stageOf(packet);
+    this.stageOfPacket = stageIndex(direction, info.stage);
     info.uid = uid === NO_OWNER ? -1 : uid;
     info.gid = gid === NO_OWNER ? -1 : gid;
     info.token = packet.tokenOffset >= 0 ? packet.buf.subarray(packet.tokenOffset, packet.tokenOffset + packet.tokenLength) : null;
@@ -265,6 +293,19 @@ export class DatapathEngine {
     else queue.verdict(id, queueNumber, NF_REPEAT, newMark);
     this.verdicts.add(direction, true, decision.reason);
     this.deferReport(true, decision.reason, offset, length);
+  }
+
+  /** Judging time by kind of packet, for the kinds seen so far. */
+  judgingByStage(): StageJudging[] {
+    const rows: StageJudging[] = [];
+    for (const direction of ['egress', 'ingress'] as const) {
+      for (const stage of STAGES) {
+        const index = stageIndex(direction, stage);
+        const packets = this.stagePackets[index]!;
+        if (packets > 0) rows.push({ direction, stage, packets, microsecondsPerPacket: this.stageMicroseconds[index]! / packets });
+      }
+    }
+    return rows;
   }
 
   /** Packets held for a later verdict and not yet settled. */

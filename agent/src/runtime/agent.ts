@@ -521,6 +521,7 @@ export class Agent {
       judging: {
         packets: this.engine.judged,
         microsecondsPerPacket: this.engine.judged === 0 ? 0 : this.engine.busyMicroseconds / this.engine.judged,
+        byStage: this.engine.judgingByStage(),
       },
       identity: isoIdentityTimes(this.built.status()),
       readiness: this.readiness(),

@@ -92,3 +92,21 @@ it('reports each packet of earlier batches as it was, though the next batch reus
   assert.deepEqual(calls, ['verdict', 'flush', 'verdict', 'flush', 'report', 'report']);
   assert.deepEqual(events, [SYN_OUT_EVENT, SYN_ACK_IN_EVENT]);
 });
+
+it('accounts judging time by kind of packet; a packet it cannot parse counts in the total only', () => {
+  const { engine, input, meta } = recordingEngine();
+  describeBatch(input, meta, [SYN_OUT, SYN_ACK_IN]);
+  engine.onBatch(2);
+  describeBatch(input, meta, [SYN_OUT, { bytes: SYN_OUT.bytes.subarray(0, 30), hook: HOOK_POST_ROUTING }]);
+  engine.onBatch(2);
+
+  assert.equal(engine.judged, 4);
+  const rows = engine.judgingByStage();
+  assert.deepEqual(rows.map(({ direction, stage, packets }) => ({ direction, stage, packets })), [
+    { direction: 'egress', stage: 'syn', packets: 2 },
+    { direction: 'ingress', stage: 'syn-ack', packets: 1 },
+  ]);
+  assert.ok(rows.every((row) => row.microsecondsPerPacket > 0));
+  const byStage = rows.reduce((sum, row) => sum + row.packets * row.microsecondsPerPacket, 0);
+  assert.ok(byStage <= engine.busyMicroseconds, 'the kinds share the total');
+});
