@@ -109,13 +109,13 @@ export class Agent {
       tables: () => this.tables(),
       kernelFastPath: () => ({ running: this.fastPath.path !== null, counters: this.fastPath.path?.counters() ?? {}, listenersOnQueue: this.fastPath.path?.listenersOnQueue.length ?? 0 }),
     });
-    const { latency, ruleVerdicts } = this.metrics;
+    const { latencyOf, ruleVerdicts } = this.metrics;
     this.engine = new DatapathEngine(this.buffers, built.handler, {
       marks: this.marks,
       mtu: options.mtu,
       onMalformed: options.onMalformed,
       onVerdict: (event) => {
-        latency.observe(event.latencyMicroseconds / 1e6);
+        latencyOf[event.direction][event.stage].observe(event.latencyMicroseconds / 1e6);
         if (event.rule !== null) ruleVerdicts.inc({ rule: event.rule, action: event.accepted ? 'accept' : 'drop' });
         flowLog.write(event);
         if (event.accepted && event.stage === 'syn') this.queuedSyns[event.direction] += 1;

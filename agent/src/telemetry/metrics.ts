@@ -3,7 +3,11 @@
 // pays only for the latency histogram and the per-rule counter. Label values come from closed
 // sets (reasons, directions, actions) or from the policy's rule ids: never addresses or identities.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Direction, Stage } from '../datapath/handler.ts';
 import type { FlowLogCounters } from './flow-log.ts';
+
+type LatencyLabel = 'direction' | 'stage';
+type LatencyByKind = Record<Direction, Record<Stage, Histogram.Internal<LatencyLabel>>>;
 
 export interface MetricsSource {
   queue(): Record<string, number>;
@@ -38,7 +42,9 @@ export interface LoggingCounters {
 
 export class AgentMetrics {
   readonly registry = new Registry();
-  readonly latency: Histogram;
+  readonly latency: Histogram<LatencyLabel>;
+  /** The histogram's series per kind of packet, made once: `labels()` hashes its labels on every call. */
+  readonly latencyOf: LatencyByKind;
   readonly ruleVerdicts: Counter<'rule' | 'action'>;
 
   constructor(source: MetricsSource) {
@@ -46,10 +52,17 @@ export class AgentMetrics {
     collectDefaultMetrics({ register: this.registry, prefix: 'synpass_' });
     this.latency = new Histogram({
       name: 'synpass_verdict_latency_seconds',
-      help: 'Time from a packet batch reaching the agent to the verdict on each of its packets',
+      help: 'Time from a packet batch reaching the agent to the verdict on each of its packets, by kind of packet (a first contact verifies at the ingress syn and syn-ack)',
+      labelNames: ['direction', 'stage'],
       buckets: [5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2.5e-2],
       registers,
     });
+    const byStage = (direction: Direction): Record<Stage, Histogram.Internal<LatencyLabel>> => ({
+      syn: this.latency.labels(direction, 'syn'),
+      'syn-ack': this.latency.labels(direction, 'syn-ack'),
+      ack: this.latency.labels(direction, 'ack'),
+    });
+    this.latencyOf = { ingress: byStage('ingress'), egress: byStage('egress') };
     this.ruleVerdicts = new Counter({
       name: 'synpass_rule_verdicts_total',
       help: 'Handshake verdicts decided by a policy rule (default-deny included)',

@@ -215,7 +215,8 @@ describe('metrics', () => {
       kernelFastPath: () => ({ running: true, counters: { synAccepted: 6, synFallback: 1 }, listenersOnQueue: 2 }),
     });
     metrics.ruleVerdicts.inc({ rule: 'api/from-web', action: 'accept' });
-    metrics.latency.observe(0.00003);
+    metrics.latencyOf.ingress.syn.observe(0.0005);
+    metrics.latencyOf.egress['syn-ack'].observe(0.00003);
     const text = await metrics.registry.metrics();
     for (const line of [
       'synpass_verdicts_total{direction="ingress",action="drop",reason="no-identity"} 4',
@@ -229,7 +230,10 @@ describe('metrics', () => {
       'synpass_policy_reloads_total{result="failed"} 1',
       'synpass_policy_revision_info{revision="git:abc"} 1',
       'synpass_rule_verdicts_total{rule="api/from-web",action="accept"} 1',
-      'synpass_verdict_latency_seconds_count 1',
+      'synpass_verdict_latency_seconds_count{direction="ingress",stage="syn"} 1',
+      'synpass_verdict_latency_seconds_bucket{le="0.00025",direction="ingress",stage="syn"} 0',
+      'synpass_verdict_latency_seconds_bucket{le="0.0005",direction="ingress",stage="syn"} 1',
+      'synpass_verdict_latency_seconds_count{direction="egress",stage="syn-ack"} 1',
       'synpass_unjudged_syns_total 5',
       'synpass_rules_ahead 2',
       'synpass_flow_log_dropped_total{reason="backlog"} 7',
