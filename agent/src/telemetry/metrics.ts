@@ -42,7 +42,7 @@ export interface LoggingCounters {
 
 export class AgentMetrics {
   readonly registry = new Registry();
-  readonly latency: Histogram<LatencyLabel>;
+  private readonly latency: Histogram<LatencyLabel>;
   /** The histogram's series per kind of packet, made once: `labels()` hashes its labels on every call. */
   readonly latencyOf: LatencyByKind;
   readonly ruleVerdicts: Counter<'rule' | 'action'>;
