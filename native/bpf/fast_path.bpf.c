@@ -123,7 +123,7 @@ struct {
 struct {
   __uint(type, BPF_MAP_TYPE_LRU_HASH);
   __uint(max_entries, 16384);
-  __type(key, struct flow_key);
+  __type(key, struct owner_key);
   __type(value, __u32);
 } fast_owners SEC(".maps");
 
@@ -158,8 +158,9 @@ struct {
 /* A client socket's way through the fast path: its SYN carries the option (FAST); the first
  * packet after it (the handshake's ACK) leaves marked to release the connection in the rules
  * (RELEASING); the next one finds the socket's own mark back (DONE). FALLBACK: the SYN went
- * unanswered and the queue takes over. */
-enum sock_state { SOCK_FAST = 1, SOCK_RELEASING = 2, SOCK_DONE = 3, SOCK_FALLBACK = 4 };
+ * unanswered and the queue takes over. NAMING: a workload's connection with no entry, whose SYN
+ * goes to the queue and names its workload there as it leaves (then DONE). */
+enum sock_state { SOCK_FAST = 1, SOCK_RELEASING = 2, SOCK_DONE = 3, SOCK_FALLBACK = 4, SOCK_NAMING = 5 };
 
 struct sock_state_value {
   __u32 state;
@@ -645,10 +646,23 @@ static __always_inline void connect_owner(const struct fast_config *cfg, struct 
 }
 
 /* Tells the agent which cgroup workload a SYN on its way to the queue belongs to. */
-static __always_inline void record_owner(const struct bpf_sock_ops *ops, __u32 workload) {
-  struct flow_key flow = {};
-  socket_flow(ops, &flow);
-  bpf_map_update_elem(&fast_owners, &flow, &workload, BPF_ANY);
+static __always_inline void record_owner(const struct bpf_sock_ops *ops, __u32 isn, __u32 workload) {
+  struct owner_key key = {.isn = isn, .local_port = ops->local_port};
+  __u8 remote[16];
+  local_and_remote(ops, key.local, remote);
+  bpf_map_update_elem(&fast_owners, &key, &workload, BPF_ANY);
+}
+
+/* A workload's connect that goes to the queue: the SYN's ISN is not chosen yet, so the socket
+ * asks for its SYN's option space, where it names the workload (name_owner). */
+static __always_inline void name_at_syn(struct bpf_sock_ops *ops, __u32 workload) {
+  struct bpf_sock *sk = ops->sk;
+  if (!sk) return;
+  struct sock_state_value *state = bpf_sk_storage_get(&fast_sockets, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+  if (!state) return;
+  state->state = SOCK_NAMING;
+  state->workload = workload;
+  bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
 }
 
 /* A connect from a workload that has a kernel-proven entry for this destination. */
@@ -667,7 +681,7 @@ static __always_inline void client_connect(struct bpf_sock_ops *ops, const struc
   /* An entry past its end sends this connect to the queue as first contact, agent or not. */
   if (entry && now >= entry->expires) entry = 0;
   if (!entry) {
-    if (workload != 0) record_owner(ops, workload);
+    if (workload != 0) name_at_syn(ops, workload);
     if (cfg->untracked_mark != 0) {
       /* Conntrack follows this connection, whatever an earlier fast one on its ports left. */
       struct flow_key flow = {};
@@ -734,10 +748,20 @@ static __always_inline void client_after_syn(struct bpf_sock_ops *ops, const str
   }
 }
 
+/* The SYN of a SOCK_NAMING socket is being built: snd_nxt is its ISN until it has left. The
+ * socket asks for nothing more. */
+static __always_inline void name_owner(struct bpf_sock_ops *ops, struct sock_state_value *state) {
+  record_owner(ops, ops->snd_nxt, state->workload);
+  state->state = SOCK_DONE;
+  bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+}
+
 static __always_inline void reserve_option(struct bpf_sock_ops *ops, const struct fast_config *cfg) {
   __u32 flags = ops->skb_tcp_flags & TCPHDR_SYN_ACK_MASK;
   if (flags == 0x02) {
-    if (fast_socket(ops)) bpf_reserve_hdr_opt(ops, FAST_SYN_OPT_LEN, 0);
+    struct sock_state_value *state = socket_state(ops);
+    if (state && state->state == SOCK_FAST) bpf_reserve_hdr_opt(ops, FAST_SYN_OPT_LEN, 0);
+    else if (state && state->state == SOCK_NAMING) name_owner(ops, state);
   } else if (flags == 0x12) {
     __u32 fast_id;
     bpf_reserve_hdr_opt(ops, syn_fast_id(ops, &fast_id) ? FAST_SYNACK_OPT_LEN : FAST_READY_OPT_LEN, 0);
@@ -798,7 +822,7 @@ static __always_inline void client_fallback(struct bpf_sock_ops *ops) {
   if (!state || ops->state != BPF_TCP_SYN_SENT) return;
   state->state = SOCK_FALLBACK;
   set_mark(ops, state->original_mark);
-  if (state->workload != 0) record_owner(ops, state->workload);
+  if (state->workload != 0) record_owner(ops, state->isn, state->workload);
   struct sent_key sent = {};
   socket_sent(ops, state->isn, &sent);
   bpf_map_delete_elem(&fast_conns, &sent);

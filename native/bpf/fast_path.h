@@ -86,13 +86,23 @@ struct client_value {
   __u8 key[16];
 };
 
-/* One end's view of a connection, local end first: the key of fast_peers, fast_flows and
- * fast_owners. */
+/* One end's view of a connection, local end first: the key of fast_peers and fast_flows. */
 struct flow_key {
   __u8 local[16];
   __u8 remote[16];
   __u16 local_port;
   __u16 remote_port;
+};
+
+/* Client (fast_owners): a local connection whose SYN goes to the queue, by what the agent reads
+ * in that SYN and a destination NAT on the host's own output (a local service address) leaves
+ * alone: the local address and port and the ISN. The socket knows the address before the NAT,
+ * the agent sees the one after. */
+struct owner_key {
+  __u8 local[16];
+  __u32 isn;
+  __u16 local_port;
+  __u16 pad;
 };
 
 /* Client (fast_conns): the fast SYN a local connection sent, so its SYN-ACK can be checked.

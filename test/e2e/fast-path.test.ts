@@ -509,6 +509,38 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     }
   });
 
+  it('a workload that connects through its own host\'s DNAT (a local service address) speaks as itself; that connection stays on the queue, as the kernel\'s entry names the address behind the DNAT', async () => {
+    const reports = `spiffe://${DOMAIN}/web-reports`;
+    const subjectOf = (line: Record<string, unknown>) => (line.peer as { subject?: string } | null)?.subject;
+    // A service address on web's link that web's own nat table sends on to api (as kube-proxy
+    // does for a node's own connections); web's agent starts with the rule in place (conntrack kept).
+    const service = lab.address('api').replace(/\d+$/, '200');
+    const dnat = ['iptables', '-t', 'nat', '-A', 'OUTPUT', '-d', service, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${lab.address('api')}:${PORT}`];
+    await web.process.stop('SIGTERM');
+    lab.exec('web', dnat);
+    try {
+      web = await lab.startAgent('web', ['--config', fixture.files.configs.web]);
+      const viaService = async () => (await lab.peerOnce('web', ['http', service, '80'], 5_000, undefined, REPORTS_WORKLOAD).catch(() => null))?.status === 200;
+      const mark = api.process.lines.length;
+      const [apiQueued, apiBefore] = [await queued(api), await fast(api)];
+      const rounds = 3;
+      for (let i = 0; i < rounds; i++) assert.equal(await viaService(), true, `connection ${i} through the service address`);
+      // The SYN the agent judges names api (after the DNAT), the socket the service address:
+      // the workload is found by the SYN's own source and sequence number, which the DNAT keeps.
+      const verdicts = () => api.process.lines.slice(mark).filter((l) => l.msg === 'handshake verdict' && l.stage === 'syn');
+      await waitUntil('api logs the SYN verdicts', () => Promise.resolve(verdicts().length >= rounds), 5_000);
+      assert.deepEqual(verdicts().map(subjectOf), Array<string>(rounds).fill(reports), 'each connection spoke as reports, not as web');
+      assert.equal((verdicts()[0]!.peer as { attributes: Record<string, string> }).attributes['process.cgroup'], lab.workloadCgroup('web', REPORTS_WORKLOAD).path);
+      // The kernel's entry for reports names api's own address, which the socket never sees.
+      assert.equal(countersMoved(apiBefore, await fast(api)).synAccepted, undefined);
+      assert.ok((await queued(api)) >= apiQueued + rounds, 'each took the queue');
+    } finally {
+      await web.process.stop('SIGTERM');
+      lab.exec('web', dnat.map((word) => (word === '-A' ? '-D' : word)));
+      web = await lab.startAgent('web', ['--config', fixture.files.configs.web]);
+    }
+  });
+
   it('a policy edit revokes a known pair from its next fast SYN, and restoring it lets the pair back', async () => {
     assert.equal(await http(), true);
     const mark = api.process.lines.length;

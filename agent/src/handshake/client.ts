@@ -59,7 +59,7 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   // A pod this node routes for speaks as itself; otherwise the workload whose cgroup opened the
   // connection does (the kernel fast path says which), or else the owner of the local socket.
   const pod = ctx.local.tokenForAddress(client);
-  const workload = pod === undefined ? (ctx.kernelPath?.takeConnectionWorkload(client, packet.sourcePort, server, packet.destinationPort) ?? 0) : 0;
+  const workload = pod === undefined ? (ctx.kernelPath?.takeConnectionWorkload(client, packet.sourcePort, packet.sequence) ?? 0) : 0;
   const own = pod ?? ctx.local.tokenForOwner(info.uid, workload);
   const known = ctx.knownServers.get(server);
   const presigned = known ? null : ctx.presignedSyns.take(ctx.local.signKey, own.packed);

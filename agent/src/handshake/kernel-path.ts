@@ -113,9 +113,11 @@ export interface KeptClientEntry {
 export interface KernelPath {
   /**
    * Client side, at a SYN on the queue: the number of the configured workload whose cgroup opened
-   * the connection (0: none, or cgroups are not configured). Each answer is given once.
+   * the connection (0: none, or cgroups are not configured), found by the SYN's local address and
+   * port and its ISN, which a destination NAT on the way out leaves as the socket knows them.
+   * Each answer is given once.
    */
-  takeConnectionWorkload(localAddress: string, localPort: number, remoteAddress: string, remotePort: number): number;
+  takeConnectionWorkload(localAddress: string, localPort: number, isn: number): number;
   /** Whether the kernel took the entry (a full table refuses it; the next connection is queued). */
   admitClient(entry: AdmittedClient): boolean;
   /**

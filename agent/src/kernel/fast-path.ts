@@ -27,6 +27,7 @@ import {
   MAP_CAPACITY,
   MAX_EXCLUDED_NETWORKS,
   PORT_COUNT,
+  ownerKey,
   peerKey,
   readU32,
   serverKey,
@@ -321,9 +322,9 @@ export class KernelFastPath implements KernelPath {
     this.workloadCgroupIds = next;
   }
 
-  takeConnectionWorkload(localAddress: string, localPort: number, remoteAddress: string, remotePort: number): number {
+  takeConnectionWorkload(localAddress: string, localPort: number, isn: number): number {
     if (this.workloadCgroupIds.size === 0) return 0;
-    const key = peerKey(localAddress, localPort, remoteAddress, remotePort);
+    const key = ownerKey(localAddress, localPort, isn);
     const value = Buffer.alloc(4);
     // On the connect's path: one system call, not a lookup and a delete (about 15 us each here).
     if (!this.native.mapTake(this.map('fast_owners'), key, value)) return 0;

@@ -26,7 +26,7 @@ export const MAP_CAPACITY = {
   fast_owners: 16_384,
 } as const;
 
-export const KEY_SIZE = { fast_clients: 24, fast_conns: 24, fast_servers: 40, fast_replay: 32, fast_peers: 36 } as const;
+export const KEY_SIZE = { fast_clients: 24, fast_conns: 24, fast_servers: 40, fast_replay: 32, fast_peers: 36, fast_owners: 24 } as const;
 
 /** The fast SYN's TCP option (fast_path.h): kind, length, ExID, fast id (4), time (4), MAC (8). */
 export const FAST_SYN_OPTION = { kind: 254, exid: 0xd351, length: 20 } as const;
@@ -183,7 +183,16 @@ export function serverValue(fastKey: Buffer, allowed: boolean, retiring: boolean
   return value;
 }
 
-/** struct flow_key (fast_peers, fast_owners): one end's view of a connection, its local address and port first. */
+/** struct owner_key (fast_owners): a local connection by its local address and port and its ISN, which a destination NAT leaves alone. */
+export function ownerKey(localAddress: string, localPort: number, isn: number): Buffer {
+  const key = Buffer.alloc(KEY_SIZE.fast_owners);
+  addressKey(localAddress).copy(key, 0);
+  u32(key, 16, isn);
+  u16(key, 20, localPort);
+  return key;
+}
+
+/** struct flow_key (fast_peers, fast_flows): one end's view of a connection, its local address and port first. */
 export function peerKey(localAddress: string, localPort: number, remoteAddress: string, remotePort: number): Buffer {
   const key = Buffer.alloc(KEY_SIZE.fast_peers);
   addressKey(localAddress).copy(key, 0);

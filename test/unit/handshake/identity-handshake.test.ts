@@ -525,8 +525,8 @@ describe('identity handshake over a virtual wire', () => {
   function recordingKernelPath(admits = true, workload = 0) {
     const told = { admitted: [] as AdmittedClient[], servers: [] as FastServer[], reauthorized: 0, localAt: null as LocalWorkloadAt | null, forgotten: 0, forgottenOwn: 0, retiredUntil: [] as number[], closed: [] as number[], asked: [] as string[], answered: [] as [number, boolean][] };
     const path: KernelPath = {
-      takeConnectionWorkload: (localAddress, localPort, remoteAddress, remotePort) => {
-        told.asked.push(`${localAddress}:${localPort} ${remoteAddress}:${remotePort}`);
+      takeConnectionWorkload: (localAddress, localPort, isn) => {
+        told.asked.push(`${localAddress}:${localPort} isn ${isn}`);
         return workload;
       },
       admitClient: (entry) => {
@@ -860,7 +860,8 @@ describe('identity handshake over a virtual wire', () => {
     // uid 1234 alone would be batch, which admission refuses; its cgroup makes it reports.
     const synIn = serverQueue.deliver(multi.queue.deliver(SYN, 'egress', 0, 1234).bytes, 'ingress');
     assert.equal(synIn.dropped, false);
-    assert.deepEqual(clientKernel.told.asked, ['10.213.5.1:25750 10.213.5.2:7000']);
+    // Asked by the SYN's own source and ISN, which a destination NAT before the queue keeps.
+    assert.deepEqual(clientKernel.told.asked, [`10.213.5.1:25750 isn ${Buffer.from(SYN).readUInt32BE(24)}`]);
     assert.equal(seen.at(-1)?.subject, 'spiffe://hs.synpass/web-reports');
     assert.equal(seen.at(-1)?.attributes['process.cgroup'], cgroup);
     const synAckIn = multi.queue.deliver(serverQueue.deliver(READY_SYN_ACK, 'egress').bytes, 'ingress');

@@ -7,7 +7,7 @@ import { endianness } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { kernelFlowRecord } from '../../../agent/src/telemetry/flow-log.ts';
-import { addressKey, cgroupKey, excludedKey, clientKey, clientValue, configValue, decodeEvents, EVENT_BYTES, FAST_COUNTERS, KEY_SIZE, kernelVerdicts, MAP_CAPACITY, serverKey, serverValue } from '../../../agent/src/kernel/layouts.ts';
+import { addressKey, cgroupKey, excludedKey, clientKey, clientValue, configValue, decodeEvents, EVENT_BYTES, FAST_COUNTERS, KEY_SIZE, kernelVerdicts, MAP_CAPACITY, ownerKey, serverKey, serverValue } from '../../../agent/src/kernel/layouts.ts';
 import { deriveFastKey, FAST_KEY_BYTES } from '../../../agent/src/protocol/fast-keys.ts';
 import { cgroup2Mount, chooseKernelFastPath, FastPathUnavailableError, workloadCgroups } from '../../../agent/src/runtime/kernel-fast-path.ts';
 import { DEFAULTS } from '../../../agent/src/runtime/config.ts';
@@ -49,6 +49,10 @@ describe('map layouts', () => {
     // A cgroup workload is named by its number, whatever the uid (owner_kind 1).
     const byWorkload = clientKey('10.1.2.3', 8080, { uid: 1000, workload: 3 });
     assert.deepEqual([read16(byWorkload, 18), read32(byWorkload, 20)], [1, 3]);
+    // A queued SYN's owner: local address, ISN, local port (struct owner_key).
+    const owner = ownerKey('10.1.2.3', 41000, 0xfedcba98);
+    assert.equal(owner.length, KEY_SIZE.fast_owners);
+    assert.deepEqual([owner.subarray(0, 16).toString('hex'), read32(owner, 16), read16(owner, 20), read16(owner, 22)], ['00000000000000000000ffff0a010203', 0xfedcba98, 41000, 0]);
     const cgroup = cgroupKey(0x1_0000_0002n);
     assert.equal(LITTLE ? cgroup.readBigUInt64LE() : cgroup.readBigUInt64BE(), 0x1_0000_0002n);
     const key = randomBytes(16);
