@@ -509,34 +509,41 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     }
   });
 
-  it('a workload that connects through its own host\'s DNAT (a local service address) speaks as itself; that connection stays on the queue, as the kernel\'s entry names the address behind the DNAT', async () => {
+  it('a workload that connects through its own host\'s DNAT (a local service address, IPv4 and IPv6) speaks as itself; that connection stays on the queue, as the kernel\'s entry names the address behind the DNAT', async () => {
     const reports = `spiffe://${DOMAIN}/web-reports`;
     const subjectOf = (line: Record<string, unknown>) => (line.peer as { subject?: string } | null)?.subject;
     // A service address on web's link that web's own nat table sends on to api (as kube-proxy
-    // does for a node's own connections); web's agent starts with the rule in place (conntrack kept).
-    const service = lab.address('api').replace(/\d+$/, '200');
-    const dnat = ['iptables', '-t', 'nat', '-A', 'OUTPUT', '-d', service, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${lab.address('api')}:${PORT}`];
+    // does for a node's own connections); web's agent starts with the rules in place (conntrack kept).
+    const services = [
+      { family: 4, address: lab.address('api').replace(/\d+$/, '200'), command: 'iptables', to: `${lab.address('api')}:${PORT}` },
+      { family: 6, address: lab.address('api', 6).replace(/[0-9a-f]+$/, '200'), command: 'ip6tables', to: `[${lab.address('api', 6)}]:${PORT}` },
+    ];
+    const rules = services.map(({ address, command, to }) => [command, '-t', 'nat', '-A', 'OUTPUT', '-d', address, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', to]);
     await web.process.stop('SIGTERM');
-    lab.exec('web', dnat);
+    for (const rule of rules) lab.exec('web', rule);
     try {
       web = await lab.startAgent('web', ['--config', fixture.files.configs.web]);
-      const viaService = async () => (await lab.peerOnce('web', ['http', service, '80'], 5_000, undefined, REPORTS_WORKLOAD).catch(() => null))?.status === 200;
+      const viaService = async (address: string) => (await lab.peerOnce('web', ['http', address, '80'], 5_000, undefined, REPORTS_WORKLOAD).catch(() => null))?.status === 200;
       const mark = api.process.lines.length;
       const [apiQueued, apiBefore] = [await queued(api), await fast(api)];
       const rounds = 3;
-      for (let i = 0; i < rounds; i++) assert.equal(await viaService(), true, `connection ${i} through the service address`);
+      for (const { family, address } of services) {
+        for (let i = 0; i < rounds; i++) assert.equal(await viaService(address), true, `IPv${family} connection ${i} through the service address`);
+      }
       // The SYN the agent judges names api (after the DNAT), the socket the service address:
       // the workload is found by the SYN's own source and sequence number, which the DNAT keeps.
+      const connections = services.length * rounds;
       const verdicts = () => api.process.lines.slice(mark).filter((l) => l.msg === 'handshake verdict' && l.stage === 'syn');
-      await waitUntil('api logs the SYN verdicts', () => Promise.resolve(verdicts().length >= rounds), 5_000);
-      assert.deepEqual(verdicts().map(subjectOf), Array<string>(rounds).fill(reports), 'each connection spoke as reports, not as web');
-      assert.equal((verdicts()[0]!.peer as { attributes: Record<string, string> }).attributes['process.cgroup'], lab.workloadCgroup('web', REPORTS_WORKLOAD).path);
+      await waitUntil('api logs the SYN verdicts', () => Promise.resolve(verdicts().length >= connections), 5_000);
+      assert.deepEqual(verdicts().map(subjectOf), Array<string>(connections).fill(reports), 'each connection spoke as reports, not as web');
+      assert.ok(verdicts().some((l) => String(l.source).startsWith(`${canonicalAddress(lab.address('web', 6))}:`)), 'IPv6 among them');
+      for (const line of verdicts()) assert.equal((line.peer as { attributes: Record<string, string> }).attributes['process.cgroup'], lab.workloadCgroup('web', REPORTS_WORKLOAD).path);
       // The kernel's entry for reports names api's own address, which the socket never sees.
       assert.equal(countersMoved(apiBefore, await fast(api)).synAccepted, undefined);
-      assert.ok((await queued(api)) >= apiQueued + rounds, 'each took the queue');
+      assert.ok((await queued(api)) >= apiQueued + connections, 'each took the queue');
     } finally {
       await web.process.stop('SIGTERM');
-      lab.exec('web', dnat.map((word) => (word === '-A' ? '-D' : word)));
+      for (const rule of rules) lab.exec('web', rule.map((word) => (word === '-A' ? '-D' : word)));
       web = await lab.startAgent('web', ['--config', fixture.files.configs.web]);
     }
   });
