@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "bpf_loader.h"
+#include "conntrack.h"
 #include "hmac.h"
 
 #include <arpa/inet.h>
@@ -607,6 +608,7 @@ Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
 Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials));
   RegisterHmac(env, exports);
+  RegisterConntrack(env, exports);
   RegisterFastPath(env, exports);
   return NfQueue::Init(env, exports);
 }

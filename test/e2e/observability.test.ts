@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { BATCH_UID, DOMAIN, rotateAgent, startIdentityLab, type IdentityLab, type IdentityLabFiles } from '../../scripts/lib/identity-lab.ts';
 import { execFileSync } from 'node:child_process';
 import { isRoot, ROOT, sleep, synpassCommand, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
+import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
 import { runSynpass } from '../support/cli.ts';
 import { inject, metric, writePackets } from '../../scripts/lib/attack-lab.ts';
 import { rssMiB } from '../../scripts/lib/proc.ts';
@@ -103,22 +104,24 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     assert.equal((await fetch('/readyz')).status, 200);
   });
 
+  /** `synpass whois a b` on a host (as `uid`): its exit code and answer. */
+  function whois(host: 'api' | 'web', a: string, b: string, uid?: number): { code: number; answer: Record<string, unknown> } {
+    const asUser = uid === undefined ? [] : ['setpriv', `--reuid=${uid}`, `--regid=${uid}`, '--clear-groups'];
+    try {
+      const out = execFileSync('ip', ['netns', 'exec', lab.namespace(host), ...asUser, ...synpassCommand(), 'whois', a, b, '--socket', lab.whoisSocket(host)], { cwd: ROOT, encoding: 'utf8' });
+      return { code: 0, answer: JSON.parse(out) as Record<string, unknown> };
+    } catch (error) {
+      const e = error as { status: number; stdout: string };
+      return { code: e.status, answer: JSON.parse(e.stdout) as Record<string, unknown> };
+    }
+  }
+
   it('whois answers the owner of a connection, refuses others, and knows nothing of unknown tuples', async () => {
     await lab.peer('api', ['server', '7000', 'echo']).waitFor((l) => l.listening === 7000);
     const held = lab.peer('web', ['hold', lab.address('api'), '7000'], { stdin: true });
     const connected = await held.waitFor((l) => l.connected === true);
     const webEnd = `${lab.address('web')}:${String(connected.localPort)}`;
     const apiEnd = `${lab.address('api')}:7000`;
-    const whois = (host: 'api' | 'web', a: string, b: string, uid?: number) => {
-      const asUser = uid === undefined ? [] : ['setpriv', `--reuid=${uid}`, `--regid=${uid}`, '--clear-groups'];
-      try {
-        const out = execFileSync('ip', ['netns', 'exec', lab.namespace(host), ...asUser, ...synpassCommand(), 'whois', a, b, '--socket', lab.whoisSocket(host)], { cwd: ROOT, encoding: 'utf8' });
-        return { code: 0, answer: JSON.parse(out) as Record<string, unknown> };
-      } catch (error) {
-        const e = error as { status: number; stdout: string };
-        return { code: e.status, answer: JSON.parse(e.stdout) as Record<string, unknown> };
-      }
-    };
     // On api (server side), either order of the two ends.
     const server = whois('api', webEnd, apiEnd);
     assert.equal(server.code, 0, JSON.stringify(server.answer));
@@ -135,6 +138,47 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     await held.stop();
     await sleep(300);
     assert.equal(whois('api', webEnd, apiEnd).answer.error, 'not-found');
+  });
+
+  it('whois finds a connection that a NAT on its own end\'s host translates: the client end of a DNAT to a local service address, the server end of a redirect to a local listener', async () => {
+    const subjectOf = (answer: Record<string, unknown>) => (answer.identity as { subject?: string } | undefined)?.subject;
+    // A service address on web's link that web's nat table sends on to api's web server, as
+    // kube-proxy does for a node's own connections: web's agent saw the handshake with api's address.
+    const service = lab.address('api').replace(/\d+$/, '200');
+    const dnat = ['iptables', '-t', 'nat', '-A', 'OUTPUT', '-d', service, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${lab.address('api')}:8080`];
+    const undo = (rule: string[]) => rule.map((word) => (word === '-A' ? '-D' : word));
+    lab.exec('web', dnat);
+    try {
+      const held = lab.peer('web', ['hold', service, '80'], { stdin: true });
+      const webEnd = `${lab.address('web')}:${String((await held.waitFor((l) => l.connected === true)).localPort)}`;
+      const asked = whois('web', webEnd, `${service}:80`);
+      assert.equal(asked.code, 0, JSON.stringify(asked.answer));
+      assert.deepEqual([subjectOf(asked.answer), asked.answer.local, asked.answer.remote], [`spiffe://${DOMAIN}/api`, webEnd, `${service}:80`]);
+      // Each question first sweeps gone connections: the entry stays while its socket lives.
+      assert.equal(whois('web', `${service}:80`, webEnd).code, 0);
+      await held.stop();
+    } finally {
+      lab.exec('web', undo(dnat));
+    }
+    // api redirects web's connections to 7000 to a listener on 7002: its agent saw the SYN to 7000.
+    const behind = lab.peer('api', ['server', '7002', 'echo']);
+    await behind.waitFor((l) => l.listening === 7002);
+    const redirect = ['iptables', '-t', 'nat', '-A', 'PREROUTING', '-s', lab.address('web'), '-p', 'tcp', '--dport', '7000', '-j', 'REDIRECT', '--to-ports', '7002'];
+    lab.exec('api', redirect);
+    try {
+      // A first contact: a fast connection of the kernel path would skip conntrack, and the redirect with it.
+      await flushCaches(fixture.web.socket);
+      const held = lab.peer('web', ['hold', lab.address('api'), '7000'], { stdin: true });
+      const webEnd = `${lab.address('web')}:${String((await held.waitFor((l) => l.connected === true)).localPort)}`;
+      const asked = whois('api', webEnd, `${lab.address('api')}:7002`);
+      assert.equal(asked.code, 0, JSON.stringify(asked.answer));
+      assert.deepEqual([subjectOf(asked.answer), asked.answer.local], [`spiffe://${DOMAIN}/web`, `${lab.address('api')}:7002`]);
+      assert.equal(whois('api', webEnd, `${lab.address('api')}:7002`).code, 0);
+      await held.stop();
+    } finally {
+      lab.exec('api', undo(redirect));
+      await behind.stop();
+    }
   });
 
   it('rules flushed by someone else are reported and reinstalled; cloaking comes back', async () => {

@@ -87,6 +87,14 @@ export interface PeerCredentials {
   gid: number;
 }
 
+/** One direction of a conntrack entry: addresses of 4 or 16 bytes, ports in host order. */
+export interface ConntrackTuple {
+  source: Buffer;
+  sourcePort: number;
+  destination: Buffer;
+  destinationPort: number;
+}
+
 /** What fastPathLoad kept: the pinned maps' file descriptors by name, and the two programs. */
 export interface FastPathLoaded {
   maps: Record<string, number>;
@@ -163,6 +171,12 @@ export interface NativeBinding {
   netnsCookie(): bigint;
   closeFd(fd: number): void;
   peerCredentials(fd: number): PeerCredentials;
+  /**
+   * The TCP conntrack entry of this network namespace with the given tuple as one of its two
+   * directions; null when conntrack has none. One ctnetlink request; throws (with `errno`) when
+   * the kernel refuses it.
+   */
+  conntrackEntry(family: 4 | 6, source: Uint8Array, sourcePort: number, destination: Uint8Array, destinationPort: number): { original: ConntrackTuple; reply: ConntrackTuple } | null;
   /** Writes HMAC-SHA256(key, message[0, messageLength)) into the first 32 bytes of `out`. */
   hmacSha256: (key: Uint8Array, message: Uint8Array, messageLength: number, out: Uint8Array) => void;
   /** Fills `out` with HKDF-SHA256 (RFC 5869) of `ikm` under `salt` and `info`. */

@@ -9,12 +9,15 @@ import type { PeerCredentials } from '../native/addon.ts';
 import type { Logger } from '../telemetry/log.ts';
 import { listenOnUnixSocket } from '../telemetry/unix-socket.ts';
 import { liveTcpSockets, type TcpSocket } from './proc-net-tcp.ts';
-import { connectionKey, type PeerRegistry } from './registry.ts';
+import type { PeerRegistry } from './registry.ts';
+import { handshakeEnds, type ConntrackLookup } from './translation.ts';
 
 export interface WhoisDependencies {
   registry: PeerRegistry;
   credentialsOf(socket: Socket): PeerCredentials;
   sockets?: () => TcpSocket[];
+  /** Finds a connection that a NAT on this host translates (null: only as its socket shows it). */
+  conntrack?: ConntrackLookup | null;
 }
 
 export type WhoisAnswer =
@@ -28,7 +31,7 @@ function normalise(endpoint: string): string | null {
   return `${canonicalAddress(match[1]!)}:${Number(match[2])}`;
 }
 
-export function answerWhois(request: unknown, caller: PeerCredentials, registry: PeerRegistry, sockets: TcpSocket[]): WhoisAnswer {
+export function answerWhois(request: unknown, caller: PeerCredentials, registry: PeerRegistry, sockets: TcpSocket[], conntrack: ConntrackLookup | null = null): WhoisAnswer {
   const body = request as { a?: unknown; b?: unknown } | null;
   const a = typeof body?.a === 'string' ? normalise(body.a) : null;
   const b = typeof body?.b === 'string' ? normalise(body.b) : null;
@@ -36,7 +39,11 @@ export function answerWhois(request: unknown, caller: PeerCredentials, registry:
   const socket = sockets.find((s) => (s.local === a && s.remote === b) || (s.local === b && s.remote === a));
   if (socket === undefined) return { error: 'not-found', detail: 'no such connection on this host' };
   if (caller.uid !== 0 && caller.uid !== socket.uid) return { error: 'forbidden', detail: 'only the owner of the connection (or root) may ask' };
-  const identity = registry.get(socket.local, socket.remote);
+  let identity = registry.get(socket.local, socket.remote);
+  if (identity === undefined && conntrack !== null) {
+    const seen = handshakeEnds(socket, conntrack);
+    if (seen !== null) identity = registry.get(seen.local, seen.remote);
+  }
   if (identity === undefined) return { error: 'not-found', detail: 'no verified identity for this connection' };
   return { found: true, local: socket.local, remote: socket.remote, identity };
 }
@@ -64,8 +71,8 @@ export async function startWhoisServer(path: string, dependencies: WhoisDependen
       const live = sockets();
       // Forget identities of connections that are gone, so the registry never answers for a
       // reused 4-tuple.
-      dependencies.registry.retain(new Set(live.map((s) => connectionKey(s.local, s.remote))));
-      connection.write(`${JSON.stringify(answerWhois(request, caller, dependencies.registry, live))}\n`);
+      dependencies.registry.retain(live);
+      connection.write(`${JSON.stringify(answerWhois(request, caller, dependencies.registry, live, dependencies.conntrack ?? null))}\n`);
     });
   });
   // Any local user may ask; the answer depends on who asks.
