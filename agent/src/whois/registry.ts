@@ -47,29 +47,33 @@ export class PeerRegistry {
 
   /**
    * Drops every entry whose connection is gone, `live` being the sockets that exist. An entry no
-   * socket has is kept while a socket with no entry of its own shares one end with it, an end no
-   * other socket has: a NAT on this host gave that socket other addresses than the handshake
-   * (whois finds the entry through conntrack, translation.ts). Such an end is a connecting
-   * socket's own (a DNAT changed the other), or an accepting socket's peer (a redirect changed
-   * its own); a listener's end, shared by its connections, keeps nothing.
+   * socket has is kept while a socket with no entry of its own could be its connection under
+   * addresses a NAT on this host changed (whois finds the entry through conntrack,
+   * translation.ts): the socket shares the entry's local end (a DNAT changed the remote one), or
+   * its remote end (a redirect changed the local one), either an end no other socket has; or
+   * the remote end and the local port (a source NAT that kept the port). A listener's end, which
+   * its connections share, keeps nothing.
    */
   retain(live: readonly ConnectionEnds[]): void {
     const keys = new Set(live.map((socket) => connectionKey(socket.local, socket.remote)));
     const holders = new Map<string, number>();
+    const hold = (end: string) => holders.set(end, (holders.get(end) ?? 0) + 1);
     for (const socket of live) {
-      holders.set(`l${socket.local}`, (holders.get(`l${socket.local}`) ?? 0) + 1);
-      holders.set(`r${socket.remote}`, (holders.get(`r${socket.remote}`) ?? 0) + 1);
+      hold(`local ${socket.local}`);
+      hold(`remote ${socket.remote}`);
     }
-    const unrecordedEnds = new Set<string>();
+    const portOf = (end: string) => end.slice(end.lastIndexOf(':') + 1);
+    const translatable = new Set<string>();
     for (const socket of live) {
       if (this.has(socket.local, socket.remote)) continue;
-      if (holders.get(`l${socket.local}`) === 1) unrecordedEnds.add(`l${socket.local}`);
-      if (holders.get(`r${socket.remote}`) === 1) unrecordedEnds.add(`r${socket.remote}`);
+      for (const end of [`local ${socket.local}`, `remote ${socket.remote}`]) if (holders.get(end) === 1) translatable.add(end);
+      translatable.add(`remote ${socket.remote} port ${portOf(socket.local)}`);
     }
     for (const key of this.entries.keys()) {
       if (keys.has(key)) continue;
       const [local, remote] = key.split('|') as [string, string];
-      if (!unrecordedEnds.has(`l${local}`) && !unrecordedEnds.has(`r${remote}`)) this.entries.delete(key);
+      const kept = translatable.has(`local ${local}`) || translatable.has(`remote ${remote} port ${portOf(local)}`) || translatable.has(`remote ${remote}`);
+      if (!kept) this.entries.delete(key);
     }
     this.recordedSinceSweep = 0;
   }

@@ -113,6 +113,15 @@ describe('whois', () => {
     const accepted = { local: '10.213.14.2:8080', remote: '10.213.14.1:41000' };
     registry.retain([socket, accepted]);
     assert.equal(registry.size, 2);
+    // The client end of a source NAT that kept the port, among other connections to the same server.
+    registry.record('192.0.2.9:41000', '10.213.14.3:443', identity);
+    const natted = { local: '10.213.14.1:41000', remote: '10.213.14.3:443' };
+    const others = [{ local: '10.213.14.1:41001', remote: '10.213.14.3:443' }];
+    registry.record(others[0]!.local, others[0]!.remote, identity);
+    registry.retain([socket, accepted, natted, ...others]);
+    assert.equal(registry.size, 4);
+    registry.retain([socket, accepted, ...others]);
+    assert.equal(registry.has('192.0.2.9:41000', '10.213.14.3:443'), false, 'gone with its socket');
     // Gone once the socket is.
     registry.retain([accepted]);
     assert.deepEqual([registry.has('10.213.14.1:40000', '10.213.14.2:8080'), registry.size], [false, 1]);
