@@ -2,7 +2,8 @@
 // whois question, than in the handshake the agent judged and filed (a local service address's
 // DNAT, a source NAT of the host's own connections, a PREROUTING redirect to a local listener).
 // Conntrack holds both; this turns a socket's ends into the handshake's.
-import { canonicalAddress, formatAddress } from '../datapath/addresses.ts';
+import { formatAddress } from '../datapath/addresses.ts';
+import { addressKey } from '../kernel/layouts.ts';
 import type { ConntrackTuple } from '../native/addon.ts';
 
 /** A connection's two ends, "address:port" as /proc/net/tcp and the registry give them. */
@@ -26,21 +27,13 @@ interface Endpoint {
   port: number;
 }
 
-function parseEndpoint(text: string): Endpoint | null {
+/** An end as /proc/net/tcp gives it (so always well formed), as conntrack takes it. */
+function parseEndpoint(text: string): Endpoint {
   const at = text.lastIndexOf(':');
-  const port = Number(text.slice(at + 1));
-  if (at <= 0 || !Number.isInteger(port) || port < 0 || port > 0xffff) return null;
   const host = text.slice(0, at);
-  if (!host.includes(':')) {
-    const octets = host.split('.').map(Number);
-    if (octets.length !== 4 || octets.some((octet) => !Number.isInteger(octet) || octet < 0 || octet > 0xff)) return null;
-    return { family: 4, address: Uint8Array.from(octets), port };
-  }
-  const groups = canonicalAddress(host)
-    .split(':')
-    .map((group) => Number.parseInt(group, 16));
-  if (groups.length !== 8 || groups.some((group) => !Number.isInteger(group) || group < 0 || group > 0xffff)) return null;
-  return { family: 6, address: Uint8Array.from(groups.flatMap((group) => [group >> 8, group & 0xff])), port };
+  const address = addressKey(host);
+  const port = Number(text.slice(at + 1));
+  return host.includes(':') ? { family: 6, address, port } : { family: 4, address: address.subarray(12), port };
 }
 
 function endpointText(address: Uint8Array, port: number): string {
@@ -58,7 +51,7 @@ function endpointText(address: Uint8Array, port: number): string {
 export function handshakeEnds(socket: ConnectionEnds, lookup: ConntrackLookup): ConnectionEnds | null {
   const local = parseEndpoint(socket.local);
   const remote = parseEndpoint(socket.remote);
-  if (local === null || remote === null || local.family !== remote.family) return null;
+  if (local.family !== remote.family) return null;
   const entry = lookup(local.family, local.address, local.port, remote.address, remote.port);
   if (entry === null) return null;
   const isSocket = (tuple: ConntrackTuple) =>
