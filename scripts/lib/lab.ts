@@ -282,12 +282,21 @@ export class Lab {
     return this.spawn(host, [...asUser, process.execPath, '--import', 'tsx', PEER, ...args], options);
   }
 
-  /** Runs a one-shot peer and returns its first JSON line. */
+  /**
+   * Runs a one-shot peer and returns its first JSON line. One that does not answer in time is
+   * killed, its socket with it: left alone, it retransmitted its SYN for seconds, and a
+   * retransmission a policy admitted again made a first contact in the middle of a later test.
+   */
   async peerOnce(host: Host, args: string[], timeoutMs = 15_000, uid?: number, workload?: string): Promise<Record<string, unknown>> {
     const child = this.peer(host, args, { ...(uid === undefined ? {} : { uid }), ...(workload === undefined ? {} : { workload }) });
-    const line = await child.waitFor(() => true, timeoutMs);
-    await child.exited;
-    return line;
+    try {
+      const line = await child.waitFor(() => true, timeoutMs);
+      await child.exited;
+      return line;
+    } catch (error) {
+      await child.stop('SIGKILL', 2_000);
+      throw error;
+    }
   }
 
   synpass(host: Host, args: string[]): string {
@@ -403,6 +412,24 @@ export class Lab {
 
 export async function readStatus(socketPath: string): Promise<AgentStatus> {
   return (await fetchStatus(socketPath)) as AgentStatus;
+}
+
+/**
+ * An agent's status read when no packet waits in its queue: its received count then holds every
+ * packet the kernel queued before the reading. A packet still unread would be counted late, in a
+ * reading taken after what it belonged to.
+ */
+export async function settledStatus(read: () => Promise<AgentStatus>): Promise<AgentStatus> {
+  let status: AgentStatus | null = null;
+  await waitUntil(
+    'no packet waits in the queue',
+    async () => {
+      status = await read();
+      return (status.kernelQueue?.waiting ?? 0) === 0;
+    },
+    5_000,
+  );
+  return status!;
 }
 
 export function sleep(ms: number): Promise<void> {

@@ -18,7 +18,7 @@ import { decodeJws } from '../../agent/src/token/jws.ts';
 import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
 import { inject, verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
 import { DOMAIN, REPORTS_WORKLOAD, rotateAgent, startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
-import { isRoot, ROOT, sleep, synpassCommand, waitUntil, type AgentHandle, type Lab, type NetnsProcess } from '../../scripts/lib/lab.ts';
+import { isRoot, ROOT, settledStatus, sleep, synpassCommand, waitUntil, type AgentHandle, type Lab, type NetnsProcess } from '../../scripts/lib/lab.ts';
 import { countersMoved, kernelFastPathOf, type KernelFastPathStatus } from '../../scripts/lib/kernel-counters.ts';
 import { fixChecksums, ipv4Segment, layout, plainSyn, tcpOptionOffset } from '../../scripts/lib/packets.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
@@ -84,9 +84,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     return result?.status === 200;
   }
 
-  async function queued(agent: AgentHandle): Promise<number> {
-    return (await agent.status()).queue.received!;
-  }
+  const queued = async (agent: AgentHandle): Promise<number> => (await settledStatus(() => agent.status())).queue.received!;
 
   /** Entries of the agent's table of servers that hold its workloads in their kernels. */
   async function clientEntries(agent: AgentHandle): Promise<number> {
