@@ -25,9 +25,11 @@ struct Tuple {
   bool has_ports = false;
 };
 
-void PutTuple(struct nlmsghdr* nlh, uint16_t type, int family, const Tuple& tuple) {
+// The lookup's tuple, sent as the original direction: the kernel finds an entry by either of its
+// directions' tuples, so one question covers both ends of a connection.
+void PutLookupTuple(struct nlmsghdr* nlh, int family, const Tuple& tuple) {
   size_t length = family == AF_INET ? 4 : 16;
-  struct nlattr* outer = mnl_attr_nest_start(nlh, type);
+  struct nlattr* outer = mnl_attr_nest_start(nlh, CTA_TUPLE_ORIG);
   struct nlattr* ip = mnl_attr_nest_start(nlh, CTA_TUPLE_IP);
   mnl_attr_put(nlh, family == AF_INET ? CTA_IP_V4_SRC : CTA_IP_V6_SRC, length, tuple.source);
   mnl_attr_put(nlh, family == AF_INET ? CTA_IP_V4_DST : CTA_IP_V6_DST, length, tuple.destination);
@@ -114,7 +116,7 @@ int Lookup(int family, const Tuple& key, Entry* entry) {
   nfg->nfgen_family = static_cast<uint8_t>(family);
   nfg->version = NFNETLINK_V0;
   nfg->res_id = 0;
-  PutTuple(nlh, CTA_TUPLE_ORIG, family, key);
+  PutLookupTuple(nlh, family, key);
   uint32_t seq = nlh->nlmsg_seq;
   uint32_t portid = mnl_socket_get_portid(nl);
   if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) {
