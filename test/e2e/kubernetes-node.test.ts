@@ -534,10 +534,12 @@ for (const podsAreTargets of [false, true]) {
       assert.equal((answered.peer as { subject: string } | null)?.subject, 'spiffe://cluster.synpass/ns/shop/sa/b');
       if (!kernel) return;
       const statusBefore = await settled(socket);
+      const [nodeMark, remoteMark] = [agent.lines.length, remoteAgent.lines.length];
       assert.equal((await fromRemote6())?.status, 200);
       const statusAfter = await settled(socket);
       const moved = countersMoved(kernelFastPathOf(statusBefore), kernelFastPathOf(statusAfter));
-      assert.equal(statusAfter.queue.received, statusBefore.queue.received, `the node queued nothing; verdicts: ${JSON.stringify(verdictsBetween(statusBefore, statusAfter))}, kernel counters moved: ${JSON.stringify(moved)}`);
+      const logged = { node: agent.lines.slice(nodeMark), remote: remoteAgent.lines.slice(remoteMark) };
+      assert.equal(statusAfter.queue.received, statusBefore.queue.received, `the node queued nothing; verdicts: ${JSON.stringify(verdictsBetween(statusBefore, statusAfter))}, kernel counters moved: ${JSON.stringify(moved)}; logged since: ${JSON.stringify(logged)}`);
       assert.deepEqual(moved, { synAccepted: 1, synAckSigned: 1 });
     });
   });
