@@ -11,6 +11,7 @@
 
 #include "bpf_loader.h"
 #include "conntrack.h"
+#include "raw_send.h"
 #include "hmac.h"
 
 #include <arpa/inet.h>
@@ -609,6 +610,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials));
   RegisterHmac(env, exports);
   RegisterConntrack(env, exports);
+  RegisterRawSend(env, exports);
   RegisterFastPath(env, exports);
   return NfQueue::Init(env, exports);
 }

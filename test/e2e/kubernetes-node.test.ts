@@ -437,7 +437,8 @@ for (const podsAreTargets of [false, true]) {
       assert.equal((seen.peer as { attributes: Record<string, string> }).attributes['k8s.label.app'], 'a');
     });
 
-    it('a host without identity finds pod B cloaked at its own address, through the service address and through the node port: no answer, a drop for pod B under no-identity', serviceOnly, async () => {
+    it('a host without identity finds pod B cloaked at its own address, through the service address and through the node port: no answer, a drop for pod B under no-identity, and pod B keeps no half-open connection', serviceOnly, async () => {
+      const resetsBefore = (await readStatus(socket)) as unknown as { serverResets: { sent: number; failed: number } };
       for (const [host, port] of [[address.b, '8080'], [SERVICE, '80'], [nodeAddress, NODE_PORT]] as const) {
         const mark = agent.lines.length;
         assert.equal(await fetchFrom(stranger, cgroups.remote, host, port), null, `${host}:${port} answered`);
@@ -445,6 +446,13 @@ for (const podsAreTargets of [false, true]) {
         const refused = agent.lines.slice(mark).find((l) => l.event === 'handshake' && l.verdict === 'drop' && [l.source, l.destination].some((end) => String(end).startsWith(`${strangerAddress}:`)));
         assert.deepEqual([refused?.reason, (refused?.local as { subject: string } | null)?.subject], ['no-identity', 'spiffe://cluster.synpass/ns/shop/sa/b'], `${host}:${port}: ${JSON.stringify(agent.lines.slice(mark).filter((l) => l.event === 'handshake'))}`);
       }
+      // Behind a DNAT pod B answered, and the node reset its half-open connection along with the
+      // refused SYN-ACK: left alone, pod B retransmitted that SYN-ACK for a minute, each one
+      // queued and dropped again, in later tests' counts.
+      assert.equal(execFileSync('ip', ['netns', 'exec', pods.b, 'ss', '-Htn', 'state', 'syn-recv'], { encoding: 'utf8' }).trim(), '', 'pod B holds no half-open connection');
+      const resets = ((await readStatus(socket)) as unknown as { serverResets: { sent: number; failed: number } }).serverResets;
+      assert.ok(resets.sent - resetsBefore.serverResets.sent >= 2, `a reset for each answer refused behind a DNAT: ${JSON.stringify(resets)}`);
+      assert.equal(resets.failed, resetsBefore.serverResets.failed);
       // The node's own closed port, open to anyone by its policy: followed in case a DNAT sent
       // the SYN to a pod, and forgotten at the node's reset.
       const filedBefore = await translatedFiled();

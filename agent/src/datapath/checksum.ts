@@ -22,6 +22,13 @@ export function writeUint16(buf: Uint8Array, offset: number, value: number): voi
   buf[offset + 1] = value & 0xff;
 }
 
+export function writeUint32(buf: Uint8Array, offset: number, value: number): void {
+  buf[offset] = (value >>> 24) & 0xff;
+  buf[offset + 1] = (value >>> 16) & 0xff;
+  buf[offset + 2] = (value >>> 8) & 0xff;
+  buf[offset + 3] = value & 0xff;
+}
+
 export function readUint16(buf: Uint8Array, offset: number): number {
   return (buf[offset]! << 8) | buf[offset + 1]!;
 }

@@ -36,6 +36,8 @@ export interface EngineOptions {
   onMalformed: MalformedPolicy;
   /** Hears the final outcome of every packet the handler judged (flow log). */
   onVerdict?: (event: VerdictEvent) => void;
+  /** Sends the reset a dropped SYN-ACK of a local server asks for (Decision.resetServer). */
+  onServerReset?: (synAck: ParsedPacket) => void;
 }
 
 export interface VerdictCount {
@@ -267,6 +269,7 @@ export class DatapathEngine {
     }
     if (!decision.accept) {
       this.drop(queue, id, queueNumber, mark, direction, decision.reason);
+      if (decision.resetServer) this.options.onServerReset?.(packet);
       this.deferReport(false, decision.reason, offset, length);
       return;
     }

@@ -46,6 +46,11 @@ export class Decision {
   wouldDrop: string | null = null;
   /** Attributes of the local workload the decision was about (for the flow log). */
   local: Readonly<Record<string, string>> | null = null;
+  /**
+   * A dropped SYN-ACK from a local server: reset the server's half-open connection too (as from
+   * the client), so that it does not retransmit the SYN-ACK for a minute.
+   */
+  resetServer = false;
   /** Set by hold(): no verdict now; the receiver gets the packet to decide later. */
   holdReceiver: ((held: HeldPacket) => void) | null = null;
 
@@ -61,6 +66,7 @@ export class Decision {
     this.revision = null;
     this.wouldDrop = null;
     this.local = null;
+    this.resetServer = false;
     this.holdReceiver = null;
   }
 

@@ -20,6 +20,8 @@ export interface Verdict {
   dropped: boolean;
   tracked: boolean;
   released: boolean;
+  /** The engine asked for a reset to the local server whose SYN-ACK this was (Decision.resetServer). */
+  resetServer: boolean;
 }
 
 export class VirtualQueue {
@@ -28,12 +30,21 @@ export class VirtualQueue {
   private readonly verdicts = new Map<number, Verdict>();
   private readonly delivered = new Map<number, Uint8Array>();
   private nextId = 1;
+  private resetAsked = false;
 
   constructor(handler: HandshakeHandler, onVerdict?: (event: VerdictEvent) => void) {
     this.engine = new DatapathEngine(
       this.buffers,
       handler,
-      { marks: MARKS, mtu: 1500, onMalformed: 'drop', ...(onVerdict ? { onVerdict } : {}) },
+      {
+        marks: MARKS,
+        mtu: 1500,
+        onMalformed: 'drop',
+        onServerReset: () => {
+          this.resetAsked = true;
+        },
+        ...(onVerdict ? { onVerdict } : {}),
+      },
     );
     const queue: NativeQueue = {
       start: () => undefined,
@@ -49,6 +60,7 @@ export class VirtualQueue {
           dropped: verdict === NF_DROP,
           tracked: (mark & MARKS.track) !== 0,
           released: (mark & MARKS.release) !== 0,
+          resetServer: false,
         });
         this.delivered.delete(id);
       },
@@ -70,10 +82,12 @@ export class VirtualQueue {
     this.buffers.meta[Meta.Flags] = flags;
     this.buffers.meta[Meta.Uid] = uid < 0 ? NO_OWNER : uid;
     this.buffers.meta[Meta.Gid] = uid < 0 ? NO_OWNER : uid;
+    this.resetAsked = false;
     this.engine.onBatch(1);
     // As the addon does when the socket is empty again.
     this.engine.onDrained();
     const verdict = this.verdictOf(id);
+    verdict.resetServer = this.resetAsked;
     // Only a held packet's verdict is asked for again (verdictOf): the queue keeps no other, so
     // an agent's rehearsal through it holds nothing per packet.
     if (!verdict.held) this.verdicts.delete(id);
@@ -82,6 +96,6 @@ export class VirtualQueue {
 
   /** The verdict on a packet `deliver` returned held: `held` until the handler settles it. */
   verdictOf(id: number): Verdict {
-    return this.verdicts.get(id) ?? { id, held: true, verdict: NF_DROP, mark: 0, bytes: new Uint8Array(0), dropped: false, tracked: false, released: false };
+    return this.verdicts.get(id) ?? { id, held: true, verdict: NF_DROP, mark: 0, bytes: new Uint8Array(0), dropped: false, tracked: false, released: false, resetServer: false };
   }
 }

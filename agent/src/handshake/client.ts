@@ -119,7 +119,7 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     // The answer to a SYN this node passed on without a token: a local pod's, or, on a node, one
     // without identity its policy let by for the address it was sent to. Once the connection
     // is released no retransmitted SYN-ACK comes back, so the entry goes; a refused one stays, so
-    // that the server's retransmits are refused too.
+    // that a retransmit the reset did not stop is refused too.
     const clientAddress = destinationAddress(packet);
     const pods = ctx.options.localPods;
     const [serverPod, clientPod] = [pods?.identityOf(server), pods?.identityOf(clientAddress)];
@@ -128,7 +128,11 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     // a client without identity (a token-less SYN the node let by for its own address). Anything
     // else outside the target networks is not ours to judge.
     const judged = serverPod !== undefined ? judgeBetweenPods(ctx, decision, { serverPod, clientPod: clientPod ?? null, clientAddress, serverAddress: server, port: packet.sourcePort }) : null;
-    if (judged instanceof Refusal) return judged;
+    if (judged instanceof Refusal) {
+      // The pod holds a half-open connection: ended at once, it retransmits nothing more.
+      decision.resetServer = true;
+      return judged;
+    }
     ctx.forgetTranslated(clientAddress, packet.destinationPort, packet.acknowledgment - 1);
     if (judged === null) {
       decision.reason = 'ok';

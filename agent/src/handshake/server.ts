@@ -155,11 +155,15 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     // This host answers a peer without identity (on a node, one filed in case a DNAT sent it
     // on to a pod): nothing more to follow. Or, on a node, one of its pods: judged between the
     // pod and the node's workload, the pod's egress included; a refused answer keeps its
-    // filing, so that the retransmits are refused too.
+    // filing, so that any retransmit is refused too, and the listener's half-open connection
+    // is reset (resetServer).
     const client = destinationAddress(packet);
     const clientPod = translated === null ? undefined : ctx.options.localPods?.identityOf(client);
     const judged = translated === null || clientPod === undefined ? null : judgeBetweenPods(ctx, decision, { serverPod: ctx.local.tokenForPort(translated.port).asPeer, clientPod, clientAddress: client, serverAddress: server, port: translated.port });
-    if (judged instanceof Refusal) return judged;
+    if (judged instanceof Refusal) {
+      decision.resetServer = true;
+      return judged;
+    }
     if (translated !== null) ctx.forgetTranslated(client, packet.destinationPort, packet.acknowledgment - 1);
     if (judged === null) {
       decision.reason = 'peer-without-agent';
@@ -174,7 +178,10 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     const pod = ctx.options.localPods?.identityOf(server);
     if (pod !== undefined && flow.peer !== null) {
       const auth = ctx.authorize(decision, 'ingress', { local: pod.attributes, peer: flow.peer, peerAddress: destinationAddress(packet), port: packet.sourcePort });
-      if (!auth.allowed) return refuse('not-allowed', 'identity not admitted to the pod behind the address it connected to', flow.peer);
+      if (!auth.allowed) {
+        decision.resetServer = true;
+        return refuse('not-allowed', 'identity not admitted to the pod behind the address it connected to', flow.peer);
+      }
     }
     // The kernel would see the address before the DNAT, the listener the one after.
     flow.kernelCandidate = null;

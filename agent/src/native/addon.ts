@@ -177,6 +177,8 @@ export interface NativeBinding {
    * the kernel refuses it.
    */
   conntrackEntry(family: 4 | 6, source: Uint8Array, sourcePort: number, destination: Uint8Array, destinationPort: number): { original: ConntrackTuple; reply: ConntrackTuple } | null;
+  /** Sends a whole IPv4 or IPv6 packet (header included, as written) to the destination its header names; throws (with `errno`) when the kernel refuses it. */
+  sendRawPacket(packet: Uint8Array): void;
   /** Writes HMAC-SHA256(key, message[0, messageLength)) into the first 32 bytes of `out`. */
   hmacSha256: (key: Uint8Array, message: Uint8Array, messageLength: number, out: Uint8Array) => void;
   /** Fills `out` with HKDF-SHA256 (RFC 5869) of `ikm` under `salt` and `info`. */

@@ -27,6 +27,7 @@ import { verdictOf } from '../kernel/layouts.ts';
 import { RulesWatchdog } from './rules-watchdog.ts';
 import { takeSavedTables, writeSavedTables } from './saved-tables-file.ts';
 import { ReadinessTaint } from './readiness-taint.ts';
+import { ServerResetter } from './server-resetter.ts';
 import { kubernetesAccess, type KubernetesAccess } from '../identity/kubernetes/api.ts';
 
 /** What the agent process runs by: the parsed configuration (runtime/config.ts). */
@@ -43,6 +44,7 @@ export class Agent {
   private readonly rules: RulesWatchdog;
   private statusServer: Server | null = null;
   private readonly engine: DatapathEngine;
+  private readonly serverResets: ServerResetter;
   private readonly buffers;
   private readonly startedAt = new Date();
   private stopping: Promise<void> | null = null;
@@ -110,10 +112,14 @@ export class Agent {
       kernelFastPath: () => ({ running: this.fastPath.path !== null, counters: this.fastPath.path?.counters() ?? {}, listenersOnQueue: this.fastPath.path?.listenersOnQueue.length ?? 0 }),
     });
     const { latencyOf, ruleVerdicts } = this.metrics;
+    this.serverResets = new ServerResetter((packet) => {
+      loadBinding().sendRawPacket(packet);
+    }, this.log);
     this.engine = new DatapathEngine(this.buffers, built.handler, {
       marks: this.marks,
       mtu: options.mtu,
       onMalformed: options.onMalformed,
+      onServerReset: this.serverResets.reset,
       onVerdict: (event) => {
         latencyOf[event.direction][event.stage].observe(event.latencyMicroseconds / 1e6);
         if (event.rule !== null) ruleVerdicts.inc({ rule: event.rule, action: event.accepted ? 'accept' : 'drop' });
@@ -510,6 +516,8 @@ export class Agent {
       rulesAhead: this.rules.rulesAhead,
       /** Segments waiting in the kernel queue for their handshake's proof. */
       heldPackets: this.engine.heldNow,
+      /** Resets sent to local servers whose SYN-ACK was refused (and sends the kernel refused). */
+      serverResets: this.serverResets.counts,
       queue: readQueueCounters(this.buffers.counters),
       kernelQueue: this.kernelQueueTotals(),
       verdicts: this.verdicts(),

@@ -65,11 +65,13 @@ describe('pods through a DNAT on the node', () => {
       const synAck = queue.deliver(segment(IPV4_SYN_ACK, POD.b, 8080, POD[client], port, 0x9000, isn + 1), 'ingress');
       assert.equal(synAck.dropped, !admitted, `pod ${client}`);
       assert.equal(synAck.released, admitted);
+      // Refused, pod B's half-open connection is reset too, so that it stops retransmitting.
+      assert.equal(synAck.resetServer, !admitted);
       assert.deepEqual(events.at(-1), { stage: 'syn-ack', reason: admitted ? 'ok-local' : 'not-allowed', peer: `spiffe://pods.synpass/ns/shop/sa/${client}` });
       if (!admitted) {
         // Pod B retransmits its SYN-ACK: refused again, never let by as from a server without agent.
         const again = queue.deliver(segment(IPV4_SYN_ACK, POD.b, 8080, POD[client], port, 0x9000, isn + 1), 'ingress');
-        assert.deepEqual([again.dropped, events.at(-1)?.reason], [true, 'not-allowed']);
+        assert.deepEqual([again.dropped, again.resetServer, events.at(-1)?.reason], [true, true, 'not-allowed']);
       }
     }
   });
@@ -211,11 +213,12 @@ describe('a local pod to the node\'s own address', () => {
     assert.deepEqual([syn.dropped, syn.tracked, events.at(-1)?.reason, events.at(-1)?.rule], [false, true, 'ok-local', 'kubelet/from-a'], 'the kubelet admits pod A');
     for (const attempt of ['answer', 'retransmit']) {
       const answer = queue.deliver(segment(IPV4_SYN_ACK, NODE, 10250, POD.a, 40061, 0xb000, 0xa001), 'egress');
-      assert.deepEqual([answer.dropped, events.at(-1)?.reason, events.at(-1)?.rule], [true, 'not-allowed', 'default-deny'], attempt);
+      // The kubelet's half-open connection is reset along with the refused answer.
+      assert.deepEqual([answer.dropped, answer.resetServer, events.at(-1)?.reason, events.at(-1)?.rule], [true, true, 'not-allowed', 'default-deny'], attempt);
     }
     // Through a node port to pod B, which pod A may reach.
     queue.deliver(segment(IPV4_SYN, POD.a, 40062, NODE, 30080, 0xa100), 'ingress');
     const fromPod = queue.deliver(segment(IPV4_SYN_ACK, POD.b, 8080, POD.a, 40062, 0xb100, 0xa101), 'ingress');
-    assert.deepEqual([fromPod.dropped, fromPod.released, events.at(-1)?.reason, events.at(-1)?.rule], [false, true, 'ok-local', 'b/from-a']);
+    assert.deepEqual([fromPod.dropped, fromPod.released, fromPod.resetServer, events.at(-1)?.reason, events.at(-1)?.rule], [false, true, false, 'ok-local', 'b/from-a']);
   });
 });
