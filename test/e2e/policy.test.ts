@@ -88,9 +88,8 @@ describe('policy hot reload end to end', { skip: !isRoot() && 'needs root for ne
     await waitForLog((l) => l.msg === 'policy reloaded', mark);
     const observeMark = api.process.lines.length;
     assert.equal(await echo(), true, 'observe mode does not drop');
-    // The accepted SYN: a drop logged meanwhile is another connection's (the kernel fast path
-    // logs its drops a moment late, aggregated, so a retransmission of the last test's refused
-    // connect may come after the mark).
+    // The accepted SYN: a drop is another connection's (in one kernel run, 2026-12-06, a drop
+    // was logged after the mark; the last test's refused connect retransmits its SYN).
     const verdict = await waitForLog((l) => l.event === 'handshake' && l.stage === 'syn' && l.direction === 'ingress' && l.verdict === 'accept', observeMark);
     assert.equal(verdict.reason, 'observe-would-drop');
     assert.equal(verdict.wouldDrop, 'api/no-echo-yet');
