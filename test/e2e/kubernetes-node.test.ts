@@ -348,6 +348,8 @@ for (const podsAreTargets of [false, true]) {
     /** The status read when nothing waits in the agent's queue (its received count is then complete). */
     const settled = (status: string) => settledStatus(() => readStatus(status));
     const fromRemote = () => fetchFrom(remote, cgroups.remote, address.b, '8080');
+    /** The half-open (SYN-RECEIVED) connections in namespace `ns`, as `ss` lists them ('' for none). */
+    const halfOpenIn = (ns: string): string => execFileSync('ip', ['netns', 'exec', ns, 'ss', '-Htn', 'state', 'syn-recv'], { encoding: 'utf8' }).trim();
     /** Whether every entry of the node kernel's server table admits its peer (struct server_value: key, then allowed). */
     const nodeEntriesAllowed = (): boolean[] =>
       (JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDirs.node, 'fast_servers'), '-j'], { encoding: 'utf8' })) as { value: string[] }[]).map((entry) => Number(entry.value[16]) !== 0);
@@ -449,7 +451,7 @@ for (const podsAreTargets of [false, true]) {
       // Behind a DNAT pod B answered, and the node reset its half-open connection along with the
       // refused SYN-ACK: left alone, pod B retransmitted that SYN-ACK for a minute, each one
       // queued and dropped again, in later tests' counts.
-      assert.equal(execFileSync('ip', ['netns', 'exec', pods.b, 'ss', '-Htn', 'state', 'syn-recv'], { encoding: 'utf8' }).trim(), '', 'pod B holds no half-open connection');
+      assert.equal(halfOpenIn(pods.b), '', 'pod B holds no half-open connection');
       const resets = ((await readStatus(socket)) as unknown as { serverResets: { sent: number; failed: number } }).serverResets;
       assert.ok(resets.sent - resetsBefore.serverResets.sent >= 2, `a reset for each answer refused behind a DNAT: ${JSON.stringify(resets)}`);
       assert.equal(resets.failed, resetsBefore.serverResets.failed);
@@ -504,6 +506,7 @@ for (const podsAreTargets of [false, true]) {
       await waitUntil('cloaked through the service address', async () => (await viaService()) === null, 15_000);
       const refused = await agent.waitFor((l) => l.event === 'handshake' && l.direction === 'egress' && l.stage === 'syn-ack' && l.verdict === 'drop');
       assert.deepEqual([refused.reason, (refused.peer as { subject: string }).subject, (refused.local as { subject: string }).subject], ['not-allowed', 'spiffe://cluster.synpass/remote', 'spiffe://cluster.synpass/ns/shop/sa/b']);
+      assert.equal(halfOpenIn(pods.b), '', 'the refused answer\'s half-open connection in pod B was reset');
       kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('b-1', 'b', { exposure: 'public' }, '6') })}\n`);
       await waitUntil('labelled back', async () => (await viaService())?.status === 200, 15_000);
     });
