@@ -21,7 +21,8 @@ export function judgeBetweenPods(ctx: HandshakeContext, decision: Decision, { se
   if (!ingress.allowed) return refuse(clientPod === null ? 'no-identity' : 'not-allowed', 'pod ingress not allowed', clientPod);
   if (clientPod !== null) {
     const egress = ctx.authorize(decision, 'egress', { local: clientPod.attributes, peer: serverPod, peerAddress: serverAddress, port });
-    if (!egress.allowed) return refuse('not-allowed', 'pod egress not allowed', clientPod);
+    // Logged from the client pod's side (its rule refused): the peer is the server.
+    if (!egress.allowed) return refuse('not-allowed', 'pod egress not allowed', serverPod);
     // Logged from the server pod's side, with the ingress rule unless egress had the say.
     decision.local = serverPod.attributes;
     if (ingress.rule !== null) {

@@ -207,14 +207,16 @@ describe('a local pod to the node\'s own address', () => {
         }),
       ),
     );
-    const events: { stage: string; reason: string; rule: string | null }[] = [];
-    const queue = new VirtualQueue(handler, (event) => events.push({ stage: event.stage, reason: event.reason, rule: event.rule }));
+    const events: { stage: string; reason: string; rule: string | null; local: string | undefined; peer: string | undefined }[] = [];
+    const queue = new VirtualQueue(handler, (event) => events.push({ stage: event.stage, reason: event.reason, rule: event.rule, local: event.local?.['synpass.subject'], peer: event.peer?.subject }));
     const syn = queue.deliver(segment(IPV4_SYN, POD.a, 40061, NODE, 10250, 0xa000), 'ingress');
     assert.deepEqual([syn.dropped, syn.tracked, events.at(-1)?.reason, events.at(-1)?.rule], [false, true, 'ok-local', 'kubelet/from-a'], 'the kubelet admits pod A');
     for (const attempt of ['answer', 'retransmit']) {
       const answer = queue.deliver(segment(IPV4_SYN_ACK, NODE, 10250, POD.a, 40061, 0xb000, 0xa001), 'egress');
       // The kubelet's half-open connection is reset along with the refused answer.
       assert.deepEqual([answer.dropped, answer.resetServer, events.at(-1)?.reason, events.at(-1)?.rule], [true, true, 'not-allowed', 'default-deny'], attempt);
+      // Pod A's egress refused it: logged from pod A's side, the kubelet its peer.
+      assert.deepEqual([events.at(-1)?.local, events.at(-1)?.peer], ['spiffe://pods.synpass/ns/shop/sa/a', kubelet], attempt);
     }
     // Through a node port to pod B, which pod A may reach.
     queue.deliver(segment(IPV4_SYN, POD.a, 40062, NODE, 30080, 0xa100), 'ingress');
