@@ -173,6 +173,8 @@ export interface AgentStatus {
   judging: { packets: number; microsecondsPerPacket: number; byStage?: { direction: string; stage: string; packets: number; microsecondsPerPacket: number }[] };
   /** The first-contact rehearsal after start (absent in builds before it). */
   rehearsal?: { state: 'off' | 'running' | 'done' | 'failed'; handshakes?: number; milliseconds?: number; error?: string };
+  /** Resets sent to a local server whose answer the agent refused (absent in builds before them). */
+  serverResets?: { sent: number; failed: number };
 }
 
 const HOST_INDEX: Record<Host, number> = { web: 1, api: 2, outsider: 3 };

@@ -177,6 +177,8 @@ for (const podsAreTargets of [false, true]) {
             { name: 'b', selector: { 'k8s.label.app': 'b' }, ingress: [{ name: 'from-a', action: 'allow', from: { 'k8s.label.app': 'a' }, ports: [8080] }] },
             // While a pod is labelled public, the remote host's workloads reach it too.
             { name: 'public', selector: { 'k8s.label.exposure': 'public' }, ingress: [{ name: 'from-remote', action: 'allow', from: { 'synpass.agent': 'spiffe://cluster.synpass/agent/remote' }, ports: [8080] }] },
+            // A pod labelled so may reach pod B only, whoever admits it.
+            { name: 'egress-locked', selector: { 'k8s.label.egress': 'locked' }, egress: [{ name: 'to-b', action: 'allow', to: { 'k8s.label.app': 'b' }, ports: [8080] }] },
             // The node's own service admits pod A only.
             { name: 'kubelet', selector: { 'synpass.subject': KUBELET }, ingress: [{ name: 'from-a', action: 'allow', from: { 'k8s.label.app': 'a' }, ports: [Number(KUBELET_PORT)] }] },
           ],
@@ -348,11 +350,41 @@ for (const podsAreTargets of [false, true]) {
     /** The status read when nothing waits in the agent's queue (its received count is then complete). */
     const settled = (status: string) => settledStatus(() => readStatus(status));
     const fromRemote = () => fetchFrom(remote, cgroups.remote, address.b, '8080');
-    /** The half-open (SYN-RECEIVED) connections in namespace `ns`, as `ss` lists them ('' for none). */
-    const halfOpenIn = (ns: string): string => execFileSync('ip', ['netns', 'exec', ns, 'ss', '-Htn', 'state', 'syn-recv'], { encoding: 'utf8' }).trim();
+    /** The half-open (SYN-RECEIVED) connections in namespace `ns` (of local port `port` only, if given), as `ss` lists them ('' for none). */
+    const halfOpenIn = (ns: string, port?: string): string =>
+      execFileSync('ip', ['netns', 'exec', ns, 'ss', '-Htn', 'state', 'syn-recv', ...(port === undefined ? [] : [`( sport = :${port} )`])], { encoding: 'utf8' }).trim();
+    const resetsOfNode = async () => {
+      const { serverResets } = await readStatus(socket);
+      assert.ok(serverResets !== undefined, 'status has serverResets');
+      return serverResets;
+    };
     /** Whether every entry of the node kernel's server table admits its peer (struct server_value: key, then allowed). */
     const nodeEntriesAllowed = (): boolean[] =>
       (JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDirs.node, 'fast_servers'), '-j'], { encoding: 'utf8' })) as { value: string[] }[]).map((entry) => Number(entry.value[16]) !== 0);
+
+    it('a pod whose own egress policy refuses the node\'s service, which admits it, is refused at the node\'s answer, and the node\'s listener keeps no half-open connection', async () => {
+      // Labelled so, pod A may reach pod B only; the kubelet's policy still admits it at the SYN.
+      kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('a-1', 'a', { egress: 'locked' }, '2') })}\n`);
+      const resetsBefore = await resetsOfNode();
+      const mark = agent.lines.length;
+      await waitUntil('pod A refused at the kubelet', async () => (await request('a', nodeAddress, KUBELET_PORT)) === null, 15_000);
+      const handshakes = () => JSON.stringify(agent.lines.slice(mark).filter((l) => l.event === 'handshake'));
+      const refused = agent.lines.slice(mark).find((l) => l.event === 'handshake' && l.verdict === 'drop' && String(l.destination).startsWith(`${address.a}:`));
+      // Logged from pod A's side, whose egress rule refused it.
+      assert.deepEqual(
+        [refused?.stage, refused?.direction, refused?.reason, refused?.rule, (refused?.local as { subject: string } | null)?.subject, (refused?.peer as { subject: string } | null)?.subject],
+        ['syn-ack', 'egress', 'not-allowed', 'default-deny', 'spiffe://cluster.synpass/ns/shop/sa/a', KUBELET],
+        handshakes(),
+      );
+      // The node reset the kubelet's half-open connection along with its refused answer: left
+      // alone, the kubelet would retransmit that answer for a minute, each one refused again.
+      assert.equal(halfOpenIn(node, KUBELET_PORT), '', 'the kubelet holds no half-open connection');
+      const resets = await resetsOfNode();
+      assert.ok(resets.sent > resetsBefore.sent, `a reset for the refused answer: ${JSON.stringify(resets)}`);
+      assert.equal(resets.failed, resetsBefore.failed);
+      kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('a-1', 'a', {}, '3') })}\n`);
+      await waitUntil('pod A reaches the kubelet again', async () => (await request('a', nodeAddress, KUBELET_PORT))?.status === 200, 15_000);
+    });
 
     it('the remote host reaches pod B as itself, and pod B answers as itself: its SYN-ACK leaves the node with pod B\'s token', async () => {
       const recent = (child: NetnsProcess) => JSON.stringify(child.lines.filter((l) => l.event === 'handshake').slice(-4));
@@ -440,7 +472,7 @@ for (const podsAreTargets of [false, true]) {
     });
 
     it('a host without identity finds pod B cloaked at its own address, through the service address and through the node port: no answer, a drop for pod B under no-identity, and pod B keeps no half-open connection', serviceOnly, async () => {
-      const resetsBefore = (await readStatus(socket)) as unknown as { serverResets: { sent: number; failed: number } };
+      const resetsBefore = await resetsOfNode();
       for (const [host, port] of [[address.b, '8080'], [SERVICE, '80'], [nodeAddress, NODE_PORT]] as const) {
         const mark = agent.lines.length;
         assert.equal(await fetchFrom(stranger, cgroups.remote, host, port), null, `${host}:${port} answered`);
@@ -452,9 +484,9 @@ for (const podsAreTargets of [false, true]) {
       // refused SYN-ACK: left alone, pod B retransmitted that SYN-ACK for a minute, each one
       // queued and dropped again, in later tests' counts.
       assert.equal(halfOpenIn(pods.b), '', 'pod B holds no half-open connection');
-      const resets = ((await readStatus(socket)) as unknown as { serverResets: { sent: number; failed: number } }).serverResets;
-      assert.ok(resets.sent - resetsBefore.serverResets.sent >= 2, `a reset for each answer refused behind a DNAT: ${JSON.stringify(resets)}`);
-      assert.equal(resets.failed, resetsBefore.serverResets.failed);
+      const resets = await resetsOfNode();
+      assert.ok(resets.sent - resetsBefore.sent >= 2, `a reset for each answer refused behind a DNAT: ${JSON.stringify(resets)}`);
+      assert.equal(resets.failed, resetsBefore.failed);
       // The node's own closed port, open to anyone by its policy: followed in case a DNAT sent
       // the SYN to a pod, and forgotten at the node's reset.
       const filedBefore = await translatedFiled();
@@ -501,10 +533,11 @@ for (const podsAreTargets of [false, true]) {
       const judged = await agent.waitFor((l) => l.event === 'handshake' && l.direction === 'egress' && l.stage === 'syn-ack' && String(l.destination).startsWith(`${remoteAddress}:`) && l.rule === 'public/from-remote');
       assert.equal((judged.local as { subject: string }).subject, 'spiffe://cluster.synpass/ns/shop/sa/b');
       kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('b-1', 'b', {}, '5') })}\n`);
+      const mark = agent.lines.length;
       // The node takes the relabel from its watch a moment later (once, in a loaded full run, more
       // than the second this test used to wait): until then the remote host still gets in.
       await waitUntil('cloaked through the service address', async () => (await viaService()) === null, 15_000);
-      const refused = await agent.waitFor((l) => l.event === 'handshake' && l.direction === 'egress' && l.stage === 'syn-ack' && l.verdict === 'drop');
+      const refused = await agent.waitFor((l) => l.event === 'handshake' && l.direction === 'egress' && l.stage === 'syn-ack' && l.verdict === 'drop' && agent.lines.indexOf(l) >= mark);
       assert.deepEqual([refused.reason, (refused.peer as { subject: string }).subject, (refused.local as { subject: string }).subject], ['not-allowed', 'spiffe://cluster.synpass/remote', 'spiffe://cluster.synpass/ns/shop/sa/b']);
       assert.equal(halfOpenIn(pods.b), '', 'the refused answer\'s half-open connection in pod B was reset');
       kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('b-1', 'b', { exposure: 'public' }, '6') })}\n`);
