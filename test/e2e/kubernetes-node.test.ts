@@ -19,7 +19,7 @@ import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
 import { initDomain, issueAgent } from '../../agent/src/identity/issuance.ts';
 import { FAST_SYN_OPTION } from '../../agent/src/kernel/layouts.ts';
 import { cgroup2Mount } from '../../agent/src/runtime/kernel-fast-path.ts';
-import { verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
+import { metric, verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
 import { isRoot, kernelByDefault, NetnsProcess, readStatus, ROOT, settledStatus, sleep, synpassCommand, waitUntil } from '../../scripts/lib/lab.ts';
 import { fixChecksums, layout, tcpOptionOffset } from '../../scripts/lib/packets.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
@@ -57,6 +57,8 @@ for (const podsAreTargets of [false, true]) {
     const remoteAddress = '10.216.1.2';
     const remoteAddress6 = 'fd16::2';
     const SERVICE = '10.96.0.10';
+    /** The node agent's /metrics, on the node's loopback. */
+    const METRICS_PORT = 9464;
     /** A service address whose backend is not on this node: the remote host's open port 9091. */
     const SERVICE_ELSEWHERE = '10.96.0.11';
     let remoteAgent: NetnsProcess;
@@ -223,7 +225,7 @@ for (const podsAreTargets of [false, true]) {
       // 9091 is open to anyone: the node's own processes reach it as the node.
       await Promise.all(['9090', '9091'].map((listen) => spawn(remote, [PEER, 'server', listen, 'http'], cgroups.remote).waitFor((l) => l.listening === Number(listen))));
       socket = join(directory, 'status.sock');
-      agent = spawnAgent(node, ['--config', join(directory, 'agent.yaml'), '--status-socket', socket, ...kernelFlags('node')], cgroups.node);
+      agent = spawnAgent(node, ['--config', join(directory, 'agent.yaml'), '--status-socket', socket, '--metrics-address', `127.0.0.1:${METRICS_PORT}`, ...kernelFlags('node')], cgroups.node);
       await agent.waitFor((l) => l.msg === 'agent running', 20_000);
       await spawn(pods.b, [PEER, 'server', '8080', 'http'], cgroups.b).waitFor((l) => l.listening === 8080);
       await spawn(node, [PEER, 'server', KUBELET_PORT, 'http'], cgroups.node).waitFor((l) => l.listening === Number(KUBELET_PORT));
@@ -358,6 +360,8 @@ for (const podsAreTargets of [false, true]) {
       assert.ok(serverResets !== undefined, 'status has serverResets');
       return serverResets;
     };
+    /** The node agent's /metrics text. */
+    const nodeMetrics = async (): Promise<string> => String((await spawn(node, [PEER, 'fetch', `http://127.0.0.1:${METRICS_PORT}/metrics`], cgroups.node).waitFor(() => true, 4_000)).body);
     /** Whether every entry of the node kernel's server table admits its peer (struct server_value: key, then allowed). */
     const nodeEntriesAllowed = (): boolean[] =>
       (JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDirs.node, 'fast_servers'), '-j'], { encoding: 'utf8' })) as { value: string[] }[]).map((entry) => Number(entry.value[16]) !== 0);
@@ -382,6 +386,8 @@ for (const podsAreTargets of [false, true]) {
       const resets = await resetsOfNode();
       assert.ok(resets.sent > resetsBefore.sent, `a reset for the refused answer: ${JSON.stringify(resets)}`);
       assert.equal(resets.failed, resetsBefore.failed);
+      const exported = await nodeMetrics();
+      assert.deepEqual([metric(exported, 'synpass_server_resets_total', 'result="sent"'), metric(exported, 'synpass_server_resets_total', 'result="failed"')], [resets.sent, resets.failed], 'as /metrics exports them');
       kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('a-1', 'a', {}, '3') })}\n`);
       await waitUntil('pod A reaches the kubelet again', async () => (await request('a', nodeAddress, KUBELET_PORT))?.status === 200, 15_000);
     });

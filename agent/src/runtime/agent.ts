@@ -110,6 +110,7 @@ export class Agent {
       logging: () => ({ flowLog: flowLog.counters, logPendingBytes: logStream?.pendingBytes ?? 0, logDroppedLines: logStream?.droppedLines ?? 0 }),
       tables: () => this.tables(),
       kernelFastPath: () => ({ running: this.fastPath.path !== null, counters: this.fastPath.path?.counters() ?? {}, listenersOnQueue: this.fastPath.path?.listenersOnQueue.length ?? 0 }),
+      serverResets: () => this.serverResets.counts,
     });
     const { latencyOf, ruleVerdicts } = this.metrics;
     this.serverResets = new ServerResetter((packet) => {

@@ -31,6 +31,8 @@ export interface MetricsSource {
    * how many local ports' listeners keep their known pairs on the queue.
    */
   kernelFastPath(): { running: boolean; counters: Record<string, number>; listenersOnQueue: number };
+  /** Resets sent to local servers whose SYN-ACK the agent refused, and sends the kernel refused. */
+  serverResets(): { sent: number; failed: number };
 }
 
 export interface LoggingCounters {
@@ -144,6 +146,18 @@ export class AgentMetrics {
       collect() {
         this.reset();
         for (const [counter, value] of Object.entries(source.kernelFastPath().counters)) this.inc({ counter }, value);
+      },
+    });
+    new Counter({
+      name: 'synpass_server_resets_total',
+      help: 'Resets sent to a local server (a pod, the node\'s own listener) whose SYN-ACK the agent refused, ending its half-open connection, by result (sent, failed: the kernel refused the send, e.g. no CAP_NET_RAW; that server then retransmits its SYN-ACK, each one refused again)',
+      labelNames: ['result'],
+      registers,
+      collect() {
+        this.reset();
+        const resets = source.serverResets();
+        this.inc({ result: 'sent' }, resets.sent);
+        this.inc({ result: 'failed' }, resets.failed);
       },
     });
     new Counter({

@@ -199,7 +199,7 @@ describe('bounded logging under a flood', () => {
 });
 
 describe('metrics', () => {
-  it('exports verdicts, queue counters, caches, credential expiry and policy revision', async () => {
+  it('exports verdicts, queue counters, caches, server resets, credential expiry and policy revision', async () => {
     const metrics = new AgentMetrics({
       queue: () => ({ received: 9, overruns: 1 }),
       kernelQueue: () => ({ dropped: 3, userDropped: 0, waiting: 0 }),
@@ -213,6 +213,7 @@ describe('metrics', () => {
       logging: () => ({ flowLog: { dropped: { backlog: 7 }, aggregated: 1234, aggregates: 3 }, logPendingBytes: 4096, logDroppedLines: 11 }),
       tables: () => ({ flows: { entries: 12, capacity: 65_536 } }),
       kernelFastPath: () => ({ running: true, counters: { synAccepted: 6, synFallback: 1 }, listenersOnQueue: 2 }),
+      serverResets: () => ({ sent: 8, failed: 1 }),
     });
     metrics.ruleVerdicts.inc({ rule: 'api/from-web', action: 'accept' });
     metrics.latencyOf.ingress.syn.observe(0.0005);
@@ -235,6 +236,8 @@ describe('metrics', () => {
       'synpass_verdict_latency_seconds_bucket{le="0.0005",direction="ingress",stage="syn"} 1',
       'synpass_verdict_latency_seconds_count{direction="egress",stage="syn-ack"} 1',
       'synpass_unjudged_syns_total 5',
+      'synpass_server_resets_total{result="sent"} 8',
+      'synpass_server_resets_total{result="failed"} 1',
       'synpass_rules_ahead 2',
       'synpass_flow_log_dropped_total{reason="backlog"} 7',
       'synpass_flow_log_aggregated_total 1234',
