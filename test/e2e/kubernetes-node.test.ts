@@ -179,7 +179,7 @@ for (const podsAreTargets of [false, true]) {
             { name: 'b', selector: { 'k8s.label.app': 'b' }, ingress: [{ name: 'from-a', action: 'allow', from: { 'k8s.label.app': 'a' }, ports: [8080] }] },
             // While a pod is labelled public, the remote host's workloads reach it too.
             { name: 'public', selector: { 'k8s.label.exposure': 'public' }, ingress: [{ name: 'from-remote', action: 'allow', from: { 'synpass.agent': 'spiffe://cluster.synpass/agent/remote' }, ports: [8080] }] },
-            // A pod labelled so may reach pod B only, whoever admits it.
+            // A pod labelled so may reach pod B only, even where another workload's policy admits it.
             { name: 'egress-locked', selector: { 'k8s.label.egress': 'locked' }, egress: [{ name: 'to-b', action: 'allow', to: { 'k8s.label.app': 'b' }, ports: [8080] }] },
             // The node's own service admits pod A only.
             { name: 'kubelet', selector: { 'synpass.subject': KUBELET }, ingress: [{ name: 'from-a', action: 'allow', from: { 'k8s.label.app': 'a' }, ports: [Number(KUBELET_PORT)] }] },
