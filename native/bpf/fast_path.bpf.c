@@ -21,6 +21,8 @@
 
 #define SOL_SOCKET 1
 #define SO_MARK 36
+#define SOL_TCP 6
+#define TCP_SAVE_SYN 27
 #define AF_INET 2
 #define AF_INET6 10
 #define MAX_OPTION_BYTES 40
@@ -428,6 +430,8 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
   return TC_ACT_OK;
 }
 
+static __always_inline int any_marker_option(struct __sk_buff *skb, const struct parsed *p);
+
 static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
   struct sent_key key = {.isn = bpf_ntohl(p->tcp.ack_seq) - 1, .server_port = bpf_ntohs(p->tcp.source)};
   __builtin_memcpy(key.server, p->source, 16);
@@ -435,6 +439,8 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
   /* Only connections that sent a fast SYN expect the server's MAC. */
   if (!sent) return TC_ACT_OK;
   int at = find_fast_option(skb, p, FAST_SYNACK_OPT_LEN);
+  /* After a fallback the answer may be the queue's, to the retransmit: the agent judges it. */
+  if (at < 0 && sent->fallback) return TC_ACT_OK;
   __u8 opt[FAST_SYNACK_OPT_LEN];
   if (at < 0 || bpf_skb_load_bytes(skb, p->option_base + (__u32)at, opt, sizeof(opt)) < 0) return drop(FAST_SYNACK_BAD_PROOF, p, sent->fast_id);
   __u32 server_isn = bpf_ntohl(p->tcp.seq);
@@ -445,6 +451,16 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
     sent->retiring = 1;
   }
   count(FAST_SYNACK_VERIFIED);
+  if (sent->fallback) {
+    /* The fast SYN's own answer, after its first one was lost and the retransmit went to the
+     * queue: the server's kernel answers every retransmit from the connection the fast SYN
+     * opened, and where conntrack follows that connection there its rules release it, so no
+     * agent ever sees this answer. Accepted and released here, by its MAC; conntrack follows the
+     * retransmit here, and so this answer. One the server's agent answered carries a marker,
+     * and the agent here judges it. */
+    if (!any_marker_option(skb, p)) skb->mark |= cfg->accept_mark;
+    return TC_ACT_OK;
+  }
   skb->mark |= cfg->untracked_mark;
   return TC_ACT_OK;
 }
@@ -815,8 +831,19 @@ static __always_inline void write_server_synack(struct bpf_sock_ops *ops) {
   if (bpf_store_hdr_opt(ops, opt, sizeof(opt), 0) == 0) count(FAST_SYNACK_SIGNED);
 }
 
+/* A SYN-ACK sent again (the first was lost, or the client sent its SYN again) is built without
+ * the SYN it answers, unless the listener keeps each SYN's headers: then its MAC can be written
+ * all the same (write_server_synack reads the fast id from the SYN). The kernel frees them with
+ * the connection they opened. */
+static __always_inline void keep_syns(struct bpf_sock_ops *ops) {
+  int one = 1;
+  bpf_setsockopt(ops, SOL_TCP, TCP_SAVE_SYN, &one, sizeof(one));
+}
+
 /* The fast SYN went unanswered (a server that lost its entry, or plain loss): the retransmit
- * leaves without the option and unmarked, so the agent sends it as first contact. */
+ * leaves without the option and unmarked, so the agent sends it as first contact. The record of
+ * the fast SYN stays, marked, until the connection is established: if it was the answer that
+ * was lost, the server's kernel answers the retransmit as it answered the fast SYN (judge_synack). */
 static __always_inline void client_fallback(struct bpf_sock_ops *ops) {
   struct sock_state_value *state = fast_socket(ops);
   if (!state || ops->state != BPF_TCP_SYN_SENT) return;
@@ -825,20 +852,22 @@ static __always_inline void client_fallback(struct bpf_sock_ops *ops) {
   if (state->workload != 0) record_owner(ops, state->isn, state->workload);
   struct sent_key sent = {};
   socket_sent(ops, state->isn, &sent);
-  bpf_map_delete_elem(&fast_conns, &sent);
+  struct conn_value *conn = bpf_map_lookup_elem(&fast_conns, &sent);
+  if (conn) conn->fallback = 1;
   struct flow_key flow = {};
   socket_flow(ops, &flow);
   bpf_map_delete_elem(&fast_flows, &flow);
   count(FAST_SYN_FALLBACK);
 }
 
-/* The SYN-ACK was proven (tc) and accepted: its record is no longer needed. If the server proved
+/* The SYN-ACK was proven (by tc; after a fallback, by tc or the agent) and accepted: the fast
+ * SYN's record is no longer needed. If the server proved
  * it under its previous keys, the entry it came from goes too (unless a newer one replaced it),
  * so the next connect is a first contact that learns the new keys, rather than a fast SYN the
  * server drops once those expire. */
 static __always_inline void client_established(struct bpf_sock_ops *ops) {
-  struct sock_state_value *state = fast_socket(ops);
-  if (!state) return;
+  struct sock_state_value *state = socket_state(ops);
+  if (!state || (state->state != SOCK_FAST && state->state != SOCK_FALLBACK)) return;
   struct flow_key key = {};
   socket_flow(ops, &key);
   struct sent_key sent_at = {};
@@ -860,6 +889,11 @@ static __always_inline void client_established(struct bpf_sock_ops *ops) {
     }
   }
   bpf_map_delete_elem(&fast_conns, &sent_at);
+  if (state->state == SOCK_FALLBACK) {
+    /* Whoever answered the retransmit, the socket asks for nothing more. */
+    state->state = SOCK_DONE;
+    bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags & ~(BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG));
+  }
 }
 
 /* A connection the server's tc program accepted as fast: its socket's packets leave untracked. */
@@ -882,6 +916,7 @@ int synpass_sockops(struct bpf_sock_ops *ops) {
     case BPF_SOCK_OPS_TCP_LISTEN_CB:
       /* Lets the listener's SYN-ACKs carry the server's MAC. */
       bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+      keep_syns(ops);
       break;
     case BPF_SOCK_OPS_TCP_CONNECT_CB:
       if (vouched(cfg, now)) client_connect(ops, cfg, now);

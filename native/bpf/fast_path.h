@@ -120,6 +120,7 @@ struct conn_value {
   __u32 fast_id;
   __u8 key[16];
   __u32 retiring; /* the SYN-ACK proved the server's previous keys: the entry goes at establishment */
+  __u32 fallback; /* the SYN was retransmitted to the queue (client_fallback): see judge_synack */
 };
 
 /* Server: a peer workload proven at first contact, per local address and port. The local address

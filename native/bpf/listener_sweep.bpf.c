@@ -19,6 +19,7 @@
 #define TCP_LISTEN 10
 #define SOL_TCP 6
 #define TCP_BPF_SOCK_OPS_CB_FLAGS 1008
+#define TCP_SAVE_SYN 27
 /* Deeper cgroups than this are not searched for the fast path's cgroup among their ancestors. */
 #define MAX_CGROUP_DEPTH 32
 
@@ -99,6 +100,9 @@ int synpass_sweep_listeners(struct bpf_iter__tcp *ctx) {
   } else {
     flags |= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
     record.outcome = bpf_setsockopt(tcp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &flags, sizeof(flags)) == 0 ? SWEEP_ENABLED : SWEEP_UNSUPPORTED;
+    /* As the sock_ops program does at listen: a SYN-ACK sent again can still carry the MAC. */
+    int one = 1;
+    if (record.outcome == SWEEP_ENABLED) bpf_setsockopt(tcp, SOL_TCP, TCP_SAVE_SYN, &one, sizeof(one));
   }
   bpf_seq_write(ctx->meta->seq, &record, sizeof(record));
   return 0;

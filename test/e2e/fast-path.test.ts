@@ -51,6 +51,9 @@ async function fast(agent: AgentHandle): Promise<FastStatus> {
 /** Rules for api: its stack never answers SYNs to PORT (its tc program still judges them first), and the rule's removal. */
 const DROP_SYNS = ['iptables', '-t', 'raw', '-I', 'PREROUTING', '-p', 'tcp', '--dport', String(PORT), '--syn', '-j', 'DROP'];
 const UNDROP_SYNS = DROP_SYNS.map((word) => (word === '-I' ? '-D' : word));
+/** On web: api's SYN-ACKs from the port, dropped after web's `tc` program has seen them. */
+const DROP_ANSWERS = ['iptables', '-t', 'raw', '-I', 'PREROUTING', '-p', 'tcp', '--sport', String(PORT), '--tcp-flags', 'SYN,ACK', 'SYN,ACK', '-j', 'DROP'];
+const UNDROP_ANSWERS = DROP_ANSWERS.map((word) => (word === '-I' ? '-D' : word));
 
 describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for network namespaces and eBPF' }, () => {
   let fixture: IdentityLab;
@@ -512,6 +515,42 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       lab.exec('web', snat.map((word) => (word === '-A' ? '-D' : word)));
       lab.exec('web', ['ip', 'addr', 'del', `${natted}/24`, 'dev', 'eth0']);
       web = await lab.startAgent('web', ['--config', fixture.files.configs.web]);
+    }
+  });
+
+  it('a fast SYN whose answer is lost: its retransmit goes to the queue, and the answer api\'s kernel gives it from the connection the fast SYN opened, which no agent sees, is accepted by its MAC', async () => {
+    // With conntrack following api's fast connections, its rules release the one a fast SYN
+    // opened: its kernel's answers to the retransmits never reach its agent, so they carry the
+    // kernel's MAC and no token. Until 2026-12-06 web's agent dropped each as from a server
+    // without an agent, and the connect failed until it gave up.
+    await api.process.stop('SIGTERM');
+    api = await startApi('--fast-path-conntrack', 'keep');
+    try {
+      // A first contact if the pair is not known yet (this test alone), then the fast path.
+      assert.equal(await http(), true);
+      await connectsInKernel();
+      const [webBefore, mark] = [await fast(web), web.process.lines.length];
+      lab.exec('web', DROP_ANSWERS);
+      let dropping = true;
+      try {
+        const client = lab.peer('web', ['http', lab.address('api'), String(PORT)]);
+        // web's kernel sends the SYN again through the queue after its retransmission timeout (1 s).
+        await waitUntil('web\'s fast SYN fell back', async () => countersMoved(webBefore, await fast(web)).synFallback === 1, 5_000);
+        lab.exec('web', UNDROP_ANSWERS);
+        dropping = false;
+        const verdicts = () => JSON.stringify(web.process.lines.slice(mark).filter((line) => line.msg === 'handshake verdict'));
+        assert.equal((await client.waitFor((l) => l.status !== undefined, 10_000).catch(() => null))?.status, 200, `web's verdicts: ${verdicts()}`);
+        const moved = countersMoved(webBefore, await fast(web));
+        assert.deepEqual([moved.synSent, moved.synFallback, (moved.synAckVerified ?? 0) >= 2], [1, 1, true], JSON.stringify(moved));
+        const judged = web.process.lines.slice(mark).filter((line) => line.msg === 'handshake verdict');
+        assert.deepEqual(judged.filter((line) => line.verdict === 'drop'), [], 'web\'s agent refused no answer');
+        assert.deepEqual(judged.filter((line) => line.stage !== 'syn'), [], 'web\'s agent saw no answer: its kernel took it by the MAC');
+      } finally {
+        if (dropping) lab.exec('web', UNDROP_ANSWERS);
+      }
+    } finally {
+      await api.process.stop('SIGTERM');
+      api = await startApi();
     }
   });
 
