@@ -1058,7 +1058,11 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
         .filter((line) => line.msg === 'handshake verdict' && String(line.time) >= loopStarted && (line.verdict !== 'accept' || line.path !== 'kernel'))
         .map((line) => [line.time, line.direction, line.stage, line.verdict, line.reason, line.path, line.source].map(String).join(' '));
     const loopEnd = await loop.waitFor((line) => line.ok !== undefined, 60_000);
-    assert.deepEqual(loopEnd, { ok: 3000, failed: 0 }, `rounds that failed: ${JSON.stringify(loop.lines.filter((line) => line.failed !== undefined && line.ok === undefined))}; api since the loop began: ${JSON.stringify(notKernelAccepts(api))}`);
+    assert.deepEqual(
+      loopEnd,
+      { ok: 3000, failed: 0 },
+      `rounds that failed: ${JSON.stringify(loop.lines.filter((line) => line.failed !== undefined && line.ok === undefined))}; api since the loop began: ${JSON.stringify(notKernelAccepts(api))}; web: ${JSON.stringify(notKernelAccepts(web))}, its kernel's counters moved ${JSON.stringify(countersMoved(webBefore, await fast(web)))}`,
+    );
     // (A pin left by a failure above goes with the lab.)
     const keptMoved = countersMoved(keptBefore, pinnedCounters('api', keptCounters));
     rmSync(keptCounters);
