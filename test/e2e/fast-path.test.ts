@@ -538,11 +538,11 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
         await waitUntil('web\'s fast SYN fell back', async () => countersMoved(webBefore, await fast(web)).synFallback === 1, 5_000);
         lab.exec('web', UNDROP_ANSWERS);
         dropping = false;
-        const verdicts = () => JSON.stringify(web.process.lines.slice(mark).filter((line) => line.msg === 'handshake verdict'));
-        assert.equal((await client.waitFor((l) => l.status !== undefined, 10_000).catch(() => null))?.status, 200, `web's verdicts: ${verdicts()}`);
+        const status = (await client.waitFor((l) => l.status !== undefined, 10_000).catch(() => null))?.status;
+        const judged = web.process.lines.slice(mark).filter((line) => line.msg === 'handshake verdict');
+        assert.equal(status, 200, `web's verdicts: ${JSON.stringify(judged)}`);
         const moved = countersMoved(webBefore, await fast(web));
         assert.deepEqual([moved.synSent, moved.synFallback, (moved.synAckVerified ?? 0) >= 2], [1, 1, true], JSON.stringify(moved));
-        const judged = web.process.lines.slice(mark).filter((line) => line.msg === 'handshake verdict');
         assert.deepEqual(judged.filter((line) => line.verdict === 'drop'), [], 'web\'s agent refused no answer');
         assert.deepEqual(judged.filter((line) => line.stage !== 'syn'), [], 'web\'s agent saw no answer: its kernel took it by the MAC');
       } finally {
