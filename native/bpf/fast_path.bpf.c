@@ -119,6 +119,16 @@ struct {
   __type(value, __u32);
 } fast_workloads SEC(".maps");
 
+/* Client, on a node: its pods' addresses, address -> pod number (from 1). A socket of another
+ * network namespace that connects from one of them is that pod's (the queue path trusts the same
+ * address). */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 2048);
+  __type(key, struct pod_key);
+  __type(value, __u32);
+} fast_pods SEC(".maps");
+
 /* Client: the cgroup workload number of each connection whose SYN goes to the queue, for the
  * agent to read there (NFQUEUE reports only the socket's uid). The agent takes each entry at its
  * SYN; an LRU, so those of SYNs the queue never sees (destinations outside the targets) age out. */
@@ -173,6 +183,7 @@ struct sock_state_value {
   __u32 owner_kind; /* the fast_clients entry it took: owner (address and port are the socket's) */
   __u32 owner;
   __u32 isn; /* of the fast SYN, which keys its fast_conns record */
+  __u32 pod; /* a pod's socket: its marks would not cross its link into the node, so none is set */
 };
 
 struct {
@@ -262,6 +273,23 @@ static __always_inline void mapped_ipv4(__u8 out[16], __u32 address_be) {
   out[10] = 0xff;
   out[11] = 0xff;
   __builtin_memcpy(out + 12, &address_be, 4);
+}
+
+static __always_inline int same_address(const __u8 a[16], const __u8 b[16]) {
+  __u64 a0, a1, b0, b1;
+  __builtin_memcpy(&a0, a, 8);
+  __builtin_memcpy(&a1, a + 8, 8);
+  __builtin_memcpy(&b0, b, 8);
+  __builtin_memcpy(&b1, b + 8, 8);
+  return a0 == b0 && a1 == b1;
+}
+
+/* The other end's view of a connection. */
+static __always_inline void reverse_flow(const struct flow_key *flow, struct flow_key *out) {
+  __builtin_memcpy(out->local, flow->remote, 16);
+  __builtin_memcpy(out->remote, flow->local, 16);
+  out->local_port = flow->remote_port;
+  out->remote_port = flow->local_port;
 }
 
 /* ---- tc ingress ---------------------------------------------------------------------------- */
@@ -430,6 +458,24 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
   return TC_ACT_OK;
 }
 
+/* A local pod's fast SYN, where it enters the node from the pod's link: this node's own sock_ops
+ * program wrote it, as its record says (fast_conns: the pod's address and port, and a MAC that
+ * checks under the record's key), so the rules let it by on both hooks (pod_mark), and conntrack
+ * too where the fast path skips it. Its server's kernel judges it. The marks the pod's socket
+ * could carry do not cross its link, and a pod cannot write a record: a SYN it made up itself is
+ * no such SYN. -1 when the SYN is not one: it is then judged as sent to this node or its pods. */
+static __always_inline int vouch_pod_syn(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p, int at) {
+  struct sent_key key = {.isn = bpf_ntohl(p->tcp.seq), .server_port = bpf_ntohs(p->tcp.dest)};
+  __builtin_memcpy(key.server, p->destination, 16);
+  struct conn_value *sent = bpf_map_lookup_elem(&fast_conns, &key);
+  if (!sent || !sent->pod || sent->client_port != bpf_ntohs(p->tcp.source) || !same_address(sent->client, p->source)) return -1;
+  __u8 opt[FAST_SYN_OPT_LEN];
+  if (bpf_skb_load_bytes(skb, p->option_base + (__u32)at, opt, sizeof(opt)) < 0) return -1;
+  if (read_be32(opt + 4) != sent->fast_id || syn_mac(sent->key, sent->fast_id, read_be32(opt + 8), key.isn) != read_be64(opt + 12)) return -1;
+  skb->mark |= cfg->pod_mark | cfg->untracked_mark;
+  return TC_ACT_OK;
+}
+
 static __always_inline int any_marker_option(struct __sk_buff *skb, const struct parsed *p);
 
 static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
@@ -461,7 +507,9 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
     if (!any_marker_option(skb, p)) skb->mark |= cfg->accept_mark;
     return TC_ACT_OK;
   }
-  skb->mark |= cfg->untracked_mark;
+  /* A pod's answer goes on through the node, whose rules release the connection with it: the
+   * pod's own handshake ACK carries no mark into the node, as a local socket's does. */
+  skb->mark |= sent->pod ? cfg->accept_mark | cfg->untracked_mark : cfg->untracked_mark;
   return TC_ACT_OK;
 }
 
@@ -598,6 +646,10 @@ int synpass_ingress(struct __sk_buff *skb) {
   if (p.tcp.ack) return judge_synack(skb, cfg, &p);
   int at = find_fast_option(skb, &p, FAST_SYN_OPT_LEN);
   if (at < 0) return judge_plain_syn(skb, cfg, &p);
+  if (cfg->routed_workloads) {
+    int vouched = vouch_pod_syn(skb, cfg, &p, at);
+    if (vouched >= 0) return vouched;
+  }
   return judge_fast_syn(skb, cfg, &p, at, now);
 }
 
@@ -661,6 +713,19 @@ static __always_inline void connect_owner(const struct fast_config *cfg, struct 
   }
 }
 
+/* A socket of another network namespace, on a node: the pod whose address it connects from, if
+ * any. */
+static __always_inline int pod_owner(const struct fast_config *cfg, const __u8 local[16], struct client_key *key) {
+  if (!cfg->routed_workloads) return 0;
+  struct pod_key pod = {};
+  __builtin_memcpy(pod.address, local, 16);
+  __u32 *number = bpf_map_lookup_elem(&fast_pods, &pod);
+  if (!number) return 0;
+  key->owner_kind = OWNER_POD;
+  key->owner = *number;
+  return 1;
+}
+
 /* Tells the agent which cgroup workload a SYN on its way to the queue belongs to. */
 static __always_inline void record_owner(const struct bpf_sock_ops *ops, __u32 isn, __u32 workload) {
   struct owner_key key = {.isn = isn, .local_port = ops->local_port};
@@ -687,12 +752,12 @@ static __always_inline void client_connect(struct bpf_sock_ops *ops, const struc
   struct client_key key = {.port = bpf_ntohl(ops->remote_port)};
   connect_owner(cfg, &key);
   /* A uid names a workload of the agent's own network namespace: a socket of another one below
-   * the cgroup (a pod on a node) is none of them, whatever its uid. A configured workload cgroup
-   * names its sockets in any namespace (a container of its own). */
-  if (key.owner_kind == OWNER_UID && bpf_get_netns_cookie(ops) != cfg->netns_cookie) return;
-  __u32 workload = key.owner_kind == OWNER_WORKLOAD ? key.owner : 0;
+   * the cgroup is none of them, whatever its uid, but a pod's on a node, named by its address. A
+   * configured workload cgroup names its sockets in any namespace (a container of its own). */
   __u8 local[16];
   local_and_remote(ops, local, key.address);
+  if (key.owner_kind == OWNER_UID && bpf_get_netns_cookie(ops) != cfg->netns_cookie && !pod_owner(cfg, local, &key)) return;
+  __u32 workload = key.owner_kind == OWNER_WORKLOAD ? key.owner : 0;
   struct client_value *entry = bpf_map_lookup_elem(&fast_clients, &key);
   /* An entry past its end sends this connect to the queue as first contact, agent or not. */
   if (entry && now >= entry->expires) entry = 0;
@@ -718,9 +783,11 @@ static __always_inline void client_connect(struct bpf_sock_ops *ops, const struc
   state->workload = workload;
   state->owner_kind = key.owner_kind;
   state->owner = key.owner;
+  state->pod = key.owner_kind == OWNER_POD;
   __builtin_memcpy(state->key, entry->key, 16);
-  /* The SYN leaves marked as judged, so the egress rules do not queue it, and untracked. */
-  set_mark(ops, mark | cfg->client_mark | cfg->untracked_mark);
+  /* The SYN leaves marked as judged, so the egress rules do not queue it, and untracked. A pod's
+   * is vouched for where it enters the node instead (vouch_pod_syn). */
+  if (!state->pod) set_mark(ops, mark | cfg->client_mark | cfg->untracked_mark);
   bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG);
 }
 
@@ -756,10 +823,10 @@ static __always_inline void client_after_syn(struct bpf_sock_ops *ops, const str
   if (!state) return;
   if (state->state == SOCK_FAST && ops->state == BPF_TCP_ESTABLISHED) {
     state->state = SOCK_RELEASING;
-    set_mark(ops, state->original_mark | cfg->accept_mark | cfg->untracked_mark);
+    if (!state->pod) set_mark(ops, state->original_mark | cfg->accept_mark | cfg->untracked_mark);
   } else if (state->state == SOCK_RELEASING) {
     state->state = SOCK_DONE;
-    set_mark(ops, state->original_mark | cfg->untracked_mark);
+    if (!state->pod) set_mark(ops, state->original_mark | cfg->untracked_mark);
     bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags & ~(BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG));
   }
 }
@@ -800,14 +867,24 @@ static __always_inline void write_client_syn(struct bpf_sock_ops *ops, const str
   state->isn = isn;
   struct sent_key key = {};
   socket_sent(ops, isn, &key);
-  struct conn_value sent = {.fast_id = state->fast_id};
+  struct flow_key flow = {};
+  socket_flow(ops, &flow);
+  struct conn_value sent = {.fast_id = state->fast_id, .pod = state->pod};
   __builtin_memcpy(sent.key, state->key, 16);
+  if (state->pod) {
+    __builtin_memcpy(sent.client, flow.local, 16);
+    sent.client_port = flow.local_port;
+  }
   bpf_map_update_elem(&fast_conns, &key, &sent, BPF_ANY);
   if (cfg->untracked_mark != 0) {
-    struct flow_key flow = {};
-    socket_flow(ops, &flow);
     __u8 one = 1;
     bpf_map_update_elem(&fast_flows, &flow, &one, BPF_ANY);
+    if (state->pod) {
+      /* The pod's own segments enter the node from its link: tc meets them from the server's side. */
+      struct flow_key inward = {};
+      reverse_flow(&flow, &inward);
+      bpf_map_update_elem(&fast_flows, &inward, &one, BPF_ANY);
+    }
   }
   count(FAST_SYN_SENT);
 }
@@ -848,7 +925,7 @@ static __always_inline void client_fallback(struct bpf_sock_ops *ops) {
   struct sock_state_value *state = fast_socket(ops);
   if (!state || ops->state != BPF_TCP_SYN_SENT) return;
   state->state = SOCK_FALLBACK;
-  set_mark(ops, state->original_mark);
+  if (!state->pod) set_mark(ops, state->original_mark);
   if (state->workload != 0) record_owner(ops, state->isn, state->workload);
   struct sent_key sent = {};
   socket_sent(ops, state->isn, &sent);
@@ -857,6 +934,11 @@ static __always_inline void client_fallback(struct bpf_sock_ops *ops) {
   struct flow_key flow = {};
   socket_flow(ops, &flow);
   bpf_map_delete_elem(&fast_flows, &flow);
+  if (state->pod) {
+    struct flow_key inward = {};
+    reverse_flow(&flow, &inward);
+    bpf_map_delete_elem(&fast_flows, &inward);
+  }
   count(FAST_SYN_FALLBACK);
 }
 

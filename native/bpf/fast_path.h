@@ -35,8 +35,9 @@ struct fast_config {
   __u32 source_burst;       /* SYNs a source's bucket holds, at most source_rate (one second's worth) */
   __u32 alive_until;        /* wall-clock second after which the programs judge nothing: the agent moves it on while it runs */
   __u32 agent_away;         /* set by an agent that stops and keeps the programs (failing closed): no one checks a first-contact marker */
-  __u64 netns_cookie;       /* the agent's network namespace: only its sockets connect fast as their uid's workload; a pod's, in a namespace of its own, speaks as the pod, through the queue */
+  __u64 netns_cookie;       /* the agent's network namespace: only its sockets connect fast as their uid's workload; a pod's, in a namespace of its own, speaks as the pod (fast_pods) */
   __u32 routed_workloads;   /* what this host routes is its own to judge (a node's pods); otherwise only SYNs delivered here are */
+  __u32 pod_mark;           /* on a local pod's fast SYN, vouched for where it enters the node: the rules let it by on both hooks */
 };
 
 /* One kernel verdict for the agent's flow log (ring buffer `fast_events`). A drop is reported
@@ -67,18 +68,25 @@ struct event_gate_value {
 };
 
 /* How a local connection's workload is named: by a configured cgroup it runs in (its workload
- * number, from 1), or else by its uid. */
+ * number, from 1), by the pod whose address it connects from (on a node), or else by its uid. */
 #define OWNER_UID 0
 #define OWNER_WORKLOAD 1
+/* A pod of this node (in a network namespace of its own), by its number in fast_pods. */
+#define OWNER_POD 2
 /* The deepest cgroup level the connect-time walk looks at (the root is level 0). */
 #define MAX_CGROUP_LEVELS 16
+
+/* Client, on a node (fast_pods): a pod's address, which names the pod's sockets. */
+struct pod_key {
+  __u8 address[16];
+};
 
 /* Client: which destinations (address, port) a local workload may prove itself to in the kernel. */
 struct client_key {
   __u8 address[16];
   __u16 port;
-  __u16 owner_kind; /* OWNER_UID or OWNER_WORKLOAD */
-  __u32 owner;      /* the uid, or the workload number */
+  __u16 owner_kind; /* OWNER_UID, OWNER_WORKLOAD or OWNER_POD */
+  __u32 owner;      /* the uid, the workload number or the pod number */
 };
 struct client_value {
   __u32 fast_id;
@@ -121,6 +129,10 @@ struct conn_value {
   __u8 key[16];
   __u32 retiring; /* the SYN-ACK proved the server's previous keys: the entry goes at establishment */
   __u32 fallback; /* the SYN was retransmitted to the queue (client_fallback): see judge_synack */
+  __u32 pod;      /* a local pod sent it: where it enters the node, tc vouches for it (vouch_pod_syn) */
+  __u8 client[16]; /* the pod's address and port, which that SYN must come from */
+  __u16 client_port;
+  __u16 pad;
 };
 
 /* Server: a peer workload proven at first contact, per local address and port. The local address

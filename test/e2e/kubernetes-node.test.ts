@@ -477,6 +477,58 @@ for (const podsAreTargets of [false, true]) {
       assert.equal((seen.peer as { attributes: Record<string, string> }).attributes['k8s.label.app'], 'a');
     });
 
+    it('pod A\'s known pair to the remote host is proven in the kernel at both ends, as pod A: its fast SYN, vouched for where it enters the node, is queued nowhere; the same SYN sent again later is dropped in the node\'s kernel; relabelled, pod A proves itself anew', kernelOnly, async () => {
+      const fromPodA = () => request('a', remoteAddress, '9090');
+      /** The node kernel's client entries that name a pod (struct client_key: owner_kind 2). */
+      const podEntries = (): number =>
+        (JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDirs.node, 'fast_clients'), '-j'], { encoding: 'utf8' })) as { key: string[] }[]).filter((entry) => Number(entry.key[18]) === 2).length;
+      /** The node's pods that hold client entries, as its status says (`kernel-pods`). */
+      const podsHeld = async (): Promise<number | undefined> => ((await readStatus(socket)) as unknown as { tables: Record<string, { entries: number }> }).tables['kernel-pods']?.entries;
+      assert.equal((await fromPodA())?.status, 200, 'a first contact, or already a known pair');
+      assert.ok(podEntries() >= 1, 'the node holds an entry for pod A');
+      assert.equal(await podsHeld(), 1);
+      const capture = spawn(pods.a, [CAPTURE, 'eth0', `tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn and dst host ${remoteAddress} and dst port 9090`, '1', '10000'], undefined, true);
+      await capture.waitFor((l) => l.ready === true);
+      const [nodeBefore, remoteBefore] = [await settled(socket), await settled(remoteSocket())];
+      const remoteMark = remoteAgent.lines.length;
+      const rounds = 5;
+      for (let i = 0; i < rounds; i++) assert.equal((await fromPodA())?.status, 200, `fast connection ${i}`);
+      const [nodeAfter, remoteAfter] = [await settled(socket), await settled(remoteSocket())];
+      const moved = { node: countersMoved(kernelFastPathOf(nodeBefore), kernelFastPathOf(nodeAfter)), remote: countersMoved(kernelFastPathOf(remoteBefore), kernelFastPathOf(remoteAfter)) };
+      assert.equal(nodeAfter.queue.received, nodeBefore.queue.received, `the node queued nothing; verdicts: ${JSON.stringify(verdictsBetween(nodeBefore, nodeAfter))}; kernel counters moved: ${JSON.stringify(moved)}`);
+      assert.equal(remoteAfter.queue.received, remoteBefore.queue.received, `the remote host queued nothing; verdicts: ${JSON.stringify(verdictsBetween(remoteBefore, remoteAfter))}`);
+      assert.deepEqual(moved, { node: { synSent: rounds, synAckVerified: rounds }, remote: { synAccepted: rounds, synAckSigned: rounds } });
+      // The remote host's kernel proved pod A's own workload, not the node's.
+      const logged = await remoteAgent.waitFor((l) => l.msg === 'handshake verdict' && l.path === 'kernel' && l.reason === 'ok-kernel' && String(l.destination).endsWith(':9090') && remoteAgent.lines.indexOf(l) >= remoteMark, 5_000);
+      assert.equal((logged.peer as { subject: string }).subject, 'spiffe://cluster.synpass/ns/shop/sa/a');
+
+      await capture.waitFor((l) => typeof l.done === 'number', 15_000);
+      const line = capture.lines.find((l) => typeof l.hex === 'string');
+      assert.ok(line, 'captured pod A\'s SYN');
+      const syn = Uint8Array.from(Buffer.from(String(line.hex), 'hex'));
+      assert.notEqual(tcpOptionOffset(syn, FAST_SYN_OPTION.kind, FAST_SYN_OPTION.length, FAST_SYN_OPTION.exid), -1, 'the SYN carries the fast option');
+      // Its connection is established: the node holds no record of it any more, so a copy vouches for nothing.
+      const [kernelBefore, remoteKernelBefore] = [await kernelOf(socket), await kernelOf(remoteSocket())];
+      const gatewayMac = execFileSync('ip', ['netns', 'exec', node, 'cat', '/sys/class/net/calia/address'], { encoding: 'utf8' }).trim();
+      const file = writePackets(join(directory, 'pod-a-again.hex'), [syn]);
+      await spawn(pods.a, [INJECTOR, 'replay', 'eth0', gatewayMac, file, 'max', '5', '1']).waitFor((l) => typeof l.sent === 'number', 10_000);
+      await sleep(300);
+      assert.deepEqual(countersMoved(kernelBefore, await kernelOf(socket)), { synUnknownPeer: 1 });
+      assert.deepEqual(countersMoved(remoteKernelBefore, await kernelOf(remoteSocket())), {}, 'nothing reached the remote host');
+
+      // Relabelled, pod A has a new token: its entries go, and its next connect is a first contact under its new labels.
+      kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('a-1', 'a', { tier: 'gold' }, '4') })}\n`);
+      await waitUntil('the node drops pod A\'s entries', async () => Promise.resolve(podEntries() === 0), 5_000);
+      assert.equal(await podsHeld(), 0, 'pod A gave its number up');
+      const [sentBefore, relabelMark] = [await kernelOf(socket), remoteAgent.lines.length];
+      assert.equal((await fromPodA())?.status, 200);
+      assert.equal(countersMoved(sentBefore, await kernelOf(socket)).synSent, undefined, 'a first contact');
+      const relearned = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn' && l.verdict === 'accept' && String(l.destination).endsWith(':9090') && remoteAgent.lines.indexOf(l) >= relabelMark, 5_000);
+      assert.equal((relearned.peer as { attributes: Record<string, string> }).attributes['k8s.label.tier'], 'gold');
+      kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('a-1', 'a', {}, '5') })}\n`);
+      await waitUntil('the node drops pod A\'s entry under its relabelled token', async () => Promise.resolve(podEntries() === 0), 5_000);
+    });
+
     it('a host without identity finds pod B cloaked at its own address, through the service address and through the node port: no answer, a drop for pod B under no-identity, and pod B keeps no half-open connection', serviceOnly, async () => {
       const resetsBefore = await resetsOfNode();
       for (const [host, port] of [[address.b, '8080'], [SERVICE, '80'], [nodeAddress, NODE_PORT]] as const) {
@@ -497,7 +549,9 @@ for (const podsAreTargets of [false, true]) {
       // the SYN to a pod, and forgotten at the node's reset.
       const filedBefore = await translatedFiled();
       assert.match(String((await fetchFrom(stranger, cgroups.remote, nodeAddress, '9999'))?.error), /ECONNREFUSED/);
-      assert.equal(await translatedFiled(), filedBefore, 'the refused SYN left no filing');
+      // At most as many: an earlier test's filing may reach its timeout meanwhile.
+      const filedAfter = await translatedFiled();
+      assert.ok(filedAfter <= filedBefore, `the refused SYN left no filing: ${filedBefore} before, ${filedAfter} after`);
     });
 
     it('through a service address whose backend is on another host, a host without identity arrives there without identity, not as the node; pod A as itself', serviceOnly, async () => {
@@ -569,7 +623,7 @@ for (const podsAreTargets of [false, true]) {
       assert.deepEqual([refused.reason, (refused.peer as { subject: string }).subject], ['not-allowed', 'spiffe://cluster.synpass/ns/shop/sa/c']);
     });
 
-    it(`over IPv6 too: pod A reaches the remote host as itself${masqueraded ? ' (masqueraded)' : ''}, pod C is cloaked from pod B, and the remote host reaches pod B as itself${kernel ? ', its known pair judged in the node\'s kernel' : ''}`, async () => {
+    it(`over IPv6 too: pod A reaches the remote host as itself${masqueraded ? ' (masqueraded)' : ''}, pod C is cloaked from pod B, and the remote host reaches pod B as itself${kernel ? ', each known pair judged in the kernel' : ''}`, async () => {
       // The log names IPv6 addresses in full.
       const handshakes = (child: NetnsProcess) => child.lines.filter((l) => l.event === 'handshake');
       assert.equal((await request('a', remoteAddress6, '9090'))?.status, 200, JSON.stringify(handshakes(agent).slice(-4)));
@@ -583,6 +637,10 @@ for (const podsAreTargets of [false, true]) {
       const answered = await remoteAgent.waitFor((l) => l.event === 'handshake' && l.direction === 'ingress' && l.stage === 'syn-ack' && String(l.source).startsWith(`${canonicalAddress(address6.b)}:`));
       assert.equal((answered.peer as { subject: string } | null)?.subject, 'spiffe://cluster.synpass/ns/shop/sa/b');
       if (!kernel) return;
+      // Pod A's next connect is a known pair in the kernel at both ends, over IPv6 too.
+      const podBefore = await kernelOf(socket);
+      assert.equal((await request('a', remoteAddress6, '9090'))?.status, 200);
+      assert.deepEqual(countersMoved(podBefore, await kernelOf(socket)), { synSent: 1, synAckVerified: 1 }, 'pod A\'s fast SYN over IPv6');
       const statusBefore = await settled(socket);
       const [nodeMark, remoteMark] = [agent.lines.length, remoteAgent.lines.length];
       assert.equal((await fromRemote6())?.status, 200);

@@ -41,6 +41,10 @@ const OPT_EXPERIMENT = 254;
  * sign that listener's answers to fast SYNs (native/bpf/fast_path.h, FAST_READY_EXID).
  */
 export const KERNEL_READY_EXID = 0xd352;
+/** RFC 6994 ExID of the kernel fast path's SYN option (native/bpf/fast_path.h, FAST_OPT_EXID). */
+export const FAST_SYN_EXID = 0xd351;
+/** Its length: kind, length, ExID, fast id (4), time (4), MAC (8). */
+const FAST_SYN_LENGTH = 20;
 
 /** One parsed packet; every offset is absolute within `buf`. Reused across packets. */
 export class ParsedPacket {
@@ -74,6 +78,8 @@ export class ParsedPacket {
   markerOffset = -1;
   /** A SYN-ACK written by a listener whose kernel signs answers to fast SYNs (the fast path's ready option). */
   kernelReady = false;
+  /** A SYN carrying the kernel fast path's option (written by a client's sock_ops program). */
+  fastSyn = false;
   /** Token area body (after its 2-byte length) when a marker is present, else -1. */
   tokenOffset = -1;
   tokenLength = 0;
@@ -105,6 +111,7 @@ export function parsePacket(buf: Uint8Array, start: number, available: number, o
   out.start = start;
   out.markerOffset = -1;
   out.kernelReady = false;
+  out.fastSyn = false;
   out.tokenOffset = -1;
   out.tokenLength = 0;
   out.mss = -1;
@@ -234,6 +241,7 @@ function walkOptions(buf: Uint8Array, start: number, end: number, out: ParsedPac
         break;
       case OPT_EXPERIMENT:
         if (length === 4 && readUint16(buf, i + 2) === KERNEL_READY_EXID) out.kernelReady = true;
+        else if (length === FAST_SYN_LENGTH && readUint16(buf, i + 2) === FAST_SYN_EXID) out.fastSyn = true;
         break;
       default:
         break;

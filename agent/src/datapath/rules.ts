@@ -149,6 +149,10 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     `-A ${CHAINS.ingress} -p tcp -m mark ! --mark ${pass} -m connmark --mark ${release} -m tcp ! --tcp-flags SYN,ACK,FIN,RST SYN -m tcp ! --tcp-option ${MARKER_KIND} -j RETURN`,
     // A packet comes back after its verdict (NF_REPEAT) carrying `pass`: record, do not queue.
     `-A ${CHAINS.ingress} -m mark ! --mark ${pass} -j ${CHAINS.ingressQueue}`,
+    // A local pod's fast SYN, which the kernel fast path vouched for where it entered the node
+    // (`pass` and `judged`, a pair no verdict gives a packet on its way in): it keeps `pass`, so
+    // that POSTROUTING lets it by too.
+    ...(options.routedWorkloads ? [`-A ${CHAINS.ingress} -m mark --mark ${hex(marks.pass | marks.judged)}/${hex(marks.pass | marks.judged)} -j RETURN`] : []),
     `-A ${CHAINS.ingress} -m mark --mark ${pass} -j ${CHAINS.mark}`,
     `-A ${CHAINS.egress} -m mark ! --mark ${pass} -m connmark --mark ${release} -j RETURN`,
     `-A ${CHAINS.egress} -m mark ! --mark ${pass} -j ${CHAINS.egressQueue}`,

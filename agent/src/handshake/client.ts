@@ -90,7 +90,7 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     fast: known !== undefined,
     syn,
     local: own.localAttributes,
-    owner: pod === undefined && (workload > 0 || info.uid >= 0) ? { uid: info.uid, workload } : null,
+    owner: pod !== undefined ? { uid: -1, workload: 0, pod: client } : workload > 0 || info.uid >= 0 ? { uid: info.uid, workload } : null,
     ownIdentity: ctx.local,
     expiresAt: ctx.now() + ctx.options.handshakeTimeoutMs,
   });

@@ -98,6 +98,12 @@ export class IdentityHandler implements HandshakeHandler {
     else pending.timer = setTimeout(run, waitMs).unref();
   }
 
+  /** The node's pods' tokens were issued again: a pod's client entries hold only under the token they rest on. */
+  localPodTokensChanged(): void {
+    const ctx = this.ctx;
+    ctx.kernelPath?.podTokensChanged((address) => ctx.local.tokenForAddress(address)?.packed.signature);
+  }
+
   private rejudgeKernel(): void {
     const ctx = this.ctx;
     ctx.kernelPath?.reauthorize(ctx.authorizer, (address, port) => ctx.localAt(address, port));

@@ -33,13 +33,15 @@ export interface AdmittedClient extends KernelEntry {
 }
 
 /**
- * Who opened a local connection, as the kernel names it: `workload`, the number (from 1, in
- * `workloads` order) of the configured workload whose cgroup it runs in (0: none), else `uid`,
- * the socket's owner.
+ * Who opened a local connection, as the kernel names it: on a node, `pod`, the pod whose address
+ * it connects from; else `workload`, the number (from 1, in `workloads` order) of the configured
+ * workload whose cgroup it runs in (0: none); else `uid`, the socket's owner.
  */
 export interface SocketOwner {
   uid: number;
   workload: number;
+  /** The pod's address. */
+  pod?: string | undefined;
 }
 
 /** Client side: the server at (`serverAddress`, `port`) holds our workload `owner` in its kernel. */
@@ -140,6 +142,18 @@ export interface KernelPath {
   cloak(closed: (port: number) => boolean): void;
   /** This agent's workloads may have changed: its kernel stops sending fast SYNs until each proves itself again. */
   forgetOwnWorkloads(): void;
+  /**
+   * The node's pods' tokens were issued again (a pod added, changed or gone): a pod whose token at
+   * its address is not the one its entries rest on (`tokenSignatureAt`: none, the pod is gone)
+   * stops sending fast SYNs under them.
+   */
+  podTokensChanged(tokenSignatureAt: (address: string) => Uint8Array | undefined): void;
+  /**
+   * A local pod's fast SYN reached the queue, where the node's kernel should have vouched for it
+   * as it entered the node (its link has no tc program): the pod's entries go, and it gets no new
+   * ones until the tc program is on another interface.
+   */
+  podUnvouched(address: string): void;
   /**
    * This agent's keys changed. What peers proved under the previous ones stays valid until
    * `untilSeconds` (the previous credential's expiry), as the user-space exchange honours the

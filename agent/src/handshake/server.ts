@@ -27,6 +27,13 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   const port = packet.destinationPort;
   const pods = ctx.options.localPods;
   const serverAddress = destinationAddress(packet);
+  if (packet.fastSyn && pods?.identityOf(client) !== undefined) {
+    // A local pod's fast SYN reaches the queue only when the node's kernel did not vouch for it
+    // where it entered the node: the pod's link has no tc program, or the pod made it up. Either
+    // way nothing proves it here; the pod's next connects are first contacts.
+    ctx.kernelPath?.podUnvouched(client);
+    return refuse('bad-proof', 'a local pod\'s fast SYN that the node\'s kernel did not vouch for');
+  }
   const destinationPod = pods?.identityOf(serverAddress);
   if (info.token === null && destinationPod !== undefined) {
     // Pod to pod through this node.

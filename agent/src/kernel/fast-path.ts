@@ -15,6 +15,7 @@ import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { ClientToSave, ServerToSave } from './saved-tables.ts';
 import { refusedSweep, summarizeSweep, type ListenerSweep } from './listener-sweep.ts';
 import {
+  addressKey,
   cgroupKey,
   clientKey,
   clientValue,
@@ -24,6 +25,9 @@ import {
   FAST_COUNTERS,
   KEY_SIZE,
   kernelVerdicts,
+  OWNER_POD,
+  OWNER_UID,
+  OWNER_WORKLOAD,
   MAP_CAPACITY,
   MAX_EXCLUDED_NETWORKS,
   PORT_COUNT,
@@ -35,6 +39,7 @@ import {
   u32Value,
   type FastCounter,
   type KernelEvent,
+  type KernelOwner,
 } from './layouts.ts';
 
 export class KernelPathError extends SynpassError<'attach' | 'map'> {
@@ -66,6 +71,8 @@ export interface KernelFastPathOptions {
   workloadCgroups: readonly WorkloadCgroup[];
   /** What this host routes is its own to judge (a Kubernetes node's pods): see RuleOptions.routedWorkloads. */
   routedWorkloads?: boolean;
+  /** Set on a local pod's fast SYN where it enters the node (`pass` and `judged`): the rules let it by on both hooks (0: pods connect through the queue). */
+  podMark?: number;
   now?: () => number;
 }
 
@@ -187,6 +194,13 @@ export class KernelFastPath implements KernelPath {
    * option, each with whether it was reported yet. At most one entry per port.
    */
   private readonly unreadyListeners = new Map<number, boolean>();
+  /** On a node: the pods that own client entries, address -> their number in fast_pods (never reused in a run). */
+  private readonly podNumbers = new Map<string, number>();
+  private nextPodNumber = 1;
+  /** The client entries (ids) of each pod in podNumbers. */
+  private readonly podClients = new Map<string, Set<string>>();
+  /** Pods whose fast SYNs reached the queue unvouched (podUnvouched): no entries until an interface is added. */
+  private readonly unvouchedPods = new Set<string>();
 
   /** The interfaces the tc program is on (none before attachPrograms), and those it is not on, with why. */
   readonly interfaces: FastPathInterfaces = { attached: [], skipped: [] };
@@ -266,7 +280,7 @@ export class KernelFastPath implements KernelPath {
     return loadBinding().fastPathDetach(pinDir);
   }
 
-  private map(name: keyof typeof MAP_CAPACITY | 'fast_config' | 'fast_counters' | 'fast_cloak' | 'fast_excluded' | 'fast_events' | 'fast_workloads'): number {
+  private map(name: keyof typeof MAP_CAPACITY | 'fast_config' | 'fast_counters' | 'fast_cloak' | 'fast_excluded' | 'fast_events'): number {
     return this.loaded.maps[name]!;
   }
 
@@ -299,6 +313,7 @@ export class KernelFastPath implements KernelPath {
       agentAway: this.agentAway,
       netnsCookie: this.netnsCookie,
       routedWorkloads: this.options.routedWorkloads === true,
+      podMark: this.options.podMark ?? 0,
     });
     this.native.mapUpdate(this.map('fast_config'), Buffer.alloc(4), value, BPF_ANY);
   }
@@ -350,15 +365,77 @@ export class KernelFastPath implements KernelPath {
   }
 
   useServer(entry: FastServer): boolean {
-    const key = clientKey(entry.serverAddress, entry.port, entry.owner);
+    const pod = entry.owner.pod;
+    if (pod !== undefined && (this.options.podMark ?? 0) === 0) return false;
+    if (pod !== undefined && this.unvouchedPods.has(pod)) return false;
+    const owner = this.kernelOwner(entry.owner);
+    if (owner === null) return false;
+    const key = clientKey(entry.serverAddress, entry.port, owner);
     const id = key.toString('latin1');
-    if (!this.clients.has(id) && this.clients.size >= MAP_CAPACITY.fast_clients) {
-      this.refused++;
+    const full = !this.clients.has(id) && this.clients.size >= MAP_CAPACITY.fast_clients;
+    if (full) this.refused++;
+    if (full || !this.write('fast_clients', key, clientValue(entry.fast.fastId, entry.fast.key, entry.expiresAt))) {
+      // A pod numbered for this entry alone gives its number back.
+      if (pod !== undefined && this.podClients.get(pod)?.size === 0) this.releasePod(pod);
       return false;
     }
-    if (!this.write('fast_clients', key, clientValue(entry.fast.fastId, entry.fast.key, entry.expiresAt))) return false;
     this.clients.set(id, entry);
+    if (pod !== undefined) this.podClients.get(pod)!.add(id);
     return true;
+  }
+
+  /** How the kernel names an entry's owner; a pod new to the table gets its number (null: fast_pods is full). */
+  private kernelOwner(owner: SocketOwner): KernelOwner | null {
+    if (owner.pod === undefined) return owner.workload > 0 ? { kind: OWNER_WORKLOAD, id: owner.workload } : { kind: OWNER_UID, id: owner.uid };
+    const address = owner.pod;
+    let number = this.podNumbers.get(address);
+    if (number === undefined) {
+      if (this.podNumbers.size >= MAP_CAPACITY.fast_pods) {
+        this.refused++;
+        return null;
+      }
+      number = this.nextPodNumber++;
+      if (!this.write('fast_pods', addressKey(address), u32Value(number))) return null;
+      this.podNumbers.set(address, number);
+      this.podClients.set(address, new Set());
+    }
+    return { kind: OWNER_POD, id: number };
+  }
+
+  podTokensChanged(tokenSignatureAt: (address: string) => Uint8Array | undefined): void {
+    const stale: string[] = [];
+    for (const [address, ids] of this.podClients) {
+      const signature = tokenSignatureAt(address);
+      for (const id of ids) {
+        const held = this.clients.get(id)?.tokenSignature;
+        if (signature === undefined || held === undefined || Buffer.compare(held, signature) !== 0) stale.push(id);
+      }
+    }
+    this.dropClients(stale);
+  }
+
+  podUnvouched(address: string): void {
+    this.unvouchedPods.add(address);
+    this.dropClients([...(this.podClients.get(address) ?? [])]);
+  }
+
+  /** A pod left with no entries gives its number up: fast_pods holds only pods that may connect fast. */
+  private releasePod(address: string): void {
+    const number = this.podNumbers.get(address);
+    if (number === undefined) return;
+    this.podNumbers.delete(address);
+    this.podClients.delete(address);
+    this.native.mapDelete(this.map('fast_pods'), addressKey(address));
+  }
+
+  /** Forgets a client entry here (the kernel's is the caller's to delete). */
+  private forgetClient(id: string): void {
+    const pod = this.clients.get(id)?.owner.pod;
+    this.clients.delete(id);
+    if (pod === undefined) return;
+    const ids = this.podClients.get(pod);
+    ids?.delete(id);
+    if (ids?.size === 0) this.releasePod(pod);
   }
 
   /**
@@ -493,9 +570,13 @@ export class KernelFastPath implements KernelPath {
     return saved;
   }
 
-  /** What a restart can rebuild of the client table: every entry (a change of this agent's keys empties it). */
+  /**
+   * What a restart can rebuild of the client table: every entry (a change of this agent's keys
+   * empties it) but pods', whose numbers and tokens are this run's: a pod's first connect to each
+   * server after a restart is a first contact.
+   */
   clientsToSave(): ClientToSave[] {
-    return [...this.clients.values()].map(({ serverAddress, port, owner, credential, tokenSignature, peer, local, expiresAt }) => ({ serverAddress, port, owner, credential: credential.compact, tokenSignature, peer, local, expiresAt }));
+    return [...this.clients.values()].filter((entry) => entry.owner.pod === undefined).map(({ serverAddress, port, owner, credential, tokenSignature, peer, local, expiresAt }) => ({ serverAddress, port, owner, credential: credential.compact, tokenSignature, peer, local, expiresAt }));
   }
 
   /** Ports whose SYNs without any proof the kernel drops. */
@@ -527,6 +608,7 @@ export class KernelFastPath implements KernelPath {
   forgetOwnWorkloads(): void {
     const forgotten = this.clients;
     this.clients = new Map();
+    for (const address of [...this.podNumbers.keys()]) this.releasePod(address);
     this.backlog.clients.push({ ids: forgotten.keys(), retire: null });
     this.backlog.left += forgotten.size;
     this.catchUpKernel();
@@ -631,14 +713,14 @@ export class KernelFastPath implements KernelPath {
    * a newer entry (another fast id) took its place since. A lost event leaves the entry here until
    * it is replaced or expires; the kernel no longer uses it either way.
    */
-  private forgetRetiredClient(serverAddress: string, port: number, owner: SocketOwner, fastId: number): void {
+  private forgetRetiredClient(serverAddress: string, port: number, owner: KernelOwner, fastId: number): void {
     const id = clientKey(serverAddress, port, owner).toString('latin1');
-    if (this.clients.get(id)?.fast.fastId === fastId) this.clients.delete(id);
+    if (this.clients.get(id)?.fast.fastId === fastId) this.forgetClient(id);
   }
 
   private dropClients(ids: readonly string[]): void {
     this.deleteBatch('fast_clients', ids);
-    for (const id of ids) this.clients.delete(id);
+    for (const id of ids) this.forgetClient(id);
   }
 
   /**
@@ -706,6 +788,8 @@ export class KernelFastPath implements KernelPath {
         skipped.push({ name, reason: refused });
       }
     }
+    // A new pod's link, most likely: pods whose SYNs met no program may meet it now.
+    if (added.length > 0) this.unvouchedPods.clear();
     return added;
   }
 
@@ -762,6 +846,8 @@ export class KernelFastPath implements KernelPath {
       'kernel-servers': { entries: this.servers.size, capacity: MAP_CAPACITY.fast_servers },
       'kernel-clients': { entries: this.clients.size, capacity: MAP_CAPACITY.fast_clients },
       'kernel-connecting': { entries: this.native.mapCount(this.map('fast_conns'), KEY_SIZE.fast_conns), capacity: MAP_CAPACITY.fast_conns },
+      // On a node only: its pods that hold client entries.
+      ...((this.options.podMark ?? 0) !== 0 ? { 'kernel-pods': { entries: this.podNumbers.size, capacity: MAP_CAPACITY.fast_pods } } : {}),
     };
   }
 

@@ -4,14 +4,22 @@
 import { endianness } from 'node:os';
 import { canonicalAddress, formatAddress } from '../datapath/addresses.ts';
 import { sumVerdicts, type VerdictCount } from '../datapath/engine.ts';
-import type { SocketOwner } from '../handshake/kernel-path.ts';
+import { FAST_SYN_EXID } from '../datapath/packet.ts';
 import { FAST_KEY_BYTES } from '../protocol/fast-keys.ts';
 
 const LITTLE = endianness() === 'LE';
 
 /** struct client_key's owner_kind (fast_path.h). */
-const OWNER_UID = 0;
-const OWNER_WORKLOAD = 1;
+export const OWNER_UID = 0;
+export const OWNER_WORKLOAD = 1;
+export const OWNER_POD = 2;
+
+/** A local connection's workload as the kernel names it (struct client_key): kind and number. */
+export interface KernelOwner {
+  kind: typeof OWNER_UID | typeof OWNER_WORKLOAD | typeof OWNER_POD;
+  /** The uid, the workload number or the pod number. */
+  id: number;
+}
 
 /** The maps and how many entries each holds (fast_path.bpf.c). */
 export const MAP_CAPACITY = {
@@ -24,12 +32,13 @@ export const MAP_CAPACITY = {
   fast_flows: 65_536,
   fast_workloads: 1024,
   fast_owners: 16_384,
+  fast_pods: 2048,
 } as const;
 
 export const KEY_SIZE = { fast_clients: 24, fast_conns: 24, fast_servers: 40, fast_replay: 32, fast_peers: 36, fast_owners: 24 } as const;
 
 /** The fast SYN's TCP option (fast_path.h): kind, length, ExID, fast id (4), time (4), MAC (8). */
-export const FAST_SYN_OPTION = { kind: 254, exid: 0xd351, length: 20 } as const;
+export const FAST_SYN_OPTION = { kind: 254, exid: FAST_SYN_EXID, length: 20 } as const;
 
 /** Ports, the size of the cloak table (one byte each: 1 = closed to peers without identity). */
 export const PORT_COUNT = 65_536;
@@ -115,14 +124,13 @@ export function excludedKey(cidr: string): Buffer {
   return key;
 }
 
-/** struct client_key: destination address and port, and the local workload: its cgroup workload number, else its uid. */
-export function clientKey(serverAddress: string, port: number, owner: SocketOwner): Buffer {
+/** struct client_key: destination address and port, and the local workload (its pod, its cgroup workload, else its uid). */
+export function clientKey(serverAddress: string, port: number, owner: KernelOwner): Buffer {
   const key = Buffer.alloc(KEY_SIZE.fast_clients);
   addressKey(serverAddress).copy(key, 0);
   u16(key, 16, port);
-  const byWorkload = owner.workload > 0;
-  u16(key, 18, byWorkload ? OWNER_WORKLOAD : OWNER_UID);
-  u32(key, 20, byWorkload ? owner.workload : owner.uid);
+  u16(key, 18, owner.kind);
+  u32(key, 20, owner.id);
   return key;
 }
 
@@ -227,9 +235,11 @@ export interface FastConfig {
   netnsCookie: bigint;
   /** What this host routes is its own to judge (a node's pods); otherwise only SYNs delivered here are. */
   routedWorkloads: boolean;
+  /** Set on a local pod's fast SYN where it enters the node: the rules let it by on both hooks. */
+  podMark: number;
 }
 
-/** struct fast_config (72 bytes: 68, padded to the alignment of its u64). */
+/** struct fast_config (72 bytes). */
 export function configValue(config: FastConfig): Buffer {
   const value = Buffer.alloc(72);
   if (LITTLE) value.writeBigInt64LE(config.realtimeOffsetNs, 0);
@@ -249,6 +259,7 @@ export function configValue(config: FastConfig): Buffer {
   if (LITTLE) value.writeBigUInt64LE(config.netnsCookie, 56);
   else value.writeBigUInt64BE(config.netnsCookie, 56);
   u32(value, 64, config.routedWorkloads ? 1 : 0);
+  u32(value, 68, config.podMark);
   return value;
 }
 
@@ -265,7 +276,7 @@ export interface KernelEvent {
   /** Drops of the same (source, cause) folded since its previous event. */
   folded: number;
   /** clientRetired: the local workload whose entry for the server (source) went; otherwise null. */
-  owner: SocketOwner | null;
+  owner: KernelOwner | null;
 }
 
 /** An address as the maps hold it, as text in the form the datapath gives (IPv4 dotted, IPv6 8 groups). */
@@ -282,7 +293,7 @@ export function decodeEvents(records: Buffer): KernelEvent[] {
   for (let at = 0; at + EVENT_BYTES <= records.length; at += EVENT_BYTES) {
     const counter = FAST_COUNTERS[read32(at)];
     if (counter === undefined) continue;
-    const [ownerKind, owner] = [read32(at + 48), read32(at + 52)];
+    const ownerKind = read32(at + 48);
     events.push({
       counter,
       fastId: read32(at + 4),
@@ -291,7 +302,7 @@ export function decodeEvents(records: Buffer): KernelEvent[] {
       sourcePort: read16(at + 40),
       destinationPort: read16(at + 42),
       folded: read32(at + 44),
-      owner: counter !== 'clientRetired' ? null : ownerKind === OWNER_WORKLOAD ? { uid: 0, workload: owner } : { uid: owner, workload: 0 },
+      owner: counter !== 'clientRetired' || (ownerKind !== OWNER_UID && ownerKind !== OWNER_WORKLOAD && ownerKind !== OWNER_POD) ? null : { kind: ownerKind, id: read32(at + 52) },
     });
   }
   return events;

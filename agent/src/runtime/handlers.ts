@@ -170,6 +170,7 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
   let pods: PodWatcher | null = null;
   // Set once the handler exists: the pod list may change before (while it is first read).
   let podsChanged = (): void => undefined;
+  let podTokensChanged = (): void => undefined;
   if (config.kubernetes !== null) {
     pods = new PodWatcher({
       access: kubernetesAccess(config.kubernetes.apiServer),
@@ -178,9 +179,14 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
         log.warn({ err: error }, 'kubernetes pod watch failed; retrying');
       },
       onChange: () => {
-        local.refreshAddresses().catch((error: unknown) => {
-          log.error({ err: error }, 'pod tokens could not be issued');
-        });
+        local
+          .refreshAddresses()
+          .then(() => {
+            podTokensChanged();
+          })
+          .catch((error: unknown) => {
+            log.error({ err: error }, 'pod tokens could not be issued');
+          });
         podsChanged();
       },
     });
@@ -212,6 +218,9 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
   };
   podsChanged = () => {
     handler.localPodsChanged();
+  };
+  podTokensChanged = () => {
+    handler.localPodTokensChanged();
   };
   startRenewal(local);
   if (policy !== null) policy.onSwap = () => { handler.policyChanged(); };

@@ -122,6 +122,8 @@ export function chooseKernelFastPath(
         budgetMark: marks.budgeted,
         workloadCgroups: workloadCgroups(config.workloads, cgroup!),
         routedWorkloads: config.kubernetes !== null,
+        // A pod's fast SYN, vouched for where it enters the node, passes both hooks' rules (rules.ts).
+        podMark: config.kubernetes !== null ? marks.pass | marks.judged : 0,
       });
       reason = attachPrepared(path, prepare, interfaces);
     } catch (error) {

@@ -88,6 +88,12 @@ describe('buildRuleset', () => {
     assert.ok(queued('SYNPASS-OUT-Q').filter((index) => lines[index]!.includes('--tcp-flags SYN,ACK,FIN,RST SYN')).every((index) => index > outbound));
     const node = buildRuleset(4, { ...options, routedWorkloads: true });
     assert.ok(!node.includes('addrtype'), 'a node judges its pods\' handshakes, which it routes');
+    // A pod's fast SYN the kernel vouched for (`pass` and `judged`) keeps `pass` past PREROUTING,
+    // so POSTROUTING lets it by too; a verdict's `pass` alone still goes on to SYNPASS-MARK.
+    assert.deepEqual(
+      node.split('\n').filter((l) => l.startsWith('-A SYNPASS-IN -m mark --mark ')),
+      ['-A SYNPASS-IN -m mark --mark 0x900000/0x900000 -j RETURN', '-A SYNPASS-IN -m mark --mark 0x100000/0x100000 -j SYNPASS-MARK'],
+    );
   });
 
   it('failing open, counts incoming SYNs that reach INPUT unjudged (and FORWARD, on a node of pods), with the queue rules exemptions', () => {

@@ -523,7 +523,7 @@ describe('identity handshake over a virtual wire', () => {
    * `workload` as the cgroup workload of every connection it is asked about.
    */
   function recordingKernelPath(admits = true, workload = 0) {
-    const told = { admitted: [] as AdmittedClient[], servers: [] as FastServer[], reauthorized: 0, localAt: null as LocalWorkloadAt | null, forgotten: 0, forgottenOwn: 0, retiredUntil: [] as number[], closed: [] as number[], asked: [] as string[], answered: [] as [number, boolean][] };
+    const told = { admitted: [] as AdmittedClient[], servers: [] as FastServer[], reauthorized: 0, localAt: null as LocalWorkloadAt | null, forgotten: 0, forgottenOwn: 0, retiredUntil: [] as number[], closed: [] as number[], asked: [] as string[], answered: [] as [number, boolean][], podTokens: [] as ((address: string) => Uint8Array | undefined)[], unvouched: [] as string[] };
     const path: KernelPath = {
       takeConnectionWorkload: (localAddress, localPort, isn) => {
         told.asked.push(`${localAddress}:${localPort} isn ${isn}`);
@@ -552,6 +552,12 @@ describe('identity handshake over a virtual wire', () => {
       },
       forgetOwnWorkloads: () => {
         told.forgottenOwn += 1;
+      },
+      podTokensChanged: (tokenSignatureAt) => {
+        told.podTokens.push(tokenSignatureAt);
+      },
+      podUnvouched: (address) => {
+        told.unvouched.push(address);
       },
       cloak: (closed) => {
         told.closed = [7000, 7001, 8080].filter((port) => closed(port));

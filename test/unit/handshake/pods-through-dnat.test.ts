@@ -10,6 +10,8 @@ import { VirtualQueue } from '../../../agent/src/datapath/virtual-queue.ts';
 import { IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../../scripts/lib/fixtures.ts';
 import { createDomain, identityHandler } from '../../../scripts/lib/identities.ts';
 import { PolicyAuthorizer } from '../../../agent/src/handshake/authorizer.ts';
+import type { KernelPath } from '../../../agent/src/handshake/kernel-path.ts';
+import { FAST_SYN_OPTION } from '../../../agent/src/kernel/layouts.ts';
 import { compile } from '../../../scripts/lib/policy-dir.ts';
 
 const SERVICE = [10, 96, 0, 10];
@@ -35,6 +37,18 @@ function segment(template: Uint8Array, from: readonly number[], fromPort: number
   view.writeUInt32BE(sequence, 24);
   view.writeUInt32BE(acknowledgment, 28);
   return withValidChecksums(bytes);
+}
+
+/** An IPv4 SYN with the kernel fast path's option appended to its options (no room is checked: the fixture's take 20 bytes). */
+function withFastOption(syn: Uint8Array): Uint8Array {
+  const { kind, length, exid } = FAST_SYN_OPTION;
+  const out = new Uint8Array(syn.length + length);
+  out.set(syn);
+  out.set([kind, length, exid >> 8, exid & 0xff, 0, 0, 0, 7], syn.length);
+  const view = Buffer.from(out.buffer);
+  view.writeUInt16BE(out.length, 2);
+  out[32] = ((syn.length - 20 + length) / 4) << 4;
+  return withValidChecksums(out);
 }
 
 describe('pods through a DNAT on the node', () => {
@@ -222,5 +236,27 @@ describe('a local pod to the node\'s own address', () => {
     queue.deliver(segment(IPV4_SYN, POD.a, 40062, NODE, 30080, 0xa100), 'ingress');
     const fromPod = queue.deliver(segment(IPV4_SYN_ACK, POD.b, 8080, POD.a, 40062, 0xb100, 0xa101), 'ingress');
     assert.deepEqual([fromPod.dropped, fromPod.released, fromPod.resetServer, events.at(-1)?.reason, events.at(-1)?.rule], [false, true, false, 'ok-local', 'b/from-a']);
+  });
+});
+
+describe('a local pod\'s fast SYN on the queue', () => {
+  it('reaches the agent only when the node\'s kernel did not vouch for it where it entered: dropped as bad-proof, and the pod gets no kernel entries for a while; a plain SYN of the pod goes on', async () => {
+    const domain = await createDomain('pods.synpass');
+    const { handler } = await identityHandler(domain, 'node', {
+      attributes: { 'host.name': 'node' },
+      admission: { protectedPorts: 'all', allow: [], allowWithoutIdentity: [] },
+      localPods: pods,
+    });
+    const unvouched: string[] = [];
+    handler.useKernelPath({ cloak: () => undefined, podUnvouched: (address: string) => unvouched.push(address) } as unknown as KernelPath);
+    const events: { stage: string; reason: string }[] = [];
+    const queue = new VirtualQueue(handler, (event) => events.push({ stage: event.stage, reason: event.reason }));
+    const remote = [198, 51, 100, 9];
+    const fast = queue.deliver(withFastOption(segment(IPV4_SYN, POD.a, 40061, remote, 9090, 0x6100)), 'ingress');
+    assert.equal(fast.dropped, true);
+    assert.deepEqual(events.at(-1), { stage: 'syn', reason: 'bad-proof' });
+    assert.deepEqual(unvouched, ['10.215.1.1']);
+    const plain = queue.deliver(segment(IPV4_SYN, POD.a, 40062, remote, 9090, 0x6200), 'ingress');
+    assert.deepEqual([plain.dropped, plain.tracked, events.at(-1)?.reason], [false, true, 'ok']);
   });
 });

@@ -7,7 +7,7 @@ import { endianness } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { kernelFlowRecord } from '../../../agent/src/telemetry/flow-log.ts';
-import { addressKey, cgroupKey, excludedKey, clientKey, clientValue, configValue, decodeEvents, EVENT_BYTES, FAST_COUNTERS, KEY_SIZE, kernelVerdicts, MAP_CAPACITY, ownerKey, serverKey, serverValue } from '../../../agent/src/kernel/layouts.ts';
+import { addressKey, cgroupKey, excludedKey, clientKey, clientValue, configValue, decodeEvents, EVENT_BYTES, FAST_COUNTERS, KEY_SIZE, kernelVerdicts, MAP_CAPACITY, OWNER_POD, OWNER_UID, OWNER_WORKLOAD, ownerKey, serverKey, serverValue } from '../../../agent/src/kernel/layouts.ts';
 import { deriveFastKey, FAST_KEY_BYTES } from '../../../agent/src/protocol/fast-keys.ts';
 import { cgroup2Mount, chooseKernelFastPath, FastPathUnavailableError, workloadCgroups } from '../../../agent/src/runtime/kernel-fast-path.ts';
 import { DEFAULTS } from '../../../agent/src/runtime/config.ts';
@@ -43,12 +43,15 @@ describe('map layouts', () => {
   it('keys and values have the sizes and field offsets of fast_path.h, numbers in host order', () => {
     const read16 = (b: Buffer, o: number) => (LITTLE ? b.readUInt16LE(o) : b.readUInt16BE(o));
     const read32 = (b: Buffer, o: number) => (LITTLE ? b.readUInt32LE(o) : b.readUInt32BE(o));
-    const client = clientKey('10.1.2.3', 8080, { uid: 1000, workload: 0 });
+    const client = clientKey('10.1.2.3', 8080, { kind: OWNER_UID, id: 1000 });
     assert.equal(client.length, KEY_SIZE.fast_clients);
     assert.deepEqual([read16(client, 16), read16(client, 18), read32(client, 20)], [8080, 0, 1000]);
-    // A cgroup workload is named by its number, whatever the uid (owner_kind 1).
-    const byWorkload = clientKey('10.1.2.3', 8080, { uid: 1000, workload: 3 });
+    // A cgroup workload is named by its number (owner_kind 1), a pod by its number in fast_pods (owner_kind 2).
+    const byWorkload = clientKey('10.1.2.3', 8080, { kind: OWNER_WORKLOAD, id: 3 });
     assert.deepEqual([read16(byWorkload, 18), read32(byWorkload, 20)], [1, 3]);
+    const byPod = clientKey('10.1.2.3', 8080, { kind: OWNER_POD, id: 7 });
+    assert.deepEqual([read16(byPod, 18), read32(byPod, 20)], [2, 7]);
+    for (const [name, kind] of Object.entries({ OWNER_UID, OWNER_WORKLOAD, OWNER_POD })) assert.match(HEADER, new RegExp(`#define ${name} ${kind}\\n`), name);
     // A queued SYN's owner: local address, ISN, local port (struct owner_key).
     const owner = ownerKey('10.1.2.3', 41000, 0xfedcba98);
     assert.equal(owner.length, KEY_SIZE.fast_owners);
@@ -68,14 +71,14 @@ describe('map layouts', () => {
     const expiring = serverValue(key, true, false, 1_800_000_000.7);
     assert.deepEqual([expiring.length, expiring.subarray(0, 16).toString('hex'), read32(expiring, 24)], [32, key.toString('hex'), 1_800_000_000]);
     assert.deepEqual([read32(serverValue(key, true, false, 2 ** 40), 24), read32(clientValue(1, key, -5), 4)], [0xffffffff, 0]);
-    const config = configValue({ realtimeOffsetNs: 5n, windowSeconds: 30, acceptMark: 0x500000, clientMark: 0x100000, acceptSample: 0.5, sourceRate: 10_000, sourceBurst: 1024, budgetMark: 0x1000000, untrackedMark: 0x2000000, workloadCgroups: 2, vouchedUntil: 1_800_000_030.5, agentAway: true, netnsCookie: 0x1_0000_0007n, routedWorkloads: true });
+    const config = configValue({ realtimeOffsetNs: 5n, windowSeconds: 30, acceptMark: 0x500000, clientMark: 0x100000, acceptSample: 0.5, sourceRate: 10_000, sourceBurst: 1024, budgetMark: 0x1000000, untrackedMark: 0x2000000, workloadCgroups: 2, vouchedUntil: 1_800_000_030.5, agentAway: true, netnsCookie: 0x1_0000_0007n, routedWorkloads: true, podMark: 0x900000 });
     assert.deepEqual(
       [config.length, read32(config, 8), read32(config, 12), read32(config, 16), read32(config, 20), read32(config, 24), read32(config, 28), read32(config, 32), read32(config, 36), read32(config, 40), read32(config, 44), read32(config, 48), read32(config, 52)],
       [72, 30, 0x500000, 0x100000, 1, 2 ** 31, 10_000, 0x1000000, 0x2000000, 2, 1024, 1_800_000_030, 1],
     );
     assert.equal(LITTLE ? config.readBigUInt64LE(56) : config.readBigUInt64BE(56), 0x1_0000_0007n);
-    assert.equal(read32(config, 64), 1);
-    const running = configValue({ realtimeOffsetNs: 0n, windowSeconds: 1, acceptMark: 0, clientMark: 0, acceptSample: 1, sourceRate: 0, sourceBurst: 0, budgetMark: 0, untrackedMark: 0, workloadCgroups: 0, vouchedUntil: 0, agentAway: false, netnsCookie: 0n, routedWorkloads: false });
+    assert.deepEqual([read32(config, 64), read32(config, 68)], [1, 0x900000]);
+    const running = configValue({ realtimeOffsetNs: 0n, windowSeconds: 1, acceptMark: 0, clientMark: 0, acceptSample: 1, sourceRate: 0, sourceBurst: 0, budgetMark: 0, untrackedMark: 0, workloadCgroups: 0, vouchedUntil: 0, agentAway: false, netnsCookie: 0n, routedWorkloads: false, podMark: 0 });
     assert.deepEqual([read32(running, 24), read32(running, 52), read32(running, 64)], [0xffffffff, 0, 0]);
   });
 
@@ -119,7 +122,7 @@ describe('kernel events', () => {
     assert.deepEqual(drop, { counter: 'synNoIdentity', fastId: 0, source: '10.213.5.3', destination: '10.213.5.2', sourcePort: 40000, destinationPort: 8080, folded: 17, owner: null });
     assert.equal(accept?.source, 'fd53:5350:0:19:0:0:0:1');
     assert.equal(accept?.owner, null, 'only a retired entry has an owner');
-    assert.deepEqual(retired?.owner, { uid: 0, workload: 3 });
+    assert.deepEqual(retired?.owner, { kind: OWNER_WORKLOAD, id: 3 });
     assert.equal(kernelFlowRecord(retired, null), null, 'a retired entry is no verdict');
     const record = kernelFlowRecord(drop, null)!;
     assert.deepEqual([record.verdict, record.reason, record.stage, record.source, record.path], ['drop', 'no-identity', 'syn', '10.213.5.3:40000', 'kernel']);
