@@ -477,6 +477,19 @@ for (const podsAreTargets of [false, true]) {
       assert.equal((seen.peer as { attributes: Record<string, string> }).attributes['k8s.label.app'], 'a');
     });
 
+    it('on a node the tc program is on every link but loopback, a pod\'s link without an address too, a new one within a second or two', kernelOnly, async () => {
+      const attached = async () => ((await readStatus(socket)) as unknown as { kernelFastPath: { interfaces: string[] } }).kernelFastPath.interfaces;
+      assert.deepEqual([...(await attached())].sort(), ['calia', 'calib', 'calic', 'outside', 'uplink']);
+      // A new pod's link, not given an address (its pod's routes point at it).
+      ip('-n', node, 'link', 'add', 'calid', 'type', 'veth', 'peer', 'name', 'calid-pod');
+      try {
+        ip('-n', node, 'link', 'set', 'calid', 'up');
+        await waitUntil('the node\'s agent attaches to the new link', async () => (await attached()).includes('calid'), 5_000);
+      } finally {
+        ip('-n', node, 'link', 'del', 'calid');
+      }
+    });
+
     it('pod A\'s known pair to the remote host is proven in the kernel at both ends, as pod A: its fast SYN, vouched for where it enters the node, is queued nowhere; the same SYN sent again later is dropped in the node\'s kernel; relabelled, pod A proves itself anew', kernelOnly, async () => {
       const fromPodA = () => request('a', remoteAddress, '9090');
       /** The node kernel's client entries that name a pod (struct client_key: owner_kind 2). */

@@ -99,7 +99,7 @@ export function agentConfigSchema(base: string) {
         fastPathKeepSeconds: t.integer(0, 3600, 0, 'a stopping agent leaves the kernel fast path attached, judging known pairs and cloaking on its own, for this long, so that a restart within it cuts no known pair; the next start replaces the programs, `synpass agent cleanup` removes them, and past it they judge nothing (0: detached at stop)'),
         fastPathCgroup: t.optionalPath('cgroup v2 directory whose sockets get the fast path', 'the cgroup2 mount (the whole host)'),
         fastPathConntrack: t.choice(['auto', 'skip', 'keep'], 'auto', 'whether connections the kernel fast path judges skip conntrack (a notrack rule by mark): `auto` skips unless this network namespace has NAT rules at start, `keep` where such connections are NATed or another firewall needs their state'),
-        fastPathInterfaces: t.strings('interfaces whose ingress the fast path judges (none given: every interface with an address but loopback)', 'a list of interface names'),
+        fastPathInterfaces: t.strings('interfaces whose ingress the fast path judges (none given: every interface with an address but loopback; on a Kubernetes node every interface but loopback)', 'a list of interface names'),
       }),
       telemetry: t.section({
         metricsAddress: t.optionalString('host:port for /metrics, /healthz and /readyz', { pattern: /^(\[[0-9a-fA-F:]+\]|[^:]+):\d{1,5}$/, error: 'host:port, e.g. 0.0.0.0:9464' }),

@@ -41,6 +41,24 @@ export function interfacesWithAddresses(): string[] {
     .map(([name]) => name);
 }
 
+/** The interface names of /proc/net/dev text (two header lines, then `name: counters`), loopback left out. */
+export function procNetDevInterfaces(text: string): string[] {
+  return text
+    .split('\n')
+    .slice(2)
+    .map((line) => line.split(':')[0]!.trim())
+    .filter((name) => name !== '' && name !== 'lo');
+}
+
+/**
+ * Every interface of this network namespace, with an address or not: a pod's link often has none,
+ * and a pod's fast SYN is vouched for where it enters the node. /proc/net/dev lists the reading
+ * process's namespace's (/sys/class/net, that of the namespace sysfs was mounted in).
+ */
+export function allInterfaces(): string[] {
+  return procNetDevInterfaces(readFileSync('/proc/net/dev', 'utf8'));
+}
+
 function filesystemIs(path: string, magic: number): boolean {
   try {
     return statfsSync(path).type === magic;
@@ -105,13 +123,15 @@ export function chooseKernelFastPath(
   let reason = precondition(config, cgroup);
   let path: KernelFastPath | null = null;
   if (reason === null) {
-    const interfaces = datapath.fastPathInterfaces.length > 0 ? datapath.fastPathInterfaces : interfacesWithAddresses();
+    // A node's pods' links take the program too, addressed or not.
+    const present = config.kubernetes !== null ? allInterfaces : interfacesWithAddresses;
+    const interfaces = datapath.fastPathInterfaces.length > 0 ? datapath.fastPathInterfaces : present();
     try {
       path = KernelFastPath.load({
         pinDir: datapath.fastPathPinDir,
         cgroup: cgroup!,
         interfaces,
-        newInterfaces: datapath.fastPathInterfaces.length > 0 ? null : interfacesWithAddresses,
+        newInterfaces: datapath.fastPathInterfaces.length > 0 ? null : present,
         excluded: config.excluded,
         windowSeconds: config.replayWindowSeconds,
         acceptMark: marks.pass | marks.release,

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { kernelFlowRecord } from '../../../agent/src/telemetry/flow-log.ts';
 import { addressKey, cgroupKey, excludedKey, clientKey, clientValue, configValue, decodeEvents, EVENT_BYTES, FAST_COUNTERS, KEY_SIZE, kernelVerdicts, MAP_CAPACITY, OWNER_POD, OWNER_UID, OWNER_WORKLOAD, ownerKey, serverKey, serverValue } from '../../../agent/src/kernel/layouts.ts';
 import { deriveFastKey, FAST_KEY_BYTES } from '../../../agent/src/protocol/fast-keys.ts';
-import { cgroup2Mount, chooseKernelFastPath, FastPathUnavailableError, workloadCgroups } from '../../../agent/src/runtime/kernel-fast-path.ts';
+import { cgroup2Mount, chooseKernelFastPath, FastPathUnavailableError, procNetDevInterfaces, workloadCgroups } from '../../../agent/src/runtime/kernel-fast-path.ts';
 import { DEFAULTS } from '../../../agent/src/runtime/config.ts';
 import { connectionMarks } from '../../../agent/src/datapath/marks.ts';
 import { ROOT } from '../../../scripts/lib/lab.ts';
@@ -170,6 +170,18 @@ describe('whether the fast path runs', () => {
     ].join('\n');
     assert.equal(cgroup2Mount(mountinfo), '/sys/fs/cgroup/unified');
     assert.equal(cgroup2Mount('25 30 0:23 / /sys rw - sysfs sysfs rw'), null);
+  });
+
+  it('lists every interface of /proc/net/dev but loopback, a pod\'s link without an address too', () => {
+    const text = [
+      'Inter-|   Receive                                                |  Transmit',
+      ' face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed',
+      '    lo: 2712452    7884    0    0    0     0          0         0  2712452    7884    0    0    0     0       0          0',
+      '  eth0:   10 1 0 0 0 0 0 0 10 1 0 0 0 0 0 0',
+      'cali1a2b3c4d5e6:   0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0',
+      '',
+    ].join('\n');
+    assert.deepEqual(procNetDevInterfaces(text), ['eth0', 'cali1a2b3c4d5e6']);
   });
 
   it('names workload cgroups under the cgroup the programs attach to, by their position in workloads (from 1)', () => {
