@@ -926,6 +926,49 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.equal(existsSync(pinDir), false);
   });
 
+  it('a node\'s pods as clients: a number each in fast_pods, their entries keyed by it, gone with the pod\'s token and the number given back; a pod whose fast SYN went unvouched gets none', () => {
+    const pinDir = `${lab.pinDir('api')}-pods`;
+    const path = KernelFastPath.load({ pinDir, cgroup: '/', interfaces: [], excluded: [], windowSeconds: 30, acceptMark: 0x100, clientMark: 0x200, newInterfaces: null, acceptSample: 0, sourceRate: 0, sourceBurst: 0, budgetMark: 0x400, workloadCgroups: [], routedWorkloads: true, podMark: 0x900 });
+    const dump = (map: string) => JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDir, map), '-j'], { encoding: 'utf8' })) as { key: string[]; value: string[] }[];
+    const u32 = (bytes: string[], offset: number) => Buffer.from(bytes.slice(offset, offset + 4).map(Number)).readUInt32LE();
+    /** fast_pods as IPv4 address -> pod number (struct pod_key: ::ffff:a.b.c.d). */
+    const numbered = () => Object.fromEntries(dump('fast_pods').map((entry) => [entry.key.slice(12, 16).map(Number).join('.'), u32(entry.value, 0)]));
+    /** The owner of each fast_clients entry (struct client_key: owner_kind u16 at 18, owner u32 at 20), sorted. */
+    const owners = () => dump('fast_clients').map((entry) => `${Number(entry.key[18])}:${u32(entry.key, 20)}`).sort();
+    const signature = (fill: number) => new Uint8Array(64).fill(fill);
+    const peer = { trustDomain: 'd', subject: 'spiffe://d/api', attributes: {}, provenance: {}, agent: 'spiffe://d/agent/api', expiresAt: 2e9 };
+    const entry = (server: number, pod: string, token: number) => ({ fast: { fastId: server, key: Buffer.alloc(16, 1) }, peer, local: {}, expiresAt: 2e9, credential: {} as never, tokenSignature: signature(token), serverAddress: `10.214.0.${server}`, port: 8080, owner: { uid: -1, workload: 0, pod } });
+    const [podA, podB] = ['10.215.1.1', '10.215.1.2'];
+    try {
+      assert.ok(path.useServer(entry(1, podA, 1)));
+      assert.ok(path.useServer(entry(2, podA, 1)));
+      assert.ok(path.useServer(entry(1, podB, 2)));
+      assert.deepEqual(numbered(), { [podA]: 1, [podB]: 2 });
+      assert.deepEqual(owners(), ['2:1', '2:1', '2:2']);
+      assert.equal(path.tables()['kernel-pods']?.entries, 2);
+      // Pod A's token was issued again (relabelled); pod B's is the one its entry rests on.
+      path.podTokensChanged((address) => (address === podB ? signature(2) : signature(9)));
+      assert.deepEqual([numbered(), owners()], [{ [podB]: 2 }, ['2:2']]);
+      // Pod B is gone.
+      path.podTokensChanged(() => undefined);
+      assert.deepEqual([numbered(), owners()], [{}, []]);
+      // A number is never given twice in a run: what the kernel may still hold under an old one names no pod.
+      assert.ok(path.useServer(entry(1, podA, 9)));
+      assert.deepEqual(numbered(), { [podA]: 3 });
+      // Pod A's fast SYN reached the queue unvouched: its entries go, and it gets none; pod B still does.
+      path.podUnvouched(podA);
+      assert.deepEqual([numbered(), owners()], [{}, []]);
+      assert.equal(path.useServer(entry(2, podA, 9)), false);
+      assert.ok(path.useServer(entry(2, podB, 4)));
+      assert.deepEqual(numbered(), { [podB]: 4 });
+      // Pods' entries are this run's: not saved for the next.
+      assert.deepEqual(path.clientsToSave(), []);
+    } finally {
+      KernelFastPath.detach(pinDir);
+    }
+    assert.equal(existsSync(pinDir), false);
+  });
+
   it('writes and deletes map entries in batches: a full map refuses only what does not fit, an absent key is skipped', () => {
     const pinDir = `${lab.pinDir('api')}-batches`;
     const binding = loadBinding();
