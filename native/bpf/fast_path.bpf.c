@@ -868,7 +868,7 @@ static __always_inline void write_client_syn(struct bpf_sock_ops *ops, const str
   struct sent_key key = {};
   socket_sent(ops, isn, &key);
   struct flow_key flow = {};
-  socket_flow(ops, &flow);
+  if (state->pod || cfg->untracked_mark != 0) socket_flow(ops, &flow);
   struct conn_value sent = {.fast_id = state->fast_id, .pod = state->pod};
   __builtin_memcpy(sent.key, state->key, 16);
   if (state->pod) {

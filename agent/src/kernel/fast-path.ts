@@ -194,11 +194,9 @@ export class KernelFastPath implements KernelPath {
    * option, each with whether it was reported yet. At most one entry per port.
    */
   private readonly unreadyListeners = new Map<number, boolean>();
-  /** On a node: the pods that own client entries, address -> their number in fast_pods (never reused in a run). */
-  private readonly podNumbers = new Map<string, number>();
+  /** On a node: the pods that own client entries, by address: their number in fast_pods (never reused in a run) and their entries' ids. */
+  private readonly pods = new Map<string, { number: number; ids: Set<string> }>();
   private nextPodNumber = 1;
-  /** The client entries (ids) of each pod in podNumbers. */
-  private readonly podClients = new Map<string, Set<string>>();
   /** Pods whose fast SYNs reached the queue unvouched (podUnvouched): no entries until an interface is added. */
   private readonly unvouchedPods = new Set<string>();
 
@@ -376,11 +374,11 @@ export class KernelFastPath implements KernelPath {
     if (full) this.refused++;
     if (full || !this.write('fast_clients', key, clientValue(entry.fast.fastId, entry.fast.key, entry.expiresAt))) {
       // A pod numbered for this entry alone gives its number back.
-      if (pod !== undefined && this.podClients.get(pod)?.size === 0) this.releasePod(pod);
+      if (pod !== undefined && this.pods.get(pod)?.ids.size === 0) this.releasePod(pod);
       return false;
     }
     this.clients.set(id, entry);
-    if (pod !== undefined) this.podClients.get(pod)!.add(id);
+    if (pod !== undefined) this.pods.get(pod)!.ids.add(id);
     return true;
   }
 
@@ -388,23 +386,22 @@ export class KernelFastPath implements KernelPath {
   private kernelOwner(owner: SocketOwner): KernelOwner | null {
     if (owner.pod === undefined) return owner.workload > 0 ? { kind: OWNER_WORKLOAD, id: owner.workload } : { kind: OWNER_UID, id: owner.uid };
     const address = owner.pod;
-    let number = this.podNumbers.get(address);
-    if (number === undefined) {
-      if (this.podNumbers.size >= MAP_CAPACITY.fast_pods) {
+    let pod = this.pods.get(address);
+    if (pod === undefined) {
+      if (this.pods.size >= MAP_CAPACITY.fast_pods) {
         this.refused++;
         return null;
       }
-      number = this.nextPodNumber++;
-      if (!this.write('fast_pods', addressKey(address), u32Value(number))) return null;
-      this.podNumbers.set(address, number);
-      this.podClients.set(address, new Set());
+      pod = { number: this.nextPodNumber++, ids: new Set() };
+      if (!this.write('fast_pods', addressKey(address), u32Value(pod.number))) return null;
+      this.pods.set(address, pod);
     }
-    return { kind: OWNER_POD, id: number };
+    return { kind: OWNER_POD, id: pod.number };
   }
 
   podTokensChanged(tokenSignatureAt: (address: string) => Uint8Array | undefined): void {
     const stale: string[] = [];
-    for (const [address, ids] of this.podClients) {
+    for (const [address, { ids }] of this.pods) {
       const signature = tokenSignatureAt(address);
       for (const id of ids) {
         const held = this.clients.get(id)?.tokenSignature;
@@ -416,15 +413,12 @@ export class KernelFastPath implements KernelPath {
 
   podUnvouched(address: string): void {
     this.unvouchedPods.add(address);
-    this.dropClients([...(this.podClients.get(address) ?? [])]);
+    this.dropClients([...(this.pods.get(address)?.ids ?? [])]);
   }
 
   /** A pod left with no entries gives its number up: fast_pods holds only pods that may connect fast. */
   private releasePod(address: string): void {
-    const number = this.podNumbers.get(address);
-    if (number === undefined) return;
-    this.podNumbers.delete(address);
-    this.podClients.delete(address);
+    if (!this.pods.delete(address)) return;
     this.native.mapDelete(this.map('fast_pods'), addressKey(address));
   }
 
@@ -433,7 +427,7 @@ export class KernelFastPath implements KernelPath {
     const pod = this.clients.get(id)?.owner.pod;
     this.clients.delete(id);
     if (pod === undefined) return;
-    const ids = this.podClients.get(pod);
+    const ids = this.pods.get(pod)?.ids;
     ids?.delete(id);
     if (ids?.size === 0) this.releasePod(pod);
   }
@@ -608,7 +602,7 @@ export class KernelFastPath implements KernelPath {
   forgetOwnWorkloads(): void {
     const forgotten = this.clients;
     this.clients = new Map();
-    for (const address of [...this.podNumbers.keys()]) this.releasePod(address);
+    for (const address of [...this.pods.keys()]) this.releasePod(address);
     this.backlog.clients.push({ ids: forgotten.keys(), retire: null });
     this.backlog.left += forgotten.size;
     this.catchUpKernel();
@@ -847,7 +841,7 @@ export class KernelFastPath implements KernelPath {
       'kernel-clients': { entries: this.clients.size, capacity: MAP_CAPACITY.fast_clients },
       'kernel-connecting': { entries: this.native.mapCount(this.map('fast_conns'), KEY_SIZE.fast_conns), capacity: MAP_CAPACITY.fast_conns },
       // On a node only: its pods that hold client entries.
-      ...((this.options.podMark ?? 0) !== 0 ? { 'kernel-pods': { entries: this.podNumbers.size, capacity: MAP_CAPACITY.fast_pods } } : {}),
+      ...((this.options.podMark ?? 0) !== 0 ? { 'kernel-pods': { entries: this.pods.size, capacity: MAP_CAPACITY.fast_pods } } : {}),
     };
   }
 
