@@ -507,9 +507,13 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
     if (!any_marker_option(skb, p)) skb->mark |= cfg->accept_mark;
     return TC_ACT_OK;
   }
-  /* A pod's answer goes on through the node, whose rules release the connection with it: the
-   * pod's own handshake ACK carries no mark into the node, as a local socket's does. */
-  skb->mark |= sent->pod ? cfg->accept_mark | cfg->untracked_mark : cfg->untracked_mark;
+  /* Judged: the rules let it by and release the connection, whatever conntrack holds for these
+   * ports (a reused 4-tuple's entry an earlier handshake left marked `track` would otherwise queue
+   * it to an agent that never saw the fast SYN, which drops it). A pod's answer goes on through
+   * the node this way too: the pod's handshake ACK carries no mark into it. One with a marker
+   * stays unmarked, so that its token never reaches the socket. */
+  skb->mark |= cfg->untracked_mark;
+  if (!any_marker_option(skb, p)) skb->mark |= cfg->accept_mark;
   return TC_ACT_OK;
 }
 

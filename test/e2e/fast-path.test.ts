@@ -10,6 +10,7 @@ import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statS
 import { join } from 'node:path';
 import { endianness } from 'node:os';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
+import { connectionMarks } from '../../agent/src/datapath/marks.ts';
 import { FAST_COUNTERS, FAST_SYN_OPTION } from '../../agent/src/kernel/layouts.ts';
 import { BACKLOG_SLICE_MS, KernelFastPath, REJUDGE_SLICE_MS } from '../../agent/src/kernel/fast-path.ts';
 import type { Authorization, Authorizer } from '../../agent/src/handshake/authorizer.ts';
@@ -551,6 +552,57 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     } finally {
       await api.process.stop('SIGTERM');
       api = await startApi();
+    }
+  });
+
+  it('a fast SYN-ACK its kernel proved is let by whatever conntrack holds for its ports: a reused 4-tuple whose entry an unanswered first contact left marked `track` does not send it to web\'s agent', async () => {
+    // Conntrack follows web's fast connections here, as where a host NATs its own.
+    await web.process.stop('SIGTERM');
+    web = await lab.startAgent('web', ['--config', fixture.files.configs.web, '--fast-path-conntrack', 'keep']);
+    const CLIENT_PORT = 47_123;
+    /** One connect from web's CLIENT_PORT to api: whether it connected within `ms`. */
+    const fromClientPort = async (ms: number): Promise<boolean> => {
+      const script = `const s = require('node:net').connect({ host: ${JSON.stringify(lab.address('api'))}, port: ${PORT}, localPort: ${CLIENT_PORT} }, () => { console.log(JSON.stringify({ connected: true })); s.destroy(); }); s.on('error', (e) => console.log(JSON.stringify({ error: e.code })));`;
+      const child = lab.spawn('web', [process.execPath, '-e', script]);
+      try {
+        return (await child.waitFor(() => true, ms)).connected === true;
+      } catch {
+        return false;
+      } finally {
+        // Its socket goes with it: nothing it sent again reaches the checks below.
+        await child.stop('SIGKILL', 2_000);
+      }
+    };
+    // Drops web's SYNs from CLIENT_PORT as they reach api (its raw table, before its stack): api
+    // holds no half-open connection of that port, which would answer the later SYN for the first.
+    const dropSyns = ['iptables', '-t', 'raw', '-I', 'PREROUTING', '-p', 'tcp', '--sport', String(CLIENT_PORT), '--dport', String(PORT), '-j', 'DROP'];
+    try {
+      assert.equal((await fast(web)).conntrack.skipped, false);
+      // A first contact from CLIENT_PORT whose SYN never arrives: web's conntrack keeps its entry
+      // (SYN_SENT), marked `track` by web's verdict.
+      await flushCaches(web.socket);
+      lab.exec('api', dropSyns);
+      try {
+        assert.equal(await fromClientPort(1_500), false);
+      } finally {
+        lab.exec('api', dropSyns.map((word) => (word === '-I' ? '-D' : word)));
+      }
+      const entry = lab.exec('web', ['cat', '/proc/net/nf_conntrack']).split('\n').find((line) => line.includes(`sport=${CLIENT_PORT} dport=${PORT} `));
+      const track = connectionMarks().track;
+      assert.ok(entry !== undefined && (Number(/ mark=(\d+)/.exec(entry)?.[1]) & track) !== 0, `the entry is marked track: ${String(entry)}`);
+      // The pair is known to both kernels again.
+      assert.equal(await http(), true);
+      await connectsInKernel();
+      const [before, mark] = [await fast(web), web.process.lines.length];
+      const connected = await fromClientPort(5_000);
+      const judged = web.process.lines.slice(mark).filter((line) => line.msg === 'handshake verdict');
+      assert.equal(connected, true, `web's verdicts: ${JSON.stringify(judged)}; its kernel's counters moved: ${JSON.stringify(countersMoved(before, await fast(web)))}; conntrack: ${String(lab.exec('web', ['cat', '/proc/net/nf_conntrack']).split('\n').find((line) => line.includes(`sport=${CLIENT_PORT} dport=${PORT} `)))}`);
+      const refused = judged.filter((line) => line.verdict === 'drop');
+      assert.deepEqual(refused, [], 'web\'s agent refused nothing');
+      assert.deepEqual(countersMoved(before, await fast(web)), { synSent: 1, synAckVerified: 1 });
+    } finally {
+      await web.process.stop('SIGTERM');
+      web = await lab.startAgent('web', ['--config', fixture.files.configs.web]);
     }
   });
 
