@@ -497,22 +497,16 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
     sent->retiring = 1;
   }
   count(FAST_SYNACK_VERIFIED);
-  if (sent->fallback) {
-    /* The fast SYN's own answer, after its first one was lost and the retransmit went to the
-     * queue: the server's kernel answers every retransmit from the connection the fast SYN
-     * opened, and where conntrack follows that connection there its rules release it, so no
-     * agent ever sees this answer. Accepted and released here, by its MAC; conntrack follows the
-     * retransmit here, and so this answer. One the server's agent answered carries a marker,
-     * and the agent here judges it. */
-    if (!any_marker_option(skb, p)) skb->mark |= cfg->accept_mark;
-    return TC_ACT_OK;
-  }
   /* Judged: the rules let it by and release the connection, whatever conntrack holds for these
    * ports (a reused 4-tuple's entry an earlier handshake left marked `track` would otherwise queue
    * it to an agent that never saw the fast SYN, which drops it). A pod's answer goes on through
-   * the node this way too: the pod's handshake ACK carries no mark into it. One with a marker
-   * stays unmarked, so that its token never reaches the socket. */
-  skb->mark |= cfg->untracked_mark;
+   * the node this way too: the pod's handshake ACK carries no mark into it. After a fallback it is
+   * the fast SYN's own answer, its first one lost: the server's kernel answers every retransmit
+   * from the connection the fast SYN opened, and where conntrack follows that connection there
+   * its rules release it, so no agent ever sees this answer; conntrack follows the retransmit
+   * here, and so this answer. One with a marker (the server's agent answered) stays unmarked, so
+   * that the agent here judges it and its token never reaches the socket. */
+  if (!sent->fallback) skb->mark |= cfg->untracked_mark;
   if (!any_marker_option(skb, p)) skb->mark |= cfg->accept_mark;
   return TC_ACT_OK;
 }

@@ -44,7 +44,7 @@ export const KERNEL_READY_EXID = 0xd352;
 /** RFC 6994 ExID of the kernel fast path's SYN option (native/bpf/fast_path.h, FAST_OPT_EXID). */
 export const FAST_SYN_EXID = 0xd351;
 /** Its length: kind, length, ExID, fast id (4), time (4), MAC (8). */
-const FAST_SYN_LENGTH = 20;
+export const FAST_SYN_LENGTH = 20;
 
 /** One parsed packet; every offset is absolute within `buf`. Reused across packets. */
 export class ParsedPacket {

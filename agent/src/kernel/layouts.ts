@@ -4,7 +4,7 @@
 import { endianness } from 'node:os';
 import { canonicalAddress, formatAddress } from '../datapath/addresses.ts';
 import { sumVerdicts, type VerdictCount } from '../datapath/engine.ts';
-import { FAST_SYN_EXID } from '../datapath/packet.ts';
+import { FAST_SYN_EXID, FAST_SYN_LENGTH } from '../datapath/packet.ts';
 import { FAST_KEY_BYTES } from '../protocol/fast-keys.ts';
 
 const LITTLE = endianness() === 'LE';
@@ -38,7 +38,7 @@ export const MAP_CAPACITY = {
 export const KEY_SIZE = { fast_clients: 24, fast_conns: 24, fast_servers: 40, fast_replay: 32, fast_peers: 36, fast_owners: 24 } as const;
 
 /** The fast SYN's TCP option (fast_path.h): kind, length, ExID, fast id (4), time (4), MAC (8). */
-export const FAST_SYN_OPTION = { kind: 254, exid: FAST_SYN_EXID, length: 20 } as const;
+export const FAST_SYN_OPTION = { kind: 254, exid: FAST_SYN_EXID, length: FAST_SYN_LENGTH } as const;
 
 /** Ports, the size of the cloak table (one byte each: 1 = closed to peers without identity). */
 export const PORT_COUNT = 65_536;
