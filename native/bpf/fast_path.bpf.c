@@ -129,6 +129,14 @@ struct {
   __type(value, __u32);
 } fast_pods SEC(".maps");
 
+/* On a node: pairs of its pods judged for a port (struct pod_pair_key). */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 8192);
+  __type(key, struct pod_pair_key);
+  __type(value, struct pod_pair_value);
+} fast_pod_pairs SEC(".maps");
+
 /* Client: the cgroup workload number of each connection whose SYN goes to the queue, for the
  * agent to read there (NFQUEUE reports only the socket's uid). The agent takes each entry at its
  * SYN; an LRU, so those of SYNs the queue never sees (destinations outside the targets) age out. */
@@ -607,18 +615,35 @@ static __always_inline int within_source_rate(const struct fast_config *cfg, con
   return 1;
 }
 
-/* A SYN with no fast option: dropped here when it carries no marker and its port admits no peer
- * without identity; otherwise charged to its source's bucket (dropped when empty) and passed on
+/* On a node: whether the agent judged this pair of its pods for the SYN's port, and the entry holds. */
+static __always_inline int known_pod_pair(const struct parsed *p, __u32 now) {
+  struct pod_pair_key key = {.port = bpf_ntohs(p->tcp.dest)};
+  __builtin_memcpy(key.client, p->source, 16);
+  __builtin_memcpy(key.server, p->destination, 16);
+  struct pod_pair_value *pair = bpf_map_lookup_elem(&fast_pod_pairs, &key);
+  return pair && now < pair->expires;
+}
+
+/* A SYN with no fast option: on a node, accepted here from one of its pods to another for a port
+ * the agent judged that pair for (no marker: a pod sends none, and what carries one is the queue's);
+ * dropped here when it carries no marker and its port admits no peer without identity; otherwise charged to its source's bucket (dropped when empty) and passed on
  * to the rules and queue, marked so they do not charge it again. While the agent is away (it
  * stopped and kept the programs) there are no rules and no one to check a marker: a SYN with one
  * is dropped as one without, as the rules would drop it, failing closed, had the agent crashed.
  * Sources excluded from synpass are left alone, and so are SYNs this host only routes. */
-static __always_inline int judge_plain_syn(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
+static __always_inline int judge_plain_syn(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p, __u32 now) {
   if (cfg->untracked_mark != 0) {
     /* A new connection on the ports of an earlier fast one: conntrack follows this one. */
     struct flow_key flow = {};
     flow_of(p, &flow);
     bpf_map_delete_elem(&fast_flows, &flow);
+  }
+  if (cfg->routed_workloads && known_pod_pair(p, now) && !has_marker(skb, p)) {
+    /* Accepted as a proven fast SYN is: the rules release the connection (conntrack follows it). */
+    skb->mark |= cfg->accept_mark;
+    count(FAST_POD_SYN_ACCEPTED);
+    if (cfg->accept_sample != 0 && bpf_get_prandom_u32() < cfg->accept_sample) emit(FAST_POD_SYN_ACCEPTED, p, 0, 0);
+    return TC_ACT_OK;
   }
   struct excluded_key source = {.prefix_bits = 128};
   __builtin_memcpy(source.address, p->source, 16);
@@ -643,7 +668,7 @@ int synpass_ingress(struct __sk_buff *skb) {
   if (p.tcp.rst || !vouched(cfg, now)) return TC_ACT_OK;
   if (p.tcp.ack) return judge_synack(skb, cfg, &p);
   int at = find_fast_option(skb, &p, FAST_SYN_OPT_LEN);
-  if (at < 0) return judge_plain_syn(skb, cfg, &p);
+  if (at < 0) return judge_plain_syn(skb, cfg, &p, now);
   if (cfg->routed_workloads) {
     int vouched = vouch_pod_syn(skb, cfg, &p, at);
     if (vouched >= 0) return vouched;

@@ -81,6 +81,19 @@ struct pod_key {
   __u8 address[16];
 };
 
+/* On a node (fast_pod_pairs): two of its pods that its agent judged between them for a port (the
+ * server pod's ingress, the client pod's egress), so the client pod's later SYNs to that port pass
+ * where they enter the node. The source address names the pod, as on the queue path. */
+struct pod_pair_key {
+  __u8 client[16];
+  __u8 server[16];
+  __u16 port;
+  __u16 pad;
+};
+struct pod_pair_value {
+  __u32 expires; /* wall-clock second from which the entry is void: the earlier end of the two pods' tokens */
+};
+
 /* Client: which destinations (address, port) a local workload may prove itself to in the kernel. */
 struct client_key {
   __u8 address[16];
@@ -200,6 +213,7 @@ enum fast_counter {
   FAST_EVENTS_LOST,        /* events the ring buffer had no room for (the verdicts are still counted) */
   FAST_SYN_SOURCE_LIMITED, /* server: SYN for the queue above its source's rate */
   FAST_CLIENT_RETIRED,     /* client: a server proved a fast SYN-ACK under its previous keys; the entry is dropped */
+  FAST_POD_SYN_ACCEPTED,   /* node: a pod's SYN to another of its pods, a pair the agent judged for that port before */
   FAST_COUNTER_COUNT,
 };
 

@@ -1021,6 +1021,63 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.equal(existsSync(pinDir), false);
   });
 
+  it('a node\'s pairs of pods: held in fast_pod_pairs until either pod\'s token changes, a policy edit refuses the pair, it expires, or the caches are flushed; a host that is no node holds none', async () => {
+    const pinDir = `${lab.pinDir('api')}-pod-pairs`;
+    const options = { pinDir, cgroup: '/', interfaces: [], excluded: [], windowSeconds: 30, acceptMark: 0x100, clientMark: 0x200, newInterfaces: null, acceptSample: 0, sourceRate: 0, sourceBurst: 0, budgetMark: 0x400, workloadCgroups: [] };
+    let nowMs = Date.now();
+    const path = KernelFastPath.load({ ...options, routedWorkloads: true, podMark: 0x900, now: () => nowMs });
+    /** fast_pod_pairs over IPv4 (struct pod_pair_key: client, server, port), as `client>server:port` -> the second it expires. */
+    const held = () =>
+      Object.fromEntries(
+        (JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDir, 'fast_pod_pairs'), '-j'], { encoding: 'utf8' })) as { key: string[]; value: string[] }[]).map(({ key, value }) => {
+          const bytes = key.map(Number);
+          return [`${bytes.slice(12, 16).join('.')}>${bytes.slice(28, 32).join('.')}:${Buffer.from(bytes.slice(32, 34)).readUInt16LE()}`, Buffer.from(value.map(Number)).readUInt32LE()];
+        }),
+      );
+    const identity = (name: string) => ({ trustDomain: 'd', subject: `spiffe://d/${name}`, attributes: { 'app.name': name }, provenance: {}, agent: 'spiffe://d/agent/node', expiresAt: 2e9 });
+    const signature = (fill: number) => new Uint8Array(64).fill(fill);
+    const tokens = new Map([['10.215.1.1', signature(1)], ['10.215.1.2', signature(2)], ['10.215.1.3', signature(3)]]);
+    const pair = (client: string, server: string, expiresAt = 2e9) => ({ clientAddress: client, serverAddress: server, port: 8080, client: identity(client), server: identity(server), clientTokenSignature: tokens.get(client)!, serverTokenSignature: tokens.get(server)!, expiresAt });
+    const refusing = (refused: string): Authorizer => {
+      const decide = ({ peer }: { peer: { subject: string } | null }): Authorization => ({ allowed: peer?.subject !== `spiffe://d/${refused}`, rule: 'r', revision: 'r2', wouldDrop: null, unrestricted: false });
+      return { ingress: decide, egress: decide, memoSize: { entries: 0, capacity: 0 }, closedToAnonymous: () => false };
+    };
+    try {
+      assert.ok(path.admitPodPair(pair('10.215.1.1', '10.215.1.2')));
+      assert.ok(path.admitPodPair(pair('10.215.1.3', '10.215.1.2', 1_900_000_000.5)));
+      assert.ok(path.admitPodPair(pair('10.215.1.2', '10.215.1.3')));
+      assert.deepEqual(held(), { '10.215.1.1>10.215.1.2:8080': 2e9, '10.215.1.3>10.215.1.2:8080': 1_900_000_000, '10.215.1.2>10.215.1.3:8080': 2e9 });
+      assert.equal(path.tables()['kernel-pod-pairs']?.entries, 3);
+      // A policy edit that refuses pod 1 as a peer (its ingress to pod 2): its pair goes, the others stay.
+      path.reauthorize(refusing('10.215.1.1'), () => ({}));
+      await path.rejudged;
+      assert.deepEqual(Object.keys(held()).sort(), ['10.215.1.2>10.215.1.3:8080', '10.215.1.3>10.215.1.2:8080']);
+      // Pod 3 was relabelled (a new token): both its pairs go, whichever end it is.
+      tokens.set('10.215.1.3', signature(9));
+      path.podTokensChanged((address) => tokens.get(address));
+      assert.deepEqual(held(), {});
+      // Entries end with the earlier of the two pods' tokens.
+      assert.ok(path.admitPodPair(pair('10.215.1.1', '10.215.1.2', nowMs / 1000 + 5)));
+      assert.ok(path.admitPodPair(pair('10.215.1.2', '10.215.1.1')));
+      nowMs += 6_000;
+      path.tick();
+      assert.deepEqual(Object.keys(held()), ['10.215.1.2>10.215.1.1:8080']);
+      path.forgetAll();
+      assert.deepEqual([held(), path.tables()['kernel-pod-pairs']?.entries], [{}, 0]);
+    } finally {
+      KernelFastPath.detach(pinDir);
+    }
+    // A host that is no node: no pairs, and no such table in its status.
+    const host = KernelFastPath.load({ ...options, pinDir: `${pinDir}-host` });
+    try {
+      assert.equal(host.admitPodPair(pair('10.215.1.1', '10.215.1.2')), false);
+      assert.equal(host.tables()['kernel-pod-pairs'], undefined);
+    } finally {
+      KernelFastPath.detach(`${pinDir}-host`);
+    }
+    assert.equal(existsSync(pinDir), false);
+  });
+
   it('writes and deletes map entries in batches: a full map refuses only what does not fit, an absent key is skipped', () => {
     const pinDir = `${lab.pinDir('api')}-batches`;
     const binding = loadBinding();

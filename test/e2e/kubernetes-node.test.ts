@@ -542,6 +542,50 @@ for (const podsAreTargets of [false, true]) {
       await waitUntil('the node drops pod A\'s entry under its relabelled token', async () => Promise.resolve(podEntries() === 0), 5_000);
     });
 
+    it('pod A\'s connections to pod B, a pod of the same node, are judged in the node\'s kernel after the first: queued nowhere; pod C stays cloaked; relabelled, pod A is judged on the queue once more', kernelOnly, async () => {
+      /** The node kernel's pairs of pods over IPv4 (fast_pod_pairs: client, server, the server's port), as `client>server:port`. */
+      const pairs = (): string[] =>
+        (JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDirs.node, 'fast_pod_pairs'), '-j'], { encoding: 'utf8' })) as { key: string[] }[])
+          .map(({ key }) => key.map(Number))
+          .filter((key) => key[10] === 0xff && key[26] === 0xff)
+          .map((key) => `${key.slice(12, 16).join('.')}>${key.slice(28, 32).join('.')}:${Buffer.from(key.slice(32, 34)).readUInt16LE()}`);
+      const pairsHeld = async (): Promise<number | undefined> => ((await readStatus(socket)) as unknown as { tables: Record<string, { entries: number }> }).tables['kernel-pod-pairs']?.entries;
+      const pairOfA = `${address.a}>${address.b}:8080`;
+      // A first connection since pod A was last relabelled (judged on the queue), or already a pair.
+      assert.equal((await request('a'))?.status, 200);
+      assert.deepEqual(pairs(), [pairOfA]);
+      assert.equal(await pairsHeld(), 1);
+      const before = await settled(socket);
+      const rounds = 5;
+      for (let i = 0; i < rounds; i++) assert.equal((await request('a'))?.status, 200, `connection ${i} in the kernel`);
+      const after = await settled(socket);
+      assert.equal(after.queue.received, before.queue.received, `the node queued nothing; verdicts: ${JSON.stringify(verdictsBetween(before, after))}`);
+      assert.deepEqual(countersMoved(kernelFastPathOf(before), kernelFastPathOf(after)), { podSynAccepted: rounds });
+      // The flow log names pod A, as the kernel's sampled accepts (all of them here) do.
+      const logged = await agent.waitFor((l) => l.msg === 'handshake verdict' && l.path === 'kernel' && l.reason === 'ok-kernel' && String(l.source).startsWith(`${address.a}:`) && l.destination === `${address.b}:8080`, 5_000);
+      assert.equal((logged.peer as { subject: string }).subject, 'spiffe://cluster.synpass/ns/shop/sa/a');
+      // Pod C's SYN is no pair's: the queue refuses it, and the kernel holds nothing for it.
+      assert.equal(await request('c'), null);
+      const refused = await agent.waitFor((l) => l.event === 'handshake' && l.verdict === 'drop' && (l.peer as { attributes?: Record<string, string> } | null)?.attributes?.['k8s.label.app'] === 'c');
+      assert.equal(refused.reason, 'not-allowed');
+      assert.deepEqual(pairs(), [pairOfA]);
+      // Relabelled, pod A has a new token: its pair goes, and its next connection is judged on the queue under its new labels.
+      kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('a-1', 'a', { tier: 'silver' }, '6') })}\n`);
+      await waitUntil('the node drops pod A\'s pair', async () => Promise.resolve(pairs().length === 0), 5_000);
+      const mark = agent.lines.length;
+      assert.equal((await request('a'))?.status, 200);
+      const judged = await agent.waitFor((l) => l.event === 'handshake' && l.reason === 'ok-local' && agent.lines.indexOf(l) >= mark, 5_000);
+      assert.equal((judged.peer as { attributes: Record<string, string> }).attributes['k8s.label.tier'], 'silver');
+      assert.deepEqual(pairs(), [pairOfA]);
+      kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('a-1', 'a', {}, '7') })}\n`);
+      await waitUntil('the node drops pod A\'s pair under its relabelled token', async () => Promise.resolve(pairs().length === 0), 5_000);
+      // Over IPv6 too: judged on the queue, then in the kernel.
+      assert.equal((await request('a', address6.b))?.status, 200);
+      const before6 = await kernelOf(socket);
+      assert.equal((await request('a', address6.b))?.status, 200);
+      assert.deepEqual(countersMoved(before6, await kernelOf(socket)), { podSynAccepted: 1 });
+    });
+
     it('a host without identity finds pod B cloaked at its own address, through the service address and through the node port: no answer, a drop for pod B under no-identity, and pod B keeps no half-open connection', serviceOnly, async () => {
       const resetsBefore = await resetsOfNode();
       for (const [host, port] of [[address.b, '8080'], [SERVICE, '80'], [nodeAddress, NODE_PORT]] as const) {

@@ -15,7 +15,7 @@ export const REASONS = {
   // Accepted.
   ok: { verdict: 'accept', text: 'the peer proved its identity (first contact) and policy allows it, or a packet of a handshake already judged' },
   'ok-fast': { verdict: 'accept', text: 'a known peer proved itself with the pair key, and policy allows it' },
-  'ok-kernel': { verdict: 'accept', text: 'the kernel fast path: a fast SYN sent, or a fast SYN or its SYN-ACK proven and admitted, with no queue trip' },
+  'ok-kernel': { verdict: 'accept', text: 'the kernel fast path: a fast SYN sent, a fast SYN or its SYN-ACK proven and admitted, or on a node a SYN between two of its pods judged before, with no queue trip' },
   'ok-local': { verdict: 'accept', text: 'two pods of this node, or a pod of this node and the node\'s own workload, judged on the node with both identities and no token' },
   'unprotected-port': { verdict: 'accept', text: 'the port is not protected (admission without policy)' },
   'allowed-without-identity': { verdict: 'accept', text: 'a peer without identity, allowed by a network rule' },

@@ -35,3 +35,25 @@ export function judgeBetweenPods(ctx: HandshakeContext, decision: Decision, { se
   decision.release = true;
   return clientPod;
 }
+
+/**
+ * Two pods judged at a SYN addressed to the server pod itself (`judgeBetweenPods` admitted it,
+ * not only observed it): the node's kernel lets the client pod's next SYNs to the port by where
+ * they enter the node (kernel-path.ts, PodPair). A SYN sent to a service address is judged at
+ * the server pod's answer, whose backend the kernel cannot know at the SYN: it stays on the queue.
+ */
+export function pairInKernel(ctx: HandshakeContext, { serverPod, clientPod, clientAddress, serverAddress, port }: BetweenPods): void {
+  const clientToken = ctx.local.tokenForAddress(clientAddress);
+  const serverToken = ctx.local.tokenForAddress(serverAddress);
+  if (ctx.kernelPath === null || clientPod === null || clientToken === undefined || serverToken === undefined) return;
+  ctx.kernelPath.admitPodPair({
+    clientAddress,
+    serverAddress,
+    port,
+    client: clientPod,
+    server: serverPod,
+    clientTokenSignature: clientToken.packed.signature,
+    serverTokenSignature: serverToken.packed.signature,
+    expiresAt: Math.min(clientPod.expiresAt, serverPod.expiresAt),
+  });
+}

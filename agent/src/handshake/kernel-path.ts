@@ -55,6 +55,24 @@ export interface FastServer extends KernelEntry {
 }
 
 /**
+ * On a node: two of its pods, judged between them at a connection from `clientAddress` to `port`
+ * of `serverAddress` (the server pod's ingress, the client pod's egress). The node's kernel lets
+ * the client pod's later SYNs to that port by where they enter the node.
+ */
+export interface PodPair {
+  clientAddress: string;
+  serverAddress: string;
+  port: number;
+  client: VerifiedIdentity;
+  server: VerifiedIdentity;
+  /** Each pod's token signature then: the pair holds while both pods keep those tokens. */
+  clientTokenSignature: Uint8Array;
+  serverTokenSignature: Uint8Array;
+  /** Unix seconds: the earlier end of the two pods' tokens. */
+  expiresAt: number;
+}
+
+/**
  * The kernel tables a stopped run kept for the next (kernel/saved-tables.ts writes and reads
  * them). No fast key: an entry names its peer's credential (by index) and the client token's
  * signature, and the fast key is derived again from them.
@@ -132,10 +150,13 @@ export interface KernelPath {
   listenerAnswered(port: number, ready: boolean): void;
   /** Whether the kernel took the entry (a full table refuses it; the next connection is queued). */
   useServer(entry: FastServer): boolean;
+  /** On a node: whether the kernel took the pair (a full table, or a host that is no node, refuses it; the next connection is queued). */
+  admitPodPair(pair: PodPair): boolean;
   /**
    * Policy or a local workload changed: each entry is judged again (a large table in slices, the
    * event loop free between them), a server entry for the workload `localAt` names at its address
-   * now; a client no longer admitted is dropped in the kernel from its next SYN.
+   * now; a client no longer admitted is dropped in the kernel from its next SYN, and a pair of
+   * pods no longer admitted goes (its next SYN takes the queue).
    */
   reauthorize(authorizer: Authorizer, localAt: LocalWorkloadAt): void;
   /** Which local ports admit no peer without identity from anywhere: the kernel drops such SYNs itself. */
@@ -145,7 +166,7 @@ export interface KernelPath {
   /**
    * The node's pods' tokens were issued again (a pod added, changed or gone): a pod whose token at
    * its address is not the one its entries rest on (`tokenSignatureAt`: none, the pod is gone)
-   * stops sending fast SYNs under them.
+   * stops sending fast SYNs under them, and its pairs with other pods go.
    */
   podTokensChanged(tokenSignatureAt: (address: string) => Uint8Array | undefined): void;
   /**

@@ -13,7 +13,7 @@ import { encodeTransient, FLAG_FAST, FLAG_KERNEL, MessageType, type SynMessage }
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import { ackTranscript, synAckFlow, type HandshakeContext } from './context.ts';
 import { flowKey } from './handshake-state.ts';
-import { judgeBetweenPods } from './between-pods.ts';
+import { judgeBetweenPods, pairInKernel } from './between-pods.ts';
 import { holdForProof, settleHeld } from './held.ts';
 import type { VerifiedPeer } from './peer-verifier.ts';
 import { Refusal, refuse } from './reasons.ts';
@@ -37,7 +37,10 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   const destinationPod = pods?.identityOf(serverAddress);
   if (info.token === null && destinationPod !== undefined) {
     // Pod to pod through this node.
-    return judgeBetweenPods(ctx, decision, { serverPod: destinationPod, clientPod: pods?.identityOf(client) ?? null, clientAddress: client, serverAddress, port });
+    const pair = { serverPod: destinationPod, clientPod: pods?.identityOf(client) ?? null, clientAddress: client, serverAddress, port };
+    const judged = judgeBetweenPods(ctx, decision, pair);
+    if (!(judged instanceof Refusal) && decision.wouldDrop === null) pairInKernel(ctx, pair);
+    return judged;
   }
   if (info.token === null && pods !== undefined && destinationPod === undefined && !pods.isNodeAddress(serverAddress) && pods.identityOf(client) !== undefined) {
     // A local pod's SYN on its way out through the node: POSTROUTING queues it again toward

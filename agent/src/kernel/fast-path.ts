@@ -10,7 +10,7 @@ import { SynpassError } from '../errors.ts';
 import type { TableSize } from '../datapath/handler.ts';
 import type { VerdictCount } from '../datapath/engine.ts';
 import type { Authorizer } from '../handshake/authorizer.ts';
-import type { AdmittedClient, FastServer, KernelPath, LocalWorkloadAt, SocketOwner } from '../handshake/kernel-path.ts';
+import type { AdmittedClient, FastServer, KernelPath, LocalWorkloadAt, PodPair, SocketOwner } from '../handshake/kernel-path.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { ClientToSave, ServerToSave } from './saved-tables.ts';
 import { refusedSweep, summarizeSweep, type ListenerSweep } from './listener-sweep.ts';
@@ -33,6 +33,8 @@ import {
   PORT_COUNT,
   ownerKey,
   peerKey,
+  podPairKey,
+  podPairValue,
   readU32,
   serverKey,
   serverValue,
@@ -131,8 +133,10 @@ interface Rejudging {
   /** The tables walked, and where the walk is in each: a flush or a rotation replaces a table, and the rest of the old one is not judged. */
   serverTable: Map<string, ServerRecord>;
   clientTable: Map<string, FastServer>;
+  pairTable: Map<string, PodPair>;
   servers: Iterator<[string, ServerRecord]>;
   clients: Iterator<[string, FastServer]>;
+  pairs: Iterator<[string, PodPair]>;
   started: number;
   slices: number;
   /** Resolved when the walk is done or a newer one replaced it. */
@@ -156,6 +160,8 @@ export interface FastPeer {
 export class KernelFastPath implements KernelPath {
   private servers = new Map<string, ServerRecord>();
   private clients = new Map<string, FastServer>();
+  /** On a node: pairs of its pods judged for a port, by fast_pod_pairs key. */
+  private podPairs = new Map<string, PodPair>();
   private walk: Rejudging | null = null;
   private rejudgeTimer: NodeJS.Immediate | null = null;
   /**
@@ -382,6 +388,19 @@ export class KernelFastPath implements KernelPath {
     return true;
   }
 
+  admitPodPair(pair: PodPair): boolean {
+    if (this.options.routedWorkloads !== true) return false;
+    const key = podPairKey(pair.clientAddress, pair.serverAddress, pair.port);
+    const id = key.toString('latin1');
+    if (!this.podPairs.has(id) && this.podPairs.size >= MAP_CAPACITY.fast_pod_pairs) {
+      this.refused++;
+      return false;
+    }
+    if (!this.write('fast_pod_pairs', key, podPairValue(pair.expiresAt))) return false;
+    this.podPairs.set(id, pair);
+    return true;
+  }
+
   /** How the kernel names an entry's owner; a pod new to the table gets its number (null: fast_pods is full). */
   private kernelOwner(owner: SocketOwner): KernelOwner | null {
     if (owner.pod === undefined) return owner.workload > 0 ? { kind: OWNER_WORKLOAD, id: owner.workload } : { kind: OWNER_UID, id: owner.uid };
@@ -400,15 +419,20 @@ export class KernelFastPath implements KernelPath {
   }
 
   podTokensChanged(tokenSignatureAt: (address: string) => Uint8Array | undefined): void {
+    const holds = (address: string, held: Uint8Array | undefined): boolean => {
+      const signature = tokenSignatureAt(address);
+      return signature !== undefined && held !== undefined && Buffer.compare(held, signature) === 0;
+    };
     const stale: string[] = [];
     for (const [address, { ids }] of this.pods) {
-      const signature = tokenSignatureAt(address);
-      for (const id of ids) {
-        const held = this.clients.get(id)?.tokenSignature;
-        if (signature === undefined || held === undefined || Buffer.compare(held, signature) !== 0) stale.push(id);
-      }
+      for (const id of ids) if (!holds(address, this.clients.get(id)?.tokenSignature)) stale.push(id);
     }
     this.dropClients(stale);
+    const unpaired: string[] = [];
+    for (const [id, pair] of this.podPairs) {
+      if (!holds(pair.clientAddress, pair.clientTokenSignature) || !holds(pair.serverAddress, pair.serverTokenSignature)) unpaired.push(id);
+    }
+    this.dropPodPairs(unpaired);
   }
 
   podUnvouched(address: string): void {
@@ -445,8 +469,8 @@ export class KernelFastPath implements KernelPath {
     const settled = new Promise<void>((resolve) => {
       settle = resolve;
     });
-    const { servers, clients } = this;
-    this.walk = { authorizer, localAt, serverTable: servers, clientTable: clients, servers: servers.entries(), clients: clients.entries(), started: performance.now(), slices: 0, settled, settle };
+    const { servers, clients, podPairs } = this;
+    this.walk = { authorizer, localAt, serverTable: servers, clientTable: clients, pairTable: podPairs, servers: servers.entries(), clients: clients.entries(), pairs: podPairs.entries(), started: performance.now(), slices: 0, settled, settle };
     try {
       this.rejudgeSlice();
     } catch (error) {
@@ -473,9 +497,11 @@ export class KernelFastPath implements KernelPath {
     // Entries admitted into the new table were judged by the new policy at admission.
     if (walk.serverTable !== this.servers) walk.servers = [].values();
     if (walk.clientTable !== this.clients) walk.clients = [].values();
+    if (walk.pairTable !== this.podPairs) walk.pairs = [].values();
     const deadline = performance.now() + REJUDGE_SLICE_MS;
     const turned: ServerRewrite[] = [];
     const denied: string[] = [];
+    const unpaired: string[] = [];
     let done = false;
     while (!done && performance.now() < deadline) {
       for (let i = 0; i < REJUDGE_BETWEEN_CLOCKS && !done; i++) {
@@ -492,20 +518,30 @@ export class KernelFastPath implements KernelPath {
           continue;
         }
         const client = walk.clients.next();
-        if (client.done === true) {
+        if (client.done !== true) {
+          const [id, entry] = client.value;
+          const auth = walk.authorizer.egress({ local: entry.local, peer: entry.peer, peerAddress: entry.serverAddress, port: entry.port });
+          // No longer allowed out: the next SYN takes the queue, where the agent decides.
+          if (!auth.allowed || auth.wouldDrop !== null) denied.push(id);
+          continue;
+        }
+        const pair = walk.pairs.next();
+        if (pair.done === true) {
           done = true;
           continue;
         }
-        const [id, entry] = client.value;
-        const auth = walk.authorizer.egress({ local: entry.local, peer: entry.peer, peerAddress: entry.serverAddress, port: entry.port });
-        // No longer allowed out: the next SYN takes the queue, where the agent decides.
-        if (!auth.allowed || auth.wouldDrop !== null) denied.push(id);
+        // Judged as between the pods on the queue: the server pod's ingress, then the client pod's egress.
+        const [id, { client: clientPod, server: serverPod, clientAddress, serverAddress, port }] = pair.value;
+        const ingress = walk.authorizer.ingress({ local: serverPod.attributes, peer: clientPod, peerAddress: clientAddress, port });
+        const egress = ingress.allowed && ingress.wouldDrop === null ? walk.authorizer.egress({ local: clientPod.attributes, peer: serverPod, peerAddress: serverAddress, port }) : null;
+        if (egress === null || !egress.allowed || egress.wouldDrop !== null) unpaired.push(id);
       }
     }
     this.rewriteServers(turned, (record) => {
       record.allowed = !record.allowed;
     });
     this.dropClients(denied);
+    this.dropPodPairs(unpaired);
     if (!done) {
       this.rejudgeTimer = setImmediate(() => {
         try {
@@ -600,6 +636,7 @@ export class KernelFastPath implements KernelPath {
   }
 
   forgetOwnWorkloads(): void {
+    this.dropPodPairs([...this.podPairs.keys()]);
     const forgotten = this.clients;
     this.clients = new Map();
     for (const address of [...this.pods.keys()]) this.releasePod(address);
@@ -717,6 +754,11 @@ export class KernelFastPath implements KernelPath {
     for (const id of ids) this.forgetClient(id);
   }
 
+  private dropPodPairs(ids: readonly string[]): void {
+    this.deleteBatch('fast_pod_pairs', ids);
+    for (const id of ids) this.podPairs.delete(id);
+  }
+
   /**
    * Server entries rewritten in one system call: a policy edit or a key rotation may touch every
    * entry of a full table, and one call per entry (about 15 us inside a busy agent) would hold the
@@ -741,23 +783,29 @@ export class KernelFastPath implements KernelPath {
     });
   }
 
-  private deleteBatch(map: 'fast_servers' | 'fast_clients', ids: readonly string[]): void {
+  private deleteBatch(map: 'fast_servers' | 'fast_clients' | 'fast_pod_pairs', ids: readonly string[]): void {
     if (ids.length > 0) this.native.mapDeleteBatch(this.map(map), batchKeys(ids, KEY_SIZE[map]), KEY_SIZE[map]);
   }
 
   /**
    * Hands the kernel's verdict events (drops, at most one a second per source and cause, and the
-   * sampled accepts) to `onEvent`, with the peer an accepted fast SYN proved, from the event loop.
+   * sampled accepts) to `onEvent`, with the peer an accepted SYN proved (acceptedPeer), from the event loop.
    */
   onEvents(onEvent: (event: KernelEvent, peer: VerifiedIdentity | null) => void): void {
     this.events?.close();
     this.events = new this.native.KernelEvents(this.map('fast_events'), (records) => {
       for (const event of decodeEvents(records)) {
         if (event.owner !== null) this.forgetRetiredClient(event.source, event.sourcePort, event.owner, event.fastId);
-        const record = event.counter === 'synAccepted' ? this.servers.get(serverKey(event.source, event.destination, event.fastId, event.destinationPort).toString('latin1')) : undefined;
-        onEvent(event, record?.entry.peer ?? null);
+        onEvent(event, this.acceptedPeer(event));
       }
     });
+  }
+
+  /** The peer an accepted SYN's event names: the workload its fast SYN proved, or on a node the client pod of a pair. */
+  private acceptedPeer(event: KernelEvent): VerifiedIdentity | null {
+    if (event.counter === 'synAccepted') return this.servers.get(serverKey(event.source, event.destination, event.fastId, event.destinationPort).toString('latin1'))?.entry.peer ?? null;
+    if (event.counter === 'podSynAccepted') return this.podPairs.get(podPairKey(event.source, event.destination, event.destinationPort).toString('latin1'))?.client ?? null;
+    return null;
   }
 
   /**
@@ -801,6 +849,9 @@ export class KernelFastPath implements KernelPath {
     const endedClients: string[] = [];
     for (const [id, entry] of this.clients) if (entry.expiresAt <= nowSeconds) endedClients.push(id);
     this.dropClients(endedClients);
+    const endedPairs: string[] = [];
+    for (const [id, pair] of this.podPairs) if (pair.expiresAt <= nowSeconds) endedPairs.push(id);
+    this.dropPodPairs(endedPairs);
   }
 
   counters(): Record<FastCounter, number> {
@@ -840,8 +891,9 @@ export class KernelFastPath implements KernelPath {
       'kernel-servers': { entries: this.servers.size, capacity: MAP_CAPACITY.fast_servers },
       'kernel-clients': { entries: this.clients.size, capacity: MAP_CAPACITY.fast_clients },
       'kernel-connecting': { entries: this.native.mapCount(this.map('fast_conns'), KEY_SIZE.fast_conns), capacity: MAP_CAPACITY.fast_conns },
-      // On a node only: its pods that hold client entries.
+      // On a node only: its pods that hold client entries, and pairs of its pods.
       ...((this.options.podMark ?? 0) !== 0 ? { 'kernel-pods': { entries: this.pods.size, capacity: MAP_CAPACITY.fast_pods } } : {}),
+      ...(this.options.routedWorkloads === true ? { 'kernel-pod-pairs': { entries: this.podPairs.size, capacity: MAP_CAPACITY.fast_pod_pairs } } : {}),
     };
   }
 
@@ -880,6 +932,7 @@ export class KernelFastPath implements KernelPath {
     this.native.closeFd(this.loaded.sockopsFd);
     this.servers.clear();
     this.clients.clear();
+    this.podPairs.clear();
   }
 }
 

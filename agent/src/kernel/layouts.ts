@@ -33,9 +33,10 @@ export const MAP_CAPACITY = {
   fast_workloads: 1024,
   fast_owners: 16_384,
   fast_pods: 2048,
+  fast_pod_pairs: 8192,
 } as const;
 
-export const KEY_SIZE = { fast_clients: 24, fast_conns: 24, fast_servers: 40, fast_replay: 32, fast_peers: 36, fast_owners: 24 } as const;
+export const KEY_SIZE = { fast_clients: 24, fast_conns: 24, fast_servers: 40, fast_replay: 32, fast_peers: 36, fast_owners: 24, fast_pod_pairs: 36 } as const;
 
 /** The fast SYN's TCP option (fast_path.h): kind, length, ExID, fast id (4), time (4), MAC (8). */
 export const FAST_SYN_OPTION = { kind: 254, exid: FAST_SYN_EXID, length: FAST_SYN_LENGTH } as const;
@@ -62,6 +63,7 @@ export const FAST_COUNTERS = [
   'eventsLost',
   'synSourceLimited',
   'clientRetired',
+  'podSynAccepted',
 ] as const;
 export type FastCounter = (typeof FAST_COUNTERS)[number];
 
@@ -78,6 +80,7 @@ const VERDICT_OF: Partial<Record<FastCounter, Omit<VerdictCount, 'count'>>> = {
   synSent: { direction: 'egress', action: 'accept', reason: 'ok-kernel' },
   synNoIdentity: { direction: 'ingress', action: 'drop', reason: 'no-identity' },
   synSourceLimited: { direction: 'ingress', action: 'drop', reason: 'source-rate-limited' },
+  podSynAccepted: { direction: 'ingress', action: 'accept', reason: 'ok-kernel' },
 };
 
 export function kernelVerdicts(counters: Readonly<Record<FastCounter, number>>): VerdictCount[] {
@@ -189,6 +192,20 @@ export function serverValue(fastKey: Buffer, allowed: boolean, retiring: boolean
   u32(value, FAST_KEY_BYTES + 4, retiring ? 1 : 0);
   u32(value, FAST_KEY_BYTES + 8, kernelSecond(expiresAt));
   return value;
+}
+
+/** struct pod_pair_key (fast_pod_pairs): a node's client pod, its server pod and the server pod's port. */
+export function podPairKey(clientAddress: string, serverAddress: string, port: number): Buffer {
+  const key = Buffer.alloc(KEY_SIZE.fast_pod_pairs);
+  addressKey(clientAddress).copy(key, 0);
+  addressKey(serverAddress).copy(key, 16);
+  u16(key, 32, port);
+  return key;
+}
+
+/** struct pod_pair_value: the second it expires. */
+export function podPairValue(expiresAt: number): Buffer {
+  return u32Value(kernelSecond(expiresAt));
 }
 
 /** struct owner_key (fast_owners): a local connection by its local address and port and its ISN, which a destination NAT leaves alone. */

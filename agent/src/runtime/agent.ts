@@ -400,7 +400,8 @@ export class Agent {
       skipped: path.interfaces.skipped,
       counters,
       shares: {
-        incoming: fastShare(counters.synAccepted ?? 0, this.queuedSyns.ingress),
+        // On a node, SYNs between its pods let by as known pairs are incoming SYNs the kernel judged too.
+        incoming: fastShare((counters.synAccepted ?? 0) + (counters.podSynAccepted ?? 0), this.queuedSyns.ingress),
         outgoing: fastShare(counters.synSent ?? 0, this.queuedSyns.egress),
       },
       refusedEntries: path.refused,

@@ -540,6 +540,7 @@ describe('identity handshake over a virtual wire', () => {
         told.servers.push(entry);
         return admits;
       },
+      admitPodPair: () => admits,
       reauthorize: (_authorizer, localAt) => {
         told.reauthorized += 1;
         told.localAt = localAt;

@@ -10,7 +10,7 @@ import { VirtualQueue } from '../../../agent/src/datapath/virtual-queue.ts';
 import { IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../../scripts/lib/fixtures.ts';
 import { createDomain, identityHandler } from '../../../scripts/lib/identities.ts';
 import { PolicyAuthorizer } from '../../../agent/src/handshake/authorizer.ts';
-import type { KernelPath } from '../../../agent/src/handshake/kernel-path.ts';
+import type { KernelPath, PodPair } from '../../../agent/src/handshake/kernel-path.ts';
 import { FAST_SYN_OPTION } from '../../../agent/src/kernel/layouts.ts';
 import { compile } from '../../../scripts/lib/policy-dir.ts';
 
@@ -258,5 +258,31 @@ describe('a local pod\'s fast SYN on the queue', () => {
     assert.deepEqual(unvouched, ['10.215.1.1']);
     const plain = queue.deliver(segment(IPV4_SYN, POD.a, 40062, remote, 9090, 0x6200), 'ingress');
     assert.deepEqual([plain.dropped, plain.tracked, events.at(-1)?.reason], [false, true, 'ok']);
+  });
+});
+
+describe('a local pod to another, with the kernel fast path', () => {
+  it('a SYN addressed to the server pod and admitted between the two is handed to the node\'s kernel as a pair for that port, under both pods\' tokens; a refused one, or one to a service address, is not', async () => {
+    const domain = await createDomain('pods.synpass');
+    const { handler, local } = await identityHandler(domain, 'node', {
+      attributes: { 'host.name': 'node' },
+      admission: { protectedPorts: 'all', allow: [{ subject: 'spiffe://pods.synpass/ns/shop/sa/a' }], allowWithoutIdentity: [] },
+      localPods: pods,
+    });
+    await local.setAddressSource(() =>
+      (Object.keys(POD) as PodName[]).map((name) => ({ address: POD[name].join('.'), name: `shop/${name}-1`, subject: pod(name).subject, attributes: new Map([['k8s.label.app', { value: name, attestor: 'k8s' }]]) })),
+    );
+    const pairs: PodPair[] = [];
+    handler.useKernelPath({ cloak: () => undefined, admitPodPair: (pair: PodPair) => pairs.push(pair) > 0 } as unknown as KernelPath);
+    const queue = new VirtualQueue(handler);
+    const admitted = queue.deliver(segment(IPV4_SYN, POD.a, 40071, POD.b, 8080, 0xc000), 'ingress');
+    assert.deepEqual([admitted.dropped, admitted.released], [false, true]);
+    assert.equal(pairs.length, 1);
+    const [pair] = pairs;
+    assert.deepEqual([pair!.clientAddress, pair!.serverAddress, pair!.port, pair!.client.subject, pair!.server.subject], ['10.215.1.1', '10.215.1.2', 8080, pod('a').subject, pod('b').subject]);
+    assert.deepEqual([pair!.clientTokenSignature, pair!.serverTokenSignature], [local.tokenForAddress('10.215.1.1')!.packed.signature, local.tokenForAddress('10.215.1.2')!.packed.signature]);
+    assert.equal(queue.deliver(segment(IPV4_SYN, POD.c, 40072, POD.b, 8080, 0xc100), 'ingress').dropped, true);
+    queue.deliver(segment(IPV4_SYN, POD.a, 40073, SERVICE, 80, 0xc200), 'ingress');
+    assert.equal(pairs.length, 1, 'pod C is refused, and a service address names no pod at the SYN');
   });
 });

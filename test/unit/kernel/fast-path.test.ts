@@ -7,7 +7,7 @@ import { endianness } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { kernelFlowRecord } from '../../../agent/src/telemetry/flow-log.ts';
-import { addressKey, cgroupKey, excludedKey, clientKey, clientValue, configValue, decodeEvents, EVENT_BYTES, FAST_COUNTERS, KEY_SIZE, kernelVerdicts, MAP_CAPACITY, OWNER_POD, OWNER_UID, OWNER_WORKLOAD, ownerKey, serverKey, serverValue } from '../../../agent/src/kernel/layouts.ts';
+import { addressKey, cgroupKey, excludedKey, clientKey, clientValue, configValue, decodeEvents, EVENT_BYTES, FAST_COUNTERS, KEY_SIZE, kernelVerdicts, MAP_CAPACITY, OWNER_POD, OWNER_UID, OWNER_WORKLOAD, ownerKey, podPairKey, podPairValue, serverKey, serverValue } from '../../../agent/src/kernel/layouts.ts';
 import { deriveFastKey, FAST_KEY_BYTES } from '../../../agent/src/protocol/fast-keys.ts';
 import { cgroup2Mount, chooseKernelFastPath, FastPathUnavailableError, procNetDevInterfaces, workloadCgroups } from '../../../agent/src/runtime/kernel-fast-path.ts';
 import { DEFAULTS } from '../../../agent/src/runtime/config.ts';
@@ -56,6 +56,11 @@ describe('map layouts', () => {
     const owner = ownerKey('10.1.2.3', 41000, 0xfedcba98);
     assert.equal(owner.length, KEY_SIZE.fast_owners);
     assert.deepEqual([owner.subarray(0, 16).toString('hex'), read32(owner, 16), read16(owner, 20), read16(owner, 22)], ['00000000000000000000ffff0a010203', 0xfedcba98, 41000, 0]);
+    // A node's pair of pods: client address, server address, the server's port (struct pod_pair_key).
+    const pair = podPairKey('10.215.1.1', 'fd15::2', 8080);
+    assert.equal(pair.length, KEY_SIZE.fast_pod_pairs);
+    assert.deepEqual([pair.subarray(0, 16).toString('hex'), pair.subarray(16, 32).toString('hex'), read16(pair, 32), read16(pair, 34)], ['00000000000000000000ffff0ad70101', 'fd150000000000000000000000000002', 8080, 0]);
+    assert.deepEqual([podPairValue(1_800_000_000.7).length, read32(podPairValue(1_800_000_000.7), 0)], [4, 1_800_000_000]);
     const cgroup = cgroupKey(0x1_0000_0002n);
     assert.equal(LITTLE ? cgroup.readBigUInt64LE() : cgroup.readBigUInt64BE(), 0x1_0000_0002n);
     const key = randomBytes(16);
