@@ -21,6 +21,7 @@ import { inject, verdictsBetween, writePackets } from '../../scripts/lib/attack-
 import { DOMAIN, REPORTS_WORKLOAD, rotateAgent, startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
 import { isRoot, ROOT, settledStatus, sleep, synpassCommand, waitUntil, type AgentHandle, type Lab, type NetnsProcess } from '../../scripts/lib/lab.ts';
 import { countersMoved, kernelFastPathOf, type KernelFastPathStatus } from '../../scripts/lib/kernel-counters.ts';
+import { dumpPinnedMap, ipv4PodPair, mappedIpv4 } from '../../scripts/lib/bpf-maps.ts';
 import { fixChecksums, ipv4Segment, layout, plainSyn, tcpOptionOffset } from '../../scripts/lib/packets.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
 
@@ -896,10 +897,10 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
       assert.equal(path.rejudging, false);
       assert.ok(path.lastRejudging !== null && path.lastRejudging.slices >= 10, `slices: ${path.lastRejudging?.slices}`);
       assert.ok(served >= 10, `the event loop ran timers between slices (${served})`);
-      const dumped = JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDir, 'fast_servers'), '-j'], { encoding: 'utf8', maxBuffer: 64 << 20 })) as { value: string[] }[];
+      const dumped = dumpPinnedMap(join(pinDir, 'fast_servers'));
       assert.equal(dumped.length, count);
       // struct server_value: key (16 bytes), then allowed (u32).
-      assert.equal(dumped.filter((entry) => Number(entry.value[16]) !== 0).length, 0, 'every entry refused in the kernel');
+      assert.equal(dumped.filter((entry) => entry.value[16] !== 0).length, 0, 'every entry refused in the kernel');
     } finally {
       KernelFastPath.detach(pinDir);
     }
@@ -909,10 +910,9 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
   it('a key rotation and a flush of large tables reach the kernel in slices; an entry admitted meanwhile is neither retired nor deleted', async () => {
     const pinDir = `${lab.pinDir('api')}-backlog`;
     const path = KernelFastPath.load({ pinDir, cgroup: '/', interfaces: [], excluded: [], windowSeconds: 30, acceptMark: 0x100, clientMark: 0x200, newInterfaces: null, acceptSample: 0, sourceRate: 0, sourceBurst: 0, budgetMark: 0x400, workloadCgroups: [] });
-    const dump = (map: string) =>
-      JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDir, map), '-j'], { encoding: 'utf8', maxBuffer: 256 << 20 })) as { key: string[]; value: string[] }[];
+    const dump = (map: string) => dumpPinnedMap(join(pinDir, map));
     // struct server_value: key (16 bytes), allowed, retiring, expires (u32 each, host order).
-    const field = (value: string[], offset: number) => Buffer.from(value.slice(offset, offset + 4).map(Number)).readUInt32LE();
+    const field = (value: Buffer, offset: number) => value.readUInt32LE(offset);
     const peer = { trustDomain: 'd', subject: 'spiffe://d/web', attributes: { 'app.name': 'web' }, provenance: {}, agent: 'spiffe://d/agent/web', expiresAt: 2e9 };
     const proven = (i: number) => ({ fast: { fastId: i, key: Buffer.alloc(16, 1) }, peer, local: { 'app.name': 'api' }, expiresAt: 2e9, credential: {} as never, tokenSignature: new Uint8Array(64) });
     const admit = (i: number) => path.admitClient({ ...proven(i), peerAddress: `10.213.${i >> 8}.${i & 255}`, localAddress: '10.213.0.2', port: 8080 });
@@ -981,12 +981,11 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
   it('a node\'s pods as clients: a number each in fast_pods, their entries keyed by it, gone with the pod\'s token and the number given back; a pod whose fast SYN went unvouched gets none', () => {
     const pinDir = `${lab.pinDir('api')}-pods`;
     const path = KernelFastPath.load({ pinDir, cgroup: '/', interfaces: [], excluded: [], windowSeconds: 30, acceptMark: 0x100, clientMark: 0x200, newInterfaces: null, acceptSample: 0, sourceRate: 0, sourceBurst: 0, budgetMark: 0x400, workloadCgroups: [], routedWorkloads: true, podMark: 0x900 });
-    const dump = (map: string) => JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDir, map), '-j'], { encoding: 'utf8' })) as { key: string[]; value: string[] }[];
-    const u32 = (bytes: string[], offset: number) => Buffer.from(bytes.slice(offset, offset + 4).map(Number)).readUInt32LE();
+    const dump = (map: string) => dumpPinnedMap(join(pinDir, map));
     /** fast_pods as IPv4 address -> pod number (struct pod_key: ::ffff:a.b.c.d). */
-    const numbered = () => Object.fromEntries(dump('fast_pods').map((entry) => [entry.key.slice(12, 16).map(Number).join('.'), u32(entry.value, 0)]));
+    const numbered = () => Object.fromEntries(dump('fast_pods').map((entry) => [mappedIpv4(entry.key) ?? 'IPv6', entry.value.readUInt32LE(0)] as const));
     /** The owner of each fast_clients entry (struct client_key: owner_kind u16 at 18, owner u32 at 20), sorted. */
-    const owners = () => dump('fast_clients').map((entry) => `${Number(entry.key[18])}:${u32(entry.key, 20)}`).sort();
+    const owners = () => dump('fast_clients').map((entry) => `${entry.key[18]}:${entry.key.readUInt32LE(20)}`).sort();
     const signature = (fill: number) => new Uint8Array(64).fill(fill);
     const peer = { trustDomain: 'd', subject: 'spiffe://d/api', attributes: {}, provenance: {}, agent: 'spiffe://d/agent/api', expiresAt: 2e9 };
     const entry = (server: number, pod: string, token: number) => ({ fast: { fastId: server, key: Buffer.alloc(16, 1) }, peer, local: {}, expiresAt: 2e9, credential: {} as never, tokenSignature: signature(token), serverAddress: `10.214.0.${server}`, port: 8080, owner: { uid: -1, workload: 0, pod } });
@@ -1027,13 +1026,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     let nowMs = Date.now();
     const path = KernelFastPath.load({ ...options, routedWorkloads: true, podMark: 0x900, now: () => nowMs });
     /** fast_pod_pairs over IPv4 (struct pod_pair_key: client, server, port), as `client>server:port` -> the second it expires. */
-    const held = () =>
-      Object.fromEntries(
-        (JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDir, 'fast_pod_pairs'), '-j'], { encoding: 'utf8' })) as { key: string[]; value: string[] }[]).map(({ key, value }) => {
-          const bytes = key.map(Number);
-          return [`${bytes.slice(12, 16).join('.')}>${bytes.slice(28, 32).join('.')}:${Buffer.from(bytes.slice(32, 34)).readUInt16LE()}`, Buffer.from(value.map(Number)).readUInt32LE()];
-        }),
-      );
+    const held = () => Object.fromEntries(dumpPinnedMap(join(pinDir, 'fast_pod_pairs')).map(({ key, value }) => [ipv4PodPair(key) ?? 'IPv6', value.readUInt32LE(0)] as const));
     const identity = (name: string) => ({ trustDomain: 'd', subject: `spiffe://d/${name}`, attributes: { 'app.name': name }, provenance: {}, agent: 'spiffe://d/agent/node', expiresAt: 2e9 });
     const signature = (fill: number) => new Uint8Array(64).fill(fill);
     const tokens = new Map([['10.215.1.1', signature(1)], ['10.215.1.2', signature(2)], ['10.215.1.3', signature(3)]]);

@@ -24,6 +24,7 @@ import { isRoot, kernelByDefault, NetnsProcess, readStatus, ROOT, settledStatus,
 import { fixChecksums, layout, tcpOptionOffset } from '../../scripts/lib/packets.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
 import { countersMoved, kernelFastPathOf } from '../../scripts/lib/kernel-counters.ts';
+import { dumpPinnedMap, ipv4PodPair } from '../../scripts/lib/bpf-maps.ts';
 import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
 
 const PEER = join(ROOT, 'scripts/lib/peer.ts');
@@ -364,7 +365,7 @@ for (const podsAreTargets of [false, true]) {
     const nodeMetrics = async (): Promise<string> => String((await spawn(node, [PEER, 'fetch', `http://127.0.0.1:${METRICS_PORT}/metrics`], cgroups.node).waitFor(() => true, 4_000)).body);
     /** Whether every entry of the node kernel's server table admits its peer (struct server_value: key, then allowed). */
     const nodeEntriesAllowed = (): boolean[] =>
-      (JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDirs.node, 'fast_servers'), '-j'], { encoding: 'utf8' })) as { value: string[] }[]).map((entry) => Number(entry.value[16]) !== 0);
+      dumpPinnedMap(join(pinDirs.node, 'fast_servers')).map((entry) => entry.value[16] !== 0);
 
     it('a pod whose own egress policy refuses the node\'s service, which admits it, is refused at the node\'s answer, and the node\'s listener keeps no half-open connection', async () => {
       // Labelled so, pod A may reach pod B only; the kubelet's policy still admits it at the SYN.
@@ -494,7 +495,7 @@ for (const podsAreTargets of [false, true]) {
       const fromPodA = () => request('a', remoteAddress, '9090');
       /** The node kernel's client entries that name a pod (struct client_key: owner_kind 2). */
       const podEntries = (): number =>
-        (JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDirs.node, 'fast_clients'), '-j'], { encoding: 'utf8' })) as { key: string[] }[]).filter((entry) => Number(entry.key[18]) === 2).length;
+        dumpPinnedMap(join(pinDirs.node, 'fast_clients')).filter((entry) => entry.key[18] === 2).length;
       /** The node's pods that hold client entries, as its status says (`kernel-pods`). */
       const podsHeld = async (): Promise<number | undefined> => ((await readStatus(socket)) as unknown as { tables: Record<string, { entries: number }> }).tables['kernel-pods']?.entries;
       assert.equal((await fromPodA())?.status, 200, 'a first contact, or already a known pair');
@@ -544,11 +545,7 @@ for (const podsAreTargets of [false, true]) {
 
     it('pod A\'s connections to pod B, a pod of the same node, are judged in the node\'s kernel after the first: queued nowhere; pod C stays cloaked; relabelled, pod A is judged on the queue once more', kernelOnly, async () => {
       /** The node kernel's pairs of pods over IPv4 (fast_pod_pairs: client, server, the server's port), as `client>server:port`. */
-      const pairs = (): string[] =>
-        (JSON.parse(execFileSync('bpftool', ['map', 'dump', 'pinned', join(pinDirs.node, 'fast_pod_pairs'), '-j'], { encoding: 'utf8' })) as { key: string[] }[])
-          .map(({ key }) => key.map(Number))
-          .filter((key) => key[10] === 0xff && key[26] === 0xff)
-          .map((key) => `${key.slice(12, 16).join('.')}>${key.slice(28, 32).join('.')}:${Buffer.from(key.slice(32, 34)).readUInt16LE()}`);
+      const pairs = (): string[] => dumpPinnedMap(join(pinDirs.node, 'fast_pod_pairs')).flatMap(({ key }) => ipv4PodPair(key) ?? []);
       const pairsHeld = async (): Promise<number | undefined> => ((await readStatus(socket)) as unknown as { tables: Record<string, { entries: number }> }).tables['kernel-pod-pairs']?.entries;
       const pairOfA = `${address.a}>${address.b}:8080`;
       // A first connection since pod A was last relabelled (judged on the queue), or already a pair.

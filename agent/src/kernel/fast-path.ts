@@ -284,6 +284,11 @@ export class KernelFastPath implements KernelPath {
     return loadBinding().fastPathDetach(pinDir);
   }
 
+  /** The mark a local pod's vouched fast SYN gets (0: pods connect through the queue). */
+  private get podMark(): number {
+    return this.options.podMark ?? 0;
+  }
+
   private map(name: keyof typeof MAP_CAPACITY | 'fast_config' | 'fast_counters' | 'fast_cloak' | 'fast_excluded' | 'fast_events'): number {
     return this.loaded.maps[name]!;
   }
@@ -317,7 +322,7 @@ export class KernelFastPath implements KernelPath {
       agentAway: this.agentAway,
       netnsCookie: this.netnsCookie,
       routedWorkloads: this.options.routedWorkloads === true,
-      podMark: this.options.podMark ?? 0,
+      podMark: this.podMark,
     });
     this.native.mapUpdate(this.map('fast_config'), Buffer.alloc(4), value, BPF_ANY);
   }
@@ -370,7 +375,7 @@ export class KernelFastPath implements KernelPath {
 
   useServer(entry: FastServer): boolean {
     const pod = entry.owner.pod;
-    if (pod !== undefined && (this.options.podMark ?? 0) === 0) return false;
+    if (pod !== undefined && this.podMark === 0) return false;
     if (pod !== undefined && this.unvouchedPods.has(pod)) return false;
     const owner = this.kernelOwner(entry.owner);
     if (owner === null) return false;
@@ -892,7 +897,7 @@ export class KernelFastPath implements KernelPath {
       'kernel-clients': { entries: this.clients.size, capacity: MAP_CAPACITY.fast_clients },
       'kernel-connecting': { entries: this.native.mapCount(this.map('fast_conns'), KEY_SIZE.fast_conns), capacity: MAP_CAPACITY.fast_conns },
       // On a node only: its pods that hold client entries, and pairs of its pods.
-      ...((this.options.podMark ?? 0) !== 0 ? { 'kernel-pods': { entries: this.pods.size, capacity: MAP_CAPACITY.fast_pods } } : {}),
+      ...(this.podMark !== 0 ? { 'kernel-pods': { entries: this.pods.size, capacity: MAP_CAPACITY.fast_pods } } : {}),
       ...(this.options.routedWorkloads === true ? { 'kernel-pod-pairs': { entries: this.podPairs.size, capacity: MAP_CAPACITY.fast_pod_pairs } } : {}),
     };
   }
