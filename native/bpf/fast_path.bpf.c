@@ -625,8 +625,9 @@ static __always_inline int known_pod_pair(const struct parsed *p, __u32 now) {
 }
 
 /* A SYN with no fast option: on a node, accepted here from one of its pods to another for a port
- * the agent judged that pair for (no marker: a pod sends none, and what carries one is the queue's);
- * dropped here when it carries no marker and its port admits no peer without identity; otherwise charged to its source's bucket (dropped when empty) and passed on
+ * the agent judged that pair for (without a marker: a pod sends none, and one that carries it is
+ * the queue's); dropped here when it carries no marker and its port admits no peer without
+ * identity; otherwise charged to its source's bucket (dropped when empty) and passed on
  * to the rules and queue, marked so they do not charge it again. While the agent is away (it
  * stopped and kept the programs) there are no rules and no one to check a marker: a SYN with one
  * is dropped as one without, as the rules would drop it, failing closed, had the agent crashed.

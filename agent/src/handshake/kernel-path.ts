@@ -161,7 +161,7 @@ export interface KernelPath {
   reauthorize(authorizer: Authorizer, localAt: LocalWorkloadAt): void;
   /** Which local ports admit no peer without identity from anywhere: the kernel drops such SYNs itself. */
   cloak(closed: (port: number) => boolean): void;
-  /** This agent's workloads may have changed: its kernel stops sending fast SYNs until each proves itself again. */
+  /** This agent's workloads may have changed: its kernel stops sending fast SYNs, and letting pairs of its pods by, until each proves itself again. */
   forgetOwnWorkloads(): void;
   /**
    * The node's pods' tokens were issued again (a pod added, changed or gone): a pod whose token at

@@ -273,7 +273,11 @@ describe('a local pod to another, with the kernel fast path', () => {
       (Object.keys(POD) as PodName[]).map((name) => ({ address: POD[name].join('.'), name: `shop/${name}-1`, subject: pod(name).subject, attributes: new Map([['k8s.label.app', { value: name, attestor: 'k8s' }]]) })),
     );
     const pairs: PodPair[] = [];
-    handler.useKernelPath({ cloak: () => undefined, admitPodPair: (pair: PodPair) => pairs.push(pair) > 0 } as unknown as KernelPath);
+    const admitPodPair = (pair: PodPair): boolean => {
+      pairs.push(pair);
+      return true;
+    };
+    handler.useKernelPath({ cloak: () => undefined, admitPodPair } as unknown as KernelPath);
     const queue = new VirtualQueue(handler);
     const admitted = queue.deliver(segment(IPV4_SYN, POD.a, 40071, POD.b, 8080, 0xc000), 'ingress');
     assert.deepEqual([admitted.dropped, admitted.released], [false, true]);
