@@ -431,9 +431,7 @@ static __always_inline int addressed_here(struct __sk_buff *skb, const struct fa
   return routed != BPF_FIB_LKUP_RET_SUCCESS && routed != BPF_FIB_LKUP_RET_NO_NEIGH;
 }
 
-static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fast_config *cfg, struct parsed *p, int at, __u32 now) {
-  __u8 opt[FAST_SYN_OPT_LEN];
-  if (bpf_skb_load_bytes(skb, p->option_base + (__u32)at, opt, sizeof(opt)) < 0) return TC_ACT_SHOT;
+static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fast_config *cfg, struct parsed *p, const __u8 opt[FAST_SYN_OPT_LEN], __u32 now) {
   struct server_key key = {};
   __builtin_memcpy(key.address, p->source, 16);
   __builtin_memcpy(key.local, p->destination, 16);
@@ -472,13 +470,11 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
  * too where the fast path skips it. Its server's kernel judges it. The marks the pod's socket
  * could carry do not cross its link, and a pod cannot write a record: a SYN it made up itself is
  * no such SYN. -1 when the SYN is not one: it is then judged as sent to this node or its pods. */
-static __always_inline int vouch_pod_syn(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p, int at) {
+static __always_inline int vouch_pod_syn(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p, const __u8 opt[FAST_SYN_OPT_LEN]) {
   struct sent_key key = {.isn = bpf_ntohl(p->tcp.seq), .server_port = bpf_ntohs(p->tcp.dest)};
   __builtin_memcpy(key.server, p->destination, 16);
   struct conn_value *sent = bpf_map_lookup_elem(&fast_conns, &key);
   if (!sent || !sent->pod || sent->client_port != bpf_ntohs(p->tcp.source) || !same_address(sent->client, p->source)) return -1;
-  __u8 opt[FAST_SYN_OPT_LEN];
-  if (bpf_skb_load_bytes(skb, p->option_base + (__u32)at, opt, sizeof(opt)) < 0) return -1;
   if (read_be32(opt + 4) != sent->fast_id || syn_mac(sent->key, sent->fast_id, read_be32(opt + 8), key.isn) != read_be64(opt + 12)) return -1;
   skb->mark |= cfg->pod_mark | cfg->untracked_mark;
   return TC_ACT_OK;
@@ -670,11 +666,13 @@ int synpass_ingress(struct __sk_buff *skb) {
   if (p.tcp.ack) return judge_synack(skb, cfg, &p);
   int at = find_fast_option(skb, &p, FAST_SYN_OPT_LEN);
   if (at < 0) return judge_plain_syn(skb, cfg, &p, now);
+  __u8 opt[FAST_SYN_OPT_LEN];
+  if (bpf_skb_load_bytes(skb, p.option_base + (__u32)at, opt, sizeof(opt)) < 0) return TC_ACT_SHOT;
   if (cfg->routed_workloads) {
-    int vouched = vouch_pod_syn(skb, cfg, &p, at);
+    int vouched = vouch_pod_syn(skb, cfg, &p, opt);
     if (vouched >= 0) return vouched;
   }
-  return judge_fast_syn(skb, cfg, &p, at, now);
+  return judge_fast_syn(skb, cfg, &p, opt, now);
 }
 
 /* ---- sock_ops ------------------------------------------------------------------------------ */
