@@ -43,9 +43,10 @@ export function judgeBetweenPods(ctx: HandshakeContext, decision: Decision, { se
  * the server pod's answer, whose backend the kernel cannot know at the SYN: it stays on the queue.
  */
 export function pairInKernel(ctx: HandshakeContext, { serverPod, clientPod, clientAddress, serverAddress, port }: BetweenPods): void {
+  if (ctx.kernelPath === null || clientPod === null) return;
   const clientToken = ctx.local.tokenForAddress(clientAddress);
   const serverToken = ctx.local.tokenForAddress(serverAddress);
-  if (ctx.kernelPath === null || clientPod === null || clientToken === undefined || serverToken === undefined) return;
+  if (clientToken === undefined || serverToken === undefined) return;
   ctx.kernelPath.admitPodPair({
     clientAddress,
     serverAddress,

@@ -847,16 +847,11 @@ export class KernelFastPath implements KernelPath {
     this.followWorkloadCgroups();
     this.writeConfig();
     // Entries resting on one credential (retiring ones after a rotation: every entry) end together.
-    const ended: string[] = [];
-    for (const [id, record] of this.servers) if (record.entry.expiresAt <= nowSeconds) ended.push(id);
+    const ended = endedBy(this.servers, nowSeconds, (record) => record.entry.expiresAt);
     this.deleteBatch('fast_servers', ended);
     for (const id of ended) this.servers.delete(id);
-    const endedClients: string[] = [];
-    for (const [id, entry] of this.clients) if (entry.expiresAt <= nowSeconds) endedClients.push(id);
-    this.dropClients(endedClients);
-    const endedPairs: string[] = [];
-    for (const [id, pair] of this.podPairs) if (pair.expiresAt <= nowSeconds) endedPairs.push(id);
-    this.dropPodPairs(endedPairs);
+    this.dropClients(endedBy(this.clients, nowSeconds, (entry) => entry.expiresAt));
+    this.dropPodPairs(endedBy(this.podPairs, nowSeconds, (pair) => pair.expiresAt));
   }
 
   counters(): Record<FastCounter, number> {
@@ -950,6 +945,13 @@ function nextInBacklog(walks: BacklogWalk[]): { id: string; retire: BacklogWalk[
     walks.shift();
   }
   return undefined;
+}
+
+/** The ids of a table's entries whose end (Unix seconds) has come. */
+function endedBy<T>(table: ReadonlyMap<string, T>, nowSeconds: number, end: (entry: T) => number): string[] {
+  const ended: string[] = [];
+  for (const [id, entry] of table) if (end(entry) <= nowSeconds) ended.push(id);
+  return ended;
 }
 
 /** Map keys held as latin1 strings (one character a byte), back to back. */
