@@ -5,7 +5,7 @@
 //   send <host> <port> <bytes> [greeted] sends N random bytes to a sink (after its greeting when
 //                                    "greeted"), prints {"sent":N,"sha256":H}
 //   echo <host> <port> <text>        one echo round trip, prints {"echoed":text}
-//   http <host> <port>               GET /, prints {"status":200,"body":...}
+//   http <host> <port> [localPort]   GET /, prints {"status":200,"body":...}; from localPort when given
 //   hold <host> <port>               keeps one echo connection; each stdin line is echoed back
 //   rounds <host> <port> <n> <ms>    n echo round trips on new connections, one every ms (each
 //                                    given 3 s); prints {"failed":i,"error":...} per failure, then
@@ -94,7 +94,7 @@ switch (mode) {
   case 'http':
   case 'fetch': {
     const url = mode === 'http' ? `http://${a!.includes(':') ? `[${a!}]` : a!}:${b!}/synpass` : a!;
-    get(url, (res) => {
+    get(url, mode === 'http' && c !== undefined ? { localPort: Number(c) } : {}, (res) => {
       let body = '';
       res.on('data', (chunk: Buffer) => (body += chunk.toString()));
       res.on('end', () => {

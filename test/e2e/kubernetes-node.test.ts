@@ -12,23 +12,23 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
 import { initDomain, issueAgent } from '../../agent/src/identity/issuance.ts';
 import { FAST_SYN_OPTION } from '../../agent/src/kernel/layouts.ts';
-import { cgroup2Mount } from '../../agent/src/runtime/kernel-fast-path.ts';
 import { metric, verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
 import { isRoot, kernelByDefault, NetnsProcess, readStatus, ROOT, settledStatus, sleep, synpassCommand, waitUntil } from '../../scripts/lib/lab.ts';
 import { fixChecksums, layout, tcpOptionOffset } from '../../scripts/lib/packets.ts';
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
 import { countersMoved, kernelFastPathOf } from '../../scripts/lib/kernel-counters.ts';
 import { dumpPinnedMap, ipv4PodPair } from '../../scripts/lib/bpf-maps.ts';
+import { NodeLab, POD_ADDRESS, POD_ADDRESS6 } from '../../scripts/lib/node-lab.ts';
 import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
 
 const PEER = join(ROOT, 'scripts/lib/peer.ts');
-const API = join(ROOT, 'test/support/fake-kube-api.ts');
+const API = join(ROOT, 'scripts/lib/fake-kube-api.ts');
 const CAPTURE = join(ROOT, 'scripts/lib/capture-probe.ts');
 const INJECTOR = join(ROOT, 'scripts/lib/injector.ts');
 
@@ -40,11 +40,11 @@ const INJECTOR = join(ROOT, 'scripts/lib/injector.ts');
 for (const podsAreTargets of [false, true]) {
   describe(`kubernetes node with pods${podsAreTargets ? ', the target networks covering them' : ''}`, { skip: !isRoot() && 'needs root for network namespaces' }, () => {
     const prefix = `kn${podsAreTargets ? 't' : ''}${process.pid % 100000}`;
-    const node = `${prefix}-node`;
-    const pods = { a: `${prefix}-pa`, b: `${prefix}-pb`, c: `${prefix}-pc` };
-    const address = { a: '10.215.1.1', b: '10.215.1.2', c: '10.215.1.3' };
-    /** Each pod's IPv6 address (dual stack). */
-    const address6 = { a: 'fd15::1', b: 'fd15::2', c: 'fd15::3' };
+    const kernel = kernelByDefault();
+    const lab = new NodeLab(prefix, kernel);
+    const { node, pods } = lab;
+    const address = POD_ADDRESS;
+    const address6 = POD_ADDRESS6;
     const remote = `${prefix}-rm`;
     /** A host without an agent (no identity) on a third network, routed through the node. */
     const stranger = `${prefix}-st`;
@@ -63,36 +63,22 @@ for (const podsAreTargets of [false, true]) {
     /** A service address whose backend is not on this node: the remote host's open port 9091. */
     const SERVICE_ELSEWHERE = '10.96.0.11';
     let remoteAgent: NetnsProcess;
-    const processes: NetnsProcess[] = [];
     let directory = '';
     let socket: string;
     let agent: NetnsProcess;
     let port: number;
     const notReady = { key: 'node.kubernetes.io/not-ready', effect: 'NoSchedule' };
-    const kernel = kernelByDefault();
     const withService = !(kernel && podsAreTargets);
     const serviceOnly = { skip: !withService && 'no service address on this node' };
     // The pods' connections to the remote network leave with the node's address.
     const masqueraded = withService;
-    // A cgroup for the node (each pod's below it) and one for the remote host; each agent attaches
-    // its programs at its own and pins under its own directory.
-    const cgroupBase = kernel ? `${cgroup2Mount(readFileSync('/proc/self/mountinfo', 'utf8')) ?? ''}/synpass-k8s-${prefix}` : '';
-    const cgroups = { node: `${cgroupBase}/node`, remote: `${cgroupBase}/remote`, a: `${cgroupBase}/node/pod-a`, b: `${cgroupBase}/node/pod-b`, c: `${cgroupBase}/node/pod-c` };
-    const pinDirs = { node: `/sys/fs/bpf/synpass-k8s-${prefix}-node`, remote: `/sys/fs/bpf/synpass-k8s-${prefix}-remote` };
-    const kernelFlags = (host: 'node' | 'remote') => (kernel ? ['--kernel-fast-path', 'on', '--fast-path-pin-dir', pinDirs[host], '--fast-path-cgroup', cgroups[host]] : []);
-    /** In a kernel run, a process runs in `cgroup`; otherwise in none of the lab's. */
-    const inCgroup = (cgroup: string | undefined, stdin = false) => ({ stdin, ...(kernel && cgroup !== undefined ? { cgroup } : {}) });
+    // In a kernel run each agent attaches its programs at its own host's cgroup (each pod's is
+    // below the node's) and pins under its own directory.
+    const cgroups = { node: lab.cgroup(node), remote: lab.cgroup(remote), a: lab.cgroup(pods.a), b: lab.cgroup(pods.b), c: lab.cgroup(pods.c) };
+    const pinDirs = { node: lab.pinDir(node), remote: lab.pinDir(remote) };
     const ip = (...args: string[]) => execFileSync('ip', args, { stdio: 'pipe' });
-    const spawn = (ns: string, args: string[], cgroup?: string, stdin = false) => {
-      const child = new NetnsProcess(ns, [process.execPath, '--import', 'tsx', ...args], inCgroup(cgroup, stdin));
-      processes.push(child);
-      return child;
-    };
-    const spawnAgent = (ns: string, args: string[], cgroup: string) => {
-      const child = new NetnsProcess(ns, [...synpassCommand(), 'agent', 'run', ...args], inCgroup(cgroup));
-      processes.push(child);
-      return child;
-    };
+    const spawn = (ns: string, args: string[], cgroup?: string, stdin = false) => lab.spawn(ns, [process.execPath, '--import', 'tsx', ...args], cgroup, stdin);
+    const spawnAgent = (ns: string, args: string[], cgroup: string) => lab.spawn(ns, [...synpassCommand(), 'agent', 'run', ...args, ...lab.kernelFlags(ns)], cgroup);
     let kubeApi: NetnsProcess;
     const pod = (name: string, app: 'a' | 'b' | 'c', labels: Record<string, string> = {}, resourceVersion = '1') => ({
       metadata: { name, namespace: 'shop', resourceVersion, labels: { app, ...labels } },
@@ -101,50 +87,13 @@ for (const podsAreTargets of [false, true]) {
     });
 
     before(async () => {
-      if (kernel) {
-        for (const directory of Object.values(cgroups)) mkdirSync(directory, { recursive: true });
-        execFileSync('sh', ['-c', 'mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf']);
-      }
-      ip('netns', 'add', node);
-      ip('-n', node, 'link', 'set', 'lo', 'up');
-      // The pods' gateway address; the node answers ARP for it on every pod link.
-      ip('-n', node, 'addr', 'add', '169.254.1.1/32', 'dev', 'lo');
-      execFileSync('ip', ['netns', 'exec', node, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
-      for (const [name, ns] of Object.entries(pods) as ['a' | 'b' | 'c', string][]) {
-        ip('netns', 'add', ns);
-        ip('-n', ns, 'link', 'set', 'lo', 'up');
-        ip('-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', `cali${name}`, 'netns', node);
-        ip('-n', ns, 'addr', 'add', `${address[name]}/32`, 'dev', 'eth0');
-        ip('-n', ns, 'link', 'set', 'eth0', 'up');
-        ip('-n', ns, 'route', 'add', '169.254.1.1', 'dev', 'eth0', 'scope', 'link');
-        ip('-n', ns, 'route', 'add', 'default', 'via', '169.254.1.1', 'dev', 'eth0');
-        ip('-n', node, 'link', 'set', `cali${name}`, 'up');
-        execFileSync('ip', ['netns', 'exec', node, 'sysctl', '-qw', `net.ipv4.conf.cali${name}.proxy_arp=1`]);
-        ip('-n', node, 'route', 'add', `${address[name]}/32`, 'dev', `cali${name}`);
-        // IPv6 as Calico does it: the node's link-local gateway, the same on every pod link.
-        ip('-n', node, '-6', 'addr', 'add', 'fe80::1/64', 'dev', `cali${name}`, 'nodad');
-        ip('-n', ns, '-6', 'addr', 'add', `${address6[name]}/128`, 'dev', 'eth0', 'nodad');
-        ip('-n', ns, '-6', 'route', 'add', 'default', 'via', 'fe80::1', 'dev', 'eth0');
-        ip('-n', node, '-6', 'route', 'add', `${address6[name]}/128`, 'dev', `cali${name}`);
-      }
-
-      /** A host on a network of its own behind the node's interface `link`, the node its gateway. */
-      const hostBehindNode = (ns: string, link: string, address: string, gateway: string) => {
-        ip('netns', 'add', ns);
-        ip('-n', ns, 'link', 'set', 'lo', 'up');
-        ip('-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', link, 'netns', node);
-        ip('-n', ns, 'addr', 'add', `${address}/24`, 'dev', 'eth0');
-        ip('-n', ns, 'link', 'set', 'eth0', 'up');
-        ip('-n', ns, 'route', 'add', 'default', 'via', gateway);
-        ip('-n', node, 'addr', 'add', `${gateway}/24`, 'dev', link);
-        ip('-n', node, 'link', 'set', link, 'up');
-      };
+      lab.create();
       // A remote host on another network, routed through the node, with IPv6 too.
-      hostBehindNode(remote, 'uplink', remoteAddress, nodeAddress);
+      lab.addHostBehindNode(remote, 'uplink', remoteAddress, nodeAddress);
       ip('-n', remote, '-6', 'addr', 'add', `${remoteAddress6}/64`, 'dev', 'eth0', 'nodad');
       ip('-n', remote, '-6', 'route', 'add', 'default', 'via', 'fd16::1');
       ip('-n', node, '-6', 'addr', 'add', 'fd16::1/64', 'dev', 'uplink', 'nodad');
-      hostBehindNode(stranger, 'outside', strangerAddress, '10.217.1.1');
+      lab.addHostBehindNode(stranger, 'outside', strangerAddress, '10.217.1.1');
       if (masqueraded) {
         execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'POSTROUTING', '-s', '10.215.1.0/24', '-o', 'uplink', '-j', 'MASQUERADE']);
         execFileSync('ip', ['netns', 'exec', node, 'ip6tables', '-t', 'nat', '-A', 'POSTROUTING', '-s', 'fd15::/64', '-o', 'uplink', '-j', 'MASQUERADE']);
@@ -221,48 +170,25 @@ for (const podsAreTargets of [false, true]) {
           telemetry: { whoisSocket: join(directory, 'remote-whois.sock') },
         }),
       );
-      remoteAgent = spawnAgent(remote, ['--config', join(directory, 'remote.yaml'), '--status-socket', join(directory, 'remote.sock'), ...kernelFlags('remote')], cgroups.remote);
+      remoteAgent = spawnAgent(remote, ['--config', join(directory, 'remote.yaml'), '--status-socket', join(directory, 'remote.sock')], cgroups.remote);
       await remoteAgent.waitFor((l) => l.msg === 'agent running', 20_000);
       // 9091 is open to anyone: the node's own processes reach it as the node.
       await Promise.all(['9090', '9091'].map((listen) => spawn(remote, [PEER, 'server', listen, 'http'], cgroups.remote).waitFor((l) => l.listening === Number(listen))));
       socket = join(directory, 'status.sock');
-      agent = spawnAgent(node, ['--config', join(directory, 'agent.yaml'), '--status-socket', socket, '--metrics-address', `127.0.0.1:${METRICS_PORT}`, ...kernelFlags('node')], cgroups.node);
+      agent = spawnAgent(node, ['--config', join(directory, 'agent.yaml'), '--status-socket', socket, '--metrics-address', `127.0.0.1:${METRICS_PORT}`], cgroups.node);
       await agent.waitFor((l) => l.msg === 'agent running', 20_000);
       await spawn(pods.b, [PEER, 'server', '8080', 'http'], cgroups.b).waitFor((l) => l.listening === 8080);
       await spawn(node, [PEER, 'server', KUBELET_PORT, 'http'], cgroups.node).waitFor((l) => l.listening === Number(KUBELET_PORT));
     });
 
     after(async () => {
-      await Promise.all(processes.map((child) => child.stop('SIGKILL', 2_000)));
-      for (const ns of [node, remote, stranger, ...Object.values(pods)]) {
-        try {
-          execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
-        } catch {
-          // never created: before() failed early
-        }
-      }
-      if (kernel) {
-        // A killed agent leaves its pins (the cgroup link and maps): removing them detaches its programs.
-        for (const pins of Object.values(pinDirs)) rmSync(pins, { recursive: true, force: true });
-        for (const cgroup of [cgroups.a, cgroups.b, cgroups.c, cgroups.node, cgroups.remote, cgroupBase]) {
-          // A killed process leaves its cgroup a moment later.
-          for (let attempt = 0; attempt < 20; attempt++) {
-            try {
-              rmdirSync(cgroup);
-              break;
-            } catch (error) {
-              if ((error as NodeJS.ErrnoException).code === 'ENOENT') break;
-              await sleep(100);
-            }
-          }
-        }
-      }
+      await lab.destroy();
       if (directory) rmSync(directory, { recursive: true, force: true });
     });
 
-    /** One HTTP request from a process in namespace `ns` (and, in a kernel run, `cgroup`): its answer, or null. */
-    async function fetchFrom(ns: string, cgroup: string, host: string, port: string): Promise<Record<string, unknown> | null> {
-      const child = spawn(ns, [PEER, 'http', host, port], cgroup);
+    /** One HTTP request from a process in namespace `ns` (and, in a kernel run, `cgroup`), from `localPort` if given: its answer, or null. */
+    async function fetchFrom(ns: string, cgroup: string, host: string, port: string, localPort?: number): Promise<Record<string, unknown> | null> {
+      const child = spawn(ns, [PEER, 'http', host, port, ...(localPort === undefined ? [] : [String(localPort)])], cgroup);
       try {
         return await child.waitFor(() => true, 4_000);
       } catch {
@@ -272,8 +198,8 @@ for (const podsAreTargets of [false, true]) {
       }
     }
 
-    async function request(from: 'a' | 'c', host = address.b, port = '8080'): Promise<Record<string, unknown> | null> {
-      return fetchFrom(pods[from], cgroups[from], host, port);
+    async function request(from: 'a' | 'c', host = address.b, port = '8080', localPort?: number): Promise<Record<string, unknown> | null> {
+      return fetchFrom(pods[from], cgroups[from], host, port, localPort);
     }
 
     it('the agent learned the pods from the API server, leaving the one on the host\'s network to the node', () => {
@@ -675,6 +601,23 @@ for (const podsAreTargets of [false, true]) {
       assert.equal(await request('c', SERVICE, '80'), null);
       const refused = await agent.waitFor((l) => l.event === 'handshake' && l.verdict === 'drop' && betweenPods(l, address.c) && since(l));
       assert.deepEqual([refused.reason, (refused.peer as { subject: string }).subject], ['not-allowed', 'spiffe://cluster.synpass/ns/shop/sa/c']);
+    });
+
+    it('pod C stays cloaked when the node\'s NAT gives its connection another source port (two addresses in front of pod B\'s port, one source port): pod B\'s answer is judged between the pods all the same; pod A still gets through', serviceOnly, async () => {
+      // From one source port to the service address, then to the node port: both are pod B's
+      // 8080, so the second connection's reply would be the first's (still tracked) and the
+      // node's NAT sends it from another port, where no filing of its SYN names it.
+      for (const [from, localPort, admitted] of [['c', 41001, false], ['a', 41002, true]] as const) {
+        assert.equal((await request(from, SERVICE, '80', localPort))?.status, admitted ? 200 : undefined, `pod ${from} through the service address`);
+        const mark = agent.lines.length;
+        const second = await request(from, nodeAddress, NODE_PORT, localPort);
+        const judged = await agent.waitFor((l) => l.event === 'handshake' && betweenPods(l, address[from]) && agent.lines.indexOf(l) >= mark);
+        assert.equal(second?.status, admitted ? 200 : undefined, `pod ${from} through the node port from the same source port: ${JSON.stringify(judged)}`);
+        assert.deepEqual([judged.verdict, judged.reason, (judged.peer as { subject: string }).subject], [admitted ? 'accept' : 'drop', admitted ? 'ok-local' : 'not-allowed', `spiffe://cluster.synpass/ns/shop/sa/${from}`]);
+        // Judged at pod B's answer, it went to another port than the SYN came from (judged at
+        // the SYN on its way into pod B, before the NAT's choice, it names the pod's own port).
+        if (!admitted && !podsAreTargets) assert.notEqual(String(judged.destination), `${address.c}:${localPort}`, 'the NAT gave the connection another source port');
+      }
     });
 
     it(`over IPv6 too: pod A reaches the remote host as itself${masqueraded ? ' (masqueraded)' : ''}, pod C is cloaked from pod B, and the remote host reaches pod B as itself${kernel ? ', each known pair judged in the kernel' : ''}`, async () => {

@@ -115,18 +115,23 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     decision.reason = 'ok';
     return null;
   }
-  if (flow === undefined && translated !== null && info.token === null) {
+  const pods = ctx.options.localPods;
+  const serverPod = flow === undefined && info.token === null ? pods?.identityOf(server) : undefined;
+  if (flow === undefined && info.token === null && (translated !== null || serverPod !== undefined)) {
     // The answer to a SYN this node passed on without a token: a local pod's, or, on a node, one
     // without identity its policy let by for the address it was sent to. Once the connection
     // is released no retransmitted SYN-ACK comes back, so the entry goes; a refused one stays, so
     // that a retransmit the reset did not stop is refused too.
     const clientAddress = destinationAddress(packet);
-    const pods = ctx.options.localPods;
-    const [serverPod, clientPod] = [pods?.identityOf(server), pods?.identityOf(clientAddress)];
+    const clientPod = pods?.identityOf(clientAddress);
     // A service address or node port the node DNATed to one of its pods: judged here for that
     // pod, for the port it listens on, between the two pods when the client is one too, else for
     // a client without identity (a token-less SYN the node let by for its own address). Anything
-    // else outside the target networks is not ours to judge.
+    // else outside the target networks is not ours to judge. A pod's answer is judged so even
+    // when no filing names it: the node's NAT gives a connection another source port when two
+    // addresses in front of one pod port would otherwise share its reply (the answer then goes
+    // to that port), and a filing may be gone; released unjudged, it would let a client the
+    // pod's policy refuses in.
     const judged = serverPod !== undefined ? judgeBetweenPods(ctx, decision, { serverPod, clientPod: clientPod ?? null, clientAddress, serverAddress: server, port: packet.sourcePort }) : null;
     if (judged instanceof Refusal) {
       // The pod holds a half-open connection: ended at once, it retransmits nothing more.

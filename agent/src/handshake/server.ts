@@ -164,12 +164,15 @@ export function serverSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   if (flow?.role !== 'server' || flow.pairKey === null) {
     // This host answers a peer without identity (on a node, one filed in case a DNAT sent it
     // on to a pod): nothing more to follow. Or, on a node, one of its pods: judged between the
-    // pod and the node's workload, the pod's egress included; a refused answer keeps its
-    // filing, so that any retransmit is refused too, and the listener's half-open connection
-    // is reset (resetServer).
+    // pod and the node's workload at the port it answers from (a service address may be in
+    // front of it), the pod's egress included, whether or not a filing names the connection (the
+    // node's NAT may have given it another source port); a refused answer keeps its filing, so
+    // that any retransmit is refused too, and the listener's half-open connection is reset
+    // (resetServer).
     const client = destinationAddress(packet);
-    const clientPod = translated === null ? undefined : ctx.options.localPods?.identityOf(client);
-    const judged = translated === null || clientPod === undefined ? null : judgeBetweenPods(ctx, decision, { serverPod: ctx.local.tokenForPort(translated.port).asPeer, clientPod, clientAddress: client, serverAddress: server, port: translated.port });
+    const clientPod = ctx.options.localPods?.identityOf(client);
+    const port = packet.sourcePort;
+    const judged = clientPod === undefined ? null : judgeBetweenPods(ctx, decision, { serverPod: ctx.local.tokenForPort(port).asPeer, clientPod, clientAddress: client, serverAddress: server, port });
     if (judged instanceof Refusal) {
       decision.resetServer = true;
       return judged;

@@ -97,12 +97,17 @@ describe('pods through a DNAT on the node', () => {
     assert.deepEqual([answer.dropped, answer.released, events.at(-1)?.reason], [false, true, 'ok']);
   });
 
-  it('a SYN-ACK that acknowledges no such SYN is not taken for one (another ISN)', () => {
-    queue.deliver(segment(IPV4_SYN, POD.c, 40003, SERVICE, 80, 0x5000), 'ingress');
-    const stray = queue.deliver(segment(IPV4_SYN_ACK, POD.b, 8080, POD.c, 40003, 0x9000, 0x5000 + 2), 'ingress');
-    // As from a server without agent: released, never judged as between pods.
-    assert.notEqual(events.at(-1)?.reason, 'ok-local');
-    assert.equal(stray.dropped, false);
+  it('a pod\'s answer that no filing names is judged between the two pods all the same, never released unjudged: the node\'s NAT sent it to another source port, or it acknowledges another ISN', () => {
+    for (const [client, port, admitted] of [['a', 40005, true], ['c', 40003, false]] as const) {
+      queue.deliver(segment(IPV4_SYN, POD[client], port, SERVICE, 80, 0x5000), 'ingress');
+      // Two addresses in front of pod B's port, one source port: the NAT gave this connection another.
+      const remapped = queue.deliver(segment(IPV4_SYN_ACK, POD.b, 8080, POD[client], 1522, 0x9000, 0x5001), 'ingress');
+      const stray = queue.deliver(segment(IPV4_SYN_ACK, POD.b, 8080, POD[client], port, 0x9000, 0x5000 + 2), 'ingress');
+      for (const answer of [remapped, stray]) {
+        assert.deepEqual([answer.dropped, answer.released, answer.resetServer], [!admitted, admitted, !admitted], `pod ${client}`);
+      }
+      assert.deepEqual(events.at(-1), { stage: 'syn-ack', reason: admitted ? 'ok-local' : 'not-allowed', peer: `spiffe://pods.synpass/ns/shop/sa/${client}` });
+    }
   });
 
   it('a pod\'s SYN queued again on its way out, after the DNAT chose a pod of this node: judged between the pods, no token goes into the pod', () => {
@@ -236,6 +241,33 @@ describe('a local pod to the node\'s own address', () => {
     queue.deliver(segment(IPV4_SYN, POD.a, 40062, NODE, 30080, 0xa100), 'ingress');
     const fromPod = queue.deliver(segment(IPV4_SYN_ACK, POD.b, 8080, POD.a, 40062, 0xb100, 0xa101), 'ingress');
     assert.deepEqual([fromPod.dropped, fromPod.released, fromPod.resetServer, events.at(-1)?.reason, events.at(-1)?.rule], [false, true, false, 'ok-local', 'b/from-a']);
+  });
+
+  it('the node\'s answer through a service address in front of its own port, or to another source port the node\'s NAT chose, is judged for the workload at the port it answers from', async () => {
+    const domain = await createDomain('pods.synpass');
+    const { handler } = await identityHandler(domain, 'node', {
+      attributes: { 'host.name': 'node' },
+      workloads: [{ name: 'kubelet', subject: kubelet, uids: [], cgroups: [], ports: [10250], attestors: [] }],
+      admission: { protectedPorts: 'all', allow: [], allowWithoutIdentity: [] },
+      localPods: nodePods,
+    });
+    // The kubelet admits pod A; nothing else on the node is open.
+    handler.useAuthorizer(new PolicyAuthorizer(() => compile({ 'p.yaml': `policies:\n  - { name: kubelet, selector: { synpass.subject: "${kubelet}" }, ingress: [{ name: from-a, action: allow, ports: [10250], from: { k8s.label.app: a } }] }\n` })));
+    const events: { reason: string; rule: string | null; local: string | undefined }[] = [];
+    const queue = new VirtualQueue(handler, (event) => events.push({ reason: event.reason, rule: event.rule, local: event.local?.['synpass.subject'] }));
+    for (const [client, port, admitted] of [['a', 40071, true], ['c', 40072, false]] as const) {
+      const isn = 0xc000 + port;
+      // Sent to a service address's port 443, which the DNAT makes the kubelet's 10250.
+      const syn = queue.deliver(segment(IPV4_SYN, POD[client], port, SERVICE, 443, isn), 'ingress');
+      assert.deepEqual([syn.dropped, syn.tracked], [false, true]);
+      const expected = admitted ? [false, true, 'ok-local', 'kubelet/from-a', kubelet] : [true, false, 'not-allowed', 'default-deny', kubelet];
+      const answer = queue.deliver(segment(IPV4_SYN_ACK, NODE, 10250, POD[client], port, 0xd000, isn + 1), 'egress');
+      assert.deepEqual([answer.dropped, answer.released, events.at(-1)?.reason, events.at(-1)?.rule, events.at(-1)?.local], expected, `pod ${client}`);
+      // Another connection of the pod, answered at a source port the NAT chose: no filing names it.
+      queue.deliver(segment(IPV4_SYN, POD[client], port + 100, SERVICE, 443, isn + 7), 'ingress');
+      const remapped = queue.deliver(segment(IPV4_SYN_ACK, NODE, 10250, POD[client], 1522, 0xd100, isn + 8), 'egress');
+      assert.deepEqual([remapped.dropped, remapped.released, events.at(-1)?.reason, events.at(-1)?.rule, events.at(-1)?.local], expected, `pod ${client}, another source port`);
+    }
   });
 });
 

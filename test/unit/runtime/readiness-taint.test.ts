@@ -3,7 +3,7 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ReadinessTaint, taintRemoval } from '../../../agent/src/runtime/readiness-taint.ts';
-import { serveFakeKubeApi, type FakeKubeApi } from '../../support/fake-kube-api.ts';
+import { serveFakeKubeApi, type FakeKubeApi } from '../../../scripts/lib/fake-kube-api.ts';
 
 const KEY = 'synpass.io/agent-not-ready';
 const ours = { key: KEY, value: 'true', effect: 'NoExecute' };
