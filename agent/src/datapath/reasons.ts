@@ -65,7 +65,7 @@ export const REASONS = {
   'replayed-ack': { verdict: 'drop', text: 'a first ACK for no pending handshake, or one seen before' },
   'bad-proof': { verdict: 'drop', text: 'a proof (pair-key MAC, signature, or the kernel fast path\'s SYN or SYN-ACK MAC, missing or wrong) that does not verify' },
   'unproven-syn': { verdict: 'drop', text: 'a SYN with neither a proof to our key nor a signature' },
-  'unknown-flow': { verdict: 'drop', text: 'a SYN-ACK for a connection this agent did not open' },
+  'unknown-flow': { verdict: 'drop', text: 'a SYN-ACK that no handshake this agent opened awaits (another ISN, or its record gone after handshake.timeoutSeconds)' },
   'flow-table-full': { verdict: 'drop', text: 'the table of handshakes in progress is full' },
   'replay-cache-full': { verdict: 'drop', text: 'the replay cache is full of nonces still inside the window' },
   'signature-rate-limited': { verdict: 'drop', text: 'a first-contact SYN whose source spent its signature checks of this second (`handshake.signatureChecksPerSource`)' },

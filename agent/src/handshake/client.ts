@@ -146,10 +146,15 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     return judged;
   }
   if (info.token === null) {
-    // The server runs no agent: nothing to verify, and nothing to prove in our ACK.
+    // The server runs no agent: nothing to verify, and nothing to prove in our ACK. Only an
+    // answer to a SYN of a handshake in progress: one whose record is gone (past
+    // `handshake.timeoutSeconds`, or an agent restart) or that acknowledges another ISN would be
+    // judged for the host's own egress instead of the workload's that connected. Dropped, it
+    // costs a real connection one SYN retransmit, which opens a handshake again.
+    if (flow?.role !== 'client' || packet.acknowledgment !== ((flow.clientIsn + 1) >>> 0)) return refuse('unknown-flow', 'an answer without identity that no handshake in progress awaits');
     ctx.flows.delete(key);
     ctx.forgetTranslated(server, packet.sourcePort, packet.acknowledgment - 1);
-    const auth = ctx.authorize(decision, 'egress', { local: flow?.local ?? ctx.local.tokenForOwner(-1).localAttributes, peer: null, peerAddress: server, port: packet.sourcePort });
+    const auth = ctx.authorize(decision, 'egress', { local: flow.local ?? ctx.local.tokenForOwner(-1).localAttributes, peer: null, peerAddress: server, port: packet.sourcePort });
     if (!auth.allowed) return refuse('no-identity', 'egress to a peer without identity is not allowed');
     decision.reason = auth.wouldDrop !== null ? 'observe-would-drop' : 'peer-without-agent';
     decision.release = true;

@@ -326,6 +326,23 @@ describe('identity handshake over a virtual wire', () => {
     assert.deepEqual([ackIn.dropped, ackIn.released], [false, true]);
   });
 
+  it('a server without agent: the answer to a SYN in progress is released; one acknowledging another ISN, or arriving after the handshake timed out, is dropped (unknown-flow), and the retransmitted SYN opens the handshake again', () => {
+    /** The server's SYN-ACK as a host without agent sends it: no token. */
+    const plainAnswer = (acknowledgment = parsed(SYN_ACK).acknowledgment) => {
+      const out = Uint8Array.from(SYN_ACK);
+      Buffer.from(out.buffer, out.byteOffset, out.length).writeUInt32BE(acknowledgment, 28);
+      return fixChecksums(out, 4, 20);
+    };
+    client.queue.deliver(SYN, 'egress');
+    reasonOf(client.queue.deliver(plainAnswer(parsed(SYN_ACK).acknowledgment + 1), 'ingress'), client.queue, 'unknown-flow');
+    // Past handshake.timeoutSeconds the record is gone: the answer would be judged for no workload.
+    time += 31_000;
+    reasonOf(client.queue.deliver(plainAnswer(), 'ingress'), client.queue, 'unknown-flow');
+    client.queue.deliver(SYN, 'egress');
+    const answered = client.queue.deliver(plainAnswer(), 'ingress');
+    assert.deepEqual([answered.dropped, answered.released, client.events.at(-1)?.reason], [false, true, 'peer-without-agent']);
+  });
+
   it('a retransmitted SYN is accepted; the same SYN replayed after the handshake is refused', () => {
     const synOut = client.queue.deliver(SYN, 'egress');
     assert.equal(server.queue.deliver(synOut.bytes, 'ingress').dropped, false);
