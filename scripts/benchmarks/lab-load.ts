@@ -1,6 +1,6 @@
-// What the benchmark drivers share: running load.ts inside the lab's web host, the agents' log
-// level, and medians.
-import type { Lab } from '../lib/lab.ts';
+// What the benchmark drivers share: running load.ts inside a lab host (the lab's web host, or
+// any namespace), the agents' log level, and medians.
+import type { Lab, NetnsProcess } from '../lib/lab.ts';
 
 const LOAD = new URL('./load.ts', import.meta.url).pathname;
 
@@ -13,9 +13,17 @@ export function agentsLogWarningsOnly(): void {
   process.env.SYNPASS_LOG_LEVEL ??= 'warn';
 }
 
+/** Starts a command where the load runs (a namespace, and its cgroup in a kernel lab). */
+export type Launch = (command: string[]) => NetnsProcess;
+
 /** Runs one load.ts mode in web and returns the JSON line it prints. */
 export async function runLoad(lab: Lab, args: string[]): Promise<Record<string, number>> {
-  const child = lab.spawn('web', [process.execPath, '--import', 'tsx', LOAD, ...args]);
+  return runLoadIn((command) => lab.spawn('web', command), args);
+}
+
+/** Runs one load.ts mode where `launch` starts it and returns the JSON line it prints. */
+export async function runLoadIn(launch: Launch, args: string[]): Promise<Record<string, number>> {
+  const child = launch([process.execPath, '--import', 'tsx', LOAD, ...args]);
   const line = await child.waitFor(() => true, 120_000);
   await child.exited;
   return line as Record<string, number>;
@@ -23,7 +31,12 @@ export async function runLoad(lab: Lab, args: string[]): Promise<Record<string, 
 
 /** Starts load.ts's accept-and-close server in api; resolves once it listens, with what stops it. */
 export async function startLoadServer(lab: Lab, port: number): Promise<{ stop(): Promise<void> }> {
-  const server = lab.spawn('api', [process.execPath, '--import', 'tsx', LOAD, 'server', String(port)]);
+  return startLoadServerIn((command) => lab.spawn('api', command), port);
+}
+
+/** Starts load.ts's accept-and-close server where `launch` starts it; resolves once it listens, with what stops it. */
+export async function startLoadServerIn(launch: Launch, port: number): Promise<{ stop(): Promise<void> }> {
+  const server = launch([process.execPath, '--import', 'tsx', LOAD, 'server', String(port)]);
   await server.waitFor((l) => l.listening === true);
   return {
     stop: async () => {

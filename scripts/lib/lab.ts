@@ -364,19 +364,7 @@ export class Lab {
     const child = this.spawn(host, [...command, 'agent', 'run', '--status-socket', socket, '--whois-socket', whois, ...targets, ...kernel, ...extraArgs], {
       env,
     });
-    // Asked over the status socket, not read from logs: log lines may be filtered by level.
-    const deadline = Date.now() + 15_000;
-    for (;;) {
-      const fatal = child.lines.find((line) => line.level === 'fatal');
-      if (fatal) throw new Error(`agent in ${host} failed: ${JSON.stringify(fatal)}`);
-      const status = await readStatus(socket).catch(() => null);
-      if (status !== null && (!untilRunning || status.state === 'running')) break;
-      if (Date.now() > deadline) throw new Error(`agent in ${host} did not become ready: ${child.stderr.join('')}`);
-      await child.waitFor(() => false, 100).catch((error: unknown) => {
-        if (!String(error).includes('timed out')) throw error;
-      });
-    }
-    return { process: child, socket, status: () => readStatus(socket) };
+    return untilAgentAnswers(child, socket, host, untilRunning);
   }
 
   /** Starts a libpcap capture on the switch bridge; resolves once it is capturing. */
@@ -410,6 +398,26 @@ export class Lab {
       rmSync(this.savedTablesFile(host), { force: true });
     }
   }
+}
+
+/**
+ * Resolves once the agent `child` (named `name` in errors) answers on its status socket and, with
+ * `untilRunning`, says it is running; throws on a fatal log line or after 15 s.
+ */
+export async function untilAgentAnswers(child: NetnsProcess, socket: string, name: string, untilRunning = true): Promise<AgentHandle> {
+  // Asked over the status socket, not read from logs: log lines may be filtered by level.
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const fatal = child.lines.find((line) => line.level === 'fatal');
+    if (fatal) throw new Error(`agent in ${name} failed: ${JSON.stringify(fatal)}`);
+    const status = await readStatus(socket).catch(() => null);
+    if (status !== null && (!untilRunning || status.state === 'running')) break;
+    if (Date.now() > deadline) throw new Error(`agent in ${name} did not become ready: ${child.stderr.join('')}`);
+    await child.waitFor(() => false, 100).catch((error: unknown) => {
+      if (!String(error).includes('timed out')) throw error;
+    });
+  }
+  return { process: child, socket, status: () => readStatus(socket) };
 }
 
 export async function readStatus(socketPath: string): Promise<AgentStatus> {
