@@ -603,7 +603,7 @@ for (const podsAreTargets of [false, true]) {
       assert.deepEqual([refused.reason, (refused.peer as { subject: string }).subject], ['not-allowed', 'spiffe://cluster.synpass/ns/shop/sa/c']);
     });
 
-    it('pod C stays cloaked when the node\'s NAT gives its connection another source port (two addresses in front of pod B\'s port, one source port): pod B\'s answer is judged between the pods all the same; pod A still gets through', serviceOnly, async () => {
+    it('pod C and a host without an agent stay cloaked when the node\'s NAT gives their connection another source port (two addresses in front of pod B\'s port, one source port): pod B\'s answer is judged all the same; pod A still gets through', serviceOnly, async () => {
       // From one source port to the service address, then to the node port: both are pod B's
       // 8080, so the second connection's reply would be the first's (still tracked) and the
       // node's NAT sends it from another port, where no filing of its SYN names it.
@@ -618,6 +618,15 @@ for (const podsAreTargets of [false, true]) {
         // the SYN on its way into pod B, before the NAT's choice, it names the pod's own port).
         if (!admitted && !podsAreTargets) assert.notEqual(String(judged.destination), `${address.c}:${localPort}`, 'the NAT gave the connection another source port');
       }
+      // A host without an agent, the same way: pod B's answer to the other port is judged for
+      // pod B, for a client without identity.
+      const localPort = 41003;
+      assert.equal(await fetchFrom(stranger, cgroups.remote, SERVICE, '80', localPort), null, 'the stranger through the service address');
+      const mark = agent.lines.length;
+      assert.equal(await fetchFrom(stranger, cgroups.remote, nodeAddress, NODE_PORT, localPort), null, 'the stranger through the node port from the same source port');
+      const refused = await agent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn-ack' && String(l.destination).startsWith(`${strangerAddress}:`) && agent.lines.indexOf(l) >= mark);
+      assert.deepEqual([refused.verdict, refused.reason, refused.peer], ['drop', 'no-identity', null]);
+      assert.notEqual(String(refused.destination), `${strangerAddress}:${localPort}`, 'the NAT gave the connection another source port');
     });
 
     it(`over IPv6 too: pod A reaches the remote host as itself${masqueraded ? ' (masqueraded)' : ''}, pod C is cloaked from pod B, and the remote host reaches pod B as itself${kernel ? ', each known pair judged in the kernel' : ''}`, async () => {
