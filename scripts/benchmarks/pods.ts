@@ -10,11 +10,10 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { initDomain, issueAgent } from '../../agent/src/identity/issuance.ts';
 import { cgroup2Mount } from '../../agent/src/runtime/kernel-fast-path.ts';
 import { countersMoved, kernelFastPathOf } from '../lib/kernel-counters.ts';
 import { isRoot, ROOT, settledStatus, synpassCommand, untilAgentAnswers, untilRehearsed, type AgentHandle, type AgentStatus } from '../lib/lab.ts';
-import { NodeLab, POD_ADDRESS, POD_ADDRESS6, type Pod } from '../lib/node-lab.ts';
+import { issueNodeAgent, nodeAgentConfig, NodeLab, POD_ADDRESS, POD_ADDRESS6, type Pod } from '../lib/node-lab.ts';
 import { scratchDirectory } from '../lib/scratch.ts';
 import { agentsLogWarningsOnly, median, runLoadIn, startLoadServerIn } from './lab-load.ts';
 
@@ -65,8 +64,7 @@ function podJson(app: Pod) {
 
 /** The node agent's identity, policy (pod B admits pod A on both its ports) and configuration; returns the configuration's path. */
 async function prepareNode(directory: string, apiPort: number): Promise<string> {
-  await initDomain('cluster.synpass', join(directory, 'domain'));
-  await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: 'cluster.synpass', agentId: 'node-1', namespaces: ['k8s', 'host'], ttlSeconds: 3600, outputDirectory: join(directory, 'agent') });
+  await issueNodeAgent(directory);
   mkdirSync(join(directory, 'policy'));
   writeFileSync(
     join(directory, 'policy', 'shop.yaml'),
@@ -76,15 +74,7 @@ async function prepareNode(directory: string, apiPort: number): Promise<string> 
   writeFileSync(
     file,
     stringify({
-      mode: 'identity',
-      identity: {
-        subject: 'spiffe://cluster.synpass/node/node-1',
-        credential: join(directory, 'agent/credential.jwt'),
-        signingKey: join(directory, 'agent/sign.key.pem'),
-        keyAgreementKey: join(directory, 'agent/kex.key.pem'),
-        trustBundles: join(directory, 'domain'),
-      },
-      kubernetes: { nodeName: 'node-1', apiServer: `http://127.0.0.1:${apiPort}` },
+      ...nodeAgentConfig(directory, apiPort),
       // A network behind the node the lab does not build: the pods' own are not targets.
       targets: ['10.216.1.0/24', 'fd16::/64'],
       policy: { directory: join(directory, 'policy'), watch: false },

@@ -6,6 +6,8 @@
 // runs in the lab (API stand-in, agents, policy) is the caller's.
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { initDomain, issueAgent } from '../../agent/src/identity/issuance.ts';
 import { cgroup2Mount } from '../../agent/src/runtime/kernel-fast-path.ts';
 import { NetnsProcess, sleep } from './lab.ts';
 
@@ -17,6 +19,30 @@ export const POD_ADDRESS: Record<Pod, string> = { a: '10.215.1.1', b: '10.215.1.
 export const POD_ADDRESS6: Record<Pod, string> = { a: 'fd15::1', b: 'fd15::2', c: 'fd15::3' };
 /** The pods' networks, as a node's pod CIDRs. */
 export const POD_NETWORKS = ['10.215.1.0/24', 'fd15::/64'] as const;
+
+/** The trust domain of the node's agent, `node-1`. */
+export const NODE_DOMAIN = 'cluster.synpass';
+
+/** Makes the domain (in `directory`/domain) and the node agent's credential and keys (in `directory`/agent). */
+export async function issueNodeAgent(directory: string): Promise<void> {
+  await initDomain(NODE_DOMAIN, join(directory, 'domain'));
+  await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: NODE_DOMAIN, agentId: 'node-1', namespaces: ['k8s', 'host'], ttlSeconds: 3600, outputDirectory: join(directory, 'agent') });
+}
+
+/** The node agent's configuration as far as every node lab's is the same: its identity (issueNodeAgent's files) and the API server at `apiPort`. */
+export function nodeAgentConfig(directory: string, apiPort: number): Record<string, unknown> {
+  return {
+    mode: 'identity',
+    identity: {
+      subject: `spiffe://${NODE_DOMAIN}/node/node-1`,
+      credential: join(directory, 'agent/credential.jwt'),
+      signingKey: join(directory, 'agent/sign.key.pem'),
+      keyAgreementKey: join(directory, 'agent/kex.key.pem'),
+      trustBundles: join(directory, 'domain'),
+    },
+    kubernetes: { nodeName: 'node-1', apiServer: `http://127.0.0.1:${apiPort}` },
+  };
+}
 
 const live = new Set<NodeLab>();
 process.on('exit', () => {

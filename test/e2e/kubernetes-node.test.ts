@@ -16,7 +16,7 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
-import { initDomain, issueAgent } from '../../agent/src/identity/issuance.ts';
+import { issueAgent } from '../../agent/src/identity/issuance.ts';
 import { FAST_SYN_OPTION } from '../../agent/src/kernel/layouts.ts';
 import { metric, verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
 import { isRoot, kernelByDefault, NetnsProcess, readStatus, ROOT, settledStatus, sleep, synpassCommand, waitUntil } from '../../scripts/lib/lab.ts';
@@ -24,7 +24,7 @@ import { fixChecksums, layout, tcpOptionOffset } from '../../scripts/lib/packets
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
 import { countersMoved, kernelFastPathOf } from '../../scripts/lib/kernel-counters.ts';
 import { dumpPinnedMap, ipv4PodPair } from '../../scripts/lib/bpf-maps.ts';
-import { NodeLab, POD_ADDRESS, POD_ADDRESS6 } from '../../scripts/lib/node-lab.ts';
+import { issueNodeAgent, nodeAgentConfig, NodeLab, POD_ADDRESS, POD_ADDRESS6 } from '../../scripts/lib/node-lab.ts';
 import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
 
 const PEER = join(ROOT, 'scripts/lib/peer.ts');
@@ -107,8 +107,7 @@ for (const podsAreTargets of [false, true]) {
       }
 
       directory = scratchDirectory('k8s');
-      await initDomain('cluster.synpass', join(directory, 'domain'));
-      await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: 'cluster.synpass', agentId: 'node-1', namespaces: ['k8s', 'host'], ttlSeconds: 3600, outputDirectory: join(directory, 'agent') });
+      await issueNodeAgent(directory);
       await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: 'cluster.synpass', agentId: 'remote', namespaces: ['app'], ttlSeconds: 3600, outputDirectory: join(directory, 'remote') });
       // And a pod on the host's network, with the node's addresses (kube-proxy): the node's, no pod.
       const hostNetworkPod = {
@@ -139,16 +138,8 @@ for (const podsAreTargets of [false, true]) {
       writeFileSync(
         join(directory, 'agent.yaml'),
         stringify({
-          mode: 'identity',
-          identity: {
-            subject: 'spiffe://cluster.synpass/node/node-1',
-            credential: join(directory, 'agent/credential.jwt'),
-            signingKey: join(directory, 'agent/sign.key.pem'),
-            keyAgreementKey: join(directory, 'agent/kex.key.pem'),
-            trustBundles: join(directory, 'domain'),
-          },
+          ...nodeAgentConfig(directory, port),
           workloads: [{ name: 'kubelet', subject: KUBELET, ports: [Number(KUBELET_PORT)] }],
-          kubernetes: { nodeName: 'node-1', apiServer: `http://127.0.0.1:${port}` },
           targets: podsAreTargets ? ['10.216.1.0/24', 'fd16::/64', '10.215.1.0/24', 'fd15::/64'] : ['10.216.1.0/24', 'fd16::/64'],
           policy: { directory: join(directory, 'policy'), watch: false },
           telemetry: { whoisSocket: join(directory, 'whois.sock') },

@@ -175,6 +175,19 @@ describe('a local pod to the node\'s own address', () => {
   const nodePods: LocalPods = { identityOf: (address) => byAddress.get(address), isNodeAddress: (address) => address === NODE.join('.') };
   const kubelet = 'spiffe://pods.synpass/node/kubelet';
 
+  /** The node's handler, its kubelet on port 10250, judging by the policy `yaml` (no admission list). */
+  async function nodeUnderPolicy(yaml: string) {
+    const domain = await createDomain('pods.synpass');
+    const { handler } = await identityHandler(domain, 'node', {
+      attributes: { 'host.name': 'node' },
+      workloads: [{ name: 'kubelet', subject: kubelet, uids: [], cgroups: [], ports: [10250], attestors: [] }],
+      admission: { protectedPorts: 'all', allow: [], allowWithoutIdentity: [] },
+      localPods: nodePods,
+    });
+    handler.useAuthorizer(new PolicyAuthorizer(() => compile({ 'p.yaml': yaml })));
+    return handler;
+  }
+
   it('is judged as the pod for the node\'s workload at that port at its SYN, followed in case a node port sends it on, and judged between the two at the node\'s answer', async () => {
     const domain = await createDomain('pods.synpass');
     // Every local workload admits pod A only, the node's kubelet (port 10250) included.
@@ -205,26 +218,15 @@ describe('a local pod to the node\'s own address', () => {
   });
 
   it('a pod\'s egress policy is judged once the answering end is known: refused at the node\'s answer, the retransmit too; a node port to a pod it may reach still works', async () => {
-    const domain = await createDomain('pods.synpass');
-    const { handler } = await identityHandler(domain, 'node', {
-      attributes: { 'host.name': 'node' },
-      workloads: [{ name: 'kubelet', subject: kubelet, uids: [], cgroups: [], ports: [10250], attestors: [] }],
-      admission: { protectedPorts: 'all', allow: [], allowWithoutIdentity: [] },
-      localPods: nodePods,
-    });
     // The kubelet admits pod A; pod B admits pod A; pod A may reach pod B only.
-    handler.useAuthorizer(
-      new PolicyAuthorizer(() =>
-        compile({
-          'p.yaml': [
-            'policies:',
-            `  - { name: kubelet, selector: { synpass.subject: "${kubelet}" }, ingress: [{ name: from-a, action: allow, ports: [10250], from: { k8s.label.app: a } }] }`,
-            '  - { name: b, selector: { k8s.label.app: b }, ingress: [{ name: from-a, action: allow, ports: [8080], from: { k8s.label.app: a } }] }',
-            '  - { name: a, selector: { k8s.label.app: a }, egress: [{ name: to-b, action: allow, ports: [8080], to: { k8s.label.app: b } }] }',
-            '',
-          ].join('\n'),
-        }),
-      ),
+    const handler = await nodeUnderPolicy(
+      [
+        'policies:',
+        `  - { name: kubelet, selector: { synpass.subject: "${kubelet}" }, ingress: [{ name: from-a, action: allow, ports: [10250], from: { k8s.label.app: a } }] }`,
+        '  - { name: b, selector: { k8s.label.app: b }, ingress: [{ name: from-a, action: allow, ports: [8080], from: { k8s.label.app: a } }] }',
+        '  - { name: a, selector: { k8s.label.app: a }, egress: [{ name: to-b, action: allow, ports: [8080], to: { k8s.label.app: b } }] }',
+        '',
+      ].join('\n'),
     );
     const events: { stage: string; reason: string; rule: string | null; local: string | undefined; peer: string | undefined }[] = [];
     const queue = new VirtualQueue(handler, (event) => events.push({ stage: event.stage, reason: event.reason, rule: event.rule, local: event.local?.['synpass.subject'], peer: event.peer?.subject }));
@@ -244,15 +246,8 @@ describe('a local pod to the node\'s own address', () => {
   });
 
   it('the node\'s answer through a service address in front of its own port, or to another source port the node\'s NAT chose, is judged for the workload at the port it answers from', async () => {
-    const domain = await createDomain('pods.synpass');
-    const { handler } = await identityHandler(domain, 'node', {
-      attributes: { 'host.name': 'node' },
-      workloads: [{ name: 'kubelet', subject: kubelet, uids: [], cgroups: [], ports: [10250], attestors: [] }],
-      admission: { protectedPorts: 'all', allow: [], allowWithoutIdentity: [] },
-      localPods: nodePods,
-    });
     // The kubelet admits pod A; nothing else on the node is open.
-    handler.useAuthorizer(new PolicyAuthorizer(() => compile({ 'p.yaml': `policies:\n  - { name: kubelet, selector: { synpass.subject: "${kubelet}" }, ingress: [{ name: from-a, action: allow, ports: [10250], from: { k8s.label.app: a } }] }\n` })));
+    const handler = await nodeUnderPolicy(`policies:\n  - { name: kubelet, selector: { synpass.subject: "${kubelet}" }, ingress: [{ name: from-a, action: allow, ports: [10250], from: { k8s.label.app: a } }] }\n`);
     const events: { reason: string; rule: string | null; local: string | undefined }[] = [];
     const queue = new VirtualQueue(handler, (event) => events.push({ reason: event.reason, rule: event.rule, local: event.local?.['synpass.subject'] }));
     for (const [client, port, admitted] of [['a', 40071, true], ['c', 40072, false]] as const) {
