@@ -7,10 +7,9 @@
 // Beside rate and latency it prints what the node's agent did per connection: packets queued to
 // it, and SYNs its kernel accepted for a pair of pods.
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { cgroup2Mount } from '../../agent/src/runtime/kernel-fast-path.ts';
 import { countersMoved, kernelFastPathOf } from '../lib/kernel-counters.ts';
 import { isRoot, ROOT, settledStatus, synpassCommand, untilAgentAnswers, untilRehearsed, type AgentHandle, type AgentStatus } from '../lib/lab.ts';
 import { issueNodeAgent, nodeAgentConfig, NodeLab, POD_ADDRESS, POD_ADDRESS6, type Pod } from '../lib/node-lab.ts';
@@ -156,7 +155,6 @@ function report(runs: Record<Mode, Record<PathName, Run[]>>): string[] {
 
 async function main(): Promise<void> {
   if (!isRoot()) throw new Error('scripts/bench-pods needs root (network namespaces)');
-  if (cgroup2Mount(readFileSync('/proc/self/mountinfo', 'utf8')) === null) throw new Error('no cgroup v2 mount: the kernel fast path mode needs one');
   const lab = new NodeLab(`bp${process.pid % 100000}`, true);
   const directory = scratchDirectory('bench-pods');
   try {

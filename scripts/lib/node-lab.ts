@@ -17,8 +17,6 @@ export type Pod = 'a' | 'b' | 'c';
 export const POD_ADDRESS: Record<Pod, string> = { a: '10.215.1.1', b: '10.215.1.2', c: '10.215.1.3' };
 /** Each pod's IPv6 address (dual stack). */
 export const POD_ADDRESS6: Record<Pod, string> = { a: 'fd15::1', b: 'fd15::2', c: 'fd15::3' };
-/** The pods' networks, as a node's pod CIDRs. */
-export const POD_NETWORKS = ['10.215.1.0/24', 'fd15::/64'] as const;
 
 /** The trust domain of the node's agent, `node-1`. */
 export const NODE_DOMAIN = 'cluster.synpass';
@@ -70,7 +68,9 @@ export class NodeLab {
   ) {
     this.node = `${prefix}-node`;
     this.pods = { a: `${prefix}-pa`, b: `${prefix}-pb`, c: `${prefix}-pc` };
-    this.cgroupBase = kernel ? `${cgroup2Mount(readFileSync('/proc/self/mountinfo', 'utf8')) ?? ''}/synpass-k8s-${prefix}` : '';
+    const mount = kernel ? cgroup2Mount(readFileSync('/proc/self/mountinfo', 'utf8')) : null;
+    if (kernel && mount === null) throw new Error('no cgroup v2 mount: a node lab with the kernel fast path needs one');
+    this.cgroupBase = mount === null ? '' : `${mount}/synpass-k8s-${prefix}`;
   }
 
   /** The cgroup of a lab namespace's processes: the node's, a pod's (below the node's), another host's. */
