@@ -21,7 +21,7 @@ import { dirname, join } from 'node:path';
 import { prepareIdentities } from '../lib/identity-lab.ts';
 import { Lab, sleep, untilRehearsed, type AgentHandle } from '../lib/lab.ts';
 import { compileReferenceLoop, startReferenceLoops } from '../lib/reference-loop.ts';
-import { agentsLogWarningsOnly, median, runLoad as load, startLoadServer } from './lab-load.ts';
+import { agentsLogWarningsOnly, fmt, median, runLoad as load, signed, startLoadServer, times } from './lab-load.ts';
 import { perfAvailable, sampleNetfilter, type NetfilterShare } from './netfilter-share.ts';
 
 // Ports the example policy (policy/examples/three-tier) opens from web to api.
@@ -219,16 +219,6 @@ async function bulk(lab: Lab, switchOn: ModeSwitch): Promise<BulkResults> {
   };
 }
 
-function fmt(value: number | undefined, digits = 0): string {
-  return value === undefined || Number.isNaN(value) ? '-' : value.toFixed(digits);
-}
-
-/** A ratio, or '-' for one against a mode that did not run. */
-function times(value: number | undefined, digits: number): string {
-  const text = fmt(value, digits);
-  return text === '-' ? text : `${text}x`;
-}
-
 /** Kinds of packet in a handshake's order: the connect waits on the first four. */
 const HANDSHAKE_KINDS: [string, string][] = [
   ['egress syn', 'SYN out'],
@@ -246,11 +236,6 @@ function stagesReport(name: string, runs: Results[]): string {
     return `${label} ${values.length === 0 ? '-' : fmt(median(values))}`;
   });
   return `${name}: ${kinds.slice(0, 4).join(', ')} (the connect waits on these); ${kinds.slice(4).join(', ')}`;
-}
-
-/** An added amount, with its sign either way. */
-function signed(value: number | undefined): string {
-  return value !== undefined && value >= 0 ? `+${fmt(value)}` : fmt(value);
 }
 
 /** One mode over all rounds, each value taken against its own round's baseline. */

@@ -1,5 +1,5 @@
 // What the benchmark drivers share: running load.ts inside a lab host (the lab's web host, or
-// any namespace), the agents' log level, and medians.
+// any namespace), the agents' log level, medians, and how their tables print numbers.
 import type { Lab, NetnsProcess } from '../lib/lab.ts';
 
 const LOAD = new URL('./load.ts', import.meta.url).pathname;
@@ -49,4 +49,20 @@ export function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const middle = sorted.length >> 1;
   return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
+
+/** A number to `digits` places, or '-' for none (a mode that did not run). */
+export function fmt(value: number | undefined, digits = 0): string {
+  return value === undefined || Number.isNaN(value) ? '-' : value.toFixed(digits);
+}
+
+/** A ratio, or '-' for one against a mode that did not run. */
+export function times(value: number | undefined, digits: number): string {
+  const text = fmt(value, digits);
+  return text === '-' ? text : `${text}x`;
+}
+
+/** An added amount, with its sign either way. */
+export function signed(value: number | undefined): string {
+  return value !== undefined && value >= 0 ? `+${fmt(value)}` : fmt(value);
 }

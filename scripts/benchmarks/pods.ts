@@ -14,7 +14,7 @@ import { countersMoved, kernelFastPathOf } from '../lib/kernel-counters.ts';
 import { isRoot, ROOT, settledStatus, synpassCommand, untilAgentAnswers, untilRehearsed, type AgentHandle, type AgentStatus } from '../lib/lab.ts';
 import { issueNodeAgent, nodeAgentConfig, NodeLab, POD_ADDRESS, POD_ADDRESS6, type Pod } from '../lib/node-lab.ts';
 import { scratchDirectory } from '../lib/scratch.ts';
-import { agentsLogWarningsOnly, median, runLoadIn, startLoadServerIn } from './lab-load.ts';
+import { agentsLogWarningsOnly, fmt, median, runLoadIn, signed, startLoadServerIn, times } from './lab-load.ts';
 
 const API = join(ROOT, 'scripts/lib/fake-kube-api.ts');
 const SERVER_PORT = 8080;
@@ -112,14 +112,6 @@ async function measure(lab: NodeLab, agent: AgentHandle | null, path: PathName):
   return { ...run, queued: ((after.queue.received ?? 0) - (before.queue.received ?? 0)) / count, kernelAccepted: accepted / count };
 }
 
-function fmt(value: number | undefined, digits = 0): string {
-  return value === undefined || Number.isNaN(value) ? '-' : value.toFixed(digits);
-}
-
-function signed(value: number): string {
-  return value >= 0 ? `+${fmt(value)}` : fmt(value);
-}
-
 function report(runs: Record<Mode, Record<PathName, Run[]>>): string[] {
   const lines = [
     `${'path'.padEnd(16)} ${'mode'.padEnd(7)} ${'conn/s'.padStart(7)} ${'ratio'.padStart(6)} ${'range'.padStart(10)} ${'p50 us'.padStart(7)} ${'added'.padStart(6)} ${'range'.padStart(12)} ${'p99 us'.padStart(7)} ${'cpu us'.padStart(6)} ${'added'.padStart(6)} ${'queued/conn'.padStart(11)} ${'kernel/conn'.padStart(11)}`,
@@ -136,7 +128,7 @@ function report(runs: Record<Mode, Record<PathName, Run[]>>): string[] {
           (mode === 'none' ? PATHS[path].label : '').padEnd(16),
           mode.padEnd(7),
           fmt(median(list.map((run) => run.rate))).padStart(7),
-          (mode === 'none' ? '' : `${fmt(median(ratios), 2)}x`).padStart(6),
+          (mode === 'none' ? '' : times(median(ratios), 2)).padStart(6),
           (mode === 'none' ? '' : `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`).padStart(10),
           fmt(median(list.map((run) => run.p50))).padStart(7),
           (mode === 'none' ? '' : signed(median(added))).padStart(6),
