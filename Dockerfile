@@ -1,12 +1,12 @@
 # syntax=docker/dockerfile:1
-# synpass agent image: the addon is built against libmnl and libbpf, and the kernel programs
+# synpass agent image: the addon is built against libmnl, libbpf and libsodium, and the kernel programs
 # compiled with clang, in a full image; the runtime image
 # carries only node, the built agent, its production dependencies and the runtime libraries.
 
 FROM node:20-bookworm AS build
 WORKDIR /src
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libmnl-dev libbpf-dev clang libpcap-dev python3 make g++ pkg-config \
+ && apt-get install -y --no-install-recommends libmnl-dev libbpf-dev libsodium-dev clang libpcap-dev python3 make g++ pkg-config \
  && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json ./
 COPY native ./native
@@ -18,7 +18,7 @@ RUN npm run build && npm prune --omit=dev
 
 FROM node:20-bookworm-slim AS runtime
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libmnl0 libbpf1 iptables nftables \
+ && apt-get install -y --no-install-recommends libmnl0 libbpf1 libsodium23 iptables nftables \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/synpass
 COPY --from=build /src/package.json ./

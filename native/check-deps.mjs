@@ -12,6 +12,8 @@ const required = [
   { header: 'openssl/evp.h', pkgConfig: null, debian: 'libssl-dev' },
   // The kernel fast path: libbpf loads the programs, clang compiles them.
   { header: 'bpf/libbpf.h', pkgConfig: 'libbpf', debian: 'libbpf-dev' },
+  // First contact's Ed25519 verification and X25519 agreement (curve25519.cc).
+  { header: 'sodium.h', pkgConfig: 'libsodium', debian: 'libsodium-dev' },
 ];
 
 const includeDirs = ['/usr/include', '/usr/local/include', join(dirname(dirname(process.execPath)), 'include', 'node')];
@@ -31,11 +33,11 @@ if (missing.length > 0) {
 
 const mode = process.argv[2];
 if (mode === '--libs') {
-  const libs = ['libmnl', 'libbpf'].map((name) => {
+  const libs = ['libmnl', 'libbpf', 'libsodium'].map((name) => {
     try {
       return execFileSync('pkg-config', ['--libs', name], { encoding: 'utf8' }).trim() || `-l${name.slice(3)}`;
     } catch {
-      // pkg-config is optional: both install into the default library path on Debian.
+      // pkg-config is optional: all three install into the default library path on Debian.
       return `-l${name.slice(3)}`;
     }
   });

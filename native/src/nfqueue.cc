@@ -12,6 +12,7 @@
 #include "bpf_loader.h"
 #include "conntrack.h"
 #include "raw_send.h"
+#include "curve25519.h"
 #include "hmac.h"
 
 #include <arpa/inet.h>
@@ -609,6 +610,7 @@ Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
 Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials));
   RegisterHmac(env, exports);
+  RegisterCurve25519(env, exports);
   RegisterConntrack(env, exports);
   RegisterRawSend(env, exports);
   RegisterFastPath(env, exports);

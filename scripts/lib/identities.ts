@@ -1,6 +1,7 @@
 // In-memory trust domains, agents and tokens for unit tests (no files beyond a temp dir).
 import { join } from 'node:path';
-import { initDomain, issueAgent, type SigningKeyType } from '../../agent/src/identity/issuance.ts';
+import { CompactSign, type CompactJWSHeaderParameters } from 'jose';
+import { CA_KEY_FILE, initDomain, issueAgent, type SigningKeyType } from '../../agent/src/identity/issuance.ts';
 import { readPrivateKey } from '../../agent/src/identity/key-files.ts';
 import { loadTrustBundles, type TrustBundle } from '../../agent/src/token/trust-bundle.ts';
 import { verifyCredential, type VerifiedCredential } from '../../agent/src/token/credential.ts';
@@ -33,6 +34,17 @@ export async function createDomain(name: string): Promise<TestDomain> {
   const directory = scratchDirectory(name);
   await initDomain(name, directory);
   return { name, directory, bundles: loadTrustBundles(directory) };
+}
+
+/**
+ * The credential `compact` with its claims edited, signed again by the domain's CA under the same
+ * header: what a CA that signs whatever it is asked would issue.
+ */
+export async function reissued(domain: TestDomain, compact: string, edit: (claims: Record<string, unknown>) => Record<string, unknown>): Promise<string> {
+  const [header, payload] = compact.split('.') as [string, string];
+  const claims = edit(JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as Record<string, unknown>);
+  const caKey = readPrivateKey(join(domain.directory, CA_KEY_FILE));
+  return new CompactSign(Buffer.from(JSON.stringify(claims))).setProtectedHeader(JSON.parse(Buffer.from(header, 'base64url').toString('utf8')) as CompactJWSHeaderParameters).sign(caKey);
 }
 
 export async function createAgent(

@@ -51,7 +51,7 @@ export const REASONS = {
   'bad-alg': { verdict: 'drop', text: 'a signature algorithm outside the allow-list (none, HMAC, ...)' },
   'missing-kid': { verdict: 'drop', text: 'a credential without a key id' },
   'bad-signature': { verdict: 'drop', text: 'a credential whose signature does not verify (a token is proven by the SYN signature or proof over its digest: `bad-proof`)' },
-  'bad-claims': { verdict: 'drop', text: 'a credential or token with missing or malformed claims' },
+  'bad-claims': { verdict: 'drop', text: 'a credential or token with missing or malformed claims (a key-agreement key of small order among them)' },
   'unknown-key': { verdict: 'drop', text: 'a credential signed by a key no trust bundle holds' },
   'untrusted-domain': { verdict: 'drop', text: 'a trust domain this agent has no bundle for' },
   'expired-token': { verdict: 'drop', text: 'the workload token has expired' },

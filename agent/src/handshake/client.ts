@@ -170,7 +170,7 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
   // carried, so this handshake finishes under it; what it teaches is not kept for the new key.
   const own = flow.ownIdentity ?? ctx.local;
   const rotated = own !== ctx.local;
-  const pairKey = rotated ? derivePairKey(own.kex, own.kexRaw, peer.credential.kexKey, peer.credential.kexRaw) : ctx.verifier.pairKey(peer.credential);
+  const pairKey = rotated ? derivePairKey(own.kex, own.kexRaw, peer.credential.kexRaw) : ctx.verifier.pairKey(peer.credential);
   const transcript = { flags: message.flags, clientNonce: flow.clientNonce, serverNonce: message.nonce, clientIsn: flow.clientIsn, serverIsn: packet.sequence, tokenDigest: peer.tokenDigest };
   // The proof covers the token's digest: the server's agent sent exactly this token.
   if (!synAckProofValid(pairKey, transcript, message.proof)) return refuse('bad-proof');

@@ -9,6 +9,7 @@ import type { Decision, HandshakeHandler, PacketInfo, TableSize } from '../datap
 import { destinationAddress } from '../datapath/addresses.ts';
 import { TCP_ACK, TCP_RST } from '../datapath/packet.ts';
 import type { LocalIdentity } from '../identity/local-identity.ts';
+import { TokenError } from '../token/errors.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { Authorizer } from './authorizer.ts';
 import { clientAck, clientSyn, clientSynAck } from './client.ts';
@@ -16,7 +17,7 @@ import { HandshakeContext, MAX_KNOWN_SERVERS, previousKey, type IdentityHandlerO
 import { MAX_HELD } from './held.ts';
 import type { KeptTables, KernelPath } from './kernel-path.ts';
 import type { PeerVerifier } from './peer-verifier.ts';
-import { Refusal } from './reasons.ts';
+import { Refusal, refuse } from './reasons.ts';
 import { restoreKernelTables, type TablesRestored } from './restore-kernel.ts';
 import { serverAck, serverSyn, serverSynAck } from './server.ts';
 
@@ -46,12 +47,25 @@ export class IdentityHandler implements HandshakeHandler {
       decision.release = true;
       return;
     }
-    const outcome = this.step(info, decision);
+    const outcome = this.judged(info, decision);
     if (outcome instanceof Refusal) {
       decision.drop(outcome.reason);
       decision.peer = outcome.peer;
     } else {
       decision.peer = outcome;
+    }
+  }
+
+  /**
+   * The step's outcome. A pair key is derived only once a peer is admitted, deep in a step: a
+   * credential whose key-agreement key cannot make one (small order) refuses the packet there.
+   */
+  private judged(info: PacketInfo, decision: Decision): VerifiedIdentity | null | Refusal {
+    try {
+      return this.step(info, decision);
+    } catch (error) {
+      if (error instanceof TokenError && error.code === 'bad-claims') return refuse('bad-claims', error.message);
+      throw error;
     }
   }
 

@@ -98,7 +98,7 @@ export class PairKeys {
   get(credential: VerifiedCredential): Buffer {
     let key = this.keys.get(credential);
     if (key === undefined) {
-      key = derivePairKey(this.own.kex, this.own.kexRaw, credential.kexKey, credential.kexRaw);
+      key = derivePairKey(this.own.kex, this.own.kexRaw, credential.kexRaw);
       if (this.keys.size >= this.limit) {
         const oldest = this.keys.keys().next().value;
         if (oldest !== undefined) this.keys.delete(oldest);

@@ -295,7 +295,7 @@ function proveSyn(ctx: HandshakeContext, message: SynMessage, clientIsn: number,
   }
   // No more signature verifications per source than its budget.
   if (!ctx.signatureBudget.take(client, nowMs)) return refuse('signature-rate-limited', 'source spent its signature checks', shown);
-  if (!synSignatureValid(peer.credential.signKey, message.nonce, message.time, peer.tokenDigest, message.signature)) {
+  if (!synSignatureValid(peer.credential, message.nonce, message.time, peer.tokenDigest, message.signature)) {
     return refuse('bad-proof', 'SYN signature does not verify over this token', shown);
   }
   return false;

@@ -11,6 +11,7 @@ import { SignJWT, calculateJwkThumbprint, exportJWK, type JWK } from 'jose';
 import { SynpassError } from '../errors.ts';
 import { TokenError } from '../token/errors.ts';
 import { algorithmOf, decodeJws, verifyJwsSignature } from '../token/jws.ts';
+import { hasSmallOrder } from '../protocol/proofs.ts';
 
 export const REQUEST_TYPE = 'synpass-credential-request+jwt';
 export const RENEWAL_PROOF_TYPE = 'synpass-renewal+jwt';
@@ -107,7 +108,12 @@ export async function readCredentialRequest(compact: string, nowSeconds: number)
   }
   const kexJwk = kex as JWK | undefined;
   if (kexJwk?.kty !== 'OKP' || kexJwk.crv !== 'X25519') throw new CredentialRequestError('bad-request', 'kex must be an X25519 public JWK');
-  return { signKey, kexKey: publicKey(kexJwk, 'kex'), thumbprint, attestation: attestationOf(jws.payload.attestation) };
+  const kexKey = publicKey(kexJwk, 'kex');
+  if (hasSmallOrder(Buffer.from(kexJwk.x!, 'base64url'))) {
+    // Peers refuse such a credential (bad-claims): its pair keys would all be public.
+    throw new CredentialRequestError('bad-request', 'kex has small order: no pair key could be secret');
+  }
+  return { signKey, kexKey, thumbprint, attestation: attestationOf(jws.payload.attestation) };
 }
 
 /** Checks that `proof` is signed by `currentKey` and names `thumbprint`, within the skew. */

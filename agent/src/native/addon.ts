@@ -183,6 +183,10 @@ export interface NativeBinding {
   hmacSha256: (key: Uint8Array, message: Uint8Array, messageLength: number, out: Uint8Array) => void;
   /** Fills `out` with HKDF-SHA256 (RFC 5869) of `ikm` under `salt` and `info`. */
   hkdfSha256: (ikm: Uint8Array, salt: Uint8Array, info: Uint8Array, out: Uint8Array) => void;
+  /** Whether `signature` (64 bytes) is the Ed25519 signature of `publicKey` (32 bytes, raw) over `message` (libsodium). */
+  ed25519Verify: (publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array) => boolean;
+  /** Writes the X25519 shared secret of two raw 32-byte keys into `out`; false (and `out` zeroed) for a peer key of small order. */
+  x25519: (privateKey: Uint8Array, publicKey: Uint8Array, out: Uint8Array) => boolean;
   SLOT_SIZE: number;
   META_STRIDE: number;
   COUNTER_COUNT: number;

@@ -1,23 +1,52 @@
 // Pair keys and proofs. Two agents derive one symmetric key from a static X25519 agreement
 // between their credential keys (HKDF-SHA256, RFC 5869), cached per pair, so after first
 // contact a connection costs only HMACs. Proofs are HMAC-SHA256 truncated to 128 bits.
-import { diffieHellman, randomFillSync, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { randomFillSync, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { loadBinding, type NativeBinding } from '../native/addon.ts';
+import { TokenError } from '../token/errors.ts';
 import { KEY_ID_BYTES, NONCE_BYTES, PROOF_BYTES, type SynMessage } from './wire.ts';
 
 const PAIR_INFO = Buffer.from('synpass pair key v1');
 const PAIR_KEY_BYTES = 32;
 let hkdfSha256: NativeBinding['hkdfSha256'] | undefined;
+let x25519: NativeBinding['x25519'] | undefined;
+const shared = Buffer.alloc(32);
+/** Each own key's private bytes, read out of its key object once. */
+const privateBytes = new WeakMap<KeyObject, Buffer>();
 
-export function derivePairKey(ownKex: KeyObject, ownKexRaw: Buffer, peerKex: KeyObject, peerKexRaw: Buffer): Buffer {
-  const shared = diffieHellman({ privateKey: ownKex, publicKey: peerKex });
+function privateBytesOf(kex: KeyObject): Buffer {
+  let raw = privateBytes.get(kex);
+  if (raw === undefined) {
+    raw = Buffer.from(kex.export({ format: 'jwk' }).d ?? '', 'base64url');
+    privateBytes.set(kex, raw);
+  }
+  return raw;
+}
+
+/**
+ * The pair key of our X25519 key and a peer's raw public key. The agreement runs in the addon on
+ * raw keys (libsodium): no key object to import per peer. A peer key of small order (its
+ * credential's claim) is a TokenError `bad-claims`: every pair key with it would be public.
+ */
+export function derivePairKey(ownKex: KeyObject, ownKexRaw: Buffer, peerKexRaw: Buffer): Buffer {
+  x25519 ??= loadBinding().x25519;
+  if (!x25519(privateBytesOf(ownKex), peerKexRaw, shared)) throw new TokenError('bad-claims', 'the credential\'s key-agreement key has small order');
   // Salt orders the two public keys so both ends derive the same key.
   const salt = Buffer.compare(ownKexRaw, peerKexRaw) <= 0 ? Buffer.concat([ownKexRaw, peerKexRaw]) : Buffer.concat([peerKexRaw, ownKexRaw]);
   const pairKey = Buffer.alloc(PAIR_KEY_BYTES);
   // OpenSSL's HKDF through the addon: hkdfSync cost about 40% of a pair key's derivation (hmac.cc).
   hkdfSha256 ??= loadBinding().hkdfSha256;
   hkdfSha256(shared, salt, PAIR_INFO, pairKey);
+  shared.fill(0);
   return pairKey;
+}
+
+const PROBE_SCALAR = Buffer.alloc(32, 0x55);
+
+/** Whether an X25519 public key has small order: its agreement with any key is all zeros (RFC 7748, section 6.1). */
+export function hasSmallOrder(kexRaw: Uint8Array): boolean {
+  x25519 ??= loadBinding().x25519;
+  return !x25519(PROBE_SCALAR, kexRaw, shared);
 }
 
 /** Short identifier of an agent's key-agreement key, so a SYN can name the key it proved to. */

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { SignJWT, calculateJwkThumbprint, exportJWK, type JWK } from 'jose';
 import { describeFileError, SynpassError } from '../errors.ts';
 import { TokenError } from './errors.ts';
-import { algorithmOf, checkTimes, decodeJws, verifyJwsSignature, type DecodedJws } from './jws.ts';
+import { algorithmOf, checkTimes, decodeJws, verifyJwsSignature, type DecodedJws, type JwsAlgorithm } from './jws.ts';
 import type { TrustBundle } from './trust-bundle.ts';
 
 export const CREDENTIAL_TYPE = 'synpass-agent+jwt';
@@ -30,10 +30,13 @@ export interface VerifiedCredential {
   trustDomain: string;
   /** spiffe://<domain>/agent/<id> */
   subject: string;
-  signKey: KeyObject;
+  /** The agent's signing key (an Ed25519 key's object is made when first asked for: a handshake never asks). */
+  readonly signKey: KeyObject;
+  /** The signing key's 32 raw bytes when it is Ed25519 (what the addon verifies with), else null. */
+  signKeyRaw: Buffer | null;
+  signAlgorithm: JwsAlgorithm;
   signKid: string;
-  kexKey: KeyObject;
-  /** Raw X25519 public key: identifies the agent for pair-key caching. */
+  /** Raw X25519 public key: what the pair key's agreement takes, and what identifies the agent for pair-key caching. */
   kexRaw: Buffer;
   namespaces: ReadonlySet<string>;
   issuedAt: number;
@@ -97,6 +100,17 @@ function publicKey(jwk: unknown, kty: string, crv: string): KeyObject {
   }
 }
 
+const RAW_CURVE25519_KEY = /^[A-Za-z0-9_-]{43}$/;
+
+/** A Curve25519 public key's 32 raw bytes (43 base64url characters), or bad-claims. */
+function rawCurve25519Key(jwk: unknown, crv: 'Ed25519' | 'X25519'): Buffer {
+  const key = jwk as JWK | undefined;
+  if (key?.kty !== 'OKP' || key.crv !== crv || typeof key.x !== 'string' || !RAW_CURVE25519_KEY.test(key.x)) {
+    throw new TokenError('bad-claims', `credential key must be OKP/${crv}`);
+  }
+  return Buffer.from(key.x, 'base64url');
+}
+
 /** Verifies a credential against the trust bundles (sync, node:crypto). */
 export function verifyCredential(
   compact: string,
@@ -119,17 +133,23 @@ export function verifyCredential(
     throw new TokenError('bad-claims', 'ns must be a list of attribute namespaces');
   }
   const keys = (cnf ?? {}) as { sig?: JWK; kex?: JWK };
-  const signKey = keys.sig?.kty === 'OKP' ? publicKey(keys.sig, 'OKP', 'Ed25519') : publicKey(keys.sig, 'EC', 'P-256');
-  const kexKey = publicKey(keys.kex, 'OKP', 'X25519');
+  // The handshake verifies an Ed25519 key's signatures, and makes the agreement, on raw keys
+  // (the addon): importing either as a key object would cost a first contact 7-15 us a key.
+  const signKeyRaw = keys.sig?.kty === 'OKP' ? rawCurve25519Key(keys.sig, 'Ed25519') : null;
+  let signKey = signKeyRaw === null ? publicKey(keys.sig, 'EC', 'P-256') : null;
+  const kexRaw = rawCurve25519Key(keys.kex, 'X25519');
   if (typeof keys.sig?.kid !== 'string') throw new TokenError('bad-claims', 'cnf.sig.kid is required');
   return {
     compact,
     trustDomain: iss,
     subject: sub,
-    signKey,
+    get signKey() {
+      return (signKey ??= publicKey(keys.sig, 'OKP', 'Ed25519'));
+    },
+    signKeyRaw,
+    signAlgorithm: signKeyRaw === null ? 'ES256' : 'EdDSA',
     signKid: keys.sig.kid,
-    kexKey,
-    kexRaw: Buffer.from(keys.kex!.x!, 'base64url'),
+    kexRaw,
     namespaces: new Set(ns as string[]),
     issuedAt: typeof jws.payload.iat === 'number' ? jws.payload.iat : (exp as number),
     expiresAt: exp as number,

@@ -100,7 +100,7 @@ function identityOf(compact: string, credential: VerifiedCredential, nowSeconds:
     throw new TokenError('unknown-kid', 'token was not signed by the key its credential binds', { kid: jws.header.kid });
   }
   if (verifySignature) verifyJwsSignature(jws, credential.signKey);
-  else checkAlgorithm(jws, credential.signKey);
+  else checkAlgorithm(jws, credential.signAlgorithm);
   return identityFromClaims(jws, credential, nowSeconds, leewaySeconds);
 }
 

@@ -13,7 +13,7 @@ import type { LocalIdentity, WorkloadIdentity } from '../../../agent/src/identit
 import type { VerifiedIdentity } from '../../../agent/src/token/identity-token.ts';
 import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../../scripts/lib/fixtures.ts';
 import { fixChecksums } from '../../../scripts/lib/packets.ts';
-import { createDomain, handlerFor, identityHandler, type HandlerOptions, type TestDomain } from '../../../scripts/lib/identities.ts';
+import { createDomain, handlerFor, identityHandler, reissued, type HandlerOptions, type TestDomain } from '../../../scripts/lib/identities.ts';
 import { VirtualQueue, type Verdict } from '../../../agent/src/datapath/virtual-queue.ts';
 import { bodyOf, withBody } from '../../../scripts/lib/rebody.ts';
 import type { Reason } from '../../../agent/src/datapath/reasons.ts';
@@ -191,6 +191,30 @@ describe('identity handshake over a virtual wire', () => {
     reasonOf(server.queue.deliver(rebuilt((m) => ({ ...m, flags: 0, signature: null })), 'ingress'), server.queue, 'unproven-syn');
     assert.equal(server.events.filter((e) => !e.accepted).length, 3);
     assert.equal(server.queue.deliver(synOut.bytes, 'ingress').dropped, false, 'the genuine SYN still passes');
+  });
+
+  it('a credential whose key-agreement key has small order is refused as bad-claims, at the SYN and at the SYN-ACK, and costs the genuine handshake nothing', async () => {
+    // What a CA that signs whatever it is asked would issue: the peer's own credential with the
+    // X25519 point of order 1 (u = 1) as its key-agreement key. Every pair key with it would be
+    // public. Before 2026-12-07 such a key failed inside OpenSSL as a handler error.
+    const smallOrder = Buffer.alloc(32);
+    smallOrder[0] = 1;
+    const withSmallOrderKey = async (bytes: Uint8Array) => {
+      const message = decodeMessage(bodyOf(bytes));
+      if (message.type === MessageType.Ack) throw new Error('an ACK carries no credential');
+      const credential = await reissued(domain, unpackJws(message.credential), (claims) => {
+        const cnf = claims.cnf as { kex: Record<string, string> };
+        return { ...claims, cnf: { ...cnf, kex: { ...cnf.kex, x: smallOrder.toString('base64url') } } };
+      });
+      return withBody(bytes, () => encodeMessage({ ...message, credential: packJws(credential) }));
+    };
+    const synOut = client.queue.deliver(SYN, 'egress');
+    // The SYN signature covers the token, not the credential: it still verifies.
+    reasonOf(server.queue.deliver(await withSmallOrderKey(synOut.bytes), 'ingress'), server.queue, 'bad-claims');
+    assert.equal(server.queue.deliver(synOut.bytes, 'ingress').dropped, false, 'the genuine SYN is no replay of it');
+    const synAckOut = server.queue.deliver(SYN_ACK, 'egress');
+    reasonOf(client.queue.deliver(await withSmallOrderKey(synAckOut.bytes), 'ingress'), client.queue, 'bad-claims');
+    assert.equal(client.queue.deliver(synAckOut.bytes, 'ingress').dropped, false, 'the genuine SYN-ACK still passes');
   });
 
   it('a token altered in transit is refused by the SYN signature over its digest, named by no identity and never cached', () => {

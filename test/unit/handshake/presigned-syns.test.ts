@@ -7,6 +7,7 @@ import { synSignatureValid } from '../../../agent/src/protocol/syn-signature.ts'
 import { tokenDigest } from '../../../agent/src/protocol/token-digest.ts';
 import { packJws } from '../../../agent/src/protocol/wire.ts';
 import { generateKeyPair } from '../../../agent/src/identity/key-generation.ts';
+import { verifyingKey } from '../../support/verifying-key.ts';
 
 const TOKEN = packJws('eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ3ZWIifQ.c2lnbmF0dXJl');
 const OTHER_TOKEN = packJws('eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJiYXRjaCJ9.c2lnbmF0dXJl');
@@ -28,7 +29,7 @@ describe('SYN signatures made ahead', () => {
     const ready = syns.take(privateKey, TOKEN);
     assert.ok(ready);
     assert.equal(ready.time, 1_800_000_000);
-    assert.equal(synSignatureValid(publicKey, ready.nonce, ready.time, tokenDigest(TOKEN), ready.signature), true);
+    assert.equal(synSignatureValid(verifyingKey(publicKey), ready.nonce, ready.time, tokenDigest(TOKEN), ready.signature), true);
     assert.equal(syns.take(privateKey, TOKEN), null, 'each is used once');
     assert.equal(syns.take(privateKey, OTHER_TOKEN), null, 'another token has its own');
     syns.handshakeEnded();
@@ -36,7 +37,7 @@ describe('SYN signatures made ahead', () => {
     const next = syns.take(privateKey, TOKEN);
     assert.ok(next);
     assert.notDeepEqual(next.nonce, ready.nonce, 'a fresh nonce each time');
-    assert.equal(synSignatureValid(publicKey, next.nonce, next.time, tokenDigest(TOKEN), next.signature), true);
+    assert.equal(synSignatureValid(verifyingKey(publicKey), next.nonce, next.time, tokenDigest(TOKEN), next.signature), true);
   });
 
   it('a signature older than its maximum age, or from a clock that went back, is not used', async () => {

@@ -103,11 +103,30 @@ describe('pair key HKDF (addon)', () => {
     const b = generateKeyPairSync('x25519');
     const raw = (key: typeof a.publicKey) => Buffer.from(key.export({ format: 'jwk' }).x!, 'base64url');
     const [aRaw, bRaw] = [raw(a.publicKey), raw(b.publicKey)];
-    const fromA = derivePairKey(a.privateKey, aRaw, b.publicKey, bRaw);
-    const fromB = derivePairKey(b.privateKey, bRaw, a.publicKey, aRaw);
+    const fromA = derivePairKey(a.privateKey, aRaw, bRaw);
+    const fromB = derivePairKey(b.privateKey, bRaw, aRaw);
     const salt = Buffer.compare(aRaw, bRaw) <= 0 ? Buffer.concat([aRaw, bRaw]) : Buffer.concat([bRaw, aRaw]);
+    // The agreement runs on libsodium now, on OpenSSL before: a pair key must not change with it.
     const shared = diffieHellman({ privateKey: a.privateKey, publicKey: b.publicKey });
     assert.deepEqual(fromA, Buffer.from(hkdfSync('sha256', shared, salt, Buffer.from('synpass pair key v1'), 32)));
     assert.deepEqual(fromB, fromA);
+  });
+
+  it('matches the RFC 7748 X25519 test vector, and refuses a peer key of small order', () => {
+    const { x25519 } = loadBinding();
+    const out = new Uint8Array(32);
+    const alicePrivate = Buffer.from('77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a', 'hex');
+    const bobPublic = Buffer.from('de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f', 'hex');
+    assert.equal(x25519(alicePrivate, bobPublic, out), true);
+    assert.equal(Buffer.from(out).toString('hex'), '4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742');
+    // The point of order 1 (u = 1) gives an all-zero secret, which would make every such pair's key public.
+    const smallOrder = Buffer.alloc(32);
+    smallOrder[0] = 1;
+    assert.equal(x25519(alicePrivate, smallOrder, out), false);
+    assert.deepEqual(Buffer.from(out), Buffer.alloc(32), 'nothing of it is left');
+    const a = generateKeyPairSync('x25519');
+    const aRaw = Buffer.from(a.publicKey.export({ format: 'jwk' }).x!, 'base64url');
+    assert.throws(() => derivePairKey(a.privateKey, aRaw, smallOrder), /small order/);
+    assert.throws(() => x25519(alicePrivate, bobPublic.subarray(0, 31), out), TypeError);
   });
 });

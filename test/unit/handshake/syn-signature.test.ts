@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { signSyn, synSignatureValid } from '../../../agent/src/protocol/syn-signature.ts';
 import { generateKeyPair } from '../../../agent/src/identity/key-generation.ts';
+import { verifyingKey } from '../../support/verifying-key.ts';
 
 describe('SYN signature', () => {
   for (const [name, pair] of [
@@ -10,19 +11,44 @@ describe('SYN signature', () => {
     ['EdDSA (Ed25519)', generateKeyPair('ed25519')],
   ] as const) {
     it(`${name}: verifies over nonce, time and token digest, and over nothing else`, () => {
+      const key = verifyingKey(pair.publicKey);
       const nonce = randomBytes(16);
       const tokenDigest = randomBytes(32);
       const signature = signSyn(pair.privateKey, nonce, 1_800_000_000, tokenDigest);
       assert.equal(signature.length, 64);
-      assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_000, tokenDigest, signature), true);
+      assert.equal(synSignatureValid(key, nonce, 1_800_000_000, tokenDigest, signature), true);
       const otherNonce = Buffer.from(nonce);
       otherNonce[15]! ^= 1;
-      assert.equal(synSignatureValid(pair.publicKey, otherNonce, 1_800_000_000, tokenDigest, signature), false, 'nonce');
-      assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_001, tokenDigest, signature), false, 'time');
-      assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_000, randomBytes(32), signature), false, 'token');
-      assert.equal(synSignatureValid(pair.publicKey, nonce, 1_800_000_000, tokenDigest, signature.subarray(0, 63)), false, 'length');
-      const otherKey = generateKeyPair('p256').publicKey;
-      assert.equal(synSignatureValid(otherKey, nonce, 1_800_000_000, tokenDigest, signature), false, 'key');
+      assert.equal(synSignatureValid(key, otherNonce, 1_800_000_000, tokenDigest, signature), false, 'nonce');
+      assert.equal(synSignatureValid(key, nonce, 1_800_000_001, tokenDigest, signature), false, 'time');
+      assert.equal(synSignatureValid(key, nonce, 1_800_000_000, randomBytes(32), signature), false, 'token');
+      assert.equal(synSignatureValid(key, nonce, 1_800_000_000, tokenDigest, signature.subarray(0, 63)), false, 'length');
+      for (const type of ['p256', 'ed25519'] as const) {
+        const otherKey = verifyingKey(generateKeyPair(type).publicKey);
+        assert.equal(synSignatureValid(otherKey, nonce, 1_800_000_000, tokenDigest, signature), false, `another ${type} key`);
+      }
+      for (const bit of [0, 255, 511]) {
+        const flipped = Buffer.from(signature);
+        flipped[bit >> 3]! ^= 1 << (bit & 7);
+        assert.equal(synSignatureValid(key, nonce, 1_800_000_000, tokenDigest, flipped), false, `signature bit ${bit} flipped`);
+      }
     });
   }
+
+  it('EdDSA: libsodium (the addon) and node:crypto agree, on signatures that verify and on those that do not', () => {
+    const pair = generateKeyPair('ed25519');
+    const key = verifyingKey(pair.publicKey);
+    const tokenDigest = randomBytes(32);
+    for (let i = 0; i < 64; i++) {
+      const nonce = randomBytes(16);
+      const signature = signSyn(pair.privateKey, nonce, 1_800_000_000 + i, tokenDigest);
+      // The odd ones damaged (a byte of R or of S); of the rest, some checked against another time.
+      if (i % 4 === 1) signature[i % 32]! ^= 0x40;
+      if (i % 4 === 3) signature[32 + (i % 32)]! ^= 0x40;
+      const time = i % 8 === 2 ? 1_800_000_000 + i + 1 : 1_800_000_000 + i;
+      const byNode = synSignatureValid({ signKey: pair.publicKey, signKeyRaw: null }, nonce, time, tokenDigest, signature);
+      assert.equal(synSignatureValid(key, nonce, time, tokenDigest, signature), byNode, `signature ${i}`);
+      assert.equal(byNode, i % 2 === 0 && i % 8 !== 2, `signature ${i} as made`);
+    }
+  });
 });

@@ -1,6 +1,7 @@
 // The issuer over real HTTPS on loopback, and the agent's renewer against it: join, renewal with
 // fresh keys, and every refusal with its reason, counted and audited.
 import assert from 'node:assert/strict';
+import { createPublicKey } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
@@ -169,6 +170,12 @@ describe('issuer', () => {
     const forged = await ask({ type: 'join-token', token: fresh.token }, true);
     assert.equal(forged.status, 403);
     assert.equal(forged.answer.error, 'bad-proof');
+    // A key-agreement key of small order (u = 1): every pair key with it would be public.
+    const smallOrder = createPublicKey({ key: { kty: 'OKP', crv: 'X25519', x: Buffer.concat([Buffer.from([1]), Buffer.alloc(31)]).toString('base64url') }, format: 'jwk' });
+    const weak = await buildCredentialRequest({ signKey: sign.privateKey, kexPublicKey: smallOrder, attestation: { type: 'join-token', token: fresh.token }, nowSeconds: now() });
+    const refusedWeak = await post(JSON.stringify({ request: weak }));
+    assert.equal(refusedWeak.answer.error, 'bad-request');
+    assert.match(JSON.stringify(refusedWeak.answer), /small order/);
     // A refused attempt does not burn the token: its holder still joins.
     assert.equal((await ask({ type: 'join-token', token: fresh.token })).status, 200);
     assert.equal((await post('not json')).answer.error, 'bad-request');

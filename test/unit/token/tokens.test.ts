@@ -9,7 +9,7 @@ import { CA_KEY_FILE } from '../../../agent/src/identity/issuance.ts';
 import { readPrivateKey } from '../../../agent/src/identity/key-files.ts';
 import { TokenError } from '../../../agent/src/token/errors.ts';
 import { verifyIdentityToken } from '../../../agent/src/token/identity-token.ts';
-import { createAgent, createDomain, tokenFor, type TestAgent, type TestDomain } from '../../../scripts/lib/identities.ts';
+import { createAgent, createDomain, reissued, tokenFor, type TestAgent, type TestDomain } from '../../../scripts/lib/identities.ts';
 import { generateKeyPair } from '../../../agent/src/identity/key-generation.ts';
 
 const now = () => Math.floor(Date.now() / 1000);
@@ -145,6 +145,32 @@ describe('credentials and identity tokens', () => {
     const [h, p, s] = token.split('.') as [string, string, string];
     const header = Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(h, 'base64url').toString()), alg: 'ES256' })).toString('base64url');
     rejects(() => verifyIdentityToken(`${header}.${p}.${s}`, web.credential, now()), 'bad-alg');
+  });
+
+  it('reads a credential\'s Curve25519 keys as raw bytes and refuses any that is not 32 bytes of base64url (bad-claims)', async () => {
+    const sig = web.credential.signKey.export({ format: 'jwk' });
+    assert.deepEqual(web.credential.signKeyRaw, Buffer.from(sig.x!, 'base64url'));
+    assert.equal(web.credential.signAlgorithm, 'EdDSA');
+    const p256 = await createAgent(domain, 'raw-p256', { signingKey: 'p256' });
+    assert.equal(p256.credential.signKeyRaw, null);
+    assert.equal(p256.credential.signAlgorithm, 'ES256');
+    // The key object is made when first asked for, from the same claim.
+    const fresh = verifyCredential(web.credentialCompact, domain.bundles, now());
+    assert.ok(fresh.signKey.equals(createPublicKey(web.signKey)));
+    assert.deepEqual(fresh.kexRaw, Buffer.from(createPublicKey(web.kex).export({ format: 'jwk' }).x!, 'base64url'));
+    type Keys = { sig: Record<string, string>; kex?: Record<string, string> };
+    for (const [what, edit] of [
+      ['a key-agreement key on another curve', (k: Keys) => ({ ...k, kex: { ...k.kex, crv: 'Ed25519' } })],
+      ['a key-agreement key of 31 bytes', (k: Keys) => ({ ...k, kex: { ...k.kex, x: k.kex!.x!.slice(0, 42) } })],
+      ['a key-agreement key of 33 bytes', (k: Keys) => ({ ...k, kex: { ...k.kex, x: `${k.kex!.x!}AA` } })],
+      ['a key-agreement key with characters outside base64url', (k: Keys) => ({ ...k, kex: { ...k.kex, x: `+${k.kex!.x!.slice(1)}` } })],
+      ['no key-agreement key', (k: Keys) => ({ sig: k.sig })],
+      ['an Ed25519 signing key of 31 bytes', (k: Keys) => ({ ...k, sig: { ...k.sig, x: k.sig.x!.slice(0, 42) } })],
+    ] as const) {
+      const compact = await reissued(domain, web.credentialCompact, (claims) => ({ ...claims, cnf: edit(claims.cnf as Keys) }));
+      assert.throws(() => verifyCredential(compact, domain.bundles, now()), (error: unknown) => error instanceof TokenError && error.code === 'bad-claims', what);
+    }
+    assert.ok(verifyCredential(await reissued(domain, web.credentialCompact, (claims) => claims), domain.bundles, now()), 'signed again unchanged, it verifies');
   });
 
   it('inspect shows a credential\'s claims and says whether, and why not, the bundles verify it', async () => {
