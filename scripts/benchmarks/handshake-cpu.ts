@@ -1,9 +1,16 @@
 // CPU per handshake packet in the agent, without the kernel: the real engine and identity
-// handler on a virtual queue (agent/src/datapath/virtual-queue.ts). Prints microseconds per step.
+// handler on a virtual queue (agent/src/datapath/virtual-queue.ts). Prints microseconds per step,
+// and per credential verification by signer.
 import { performance } from 'node:perf_hooks';
 import { PassThroughHandler } from '../../agent/src/handshake/pass-through.ts';
 import { IPV4_ACK, IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../lib/fixtures.ts';
-import { SIGNING_KEY_TYPES, type SigningKeyType } from '../../agent/src/identity/issuance.ts';
+import { join } from 'node:path';
+import { CA_KEY_FILE, newAgent, SIGNING_KEY_TYPES, type SigningKeyType } from '../../agent/src/identity/issuance.ts';
+import { readPrivateKey } from '../../agent/src/identity/key-files.ts';
+import { verifyCredential } from '../../agent/src/token/credential.ts';
+import { loadTrustBundles } from '../../agent/src/token/trust-bundle.ts';
+import { createIssuerFixture } from '../lib/issuer-fixture.ts';
+import { scratchDirectory } from '../lib/scratch.ts';
 import { createDomain, identityHandler } from '../lib/identities.ts';
 import { VirtualQueue } from '../../agent/src/datapath/virtual-queue.ts';
 
@@ -93,6 +100,24 @@ for (const pair of pairs) {
   ({ client, server } = pair);
   run(`${pair.signingKey} agents, known pair`, 5000, false);
   run(`${pair.signingKey} agents, first contact`, 500, true);
+}
+
+// What a peer's verification of a credential costs by its signer, the part of a first contact
+// the verifier's cache spares the next one: a certified issuing key (Ed25519, how the issuer
+// signs) or the CA key (P-256, offline issuance with `synpass issue-agent`).
+const issued = await createIssuerFixture(scratchDirectory('bench-issuer'), 'issued.synpass', ['127.0.0.1']);
+const bundles = loadTrustBundles(issued.bundles);
+const signers = [
+  ['issuing key (Ed25519)', readPrivateKey(issued.issuingKey)],
+  ['CA key (P-256)', readPrivateKey(join(issued.domainDirectory, CA_KEY_FILE))],
+] as const;
+for (const [signer, key] of signers) {
+  const { credential } = await newAgent(key, { trustDomain: 'issued.synpass', agentId: 'bench', namespaces: ['app'], ttlSeconds: 3600 });
+  const nowSeconds = Math.floor(Date.now() / 1000);
+  for (let i = 0; i < 500; i++) verifyCredential(credential, bundles, nowSeconds);
+  const started = performance.now();
+  for (let i = 0; i < 3000; i++) verifyCredential(credential, bundles, nowSeconds);
+  process.stdout.write(`credential verification, signed by the ${signer}: ${(((performance.now() - started) * 1000) / 3000).toFixed(1)} us\n`);
 }
 
 const passThrough = new VirtualQueue(new PassThroughHandler());

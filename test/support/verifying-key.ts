@@ -2,8 +2,8 @@
 // Ed25519 key), made from a key object for tests that have no credential.
 import type { KeyObject } from 'node:crypto';
 import type { VerifiedCredential } from '../../agent/src/token/credential.ts';
+import { rawKeyBytes } from '../../agent/src/token/curve25519-keys.ts';
 
 export function verifyingKey(publicKey: KeyObject): Pick<VerifiedCredential, 'signKey' | 'signKeyRaw'> {
-  const raw = publicKey.asymmetricKeyType === 'ed25519' ? Buffer.from(publicKey.export({ format: 'jwk' }).x!, 'base64url') : null;
-  return { signKey: publicKey, signKeyRaw: raw };
+  return { signKey: publicKey, signKeyRaw: publicKey.asymmetricKeyType === 'ed25519' ? rawKeyBytes(publicKey) : null };
 }

@@ -3,6 +3,7 @@
 // contact a connection costs only HMACs. Proofs are HMAC-SHA256 truncated to 128 bits.
 import { randomFillSync, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { loadBinding, type NativeBinding } from '../native/addon.ts';
+import { rawKeyBytes } from '../token/curve25519-keys.ts';
 import { TokenError } from '../token/errors.ts';
 import { KEY_ID_BYTES, NONCE_BYTES, PROOF_BYTES, type SynMessage } from './wire.ts';
 
@@ -11,17 +12,6 @@ const PAIR_KEY_BYTES = 32;
 let hkdfSha256: NativeBinding['hkdfSha256'] | undefined;
 let x25519: NativeBinding['x25519'] | undefined;
 const shared = Buffer.alloc(32);
-/** Each own key's private bytes, read out of its key object once. */
-const privateBytes = new WeakMap<KeyObject, Buffer>();
-
-function privateBytesOf(kex: KeyObject): Buffer {
-  let raw = privateBytes.get(kex);
-  if (raw === undefined) {
-    raw = Buffer.from(kex.export({ format: 'jwk' }).d ?? '', 'base64url');
-    privateBytes.set(kex, raw);
-  }
-  return raw;
-}
 
 /**
  * The pair key of our X25519 key and a peer's raw public key. The agreement runs in the addon on
@@ -30,7 +20,7 @@ function privateBytesOf(kex: KeyObject): Buffer {
  */
 export function derivePairKey(ownKex: KeyObject, ownKexRaw: Buffer, peerKexRaw: Buffer): Buffer {
   x25519 ??= loadBinding().x25519;
-  if (!x25519(privateBytesOf(ownKex), peerKexRaw, shared)) throw new TokenError('bad-claims', 'the credential\'s key-agreement key has small order');
+  if (!x25519(rawKeyBytes(ownKex), peerKexRaw, shared)) throw new TokenError('bad-claims', 'the credential\'s key-agreement key has small order');
   // Salt orders the two public keys so both ends derive the same key.
   const salt = Buffer.compare(ownKexRaw, peerKexRaw) <= 0 ? Buffer.concat([ownKexRaw, peerKexRaw]) : Buffer.concat([peerKexRaw, ownKexRaw]);
   const pairKey = Buffer.alloc(PAIR_KEY_BYTES);

@@ -6,8 +6,8 @@
 // token, and the server need not verify the token's own signature. Addresses
 // and ports are left out on purpose: NAT between the agents rewrites them.
 import { sign, verify, type KeyObject } from 'node:crypto';
-import { loadBinding, type NativeBinding } from '../native/addon.ts';
 import type { VerifiedCredential } from '../token/credential.ts';
+import { ed25519SignatureValid } from '../token/curve25519-keys.ts';
 import { algorithmOf } from '../token/jws.ts';
 import { TOKEN_DIGEST_BYTES } from './token-digest.ts';
 import { NONCE_BYTES, SYN_SIGNATURE_BYTES } from './wire.ts';
@@ -35,9 +35,7 @@ export function signSyn(agentKey: KeyObject, nonce: Uint8Array, time: number, to
   return signature;
 }
 
-let ed25519Verify: NativeBinding['ed25519Verify'] | undefined;
-
-/** Whether the credential's agent key made `signature`. Ed25519 goes to libsodium (curve25519.cc): half of OpenSSL 3.0's time here. */
+/** Whether the credential's agent key made `signature`. An Ed25519 key's raw bytes go to libsodium. */
 export function synSignatureValid(
   agent: Pick<VerifiedCredential, 'signKey' | 'signKeyRaw'>,
   nonce: Uint8Array,
@@ -47,9 +45,6 @@ export function synSignatureValid(
 ): boolean {
   if (signature.length !== SYN_SIGNATURE_BYTES) return false;
   const signed = signedBytes(nonce, time, tokenDigest);
-  if (agent.signKeyRaw !== null) {
-    ed25519Verify ??= loadBinding().ed25519Verify;
-    return ed25519Verify(agent.signKeyRaw, signed, signature);
-  }
+  if (agent.signKeyRaw !== null) return ed25519SignatureValid(agent.signKeyRaw, signed, signature);
   return verify(digestOf(agent.signKey), signed, { key: agent.signKey, dsaEncoding: 'ieee-p1363' }, signature);
 }

@@ -1,8 +1,10 @@
-// Compact JWS (RFC 7515) verification on node:crypto with keys loaded once: the agent's hot
-// path cannot afford jose's async API (several times slower, see ANCHORS). Signing happens only
+// Compact JWS (RFC 7515) verification with keys loaded once, ES256 on node:crypto and EdDSA on
+// libsodium (curve25519-keys.ts): the agent's hot path cannot afford jose's async API (several
+// times slower, see ANCHORS). Signing happens only
 // at issuance and renewal, so it uses jose. Only asymmetric algorithms are accepted: `none` and
 // HMAC-with-a-public-key confusion are refused before any key is touched.
 import { verify as cryptoVerify, type KeyObject } from 'node:crypto';
+import { ed25519SignatureValid, rawKeyBytes } from './curve25519-keys.ts';
 import { TokenError } from './errors.ts';
 
 export type JwsAlgorithm = 'ES256' | 'EdDSA';
@@ -73,7 +75,11 @@ export function checkAlgorithm(jws: DecodedJws, keyAlgorithm: JwsAlgorithm): voi
 /** Verifies the signature with `key`, whose type must match the header's alg. */
 export function verifyJwsSignature(jws: DecodedJws, key: KeyObject): void {
   checkAlgorithm(jws, algorithmOf(key));
-  const ok = cryptoVerify(jws.header.alg === 'ES256' ? 'sha256' : null, jws.signingInput, { key, dsaEncoding: 'ieee-p1363' }, jws.signature);
+  // EdDSA on libsodium: a certified issuing key is Ed25519, so this is most credentials' check.
+  const ok =
+    jws.header.alg === 'EdDSA'
+      ? ed25519SignatureValid(rawKeyBytes(key), jws.signingInput, jws.signature)
+      : cryptoVerify('sha256', jws.signingInput, { key, dsaEncoding: 'ieee-p1363' }, jws.signature);
   if (!ok) throw new TokenError('bad-signature', 'signature does not verify', { kid: jws.header.kid });
 }
 
