@@ -19,8 +19,8 @@ export interface JwsHeader {
 export interface DecodedJws {
   header: JwsHeader;
   payload: Record<string, unknown>;
-  signingInput: Buffer;
-  signature: Buffer;
+  /** The compact form's three base64url parts, as received: only a verification reads the first two again, and the signature. */
+  encoded: readonly [header: string, payload: string, signature: string];
 }
 
 /** The JWS algorithm a signing key implies (agent and CA keys are P-256 or Ed25519). */
@@ -57,12 +57,9 @@ export function decodeJws(compact: string): DecodedJws {
   if (typeof header.kid !== 'string' || header.kid === '') throw new TokenError('missing-kid', 'kid is required');
   if (header.crit !== undefined) throw new TokenError('malformed-token', 'crit header parameters are not supported');
   const payload = parseJson(p, 'payload');
-  return {
-    header: header as unknown as JwsHeader,
-    payload,
-    signingInput: Buffer.from(`${h}.${p}`),
-    signature: Buffer.from(s, 'base64url'),
-  };
+  // The signing input and signature bytes are made only by a verification: a token the handshake
+  // proves by its digest never needs them.
+  return { header: header as unknown as JwsHeader, payload, encoded: [h, p, s] };
 }
 
 /** Refuses a header whose alg is not the one the key implies (no algorithm confusion). */
@@ -75,11 +72,14 @@ export function checkAlgorithm(jws: DecodedJws, keyAlgorithm: JwsAlgorithm): voi
 /** Verifies the signature with `key`, whose type must match the header's alg. */
 export function verifyJwsSignature(jws: DecodedJws, key: KeyObject): void {
   checkAlgorithm(jws, algorithmOf(key));
+  const [header, payload, encodedSignature] = jws.encoded;
+  const signingInput = Buffer.from(`${header}.${payload}`);
+  const signature = Buffer.from(encodedSignature, 'base64url');
   // EdDSA on libsodium: a certified issuing key is Ed25519, so this is most credentials' check.
   const ok =
     jws.header.alg === 'EdDSA'
-      ? ed25519SignatureValid(rawKeyBytes(key), jws.signingInput, jws.signature)
-      : cryptoVerify('sha256', jws.signingInput, { key, dsaEncoding: 'ieee-p1363' }, jws.signature);
+      ? ed25519SignatureValid(rawKeyBytes(key), signingInput, signature)
+      : cryptoVerify('sha256', signingInput, { key, dsaEncoding: 'ieee-p1363' }, signature);
   if (!ok) throw new TokenError('bad-signature', 'signature does not verify', { kid: jws.header.kid });
 }
 
