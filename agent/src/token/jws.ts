@@ -1,8 +1,8 @@
 // Compact JWS (RFC 7515) verification with keys loaded once, ES256 on node:crypto and EdDSA on
 // libsodium (curve25519-keys.ts): the agent's hot path cannot afford jose's async API (several
-// times slower, see ANCHORS). Signing happens only
-// at issuance and renewal, so it uses jose. Only asymmetric algorithms are accepted: `none` and
-// HMAC-with-a-public-key confusion are refused before any key is touched.
+// times slower, see ANCHORS). Signing happens only at issuance and renewal, so it uses jose.
+// Only asymmetric algorithms are accepted: `none` and HMAC-with-a-public-key confusion are
+// refused before any key is touched.
 import { verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { ed25519SignatureValid, rawKeyBytes } from './curve25519-keys.ts';
 import { TokenError } from './errors.ts';
