@@ -12,11 +12,15 @@
 //   kernel, each tree with its own programs); kernel-first-contact: the same agents, caches (and
 //   their kernels' entries) flushed before every connect. Kernel modes run without the others,
 //   since their lab is a kernel lab.
+//   COMPARE_CA_KEYS=p256,ed25519: A's and B's agents get credentials of a trust domain of their own
+//   with that CA key type (default: one domain, the default type, for both), so the effect of a
+//   domain's key type on first contact is measured alone when A and B are one tree.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { prepareIdentities } from '../lib/identity-lab.ts';
+import { prepareIdentities, type IdentityLabFiles } from '../lib/identity-lab.ts';
+import { SIGNING_KEY_TYPES, type SigningKeyType } from '../../agent/src/identity/issuance.ts';
 import { Lab, sleep, type AgentHandle } from '../lib/lab.ts';
 import { agentsLogWarningsOnly, median, runLoad, startLoadServer } from './lab-load.ts';
 
@@ -34,6 +38,7 @@ const config = {
   modes: (process.env.COMPARE_MODES ?? 'pass-through,identity').split(',') as Mode[],
   busyProcesses: Number(process.env.COMPARE_BUSY ?? 0),
   settleMs: Number(process.env.COMPARE_SETTLE_MS ?? 3000),
+  caKeys: process.env.COMPARE_CA_KEYS?.split(',') as SigningKeyType[] | undefined,
 };
 /** A busy neighbour gives up on its own after this long, should nothing stop it. */
 const BUSY_LIMIT_MS = 3_600_000;
@@ -49,6 +54,9 @@ for (const tree of trees) {
   }
 }
 for (const mode of config.modes) if (!MODES.includes(mode)) throw new Error(`unknown mode ${mode} (${MODES.join(', ')})`);
+if (config.caKeys !== undefined && (config.caKeys.length !== 2 || !config.caKeys.every((type) => SIGNING_KEY_TYPES.includes(type)))) {
+  throw new Error(`COMPARE_CA_KEYS must name two CA key types, A's and B's (${SIGNING_KEY_TYPES.join(', ')})`);
+}
 // In a kernel lab every agent runs the fast path, so the other modes would not measure theirs.
 const kernelLab = config.modes.some((mode) => KERNEL_MODES.includes(mode));
 if (kernelLab && !config.modes.every((mode) => KERNEL_MODES.includes(mode))) throw new Error(`the kernel modes (${KERNEL_MODES.join(', ')}) run without the others`);
@@ -67,22 +75,26 @@ const neighbours: ChildProcess[] = Array.from({ length: config.busyProcesses }, 
   spawn(process.execPath, ['-e', `const end = Date.now() + ${BUSY_LIMIT_MS}; while (Date.now() < end);`], { stdio: 'ignore' }),
 );
 try {
-  const files = await prepareIdentities(lab, directory);
+  const caKeys = config.caKeys;
+  const files: IdentityLabFiles[] =
+    caKeys === undefined
+      ? [await prepareIdentities(lab, directory)]
+      : [await prepareIdentities(lab, join(directory, 'a'), undefined, caKeys[0]), await prepareIdentities(lab, join(directory, 'b'), undefined, caKeys[1])];
   // A listener signs fast SYN-ACKs only if it began listening while the programs were attached
   // (they stay enabled on it across agent restarts): in the kernel lab it starts after the first agents.
   let loadServer = kernelLab ? null : await startLoadServer(lab, PORT);
-  const agentArgs = (mode: Mode, host: 'api' | 'web'): string[] => (mode === 'pass-through' ? [] : ['--config', files.configs[host]]);
-  const startAgents = async (tree: string, mode: Mode): Promise<AgentHandle[]> => {
-    const command = [process.execPath, join(tree, 'dist/agent/src/cli/main.js')];
-    return [await lab.startAgent('api', agentArgs(mode, 'api'), {}, true, command), await lab.startAgent('web', agentArgs(mode, 'web'), {}, true, command)];
+  const agentArgs = (side: number, mode: Mode, host: 'api' | 'web'): string[] => (mode === 'pass-through' ? [] : ['--config', (files[side] ?? files[0]!).configs[host]]);
+  const startAgents = async (side: number, mode: Mode): Promise<AgentHandle[]> => {
+    const command = [process.execPath, join(trees[side]!, 'dist/agent/src/cli/main.js')];
+    return [await lab.startAgent('api', agentArgs(side, mode, 'api'), {}, true, command), await lab.startAgent('web', agentArgs(side, mode, 'web'), {}, true, command)];
   };
   const target = [lab.address('api'), String(PORT)];
   const samples = new Map<string, Sample[]>();
   for (const mode of config.modes) {
     for (let round = 0; round < config.alternations; round++) {
-      for (const tree of round % 2 === 0 ? trees : [...trees].reverse()) {
-        process.stderr.write(`compare: ${mode}, alternation ${round + 1} of ${config.alternations}, ${tree}\n`);
-        const agents = await startAgents(tree, mode);
+      for (const side of round % 2 === 0 ? [0, 1] : [1, 0]) {
+        process.stderr.write(`compare: ${mode}, alternation ${round + 1} of ${config.alternations}, ${'AB'[side]} ${trees[side]}\n`);
+        const agents = await startAgents(side, mode);
         // What a build does after it starts (the first-contact rehearsal, say) is over before it is measured.
         await sleep(config.settleMs);
         loadServer ??= await startLoadServer(lab, PORT);
@@ -93,7 +105,7 @@ try {
         const latency = await runLoad(lab, ['sequential', ...target, String(firstContact ? config.firstContactConnects : config.connects), ...flush]);
         const rate = firstContact ? { perSecond: Number.NaN } : await runLoad(lab, ['rate', ...target, '32', String(config.rateMs), '60000']);
         for (const agent of agents) await agent.process.stop();
-        const key = `${mode} ${tree}`;
+        const key = `${mode} ${side}`;
         samples.set(key, [...(samples.get(key) ?? []), { p50: latency.p50!, p99: latency.p99!, rate: rate.perSecond! }]);
       }
     }
@@ -101,15 +113,15 @@ try {
 
   const fmt = (value: number, digits = 0): string => (Number.isFinite(value) ? value.toFixed(digits) : '-');
   const lines = [
-    `A: ${trees[0]}`,
-    `B: ${trees[1]}`,
+    `A: ${trees[0]}${caKeys === undefined ? '' : `, ${caKeys[0]} CA key`}`,
+    `B: ${trees[1]}${caKeys === undefined ? '' : `, ${caKeys[1]} CA key`}`,
     `${config.alternations} alternations per mode; each: ${config.connects} sequential connects (first contact ${config.firstContactConnects}) and a ${config.rateMs} ms rate run at 32 concurrent` +
       (config.busyProcesses > 0 ? `; ${config.busyProcesses} CPU-bound processes running beside them` : ''),
     ['mode'.padEnd(20), 'A p50'.padStart(7), 'B p50'.padStart(7), 'B-A'.padStart(6), 'range'.padStart(12), 'A p99'.padStart(7), 'B p99'.padStart(7), 'A conn/s'.padStart(9), 'B conn/s'.padStart(9), 'B/A'.padStart(6), 'range'.padStart(10)].join(' '),
   ];
   for (const mode of config.modes) {
-    const a = samples.get(`${mode} ${trees[0]}`)!;
-    const b = samples.get(`${mode} ${trees[1]}`)!;
+    const a = samples.get(`${mode} 0`)!;
+    const b = samples.get(`${mode} 1`)!;
     // Alternation i of A is paired with alternation i of B: they ran back to back.
     const differences = a.map((sample, i) => b[i]!.p50 - sample.p50);
     const ratios = a.map((sample, i) => b[i]!.rate / sample.rate);

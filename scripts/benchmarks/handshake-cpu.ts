@@ -104,15 +104,17 @@ for (const pair of pairs) {
 
 // What a peer's verification of a credential costs by its signer, the part of a first contact
 // the verifier's cache spares the next one: a certified issuing key (Ed25519, how the issuer
-// signs) or the CA key (P-256, offline issuance with `synpass issue-agent`).
+// signs) or the CA key (offline issuance with `synpass keys issue-agent`; Ed25519 unless the
+// domain was made with `--ca-key p256`).
 const issued = await createIssuerFixture(scratchDirectory('bench-issuer'), 'issued.synpass', ['127.0.0.1']);
-const bundles = loadTrustBundles(issued.bundles);
+const p256Domain = await createDomain('bench-p256.synpass', 'p256');
 const signers = [
-  ['issuing key (Ed25519)', readPrivateKey(issued.issuingKey)],
-  ['CA key (P-256)', readPrivateKey(join(issued.domainDirectory, CA_KEY_FILE))],
+  ['issuing key (Ed25519)', readPrivateKey(issued.issuingKey), 'issued.synpass', loadTrustBundles(issued.bundles)],
+  ['CA key (Ed25519)', readPrivateKey(join(issued.domainDirectory, CA_KEY_FILE)), 'issued.synpass', loadTrustBundles(issued.bundles)],
+  ['CA key (P-256)', readPrivateKey(join(p256Domain.directory, CA_KEY_FILE)), p256Domain.name, p256Domain.bundles],
 ] as const;
-for (const [signer, key] of signers) {
-  const { credential } = await newAgent(key, { trustDomain: 'issued.synpass', agentId: 'bench', namespaces: ['app'], ttlSeconds: 3600 });
+for (const [signer, key, trustDomain, bundles] of signers) {
+  const { credential } = await newAgent(key, { trustDomain, agentId: 'bench', namespaces: ['app'], ttlSeconds: 3600 });
   const nowSeconds = Math.floor(Date.now() / 1000);
   for (let i = 0; i < 500; i++) verifyCredential(credential, bundles, nowSeconds);
   const started = performance.now();

@@ -30,9 +30,9 @@ export interface TestDomain {
   bundles: Map<string, TrustBundle>;
 }
 
-export async function createDomain(name: string): Promise<TestDomain> {
+export async function createDomain(name: string, caKeyType?: SigningKeyType): Promise<TestDomain> {
   const directory = scratchDirectory(name);
-  await initDomain(name, directory);
+  await initDomain(name, directory, caKeyType === undefined ? {} : { caKeyType });
   return { name, directory, bundles: loadTrustBundles(directory) };
 }
 

@@ -24,10 +24,15 @@ export interface IdentityLabFiles {
 }
 
 /** web and api enforce the example three-tier policy (policy/examples/three-tier) unless told otherwise. */
-export async function prepareIdentities(lab: Lab, directory: string, policyDirectory = join(ROOT, 'policy/examples/three-tier')): Promise<IdentityLabFiles> {
+export async function prepareIdentities(
+  lab: Lab,
+  directory: string,
+  policyDirectory = join(ROOT, 'policy/examples/three-tier'),
+  caKeyType?: SigningKeyType,
+): Promise<IdentityLabFiles> {
   const domainDirectory = join(directory, 'domain');
   const rogueDirectory = join(directory, 'rogue');
-  await initDomain(DOMAIN, domainDirectory);
+  await initDomain(DOMAIN, domainDirectory, caKeyType === undefined ? {} : { caKeyType });
   await initDomain(ROGUE_DOMAIN, rogueDirectory);
   const bundles = join(directory, 'bundles');
   mkdirSync(bundles, { recursive: true });

@@ -64,9 +64,10 @@ keys
   .requiredOption('--domain <name>', 'trust domain, e.g. prod.example.com')
   .requiredOption('--out <dir>', 'directory for ca.key.pem and <domain>.jwks.json')
   .option('--force', 'replace an existing CA key and bundle (every credential it issued stops verifying)')
-  .action(guarded('keys init-domain', async (flags: { domain: string; out: string; force?: boolean }) => {
-    const result = await initDomain(flags.domain, flags.out, flags.force === true);
-    process.stdout.write(`trust domain ${flags.domain}: bundle ${result.bundle}, CA key ${result.caKey} (keep it offline)\n`);
+  .addOption(new Option('--ca-key <type>', 'CA key type; peers accept both, ed25519 makes verifying the credentials it signs cheaper').choices(SIGNING_KEY_TYPES).default('ed25519'))
+  .action(guarded('keys init-domain', async (flags: { domain: string; out: string; force?: boolean; caKey: SigningKeyType }) => {
+    const result = await initDomain(flags.domain, flags.out, { overwrite: flags.force === true, caKeyType: flags.caKey });
+    process.stdout.write(`trust domain ${flags.domain}: bundle ${result.bundle}, ${flags.caKey} CA key ${result.caKey} (keep it offline)\n`);
   }));
 
 keys

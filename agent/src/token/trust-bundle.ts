@@ -7,11 +7,11 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { calculateJwkThumbprint, type JWK } from 'jose';
+import { calculateJwkThumbprint, exportJWK, type JWK } from 'jose';
 import { describeFileError, SynpassError } from '../errors.ts';
 import { TokenError } from './errors.ts';
 import { verifyIssuerCertificate, type CertifiedIssuer } from './issuer-certificate.ts';
-import { ALLOWED_ALGORITHMS } from './jws.ts';
+import { algorithmOf, ALLOWED_ALGORITHMS } from './jws.ts';
 
 export const BUNDLE_SUFFIX = '.jwks.json';
 
@@ -43,9 +43,13 @@ export interface BundleDocument {
   issuers?: string[];
 }
 
-export async function bundleDocument(trustDomain: string, publicJwks: JWK[]): Promise<BundleDocument> {
+/** The bundle of `caKeys` (public; each P-256 or Ed25519, its `alg` named after it). */
+export async function bundleDocument(trustDomain: string, caKeys: KeyObject[]): Promise<BundleDocument> {
   const keys = await Promise.all(
-    publicJwks.map(async (jwk) => ({ ...jwk, kid: await calculateJwkThumbprint(jwk), use: 'sig', alg: 'ES256' })),
+    caKeys.map(async (key) => {
+      const jwk = await exportJWK(key);
+      return { ...jwk, kid: await calculateJwkThumbprint(jwk), use: 'sig', alg: algorithmOf(key) };
+    }),
   );
   return { trust_domain: trustDomain, keys };
 }

@@ -129,6 +129,20 @@ describe('synpass CLI messages', () => {
     assert.notDeepEqual(readFileSync(join(scratch, 'd', 'ca.key.pem')), first, '--force replaced the CA key');
   });
 
+  it('init-domain makes an Ed25519 CA key unless --ca-key p256 asks otherwise, and refuses another type', () => {
+    const scratch = scratchDirectory('cli-ca-key');
+    const algorithms = (out: string) => (JSON.parse(readFileSync(join(scratch, out, `${DOMAIN}.jwks.json`), 'utf8')) as { keys: { alg: string }[] }).keys.map((key) => key.alg);
+    assert.equal(inDirectory(['keys', 'init-domain', '--domain', DOMAIN, '--out', join(scratch, 'default')]).code, 0);
+    assert.deepEqual(algorithms('default'), ['EdDSA']);
+    const p256 = inDirectory(['keys', 'init-domain', '--domain', DOMAIN, '--out', join(scratch, 'p256'), '--ca-key', 'p256']);
+    assert.equal(p256.code, 0, p256.stderr);
+    assert.match(p256.stdout, / p256 CA key /);
+    assert.deepEqual(algorithms('p256'), ['ES256']);
+    const refused = inDirectory(['keys', 'init-domain', '--domain', DOMAIN, '--out', join(scratch, 'rsa'), '--ca-key', 'rsa']);
+    assert.equal(refused.code, 2);
+    assert.match(refused.stderr, /--ca-key.*'rsa' is invalid/);
+  });
+
   it('issue-agent --for-config lists exactly the namespaces the configuration asserts', () => {
     const config = write('for-config.yaml', agentConfig());
     const issued = inDirectory(['keys', 'issue-agent', '--domain', DOMAIN, '--domain-dir', 'domain', '--agent', 'derived', '--for-config', config, '--out', 'derived']);

@@ -128,6 +128,30 @@ describe('credentials and identity tokens', () => {
     rejects(() => verifyCredential(web.credentialCompact.slice(0, 100), domain.bundles, now()), 'malformed-token');
   });
 
+  for (const [caKeyType, alg, kty, crv] of [
+    [undefined, 'EdDSA', 'OKP', 'Ed25519'],
+    ['p256', 'ES256', 'EC', 'P-256'],
+  ] as const) {
+    it(`a trust domain's CA key is ${crv}${caKeyType === undefined ? ' by default' : ' on request'}: its bundle names ${alg}, jose and our verifier accept what it signs, and refuse it with one signature bit flipped`, async () => {
+      const name = `ca-${crv.toLowerCase()}.synpass`;
+      const caDomain = await createDomain(name, caKeyType);
+      const bundle = JSON.parse(readFileSync(join(caDomain.directory, `${name}.jwks.json`), 'utf8')) as { keys: { kty: string; crv: string; alg: string }[] };
+      assert.deepEqual(
+        bundle.keys.map(({ kty: keyType, crv: curve, alg: algorithm }) => ({ keyType, curve, algorithm })),
+        [{ keyType: kty, curve: crv, algorithm: alg }],
+      );
+      const agent = await createAgent(caDomain, 'web');
+      const header = JSON.parse(Buffer.from(agent.credentialCompact.split('.')[0]!, 'base64url').toString('utf8')) as { alg: string };
+      assert.equal(header.alg, alg);
+      await jwtVerify(agent.credentialCompact, createLocalJWKSet(bundle as never), { issuer: name });
+      assert.equal(verifyCredential(agent.credentialCompact, caDomain.bundles, now()).subject, `spiffe://${name}/agent/web`);
+      const [h, p, s] = agent.credentialCompact.split('.') as [string, string, string];
+      const signature = Buffer.from(s, 'base64url');
+      signature[10]! ^= 0x01;
+      rejects(() => verifyCredential(`${h}.${p}.${signature.toString('base64url')}`, caDomain.bundles, now()), 'bad-signature');
+    });
+  }
+
   it('refuses a credential whose signing key is not Ed25519 or P-256, and a token whose alg is not its key type', async () => {
     const caKey = readPrivateKey(join(domain.directory, CA_KEY_FILE));
     const kex = generateKeyPair('x25519').publicKey;
