@@ -1,5 +1,5 @@
-// Ed25519 verification and X25519 agreement on libsodium, on raw keys: a first contact's SYN
-// signature, credentials signed by an issuing key, and pair keys.
+// Ed25519 signatures and X25519 agreement on libsodium, on raw keys: a first contact's SYN
+// signature (made and verified), credentials signed by an Ed25519 key, and pair keys.
 #pragma once
 #include <napi.h>
 

@@ -185,6 +185,8 @@ export interface NativeBinding {
   hkdfSha256: (ikm: Uint8Array, salt: Uint8Array, info: Uint8Array, out: Uint8Array) => void;
   /** Whether `signature` (64 bytes) is the Ed25519 signature of `publicKey` (32 bytes, raw) over `message` (libsodium). */
   ed25519Verify: (publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array) => boolean;
+  /** Writes the Ed25519 signature (64 bytes) of `secretKey` (64 bytes: seed, then public key) over `message` into `out` (libsodium). */
+  ed25519Sign: (secretKey: Uint8Array, message: Uint8Array, out: Uint8Array) => void;
   /** Writes the X25519 shared secret of two raw 32-byte keys into `out`; false (and `out` zeroed) for a peer key of small order. */
   x25519: (privateKey: Uint8Array, publicKey: Uint8Array, out: Uint8Array) => boolean;
   SLOT_SIZE: number;

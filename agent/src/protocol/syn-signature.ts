@@ -7,7 +7,7 @@
 // and ports are left out on purpose: NAT between the agents rewrites them.
 import { sign, verify, type KeyObject } from 'node:crypto';
 import type { VerifiedCredential } from '../token/credential.ts';
-import { ed25519SignatureValid } from '../token/curve25519-keys.ts';
+import { ed25519Sign, ed25519SignatureValid } from '../token/curve25519-keys.ts';
 import { algorithmOf } from '../token/jws.ts';
 import { TOKEN_DIGEST_BYTES } from './token-digest.ts';
 import { NONCE_BYTES, SYN_SIGNATURE_BYTES } from './wire.ts';
@@ -29,8 +29,10 @@ function digestOf(key: KeyObject): 'sha256' | null {
   return algorithmOf(key) === 'ES256' ? 'sha256' : null;
 }
 
+/** The agent's signature over a SYN's nonce, time and token digest; an Ed25519 key signs on libsodium. */
 export function signSyn(agentKey: KeyObject, nonce: Uint8Array, time: number, tokenDigest: Uint8Array): Buffer {
-  const signature = sign(digestOf(agentKey), signedBytes(nonce, time, tokenDigest), { key: agentKey, dsaEncoding: 'ieee-p1363' });
+  const signed = signedBytes(nonce, time, tokenDigest);
+  const signature = agentKey.asymmetricKeyType === 'ed25519' ? ed25519Sign(agentKey, signed) : sign(digestOf(agentKey), signed, { key: agentKey, dsaEncoding: 'ieee-p1363' });
   if (signature.length !== SYN_SIGNATURE_BYTES) throw new RangeError(`agent key gives ${signature.length}-byte signatures`);
   return signature;
 }

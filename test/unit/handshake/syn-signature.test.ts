@@ -1,8 +1,9 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, sign } from 'node:crypto';
 import { signSyn, synSignatureValid } from '../../../agent/src/protocol/syn-signature.ts';
 import { generateKeyPair } from '../../../agent/src/identity/key-generation.ts';
+import { ed25519Sign } from '../../../agent/src/token/curve25519-keys.ts';
 import { verifyingKey } from '../../support/verifying-key.ts';
 
 describe('SYN signature', () => {
@@ -34,6 +35,17 @@ describe('SYN signature', () => {
       }
     });
   }
+
+  it('EdDSA: libsodium (the addon) makes the signature node:crypto makes, byte for byte, and refuses a key that is not Ed25519', () => {
+    const pairs = [generateKeyPair('ed25519'), generateKeyPair('ed25519')];
+    for (let i = 0; i < 64; i++) {
+      const { privateKey } = pairs[i % 2]!;
+      const message = randomBytes(i * 3);
+      assert.deepEqual(ed25519Sign(privateKey, message), sign(null, message, privateKey), `message of ${message.length} bytes`);
+    }
+    assert.throws(() => ed25519Sign(generateKeyPair('p256').privateKey, Buffer.alloc(8)), /needs an Ed25519 private key/);
+    assert.throws(() => ed25519Sign(pairs[0]!.publicKey, Buffer.alloc(8)), /needs an Ed25519 private key/);
+  });
 
   it('EdDSA: libsodium (the addon) and node:crypto agree, on signatures that verify and on those that do not', () => {
     const pair = generateKeyPair('ed25519');
