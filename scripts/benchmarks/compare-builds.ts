@@ -15,6 +15,8 @@
 //   COMPARE_CA_KEYS=p256,ed25519: A's and B's agents get credentials of a trust domain of their own
 //   with that CA key type (default: one domain, the default type, for both), so the effect of a
 //   domain's key type on first contact is measured alone when A and B are one tree.
+//   COMPARE_NODE_FLAGS_A, COMPARE_NODE_FLAGS_B: flags for the node that runs A's or B's agents
+//   (space-separated, e.g. --max-semi-space-size=1), one tree against itself the same way.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -39,6 +41,7 @@ const config = {
   busyProcesses: Number(process.env.COMPARE_BUSY ?? 0),
   settleMs: Number(process.env.COMPARE_SETTLE_MS ?? 3000),
   caKeys: process.env.COMPARE_CA_KEYS?.split(',') as SigningKeyType[] | undefined,
+  nodeFlags: [process.env.COMPARE_NODE_FLAGS_A, process.env.COMPARE_NODE_FLAGS_B].map((flags) => flags?.split(' ').filter((flag) => flag !== '') ?? []),
 };
 /** A busy neighbour gives up on its own after this long, should nothing stop it. */
 const BUSY_LIMIT_MS = 3_600_000;
@@ -85,7 +88,7 @@ try {
   let loadServer = kernelLab ? null : await startLoadServer(lab, PORT);
   const agentArgs = (side: number, mode: Mode, host: 'api' | 'web'): string[] => (mode === 'pass-through' ? [] : ['--config', (files[side] ?? files[0]!).configs[host]]);
   const startAgents = async (side: number, mode: Mode): Promise<AgentHandle[]> => {
-    const command = [process.execPath, join(trees[side]!, 'dist/agent/src/cli/main.js')];
+    const command = [process.execPath, ...config.nodeFlags[side]!, join(trees[side]!, 'dist/agent/src/cli/main.js')];
     return [await lab.startAgent('api', agentArgs(side, mode, 'api'), {}, true, command), await lab.startAgent('web', agentArgs(side, mode, 'web'), {}, true, command)];
   };
   const target = [lab.address('api'), String(PORT)];
@@ -113,8 +116,7 @@ try {
 
   const fmt = (value: number, digits = 0): string => (Number.isFinite(value) ? value.toFixed(digits) : '-');
   const lines = [
-    `A: ${trees[0]}${caKeys === undefined ? '' : `, ${caKeys[0]} CA key`}`,
-    `B: ${trees[1]}${caKeys === undefined ? '' : `, ${caKeys[1]} CA key`}`,
+    ...[0, 1].map((side) => `${'AB'[side]}: ${trees[side]}${caKeys === undefined ? '' : `, ${caKeys[side]} CA key`}${config.nodeFlags[side]!.length === 0 ? '' : `, node ${config.nodeFlags[side]!.join(' ')}`}`),
     `${config.alternations} alternations per mode; each: ${config.connects} sequential connects (first contact ${config.firstContactConnects}) and a ${config.rateMs} ms rate run at 32 concurrent` +
       (config.busyProcesses > 0 ? `; ${config.busyProcesses} CPU-bound processes running beside them` : ''),
     ['mode'.padEnd(20), 'A p50'.padStart(7), 'B p50'.padStart(7), 'B-A'.padStart(6), 'range'.padStart(12), 'A p99'.padStart(7), 'B p99'.padStart(7), 'A conn/s'.padStart(9), 'B conn/s'.padStart(9), 'B/A'.padStart(6), 'range'.padStart(10)].join(' '),

@@ -53,6 +53,8 @@ const ROUND = 100;
 export interface RehearsalOptions {
   /** The algorithm of this agent's own signing key, so the rehearsal verifies what its peers send. */
   signingKey: SigningKeyType;
+  /** The type of the key that signed this agent's own credential: its peers' credentials are most likely signed alike. */
+  caKey: SigningKeyType;
   /** Ends the rehearsal after the handshake in progress (the agent stops). */
   signal?: AbortSignal;
   now?: () => number;
@@ -121,7 +123,7 @@ function withClientPort(family: Family, template: Buffer, port: number, clientPo
  */
 export async function rehearseFirstContacts(count: number, options: RehearsalOptions): Promise<Rehearsed> {
   const started = performance.now();
-  const domain = await newTrustDomain(TRUST_DOMAIN);
+  const domain = await newTrustDomain(TRUST_DOMAIN, options.caKey);
   const bundles = new Map([[TRUST_DOMAIN, parseBundle(JSON.stringify(domain.bundle), 'rehearsal bundle')]]);
   const clientIdentity = await throwawayIdentity(domain.caKey, bundles, 'client', options);
   const serverIdentity = await throwawayIdentity(domain.caKey, bundles, 'server', options);

@@ -21,7 +21,7 @@ import { PodWatcher, POD_ATTRIBUTE_NAMESPACE } from '../identity/kubernetes/pod-
 import { KubernetesError, kubernetesAccess } from '../identity/kubernetes/api.ts';
 import type { Logger } from '../telemetry/log.ts';
 import { readDenyList, watchDenyList } from '../token/deny-list.ts';
-import { algorithmOf, type JwsAlgorithm } from '../token/jws.ts';
+import { algorithmOf, decodeJws, type JwsAlgorithm } from '../token/jws.ts';
 import type { AgentConfig, AttestorConfig, WorkloadConfig } from './config.ts';
 
 /** The attestors `attestors:` turns on, in registry order. */
@@ -265,7 +265,12 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
       holdsPreviousKey: () => handler.previousKeyUntil() !== null,
       restore: (saved) => handler.restoreKernelTables(saved),
     },
-    rehearse: (count, signal) => rehearseFirstContacts(count, { signingKey: algorithmOf(local.signKey) === 'EdDSA' ? 'ed25519' : 'p256', signal }),
+    rehearse: (count, signal) =>
+      rehearseFirstContacts(count, {
+        signingKey: algorithmOf(local.signKey) === 'EdDSA' ? 'ed25519' : 'p256',
+        caKey: decodeJws(local.credential.compact).header.alg === 'EdDSA' ? 'ed25519' : 'p256',
+        signal,
+      }),
     stop: () => {
       stopDenyListWatch();
       renewer?.stop();

@@ -6,15 +6,16 @@ import { LINUX_HANDSHAKE, LINUX_HANDSHAKE_IPV6, rehearseFirstContacts } from '..
 import { ParsedPacket, parsePacket } from '../../../agent/src/datapath/packet.ts';
 
 describe('first-contact rehearsal', () => {
-  it('completes every handshake, with either signing key', async () => {
-    assert.deepEqual((await rehearseFirstContacts(12, { signingKey: 'ed25519' })).handshakes, 12);
-    assert.deepEqual((await rehearseFirstContacts(3, { signingKey: 'p256' })).handshakes, 3);
+  it('completes every handshake, with either signing key and either CA key', async () => {
+    assert.deepEqual((await rehearseFirstContacts(12, { signingKey: 'ed25519', caKey: 'ed25519' })).handshakes, 12);
+    assert.deepEqual((await rehearseFirstContacts(3, { signingKey: 'p256', caKey: 'ed25519' })).handshakes, 3);
+    assert.deepEqual((await rehearseFirstContacts(3, { signingKey: 'ed25519', caKey: 'p256' })).handshakes, 3);
   });
 
   it('stops when the agent stops', async () => {
     const stopping = new AbortController();
     stopping.abort();
-    assert.equal((await rehearseFirstContacts(50, { signingKey: 'ed25519', signal: stopping.signal })).handshakes, 0);
+    assert.equal((await rehearseFirstContacts(50, { signingKey: 'ed25519', caKey: 'ed25519', signal: stopping.signal })).handshakes, 0);
   });
 
   it('reports a handshake its agents do not complete, with the step and the reason', async () => {
@@ -22,7 +23,7 @@ describe('first-contact rehearsal', () => {
     const start = Date.now();
     let readings = 0;
     const now = () => start + 600_000 * readings++;
-    await assert.rejects(rehearseFirstContacts(2, { signingKey: 'ed25519', now }), (error: Error & { code?: string; context?: Record<string, string> }) => {
+    await assert.rejects(rehearseFirstContacts(2, { signingKey: 'ed25519', caKey: 'ed25519', now }), (error: Error & { code?: string; context?: Record<string, string> }) => {
       assert.equal(error.name, 'RehearsalError');
       assert.equal(error.code, 'handshake-failed');
       assert.deepEqual(error.context, { step: 'server SYN', reason: 'stale-timestamp' });
@@ -32,7 +33,7 @@ describe('first-contact rehearsal', () => {
 
   it('completes IPv6 handshakes as well as IPv4 ones (they alternate)', async () => {
     // The second handshake is the first IPv6 one: a failure there names its step.
-    assert.equal((await rehearseFirstContacts(2, { signingKey: 'ed25519' })).handshakes, 2);
+    assert.equal((await rehearseFirstContacts(2, { signingKey: 'ed25519', caKey: 'ed25519' })).handshakes, 2);
   });
 
   for (const [family, handshake] of [['IPv4', LINUX_HANDSHAKE], ['IPv6', LINUX_HANDSHAKE_IPV6]] as const) {
