@@ -17,6 +17,8 @@
 //   domain's key type on first contact is measured alone when A and B are one tree.
 //   COMPARE_NODE_FLAGS_A, COMPARE_NODE_FLAGS_B: flags for the node that runs A's or B's agents
 //   (space-separated, e.g. --max-semi-space-size=1), one tree against itself the same way.
+//   COMPARE_AGENT_ARGS_A, COMPARE_AGENT_ARGS_B: more `synpass agent run` arguments for A's or B's
+//   agents, after the lab's own (e.g. --kernel-fast-path off: the queue path in a kernel lab).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -32,6 +34,11 @@ const KERNEL_MODES: readonly Mode[] = ['kernel', 'kernel-first-contact'];
 const FIRST_CONTACT_MODES: readonly Mode[] = ['first-contact', 'kernel-first-contact'];
 type Mode = (typeof MODES)[number];
 
+/** Space-separated words of an environment variable (none when unset). */
+function words(value: string | undefined): string[] {
+  return value?.split(' ').filter((word) => word !== '') ?? [];
+}
+
 const config = {
   alternations: Number(process.env.COMPARE_ALTERNATIONS ?? 6),
   connects: Number(process.env.COMPARE_CONNECTS ?? 400),
@@ -41,7 +48,8 @@ const config = {
   busyProcesses: Number(process.env.COMPARE_BUSY ?? 0),
   settleMs: Number(process.env.COMPARE_SETTLE_MS ?? 3000),
   caKeys: process.env.COMPARE_CA_KEYS?.split(',') as SigningKeyType[] | undefined,
-  nodeFlags: [process.env.COMPARE_NODE_FLAGS_A, process.env.COMPARE_NODE_FLAGS_B].map((flags) => flags?.split(' ').filter((flag) => flag !== '') ?? []),
+  nodeFlags: [process.env.COMPARE_NODE_FLAGS_A, process.env.COMPARE_NODE_FLAGS_B].map(words),
+  agentArgs: [process.env.COMPARE_AGENT_ARGS_A, process.env.COMPARE_AGENT_ARGS_B].map(words),
 };
 /** A busy neighbour gives up on its own after this long, should nothing stop it. */
 const BUSY_LIMIT_MS = 3_600_000;
@@ -86,7 +94,10 @@ try {
   // A listener signs fast SYN-ACKs only if it began listening while the programs were attached
   // (they stay enabled on it across agent restarts): in the kernel lab it starts after the first agents.
   let loadServer = kernelLab ? null : await startLoadServer(lab, PORT);
-  const agentArgs = (side: number, mode: Mode, host: 'api' | 'web'): string[] => (mode === 'pass-through' ? [] : ['--config', (files[side] ?? files[0]!).configs[host]]);
+  const agentArgs = (side: number, mode: Mode, host: 'api' | 'web'): string[] => [
+    ...(mode === 'pass-through' ? [] : ['--config', (files[side] ?? files[0]!).configs[host]]),
+    ...config.agentArgs[side]!,
+  ];
   const startAgents = async (side: number, mode: Mode): Promise<AgentHandle[]> => {
     const command = [process.execPath, ...config.nodeFlags[side]!, join(trees[side]!, 'dist/agent/src/cli/main.js')];
     return [await lab.startAgent('api', agentArgs(side, mode, 'api'), {}, true, command), await lab.startAgent('web', agentArgs(side, mode, 'web'), {}, true, command)];
@@ -116,7 +127,7 @@ try {
 
   const fmt = (value: number, digits = 0): string => (Number.isFinite(value) ? value.toFixed(digits) : '-');
   const lines = [
-    ...[0, 1].map((side) => `${'AB'[side]}: ${trees[side]}${caKeys === undefined ? '' : `, ${caKeys[side]} CA key`}${config.nodeFlags[side]!.length === 0 ? '' : `, node ${config.nodeFlags[side]!.join(' ')}`}`),
+    ...[0, 1].map((side) => `${'AB'[side]}: ${trees[side]}${caKeys === undefined ? '' : `, ${caKeys[side]} CA key`}${config.nodeFlags[side]!.length === 0 ? '' : `, node ${config.nodeFlags[side]!.join(' ')}`}${config.agentArgs[side]!.length === 0 ? '' : `, agents ${config.agentArgs[side]!.join(' ')}`}`),
     `${config.alternations} alternations per mode; each: ${config.connects} sequential connects (first contact ${config.firstContactConnects}) and a ${config.rateMs} ms rate run at 32 concurrent` +
       (config.busyProcesses > 0 ? `; ${config.busyProcesses} CPU-bound processes running beside them` : ''),
     ['mode'.padEnd(20), 'A p50'.padStart(7), 'B p50'.padStart(7), 'B-A'.padStart(6), 'range'.padStart(12), 'A p99'.padStart(7), 'B p99'.padStart(7), 'A conn/s'.padStart(9), 'B conn/s'.padStart(9), 'B/A'.padStart(6), 'range'.padStart(10)].join(' '),
