@@ -18,7 +18,9 @@
 //   COMPARE_NODE_FLAGS_A, COMPARE_NODE_FLAGS_B: flags for the node that runs A's or B's agents
 //   (space-separated, e.g. --max-semi-space-size=1), one tree against itself the same way.
 //   COMPARE_AGENT_ARGS_A, COMPARE_AGENT_ARGS_B: more `synpass agent run` arguments for A's or B's
-//   agents, after the lab's own (e.g. --kernel-fast-path off: the queue path in a kernel lab).
+//   agents, after the lab's own (e.g. --kernel-fast-path off: the queue path in a kernel lab; give
+//   it to B, since the kernel lab's listener starts beside A's first agents and signs fast
+//   SYN-ACKs only if programs were attached then).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
