@@ -32,7 +32,7 @@ export interface TestDomain {
 
 export async function createDomain(name: string, caKeyType?: SigningKeyType): Promise<TestDomain> {
   const directory = scratchDirectory(name);
-  await initDomain(name, directory, caKeyType === undefined ? {} : { caKeyType });
+  await initDomain(name, directory, { caKeyType });
   return { name, directory, bundles: loadTrustBundles(directory) };
 }
 

@@ -32,7 +32,7 @@ export async function prepareIdentities(
 ): Promise<IdentityLabFiles> {
   const domainDirectory = join(directory, 'domain');
   const rogueDirectory = join(directory, 'rogue');
-  await initDomain(DOMAIN, domainDirectory, caKeyType === undefined ? {} : { caKeyType });
+  await initDomain(DOMAIN, domainDirectory, { caKeyType });
   await initDomain(ROGUE_DOMAIN, rogueDirectory);
   const bundles = join(directory, 'bundles');
   mkdirSync(bundles, { recursive: true });

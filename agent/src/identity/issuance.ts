@@ -37,7 +37,7 @@ export async function newTrustDomain(trustDomain: string, caKeyType: SigningKeyT
 }
 
 /** `overwrite`: replace an existing CA key and bundle, which invalidates every credential it issued. */
-export async function initDomain(trustDomain: string, directory: string, options: { overwrite?: boolean; caKeyType?: SigningKeyType } = {}): Promise<{ bundle: string; caKey: string }> {
+export async function initDomain(trustDomain: string, directory: string, options: { overwrite?: boolean; caKeyType?: SigningKeyType | undefined } = {}): Promise<{ bundle: string; caKey: string }> {
   const domain = await newTrustDomain(trustDomain, options.caKeyType);
   const caKey = join(directory, CA_KEY_FILE);
   const bundle = join(directory, `${trustDomain}${BUNDLE_SUFFIX}`);
