@@ -431,6 +431,14 @@ static __always_inline int addressed_here(struct __sk_buff *skb, const struct fa
   return routed != BPF_FIB_LKUP_RET_SUCCESS && routed != BPF_FIB_LKUP_RET_NO_NEIGH;
 }
 
+/* What a SYN or SYN-ACK the kernel proved carries besides accept_mark where the fast path skips
+ * conntrack: untracked, and judged as the rules' mark chain would mark it, so that they let it by
+ * without walking a chain (rules.ts). Where conntrack is kept, the chain walks it, and copies
+ * accept_mark's release into the connmark. */
+static __always_inline __u32 untracked_judged(const struct fast_config *cfg) {
+  return cfg->untracked_mark != 0 ? cfg->untracked_mark | cfg->judged_mark : 0;
+}
+
 static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fast_config *cfg, struct parsed *p, const __u8 opt[FAST_SYN_OPT_LEN], __u32 now) {
   struct server_key key = {};
   __builtin_memcpy(key.address, p->source, 16);
@@ -458,7 +466,7 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
   struct peer_value peer = {.fast_id = key.fast_id};
   bpf_map_update_elem(&fast_peers, &conn, &peer, BPF_ANY);
   if (cfg->untracked_mark != 0) bpf_map_update_elem(&fast_flows, &conn, &one, BPF_ANY);
-  skb->mark |= cfg->accept_mark | cfg->untracked_mark;
+  skb->mark |= cfg->accept_mark | untracked_judged(cfg);
   count(FAST_SYN_ACCEPTED);
   if (cfg->accept_sample != 0 && bpf_get_prandom_u32() < cfg->accept_sample) emit(FAST_SYN_ACCEPTED, p, key.fast_id, 0);
   return TC_ACT_OK;
@@ -510,8 +518,8 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
    * its rules release it, so no agent ever sees this answer; conntrack follows the retransmit
    * here, and so this answer. One with a marker (the server's agent answered) stays unmarked, so
    * that the agent here judges it and its token never reaches the socket. */
-  if (!sent->fallback) skb->mark |= cfg->untracked_mark;
-  if (!any_marker_option(skb, p)) skb->mark |= cfg->accept_mark;
+  if (any_marker_option(skb, p)) skb->mark |= sent->fallback ? 0 : cfg->untracked_mark;
+  else skb->mark |= cfg->accept_mark | (sent->fallback ? 0 : untracked_judged(cfg));
   return TC_ACT_OK;
 }
 
@@ -835,7 +843,8 @@ static __always_inline int syn_fast_id(struct bpf_sock_ops *ops, __u32 *fast_id)
   return 1;
 }
 
-/* The client's first packets after its fast SYN. The handshake's ACK leaves with the accept
+/* The client's first packets after its fast SYN, where conntrack is kept (client_established
+ * ends it sooner otherwise). The handshake's ACK leaves with the accept
  * marks, so the rules release the connection (no later packet of it walks them); the packet
  * after it gets the socket's own mark back, and the socket stops calling this program. Only real
  * packets count: the kernel also asks for option space with no packet (flags 0) to size MSS. */
@@ -969,7 +978,7 @@ static __always_inline void client_fallback(struct bpf_sock_ops *ops) {
  * it under its previous keys, the entry it came from goes too (unless a newer one replaced it),
  * so the next connect is a first contact that learns the new keys, rather than a fast SYN the
  * server drops once those expire. */
-static __always_inline void client_established(struct bpf_sock_ops *ops) {
+static __always_inline void client_established(struct bpf_sock_ops *ops, const struct fast_config *cfg) {
   struct sock_state_value *state = socket_state(ops);
   if (!state || (state->state != SOCK_FAST && state->state != SOCK_FALLBACK)) return;
   struct flow_key key = {};
@@ -997,6 +1006,13 @@ static __always_inline void client_established(struct bpf_sock_ops *ops) {
     /* Whoever answered the retransmit, the socket asks for nothing more. */
     state->state = SOCK_DONE;
     bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags & ~(BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG));
+  } else if (cfg->untracked_mark != 0) {
+    /* Where the fast path skips conntrack, no rule walks the connection's segments (they carry
+     * untracked), so none needs the accept marks on its handshake ACK (client_after_syn): the
+     * socket gets its own mark back now, before that ACK leaves, and asks for nothing more. */
+    state->state = SOCK_DONE;
+    if (!state->pod) set_mark(ops, state->original_mark | cfg->untracked_mark);
+    bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags & ~(BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG));
   }
 }
 
@@ -1015,7 +1031,8 @@ SEC("sockops")
 int synpass_sockops(struct bpf_sock_ops *ops) {
   struct fast_config *cfg = config();
   if (!cfg) return 1;
-  __u32 now = now_seconds(cfg);
+  /* The clock is read only where a callback judges by it: most callbacks of a connection do not. */
+  __u32 now;
   switch (ops->op) {
     case BPF_SOCK_OPS_TCP_LISTEN_CB:
       /* Lets the listener's SYN-ACKs carry the server's MAC. */
@@ -1023,12 +1040,14 @@ int synpass_sockops(struct bpf_sock_ops *ops) {
       keep_syns(ops);
       break;
     case BPF_SOCK_OPS_TCP_CONNECT_CB:
+      now = now_seconds(cfg);
       if (vouched(cfg, now)) client_connect(ops, cfg, now);
       break;
     case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
-      if (vouched(cfg, now)) reserve_option(ops, cfg);
+      if (vouched(cfg, now_seconds(cfg))) reserve_option(ops, cfg);
       break;
     case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
+      now = now_seconds(cfg);
       if (!vouched(cfg, now)) break;
       if (client_syn(ops)) write_client_syn(ops, cfg, now);
       else if ((ops->skb_tcp_flags & TCPHDR_SYN_ACK_MASK) == 0x12) write_server_synack(ops);
@@ -1037,7 +1056,7 @@ int synpass_sockops(struct bpf_sock_ops *ops) {
       client_fallback(ops);
       break;
     case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-      client_established(ops);
+      client_established(ops, cfg);
       break;
     case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
       /* The accepted socket inherits the listener's flags, but only the listener's SYN-ACKs carry

@@ -38,6 +38,7 @@ struct fast_config {
   __u64 netns_cookie;       /* the agent's network namespace: only its sockets connect fast as their uid's workload; a pod's, in a namespace of its own, speaks as the pod (fast_pods) */
   __u32 routed_workloads;   /* what this host routes is its own to judge (a node's pods); otherwise only SYNs delivered here are */
   __u32 pod_mark;           /* on a local pod's fast SYN, vouched for where it enters the node: the rules let it by on both hooks */
+  __u32 judged_mark;        /* on a fast SYN or SYN-ACK the kernel proved: with untracked_mark, the rules need not jump for it to mark it judged */
 };
 
 /* One kernel verdict for the agent's flow log (ring buffer `fast_events`). A drop is reported

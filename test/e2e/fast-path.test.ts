@@ -91,6 +91,24 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
 
   const queued = async (agent: AgentHandle): Promise<number> => (await settledStatus(() => agent.status())).queue.received!;
 
+  /** Packets mangle PREROUTING sent into SYNPASS-IN for being an untracked SYN or SYN-ACK, both families (iptables-save -c). */
+  function untrackedSynJumps(host: 'web' | 'api'): number {
+    let total = 0;
+    for (const tool of ['iptables-nft-save', 'iptables-legacy-save', 'ip6tables-nft-save', 'ip6tables-legacy-save']) {
+      let saved: string;
+      try {
+        saved = lab.exec(host, [tool, '-c', '-t', 'mangle']);
+      } catch {
+        continue;
+      }
+      for (const line of saved.split('\n')) {
+        const jumped = /^\[(\d+):\d+\] -A PREROUTING .*--tcp-flags SYN SYN .*-j SYNPASS-IN$/.exec(line);
+        if (jumped !== null) total += Number(jumped[1]);
+      }
+    }
+    return total;
+  }
+
   /** Entries of the agent's table of servers that hold its workloads in their kernels. */
   async function clientEntries(agent: AgentHandle): Promise<number> {
     return ((await agent.status()) as unknown as { tables: Record<string, { entries: number }> }).tables['kernel-clients']!.entries;
@@ -107,10 +125,13 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     it(`after one first contact, IPv${family} connections of the pair queue no packet on either side`, async () => {
       assert.equal(await http(family), true, 'first contact');
       const [apiQueued, webQueued, apiBefore, webBefore] = [await queued(api), await queued(web), await fast(api), await fast(web)];
+      const jumpsBefore = [untrackedSynJumps('api'), untrackedSynJumps('web')];
       const rounds = 20;
       for (let i = 0; i < rounds; i++) assert.equal(await http(family), true, `fast connection ${i}`);
       assert.equal(await queued(api), apiQueued, 'api queued nothing');
       assert.equal(await queued(web), webQueued, 'web queued nothing');
+      // The kernel marks the SYNs and SYN-ACKs it proves judged: none of them walked a rule chain.
+      assert.deepEqual([untrackedSynJumps('api'), untrackedSynJumps('web')], jumpsBefore, 'no proven SYN or SYN-ACK jumped into SYNPASS-IN');
       assert.deepEqual(countersMoved(apiBefore, await fast(api)), { synAccepted: rounds, synAckSigned: rounds });
       assert.deepEqual(countersMoved(webBefore, await fast(web)), { synSent: rounds, synAckVerified: rounds });
       // Status tells the shares apart: these SYNs count for the kernel, none for the queue.

@@ -134,11 +134,12 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
     // Every TCP packet of the host meets these rules, so they carry no comment: iptables-nft
     // tests a comment through the xtables compatibility layer, per packet. A connection the
     // kernel fast path judged and left out of conntrack (the `untracked` bit) does not jump:
-    // native mark and flag tests, no chain. Its incoming SYN and SYN-ACK still do (the SYN to be
-    // marked judged, a SYN-ACK with a marker to be queued); the kernel never gives the bit to
-    // another segment that carries a marker.
+    // native mark and flag tests, no chain. Nor do its incoming SYN and SYN-ACK, which the kernel
+    // marks `judged` as it proves them, as the mark chain would; one it leaves unjudged still
+    // does (a SYN-ACK with a marker, to be queued). The kernel never gives the bit to another
+    // segment that carries a marker.
     `-I PREROUTING 1 -p tcp -m mark ! --mark ${untracked} -j ${CHAINS.ingress}`,
-    `-I PREROUTING 2 -p tcp -m tcp --tcp-flags SYN SYN -m mark --mark ${untracked} -j ${CHAINS.ingress}`,
+    `-I PREROUTING 2 -p tcp -m tcp --tcp-flags SYN SYN -m mark --mark ${hex(marks.untracked)}/${hex(marks.untracked | marks.judged)} -j ${CHAINS.ingress}`,
     `-I POSTROUTING 1 -p tcp -m mark ! --mark ${untracked} -j ${CHAINS.egress}`,
     // Only SYNs jump: every other packet of the host pays one flags match here.
     ...(audited ? auditedHooks.map((hook) => `-I ${hook} 1 -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN ${tag} -j ${CHAINS.audit}`) : []),

@@ -75,6 +75,8 @@ export interface KernelFastPathOptions {
   routedWorkloads?: boolean;
   /** Set on a local pod's fast SYN where it enters the node (`pass` and `judged`): the rules let it by on both hooks (0: pods connect through the queue). */
   podMark?: number;
+  /** Set (the rules' `judged` bit), with the untracked mark, on a fast SYN or SYN-ACK the kernel proved, as the rules' mark chain would: they let it by unwalked (0: the chain marks it). */
+  judgedMark?: number;
   now?: () => number;
 }
 
@@ -323,6 +325,7 @@ export class KernelFastPath implements KernelPath {
       netnsCookie: this.netnsCookie,
       routedWorkloads: this.options.routedWorkloads === true,
       podMark: this.podMark,
+      judgedMark: this.options.judgedMark ?? 0,
     });
     this.native.mapUpdate(this.map('fast_config'), Buffer.alloc(4), value, BPF_ANY);
   }

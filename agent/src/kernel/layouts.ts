@@ -254,11 +254,13 @@ export interface FastConfig {
   routedWorkloads: boolean;
   /** Set on a local pod's fast SYN where it enters the node: the rules let it by on both hooks. */
   podMark: number;
+  /** Set, with untrackedMark, on a fast SYN or SYN-ACK the kernel proved: the rules need not walk a chain to mark it judged (0: they do). */
+  judgedMark: number;
 }
 
-/** struct fast_config (72 bytes). */
+/** struct fast_config (80 bytes: 76 and the padding to its 8-byte alignment). */
 export function configValue(config: FastConfig): Buffer {
-  const value = Buffer.alloc(72);
+  const value = Buffer.alloc(80);
   if (LITTLE) value.writeBigInt64LE(config.realtimeOffsetNs, 0);
   else value.writeBigInt64BE(config.realtimeOffsetNs, 0);
   u32(value, 8, config.windowSeconds);
@@ -277,6 +279,7 @@ export function configValue(config: FastConfig): Buffer {
   else value.writeBigUInt64BE(config.netnsCookie, 56);
   u32(value, 64, config.routedWorkloads ? 1 : 0);
   u32(value, 68, config.podMark);
+  u32(value, 72, config.judgedMark);
   return value;
 }
 

@@ -144,6 +144,8 @@ export function chooseKernelFastPath(
         routedWorkloads: config.kubernetes !== null,
         // A pod's fast SYN, vouched for where it enters the node, passes both hooks' rules (rules.ts).
         podMark: config.kubernetes !== null ? marks.pass | marks.judged : 0,
+        // What the rules' mark chain leaves on a proven SYN or SYN-ACK, so they need not walk it (rules.ts).
+        judgedMark: marks.judged,
       });
       reason = attachPrepared(path, prepare, interfaces);
     } catch (error) {

@@ -19,13 +19,13 @@ describe('buildRuleset', () => {
   const v4 = buildRuleset(4, options);
   const lines = v4.split('\n');
 
-  it('hooks its chains first in PREROUTING and POSTROUTING of mangle; the fast path\'s untracked connections jump only for their SYN and SYN-ACK', () => {
+  it('hooks its chains first in PREROUTING and POSTROUTING of mangle; the fast path\'s untracked connections jump only for a SYN or SYN-ACK the kernel did not mark judged', () => {
     assert.equal(lines[0], '*mangle');
     assert.deepEqual(
       lines.filter((l) => l.startsWith('-I ')),
       [
         '-I PREROUTING 1 -p tcp -m mark ! --mark 0x2000000/0x2000000 -j SYNPASS-IN',
-        '-I PREROUTING 2 -p tcp -m tcp --tcp-flags SYN SYN -m mark --mark 0x2000000/0x2000000 -j SYNPASS-IN',
+        '-I PREROUTING 2 -p tcp -m tcp --tcp-flags SYN SYN -m mark --mark 0x2000000/0x2800000 -j SYNPASS-IN',
         '-I POSTROUTING 1 -p tcp -m mark ! --mark 0x2000000/0x2000000 -j SYNPASS-OUT',
       ],
     );
