@@ -2,7 +2,9 @@
 // alternation (A B, B A, A B, ...), each alternation a few hundred sequential connects and a short
 // rate run. An effect of 10-20 us per connection is smaller than the VM's drift between two runs
 // of scripts/bench; alternating every few seconds cancels the drift, so before/after numbers of a
-// hot-path change come from here. Each build is a tree with its own dist/ and native addon.
+// hot-path change come from here. The rate run also gives the machine's CPU per connection: the
+// rate is bound by the load generator's one thread, which pays the kernel's softirq work of the
+// connections it opens, so a few microseconds of kernel work show there more steadily than in it. Each build is a tree with its own dist/ and native addon.
 //   node --import tsx scripts/benchmarks/compare-builds.ts <treeA> <treeB>
 //   COMPARE_ALTERNATIONS=6 COMPARE_CONNECTS=400 COMPARE_RATE_MS=1000 COMPARE_MODES=pass-through,identity
 //   COMPARE_SETTLE_MS=3000: how long fresh agents run before they are measured.
@@ -78,6 +80,8 @@ interface Sample {
   p50: number;
   p99: number;
   rate: number;
+  /** Machine CPU per connection in the rate run, microseconds (idle and steal excluded). */
+  cpu: number;
 }
 
 agentsLogWarningsOnly();
@@ -119,10 +123,10 @@ try {
         const firstContact = FIRST_CONTACT_MODES.includes(mode);
         const flush = firstContact ? agents.map((agent) => agent.socket) : [];
         const latency = await runLoad(lab, ['sequential', ...target, String(firstContact ? config.firstContactConnects : config.connects), ...flush]);
-        const rate = firstContact ? { perSecond: Number.NaN } : await runLoad(lab, ['rate', ...target, '32', String(config.rateMs), '60000']);
+        const rate = firstContact ? { perSecond: Number.NaN, machineMicroseconds: Number.NaN, completed: 1 } : await runLoad(lab, ['rate', ...target, '32', String(config.rateMs), '60000']);
         for (const agent of agents) await agent.process.stop();
         const key = `${mode} ${side}`;
-        samples.set(key, [...(samples.get(key) ?? []), { p50: latency.p50!, p99: latency.p99!, rate: rate.perSecond! }]);
+        samples.set(key, [...(samples.get(key) ?? []), { p50: latency.p50!, p99: latency.p99!, rate: rate.perSecond!, cpu: rate.machineMicroseconds! / rate.completed! }]);
       }
     }
   }
@@ -132,7 +136,7 @@ try {
     ...[0, 1].map((side) => `${'AB'[side]}: ${trees[side]}${caKeys === undefined ? '' : `, ${caKeys[side]} CA key`}${config.nodeFlags[side]!.length === 0 ? '' : `, node ${config.nodeFlags[side]!.join(' ')}`}${config.agentArgs[side]!.length === 0 ? '' : `, agents ${config.agentArgs[side]!.join(' ')}`}`),
     `${config.alternations} alternations per mode; each: ${config.connects} sequential connects (first contact ${config.firstContactConnects}) and a ${config.rateMs} ms rate run at 32 concurrent` +
       (config.busyProcesses > 0 ? `; ${config.busyProcesses} CPU-bound processes running beside them` : ''),
-    ['mode'.padEnd(20), 'A p50'.padStart(7), 'B p50'.padStart(7), 'B-A'.padStart(6), 'range'.padStart(12), 'A p99'.padStart(7), 'B p99'.padStart(7), 'A conn/s'.padStart(9), 'B conn/s'.padStart(9), 'B/A'.padStart(6), 'range'.padStart(10)].join(' '),
+    ['mode'.padEnd(20), 'A p50'.padStart(7), 'B p50'.padStart(7), 'B-A'.padStart(6), 'range'.padStart(12), 'A p99'.padStart(7), 'B p99'.padStart(7), 'A conn/s'.padStart(9), 'B conn/s'.padStart(9), 'B/A'.padStart(6), 'range'.padStart(10), 'B-A cpu'.padStart(8), 'range'.padStart(12)].join(' '),
   ];
   for (const mode of config.modes) {
     const a = samples.get(`${mode} 0`)!;
@@ -140,6 +144,7 @@ try {
     // Alternation i of A is paired with alternation i of B: they ran back to back.
     const differences = a.map((sample, i) => b[i]!.p50 - sample.p50);
     const ratios = a.map((sample, i) => b[i]!.rate / sample.rate);
+    const cpu = a.map((sample, i) => b[i]!.cpu - sample.cpu);
     lines.push(
       [
         mode.padEnd(20),
@@ -153,10 +158,16 @@ try {
         fmt(median(b.map((s) => s.rate))).padStart(9),
         `${fmt(median(ratios), 2)}x`.padStart(6),
         `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`.padStart(10),
+        fmt(median(cpu), 1).padStart(8),
+        `${fmt(Math.min(...cpu), 1)}..${fmt(Math.max(...cpu), 1)}`.padStart(12),
       ].join(' '),
     );
   }
-  lines.push('B-A: median over alternations of B p50 minus the A p50 measured next to it; B/A: the same for the rate');
+  lines.push(
+    'B-A: median over alternations of B p50 minus the A p50 measured next to it; B/A: the same for the rate; B-A cpu: the same for the ' +
+      'machine CPU per connection of the rate run, microseconds (all cores, idle and steal excluded): steadier than the rate, which the ' +
+      'load generator\'s own thread bounds here',
+  );
   process.stdout.write(`${lines.join('\n')}\n`);
 } finally {
   for (const neighbour of neighbours) neighbour.kill('SIGKILL');
