@@ -4,7 +4,8 @@
 // of scripts/bench; alternating every few seconds cancels the drift, so before/after numbers of a
 // hot-path change come from here. The rate run also gives the machine's CPU per connection: the
 // rate is bound by the load generator's one thread, which pays the kernel's softirq work of the
-// connections it opens, so a few microseconds of kernel work show there more steadily than in it. Each build is a tree with its own dist/ and native addon.
+// connections it opens, so a few microseconds of kernel work show there more steadily than in
+// the rate. Each build is a tree with its own dist/ and native addon.
 //   node --import tsx scripts/benchmarks/compare-builds.ts <treeA> <treeB>
 //   COMPARE_ALTERNATIONS=6 COMPARE_CONNECTS=400 COMPARE_RATE_MS=1000 COMPARE_MODES=pass-through,identity
 //   COMPARE_SETTLE_MS=3000: how long fresh agents run before they are measured.
@@ -123,10 +124,11 @@ try {
         const firstContact = FIRST_CONTACT_MODES.includes(mode);
         const flush = firstContact ? agents.map((agent) => agent.socket) : [];
         const latency = await runLoad(lab, ['sequential', ...target, String(firstContact ? config.firstContactConnects : config.connects), ...flush]);
-        const rate = firstContact ? { perSecond: Number.NaN, machineMicroseconds: Number.NaN, completed: 1 } : await runLoad(lab, ['rate', ...target, '32', String(config.rateMs), '60000']);
+        const rate = firstContact ? null : await runLoad(lab, ['rate', ...target, '32', String(config.rateMs), '60000']);
         for (const agent of agents) await agent.process.stop();
         const key = `${mode} ${side}`;
-        samples.set(key, [...(samples.get(key) ?? []), { p50: latency.p50!, p99: latency.p99!, rate: rate.perSecond!, cpu: rate.machineMicroseconds! / rate.completed! }]);
+        const sample = { p50: latency.p50!, p99: latency.p99!, rate: rate?.perSecond ?? Number.NaN, cpu: rate === null ? Number.NaN : rate.machineMicroseconds! / rate.completed! };
+        samples.set(key, [...(samples.get(key) ?? []), sample]);
       }
     }
   }
