@@ -376,11 +376,12 @@ export class Lab {
     return child;
   }
 
-  iptablesSave(host: Host): string {
+  /** Every iptables backend's rules of both families in `host`; `counters`: with each rule's packet and byte counts (`-c`). */
+  iptablesSave(host: Host, counters = false): string {
     return ['iptables-nft-save', 'iptables-legacy-save', 'ip6tables-nft-save', 'ip6tables-legacy-save']
       .map((tool) => {
         try {
-          return this.exec(host, [tool]);
+          return this.exec(host, counters ? [tool, '-c'] : [tool]);
         } catch {
           return '';
         }

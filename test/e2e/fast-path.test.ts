@@ -91,20 +91,12 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
 
   const queued = async (agent: AgentHandle): Promise<number> => (await settledStatus(() => agent.status())).queue.received!;
 
-  /** Packets mangle PREROUTING sent into SYNPASS-IN for being an untracked SYN or SYN-ACK, both families (iptables-save -c). */
+  /** Packets mangle PREROUTING sent into SYNPASS-IN for being an untracked SYN or SYN-ACK, both families. */
   function untrackedSynJumps(host: 'web' | 'api'): number {
     let total = 0;
-    for (const tool of ['iptables-nft-save', 'iptables-legacy-save', 'ip6tables-nft-save', 'ip6tables-legacy-save']) {
-      let saved: string;
-      try {
-        saved = lab.exec(host, [tool, '-c', '-t', 'mangle']);
-      } catch {
-        continue;
-      }
-      for (const line of saved.split('\n')) {
-        const jumped = /^\[(\d+):\d+\] -A PREROUTING .*--tcp-flags SYN SYN .*-j SYNPASS-IN$/.exec(line);
-        if (jumped !== null) total += Number(jumped[1]);
-      }
+    for (const line of lab.iptablesSave(host, true).split('\n')) {
+      const jumped = /^\[(\d+):\d+\] -A PREROUTING .*--tcp-flags SYN SYN .*-j SYNPASS-IN$/.exec(line);
+      if (jumped !== null) total += Number(jumped[1]);
     }
     return total;
   }
