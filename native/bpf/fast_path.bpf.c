@@ -78,13 +78,6 @@ struct {
   __type(value, __u8);
 } fast_replay SEC(".maps");
 
-struct {
-  __uint(type, BPF_MAP_TYPE_LRU_HASH);
-  __uint(max_entries, 65536);
-  __type(key, struct flow_key);
-  __type(value, struct peer_value);
-} fast_peers SEC(".maps");
-
 /* Server: 1 for each local port that admits no peer without identity, from any address (the
  * agent computes it from policy); such a SYN is dropped here, without a queue trip. */
 struct {
@@ -102,13 +95,15 @@ struct {
   __type(value, __u8);
 } fast_excluded SEC(".maps");
 
-/* Connections the fast path judged, on either end, so that their later packets are marked
- * untracked. An LRU: an evicted connection's packets meet conntrack again, which picks it up. */
+/* Connections the fast path judged, on either end: on the server, the peer its fast SYN proved
+ * (whois); where conntrack is skipped, so that their later packets are marked untracked. One
+ * table, so the server's accept writes one entry. An LRU: an evicted connection's packets meet
+ * conntrack again, which picks it up, and whois no longer finds it in the kernel. */
 struct {
   __uint(type, BPF_MAP_TYPE_LRU_HASH);
   __uint(max_entries, 65536);
   __type(key, struct flow_key);
-  __type(value, __u8);
+  __type(value, struct flow_value);
 } fast_flows SEC(".maps");
 
 /* Client: configured workload cgroups (systemd units, pods), cgroup id -> workload number. */
@@ -192,6 +187,7 @@ struct sock_state_value {
   __u32 owner;
   __u32 isn; /* of the fast SYN, which keys its fast_conns record */
   __u32 pod; /* a pod's socket: its marks would not cross its link into the node, so none is set */
+  __u32 untracked; /* its SYN left with the socket's own mark and untracked, which it keeps */
 };
 
 struct {
@@ -463,9 +459,8 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
   if (bpf_map_update_elem(&fast_replay, &seen, &one, BPF_NOEXIST) != 0) return drop(FAST_SYN_REPLAYED, p, key.fast_id);
   struct flow_key conn = {};
   flow_of(p, &conn);
-  struct peer_value peer = {.fast_id = key.fast_id};
-  bpf_map_update_elem(&fast_peers, &conn, &peer, BPF_ANY);
-  if (cfg->untracked_mark != 0) bpf_map_update_elem(&fast_flows, &conn, &one, BPF_ANY);
+  struct flow_value flow = {.fast_id = key.fast_id, .proven_peer = 1, .untracked = cfg->untracked_mark != 0};
+  bpf_map_update_elem(&fast_flows, &conn, &flow, BPF_ANY);
   skb->mark |= cfg->accept_mark | untracked_judged(cfg);
   count(FAST_SYN_ACCEPTED);
   if (cfg->accept_sample != 0 && bpf_get_prandom_u32() < cfg->accept_sample) emit(FAST_SYN_ACCEPTED, p, key.fast_id, 0);
@@ -577,7 +572,8 @@ static __always_inline int mark_judged_flow(struct __sk_buff *skb, const struct 
   struct flow_key key = {};
   flow_of(p, &key);
   /* The lookup first: most segments belong to other connections and need no option walk. */
-  if (bpf_map_lookup_elem(&fast_flows, &key) && !any_marker_option(skb, p)) skb->mark |= cfg->untracked_mark;
+  struct flow_value *flow = bpf_map_lookup_elem(&fast_flows, &key);
+  if (flow && flow->untracked && !any_marker_option(skb, p)) skb->mark |= cfg->untracked_mark;
   return TC_ACT_OK;
 }
 
@@ -637,12 +633,11 @@ static __always_inline int known_pod_pair(const struct parsed *p, __u32 now) {
  * is dropped as one without, as the rules would drop it, failing closed, had the agent crashed.
  * Sources excluded from synpass are left alone, and so are SYNs this host only routes. */
 static __always_inline int judge_plain_syn(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p, __u32 now) {
-  if (cfg->untracked_mark != 0) {
-    /* A new connection on the ports of an earlier fast one: conntrack follows this one. */
-    struct flow_key flow = {};
-    flow_of(p, &flow);
-    bpf_map_delete_elem(&fast_flows, &flow);
-  }
+  /* A new connection on the ports of an earlier fast one: conntrack follows this one, and whois
+   * no longer names the earlier one's peer for it. */
+  struct flow_key flow = {};
+  flow_of(p, &flow);
+  bpf_map_delete_elem(&fast_flows, &flow);
   if (cfg->routed_workloads && known_pod_pair(p, now) && !has_marker(skb, p)) {
     /* Accepted as a proven fast SYN is: the rules release the connection (conntrack follows it). */
     skb->mark |= cfg->accept_mark;
@@ -685,9 +680,11 @@ int synpass_ingress(struct __sk_buff *skb) {
 
 /* ---- sock_ops ------------------------------------------------------------------------------ */
 
-/* The context allows only 4-byte reads of these fields; the barrier keeps clang from merging
- * two of them into one 8-byte read. */
-#define CTX_READ(field) ({ __u32 __v = (field); asm volatile("" : "+r"(__v)); __v; })
+/* A 4-byte field read into a register that clang cannot trace back to the field. The context
+ * allows only 4-byte reads of some fields, which clang would merge into one 8-byte read; and a
+ * choice between two fields of one map value compiles to a choice of offsets, pointer
+ * arithmetic the verifier refuses without CAP_PERFMON. */
+#define READ_U32(field) ({ __u32 __v = (field); asm volatile("" : "+r"(__v)); __v; })
 
 static __always_inline void copy_ip6(__u8 out[16], __u32 a, __u32 b, __u32 c, __u32 d) {
   __builtin_memcpy(out, &a, 4);
@@ -701,8 +698,8 @@ static __always_inline void local_and_remote(const struct bpf_sock_ops *ops, __u
     mapped_ipv4(local, ops->local_ip4);
     mapped_ipv4(remote, ops->remote_ip4);
   } else {
-    copy_ip6(local, CTX_READ(ops->local_ip6[0]), CTX_READ(ops->local_ip6[1]), CTX_READ(ops->local_ip6[2]), CTX_READ(ops->local_ip6[3]));
-    copy_ip6(remote, CTX_READ(ops->remote_ip6[0]), CTX_READ(ops->remote_ip6[1]), CTX_READ(ops->remote_ip6[2]), CTX_READ(ops->remote_ip6[3]));
+    copy_ip6(local, READ_U32(ops->local_ip6[0]), READ_U32(ops->local_ip6[1]), READ_U32(ops->local_ip6[2]), READ_U32(ops->local_ip6[3]));
+    copy_ip6(remote, READ_U32(ops->remote_ip6[0]), READ_U32(ops->remote_ip6[1]), READ_U32(ops->remote_ip6[2]), READ_U32(ops->remote_ip6[3]));
   }
 }
 
@@ -814,10 +811,14 @@ static __always_inline void client_connect(struct bpf_sock_ops *ops, const struc
   state->owner_kind = key.owner_kind;
   state->owner = key.owner;
   state->pod = key.owner_kind == OWNER_POD;
+  __u32 untracked = READ_U32(cfg->untracked_mark), judged = READ_U32(cfg->client_mark);
+  state->untracked = untracked != 0;
   __builtin_memcpy(state->key, entry->key, 16);
-  /* The SYN leaves marked as judged, so the egress rules do not queue it, and untracked. A pod's
+  /* The SYN leaves marked so that the egress rules do not queue it: where conntrack is skipped,
+   * untracked, for which no rule jumps, and the socket keeps that mark (each change of a socket's
+   * mark costs its next packet a route lookup); else client_mark, until client_after_syn. A pod's
    * is vouched for where it enters the node instead (vouch_pod_syn). */
-  if (!state->pod) set_mark(ops, mark | cfg->client_mark | cfg->untracked_mark);
+  if (!state->pod) set_mark(ops, mark | (untracked != 0 ? untracked : judged));
   bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG);
 }
 
@@ -908,13 +909,13 @@ static __always_inline void write_client_syn(struct bpf_sock_ops *ops, const str
   }
   bpf_map_update_elem(&fast_conns, &key, &sent, BPF_ANY);
   if (cfg->untracked_mark != 0) {
-    __u8 one = 1;
-    bpf_map_update_elem(&fast_flows, &flow, &one, BPF_ANY);
+    struct flow_value untracked = {.untracked = 1};
+    bpf_map_update_elem(&fast_flows, &flow, &untracked, BPF_ANY);
     if (state->pod) {
       /* The pod's own segments enter the node from its link: tc meets them from the server's side. */
       struct flow_key inward = {};
       reverse_flow(&flow, &inward);
-      bpf_map_update_elem(&fast_flows, &inward, &one, BPF_ANY);
+      bpf_map_update_elem(&fast_flows, &inward, &untracked, BPF_ANY);
     }
   }
   count(FAST_SYN_SENT);
@@ -1009,9 +1010,10 @@ static __always_inline void client_established(struct bpf_sock_ops *ops, const s
   } else if (cfg->untracked_mark != 0) {
     /* Where the fast path skips conntrack, no rule walks the connection's segments (they carry
      * untracked), so none needs the accept marks on its handshake ACK (client_after_syn): the
-     * socket gets its own mark back now, before that ACK leaves, and asks for nothing more. */
+     * socket keeps the mark its SYN left with, its own and untracked (or gets it now, if it
+     * connected before the agent chose to skip conntrack), and asks for nothing more. */
     state->state = SOCK_DONE;
-    if (!state->pod) set_mark(ops, state->original_mark | cfg->untracked_mark);
+    if (!state->pod && !state->untracked) set_mark(ops, state->original_mark | cfg->untracked_mark);
     bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags & ~(BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG));
   }
 }
@@ -1021,7 +1023,8 @@ static __always_inline void server_established(struct bpf_sock_ops *ops, const s
   if (cfg->untracked_mark == 0) return;
   struct flow_key flow = {};
   socket_flow(ops, &flow);
-  if (!bpf_map_lookup_elem(&fast_flows, &flow)) return;
+  struct flow_value *judged = bpf_map_lookup_elem(&fast_flows, &flow);
+  if (!judged || !judged->untracked) return;
   __u32 mark = 0;
   bpf_getsockopt(ops, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
   set_mark(ops, mark | cfg->untracked_mark);

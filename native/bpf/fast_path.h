@@ -108,7 +108,7 @@ struct client_value {
   __u8 key[16];
 };
 
-/* One end's view of a connection, local end first: the key of fast_peers and fast_flows. */
+/* One end's view of a connection, local end first: the key of fast_flows. */
 struct flow_key {
   __u8 local[16];
   __u8 remote[16];
@@ -175,10 +175,12 @@ struct replay_key {
   __u32 pad;
 };
 
-/* Server (fast_peers): accepted fast connections, for whois. */
-struct peer_value {
-  __u32 fast_id;
-  __u32 pad;
+/* A connection the fast path judged (fast_flows). */
+struct flow_value {
+  __u32 fast_id;     /* with proven_peer: the fast id the client's SYN proved (whois) */
+  __u8 proven_peer;  /* 1 on the server's end */
+  __u8 untracked;    /* its packets skip conntrack and the rules */
+  __u16 pad;
 };
 
 /* Server: source networks the agent never touches (datapath excluded), an LPM trie. */

@@ -46,10 +46,10 @@ constexpr uint32_t kLinkTypeTcx = 11;
 // A tcx link is pinned as <pin dir>/tcx_<interface>, which keeps it attached past this process.
 constexpr const char* kTcxPinPrefix = "tcx_";
 constexpr const char* kCgroupLink = "sockops_link";
-constexpr const char* kMapNames[] = {"fast_config",   "fast_counters", "fast_clients",   "fast_conns",
-                                     "fast_servers",  "fast_replay",   "fast_peers",     "fast_cloak",
-                                     "fast_excluded", "fast_events",   "fast_event_gate", "fast_sources",  "fast_flows",
-                                     "fast_workloads", "fast_owners", "fast_pods",     "fast_pod_pairs"};
+constexpr const char* kMapNames[] = {"fast_config",    "fast_counters", "fast_clients",    "fast_conns",
+                                     "fast_servers",   "fast_replay",   "fast_cloak",      "fast_excluded",
+                                     "fast_events",    "fast_event_gate", "fast_sources",  "fast_flows",
+                                     "fast_workloads", "fast_owners",   "fast_pods",       "fast_pod_pairs"};
 
 // libbpf's warnings while a load runs on this thread, for the verifier's reason when the kernel
 // refuses a program: libbpf then loads it again with the verifier's log and prints that log, whose

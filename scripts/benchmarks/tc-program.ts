@@ -12,7 +12,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fastPathObjectPath } from '../../agent/src/native/addon.ts';
-import { configValue, FAST_SYN_OPTION, peerKey } from '../../agent/src/kernel/layouts.ts';
+import { configValue, FAST_SYN_OPTION, flowKey, flowValue } from '../../agent/src/kernel/layouts.ts';
 import { ROOT } from '../lib/lab.ts';
 import { ethernetFrame, ipv4Segment } from '../lib/packets.ts';
 import { median } from './lab-load.ts';
@@ -30,6 +30,12 @@ function bpftool(args: string[]): string {
 
 function hex(bytes: Uint8Array): string[] {
   return ['hex', ...Array.from(bytes, (byte) => byte.toString(16).padStart(2, '0'))];
+}
+
+/** What marks a connection judged and untracked in an object's fast_flows (an older build's holds one byte). */
+function untrackedFlow(map: string): Uint8Array {
+  const { bytes_value: size } = JSON.parse(bpftool(['map', 'show', 'pinned', map, '-j'])) as { bytes_value: number };
+  return size === 1 ? Uint8Array.of(1) : flowValue(null, true);
 }
 
 /** An object whose tc program accepts every packet at once. */
@@ -134,7 +140,7 @@ function nanoseconds(program: string, frame: Buffer, context: string): number {
   return Number(mean);
 }
 
-const flow = peerKey(SERVER.address, SERVER.port, CLIENT.address, CLIENT.port);
+const flow = flowKey(SERVER.address, SERVER.port, CLIENT.address, CLIENT.port);
 try {
   const context = contextIn(routingNamespace());
   const empty = load(emptyProgram(), 'empty', false);
@@ -144,7 +150,7 @@ try {
   port.writeUInt32LE(SERVER.port);
   for (const { label, frame, fast, cloaked } of CASES) {
     for (const { maps } of loaded) {
-      if (fast) bpftool(['map', 'update', 'pinned', join(maps, 'fast_flows'), 'key', ...hex(flow), 'value', ...hex(Uint8Array.of(1))]);
+      if (fast) bpftool(['map', 'update', 'pinned', join(maps, 'fast_flows'), 'key', ...hex(flow), 'value', ...hex(untrackedFlow(join(maps, 'fast_flows')))]);
       else {
         try {
           bpftool(['map', 'delete', 'pinned', join(maps, 'fast_flows'), 'key', ...hex(flow)]);

@@ -23,6 +23,8 @@ import {
   decodeEvents,
   excludedKey,
   FAST_COUNTERS,
+  FLOW_VALUE_BYTES,
+  flowKey,
   KEY_SIZE,
   kernelVerdicts,
   OWNER_POD,
@@ -32,9 +34,9 @@ import {
   MAX_EXCLUDED_NETWORKS,
   PORT_COUNT,
   ownerKey,
-  peerKey,
   podPairKey,
   podPairValue,
+  provenPeerFastId,
   readU32,
   serverKey,
   serverValue,
@@ -868,13 +870,13 @@ export class KernelFastPath implements KernelPath {
 
   /**
    * The peer of a connection the kernel judged: on the server, the workload its fast SYN proved
-   * (while the kernel's peer table and this agent still hold it); on the client, the server the
-   * fast entry was learned from.
+   * (while the kernel's table of judged connections and this agent still hold it); on the
+   * client, the server the fast entry was learned from.
    */
   peerOf(localAddress: string, localPort: number, remoteAddress: string, remotePort: number): FastPeer | null {
-    const value = Buffer.alloc(8);
-    if (this.native.mapLookup(this.map('fast_peers'), peerKey(localAddress, localPort, remoteAddress, remotePort), value)) {
-      const fastId = readU32(value);
+    const value = Buffer.alloc(FLOW_VALUE_BYTES);
+    const fastId = this.native.mapLookup(this.map('fast_flows'), flowKey(localAddress, localPort, remoteAddress, remotePort), value) ? provenPeerFastId(value) : null;
+    if (fastId !== null) {
       const record = this.servers.get(serverKey(remoteAddress, localAddress, fastId, localPort).toString('latin1'));
       if (record !== undefined) return { identity: record.entry.peer, fastId };
     }
@@ -886,7 +888,7 @@ export class KernelFastPath implements KernelPath {
 
   /**
    * Fill of the maps this agent writes, and of the SYNs in flight (a small table: entries go at
-   * establishment). The replay and peer maps are kernel LRU tables, full by design under load;
+   * establishment). The replay and flow maps are kernel LRU tables, full by design under load;
    * walking them would cost a system call per entry on every scrape.
    */
   tables(): Record<string, TableSize> {

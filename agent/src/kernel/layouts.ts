@@ -27,7 +27,6 @@ export const MAP_CAPACITY = {
   fast_conns: 16_384,
   fast_servers: 65_536,
   fast_replay: 131_072,
-  fast_peers: 65_536,
   fast_sources: 65_536,
   fast_flows: 65_536,
   fast_workloads: 1024,
@@ -36,7 +35,7 @@ export const MAP_CAPACITY = {
   fast_pod_pairs: 8192,
 } as const;
 
-export const KEY_SIZE = { fast_clients: 24, fast_conns: 24, fast_servers: 40, fast_replay: 32, fast_peers: 36, fast_owners: 24, fast_pod_pairs: 36 } as const;
+export const KEY_SIZE = { fast_clients: 24, fast_conns: 24, fast_servers: 40, fast_replay: 32, fast_flows: 36, fast_owners: 24, fast_pod_pairs: 36 } as const;
 
 /** The fast SYN's TCP option (fast_path.h): kind, length, ExID, fast id (4), time (4), MAC (8). */
 export const FAST_SYN_OPTION = { kind: 254, exid: FAST_SYN_EXID, length: FAST_SYN_LENGTH } as const;
@@ -217,14 +216,31 @@ export function ownerKey(localAddress: string, localPort: number, isn: number): 
   return key;
 }
 
-/** struct flow_key (fast_peers, fast_flows): one end's view of a connection, its local address and port first. */
-export function peerKey(localAddress: string, localPort: number, remoteAddress: string, remotePort: number): Buffer {
-  const key = Buffer.alloc(KEY_SIZE.fast_peers);
+/** struct flow_key (fast_flows): one end's view of a connection, its local address and port first. */
+export function flowKey(localAddress: string, localPort: number, remoteAddress: string, remotePort: number): Buffer {
+  const key = Buffer.alloc(KEY_SIZE.fast_flows);
   addressKey(localAddress).copy(key, 0);
   addressKey(remoteAddress).copy(key, 16);
   u16(key, 32, localPort);
   u16(key, 34, remotePort);
   return key;
+}
+
+/** Bytes of a struct flow_value (fast_flows). */
+export const FLOW_VALUE_BYTES = 8;
+
+/** struct flow_value: on the server's end, the fast id its kernel proved; whether the connection skips conntrack. */
+export function flowValue(provenPeerFastId: number | null, untracked: boolean): Buffer {
+  const value = Buffer.alloc(FLOW_VALUE_BYTES);
+  u32(value, 0, provenPeerFastId ?? 0);
+  value[4] = provenPeerFastId === null ? 0 : 1;
+  value[5] = untracked ? 1 : 0;
+  return value;
+}
+
+/** The fast id a struct flow_value names as the peer the server's kernel proved; null on a client's end. */
+export function provenPeerFastId(value: Buffer): number | null {
+  return value[4] === 1 ? readU32(value) : null;
 }
 
 export interface FastConfig {

@@ -7,7 +7,7 @@ import { endianness } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { kernelFlowRecord } from '../../../agent/src/telemetry/flow-log.ts';
-import { addressKey, cgroupKey, excludedKey, clientKey, clientValue, configValue, decodeEvents, EVENT_BYTES, FAST_COUNTERS, KEY_SIZE, kernelVerdicts, MAP_CAPACITY, OWNER_POD, OWNER_UID, OWNER_WORKLOAD, ownerKey, podPairKey, podPairValue, serverKey, serverValue } from '../../../agent/src/kernel/layouts.ts';
+import { addressKey, cgroupKey, excludedKey, clientKey, clientValue, configValue, decodeEvents, EVENT_BYTES, FAST_COUNTERS, FLOW_VALUE_BYTES, flowKey, flowValue, KEY_SIZE, kernelVerdicts, MAP_CAPACITY, OWNER_POD, OWNER_UID, OWNER_WORKLOAD, ownerKey, podPairKey, podPairValue, provenPeerFastId, serverKey, serverValue } from '../../../agent/src/kernel/layouts.ts';
 import { deriveFastKey, FAST_KEY_BYTES } from '../../../agent/src/protocol/fast-keys.ts';
 import { cgroup2Mount, chooseKernelFastPath, FastPathUnavailableError, procNetDevInterfaces, workloadCgroups } from '../../../agent/src/runtime/kernel-fast-path.ts';
 import { DEFAULTS } from '../../../agent/src/runtime/config.ts';
@@ -61,6 +61,14 @@ describe('map layouts', () => {
     assert.equal(pair.length, KEY_SIZE.fast_pod_pairs);
     assert.deepEqual([pair.subarray(0, 16).toString('hex'), pair.subarray(16, 32).toString('hex'), read16(pair, 32), read16(pair, 34)], ['00000000000000000000ffff0ad70101', 'fd150000000000000000000000000002', 8080, 0]);
     assert.deepEqual([podPairValue(1_800_000_000.7).length, read32(podPairValue(1_800_000_000.7), 0)], [4, 1_800_000_000]);
+    // One end's view of a connection (struct flow_key), and what the kernel knows of it (struct flow_value).
+    const flow = flowKey('10.1.2.3', 443, 'fd00::7', 41000);
+    assert.equal(flow.length, KEY_SIZE.fast_flows);
+    assert.deepEqual([flow.subarray(0, 16).toString('hex'), flow.subarray(16, 32).toString('hex'), read16(flow, 32), read16(flow, 34)], ['00000000000000000000ffff0a010203', 'fd000000000000000000000000000007', 443, 41000]);
+    const proven = flowValue(0xdeadbeef, false);
+    assert.deepEqual([proven.length, read32(proven, 0), proven[4], proven[5]], [FLOW_VALUE_BYTES, 0xdeadbeef, 1, 0]);
+    assert.deepEqual([provenPeerFastId(proven), provenPeerFastId(flowValue(null, true)), flowValue(null, true)[5]], [0xdeadbeef, null, 1]);
+    assert.match(HEADER, /struct flow_value \{\s*__u32 fast_id;[^}]*\n\s*__u8 proven_peer;[^}]*\n\s*__u8 untracked;[^}]*\n\s*__u16 pad;\s*\};/);
     const cgroup = cgroupKey(0x1_0000_0002n);
     assert.equal(LITTLE ? cgroup.readBigUInt64LE() : cgroup.readBigUInt64BE(), 0x1_0000_0002n);
     const key = randomBytes(16);
