@@ -5,7 +5,10 @@
 // hot-path change come from here. The rate run also gives the machine's CPU per connection: the
 // rate is bound by the load generator's one thread, which pays the kernel's softirq work of the
 // connections it opens, so a few microseconds of kernel work show there more steadily than in
-// the rate. Each build is a tree with its own dist/ and native addon.
+// the rate. In the kernel modes the kernel also counts the time its synpass programs ran
+// (kernel.bpf_stats_enabled, on for the run: two clock reads more per program run, on both sides
+// alike): their own cost per connection, apart from the rest of the machine's CPU. Each build is
+// a tree with its own dist/ and native addon.
 //   node --import tsx scripts/benchmarks/compare-builds.ts <treeA> <treeB>
 //   COMPARE_ALTERNATIONS=6 COMPARE_CONNECTS=400 COMPARE_RATE_MS=1000 COMPARE_MODES=pass-through,identity
 //   COMPARE_SETTLE_MS=3000: how long fresh agents run before they are measured.
@@ -32,6 +35,7 @@ import { prepareIdentities, type IdentityLabFiles } from '../lib/identity-lab.ts
 import { SIGNING_KEY_TYPES, type SigningKeyType } from '../../agent/src/identity/issuance.ts';
 import { Lab, sleep, type AgentHandle } from '../lib/lab.ts';
 import { agentsLogWarningsOnly, median, runLoad, startLoadServer } from './lab-load.ts';
+import { enableProgramStats, synpassProgramNanoseconds } from './program-time.ts';
 
 const PORT = 8080;
 const MODES = ['pass-through', 'identity', 'first-contact', 'kernel', 'kernel-first-contact'] as const;
@@ -83,12 +87,15 @@ interface Sample {
   rate: number;
   /** Machine CPU per connection in the rate run, microseconds (idle and steal excluded). */
   cpu: number;
+  /** Kernel modes: the synpass programs' run time per connection in the rate run, nanoseconds (both agents). */
+  programs: number;
 }
 
 agentsLogWarningsOnly();
 
 const directory = mkdtempSync(join(tmpdir(), 'synpass-compare-'));
 const lab = Lab.up('cb', 91, { kernel: kernelLab });
+const restoreProgramStats = kernelLab ? enableProgramStats() : null;
 const neighbours: ChildProcess[] = Array.from({ length: config.busyProcesses }, () =>
   spawn(process.execPath, ['-e', `const end = Date.now() + ${BUSY_LIMIT_MS}; while (Date.now() < end);`], { stdio: 'ignore' }),
 );
@@ -124,10 +131,12 @@ try {
         const firstContact = FIRST_CONTACT_MODES.includes(mode);
         const flush = firstContact ? agents.map((agent) => agent.socket) : [];
         const latency = await runLoad(lab, ['sequential', ...target, String(firstContact ? config.firstContactConnects : config.connects), ...flush]);
+        const programsBefore = kernelLab ? synpassProgramNanoseconds() : Number.NaN;
         const rate = firstContact ? null : await runLoad(lab, ['rate', ...target, '32', String(config.rateMs), '60000']);
+        const programs = rate === null ? Number.NaN : (synpassProgramNanoseconds() - programsBefore) / rate.completed!;
         for (const agent of agents) await agent.process.stop();
         const key = `${mode} ${side}`;
-        const sample = { p50: latency.p50!, p99: latency.p99!, rate: rate?.perSecond ?? Number.NaN, cpu: rate === null ? Number.NaN : rate.machineMicroseconds! / rate.completed! };
+        const sample = { p50: latency.p50!, p99: latency.p99!, rate: rate?.perSecond ?? Number.NaN, cpu: rate === null ? Number.NaN : rate.machineMicroseconds! / rate.completed!, programs };
         samples.set(key, [...(samples.get(key) ?? []), sample]);
       }
     }
@@ -138,7 +147,7 @@ try {
     ...[0, 1].map((side) => `${'AB'[side]}: ${trees[side]}${caKeys === undefined ? '' : `, ${caKeys[side]} CA key`}${config.nodeFlags[side]!.length === 0 ? '' : `, node ${config.nodeFlags[side]!.join(' ')}`}${config.agentArgs[side]!.length === 0 ? '' : `, agents ${config.agentArgs[side]!.join(' ')}`}`),
     `${config.alternations} alternations per mode; each: ${config.connects} sequential connects (first contact ${config.firstContactConnects}) and a ${config.rateMs} ms rate run at 32 concurrent` +
       (config.busyProcesses > 0 ? `; ${config.busyProcesses} CPU-bound processes running beside them` : ''),
-    ['mode'.padEnd(20), 'A p50'.padStart(7), 'B p50'.padStart(7), 'B-A'.padStart(6), 'range'.padStart(12), 'A p99'.padStart(7), 'B p99'.padStart(7), 'A conn/s'.padStart(9), 'B conn/s'.padStart(9), 'B/A'.padStart(6), 'range'.padStart(10), 'B-A cpu'.padStart(8), 'range'.padStart(12)].join(' '),
+    ['mode'.padEnd(20), 'A p50'.padStart(7), 'B p50'.padStart(7), 'B-A'.padStart(6), 'range'.padStart(12), 'A p99'.padStart(7), 'B p99'.padStart(7), 'A conn/s'.padStart(9), 'B conn/s'.padStart(9), 'B/A'.padStart(6), 'range'.padStart(10), 'B-A cpu'.padStart(8), 'range'.padStart(12), 'A prog'.padStart(7), 'B prog'.padStart(7), 'B-A prog'.padStart(9), 'range'.padStart(12)].join(' '),
   ];
   for (const mode of config.modes) {
     const a = samples.get(`${mode} 0`)!;
@@ -147,6 +156,7 @@ try {
     const differences = a.map((sample, i) => b[i]!.p50 - sample.p50);
     const ratios = a.map((sample, i) => b[i]!.rate / sample.rate);
     const cpu = a.map((sample, i) => b[i]!.cpu - sample.cpu);
+    const programs = a.map((sample, i) => b[i]!.programs - sample.programs);
     lines.push(
       [
         mode.padEnd(20),
@@ -162,16 +172,22 @@ try {
         `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`.padStart(10),
         fmt(median(cpu), 1).padStart(8),
         `${fmt(Math.min(...cpu), 1)}..${fmt(Math.max(...cpu), 1)}`.padStart(12),
+        fmt(median(a.map((s) => s.programs))).padStart(7),
+        fmt(median(b.map((s) => s.programs))).padStart(7),
+        fmt(median(programs)).padStart(9),
+        `${fmt(Math.min(...programs))}..${fmt(Math.max(...programs))}`.padStart(12),
       ].join(' '),
     );
   }
   lines.push(
     'B-A: median over alternations of B p50 minus the A p50 measured next to it; B/A: the same for the rate; B-A cpu: the same for the ' +
       'machine CPU per connection of the rate run, microseconds (all cores, idle and steal excluded): steadier than the rate, which the ' +
-      'load generator\'s own thread bounds here',
+      'load generator\'s own thread bounds here; A prog, B prog, B-A prog: the run time of both agents\' synpass programs per connection of ' +
+      'the rate run, nanoseconds, as the kernel counts it (kernel modes), and its paired differences',
   );
   process.stdout.write(`${lines.join('\n')}\n`);
 } finally {
+  restoreProgramStats?.();
   for (const neighbour of neighbours) neighbour.kill('SIGKILL');
   await lab.down();
   rmSync(directory, { recursive: true, force: true });
