@@ -133,7 +133,7 @@ try {
         const latency = await runLoad(lab, ['sequential', ...target, String(firstContact ? config.firstContactConnects : config.connects), ...flush]);
         const programsBefore = kernelLab ? synpassProgramNanoseconds() : Number.NaN;
         const rate = firstContact ? null : await runLoad(lab, ['rate', ...target, '32', String(config.rateMs), '60000']);
-        const programs = rate === null ? Number.NaN : (synpassProgramNanoseconds() - programsBefore) / rate.completed!;
+        const programs = rate === null || !kernelLab ? Number.NaN : (synpassProgramNanoseconds() - programsBefore) / rate.completed!;
         for (const agent of agents) await agent.process.stop();
         const key = `${mode} ${side}`;
         const sample = { p50: latency.p50!, p99: latency.p99!, rate: rate?.perSecond ?? Number.NaN, cpu: rate === null ? Number.NaN : rate.machineMicroseconds! / rate.completed!, programs };
