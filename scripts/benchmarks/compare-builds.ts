@@ -131,7 +131,7 @@ try {
         const firstContact = FIRST_CONTACT_MODES.includes(mode);
         const flush = firstContact ? agents.map((agent) => agent.socket) : [];
         const latency = await runLoad(lab, ['sequential', ...target, String(firstContact ? config.firstContactConnects : config.connects), ...flush]);
-        const programsBefore = kernelLab ? synpassProgramNanoseconds() : Number.NaN;
+        const programsBefore = kernelLab && !firstContact ? synpassProgramNanoseconds() : Number.NaN;
         const rate = firstContact ? null : await runLoad(lab, ['rate', ...target, '32', String(config.rateMs), '60000']);
         const programs = rate === null || !kernelLab ? Number.NaN : (synpassProgramNanoseconds() - programsBefore) / rate.completed!;
         for (const agent of agents) await agent.process.stop();
