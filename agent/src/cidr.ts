@@ -14,3 +14,19 @@ export function parseCidr(value: string): string {
   new BlockList().addSubnet(address!, prefix, family === 4 ? 'ipv4' : 'ipv6');
   return `${address!}/${prefix}`;
 }
+
+/** The networks of canonical CIDRs (parseCidr) as one BlockList, to test addresses against. */
+export function networkList(cidrs: readonly string[]): BlockList {
+  const list = new BlockList();
+  for (const cidr of cidrs) {
+    const [address, prefix] = cidr.split('/');
+    list.addSubnet(address!, Number(prefix), isIP(address!) === 4 ? 'ipv4' : 'ipv6');
+  }
+  return list;
+}
+
+/** Whether an address lies in any of the canonical CIDRs (parseCidr). */
+export function inNetworks(cidrs: readonly string[]): (address: string) => boolean {
+  const list = networkList(cidrs);
+  return (address) => list.check(address, isIP(address) === 4 ? 'ipv4' : 'ipv6');
+}

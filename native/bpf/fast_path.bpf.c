@@ -615,13 +615,15 @@ static __always_inline int within_source_rate(const struct fast_config *cfg, con
   return 1;
 }
 
-/* On a node: whether the agent judged this pair of its pods for the SYN's port, and the entry holds. */
-static __always_inline int known_pod_pair(const struct parsed *p, __u32 now) {
+/* On a node: the entry for this pair of addresses and the SYN's port while it holds: two of its
+ * pods the agent judged for that port, or a pod and a service address it reached a pod of this
+ * node through (deferred). */
+static __always_inline struct pod_pair_value *known_pod_pair(const struct parsed *p, __u32 now) {
   struct pod_pair_key key = {.port = bpf_ntohs(p->tcp.dest)};
   __builtin_memcpy(key.client, p->source, 16);
   __builtin_memcpy(key.server, p->destination, 16);
   struct pod_pair_value *pair = bpf_map_lookup_elem(&fast_pod_pairs, &key);
-  return pair && now < pair->expires;
+  return pair && now < pair->expires ? pair : 0;
 }
 
 /* A SYN with no fast option: on a node, accepted here from one of its pods to another for a port
@@ -638,11 +640,20 @@ static __always_inline int judge_plain_syn(struct __sk_buff *skb, const struct f
   struct flow_key flow = {};
   flow_of(p, &flow);
   bpf_map_delete_elem(&fast_flows, &flow);
-  if (cfg->routed_workloads && known_pod_pair(p, now) && !has_marker(skb, p)) {
+  struct pod_pair_value *pair = cfg->routed_workloads ? known_pod_pair(p, now) : 0;
+  if (pair && !pair->deferred && !has_marker(skb, p)) {
     /* Accepted as a proven fast SYN is: the rules release the connection (conntrack follows it). */
     skb->mark |= cfg->accept_mark;
     count(FAST_POD_SYN_ACCEPTED);
     if (cfg->accept_sample != 0 && bpf_get_prandom_u32() < cfg->accept_sample) emit(FAST_POD_SYN_ACCEPTED, p, 0, 0);
+    return TC_ACT_OK;
+  }
+  if (pair && cfg->defer_mark != 0 && !cfg->agent_away && !has_marker(skb, p)) {
+    /* To a service address: which pod it reaches, the DNAT decides after this. The rules let it
+     * through PREROUTING unqueued and judge it after the DNAT (synpass_service_backend, or the
+     * queue). Nothing is charged to its source's bucket: a pod of this node is no stranger. */
+    skb->mark |= cfg->defer_mark;
+    count(FAST_SERVICE_SYN_DEFERRED);
     return TC_ACT_OK;
   }
   struct excluded_key source = {.prefix_bits = 128};
@@ -676,6 +687,53 @@ int synpass_ingress(struct __sk_buff *skb) {
     if (vouched >= 0) return vouched;
   }
   return judge_fast_syn(skb, cfg, &p, opt, now);
+}
+
+/* ---- after the DNAT (iptables `-m bpf`) ------------------------------------------------------ */
+
+/* A pod's SYN the tc program deferred past the DNAT (defer_mark), as the rules see it in mangle
+ * POSTROUTING: the destination is now the pod the DNAT chose. Matches (1) when the agent judged
+ * the two pods for that pod's port, so the rules let it by as the tc program lets by a SYN
+ * addressed to that pod; otherwise (0) the rules queue it. A socket filter, which is what
+ * iptables' bpf match runs (pinned: --object-pinned): the packet starts at its IP header. */
+SEC("socket")
+int synpass_service_backend(struct __sk_buff *skb) {
+  struct fast_config *cfg = config();
+  if (!cfg) return 0;
+  __u32 now = now_seconds(cfg);
+  if (!vouched(cfg, now)) return 0;
+  __u8 version = 0;
+  if (bpf_skb_load_bytes(skb, 0, &version, 1) < 0) return 0;
+  struct pod_pair_key key = {};
+  __u32 tcp_offset;
+  if ((version >> 4) == 4) {
+    struct iphdr ip;
+    if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) < 0) return 0;
+    if (ip.protocol != IPPROTO_TCP || (ip.frag_off & bpf_htons(0x3fff)) != 0 || ip.ihl < 5) return 0;
+    mapped_ipv4(key.client, ip.saddr);
+    mapped_ipv4(key.server, ip.daddr);
+    tcp_offset = ip.ihl * 4;
+  } else if ((version >> 4) == 6) {
+    struct ipv6hdr ip6;
+    if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) < 0 || ip6.nexthdr != IPPROTO_TCP) return 0;
+    __builtin_memcpy(key.client, &ip6.saddr, 16);
+    __builtin_memcpy(key.server, &ip6.daddr, 16);
+    tcp_offset = sizeof(ip6);
+  } else {
+    return 0;
+  }
+  struct tcphdr tcp;
+  if (bpf_skb_load_bytes(skb, tcp_offset, &tcp, sizeof(tcp)) < 0) return 0;
+  if (!tcp.syn || tcp.ack || tcp.rst) return 0;
+  key.port = bpf_ntohs(tcp.dest);
+  struct pod_pair_value *pair = bpf_map_lookup_elem(&fast_pod_pairs, &key);
+  if (!pair || pair->deferred || now >= pair->expires) return 0;
+  count(FAST_POD_SYN_ACCEPTED);
+  if (cfg->accept_sample != 0 && bpf_get_prandom_u32() < cfg->accept_sample) {
+    struct fast_event *event = new_event(FAST_POD_SYN_ACCEPTED, 0, key.client, key.server, bpf_ntohs(tcp.source), key.port);
+    if (event) bpf_ringbuf_submit(event, 0);
+  }
+  return 1;
 }
 
 /* ---- sock_ops ------------------------------------------------------------------------------ */

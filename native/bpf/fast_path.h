@@ -39,6 +39,7 @@ struct fast_config {
   __u32 routed_workloads;   /* what this host routes is its own to judge (a node's pods); otherwise only SYNs delivered here are */
   __u32 pod_mark;           /* on a local pod's fast SYN, vouched for where it enters the node: the rules let it by on both hooks */
   __u32 judged_mark;        /* on a fast SYN or SYN-ACK the kernel proved: with untracked_mark, the rules need not jump for it to mark it judged */
+  __u32 defer_mark;         /* on a node, on a pod's SYN to a service address routed past the DNAT (fast_pod_pairs, deferred); 0 until the rules that take it are in */
 };
 
 /* One kernel verdict for the agent's flow log (ring buffer `fast_events`). A drop is reported
@@ -92,7 +93,9 @@ struct pod_pair_key {
   __u16 pad;
 };
 struct pod_pair_value {
-  __u32 expires; /* wall-clock second from which the entry is void: the earlier end of the two pods' tokens */
+  __u32 expires;  /* wall-clock second from which the entry is void: the earlier end of the two pods' tokens */
+  __u32 deferred; /* 1: `server` is a service address the client pod reached a pod of this node through, not a pod;
+                   * its SYN there is judged after the DNAT (defer_mark), and this entry admits nothing itself */
 };
 
 /* Client: which destinations (address, port) a local workload may prove itself to in the kernel. */
@@ -217,6 +220,7 @@ enum fast_counter {
   FAST_SYN_SOURCE_LIMITED, /* server: SYN for the queue above its source's rate */
   FAST_CLIENT_RETIRED,     /* client: a server proved a fast SYN-ACK under its previous keys; the entry is dropped */
   FAST_POD_SYN_ACCEPTED,   /* node: a pod's SYN to another of its pods, a pair the agent judged for that port before */
+  FAST_SERVICE_SYN_DEFERRED, /* node: a pod's SYN to a service address, left to the rules after the DNAT (not a verdict) */
   FAST_COUNTER_COUNT,
 };
 

@@ -46,6 +46,9 @@ constexpr uint32_t kLinkTypeTcx = 11;
 // A tcx link is pinned as <pin dir>/tcx_<interface>, which keeps it attached past this process.
 constexpr const char* kTcxPinPrefix = "tcx_";
 constexpr const char* kCgroupLink = "sockops_link";
+// The program iptables' bpf match runs after the DNAT on a node (`-m bpf --object-pinned`): the
+// rules hold it by this pin's path, as it was when they went in.
+constexpr const char* kServiceBackendPin = "service_backend";
 constexpr const char* kMapNames[] = {"fast_config",    "fast_counters", "fast_clients",    "fast_conns",
                                      "fast_servers",   "fast_replay",   "fast_cloak",      "fast_excluded",
                                      "fast_events",    "fast_event_gate", "fast_sources",  "fast_flows",
@@ -257,13 +260,20 @@ void WelcomeBack(const std::string& pin_dir) {
   // Fields are only ever appended to struct fast_config, so a kept program of an older or newer
   // build has `agent_away` at the same offset, whatever its value's size (an upgrade).
   const size_t at = offsetof(struct fast_config, agent_away);
+  // Nor do the kept programs defer a pod's SYN past the DNAT any more: the rules that judge it
+  // there go in after this agent's own programs run.
+  const size_t defer_at = offsetof(struct fast_config, defer_mark);
   unsigned char config[256] = {};
   if (bpf_obj_get_info_by_fd(fd, &info, &size) == 0 && info.value_size >= at + sizeof(uint32_t) &&
       info.value_size <= sizeof(config) && bpf_map_lookup_elem(fd, &zero, config) == 0) {
     uint32_t away = 0;
+    uint32_t defer = 0;
     memcpy(&away, config + at, sizeof(away));
-    if (away != 0) {
+    bool defers = info.value_size >= defer_at + sizeof(uint32_t);
+    if (defers) memcpy(&defer, config + defer_at, sizeof(defer));
+    if (away != 0 || defer != 0) {
       memset(config + at, 0, sizeof(away));
+      if (defers) memset(config + defer_at, 0, sizeof(defer));
       bpf_map_update_elem(fd, &zero, config, BPF_ANY);
     }
   }
@@ -315,7 +325,12 @@ Napi::Value Load(const Napi::CallbackInfo& info) {
   }
   struct bpf_program* sockops = bpf_object__find_program_by_name(object, "synpass_sockops");
   struct bpf_program* ingress = bpf_object__find_program_by_name(object, "synpass_ingress");
-  if (sockops == nullptr || ingress == nullptr) return fail("programs missing from the object", ENOENT);
+  struct bpf_program* service_backend = bpf_object__find_program_by_name(object, "synpass_service_backend");
+  if (sockops == nullptr || ingress == nullptr || service_backend == nullptr) return fail("programs missing from the object", ENOENT);
+  std::string service_backend_path = pin_dir + "/" + kServiceBackendPin;
+  unlink(service_backend_path.c_str());
+  rc = bpf_program__pin(service_backend, service_backend_path.c_str());
+  if (rc != 0) return fail("pin " + service_backend_path, rc);
 
   Napi::Object maps = Napi::Object::New(env);
   for (const char* name : kMapNames) {
@@ -445,6 +460,7 @@ Detached DetachAll(const std::string& pin_dir) {
     close(link);
   }
   unlink(link_path.c_str());
+  unlink((pin_dir + "/" + kServiceBackendPin).c_str());
   for (const char* name : kMapNames) unlink((pin_dir + "/" + name).c_str());
   rmdir(pin_dir.c_str());
   return done;

@@ -40,7 +40,7 @@ for (let i = 0; i < defaults.maxNonces; i++) {
   nonces.set(randomBytes(16).toString('latin1'), { expiresAt: now + 31_000 });
   if (i < defaults.maxFlows) {
     flows.set(key, { role: 'server', clientNonce: Buffer.from(randomBytes(16)), serverNonce: null, clientIsn: i, serverIsn: 0, pairKey, peer, fast: true, syn: null, local: null, expiresAt: now + 30_000 });
-    translatedFlows.set(isnKey(address(i), 1024 + (i % 60000), i), { key, port: 8080, expiresAt: now + 30_000 });
+    translatedFlows.set(isnKey(address(i), 1024 + (i % 60000), i), { key, address: '10.0.0.2', port: 8080, expiresAt: now + 30_000 });
   }
   if (i < whois.limit) whois.record('10.0.0.2:8080', `${address(i)}:${String(1024 + (i % 60000))}`, peer);
 }

@@ -109,6 +109,8 @@ export interface HandlerOptions {
   signingKey?: SigningKeyType;
   /** Workloads known by address, as a Kubernetes node's pods. */
   localPods?: LocalPods;
+  /** Whether an address is in the target networks (absent: every address is). */
+  isTarget?: (address: string) => boolean;
 }
 
 /** A real IdentityHandler for agent `id` of `domain`, as the agent builds it (no kernel). */
@@ -144,6 +146,7 @@ export function handlerFor(local: LocalIdentity, options: HandlerOptions) {
     signatureChecksPerSource: options.signatureChecksPerSource ?? 0,
     now: clock,
     ...(options.localPods === undefined ? {} : { localPods: options.localPods }),
+    ...(options.isTarget === undefined ? {} : { isTarget: options.isTarget }),
   });
   return { handler, verifier, local };
 }

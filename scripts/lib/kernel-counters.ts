@@ -5,6 +5,8 @@ export interface KernelFastPathStatus {
   running: boolean;
   reason: string;
   counters: Record<string, number>;
+  /** On a node: whether its pods' SYNs to service addresses are judged after the DNAT, and why (not). */
+  serviceSyns?: { deferred: boolean; reason: string };
 }
 
 /** The `kernelFastPath` part of an agent's status (statusOf: what the status socket returned). */

@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
 import { issueAgent } from '../../agent/src/identity/issuance.ts';
-import { FAST_SYN_OPTION } from '../../agent/src/kernel/layouts.ts';
+import { FAST_SYN_OPTION, podPairKey } from '../../agent/src/kernel/layouts.ts';
 import { metric, verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
 import { isRoot, kernelByDefault, NetnsProcess, readStatus, ROOT, settledStatus, sleep, synpassCommand, waitUntil } from '../../scripts/lib/lab.ts';
 import { fixChecksums, layout, tcpOptionOffset } from '../../scripts/lib/packets.ts';
@@ -62,6 +62,8 @@ for (const podsAreTargets of [false, true]) {
     const METRICS_PORT = 9464;
     /** A service address whose backend is not on this node: the remote host's open port 9091. */
     const SERVICE_ELSEWHERE = '10.96.0.11';
+    /** A service address whose backend moves from pod B to the node itself. */
+    const SERVICE_MOVING = '10.96.0.12';
     let remoteAgent: NetnsProcess;
     let directory = '';
     let socket: string;
@@ -592,6 +594,78 @@ for (const podsAreTargets of [false, true]) {
       assert.equal(await request('c', SERVICE, '80'), null);
       const refused = await agent.waitFor((l) => l.event === 'handshake' && l.verdict === 'drop' && betweenPods(l, address.c) && since(l));
       assert.deepEqual([refused.reason, (refused.peer as { subject: string }).subject], ['not-allowed', 'spiffe://cluster.synpass/ns/shop/sa/c']);
+    });
+
+    it('pod A\'s later connections through a service address are judged in the node\'s kernel after the DNAT, queued nowhere; without the pair in the kernel, on the queue after the DNAT; to the node itself, on the queue at INPUT; pod C stays cloaked; relabelled, pod A is judged before the DNAT once more', { skip: (!kernel && 'the kernel fast path runs here only with SYNPASS_TEST_KERNEL_FAST_PATH=1') || (!withService && 'no service address on this node') }, async () => {
+      const pinned = join(pinDirs.node, 'fast_pod_pairs');
+      /** The node kernel's IPv4 entries of fast_pod_pairs, a service route (struct pod_pair_value.deferred) marked so. */
+      const entries = (): string[] => dumpPinnedMap(pinned).flatMap(({ key, value }) => {
+        const named = ipv4PodPair(key);
+        return named === null ? [] : [`${named}${value.readUInt32LE(4) === 1 ? ' deferred' : ''}`];
+      });
+      const natRule = (action: '-A' | '-D', destination: string) => execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', action, 'PREROUTING', '-d', SERVICE_MOVING, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', destination]);
+      const route = `${address.a}>${SERVICE_MOVING}:80 deferred`;
+      const pairOfA = `${address.a}>${address.b}:8080`;
+      const since = (mark: number) => (l: Record<string, unknown>) => agent.lines.indexOf(l) >= mark;
+      assert.deepEqual((await kernelOf(socket)).serviceSyns, { deferred: true, reason: 'judged after the DNAT, by the bpf match in mangle POSTROUTING' });
+      // Another service address in front of pod B's 8080; its endpoint moves to the node later.
+      let endpoint = `${address.b}:8080`;
+      natRule('-A', endpoint);
+      try {
+        // The first connection is judged on the queue, before the DNAT and at pod B's answer: the
+        // pair and pod A's route to the service address go into the kernel.
+        assert.equal((await request('a', SERVICE_MOVING, '80'))?.status, 200);
+        assert.ok(entries().includes(route) && entries().includes(pairOfA), JSON.stringify(entries()));
+        const before = await settled(socket);
+        const markRounds = agent.lines.length;
+        const rounds = 5;
+        for (let i = 0; i < rounds; i++) assert.equal((await request('a', SERVICE_MOVING, '80'))?.status, 200, `connection ${i} in the kernel`);
+        const after = await settled(socket);
+        assert.equal(after.queue.received, before.queue.received, `the node queued nothing; verdicts: ${JSON.stringify(verdictsBetween(before, after))}`);
+        assert.deepEqual(countersMoved(kernelFastPathOf(before), kernelFastPathOf(after)), { serviceSynDeferred: rounds, podSynAccepted: rounds });
+        // The flow log names pod A and the pod the DNAT chose, as the kernel's sampled accepts (all of them here) do.
+        const logged = await agent.waitFor((l) => l.msg === 'handshake verdict' && l.path === 'kernel' && l.reason === 'ok-kernel' && String(l.source).startsWith(`${address.a}:`) && l.destination === `${address.b}:8080` && since(markRounds)(l), 5_000);
+        assert.equal((logged.peer as { subject: string }).subject, 'spiffe://cluster.synpass/ns/shop/sa/a');
+        // Pod C has no route: its SYN is judged before the DNAT, as ever, and refused.
+        const markC = agent.lines.length;
+        assert.equal(await request('c', SERVICE_MOVING, '80'), null);
+        const refused = await agent.waitFor((l) => l.event === 'handshake' && l.verdict === 'drop' && betweenPods(l, address.c) && since(markC)(l));
+        assert.equal(refused.reason, 'not-allowed');
+        assert.ok(!entries().some((entry) => entry.startsWith(`${address.c}>`)), JSON.stringify(entries()));
+        // The pair gone from the kernel, the route not: the SYN is deferred, queued after the
+        // DNAT (named by pod B's address) and judged between the two pods there; the pair is back.
+        execFileSync('bpftool', ['map', 'delete', 'pinned', pinned, 'key', 'hex', ...podPairKey(address.a, address.b, 8080).toString('hex').match(/../g)!]);
+        const markQueue = agent.lines.length;
+        assert.equal((await request('a', SERVICE_MOVING, '80'))?.status, 200);
+        const judged = await agent.waitFor((l) => l.event === 'handshake' && l.reason === 'ok-local' && String(l.source).startsWith(`${address.a}:`) && since(markQueue)(l));
+        assert.deepEqual([judged.stage, judged.direction, judged.destination, judged.rule], ['syn', 'egress', `${address.b}:8080`, 'b/from-a']);
+        assert.ok(entries().includes(pairOfA), JSON.stringify(entries()));
+        // The service's endpoint is the node itself now (its kubelet port, which admits pod A):
+        // the deferred SYN reaches the node, is queued at INPUT and judged for the kubelet there.
+        natRule('-D', endpoint);
+        endpoint = `${nodeAddress}:${KUBELET_PORT}`;
+        natRule('-A', endpoint);
+        const markNode = agent.lines.length;
+        const deferredBefore = (await kernelOf(socket)).counters.serviceSynDeferred ?? 0;
+        assert.equal((await request('a', SERVICE_MOVING, '80'))?.status, 200);
+        const atNode = await agent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn' && l.direction === 'ingress' && String(l.source).startsWith(`${address.a}:`) && since(markNode)(l));
+        assert.deepEqual([atNode.verdict, atNode.reason, atNode.destination, (atNode.local as { subject: string }).subject], ['accept', 'ok-local', `${nodeAddress}:${KUBELET_PORT}`, KUBELET]);
+        assert.equal((await kernelOf(socket)).counters.serviceSynDeferred, deferredBefore + 1, 'deferred by the kernel');
+        // Relabelled, pod A has a new token: its route and pair go, and its next SYN there is
+        // not deferred: the queue files it before the DNAT, and judges it at the node's answer.
+        kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('a-1', 'a', { tier: 'bronze' }, '8') })}\n`);
+        await waitUntil('the node drops pod A\'s route and pair', async () => Promise.resolve(!entries().some((entry) => entry.startsWith(`${address.a}>`))), 5_000);
+        const markRelabelled = agent.lines.length;
+        const deferredRelabelled = (await kernelOf(socket)).counters.serviceSynDeferred ?? 0;
+        assert.equal((await request('a', SERVICE_MOVING, '80'))?.status, 200);
+        const relabelled = await agent.waitFor((l) => l.event === 'handshake' && l.stage === 'syn-ack' && l.verdict === 'accept' && since(markRelabelled)(l));
+        assert.deepEqual([(relabelled.peer as { attributes: Record<string, string> }).attributes['k8s.label.tier'], (relabelled.local as { subject: string }).subject], ['bronze', KUBELET]);
+        assert.equal((await kernelOf(socket)).counters.serviceSynDeferred, deferredRelabelled, 'not deferred');
+      } finally {
+        natRule('-D', endpoint);
+        kubeApi.write(`${JSON.stringify({ type: 'MODIFIED', object: pod('a-1', 'a', {}, '9') })}\n`);
+        await waitUntil('the node drops what pod A held under its relabelled token', async () => Promise.resolve(!entries().some((entry) => entry.startsWith(`${address.a}>`))), 5_000);
+      }
     });
 
     it('pod C and a host without an agent stay cloaked when the node\'s NAT gives their connection another source port (two addresses in front of pod B\'s port, one source port): pod B\'s answer is judged all the same; pod A still gets through', serviceOnly, async () => {

@@ -5,7 +5,7 @@ import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { RulesError } from './errors.ts';
 import type { ConnectionMarks } from './marks.ts';
-import { buildNativeNotrack, buildNotrackRuleset, buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, NATIVE_TABLE, rulesPresent, sourceLimitedCount, unjudgedSynCount, type IpFamily, type RuleOptions } from './rules.ts';
+import { buildDeferRuleset, buildNativeNotrack, buildNotrackRuleset, buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, NATIVE_TABLE, rulesPresent, sourceLimitedCount, unjudgedSynCount, type IpFamily, type RuleOptions } from './rules.ts';
 
 const run = promisify(execFile);
 
@@ -120,6 +120,7 @@ export async function installRules(options: RuleOptions, preferred?: Backend): P
     }
     try {
       await exec(restoreBinary(v4), ['--noflush'], buildRuleset(4, options));
+      if (options.deferProgram !== undefined) await exec(restoreBinary(v4), ['--noflush'], buildDeferRuleset(options, options.deferProgram));
     } catch (error) {
       failures.push((error as Error).message);
       await removeWith(v4).catch(() => false);
@@ -130,6 +131,7 @@ export async function installRules(options: RuleOptions, preferred?: Backend): P
     if (await available(v6)) {
       try {
         await exec(restoreBinary(v6), ['--noflush'], buildRuleset(6, options));
+        if (options.deferProgram !== undefined) await exec(restoreBinary(v6), ['--noflush'], buildDeferRuleset(options, options.deferProgram));
         families.push(6);
       } catch (error) {
         await removeAllRules();
@@ -174,6 +176,15 @@ export async function installNotrackRules(installed: InstalledRules, marks: Conn
     await exec(restoreBinary(tool), ['--noflush'], buildNotrackRuleset(marks));
   }
   return 'iptables';
+}
+
+/**
+ * The rules that judge a node's pods' SYNs the kernel fast path deferred past the DNAT
+ * (rules.ts, buildDeferRuleset), added to the ruleset in place, on the backend and families it
+ * went in with. Fails where iptables or the kernel has no bpf match.
+ */
+export async function installDeferRules(installed: InstalledRules, options: RuleOptions, programPin: string): Promise<void> {
+  for (const family of installed.families) await exec(restoreBinary(toolOf(installed, family)), ['--noflush'], buildDeferRuleset(options, programPin));
 }
 
 /** Whether this network namespace translates addresses (an iptables nat rule, or an nft nat chain). */

@@ -47,6 +47,8 @@ export interface RuleOptions {
    * it routes (containers and VMs in their own network namespaces) passes as if no agent ran.
    */
   routedWorkloads: boolean;
+  /** Where the kernel fast path's program that judges a pod's SYN after the DNAT is pinned, once the rules use it (buildDeferRuleset); absent before. */
+  deferProgram?: string;
 }
 
 function hex(value: number): string {
@@ -200,6 +202,54 @@ export function buildRuleset(family: IpFamily, options: RuleOptions): string {
   return lines.join('\n');
 }
 
+/** The chains that judge what the kernel fast path deferred past the DNAT (buildDeferRuleset). */
+export const DEFER_CHAINS = { egress: 'SYNPASS-DEFER', input: 'SYNPASS-DEFER-IN' } as const;
+
+/** The mark the kernel fast path gives a SYN it defers past the DNAT: `pass` and `budgeted`, a pair nothing else sets on a packet on its way in. */
+export function deferMark(marks: ConnectionMarks): number {
+  return (marks.pass | marks.budgeted) >>> 0;
+}
+
+/**
+ * On a Kubernetes node with the kernel fast path, as iptables-restore --noflush input after the
+ * ruleset (one family's; the same text serves both): a pod's SYN to a service address or node
+ * port through which it reached a pod of the node before leaves the tc program with deferMark,
+ * and these rules judge it after the DNAT, which chose the pod. PREROUTING lets it by unqueued.
+ * Forwarded, mangle POSTROUTING asks the kernel fast path's program (iptables' bpf match, pinned
+ * at `programPin`) whether the agent judged the client pod and the chosen pod for its port: then
+ * it goes on as such a SYN addressed to that pod would (released, marked judged); else it is
+ * queued there, and the agent judges it between the two pods, or gives it the pod's token toward a
+ * target network. Delivered to this host (a DNAT to the node's own address), mangle INPUT queues
+ * it, where the agent judges it as a pod's SYN to the node; what comes back from that verdict is
+ * marked there as SYNPASS-MARK marks it in PREROUTING.
+ */
+export function buildDeferRuleset(options: RuleOptions, programPin: string): string {
+  const { marks } = options;
+  const queue = queueTarget(options);
+  const deferred = `${hex(deferMark(marks))}/${hex(deferMark(marks))}`;
+  const unmarked = `${hex(marks.pass)}/${hex(marks.pass | marks.judged)}`;
+  const release = `${hex(marks.release)}/${hex(marks.release)}`;
+  return [
+    '*mangle',
+    `:${DEFER_CHAINS.egress} - [0:0]`,
+    `:${DEFER_CHAINS.input} - [0:0]`,
+    `-I ${CHAINS.ingress} 1 -m mark --mark ${deferred} -j RETURN`,
+    `-I ${CHAINS.egress} 1 -m mark --mark ${deferred} -j ${DEFER_CHAINS.egress}`,
+    // Only packets carrying `pass` and not `judged` jump: after PREROUTING, none but a deferred
+    // SYN and what comes back from its verdict here.
+    `-I INPUT 1 -p tcp -m mark --mark ${unmarked} -j ${DEFER_CHAINS.input}`,
+    // Not a SYN that never met a verdict: the audit rule (failing open) would count it so.
+    ...(options.failOpen ? [`-I ${CHAINS.audit} 1 -m mark --mark ${deferred} -j RETURN`] : []),
+    `-A ${DEFER_CHAINS.egress} -m bpf --object-pinned ${programPin} -j MARK --or-mark ${hex(marks.release)}`,
+    `-A ${DEFER_CHAINS.egress} -m mark --mark ${release} -j ${CHAINS.mark}`,
+    `-A ${DEFER_CHAINS.egress} -m mark --mark ${deferred} ${queue}`,
+    `-A ${DEFER_CHAINS.input} -m mark --mark ${deferred} ${queue}`,
+    `-A ${DEFER_CHAINS.input} -j ${CHAINS.mark}`,
+    'COMMIT',
+    '',
+  ].join('\n');
+}
+
 /** The nftables table (family inet: IPv4 and IPv6) of the native notrack rules (buildNativeNotrack). */
 export const NATIVE_TABLE = 'synpass';
 
@@ -264,7 +314,8 @@ function jumpsToSynpass(rule: SavedRule): boolean {
 
 /** From IPv4 `iptables-save [-c] -t mangle` output: whether every rule buildRuleset makes is there. */
 export function rulesPresent(saved: string, options: RuleOptions): boolean {
-  const expected = buildRuleset(4, options)
+  const deferring = options.deferProgram === undefined ? '' : buildDeferRuleset(options, options.deferProgram);
+  const expected = `${buildRuleset(4, options)}${deferring}`
     .split('\n')
     .filter((line) => line.startsWith('-A ') || line.startsWith('-I ')).length;
   const present = savedRules(saved).filter((rule) => rule.chain.startsWith(CHAIN_PREFIX) || jumpsToSynpass(rule)).length;

@@ -1,7 +1,8 @@
 // Who may open a connection to this host, until the policy engine takes over: protected ports
 // admit only verified identities that an `allow` entry names; listed networks may reach listed
 // ports without an identity. Unprotected ports admit everyone.
-import { BlockList, isIPv4 } from 'node:net';
+import { type BlockList, isIPv4 } from 'node:net';
+import { networkList } from '../cidr.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 
 export interface AllowIdentity {
@@ -44,12 +45,7 @@ export class Admission {
 
   constructor(private readonly config: AdmissionConfig) {
     this.allow = config.allow.map((rule) => ({ subject: rule.subject, attributes: Object.entries(rule.attributes ?? {}), ports: rule.ports }));
-    this.anonymous = config.allowWithoutIdentity.map((entry) => {
-      const list = new BlockList();
-      const [address, prefix] = entry.cidr.split('/');
-      list.addSubnet(address!, Number(prefix), isIPv4(address!) ? 'ipv4' : 'ipv6');
-      return { list, ports: entry.ports };
-    });
+    this.anonymous = config.allowWithoutIdentity.map((entry) => ({ list: networkList([entry.cidr]), ports: entry.ports }));
   }
 
   isProtected(port: number): boolean {

@@ -39,8 +39,8 @@ export function judgeBetweenPods(ctx: HandshakeContext, decision: Decision, { se
 /**
  * Two pods judged at a SYN addressed to the server pod itself (`judgeBetweenPods` admitted it,
  * not only observed it): the node's kernel lets the client pod's next SYNs to the port by where
- * they enter the node (kernel-path.ts, PodPair). A SYN sent to a service address is judged at
- * the server pod's answer, whose backend the kernel cannot know at the SYN: it stays on the queue.
+ * they enter the node (kernel-path.ts, PodPair). A SYN sent to a service address names no pod
+ * where it enters the node (the DNAT chooses one after): serviceInKernel.
  */
 export function pairInKernel(ctx: HandshakeContext, { serverPod, clientPod, clientAddress, serverAddress, port }: BetweenPods): void {
   if (ctx.kernelPath === null || clientPod === null) return;
@@ -56,5 +56,27 @@ export function pairInKernel(ctx: HandshakeContext, { serverPod, clientPod, clie
     clientTokenSignature: clientToken.packed.signature,
     serverTokenSignature: serverToken.packed.signature,
     expiresAt: Math.min(clientPod.expiresAt, serverPod.expiresAt),
+  });
+}
+
+/**
+ * Two pods judged at a SYN the node DNATed from `sentTo` (a service address or node port) to the
+ * server pod, admitted and not only observed: the pair goes into the kernel as pairInKernel's, and
+ * the client pod's route to `sentTo` with it, so that the node's kernel leaves its next SYNs there
+ * to the rules after the DNAT, where the pair lets them by (kernel-path.ts, ServiceRoute). Without
+ * `sentTo` (the filing of the SYN's way in is gone, or the kernel deferred it already), the pair only.
+ */
+export function serviceInKernel(ctx: HandshakeContext, pair: BetweenPods, sentTo: { address: string; port: number } | undefined): void {
+  pairInKernel(ctx, pair);
+  const { clientPod, clientAddress } = pair;
+  if (ctx.kernelPath === null || clientPod === null || sentTo === undefined || sentTo.address === pair.serverAddress) return;
+  const clientToken = ctx.local.tokenForAddress(clientAddress);
+  if (clientToken === undefined) return;
+  ctx.kernelPath.deferServiceRoute({
+    clientAddress,
+    serviceAddress: sentTo.address,
+    port: sentTo.port,
+    clientTokenSignature: clientToken.packed.signature,
+    expiresAt: clientPod.expiresAt,
   });
 }

@@ -9,8 +9,8 @@ import { deriveFastKey } from '../protocol/fast-keys.ts';
 import { tokenDigest } from '../protocol/token-digest.ts';
 import { encodeTransient, FLAG_FAST, FLAG_KERNEL, FLAG_SYN_PROOF, FLAG_SYN_SIGNATURE, MessageType, type SynMessage } from '../protocol/wire.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
-import { judgeBetweenPods } from './between-pods.ts';
-import { ackTranscript, synAckFlow, type HandshakeContext } from './context.ts';
+import { judgeBetweenPods, serviceInKernel } from './between-pods.ts';
+import { ackTranscript, isnKey, synAckFlow, type HandshakeContext } from './context.ts';
 import { flowKey } from './handshake-state.ts';
 import { Refusal, refuse } from './reasons.ts';
 
@@ -24,9 +24,14 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   if (serverPod !== undefined && clientPod !== undefined) {
     // A local pod's SYN, DNATed to another pod of this node on its way (a service address): both
     // are known here, no token goes into the pod. Judged here, its SYN-ACK will not be, so the
-    // filing its way in made (serverSyn) goes now.
+    // filing its way in made (serverSyn) goes now. The rules queue it here again when the kernel
+    // deferred it past the DNAT (its service route) and holds no pair for the pod it reached.
+    const filed = ctx.translatedFlows.get(isnKey(client, packet.sourcePort, packet.sequence));
     ctx.forgetTranslated(client, packet.sourcePort, packet.sequence);
-    return judgeBetweenPods(ctx, decision, { serverPod, clientPod, clientAddress: client, serverAddress: server, port: packet.destinationPort });
+    const pair = { serverPod, clientPod, clientAddress: client, serverAddress: server, port: packet.destinationPort };
+    const judged = judgeBetweenPods(ctx, decision, pair);
+    if (!(judged instanceof Refusal) && decision.wouldDrop === null) serviceInKernel(ctx, pair, filed);
+    return judged;
   }
   if (serverPod !== undefined) {
     // On its way into a pod of this node, queued again because the target networks cover the
@@ -41,6 +46,12 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     // another node): judged where it came in, it is not the node's to speak for. It leaves as
     // it came, without the token its sender may have put in, so the far end sees no identity
     // rather than the node's.
+    decision.reason = 'ok';
+    return null;
+  }
+  if (pods?.identityOf(client) !== undefined && ctx.options.isTarget?.(server) === false) {
+    // A pod's SYN the kernel deferred past the DNAT, which sent it outside the target networks:
+    // it leaves as it would have without the deferral, without a token.
     decision.reason = 'ok';
     return null;
   }
@@ -97,7 +108,7 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   // Filed for a SYN-ACK to a source NAT's address too. A pod's SYN, filed on its way in to the
   // node (serverSyn) for an answer without a token, has its flow now: that filing goes.
   if (pod !== undefined) ctx.forgetTranslated(client, packet.sourcePort, packet.sequence);
-  if (!stored || !ctx.fileTranslated(server, packet.destinationPort, packet.sequence, key, packet.destinationPort)) return refuse('flow-table-full');
+  if (!stored || !ctx.fileTranslated(server, packet.destinationPort, packet.sequence, key, server, packet.destinationPort)) return refuse('flow-table-full');
   ctx.attach(decision, encodeTransient(syn));
   decision.track = true;
   decision.reason = 'ok';
@@ -132,12 +143,14 @@ export function clientSynAck(ctx: HandshakeContext, info: PacketInfo, decision: 
     // addresses in front of one pod port would otherwise share its reply (the answer then goes
     // to that port), and a filing may be gone; released unjudged, it would let a client the
     // pod's policy refuses in.
-    const judged = serverPod !== undefined ? judgeBetweenPods(ctx, decision, { serverPod, clientPod: clientPod ?? null, clientAddress, serverAddress: server, port: packet.sourcePort }) : null;
+    const pair = serverPod === undefined ? null : { serverPod, clientPod: clientPod ?? null, clientAddress, serverAddress: server, port: packet.sourcePort };
+    const judged = pair !== null ? judgeBetweenPods(ctx, decision, pair) : null;
     if (judged instanceof Refusal) {
       // The pod holds a half-open connection: ended at once, it retransmits nothing more.
       decision.resetServer = true;
       return judged;
     }
+    if (pair !== null && decision.wouldDrop === null) serviceInKernel(ctx, pair, translated ?? undefined);
     ctx.forgetTranslated(clientAddress, packet.destinationPort, packet.acknowledgment - 1);
     if (judged === null) {
       decision.reason = 'ok';

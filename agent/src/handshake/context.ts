@@ -30,6 +30,8 @@ export interface IdentityHandlerOptions {
   now?: () => number;
   /** Workloads on this host known by address (Kubernetes pods behind the node's routing). */
   localPods?: LocalPods;
+  /** Whether an address is in the target networks, the only ones outgoing SYNs take a token to (absent: every address the rules queue toward is). */
+  isTarget?: (address: string) => boolean;
 }
 
 export interface KnownServer {
@@ -67,7 +69,8 @@ export type ServerFlow = Flow & { completed?: boolean; held?: HeldPacket[] };
 export interface TranslatedFlow {
   /** The flow's key; null for a local pod's SYN to such an address (no flow: no token). */
   key: string | null;
-  /** The port the client's SYN was sent to. */
+  /** The address and port the client's SYN was sent to. */
+  address: string;
   port: number;
   expiresAt: number;
 }
@@ -116,8 +119,8 @@ export class HandshakeContext {
    * (TranslatedFlow): the client's for a server flow, the server's for a client flow. False when
    * the table is full.
    */
-  fileTranslated(address: string, port: number, clientIsn: number, key: string | null, sentToPort: number): boolean {
-    return this.translatedFlows.set(isnKey(address, port, clientIsn), { key, port: sentToPort, expiresAt: this.now() + this.options.handshakeTimeoutMs });
+  fileTranslated(address: string, port: number, clientIsn: number, key: string | null, sentToAddress: string, sentToPort: number): boolean {
+    return this.translatedFlows.set(isnKey(address, port, clientIsn), { key, address: sentToAddress, port: sentToPort, expiresAt: this.now() + this.options.handshakeTimeoutMs });
   }
 
   /** A handshake released or refused before its filing expires takes it along (fileTranslated). */
@@ -186,7 +189,7 @@ export interface SynAckFlow {
    * answered from another address or port than the SYN was sent to (`port`). With `flow`
    * undefined, the client is a local pod whose SYN this node passed on without a token.
    */
-  translated: { port: number } | null;
+  translated: { address: string; port: number } | null;
 }
 
 /**
@@ -210,8 +213,8 @@ export function synAckFlow(ctx: HandshakeContext, packet: ParsedPacket): SynAckF
     if (sent?.key != null && original?.role === 'client' && original.clientIsn === clientIsn) return { key: sent.key, flow: original, translated: null };
     return { key, flow: undefined, translated: null };
   }
-  if (filed.key === null) return { key, flow: undefined, translated: { port: filed.port } };
+  if (filed.key === null) return { key, flow: undefined, translated: { address: filed.address, port: filed.port } };
   const original = ctx.flows.get(filed.key);
   if (original?.role !== 'server' || original.clientIsn !== clientIsn) return { key, flow: undefined, translated: null };
-  return { key: filed.key, flow: original, translated: { port: filed.port } };
+  return { key: filed.key, flow: original, translated: { address: filed.address, port: filed.port } };
 }

@@ -73,6 +73,22 @@ export interface PodPair {
 }
 
 /**
+ * On a node: one of its pods reached a pod of the node through a service address and port (the
+ * DNAT chose the pod). The node's kernel leaves the client pod's later SYNs there to the rules
+ * after the DNAT, where a pair of pods the agent judged lets one by (PodPair) and the queue judges
+ * the rest. It admits nothing itself, so policy edits leave it alone.
+ */
+export interface ServiceRoute {
+  clientAddress: string;
+  serviceAddress: string;
+  port: number;
+  /** The client pod's token signature then: the route holds while the pod keeps that token. */
+  clientTokenSignature: Uint8Array;
+  /** Unix seconds: the end of the client pod's token. */
+  expiresAt: number;
+}
+
+/**
  * The kernel tables a stopped run kept for the next (kernel/saved-tables.ts writes and reads
  * them). No fast key: an entry names its peer's credential (by index) and the client token's
  * signature, and the fast key is derived again from them.
@@ -152,6 +168,8 @@ export interface KernelPath {
   useServer(entry: FastServer): boolean;
   /** On a node: whether the kernel took the pair (a full table, or a host that is no node, refuses it; the next connection is queued). */
   admitPodPair(pair: PodPair): boolean;
+  /** On a node, where the rules judge pods' SYNs after the DNAT: whether the kernel took the route (a full table refuses it; the next connection takes the queue at the SYN, before the DNAT, as before). */
+  deferServiceRoute(route: ServiceRoute): boolean;
   /**
    * Policy or a local workload changed: each entry is judged again (a large table in slices, the
    * event loop free between them), a server entry for the workload `localAt` names at its address
@@ -166,7 +184,7 @@ export interface KernelPath {
   /**
    * The node's pods' tokens were issued again (a pod added, changed or gone): a pod whose token at
    * its address is not the one its entries rest on (`tokenSignatureAt`: none, the pod is gone)
-   * stops sending fast SYNs under them, and its pairs with other pods go.
+   * stops sending fast SYNs under them, and its pairs with other pods and its service routes go.
    */
   podTokensChanged(tokenSignatureAt: (address: string) => Uint8Array | undefined): void;
   /**

@@ -48,7 +48,7 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     // the node DNATs to one of its own pods: then that pod's SYN-ACK, queued as the connection is
     // tracked, is judged between the pods where it finds this (a full table refuses the SYN, as a
     // full flow table would).
-    if (!ctx.fileTranslated(client, packet.sourcePort, packet.sequence, null, port)) return refuse('flow-table-full');
+    if (!ctx.fileTranslated(client, packet.sourcePort, packet.sequence, null, serverAddress, port)) return refuse('flow-table-full');
     decision.track = true;
     decision.reason = 'ok';
     return null;
@@ -66,7 +66,7 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
       // its pods, whose own policy has the last word: filed and followed to the answer, judged
       // there for that pod (clientSynAck). If the node itself answers, a local pod's egress is
       // judged there (the answering end known), and anything else released (serverSynAck).
-      if (!ctx.fileTranslated(client, packet.sourcePort, packet.sequence, null, port)) return refuse('flow-table-full');
+      if (!ctx.fileTranslated(client, packet.sourcePort, packet.sequence, null, serverAddress, port)) return refuse('flow-table-full');
       decision.track = true;
       return clientPod;
     }
@@ -125,7 +125,7 @@ export function serverSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   // to; on a node, a service address or node port to a pod): its SYN-ACK then comes from that
   // address, so the flow is filed where that SYN-ACK finds it (a pod's policy judges it there).
   // Without room there it is refused, as without a flow.
-  if (destinationPod === undefined && !ctx.fileTranslated(client, packet.sourcePort, packet.sequence, key, port)) {
+  if (destinationPod === undefined && !ctx.fileTranslated(client, packet.sourcePort, packet.sequence, key, serverAddress, port)) {
     ctx.flows.delete(key);
     return refuse('flow-table-full');
   }

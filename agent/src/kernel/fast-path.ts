@@ -5,12 +5,13 @@
 // contact, on reloads and once a second.
 import { statSync } from 'node:fs';
 import { constants } from 'node:os';
+import { join } from 'node:path';
 import { fastPathObjectPath, listenerSweepObjectPath, loadBinding, type ErrnoError, type FastPathInterfaces, type FastPathLoaded, type NativeBinding } from '../native/addon.ts';
 import { SynpassError } from '../errors.ts';
 import type { TableSize } from '../datapath/handler.ts';
 import type { VerdictCount } from '../datapath/engine.ts';
 import type { Authorizer } from '../handshake/authorizer.ts';
-import type { AdmittedClient, FastServer, KernelPath, LocalWorkloadAt, PodPair, SocketOwner } from '../handshake/kernel-path.ts';
+import type { AdmittedClient, FastServer, KernelPath, LocalWorkloadAt, PodPair, ServiceRoute, SocketOwner } from '../handshake/kernel-path.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import type { ClientToSave, ServerToSave } from './saved-tables.ts';
 import { refusedSweep, summarizeSweep, type ListenerSweep } from './listener-sweep.ts';
@@ -166,6 +167,10 @@ export class KernelFastPath implements KernelPath {
   private clients = new Map<string, FastServer>();
   /** On a node: pairs of its pods judged for a port, by fast_pod_pairs key. */
   private podPairs = new Map<string, PodPair>();
+  /** On a node: its pods' service routes, judged after the DNAT, in the same kernel table (fast_pod_pairs, deferred). */
+  private serviceRoutes = new Map<string, ServiceRoute>();
+  /** The mark a pod's SYN to one of its service routes gets, once the rules judge such SYNs after the DNAT (0: not yet, or never). */
+  private deferMark = 0;
   private walk: Rejudging | null = null;
   private rejudgeTimer: NodeJS.Immediate | null = null;
   /**
@@ -288,6 +293,11 @@ export class KernelFastPath implements KernelPath {
     return loadBinding().fastPathDetach(pinDir);
   }
 
+  /** Where the loader pins the program iptables' bpf match runs after the DNAT (native/src/bpf_loader.cc, kServiceBackendPin). */
+  get serviceBackendPin(): string {
+    return join(this.options.pinDir, 'service_backend');
+  }
+
   /** The mark a local pod's vouched fast SYN gets (0: pods connect through the queue). */
   private get podMark(): number {
     return this.options.podMark ?? 0;
@@ -328,6 +338,7 @@ export class KernelFastPath implements KernelPath {
       routedWorkloads: this.options.routedWorkloads === true,
       podMark: this.podMark,
       judgedMark: this.options.judgedMark ?? 0,
+      deferMark: this.deferMark,
     });
     this.native.mapUpdate(this.map('fast_config'), Buffer.alloc(4), value, BPF_ANY);
   }
@@ -402,13 +413,33 @@ export class KernelFastPath implements KernelPath {
     if (this.options.routedWorkloads !== true) return false;
     const key = podPairKey(pair.clientAddress, pair.serverAddress, pair.port);
     const id = key.toString('latin1');
-    if (!this.podPairs.has(id) && this.podPairs.size >= MAP_CAPACITY.fast_pod_pairs) {
+    if (!this.podPairs.has(id) && this.podPairs.size + this.serviceRoutes.size >= MAP_CAPACITY.fast_pod_pairs) {
       this.refused++;
       return false;
     }
     if (!this.write('fast_pod_pairs', key, podPairValue(pair.expiresAt))) return false;
     this.podPairs.set(id, pair);
     return true;
+  }
+
+  deferServiceRoute(route: ServiceRoute): boolean {
+    if (this.deferMark === 0) return false;
+    const key = podPairKey(route.clientAddress, route.serviceAddress, route.port);
+    const id = key.toString('latin1');
+    // A service address is no pod's, so its key is never a pair's.
+    if (!this.serviceRoutes.has(id) && this.podPairs.size + this.serviceRoutes.size >= MAP_CAPACITY.fast_pod_pairs) {
+      this.refused++;
+      return false;
+    }
+    if (!this.write('fast_pod_pairs', key, podPairValue(route.expiresAt, true))) return false;
+    this.serviceRoutes.set(id, route);
+    return true;
+  }
+
+  /** From now on the rules judge a pod's SYN marked `mark` after the DNAT: its service routes defer it there. */
+  deferServiceSyns(mark: number): void {
+    this.deferMark = mark;
+    this.writeConfig();
   }
 
   /** How the kernel names an entry's owner; a pod new to the table gets its number (null: fast_pods is full). */
@@ -443,6 +474,7 @@ export class KernelFastPath implements KernelPath {
       if (!holds(pair.clientAddress, pair.clientTokenSignature) || !holds(pair.serverAddress, pair.serverTokenSignature)) unpaired.push(id);
     }
     this.dropPodPairs(unpaired);
+    this.dropServiceRoutes([...this.serviceRoutes].filter(([, route]) => !holds(route.clientAddress, route.clientTokenSignature)).map(([id]) => id));
   }
 
   podUnvouched(address: string): void {
@@ -647,6 +679,7 @@ export class KernelFastPath implements KernelPath {
 
   forgetOwnWorkloads(): void {
     this.dropPodPairs([...this.podPairs.keys()]);
+    this.dropServiceRoutes([...this.serviceRoutes.keys()]);
     const forgotten = this.clients;
     this.clients = new Map();
     for (const address of [...this.pods.keys()]) this.releasePod(address);
@@ -769,6 +802,11 @@ export class KernelFastPath implements KernelPath {
     for (const id of ids) this.podPairs.delete(id);
   }
 
+  private dropServiceRoutes(ids: readonly string[]): void {
+    this.deleteBatch('fast_pod_pairs', ids);
+    for (const id of ids) this.serviceRoutes.delete(id);
+  }
+
   /**
    * Server entries rewritten in one system call: a policy edit or a key rotation may touch every
    * entry of a full table, and one call per entry (about 15 us inside a busy agent) would hold the
@@ -857,6 +895,7 @@ export class KernelFastPath implements KernelPath {
     for (const id of ended) this.servers.delete(id);
     this.dropClients(endedBy(this.clients, nowSeconds, (entry) => entry.expiresAt));
     this.dropPodPairs(endedBy(this.podPairs, nowSeconds, (pair) => pair.expiresAt));
+    this.dropServiceRoutes(endedBy(this.serviceRoutes, nowSeconds, (route) => route.expiresAt));
   }
 
   counters(): Record<FastCounter, number> {
@@ -898,7 +937,8 @@ export class KernelFastPath implements KernelPath {
       'kernel-connecting': { entries: this.native.mapCount(this.map('fast_conns'), KEY_SIZE.fast_conns), capacity: MAP_CAPACITY.fast_conns },
       // On a node only: its pods that hold client entries, and pairs of its pods.
       ...(this.podMark !== 0 ? { 'kernel-pods': { entries: this.pods.size, capacity: MAP_CAPACITY.fast_pods } } : {}),
-      ...(this.options.routedWorkloads === true ? { 'kernel-pod-pairs': { entries: this.podPairs.size, capacity: MAP_CAPACITY.fast_pod_pairs } } : {}),
+      // Pairs of pods and service routes share one kernel table.
+      ...(this.options.routedWorkloads === true ? { 'kernel-pod-pairs': { entries: this.podPairs.size + this.serviceRoutes.size, capacity: MAP_CAPACITY.fast_pod_pairs } } : {}),
     };
   }
 
@@ -923,6 +963,8 @@ export class KernelFastPath implements KernelPath {
     // The notrack rules go with this agent: the mark would serve nothing and cost the tc
     // program a table lookup on every packet, for as long as the programs stay attached.
     this.untrackedMark = 0;
+    // So do the rules that judge a pod's SYN after the DNAT: the programs no longer defer one.
+    this.deferMark = 0;
     this.writeConfig();
     this.release();
   }
@@ -938,6 +980,7 @@ export class KernelFastPath implements KernelPath {
     this.servers.clear();
     this.clients.clear();
     this.podPairs.clear();
+    this.serviceRoutes.clear();
   }
 }
 

@@ -63,6 +63,7 @@ export const FAST_COUNTERS = [
   'synSourceLimited',
   'clientRetired',
   'podSynAccepted',
+  'serviceSynDeferred',
 ] as const;
 export type FastCounter = (typeof FAST_COUNTERS)[number];
 
@@ -202,9 +203,12 @@ export function podPairKey(clientAddress: string, serverAddress: string, port: n
   return key;
 }
 
-/** struct pod_pair_value: the second it expires. */
-export function podPairValue(expiresAt: number): Buffer {
-  return u32Value(kernelSecond(expiresAt));
+/** struct pod_pair_value: the second it expires; `deferred` for a pod and a service address (judged after the DNAT). */
+export function podPairValue(expiresAt: number, deferred = false): Buffer {
+  const value = Buffer.alloc(8);
+  u32(value, 0, kernelSecond(expiresAt));
+  u32(value, 4, deferred ? 1 : 0);
+  return value;
 }
 
 /** struct owner_key (fast_owners): a local connection by its local address and port and its ISN, which a destination NAT leaves alone. */
@@ -272,9 +276,11 @@ export interface FastConfig {
   podMark: number;
   /** Set, with untrackedMark, on a fast SYN or SYN-ACK the kernel proved: the rules need not walk a chain to mark it judged (0: they do). */
   judgedMark: number;
+  /** Set on a node's pod's SYN to a service address it reached a pod of the node through: the rules judge it after the DNAT (0: not deferred). */
+  deferMark: number;
 }
 
-/** struct fast_config (80 bytes: 76 and the padding to its 8-byte alignment). */
+/** struct fast_config (80 bytes). */
 export function configValue(config: FastConfig): Buffer {
   const value = Buffer.alloc(80);
   if (LITTLE) value.writeBigInt64LE(config.realtimeOffsetNs, 0);
@@ -296,6 +302,7 @@ export function configValue(config: FastConfig): Buffer {
   u32(value, 64, config.routedWorkloads ? 1 : 0);
   u32(value, 68, config.podMark);
   u32(value, 72, config.judgedMark);
+  u32(value, 76, config.deferMark);
   return value;
 }
 

@@ -7,7 +7,8 @@
 // by default in that direction; a workload no policy governs in a direction is not restricted.
 // A matching deny rule in observe mode lets the connection through and names itself as the
 // would-be drop; a default deny is observed when every policy that caused it is in observe mode.
-import { BlockList, isIPv4 } from 'node:net';
+import { type BlockList, isIPv4 } from 'node:net';
+import { networkList } from '../cidr.ts';
 import { SUBJECT } from './attributes.ts';
 import type { LoadedFile } from './load.ts';
 import type { Action, Attributes, Direction, Matcher, Mode, PolicyRecord, RuleDocument, Selector } from './model.ts';
@@ -114,13 +115,7 @@ function matchesAll(matchers: readonly CompiledMatcher[], attributes: Attributes
 }
 
 function compileNetworks(cidrs: string[] | undefined): BlockList | null {
-  if (cidrs === undefined) return null;
-  const list = new BlockList();
-  for (const cidr of cidrs) {
-    const [address, prefix] = cidr.split('/');
-    list.addSubnet(address!, Number(prefix), isIPv4(address!) ? 'ipv4' : 'ipv6');
-  }
-  return list;
+  return cidrs === undefined ? null : networkList(cidrs);
 }
 
 function compileRules(policy: CompiledPolicy, record: PolicyRecord, direction: Direction, file: LoadedFile, p: number): CompiledRule[] | null {

@@ -9,6 +9,7 @@ import { readKernelQueues, type KernelQueueStats } from '../datapath/kernel-queu
 import { startHttpEndpoint, type Readiness } from '../telemetry/http-endpoint.ts';
 import { AgentMetrics } from '../telemetry/metrics.ts';
 import { connectionMarks, type ConnectionMarks } from '../datapath/marks.ts';
+import { deferMark } from '../datapath/rules.ts';
 import { allocateQueueBuffers, loadBinding, readQueueCounters, type NativeQueue } from '../native/addon.ts';
 import type { Logger } from '../telemetry/log.ts';
 import { startStatusServer } from '../telemetry/status-server.ts';
@@ -58,6 +59,8 @@ export class Agent {
   private fastPathTimer: NodeJS.Timeout | null = null;
   /** Whether the kernel fast path's connections skip conntrack, and why. */
   private conntrack: { skipped: boolean; reason: string } = { skipped: false, reason: 'not started' };
+  /** On a node: whether its pods' SYNs to service addresses are judged after the DNAT, in the kernel where it can (deferServiceSyns). */
+  private serviceSyns: { deferred: boolean; reason: string } = { deferred: false, reason: 'not started' };
   /** SYNs the queue accepted, by direction: beside the kernel's own, the fast path's share. */
   private readonly queuedSyns = { ingress: 0, egress: 0 };
   /** Aborted at stop: a rehearsal still running ends after its current handshake. */
@@ -258,6 +261,7 @@ export class Agent {
     this.fastPathTimer.unref();
     const sweep = path.sweepListeners();
     this.conntrack = await this.skipConntrack(path);
+    this.serviceSyns = await this.deferServiceSyns(path);
     await sweep;
     const { attached, skipped } = path.interfaces;
     this.log.info(
@@ -268,6 +272,7 @@ export class Agent {
         skipped,
         pinDir: this.config.datapath.fastPathPinDir,
         conntrack: this.conntrack,
+        serviceSyns: this.serviceSyns,
         tookOverKept: path.tookOver,
         listenerSweep: path.listenerSweep,
       },
@@ -316,6 +321,24 @@ export class Agent {
     if (by === null) return { skipped: false, reason: 'kept: no rules installed' };
     path.skipConntrack(this.marks.untracked);
     return { skipped: true, reason: `skipped (${mode}), by ${by === 'nftables' ? 'nftables' : 'the iptables raw table'}` };
+  }
+
+  /**
+   * On a node: its pods' SYNs to a service address or node port behind which they reached a pod
+   * of the node are judged after the DNAT (rules.ts, buildDeferRuleset), where the kernel lets a
+   * pair of pods it holds by; without the rules (no bpf match in iptables or the kernel) such SYNs
+   * stay on the queue, judged before the DNAT. Why it does or does not, for the log and status.
+   */
+  private async deferServiceSyns(path: KernelFastPath): Promise<{ deferred: boolean; reason: string }> {
+    if (this.config.kubernetes === null) return { deferred: false, reason: 'not a Kubernetes node' };
+    try {
+      if (!(await this.rules.deferServiceSyns(path.serviceBackendPin))) return { deferred: false, reason: 'no rules installed' };
+    } catch (error) {
+      this.log.warn({ err: error }, 'the rules that judge pods\' SYNs after the DNAT failed: a pod\'s SYN to a service address stays on the queue');
+      return { deferred: false, reason: `on the queue: ${(error as Error).message}` };
+    }
+    path.deferServiceSyns(deferMark(this.marks));
+    return { deferred: true, reason: 'judged after the DNAT, by the bpf match in mangle POSTROUTING' };
   }
 
   /**
@@ -411,6 +434,7 @@ export class Agent {
       policyWalk: { running: path.rejudging, last: path.lastRejudging },
       backlog: { entries: path.backlogSize, error: path.backlogError },
       conntrack: this.conntrack,
+      serviceSyns: this.serviceSyns,
     };
   }
 

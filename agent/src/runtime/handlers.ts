@@ -23,6 +23,7 @@ import type { Logger } from '../telemetry/log.ts';
 import { readDenyList, watchDenyList } from '../token/deny-list.ts';
 import { algorithmOf, decodeJws, type JwsAlgorithm } from '../token/jws.ts';
 import type { AgentConfig, AttestorConfig, WorkloadConfig } from './config.ts';
+import { inNetworks } from '../cidr.ts';
 
 /** The attestors `attestors:` turns on, in registry order. */
 export function buildAttestors(config: AttestorConfig): Attestor[] {
@@ -204,7 +205,7 @@ export async function buildHandler(config: AgentConfig, log: Logger, options: { 
     maxFlows: config.handshake.maxFlows,
     maxNonces: config.handshake.maxNonces,
     signatureChecksPerSource: config.handshake.signatureChecksPerSource,
-    ...(pods === null ? {} : { localPods: new WatchedPods(pods, local.credential.trustDomain, local.credential.subject) }),
+    ...(pods === null ? {} : { localPods: new WatchedPods(pods, local.credential.trustDomain, local.credential.subject), isTarget: inNetworks(config.targets) }),
   });
   const startRenewal = (identity: LocalIdentity): void => {
     identity.startRenewal(

@@ -1,7 +1,7 @@
 // The agent's iptables rules over its lifetime: installed once the queues are bound, checked
 // every few seconds (reinstalled when someone flushed them, a firewall reload say), and what the
 // check reads reported: SYNs the kernel let in without a verdict, and rules ahead of our jumps.
-import { inspectRules, installNotrackRules, installRules, removeAllRules, type Backend, type InstalledRules, type NotrackBy, type RuleInspection } from '../datapath/iptables.ts';
+import { inspectRules, installDeferRules, installNotrackRules, installRules, removeAllRules, type Backend, type InstalledRules, type NotrackBy, type RuleInspection } from '../datapath/iptables.ts';
 import type { ConnectionMarks } from '../datapath/marks.ts';
 import type { RuleOptions } from '../datapath/rules.ts';
 import type { Logger } from '../telemetry/log.ts';
@@ -11,10 +11,11 @@ export interface RuleOperations {
   install(options: RuleOptions, preferred: Backend): Promise<InstalledRules>;
   inspect(installed: InstalledRules, options: RuleOptions): Promise<RuleInspection>;
   installNotrack(installed: InstalledRules, marks: ConnectionMarks): Promise<NotrackBy>;
+  installDefer(installed: InstalledRules, options: RuleOptions, programPin: string): Promise<void>;
   removeAll(): Promise<number>;
 }
 
-const IPTABLES: RuleOperations = { install: installRules, inspect: inspectRules, installNotrack: installNotrackRules, removeAll: removeAllRules };
+const IPTABLES: RuleOperations = { install: installRules, inspect: inspectRules, installNotrack: installNotrackRules, installDefer: installDeferRules, removeAll: removeAllRules };
 
 /** A rule's kernel packet counter summed over the agent's lifetime: it restarts at 0 with a reinstall. */
 class LifetimeCounter {
@@ -48,7 +49,7 @@ export class RulesWatchdog {
   private notrack = false;
 
   constructor(
-    private readonly options: RuleOptions,
+    private options: RuleOptions,
     private readonly preferred: Backend,
     private readonly log: Logger,
     private readonly operations: RuleOperations = IPTABLES,
@@ -69,6 +70,25 @@ export class RulesWatchdog {
     const by = await this.operations.installNotrack(this.installed, this.options.marks);
     this.notrack = true;
     return by;
+  }
+
+  /**
+   * Adds the rules that judge a node's pods' SYNs after the DNAT, with the kernel fast path's
+   * program pinned at `programPin` (rules.ts, buildDeferRuleset); every reinstall adds them too.
+   * False when no rules are installed.
+   */
+  async deferServiceSyns(programPin: string): Promise<boolean> {
+    const installed = this.installed;
+    if (installed === null) return false;
+    try {
+      await this.operations.installDefer(installed, this.options, programPin);
+    } catch (error) {
+      // A family may have taken them before another refused: the ruleset goes back to what it was.
+      await this.reinstall(installed.backend);
+      throw error;
+    }
+    this.options = { ...this.options, deferProgram: programPin };
+    return true;
   }
 
   watch(intervalMs: number): void {
@@ -92,8 +112,7 @@ export class RulesWatchdog {
     }
     this.log.error({ backend: installed.backend }, 'synpass rules are missing; reinstalling');
     try {
-      this.installed = await this.operations.install(this.options, installed.backend);
-      if (this.notrack) await this.operations.installNotrack(this.installed, this.options.marks);
+      await this.reinstall(installed.backend);
       this.present = true;
       this.unjudged.reinstalled();
       this.sourceLimited.reinstalled();
@@ -101,6 +120,12 @@ export class RulesWatchdog {
     } catch (error) {
       this.log.error({ err: error }, 'rules could not be reinstalled');
     }
+  }
+
+  /** Everything installed so far, again (an install removes what is there first). */
+  private async reinstall(backend: Backend): Promise<void> {
+    this.installed = await this.operations.install(this.options, backend);
+    if (this.notrack) await this.operations.installNotrack(this.installed, this.options.marks);
   }
 
   /** Stops checking and removes the rules (when they were ever installed). */

@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connectionMarks } from '../../../agent/src/datapath/marks.ts';
-import { buildNativeNotrack, buildNotrackRuleset, buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, sourceBurst, sourceLimitedCount, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
+import { buildDeferRuleset, buildNativeNotrack, buildNotrackRuleset, buildRemoval, buildRuleset, deferMark, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, sourceBurst, sourceLimitedCount, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
 
 const options: RuleOptions = {
   queueNumber: 3170,
@@ -200,6 +200,36 @@ describe('buildRemoval', () => {
     assert.equal(rulesPresent(['*mangle', ...installed.map((line) => `[3:180] ${line}`), 'COMMIT'].join('\n'), options), true);
     const flushed = installed.filter((line) => !line.startsWith('-A SYNPASS-IN-Q '));
     assert.equal(rulesPresent(['*mangle', ...flushed, 'COMMIT'].join('\n'), options), false);
+  });
+
+  it('judges a node\'s pods\' deferred SYNs after the DNAT: unqueued in PREROUTING, the pinned program or the queue in POSTROUTING, the queue in INPUT', () => {
+    const node = { ...options, routedWorkloads: true };
+    const pin = '/sys/fs/bpf/synpass/service_backend';
+    const deferred = `0x${deferMark(node.marks).toString(16)}/0x${deferMark(node.marks).toString(16)}`;
+    assert.equal(deferMark(node.marks), node.marks.pass | node.marks.budgeted);
+    const rules = buildDeferRuleset(node, pin).split('\n');
+    assert.deepEqual(rules.filter((line) => line.startsWith('-I ')), [
+      `-I SYNPASS-IN 1 -m mark --mark ${deferred} -j RETURN`,
+      `-I SYNPASS-OUT 1 -m mark --mark ${deferred} -j SYNPASS-DEFER`,
+      '-I INPUT 1 -p tcp -m mark --mark 0x100000/0x900000 -j SYNPASS-DEFER-IN',
+    ]);
+    assert.deepEqual(rules.filter((line) => line.startsWith('-A ')), [
+      `-A SYNPASS-DEFER -m bpf --object-pinned ${pin} -j MARK --or-mark 0x400000`,
+      '-A SYNPASS-DEFER -m mark --mark 0x400000/0x400000 -j SYNPASS-MARK',
+      `-A SYNPASS-DEFER -m mark --mark ${deferred} -j NFQUEUE --queue-num 3170`,
+      `-A SYNPASS-DEFER-IN -m mark --mark ${deferred} -j NFQUEUE --queue-num 3170`,
+      '-A SYNPASS-DEFER-IN -j SYNPASS-MARK',
+    ]);
+    // Failing open, the audit rule leaves a deferred SYN alone: it is judged after FORWARD.
+    assert.ok(buildDeferRuleset({ ...node, failOpen: true }, pin).includes(`-I SYNPASS-AUDIT 1 -m mark --mark ${deferred} -j RETURN`));
+    // The watchdog expects them once they are in, and removal takes them with the rest.
+    const saved = (text: string) => text.split('\n').filter((line) => line.startsWith('-A ') || line.startsWith('-I ') || line.startsWith(':')).map((line) => line.replace(/^-I (\S+) \d+ /, '-A $1 '));
+    const both = ['*mangle', ...saved(buildRuleset(4, node)), ...saved(buildDeferRuleset(node, pin)), 'COMMIT'].join('\n');
+    assert.equal(rulesPresent(both, { ...node, deferProgram: pin }), true);
+    assert.equal(rulesPresent(both, node), false, 'rules it did not put in are not its ruleset');
+    const removal = buildRemoval(both)!;
+    assert.ok(removal.includes('-D INPUT -p tcp -m mark --mark 0x100000/0x900000 -j SYNPASS-DEFER-IN'));
+    assert.ok(removal.includes('-X SYNPASS-DEFER\n') && removal.includes('-X SYNPASS-DEFER-IN\n'));
   });
 
   it('counts the other rules ahead of the hook jumps, in each hook chain up to its jump', () => {

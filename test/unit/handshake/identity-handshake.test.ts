@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { ParsedPacket, parsePacket } from '../../../agent/src/datapath/packet.ts';
 import { attachToken } from '../../../agent/src/datapath/rewrite.ts';
 import { decodeMessage, encodeMessage, FLAG_KERNEL, MessageType, packJws, unpackJws } from '../../../agent/src/protocol/wire.ts';
-import type { AdmittedClient, FastServer, KernelPath, LocalWorkloadAt } from '../../../agent/src/handshake/kernel-path.ts';
+import type { AdmittedClient, FastServer, KernelPath, LocalWorkloadAt, PodPair, ServiceRoute } from '../../../agent/src/handshake/kernel-path.ts';
 import { Admission, type AdmissionConfig } from '../../../agent/src/handshake/admission.ts';
 import { AdmissionAuthorizer } from '../../../agent/src/handshake/authorizer.ts';
 import { ProcessAttestor } from '../../../agent/src/identity/attestors/process.ts';
@@ -564,7 +564,7 @@ describe('identity handshake over a virtual wire', () => {
    * `workload` as the cgroup workload of every connection it is asked about.
    */
   function recordingKernelPath(admits = true, workload = 0) {
-    const told = { admitted: [] as AdmittedClient[], servers: [] as FastServer[], reauthorized: 0, localAt: null as LocalWorkloadAt | null, forgotten: 0, forgottenOwn: 0, retiredUntil: [] as number[], closed: [] as number[], asked: [] as string[], answered: [] as [number, boolean][], podTokens: [] as ((address: string) => Uint8Array | undefined)[], unvouched: [] as string[] };
+    const told = { admitted: [] as AdmittedClient[], servers: [] as FastServer[], reauthorized: 0, localAt: null as LocalWorkloadAt | null, forgotten: 0, forgottenOwn: 0, retiredUntil: [] as number[], closed: [] as number[], asked: [] as string[], answered: [] as [number, boolean][], podTokens: [] as ((address: string) => Uint8Array | undefined)[], unvouched: [] as string[], pairs: [] as PodPair[], routes: [] as ServiceRoute[] };
     const path: KernelPath = {
       takeConnectionWorkload: (localAddress, localPort, isn) => {
         told.asked.push(`${localAddress}:${localPort} isn ${isn}`);
@@ -581,7 +581,14 @@ describe('identity handshake over a virtual wire', () => {
         told.servers.push(entry);
         return admits;
       },
-      admitPodPair: () => admits,
+      admitPodPair: (pair) => {
+        told.pairs.push(pair);
+        return admits;
+      },
+      deferServiceRoute: (route) => {
+        told.routes.push(route);
+        return admits;
+      },
       reauthorize: (_authorizer, localAt) => {
         told.reauthorized += 1;
         told.localAt = localAt;

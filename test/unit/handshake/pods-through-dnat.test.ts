@@ -10,7 +10,7 @@ import { VirtualQueue } from '../../../agent/src/datapath/virtual-queue.ts';
 import { IPV4_SYN, IPV4_SYN_ACK, withValidChecksums } from '../../../scripts/lib/fixtures.ts';
 import { createDomain, identityHandler } from '../../../scripts/lib/identities.ts';
 import { PolicyAuthorizer } from '../../../agent/src/handshake/authorizer.ts';
-import type { KernelPath, PodPair } from '../../../agent/src/handshake/kernel-path.ts';
+import type { KernelPath, PodPair, ServiceRoute } from '../../../agent/src/handshake/kernel-path.ts';
 import { FAST_SYN_OPTION } from '../../../agent/src/kernel/layouts.ts';
 import { compile } from '../../../scripts/lib/policy-dir.ts';
 
@@ -315,5 +315,52 @@ describe('a local pod to another, with the kernel fast path', () => {
     assert.equal(queue.deliver(segment(IPV4_SYN, POD.c, 40072, POD.b, 8080, 0xc100), 'ingress').dropped, true);
     queue.deliver(segment(IPV4_SYN, POD.a, 40073, SERVICE, 80, 0xc200), 'ingress');
     assert.equal(pairs.length, 1, 'pod C is refused, and a service address names no pod at the SYN');
+  });
+});
+
+describe('a local pod to another through a service address, with the kernel fast path', () => {
+  it('judged between the two pods, at the server pod\'s answer or after the DNAT, hands the kernel the pair and the client pod\'s route to the service address; a SYN the kernel deferred, the pair alone; a deferred SYN sent outside the targets leaves untouched', async () => {
+    const domain = await createDomain('pods.synpass');
+    const remote = [198, 51, 100, 9];
+    const { handler, local } = await identityHandler(domain, 'node', {
+      attributes: { 'host.name': 'node' },
+      admission: { protectedPorts: 'all', allow: [{ subject: 'spiffe://pods.synpass/ns/shop/sa/a' }], allowWithoutIdentity: [] },
+      localPods: pods,
+      isTarget: (address) => address !== remote.join('.'),
+    });
+    await local.setAddressSource(() =>
+      (Object.keys(POD) as PodName[]).map((name) => ({ address: POD[name].join('.'), name: `shop/${name}-1`, subject: pod(name).subject, attributes: new Map([['k8s.label.app', { value: name, attestor: 'k8s' }]]) })),
+    );
+    const pairs: PodPair[] = [];
+    const routes: ServiceRoute[] = [];
+    const kernelPath = {
+      cloak: () => undefined,
+      admitPodPair: (pair: PodPair) => pairs.push(pair) > 0,
+      deferServiceRoute: (route: ServiceRoute) => routes.push(route) > 0,
+    };
+    handler.useKernelPath(kernelPath as unknown as KernelPath);
+    const queue = new VirtualQueue(handler);
+    const named = () => [pairs.map((p) => `${p.clientAddress}>${p.serverAddress}:${p.port}`), routes.map((r) => `${r.clientAddress}>${r.serviceAddress}:${r.port}`)];
+    // Judged at pod B's answer: the SYN was filed before the DNAT, under the service address.
+    queue.deliver(segment(IPV4_SYN, POD.a, 40081, SERVICE, 80, 0xd000), 'ingress');
+    const answer = queue.deliver(segment(IPV4_SYN_ACK, POD.b, 8080, POD.a, 40081, 0xe000, 0xd001), 'ingress');
+    assert.deepEqual([answer.dropped, answer.released], [false, true]);
+    assert.deepEqual(named(), [['10.215.1.1>10.215.1.2:8080'], ['10.215.1.1>10.96.0.10:80']]);
+    assert.deepEqual([routes[0]!.clientTokenSignature, routes[0]!.expiresAt], [local.tokenForAddress('10.215.1.1')!.packed.signature, pod('a').expiresAt]);
+    // Queued again after the DNAT, toward a target network: judged at the SYN, the same two.
+    queue.deliver(segment(IPV4_SYN, POD.a, 40082, SERVICE, 80, 0xd100), 'ingress');
+    const after = queue.deliver(segment(IPV4_SYN, POD.a, 40082, POD.b, 8080, 0xd100), 'egress');
+    assert.deepEqual([after.dropped, after.released], [false, true]);
+    assert.equal(routes.length, 2);
+    // Deferred by the kernel (no filing before the DNAT), and no pair in the kernel: the pair alone.
+    const deferred = queue.deliver(segment(IPV4_SYN, POD.a, 40083, POD.b, 8080, 0xd200), 'egress');
+    assert.deepEqual([deferred.dropped, deferred.released, pairs.length, routes.length], [false, true, 3, 2]);
+    // Pod C is refused after the DNAT too, and the kernel gets nothing.
+    assert.equal(queue.deliver(segment(IPV4_SYN, POD.c, 40084, POD.b, 8080, 0xd300), 'egress').dropped, true);
+    assert.deepEqual([pairs.length, routes.length], [3, 2]);
+    // A deferred SYN the DNAT sent outside the target networks: no token, as without the deferral.
+    const syn = segment(IPV4_SYN, POD.a, 40085, remote, 9090, 0xd400);
+    const outside = queue.deliver(syn, 'egress');
+    assert.deepEqual([outside.dropped, outside.tracked, outside.bytes.length], [false, false, syn.length]);
   });
 });

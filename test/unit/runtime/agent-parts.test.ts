@@ -30,8 +30,8 @@ const OPTIONS: RuleOptions = { queueNumber: 3170, queueCount: 1, failOpen: true,
 function scriptedIptables(inspections: (RuleInspection | null)[]) {
   const calls: string[] = [];
   const operations: RuleOperations = {
-    install: (_options, preferred) => {
-      calls.push(`install ${preferred}`);
+    install: (options, preferred) => {
+      calls.push(`install ${preferred}${options.deferProgram === undefined ? '' : ` deferring by ${options.deferProgram}`}`);
       return Promise.resolve({ backend: preferred, families: [4] } satisfies InstalledRules);
     },
     inspect: () => {
@@ -42,6 +42,10 @@ function scriptedIptables(inspections: (RuleInspection | null)[]) {
     installNotrack: () => {
       calls.push('notrack');
       return Promise.resolve('nftables' as const);
+    },
+    installDefer: (_installed, _options, programPin) => {
+      calls.push(`defer by ${programPin}`);
+      return programPin.startsWith('/refused') ? Promise.reject(new Error('iptables-restore: Couldn\'t load match `bpf\'')) : Promise.resolve();
     },
     removeAll: () => {
       calls.push('remove');
@@ -69,6 +73,23 @@ describe('rules watchdog', () => {
     assert.ok(messages().includes('synpass rules are missing; reinstalling'));
     assert.ok(messages().includes('rules reinstalled'));
     assert.equal(watchdog.present, true);
+  });
+
+  it('the rules that judge pods\' SYNs after the DNAT go in after the ruleset, and with every reinstall', async () => {
+    const { log } = capturingLog();
+    const { operations, calls } = scriptedIptables([{ present: false, unjudgedSyns: 0, sourceLimitedPackets: 0, rulesAhead: 0 }]);
+    const watchdog = new RulesWatchdog(OPTIONS, 'nft', log, operations);
+    assert.equal(await watchdog.deferServiceSyns('/sys/fs/bpf/synpass/service_backend'), false, 'no rules yet: nothing to add to');
+    await watchdog.install();
+    assert.equal(await watchdog.deferServiceSyns('/sys/fs/bpf/synpass/service_backend'), true);
+    await watchdog.check();
+    assert.deepEqual(calls, ['install nft', 'defer by /sys/fs/bpf/synpass/service_backend', 'inspect', 'install nft deferring by /sys/fs/bpf/synpass/service_backend']);
+    // Where iptables or the kernel has no bpf match, the ruleset is put back as it was, without them.
+    const refusing = scriptedIptables([]);
+    const without = new RulesWatchdog(OPTIONS, 'nft', log, refusing.operations);
+    await without.install();
+    await assert.rejects(without.deferServiceSyns('/refused/service_backend'), /bpf/);
+    assert.deepEqual(refusing.calls, ['install nft', 'defer by /refused/service_backend', 'install nft']);
   });
 
   it('reports rules ahead of its jumps once, and when they are gone', async () => {
