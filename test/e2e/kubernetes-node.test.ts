@@ -543,6 +543,23 @@ for (const podsAreTargets of [false, true]) {
       await flushCaches(socket);
       const podA = await arrived(masqueraded ? nodeAddress : address.a, pods.a, cgroups.a);
       assert.equal(podA, 'spiffe://cluster.synpass/ns/shop/sa/a');
+      if (!kernel) return;
+      // With the kernel fast path, pod A's route to the service address is in the node's kernel:
+      // its next SYN there is queued once, after the DNAT (with pod A's token), not before it too.
+      const routes = () => dumpPinnedMap(join(pinDirs.node, 'fast_pod_pairs')).flatMap(({ key, value }) => (value.readUInt32LE(4) === 1 ? [ipv4PodPair(key)] : []));
+      assert.ok(routes().includes(`${address.a}>${SERVICE_ELSEWHERE}:80`), JSON.stringify(routes()));
+      const toRemote = (l: Record<string, unknown>) => l.event === 'handshake' && l.stage === 'syn' && l.direction === 'egress' && String(l.source).startsWith(`${address.a}:`) && l.destination === `${remoteAddress}:9091`;
+      // The first connection's lines in, which may come a moment after its answer.
+      await agent.waitFor(toRemote, 5_000);
+      const mark = agent.lines.length;
+      const deferredBefore = (await kernelOf(socket)).counters.serviceSynDeferred ?? 0;
+      assert.equal(await arrived(masqueraded ? nodeAddress : address.a, pods.a, cgroups.a), 'spiffe://cluster.synpass/ns/shop/sa/a');
+      assert.equal((await kernelOf(socket)).counters.serviceSynDeferred, deferredBefore + 1);
+      // This connection's lines, by its source port.
+      const sent = await agent.waitFor((l) => toRemote(l) && agent.lines.indexOf(l) >= mark, 5_000);
+      await sleep(500);
+      const syns = agent.lines.filter((l) => l.event === 'handshake' && l.stage === 'syn' && l.source === sent.source);
+      assert.deepEqual(syns.map((l) => [l.direction, l.destination]), [['egress', `${remoteAddress}:9091`]], JSON.stringify(syns));
     });
 
     it('through the node port the remote host reaches pod B as itself, for pod B\'s policy', serviceOnly, async () => {

@@ -62,14 +62,24 @@ export function pairInKernel(ctx: HandshakeContext, { serverPod, clientPod, clie
 /**
  * Two pods judged at a SYN the node DNATed from `sentTo` (a service address or node port) to the
  * server pod, admitted and not only observed: the pair goes into the kernel as pairInKernel's, and
- * the client pod's route to `sentTo` with it, so that the node's kernel leaves its next SYNs there
- * to the rules after the DNAT, where the pair lets them by (kernel-path.ts, ServiceRoute). Without
- * `sentTo` (the filing of the SYN's way in is gone, or the kernel deferred it already), the pair only.
+ * the client pod's route to `sentTo` with it (routeInKernel), where the pair lets its next SYNs by
+ * after the DNAT. Without `sentTo` (the filing of the SYN's way in is gone, or the kernel deferred
+ * it already), the pair only.
  */
 export function serviceInKernel(ctx: HandshakeContext, pair: BetweenPods, sentTo: { address: string; port: number } | undefined): void {
   pairInKernel(ctx, pair);
-  const { clientPod, clientAddress } = pair;
-  if (ctx.kernelPath === null || clientPod === null || sentTo === undefined || sentTo.address === pair.serverAddress) return;
+  if (pair.clientPod === null || sentTo === undefined) return;
+  routeInKernel(ctx, pair.clientAddress, pair.clientPod, pair.serverAddress, sentTo);
+}
+
+/**
+ * A local pod's SYN that the node DNATed from `sentTo` (a service address or node port) to
+ * `reached`, admitted: the pod's route to `sentTo` goes into the kernel, which leaves the pod's next
+ * SYNs there to the rules after the DNAT (kernel-path.ts, ServiceRoute): let by there for a pair of
+ * pods it holds, queued there once otherwise, rather than before the DNAT and again after it.
+ */
+export function routeInKernel(ctx: HandshakeContext, clientAddress: string, clientPod: VerifiedIdentity, reached: string, sentTo: { address: string; port: number }): void {
+  if (ctx.kernelPath === null || sentTo.address === reached) return;
   const clientToken = ctx.local.tokenForAddress(clientAddress);
   if (clientToken === undefined) return;
   ctx.kernelPath.deferServiceRoute({

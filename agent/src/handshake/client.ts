@@ -9,7 +9,7 @@ import { deriveFastKey } from '../protocol/fast-keys.ts';
 import { tokenDigest } from '../protocol/token-digest.ts';
 import { encodeTransient, FLAG_FAST, FLAG_KERNEL, FLAG_SYN_PROOF, FLAG_SYN_SIGNATURE, MessageType, type SynMessage } from '../protocol/wire.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
-import { judgeBetweenPods, serviceInKernel } from './between-pods.ts';
+import { judgeBetweenPods, routeInKernel, serviceInKernel } from './between-pods.ts';
 import { ackTranscript, isnKey, synAckFlow, type HandshakeContext } from './context.ts';
 import { flowKey } from './handshake-state.ts';
 import { Refusal, refuse } from './reasons.ts';
@@ -106,9 +106,13 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     expiresAt: ctx.now() + ctx.options.handshakeTimeoutMs,
   });
   // Filed for a SYN-ACK to a source NAT's address too. A pod's SYN, filed on its way in to the
-  // node (serverSyn) for an answer without a token, has its flow now: that filing goes.
+  // node (serverSyn) for an answer without a token, has its flow now: that filing goes. Sent to a
+  // service address the node DNATed to this server, its next ones there are queued here only.
+  const filed = pod === undefined ? undefined : ctx.translatedFlows.get(isnKey(client, packet.sourcePort, packet.sequence));
   if (pod !== undefined) ctx.forgetTranslated(client, packet.sourcePort, packet.sequence);
   if (!stored || !ctx.fileTranslated(server, packet.destinationPort, packet.sequence, key, server, packet.destinationPort)) return refuse('flow-table-full');
+  const sender = filed === undefined ? undefined : pods?.identityOf(client);
+  if (filed !== undefined && sender !== undefined) routeInKernel(ctx, client, sender, server, filed);
   ctx.attach(decision, encodeTransient(syn));
   decision.track = true;
   decision.reason = 'ok';

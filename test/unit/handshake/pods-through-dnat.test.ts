@@ -319,7 +319,7 @@ describe('a local pod to another, with the kernel fast path', () => {
 });
 
 describe('a local pod to another through a service address, with the kernel fast path', () => {
-  it('judged between the two pods, at the server pod\'s answer or after the DNAT, hands the kernel the pair and the client pod\'s route to the service address; a SYN the kernel deferred, the pair alone; a deferred SYN sent outside the targets leaves untouched', async () => {
+  it('judged between the two pods, at the server pod\'s answer or after the DNAT, hands the kernel the pair and the client pod\'s route to the service address; a SYN the kernel deferred, the pair alone; a deferred SYN sent outside the targets leaves untouched; one sent to another host gets the pod\'s token, and a route', async () => {
     const domain = await createDomain('pods.synpass');
     const remote = [198, 51, 100, 9];
     const { handler, local } = await identityHandler(domain, 'node', {
@@ -362,5 +362,16 @@ describe('a local pod to another through a service address, with the kernel fast
     const syn = segment(IPV4_SYN, POD.a, 40085, remote, 9090, 0xd400);
     const outside = queue.deliver(syn, 'egress');
     assert.deepEqual([outside.dropped, outside.tracked, outside.bytes.length], [false, false, syn.length]);
+    // Through the service address to another host in the target networks: the pod's token, and
+    // its route, so that its next SYNs there are queued once, after the DNAT; deferred, no new route.
+    const elsewhere = [203, 0, 113, 7];
+    queue.deliver(segment(IPV4_SYN, POD.a, 40086, SERVICE, 80, 0xd500), 'ingress');
+    const toHost = segment(IPV4_SYN, POD.a, 40086, elsewhere, 9090, 0xd500);
+    const tokened = queue.deliver(toHost, 'egress');
+    assert.deepEqual([tokened.dropped, tokened.tracked, tokened.bytes.length > toHost.length], [false, true, true]);
+    assert.deepEqual(named()[1]!.at(-1), '10.215.1.1>10.96.0.10:80');
+    assert.equal(routes.length, 3);
+    queue.deliver(segment(IPV4_SYN, POD.a, 40087, elsewhere, 9090, 0xd600), 'egress');
+    assert.equal(routes.length, 3);
   });
 });
