@@ -617,7 +617,7 @@ static __always_inline int within_source_rate(const struct fast_config *cfg, con
 
 /* On a node: the entry for this pair of addresses and the SYN's port while it holds: two of its
  * pods the agent judged for that port, or a pod and a service address it reached a pod of this
- * node through (deferred). */
+ * node or another host through (deferred). */
 static __always_inline struct pod_pair_value *known_pod_pair(const struct parsed *p, __u32 now) {
   struct pod_pair_key key = {.port = bpf_ntohs(p->tcp.dest)};
   __builtin_memcpy(key.client, p->source, 16);
@@ -649,7 +649,7 @@ static __always_inline int judge_plain_syn(struct __sk_buff *skb, const struct f
     return TC_ACT_OK;
   }
   if (pair && cfg->defer_mark != 0 && !cfg->agent_away && !has_marker(skb, p)) {
-    /* To a service address: which pod it reaches, the DNAT decides after this. The rules let it
+    /* To a service address: where it goes, the DNAT decides after this. The rules let it
      * through PREROUTING unqueued and judge it after the DNAT (synpass_service_backend, or the
      * queue). Nothing is charged to its source's bucket: a pod of this node is no stranger. */
     skb->mark |= cfg->defer_mark;

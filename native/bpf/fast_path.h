@@ -94,8 +94,9 @@ struct pod_pair_key {
 };
 struct pod_pair_value {
   __u32 expires;  /* wall-clock second from which the entry is void: the earlier end of the two pods' tokens */
-  __u32 deferred; /* 1: `server` is a service address the client pod reached a pod of this node through, not a pod;
-                   * its SYN there is judged after the DNAT (defer_mark), and this entry admits nothing itself */
+  __u32 deferred; /* 1: `server` is a service address (or node port's address) the client pod reached a pod of this
+                   * node or another host through, not a pod; its SYN there is judged after the DNAT (defer_mark),
+                   * and this entry admits nothing itself */
 };
 
 /* Client: which destinations (address, port) a local workload may prove itself to in the kernel. */

@@ -213,8 +213,9 @@ export function deferMark(marks: ConnectionMarks): number {
 /**
  * On a Kubernetes node with the kernel fast path, as iptables-restore --noflush input after the
  * ruleset (one family's; the same text serves both): a pod's SYN to a service address or node
- * port through which it reached a pod of the node before leaves the tc program with deferMark,
- * and these rules judge it after the DNAT, which chose the pod. PREROUTING lets it by unqueued.
+ * port through which it reached a pod of the node or another host before leaves the tc program
+ * with deferMark, and these rules judge it after the DNAT, which chose where it goes. PREROUTING
+ * lets it by unqueued.
  * Forwarded, mangle POSTROUTING asks the kernel fast path's program (iptables' bpf match, pinned
  * at `programPin`) whether the agent judged the client pod and the chosen pod for its port: then
  * it goes on as such a SYN addressed to that pod would (released, marked judged); else it is

@@ -73,10 +73,11 @@ export interface PodPair {
 }
 
 /**
- * On a node: one of its pods reached a pod of the node through a service address and port (the
- * DNAT chose the pod). The node's kernel leaves the client pod's later SYNs there to the rules
- * after the DNAT, where a pair of pods the agent judged lets one by (PodPair) and the queue judges
- * the rest. It admits nothing itself, so policy edits leave it alone.
+ * On a node: one of its pods reached a pod of the node, or another host in the target networks,
+ * through a service address and port (the DNAT chose it). The node's kernel leaves the client
+ * pod's later SYNs there to the rules after the DNAT, where a pair of pods the agent judged lets
+ * one by (PodPair) and the queue judges the rest. It admits nothing itself, so policy edits leave
+ * it alone.
  */
 export interface ServiceRoute {
   clientAddress: string;

@@ -276,7 +276,7 @@ export interface FastConfig {
   podMark: number;
   /** Set, with untrackedMark, on a fast SYN or SYN-ACK the kernel proved: the rules need not walk a chain to mark it judged (0: they do). */
   judgedMark: number;
-  /** Set on a node's pod's SYN to a service address it reached a pod of the node through: the rules judge it after the DNAT (0: not deferred). */
+  /** Set on a node's pod's SYN to a service address it reached a pod of the node or another host through before: the rules judge it after the DNAT (0: not deferred). */
   deferMark: number;
 }
 
