@@ -10,7 +10,7 @@ import { tokenDigest } from '../protocol/token-digest.ts';
 import { encodeTransient, FLAG_FAST, FLAG_KERNEL, FLAG_SYN_PROOF, FLAG_SYN_SIGNATURE, MessageType, type SynMessage } from '../protocol/wire.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
 import { judgeBetweenPods, routeInKernel, serviceInKernel } from './between-pods.ts';
-import { ackTranscript, isnKey, synAckFlow, type HandshakeContext } from './context.ts';
+import { ackTranscript, synAckFlow, type HandshakeContext } from './context.ts';
 import { flowKey } from './handshake-state.ts';
 import { Refusal, refuse } from './reasons.ts';
 
@@ -26,8 +26,7 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
     // are known here, no token goes into the pod. Judged here, its SYN-ACK will not be, so the
     // filing its way in made (serverSyn) goes now. The rules queue it here again when the kernel
     // deferred it past the DNAT (its service route) and holds no pair for the pod it reached.
-    const filed = ctx.translatedFlows.get(isnKey(client, packet.sourcePort, packet.sequence));
-    ctx.forgetTranslated(client, packet.sourcePort, packet.sequence);
+    const filed = ctx.takeTranslated(client, packet.sourcePort, packet.sequence);
     const pair = { serverPod, clientPod, clientAddress: client, serverAddress: server, port: packet.destinationPort };
     const judged = judgeBetweenPods(ctx, decision, pair);
     if (!(judged instanceof Refusal) && decision.wouldDrop === null) serviceInKernel(ctx, pair, filed);
@@ -108,8 +107,7 @@ export function clientSyn(ctx: HandshakeContext, info: PacketInfo, decision: Dec
   // Filed for a SYN-ACK to a source NAT's address too. A pod's SYN, filed on its way in to the
   // node (serverSyn) for an answer without a token, has its flow now: that filing goes. Sent to a
   // service address the node DNATed to this server, its next ones there are queued here only.
-  const filed = pod === undefined ? undefined : ctx.translatedFlows.get(isnKey(client, packet.sourcePort, packet.sequence));
-  if (pod !== undefined) ctx.forgetTranslated(client, packet.sourcePort, packet.sequence);
+  const filed = pod === undefined ? undefined : ctx.takeTranslated(client, packet.sourcePort, packet.sequence);
   if (!stored || !ctx.fileTranslated(server, packet.destinationPort, packet.sequence, key, server, packet.destinationPort)) return refuse('flow-table-full');
   const sender = filed === undefined ? undefined : pods?.identityOf(client);
   if (filed !== undefined && sender !== undefined) routeInKernel(ctx, client, sender, server, filed);

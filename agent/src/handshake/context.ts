@@ -128,6 +128,14 @@ export class HandshakeContext {
     this.translatedFlows.delete(isnKey(address, port, clientIsn));
   }
 
+  /** forgetTranslated, returning the filing: where the SYN was sent before a DNAT, if it was filed. */
+  takeTranslated(address: string, port: number, clientIsn: number): TranslatedFlow | undefined {
+    const key = isnKey(address, port, clientIsn);
+    const filed = this.translatedFlows.get(key);
+    this.translatedFlows.delete(key);
+    return filed;
+  }
+
   /** This end's workload at a local address and port: the pod's there, else this host's for the port. */
   localAt(address: string, port: number): Readonly<Record<string, string>> {
     return this.options.localPods?.identityOf(address)?.attributes ?? this.local.tokenForPort(port).localAttributes;

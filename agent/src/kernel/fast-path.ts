@@ -411,28 +411,24 @@ export class KernelFastPath implements KernelPath {
 
   admitPodPair(pair: PodPair): boolean {
     if (this.options.routedWorkloads !== true) return false;
-    const key = podPairKey(pair.clientAddress, pair.serverAddress, pair.port);
-    const id = key.toString('latin1');
-    if (!this.podPairs.has(id) && this.podPairs.size + this.serviceRoutes.size >= MAP_CAPACITY.fast_pod_pairs) {
-      this.refused++;
-      return false;
-    }
-    if (!this.write('fast_pod_pairs', key, podPairValue(pair.expiresAt))) return false;
-    this.podPairs.set(id, pair);
-    return true;
+    return this.writePodPairsEntry(this.podPairs, podPairKey(pair.clientAddress, pair.serverAddress, pair.port), podPairValue(pair.expiresAt), pair);
   }
 
   deferServiceRoute(route: ServiceRoute): boolean {
     if (this.deferMark === 0) return false;
-    const key = podPairKey(route.clientAddress, route.serviceAddress, route.port);
-    const id = key.toString('latin1');
     // A service address is no pod's, so its key is never a pair's.
-    if (!this.serviceRoutes.has(id) && this.podPairs.size + this.serviceRoutes.size >= MAP_CAPACITY.fast_pod_pairs) {
+    return this.writePodPairsEntry(this.serviceRoutes, podPairKey(route.clientAddress, route.serviceAddress, route.port), podPairValue(route.expiresAt, true), route);
+  }
+
+  /** One entry of fast_pod_pairs, which pairs and routes share, written and kept in `table` (false: a full table, or the kernel refused it). */
+  private writePodPairsEntry<T>(table: Map<string, T>, key: Buffer, value: Buffer, entry: T): boolean {
+    const id = key.toString('latin1');
+    if (!table.has(id) && this.podPairs.size + this.serviceRoutes.size >= MAP_CAPACITY.fast_pod_pairs) {
       this.refused++;
       return false;
     }
-    if (!this.write('fast_pod_pairs', key, podPairValue(route.expiresAt, true))) return false;
-    this.serviceRoutes.set(id, route);
+    if (!this.write('fast_pod_pairs', key, value)) return false;
+    table.set(id, entry);
     return true;
   }
 
