@@ -485,6 +485,34 @@ static __always_inline int vouch_pod_syn(struct __sk_buff *skb, const struct fas
 
 static __always_inline int any_marker_option(struct __sk_buff *skb, const struct parsed *p);
 
+/* A client entry whose server proved a SYN-ACK under its previous keys (after a key rotation or
+ * renewal) goes, unless a newer one replaced it, so that the next connect is a first contact that
+ * learns the new keys rather than a fast SYN the server drops once those expire. Reported, so the
+ * agent forgets it too (`local`: the connection's own end). */
+static __always_inline void retire_client(const struct client_key *client, __u32 fast_id, const __u8 local[16], __u16 local_port) {
+  struct client_value *entry = bpf_map_lookup_elem(&fast_clients, client);
+  if (!entry || entry->fast_id != fast_id) return;
+  bpf_map_delete_elem(&fast_clients, client);
+  count(FAST_CLIENT_RETIRED);
+  struct fast_event *event = new_event(FAST_CLIENT_RETIRED, fast_id, client->address, local, client->port, local_port);
+  if (!event) return;
+  event->owner_kind = client->owner_kind;
+  event->owner = client->owner;
+  bpf_ringbuf_submit(event, 0);
+}
+
+/* The record of a pod's SYN the node sent fast after the DNAT (synpass_service_remote) is done with
+ * at its first answer: no socket of the node's takes it at establishment (client_established), and
+ * a later answer finds the connection released already, or judged by the agent. */
+static __always_inline void forget_translated(const struct sent_key *key, const struct conn_value *sent, const struct parsed *p) {
+  if (sent->retiring) {
+    struct client_key client = {.port = key->server_port, .owner_kind = OWNER_POD, .owner = sent->owner};
+    __builtin_memcpy(client.address, key->server, 16);
+    retire_client(&client, sent->fast_id, p->destination, bpf_ntohs(p->tcp.dest));
+  }
+  bpf_map_delete_elem(&fast_conns, key);
+}
+
 static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast_config *cfg, const struct parsed *p) {
   struct sent_key key = {.isn = bpf_ntohl(p->tcp.ack_seq) - 1, .server_port = bpf_ntohs(p->tcp.source)};
   __builtin_memcpy(key.server, p->source, 16);
@@ -493,7 +521,10 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
   if (!sent) return TC_ACT_OK;
   int at = find_fast_option(skb, p, FAST_SYNACK_OPT_LEN);
   /* After a fallback the answer may be the queue's, to the retransmit: the agent judges it. */
-  if (at < 0 && sent->fallback) return TC_ACT_OK;
+  if (at < 0 && sent->fallback) {
+    if (sent->translated) forget_translated(&key, sent, p);
+    return TC_ACT_OK;
+  }
   __u8 opt[FAST_SYNACK_OPT_LEN];
   if (at < 0 || bpf_skb_load_bytes(skb, p->option_base + (__u32)at, opt, sizeof(opt)) < 0) return drop(FAST_SYNACK_BAD_PROOF, p, sent->fast_id);
   __u32 server_isn = bpf_ntohl(p->tcp.seq);
@@ -512,9 +543,12 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
    * from the connection the fast SYN opened, and where conntrack follows that connection there
    * its rules release it, so no agent ever sees this answer; conntrack follows the retransmit
    * here, and so this answer. One with a marker (the server's agent answered) stays unmarked, so
-   * that the agent here judges it and its token never reaches the socket. */
-  if (any_marker_option(skb, p)) skb->mark |= sent->fallback ? 0 : cfg->untracked_mark;
-  else skb->mark |= cfg->accept_mark | (sent->fallback ? 0 : untracked_judged(cfg));
+   * that the agent here judges it and its token never reaches the socket. A pod's connection
+   * through the node's DNAT needs conntrack, to undo the translation, as after a fallback. */
+  __u32 tracked = sent->fallback || sent->translated;
+  __u32 mark = any_marker_option(skb, p) ? (tracked ? 0 : cfg->untracked_mark) : cfg->accept_mark | (tracked ? 0 : untracked_judged(cfg));
+  skb->mark |= mark;
+  if (sent->translated) forget_translated(&key, sent, p);
   return TC_ACT_OK;
 }
 
@@ -691,49 +725,183 @@ int synpass_ingress(struct __sk_buff *skb) {
 
 /* ---- after the DNAT (iptables `-m bpf`) ------------------------------------------------------ */
 
-/* A pod's SYN the tc program deferred past the DNAT (defer_mark), as the rules see it in mangle
- * POSTROUTING: the destination is now the pod the DNAT chose. Matches (1) when the agent judged
- * the two pods for that pod's port, so the rules let it by as the tc program lets by a SYN
- * addressed to that pod; otherwise (0) the rules queue it. A socket filter, which is what
- * iptables' bpf match runs (pinned: --object-pinned): the packet starts at its IP header. */
-SEC("socket")
-int synpass_service_backend(struct __sk_buff *skb) {
-  struct fast_config *cfg = config();
-  if (!cfg) return 0;
-  __u32 now = now_seconds(cfg);
-  if (!vouched(cfg, now)) return 0;
+/* A SYN as iptables' bpf match shows it to a socket filter, in mangle POSTROUTING: the packet
+ * starts at its IP header, and its destination is the one the DNAT chose. */
+struct routed_syn {
+  struct pod_pair_key pair; /* source, destination, destination port */
+  struct tcphdr tcp;
+  __u32 option_bytes;
+  __u32 payload_bytes;
+};
+
+/* Reads a SYN (not a SYN-ACK); 0 when the packet is none. */
+static __always_inline int parse_routed_syn(struct __sk_buff *skb, struct routed_syn *syn) {
   __u8 version = 0;
   if (bpf_skb_load_bytes(skb, 0, &version, 1) < 0) return 0;
-  struct pod_pair_key key = {};
-  __u32 tcp_offset;
+  __u32 tcp_offset, total;
   if ((version >> 4) == 4) {
     struct iphdr ip;
     if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) < 0) return 0;
     if (ip.protocol != IPPROTO_TCP || (ip.frag_off & bpf_htons(0x3fff)) != 0 || ip.ihl < 5) return 0;
-    mapped_ipv4(key.client, ip.saddr);
-    mapped_ipv4(key.server, ip.daddr);
+    mapped_ipv4(syn->pair.client, ip.saddr);
+    mapped_ipv4(syn->pair.server, ip.daddr);
     tcp_offset = ip.ihl * 4;
+    total = bpf_ntohs(ip.tot_len);
   } else if ((version >> 4) == 6) {
     struct ipv6hdr ip6;
     if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) < 0 || ip6.nexthdr != IPPROTO_TCP) return 0;
-    __builtin_memcpy(key.client, &ip6.saddr, 16);
-    __builtin_memcpy(key.server, &ip6.daddr, 16);
+    __builtin_memcpy(syn->pair.client, &ip6.saddr, 16);
+    __builtin_memcpy(syn->pair.server, &ip6.daddr, 16);
     tcp_offset = sizeof(ip6);
+    total = sizeof(ip6) + bpf_ntohs(ip6.payload_len);
   } else {
     return 0;
   }
-  struct tcphdr tcp;
-  if (bpf_skb_load_bytes(skb, tcp_offset, &tcp, sizeof(tcp)) < 0) return 0;
-  if (!tcp.syn || tcp.ack || tcp.rst) return 0;
-  key.port = bpf_ntohs(tcp.dest);
-  struct pod_pair_value *pair = bpf_map_lookup_elem(&fast_pod_pairs, &key);
+  if (bpf_skb_load_bytes(skb, tcp_offset, &syn->tcp, sizeof(syn->tcp)) < 0) return 0;
+  if (!syn->tcp.syn || syn->tcp.ack || syn->tcp.rst) return 0;
+  __u32 header_bytes = syn->tcp.doff * 4;
+  if (header_bytes < sizeof(struct tcphdr) || total < tcp_offset + header_bytes) return 0;
+  syn->option_bytes = header_bytes - sizeof(struct tcphdr);
+  syn->payload_bytes = total - tcp_offset - header_bytes;
+  syn->pair.port = bpf_ntohs(syn->tcp.dest);
+  return 1;
+}
+
+/* Where both programs after the DNAT start: the config while an agent vouches for it (null
+ * otherwise, or when the packet is no SYN), the clock, and the SYN. */
+static __always_inline struct fast_config *vouched_routed_syn(struct __sk_buff *skb, struct routed_syn *syn, __u32 *now) {
+  struct fast_config *cfg = config();
+  if (!cfg) return 0;
+  *now = now_seconds(cfg);
+  return vouched(cfg, *now) && parse_routed_syn(skb, syn) ? cfg : 0;
+}
+
+/* A pod's SYN the tc program deferred past the DNAT (defer_mark), as the rules see it in mangle
+ * POSTROUTING: the destination is now the pod the DNAT chose. Matches (1) when the agent judged
+ * the two pods for that pod's port, so the rules let it by as the tc program lets by a SYN
+ * addressed to that pod; otherwise (0) the rules ask synpass_service_remote, then queue it.
+ * Pinned: iptables' bpf match holds it by its path (--object-pinned). */
+SEC("socket")
+int synpass_service_backend(struct __sk_buff *skb) {
+  struct routed_syn syn = {};
+  __u32 now = 0;
+  struct fast_config *cfg = vouched_routed_syn(skb, &syn, &now);
+  if (!cfg) return 0;
+  struct pod_pair_value *pair = bpf_map_lookup_elem(&fast_pod_pairs, &syn.pair);
   if (!pair || pair->deferred || now >= pair->expires) return 0;
   count(FAST_POD_SYN_ACCEPTED);
   if (cfg->accept_sample != 0 && bpf_get_prandom_u32() < cfg->accept_sample) {
-    struct fast_event *event = new_event(FAST_POD_SYN_ACCEPTED, 0, key.client, key.server, bpf_ntohs(tcp.source), key.port);
+    struct fast_event *event = new_event(FAST_POD_SYN_ACCEPTED, 0, syn.pair.client, syn.pair.server, bpf_ntohs(syn.tcp.source), syn.pair.port);
     if (event) bpf_ringbuf_submit(event, 0);
   }
   return 1;
+}
+
+/* A deferred pod's SYN that the DNAT sent to another host, where the pod holds a client entry
+ * (the agent learnt that server at a first contact through the same DNAT): its fast SYN is
+ * recorded as a pod's socket would record it (fast_conns, `translated`), and matches (1), so the
+ * rules let it by unqueued and synpass_egress writes the option as it leaves the node. The pod's
+ * socket never names that server (it connected to the service address), so its sock_ops program
+ * could not. Without room for the option beside the SYN's own, with data, or without an entry, it
+ * does not match, and the rules queue it. Sent again, the fast SYN went unanswered: as a socket's
+ * would (client_fallback), the retransmit takes the queue. */
+SEC("socket")
+int synpass_service_remote(struct __sk_buff *skb) {
+  struct routed_syn syn = {};
+  __u32 now = 0;
+  struct fast_config *cfg = vouched_routed_syn(skb, &syn, &now);
+  if (!cfg) return 0;
+  if (syn.option_bytes + FAST_SYN_OPT_LEN > MAX_OPTION_BYTES || syn.payload_bytes != 0) return 0;
+  struct pod_key pod = {};
+  __builtin_memcpy(pod.address, syn.pair.client, 16);
+  __u32 *number = bpf_map_lookup_elem(&fast_pods, &pod);
+  if (!number) return 0;
+  struct client_key client = {.port = syn.pair.port, .owner_kind = OWNER_POD, .owner = *number};
+  __builtin_memcpy(client.address, syn.pair.server, 16);
+  struct client_value *entry = bpf_map_lookup_elem(&fast_clients, &client);
+  if (!entry || now >= entry->expires) return 0;
+  struct sent_key key = {.isn = bpf_ntohl(syn.tcp.seq), .server_port = syn.pair.port};
+  __builtin_memcpy(key.server, syn.pair.server, 16);
+  struct conn_value *sent = bpf_map_lookup_elem(&fast_conns, &key);
+  if (sent) {
+    if (sent->translated && !sent->fallback) {
+      sent->fallback = 1;
+      count(FAST_SYN_FALLBACK);
+    }
+    return 0;
+  }
+  struct conn_value fresh = {.fast_id = entry->fast_id, .translated = 1, .owner = client.owner, .client_port = bpf_ntohs(syn.tcp.source)};
+  __builtin_memcpy(fresh.key, entry->key, 16);
+  __builtin_memcpy(fresh.client, syn.pair.client, 16);
+  return bpf_map_update_elem(&fast_conns, &key, &fresh, BPF_NOEXIST) == 0;
+}
+
+/* ---- tc egress (on a node) ------------------------------------------------------------------- */
+
+/* Writes the fast option after the options of a SYN that carries no data, as the sock_ops program
+ * would have (the last FAST_SYN_OPT_LEN bytes of the header, where the server's tc program looks),
+ * and mends the lengths and checksums; bpf_l4_csum_replace keeps an offloaded (partial) checksum
+ * right as well as a full one. 0 when written; otherwise the SYN may be half-changed. */
+static __always_inline int insert_fast_option(struct __sk_buff *skb, const struct parsed *p, const struct conn_value *sent, __u32 time) {
+  __u32 tcp_offset = p->option_base - sizeof(struct tcphdr);
+  __u32 header_bytes = sizeof(struct tcphdr) + p->option_bytes;
+  __u32 end = p->option_base + p->option_bytes;
+  if (p->option_bytes + FAST_SYN_OPT_LEN > MAX_OPTION_BYTES || skb->len != end) return -1;
+  __u8 opt[FAST_SYN_OPT_LEN] = {FAST_OPT_KIND, FAST_SYN_OPT_LEN, FAST_OPT_EXID >> 8, FAST_OPT_EXID & 0xff};
+  write_be32(opt + 4, sent->fast_id);
+  write_be32(opt + 8, time);
+  write_be64(opt + 12, syn_mac(sent->key, sent->fast_id, time, bpf_ntohl(p->tcp.seq)));
+  if (bpf_skb_change_tail(skb, end + FAST_SYN_OPT_LEN, 0) < 0) return -1;
+  if (bpf_skb_store_bytes(skb, end, opt, sizeof(opt), 0) < 0) return -1;
+  __u32 check_at = tcp_offset + __builtin_offsetof(struct tcphdr, check);
+  __s64 added = bpf_csum_diff(0, 0, (__be32 *)opt, sizeof(opt), 0);
+  if (added < 0 || bpf_l4_csum_replace(skb, check_at, 0, (__u32)added, 0) < 0) return -1;
+  /* The TCP length, in the pseudo-header. */
+  __u16 old_length = bpf_htons(header_bytes), new_length = bpf_htons(header_bytes + FAST_SYN_OPT_LEN);
+  if (bpf_l4_csum_replace(skb, check_at, old_length, new_length, BPF_F_PSEUDO_HDR | sizeof(__u16)) < 0) return -1;
+  /* The data offset: the high nibble of the header's 13th byte, a checksummed 16-bit word. */
+  __u8 word[2];
+  if (bpf_skb_load_bytes(skb, tcp_offset + 12, word, sizeof(word)) < 0) return -1;
+  __u16 old_word, new_word;
+  __builtin_memcpy(&old_word, word, 2);
+  word[0] = (__u8)(((header_bytes + FAST_SYN_OPT_LEN) / 4) << 4) | (word[0] & 0x0f);
+  __builtin_memcpy(&new_word, word, 2);
+  if (bpf_skb_store_bytes(skb, tcp_offset + 12, word, sizeof(word), 0) < 0) return -1;
+  if (bpf_l4_csum_replace(skb, check_at, old_word, new_word, sizeof(__u16)) < 0) return -1;
+  __be16 old_total, new_total;
+  if (p->ipv4) {
+    if (bpf_skb_load_bytes(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, tot_len), &old_total, sizeof(old_total)) < 0) return -1;
+    new_total = bpf_htons(bpf_ntohs(old_total) + FAST_SYN_OPT_LEN);
+    if (bpf_skb_store_bytes(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, tot_len), &new_total, sizeof(new_total), 0) < 0) return -1;
+    return bpf_l3_csum_replace(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, check), old_total, new_total, sizeof(__u16)) < 0 ? -1 : 0;
+  }
+  if (bpf_skb_load_bytes(skb, ETH_HLEN + __builtin_offsetof(struct ipv6hdr, payload_len), &old_total, sizeof(old_total)) < 0) return -1;
+  new_total = bpf_htons(bpf_ntohs(old_total) + FAST_SYN_OPT_LEN);
+  return bpf_skb_store_bytes(skb, ETH_HLEN + __builtin_offsetof(struct ipv6hdr, payload_len), &new_total, sizeof(new_total), 0) < 0 ? -1 : 0;
+}
+
+/* A pod's SYN that synpass_service_remote recorded, leaving the node: it gets its fast option
+ * here, after the DNAT and any source NAT (the record is keyed by what those leave alone). Only
+ * SYNs the rules marked judged are looked at: every other packet of the node costs one mark test.
+ * One the option cannot be written into is dropped, and its retransmit takes the queue. */
+SEC("tc")
+int synpass_egress(struct __sk_buff *skb) {
+  struct fast_config *cfg = config();
+  if (!cfg || cfg->defer_mark == 0 || (skb->mark & cfg->judged_mark) == 0) return TC_ACT_OK;
+  struct parsed p = {};
+  if (!parse(skb, &p) || !p.tcp.syn || p.tcp.ack || p.tcp.rst) return TC_ACT_OK;
+  struct sent_key key = {.isn = bpf_ntohl(p.tcp.seq), .server_port = bpf_ntohs(p.tcp.dest)};
+  __builtin_memcpy(key.server, p.destination, 16);
+  struct conn_value *sent = bpf_map_lookup_elem(&fast_conns, &key);
+  if (!sent || !sent->translated || sent->fallback || sent->written) return TC_ACT_OK;
+  sent->written = 1;
+  if (insert_fast_option(skb, &p, sent, now_seconds(cfg)) != 0) {
+    sent->fallback = 1;
+    count(FAST_SYN_FALLBACK);
+    return TC_ACT_SHOT;
+  }
+  count(FAST_SYN_SENT);
+  return TC_ACT_OK;
 }
 
 /* ---- sock_ops ------------------------------------------------------------------------------ */
@@ -1033,10 +1201,8 @@ static __always_inline void client_fallback(struct bpf_sock_ops *ops) {
 }
 
 /* The SYN-ACK was proven (by tc; after a fallback, by tc or the agent) and accepted: the fast
- * SYN's record is no longer needed. If the server proved
- * it under its previous keys, the entry it came from goes too (unless a newer one replaced it),
- * so the next connect is a first contact that learns the new keys, rather than a fast SYN the
- * server drops once those expire. */
+ * SYN's record is no longer needed. If the server proved it under its previous keys, the entry
+ * it came from goes too (retire_client). */
 static __always_inline void client_established(struct bpf_sock_ops *ops, const struct fast_config *cfg) {
   struct sock_state_value *state = socket_state(ops);
   if (!state || (state->state != SOCK_FAST && state->state != SOCK_FALLBACK)) return;
@@ -1048,17 +1214,7 @@ static __always_inline void client_established(struct bpf_sock_ops *ops, const s
   if (sent && sent->retiring) {
     struct client_key client = {.port = key.remote_port, .owner_kind = (__u16)state->owner_kind, .owner = state->owner};
     __builtin_memcpy(client.address, key.remote, 16);
-    struct client_value *entry = bpf_map_lookup_elem(&fast_clients, &client);
-    if (entry && entry->fast_id == state->fast_id) {
-      bpf_map_delete_elem(&fast_clients, &client);
-      count(FAST_CLIENT_RETIRED);
-      struct fast_event *event = new_event(FAST_CLIENT_RETIRED, state->fast_id, key.remote, key.local, key.remote_port, key.local_port);
-      if (event) {
-        event->owner_kind = client.owner_kind;
-        event->owner = client.owner;
-        bpf_ringbuf_submit(event, 0);
-      }
-    }
+    retire_client(&client, state->fast_id, key.local, key.local_port);
   }
   bpf_map_delete_elem(&fast_conns, &sent_at);
   if (state->state == SOCK_FALLBACK) {

@@ -151,6 +151,10 @@ struct conn_value {
   __u8 client[16]; /* the pod's address and port, which that SYN must come from */
   __u16 client_port;
   __u16 pad;
+  __u32 translated; /* a local pod's SYN the node DNATed (service address) to this server: the tc egress
+                     * program writes its option (synpass_service_remote); conntrack keeps its connection */
+  __u32 owner;      /* with translated: the pod's number (fast_pods), whose client entry it took */
+  __u32 written;    /* with translated: the option is in (a SYN meets tc egress once per device it leaves by) */
 };
 
 /* Server: a peer workload proven at first contact, per local address and port. The local address

@@ -3,7 +3,8 @@
 // sock_ops cgroup link under a directory of bpffs (so they outlive a crash of the agent, and
 // `synpass agent cleanup` finds them), and, once it has filled the maps, attaches the sock_ops
 // program to the cgroup and the tc ingress program to interfaces of its network namespace (tcx
-// links, pinned beside the maps; a clsact filter on kernels before 6.6). Map
+// links, pinned beside the maps; a clsact filter on kernels before 6.6), with the tc egress
+// program beside it on a Kubernetes node. Map
 // keys and values cross as byte buffers whose layouts native/bpf/fast_path.h defines.
 #include "bpf_loader.h"
 
@@ -42,13 +43,17 @@ constexpr uint32_t kTcPriority = 0x5350;
 // and its classifier, which cost a program that only passes 0.3-0.45% of the busy CPU of a bulk
 // transfer here. libbpf 1.1's headers predate it: BPF_TCX_INGRESS and BPF_LINK_TYPE_TCX.
 constexpr int kTcxIngress = 46;
+constexpr int kTcxEgress = 47;
 constexpr uint32_t kLinkTypeTcx = 11;
-// A tcx link is pinned as <pin dir>/tcx_<interface>, which keeps it attached past this process.
+// A tcx link is pinned as <pin dir>/tcx_<interface> (ingress) or tcx_<interface>:egress (no
+// interface name holds a colon), which keeps it attached past this process.
 constexpr const char* kTcxPinPrefix = "tcx_";
+constexpr const char* kTcxEgressPinSuffix = ":egress";
 constexpr const char* kCgroupLink = "sockops_link";
 // The program iptables' bpf match runs after the DNAT on a node (`-m bpf --object-pinned`): the
 // rules hold it by this pin's path, as it was when they went in.
 constexpr const char* kServiceBackendPin = "service_backend";
+constexpr const char* kServiceRemotePin = "service_remote";
 constexpr const char* kMapNames[] = {"fast_config",    "fast_counters", "fast_clients",    "fast_conns",
                                      "fast_servers",   "fast_replay",   "fast_cloak",      "fast_excluded",
                                      "fast_events",    "fast_event_gate", "fast_sources",  "fast_flows",
@@ -162,9 +167,9 @@ std::vector<TcTarget> AllInterfaces() {
   return found;
 }
 
-// Removes our filter from one interface's ingress; absent is fine.
-int DetachTc(unsigned index) {
-  LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(index), .attach_point = BPF_TC_INGRESS);
+// Removes our filter from one interface's hook; absent is fine.
+int DetachTc(unsigned index, enum bpf_tc_attach_point point) {
+  LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(index), .attach_point = point);
   LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kTcHandle, .priority = kTcPriority);
   int rc = bpf_tc_detach(&hook, &opts);
   return rc == -ENOENT || rc == -EINVAL ? 0 : rc;
@@ -201,9 +206,9 @@ std::string PinLink(int link, const std::string& path) {
   return rc == 0 ? "" : "pin " + path + ": " + ErrnoText(pin_error);
 }
 
-// Whether a pinned link is a tcx link on the ingress of interface `index` (not one left from an
-// interface of the same name that went away).
-bool TcxIngressOn(int link_fd, unsigned index) {
+// Whether a pinned link is a tcx link on hook `attach_type` of interface `index` (not one left
+// from an interface of the same name that went away).
+bool TcxOn(int link_fd, unsigned index, int attach_type) {
   struct bpf_link_info link = {};
   uint32_t size = sizeof(link);
   if (bpf_obj_get_info_by_fd(link_fd, &link, &size) != 0 || link.type != kLinkTypeTcx) return false;
@@ -213,31 +218,29 @@ bool TcxIngressOn(int link_fd, unsigned index) {
     uint32_t attach_type;
   } tcx;
   memcpy(&tcx, &link.raw_tracepoint, sizeof(tcx));
-  return tcx.ifindex == index && tcx.attach_type == static_cast<uint32_t>(kTcxIngress);
+  return tcx.ifindex == index && tcx.attach_type == static_cast<uint32_t>(attach_type);
 }
 
-// Our program on the interface's ingress as a pinned tcx link, taking over one a previous run
+// Our program on one hook of the interface as a pinned tcx link, taking over one a previous run
 // kept there. "" when attached, else why not (a kernel without tcx refuses the link).
-std::string AttachTcx(int program_fd, unsigned index, const std::string& pin_path) {
-  if (TakeOverPinnedLink(pin_path, program_fd, [index](int link) { return TcxIngressOn(link, index); })) return "";
-  int link = bpf_link_create(program_fd, static_cast<int>(index), static_cast<enum bpf_attach_type>(kTcxIngress), nullptr);
+std::string AttachTcx(int program_fd, unsigned index, int attach_type, const std::string& pin_path) {
+  if (TakeOverPinnedLink(pin_path, program_fd, [index, attach_type](int link) { return TcxOn(link, index, attach_type); })) return "";
+  int link = bpf_link_create(program_fd, static_cast<int>(index), static_cast<enum bpf_attach_type>(attach_type), nullptr);
   if (link < 0) return "tcx: " + ErrnoText(link);
   return PinLink(link, pin_path);
 }
 
-// Our tc program on the ingress of one interface: "" when attached, else why not. A tcx link
-// where the kernel has tcx, else a clsact filter.
-std::string AttachIngress(int program_fd, const std::string& name, const std::string& pin_dir) {
-  unsigned index = if_nametoindex(name.c_str());
-  if (index == 0) return "no such interface";
-  if (!IsEthernet(name.c_str())) return "not an Ethernet interface";
-  std::string tcx_refused = AttachTcx(program_fd, index, pin_dir + "/" + kTcxPinPrefix + name);
+// A tc program on one hook of interface `index`: "" when attached, else why not. A tcx link where
+// the kernel has tcx, else a clsact filter.
+std::string AttachHook(int program_fd, unsigned index, bool egress, const std::string& pin_path) {
+  enum bpf_tc_attach_point point = egress ? BPF_TC_EGRESS : BPF_TC_INGRESS;
+  std::string tcx_refused = AttachTcx(program_fd, index, egress ? kTcxEgress : kTcxIngress, pin_path);
   if (tcx_refused.empty()) {
     // A filter a run before tcx left would judge each packet a second time, from its own maps.
-    DetachTc(index);
+    DetachTc(index, point);
     return "";
   }
-  LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(index), .attach_point = BPF_TC_INGRESS);
+  LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(index), .attach_point = point);
   int rc = bpf_tc_hook_create(&hook);
   if (rc != 0 && rc != -EEXIST) return "clsact: " + ErrnoText(rc);
   LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = program_fd, .flags = BPF_TC_F_REPLACE, .handle = kTcHandle,
@@ -245,6 +248,25 @@ std::string AttachIngress(int program_fd, const std::string& name, const std::st
   rc = bpf_tc_attach(&hook, &opts);
   if (rc != 0) return tcx_refused + "; tc attach: " + ErrnoText(rc);
   return "";
+}
+
+// Our tc programs on one interface: the ingress program, and the egress one unless `egress_fd` is
+// -1. "" when attached, else why not.
+std::string AttachInterfaceHooks(int program_fd, int egress_fd, const std::string& name, const std::string& pin_dir) {
+  unsigned index = if_nametoindex(name.c_str());
+  if (index == 0) return "no such interface";
+  if (!IsEthernet(name.c_str())) return "not an Ethernet interface";
+  std::string pin_path = pin_dir + "/" + kTcxPinPrefix + name;
+  std::string refused = AttachHook(program_fd, index, false, pin_path);
+  if (!refused.empty()) return refused;
+  if (egress_fd < 0) {
+    // An egress program a previous run kept there (as a node) has nothing to do here.
+    TakeOverPinnedLink(pin_path + kTcxEgressPinSuffix, -1, [](int) { return false; });
+    DetachTc(index, BPF_TC_EGRESS);
+    return "";
+  }
+  refused = AttachHook(egress_fd, index, true, pin_path + kTcxEgressPinSuffix);
+  return refused.empty() ? "" : "egress: " + refused;
 }
 
 // Programs a previous run kept attached while no agent ran drop first-contact SYNs to cloaked
@@ -280,7 +302,7 @@ void WelcomeBack(const std::string& pin_dir) {
   close(fd);
 }
 
-// fastPathLoad(objectPath, pinDir) -> { maps: {name: fd}, programFd, sockopsFd }
+// fastPathLoad(objectPath, pinDir) -> { maps: {name: fd}, programFd, egressFd, sockopsFd }
 // Loads the programs and pins their maps, attaching nothing: the agent fills the maps first
 // (fastPathAttachPrograms comes after), so that the programs never judge with empty tables.
 // Programs a previous run kept attached go on judging from their own maps meanwhile.
@@ -325,12 +347,18 @@ Napi::Value Load(const Napi::CallbackInfo& info) {
   }
   struct bpf_program* sockops = bpf_object__find_program_by_name(object, "synpass_sockops");
   struct bpf_program* ingress = bpf_object__find_program_by_name(object, "synpass_ingress");
+  struct bpf_program* egress = bpf_object__find_program_by_name(object, "synpass_egress");
   struct bpf_program* service_backend = bpf_object__find_program_by_name(object, "synpass_service_backend");
-  if (sockops == nullptr || ingress == nullptr || service_backend == nullptr) return fail("programs missing from the object", ENOENT);
-  std::string service_backend_path = pin_dir + "/" + kServiceBackendPin;
-  unlink(service_backend_path.c_str());
-  rc = bpf_program__pin(service_backend, service_backend_path.c_str());
-  if (rc != 0) return fail("pin " + service_backend_path, rc);
+  struct bpf_program* service_remote = bpf_object__find_program_by_name(object, "synpass_service_remote");
+  if (sockops == nullptr || ingress == nullptr || egress == nullptr || service_backend == nullptr || service_remote == nullptr) {
+    return fail("programs missing from the object", ENOENT);
+  }
+  for (const auto& [program, pin] : {std::pair{service_backend, kServiceBackendPin}, std::pair{service_remote, kServiceRemotePin}}) {
+    std::string path = pin_dir + "/" + pin;
+    unlink(path.c_str());
+    rc = bpf_program__pin(program, path.c_str());
+    if (rc != 0) return fail("pin " + path, rc);
+  }
 
   Napi::Object maps = Napi::Object::New(env);
   for (const char* name : kMapNames) {
@@ -341,15 +369,22 @@ Napi::Value Load(const Napi::CallbackInfo& info) {
   }
   int program_fd = fcntl(bpf_program__fd(ingress), F_DUPFD_CLOEXEC, 0);
   if (program_fd < 0) return fail("keep the tc program", errno);
+  int egress_fd = fcntl(bpf_program__fd(egress), F_DUPFD_CLOEXEC, 0);
+  if (egress_fd < 0) {
+    close(program_fd);
+    return fail("keep the tc egress program", errno);
+  }
   int sockops_fd = fcntl(bpf_program__fd(sockops), F_DUPFD_CLOEXEC, 0);
   if (sockops_fd < 0) {
     close(program_fd);
+    close(egress_fd);
     return fail("keep the sock_ops program", errno);
   }
   bpf_object__close(object);
   Napi::Object result = Napi::Object::New(env);
   result.Set("maps", maps);
   result.Set("programFd", Napi::Number::New(env, program_fd));
+  result.Set("egressFd", Napi::Number::New(env, egress_fd));
   result.Set("sockopsFd", Napi::Number::New(env, sockops_fd));
   return result;
 }
@@ -383,16 +418,17 @@ std::string AttachSockops(int sockops_fd, const std::string& pin_dir, const std:
   return PinLink(link, link_path);
 }
 
-// fastPathAttachPrograms(pinDir, cgroupPath, sockopsFd, programFd, interfaces[])
+// fastPathAttachPrograms(pinDir, cgroupPath, sockopsFd, programFd, egressFd, interfaces[])
 //   -> { attached: [], skipped: [{name, reason}], tookOver }
-// tookOver: the sock_ops link a previous run kept took the new program in place.
+// tookOver: the sock_ops link a previous run kept took the new program in place. egressFd -1:
+// no egress program (only a node needs it).
 // After fastPathLoad and the maps filled: sock_ops on the cgroup, tc on each interface, each
 // replacing in place what a previous run kept. A sock_ops failure undoes everything.
 Napi::Value AttachPrograms(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 5 || !info[0].IsString() || !info[1].IsString() || !info[2].IsNumber() || !info[3].IsNumber() ||
-      !info[4].IsArray()) {
-    Napi::TypeError::New(env, "fastPathAttachPrograms(pinDir, cgroupPath, sockopsFd, programFd, interfaces)")
+  if (info.Length() < 6 || !info[0].IsString() || !info[1].IsString() || !info[2].IsNumber() || !info[3].IsNumber() ||
+      !info[4].IsNumber() || !info[5].IsArray()) {
+    Napi::TypeError::New(env, "fastPathAttachPrograms(pinDir, cgroupPath, sockopsFd, programFd, egressFd, interfaces)")
         .ThrowAsJavaScriptException();
     return env.Undefined();
   }
@@ -400,7 +436,8 @@ Napi::Value AttachPrograms(const Napi::CallbackInfo& info) {
   std::string cgroup_path = info[1].As<Napi::String>();
   int sockops_fd = info[2].As<Napi::Number>().Int32Value();
   int program_fd = info[3].As<Napi::Number>().Int32Value();
-  Napi::Array wanted = info[4].As<Napi::Array>();
+  int egress_fd = info[4].As<Napi::Number>().Int32Value();
+  Napi::Array wanted = info[5].As<Napi::Array>();
   bool took_over = false;
   std::string refused = AttachSockops(sockops_fd, pin_dir, cgroup_path, took_over);
   if (!refused.empty()) {
@@ -412,7 +449,7 @@ Napi::Value AttachPrograms(const Napi::CallbackInfo& info) {
   Napi::Array skipped = Napi::Array::New(env);
   for (uint32_t i = 0; i < wanted.Length(); i++) {
     std::string name = wanted.Get(i).As<Napi::String>();
-    std::string reason = AttachIngress(program_fd, name, pin_dir);
+    std::string reason = AttachInterfaceHooks(program_fd, egress_fd, name, pin_dir);
     if (reason.empty()) {
       attached.Set(attached.Length(), name);
       continue;
@@ -449,9 +486,11 @@ Detached DetachAll(const std::string& pin_dir) {
     }
   }
   for (const TcTarget& target : AllInterfaces()) {
-    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(target.index), .attach_point = BPF_TC_INGRESS);
-    LIBBPF_OPTS(bpf_tc_opts, query, .handle = kTcHandle, .priority = kTcPriority);
-    if (bpf_tc_query(&hook, &query) == 0 && DetachTc(target.index) == 0) done.tc++;
+    for (enum bpf_tc_attach_point point : {BPF_TC_INGRESS, BPF_TC_EGRESS}) {
+      LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(target.index), .attach_point = point);
+      LIBBPF_OPTS(bpf_tc_opts, query, .handle = kTcHandle, .priority = kTcPriority);
+      if (bpf_tc_query(&hook, &query) == 0 && DetachTc(target.index, point) == 0) done.tc++;
+    }
   }
   std::string link_path = pin_dir + "/" + kCgroupLink;
   int link = bpf_obj_get(link_path.c_str());
@@ -461,19 +500,22 @@ Detached DetachAll(const std::string& pin_dir) {
   }
   unlink(link_path.c_str());
   unlink((pin_dir + "/" + kServiceBackendPin).c_str());
+  unlink((pin_dir + "/" + kServiceRemotePin).c_str());
   for (const char* name : kMapNames) unlink((pin_dir + "/" + name).c_str());
   rmdir(pin_dir.c_str());
   return done;
 }
 
-// fastPathAttachInterface(pinDir, programFd, name) -> null when attached, else why not (a string).
+// fastPathAttachInterface(pinDir, programFd, egressFd, name) -> null when attached, else why not
+// (a string).
 Napi::Value AttachInterface(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 3 || !info[0].IsString() || !info[1].IsNumber() || !info[2].IsString()) {
-    Napi::TypeError::New(env, "fastPathAttachInterface(pinDir, programFd, name)").ThrowAsJavaScriptException();
+  if (info.Length() < 4 || !info[0].IsString() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsString()) {
+    Napi::TypeError::New(env, "fastPathAttachInterface(pinDir, programFd, egressFd, name)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  std::string reason = AttachIngress(info[1].As<Napi::Number>().Int32Value(), info[2].As<Napi::String>(), info[0].As<Napi::String>());
+  std::string reason = AttachInterfaceHooks(info[1].As<Napi::Number>().Int32Value(), info[2].As<Napi::Number>().Int32Value(),
+                                            info[3].As<Napi::String>(), info[0].As<Napi::String>());
   if (reason.empty()) return env.Null();
   return Napi::String::New(env, reason);
 }

@@ -27,6 +27,25 @@ export async function issueNodeAgent(directory: string): Promise<void> {
   await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: NODE_DOMAIN, agentId: 'node-1', namespaces: ['k8s', 'host'], ttlSeconds: 3600, outputDirectory: join(directory, 'agent') });
 }
 
+/**
+ * A host behind the node with an agent of its own, in the node's domain: issues its credential and
+ * keys (in `directory`/remote, after issueNodeAgent) and returns its configuration as far as every
+ * lab's is the same (identity mode, subject `spiffe://cluster.synpass/remote`).
+ */
+export async function issueRemoteAgent(directory: string): Promise<Record<string, unknown>> {
+  await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: NODE_DOMAIN, agentId: 'remote', namespaces: ['app'], ttlSeconds: 3600, outputDirectory: join(directory, 'remote') });
+  return {
+    mode: 'identity',
+    identity: {
+      subject: `spiffe://${NODE_DOMAIN}/remote`,
+      credential: join(directory, 'remote/credential.jwt'),
+      signingKey: join(directory, 'remote/sign.key.pem'),
+      keyAgreementKey: join(directory, 'remote/kex.key.pem'),
+      trustBundles: join(directory, 'domain'),
+    },
+  };
+}
+
 /** The node agent's configuration as far as every node lab's is the same: its identity (issueNodeAgent's files) and the API server at `apiPort`. */
 export function nodeAgentConfig(directory: string, apiPort: number): Record<string, unknown> {
   return {

@@ -12,11 +12,10 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { canonicalAddress } from '../../agent/src/datapath/addresses.ts';
-import { issueAgent } from '../../agent/src/identity/issuance.ts';
 import { FAST_SYN_OPTION, podPairKey } from '../../agent/src/kernel/layouts.ts';
 import { metric, verdictsBetween, writePackets } from '../../scripts/lib/attack-lab.ts';
 import { isRoot, kernelByDefault, NetnsProcess, readStatus, ROOT, settledStatus, sleep, synpassCommand, waitUntil } from '../../scripts/lib/lab.ts';
@@ -24,7 +23,7 @@ import { fixChecksums, layout, tcpOptionOffset } from '../../scripts/lib/packets
 import { scratchDirectory } from '../../scripts/lib/scratch.ts';
 import { countersMoved, kernelFastPathOf } from '../../scripts/lib/kernel-counters.ts';
 import { dumpPinnedMap, ipv4PodPair } from '../../scripts/lib/bpf-maps.ts';
-import { issueNodeAgent, nodeAgentConfig, NodeLab, POD_ADDRESS, POD_ADDRESS6 } from '../../scripts/lib/node-lab.ts';
+import { issueNodeAgent, issueRemoteAgent, nodeAgentConfig, NodeLab, POD_ADDRESS, POD_ADDRESS6 } from '../../scripts/lib/node-lab.ts';
 import { flushCaches } from '../../agent/src/telemetry/status-client.ts';
 
 const PEER = join(ROOT, 'scripts/lib/peer.ts');
@@ -62,6 +61,8 @@ for (const podsAreTargets of [false, true]) {
     const METRICS_PORT = 9464;
     /** A service address whose backend is not on this node: the remote host's open port 9091. */
     const SERVICE_ELSEWHERE = '10.96.0.11';
+    /** Its IPv6 counterpart, to the remote host's IPv6 address. */
+    const SERVICE_ELSEWHERE6 = 'fd96::11';
     /** A service address whose backend moves from pod B to the node itself. */
     const SERVICE_MOVING = '10.96.0.12';
     let remoteAgent: NetnsProcess;
@@ -104,13 +105,14 @@ for (const podsAreTargets of [false, true]) {
       if (withService) {
         execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'PREROUTING', '-d', SERVICE, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${address.b}:8080`]);
         execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'PREROUTING', '-d', SERVICE_ELSEWHERE, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${remoteAddress}:9091`]);
+        execFileSync('ip', ['netns', 'exec', node, 'ip6tables', '-t', 'nat', '-A', 'PREROUTING', '-d', SERVICE_ELSEWHERE6, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `[${remoteAddress6}]:9091`]);
         // A node port: the node's own address, port 30080, is pod B's 8080 too.
         execFileSync('ip', ['netns', 'exec', node, 'iptables', '-t', 'nat', '-A', 'PREROUTING', '-d', nodeAddress, '-p', 'tcp', '--dport', NODE_PORT, '-j', 'DNAT', '--to-destination', `${address.b}:8080`]);
       }
 
       directory = scratchDirectory('k8s');
       await issueNodeAgent(directory);
-      await issueAgent({ domainDirectory: join(directory, 'domain'), trustDomain: 'cluster.synpass', agentId: 'remote', namespaces: ['app'], ttlSeconds: 3600, outputDirectory: join(directory, 'remote') });
+      const remoteIdentity = await issueRemoteAgent(directory);
       // And a pod on the host's network, with the node's addresses (kube-proxy): the node's, no pod.
       const hostNetworkPod = {
         metadata: { name: 'kube-proxy-node-1', namespace: 'kube-system', resourceVersion: '1', labels: { app: 'kube-proxy' } },
@@ -150,14 +152,7 @@ for (const podsAreTargets of [false, true]) {
       writeFileSync(
         join(directory, 'remote.yaml'),
         stringify({
-          mode: 'identity',
-          identity: {
-            subject: 'spiffe://cluster.synpass/remote',
-            credential: join(directory, 'remote/credential.jwt'),
-            signingKey: join(directory, 'remote/sign.key.pem'),
-            keyAgreementKey: join(directory, 'remote/kex.key.pem'),
-            trustBundles: join(directory, 'domain'),
-          },
+          ...remoteIdentity,
           admission: { protectedPorts: [9090], allow: [{ subject: 'spiffe://cluster.synpass/ns/shop/sa/a' }] },
           targets: ['10.215.1.0/24', 'fd15::/64', `${SERVICE}/32`, `${nodeAddress}/32`],
           telemetry: { whoisSocket: join(directory, 'remote-whois.sock') },
@@ -282,6 +277,11 @@ for (const podsAreTargets of [false, true]) {
     };
     /** The node agent's /metrics text. */
     const nodeMetrics = async (): Promise<string> => String((await spawn(node, [PEER, 'fetch', `http://127.0.0.1:${METRICS_PORT}/metrics`], cgroups.node).waitFor(() => true, 4_000)).body);
+    /** The name of the program a pinned link holds. */
+    const pinnedProgram = (pin: string): string => {
+      const link = JSON.parse(execFileSync('bpftool', ['-j', 'link', 'show', 'pinned', pin], { encoding: 'utf8' })) as { prog_id: number };
+      return (JSON.parse(execFileSync('bpftool', ['-j', 'prog', 'show', 'id', String(link.prog_id)], { encoding: 'utf8' })) as { name: string }).name;
+    };
     /** Whether every entry of the node kernel's server table admits its peer (struct server_value: key, then allowed). */
     const nodeEntriesAllowed = (): boolean[] =>
       dumpPinnedMap(join(pinDirs.node, 'fast_servers')).map((entry) => entry.value[16] !== 0);
@@ -400,6 +400,10 @@ for (const podsAreTargets of [false, true]) {
     it('on a node the tc program is on every link but loopback, a pod\'s link without an address too, a new one within a second or two', kernelOnly, async () => {
       const attached = async () => ((await readStatus(socket)) as unknown as { kernelFastPath: { interfaces: string[] } }).kernelFastPath.interfaces;
       assert.deepEqual([...(await attached())].sort(), ['calia', 'calib', 'calic', 'outside', 'uplink']);
+      // With the egress program beside it on each (it writes a pod's fast option after the DNAT);
+      // a host that is no node has none.
+      for (const name of await attached()) assert.equal(pinnedProgram(join(pinDirs.node, `tcx_${name}:egress`)), 'synpass_egress', name);
+      assert.deepEqual(readdirSync(pinDirs.remote).filter((pin) => pin.endsWith(':egress')), []);
       // A new pod's link, not given an address (its pod's routes point at it).
       ip('-n', node, 'link', 'add', 'calid', 'type', 'veth', 'peer', 'name', 'calid-pod');
       try {
@@ -527,7 +531,7 @@ for (const podsAreTargets of [false, true]) {
       assert.ok(filedAfter <= filedBefore, `the refused SYN left no filing: ${filedBefore} before, ${filedAfter} after`);
     });
 
-    it('through a service address whose backend is on another host, a host without identity arrives there without identity, not as the node; pod A as itself', serviceOnly, async () => {
+    it(`through a service address whose backend is on another host, a host without identity arrives there without identity, not as the node; pod A as itself${kernel ? ', and later fast, its option written as its SYN leaves the node; unanswered, its retransmit takes the queue' : ''}`, serviceOnly, async () => {
       const arrived = async (from: string, ns: string, cgroup: string) => {
         const mark = remoteAgent.lines.length;
         const nodeMark = agent.lines.length;
@@ -544,22 +548,43 @@ for (const podsAreTargets of [false, true]) {
       const podA = await arrived(masqueraded ? nodeAddress : address.a, pods.a, cgroups.a);
       assert.equal(podA, 'spiffe://cluster.synpass/ns/shop/sa/a');
       if (!kernel) return;
-      // With the kernel fast path, pod A's route to the service address is in the node's kernel:
-      // its next SYN there is queued once, after the DNAT (with pod A's token), not before it too.
+      // With the kernel fast path, pod A's route to the service address is in the node's kernel.
       const routes = () => dumpPinnedMap(join(pinDirs.node, 'fast_pod_pairs')).flatMap(({ key, value }) => (value.readUInt32LE(4) === 1 ? [ipv4PodPair(key)] : []));
       assert.ok(routes().includes(`${address.a}>${SERVICE_ELSEWHERE}:80`), JSON.stringify(routes()));
       const toRemote = (l: Record<string, unknown>) => l.event === 'handshake' && l.stage === 'syn' && l.direction === 'egress' && String(l.source).startsWith(`${address.a}:`) && l.destination === `${remoteAddress}:9091`;
       // The first connection's lines in, which may come a moment after its answer.
       await agent.waitFor(toRemote, 5_000);
-      const mark = agent.lines.length;
-      const deferredBefore = (await kernelOf(socket)).counters.serviceSynDeferred ?? 0;
-      assert.equal(await arrived(masqueraded ? nodeAddress : address.a, pods.a, cgroups.a), 'spiffe://cluster.synpass/ns/shop/sa/a');
-      assert.equal((await kernelOf(socket)).counters.serviceSynDeferred, deferredBefore + 1);
-      // This connection's lines, by its source port.
-      const sent = await agent.waitFor((l) => toRemote(l) && agent.lines.indexOf(l) >= mark, 5_000);
-      await sleep(500);
-      const syns = agent.lines.filter((l) => l.event === 'handshake' && l.stage === 'syn' && l.source === sent.source);
-      assert.deepEqual(syns.map((l) => [l.direction, l.destination]), [['egress', `${remoteAddress}:9091`]], JSON.stringify(syns));
+      // Its next connections there are queued nowhere: deferred past the DNAT, they leave the node
+      // with pod A's fast option, written as they go, and the remote host's kernel proves pod A.
+      const viaService = () => fetchFrom(pods.a, cgroups.a, SERVICE_ELSEWHERE, '80');
+      const [nodeBefore, remoteBefore] = [await settled(socket), await settled(remoteSocket())];
+      const remoteMark = remoteAgent.lines.length;
+      const rounds = 3;
+      for (let i = 0; i < rounds; i++) assert.equal((await viaService())?.status, 200, `fast connection ${i}`);
+      const [nodeAfter, remoteAfter] = [await settled(socket), await settled(remoteSocket())];
+      const moved = { node: countersMoved(kernelFastPathOf(nodeBefore), kernelFastPathOf(nodeAfter)), remote: countersMoved(kernelFastPathOf(remoteBefore), kernelFastPathOf(remoteAfter)) };
+      assert.equal(nodeAfter.queue.received, nodeBefore.queue.received, `the node queued nothing; verdicts: ${JSON.stringify(verdictsBetween(nodeBefore, nodeAfter))}; kernel counters moved: ${JSON.stringify(moved)}`);
+      assert.equal(remoteAfter.queue.received, remoteBefore.queue.received, `the remote host queued nothing; verdicts: ${JSON.stringify(verdictsBetween(remoteBefore, remoteAfter))}`);
+      assert.deepEqual(moved, { node: { serviceSynDeferred: rounds, synSent: rounds, synAckVerified: rounds }, remote: { synAccepted: rounds, synAckSigned: rounds } });
+      const logged = await remoteAgent.waitFor((l) => l.msg === 'handshake verdict' && l.path === 'kernel' && l.reason === 'ok-kernel' && String(l.destination).endsWith(':9091') && remoteAgent.lines.indexOf(l) >= remoteMark, 5_000);
+      assert.equal((logged.peer as { subject: string }).subject, 'spiffe://cluster.synpass/ns/shop/sa/a');
+      assert.ok(String(logged.source).startsWith(`${masqueraded ? nodeAddress : address.a}:`), `from ${String(logged.source)}`);
+
+      // The remote host's kernel forgets pod A: the fast SYN is dropped there, unanswered, and its
+      // retransmit is queued at the node after the DNAT, which sends it on the queue path.
+      const remoteServers = join(pinDirs.remote, 'fast_servers');
+      for (const { key } of dumpPinnedMap(remoteServers)) execFileSync('bpftool', ['map', 'delete', 'pinned', remoteServers, 'key', 'hex', ...key.toString('hex').match(/../g)!]);
+      const [nodeKernel, remoteKernel, fallbackMark] = [await kernelOf(socket), await kernelOf(remoteSocket()), agent.lines.length];
+      assert.equal((await viaService())?.status, 200, 'answered after its retransmit');
+      assert.deepEqual(countersMoved(nodeKernel, await kernelOf(socket)), { serviceSynDeferred: 2, synSent: 1, synFallback: 1 });
+      assert.deepEqual(countersMoved(remoteKernel, await kernelOf(remoteSocket())), { synUnknownPeer: 1 });
+      const queued = await agent.waitFor((l) => toRemote(l) && agent.lines.indexOf(l) >= fallbackMark, 5_000);
+      assert.equal(queued.verdict, 'accept');
+      // Learnt anew there: the next one is fast again.
+      await waitUntil('the remote host holds pod A again', async () => Promise.resolve(dumpPinnedMap(remoteServers).length > 0), 5_000);
+      const again = await kernelOf(socket);
+      assert.equal((await viaService())?.status, 200);
+      assert.equal(countersMoved(again, await kernelOf(socket)).synAckVerified, 1);
     });
 
     it('through the node port the remote host reaches pod B as itself, for pod B\'s policy', serviceOnly, async () => {
@@ -711,7 +736,7 @@ for (const podsAreTargets of [false, true]) {
       assert.notEqual(String(refused.destination), `${strangerAddress}:${localPort}`, 'the NAT gave the connection another source port');
     });
 
-    it(`over IPv6 too: pod A reaches the remote host as itself${masqueraded ? ' (masqueraded)' : ''}, pod C is cloaked from pod B, and the remote host reaches pod B as itself${kernel ? ', each known pair judged in the kernel' : ''}`, async () => {
+    it(`over IPv6 too: pod A reaches the remote host as itself${masqueraded ? ' (masqueraded)' : ''}, pod C is cloaked from pod B, and the remote host reaches pod B as itself${kernel ? `, each known pair judged in the kernel${withService ? ', through a service address too' : ''}` : ''}`, async () => {
       // The log names IPv6 addresses in full.
       const handshakes = (child: NetnsProcess) => child.lines.filter((l) => l.event === 'handshake');
       assert.equal((await request('a', remoteAddress6, '9090'))?.status, 200, JSON.stringify(handshakes(agent).slice(-4)));
@@ -737,6 +762,24 @@ for (const podsAreTargets of [false, true]) {
       const logged = { node: agent.lines.slice(nodeMark), remote: remoteAgent.lines.slice(remoteMark) };
       assert.equal(statusAfter.queue.received, statusBefore.queue.received, `the node queued nothing; verdicts: ${JSON.stringify(verdictsBetween(statusBefore, statusAfter))}, kernel counters moved: ${JSON.stringify(moved)}; logged since: ${JSON.stringify(logged)}`);
       assert.deepEqual(moved, { synAccepted: 1, synAckSigned: 1 });
+      if (!withService) return;
+      // Through an IPv6 service address to the remote host: pod A's route and client entry are
+      // written at its first connection there, and its next SYN leaves the node with its fast option.
+      assert.equal((await request('a', SERVICE_ELSEWHERE6, '80'))?.status, 200, 'through the IPv6 service address, on the queue');
+      const serviceBefore = await settled(socket);
+      assert.equal((await request('a', SERVICE_ELSEWHERE6, '80'))?.status, 200, 'through the IPv6 service address, fast');
+      const serviceAfter = await settled(socket);
+      assert.equal(serviceAfter.queue.received, serviceBefore.queue.received, `the node queued nothing; verdicts: ${JSON.stringify(verdictsBetween(serviceBefore, serviceAfter))}`);
+      assert.deepEqual(countersMoved(kernelFastPathOf(serviceBefore), kernelFastPathOf(serviceAfter)), { serviceSynDeferred: 1, synSent: 1, synAckVerified: 1 });
+    });
+
+    it('stopped, the node\'s agent leaves no program on any link, ingress or egress, and no pin', kernelOnly, async () => {
+      await agent.stop('SIGTERM', 10_000);
+      assert.equal(existsSync(pinDirs.node), false, 'its pins are gone');
+      const links = JSON.parse(execFileSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' })) as { prog_id: number }[];
+      const names = new Map((JSON.parse(execFileSync('bpftool', ['-j', 'prog', 'show'], { encoding: 'utf8' })) as { id: number; name: string }[]).map((program) => [program.id, program.name]));
+      // The remote host's agent still runs, with its ingress program only.
+      assert.deepEqual(links.map((link) => names.get(link.prog_id)).filter((name) => name === 'synpass_egress'), []);
     });
   });
 }

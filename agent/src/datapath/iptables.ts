@@ -5,7 +5,7 @@ import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { RulesError } from './errors.ts';
 import type { ConnectionMarks } from './marks.ts';
-import { buildDeferRuleset, buildNativeNotrack, buildNotrackRuleset, buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, NATIVE_TABLE, rulesPresent, sourceLimitedCount, unjudgedSynCount, type IpFamily, type RuleOptions } from './rules.ts';
+import { buildDeferRuleset, buildNativeNotrack, buildNotrackRuleset, buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, NATIVE_TABLE, rulesPresent, sourceLimitedCount, unjudgedSynCount, type DeferPrograms, type IpFamily, type RuleOptions } from './rules.ts';
 
 const run = promisify(execFile);
 
@@ -120,7 +120,7 @@ export async function installRules(options: RuleOptions, preferred?: Backend): P
     }
     try {
       await exec(restoreBinary(v4), ['--noflush'], buildRuleset(4, options));
-      if (options.deferProgram !== undefined) await exec(restoreBinary(v4), ['--noflush'], buildDeferRuleset(options, options.deferProgram));
+      if (options.deferPrograms !== undefined) await exec(restoreBinary(v4), ['--noflush'], buildDeferRuleset(options, options.deferPrograms));
     } catch (error) {
       failures.push((error as Error).message);
       await removeWith(v4).catch(() => false);
@@ -131,7 +131,7 @@ export async function installRules(options: RuleOptions, preferred?: Backend): P
     if (await available(v6)) {
       try {
         await exec(restoreBinary(v6), ['--noflush'], buildRuleset(6, options));
-        if (options.deferProgram !== undefined) await exec(restoreBinary(v6), ['--noflush'], buildDeferRuleset(options, options.deferProgram));
+        if (options.deferPrograms !== undefined) await exec(restoreBinary(v6), ['--noflush'], buildDeferRuleset(options, options.deferPrograms));
         families.push(6);
       } catch (error) {
         await removeAllRules();
@@ -183,8 +183,8 @@ export async function installNotrackRules(installed: InstalledRules, marks: Conn
  * (rules.ts, buildDeferRuleset), added to the ruleset in place, on the backend and families it
  * went in with. Fails where iptables or the kernel has no bpf match.
  */
-export async function installDeferRules(installed: InstalledRules, options: RuleOptions, programPin: string): Promise<void> {
-  for (const family of installed.families) await exec(restoreBinary(toolOf(installed, family)), ['--noflush'], buildDeferRuleset(options, programPin));
+export async function installDeferRules(installed: InstalledRules, options: RuleOptions, programs: DeferPrograms): Promise<void> {
+  for (const family of installed.families) await exec(restoreBinary(toolOf(installed, family)), ['--noflush'], buildDeferRuleset(options, programs));
 }
 
 /** Whether this network namespace translates addresses (an iptables nat rule, or an nft nat chain). */

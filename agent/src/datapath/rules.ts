@@ -47,8 +47,16 @@ export interface RuleOptions {
    * it routes (containers and VMs in their own network namespaces) passes as if no agent ran.
    */
   routedWorkloads: boolean;
-  /** Where the kernel fast path's program that judges a pod's SYN after the DNAT is pinned, once the rules use it (buildDeferRuleset); absent before. */
-  deferProgram?: string;
+  /** Where the kernel fast path's programs that judge a pod's SYN after the DNAT are pinned, once the rules use them (buildDeferRuleset); absent before. */
+  deferPrograms?: DeferPrograms;
+}
+
+/** The kernel fast path's programs that iptables' bpf match runs after the DNAT, by their pins. */
+export interface DeferPrograms {
+  /** Matches a pair of the node's pods the agent judged for the port (synpass_service_backend). */
+  backend: string;
+  /** Matches a pod's SYN to another host it holds a kernel client entry for, then sent fast (synpass_service_remote). */
+  remote: string;
 }
 
 function hex(value: number): string {
@@ -216,15 +224,18 @@ export function deferMark(marks: ConnectionMarks): number {
  * port through which it reached a pod of the node or another host before leaves the tc program
  * with deferMark, and these rules judge it after the DNAT, which chose where it goes. PREROUTING
  * lets it by unqueued.
- * Forwarded, mangle POSTROUTING asks the kernel fast path's program (iptables' bpf match, pinned
- * at `programPin`) whether the agent judged the client pod and the chosen pod for its port: then
- * it goes on as such a SYN addressed to that pod would (released, marked judged); else it is
- * queued there, and the agent judges it between the two pods, or gives it the pod's token toward a
- * target network. Delivered to this host (a DNAT to the node's own address), mangle INPUT queues
- * it, where the agent judges it as a pod's SYN to the node; what comes back from that verdict is
+ * Forwarded, mangle POSTROUTING asks the kernel fast path's programs (iptables' bpf match, by
+ * their pins): whether the agent judged the client pod and the chosen pod for its port (then it
+ * goes on as such a SYN addressed to that pod would: released, marked judged); else whether the
+ * pod holds a kernel client entry for the chosen host and port (then it returns to SYNPASS-OUT,
+ * which marks it judged, unreleased: the tc egress program writes its fast option, and its
+ * proven SYN-ACK releases the connection, or its retransmit is queued). Otherwise it is queued
+ * there, and the agent judges it between the two pods, or gives it the pod's token toward a target
+ * network. Delivered to this host (a DNAT to the node's own address), mangle INPUT queues it,
+ * where the agent judges it as a pod's SYN to the node; what comes back from that verdict is
  * marked there as SYNPASS-MARK marks it in PREROUTING.
  */
-export function buildDeferRuleset(options: RuleOptions, programPin: string): string {
+export function buildDeferRuleset(options: RuleOptions, programs: DeferPrograms): string {
   const { marks } = options;
   const queue = queueTarget(options);
   const deferred = `${hex(deferMark(marks))}/${hex(deferMark(marks))}`;
@@ -241,8 +252,10 @@ export function buildDeferRuleset(options: RuleOptions, programPin: string): str
     `-I INPUT 1 -p tcp -m mark --mark ${unmarked} -j ${DEFER_CHAINS.input}`,
     // Not a SYN that never met a verdict: the audit rule (failing open) would count it so.
     ...(options.failOpen ? [`-I ${CHAINS.audit} 1 -m mark --mark ${deferred} -j RETURN`] : []),
-    `-A ${DEFER_CHAINS.egress} -m bpf --object-pinned ${programPin} -j MARK --or-mark ${hex(marks.release)}`,
+    `-A ${DEFER_CHAINS.egress} -m bpf --object-pinned ${programs.backend} -j MARK --or-mark ${hex(marks.release)}`,
     `-A ${DEFER_CHAINS.egress} -m mark --mark ${release} -j ${CHAINS.mark}`,
+    // Still deferred: not a pair (SYNPASS-MARK cleared the mark of those).
+    `-A ${DEFER_CHAINS.egress} -m mark --mark ${deferred} -m bpf --object-pinned ${programs.remote} -j RETURN`,
     `-A ${DEFER_CHAINS.egress} -m mark --mark ${deferred} ${queue}`,
     `-A ${DEFER_CHAINS.input} -m mark --mark ${deferred} ${queue}`,
     `-A ${DEFER_CHAINS.input} -j ${CHAINS.mark}`,
@@ -315,7 +328,7 @@ function jumpsToSynpass(rule: SavedRule): boolean {
 
 /** From IPv4 `iptables-save [-c] -t mangle` output: whether every rule buildRuleset makes is there. */
 export function rulesPresent(saved: string, options: RuleOptions): boolean {
-  const deferring = options.deferProgram === undefined ? '' : buildDeferRuleset(options, options.deferProgram);
+  const deferring = options.deferPrograms === undefined ? '' : buildDeferRuleset(options, options.deferPrograms);
   const expected = `${buildRuleset(4, options)}${deferring}`
     .split('\n')
     .filter((line) => line.startsWith('-A ') || line.startsWith('-I ')).length;

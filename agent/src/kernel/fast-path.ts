@@ -10,6 +10,7 @@ import { fastPathObjectPath, listenerSweepObjectPath, loadBinding, type ErrnoErr
 import { SynpassError } from '../errors.ts';
 import type { TableSize } from '../datapath/handler.ts';
 import type { VerdictCount } from '../datapath/engine.ts';
+import type { DeferPrograms } from '../datapath/rules.ts';
 import type { Authorizer } from '../handshake/authorizer.ts';
 import type { AdmittedClient, FastServer, KernelPath, LocalWorkloadAt, PodPair, ServiceRoute, SocketOwner } from '../handshake/kernel-path.ts';
 import type { VerifiedIdentity } from '../token/identity-token.ts';
@@ -262,7 +263,7 @@ export class KernelFastPath implements KernelPath {
   attachPrograms(): void {
     const { pinDir, cgroup, interfaces } = this.options;
     try {
-      const taken = this.native.fastPathAttachPrograms(pinDir, cgroup, this.loaded.sockopsFd, this.loaded.programFd, interfaces);
+      const taken = this.native.fastPathAttachPrograms(pinDir, cgroup, this.loaded.sockopsFd, this.loaded.programFd, this.egressFd, interfaces);
       this.interfaces.attached.push(...taken.attached);
       this.interfaces.skipped.push(...taken.skipped);
       this.tookOver = taken.tookOver;
@@ -293,9 +294,14 @@ export class KernelFastPath implements KernelPath {
     return loadBinding().fastPathDetach(pinDir);
   }
 
-  /** Where the loader pins the program iptables' bpf match runs after the DNAT (native/src/bpf_loader.cc, kServiceBackendPin). */
-  get serviceBackendPin(): string {
-    return join(this.options.pinDir, 'service_backend');
+  /** Where the loader pins the programs iptables' bpf match runs after the DNAT (native/src/bpf_loader.cc, kServiceBackendPin and kServiceRemotePin). */
+  get deferPrograms(): DeferPrograms {
+    return { backend: join(this.options.pinDir, 'service_backend'), remote: join(this.options.pinDir, 'service_remote') };
+  }
+
+  /** Only a node's pods' SYNs, sent on fast after the DNAT (synpass_service_remote), need the egress program (-1: none). */
+  private get egressFd(): number {
+    return this.options.routedWorkloads === true ? this.loaded.egressFd : -1;
   }
 
   /** The mark a local pod's vouched fast SYN gets (0: pods connect through the queue). */
@@ -866,7 +872,7 @@ export class KernelFastPath implements KernelPath {
     const added: string[] = [];
     for (const name of present) {
       if (attached.includes(name) || skipped.some((entry) => entry.name === name)) continue;
-      const refused = this.native.fastPathAttachInterface(this.options.pinDir, this.loaded.programFd, name);
+      const refused = this.native.fastPathAttachInterface(this.options.pinDir, this.loaded.programFd, this.egressFd, name);
       if (refused === null) {
         attached.push(name);
         added.push(name);
@@ -972,6 +978,7 @@ export class KernelFastPath implements KernelPath {
     this.events = null;
     for (const fd of Object.values(this.loaded.maps)) this.native.closeFd(fd);
     this.native.closeFd(this.loaded.programFd);
+    this.native.closeFd(this.loaded.egressFd);
     this.native.closeFd(this.loaded.sockopsFd);
     this.servers.clear();
     this.clients.clear();

@@ -95,11 +95,13 @@ export interface ConntrackTuple {
   destinationPort: number;
 }
 
-/** What fastPathLoad kept: the pinned maps' file descriptors by name, and the two programs. */
+/** What fastPathLoad kept: the pinned maps' file descriptors by name, and the programs attached by file descriptor. */
 export interface FastPathLoaded {
   maps: Record<string, number>;
-  /** The tc program, for every interface, also those that appear later. */
+  /** The tc ingress program, for every interface, also those that appear later. */
   programFd: number;
+  /** The tc egress program, beside it on a node's interfaces. */
+  egressFd: number;
   sockopsFd: number;
 }
 
@@ -133,11 +135,11 @@ export interface NativeBinding {
   fastPathLoad(objectPath: string, pinDir: string): FastPathLoaded;
   /**
    * Attaches loaded programs, replacing in place what a previous run kept: sock_ops on the cgroup
-   * (the link pinned under `pinDir`), tc ingress on the interfaces (tcx links pinned there too,
-   * or clsact filters on a kernel before 6.6). `tookOver`: a kept link on
-   * that cgroup took the new program.
+   * (the link pinned under `pinDir`), tc ingress on the interfaces, and tc egress too unless
+   * `egressFd` is -1 (tcx links pinned there too, or clsact filters on a kernel before 6.6).
+   * `tookOver`: a kept link on that cgroup took the new program.
    */
-  fastPathAttachPrograms(pinDir: string, cgroupPath: string, sockopsFd: number, programFd: number, interfaces: readonly string[]): FastPathInterfaces & { tookOver: boolean };
+  fastPathAttachPrograms(pinDir: string, cgroupPath: string, sockopsFd: number, programFd: number, egressFd: number, interfaces: readonly string[]): FastPathInterfaces & { tookOver: boolean };
   /** Takes our tcx links and tc filters off every interface of this namespace, detaches the cgroup link, removes the pins. */
   fastPathDetach(pinDir: string): { tcDetached: number; linkDetached: boolean };
   /**
@@ -146,8 +148,8 @@ export interface NativeBinding {
    * loaded. Rejects with the errno when the kernel refuses (EPERM: no CAP_PERFMON).
    */
   fastPathSweepListeners(objectPath: string, cgroupPath: string): Promise<SweptListener[]>;
-  /** Attaches the tc program to one more interface (its tcx link pinned under `pinDir`): null, or why not. */
-  fastPathAttachInterface(pinDir: string, programFd: number, name: string): string | null;
+  /** Attaches the tc programs to one more interface (as fastPathAttachPrograms; tcx links pinned under `pinDir`): null, or why not. */
+  fastPathAttachInterface(pinDir: string, programFd: number, egressFd: number, name: string): string | null;
   mapUpdate(fd: number, key: Uint8Array, value: Uint8Array, flags: number): void;
   mapDelete(fd: number, key: Uint8Array): boolean;
   mapLookup(fd: number, key: Uint8Array, valueOut: Uint8Array): boolean;

@@ -332,7 +332,7 @@ export class Agent {
   private async deferServiceSyns(path: KernelFastPath): Promise<{ deferred: boolean; reason: string }> {
     if (this.config.kubernetes === null) return { deferred: false, reason: 'not a Kubernetes node' };
     try {
-      if (!(await this.rules.deferServiceSyns(path.serviceBackendPin))) return { deferred: false, reason: 'no rules installed' };
+      if (!(await this.rules.deferServiceSyns(path.deferPrograms))) return { deferred: false, reason: 'no rules installed' };
     } catch (error) {
       this.log.warn({ err: error }, 'the rules that judge pods\' SYNs after the DNAT failed: a pod\'s SYN to a service address stays on the queue');
       return { deferred: false, reason: `on the queue: ${(error as Error).message}` };

@@ -3,7 +3,7 @@
 // check reads reported: SYNs the kernel let in without a verdict, and rules ahead of our jumps.
 import { inspectRules, installDeferRules, installNotrackRules, installRules, removeAllRules, type Backend, type InstalledRules, type NotrackBy, type RuleInspection } from '../datapath/iptables.ts';
 import type { ConnectionMarks } from '../datapath/marks.ts';
-import type { RuleOptions } from '../datapath/rules.ts';
+import type { DeferPrograms, RuleOptions } from '../datapath/rules.ts';
 import type { Logger } from '../telemetry/log.ts';
 
 /** The iptables calls the watchdog makes; tests give it fakes. */
@@ -11,7 +11,7 @@ export interface RuleOperations {
   install(options: RuleOptions, preferred: Backend): Promise<InstalledRules>;
   inspect(installed: InstalledRules, options: RuleOptions): Promise<RuleInspection>;
   installNotrack(installed: InstalledRules, marks: ConnectionMarks): Promise<NotrackBy>;
-  installDefer(installed: InstalledRules, options: RuleOptions, programPin: string): Promise<void>;
+  installDefer(installed: InstalledRules, options: RuleOptions, programs: DeferPrograms): Promise<void>;
   removeAll(): Promise<number>;
 }
 
@@ -74,20 +74,20 @@ export class RulesWatchdog {
 
   /**
    * Adds the rules that judge a node's pods' SYNs after the DNAT, with the kernel fast path's
-   * program pinned at `programPin` (rules.ts, buildDeferRuleset); every reinstall adds them too.
+   * programs pinned at `programs` (rules.ts, buildDeferRuleset); every reinstall adds them too.
    * False when no rules are installed.
    */
-  async deferServiceSyns(programPin: string): Promise<boolean> {
+  async deferServiceSyns(programs: DeferPrograms): Promise<boolean> {
     const installed = this.installed;
     if (installed === null) return false;
     try {
-      await this.operations.installDefer(installed, this.options, programPin);
+      await this.operations.installDefer(installed, this.options, programs);
     } catch (error) {
       // A family may have taken them before another refused: the ruleset goes back to what it was.
       await this.reinstall(installed.backend);
       throw error;
     }
-    this.options = { ...this.options, deferProgram: programPin };
+    this.options = { ...this.options, deferPrograms: programs };
     return true;
   }
 

@@ -202,30 +202,32 @@ describe('buildRemoval', () => {
     assert.equal(rulesPresent(['*mangle', ...flushed, 'COMMIT'].join('\n'), options), false);
   });
 
-  it('judges a node\'s pods\' deferred SYNs after the DNAT: unqueued in PREROUTING, the pinned program or the queue in POSTROUTING, the queue in INPUT', () => {
+  it('judges a node\'s pods\' deferred SYNs after the DNAT: unqueued in PREROUTING, the pinned programs or the queue in POSTROUTING, the queue in INPUT', () => {
     const node = { ...options, routedWorkloads: true };
-    const pin = '/sys/fs/bpf/synpass/service_backend';
+    const pins = { backend: '/sys/fs/bpf/synpass/service_backend', remote: '/sys/fs/bpf/synpass/service_remote' };
     const deferred = `0x${deferMark(node.marks).toString(16)}/0x${deferMark(node.marks).toString(16)}`;
     assert.equal(deferMark(node.marks), node.marks.pass | node.marks.budgeted);
-    const rules = buildDeferRuleset(node, pin).split('\n');
+    const rules = buildDeferRuleset(node, pins).split('\n');
     assert.deepEqual(rules.filter((line) => line.startsWith('-I ')), [
       `-I SYNPASS-IN 1 -m mark --mark ${deferred} -j RETURN`,
       `-I SYNPASS-OUT 1 -m mark --mark ${deferred} -j SYNPASS-DEFER`,
       '-I INPUT 1 -p tcp -m mark --mark 0x100000/0x900000 -j SYNPASS-DEFER-IN',
     ]);
     assert.deepEqual(rules.filter((line) => line.startsWith('-A ')), [
-      `-A SYNPASS-DEFER -m bpf --object-pinned ${pin} -j MARK --or-mark 0x400000`,
+      `-A SYNPASS-DEFER -m bpf --object-pinned ${pins.backend} -j MARK --or-mark 0x400000`,
       '-A SYNPASS-DEFER -m mark --mark 0x400000/0x400000 -j SYNPASS-MARK',
+      // Back in SYNPASS-OUT it carries `pass`, which its SYNPASS-MARK jump clears: judged, not released.
+      `-A SYNPASS-DEFER -m mark --mark ${deferred} -m bpf --object-pinned ${pins.remote} -j RETURN`,
       `-A SYNPASS-DEFER -m mark --mark ${deferred} -j NFQUEUE --queue-num 3170`,
       `-A SYNPASS-DEFER-IN -m mark --mark ${deferred} -j NFQUEUE --queue-num 3170`,
       '-A SYNPASS-DEFER-IN -j SYNPASS-MARK',
     ]);
     // Failing open, the audit rule leaves a deferred SYN alone: it is judged after FORWARD.
-    assert.ok(buildDeferRuleset({ ...node, failOpen: true }, pin).includes(`-I SYNPASS-AUDIT 1 -m mark --mark ${deferred} -j RETURN`));
+    assert.ok(buildDeferRuleset({ ...node, failOpen: true }, pins).includes(`-I SYNPASS-AUDIT 1 -m mark --mark ${deferred} -j RETURN`));
     // The watchdog expects them once they are in, and removal takes them with the rest.
     const saved = (text: string) => text.split('\n').filter((line) => line.startsWith('-A ') || line.startsWith('-I ') || line.startsWith(':')).map((line) => line.replace(/^-I (\S+) \d+ /, '-A $1 '));
-    const both = ['*mangle', ...saved(buildRuleset(4, node)), ...saved(buildDeferRuleset(node, pin)), 'COMMIT'].join('\n');
-    assert.equal(rulesPresent(both, { ...node, deferProgram: pin }), true);
+    const both = ['*mangle', ...saved(buildRuleset(4, node)), ...saved(buildDeferRuleset(node, pins)), 'COMMIT'].join('\n');
+    assert.equal(rulesPresent(both, { ...node, deferPrograms: pins }), true);
     assert.equal(rulesPresent(both, node), false, 'rules it did not put in are not its ruleset');
     const removal = buildRemoval(both)!;
     assert.ok(removal.includes('-D INPUT -p tcp -m mark --mark 0x100000/0x900000 -j SYNPASS-DEFER-IN'));

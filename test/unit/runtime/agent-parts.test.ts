@@ -31,7 +31,7 @@ function scriptedIptables(inspections: (RuleInspection | null)[]) {
   const calls: string[] = [];
   const operations: RuleOperations = {
     install: (options, preferred) => {
-      calls.push(`install ${preferred}${options.deferProgram === undefined ? '' : ` deferring by ${options.deferProgram}`}`);
+      calls.push(`install ${preferred}${options.deferPrograms === undefined ? '' : ` deferring by ${options.deferPrograms.backend}`}`);
       return Promise.resolve({ backend: preferred, families: [4] } satisfies InstalledRules);
     },
     inspect: () => {
@@ -43,9 +43,9 @@ function scriptedIptables(inspections: (RuleInspection | null)[]) {
       calls.push('notrack');
       return Promise.resolve('nftables' as const);
     },
-    installDefer: (_installed, _options, programPin) => {
-      calls.push(`defer by ${programPin}`);
-      return programPin.startsWith('/refused') ? Promise.reject(new Error('iptables-restore: Couldn\'t load match `bpf\'')) : Promise.resolve();
+    installDefer: (_installed, _options, programs) => {
+      calls.push(`defer by ${programs.backend}`);
+      return programs.backend.startsWith('/refused') ? Promise.reject(new Error('iptables-restore: Couldn\'t load match `bpf\'')) : Promise.resolve();
     },
     removeAll: () => {
       calls.push('remove');
@@ -79,16 +79,17 @@ describe('rules watchdog', () => {
     const { log } = capturingLog();
     const { operations, calls } = scriptedIptables([{ present: false, unjudgedSyns: 0, sourceLimitedPackets: 0, rulesAhead: 0 }]);
     const watchdog = new RulesWatchdog(OPTIONS, 'nft', log, operations);
-    assert.equal(await watchdog.deferServiceSyns('/sys/fs/bpf/synpass/service_backend'), false, 'no rules yet: nothing to add to');
+    const pins = { backend: '/sys/fs/bpf/synpass/service_backend', remote: '/sys/fs/bpf/synpass/service_remote' };
+    assert.equal(await watchdog.deferServiceSyns(pins), false, 'no rules yet: nothing to add to');
     await watchdog.install();
-    assert.equal(await watchdog.deferServiceSyns('/sys/fs/bpf/synpass/service_backend'), true);
+    assert.equal(await watchdog.deferServiceSyns(pins), true);
     await watchdog.check();
     assert.deepEqual(calls, ['install nft', 'defer by /sys/fs/bpf/synpass/service_backend', 'inspect', 'install nft deferring by /sys/fs/bpf/synpass/service_backend']);
     // Where iptables or the kernel has no bpf match, the ruleset is put back as it was, without them.
     const refusing = scriptedIptables([]);
     const without = new RulesWatchdog(OPTIONS, 'nft', log, refusing.operations);
     await without.install();
-    await assert.rejects(without.deferServiceSyns('/refused/service_backend'), /bpf/);
+    await assert.rejects(without.deferServiceSyns({ backend: '/refused/service_backend', remote: '/refused/service_remote' }), /bpf/);
     assert.deepEqual(refusing.calls, ['install nft', 'defer by /refused/service_backend', 'install nft']);
   });
 
