@@ -133,8 +133,10 @@ struct {
 } fast_pod_pairs SEC(".maps");
 
 /* Client: the cgroup workload number of each connection whose SYN goes to the queue, for the
- * agent to read there (NFQUEUE reports only the socket's uid). The agent takes each entry at its
- * SYN; an LRU, so those of SYNs the queue never sees (destinations outside the targets) age out. */
+ * agent to read there (NFQUEUE reports only the socket's uid), and for synpass_translated_syn after
+ * a DNAT of this host (where it translates its output, a uid's too, as 0). The agent takes each
+ * entry at its SYN; an LRU, so those of SYNs the queue never sees (destinations outside the
+ * targets, SYNs sent fast after the DNAT) age out. */
 struct {
   __uint(type, BPF_MAP_TYPE_LRU_HASH);
   __uint(max_entries, 16384);
@@ -173,8 +175,9 @@ struct {
 /* A client socket's way through the fast path: its SYN carries the option (FAST); the first
  * packet after it (the handshake's ACK) leaves marked to release the connection in the rules
  * (RELEASING); the next one finds the socket's own mark back (DONE). FALLBACK: the SYN went
- * unanswered and the queue takes over. NAMING: a workload's connection with no entry, whose SYN
- * goes to the queue and names its workload there as it leaves (then DONE). */
+ * unanswered and the queue takes over. NAMING: a workload's connection with no entry (where this
+ * host translates its output, a uid's too), whose SYN names its workload as it leaves (then DONE),
+ * for the queue or the rules after a DNAT. */
 enum sock_state { SOCK_FAST = 1, SOCK_RELEASING = 2, SOCK_DONE = 3, SOCK_FALLBACK = 4, SOCK_NAMING = 5 };
 
 struct sock_state_value {
@@ -501,12 +504,12 @@ static __always_inline void retire_client(const struct client_key *client, __u32
   bpf_ringbuf_submit(event, 0);
 }
 
-/* The record of a pod's SYN the node sent fast after the DNAT (synpass_service_remote) is done with
- * at its first answer: no socket of the node's takes it at establishment (client_established), and
- * a later answer finds the connection released already, or judged by the agent. */
+/* The record of a SYN this host sent fast after its DNAT (synpass_translated_syn) is done with at its
+ * first answer: no socket takes it at establishment (client_established: its socket never sent a
+ * fast SYN), and a later answer finds the connection released already, or judged by the agent. */
 static __always_inline void forget_translated(const struct sent_key *key, const struct conn_value *sent, const struct parsed *p) {
   if (sent->retiring) {
-    struct client_key client = {.port = key->server_port, .owner_kind = OWNER_POD, .owner = sent->owner};
+    struct client_key client = {.port = key->server_port, .owner_kind = (__u16)sent->owner_kind, .owner = sent->owner};
     __builtin_memcpy(client.address, key->server, 16);
     retire_client(&client, sent->fast_id, p->destination, bpf_ntohs(p->tcp.dest));
   }
@@ -543,8 +546,8 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
    * from the connection the fast SYN opened, and where conntrack follows that connection there
    * its rules release it, so no agent ever sees this answer; conntrack follows the retransmit
    * here, and so this answer. One with a marker (the server's agent answered) stays unmarked, so
-   * that the agent here judges it and its token never reaches the socket. A pod's connection
-   * through the node's DNAT needs conntrack, to undo the translation, as after a fallback. */
+   * that the agent here judges it and its token never reaches the socket. A connection through
+   * this host's DNAT needs conntrack, to undo the translation, as after a fallback. */
   __u32 tracked = sent->fallback || sent->translated;
   __u32 mark = any_marker_option(skb, p) ? (tracked ? 0 : cfg->untracked_mark) : cfg->accept_mark | (tracked ? 0 : untracked_judged(cfg));
   skb->mark |= mark;
@@ -779,7 +782,7 @@ static __always_inline struct fast_config *vouched_routed_syn(struct __sk_buff *
 /* A pod's SYN the tc program deferred past the DNAT (defer_mark), as the rules see it in mangle
  * POSTROUTING: the destination is now the pod the DNAT chose. Matches (1) when the agent judged
  * the two pods for that pod's port, so the rules let it by as the tc program lets by a SYN
- * addressed to that pod; otherwise (0) the rules ask synpass_service_remote, then queue it.
+ * addressed to that pod; otherwise (0) the rules ask synpass_translated_syn, then queue it.
  * Pinned: iptables' bpf match holds it by its path (--object-pinned). */
 SEC("socket")
 int synpass_service_backend(struct __sk_buff *skb) {
@@ -797,26 +800,51 @@ int synpass_service_backend(struct __sk_buff *skb) {
   return 1;
 }
 
-/* A deferred pod's SYN that the DNAT sent to another host, where the pod holds a client entry
- * (the agent learnt that server at a first contact through the same DNAT): its fast SYN is
- * recorded as a pod's socket would record it (fast_conns, `translated`), and matches (1), so the
- * rules let it by unqueued and synpass_egress writes the option as it leaves the node. The pod's
- * socket never names that server (it connected to the service address), so its sock_ops program
- * could not. Without room for the option beside the SYN's own, with data, or without an entry, it
- * does not match, and the rules queue it. Sent again, the fast SYN went unanswered: as a socket's
- * would (client_fallback), the retransmit takes the queue. */
+/* Who sent a SYN the rules meet after a DNAT of this host, as its client entries name it: a pod
+ * of the node, by its address (fast_pods, as the queue path names it), or a socket of this host
+ * that named itself as its SYN left (fast_owners, by its address, port and ISN: its cgroup
+ * workload, or 0 for its uid). 0 when neither: a segment made up on a raw socket names no one,
+ * and one routed in from another network namespace carries no socket here. */
+static __always_inline int translated_owner(struct __sk_buff *skb, const struct fast_config *cfg, const struct routed_syn *syn, struct client_key *client) {
+  if (cfg->routed_workloads) {
+    struct pod_key pod = {};
+    __builtin_memcpy(pod.address, syn->pair.client, 16);
+    __u32 *number = bpf_map_lookup_elem(&fast_pods, &pod);
+    if (number) {
+      client->owner_kind = OWNER_POD;
+      client->owner = *number;
+      return 1;
+    }
+  }
+  if (bpf_get_socket_cookie(skb) == 0) return 0;
+  struct owner_key key = {.isn = bpf_ntohl(syn->tcp.seq), .local_port = bpf_ntohs(syn->tcp.source)};
+  __builtin_memcpy(key.local, syn->pair.client, 16);
+  __u32 *workload = bpf_map_lookup_elem(&fast_owners, &key);
+  if (!workload) return 0;
+  __u32 number = *workload;
+  client->owner_kind = number != 0 ? OWNER_WORKLOAD : OWNER_UID;
+  client->owner = number != 0 ? number : bpf_get_socket_uid(skb);
+  return 1;
+}
+
+/* A SYN this host DNATed (a service address) to another host, for which its sender holds a client
+ * entry (the agent learnt that server at a first contact through the same DNAT): a node's pod's SYN
+ * the tc program deferred past the DNAT, or a local socket's. Its fast SYN is recorded as a socket
+ * would record it (fast_conns, `translated`), and it matches (1), so the rules let it by unqueued and
+ * synpass_egress writes the option as it leaves the host. The socket never names that server (it
+ * connected to the service address), so its sock_ops program could not. Without room for the option
+ * beside the SYN's own, with data, or without an entry, it does not match, and the rules queue it.
+ * Sent again, the fast SYN went unanswered: as a socket's would (client_fallback), the retransmit
+ * takes the queue (which finds a socket's workload in fast_owners, left for it). */
 SEC("socket")
-int synpass_service_remote(struct __sk_buff *skb) {
+int synpass_translated_syn(struct __sk_buff *skb) {
   struct routed_syn syn = {};
   __u32 now = 0;
   struct fast_config *cfg = vouched_routed_syn(skb, &syn, &now);
   if (!cfg) return 0;
   if (syn.option_bytes + FAST_SYN_OPT_LEN > MAX_OPTION_BYTES || syn.payload_bytes != 0) return 0;
-  struct pod_key pod = {};
-  __builtin_memcpy(pod.address, syn.pair.client, 16);
-  __u32 *number = bpf_map_lookup_elem(&fast_pods, &pod);
-  if (!number) return 0;
-  struct client_key client = {.port = syn.pair.port, .owner_kind = OWNER_POD, .owner = *number};
+  struct client_key client = {.port = syn.pair.port};
+  if (!translated_owner(skb, cfg, &syn, &client)) return 0;
   __builtin_memcpy(client.address, syn.pair.server, 16);
   struct client_value *entry = bpf_map_lookup_elem(&fast_clients, &client);
   if (!entry || now >= entry->expires) return 0;
@@ -830,13 +858,13 @@ int synpass_service_remote(struct __sk_buff *skb) {
     }
     return 0;
   }
-  struct conn_value fresh = {.fast_id = entry->fast_id, .translated = 1, .owner = client.owner, .client_port = bpf_ntohs(syn.tcp.source)};
+  struct conn_value fresh = {.fast_id = entry->fast_id, .translated = 1, .owner_kind = client.owner_kind, .owner = client.owner, .client_port = bpf_ntohs(syn.tcp.source)};
   __builtin_memcpy(fresh.key, entry->key, 16);
   __builtin_memcpy(fresh.client, syn.pair.client, 16);
   return bpf_map_update_elem(&fast_conns, &key, &fresh, BPF_NOEXIST) == 0;
 }
 
-/* ---- tc egress (on a node) ------------------------------------------------------------------- */
+/* ---- tc egress ---------------------------------------------------------------------- */
 
 /* Writes the fast option after the options of a SYN that carries no data, as the sock_ops program
  * would have (the last FAST_SYN_OPT_LEN bytes of the header, where the server's tc program looks),
@@ -880,14 +908,14 @@ static __always_inline int insert_fast_option(struct __sk_buff *skb, const struc
   return bpf_skb_store_bytes(skb, ETH_HLEN + __builtin_offsetof(struct ipv6hdr, payload_len), &new_total, sizeof(new_total), 0) < 0 ? -1 : 0;
 }
 
-/* A pod's SYN that synpass_service_remote recorded, leaving the node: it gets its fast option
- * here, after the DNAT and any source NAT (the record is keyed by what those leave alone). Only
- * SYNs the rules marked judged are looked at: every other packet of the node costs one mark test.
- * One the option cannot be written into is dropped, and its retransmit takes the queue. */
+/* A SYN that synpass_translated_syn recorded, leaving the host: it gets its fast option here, after
+ * the DNAT and any source NAT (the record is keyed by what those leave alone). Only SYNs the rules
+ * marked judged are looked at: every other packet leaving costs one mark test. One the option
+ * cannot be written into is dropped, and its retransmit takes the queue. */
 SEC("tc")
 int synpass_egress(struct __sk_buff *skb) {
   struct fast_config *cfg = config();
-  if (!cfg || cfg->defer_mark == 0 || (skb->mark & cfg->judged_mark) == 0) return TC_ACT_OK;
+  if (!cfg || (skb->mark & cfg->judged_mark) == 0) return TC_ACT_OK;
   struct parsed p = {};
   if (!parse(skb, &p) || !p.tcp.syn || p.tcp.ack || p.tcp.rst) return TC_ACT_OK;
   struct sent_key key = {.isn = bpf_ntohl(p.tcp.seq), .server_port = bpf_ntohs(p.tcp.dest)};
@@ -1015,7 +1043,9 @@ static __always_inline void client_connect(struct bpf_sock_ops *ops, const struc
   /* An entry past its end sends this connect to the queue as first contact, agent or not. */
   if (entry && now >= entry->expires) entry = 0;
   if (!entry) {
-    if (workload != 0) name_at_syn(ops, workload);
+    /* Where a DNAT of this host may send it to a server it holds an entry for, a uid's names
+     * itself too (synpass_translated_syn). */
+    if (workload != 0 || (key.owner_kind == OWNER_UID && cfg->name_uid_owners)) name_at_syn(ops, workload);
     if (cfg->untracked_mark != 0) {
       /* Conntrack follows this connection, whatever an earlier fast one on its ports left. */
       struct flow_key flow = {};

@@ -40,6 +40,7 @@ struct fast_config {
   __u32 pod_mark;           /* on a local pod's fast SYN, vouched for where it enters the node: the rules let it by on both hooks */
   __u32 judged_mark;        /* on a fast SYN or SYN-ACK the kernel proved: with untracked_mark, the rules need not jump for it to mark it judged */
   __u32 defer_mark;         /* on a node, on a pod's SYN to a service address routed past the DNAT (fast_pod_pairs, deferred); 0 until the rules that take it are in */
+  __u32 name_uid_owners;    /* this host translates its own output (a local DNAT): a uid's connect without an entry names itself in fast_owners too, so that synpass_translated_syn finds its owner after the DNAT */
 };
 
 /* One kernel verdict for the agent's flow log (ring buffer `fast_events`). A drop is reported
@@ -151,9 +152,10 @@ struct conn_value {
   __u8 client[16]; /* the pod's address and port, which that SYN must come from */
   __u16 client_port;
   __u16 pad;
-  __u32 translated; /* a local pod's SYN the node DNATed (service address) to this server: the tc egress
-                     * program writes its option (synpass_service_remote); conntrack keeps its connection */
-  __u32 owner;      /* with translated: the pod's number (fast_pods), whose client entry it took */
+  __u32 translated; /* a SYN this host DNATed (a service address) to this server, of a local pod or socket: the tc
+                     * egress program writes its option (synpass_translated_syn); conntrack keeps its connection */
+  __u32 owner_kind; /* with translated: the client entry it took (its address and port are the key's) */
+  __u32 owner;
   __u32 written;    /* with translated: the option is in (a SYN meets tc egress once per device it leaves by) */
 };
 

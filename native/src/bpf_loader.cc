@@ -4,7 +4,7 @@
 // `synpass agent cleanup` finds them), and, once it has filled the maps, attaches the sock_ops
 // program to the cgroup and the tc ingress program to interfaces of its network namespace (tcx
 // links, pinned beside the maps; a clsact filter on kernels before 6.6), with the tc egress
-// program beside it on a Kubernetes node. Map
+// program beside it (where it writes the fast option into a SYN the host DNATed). Map
 // keys and values cross as byte buffers whose layouts native/bpf/fast_path.h defines.
 #include "bpf_loader.h"
 
@@ -50,10 +50,10 @@ constexpr uint32_t kLinkTypeTcx = 11;
 constexpr const char* kTcxPinPrefix = "tcx_";
 constexpr const char* kTcxEgressPinSuffix = ":egress";
 constexpr const char* kCgroupLink = "sockops_link";
-// The program iptables' bpf match runs after the DNAT on a node (`-m bpf --object-pinned`): the
-// rules hold it by this pin's path, as it was when they went in.
+// The programs iptables' bpf match runs after a DNAT (`-m bpf --object-pinned`): the rules hold
+// them by these pins' paths, as they were when they went in.
 constexpr const char* kServiceBackendPin = "service_backend";
-constexpr const char* kServiceRemotePin = "service_remote";
+constexpr const char* kTranslatedSynPin = "translated_syn";
 constexpr const char* kMapNames[] = {"fast_config",    "fast_counters", "fast_clients",    "fast_conns",
                                      "fast_servers",   "fast_replay",   "fast_cloak",      "fast_excluded",
                                      "fast_events",    "fast_event_gate", "fast_sources",  "fast_flows",
@@ -250,8 +250,7 @@ std::string AttachHook(int program_fd, unsigned index, bool egress, const std::s
   return "";
 }
 
-// Our tc programs on one interface: the ingress program, and the egress one unless `egress_fd` is
-// -1. "" when attached, else why not.
+// Our tc programs on one interface, ingress and egress. "" when attached, else why not.
 std::string AttachInterfaceHooks(int program_fd, int egress_fd, const std::string& name, const std::string& pin_dir) {
   unsigned index = if_nametoindex(name.c_str());
   if (index == 0) return "no such interface";
@@ -259,12 +258,6 @@ std::string AttachInterfaceHooks(int program_fd, int egress_fd, const std::strin
   std::string pin_path = pin_dir + "/" + kTcxPinPrefix + name;
   std::string refused = AttachHook(program_fd, index, false, pin_path);
   if (!refused.empty()) return refused;
-  if (egress_fd < 0) {
-    // An egress program a previous run kept there (as a node) has nothing to do here.
-    TakeOverPinnedLink(pin_path + kTcxEgressPinSuffix, -1, [](int) { return false; });
-    DetachTc(index, BPF_TC_EGRESS);
-    return "";
-  }
   refused = AttachHook(egress_fd, index, true, pin_path + kTcxEgressPinSuffix);
   return refused.empty() ? "" : "egress: " + refused;
 }
@@ -349,11 +342,11 @@ Napi::Value Load(const Napi::CallbackInfo& info) {
   struct bpf_program* ingress = bpf_object__find_program_by_name(object, "synpass_ingress");
   struct bpf_program* egress = bpf_object__find_program_by_name(object, "synpass_egress");
   struct bpf_program* service_backend = bpf_object__find_program_by_name(object, "synpass_service_backend");
-  struct bpf_program* service_remote = bpf_object__find_program_by_name(object, "synpass_service_remote");
-  if (sockops == nullptr || ingress == nullptr || egress == nullptr || service_backend == nullptr || service_remote == nullptr) {
+  struct bpf_program* translated_syn = bpf_object__find_program_by_name(object, "synpass_translated_syn");
+  if (sockops == nullptr || ingress == nullptr || egress == nullptr || service_backend == nullptr || translated_syn == nullptr) {
     return fail("programs missing from the object", ENOENT);
   }
-  for (const auto& [program, pin] : {std::pair{service_backend, kServiceBackendPin}, std::pair{service_remote, kServiceRemotePin}}) {
+  for (const auto& [program, pin] : {std::pair{service_backend, kServiceBackendPin}, std::pair{translated_syn, kTranslatedSynPin}}) {
     std::string path = pin_dir + "/" + pin;
     unlink(path.c_str());
     rc = bpf_program__pin(program, path.c_str());
@@ -420,8 +413,7 @@ std::string AttachSockops(int sockops_fd, const std::string& pin_dir, const std:
 
 // fastPathAttachPrograms(pinDir, cgroupPath, sockopsFd, programFd, egressFd, interfaces[])
 //   -> { attached: [], skipped: [{name, reason}], tookOver }
-// tookOver: the sock_ops link a previous run kept took the new program in place. egressFd -1:
-// no egress program (only a node needs it).
+// tookOver: the sock_ops link a previous run kept took the new program in place.
 // After fastPathLoad and the maps filled: sock_ops on the cgroup, tc on each interface, each
 // replacing in place what a previous run kept. A sock_ops failure undoes everything.
 Napi::Value AttachPrograms(const Napi::CallbackInfo& info) {
@@ -500,7 +492,7 @@ Detached DetachAll(const std::string& pin_dir) {
   }
   unlink(link_path.c_str());
   unlink((pin_dir + "/" + kServiceBackendPin).c_str());
-  unlink((pin_dir + "/" + kServiceRemotePin).c_str());
+  unlink((pin_dir + "/" + kTranslatedSynPin).c_str());
   for (const char* name : kMapNames) unlink((pin_dir + "/" + name).c_str());
   rmdir(pin_dir.c_str());
   return done;

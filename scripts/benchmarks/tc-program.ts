@@ -1,6 +1,6 @@
 // What the kernel fast path's tc program costs a segment that is not a SYN (most of a host's
 // traffic), and a SYN it drops or lets by without a proof (a scan or a flood; one this host only
-// routes): the kernel runs the program on one crafted segment many times (BPF_PROG_TEST_RUN,
+// routes); and what a node's tc egress program costs a segment leaving it: the kernel runs the program on one crafted segment many times (BPF_PROG_TEST_RUN,
 // through bpftool) and reports the mean. The baseline, measured in the same run, is a tc program
 // that does nothing: the harness's own cost per run. The runs are made in a namespace of their
 // own that routes (an interface there holds the server's address), so that a routing lookup the
@@ -8,7 +8,7 @@
 //   node --import tsx scripts/benchmarks/tc-program.ts [object.o ...]
 // Objects default to the built one; give another tree's to compare (e.g. a worktree of the base).
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fastPathObjectPath } from '../../agent/src/native/addon.ts';
@@ -72,8 +72,11 @@ function syn(target: string, options: number[]): Buffer {
 const UNKNOWN_FAST = [FAST_SYN_OPTION.kind, FAST_SYN_OPTION.length, FAST_SYN_OPTION.exid >> 8, FAST_SYN_OPTION.exid & 0xff, 0, 0, 0x5e, 0xed, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
 const MSS = [2, 4, 0x05, 0xb4];
 
-/** `cloaked`: the server's port is closed to SYNs without identity (fast_cloak). */
-const CASES: { label: string; frame: Buffer; fast: boolean; cloaked?: boolean }[] = [
+const JUDGED_MARK = 0x1000;
+const EGRESS = 'synpass_egress';
+
+/** `cloaked`: the server's port is closed to SYNs without identity (fast_cloak). `program`: another than the ingress one, run on a segment carrying `mark`. */
+const CASES: { label: string; frame: Buffer; fast: boolean; cloaked?: boolean; program?: string; mark?: number }[] = [
   { label: 'segment of a fast connection, timestamps', frame: segment(TIMESTAMPS), fast: true },
   { label: 'segment of another connection, timestamps', frame: segment(TIMESTAMPS), fast: false },
   { label: 'segment of a fast connection, no options', frame: segment([]), fast: true },
@@ -83,24 +86,27 @@ const CASES: { label: string; frame: Buffer; fast: boolean; cloaked?: boolean }[
   { label: 'token-less SYN to that port on a host routed to: let by', frame: syn(ROUTED, MSS), fast: false, cloaked: true },
   { label: 'fast SYN of a pair not known here: dropped', frame: syn(SERVER.address, [...MSS, ...UNKNOWN_FAST]), fast: false },
   { label: 'fast SYN of a pair not known here, to a host routed to: let by', frame: syn(ROUTED, [...MSS, ...UNKNOWN_FAST]), fast: false },
+  { label: 'egress: a segment leaving, timestamps', frame: segment(TIMESTAMPS), fast: false, program: EGRESS },
+  { label: 'egress: a SYN leaving, judged by the rules, no fast record', frame: syn(SERVER.address, MSS), fast: false, program: EGRESS, mark: JUDGED_MARK },
 ];
 
 /** Pins to remove at the end, each named before anything is pinned there. */
 const pinned: string[] = [];
 
 /** The program of `object`, loaded with maps of its own (`configured`: the agent's settings written in them). */
-function load(object: string, name: string, configured: boolean): { program: string; maps: string } {
+function load(object: string, name: string, configured: boolean): { programs: string; maps: string } {
   const program = join(BPFFS, `synpass-bench-${name}-programs`);
   const maps = join(BPFFS, `synpass-bench-${name}-maps`);
   pinned.push(program, maps);
   bpftool(['prog', 'loadall', object, program, ...(configured ? ['pinmaps', maps] : [])]);
   if (configured) {
-    const config = configValue({ realtimeOffsetNs: 0n, windowSeconds: 30, acceptMark: 0x100, clientMark: 0x200, acceptSample: 0, sourceRate: 0, sourceBurst: 0, budgetMark: 0x400, untrackedMark: 0x800, workloadCgroups: 0, vouchedUntil: Date.now() / 1000 + 3600, agentAway: false, netnsCookie: 0n, routedWorkloads: false, podMark: 0, judgedMark: 0x1000, deferMark: 0 });
+    // defer_mark set, as on a node whose rules judge its pods' SYNs after the DNAT: the egress program works then.
+    const config = configValue({ realtimeOffsetNs: 0n, windowSeconds: 30, acceptMark: 0x100, clientMark: 0x200, acceptSample: 0, sourceRate: 0, sourceBurst: 0, budgetMark: 0x400, untrackedMark: 0x800, workloadCgroups: 0, vouchedUntil: Date.now() / 1000 + 3600, agentAway: false, netnsCookie: 0n, routedWorkloads: false, podMark: 0, judgedMark: JUDGED_MARK, deferMark: 0x2000, nameUidOwners: false });
     // Fields are only appended to struct fast_config: an older object takes the part it knows.
     const size = (JSON.parse(bpftool(['map', 'show', 'pinned', join(maps, 'fast_config'), '-j'])) as { bytes_value: number }).bytes_value;
     bpftool(['map', 'update', 'pinned', join(maps, 'fast_config'), 'key', ...hex(new Uint8Array(4)), 'value', ...hex(config.subarray(0, size))]);
   }
-  return { program: join(program, 'synpass_ingress'), maps };
+  return { programs: program, maps };
 }
 
 /**
@@ -119,12 +125,13 @@ function routingNamespace(): number {
   return (JSON.parse(execFileSync('ip', ['-n', NAMESPACE, '-j', 'link', 'show', 'd0'], { encoding: 'utf8' })) as { ifindex: number }[])[0]!.ifindex;
 }
 
-/** struct __sk_buff for the runs: the segment came in on `ifindex` (ingress_ifindex at 36, ifindex at 40). */
-function contextIn(ifindex: number): string {
+/** struct __sk_buff for the runs: the segment came in on `ifindex` (ingress_ifindex at 36, ifindex at 40) and carries `mark` (at 8). */
+function contextIn(ifindex: number, mark: number): string {
   const context = Buffer.alloc(192);
+  context.writeUInt32LE(mark, 8);
   context.writeUInt32LE(ifindex, 36);
   context.writeUInt32LE(ifindex, 40);
-  const file = join(scratch, 'context');
+  const file = join(scratch, `context-${mark}`);
   writeFileSync(file, context);
   return file;
 }
@@ -142,13 +149,14 @@ function nanoseconds(program: string, frame: Buffer, context: string): number {
 
 const flow = flowKey(SERVER.address, SERVER.port, CLIENT.address, CLIENT.port);
 try {
-  const context = contextIn(routingNamespace());
-  const empty = load(emptyProgram(), 'empty', false);
+  const ifindex = routingNamespace();
+  const empty = join(load(emptyProgram(), 'empty', false).programs, 'synpass_ingress');
   const loaded = objects.map((object, index) => load(object, `object${index}`, true));
   process.stdout.write(`${REPEAT} runs a measurement, median of ${RUNS}; the programs and the baseline (a tc program that does nothing) take turns, so the VM's drift falls on all alike\n`);
   const port = Buffer.alloc(4);
   port.writeUInt32LE(SERVER.port);
-  for (const { label, frame, fast, cloaked } of CASES) {
+  for (const { label, frame, fast, cloaked, program = 'synpass_ingress', mark = 0 } of CASES) {
+    const context = contextIn(ifindex, mark);
     for (const { maps } of loaded) {
       if (fast) bpftool(['map', 'update', 'pinned', join(maps, 'fast_flows'), 'key', ...hex(flow), 'value', ...hex(untrackedFlow(join(maps, 'fast_flows')))]);
       else {
@@ -163,12 +171,19 @@ try {
     const baseline: number[] = [];
     const totals: number[][] = loaded.map(() => []);
     for (let run = 0; run < RUNS; run++) {
-      baseline.push(nanoseconds(empty.program, frame, context));
-      loaded.forEach(({ program }, index) => totals[index]!.push(nanoseconds(program, frame, context)));
+      baseline.push(nanoseconds(empty, frame, context));
+      // An object without the program (an older build's, before the egress one) has no figure.
+      loaded.forEach(({ programs }, index) => {
+        if (existsSync(join(programs, program))) totals[index]!.push(nanoseconds(join(programs, program), frame, context));
+      });
     }
     const base = median(baseline);
     process.stdout.write(`${label} (baseline ${base} ns a run)\n`);
     objects.forEach((object, index) => {
+      if (totals[index]!.length === 0) {
+        process.stdout.write(`  ${object}: has no ${program}\n`);
+        return;
+      }
       const total = median(totals[index]!);
       process.stdout.write(`  ${object}: ${total} ns a run, the program's own ${total - base} ns (${(total / base).toFixed(2)}x the baseline)\n`);
     });

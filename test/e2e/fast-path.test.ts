@@ -622,11 +622,12 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     }
   });
 
-  it('a workload that connects through its own host\'s DNAT (a local service address, IPv4 and IPv6) speaks as itself; that connection stays on the queue, as the kernel\'s entry names the address behind the DNAT', async () => {
+  it('a workload that connects through its own host\'s DNAT (a local service address, IPv4 and IPv6) speaks as itself, in the kernel: its host writes its fast option into the SYN after the DNAT; so does a uid\'s connection', async () => {
     const reports = `spiffe://${DOMAIN}/web-reports`;
     const subjectOf = (line: Record<string, unknown>) => (line.peer as { subject?: string } | null)?.subject;
     // A service address on web's link that web's own nat table sends on to api (as kube-proxy
-    // does for a node's own connections); web's agent starts with the rules in place (conntrack kept).
+    // does for a node's own connections); web's agent starts with the rules in place (conntrack
+    // kept, and uids' connects name themselves for the rules after the DNAT).
     const services = [
       { family: 4, address: lab.address('api').replace(/\d+$/, '200'), command: 'iptables', to: `${lab.address('api')}:${PORT}` },
       { family: 6, address: lab.address('api', 6).replace(/[0-9a-f]+$/, '200'), command: 'ip6tables', to: `[${lab.address('api', 6)}]:${PORT}` },
@@ -636,24 +637,34 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     for (const rule of rules) lab.exec('web', rule);
     try {
       web = await lab.startAgent('web', ['--config', fixture.files.configs.web]);
-      const viaService = async (address: string) => (await lab.peerOnce('web', ['http', address, '80'], 5_000, undefined, REPORTS_WORKLOAD).catch(() => null))?.status === 200;
+      assert.match((await fast(web)).serviceSyns?.reason ?? '', /^judged after the DNAT, by the bpf match in mangle POSTROUTING$/);
+      const viaService = async (address: string, workload?: string) => (await lab.peerOnce('web', ['http', address, '80'], 5_000, undefined, workload).catch(() => null))?.status === 200;
+      // Each learns api's entry through the DNAT at its first connection there, if it had none.
+      for (const { address } of services) {
+        assert.equal(await viaService(address, REPORTS_WORKLOAD), true, `reports through ${address}`);
+        assert.equal(await viaService(address), true, `web's own uid through ${address}`);
+      }
       const mark = api.process.lines.length;
-      const [apiQueued, apiBefore] = [await queued(api), await fast(api)];
+      const [apiQueued, webQueued, apiBefore, webBefore] = [await queued(api), await queued(web), await fast(api), await fast(web)];
       const rounds = 3;
       for (const { family, address } of services) {
-        for (let i = 0; i < rounds; i++) assert.equal(await viaService(address), true, `IPv${family} connection ${i} through the service address`);
+        for (let i = 0; i < rounds; i++) assert.equal(await viaService(address, REPORTS_WORKLOAD), true, `IPv${family} connection ${i} of reports through the service address`);
+        assert.equal(await viaService(address), true, `IPv${family} connection of web's uid through the service address`);
       }
-      // The SYN the agent judges names api (after the DNAT), the socket the service address:
-      // the workload is found by the SYN's own source and sequence number, which the DNAT keeps.
-      const connections = services.length * rounds;
-      const verdicts = () => api.process.lines.slice(mark).filter((l) => l.msg === 'handshake verdict' && l.stage === 'syn');
-      await waitUntil('api logs the SYN verdicts', () => Promise.resolve(verdicts().length >= connections), 5_000);
-      assert.deepEqual(verdicts().map(subjectOf), Array<string>(connections).fill(reports), 'each connection spoke as reports, not as web');
+      const connections = services.length * (rounds + 1);
+      // Queued nowhere: the SYN left web with the fast option its tc egress program wrote after
+      // the DNAT, and api's kernel proved it.
+      assert.deepEqual([await queued(api), await queued(web)], [apiQueued, webQueued], 'neither agent queued a packet');
+      assert.deepEqual(countersMoved(webBefore, await fast(web)), { synSent: connections, synAckVerified: connections });
+      assert.deepEqual(countersMoved(apiBefore, await fast(api)), { synAccepted: connections, synAckSigned: connections });
+      // Each as its own workload, found at its SYN after the DNAT by its source and sequence
+      // number (fast_owners), which the DNAT keeps: reports by its cgroup, the rest by uid.
+      const verdicts = () => api.process.lines.slice(mark).filter((l) => l.msg === 'handshake verdict' && l.path === 'kernel' && l.reason === 'ok-kernel');
+      await waitUntil('api logs the kernel verdicts', () => Promise.resolve(verdicts().length >= connections), 5_000);
+      const subjects = verdicts().map(subjectOf);
+      assert.equal(subjects.filter((subject) => subject === reports).length, services.length * rounds, JSON.stringify(subjects));
+      assert.equal(subjects.filter((subject) => subject !== reports).length, services.length, JSON.stringify(subjects));
       assert.ok(verdicts().some((l) => String(l.source).startsWith(`${canonicalAddress(lab.address('web', 6))}:`)), 'IPv6 among them');
-      for (const line of verdicts()) assert.equal((line.peer as { attributes: Record<string, string> }).attributes['process.cgroup'], lab.workloadCgroup('web', REPORTS_WORKLOAD).path);
-      // The kernel's entry for reports names api's own address, which the socket never sees.
-      assert.equal(countersMoved(apiBefore, await fast(api)).synAccepted, undefined);
-      assert.ok((await queued(api)) >= apiQueued + connections, 'each took the queue');
     } finally {
       await web.process.stop('SIGTERM');
       for (const rule of rules) lab.exec('web', rule.map((word) => (word === '-A' ? '-D' : word)));

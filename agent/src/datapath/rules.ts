@@ -47,16 +47,16 @@ export interface RuleOptions {
    * it routes (containers and VMs in their own network namespaces) passes as if no agent ran.
    */
   routedWorkloads: boolean;
-  /** Where the kernel fast path's programs that judge a pod's SYN after the DNAT are pinned, once the rules use them (buildDeferRuleset); absent before. */
+  /** Where the kernel fast path's programs that judge a SYN after a DNAT are pinned, once the rules use them (buildDeferRuleset); absent before. */
   deferPrograms?: DeferPrograms;
 }
 
-/** The kernel fast path's programs that iptables' bpf match runs after the DNAT, by their pins. */
+/** The kernel fast path's programs that iptables' bpf match runs after a DNAT, by their pins. */
 export interface DeferPrograms {
   /** Matches a pair of the node's pods the agent judged for the port (synpass_service_backend). */
   backend: string;
-  /** Matches a pod's SYN to another host it holds a kernel client entry for, then sent fast (synpass_service_remote). */
-  remote: string;
+  /** Matches a SYN this host DNATed to a server its sender (a node's pod, a local socket) holds a kernel client entry for, then sent fast (synpass_translated_syn). */
+  translated: string;
 }
 
 function hex(value: number): string {
@@ -219,21 +219,23 @@ export function deferMark(marks: ConnectionMarks): number {
 }
 
 /**
- * On a Kubernetes node with the kernel fast path, as iptables-restore --noflush input after the
- * ruleset (one family's; the same text serves both): a pod's SYN to a service address or node
- * port through which it reached a pod of the node or another host before leaves the tc program
- * with deferMark, and these rules judge it after the DNAT, which chose where it goes. PREROUTING
- * lets it by unqueued.
- * Forwarded, mangle POSTROUTING asks the kernel fast path's programs (iptables' bpf match, by
- * their pins): whether the agent judged the client pod and the chosen pod for its port (then it
- * goes on as such a SYN addressed to that pod would: released, marked judged); else whether the
- * pod holds a kernel client entry for the chosen host and port (then it returns to SYNPASS-OUT,
- * which marks it judged, unreleased: the tc egress program writes its fast option, and its
- * proven SYN-ACK releases the connection, or its retransmit is queued). Otherwise it is queued
- * there, and the agent judges it between the two pods, or gives it the pod's token toward a target
- * network. Delivered to this host (a DNAT to the node's own address), mangle INPUT queues it,
- * where the agent judges it as a pod's SYN to the node; what comes back from that verdict is
- * marked there as SYNPASS-MARK marks it in PREROUTING.
+ * With the kernel fast path, as iptables-restore --noflush input after the ruleset (one family's;
+ * the same text serves both): the rules that judge a SYN after this host's DNAT, by the kernel
+ * fast path's programs (iptables' bpf match, by their pins).
+ * On any host, a SYN on its way to SYNPASS-OUT-Q (a local socket's; on a node, a pod's too) whose
+ * sender holds a kernel client entry for the host and port the DNAT chose (its socket never saw
+ * that address) gets `pass`, which no packet there carries, and returns to SYNPASS-OUT, whose mark
+ * chain marks it judged, unreleased: the tc egress program writes its fast option, and its proven
+ * SYN-ACK releases the connection, or its retransmit is queued.
+ * On a Kubernetes node, also: a pod's SYN to a service address or node port through which it
+ * reached a pod of the node or another host before leaves the tc program with deferMark, and
+ * PREROUTING lets it by unqueued. Forwarded, mangle POSTROUTING asks whether the agent judged the
+ * client pod and the chosen pod for its port (then it goes on as such a SYN addressed to that pod
+ * would: released, marked judged); else whether the pod holds a client entry for the chosen host
+ * and port (then as above). Otherwise it is queued there, and the agent judges it between the two
+ * pods, or gives it the pod's token toward a target network. Delivered to this host (a DNAT to
+ * the node's own address), mangle INPUT queues it, where the agent judges it as a pod's SYN to the
+ * node; what comes back from that verdict is marked there as SYNPASS-MARK marks it in PREROUTING.
  */
 export function buildDeferRuleset(options: RuleOptions, programs: DeferPrograms): string {
   const { marks } = options;
@@ -241,8 +243,15 @@ export function buildDeferRuleset(options: RuleOptions, programs: DeferPrograms)
   const deferred = `${hex(deferMark(marks))}/${hex(deferMark(marks))}`;
   const unmarked = `${hex(marks.pass)}/${hex(marks.pass | marks.judged)}`;
   const release = `${hex(marks.release)}/${hex(marks.release)}`;
+  const pass = `${hex(marks.pass)}/${hex(marks.pass)}`;
+  const translated = [
+    `-I ${CHAINS.egressQueue} 1 ! -o lo -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m bpf --object-pinned ${programs.translated} -j MARK --or-mark ${hex(marks.pass)}`,
+    `-I ${CHAINS.egressQueue} 2 -m mark --mark ${pass} -j RETURN`,
+  ];
+  if (!options.routedWorkloads) return ['*mangle', ...translated, 'COMMIT', ''].join('\n');
   return [
     '*mangle',
+    ...translated,
     `:${DEFER_CHAINS.egress} - [0:0]`,
     `:${DEFER_CHAINS.input} - [0:0]`,
     `-I ${CHAINS.ingress} 1 -m mark --mark ${deferred} -j RETURN`,
@@ -255,7 +264,7 @@ export function buildDeferRuleset(options: RuleOptions, programs: DeferPrograms)
     `-A ${DEFER_CHAINS.egress} -m bpf --object-pinned ${programs.backend} -j MARK --or-mark ${hex(marks.release)}`,
     `-A ${DEFER_CHAINS.egress} -m mark --mark ${release} -j ${CHAINS.mark}`,
     // Still deferred: not a pair (SYNPASS-MARK cleared the mark of those).
-    `-A ${DEFER_CHAINS.egress} -m mark --mark ${deferred} -m bpf --object-pinned ${programs.remote} -j RETURN`,
+    `-A ${DEFER_CHAINS.egress} -m mark --mark ${deferred} -m bpf --object-pinned ${programs.translated} -j RETURN`,
     `-A ${DEFER_CHAINS.egress} -m mark --mark ${deferred} ${queue}`,
     `-A ${DEFER_CHAINS.input} -m mark --mark ${deferred} ${queue}`,
     `-A ${DEFER_CHAINS.input} -j ${CHAINS.mark}`,

@@ -172,6 +172,8 @@ export class KernelFastPath implements KernelPath {
   private serviceRoutes = new Map<string, ServiceRoute>();
   /** The mark a pod's SYN to one of its service routes gets, once the rules judge such SYNs after the DNAT (0: not yet, or never). */
   private deferMark = 0;
+  /** Whether uids' connects name themselves in fast_owners (nameUidOwnersAfterNat). */
+  private nameUidOwners = false;
   private walk: Rejudging | null = null;
   private rejudgeTimer: NodeJS.Immediate | null = null;
   /**
@@ -263,7 +265,7 @@ export class KernelFastPath implements KernelPath {
   attachPrograms(): void {
     const { pinDir, cgroup, interfaces } = this.options;
     try {
-      const taken = this.native.fastPathAttachPrograms(pinDir, cgroup, this.loaded.sockopsFd, this.loaded.programFd, this.egressFd, interfaces);
+      const taken = this.native.fastPathAttachPrograms(pinDir, cgroup, this.loaded.sockopsFd, this.loaded.programFd, this.loaded.egressFd, interfaces);
       this.interfaces.attached.push(...taken.attached);
       this.interfaces.skipped.push(...taken.skipped);
       this.tookOver = taken.tookOver;
@@ -294,14 +296,9 @@ export class KernelFastPath implements KernelPath {
     return loadBinding().fastPathDetach(pinDir);
   }
 
-  /** Where the loader pins the programs iptables' bpf match runs after the DNAT (native/src/bpf_loader.cc, kServiceBackendPin and kServiceRemotePin). */
+  /** Where the loader pins the programs iptables' bpf match runs after a DNAT (native/src/bpf_loader.cc, kServiceBackendPin and kTranslatedSynPin). */
   get deferPrograms(): DeferPrograms {
-    return { backend: join(this.options.pinDir, 'service_backend'), remote: join(this.options.pinDir, 'service_remote') };
-  }
-
-  /** Only a node's pods' SYNs, sent on fast after the DNAT (synpass_service_remote), need the egress program (-1: none). */
-  private get egressFd(): number {
-    return this.options.routedWorkloads === true ? this.loaded.egressFd : -1;
+    return { backend: join(this.options.pinDir, 'service_backend'), translated: join(this.options.pinDir, 'translated_syn') };
   }
 
   /** The mark a local pod's vouched fast SYN gets (0: pods connect through the queue). */
@@ -345,6 +342,7 @@ export class KernelFastPath implements KernelPath {
       podMark: this.podMark,
       judgedMark: this.options.judgedMark ?? 0,
       deferMark: this.deferMark,
+      nameUidOwners: this.nameUidOwners,
     });
     this.native.mapUpdate(this.map('fast_config'), Buffer.alloc(4), value, BPF_ANY);
   }
@@ -441,6 +439,17 @@ export class KernelFastPath implements KernelPath {
   /** From now on the rules judge a pod's SYN marked `mark` after the DNAT: its service routes defer it there. */
   deferServiceSyns(mark: number): void {
     this.deferMark = mark;
+    this.writeConfig();
+  }
+
+  /**
+   * Whether a uid's connect without an entry names itself at its SYN (fast_owners), as a cgroup
+   * workload's always does: where a DNAT of this host may send it to a server the uid holds an entry
+   * for, the rules after the DNAT find its owner so (synpass_translated_syn). Elsewhere it would
+   * cost every such connect a map write for nothing.
+   */
+  nameUidOwnersAfterNat(on: boolean): void {
+    this.nameUidOwners = on;
     this.writeConfig();
   }
 
@@ -872,7 +881,7 @@ export class KernelFastPath implements KernelPath {
     const added: string[] = [];
     for (const name of present) {
       if (attached.includes(name) || skipped.some((entry) => entry.name === name)) continue;
-      const refused = this.native.fastPathAttachInterface(this.options.pinDir, this.loaded.programFd, this.egressFd, name);
+      const refused = this.native.fastPathAttachInterface(this.options.pinDir, this.loaded.programFd, this.loaded.egressFd, name);
       if (refused === null) {
         attached.push(name);
         added.push(name);

@@ -278,11 +278,13 @@ export interface FastConfig {
   judgedMark: number;
   /** Set on a node's pod's SYN to a service address it reached a pod of the node or another host through before: the rules judge it after the DNAT (0: not deferred). */
   deferMark: number;
+  /** This host translates its own output (a local DNAT): a uid's connect without an entry names itself in fast_owners too. */
+  nameUidOwners: boolean;
 }
 
-/** struct fast_config (80 bytes). */
+/** struct fast_config (88 bytes: 84, padded to its 64-bit fields' alignment). */
 export function configValue(config: FastConfig): Buffer {
-  const value = Buffer.alloc(80);
+  const value = Buffer.alloc(88);
   if (LITTLE) value.writeBigInt64LE(config.realtimeOffsetNs, 0);
   else value.writeBigInt64BE(config.realtimeOffsetNs, 0);
   u32(value, 8, config.windowSeconds);
@@ -303,6 +305,7 @@ export function configValue(config: FastConfig): Buffer {
   u32(value, 68, config.podMark);
   u32(value, 72, config.judgedMark);
   u32(value, 76, config.deferMark);
+  u32(value, 80, config.nameUidOwners ? 1 : 0);
   return value;
 }
 

@@ -100,7 +100,7 @@ export interface FastPathLoaded {
   maps: Record<string, number>;
   /** The tc ingress program, for every interface, also those that appear later. */
   programFd: number;
-  /** The tc egress program, beside it on a node's interfaces. */
+  /** The tc egress program, beside it on every interface. */
   egressFd: number;
   sockopsFd: number;
 }
@@ -135,8 +135,8 @@ export interface NativeBinding {
   fastPathLoad(objectPath: string, pinDir: string): FastPathLoaded;
   /**
    * Attaches loaded programs, replacing in place what a previous run kept: sock_ops on the cgroup
-   * (the link pinned under `pinDir`), tc ingress on the interfaces, and tc egress too unless
-   * `egressFd` is -1 (tcx links pinned there too, or clsact filters on a kernel before 6.6).
+   * (the link pinned under `pinDir`), tc ingress and egress on the interfaces (tcx links pinned
+   * there too, or clsact filters on a kernel before 6.6).
    * `tookOver`: a kept link on that cgroup took the new program.
    */
   fastPathAttachPrograms(pinDir: string, cgroupPath: string, sockopsFd: number, programFd: number, egressFd: number, interfaces: readonly string[]): FastPathInterfaces & { tookOver: boolean };

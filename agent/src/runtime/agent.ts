@@ -324,21 +324,26 @@ export class Agent {
   }
 
   /**
-   * On a node: its pods' SYNs to a service address or node port behind which they reached a pod
-   * of the node are judged after the DNAT (rules.ts, buildDeferRuleset), where the kernel lets a
-   * pair of pods it holds by; without the rules (no bpf match in iptables or the kernel) such SYNs
-   * stay on the queue, judged before the DNAT. Why it does or does not, for the log and status.
+   * SYNs this host DNATs (a service address, a node port) are judged after the DNAT (rules.ts,
+   * buildDeferRuleset): the kernel sends one fast whose sender holds a client entry for the server
+   * the DNAT chose, and on a node it lets a pair of its pods by. Without the rules (no bpf match in
+   * iptables or the kernel) such SYNs stay on the queue, and a node's pods' are judged before the
+   * DNAT. Why it does or does not, for the log and status.
    */
   private async deferServiceSyns(path: KernelFastPath): Promise<{ deferred: boolean; reason: string }> {
-    if (this.config.kubernetes === null) return { deferred: false, reason: 'not a Kubernetes node' };
     try {
       if (!(await this.rules.deferServiceSyns(path.deferPrograms))) return { deferred: false, reason: 'no rules installed' };
     } catch (error) {
-      this.log.warn({ err: error }, 'the rules that judge pods\' SYNs after the DNAT failed: a pod\'s SYN to a service address stays on the queue');
+      this.log.warn({ err: error }, 'the rules that judge SYNs after the DNAT failed: a SYN to a service address stays on the queue');
       return { deferred: false, reason: `on the queue: ${(error as Error).message}` };
     }
-    path.deferServiceSyns(deferMark(this.marks));
-    return { deferred: true, reason: 'judged after the DNAT, by the bpf match in mangle POSTROUTING' };
+    if (this.config.kubernetes !== null) path.deferServiceSyns(deferMark(this.marks));
+    // Checked once, here: a NAT rule added later serves cgroup workloads' connects only.
+    const installed = this.rules.installed;
+    const translating = installed !== null && (await natInUse(installed).catch(() => true));
+    path.nameUidOwnersAfterNat(translating);
+    const uids = translating ? '' : '; no NAT rules at start: only cgroup workloads\' connections through a later one';
+    return { deferred: true, reason: `judged after the DNAT, by the bpf match in mangle POSTROUTING${uids}` };
   }
 
   /**

@@ -202,13 +202,31 @@ describe('buildRemoval', () => {
     assert.equal(rulesPresent(['*mangle', ...flushed, 'COMMIT'].join('\n'), options), false);
   });
 
+  it('sends a SYN this host DNATed fast when the pinned program finds its sender\'s entry: back to SYNPASS-OUT with `pass`, before SYNPASS-OUT-Q queues it; on a host that is no node, nothing more', () => {
+    const pins = { backend: '/sys/fs/bpf/synpass/service_backend', translated: '/sys/fs/bpf/synpass/translated_syn' };
+    const host = { ...options, routedWorkloads: false };
+    const translated = [
+      `-I SYNPASS-OUT-Q 1 ! -o lo -p tcp -m tcp --tcp-flags SYN,ACK,FIN,RST SYN -m bpf --object-pinned ${pins.translated} -j MARK --or-mark 0x100000`,
+      '-I SYNPASS-OUT-Q 2 -m mark --mark 0x100000/0x100000 -j RETURN',
+    ];
+    assert.deepEqual(buildDeferRuleset(host, pins).split('\n'), ['*mangle', ...translated, 'COMMIT', '']);
+    // No packet reaches SYNPASS-OUT-Q carrying `pass`: only the program's match returns.
+    assert.ok(buildRuleset(4, host).includes('-A SYNPASS-OUT -m mark ! --mark 0x100000/0x100000 -j SYNPASS-OUT-Q'));
+    assert.ok(buildRuleset(4, host).includes('-A SYNPASS-OUT -m mark --mark 0x100000/0x100000 -j SYNPASS-MARK'));
+    const node = { ...options, routedWorkloads: true };
+    assert.deepEqual(buildDeferRuleset(node, pins).split('\n').slice(1, 3), translated);
+    const saved = (text: string) => text.split('\n').filter((line) => line.startsWith('-A ') || line.startsWith('-I ') || line.startsWith(':')).map((line) => line.replace(/^-I (\S+) \d+ /, '-A $1 '));
+    const both = ['*mangle', ...saved(buildRuleset(4, host)), ...saved(buildDeferRuleset(host, pins)), 'COMMIT'].join('\n');
+    assert.equal(rulesPresent(both, { ...host, deferPrograms: pins }), true);
+  });
+
   it('judges a node\'s pods\' deferred SYNs after the DNAT: unqueued in PREROUTING, the pinned programs or the queue in POSTROUTING, the queue in INPUT', () => {
     const node = { ...options, routedWorkloads: true };
-    const pins = { backend: '/sys/fs/bpf/synpass/service_backend', remote: '/sys/fs/bpf/synpass/service_remote' };
+    const pins = { backend: '/sys/fs/bpf/synpass/service_backend', translated: '/sys/fs/bpf/synpass/translated_syn' };
     const deferred = `0x${deferMark(node.marks).toString(16)}/0x${deferMark(node.marks).toString(16)}`;
     assert.equal(deferMark(node.marks), node.marks.pass | node.marks.budgeted);
     const rules = buildDeferRuleset(node, pins).split('\n');
-    assert.deepEqual(rules.filter((line) => line.startsWith('-I ')), [
+    assert.deepEqual(rules.filter((line) => line.startsWith('-I ') && !line.startsWith('-I SYNPASS-OUT-Q ')), [
       `-I SYNPASS-IN 1 -m mark --mark ${deferred} -j RETURN`,
       `-I SYNPASS-OUT 1 -m mark --mark ${deferred} -j SYNPASS-DEFER`,
       '-I INPUT 1 -p tcp -m mark --mark 0x100000/0x900000 -j SYNPASS-DEFER-IN',
@@ -217,7 +235,7 @@ describe('buildRemoval', () => {
       `-A SYNPASS-DEFER -m bpf --object-pinned ${pins.backend} -j MARK --or-mark 0x400000`,
       '-A SYNPASS-DEFER -m mark --mark 0x400000/0x400000 -j SYNPASS-MARK',
       // Back in SYNPASS-OUT it carries `pass`, which its SYNPASS-MARK jump clears: judged, not released.
-      `-A SYNPASS-DEFER -m mark --mark ${deferred} -m bpf --object-pinned ${pins.remote} -j RETURN`,
+      `-A SYNPASS-DEFER -m mark --mark ${deferred} -m bpf --object-pinned ${pins.translated} -j RETURN`,
       `-A SYNPASS-DEFER -m mark --mark ${deferred} -j NFQUEUE --queue-num 3170`,
       `-A SYNPASS-DEFER-IN -m mark --mark ${deferred} -j NFQUEUE --queue-num 3170`,
       '-A SYNPASS-DEFER-IN -j SYNPASS-MARK',

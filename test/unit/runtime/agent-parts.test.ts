@@ -79,7 +79,7 @@ describe('rules watchdog', () => {
     const { log } = capturingLog();
     const { operations, calls } = scriptedIptables([{ present: false, unjudgedSyns: 0, sourceLimitedPackets: 0, rulesAhead: 0 }]);
     const watchdog = new RulesWatchdog(OPTIONS, 'nft', log, operations);
-    const pins = { backend: '/sys/fs/bpf/synpass/service_backend', remote: '/sys/fs/bpf/synpass/service_remote' };
+    const pins = { backend: '/sys/fs/bpf/synpass/service_backend', translated: '/sys/fs/bpf/synpass/translated_syn' };
     assert.equal(await watchdog.deferServiceSyns(pins), false, 'no rules yet: nothing to add to');
     await watchdog.install();
     assert.equal(await watchdog.deferServiceSyns(pins), true);
@@ -89,7 +89,7 @@ describe('rules watchdog', () => {
     const refusing = scriptedIptables([]);
     const without = new RulesWatchdog(OPTIONS, 'nft', log, refusing.operations);
     await without.install();
-    await assert.rejects(without.deferServiceSyns({ backend: '/refused/service_backend', remote: '/refused/service_remote' }), /bpf/);
+    await assert.rejects(without.deferServiceSyns({ backend: '/refused/service_backend', translated: '/refused/translated_syn' }), /bpf/);
     assert.deepEqual(refusing.calls, ['install nft', 'defer by /refused/service_backend', 'install nft']);
   });
 
