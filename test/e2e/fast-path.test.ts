@@ -1181,7 +1181,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     const webBefore = await fast(web);
     await api.process.stop('SIGTERM');
     assert.ok(api.process.lines.some((line) => line.msg === 'kernel fast path kept for the next start'), 'the stopping agent says it kept the fast path');
-    assert.deepEqual(leftovers('api'), [`pins at ${lab.pinDir('api')}`, `sock_ops on ${lab.cgroup('api')}`, 'tcx link on api/eth0'], 'programs kept, rules gone');
+    assert.deepEqual(leftovers('api'), [`pins at ${lab.pinDir('api')}`, `sock_ops on ${lab.cgroup('api')}`, 'tcx link on api/eth0', 'tcx link on api/eth0 egress'], 'programs kept, rules gone');
     // fast_config: no `untracked` mark for raw rules that are gone (offset 36); the agent is away (52).
     assert.deepEqual([pinnedConfigWord('api', 36), pinnedConfigWord('api', 52)], [0, 1]);
     const down = pinnedCounters('api');
@@ -1294,13 +1294,13 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     await connectsInKernel();
   });
 
-  /** Whether the host's pinned tcx link (Linux 6.6) holds the fast path's tc program on eth0's ingress. */
-  function tcxLinkOn(host: 'api' | 'web'): boolean {
-    const pin = join(lab.pinDir(host), 'tcx_eth0');
+  /** Whether the host's pinned tcx link (Linux 6.6) holds the fast path's tc program on eth0's ingress (or its egress program on eth0's egress). */
+  function tcxLinkOn(host: 'api' | 'web', hook: 'ingress' | 'egress' = 'ingress'): boolean {
+    const pin = join(lab.pinDir(host), hook === 'ingress' ? 'tcx_eth0' : 'tcx_eth0:egress');
     if (!existsSync(pin) || !statSync(pin).isFile()) return false;
     const link = bpftool('link', 'show', 'pinned', pin) as { type: number | string; prog_id: number };
     const program = bpftool('prog', 'show', 'id', String(link.prog_id)) as { name: string };
-    return (link.type === 11 || link.type === 'tcx') && program.name === 'synpass_ingress';
+    return (link.type === 11 || link.type === 'tcx') && program.name === `synpass_${hook}`;
   }
 
   function leftovers(host: 'api' | 'web'): string[] {
@@ -1308,9 +1308,11 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     if (existsSync(lab.pinDir(host))) found.push(`pins at ${lab.pinDir(host)}`);
     const attached = execFileSync('bpftool', ['cgroup', 'show', lab.cgroup(host)], { encoding: 'utf8' });
     if (attached.includes('sock_ops')) found.push(`sock_ops on ${lab.cgroup(host)}`);
-    if (tcxLinkOn(host)) found.push(`tcx link on ${host}/eth0`);
-    const filters = lab.exec(host, ['tc', 'filter', 'show', 'dev', 'eth0', 'ingress']);
-    if (filters.includes('synpass_ingress')) found.push(`tc filter on ${host}/eth0`);
+    for (const hook of ['ingress', 'egress'] as const) {
+      const at = `${host}/eth0${hook === 'egress' ? ' egress' : ''}`;
+      if (tcxLinkOn(host, hook)) found.push(`tcx link on ${at}`);
+      if (lab.exec(host, ['tc', 'filter', 'show', 'dev', 'eth0', hook]).includes(`synpass_${hook}`)) found.push(`tc filter on ${at}`);
+    }
     for (const save of ['iptables-save', 'ip6tables-save']) {
       if (lab.exec(host, [save]).includes('SYNPASS')) found.push(`${save}: synpass rules`);
     }
@@ -1341,23 +1343,25 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
 
   it('where the tcx link cannot be had, the tc program goes on a clsact filter instead and judges from there', async () => {
     await api.process.stop('SIGTERM');
-    // A directory where the link's pin goes: pinning fails, and the agent falls back as on a
-    // kernel before 6.6, which refuses the link itself.
-    const blocker = join(lab.pinDir('api'), 'tcx_eth0');
-    mkdirSync(blocker, { recursive: true });
+    // Directories where the links' pins go: pinning fails, and the agent falls back as on a
+    // kernel before 6.6, which refuses the links themselves.
+    for (const pin of ['tcx_eth0', 'tcx_eth0:egress']) mkdirSync(join(lab.pinDir('api'), pin), { recursive: true });
+    const filters = (hook: 'ingress' | 'egress') => lab.exec('api', ['tc', 'filter', 'show', 'dev', 'eth0', hook]);
     try {
       api = await startApi();
-      assert.equal(tcxLinkOn('api'), false);
-      assert.match(lab.exec('api', ['tc', 'filter', 'show', 'dev', 'eth0', 'ingress']), /synpass_ingress/);
+      assert.deepEqual([tcxLinkOn('api'), tcxLinkOn('api', 'egress')], [false, false]);
+      assert.match(filters('ingress'), /synpass_ingress/);
+      assert.match(filters('egress'), /synpass_egress/);
       assert.deepEqual(((await api.status()) as unknown as { kernelFastPath: { interfaces: string[] } }).kernelFastPath.interfaces, ['eth0']);
       await connectsInKernel();
       await api.process.stop('SIGTERM');
-      assert.doesNotMatch(lab.exec('api', ['tc', 'filter', 'show', 'dev', 'eth0', 'ingress']), /synpass_ingress/, 'the stop took the filter off');
+      assert.doesNotMatch(filters('ingress'), /synpass_ingress/, 'the stop took the filter off');
+      assert.doesNotMatch(filters('egress'), /synpass_egress/, 'the stop took the egress filter off');
     } finally {
       rmSync(lab.pinDir('api'), { recursive: true, force: true });
       api = await startApi();
     }
-    assert.equal(tcxLinkOn('api'), true);
+    assert.deepEqual([tcxLinkOn('api'), tcxLinkOn('api', 'egress')], [true, true]);
   });
 
   it('a stopped agent leaves nothing; `agent cleanup` removes what a killed agent left', async () => {
@@ -1366,7 +1370,7 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     await api.process.stop('SIGKILL');
     assert.deepEqual(
       leftovers('api'),
-      [`pins at ${lab.pinDir('api')}`, `sock_ops on ${lab.cgroup('api')}`, 'tcx link on api/eth0', 'iptables-save: synpass rules', 'ip6tables-save: synpass rules', 'nftables table inet synpass'],
+      [`pins at ${lab.pinDir('api')}`, `sock_ops on ${lab.cgroup('api')}`, 'tcx link on api/eth0', 'tcx link on api/eth0 egress', 'iptables-save: synpass rules', 'ip6tables-save: synpass rules', 'nftables table inet synpass'],
       'a killed agent leaves its pins, links, rules and notrack table',
     );
     const cleanup = lab.spawn('api', [...synpassCommand(), 'agent', 'cleanup', '--fast-path-pin-dir', lab.pinDir('api')]);
