@@ -275,6 +275,18 @@ static __always_inline void write_be64(__u8 *p, __u64 v) {
   write_be32(p + 4, (__u32)v);
 }
 
+/* A SYN's fast option (kind, length, ExID, fast id, time, MAC), as the sock_ops program writes it
+ * and the tc egress program after a DNAT. */
+static __always_inline void fast_syn_option(__u8 opt[FAST_SYN_OPT_LEN], const __u8 key[16], __u32 fast_id, __u32 time, __u32 isn) {
+  opt[0] = FAST_OPT_KIND;
+  opt[1] = FAST_SYN_OPT_LEN;
+  opt[2] = FAST_OPT_EXID >> 8;
+  opt[3] = FAST_OPT_EXID & 0xff;
+  write_be32(opt + 4, fast_id);
+  write_be32(opt + 8, time);
+  write_be64(opt + 12, syn_mac(key, fast_id, time, isn));
+}
+
 static __always_inline void mapped_ipv4(__u8 out[16], __u32 address_be) {
   __builtin_memset(out, 0, 10);
   out[10] = 0xff;
@@ -858,9 +870,8 @@ int synpass_translated_syn(struct __sk_buff *skb) {
     }
     return 0;
   }
-  struct conn_value fresh = {.fast_id = entry->fast_id, .translated = 1, .owner_kind = client.owner_kind, .owner = client.owner, .client_port = bpf_ntohs(syn.tcp.source)};
+  struct conn_value fresh = {.fast_id = entry->fast_id, .translated = 1, .owner_kind = client.owner_kind, .owner = client.owner};
   __builtin_memcpy(fresh.key, entry->key, 16);
-  __builtin_memcpy(fresh.client, syn.pair.client, 16);
   return bpf_map_update_elem(&fast_conns, &key, &fresh, BPF_NOEXIST) == 0;
 }
 
@@ -875,10 +886,8 @@ static __always_inline int insert_fast_option(struct __sk_buff *skb, const struc
   __u32 header_bytes = sizeof(struct tcphdr) + p->option_bytes;
   __u32 end = p->option_base + p->option_bytes;
   if (p->option_bytes + FAST_SYN_OPT_LEN > MAX_OPTION_BYTES || skb->len != end) return -1;
-  __u8 opt[FAST_SYN_OPT_LEN] = {FAST_OPT_KIND, FAST_SYN_OPT_LEN, FAST_OPT_EXID >> 8, FAST_OPT_EXID & 0xff};
-  write_be32(opt + 4, sent->fast_id);
-  write_be32(opt + 8, time);
-  write_be64(opt + 12, syn_mac(sent->key, sent->fast_id, time, bpf_ntohl(p->tcp.seq)));
+  __u8 opt[FAST_SYN_OPT_LEN];
+  fast_syn_option(opt, sent->key, sent->fast_id, time, bpf_ntohl(p->tcp.seq));
   if (bpf_skb_change_tail(skb, end + FAST_SYN_OPT_LEN, 0) < 0) return -1;
   if (bpf_skb_store_bytes(skb, end, opt, sizeof(opt), 0) < 0) return -1;
   __u32 check_at = tcp_offset + __builtin_offsetof(struct tcphdr, check);
@@ -1147,10 +1156,8 @@ static __always_inline void write_client_syn(struct bpf_sock_ops *ops, const str
   struct tcphdr *th = ops->skb_data;
   if ((void *)(th + 1) > ops->skb_data_end) return;
   __u32 isn = bpf_ntohl(th->seq);
-  __u8 opt[FAST_SYN_OPT_LEN] = {FAST_OPT_KIND, FAST_SYN_OPT_LEN, FAST_OPT_EXID >> 8, FAST_OPT_EXID & 0xff};
-  write_be32(opt + 4, state->fast_id);
-  write_be32(opt + 8, time);
-  write_be64(opt + 12, syn_mac(state->key, state->fast_id, time, isn));
+  __u8 opt[FAST_SYN_OPT_LEN];
+  fast_syn_option(opt, state->key, state->fast_id, time, isn);
   if (bpf_store_hdr_opt(ops, opt, sizeof(opt), 0) != 0) return;
   state->isn = isn;
   struct sent_key key = {};
