@@ -75,7 +75,7 @@ struct {
   __uint(type, BPF_MAP_TYPE_LRU_HASH);
   __uint(max_entries, 131072);
   __type(key, struct replay_key);
-  __type(value, __u8);
+  __type(value, struct replay_value);
 } fast_replay SEC(".maps");
 
 /* Server: 1 for each local port that admits no peer without identity, from any address (the
@@ -209,6 +209,13 @@ static __always_inline struct fast_config *config(void) {
   __u32 zero = 0;
   struct fast_config *cfg = bpf_map_lookup_elem(&fast_config, &zero);
   return cfg && cfg->enabled ? cfg : 0;
+}
+
+/* The mark that leaves a connection judged now out of conntrack: 0 where the fast path keeps
+ * conntrack, from the start or since NAT rules appeared (track_new). A connection judged before
+ * keeps what it was given (its flow's and its socket's untracked), whatever this says later. */
+static __always_inline __u32 skip_conntrack_mark(const struct fast_config *cfg) {
+  return cfg->track_new ? 0 : cfg->untracked_mark;
 }
 
 static __always_inline __u32 now_seconds(const struct fast_config *cfg) {
@@ -447,7 +454,8 @@ static __always_inline int addressed_here(struct __sk_buff *skb, const struct fa
  * without walking a chain (rules.ts). Where conntrack is kept, the chain walks it, and copies
  * accept_mark's release into the connmark. */
 static __always_inline __u32 untracked_judged(const struct fast_config *cfg) {
-  return cfg->untracked_mark != 0 ? cfg->untracked_mark | cfg->judged_mark : 0;
+  __u32 untracked = skip_conntrack_mark(cfg);
+  return untracked != 0 ? untracked | cfg->judged_mark : 0;
 }
 
 static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fast_config *cfg, struct parsed *p, const __u8 opt[FAST_SYN_OPT_LEN], __u32 now) {
@@ -470,11 +478,12 @@ static __always_inline int judge_fast_syn(struct __sk_buff *skb, const struct fa
   /* Only a proven SYN reaches the replay table, so a flood of forgeries cannot evict it. */
   struct replay_key seen = {.fast_id = key.fast_id, .isn = isn, .time = time};
   __builtin_memcpy(seen.address, p->source, 16);
-  __u8 one = 1;
-  if (bpf_map_update_elem(&fast_replay, &seen, &one, BPF_NOEXIST) != 0) return drop(FAST_SYN_REPLAYED, p, key.fast_id);
+  struct replay_value proven = {.retiring = entry->retiring};
+  __builtin_memcpy(proven.key, entry->key, 16);
+  if (bpf_map_update_elem(&fast_replay, &seen, &proven, BPF_NOEXIST) != 0) return drop(FAST_SYN_REPLAYED, p, key.fast_id);
   struct flow_key conn = {};
   flow_of(p, &conn);
-  struct flow_value flow = {.fast_id = key.fast_id, .proven_peer = 1, .untracked = cfg->untracked_mark != 0};
+  struct flow_value flow = {.fast_id = key.fast_id, .proven_peer = 1, .untracked = skip_conntrack_mark(cfg) != 0};
   bpf_map_update_elem(&fast_flows, &conn, &flow, BPF_ANY);
   skb->mark |= cfg->accept_mark | untracked_judged(cfg);
   count(FAST_SYN_ACCEPTED);
@@ -494,7 +503,7 @@ static __always_inline int vouch_pod_syn(struct __sk_buff *skb, const struct fas
   struct conn_value *sent = bpf_map_lookup_elem(&fast_conns, &key);
   if (!sent || !sent->pod || sent->client_port != bpf_ntohs(p->tcp.source) || !same_address(sent->client, p->source)) return -1;
   if (read_be32(opt + 4) != sent->fast_id || syn_mac(sent->key, sent->fast_id, read_be32(opt + 8), key.isn) != read_be64(opt + 12)) return -1;
-  skb->mark |= cfg->pod_mark | cfg->untracked_mark;
+  skb->mark |= cfg->pod_mark | (sent->untracked ? cfg->untracked_mark : 0);
   return TC_ACT_OK;
 }
 
@@ -560,8 +569,8 @@ static __always_inline int judge_synack(struct __sk_buff *skb, const struct fast
    * here, and so this answer. One with a marker (the server's agent answered) stays unmarked, so
    * that the agent here judges it and its token never reaches the socket. A connection through
    * this host's DNAT needs conntrack, to undo the translation, as after a fallback. */
-  __u32 tracked = sent->fallback || sent->translated;
-  __u32 mark = any_marker_option(skb, p) ? (tracked ? 0 : cfg->untracked_mark) : cfg->accept_mark | (tracked ? 0 : untracked_judged(cfg));
+  __u32 tracked = sent->fallback || sent->translated || !sent->untracked;
+  __u32 mark = any_marker_option(skb, p) ? (tracked ? 0 : cfg->untracked_mark) : cfg->accept_mark | (tracked ? 0 : cfg->untracked_mark | cfg->judged_mark);
   skb->mark |= mark;
   if (sent->translated) forget_translated(&key, sent, p);
   return TC_ACT_OK;
@@ -1076,7 +1085,7 @@ static __always_inline void client_connect(struct bpf_sock_ops *ops, const struc
   state->owner_kind = key.owner_kind;
   state->owner = key.owner;
   state->pod = key.owner_kind == OWNER_POD;
-  __u32 untracked = READ_U32(cfg->untracked_mark), judged = READ_U32(cfg->client_mark);
+  __u32 untracked = READ_U32(cfg->track_new) ? 0 : READ_U32(cfg->untracked_mark), judged = READ_U32(cfg->client_mark);
   state->untracked = untracked != 0;
   __builtin_memcpy(state->key, entry->key, 16);
   /* The SYN leaves marked so that the egress rules do not queue it: where conntrack is skipped,
@@ -1102,10 +1111,12 @@ static __always_inline int client_syn(const struct bpf_sock_ops *ops) {
   return (ops->skb_tcp_flags & TCPHDR_SYN_ACK_MASK) == 0x02;
 }
 
-static __always_inline int syn_fast_id(struct bpf_sock_ops *ops, __u32 *fast_id) {
+/* The fast option of the SYN the socket answers: its fast id and time. 0 when it has none. */
+static __always_inline int syn_fast_option(struct bpf_sock_ops *ops, __u32 *fast_id, __u32 *time) {
   __u8 search[FAST_SYN_OPT_LEN] = {FAST_OPT_KIND, 4, FAST_OPT_EXID >> 8, FAST_OPT_EXID & 0xff};
   if (bpf_load_hdr_opt(ops, search, sizeof(search), BPF_LOAD_HDR_OPT_TCP_SYN) != FAST_SYN_OPT_LEN) return 0;
   *fast_id = read_be32(search + 4);
+  *time = read_be32(search + 8);
   return 1;
 }
 
@@ -1120,10 +1131,10 @@ static __always_inline void client_after_syn(struct bpf_sock_ops *ops, const str
   if (!state) return;
   if (state->state == SOCK_FAST && ops->state == BPF_TCP_ESTABLISHED) {
     state->state = SOCK_RELEASING;
-    if (!state->pod) set_mark(ops, state->original_mark | cfg->accept_mark | cfg->untracked_mark);
+    if (!state->pod) set_mark(ops, state->original_mark | cfg->accept_mark);
   } else if (state->state == SOCK_RELEASING) {
     state->state = SOCK_DONE;
-    if (!state->pod) set_mark(ops, state->original_mark | cfg->untracked_mark);
+    if (!state->pod) set_mark(ops, state->original_mark);
     bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags & ~(BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG));
   }
 }
@@ -1143,8 +1154,8 @@ static __always_inline void reserve_option(struct bpf_sock_ops *ops, const struc
     if (state && state->state == SOCK_FAST) bpf_reserve_hdr_opt(ops, FAST_SYN_OPT_LEN, 0);
     else if (state && state->state == SOCK_NAMING) name_owner(ops, state);
   } else if (flags == 0x12) {
-    __u32 fast_id;
-    bpf_reserve_hdr_opt(ops, syn_fast_id(ops, &fast_id) ? FAST_SYNACK_OPT_LEN : FAST_READY_OPT_LEN, 0);
+    __u32 fast_id, time;
+    bpf_reserve_hdr_opt(ops, syn_fast_option(ops, &fast_id, &time) ? FAST_SYNACK_OPT_LEN : FAST_READY_OPT_LEN, 0);
   } else {
     client_after_syn(ops, cfg);
   }
@@ -1163,15 +1174,15 @@ static __always_inline void write_client_syn(struct bpf_sock_ops *ops, const str
   struct sent_key key = {};
   socket_sent(ops, isn, &key);
   struct flow_key flow = {};
-  if (state->pod || cfg->untracked_mark != 0) socket_flow(ops, &flow);
-  struct conn_value sent = {.fast_id = state->fast_id, .pod = state->pod};
+  if (state->pod || state->untracked) socket_flow(ops, &flow);
+  struct conn_value sent = {.fast_id = state->fast_id, .pod = state->pod, .untracked = (__u16)state->untracked};
   __builtin_memcpy(sent.key, state->key, 16);
   if (state->pod) {
     __builtin_memcpy(sent.client, flow.local, 16);
     sent.client_port = flow.local_port;
   }
   bpf_map_update_elem(&fast_conns, &key, &sent, BPF_ANY);
-  if (cfg->untracked_mark != 0) {
+  if (state->untracked) {
     struct flow_value untracked = {.untracked = 1};
     bpf_map_update_elem(&fast_flows, &flow, &untracked, BPF_ANY);
     if (state->pod) {
@@ -1185,21 +1196,36 @@ static __always_inline void write_client_syn(struct bpf_sock_ops *ops, const str
 }
 
 static __always_inline void write_server_synack(struct bpf_sock_ops *ops) {
-  __u32 fast_id;
-  if (!syn_fast_id(ops, &fast_id)) {
+  __u32 fast_id, time;
+  if (!syn_fast_option(ops, &fast_id, &time)) {
     __u8 ready[FAST_READY_OPT_LEN] = {FAST_OPT_KIND, FAST_READY_OPT_LEN, FAST_READY_EXID >> 8, FAST_READY_EXID & 0xff};
     bpf_store_hdr_opt(ops, ready, sizeof(ready), 0);
     return;
   }
   struct tcphdr *th = ops->skb_data;
   if ((void *)(th + 1) > ops->skb_data_end) return;
+  __u32 client_isn = bpf_ntohl(th->ack_seq) - 1;
   struct server_key key = {.fast_id = fast_id, .port = ops->local_port};
   local_and_remote(ops, key.local, key.address);
+  const __u8 *mac_key;
+  __u32 retiring;
   struct server_value *entry = bpf_map_lookup_elem(&fast_servers, &key);
-  if (!entry) return;
+  if (entry) {
+    mac_key = entry->key;
+    retiring = entry->retiring;
+  } else {
+    /* A DNAT or redirect sent the SYN to this socket after the tc program proved it for the
+     * address and port it named: the record of that proof, found by what the translation keeps. */
+    struct replay_key seen = {.fast_id = fast_id, .isn = client_isn, .time = time};
+    __builtin_memcpy(seen.address, key.address, 16);
+    struct replay_value *proven = bpf_map_lookup_elem(&fast_replay, &seen);
+    if (!proven) return;
+    mac_key = proven->key;
+    retiring = proven->retiring;
+  }
   __u8 opt[FAST_SYNACK_OPT_LEN] = {FAST_OPT_KIND, FAST_SYNACK_OPT_LEN, FAST_OPT_EXID >> 8, FAST_OPT_EXID & 0xff};
-  __u32 label = entry->retiring ? LABEL_SYNACK_RETIRING : LABEL_SYNACK;
-  write_be64(opt + 4, synack_mac(entry->key, label, fast_id, bpf_ntohl(th->ack_seq) - 1, bpf_ntohl(th->seq)));
+  __u32 label = retiring ? LABEL_SYNACK_RETIRING : LABEL_SYNACK;
+  write_be64(opt + 4, synack_mac(mac_key, label, fast_id, client_isn, bpf_ntohl(th->seq)));
   if (bpf_store_hdr_opt(ops, opt, sizeof(opt), 0) == 0) count(FAST_SYNACK_SIGNED);
 }
 
@@ -1258,7 +1284,7 @@ static __always_inline void client_established(struct bpf_sock_ops *ops, const s
     /* Whoever answered the retransmit, the socket asks for nothing more. */
     state->state = SOCK_DONE;
     bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags & ~(BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG));
-  } else if (cfg->untracked_mark != 0) {
+  } else if (state->untracked || skip_conntrack_mark(cfg) != 0) {
     /* Where the fast path skips conntrack, no rule walks the connection's segments (they carry
      * untracked), so none needs the accept marks on its handshake ACK (client_after_syn): the
      * socket keeps the mark its SYN left with, its own and untracked (or gets it now, if it

@@ -41,6 +41,7 @@ struct fast_config {
   __u32 judged_mark;        /* on a fast SYN or SYN-ACK the kernel proved: with untracked_mark, the rules need not jump for it to mark it judged */
   __u32 defer_mark;         /* on a node, on a pod's SYN to a service address routed past the DNAT (fast_pod_pairs, deferred); 0 until the rules that take it are in */
   __u32 name_uid_owners;    /* this host translates its own output (a local DNAT): a uid's connect without an entry names itself in fast_owners too, so that synpass_translated_syn finds its owner after the DNAT */
+  __u32 track_new;          /* NAT rules appeared after untracked_mark was set: connections judged from now on keep conntrack (a NAT rule applies only to tracked ones); untracked_mark still marks the later packets of those judged before */
 };
 
 /* One kernel verdict for the agent's flow log (ring buffer `fast_events`). A drop is reported
@@ -151,7 +152,7 @@ struct conn_value {
   __u32 pod;      /* a local pod sent it: where it enters the node, tc vouches for it (vouch_pod_syn) */
   __u8 client[16]; /* the pod's address and port, which that SYN must come from */
   __u16 client_port;
-  __u16 pad;
+  __u16 untracked;  /* its SYN left untracked (skip_conntrack at connect): so does the rest of its handshake */
   __u32 translated; /* a SYN this host DNATed (a service address) to this server, of a local pod or socket: the tc
                      * egress program writes its option (synpass_translated_syn); conntrack keeps its connection */
   __u32 owner_kind; /* with translated: the client entry it took (its address and port are the key's) */
@@ -183,6 +184,14 @@ struct replay_key {
   __u32 isn;
   __u32 time;
   __u32 pad;
+};
+
+/* What proved an accepted fast SYN: the server_value's key and whether it was retiring. The
+ * SYN-ACK's MAC is written under it where the socket's own address and port name no entry (a
+ * DNAT or redirect to a local listener after the tc program judged the SYN). */
+struct replay_value {
+  __u8 key[16];
+  __u32 retiring;
 };
 
 /* A connection the fast path judged (fast_flows). */

@@ -101,7 +101,7 @@ function load(object: string, name: string, configured: boolean): { programs: st
   bpftool(['prog', 'loadall', object, program, ...(configured ? ['pinmaps', maps] : [])]);
   if (configured) {
     // defer_mark set, as on a node whose rules judge its pods' SYNs after the DNAT: the egress program works then.
-    const config = configValue({ realtimeOffsetNs: 0n, windowSeconds: 30, acceptMark: 0x100, clientMark: 0x200, acceptSample: 0, sourceRate: 0, sourceBurst: 0, budgetMark: 0x400, untrackedMark: 0x800, workloadCgroups: 0, vouchedUntil: Date.now() / 1000 + 3600, agentAway: false, netnsCookie: 0n, routedWorkloads: false, podMark: 0, judgedMark: JUDGED_MARK, deferMark: 0x2000, nameUidOwners: false });
+    const config = configValue({ realtimeOffsetNs: 0n, windowSeconds: 30, acceptMark: 0x100, clientMark: 0x200, acceptSample: 0, sourceRate: 0, sourceBurst: 0, budgetMark: 0x400, untrackedMark: 0x800, workloadCgroups: 0, vouchedUntil: Date.now() / 1000 + 3600, agentAway: false, netnsCookie: 0n, routedWorkloads: false, podMark: 0, judgedMark: JUDGED_MARK, deferMark: 0x2000, nameUidOwners: false, trackNew: false });
     // Fields are only appended to struct fast_config: an older object takes the part it knows.
     const size = (JSON.parse(bpftool(['map', 'show', 'pinned', join(maps, 'fast_config'), '-j'])) as { bytes_value: number }).bytes_value;
     bpftool(['map', 'update', 'pinned', join(maps, 'fast_config'), 'key', ...hex(new Uint8Array(4)), 'value', ...hex(config.subarray(0, size))]);

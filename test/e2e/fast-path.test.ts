@@ -672,6 +672,68 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     }
   });
 
+  it('NAT rules added after the agents started: from their next rule check, connections the kernel judges keep conntrack, so the rules translate them (a server\'s redirect, whose listener answers with the MAC of the entry that proved the SYN), and a uid\'s connection through its host\'s DNAT goes fast; a connection judged before goes on untracked', async () => {
+    const service = lab.address('api').replace(/\d+$/, '201');
+    // On api, web's connections to the echo port go to another HTTP server instead (a redirect
+    // the tc program judges at the port the SYN names, 7000, before it), on a port no entry of
+    // api's names; on web, a service address.
+    const redirected = 7002;
+    const redirectedServer = lab.peer('api', ['server', String(redirected), 'http']);
+    await redirectedServer.waitFor((l) => l.listening === redirected);
+    const redirect = ['iptables', '-t', 'nat', '-A', 'PREROUTING', '-s', lab.address('web'), '-p', 'tcp', '--dport', String(ECHO), '-j', 'REDIRECT', '--to-ports', String(redirected)];
+    const dnat = ['iptables', '-t', 'nat', '-A', 'OUTPUT', '-d', service, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${lab.address('api')}:${PORT}`];
+    for (const agent of [api, web]) assert.deepEqual((await fast(agent)).conntrack, { skipped: true, reason: 'skipped (auto), by nftables' });
+    assert.match((await fast(web)).serviceSyns?.reason ?? '', /; no NAT rules at start: a uid's connection through a later one goes fast from the rule check that finds it$/);
+    // Both ports known to web's uid first (first contact, or fast already).
+    assert.equal(await http(), true);
+    assert.equal((await lab.peerOnce('web', ['echo', lab.address('api'), String(ECHO), 'before'])).echoed, 'before');
+    const held = lab.peer('web', ['hold', lab.address('api'), String(ECHO)], { stdin: true });
+    const heldPort = Number((await held.waitFor((l) => l.connected === true)).localPort);
+    assert.equal(conntrackEntry('api', heldPort), undefined, 'the held connection is untracked');
+    try {
+      lab.exec('api', redirect);
+      lab.exec('web', dnat);
+      const kept = /^kept from \S+: this network namespace has NAT rules now \(auto\); connections judged before stay out of conntrack$/;
+      await waitUntil('both agents find the NAT rules', async () => kept.test((await fast(api)).conntrack.reason) && kept.test((await fast(web)).conntrack.reason), 15_000);
+      for (const agent of [api, web]) assert.equal((await fast(agent)).conntrack.skipped, false);
+      assert.equal((await fast(web)).serviceSyns?.reason, 'judged after the DNAT, by the bpf match in mangle POSTROUTING');
+      const found = await api.process.waitFor((l) => l.msg === 'NAT rules found after start: the kernel fast path follows them from now on', 1_000);
+      assert.equal((found.conntrack as { skipped: boolean }).skipped, false);
+
+      // Through api's redirect, proven in its kernel: a fast SYN to 7000 answered by the HTTP
+      // server on 7002. Its SYN-ACK carries the MAC under the key of the entry that proved the SYN
+      // (its record in fast_replay): no entry names port 7002.
+      const entriesFor7002 = dumpPinnedMap(join(lab.pinDir('api'), 'fast_servers')).filter(({ key }) => key.readUInt16LE(36) === redirected);
+      assert.deepEqual(entriesFor7002, [], 'api holds no entry for the port the redirect chose');
+      const [apiQueued, webQueued, apiBefore, webBefore] = [await queued(api), await queued(web), await fast(api), await fast(web)];
+      const answered = await lab.peerOnce('web', ['http', lab.address('api'), String(ECHO)], 5_000).catch(() => null);
+      assert.equal(answered?.status, 200, 'the redirect applied to the fast connection');
+      assert.deepEqual(countersMoved(apiBefore, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
+      const tracked = lab.exec('api', ['cat', '/proc/net/nf_conntrack']).split('\n').filter((line) => line.includes(`dport=${ECHO} `) && line.includes(`sport=${redirected} `));
+      assert.equal(tracked.length, 1, 'api\'s conntrack holds the redirected connection');
+      // web's uid through web's own DNAT: its host writes the fast option after the DNAT.
+      const viaService = await lab.peerOnce('web', ['http', service, '80'], 5_000).catch(() => null);
+      assert.equal(viaService?.status, 200, 'through the service address');
+      assert.deepEqual(countersMoved(webBefore, await fast(web)), { synSent: 2, synAckVerified: 2 });
+      assert.deepEqual([await queued(api), await queued(web)], [apiQueued, webQueued], 'neither agent queued a packet');
+
+      // The connection judged before the rules: still untracked, and its data still flows.
+      held.write('still here?\n');
+      await held.waitFor((l) => l.echoed === 'still here?');
+      assert.equal(conntrackEntry('api', heldPort), undefined, 'the held connection stays untracked');
+    } finally {
+      await held.stop();
+      await redirectedServer.stop();
+      lab.exec('api', redirect.map((word) => (word === '-A' ? '-D' : word)));
+      lab.exec('web', dnat.map((word) => (word === '-A' ? '-D' : word)));
+      // The next tests find agents that skip conntrack, as the suite started them.
+      await api.process.stop('SIGTERM');
+      await web.process.stop('SIGTERM');
+      api = await startApi();
+      web = await lab.startAgent('web', ['--config', fixture.files.configs.web]);
+    }
+  });
+
   it('a policy edit revokes a known pair from its next fast SYN, and restoring it lets the pair back', async () => {
     assert.equal(await http(), true);
     const mark = api.process.lines.length;

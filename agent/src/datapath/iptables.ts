@@ -5,7 +5,7 @@ import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { RulesError } from './errors.ts';
 import type { ConnectionMarks } from './marks.ts';
-import { buildDeferRuleset, buildNativeNotrack, buildNotrackRuleset, buildRemoval, buildRuleset, emptiedBuiltinChains, rulesAheadOfHooks, NATIVE_TABLE, rulesPresent, sourceLimitedCount, unjudgedSynCount, type DeferPrograms, type IpFamily, type RuleOptions } from './rules.ts';
+import { buildDeferRuleset, buildNativeNotrack, buildNotrackRuleset, buildRemoval, buildRuleset, emptiedBuiltinChains, nftNatRules, rulesAheadOfHooks, NATIVE_TABLE, rulesPresent, sourceLimitedCount, unjudgedSynCount, type DeferPrograms, type IpFamily, type RuleOptions } from './rules.ts';
 
 const run = promisify(execFile);
 
@@ -187,7 +187,7 @@ export async function installDeferRules(installed: InstalledRules, options: Rule
   for (const family of installed.families) await exec(restoreBinary(toolOf(installed, family)), ['--noflush'], buildDeferRuleset(options, programs));
 }
 
-/** Whether this network namespace translates addresses (an iptables nat rule, or an nft nat chain). */
+/** Whether this network namespace translates addresses (an iptables nat rule, or a rule in an nft chain of type nat). */
 export async function natInUse(installed: InstalledRules): Promise<boolean> {
   for (const family of installed.families) {
     const tool = toolOf(installed, family);
@@ -195,8 +195,7 @@ export async function natInUse(installed: InstalledRules): Promise<boolean> {
     if (saved !== null && saved.split('\n').some((line) => line.startsWith('-A '))) return true;
   }
   // Native nft tables (kube-proxy's nftables mode, firewalld) do not show in iptables-save.
-  const ruleset = await exec('nft', ['list', 'ruleset']).catch(() => '');
-  return /\btype nat hook\b/.test(ruleset);
+  return nftNatRules(await exec('nft', ['-j', 'list', 'ruleset']).catch(() => ''));
 }
 
 export interface RuleInspection {

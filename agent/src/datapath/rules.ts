@@ -345,6 +345,38 @@ export function rulesPresent(saved: string, options: RuleOptions): boolean {
   return present === expected;
 }
 
+/** What `nft -j` printed under `name` in one item of its list: an object, or nothing. */
+function nftObject(item: unknown, name: string): Record<string, unknown> | null {
+  if (typeof item !== 'object' || item === null) return null;
+  const value = (item as Record<string, unknown>)[name];
+  return typeof value === 'object' && value !== null ? (value as Record<string, unknown>) : null;
+}
+
+/**
+ * From `nft -j list ruleset` output: whether a chain of type nat holds a rule. A nat chain
+ * without one translates nothing, and iptables-nft leaves its chains behind when the last rule
+ * goes. Output that is not such JSON holds none.
+ */
+export function nftNatRules(json: string): boolean {
+  let items: unknown;
+  try {
+    items = (JSON.parse(json) as { nftables?: unknown } | null)?.nftables;
+  } catch {
+    return false;
+  }
+  if (!Array.isArray(items)) return false;
+  const where = (object: Record<string, unknown>, chain: unknown) => `${String(object.family)} ${String(object.table)} ${String(chain)}`;
+  const natChains = new Set<string>();
+  for (const item of items) {
+    const chain = nftObject(item, 'chain');
+    if (chain?.type === 'nat') natChains.add(where(chain, chain.name));
+  }
+  return items.some((item) => {
+    const rule = nftObject(item, 'rule');
+    return rule !== null && natChains.has(where(rule, rule.chain));
+  });
+}
+
 /**
  * From `iptables-save [-c] -t mangle` output: how many other rules come before the agent's jumps
  * in PREROUTING and POSTROUTING. A packet such a rule accepts or drops never reaches the agent,

@@ -174,6 +174,8 @@ export class KernelFastPath implements KernelPath {
   private deferMark = 0;
   /** Whether uids' connects name themselves in fast_owners (nameUidOwnersAfterNat). */
   private nameUidOwners = false;
+  /** Whether connections judged from now on keep conntrack although untrackedMark is set (keepConntrackFromNow). */
+  private trackNew = false;
   private walk: Rejudging | null = null;
   private rejudgeTimer: NodeJS.Immediate | null = null;
   /**
@@ -343,6 +345,7 @@ export class KernelFastPath implements KernelPath {
       judgedMark: this.options.judgedMark ?? 0,
       deferMark: this.deferMark,
       nameUidOwners: this.nameUidOwners,
+      trackNew: this.trackNew,
     });
     this.native.mapUpdate(this.map('fast_config'), Buffer.alloc(4), value, BPF_ANY);
   }
@@ -378,6 +381,15 @@ export class KernelFastPath implements KernelPath {
   /** From now on the connections it judges carry `mark`, which the notrack rules leave out of conntrack. */
   skipConntrack(mark: number): void {
     this.untrackedMark = mark;
+    this.writeConfig();
+  }
+
+  /**
+   * NAT rules appeared after skipConntrack: the connections it judges from now on keep conntrack,
+   * since a NAT rule applies only to tracked ones. Those judged before keep their untracked mark.
+   */
+  keepConntrackFromNow(): void {
+    this.trackNew = true;
     this.writeConfig();
   }
 

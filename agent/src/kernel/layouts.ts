@@ -280,9 +280,11 @@ export interface FastConfig {
   deferMark: number;
   /** This host translates its own output (a local DNAT): a uid's connect without an entry names itself in fast_owners too. */
   nameUidOwners: boolean;
+  /** NAT rules appeared after untrackedMark was set: connections judged from now on keep conntrack. */
+  trackNew: boolean;
 }
 
-/** struct fast_config (88 bytes: 84, padded to its 64-bit fields' alignment). */
+/** struct fast_config (88 bytes). */
 export function configValue(config: FastConfig): Buffer {
   const value = Buffer.alloc(88);
   if (LITTLE) value.writeBigInt64LE(config.realtimeOffsetNs, 0);
@@ -306,6 +308,7 @@ export function configValue(config: FastConfig): Buffer {
   u32(value, 72, config.judgedMark);
   u32(value, 76, config.deferMark);
   u32(value, 80, config.nameUidOwners ? 1 : 0);
+  u32(value, 84, config.trackNew ? 1 : 0);
   return value;
 }
 

@@ -22,7 +22,7 @@ import type { BuiltHandler, IdentityStatus } from './handlers.ts';
 import { bindWhenFree, queuesBound } from './queue-binder.ts';
 import { chooseKernelFastPath, type FastPathChoice } from './kernel-fast-path.ts';
 import type { KernelFastPath } from '../kernel/fast-path.ts';
-import { natInUse, type NotrackBy } from '../datapath/iptables.ts';
+import type { NotrackBy } from '../datapath/iptables.ts';
 import { KernelDropLedger } from '../kernel/drop-ledger.ts';
 import { verdictOf } from '../kernel/layouts.ts';
 import { RulesWatchdog } from './rules-watchdog.ts';
@@ -33,6 +33,9 @@ import { kubernetesAccess, type KubernetesAccess } from '../identity/kubernetes/
 
 /** What the agent process runs by: the parsed configuration (runtime/config.ts). */
 export type AgentRuntimeConfig = Pick<AgentConfig, 'mode' | 'datapath' | 'telemetry' | 'targets' | 'excluded' | 'replayWindowSeconds' | 'workloads' | 'handshake' | 'kubernetes'>;
+
+/** status `serviceSyns.reason` where the rules judge SYNs after the DNAT, for uids' connects too. */
+const JUDGED_AFTER_DNAT = 'judged after the DNAT, by the bpf match in mangle POSTROUTING';
 
 /** "address:port" as whois and the registry write it (IPv6 without brackets). */
 function splitEndpoint(endpoint: string): [string, number] {
@@ -260,8 +263,10 @@ export class Agent {
     }, 1000);
     this.fastPathTimer.unref();
     const sweep = path.sweepListeners();
-    this.conntrack = await this.skipConntrack(path);
-    this.serviceSyns = await this.deferServiceSyns(path);
+    const translating = await this.rules.translating();
+    this.conntrack = await this.skipConntrack(path, translating);
+    this.serviceSyns = await this.deferServiceSyns(path, translating);
+    if (!translating) this.watchForNat(path);
     await sweep;
     const { attached, skipped } = path.interfaces;
     this.log.info(
@@ -305,12 +310,11 @@ export class Agent {
    * unless this namespace translates addresses (`auto`): a connection without conntrack entry is
    * not NATed. Why it does or does not, for the log and status.
    */
-  private async skipConntrack(path: KernelFastPath): Promise<{ skipped: boolean; reason: string }> {
+  private async skipConntrack(path: KernelFastPath, translating: boolean): Promise<{ skipped: boolean; reason: string }> {
     const mode = this.config.datapath.fastPathConntrack;
     if (mode === 'keep') return { skipped: false, reason: 'kept (datapath.fastPathConntrack)' };
-    const installed = this.rules.installed;
-    if (installed === null) return { skipped: false, reason: 'kept: no rules installed' };
-    if (mode === 'auto' && (await natInUse(installed).catch(() => true))) return { skipped: false, reason: 'kept: this network namespace has NAT rules (auto)' };
+    if (this.rules.installed === null) return { skipped: false, reason: 'kept: no rules installed' };
+    if (mode === 'auto' && translating) return { skipped: false, reason: 'kept: this network namespace has NAT rules (auto)' };
     let by: NotrackBy | null;
     try {
       by = await this.rules.skipConntrack();
@@ -330,7 +334,7 @@ export class Agent {
    * iptables or the kernel) such SYNs stay on the queue, and a node's pods' are judged before the
    * DNAT. Why it does or does not, for the log and status.
    */
-  private async deferServiceSyns(path: KernelFastPath): Promise<{ deferred: boolean; reason: string }> {
+  private async deferServiceSyns(path: KernelFastPath, translating: boolean): Promise<{ deferred: boolean; reason: string }> {
     try {
       if (!(await this.rules.deferServiceSyns(path.deferPrograms))) return { deferred: false, reason: 'no rules installed' };
     } catch (error) {
@@ -338,12 +342,32 @@ export class Agent {
       return { deferred: false, reason: `on the queue: ${(error as Error).message}` };
     }
     if (this.config.kubernetes !== null) path.deferServiceSyns(deferMark(this.marks));
-    // Checked once, here: a NAT rule added later serves cgroup workloads' connects only.
-    const installed = this.rules.installed;
-    const translating = installed !== null && (await natInUse(installed).catch(() => true));
     path.nameUidOwnersAfterNat(translating);
-    const uids = translating ? '' : '; no NAT rules at start: only cgroup workloads\' connections through a later one';
-    return { deferred: true, reason: `judged after the DNAT, by the bpf match in mangle POSTROUTING${uids}` };
+    if (translating) return { deferred: true, reason: JUDGED_AFTER_DNAT };
+    return { deferred: true, reason: `${JUDGED_AFTER_DNAT}; no NAT rules at start: a uid's connection through a later one goes fast from the rule check that finds it` };
+  }
+
+  /**
+   * NAT rules can come after the agent (a container runtime or kube-proxy that starts later). From
+   * the rule check that finds them (datapath.ruleCheckSeconds), connections the kernel judges keep
+   * conntrack where `auto` skipped it, since a NAT rule translates only tracked connections, and
+   * uids' connects name themselves for the rules after the DNAT. Until that check, a fast
+   * connection to a port a new rule translates is not translated.
+   */
+  private watchForNat(path: KernelFastPath): void {
+    const skipping = this.conntrack.skipped && this.config.datapath.fastPathConntrack === 'auto';
+    if (!skipping && !this.serviceSyns.deferred) return;
+    this.rules.whenNatAppears(() => {
+      if (this.conntrack.skipped && this.config.datapath.fastPathConntrack === 'auto') {
+        path.keepConntrackFromNow();
+        this.conntrack = { skipped: false, reason: `kept from ${new Date().toISOString()}: this network namespace has NAT rules now (auto); connections judged before stay out of conntrack` };
+      }
+      if (this.serviceSyns.deferred) {
+        path.nameUidOwnersAfterNat(true);
+        this.serviceSyns = { deferred: true, reason: JUDGED_AFTER_DNAT };
+      }
+      this.log.info({ conntrack: this.conntrack, serviceSyns: this.serviceSyns }, 'NAT rules found after start: the kernel fast path follows them from now on');
+    });
   }
 
   /**

@@ -1,7 +1,8 @@
 // The agent's iptables rules over its lifetime: installed once the queues are bound, checked
 // every few seconds (reinstalled when someone flushed them, a firewall reload say), and what the
-// check reads reported: SYNs the kernel let in without a verdict, and rules ahead of our jumps.
-import { inspectRules, installDeferRules, installNotrackRules, installRules, removeAllRules, type Backend, type InstalledRules, type NotrackBy, type RuleInspection } from '../datapath/iptables.ts';
+// check reads reported: SYNs the kernel let in without a verdict, and rules ahead of our jumps;
+// and, for whoever waits for them, NAT rules that appear after the start.
+import { inspectRules, installDeferRules, installNotrackRules, installRules, natInUse, removeAllRules, type Backend, type InstalledRules, type NotrackBy, type RuleInspection } from '../datapath/iptables.ts';
 import type { ConnectionMarks } from '../datapath/marks.ts';
 import type { DeferPrograms, RuleOptions } from '../datapath/rules.ts';
 import type { Logger } from '../telemetry/log.ts';
@@ -12,10 +13,11 @@ export interface RuleOperations {
   inspect(installed: InstalledRules, options: RuleOptions): Promise<RuleInspection>;
   installNotrack(installed: InstalledRules, marks: ConnectionMarks): Promise<NotrackBy>;
   installDefer(installed: InstalledRules, options: RuleOptions, programs: DeferPrograms): Promise<void>;
+  natInUse(installed: InstalledRules): Promise<boolean>;
   removeAll(): Promise<number>;
 }
 
-const IPTABLES: RuleOperations = { install: installRules, inspect: inspectRules, installNotrack: installNotrackRules, installDefer: installDeferRules, removeAll: removeAllRules };
+const IPTABLES: RuleOperations = { install: installRules, inspect: inspectRules, installNotrack: installNotrackRules, installDefer: installDeferRules, natInUse, removeAll: removeAllRules };
 
 /** A rule's kernel packet counter summed over the agent's lifetime: it restarts at 0 with a reinstall. */
 class LifetimeCounter {
@@ -47,6 +49,8 @@ export class RulesWatchdog {
   private stopped = false;
   /** The kernel fast path's connections skip conntrack: the notrack rules go in with every install. */
   private notrack = false;
+  /** Runs once, at the first check that finds NAT rules (whenNatAppears). */
+  private natFound: (() => void) | null = null;
 
   constructor(
     private options: RuleOptions,
@@ -91,6 +95,20 @@ export class RulesWatchdog {
     return true;
   }
 
+  /**
+   * Whether this network namespace translates addresses now (iptables.ts, natInUse). A look that
+   * fails counts as yes: what depends on it (conntrack kept) is then right either way.
+   */
+  async translating(): Promise<boolean> {
+    if (this.installed === null) return false;
+    return this.operations.natInUse(this.installed).catch(() => true);
+  }
+
+  /** `found` runs once, at the first rule check that finds NAT rules; until then each check looks. */
+  whenNatAppears(found: () => void): void {
+    this.natFound = found;
+  }
+
   watch(intervalMs: number): void {
     this.timer = setInterval(() => {
       void this.check();
@@ -98,7 +116,7 @@ export class RulesWatchdog {
     this.timer.unref();
   }
 
-  /** Reinstalls missing rules, or counts what the audit rule and the hook chains show. */
+  /** Reinstalls missing rules, or counts what the audit rule and the hook chains show; then looks for NAT rules, if asked to. */
   async check(): Promise<void> {
     const installed = this.installed;
     if (installed === null || this.stopped) return;
@@ -108,8 +126,18 @@ export class RulesWatchdog {
       this.countUnjudged(inspection.unjudgedSyns);
       this.countSourceLimited(inspection.sourceLimitedPackets);
       this.noteRulesAhead(inspection.rulesAhead);
-      return;
+    } else {
+      await this.repair(installed);
     }
+    if (this.natFound !== null && (await this.translating()) && !this.stopped) {
+      const found = this.natFound;
+      this.natFound = null;
+      found();
+    }
+  }
+
+  /** Reinstalls the rules someone removed (a firewall reload, say). */
+  private async repair(installed: InstalledRules): Promise<void> {
     this.log.error({ backend: installed.backend }, 'synpass rules are missing; reinstalling');
     try {
       await this.reinstall(installed.backend);

@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connectionMarks } from '../../../agent/src/datapath/marks.ts';
-import { buildDeferRuleset, buildNativeNotrack, buildNotrackRuleset, buildRemoval, buildRuleset, deferMark, emptiedBuiltinChains, rulesAheadOfHooks, rulesPresent, sourceBurst, sourceLimitedCount, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
+import { buildDeferRuleset, buildNativeNotrack, buildNotrackRuleset, buildRemoval, buildRuleset, deferMark, emptiedBuiltinChains, nftNatRules, rulesAheadOfHooks, rulesPresent, sourceBurst, sourceLimitedCount, unjudgedSynCount, type RuleOptions } from '../../../agent/src/datapath/rules.ts';
 
 const options: RuleOptions = {
   queueNumber: 3170,
@@ -260,6 +260,24 @@ describe('buildRemoval', () => {
     assert.equal(rulesAheadOfHooks(saved(['-A PREROUTING -p tcp -j ACCEPT', '[5:300] -A PREROUTING -j MARK --set-mark 1', `[9:540] ${inJump}`], ['-A POSTROUTING -j CILIUM_POST_mangle', outJump])), 3);
     // A chain without our jump is the missing-rules case, not this one.
     assert.equal(rulesAheadOfHooks(saved(['-A PREROUTING -j ACCEPT'], [outJump])), 0);
+  });
+
+  it('finds NAT rules in an nft ruleset: a rule in a chain of type nat, not an empty nat chain iptables-nft left behind', () => {
+    // As `nft -j list ruleset` printed them here (nftables 1.0.6), after an iptables-nft nat rule came and went.
+    const meta = { metainfo: { version: '1.0.6', json_schema_version: 1 } };
+    const natTable = { table: { family: 'ip', name: 'nat', handle: 1 } };
+    const output = { chain: { family: 'ip', table: 'nat', name: 'OUTPUT', handle: 1, type: 'nat', hook: 'output', prio: -100, policy: 'accept' } };
+    const rule = (family: string, table: string, chain: string) => ({ rule: { family, table, chain, handle: 3, expr: [{ accept: null }] } });
+    const ruleset = (...items: object[]) => JSON.stringify({ nftables: [meta, ...items] });
+    assert.equal(nftNatRules(ruleset(natTable, output)), false, 'an empty nat chain');
+    assert.equal(nftNatRules(ruleset(natTable, output, rule('ip', 'nat', 'OUTPUT'))), true);
+    // kube-proxy's nftables mode: its own table, a base chain of type nat that jumps on.
+    const kubeProxy = { chain: { family: 'ip', table: 'kube-proxy', name: 'nat-prerouting', type: 'nat', hook: 'prerouting', prio: -100 } };
+    assert.equal(nftNatRules(ruleset({ table: { family: 'ip', name: 'kube-proxy' } }, kubeProxy, rule('ip', 'kube-proxy', 'nat-prerouting'))), true);
+    // A rule of a filter chain, or of a chain of the same name in another family or table, is none.
+    const filter = { chain: { family: 'inet', table: 'synpass', name: 'OUTPUT', type: 'filter', hook: 'output', prio: -300 } };
+    assert.equal(nftNatRules(ruleset(natTable, output, filter, rule('inet', 'synpass', 'OUTPUT'), rule('ip6', 'nat', 'OUTPUT'))), false);
+    for (const broken of ['', 'not json', 'null', '{}', '{"nftables": {}}', '{"nftables": [null, 3, {"rule": null}]}']) assert.equal(nftNatRules(broken), false, broken);
   });
 
   it('names the built-in chains that only synpass jumps keep, and no chain that holds anything else', () => {

@@ -86,15 +86,15 @@ describe('map layouts', () => {
     const expiring = serverValue(key, true, false, 1_800_000_000.7);
     assert.deepEqual([expiring.length, expiring.subarray(0, 16).toString('hex'), read32(expiring, 24)], [32, key.toString('hex'), 1_800_000_000]);
     assert.deepEqual([read32(serverValue(key, true, false, 2 ** 40), 24), read32(clientValue(1, key, -5), 4)], [0xffffffff, 0]);
-    const config = configValue({ realtimeOffsetNs: 5n, windowSeconds: 30, acceptMark: 0x500000, clientMark: 0x100000, acceptSample: 0.5, sourceRate: 10_000, sourceBurst: 1024, budgetMark: 0x1000000, untrackedMark: 0x2000000, workloadCgroups: 2, vouchedUntil: 1_800_000_030.5, agentAway: true, netnsCookie: 0x1_0000_0007n, routedWorkloads: true, podMark: 0x900000, judgedMark: 0x800000, deferMark: 0x1100000, nameUidOwners: true });
+    const config = configValue({ realtimeOffsetNs: 5n, windowSeconds: 30, acceptMark: 0x500000, clientMark: 0x100000, acceptSample: 0.5, sourceRate: 10_000, sourceBurst: 1024, budgetMark: 0x1000000, untrackedMark: 0x2000000, workloadCgroups: 2, vouchedUntil: 1_800_000_030.5, agentAway: true, netnsCookie: 0x1_0000_0007n, routedWorkloads: true, podMark: 0x900000, judgedMark: 0x800000, deferMark: 0x1100000, nameUidOwners: true, trackNew: true });
     assert.deepEqual(
       [config.length, read32(config, 8), read32(config, 12), read32(config, 16), read32(config, 20), read32(config, 24), read32(config, 28), read32(config, 32), read32(config, 36), read32(config, 40), read32(config, 44), read32(config, 48), read32(config, 52)],
       [88, 30, 0x500000, 0x100000, 1, 2 ** 31, 10_000, 0x1000000, 0x2000000, 2, 1024, 1_800_000_030, 1],
     );
     assert.equal(LITTLE ? config.readBigUInt64LE(56) : config.readBigUInt64BE(56), 0x1_0000_0007n);
-    assert.deepEqual([read32(config, 64), read32(config, 68), read32(config, 72), read32(config, 76), read32(config, 80)], [1, 0x900000, 0x800000, 0x1100000, 1]);
-    const running = configValue({ realtimeOffsetNs: 0n, windowSeconds: 1, acceptMark: 0, clientMark: 0, acceptSample: 1, sourceRate: 0, sourceBurst: 0, budgetMark: 0, untrackedMark: 0, workloadCgroups: 0, vouchedUntil: 0, agentAway: false, netnsCookie: 0n, routedWorkloads: false, podMark: 0, judgedMark: 0, deferMark: 0, nameUidOwners: false });
-    assert.deepEqual([read32(running, 24), read32(running, 52), read32(running, 64), read32(running, 80)], [0xffffffff, 0, 0, 0]);
+    assert.deepEqual([read32(config, 64), read32(config, 68), read32(config, 72), read32(config, 76), read32(config, 80), read32(config, 84)], [1, 0x900000, 0x800000, 0x1100000, 1, 1]);
+    const running = configValue({ realtimeOffsetNs: 0n, windowSeconds: 1, acceptMark: 0, clientMark: 0, acceptSample: 1, sourceRate: 0, sourceBurst: 0, budgetMark: 0, untrackedMark: 0, workloadCgroups: 0, vouchedUntil: 0, agentAway: false, netnsCookie: 0n, routedWorkloads: false, podMark: 0, judgedMark: 0, deferMark: 0, nameUidOwners: false, trackNew: false });
+    assert.deepEqual([read32(running, 24), read32(running, 52), read32(running, 64), read32(running, 80), read32(running, 84)], [0xffffffff, 0, 0, 0, 0]);
   });
 
   it('excluded networks as LPM prefixes over the 16-byte address', () => {

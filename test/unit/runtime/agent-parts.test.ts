@@ -26,8 +26,11 @@ function capturingLog() {
 
 const OPTIONS: RuleOptions = { queueNumber: 3170, queueCount: 1, failOpen: true, queueRatePerSource: 0, queueMaxLength: 4096, marks: connectionMarks(0x100000), targetNetworks: [], excludedNetworks: [], routedWorkloads: false };
 
-/** iptables as a script: each inspection returns the next scripted answer (null: the call fails). */
-function scriptedIptables(inspections: (RuleInspection | null)[]) {
+/**
+ * iptables as a script: each inspection returns the next scripted answer, and each look for NAT
+ * rules the next of `nat` (null: the call fails; none left: no NAT).
+ */
+function scriptedIptables(inspections: (RuleInspection | null)[], nat: (boolean | null)[] = []) {
   const calls: string[] = [];
   const operations: RuleOperations = {
     install: (options, preferred) => {
@@ -46,6 +49,11 @@ function scriptedIptables(inspections: (RuleInspection | null)[]) {
     installDefer: (_installed, _options, programs) => {
       calls.push(`defer by ${programs.backend}`);
       return programs.backend.startsWith('/refused') ? Promise.reject(new Error('iptables-restore: Couldn\'t load match `bpf\'')) : Promise.resolve();
+    },
+    natInUse: () => {
+      calls.push('nat?');
+      const next = nat.shift();
+      return next === null ? Promise.reject(new Error('iptables-save -t nat failed')) : Promise.resolve(next ?? false);
     },
     removeAll: () => {
       calls.push('remove');
@@ -91,6 +99,42 @@ describe('rules watchdog', () => {
     await without.install();
     await assert.rejects(without.deferServiceSyns({ backend: '/refused/service_backend', translated: '/refused/translated_syn' }), /bpf/);
     assert.deepEqual(refusing.calls, ['install nft', 'defer by /refused/service_backend', 'install nft']);
+  });
+
+  it('looks for NAT rules at each check while someone waits for them, and tells once; a failed look counts as NAT rules found', async () => {
+    const { log } = capturingLog();
+    const present = { present: true, unjudgedSyns: 0, sourceLimitedPackets: 0, rulesAhead: 0 };
+    const { operations, calls } = scriptedIptables([present, present, present, { ...present, present: false }, present], [false, false, true]);
+    const watchdog = new RulesWatchdog(OPTIONS, 'nft', log, operations);
+    assert.equal(await watchdog.translating(), false, 'no rules installed: nothing looked at');
+    await watchdog.install();
+    await watchdog.check();
+    assert.deepEqual(calls, ['install nft', 'inspect'], 'nobody waits: no look');
+    let found = 0;
+    watchdog.whenNatAppears(() => found++);
+    await watchdog.check();
+    await watchdog.check();
+    assert.equal(found, 0);
+    // Found at the check after a reinstall too; then never looked for again.
+    await watchdog.check();
+    await watchdog.check();
+    assert.equal(found, 1);
+    assert.deepEqual(calls.slice(2), ['inspect', 'nat?', 'inspect', 'nat?', 'inspect', 'install nft', 'nat?', 'inspect']);
+    const failing = scriptedIptables([present], [null]);
+    const unsure = new RulesWatchdog(OPTIONS, 'nft', log, failing.operations);
+    await unsure.install();
+    unsure.whenNatAppears(() => found++);
+    await unsure.check();
+    assert.equal(found, 2, 'a look that failed counts as NAT rules');
+    // Removed while it looked: it tells nobody.
+    const stopping = scriptedIptables([present], [true]);
+    const removed = new RulesWatchdog(OPTIONS, 'nft', log, stopping.operations);
+    await removed.install();
+    removed.whenNatAppears(() => found++);
+    const checking = removed.check();
+    await removed.remove();
+    await checking;
+    assert.equal(found, 2);
   });
 
   it('reports rules ahead of its jumps once, and when they are gone', async () => {
