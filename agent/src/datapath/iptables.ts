@@ -187,15 +187,23 @@ export async function installDeferRules(installed: InstalledRules, options: Rule
   for (const family of installed.families) await exec(restoreBinary(toolOf(installed, family)), ['--noflush'], buildDeferRuleset(options, programs));
 }
 
-/** Whether this network namespace translates addresses (an iptables nat rule, or a rule in an nft chain of type nat). */
+/**
+ * Whether this network namespace translates addresses (a rule in an nft chain of type nat, or an
+ * iptables nat rule). Native nft tables (kube-proxy's nftables mode, firewalld) do not show in
+ * iptables-save; iptables-nft's rules show in nft's ruleset, so with that backend one `nft` call
+ * answers (the agent asks at every rule check while it waits for NAT rules).
+ */
 export async function natInUse(installed: InstalledRules): Promise<boolean> {
+  const ruleset = await exec('nft', ['-j', 'list', 'ruleset']).catch(() => null);
+  const nft = ruleset === null ? null : nftNatRules(ruleset);
+  if (nft === true) return true;
   for (const family of installed.families) {
     const tool = toolOf(installed, family);
+    if (nft !== null && tool.backend === 'nft') continue;
     const saved = await savedTable(tool, 'nat');
     if (saved !== null && saved.split('\n').some((line) => line.startsWith('-A '))) return true;
   }
-  // Native nft tables (kube-proxy's nftables mode, firewalld) do not show in iptables-save.
-  return nftNatRules(await exec('nft', ['-j', 'list', 'ruleset']).catch(() => ''));
+  return false;
 }
 
 export interface RuleInspection {

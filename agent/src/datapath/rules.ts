@@ -355,16 +355,16 @@ function nftObject(item: unknown, name: string): Record<string, unknown> | null 
 /**
  * From `nft -j list ruleset` output: whether a chain of type nat holds a rule. A nat chain
  * without one translates nothing, and iptables-nft leaves its chains behind when the last rule
- * goes. Output that is not such JSON holds none.
+ * goes. Null for output that is not such JSON.
  */
-export function nftNatRules(json: string): boolean {
+export function nftNatRules(json: string): boolean | null {
   let items: unknown;
   try {
     items = (JSON.parse(json) as { nftables?: unknown } | null)?.nftables;
   } catch {
-    return false;
+    return null;
   }
-  if (!Array.isArray(items)) return false;
+  if (!Array.isArray(items)) return null;
   const where = (object: Record<string, unknown>, chain: unknown) => `${String(object.family)} ${String(object.table)} ${String(chain)}`;
   const natChains = new Set<string>();
   for (const item of items) {

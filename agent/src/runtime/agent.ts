@@ -358,7 +358,9 @@ export class Agent {
     const skipping = this.conntrack.skipped && this.config.datapath.fastPathConntrack === 'auto';
     if (!skipping && !this.serviceSyns.deferred) return;
     this.rules.whenNatAppears(() => {
-      if (this.conntrack.skipped && this.config.datapath.fastPathConntrack === 'auto') {
+      // A check that began before the agent stopped: the programs are closed, or kept as they were.
+      if (this.fastPath.path !== path) return;
+      if (skipping) {
         path.keepConntrackFromNow();
         this.conntrack = { skipped: false, reason: `kept from ${new Date().toISOString()}: this network namespace has NAT rules now (auto); connections judged before stay out of conntrack` };
       }
