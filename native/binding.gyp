@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "synpass_nfq",
-      "sources": ["src/nfqueue.cc", "src/hmac.cc", "src/curve25519.cc", "src/bpf_loader.cc", "src/conntrack.cc", "src/raw_send.cc"],
+      "sources": ["src/nfqueue.cc", "src/hmac.cc", "src/curve25519.cc", "src/bpf_loader.cc", "src/conntrack.cc", "src/raw_send.cc", "src/ruleset_events.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except", "fast_path_bpf"],
       "libraries": ["<!@(node check-deps.mjs --libs)"],

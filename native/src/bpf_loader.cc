@@ -9,6 +9,7 @@
 #include "bpf_loader.h"
 
 #include "../bpf/fast_path.h"
+#include "readable_poll.h"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -28,7 +29,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <uv.h>
 
 #include <string>
 #include <vector>
@@ -893,12 +893,7 @@ class KernelEvents : public Napi::ObjectWrap<KernelEvents> {
       ThrowErrno(env, "ring buffer", errno);
       return;
     }
-    uv_loop_t* loop = nullptr;
-    napi_get_uv_event_loop(env, &loop);
-    poll_ = new uv_poll_t;
-    poll_->data = this;
-    uv_poll_init(loop, poll_, ring_buffer__epoll_fd(ring_));
-    uv_poll_start(poll_, UV_READABLE, &KernelEvents::OnReadable);
+    poll_.Start(env, ring_buffer__epoll_fd(ring_), [](void* self, int) { static_cast<KernelEvents*>(self)->Drain(); }, this);
     Ref();  // the poll handle keeps this object alive until close()
   }
 
@@ -913,10 +908,6 @@ class KernelEvents : public Napi::ObjectWrap<KernelEvents> {
     const auto* bytes = static_cast<const uint8_t*>(data);
     self->pending_.insert(self->pending_.end(), bytes, bytes + size);
     return 0;
-  }
-
-  static void OnReadable(uv_poll_t* handle, int status, int events) {
-    static_cast<KernelEvents*>(handle->data)->Drain();
   }
 
   void Drain() {
@@ -935,12 +926,7 @@ class KernelEvents : public Napi::ObjectWrap<KernelEvents> {
   }
 
   void Shutdown() {
-    if (poll_ != nullptr) {
-      uv_poll_stop(poll_);
-      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
-      poll_ = nullptr;
-      Unref();
-    }
+    if (poll_.Stop()) Unref();
     if (ring_ != nullptr) {
       ring_buffer__free(ring_);
       ring_ = nullptr;
@@ -949,7 +935,7 @@ class KernelEvents : public Napi::ObjectWrap<KernelEvents> {
 
   Napi::FunctionReference on_events_;
   struct ring_buffer* ring_ = nullptr;
-  uv_poll_t* poll_ = nullptr;
+  ReadablePoll poll_;
   std::vector<uint8_t> pending_;
 };
 

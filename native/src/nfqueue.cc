@@ -7,11 +7,12 @@
 // socket (a SYN accepted here makes the kernel send its SYN-ACK), and that packet should not
 // wait behind bookkeeping.
 #include <napi.h>
-#include <uv.h>
 
 #include "bpf_loader.h"
 #include "conntrack.h"
 #include "raw_send.h"
+#include "readable_poll.h"
+#include "ruleset_events.h"
 #include "curve25519.h"
 #include "hmac.h"
 
@@ -219,12 +220,7 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
     }
     int flags = fcntl(fd, F_GETFL, 0);
     fcntl(fd, F_SETFL, flags | O_NONBLOCK);
-    uv_loop_t* loop = nullptr;
-    napi_get_uv_event_loop(env, &loop);
-    poll_ = new uv_poll_t;
-    poll_->data = this;
-    uv_poll_init(loop, poll_, fd);
-    uv_poll_start(poll_, UV_READABLE, OnReadable);
+    poll_.Start(env, fd, [](void* self, int status) { static_cast<NfQueue*>(self)->Drain(status); }, this);
     Ref();  // the poll handle keeps this object alive until close()
     return env.Undefined();
   }
@@ -289,12 +285,7 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
     if (nl_ == nullptr) return;
     SendBatch();
     for (const QueueConfig& q : queues_) SendConfigCommand(q.number, NFQNL_CFG_CMD_UNBIND, false);
-    if (poll_ != nullptr) {
-      uv_poll_stop(poll_);
-      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
-      poll_ = nullptr;
-      Unref();
-    }
+    if (poll_.Stop()) Unref();
     mnl_socket_close(nl_);
     nl_ = nullptr;
   }
@@ -402,10 +393,6 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
   void SendRaw(void* data, size_t len) {
     if (len == 0 || nl_ == nullptr) return;
     if (mnl_socket_sendto(nl_, data, len) < 0) counters_[kSendErrors]++;
-  }
-
-  static void OnReadable(uv_poll_t* handle, int status, int events) {
-    static_cast<NfQueue*>(handle->data)->Drain(status);
   }
 
   void Drain(int status) {
@@ -567,7 +554,7 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
   struct mnl_socket* nl_ = nullptr;
   unsigned int portid_ = 0;
   unsigned int seq_ = 0;
-  uv_poll_t* poll_ = nullptr;
+  ReadablePoll poll_;
   uint8_t* input_ = nullptr;
   uint32_t* meta_ = nullptr;
   double* counters_ = nullptr;
@@ -613,6 +600,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   RegisterCurve25519(env, exports);
   RegisterConntrack(env, exports);
   RegisterRawSend(env, exports);
+  RegisterRulesetEvents(env, exports);
   RegisterFastPath(env, exports);
   return NfQueue::Init(env, exports);
 }

@@ -751,16 +751,25 @@ describe('kernel fast path end to end', { skip: !isRoot() && 'needs root for net
     assert.equal(countersMoved(again, await fast(api)).synAccepted, 1, 'fast again from the next SYN');
   });
 
-  it('a key rotation on api: the next fast SYN is still accepted and tells web to learn api anew; one queued handshake later the pair is fast again, with no fallback', async () => {
+  it('a key rotation on api: the next fast SYN is still accepted and tells web to learn api anew, and whois still names api on that connection; one queued handshake later the pair is fast again, with no fallback', async () => {
     assert.equal(await http(), true);
     await rotateAgent(fixture.files, 'api', api);
     const [apiBefore, webBefore, apiQueued, webQueued, webEntries] = [await fast(api), await fast(web), await queued(api), await queued(web), await clientEntries(web)];
-    assert.equal(await http(), true, 'a fast connection under the keys api had before');
+    // A fast connection under the keys api had before, held open.
+    const held = lab.peer('web', ['hold', lab.address('api'), String(PORT)], { stdin: true });
+    const webEnd = `${lab.address('web')}:${String((await held.waitFor((l) => l.connected === true)).localPort)}`;
     assert.deepEqual(countersMoved(apiBefore, await fast(api)), { synAccepted: 1, synAckSigned: 1 });
     assert.deepEqual(countersMoved(webBefore, await fast(web)), { synSent: 1, synAckVerified: 1, clientRetired: 1 });
     assert.deepEqual([await queued(api), await queued(web)], [apiQueued, webQueued], 'nothing queued');
     // The kernel's event tells web's agent, whose table follows the kernel's.
     await waitUntil('web forgets the retired entry', async () => (await clientEntries(web)) === webEntries - 1, 3_000);
+    // It keeps the retired entry's server for whois: the connection it proved is still api's.
+    const asked = JSON.parse(
+      execFileSync('ip', ['netns', 'exec', lab.namespace('web'), ...synpassCommand(), 'whois', webEnd, `${lab.address('api')}:${String(PORT)}`, '--socket', lab.whoisSocket('web')], { cwd: ROOT, encoding: 'utf8' }),
+    ) as { identity: { subject: string } };
+    assert.equal(asked.identity.subject, `spiffe://${DOMAIN}/api`);
+    assert.equal(((await web.status()) as unknown as { tables: Record<string, { entries: number }> }).tables['kernel-retired-clients']?.entries, 1);
+    await held.stop();
     // web's kernel dropped its entry, so its next connect is queued: a handshake under api's new keys.
     const [apiRelearn, webRelearn] = [await fast(api), await fast(web)];
     assert.equal(await http(), true);

@@ -266,7 +266,7 @@ describe('observability end to end', { skip: !isRoot() && 'needs root for networ
     const rss = rssMiB(api.process.pid);
     assert.ok(rss < RSS_BUDGET_MIB, `RSS ${rss.toFixed(1)} MiB`);
     const tables = ((await api.status()) as unknown as { tables: Record<string, { entries: number; capacity: number }> }).tables;
-    const kernelTables = kernel ? ['kernel-clients', 'kernel-connecting', 'kernel-servers'] : [];
+    const kernelTables = kernel ? ['kernel-clients', 'kernel-connecting', 'kernel-retired-clients', 'kernel-servers'] : [];
     assert.deepEqual(Object.keys(tables).sort(), ['credentials', 'decision-memo', 'flow-log-aggregates', 'flows', 'held-segments', ...kernelTables, 'known-servers', 'nonces', 'pair-keys', 'signature-budgets', 'tokens', 'translated-flows', 'whois-peers']);
     for (const [table, size] of Object.entries(tables)) assert.ok(size.entries <= size.capacity, `${table}: ${size.entries} of ${size.capacity}`);
     assert.equal(metric(metrics, 'synpass_table_capacity', 'table="flows"'), 65_536);

@@ -44,9 +44,14 @@ async function exec(binary: string, args: string[], input?: string): Promise<str
   });
 }
 
+/** Tools found working, asked once: a repair of removed rules starts no process to ask again. */
+const working = new Set<string>();
+
 async function available(tool: Tool): Promise<boolean> {
+  if (working.has(tool.binary)) return true;
   try {
     await run(tool.binary, ['--version'], { timeout: 5_000 });
+    working.add(tool.binary);
     return true;
   } catch {
     return false;

@@ -156,6 +156,8 @@ let portKeys: Uint8Array | null = null;
  * kernel keeps known pairs for this long, then hands every handshake to the rules.
  */
 export const VOUCH_SECONDS = 30;
+/** Retired client entries kept for whois, the most recent first to stay (retiredClients). */
+const RETIRED_CLIENTS_KEPT = 4096;
 
 /** The peer a fast-path connection came from, for whois. */
 export interface FastPeer {
@@ -166,6 +168,13 @@ export interface FastPeer {
 export class KernelFastPath implements KernelPath {
   private servers = new Map<string, ServerRecord>();
   private clients = new Map<string, FastServer>();
+  /**
+   * Client entries the kernel dropped because their server said they were retiring, the last few
+   * thousand, until they would have expired: whois still names the server of the connections
+   * they proved (the one that brought the news among them) until the next first contact to that
+   * server and port makes a new entry.
+   */
+  private readonly retiredClients = new Map<string, FastServer>();
   /** On a node: pairs of its pods judged for a port, by fast_pod_pairs key. */
   private podPairs = new Map<string, PodPair>();
   /** On a node: its pods' service routes, judged after the DNAT, in the same kernel table (fast_pod_pairs, deferred). */
@@ -705,6 +714,7 @@ export class KernelFastPath implements KernelPath {
     this.dropServiceRoutes([...this.serviceRoutes.keys()]);
     const forgotten = this.clients;
     this.clients = new Map();
+    this.retiredClients.clear();
     for (const address of [...this.pods.keys()]) this.releasePod(address);
     this.backlog.clients.push({ ids: forgotten.keys(), retire: null });
     this.backlog.left += forgotten.size;
@@ -812,7 +822,12 @@ export class KernelFastPath implements KernelPath {
    */
   private forgetRetiredClient(serverAddress: string, port: number, owner: KernelOwner, fastId: number): void {
     const id = clientKey(serverAddress, port, owner).toString('latin1');
-    if (this.clients.get(id)?.fast.fastId === fastId) this.forgetClient(id);
+    const entry = this.clients.get(id);
+    if (entry?.fast.fastId !== fastId) return;
+    this.forgetClient(id);
+    this.retiredClients.delete(id);
+    this.retiredClients.set(id, entry);
+    if (this.retiredClients.size > RETIRED_CLIENTS_KEPT) this.retiredClients.delete(this.retiredClients.keys().next().value!);
   }
 
   private dropClients(ids: readonly string[]): void {
@@ -917,6 +932,7 @@ export class KernelFastPath implements KernelPath {
     this.deleteBatch('fast_servers', ended);
     for (const id of ended) this.servers.delete(id);
     this.dropClients(endedBy(this.clients, nowSeconds, (entry) => entry.expiresAt));
+    for (const id of endedBy(this.retiredClients, nowSeconds, (entry) => entry.expiresAt)) this.retiredClients.delete(id);
     this.dropPodPairs(endedBy(this.podPairs, nowSeconds, (pair) => pair.expiresAt));
     this.dropServiceRoutes(endedBy(this.serviceRoutes, nowSeconds, (route) => route.expiresAt));
   }
@@ -942,8 +958,10 @@ export class KernelFastPath implements KernelPath {
       const record = this.servers.get(serverKey(remoteAddress, localAddress, fastId, localPort).toString('latin1'));
       if (record !== undefined) return { identity: record.entry.peer, fastId };
     }
-    for (const entry of this.clients.values()) {
-      if (entry.serverAddress === remoteAddress && entry.port === remotePort) return { identity: entry.peer, fastId: entry.fast.fastId };
+    for (const table of [this.clients, this.retiredClients]) {
+      for (const entry of table.values()) {
+        if (entry.serverAddress === remoteAddress && entry.port === remotePort) return { identity: entry.peer, fastId: entry.fast.fastId };
+      }
     }
     return null;
   }
@@ -957,6 +975,7 @@ export class KernelFastPath implements KernelPath {
     return {
       'kernel-servers': { entries: this.servers.size, capacity: MAP_CAPACITY.fast_servers },
       'kernel-clients': { entries: this.clients.size, capacity: MAP_CAPACITY.fast_clients },
+      'kernel-retired-clients': { entries: this.retiredClients.size, capacity: RETIRED_CLIENTS_KEPT },
       'kernel-connecting': { entries: this.native.mapCount(this.map('fast_conns'), KEY_SIZE.fast_conns), capacity: MAP_CAPACITY.fast_conns },
       // On a node only: its pods that hold client entries, and pairs of its pods.
       ...(this.podMark !== 0 ? { 'kernel-pods': { entries: this.pods.size, capacity: MAP_CAPACITY.fast_pods } } : {}),

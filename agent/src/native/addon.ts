@@ -167,6 +167,12 @@ export interface NativeBinding {
   counterTotals(fd: number, count: number): number[];
   /** Reads the fast path's event ring buffer on the event loop; `onEvents` gets whole records. */
   KernelEvents: new (ringFd: number, onEvents: (records: Buffer) => void) => { close(): void };
+  /**
+   * Subscribes to this network namespace's nftables change notifications, read on the event loop:
+   * `onChange` runs once per wake-up with how many arrived and whether the kernel dropped some
+   * (a full socket buffer). Throws (with `errno`) when the kernel refuses the subscription.
+   */
+  RulesetEvents: new (onChange: (notifications: number, lost: boolean) => void) => { close(): void };
   /** CLOCK_REALTIME minus CLOCK_BOOTTIME in nanoseconds. */
   realtimeOffsetNs(): bigint;
   /** The cookie of this process's network namespace (0: the kernel cannot say). */

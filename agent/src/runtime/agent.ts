@@ -113,6 +113,7 @@ export class Agent {
       policy: () => built.status()?.policy ?? null,
       unjudgedSyns: () => this.rules.unjudgedSyns,
       rulesAhead: () => this.rules.rulesAhead,
+      rulesReinstalled: () => this.rules.checkState.reinstalls,
       logging: () => ({ flowLog: flowLog.counters, logPendingBytes: logStream?.pendingBytes ?? 0, logDroppedLines: logStream?.droppedLines ?? 0 }),
       tables: () => this.tables(),
       kernelFastPath: () => ({ running: this.fastPath.path !== null, counters: this.fastPath.path?.counters() ?? {}, listenersOnQueue: this.fastPath.path?.listenersOnQueue.length ?? 0 }),
@@ -571,6 +572,7 @@ export class Agent {
       rules: this.rules.installed,
       unjudgedSyns: this.rules.unjudgedSyns,
       rulesAhead: this.rules.rulesAhead,
+      ruleChecks: this.rules.checkState,
       /** Segments waiting in the kernel queue for their handshake's proof. */
       heldPackets: this.engine.heldNow,
       /** Resets sent to local servers whose SYN-ACK was refused (and sends the kernel refused). */

@@ -92,7 +92,7 @@ export function agentConfigSchema(base: string) {
         statusSocket: t.pathWithDefault('/run/synpass/agent.sock', 'unix socket for `synpass status`'),
         batchSlots: t.integer(1, 1024, 32, 'packets received per `recvmmsg`'),
         socketBufferBytes: t.integer(65_536, 1 << 30, 8 * 1024 * 1024, 'netlink receive buffer of each queue socket', { defaultText: '8 MiB' }),
-        ruleCheckSeconds: t.integer(1, 3600, 5, 'how often the rules are checked, and reinstalled when someone removed them (and NAT rules looked for, while the kernel fast path started without them)'),
+        ruleCheckSeconds: t.integer(1, 3600, 5, 'how often the rules are checked besides at each ruleset change the kernel reports (nftables notifications), and reinstalled when someone removed them (and NAT rules looked for, while the kernel fast path started without them)'),
         kernelFastPath: t.choice(['auto', 'on', 'off'], 'auto', 'known pairs proven and judged in the kernel (eBPF): `auto` when the kernel, bpffs and cgroup v2 allow it, `on` or refuse to start, `off` queue only'),
         fastPathPinDir: t.pathWithDefault('/sys/fs/bpf/synpass', 'bpffs directory of the fast path\'s pinned maps and cgroup link (one per agent)'),
         fastPathStateFile: t.pathOrOff('/var/lib/synpass/kernel-fast-path.json', 'where a stopping agent keeps its kernel\'s server and client tables (no fast keys: each peer\'s credential and token signature; after a key rotation, its previous key-agreement key while that is honoured, which is all it keeps with the kernel fast path off), so that after a restart clients\' next fast SYNs are accepted at once and local workloads go on sending fast SYNs (`off`: each client falls back once, about 1 s; each local workload takes a first contact)'),

@@ -1,10 +1,12 @@
 // The agent's iptables rules over its lifetime: installed once the queues are bound, checked
-// every few seconds (reinstalled when someone flushed them, a firewall reload say), and what the
-// check reads reported: SYNs the kernel let in without a verdict, and rules ahead of our jumps;
-// and, for whoever waits for them, NAT rules that appear after the start.
+// when the kernel says the ruleset changed and every few seconds (reinstalled when someone
+// flushed them, a firewall reload say), and what the check reads reported: SYNs the kernel let in
+// without a verdict, and rules ahead of our jumps; and, for whoever waits for them, NAT rules
+// that appear after the start.
 import { inspectRules, installDeferRules, installNotrackRules, installRules, natInUse, removeAllRules, type Backend, type InstalledRules, type NotrackBy, type RuleInspection } from '../datapath/iptables.ts';
 import type { ConnectionMarks } from '../datapath/marks.ts';
 import type { DeferPrograms, RuleOptions } from '../datapath/rules.ts';
+import { watchRulesetChanges, type RulesetWatch } from '../datapath/ruleset-events.ts';
 import type { Logger } from '../telemetry/log.ts';
 
 /** The iptables calls the watchdog makes; tests give it fakes. */
@@ -15,9 +17,34 @@ export interface RuleOperations {
   installDefer(installed: InstalledRules, options: RuleOptions, programs: DeferPrograms): Promise<void>;
   natInUse(installed: InstalledRules): Promise<boolean>;
   removeAll(): Promise<number>;
+  /** Calls `changed` when the ruleset changes; throws when the kernel will not tell. */
+  watchChanges(changed: () => void): RulesetWatch;
 }
 
-const IPTABLES: RuleOperations = { install: installRules, inspect: inspectRules, installNotrack: installNotrackRules, installDefer: installDeferRules, natInUse, removeAll: removeAllRules };
+const IPTABLES: RuleOperations = { install: installRules, inspect: inspectRules, installNotrack: installNotrackRules, installDefer: installDeferRules, natInUse, removeAll: removeAllRules, watchChanges: watchRulesetChanges };
+
+/**
+ * The shortest time from one check's start to a check a change asks for. A tool that rewrites
+ * its rules all the time (kube-proxy, every second or so) costs at most one check per gap, while
+ * a flush after a quiet spell is checked at once.
+ */
+const CHANGE_CHECK_GAP_MS = 250;
+/** Repairs counted for the back-off: those of the last minute. */
+const REPAIR_MEMORY_MS = 60_000;
+
+/** How the rules are watched (status `ruleChecks`). */
+export interface RuleCheckStatus {
+  intervalSeconds: number;
+  /** Checked also when the kernel says the ruleset changed (nftables notifications). */
+  onChange: boolean;
+  /** Why not, when the subscription failed. */
+  onChangeError: string | null;
+  /** Bursts of change notifications received. */
+  changes: number;
+  checks: number;
+  /** Rules found removed and put back. */
+  reinstalls: number;
+}
 
 /** A rule's kernel packet counter summed over the agent's lifetime: it restarts at 0 with a reinstall. */
 class LifetimeCounter {
@@ -51,12 +78,23 @@ export class RulesWatchdog {
   private notrack = false;
   /** Runs once, at the first check that finds NAT rules (whenNatAppears). */
   private natFound: (() => void) | null = null;
+  private changes: RulesetWatch | null = null;
+  private readonly checkStatus: RuleCheckStatus = { intervalSeconds: 0, onChange: false, onChangeError: null, changes: 0, checks: 0, reinstalls: 0 };
+  /** The check running now; another asked for meanwhile runs after it. */
+  private checking: Promise<void> | null = null;
+  private checkAgain = false;
+  private changeTimer: NodeJS.Timeout | null = null;
+  private lastCheckStartedMs = Number.NEGATIVE_INFINITY;
+  private intervalMs = Number.POSITIVE_INFINITY;
+  /** When the last repairs began (performance.now()), at most one minute's worth. */
+  private readonly recentRepairs: number[] = [];
 
   constructor(
     private options: RuleOptions,
     private readonly preferred: Backend,
     private readonly log: Logger,
     private readonly operations: RuleOperations = IPTABLES,
+    private readonly changeCheckGapMs = CHANGE_CHECK_GAP_MS,
   ) {}
 
   async install(): Promise<InstalledRules> {
@@ -109,17 +147,81 @@ export class RulesWatchdog {
     this.natFound = found;
   }
 
+  /** Checks every `intervalMs`, and soon after each change the kernel reports (when it reports them). */
   watch(intervalMs: number): void {
+    this.checkStatus.intervalSeconds = intervalMs / 1000;
+    this.intervalMs = intervalMs;
     this.timer = setInterval(() => {
-      void this.check();
+      if (this.checking === null) this.runCheck();
     }, intervalMs);
     this.timer.unref();
+    try {
+      this.changes = this.operations.watchChanges(() => {
+        this.checkStatus.changes += 1;
+        this.changed();
+      });
+      this.checkStatus.onChange = true;
+    } catch (error) {
+      // The legacy backend's changes never notify anyway; the interval alone finds them then.
+      this.checkStatus.onChangeError = error instanceof Error ? error.message : String(error);
+      this.log.warn({ err: error, ruleCheckSeconds: intervalMs / 1000 }, 'no ruleset change notifications: rules removed by someone else are found at the next rule check only');
+    }
+  }
+
+  get checkState(): RuleCheckStatus {
+    return { ...this.checkStatus };
+  }
+
+  /** A change: a check as soon as the gap since the last one's start allows (changes meanwhile join it). */
+  private changed(): void {
+    if (this.stopped || this.changeTimer !== null) return;
+    const wait = Math.max(0, this.lastCheckStartedMs + this.changeGapMs() - performance.now());
+    this.changeTimer = setTimeout(() => {
+      this.changeTimer = null;
+      this.runCheck();
+    }, wait);
+  }
+
+  /**
+   * The gap, doubled for each repair of the last minute after the first: a tool that reverts the
+   * ruleset whenever it changes (a controller of its own mangle table) would otherwise trade
+   * reinstalls with the agent at every notification. At most the interval: no worse than polling.
+   */
+  private changeGapMs(): number {
+    const repairs = this.repairsInLastMinute();
+    return repairs <= 1 ? this.changeCheckGapMs : Math.min(this.changeCheckGapMs * 2 ** (repairs - 1), this.intervalMs);
+  }
+
+  private repairsInLastMinute(): number {
+    const now = performance.now();
+    while (this.recentRepairs.length > 0 && now - this.recentRepairs[0]! > REPAIR_MEMORY_MS) this.recentRepairs.shift();
+    return this.recentRepairs.length;
+  }
+
+  /** One check at a time: asked for while one runs, another follows it (what it read may predate the change). */
+  private runCheck(): void {
+    if (this.checking !== null) {
+      this.checkAgain = true;
+      return;
+    }
+    this.lastCheckStartedMs = performance.now();
+    this.checking = this.check()
+      .catch((error: unknown) => {
+        this.log.error({ err: error }, 'rule check failed');
+      })
+      .finally(() => {
+        this.checking = null;
+        if (!this.checkAgain) return;
+        this.checkAgain = false;
+        this.changed();
+      });
   }
 
   /** Reinstalls missing rules, or counts what the audit rule and the hook chains show; then looks for NAT rules, if asked to. */
   async check(): Promise<void> {
     const installed = this.installed;
     if (installed === null || this.stopped) return;
+    this.checkStatus.checks += 1;
     const inspection = await this.operations.inspect(installed, this.options).catch(() => null);
     this.present = inspection?.present ?? false;
     if (inspection?.present === true) {
@@ -139,9 +241,17 @@ export class RulesWatchdog {
   /** Reinstalls the rules someone removed (a firewall reload, say). */
   private async repair(installed: InstalledRules): Promise<void> {
     this.log.error({ backend: installed.backend }, 'synpass rules are missing; reinstalling');
+    this.recentRepairs.push(performance.now());
+    // The back-off never needs more than the last few.
+    if (this.recentRepairs.length > 16) this.recentRepairs.shift();
+    const repairs = this.repairsInLastMinute();
+    if (repairs >= 2) {
+      this.log.warn({ repairsInLastMinute: repairs, checkGapMs: this.changeGapMs() }, 'synpass rules removed again soon after a reinstall: another tool may be reverting them; checks after a change back off');
+    }
     try {
       await this.reinstall(installed.backend);
       this.present = true;
+      this.checkStatus.reinstalls += 1;
       this.unjudged.reinstalled();
       this.sourceLimited.reinstalled();
       this.log.info('rules reinstalled');
@@ -160,6 +270,9 @@ export class RulesWatchdog {
   async remove(): Promise<void> {
     this.stopped = true;
     if (this.timer !== null) clearInterval(this.timer);
+    if (this.changeTimer !== null) clearTimeout(this.changeTimer);
+    this.changes?.close();
+    this.changes = null;
     // Stopped while waiting for a queue: the rules in place belong to whoever holds it.
     if (this.installed === null) return;
     try {

@@ -22,6 +22,8 @@ export interface MetricsSource {
   unjudgedSyns(): number;
   /** Other rules ahead of the agent's hook jumps at the last rule check. */
   rulesAhead(): number;
+  /** Times the agent found its rules removed and put them back. */
+  rulesReinstalled(): number;
   /** The bounded log stream and the flow log (telemetry/log.ts, telemetry/flow-log.ts). */
   logging(): LoggingCounters;
   /** Every bounded table the agent holds, by name. */
@@ -111,6 +113,15 @@ export class AgentMetrics {
       registers,
       collect() {
         this.set(source.rulesAhead());
+      },
+    });
+    new Counter({
+      name: 'synpass_rules_reinstalled_total',
+      help: 'Times the agent found its rules removed by someone else (a flush, a firewall reload) and put them back: until then SYNs met no queue rule; alert on any increase',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(source.rulesReinstalled());
       },
     });
     new Counter({

@@ -28,19 +28,25 @@ const OPTIONS: RuleOptions = { queueNumber: 3170, queueCount: 1, failOpen: true,
 
 /**
  * iptables as a script: each inspection returns the next scripted answer, and each look for NAT
- * rules the next of `nat` (null: the call fails; none left: no NAT).
+ * rules the next of `nat` (null: the call fails; none left: no NAT). With `gated`, an inspection
+ * answers only when the test calls `release()`. `change()` is the kernel's word that the ruleset
+ * changed; with `refuseChanges` the kernel will not tell.
  */
-function scriptedIptables(inspections: (RuleInspection | null)[], nat: (boolean | null)[] = []) {
+function scriptedIptables(inspections: (RuleInspection | null)[], nat: (boolean | null)[] = [], watching: { gated?: boolean; refuseChanges?: boolean } = {}) {
   const calls: string[] = [];
+  const gates: (() => void)[] = [];
+  let changed: (() => void) | null = null;
   const operations: RuleOperations = {
     install: (options, preferred) => {
       calls.push(`install ${preferred}${options.deferPrograms === undefined ? '' : ` deferring by ${options.deferPrograms.backend}`}`);
       return Promise.resolve({ backend: preferred, families: [4] } satisfies InstalledRules);
     },
-    inspect: () => {
+    inspect: async () => {
       calls.push('inspect');
+      if (watching.gated === true) await new Promise<void>((resolve) => gates.push(resolve));
       const next = inspections.shift();
-      return next === null || next === undefined ? Promise.reject(new Error('iptables-save failed')) : Promise.resolve(next);
+      if (next === null || next === undefined) throw new Error('iptables-save failed');
+      return next;
     },
     installNotrack: () => {
       calls.push('notrack');
@@ -59,8 +65,34 @@ function scriptedIptables(inspections: (RuleInspection | null)[], nat: (boolean 
       calls.push('remove');
       return Promise.resolve(1);
     },
+    watchChanges: (onChange) => {
+      if (watching.refuseChanges === true) throw new Error('subscribe to nftables notifications: Operation not permitted');
+      calls.push('watch');
+      changed = onChange;
+      return {
+        close: () => {
+          calls.push('unwatch');
+          changed = null;
+        },
+      };
+    },
   };
-  return { operations, calls };
+  return {
+    operations,
+    calls,
+    change: () => changed?.(),
+    /** Lets the oldest waiting inspection answer. */
+    release: () => gates.shift()?.(),
+  };
+}
+
+/** Resolves once `done` holds, checked every few milliseconds; rejects after two seconds. */
+async function until(what: string, done: () => boolean): Promise<void> {
+  const deadline = Date.now() + 2_000;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 2));
+  }
 }
 
 describe('rules watchdog', () => {
@@ -154,6 +186,81 @@ describe('rules watchdog', () => {
     assert.equal(ahead.length, 1, 'said once, not at every check');
     assert.ok(messages().includes('the synpass jumps are first in mangle PREROUTING/POSTROUTING again'));
     assert.equal(watchdog.rulesAhead, 0);
+  });
+
+  it('checks when the kernel says the ruleset changed: changes meanwhile join one check, one check at a time', async () => {
+    const { log } = capturingLog();
+    const present = { present: true, unjudgedSyns: 0, sourceLimitedPackets: 0, rulesAhead: 0 };
+    const iptables = scriptedIptables([present, { ...present, present: false }, present], [], { gated: true });
+    const watchdog = new RulesWatchdog(OPTIONS, 'nft', log, iptables.operations, 20);
+    await watchdog.install();
+    watchdog.watch(3_600_000);
+    const inspections = () => iptables.calls.filter((call) => call === 'inspect').length;
+    // A burst of changes (an iptables-restore notifies per rule) is one check.
+    iptables.change();
+    iptables.change();
+    iptables.change();
+    await until('the first check', () => inspections() === 1);
+    // Changes while it runs: what it reads may predate them, so one more check follows it.
+    iptables.change();
+    iptables.change();
+    await new Promise((resolve) => setTimeout(resolve, 60));
+    assert.equal(inspections(), 1, 'never two checks at once');
+    iptables.release();
+    await until('the check after it', () => inspections() === 2);
+    // That one finds the rules gone and reinstalls them, which the kernel reports as a change.
+    iptables.release();
+    await until('the reinstall', () => iptables.calls.includes('install nft', 1));
+    iptables.change();
+    await until('the check after the reinstall', () => inspections() === 3);
+    iptables.release();
+    await new Promise((resolve) => setTimeout(resolve, 60));
+    assert.deepEqual(iptables.calls, ['install nft', 'watch', 'inspect', 'inspect', 'install nft', 'inspect']);
+    assert.deepEqual(watchdog.checkState, { intervalSeconds: 3600, onChange: true, onChangeError: null, changes: 6, checks: 3, reinstalls: 1 });
+    await watchdog.remove();
+    iptables.change();
+    await new Promise((resolve) => setTimeout(resolve, 60));
+    assert.deepEqual(iptables.calls.slice(6), ['unwatch', 'remove'], 'removed: no check follows a change');
+  });
+
+  it('rules that vanish again after every reinstall: checks after a change back off, so the agent does not trade reinstalls with another tool at every notification', async () => {
+    const { log, messages } = capturingLog();
+    const missing = { present: false, unjudgedSyns: 0, sourceLimitedPackets: 0, rulesAhead: 0 };
+    const iptables = scriptedIptables(Array.from({ length: 100 }, () => missing));
+    // Like the kernel, which reports the agent's own reinstall as a change (and the other tool
+    // reverts it at once).
+    const { operations } = iptables;
+    const install = operations.install.bind(operations);
+    operations.install = async (options, preferred) => {
+      const installed = await install(options, preferred);
+      iptables.change();
+      return installed;
+    };
+    const watchdog = new RulesWatchdog(OPTIONS, 'nft', log, iptables.operations, 10);
+    await watchdog.install();
+    watchdog.watch(3_600_000);
+    iptables.change();
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    const checks = watchdog.checkState.checks;
+    await watchdog.remove();
+    // 10, 10, 20, 40, 80, 160 ms apart: 6 or 7 checks in 400 ms, where a fixed 10 ms gap would make about 40.
+    assert.ok(checks >= 4 && checks <= 8, `${String(checks)} checks`);
+    assert.ok(messages().includes('synpass rules removed again soon after a reinstall: another tool may be reverting them; checks after a change back off'));
+  });
+
+  it('without change notifications it says why and checks on the interval alone', async () => {
+    const { log, messages } = capturingLog();
+    const present = { present: true, unjudgedSyns: 0, sourceLimitedPackets: 0, rulesAhead: 0 };
+    const iptables = scriptedIptables([present, present, present], [], { refuseChanges: true });
+    const watchdog = new RulesWatchdog(OPTIONS, 'legacy', log, iptables.operations);
+    await watchdog.install();
+    watchdog.watch(15);
+    await until('two checks on the interval', () => watchdog.checkState.checks >= 2);
+    await watchdog.remove();
+    const state = watchdog.checkState;
+    assert.equal(state.onChange, false);
+    assert.equal(state.onChangeError, 'subscribe to nftables notifications: Operation not permitted');
+    assert.ok(messages().includes('no ruleset change notifications: rules removed by someone else are found at the next rule check only'));
   });
 
   it('a failed inspection counts as missing rules; removal stops the checks and removes only what it installed', async () => {
