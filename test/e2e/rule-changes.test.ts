@@ -72,6 +72,15 @@ describe('ruleset changes', { skip: !isRoot() && 'needs root for network namespa
     await cloakedAndServing();
   });
 
+  it('an IPv6-only flush is found too (until 2026-12-08 only the IPv4 rules were checked)', async (t) => {
+    assert.deepEqual(((await api.status()) as unknown as { rules: { families: number[] } }).rules.families, [4, 6]);
+    const took = await reinstalledAfter(() => lab.exec('api', ['ip6tables-nft', '-t', 'mangle', '-F']));
+    t.diagnostic(`after the IPv6 flush: found gone at ${String(took.found)} ms, reinstalled at ${String(took.reinstalled)} ms`);
+    assert.match(lab.exec('api', ['ip6tables-nft-save', '-t', 'mangle']), /-j SYNPASS-/);
+    assert.equal(await lab.peerOnce('outsider', ['echo', lab.address('api', 6), String(PORT), 'x'], 2_500).catch(() => null), null, 'cloaked over IPv6 again');
+    assert.equal((await lab.peerOnce('web', ['http', lab.address('api', 6), String(PORT)])).status, 200, 'over IPv6');
+  });
+
   it('a firewall reload that restores a mangle table without them: back at once', async (t) => {
     const table = '*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n';
     const took = await reinstalledAfter(() => lab.exec('api', ['sh', '-c', `printf '${table.replaceAll('\n', '\\n')}' | iptables-nft-restore`]));

@@ -212,7 +212,7 @@ export async function natInUse(installed: InstalledRules): Promise<boolean> {
 }
 
 export interface RuleInspection {
-  /** Every rule of our IPv4 ruleset is in place (counted, not just present). */
+  /** Every rule of our ruleset is in place, in every family it went in for (counted, not just present). */
   present: boolean;
   /** SYNs that reached INPUT or FORWARD without a verdict since the rules went in, over every family. */
   unjudgedSyns: number;
@@ -224,11 +224,12 @@ export interface RuleInspection {
 
 /** One `iptables-save -c` per family answers every question of the periodic rule check. */
 export async function inspectRules(installed: InstalledRules, options: RuleOptions): Promise<RuleInspection> {
-  const inspection: RuleInspection = { present: false, unjudgedSyns: 0, sourceLimitedPackets: 0, rulesAhead: 0 };
+  const inspection: RuleInspection = { present: true, unjudgedSyns: 0, sourceLimitedPackets: 0, rulesAhead: 0 };
   for (const family of installed.families) {
     const tool = toolOf(installed, family);
     const saved = await exec(saveBinary(tool), ['-c', '-t', 'mangle']);
-    if (family === 4) inspection.present = rulesPresent(saved, options);
+    // Either family's rules gone lets that family's SYNs in unjudged.
+    if (!rulesPresent(family, saved, options)) inspection.present = false;
     inspection.unjudgedSyns += unjudgedSynCount(saved);
     inspection.sourceLimitedPackets += sourceLimitedCount(saved);
     inspection.rulesAhead += rulesAheadOfHooks(saved);

@@ -335,10 +335,10 @@ function jumpsToSynpass(rule: SavedRule): boolean {
   return / -j SYNPASS-\S+/.test(` ${rule.spec}`);
 }
 
-/** From IPv4 `iptables-save [-c] -t mangle` output: whether every rule buildRuleset makes is there. */
-export function rulesPresent(saved: string, options: RuleOptions): boolean {
+/** From one family's `iptables-save [-c] -t mangle` output: whether every rule buildRuleset makes for it is there. */
+export function rulesPresent(family: IpFamily, saved: string, options: RuleOptions): boolean {
   const deferring = options.deferPrograms === undefined ? '' : buildDeferRuleset(options, options.deferPrograms);
-  const expected = `${buildRuleset(4, options)}${deferring}`
+  const expected = `${buildRuleset(family, options)}${deferring}`
     .split('\n')
     .filter((line) => line.startsWith('-A ') || line.startsWith('-I ')).length;
   const present = savedRules(saved).filter((rule) => rule.chain.startsWith(CHAIN_PREFIX) || jumpsToSynpass(rule)).length;

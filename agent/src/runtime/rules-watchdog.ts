@@ -66,7 +66,7 @@ class LifetimeCounter {
 
 export class RulesWatchdog {
   installed: InstalledRules | null = null;
-  /** Every rule of the IPv4 ruleset was in place at the last check. */
+  /** Every rule of the ruleset, in each family, was in place at the last check. */
   present = false;
   /** Other rules ahead of the hook jumps at the last check: they can keep SYNs from us. */
   rulesAhead = 0;

@@ -196,10 +196,18 @@ describe('buildRemoval', () => {
       .split('\n')
       .filter((line) => line.startsWith('-A ') || line.startsWith('-I '))
       .map((line) => line.replace(/^-I (\S+) \d+ /, '-A $1 '));
-    assert.equal(rulesPresent(['*mangle', ...installed, 'COMMIT'].join('\n'), options), true);
-    assert.equal(rulesPresent(['*mangle', ...installed.map((line) => `[3:180] ${line}`), 'COMMIT'].join('\n'), options), true);
+    assert.equal(rulesPresent(4, ['*mangle', ...installed, 'COMMIT'].join('\n'), options), true);
+    assert.equal(rulesPresent(4, ['*mangle', ...installed.map((line) => `[3:180] ${line}`), 'COMMIT'].join('\n'), options), true);
     const flushed = installed.filter((line) => !line.startsWith('-A SYNPASS-IN-Q '));
-    assert.equal(rulesPresent(['*mangle', ...flushed, 'COMMIT'].join('\n'), options), false);
+    assert.equal(rulesPresent(4, ['*mangle', ...flushed, 'COMMIT'].join('\n'), options), false);
+    // Each family against its own ruleset: here IPv6 has no target network, so fewer rules.
+    const targeted = { ...options, targetNetworks: ['10.0.0.0/8'] };
+    const rulesOf = (family: 4 | 6) => buildRuleset(family, targeted).split('\n').filter((line) => line.startsWith('-A ') || line.startsWith('-I ')).map((line) => line.replace(/^-I (\S+) \d+ /, '-A $1 '));
+    const saved6 = ['*mangle', ...rulesOf(6), 'COMMIT'].join('\n');
+    assert.notEqual(rulesOf(6).length, rulesOf(4).length);
+    assert.equal(rulesPresent(6, saved6, targeted), true);
+    assert.equal(rulesPresent(4, saved6, targeted), false);
+    assert.equal(rulesPresent(6, ['*mangle', ...rulesOf(6).slice(1), 'COMMIT'].join('\n'), targeted), false);
   });
 
   it('sends a SYN this host DNATed fast when the pinned program finds its sender\'s entry: back to SYNPASS-OUT with `pass`, before SYNPASS-OUT-Q queues it; on a host that is no node, nothing more', () => {
@@ -217,7 +225,7 @@ describe('buildRemoval', () => {
     assert.deepEqual(buildDeferRuleset(node, pins).split('\n').slice(1, 3), translated);
     const saved = (text: string) => text.split('\n').filter((line) => line.startsWith('-A ') || line.startsWith('-I ') || line.startsWith(':')).map((line) => line.replace(/^-I (\S+) \d+ /, '-A $1 '));
     const both = ['*mangle', ...saved(buildRuleset(4, host)), ...saved(buildDeferRuleset(host, pins)), 'COMMIT'].join('\n');
-    assert.equal(rulesPresent(both, { ...host, deferPrograms: pins }), true);
+    assert.equal(rulesPresent(4, both, { ...host, deferPrograms: pins }), true);
   });
 
   it('judges a node\'s pods\' deferred SYNs after the DNAT: unqueued in PREROUTING, the pinned programs or the queue in POSTROUTING, the queue in INPUT', () => {
@@ -245,8 +253,8 @@ describe('buildRemoval', () => {
     // The watchdog expects them once they are in, and removal takes them with the rest.
     const saved = (text: string) => text.split('\n').filter((line) => line.startsWith('-A ') || line.startsWith('-I ') || line.startsWith(':')).map((line) => line.replace(/^-I (\S+) \d+ /, '-A $1 '));
     const both = ['*mangle', ...saved(buildRuleset(4, node)), ...saved(buildDeferRuleset(node, pins)), 'COMMIT'].join('\n');
-    assert.equal(rulesPresent(both, { ...node, deferPrograms: pins }), true);
-    assert.equal(rulesPresent(both, node), false, 'rules it did not put in are not its ruleset');
+    assert.equal(rulesPresent(4, both, { ...node, deferPrograms: pins }), true);
+    assert.equal(rulesPresent(4, both, node), false, 'rules it did not put in are not its ruleset');
     const removal = buildRemoval(both)!;
     assert.ok(removal.includes('-D INPUT -p tcp -m mark --mark 0x100000/0x900000 -j SYNPASS-DEFER-IN'));
     assert.ok(removal.includes('-X SYNPASS-DEFER\n') && removal.includes('-X SYNPASS-DEFER-IN\n'));
