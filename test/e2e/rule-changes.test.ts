@@ -7,19 +7,12 @@ import assert from 'node:assert/strict';
 import { startIdentityLab, type IdentityLab } from '../../scripts/lib/identity-lab.ts';
 import { isRoot, kernelByDefault, waitUntil, type AgentHandle, type Lab } from '../../scripts/lib/lab.ts';
 import { kernelFastPathOf } from '../../scripts/lib/kernel-counters.ts';
+import type { RuleCheckStatus } from '../../agent/src/runtime/rules-watchdog.ts';
 
 const PORT = 8080;
 /** Longer than the whole file runs: every check it sees was asked for by a change. */
 const RULE_CHECK_SECONDS = 3600;
 const CHECKED_HOURLY = { SYNPASS_DATAPATH_RULE_CHECK_SECONDS: String(RULE_CHECK_SECONDS) };
-
-interface RuleChecks {
-  intervalSeconds: number;
-  onChange: boolean;
-  onChangeError: string | null;
-  changes: number;
-  checks: number;
-}
 
 describe('ruleset changes', { skip: !isRoot() && 'needs root for network namespaces' }, () => {
   let fixture: IdentityLab;
@@ -35,8 +28,8 @@ describe('ruleset changes', { skip: !isRoot() && 'needs root for network namespa
     await fixture.down();
   });
 
-  async function ruleChecks(agent: AgentHandle): Promise<RuleChecks> {
-    return ((await agent.status()) as unknown as { ruleChecks: RuleChecks }).ruleChecks;
+  async function ruleChecks(agent: AgentHandle): Promise<RuleCheckStatus> {
+    return ((await agent.status()) as unknown as { ruleChecks: RuleCheckStatus }).ruleChecks;
   }
 
   /** Removes api's rules with `remove`; how long the agent took to find them gone, and to put them back (ms). */
